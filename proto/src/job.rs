@@ -1,0 +1,414 @@
+//! Job definitions: validation of the wire `Job` and the TOML/JSON job-file format.
+//!
+//! The file format uses the field names of `sluice.v1.Job`; enum values may be written in
+//! full (`JOB_TYPE_VM_BACKUP`) or short (`VM_BACKUP`, `vm_backup`).
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pb::{self, job_item::Target};
+
+/// Most items one job may hold.
+pub const MAX_ITEMS: usize = 100_000;
+/// Largest encoded job definition accepted (etcd runs with a larger `--max-request-bytes`).
+pub const MAX_JOB_BYTES: usize = 8 * 1024 * 1024;
+/// Most attempts per item a retry policy may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
+/// Longest wait or timeout, in seconds, a job may name (one week).
+pub const MAX_SECONDS: u32 = 7 * 24 * 3600;
+const MAX_NAME_LEN: usize = 64;
+const MAX_ITEM_NAME_LEN: usize = 255;
+
+/// A job definition that breaks a rule, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// A field has a bad value.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Path of the field, e.g. `job.items[2].vm.disks`.
+        field: String,
+        /// What is wrong, in words a person can act on.
+        reason: String,
+    },
+    /// The definition is larger than the limits allow.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> JobError {
+    JobError::Invalid { field: field.into(), reason: reason.into() }
+}
+
+/// Checks a job or session name: 1-64 characters of `[a-z0-9._-]`.
+pub fn validate_name(field: &str, name: &str) -> Result<(), JobError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            field,
+            format!("must be 1-{MAX_NAME_LEN} characters, got {}", name.len()),
+        ));
+    }
+    let allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
+    if let Some(bad) = name.chars().find(|c| !allowed(*c)) {
+        return Err(invalid(
+            field,
+            format!("may hold only a-z, 0-9, '.', '_' and '-', found {bad:?}"),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid(field, "must not be '.' or '..'"));
+    }
+    Ok(())
+}
+
+/// Checks every rule of SPEC.md "Jobs"; the error names the first bad field.
+pub fn validate_job(job: &pb::Job) -> Result<(), JobError> {
+    validate_name("job.name", &job.name)?;
+    let job_type = validate_type(job.r#type)?;
+    validate_absolute("job.repository", &job.repository)?;
+    validate_items(job_type, &job.items)?;
+    validate_proxies(&job.proxies)?;
+    validate_limits(job)?;
+    let size = prost::Message::encoded_len(job);
+    if size > MAX_JOB_BYTES {
+        return Err(JobError::TooLarge(format!(
+            "job definition is {size} bytes, more than the limit of {MAX_JOB_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_type(raw: i32) -> Result<pb::JobType, JobError> {
+    match pb::JobType::try_from(raw) {
+        Ok(t @ (pb::JobType::VmBackup | pb::JobType::AgentBackup)) => Ok(t),
+        Ok(pb::JobType::BackupCopy) => {
+            Err(invalid("job.type", "JOB_TYPE_BACKUP_COPY is not supported yet"))
+        }
+        _ => Err(invalid("job.type", "must be JOB_TYPE_VM_BACKUP or JOB_TYPE_AGENT_BACKUP")),
+    }
+}
+
+fn validate_absolute(field: &str, path: &str) -> Result<(), JobError> {
+    if path.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if !path.starts_with('/') {
+        return Err(invalid(field, format!("must be an absolute path, got {path:?}")));
+    }
+    if path.contains('\0') {
+        return Err(invalid(field, "must not contain NUL"));
+    }
+    Ok(())
+}
+
+fn validate_items(job_type: pb::JobType, items: &[pb::JobItem]) -> Result<(), JobError> {
+    if items.is_empty() {
+        return Err(invalid("job.items", "a job needs at least one item"));
+    }
+    if items.len() > MAX_ITEMS {
+        return Err(JobError::TooLarge(format!(
+            "job.items: {} items, more than the limit of {MAX_ITEMS}",
+            items.len()
+        )));
+    }
+    let mut names = HashSet::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let field = format!("job.items[{index}]");
+        validate_item_name(&field, &item.name)?;
+        if !names.insert(item.name.as_str()) {
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("duplicate item name {:?}", item.name),
+            ));
+        }
+        validate_target(&field, job_type, item.target.as_ref())?;
+    }
+    Ok(())
+}
+
+fn validate_item_name(field: &str, name: &str) -> Result<(), JobError> {
+    let field = format!("{field}.name");
+    if name.is_empty() || name.len() > MAX_ITEM_NAME_LEN {
+        return Err(invalid(field, format!("must be 1-{MAX_ITEM_NAME_LEN} bytes")));
+    }
+    if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        return Err(invalid(
+            field,
+            format!("{name:?} may not contain '/' or NUL, nor be '.' or '..'"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_target(
+    field: &str,
+    job_type: pb::JobType,
+    target: Option<&Target>,
+) -> Result<(), JobError> {
+    match (job_type, target) {
+        (pb::JobType::VmBackup, Some(Target::Vm(vm))) => {
+            validate_paths(&format!("{field}.vm.disks"), &vm.disks)
+        }
+        (pb::JobType::AgentBackup, Some(Target::Computer(c))) => {
+            if c.computer.is_empty() {
+                return Err(invalid(
+                    format!("{field}.computer.computer"),
+                    "must name the computer",
+                ));
+            }
+            validate_paths(&format!("{field}.computer.paths"), &c.paths)
+        }
+        (pb::JobType::VmBackup, _) => {
+            Err(invalid(format!("{field}.vm"), "a VM backup job item needs a vm target"))
+        }
+        _ => Err(invalid(
+            format!("{field}.computer"),
+            "an agent backup job item needs a computer target",
+        )),
+    }
+}
+
+fn validate_paths(field: &str, paths: &[String]) -> Result<(), JobError> {
+    if paths.is_empty() {
+        return Err(invalid(field, "needs at least one path"));
+    }
+    for (i, path) in paths.iter().enumerate() {
+        validate_absolute(&format!("{field}[{i}]"), path)?;
+    }
+    Ok(())
+}
+
+fn validate_proxies(proxies: &[String]) -> Result<(), JobError> {
+    let mut seen = HashSet::new();
+    for (i, proxy) in proxies.iter().enumerate() {
+        if proxy.is_empty() {
+            return Err(invalid(format!("job.proxies[{i}]"), "must name an agent id"));
+        }
+        if !seen.insert(proxy) {
+            return Err(invalid(
+                format!("job.proxies[{i}]"),
+                format!("duplicate agent id {proxy:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_limits(job: &pb::Job) -> Result<(), JobError> {
+    let retry = job.retry.unwrap_or_default();
+    if retry.attempts > MAX_ATTEMPTS {
+        return Err(invalid("job.retry.attempts", format!("must be at most {MAX_ATTEMPTS}")));
+    }
+    let seconds = [
+        ("job.retry.wait_seconds", retry.wait_seconds),
+        ("job.graceful_timeout_seconds", job.graceful_timeout_seconds),
+        ("job.offline_wait_seconds", job.offline_wait_seconds),
+    ];
+    for (field, value) in seconds {
+        if value > MAX_SECONDS {
+            return Err(invalid(field, format!("must be at most {MAX_SECONDS} (one week)")));
+        }
+    }
+    Ok(())
+}
+
+/// A job as written in a TOML or JSON file: the field names of `sluice.v1.Job`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Job name.
+    pub name: String,
+    /// Job type, e.g. `JOB_TYPE_VM_BACKUP` or `VM_BACKUP`.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Items in processing order.
+    pub items: Vec<ItemFile>,
+    /// Repository directory.
+    pub repository: String,
+    /// Allowed agent ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<String>,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryFile>,
+    /// Default graceful-stop timeout.
+    #[serde(default)]
+    pub graceful_timeout_seconds: u32,
+    /// Longest wait for an offline computer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offline_wait_seconds: u32,
+    /// Sim executor duration (tests and benchmarks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_duration_ms: Option<u32>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// One item of a job file: a `vm` or a `computer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemFile {
+    /// Item name.
+    pub name: String,
+    /// VM target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmFile>,
+    /// Computer target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computer: Option<ComputerFile>,
+}
+
+/// VM target of a job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmFile {
+    /// qcow2 disk paths.
+    pub disks: Vec<String>,
+}
+
+/// Computer target of a job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputerFile {
+    /// Computer name.
+    pub computer: String,
+    /// Paths to protect.
+    pub paths: Vec<String>,
+}
+
+/// Retry policy of a job file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Attempts per item.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Seconds between attempts.
+    #[serde(default)]
+    pub wait_seconds: u32,
+}
+
+/// A job file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    /// Not valid TOML for a job.
+    #[error("not a valid TOML job file: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// Not valid JSON for a job.
+    #[error("not a valid JSON job file: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A field has a value the file format does not know.
+    #[error("{field}: {reason}")]
+    Field {
+        /// Field path.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Parses a job file; JSON when it starts with `{`, else TOML.
+pub fn parse_job_file(text: &str) -> Result<pb::Job, JobFileError> {
+    let file: JobFile = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text)?
+    } else {
+        toml::from_str(text)?
+    };
+    file.into_job()
+}
+
+/// Parses a job type written in full or short, any case.
+pub fn parse_job_type(text: &str) -> Option<pb::JobType> {
+    let upper = text.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("JOB_TYPE_") { upper } else { format!("JOB_TYPE_{upper}") };
+    pb::JobType::from_str_name(&full).filter(|t| *t != pb::JobType::Unspecified)
+}
+
+impl JobFile {
+    /// Converts to the wire job; structural validation is `validate_job`'s.
+    pub fn into_job(self) -> Result<pb::Job, JobFileError> {
+        let job_type = parse_job_type(&self.job_type).ok_or_else(|| JobFileError::Field {
+            field: "type".into(),
+            reason: format!(
+                "unknown job type {:?}; use JOB_TYPE_VM_BACKUP or JOB_TYPE_AGENT_BACKUP",
+                self.job_type
+            ),
+        })?;
+        let items = self
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| item.into_item(i))
+            .collect::<Result<_, _>>()?;
+        Ok(pb::Job {
+            name: self.name,
+            r#type: job_type as i32,
+            items,
+            repository: self.repository,
+            proxies: self.proxies,
+            retry: self
+                .retry
+                .map(|r| pb::RetryPolicy { attempts: r.attempts, wait_seconds: r.wait_seconds }),
+            graceful_timeout_seconds: self.graceful_timeout_seconds,
+            offline_wait_seconds: self.offline_wait_seconds,
+            sim_duration_ms: self.sim_duration_ms,
+        })
+    }
+}
+
+impl ItemFile {
+    fn into_item(self, index: usize) -> Result<pb::JobItem, JobFileError> {
+        let target = match (self.vm, self.computer) {
+            (Some(vm), None) => Some(Target::Vm(pb::VmTarget { disks: vm.disks })),
+            (None, Some(c)) => {
+                Some(Target::Computer(pb::ComputerTarget { computer: c.computer, paths: c.paths }))
+            }
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(JobFileError::Field {
+                    field: format!("items[{index}]"),
+                    reason: "set either vm or computer, not both".into(),
+                });
+            }
+        };
+        Ok(pb::JobItem { name: self.name, target })
+    }
+}
+
+impl From<&pb::Job> for JobFile {
+    fn from(job: &pb::Job) -> Self {
+        let items = job.items.iter().map(ItemFile::from).collect();
+        JobFile {
+            name: job.name.clone(),
+            job_type: job.r#type().as_str_name().to_string(),
+            items,
+            repository: job.repository.clone(),
+            proxies: job.proxies.clone(),
+            retry: job
+                .retry
+                .map(|r| RetryFile { attempts: r.attempts, wait_seconds: r.wait_seconds }),
+            graceful_timeout_seconds: job.graceful_timeout_seconds,
+            offline_wait_seconds: job.offline_wait_seconds,
+            sim_duration_ms: job.sim_duration_ms,
+        }
+    }
+}
+
+impl From<&pb::JobItem> for ItemFile {
+    fn from(item: &pb::JobItem) -> Self {
+        let (vm, computer) = match &item.target {
+            Some(Target::Vm(vm)) => (Some(VmFile { disks: vm.disks.clone() }), None),
+            Some(Target::Computer(c)) => {
+                (None, Some(ComputerFile { computer: c.computer.clone(), paths: c.paths.clone() }))
+            }
+            None => (None, None),
+        };
+        ItemFile { name: item.name.clone(), vm, computer }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! The wire contract of Sluice (`sluice.v1`), its domain rules and what every binary shares:
+//! configuration loading, telemetry and time conversions.
+
+pub mod config;
+pub mod job;
+pub mod telemetry;
+pub mod time;
+
+/// Generated protobuf and gRPC code of the `sluice.v1` package.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("sluice.v1");
+}
+
+/// Encoded file descriptor set for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");
+
+/// Version of the Sluice binaries.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
