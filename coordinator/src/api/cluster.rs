@@ -1,0 +1,65 @@
+//! `ClusterService`: agents and coordinators.
+
+use sluice_proto::pb::{self, cluster_service_server::ClusterService};
+use tonic::{Request, Response, Status};
+
+use crate::{agent_client::AgentClients, cluster::Cluster, error::Error, registry::Registry};
+
+/// Serves `sluice.v1.ClusterService`.
+pub struct ClusterApi {
+    registry: Registry,
+    cluster: Cluster,
+    agents: AgentClients,
+}
+
+impl ClusterApi {
+    /// Serves the cluster view.
+    pub fn new(registry: Registry, cluster: Cluster, agents: AgentClients) -> Self {
+        ClusterApi { registry, cluster, agents }
+    }
+}
+
+/// Default drain deadline when the caller gives none.
+const DEFAULT_DRAIN_SECONDS: u32 = 600;
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.registry.list().await?;
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn drain_agent(
+        &self,
+        request: Request<pb::DrainAgentRequest>,
+    ) -> Result<Response<pb::DrainAgentResponse>, Status> {
+        let request = request.into_inner();
+        if request.agent.is_empty() {
+            return Err(Error::InvalidArgument("agent: required".into()).into());
+        }
+        let mut agent = self.registry.get(&request.agent).await?;
+        let deadline_seconds = match request.deadline_seconds {
+            0 => DEFAULT_DRAIN_SECONDS,
+            seconds => seconds,
+        };
+        let mut client = self.agents.client(&agent.id, &agent.address)?;
+        client
+            .drain(pb::DrainRequest { deadline_seconds })
+            .await
+            .map_err(|status| Error::Agent { agent: agent.id.clone(), status })?;
+        agent.state = pb::AgentState::Draining as i32;
+        tracing::info!(agent = %agent.id, deadline_seconds, "agent drain requested");
+        Ok(Response::new(pb::DrainAgentResponse { agent: Some(agent) }))
+    }
+
+    async fn list_coordinators(
+        &self,
+        _request: Request<pb::ListCoordinatorsRequest>,
+    ) -> Result<Response<pb::ListCoordinatorsResponse>, Status> {
+        let coordinators = self.cluster.coordinators().await?;
+        Ok(Response::new(pb::ListCoordinatorsResponse { coordinators }))
+    }
+}

@@ -1,0 +1,35 @@
+//! `AgentRegistry`: heartbeats from agents.
+
+use sluice_proto::pb::{self, agent_registry_server::AgentRegistry};
+use tonic::{Request, Response, Status};
+
+use crate::registry::Registry;
+
+/// Serves `sluice.v1.AgentRegistry`.
+pub struct RegistryApi {
+    registry: Registry,
+    coordinator: String,
+}
+
+impl RegistryApi {
+    /// Serves heartbeats into `registry` on behalf of coordinator `coordinator`.
+    pub fn new(registry: Registry, coordinator: String) -> Self {
+        RegistryApi { registry, coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentRegistry for RegistryApi {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let interval_seconds = (request.ttl_seconds / 3).max(1);
+        self.registry.heartbeat(request, &self.coordinator).await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            coordinator: self.coordinator.clone(),
+            interval_seconds,
+        }))
+    }
+}

@@ -1,0 +1,54 @@
+//! The cluster's coordinators and which sessions each owns.
+
+use std::collections::HashMap;
+
+use sluice_proto::pb;
+
+use crate::{error::Result, store::Store};
+
+/// Reads coordinator membership and session ownership.
+#[derive(Clone)]
+pub struct Cluster {
+    store: Store,
+}
+
+impl Cluster {
+    /// The cluster seen through `store`.
+    pub fn new(store: Store) -> Self {
+        Cluster { store }
+    }
+
+    /// Live coordinators, sorted by id, each with the active sessions it owns.
+    pub async fn coordinators(&self) -> Result<Vec<pb::Coordinator>> {
+        let keys = self.store.keys();
+        let records = self.store.list::<pb::CoordinatorRecord>(&keys.coordinators()).await?;
+        let mut owned = self.owned_sessions().await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|(_, record)| record.coordinator)
+            .map(|mut c| {
+                c.sessions = owned.remove(&c.id).unwrap_or_default();
+                c
+            })
+            .collect())
+    }
+
+    /// Active sessions by owner, found through the jobs' `active` markers.
+    async fn owned_sessions(&self) -> Result<HashMap<String, Vec<pb::OwnedSession>>> {
+        let keys = self.store.keys();
+        let mut owned: HashMap<String, Vec<pb::OwnedSession>> = HashMap::new();
+        for (key, value) in self.store.list_raw(&keys.jobs()).await? {
+            if keys.is_job_key(&key) {
+                continue;
+            }
+            let session_id = String::from_utf8_lossy(&value).into_owned();
+            let owner = self.store.client().get(keys.session_owner(&session_id), None).await?;
+            if let Some(kv) = owner.kvs().first() {
+                let coordinator = String::from_utf8_lossy(kv.value()).into_owned();
+                let epoch = kv.create_revision();
+                owned.entry(coordinator).or_default().push(pb::OwnedSession { session_id, epoch });
+            }
+        }
+        Ok(owned)
+    }
+}

@@ -1,0 +1,93 @@
+//! Job definitions in etcd: create, read, replace, delete.
+
+use sluice_proto::{job::validate_job, job::validate_name, pb};
+
+use crate::{
+    error::{Error, Result},
+    store::{Store, absent},
+};
+
+/// Reads and writes job definitions.
+#[derive(Clone)]
+pub struct Jobs {
+    store: Store,
+}
+
+impl Jobs {
+    /// Jobs stored through `store`.
+    pub fn new(store: Store) -> Self {
+        Jobs { store }
+    }
+
+    /// Creates a valid job whose name is free.
+    pub async fn create(&self, job: Option<pb::Job>) -> Result<pb::Job> {
+        let job = job.ok_or_else(|| Error::InvalidArgument("job: required".into()))?;
+        validate_job(&job)?;
+        if !self.store.create(&self.store.keys().job(&job.name), &job).await? {
+            return Err(Error::AlreadyExists(format!("job {:?} already exists", job.name)));
+        }
+        tracing::info!(job = %job.name, items = job.items.len(), "job created");
+        Ok(job)
+    }
+
+    /// Returns a job.
+    pub async fn get(&self, name: &str) -> Result<pb::Job> {
+        validate_name("name", name)?;
+        let stored = self.store.get::<pb::Job>(&self.store.keys().job(name)).await?;
+        stored.map(|v| v.value).ok_or_else(|| not_found(name))
+    }
+
+    /// Every job, sorted by name.
+    pub async fn list(&self) -> Result<Vec<pb::Job>> {
+        let keys = self.store.keys();
+        let raw = self.store.list_raw(&keys.jobs()).await?;
+        raw.into_iter()
+            .filter(|(key, _)| keys.is_job_key(key))
+            .map(|(key, bytes)| crate::store::decode(&key, &bytes))
+            .collect()
+    }
+
+    /// Replaces an existing job's definition.
+    pub async fn update(&self, job: Option<pb::Job>) -> Result<pb::Job> {
+        let job = job.ok_or_else(|| Error::InvalidArgument("job: required".into()))?;
+        validate_job(&job)?;
+        if !self.store.replace(&self.store.keys().job(&job.name), &job).await? {
+            return Err(not_found(&job.name));
+        }
+        tracing::info!(job = %job.name, "job updated");
+        Ok(job)
+    }
+
+    /// Deletes a job that has no active session; its restore points stay in the catalog.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        validate_name("name", name)?;
+        let keys = self.store.keys();
+        let (job_key, active_key) = (keys.job(name), keys.job_active(name));
+        let txn = etcd_client::Txn::new()
+            .when([
+                etcd_client::Compare::create_revision(
+                    job_key.as_str(),
+                    etcd_client::CompareOp::Greater,
+                    0,
+                ),
+                absent(&active_key),
+            ])
+            .and_then([etcd_client::TxnOp::delete(job_key.as_str(), None)]);
+        if self.store.txn(txn).await?.is_some() {
+            tracing::info!(job = name, "job deleted");
+            return Ok(());
+        }
+        let active = self.store.client().get(active_key, None).await?;
+        match active.kvs().first() {
+            Some(kv) => Err(Error::FailedPrecondition(format!(
+                "job {name:?} has an active session {}; stop it first",
+                String::from_utf8_lossy(kv.value())
+            ))),
+            None => Err(not_found(name)),
+        }
+    }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound(format!("job {name:?} does not exist"))
+}

@@ -1,0 +1,115 @@
+//! The etcd key layout (DESIGN.md "etcd keys"), under a configurable prefix.
+
+/// Builds every key the coordinator reads or writes.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `/sluice`; a trailing slash is dropped).
+    pub fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.trim_end_matches('/').to_string() }
+    }
+
+    /// `/jobs/` (also holds each job's `active` marker).
+    pub fn jobs(&self) -> String {
+        format!("{}/jobs/", self.prefix)
+    }
+
+    /// `/jobs/{job}`.
+    pub fn job(&self, job: &str) -> String {
+        format!("{}/jobs/{job}", self.prefix)
+    }
+
+    /// `/jobs/{job}/active`: id of the job's active session.
+    pub fn job_active(&self, job: &str) -> String {
+        format!("{}/jobs/{job}/active", self.prefix)
+    }
+
+    /// Whether a key under `jobs()` is a job definition (not an `active` marker).
+    pub fn is_job_key(&self, key: &str) -> bool {
+        key.strip_prefix(&self.jobs()).is_some_and(|rest| !rest.contains('/'))
+    }
+
+    /// `/sessions/`.
+    pub fn sessions(&self) -> String {
+        format!("{}/sessions/", self.prefix)
+    }
+
+    /// `/sessions/{id}`.
+    pub fn session(&self, id: &str) -> String {
+        format!("{}/sessions/{id}", self.prefix)
+    }
+
+    /// `/sessions/{id}/owner`: the owning coordinator, bound to its lease.
+    pub fn session_owner(&self, id: &str) -> String {
+        format!("{}/sessions/{id}/owner", self.prefix)
+    }
+
+    /// `/sessions/{id}/items/`.
+    pub fn items(&self, id: &str) -> String {
+        format!("{}/sessions/{id}/items/", self.prefix)
+    }
+
+    /// `/sessions/{id}/items/{index}`, zero-padded so keys sort in job order.
+    pub fn item(&self, id: &str, index: u32) -> String {
+        format!("{}/sessions/{id}/items/{index:06}", self.prefix)
+    }
+
+    /// The session id of a key under `sessions()`, with what follows it.
+    pub fn split_session_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let rest = key.strip_prefix(&self.sessions())?;
+        Some(rest.split_once('/').unwrap_or((rest, "")))
+    }
+
+    /// `/agents/`.
+    pub fn agents(&self) -> String {
+        format!("{}/agents/", self.prefix)
+    }
+
+    /// `/agents/{id}`: registration, bound to a lease renewed by heartbeats.
+    pub fn agent(&self, id: &str) -> String {
+        format!("{}/agents/{id}", self.prefix)
+    }
+
+    /// `/coordinators/`.
+    pub fn coordinators(&self) -> String {
+        format!("{}/coordinators/", self.prefix)
+    }
+
+    /// `/coordinators/{id}`: membership, bound to the coordinator's lease.
+    pub fn coordinator(&self, id: &str) -> String {
+        format!("{}/coordinators/{id}", self.prefix)
+    }
+
+    /// `/restore-points/{job}/`.
+    pub fn restore_points(&self, job: &str) -> String {
+        format!("{}/restore-points/{job}/", self.prefix)
+    }
+
+    /// `/restore-points/{job}/{item}/{rp}`: catalog entry.
+    pub fn restore_point(&self, job: &str, item: &str, rp: &str) -> String {
+        format!("{}/restore-points/{job}/{item}/{rp}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_keys_are_told_apart_from_active_markers() {
+        let keys = Keys::new("/sluice/");
+        assert!(keys.is_job_key(&keys.job("nightly")));
+        assert!(!keys.is_job_key(&keys.job_active("nightly")));
+    }
+
+    #[test]
+    fn item_keys_sort_in_job_order() {
+        let keys = Keys::new("/p");
+        assert!(keys.item("s", 9) < keys.item("s", 10));
+        assert_eq!(keys.split_session_key(&keys.item("s1", 3)), Some(("s1", "items/000003")));
+        assert_eq!(keys.split_session_key(&keys.session("s1")), Some(("s1", "")));
+    }
+}

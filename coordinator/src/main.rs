@@ -1,0 +1,80 @@
+//! `sluice-coordinator`: parses flags, loads config, starts telemetry and runs the coordinator.
+
+use std::{io::Write, path::PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+use sluice_coordinator::Settings;
+use tokio_util::sync::CancellationToken;
+
+/// Sluice coordinator: keeps job sessions in etcd and dispatches tasks to agents.
+#[derive(Debug, Parser, Serialize)]
+#[command(version, about)]
+#[serde(rename_all = "kebab-case")]
+struct Flags {
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
+    #[arg(long, env = "SLUICE_ETCD", value_name = "URL[,URL]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd: Option<String>,
+    /// Address to serve the API on (e.g. 0.0.0.0:7400).
+    #[arg(long, env = "SLUICE_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Unique coordinator id.
+    #[arg(long, env = "SLUICE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// Lease TTL in seconds: how long a dead coordinator keeps its sessions (default 10).
+    #[arg(long, env = "SLUICE_LEASE_TTL", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ttl: Option<u64>,
+    /// Key prefix in etcd (default /sluice).
+    #[arg(long, env = "SLUICE_PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    /// URL peers and agents use to reach this coordinator (default: the bound address).
+    #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<String>,
+    /// TOML file with any of these settings (keys are the long flag names).
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let settings: Settings = sluice_proto::config::load(&flags, flags.config.as_deref())?;
+    let _telemetry = sluice_proto::telemetry::init("sluice-coordinator");
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    announce(&listener)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    sluice_coordinator::run(settings, listener, shutdown).await?;
+    Ok(())
+}
+
+/// Prints the bound address, which tests and scripts read to find the coordinator.
+fn announce(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {}", listener.local_addr()?)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown signal received; handing sessions over");
+    shutdown.cancel();
+}

@@ -1,0 +1,181 @@
+//! The coordinator's etcd lease: granted, kept alive, and given up.
+//!
+//! Every session this coordinator owns hangs off the current lease's `fence` token. The
+//! keep-alive has a deadline shorter than the TTL: when renewals stop succeeding the fence is
+//! cancelled before etcd can expire the lease, so a coordinator cut off from etcd stops acting
+//! before a peer can claim its sessions (self-fencing).
+
+use std::time::Duration;
+
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
+use sluice_proto::{pb, time};
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::Store;
+
+/// One granted lease and the token cancelled when it is lost or released.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// etcd lease id.
+    pub id: i64,
+    /// Cancelled when the lease can no longer be trusted.
+    pub fence: CancellationToken,
+}
+
+/// What the membership actor needs to know about its coordinator.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Coordinator id.
+    pub id: String,
+    /// Address where it serves the API.
+    pub address: String,
+    /// Lease TTL.
+    pub ttl: Duration,
+}
+
+/// Watches the current lease; `None` while there is none.
+pub type LeaseWatch = watch::Receiver<Option<Lease>>;
+
+/// Starts the membership actor; it runs until `shutdown`, then revokes its lease (handover).
+pub fn spawn(
+    store: Store,
+    config: MembershipConfig,
+    shutdown: CancellationToken,
+) -> (LeaseWatch, tokio::task::JoinHandle<()>) {
+    let (sender, receiver) = watch::channel(None);
+    let actor = Membership { store, config, sender, shutdown };
+    (receiver, tokio::spawn(actor.run()))
+}
+
+struct Membership {
+    store: Store,
+    config: MembershipConfig,
+    sender: watch::Sender<Option<Lease>>,
+    shutdown: CancellationToken,
+}
+
+impl Membership {
+    async fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.shutdown.is_cancelled() {
+            match self.grant().await {
+                Ok(lease) => {
+                    backoff = Duration::from_millis(100);
+                    self.hold(lease).await;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot obtain a coordinator lease; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.ttl / 3);
+                }
+            }
+        }
+    }
+
+    async fn grant(&self) -> crate::error::Result<Lease> {
+        let ttl = self.config.ttl.as_secs().max(1) as i64;
+        let granted = self.store.client().lease_grant(ttl, None).await?;
+        let record = pb::CoordinatorRecord {
+            coordinator: Some(pb::Coordinator {
+                id: self.config.id.clone(),
+                address: self.config.address.clone(),
+                started_at: Some(time::now()),
+                sessions: Vec::new(),
+            }),
+        };
+        let key = self.store.keys().coordinator(&self.config.id);
+        self.store.put(&key, &record, Some(granted.id())).await?;
+        info!(lease = granted.id(), ttl, "coordinator lease granted and membership registered");
+        Ok(Lease { id: granted.id(), fence: CancellationToken::new() })
+    }
+
+    /// Keeps `lease` alive until it is lost or shutdown releases it.
+    async fn hold(&self, lease: Lease) {
+        self.sender.send_replace(Some(lease.clone()));
+        let outcome = self.keep_alive(lease.id).await;
+        lease.fence.cancel();
+        self.sender.send_replace(None);
+        match outcome {
+            KeepAliveEnd::Shutdown => self.revoke(lease.id).await,
+            KeepAliveEnd::Lost(reason) => {
+                warn!(lease = lease.id, reason, "coordinator lease lost; fenced")
+            }
+        }
+    }
+
+    async fn keep_alive(&self, id: i64) -> KeepAliveEnd {
+        let interval = self.config.ttl / 3;
+        // Trust the lease only up to 3/4 of the TTL after the last confirmed renewal.
+        let mut trusted_until = Instant::now() + self.config.ttl * 3 / 4;
+        let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+        loop {
+            if Instant::now() >= trusted_until {
+                return KeepAliveEnd::Lost("no renewal confirmed in time");
+            }
+            let sent_at = Instant::now();
+            match self.renew(id, &mut stream, interval).await {
+                Renewal::Renewed => trusted_until = sent_at + self.config.ttl * 3 / 4,
+                Renewal::Expired => return KeepAliveEnd::Lost("lease expired"),
+                Renewal::Failed(error) => {
+                    warn!(lease = id, %error, "lease renewal failed");
+                    stream = None;
+                }
+            }
+            let next = (sent_at + interval).min(trusted_until);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return KeepAliveEnd::Shutdown,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        id: i64,
+        stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+        timeout: Duration,
+    ) -> Renewal {
+        let attempt = async {
+            if stream.is_none() {
+                *stream = Some(self.store.client().lease_keep_alive(id).await?);
+            }
+            let Some((keeper, responses)) = stream.as_mut() else {
+                return Ok(None);
+            };
+            keeper.keep_alive().await?;
+            responses.message().await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => Renewal::Renewed,
+            Ok(Ok(Some(_))) => Renewal::Expired,
+            Ok(Ok(None)) => Renewal::Failed("keep-alive stream closed".into()),
+            Ok(Err(error)) => Renewal::Failed(error.to_string()),
+            Err(_) => Renewal::Failed("keep-alive timed out".into()),
+        }
+    }
+
+    async fn revoke(&self, id: i64) {
+        let mut client: Client = self.store.client();
+        match tokio::time::timeout(self.config.ttl, client.lease_revoke(id)).await {
+            Ok(Ok(_)) => info!(lease = id, "coordinator lease revoked; sessions handed over"),
+            Ok(Err(error)) => warn!(lease = id, %error, "lease revoke failed; it will expire"),
+            Err(_) => warn!(lease = id, "lease revoke timed out; it will expire"),
+        }
+    }
+}
+
+enum KeepAliveEnd {
+    Shutdown,
+    Lost(&'static str),
+}
+
+enum Renewal {
+    Renewed,
+    Expired,
+    Failed(String),
+}

@@ -1,0 +1,84 @@
+//! The coordinator's gRPC server: API services, health and reflection.
+
+use std::time::Duration;
+
+use sluice_proto::{
+    FILE_DESCRIPTOR_SET,
+    pb::{
+        agent_registry_server::AgentRegistryServer, cluster_service_server::ClusterServiceServer,
+        job_service_server::JobServiceServer,
+    },
+    telemetry,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::{
+    api::{ClusterApi, JobApi, RegistryApi},
+    error::{Error, Result},
+};
+
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// How long open streams get to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The services a coordinator serves.
+pub struct Services {
+    /// `JobService`.
+    pub jobs: JobApi,
+    /// `ClusterService`.
+    pub cluster: ClusterApi,
+    /// `AgentRegistry`.
+    pub registry: RegistryApi,
+}
+
+/// Serves until `shutdown`, then gives open calls a bounded grace period.
+pub async fn serve(
+    services: Services,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
+    health_reporter.set_serving::<ClusterServiceServer<ClusterApi>>().await;
+    health_reporter.set_serving::<AgentRegistryServer<RegistryApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Unavailable(format!("reflection service: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Unavailable(format!("reflection service: {e}")))?;
+    let router = Server::builder()
+        .trace_fn(telemetry::server_span)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(
+            JobServiceServer::new(services.jobs)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(ClusterServiceServer::new(services.cluster))
+        .add_service(AgentRegistryServer::new(services.registry));
+    let incoming = TcpListenerStream::new(listener);
+    let stopping = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, stopping.cancelled_owned());
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| Error::Unavailable(format!("server: {e}"))),
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result.map_err(|e| Error::Unavailable(format!("server: {e}"))),
+        Err(_) => {
+            tracing::warn!("open calls did not finish within the shutdown grace period");
+            Ok(())
+        }
+    }
+}

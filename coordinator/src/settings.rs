@@ -1,0 +1,76 @@
+//! Coordinator settings, merged from flags, `SLUICE_*` variables and a TOML file.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+/// Everything a coordinator is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// etcd endpoints.
+    #[serde(deserialize_with = "list")]
+    pub etcd: Vec<String>,
+    /// Address to listen on.
+    pub listen: String,
+    /// Coordinator id.
+    pub id: String,
+    /// Lease TTL in seconds.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: u64,
+    /// Key prefix in etcd.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Address advertised to peers and agents (defaults to the bound address).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Timeout of one etcd call, in milliseconds.
+    #[serde(default = "default_etcd_timeout_ms")]
+    pub etcd_timeout_ms: u64,
+}
+
+fn default_lease_ttl() -> u64 {
+    10
+}
+
+fn default_prefix() -> String {
+    "/sluice".into()
+}
+
+fn default_etcd_timeout_ms() -> u64 {
+    2000
+}
+
+fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => sluice_proto::config::split_list(&text),
+        OneOrMany::Many(list) => list,
+    })
+}
+
+impl Settings {
+    /// Lease TTL (at least one second).
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl.max(1))
+    }
+
+    /// Timeout of one etcd call.
+    pub fn etcd_timeout(&self) -> Duration {
+        Duration::from_millis(self.etcd_timeout_ms.max(100))
+    }
+
+    /// The URL peers and agents reach this coordinator at.
+    pub fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
+        match (&self.advertise, bound) {
+            (Some(address), _) => address.clone(),
+            (None, Some(bound)) => format!("http://{bound}"),
+            (None, None) => format!("http://{}", self.listen),
+        }
+    }
+}

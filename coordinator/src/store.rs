@@ -1,0 +1,134 @@
+//! etcd access: protobuf values, create-if-absent and guarded writes, with call timeouts.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use prost::Message;
+
+use crate::{
+    error::{Error, Result},
+    keys::Keys,
+};
+
+/// A cheap-to-clone handle on etcd and the key layout.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    keys: Keys,
+}
+
+/// A decoded value with the revisions that fence later writes.
+#[derive(Debug, Clone)]
+pub struct Versioned<M> {
+    /// The value.
+    pub value: M,
+    /// Revision of the key's last change.
+    pub mod_revision: i64,
+    /// Revision at which the key was created.
+    pub create_revision: i64,
+    /// Lease the key is bound to (0 = none).
+    pub lease: i64,
+}
+
+impl Store {
+    /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down.
+    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(5), timeout);
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Store { client, keys: Keys::new(prefix) })
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A clone of the raw client, for watches and leases.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Reads and decodes one key.
+    pub async fn get<M: Message + Default>(&self, key: &str) -> Result<Option<Versioned<M>>> {
+        let response = self.client.kv_client().get(key, None).await?;
+        response.kvs().first().map(|kv| decode_kv(kv)).transpose()
+    }
+
+    /// Reads and decodes every key under a prefix, in key order.
+    pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Vec<(String, M)>> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.client.kv_client().get(prefix, Some(options)).await?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode_kv(kv)?.value)))
+            .collect()
+    }
+
+    /// Reads the raw keys and values under a prefix.
+    pub async fn list_raw(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.client.kv_client().get(prefix, Some(options)).await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+            .collect())
+    }
+
+    /// Writes a key unconditionally, optionally bound to a lease.
+    pub async fn put<M: Message>(&self, key: &str, value: &M, lease: Option<i64>) -> Result<()> {
+        let options = lease.map(|id| PutOptions::new().with_lease(id));
+        self.client.kv_client().put(key, value.encode_to_vec(), options).await?;
+        Ok(())
+    }
+
+    /// Creates a key only if it is absent; `false` when it exists already.
+    pub async fn create<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
+        let txn =
+            Txn::new().when([absent(key)]).and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
+    /// Replaces a key only if it exists; `false` when it does not.
+    pub async fn replace<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
+    /// Runs a transaction; `Ok(None)` when its guards did not hold, else the responses.
+    pub async fn txn(&self, txn: Txn) -> Result<Option<Vec<TxnOpResponse>>> {
+        let response = self.client.kv_client().txn(txn).await?;
+        Ok(response.succeeded().then(|| response.op_responses()))
+    }
+}
+
+/// A guard that holds while `key` does not exist.
+pub fn absent(key: &str) -> Compare {
+    Compare::create_revision(key, CompareOp::Equal, 0)
+}
+
+fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Versioned<M>> {
+    let value = M::decode(kv.value()).map_err(|source| Error::Decode {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        source,
+    })?;
+    Ok(Versioned {
+        value,
+        mod_revision: kv.mod_revision(),
+        create_revision: kv.create_revision(),
+        lease: kv.lease(),
+    })
+}
+
+/// Decodes a raw value read from `key`.
+pub fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|source| Error::Decode { key: key.to_string(), source })
+}
