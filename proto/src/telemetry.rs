@@ -1,38 +1,155 @@
 //! Tracing and OpenTelemetry set-up, and W3C trace-context propagation over gRPC.
 //!
-//! API used by every binary (the OpenTelemetry parts are filled in by the telemetry work):
+//! API used by every binary:
 //! - [`init`] at the start of `main`, keeping the guard alive until exit;
-//! - [`TraceInterceptor`] on every gRPC client (injects `traceparent`);
-//! - [`server_span`] as `Server::builder().trace_fn(server_span)` (extracts it).
+//! - [`TraceInterceptor`] on every gRPC client (injects `traceparent`/`tracestate`);
+//! - [`server_span`] as `Server::builder().trace_fn(server_span)` (extracts them);
+//! - [`current_traceparent`] and [`set_parent_from_traceparent`] to keep a trace context in a
+//!   record (a session started by one coordinator, carried on by another after a takeover).
+//!
+//! Logs always go to stderr. Spans are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: OTLP over gRPC, batched, configured by the
+//! standard `OTEL_EXPORTER_OTLP_*` variables. Without it nothing is exported, no connection is
+//! ever opened, and spans carry no OpenTelemetry context, so nothing is propagated either.
 
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+mod propagation;
+
+use std::time::Duration;
+
+use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, filter::Targets, layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
+
+pub use propagation::{
+    TraceInterceptor, current_traceparent, inject_context, server_span,
+    set_parent_from_traceparent, span_context_from,
+};
+
+/// How long dropping the guard may wait for the last spans to be exported.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Crates whose own spans are never exported: the exporter runs on them, so exporting them
+/// would feed the exporter with its own work.
+const EXPORTER_TARGETS: [&str; 6] =
+    ["h2", "hyper", "hyper_util", "tonic", "tower", "opentelemetry"];
 
 /// Flushes and shuts telemetry down when dropped.
 #[must_use = "telemetry stops when the guard is dropped"]
 pub struct TelemetryGuard {
-    _private: (),
+    provider: Option<SdkTracerProvider>,
 }
 
-/// Installs the global tracing subscriber: logs to stderr (`RUST_LOG`, default `info`).
-pub fn init(service_name: &'static str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
-    tracing::debug!(service = service_name, "telemetry initialised");
-    TelemetryGuard { _private: () }
-}
-
-/// A tonic client interceptor that injects the current span's trace context.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceInterceptor;
-
-impl tonic::service::Interceptor for TraceInterceptor {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        Ok(request)
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard").field("exporting", &self.provider.is_some()).finish()
     }
 }
 
-/// The span of one incoming gRPC request, child of the caller's trace context if it sent one.
-pub fn server_span(request: &http::Request<()>) -> tracing::Span {
-    tracing::info_span!("grpc", path = %request.uri().path())
+impl Drop for TelemetryGuard {
+    /// Exports the spans still buffered, waiting at most [`SHUTDOWN_TIMEOUT`].
+    ///
+    /// The OTLP client runs on the Tokio runtime: drop the guard while a multi-thread runtime is
+    /// still alive (at the end of `#[tokio::main] async fn main`), or the flush times out.
+    fn drop(&mut self) {
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        if let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+            eprintln!("telemetry shutdown failed: {error}");
+        }
+    }
 }
+
+/// Installs the global tracing subscriber and the W3C trace-context propagator.
+///
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`). When an OTLP endpoint is
+/// configured, spans are also exported to it as `service_name`.
+///
+/// # Panics
+///
+/// With an OTLP endpoint configured, when called outside a Tokio runtime: the exporter's gRPC
+/// client lives on the runtime, so call `init` inside `#[tokio::main] async fn main`.
+///
+/// A second call, or a call after another subscriber was installed, keeps the first one.
+pub fn init(service_name: &'static str) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter =
+        EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let exporter = otlp_requested().then(|| tracer_provider(service_name));
+    let (provider, problem) = match exporter {
+        None => (None, None),
+        Some(Ok(provider)) => (Some(provider), None),
+        Some(Err(problem)) => (None, Some(problem)),
+    };
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_filter(exported_targets())
+    });
+    let installed = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    if let Some(problem) = problem {
+        tracing::warn!(service = service_name, %problem, "span export disabled");
+    }
+    if installed.is_err() {
+        tracing::debug!(service = service_name, "a tracing subscriber was already installed");
+        return TelemetryGuard { provider: None };
+    }
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    tracing::debug!(
+        service = service_name,
+        exporting = provider.is_some(),
+        "telemetry initialised"
+    );
+    TelemetryGuard { provider }
+}
+
+/// Whether the environment asks for span export (the standard OpenTelemetry variables).
+fn otlp_requested() -> bool {
+    let var = |name: &str| std::env::var(name).ok();
+    export_requested(
+        var("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").as_deref(),
+        var("OTEL_SDK_DISABLED").as_deref(),
+    )
+}
+
+fn export_requested(
+    endpoint: Option<&str>,
+    traces_endpoint: Option<&str>,
+    disabled: Option<&str>,
+) -> bool {
+    let set = |value: Option<&str>| value.is_some_and(|value| !value.trim().is_empty());
+    let disabled = disabled.is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
+    !disabled && (set(endpoint) || set(traces_endpoint))
+}
+
+/// A tracer provider that batches spans to the configured OTLP/gRPC endpoint.
+fn tracer_provider(service_name: &'static str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|error| error.to_string())?;
+    let resource = Resource::builder()
+        .with_service_name(service_name)
+        .with_attribute(KeyValue::new("service.version", crate::VERSION))
+        .build();
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+}
+
+/// The per-layer filter of the OpenTelemetry layer: everything but the exporter's own stack.
+fn exported_targets() -> Targets {
+    EXPORTER_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |targets, target| {
+            targets.with_target(*target, LevelFilter::OFF)
+        })
+}
+
+#[cfg(test)]
+mod tests;
