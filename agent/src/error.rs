@@ -1,0 +1,104 @@
+//! The one error type of the agent and its mapping onto gRPC statuses.
+
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in the agent, as callers and operators see it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A request field has a bad value.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// Path of the field, e.g. `task.key.session_id`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A command carries an epoch older than the newest one seen for its session.
+    #[error("stale epoch {epoch} for session {session}: newest seen is {newest}")]
+    StaleEpoch {
+        /// Session id.
+        session: String,
+        /// Epoch of the command.
+        epoch: i64,
+        /// Newest epoch seen.
+        newest: i64,
+    },
+    /// The request cannot be served in the agent's current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The agent drains and takes no new tasks.
+    #[error("agent {id} is draining")]
+    Draining {
+        /// Agent id.
+        id: String,
+    },
+    /// Every task slot is in use.
+    #[error("no free task slot ({used} of {total} in use)")]
+    NoFreeSlot {
+        /// Slots in use.
+        used: usize,
+        /// Slots of the agent.
+        total: usize,
+    },
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A file of the state directory cannot be read or written.
+    #[error("state directory: {context}: {source}")]
+    Journal {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The agent is shutting down and cannot answer.
+    #[error("agent is shutting down")]
+    ShuttingDown,
+    /// The gRPC server failed.
+    #[error("grpc server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+impl AgentError {
+    /// A bad request field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// A journal failure with context.
+    pub fn journal(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Journal { context: context.into(), source }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::StaleEpoch { .. } | Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Draining { .. } | Self::ShuttingDown => Code::Unavailable,
+            Self::NoFreeSlot { .. } => Code::ResourceExhausted,
+            Self::Config(_) | Self::Journal { .. } | Self::Server(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<AgentError> for Status {
+    fn from(error: AgentError) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_fit_the_error() {
+        let stale = AgentError::StaleEpoch { session: "s".into(), epoch: 1, newest: 2 };
+        let status = Status::from(stale);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.message(), "stale epoch 1 for session s: newest seen is 2");
+        let slots = Status::from(AgentError::NoFreeSlot { used: 2, total: 2 });
+        assert_eq!(slots.code(), Code::ResourceExhausted);
+        assert_eq!(slots.message(), "no free task slot (2 of 2 in use)");
+    }
+}

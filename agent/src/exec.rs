@@ -1,0 +1,168 @@
+//! Executors: what a task does, phase by phase, and how it reports.
+//!
+//! Every executor reports each phase as it begins and ends with a [`pb::TaskOutcome`];
+//! `CLEANUP` always runs, also after an error or a cancel.
+
+pub mod commit;
+pub mod qemu;
+pub mod sim;
+pub mod vm;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use sluice_proto::pb::{self, job_item::Target};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::key::TaskId;
+
+/// Message of a computer task when the computer executor is not built in.
+pub const COMPUTER_UNAVAILABLE: &str =
+    "computer backup executor is not available in this agent version";
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A change an executor reports about its task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A phase begins.
+    Phase(pb::TaskPhase),
+    /// Bytes copied so far out of a total.
+    Progress {
+        /// Bytes copied.
+        done: u64,
+        /// Bytes to copy in all.
+        total: u64,
+    },
+    /// The task ended; its journal entry already holds the outcome.
+    Finished(pb::TaskOutcome),
+}
+
+/// Sends a task's updates, at most about four progress updates per second.
+#[derive(Debug)]
+pub struct Reporter {
+    id: TaskId,
+    tx: mpsc::Sender<(TaskId, Update)>,
+    last_progress: Option<Instant>,
+}
+
+impl Reporter {
+    /// A reporter for one task.
+    pub fn new(id: TaskId, tx: mpsc::Sender<(TaskId, Update)>) -> Self {
+        Self { id, tx, last_progress: None }
+    }
+
+    /// Reports that a phase begins.
+    pub async fn phase(&mut self, phase: pb::TaskPhase) {
+        self.send(Update::Phase(phase)).await;
+    }
+
+    /// Reports progress; drops it when the last one is too recent, unless it is complete.
+    pub async fn progress(&mut self, done: u64, total: u64) {
+        let recent = self.last_progress.is_some_and(|at| at.elapsed() < PROGRESS_EVERY);
+        if recent && done < total {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        self.send(Update::Progress { done, total }).await;
+    }
+
+    /// Reports the outcome.
+    pub async fn finished(&mut self, outcome: pb::TaskOutcome) {
+        self.send(Update::Finished(outcome)).await;
+    }
+
+    async fn send(&self, update: Update) {
+        // The receiver is gone only when the agent shuts down: nothing to tell then.
+        let _ = self.tx.send((self.id.clone(), update)).await;
+    }
+}
+
+/// Cancellation of one task, with the reason of the first cancel.
+#[derive(Debug, Clone, Default)]
+pub struct CancelSignal {
+    token: CancellationToken,
+    reason: Arc<OnceLock<pb::CancelReason>>,
+}
+
+impl CancelSignal {
+    /// Cancels the task; the first reason given is kept.
+    pub fn cancel(&self, reason: pb::CancelReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Completes when the task is cancelled.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Whether the task is cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The reason of the cancel, if cancelled.
+    pub fn reason(&self) -> pb::CancelReason {
+        self.reason.get().copied().unwrap_or(pb::CancelReason::Unspecified)
+    }
+}
+
+/// Everything an executor needs to run one task.
+#[derive(Debug)]
+pub struct TaskContext {
+    /// Which task.
+    pub id: TaskId,
+    /// The task as the coordinator sent it.
+    pub spec: pb::TaskSpec,
+    /// Cancels the task.
+    pub cancel: CancelSignal,
+    /// Where updates go.
+    pub reporter: Reporter,
+    /// `qemu-img convert -r` in bytes per second.
+    pub rate_limit: Option<u64>,
+    /// Sessions with a task running on this agent (their snapshots are not leftovers).
+    pub running_sessions: watch::Receiver<BTreeSet<String>>,
+}
+
+/// Runs the task with the executor its spec asks for and returns its outcome.
+pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
+    let target = ctx.spec.item.as_ref().and_then(|item| item.target.clone());
+    match (ctx.spec.sim_duration_ms, target) {
+        (Some(ms), _) => sim::run(ctx, Duration::from_millis(u64::from(ms))).await,
+        (None, Some(Target::Vm(vm))) => vm::run(ctx, &vm).await,
+        (None, Some(Target::Computer(_))) => failed(COMPUTER_UNAVAILABLE.to_owned()),
+        (None, None) => failed("task has no target".to_owned()),
+    }
+}
+
+/// A failed outcome.
+pub fn failed(message: String) -> pb::TaskOutcome {
+    pb::TaskOutcome { state: pb::ItemState::Failed as i32, message, ..Default::default() }
+}
+
+/// A cancelled outcome with its reason.
+pub fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
+    let message = match reason {
+        pb::CancelReason::Drain => "canceled: the agent drained past its deadline",
+        _ => "canceled by user",
+    };
+    pb::TaskOutcome {
+        state: pb::ItemState::Canceled as i32,
+        message: message.to_owned(),
+        cancel_reason: reason as i32,
+        ..Default::default()
+    }
+}
+
+/// A successful outcome, or a warning when `warning` is not empty.
+pub fn committed(restore_point: pb::RestorePoint, warning: String) -> pb::TaskOutcome {
+    let state = if warning.is_empty() { pb::ItemState::Success } else { pb::ItemState::Warning };
+    pb::TaskOutcome {
+        state: state as i32,
+        restore_point: Some(restore_point),
+        message: warning,
+        ..Default::default()
+    }
+}

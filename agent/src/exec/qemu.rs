@@ -1,0 +1,186 @@
+//! Thin async wrappers around `qemu-img`, killed when dropped.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+
+use super::{CancelSignal, Reporter};
+
+const QEMU_IMG: &str = "qemu-img";
+
+/// What `qemu-img info` tells about a disk image.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageInfo {
+    /// Size of the virtual disk in bytes.
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    /// Internal snapshots of the image.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// One internal snapshot of an image.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotInfo {
+    /// Snapshot tag.
+    pub name: String,
+}
+
+/// Why a conversion did not complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConvertError {
+    /// The task was cancelled and the child killed.
+    Canceled,
+    /// `qemu-img` failed; its error text.
+    Failed(String),
+}
+
+/// Where a conversion's progress falls within the task's transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgressSpan {
+    /// Bytes of the disks converted before this one.
+    pub base: u64,
+    /// Virtual size of this disk.
+    pub size: u64,
+    /// Bytes of all disks.
+    pub total: u64,
+}
+
+/// Reads a disk's virtual size and snapshots (shared lock: works while others read it).
+pub async fn info(disk: &Path) -> Result<ImageInfo, String> {
+    let mut cmd = command(&["info", "-U", "--output=json"]);
+    cmd.arg(disk);
+    let stdout = run(cmd).await?;
+    serde_json::from_slice(&stdout).map_err(|e| format!("unexpected qemu-img info output: {e}"))
+}
+
+/// Creates an internal snapshot.
+pub async fn snapshot_create(disk: &Path, name: &str) -> Result<(), String> {
+    let mut cmd = command(&["snapshot", "-c", name]);
+    cmd.arg(disk);
+    run(cmd).await.map(drop)
+}
+
+/// Deletes an internal snapshot.
+pub async fn snapshot_delete(disk: &Path, name: &str) -> Result<(), String> {
+    let mut cmd = command(&["snapshot", "-d", name]);
+    cmd.arg(disk);
+    run(cmd).await.map(drop)
+}
+
+/// Exports the snapshot `snapshot` of `disk` to a new qcow2 file `out`, reporting progress.
+pub async fn convert(
+    disk: &Path,
+    out: &Path,
+    snapshot: &str,
+    rate_limit: Option<u64>,
+    cancel: &CancelSignal,
+    reporter: &mut Reporter,
+    span: ProgressSpan,
+) -> Result<(), ConvertError> {
+    let mut cmd = command(&["convert", "-p", "-O", "qcow2", "-l"]);
+    cmd.arg(format!("snapshot.name={snapshot}"));
+    if let Some(rate) = rate_limit {
+        cmd.arg("-r").arg(rate.to_string());
+    }
+    cmd.arg(disk).arg(out);
+    let mut child = spawn(cmd).map_err(ConvertError::Failed)?;
+    let stderr = tokio::spawn(read_all(child.stderr.take()));
+    let stdout = child.stdout.take();
+    let status = tokio::select! {
+        status = async {
+            read_progress(stdout, reporter, span).await;
+            child.wait().await
+        } => Some(status),
+        () = cancel.cancelled() => None,
+    };
+    let Some(status) = status else {
+        // Kill and reap, so the image lock is released before cleanup touches the disk.
+        let _ = child.kill().await;
+        return Err(ConvertError::Canceled);
+    };
+    let stderr = stderr.await.unwrap_or_default();
+    check(status.map_err(|e| e.to_string()), &stderr).map_err(ConvertError::Failed)
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(QEMU_IMG);
+    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+fn spawn(mut cmd: Command) -> Result<Child, String> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn().map_err(|e| format!("cannot run {QEMU_IMG}: {e}"))
+}
+
+async fn run(mut cmd: Command) -> Result<Vec<u8>, String> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let output = cmd.output().await.map_err(|e| format!("cannot run {QEMU_IMG}: {e}"))?;
+    check(Ok(output.status), &output.stderr)?;
+    Ok(output.stdout)
+}
+
+fn check(status: Result<ExitStatus, String>, stderr: &[u8]) -> Result<(), String> {
+    let status = status?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(stderr).trim().to_owned();
+    if text.is_empty() { Err(format!("{QEMU_IMG} ended with {status}")) } else { Err(text) }
+}
+
+async fn read_all(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut bytes).await;
+    }
+    bytes
+}
+
+async fn read_progress(
+    pipe: Option<impl AsyncRead + Unpin>,
+    reporter: &mut Reporter,
+    span: ProgressSpan,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut pending = Vec::new();
+    let mut chunk = [0_u8; 512];
+    while let Ok(n) = pipe.read(&mut chunk).await {
+        if n == 0 {
+            return;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\r' || *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if let Some(percent) = parse_percent(&String::from_utf8_lossy(&line)) {
+                let done = span.base + (span.size as f64 * percent / 100.0) as u64;
+                reporter.progress(done.min(span.total), span.total).await;
+            }
+        }
+    }
+}
+
+/// Parses a `qemu-img -p` progress line such as `    (12.34/100%)`.
+fn parse_percent(line: &str) -> Option<f64> {
+    let start = line.find('(')? + 1;
+    let end = line[start..].find('/')? + start;
+    let percent: f64 = line[start..end].trim().parse().ok()?;
+    (0.0..=100.0).contains(&percent).then_some(percent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_parse() {
+        assert_eq!(parse_percent("    (12.34/100%)\r"), Some(12.34));
+        assert_eq!(parse_percent("    (100.00/100%)"), Some(100.0));
+        assert_eq!(parse_percent("garbage"), None);
+        assert_eq!(parse_percent("(x/100%)"), None);
+    }
+}

@@ -1,0 +1,205 @@
+//! Identity of a task and checks of the task specs coordinators send.
+
+use std::fmt;
+
+use sluice_proto::pb::{self, job_item::Target};
+
+use crate::error::AgentError;
+
+const MAX_SESSION_ID_LEN: usize = 128;
+const MAX_ITEM_NAME_LEN: usize = 255;
+
+/// One attempt of one item of a session: the key tasks are idempotent on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// Session id.
+    pub session: String,
+    /// Index of the item in the job.
+    pub index: u32,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+impl TaskId {
+    /// The id of a wire key (unchecked).
+    pub fn from_key(key: &pb::TaskKey) -> Self {
+        Self { session: key.session_id.clone(), index: key.item_index, attempt: key.attempt }
+    }
+
+    /// The wire key.
+    pub fn to_key(&self) -> pb::TaskKey {
+        pb::TaskKey {
+            session_id: self.session.clone(),
+            item_index: self.index,
+            attempt: self.attempt,
+        }
+    }
+
+    /// File name of its journal entry.
+    pub fn file_name(&self) -> String {
+        format!("{}.{}.{}.pb", self.session, self.index, self.attempt)
+    }
+
+    /// Id of the restore point the task commits: `<session>-<index>`.
+    pub fn restore_point_id(&self) -> String {
+        format!("{}-{}", self.session, self.index)
+    }
+
+    /// Name of the VM snapshots the task takes: `sluice-<session>`.
+    pub fn snapshot_name(&self) -> String {
+        format!("{SNAPSHOT_PREFIX}{}", self.session)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}#{}", self.session, self.index, self.attempt)
+    }
+}
+
+/// Prefix of every snapshot Sluice takes.
+pub const SNAPSHOT_PREFIX: &str = "sluice-";
+
+/// Checks a session id: 1-128 characters of `[A-Za-z0-9._-]`, not starting with a dot.
+pub fn validate_session_id(field: &str, session: &str) -> Result<(), AgentError> {
+    if session.is_empty() || session.len() > MAX_SESSION_ID_LEN {
+        return Err(AgentError::invalid(
+            field,
+            format!("must be 1-{MAX_SESSION_ID_LEN} characters"),
+        ));
+    }
+    let safe = session.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !safe || session.starts_with('.') {
+        return Err(AgentError::invalid(
+            field,
+            format!("{session:?} may hold only [A-Za-z0-9._-] and not start with '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a run request's task and returns its id.
+pub fn validate_spec(spec: &pb::TaskSpec) -> Result<TaskId, AgentError> {
+    let key = spec.key.as_ref().ok_or_else(|| AgentError::invalid("task.key", "is required"))?;
+    validate_session_id("task.key.session_id", &key.session_id)?;
+    if key.attempt < 1 {
+        return Err(AgentError::invalid("task.key.attempt", "must be at least 1"));
+    }
+    if spec.epoch < 1 {
+        return Err(AgentError::invalid("task.epoch", "must be at least 1"));
+    }
+    sluice_proto::job::validate_name("task.job", &spec.job)
+        .map_err(|e| AgentError::invalid("task.job", e.to_string()))?;
+    let item = spec.item.as_ref().ok_or_else(|| AgentError::invalid("task.item", "is required"))?;
+    validate_item_name(&item.name)?;
+    validate_target(spec, item.target.as_ref())?;
+    Ok(TaskId::from_key(key))
+}
+
+fn validate_item_name(name: &str) -> Result<(), AgentError> {
+    let field = "task.item.name";
+    if name.is_empty() || name.len() > MAX_ITEM_NAME_LEN {
+        return Err(AgentError::invalid(field, format!("must be 1-{MAX_ITEM_NAME_LEN} bytes")));
+    }
+    if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        return Err(AgentError::invalid(
+            field,
+            format!("{name:?} may not contain '/' or NUL, nor be '.' or '..'"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), AgentError> {
+    let needs_repository = match target {
+        None => return Err(AgentError::invalid("task.item.target", "needs a vm or computer")),
+        Some(Target::Vm(vm)) => {
+            validate_disks(&vm.disks)?;
+            spec.sim_duration_ms.is_none()
+        }
+        Some(Target::Computer(computer)) => {
+            if computer.computer.is_empty() {
+                return Err(AgentError::invalid(
+                    "task.item.computer.computer",
+                    "must name the computer",
+                ));
+            }
+            false
+        }
+    };
+    if needs_repository && !spec.repository.starts_with('/') {
+        return Err(AgentError::invalid("task.repository", "must be an absolute path"));
+    }
+    Ok(())
+}
+
+fn validate_disks(disks: &[String]) -> Result<(), AgentError> {
+    if disks.is_empty() {
+        return Err(AgentError::invalid("task.item.vm.disks", "must name at least one disk"));
+    }
+    for (i, disk) in disks.iter().enumerate() {
+        if !disk.starts_with('/') || disk.contains('\0') {
+            return Err(AgentError::invalid(
+                format!("task.item.vm.disks[{i}]"),
+                format!("{disk:?} must be an absolute path"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> pb::TaskSpec {
+        pb::TaskSpec {
+            key: Some(pb::TaskKey { session_id: "s1".into(), item_index: 0, attempt: 1 }),
+            epoch: 1,
+            job: "job".into(),
+            job_type: pb::JobType::VmBackup as i32,
+            item: Some(pb::JobItem {
+                name: "vm1".into(),
+                target: Some(Target::Vm(pb::VmTarget { disks: vec!["/d/a.qcow2".into()] })),
+            }),
+            repository: "/repo".into(),
+            sim_duration_ms: None,
+        }
+    }
+
+    fn field_of(spec: &pb::TaskSpec) -> String {
+        match validate_spec(spec) {
+            Err(AgentError::InvalidArgument { field, .. }) => field,
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_spec_passes() {
+        let id = validate_spec(&spec()).expect("valid");
+        assert_eq!(id.restore_point_id(), "s1-0");
+        assert_eq!(id.snapshot_name(), "sluice-s1");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut bad = spec();
+        bad.key = Some(pb::TaskKey { session_id: String::new(), item_index: 0, attempt: 1 });
+        assert_eq!(field_of(&bad), "task.key.session_id");
+        let mut bad = spec();
+        bad.key = Some(pb::TaskKey { session_id: "../x".into(), item_index: 0, attempt: 1 });
+        assert_eq!(field_of(&bad), "task.key.session_id");
+        let mut bad = spec();
+        bad.key = Some(pb::TaskKey { session_id: "s".into(), item_index: 0, attempt: 0 });
+        assert_eq!(field_of(&bad), "task.key.attempt");
+        let mut bad = spec();
+        bad.epoch = 0;
+        assert_eq!(field_of(&bad), "task.epoch");
+        let mut bad = spec();
+        bad.item = Some(pb::JobItem { name: "vm1".into(), target: None });
+        assert_eq!(field_of(&bad), "task.item.target");
+        let mut bad = spec();
+        bad.item = Some(pb::JobItem { name: "..".into(), target: None });
+        assert_eq!(field_of(&bad), "task.item.name");
+    }
+}

@@ -1,0 +1,134 @@
+//! Settings of an agent, merged from flags, `SLUICE_*` variables and the `--config` file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::AgentError;
+
+/// Default heartbeat TTL in seconds.
+pub const DEFAULT_HEARTBEAT_TTL: u32 = 10;
+/// Default drain deadline in seconds.
+pub const DEFAULT_DRAIN_DEADLINE: u32 = 600;
+
+/// Everything an agent needs to run. Keys are the long flag names (kebab-case).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// Coordinator endpoints, comma-separated (`http://host:port,...`).
+    pub coordinators: String,
+    /// Address to listen on (used by `main`; the library takes a bound listener).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Agent id.
+    pub id: String,
+    /// Task slots.
+    pub slots: u32,
+    /// Directory of the journal.
+    pub state_dir: PathBuf,
+    /// Computer name in computer mode.
+    #[serde(default)]
+    pub computer: Option<String>,
+    /// Seconds after which the agent counts as lost without a heartbeat.
+    #[serde(default = "default_ttl")]
+    pub heartbeat_ttl: u32,
+    /// Bytes per second for `qemu-img convert -r`.
+    #[serde(default)]
+    pub transfer_rate_limit: Option<u64>,
+    /// Address announced to coordinators; defaults to `http://<bound addr>`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Seconds a drain lets running tasks finish before cancelling them.
+    #[serde(default = "default_drain_deadline")]
+    pub drain_deadline: u32,
+}
+
+fn default_ttl() -> u32 {
+    DEFAULT_HEARTBEAT_TTL
+}
+
+fn default_drain_deadline() -> u32 {
+    DEFAULT_DRAIN_DEADLINE
+}
+
+impl Settings {
+    /// Settings with defaults for the optional fields (for tests and embedding).
+    pub fn new(coordinators: &str, id: &str, slots: u32, state_dir: PathBuf) -> Self {
+        Self {
+            coordinators: coordinators.to_owned(),
+            listen: None,
+            id: id.to_owned(),
+            slots,
+            state_dir,
+            computer: None,
+            heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
+            transfer_rate_limit: None,
+            advertise: None,
+            drain_deadline: DEFAULT_DRAIN_DEADLINE,
+        }
+    }
+
+    /// Checks the values that the agent cannot run without.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if self.id.trim().is_empty() {
+            return Err(AgentError::Config("--id must not be empty".into()));
+        }
+        if self.slots == 0 {
+            return Err(AgentError::Config("--slots must be at least 1".into()));
+        }
+        if self.heartbeat_ttl == 0 {
+            return Err(AgentError::Config("--heartbeat-ttl must be at least 1".into()));
+        }
+        if self.transfer_rate_limit == Some(0) {
+            return Err(AgentError::Config("--transfer-rate-limit must be at least 1".into()));
+        }
+        if self.coordinator_list().is_empty() {
+            return Err(AgentError::Config("--coordinators must name an endpoint".into()));
+        }
+        Ok(())
+    }
+
+    /// The coordinator endpoints.
+    pub fn coordinator_list(&self) -> Vec<String> {
+        sluice_proto::config::split_list(&self.coordinators)
+    }
+
+    /// The computer name, empty when not in computer mode.
+    pub fn computer_name(&self) -> &str {
+        self.computer.as_deref().unwrap_or_default()
+    }
+
+    /// Time between heartbeats: a third of the TTL, never below 100 ms.
+    pub fn heartbeat_interval(&self) -> Duration {
+        let third = Duration::from_millis(u64::from(self.heartbeat_ttl) * 1000 / 3);
+        third.max(Duration::from_millis(100))
+    }
+
+    /// The configured drain deadline.
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(u64::from(self.drain_deadline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_interval_is_a_third_of_the_ttl() {
+        let text = "coordinators = \"http://a:1, http://b:2\"\nid = \"a1\"\nslots = 2\n\
+                    state-dir = \"/tmp/x\"\n";
+        let settings: Settings = toml::from_str(text).expect("settings parse");
+        assert_eq!(settings.heartbeat_ttl, DEFAULT_HEARTBEAT_TTL);
+        assert_eq!(settings.coordinator_list(), vec!["http://a:1", "http://b:2"]);
+        assert_eq!(settings.heartbeat_interval(), Duration::from_millis(3333));
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn zero_slots_are_refused() {
+        let settings = Settings::new("http://a:1", "a1", 0, PathBuf::from("/tmp"));
+        assert!(settings.validate().is_err());
+    }
+}

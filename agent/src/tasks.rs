@@ -1,0 +1,3 @@
+//! The task actor: the agent's table of tasks, behind a cloneable handle.
+
+pub mod state;

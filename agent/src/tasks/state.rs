@@ -1,0 +1,236 @@
+//! The task table of an agent and its rules, free of I/O: epochs, admission, cancel, ack.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sluice_proto::pb::{self, job_item::Target};
+
+use crate::error::AgentError;
+use crate::exec::{CancelSignal, Update};
+use crate::key::TaskId;
+
+/// One task the agent holds: running, or finished and not yet acknowledged.
+#[derive(Debug)]
+pub struct Entry {
+    /// The task's current status (with its outcome once finished).
+    pub status: pb::TaskStatus,
+    /// Cancels it; present while it runs.
+    pub cancel: Option<CancelSignal>,
+}
+
+/// What to do with a run request that passed the rules.
+#[derive(Debug)]
+pub enum Admission {
+    /// The task is known: answer with its status.
+    Existing(pb::TaskStatus),
+    /// Start it.
+    Start,
+}
+
+/// The task table and the newest epoch per session.
+#[derive(Debug)]
+pub struct TaskTable {
+    agent_id: String,
+    computer: String,
+    slots: usize,
+    tasks: BTreeMap<TaskId, Entry>,
+    epochs: HashMap<String, i64>,
+    draining: bool,
+}
+
+impl TaskTable {
+    /// A table with the epochs and finished tasks recovered from the journal.
+    pub fn new(
+        agent_id: String,
+        computer: String,
+        slots: usize,
+        epochs: HashMap<String, i64>,
+        finished: Vec<pb::TaskStatus>,
+    ) -> Self {
+        let tasks = finished
+            .into_iter()
+            .filter_map(|status| {
+                let id = TaskId::from_key(status.key.as_ref()?);
+                Some((id, Entry { status, cancel: None }))
+            })
+            .collect();
+        Self { agent_id, computer, slots, tasks, epochs, draining: false }
+    }
+
+    /// Checks a command's epoch; `Ok(true)` when it is newer than any seen (to be recorded).
+    pub fn check_epoch(&self, session: &str, epoch: i64) -> Result<bool, AgentError> {
+        match self.epochs.get(session) {
+            Some(&newest) if epoch < newest => {
+                Err(AgentError::StaleEpoch { session: session.to_owned(), epoch, newest })
+            }
+            Some(&newest) => Ok(epoch > newest),
+            None => Ok(true),
+        }
+    }
+
+    /// The epochs with `session` raised to `epoch`, to be persisted before [`Self::set_epoch`].
+    pub fn epochs_with(&self, session: &str, epoch: i64) -> HashMap<String, i64> {
+        let mut epochs = self.epochs.clone();
+        epochs.insert(session.to_owned(), epoch);
+        epochs
+    }
+
+    /// Records a newer epoch (after it was persisted).
+    pub fn set_epoch(&mut self, session: &str, epoch: i64) {
+        self.epochs.insert(session.to_owned(), epoch);
+    }
+
+    /// Applies the run rules to a validated task whose epoch passed.
+    pub fn admit(&mut self, id: &TaskId, spec: &pb::TaskSpec) -> Result<Admission, AgentError> {
+        if let Some(entry) = self.tasks.get_mut(id) {
+            entry.status.epoch = entry.status.epoch.max(spec.epoch);
+            return Ok(Admission::Existing(entry.status.clone()));
+        }
+        if let Some(other) =
+            self.running_ids().find(|o| o.session == id.session && o.index == id.index)
+        {
+            return Err(AgentError::FailedPrecondition(format!(
+                "attempt {} of item {} of session {} is still running",
+                other.attempt, other.index, other.session
+            )));
+        }
+        if self.draining {
+            return Err(AgentError::Draining { id: self.agent_id.clone() });
+        }
+        let used = self.running();
+        if used >= self.slots {
+            return Err(AgentError::NoFreeSlot { used, total: self.slots });
+        }
+        self.check_computer(spec)?;
+        Ok(Admission::Start)
+    }
+
+    fn check_computer(&self, spec: &pb::TaskSpec) -> Result<(), AgentError> {
+        let target = spec.item.as_ref().and_then(|item| item.target.as_ref());
+        let Some(Target::Computer(computer)) = target else { return Ok(()) };
+        if computer.computer == self.computer {
+            return Ok(());
+        }
+        let mine = if self.computer.is_empty() { "no computer" } else { self.computer.as_str() };
+        Err(AgentError::FailedPrecondition(format!(
+            "task for computer {} sent to agent {} ({mine})",
+            computer.computer, self.agent_id
+        )))
+    }
+
+    /// Adds a task that starts now and returns its first status.
+    pub fn insert_running(
+        &mut self,
+        id: TaskId,
+        epoch: i64,
+        cancel: CancelSignal,
+    ) -> pb::TaskStatus {
+        let status = pb::TaskStatus { key: Some(id.to_key()), epoch, ..Default::default() };
+        self.tasks.insert(id, Entry { status: status.clone(), cancel: Some(cancel) });
+        status
+    }
+
+    /// Cancels the running tasks of a session (all, or the listed item indices).
+    pub fn cancel(
+        &self,
+        session: &str,
+        indices: &[u32],
+        reason: pb::CancelReason,
+    ) -> Vec<pb::TaskKey> {
+        let wanted = |id: &TaskId| {
+            id.session == session && (indices.is_empty() || indices.contains(&id.index))
+        };
+        self.cancel_where(wanted, reason)
+    }
+
+    /// Cancels every running task.
+    pub fn cancel_all(&self, reason: pb::CancelReason) -> Vec<pb::TaskKey> {
+        self.cancel_where(|_| true, reason)
+    }
+
+    fn cancel_where(
+        &self,
+        wanted: impl Fn(&TaskId) -> bool,
+        reason: pb::CancelReason,
+    ) -> Vec<pb::TaskKey> {
+        let mut keys = Vec::new();
+        for (id, entry) in &self.tasks {
+            if let Some(cancel) = entry.cancel.as_ref().filter(|_| wanted(id)) {
+                cancel.cancel(reason);
+                keys.push(id.to_key());
+            }
+        }
+        keys
+    }
+
+    /// Statuses of the tasks, optionally of one session.
+    pub fn list(&self, session: &str) -> Vec<pb::TaskStatus> {
+        self.tasks
+            .iter()
+            .filter(|(id, _)| session.is_empty() || id.session == session)
+            .map(|(_, entry)| entry.status.clone())
+            .collect()
+    }
+
+    /// Forgets the finished tasks among `ids`; returns those forgotten.
+    pub fn ack(&mut self, ids: &[TaskId]) -> Vec<TaskId> {
+        let finished: Vec<TaskId> = ids
+            .iter()
+            .filter(|id| self.tasks.get(*id).is_some_and(|e| e.status.outcome.is_some()))
+            .cloned()
+            .collect();
+        for id in &finished {
+            self.tasks.remove(id);
+        }
+        finished
+    }
+
+    /// Applies an executor update; returns the new status to announce.
+    pub fn apply(&mut self, id: &TaskId, update: Update) -> Option<pb::TaskStatus> {
+        let entry = self.tasks.get_mut(id)?;
+        match update {
+            Update::Phase(phase) => entry.status.phase = phase as i32,
+            Update::Progress { done, total } => {
+                entry.status.bytes_done = done;
+                entry.status.bytes_total = total;
+            }
+            Update::Finished(outcome) => {
+                entry.status.outcome = Some(outcome);
+                entry.cancel = None;
+            }
+        }
+        Some(entry.status.clone())
+    }
+
+    /// Enters the draining state.
+    pub fn set_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether the agent drains.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        self.running_ids().count()
+    }
+
+    /// Finished tasks not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.tasks.values().filter(|e| e.cancel.is_none()).count()
+    }
+
+    /// Sessions with a running task.
+    pub fn running_sessions(&self) -> BTreeSet<String> {
+        self.running_ids().map(|id| id.session.clone()).collect()
+    }
+
+    fn running_ids(&self) -> impl Iterator<Item = &TaskId> {
+        self.tasks.iter().filter(|(_, e)| e.cancel.is_some()).map(|(id, _)| id)
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,113 @@
+use super::*;
+
+fn table(slots: usize) -> TaskTable {
+    TaskTable::new("a1".into(), "pc1".into(), slots, HashMap::new(), Vec::new())
+}
+
+fn id(session: &str, index: u32, attempt: u32) -> TaskId {
+    TaskId { session: session.into(), index, attempt }
+}
+
+fn spec(id: &TaskId, epoch: i64) -> pb::TaskSpec {
+    pb::TaskSpec { key: Some(id.to_key()), epoch, ..Default::default() }
+}
+
+fn computer_spec(id: &TaskId, computer: &str) -> pb::TaskSpec {
+    let target = Target::Computer(pb::ComputerTarget { computer: computer.into(), paths: vec![] });
+    pb::TaskSpec {
+        item: Some(pb::JobItem { name: "pc".into(), target: Some(target) }),
+        ..spec(id, 1)
+    }
+}
+
+fn start(table: &mut TaskTable, id: &TaskId) -> CancelSignal {
+    assert!(matches!(table.admit(id, &spec(id, 1)), Ok(Admission::Start)));
+    let cancel = CancelSignal::default();
+    table.insert_running(id.clone(), 1, cancel.clone());
+    cancel
+}
+
+#[test]
+fn older_epochs_are_refused_and_newer_ones_replace() {
+    let mut table = table(1);
+    assert!(table.check_epoch("s", 3).expect("first epoch"));
+    table.set_epoch("s", 3);
+    assert!(!table.check_epoch("s", 3).expect("same epoch"));
+    assert!(table.check_epoch("s", 4).expect("newer epoch"));
+    let err = table.check_epoch("s", 2).expect_err("stale");
+    assert_eq!(err.to_string(), "stale epoch 2 for session s: newest seen is 3");
+    assert_eq!(table.epochs_with("s", 9).get("s"), Some(&9));
+}
+
+#[test]
+fn a_repeated_run_returns_the_existing_status() {
+    let mut table = table(1);
+    let task = id("s", 0, 1);
+    start(&mut table, &task);
+    match table.admit(&task, &spec(&task, 1)) {
+        Ok(Admission::Existing(status)) => assert_eq!(status.key, Some(task.to_key())),
+        other => panic!("expected the existing task, got {other:?}"),
+    }
+    let outcome = pb::TaskOutcome { state: pb::ItemState::Success as i32, ..Default::default() };
+    table.apply(&task, Update::Finished(outcome.clone()));
+    match table.admit(&task, &spec(&task, 2)) {
+        Ok(Admission::Existing(status)) => {
+            assert_eq!(status.outcome, Some(outcome));
+            assert_eq!(status.epoch, 2);
+        }
+        other => panic!("expected the finished task, got {other:?}"),
+    }
+}
+
+#[test]
+fn slots_limit_running_tasks() {
+    let mut table = table(1);
+    start(&mut table, &id("s", 0, 1));
+    let next = id("s", 1, 1);
+    let err = table.admit(&next, &spec(&next, 1)).expect_err("no slot");
+    assert_eq!(err.to_string(), "no free task slot (1 of 1 in use)");
+}
+
+#[test]
+fn another_attempt_of_a_running_item_is_refused() {
+    let mut table = table(2);
+    start(&mut table, &id("s", 0, 1));
+    let retry = id("s", 0, 2);
+    let err = table.admit(&retry, &spec(&retry, 1)).expect_err("still running");
+    assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err:?}");
+}
+
+#[test]
+fn draining_refuses_new_tasks() {
+    let mut table = table(2);
+    table.set_draining();
+    let task = id("s", 0, 1);
+    let err = table.admit(&task, &spec(&task, 1)).expect_err("draining");
+    assert_eq!(err.to_string(), "agent a1 is draining");
+}
+
+#[test]
+fn computer_tasks_must_name_this_computer() {
+    let mut table = table(2);
+    let task = id("s", 0, 1);
+    assert!(table.admit(&task, &computer_spec(&task, "pc2")).is_err());
+    assert!(matches!(table.admit(&task, &computer_spec(&task, "pc1")), Ok(Admission::Start)));
+}
+
+#[test]
+fn cancel_targets_listed_items_and_ack_forgets_finished_ones() {
+    let mut table = table(3);
+    let first = start(&mut table, &id("s", 0, 1));
+    let second = start(&mut table, &id("s", 1, 1));
+    start(&mut table, &id("t", 0, 1));
+    let keys = table.cancel("s", &[1], pb::CancelReason::User);
+    assert_eq!(keys, vec![id("s", 1, 1).to_key()]);
+    assert!(!first.is_cancelled());
+    assert_eq!(second.reason(), pb::CancelReason::User);
+    assert_eq!(table.ack(&[id("s", 1, 1)]), Vec::<TaskId>::new(), "running tasks stay");
+    table.apply(&id("s", 1, 1), Update::Finished(pb::TaskOutcome::default()));
+    assert_eq!(table.unacked(), 1);
+    assert_eq!(table.ack(&[id("s", 1, 1)]), vec![id("s", 1, 1)]);
+    assert_eq!(table.list("s").len(), 1);
+    assert_eq!(table.running(), 2);
+}
