@@ -1,1 +1,222 @@
-fn main() {}
+//! `sluice`: the operator command line of Sluice, a client of the coordinator's public API.
+//!
+//! This file holds only the flags and the dispatch; each command group lives in its own module
+//! and all output formatting in [`output`].
+
+mod client;
+mod cluster;
+mod error;
+mod job;
+mod output;
+mod restore_point;
+mod session;
+mod stop;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Ctx;
+use crate::error::{Exit, Failure};
+use crate::output::Format;
+
+/// Default coordinator endpoint.
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+
+/// Operator command line of Sluice, the distributed backup-job orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version = sluice_proto::VERSION)]
+pub struct Cli {
+    /// Coordinator endpoint; a comma-separated list uses the first that connects.
+    #[arg(long, global = true, env = "SLUICE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    endpoint: String,
+    /// Output format.
+    #[arg(long, global = true, env = "SLUICE_OUTPUT", value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Command groups.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, inspect, start and stop jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Stop every active session of the cluster (maintenance).
+    Stop(StopAllArgs),
+    /// Inspect, follow and retry job sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Inspect and drain agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Inspect coordinators.
+    #[command(subcommand)]
+    Coordinator(CoordinatorCommand),
+    /// Inspect restore points.
+    #[command(subcommand)]
+    RestorePoint(RestorePointCommand),
+}
+
+/// `sluice job ...`
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Create a job from a TOML or JSON file.
+    Create(JobFileArgs),
+    /// List every job.
+    List,
+    /// Show one job.
+    Show {
+        /// Job name.
+        name: String,
+    },
+    /// Delete a job that has no active session.
+    Delete {
+        /// Job name.
+        name: String,
+    },
+    /// Replace a job's definition from a TOML or JSON file.
+    Update(JobFileArgs),
+    /// Start a session of a job.
+    Start {
+        /// Job name.
+        name: String,
+        /// Follow the session until it stops; the exit code follows its result.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop the active session of a job.
+    Stop {
+        /// Job name.
+        name: String,
+        /// How to stop.
+        #[command(flatten)]
+        mode: ModeArgs,
+        /// Graceful only: stop immediately what still runs after this many seconds
+        /// (default: the job's graceful timeout).
+        #[arg(long, value_name = "SECS", conflicts_with = "immediately")]
+        timeout: Option<u32>,
+    },
+}
+
+/// A job file argument.
+#[derive(Debug, Args)]
+struct JobFileArgs {
+    /// Job file, TOML or JSON, with the field names of `sluice.v1.Job`.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: std::path::PathBuf,
+}
+
+/// Stop mode: exactly one of `--graceful` and `--immediately`.
+#[derive(Debug, Clone, Copy, Args)]
+#[group(required = true, multiple = false)]
+struct ModeArgs {
+    /// Let running tasks finish and commit; start nothing new.
+    #[arg(long)]
+    graceful: bool,
+    /// Cancel running tasks at once; they leave no restore point.
+    #[arg(long)]
+    immediately: bool,
+}
+
+/// `sluice stop --all ...`
+#[derive(Debug, Args)]
+struct StopAllArgs {
+    /// Stop every active session (required: the only form of `stop`).
+    #[arg(long, required = true)]
+    all: bool,
+    /// How to stop.
+    #[command(flatten)]
+    mode: ModeArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
+/// `sluice session ...`
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Show a session with its items.
+    Show {
+        /// Session id.
+        id: String,
+    },
+    /// List sessions, newest first.
+    List {
+        /// Only the sessions of this job.
+        job: Option<String>,
+    },
+    /// Follow a session until it stops; the exit code follows its result.
+    Watch {
+        /// Session id.
+        id: String,
+    },
+    /// Start a new session of the failed and not-processed items of a finished one.
+    Retry {
+        /// Session id.
+        id: String,
+    },
+}
+
+/// `sluice agent ...`
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// List the registered agents.
+    List,
+    /// Drain an agent: no new tasks, running ones finish, then it leaves.
+    Drain {
+        /// Agent id.
+        id: String,
+        /// Cancel what still runs after this many seconds (default 600).
+        #[arg(long, value_name = "SECS")]
+        deadline: Option<u32>,
+    },
+}
+
+/// `sluice coordinator ...`
+#[derive(Debug, Subcommand)]
+enum CoordinatorCommand {
+    /// List the live coordinators and the sessions each owns.
+    List,
+}
+
+/// `sluice restore-point ...`
+#[derive(Debug, Subcommand)]
+enum RestorePointCommand {
+    /// List the restore points of a job.
+    List {
+        /// Job name.
+        job: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = sluice_proto::telemetry::init("sluice");
+    let exit = run(cli).await.unwrap_or_else(|failure| failure.report());
+    exit.into()
+}
+
+/// Runs one parsed command line and returns its exit status.
+async fn run(cli: Cli) -> Result<Exit, Failure> {
+    let ctx = Ctx::new(cli.endpoint, cli.output);
+    match cli.command {
+        Command::Job(cmd) => job::run(&ctx, cmd).await,
+        Command::Stop(args) => stop::stop_all(&ctx, args.mode, args.yes).await,
+        Command::Session(cmd) => session::run(&ctx, cmd).await,
+        Command::Agent(cmd) => cluster::run_agent(&ctx, cmd).await,
+        Command::Coordinator(CoordinatorCommand::List) => cluster::list_coordinators(&ctx).await,
+        Command::RestorePoint(RestorePointCommand::List { job }) => {
+            restore_point::list(&ctx, job).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod cli_tests;
+#[cfg(test)]
+mod fixtures;

@@ -1,0 +1,105 @@
+//! Argument parsing: every binding command line parses, and bad ones fail as usage errors.
+
+use clap::Parser;
+
+use super::*;
+
+fn parse(line: &str) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("sluice").chain(line.split_whitespace()))
+}
+
+#[test]
+fn binding_command_lines_parse() {
+    let lines = [
+        "job create -f job.toml",
+        "job list",
+        "job show nightly",
+        "job delete nightly",
+        "job update -f job.json",
+        "job start nightly",
+        "job start nightly --watch",
+        "job stop nightly --graceful",
+        "job stop nightly --graceful --timeout 60",
+        "job stop nightly --immediately",
+        "stop --all --graceful",
+        "stop --all --immediately --yes",
+        "session show 0193a1b2",
+        "session list",
+        "session list nightly",
+        "session watch 0193a1b2",
+        "session retry 0193a1b2",
+        "agent list",
+        "agent drain proxy-1",
+        "agent drain proxy-1 --deadline 300",
+        "coordinator list",
+        "restore-point list nightly",
+        "--endpoint http://a:7400,http://b:7400 --output json job list",
+        "job list --output json --endpoint http://a:7400",
+    ];
+    for line in lines {
+        if let Err(error) = parse(line) {
+            panic!("`sluice {line}` does not parse: {error}");
+        }
+    }
+}
+
+#[test]
+fn job_stop_needs_exactly_one_mode() {
+    for line in [
+        "job stop nightly",
+        "job stop nightly --graceful --immediately",
+        "stop --all",
+        "stop --all --graceful --immediately --yes",
+    ] {
+        let error = parse(line).err().unwrap_or_else(|| panic!("`sluice {line}` parsed"));
+        assert_eq!(error.exit_code(), 2, "{line}");
+    }
+}
+
+#[test]
+fn bad_command_lines_fail() {
+    for line in [
+        "job create",
+        "job stop nightly --immediately --timeout 5",
+        "job stop nightly --graceful --timeout soon",
+        "stop --graceful",
+        "session show",
+        "restore-point list",
+        "--output yaml job list",
+        "job launch nightly",
+    ] {
+        assert!(parse(line).is_err(), "`sluice {line}` should fail");
+    }
+}
+
+#[test]
+fn flags_reach_the_command() {
+    let cli = parse("--output json job stop nightly --graceful --timeout 60").expect("parses");
+    assert_eq!(cli.output, Format::Json);
+    let Command::Job(JobCommand::Stop { name, mode, timeout }) = cli.command else {
+        panic!("not job stop: {:?}", cli.command);
+    };
+    assert_eq!(
+        (name.as_str(), mode.mode(), timeout),
+        ("nightly", sluice_proto::pb::StopMode::Graceful, Some(60))
+    );
+    let cli = parse("job create -f /tmp/j.toml").expect("parses");
+    assert!(
+        matches!(cli.command, Command::Job(JobCommand::Create(JobFileArgs { ref file })) if file.ends_with("j.toml"))
+    );
+}
+
+#[test]
+fn endpoint_defaults_to_localhost() {
+    // SLUICE_ENDPOINT would override the default; the test runner does not set it.
+    if std::env::var_os("SLUICE_ENDPOINT").is_none() {
+        let cli = parse("agent list").expect("parses");
+        assert_eq!(cli.endpoint, DEFAULT_ENDPOINT);
+    }
+}
+
+#[test]
+fn clap_definition_is_consistent() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+}

@@ -1,0 +1,133 @@
+//! Exit codes and the failures that decide them.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+/// Exit status of `sluice` (binding: scripts rely on these numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done; a watched session ended SUCCESS or WARNING.
+    Success = 0,
+    /// A watched session ended FAILED (also: a local error such as a closed stdout).
+    Failed = 1,
+    /// Bad flags, job file or confirmation.
+    Usage = 2,
+    /// The server answered with an error, or no endpoint could be reached.
+    Server = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Why a command did not complete.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input from the operator, found before any call to the server.
+    Usage(String),
+    /// The server answered a call with an error status.
+    Server(tonic::Status),
+    /// No endpoint could be reached.
+    Connect(String),
+    /// A local error, e.g. writing to stdout failed.
+    Local(anyhow::Error),
+}
+
+impl Failure {
+    /// A usage failure with this message.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure::Usage(message.into())
+    }
+
+    /// The exit status for this failure.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Failure::Usage(_) => Exit::Usage,
+            Failure::Server(_) | Failure::Connect(_) => Exit::Server,
+            Failure::Local(_) => Exit::Failed,
+        }
+    }
+
+    /// The one-line message printed to stderr, starting with `error: `.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Usage(message) | Failure::Connect(message) => format!("error: {message}"),
+            Failure::Server(status) => status_message(status),
+            Failure::Local(error) => format!("error: {error:#}"),
+        }
+    }
+
+    /// Prints the message to stderr and returns the exit status.
+    pub fn report(self) -> Exit {
+        eprintln!("{}", self.message());
+        self.exit()
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Failure::Server(status)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure::Local(error.into())
+    }
+}
+
+/// `error: <code>: <message>`, the code in lower-case words (`not found`).
+pub fn status_message(status: &tonic::Status) -> String {
+    let code = code_words(status.code());
+    if status.message().is_empty() {
+        format!("error: {code}")
+    } else {
+        format!("error: {code}: {}", status.message())
+    }
+}
+
+/// A gRPC code as lower-case words: `NotFound` -> `not found`.
+pub fn code_words(code: tonic::Code) -> String {
+    let camel = format!("{code:?}");
+    let mut words = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    words
+}
+
+/// An error and its chain of causes on one line: `a: b: c`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_prints_code_as_words() {
+        let status = tonic::Status::not_found("job \"x\" does not exist");
+        assert_eq!(status_message(&status), "error: not found: job \"x\" does not exist");
+        assert_eq!(code_words(tonic::Code::FailedPrecondition), "failed precondition");
+        assert_eq!(code_words(tonic::Code::Unavailable), "unavailable");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_failure() {
+        assert_eq!(Failure::usage("bad").exit() as u8, 2);
+        assert_eq!(Failure::from(tonic::Status::internal("x")).exit() as u8, 3);
+        assert_eq!(Failure::Connect("down".into()).exit() as u8, 3);
+    }
+}

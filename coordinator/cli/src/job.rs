@@ -1,0 +1,148 @@
+//! `sluice job ...`: create, list, show, update, delete, start and stop jobs.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use sluice_proto::job::{parse_job_file, validate_job};
+use sluice_proto::pb;
+
+use crate::client::Ctx;
+use crate::error::{Exit, Failure};
+use crate::output::{self, json, views};
+use crate::{JobCommand, stop, watch};
+
+/// Runs one `job` subcommand.
+pub async fn run(ctx: &Ctx, cmd: JobCommand) -> Result<Exit, Failure> {
+    match cmd {
+        JobCommand::Create(args) => create(ctx, &args.file).await,
+        JobCommand::List => list(ctx).await,
+        JobCommand::Show { name } => show(ctx, name).await,
+        JobCommand::Delete { name } => delete(ctx, name).await,
+        JobCommand::Update(args) => update(ctx, &args.file).await,
+        JobCommand::Start { name, watch } => start(ctx, name, watch).await,
+        JobCommand::Stop { name, mode, timeout } => {
+            stop::stop_job(ctx, name, mode.mode(), timeout.unwrap_or(0)).await
+        }
+    }
+}
+
+/// Reads, parses and validates a job file; every problem is a usage error naming the field.
+pub fn load_job_file(path: &Path) -> Result<pb::Job, Failure> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| Failure::usage(format!("cannot read job file {shown}: {error}")))?;
+    let job = parse_job_file(&text).map_err(|error| Failure::usage(format!("{shown}: {error}")))?;
+    validate_job(&job).map_err(|error| Failure::usage(format!("{shown}: {error}")))?;
+    Ok(job)
+}
+
+async fn create(ctx: &Ctx, path: &Path) -> Result<Exit, Failure> {
+    let job = load_job_file(path)?;
+    let mut clients = ctx.connect().await?;
+    let created = clients.jobs.create_job(pb::CreateJobRequest { job: Some(job) }).await?;
+    print_job(ctx, &created.into_inner(), "created")
+}
+
+async fn update(ctx: &Ctx, path: &Path) -> Result<Exit, Failure> {
+    let job = load_job_file(path)?;
+    let mut clients = ctx.connect().await?;
+    let updated = clients.jobs.update_job(pb::UpdateJobRequest { job: Some(job) }).await?;
+    print_job(ctx, &updated.into_inner(), "updated")
+}
+
+async fn list(ctx: &Ctx) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let jobs = clients.jobs.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
+    output::print(ctx.format, || views::job_list(&jobs), || json::jobs(&jobs))?;
+    Ok(Exit::Success)
+}
+
+async fn show(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let job = clients.jobs.get_job(pb::GetJobRequest { name }).await?.into_inner();
+    output::print(ctx.format, || views::job_detail(&job), || json::job(&job))?;
+    Ok(Exit::Success)
+}
+
+async fn delete(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    clients.jobs.delete_job(pb::DeleteJobRequest { name: name.clone() }).await?;
+    let done = || serde_json::json!({ "deleted": name });
+    output::print(ctx.format, || format!("deleted job {name}"), done)?;
+    Ok(Exit::Success)
+}
+
+async fn start(ctx: &Ctx, name: String, follow: bool) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let session = clients.jobs.start_job(pb::StartJobRequest { job: name }).await?.into_inner();
+    if follow {
+        if ctx.format == output::Format::Table {
+            eprintln!("started session {} of job {}", session.id, session.job);
+        }
+        return watch::follow(ctx, clients, &session.id).await;
+    }
+    let table = || {
+        let detail = views::session_detail(&session, SystemTime::now());
+        format!("started session {} of job {}\n\n{detail}", session.id, session.job)
+    };
+    output::print(ctx.format, table, || json::session(&session))?;
+    Ok(Exit::Success)
+}
+
+/// Prints a job the server returned, after `created`/`updated`.
+fn print_job(ctx: &Ctx, job: &pb::Job, verb: &str) -> Result<Exit, Failure> {
+    let table = || format!("{verb} job {}\n\n{}", job.name, views::job_detail(job));
+    output::print(ctx.format, table, || json::job(job))?;
+    Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TempFile;
+    use crate::output::Format;
+
+    fn job_file(text: &str) -> TempFile {
+        TempFile::with_text("job.toml", text)
+    }
+
+    #[test]
+    fn unknown_field_names_the_field() {
+        let file =
+            job_file("name = \"x\"\ntype = \"VM_BACKUP\"\nrepository = \"/r\"\nitemz = []\n");
+        let Err(Failure::Usage(message)) = load_job_file(file.path()) else {
+            panic!("expected a usage error");
+        };
+        assert!(message.contains("itemz"), "{message}");
+    }
+
+    #[test]
+    fn invalid_job_names_the_field() {
+        let text = "name = \"Bad Name\"\ntype = \"VM_BACKUP\"\nrepository = \"/r\"\n\
+                    [[items]]\nname = \"a\"\nvm = { disks = [\"/d.qcow2\"] }\n";
+        let file = job_file(text);
+        let Err(Failure::Usage(message)) = load_job_file(file.path()) else {
+            panic!("expected a usage error");
+        };
+        assert!(message.contains("job.name"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn bad_job_file_exits_2_without_calling_the_server() {
+        let file = job_file("{ \"name\": \"x\", \"type\": \"NOPE\" }");
+        // Nothing listens on port 1: a connection attempt would fail with exit 3.
+        let ctx = Ctx::new("http://127.0.0.1:1".into(), Format::Table);
+        let cmd = JobCommand::Create(crate::JobFileArgs { file: file.path().to_path_buf() });
+        let failure = run(&ctx, cmd).await.expect_err("a bad file fails");
+        assert_eq!(failure.exit(), Exit::Usage, "{}", failure.message());
+    }
+
+    #[tokio::test]
+    async fn missing_job_file_is_a_usage_error() {
+        let ctx = Ctx::new("http://127.0.0.1:1".into(), Format::Json);
+        let cmd = JobCommand::Update(crate::JobFileArgs { file: "/nonexistent/job.toml".into() });
+        let failure = run(&ctx, cmd).await.expect_err("a missing file fails");
+        assert_eq!(failure.exit(), Exit::Usage);
+        assert!(failure.message().starts_with("error: cannot read job file"));
+    }
+}

@@ -1,0 +1,134 @@
+//! Machine-readable JSON of the API responses: proto field names, enum values as their proto
+//! names (`SESSION_STATE_STOPPED`), times as RFC 3339 strings (null when unset), jobs in the
+//! job-file format (`JobFile`), so `sluice --output json job show x` can be fed to `job update`.
+
+use prost_types::Timestamp;
+use serde_json::{Value, json};
+use sluice_proto::job::JobFile;
+use sluice_proto::pb;
+
+use super::text::rfc3339_millis;
+
+/// The proto name of an enum value, or the number when this client does not know it.
+fn enum_value<E: TryFrom<i32>>(raw: i32, name: fn(&E) -> &'static str) -> Value {
+    E::try_from(raw).map_or(Value::from(raw), |value| Value::from(name(&value)))
+}
+
+/// A timestamp as RFC 3339, or null.
+fn time(ts: Option<&Timestamp>) -> Value {
+    ts.map_or(Value::Null, |ts| Value::from(rfc3339_millis(ts)))
+}
+
+/// A job in the job-file format.
+pub fn job(job: &pb::Job) -> Value {
+    serde_json::to_value(JobFile::from(job)).unwrap_or(Value::Null)
+}
+
+/// `ListJobsResponse`.
+pub fn jobs(jobs: &[pb::Job]) -> Value {
+    json!({ "jobs": jobs.iter().map(job).collect::<Vec<_>>() })
+}
+
+/// A session with its items.
+pub fn session(s: &pb::Session) -> Value {
+    json!({
+        "id": s.id,
+        "job": s.job,
+        "job_type": enum_value(s.job_type, pb::JobType::as_str_name),
+        "state": enum_value(s.state, pb::SessionState::as_str_name),
+        "result": enum_value(s.result, pb::SessionResult::as_str_name),
+        "canceled": s.canceled,
+        "message": s.message,
+        "stop_mode": enum_value(s.stop_mode, pb::StopMode::as_str_name),
+        "stopped_by": s.stopped_by,
+        "stop_requested_at": time(s.stop_requested_at.as_ref()),
+        "owner": s.owner,
+        "epoch": s.epoch,
+        "retry_of": s.retry_of,
+        "created_at": time(s.created_at.as_ref()),
+        "ended_at": time(s.ended_at.as_ref()),
+        "items": s.items.iter().map(item).collect::<Vec<_>>(),
+    })
+}
+
+/// One item of a session.
+pub fn item(i: &pb::ItemStatus) -> Value {
+    json!({
+        "name": i.name,
+        "state": enum_value(i.state, pb::ItemState::as_str_name),
+        "phase": enum_value(i.phase, pb::TaskPhase::as_str_name),
+        "agent": i.agent,
+        "attempt": i.attempt,
+        "restore_point": i.restore_point,
+        "message": i.message,
+        "waiting_reason": i.waiting_reason,
+        "bytes_done": i.bytes_done,
+        "bytes_total": i.bytes_total,
+        "started_at": time(i.started_at.as_ref()),
+        "ended_at": time(i.ended_at.as_ref()),
+    })
+}
+
+/// A list of sessions (`ListSessionsResponse`, `StopAllResponse`).
+pub fn sessions(sessions: &[pb::Session]) -> Value {
+    json!({ "sessions": sessions.iter().map(session).collect::<Vec<_>>() })
+}
+
+/// One agent.
+pub fn agent(a: &pb::Agent) -> Value {
+    json!({
+        "id": a.id,
+        "address": a.address,
+        "slots": a.slots,
+        "computer": a.computer,
+        "state": enum_value(a.state, pb::AgentState::as_str_name),
+        "running_tasks": a.running_tasks,
+        "version": a.version,
+        "coordinator": a.coordinator,
+    })
+}
+
+/// `ListAgentsResponse`.
+pub fn agents(agents: &[pb::Agent]) -> Value {
+    json!({ "agents": agents.iter().map(agent).collect::<Vec<_>>() })
+}
+
+/// `ListCoordinatorsResponse`.
+pub fn coordinators(coordinators: &[pb::Coordinator]) -> Value {
+    let list: Vec<Value> = coordinators
+        .iter()
+        .map(|c| {
+            let owned: Vec<Value> = c
+                .sessions
+                .iter()
+                .map(|o| json!({ "session_id": o.session_id, "epoch": o.epoch }))
+                .collect();
+            json!({
+                "id": c.id,
+                "address": c.address,
+                "started_at": time(c.started_at.as_ref()),
+                "sessions": owned,
+            })
+        })
+        .collect();
+    json!({ "coordinators": list })
+}
+
+/// `ListRestorePointsResponse`.
+pub fn restore_points(points: &[pb::RestorePoint]) -> Value {
+    let list: Vec<Value> = points
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id,
+                "job": p.job,
+                "item": p.item,
+                "session_id": p.session_id,
+                "created_at": time(p.created_at.as_ref()),
+                "size_bytes": p.size_bytes,
+                "path": p.path,
+            })
+        })
+        .collect();
+    json!({ "restore_points": list })
+}

@@ -1,0 +1,214 @@
+//! Table views of the API responses. Each takes `now` so relative times are testable.
+
+use std::time::SystemTime;
+
+use sluice_proto::pb::{self, job_item::Target};
+
+use super::table::{Table, fields};
+use super::text::{self, or_dash, when};
+
+/// `job list`: NAME TYPE ITEMS REPOSITORY.
+pub fn job_list(jobs: &[pb::Job]) -> String {
+    if jobs.is_empty() {
+        return "no jobs".to_string();
+    }
+    let mut table = Table::new(&["NAME", "TYPE", "ITEMS", "REPOSITORY"]);
+    for job in jobs {
+        table.row(vec![
+            job.name.clone(),
+            text::job_type(job.r#type),
+            job.items.len().to_string(),
+            job.repository.clone(),
+        ]);
+    }
+    table.render()
+}
+
+/// `job show`: the definition, then one row per item.
+pub fn job_detail(job: &pb::Job) -> String {
+    let retry = job.retry.unwrap_or_default();
+    let mut pairs = vec![
+        ("NAME", job.name.clone()),
+        ("TYPE", text::job_type(job.r#type)),
+        ("REPOSITORY", job.repository.clone()),
+        ("PROXIES", if job.proxies.is_empty() { "any".into() } else { job.proxies.join(", ") }),
+        ("RETRY", format!("{} attempts, {} s apart", retry.attempts.max(1), retry.wait_seconds)),
+        ("GRACEFUL TIMEOUT", seconds_or(job.graceful_timeout_seconds, "none")),
+        ("OFFLINE WAIT", seconds_or(job.offline_wait_seconds, "600 s (default)")),
+    ];
+    if let Some(ms) = job.sim_duration_ms {
+        pairs.push(("SIM EXECUTOR", format!("{ms} ms per item (test only)")));
+    }
+    let mut items = Table::new(&["ITEM", "TARGET"]);
+    for item in &job.items {
+        items.row(vec![item.name.clone(), target(item.target.as_ref())]);
+    }
+    format!("{}\n{}", fields(&pairs), items.render())
+}
+
+fn seconds_or(seconds: u32, zero: &str) -> String {
+    if seconds == 0 { zero.to_string() } else { format!("{seconds} s") }
+}
+
+/// An item's target in one cell: `vm: /a.qcow2, /b.qcow2` or `computer pc1: /home, /etc`.
+fn target(target: Option<&Target>) -> String {
+    match target {
+        Some(Target::Vm(vm)) => format!("vm: {}", vm.disks.join(", ")),
+        Some(Target::Computer(c)) => format!("computer {}: {}", c.computer, c.paths.join(", ")),
+        None => "-".to_string(),
+    }
+}
+
+/// `session show`: a header, then one row per item.
+pub fn session_detail(session: &pb::Session, now: SystemTime) -> String {
+    let header = fields(&session_fields(session, now));
+    if session.items.is_empty() {
+        return header;
+    }
+    format!("{header}\n{}", items_table(&session.items))
+}
+
+fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String)> {
+    let mut pairs = vec![
+        ("SESSION", s.id.clone()),
+        ("JOB", s.job.clone()),
+        ("STATE", text::session_state(s.state)),
+        ("RESULT", text::session_result(s.result)),
+        ("CANCELED", text::yes_no(s.canceled)),
+        ("OWNER", owner(s)),
+        ("CREATED", when(s.created_at.as_ref(), now)),
+        ("ENDED", when(s.ended_at.as_ref(), now)),
+    ];
+    if !s.stopped_by.is_empty() || s.stop_requested_at.is_some() {
+        let at = when(s.stop_requested_at.as_ref(), now);
+        pairs.push(("STOPPED BY", format!("{} at {at}", or_dash(&s.stopped_by))));
+        pairs.push(("STOP MODE", text::stop_mode(s.stop_mode)));
+    }
+    if !s.retry_of.is_empty() {
+        pairs.push(("RETRY OF", s.retry_of.clone()));
+    }
+    pairs.push(("MESSAGE", or_dash(&s.message)));
+    pairs
+}
+
+fn owner(s: &pb::Session) -> String {
+    if s.owner.is_empty() { "-".to_string() } else { format!("{} (epoch {})", s.owner, s.epoch) }
+}
+
+/// One row per item: NAME STATE PHASE AGENT ATTEMPT PROGRESS RESTORE-POINT MESSAGE/WAITING.
+pub fn items_table(items: &[pb::ItemStatus]) -> String {
+    let mut table = Table::new(&[
+        "NAME",
+        "STATE",
+        "PHASE",
+        "AGENT",
+        "ATTEMPT",
+        "PROGRESS",
+        "RESTORE-POINT",
+        "MESSAGE/WAITING",
+    ]);
+    for item in items {
+        table.row(vec![
+            item.name.clone(),
+            text::item_state(item.state),
+            text::task_phase(item.phase),
+            or_dash(&item.agent),
+            if item.attempt == 0 { "-".into() } else { item.attempt.to_string() },
+            text::progress(item.bytes_done, item.bytes_total),
+            or_dash(&item.restore_point),
+            message_or_waiting(item),
+        ]);
+    }
+    table.render()
+}
+
+/// The item's message, else why it waits, else `-`.
+pub fn message_or_waiting(item: &pb::ItemStatus) -> String {
+    match (item.message.is_empty(), item.waiting_reason.is_empty()) {
+        (false, _) => item.message.clone(),
+        (true, false) => format!("waiting: {}", item.waiting_reason),
+        (true, true) => "-".to_string(),
+    }
+}
+
+/// `session list`, `stop --all`: one row per session.
+pub fn session_list(sessions: &[pb::Session], now: SystemTime) -> String {
+    if sessions.is_empty() {
+        return "no sessions".to_string();
+    }
+    let mut table =
+        Table::new(&["ID", "JOB", "STATE", "RESULT", "CANCELED", "OWNER", "CREATED", "ENDED"]);
+    for s in sessions {
+        table.row(vec![
+            s.id.clone(),
+            s.job.clone(),
+            text::session_state(s.state),
+            text::session_result(s.result),
+            text::yes_no(s.canceled),
+            or_dash(&s.owner),
+            when(s.created_at.as_ref(), now),
+            when(s.ended_at.as_ref(), now),
+        ]);
+    }
+    table.render()
+}
+
+/// `agent list`: ID ADDRESS SLOTS RUNNING COMPUTER STATE.
+pub fn agent_list(agents: &[pb::Agent]) -> String {
+    if agents.is_empty() {
+        return "no agents".to_string();
+    }
+    let mut table = Table::new(&["ID", "ADDRESS", "SLOTS", "RUNNING", "COMPUTER", "STATE"]);
+    for a in agents {
+        table.row(vec![
+            a.id.clone(),
+            a.address.clone(),
+            a.slots.to_string(),
+            a.running_tasks.to_string(),
+            or_dash(&a.computer),
+            text::agent_state(a.state),
+        ]);
+    }
+    table.render()
+}
+
+/// `coordinator list`: ID ADDRESS STARTED SESSIONS (`id@epoch` of each owned session).
+pub fn coordinator_list(coordinators: &[pb::Coordinator], now: SystemTime) -> String {
+    if coordinators.is_empty() {
+        return "no coordinators".to_string();
+    }
+    let mut table = Table::new(&["ID", "ADDRESS", "STARTED", "SESSIONS"]);
+    for c in coordinators {
+        let owned: Vec<String> =
+            c.sessions.iter().map(|o| format!("{}@{}", o.session_id, o.epoch)).collect();
+        table.row(vec![
+            c.id.clone(),
+            c.address.clone(),
+            when(c.started_at.as_ref(), now),
+            if owned.is_empty() { "-".into() } else { owned.join(", ") },
+        ]);
+    }
+    table.render()
+}
+
+/// `restore-point list`: ID ITEM SESSION CREATED SIZE PATH.
+pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> String {
+    if points.is_empty() {
+        return "no restore points".to_string();
+    }
+    let mut table = Table::new(&["ID", "ITEM", "SESSION", "CREATED", "SIZE", "PATH"]);
+    for p in points {
+        table.row(vec![
+            p.id.clone(),
+            p.item.clone(),
+            p.session_id.clone(),
+            when(p.created_at.as_ref(), now),
+            text::bytes(p.size_bytes),
+            or_dash(&p.path),
+        ]);
+    }
+    table.render()
+}
+
+#[cfg(test)]
+mod tests;

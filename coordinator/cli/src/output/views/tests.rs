@@ -1,0 +1,106 @@
+use super::*;
+use crate::fixtures::{self, at};
+use crate::output::json;
+
+#[test]
+fn session_detail_shows_header_and_item_rows() {
+    let text = session_detail(&fixtures::working_session(), fixtures::now());
+    let expected = "\
+SESSION:   0193a1b2
+JOB:       nightly
+STATE:     WORKING
+RESULT:    -
+CANCELED:  no
+OWNER:     coord-1 (epoch 42)
+CREATED:   2026-11-22T09:05:03Z (10m ago)
+ENDED:     -
+MESSAGE:   -
+
+NAME   STATE       PHASE     AGENT    ATTEMPT  PROGRESS                RESTORE-POINT  MESSAGE/WAITING
+vm-01  SUCCESS     CLEANUP   proxy-1  1        100% 2.00 KiB/2.00 KiB  rp-0001        -
+vm-02  PROCESSING  TRANSFER  proxy-2  2        50% 512 B/1.00 KiB      -              -
+vm-03  PENDING     -         -        -        -                       -              waiting: no free slot
+";
+    assert_eq!(text, expected);
+}
+
+#[test]
+fn stopped_session_shows_who_stopped_it() {
+    let text = session_detail(&fixtures::stopped_session(), fixtures::now());
+    assert!(text.contains("RESULT:      WARNING\n"), "{text}");
+    assert!(text.contains("CANCELED:    yes\n"), "{text}");
+    assert!(text.contains("STOPPED BY:  alice@backup1 at 2026-11-22T09:07:03Z (8m ago)\n"));
+    assert!(text.contains("STOP MODE:   GRACEFUL\n"), "{text}");
+    assert!(text.contains("vm-03  NOT_PROCESSED"), "{text}");
+}
+
+#[test]
+fn session_json_uses_proto_enum_names() {
+    let value = json::session(&fixtures::stopped_session());
+    assert_eq!(value["state"], "SESSION_STATE_STOPPED");
+    assert_eq!(value["result"], "SESSION_RESULT_WARNING");
+    assert_eq!(value["stop_mode"], "STOP_MODE_GRACEFUL");
+    assert_eq!(value["canceled"], true);
+    assert_eq!(value["epoch"], 42);
+    assert_eq!(value["ended_at"], "2026-11-22T09:08:08.000Z");
+    assert_eq!(value["items"][1]["state"], "ITEM_STATE_SUCCESS");
+    assert_eq!(value["items"][2]["state"], "ITEM_STATE_NOT_PROCESSED");
+    assert_eq!(value["items"][0]["started_at"], serde_json::Value::Null);
+}
+
+#[test]
+fn session_list_has_one_row_per_session() {
+    let sessions = [fixtures::working_session(), fixtures::stopped_session()];
+    let text = session_list(&sessions, fixtures::now());
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].starts_with("ID        JOB      STATE    RESULT   CANCELED"), "{text}");
+    assert!(lines[2].contains("STOPPED  WARNING  yes"), "{text}");
+    assert_eq!(session_list(&[], fixtures::now()), "no sessions");
+}
+
+#[test]
+fn job_views_list_items_and_targets() {
+    let job = sluice_proto::job::parse_job_file(
+        "name = \"nightly\"\ntype = \"VM_BACKUP\"\nrepository = \"/repo\"\n\
+         [[items]]\nname = \"vm-01\"\nvm = { disks = [\"/d/a.qcow2\", \"/d/b.qcow2\"] }\n",
+    )
+    .expect("valid job file");
+    assert_eq!(
+        job_list(std::slice::from_ref(&job)),
+        "NAME     TYPE       ITEMS  REPOSITORY\nnightly  VM_BACKUP  1      /repo\n"
+    );
+    let detail = job_detail(&job);
+    assert!(detail.contains("vm-01  vm: /d/a.qcow2, /d/b.qcow2"), "{detail}");
+    assert!(detail.contains("RETRY:             1 attempts, 0 s apart"), "{detail}");
+    let value = json::jobs(&[job]);
+    assert_eq!(value["jobs"][0]["type"], "JOB_TYPE_VM_BACKUP");
+    assert_eq!(value["jobs"][0]["items"][0]["vm"]["disks"][1], "/d/b.qcow2");
+}
+
+#[test]
+fn agent_and_restore_point_tables() {
+    let agent = pb::Agent {
+        id: "proxy-1".into(),
+        address: "http://10.0.0.5:7500".into(),
+        slots: 4,
+        running_tasks: 2,
+        state: pb::AgentState::Draining as i32,
+        ..Default::default()
+    };
+    assert_eq!(
+        agent_list(&[agent]),
+        "ID       ADDRESS               SLOTS  RUNNING  COMPUTER  STATE\n\
+         proxy-1  http://10.0.0.5:7500  4      2        -         DRAINING\n"
+    );
+    let point = pb::RestorePoint {
+        id: "rp-0001".into(),
+        item: "vm-01".into(),
+        session_id: "0193a1b2".into(),
+        created_at: at(60),
+        size_bytes: 3 * 1024 * 1024,
+        ..Default::default()
+    };
+    let text = restore_point_list(&[point], fixtures::now());
+    assert!(text.contains("rp-0001  vm-01  0193a1b2  2026-11-22T09:06:03Z (9m ago)  3.00 MiB  -"));
+}

@@ -1,0 +1,51 @@
+//! `sluice session ...`: show, list, watch and retry sessions.
+
+use std::time::SystemTime;
+
+use sluice_proto::pb;
+
+use crate::SessionCommand;
+use crate::client::Ctx;
+use crate::error::{Exit, Failure};
+use crate::output::{self, json, views};
+use crate::watch;
+
+/// Runs one `session` subcommand.
+pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> Result<Exit, Failure> {
+    match cmd {
+        SessionCommand::Show { id } => show(ctx, id).await,
+        SessionCommand::List { job } => list(ctx, job.unwrap_or_default()).await,
+        SessionCommand::Watch { id } => watch::follow(ctx, ctx.connect().await?, &id).await,
+        SessionCommand::Retry { id } => retry(ctx, id).await,
+    }
+}
+
+async fn show(ctx: &Ctx, session_id: String) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let session =
+        clients.jobs.get_session(pb::GetSessionRequest { session_id }).await?.into_inner();
+    let table = || views::session_detail(&session, SystemTime::now());
+    output::print(ctx.format, table, || json::session(&session))?;
+    Ok(Exit::Success)
+}
+
+async fn list(ctx: &Ctx, job: String) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let request = pb::ListSessionsRequest { job };
+    let sessions = clients.jobs.list_sessions(request).await?.into_inner().sessions;
+    let table = || views::session_list(&sessions, SystemTime::now());
+    output::print(ctx.format, table, || json::sessions(&sessions))?;
+    Ok(Exit::Success)
+}
+
+async fn retry(ctx: &Ctx, session_id: String) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let request = pb::RetrySessionRequest { session_id: session_id.clone() };
+    let session = clients.jobs.retry_session(request).await?.into_inner();
+    let table = || {
+        let detail = views::session_detail(&session, SystemTime::now());
+        format!("started session {} retrying {session_id}\n\n{detail}", session.id)
+    };
+    output::print(ctx.format, table, || json::session(&session))?;
+    Ok(Exit::Success)
+}

@@ -1,0 +1,168 @@
+//! Stopping: `job stop NAME` and `stop --all` (with its confirmation).
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::time::SystemTime;
+
+use sluice_proto::pb;
+
+use crate::ModeArgs;
+use crate::client::{Clients, Ctx};
+use crate::error::{Exit, Failure};
+use crate::output::{self, json, views};
+
+impl ModeArgs {
+    /// The stop mode the flags select (clap makes exactly one of them set).
+    pub fn mode(self) -> pb::StopMode {
+        if self.graceful { pb::StopMode::Graceful } else { pb::StopMode::Immediate }
+    }
+}
+
+/// `job stop NAME`: stops the job's active session.
+pub async fn stop_job(
+    ctx: &Ctx,
+    job: String,
+    mode: pb::StopMode,
+    timeout_seconds: u32,
+) -> Result<Exit, Failure> {
+    let request = pb::StopJobRequest {
+        job,
+        session_id: String::new(),
+        mode: mode as i32,
+        graceful_timeout_seconds: timeout_seconds,
+        requested_by: requested_by(),
+    };
+    let mut clients = ctx.connect().await?;
+    let session = clients.jobs.stop_job(request).await?.into_inner();
+    let table = || {
+        let detail = views::session_detail(&session, SystemTime::now());
+        let how = crate::output::text::stop_mode(mode as i32);
+        format!(
+            "stop ({how}) requested for session {} of job {}\n\n{detail}",
+            session.id, session.job
+        )
+    };
+    output::print(ctx.format, table, || json::session(&session))?;
+    Ok(Exit::Success)
+}
+
+/// `stop --all`: stops every active session after a confirmation, unless `yes`.
+pub async fn stop_all(ctx: &Ctx, mode: ModeArgs, yes: bool) -> Result<Exit, Failure> {
+    if !yes && !io::stdin().is_terminal() {
+        return Err(Failure::usage(
+            "stop --all needs confirmation but stdin is not a terminal; pass --yes to stop \
+             every active session without asking",
+        ));
+    }
+    let mut clients = ctx.connect().await?;
+    if !yes && !confirm_active(&mut clients).await? {
+        return print_stopped(ctx, &[]);
+    }
+    let request = pb::StopAllRequest { mode: mode.mode() as i32, requested_by: requested_by() };
+    let stopped = clients.jobs.stop_all(request).await?.into_inner().sessions;
+    print_stopped(ctx, &stopped)
+}
+
+/// Prints the sessions a `StopAll` reached.
+fn print_stopped(ctx: &Ctx, stopped: &[pb::Session]) -> Result<Exit, Failure> {
+    let table = || match stopped.len() {
+        0 => "no active sessions".to_string(),
+        n => {
+            format!("stopping {n} sessions\n\n{}", views::session_list(stopped, SystemTime::now()))
+        }
+    };
+    output::print(ctx.format, table, || json::sessions(stopped))?;
+    Ok(Exit::Success)
+}
+
+/// Lists the active sessions on stderr and asks whether to stop them: `true` to go on, `false`
+/// when no session is active; a "no" is a usage failure (exit 2, nothing stopped).
+async fn confirm_active(clients: &mut Clients) -> Result<bool, Failure> {
+    let request = pb::ListSessionsRequest { job: String::new() };
+    let sessions = clients.jobs.list_sessions(request).await?.into_inner().sessions;
+    let active: Vec<pb::Session> = sessions.into_iter().filter(is_active).collect();
+    if active.is_empty() {
+        return Ok(false);
+    }
+    eprint!("{}", views::session_list(&active, SystemTime::now()));
+    let prompt = format!("stop {} active sessions? [y/N] ", active.len());
+    if confirm(&prompt, &mut io::stdin().lock(), &mut io::stderr())? {
+        return Ok(true);
+    }
+    Err(Failure::usage("not confirmed: no session was stopped"))
+}
+
+/// Whether a session has not stopped yet.
+fn is_active(session: &pb::Session) -> bool {
+    session.state != pb::SessionState::Stopped as i32
+}
+
+/// Writes the prompt and reads one answer line: `y` or `yes` (any case) confirms.
+pub fn confirm(
+    prompt: &str,
+    input: &mut impl BufRead,
+    prompt_to: &mut impl Write,
+) -> io::Result<bool> {
+    prompt_to.write_all(prompt.as_bytes())?;
+    prompt_to.flush()?;
+    let mut answer = String::new();
+    input.read_line(&mut answer)?;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+/// Who asks for a stop: `$USER@hostname`, either part alone when the other is unknown, or
+/// empty (the server then records the peer address).
+pub fn requested_by() -> String {
+    who(std::env::var("USER").ok(), hostname())
+}
+
+/// Joins user and host as `user@host`, leaving out what is missing.
+fn who(user: Option<String>, host: Option<String>) -> String {
+    let user = user.filter(|u| !u.trim().is_empty());
+    let host = host.filter(|h| !h.trim().is_empty());
+    match (user, host) {
+        (Some(user), Some(host)) => format!("{}@{}", user.trim(), host.trim()),
+        (Some(one), None) | (None, Some(one)) => one.trim().to_string(),
+        (None, None) => String::new(),
+    }
+}
+
+/// The host name from the kernel, `/etc/hostname` or `$HOSTNAME`.
+fn hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirm_accepts_only_yes() {
+        for (answer, expected) in [("y\n", true), ("YES\n", true), ("n\n", false), ("", false)] {
+            let mut prompt = Vec::new();
+            let confirmed =
+                confirm("stop 2 active sessions? [y/N] ", &mut answer.as_bytes(), &mut prompt);
+            assert_eq!(confirmed.expect("read answer"), expected, "answer {answer:?}");
+            assert_eq!(prompt, b"stop 2 active sessions? [y/N] ");
+        }
+    }
+
+    #[test]
+    fn requester_is_user_at_host() {
+        assert_eq!(who(Some("alice".into()), Some("backup1\n".into())), "alice@backup1");
+        assert_eq!(who(None, Some("backup1".into())), "backup1");
+        assert_eq!(who(Some(String::new()), None), "");
+    }
+
+    #[test]
+    fn mode_flags_map_to_stop_modes() {
+        let graceful = ModeArgs { graceful: true, immediately: false };
+        let immediate = ModeArgs { graceful: false, immediately: true };
+        assert_eq!(graceful.mode(), pb::StopMode::Graceful);
+        assert_eq!(immediate.mode(), pb::StopMode::Immediate);
+    }
+}

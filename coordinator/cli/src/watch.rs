@@ -1,0 +1,176 @@
+//! Following a session until it stops (`job start --watch`, `session watch`).
+//!
+//! `WatchSession` streams whole-session snapshots and ends when the session is STOPPED. When
+//! the stream breaks (the coordinator died or shut down), the watch reconnects through the
+//! endpoint list and starts again: the first snapshot of a new stream is the current state.
+
+mod bars;
+mod lines;
+
+use std::io::{self, IsTerminal};
+use std::time::Duration;
+
+use sluice_proto::pb;
+
+use crate::client::{Clients, Ctx};
+use crate::error::{Exit, Failure, status_message};
+use crate::output::{self, Format, json};
+
+/// Consecutive failed attempts to (re)open the stream before giving up.
+const MAX_RECONNECTS: u32 = 5;
+/// Pause before reconnecting.
+const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// How snapshots are shown.
+pub trait View {
+    /// Shows one snapshot.
+    fn show(&mut self, session: &pb::Session) -> io::Result<()>;
+    /// Shows a note about the watch itself (on stderr).
+    fn note(&mut self, text: &str) -> io::Result<()>;
+    /// Shows the end of the session.
+    fn finish(&mut self, session: &pb::Session) -> io::Result<()>;
+}
+
+/// Follows a session to its end; the exit status follows its result.
+pub async fn follow(ctx: &Ctx, clients: Clients, session_id: &str) -> Result<Exit, Failure> {
+    let mut view = view_for(ctx.format, io::stdout().is_terminal());
+    let last = until_stopped(ctx, Some(clients), session_id, view.as_mut()).await?;
+    view.finish(&last)?;
+    Ok(exit_for(&last))
+}
+
+/// JSON lines, live bars on a terminal, else one line per change.
+fn view_for(format: Format, terminal: bool) -> Box<dyn View> {
+    match (format, terminal) {
+        (Format::Json, _) => Box::new(JsonLines),
+        (Format::Table, true) => Box::new(bars::Bars::new()),
+        (Format::Table, false) => Box::new(lines::Lines::default()),
+    }
+}
+
+/// 0 for SUCCESS or WARNING, 1 otherwise.
+pub fn exit_for(session: &pb::Session) -> Exit {
+    match session.result() {
+        pb::SessionResult::Success | pb::SessionResult::Warning => Exit::Success,
+        pb::SessionResult::Failed | pb::SessionResult::None => Exit::Failed,
+    }
+}
+
+/// Streams snapshots into the view until the session is stopped, reconnecting on breaks.
+async fn until_stopped(
+    ctx: &Ctx,
+    mut clients: Option<Clients>,
+    session_id: &str,
+    view: &mut dyn View,
+) -> Result<pb::Session, Failure> {
+    let mut failures = 0;
+    loop {
+        let failure = match stream_once(ctx, &mut clients, session_id, view, &mut failures).await {
+            Ok(Some(stopped)) => return Ok(stopped),
+            Ok(None) => Failure::Server(tonic::Status::unavailable(
+                "the watch stream ended before the session stopped",
+            )),
+            Err(failure) => failure,
+        };
+        if !retryable(&failure) || failures >= MAX_RECONNECTS {
+            return Err(failure);
+        }
+        failures += 1;
+        view.note(&format!("watch interrupted ({}); reconnecting", short_reason(&failure)))?;
+        clients = None;
+        tokio::time::sleep(RECONNECT_WAIT).await;
+    }
+}
+
+/// Opens one stream (connecting first if needed) and follows it; `None` if it ended early.
+async fn stream_once(
+    ctx: &Ctx,
+    clients: &mut Option<Clients>,
+    session_id: &str,
+    view: &mut dyn View,
+    failures: &mut u32,
+) -> Result<Option<pb::Session>, Failure> {
+    let connected = match clients {
+        Some(connected) => connected,
+        None => clients.insert(ctx.connect().await?),
+    };
+    let request = pb::WatchSessionRequest { session_id: session_id.to_string() };
+    let mut stream = connected.jobs.watch_session(request).await?.into_inner();
+    while let Some(event) = stream.message().await? {
+        let Some(session) = event.session else { continue };
+        *failures = 0;
+        view.show(&session)?;
+        if session.state() == pb::SessionState::Stopped {
+            return Ok(Some(session));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a failure is a broken connection worth another attempt.
+fn retryable(failure: &Failure) -> bool {
+    match failure {
+        Failure::Connect(_) => true,
+        Failure::Server(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        Failure::Usage(_) | Failure::Local(_) => false,
+    }
+}
+
+fn short_reason(failure: &Failure) -> String {
+    match failure {
+        Failure::Server(status) => status_message(status).trim_start_matches("error: ").into(),
+        other => other.message().trim_start_matches("error: ").into(),
+    }
+}
+
+/// `--output json`: each snapshot as one JSON line.
+struct JsonLines;
+
+impl View for JsonLines {
+    fn show(&mut self, session: &pb::Session) -> io::Result<()> {
+        output::emit(&json::session(session).to_string())
+    }
+
+    fn note(&mut self, text: &str) -> io::Result<()> {
+        eprintln!("{text}");
+        Ok(())
+    }
+
+    fn finish(&mut self, _session: &pb::Session) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn exit_follows_the_session_result() {
+        let mut session = fixtures::stopped_session();
+        assert_eq!(exit_for(&session), Exit::Success);
+        session.result = pb::SessionResult::Success as i32;
+        assert_eq!(exit_for(&session), Exit::Success);
+        session.result = pb::SessionResult::Failed as i32;
+        assert_eq!(exit_for(&session), Exit::Failed);
+    }
+
+    #[test]
+    fn only_broken_connections_are_retried() {
+        assert!(retryable(&Failure::Server(tonic::Status::unavailable("gone"))));
+        assert!(retryable(&Failure::Connect("refused".into())));
+        assert!(!retryable(&Failure::Server(tonic::Status::not_found("no session"))));
+        assert!(!retryable(&Failure::usage("bad")));
+    }
+
+    #[test]
+    fn json_snapshot_is_one_line() {
+        let line = json::session(&fixtures::working_session()).to_string();
+        assert!(!line.contains('\n'));
+        assert!(line.contains("\"state\":\"SESSION_STATE_WORKING\""));
+    }
+}

@@ -1,0 +1,139 @@
+//! Watching on a terminal: a header line and one progress bar per item that runs or ran.
+
+use std::io;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sluice_proto::pb;
+
+use super::View;
+use super::lines::{item_counts, summary};
+use crate::output::{emit, text, views};
+
+const HEADER_TEMPLATE: &str = "{spinner} {msg}";
+const ITEM_TEMPLATE: &str = "{prefix:24!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}";
+
+/// Live bars drawn on stdout.
+pub struct Bars {
+    multi: MultiProgress,
+    header: ProgressBar,
+    items: Vec<Option<ProgressBar>>,
+    style: ProgressStyle,
+}
+
+impl Bars {
+    /// Bars with only the header shown.
+    pub fn new() -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let header_style = ProgressStyle::with_template(HEADER_TEMPLATE)
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let header = multi.add(ProgressBar::new_spinner().with_style(header_style));
+        header.enable_steady_tick(std::time::Duration::from_millis(200));
+        let style = ProgressStyle::with_template(ITEM_TEMPLATE)
+            .map(|style| style.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        Bars { multi, header, items: Vec::new(), style }
+    }
+
+    /// The bar of item `index`, created on first use.
+    fn bar(&mut self, index: usize, name: &str) -> &ProgressBar {
+        if self.items.len() <= index {
+            self.items.resize(index + 1, None);
+        }
+        self.items[index].get_or_insert_with(|| {
+            let bar =
+                ProgressBar::new(0).with_style(self.style.clone()).with_prefix(name.to_string());
+            self.multi.add(bar)
+        })
+    }
+}
+
+impl View for Bars {
+    fn show(&mut self, session: &pb::Session) -> io::Result<()> {
+        self.header.set_message(header_line(session));
+        for (index, item) in session.items.iter().enumerate() {
+            if !has_bar(item) {
+                continue;
+            }
+            let bar = self.bar(index, &item.name);
+            bar.set_length(item.bytes_total);
+            bar.set_position(item.bytes_done);
+            bar.set_message(bar_message(item));
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, text: &str) -> io::Result<()> {
+        self.multi.suspend(|| eprintln!("{text}"));
+        Ok(())
+    }
+
+    fn finish(&mut self, session: &pb::Session) -> io::Result<()> {
+        self.header.finish_with_message(header_line(session));
+        for bar in self.items.iter().flatten() {
+            bar.finish();
+        }
+        emit(&format!("\n{}", summary(session)))
+    }
+}
+
+/// Items get a bar once they process or are done; pending and never-processed ones do not.
+fn has_bar(item: &pb::ItemStatus) -> bool {
+    !matches!(item.state(), pb::ItemState::Pending | pb::ItemState::NotProcessed)
+        || item.attempt > 1
+}
+
+/// `session 0193a1b2 (job nightly) WORKING: 1 SUCCESS, 1 PROCESSING, 1 PENDING`.
+fn header_line(session: &pb::Session) -> String {
+    format!(
+        "session {} (job {}) {}: {}",
+        session.id,
+        session.job,
+        text::session_state(session.state),
+        item_counts(&session.items)
+    )
+}
+
+/// Phase and state, the agent, and a message or waiting reason if any.
+fn bar_message(item: &pb::ItemStatus) -> String {
+    let mut message = format!("{} {}", text::task_phase(item.phase), text::item_state(item.state));
+    if !item.agent.is_empty() {
+        message.push_str(&format!(" on {}", item.agent));
+    }
+    let note = views::message_or_waiting(item);
+    if note != "-" {
+        message.push_str(&format!(": {}", text::one_line(&note)));
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn bars_for_running_and_done_items_only() {
+        let session = fixtures::working_session();
+        let with_bars: Vec<bool> = session.items.iter().map(has_bar).collect();
+        assert_eq!(with_bars, [true, true, false]);
+    }
+
+    #[test]
+    fn messages_show_phase_state_and_agent() {
+        let session = fixtures::working_session();
+        assert_eq!(bar_message(&session.items[1]), "TRANSFER PROCESSING on proxy-2");
+        assert_eq!(
+            header_line(&session),
+            "session 0193a1b2 (job nightly) WORKING: 1 PENDING, 1 PROCESSING, 1 SUCCESS"
+        );
+    }
+
+    #[test]
+    fn bars_view_draws_nothing_when_hidden() {
+        let mut bars = Bars::new();
+        bars.multi.set_draw_target(ProgressDrawTarget::hidden());
+        bars.show(&fixtures::working_session()).expect("show");
+        assert_eq!(bars.items.iter().flatten().count(), 2);
+        assert_eq!(bars.items[1].as_ref().map(ProgressBar::position), Some(512));
+    }
+}
