@@ -1,1 +1,36 @@
-//! Cluster harness.
+//! Cluster harness of the Sluice end-to-end tests.
+//!
+//! Everything here is real: an `etcd` process ([`Etcd`]), the built `sluice-coordinator` and
+//! `sluice-agent` binaries as child processes ([`Cluster`], [`Node`]) talking gRPC on loopback,
+//! and qcow2 disks made with `qemu-img` ([`disk`]). Tests isolate from each other through a
+//! unique etcd key prefix per cluster, so one etcd serves a whole test-binary run
+//! ([`Etcd::shared`]).
+//!
+//! Nothing sleeps in place of an event: tests wait for what they expect with [`wait_for`],
+//! which fails naming what never happened and the last thing it saw.
+//!
+//! Child processes are watched by a tiny shell watchdog each (see `watchdog.rs`), so they die
+//! with the test process even when it is killed, without `prctl` or unsafe code.
+
+mod cluster;
+pub mod disk;
+mod etcd;
+pub mod fixtures;
+mod logs;
+mod node;
+mod ports;
+mod wait;
+mod watchdog;
+
+pub use cluster::{AgentSpec, BIN_DIR_ENV, Cluster, ClusterBuilder, binary};
+pub use etcd::Etcd;
+pub use node::{Node, Role};
+pub use wait::{PATIENCE, wait_for};
+
+/// Largest gRPC message the harness's clients send or accept (64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A random key prefix such as `/t-3f9c0a12b7e4`, unique per test.
+pub fn unique_prefix() -> String {
+    format!("/t-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}

@@ -1,1 +1,15 @@
-//! End-to-end scenarios.
+//! End-to-end scenarios of Sluice: real etcd, real coordinator and agent processes, real gRPC
+//! on loopback. One test binary; one scenario module per subject under `e2e/`.
+//!
+//! Run with `cargo build --workspace && cargo test -p sluice-tests` (the binaries under test
+//! are found next to this test executable, in `target/debug`).
+
+mod e2e {
+    mod agents;
+    mod etcd_restart;
+    mod harness;
+    mod jobs;
+    mod reflection;
+    mod shutdown;
+    mod validation;
+}

@@ -1,0 +1,347 @@
+//! A cluster of real coordinator and agent processes on one etcd key prefix.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
+
+use sluice_proto::pb::{
+    cluster_service_client::ClusterServiceClient, job_service_client::JobServiceClient,
+};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+use crate::{
+    Etcd, logs,
+    node::{Node, Role},
+    unique_prefix,
+};
+
+/// Environment variable naming the directory of the built binaries (default: the directory
+/// above the test executable's `deps/`, i.e. `target/debug`).
+pub const BIN_DIR_ENV: &str = "SLUICE_TEST_BIN_DIR";
+
+const DEFAULT_LEASE_TTL: u32 = 3;
+const DEFAULT_HEARTBEAT_TTL: u32 = 3;
+const DEFAULT_SLOTS: u32 = 2;
+
+/// How one agent is run.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSpec {
+    /// `--slots`; the builder's default when `None`.
+    pub slots: Option<u32>,
+    /// `--computer NAME`: computer mode.
+    pub computer: Option<String>,
+    /// `--transfer-rate-limit BYTES_PER_SEC`.
+    pub transfer_rate_limit: Option<u64>,
+    /// `--heartbeat-ttl`; the builder's default when `None`.
+    pub heartbeat_ttl: Option<u32>,
+}
+
+impl AgentSpec {
+    /// An agent with the builder's defaults.
+    pub fn new() -> AgentSpec {
+        AgentSpec::default()
+    }
+
+    /// Sets `--slots`.
+    pub fn slots(mut self, slots: u32) -> AgentSpec {
+        self.slots = Some(slots);
+        self
+    }
+
+    /// Sets `--computer`.
+    pub fn computer(mut self, name: &str) -> AgentSpec {
+        self.computer = Some(name.to_string());
+        self
+    }
+
+    /// Sets `--transfer-rate-limit`.
+    pub fn transfer_rate_limit(mut self, bytes_per_sec: u64) -> AgentSpec {
+        self.transfer_rate_limit = Some(bytes_per_sec);
+        self
+    }
+
+    /// Sets `--heartbeat-ttl`.
+    pub fn heartbeat_ttl(mut self, seconds: u32) -> AgentSpec {
+        self.heartbeat_ttl = Some(seconds);
+        self
+    }
+}
+
+/// Builds a [`Cluster`]; see [`Cluster::builder`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    coordinators: usize,
+    agents: Vec<AgentSpec>,
+    lease_ttl: u32,
+    heartbeat_ttl: u32,
+    slots: u32,
+    etcd_url: Option<String>,
+}
+
+impl ClusterBuilder {
+    /// Number of coordinators (default 1).
+    pub fn coordinators(mut self, count: usize) -> ClusterBuilder {
+        self.coordinators = count;
+        self
+    }
+
+    /// Adds `count` agents with the default settings.
+    pub fn agents(mut self, count: usize) -> ClusterBuilder {
+        self.agents.extend((0..count).map(|_| AgentSpec::new()));
+        self
+    }
+
+    /// Adds one agent.
+    pub fn agent(mut self, spec: AgentSpec) -> ClusterBuilder {
+        self.agents.push(spec);
+        self
+    }
+
+    /// `--lease-ttl` of the coordinators, in seconds (default 3).
+    pub fn lease_ttl(mut self, seconds: u32) -> ClusterBuilder {
+        self.lease_ttl = seconds;
+        self
+    }
+
+    /// Default `--heartbeat-ttl` of the agents, in seconds (default 3).
+    pub fn heartbeat_ttl(mut self, seconds: u32) -> ClusterBuilder {
+        self.heartbeat_ttl = seconds;
+        self
+    }
+
+    /// Default `--slots` of the agents (default 2).
+    pub fn slots(mut self, slots: u32) -> ClusterBuilder {
+        self.slots = slots;
+        self
+    }
+
+    /// Uses this etcd instead of the shared one (e.g. a dedicated [`Etcd`] a test restarts).
+    pub fn etcd(mut self, etcd: &Etcd) -> ClusterBuilder {
+        self.etcd_url = Some(etcd.url().to_string());
+        self
+    }
+
+    /// Starts the coordinators, then the agents, each waited for until ready.
+    pub async fn start(self) -> Cluster {
+        let etcd_url = self.etcd_url.clone().unwrap_or_else(|| Etcd::shared().url().to_string());
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sluice-e2e-{}-", test_name()))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create the cluster's temp dir: {e}"));
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            prefix: unique_prefix(),
+            etcd_url,
+            settings: self.clone(),
+            coordinators: Vec::new(),
+            agents: Vec::new(),
+        };
+        for _ in 0..self.coordinators {
+            cluster.add_coordinator().await;
+        }
+        for spec in self.agents {
+            cluster.add_agent(spec).await;
+        }
+        cluster
+    }
+}
+
+/// Real coordinators and agents on a private etcd key prefix, torn down on drop. When the
+/// test fails, the cluster's temp dir is kept and the tails of every log are printed.
+pub struct Cluster {
+    dir: Option<TempDir>,
+    prefix: String,
+    etcd_url: String,
+    settings: ClusterBuilder,
+    coordinators: Vec<Node>,
+    agents: Vec<Node>,
+}
+
+impl Cluster {
+    /// A builder with one coordinator, no agents, lease and heartbeat TTLs of 3 s.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            coordinators: 1,
+            agents: Vec::new(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
+            slots: DEFAULT_SLOTS,
+            etcd_url: None,
+        }
+    }
+
+    /// The etcd key prefix of this cluster, e.g. `/t-3f9c0a12b7e4`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// URL of the etcd the cluster uses.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// Connects an etcd client to the cluster's etcd (keys live under [`Cluster::prefix`]).
+    pub async fn etcd_client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.etcd_url.as_str()], None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.etcd_url))
+    }
+
+    /// The cluster's temp dir (logs, agent state dirs; a place for disks and repositories).
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().map_or_else(|| Path::new("/nonexistent"), TempDir::path)
+    }
+
+    /// Coordinator `index` (from 0; its id is `c{index + 1}`).
+    pub fn coordinator(&mut self, index: usize) -> &mut Node {
+        let count = self.coordinators.len();
+        self.coordinators
+            .get_mut(index)
+            .unwrap_or_else(|| panic!("no coordinator {index}: the cluster has {count}"))
+    }
+
+    /// Agent `index` (from 0; its id is `a{index + 1}`).
+    pub fn agent(&mut self, index: usize) -> &mut Node {
+        let count = self.agents.len();
+        self.agents
+            .get_mut(index)
+            .unwrap_or_else(|| panic!("no agent {index}: the cluster has {count}"))
+    }
+
+    /// Every coordinator.
+    pub fn coordinators(&self) -> &[Node] {
+        &self.coordinators
+    }
+
+    /// Every agent.
+    pub fn agents(&self) -> &[Node] {
+        &self.agents
+    }
+
+    /// URLs of every coordinator, as agents get them in `--coordinators`.
+    pub fn coordinator_urls(&self) -> Vec<String> {
+        self.coordinators.iter().map(Node::url).collect()
+    }
+
+    /// `JobService` client of the first running coordinator.
+    pub async fn job_client(&mut self) -> JobServiceClient<Channel> {
+        self.first_running_coordinator().job_client().await
+    }
+
+    /// `ClusterService` client of the first running coordinator.
+    pub async fn cluster_client(&mut self) -> ClusterServiceClient<Channel> {
+        self.first_running_coordinator().cluster_client().await
+    }
+
+    fn first_running_coordinator(&mut self) -> &Node {
+        let index = self
+            .coordinators
+            .iter_mut()
+            .position(Node::is_running)
+            .unwrap_or_else(|| panic!("no coordinator is running"));
+        &self.coordinators[index]
+    }
+
+    /// Starts one more coordinator and waits until it serves.
+    pub async fn add_coordinator(&mut self) -> &mut Node {
+        let id = format!("c{}", self.coordinators.len() + 1);
+        let args = flags([
+            ("--etcd", self.etcd_url.clone()),
+            ("--id", id.clone()),
+            ("--lease-ttl", self.settings.lease_ttl.to_string()),
+            ("--prefix", self.prefix.clone()),
+        ]);
+        let program = binary("sluice-coordinator");
+        let mut node = Node::new(&id, Role::Coordinator, program, args, self.dir().join(&id));
+        node.launch().await;
+        self.coordinators.push(node);
+        let last = self.coordinators.len() - 1;
+        &mut self.coordinators[last]
+    }
+
+    /// Starts one more agent, heartbeating to every coordinator, and waits until it is listed.
+    pub async fn add_agent(&mut self, spec: AgentSpec) -> &mut Node {
+        assert!(!self.coordinators.is_empty(), "start a coordinator before the agents");
+        let id = format!("a{}", self.agents.len() + 1);
+        let dir = self.dir().join(&id);
+        let coordinators = self.coordinator_urls();
+        let slots = spec.slots.unwrap_or(self.settings.slots);
+        let ttl = spec.heartbeat_ttl.unwrap_or(self.settings.heartbeat_ttl);
+        let mut args = flags([
+            ("--coordinators", coordinators.join(",")),
+            ("--id", id.clone()),
+            ("--slots", slots.to_string()),
+            ("--state-dir", dir.join("state").display().to_string()),
+            ("--heartbeat-ttl", ttl.to_string()),
+        ]);
+        if let Some(computer) = &spec.computer {
+            args.extend(flags([("--computer", computer.clone())]));
+        }
+        if let Some(limit) = spec.transfer_rate_limit {
+            args.extend(flags([("--transfer-rate-limit", limit.to_string())]));
+        }
+        let role = Role::Agent { coordinators };
+        let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir);
+        node.launch().await;
+        self.agents.push(node);
+        let last = self.agents.len() - 1;
+        &mut self.agents[last]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.agents.iter_mut().chain(self.coordinators.iter_mut()) {
+            node.teardown();
+        }
+        if !std::thread::panicking() {
+            return;
+        }
+        let logs: Vec<PathBuf> =
+            self.coordinators.iter().chain(&self.agents).flat_map(Node::log_paths).collect();
+        logs::print_tails(logs.iter().map(PathBuf::as_path));
+        if let Some(dir) = self.dir.take() {
+            eprintln!(
+                "sluice-tests: test failed; kept the cluster dir {} (etcd prefix {})",
+                dir.keep().display(),
+                self.prefix
+            );
+        }
+    }
+}
+
+fn flags<const N: usize>(pairs: [(&str, String); N]) -> Vec<OsString> {
+    pairs
+        .into_iter()
+        .flat_map(|(flag, value)| [OsString::from(flag), OsString::from(value)])
+        .collect()
+}
+
+/// Path of a built binary of the workspace, next to the test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+            .unwrap_or_else(|| panic!("cannot locate the test executable's directory")),
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the binaries first with `cargo build --workspace` \
+         (or set {BIN_DIR_ENV})",
+        path.display()
+    );
+    path
+}
+
+/// The running test's name made safe for a file name (`jobs::crud` -> `jobs-crud`).
+fn test_name() -> String {
+    let name = std::thread::current().name().unwrap_or("test").to_string();
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    safe.chars().take(60).collect()
+}

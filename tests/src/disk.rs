@@ -1,0 +1,69 @@
+//! qcow2 disk images for VM backup scenarios, made with `qemu-img` and `qemu-io`.
+
+use std::{path::Path, process::Command};
+
+/// One region of a disk filled with a byte pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+    /// Byte written over the whole region.
+    pub pattern: u8,
+    /// Start of the region, in bytes.
+    pub offset: u64,
+    /// Length of the region, in bytes.
+    pub len: u64,
+}
+
+/// Creates a qcow2 image of `size` bytes at `path` and writes each fill into it.
+pub fn create_qcow2(path: &Path, size: u64, fills: &[Fill]) {
+    run("qemu-img", &["create", "-q", "-f", "qcow2", &path_str(path), &size.to_string()]);
+    for fill in fills {
+        write_pattern(path, *fill);
+    }
+}
+
+/// Writes one fill into an existing qcow2 image.
+pub fn write_pattern(path: &Path, fill: Fill) {
+    let command = format!("write -P 0x{:02x} {} {}", fill.pattern, fill.offset, fill.len);
+    run("qemu-io", &["-f", "qcow2", "-c", &command, &path_str(path)]);
+}
+
+/// Names of the internal snapshots of a qcow2 image (`qemu-img snapshot -l`).
+pub fn snapshots(path: &Path) -> Vec<String> {
+    let out = run("qemu-img", &["snapshot", "-l", &path_str(path)]);
+    // Table: a title line, a header line starting with "ID", then one row per snapshot:
+    // ID TAG VM-SIZE DATE VM-CLOCK ICOUNT.
+    out.lines()
+        .skip_while(|line| !line.trim_start().starts_with("ID"))
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+/// Whether two images hold the same guest-visible content (`qemu-img compare`).
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    let status = Command::new("qemu-img")
+        .args(["compare", "-q", &path_str(a), &path_str(b)])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run qemu-img (apt-get install qemu-utils): {e}"));
+    status.success()
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Runs a qemu tool, failing with its output if it does not succeed; returns its stdout.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (apt-get install qemu-utils): {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed with {}: {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -1,0 +1,380 @@
+//! One `sluice-coordinator` or `sluice-agent` process: start, readiness, signals, clients.
+
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use sluice_proto::pb::{
+    self, agent_service_client::AgentServiceClient, cluster_service_client::ClusterServiceClient,
+    job_service_client::JobServiceClient,
+};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+use crate::{MAX_MESSAGE_BYTES, PATIENCE, logs, wait_for, watchdog::Watchdog};
+
+/// Line prefix each binary prints on stdout once its listener is bound.
+const LISTENING: &str = "listening on ";
+/// Per-request timeout of the harness's gRPC channels (until response headers arrive).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node is, and what it needs to know to tell that it is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A coordinator: ready when its health check answers `SERVING`.
+    Coordinator,
+    /// An agent: ready when it serves health `SERVING` and a coordinator lists it.
+    Agent {
+        /// Coordinator URLs the agent heartbeats to.
+        coordinators: Vec<String>,
+    },
+}
+
+/// A Sluice process run by the harness. Restarts keep its id, arguments, address and
+/// directory (an agent keeps its state dir).
+pub struct Node {
+    id: String,
+    role: Role,
+    program: PathBuf,
+    args: Vec<OsString>,
+    dir: PathBuf,
+    addr: Option<SocketAddr>,
+    process: Option<(Child, Watchdog)>,
+    starts: u32,
+}
+
+impl Node {
+    pub(crate) fn new(
+        id: &str,
+        role: Role,
+        program: PathBuf,
+        args: Vec<OsString>,
+        dir: PathBuf,
+    ) -> Node {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        Node { id: id.to_string(), role, program, args, dir, addr: None, process: None, starts: 0 }
+    }
+
+    /// The `--id` of the node, e.g. `c1` or `a2`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this is a coordinator or an agent.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// Directory of the node's logs (and an agent's state dir).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Log file of the process's stdout.
+    pub fn stdout_log(&self) -> PathBuf {
+        self.dir.join("stdout.log")
+    }
+
+    /// Log file of the process's stderr.
+    pub fn stderr_log(&self) -> PathBuf {
+        self.dir.join("stderr.log")
+    }
+
+    /// Address the node listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.unwrap_or_else(|| panic!("{} was never started", self.id))
+    }
+
+    /// gRPC URL of the node, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// Process id, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|(child, _)| child.id())
+    }
+
+    /// Whether the process is still running (reaps it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        self.try_exit_status().is_none() && self.process.is_some()
+    }
+
+    /// The exit status, if the process exited; it is then reaped and forgotten.
+    fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        let (child, _) = self.process.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.process = None;
+                Some(status)
+            }
+            Ok(None) => None,
+            Err(e) => panic!("cannot query process {} ({}): {e}", self.id, child.id()),
+        }
+    }
+
+    /// Starts the process and waits until it is ready. On a restart it listens on the address
+    /// it had before, so clients and agents that know that address find it again.
+    pub(crate) async fn launch(&mut self) {
+        assert!(self.process.is_none(), "{} is already running", self.id);
+        self.starts += 1;
+        let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let (stdout, stderr) = (self.stdout_log(), self.stderr_log());
+        let marker = format!("start #{} of {} on {listen}", self.starts, self.id);
+        logs::mark(&stdout, &marker);
+        logs::mark(&stderr, &marker);
+        let offset = logs::len(&stdout);
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .args(["--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(logs::append(&stdout))
+            .stderr(logs::append(&stderr))
+            .env("NO_COLOR", "1");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SLUICE_") {
+                command.env_remove(key);
+            }
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info,sluice_coordinator=debug,sluice_agent=debug");
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
+        let watchdog = Watchdog::watch(child.id(), None);
+        self.process = Some((child, watchdog));
+        let addr = self.wait_listening(offset).await;
+        self.addr = Some(addr);
+        self.wait_ready().await;
+    }
+
+    /// Reads the `listening on ADDR` line from stdout, failing if the process exits first.
+    async fn wait_listening(&mut self, offset: u64) -> SocketAddr {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(addr) = parse_listening(&logs::read_from(&self.stdout_log(), offset)) {
+                return addr;
+            }
+            if let Some(status) = self.try_exit_status() {
+                self.fail(&format!("exited with {status} before printing `{LISTENING}ADDR`"));
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("printed no `{LISTENING}ADDR` within {PATIENCE:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Panics with a message and the tails of the node's logs.
+    fn fail(&self, problem: &str) -> ! {
+        panic!(
+            "{} ({}) {problem}\n----- {} -----\n{}\n----- {} -----\n{}",
+            self.id,
+            self.program.display(),
+            self.stdout_log().display(),
+            logs::tail(&self.stdout_log(), logs::TAIL_LINES),
+            self.stderr_log().display(),
+            logs::tail(&self.stderr_log(), logs::TAIL_LINES),
+        )
+    }
+
+    async fn wait_ready(&self) {
+        let what = format!("{} at {} to answer health SERVING", self.id, self.url());
+        wait_for(
+            || async { self.health_status("").await.map_err(|e| e.to_string()) },
+            PATIENCE,
+            &what,
+        )
+        .await;
+        if let Role::Agent { coordinators } = &self.role {
+            let what = format!("agent {} to be listed ONLINE by a coordinator", self.id);
+            wait_for(|| self.listed_online(coordinators), PATIENCE, &what).await;
+        }
+    }
+
+    /// `Ok` when some coordinator lists this agent online at its address.
+    async fn listed_online(&self, coordinators: &[String]) -> Result<(), String> {
+        let mut seen = Vec::new();
+        for url in coordinators {
+            let answer = async {
+                let mut client = ClusterServiceClient::new(connect(url).await?);
+                let agents = client.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+                Ok::<_, anyhow::Error>(agents.agents)
+            };
+            match answer.await {
+                Ok(agents) => {
+                    let mine = agents.iter().find(|a| a.id == self.id);
+                    if mine.is_some_and(|a| {
+                        a.state == pb::AgentState::Online as i32 && a.address == self.url()
+                    }) {
+                        return Ok(());
+                    }
+                    seen.push(format!("{url}: {mine:?}"));
+                }
+                Err(e) => seen.push(format!("{url}: {e:#}")),
+            }
+        }
+        Err(seen.join("; "))
+    }
+
+    /// Kills the process with SIGKILL and reaps it. No-op if it is not running.
+    pub fn kill9(&mut self) {
+        if let Some((mut child, watchdog)) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            drop(watchdog);
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to [`PATIENCE`]) for the process to exit.
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.id));
+        if let Err(e) = kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
+            panic!("cannot send SIGTERM to {} ({pid}): {e}", self.id);
+        }
+        self.wait_exit(PATIENCE).await
+    }
+
+    /// Waits for the process to exit on its own and returns its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return status;
+            }
+            assert!(self.process.is_some(), "{} is not running", self.id);
+            if Instant::now() >= deadline {
+                self.fail(&format!("did not exit within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the process again (after killing it if it still runs) on the same address and
+    /// waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.launch().await;
+    }
+
+    /// A new gRPC channel to the node.
+    pub async fn channel(&self) -> Channel {
+        connect(&self.url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {} at {}: {e:#}", self.id, self.url()))
+    }
+
+    /// `JobService` client (coordinators).
+    pub async fn job_client(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel().await)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// `ClusterService` client (coordinators).
+    pub async fn cluster_client(&self) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.channel().await)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// `AgentService` client (agents).
+    pub async fn agent_client(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel().await)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// `grpc.health.v1.Health` client.
+    pub async fn health_client(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel().await)
+    }
+
+    /// The health status of `service` (`""` for the whole server).
+    pub async fn health_status(&self, service: &str) -> anyhow::Result<ServingStatus> {
+        let mut client = HealthClient::new(connect(&self.url()).await?);
+        let request = HealthCheckRequest { service: service.to_string() };
+        let status = client.check(request).await?.into_inner().status;
+        Ok(ServingStatus::try_from(status)?)
+    }
+
+    /// Names of the services the node lists through `grpc.reflection.v1` server reflection.
+    pub async fn reflected_services(&self) -> anyhow::Result<Vec<String>> {
+        let mut client = ServerReflectionClient::new(connect(&self.url()).await?);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses =
+            client.server_reflection_info(tokio_stream::iter([request])).await?.into_inner();
+        let response = responses
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("reflection stream ended without an answer"))?;
+        match response.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                Ok(list.service.into_iter().map(|s| s.name).collect())
+            }
+            other => anyhow::bail!("unexpected reflection answer {other:?}"),
+        }
+    }
+
+    /// Kills the process without ceremony; used when the cluster is dropped.
+    pub(crate) fn teardown(&mut self) {
+        self.kill9();
+    }
+
+    pub(crate) fn log_paths(&self) -> [PathBuf; 2] {
+        [self.stdout_log(), self.stderr_log()]
+    }
+}
+
+/// Connects a channel with the harness's timeouts.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let channel = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .connect()
+        .await?;
+    Ok(channel)
+}
+
+/// Finds the address in the first parseable `listening on ADDR` line.
+fn parse_listening(stdout: &str) -> Option<SocketAddr> {
+    stdout.lines().find_map(|line| {
+        let (_, rest) = line.split_once(LISTENING)?;
+        rest.split_whitespace().next()?.trim_end_matches(['.', ',']).parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_listening_line() {
+        let text = "=== start ===\nsome log\nlistening on 127.0.0.1:4567\n";
+        assert_eq!(parse_listening(text), Some(SocketAddr::from(([127, 0, 0, 1], 4567))));
+        assert_eq!(parse_listening("listening on soon\n"), None);
+    }
+}

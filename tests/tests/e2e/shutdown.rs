@@ -1,0 +1,28 @@
+//! Issue 2, scenario 6: SIGTERM shuts coordinators and agents down cleanly.
+
+use sluice_tests::{AgentSpec, Cluster, PATIENCE, fixtures::list_agents, wait_for};
+
+#[tokio::test]
+async fn sigterm_makes_agents_leave_and_processes_exit_zero() {
+    // A TTL far beyond the wait below: the agent can only vanish that fast by leaving.
+    let mut cluster = Cluster::builder().agent(AgentSpec::new().heartbeat_ttl(600)).start().await;
+    let client = cluster.cluster_client().await;
+
+    let status = cluster.agent(0).sigterm().await;
+    assert_eq!(status.code(), Some(0), "agent exit status after SIGTERM: {status}");
+    wait_for(
+        || {
+            let mut client = client.clone();
+            async move {
+                let agents = list_agents(&mut client).await?;
+                if agents.is_empty() { Ok(()) } else { Err(format!("listed: {agents:?}")) }
+            }
+        },
+        PATIENCE,
+        "the agent stopped with SIGTERM to leave ListAgents (its TTL is 600 s)",
+    )
+    .await;
+
+    let status = cluster.coordinator(0).sigterm().await;
+    assert_eq!(status.code(), Some(0), "coordinator exit status after SIGTERM: {status}");
+}
