@@ -106,7 +106,10 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            let _ = write!(text, ": {cause_text}");
+        }
         source = cause.source();
     }
     text
@@ -122,6 +125,28 @@ mod tests {
         assert_eq!(status_message(&status), "error: not found: job \"x\" does not exist");
         assert_eq!(code_words(tonic::Code::FailedPrecondition), "failed precondition");
         assert_eq!(code_words(tonic::Code::Unavailable), "unavailable");
+    }
+
+    #[test]
+    fn chain_skips_repeated_causes() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::other(Wrapper(inner));
+        assert_eq!(chain(&outer), "wrapped: connection refused");
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 
     #[test]

@@ -24,9 +24,13 @@ use crate::output::Format;
 /// Default coordinator endpoint.
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
 
+/// The exit codes, shown at the end of `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 done (a watched session ended SUCCESS or WARNING), \
+1 a watched session ended FAILED, 2 bad usage or input, 3 server or connection error.";
+
 /// Operator command line of Sluice, the distributed backup-job orchestrator.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version = sluice_proto::VERSION)]
+#[command(name = "sluice", version = sluice_proto::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Coordinator endpoint; a comma-separated list uses the first that connects.
     #[arg(long, global = true, env = "SLUICE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]

@@ -1,6 +1,8 @@
 //! Watching on a terminal: a header line and one progress bar per item that runs or ran.
 
+use std::collections::VecDeque;
 use std::io;
+use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sluice_proto::pb;
@@ -12,11 +14,28 @@ use crate::output::{emit, text, views};
 const HEADER_TEMPLATE: &str = "{spinner} {msg}";
 const ITEM_TEMPLATE: &str = "{prefix:24!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}";
 
+/// Finished bars kept on screen; older ones turn into plain lines above the bars, so a job of
+/// thousands of items does not draw thousands of bars.
+const MAX_DONE_BARS: usize = 20;
+
+/// What an item shows.
+#[derive(Debug, Clone, Default)]
+enum Slot {
+    /// Nothing yet: pending.
+    #[default]
+    Empty,
+    /// A live or finished bar.
+    Bar(ProgressBar),
+    /// Finished long ago: printed as a line and removed.
+    Retired,
+}
+
 /// Live bars drawn on stdout.
 pub struct Bars {
     multi: MultiProgress,
     header: ProgressBar,
-    items: Vec<Option<ProgressBar>>,
+    items: Vec<Slot>,
+    done: VecDeque<usize>,
     style: ProgressStyle,
 }
 
@@ -27,22 +46,57 @@ impl Bars {
         let header_style = ProgressStyle::with_template(HEADER_TEMPLATE)
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let header = multi.add(ProgressBar::new_spinner().with_style(header_style));
-        header.enable_steady_tick(std::time::Duration::from_millis(200));
+        header.enable_steady_tick(Duration::from_millis(200));
         let style = ProgressStyle::with_template(ITEM_TEMPLATE)
             .map(|style| style.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
-        Bars { multi, header, items: Vec::new(), style }
+        Bars { multi, header, items: Vec::new(), done: VecDeque::new(), style }
     }
 
-    /// The bar of item `index`, created on first use.
-    fn bar(&mut self, index: usize, name: &str) -> &ProgressBar {
+    /// Updates the bar of item `index`, creating it on first use.
+    fn update(&mut self, index: usize, item: &pb::ItemStatus) {
         if self.items.len() <= index {
-            self.items.resize(index + 1, None);
+            self.items.resize(index + 1, Slot::Empty);
         }
-        self.items[index].get_or_insert_with(|| {
-            let bar =
-                ProgressBar::new(0).with_style(self.style.clone()).with_prefix(name.to_string());
-            self.multi.add(bar)
+        let bar = match &self.items[index] {
+            Slot::Retired => return,
+            Slot::Bar(bar) => bar.clone(),
+            Slot::Empty => self.add_bar(index, &item.name),
+        };
+        bar.set_length(item.bytes_total);
+        bar.set_position(item.bytes_done);
+        bar.set_message(bar_message(item));
+        if is_done(item) && !bar.is_finished() {
+            bar.finish();
+            self.done.push_back(index);
+        }
+    }
+
+    fn add_bar(&mut self, index: usize, name: &str) -> ProgressBar {
+        let bar = ProgressBar::new(0).with_style(self.style.clone()).with_prefix(name.to_string());
+        let bar = self.multi.add(bar);
+        self.items[index] = Slot::Bar(bar.clone());
+        bar
+    }
+
+    /// Turns the oldest finished bars into lines while there are too many.
+    fn retire_old_bars(&mut self) -> io::Result<()> {
+        while self.done.len() > MAX_DONE_BARS {
+            let Some(index) = self.done.pop_front() else { break };
+            let slot = std::mem::replace(&mut self.items[index], Slot::Retired);
+            if let Slot::Bar(bar) = slot {
+                self.multi.remove(&bar);
+                self.multi.println(format!("{} {}", bar.prefix(), bar.message()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bars still on screen.
+    fn bars(&self) -> impl Iterator<Item = &ProgressBar> {
+        self.items.iter().filter_map(|slot| match slot {
+            Slot::Bar(bar) => Some(bar),
+            Slot::Empty | Slot::Retired => None,
         })
     }
 }
@@ -51,15 +105,11 @@ impl View for Bars {
     fn show(&mut self, session: &pb::Session) -> io::Result<()> {
         self.header.set_message(header_line(session));
         for (index, item) in session.items.iter().enumerate() {
-            if !has_bar(item) {
-                continue;
+            if has_bar(item) {
+                self.update(index, item);
             }
-            let bar = self.bar(index, &item.name);
-            bar.set_length(item.bytes_total);
-            bar.set_position(item.bytes_done);
-            bar.set_message(bar_message(item));
         }
-        Ok(())
+        self.retire_old_bars()
     }
 
     fn note(&mut self, text: &str) -> io::Result<()> {
@@ -69,11 +119,16 @@ impl View for Bars {
 
     fn finish(&mut self, session: &pb::Session) -> io::Result<()> {
         self.header.finish_with_message(header_line(session));
-        for bar in self.items.iter().flatten() {
+        for bar in self.bars() {
             bar.finish();
         }
         emit(&format!("\n{}", summary(session)))
     }
+}
+
+/// Whether an item reached a final state.
+fn is_done(item: &pb::ItemStatus) -> bool {
+    !matches!(item.state(), pb::ItemState::Pending | pb::ItemState::Processing)
 }
 
 /// Items get a bar once they process or are done; pending and never-processed ones do not.
@@ -133,7 +188,24 @@ mod tests {
         let mut bars = Bars::new();
         bars.multi.set_draw_target(ProgressDrawTarget::hidden());
         bars.show(&fixtures::working_session()).expect("show");
-        assert_eq!(bars.items.iter().flatten().count(), 2);
-        assert_eq!(bars.items[1].as_ref().map(ProgressBar::position), Some(512));
+        let positions: Vec<u64> = bars.bars().map(ProgressBar::position).collect();
+        assert_eq!(positions, [2048, 512]);
+        assert_eq!(bars.done, [0]);
+    }
+
+    #[test]
+    fn old_finished_bars_become_lines() {
+        let mut bars = Bars::new();
+        bars.multi.set_draw_target(ProgressDrawTarget::hidden());
+        let mut session = fixtures::working_session();
+        let done = session.items[0].clone();
+        session.items = (0..MAX_DONE_BARS + 5)
+            .map(|i| pb::ItemStatus { name: format!("vm-{i}"), ..done.clone() })
+            .collect();
+        bars.show(&session).expect("show");
+        assert_eq!(bars.bars().count(), MAX_DONE_BARS);
+        assert!(matches!(bars.items[0], Slot::Retired));
+        bars.show(&session).expect("show again");
+        assert_eq!(bars.bars().count(), MAX_DONE_BARS);
     }
 }
