@@ -23,9 +23,14 @@ async fn assert_serves(node: &Node, services: &[&str]) {
 }
 
 #[tokio::test]
-async fn coordinators_and_agents_offer_reflection_and_health() {
-    let cluster = Cluster::builder().agents(1).start().await;
+async fn coordinator_offers_reflection_and_health() {
+    let cluster = Cluster::builder().start().await;
     let coordinator = &cluster.coordinators()[0];
     assert_serves(coordinator, &["sluice.v1.JobService", "sluice.v1.ClusterService"]).await;
+}
+
+#[tokio::test]
+async fn agent_offers_reflection_and_health() {
+    let cluster = Cluster::builder().agents(1).start().await;
     assert_serves(&cluster.agents()[0], &["sluice.v1.AgentService"]).await;
 }

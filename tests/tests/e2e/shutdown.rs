@@ -3,7 +3,14 @@
 use sluice_tests::{AgentSpec, Cluster, PATIENCE, fixtures::list_agents, wait_for};
 
 #[tokio::test]
-async fn sigterm_makes_agents_leave_and_processes_exit_zero() {
+async fn coordinator_exits_zero_on_sigterm() {
+    let mut cluster = Cluster::builder().start().await;
+    let status = cluster.coordinator(0).sigterm().await;
+    assert_eq!(status.code(), Some(0), "coordinator exit status after SIGTERM: {status}");
+}
+
+#[tokio::test]
+async fn agent_leaves_the_cluster_and_exits_zero_on_sigterm() {
     // A TTL far beyond the wait below: the agent can only vanish that fast by leaving.
     let mut cluster = Cluster::builder().agent(AgentSpec::new().heartbeat_ttl(600)).start().await;
     let client = cluster.cluster_client().await;
