@@ -73,8 +73,9 @@ impl Bars {
     }
 
     fn add_bar(&mut self, index: usize, name: &str) -> ProgressBar {
-        let bar = ProgressBar::new(0).with_style(self.style.clone()).with_prefix(name.to_string());
-        let bar = self.multi.add(bar);
+        let styled =
+            ProgressBar::new(0).with_style(self.style.clone()).with_prefix(name.to_string());
+        let bar = self.multi.add(styled);
         self.items[index] = Slot::Bar(bar.clone());
         bar
     }
