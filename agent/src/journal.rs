@@ -71,10 +71,10 @@ impl Journal {
         let mut entries = Vec::new();
         for dirent in read.flatten() {
             let path = dirent.path();
-            if path.extension().is_some_and(|ext| ext == "pb") {
-                if let Some(entry) = read_entry(&path) {
-                    entries.push(entry);
-                }
+            if path.extension().is_some_and(|ext| ext == "pb")
+                && let Some(entry) = read_entry(&path)
+            {
+                entries.push(entry);
             }
         }
         entries.sort_by(|a, b| a.0.cmp(&b.0));

@@ -1,13 +1,169 @@
-//! The Sluice agent: runs backup tasks for coordinators and keeps their outcomes until
-//! a coordinator acknowledges them.
+//! The Sluice agent: runs backup tasks for coordinators and keeps their outcomes until a
+//! coordinator acknowledges them.
+//!
+//! [`run`] is the whole agent: it recovers the journal, serves `AgentService` on the given
+//! listener, heartbeats to the coordinators, and returns after a drain (cancel the `drain`
+//! token, or call `AgentService.Drain`) or at once when `shutdown` is cancelled.
 
+pub mod drain;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+pub mod heartbeat;
 pub mod journal;
 pub mod key;
+pub mod recovery;
+pub mod server;
+pub mod service;
 pub mod settings;
 pub mod tasks;
 
+use std::time::Duration;
+
+use sluice_proto::pb;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
 pub use error::AgentError;
 pub use settings::Settings;
+
+use crate::drain::Drainer;
+use crate::heartbeat::Heartbeater;
+use crate::journal::Journal;
+use crate::service::AgentApi;
+use crate::tasks::{TasksConfig, TasksHandle};
+
+/// How long cancelled tasks get for their cleanup on an immediate shutdown.
+const SHUTDOWN_CLEANUP: Duration = Duration::from_secs(10);
+
+/// Why [`run`] stops.
+enum Exit {
+    Drained,
+    Shutdown,
+    ServerEnded(Result<Result<(), AgentError>, tokio::task::JoinError>),
+}
+
+/// Runs an agent on a bound listener.
+///
+/// - Cancelling `drain` begins a drain with `settings.drain_deadline`: no new tasks, running
+///   ones finish (at the deadline they are cancelled with cleanup), finished outcomes get a
+///   bounded time to be acknowledged, a last heartbeat announces `leaving`, and `run`
+///   returns `Ok(())`. A `Drain` call over gRPC does the same with its own deadline.
+/// - Cancelling `shutdown` stops at once: running tasks are cancelled (their cleanup gets a
+///   bounded time, their outcomes stay in the journal), no leaving heartbeat is sent.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    drain: CancellationToken,
+) -> Result<(), AgentError> {
+    settings.validate()?;
+    let address = advertised_address(&settings, &listener)?;
+    let mut heartbeater = Heartbeater::new(&settings, address.clone())?;
+    let journal = Journal::open(&settings.state_dir)?;
+    let recovered = recovery::recover(&journal).await?;
+    let tracker = TaskTracker::new();
+    let config = TasksConfig {
+        agent_id: settings.id.clone(),
+        computer: settings.computer_name().to_owned(),
+        slots: usize::try_from(settings.slots).unwrap_or(usize::MAX),
+        rate_limit: settings.transfer_rate_limit,
+        journal,
+        tracker: tracker.clone(),
+    };
+    let tasks = TasksHandle::spawn(config, recovered.epochs, recovered.finished);
+    let left = CancellationToken::new();
+    let drainer = Drainer::new(tasks.clone(), left.clone());
+    let server_stop = CancellationToken::new();
+    let api = AgentApi::new(tasks.clone(), drainer.clone(), server_stop.clone());
+    let mut server = tokio::spawn(server::serve(api, listener, server_stop.clone()));
+    let beats_stop = CancellationToken::new();
+    let status = tasks.status();
+    let beats_token = beats_stop.clone();
+    let beats = tokio::spawn(async move {
+        heartbeater.run(status, beats_token).await;
+        heartbeater
+    });
+    info!(id = settings.id, %address, "agent started");
+    let exit = wait_for_exit(&settings, &drainer, &shutdown, &drain, &left, &mut server).await;
+    match &exit {
+        Exit::Drained => leave(&tasks, beats, &beats_stop).await,
+        Exit::Shutdown | Exit::ServerEnded(_) => stop_tasks(&tasks, &tracker, &beats_stop).await,
+    }
+    tracker.close();
+    server_stop.cancel();
+    let served = match exit {
+        Exit::ServerEnded(result) => result,
+        Exit::Drained | Exit::Shutdown => server.await,
+    };
+    info!(id = settings.id, "agent stopped");
+    served.map_err(|e| AgentError::Config(format!("server task failed: {e}")))?
+}
+
+fn advertised_address(settings: &Settings, listener: &TcpListener) -> Result<String, AgentError> {
+    if let Some(address) = &settings.advertise {
+        return Ok(address.clone());
+    }
+    let bound = listener
+        .local_addr()
+        .map_err(|e| AgentError::Config(format!("listener has no address: {e}")))?;
+    Ok(format!("http://{bound}"))
+}
+
+async fn wait_for_exit(
+    settings: &Settings,
+    drainer: &Drainer,
+    shutdown: &CancellationToken,
+    drain: &CancellationToken,
+    left: &CancellationToken,
+    server: &mut JoinHandle<Result<(), AgentError>>,
+) -> Exit {
+    let mut drain_requested = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Exit::Shutdown,
+            () = left.cancelled() => return Exit::Drained,
+            result = &mut *server => return Exit::ServerEnded(result),
+            () = drain.cancelled(), if !drain_requested => {
+                drain_requested = true;
+                if let Err(error) = drainer.begin(settings.drain_deadline()).await {
+                    warn!(%error, "drain could not begin");
+                }
+            }
+        }
+    }
+}
+
+/// After a drain: stop the periodic heartbeats and announce that the agent leaves.
+async fn leave(
+    tasks: &TasksHandle,
+    beats: JoinHandle<Heartbeater>,
+    beats_stop: &CancellationToken,
+) {
+    beats_stop.cancel();
+    let Ok(mut heartbeater) = beats.await else {
+        warn!("heartbeat task failed: leaving without a last heartbeat");
+        return;
+    };
+    let status = tasks.status().borrow().clone();
+    if !heartbeater.beat(&status, true).await {
+        warn!("no coordinator took the leaving heartbeat");
+    }
+}
+
+/// Immediate shutdown: cancel what runs and give its cleanup a bounded time.
+async fn stop_tasks(tasks: &TasksHandle, tracker: &TaskTracker, beats_stop: &CancellationToken) {
+    if let Ok(keys) = tasks.cancel_all(pb::CancelReason::Drain).await
+        && !keys.is_empty()
+    {
+        warn!(tasks = keys.len(), "shutting down: running tasks canceled");
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_CLEANUP, tracker.wait()).await.is_err() {
+        warn!("canceled tasks did not finish their cleanup before shutdown");
+    }
+    beats_stop.cancel();
+}

@@ -1,1 +1,109 @@
-fn main() {}
+//! `sluice-agent`: parses flags, loads the configuration and runs the agent.
+//! SIGTERM or Ctrl-C begins a drain; a second signal stops at once.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+use sluice_agent::Settings;
+use sluice_proto::{config, telemetry};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Runs backup tasks for Sluice coordinators.
+#[derive(Debug, Parser, Serialize)]
+#[command(name = "sluice-agent", version)]
+#[serde(rename_all = "kebab-case")]
+struct Flags {
+    /// Coordinator endpoints, comma-separated (http://host:port).
+    #[arg(long, env = "SLUICE_COORDINATORS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinators: Option<String>,
+    /// Address to serve AgentService on (host:port).
+    #[arg(long, env = "SLUICE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Agent id.
+    #[arg(long, env = "SLUICE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// Task slots.
+    #[arg(long, env = "SLUICE_SLOTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots: Option<u32>,
+    /// Directory of the task journal.
+    #[arg(long, env = "SLUICE_STATE_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_dir: Option<PathBuf>,
+    /// Computer name (computer mode).
+    #[arg(long, env = "SLUICE_COMPUTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    computer: Option<String>,
+    /// Seconds after which the agent counts as lost without a heartbeat (default 10).
+    #[arg(long, env = "SLUICE_HEARTBEAT_TTL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_ttl: Option<u32>,
+    /// Transfer rate limit in bytes per second (qemu-img convert -r).
+    #[arg(long, env = "SLUICE_TRANSFER_RATE_LIMIT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer_rate_limit: Option<u64>,
+    /// Address announced to coordinators (default http://<bound address>).
+    #[arg(long, env = "SLUICE_ADVERTISE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<String>,
+    /// Seconds a drain lets running tasks finish before cancelling them (default 600).
+    #[arg(long, env = "SLUICE_DRAIN_DEADLINE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_deadline: Option<u32>,
+    /// TOML file with any of these settings (keys are the long flag names).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let settings: Settings = config::load(&flags, flags.config.as_deref())?;
+    let _telemetry = telemetry::init("sluice-agent");
+    let listen = settings.listen.clone().context("--listen is required")?;
+    let listener =
+        TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr().context("listener has no address")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {bound}")?;
+    stdout.flush()?;
+    drop(stdout);
+    let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
+    tokio::spawn(watch_signals(drain.clone(), shutdown.clone()));
+    sluice_agent::run(settings, listener, shutdown, drain).await?;
+    Ok(())
+}
+
+/// First SIGTERM or Ctrl-C: drain. Second: stop at once.
+async fn watch_signals(drain: CancellationToken, shutdown: CancellationToken) {
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    let mut next_signal = async || {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    next_signal().await;
+    info!("signal received: draining");
+    drain.cancel();
+    next_signal().await;
+    warn!("second signal received: stopping at once");
+    shutdown.cancel();
+}

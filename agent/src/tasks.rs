@@ -1,3 +1,152 @@
 //! The task actor: the agent's table of tasks, behind a cloneable handle.
+//!
+//! The actor owns the [`state::TaskTable`]; executors run in child tasks (see [`runner`])
+//! and report through an update channel. Every status change is broadcast to watchers, and
+//! the agent-level counters are published on a watch channel for heartbeats and drains.
 
+mod actor;
+pub mod runner;
 pub mod state;
+
+use std::collections::{BTreeSet, HashMap};
+
+use sluice_proto::pb;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::error::AgentError;
+use crate::journal::Journal;
+use crate::key::{self, TaskId};
+
+const COMMAND_CAPACITY: usize = 256;
+const EVENT_CAPACITY: usize = 1024;
+
+/// Counters of the agent, published on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Whether the agent drains.
+    pub draining: bool,
+    /// Tasks running (including those being cancelled).
+    pub running: usize,
+    /// Finished tasks not yet acknowledged.
+    pub unacked: usize,
+}
+
+/// What the task actor needs to start.
+#[derive(Debug, Clone)]
+pub struct TasksConfig {
+    /// Agent id, for messages.
+    pub agent_id: String,
+    /// Computer name, empty when not in computer mode.
+    pub computer: String,
+    /// Task slots.
+    pub slots: usize,
+    /// `qemu-img convert -r` in bytes per second.
+    pub rate_limit: Option<u64>,
+    /// The journal.
+    pub journal: Journal,
+    /// Tracks the executor tasks, so shutdown can wait for their cleanup.
+    pub tracker: TaskTracker,
+}
+
+/// A snapshot of the tasks and the stream of changes after it.
+pub type Subscription = (Vec<pb::TaskStatus>, broadcast::Receiver<pb::TaskStatus>);
+
+type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
+
+enum Command {
+    Run(TaskId, Box<pb::TaskSpec>, Reply<pb::TaskStatus>),
+    Cancel(pb::CancelTasksRequest, Reply<Vec<pb::TaskKey>>),
+    CancelAll(pb::CancelReason, Reply<Vec<pb::TaskKey>>),
+    List(String, Reply<Vec<pb::TaskStatus>>),
+    Ack(pb::AckTasksRequest, Reply<()>),
+    Subscribe(Reply<Subscription>),
+    Drain(Reply<u32>),
+}
+
+/// Handle of the task actor.
+#[derive(Debug, Clone)]
+pub struct TasksHandle {
+    tx: mpsc::Sender<Command>,
+    status: watch::Receiver<AgentStatus>,
+}
+
+impl TasksHandle {
+    /// Starts the actor with the recovered epochs and finished tasks.
+    pub fn spawn(
+        config: TasksConfig,
+        epochs: HashMap<String, i64>,
+        finished: Vec<pb::TaskStatus>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (status_tx, status) = watch::channel(AgentStatus::default());
+        let (sessions, _) = watch::channel(BTreeSet::new());
+        let actor = actor::Actor::new(config, epochs, finished, events, status_tx, sessions);
+        tokio::spawn(actor.run(rx));
+        Self { tx, status }
+    }
+
+    /// Validates and starts a task, or returns it if it is known.
+    pub async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
+        let id = key::validate_spec(&spec)?;
+        self.call(|reply| Command::Run(id, Box::new(spec), reply)).await
+    }
+
+    /// Cancels running tasks of a session; returns their keys.
+    pub async fn cancel(
+        &self,
+        request: pb::CancelTasksRequest,
+    ) -> Result<Vec<pb::TaskKey>, AgentError> {
+        key::validate_session_id("session_id", &request.session_id)?;
+        if request.epoch < 1 {
+            return Err(AgentError::invalid("epoch", "must be at least 1"));
+        }
+        self.call(|reply| Command::Cancel(request, reply)).await
+    }
+
+    /// Cancels every running task.
+    pub async fn cancel_all(
+        &self,
+        reason: pb::CancelReason,
+    ) -> Result<Vec<pb::TaskKey>, AgentError> {
+        self.call(|reply| Command::CancelAll(reason, reply)).await
+    }
+
+    /// Running and unacknowledged tasks, of one session or (empty) all.
+    pub async fn list(&self, session: String) -> Result<Vec<pb::TaskStatus>, AgentError> {
+        self.call(|reply| Command::List(session, reply)).await
+    }
+
+    /// Forgets acknowledged finished tasks.
+    pub async fn ack(&self, request: pb::AckTasksRequest) -> Result<(), AgentError> {
+        if request.epoch < 1 {
+            return Err(AgentError::invalid("epoch", "must be at least 1"));
+        }
+        for (i, key) in request.keys.iter().enumerate() {
+            key::validate_session_id(&format!("keys[{i}].session_id"), &key.session_id)?;
+        }
+        self.call(|reply| Command::Ack(request, reply)).await
+    }
+
+    /// Every current task and the changes after them.
+    pub async fn subscribe(&self) -> Result<Subscription, AgentError> {
+        self.call(Command::Subscribe).await
+    }
+
+    /// Enters the draining state; returns the tasks running now.
+    pub async fn drain(&self) -> Result<u32, AgentError> {
+        self.call(Command::Drain).await
+    }
+
+    /// The agent's counters.
+    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, AgentError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(command(reply)).await.map_err(|_| AgentError::ShuttingDown)?;
+        answer.await.map_err(|_| AgentError::ShuttingDown)?
+    }
+}

@@ -21,7 +21,7 @@ pub struct Entry {
 #[derive(Debug)]
 pub enum Admission {
     /// The task is known: answer with its status.
-    Existing(pb::TaskStatus),
+    Existing(Box<pb::TaskStatus>),
     /// Start it.
     Start,
 }
@@ -83,7 +83,7 @@ impl TaskTable {
     pub fn admit(&mut self, id: &TaskId, spec: &pb::TaskSpec) -> Result<Admission, AgentError> {
         if let Some(entry) = self.tasks.get_mut(id) {
             entry.status.epoch = entry.status.epoch.max(spec.epoch);
-            return Ok(Admission::Existing(entry.status.clone()));
+            return Ok(Admission::Existing(Box::new(entry.status.clone())));
         }
         if let Some(other) =
             self.running_ids().find(|o| o.session == id.session && o.index == id.index)

@@ -1,0 +1,50 @@
+//! The agent's gRPC server: `AgentService`, health and reflection.
+
+use std::time::Duration;
+
+use sluice_proto::{FILE_DESCRIPTOR_SET, pb::agent_service_server::AgentServiceServer, telemetry};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::warn;
+
+use crate::error::AgentError;
+use crate::service::AgentApi;
+
+/// How long open calls get to finish once the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until `stop`, then gives open calls a bounded grace period.
+pub async fn serve(
+    api: AgentApi,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<AgentServiceServer<AgentApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
+    let router = Server::builder()
+        .trace_fn(telemetry::server_span)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AgentServiceServer::new(api));
+    let incoming = TcpListenerStream::new(listener);
+    let server = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(AgentError::from),
+        () = stop.cancelled() => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result.map_err(AgentError::from),
+        Err(_) => {
+            warn!("open calls did not finish within the shutdown grace period");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `AgentService`: the gRPC face of the task actor and the drainer.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use sluice_proto::pb::{self, agent_service_server::AgentService};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::drain::Drainer;
+use crate::tasks::TasksHandle;
+
+/// Deadline of a drain request that names none.
+const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Serves `AgentService`.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    tasks: TasksHandle,
+    drainer: Drainer,
+    shutdown: CancellationToken,
+}
+
+impl AgentApi {
+    /// The service; its watch streams end when `shutdown` is cancelled.
+    pub fn new(tasks: TasksHandle, drainer: Drainer, shutdown: CancellationToken) -> Self {
+        Self { tasks, drainer, shutdown }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn run_task(
+        &self,
+        request: Request<pb::RunTaskRequest>,
+    ) -> Result<Response<pb::RunTaskResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .task
+            .ok_or_else(|| Status::invalid_argument("task: is required"))?;
+        let status = self.tasks.run(spec).await?;
+        Ok(Response::new(pb::RunTaskResponse { status: Some(status) }))
+    }
+
+    async fn cancel_tasks(
+        &self,
+        request: Request<pb::CancelTasksRequest>,
+    ) -> Result<Response<pb::CancelTasksResponse>, Status> {
+        let canceled = self.tasks.cancel(request.into_inner()).await?;
+        Ok(Response::new(pb::CancelTasksResponse { canceled }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let tasks = self.tasks.list(request.into_inner().session_id).await?;
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn ack_tasks(
+        &self,
+        request: Request<pb::AckTasksRequest>,
+    ) -> Result<Response<pb::AckTasksResponse>, Status> {
+        self.tasks.ack(request.into_inner()).await?;
+        Ok(Response::new(pb::AckTasksResponse {}))
+    }
+
+    type WatchTasksStream = EventStream;
+
+    async fn watch_tasks(
+        &self,
+        request: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let session = request.into_inner().session_id;
+        let stream = watch(self.tasks.clone(), session, self.shutdown.clone());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let seconds = request.into_inner().deadline_seconds;
+        let deadline = match seconds {
+            0 => DEFAULT_DRAIN_DEADLINE,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        let running_tasks = self.drainer.begin(deadline).await?;
+        Ok(Response::new(pb::DrainResponse { running_tasks }))
+    }
+}
+
+/// Every current task of the session (or all), then every change, until shutdown.
+/// A subscriber that lags behind gets a fresh full snapshot.
+fn watch(
+    tasks: TasksHandle,
+    session: String,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<pb::TaskEvent, Status>> + Send {
+    let wanted = move |status: &pb::TaskStatus| {
+        session.is_empty() || status.key.as_ref().is_some_and(|k| k.session_id == session)
+    };
+    async_stream::stream! {
+        loop {
+            let (snapshot, mut changes) = match tasks.subscribe().await {
+                Ok(subscription) => subscription,
+                Err(error) => {
+                    yield Err(Status::from(error));
+                    return;
+                }
+            };
+            for status in snapshot.into_iter().filter(|s| wanted(s)) {
+                yield Ok(pb::TaskEvent { status: Some(status) });
+            }
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    next = changes.recv() => next,
+                };
+                match next {
+                    Ok(status) if wanted(&status) => yield Ok(pb::TaskEvent { status: Some(status) }),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(skipped)) => {
+                        warn!(skipped, "task watcher lagged: sending a full snapshot");
+                        break;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+}

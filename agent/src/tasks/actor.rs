@@ -1,0 +1,211 @@
+//! The loop of the task actor: commands from the handle, updates from executors.
+
+use std::collections::{BTreeSet, HashMap};
+
+use sluice_proto::pb;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::state::{Admission, TaskTable};
+use super::{AgentStatus, Command, Reply, TasksConfig, runner};
+use crate::error::AgentError;
+use crate::exec::{CancelSignal, Reporter, TaskContext, Update};
+use crate::fsutil::blocking;
+use crate::journal::Journal;
+use crate::key::TaskId;
+
+const UPDATE_CAPACITY: usize = 1024;
+
+pub(super) struct Actor {
+    table: TaskTable,
+    journal: Journal,
+    tracker: TaskTracker,
+    rate_limit: Option<u64>,
+    updates_tx: mpsc::Sender<(TaskId, Update)>,
+    updates_rx: mpsc::Receiver<(TaskId, Update)>,
+    events: broadcast::Sender<pb::TaskStatus>,
+    status: watch::Sender<AgentStatus>,
+    sessions: watch::Sender<BTreeSet<String>>,
+}
+
+impl Actor {
+    pub(super) fn new(
+        config: TasksConfig,
+        epochs: HashMap<String, i64>,
+        finished: Vec<pb::TaskStatus>,
+        events: broadcast::Sender<pb::TaskStatus>,
+        status: watch::Sender<AgentStatus>,
+        sessions: watch::Sender<BTreeSet<String>>,
+    ) -> Self {
+        let (updates_tx, updates_rx) = mpsc::channel(UPDATE_CAPACITY);
+        let table =
+            TaskTable::new(config.agent_id, config.computer, config.slots, epochs, finished);
+        let actor = Self {
+            table,
+            journal: config.journal,
+            tracker: config.tracker,
+            rate_limit: config.rate_limit,
+            updates_tx,
+            updates_rx,
+            events,
+            status,
+            sessions,
+        };
+        actor.publish();
+        actor
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                Some((id, update)) = self.updates_rx.recv() => self.apply(&id, update),
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Run(id, spec, reply) => {
+                let result = self.run_task(id, *spec).await;
+                let _ = reply.send(result);
+            }
+            Command::Cancel(request, reply) => {
+                let _ = reply.send(self.cancel(request).await);
+            }
+            Command::CancelAll(reason, reply) => {
+                let _ = reply.send(Ok(self.table.cancel_all(reason)));
+            }
+            Command::List(session, reply) => {
+                let _ = reply.send(Ok(self.table.list(&session)));
+            }
+            Command::Ack(request, reply) => self.ack(request, reply).await,
+            Command::Subscribe(reply) => {
+                let _ = reply.send(Ok((self.table.list(""), self.events.subscribe())));
+            }
+            Command::Drain(reply) => {
+                self.table.set_draining();
+                self.publish();
+                let _ = reply.send(Ok(u32::try_from(self.table.running()).unwrap_or(u32::MAX)));
+            }
+        }
+    }
+
+    fn apply(&mut self, id: &TaskId, update: Update) {
+        let finished = matches!(update, Update::Finished(_));
+        let Some(status) = self.table.apply(id, update) else { return };
+        if finished {
+            let state = status.outcome.as_ref().map(|o| o.state()).unwrap_or_default();
+            info!(task = %id, state = state.as_str_name(), "task finished");
+            self.publish();
+        }
+        let _ = self.events.send(status);
+    }
+
+    /// Checks a command's epoch and durably records it when it is newer.
+    async fn check_epoch(&mut self, session: &str, epoch: i64) -> Result<(), AgentError> {
+        if !self.table.check_epoch(session, epoch)? {
+            return Ok(());
+        }
+        let epochs = self.table.epochs_with(session, epoch);
+        let journal = self.journal.clone();
+        blocking(move || journal.save_epochs(&epochs))
+            .await
+            .map_err(|e| AgentError::journal("save epochs", e))?;
+        self.table.set_epoch(session, epoch);
+        Ok(())
+    }
+
+    async fn run_task(
+        &mut self,
+        id: TaskId,
+        spec: pb::TaskSpec,
+    ) -> Result<pb::TaskStatus, AgentError> {
+        self.check_epoch(&id.session, spec.epoch).await?;
+        if let Admission::Existing(status) = self.table.admit(&id, &spec)? {
+            return Ok(*status);
+        }
+        let cancel = CancelSignal::default();
+        let status = self.table.insert_running(id.clone(), spec.epoch, cancel.clone());
+        self.publish();
+        info!(task = %id, job = spec.job, "task started");
+        let ctx = TaskContext {
+            reporter: Reporter::new(id.clone(), self.updates_tx.clone()),
+            id,
+            spec,
+            cancel,
+            rate_limit: self.rate_limit,
+            running_sessions: self.sessions.subscribe(),
+        };
+        runner::spawn(&self.tracker, self.journal.clone(), ctx);
+        let _ = self.events.send(status.clone());
+        Ok(status)
+    }
+
+    async fn cancel(
+        &mut self,
+        request: pb::CancelTasksRequest,
+    ) -> Result<Vec<pb::TaskKey>, AgentError> {
+        self.check_epoch(&request.session_id, request.epoch).await?;
+        let reason = match request.reason() {
+            pb::CancelReason::Unspecified => pb::CancelReason::User,
+            reason => reason,
+        };
+        let keys = self.table.cancel(&request.session_id, &request.item_indices, reason);
+        info!(
+            session = request.session_id,
+            tasks = keys.len(),
+            reason = reason.as_str_name(),
+            "tasks canceled"
+        );
+        Ok(keys)
+    }
+
+    async fn ack(&mut self, request: pb::AckTasksRequest, reply: Reply<()>) {
+        let mut sessions: Vec<&str> = request.keys.iter().map(|k| k.session_id.as_str()).collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        for session in sessions {
+            if let Err(error) = self.check_epoch(session, request.epoch).await {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        }
+        let ids: Vec<TaskId> = request.keys.iter().map(TaskId::from_key).collect();
+        let forgotten = self.table.ack(&ids);
+        self.publish();
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            let removed = blocking(move || forget(&journal, &forgotten)).await;
+            let _ = reply
+                .send(removed.map_err(|e| AgentError::journal("remove acknowledged tasks", e)));
+        });
+    }
+
+    fn publish(&self) {
+        let status = AgentStatus {
+            draining: self.table.draining(),
+            running: self.table.running(),
+            unacked: self.table.unacked(),
+        };
+        self.status
+            .send_if_modified(|current| std::mem::replace(current, status.clone()) != status);
+        let sessions = self.table.running_sessions();
+        self.sessions
+            .send_if_modified(|current| std::mem::replace(current, sessions.clone()) != sessions);
+    }
+}
+
+fn forget(journal: &Journal, ids: &[TaskId]) -> std::io::Result<()> {
+    for id in ids {
+        if let Err(error) = journal.remove(id) {
+            warn!(task = %id, %error, "journal entry removal failed");
+            return Err(error);
+        }
+    }
+    Ok(())
+}

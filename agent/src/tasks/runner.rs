@@ -1,0 +1,51 @@
+//! Runs one task in a tracked child task: journal its spec, execute, journal the outcome,
+//! and only then report it.
+
+use sluice_proto::pb;
+use tokio_util::task::TaskTracker;
+use tracing::error;
+
+use crate::exec::{self, TaskContext};
+use crate::fsutil::blocking;
+use crate::journal::{Journal, JournalEntry};
+
+/// Spawns the task on the tracker.
+pub fn spawn(tracker: &TaskTracker, journal: Journal, ctx: TaskContext) {
+    tracker.spawn(run(journal, ctx));
+}
+
+async fn run(journal: Journal, mut ctx: TaskContext) {
+    let mut entry = JournalEntry {
+        spec: Some(ctx.spec.clone()),
+        outcome: None,
+        started_at: Some(sluice_proto::time::now()),
+    };
+    let outcome = match write(&journal, &ctx, &entry).await {
+        Ok(()) => exec::execute(&mut ctx).await,
+        Err(error) => exec::failed(format!("cannot write the journal entry: {error}")),
+    };
+    entry.outcome = Some(outcome.clone());
+    if let Err(error) = write(&journal, &ctx, &entry).await {
+        error!(task = %ctx.id, %error, "outcome not journaled: it is lost if the agent restarts");
+    }
+    ctx.reporter.finished(outcome).await;
+}
+
+async fn write(journal: &Journal, ctx: &TaskContext, entry: &JournalEntry) -> std::io::Result<()> {
+    let journal = journal.clone();
+    let id = ctx.id.clone();
+    let entry = entry.clone();
+    blocking(move || journal.write(&id, &entry)).await
+}
+
+/// The status a recovered finished entry is served with.
+pub fn recovered_status(entry: &JournalEntry) -> Option<pb::TaskStatus> {
+    let spec = entry.spec.as_ref()?;
+    Some(pb::TaskStatus {
+        key: spec.key.clone(),
+        epoch: spec.epoch,
+        phase: pb::TaskPhase::Cleanup as i32,
+        outcome: entry.outcome.clone(),
+        ..Default::default()
+    })
+}
