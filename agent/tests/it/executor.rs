@@ -1,0 +1,127 @@
+//! The VM executor against real `qemu-img`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use sluice_agent::exec::{self, CancelSignal, Reporter, TaskContext, Update};
+use sluice_agent::key::{self, TaskId};
+use sluice_proto::pb::{self, ItemState, TaskPhase};
+use tokio::sync::{mpsc, watch};
+
+use crate::support::{WAIT, make_disk, sh, sluice_snapshots, vm_spec};
+
+struct Run {
+    ctx: TaskContext,
+    updates: mpsc::Receiver<(TaskId, Update)>,
+}
+
+fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
+    let id = key::validate_spec(&spec).expect("valid spec");
+    let (tx, updates) = mpsc::channel(1024);
+    let (_sessions_tx, running_sessions) = watch::channel(BTreeSet::from([id.session.clone()]));
+    let ctx = TaskContext {
+        reporter: Reporter::new(id.clone(), tx),
+        id,
+        spec,
+        cancel: CancelSignal::default(),
+        rate_limit,
+        running_sessions,
+    };
+    Run { ctx, updates }
+}
+
+fn phases(updates: &mut mpsc::Receiver<(TaskId, Update)>) -> Vec<TaskPhase> {
+    let mut phases = Vec::new();
+    while let Ok((_, update)) = updates.try_recv() {
+        if let Update::Phase(phase) = update {
+            phases.push(phase);
+        }
+    }
+    phases
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|read| read.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_vm_backup_commits_a_restore_point_equal_to_the_disks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk_a = make_disk(dir.path(), "a.qcow2", 1);
+    let disk_b = make_disk(dir.path(), "b.qcow2", 2);
+    let repo = dir.path().join("repo");
+    let mut run = prepare(vm_spec("s1", 0, &[&disk_a, &disk_b], &repo), None);
+
+    let outcome = exec::execute(&mut run.ctx).await;
+
+    assert_eq!(outcome.state(), ItemState::Success, "{outcome:?}");
+    let rp = outcome.restore_point.expect("restore point");
+    assert_eq!(rp.id, "s1-0");
+    let folder = repo.join("nightly/vm0/s1-0");
+    assert_eq!(Path::new(&rp.path), folder);
+    for (i, disk) in [&disk_a, &disk_b].iter().enumerate() {
+        let copy = folder.join(format!("disk{i}.qcow2"));
+        sh("qemu-img", &["compare", disk.to_str().expect("utf-8"), copy.to_str().expect("utf-8")]);
+        assert!(sluice_snapshots(disk).is_empty(), "snapshot left on {}", disk.display());
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).expect("manifest"))
+            .expect("manifest json");
+    assert_eq!(manifest["disks"].as_array().map(Vec::len), Some(2));
+    assert_eq!(manifest["disks"][0]["sha256"].as_str().map(str::len), Some(64));
+    assert!(rp.size_bytes > 0);
+    assert_eq!(entries(&repo.join("nightly/vm0")), vec!["s1-0".to_string()], "no partial folder");
+    let expected =
+        [TaskPhase::Snapshot, TaskPhase::Transfer, TaskPhase::Commit, TaskPhase::Cleanup];
+    assert_eq!(phases(&mut run.updates), expected);
+}
+
+#[tokio::test]
+async fn a_missing_disk_fails_naming_the_disk_and_phase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = make_disk(dir.path(), "good.qcow2", 1);
+    let missing = dir.path().join("missing.qcow2");
+    let repo = dir.path().join("repo");
+    let mut run = prepare(vm_spec("s2", 1, &[&good, &missing], &repo), None);
+
+    let outcome = exec::execute(&mut run.ctx).await;
+
+    assert_eq!(outcome.state(), ItemState::Failed);
+    let expected = format!("SNAPSHOT of disk {} failed:", missing.display());
+    assert!(outcome.message.starts_with(&expected), "{}", outcome.message);
+    assert!(outcome.restore_point.is_none());
+    assert!(sluice_snapshots(&good).is_empty(), "the good disk's snapshot is removed");
+    assert!(entries(&repo.join("nightly/vm1")).is_empty(), "nothing written to the repository");
+    assert_eq!(phases(&mut run.updates).last(), Some(&TaskPhase::Cleanup));
+}
+
+#[tokio::test]
+async fn cancel_during_transfer_leaves_no_partial_folder_and_no_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "big.qcow2", 8);
+    let repo = dir.path().join("repo");
+    let run = prepare(vm_spec("s3", 2, &[&disk], &repo), Some(64 * 1024));
+    let Run { mut ctx, mut updates } = run;
+    let cancel = ctx.cancel.clone();
+    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
+
+    let transfer = tokio::time::timeout(WAIT, async {
+        while let Some((_, update)) = updates.recv().await {
+            if update == Update::Phase(TaskPhase::Transfer) {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(transfer.await.expect("transfer begins in time"), "TRANSFER phase reported");
+    cancel.cancel(pb::CancelReason::User);
+    let outcome = tokio::time::timeout(WAIT, task).await.expect("cancel in time").expect("task");
+
+    assert_eq!(outcome.state(), ItemState::Canceled, "{outcome:?}");
+    assert_eq!(outcome.cancel_reason(), pb::CancelReason::User);
+    assert!(outcome.restore_point.is_none());
+    assert!(entries(&repo.join("nightly/vm2")).is_empty(), "no partial or final folder");
+    assert!(sluice_snapshots(&disk).is_empty(), "snapshot removed");
+}

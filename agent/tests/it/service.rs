@@ -1,0 +1,222 @@
+//! The whole agent in-process: AgentService rules, watch, journal across restarts, drain.
+
+use sluice_proto::pb::{self, ItemState, agent_service_client::AgentServiceClient};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+use crate::support::{FakeCoordinator, TestAgent, WAIT, sim_spec};
+
+type Client = AgentServiceClient<Channel>;
+
+async fn run(client: &mut Client, spec: pb::TaskSpec) -> Result<pb::TaskStatus, tonic::Status> {
+    let response = client.run_task(pb::RunTaskRequest { task: Some(spec) }).await?;
+    Ok(response.into_inner().status.expect("status"))
+}
+
+async fn watch(client: &mut Client, session: &str) -> Streaming<pb::TaskEvent> {
+    let request = pb::WatchTasksRequest { session_id: session.into() };
+    client.watch_tasks(request).await.expect("watch").into_inner()
+}
+
+/// The next status of `index` with an outcome.
+async fn outcome_of(events: &mut Streaming<pb::TaskEvent>, index: u32) -> pb::TaskOutcome {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.next().await.expect("stream open").expect("event");
+            let status = event.status.expect("status");
+            let key = status.key.expect("key");
+            if key.item_index == index && status.outcome.is_some() {
+                return status.outcome.expect("outcome");
+            }
+        }
+    })
+    .await
+    .expect("outcome in time")
+}
+
+/// Waits until task `index` reports `phase` (its journal entry is written by then).
+async fn phase_of(events: &mut Streaming<pb::TaskEvent>, index: u32, phase: pb::TaskPhase) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.next().await.expect("stream open").expect("event");
+            let status = event.status.expect("status");
+            if status.key.as_ref().is_some_and(|k| k.item_index == index) && status.phase() == phase
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("phase in time");
+}
+
+fn key(session: &str, index: u32) -> pb::TaskKey {
+    pb::TaskKey { session_id: session.into(), item_index: index, attempt: 1 }
+}
+
+async fn ack(client: &mut Client, epoch: i64, keys: Vec<pb::TaskKey>) {
+    client.ack_tasks(pb::AckTasksRequest { epoch, keys }).await.expect("ack");
+}
+
+#[tokio::test]
+async fn run_task_follows_the_rules() {
+    let coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
+    let mut client = agent.client.clone();
+
+    let first = run(&mut client, sim_spec("s1", 0, 5, 600_000)).await.expect("started");
+    let again = run(&mut client, sim_spec("s1", 0, 5, 600_000)).await.expect("idempotent");
+    assert_eq!(again.key, first.key);
+    let busy = run(&mut client, sim_spec("s1", 1, 5, 10)).await.expect_err("no slot");
+    assert_eq!(busy.code(), Code::ResourceExhausted);
+    assert_eq!(busy.message(), "no free task slot (1 of 1 in use)");
+    let stale = run(&mut client, sim_spec("s1", 1, 4, 10)).await.expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert_eq!(stale.message(), "stale epoch 4 for session s1: newest seen is 5");
+    let mut retry = sim_spec("s1", 0, 5, 10);
+    retry.key = Some(pb::TaskKey { attempt: 2, ..key("s1", 0) });
+    let running = run(&mut client, retry).await.expect_err("other attempt runs");
+    assert_eq!(running.code(), Code::FailedPrecondition);
+    let mut bad = sim_spec("s1", 0, 5, 10);
+    bad.key = Some(pb::TaskKey { attempt: 0, ..key("s1", 0) });
+    let invalid = run(&mut client, bad).await.expect_err("invalid");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert!(invalid.message().contains("task.key.attempt"), "{}", invalid.message());
+
+    let mut events = watch(&mut client, "s1").await;
+    let cancel = pb::CancelTasksRequest {
+        session_id: "s1".into(),
+        epoch: 5,
+        item_indices: vec![],
+        reason: pb::CancelReason::User as i32,
+    };
+    let canceled = client.cancel_tasks(cancel).await.expect("cancel").into_inner().canceled;
+    assert_eq!(canceled, vec![key("s1", 0)]);
+    let outcome = outcome_of(&mut events, 0).await;
+    assert_eq!(outcome.state(), ItemState::Canceled);
+    assert_eq!(outcome.cancel_reason(), pb::CancelReason::User);
+
+    let listed = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    assert_eq!(listed.into_inner().tasks.len(), 1, "finished task kept until acknowledged");
+    ack(&mut client, 5, vec![key("s1", 0)]).await;
+    let listed = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    assert!(listed.into_inner().tasks.is_empty());
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn computer_tasks_without_the_executor_fail_clearly() {
+    let coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let mut client = agent.client.clone();
+    let computer = |name: &str| pb::TaskSpec {
+        job_type: pb::JobType::AgentBackup as i32,
+        sim_duration_ms: None,
+        item: Some(pb::JobItem {
+            name: "pc".into(),
+            target: Some(pb::job_item::Target::Computer(pb::ComputerTarget {
+                computer: name.into(),
+                paths: vec!["/home".into()],
+            })),
+        }),
+        ..sim_spec("c1", 0, 1, 0)
+    };
+
+    let wrong = run(&mut client, computer("other-pc")).await.expect_err("wrong computer");
+    assert_eq!(wrong.code(), Code::FailedPrecondition);
+    let mut events = watch(&mut client, "c1").await;
+    run(&mut client, computer("pc1")).await.expect("started");
+    let outcome = outcome_of(&mut events, 0).await;
+    assert_eq!(outcome.state(), ItemState::Failed);
+    assert_eq!(outcome.message, "computer backup executor is not available in this agent version");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn unacknowledged_outcomes_survive_a_restart() {
+    let coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let mut client = agent.client.clone();
+    let mut events = watch(&mut client, "").await;
+    run(&mut client, sim_spec("r1", 0, 3, 1)).await.expect("started");
+    assert_eq!(outcome_of(&mut events, 0).await.state(), ItemState::Success);
+    run(&mut client, sim_spec("r1", 1, 3, 600_000)).await.expect("started");
+    phase_of(&mut events, 1, pb::TaskPhase::Transfer).await;
+    // A kill -9 leaves the running task's entry without an outcome; mimic it by copying the
+    // entry as written at start, before the shutdown records the cancellation.
+    let running_entry = state.path().join("tasks/r1.1.1.pb");
+    let at_start = std::fs::read(&running_entry).expect("entry written at start");
+    agent.stop().await;
+    std::fs::write(&running_entry, at_start).expect("restore entry");
+
+    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let mut client = agent.client.clone();
+    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    let tasks = tasks.into_inner().tasks;
+    assert_eq!(tasks.len(), 2);
+    let outcome = |index: u32| {
+        let task = tasks.iter().find(|t| t.key.as_ref().is_some_and(|k| k.item_index == index));
+        task.and_then(|t| t.outcome.clone()).expect("outcome")
+    };
+    assert_eq!(outcome(0).state(), ItemState::Success);
+    assert_eq!(outcome(1).state(), ItemState::Failed);
+    assert_eq!(outcome(1).message, "agent restarted while the task was running");
+    let stale = client.ack_tasks(pb::AckTasksRequest { epoch: 2, keys: vec![key("r1", 0)] });
+    assert_eq!(stale.await.expect_err("stale epoch persisted").code(), Code::FailedPrecondition);
+    ack(&mut client, 3, vec![key("r1", 0), key("r1", 1)]).await;
+    agent.stop().await;
+
+    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let mut client = agent.client.clone();
+    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    assert!(tasks.into_inner().tasks.is_empty(), "acknowledged tasks are forgotten");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_cancels_at_the_deadline_and_leaves() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let mut client = agent.client.clone();
+    coordinator.wait_for(|beat| beat.agent.as_ref().is_some_and(|a| a.id == "agent-1")).await;
+    let mut events = watch(&mut client, "").await;
+    run(&mut client, sim_spec("d1", 0, 1, 600_000)).await.expect("started");
+
+    let drain = client.drain(pb::DrainRequest { deadline_seconds: 1 }).await.expect("drain");
+    assert_eq!(drain.into_inner().running_tasks, 1);
+    let refused = run(&mut client, sim_spec("d1", 1, 1, 10)).await.expect_err("draining");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(refused.message(), "agent agent-1 is draining");
+    let draining = |beat: &pb::HeartbeatRequest| {
+        beat.agent.as_ref().is_some_and(|a| a.state() == pb::AgentState::Draining)
+    };
+    coordinator.wait_for(draining).await;
+    let outcome = outcome_of(&mut events, 0).await;
+    assert_eq!(outcome.state(), ItemState::Canceled);
+    assert_eq!(outcome.cancel_reason(), pb::CancelReason::Drain);
+    ack(&mut client, 1, vec![key("d1", 0)]).await;
+
+    let leaving = coordinator.wait_for(|beat| beat.leaving).await;
+    assert!(draining(&leaving));
+    let result = tokio::time::timeout(WAIT, agent.handle).await.expect("run returns");
+    result.expect("agent task").expect("clean drain");
+}
+
+#[tokio::test]
+async fn a_drain_signal_without_tasks_leaves_at_once() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
+    coordinator.wait_for(|beat| !beat.leaving).await;
+
+    agent.drain.cancel();
+
+    coordinator.wait_for(|beat| beat.leaving).await;
+    let result = tokio::time::timeout(WAIT, agent.handle).await.expect("run returns");
+    result.expect("agent task").expect("clean drain");
+}

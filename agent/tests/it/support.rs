@@ -1,0 +1,166 @@
+//! Helpers: qcow2 disks, task specs, a fake coordinator and an in-process agent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sluice_agent::Settings;
+use sluice_proto::pb::{
+    self,
+    agent_registry_server::{AgentRegistry, AgentRegistryServer},
+    agent_service_client::AgentServiceClient,
+    job_item::Target,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Longest wait for any event in these tests (a hang guard, not a timing assertion).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs a command and panics with its stderr if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().expect("command runs");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A qcow2 disk of 16 MiB with `data_mib` MiB of 0x5a at the start.
+pub fn make_disk(dir: &Path, name: &str, data_mib: u32) -> PathBuf {
+    let path = dir.join(name);
+    let text = path.to_str().expect("utf-8 path");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", text, "16M"]);
+    let write = format!("write -P 0x5a 0 {data_mib}M");
+    sh("qemu-io", &["-c", &write, text]);
+    path
+}
+
+/// Names of the `sluice-` snapshots of a disk.
+pub fn sluice_snapshots(disk: &Path) -> Vec<String> {
+    let json = sh("qemu-img", &["info", "-U", "--output=json", disk.to_str().expect("utf-8")]);
+    let info: serde_json::Value = serde_json::from_str(&json).expect("info json");
+    let list = info["snapshots"].as_array().cloned().unwrap_or_default();
+    list.iter()
+        .filter_map(|s| s["name"].as_str())
+        .filter(|name| name.starts_with("sluice-"))
+        .map(String::from)
+        .collect()
+}
+
+/// A VM task spec.
+pub fn vm_spec(session: &str, index: u32, disks: &[&Path], repository: &Path) -> pb::TaskSpec {
+    let disks = disks.iter().map(|d| d.display().to_string()).collect();
+    pb::TaskSpec {
+        key: Some(pb::TaskKey { session_id: session.into(), item_index: index, attempt: 1 }),
+        epoch: 1,
+        job: "nightly".into(),
+        job_type: pb::JobType::VmBackup as i32,
+        item: Some(pb::JobItem {
+            name: format!("vm{index}"),
+            target: Some(Target::Vm(pb::VmTarget { disks })),
+        }),
+        repository: repository.display().to_string(),
+        sim_duration_ms: None,
+    }
+}
+
+/// A sim task spec.
+pub fn sim_spec(session: &str, index: u32, epoch: i64, ms: u32) -> pb::TaskSpec {
+    pb::TaskSpec {
+        epoch,
+        sim_duration_ms: Some(ms),
+        ..vm_spec(session, index, &[Path::new("/sim/disk.qcow2")], Path::new("/sim-repo"))
+    }
+}
+
+/// A fake coordinator that records every heartbeat.
+pub struct FakeCoordinator {
+    pub url: String,
+    pub heartbeats: mpsc::UnboundedReceiver<pb::HeartbeatRequest>,
+}
+
+struct Registry(mpsc::UnboundedSender<pb::HeartbeatRequest>);
+
+#[tonic::async_trait]
+impl AgentRegistry for Registry {
+    async fn heartbeat(
+        &self,
+        request: tonic::Request<pb::HeartbeatRequest>,
+    ) -> Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(pb::HeartbeatResponse {
+            coordinator: "fake".into(),
+            interval_seconds: 1,
+        }))
+    }
+}
+
+impl FakeCoordinator {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, heartbeats) = mpsc::unbounded_channel();
+        let server = tonic::transport::Server::builder()
+            .add_service(AgentRegistryServer::new(Registry(tx)))
+            .serve_with_incoming(TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        Self { url: format!("http://{addr}"), heartbeats }
+    }
+
+    /// The next heartbeat matching `wanted`.
+    pub async fn wait_for(
+        &mut self,
+        wanted: impl Fn(&pb::HeartbeatRequest) -> bool,
+    ) -> pb::HeartbeatRequest {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let beat = self.heartbeats.recv().await.expect("heartbeat");
+                if wanted(&beat) {
+                    return beat;
+                }
+            }
+        })
+        .await
+        .expect("heartbeat in time")
+    }
+}
+
+/// An agent running in-process.
+pub struct TestAgent {
+    pub client: AgentServiceClient<Channel>,
+    pub shutdown: CancellationToken,
+    /// Begins a drain like SIGTERM does.
+    pub drain: CancellationToken,
+    pub handle: JoinHandle<Result<(), sluice_agent::AgentError>>,
+}
+
+impl TestAgent {
+    pub async fn start(coordinator: &str, state_dir: &Path, slots: u32) -> Self {
+        let mut settings = Settings::new(coordinator, "agent-1", slots, state_dir.to_path_buf());
+        settings.heartbeat_ttl = 1;
+        settings.computer = Some("pc1".into());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let drain = CancellationToken::new();
+        let handle =
+            tokio::spawn(sluice_agent::run(settings, listener, shutdown.clone(), drain.clone()));
+        let client = AgentServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+        Self { client, shutdown, drain, handle }
+    }
+
+    /// Stops the agent at once and waits for `run` to return.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(WAIT, self.handle).await.expect("agent stops in time");
+        result.expect("agent task").expect("agent run");
+    }
+}
