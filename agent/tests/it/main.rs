@@ -2,5 +2,6 @@
 //! in-process behind a fake coordinator.
 
 mod executor;
+mod recovery;
 mod service;
 mod support;

@@ -26,8 +26,8 @@ async fn outcome_of(events: &mut Streaming<pb::TaskEvent>, index: u32) -> pb::Ta
             let event = events.next().await.expect("stream open").expect("event");
             let status = event.status.expect("status");
             let key = status.key.expect("key");
-            if key.item_index == index && status.outcome.is_some() {
-                return status.outcome.expect("outcome");
+            if let Some(outcome) = status.outcome.filter(|_| key.item_index == index) {
+                return outcome;
             }
         }
     })
@@ -219,4 +219,20 @@ async fn a_drain_signal_without_tasks_leaves_at_once() {
     coordinator.wait_for(|beat| beat.leaving).await;
     let result = tokio::time::timeout(WAIT, agent.handle).await.expect("run returns");
     result.expect("agent task").expect("clean drain");
+}
+
+#[tokio::test]
+async fn heartbeats_fail_over_to_the_next_coordinator() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let endpoints = format!("http://127.0.0.1:1,{}", coordinator.url);
+    let agent = TestAgent::start(&endpoints, state.path(), 3).await;
+
+    let beat = coordinator.wait_for(|beat| !beat.leaving).await;
+
+    let agent_info = beat.agent.expect("agent");
+    assert_eq!((agent_info.id.as_str(), agent_info.slots), ("agent-1", 3));
+    assert_eq!(agent_info.state(), pb::AgentState::Online);
+    assert_eq!(beat.ttl_seconds, 1);
+    agent.stop().await;
 }

@@ -1,0 +1,69 @@
+//! Start-up recovery of VM tasks that were running when the agent died.
+
+use sluice_agent::journal::{Journal, JournalEntry};
+use sluice_agent::key::TaskId;
+use sluice_agent::recovery::{RESTARTED, recover};
+use sluice_proto::pb::ItemState;
+
+use crate::support::{make_disk, sh, sluice_snapshots, vm_spec};
+
+#[tokio::test]
+async fn an_interrupted_vm_task_is_cleaned_up_and_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 1);
+    let disk_text = disk.to_str().expect("utf-8");
+    sh("qemu-img", &["snapshot", "-c", "sluice-crashed", disk_text]);
+    sh("qemu-img", &["snapshot", "-c", "sluice-older", disk_text]);
+    sh("qemu-img", &["snapshot", "-c", "operator-keep", disk_text]);
+    let repo = dir.path().join("repo");
+    let partial = repo.join("nightly/vm0/.partial-crashed-0");
+    std::fs::create_dir_all(&partial).expect("partial folder");
+    std::fs::write(partial.join("disk0.qcow2"), b"half").expect("partial data");
+    let state = dir.path().join("state");
+    let journal = Journal::open(&state).expect("journal");
+    let id = TaskId { session: "crashed".into(), index: 0, attempt: 1 };
+    let entry =
+        JournalEntry { spec: Some(vm_spec("crashed", 0, &[&disk], &repo)), ..Default::default() };
+    journal.write(&id, &entry).expect("write entry");
+
+    let recovered = recover(&journal).await.expect("recover");
+
+    assert_eq!(recovered.finished.len(), 1);
+    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
+    assert_eq!(outcome.state(), ItemState::Failed);
+    assert_eq!(outcome.message, RESTARTED);
+    assert!(!partial.exists(), "partial folder deleted");
+    assert!(sluice_snapshots(&disk).is_empty(), "leftover sluice snapshots removed");
+    let info = sh("qemu-img", &["snapshot", "-l", disk_text]);
+    assert!(info.contains("operator-keep"), "other snapshots are kept: {info}");
+    let journaled = journal.load().expect("load");
+    assert_eq!(journaled[0].1.outcome, Some(outcome), "the outcome is journaled");
+}
+
+#[tokio::test]
+async fn a_task_that_committed_before_the_crash_keeps_its_restore_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 1);
+    let repo = dir.path().join("repo");
+    let folder = repo.join("nightly/vm0/done-0");
+    std::fs::create_dir_all(&folder).expect("restore point folder");
+    let manifest = serde_json::json!({
+        "restore_point": "done-0", "job": "nightly", "item": "vm0", "session_id": "done",
+        "created_at": "2026-01-02T03:04:05Z",
+        "disks": [{ "source": disk.display().to_string(), "file": "disk0.qcow2",
+                    "size_bytes": 42, "sha256": "00", "virtual_size": 16 }],
+    });
+    std::fs::write(folder.join("manifest.json"), manifest.to_string()).expect("manifest");
+    let journal = Journal::open(&dir.path().join("state")).expect("journal");
+    let id = TaskId { session: "done".into(), index: 0, attempt: 1 };
+    let spec = vm_spec("done", 0, &[&disk], &repo);
+    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+
+    let recovered = recover(&journal).await.expect("recover");
+
+    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
+    assert_eq!(outcome.state(), ItemState::Success);
+    let rp = outcome.restore_point.expect("restore point");
+    assert_eq!((rp.id.as_str(), rp.size_bytes), ("done-0", 42));
+    assert!(folder.exists(), "the committed restore point is kept");
+}
