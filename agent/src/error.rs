@@ -54,6 +54,9 @@ pub enum AgentError {
     /// The agent is shutting down and cannot answer.
     #[error("agent is shutting down")]
     ShuttingDown,
+    /// A bug or a failed internal task.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Server(#[from] tonic::transport::Error),
@@ -76,7 +79,9 @@ impl AgentError {
             Self::StaleEpoch { .. } | Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Draining { .. } | Self::ShuttingDown => Code::Unavailable,
             Self::NoFreeSlot { .. } => Code::ResourceExhausted,
-            Self::Config(_) | Self::Journal { .. } | Self::Server(_) => Code::Internal,
+            Self::Config(_) | Self::Journal { .. } | Self::Internal(_) | Self::Server(_) => {
+                Code::Internal
+            }
         }
     }
 }

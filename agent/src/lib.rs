@@ -100,7 +100,7 @@ pub async fn run(
         Exit::Drained | Exit::Shutdown => server.await,
     };
     info!(id = settings.id, "agent stopped");
-    served.map_err(|e| AgentError::Config(format!("server task failed: {e}")))?
+    served.map_err(|e| AgentError::Internal(format!("server task failed: {e}")))?
 }
 
 fn advertised_address(settings: &Settings, listener: &TcpListener) -> Result<String, AgentError> {

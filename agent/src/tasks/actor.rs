@@ -106,7 +106,9 @@ impl Actor {
         let _ = self.events.send(status);
     }
 
-    /// Checks a command's epoch and durably records it when it is newer.
+    /// Checks a command's epoch and durably records it when it is newer. The actor waits for
+    /// that one fsync (once per session and owner change) so that no reply promises an epoch
+    /// the journal does not hold; task journal writes happen in the runners instead.
     async fn check_epoch(&mut self, session: &str, epoch: i64) -> Result<(), AgentError> {
         if !self.table.check_epoch(session, epoch)? {
             return Ok(());

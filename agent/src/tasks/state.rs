@@ -93,6 +93,7 @@ impl TaskTable {
                 other.attempt, other.index, other.session
             )));
         }
+        self.check_computer(spec)?;
         if self.draining {
             return Err(AgentError::Draining { id: self.agent_id.clone() });
         }
@@ -100,7 +101,6 @@ impl TaskTable {
         if used >= self.slots {
             return Err(AgentError::NoFreeSlot { used, total: self.slots });
         }
-        self.check_computer(spec)?;
         Ok(Admission::Start)
     }
 
