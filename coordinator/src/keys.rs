@@ -47,6 +47,16 @@ impl Keys {
         format!("{}/sessions/{id}/owner", self.prefix)
     }
 
+    /// `/sessions/{id}/stop`: the stop request, written by whichever coordinator took it.
+    pub fn session_stop(&self, id: &str) -> String {
+        format!("{}/sessions/{id}/stop", self.prefix)
+    }
+
+    /// `/sessions/{id}/`: everything that belongs to a session besides its record.
+    pub fn session_children(&self, id: &str) -> String {
+        format!("{}/sessions/{id}/", self.prefix)
+    }
+
     /// `/sessions/{id}/items/`.
     pub fn items(&self, id: &str) -> String {
         format!("{}/sessions/{id}/items/", self.prefix)

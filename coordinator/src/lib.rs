@@ -2,6 +2,7 @@
 //! operator API and the agent registry, and dispatches tasks to agents.
 
 pub mod agent_client;
+pub mod agents;
 pub mod api;
 pub mod cluster;
 pub mod error;
@@ -9,24 +10,35 @@ pub mod jobs;
 pub mod keys;
 pub mod membership;
 pub mod registry;
+pub mod scheduler;
 pub mod server;
+pub mod sessions;
 pub mod settings;
 pub mod store;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::info;
 
 pub use error::{Error, Result};
 pub use settings::Settings;
 
 use crate::{
-    agent_client::AgentClients, api::ClusterApi, api::JobApi, api::RegistryApi, cluster::Cluster,
-    jobs::Jobs, membership::MembershipConfig, registry::Registry, server::Services, store::Store,
+    agent_client::AgentClients,
+    agents::AgentDirectory,
+    api::{ClusterApi, JobApi, RegistryApi},
+    cluster::Cluster,
+    jobs::Jobs,
+    membership::MembershipConfig,
+    registry::Registry,
+    scheduler::Scheduler,
+    server::Services,
+    sessions::{Router, Sessions, context::SessionContext},
+    store::Store,
 };
 
-/// Runs a coordinator on `listener` until `shutdown` is cancelled, then hands its sessions
-/// over (revokes its lease) and returns.
+/// Runs a coordinator on `listener` until `shutdown` is cancelled; then it stops dispatching,
+/// hands its sessions over (revokes its lease) and returns.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -34,24 +46,42 @@ pub async fn run(
 ) -> Result<()> {
     let address = settings.advertised_address(listener.local_addr().ok());
     let store = Store::connect(&settings.etcd, &settings.prefix, settings.etcd_timeout()).await?;
+    let tracker = TaskTracker::new();
+    let background = CancellationToken::new();
     let membership_config =
         MembershipConfig { id: settings.id.clone(), address, ttl: settings.lease_ttl() };
-    let membership_stop = CancellationToken::new();
-    let (_lease, membership) =
-        membership::spawn(store.clone(), membership_config, membership_stop.clone());
+    let (lease, membership) =
+        membership::spawn(store.clone(), membership_config, background.clone());
+    let (directory, _) = AgentDirectory::spawn(store.clone(), background.clone());
+    let clients = AgentClients::default();
+    let router = Router::default();
+    tracker.spawn(agents::links::run(
+        directory.clone(),
+        clients.clone(),
+        router.clone(),
+        background.clone(),
+    ));
+    let ctx = SessionContext {
+        store: store.clone(),
+        directory,
+        scheduler: Scheduler::default(),
+        clients: clients.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let sessions = Sessions::new(ctx, router, lease, settings.id.clone(), tracker.clone());
+    tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), background.clone()));
     let registry = Registry::new(store.clone());
     let services = Services {
-        jobs: JobApi::new(Jobs::new(store.clone())),
-        cluster: ClusterApi::new(
-            registry.clone(),
-            Cluster::new(store.clone()),
-            AgentClients::default(),
-        ),
+        jobs: JobApi::new(Jobs::new(store.clone()), sessions, shutdown.clone()),
+        cluster: ClusterApi::new(registry.clone(), Cluster::new(store.clone()), clients),
         registry: RegistryApi::new(registry, settings.id.clone()),
     };
     info!(id = %settings.id, prefix = %settings.prefix, "coordinator serving");
     let served = server::serve(services, listener, shutdown).await;
-    membership_stop.cancel();
+    // Session actors have stopped on `shutdown`; now release the lease so peers take over.
+    tracker.close();
+    background.cancel();
+    tracker.wait().await;
     let _ = membership.await;
     info!(id = %settings.id, "coordinator stopped");
     served

@@ -6,17 +6,24 @@ use futures::Stream;
 use sluice_proto::pb::{self, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
-use crate::jobs::Jobs;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    jobs::Jobs,
+    sessions::{Sessions, watch::watch_session},
+};
 
 /// Serves `sluice.v1.JobService`.
 pub struct JobApi {
     jobs: Jobs,
+    sessions: Sessions,
+    shutdown: CancellationToken,
 }
 
 impl JobApi {
-    /// Serves jobs from `jobs`.
-    pub fn new(jobs: Jobs) -> Self {
-        JobApi { jobs }
+    /// Serves jobs and sessions; streams end at `shutdown`.
+    pub fn new(jobs: Jobs, sessions: Sessions, shutdown: CancellationToken) -> Self {
+        JobApi { jobs, sessions, shutdown }
     }
 }
 
@@ -62,59 +69,75 @@ impl JobService for JobApi {
 
     async fn start_job(
         &self,
-        _request: Request<pb::StartJobRequest>,
+        request: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        Ok(Response::new(self.sessions.start(&request.into_inner().job).await?))
     }
 
     async fn stop_job(
         &self,
-        _request: Request<pb::StopJobRequest>,
+        request: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        let peer = peer_of(&request);
+        Ok(Response::new(self.sessions.stop(request.into_inner(), peer).await?))
     }
 
     async fn stop_all(
         &self,
-        _request: Request<pb::StopAllRequest>,
+        request: Request<pb::StopAllRequest>,
     ) -> Result<Response<pb::StopAllResponse>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        let peer = peer_of(&request);
+        let request = request.into_inner();
+        let requested_by =
+            if request.requested_by.is_empty() { peer } else { request.requested_by };
+        let sessions = self.sessions.stop_all(request.mode, requested_by).await?;
+        Ok(Response::new(pb::StopAllResponse { sessions }))
     }
 
     async fn retry_session(
         &self,
-        _request: Request<pb::RetrySessionRequest>,
+        request: Request<pb::RetrySessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        Ok(Response::new(self.sessions.retry(&request.into_inner().session_id).await?))
     }
 
     async fn get_session(
         &self,
-        _request: Request<pb::GetSessionRequest>,
+        request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        Ok(Response::new(self.sessions.get(&request.into_inner().session_id).await?))
     }
 
     async fn list_sessions(
         &self,
-        _request: Request<pb::ListSessionsRequest>,
+        request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        let sessions = self.sessions.list(&request.into_inner().job).await?;
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 
     type WatchSessionStream = SessionStream;
 
     async fn watch_session(
         &self,
-        _request: Request<pb::WatchSessionRequest>,
+        request: Request<pb::WatchSessionRequest>,
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        let id = request.into_inner().session_id;
+        sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
+        let stream = watch_session(self.sessions.store().clone(), id, self.shutdown.clone());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_restore_points(
         &self,
-        _request: Request<pb::ListRestorePointsRequest>,
+        request: Request<pb::ListRestorePointsRequest>,
     ) -> Result<Response<pb::ListRestorePointsResponse>, Status> {
-        Err(Status::unimplemented("sessions land with issue 3"))
+        let restore_points = self.sessions.restore_points(&request.into_inner().job).await?;
+        Ok(Response::new(pb::ListRestorePointsResponse { restore_points }))
     }
+}
+
+/// Who called: the peer address, recorded as the stopper when the caller names no one.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }

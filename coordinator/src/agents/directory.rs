@@ -1,0 +1,126 @@
+//! The registered agents, kept current by a watch on `/agents/` (lease-bound keys written from
+//! heartbeats, so a dead agent disappears when its TTL runs out).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use sluice_proto::pb;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    error::Result,
+    sessions::placement::{AgentInfo, AgentMap},
+    store::{Store, decode},
+};
+
+/// Registered agents by id.
+pub type Agents = Arc<BTreeMap<String, pb::Agent>>;
+
+/// A live view of the registered agents.
+#[derive(Clone)]
+pub struct AgentDirectory {
+    agents: watch::Receiver<Option<Agents>>,
+}
+
+impl AgentDirectory {
+    /// Starts the watch; it runs until `shutdown`.
+    pub fn spawn(store: Store, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+        let (sender, agents) = watch::channel(None);
+        let task = tokio::spawn(follow(store, sender, shutdown));
+        (AgentDirectory { agents }, task)
+    }
+
+    /// The agents now (empty until the first listing).
+    pub fn current(&self) -> Agents {
+        self.agents.borrow().clone().unwrap_or_default()
+    }
+
+    /// A receiver that changes whenever the set or an agent's record changes; `None` until
+    /// the agents were listed once.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Agents>> {
+        self.agents.clone()
+    }
+
+    /// Waits until the agents were listed once (false if the directory stopped first).
+    pub async fn loaded(&self) -> bool {
+        self.agents.clone().wait_for(Option::is_some).await.is_ok()
+    }
+}
+
+/// Placement's view of the agents: slots, computer and whether each takes new tasks.
+pub fn agent_map(agents: &BTreeMap<String, pb::Agent>) -> AgentMap {
+    agents
+        .iter()
+        .map(|(id, agent)| {
+            let info = AgentInfo {
+                slots: agent.slots,
+                computer: (!agent.computer.is_empty()).then(|| agent.computer.clone()),
+                accepting: agent.state() == pb::AgentState::Online,
+            };
+            (id.clone(), info)
+        })
+        .collect()
+}
+
+async fn follow(store: Store, sender: watch::Sender<Option<Agents>>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = list_and_watch(&store, &sender) => result,
+        };
+        if let Err(error) = result {
+            warn!(%error, "agent watch failed; listing again");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -> Result<()> {
+    let prefix = store.keys().agents();
+    let listed = store.client().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+    let revision = listed.header().map_or(0, |h| h.revision());
+    let mut agents = BTreeMap::new();
+    for kv in listed.kvs() {
+        let record: pb::AgentRecord = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+        if let Some(agent) = record.agent {
+            agents.insert(agent.id.clone(), agent);
+        }
+    }
+    sender.send_replace(Some(Arc::new(agents.clone())));
+    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let mut stream = store.client().watch(prefix.as_str(), Some(options)).await?;
+    while let Some(response) = stream.message().await? {
+        if response.canceled() {
+            return Ok(());
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let id = key.trim_start_matches(prefix.as_str()).to_string();
+            match event.event_type() {
+                EventType::Put => {
+                    let record: pb::AgentRecord = decode(&key, kv.value())?;
+                    if let Some(agent) = record.agent {
+                        if !agents.contains_key(&id) {
+                            info!(agent = %id, address = %agent.address, "agent joined");
+                        }
+                        agents.insert(id, agent);
+                    }
+                }
+                EventType::Delete => {
+                    info!(agent = %id, "agent left or expired");
+                    agents.remove(&id);
+                }
+            }
+        }
+        sender.send_replace(Some(Arc::new(agents.clone())));
+    }
+    Ok(())
+}

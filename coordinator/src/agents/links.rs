@@ -1,0 +1,94 @@
+//! One `WatchTasks` stream per registered agent, delivering task updates to the sessions
+//! this coordinator owns. A stream starts with the agent's current tasks, so reconnecting
+//! after a break (or after the agent restarted) also delivers results that finished meanwhile.
+
+use std::{collections::HashMap, time::Duration};
+
+use sluice_proto::pb;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::AgentDirectory;
+use crate::{agent_client::AgentClients, sessions::Router};
+
+/// Keeps a link to every registered agent until `shutdown`.
+pub async fn run(
+    directory: AgentDirectory,
+    clients: AgentClients,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let mut agents = directory.subscribe();
+    let mut links: HashMap<String, (String, CancellationToken)> = HashMap::new();
+    loop {
+        let current = agents.borrow_and_update().clone().unwrap_or_default();
+        links.retain(|id, (address, token)| {
+            let keep = current.get(id).is_some_and(|a| &a.address == address);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (id, agent) in current.iter() {
+            if links.contains_key(id) {
+                continue;
+            }
+            let token = shutdown.child_token();
+            let link = Link {
+                agent: id.clone(),
+                address: agent.address.clone(),
+                clients: clients.clone(),
+            };
+            tokio::spawn(link.run(router.clone(), token.clone()));
+            links.insert(id.clone(), (agent.address.clone(), token));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = agents.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+struct Link {
+    agent: String,
+    address: String,
+    clients: AgentClients,
+}
+
+impl Link {
+    async fn run(self, router: Router, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                result = self.follow(&router) => result,
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(status) => {
+                    debug!(agent = %self.agent, %status, "task stream broke; reconnecting")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn follow(&self, router: &Router) -> Result<(), tonic::Status> {
+        let mut client = self
+            .clients
+            .client(&self.agent, &self.address)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut stream = client.watch_tasks(pb::WatchTasksRequest::default()).await?.into_inner();
+        while let Some(event) = stream.message().await? {
+            if let Some(status) = event.status {
+                router.deliver(&self.agent, status).await;
+            }
+        }
+        warn!(agent = %self.agent, "agent closed its task stream");
+        Ok(())
+    }
+}

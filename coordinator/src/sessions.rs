@@ -1,0 +1,62 @@
+//! Job sessions: the state machine, its actor, persistence, and the service that starts,
+//! stops, reads and watches sessions from any coordinator.
+
+pub mod actor;
+pub mod context;
+pub mod ids;
+pub mod machine;
+pub mod manager;
+pub mod persist;
+pub mod placement;
+pub mod records;
+pub mod watch;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use sluice_proto::pb;
+use tokio::sync::mpsc;
+
+pub use manager::Sessions;
+
+/// Delivers messages to the session actors of this coordinator, by session id.
+#[derive(Clone, Default)]
+pub struct Router {
+    actors: Arc<Mutex<HashMap<String, mpsc::Sender<actor::Msg>>>>,
+}
+
+impl Router {
+    /// Registers an actor's mailbox.
+    pub fn register(&self, id: &str, mailbox: mpsc::Sender<actor::Msg>) {
+        self.lock().insert(id.to_string(), mailbox);
+    }
+
+    /// Forgets an actor.
+    pub fn unregister(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// The mailbox of a session this coordinator runs.
+    pub fn mailbox(&self, id: &str) -> Option<mpsc::Sender<actor::Msg>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Ids of the sessions this coordinator runs.
+    pub fn owned(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Hands a task update to the session it belongs to, if this coordinator runs it.
+    pub async fn deliver(&self, agent: &str, status: pb::TaskStatus) {
+        let Some(session) = status.key.as_ref().map(|k| k.session_id.clone()) else { return };
+        if let Some(mailbox) = self.mailbox(&session) {
+            let _ = mailbox.send(actor::Msg::Task { agent: agent.to_string(), status }).await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<actor::Msg>>> {
+        self.actors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,240 @@
+//! Session records in etcd: creation, fenced batched writes, reads and stop requests.
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use prost::Message;
+use sluice_proto::pb::{self, SessionState, StopMode};
+
+use super::records::SessionView;
+use crate::{
+    error::{Error, Result},
+    store::{Store, Versioned, absent, decode},
+};
+
+/// etcd's default `--max-txn-ops` is 128; stay below it with room for the guard.
+const MAX_OPS_PER_TXN: usize = 100;
+
+/// A new session to create, with the job revision it was read at.
+pub struct NewSession {
+    /// The session record.
+    pub record: pb::SessionRecord,
+    /// Revision of the job definition read (the job must not change before the start commits).
+    pub job_revision: i64,
+    /// Coordinator that will own it.
+    pub owner: String,
+    /// The owner's lease.
+    pub lease: i64,
+}
+
+/// Creates a session atomically: active marker (only if absent), record, owner key.
+/// Returns the epoch (the owner key's create revision).
+pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
+    let keys = store.keys();
+    let session =
+        new.record.session.as_ref().ok_or_else(|| Error::InvalidArgument("session".into()))?;
+    let (id, job) = (session.id.as_str(), session.job.as_str());
+    let active = keys.job_active(job);
+    let txn = Txn::new()
+        .when([
+            absent(&active),
+            Compare::mod_revision(keys.job(job), CompareOp::Equal, new.job_revision),
+        ])
+        .and_then([
+            TxnOp::put(active.as_str(), id, None),
+            TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
+            TxnOp::put(
+                keys.session_owner(id),
+                new.owner.as_str(),
+                Some(PutOptions::new().with_lease(new.lease)),
+            ),
+        ]);
+    let response = store.client().kv_client().txn(txn).await?;
+    if response.succeeded() {
+        return Ok(response.header().map_or(0, |h| h.revision()));
+    }
+    match active_session(store, job).await? {
+        Some(running) => Err(Error::FailedPrecondition(format!(
+            "job {job:?} already has an active session {running}; stop it or wait for it to end"
+        ))),
+        None => Err(Error::Unavailable(format!("job {job:?} changed while starting; try again"))),
+    }
+}
+
+/// The id of a job's active session, if any.
+pub async fn active_session(store: &Store, job: &str) -> Result<Option<String>> {
+    let response = store.client().kv_client().get(store.keys().job_active(job), None).await?;
+    Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+}
+
+/// One batch of writes from a session's owner.
+#[derive(Default)]
+pub struct Flush {
+    /// Item records that changed.
+    pub items: Vec<pb::ItemRecord>,
+    /// Restore points to enter in the catalog.
+    pub restore_points: Vec<pb::RestorePoint>,
+    /// The session record, when it changed.
+    pub session: Option<pb::SessionRecord>,
+}
+
+/// Writes a batch, each transaction guarded by the owner's epoch; a final session record also
+/// clears the job's active marker and the owner key.
+pub async fn flush(store: &Store, id: &str, epoch: i64, batch: Flush) -> Result<()> {
+    let keys = store.keys();
+    let mut ops: Vec<TxnOp> = Vec::new();
+    for item in &batch.items {
+        ops.push(TxnOp::put(keys.item(id, item.index), item.encode_to_vec(), None));
+    }
+    for rp in &batch.restore_points {
+        ops.push(TxnOp::put(
+            keys.restore_point(&rp.job, &rp.item, &rp.id),
+            rp.encode_to_vec(),
+            None,
+        ));
+    }
+    let mut last: Vec<TxnOp> = Vec::new();
+    if let Some(record) = &batch.session {
+        last.push(TxnOp::put(keys.session(id), record.encode_to_vec(), None));
+        let session = record.session.as_ref();
+        if session.is_some_and(|s| s.state() == SessionState::Stopped) {
+            let job = session.map(|s| s.job.as_str()).unwrap_or_default();
+            let active = keys.job_active(job);
+            last.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::value(active.as_str(), CompareOp::Equal, id)])
+                    .and_then([TxnOp::delete(active.as_str(), None)]),
+            ));
+            last.push(TxnOp::delete(keys.session_owner(id), None));
+        }
+    }
+    let owner = keys.session_owner(id);
+    let chunks: Vec<Vec<TxnOp>> = ops.chunks(MAX_OPS_PER_TXN).map(<[TxnOp]>::to_vec).collect();
+    for chunk in chunks.into_iter().chain((!last.is_empty()).then_some(last)) {
+        let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch);
+        if store.txn(Txn::new().when([guard]).and_then(chunk)).await?.is_none() {
+            return Err(Error::Fenced(id.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Reads everything stored about a session.
+pub async fn load(store: &Store, id: &str) -> Result<Option<SessionView>> {
+    Ok(load_at(store, id).await?.map(|(view, _)| view))
+}
+
+/// Reads everything stored about a session at one revision, and returns that revision.
+pub async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionView, i64)>> {
+    let keys = store.keys();
+    let response = store.client().kv_client().get(keys.session(id), None).await?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    let Some(kv) = response.kvs().first() else {
+        return Ok(None);
+    };
+    let record = decode::<pb::SessionRecord>(&keys.session(id), kv.value())?;
+    let mut view = SessionView { record, ..Default::default() };
+    let options = GetOptions::new().with_prefix().with_revision(revision);
+    let children = store.client().kv_client().get(keys.session_children(id), Some(options)).await?;
+    for kv in children.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        apply_child(&mut view, store, id, &key, kv.value(), kv.create_revision())?;
+    }
+    Ok(Some((view, revision)))
+}
+
+/// Applies one stored child key (item, stop, owner) of session `id` to a view.
+pub fn apply_child(
+    view: &mut SessionView,
+    store: &Store,
+    id: &str,
+    key: &str,
+    value: &[u8],
+    create_revision: i64,
+) -> Result<()> {
+    let keys = store.keys();
+    if key == keys.session_owner(id) {
+        view.owner = Some((String::from_utf8_lossy(value).into_owned(), create_revision));
+    } else if key == keys.session_stop(id) {
+        view.stop = Some(decode(key, value)?);
+    } else if key.starts_with(&keys.items(id)) {
+        let item: pb::ItemRecord = decode(key, value)?;
+        view.items.insert(item.index, item);
+    }
+    Ok(())
+}
+
+/// Every session record (without items), newest first; only those of `job` if given.
+pub async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::SessionRecord>> {
+    let keys = store.keys();
+    let raw = store.list_raw(&keys.sessions()).await?;
+    let mut records: Vec<pb::SessionRecord> = raw
+        .into_iter()
+        .filter(|(key, _)| keys.split_session_key(key).is_some_and(|(_, rest)| rest.is_empty()))
+        .map(|(key, value)| decode::<pb::SessionRecord>(&key, &value))
+        .collect::<Result<_>>()?;
+    records.retain(|r| job.is_none_or(|job| r.session.as_ref().is_some_and(|s| s.job == job)));
+    records.sort_by(|a, b| session_id(b).cmp(session_id(a)));
+    Ok(records)
+}
+
+fn session_id(record: &pb::SessionRecord) -> &str {
+    record.session.as_ref().map_or("", |s| s.id.as_str())
+}
+
+/// Records a stop request; idempotent, and an immediate stop escalates a graceful one.
+/// Returns `false` when the stop in force already covers it.
+pub async fn request_stop(store: &Store, id: &str, stop: &pb::StopRequest) -> Result<bool> {
+    let key = store.keys().session_stop(id);
+    let current: Option<Versioned<pb::StopRequest>> = store.get(&key).await?;
+    let guard = match &current {
+        None => absent(&key),
+        Some(existing) if existing.value.mode() == StopMode::Immediate => return Ok(false),
+        Some(_) if stop.mode() != StopMode::Immediate => return Ok(false),
+        Some(existing) => {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, existing.mod_revision)
+        }
+    };
+    let txn =
+        Txn::new().when([guard]).and_then([TxnOp::put(key.as_str(), stop.encode_to_vec(), None)]);
+    match store.txn(txn).await? {
+        Some(_) => Ok(true),
+        None => {
+            Err(Error::Unavailable(format!("session {id} was stopped concurrently; try again")))
+        }
+    }
+}
+
+/// Claims a session whose owner key is gone, if it is still its job's active session.
+/// Returns the new epoch, or `None` when another coordinator was faster or it ended.
+pub async fn claim(
+    store: &Store,
+    id: &str,
+    job: &str,
+    owner: &str,
+    lease: i64,
+) -> Result<Option<i64>> {
+    let keys = store.keys();
+    let owner_key = keys.session_owner(id);
+    let txn = Txn::new()
+        .when([absent(&owner_key), Compare::value(keys.job_active(job), CompareOp::Equal, id)])
+        .and_then([TxnOp::put(
+            owner_key.as_str(),
+            owner,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    let response = store.client().kv_client().txn(txn).await?;
+    Ok(response.succeeded().then(|| response.header().map_or(0, |h| h.revision())))
+}
+
+/// Active sessions by job, from the jobs' `active` markers.
+pub async fn active_sessions(store: &Store) -> Result<Vec<(String, String)>> {
+    let keys = store.keys();
+    let raw = store.list_raw(&keys.jobs()).await?;
+    Ok(raw
+        .into_iter()
+        .filter(|(key, _)| !keys.is_job_key(key))
+        .filter_map(|(key, value)| {
+            let job = key.strip_prefix(&keys.jobs())?.strip_suffix("/active")?.to_string();
+            Some((job, String::from_utf8_lossy(&value).into_owned()))
+        })
+        .collect())
+}
