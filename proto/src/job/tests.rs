@@ -1,1 +1,123 @@
+//! Job validation and job-file parsing.
 
+use super::*;
+
+fn vm_job() -> pb::Job {
+    parse_job_file(
+        r#"
+name = "nightly"
+type = "JOB_TYPE_VM_BACKUP"
+repository = "/srv/repo"
+retry = { attempts = 3, wait_seconds = 5 }
+[[items]]
+name = "web"
+vm = { disks = ["/vms/web.qcow2"] }
+[[items]]
+name = "db"
+vm = { disks = ["/vms/db-0.qcow2", "/vms/db-1.qcow2"] }
+"#,
+    )
+    .expect("valid job file")
+}
+
+fn field_of(job: &pb::Job) -> String {
+    match validate_job(job) {
+        Err(JobError::Invalid { field, .. }) => field,
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_good_job_passes_and_round_trips_through_its_file_form() {
+    let job = vm_job();
+    assert_eq!(validate_job(&job), Ok(()));
+    let json = serde_json::to_string(&JobFile::from(&job)).expect("serialise");
+    assert_eq!(parse_job_file(&json).expect("parse json"), job);
+}
+
+#[test]
+fn short_and_lowercase_job_types_are_accepted() {
+    assert_eq!(parse_job_type("vm_backup"), Some(pb::JobType::VmBackup));
+    assert_eq!(parse_job_type("AGENT_BACKUP"), Some(pb::JobType::AgentBackup));
+    assert_eq!(parse_job_type("JOB_TYPE_UNSPECIFIED"), None);
+    assert_eq!(parse_job_type("tape"), None);
+}
+
+#[test]
+fn bad_names_are_refused_naming_the_field() {
+    for name in ["", "UPPER", "a/b", &"x".repeat(65), "..", "sp ace"] {
+        let job = pb::Job { name: name.to_string(), ..vm_job() };
+        assert_eq!(field_of(&job), "job.name", "name {name:?}");
+    }
+}
+
+#[test]
+fn each_rule_names_its_field() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut pb::Job)>)> = vec![
+        ("job.type", Box::new(|j| j.r#type = 0)),
+        ("job.type", Box::new(|j| j.r#type = pb::JobType::BackupCopy as i32)),
+        ("job.repository", Box::new(|j| j.repository = "relative/path".into())),
+        ("job.repository", Box::new(|j| j.repository.clear())),
+        ("job.items", Box::new(|j| j.items.clear())),
+        ("job.items[1].name", Box::new(|j| j.items[1].name = "web".into())),
+        ("job.items[0].name", Box::new(|j| j.items[0].name.clear())),
+        (
+            "job.items[0].vm.disks",
+            Box::new(|j| j.items[0].target = Some(Target::Vm(pb::VmTarget::default()))),
+        ),
+        (
+            "job.items[0].vm.disks[0]",
+            Box::new(|j| {
+                j.items[0].target = Some(Target::Vm(pb::VmTarget { disks: vec!["x".into()] }))
+            }),
+        ),
+        ("job.items[0].vm", Box::new(|j| j.items[0].target = None)),
+        (
+            "job.retry.attempts",
+            Box::new(|j| j.retry = Some(pb::RetryPolicy { attempts: 1000, wait_seconds: 0 })),
+        ),
+        (
+            "job.graceful_timeout_seconds",
+            Box::new(|j| j.graceful_timeout_seconds = MAX_SECONDS + 1),
+        ),
+        ("job.proxies[1]", Box::new(|j| j.proxies = vec!["a".into(), "a".into()])),
+    ];
+    for (field, break_it) in cases {
+        let mut job = vm_job();
+        break_it(&mut job);
+        assert_eq!(field_of(&job), field);
+    }
+}
+
+#[test]
+fn computer_items_need_a_computer_target() {
+    let mut job = vm_job();
+    job.r#type = pb::JobType::AgentBackup as i32;
+    assert_eq!(field_of(&job), "job.items[0].computer");
+    job.items = vec![pb::JobItem {
+        name: "pc".into(),
+        target: Some(Target::Computer(pb::ComputerTarget {
+            computer: "pc1".into(),
+            paths: vec!["/home".into()],
+        })),
+    }];
+    assert_eq!(validate_job(&job), Ok(()));
+}
+
+#[test]
+fn too_many_items_is_a_limit_not_a_field_error() {
+    let mut job = vm_job();
+    let item = job.items[0].clone();
+    job.items =
+        (0..=MAX_ITEMS).map(|i| pb::JobItem { name: format!("vm{i}"), ..item.clone() }).collect();
+    assert!(matches!(validate_job(&job), Err(JobError::TooLarge(_))));
+}
+
+#[test]
+fn job_files_with_unknown_fields_or_both_targets_are_refused() {
+    let unknown =
+        "name = \"a\"\ntype = \"VM_BACKUP\"\nrepository = \"/r\"\ncolour = 1\nitems = []\n";
+    assert!(matches!(parse_job_file(unknown), Err(JobFileError::Toml(_))));
+    let both = r#"{"name":"a","type":"VM_BACKUP","repository":"/r","items":[{"name":"x","vm":{"disks":["/d"]},"computer":{"computer":"c","paths":["/p"]}}]}"#;
+    assert!(matches!(parse_job_file(both), Err(JobFileError::Field { .. })));
+}
