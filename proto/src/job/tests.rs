@@ -51,9 +51,12 @@ fn bad_names_are_refused_naming_the_field() {
     }
 }
 
+/// A change that breaks one rule of a valid job.
+type Breaker = Box<dyn Fn(&mut pb::Job)>;
+
 #[test]
 fn each_rule_names_its_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::Job)>)> = vec![
+    let cases: Vec<(&str, Breaker)> = vec![
         ("job.type", Box::new(|j| j.r#type = 0)),
         ("job.type", Box::new(|j| j.r#type = pb::JobType::BackupCopy as i32)),
         ("job.repository", Box::new(|j| j.repository = "relative/path".into())),
