@@ -21,6 +21,9 @@ use crate::{
 /// above the test executable's `deps/`, i.e. `target/debug`).
 pub const BIN_DIR_ENV: &str = "SLUICE_TEST_BIN_DIR";
 
+/// Environment variable that keeps every cluster's temp dir, also of passing tests.
+pub const KEEP_ENV: &str = "SLUICE_TEST_KEEP";
+
 const DEFAULT_LEASE_TTL: u32 = 3;
 const DEFAULT_HEARTBEAT_TTL: u32 = 3;
 const DEFAULT_SLOTS: u32 = 2;
@@ -149,7 +152,8 @@ impl ClusterBuilder {
 }
 
 /// Real coordinators and agents on a private etcd key prefix, torn down on drop. When the
-/// test fails, the cluster's temp dir is kept and the tails of every log are printed.
+/// test fails, the cluster's temp dir is kept and the tails of every log are printed
+/// (`SLUICE_TEST_KEEP=1` keeps it always).
 pub struct Cluster {
     dir: Option<TempDir>,
     prefix: String,
@@ -296,15 +300,19 @@ impl Drop for Cluster {
         for node in self.agents.iter_mut().chain(self.coordinators.iter_mut()) {
             node.teardown();
         }
-        if !std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if !failed && std::env::var_os(KEEP_ENV).is_none() {
             return;
         }
         let logs: Vec<PathBuf> =
             self.coordinators.iter().chain(&self.agents).flat_map(Node::log_paths).collect();
-        logs::print_tails(logs.iter().map(PathBuf::as_path));
+        if failed {
+            logs::print_tails(logs.iter().map(PathBuf::as_path));
+        }
         if let Some(dir) = self.dir.take() {
+            let why = if failed { "test failed" } else { KEEP_ENV };
             eprintln!(
-                "sluice-tests: test failed; kept the cluster dir {} (etcd prefix {})",
+                "sluice-tests: {why}; kept the cluster dir {} (etcd prefix {})",
                 dir.keep().display(),
                 self.prefix
             );

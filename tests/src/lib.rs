@@ -22,7 +22,7 @@ mod ports;
 mod wait;
 mod watchdog;
 
-pub use cluster::{AgentSpec, BIN_DIR_ENV, Cluster, ClusterBuilder, binary};
+pub use cluster::{AgentSpec, BIN_DIR_ENV, Cluster, ClusterBuilder, KEEP_ENV, binary};
 pub use etcd::Etcd;
 pub use node::{Node, Role};
 pub use wait::{PATIENCE, wait_for};

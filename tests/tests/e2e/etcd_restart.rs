@@ -1,6 +1,6 @@
 //! Issue 2, scenario 4: a coordinator rides out etcd being stopped and started again.
 
-use std::time::Duration;
+use std::{cell::Cell, time::Duration};
 
 use sluice_proto::pb;
 use sluice_tests::{
@@ -8,6 +8,7 @@ use sluice_tests::{
     fixtures::{expect_code, expect_ok, vm_job},
     wait_for,
 };
+use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -20,6 +21,46 @@ async fn within<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, S
         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
         Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
     }
+}
+
+/// Waits until etcd shows that the coordinator keeps its membership lease alive: the key's
+/// lease changes, its remaining TTL goes up between two looks, or it outlives its granted TTL.
+async fn wait_membership_renewed(cluster: &Cluster, id: &str) {
+    let etcd = cluster.etcd_client().await;
+    let key = format!("{}/coordinators/{id}", cluster.prefix());
+    // (lease, remaining TTL) at the last look, and when the lease was first seen.
+    let last: Cell<Option<(i64, i64)>> = Cell::new(None);
+    let first_seen: Cell<Option<(i64, Instant)>> = Cell::new(None);
+    let check = || {
+        let mut etcd = etcd.clone();
+        let (key, last, first_seen) = (key.clone(), &last, &first_seen);
+        async move {
+            let got = etcd.get(key.as_str(), None).await.map_err(|e| format!("get {key}: {e}"))?;
+            let lease = got.kvs().first().ok_or(format!("{key} is gone"))?.lease();
+            let live = etcd.lease_time_to_live(lease, None).await.map_err(|e| e.to_string())?;
+            let (remaining, granted) = (live.ttl(), live.granted_ttl());
+            let seen_since = match first_seen.get() {
+                Some((seen, at)) if seen == lease => at,
+                _ => {
+                    first_seen.set(Some((lease, Instant::now())));
+                    Instant::now()
+                }
+            };
+            let outlived = remaining > 0
+                && seen_since.elapsed() > Duration::from_secs(u64::try_from(granted).unwrap_or(0));
+            let renewed = match last.replace(Some((lease, remaining))) {
+                Some((old, _)) if old != lease => true,
+                Some((_, before)) => remaining > before,
+                None => false,
+            };
+            if renewed || outlived {
+                Ok(())
+            } else {
+                Err(format!("lease {lease:x}: {remaining} s left of {granted} s"))
+            }
+        }
+    };
+    wait_for(check, PATIENCE, &format!("coordinator {id} to renew its membership lease")).await;
 }
 
 #[tokio::test]
@@ -78,6 +119,7 @@ async fn coordinator_survives_an_etcd_restart() {
         Code::NotFound,
         "GetJob of the job whose CreateJob answered UNAVAILABLE",
     );
+    wait_membership_renewed(&cluster, "c1").await;
     let coordinator = cluster.coordinator(0);
     assert!(coordinator.is_running(), "the coordinator still runs");
     let health = wait_for(
