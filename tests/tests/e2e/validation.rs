@@ -94,10 +94,9 @@ async fn bad_definitions_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
-async fn item_count_limit_is_enforced() {
+async fn job_with_the_most_items_is_stored_and_read_back() {
     let mut cluster = Cluster::builder().start().await;
     let mut jobs = cluster.job_client().await;
-
     let largest = vm_job("largest", MAX_ITEMS);
     expect_ok(
         jobs.create_job(pb::CreateJobRequest { job: Some(largest) }).await,
@@ -105,7 +104,14 @@ async fn item_count_limit_is_enforced() {
     );
     let got = expect_ok(jobs.get_job(pb::GetJobRequest { name: "largest".into() }).await, "GetJob");
     assert_eq!(got.items.len(), MAX_ITEMS);
+    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest {}).await, "ListJobs");
+    assert_eq!(listed.jobs.len(), 1, "ListJobs lists the largest job");
+}
 
+#[tokio::test]
+async fn job_with_too_many_items_is_refused() {
+    let mut cluster = Cluster::builder().start().await;
+    let mut jobs = cluster.job_client().await;
     let too_many = vm_job("too-many", MAX_ITEMS + 1);
     let status = jobs
         .create_job(pb::CreateJobRequest { job: Some(too_many) })
