@@ -139,7 +139,8 @@ impl SessionActor {
             let wake = self.next_wakeup();
             tokio::select! {
                 biased;
-                _ = self.fence.cancelled() => return self.fenced_exit(),
+                _ = self.ctx.shutdown.cancelled() => return Exit::Handover,
+                _ = self.fence.cancelled() => return Exit::Fenced,
                 msg = self.inbox.recv() => match msg {
                     Some(msg) => if let Some(exit) = self.handle(msg) { return exit },
                     None => return Exit::Handover,
@@ -149,10 +150,6 @@ impl SessionActor {
                 _ = tokio::time::sleep_until(wake) => self.apply(Event::Tick),
             }
         }
-    }
-
-    fn fenced_exit(&self) -> Exit {
-        if self.ctx.shutdown.is_cancelled() { Exit::Handover } else { Exit::Fenced }
     }
 
     /// Dispatches and flushes what is due.

@@ -156,20 +156,13 @@ impl Sessions {
             outbox.clone(),
             watch_stop.clone(),
         ));
-        let fence_on_shutdown = fence.clone();
-        let shutdown = self.inner.ctx.shutdown.clone();
-        self.inner.tracker.spawn(async move {
-            shutdown.cancelled().await;
-            fence_on_shutdown.cancel();
-        });
-        let actor = SessionActor::new(
-            machine,
-            view.record.clone(),
-            epoch,
-            self.inner.ctx.clone(),
-            (outbox, inbox),
-            fence,
-        );
+        let mut base = view.record.clone();
+        if let Some(session) = base.session.as_mut() {
+            session.owner = self.inner.coordinator.clone();
+            session.epoch = epoch;
+        }
+        let actor =
+            SessionActor::new(machine, base, epoch, self.inner.ctx.clone(), (outbox, inbox), fence);
         let router = self.inner.router.clone();
         self.inner.tracker.spawn(async move {
             let _exit = actor.run().await;

@@ -32,7 +32,8 @@ pub fn machine_from_records(
         .map(|&index| item_from(&job, index, stored.get(&index)))
         .collect();
     let session = record.session.clone().unwrap_or_default();
-    let mut machine = Machine::new(session.id.clone(), items, job.proxies.clone(), retry_of(&job));
+    let mut machine =
+        Machine::new(session.id.clone(), items, job.proxies.clone(), retry_rules(&job));
     machine.state = session.state();
     machine.result = session.result();
     machine.canceled = session.canceled;
@@ -62,7 +63,7 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item
 }
 
 /// The job's retry rules.
-pub fn retry_of(job: &pb::Job) -> Retry {
+pub fn retry_rules(job: &pb::Job) -> Retry {
     let policy = job.retry.unwrap_or_default();
     let offline_wait_ms = match job.offline_wait_seconds {
         0 => DEFAULT_OFFLINE_WAIT_MS,
