@@ -137,7 +137,11 @@ impl Local {
             .spawn();
         let mut child = match child {
             Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{NOT_FOUND}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Nothing worth keeping for debugging: drop (remove) the directory.
+                self.dir = None;
+                panic!("{NOT_FOUND}")
+            }
             Err(e) => panic!("cannot start etcd: {e}"),
         };
         let cleanup = self.shared.then(|| self.dir().to_path_buf());
