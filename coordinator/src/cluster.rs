@@ -42,7 +42,7 @@ impl Cluster {
                 continue;
             }
             let session_id = String::from_utf8_lossy(&value).into_owned();
-            let owner = self.store.client().get(keys.session_owner(&session_id), None).await?;
+            let owner = self.store.kv().get(keys.session_owner(&session_id), None).await?;
             if let Some(kv) = owner.kvs().first() {
                 let coordinator = String::from_utf8_lossy(kv.value()).into_owned();
                 let epoch = kv.create_revision();

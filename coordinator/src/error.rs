@@ -25,7 +25,7 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
     /// etcd did not answer or refused the request.
-    #[error("etcd is unavailable: {0}")]
+    #[error("etcd request failed: {0}")]
     Etcd(#[from] etcd_client::Error),
     /// A call to an agent failed.
     #[error("agent {agent}: {status}")]
@@ -76,7 +76,8 @@ impl From<Error> for Status {
 }
 
 fn is_too_large(error: &etcd_client::Error) -> bool {
-    matches!(error, etcd_client::Error::GRpcStatus(s) if s.message().contains("too large"))
+    matches!(error, etcd_client::Error::GRpcStatus(s)
+        if s.message().contains("too large") || matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted))
 }
 
 /// Agent answers keep their meaning, except transport trouble which is the agent's absence.

@@ -77,7 +77,7 @@ impl Jobs {
             tracing::info!(job = name, "job deleted");
             return Ok(());
         }
-        let active = self.store.client().get(active_key, None).await?;
+        let active = self.store.kv().get(active_key, None).await?;
         match active.kvs().first() {
             Some(kv) => Err(Error::FailedPrecondition(format!(
                 "job {name:?} has an active session {}; stop it first",

@@ -80,7 +80,7 @@ impl Registry {
         self.known.lock().await.remove(id);
         let key = self.store.keys().agent(id);
         if let Some(record) = self.store.get::<pb::AgentRecord>(&key).await? {
-            self.store.client().delete(key, None).await?;
+            self.store.kv().delete(key, None).await?;
             if record.lease != 0 {
                 let _ = self.store.client().lease_revoke(record.lease).await;
             }

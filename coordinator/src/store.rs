@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchClient,
 };
 use prost::Message;
 
@@ -16,8 +17,13 @@ use crate::{
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    kv: KvClient,
+    watcher: WatchClient,
     keys: Keys,
 }
+
+/// Largest etcd response the coordinator reads (a 100,000-item job is several MiB).
+const MAX_ETCD_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A decoded value with the revisions that fence later writes.
 #[derive(Debug, Clone)]
@@ -40,7 +46,12 @@ impl Store {
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(5), timeout);
         let client = Client::connect(endpoints, Some(options)).await?;
-        Ok(Store { client, keys: Keys::new(prefix) })
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_ETCD_MESSAGE_BYTES);
+        let watcher = client.watch_client().max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES);
+        Ok(Store { client, kv, watcher, keys: Keys::new(prefix) })
     }
 
     /// The key layout.
@@ -48,21 +59,31 @@ impl Store {
         &self.keys
     }
 
-    /// A clone of the raw client, for watches and leases.
+    /// A clone of the raw client, for leases.
     pub fn client(&self) -> Client {
         self.client.clone()
     }
 
+    /// The key-value client, with message limits that fit the largest jobs.
+    pub fn kv(&self) -> KvClient {
+        self.kv.clone()
+    }
+
+    /// The watch client, with the same limits.
+    pub fn watcher(&self) -> WatchClient {
+        self.watcher.clone()
+    }
+
     /// Reads and decodes one key.
     pub async fn get<M: Message + Default>(&self, key: &str) -> Result<Option<Versioned<M>>> {
-        let response = self.client.kv_client().get(key, None).await?;
+        let response = self.kv().get(key, None).await?;
         response.kvs().first().map(|kv| decode_kv(kv)).transpose()
     }
 
     /// Reads and decodes every key under a prefix, in key order.
     pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Vec<(String, M)>> {
         let options = GetOptions::new().with_prefix();
-        let response = self.client.kv_client().get(prefix, Some(options)).await?;
+        let response = self.kv().get(prefix, Some(options)).await?;
         response
             .kvs()
             .iter()
@@ -73,7 +94,7 @@ impl Store {
     /// Reads the raw keys and values under a prefix.
     pub async fn list_raw(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let options = GetOptions::new().with_prefix();
-        let response = self.client.kv_client().get(prefix, Some(options)).await?;
+        let response = self.kv().get(prefix, Some(options)).await?;
         Ok(response
             .kvs()
             .iter()
@@ -84,7 +105,7 @@ impl Store {
     /// Writes a key unconditionally, optionally bound to a lease.
     pub async fn put<M: Message>(&self, key: &str, value: &M, lease: Option<i64>) -> Result<()> {
         let options = lease.map(|id| PutOptions::new().with_lease(id));
-        self.client.kv_client().put(key, value.encode_to_vec(), options).await?;
+        self.kv().put(key, value.encode_to_vec(), options).await?;
         Ok(())
     }
 
@@ -92,7 +113,7 @@ impl Store {
     pub async fn create<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
         let txn =
             Txn::new().when([absent(key)]).and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+        Ok(self.kv().txn(txn).await?.succeeded())
     }
 
     /// Replaces a key only if it exists; `false` when it does not.
@@ -100,12 +121,12 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Greater, 0)])
             .and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+        Ok(self.kv().txn(txn).await?.succeeded())
     }
 
     /// Runs a transaction; `Ok(None)` when its guards did not hold, else the responses.
     pub async fn txn(&self, txn: Txn) -> Result<Option<Vec<TxnOpResponse>>> {
-        let response = self.client.kv_client().txn(txn).await?;
+        let response = self.kv().txn(txn).await?;
         Ok(response.succeeded().then(|| response.op_responses()))
     }
 }

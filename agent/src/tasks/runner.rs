@@ -2,16 +2,22 @@
 //! and only then report it.
 
 use sluice_proto::pb;
+use sluice_proto::telemetry;
 use tokio_util::task::TaskTracker;
-use tracing::error;
+use tracing::{Instrument, error, info_span};
 
 use crate::exec::{self, TaskContext};
 use crate::fsutil::blocking;
 use crate::journal::{Journal, JournalEntry};
 
 /// Spawns the task on the tracker.
+/// The task runs in its own span, a child of the session's trace when the coordinator sent one.
 pub fn spawn(tracker: &TaskTracker, journal: Journal, ctx: TaskContext) {
-    tracker.spawn(run(journal, ctx));
+    let span = info_span!("task", task = %ctx.id, job = %ctx.spec.job);
+    if !ctx.spec.traceparent.is_empty() {
+        telemetry::set_parent_from_traceparent(&span, &ctx.spec.traceparent);
+    }
+    tracker.spawn(run(journal, ctx).instrument(span));
 }
 
 async fn run(journal: Journal, mut ctx: TaskContext) {

@@ -84,7 +84,7 @@ async fn follow(store: Store, sender: watch::Sender<Option<Agents>>, shutdown: C
 
 async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -> Result<()> {
     let prefix = store.keys().agents();
-    let listed = store.client().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+    let listed = store.kv().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
     let revision = listed.header().map_or(0, |h| h.revision());
     let mut agents = BTreeMap::new();
     for kv in listed.kvs() {
@@ -95,7 +95,7 @@ async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -
     }
     sender.send_replace(Some(Arc::new(agents.clone())));
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-    let mut stream = store.client().watch(prefix.as_str(), Some(options)).await?;
+    let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
     while let Some(response) = stream.message().await? {
         if response.canceled() {
             return Ok(());

@@ -4,7 +4,10 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use sluice_proto::pb::{self, CancelReason, ItemState};
+use sluice_proto::{
+    pb::{self, CancelReason, ItemState},
+    telemetry,
+};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -115,7 +118,10 @@ impl SessionActor {
 
     /// Runs the session until it stops, is fenced, or is handed over.
     pub async fn run(mut self) -> Exit {
-        let span = info_span!("session", id = %self.machine.id, epoch = self.epoch);
+        let span = info_span!("session_owner", id = %self.machine.id, epoch = self.epoch);
+        if !self.base.traceparent.is_empty() {
+            telemetry::set_parent_from_traceparent(&span, &self.base.traceparent);
+        }
         async move {
             self.reattach().await;
             let exit = self.serve().await;
@@ -526,8 +532,11 @@ impl SessionActor {
             });
             return;
         };
-        let spec = self.task_spec(index, attempt);
         let span = info_span!("run_task", %agent, index, attempt);
+        let spec = span.in_scope(|| pb::TaskSpec {
+            traceparent: telemetry::current_traceparent().unwrap_or_default(),
+            ..self.task_spec(index, attempt)
+        });
         tokio::spawn(
             async move {
                 let call = async {
@@ -558,6 +567,7 @@ impl SessionActor {
             item: job.items.get(index as usize).cloned(),
             repository: job.repository.clone(),
             sim_duration_ms: job.sim_duration_ms,
+            traceparent: String::new(),
         }
     }
 

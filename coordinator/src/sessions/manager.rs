@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sluice_proto::{
     job::validate_name,
     pb::{self, SessionState, StopMode},
-    time,
+    telemetry, time,
 };
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -114,8 +114,15 @@ impl Sessions {
             job_type: job.r#type,
             ..Default::default()
         };
-        let record =
-            pb::SessionRecord { session: Some(session), job: Some(job), stop: None, item_indices };
+        let root = tracing::info_span!("session", id = %session.id, job = job_name);
+        let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
+        let record = pb::SessionRecord {
+            session: Some(session),
+            job: Some(job),
+            stop: None,
+            item_indices,
+            traceparent,
+        };
         let new = NewSession {
             record,
             job_revision: stored.mod_revision,

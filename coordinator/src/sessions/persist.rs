@@ -47,7 +47,7 @@ pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
                 Some(PutOptions::new().with_lease(new.lease)),
             ),
         ]);
-    let response = store.client().kv_client().txn(txn).await?;
+    let response = store.kv().txn(txn).await?;
     if response.succeeded() {
         return Ok(response.header().map_or(0, |h| h.revision()));
     }
@@ -61,7 +61,7 @@ pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
 
 /// The id of a job's active session, if any.
 pub async fn active_session(store: &Store, job: &str) -> Result<Option<String>> {
-    let response = store.client().kv_client().get(store.keys().job_active(job), None).await?;
+    let response = store.kv().get(store.keys().job_active(job), None).await?;
     Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
 }
 
@@ -125,7 +125,7 @@ pub async fn load(store: &Store, id: &str) -> Result<Option<SessionView>> {
 /// Reads everything stored about a session at one revision, and returns that revision.
 pub async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionView, i64)>> {
     let keys = store.keys();
-    let response = store.client().kv_client().get(keys.session(id), None).await?;
+    let response = store.kv().get(keys.session(id), None).await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let Some(kv) = response.kvs().first() else {
         return Ok(None);
@@ -133,7 +133,7 @@ pub async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionView, i64
     let record = decode::<pb::SessionRecord>(&keys.session(id), kv.value())?;
     let mut view = SessionView { record, ..Default::default() };
     let options = GetOptions::new().with_prefix().with_revision(revision);
-    let children = store.client().kv_client().get(keys.session_children(id), Some(options)).await?;
+    let children = store.kv().get(keys.session_children(id), Some(options)).await?;
     for kv in children.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         apply_child(&mut view, store, id, &key, kv.value(), kv.create_revision())?;
@@ -221,7 +221,7 @@ pub async fn claim(
             owner,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-    let response = store.client().kv_client().txn(txn).await?;
+    let response = store.kv().txn(txn).await?;
     Ok(response.succeeded().then(|| response.header().map_or(0, |h| h.revision())))
 }
 

@@ -30,7 +30,7 @@ pub fn watch_session(
         yield event(&view);
         while !view.is_stopped() {
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut stream = store.client().watch(store.keys().session(&id), Some(options)).await.map_err(Error::from)?;
+            let mut stream = store.watcher().watch(store.keys().session(&id), Some(options)).await.map_err(Error::from)?;
             loop {
                 let response = tokio::select! {
                     _ = shutdown.cancelled() => Err(Status::unavailable("coordinator is shutting down")),
@@ -92,7 +92,7 @@ pub fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc::Recei
             let prefix = store.keys().sessions();
             let options = WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]);
             let watched = async {
-                let mut stream = store.client().watch(prefix.as_str(), Some(options)).await?;
+                let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
                 while let Some(response) = stream.message().await? {
                     let owner_gone = response
                         .events()
@@ -127,7 +127,7 @@ pub fn key_puts<M: Message + Default + 'static>(
     tokio::spawn(async move {
         while !stop.is_cancelled() {
             let followed = async {
-                let current = store.client().get(key.as_str(), None).await?;
+                let current = store.kv().get(key.as_str(), None).await?;
                 let revision = current.header().map_or(0, |h| h.revision());
                 if let Some(Ok(value)) = current.kvs().first().map(|kv| M::decode(kv.value())) {
                     let _ = sender.send(value).await;
@@ -135,7 +135,7 @@ pub fn key_puts<M: Message + Default + 'static>(
                 let options = WatchOptions::new()
                     .with_start_revision(revision + 1)
                     .with_filters([WatchFilterType::NoDelete]);
-                let mut stream = store.client().watch(key.as_str(), Some(options)).await?;
+                let mut stream = store.watcher().watch(key.as_str(), Some(options)).await?;
                 while let Some(response) = stream.message().await? {
                     for kv in response.events().iter().filter_map(|e| e.kv()) {
                         if let Ok(value) = M::decode(kv.value()) {
