@@ -9,7 +9,10 @@ mod e2e {
     mod etcd_restart;
     mod harness;
     mod jobs;
+    mod ownership;
     mod reflection;
+    mod sessions;
     mod shutdown;
+    mod stops;
     mod validation;
 }
