@@ -2,7 +2,7 @@
 # A local Sluice cluster and a guided demo, on one Debian machine.
 #
 #   bash deploy/local-cluster.sh          install what is missing, build, start etcd, 2 coordinators
-#                                         and 2 agents, back up 4 demo VMs, show a graceful and an
+#                                         and 2 agents, back up 6 demo VMs, show a graceful and an
 #                                         immediate stop, then stop everything it started
 #   KEEP=1 bash deploy/local-cluster.sh   the same, but leave the cluster running afterwards
 #   bash deploy/local-cluster.sh stop     stop a cluster left running by KEEP=1
@@ -32,8 +32,8 @@ ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
 COORDINATOR_PORTS=(7400 7401)
 AGENT_PORTS=(7500 7501)
 ENDPOINTS="http://127.0.0.1:7400,http://127.0.0.1:7401"
-TRANSFER_RATE_LIMIT=20000000
-VM_COUNT=4
+TRANSFER_RATE_LIMIT=10000000
+VM_COUNT=6
 VM_SIZE=64M
 VM_DATA=32M
 JOB=demo
@@ -345,13 +345,13 @@ run_reporting() {
 
 # Starts a session of the demo job and prints its id.
 start_session() {
-    printf '\n$ sluice --output json job start %s\n' "$JOB" >&2
+    printf '\n$ sluice job start %s\n' "$JOB" >&2
     local out status=0 id
     out="$(sluice --output json job start "$JOB")" || status=$?
-    printf '%s\n' "$out" >&2
-    ((status == 0)) || die "'sluice job start $JOB' failed with exit status $status"
+    ((status == 0)) || die "'sluice job start $JOB' failed with exit status $status: $out"
     id="$(grep -o '"id": *"[^"]*"' <<<"$out" | head -n 1 | sed 's/.*: *"\(.*\)"/\1/')"
     [[ -n $id ]] || die "cannot find the session id in the output of 'sluice job start'"
+    printf 'started session %s of job %s\n' "$id" "$JOB" >&2
     printf '%s\n' "$id"
 }
 
@@ -390,7 +390,7 @@ stop_session() {
 }
 
 demo() {
-    log "Demo 1/3: back up the 4 VMs, following the session live"
+    log "Demo 1/3: back up the 6 VMs, following the session live"
     run job create -f "$RUN_DIR/demo-job.toml"
     run job list
     run job start "$JOB" --watch
