@@ -50,6 +50,8 @@ pub enum Msg {
     },
     /// Answer to a cancel: tasks the agent does not hold (never started there).
     CancelDone { agent: String, result: Result<Vec<u32>, tonic::Status>, indices: Vec<u32> },
+    /// Time to send an unanswered RunTask again.
+    Resend { index: u32, attempt: u32, agent: String },
     /// A batch of writes ended.
     Flushed { result: crate::error::Result<()>, items: Vec<usize>, session: bool },
 }
@@ -74,8 +76,10 @@ pub struct SessionActor {
     inbox: mpsc::Receiver<Msg>,
     outbox: mpsc::Sender<Msg>,
     fence: CancellationToken,
-    /// Dispatches persisted but not yet sent to their agent.
+    /// Dispatches not yet persisted.
     unsent: Vec<(u32, u32, String)>,
+    /// Dispatches in the flush under way: sent to their agents once it is stored.
+    flushing_runs: Vec<(u32, u32, String)>,
     /// RunTask calls awaiting an answer, by (index, attempt).
     in_flight: HashSet<(u32, u32)>,
     /// Finished tasks to acknowledge once their outcome is persisted.
@@ -106,6 +110,7 @@ impl SessionActor {
             outbox,
             fence,
             unsent: Vec::new(),
+            flushing_runs: Vec::new(),
             in_flight: HashSet::new(),
             acks: Vec::new(),
             acks_after_flush: Vec::new(),
@@ -139,7 +144,8 @@ impl SessionActor {
         loop {
             self.step();
             if self.machine.is_stopped() && !self.flushing && !self.machine.has_urgent_changes() {
-                self.send_acks();
+                let acks = std::mem::take(&mut self.acks);
+                self.send_acks(acks);
                 return Exit::Finished;
             }
             let wake = self.next_wakeup();
@@ -192,6 +198,7 @@ impl SessionActor {
             Msg::CancelDone { agent, result, indices } => {
                 return self.on_cancel_done(agent, result, indices);
             }
+            Msg::Resend { index, attempt, agent } => self.resend(index, attempt, agent),
             Msg::Flushed { result, items, session } => {
                 return self.on_flushed(result, items, session);
             }
@@ -200,8 +207,11 @@ impl SessionActor {
     }
 
     fn apply(&mut self, event: Event) {
+        // Progress changes nothing dispatch depends on; every other event may free a slot or
+        // make an item eligible.
+        let progress = matches!(event, Event::Progress { .. });
         let effects = self.machine.apply(now_ms(), event);
-        self.needs_dispatch = true;
+        self.needs_dispatch |= !progress;
         self.execute(effects);
     }
 
@@ -252,9 +262,10 @@ impl SessionActor {
         for (_, _, agent) in &processing {
             self.ctx.scheduler.claim(&self.machine.id, agent);
         }
-        self.unsent.extend(processing);
         self.on_agents_changed();
-        self.send_runs();
+        let agents = self.ctx.directory.current();
+        let reachable = processing.into_iter().filter(|(_, _, agent)| agents.contains_key(agent));
+        self.send_runs(reachable.collect());
         let effects = self.machine.resume_stop();
         self.execute(effects);
     }
@@ -274,6 +285,7 @@ impl SessionActor {
         for agent in lost {
             warn!(%agent, "agent lost with tasks of this session");
             self.unsent.retain(|(_, _, a)| *a != agent);
+            self.flushing_runs.retain(|(_, _, a)| *a != agent);
             self.apply(Event::AgentLost { agent });
         }
     }
@@ -339,11 +351,24 @@ impl SessionActor {
         let outbox = self.outbox.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RETRY_BACKOFF).await;
-            let _ = outbox
-                .send(Msg::RunDone { index, attempt, agent, result: Err(resend_marker()) })
-                .await;
+            let _ = outbox.send(Msg::Resend { index, attempt, agent }).await;
         });
         self.in_flight.insert((index, attempt));
+    }
+
+    /// Sends an unanswered RunTask again, if the attempt is still the item's current one.
+    fn resend(&mut self, index: u32, attempt: u32, agent: String) {
+        let current = self.machine.position(index).is_some_and(|pos| {
+            let item = &self.machine.items[pos];
+            item.status.state() == ItemState::Processing
+                && item.status.attempt == attempt
+                && item.status.agent == agent
+        });
+        if current {
+            self.send_run(index, attempt, agent);
+        } else {
+            self.in_flight.remove(&(index, attempt));
+        }
     }
 
     fn cancel_requested(&self, index: u32, attempt: u32) -> bool {
@@ -358,9 +383,7 @@ impl SessionActor {
     fn cancel(&mut self, agent: String, indices: Vec<u32>, reason: CancelReason) {
         let mut remote = Vec::new();
         for index in indices {
-            let pos_unsent = self.unsent.iter().position(|(i, _, _)| *i == index);
-            if let Some(pos) = pos_unsent {
-                let (_, attempt, _) = self.unsent.remove(pos);
+            if let Some(attempt) = self.take_unsent(index) {
                 self.apply(Event::Finished { index, attempt, outcome: never_started(reason) });
             } else if !self.in_flight.iter().any(|(i, _)| *i == index) {
                 remote.push(index);
@@ -369,6 +392,16 @@ impl SessionActor {
         if !remote.is_empty() {
             self.send_cancel(agent, remote, reason);
         }
+    }
+
+    /// Removes a dispatch not yet sent to its agent; its attempt, if there was one.
+    fn take_unsent(&mut self, index: u32) -> Option<u32> {
+        for runs in [&mut self.unsent, &mut self.flushing_runs] {
+            if let Some(pos) = runs.iter().position(|(i, _, _)| *i == index) {
+                return Some(runs.remove(pos).1);
+            }
+        }
+        None
     }
 
     fn send_cancel(&self, agent: String, indices: Vec<u32>, reason: CancelReason) {
@@ -457,13 +490,15 @@ impl SessionActor {
                 return;
             }
             // Outcomes already stored (duplicates): acknowledge without writing.
-            self.send_acks();
+            let acks = std::mem::take(&mut self.acks);
+            self.send_acks(acks);
             return;
         }
         self.retry_flush_at = None;
         let (items, session) = self.machine.take_dirty(lazy_due || self.machine.is_stopped());
         let batch = self.batch(&items, session);
         self.acks_after_flush = std::mem::take(&mut self.acks);
+        self.flushing_runs = std::mem::take(&mut self.unsent);
         self.flushing = true;
         self.last_flush = Instant::now();
         let (store, id, epoch, outbox) =
@@ -475,16 +510,16 @@ impl SessionActor {
     }
 
     fn batch(&self, positions: &[usize], session: bool) -> Flush {
-        let items: Vec<_> = positions.iter().map(|&p| &self.machine.items[p]).collect();
-        Flush {
-            items: items.iter().map(|i| item_record(i)).collect(),
-            restore_points: items
-                .iter()
-                .filter(|i| matches!(i.status.state(), ItemState::Success | ItemState::Warning))
-                .filter_map(|i| i.restore_point.clone())
-                .collect(),
-            session: session.then(|| session_record(&self.base, &self.machine)),
-        }
+        let items = positions
+            .iter()
+            .map(|&p| &self.machine.items[p])
+            .map(|item| {
+                let committed =
+                    matches!(item.status.state(), ItemState::Success | ItemState::Warning);
+                (item_record(item), item.restore_point.clone().filter(|_| committed))
+            })
+            .collect();
+        Flush { items, session: session.then(|| session_record(&self.base, &self.machine)) }
     }
 
     fn on_flushed(
@@ -496,9 +531,11 @@ impl SessionActor {
         self.flushing = false;
         match result {
             Ok(()) => {
-                self.acks.append(&mut self.acks_after_flush);
-                self.send_runs();
-                self.send_acks();
+                // Only what this flush stored: later dispatches and outcomes wait for theirs.
+                let runs = std::mem::take(&mut self.flushing_runs);
+                self.send_runs(runs);
+                let acks = std::mem::take(&mut self.acks_after_flush);
+                self.send_acks(acks);
                 None
             }
             Err(Error::Fenced(_)) => {
@@ -509,14 +546,17 @@ impl SessionActor {
                 warn!(%error, "session write failed; retrying");
                 self.machine.mark_dirty(&items, session);
                 self.acks.append(&mut self.acks_after_flush);
+                let mut runs = std::mem::take(&mut self.flushing_runs);
+                runs.append(&mut self.unsent);
+                self.unsent = runs;
                 self.retry_flush_at = Some(Instant::now() + RETRY_BACKOFF);
                 None
             }
         }
     }
 
-    fn send_runs(&mut self) {
-        for (index, attempt, agent) in std::mem::take(&mut self.unsent) {
+    fn send_runs(&mut self, runs: Vec<(u32, u32, String)>) {
+        for (index, attempt, agent) in runs {
             self.in_flight.insert((index, attempt));
             self.send_run(index, attempt, agent);
         }
@@ -571,8 +611,7 @@ impl SessionActor {
         }
     }
 
-    fn send_acks(&mut self) {
-        let acks = std::mem::take(&mut self.acks);
+    fn send_acks(&self, acks: Vec<(String, pb::TaskKey)>) {
         let mut by_agent: std::collections::BTreeMap<String, Vec<pb::TaskKey>> = Default::default();
         for (agent, key) in acks {
             by_agent.entry(agent).or_default().push(key);
@@ -606,11 +645,6 @@ fn never_started(reason: CancelReason) -> pb::TaskOutcome {
         message: "cancelled before it started".into(),
         cancel_reason: reason as i32,
     }
-}
-
-/// A placeholder error that makes the actor resend a RunTask.
-fn resend_marker() -> tonic::Status {
-    tonic::Status::unavailable("resend")
 }
 
 fn is_stale_epoch(status: &tonic::Status) -> bool {

@@ -4,7 +4,7 @@
 //! The session actor feeds it events, persists what it marks dirty, and carries out its
 //! effects. Unit and property tests drive it directly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use sluice_proto::pb::{
     self, CancelReason, ItemState, SessionResult, SessionState, StopMode, TaskPhase,
@@ -303,15 +303,25 @@ impl Machine {
         }
         let mut effects = Vec::new();
         let mut shown = 0;
+        // Items with the same placement (VM items, or one computer) wait for the same reason:
+        // once one of them cannot be placed, the others of this round skip the search.
+        let mut blocked: HashMap<Option<String>, (String, bool)> = HashMap::new();
         for pos in 0..self.items.len() {
             let item = &self.items[pos];
             if item.state() != ItemState::Pending || item.not_before_ms > now_ms {
                 continue;
             }
-            match place(&self.id, item.computer.as_deref(), &self.proxies, agents, pool) {
+            let placement = match blocked.get(&item.computer) {
+                Some((reason, offline)) => {
+                    Placement::Wait { reason: reason.clone(), offline: *offline }
+                }
+                None => place(&self.id, item.computer.as_deref(), &self.proxies, agents, pool),
+            };
+            match placement {
                 Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut effects),
                 Placement::Wait { reason, offline } => {
                     shown += 1;
+                    blocked.insert(item.computer.clone(), (reason.clone(), offline));
                     self.wait(now_ms, pos, reason, offline, shown <= SHOWN_WAITING_ITEMS);
                 }
             }
@@ -461,7 +471,10 @@ impl Machine {
             .collect();
         for pos in lost {
             effects.push(Effect::Release { agent: agent.to_string() });
-            if self.items[pos].cancel_sent {
+            if self.items[pos].computer.is_some() && !self.items[pos].cancel_sent {
+                // Only that computer's agent can process it: wait for the computer to return.
+                self.requeue(now_ms, pos, &format!("agent {agent} lost; waiting for the computer"));
+            } else if self.items[pos].cancel_sent {
                 self.end_item(
                     now_ms,
                     pos,

@@ -63,7 +63,7 @@ impl Sessions {
         self.start_items(job, None, String::new()).await
     }
 
-    /// Starts a session of the failed, cancelled and not-processed items of a finished one.
+    /// Starts a session of the failed and not-processed items of a finished one.
     pub async fn retry(&self, session_id: &str) -> Result<pb::Session> {
         let view = self.load(session_id).await?;
         if !view.is_stopped() {

@@ -68,53 +68,76 @@ pub async fn active_session(store: &Store, job: &str) -> Result<Option<String>> 
 /// One batch of writes from a session's owner.
 #[derive(Default)]
 pub struct Flush {
-    /// Item records that changed.
-    pub items: Vec<pb::ItemRecord>,
-    /// Restore points to enter in the catalog.
-    pub restore_points: Vec<pb::RestorePoint>,
+    /// Item records that changed, each with the restore point to enter in the catalog if it
+    /// committed one (written in the same transaction as its item).
+    pub items: Vec<(pb::ItemRecord, Option<pb::RestorePoint>)>,
     /// The session record, when it changed.
     pub session: Option<pb::SessionRecord>,
 }
 
-/// Writes a batch, each transaction guarded by the owner's epoch; a final session record also
-/// clears the job's active marker and the owner key.
+/// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
+/// owner's epoch. An item and its catalog entry always share a transaction; a final session
+/// record also clears the job's active marker and the owner key.
 pub async fn flush(store: &Store, id: &str, epoch: i64, batch: Flush) -> Result<()> {
-    let keys = store.keys();
-    let mut ops: Vec<TxnOp> = Vec::new();
-    for item in &batch.items {
-        ops.push(TxnOp::put(keys.item(id, item.index), item.encode_to_vec(), None));
-    }
-    for rp in &batch.restore_points {
-        ops.push(TxnOp::put(
-            keys.restore_point(&rp.job, &rp.item, &rp.id),
-            rp.encode_to_vec(),
-            None,
-        ));
-    }
-    let mut last: Vec<TxnOp> = Vec::new();
+    let mut groups: Vec<Vec<TxnOp>> =
+        batch.items.iter().map(|(item, rp)| item_ops(store, id, item, rp.as_ref())).collect();
     if let Some(record) = &batch.session {
-        last.push(TxnOp::put(keys.session(id), record.encode_to_vec(), None));
-        let session = record.session.as_ref();
-        if session.is_some_and(|s| s.state() == SessionState::Stopped) {
-            let job = session.map(|s| s.job.as_str()).unwrap_or_default();
-            let active = keys.job_active(job);
-            last.push(TxnOp::txn(
-                Txn::new()
-                    .when([Compare::value(active.as_str(), CompareOp::Equal, id)])
-                    .and_then([TxnOp::delete(active.as_str(), None)]),
-            ));
-            last.push(TxnOp::delete(keys.session_owner(id), None));
-        }
+        groups.push(session_ops(store, id, record));
     }
-    let owner = keys.session_owner(id);
-    let chunks: Vec<Vec<TxnOp>> = ops.chunks(MAX_OPS_PER_TXN).map(<[TxnOp]>::to_vec).collect();
-    for chunk in chunks.into_iter().chain((!last.is_empty()).then_some(last)) {
+    let owner = store.keys().session_owner(id);
+    for chunk in pack(groups) {
         let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch);
         if store.txn(Txn::new().when([guard]).and_then(chunk)).await?.is_none() {
             return Err(Error::Fenced(id.to_string()));
         }
     }
     Ok(())
+}
+
+fn item_ops(
+    store: &Store,
+    id: &str,
+    item: &pb::ItemRecord,
+    rp: Option<&pb::RestorePoint>,
+) -> Vec<TxnOp> {
+    let keys = store.keys();
+    let mut ops = vec![TxnOp::put(keys.item(id, item.index), item.encode_to_vec(), None)];
+    if let Some(rp) = rp {
+        ops.push(TxnOp::put(
+            keys.restore_point(&rp.job, &rp.item, &rp.id),
+            rp.encode_to_vec(),
+            None,
+        ));
+    }
+    ops
+}
+
+fn session_ops(store: &Store, id: &str, record: &pb::SessionRecord) -> Vec<TxnOp> {
+    let keys = store.keys();
+    let mut ops = vec![TxnOp::put(keys.session(id), record.encode_to_vec(), None)];
+    let session = record.session.as_ref();
+    if session.is_some_and(|s| s.state() == SessionState::Stopped) {
+        let active = keys.job_active(session.map(|s| s.job.as_str()).unwrap_or_default());
+        ops.push(TxnOp::txn(
+            Txn::new()
+                .when([Compare::value(active.as_str(), CompareOp::Equal, id)])
+                .and_then([TxnOp::delete(active.as_str(), None)]),
+        ));
+        ops.push(TxnOp::delete(keys.session_owner(id), None));
+    }
+    ops
+}
+
+/// Packs groups of ops into transactions of at most `MAX_OPS_PER_TXN`, never splitting a group.
+fn pack(groups: Vec<Vec<TxnOp>>) -> Vec<Vec<TxnOp>> {
+    let mut chunks: Vec<Vec<TxnOp>> = Vec::new();
+    for group in groups {
+        match chunks.last_mut() {
+            Some(chunk) if chunk.len() + group.len() <= MAX_OPS_PER_TXN => chunk.extend(group),
+            _ => chunks.push(group),
+        }
+    }
+    chunks
 }
 
 /// Reads everything stored about a session.

@@ -165,17 +165,12 @@ impl SessionView {
         self.record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
     }
 
-    /// Items that a retry session would process again.
+    /// Items that a retry session processes again: the failed and not-processed ones (SPEC.md).
     pub fn retryable_items(&self) -> Vec<String> {
         self.to_session(true)
             .items
             .into_iter()
-            .filter(|i| {
-                matches!(
-                    i.state(),
-                    ItemState::Failed | ItemState::NotProcessed | ItemState::Canceled
-                )
-            })
+            .filter(|i| matches!(i.state(), ItemState::Failed | ItemState::NotProcessed))
             .map(|i| i.name)
             .collect()
     }

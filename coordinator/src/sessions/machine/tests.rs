@@ -439,3 +439,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_computer_item_whose_agent_is_lost_waits_for_its_computer() {
+    let mut m = machine(1, 1);
+    m.items[0].computer = Some("pc1".into());
+    let pc1 = AgentInfo { slots: 1, computer: Some("pc1".into()), accepting: true };
+    let map: AgentMap = [("a-pc1".to_string(), pc1)].into();
+    m.dispatch(0, &map, &mut Pool::default());
+    m.apply(1, Event::AgentLost { agent: "a-pc1".into() });
+    assert_eq!((m.items[0].status.state(), m.items[0].failed_attempts), (ItemState::Pending, 0));
+    m.dispatch(2, &AgentMap::new(), &mut Pool::default());
+    assert_eq!(m.items[0].status.waiting_reason, "computer pc1 is offline");
+}
