@@ -4,6 +4,7 @@
 //! `CLEANUP` always runs, also after an error or a cancel.
 
 pub mod commit;
+pub mod computer;
 pub mod qemu;
 pub mod sim;
 pub mod vm;
@@ -18,9 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::key::TaskId;
 
-/// Message of a computer task when the computer executor is not built in.
-pub const COMPUTER_UNAVAILABLE: &str =
-    "computer backup executor is not available in this agent version";
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// A change an executor reports about its task.
@@ -120,7 +118,7 @@ pub struct TaskContext {
     pub cancel: CancelSignal,
     /// Where updates go.
     pub reporter: Reporter,
-    /// `qemu-img convert -r` in bytes per second.
+    /// Transfer rate limit in bytes per second (VM: `qemu-img convert -r`; computer: reads).
     pub rate_limit: Option<u64>,
     /// Sessions with a task running on this agent (their snapshots are not leftovers).
     pub running_sessions: watch::Receiver<BTreeSet<String>>,
@@ -132,7 +130,7 @@ pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
     match (ctx.spec.sim_duration_ms, target) {
         (Some(ms), _) => sim::run(ctx, Duration::from_millis(u64::from(ms))).await,
         (None, Some(Target::Vm(vm))) => vm::run(ctx, &vm).await,
-        (None, Some(Target::Computer(_))) => failed(COMPUTER_UNAVAILABLE.to_owned()),
+        (None, Some(Target::Computer(computer))) => computer::run(ctx, &computer).await,
         (None, None) => failed("task has no target".to_owned()),
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use sluice_proto::pb::{self, job_item::Target};
 
 use crate::error::AgentError;
+use crate::exec::computer::STORE_DIR;
 
 const MAX_SESSION_ID_LEN: usize = 128;
 const MAX_ITEM_NAME_LEN: usize = 255;
@@ -118,30 +119,45 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
             spec.sim_duration_ms.is_none()
         }
         Some(Target::Computer(computer)) => {
-            if computer.computer.is_empty() {
-                return Err(AgentError::invalid(
-                    "task.item.computer.computer",
-                    "must name the computer",
-                ));
-            }
-            false
+            validate_computer(computer)?;
+            spec.sim_duration_ms.is_none()
         }
     };
     if needs_repository && !spec.repository.starts_with('/') {
         return Err(AgentError::invalid("task.repository", "must be an absolute path"));
     }
+    if needs_repository && spec.job == STORE_DIR {
+        return Err(AgentError::invalid(
+            "task.job",
+            format!("{STORE_DIR:?} is reserved for the repository's content store"),
+        ));
+    }
     Ok(())
+}
+
+fn validate_computer(computer: &pb::ComputerTarget) -> Result<(), AgentError> {
+    if computer.computer.is_empty() {
+        return Err(AgentError::invalid("task.item.computer.computer", "must name the computer"));
+    }
+    if computer.paths.is_empty() {
+        return Err(AgentError::invalid("task.item.computer.paths", "must name at least one path"));
+    }
+    validate_absolute("task.item.computer.paths", &computer.paths)
 }
 
 fn validate_disks(disks: &[String]) -> Result<(), AgentError> {
     if disks.is_empty() {
         return Err(AgentError::invalid("task.item.vm.disks", "must name at least one disk"));
     }
-    for (i, disk) in disks.iter().enumerate() {
-        if !disk.starts_with('/') || disk.contains('\0') {
+    validate_absolute("task.item.vm.disks", disks)
+}
+
+fn validate_absolute(field: &str, paths: &[String]) -> Result<(), AgentError> {
+    for (i, path) in paths.iter().enumerate() {
+        if !path.starts_with('/') || path.contains('\0') {
             return Err(AgentError::invalid(
-                format!("task.item.vm.disks[{i}]"),
-                format!("{disk:?} must be an absolute path"),
+                format!("{field}[{i}]"),
+                format!("{path:?} must be an absolute path"),
             ));
         }
     }
@@ -164,6 +180,7 @@ mod tests {
             }),
             repository: "/repo".into(),
             sim_duration_ms: None,
+            ..Default::default()
         }
     }
 
@@ -201,5 +218,25 @@ mod tests {
         let mut bad = spec();
         bad.item = Some(pb::JobItem { name: "..".into(), target: None });
         assert_eq!(field_of(&bad), "task.item.name");
+        let mut bad = spec();
+        bad.job = ".store".into();
+        assert_eq!(field_of(&bad), "task.job");
+    }
+
+    #[test]
+    fn computer_targets_need_absolute_paths() {
+        let computer = |paths: &[&str]| {
+            let target = pb::ComputerTarget {
+                computer: "pc1".into(),
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            };
+            let item = pb::JobItem { name: "pc".into(), target: Some(Target::Computer(target)) };
+            pb::TaskSpec { item: Some(item), ..spec() }
+        };
+        assert!(validate_spec(&computer(&["/home", "/etc"])).is_ok());
+        assert_eq!(field_of(&computer(&[])), "task.item.computer.paths");
+        assert_eq!(field_of(&computer(&["/home", "etc"])), "task.item.computer.paths[1]");
+        let relative_repository = pb::TaskSpec { repository: "repo".into(), ..computer(&["/a"]) };
+        assert_eq!(field_of(&relative_repository), "task.repository");
     }
 }

@@ -41,7 +41,7 @@ pub struct TasksConfig {
     pub computer: String,
     /// Task slots.
     pub slots: usize,
-    /// `qemu-img convert -r` in bytes per second.
+    /// Transfer rate limit in bytes per second (VM and computer executors).
     pub rate_limit: Option<u64>,
     /// The journal.
     pub journal: Journal,

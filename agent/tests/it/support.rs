@@ -69,6 +69,7 @@ pub fn vm_spec(session: &str, index: u32, disks: &[&Path], repository: &Path) ->
         }),
         repository: repository.display().to_string(),
         sim_duration_ms: None,
+        ..Default::default()
     }
 }
 

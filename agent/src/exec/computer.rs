@@ -1,0 +1,247 @@
+//! The computer executor: backs up the configured paths of this computer (the agent runs
+//! with `--computer NAME`) file by file into the repository's content-addressed store, with
+//! a manifest per restore point.
+//!
+//! # Repository layout
+//!
+//! - `<repository>/.store/<aa>/<sha256>`: one blob per distinct file content, named by the
+//!   lowercase hex SHA-256 of its bytes (`<aa>` = its first two characters). The store is
+//!   shared by every job, item and restore point of the repository: a content any earlier
+//!   restore point stored is never written again. Blobs are never modified; one is written
+//!   under a temporary name in the partial folder, fsynced, and linked into place only if
+//!   absent.
+//! - `<repository>/<job>/<item>/.partial-<rp>/` while the task runs, renamed to
+//!   `<repository>/<job>/<item>/<rp>/` at COMMIT (`<rp>` = `<session>-<item index>`), exactly
+//!   like a VM restore point. It then holds only `manifest.json`
+//!   ([`Manifest`], `"format": "sluice-computer-1"`): every entry (path, kind, size, mode,
+//!   mtime, sha256 of files, target of links), the totals `files`, `directories`, `symlinks`,
+//!   `size_bytes` (logical) and `bytes_written` (new to the store), and `warnings`.
+//!
+//! # Phases
+//!
+//! - `SNAPSHOT` freezes the list of entries ([`walk`]): regular files, directories and
+//!   symbolic links (recorded as links, never followed); sockets, FIFOs and devices are
+//!   skipped; the repository folder is left out when it lies under a configured path. A
+//!   configured path that does not exist or an unreadable directory fails the attempt
+//!   naming the path.
+//! - `TRANSFER` stores the files ([`transfer`]), reading in 1 MiB chunks off the runtime,
+//!   paced by `--transfer-rate-limit` and checking the cancel between chunks and files.
+//!   `bytes_total` is the sum of the frozen file sizes; `bytes_done` counts the bytes read
+//!   by the first (hashing) read of each file. A file that cannot be opened or read fails
+//!   the attempt naming it. A file that changed (size or mtime differ from the frozen list
+//!   after reading, or the copy read other bytes than the hashing read) is recorded as read
+//!   and makes the item `WARNING`; a file gone while it was read is left out, also `WARNING`.
+//! - `COMMIT` checks that every blob the manifest names is stored, fsyncs the new blobs'
+//!   folders, writes the manifest durably and renames the folder into place.
+//! - `CLEANUP` has nothing to release for files; it is reported all the same. An attempt
+//!   that does not commit (failed or cancelled) deletes its partial folder and the blobs it
+//!   created, never blobs that existed before it. After a crash, recovery deletes the
+//!   partial folder; blobs already published stay as harmless orphans.
+//!
+//! # Outcome message
+//!
+//! A committed restore point's outcome message is, in this stable format:
+//! `backed up <files> files, <size_bytes> bytes, <bytes_written> new bytes stored`, followed
+//! by `; <warning>` per warning, e.g. `; changed while being read: /a, /b` or
+//! `; vanished while being read: /c` (at most ten paths each, then `and <n> more`).
+//! `RestorePoint.size_bytes` is the logical size (`size_bytes`).
+
+mod manifest;
+mod pace;
+mod store;
+mod transfer;
+mod walk;
+
+use std::path::{Path, PathBuf};
+
+use sluice_proto::pb::{self, TaskPhase};
+use tracing::warn;
+
+pub use manifest::{FORMAT, Manifest, Record, Totals};
+pub use store::{STORE_DIR, Store};
+pub use walk::Kind;
+
+use self::store::Written;
+use self::transfer::Transferred;
+use self::walk::{Excluded, Frozen, WalkError};
+use super::commit::{self, RepoPaths};
+use super::{TaskContext, canceled, failed};
+use crate::fsutil::{self, blocking};
+
+/// Paths named per kind of warning; the rest are counted.
+const MAX_NAMED: usize = 10;
+
+/// Why a computer backup did not commit.
+#[derive(Debug)]
+enum Failure {
+    Canceled,
+    Failed(String),
+}
+
+impl From<pace::Canceled> for Failure {
+    fn from(_: pace::Canceled) -> Self {
+        Self::Canceled
+    }
+}
+
+/// Runs a computer task to its outcome; CLEANUP always runs.
+pub async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> pb::TaskOutcome {
+    let paths = RepoPaths::new(&ctx.spec, &ctx.id);
+    let store = Store::new(Path::new(&ctx.spec.repository));
+    let mut written = Written::default();
+    let result = backup(ctx, target, &paths, &store, &mut written).await;
+    ctx.reporter.phase(TaskPhase::Cleanup).await;
+    match result {
+        Ok(manifest) => manifest::outcome(&manifest, &paths.final_dir),
+        Err(failure) => {
+            discard(&paths, written).await;
+            match failure {
+                Failure::Canceled => canceled(ctx.cancel.reason()),
+                Failure::Failed(message) => failed(message),
+            }
+        }
+    }
+}
+
+/// Reads the manifest of a committed computer restore point in `folder` and returns the
+/// outcome it stands for (used by recovery after a restart).
+pub async fn committed_outcome(folder: &Path) -> Option<pb::TaskOutcome> {
+    let path = folder.join(commit::MANIFEST);
+    let manifest = tokio::task::spawn_blocking(move || manifest::read(&path)).await.ok()??;
+    Some(manifest::outcome(&manifest, folder))
+}
+
+async fn backup(
+    ctx: &mut TaskContext,
+    target: &pb::ComputerTarget,
+    paths: &RepoPaths,
+    store: &Store,
+    written: &mut Written,
+) -> Result<Manifest, Failure> {
+    ctx.reporter.phase(TaskPhase::Snapshot).await;
+    let frozen = snapshot(ctx, target).await?;
+    ensure_running(ctx)?;
+    ctx.reporter.phase(TaskPhase::Transfer).await;
+    prepare(paths).await?;
+    let transferred = transfer::run(ctx, &frozen.entries, store, &paths.partial, written).await?;
+    ensure_running(ctx)?;
+    ctx.reporter.phase(TaskPhase::Commit).await;
+    let manifest = build_manifest(ctx, target, transferred, &frozen, written.bytes);
+    commit_restore_point(paths, store, manifest, written).await
+}
+
+fn ensure_running(ctx: &TaskContext) -> Result<(), Failure> {
+    if ctx.cancel.is_cancelled() { Err(Failure::Canceled) } else { Ok(()) }
+}
+
+async fn snapshot(ctx: &TaskContext, target: &pb::ComputerTarget) -> Result<Frozen, Failure> {
+    let roots: Vec<PathBuf> = target.paths.iter().map(PathBuf::from).collect();
+    let repository = PathBuf::from(&ctx.spec.repository);
+    let cancel = ctx.cancel.clone();
+    let walked = tokio::task::spawn_blocking(move || {
+        walk::freeze(&roots, Excluded::folder(&repository), &cancel)
+    })
+    .await;
+    match walked {
+        Ok(Ok(frozen)) => Ok(frozen),
+        Ok(Err(WalkError::Canceled)) => Err(Failure::Canceled),
+        Ok(Err(WalkError::Failed(message))) => {
+            Err(Failure::Failed(format!("SNAPSHOT failed: {message}")))
+        }
+        Err(error) => Err(Failure::Failed(format!("SNAPSHOT failed: {error}"))),
+    }
+}
+
+async fn prepare(paths: &RepoPaths) -> Result<(), Failure> {
+    let prepare = paths.clone();
+    blocking(move || commit::prepare_partial(&prepare)).await.map_err(|e| {
+        Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", paths.partial.display()))
+    })
+}
+
+fn build_manifest(
+    ctx: &TaskContext,
+    target: &pb::ComputerTarget,
+    transferred: Transferred,
+    frozen: &Frozen,
+    bytes_written: u64,
+) -> Manifest {
+    let warnings = [
+        named("changed while being read", &transferred.changed),
+        named("vanished while being read", &transferred.vanished),
+        named("not backed up (name or link target is not UTF-8)", &frozen.skipped),
+    ];
+    Manifest {
+        format: FORMAT.to_owned(),
+        restore_point: ctx.id.restore_point_id(),
+        job: ctx.spec.job.clone(),
+        item: ctx.spec.item.as_ref().map(|item| item.name.clone()).unwrap_or_default(),
+        session_id: ctx.id.session.clone(),
+        computer: target.computer.clone(),
+        created_at: sluice_proto::time::now().to_string(),
+        paths: target.paths.clone(),
+        totals: Totals::of(&transferred.records, bytes_written),
+        entries: transferred.records,
+        warnings: warnings.into_iter().flatten().collect(),
+    }
+}
+
+/// `<label>: <path>, <path>` naming at most [`MAX_NAMED`] paths, `None` without paths.
+fn named(label: &str, paths: &[String]) -> Option<String> {
+    if paths.is_empty() {
+        return None;
+    }
+    let shown = paths.iter().take(MAX_NAMED).map(String::as_str).collect::<Vec<_>>().join(", ");
+    let more = paths.len().saturating_sub(MAX_NAMED);
+    if more == 0 {
+        return Some(format!("{label}: {shown}"));
+    }
+    Some(format!("{label}: {shown} and {more} more"))
+}
+
+async fn commit_restore_point(
+    paths: &RepoPaths,
+    store: &Store,
+    manifest: Manifest,
+    written: &Written,
+) -> Result<Manifest, Failure> {
+    let (commit_paths, commit_store, dirs) = (paths.clone(), store.clone(), written.dirs.clone());
+    blocking(move || {
+        manifest::commit(&commit_paths, &commit_store, &manifest, &dirs)?;
+        Ok(manifest)
+    })
+    .await
+    .map_err(|e| {
+        Failure::Failed(format!(
+            "COMMIT of restore point {} failed: {e}",
+            paths.final_dir.display()
+        ))
+    })
+}
+
+/// Deletes what only this attempt wrote: the partial folder and the blobs it created.
+async fn discard(paths: &RepoPaths, written: Written) {
+    let partial = paths.partial.clone();
+    if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
+        warn!(path = %paths.partial.display(), %error, "partial folder removal failed");
+    }
+    let blobs = written.blobs.len();
+    if let Err(error) = blocking(move || store::discard(&written)).await {
+        warn!(blobs, %error, "removal of the attempt's new blobs failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_name_at_most_ten_paths() {
+        assert_eq!(named("gone", &[]), None);
+        assert_eq!(named("gone", &["/a".into(), "/b".into()]).as_deref(), Some("gone: /a, /b"));
+        let many: Vec<String> = (0..12).map(|i| format!("/f{i}")).collect();
+        let text = named("gone", &many).expect("warning");
+        assert!(text.starts_with("gone: /f0, /f1,"), "{text}");
+        assert!(text.ends_with("/f9 and 2 more"), "{text}");
+    }
+}

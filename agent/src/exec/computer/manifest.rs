@@ -1,0 +1,242 @@
+//! The manifest of a computer restore point, its commit, and the outcome it stands for.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sluice_proto::pb;
+
+use super::store::Store;
+use super::walk::{Entry, Kind};
+use crate::exec::commit::{MANIFEST, RepoPaths};
+use crate::fsutil;
+
+/// Value of the manifest's `format` field.
+pub const FORMAT: &str = "sluice-computer-1";
+
+/// The manifest of a computer restore point (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Restore point id.
+    pub restore_point: String,
+    /// Job name.
+    pub job: String,
+    /// Item name.
+    pub item: String,
+    /// Session that made it.
+    pub session_id: String,
+    /// Computer backed up.
+    pub computer: String,
+    /// Commit time, RFC 3339.
+    pub created_at: String,
+    /// The configured paths.
+    pub paths: Vec<String>,
+    /// Every entry backed up, sorted by path.
+    pub entries: Vec<Record>,
+    /// Counts and sizes (serialized as top-level fields).
+    #[serde(flatten)]
+    pub totals: Totals,
+    /// Why the item ended with a warning; empty when it succeeded.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One entry of the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Absolute path on the computer.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: Kind,
+    /// Bytes of a file (of its blob); 0 otherwise.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Last modification, RFC 3339.
+    pub mtime: String,
+    /// SHA-256 of a file's content, hex: its blob in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Target of a symbolic link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Record {
+    /// The record of a frozen entry with the hash of its content.
+    pub fn new(entry: &Entry, sha256: Option<String>) -> Self {
+        Self {
+            path: entry.path.clone(),
+            kind: entry.kind,
+            size: entry.size,
+            mode: entry.mode,
+            mtime: sluice_proto::time::to_timestamp(entry.mtime).to_string(),
+            sha256,
+            target: entry.target.clone(),
+        }
+    }
+}
+
+/// Counts and sizes of a restore point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Logical size: the bytes of every file.
+    pub size_bytes: u64,
+    /// Bytes this restore point added to the store (files no earlier restore point stored).
+    pub bytes_written: u64,
+}
+
+impl Totals {
+    /// The totals of `records`, of which `bytes_written` were new to the store.
+    pub fn of(records: &[Record], bytes_written: u64) -> Self {
+        let mut totals = Self { bytes_written, ..Self::default() };
+        for record in records {
+            match record.kind {
+                Kind::File => {
+                    totals.files += 1;
+                    totals.size_bytes += record.size;
+                }
+                Kind::Dir => totals.directories += 1,
+                Kind::Symlink => totals.symlinks += 1,
+            }
+        }
+        totals
+    }
+
+    /// `backed up <files> files, <size_bytes> bytes, <bytes_written> new bytes stored`.
+    pub fn summary(&self) -> String {
+        format!(
+            "backed up {} files, {} bytes, {} new bytes stored",
+            self.files, self.size_bytes, self.bytes_written
+        )
+    }
+}
+
+/// Writes the manifest and renames the partial folder into place, durably (blocking): the
+/// new blobs' folders are fsynced first, and every blob the manifest names must be stored.
+pub fn commit(
+    paths: &RepoPaths,
+    store: &Store,
+    manifest: &Manifest,
+    store_dirs: &BTreeSet<PathBuf>,
+) -> io::Result<()> {
+    if paths.final_dir.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", paths.final_dir.display()),
+        ));
+    }
+    verify_blobs(store, &manifest.entries)?;
+    store.sync(store_dirs)?;
+    let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
+    fsutil::write_atomic(&paths.partial.join(MANIFEST), &json)?;
+    fs::rename(&paths.partial, &paths.final_dir)?;
+    fsutil::sync_dir(&paths.item_dir)
+}
+
+/// Checks that every blob is stored: a blob found present during TRANSFER may since have
+/// been removed by a concurrent attempt that created it and was cancelled.
+fn verify_blobs(store: &Store, records: &[Record]) -> io::Result<()> {
+    for record in records {
+        let Some(sha256) = &record.sha256 else { continue };
+        if !store.contains(sha256)? {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {sha256} of {} is missing from the store", record.path),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a committed computer manifest; `None` when absent or not a computer manifest.
+pub fn read(path: &Path) -> Option<Manifest> {
+    let text = fs::read(path).ok()?;
+    let manifest: Manifest = serde_json::from_slice(&text).ok()?;
+    (manifest.format == FORMAT).then_some(manifest)
+}
+
+/// The outcome a committed restore point stands for: `SUCCESS`, or `WARNING` when the
+/// manifest holds warnings; the message is the summary followed by `; <warning>` each.
+pub fn outcome(manifest: &Manifest, folder: &Path) -> pb::TaskOutcome {
+    let state =
+        if manifest.warnings.is_empty() { pb::ItemState::Success } else { pb::ItemState::Warning };
+    let mut message = manifest.totals.summary();
+    for warning in &manifest.warnings {
+        message.push_str("; ");
+        message.push_str(warning);
+    }
+    let restore_point = pb::RestorePoint {
+        id: manifest.restore_point.clone(),
+        job: manifest.job.clone(),
+        item: manifest.item.clone(),
+        session_id: manifest.session_id.clone(),
+        created_at: prost_types::Timestamp::from_str(&manifest.created_at).ok(),
+        size_bytes: manifest.totals.size_bytes,
+        path: folder.display().to_string(),
+    };
+    pb::TaskOutcome {
+        state: state as i32,
+        restore_point: Some(restore_point),
+        message,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str, kind: Kind, size: u64) -> Record {
+        let mtime = "2026-01-02T03:04:05Z".to_owned();
+        Record { path: path.into(), kind, size, mode: 0o644, mtime, sha256: None, target: None }
+    }
+
+    #[test]
+    fn totals_and_the_outcome_message_follow_the_documented_format() {
+        let records = [
+            record("/d", Kind::Dir, 0),
+            record("/d/a", Kind::File, 10),
+            record("/d/b", Kind::File, 5),
+            record("/d/l", Kind::Symlink, 0),
+        ];
+        let totals = Totals::of(&records, 5);
+        assert_eq!(
+            totals,
+            Totals { files: 2, directories: 1, symlinks: 1, size_bytes: 15, bytes_written: 5 }
+        );
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            restore_point: "s1-0".into(),
+            job: "j".into(),
+            item: "pc".into(),
+            session_id: "s1".into(),
+            computer: "pc1".into(),
+            created_at: "2026-01-02T03:04:05Z".into(),
+            paths: vec!["/d".into()],
+            entries: records.to_vec(),
+            totals,
+            warnings: vec!["changed while being read: /d/a".into()],
+        };
+        let outcome = outcome(&manifest, Path::new("/repo/j/pc/s1-0"));
+        assert_eq!(outcome.state(), pb::ItemState::Warning);
+        let expected =
+            "backed up 2 files, 15 bytes, 5 new bytes stored; changed while being read: /d/a";
+        assert_eq!(outcome.message, expected);
+        assert_eq!(outcome.restore_point.map(|rp| rp.size_bytes), Some(15));
+        let json = serde_json::to_value(&manifest).expect("json");
+        assert_eq!(json["bytes_written"], 5);
+        assert_eq!(json["entries"][1]["kind"], "file");
+    }
+}

@@ -1,0 +1,140 @@
+//! The content-addressed store of a repository: `<repository>/.store/<aa>/<sha256>`, where
+//! `<sha256>` is the lowercase hex SHA-256 of the blob's bytes and `<aa>` its first two
+//! characters. Every function here does blocking I/O.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil;
+
+/// Name of the store folder in a repository.
+pub const STORE_DIR: &str = ".store";
+
+/// The store of one repository.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// What an attempt added to the store: removed again when the attempt does not commit.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Blobs this attempt created (never blobs that were there before).
+    pub blobs: Vec<PathBuf>,
+    /// Bytes of those blobs.
+    pub bytes: u64,
+    /// Store folders that received blobs, fsynced before the commit.
+    pub dirs: BTreeSet<PathBuf>,
+}
+
+impl Store {
+    /// The store of the repository at `repository`.
+    pub fn new(repository: &Path) -> Self {
+        Self { root: repository.join(STORE_DIR) }
+    }
+
+    /// Where the blob with this hash lives.
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join(sha256.get(..2).unwrap_or("00")).join(sha256)
+    }
+
+    /// Whether the blob with this hash is stored.
+    pub fn contains(&self, sha256: &str) -> io::Result<bool> {
+        match fs::symlink_metadata(self.blob_path(sha256)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a complete, fsynced temporary file into the store as the blob `sha256`, unless
+    /// that blob is there already; the temporary file is gone afterwards either way. Returns
+    /// whether this call created the blob.
+    ///
+    /// A hard link is the atomic "create unless present": a blob someone else stored at the
+    /// same moment is never replaced, so it is never counted as this attempt's. Where the
+    /// file system has no hard links, a rename after an existence check stands in.
+    pub fn publish(&self, tmp: &Path, sha256: &str) -> io::Result<bool> {
+        let blob = self.blob_path(sha256);
+        fs::create_dir_all(blob.parent().unwrap_or(&self.root))?;
+        let created = match fs::hard_link(tmp, &blob) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(_) => rename_unless_present(tmp, &blob)?,
+        };
+        fsutil::remove_file_if_exists(tmp)?;
+        Ok(created)
+    }
+
+    /// Makes new blobs durable: fsyncs their folders `dirs` and the store folder.
+    pub fn sync(&self, dirs: &BTreeSet<PathBuf>) -> io::Result<()> {
+        for dir in dirs {
+            fsutil::sync_dir(dir)?;
+        }
+        if !dirs.is_empty() {
+            fsutil::sync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+}
+
+impl Written {
+    /// Records a blob of `len` bytes this attempt created.
+    pub fn add(&mut self, blob: PathBuf, len: u64) {
+        if let Some(dir) = blob.parent() {
+            self.dirs.insert(dir.to_path_buf());
+        }
+        self.blobs.push(blob);
+        self.bytes += len;
+    }
+}
+
+fn rename_unless_present(tmp: &Path, blob: &Path) -> io::Result<bool> {
+    if blob.exists() {
+        return Ok(false);
+    }
+    fs::rename(tmp, blob)?;
+    Ok(true)
+}
+
+/// Removes the blobs an attempt created (blocking); returns the first error after trying all.
+pub fn discard(written: &Written) -> io::Result<()> {
+    let mut first_error = None;
+    for blob in &written.blobs {
+        if let Err(error) = fsutil::remove_file_if_exists(blob) {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "ab00000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn a_blob_present_already_is_kept_and_not_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let tmp = dir.path().join("one.tmp");
+        fs::write(&tmp, b"first").expect("tmp");
+        assert!(store.publish(&tmp, SHA).expect("publish"), "created");
+        let again = dir.path().join("two.tmp");
+        fs::write(&again, b"other").expect("tmp");
+        assert!(!store.publish(&again, SHA).expect("publish again"), "present already");
+
+        let blob = dir.path().join(".store/ab").join(SHA);
+        assert_eq!(store.blob_path(SHA), blob);
+        assert_eq!(fs::read(&blob).expect("blob"), b"first");
+        assert!(!tmp.exists() && !again.exists(), "temporary files are gone");
+        assert!(store.contains(SHA).expect("contains"));
+        let mut written = Written::default();
+        written.add(blob, 5);
+        discard(&written).expect("discard");
+        assert!(!store.contains(SHA).expect("contains"));
+    }
+}

@@ -1,0 +1,214 @@
+//! TRANSFER of a computer task: every frozen file into the content-addressed store.
+//!
+//! A file is read and hashed first, and the store asked for that hash: a stored blob is not
+//! written again. Otherwise the file is written from memory when it fit in one buffer, or
+//! read again into a temporary file in the partial folder (hashed again: the blob is named
+//! after what was copied), which is fsynced and published into the store.
+
+use std::fs::{self, File, Metadata};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::Failure;
+use super::manifest::Record;
+use super::pace::{self, BUF, Digest, Pace, ReadError};
+use super::store::{Store, Written};
+use super::walk::{Entry, Kind, mode_of, mtime_of};
+use crate::exec::TaskContext;
+use crate::fsutil::blocking;
+
+/// What TRANSFER produced.
+#[derive(Debug, Default)]
+pub struct Transferred {
+    /// The manifest records, sorted by path.
+    pub records: Vec<Record>,
+    /// Files whose size or mtime changed while they were read (recorded as read).
+    pub changed: Vec<String>,
+    /// Files gone while they were read (left out).
+    pub vanished: Vec<String>,
+}
+
+/// A file's content as stored.
+struct Stored {
+    sha256: String,
+    len: u64,
+    /// The copy read other bytes than the first read.
+    differs: bool,
+}
+
+struct Transfer<'a> {
+    pace: Pace<'a>,
+    store: &'a Store,
+    temp_dir: &'a Path,
+    written: &'a mut Written,
+    temps: u64,
+}
+
+/// Stores every file of `entries` and returns the manifest records; `written` keeps what
+/// this attempt added to the store, also when it fails.
+pub async fn run(
+    ctx: &mut TaskContext,
+    entries: &[Entry],
+    store: &Store,
+    temp_dir: &Path,
+    written: &mut Written,
+) -> Result<Transferred, Failure> {
+    let total = entries.iter().filter(|e| e.kind == Kind::File).map(|e| e.size).sum();
+    let pace = Pace::new(&ctx.cancel, &mut ctx.reporter, ctx.rate_limit, total);
+    let mut transfer = Transfer { pace, store, temp_dir, written, temps: 0 };
+    transfer.pace.report().await;
+    let mut out = Transferred::default();
+    for entry in entries {
+        transfer.pace.check()?;
+        match entry.kind {
+            Kind::File => transfer.file(entry, &mut out).await?,
+            Kind::Dir | Kind::Symlink => out.records.push(Record::new(entry, None)),
+        }
+    }
+    transfer.pace.finish().await;
+    Ok(out)
+}
+
+fn file_error(entry: &Entry, what: &str, error: impl std::fmt::Display) -> Failure {
+    Failure::Failed(format!("TRANSFER of file {} failed: {what}: {error}", entry.path))
+}
+
+impl Transfer<'_> {
+    async fn file(&mut self, entry: &Entry, out: &mut Transferred) -> Result<(), Failure> {
+        let Some(stored) = self.store_file(entry).await? else {
+            out.vanished.push(entry.path.clone());
+            return Ok(());
+        };
+        let Some(after) = stat(entry).await? else {
+            out.vanished.push(entry.path.clone());
+            return Ok(());
+        };
+        let unchanged = after.is_file()
+            && after.len() == entry.size
+            && mtime_of(&after) == entry.mtime
+            && stored.len == entry.size
+            && !stored.differs;
+        if unchanged {
+            out.records.push(Record::new(entry, Some(stored.sha256)));
+            return Ok(());
+        }
+        let as_read = Entry {
+            size: stored.len,
+            mode: mode_of(&after),
+            mtime: mtime_of(&after),
+            ..entry.clone()
+        };
+        out.records.push(Record::new(&as_read, Some(stored.sha256)));
+        out.changed.push(entry.path.clone());
+        Ok(())
+    }
+
+    /// Hashes the file and stores it unless stored; `None` when it is gone.
+    async fn store_file(&mut self, entry: &Entry) -> Result<Option<Stored>, Failure> {
+        let Some(file) = open(entry).await? else { return Ok(None) };
+        let keep = entry.size <= BUF as u64;
+        let (digest, _) = self.read(entry, file, None, keep).await?;
+        if self.contains(entry, &digest.sha256).await? {
+            return Ok(Some(Stored { sha256: digest.sha256, len: digest.len, differs: false }));
+        }
+        if let Some(bytes) = digest.head {
+            let tmp = self.write_temp(entry, bytes).await?;
+            self.publish(entry, tmp, &digest.sha256, digest.len).await?;
+            return Ok(Some(Stored { sha256: digest.sha256, len: digest.len, differs: false }));
+        }
+        let Some(file) = open(entry).await? else { return Ok(None) };
+        let copy = self.copy(entry, file).await?;
+        let differs = copy.sha256 != digest.sha256;
+        Ok(Some(Stored { sha256: copy.sha256, len: copy.len, differs }))
+    }
+
+    async fn read(
+        &mut self,
+        entry: &Entry,
+        file: File,
+        sink: Option<File>,
+        keep: bool,
+    ) -> Result<(Digest, Option<File>), Failure> {
+        pace::read(&mut self.pace, file, sink, keep).await.map_err(|error| match error {
+            ReadError::Canceled => Failure::Canceled,
+            ReadError::Read(e) => file_error(entry, "read error", e),
+            ReadError::Write(e) => self.store_error(entry, e),
+        })
+    }
+
+    fn store_error(&self, entry: &Entry, error: io::Error) -> Failure {
+        file_error(entry, "cannot write to the store", error)
+    }
+
+    async fn contains(&self, entry: &Entry, sha256: &str) -> Result<bool, Failure> {
+        let (store, sha) = (self.store.clone(), sha256.to_owned());
+        blocking(move || store.contains(&sha)).await.map_err(|e| self.store_error(entry, e))
+    }
+
+    fn temp_path(&mut self) -> PathBuf {
+        self.temps += 1;
+        self.temp_dir.join(format!(".blob-{}.tmp", self.temps))
+    }
+
+    async fn write_temp(&mut self, entry: &Entry, bytes: Vec<u8>) -> Result<PathBuf, Failure> {
+        let tmp = self.temp_path();
+        let path = tmp.clone();
+        blocking(move || {
+            let mut file = File::create(&path)?;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
+        .await
+        .map_err(|e| self.store_error(entry, e))?;
+        Ok(tmp)
+    }
+
+    /// Reads the file again into a temporary file and publishes it under its new hash.
+    async fn copy(&mut self, entry: &Entry, file: File) -> Result<Digest, Failure> {
+        let tmp = self.temp_path();
+        let path = tmp.clone();
+        let sink = blocking(move || File::create(&path)).await;
+        let sink = sink.map_err(|e| self.store_error(entry, e))?;
+        let (digest, sink) = self.read(entry, file, Some(sink), false).await?;
+        if let Some(sink) = sink {
+            blocking(move || sink.sync_all()).await.map_err(|e| self.store_error(entry, e))?;
+        }
+        self.publish(entry, tmp, &digest.sha256, digest.len).await?;
+        Ok(digest)
+    }
+
+    async fn publish(
+        &mut self,
+        entry: &Entry,
+        tmp: PathBuf,
+        sha256: &str,
+        len: u64,
+    ) -> Result<(), Failure> {
+        let (store, sha) = (self.store.clone(), sha256.to_owned());
+        let created = blocking(move || store.publish(&tmp, &sha)).await;
+        if created.map_err(|e| self.store_error(entry, e))? {
+            self.written.add(self.store.blob_path(sha256), len);
+        }
+        Ok(())
+    }
+}
+
+/// Opens a frozen file; `None` when it is gone.
+async fn open(entry: &Entry) -> Result<Option<File>, Failure> {
+    let path = PathBuf::from(&entry.path);
+    match blocking(move || File::open(path)).await {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(file_error(entry, "cannot open", e)),
+    }
+}
+
+/// The file's metadata after reading; `None` when it is gone.
+async fn stat(entry: &Entry) -> Result<Option<Metadata>, Failure> {
+    let path = PathBuf::from(&entry.path);
+    match blocking(move || fs::symlink_metadata(path)).await {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(file_error(entry, "cannot read metadata", e)),
+    }
+}

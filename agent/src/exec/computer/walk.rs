@@ -1,0 +1,262 @@
+//! SNAPSHOT of a computer task: freeze the list of entries under the configured paths.
+//!
+//! The walk never follows symbolic links (a configured path that is a link is recorded as a
+//! link), skips sockets, FIFOs and devices, and leaves out the repository folder when it lies
+//! under a configured path. Every function here does blocking I/O.
+
+use std::collections::BTreeMap;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::exec::CancelSignal;
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link, recorded with its target and never followed.
+    Symlink,
+}
+
+/// One entry of the frozen list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Absolute path on the computer.
+    pub path: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Bytes of a file; 0 otherwise.
+    pub size: u64,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    /// Last modification.
+    pub mtime: SystemTime,
+    /// Target of a symbolic link.
+    pub target: Option<String>,
+}
+
+/// The frozen list, sorted by path, and what was left out with a warning.
+#[derive(Debug, Default)]
+pub struct Frozen {
+    /// Every entry, sorted by path, each once even when configured paths overlap.
+    pub entries: Vec<Entry>,
+    /// Entries that cannot be recorded: their name or link target is not UTF-8.
+    pub skipped: Vec<String>,
+}
+
+/// Why the walk stopped.
+#[derive(Debug, PartialEq)]
+pub enum WalkError {
+    /// The task was cancelled.
+    Canceled,
+    /// A configured path is missing or an entry is unreadable; the message names it.
+    Failed(String),
+}
+
+/// A folder the walk leaves out, by device and inode (the repository).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Excluded {
+    dev: u64,
+    ino: u64,
+}
+
+impl Excluded {
+    /// The folder at `path`, if it exists.
+    pub fn folder(path: &Path) -> Option<Self> {
+        fs::metadata(path).ok().map(|meta| Self { dev: meta.dev(), ino: meta.ino() })
+    }
+
+    fn matches(self, meta: &Metadata) -> bool {
+        meta.is_dir() && meta.dev() == self.dev && meta.ino() == self.ino
+    }
+}
+
+struct Walk<'a> {
+    found: BTreeMap<String, Entry>,
+    skipped: Vec<String>,
+    stack: Vec<(PathBuf, Metadata)>,
+    excluded: Option<Excluded>,
+    cancel: &'a CancelSignal,
+}
+
+/// Walks every configured path and freezes the list of entries.
+pub fn freeze(
+    roots: &[PathBuf],
+    excluded: Option<Excluded>,
+    cancel: &CancelSignal,
+) -> Result<Frozen, WalkError> {
+    let mut walk =
+        Walk { found: BTreeMap::new(), skipped: Vec::new(), stack: Vec::new(), excluded, cancel };
+    for root in roots {
+        walk.stack.push((root.clone(), root_metadata(root)?));
+        walk.drain()?;
+    }
+    Ok(Frozen { entries: walk.found.into_values().collect(), skipped: walk.skipped })
+}
+
+fn root_metadata(root: &Path) -> Result<Metadata, WalkError> {
+    fs::symlink_metadata(root).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => {
+            WalkError::Failed(format!("configured path {} does not exist", root.display()))
+        }
+        _ => unreadable(root, &e),
+    })
+}
+
+fn unreadable(path: &Path, error: &io::Error) -> WalkError {
+    WalkError::Failed(format!("cannot read {}: {error}", path.display()))
+}
+
+impl Walk<'_> {
+    fn drain(&mut self) -> Result<(), WalkError> {
+        while let Some((path, meta)) = self.stack.pop() {
+            if self.cancel.is_cancelled() {
+                return Err(WalkError::Canceled);
+            }
+            self.visit(path, &meta)?;
+        }
+        Ok(())
+    }
+
+    fn visit(&mut self, path: PathBuf, meta: &Metadata) -> Result<(), WalkError> {
+        if self.excluded.is_some_and(|excluded| excluded.matches(meta)) {
+            debug!(path = %path.display(), "repository folder left out of the backup");
+            return Ok(());
+        }
+        let Some(name) = self.utf8(&path) else { return Ok(()) };
+        let kind = if meta.is_dir() {
+            Kind::Dir
+        } else if meta.is_file() {
+            Kind::File
+        } else if meta.is_symlink() {
+            Kind::Symlink
+        } else {
+            debug!(path = name, "special file skipped");
+            return Ok(());
+        };
+        let target = match kind {
+            Kind::Symlink => match self.link_target(&path)? {
+                Some(target) => Some(target),
+                None => return Ok(()),
+            },
+            Kind::Dir => {
+                self.push_children(&path)?;
+                None
+            }
+            Kind::File => None,
+        };
+        let size = if kind == Kind::File { meta.len() } else { 0 };
+        let entry =
+            Entry { path: name, kind, size, mode: mode_of(meta), mtime: mtime_of(meta), target };
+        self.found.insert(entry.path.clone(), entry);
+        Ok(())
+    }
+
+    fn utf8(&mut self, path: &Path) -> Option<String> {
+        let name = path.to_str().map(str::to_owned);
+        if name.is_none() {
+            self.skipped.push(path.display().to_string());
+        }
+        name
+    }
+
+    fn link_target(&mut self, path: &Path) -> Result<Option<String>, WalkError> {
+        let target = fs::read_link(path).map_err(|e| unreadable(path, &e))?;
+        let text = target.to_str().map(str::to_owned);
+        if text.is_none() {
+            self.skipped.push(path.display().to_string());
+        }
+        Ok(text)
+    }
+
+    fn push_children(&mut self, dir: &Path) -> Result<(), WalkError> {
+        let read = fs::read_dir(dir).map_err(|e| unreadable(dir, &e))?;
+        for dirent in read {
+            let dirent = dirent.map_err(|e| unreadable(dir, &e))?;
+            let path = dirent.path();
+            // `DirEntry::metadata` does not follow links; an entry gone already is not frozen.
+            match dirent.metadata() {
+                Ok(meta) => self.stack.push((path, meta)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(unreadable(&path, &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Permission bits of an entry.
+pub fn mode_of(meta: &Metadata) -> u32 {
+    meta.permissions().mode() & 0o7777
+}
+
+/// Modification time of an entry (the epoch when the platform has none).
+pub fn mtime_of(meta: &Metadata) -> SystemTime {
+    meta.modified().unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn paths(frozen: &Frozen, root: &Path) -> Vec<(String, Kind)> {
+        let prefix = root.to_str().expect("utf-8");
+        let relative = |e: &Entry| e.path.strip_prefix(prefix).unwrap_or(&e.path).to_owned();
+        frozen.entries.iter().map(|e| (relative(e), e.kind)).collect()
+    }
+
+    #[test]
+    fn the_walk_records_files_dirs_and_links_and_skips_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        fs::create_dir_all(root.join("sub/repo/job")).expect("dirs");
+        fs::write(root.join("sub/a.txt"), b"hello").expect("file");
+        symlink("a.txt", root.join("sub/link")).expect("symlink");
+        let _socket = UnixListener::bind(root.join("sock")).expect("socket");
+        let excluded = Excluded::folder(&root.join("sub/repo"));
+
+        let frozen = freeze(&[root.clone(), root.join("sub")], excluded, &CancelSignal::default())
+            .expect("walk");
+
+        let expected = vec![
+            (String::new(), Kind::Dir),
+            ("/sub".to_owned(), Kind::Dir),
+            ("/sub/a.txt".to_owned(), Kind::File),
+            ("/sub/link".to_owned(), Kind::Symlink),
+        ];
+        assert_eq!(paths(&frozen, &root), expected);
+        assert_eq!(frozen.entries[2].size, 5);
+        assert_eq!(frozen.entries[3].target.as_deref(), Some("a.txt"));
+        assert!(frozen.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_missing_configured_path_is_named() {
+        let missing = PathBuf::from("/nonexistent/sluice-walk-test");
+        let error = freeze(&[missing], None, &CancelSignal::default()).expect_err("missing");
+        let expected = "configured path /nonexistent/sluice-walk-test does not exist";
+        assert_eq!(error, WalkError::Failed(expected.to_owned()));
+    }
+
+    #[test]
+    fn a_cancelled_walk_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cancel = CancelSignal::default();
+        cancel.cancel(sluice_proto::pb::CancelReason::User);
+        let error = freeze(&[dir.path().to_path_buf()], None, &cancel).expect_err("cancelled");
+        assert_eq!(error, WalkError::Canceled);
+    }
+}
