@@ -75,7 +75,7 @@ fn bad_command_lines_fail() {
 #[test]
 fn flags_reach_the_command() {
     let cli = parse("--output json job stop nightly --graceful --timeout 60").expect("parses");
-    assert_eq!(cli.output, Format::Json);
+    assert_eq!(cli.output, Some(Format::Json));
     let Command::Job(JobCommand::Stop { name, mode, timeout }) = cli.command else {
         panic!("not job stop: {:?}", cli.command);
     };
@@ -90,12 +90,15 @@ fn flags_reach_the_command() {
 }
 
 #[test]
-fn endpoint_defaults_to_localhost() {
-    // SLUICE_ENDPOINT would override the default; the test runner does not set it.
-    if std::env::var_os("SLUICE_ENDPOINT").is_none() {
-        let cli = parse("agent list").expect("parses");
-        assert_eq!(cli.endpoint, DEFAULT_ENDPOINT);
-    }
+fn endpoint_and_output_come_from_the_config_file_unless_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, "endpoint = \"http://c:7400\"\noutput = \"json\"\n").expect("write");
+    let file = ConfigFile::read(Some(&path)).expect("reads");
+    assert_eq!(file.endpoint.as_deref(), Some("http://c:7400"));
+    assert_eq!(file.output.as_deref(), Some("json"));
+    std::fs::write(&path, "colour = 1\n").expect("write");
+    assert!(ConfigFile::read(Some(&path)).is_err(), "unknown keys are refused");
 }
 
 #[test]

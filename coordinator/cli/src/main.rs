@@ -32,12 +32,16 @@ const EXIT_CODES: &str = "Exit codes: 0 done (a watched session ended SUCCESS or
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version = sluice_proto::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Coordinator endpoint; a comma-separated list uses the first that connects.
-    #[arg(long, global = true, env = "SLUICE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    endpoint: String,
-    /// Output format.
-    #[arg(long, global = true, env = "SLUICE_OUTPUT", value_enum, default_value_t = Format::Table)]
-    output: Format,
+    /// Coordinator endpoint; a comma-separated list uses the first that connects
+    /// [default: http://127.0.0.1:7400].
+    #[arg(long, global = true, env = "SLUICE_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Output format [default: table].
+    #[arg(long, global = true, env = "SLUICE_OUTPUT", value_enum)]
+    output: Option<Format>,
+    /// TOML file with `endpoint` and `output` (flags and SLUICE_* variables win).
+    #[arg(long, global = true, env = "SLUICE_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -207,7 +211,16 @@ async fn main() -> ExitCode {
 
 /// Runs one parsed command line and returns its exit status.
 async fn run(cli: Cli) -> Result<Exit, Failure> {
-    let ctx = Ctx::new(cli.endpoint, cli.output);
+    let file = ConfigFile::read(cli.config.as_deref())?;
+    let endpoint = cli.endpoint.or(file.endpoint).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let output = match (cli.output, file.output) {
+        (Some(format), _) => format,
+        (None, Some(text)) => clap::ValueEnum::from_str(&text, true).map_err(|_| {
+            Failure::usage(format!("config: output must be table or json, got {text:?}"))
+        })?,
+        (None, None) => Format::Table,
+    };
+    let ctx = Ctx::new(endpoint, output);
     match cli.command {
         Command::Job(cmd) => job::run(&ctx, cmd).await,
         Command::Stop(args) => stop::stop_all(&ctx, args.mode, args.yes).await,
@@ -217,6 +230,25 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::RestorePoint(RestorePointCommand::List { job }) => {
             restore_point::list(&ctx, job).await
         }
+    }
+}
+
+/// Settings of the `--config` file; keys are the long flag names.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    endpoint: Option<String>,
+    output: Option<String>,
+}
+
+impl ConfigFile {
+    fn read(path: Option<&std::path::Path>) -> Result<Self, Failure> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::usage(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| Failure::usage(format!("config file {}: {e}", path.display())))
     }
 }
 
