@@ -1,5 +1,6 @@
-//! Start-up: load the journal, close the tasks that were running when the agent died, and
-//! hunt leftover Sluice snapshots on the disks the journal names.
+//! Start-up: load the journal, close the tasks that were running when the agent died (VM and
+//! computer tasks: delete their partial folder, or adopt their restore point if it committed),
+//! and hunt leftover Sluice snapshots on the disks the journal names.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::error::AgentError;
 use crate::exec::commit::{MANIFEST, RepoPaths};
-use crate::exec::{self, qemu};
+use crate::exec::{self, computer, qemu};
 use crate::fsutil::{self, blocking};
 use crate::journal::{Journal, JournalEntry};
 use crate::key::{SNAPSHOT_PREFIX, TaskId};
@@ -61,6 +62,12 @@ fn vm_disks(entry: &JournalEntry) -> Vec<PathBuf> {
     }
 }
 
+/// Whether the task writes to a repository (VM and computer tasks, not sim ones).
+fn writes_repository(entry: &JournalEntry) -> bool {
+    let target = entry.spec.as_ref().and_then(|s| s.item.as_ref()).and_then(|i| i.target.as_ref());
+    !is_sim(entry) && matches!(target, Some(Target::Vm(_) | Target::Computer(_)))
+}
+
 fn is_sim(entry: &JournalEntry) -> bool {
     entry.spec.as_ref().is_some_and(|spec| spec.sim_duration_ms.is_some())
 }
@@ -72,16 +79,17 @@ async fn write(journal: &Journal, id: &TaskId, entry: &JournalEntry) -> Result<(
 }
 
 /// Deletes the partial folder of a task that was running, or adopts its restore point if it
-/// committed before the agent died. Its snapshots are left to the hunter.
+/// committed before the agent died. VM snapshots are left to the hunter; blobs a computer
+/// task published stay in the store as orphans (harmless: content-addressed).
 async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome {
-    let Some(spec) = entry.spec.as_ref().filter(|_| !vm_disks(entry).is_empty()) else {
+    let Some(spec) = entry.spec.as_ref().filter(|_| writes_repository(entry)) else {
         warn!(task = %id, "task was running when the agent stopped");
         return exec::failed(RESTARTED.to_owned());
     };
     let paths = RepoPaths::new(spec, id);
-    if let Some(restore_point) = committed_restore_point(spec, id, &paths).await {
+    if let Some(outcome) = committed_outcome(spec, id, &paths).await {
         info!(task = %id, path = %paths.final_dir.display(), "task had committed before the agent stopped");
-        return exec::committed(restore_point, String::new());
+        return outcome;
     }
     let partial = paths.partial.clone();
     if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
@@ -89,6 +97,22 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
     }
     warn!(task = %id, "task was running when the agent stopped");
     exec::failed(RESTARTED.to_owned())
+}
+
+/// The outcome of the task's restore point if it is committed.
+async fn committed_outcome(
+    spec: &pb::TaskSpec,
+    id: &TaskId,
+    paths: &RepoPaths,
+) -> Option<pb::TaskOutcome> {
+    let target = spec.item.as_ref().and_then(|item| item.target.as_ref());
+    if !matches!(target, Some(Target::Computer(_))) {
+        let restore_point = committed_restore_point(spec, id, paths).await?;
+        return Some(exec::committed(restore_point, String::new()));
+    }
+    let outcome = computer::committed_outcome(&paths.final_dir).await?;
+    let session = outcome.restore_point.as_ref().map(|rp| rp.session_id.as_str());
+    (session == Some(id.session.as_str())).then_some(outcome)
 }
 
 async fn committed_restore_point(

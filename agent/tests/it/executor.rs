@@ -1,50 +1,13 @@
 //! The VM executor against real `qemu-img`.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
-use sluice_agent::exec::{self, CancelSignal, Reporter, TaskContext, Update};
-use sluice_agent::key::{self, TaskId};
+use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState, TaskPhase};
-use tokio::sync::{mpsc, watch};
 
-use crate::support::{WAIT, make_disk, sh, sluice_snapshots, vm_spec};
-
-struct Run {
-    ctx: TaskContext,
-    updates: mpsc::Receiver<(TaskId, Update)>,
-}
-
-fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
-    let id = key::validate_spec(&spec).expect("valid spec");
-    let (tx, updates) = mpsc::channel(1024);
-    let (_sessions_tx, running_sessions) = watch::channel(BTreeSet::from([id.session.clone()]));
-    let ctx = TaskContext {
-        reporter: Reporter::new(id.clone(), tx),
-        id,
-        spec,
-        cancel: CancelSignal::default(),
-        rate_limit,
-        running_sessions,
-    };
-    Run { ctx, updates }
-}
-
-fn phases(updates: &mut mpsc::Receiver<(TaskId, Update)>) -> Vec<TaskPhase> {
-    let mut phases = Vec::new();
-    while let Ok((_, update)) = updates.try_recv() {
-        if let Update::Phase(phase) = update {
-            phases.push(phase);
-        }
-    }
-    phases
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|read| read.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
+use crate::support::{
+    Run, WAIT, entries, make_disk, phases, prepare, sh, sluice_snapshots, vm_spec,
+};
 
 #[tokio::test]
 async fn a_vm_backup_commits_a_restore_point_equal_to_the_disks() {

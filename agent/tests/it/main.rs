@@ -1,7 +1,9 @@
-//! Integration tests of the agent: executors with real `qemu-img`, and the whole agent
-//! in-process behind a fake coordinator.
+//! Integration tests of the agent: executors with real `qemu-img` and real files, and the
+//! whole agent in-process behind a fake coordinator.
 
+mod computer;
 mod executor;
 mod recovery;
+mod restore;
 mod service;
 mod support;

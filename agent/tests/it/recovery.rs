@@ -1,11 +1,13 @@
-//! Start-up recovery of VM tasks that were running when the agent died.
+//! Start-up recovery of VM and computer tasks that were running when the agent died.
 
+use sluice_agent::exec;
 use sluice_agent::journal::{Journal, JournalEntry};
 use sluice_agent::key::TaskId;
 use sluice_agent::recovery::{RESTARTED, recover};
 use sluice_proto::pb::ItemState;
 
-use crate::support::{make_disk, sh, sluice_snapshots, vm_spec};
+use crate::restore::blobs;
+use crate::support::{computer_spec, entries, make_disk, prepare, sh, sluice_snapshots, vm_spec};
 
 #[tokio::test]
 async fn an_interrupted_vm_task_is_cleaned_up_and_failed() {
@@ -66,4 +68,46 @@ async fn a_task_that_committed_before_the_crash_keeps_its_restore_point() {
     let rp = outcome.restore_point.expect("restore point");
     assert_eq!((rp.id.as_str(), rp.size_bytes), ("done-0", 42));
     assert!(folder.exists(), "the committed restore point is kept");
+}
+
+#[tokio::test]
+async fn an_interrupted_computer_task_loses_its_partial_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    let repo = dir.path().join("repo");
+    let partial = repo.join("homes/pc0/.partial-crashed-0");
+    std::fs::create_dir_all(&partial).expect("partial folder");
+    std::fs::write(partial.join(".blob-1.tmp"), b"half a blob").expect("temporary blob");
+    let journal = Journal::open(&dir.path().join("state")).expect("journal");
+    let id = TaskId { session: "crashed".into(), index: 0, attempt: 1 };
+    let spec = computer_spec("crashed", 0, &[&src], &repo);
+    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+
+    let recovered = recover(&journal).await.expect("recover");
+
+    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
+    assert_eq!((outcome.state(), outcome.message.as_str()), (ItemState::Failed, RESTARTED));
+    assert!(entries(&repo.join("homes/pc0")).is_empty(), "partial folder deleted");
+}
+
+#[tokio::test]
+async fn a_computer_task_that_committed_before_the_crash_keeps_its_restore_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("a.txt"), b"kept").expect("file");
+    let repo = dir.path().join("repo");
+    let spec = computer_spec("done", 0, &[&src], &repo);
+    let committed = exec::execute(&mut prepare(spec.clone(), None).ctx).await;
+    let journal = Journal::open(&dir.path().join("state")).expect("journal");
+    let id = TaskId { session: "done".into(), index: 0, attempt: 1 };
+    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+
+    let recovered = recover(&journal).await.expect("recover");
+
+    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
+    assert_eq!(outcome, committed, "the same outcome as the task reported");
+    assert_eq!(outcome.message, "backed up 1 files, 4 bytes, 4 new bytes stored");
+    assert_eq!(blobs(&repo).len(), 1, "the blob is kept");
 }

@@ -5,7 +5,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-use crate::support::{FakeCoordinator, TestAgent, WAIT, sim_spec};
+use crate::support::{FakeCoordinator, TestAgent, WAIT, computer_spec, sim_spec};
 
 type Client = AgentServiceClient<Channel>;
 
@@ -107,22 +107,24 @@ async fn run_task_follows_the_rules() {
 }
 
 #[tokio::test]
-async fn computer_tasks_without_the_executor_fail_clearly() {
+async fn computer_tasks_back_up_this_computers_paths() {
     let coordinator = FakeCoordinator::start().await;
     let state = tempfile::tempdir().expect("tempdir");
     let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
     let mut client = agent.client.clone();
-    let computer = |name: &str| pb::TaskSpec {
-        job_type: pb::JobType::AgentBackup as i32,
-        sim_duration_ms: None,
-        item: Some(pb::JobItem {
-            name: "pc".into(),
-            target: Some(pb::job_item::Target::Computer(pb::ComputerTarget {
-                computer: name.into(),
-                paths: vec!["/home".into()],
-            })),
-        }),
-        ..sim_spec("c1", 0, 1, 0)
+    let data = tempfile::tempdir().expect("tempdir");
+    let src = data.path().join("home");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("notes.txt"), b"hello").expect("file");
+    let repo = data.path().join("repo");
+    let computer = |name: &str| {
+        let mut spec = computer_spec("c1", 0, &[&src], &repo);
+        if let Some(pb::job_item::Target::Computer(target)) =
+            spec.item.as_mut().and_then(|item| item.target.as_mut())
+        {
+            target.computer = name.into();
+        }
+        spec
     };
 
     let wrong = run(&mut client, computer("other-pc")).await.expect_err("wrong computer");
@@ -130,8 +132,10 @@ async fn computer_tasks_without_the_executor_fail_clearly() {
     let mut events = watch(&mut client, "c1").await;
     run(&mut client, computer("pc1")).await.expect("started");
     let outcome = outcome_of(&mut events, 0).await;
-    assert_eq!(outcome.state(), ItemState::Failed);
-    assert_eq!(outcome.message, "computer backup executor is not available in this agent version");
+    assert_eq!(outcome.state(), ItemState::Success, "{outcome:?}");
+    assert_eq!(outcome.message, "backed up 1 files, 5 bytes, 5 new bytes stored");
+    let rp = outcome.restore_point.expect("restore point");
+    assert_eq!(rp.path, repo.join("homes/pc0/c1-0").display().to_string());
     agent.stop().await;
 }
 

@@ -1,11 +1,14 @@
 //! Helpers: qcow2 disks, task specs, a fake coordinator and an in-process agent.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use sluice_agent::Settings;
+use sluice_agent::exec::{CancelSignal, Reporter, TaskContext, Update};
+use sluice_agent::key::{self, TaskId};
 use sluice_proto::pb::{
     self,
     agent_registry_server::{AgentRegistry, AgentRegistryServer},
@@ -13,7 +16,7 @@ use sluice_proto::pb::{
     job_item::Target,
 };
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +74,84 @@ pub fn vm_spec(session: &str, index: u32, disks: &[&Path], repository: &Path) ->
         sim_duration_ms: None,
         ..Default::default()
     }
+}
+
+/// A computer task spec of job `homes`, item `pc<index>`, computer `pc1`.
+pub fn computer_spec(
+    session: &str,
+    index: u32,
+    paths: &[&Path],
+    repository: &Path,
+) -> pb::TaskSpec {
+    let paths = paths.iter().map(|p| p.display().to_string()).collect();
+    let target = pb::ComputerTarget { computer: "pc1".into(), paths };
+    pb::TaskSpec {
+        job: "homes".into(),
+        job_type: pb::JobType::AgentBackup as i32,
+        item: Some(pb::JobItem {
+            name: format!("pc{index}"),
+            target: Some(Target::Computer(target)),
+        }),
+        ..vm_spec(session, index, &[], repository)
+    }
+}
+
+/// An executor's context and the receiver of its updates.
+pub struct Run {
+    pub ctx: TaskContext,
+    pub updates: mpsc::Receiver<(TaskId, Update)>,
+}
+
+/// A context for running `spec` directly with an executor.
+pub fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
+    let id = key::validate_spec(&spec).expect("valid spec");
+    let (tx, updates) = mpsc::channel(1024);
+    let (_sessions_tx, running_sessions) = watch::channel(BTreeSet::from([id.session.clone()]));
+    let ctx = TaskContext {
+        reporter: Reporter::new(id.clone(), tx),
+        id,
+        spec,
+        cancel: CancelSignal::default(),
+        rate_limit,
+        running_sessions,
+    };
+    Run { ctx, updates }
+}
+
+/// The phases reported so far.
+pub fn phases(updates: &mut mpsc::Receiver<(TaskId, Update)>) -> Vec<pb::TaskPhase> {
+    let mut phases = Vec::new();
+    while let Ok((_, update)) = updates.try_recv() {
+        if let Update::Phase(phase) = update {
+            phases.push(phase);
+        }
+    }
+    phases
+}
+
+/// Waits for the first update matching `wanted`; panics if the task ends without one.
+pub async fn update_matching(
+    updates: &mut mpsc::Receiver<(TaskId, Update)>,
+    wanted: impl Fn(&Update) -> bool,
+) -> Update {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some((_, update)) = updates.recv().await {
+            if wanted(&update) {
+                return Some(update);
+            }
+        }
+        None
+    });
+    found.await.expect("update in time").expect("the update is reported")
+}
+
+/// Names of the entries of a folder (none when it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|read| read.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// A sim task spec.
