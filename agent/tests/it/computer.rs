@@ -168,13 +168,15 @@ async fn cancel_mid_transfer_removes_only_what_the_attempt_wrote() {
 }
 
 #[tokio::test]
-async fn a_file_growing_while_read_ends_with_a_warning_naming_it() {
+async fn files_that_grow_or_vanish_while_read_end_with_a_warning_naming_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src");
     fs::create_dir_all(&src).expect("src");
     let grow = src.join("grow.bin");
     let original = pattern(2 * MIB, 3);
     fs::write(&grow, &original).expect("file");
+    let gone = src.join("z-gone.txt");
+    fs::write(&gone, b"read after grow.bin, deleted before").expect("file");
     let repo = dir.path().join("repo");
     let Run { mut ctx, mut updates } = start_throttled("s1", &src, &repo, MIB as u64);
     let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
@@ -185,13 +187,23 @@ async fn a_file_growing_while_read_ends_with_a_warning_naming_it() {
     let mut file = fs::OpenOptions::new().append(true).open(&grow).expect("open");
     std::io::Write::write_all(&mut file, &pattern(100_000, 5)).expect("append");
     drop(file);
+    fs::remove_file(&gone).expect("delete");
     let outcome = tokio::time::timeout(WAIT, task).await.expect("done in time").expect("task");
 
     assert_eq!(outcome.state(), ItemState::Warning, "{outcome:?}");
-    let warning = format!("; changed while being read: {}", grow.display());
+    let warning = format!(
+        "; changed while being read: {}; vanished while being read: {}",
+        grow.display(),
+        gone.display()
+    );
     assert!(outcome.message.starts_with("backed up 1 files, "), "{}", outcome.message);
     assert!(outcome.message.ends_with(&warning), "{}", outcome.message);
     let manifest = manifest(&restore_point_folder(&outcome));
+    assert_eq!(
+        manifest["entries"].as_array().map(Vec::len),
+        Some(2),
+        "the vanished file is left out"
+    );
     let entry = &manifest["entries"][1];
     assert_eq!(entry["path"].as_str(), grow.to_str());
     let stored = fs::read(blob_path(&repo, entry["sha256"].as_str().expect("sha"))).expect("blob");

@@ -203,6 +203,43 @@ mod tests {
         Record { path: path.into(), kind, size, mode: 0o644, mtime, sha256: None, target: None }
     }
 
+    fn sample(records: Vec<Record>) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            restore_point: "s1-0".into(),
+            job: "j".into(),
+            item: "pc".into(),
+            session_id: "s1".into(),
+            computer: "pc1".into(),
+            created_at: "2026-01-02T03:04:05Z".into(),
+            paths: vec!["/d".into()],
+            totals: Totals::of(&records, 0),
+            entries: records,
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_commit_naming_a_blob_the_store_lacks_fails_and_leaves_no_restore_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let item_dir = dir.path().join("j/pc");
+        let paths = RepoPaths {
+            partial: item_dir.join(".partial-s1-0"),
+            final_dir: item_dir.join("s1-0"),
+            item_dir,
+        };
+        fs::create_dir_all(&paths.partial).expect("partial");
+        let sha = "ab".repeat(32);
+        let file = Record { sha256: Some(sha.clone()), ..record("/d/a", Kind::File, 3) };
+        let store = Store::new(dir.path());
+
+        let error = commit(&paths, &store, &sample(vec![file]), &BTreeSet::new())
+            .expect_err("missing blob");
+
+        assert_eq!(error.to_string(), format!("blob {sha} of /d/a is missing from the store"));
+        assert!(!paths.final_dir.exists(), "no restore point");
+    }
+
     #[test]
     fn totals_and_the_outcome_message_follow_the_documented_format() {
         let records = [
@@ -217,17 +254,9 @@ mod tests {
             Totals { files: 2, directories: 1, symlinks: 1, size_bytes: 15, bytes_written: 5 }
         );
         let manifest = Manifest {
-            format: FORMAT.into(),
-            restore_point: "s1-0".into(),
-            job: "j".into(),
-            item: "pc".into(),
-            session_id: "s1".into(),
-            computer: "pc1".into(),
-            created_at: "2026-01-02T03:04:05Z".into(),
-            paths: vec!["/d".into()],
-            entries: records.to_vec(),
             totals,
             warnings: vec!["changed while being read: /d/a".into()],
+            ..sample(records.to_vec())
         };
         let outcome = outcome(&manifest, Path::new("/repo/j/pc/s1-0"));
         assert_eq!(outcome.state(), pb::ItemState::Warning);
