@@ -19,6 +19,7 @@ pub mod fixtures;
 mod logs;
 mod node;
 mod ports;
+pub mod sessions;
 mod wait;
 mod watchdog;
 
