@@ -67,6 +67,8 @@ pub struct Pace<'a> {
     throttle: Throttle,
     done: u64,
     total: u64,
+    /// The read buffer, reused from file to file.
+    buf: Option<Vec<u8>>,
 }
 
 impl<'a> Pace<'a> {
@@ -78,7 +80,7 @@ impl<'a> Pace<'a> {
         total: u64,
     ) -> Self {
         let throttle = Throttle { rate, start: Instant::now(), bytes: 0 };
-        Self { cancel, reporter, throttle, done: 0, total }
+        Self { cancel, reporter, throttle, done: 0, total, buf: None }
     }
 
     /// Fails when the task is cancelled.
@@ -142,7 +144,8 @@ pub async fn read(
 ) -> Result<(Digest, Option<File>), ReadError> {
     let counted = sink.is_none();
     let head = keep.then(Vec::new);
-    let mut pass = Pass { file, sink, hasher: Sha256::new(), buf: vec![0; BUF], len: 0, head };
+    let buf = pace.buf.take().unwrap_or_else(|| vec![0; BUF]);
+    let mut pass = Pass { file, sink, hasher: Sha256::new(), buf, len: 0, head };
     loop {
         pace.check()?;
         let limit = pace.throttle.chunk_len();
@@ -155,9 +158,9 @@ pub async fn read(
         }
         pace.advance(n as u64, counted).await?;
     }
-    let digest =
-        Digest { sha256: hex::encode(pass.hasher.finalize()), len: pass.len, head: pass.head };
-    Ok((digest, pass.sink))
+    let Pass { sink, hasher, buf, len, head, .. } = pass;
+    pace.buf = Some(buf);
+    Ok((Digest { sha256: hex::encode(hasher.finalize()), len, head }, sink))
 }
 
 impl Pass {
