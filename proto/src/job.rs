@@ -56,8 +56,9 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), JobError> {
             format!("may hold only a-z, 0-9, '.', '_' and '-', found {bad:?}"),
         ));
     }
-    if name == "." || name == ".." {
-        return Err(invalid(field, "must not be '.' or '..'"));
+    if name.starts_with('.') {
+        // Names become folders in the repository, beside its hidden `.store`.
+        return Err(invalid(field, "must not start with '.'"));
     }
     Ok(())
 }

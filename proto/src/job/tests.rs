@@ -45,7 +45,7 @@ fn short_and_lowercase_job_types_are_accepted() {
 
 #[test]
 fn bad_names_are_refused_naming_the_field() {
-    for name in ["", "UPPER", "a/b", &"x".repeat(65), "..", "sp ace"] {
+    for name in ["", "UPPER", "a/b", &"x".repeat(65), "..", ".store", "sp ace"] {
         let job = pb::Job { name: name.to_string(), ..vm_job() };
         assert_eq!(field_of(&job), "job.name", "name {name:?}");
     }
