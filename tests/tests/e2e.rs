@@ -6,6 +6,7 @@
 
 mod e2e {
     mod agents;
+    mod computers;
     mod etcd_restart;
     mod harness;
     mod jobs;

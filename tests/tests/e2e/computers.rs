@@ -1,0 +1,1 @@
+//! Scenarios: agent-computer jobs.
