@@ -9,14 +9,15 @@ use std::{
 
 use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, TaskPhase};
 use sluice_tests::{
-    AgentSpec, Cluster,
+    AgentSpec, Cluster, PATIENCE,
     disk::same_content,
-    fixtures::{expect_code, expect_ok},
+    fixtures::{expect_code, expect_ok, list_agents},
     sessions::{
         create_job, make_vm_disk, make_vm_disks, partial_folders, processes_mentioning,
         restore_point_dir, sluice_snapshots, start_job, summary, vm_backup_job, wait_session,
         wait_stopped, watch_to_end,
     },
+    wait_for,
 };
 use tonic::Code;
 
@@ -345,64 +346,125 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
     assert_clean(&repository, &disks);
 }
 
-/// Scenario 4: an agent restarted while it transfers loses no result: every item ends with
-/// exactly one committed restore point and the interrupted transfer leaves nothing behind.
-#[tokio::test]
-async fn agent_restart_mid_transfer_loses_no_result() {
-    let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new().slots(2).transfer_rate_limit(512 * 1024))
-        .agent(AgentSpec::new().slots(2).transfer_rate_limit(512 * 1024))
-        .start()
-        .await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 4, 4 * MIB);
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, vm_backup_job("restarts", &repository, &disks, (3, 0))).await;
+/// Scenario 4 set-up: 2 agents of 2 slots, slowed down so that tasks stay in TRANSFER for
+/// seconds, and a 4-VM job that retries 3 times without waiting.
+struct RestartCase {
+    cluster: Cluster,
+    jobs: sluice_tests::sessions::Jobs,
+    dir: PathBuf,
+    repository: PathBuf,
+    disks: Vec<PathBuf>,
+}
 
-    let started = start_job(&mut jobs, "restarts").await;
-    let item_dir = |item: &str| repository.join("restarts").join(item);
-    // Mid-transfer: the item is in TRANSFER on a1 and its partial folder holds data.
-    let what = "an item in TRANSFER on a1 with data in its partial folder";
-    wait_session(&jobs, &started.id, what, |session| {
-        session.items.iter().any(|i| {
-            i.state() == ItemState::Processing
-                && i.agent == "a1"
-                && i.phase() == TaskPhase::Transfer
-                && partial_folders(&item_dir(&i.name)).iter().any(|p| has_data(p))
+const RESTART_JOB: &str = "restarts";
+
+impl RestartCase {
+    async fn start() -> (RestartCase, pb::Session) {
+        let mut cluster = Cluster::builder()
+            .agent(AgentSpec::new().slots(2).transfer_rate_limit(512 * 1024))
+            .agent(AgentSpec::new().slots(2).transfer_rate_limit(512 * 1024))
+            .start()
+            .await;
+        let dir = cluster.dir().to_path_buf();
+        let repository = dir.join("repository");
+        let disks = make_vm_disks(&dir, 4, 4 * MIB);
+        let mut jobs = cluster.job_client().await;
+        create_job(&mut jobs, vm_backup_job(RESTART_JOB, &repository, &disks, (3, 0))).await;
+        let started = start_job(&mut jobs, RESTART_JOB).await;
+        (RestartCase { cluster, jobs, dir, repository, disks }, started)
+    }
+
+    fn item_dir(&self, item: &str) -> PathBuf {
+        self.repository.join(RESTART_JOB).join(item)
+    }
+
+    /// Waits until an item is in TRANSFER on a1 with data in its partial folder.
+    async fn wait_a1_mid_transfer(&self, id: &str) {
+        let what = "an item in TRANSFER on a1 with data in its partial folder";
+        wait_session(&self.jobs, id, what, |session| {
+            session.items.iter().any(|i| {
+                i.state() == ItemState::Processing
+                    && i.agent == "a1"
+                    && i.phase() == TaskPhase::Transfer
+                    && partial_folders(&self.item_dir(&i.name)).iter().any(|p| has_data(p))
+            })
         })
-    })
-    .await;
-    cluster.agent(0).restart().await;
+        .await;
+    }
 
-    let ended = wait_stopped(&jobs, &started.id).await;
-    assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
-    assert_backed_up(&ended, &repository, "restarts", &disks);
-    for item in &ended.items {
-        let folders: Vec<String> = std::fs::read_dir(item_dir(&item.name))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
+    /// The session succeeded with exactly one committed restore point per item, each listed
+    /// once in the catalog, and nothing was left behind: no partial folder, no snapshot, no
+    /// process still working on a disk.
+    async fn assert_no_result_lost(&mut self, id: &str) {
+        let ended = wait_stopped(&self.jobs, id).await;
+        assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
+        assert_backed_up(&ended, &self.repository, RESTART_JOB, &self.disks);
+        for item in &ended.items {
+            let folders: Vec<String> = std::fs::read_dir(self.item_dir(&item.name))
+                .map(|rd| {
+                    rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(
+                folders,
+                std::slice::from_ref(&item.restore_point),
+                "{}: exactly one restore point",
+                item.name
+            );
+        }
+        let catalog = restore_points(&mut self.jobs, RESTART_JOB).await;
+        let mut listed: Vec<(&str, &str)> =
+            catalog.iter().map(|rp| (rp.item.as_str(), rp.id.as_str())).collect();
+        listed.sort_unstable();
+        let expected: Vec<(&str, &str)> =
+            ended.items.iter().map(|i| (i.name.as_str(), i.restore_point.as_str())).collect();
+        assert_eq!(listed, expected, "the catalog holds each restore point once");
+        assert_clean(&self.repository, &self.disks);
+        let disk_dir = self.dir.join("disks").display().to_string();
         assert_eq!(
-            folders,
-            std::slice::from_ref(&item.restore_point),
-            "{}: exactly one restore point",
-            item.name
+            processes_mentioning(&disk_dir),
+            Vec::<String>::new(),
+            "no process works on the disks after the session ended"
         );
     }
-    let catalog = restore_points(&mut jobs, "restarts").await;
-    let mut listed: Vec<(&str, &str)> =
-        catalog.iter().map(|rp| (rp.item.as_str(), rp.id.as_str())).collect();
-    listed.sort_unstable();
-    let expected: Vec<(&str, &str)> =
-        ended.items.iter().map(|i| (i.name.as_str(), i.restore_point.as_str())).collect();
-    assert_eq!(listed, expected, "the catalog holds each restore point once");
-    assert_clean(&repository, &disks);
-    let disk_dir = dir.join("disks").display().to_string();
-    assert_eq!(
-        processes_mentioning(&disk_dir),
-        Vec::<String>::new(),
-        "no process works on the disks after the session ended"
-    );
+}
+
+/// Scenario 4: an agent restarted (kill -9, same address and state dir) while it transfers
+/// loses no result: every item ends with exactly one committed restore point and the
+/// interrupted transfers leave nothing behind.
+#[tokio::test]
+async fn agent_restart_mid_transfer_loses_no_result() {
+    let (mut case, started) = RestartCase::start().await;
+    case.wait_a1_mid_transfer(&started.id).await;
+    case.cluster.agent(0).restart().await;
+    case.assert_no_result_lost(&started.id).await;
+}
+
+/// Scenario 4, variant: an agent killed mid-transfer stays away past its heartbeat TTL (its
+/// items count as lost and are retried), then comes back with its journal; the outcome it
+/// replays for the lost attempt changes nothing, and no result is lost or doubled.
+#[tokio::test]
+async fn agent_killed_mid_transfer_and_back_after_its_ttl_loses_no_result() {
+    let (mut case, started) = RestartCase::start().await;
+    case.wait_a1_mid_transfer(&started.id).await;
+    case.cluster.agent(0).kill9();
+    let clusters = case.cluster.cluster_client().await;
+    let check = || {
+        let mut clusters = clusters.clone();
+        async move {
+            let agents = list_agents(&mut clusters).await?;
+            let ids: Vec<String> = agents.into_iter().map(|a| a.id).collect();
+            if ids == ["a2"] { Ok(()) } else { Err(format!("listed: {ids:?}")) }
+        }
+    };
+    wait_for(check, PATIENCE, "killed agent a1 to leave ListAgents after its TTL").await;
+    let what = "no item to be PROCESSING on the lost agent a1 any more";
+    wait_session(&case.jobs, &started.id, what, |session| {
+        session.items.iter().all(|i| i.agent != "a1" || i.state() != ItemState::Processing)
+    })
+    .await;
+    case.cluster.agent(0).restart().await;
+    case.assert_no_result_lost(&started.id).await;
 }
 
 /// Whether a partial folder holds a file with data in it.
