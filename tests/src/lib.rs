@@ -20,6 +20,7 @@ mod logs;
 mod node;
 mod ports;
 pub mod sessions;
+pub mod stops;
 mod wait;
 mod watchdog;
 
