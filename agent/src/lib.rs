@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod heartbeat;
 pub mod journal;
 pub mod key;
+pub mod orphans;
 pub mod recovery;
 pub mod server;
 pub mod service;

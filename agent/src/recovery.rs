@@ -92,7 +92,11 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
         return outcome;
     }
     let partial = paths.partial.clone();
-    if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
+    let removed = blocking(move || {
+        crate::orphans::kill_writers(&partial);
+        fsutil::remove_dir_if_exists(&partial)
+    });
+    if let Err(error) = removed.await {
         warn!(task = %id, path = %paths.partial.display(), %error, "partial folder removal failed");
     }
     warn!(task = %id, "task was running when the agent stopped");

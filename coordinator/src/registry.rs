@@ -45,15 +45,17 @@ impl Registry {
         }
         let mut known = self.known.lock().await;
         let renewed = match known.get(&agent.id) {
-            Some(entry) => self.renew(entry.lease).await?,
-            None => self.stored_lease(&agent.id).await?,
+            Some(entry) => self.renew(entry.lease).await,
+            None => self.stored_lease(&agent.id).await,
         };
+        let renewed = renewed.inspect_err(|_| {
+            known.remove(&agent.id);
+        })?;
         let lease = match renewed {
             Some(lease) => lease,
             None => self.grant(&agent.id, request.ttl_seconds).await?,
         };
-        let unchanged =
-            known.get(&agent.id).is_some_and(|k| k.lease == lease && same(&k.record, &agent));
+        let unchanged = known.get(&agent.id).is_some_and(|k| k.lease == lease && k.record == agent);
         if !unchanged {
             let record = pb::AgentRecord { agent: Some(agent.clone()), lease };
             self.store.put(&self.store.keys().agent(&agent.id), &record, Some(lease)).await?;
@@ -98,12 +100,18 @@ impl Registry {
         }
     }
 
-    /// Renews a lease once; `None` when it has expired.
+    /// Renews a lease once; `None` when it has expired (etcd answers TTL 0 or "not found").
     async fn renew(&self, lease: i64) -> Result<Option<i64>> {
-        let (mut keeper, mut responses) = self.store.client().lease_keep_alive(lease).await?;
-        keeper.keep_alive().await?;
-        let alive = responses.message().await?.is_some_and(|r| r.ttl() > 0);
-        Ok(alive.then_some(lease))
+        let renewal = async {
+            let (mut keeper, mut responses) = self.store.client().lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            responses.message().await
+        };
+        match renewal.await {
+            Ok(response) => Ok(response.is_some_and(|r| r.ttl() > 0).then_some(lease)),
+            Err(error) if error.to_string().contains("lease not found") => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn grant(&self, id: &str, ttl: u32) -> Result<i64> {
@@ -111,11 +119,6 @@ impl Registry {
         debug!(agent = id, lease, ttl, "agent lease granted");
         Ok(lease)
     }
-}
-
-/// Whether two records differ only in fields that need no write.
-fn same(a: &pb::Agent, b: &pb::Agent) -> bool {
-    a == b
 }
 
 fn validate(request: &pb::HeartbeatRequest) -> Result<pb::Agent> {

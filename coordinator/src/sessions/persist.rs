@@ -195,8 +195,16 @@ pub async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::SessionRec
         .map(|(key, value)| decode::<pb::SessionRecord>(&key, &value))
         .collect::<Result<_>>()?;
     records.retain(|r| job.is_none_or(|job| r.session.as_ref().is_some_and(|s| s.job == job)));
-    records.sort_by(|a, b| session_id(b).cmp(session_id(a)));
+    records.sort_by_key(|r| std::cmp::Reverse((created_ms(r), session_id(r).to_string())));
     Ok(records)
+}
+
+fn created_ms(record: &pb::SessionRecord) -> i64 {
+    record
+        .session
+        .as_ref()
+        .and_then(|s| s.created_at.as_ref())
+        .map_or(0, sluice_proto::time::millis)
 }
 
 fn session_id(record: &pb::SessionRecord) -> &str {

@@ -1,0 +1,79 @@
+//! Child processes that outlived an agent killed with SIGKILL (`kill_on_drop` cannot run
+//! then): a `qemu-img convert` still writing into a task's partial folder holds the disk's
+//! write lock, so the snapshot cannot be removed and retries fail until it ends. Recovery
+//! finds such writers by the partial folder in their command line and kills them first.
+
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal, unistd::Pid};
+use tracing::{info, warn};
+
+/// How long to wait for killed writers to disappear.
+const REAP_WAIT: Duration = Duration::from_secs(5);
+const REAP_POLL: Duration = Duration::from_millis(20);
+
+/// Kills every process whose command line names a path under `partial`, and waits (bounded)
+/// until they are gone. Returns how many were killed.
+pub fn kill_writers(partial: &Path) -> usize {
+    let needle = partial.as_os_str().as_encoded_bytes();
+    let writers: Vec<i32> = pids().filter(|pid| cmdline_mentions(*pid, needle)).collect();
+    for pid in &writers {
+        match signal::kill(Pid::from_raw(*pid), signal::Signal::SIGKILL) {
+            Ok(()) => {
+                info!(pid, partial = %partial.display(), "killed a writer left by the previous agent")
+            }
+            Err(error) => warn!(pid, %error, "cannot kill a writer left by the previous agent"),
+        }
+    }
+    let deadline = Instant::now() + REAP_WAIT;
+    while writers.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(REAP_POLL);
+    }
+    writers.len()
+}
+
+fn pids() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|pid| *pid != std::process::id() as i32)
+}
+
+fn cmdline_mentions(pid: i32, needle: &[u8]) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    cmdline.split(|b| *b == 0).any(|arg| arg.windows(needle.len()).any(|w| w == needle))
+}
+
+/// Whether the process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_naming_the_partial_folder_is_killed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let partial = dir.path().join(".partial-s-0");
+        std::fs::create_dir_all(&partial).expect("mkdir");
+        std::fs::write(partial.join("disk0.qcow2"), b"").expect("touch");
+        let mut child = std::process::Command::new("tail")
+            .arg("-f")
+            .arg(partial.join("disk0.qcow2"))
+            .spawn()
+            .expect("spawn tail");
+        assert_eq!(kill_writers(&partial), 1);
+        let status = child.wait().expect("wait");
+        assert!(!status.success());
+        assert_eq!(kill_writers(&partial), 0);
+    }
+}
