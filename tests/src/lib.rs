@@ -13,6 +13,7 @@
 //! with the test process even when it is killed, without `prctl` or unsafe code.
 
 mod cluster;
+pub mod computers;
 pub mod disk;
 mod etcd;
 pub mod fixtures;

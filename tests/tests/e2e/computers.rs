@@ -1,1 +1,552 @@
-//! Scenarios: agent-computer jobs.
+//! Scenarios: agent-computer jobs (`JOB_TYPE_AGENT_BACKUP`, SPEC.md "Jobs", "Stopping a
+//! session"; the seed "Starting and Stopping Veeam Agent Backup Job").
+//!
+//! Every computer is a real `sluice-agent --computer NAME` with its own directory tree made
+//! in the cluster's temp dir. Restore points are checked the way an operator restores them:
+//! each manifest is read and the tree rebuilt from the repository's content-addressed store,
+//! then compared with the source byte for byte (contents, link targets, permission bits).
+//! Stops catch a computer mid-transfer through `--transfer-rate-limit`, observed as phase
+//! TRANSFER with bytes done in `GetSession`.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, StopMode, TaskPhase};
+use sluice_tests::{
+    AgentSpec, Cluster,
+    computers::{
+        KIB, Manifest, TreeStats, add_bulk, agent_job, assert_restores, computer_paths, make_tree,
+        outcome_of, pseudo_random, read_manifest, restore, restored_path, seed_of, store_blobs,
+        temporaries, tree_stats, write_file,
+    },
+    fixtures::{computer_item, expect_ok},
+    sessions::{
+        Jobs, create_job, restore_point_dir, start_job, summary, wait_session, wait_stopped,
+        watch_to_end,
+    },
+    stops::{assert_ended, assert_item_states, item, stop_job},
+};
+
+use ItemState::{Canceled, Failed, NotProcessed, Pending, Success};
+
+/// Files of the bulk folder a rate-limited computer reads for a while.
+const BULK_FILES: u64 = 16;
+/// Size of each bulk file: under the executor's 1 MiB buffer, so each is read once.
+const BULK_SIZE: u64 = 256 * KIB;
+/// `--transfer-rate-limit` of the slow computer: its bulk takes about 8 s.
+const SLOW_RATE: u64 = 512 * KIB;
+
+/// Folders of the scenario: the computers' trees and the repository.
+struct Lab {
+    dir: PathBuf,
+    repository: PathBuf,
+}
+
+impl Lab {
+    fn new(cluster: &Cluster) -> Lab {
+        let dir = cluster.dir().to_path_buf();
+        let repository = dir.join("repository");
+        std::fs::create_dir_all(&repository)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", repository.display()));
+        Lab { dir, repository }
+    }
+
+    /// A tree `<dir>/computers/<computer>/<folder>` with content unique to both names.
+    fn tree(&self, computer: &str, folder: &str) -> PathBuf {
+        let root = self.dir.join("computers").join(computer).join(folder);
+        make_tree(&root, seed_of(&format!("{computer}/{folder}")));
+        root
+    }
+
+    /// A fresh folder to restore into.
+    fn restore_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("restores").join(name)
+    }
+
+    fn rp_dir(&self, session: &pb::Session, index: usize) -> PathBuf {
+        let status = &session.items[index];
+        restore_point_dir(&self.repository, &session.job, &status.name, &status.restore_point)
+    }
+}
+
+/// A computer item protecting `paths`.
+fn item_of(name: &str, computer: &str, paths: &[&Path]) -> pb::JobItem {
+    let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    computer_item(name, computer, &paths)
+}
+
+/// What a tree set of paths holds together.
+fn stats_of(paths: &[PathBuf]) -> TreeStats {
+    paths.iter().map(|p| tree_stats(p)).fold(TreeStats::default(), |a, b| TreeStats {
+        files: a.files + b.files,
+        bytes: a.bytes + b.bytes,
+    })
+}
+
+async fn catalog(jobs: &mut Jobs, job: &str) -> Vec<pb::RestorePoint> {
+    let request = pb::ListRestorePointsRequest { job: job.to_string() };
+    expect_ok(jobs.list_restore_points(request).await, &format!("ListRestorePoints {job}"))
+        .restore_points
+}
+
+/// Asserts item `index` of `session` succeeded on `agent` with restore point
+/// `<session>-<index>` whose manifest describes `paths` of `computer`, and that restoring it
+/// under `restore_dir` gives those paths back byte for byte. Returns the manifest.
+#[track_caller]
+fn assert_backed_up(
+    lab: &Lab,
+    job: &pb::Job,
+    session: &pb::Session,
+    index: usize,
+    (computer, agent): (&str, &str),
+    restore_dir: &Path,
+) -> Manifest {
+    let status = &session.items[index];
+    let seen = summary(session);
+    assert_eq!(status.state(), Success, "{}: {seen}", status.name);
+    assert_eq!(status.agent, agent, "{} ran on the agent of {computer}: {seen}", status.name);
+    assert_eq!(status.restore_point, format!("{}-{index}", session.id), "{}: {seen}", status.name);
+    let paths = computer_paths(job, index);
+    let stats = stats_of(&paths);
+    let outcome = outcome_of(status);
+    assert_eq!(outcome.files, stats.files, "{}: files in {:?}", status.name, status.message);
+    assert_eq!(outcome.size_bytes, stats.bytes, "{}: bytes in {:?}", status.name, status.message);
+    assert!(outcome.warnings.is_empty(), "{}: no warning: {:?}", status.name, status.message);
+
+    let folder = lab.rp_dir(session, index);
+    let manifest = assert_restores(&lab.repository, &folder, restore_dir, &paths);
+    assert_eq!(manifest.restore_point, status.restore_point, "{}", folder.display());
+    assert_eq!(manifest.job, session.job, "{}", folder.display());
+    assert_eq!(manifest.item, status.name, "{}", folder.display());
+    assert_eq!(manifest.session_id, session.id, "{}", folder.display());
+    assert_eq!(manifest.computer, computer, "{}", folder.display());
+    assert_eq!(
+        (manifest.files, manifest.size_bytes, manifest.bytes_written),
+        (outcome.files, outcome.size_bytes, outcome.new_bytes),
+        "{}: the manifest's totals are the outcome message's",
+        folder.display()
+    );
+    let count = |kind: &str| manifest.entries.iter().filter(|e| e.kind == kind).count() as u64;
+    assert_eq!(
+        (count("file"), count("dir"), count("symlink")),
+        (manifest.files, manifest.directories, manifest.symlinks),
+        "{}: the totals count the entries",
+        folder.display()
+    );
+    manifest
+}
+
+/// Asserts that no `.partial-*` folder and no temporary blob file is left in the repository.
+#[track_caller]
+fn assert_no_temporaries(lab: &Lab, when: &str) {
+    let left = temporaries(&lab.repository);
+    assert!(left.is_empty(), "{when}: temporaries left in the repository: {left:?}");
+}
+
+/// Asserts that the store holds exactly the blobs the given manifests name.
+#[track_caller]
+fn assert_store_is(lab: &Lab, manifests: &[&Manifest], when: &str) {
+    let named: BTreeSet<String> = manifests.iter().flat_map(|m| m.blobs()).collect();
+    let stored = store_blobs(&lab.repository);
+    let extra: Vec<&String> = stored.difference(&named).collect();
+    let missing: Vec<&String> = named.difference(&stored).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{when}: the store holds blobs no restore point names: {extra:?}; \
+         blobs named but missing: {missing:?}"
+    );
+}
+
+/// Asserts item `index` of `session` has no restore point: none in its status, no folder,
+/// not in the catalog.
+#[track_caller]
+fn assert_no_restore_point(
+    lab: &Lab,
+    session: &pb::Session,
+    index: usize,
+    listed: &[pb::RestorePoint],
+) {
+    let status = &session.items[index];
+    assert!(
+        status.restore_point.is_empty(),
+        "{} has a restore point: {}",
+        status.name,
+        summary(session)
+    );
+    let folder = lab
+        .repository
+        .join(&session.job)
+        .join(&status.name)
+        .join(format!("{}-{index}", session.id));
+    assert!(!folder.exists(), "{} has a restore point folder {}", status.name, folder.display());
+    let entries: Vec<&pb::RestorePoint> =
+        listed.iter().filter(|rp| rp.item == status.name && rp.session_id == session.id).collect();
+    assert!(entries.is_empty(), "{} is in the catalog: {entries:?}", status.name);
+}
+
+/// Scenario 1: a job over three computers succeeds, each item on its own computer's agent
+/// (never on the plain proxy), and every restore point restores its tree byte for byte.
+#[tokio::test]
+async fn three_computers_are_backed_up_and_restore_byte_for_byte() {
+    let mut cluster = Cluster::builder()
+        .agent(AgentSpec::new())
+        .agent(AgentSpec::new().computer("pc1"))
+        .agent(AgentSpec::new().computer("pc2"))
+        .agent(AgentSpec::new().computer("pc3"))
+        .start()
+        .await;
+    let lab = Lab::new(&cluster);
+    let pc1 = [lab.tree("pc1", "home"), lab.tree("pc1", "etc")];
+    let pc2 = lab.tree("pc2", "home");
+    let pc3 = lab.tree("pc3", "srv");
+    let items = vec![
+        item_of("pc1", "pc1", &[&pc1[0], &pc1[1]]),
+        item_of("pc2", "pc2", &[&pc2]),
+        item_of("pc3", "pc3", &[&pc3]),
+    ];
+    let job = agent_job("laptops", &lab.repository, items, 0);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+
+    let started = start_job(&mut jobs, "laptops").await;
+    assert_eq!(started.job_type(), pb::JobType::AgentBackup, "{}", summary(&started));
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
+    assert!(!ended.canceled, "nobody cancelled: {}", summary(&ended));
+
+    let placements = [("pc1", "a2"), ("pc2", "a3"), ("pc3", "a4")];
+    let mut manifests = Vec::new();
+    for (index, placement) in placements.into_iter().enumerate() {
+        let restore_dir = lab.restore_dir(placement.0);
+        let manifest = assert_backed_up(&lab, &job, &ended, index, placement, &restore_dir);
+        let outcome = outcome_of(&ended.items[index]);
+        assert_eq!(
+            outcome.new_bytes, outcome.size_bytes,
+            "{}: a first backup of content unique to it stores all of it: {:?}",
+            placement.0, ended.items[index].message
+        );
+        manifests.push(manifest);
+    }
+    assert_no_temporaries(&lab, "after a successful session");
+    assert_store_is(&lab, &manifests.iter().collect::<Vec<_>>(), "after a successful session");
+
+    let listed = catalog(&mut jobs, "laptops").await;
+    assert_eq!(listed.len(), 3, "one catalog entry per computer: {listed:?}");
+    for (index, status) in ended.items.iter().enumerate() {
+        let entry = listed.iter().find(|rp| rp.item == status.name);
+        let entry =
+            entry.unwrap_or_else(|| panic!("{} is not in the catalog: {listed:?}", status.name));
+        assert_eq!(entry.id, status.restore_point, "{}", status.name);
+        assert_eq!(entry.session_id, ended.id, "{}", status.name);
+        assert_eq!(
+            entry.size_bytes,
+            stats_of(&computer_paths(&job, index)).bytes,
+            "{}",
+            status.name
+        );
+    }
+}
+
+/// Scenario 2: a second run copies only what changed: an unchanged tree stores no new byte,
+/// one changed file stores exactly its bytes; earlier restore points still restore the old
+/// content.
+#[tokio::test]
+async fn a_second_run_stores_only_changed_files() {
+    let mut cluster = Cluster::builder()
+        .agent(AgentSpec::new().computer("pc1"))
+        .agent(AgentSpec::new().computer("pc2"))
+        .start()
+        .await;
+    let lab = Lab::new(&cluster);
+    let pc1 = lab.tree("pc1", "home");
+    let pc2 = lab.tree("pc2", "home");
+    let items = vec![item_of("pc1", "pc1", &[&pc1]), item_of("pc2", "pc2", &[&pc2])];
+    let job = agent_job("incremental", &lab.repository, items, 0);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+    let placements = [("pc1", "a1"), ("pc2", "a2")];
+
+    // Run 1: everything is new.
+    let first = start_job(&mut jobs, "incremental").await;
+    let first = wait_stopped(&jobs, &first.id).await;
+    assert_eq!(first.result(), SessionResult::Success, "run 1: {}", summary(&first));
+    for (index, placement) in placements.into_iter().enumerate() {
+        let restore_dir = lab.restore_dir(&format!("run1-{}", placement.0));
+        assert_backed_up(&lab, &job, &first, index, placement, &restore_dir);
+        let outcome = outcome_of(&first.items[index]);
+        assert_eq!(outcome.new_bytes, outcome.size_bytes, "run 1 stores all: {}", summary(&first));
+    }
+
+    // Run 2: nothing changed, nothing new is stored.
+    let second = start_job(&mut jobs, "incremental").await;
+    assert_ne!(second.id, first.id, "a new session");
+    let second = wait_stopped(&jobs, &second.id).await;
+    assert_eq!(second.result(), SessionResult::Success, "run 2: {}", summary(&second));
+    for (index, placement) in placements.into_iter().enumerate() {
+        let status = &second.items[index];
+        assert!(
+            status.message.ends_with(", 0 new bytes stored"),
+            "run 2, {}: an unchanged tree reports `0 new bytes stored`: {:?}",
+            status.name,
+            status.message
+        );
+        let restore_dir = lab.restore_dir(&format!("run2-{}", placement.0));
+        let manifest = assert_backed_up(&lab, &job, &second, index, placement, &restore_dir);
+        assert_eq!(manifest.bytes_written, 0, "run 2, {}", status.name);
+    }
+
+    // Run 3: one file of pc1 changed (new content, new length): exactly its bytes are new.
+    let changed = pc1.join("docs/report.bin");
+    let old_content = std::fs::read(&changed).unwrap_or_else(|e| panic!("cannot read: {e}"));
+    let new_content = pseudo_random(seed_of("pc1 changed report"), 200 * KIB + 11);
+    write_file(&changed, &new_content);
+    let third = start_job(&mut jobs, "incremental").await;
+    let third = wait_stopped(&jobs, &third.id).await;
+    assert_eq!(third.result(), SessionResult::Success, "run 3: {}", summary(&third));
+    let restore_dir = lab.restore_dir("run3-pc1");
+    assert_backed_up(&lab, &job, &third, 0, placements[0], &restore_dir);
+    let outcome = outcome_of(&third.items[0]);
+    assert_eq!(
+        outcome.new_bytes,
+        new_content.len() as u64,
+        "run 3, pc1: only the changed file {} is stored: {:?}",
+        changed.display(),
+        third.items[0].message
+    );
+    let restore_dir = lab.restore_dir("run3-pc2");
+    assert_backed_up(&lab, &job, &third, 1, placements[1], &restore_dir);
+    assert!(
+        third.items[1].message.ends_with(", 0 new bytes stored"),
+        "run 3, pc2 is unchanged: {:?}",
+        third.items[1].message
+    );
+
+    // The restore point of run 1 still restores the old content of the changed file.
+    let manifest = read_manifest(&lab.rp_dir(&first, 0));
+    let again = lab.restore_dir("run1-pc1-again");
+    restore(&lab.repository, &manifest, &again);
+    let restored = restored_path(&again, &changed);
+    let bytes = std::fs::read(&restored)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", restored.display()));
+    assert!(
+        bytes == old_content,
+        "run 1's restore point of pc1 restores the old {}",
+        changed.display()
+    );
+
+    assert_no_temporaries(&lab, "after three runs");
+    let listed = catalog(&mut jobs, "incremental").await;
+    assert_eq!(listed.len(), 6, "two restore points per run: {listed:?}");
+}
+
+/// The stop scenarios' cluster and job: `pc1` (fast) is done in an instant; `pc2` (one slot,
+/// rate-limited) reads its bulk for seconds; `pc2-home`, a second item of computer pc2, waits
+/// for pc2's slot. Returns once `pc1` succeeded while `pc2` has transferred (and stored) some
+/// bulk files.
+async fn start_stop_scenario(job_name: &str) -> (Cluster, Lab, pb::Job, Jobs, pb::Session) {
+    let mut cluster = Cluster::builder()
+        .agent(AgentSpec::new().computer("pc1"))
+        .agent(AgentSpec::new().computer("pc2").slots(1).transfer_rate_limit(SLOW_RATE))
+        .start()
+        .await;
+    let lab = Lab::new(&cluster);
+    let pc1 = lab.tree("pc1", "home");
+    let pc2 = lab.tree("pc2", "data");
+    add_bulk(&pc2, seed_of("pc2 bulk"), BULK_FILES, BULK_SIZE);
+    let pc2_home = lab.tree("pc2", "home");
+    let items = vec![
+        item_of("pc1", "pc1", &[&pc1]),
+        item_of("pc2", "pc2", &[&pc2]),
+        item_of("pc2-home", "pc2", &[&pc2_home]),
+    ];
+    let job = agent_job(job_name, &lab.repository, items, 0);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+    let started = start_job(&mut jobs, job_name).await;
+
+    let what = "pc1 SUCCESS while pc2 is in TRANSFER past its third bulk file";
+    let running = wait_session(&jobs, &started.id, what, |s| {
+        let pc2 = item(s, "pc2");
+        item(s, "pc1").state() == Success
+            && pc2.state() == ItemState::Processing
+            && pc2.phase() == TaskPhase::Transfer
+            && pc2.bytes_done >= 3 * BULK_SIZE
+    })
+    .await;
+    let waiting = item(&running, "pc2-home");
+    assert_eq!(waiting.state(), Pending, "pc2-home waits for pc2's slot: {}", summary(&running));
+    (cluster, lab, job, jobs, running)
+}
+
+/// Scenario 3a: an immediate stop keeps the processed computer's restore point, cancels the
+/// one being processed without leaving anything of it (no partial folder, none of the blobs
+/// it had stored), leaves the rest NOT_PROCESSED and ends the session FAILED + canceled.
+#[tokio::test]
+async fn immediate_stop_keeps_processed_computers_and_leaves_nothing_of_the_running_one() {
+    let (_cluster, lab, job, mut jobs, running) = start_stop_scenario("agents-now").await;
+    let pc1_manifest = read_manifest(&lab.rp_dir(&running, 0));
+    let before = store_blobs(&lab.repository);
+    let pc1_blobs = pc1_manifest.blobs();
+    assert!(
+        before.is_superset(&pc1_blobs) && before.len() > pc1_blobs.len(),
+        "pc2's attempt has stored blobs before the stop: store {before:?}, pc1's {pc1_blobs:?}"
+    );
+
+    let stopping = expect_ok(
+        stop_job(&mut jobs, "agents-now", StopMode::Immediate, "alice@ops").await,
+        "StopJob IMMEDIATE",
+    );
+    assert_eq!(stopping.state(), SessionState::Stopping, "StopJob answers: {}", summary(&stopping));
+    assert_eq!(
+        item(&stopping, "pc2").state(),
+        ItemState::Processing,
+        "pc2 was still being processed when the stop arrived: {}",
+        summary(&stopping)
+    );
+
+    let ended = wait_stopped(&jobs, &running.id).await;
+    assert_ended(&ended, SessionResult::Failed, true, StopMode::Immediate);
+    assert_item_states(&ended, &[("pc1", Success), ("pc2", Canceled), ("pc2-home", NotProcessed)]);
+    let pc1 = assert_backed_up(&lab, &job, &ended, 0, ("pc1", "a1"), &lab.restore_dir("pc1"));
+    let listed = catalog(&mut jobs, "agents-now").await;
+    assert_no_restore_point(&lab, &ended, 1, &listed);
+    assert_no_restore_point(&lab, &ended, 2, &listed);
+    assert_eq!(listed.len(), 1, "only pc1 is in the catalog: {listed:?}");
+    assert_no_temporaries(&lab, "after an immediate stop");
+    assert_store_is(&lab, &[&pc1], "after an immediate stop (pc2's blobs are deleted)");
+}
+
+/// Scenario 3b: a graceful stop lets the computer being processed finish and commit; the
+/// rest is NOT_PROCESSED; the session ends WARNING + canceled.
+#[tokio::test]
+async fn graceful_stop_lets_the_running_computer_commit() {
+    let (_cluster, lab, job, mut jobs, running) = start_stop_scenario("agents-drain").await;
+
+    let stopping = expect_ok(
+        stop_job(&mut jobs, "agents-drain", StopMode::Graceful, "bob@ops").await,
+        "StopJob GRACEFUL",
+    );
+    assert_eq!(stopping.state(), SessionState::Stopping, "StopJob answers: {}", summary(&stopping));
+    assert_eq!(
+        item(&stopping, "pc2").state(),
+        ItemState::Processing,
+        "pc2 was still being processed when the stop arrived: {}",
+        summary(&stopping)
+    );
+
+    let ended = wait_stopped(&jobs, &running.id).await;
+    assert_ended(&ended, SessionResult::Warning, true, StopMode::Graceful);
+    assert_item_states(&ended, &[("pc1", Success), ("pc2", Success), ("pc2-home", NotProcessed)]);
+    let pc1 = assert_backed_up(&lab, &job, &ended, 0, ("pc1", "a1"), &lab.restore_dir("pc1"));
+    let pc2 = assert_backed_up(&lab, &job, &ended, 1, ("pc2", "a2"), &lab.restore_dir("pc2"));
+    let listed = catalog(&mut jobs, "agents-drain").await;
+    assert_no_restore_point(&lab, &ended, 2, &listed);
+    assert_eq!(listed.len(), 2, "pc1 and pc2 are in the catalog: {listed:?}");
+    assert_no_temporaries(&lab, "after a graceful stop");
+    assert_store_is(&lab, &[&pc1, &pc2], "after a graceful stop");
+}
+
+/// Scenario 4: an item whose computer has no agent waits, visibly, then fails naming the
+/// computer after the job's offline wait; the other computers are backed up; the session
+/// ends FAILED (not canceled).
+#[tokio::test]
+async fn an_offline_computer_waits_then_fails_while_the_others_succeed() {
+    let mut cluster = Cluster::builder()
+        .agent(AgentSpec::new().computer("pc1"))
+        .agent(AgentSpec::new().computer("pc2"))
+        .start()
+        .await;
+    let lab = Lab::new(&cluster);
+    let pc1 = lab.tree("pc1", "home");
+    let ghost = lab.dir.join("computers/ghost/home");
+    let pc2 = lab.tree("pc2", "home");
+    let items = vec![
+        item_of("pc1", "pc1", &[&pc1]),
+        item_of("ghost", "ghost", &[&ghost]),
+        item_of("pc2", "pc2", &[&pc2]),
+    ];
+    let job = agent_job("with-ghost", &lab.repository, items, 2);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+
+    let started = start_job(&mut jobs, "with-ghost").await;
+    let mut reasons: BTreeSet<String> = BTreeSet::new();
+    let snapshots = watch_to_end(&mut jobs, &started.id, |session| {
+        let ghost = item(session, "ghost");
+        if ghost.state() == Pending && !ghost.waiting_reason.is_empty() {
+            reasons.insert(ghost.waiting_reason.clone());
+        }
+    })
+    .await;
+    let ended = snapshots.last().cloned().unwrap_or_default();
+    assert!(
+        reasons.contains("computer ghost is offline"),
+        "ghost was seen PENDING with waiting_reason `computer ghost is offline`; reasons seen: \
+         {reasons:?}; last: {}",
+        summary(&ended)
+    );
+
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Failed, "{}", summary(&ended));
+    assert!(!ended.canceled, "nobody cancelled: {}", summary(&ended));
+    assert_item_states(&ended, &[("pc1", Success), ("ghost", Failed), ("pc2", Success)]);
+    let failed = item(&ended, "ghost");
+    assert!(
+        failed.message.contains("ghost"),
+        "the failure names the computer: {:?}",
+        failed.message
+    );
+    assert!(
+        failed.message.contains("offline"),
+        "the failure says it was offline: {:?}",
+        failed.message
+    );
+    assert!(failed.agent.is_empty(), "ghost never ran on any agent: {}", summary(&ended));
+    assert_backed_up(&lab, &job, &ended, 0, ("pc1", "a1"), &lab.restore_dir("pc1"));
+    assert_backed_up(&lab, &job, &ended, 2, ("pc2", "a2"), &lab.restore_dir("pc2"));
+    let listed = catalog(&mut jobs, "with-ghost").await;
+    assert_no_restore_point(&lab, &ended, 1, &listed);
+    assert_no_temporaries(&lab, "after an offline computer failed");
+}
+
+/// Scenario 5: an item whose computer is offline when the session starts waits (the other
+/// computer goes on), and runs and succeeds once the computer's agent comes up.
+#[tokio::test]
+async fn a_computer_that_comes_online_later_is_backed_up() {
+    let mut cluster = Cluster::builder()
+        .agent(AgentSpec::new())
+        .agent(AgentSpec::new().computer("pc1"))
+        .start()
+        .await;
+    let lab = Lab::new(&cluster);
+    let pc1 = lab.tree("pc1", "home");
+    let late = lab.tree("pc-late", "home");
+    let items = vec![item_of("pc1", "pc1", &[&pc1]), item_of("late", "pc-late", &[&late])];
+    let job = agent_job("latecomer", &lab.repository, items, 0);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+
+    let started = start_job(&mut jobs, "latecomer").await;
+    let what = "pc1 SUCCESS while late waits with `computer pc-late is offline`";
+    let waiting = wait_session(&jobs, &started.id, what, |s| {
+        let late = item(s, "late");
+        item(s, "pc1").state() == Success
+            && late.state() == Pending
+            && late.waiting_reason == "computer pc-late is offline"
+    })
+    .await;
+    assert_ne!(waiting.state(), SessionState::Stopped, "the session waits: {}", summary(&waiting));
+
+    let agent = cluster.add_agent(AgentSpec::new().computer("pc-late")).await;
+    assert_eq!(agent.id(), "a3");
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
+    assert!(!ended.canceled, "nobody cancelled: {}", summary(&ended));
+    assert_backed_up(&lab, &job, &ended, 0, ("pc1", "a2"), &lab.restore_dir("pc1"));
+    assert_backed_up(&lab, &job, &ended, 1, ("pc-late", "a3"), &lab.restore_dir("late"));
+    assert_eq!(ended.items[1].attempt, 1, "the wait was not a failed attempt: {}", summary(&ended));
+    assert_no_temporaries(&lab, "after the late computer was backed up");
+}
