@@ -250,9 +250,17 @@ impl Cluster {
 
     /// Starts one more coordinator and waits until it serves.
     pub async fn add_coordinator(&mut self) -> &mut Node {
+        let etcd_url = self.etcd_url.clone();
+        self.add_coordinator_with_etcd(&etcd_url).await
+    }
+
+    /// Starts one more coordinator whose `--etcd` is `etcd_url` instead of the cluster's etcd
+    /// (e.g. a [`crate::proxy::Proxy`] in front of it), and waits until it serves. Start it
+    /// before the agents that should heartbeat to it.
+    pub async fn add_coordinator_with_etcd(&mut self, etcd_url: &str) -> &mut Node {
         let id = format!("c{}", self.coordinators.len() + 1);
         let args = flags([
-            ("--etcd", self.etcd_url.clone()),
+            ("--etcd", etcd_url.to_string()),
             ("--id", id.clone()),
             ("--lease-ttl", self.settings.lease_ttl.to_string()),
             ("--prefix", self.prefix.clone()),

@@ -20,6 +20,7 @@ pub mod fixtures;
 mod logs;
 mod node;
 mod ports;
+pub mod proxy;
 pub mod sessions;
 pub mod stops;
 mod wait;
