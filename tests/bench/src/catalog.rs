@@ -1,0 +1,66 @@
+//! Every figure the issue asks for, in table order, with its unit and target.
+
+/// A goal to work toward; reported against, never asserted.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// The figure should be at least this.
+    AtLeast(f64),
+    /// The figure should be at most this.
+    AtMost(f64),
+}
+
+impl Target {
+    /// Whether `value` meets the target.
+    pub fn met_by(self, value: f64) -> bool {
+        match self {
+            Target::AtLeast(goal) => value >= goal,
+            Target::AtMost(goal) => value <= goal,
+        }
+    }
+}
+
+/// One figure of the results.
+#[derive(Debug, Clone, Copy)]
+pub struct Figure {
+    /// Dotted key, also the JSON path (`dispatch.items_per_s`).
+    pub key: &'static str,
+    /// Unit shown in the table.
+    pub unit: &'static str,
+    /// Goal from the issue, if it sets one.
+    pub target: Option<Target>,
+}
+
+const fn figure(key: &'static str, unit: &'static str, target: Option<Target>) -> Figure {
+    Figure { key, unit, target }
+}
+
+/// Lease TTL of the takeover cluster, in seconds.
+pub const TAKEOVER_LEASE_TTL: u32 = 3;
+
+/// The figures of the issue, in the order of the table.
+pub const FIGURES: &[Figure] = &[
+    figure("dispatch.items_per_s", "items/s", Some(Target::AtLeast(10_000.0))),
+    figure("dispatch.latency_p50_ms", "ms", None),
+    figure("dispatch.latency_p99_ms", "ms", None),
+    figure("dispatch.etcd_txns_per_item", "txn", Some(Target::AtMost(0.05))),
+    figure("dispatch.etcd_bytes_per_item", "B", None),
+    figure("dispatch.coordinator_cpu_s_per_1k_items", "s", None),
+    figure("stop.immediate_p50_ms", "ms", None),
+    figure("stop.immediate_p99_ms", "ms", Some(Target::AtMost(15.0))),
+    figure("stop.immediate_max_ms", "ms", None),
+    figure("stop.immediate_to_stopped_ms", "ms", None),
+    figure("stop.graceful_tail_ms", "ms", None),
+    figure("stop.graceful_new_dispatches", "", Some(Target::AtMost(0.0))),
+    figure("takeover.kill_ms", "ms", Some(Target::AtMost(TAKEOVER_LEASE_TTL as f64 * 1e3 + 500.0))),
+    figure("takeover.sigterm_ms", "ms", Some(Target::AtMost(500.0))),
+    figure("memory.coordinator_rss_bytes_per_item", "B", Some(Target::AtMost(1024.0))),
+    figure("memory.agent_idle_rss_bytes", "B", None),
+    figure("data.vm_ratio", "x", Some(Target::AtLeast(0.9))),
+    figure("data.computer_first_ratio", "x", None),
+    figure("data.computer_unchanged_ratio", "x", Some(Target::AtLeast(20.0))),
+];
+
+/// The catalog entry of `key`, if it is one of the issue's figures.
+pub fn find(key: &str) -> Option<&'static Figure> {
+    FIGURES.iter().find(|f| f.key == key)
+}

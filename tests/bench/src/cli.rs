@@ -1,0 +1,110 @@
+//! Command-line flags and the sizes of a full or `--quick` run.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Benchmarks of Sluice on a real loopback cluster of release binaries.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice-bench", version)]
+pub struct Args {
+    /// Reduced sizes (about two minutes); for CI smoke runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs only these scenarios (comma-separated: dispatch,stop,takeover,memory,data).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Where to write the results (default: target/bench/results.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Uses the release binaries as they are instead of building them first.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+impl Args {
+    /// Whether the scenario `name` is to run.
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+
+    /// The sizes of this run.
+    pub fn sizes(&self) -> Sizes {
+        if self.quick { Sizes::quick() } else { Sizes::full() }
+    }
+}
+
+/// How big each scenario is, and how long it may take at most.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// `quick` or `full`.
+    pub mode: &'static str,
+    /// Items of the dispatch session.
+    pub dispatch_items: usize,
+    /// Agents of the dispatch and stop clusters.
+    pub agents: usize,
+    /// Slots per agent in the dispatch cluster.
+    pub dispatch_slots: u32,
+    /// Tasks in flight when a stop arrives.
+    pub stop_tasks: usize,
+    /// Items of the memory session.
+    pub memory_items: usize,
+    /// Bytes of the VM disk and of the computer tree.
+    pub data_bytes: u64,
+    /// Longest a session may take before the scenario records what it reached.
+    pub session_budget: Duration,
+    /// Longest each scenario may take in all, in seconds (see [`Sizes::budget`]).
+    pub budgets: &'static [(&'static str, u64)],
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Sizes {
+    /// The sizes of the issue: 10,000 items over 20 agents × 16 slots, 1,000 stops, 1 GiB.
+    pub fn full() -> Sizes {
+        Sizes {
+            mode: "full",
+            dispatch_items: 10_000,
+            agents: 20,
+            dispatch_slots: 16,
+            stop_tasks: 1_000,
+            memory_items: 100_000,
+            data_bytes: 1024 * MIB,
+            session_budget: Duration::from_secs(120),
+            budgets: &[
+                ("dispatch", 180),
+                ("stop", 180),
+                ("takeover", 90),
+                ("memory", 120),
+                ("data", 240),
+            ],
+        }
+    }
+
+    /// Reduced sizes that finish in under two minutes on two cores.
+    pub fn quick() -> Sizes {
+        Sizes {
+            mode: "quick",
+            dispatch_items: 1_000,
+            agents: 4,
+            dispatch_slots: 16,
+            stop_tasks: 100,
+            memory_items: 10_000,
+            data_bytes: 64 * MIB,
+            session_budget: Duration::from_secs(12),
+            budgets: &[
+                ("dispatch", 20),
+                ("stop", 25),
+                ("takeover", 30),
+                ("memory", 15),
+                ("data", 25),
+            ],
+        }
+    }
+
+    /// Longest the scenario `name` may take before it is aborted.
+    pub fn budget(&self, name: &str) -> Duration {
+        let seconds = self.budgets.iter().find(|(n, _)| *n == name).map_or(60, |(_, s)| *s);
+        Duration::from_secs(seconds)
+    }
+}

@@ -1,0 +1,90 @@
+//! Runs each scenario in its own task under a time budget, so a scenario that fails, panics
+//! (the harness panics on what it cannot do) or hangs costs its own figures and nothing else.
+
+mod data;
+mod dispatch;
+mod memory;
+mod stop;
+mod takeover;
+
+use std::{any::Any, sync::Arc, time::Duration};
+
+use sluice_tests::Etcd;
+
+use crate::{cli::Args, cli::Sizes, results::Results};
+
+/// The scenarios, in the order they run.
+const SCENARIOS: [&str; 5] = ["dispatch", "stop", "takeover", "memory", "data"];
+
+/// What every scenario gets.
+#[derive(Clone)]
+pub struct Ctx {
+    /// Sizes of this run.
+    pub sizes: Sizes,
+    /// The etcd every cluster of the run uses (each on its own key prefix).
+    pub etcd: Arc<Etcd>,
+    /// Where figures go.
+    pub results: Results,
+}
+
+/// Starts one etcd for the run, then each wanted scenario in turn.
+pub async fn run_all(args: &Args, sizes: &Sizes, results: &Results) {
+    let etcd = match tokio::task::spawn_blocking(Etcd::dedicated).await {
+        Ok(etcd) => Arc::new(etcd),
+        Err(error) => {
+            results.error("etcd", &failure_text(error));
+            return;
+        }
+    };
+    let ctx = Ctx { sizes: sizes.clone(), etcd, results: results.clone() };
+    for name in SCENARIOS.into_iter().filter(|name| args.wants(name)) {
+        println!("\n== {name}");
+        guarded(name, sizes.budget(name), ctx.clone()).await;
+    }
+}
+
+async fn run_one(name: &'static str, ctx: Ctx) -> anyhow::Result<()> {
+    match name {
+        "dispatch" => dispatch::run(ctx).await,
+        "stop" => stop::run(ctx).await,
+        "takeover" => takeover::run(ctx).await,
+        "memory" => memory::run(ctx).await,
+        "data" => data::run(ctx).await,
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+}
+
+/// Runs a scenario in a task; records an error when it fails, panics or exceeds `budget`
+/// (then it is aborted, which tears its cluster down).
+async fn guarded(name: &'static str, budget: Duration, ctx: Ctx) {
+    let results = ctx.results.clone();
+    let started = tokio::time::Instant::now();
+    let mut task = tokio::spawn(run_one(name, ctx));
+    match tokio::time::timeout(budget, &mut task).await {
+        Ok(Ok(Ok(()))) => println!("   ({name} took {:.1} s)", started.elapsed().as_secs_f64()),
+        Ok(Ok(Err(error))) => results.error(name, &format!("{error:#}")),
+        Ok(Err(join)) => results.error(name, &failure_text(join)),
+        Err(_) => {
+            task.abort();
+            let _ = task.await;
+            results.error(name, &format!("did not finish within {budget:?}; aborted"));
+        }
+    }
+}
+
+fn failure_text(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
+        Err(error) => error.to_string(),
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".to_string());
+    // The harness appends log tails; the first lines say what happened.
+    text.lines().take(3).collect::<Vec<_>>().join(" | ")
+}

@@ -1,0 +1,143 @@
+//! Scenario 2, stop: an immediate stop of long sim tasks in flight, then a graceful stop of
+//! 2 s sim tasks in flight with as many items still pending.
+//!
+//! Immediate latencies run from the StopJob call to the moment each task's agent shows it in
+//! CLEANUP (its cancellation observed there), on this machine's clock.
+
+use std::time::{Duration, SystemTime};
+
+use sluice_proto::pb::{self, ItemState, StopMode};
+use sluice_tests::Cluster;
+
+use super::Ctx;
+use crate::{
+    jobs::{self, Jobs, Store},
+    observe::Observer,
+    stats::{ms_between, percentile},
+};
+
+/// Sim duration of the immediate-stop tasks: longer than the scenario.
+const LONG_TASK_MS: u32 = 600_000;
+/// Sim duration of the graceful-stop tasks.
+const GRACEFUL_TASK_MS: u32 = 2_000;
+
+/// The cluster and its watchers, shared by both halves.
+struct Bench {
+    ctx: Ctx,
+    cluster: Cluster,
+    observer: Observer,
+    api: Jobs,
+    store: Store,
+}
+
+/// Runs the scenario and records its figures.
+pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
+    let (agents, tasks) = (ctx.sizes.agents, ctx.sizes.stop_tasks);
+    let slots = tasks.div_ceil(agents) as u32;
+    let cluster = Cluster::builder().etcd(&ctx.etcd).agents(agents).slots(slots).start().await;
+    let observer = Observer::start(&cluster).await;
+    let api = cluster.coordinators()[0].job_client().await;
+    let store = Store::of(&cluster).await;
+    let mut bench = Bench { ctx, cluster, observer, api, store };
+    bench.immediate().await?;
+    bench.graceful().await
+}
+
+impl Bench {
+    /// Creates and starts a sim job; returns the session id.
+    async fn start(&mut self, name: &str, items: usize, sim_ms: u32) -> anyhow::Result<String> {
+        let repository = self.cluster.dir().join("repository");
+        jobs::create(&mut self.api, jobs::sim_job(name, items, sim_ms, &repository)).await?;
+        Ok(jobs::start(&mut self.api, name).await?.0)
+    }
+
+    async fn immediate(&mut self) -> anyhow::Result<()> {
+        let tasks = self.ctx.sizes.stop_tasks;
+        let job = "bench-stop-immediate";
+        let id = self.start(job, tasks, LONG_TASK_MS).await?;
+        let budget = self.ctx.sizes.session_budget;
+        self.observer.wait(budget, |o| o.running(&id) >= tasks).await;
+        let in_flight = self.observer.running(&id);
+        let results = &self.ctx.results;
+        results.set("stop.immediate_tasks", in_flight as f64);
+        if in_flight < tasks {
+            let text = format!("only {in_flight} of {tasks} tasks were in flight after {budget:?}");
+            results.note("stop.immediate_p99_ms", &text);
+        }
+        let (called, _) = jobs::stop(&mut self.api, &id, StopMode::Immediate).await?;
+        let stopped = self.store.wait_stopped(job, &id, budget).await?;
+        self.observer.wait(Duration::from_secs(5), |o| o.running(&id) == 0).await;
+        self.record_immediate(&id, called, stopped.as_ref());
+        Ok(())
+    }
+
+    fn record_immediate(&self, id: &str, called: SystemTime, stopped: Option<&pb::Session>) {
+        let results = &self.ctx.results;
+        let canceled: Vec<f64> = self
+            .observer
+            .tasks(id)
+            .iter()
+            .filter(|t| t.outcome.is_none_or(|o| o == ItemState::Canceled))
+            .filter_map(|t| t.cleanup_at.map(|at| ms_between(called, at)))
+            .collect();
+        results.set("stop.immediate_canceled_seen", canceled.len() as f64);
+        let stats = [50.0, 99.0, 100.0].map(|p| percentile(&canceled, p));
+        if let [Some(p50), Some(p99), Some(max)] = stats {
+            results.set("stop.immediate_p50_ms", p50);
+            results.set("stop.immediate_p99_ms", p99);
+            results.set("stop.immediate_max_ms", max);
+        }
+        match stopped.and_then(jobs::ended_at) {
+            Some(ended) => results.set("stop.immediate_to_stopped_ms", ms_between(called, ended)),
+            None => {
+                results.note("stop.immediate_to_stopped_ms", "the session did not stop in time")
+            }
+        }
+    }
+
+    async fn graceful(&mut self) -> anyhow::Result<()> {
+        let tasks = self.ctx.sizes.stop_tasks;
+        let job = "bench-stop-graceful";
+        let id = self.start(job, tasks * 2, GRACEFUL_TASK_MS).await?;
+        let budget = self.ctx.sizes.session_budget;
+        // Stop once every slot is busy, or once the first task ends (dispatch is slower than
+        // tasks end, so in-flight will not grow further).
+        self.observer.wait(budget, |o| o.running(&id) >= tasks || o.finished(&id) > 0).await;
+        let in_flight = self.observer.running(&id);
+        self.ctx.results.set("stop.graceful_in_flight", in_flight as f64);
+        let (_, accepted) = jobs::stop(&mut self.api, &id, StopMode::Graceful).await?;
+        let budget = budget + Duration::from_millis(u64::from(GRACEFUL_TASK_MS));
+        let Some(stopped) = self.store.wait_stopped(job, &id, budget).await? else {
+            self.ctx.results.note("stop.graceful_tail_ms", "the session did not stop in time");
+            return Ok(());
+        };
+        self.record_graceful(&id, accepted, &stopped).await
+    }
+
+    async fn record_graceful(
+        &mut self,
+        id: &str,
+        accepted: SystemTime,
+        stopped: &pb::Session,
+    ) -> anyhow::Result<()> {
+        let results = &self.ctx.results;
+        let last_done = self.observer.tasks(id).iter().filter_map(|t| t.finished_at).max();
+        match (last_done, jobs::ended_at(stopped)) {
+            (Some(done), Some(ended)) => {
+                results.set("stop.graceful_tail_ms", ms_between(done, ended));
+            }
+            _ => results.note("stop.graceful_tail_ms", "no task end or session end seen"),
+        }
+        let request = pb::GetSessionRequest { session_id: id.to_string() };
+        let session = self.api.get_session(request).await?.into_inner();
+        let accepted_ms = ms_between(SystemTime::UNIX_EPOCH, accepted);
+        let late = session
+            .items
+            .iter()
+            .filter_map(|item| item.started_at.as_ref())
+            .filter(|at| sluice_proto::time::millis(at) as f64 > accepted_ms)
+            .count();
+        results.set("stop.graceful_new_dispatches", late as f64);
+        Ok(())
+    }
+}
