@@ -118,7 +118,9 @@ impl Membership {
                 return KeepAliveEnd::Lost("no renewal confirmed in time");
             }
             let sent_at = Instant::now();
-            match self.renew(id, &mut stream, interval).await {
+            // A renewal may not outlast the trust window: a silent etcd must fence us in time.
+            let budget = interval.min(trusted_until.saturating_duration_since(sent_at));
+            match self.renew(id, &mut stream, budget).await {
                 Renewal::Renewed => trusted_until = sent_at + self.config.ttl * 3 / 4,
                 Renewal::Expired => return KeepAliveEnd::Lost("lease expired"),
                 Renewal::Failed(error) => {
