@@ -22,6 +22,8 @@ use crate::{agents::directory::agent_map, error::Error};
 
 /// Most messages a session actor queues before senders wait.
 pub const MAILBOX: usize = 1024;
+/// Most messages handled between two dispatch rounds.
+const MAX_BATCH: usize = 1024;
 /// Progress and waiting reasons are persisted at most this often.
 const LAZY_FLUSH: Duration = Duration::from_millis(500);
 /// Wait before retrying a failed etcd write or agent call.
@@ -154,7 +156,7 @@ impl SessionActor {
                 _ = self.ctx.shutdown.cancelled() => return Exit::Handover,
                 _ = self.fence.cancelled() => return Exit::Fenced,
                 msg = self.inbox.recv() => match msg {
-                    Some(msg) => if let Some(exit) = self.handle(msg) { return exit },
+                    Some(msg) => if let Some(exit) = self.handle_batch(msg) { return exit },
                     None => return Exit::Handover,
                 },
                 _ = agents.changed() => self.on_agents_changed(),
@@ -186,6 +188,21 @@ impl SessionActor {
             wake = wake.min(at);
         }
         wake
+    }
+
+    /// Handles `first` and whatever else is already queued, so that one dispatch round and
+    /// one flush serve the whole batch.
+    fn handle_batch(&mut self, first: Msg) -> Option<Exit> {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(msg) = next {
+            if let Some(exit) = self.handle(msg) {
+                return Some(exit);
+            }
+            handled += 1;
+            next = if handled < MAX_BATCH { self.inbox.try_recv().ok() } else { None };
+        }
+        None
     }
 
     fn handle(&mut self, msg: Msg) -> Option<Exit> {
@@ -594,7 +611,8 @@ impl SessionActor {
     }
 
     fn task_spec(&self, index: u32, attempt: u32) -> pb::TaskSpec {
-        let job = self.base.job.clone().unwrap_or_default();
+        let empty = pb::Job::default();
+        let job = self.base.job.as_ref().unwrap_or(&empty);
         pb::TaskSpec {
             key: Some(pb::TaskKey {
                 session_id: self.machine.id.clone(),

@@ -188,6 +188,11 @@ pub struct Machine {
     /// Changes worth persisting, but not at once (progress, waiting reasons).
     dirty_lazy: BTreeSet<usize>,
     dirty_session: bool,
+    /// No item before this position is pending: dispatch rounds start here.
+    first_pending: usize,
+    /// Whether any item needs a particular computer (else all share one placement); known
+    /// from the first dispatch round on.
+    has_computer_items: Option<bool>,
 }
 
 impl Machine {
@@ -207,6 +212,8 @@ impl Machine {
             dirty_items: BTreeSet::new(),
             dirty_lazy: BTreeSet::new(),
             dirty_session: true,
+            first_pending: 0,
+            has_computer_items: None,
         }
     }
 
@@ -303,12 +310,21 @@ impl Machine {
         }
         let mut effects = Vec::new();
         let mut shown = 0;
+        let has_computer_items = *self
+            .has_computer_items
+            .get_or_insert_with(|| self.items.iter().any(|i| i.computer.is_some()));
         // Items with the same placement (VM items, or one computer) wait for the same reason:
         // once one of them cannot be placed, the others of this round skip the search.
         let mut blocked: HashMap<Option<String>, (String, bool)> = HashMap::new();
-        for pos in 0..self.items.len() {
+        let mut settled_so_far = true;
+        for pos in self.first_pending..self.items.len() {
             let item = &self.items[pos];
-            if item.state() != ItemState::Pending || item.not_before_ms > now_ms {
+            let pending = item.state() == ItemState::Pending;
+            settled_so_far &= !pending;
+            if settled_so_far {
+                self.first_pending = pos + 1;
+            }
+            if !pending || item.not_before_ms > now_ms {
                 continue;
             }
             let placement = match blocked.get(&item.computer) {
@@ -323,6 +339,9 @@ impl Machine {
                     shown += 1;
                     blocked.insert(item.computer.clone(), (reason.clone(), offline));
                     self.wait(now_ms, pos, reason, offline, shown <= SHOWN_WAITING_ITEMS);
+                    if !has_computer_items && shown >= SHOWN_WAITING_ITEMS {
+                        break; // every later item would wait for the same slots
+                    }
                 }
             }
         }
@@ -408,6 +427,7 @@ impl Machine {
             item.status.waiting_reason = message;
             item.not_before_ms = now_ms + REFUSED_BACKOFF_MS;
             self.dirty_items.insert(pos);
+            self.first_pending = self.first_pending.min(pos);
             self.after_pending(now_ms, pos);
         } else {
             self.fail_attempt(now_ms, pos, message);
@@ -578,6 +598,7 @@ impl Machine {
     }
 
     fn make_pending(&mut self, pos: usize) {
+        self.first_pending = self.first_pending.min(pos);
         let item = &mut self.items[pos];
         item.status.state = ItemState::Pending as i32;
         item.status.agent.clear();
