@@ -5,6 +5,7 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use futures::StreamExt;
@@ -19,7 +20,6 @@ use crate::{
     PATIENCE,
     disk::{self, Fill},
     fixtures::{expect_ok, vm_item},
-    wait_for,
 };
 
 /// One mebibyte.
@@ -36,6 +36,12 @@ pub const SLOW: u64 = 16 * MIB;
 
 /// `--transfer-rate-limit` of the agents in the stop scenarios (bytes per second).
 pub const SLOW_RATE: u64 = 2 * MIB;
+
+/// Distinct observations a failed wait shows.
+const SHOWN_OBSERVATIONS: usize = 30;
+
+/// Pause between two polls.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Prefix of the snapshots Sluice takes (`sluice-<session>`).
 pub const SNAPSHOT_PREFIX: &str = "sluice-";
@@ -182,31 +188,43 @@ pub async fn get_session(jobs: &mut JobServiceClient<Channel>, id: &str) -> pb::
     expect_ok(got, &format!("GetSession {id}"))
 }
 
-/// Polls `GetSession` until `done` holds; fails naming `what` and the last items seen.
+/// Polls `GetSession` until `done` holds; fails naming `what` and the distinct states seen.
 pub async fn wait_session(
     jobs: &JobServiceClient<Channel>,
     id: &str,
     what: &str,
     done: impl Fn(&pb::Session) -> bool,
 ) -> pb::Session {
-    let done = &done;
-    wait_for(
-        || {
-            let mut jobs = jobs.clone();
-            let request = pb::GetSessionRequest { session_id: id.to_string() };
-            async move {
-                let session = jobs
-                    .get_session(request)
-                    .await
-                    .map_err(|s| format!("GetSession: {:?}: {}", s.code(), s.message()))?
-                    .into_inner();
-                if done(&session) { Ok(session) } else { Err(describe(&session)) }
+    let deadline = Instant::now() + PATIENCE;
+    // Every distinct observation, oldest first, so a failure shows how the session went.
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let mut client = jobs.clone();
+        let request = pb::GetSessionRequest { session_id: id.to_string() };
+        let observation = match tokio::time::timeout_at(deadline, client.get_session(request)).await
+        {
+            Ok(Ok(response)) => {
+                let session = response.into_inner();
+                if done(&session) {
+                    return session;
+                }
+                describe(&session)
             }
-        },
-        PATIENCE,
-        &format!("session {id}: {what}"),
-    )
-    .await
+            Ok(Err(status)) => format!("GetSession: {:?}: {}", status.code(), status.message()),
+            Err(_) => "GetSession did not answer before the deadline".to_string(),
+        };
+        if seen.last() != Some(&observation) {
+            seen.push(observation);
+        }
+        if Instant::now() >= deadline {
+            let tail = &seen[seen.len().saturating_sub(SHOWN_OBSERVATIONS)..];
+            panic!(
+                "timed out after {PATIENCE:?} waiting for session {id}: {what}; seen:\n  {}",
+                tail.join("\n  ")
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// Waits until the session is `STOPPED`.
