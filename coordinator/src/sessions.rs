@@ -24,13 +24,22 @@ pub use manager::Sessions;
 /// Delivers messages to the session actors of this coordinator, by session id.
 #[derive(Clone, Default)]
 pub struct Router {
-    actors: Arc<Mutex<HashMap<String, mpsc::Sender<actor::Msg>>>>,
+    actors: Arc<Mutex<HashMap<String, Mailboxes>>>,
+}
+
+/// The two inboxes of a session actor: stops go first, ahead of task traffic.
+#[derive(Clone)]
+pub struct Mailboxes {
+    /// Task updates and answers.
+    pub tasks: mpsc::Sender<actor::Msg>,
+    /// Stop requests.
+    pub stops: mpsc::Sender<machine::Stop>,
 }
 
 impl Router {
     /// Registers an actor's mailbox.
-    pub fn register(&self, id: &str, mailbox: mpsc::Sender<actor::Msg>) {
-        self.lock().insert(id.to_string(), mailbox);
+    pub fn register(&self, id: &str, mailboxes: Mailboxes) {
+        self.lock().insert(id.to_string(), mailboxes);
     }
 
     /// Forgets an actor.
@@ -38,9 +47,14 @@ impl Router {
         self.lock().remove(id);
     }
 
-    /// The mailbox of a session this coordinator runs.
+    /// The task mailbox of a session this coordinator runs.
     pub fn mailbox(&self, id: &str) -> Option<mpsc::Sender<actor::Msg>> {
-        self.lock().get(id).cloned()
+        self.lock().get(id).map(|m| m.tasks.clone())
+    }
+
+    /// The stop mailbox of a session this coordinator runs.
+    pub fn stops(&self, id: &str) -> Option<mpsc::Sender<machine::Stop>> {
+        self.lock().get(id).map(|m| m.stops.clone())
     }
 
     /// Ids of the sessions this coordinator runs.
@@ -56,7 +70,7 @@ impl Router {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<actor::Msg>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mailboxes>> {
         self.actors.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

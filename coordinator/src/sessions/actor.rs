@@ -41,8 +41,6 @@ pub enum Msg {
         /// The task.
         status: pb::TaskStatus,
     },
-    /// A stop request (from the API or the stop-key watch).
-    Stop(Stop),
     /// Answer to a RunTask.
     RunDone {
         index: u32,
@@ -56,6 +54,16 @@ pub enum Msg {
     Resend { index: u32, attempt: u32, agent: String },
     /// A batch of writes ended.
     Flushed { result: crate::error::Result<()>, items: Vec<usize>, session: bool },
+}
+
+/// The receiving ends an actor reads, and the sender its child tasks report through.
+pub struct Inboxes {
+    /// Sender of `tasks`.
+    pub outbox: mpsc::Sender<Msg>,
+    /// Task updates and answers.
+    pub tasks: mpsc::Receiver<Msg>,
+    /// Stop requests, read ahead of everything else.
+    pub stops: mpsc::Receiver<Stop>,
 }
 
 /// Why an actor ended.
@@ -76,6 +84,7 @@ pub struct SessionActor {
     epoch: i64,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
+    stops: mpsc::Receiver<Stop>,
     outbox: mpsc::Sender<Msg>,
     fence: CancellationToken,
     /// Dispatches not yet persisted.
@@ -100,7 +109,7 @@ impl SessionActor {
         base: pb::SessionRecord,
         epoch: i64,
         ctx: SessionContext,
-        (outbox, inbox): (mpsc::Sender<Msg>, mpsc::Receiver<Msg>),
+        inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
         SessionActor {
@@ -108,8 +117,9 @@ impl SessionActor {
             base,
             epoch,
             ctx,
-            inbox,
-            outbox,
+            inbox: inboxes.tasks,
+            stops: inboxes.stops,
+            outbox: inboxes.outbox,
             fence,
             unsent: Vec::new(),
             flushing_runs: Vec::new(),
@@ -155,6 +165,7 @@ impl SessionActor {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return Exit::Handover,
                 _ = self.fence.cancelled() => return Exit::Fenced,
+                Some(stop) = self.stops.recv() => self.apply(Event::Stop(stop)),
                 msg = self.inbox.recv() => match msg {
                     Some(msg) => if let Some(exit) = self.handle_batch(msg) { return exit },
                     None => return Exit::Handover,
@@ -200,7 +211,12 @@ impl SessionActor {
                 return Some(exit);
             }
             handled += 1;
-            next = if handled < MAX_BATCH { self.inbox.try_recv().ok() } else { None };
+            let stop_waiting = !self.stops.is_empty();
+            next = if handled < MAX_BATCH && !stop_waiting {
+                self.inbox.try_recv().ok()
+            } else {
+                None
+            };
         }
         None
     }
@@ -208,7 +224,6 @@ impl SessionActor {
     fn handle(&mut self, msg: Msg) -> Option<Exit> {
         match msg {
             Msg::Task { agent, status } => self.on_task(agent, status),
-            Msg::Stop(stop) => self.apply(Event::Stop(stop)),
             Msg::RunDone { index, attempt, agent, result } => {
                 return self.on_run_done(index, attempt, agent, result);
             }

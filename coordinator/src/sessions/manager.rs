@@ -13,8 +13,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use super::{
-    Router,
-    actor::{self, MAILBOX, Msg, SessionActor},
+    Mailboxes, Router,
+    actor::{self, Inboxes, MAILBOX, SessionActor},
     context::SessionContext,
     ids::new_session_id,
     persist::{self, NewSession},
@@ -25,6 +25,9 @@ use crate::{
     membership::{Lease, LeaseWatch},
     store::Store,
 };
+
+/// Stop requests an actor may have queued (they are idempotent: few are ever pending).
+const STOP_MAILBOX: usize = 16;
 
 /// The session service of one coordinator.
 #[derive(Clone)]
@@ -151,16 +154,18 @@ impl Sessions {
         let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref());
         let id = machine.id.clone();
         let (outbox, inbox) = mpsc::channel(MAILBOX);
-        self.inner.router.register(&id, outbox.clone());
+        let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
+        let mailboxes = Mailboxes { tasks: outbox.clone(), stops: stops.clone() };
+        self.inner.router.register(&id, mailboxes);
         if let Some(stop) = &view.stop {
-            let _ = outbox.try_send(Msg::Stop(stop_from(stop)));
+            let _ = stops.try_send(stop_from(stop));
         }
         let fence = lease.fence.child_token();
         let watch_stop = fence.child_token();
         self.inner.tracker.spawn(watch_stop_key(
             self.store().clone(),
             id.clone(),
-            outbox.clone(),
+            stops,
             watch_stop.clone(),
         ));
         let mut base = view.record.clone();
@@ -168,8 +173,14 @@ impl Sessions {
             session.owner = self.inner.coordinator.clone();
             session.epoch = epoch;
         }
-        let actor =
-            SessionActor::new(machine, base, epoch, self.inner.ctx.clone(), (outbox, inbox), fence);
+        let actor = SessionActor::new(
+            machine,
+            base,
+            epoch,
+            self.inner.ctx.clone(),
+            Inboxes { outbox, tasks: inbox, stops: stop_inbox },
+            fence,
+        );
         let router = self.inner.router.clone();
         self.inner.tracker.spawn(async move {
             let _exit = actor.run().await;
@@ -213,8 +224,8 @@ impl Sessions {
         };
         if persist::request_stop(self.store(), &id, &stop).await? {
             info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
-            if let Some(mailbox) = self.inner.router.mailbox(&id) {
-                let _ = mailbox.send(Msg::Stop(stop_from(&stop))).await;
+            if let Some(stops) = self.inner.router.stops(&id) {
+                let _ = stops.send(stop_from(&stop)).await;
             }
         }
         Ok(self.load(&id).await?.to_session(true))
@@ -349,13 +360,13 @@ fn stop_mode(raw: i32) -> Result<StopMode> {
 async fn watch_stop_key(
     store: Store,
     id: String,
-    outbox: mpsc::Sender<Msg>,
+    stops: mpsc::Sender<super::machine::Stop>,
     stop: CancellationToken,
 ) {
     let key = store.keys().session_stop(&id);
     let mut stream = super::watch::key_puts::<pb::StopRequest>(store.clone(), key, stop.clone());
     while let Some(request) = stream.recv().await {
-        if outbox.send(Msg::Stop(stop_from(&request))).await.is_err() {
+        if stops.send(stop_from(&request)).await.is_err() {
             return;
         }
     }

@@ -79,19 +79,26 @@ pub struct Flush {
 /// owner's epoch. An item and its catalog entry always share a transaction; a final session
 /// record also clears the job's active marker and the owner key.
 pub async fn flush(store: &Store, id: &str, epoch: i64, batch: Flush) -> Result<()> {
-    let mut groups: Vec<Vec<TxnOp>> =
+    let items: Vec<Vec<TxnOp>> =
         batch.items.iter().map(|(item, rp)| item_ops(store, id, item, rp.as_ref())).collect();
+    // Item transactions are independent of each other: send them together. The session
+    // record goes last, so a final state is never stored before its items.
+    let guarded = pack(items).into_iter().map(|chunk| fenced(store, id, epoch, chunk));
+    futures::future::try_join_all(guarded).await?;
     if let Some(record) = &batch.session {
-        groups.push(session_ops(store, id, record));
-    }
-    let owner = store.keys().session_owner(id);
-    for chunk in pack(groups) {
-        let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch);
-        if store.txn(Txn::new().when([guard]).and_then(chunk)).await?.is_none() {
-            return Err(Error::Fenced(id.to_string()));
-        }
+        fenced(store, id, epoch, session_ops(store, id, record)).await?;
     }
     Ok(())
+}
+
+/// Runs ops in one transaction that holds only while `epoch` still owns the session.
+async fn fenced(store: &Store, id: &str, epoch: i64, ops: Vec<TxnOp>) -> Result<()> {
+    let owner = store.keys().session_owner(id);
+    let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch);
+    match store.txn(Txn::new().when([guard]).and_then(ops)).await? {
+        Some(_) => Ok(()),
+        None => Err(Error::Fenced(id.to_string())),
+    }
 }
 
 fn item_ops(
