@@ -135,6 +135,20 @@ impl JobService for JobApi {
         let restore_points = self.sessions.restore_points(&request.into_inner().job).await?;
         Ok(Response::new(pb::ListRestorePointsResponse { restore_points }))
     }
+
+    async fn verify_restore_point(
+        &self,
+        _request: Request<pb::VerifyRestorePointRequest>,
+    ) -> Result<Response<pb::VerifyRestorePointResponse>, Status> {
+        Err(Status::unimplemented("not built yet"))
+    }
+
+    async fn restore_restore_point(
+        &self,
+        _request: Request<pb::RestoreRestorePointRequest>,
+    ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
+        Err(Status::unimplemented("not built yet"))
+    }
 }
 
 /// Who called: the peer address, recorded as the stopper when the caller names no one.

@@ -439,6 +439,11 @@ impl Machine {
             return;
         };
         let status = &mut self.items[pos].status;
+        // Updates may arrive out of order (a RunTask answer after the stream's first events):
+        // within an attempt, the phase and the bytes of a phase only move forward.
+        if (phase as i32) < status.phase || (phase == status.phase() && done < status.bytes_done) {
+            return;
+        }
         if status.phase() != phase || status.bytes_done != done || status.bytes_total != total {
             status.phase = phase as i32;
             status.bytes_done = done;

@@ -452,3 +452,22 @@ fn a_computer_item_whose_agent_is_lost_waits_for_its_computer() {
     m.dispatch(2, &AgentMap::new(), &mut Pool::default());
     assert_eq!(m.items[0].status.waiting_reason, "computer pc1 is offline");
 }
+
+#[test]
+fn a_late_answer_does_not_move_the_phase_back() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let at = |phase, bytes_done| Event::Progress {
+        index: 0,
+        attempt: 1,
+        phase,
+        bytes_done,
+        bytes_total: 10,
+    };
+    m.apply(1, at(TaskPhase::Transfer, 5));
+    m.apply(2, at(TaskPhase::Unspecified, 0));
+    m.apply(3, at(TaskPhase::Transfer, 3));
+    assert_eq!((m.items[0].status.phase(), m.items[0].status.bytes_done), (TaskPhase::Transfer, 5));
+    m.apply(4, at(TaskPhase::Commit, 10));
+    assert_eq!(m.items[0].status.phase(), TaskPhase::Commit);
+}
