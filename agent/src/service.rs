@@ -94,6 +94,34 @@ impl AgentService for AgentApi {
         let running_tasks = self.drainer.begin(deadline).await?;
         Ok(Response::new(pb::DrainResponse { running_tasks }))
     }
+
+    async fn verify_restore_point(
+        &self,
+        _request: Request<pb::AgentVerifyRequest>,
+    ) -> Result<Response<pb::VerifyRestorePointResponse>, Status> {
+        Err(Status::unimplemented("not built yet"))
+    }
+
+    async fn restore_restore_point(
+        &self,
+        _request: Request<pb::AgentRestoreRequest>,
+    ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
+        Err(Status::unimplemented("not built yet"))
+    }
+
+    async fn delete_restore_points(
+        &self,
+        _request: Request<pb::DeleteRestorePointsRequest>,
+    ) -> Result<Response<pb::DeleteRestorePointsResponse>, Status> {
+        Err(Status::unimplemented("not built yet"))
+    }
+
+    async fn collect_garbage(
+        &self,
+        _request: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        Err(Status::unimplemented("not built yet"))
+    }
 }
 
 /// Every current task of the session (or all), then every change, until shutdown.

@@ -17,6 +17,8 @@ pub const MAX_JOB_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_ATTEMPTS: u32 = 100;
 /// Longest wait or timeout, in seconds, a job may name (one week).
 pub const MAX_SECONDS: u32 = 7 * 24 * 3600;
+/// Most restore points per item a job may ask to keep (`keep_restore_points`; 0 keeps all).
+pub const MAX_KEEP_RESTORE_POINTS: u32 = 10_000;
 const MAX_NAME_LEN: usize = 64;
 const MAX_ITEM_NAME_LEN: usize = 255;
 
@@ -211,6 +213,12 @@ fn validate_limits(job: &pb::Job) -> Result<(), JobError> {
             return Err(invalid(field, format!("must be at most {MAX_SECONDS} (one week)")));
         }
     }
+    if job.keep_restore_points > MAX_KEEP_RESTORE_POINTS {
+        return Err(invalid(
+            "job.keep_restore_points",
+            format!("must be at most {MAX_KEEP_RESTORE_POINTS} (0 keeps all)"),
+        ));
+    }
     Ok(())
 }
 
@@ -242,6 +250,9 @@ pub struct JobFile {
     /// Sim executor duration (tests and benchmarks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim_duration_ms: Option<u32>,
+    /// Restore points kept per item; 0 keeps all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_restore_points: u32,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -356,6 +367,7 @@ impl JobFile {
             graceful_timeout_seconds: self.graceful_timeout_seconds,
             offline_wait_seconds: self.offline_wait_seconds,
             sim_duration_ms: self.sim_duration_ms,
+            keep_restore_points: self.keep_restore_points,
         })
     }
 }
@@ -394,6 +406,7 @@ impl From<&pb::Job> for JobFile {
             graceful_timeout_seconds: job.graceful_timeout_seconds,
             offline_wait_seconds: job.offline_wait_seconds,
             sim_duration_ms: job.sim_duration_ms,
+            keep_restore_points: job.keep_restore_points,
         }
     }
 }

@@ -151,6 +151,7 @@ pub fn agent_job(
         graceful_timeout_seconds: 600,
         offline_wait_seconds,
         sim_duration_ms: None,
+        keep_restore_points: 0,
     }
 }
 

@@ -21,6 +21,7 @@ pub fn vm_job(name: &str, items: usize) -> pb::Job {
         graceful_timeout_seconds: 60,
         offline_wait_seconds: 0,
         sim_duration_ms: None,
+        keep_restore_points: 0,
     }
 }
 

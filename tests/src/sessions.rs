@@ -71,6 +71,7 @@ pub fn vm_backup_job(
         graceful_timeout_seconds: 60,
         offline_wait_seconds: 0,
         sim_duration_ms: None,
+        keep_restore_points: 0,
     }
 }
 

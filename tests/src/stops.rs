@@ -109,6 +109,7 @@ impl VmLab {
             graceful_timeout_seconds: 600,
             offline_wait_seconds: 0,
             sim_duration_ms: None,
+            keep_restore_points: 0,
         }
     }
 

@@ -84,6 +84,10 @@ fn each_rule_names_its_field() {
             Box::new(|j| j.graceful_timeout_seconds = MAX_SECONDS + 1),
         ),
         ("job.proxies[1]", Box::new(|j| j.proxies = vec!["a".into(), "a".into()])),
+        (
+            "job.keep_restore_points",
+            Box::new(|j| j.keep_restore_points = MAX_KEEP_RESTORE_POINTS + 1),
+        ),
     ];
     for (field, break_it) in cases {
         let mut job = vm_job();
@@ -123,4 +127,22 @@ fn job_files_with_unknown_fields_or_both_targets_are_refused() {
     assert!(matches!(parse_job_file(unknown), Err(JobFileError::Toml(_))));
     let both = r#"{"name":"a","type":"VM_BACKUP","repository":"/r","items":[{"name":"x","vm":{"disks":["/d"]},"computer":{"computer":"c","paths":["/p"]}}]}"#;
     assert!(matches!(parse_job_file(both), Err(JobFileError::Field { .. })));
+}
+
+#[test]
+fn keep_restore_points_round_trips_through_toml_and_json_and_defaults_to_keep_all() {
+    assert_eq!(vm_job().keep_restore_points, 0, "absent means keep all");
+    let toml_job = parse_job_file(
+        "name = \"a\"\ntype = \"VM_BACKUP\"\nrepository = \"/r\"\nkeep_restore_points = 7\n\
+         [[items]]\nname = \"x\"\nvm = { disks = [\"/d\"] }\n",
+    )
+    .expect("toml");
+    assert_eq!(toml_job.keep_restore_points, 7);
+    let json = serde_json::to_string(&JobFile::from(&toml_job)).expect("serialise");
+    assert!(json.contains("\"keep_restore_points\":7"), "{json}");
+    assert_eq!(parse_job_file(&json).expect("parse json"), toml_job);
+    let text = toml::to_string(&JobFile::from(&toml_job)).expect("toml out");
+    assert_eq!(parse_job_file(&text).expect("parse toml"), toml_job);
+    let max = pb::Job { keep_restore_points: MAX_KEEP_RESTORE_POINTS, ..toml_job };
+    assert_eq!(validate_job(&max), Ok(()));
 }

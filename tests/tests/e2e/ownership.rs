@@ -531,6 +531,7 @@ impl Vms {
             graceful_timeout_seconds: 60,
             offline_wait_seconds: 0,
             sim_duration_ms: None,
+            keep_restore_points: 0,
         };
         Vms { job, disks, repository }
     }
