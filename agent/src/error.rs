@@ -26,6 +26,12 @@ pub enum AgentError {
     /// The request cannot be served in the agent's current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The named thing does not exist (e.g. a restore point folder).
+    #[error("{0}")]
+    NotFound(String),
+    /// Stored data does not match its manifest (a restore found a corrupt blob or disk).
+    #[error("{0}")]
+    Corrupt(String),
     /// The agent drains and takes no new tasks.
     #[error("agent {id} is draining")]
     Draining {
@@ -77,6 +83,8 @@ impl AgentError {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::StaleEpoch { .. } | Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::NotFound(_) => Code::NotFound,
+            Self::Corrupt(_) => Code::DataLoss,
             Self::Draining { .. } | Self::ShuttingDown => Code::Unavailable,
             Self::NoFreeSlot { .. } => Code::ResourceExhausted,
             Self::Config(_) | Self::Journal { .. } | Self::Internal(_) | Self::Server(_) => {

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod key;
 pub mod orphans;
 pub mod recovery;
+pub mod restore_points;
 pub mod server;
 pub mod service;
 pub mod settings;

@@ -8,9 +8,10 @@ use sluice_proto::pb::{self, agent_service_server::AgentService};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::drain::Drainer;
+use crate::restore_points::{self, Location};
 use crate::tasks::TasksHandle;
 
 /// Deadline of a drain request that names none.
@@ -97,30 +98,57 @@ impl AgentService for AgentApi {
 
     async fn verify_restore_point(
         &self,
-        _request: Request<pb::AgentVerifyRequest>,
+        request: Request<pb::AgentVerifyRequest>,
     ) -> Result<Response<pb::VerifyRestorePointResponse>, Status> {
-        Err(Status::unimplemented("not built yet"))
+        let location = Location::parse("location", request.get_ref().location.as_ref())?;
+        let report =
+            restore_points::run_blocking(move |cancel| restore_points::verify(&location, cancel))
+                .await?;
+        Ok(Response::new(restore_points::verify_response(report)))
     }
 
     async fn restore_restore_point(
         &self,
-        _request: Request<pb::AgentRestoreRequest>,
+        request: Request<pb::AgentRestoreRequest>,
     ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
-        Err(Status::unimplemented("not built yet"))
+        let request = request.into_inner();
+        let location = Location::parse("location", request.location.as_ref())?;
+        let target = restore_points::absolute_dir("target_dir", &request.target_dir)?;
+        info!(restore_point = %location.id, target = %target.display(), "restore begins");
+        let restored = restore_points::run_blocking(move |cancel| {
+            restore_points::restore(&location, &target, cancel)
+        })
+        .await?;
+        Ok(Response::new(restore_points::restore_response(restored)))
     }
 
     async fn delete_restore_points(
         &self,
-        _request: Request<pb::DeleteRestorePointsRequest>,
+        request: Request<pb::DeleteRestorePointsRequest>,
     ) -> Result<Response<pb::DeleteRestorePointsResponse>, Status> {
-        Err(Status::unimplemented("not built yet"))
+        let locations = restore_points::parse_locations(&request.get_ref().restore_points)?;
+        let (deleted, problems) = restore_points::run_blocking(move |_| {
+            Ok(restore_points::delete_restore_points(&locations))
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteRestorePointsResponse { deleted, problems }))
     }
 
     async fn collect_garbage(
         &self,
-        _request: Request<pb::CollectGarbageRequest>,
+        request: Request<pb::CollectGarbageRequest>,
     ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
-        Err(Status::unimplemented("not built yet"))
+        let repository = restore_points::absolute_dir("repository", &request.get_ref().repository)?;
+        let collected = restore_points::run_blocking(move |cancel| {
+            restore_points::collect_garbage(&repository, cancel)
+        })
+        .await?;
+        Ok(Response::new(pb::CollectGarbageResponse {
+            blobs_removed: collected.blobs_removed,
+            bytes_removed: collected.bytes_removed,
+            blobs_kept: collected.blobs_kept,
+            skipped: collected.skipped,
+        }))
     }
 }
 

@@ -1,0 +1,163 @@
+//! Where a restore point lives, from a validated [`pb::RestorePointLocation`].
+
+use std::path::{Component, Path, PathBuf};
+
+use sluice_proto::{job::validate_name, pb};
+
+use crate::error::AgentError;
+
+/// A checked restore point location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// Repository directory.
+    pub repository: PathBuf,
+    /// Job name.
+    pub job: String,
+    /// Item name.
+    pub item: String,
+    /// Restore point id.
+    pub id: String,
+}
+
+impl Location {
+    /// Checks every field; errors name the field under `field` (e.g. `location`).
+    pub fn parse(
+        field: &str,
+        location: Option<&pb::RestorePointLocation>,
+    ) -> Result<Self, AgentError> {
+        let location = location.ok_or_else(|| AgentError::invalid(field, "is required"))?;
+        let repository = absolute_dir(&format!("{field}.repository"), &location.repository)?;
+        validate_name(&format!("{field}.job"), &location.job)
+            .map_err(|e| AgentError::invalid(format!("{field}.job"), reason_of(&e)))?;
+        check_item(&format!("{field}.item"), &location.item)?;
+        validate_name(&format!("{field}.restore_point_id"), &location.restore_point_id)
+            .map_err(|e| AgentError::invalid(format!("{field}.restore_point_id"), reason_of(&e)))?;
+        Ok(Self {
+            repository,
+            job: location.job.clone(),
+            item: location.item.clone(),
+            id: location.restore_point_id.clone(),
+        })
+    }
+
+    /// `<repository>/<job>/<item>`.
+    pub fn item_dir(&self) -> PathBuf {
+        self.repository.join(&self.job).join(&self.item)
+    }
+
+    /// `<repository>/<job>/<item>/<id>`: the restore point folder.
+    pub fn folder(&self) -> PathBuf {
+        self.item_dir().join(&self.id)
+    }
+}
+
+fn reason_of(error: &sluice_proto::job::JobError) -> String {
+    match error {
+        sluice_proto::job::JobError::Invalid { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An absolute path without `.` or `..` components; errors name `field`.
+pub fn absolute_dir(field: &str, path: &str) -> Result<PathBuf, AgentError> {
+    if path.is_empty() {
+        return Err(AgentError::invalid(field, "must not be empty"));
+    }
+    if path.contains('\0') {
+        return Err(AgentError::invalid(field, "must not contain NUL"));
+    }
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err(AgentError::invalid(
+            field,
+            format!("must be an absolute path, got {:?}", path.display().to_string()),
+        ));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(AgentError::invalid(field, "must not contain '.' or '..' components"));
+    }
+    Ok(path.to_path_buf())
+}
+
+fn check_item(field: &str, item: &str) -> Result<(), AgentError> {
+    if item.is_empty() || item.len() > 255 {
+        return Err(AgentError::invalid(field, "must be 1-255 bytes"));
+    }
+    if item.contains('/') || item.contains('\0') || item == "." || item == ".." {
+        return Err(AgentError::invalid(field, "may not contain '/' or NUL, nor be '.' or '..'"));
+    }
+    Ok(())
+}
+
+/// Where an entry with the absolute path `source` goes under `target`
+/// (`<target>/<source without its leading />`); `None` when `source` is not absolute or has
+/// `.` or `..` components, so a manifest can never make a restore write outside `target`.
+pub fn under(target: &Path, source: &str) -> Option<PathBuf> {
+    let path = Path::new(source);
+    let mut components = path.components();
+    if components.next() != Some(Component::RootDir) {
+        return None;
+    }
+    let mut out = target.to_path_buf();
+    for component in components {
+        match component {
+            Component::Normal(part) => out.push(part),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(repository: &str, job: &str, item: &str, id: &str) -> pb::RestorePointLocation {
+        pb::RestorePointLocation {
+            repository: repository.into(),
+            job: job.into(),
+            item: item.into(),
+            restore_point_id: id.into(),
+        }
+    }
+
+    fn field_of(result: Result<Location, AgentError>) -> String {
+        match result {
+            Err(AgentError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_location_names_the_folder_of_the_documented_layout() {
+        let parsed = Location::parse("location", Some(&location("/repo", "j", "vm 1", "s-0")))
+            .expect("valid");
+        assert_eq!(parsed.folder(), Path::new("/repo/j/vm 1/s-0"));
+    }
+
+    #[test]
+    fn bad_locations_name_their_field() {
+        let cases = [
+            ("location", None),
+            ("location.repository", Some(location("repo", "j", "i", "s-0"))),
+            ("location.repository", Some(location("/r/../x", "j", "i", "s-0"))),
+            ("location.job", Some(location("/r", "../x", "i", "s-0"))),
+            ("location.item", Some(location("/r", "j", "..", "s-0"))),
+            ("location.item", Some(location("/r", "j", "a/b", "s-0"))),
+            ("location.restore_point_id", Some(location("/r", "j", "i", ""))),
+            ("location.restore_point_id", Some(location("/r", "j", "i", "a/b"))),
+        ];
+        for (field, given) in cases {
+            assert_eq!(field_of(Location::parse("location", given.as_ref())), field, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn manifest_paths_stay_under_the_target() {
+        let target = Path::new("/t");
+        assert_eq!(under(target, "/home/u/a"), Some(PathBuf::from("/t/home/u/a")));
+        assert_eq!(under(target, "/"), Some(PathBuf::from("/t")));
+        assert_eq!(under(target, "relative"), None);
+        assert_eq!(under(target, "/a/../../etc"), None);
+    }
+}

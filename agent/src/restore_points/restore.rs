@@ -1,0 +1,286 @@
+//! Restore: a restore point written back into an empty directory, each hash checked while
+//! copying. A restore that fails or is cancelled removes what it wrote.
+
+use std::fs::{self, File, FileTimes};
+use std::io;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use super::Cancel;
+use super::hash::{ReadError, copy_hashing};
+use super::location::{Location, under};
+use super::manifest::{
+    self, ComputerManifest, Contents, Entry, EntryKind, VmManifest, plain_file_name,
+};
+use crate::error::AgentError;
+use crate::exec::computer::Store;
+use crate::fsutil;
+
+/// What a restore wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Regular files (or disks) written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Directories created from the manifest.
+    pub directories: u64,
+    /// Symbolic links created.
+    pub symlinks: u64,
+}
+
+/// Restores the restore point at `location` into `target` (blocking): created if absent,
+/// refused (FAILED_PRECONDITION) if not an empty directory.
+pub fn restore(
+    location: &Location,
+    target: &Path,
+    cancel: &Cancel,
+) -> Result<Restored, AgentError> {
+    let folder = location.folder();
+    if !folder.is_dir() {
+        return Err(AgentError::NotFound(format!(
+            "restore point folder {} does not exist",
+            folder.display()
+        )));
+    }
+    let contents = manifest::read(&folder).map_err(|problem| {
+        AgentError::FailedPrecondition(format!("restore point {}: {problem}", location.id))
+    })?;
+    let created = prepare_target(target)?;
+    let result = match &contents {
+        Contents::Vm(vm) => restore_vm(&folder, vm, target, cancel),
+        Contents::Computer(computer) => restore_computer(location, computer, target, cancel),
+    };
+    if result.is_err() {
+        remove_written(target, created);
+    }
+    result
+}
+
+/// Creates `target` if absent (true), or checks that it is an empty directory (false).
+fn prepare_target(target: &Path) -> Result<bool, AgentError> {
+    match fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "target_dir: {} is not empty; restore into an empty or new directory",
+                    target.display()
+                )));
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(target).map_err(|e| io_error("cannot create", target, &e))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Err(AgentError::FailedPrecondition(
+            format!("target_dir: {} is not a directory", target.display()),
+        )),
+        Err(e) => Err(io_error("cannot read", target, &e)),
+    }
+}
+
+/// Removes what a failed restore wrote: `target` itself if the restore created it, else its
+/// contents (it was empty before).
+fn remove_written(target: &Path, created: bool) {
+    let result = if created {
+        fsutil::remove_dir_if_exists(target)
+    } else {
+        fs::read_dir(target).and_then(|entries| {
+            for entry in entries {
+                let path = entry?.path();
+                make_writable(&path);
+                match fs::symlink_metadata(&path)?.is_dir() {
+                    true => fs::remove_dir_all(&path)?,
+                    false => fs::remove_file(&path)?,
+                }
+            }
+            Ok(())
+        })
+    };
+    if let Err(error) = result {
+        tracing::warn!(target = %target.display(), %error, "cannot remove a failed restore");
+    }
+}
+
+/// Gives restored directories back their write bit so a failed restore can be removed.
+fn make_writable(path: &Path) {
+    let Ok(meta) = fs::symlink_metadata(path) else { return };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            make_writable(&entry.path());
+        }
+    }
+}
+
+fn restore_vm(
+    folder: &Path,
+    manifest: &VmManifest,
+    target: &Path,
+    cancel: &Cancel,
+) -> Result<Restored, AgentError> {
+    let mut restored = Restored::default();
+    let names = disk_names(manifest);
+    for (disk, name) in manifest.disks.iter().zip(names) {
+        if !plain_file_name(&disk.file) {
+            return Err(AgentError::Corrupt(format!(
+                "manifest.json: disk file {:?} is not a plain file name",
+                disk.file
+            )));
+        }
+        let what = format!("{} (disk {})", disk.file, disk.source);
+        let destination = target.join(&name);
+        let bytes = copy_checked(
+            &folder.join(&disk.file),
+            &destination,
+            disk.size_bytes,
+            &disk.sha256,
+            &what,
+            cancel,
+        )?;
+        restored.files += 1;
+        restored.bytes += bytes;
+    }
+    fsutil::sync_dir(target).map_err(|e| io_error("cannot sync", target, &e))?;
+    Ok(restored)
+}
+
+/// Each disk is restored under its source file name; a name taken by an earlier disk gets
+/// its index in front (`1-disk.qcow2`).
+pub fn disk_names(manifest: &VmManifest) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(manifest.disks.len());
+    for (index, disk) in manifest.disks.iter().enumerate() {
+        let base = Path::new(&disk.source)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .filter(|name| plain_file_name(name))
+            .unwrap_or(&disk.file)
+            .to_owned();
+        let name = if names.contains(&base) { format!("{index}-{base}") } else { base };
+        names.push(name);
+    }
+    names
+}
+
+fn restore_computer(
+    location: &Location,
+    manifest: &ComputerManifest,
+    target: &Path,
+    cancel: &Cancel,
+) -> Result<Restored, AgentError> {
+    let store = Store::new(&location.repository);
+    let mut restored = Restored::default();
+    let mut directories: Vec<(PathBuf, &Entry)> = Vec::new();
+    for entry in &manifest.entries {
+        let path = under(target, &entry.path).ok_or_else(|| {
+            AgentError::Corrupt(format!(
+                "manifest.json: entry {:?} is not an absolute path without '..'",
+                entry.path
+            ))
+        })?;
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
+        }
+        match entry.kind {
+            EntryKind::Dir => {
+                fs::create_dir_all(&path).map_err(|e| io_error("cannot create", &path, &e))?;
+                restored.directories += 1;
+                directories.push((path, entry));
+            }
+            EntryKind::File => {
+                restored.bytes += restore_file(&store, entry, &path, cancel)?;
+                restored.files += 1;
+            }
+            EntryKind::Symlink => {
+                let link = entry.target.as_deref().ok_or_else(|| {
+                    AgentError::Corrupt(format!("manifest.json: link {} has no target", entry.path))
+                })?;
+                symlink(link, &path).map_err(|e| io_error("cannot create link", &path, &e))?;
+                restored.symlinks += 1;
+            }
+        }
+    }
+    // Deepest first, once their contents are written: read-only folders were filled first,
+    // and writing into a folder no longer moves its mtime.
+    for (path, entry) in directories.iter().rev() {
+        set_mode_and_mtime(path, entry)?;
+    }
+    Ok(restored)
+}
+
+fn restore_file(
+    store: &Store,
+    entry: &Entry,
+    path: &Path,
+    cancel: &Cancel,
+) -> Result<u64, AgentError> {
+    let sha256 = entry.sha256.as_deref().ok_or_else(|| {
+        AgentError::Corrupt(format!("manifest.json: file {} has no sha256", entry.path))
+    })?;
+    let what = format!("{}: blob {sha256}", entry.path);
+    let bytes = copy_checked(&store.blob_path(sha256), path, entry.size, sha256, &what, cancel)?;
+    set_mode_and_mtime(path, entry)?;
+    Ok(bytes)
+}
+
+/// Copies `source` to a new file `destination`, hashing as it goes; a size or hash other
+/// than the manifest's is DATA_LOSS naming `what`.
+fn copy_checked(
+    source: &Path,
+    destination: &Path,
+    size: u64,
+    sha256: &str,
+    what: &str,
+    cancel: &Cancel,
+) -> Result<u64, AgentError> {
+    let mut out = File::options()
+        .write(true)
+        .create_new(true)
+        .open(destination)
+        .map_err(|e| io_error("cannot create", destination, &e))?;
+    let found = match copy_hashing(source, Some(&mut out), cancel) {
+        Ok(found) => found,
+        Err(ReadError::Canceled) => {
+            return Err(AgentError::FailedPrecondition("restore canceled".to_owned()));
+        }
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(AgentError::Corrupt(format!("{what}: missing")));
+        }
+        Err(ReadError::Io(e)) => return Err(io_error("cannot copy", source, &e)),
+    };
+    if found.size != size || found.sha256 != sha256 {
+        return Err(AgentError::Corrupt(format!(
+            "{what}: read {} bytes with sha256 {}, the manifest records {size} bytes with sha256 \
+             {sha256}",
+            found.size, found.sha256
+        )));
+    }
+    out.sync_all().map_err(|e| io_error("cannot sync", destination, &e))?;
+    Ok(found.size)
+}
+
+fn set_mode_and_mtime(path: &Path, entry: &Entry) -> Result<(), AgentError> {
+    if let Some(mtime) = parse_mtime(&entry.mtime) {
+        let file = File::open(path).map_err(|e| io_error("cannot open", path, &e))?;
+        file.set_times(FileTimes::new().set_modified(mtime))
+            .map_err(|e| io_error("cannot set the mtime of", path, &e))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & 0o7777))
+        .map_err(|e| io_error("cannot set the mode of", path, &e))
+}
+
+fn parse_mtime(text: &str) -> Option<SystemTime> {
+    prost_types::Timestamp::from_str(text).ok().map(|ts| sluice_proto::time::from_timestamp(&ts))
+}
+
+/// A file of the restore point or of the target that cannot be used: the operator can act on
+/// it (permissions, space), so FAILED_PRECONDITION.
+fn io_error(what: &str, path: &Path, error: &io::Error) -> AgentError {
+    AgentError::FailedPrecondition(format!("{what} {}: {error}", path.display()))
+}

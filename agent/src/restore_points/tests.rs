@@ -1,0 +1,233 @@
+//! Verify, restore and collection over a repository made by hand, laid out as the
+//! executors lay it out.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+use super::manifest::{VmDisk, VmManifest};
+use super::restore::disk_names;
+use super::*;
+use crate::exec::computer::{FORMAT, Store};
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn location(repository: &Path, item: &str, id: &str) -> Location {
+    Location {
+        repository: repository.to_path_buf(),
+        job: "j".into(),
+        item: item.into(),
+        id: id.into(),
+    }
+}
+
+fn entry(path: &str, kind: &str, mode: u32) -> serde_json::Value {
+    serde_json::json!({"path": path, "kind": kind, "size": 0, "mode": mode,
+                       "mtime": "2025-05-06T07:08:09Z"})
+}
+
+/// Stores `content` as a blob and returns the file entry naming it.
+fn stored_file(repository: &Path, path: &str, content: &[u8], mode: u32) -> serde_json::Value {
+    let hash = sha(content);
+    let blob = Store::new(repository).blob_path(&hash);
+    fs::create_dir_all(blob.parent().expect("shard")).expect("shard");
+    fs::write(&blob, content).expect("blob");
+    let mut file = entry(path, "file", mode);
+    file["size"] = content.len().into();
+    file["sha256"] = hash.into();
+    file
+}
+
+/// A computer restore point `id` of item `pc` holding `/data` with two files and a link,
+/// with the manifest fields the computer executor writes.
+fn computer_restore_point(repository: &Path, id: &str, seed: &str) -> Location {
+    let mut link = entry("/data/sub/link", "symlink", 0o777);
+    link["target"] = "../a.txt".into();
+    let entries = vec![
+        entry("/data", "dir", 0o755),
+        stored_file(repository, "/data/a.txt", format!("alpha {seed}").as_bytes(), 0o640),
+        entry("/data/sub", "dir", 0o500),
+        stored_file(repository, "/data/sub/b.bin", b"shared bytes", 0o444),
+        link,
+    ];
+    let manifest = serde_json::json!({
+        "format": FORMAT, "restore_point": id, "job": "j", "item": "pc", "session_id": "s",
+        "computer": "pc1", "created_at": "2025-05-06T07:08:09Z", "paths": ["/data"],
+        "entries": entries, "files": 2, "directories": 2, "symlinks": 1, "size_bytes": 21,
+        "bytes_written": 21, "warnings": [],
+    });
+    let location = location(repository, "pc", id);
+    fs::create_dir_all(location.folder()).expect("folder");
+    fs::write(location.folder().join("manifest.json"), manifest.to_string()).expect("manifest");
+    location
+}
+
+fn vm_restore_point(repository: &Path, id: &str, disk: &[u8]) -> Location {
+    let location = location(repository, "vm", id);
+    fs::create_dir_all(location.folder()).expect("folder");
+    fs::write(location.folder().join("disk0.qcow2"), disk).expect("disk");
+    let manifest = serde_json::json!({
+        "restore_point": id, "job": "j", "item": "vm", "session_id": "s",
+        "created_at": "2025-05-06T07:08:09Z",
+        "disks": [{"source": "/vms/web.qcow2", "file": "disk0.qcow2",
+                   "size_bytes": disk.len(), "sha256": sha(disk), "virtual_size": 1}],
+    });
+    fs::write(location.folder().join("manifest.json"), manifest.to_string()).expect("manifest");
+    location
+}
+
+fn blob_of(repository: &Path, content: &[u8]) -> PathBuf {
+    Store::new(repository).blob_path(&sha(content))
+}
+
+/// Flips the first byte of a file, keeping its size.
+fn corrupt(path: &Path) {
+    let mut bytes = fs::read(path).expect("read");
+    bytes[0] ^= 0xff;
+    fs::write(path, bytes).expect("write");
+}
+
+#[test]
+fn a_good_computer_restore_point_verifies_and_a_corrupt_blob_is_named() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = computer_restore_point(repo.path(), "s-0", "one");
+    let report = verify(&rp, &Cancel::default()).expect("verify");
+    assert_eq!(report.problems, Vec::<String>::new());
+    assert_eq!(report.bytes_checked, 9 + 12);
+
+    corrupt(&blob_of(repo.path(), b"shared bytes"));
+    let report = verify(&rp, &Cancel::default()).expect("verify");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let expected = format!("/data/sub/b.bin: blob {}: sha256 is ", sha(b"shared bytes"));
+    assert!(report.problems[0].starts_with(&expected), "{:?}", report.problems);
+
+    fs::remove_file(blob_of(repo.path(), b"alpha one")).expect("remove");
+    let report = verify(&rp, &Cancel::default()).expect("verify");
+    let missing = format!("/data/a.txt: blob {} is missing from the store", sha(b"alpha one"));
+    assert!(report.problems.contains(&missing), "{:?}", report.problems);
+}
+
+#[test]
+fn a_vm_disk_of_another_size_or_content_is_named() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = vm_restore_point(repo.path(), "s-1", b"qcow2 bytes");
+    assert_eq!(verify(&rp, &Cancel::default()).expect("verify").problems, Vec::<String>::new());
+    corrupt(&rp.folder().join("disk0.qcow2"));
+    let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("disk0.qcow2 (disk /vms/web.qcow2): sha256 is "),
+        "{problems:?}"
+    );
+    fs::write(rp.folder().join("disk0.qcow2"), b"short").expect("truncate");
+    let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
+    assert!(
+        problems.contains(
+            &"disk0.qcow2 (disk /vms/web.qcow2): 5 bytes, the manifest records 11".into()
+        ),
+        "{problems:?}"
+    );
+    let gone = location(repo.path(), "vm", "s-9");
+    let problems = verify(&gone, &Cancel::default()).expect("verify").problems;
+    assert_eq!(
+        problems,
+        vec![format!("restore point folder {} does not exist", gone.folder().display())]
+    );
+}
+
+#[test]
+fn a_computer_restore_recreates_contents_modes_mtimes_and_links() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = computer_restore_point(repo.path(), "s-0", "one");
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("new");
+    let restored = restore(&rp, &target, &Cancel::default()).expect("restore");
+    assert_eq!(restored, Restored { files: 2, bytes: 21, directories: 2, symlinks: 1 });
+    assert_eq!(fs::read(target.join("data/a.txt")).expect("a"), b"alpha one");
+    assert_eq!(fs::read(target.join("data/sub/b.bin")).expect("b"), b"shared bytes");
+    assert_eq!(fs::read_link(target.join("data/sub/link")).expect("link"), Path::new("../a.txt"));
+    let mode = |p: &str| fs::metadata(target.join(p)).expect("meta").permissions().mode() & 0o7777;
+    assert_eq!((mode("data/a.txt"), mode("data/sub"), mode("data")), (0o640, 0o500, 0o755));
+    let mtime = fs::metadata(target.join("data/sub")).expect("meta").modified().expect("mtime");
+    let expected = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_746_515_289);
+    assert_eq!(mtime, expected);
+    fs::set_permissions(target.join("data/sub"), fs::Permissions::from_mode(0o755)).expect("w");
+
+    let error = restore(&rp, &target, &Cancel::default()).expect_err("not empty");
+    assert_eq!(tonic::Status::from(error).code(), Code::FailedPrecondition);
+}
+
+#[test]
+fn a_restore_over_a_corrupt_blob_is_data_loss_and_leaves_nothing() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = computer_restore_point(repo.path(), "s-0", "one");
+    corrupt(&blob_of(repo.path(), b"shared bytes"));
+    let out = tempfile::tempdir().expect("tempdir");
+    let error = restore(&rp, out.path(), &Cancel::default()).expect_err("corrupt");
+    let status = tonic::Status::from(error);
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(status.message().starts_with("/data/sub/b.bin: blob "), "{status:?}");
+    assert_eq!(fs::read_dir(out.path()).expect("list").count(), 0, "nothing left behind");
+}
+
+#[test]
+fn a_vm_restore_copies_each_disk_under_its_source_name() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = vm_restore_point(repo.path(), "s-1", b"qcow2 bytes");
+    let out = tempfile::tempdir().expect("tempdir");
+    let restored = restore(&rp, out.path(), &Cancel::default()).expect("restore");
+    assert_eq!((restored.files, restored.bytes), (1, 11));
+    assert_eq!(fs::read(out.path().join("web.qcow2")).expect("disk"), b"qcow2 bytes");
+    let cancel = Cancel::default();
+    cancel.cancel();
+    let again = out.path().join("again");
+    assert!(restore(&rp, &again, &cancel).is_err(), "a cancelled restore fails");
+    assert!(!again.exists(), "and removes the directory it created");
+}
+
+#[test]
+fn disks_with_the_same_file_name_get_distinct_names() {
+    let disk = |source: &str, file: &str| VmDisk {
+        source: source.into(),
+        file: file.into(),
+        size_bytes: 0,
+        sha256: String::new(),
+    };
+    let manifest = VmManifest {
+        restore_point: "s-0".into(),
+        disks: vec![disk("/a/d.qcow2", "disk0.qcow2"), disk("/b/d.qcow2", "disk1.qcow2")],
+    };
+    assert_eq!(disk_names(&manifest), vec!["d.qcow2".to_owned(), "1-d.qcow2".to_owned()]);
+}
+
+#[test]
+fn garbage_collection_removes_only_blobs_no_manifest_names_and_waits_for_backups() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let old = computer_restore_point(repo.path(), "s-0", "old");
+    let _new = computer_restore_point(repo.path(), "s-1", "new");
+    let _vm = vm_restore_point(repo.path(), "s-2", b"disk");
+    let (deleted, problems) = delete_restore_points(std::slice::from_ref(&old));
+    assert_eq!((deleted, problems), (vec!["s-0".to_owned()], Vec::<String>::new()));
+    assert!(!old.folder().exists());
+
+    let partial = old.item_dir().join(".partial-s-3");
+    fs::create_dir_all(&partial).expect("partial");
+    let stood_back = collect_garbage(repo.path(), &Cancel::default()).expect("collect");
+    assert_eq!(stood_back.blobs_removed, 0);
+    assert!(stood_back.skipped.contains(".partial-s-3"), "{stood_back:?}");
+    fs::remove_dir(&partial).expect("partial gone");
+
+    let collected = collect_garbage(repo.path(), &Cancel::default()).expect("collect");
+    assert_eq!(
+        collected,
+        Collected { blobs_removed: 1, bytes_removed: 9, blobs_kept: 2, skipped: String::new() }
+    );
+    assert!(!blob_of(repo.path(), b"alpha old").exists());
+    assert!(blob_of(repo.path(), b"alpha new").exists());
+    assert!(blob_of(repo.path(), b"shared bytes").exists());
+}

@@ -1,0 +1,137 @@
+//! Verify: every byte of a restore point read and hashed, and compared with its manifest.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use super::Cancel;
+use super::hash::{Digested, ReadError, hash_file};
+use super::location::{Location, under};
+use super::manifest::{self, ComputerManifest, Contents, EntryKind, VmManifest, plain_file_name};
+use crate::error::AgentError;
+use crate::exec::computer::Store;
+
+/// What a check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// One line per mismatch, naming the file or entry; empty when the restore point is good.
+    pub problems: Vec<String>,
+    /// Bytes read and hashed.
+    pub bytes_checked: u64,
+}
+
+/// Checks the restore point at `location` (blocking). Mismatches are problems in the report;
+/// only a cancel is an error.
+pub fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError> {
+    let folder = location.folder();
+    if !folder.is_dir() {
+        let problem = format!("restore point folder {} does not exist", folder.display());
+        return Ok(Report { problems: vec![problem], bytes_checked: 0 });
+    }
+    let contents = match manifest::read(&folder) {
+        Ok(contents) => contents,
+        Err(problem) => return Ok(Report { problems: vec![problem], bytes_checked: 0 }),
+    };
+    let mut report = Report::default();
+    if contents.restore_point() != location.id {
+        report.problems.push(format!(
+            "manifest.json: names restore point {:?}, the folder is {:?}",
+            contents.restore_point(),
+            location.id
+        ));
+    }
+    match &contents {
+        Contents::Vm(vm) => verify_vm(location, vm, cancel, &mut report)?,
+        Contents::Computer(computer) => verify_computer(location, computer, cancel, &mut report)?,
+    }
+    Ok(report)
+}
+
+fn verify_vm(
+    location: &Location,
+    manifest: &VmManifest,
+    cancel: &Cancel,
+    report: &mut Report,
+) -> Result<(), AgentError> {
+    let folder = location.folder();
+    for disk in &manifest.disks {
+        let name = format!("{} (disk {})", disk.file, disk.source);
+        if !plain_file_name(&disk.file) {
+            report.problems.push(format!("{name}: not a plain file name"));
+            continue;
+        }
+        match hash_file(&folder.join(&disk.file), cancel) {
+            Ok(found) => {
+                report.bytes_checked += found.size;
+                compare(&name, &found, disk.size_bytes, &disk.sha256, &mut report.problems);
+            }
+            Err(ReadError::Canceled) => return Err(canceled()),
+            Err(ReadError::Io(e)) => report.problems.push(unreadable(&name, &e)),
+        }
+    }
+    Ok(())
+}
+
+fn verify_computer(
+    location: &Location,
+    manifest: &ComputerManifest,
+    cancel: &Cancel,
+    report: &mut Report,
+) -> Result<(), AgentError> {
+    let store = Store::new(&location.repository);
+    // Each blob is read once, however many entries name it.
+    let mut blobs: BTreeMap<&str, Result<Digested, String>> = BTreeMap::new();
+    for entry in &manifest.entries {
+        if under(std::path::Path::new("/"), &entry.path).is_none() {
+            report.problems.push(format!("{}: not an absolute path without '..'", entry.path));
+            continue;
+        }
+        if entry.kind != EntryKind::File {
+            continue;
+        }
+        let Some(sha256) = entry.sha256.as_deref() else {
+            report.problems.push(format!("{}: file entry without a sha256", entry.path));
+            continue;
+        };
+        if !blobs.contains_key(sha256) {
+            let found = match hash_file(&store.blob_path(sha256), cancel) {
+                Ok(found) => {
+                    report.bytes_checked += found.size;
+                    Ok(found)
+                }
+                Err(ReadError::Canceled) => return Err(canceled()),
+                Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    Err("is missing from the store".to_owned())
+                }
+                Err(ReadError::Io(e)) => Err(format!("cannot be read: {e}")),
+            };
+            blobs.insert(sha256, found);
+        }
+        let name = format!("{}: blob {sha256}", entry.path);
+        match &blobs[sha256] {
+            Ok(found) => compare(&name, found, entry.size, sha256, &mut report.problems),
+            Err(what) => report.problems.push(format!("{name} {what}")),
+        }
+    }
+    Ok(())
+}
+
+/// Adds a problem per difference between what was read and what the manifest records.
+fn compare(name: &str, found: &Digested, size: u64, sha256: &str, problems: &mut Vec<String>) {
+    if found.size != size {
+        problems.push(format!("{name}: {} bytes, the manifest records {size}", found.size));
+    }
+    if found.sha256 != sha256 {
+        problems.push(format!("{name}: sha256 is {}, the manifest records {sha256}", found.sha256));
+    }
+}
+
+fn unreadable(name: &str, error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::NotFound {
+        return format!("{name}: missing");
+    }
+    format!("{name}: cannot be read: {error}")
+}
+
+fn canceled() -> AgentError {
+    AgentError::FailedPrecondition("verify canceled".to_owned())
+}
