@@ -14,8 +14,10 @@
 //!   `<repository>/<job>/<item>/<rp>/` at COMMIT (`<rp>` = `<session>-<item index>`), exactly
 //!   like a VM restore point. It then holds only `manifest.json`
 //!   ([`Manifest`], `"format": "sluice-computer-1"`): every entry (path, kind, size, mode,
-//!   mtime, sha256 of files, target of links), the totals `files`, `directories`, `symlinks`,
-//!   `size_bytes` (logical) and `bytes_written` (new to the store), and `warnings`.
+//!   mtime, ctime and sha256 of files, target of links; times RFC 3339 to the nanosecond),
+//!   the totals `files`, `directories`, `symlinks`, `size_bytes` (logical) and
+//!   `bytes_written` (new to the store), `bytes_read` (read from the files), `snapshot_at`
+//!   (when SNAPSHOT began) and `warnings`.
 //!
 //! # Phases
 //!
@@ -24,13 +26,19 @@
 //!   skipped; the repository folder is left out when it lies under a configured path. A
 //!   configured path that does not exist or an unreadable directory fails the attempt
 //!   naming the path.
-//! - `TRANSFER` stores the files ([`transfer`]), reading in 1 MiB chunks off the runtime,
+//! - `TRANSFER` first looks up the item's previous restore point ([`previous`]): a frozen
+//!   file with the size, mtime and ctime it recorded (timestamps older than its
+//!   `snapshot_at`, against racy changes) whose blob is still stored is recorded with that
+//!   hash and not read, so a backup of an unchanged tree is a walk of its metadata. It
+//!   stores the other files ([`transfer`]), reading in 1 MiB chunks off the runtime,
 //!   paced by `--transfer-rate-limit` and checking the cancel between chunks and files.
 //!   `bytes_total` is the sum of the frozen file sizes; `bytes_done` counts the bytes read
-//!   by the first (hashing) read of each file. A file that cannot be opened or read fails
-//!   the attempt naming it. A file that changed (size or mtime differ from the frozen list
-//!   after reading, or the copy read other bytes than the hashing read) is recorded as read
-//!   and makes the item `WARNING`; a file gone while it was read is left out, also `WARNING`.
+//!   by the first (hashing) read of each file, and the size of each file taken over
+//!   unread. A file that cannot be opened or read fails the attempt naming it. A file that
+//!   changed (size or mtime differ from the frozen list after reading, or the copy read
+//!   other bytes than the hashing read) is recorded as read and makes the item `WARNING`;
+//!   a file gone while it was read is left out, also `WARNING`. A file taken over unread is
+//!   recorded as frozen and never warns.
 //! - `COMMIT` checks that every blob the manifest names is stored, fsyncs the new blobs'
 //!   folders, writes the manifest durably and renames the folder into place.
 //! - `CLEANUP` has nothing to release for files; it is reported all the same. An attempt
@@ -48,14 +56,16 @@
 
 mod manifest;
 mod pace;
+mod previous;
 mod store;
 mod transfer;
 mod walk;
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sluice_proto::pb::{self, TaskPhase};
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use manifest::{FORMAT, Manifest, Record, Totals};
 pub use store::{STORE_DIR, Store};
@@ -119,15 +129,43 @@ async fn backup(
     written: &mut Written,
 ) -> Result<Manifest, Failure> {
     ctx.reporter.phase(TaskPhase::Snapshot).await;
+    let snapshot_at = SystemTime::now();
     let frozen = snapshot(ctx, target).await?;
     ensure_running(ctx)?;
     ctx.reporter.phase(TaskPhase::Transfer).await;
     prepare(paths).await?;
-    let transferred = transfer::run(ctx, &frozen.entries, store, &paths.partial, written).await?;
+    let (frozen, known) = known_hashes(ctx, paths, store, frozen).await?;
+    let transferred =
+        transfer::run(ctx, &frozen.entries, &known, store, &paths.partial, written).await?;
     ensure_running(ctx)?;
+    debug!(
+        reused = transferred.reused,
+        bytes_read = transferred.bytes_read,
+        "files taken over from the previous restore point without reading"
+    );
     ctx.reporter.phase(TaskPhase::Commit).await;
-    let manifest = build_manifest(ctx, target, transferred, &frozen, written.bytes);
+    let stamps = Stamps { snapshot_at, bytes_written: written.bytes };
+    let manifest = build_manifest(ctx, target, transferred, &frozen, stamps);
     commit_restore_point(paths, store, manifest, written).await
+}
+
+/// The hashes of the frozen files that are unchanged since the previous restore point
+/// (aligned with the entries), found with metadata calls only.
+async fn known_hashes(
+    ctx: &TaskContext,
+    paths: &RepoPaths,
+    store: &Store,
+    frozen: Frozen,
+) -> Result<(Frozen, Vec<Option<String>>), Failure> {
+    let (item_dir, store, cancel) = (paths.item_dir.clone(), store.clone(), ctx.cancel.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        let known = previous::known_hashes(&item_dir, &frozen.entries, &store, &cancel);
+        (frozen, known)
+    })
+    .await
+    .map_err(|e| Failure::Failed(format!("TRANSFER failed: {e}")))?;
+    ensure_running(ctx)?;
+    Ok(found)
 }
 
 fn ensure_running(ctx: &TaskContext) -> Result<(), Failure> {
@@ -159,12 +197,18 @@ async fn prepare(paths: &RepoPaths) -> Result<(), Failure> {
     })
 }
 
+/// What the manifest records besides the entries and warnings.
+struct Stamps {
+    snapshot_at: SystemTime,
+    bytes_written: u64,
+}
+
 fn build_manifest(
     ctx: &TaskContext,
     target: &pb::ComputerTarget,
     transferred: Transferred,
     frozen: &Frozen,
-    bytes_written: u64,
+    stamps: Stamps,
 ) -> Manifest {
     let warnings = [
         named("changed while being read", &transferred.changed),
@@ -179,8 +223,10 @@ fn build_manifest(
         session_id: ctx.id.session.clone(),
         computer: target.computer.clone(),
         created_at: sluice_proto::time::now().to_string(),
+        snapshot_at: Some(manifest::rfc3339(stamps.snapshot_at)),
         paths: target.paths.clone(),
-        totals: Totals::of(&transferred.records, bytes_written),
+        totals: Totals::of(&transferred.records, stamps.bytes_written),
+        bytes_read: transferred.bytes_read,
         entries: transferred.records,
         warnings: warnings.into_iter().flatten().collect(),
     }

@@ -1,14 +1,17 @@
 //! The computer executor on real files.
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState, TaskPhase};
 
 use crate::restore::{assert_same_tree, blob_path, blobs, manifest, restore, sha256, tree};
 use crate::support::{Run, WAIT, computer_spec, entries, phases, prepare, update_matching};
+use sluice_agent::key::TaskId;
+use tokio::sync::mpsc;
 
 const MIB: usize = 1 << 20;
 
@@ -214,4 +217,164 @@ async fn files_that_grow_or_vanish_while_read_end_with_a_warning_naming_them() {
     );
     let now = fs::read(&grow).expect("file");
     assert!(stored.len() >= original.len() && now.starts_with(&stored), "a consistent read");
+}
+
+/// The mtime and ctime of every entry under `root`, links not followed.
+fn stamps(root: &Path) -> Vec<SystemTime> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).expect("metadata");
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&path).expect("dir").map(|e| e.expect("entry").path()));
+        }
+        let ctime = Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        found.extend([meta.modified().expect("mtime"), UNIX_EPOCH + ctime]);
+    }
+    found
+}
+
+/// Waits until the clock is past every timestamp under `root` (those in the future aside)
+/// by the executor's racy-timestamp slack: a backup started afterwards records them as
+/// trustworthy for the next one (50 ms, or 2 s for a stamp in whole microseconds).
+async fn settle(root: &Path) {
+    let now = SystemTime::now();
+    let slack = |t: &SystemTime| {
+        let nanos = t.duration_since(UNIX_EPOCH).expect("after the epoch").subsec_nanos();
+        if nanos.is_multiple_of(1_000) { Duration::from_secs(2) } else { Duration::from_millis(50) }
+    };
+    let Some(due) = stamps(root).iter().filter(|t| **t <= now).map(|t| *t + slack(t)).max() else {
+        return;
+    };
+    while SystemTime::now() <= due {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Backs up `src` and returns the outcome, its manifest and the last progress reported.
+async fn back_up_reporting(
+    session: &str,
+    src: &Path,
+    repo: &Path,
+) -> (pb::TaskOutcome, serde_json::Value, Option<(u64, u64)>) {
+    let mut run = prepare(computer_spec(session, 0, &[src], repo), None);
+    let outcome = exec::execute(&mut run.ctx).await;
+    assert_eq!(outcome.state(), ItemState::Success, "{outcome:?}");
+    let manifest = manifest(&restore_point_folder(&outcome));
+    (outcome, manifest, last_progress(&mut run.updates))
+}
+
+fn last_progress(updates: &mut mpsc::Receiver<(TaskId, Update)>) -> Option<(u64, u64)> {
+    let mut last = None;
+    while let Ok((_, update)) = updates.try_recv() {
+        if let Update::Progress { done, total } = update {
+            last = Some((done, total));
+        }
+    }
+    last
+}
+
+fn entry<'a>(manifest: &'a serde_json::Value, path: &Path) -> &'a serde_json::Value {
+    let path = path.to_str().expect("utf-8");
+    let listed = manifest["entries"].as_array().expect("entries");
+    listed.iter().find(|e| e["path"] == path).expect("entry listed")
+}
+
+fn assert_restores(manifest: &serde_json::Value, repo: &Path, src: &Path, to: &Path) {
+    restore(manifest, repo, to);
+    assert_same_tree(&tree(src), &tree(&to.join(src.strip_prefix("/").expect("absolute"))));
+}
+
+#[tokio::test]
+async fn an_unchanged_tree_is_backed_up_without_reading_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let repo = dir.path().join("repo");
+    let size = file_bytes(&src);
+    settle(&src).await;
+    let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
+    let big = 3 * MIB as u64;
+    let read = first["bytes_read"].as_u64();
+    assert_eq!(read, Some(size + big), "every file is read, a big new one twice (hash, copy)");
+    assert!(first["snapshot_at"].is_string(), "{first}");
+
+    let (outcome, second, progress) = back_up_reporting("s2", &src, &repo).await;
+
+    assert_eq!(outcome.message, summary(4, size, 0));
+    assert_eq!(second["bytes_read"].as_u64(), Some(0), "no file content is read");
+    assert_eq!(second["entries"], first["entries"], "the same entries and hashes");
+    assert_eq!(progress, Some((size, size)), "progress still reaches the total");
+    assert_restores(&second, &repo, &src, &dir.path().join("restored"));
+}
+
+#[tokio::test]
+async fn files_rewritten_at_their_size_are_read_again_even_with_their_mtime_put_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let repo = dir.path().join("repo");
+    settle(&src).await;
+    let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
+    let (a, b) = (src.join("docs/a.txt"), src.join("docs/nested/deep/b.bin"));
+    let b_mtime = fs::metadata(&b).and_then(|m| m.modified()).expect("mtime");
+    fs::write(&a, b"ALPHA").expect("rewrite a at its size");
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options().write(true).open(&a).and_then(|f| f.set_modified(an_hour_ago)).expect("a");
+    let b_bytes = pattern(70_000, 8);
+    fs::write(&b, &b_bytes).expect("rewrite b at its size");
+    fs::File::options().write(true).open(&b).and_then(|f| f.set_modified(b_mtime)).expect("b");
+
+    let (outcome, second, progress) = back_up_reporting("s2", &src, &repo).await;
+
+    let read = 5 + b_bytes.len() as u64;
+    assert_eq!(second["bytes_read"].as_u64(), Some(read), "only the two rewritten files are read");
+    assert_eq!(entry(&second, &a)["sha256"].as_str(), Some(sha256(b"ALPHA").as_str()));
+    assert_eq!(entry(&second, &b)["sha256"].as_str(), Some(sha256(&b_bytes).as_str()));
+    assert_eq!(entry(&second, &b)["mtime"], entry(&first, &b)["mtime"], "b's mtime put back");
+    let size = file_bytes(&src);
+    assert_eq!(outcome.message, summary(4, size, read), "both new contents are stored");
+    assert_eq!(progress, Some((size, size)));
+    assert_restores(&second, &repo, &src, &dir.path().join("restored"));
+}
+
+#[tokio::test]
+async fn a_file_stamped_at_or_after_the_previous_snapshot_is_read_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let big = src.join("big.bin");
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    fs::File::options().write(true).open(&big).and_then(|f| f.set_modified(later)).expect("mtime");
+    let repo = dir.path().join("repo");
+    settle(&src).await;
+    let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
+
+    let (outcome, second, _) = back_up_reporting("s2", &src, &repo).await;
+
+    let big_size = fs::metadata(&big).expect("big").len();
+    assert_eq!(second["bytes_read"].as_u64(), Some(big_size), "only the racy file is read");
+    assert_eq!(second["entries"], first["entries"], "with the same content");
+    assert_eq!(outcome.message, summary(4, file_bytes(&src), 0));
+}
+
+#[tokio::test]
+async fn a_blob_missing_from_the_store_is_read_and_stored_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let repo = dir.path().join("repo");
+    settle(&src).await;
+    let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
+    let b = src.join("docs/nested/deep/b.bin");
+    let blob = blob_path(&repo, entry(&first, &b)["sha256"].as_str().expect("sha256"));
+    fs::remove_file(&blob).expect("remove the blob");
+
+    let (outcome, second, _) = back_up_reporting("s2", &src, &repo).await;
+
+    assert_eq!(second["bytes_read"].as_u64(), Some(70_000), "only the file of the lost blob");
+    assert_eq!(outcome.message, summary(4, file_bytes(&src), 70_000), "its blob stored again");
+    assert_eq!(fs::read(&blob).expect("blob"), fs::read(&b).expect("file"));
+    assert_eq!(second["entries"], first["entries"]);
+    assert_restores(&second, &repo, &src, &dir.path().join("restored"));
 }

@@ -5,6 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sluice_proto::pb;
@@ -34,6 +35,11 @@ pub struct Manifest {
     pub computer: String,
     /// Commit time, RFC 3339.
     pub created_at: String,
+    /// When SNAPSHOT began, RFC 3339 with nanoseconds. The next backup of the item trusts a
+    /// file entry only when its timestamps are older than this (see `previous`); absent in
+    /// manifests written before it was recorded, whose entries are never trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_at: Option<String>,
     /// The configured paths.
     pub paths: Vec<String>,
     /// Every entry backed up, sorted by path.
@@ -41,6 +47,10 @@ pub struct Manifest {
     /// Counts and sizes (serialized as top-level fields).
     #[serde(flatten)]
     pub totals: Totals,
+    /// Bytes read from the source files: 0 when every file was unchanged since the
+    /// previous restore point and taken over from it without being read.
+    #[serde(default)]
+    pub bytes_read: u64,
     /// Why the item ended with a warning; empty when it succeeded.
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -57,8 +67,11 @@ pub struct Record {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
-    /// Last modification, RFC 3339.
+    /// Last modification, RFC 3339 with nanoseconds.
     pub mtime: String,
+    /// Last status change of a file, RFC 3339 with nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<String>,
     /// SHA-256 of a file's content, hex: its blob in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -75,11 +88,24 @@ impl Record {
             kind: entry.kind,
             size: entry.size,
             mode: entry.mode,
-            mtime: sluice_proto::time::to_timestamp(entry.mtime).to_string(),
+            mtime: rfc3339(entry.mtime),
+            ctime: (entry.kind == Kind::File).then(|| rfc3339(entry.ctime)),
             sha256,
             target: entry.target.clone(),
         }
     }
+}
+
+/// A time as RFC 3339 with as many fraction digits as it needs (none, 3, 6 or 9): lossless
+/// to the nanosecond.
+pub fn rfc3339(time: SystemTime) -> String {
+    sluice_proto::time::to_timestamp(time).to_string()
+}
+
+/// Reads a time written by [`rfc3339`].
+pub fn parse_time(text: &str) -> Option<SystemTime> {
+    let stamp = prost_types::Timestamp::from_str(text).ok()?;
+    (stamp.seconds >= 0 && stamp.nanos >= 0).then(|| sluice_proto::time::from_timestamp(&stamp))
 }
 
 /// Counts and sizes of a restore point.
@@ -200,7 +226,16 @@ mod tests {
 
     fn record(path: &str, kind: Kind, size: u64) -> Record {
         let mtime = "2026-01-02T03:04:05Z".to_owned();
-        Record { path: path.into(), kind, size, mode: 0o644, mtime, sha256: None, target: None }
+        Record {
+            path: path.into(),
+            kind,
+            size,
+            mode: 0o644,
+            mtime,
+            ctime: None,
+            sha256: None,
+            target: None,
+        }
     }
 
     fn sample(records: Vec<Record>) -> Manifest {
@@ -212,8 +247,10 @@ mod tests {
             session_id: "s1".into(),
             computer: "pc1".into(),
             created_at: "2026-01-02T03:04:05Z".into(),
+            snapshot_at: Some("2026-01-02T03:04:01.000000001Z".into()),
             paths: vec!["/d".into()],
             totals: Totals::of(&records, 0),
+            bytes_read: 0,
             entries: records,
             warnings: Vec::new(),
         }
@@ -267,5 +304,29 @@ mod tests {
         let json = serde_json::to_value(&manifest).expect("json");
         assert_eq!(json["bytes_written"], 5);
         assert_eq!(json["entries"][1]["kind"], "file");
+    }
+
+    #[test]
+    fn times_keep_their_nanoseconds_and_older_manifests_still_read() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for nanos in [0, 5_000_000, 5_000, 123_456_789] {
+            let time = UNIX_EPOCH + Duration::new(1_700_000_000, nanos);
+            assert_eq!(parse_time(&rfc3339(time)), Some(time), "{}", rfc3339(time));
+        }
+        assert_eq!(parse_time("not a time"), None);
+
+        let mut json =
+            serde_json::to_value(sample(vec![record("/d/a", Kind::File, 3)])).expect("json");
+        let object = json.as_object_mut().expect("object");
+        object.remove("snapshot_at");
+        object.remove("bytes_read");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(MANIFEST);
+        fs::write(&path, serde_json::to_vec(&json).expect("bytes")).expect("write");
+        let older = read(&path).expect("a manifest without the newer fields reads");
+        assert_eq!(
+            (older.snapshot_at, older.bytes_read, older.entries[0].ctime.clone()),
+            (None, 0, None)
+        );
     }
 }

@@ -67,6 +67,8 @@ pub struct Pace<'a> {
     throttle: Throttle,
     done: u64,
     total: u64,
+    /// Bytes read from source files, by every read.
+    read: u64,
     /// The read buffer, reused from file to file.
     buf: Option<Vec<u8>>,
 }
@@ -80,7 +82,7 @@ impl<'a> Pace<'a> {
         total: u64,
     ) -> Self {
         let throttle = Throttle { rate, start: Instant::now(), bytes: 0 };
-        Self { cancel, reporter, throttle, done: 0, total, buf: None }
+        Self { cancel, reporter, throttle, done: 0, total, read: 0, buf: None }
     }
 
     /// Fails when the task is cancelled.
@@ -93,6 +95,18 @@ impl<'a> Pace<'a> {
         self.reporter.progress(self.done.min(self.total), self.total).await;
     }
 
+    /// Counts a file of `n` bytes that is done without being read (its content is known
+    /// from the previous restore point): progress only, no pacing.
+    pub async fn skip(&mut self, n: u64) {
+        self.done += n;
+        self.report().await;
+    }
+
+    /// Bytes read from source files so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
     /// Reports the transfer complete.
     pub async fn finish(&mut self) {
         self.reporter.progress(self.total, self.total).await;
@@ -101,6 +115,7 @@ impl<'a> Pace<'a> {
     /// Counts `n` bytes read (towards progress when `counted`) and waits as the rate limit
     /// asks, or until a cancel.
     async fn advance(&mut self, n: u64, counted: bool) -> Result<(), Canceled> {
+        self.read += n;
         if counted {
             self.done += n;
             self.report().await;

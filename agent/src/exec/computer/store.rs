@@ -49,6 +49,12 @@ impl Store {
         }
     }
 
+    /// Whether the blob with this hash is stored as a file of `len` bytes; `false` when it
+    /// cannot be told.
+    pub fn holds(&self, sha256: &str, len: u64) -> bool {
+        fs::symlink_metadata(self.blob_path(sha256)).is_ok_and(|m| m.is_file() && m.len() == len)
+    }
+
     /// Moves a complete, fsynced temporary file into the store as the blob `sha256`, unless
     /// that blob is there already; the temporary file is gone afterwards either way. Returns
     /// whether this call created the blob.
@@ -132,6 +138,7 @@ mod tests {
         assert_eq!(fs::read(&blob).expect("blob"), b"first");
         assert!(!tmp.exists() && !again.exists(), "temporary files are gone");
         assert!(store.contains(SHA).expect("contains"));
+        assert!(store.holds(SHA, 5) && !store.holds(SHA, 4), "held at its size only");
         let mut written = Written::default();
         written.add(blob, 5);
         discard(&written).expect("discard");

@@ -1,9 +1,11 @@
 //! TRANSFER of a computer task: every frozen file into the content-addressed store.
 //!
-//! A file is read and hashed first, and the store asked for that hash: a stored blob is not
-//! written again. Otherwise the file is written from memory when it fit in one buffer, or
-//! read again into a temporary file in the partial folder (hashed again: the blob is named
-//! after what was copied), which is fsynced and published into the store.
+//! A file whose hash is known from the previous restore point (see `previous`) is recorded
+//! with it and not read: it counts towards progress with its size, and adds nothing to the
+//! store. Any other file is read and hashed first, and the store asked for that hash: a
+//! stored blob is not written again. Otherwise the file is written from memory when it fit
+//! in one buffer, or read again into a temporary file in the partial folder (hashed again:
+//! the blob is named after what was copied), which is fsynced and published into the store.
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
@@ -13,7 +15,7 @@ use super::Failure;
 use super::manifest::Record;
 use super::pace::{self, BUF, Digest, Pace, ReadError};
 use super::store::{Store, Written};
-use super::walk::{Entry, Kind, mode_of, mtime_of};
+use super::walk::{Entry, Kind, ctime_of, mode_of, mtime_of};
 use crate::exec::TaskContext;
 use crate::fsutil::blocking;
 
@@ -26,6 +28,10 @@ pub struct Transferred {
     pub changed: Vec<String>,
     /// Files gone while they were read (left out).
     pub vanished: Vec<String>,
+    /// Files taken over from the previous restore point without being read.
+    pub reused: u64,
+    /// Bytes read from the files.
+    pub bytes_read: u64,
 }
 
 /// A file's content as stored.
@@ -45,10 +51,12 @@ struct Transfer<'a> {
 }
 
 /// Stores every file of `entries` and returns the manifest records; `written` keeps what
-/// this attempt added to the store, also when it fails.
+/// this attempt added to the store, also when it fails. `known[i]`, when given, is the hash
+/// of `entries[i]`'s content, stored already: that file is not read.
 pub async fn run(
     ctx: &mut TaskContext,
     entries: &[Entry],
+    known: &[Option<String>],
     store: &Store,
     temp_dir: &Path,
     written: &mut Written,
@@ -58,14 +66,20 @@ pub async fn run(
     let mut transfer = Transfer { pace, store, temp_dir, written, temps: 0 };
     transfer.pace.report().await;
     let mut out = Transferred::default();
-    for entry in entries {
+    for (index, entry) in entries.iter().enumerate() {
         transfer.pace.check()?;
-        match entry.kind {
-            Kind::File => transfer.file(entry, &mut out).await?,
-            Kind::Dir | Kind::Symlink => out.records.push(Record::new(entry, None)),
+        match (entry.kind, known.get(index).and_then(Option::as_ref)) {
+            (Kind::File, Some(sha256)) => {
+                transfer.pace.skip(entry.size).await;
+                out.records.push(Record::new(entry, Some(sha256.clone())));
+                out.reused += 1;
+            }
+            (Kind::File, None) => transfer.file(entry, &mut out).await?,
+            (Kind::Dir | Kind::Symlink, _) => out.records.push(Record::new(entry, None)),
         }
     }
     transfer.pace.finish().await;
+    out.bytes_read = transfer.pace.bytes_read();
     Ok(out)
 }
 
@@ -96,6 +110,7 @@ impl Transfer<'_> {
             size: stored.len,
             mode: mode_of(&after),
             mtime: mtime_of(&after),
+            ctime: ctime_of(&after),
             ..entry.clone()
         };
         out.records.push(Record::new(&as_read, Some(stored.sha256)));

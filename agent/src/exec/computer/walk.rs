@@ -9,7 +9,7 @@ use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::debug;
@@ -41,6 +41,9 @@ pub struct Entry {
     pub mode: u32,
     /// Last modification.
     pub mtime: SystemTime,
+    /// Last status change (content, permissions, links, renames): set by the kernel from
+    /// its own clock, so unlike `mtime` it cannot be set back by a program.
+    pub ctime: SystemTime,
     /// Target of a symbolic link.
     pub target: Option<String>,
 }
@@ -156,8 +159,15 @@ impl Walk<'_> {
             Kind::File => None,
         };
         let size = if kind == Kind::File { meta.len() } else { 0 };
-        let entry =
-            Entry { path: name, kind, size, mode: mode_of(meta), mtime: mtime_of(meta), target };
+        let entry = Entry {
+            path: name,
+            kind,
+            size,
+            mode: mode_of(meta),
+            mtime: mtime_of(meta),
+            ctime: ctime_of(meta),
+            target,
+        };
         self.found.insert(entry.path.clone(), entry);
         Ok(())
     }
@@ -203,6 +213,13 @@ pub fn mode_of(meta: &Metadata) -> u32 {
 /// Modification time of an entry (the epoch when the platform has none).
 pub fn mtime_of(meta: &Metadata) -> SystemTime {
     meta.modified().unwrap_or(UNIX_EPOCH)
+}
+
+/// Status change time of an entry (the epoch when before it).
+pub fn ctime_of(meta: &Metadata) -> SystemTime {
+    let secs = u64::try_from(meta.ctime()).ok();
+    let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0).min(999_999_999);
+    secs.map_or(UNIX_EPOCH, |secs| UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 #[cfg(test)]

@@ -1,0 +1,259 @@
+//! The item's previous restore point: what it recorded about each file lets a file that has
+//! not changed since be taken over by its hash, without reading it.
+//!
+//! The previous restore point is the newest committed one in `<repository>/<job>/<item>/`
+//! (by name: `<session>-<index>`, and session ids begin with their start time to the
+//! second), skipping partial folders and folders without a computer manifest. A file is
+//! taken over when the walk found it with the size, mtime and ctime the previous manifest
+//! records (to the nanosecond) and the blob of that hash is still stored, as a file of that
+//! size: one `metadata` call.
+//!
+//! # Racy timestamps
+//!
+//! Equal timestamps prove nothing about a file that changed again within the same clock
+//! tick as the stat that recorded them. Every stat of a backup comes after its SNAPSHOT
+//! began (`snapshot_at` in the manifest), and any change after that gets timestamps no
+//! older than `snapshot_at` less the lag of the clock file systems stamp with (the kernel's
+//! coarse clock, one tick behind at most) and less the file system's timestamp granularity.
+//! So an entry is trusted only when both its mtime and its ctime are older than its
+//! manifest's `snapshot_at` by that much: [`CLOCK_SLACK`], or [`COARSE_SLACK`] for a
+//! timestamp in whole microseconds (a file system that stamps coarsely, down to FAT's two
+//! seconds, or a time set by a program). Any other entry is read again next time, as are
+//! all entries of a manifest without `snapshot_at`. The ctime, which no program can set
+//! back, also catches content rewritten with its old size and mtime restored.
+//!
+//! Every function here does blocking I/O; none fails: without a usable previous restore
+//! point every file is read.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::debug;
+
+use super::manifest::{self, Manifest, parse_time};
+use super::store::Store;
+use super::walk::{Entry, Kind};
+use crate::exec::CancelSignal;
+use crate::exec::commit::MANIFEST;
+
+/// Newest restore point folders tried, newest first, for one with a usable manifest.
+const CANDIDATES: usize = 3;
+/// How much older than `snapshot_at` a fine-grained timestamp must be to be trusted: more
+/// than the kernel's coarse file clock lags the wall clock (one tick, 10 ms at most).
+pub const CLOCK_SLACK: Duration = Duration::from_millis(50);
+/// How much older than `snapshot_at` a timestamp in whole microseconds must be.
+pub const COARSE_SLACK: Duration = Duration::from_secs(2);
+
+/// What the previous restore point recorded about one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Known {
+    size: u64,
+    mtime: SystemTime,
+    ctime: SystemTime,
+    sha256: String,
+}
+
+/// The trusted file entries of the item's previous restore point, by path.
+#[derive(Debug, Default)]
+pub struct Previous {
+    files: HashMap<String, Known>,
+}
+
+impl Previous {
+    /// The previous restore point in `item_dir`; `None` when there is none to use.
+    pub fn load(item_dir: &Path) -> Option<Self> {
+        let mut names = match restore_point_names(item_dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(error) => {
+                debug!(dir = %item_dir.display(), %error, "previous restore points unreadable");
+                return None;
+            }
+        };
+        names.sort_unstable_by(|a, b| b.cmp(a));
+        names.iter().take(CANDIDATES).find_map(|name| {
+            let manifest = manifest::read(&item_dir.join(name).join(MANIFEST))?;
+            let previous = Self::of(&manifest);
+            if previous.is_none() {
+                debug!(restore_point = %name, "previous manifest has no snapshot time");
+            }
+            previous
+        })
+    }
+
+    /// The trusted file entries of `manifest`; `None` without a snapshot time.
+    fn of(manifest: &Manifest) -> Option<Self> {
+        let snapshot_at = parse_time(manifest.snapshot_at.as_deref()?)?;
+        let files = manifest
+            .entries
+            .iter()
+            .filter(|record| record.kind == Kind::File)
+            .filter_map(|record| {
+                let known = Known {
+                    size: record.size,
+                    mtime: parse_time(&record.mtime)?,
+                    ctime: parse_time(record.ctime.as_deref()?)?,
+                    sha256: record.sha256.clone().filter(|sha| is_sha256(sha))?,
+                };
+                let trusted =
+                    settled(known.mtime, snapshot_at) && settled(known.ctime, snapshot_at);
+                trusted.then(|| (record.path.clone(), known))
+            })
+            .collect();
+        Some(Self { files })
+    }
+
+    /// The hash of `entry`'s content, when the previous restore point recorded the file as
+    /// the walk found it and its blob is still stored.
+    pub fn hash(&self, entry: &Entry, store: &Store) -> Option<String> {
+        if entry.kind != Kind::File {
+            return None;
+        }
+        let known = self.files.get(&entry.path)?;
+        let same =
+            known.size == entry.size && known.mtime == entry.mtime && known.ctime == entry.ctime;
+        (same && store.holds(&known.sha256, known.size)).then(|| known.sha256.clone())
+    }
+}
+
+/// For each of `entries`, the hash of its content when it is known without reading it;
+/// stops early (every later entry unknown) on a cancel.
+pub fn known_hashes(
+    item_dir: &Path,
+    entries: &[Entry],
+    store: &Store,
+    cancel: &CancelSignal,
+) -> Vec<Option<String>> {
+    let Some(previous) = Previous::load(item_dir) else { return vec![None; entries.len()] };
+    let mut hashes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if cancel.is_cancelled() {
+            break;
+        }
+        hashes.push(previous.hash(entry, store));
+    }
+    hashes.resize(entries.len(), None);
+    hashes
+}
+
+/// Names of the committed restore point folders in `item_dir` (not partial ones).
+fn restore_point_names(item_dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for dirent in fs::read_dir(item_dir)? {
+        let dirent = dirent?;
+        let Ok(name) = dirent.file_name().into_string() else { continue };
+        if !name.starts_with('.') && dirent.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Whether a timestamp is old enough, against a backup's `snapshot_at`, that a change
+/// after that backup's stat would have altered it (see the module documentation).
+fn settled(stamp: SystemTime, snapshot_at: SystemTime) -> bool {
+    let Ok(since_epoch) = stamp.duration_since(UNIX_EPOCH) else { return false };
+    if since_epoch.is_zero() {
+        return false;
+    }
+    let slack =
+        if since_epoch.subsec_nanos().is_multiple_of(1_000) { COARSE_SLACK } else { CLOCK_SLACK };
+    stamp.checked_add(slack).is_some_and(|settled_at| settled_at < snapshot_at)
+}
+
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::computer::manifest::{FORMAT, Record, Totals, rfc3339};
+
+    fn at(secs: u64, nanos: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    #[test]
+    fn only_timestamps_older_than_the_snapshot_by_the_slack_are_settled() {
+        let snapshot = at(1_000, 500_000_001);
+        assert!(settled(at(1_000, 400_000_123), snapshot), "100 ms older");
+        assert!(!settled(at(1_000, 460_000_123), snapshot), "40 ms older: within the slack");
+        assert!(!settled(at(1_000, 500_000_001), snapshot), "the same instant");
+        assert!(!settled(at(1_001, 7), snapshot), "newer");
+        assert!(!settled(at(999, 0), snapshot), "whole seconds: a coarse clock, 1.5 s older");
+        assert!(!settled(at(998, 600_000_000), snapshot), "whole milliseconds, 1.9 s older");
+        assert!(settled(at(998, 400_000_000), snapshot), "whole milliseconds, 2.1 s older");
+        assert!(!settled(UNIX_EPOCH, snapshot), "no timestamp");
+    }
+
+    fn file(path: &str, mtime: SystemTime, ctime: SystemTime, sha: &str) -> Record {
+        Record {
+            path: path.into(),
+            kind: Kind::File,
+            size: 3,
+            mode: 0o644,
+            mtime: rfc3339(mtime),
+            ctime: Some(rfc3339(ctime)),
+            sha256: Some(sha.into()),
+            target: None,
+        }
+    }
+
+    fn manifest(snapshot_at: Option<SystemTime>, entries: Vec<Record>) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            restore_point: "s1-0".into(),
+            job: "j".into(),
+            item: "pc".into(),
+            session_id: "s1".into(),
+            computer: "pc1".into(),
+            created_at: "2026-01-02T03:04:05Z".into(),
+            snapshot_at: snapshot_at.map(rfc3339),
+            paths: vec!["/d".into()],
+            totals: Totals::of(&entries, 0),
+            bytes_read: 0,
+            entries,
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn entries_are_trusted_only_with_settled_timestamps_and_a_snapshot_time() {
+        let (old, sha) = (at(500, 123_456_789), "ab".repeat(32));
+        let snapshot = at(1_000, 1);
+        let entries = vec![
+            file("/d/old", old, old, &sha),
+            file("/d/racy-mtime", at(1_000, 1), old, &sha),
+            file("/d/racy-ctime", old, at(999, 990_000_001), &sha),
+            file("/d/bad-hash", old, old, "../../etc"),
+        ];
+        let trusted = Previous::of(&manifest(Some(snapshot), entries.clone())).expect("usable");
+        assert_eq!(trusted.files.keys().collect::<Vec<_>>(), ["/d/old"]);
+        assert!(Previous::of(&manifest(None, entries)).is_none(), "no snapshot time");
+    }
+
+    #[test]
+    fn the_newest_committed_restore_point_is_used_and_partial_ones_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = at(500, 123_456_789);
+        let write = |name: &str, path: &str| {
+            let folder = dir.path().join(name);
+            fs::create_dir_all(&folder).expect("folder");
+            let entries = vec![file(path, old, old, &"cd".repeat(32))];
+            let json = serde_json::to_vec(&manifest(Some(at(1_000, 1)), entries)).expect("json");
+            fs::write(folder.join(MANIFEST), json).expect("manifest");
+        };
+        write("s1-0", "/d/from-s1");
+        write("s2-0", "/d/from-s2");
+        write(".partial-s3-0", "/d/from-partial");
+        fs::create_dir_all(dir.path().join("s4-0")).expect("a folder without a manifest");
+
+        let previous = Previous::load(dir.path()).expect("previous");
+        assert_eq!(previous.files.keys().collect::<Vec<_>>(), ["/d/from-s2"]);
+        assert!(Previous::load(&dir.path().join("missing")).is_none());
+    }
+}
