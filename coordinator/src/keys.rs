@@ -102,6 +102,29 @@ impl Keys {
     pub fn restore_point(&self, job: &str, item: &str, rp: &str) -> String {
         format!("{}/restore-points/{job}/{item}/{rp}", self.prefix)
     }
+
+    /// `/restore-points/`: the whole catalog.
+    pub fn all_restore_points(&self) -> String {
+        format!("{}/restore-points/", self.prefix)
+    }
+
+    /// `/restore-points-in-use/{job}/{rp}/`: the verifies and restores reading a restore
+    /// point now, one key each.
+    pub fn restore_point_uses(&self, job: &str, rp: &str) -> String {
+        format!("{}/restore-points-in-use/{job}/{rp}/", self.prefix)
+    }
+
+    /// `/restore-points-in-use/{job}/{rp}/{use}`: one verify or restore, bound to the lease
+    /// of the coordinator running it.
+    pub fn restore_point_use(&self, job: &str, rp: &str, use_id: &str) -> String {
+        format!("{}/restore-points-in-use/{job}/{rp}/{use_id}", self.prefix)
+    }
+
+    /// `/restore-points-deleting/{job}/{rp}`: retention is deleting the restore point; bound
+    /// to the lease of the coordinator doing it.
+    pub fn restore_point_deleting(&self, job: &str, rp: &str) -> String {
+        format!("{}/restore-points-deleting/{job}/{rp}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +144,17 @@ mod tests {
         assert!(keys.item("s", 9) < keys.item("s", 10));
         assert_eq!(keys.split_session_key(&keys.item("s1", 3)), Some(("s1", "items/000003")));
         assert_eq!(keys.split_session_key(&keys.session("s1")), Some(("s1", "")));
+    }
+
+    #[test]
+    fn restore_point_use_keys_of_one_id_are_not_a_prefix_of_another() {
+        let keys = Keys::new("/p");
+        assert_eq!(keys.restore_point_use("j", "s-1", "u"), "/p/restore-points-in-use/j/s-1/u");
+        assert!(
+            !keys
+                .restore_point_use("j", "s-10", "u")
+                .starts_with(&keys.restore_point_uses("j", "s-1"))
+        );
+        assert!(!keys.restore_point_deleting("j", "s-1").starts_with(&keys.all_restore_points()));
     }
 }

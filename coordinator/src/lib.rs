@@ -10,6 +10,8 @@ pub mod jobs;
 pub mod keys;
 pub mod membership;
 pub mod registry;
+pub mod restore_points;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod sessions;
@@ -31,6 +33,7 @@ use crate::{
     jobs::Jobs,
     membership::MembershipConfig,
     registry::Registry,
+    restore_points::RestorePoints,
     scheduler::Scheduler,
     server::Services,
     sessions::{Router, Sessions, context::SessionContext},
@@ -68,11 +71,18 @@ pub async fn run(
         clients: clients.clone(),
         shutdown: shutdown.clone(),
     };
+    let restore_points = RestorePoints::new(
+        store.clone(),
+        ctx.directory.clone(),
+        clients.clone(),
+        lease.clone(),
+        settings.id.clone(),
+    );
     let sessions = Sessions::new(ctx, router, lease, settings.id.clone(), tracker.clone());
     tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), background.clone()));
     let registry = Registry::new(store.clone());
     let services = Services {
-        jobs: JobApi::new(Jobs::new(store.clone()), sessions, shutdown.clone()),
+        jobs: JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone()),
         cluster: ClusterApi::new(registry.clone(), Cluster::new(store.clone()), clients),
         registry: RegistryApi::new(registry, settings.id.clone()),
     };

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     jobs::Jobs,
+    restore_points::RestorePoints,
     sessions::{Sessions, watch::watch_session},
 };
 
@@ -17,13 +18,19 @@ use crate::{
 pub struct JobApi {
     jobs: Jobs,
     sessions: Sessions,
+    restore_points: RestorePoints,
     shutdown: CancellationToken,
 }
 
 impl JobApi {
-    /// Serves jobs and sessions; streams end at `shutdown`.
-    pub fn new(jobs: Jobs, sessions: Sessions, shutdown: CancellationToken) -> Self {
-        JobApi { jobs, sessions, shutdown }
+    /// Serves jobs, sessions and restore points; streams end at `shutdown`.
+    pub fn new(
+        jobs: Jobs,
+        sessions: Sessions,
+        restore_points: RestorePoints,
+        shutdown: CancellationToken,
+    ) -> Self {
+        JobApi { jobs, sessions, restore_points, shutdown }
     }
 }
 
@@ -138,16 +145,16 @@ impl JobService for JobApi {
 
     async fn verify_restore_point(
         &self,
-        _request: Request<pb::VerifyRestorePointRequest>,
+        request: Request<pb::VerifyRestorePointRequest>,
     ) -> Result<Response<pb::VerifyRestorePointResponse>, Status> {
-        Err(Status::unimplemented("not built yet"))
+        Ok(Response::new(self.restore_points.verify(request.into_inner()).await?))
     }
 
     async fn restore_restore_point(
         &self,
-        _request: Request<pb::RestoreRestorePointRequest>,
+        request: Request<pb::RestoreRestorePointRequest>,
     ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
-        Err(Status::unimplemented("not built yet"))
+        Ok(Response::new(self.restore_points.restore(request.into_inner()).await?))
     }
 }
 

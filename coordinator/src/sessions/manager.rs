@@ -23,6 +23,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     membership::{Lease, LeaseWatch},
+    retention::Retention,
     store::Store,
 };
 
@@ -182,11 +183,31 @@ impl Sessions {
             fence,
         );
         let router = self.inner.router.clone();
+        let retention = self.retention();
+        let job = view.record.job.as_ref().map(|job| job.name.clone()).unwrap_or_default();
+        let shutdown = self.inner.ctx.shutdown.clone();
         self.inner.tracker.spawn(async move {
-            let _exit = actor.run().await;
+            let exit = actor.run().await;
             router.unregister(&id);
             watch_stop.cancel();
+            if matches!(exit, actor::Exit::Finished) {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = retention.after_session(&job, &id) => {}
+                }
+            }
         });
+    }
+
+    /// Retention as this coordinator runs it after a session it owned finished.
+    fn retention(&self) -> Retention {
+        Retention {
+            store: self.inner.ctx.store.clone(),
+            directory: self.inner.ctx.directory.clone(),
+            clients: self.inner.ctx.clients.clone(),
+            lease: self.inner.lease.clone(),
+            coordinator: self.inner.coordinator.clone(),
+        }
     }
 
     /// Records a stop in etcd (durable before this returns) and tells the owner.

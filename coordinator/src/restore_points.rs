@@ -1,0 +1,281 @@
+//! `VerifyRestorePoint` and `RestoreRestorePoint`: find a restore point in the catalog, pick
+//! an agent that reaches its repository, mark the restore point in use, and have the agent
+//! do the reading.
+//!
+//! # In use
+//!
+//! While a verify or restore runs, `/restore-points-in-use/{job}/{rp}/{use}` exists, bound to
+//! this coordinator's lease (it vanishes with the coordinator). It is created in a txn that
+//! holds only while the catalog entry exists and no `/restore-points-deleting/{job}/{rp}`
+//! does; retention marks a deletion in a txn that holds only while no use exists. So a
+//! restore point is never deleted while it is read, and never read once its deletion began.
+//! The use key is deleted when the call ends, also when the client cancels it.
+
+pub mod choose;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use prost::Message;
+use sluice_proto::{
+    job::validate_name,
+    pb::{self, job_item::Target},
+    time,
+};
+use tracing::{info, warn};
+
+use self::choose::{Need, choose_agent};
+use crate::{
+    agent_client::AgentClients,
+    agents::AgentDirectory,
+    error::{Error, Result},
+    membership::LeaseWatch,
+    store::Store,
+};
+
+/// Serves verify and restore of restore points; cheap to clone.
+#[derive(Clone)]
+pub struct RestorePoints {
+    store: Store,
+    directory: AgentDirectory,
+    clients: AgentClients,
+    lease: LeaseWatch,
+    coordinator: String,
+}
+
+/// A catalog entry with what is needed to read it.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The catalog entry.
+    pub restore_point: pb::RestorePoint,
+    /// Repository it was written to (from its session's copy of the job).
+    pub repository: String,
+    /// The item's target in that job.
+    pub target: Option<Target>,
+    /// Proxies of the job as it is now (empty when the job is gone or names none).
+    pub proxies: Vec<String>,
+}
+
+impl Located {
+    /// Where the agent finds it.
+    pub fn location(&self) -> pb::RestorePointLocation {
+        pb::RestorePointLocation {
+            repository: self.repository.clone(),
+            job: self.restore_point.job.clone(),
+            item: self.restore_point.item.clone(),
+            restore_point_id: self.restore_point.id.clone(),
+        }
+    }
+
+    /// What kind of agent may read it.
+    pub fn need(&self) -> Need {
+        match &self.target {
+            Some(Target::Computer(computer)) => Need::Computer(computer.computer.clone()),
+            _ => Need::Proxy(self.proxies.clone()),
+        }
+    }
+}
+
+impl RestorePoints {
+    /// The service; in-use keys are bound to the lease `lease` holds.
+    pub fn new(
+        store: Store,
+        directory: AgentDirectory,
+        clients: AgentClients,
+        lease: LeaseWatch,
+        coordinator: String,
+    ) -> Self {
+        RestorePoints { store, directory, clients, lease, coordinator }
+    }
+
+    /// Checks a restore point against its manifest on an agent.
+    pub async fn verify(
+        &self,
+        request: pb::VerifyRestorePointRequest,
+    ) -> Result<pb::VerifyRestorePointResponse> {
+        let located = self.find(&request.job, &request.restore_point_id).await?;
+        let agent = self.pick(&located, "", true)?;
+        let _use = self.begin_use(&located, "verify", &agent.id).await?;
+        let mut client = self.clients.client(&agent.id, &agent.address)?;
+        let request = pb::AgentVerifyRequest { location: Some(located.location()) };
+        let mut response = client
+            .verify_restore_point(request)
+            .await
+            .map_err(|status| Error::Agent { agent: agent.id.clone(), status })?
+            .into_inner();
+        info!(restore_point = %located.restore_point.id, agent = %agent.id, ok = response.ok,
+              bytes = response.bytes_checked, "restore point verified");
+        response.agent = agent.id;
+        response.restore_point = Some(located.restore_point);
+        Ok(response)
+    }
+
+    /// Restores a restore point into a directory on an agent.
+    pub async fn restore(
+        &self,
+        request: pb::RestoreRestorePointRequest,
+    ) -> Result<pb::RestoreRestorePointResponse> {
+        if request.target_dir.is_empty() {
+            return Err(Error::InvalidArgument("target_dir: must name a directory".into()));
+        }
+        if !request.target_dir.starts_with('/') {
+            return Err(Error::InvalidArgument(format!(
+                "target_dir: must be an absolute path, got {:?}",
+                request.target_dir
+            )));
+        }
+        let located = self.find(&request.job, &request.restore_point_id).await?;
+        let agent = self.pick(&located, &request.agent, false)?;
+        let _use = self.begin_use(&located, "restore", &agent.id).await?;
+        let mut client = self.clients.client(&agent.id, &agent.address)?;
+        let call = pb::AgentRestoreRequest {
+            location: Some(located.location()),
+            target_dir: request.target_dir.clone(),
+        };
+        let mut response = client
+            .restore_restore_point(call)
+            .await
+            .map_err(|status| Error::Agent { agent: agent.id.clone(), status })?
+            .into_inner();
+        info!(restore_point = %located.restore_point.id, agent = %agent.id,
+              target = %request.target_dir, files = response.files, bytes = response.bytes,
+              "restore point restored");
+        response.agent = agent.id;
+        response.restore_point = Some(located.restore_point);
+        Ok(response)
+    }
+
+    /// Finds a restore point by id, in `job` or (when empty) in every job.
+    pub async fn find(&self, job: &str, id: &str) -> Result<Located> {
+        validate_name("restore_point_id", id)?;
+        if !job.is_empty() {
+            validate_name("job", job)?;
+        }
+        let (key, restore_point) = self.catalog_entry(job, id).await?.ok_or_else(|| {
+            let scope = if job.is_empty() { String::new() } else { format!(" in job {job:?}") };
+            Error::NotFound(format!("restore point {id:?} does not exist{scope}"))
+        })?;
+        locate(&self.store, restore_point).await.map_err(|error| {
+            warn!(%key, %error, "restore point cannot be located");
+            error
+        })
+    }
+
+    async fn catalog_entry(
+        &self,
+        job: &str,
+        id: &str,
+    ) -> Result<Option<(String, pb::RestorePoint)>> {
+        let keys = self.store.keys();
+        let prefix =
+            if job.is_empty() { keys.all_restore_points() } else { keys.restore_points(job) };
+        let suffix = format!("/{id}");
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let listed = self.store.kv().get(prefix.as_str(), Some(options)).await?;
+        let key = listed
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .find(|key| key.ends_with(&suffix));
+        let Some(key) = key else { return Ok(None) };
+        let entry = self.store.get::<pb::RestorePoint>(&key).await?;
+        Ok(entry.map(|entry| (key, entry.value)))
+    }
+
+    /// The agent to run on: `requested` if named (it must be online), else the best fit.
+    fn pick(&self, located: &Located, requested: &str, any_as_fallback: bool) -> Result<pb::Agent> {
+        let agents = self.directory.current();
+        if !requested.is_empty() {
+            return match agents.get(requested) {
+                Some(agent) if agent.state() == pb::AgentState::Online => Ok(agent.clone()),
+                Some(_) => Err(Error::FailedPrecondition(format!("agent {requested} is draining"))),
+                None => Err(Error::FailedPrecondition(format!("agent {requested} is not online"))),
+            };
+        }
+        choose_agent(&agents, &located.need(), any_as_fallback)
+            .cloned()
+            .map_err(Error::FailedPrecondition)
+    }
+
+    /// Records that `located` is read now; the returned guard removes the record on drop.
+    async fn begin_use(&self, located: &Located, operation: &str, agent: &str) -> Result<InUse> {
+        let lease = self.lease.borrow().clone().ok_or_else(|| {
+            Error::Unavailable("coordinator holds no etcd lease right now; try again".into())
+        })?;
+        let rp = &located.restore_point;
+        let keys = self.store.keys();
+        let use_id = format!("{}-{:016x}", self.coordinator, rand::random::<u64>());
+        let key = keys.restore_point_use(&rp.job, &rp.id, &use_id);
+        let catalog = keys.restore_point(&rp.job, &rp.item, &rp.id);
+        let deleting = keys.restore_point_deleting(&rp.job, &rp.id);
+        let record = pb::RestorePointUse {
+            operation: operation.to_owned(),
+            agent: agent.to_owned(),
+            coordinator: self.coordinator.clone(),
+            started_at: Some(time::now()),
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(catalog.as_str(), CompareOp::Greater, 0),
+                crate::store::absent(&deleting),
+            ])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                record.encode_to_vec(),
+                Some(etcd_client::PutOptions::new().with_lease(lease.id)),
+            )]);
+        if self.store.txn(txn).await?.is_none() {
+            return Err(Error::NotFound(format!(
+                "restore point {:?} was deleted by retention (or is being deleted)",
+                rp.id
+            )));
+        }
+        Ok(InUse { store: self.store.clone(), key })
+    }
+}
+
+/// Reads the session's copy of the job (the repository the restore point was written to,
+/// the item's target) and the job's current proxies.
+pub async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Located> {
+    let keys = store.keys();
+    let session = store.get::<pb::SessionRecord>(&keys.session(&restore_point.session_id)).await?;
+    let current = store.get::<pb::Job>(&keys.job(&restore_point.job)).await?.map(|v| v.value);
+    let written_by = session.and_then(|record| record.value.job).or_else(|| current.clone());
+    let Some(job) = written_by else {
+        return Err(Error::FailedPrecondition(format!(
+            "restore point {:?}: neither its session {:?} nor its job {:?} exists any more, so \
+             its repository is unknown",
+            restore_point.id, restore_point.session_id, restore_point.job
+        )));
+    };
+    let target = job
+        .items
+        .iter()
+        .find(|item| item.name == restore_point.item)
+        .and_then(|i| i.target.clone());
+    Ok(Located {
+        repository: job.repository.clone(),
+        target,
+        proxies: current.map(|job| job.proxies).unwrap_or_default(),
+        restore_point,
+    })
+}
+
+/// A restore point marked in use; the mark is removed when this is dropped.
+pub struct InUse {
+    store: Store,
+    key: String,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut kv = self.store.kv();
+        let key = std::mem::take(&mut self.key);
+        // Also runs when the call is cancelled; the lease removes the mark if this fails.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = kv.delete(key.as_str(), None).await {
+                    warn!(%key, %error, "cannot remove a restore point use; the lease will");
+                }
+            });
+        }
+    }
+}
