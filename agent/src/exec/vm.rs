@@ -66,7 +66,7 @@ fn ensure_running(ctx: &TaskContext) -> Result<(), Failure> {
 }
 
 /// Removes leftover snapshots on the disk, takes the task's snapshot, returns the virtual size.
-async fn snapshot(ctx: &TaskContext, disk: &Path) -> Result<u64, Failure> {
+async fn snapshot(ctx: &TaskContext, disk: &Path) -> Result<DiskSize, Failure> {
     let name = ctx.id.snapshot_name();
     let image = qemu::info(disk).await.map_err(|e| phase_error("SNAPSHOT", disk, e))?;
     for leftover in image.snapshots.iter().filter(|s| is_leftover(ctx, &s.name)) {
@@ -80,7 +80,14 @@ async fn snapshot(ctx: &TaskContext, disk: &Path) -> Result<u64, Failure> {
         }
     }
     qemu::snapshot_create(disk, &name).await.map_err(|e| phase_error("SNAPSHOT", disk, e))?;
-    Ok(image.virtual_size)
+    Ok(DiskSize { virtual_size: image.virtual_size, allocated: image.actual_size.max(1) })
+}
+
+/// A disk's sizes: virtual (for the manifest) and allocated (what its export copies).
+#[derive(Debug, Clone, Copy)]
+struct DiskSize {
+    virtual_size: u64,
+    allocated: u64,
 }
 
 /// A Sluice snapshot of no task running here, or an earlier attempt's of this session.
@@ -92,10 +99,10 @@ fn is_leftover(ctx: &TaskContext, name: &str) -> bool {
 async fn transfer(
     ctx: &mut TaskContext,
     disks: &[PathBuf],
-    sizes: &[u64],
+    sizes: &[DiskSize],
     paths: &RepoPaths,
 ) -> Result<Vec<CopiedDisk>, Failure> {
-    let total = sizes.iter().sum();
+    let total = sizes.iter().map(|s| s.allocated).sum();
     let prepare = paths.clone();
     blocking(move || commit::prepare_partial(&prepare)).await.map_err(|e| {
         Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", paths.partial.display()))
@@ -105,10 +112,12 @@ async fn transfer(
     let mut base = 0;
     for (i, (disk, size)) in disks.iter().zip(sizes).enumerate() {
         let file = format!("disk{i}.qcow2");
-        let span = ProgressSpan { base, size: *size, total };
+        let span = ProgressSpan { base, size: size.allocated, total };
         copy_disk(ctx, disk, &paths.partial.join(&file), span).await?;
-        copied.push(CopiedDisk { source: disk.display().to_string(), file, virtual_size: *size });
-        base += size;
+        let virtual_size = size.virtual_size;
+        copied.push(CopiedDisk { source: disk.display().to_string(), file, virtual_size });
+        base += size.allocated;
+        ctx.reporter.progress(base, total).await;
     }
     ctx.reporter.progress(total, total).await;
     Ok(copied)
