@@ -33,6 +33,10 @@ fn binding_command_lines_parse() {
         "agent drain proxy-1 --deadline 300",
         "coordinator list",
         "restore-point list nightly",
+        "restore-point verify 20261122-213005-7f3a-0",
+        "restore-point verify 20261122-213005-7f3a-0 --job nightly",
+        "restore 20261122-213005-7f3a-0 --to /restore",
+        "restore 20261122-213005-7f3a-0 --to /restore --job nightly --agent proxy-1",
         "--endpoint http://a:7400,http://b:7400 --output json job list",
         "job list --output json --endpoint http://a:7400",
     ];

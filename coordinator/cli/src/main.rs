@@ -64,9 +64,28 @@ enum Command {
     /// Inspect coordinators.
     #[command(subcommand)]
     Coordinator(CoordinatorCommand),
-    /// Inspect restore points.
+    /// Inspect and verify restore points.
     #[command(subcommand)]
     RestorePoint(RestorePointCommand),
+    /// Restore a restore point into an empty directory: a computer's files, or a VM's qcow2
+    /// disks. Runs as one task; interrupt it (Ctrl-C) to stop it, which removes what it wrote.
+    Restore(RestoreArgs),
+}
+
+/// `sluice restore ID --to DIR`
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// Restore point id.
+    id: String,
+    /// Absolute directory, as the agent sees it; created if absent, refused if not empty.
+    #[arg(long, value_name = "DIR")]
+    to: String,
+    /// Job of the restore point (found by searching every job when omitted).
+    #[arg(long)]
+    job: Option<String>,
+    /// Agent to restore on (default: the computer's own agent, or a proxy for a VM).
+    #[arg(long, value_name = "ID")]
+    agent: Option<String>,
 }
 
 /// `sluice job ...`
@@ -199,6 +218,15 @@ enum RestorePointCommand {
         /// Job name.
         job: String,
     },
+    /// Read every byte of a restore point and compare it with its manifest; exits 1 and
+    /// lists the problems when something differs.
+    Verify {
+        /// Restore point id.
+        id: String,
+        /// Job of the restore point (found by searching every job when omitted).
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -229,6 +257,18 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Coordinator(CoordinatorCommand::List) => cluster::list_coordinators(&ctx).await,
         Command::RestorePoint(RestorePointCommand::List { job }) => {
             restore_point::list(&ctx, job).await
+        }
+        Command::RestorePoint(RestorePointCommand::Verify { id, job }) => {
+            restore_point::verify(&ctx, id, job.unwrap_or_default()).await
+        }
+        Command::Restore(args) => {
+            let request = sluice_proto::pb::RestoreRestorePointRequest {
+                job: args.job.unwrap_or_default(),
+                restore_point_id: args.id,
+                target_dir: args.to,
+                agent: args.agent.unwrap_or_default(),
+            };
+            restore_point::restore(&ctx, request).await
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `sluice restore-point list JOB`.
+//! `sluice restore-point list JOB`, `sluice restore-point verify ID` and `sluice restore ID`.
 
 use std::time::SystemTime;
 
@@ -6,7 +6,7 @@ use sluice_proto::pb;
 
 use crate::client::Ctx;
 use crate::error::{Exit, Failure};
-use crate::output::{self, json, views};
+use crate::output::{self, json, text, views};
 
 /// Lists the restore points of a job.
 pub async fn list(ctx: &Ctx, job: String) -> Result<Exit, Failure> {
@@ -16,4 +16,107 @@ pub async fn list(ctx: &Ctx, job: String) -> Result<Exit, Failure> {
     let table = || views::restore_point_list(&points, SystemTime::now());
     output::print(ctx.format, table, || json::restore_points(&points))?;
     Ok(Exit::Success)
+}
+
+/// Verifies a restore point: exit 0 when it matches its manifest, 1 listing the problems.
+pub async fn verify(ctx: &Ctx, id: String, job: String) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let request = pb::VerifyRestorePointRequest { job, restore_point_id: id };
+    let answer = clients.jobs.verify_restore_point(request).await?.into_inner();
+    output::print(ctx.format, || verify_text(&answer), || verify_json(&answer))?;
+    Ok(if answer.ok { Exit::Success } else { Exit::Failed })
+}
+
+/// Restores a restore point into a directory.
+pub async fn restore(ctx: &Ctx, request: pb::RestoreRestorePointRequest) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let target = request.target_dir.clone();
+    let answer = clients.jobs.restore_restore_point(request).await?.into_inner();
+    output::print(
+        ctx.format,
+        || restore_text(&answer, &target),
+        || restore_json(&answer, &target),
+    )?;
+    Ok(Exit::Success)
+}
+
+fn id_of(restore_point: Option<&pb::RestorePoint>) -> &str {
+    restore_point.map_or("", |rp| rp.id.as_str())
+}
+
+/// `restore point ID: ok (N checked on AGENT)`, or the problems one per line.
+fn verify_text(answer: &pb::VerifyRestorePointResponse) -> String {
+    let id = id_of(answer.restore_point.as_ref());
+    let checked = text::bytes(answer.bytes_checked);
+    if answer.ok {
+        return format!("restore point {id}: ok ({checked} checked on {})", answer.agent);
+    }
+    let mut out = format!(
+        "restore point {id}: {} problem(s) ({checked} checked on {})",
+        answer.problems.len(),
+        answer.agent
+    );
+    for problem in &answer.problems {
+        out.push_str("\n  ");
+        out.push_str(problem);
+    }
+    out
+}
+
+fn verify_json(answer: &pb::VerifyRestorePointResponse) -> serde_json::Value {
+    serde_json::json!({
+        "restore_point": id_of(answer.restore_point.as_ref()),
+        "ok": answer.ok,
+        "problems": answer.problems,
+        "bytes_checked": answer.bytes_checked,
+        "agent": answer.agent,
+    })
+}
+
+fn restore_text(answer: &pb::RestoreRestorePointResponse, target: &str) -> String {
+    format!(
+        "restored {} into {target} on {}: {} files, {}, {} directories, {} links",
+        id_of(answer.restore_point.as_ref()),
+        answer.agent,
+        answer.files,
+        text::bytes(answer.bytes),
+        answer.directories,
+        answer.symlinks
+    )
+}
+
+fn restore_json(answer: &pb::RestoreRestorePointResponse, target: &str) -> serde_json::Value {
+    serde_json::json!({
+        "restore_point": id_of(answer.restore_point.as_ref()),
+        "target_dir": target,
+        "agent": answer.agent,
+        "files": answer.files,
+        "bytes": answer.bytes,
+        "directories": answer.directories,
+        "symlinks": answer.symlinks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_text_lists_each_problem_on_its_own_line() {
+        let answer = pb::VerifyRestorePointResponse {
+            ok: false,
+            problems: vec!["/a: blob x is missing from the store".into(), "/b: 1 bytes".into()],
+            bytes_checked: 2048,
+            agent: "p1".into(),
+            restore_point: Some(pb::RestorePoint { id: "s-0".into(), ..Default::default() }),
+        };
+        let text = verify_text(&answer);
+        assert!(text.starts_with("restore point s-0: 2 problem(s) ("), "{text}");
+        assert!(
+            text.ends_with("\n  /a: blob x is missing from the store\n  /b: 1 bytes"),
+            "{text}"
+        );
+        let good = pb::VerifyRestorePointResponse { ok: true, problems: vec![], ..answer };
+        assert!(verify_text(&good).starts_with("restore point s-0: ok ("));
+    }
 }
