@@ -548,7 +548,7 @@ impl SessionActor {
             .map(|item| {
                 let committed =
                     matches!(item.status.state(), ItemState::Success | ItemState::Warning);
-                (item_record(item), item.restore_point.clone().filter(|_| committed))
+                (item_record(item), item.restore_point.as_deref().cloned().filter(|_| committed))
             })
             .collect();
         Flush { items, session: session.then(|| session_record(&self.base, &self.machine)) }

@@ -135,7 +135,7 @@ pub struct Item {
     /// Since when it waits for its computer, ms since the epoch.
     pub offline_since_ms: Option<i64>,
     /// The committed restore point.
-    pub restore_point: Option<pb::RestorePoint>,
+    pub restore_point: Option<Box<pb::RestorePoint>>,
     /// A cancel was sent for the running attempt.
     pub cancel_sent: bool,
 }
@@ -474,7 +474,7 @@ impl Machine {
         let message = outcome.message.clone();
         match outcome.state() {
             state @ (ItemState::Success | ItemState::Warning) => {
-                self.items[pos].restore_point = outcome.restore_point.clone();
+                self.items[pos].restore_point = outcome.restore_point.clone().map(Box::new);
                 let id = outcome.restore_point.map(|rp| rp.id).unwrap_or_default();
                 self.items[pos].status.restore_point = id;
                 self.end_item(now_ms, pos, state, message);
