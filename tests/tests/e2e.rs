@@ -12,6 +12,7 @@ mod e2e {
     mod jobs;
     mod ownership;
     mod reflection;
+    mod restore_points;
     mod sessions;
     mod shutdown;
     mod stops;
