@@ -316,3 +316,71 @@ async fn retention_keeps_the_newest_two_per_item_and_removes_unreferenced_blobs(
         assert!(report.ok, "a kept restore point is intact: {report:?}");
     }
 }
+
+/// The catalog ids of `job` for `item`.
+async fn catalog_ids(jobs: &mut Jobs, job: &str, item: &str) -> Result<BTreeSet<String>, String> {
+    let request = pb::ListRestorePointsRequest { job: job.to_owned() };
+    let listed = jobs.list_restore_points(request).await.map_err(|s| s.to_string())?;
+    Ok(listed
+        .into_inner()
+        .restore_points
+        .into_iter()
+        .filter(|rp| rp.item == item)
+        .map(|rp| rp.id)
+        .collect())
+}
+
+/// A restore point in use (its `/restore-points-in-use/` record, as a running verify or
+/// restore writes it) survives retention while the record exists; the other item's old
+/// restore point is deleted by the same pass; once the use ends the next pass deletes it.
+#[tokio::test]
+async fn retention_skips_a_restore_point_in_use_until_the_use_ends() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let dir = cluster.dir().to_path_buf();
+    let repository = dir.join("repository");
+    let disks = make_vm_disks(&dir, 2, 64 << 10);
+    let job =
+        pb::Job { keep_restore_points: 1, ..vm_backup_job("vms", &repository, &disks, (1, 1)) };
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job).await;
+    let first = run_session(&mut jobs, "vms").await;
+    let (used, other) =
+        (first.items[0].restore_point.clone(), first.items[1].restore_point.clone());
+    let use_key = format!("{}/restore-points-in-use/vms/{used}/test-use", cluster.prefix());
+    let mut etcd = cluster.etcd_client().await;
+    etcd.put(use_key.as_str(), b"in use".to_vec(), None).await.expect("put the use record");
+
+    let second = run_session(&mut jobs, "vms").await;
+    let check = || {
+        let mut jobs = jobs.clone();
+        let other = other.clone();
+        async move {
+            let ids = catalog_ids(&mut jobs, "vms", "vm-1").await?;
+            if ids.contains(&other) { Err(format!("vm-1 still holds {ids:?}")) } else { Ok(ids) }
+        }
+    };
+    let vm1 = wait_for(check, PATIENCE, "retention to delete vm-1's first restore point").await;
+    assert_eq!(vm1, BTreeSet::from([second.items[1].restore_point.clone()]));
+    assert!(!restore_point_dir(&repository, "vms", "vm-1", &other).exists(), "its folder is gone");
+    let vm0 = catalog_ids(&mut jobs, "vms", "vm-0").await.expect("catalog");
+    assert!(vm0.contains(&used), "the restore point in use is kept: {vm0:?}");
+    assert!(restore_point_dir(&repository, "vms", "vm-0", &used).exists(), "and its folder");
+
+    etcd.delete(use_key.as_str(), None).await.expect("end the use");
+    let third = run_session(&mut jobs, "vms").await;
+    let newest = third.items[0].restore_point.clone();
+    let check = || {
+        let mut jobs = jobs.clone();
+        let newest = newest.clone();
+        async move {
+            let ids = catalog_ids(&mut jobs, "vms", "vm-0").await?;
+            if ids == BTreeSet::from([newest]) {
+                Ok(())
+            } else {
+                Err(format!("vm-0 holds {ids:?}"))
+            }
+        }
+    };
+    wait_for(check, PATIENCE, "retention to keep only vm-0's newest restore point").await;
+    assert_eq!(folders_of(&repository, "vms", "vm-0"), BTreeSet::from([newest]));
+}
