@@ -35,6 +35,13 @@ pub fn job_detail(job: &pb::Job) -> String {
         ("RETRY", format!("{} attempts, {} s apart", retry.attempts.max(1), retry.wait_seconds)),
         ("GRACEFUL TIMEOUT", seconds_or(job.graceful_timeout_seconds, "none")),
         ("OFFLINE WAIT", seconds_or(job.offline_wait_seconds, "600 s (default)")),
+        (
+            "KEEP",
+            match job.keep_restore_points {
+                0 => "all restore points".to_string(),
+                n => format!("newest {n} restore points per item"),
+            },
+        ),
     ];
     if let Some(ms) = job.sim_duration_ms {
         pairs.push(("SIM EXECUTOR", format!("{ms} ms per item (test only)")));
