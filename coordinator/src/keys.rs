@@ -73,6 +73,19 @@ impl Keys {
         Some(rest.split_once('/').unwrap_or((rest, "")))
     }
 
+    /// `/session-index/{job}/` (or `/session-index/` for every job): session summaries.
+    pub fn session_index(&self, job: Option<&str>) -> String {
+        match job {
+            Some(job) => format!("{}/session-index/{job}/", self.prefix),
+            None => format!("{}/session-index/", self.prefix),
+        }
+    }
+
+    /// `/session-index/{job}/{id}`: the session without items or job, for cheap listings.
+    pub fn session_summary(&self, job: &str, id: &str) -> String {
+        format!("{}/session-index/{job}/{id}", self.prefix)
+    }
+
     /// `/agents/`.
     pub fn agents(&self) -> String {
         format!("{}/agents/", self.prefix)

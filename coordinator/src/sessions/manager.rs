@@ -310,8 +310,7 @@ impl Sessions {
         if !job.is_empty() {
             validate_name("job", job)?;
         }
-        let records = persist::list(self.store(), (!job.is_empty()).then_some(job)).await?;
-        Ok(records.into_iter().filter_map(|r| r.session).collect())
+        persist::list(self.store(), (!job.is_empty()).then_some(job)).await
     }
 
     /// Restore points of a job from the catalog.

@@ -41,6 +41,7 @@ pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
         .and_then([
             TxnOp::put(active.as_str(), id, None),
             TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
+            summary_op(store, session),
             TxnOp::put(
                 keys.session_owner(id),
                 new.owner.as_str(),
@@ -123,6 +124,9 @@ fn session_ops(store: &Store, id: &str, record: &pb::SessionRecord) -> Vec<TxnOp
     let keys = store.keys();
     let mut ops = vec![TxnOp::put(keys.session(id), record.encode_to_vec(), None)];
     let session = record.session.as_ref();
+    if let Some(session) = session {
+        ops.push(summary_op(store, session));
+    }
     if session.is_some_and(|s| s.state() == SessionState::Stopped) {
         let active = keys.job_active(session.map(|s| s.job.as_str()).unwrap_or_default());
         ops.push(TxnOp::txn(
@@ -133,6 +137,16 @@ fn session_ops(store: &Store, id: &str, record: &pb::SessionRecord) -> Vec<TxnOp
         ops.push(TxnOp::delete(keys.session_owner(id), None));
     }
     ops
+}
+
+/// Writes the session's summary into the index that `list` reads.
+fn summary_op(store: &Store, session: &pb::Session) -> TxnOp {
+    let summary = pb::Session { items: Vec::new(), ..session.clone() };
+    TxnOp::put(
+        store.keys().session_summary(&session.job, &session.id),
+        summary.encode_to_vec(),
+        None,
+    )
 }
 
 /// Packs groups of ops into transactions of at most `MAX_OPS_PER_TXN`, never splitting a group.
@@ -192,30 +206,22 @@ pub fn apply_child(
     Ok(())
 }
 
-/// Every session record (without items), newest first; only those of `job` if given.
-pub async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::SessionRecord>> {
-    let keys = store.keys();
-    let raw = store.list_raw(&keys.sessions()).await?;
-    let mut records: Vec<pb::SessionRecord> = raw
+/// Every session (without items), newest first; only those of `job` if given. Reads the
+/// summary index, never the records with their jobs and items.
+pub async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Session>> {
+    let mut sessions: Vec<pb::Session> = store
+        .list::<pb::Session>(&store.keys().session_index(job))
+        .await?
         .into_iter()
-        .filter(|(key, _)| keys.split_session_key(key).is_some_and(|(_, rest)| rest.is_empty()))
-        .map(|(key, value)| decode::<pb::SessionRecord>(&key, &value))
-        .collect::<Result<_>>()?;
-    records.retain(|r| job.is_none_or(|job| r.session.as_ref().is_some_and(|s| s.job == job)));
-    records.sort_by_key(|r| std::cmp::Reverse((created_ms(r), session_id(r).to_string())));
-    Ok(records)
-}
-
-fn created_ms(record: &pb::SessionRecord) -> i64 {
-    record
-        .session
-        .as_ref()
-        .and_then(|s| s.created_at.as_ref())
-        .map_or(0, sluice_proto::time::millis)
-}
-
-fn session_id(record: &pb::SessionRecord) -> &str {
-    record.session.as_ref().map_or("", |s| s.id.as_str())
+        .map(|(_, s)| s)
+        .collect();
+    sessions.sort_by_key(|s| {
+        std::cmp::Reverse((
+            s.created_at.as_ref().map_or(0, sluice_proto::time::millis),
+            s.id.clone(),
+        ))
+    });
+    Ok(sessions)
 }
 
 /// Records a stop request; idempotent, and an immediate stop escalates a graceful one.

@@ -63,10 +63,7 @@ pub fn place(
             let slots: u32 = candidates.iter().map(|(_, slots)| slots).sum();
             let names: Vec<&str> = candidates.iter().map(|(id, _)| *id).collect();
             Placement::Wait {
-                reason: format!(
-                    "waiting for a free task slot ({slots} slots on {} busy)",
-                    names.join(", ")
-                ),
+                reason: format!("no free task slot ({slots} slots on {} busy)", names.join(", ")),
                 offline: false,
             }
         }
