@@ -1,6 +1,6 @@
 //! The task table of an agent and its rules, free of I/O: epochs, admission, cancel, ack.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sluice_proto::pb::{self, job_item::Target};
 
@@ -34,8 +34,14 @@ pub struct TaskTable {
     slots: usize,
     tasks: BTreeMap<TaskId, Entry>,
     epochs: HashMap<String, i64>,
+    /// Items a user cancelled before their RunTask arrived: that RunTask is refused, so a
+    /// coordinator may cancel a task whose RunTask is still on its way.
+    tombstones: HashSet<(String, u32)>,
     draining: bool,
 }
+
+/// Most tombstones kept; past it the oldest knowledge is dropped (they matter for seconds).
+const MAX_TOMBSTONES: usize = 100_000;
 
 impl TaskTable {
     /// A table with the epochs and finished tasks recovered from the journal.
@@ -53,7 +59,15 @@ impl TaskTable {
                 Some((id, Entry { status, cancel: None }))
             })
             .collect();
-        Self { agent_id, computer, slots, tasks, epochs, draining: false }
+        Self {
+            agent_id,
+            computer,
+            slots,
+            tasks,
+            epochs,
+            tombstones: HashSet::new(),
+            draining: false,
+        }
     }
 
     /// Checks a command's epoch; `Ok(true)` when it is newer than any seen (to be recorded).
@@ -84,6 +98,12 @@ impl TaskTable {
         if let Some(entry) = self.tasks.get_mut(id) {
             entry.status.epoch = entry.status.epoch.max(spec.epoch);
             return Ok(Admission::Existing(Box::new(entry.status.clone())));
+        }
+        if self.tombstones.contains(&(id.session.clone(), id.index)) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "item {} of session {} was cancelled before it started",
+                id.index, id.session
+            )));
         }
         if let Some(other) =
             self.running_ids().find(|o| o.session == id.session && o.index == id.index)
@@ -131,15 +151,31 @@ impl TaskTable {
 
     /// Cancels the running tasks of a session (all, or the listed item indices).
     pub fn cancel(
-        &self,
+        &mut self,
         session: &str,
         indices: &[u32],
         reason: pb::CancelReason,
     ) -> Vec<pb::TaskKey> {
+        if reason == pb::CancelReason::User {
+            self.bury_unknown(session, indices);
+        }
         let wanted = |id: &TaskId| {
             id.session == session && (indices.is_empty() || indices.contains(&id.index))
         };
         self.cancel_where(wanted, reason)
+    }
+
+    /// Remembers the named items this agent holds no task of, so their RunTask is refused.
+    fn bury_unknown(&mut self, session: &str, indices: &[u32]) {
+        if self.tombstones.len() + indices.len() > MAX_TOMBSTONES {
+            self.tombstones.clear();
+        }
+        for &index in indices {
+            let known = self.tasks.keys().any(|id| id.session == session && id.index == index);
+            if !known {
+                self.tombstones.insert((session.to_owned(), index));
+            }
+        }
     }
 
     /// Cancels every running task.

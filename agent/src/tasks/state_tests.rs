@@ -111,3 +111,25 @@ fn cancel_targets_listed_items_and_ack_forgets_finished_ones() {
     assert_eq!(table.list("s").len(), 1);
     assert_eq!(table.running(), 2);
 }
+
+#[test]
+fn a_user_cancel_that_overtakes_its_run_task_refuses_that_run() {
+    let mut table = table(4);
+    let running = id("s", 0, 1);
+    start(&mut table, &running);
+    let keys = table.cancel("s", &[0, 1], pb::CancelReason::User);
+    assert_eq!(keys, vec![running.to_key()], "only the running task was cancelled");
+    let late = id("s", 1, 1);
+    let refused = table.admit(&late, &spec(&late, 1)).expect_err("cancelled before it started");
+    assert!(refused.to_string().contains("cancelled before it started"), "{refused}");
+    let other = id("s", 2, 1);
+    assert!(matches!(table.admit(&other, &spec(&other, 1)), Ok(Admission::Start)));
+}
+
+#[test]
+fn a_drain_cancel_leaves_no_tombstone() {
+    let mut table = table(4);
+    table.cancel("s", &[1], pb::CancelReason::Drain);
+    let next = id("s", 1, 2);
+    assert!(matches!(table.admit(&next, &spec(&next, 1)), Ok(Admission::Start)));
+}

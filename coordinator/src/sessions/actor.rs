@@ -22,6 +22,8 @@ use crate::{agents::directory::agent_map, error::Error};
 
 /// Most messages a session actor queues before senders wait.
 pub const MAILBOX: usize = 1024;
+/// What an agent answers to a RunTask whose item a user cancel already reached.
+const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 /// Most messages handled between two dispatch rounds.
 const MAX_BATCH: usize = 1024;
 /// Progress and waiting reasons are persisted at most this often.
@@ -368,6 +370,11 @@ impl SessionActor {
 
     fn on_run_refused(&mut self, index: u32, attempt: u32, agent: String, status: tonic::Status) {
         use tonic::Code;
+        if status.message().contains(CANCELLED_BEFORE_START) {
+            let outcome = never_started(CancelReason::User);
+            self.apply(Event::Finished { index, attempt, outcome });
+            return;
+        }
         let definitive =
             matches!(status.code(), Code::ResourceExhausted | Code::FailedPrecondition)
                 || status.message().contains("draining");
@@ -415,9 +422,11 @@ impl SessionActor {
     fn cancel(&mut self, agent: String, indices: Vec<u32>, reason: CancelReason) {
         let mut remote = Vec::new();
         for index in indices {
+            let in_flight = self.in_flight.iter().any(|(i, _)| *i == index);
             if let Some(attempt) = self.take_unsent(index) {
                 self.apply(Event::Finished { index, attempt, outcome: never_started(reason) });
-            } else if !self.in_flight.iter().any(|(i, _)| *i == index) {
+            } else if !in_flight || reason == CancelReason::User {
+                // A user cancel may overtake its RunTask: the agent then refuses that RunTask.
                 remote.push(index);
             }
         }

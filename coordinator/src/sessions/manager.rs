@@ -214,14 +214,16 @@ impl Sessions {
     pub async fn stop(&self, request: pb::StopJobRequest, peer: String) -> Result<pb::Session> {
         let mode = stop_mode(request.mode)?;
         let id = self.resolve(&request.job, &request.session_id).await?;
-        let view = self.load(&id).await?;
-        if view.is_stopped() {
-            let result = view.to_session(false).result().as_str_name().to_string();
+        // Only the record: the stop must not wait for a read of every item.
+        let record = self.record(&id).await?;
+        let session = record.session.clone().unwrap_or_default();
+        if session.state() == SessionState::Stopped {
+            let result = session.result().as_str_name();
             return Err(Error::FailedPrecondition(format!(
                 "session {id} has already ended ({result})"
             )));
         }
-        let job = view.record.job.clone().unwrap_or_default();
+        let job = record.job.unwrap_or_default();
         if mode == StopMode::Graceful && job.r#type() == pb::JobType::BackupCopy {
             return Err(Error::FailedPrecondition(format!(
                 "a {} job runs as one task and cannot stop gracefully; stop it immediately",
@@ -291,6 +293,15 @@ impl Sessions {
             true => Err(Error::FailedPrecondition(format!("job {job:?} has no active session"))),
             false => Err(Error::NotFound(format!("job {job:?} does not exist"))),
         }
+    }
+
+    async fn record(&self, id: &str) -> Result<pb::SessionRecord> {
+        validate_name("session_id", id)?;
+        let stored =
+            self.store().get::<pb::SessionRecord>(&self.store().keys().session(id)).await?;
+        stored
+            .map(|v| v.value)
+            .ok_or_else(|| Error::NotFound(format!("session {id:?} does not exist")))
     }
 
     async fn load(&self, id: &str) -> Result<SessionView> {
