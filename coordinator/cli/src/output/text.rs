@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use indicatif::HumanBytes;
 use prost_types::Timestamp;
-use sluice_proto::pb;
+use sluice_proto::{pb, time::civil_from_days};
 
 const SECONDS_PER_DAY: i64 = 86_400;
 
@@ -95,20 +95,6 @@ fn split_seconds(seconds: i64) -> (String, String) {
     let (year, month, day) = civil_from_days(days);
     let time = format!("{:02}:{:02}:{:02}", of_day / 3600, of_day % 3600 / 60, of_day % 60);
     (format!("{year:04}-{month:02}-{day:02}"), time)
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A time as RFC 3339 with how long ago it was: `2026-11-22T09:05:03Z (3m ago)`; unset is `-`.
