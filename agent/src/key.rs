@@ -7,7 +7,6 @@ use sluice_proto::pb::{self, job_item::Target};
 use crate::error::AgentError;
 use crate::exec::computer::STORE_DIR;
 
-const MAX_SESSION_ID_LEN: usize = 128;
 const MAX_ITEM_NAME_LEN: usize = 255;
 
 /// One attempt of one item of a session: the key tasks are idempotent on.
@@ -61,22 +60,13 @@ impl fmt::Display for TaskId {
 /// Prefix of every snapshot Sluice takes.
 pub const SNAPSHOT_PREFIX: &str = "sluice-";
 
-/// Checks a session id: 1-128 characters of `[A-Za-z0-9._-]`, not starting with a dot.
+/// Checks a session id by the coordinator's name rules (1-64 characters of `[a-z0-9._-]`, not
+/// starting with '.'), so every restore point an agent commits can be named in later calls.
 pub fn validate_session_id(field: &str, session: &str) -> Result<(), AgentError> {
-    if session.is_empty() || session.len() > MAX_SESSION_ID_LEN {
-        return Err(AgentError::invalid(
-            field,
-            format!("must be 1-{MAX_SESSION_ID_LEN} characters"),
-        ));
-    }
-    let safe = session.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !safe || session.starts_with('.') {
-        return Err(AgentError::invalid(
-            field,
-            format!("{session:?} may hold only [A-Za-z0-9._-] and not start with '.'"),
-        ));
-    }
-    Ok(())
+    sluice_proto::job::validate_name(field, session).map_err(|error| match error {
+        sluice_proto::job::JobError::Invalid { reason, .. } => AgentError::invalid(field, reason),
+        other => AgentError::invalid(field, other.to_string()),
+    })
 }
 
 /// Checks a run request's task and returns its id.

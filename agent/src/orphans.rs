@@ -71,6 +71,13 @@ mod tests {
             .arg(partial.join("disk0.qcow2"))
             .spawn()
             .expect("spawn tail");
+        // Until the child has exec'd, its command line is still this test binary's.
+        let pid = child.id() as i32;
+        let needle = partial.as_os_str().as_encoded_bytes();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cmdline_mentions(pid, needle) && Instant::now() < deadline {
+            std::thread::sleep(REAP_POLL);
+        }
         assert_eq!(kill_writers(&partial), 1);
         let status = child.wait().expect("wait");
         assert!(!status.success());

@@ -125,8 +125,14 @@ fn validate(request: &pb::HeartbeatRequest) -> Result<pb::Agent> {
     let agent =
         request.agent.clone().ok_or_else(|| Error::InvalidArgument("agent: required".into()))?;
     sluice_proto::job::validate_name("agent.id", &agent.id)?;
-    if agent.address.is_empty() {
-        return Err(Error::InvalidArgument("agent.address: required".into()));
+    let address_ok = agent.address.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.port_u16().is_some()
+    });
+    if !address_ok {
+        return Err(Error::InvalidArgument(format!(
+            "agent.address: must be http://host:port (or https://), got {:?}",
+            agent.address
+        )));
     }
     if agent.slots == 0 || agent.slots > MAX_SLOTS {
         return Err(Error::InvalidArgument(format!("agent.slots: must be 1-{MAX_SLOTS}")));

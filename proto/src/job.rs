@@ -185,9 +185,8 @@ fn validate_paths(field: &str, paths: &[String]) -> Result<(), JobError> {
 fn validate_proxies(proxies: &[String]) -> Result<(), JobError> {
     let mut seen = HashSet::new();
     for (i, proxy) in proxies.iter().enumerate() {
-        if proxy.is_empty() {
-            return Err(invalid(format!("job.proxies[{i}]"), "must name an agent id"));
-        }
+        // Agent ids follow the name rules: anything else could never match an agent.
+        validate_name(&format!("job.proxies[{i}]"), proxy)?;
         if !seen.insert(proxy) {
             return Err(invalid(
                 format!("job.proxies[{i}]"),

@@ -52,6 +52,8 @@ pub enum Msg {
     },
     /// Answer to a cancel: tasks the agent does not hold (never started there).
     CancelDone { agent: String, result: Result<Vec<u32>, tonic::Status>, indices: Vec<u32> },
+    /// Time to send a failed cancel again.
+    ResendCancel { agent: String, indices: Vec<u32> },
     /// Time to send an unanswered RunTask again.
     Resend { index: u32, attempt: u32, agent: String },
     /// A batch of writes ended.
@@ -191,7 +193,7 @@ impl SessionActor {
     fn next_wakeup(&self) -> Instant {
         let now_ms = now_ms();
         let mut wake = Instant::now() + Duration::from_secs(3600);
-        if let Some(at_ms) = self.machine.next_wakeup_ms() {
+        if let Some(at_ms) = self.machine.next_wakeup_ms(now_ms) {
             wake = wake.min(Instant::now() + Duration::from_millis((at_ms - now_ms).max(0) as u64));
         }
         if self.machine.has_lazy_changes() && !self.flushing {
@@ -233,6 +235,9 @@ impl SessionActor {
                 return self.on_cancel_done(agent, result, indices);
             }
             Msg::Resend { index, attempt, agent } => self.resend(index, attempt, agent),
+            Msg::ResendCancel { agent, indices } => {
+                self.send_cancel(agent, indices, CancelReason::User)
+            }
             Msg::Flushed { result, items, session } => {
                 return self.on_flushed(result, items, session);
             }
@@ -504,16 +509,18 @@ impl SessionActor {
                 let still: Vec<u32> = indices
                     .into_iter()
                     .filter(|&i| {
-                        self.machine.position(i).is_some_and(|p| self.machine.items[p].cancel_sent)
+                        self.machine.position(i).is_some_and(|p| {
+                            let item = &self.machine.items[p];
+                            item.cancel_sent && item.status.state() == ItemState::Processing
+                        })
                     })
                     .collect();
+                // Sent again until the agent answers or is declared lost (AgentLost ends them).
                 if !still.is_empty() && self.ctx.directory.current().contains_key(&agent) {
                     let outbox = self.outbox.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(RETRY_BACKOFF).await;
-                        let result = Err(tonic::Status::unavailable("retry"));
-                        let _ =
-                            outbox.send(Msg::CancelDone { agent, result, indices: still }).await;
+                        let _ = outbox.send(Msg::ResendCancel { agent, indices: still }).await;
                     });
                 }
             }

@@ -256,14 +256,21 @@ impl Machine {
         self.items.binary_search_by_key(&index, |item| item.index).ok()
     }
 
-    /// The earliest time a `Tick` could change something, ms.
-    pub fn next_wakeup_ms(&self) -> Option<i64> {
-        let stop_deadline =
-            self.stop.as_ref().and_then(|s| s.deadline_ms).filter(|_| !self.is_stopped());
+    /// The earliest time after `now_ms` at which a `Tick` could change something, ms. A time
+    /// already past is not a reason to wake: a retry that is due but has no slot waits for a
+    /// freed slot, and a graceful deadline that already cancelled waits for the outcomes.
+    pub fn next_wakeup_ms(&self, now_ms: i64) -> Option<i64> {
+        let uncancelled =
+            self.items.iter().any(|i| i.state() == ItemState::Processing && !i.cancel_sent);
+        let stop_deadline = self
+            .stop
+            .as_ref()
+            .and_then(|s| s.deadline_ms)
+            .filter(|_| !self.is_stopped() && uncancelled);
         let retries = self
             .items
             .iter()
-            .filter(|i| i.state() == ItemState::Pending && i.not_before_ms > 0)
+            .filter(|i| i.state() == ItemState::Pending && i.not_before_ms > now_ms)
             .map(|i| i.not_before_ms);
         let offline = self
             .items

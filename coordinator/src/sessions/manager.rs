@@ -99,9 +99,13 @@ impl Sessions {
         let job = stored.value;
         let item_indices: Vec<u32> = match &names {
             None => (0..job.items.len() as u32).collect(),
-            Some(names) => (0..job.items.len() as u32)
-                .filter(|&i| names.contains(&job.items[i as usize].name))
-                .collect(),
+            Some(names) => {
+                let names: std::collections::HashSet<&str> =
+                    names.iter().map(String::as_str).collect();
+                (0..job.items.len() as u32)
+                    .filter(|&i| names.contains(job.items[i as usize].name.as_str()))
+                    .collect()
+            }
         };
         if item_indices.is_empty() {
             return Err(Error::FailedPrecondition(format!(
@@ -133,7 +137,19 @@ impl Sessions {
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
         };
-        let epoch = persist::create(store, &new).await?;
+        let mut new = new;
+        let mut tries = 0;
+        let epoch = loop {
+            match persist::create(store, &new).await {
+                Err(Error::AlreadyExists(_)) if tries < 3 => {
+                    tries += 1;
+                    if let Some(session) = new.record.session.as_mut() {
+                        session.id = new_session_id();
+                    }
+                }
+                result => break result?,
+            }
+        };
         let view = SessionView {
             record: new.record,
             owner: Some((self.inner.coordinator.clone(), epoch)),
@@ -223,6 +239,18 @@ impl Sessions {
                 "session {id} has already ended ({result})"
             )));
         }
+        if !request.job.is_empty() && !request.session_id.is_empty() && session.job != request.job {
+            return Err(Error::InvalidArgument(format!(
+                "session_id: session {id} belongs to job {:?}, not {:?}",
+                session.job, request.job
+            )));
+        }
+        if request.graceful_timeout_seconds > sluice_proto::job::MAX_SECONDS {
+            return Err(Error::InvalidArgument(format!(
+                "graceful_timeout_seconds: must be at most {} (one week)",
+                sluice_proto::job::MAX_SECONDS
+            )));
+        }
         let job = record.job.unwrap_or_default();
         if mode == StopMode::Graceful && job.r#type() == pb::JobType::BackupCopy {
             return Err(Error::FailedPrecondition(format!(
@@ -258,6 +286,7 @@ impl Sessions {
     pub async fn stop_all(&self, mode: i32, requested_by: String) -> Result<Vec<pb::Session>> {
         stop_mode(mode)?;
         let mut stopped = Vec::new();
+        let mut failures = Vec::new();
         for (_, id) in persist::active_sessions(self.store()).await? {
             let request = pb::StopJobRequest {
                 session_id: id.clone(),
@@ -268,8 +297,16 @@ impl Sessions {
             match self.stop(request, requested_by.clone()).await {
                 Ok(session) => stopped.push(session),
                 Err(Error::FailedPrecondition(_) | Error::NotFound(_)) => {}
-                Err(error) => return Err(error),
+                // Stop every other session first; then say which one could not be stopped.
+                Err(error) => failures.push(format!("session {id}: {error}")),
             }
+        }
+        if !failures.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "stopped {} session(s), but not: {}; try again",
+                stopped.len(),
+                failures.join("; ")
+            )));
         }
         Ok(stopped)
     }

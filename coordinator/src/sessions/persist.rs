@@ -37,6 +37,7 @@ pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
         .when([
             absent(&active),
             Compare::mod_revision(keys.job(job), CompareOp::Equal, new.job_revision),
+            absent(&keys.session(id)),
         ])
         .and_then([
             TxnOp::put(active.as_str(), id, None),
@@ -56,6 +57,9 @@ pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
         Some(running) => Err(Error::FailedPrecondition(format!(
             "job {job:?} already has an active session {running}; stop it or wait for it to end"
         ))),
+        None if store.get::<pb::SessionRecord>(&keys.session(id)).await?.is_some() => {
+            Err(Error::AlreadyExists(format!("session id {id} is taken")))
+        }
         None => Err(Error::Unavailable(format!("job {job:?} changed while starting; try again"))),
     }
 }

@@ -239,7 +239,7 @@ fn graceful_timeout_stops_what_still_runs_immediately() {
         requested_at_ms: 0,
     };
     m.apply(1, Event::Stop(graceful));
-    assert_eq!(m.next_wakeup_ms(), Some(5000));
+    assert_eq!(m.next_wakeup_ms(1), Some(5000));
     assert!(m.apply(4999, Event::Tick).is_empty());
     let effects = m.apply(5000, Event::Tick);
     assert!(matches!(effects.as_slice(), [Effect::Cancel { reason: CancelReason::User, .. }]));
@@ -470,4 +470,14 @@ fn a_late_answer_does_not_move_the_phase_back() {
     assert_eq!((m.items[0].status.phase(), m.items[0].status.bytes_done), (TaskPhase::Transfer, 5));
     m.apply(4, at(TaskPhase::Commit, 10));
     assert_eq!(m.items[0].status.phase(), TaskPhase::Commit);
+}
+
+#[test]
+fn a_due_retry_without_a_free_slot_does_not_wake_the_actor_again_and_again() {
+    let mut m = machine(2, 2);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut pool);
+    m.apply(1, finished(0, 1, outcome(ItemState::Failed)));
+    assert_eq!(m.next_wakeup_ms(1), Some(1001), "wakes when the retry wait ends");
+    assert_eq!(m.next_wakeup_ms(2000), None, "a due retry waits for a freed slot, not a timer");
 }
