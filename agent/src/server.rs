@@ -28,10 +28,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
+    // v1alpha too: older clients (grpcurl before 1.9, Postman) only speak it.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
     let router = Server::builder()
         .trace_fn(telemetry::server_span)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(AgentServiceServer::new(api));
     let incoming = TcpListenerStream::new(listener);
     let server = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
