@@ -332,9 +332,12 @@ impl SessionActor {
     fn on_task(&mut self, agent: String, status: pb::TaskStatus) {
         let Some(key) = status.key.clone() else { return };
         let event = match status.outcome {
-            Some(outcome) => {
-                Event::Finished { index: key.item_index, attempt: key.attempt, outcome }
-            }
+            Some(outcome) => Event::Finished {
+                index: key.item_index,
+                attempt: key.attempt,
+                outcome,
+                agent: agent.clone(),
+            },
             None => Event::Progress {
                 index: key.item_index,
                 attempt: key.attempt,
@@ -377,7 +380,7 @@ impl SessionActor {
         use tonic::Code;
         if status.message().contains(CANCELLED_BEFORE_START) {
             let outcome = never_started(CancelReason::User);
-            self.apply(Event::Finished { index, attempt, outcome });
+            self.apply(Event::Finished { index, attempt, outcome, agent });
             return;
         }
         let definitive =
@@ -429,7 +432,8 @@ impl SessionActor {
         for index in indices {
             let in_flight = self.in_flight.iter().any(|(i, _)| *i == index);
             if let Some(attempt) = self.take_unsent(index) {
-                self.apply(Event::Finished { index, attempt, outcome: never_started(reason) });
+                let outcome = never_started(reason);
+                self.apply(Event::Finished { index, attempt, outcome, agent: agent.clone() });
             } else if !in_flight || reason == CancelReason::User {
                 // A user cancel may overtake its RunTask: the agent then refuses that RunTask.
                 remote.push(index);
@@ -499,6 +503,7 @@ impl SessionActor {
                             index,
                             attempt,
                             outcome: never_started(CancelReason::User),
+                            agent: agent.clone(),
                         });
                     }
                 }

@@ -72,6 +72,8 @@ pub enum Event {
         attempt: u32,
         /// How it ended.
         outcome: pb::TaskOutcome,
+        /// Agent that reported it (it holds the outcome until acknowledged).
+        agent: String,
     },
     /// An agent left or stopped heartbeating: its tasks are lost.
     AgentLost {
@@ -294,8 +296,8 @@ impl Machine {
             Event::Progress { index, attempt, phase, bytes_done, bytes_total } => {
                 self.on_progress(index, attempt, phase, bytes_done, bytes_total)
             }
-            Event::Finished { index, attempt, outcome } => {
-                self.on_finished(now_ms, index, attempt, outcome, &mut effects)
+            Event::Finished { index, attempt, outcome, agent } => {
+                self.on_finished(now_ms, index, attempt, (outcome, agent), &mut effects)
             }
             Event::AgentLost { agent } => self.on_agent_lost(now_ms, &agent, &mut effects),
             Event::Stop(stop) => self.on_stop(now_ms, stop, &mut effects),
@@ -464,7 +466,7 @@ impl Machine {
         now_ms: i64,
         index: u32,
         attempt: u32,
-        outcome: pb::TaskOutcome,
+        (outcome, reporter): (pb::TaskOutcome, String),
         effects: &mut Vec<Effect>,
     ) {
         let Some(pos) = self.position(index) else {
@@ -473,7 +475,8 @@ impl Machine {
         let item = &self.items[pos];
         let agent = item.status.agent.clone();
         let current = item.state() == ItemState::Processing && item.status.attempt == attempt;
-        effects.push(Effect::Ack { agent: agent.clone(), index, attempt });
+        // The agent that reported holds the outcome, also for an older attempt elsewhere.
+        effects.push(Effect::Ack { agent: reporter, index, attempt });
         if !current {
             return;
         }

@@ -87,7 +87,7 @@ fn canceled(reason: CancelReason) -> pb::TaskOutcome {
 }
 
 fn finished(index: u32, attempt: u32, outcome: pb::TaskOutcome) -> Event {
-    Event::Finished { index, attempt, outcome }
+    Event::Finished { index, attempt, outcome, agent: "a1".into() }
 }
 
 fn stop(mode: StopMode) -> Event {
@@ -480,4 +480,24 @@ fn a_due_retry_without_a_free_slot_does_not_wake_the_actor_again_and_again() {
     m.apply(1, finished(0, 1, outcome(ItemState::Failed)));
     assert_eq!(m.next_wakeup_ms(1), Some(1001), "wakes when the retry wait ends");
     assert_eq!(m.next_wakeup_ms(2000), None, "a due retry waits for a freed slot, not a timer");
+}
+
+#[test]
+fn a_late_result_of_an_older_attempt_is_acknowledged_to_the_agent_that_reported_it() {
+    let mut m = machine(1, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: "a-old".into() });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let late = Event::Finished {
+        index: 0,
+        attempt: 1,
+        outcome: outcome(ItemState::Success),
+        agent: "a-old".into(),
+    };
+    assert_eq!(
+        m.apply(2001, late),
+        vec![Effect::Ack { agent: "a-old".into(), index: 0, attempt: 1 }]
+    );
+    assert_eq!(m.items[0].status.agent, "a-new", "the current attempt goes on");
 }
