@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sluice_proto::pb;
 
-use crate::{error::Result, store::Store};
+use crate::{error::Result, sessions::persist, store::Store};
 
 /// Reads coordinator membership and session ownership.
 #[derive(Clone)]
@@ -35,14 +35,10 @@ impl Cluster {
 
     /// Active sessions by owner, found through the jobs' `active` markers.
     async fn owned_sessions(&self) -> Result<HashMap<String, Vec<pb::OwnedSession>>> {
-        let keys = self.store.keys();
         let mut owned: HashMap<String, Vec<pb::OwnedSession>> = HashMap::new();
-        for (key, value) in self.store.list_raw(&keys.jobs()).await? {
-            if keys.is_job_key(&key) {
-                continue;
-            }
-            let session_id = String::from_utf8_lossy(&value).into_owned();
-            let owner = self.store.kv().get(keys.session_owner(&session_id), None).await?;
+        for (_, session_id) in persist::active_sessions(&self.store).await? {
+            let owner =
+                self.store.kv().get(self.store.keys().session_owner(&session_id), None).await?;
             if let Some(kv) = owner.kvs().first() {
                 let coordinator = String::from_utf8_lossy(kv.value()).into_owned();
                 let epoch = kv.create_revision();

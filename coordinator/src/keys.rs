@@ -67,12 +67,6 @@ impl Keys {
         format!("{}/sessions/{id}/items/{index:06}", self.prefix)
     }
 
-    /// The session id of a key under `sessions()`, with what follows it.
-    pub fn split_session_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
-        let rest = key.strip_prefix(&self.sessions())?;
-        Some(rest.split_once('/').unwrap_or((rest, "")))
-    }
-
     /// `/session-index/{job}/` (or `/session-index/` for every job): session summaries.
     pub fn session_index(&self, job: Option<&str>) -> String {
         match job {
@@ -155,8 +149,6 @@ mod tests {
     fn item_keys_sort_in_job_order() {
         let keys = Keys::new("/p");
         assert!(keys.item("s", 9) < keys.item("s", 10));
-        assert_eq!(keys.split_session_key(&keys.item("s1", 3)), Some(("s1", "items/000003")));
-        assert_eq!(keys.split_session_key(&keys.session("s1")), Some(("s1", "")));
     }
 
     #[test]

@@ -57,11 +57,6 @@ impl Router {
         self.lock().get(id).map(|m| m.stops.clone())
     }
 
-    /// Ids of the sessions this coordinator runs.
-    pub fn owned(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
-    }
-
     /// Hands a task update to the session it belongs to, if this coordinator runs it.
     pub async fn deliver(&self, agent: &str, status: pb::TaskStatus) {
         let Some(session) = status.key.as_ref().map(|k| k.session_id.clone()) else { return };
