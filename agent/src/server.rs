@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sluice_proto::{FILE_DESCRIPTOR_SET, pb::agent_service_server::AgentServiceServer, telemetry};
+use sluice_proto::{pb::agent_service_server::AgentServiceServer, telemetry};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -23,16 +23,9 @@ pub async fn serve(
 ) -> Result<(), AgentError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AgentServiceServer<AgentApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let reflection = sluice_proto::reflection::v1()
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
-    // v1alpha too: older clients (grpcurl before 1.9, Postman) only speak it.
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
+    let reflection_alpha = sluice_proto::reflection::v1alpha()
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
     let router = Server::builder()
         .trace_fn(telemetry::server_span)

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use sluice_proto::{
-    FILE_DESCRIPTOR_SET,
     pb::{
         agent_registry_server::AgentRegistryServer, cluster_service_server::ClusterServiceServer,
         job_service_server::JobServiceServer,
@@ -44,15 +43,9 @@ pub async fn serve(
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
     health_reporter.set_serving::<ClusterServiceServer<ClusterApi>>().await;
     health_reporter.set_serving::<AgentRegistryServer<RegistryApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let reflection = sluice_proto::reflection::v1()
         .map_err(|e| Error::Unavailable(format!("reflection service: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
+    let reflection_alpha = sluice_proto::reflection::v1alpha()
         .map_err(|e| Error::Unavailable(format!("reflection service: {e}")))?;
     let router = Server::builder()
         .trace_fn(telemetry::server_span)

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod job;
+pub mod reflection;
 pub mod telemetry;
 pub mod time;
 
