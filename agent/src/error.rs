@@ -1,5 +1,6 @@
 //! The one error type of the agent and its mapping onto gRPC statuses.
 
+use sluice_proto::refusal::Refusal;
 use tonic::{Code, Status};
 
 /// Everything that can go wrong in the agent, as callers and operators see it.
@@ -26,6 +27,14 @@ pub enum AgentError {
     /// The request cannot be served in the agent's current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A user cancel reached the item before its RunTask did.
+    #[error("item {index} of session {session} was cancelled before it started")]
+    CancelledBeforeStart {
+        /// Session id.
+        session: String,
+        /// Item index.
+        index: u32,
+    },
     /// The named thing does not exist (e.g. a restore point folder).
     #[error("{0}")]
     NotFound(String),
@@ -82,7 +91,9 @@ impl AgentError {
     fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::StaleEpoch { .. } | Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::StaleEpoch { .. }
+            | Self::FailedPrecondition(_)
+            | Self::CancelledBeforeStart { .. } => Code::FailedPrecondition,
             Self::NotFound(_) => Code::NotFound,
             Self::Corrupt(_) => Code::DataLoss,
             Self::Draining { .. } | Self::ShuttingDown => Code::Unavailable,
@@ -96,7 +107,14 @@ impl AgentError {
 
 impl From<AgentError> for Status {
     fn from(error: AgentError) -> Self {
-        Status::new(error.code(), error.to_string())
+        let status = Status::new(error.code(), error.to_string());
+        let refusal = match error {
+            AgentError::StaleEpoch { .. } => Refusal::StaleEpoch,
+            AgentError::Draining { .. } => Refusal::Draining,
+            AgentError::CancelledBeforeStart { .. } => Refusal::CancelledBeforeStart,
+            _ => return status,
+        };
+        refusal.attach(status)
     }
 }
 
@@ -110,6 +128,7 @@ mod tests {
         let status = Status::from(stale);
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(status.message(), "stale epoch 1 for session s: newest seen is 2");
+        assert_eq!(Refusal::of(&status), Some(Refusal::StaleEpoch));
         let slots = Status::from(AgentError::NoFreeSlot { used: 2, total: 2 });
         assert_eq!(slots.code(), Code::ResourceExhausted);
         assert_eq!(slots.message(), "no free task slot (2 of 2 in use)");

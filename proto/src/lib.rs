@@ -4,6 +4,7 @@
 pub mod config;
 pub mod job;
 pub mod reflection;
+pub mod refusal;
 pub mod telemetry;
 pub mod time;
 

@@ -100,10 +100,10 @@ impl TaskTable {
             return Ok(Admission::Existing(Box::new(entry.status.clone())));
         }
         if self.tombstones.contains(&(id.session.clone(), id.index)) {
-            return Err(AgentError::FailedPrecondition(format!(
-                "item {} of session {} was cancelled before it started",
-                id.index, id.session
-            )));
+            return Err(AgentError::CancelledBeforeStart {
+                session: id.session.clone(),
+                index: id.index,
+            });
         }
         if let Some(other) =
             self.running_ids().find(|o| o.session == id.session && o.index == id.index)

@@ -6,6 +6,7 @@ use std::{collections::HashSet, time::Duration};
 
 use sluice_proto::{
     pb::{self, CancelReason, ItemState},
+    refusal::Refusal,
     telemetry,
 };
 use tokio::{sync::mpsc, time::Instant};
@@ -22,8 +23,6 @@ use crate::{agents::directory::agent_map, error::Error};
 
 /// Most messages a session actor queues before senders wait.
 pub const MAILBOX: usize = 1024;
-/// What an agent answers to a RunTask whose item a user cancel already reached.
-const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 /// Most messages handled between two dispatch rounds.
 const MAX_BATCH: usize = 1024;
 /// Progress and waiting reasons are persisted at most this often.
@@ -378,14 +377,14 @@ impl SessionActor {
 
     fn on_run_refused(&mut self, index: u32, attempt: u32, agent: String, status: tonic::Status) {
         use tonic::Code;
-        if status.message().contains(CANCELLED_BEFORE_START) {
+        if Refusal::of(&status) == Some(Refusal::CancelledBeforeStart) {
             let outcome = never_started(CancelReason::User);
             self.apply(Event::Finished { index, attempt, outcome, agent });
             return;
         }
         let definitive =
             matches!(status.code(), Code::ResourceExhausted | Code::FailedPrecondition)
-                || status.message().contains("draining");
+                || Refusal::of(&status) == Some(Refusal::Draining);
         let invalid = matches!(status.code(), Code::InvalidArgument | Code::Unimplemented);
         if definitive || invalid {
             let message = format!("agent {agent} refused the task: {}", status.message());
@@ -702,7 +701,7 @@ fn never_started(reason: CancelReason) -> pb::TaskOutcome {
 }
 
 fn is_stale_epoch(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::FailedPrecondition && status.message().contains("stale epoch")
+    Refusal::of(status) == Some(Refusal::StaleEpoch)
 }
 
 async fn timeout<T>(

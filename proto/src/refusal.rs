@@ -1,0 +1,54 @@
+//! Why an agent refused a command, carried as gRPC metadata beside the human message, so a
+//! coordinator acts on a stated reason instead of matching message text.
+
+use tonic::{Status, metadata::MetadataValue};
+
+/// Metadata key of the reason.
+pub const KEY: &str = "sluice-refusal";
+
+/// Refusals a coordinator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The command's epoch is older than the newest the agent saw: a newer owner exists.
+    StaleEpoch,
+    /// The agent is draining and takes no new task.
+    Draining,
+    /// A user cancel reached the item before this RunTask did.
+    CancelledBeforeStart,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::StaleEpoch => "stale-epoch",
+            Refusal::Draining => "draining",
+            Refusal::CancelledBeforeStart => "cancelled-before-start",
+        }
+    }
+
+    /// Marks a status with this reason.
+    pub fn attach(self, mut status: Status) -> Status {
+        status.metadata_mut().insert(KEY, MetadataValue::from_static(self.as_str()));
+        status
+    }
+
+    /// The reason a status carries, if any.
+    pub fn of(status: &Status) -> Option<Refusal> {
+        let value = status.metadata().get(KEY)?.to_str().ok()?;
+        [Refusal::StaleEpoch, Refusal::Draining, Refusal::CancelledBeforeStart]
+            .into_iter()
+            .find(|r| r.as_str() == value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_survives_the_status() {
+        let status = Refusal::Draining.attach(Status::unavailable("agent a1 is draining"));
+        assert_eq!(Refusal::of(&status), Some(Refusal::Draining));
+        assert_eq!(Refusal::of(&Status::unavailable("transport error")), None);
+    }
+}
