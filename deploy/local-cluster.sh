@@ -192,24 +192,7 @@ agents_registered() {
 # --- set-up -------------------------------------------------------------------------------------
 
 install_missing() {
-    local -a packages=()
-    command -v etcd >/dev/null || packages+=(etcd-server)
-    command -v protoc >/dev/null || packages+=(protobuf-compiler)
-    if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
-        packages+=(qemu-utils)
-    fi
-    command -v cc >/dev/null || packages+=(build-essential)
-    command -v setsid >/dev/null || packages+=(util-linux)
-    if ((${#packages[@]} == 0)); then
-        note "etcd, protoc, qemu-img and a C toolchain are installed"
-    elif ((EUID != 0)); then
-        die "missing packages: ${packages[*]}; run this script as root, or first:" \
-            "sudo apt-get install -y ${packages[*]}"
-    else
-        log "Installing ${packages[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}"
-    fi
+    bash "$ROOT/.ci/install" || die "the install step failed (its message is above)"
 
     if ! command -v cargo >/dev/null && [[ -x $HOME/.cargo/bin/cargo ]]; then
         PATH="$HOME/.cargo/bin:$PATH"
