@@ -96,6 +96,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Adds one agent in computer mode (`--computer NAME`) per name, in that order.
+    pub fn computers(mut self, names: &[&str]) -> ClusterBuilder {
+        self.agents.extend(names.iter().map(|name| AgentSpec::new().computer(name)));
+        self
+    }
+
     /// Adds one agent.
     pub fn agent(mut self, spec: AgentSpec) -> ClusterBuilder {
         self.agents.push(spec);

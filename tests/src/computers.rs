@@ -1,18 +1,10 @@
 //! Helpers of the agent-computer scenarios: directory trees made for a computer to protect,
-//! `AGENT_BACKUP` jobs over them, and restores of computer restore points.
-//!
-//! A computer restore point is `<repository>/<job>/<item>/<rp>/manifest.json` (format
-//! `sluice-computer-1`: every entry with path, kind, size, mode, mtime, the sha256 of a
-//! file's content and the target of a link) over the repository's content-addressed store
-//! `<repository>/.store/<aa>/<sha256>`. [`restore`] rebuilds a tree from those two alone, as
-//! an operator's restore would, and [`tree_differences`] compares it with the source, file
-//! contents, link targets and permission bits included.
-//!
-//! The manifest is JSON; the test crate has no JSON library, so a small reader is here
-//! ([`Json`]).
+//! `AGENT_BACKUP` jobs over them, their outcome messages, and [`tree_differences`], which
+//! compares a restored tree with its source, file contents, link targets and permission
+//! bits included (restore points themselves: [`crate::manifests`]).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt::Write as _,
     fs,
     os::unix::fs::{PermissionsExt, symlink},
@@ -21,14 +13,10 @@ use std::{
 
 use sluice_proto::pb::{self, job_item::Target};
 
+use crate::jobs::JobBuilder;
+
 /// One kibibyte.
 pub const KIB: u64 = 1024;
-
-/// Value of a computer manifest's `format` field.
-pub const MANIFEST_FORMAT: &str = "sluice-computer-1";
-
-/// Name of the content-addressed store folder of a repository.
-pub const STORE_DIR: &str = ".store";
 
 // ---------------------------------------------------------------------------------------------
 // Trees to protect
@@ -66,12 +54,12 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
     fs::write(path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub(crate) fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("cannot chmod {:o} {}: {e}", mode, path.display()));
 }
 
-fn make_symlink(target: &str, path: &Path) {
+pub(crate) fn make_symlink(target: &str, path: &Path) {
     symlink(target, path)
         .unwrap_or_else(|e| panic!("cannot link {} -> {target}: {e}", path.display()));
 }
@@ -133,26 +121,10 @@ pub fn add_bulk(root: &Path, seed: u64, count: u64, size: u64) {
 // Jobs
 // ---------------------------------------------------------------------------------------------
 
-/// An `AGENT_BACKUP` job into `repository` with `items`, one attempt each, a graceful
-/// timeout of 600 s and the given offline wait (seconds; 0 = the 600 s default).
-pub fn agent_job(
-    name: &str,
-    repository: &Path,
-    items: Vec<pb::JobItem>,
-    offline_wait_seconds: u32,
-) -> pb::Job {
-    pb::Job {
-        name: name.to_string(),
-        r#type: pb::JobType::AgentBackup as i32,
-        items,
-        repository: repository.display().to_string(),
-        proxies: Vec::new(),
-        retry: Some(pb::RetryPolicy { attempts: 1, wait_seconds: 1 }),
-        graceful_timeout_seconds: 600,
-        offline_wait_seconds,
-        sim_duration_ms: None,
-        keep_restore_points: 0,
-    }
+/// An `AGENT_BACKUP` job into `repository`, as the computer scenarios run them: one attempt
+/// per item, a graceful timeout of 600 s; add items (and an offline wait) to it.
+pub fn computer_job(name: &str, repository: &Path) -> JobBuilder {
+    JobBuilder::computer(name).repository(repository).retry(1, 1).graceful_timeout(600)
 }
 
 /// The configured paths of computer item `index` of `job`.
@@ -207,233 +179,6 @@ pub fn outcome_of(item: &pb::ItemStatus) -> Outcome {
             item.name, item.message
         )
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Manifests and the store
-// ---------------------------------------------------------------------------------------------
-
-/// One entry of a computer manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestEntry {
-    /// Absolute path on the computer.
-    pub path: String,
-    /// `file`, `dir` or `symlink`.
-    pub kind: String,
-    /// Bytes of a file.
-    pub size: u64,
-    /// Permission bits.
-    pub mode: u32,
-    /// Last modification, RFC 3339.
-    pub mtime: String,
-    /// SHA-256 of a file's content: its blob.
-    pub sha256: Option<String>,
-    /// Target of a link.
-    pub target: Option<String>,
-}
-
-/// A computer manifest (`manifest.json` of a computer restore point).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
-    /// Folder of the restore point.
-    pub folder: PathBuf,
-    /// `sluice-computer-1`.
-    pub format: String,
-    /// Restore point id.
-    pub restore_point: String,
-    /// Job name.
-    pub job: String,
-    /// Item name.
-    pub item: String,
-    /// Session that made it.
-    pub session_id: String,
-    /// Computer backed up.
-    pub computer: String,
-    /// Configured paths.
-    pub paths: Vec<String>,
-    /// Every entry.
-    pub entries: Vec<ManifestEntry>,
-    /// Regular files.
-    pub files: u64,
-    /// Folders.
-    pub directories: u64,
-    /// Links.
-    pub symlinks: u64,
-    /// Logical size.
-    pub size_bytes: u64,
-    /// Bytes new to the store.
-    pub bytes_written: u64,
-    /// Warnings.
-    pub warnings: Vec<String>,
-}
-
-impl Manifest {
-    /// The blobs (sha256) the manifest names.
-    pub fn blobs(&self) -> BTreeSet<String> {
-        self.entries.iter().filter_map(|e| e.sha256.clone()).collect()
-    }
-}
-
-/// Reads and checks the shape of `<folder>/manifest.json`.
-#[track_caller]
-pub fn read_manifest(folder: &Path) -> Manifest {
-    let path = folder.join("manifest.json");
-    let text = fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read the manifest {}: {e}", path.display()));
-    let json = Json::parse(&text)
-        .unwrap_or_else(|e| panic!("manifest {} is not JSON: {e}\n{text}", path.display()));
-    let field = |name: &str| {
-        json.get(name).unwrap_or_else(|| panic!("manifest {} has no {name:?}", path.display()))
-    };
-    let text_of = |name: &str| field(name).string(&format!("{name} of {}", path.display()));
-    let number = |name: &str| field(name).u64(&format!("{name} of {}", path.display()));
-    let strings = |value: &Json, what: &str| -> Vec<String> {
-        value.array(what).iter().map(|v| v.string(what)).collect()
-    };
-    let entries = field("entries")
-        .array("entries")
-        .iter()
-        .map(|entry| {
-            let what = format!("an entry of {}", path.display());
-            let get = |name: &str| {
-                entry.get(name).unwrap_or_else(|| panic!("{what} has no {name:?}: {entry:?}"))
-            };
-            let optional = |name: &str| match entry.get(name) {
-                None | Some(Json::Null) => None,
-                Some(value) => Some(value.string(&what)),
-            };
-            ManifestEntry {
-                path: get("path").string(&what),
-                kind: get("kind").string(&what),
-                size: get("size").u64(&what),
-                mode: u32::try_from(get("mode").u64(&what))
-                    .unwrap_or_else(|_| panic!("{what}: mode out of range")),
-                mtime: get("mtime").string(&what),
-                sha256: optional("sha256"),
-                target: optional("target"),
-            }
-        })
-        .collect();
-    let warnings = match json.get("warnings") {
-        Some(value) => strings(value, "warnings"),
-        None => Vec::new(),
-    };
-    Manifest {
-        folder: folder.to_path_buf(),
-        format: text_of("format"),
-        restore_point: text_of("restore_point"),
-        job: text_of("job"),
-        item: text_of("item"),
-        session_id: text_of("session_id"),
-        computer: text_of("computer"),
-        paths: strings(field("paths"), "paths"),
-        entries,
-        files: number("files"),
-        directories: number("directories"),
-        symlinks: number("symlinks"),
-        size_bytes: number("size_bytes"),
-        bytes_written: number("bytes_written"),
-        warnings,
-    }
-}
-
-/// Path of blob `sha256` in the store of `repository`.
-pub fn blob_path(repository: &Path, sha256: &str) -> PathBuf {
-    repository.join(STORE_DIR).join(sha256.get(..2).unwrap_or("00")).join(sha256)
-}
-
-/// Every blob in the store of `repository` (file names under `.store/<aa>/`).
-pub fn store_blobs(repository: &Path) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let Ok(folders) = fs::read_dir(repository.join(STORE_DIR)) else { return found };
-    for folder in folders.flatten() {
-        let Ok(blobs) = fs::read_dir(folder.path()) else { continue };
-        for blob in blobs.flatten() {
-            if blob.file_type().is_ok_and(|t| t.is_file()) {
-                found.insert(blob.file_name().to_string_lossy().into_owned());
-            }
-        }
-    }
-    found
-}
-
-/// Every `*.tmp` file or `.partial-*` entry under `dir` (the store included).
-pub fn temporaries(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&current) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".partial-") || name.ends_with(".tmp") {
-                found.push(entry.path());
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(entry.path());
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// Restores `manifest` under `dest` from the store of `repository`: every entry at
-/// `<dest>/<its absolute path without the leading />`, files from their blobs (whose length
-/// must be the recorded size), folders, and links with their recorded targets; permission
-/// bits as recorded (folders' last, so read-only ones are filled first).
-#[track_caller]
-pub fn restore(repository: &Path, manifest: &Manifest, dest: &Path) {
-    let mut entries: Vec<&ManifestEntry> = manifest.entries.iter().collect();
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut folders = Vec::new();
-    for entry in entries {
-        let path = restored_path(dest, Path::new(&entry.path));
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
-        }
-        match entry.kind.as_str() {
-            "dir" => {
-                fs::create_dir_all(&path)
-                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-                folders.push((path, entry.mode));
-            }
-            "file" => {
-                let sha = entry.sha256.as_deref().unwrap_or_else(|| {
-                    panic!("file entry {} of {} has no sha256", entry.path, manifest.restore_point)
-                });
-                let blob = blob_path(repository, sha);
-                let bytes = fs::read(&blob).unwrap_or_else(|e| {
-                    panic!("blob {} of {} cannot be read: {e}", blob.display(), entry.path)
-                });
-                assert_eq!(
-                    bytes.len() as u64,
-                    entry.size,
-                    "blob {} of {} has the recorded size",
-                    blob.display(),
-                    entry.path
-                );
-                fs::write(&path, &bytes)
-                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-                set_mode(&path, entry.mode);
-            }
-            "symlink" => {
-                let target = entry.target.as_deref().unwrap_or_else(|| {
-                    panic!("link entry {} of {} has no target", entry.path, manifest.restore_point)
-                });
-                make_symlink(target, &path);
-            }
-            other => panic!("entry {} has an unknown kind {other:?}", entry.path),
-        }
-    }
-    for (path, mode) in folders.into_iter().rev() {
-        set_mode(&path, mode);
-    }
-}
-
-/// Where [`restore`] under `dest` puts the entry whose absolute path is `source`.
-pub fn restored_path(dest: &Path, source: &Path) -> PathBuf {
-    dest.join(source.strip_prefix("/").unwrap_or(source))
 }
 
 /// One entry of a tree read from disk.
@@ -547,274 +292,9 @@ pub fn assert_same_tree(expected: &Path, actual: &Path, what: &str) {
     );
 }
 
-/// Restores the restore point in `folder` under `dest` and asserts that each configured
-/// path of the manifest comes back as `sources` holds it now. Returns the manifest.
-#[track_caller]
-pub fn assert_restores(
-    repository: &Path,
-    folder: &Path,
-    dest: &Path,
-    sources: &[PathBuf],
-) -> Manifest {
-    let manifest = read_manifest(folder);
-    assert_eq!(manifest.format, MANIFEST_FORMAT, "format of {}", folder.display());
-    let configured: Vec<PathBuf> = manifest.paths.iter().map(PathBuf::from).collect();
-    assert_eq!(configured, sources, "configured paths of {}", folder.display());
-    restore(repository, &manifest, dest);
-    for source in sources {
-        let what = format!("restore of {} from {}", source.display(), folder.display());
-        assert_same_tree(source, &restored_path(dest, source), &what);
-    }
-    manifest
-}
-
-// ---------------------------------------------------------------------------------------------
-// A small JSON reader
-// ---------------------------------------------------------------------------------------------
-
-/// A JSON value; numbers are kept as their text.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    /// `null`.
-    Null,
-    /// `true` / `false`.
-    Bool(bool),
-    /// A number, as written.
-    Number(String),
-    /// A string.
-    String(String),
-    /// An array.
-    Array(Vec<Json>),
-    /// An object, in order.
-    Object(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// Parses a whole JSON text.
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut reader = Reader { bytes: text.as_bytes(), at: 0 };
-        let value = reader.value()?;
-        reader.space();
-        if reader.at != reader.bytes.len() {
-            return Err(format!("trailing characters at byte {}", reader.at));
-        }
-        Ok(value)
-    }
-
-    /// The member `name` of an object.
-    pub fn get(&self, name: &str) -> Option<&Json> {
-        match self {
-            Json::Object(members) => members.iter().find(|(k, _)| k == name).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    /// The string, or a panic naming `what`.
-    #[track_caller]
-    pub fn string(&self, what: &str) -> String {
-        match self {
-            Json::String(s) => s.clone(),
-            other => panic!("{what}: expected a string, found {other:?}"),
-        }
-    }
-
-    /// The non-negative integer, or a panic naming `what`.
-    #[track_caller]
-    pub fn u64(&self, what: &str) -> u64 {
-        match self {
-            Json::Number(n) => {
-                n.parse().unwrap_or_else(|_| panic!("{what}: {n} is not a non-negative integer"))
-            }
-            other => panic!("{what}: expected a number, found {other:?}"),
-        }
-    }
-
-    /// The array, or a panic naming `what`.
-    #[track_caller]
-    pub fn array(&self, what: &str) -> &[Json] {
-        match self {
-            Json::Array(items) => items,
-            other => panic!("{what}: expected an array, found {other:?}"),
-        }
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn space(&mut self) {
-        while self.bytes.get(self.at).is_some_and(|b| b.is_ascii_whitespace()) {
-            self.at += 1;
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
-        if self.peek() == Some(byte) {
-            self.at += 1;
-            Ok(())
-        } else {
-            Err(format!("expected {:?} at byte {}", byte as char, self.at))
-        }
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self.bytes[self.at..].starts_with(word.as_bytes()) {
-            self.at += word.len();
-            Ok(value)
-        } else {
-            Err(format!("unexpected text at byte {}", self.at))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.space();
-        match self.peek() {
-            Some(b'{') => self.object(),
-            Some(b'[') => self.array(),
-            Some(b'"') => Ok(Json::String(self.string()?)),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(b'-' | b'0'..=b'9') => Ok(self.number()),
-            Some(other) => Err(format!("unexpected {:?} at byte {}", other as char, self.at)),
-            None => Err("unexpected end".to_string()),
-        }
-    }
-
-    fn object(&mut self) -> Result<Json, String> {
-        self.expect(b'{')?;
-        let mut members = Vec::new();
-        self.space();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            return Ok(Json::Object(members));
-        }
-        loop {
-            self.space();
-            let key = self.string()?;
-            self.space();
-            self.expect(b':')?;
-            members.push((key, self.value()?));
-            self.space();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(Json::Object(members));
-                }
-                _ => return Err(format!("expected ',' or '}}' at byte {}", self.at)),
-            }
-        }
-    }
-
-    fn array(&mut self) -> Result<Json, String> {
-        self.expect(b'[')?;
-        let mut items = Vec::new();
-        self.space();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            return Ok(Json::Array(items));
-        }
-        loop {
-            items.push(self.value()?);
-            self.space();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(Json::Array(items));
-                }
-                _ => return Err(format!("expected ',' or ']' at byte {}", self.at)),
-            }
-        }
-    }
-
-    fn number(&mut self) -> Json {
-        let start = self.at;
-        while self.peek().is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) {
-            self.at += 1;
-        }
-        Json::Number(String::from_utf8_lossy(&self.bytes[start..self.at]).into_owned())
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self.bytes.get(self.at..self.at + 4).ok_or("short \\u escape")?;
-        let text = std::str::from_utf8(digits).map_err(|e| e.to_string())?;
-        let value = u32::from_str_radix(text, 16).map_err(|e| format!("\\u{text}: {e}"))?;
-        self.at += 4;
-        Ok(value)
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let byte = self.peek().ok_or("unterminated string")?;
-            self.at += 1;
-            match byte {
-                b'"' => break,
-                b'\\' => {
-                    let escape = self.peek().ok_or("unterminated escape")?;
-                    self.at += 1;
-                    let ch = match escape {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let high = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&high) {
-                                self.expect(b'\\')?;
-                                self.expect(b'u')?;
-                                let low = self.hex4()?;
-                                0x10000
-                                    + ((high - 0xD800) << 10)
-                                    + (low.wrapping_sub(0xDC00) & 0x3FF)
-                            } else {
-                                high
-                            };
-                            char::from_u32(code)
-                                .ok_or_else(|| format!("bad \\u escape {code:x}"))?
-                        }
-                        other => return Err(format!("bad escape \\{}", other as char)),
-                    };
-                    let mut buf = [0; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                }
-                other => out.push(other),
-            }
-        }
-        String::from_utf8(out).map_err(|e| e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_json() {
-        let text = r#"{"a": [1, 2.5, -3], "b": {"c": "x\"y\u00e9\n"}, "d": null, "e": true}"#;
-        let json = Json::parse(text).expect("valid");
-        assert_eq!(json.get("a").map(|a| a.array("a").len()), Some(3));
-        assert_eq!(
-            json.get("b").and_then(|b| b.get("c")).map(|c| c.string("c")).as_deref(),
-            Some("x\"y\u{e9}\n")
-        );
-        assert_eq!(json.get("d"), Some(&Json::Null));
-        assert!(Json::parse("{\"a\": 1,}").is_err());
-    }
 
     #[test]
     fn parses_outcome_messages() {

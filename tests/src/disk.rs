@@ -29,10 +29,25 @@ pub fn write_pattern(path: &Path, fill: Fill) {
 
 /// Names of the internal snapshots of a qcow2 image (`qemu-img snapshot -l`).
 pub fn snapshots(path: &Path) -> Vec<String> {
-    let out = run("qemu-img", &["snapshot", "-l", &path_str(path)]);
-    // Table: a title line, a header line starting with "ID", then one row per snapshot:
-    // ID TAG VM-SIZE DATE VM-CLOCK ICOUNT.
-    out.lines()
+    snapshot_names(&run("qemu-img", &["snapshot", "-l", &path_str(path)]))
+}
+
+/// Names of a disk's internal snapshots, read with `qemu-img snapshot -l -U` (force-share): it
+/// takes no lock, so polling never makes an agent's `qemu-img snapshot -d` fail.
+pub fn snapshots_shared(path: &Path) -> Result<Vec<String>, String> {
+    Ok(snapshot_names(&try_run("qemu-img", &["snapshot", "-l", "-U", &path_str(path)])?))
+}
+
+/// Takes an internal snapshot `name` of a qcow2 disk, as a crashed run or an operator would.
+pub fn snapshot_create(path: &Path, name: &str) {
+    run("qemu-img", &["snapshot", "-c", name, &path_str(path)]);
+}
+
+/// The tags of a `qemu-img snapshot -l` table: a title line, a header line starting with
+/// "ID", then one row per snapshot: ID TAG VM-SIZE DATE VM-CLOCK ICOUNT.
+fn snapshot_names(table: &str) -> Vec<String> {
+    table
+        .lines()
         .skip_while(|line| !line.trim_start().starts_with("ID"))
         .skip(1)
         .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
@@ -54,16 +69,22 @@ fn path_str(path: &Path) -> String {
 
 /// Runs a qemu tool, failing with its output if it does not succeed; returns its stdout.
 fn run(program: &str, args: &[&str]) -> String {
+    try_run(program, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs a qemu tool; its stdout, or what went wrong.
+fn try_run(program: &str, args: &[&str]) -> Result<String, String> {
     let output = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (apt-get install qemu-utils): {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {} failed with {}: {}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+        .map_err(|e| format!("cannot run {program} (apt-get install qemu-utils): {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{program} {} failed with {}: {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

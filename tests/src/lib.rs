@@ -7,23 +7,35 @@
 //! ([`Etcd::shared`]).
 //!
 //! Nothing sleeps in place of an event: tests wait for what they expect with [`wait_for`],
-//! which fails naming what never happened and the last thing it saw.
+//! which fails naming what never happened and what it saw instead.
+//!
+//! Scenarios call the public API through [`api`] (one place for every call, wait and session
+//! summary), define jobs with [`jobs::JobBuilder`] and share the helpers of their theme
+//! ([`sessions`], [`stops`], [`computers`], [`manifests`], [`ownership`], [`tasks`],
+//! [`records`], [`watch`]).
 //!
 //! Child processes are watched by a tiny shell watchdog each (see `watchdog.rs`), so they die
 //! with the test process even when it is killed, without `prctl` or unsafe code.
 
+pub mod api;
 mod cluster;
 pub mod computers;
 pub mod disk;
 mod etcd;
 pub mod fixtures;
+pub mod jobs;
 mod logs;
+pub mod manifests;
 mod node;
+pub mod ownership;
 mod ports;
 pub mod proxy;
+pub mod records;
 pub mod sessions;
 pub mod stops;
+pub mod tasks;
 mod wait;
+pub mod watch;
 mod watchdog;
 
 pub use cluster::{AgentSpec, BIN_DIR_ENV, Cluster, ClusterBuilder, KEEP_ENV, binary};

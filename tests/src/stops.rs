@@ -1,26 +1,30 @@
-//! Shared set-up of the stop scenarios: VM jobs on real qcow2 disks, sessions read and waited
-//! for through `JobService`, and the checks every stop ends with (restore points, snapshots,
-//! partial folders).
+//! Shared set-up and checks of the stop scenarios: VM jobs on real qcow2 disks in a lab, the
+//! standard [`MIXED`] job caught mid-transfer, how each kind of stop ends it ([`Ending`]),
+//! and the checks every stop ends with (restore points, snapshots, partial folders).
 
 use std::{
-    fmt::Write as _,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-use futures::StreamExt;
-use sluice_proto::pb::{
-    self, ItemState, SessionResult, SessionState, StopMode, TaskPhase,
-    job_service_client::JobServiceClient,
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
 };
-use tokio::{task::JoinHandle, time::Instant};
-use tonic::{Response, Status, transport::Channel};
+use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, StopMode};
 
 use crate::{
-    PATIENCE,
+    AgentSpec, Cluster,
+    api::{
+        Jobs, create_and_start, in_transfer, item, restore_points, summary, wait_in_transfer,
+        wait_session,
+    },
     disk::{self, Fill},
-    fixtures::{expect_ok, vm_item},
+    jobs::JobBuilder,
+    sessions::{partial_folders, qemu_img_processes, sluice_snapshots},
 };
+
+use ItemState::{Canceled, NotProcessed, Success};
 
 /// One mebibyte.
 pub const MIB: u64 = 1024 * 1024;
@@ -37,17 +41,12 @@ pub const SLOW: u64 = 16 * MIB;
 /// `--transfer-rate-limit` of the agents in the stop scenarios (bytes per second).
 pub const SLOW_RATE: u64 = 2 * MIB;
 
-/// Distinct observations a failed wait shows.
-const SHOWN_OBSERVATIONS: usize = 30;
+/// A slower rate (16 s per slow VM) for scenarios that must still be transferring after a
+/// graceful timeout or a coordinator takeover.
+pub const SLOWER_RATE: u64 = MIB;
 
-/// Pause between two polls.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Prefix of the snapshots Sluice takes (`sluice-<session>`).
-pub const SNAPSHOT_PREFIX: &str = "sluice-";
-
-/// Prefix of a restore point's folder while it is written.
-pub const PARTIAL_PREFIX: &str = ".partial-";
+/// The standard job: `vm-0` is done in an instant, `vm-1`..`vm-4` take seconds each.
+pub const MIXED: [u64; 5] = [FAST, SLOW, SLOW, SLOW, SLOW];
 
 /// Disks and a repository in a test's directory, and VM jobs over them.
 pub struct VmLab {
@@ -73,11 +72,6 @@ impl VmLab {
         &self.repository
     }
 
-    /// Every disk made so far.
-    pub fn disks(&self) -> &[PathBuf] {
-        &self.disks
-    }
-
     /// A new qcow2 disk of [`DISK_SIZE`] with `written` bytes of a pattern from offset 0.
     pub fn disk(&mut self, name: &str, written: u64) -> PathBuf {
         let path = self.root.join("disks").join(format!("{name}.qcow2"));
@@ -89,28 +83,19 @@ impl VmLab {
     }
 
     /// A VM backup job named `name` with one VM per entry of `written` (`vm-0`, `vm-1`, ...),
-    /// each with one new disk holding that much data; one attempt per item, no proxy affinity.
-    pub fn vm_job(&mut self, name: &str, written: &[u64]) -> pb::Job {
-        let items = written
+    /// each with one new disk holding that much data; one attempt per item, a graceful
+    /// timeout of 600 s, no proxy affinity.
+    pub fn vm_job(&mut self, name: &str, written: &[u64]) -> JobBuilder {
+        let disks: Vec<PathBuf> = written
             .iter()
             .enumerate()
-            .map(|(i, bytes)| {
-                let disk = self.disk(&format!("{name}-vm-{i}"), *bytes);
-                vm_item(&format!("vm-{i}"), &[&disk.display().to_string()])
-            })
+            .map(|(i, bytes)| self.disk(&format!("{name}-vm-{i}"), *bytes))
             .collect();
-        pb::Job {
-            name: name.to_string(),
-            r#type: pb::JobType::VmBackup as i32,
-            items,
-            repository: self.repository.display().to_string(),
-            proxies: Vec::new(),
-            retry: Some(pb::RetryPolicy { attempts: 1, wait_seconds: 1 }),
-            graceful_timeout_seconds: 600,
-            offline_wait_seconds: 0,
-            sim_duration_ms: None,
-            keep_restore_points: 0,
-        }
+        JobBuilder::vm(name)
+            .vm_disks(&disks)
+            .repository(&self.repository)
+            .retry(1, 1)
+            .graceful_timeout(600)
     }
 
     /// Folder of the restore point that `session` makes for item `index` of `job`.
@@ -119,141 +104,171 @@ impl VmLab {
         self.repository.join(&session.job).join(item).join(format!("{}-{index}", session.id))
     }
 
+    /// `(pid, command line)` of every `qemu-img` still working on a disk or in the repository.
+    pub fn running_qemu_img(&self) -> Vec<(u32, String)> {
+        qemu_img_processes(&self.root)
+    }
+
     /// Asserts what every stop leaves behind: no `sluice-` snapshot on any disk of the lab and
     /// no `.partial-` folder anywhere in the repository.
     #[track_caller]
     pub fn assert_no_leftovers(&self, when: &str) {
-        let snapshots = self.sluice_snapshots();
+        let snapshots = sluice_snapshots(&self.disks);
         assert!(snapshots.is_empty(), "{when}: Sluice snapshots left on disks: {snapshots:?}");
         let partial = partial_folders(&self.repository);
         assert!(partial.is_empty(), "{when}: partial folders left in the repository: {partial:?}");
     }
-
-    /// `(disk, snapshot)` for every `sluice-` snapshot on a disk of the lab.
-    pub fn sluice_snapshots(&self) -> Vec<(PathBuf, String)> {
-        self.disks
-            .iter()
-            .flat_map(|d| disk::snapshots(d).into_iter().map(move |s| (d.clone(), s)))
-            .filter(|(_, s)| s.starts_with(SNAPSHOT_PREFIX))
-            .collect()
-    }
 }
 
-/// Every folder under `dir` whose name starts with `.partial-`.
-pub fn partial_folders(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.is_dir() {
-                continue;
-            }
-            if entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
-                found.push(path.clone());
-            }
-            pending.push(path);
-        }
-    }
-    found
+/// A cluster of `coordinators` coordinators and one agent (2 slots) limited to `rate`.
+pub async fn slow_cluster(coordinators: usize, rate: u64) -> (Cluster, VmLab) {
+    let cluster = Cluster::builder()
+        .coordinators(coordinators)
+        .agent(AgentSpec::new().slots(2).transfer_rate_limit(rate))
+        .start()
+        .await;
+    let lab = VmLab::new(cluster.dir());
+    (cluster, lab)
 }
 
-/// Creates `job` and starts it; returns the new session.
-pub async fn create_and_start(jobs: &mut JobServiceClient<Channel>, job: &pb::Job) -> pb::Session {
-    let created = jobs.create_job(pb::CreateJobRequest { job: Some(job.clone()) }).await;
-    expect_ok(created, &format!("CreateJob {}", job.name));
-    let started = jobs.start_job(pb::StartJobRequest { job: job.name.clone() }).await;
-    expect_ok(started, &format!("StartJob {}", job.name))
-}
-
-/// `StopJob` of the job's active session.
-pub async fn stop_job(
-    jobs: &mut JobServiceClient<Channel>,
-    job: &str,
-    mode: StopMode,
-    requested_by: &str,
-) -> Result<Response<pb::Session>, Status> {
-    let request = pb::StopJobRequest {
-        job: job.to_string(),
-        mode: mode as i32,
-        requested_by: requested_by.to_string(),
-        ..Default::default()
-    };
-    jobs.stop_job(request).await
-}
-
-/// The session now (panics if `GetSession` fails).
-pub async fn get_session(jobs: &mut JobServiceClient<Channel>, id: &str) -> pb::Session {
-    let got = jobs.get_session(pb::GetSessionRequest { session_id: id.to_string() }).await;
-    expect_ok(got, &format!("GetSession {id}"))
-}
-
-/// Polls `GetSession` until `done` holds; fails naming `what` and the distinct states seen.
-pub async fn wait_session(
-    jobs: &JobServiceClient<Channel>,
-    id: &str,
-    what: &str,
-    done: impl Fn(&pb::Session) -> bool,
-) -> pb::Session {
-    let deadline = Instant::now() + PATIENCE;
-    // Every distinct observation, oldest first, so a failure shows how the session went.
-    let mut seen: Vec<String> = Vec::new();
-    loop {
-        let mut client = jobs.clone();
-        let request = pb::GetSessionRequest { session_id: id.to_string() };
-        let observation = match tokio::time::timeout_at(deadline, client.get_session(request)).await
-        {
-            Ok(Ok(response)) => {
-                let session = response.into_inner();
-                if done(&session) {
-                    return session;
-                }
-                describe(&session)
-            }
-            Ok(Err(status)) => format!("GetSession: {:?}: {}", status.code(), status.message()),
-            Err(_) => "GetSession did not answer before the deadline".to_string(),
-        };
-        if seen.last() != Some(&observation) {
-            seen.push(observation);
-        }
-        if Instant::now() >= deadline {
-            let tail = &seen[seen.len().saturating_sub(SHOWN_OBSERVATIONS)..];
-            panic!(
-                "timed out after {PATIENCE:?} waiting for session {id}: {what}; seen:\n  {}",
-                tail.join("\n  ")
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// Waits until the session is `STOPPED`.
-pub async fn wait_stopped(jobs: &JobServiceClient<Channel>, id: &str) -> pb::Session {
-    wait_session(jobs, id, "to be STOPPED", |s| s.state() == SessionState::Stopped).await
-}
-
-/// Waits until every named item is PROCESSING in phase TRANSFER.
-pub async fn wait_in_transfer(
-    jobs: &JobServiceClient<Channel>,
-    id: &str,
-    items: &[&str],
-) -> pb::Session {
-    let what = format!("items {items:?} to be PROCESSING in TRANSFER");
-    wait_session(jobs, id, &what, |s| items.iter().all(|name| in_transfer(item(s, name)))).await
-}
-
-/// Whether an item is being transferred.
-pub fn in_transfer(item: &pb::ItemStatus) -> bool {
-    item.state() == ItemState::Processing && item.phase() == TaskPhase::Transfer
-}
-
-/// The item named `name` (panics if the session has none).
-#[track_caller]
-pub fn item<'a>(session: &'a pb::Session, name: &str) -> &'a pb::ItemStatus {
-    session.items.iter().find(|i| i.name == name).unwrap_or_else(|| {
-        panic!("session {} has no item {name}: {}", session.id, describe(session))
+/// Creates and starts the [`MIXED`] job on a 2-slot agent and waits until `vm-0` has its restore
+/// point and `vm-1`, `vm-2` are transferring (`vm-3`, `vm-4` wait for a slot).
+pub async fn start_mixed(jobs: &mut Jobs, lab: &mut VmLab, name: &str) -> (pb::Job, pb::Session) {
+    let job = lab.vm_job(name, &MIXED).build();
+    let started = create_and_start(jobs, &job).await;
+    let what = "vm-0 SUCCESS while vm-1 and vm-2 are in TRANSFER";
+    let running = wait_session(jobs, &started.id, what, |s| {
+        item(s, "vm-0").state() == Success
+            && in_transfer(item(s, "vm-1"))
+            && in_transfer(item(s, "vm-2"))
     })
+    .await;
+    for waiting in ["vm-3", "vm-4"] {
+        let status = item(&running, waiting);
+        assert_eq!(status.state(), ItemState::Pending, "{waiting} waits for a slot: {status:?}");
+    }
+    (job, running)
+}
+
+/// A one-VM job holding [`SLOW`] data, started on a [`slow_cluster`] and caught in TRANSFER.
+pub struct OneVm {
+    /// The cluster: one coordinator, agent `a1`.
+    pub cluster: Cluster,
+    /// Where the disk and the repository are.
+    pub lab: VmLab,
+    /// A client of the coordinator.
+    pub jobs: Jobs,
+    /// The job (`vm-0`).
+    pub job: pb::Job,
+    /// The session, as seen with `vm-0` in TRANSFER.
+    pub running: pb::Session,
+}
+
+/// Starts a [`OneVm`] job `name` on an agent limited to `rate`.
+pub async fn start_one_slow_vm(rate: u64, name: &str) -> OneVm {
+    let (mut cluster, mut lab) = slow_cluster(1, rate).await;
+    let mut jobs = cluster.job_client().await;
+    let job = lab.vm_job(name, &[SLOW]).build();
+    let started = create_and_start(&mut jobs, &job).await;
+    let running = wait_in_transfer(&jobs, &started.id, &["vm-0"]).await;
+    OneVm { cluster, lab, jobs, job, running }
+}
+
+/// How a stopped [`MIXED`] session ends: its result and recorded stop mode, each item's
+/// state, and which items have a restore point.
+#[derive(Debug, Clone, Copy)]
+pub struct Ending {
+    /// Stop mode the session records.
+    pub mode: StopMode,
+    /// Result of the session.
+    pub result: SessionResult,
+    /// State of `vm-0`..`vm-4`.
+    pub items: [ItemState; 5],
+    /// Items with a restore point.
+    pub kept: &'static [usize],
+    /// Items without one.
+    pub dropped: &'static [usize],
+    /// Whether `vm-1` goes on transferring while the session is STOPPING.
+    pub drains: bool,
+}
+
+impl Ending {
+    /// The items in transfer were cancelled: `vm-0` keeps its restore point, the others have
+    /// none; the session FAILED.
+    pub const fn canceled(mode: StopMode) -> Ending {
+        Ending {
+            mode,
+            result: SessionResult::Failed,
+            items: [Success, Canceled, Canceled, NotProcessed, NotProcessed],
+            kept: &[0],
+            dropped: &[1, 2, 3, 4],
+            drains: false,
+        }
+    }
+
+    /// The items in transfer committed, the waiting ones never started; the session ends
+    /// with a WARNING.
+    pub const DRAINED: Ending = Ending {
+        mode: StopMode::Graceful,
+        result: SessionResult::Warning,
+        items: [Success, Success, Success, NotProcessed, NotProcessed],
+        kept: &[0, 1, 2],
+        dropped: &[3, 4],
+        drains: true,
+    };
+}
+
+/// What each stop mode, applied while `vm-1` and `vm-2` of [`MIXED`] transfer, leads to.
+pub const STOP_ENDINGS: [Ending; 2] = [Ending::canceled(StopMode::Immediate), Ending::DRAINED];
+
+/// The row of [`STOP_ENDINGS`] for `mode`.
+pub fn ending_of(mode: StopMode) -> Ending {
+    let found = STOP_ENDINGS.into_iter().find(|ending| ending.mode == mode);
+    found.unwrap_or_else(|| panic!("no ending for {mode:?}"))
+}
+
+/// Asserts that a [`MIXED`] session ended as `ending`: nothing left behind once it reads
+/// STOPPED (no snapshot, no partial folder, no `qemu-img` still running), the result, the
+/// canceled flag and the stop mode, each item's state, and the restore points.
+pub async fn assert_mixed_ending(
+    jobs: &Jobs,
+    lab: &VmLab,
+    job: &pb::Job,
+    ended: &pb::Session,
+    ending: &Ending,
+) {
+    lab.assert_no_leftovers("when the session reads STOPPED");
+    let survivors = lab.running_qemu_img();
+    assert!(survivors.is_empty(), "qemu-img still runs after the stop: {survivors:?}");
+    assert_ended(ended, ending.result, true, ending.mode);
+    let names = ["vm-0", "vm-1", "vm-2", "vm-3", "vm-4"];
+    let expected: Vec<(&str, ItemState)> = names.into_iter().zip(ending.items).collect();
+    assert_item_states(ended, &expected);
+    assert_restore_points(jobs, lab, job, ended, ending.kept, ending.dropped).await;
+}
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Asserts what a stop records: who, when (between `since` and now, in seconds) and how.
+#[track_caller]
+pub fn assert_stop_recorded(session: &pb::Session, by: &str, mode: StopMode, since: i64) {
+    let seen = summary(session);
+    assert_eq!(session.stopped_by, by, "stopped_by: {seen}");
+    assert_eq!(session.stop_mode(), mode, "stop_mode: {seen}");
+    let at = session.stop_requested_at.as_ref().map(|t| t.seconds);
+    let at = at.unwrap_or_else(|| panic!("stop_requested_at is missing: {seen}"));
+    assert!((since - 1..=unix_now() + 1).contains(&at), "stop_requested_at {at}: {seen}");
+}
+
+/// Freezes a process (SIGSTOP) or lets it go on (SIGCONT).
+pub fn signal(pid: Option<u32>, signal: Signal) {
+    let pid = pid.unwrap_or_else(|| panic!("the agent is not running"));
+    let raw = i32::try_from(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}"));
+    kill(Pid::from_raw(raw), signal).unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
 }
 
 /// Asserts each item's state, naming all of them on a mismatch.
@@ -263,13 +278,13 @@ pub fn assert_item_states(session: &pb::Session, expected: &[(&str, ItemState)])
         session.items.iter().map(|i| (i.name.clone(), i.state())).collect();
     let wanted: Vec<(String, ItemState)> =
         expected.iter().map(|(name, state)| (name.to_string(), *state)).collect();
-    assert_eq!(actual, wanted, "item states of session {}: {}", session.id, describe(session));
+    assert_eq!(actual, wanted, "item states of session {}: {}", session.id, summary(session));
 }
 
 /// Asserts the session ended `STOPPED` with `result`, `canceled` and `mode`.
 #[track_caller]
 pub fn assert_ended(session: &pb::Session, result: SessionResult, canceled: bool, mode: StopMode) {
-    let seen = describe(session);
+    let seen = summary(session);
     assert_eq!(session.state(), SessionState::Stopped, "session state: {seen}");
     assert_eq!(session.result(), result, "session result: {seen}");
     assert_eq!(session.canceled, canceled, "session canceled flag: {seen}");
@@ -280,17 +295,16 @@ pub fn assert_ended(session: &pb::Session, result: SessionResult, canceled: bool
 /// Asserts the restore points of `session`: each item in `with` has one on disk (its data equal
 /// to the disk's), in the catalog and in its status; each item in `without` has none anywhere.
 pub async fn assert_restore_points(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &Jobs,
     lab: &VmLab,
     job: &pb::Job,
     session: &pb::Session,
     with: &[usize],
     without: &[usize],
 ) {
-    let request = pb::ListRestorePointsRequest { job: job.name.clone() };
-    let catalog = expect_ok(jobs.list_restore_points(request).await, "ListRestorePoints");
+    let catalog = restore_points(jobs, &job.name).await;
     let catalog: Vec<&pb::RestorePoint> =
-        catalog.restore_points.iter().filter(|rp| rp.session_id == session.id).collect();
+        catalog.iter().filter(|rp| rp.session_id == session.id).collect();
     for &index in with {
         let status = &session.items[index];
         let dir = lab.restore_point_dir(session, index);
@@ -323,112 +337,4 @@ pub fn vm_disk(job: &pb::Job, index: usize) -> PathBuf {
         Some(pb::job_item::Target::Vm(vm)) => PathBuf::from(&vm.disks[0]),
         other => panic!("item {index} of {} is not a VM: {other:?}", job.name),
     }
-}
-
-/// A session in one line: state, result, flags and each item's state, phase, agent, attempt.
-pub fn describe(session: &pb::Session) -> String {
-    let mut text = format!(
-        "{} {:?}/{:?} canceled={} stop={:?} by={:?} msg={:?} owner={} [",
-        session.id,
-        session.state(),
-        session.result(),
-        session.canceled,
-        session.stop_mode(),
-        session.stopped_by,
-        session.message,
-        session.owner,
-    );
-    for i in &session.items {
-        let _ = write!(
-            text,
-            " {}:{:?}/{:?}@{}#{} {:?}",
-            i.name,
-            i.state(),
-            i.phase(),
-            i.agent,
-            i.attempt,
-            if i.message.is_empty() { &i.waiting_reason } else { &i.message },
-        );
-    }
-    text.push_str(" ]");
-    text
-}
-
-/// Every snapshot a `WatchSession` stream delivered, with the time it arrived.
-pub type Timeline = Vec<(Instant, pb::Session)>;
-
-/// Follows the session with `WatchSession` until it is `STOPPED` (or [`PATIENCE`] passes)
-/// and returns what it saw. Starts before returning, so nothing after this call is missed.
-pub async fn record_watch(jobs: &JobServiceClient<Channel>, id: &str) -> JoinHandle<Timeline> {
-    let mut jobs = jobs.clone();
-    let request = pb::WatchSessionRequest { session_id: id.to_string() };
-    let mut stream = expect_ok(jobs.watch_session(request).await, "WatchSession");
-    let first = match stream.message().await {
-        Ok(Some(event)) => event.session,
-        other => panic!("WatchSession {id} sent no first snapshot: {other:?}"),
-    };
-    tokio::spawn(async move {
-        let mut seen: Timeline = first.into_iter().map(|s| (Instant::now(), s)).collect();
-        let deadline = Instant::now() + PATIENCE;
-        while let Ok(Some(Ok(event))) = tokio::time::timeout_at(deadline, stream.next()).await {
-            let Some(session) = event.session else { continue };
-            let stopped = session.state() == SessionState::Stopped;
-            seen.push((Instant::now(), session));
-            if stopped {
-                break;
-            }
-        }
-        seen
-    })
-}
-
-/// Takes an internal snapshot `name` of a qcow2 disk, as a crashed run or an operator would.
-pub fn snapshot_create(path: &Path, name: &str) {
-    let output = std::process::Command::new("qemu-img")
-        .args(["snapshot", "-c", name])
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run qemu-img (apt-get install qemu-utils): {e}"));
-    assert!(
-        output.status.success(),
-        "qemu-img snapshot -c {name} {} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// `(pid, command line)` of every running `qemu-img` whose command line mentions `dir`.
-pub fn qemu_img_processes(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let raw = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            let is_qemu = cmdline.split_whitespace().next()?.ends_with("qemu-img");
-            (is_qemu && cmdline.contains(&needle)).then_some((pid, cmdline))
-        })
-        .collect()
-}
-
-/// Names of a disk's internal snapshots, read with `qemu-img snapshot -l -U` (force-share): it
-/// takes no lock, so polling never makes an agent's `qemu-img snapshot -d` fail.
-pub fn snapshots_shared(path: &Path) -> Result<Vec<String>, String> {
-    let output = std::process::Command::new("qemu-img")
-        .args(["snapshot", "-l", "-U"])
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
-    }
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    Ok(text
-        .lines()
-        .skip_while(|line| !line.trim_start().starts_with("ID"))
-        .skip(1)
-        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
-        .collect())
 }

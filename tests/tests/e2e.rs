@@ -7,7 +7,9 @@
 mod e2e {
     mod agents;
     mod computers;
+    mod drains;
     mod etcd_restart;
+    mod fencing;
     mod harness;
     mod jobs;
     mod ownership;
@@ -15,6 +17,8 @@ mod e2e {
     mod restore_points;
     mod sessions;
     mod shutdown;
+    mod snapshots;
+    mod stop_takeover;
     mod stops;
     mod validation;
 }

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use sluice_proto::pb::cluster_service_client::ClusterServiceClient;
 use sluice_proto::pb::job_service_client::JobServiceClient;
-use sluice_proto::telemetry::TraceInterceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Failure, chain};
@@ -18,9 +16,6 @@ const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
 /// HTTP/2 keep-alive, so a watch notices a vanished coordinator.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// A channel with the trace-context interceptor.
-pub type Traced = InterceptedService<Channel, TraceInterceptor>;
-
 /// What every command needs: where to connect and how to print.
 #[derive(Debug, Clone)]
 pub struct Ctx {
@@ -31,12 +26,15 @@ pub struct Ctx {
 }
 
 /// The API clients on one connection.
+///
+/// Plain channels: the CLI opens no span of its own, so it has no trace context to send;
+/// each request starts its trace on the coordinator.
 #[derive(Debug, Clone)]
 pub struct Clients {
     /// `sluice.v1.JobService`.
-    pub jobs: JobServiceClient<Traced>,
+    pub jobs: JobServiceClient<Channel>,
     /// `sluice.v1.ClusterService`.
-    pub cluster: ClusterServiceClient<Traced>,
+    pub cluster: ClusterServiceClient<Channel>,
 }
 
 impl Ctx {
@@ -63,10 +61,10 @@ impl Ctx {
 impl Clients {
     /// Clients on a connected channel.
     fn new(channel: Channel) -> Self {
-        let jobs = JobServiceClient::with_interceptor(channel.clone(), TraceInterceptor)
-            .max_decoding_message_size(MAX_DECODING_BYTES);
-        let cluster = ClusterServiceClient::with_interceptor(channel, TraceInterceptor)
-            .max_decoding_message_size(MAX_DECODING_BYTES);
+        let jobs =
+            JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+        let cluster =
+            ClusterServiceClient::new(channel).max_decoding_message_size(MAX_DECODING_BYTES);
         Clients { jobs, cluster }
     }
 }

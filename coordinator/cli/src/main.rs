@@ -16,6 +16,7 @@ mod watch;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::{EnvFilter, filter::LevelFilter};
 
 use crate::client::Ctx;
 use crate::error::{Exit, Failure};
@@ -232,9 +233,20 @@ enum RestorePointCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = sluice_proto::telemetry::init("sluice");
+    init_logs();
     let exit = run(cli).await.unwrap_or_else(|failure| failure.report());
     exit.into()
+}
+
+/// Sends the logs of the libraries underneath (connection trouble, with `RUST_LOG=debug`) to
+/// stderr, filtered by `RUST_LOG` (default `info`). The CLI exports no spans: it opens none.
+fn init_logs() {
+    let filter =
+        EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
+    let installed =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Only fails when a subscriber is already installed, which then keeps the logs.
+    drop(installed);
 }
 
 /// Runs one parsed command line and returns its exit status.

@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use etcd_client::KvClient;
 use prost::Message;
 use sluice_proto::pb::{self, SessionState, StopMode, job_service_client::JobServiceClient};
-use sluice_tests::{Cluster, MAX_MESSAGE_BYTES, fixtures};
+use sluice_tests::{Cluster, MAX_MESSAGE_BYTES, jobs::JobBuilder};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -23,12 +23,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// A VM job of `items` items run by the sim executor for `sim_ms` each, one attempt per item.
 pub fn sim_job(name: &str, items: usize, sim_ms: u32, repository: &Path) -> pb::Job {
-    pb::Job {
-        sim_duration_ms: Some(sim_ms),
-        retry: Some(pb::RetryPolicy { attempts: 1, wait_seconds: 0 }),
-        repository: repository.display().to_string(),
-        ..fixtures::vm_job(name, items)
-    }
+    JobBuilder::sim(name, sim_ms).placeholder_vms(items).repository(repository).retry(1, 0).build()
 }
 
 /// Creates `job`.

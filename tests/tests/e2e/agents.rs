@@ -1,11 +1,7 @@
 //! Issue 2, scenario 3: agents are listed while they heartbeat and vanish when they stop.
 
 use sluice_proto::pb;
-use sluice_tests::{
-    AgentSpec, Cluster, PATIENCE,
-    fixtures::{expect_ok, list_agents},
-    wait_for,
-};
+use sluice_tests::{AgentSpec, Cluster, api::wait_agents_listed, fixtures::expect_ok};
 
 #[tokio::test]
 async fn agents_are_listed_and_a_killed_agent_disappears_after_its_ttl() {
@@ -29,17 +25,6 @@ async fn agents_are_listed_and_a_killed_agent_disappears_after_its_ttl() {
     assert_eq!(a2.computer, "pc-1", "a2 computer name");
 
     cluster.agent(0).kill9();
-    wait_for(
-        || {
-            let mut client = client.clone();
-            async move {
-                let agents = list_agents(&mut client).await?;
-                let ids: Vec<String> = agents.into_iter().map(|a| a.id).collect();
-                if ids == ["a2"] { Ok(()) } else { Err(format!("listed: {ids:?}")) }
-            }
-        },
-        PATIENCE,
-        "killed agent a1 to leave ListAgents after its 2 s heartbeat TTL, a2 to stay",
-    )
-    .await;
+    let what = "killed agent a1 to leave ListAgents after its 2 s heartbeat TTL, a2 to stay";
+    wait_agents_listed(&client, &["a2"], what).await;
 }

@@ -1,5 +1,5 @@
-//! Scenarios: agent-computer jobs (`JOB_TYPE_AGENT_BACKUP`, SPEC.md "Jobs", "Stopping a
-//! session"; the seed "Starting and Stopping Veeam Agent Backup Job").
+//! Scenarios: agent-computer jobs (`JOB_TYPE_AGENT_BACKUP`): backups, incremental runs,
+//! stops and offline computers.
 //!
 //! Every computer is a real `sluice-agent --computer NAME` with its own directory tree made
 //! in the cluster's temp dir. Restore points are checked the way an operator restores them:
@@ -16,17 +16,22 @@ use std::{
 use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, StopMode, TaskPhase};
 use sluice_tests::{
     AgentSpec, Cluster,
+    api::{
+        Jobs, create_job, item, restore_points, start_job, stop_job, summary, wait_session,
+        wait_stopped,
+    },
     computers::{
-        KIB, Manifest, TreeStats, add_bulk, agent_job, assert_restores, computer_paths, make_tree,
-        outcome_of, pseudo_random, read_manifest, restore, restored_path, seed_of, store_blobs,
-        temporaries, tree_stats, write_file,
+        KIB, TreeStats, add_bulk, computer_job, computer_paths, make_tree, outcome_of,
+        pseudo_random, seed_of, tree_stats, write_file,
     },
-    fixtures::{computer_item, expect_ok},
-    sessions::{
-        Jobs, create_job, restore_point_dir, start_job, summary, wait_session, wait_stopped,
-        watch_to_end,
+    fixtures::expect_ok,
+    jobs::computer_item,
+    manifests::{
+        Manifest, assert_restores, read_manifest, restore, restored_path, store_blobs, temporaries,
     },
-    stops::{assert_ended, assert_item_states, item, stop_job},
+    sessions::restore_point_dir,
+    stops::{assert_ended, assert_item_states},
+    watch::watch_to_end,
 };
 
 use ItemState::{Canceled, Failed, NotProcessed, Pending, Success};
@@ -71,25 +76,12 @@ impl Lab {
     }
 }
 
-/// A computer item protecting `paths`.
-fn item_of(name: &str, computer: &str, paths: &[&Path]) -> pb::JobItem {
-    let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-    computer_item(name, computer, &paths)
-}
-
 /// What a tree set of paths holds together.
 fn stats_of(paths: &[PathBuf]) -> TreeStats {
     paths.iter().map(|p| tree_stats(p)).fold(TreeStats::default(), |a, b| TreeStats {
         files: a.files + b.files,
         bytes: a.bytes + b.bytes,
     })
-}
-
-async fn catalog(jobs: &mut Jobs, job: &str) -> Vec<pb::RestorePoint> {
-    let request = pb::ListRestorePointsRequest { job: job.to_string() };
-    expect_ok(jobs.list_restore_points(request).await, &format!("ListRestorePoints {job}"))
-        .restore_points
 }
 
 /// Asserts item `index` of `session` succeeded on `agent` with restore point
@@ -191,23 +183,18 @@ fn assert_no_restore_point(
 /// (never on the plain proxy), and every restore point restores its tree byte for byte.
 #[tokio::test]
 async fn three_computers_are_backed_up_and_restore_byte_for_byte() {
-    let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new())
-        .agent(AgentSpec::new().computer("pc1"))
-        .agent(AgentSpec::new().computer("pc2"))
-        .agent(AgentSpec::new().computer("pc3"))
-        .start()
-        .await;
+    let mut cluster =
+        Cluster::builder().agent(AgentSpec::new()).computers(&["pc1", "pc2", "pc3"]).start().await;
     let lab = Lab::new(&cluster);
     let pc1 = [lab.tree("pc1", "home"), lab.tree("pc1", "etc")];
     let pc2 = lab.tree("pc2", "home");
     let pc3 = lab.tree("pc3", "srv");
     let items = vec![
-        item_of("pc1", "pc1", &[&pc1[0], &pc1[1]]),
-        item_of("pc2", "pc2", &[&pc2]),
-        item_of("pc3", "pc3", &[&pc3]),
+        computer_item("pc1", "pc1", &[&pc1[0], &pc1[1]]),
+        computer_item("pc2", "pc2", &[&pc2]),
+        computer_item("pc3", "pc3", &[&pc3]),
     ];
-    let job = agent_job("laptops", &lab.repository, items, 0);
+    let job = computer_job("laptops", &lab.repository).items(items).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job.clone()).await;
 
@@ -233,7 +220,7 @@ async fn three_computers_are_backed_up_and_restore_byte_for_byte() {
     assert_no_temporaries(&lab, "after a successful session");
     assert_store_is(&lab, &manifests.iter().collect::<Vec<_>>(), "after a successful session");
 
-    let listed = catalog(&mut jobs, "laptops").await;
+    let listed = restore_points(&jobs, "laptops").await;
     assert_eq!(listed.len(), 3, "one catalog entry per computer: {listed:?}");
     for (index, status) in ended.items.iter().enumerate() {
         let entry = listed.iter().find(|rp| rp.item == status.name);
@@ -255,16 +242,12 @@ async fn three_computers_are_backed_up_and_restore_byte_for_byte() {
 /// content.
 #[tokio::test]
 async fn a_second_run_stores_only_changed_files() {
-    let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new().computer("pc1"))
-        .agent(AgentSpec::new().computer("pc2"))
-        .start()
-        .await;
+    let mut cluster = Cluster::builder().computers(&["pc1", "pc2"]).start().await;
     let lab = Lab::new(&cluster);
     let pc1 = lab.tree("pc1", "home");
     let pc2 = lab.tree("pc2", "home");
-    let items = vec![item_of("pc1", "pc1", &[&pc1]), item_of("pc2", "pc2", &[&pc2])];
-    let job = agent_job("incremental", &lab.repository, items, 0);
+    let items = vec![computer_item("pc1", "pc1", &[&pc1]), computer_item("pc2", "pc2", &[&pc2])];
+    let job = computer_job("incremental", &lab.repository).items(items).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job.clone()).await;
     let placements = [("pc1", "a1"), ("pc2", "a2")];
@@ -338,7 +321,7 @@ async fn a_second_run_stores_only_changed_files() {
     );
 
     assert_no_temporaries(&lab, "after three runs");
-    let listed = catalog(&mut jobs, "incremental").await;
+    let listed = restore_points(&jobs, "incremental").await;
     assert_eq!(listed.len(), 6, "two restore points per run: {listed:?}");
 }
 
@@ -348,7 +331,7 @@ async fn a_second_run_stores_only_changed_files() {
 /// bulk files.
 async fn start_stop_scenario(job_name: &str) -> (Cluster, Lab, pb::Job, Jobs, pb::Session) {
     let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new().computer("pc1"))
+        .computers(&["pc1"])
         .agent(AgentSpec::new().computer("pc2").slots(1).transfer_rate_limit(SLOW_RATE))
         .start()
         .await;
@@ -358,11 +341,11 @@ async fn start_stop_scenario(job_name: &str) -> (Cluster, Lab, pb::Job, Jobs, pb
     add_bulk(&pc2, seed_of("pc2 bulk"), BULK_FILES, BULK_SIZE);
     let pc2_home = lab.tree("pc2", "home");
     let items = vec![
-        item_of("pc1", "pc1", &[&pc1]),
-        item_of("pc2", "pc2", &[&pc2]),
-        item_of("pc2-home", "pc2", &[&pc2_home]),
+        computer_item("pc1", "pc1", &[&pc1]),
+        computer_item("pc2", "pc2", &[&pc2]),
+        computer_item("pc2-home", "pc2", &[&pc2_home]),
     ];
-    let job = agent_job(job_name, &lab.repository, items, 0);
+    let job = computer_job(job_name, &lab.repository).items(items).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job.clone()).await;
     let started = start_job(&mut jobs, job_name).await;
@@ -381,23 +364,66 @@ async fn start_stop_scenario(job_name: &str) -> (Cluster, Lab, pb::Job, Jobs, pb
     (cluster, lab, job, jobs, running)
 }
 
+/// A stop of the [`start_stop_scenario`] job while pc2 transfers, and what it must lead to.
+struct ComputerStop {
+    job: &'static str,
+    mode: StopMode,
+    by: &'static str,
+    result: SessionResult,
+    /// States of pc1, pc2 and pc2-home.
+    states: [ItemState; 3],
+    /// Items that end with a restore point; the others have none, anywhere.
+    committed: &'static [usize],
+}
+
 /// Scenario 3a: an immediate stop keeps the processed computer's restore point, cancels the
 /// one being processed without leaving anything of it (no partial folder, none of the blobs
 /// it had stored), leaves the rest NOT_PROCESSED and ends the session FAILED + canceled.
+const IMMEDIATE: ComputerStop = ComputerStop {
+    job: "agents-now",
+    mode: StopMode::Immediate,
+    by: "alice@ops",
+    result: SessionResult::Failed,
+    states: [Success, Canceled, NotProcessed],
+    committed: &[0],
+};
+
+/// Scenario 3b: a graceful stop lets the computer being processed finish and commit; the
+/// rest is NOT_PROCESSED; the session ends WARNING + canceled.
+const GRACEFUL: ComputerStop = ComputerStop {
+    job: "agents-drain",
+    mode: StopMode::Graceful,
+    by: "bob@ops",
+    result: SessionResult::Warning,
+    states: [Success, Success, NotProcessed],
+    committed: &[0, 1],
+};
+
 #[tokio::test]
 async fn immediate_stop_keeps_processed_computers_and_leaves_nothing_of_the_running_one() {
-    let (_cluster, lab, job, mut jobs, running) = start_stop_scenario("agents-now").await;
-    let pc1_manifest = read_manifest(&lab.rp_dir(&running, 0));
+    stop_mid_transfer(&IMMEDIATE).await;
+}
+
+#[tokio::test]
+async fn graceful_stop_lets_the_running_computer_commit() {
+    stop_mid_transfer(&GRACEFUL).await;
+}
+
+/// Stops the [`start_stop_scenario`] job as `case` says once pc2 has stored some of its
+/// bulk, and checks the end: item states, restore points (restored byte for byte, or absent
+/// from disk and catalog), no temporaries, and a store holding exactly the committed blobs.
+async fn stop_mid_transfer(case: &ComputerStop) {
+    let (_cluster, lab, job, mut jobs, running) = start_stop_scenario(case.job).await;
+    let pc1_blobs = read_manifest(&lab.rp_dir(&running, 0)).blobs();
     let before = store_blobs(&lab.repository);
-    let pc1_blobs = pc1_manifest.blobs();
     assert!(
         before.is_superset(&pc1_blobs) && before.len() > pc1_blobs.len(),
         "pc2's attempt has stored blobs before the stop: store {before:?}, pc1's {pc1_blobs:?}"
     );
 
     let stopping = expect_ok(
-        stop_job(&mut jobs, "agents-now", StopMode::Immediate, "alice@ops").await,
-        "StopJob IMMEDIATE",
+        stop_job(&mut jobs, case.job, case.mode, case.by).await,
+        &format!("StopJob {:?}", case.mode),
     );
     assert_eq!(stopping.state(), SessionState::Stopping, "StopJob answers: {}", summary(&stopping));
     assert_eq!(
@@ -408,45 +434,24 @@ async fn immediate_stop_keeps_processed_computers_and_leaves_nothing_of_the_runn
     );
 
     let ended = wait_stopped(&jobs, &running.id).await;
-    assert_ended(&ended, SessionResult::Failed, true, StopMode::Immediate);
-    assert_item_states(&ended, &[("pc1", Success), ("pc2", Canceled), ("pc2-home", NotProcessed)]);
-    let pc1 = assert_backed_up(&lab, &job, &ended, 0, ("pc1", "a1"), &lab.restore_dir("pc1"));
-    let listed = catalog(&mut jobs, "agents-now").await;
-    assert_no_restore_point(&lab, &ended, 1, &listed);
-    assert_no_restore_point(&lab, &ended, 2, &listed);
-    assert_eq!(listed.len(), 1, "only pc1 is in the catalog: {listed:?}");
-    assert_no_temporaries(&lab, "after an immediate stop");
-    assert_store_is(&lab, &[&pc1], "after an immediate stop (pc2's blobs are deleted)");
-}
-
-/// Scenario 3b: a graceful stop lets the computer being processed finish and commit; the
-/// rest is NOT_PROCESSED; the session ends WARNING + canceled.
-#[tokio::test]
-async fn graceful_stop_lets_the_running_computer_commit() {
-    let (_cluster, lab, job, mut jobs, running) = start_stop_scenario("agents-drain").await;
-
-    let stopping = expect_ok(
-        stop_job(&mut jobs, "agents-drain", StopMode::Graceful, "bob@ops").await,
-        "StopJob GRACEFUL",
-    );
-    assert_eq!(stopping.state(), SessionState::Stopping, "StopJob answers: {}", summary(&stopping));
-    assert_eq!(
-        item(&stopping, "pc2").state(),
-        ItemState::Processing,
-        "pc2 was still being processed when the stop arrived: {}",
-        summary(&stopping)
-    );
-
-    let ended = wait_stopped(&jobs, &running.id).await;
-    assert_ended(&ended, SessionResult::Warning, true, StopMode::Graceful);
-    assert_item_states(&ended, &[("pc1", Success), ("pc2", Success), ("pc2-home", NotProcessed)]);
-    let pc1 = assert_backed_up(&lab, &job, &ended, 0, ("pc1", "a1"), &lab.restore_dir("pc1"));
-    let pc2 = assert_backed_up(&lab, &job, &ended, 1, ("pc2", "a2"), &lab.restore_dir("pc2"));
-    let listed = catalog(&mut jobs, "agents-drain").await;
-    assert_no_restore_point(&lab, &ended, 2, &listed);
-    assert_eq!(listed.len(), 2, "pc1 and pc2 are in the catalog: {listed:?}");
-    assert_no_temporaries(&lab, "after a graceful stop");
-    assert_store_is(&lab, &[&pc1, &pc2], "after a graceful stop");
+    assert_ended(&ended, case.result, true, case.mode);
+    let names = ["pc1", "pc2", "pc2-home"];
+    assert_item_states(&ended, &names.into_iter().zip(case.states).collect::<Vec<_>>());
+    let listed = restore_points(&jobs, case.job).await;
+    let mut kept = Vec::new();
+    for (index, name) in names.into_iter().enumerate() {
+        if case.committed.contains(&index) {
+            let agent = ["a1", "a2"][index];
+            let restore_dir = lab.restore_dir(name);
+            kept.push(assert_backed_up(&lab, &job, &ended, index, (name, agent), &restore_dir));
+        } else {
+            assert_no_restore_point(&lab, &ended, index, &listed);
+        }
+    }
+    assert_eq!(listed.len(), case.committed.len(), "the committed items are listed: {listed:?}");
+    let when = format!("after a {:?} stop", case.mode);
+    assert_no_temporaries(&lab, &when);
+    assert_store_is(&lab, &kept.iter().collect::<Vec<_>>(), &when);
 }
 
 /// Scenario 4: an item whose computer has no agent waits, visibly, then fails naming the
@@ -454,21 +459,17 @@ async fn graceful_stop_lets_the_running_computer_commit() {
 /// ends FAILED (not canceled).
 #[tokio::test]
 async fn an_offline_computer_waits_then_fails_while_the_others_succeed() {
-    let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new().computer("pc1"))
-        .agent(AgentSpec::new().computer("pc2"))
-        .start()
-        .await;
+    let mut cluster = Cluster::builder().computers(&["pc1", "pc2"]).start().await;
     let lab = Lab::new(&cluster);
     let pc1 = lab.tree("pc1", "home");
     let ghost = lab.dir.join("computers/ghost/home");
     let pc2 = lab.tree("pc2", "home");
     let items = vec![
-        item_of("pc1", "pc1", &[&pc1]),
-        item_of("ghost", "ghost", &[&ghost]),
-        item_of("pc2", "pc2", &[&pc2]),
+        computer_item("pc1", "pc1", &[&pc1]),
+        computer_item("ghost", "ghost", &[&ghost]),
+        computer_item("pc2", "pc2", &[&pc2]),
     ];
-    let job = agent_job("with-ghost", &lab.repository, items, 2);
+    let job = computer_job("with-ghost", &lab.repository).items(items).offline_wait(2).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job.clone()).await;
 
@@ -507,7 +508,7 @@ async fn an_offline_computer_waits_then_fails_while_the_others_succeed() {
     assert!(failed.agent.is_empty(), "ghost never ran on any agent: {}", summary(&ended));
     assert_backed_up(&lab, &job, &ended, 0, ("pc1", "a1"), &lab.restore_dir("pc1"));
     assert_backed_up(&lab, &job, &ended, 2, ("pc2", "a2"), &lab.restore_dir("pc2"));
-    let listed = catalog(&mut jobs, "with-ghost").await;
+    let listed = restore_points(&jobs, "with-ghost").await;
     assert_no_restore_point(&lab, &ended, 1, &listed);
     assert_no_temporaries(&lab, "after an offline computer failed");
 }
@@ -516,16 +517,13 @@ async fn an_offline_computer_waits_then_fails_while_the_others_succeed() {
 /// computer goes on), and runs and succeeds once the computer's agent comes up.
 #[tokio::test]
 async fn a_computer_that_comes_online_later_is_backed_up() {
-    let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new())
-        .agent(AgentSpec::new().computer("pc1"))
-        .start()
-        .await;
+    let mut cluster = Cluster::builder().agent(AgentSpec::new()).computers(&["pc1"]).start().await;
     let lab = Lab::new(&cluster);
     let pc1 = lab.tree("pc1", "home");
     let late = lab.tree("pc-late", "home");
-    let items = vec![item_of("pc1", "pc1", &[&pc1]), item_of("late", "pc-late", &[&late])];
-    let job = agent_job("latecomer", &lab.repository, items, 0);
+    let items =
+        vec![computer_item("pc1", "pc1", &[&pc1]), computer_item("late", "pc-late", &[&late])];
+    let job = computer_job("latecomer", &lab.repository).items(items).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job.clone()).await;
 

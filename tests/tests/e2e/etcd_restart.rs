@@ -5,7 +5,8 @@ use std::{cell::Cell, time::Duration};
 use sluice_proto::pb;
 use sluice_tests::{
     Cluster, Etcd, PATIENCE,
-    fixtures::{expect_code, expect_ok, vm_job},
+    fixtures::{expect_code, expect_ok},
+    jobs::vm_job,
     wait_for,
 };
 use tokio::time::Instant;

@@ -3,7 +3,8 @@
 use sluice_proto::pb;
 use sluice_tests::{
     Cluster,
-    fixtures::{expect_code, expect_ok, vm_item, vm_job},
+    fixtures::{expect_code, expect_ok},
+    jobs::{vm_item, vm_job},
 };
 use tonic::Code;
 

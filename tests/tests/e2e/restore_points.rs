@@ -14,16 +14,14 @@ use std::{
 
 use sluice_proto::pb::{self, SessionResult};
 use sluice_tests::{
-    AgentSpec, Cluster, PATIENCE, binary,
-    computers::{
-        agent_job, assert_same_tree, blob_path, make_tree, read_manifest, restored_path, seed_of,
-        store_blobs, write_file,
-    },
-    fixtures::{computer_item, expect_code, expect_ok},
-    sessions::{
-        Jobs, create_job, make_vm_disks, restore_point_dir, start_job, summary, vm_backup_job,
-        wait_stopped,
-    },
+    AgentSpec, Cluster, PATIENCE,
+    api::{Jobs, create_job, start_job, summary, try_restore_points, wait_stopped},
+    binary,
+    computers::{assert_same_tree, computer_job, make_tree, seed_of, write_file},
+    fixtures::{expect_code, expect_ok},
+    jobs::computer_item,
+    manifests::{blob_path, read_manifest, restored_path, store_blobs},
+    sessions::{VmDisks, restore_point_dir, vm_backup},
     wait_for,
 };
 use tonic::Code;
@@ -78,18 +76,14 @@ async fn cli(endpoint: &str, args: &[&str]) -> (i32, String) {
 /// restore refuses with DATA_LOSS, leaving nothing behind. Bad requests get fitting codes.
 #[tokio::test]
 async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob() {
-    let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new())
-        .agent(AgentSpec::new().computer("pc1"))
-        .start()
-        .await;
+    let mut cluster = Cluster::builder().agent(AgentSpec::new()).computers(&["pc1"]).start().await;
     let dir = cluster.dir().to_path_buf();
     let repository = dir.join("repository");
     let home = dir.join("computers/pc1/home");
     make_tree(&home, seed_of("pc1/home"));
-    let items = vec![computer_item("pc1", "pc1", &[&home.display().to_string()])];
-    create_job(&mut cluster.job_client().await, agent_job("laptops", &repository, items, 0)).await;
+    let job = computer_job("laptops", &repository).item(computer_item("pc1", "pc1", &[&home]));
     let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.build()).await;
     let session = run_session(&mut jobs, "laptops").await;
     let id = session.items[0].restore_point.clone();
 
@@ -172,10 +166,8 @@ async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob()
 #[tokio::test]
 async fn a_vm_restore_point_restores_a_disk_equal_to_the_source_and_reports_corruption() {
     let mut cluster = Cluster::builder().agents(1).start().await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 1, 2 << 20);
-    let job = vm_backup_job("vms", &repository, &disks, (1, 1));
+    let VmDisks { dir, repository, disks } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let job = vm_backup("vms", &repository, &disks).retry(1, 1).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job).await;
     let session = run_session(&mut jobs, "vms").await;
@@ -224,11 +216,7 @@ fn folders_of(repository: &Path, job: &str, item: &str) -> BTreeSet<String> {
 /// gone).
 #[tokio::test]
 async fn retention_keeps_the_newest_two_per_item_and_removes_unreferenced_blobs() {
-    let mut cluster = Cluster::builder()
-        .agent(AgentSpec::new().computer("pc1"))
-        .agent(AgentSpec::new().computer("pc2"))
-        .start()
-        .await;
+    let mut cluster = Cluster::builder().computers(&["pc1", "pc2"]).start().await;
     let dir = cluster.dir().to_path_buf();
     let repository = dir.join("repository");
     let trees: Vec<PathBuf> = ["pc1", "pc2"]
@@ -239,11 +227,11 @@ async fn retention_keeps_the_newest_two_per_item_and_removes_unreferenced_blobs(
             root
         })
         .collect();
-    let items = vec![
-        computer_item("pc1", "pc1", &[&trees[0].display().to_string()]),
-        computer_item("pc2", "pc2", &[&trees[1].display().to_string()]),
-    ];
-    let job = pb::Job { keep_restore_points: 2, ..agent_job("kept", &repository, items, 0) };
+    let job = computer_job("kept", &repository)
+        .item(computer_item("pc1", "pc1", &[&trees[0]]))
+        .item(computer_item("pc2", "pc2", &[&trees[1]]))
+        .keep_restore_points(2)
+        .build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job).await;
 
@@ -273,13 +261,11 @@ async fn retention_keeps_the_newest_two_per_item_and_removes_unreferenced_blobs(
         .collect();
 
     let check = || {
-        let mut jobs = jobs.clone();
+        let jobs = jobs.clone();
         let (repository, kept) = (repository.clone(), kept.clone());
         async move {
-            let request = pb::ListRestorePointsRequest { job: "kept".into() };
-            let listed = jobs.list_restore_points(request).await.map_err(|s| s.to_string())?;
-            let ids: BTreeSet<String> =
-                listed.into_inner().restore_points.into_iter().map(|rp| rp.id).collect();
+            let listed = try_restore_points(&jobs, "kept").await?;
+            let ids: BTreeSet<String> = listed.into_iter().map(|rp| rp.id).collect();
             let on_disk: BTreeSet<String> = ["pc1", "pc2"]
                 .iter()
                 .flat_map(|item| folders_of(&repository, "kept", item))
@@ -318,16 +304,9 @@ async fn retention_keeps_the_newest_two_per_item_and_removes_unreferenced_blobs(
 }
 
 /// The catalog ids of `job` for `item`.
-async fn catalog_ids(jobs: &mut Jobs, job: &str, item: &str) -> Result<BTreeSet<String>, String> {
-    let request = pb::ListRestorePointsRequest { job: job.to_owned() };
-    let listed = jobs.list_restore_points(request).await.map_err(|s| s.to_string())?;
-    Ok(listed
-        .into_inner()
-        .restore_points
-        .into_iter()
-        .filter(|rp| rp.item == item)
-        .map(|rp| rp.id)
-        .collect())
+async fn catalog_ids(jobs: &Jobs, job: &str, item: &str) -> Result<BTreeSet<String>, String> {
+    let listed = try_restore_points(jobs, job).await?;
+    Ok(listed.into_iter().filter(|rp| rp.item == item).map(|rp| rp.id).collect())
 }
 
 /// A restore point in use (its `/restore-points-in-use/` record, as a running verify or
@@ -336,11 +315,8 @@ async fn catalog_ids(jobs: &mut Jobs, job: &str, item: &str) -> Result<BTreeSet<
 #[tokio::test]
 async fn retention_skips_a_restore_point_in_use_until_the_use_ends() {
     let mut cluster = Cluster::builder().agents(1).start().await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 2, 64 << 10);
-    let job =
-        pb::Job { keep_restore_points: 1, ..vm_backup_job("vms", &repository, &disks, (1, 1)) };
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 2, 64 << 10);
+    let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(1).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job).await;
     let first = run_session(&mut jobs, "vms").await;
@@ -352,17 +328,17 @@ async fn retention_skips_a_restore_point_in_use_until_the_use_ends() {
 
     let second = run_session(&mut jobs, "vms").await;
     let check = || {
-        let mut jobs = jobs.clone();
+        let jobs = jobs.clone();
         let other = other.clone();
         async move {
-            let ids = catalog_ids(&mut jobs, "vms", "vm-1").await?;
+            let ids = catalog_ids(&jobs, "vms", "vm-1").await?;
             if ids.contains(&other) { Err(format!("vm-1 still holds {ids:?}")) } else { Ok(ids) }
         }
     };
     let vm1 = wait_for(check, PATIENCE, "retention to delete vm-1's first restore point").await;
     assert_eq!(vm1, BTreeSet::from([second.items[1].restore_point.clone()]));
     assert!(!restore_point_dir(&repository, "vms", "vm-1", &other).exists(), "its folder is gone");
-    let vm0 = catalog_ids(&mut jobs, "vms", "vm-0").await.expect("catalog");
+    let vm0 = catalog_ids(&jobs, "vms", "vm-0").await.expect("catalog");
     assert!(vm0.contains(&used), "the restore point in use is kept: {vm0:?}");
     assert!(restore_point_dir(&repository, "vms", "vm-0", &used).exists(), "and its folder");
 
@@ -370,10 +346,10 @@ async fn retention_skips_a_restore_point_in_use_until_the_use_ends() {
     let third = run_session(&mut jobs, "vms").await;
     let newest = third.items[0].restore_point.clone();
     let check = || {
-        let mut jobs = jobs.clone();
+        let jobs = jobs.clone();
         let newest = newest.clone();
         async move {
-            let ids = catalog_ids(&mut jobs, "vms", "vm-0").await?;
+            let ids = catalog_ids(&jobs, "vms", "vm-0").await?;
             if ids == BTreeSet::from([newest]) {
                 Ok(())
             } else {

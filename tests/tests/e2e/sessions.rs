@@ -9,15 +9,18 @@ use std::{
 
 use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, TaskPhase};
 use sluice_tests::{
-    AgentSpec, Cluster, PATIENCE,
-    disk::same_content,
-    fixtures::{expect_code, expect_ok, list_agents},
-    sessions::{
-        create_job, make_vm_disk, make_vm_disks, partial_folders, processes_mentioning,
-        restore_point_dir, sluice_snapshots, start_job, summary, vm_backup_job, wait_session,
-        wait_stopped, watch_to_end,
+    AgentSpec, Cluster,
+    api::{
+        Jobs, create_job, get_session, restore_points, start_job, summary, wait_agents_listed,
+        wait_session, wait_stopped,
     },
-    wait_for,
+    disk::same_content,
+    fixtures::{expect_code, expect_ok},
+    sessions::{
+        VmDisks, make_vm_disk, make_vm_disks, partial_folders, processes_mentioning,
+        restore_point_dir, sluice_snapshots, vm_backup,
+    },
+    watch::watch_to_end,
 };
 use tonic::Code;
 
@@ -75,15 +78,6 @@ fn assert_clean(repository: &Path, disks: &[PathBuf]) {
     assert_eq!(sluice_snapshots(disks), Vec::new(), "no sluice- snapshot remains on any disk");
 }
 
-async fn restore_points(
-    jobs: &mut sluice_tests::sessions::Jobs,
-    job: &str,
-) -> Vec<pb::RestorePoint> {
-    let request = pb::ListRestorePointsRequest { job: job.to_string() };
-    expect_ok(jobs.list_restore_points(request).await, &format!("ListRestorePoints {job}"))
-        .restore_points
-}
-
 /// Scenario 1: a 5-VM job over 2 agents of 2 slots succeeds with a faithful restore point per
 /// VM, a catalog entry each, and nothing left behind.
 #[tokio::test]
@@ -93,11 +87,9 @@ async fn five_vms_on_two_agents_are_backed_up_completely() {
         .agent(AgentSpec::new().slots(2))
         .start()
         .await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 5, 2 * MIB);
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 5, 2 * MIB);
     let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, vm_backup_job("nightly", &repository, &disks, (2, 0))).await;
+    create_job(&mut jobs, vm_backup("nightly", &repository, &disks).retry(2, 0).build()).await;
 
     let started = start_job(&mut jobs, "nightly").await;
     assert_eq!(started.job, "nightly");
@@ -117,7 +109,7 @@ async fn five_vms_on_two_agents_are_backed_up_completely() {
     assert_backed_up(&ended, &repository, "nightly", &disks);
     assert_clean(&repository, &disks);
 
-    let catalog = restore_points(&mut jobs, "nightly").await;
+    let catalog = restore_points(&jobs, "nightly").await;
     assert_eq!(catalog.len(), 5, "ListRestorePoints lists one per VM: {catalog:?}");
     for item in &ended.items {
         let listed: Vec<&pb::RestorePoint> =
@@ -136,11 +128,9 @@ async fn five_vms_on_two_agents_are_backed_up_completely() {
 async fn items_start_in_job_order_and_wait_visibly_for_the_slot() {
     let agent = AgentSpec::new().slots(1).transfer_rate_limit(MIB);
     let mut cluster = Cluster::builder().agent(agent).start().await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 4, 3 * MIB);
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 4, 3 * MIB);
     let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, vm_backup_job("ordered", &repository, &disks, (1, 0))).await;
+    create_job(&mut jobs, vm_backup("ordered", &repository, &disks).retry(1, 0).build()).await;
 
     let started = start_job(&mut jobs, "ordered").await;
     let mut started_order: Vec<String> = Vec::new();
@@ -194,11 +184,9 @@ async fn no_agent_runs_more_tasks_than_its_slots() {
         .start()
         .await;
     let slots: BTreeMap<&str, usize> = [("a1", 2), ("a2", 1)].into();
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 6, 3 * MIB);
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 6, 3 * MIB);
     let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, vm_backup_job("slotted", &repository, &disks, (1, 0))).await;
+    create_job(&mut jobs, vm_backup("slotted", &repository, &disks).retry(1, 0).build()).await;
 
     let started = start_job(&mut jobs, "slotted").await;
     let mut most_at_once = 0;
@@ -243,7 +231,7 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
     // vm-0 good, vm-1 missing, vm-2 good, vm-3 corrupt.
     let disks = vec![good[0].clone(), missing.clone(), good[1].clone(), corrupt.clone()];
     let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, vm_backup_job("flaky", &repository, &disks, (2, 1))).await;
+    create_job(&mut jobs, vm_backup("flaky", &repository, &disks).retry(2, 1).build()).await;
 
     let first = start_job(&mut jobs, "flaky").await;
     let ended = wait_stopped(&jobs, &first.id).await;
@@ -290,7 +278,7 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
         assert_eq!(item.state(), ItemState::Success, "{}: {}", item.name, summary(&ended));
         assert_eq!(item.attempt, 1, "{}: {}", item.name, summary(&ended));
     }
-    let first_points = restore_points(&mut jobs, "flaky").await;
+    let first_points = restore_points(&jobs, "flaky").await;
     let first_items: BTreeSet<&str> = first_points.iter().map(|rp| rp.item.as_str()).collect();
     assert_eq!(
         first_items,
@@ -316,7 +304,7 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
     assert_eq!(item_names(&retried), ["vm-1", "vm-3"]);
     assert_backed_up(&retried, &repository, "flaky", &[missing.clone(), corrupt.clone()]);
 
-    let after = restore_points(&mut jobs, "flaky").await;
+    let after = restore_points(&jobs, "flaky").await;
     assert_eq!(after.len(), 4, "one restore point per VM over both sessions: {after:?}");
     for rp in &first_points {
         assert!(
@@ -325,10 +313,7 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
             rp.id
         );
     }
-    let again = expect_ok(
-        jobs.get_session(pb::GetSessionRequest { session_id: first.id.clone() }).await,
-        "GetSession of the first session",
-    );
+    let again = get_session(&jobs, &first.id).await;
     assert_eq!(
         again.result(),
         SessionResult::Failed,
@@ -350,7 +335,7 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
 /// seconds, and a 4-VM job that retries 3 times without waiting.
 struct RestartCase {
     cluster: Cluster,
-    jobs: sluice_tests::sessions::Jobs,
+    jobs: Jobs,
     dir: PathBuf,
     repository: PathBuf,
     disks: Vec<PathBuf>,
@@ -365,11 +350,10 @@ impl RestartCase {
             .agent(AgentSpec::new().slots(2).transfer_rate_limit(512 * 1024))
             .start()
             .await;
-        let dir = cluster.dir().to_path_buf();
-        let repository = dir.join("repository");
-        let disks = make_vm_disks(&dir, 4, 4 * MIB);
+        let VmDisks { dir, repository, disks } = VmDisks::make(cluster.dir(), 4, 4 * MIB);
         let mut jobs = cluster.job_client().await;
-        create_job(&mut jobs, vm_backup_job(RESTART_JOB, &repository, &disks, (3, 0))).await;
+        create_job(&mut jobs, vm_backup(RESTART_JOB, &repository, &disks).retry(3, 0).build())
+            .await;
         let started = start_job(&mut jobs, RESTART_JOB).await;
         (RestartCase { cluster, jobs, dir, repository, disks }, started)
     }
@@ -412,7 +396,7 @@ impl RestartCase {
                 item.name
             );
         }
-        let catalog = restore_points(&mut self.jobs, RESTART_JOB).await;
+        let catalog = restore_points(&self.jobs, RESTART_JOB).await;
         let mut listed: Vec<(&str, &str)> =
             catalog.iter().map(|rp| (rp.item.as_str(), rp.id.as_str())).collect();
         listed.sort_unstable();
@@ -448,16 +432,8 @@ async fn agent_killed_mid_transfer_and_back_after_its_ttl_loses_no_result() {
     let (mut case, started) = RestartCase::start().await;
     case.wait_a1_mid_transfer(&started.id).await;
     case.cluster.agent(0).kill9();
-    let clusters = case.cluster.cluster_client().await;
-    let check = || {
-        let mut clusters = clusters.clone();
-        async move {
-            let agents = list_agents(&mut clusters).await?;
-            let ids: Vec<String> = agents.into_iter().map(|a| a.id).collect();
-            if ids == ["a2"] { Ok(()) } else { Err(format!("listed: {ids:?}")) }
-        }
-    };
-    wait_for(check, PATIENCE, "killed agent a1 to leave ListAgents after its TTL").await;
+    let admin = case.cluster.cluster_client().await;
+    wait_agents_listed(&admin, &["a2"], "killed agent a1 to leave ListAgents after its TTL").await;
     let what = "no item to be PROCESSING on the lost agent a1 any more";
     wait_session(&case.jobs, &started.id, what, |session| {
         session.items.iter().all(|i| i.agent != "a1" || i.state() != ItemState::Processing)
@@ -480,12 +456,10 @@ fn has_data(partial: &Path) -> bool {
 async fn a_job_has_one_active_session_at_a_time() {
     let agent = AgentSpec::new().slots(1).transfer_rate_limit(MIB);
     let mut cluster = Cluster::builder().coordinators(2).agent(agent).start().await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 1, 3 * MIB);
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 3 * MIB);
     let mut jobs = cluster.job_client().await;
     let mut other = cluster.coordinator(1).job_client().await;
-    create_job(&mut jobs, vm_backup_job("single", &repository, &disks, (1, 0))).await;
+    create_job(&mut jobs, vm_backup("single", &repository, &disks).retry(1, 0).build()).await;
 
     let first = start_job(&mut jobs, "single").await;
     for (client, which) in
@@ -515,7 +489,7 @@ async fn a_job_has_one_active_session_at_a_time() {
     assert_ne!(second.id, first.id, "a new session");
     let ended = wait_stopped(&jobs, &second.id).await;
     assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
-    assert_eq!(restore_points(&mut jobs, "single").await.len(), 2, "one restore point per session");
+    assert_eq!(restore_points(&jobs, "single").await.len(), 2, "one restore point per session");
 }
 
 /// Scenario 6: ListSessions lists a job's sessions newest first; GetSession refuses unknown
@@ -523,12 +497,10 @@ async fn a_job_has_one_active_session_at_a_time() {
 #[tokio::test]
 async fn sessions_are_listed_newest_first_and_bad_ids_are_refused() {
     let mut cluster = Cluster::builder().agents(1).start().await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let disks = make_vm_disks(&dir, 1, MIB);
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, MIB);
     let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, vm_backup_job("listed", &repository, &disks, (1, 0))).await;
-    create_job(&mut jobs, vm_backup_job("other", &repository, &disks, (1, 0))).await;
+    create_job(&mut jobs, vm_backup("listed", &repository, &disks).retry(1, 0).build()).await;
+    create_job(&mut jobs, vm_backup("other", &repository, &disks).retry(1, 0).build()).await;
 
     let mut started = Vec::new();
     for _ in 0..3 {

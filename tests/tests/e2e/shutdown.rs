@@ -1,6 +1,6 @@
 //! Issue 2, scenario 6: SIGTERM shuts coordinators and agents down cleanly.
 
-use sluice_tests::{AgentSpec, Cluster, PATIENCE, fixtures::list_agents, wait_for};
+use sluice_tests::{AgentSpec, Cluster, api::wait_agents_listed};
 
 #[tokio::test]
 async fn coordinator_exits_zero_on_sigterm() {
@@ -17,18 +17,8 @@ async fn agent_leaves_the_cluster_and_exits_zero_on_sigterm() {
 
     let status = cluster.agent(0).sigterm().await;
     assert_eq!(status.code(), Some(0), "agent exit status after SIGTERM: {status}");
-    wait_for(
-        || {
-            let mut client = client.clone();
-            async move {
-                let agents = list_agents(&mut client).await?;
-                if agents.is_empty() { Ok(()) } else { Err(format!("listed: {agents:?}")) }
-            }
-        },
-        PATIENCE,
-        "the agent stopped with SIGTERM to leave ListAgents (its TTL is 600 s)",
-    )
-    .await;
+    let what = "the agent stopped with SIGTERM to leave ListAgents (its TTL is 600 s)";
+    wait_agents_listed(&client, &[], what).await;
 
     let status = cluster.coordinator(0).sigterm().await;
     assert_eq!(status.code(), Some(0), "coordinator exit status after SIGTERM: {status}");

@@ -3,7 +3,8 @@
 use sluice_proto::{job::MAX_ITEMS, pb};
 use sluice_tests::{
     Cluster,
-    fixtures::{computer_item, expect_code, expect_ok, vm_item, vm_job},
+    fixtures::{expect_code, expect_ok},
+    jobs::{computer_item, vm_item, vm_job},
 };
 use tonic::Code;
 
@@ -36,7 +37,7 @@ fn bad_definitions() -> Vec<Case> {
         case("no items", "job.items", |job| job.items.clear()),
         case("duplicate item names", "job.items[1].name", |job| job.items[1].name = "vm-0".into()),
         case("VM item without disks", "job.items[0].vm.disks", |job| {
-            job.items[0] = vm_item("vm-0", &[]);
+            job.items[0] = vm_item::<&str>("vm-0", &[]);
         }),
         case("VM job with a computer item", "job.items[0].vm", |job| {
             job.items[0] = computer_item("pc", "pc-1", &["/home"]);

@@ -7,7 +7,10 @@ mod files;
 use std::{path::Path, time::Duration};
 
 use sluice_proto::pb::{self, SessionResult};
-use sluice_tests::{AgentSpec, Cluster, fixtures};
+use sluice_tests::{
+    AgentSpec, Cluster,
+    jobs::{JobBuilder, computer_item, vm_item},
+};
 
 use super::Ctx;
 use crate::{
@@ -62,13 +65,8 @@ async fn vm(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn vm_job(disk: &Path, repository: &Path) -> pb::Job {
-    let item = fixtures::vm_item("vm", &[&disk.display().to_string()]);
-    pb::Job {
-        items: vec![item],
-        repository: repository.display().to_string(),
-        retry: Some(pb::RetryPolicy { attempts: 1, wait_seconds: 0 }),
-        ..fixtures::vm_job("bench-vm", 1)
-    }
+    let item = vm_item("vm", &[disk]);
+    JobBuilder::vm("bench-vm").item(item).repository(repository).retry(1, 0).build()
 }
 
 async fn computer(ctx: Ctx) -> anyhow::Result<()> {
@@ -99,14 +97,8 @@ async fn computer(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 fn computer_job(tree: &Path, repository: &Path) -> pb::Job {
-    let item = fixtures::computer_item("pc", COMPUTER, &[&tree.display().to_string()]);
-    pb::Job {
-        r#type: pb::JobType::AgentBackup as i32,
-        items: vec![item],
-        repository: repository.display().to_string(),
-        retry: Some(pb::RetryPolicy { attempts: 1, wait_seconds: 0 }),
-        ..fixtures::vm_job("bench-pc", 1)
-    }
+    let item = computer_item("pc", COMPUTER, &[tree]);
+    JobBuilder::computer("bench-pc").item(item).repository(repository).retry(1, 0).build()
 }
 
 /// Runs one session of `job` and returns StartJob → STOPPED; fails unless it succeeded.
