@@ -5,7 +5,6 @@ use std::fmt;
 use sluice_proto::pb::{self, job_item::Target};
 
 use crate::error::AgentError;
-use crate::exec::computer::STORE_DIR;
 
 const MAX_ITEM_NAME_LEN: usize = 255;
 
@@ -116,12 +115,6 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
     if needs_repository && !spec.repository.starts_with('/') {
         return Err(AgentError::invalid("task.repository", "must be an absolute path"));
     }
-    if needs_repository && spec.job == STORE_DIR {
-        return Err(AgentError::invalid(
-            "task.job",
-            format!("{STORE_DIR:?} is reserved for the repository's content store"),
-        ));
-    }
     Ok(())
 }
 
@@ -209,6 +202,7 @@ mod tests {
         bad.item = Some(pb::JobItem { name: "..".into(), target: None });
         assert_eq!(field_of(&bad), "task.item.name");
         let mut bad = spec();
+        // Job names never start with '.', so no job folder can be the repository's store.
         bad.job = ".store".into();
         assert_eq!(field_of(&bad), "task.job");
     }
