@@ -3,7 +3,6 @@
 //! Every executor reports each phase as it begins and ends with a [`pb::TaskOutcome`];
 //! `CLEANUP` always runs, also after an error or a cancel.
 
-pub mod commit;
 pub mod computer;
 pub mod qemu;
 pub mod sim;
@@ -16,8 +15,11 @@ use std::time::{Duration, Instant};
 use sluice_proto::pb::{self, job_item::Target};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-use crate::key::TaskId;
+use crate::fsutil::{self, blocking};
+use crate::key::{self, TaskId};
+use crate::repository::RepoPaths;
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -162,5 +164,40 @@ pub fn committed(restore_point: pb::RestorePoint, warning: String) -> pb::TaskOu
         restore_point: Some(restore_point),
         message: warning,
         ..Default::default()
+    }
+}
+
+/// The restore point a task commits into `paths`, as its outcome reports it.
+pub fn restore_point(
+    spec: &pb::TaskSpec,
+    id: &TaskId,
+    paths: &RepoPaths,
+    created_at: Option<prost_types::Timestamp>,
+    size_bytes: u64,
+) -> pb::RestorePoint {
+    pb::RestorePoint {
+        id: id.restore_point_id(),
+        job: spec.job.clone(),
+        item: key::item_name(spec).to_owned(),
+        session_id: id.session.clone(),
+        created_at,
+        size_bytes,
+        path: paths.final_dir.display().to_string(),
+    }
+}
+
+/// Clears and creates the task's partial folder; the error is the TRANSFER failure message.
+async fn prepare_partial(paths: &RepoPaths) -> Result<(), String> {
+    let prepare = paths.clone();
+    blocking(move || prepare.prepare_partial())
+        .await
+        .map_err(|e| format!("TRANSFER failed: cannot create {}: {e}", paths.partial.display()))
+}
+
+/// Removes the partial folder of an attempt that did not commit.
+async fn remove_partial(paths: &RepoPaths) {
+    let partial = paths.partial.clone();
+    if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
+        warn!(path = %paths.partial.display(), %error, "partial folder removal failed");
     }
 }

@@ -1,8 +1,8 @@
-//! Durable file operations: atomic replacement and directory fsync.
+//! Durable file operations (atomic replacement, directory fsync) and small file helpers.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `bytes` atomically and durably: write a temporary file, fsync it,
 /// rename it over `path`, fsync the directory.
@@ -45,6 +45,24 @@ pub fn remove_dir_if_exists(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The directories directly in `dir`, sorted; none when `dir` is absent.
+pub fn subdirectories(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
 }
 
 /// Runs blocking file work off the async worker threads.

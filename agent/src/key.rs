@@ -56,6 +56,11 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// The item name of a task spec (empty when it names no item).
+pub fn item_name(spec: &pb::TaskSpec) -> &str {
+    spec.item.as_ref().map(|item| item.name.as_str()).unwrap_or_default()
+}
+
 /// Prefix of every snapshot Sluice takes.
 pub const SNAPSHOT_PREFIX: &str = "sluice-";
 

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod key;
 pub mod orphans;
 pub mod recovery;
+pub mod repository;
 pub mod restore_points;
 pub mod server;
 pub mod service;

@@ -8,12 +8,12 @@
 //! cancelled it) sets the flag, so a restore stops at once and removes what it wrote.
 //!
 //! A restore point is named by a [`pb::RestorePointLocation`]; its folder is
-//! `<repository>/<job>/<item>/<id>` (see `exec/commit.rs`), never a path the caller spells.
+//! `<repository>/<job>/<item>/<id>` (see [`crate::repository`]), never a path the caller
+//! spells.
 
 mod gc;
 mod hash;
 mod location;
-mod manifest;
 mod restore;
 mod verify;
 

@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 
 use super::Cancel;
 use super::location::Location;
-use super::manifest::{self, Contents};
 use crate::error::AgentError;
-use crate::exec::computer::STORE_DIR;
-use crate::fsutil;
+use crate::fsutil::{self, subdirectories};
+use crate::repository::{MANIFEST, Manifest, Store, is_partial, is_restore_point};
 
 /// Blobs removed between two re-reads of the repository's folders.
 const ROUND: usize = 64;
@@ -69,19 +68,19 @@ pub fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Collected, 
     }
     let mut referenced = HashSet::new();
     for folder in &before.restore_points {
-        match manifest::read(folder) {
-            Ok(Contents::Computer(manifest)) => {
+        match Manifest::read(folder) {
+            Ok(Manifest::Computer(manifest)) => {
                 referenced.extend(manifest.entries.into_iter().filter_map(|e| e.sha256));
             }
-            Ok(Contents::Vm(_)) => {}
-            Err(problem) if folder.join("manifest.json").exists() => {
+            Ok(Manifest::Vm(_)) => {}
+            Err(problem) if folder.join(MANIFEST).exists() => {
                 return Ok(skipped(format!("{}: {problem}", folder.display())));
             }
             // A folder without a manifest (e.g. a sim restore point) names no blob.
             Err(_) => {}
         }
     }
-    let blobs = store_blobs(&repository.join(STORE_DIR)).map_err(io)?;
+    let blobs = Store::new(repository).blobs().map_err(io)?;
     let mut collected = Collected::default();
     let mut garbage = Vec::new();
     for (sha256, path) in blobs {
@@ -137,9 +136,9 @@ impl Folders {
             for item in subdirectories(&job)? {
                 for folder in subdirectories(&item)? {
                     let name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                    if name.starts_with(".partial-") {
+                    if is_partial(name) {
                         folders.partials.push(folder);
-                    } else if !name.starts_with('.') {
+                    } else if is_restore_point(name) {
                         folders.restore_points.insert(folder);
                     }
                 }
@@ -151,43 +150,6 @@ impl Folders {
 
 fn hidden(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
-}
-
-/// The directories directly in `dir`, sorted; none when `dir` is absent.
-fn subdirectories(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut dirs = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            dirs.push(entry.path());
-        }
-    }
-    dirs.sort();
-    Ok(dirs)
-}
-
-/// Every blob of the store: files `<aa>/<64 hex>` whose name starts with `<aa>`.
-fn store_blobs(store: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    let mut blobs = Vec::new();
-    for shard in subdirectories(store)? {
-        let prefix = shard.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        for entry in fs::read_dir(&shard)? {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            let is_blob = name.len() == 64
-                && name.starts_with(&prefix)
-                && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-            if is_blob && entry.file_type()?.is_file() {
-                blobs.push((name, entry.path()));
-            }
-        }
-    }
-    Ok(blobs)
 }
 
 /// The locations of a delete request, checked; errors name the field.

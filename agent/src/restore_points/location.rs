@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use sluice_proto::{job::validate_name, pb};
 
 use crate::error::AgentError;
+use crate::repository;
 
 /// A checked restore point location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +43,7 @@ impl Location {
 
     /// `<repository>/<job>/<item>`.
     pub fn item_dir(&self) -> PathBuf {
-        self.repository.join(&self.job).join(&self.item)
+        repository::item_dir(&self.repository, &self.job, &self.item)
     }
 
     /// `<repository>/<job>/<item>/<id>`: the restore point folder.

@@ -11,12 +11,11 @@ use std::time::SystemTime;
 use super::Cancel;
 use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
-use super::manifest::{
-    self, ComputerManifest, Contents, Entry, EntryKind, VmManifest, plain_file_name,
-};
 use crate::error::AgentError;
-use crate::exec::computer::Store;
 use crate::fsutil;
+use crate::repository::{
+    ComputerManifest, Kind, Manifest, Record, Store, VmManifest, plain_file_name,
+};
 
 /// What a restore wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,13 +44,13 @@ pub fn restore(
             folder.display()
         )));
     }
-    let contents = manifest::read(&folder).map_err(|problem| {
+    let contents = Manifest::read(&folder).map_err(|problem| {
         AgentError::FailedPrecondition(format!("restore point {}: {problem}", location.id))
     })?;
     let created = prepare_target(target)?;
     let result = match &contents {
-        Contents::Vm(vm) => restore_vm(&folder, vm, target, cancel),
-        Contents::Computer(computer) => restore_computer(location, computer, target, cancel),
+        Manifest::Vm(vm) => restore_vm(&folder, vm, target, cancel),
+        Manifest::Computer(computer) => restore_computer(location, computer, target, cancel),
     };
     if result.is_err() {
         remove_written(target, created);
@@ -176,7 +175,7 @@ fn restore_computer(
 ) -> Result<Restored, AgentError> {
     let store = Store::new(&location.repository);
     let mut restored = Restored::default();
-    let mut directories: Vec<(PathBuf, &Entry)> = Vec::new();
+    let mut directories: Vec<(PathBuf, &Record)> = Vec::new();
     for entry in &manifest.entries {
         let path = under(target, &entry.path).ok_or_else(|| {
             AgentError::Corrupt(format!(
@@ -188,16 +187,16 @@ fn restore_computer(
             fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
         }
         match entry.kind {
-            EntryKind::Dir => {
+            Kind::Dir => {
                 fs::create_dir_all(&path).map_err(|e| io_error("cannot create", &path, &e))?;
                 restored.directories += 1;
                 directories.push((path, entry));
             }
-            EntryKind::File => {
+            Kind::File => {
                 restored.bytes += restore_file(&store, entry, &path, cancel)?;
                 restored.files += 1;
             }
-            EntryKind::Symlink => {
+            Kind::Symlink => {
                 let link = entry.target.as_deref().ok_or_else(|| {
                     AgentError::Corrupt(format!("manifest.json: link {} has no target", entry.path))
                 })?;
@@ -216,7 +215,7 @@ fn restore_computer(
 
 fn restore_file(
     store: &Store,
-    entry: &Entry,
+    entry: &Record,
     path: &Path,
     cancel: &Cancel,
 ) -> Result<u64, AgentError> {
@@ -265,7 +264,7 @@ fn copy_checked(
     Ok(found.size)
 }
 
-fn set_mode_and_mtime(path: &Path, entry: &Entry) -> Result<(), AgentError> {
+fn set_mode_and_mtime(path: &Path, entry: &Record) -> Result<(), AgentError> {
     if let Some(mtime) = parse_mtime(&entry.mtime) {
         let file = File::open(path).map_err(|e| io_error("cannot open", path, &e))?;
         file.set_times(FileTimes::new().set_modified(mtime))

@@ -6,9 +6,8 @@ use std::io;
 use super::Cancel;
 use super::hash::{Digested, ReadError, hash_file};
 use super::location::{Location, under};
-use super::manifest::{self, ComputerManifest, Contents, EntryKind, VmManifest, plain_file_name};
 use crate::error::AgentError;
-use crate::exec::computer::Store;
+use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest, plain_file_name};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError
         let problem = format!("restore point folder {} does not exist", folder.display());
         return Ok(Report { problems: vec![problem], bytes_checked: 0 });
     }
-    let contents = match manifest::read(&folder) {
+    let contents = match Manifest::read(&folder) {
         Ok(contents) => contents,
         Err(problem) => return Ok(Report { problems: vec![problem], bytes_checked: 0 }),
     };
@@ -40,8 +39,8 @@ pub fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError
         ));
     }
     match &contents {
-        Contents::Vm(vm) => verify_vm(location, vm, cancel, &mut report)?,
-        Contents::Computer(computer) => verify_computer(location, computer, cancel, &mut report)?,
+        Manifest::Vm(vm) => verify_vm(location, vm, cancel, &mut report)?,
+        Manifest::Computer(computer) => verify_computer(location, computer, cancel, &mut report)?,
     }
     Ok(report)
 }
@@ -85,7 +84,7 @@ fn verify_computer(
             report.problems.push(format!("{}: not an absolute path without '..'", entry.path));
             continue;
         }
-        if entry.kind != EntryKind::File {
+        if entry.kind != Kind::File {
             continue;
         }
         let Some(sha256) = entry.sha256.as_deref() else {

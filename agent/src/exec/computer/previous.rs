@@ -33,11 +33,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
-use super::manifest::{self, Manifest, parse_time};
-use super::store::Store;
-use super::walk::{Entry, Kind};
+use super::walk::Entry;
 use crate::exec::CancelSignal;
-use crate::exec::commit::MANIFEST;
+use crate::repository::{
+    ComputerManifest, Kind, Manifest, Store, is_blob_name, is_restore_point, parse_time,
+};
 
 /// Newest restore point folders tried, newest first, for one with a usable manifest.
 const CANDIDATES: usize = 3;
@@ -75,7 +75,9 @@ impl Previous {
         };
         names.sort_unstable_by(|a, b| b.cmp(a));
         names.iter().take(CANDIDATES).find_map(|name| {
-            let manifest = manifest::read(&item_dir.join(name).join(MANIFEST))?;
+            let Ok(Manifest::Computer(manifest)) = Manifest::read(&item_dir.join(name)) else {
+                return None;
+            };
             let previous = Self::of(&manifest);
             if previous.is_none() {
                 debug!(restore_point = %name, "previous manifest has no snapshot time");
@@ -85,7 +87,7 @@ impl Previous {
     }
 
     /// The trusted file entries of `manifest`; `None` without a snapshot time.
-    fn of(manifest: &Manifest) -> Option<Self> {
+    fn of(manifest: &ComputerManifest) -> Option<Self> {
         let snapshot_at = parse_time(manifest.snapshot_at.as_deref()?)?;
         let files = manifest
             .entries
@@ -96,7 +98,7 @@ impl Previous {
                     size: record.size,
                     mtime: parse_time(&record.mtime)?,
                     ctime: parse_time(record.ctime.as_deref()?)?,
-                    sha256: record.sha256.clone().filter(|sha| is_sha256(sha))?,
+                    sha256: record.sha256.clone().filter(|sha| is_blob_name(sha))?,
                 };
                 let trusted =
                     settled(known.mtime, snapshot_at) && settled(known.ctime, snapshot_at);
@@ -145,7 +147,7 @@ fn restore_point_names(item_dir: &Path) -> io::Result<Vec<String>> {
     for dirent in fs::read_dir(item_dir)? {
         let dirent = dirent?;
         let Ok(name) = dirent.file_name().into_string() else { continue };
-        if !name.starts_with('.') && dirent.file_type().is_ok_and(|t| t.is_dir()) {
+        if is_restore_point(&name) && dirent.file_type().is_ok_and(|t| t.is_dir()) {
             names.push(name);
         }
     }
@@ -164,14 +166,10 @@ fn settled(stamp: SystemTime, snapshot_at: SystemTime) -> bool {
     stamp.checked_add(slack).is_some_and(|settled_at| settled_at < snapshot_at)
 }
 
-fn is_sha256(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::computer::manifest::{FORMAT, Record, Totals, rfc3339};
+    use crate::repository::{MANIFEST, Record, rfc3339};
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
@@ -203,22 +201,9 @@ mod tests {
         }
     }
 
-    fn manifest(snapshot_at: Option<SystemTime>, entries: Vec<Record>) -> Manifest {
-        Manifest {
-            format: FORMAT.into(),
-            restore_point: "s1-0".into(),
-            job: "j".into(),
-            item: "pc".into(),
-            session_id: "s1".into(),
-            computer: "pc1".into(),
-            created_at: "2026-01-02T03:04:05Z".into(),
-            snapshot_at: snapshot_at.map(rfc3339),
-            paths: vec!["/d".into()],
-            totals: Totals::of(&entries, 0),
-            bytes_read: 0,
-            entries,
-            warnings: Vec::new(),
-        }
+    fn manifest(snapshot_at: Option<SystemTime>, entries: Vec<Record>) -> ComputerManifest {
+        let snapshot_at = snapshot_at.map(rfc3339);
+        ComputerManifest { snapshot_at, entries, ..ComputerManifest::sample() }
     }
 
     #[test]

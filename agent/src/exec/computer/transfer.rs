@@ -12,12 +12,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::Failure;
-use super::manifest::Record;
 use super::pace::{self, BUF, Digest, Pace, ReadError};
-use super::store::{Store, Written};
-use super::walk::{Entry, Kind, ctime_of, mode_of, mtime_of};
+use super::walk::{Entry, ctime_of, mode_of, mtime_of};
 use crate::exec::TaskContext;
 use crate::fsutil::blocking;
+use crate::repository::{Kind, Record, Store, Written, rfc3339};
 
 /// What TRANSFER produced.
 #[derive(Debug, Default)]
@@ -71,16 +70,30 @@ pub async fn run(
         match (entry.kind, known.get(index).and_then(Option::as_ref)) {
             (Kind::File, Some(sha256)) => {
                 transfer.pace.skip(entry.size).await;
-                out.records.push(Record::new(entry, Some(sha256.clone())));
+                out.records.push(record(entry, Some(sha256.clone())));
                 out.reused += 1;
             }
             (Kind::File, None) => transfer.file(entry, &mut out).await?,
-            (Kind::Dir | Kind::Symlink, _) => out.records.push(Record::new(entry, None)),
+            (Kind::Dir | Kind::Symlink, _) => out.records.push(record(entry, None)),
         }
     }
     transfer.pace.finish().await;
     out.bytes_read = transfer.pace.bytes_read();
     Ok(out)
+}
+
+/// The manifest record of a frozen entry, with the hash of a file's content.
+fn record(entry: &Entry, sha256: Option<String>) -> Record {
+    Record {
+        path: entry.path.clone(),
+        kind: entry.kind,
+        size: entry.size,
+        mode: entry.mode,
+        mtime: rfc3339(entry.mtime),
+        ctime: (entry.kind == Kind::File).then(|| rfc3339(entry.ctime)),
+        sha256,
+        target: entry.target.clone(),
+    }
 }
 
 fn file_error(entry: &Entry, what: &str, error: impl std::fmt::Display) -> Failure {
@@ -103,7 +116,7 @@ impl Transfer<'_> {
             && stored.len == entry.size
             && !stored.differs;
         if unchanged {
-            out.records.push(Record::new(entry, Some(stored.sha256)));
+            out.records.push(record(entry, Some(stored.sha256)));
             return Ok(());
         }
         let as_read = Entry {
@@ -113,7 +126,7 @@ impl Transfer<'_> {
             ctime: ctime_of(&after),
             ..entry.clone()
         };
-        out.records.push(Record::new(&as_read, Some(stored.sha256)));
+        out.records.push(record(&as_read, Some(stored.sha256)));
         out.changed.push(entry.path.clone());
         Ok(())
     }

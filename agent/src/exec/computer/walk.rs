@@ -11,22 +11,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::exec::CancelSignal;
-
-/// What an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link, recorded with its target and never followed.
-    Symlink,
-}
+use crate::repository::Kind;
 
 /// One entry of the frozen list.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,10 +7,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::STORE_DIR;
 use crate::fsutil;
-
-/// Name of the store folder in a repository.
-pub const STORE_DIR: &str = ".store";
 
 /// The store of one repository.
 #[derive(Debug, Clone)]
@@ -74,6 +72,24 @@ impl Store {
         Ok(created)
     }
 
+    /// Every blob of the store, with its hash: files `<aa>/<sha256>` whose name starts with
+    /// their folder's `<aa>`.
+    pub fn blobs(&self) -> io::Result<Vec<(String, PathBuf)>> {
+        let mut blobs = Vec::new();
+        for shard in fsutil::subdirectories(&self.root)? {
+            let prefix = shard.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            for entry in fs::read_dir(&shard)? {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let in_its_shard = is_blob_name(&name) && name.starts_with(&prefix);
+                if in_its_shard && entry.file_type()?.is_file() {
+                    blobs.push((name, entry.path()));
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
     /// Makes new blobs durable: fsyncs their folders `dirs` and the store folder.
     pub fn sync(&self, dirs: &BTreeSet<PathBuf>) -> io::Result<()> {
         for dir in dirs {
@@ -95,6 +111,22 @@ impl Written {
         self.blobs.push(blob);
         self.bytes += len;
     }
+
+    /// Removes the blobs this attempt created; returns the first error after trying all.
+    pub fn discard(&self) -> io::Result<()> {
+        let mut first_error = None;
+        for blob in &self.blobs {
+            if let Err(error) = fsutil::remove_file_if_exists(blob) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether `name` is a blob's name: a lowercase hex SHA-256.
+pub fn is_blob_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn rename_unless_present(tmp: &Path, blob: &Path) -> io::Result<bool> {
@@ -103,17 +135,6 @@ fn rename_unless_present(tmp: &Path, blob: &Path) -> io::Result<bool> {
     }
     fs::rename(tmp, blob)?;
     Ok(true)
-}
-
-/// Removes the blobs an attempt created (blocking); returns the first error after trying all.
-pub fn discard(written: &Written) -> io::Result<()> {
-    let mut first_error = None;
-    for blob in &written.blobs {
-        if let Err(error) = fsutil::remove_file_if_exists(blob) {
-            first_error.get_or_insert(error);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -141,7 +162,7 @@ mod tests {
         assert!(store.holds(SHA, 5) && !store.holds(SHA, 4), "held at its size only");
         let mut written = Written::default();
         written.add(blob, 5);
-        discard(&written).expect("discard");
+        written.discard().expect("discard");
         assert!(!store.contains(SHA).expect("contains"));
     }
 }
