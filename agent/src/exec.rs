@@ -3,10 +3,10 @@
 //! Every executor reports each phase as it begins and ends with a [`pb::TaskOutcome`];
 //! `CLEANUP` always runs, also after an error or a cancel.
 
-pub mod computer;
-pub mod qemu;
-pub mod sim;
-pub mod vm;
+pub(crate) mod computer;
+pub(crate) mod qemu;
+mod sim;
+mod vm;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -54,12 +54,12 @@ impl Reporter {
     }
 
     /// Reports that a phase begins.
-    pub async fn phase(&mut self, phase: pb::TaskPhase) {
+    pub(crate) async fn phase(&mut self, phase: pb::TaskPhase) {
         self.send(Update::Phase(phase)).await;
     }
 
     /// Reports progress; drops it when the last one is too recent, unless it is complete.
-    pub async fn progress(&mut self, done: u64, total: u64) {
+    pub(crate) async fn progress(&mut self, done: u64, total: u64) {
         let recent = self.last_progress.is_some_and(|at| at.elapsed() < PROGRESS_EVERY);
         if recent && done < total {
             return;
@@ -69,7 +69,7 @@ impl Reporter {
     }
 
     /// Reports the outcome.
-    pub async fn finished(&mut self, outcome: pb::TaskOutcome) {
+    pub(crate) async fn finished(&mut self, outcome: pb::TaskOutcome) {
         self.send(Update::Finished(outcome)).await;
     }
 
@@ -94,17 +94,17 @@ impl CancelSignal {
     }
 
     /// Completes when the task is cancelled.
-    pub async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         self.token.cancelled().await;
     }
 
     /// Whether the task is cancelled.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()
     }
 
     /// The reason of the cancel, if cancelled.
-    pub fn reason(&self) -> pb::CancelReason {
+    pub(crate) fn reason(&self) -> pb::CancelReason {
         self.reason.get().copied().unwrap_or(pb::CancelReason::Unspecified)
     }
 }
@@ -138,12 +138,12 @@ pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
 }
 
 /// A failed outcome.
-pub fn failed(message: String) -> pb::TaskOutcome {
+pub(crate) fn failed(message: String) -> pb::TaskOutcome {
     pb::TaskOutcome { state: pb::ItemState::Failed as i32, message, ..Default::default() }
 }
 
 /// A cancelled outcome with its reason.
-pub fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
+pub(crate) fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
     let message = match reason {
         pb::CancelReason::Drain => "canceled: the agent drained past its deadline",
         _ => "canceled by user",
@@ -157,7 +157,7 @@ pub fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
 }
 
 /// A successful outcome, or a warning when `warning` is not empty.
-pub fn committed(restore_point: pb::RestorePoint, warning: String) -> pb::TaskOutcome {
+pub(crate) fn committed(restore_point: pb::RestorePoint, warning: String) -> pb::TaskOutcome {
     let state = if warning.is_empty() { pb::ItemState::Success } else { pb::ItemState::Warning };
     pb::TaskOutcome {
         state: state as i32,
@@ -168,7 +168,7 @@ pub fn committed(restore_point: pb::RestorePoint, warning: String) -> pb::TaskOu
 }
 
 /// The restore point a task commits into `paths`, as its outcome reports it.
-pub fn restore_point(
+pub(crate) fn restore_point(
     spec: &pb::TaskSpec,
     id: &TaskId,
     paths: &RepoPaths,

@@ -5,21 +5,25 @@
 //! listener, heartbeats to the coordinators, and returns after a drain (cancel the `drain`
 //! token, or call `AgentService.Drain`) or at once when `shutdown` is cancelled.
 
-pub mod drain;
-pub mod error;
+// The public surface is what the binary and the integration tests use; everything else is
+// `pub(crate)`, and this lint keeps it so.
+#![warn(unreachable_pub)]
+
+mod drain;
+mod error;
 pub mod exec;
-pub mod fsutil;
-pub mod heartbeat;
+mod fsutil;
+mod heartbeat;
 pub mod journal;
 pub mod key;
-pub mod orphans;
+mod orphans;
 pub mod recovery;
-pub mod repository;
-pub mod restore_points;
-pub mod server;
-pub mod service;
-pub mod settings;
-pub mod tasks;
+mod repository;
+mod restore_points;
+mod server;
+mod service;
+mod settings;
+mod tasks;
 
 use std::time::Duration;
 

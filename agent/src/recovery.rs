@@ -24,7 +24,7 @@ pub const RESTARTED: &str = "agent restarted while the task was running";
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Newest epoch per session.
-    pub epochs: HashMap<String, i64>,
+    pub(crate) epochs: HashMap<String, i64>,
     /// Finished, unacknowledged tasks.
     pub finished: Vec<pb::TaskStatus>,
 }
@@ -131,7 +131,7 @@ async fn committed_outcome(
 }
 
 /// Removes every `sluice-*` snapshot on the disks (no task runs yet at start-up).
-pub async fn hunt_snapshots(disks: &BTreeSet<PathBuf>) {
+pub(crate) async fn hunt_snapshots(disks: &BTreeSet<PathBuf>) {
     for disk in disks {
         hunt_disk(disk).await;
     }

@@ -19,18 +19,18 @@ mod manifest;
 mod paths;
 mod store;
 
-pub use manifest::{
+pub(crate) use manifest::{
     ComputerManifest, Disk, Kind, Manifest, Record, Totals, VmManifest, parse_time,
     plain_file_name, rfc3339,
 };
-pub use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
-pub use store::{Store, Written, is_blob_name};
+pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
+pub(crate) use store::{Store, Written, is_blob_name};
 
 /// Name of the manifest file in a restore point folder.
-pub const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
 /// `format` of a computer manifest; a manifest without `format` is a VM manifest.
-pub const COMPUTER_FORMAT: &str = "sluice-computer-1";
+pub(crate) const COMPUTER_FORMAT: &str = "sluice-computer-1";
 /// Name of the store folder in a repository.
-pub const STORE_DIR: &str = ".store";
+pub(crate) const STORE_DIR: &str = ".store";
 /// Prefix of a partial folder's name: `.partial-<rp_id>`.
-pub const PARTIAL_PREFIX: &str = ".partial-";
+pub(crate) const PARTIAL_PREFIX: &str = ".partial-";

@@ -24,35 +24,35 @@ use sluice_proto::pb;
 
 use crate::error::AgentError;
 
-pub use gc::{Collected, collect_garbage, delete_restore_points, parse_locations};
-pub use location::{Location, absolute_dir};
-pub use restore::{Restored, restore};
-pub use verify::{Report, verify};
+pub(crate) use gc::{collect_garbage, delete_restore_points, parse_locations};
+pub(crate) use location::{Location, absolute_dir};
+pub(crate) use restore::{Restored, restore};
+pub(crate) use verify::{Report, verify};
 
 /// Set when the call that asked for the work is gone; the work stops at its next check.
 #[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub(crate) struct Cancel(Arc<AtomicBool>);
 
 impl Cancel {
     /// Asks the work to stop.
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 
     /// Whether the work was asked to stop.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 
     /// A guard that cancels when dropped (when the call's future is dropped mid-way).
-    pub fn on_drop(&self) -> CancelOnDrop {
+    pub(crate) fn on_drop(&self) -> CancelOnDrop {
         CancelOnDrop(self.clone())
     }
 }
 
 /// Cancels its [`Cancel`] when dropped.
 #[derive(Debug)]
-pub struct CancelOnDrop(Cancel);
+pub(crate) struct CancelOnDrop(Cancel);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -62,7 +62,7 @@ impl Drop for CancelOnDrop {
 
 /// Runs blocking restore-point work off the runtime; it is cancelled if the caller drops
 /// the returned future.
-pub async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce(&Cancel) -> Result<T, AgentError> + Send + 'static,
 ) -> Result<T, AgentError> {
     let cancel = Cancel::default();
@@ -74,7 +74,7 @@ pub async fn run_blocking<T: Send + 'static>(
 }
 
 /// The verify answer for a report.
-pub fn verify_response(report: Report) -> pb::VerifyRestorePointResponse {
+pub(crate) fn verify_response(report: Report) -> pb::VerifyRestorePointResponse {
     pb::VerifyRestorePointResponse {
         ok: report.problems.is_empty(),
         problems: report.problems,
@@ -84,7 +84,7 @@ pub fn verify_response(report: Report) -> pb::VerifyRestorePointResponse {
 }
 
 /// The restore answer for what was restored.
-pub fn restore_response(restored: Restored) -> pb::RestoreRestorePointResponse {
+pub(crate) fn restore_response(restored: Restored) -> pb::RestoreRestorePointResponse {
     pb::RestoreRestorePointResponse {
         files: restored.files,
         bytes: restored.bytes,

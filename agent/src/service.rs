@@ -19,7 +19,7 @@ const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Serves `AgentService`.
 #[derive(Debug, Clone)]
-pub struct AgentApi {
+pub(crate) struct AgentApi {
     tasks: TasksHandle,
     drainer: Drainer,
     shutdown: CancellationToken,
@@ -27,7 +27,7 @@ pub struct AgentApi {
 
 impl AgentApi {
     /// The service; its watch streams end when `shutdown` is cancelled.
-    pub fn new(tasks: TasksHandle, drainer: Drainer, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(tasks: TasksHandle, drainer: Drainer, shutdown: CancellationToken) -> Self {
         Self { tasks, drainer, shutdown }
     }
 }

@@ -57,7 +57,7 @@ use std::time::SystemTime;
 use sluice_proto::pb::{self, TaskPhase};
 use tracing::{debug, warn};
 
-pub use commit::outcome;
+pub(crate) use commit::outcome;
 
 use self::transfer::Transferred;
 use self::walk::{Excluded, Frozen, WalkError};
@@ -85,7 +85,7 @@ impl From<pace::Canceled> for Failure {
 }
 
 /// Runs a computer task to its outcome; CLEANUP always runs.
-pub async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> pb::TaskOutcome {
+pub(crate) async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> pb::TaskOutcome {
     let paths = RepoPaths::of_task(&ctx.spec, &ctx.id);
     let store = Store::new(Path::new(&ctx.spec.repository));
     let mut written = Written::default();

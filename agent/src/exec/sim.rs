@@ -10,7 +10,7 @@ use super::{TaskContext, canceled, committed, restore_point};
 use crate::repository::RepoPaths;
 
 /// Runs a sim task for `duration` (cancellable) and commits an empty restore point.
-pub async fn run(ctx: &mut TaskContext, duration: Duration) -> pb::TaskOutcome {
+pub(super) async fn run(ctx: &mut TaskContext, duration: Duration) -> pb::TaskOutcome {
     debug!(task = %ctx.id, ?duration, "sim task started");
     ctx.reporter.phase(TaskPhase::Snapshot).await;
     ctx.reporter.phase(TaskPhase::Transfer).await;

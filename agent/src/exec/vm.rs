@@ -26,7 +26,7 @@ fn phase_error(phase: &str, disk: &Path, error: impl std::fmt::Display) -> Failu
 }
 
 /// Runs a VM task to its outcome; CLEANUP always runs.
-pub async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOutcome {
+pub(super) async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOutcome {
     let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
     let paths = RepoPaths::of_task(&ctx.spec, &ctx.id);
     let mut snapshotted = Vec::new();

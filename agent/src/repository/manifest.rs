@@ -18,14 +18,14 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-pub use computer::{ComputerManifest, Kind, Record, Totals};
-pub use vm::{Disk, VmManifest};
+pub(crate) use computer::{ComputerManifest, Kind, Record, Totals};
+pub(crate) use vm::{Disk, VmManifest};
 
 use super::{COMPUTER_FORMAT, MANIFEST};
 
 /// A restore point's manifest, of either executor.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Manifest {
+pub(crate) enum Manifest {
     /// A VM restore point: one qcow2 file per disk.
     Vm(VmManifest),
     /// A computer restore point: entries whose file contents live in the store.
@@ -34,7 +34,7 @@ pub enum Manifest {
 
 impl Manifest {
     /// Reads and parses `<folder>/manifest.json`; the error says what is wrong, in words.
-    pub fn read(folder: &Path) -> Result<Self, String> {
+    pub(crate) fn read(folder: &Path) -> Result<Self, String> {
         let path = folder.join(MANIFEST);
         let bytes = fs::read(&path).map_err(|e| format!("{MANIFEST}: cannot be read: {e}"))?;
         Self::parse(&bytes)
@@ -42,7 +42,7 @@ impl Manifest {
 
     /// Parses a manifest: one with `"format": "sluice-computer-1"` is a computer manifest,
     /// one without `format` a VM manifest.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| format!("{MANIFEST}: not valid JSON: {e}"))?;
         match value.get("format").and_then(serde_json::Value::as_str) {
@@ -57,7 +57,7 @@ impl Manifest {
     }
 
     /// The restore point id the manifest names.
-    pub fn restore_point(&self) -> &str {
+    pub(crate) fn restore_point(&self) -> &str {
         match self {
             Self::Vm(vm) => &vm.restore_point,
             Self::Computer(computer) => &computer.restore_point,
@@ -65,7 +65,7 @@ impl Manifest {
     }
 
     /// The session that made the restore point.
-    pub fn session_id(&self) -> &str {
+    pub(crate) fn session_id(&self) -> &str {
         match self {
             Self::Vm(vm) => &vm.session_id,
             Self::Computer(computer) => &computer.session_id,
@@ -74,18 +74,18 @@ impl Manifest {
 }
 
 /// Whether a manifest's disk file name is a plain name inside the folder.
-pub fn plain_file_name(name: &str) -> bool {
+pub(crate) fn plain_file_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && !name.contains('\0') && name != "." && name != ".."
 }
 
 /// A time as RFC 3339 with as many fraction digits as it needs (none, 3, 6 or 9): lossless
 /// to the nanosecond.
-pub fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     sluice_proto::time::to_timestamp(time).to_string()
 }
 
 /// Reads a time written by [`rfc3339`]; `None` for other text and for times before 1970.
-pub fn parse_time(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
     let stamp = prost_types::Timestamp::from_str(text).ok()?;
     (stamp.seconds >= 0 && stamp.nanos >= 0).then(|| sluice_proto::time::from_timestamp(&stamp))
 }

@@ -14,34 +14,34 @@ use crate::fsutil;
 use crate::key::{self, TaskId};
 
 /// `<repository>/<job>/<item>`: the folder of an item's restore points.
-pub fn item_dir(repository: &Path, job: &str, item: &str) -> PathBuf {
+pub(crate) fn item_dir(repository: &Path, job: &str, item: &str) -> PathBuf {
     repository.join(job).join(item)
 }
 
 /// Whether a folder name in an item folder is a partial folder.
-pub fn is_partial(name: &str) -> bool {
+pub(crate) fn is_partial(name: &str) -> bool {
     name.starts_with(PARTIAL_PREFIX)
 }
 
 /// Whether a folder name in an item folder is a restore point (no hidden name is).
-pub fn is_restore_point(name: &str) -> bool {
+pub(crate) fn is_restore_point(name: &str) -> bool {
     !name.starts_with('.')
 }
 
 /// Where a task writes in the repository.
 #[derive(Debug, Clone)]
-pub struct RepoPaths {
+pub(crate) struct RepoPaths {
     /// Folder of the item's restore points.
-    pub item_dir: PathBuf,
+    pub(crate) item_dir: PathBuf,
     /// Temporary folder written during TRANSFER.
-    pub partial: PathBuf,
+    pub(crate) partial: PathBuf,
     /// Final folder of the restore point.
-    pub final_dir: PathBuf,
+    pub(crate) final_dir: PathBuf,
 }
 
 impl RepoPaths {
     /// The paths of restore point `rp_id` of an item.
-    pub fn new(repository: &Path, job: &str, item: &str, rp_id: &str) -> Self {
+    pub(crate) fn new(repository: &Path, job: &str, item: &str, rp_id: &str) -> Self {
         let item_dir = item_dir(repository, job, item);
         Self {
             partial: item_dir.join(format!("{PARTIAL_PREFIX}{rp_id}")),
@@ -51,19 +51,19 @@ impl RepoPaths {
     }
 
     /// The paths of the restore point a task commits.
-    pub fn of_task(spec: &pb::TaskSpec, id: &TaskId) -> Self {
+    pub(crate) fn of_task(spec: &pb::TaskSpec, id: &TaskId) -> Self {
         let repository = Path::new(&spec.repository);
         Self::new(repository, &spec.job, key::item_name(spec), &id.restore_point_id())
     }
 
     /// Clears and creates the partial folder.
-    pub fn prepare_partial(&self) -> io::Result<()> {
+    pub(crate) fn prepare_partial(&self) -> io::Result<()> {
         fsutil::remove_dir_if_exists(&self.partial)?;
         fs::create_dir_all(&self.partial)
     }
 
     /// Fails when the restore point exists already: a commit never replaces one.
-    pub fn ensure_new(&self) -> io::Result<()> {
+    pub(crate) fn ensure_new(&self) -> io::Result<()> {
         if self.final_dir.exists() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -75,7 +75,7 @@ impl RepoPaths {
 
     /// Writes the manifest into the partial folder and renames the folder into place,
     /// durably; the data in it must be durable already.
-    pub fn publish(&self, manifest: &impl Serialize) -> io::Result<()> {
+    pub(crate) fn publish(&self, manifest: &impl Serialize) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
         fsutil::write_atomic(&self.partial.join(MANIFEST), &json)?;
         fs::rename(&self.partial, &self.final_dir)?;

@@ -25,7 +25,7 @@ const ROUND: usize = 64;
 
 /// Deletes each restore point's folder (blocking). Returns the ids deleted (or already
 /// gone) and one problem per folder that could not be deleted.
-pub fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec<String>) {
+pub(crate) fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec<String>) {
     let mut deleted = Vec::new();
     let mut problems = Vec::new();
     for location in locations {
@@ -46,20 +46,20 @@ pub fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec<String
 
 /// What a collection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Collected {
+pub(crate) struct Collected {
     /// Blobs removed.
-    pub blobs_removed: u64,
+    pub(crate) blobs_removed: u64,
     /// Bytes removed.
-    pub bytes_removed: u64,
+    pub(crate) bytes_removed: u64,
     /// Blobs still named by a manifest.
-    pub blobs_kept: u64,
+    pub(crate) blobs_kept: u64,
     /// Why it removed nothing (more), if it stood back.
-    pub skipped: String,
+    pub(crate) skipped: String,
 }
 
 /// Removes the blobs of `<repository>/.store` that no computer manifest of the repository
 /// names (blocking).
-pub fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Collected, AgentError> {
+pub(crate) fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Collected, AgentError> {
     let io =
         |e: io::Error| AgentError::FailedPrecondition(format!("{}: {e}", repository.display()));
     let before = Folders::read(repository).map_err(io)?;
@@ -153,7 +153,7 @@ fn hidden(path: &Path) -> bool {
 }
 
 /// The locations of a delete request, checked; errors name the field.
-pub fn parse_locations(
+pub(crate) fn parse_locations(
     locations: &[sluice_proto::pb::RestorePointLocation],
 ) -> Result<Vec<Location>, AgentError> {
     locations

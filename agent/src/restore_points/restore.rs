@@ -19,20 +19,20 @@ use crate::repository::{
 
 /// What a restore wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Restored {
+pub(crate) struct Restored {
     /// Regular files (or disks) written.
-    pub files: u64,
+    pub(crate) files: u64,
     /// Bytes written.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Directories created from the manifest.
-    pub directories: u64,
+    pub(crate) directories: u64,
     /// Symbolic links created.
-    pub symlinks: u64,
+    pub(crate) symlinks: u64,
 }
 
 /// Restores the restore point at `location` into `target` (blocking): created if absent,
 /// refused (FAILED_PRECONDITION) if not an empty directory.
-pub fn restore(
+pub(crate) fn restore(
     location: &Location,
     target: &Path,
     cancel: &Cancel,
@@ -152,7 +152,7 @@ fn restore_vm(
 
 /// Each disk is restored under its source file name; a name taken by an earlier disk gets
 /// its index in front (`1-disk.qcow2`).
-pub fn disk_names(manifest: &VmManifest) -> Vec<String> {
+pub(super) fn disk_names(manifest: &VmManifest) -> Vec<String> {
     let mut names: Vec<String> = Vec::with_capacity(manifest.disks.len());
     for (index, disk) in manifest.disks.iter().enumerate() {
         let base = Path::new(&disk.source)

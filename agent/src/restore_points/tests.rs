@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
+use super::gc::Collected;
 use super::restore::disk_names;
 use super::*;
 use crate::repository::{COMPUTER_FORMAT, Disk, Store, VmManifest};

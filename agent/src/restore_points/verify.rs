@@ -11,16 +11,16 @@ use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest, pla
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// One line per mismatch, naming the file or entry; empty when the restore point is good.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
     /// Bytes read and hashed.
-    pub bytes_checked: u64,
+    pub(crate) bytes_checked: u64,
 }
 
 /// Checks the restore point at `location` (blocking). Mismatches are problems in the report;
 /// only a cancel is an error.
-pub fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError> {
+pub(crate) fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError> {
     let folder = location.folder();
     if !folder.is_dir() {
         let problem = format!("restore point folder {} does not exist", folder.display());

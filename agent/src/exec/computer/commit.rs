@@ -11,7 +11,7 @@ use crate::repository::{ComputerManifest, Record, RepoPaths, Store, Totals};
 
 /// Writes the manifest and renames the partial folder into place, durably (blocking): the
 /// new blobs' folders are fsynced first, and every blob the manifest names must be stored.
-pub fn commit(
+pub(super) fn commit(
     paths: &RepoPaths,
     store: &Store,
     manifest: &ComputerManifest,
@@ -40,7 +40,7 @@ fn verify_blobs(store: &Store, records: &[Record]) -> io::Result<()> {
 
 /// The outcome a committed restore point stands for: `SUCCESS`, or `WARNING` when the
 /// manifest holds warnings; the message is the summary followed by `; <warning>` each.
-pub fn outcome(manifest: &ComputerManifest, folder: &Path) -> pb::TaskOutcome {
+pub(crate) fn outcome(manifest: &ComputerManifest, folder: &Path) -> pb::TaskOutcome {
     let state =
         if manifest.warnings.is_empty() { pb::ItemState::Success } else { pb::ItemState::Warning };
     let mut message = summary(&manifest.totals);

@@ -43,9 +43,9 @@ use crate::repository::{
 const CANDIDATES: usize = 3;
 /// How much older than `snapshot_at` a fine-grained timestamp must be to be trusted: more
 /// than the kernel's coarse file clock lags the wall clock (one tick, 10 ms at most).
-pub const CLOCK_SLACK: Duration = Duration::from_millis(50);
+pub(super) const CLOCK_SLACK: Duration = Duration::from_millis(50);
 /// How much older than `snapshot_at` a timestamp in whole microseconds must be.
-pub const COARSE_SLACK: Duration = Duration::from_secs(2);
+pub(super) const COARSE_SLACK: Duration = Duration::from_secs(2);
 
 /// What the previous restore point recorded about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +58,13 @@ struct Known {
 
 /// The trusted file entries of the item's previous restore point, by path.
 #[derive(Debug, Default)]
-pub struct Previous {
+pub(super) struct Previous {
     files: HashMap<String, Known>,
 }
 
 impl Previous {
     /// The previous restore point in `item_dir`; `None` when there is none to use.
-    pub fn load(item_dir: &Path) -> Option<Self> {
+    pub(super) fn load(item_dir: &Path) -> Option<Self> {
         let mut names = match restore_point_names(item_dir) {
             Ok(names) => names,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -110,7 +110,7 @@ impl Previous {
 
     /// The hash of `entry`'s content, when the previous restore point recorded the file as
     /// the walk found it and its blob is still stored.
-    pub fn hash(&self, entry: &Entry, store: &Store) -> Option<String> {
+    pub(super) fn hash(&self, entry: &Entry, store: &Store) -> Option<String> {
         if entry.kind != Kind::File {
             return None;
         }
@@ -123,7 +123,7 @@ impl Previous {
 
 /// For each of `entries`, the hash of its content when it is known without reading it;
 /// stops early (every later entry unknown) on a cancel.
-pub fn known_hashes(
+pub(super) fn known_hashes(
     item_dir: &Path,
     entries: &[Entry],
     store: &Store,

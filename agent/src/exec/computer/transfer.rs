@@ -20,17 +20,17 @@ use crate::repository::{Kind, Record, Store, Written, rfc3339};
 
 /// What TRANSFER produced.
 #[derive(Debug, Default)]
-pub struct Transferred {
+pub(super) struct Transferred {
     /// The manifest records, sorted by path.
-    pub records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
     /// Files whose size or mtime changed while they were read (recorded as read).
-    pub changed: Vec<String>,
+    pub(crate) changed: Vec<String>,
     /// Files gone while they were read (left out).
-    pub vanished: Vec<String>,
+    pub(crate) vanished: Vec<String>,
     /// Files taken over from the previous restore point without being read.
-    pub reused: u64,
+    pub(crate) reused: u64,
     /// Bytes read from the files.
-    pub bytes_read: u64,
+    pub(crate) bytes_read: u64,
 }
 
 /// A file's content as stored.
@@ -52,7 +52,7 @@ struct Transfer<'a> {
 /// Stores every file of `entries` and returns the manifest records; `written` keeps what
 /// this attempt added to the store, also when it fails. `known[i]`, when given, is the hash
 /// of `entries[i]`'s content, stored already: that file is not read.
-pub async fn run(
+pub(super) async fn run(
     ctx: &mut TaskContext,
     entries: &[Entry],
     known: &[Option<String>],

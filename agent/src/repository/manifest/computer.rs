@@ -11,52 +11,52 @@ use serde::{Deserialize, Serialize};
 
 /// The manifest of a computer restore point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ComputerManifest {
+pub(crate) struct ComputerManifest {
     /// Always `sluice-computer-1`.
-    pub format: String,
+    pub(crate) format: String,
     /// Restore point id.
-    pub restore_point: String,
+    pub(crate) restore_point: String,
     /// Job name.
     #[serde(default)]
-    pub job: String,
+    pub(crate) job: String,
     /// Item name.
     #[serde(default)]
-    pub item: String,
+    pub(crate) item: String,
     /// Session that made it.
     #[serde(default)]
-    pub session_id: String,
+    pub(crate) session_id: String,
     /// Computer backed up.
     #[serde(default)]
-    pub computer: String,
+    pub(crate) computer: String,
     /// Commit time, RFC 3339.
     #[serde(default)]
-    pub created_at: String,
+    pub(crate) created_at: String,
     /// When SNAPSHOT began, RFC 3339 with nanoseconds. The next backup of the item trusts a
     /// file entry only when its timestamps are older than this; absent in manifests written
     /// before it was recorded, whose entries are never trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_at: Option<String>,
+    pub(crate) snapshot_at: Option<String>,
     /// The configured paths.
     #[serde(default)]
-    pub paths: Vec<String>,
+    pub(crate) paths: Vec<String>,
     /// Every entry backed up, sorted by path.
-    pub entries: Vec<Record>,
+    pub(crate) entries: Vec<Record>,
     /// Counts and sizes (serialized as top-level fields).
     #[serde(flatten)]
-    pub totals: Totals,
+    pub(crate) totals: Totals,
     /// Bytes read from the source files: 0 when every file was unchanged since the
     /// previous restore point and taken over from it without being read.
     #[serde(default)]
-    pub bytes_read: u64,
+    pub(crate) bytes_read: u64,
     /// Why the item ended with a warning; empty when it succeeded.
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A regular file.
     File,
     /// A directory.
@@ -67,50 +67,50 @@ pub enum Kind {
 
 /// One entry of the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// Absolute path on the computer.
-    pub path: String,
+    pub(crate) path: String,
     /// `file`, `dir` or `symlink`.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Bytes of a file (of its blob); 0 otherwise.
     #[serde(default)]
-    pub size: u64,
+    pub(crate) size: u64,
     /// Permission bits.
     #[serde(default)]
-    pub mode: u32,
+    pub(crate) mode: u32,
     /// Last modification, RFC 3339 with nanoseconds.
     #[serde(default)]
-    pub mtime: String,
+    pub(crate) mtime: String,
     /// Last status change of a file, RFC 3339 with nanoseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ctime: Option<String>,
+    pub(crate) ctime: Option<String>,
     /// SHA-256 of a file's content, hex: its blob in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
     /// Target of a symbolic link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
 }
 
 /// Counts and sizes of a restore point.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Regular files.
-    pub files: u64,
+    pub(crate) files: u64,
     /// Directories.
-    pub directories: u64,
+    pub(crate) directories: u64,
     /// Symbolic links.
-    pub symlinks: u64,
+    pub(crate) symlinks: u64,
     /// Logical size: the bytes of every file.
-    pub size_bytes: u64,
+    pub(crate) size_bytes: u64,
     /// Bytes this restore point added to the store (files no earlier restore point stored).
-    pub bytes_written: u64,
+    pub(crate) bytes_written: u64,
 }
 
 impl Totals {
     /// The totals of `records`, of which `bytes_written` were new to the store.
-    pub fn of(records: &[Record], bytes_written: u64) -> Self {
+    pub(crate) fn of(records: &[Record], bytes_written: u64) -> Self {
         let mut totals = Self { bytes_written, ..Self::default() };
         for record in records {
             match record.kind {
@@ -129,7 +129,7 @@ impl Totals {
 #[cfg(test)]
 impl ComputerManifest {
     /// Restore point `s1-0` of item `pc` of job `j`, made with a snapshot time, no entries.
-    pub fn sample() -> Self {
+    pub(crate) fn sample() -> Self {
         Self {
             format: super::COMPUTER_FORMAT.into(),
             restore_point: "s1-0".into(),

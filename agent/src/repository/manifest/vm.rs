@@ -9,37 +9,37 @@ use serde::{Deserialize, Serialize};
 
 /// The manifest of a VM restore point.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmManifest {
+pub(crate) struct VmManifest {
     /// Restore point id.
-    pub restore_point: String,
+    pub(crate) restore_point: String,
     /// Job name.
     #[serde(default)]
-    pub job: String,
+    pub(crate) job: String,
     /// Item name.
     #[serde(default)]
-    pub item: String,
+    pub(crate) item: String,
     /// Session that made it.
     #[serde(default)]
-    pub session_id: String,
+    pub(crate) session_id: String,
     /// Commit time, RFC 3339.
     #[serde(default)]
-    pub created_at: String,
+    pub(crate) created_at: String,
     /// The disks, in job order.
-    pub disks: Vec<Disk>,
+    pub(crate) disks: Vec<Disk>,
 }
 
 /// One disk of a VM manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Disk {
+pub(crate) struct Disk {
     /// Source disk path.
-    pub source: String,
+    pub(crate) source: String,
     /// File name in the restore point folder.
-    pub file: String,
+    pub(crate) file: String,
     /// Bytes of the file.
-    pub size_bytes: u64,
+    pub(crate) size_bytes: u64,
     /// SHA-256 of the file, hex.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// Virtual size of the disk.
     #[serde(default)]
-    pub virtual_size: u64,
+    pub(crate) virtual_size: u64,
 }
