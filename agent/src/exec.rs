@@ -19,7 +19,7 @@ use tracing::warn;
 
 use crate::fsutil::{self, blocking};
 use crate::key::{self, TaskId};
-use crate::repository::RepoPaths;
+use crate::repository::{Identity, RepoPaths};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -124,6 +124,18 @@ pub struct TaskContext {
     pub rate_limit: Option<u64>,
     /// Sessions with a task running on this agent (their snapshots are not leftovers).
     pub running_sessions: watch::Receiver<BTreeSet<String>>,
+}
+
+impl TaskContext {
+    /// Which restore point the task commits, as its manifest names it.
+    pub(crate) fn identity(&self) -> Identity {
+        Identity {
+            restore_point: self.id.restore_point_id(),
+            job: self.spec.job.clone(),
+            item: key::item_name(&self.spec).to_owned(),
+            session_id: self.id.session.clone(),
+        }
+    }
 }
 
 /// Runs the task with the executor its spec asks for and returns its outcome.

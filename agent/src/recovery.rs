@@ -113,7 +113,7 @@ async fn committed_outcome(
     let folder = paths.final_dir.clone();
     let manifest =
         tokio::task::spawn_blocking(move || Manifest::read(&folder).ok()).await.ok()??;
-    if manifest.session_id() != id.session {
+    if manifest.identity().session_id != id.session {
         return None;
     }
     match (spec.item.as_ref().and_then(|item| item.target.as_ref())?, manifest) {

@@ -20,7 +20,7 @@ mod paths;
 mod store;
 
 pub(crate) use manifest::{
-    ComputerManifest, Disk, Kind, Manifest, Record, Totals, VmManifest, parse_time,
+    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VmManifest, parse_time,
     plain_file_name, rfc3339,
 };
 pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};

@@ -63,7 +63,6 @@ use self::transfer::Transferred;
 use self::walk::{Excluded, Frozen, WalkError};
 use super::{TaskContext, canceled, failed};
 use crate::fsutil::blocking;
-use crate::key;
 use crate::repository::{
     COMPUTER_FORMAT, ComputerManifest, RepoPaths, Store, Totals, Written, rfc3339,
 };
@@ -192,10 +191,7 @@ fn build_manifest(
     ];
     ComputerManifest {
         format: COMPUTER_FORMAT.to_owned(),
-        restore_point: ctx.id.restore_point_id(),
-        job: ctx.spec.job.clone(),
-        item: key::item_name(&ctx.spec).to_owned(),
-        session_id: ctx.id.session.clone(),
+        identity: ctx.identity(),
         computer: target.computer.clone(),
         created_at: sluice_proto::time::now().to_string(),
         snapshot_at: Some(rfc3339(stamps.snapshot_at)),

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::qemu::{self, ConvertError, ProgressSpan};
 use super::{TaskContext, canceled, committed, failed, remove_partial, restore_point};
 use crate::fsutil::blocking;
-use crate::key::{self, SNAPSHOT_PREFIX};
+use crate::key::SNAPSHOT_PREFIX;
 use crate::repository::{Disk, RepoPaths, VmManifest};
 
 /// Why a VM backup did not commit.
@@ -146,10 +146,7 @@ async fn commit_restore_point(
 ) -> Result<pb::RestorePoint, Failure> {
     let created_at = sluice_proto::time::now();
     let manifest = VmManifest {
-        restore_point: ctx.id.restore_point_id(),
-        job: ctx.spec.job.clone(),
-        item: key::item_name(&ctx.spec).to_owned(),
-        session_id: ctx.id.session.clone(),
+        identity: ctx.identity(),
         created_at: created_at.to_string(),
         disks: Vec::new(),
     };

@@ -21,7 +21,38 @@ use std::time::SystemTime;
 pub(crate) use computer::{ComputerManifest, Kind, Record, Totals};
 pub(crate) use vm::{Disk, VmManifest};
 
+use serde::{Deserialize, Serialize};
+
 use super::{COMPUTER_FORMAT, MANIFEST};
+
+/// Which restore point a manifest describes: the fields every manifest starts with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Identity {
+    /// Restore point id.
+    pub(crate) restore_point: String,
+    /// Job name.
+    #[serde(default)]
+    pub(crate) job: String,
+    /// Item name.
+    #[serde(default)]
+    pub(crate) item: String,
+    /// Session that made it.
+    #[serde(default)]
+    pub(crate) session_id: String,
+}
+
+#[cfg(test)]
+impl Identity {
+    /// Restore point `s1-0` of item `pc` of job `j`.
+    pub(crate) fn sample() -> Self {
+        Self {
+            restore_point: "s1-0".into(),
+            job: "j".into(),
+            item: "pc".into(),
+            session_id: "s1".into(),
+        }
+    }
+}
 
 /// A restore point's manifest, of either executor.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,19 +87,11 @@ impl Manifest {
         }
     }
 
-    /// The restore point id the manifest names.
-    pub(crate) fn restore_point(&self) -> &str {
+    /// Which restore point the manifest describes.
+    pub(crate) fn identity(&self) -> &Identity {
         match self {
-            Self::Vm(vm) => &vm.restore_point,
-            Self::Computer(computer) => &computer.restore_point,
-        }
-    }
-
-    /// The session that made the restore point.
-    pub(crate) fn session_id(&self) -> &str {
-        match self {
-            Self::Vm(vm) => &vm.session_id,
-            Self::Computer(computer) => &computer.session_id,
+            Self::Vm(vm) => &vm.identity,
+            Self::Computer(computer) => &computer.identity,
         }
     }
 }
@@ -100,11 +123,9 @@ mod tests {
     const COMPUTER_JSON: &str = include_str!("testdata/computer-manifest.json");
 
     fn vm() -> VmManifest {
+        let identity = Identity { job: "nightly".into(), item: "vm0".into(), ..Identity::sample() };
         VmManifest {
-            restore_point: "s1-0".into(),
-            job: "nightly".into(),
-            item: "vm0".into(),
-            session_id: "s1".into(),
+            identity,
             created_at: "2026-01-02T03:04:05.5Z".into(),
             disks: vec![Disk {
                 source: "/vms/a.qcow2".into(),
@@ -141,8 +162,7 @@ mod tests {
             bytes_read: 3,
             entries,
             warnings: vec!["changed while being read: /d/a".into()],
-            job: "homes".into(),
-            item: "pc0".into(),
+            identity: Identity { job: "homes".into(), item: "pc0".into(), ..Identity::sample() },
             ..ComputerManifest::sample()
         }
     }

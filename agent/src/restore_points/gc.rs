@@ -151,14 +151,3 @@ impl Folders {
 fn hidden(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
-
-/// The locations of a delete request, checked; errors name the field.
-pub(crate) fn parse_locations(
-    locations: &[sluice_proto::pb::RestorePointLocation],
-) -> Result<Vec<Location>, AgentError> {
-    locations
-        .iter()
-        .enumerate()
-        .map(|(i, l)| Location::parse(&format!("restore_points[{i}]"), Some(l)))
-        .collect()
-}

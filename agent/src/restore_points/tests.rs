@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
-use super::gc::Collected;
-use super::restore::disk_names;
+use super::gc::{Collected, collect_garbage, delete_restore_points};
+use super::location::Location;
+use super::restore::{Restored, disk_names, restore};
+use super::verify::verify;
 use super::*;
 use crate::repository::{COMPUTER_FORMAT, Disk, Store, VmManifest};
 
@@ -198,7 +200,6 @@ fn disks_with_the_same_file_name_get_distinct_names() {
         ..Disk::default()
     };
     let manifest = VmManifest {
-        restore_point: "s-0".into(),
         disks: vec![disk("/a/d.qcow2", "disk0.qcow2"), disk("/b/d.qcow2", "disk1.qcow2")],
         ..VmManifest::default()
     };

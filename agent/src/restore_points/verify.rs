@@ -31,11 +31,11 @@ pub(crate) fn verify(location: &Location, cancel: &Cancel) -> Result<Report, Age
         Err(problem) => return Ok(Report { problems: vec![problem], bytes_checked: 0 }),
     };
     let mut report = Report::default();
-    if contents.restore_point() != location.id {
+    let named = &contents.identity().restore_point;
+    if *named != location.id {
         report.problems.push(format!(
             "manifest.json: names restore point {:?}, the folder is {:?}",
-            contents.restore_point(),
-            location.id
+            named, location.id
         ));
     }
     match &contents {

@@ -49,10 +49,10 @@ pub(crate) fn outcome(manifest: &ComputerManifest, folder: &Path) -> pb::TaskOut
         message.push_str(warning);
     }
     let restore_point = pb::RestorePoint {
-        id: manifest.restore_point.clone(),
-        job: manifest.job.clone(),
-        item: manifest.item.clone(),
-        session_id: manifest.session_id.clone(),
+        id: manifest.identity.restore_point.clone(),
+        job: manifest.identity.job.clone(),
+        item: manifest.identity.item.clone(),
+        session_id: manifest.identity.session_id.clone(),
         created_at: prost_types::Timestamp::from_str(&manifest.created_at).ok(),
         size_bytes: manifest.totals.size_bytes,
         path: folder.display().to_string(),

@@ -223,20 +223,24 @@ impl Transfer<'_> {
 
 /// Opens a frozen file; `None` when it is gone.
 async fn open(entry: &Entry) -> Result<Option<File>, Failure> {
-    let path = PathBuf::from(&entry.path);
-    match blocking(move || File::open(path)).await {
-        Ok(file) => Ok(Some(file)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(file_error(entry, "cannot open", e)),
-    }
+    unless_gone(entry, "cannot open", File::open).await
 }
 
 /// The file's metadata after reading; `None` when it is gone.
 async fn stat(entry: &Entry) -> Result<Option<Metadata>, Failure> {
+    unless_gone(entry, "cannot read metadata", fs::symlink_metadata).await
+}
+
+/// Runs blocking work on the entry's path; `None` when the file is gone.
+async fn unless_gone<T: Send + 'static>(
+    entry: &Entry,
+    what: &str,
+    work: fn(PathBuf) -> io::Result<T>,
+) -> Result<Option<T>, Failure> {
     let path = PathBuf::from(&entry.path);
-    match blocking(move || fs::symlink_metadata(path)).await {
-        Ok(meta) => Ok(Some(meta)),
+    match blocking(move || work(path)).await {
+        Ok(found) => Ok(Some(found)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(file_error(entry, "cannot read metadata", e)),
+        Err(e) => Err(file_error(entry, what, e)),
     }
 }

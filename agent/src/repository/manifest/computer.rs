@@ -9,22 +9,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Identity;
+
 /// The manifest of a computer restore point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ComputerManifest {
     /// Always `sluice-computer-1`.
     pub(crate) format: String,
-    /// Restore point id.
-    pub(crate) restore_point: String,
-    /// Job name.
-    #[serde(default)]
-    pub(crate) job: String,
-    /// Item name.
-    #[serde(default)]
-    pub(crate) item: String,
-    /// Session that made it.
-    #[serde(default)]
-    pub(crate) session_id: String,
+    /// Which restore point it is (serialized as top-level fields).
+    #[serde(flatten)]
+    pub(crate) identity: Identity,
     /// Computer backed up.
     #[serde(default)]
     pub(crate) computer: String,
@@ -132,10 +126,7 @@ impl ComputerManifest {
     pub(crate) fn sample() -> Self {
         Self {
             format: super::COMPUTER_FORMAT.into(),
-            restore_point: "s1-0".into(),
-            job: "j".into(),
-            item: "pc".into(),
-            session_id: "s1".into(),
+            identity: Identity::sample(),
             computer: "pc1".into(),
             created_at: "2026-01-02T03:04:05Z".into(),
             snapshot_at: Some("2026-01-02T03:04:01.000000001Z".into()),

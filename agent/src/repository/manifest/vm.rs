@@ -7,20 +7,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Identity;
+
 /// The manifest of a VM restore point.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VmManifest {
-    /// Restore point id.
-    pub(crate) restore_point: String,
-    /// Job name.
-    #[serde(default)]
-    pub(crate) job: String,
-    /// Item name.
-    #[serde(default)]
-    pub(crate) item: String,
-    /// Session that made it.
-    #[serde(default)]
-    pub(crate) session_id: String,
+    /// Which restore point it is (serialized as top-level fields).
+    #[serde(flatten)]
+    pub(crate) identity: Identity,
     /// Commit time, RFC 3339.
     #[serde(default)]
     pub(crate) created_at: String,
