@@ -84,13 +84,8 @@ pub(crate) async fn convert(
     reporter: &mut Reporter,
     span: ProgressSpan,
 ) -> Result<(), ConvertError> {
-    let mut cmd = command(&["convert", "-O", "qcow2", "-l"]);
-    cmd.arg(format!("snapshot.name={snapshot}"));
-    if let Some(rate) = rate_limit {
-        cmd.arg("-r").arg(rate.to_string());
-    }
-    cmd.arg(disk).arg(out);
-    let mut child = spawn(cmd).map_err(ConvertError::Failed)?;
+    let mut child =
+        spawn(convert_command(disk, out, snapshot, rate_limit)).map_err(ConvertError::Failed)?;
     let stderr = tokio::spawn(read_all(child.stderr.take()));
     let _stdout = tokio::spawn(read_all(child.stdout.take()));
     // `qemu-img convert -p` runs ahead of rate-limited writes; what the output file holds on
@@ -113,6 +108,16 @@ pub(crate) async fn convert(
     };
     let stderr = stderr.await.unwrap_or_default();
     check(status.map_err(|e| e.to_string()), &stderr).map_err(ConvertError::Failed)
+}
+
+fn convert_command(disk: &Path, out: &Path, snapshot: &str, rate_limit: Option<u64>) -> Command {
+    let mut cmd = command(&["convert", "-O", "qcow2", "-l"]);
+    cmd.arg(format!("snapshot.name={snapshot}"));
+    if let Some(rate) = rate_limit {
+        cmd.arg("-r").arg(rate.to_string());
+    }
+    cmd.arg(disk).arg(out);
+    cmd
 }
 
 fn command(args: &[&str]) -> Command {

@@ -66,24 +66,13 @@ pub(crate) fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Coll
     if let Some(partial) = before.partials.first() {
         return Ok(skipped(format!("a backup is writing into {}", partial.display())));
     }
-    let mut referenced = HashSet::new();
-    for folder in &before.restore_points {
-        match Manifest::read(folder) {
-            Ok(Manifest::Computer(manifest)) => {
-                referenced.extend(manifest.entries.into_iter().filter_map(|e| e.sha256));
-            }
-            Ok(Manifest::Vm(_)) => {}
-            Err(problem) if folder.join(MANIFEST).exists() => {
-                return Ok(skipped(format!("{}: {problem}", folder.display())));
-            }
-            // A folder without a manifest (e.g. a sim restore point) names no blob.
-            Err(_) => {}
-        }
-    }
-    let blobs = Store::new(repository).blobs().map_err(io)?;
+    let referenced = match referenced_blobs(&before) {
+        Ok(referenced) => referenced,
+        Err(problem) => return Ok(skipped(problem)),
+    };
     let mut collected = Collected::default();
     let mut garbage = Vec::new();
-    for (sha256, path) in blobs {
+    for (sha256, path) in Store::new(repository).blobs().map_err(io)? {
         if referenced.contains(&sha256) {
             collected.blobs_kept += 1;
         } else {
@@ -98,19 +87,45 @@ pub(crate) fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Coll
             collected.skipped = "the repository changed while collecting; stopped early".into();
             return Ok(collected);
         }
-        for blob in round {
-            let size = fs::symlink_metadata(blob).map(|m| m.len()).unwrap_or(0);
-            match fs::remove_file(blob) {
-                Ok(()) => {
-                    collected.blobs_removed += 1;
-                    collected.bytes_removed += size;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
+        remove_blobs(round, &mut collected).map_err(io)?;
     }
     Ok(collected)
+}
+
+/// Every blob the computer manifests of the restore points name; the problem, naming the
+/// folder, when a manifest cannot be read.
+fn referenced_blobs(folders: &Folders) -> Result<HashSet<String>, String> {
+    let mut referenced = HashSet::new();
+    for folder in &folders.restore_points {
+        match Manifest::read(folder) {
+            Ok(Manifest::Computer(manifest)) => {
+                referenced.extend(manifest.entries.into_iter().filter_map(|e| e.sha256));
+            }
+            Ok(Manifest::Vm(_)) => {}
+            Err(problem) if folder.join(MANIFEST).exists() => {
+                return Err(format!("{}: {problem}", folder.display()));
+            }
+            // A folder without a manifest (e.g. a sim restore point) names no blob.
+            Err(_) => {}
+        }
+    }
+    Ok(referenced)
+}
+
+/// Removes blobs (one already gone is not counted), counting what was removed.
+fn remove_blobs(blobs: &[PathBuf], collected: &mut Collected) -> io::Result<()> {
+    for blob in blobs {
+        let size = fs::symlink_metadata(blob).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(blob) {
+            Ok(()) => {
+                collected.blobs_removed += 1;
+                collected.bytes_removed += size;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn skipped(reason: String) -> Collected {

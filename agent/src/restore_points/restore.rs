@@ -177,15 +177,7 @@ fn restore_computer(
     let mut restored = Restored::default();
     let mut directories: Vec<(PathBuf, &Record)> = Vec::new();
     for entry in &manifest.entries {
-        let path = under(target, &entry.path).ok_or_else(|| {
-            AgentError::Corrupt(format!(
-                "manifest.json: entry {:?} is not an absolute path without '..'",
-                entry.path
-            ))
-        })?;
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
-        }
+        let path = entry_path(target, entry)?;
         match entry.kind {
             Kind::Dir => {
                 fs::create_dir_all(&path).map_err(|e| io_error("cannot create", &path, &e))?;
@@ -197,10 +189,7 @@ fn restore_computer(
                 restored.files += 1;
             }
             Kind::Symlink => {
-                let link = entry.target.as_deref().ok_or_else(|| {
-                    AgentError::Corrupt(format!("manifest.json: link {} has no target", entry.path))
-                })?;
-                symlink(link, &path).map_err(|e| io_error("cannot create link", &path, &e))?;
+                restore_link(entry, &path)?;
                 restored.symlinks += 1;
             }
         }
@@ -211,6 +200,27 @@ fn restore_computer(
         set_mode_and_mtime(path, entry)?;
     }
     Ok(restored)
+}
+
+/// Where `entry` goes under `target`, with its parent folder created.
+fn entry_path(target: &Path, entry: &Record) -> Result<PathBuf, AgentError> {
+    let path = under(target, &entry.path).ok_or_else(|| {
+        AgentError::Corrupt(format!(
+            "manifest.json: entry {:?} is not an absolute path without '..'",
+            entry.path
+        ))
+    })?;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
+    }
+    Ok(path)
+}
+
+fn restore_link(entry: &Record, path: &Path) -> Result<(), AgentError> {
+    let link = entry.target.as_deref().ok_or_else(|| {
+        AgentError::Corrupt(format!("manifest.json: link {} has no target", entry.path))
+    })?;
+    symlink(link, path).map_err(|e| io_error("cannot create link", path, &e))
 }
 
 fn restore_file(

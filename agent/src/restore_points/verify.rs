@@ -92,18 +92,7 @@ fn verify_computer(
             continue;
         };
         if !blobs.contains_key(sha256) {
-            let found = match hash_file(&store.blob_path(sha256), cancel) {
-                Ok(found) => {
-                    report.bytes_checked += found.size;
-                    Ok(found)
-                }
-                Err(ReadError::Canceled) => return Err(canceled()),
-                Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-                    Err("is missing from the store".to_owned())
-                }
-                Err(ReadError::Io(e)) => Err(format!("cannot be read: {e}")),
-            };
-            blobs.insert(sha256, found);
+            blobs.insert(sha256, hash_blob(&store, sha256, cancel, report)?);
         }
         let name = format!("{}: blob {sha256}", entry.path);
         match &blobs[sha256] {
@@ -112,6 +101,26 @@ fn verify_computer(
         }
     }
     Ok(())
+}
+
+/// Reads and hashes a blob; what is wrong with it, in words, when it cannot be read.
+fn hash_blob(
+    store: &Store,
+    sha256: &str,
+    cancel: &Cancel,
+    report: &mut Report,
+) -> Result<Result<Digested, String>, AgentError> {
+    match hash_file(&store.blob_path(sha256), cancel) {
+        Ok(found) => {
+            report.bytes_checked += found.size;
+            Ok(Ok(found))
+        }
+        Err(ReadError::Canceled) => Err(canceled()),
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Err("is missing from the store".to_owned()))
+        }
+        Err(ReadError::Io(e)) => Ok(Err(format!("cannot be read: {e}"))),
+    }
 }
 
 /// Adds a problem per difference between what was read and what the manifest records.

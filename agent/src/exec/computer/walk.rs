@@ -125,13 +125,7 @@ impl Walk<'_> {
             return Ok(());
         }
         let Some(name) = self.utf8(&path) else { return Ok(()) };
-        let kind = if meta.is_dir() {
-            Kind::Dir
-        } else if meta.is_file() {
-            Kind::File
-        } else if meta.is_symlink() {
-            Kind::Symlink
-        } else {
+        let Some(kind) = kind_of(meta) else {
             debug!(path = name, "special file skipped");
             return Ok(());
         };
@@ -190,6 +184,17 @@ impl Walk<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// What an entry is; `None` for sockets, FIFOs and devices.
+fn kind_of(meta: &Metadata) -> Option<Kind> {
+    if meta.is_dir() {
+        Some(Kind::Dir)
+    } else if meta.is_file() {
+        Some(Kind::File)
+    } else {
+        meta.is_symlink().then_some(Kind::Symlink)
     }
 }
 
