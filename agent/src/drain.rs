@@ -21,7 +21,7 @@ const CLEANUP_WAIT: Duration = Duration::from_secs(120);
 
 /// Starts drains; the first one wins. Cancels `left` once the agent may leave.
 #[derive(Debug, Clone)]
-pub struct Drainer {
+pub(crate) struct Drainer {
     tasks: TasksHandle,
     left: CancellationToken,
     started: Arc<AtomicBool>,
@@ -29,13 +29,13 @@ pub struct Drainer {
 
 impl Drainer {
     /// A drainer that cancels `left` when a drain has completed.
-    pub fn new(tasks: TasksHandle, left: CancellationToken) -> Self {
+    pub(crate) fn new(tasks: TasksHandle, left: CancellationToken) -> Self {
         Self { tasks, left, started: Arc::new(AtomicBool::new(false)) }
     }
 
     /// Enters the draining state and, the first time, starts the drain with this deadline.
     /// Returns the tasks running now.
-    pub async fn begin(&self, deadline: Duration) -> Result<u32, AgentError> {
+    pub(crate) async fn begin(&self, deadline: Duration) -> Result<u32, AgentError> {
         let running = self.tasks.drain().await?;
         if !self.started.swap(true, Ordering::SeqCst) {
             info!(running, deadline_secs = deadline.as_secs(), "drain started");

@@ -79,12 +79,12 @@ pub enum AgentError {
 
 impl AgentError {
     /// A bad request field.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
     /// A journal failure with context.
-    pub fn journal(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn journal(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Journal { context: context.into(), source }
     }
 

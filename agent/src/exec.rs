@@ -3,11 +3,10 @@
 //! Every executor reports each phase as it begins and ends with a [`pb::TaskOutcome`];
 //! `CLEANUP` always runs, also after an error or a cancel.
 
-pub mod commit;
-pub mod computer;
-pub mod qemu;
-pub mod sim;
-pub mod vm;
+pub(crate) mod computer;
+pub(crate) mod qemu;
+mod sim;
+mod vm;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -16,8 +15,11 @@ use std::time::{Duration, Instant};
 use sluice_proto::pb::{self, job_item::Target};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-use crate::key::TaskId;
+use crate::fsutil::{self, blocking};
+use crate::key::{self, TaskId};
+use crate::repository::{Identity, RepoPaths};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -52,12 +54,12 @@ impl Reporter {
     }
 
     /// Reports that a phase begins.
-    pub async fn phase(&mut self, phase: pb::TaskPhase) {
+    pub(crate) async fn phase(&mut self, phase: pb::TaskPhase) {
         self.send(Update::Phase(phase)).await;
     }
 
     /// Reports progress; drops it when the last one is too recent, unless it is complete.
-    pub async fn progress(&mut self, done: u64, total: u64) {
+    pub(crate) async fn progress(&mut self, done: u64, total: u64) {
         let recent = self.last_progress.is_some_and(|at| at.elapsed() < PROGRESS_EVERY);
         if recent && done < total {
             return;
@@ -67,7 +69,7 @@ impl Reporter {
     }
 
     /// Reports the outcome.
-    pub async fn finished(&mut self, outcome: pb::TaskOutcome) {
+    pub(crate) async fn finished(&mut self, outcome: pb::TaskOutcome) {
         self.send(Update::Finished(outcome)).await;
     }
 
@@ -92,17 +94,17 @@ impl CancelSignal {
     }
 
     /// Completes when the task is cancelled.
-    pub async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         self.token.cancelled().await;
     }
 
     /// Whether the task is cancelled.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()
     }
 
     /// The reason of the cancel, if cancelled.
-    pub fn reason(&self) -> pb::CancelReason {
+    pub(crate) fn reason(&self) -> pb::CancelReason {
         self.reason.get().copied().unwrap_or(pb::CancelReason::Unspecified)
     }
 }
@@ -124,6 +126,18 @@ pub struct TaskContext {
     pub running_sessions: watch::Receiver<BTreeSet<String>>,
 }
 
+impl TaskContext {
+    /// Which restore point the task commits, as its manifest names it.
+    pub(crate) fn identity(&self) -> Identity {
+        Identity {
+            restore_point: self.id.restore_point_id(),
+            job: self.spec.job.clone(),
+            item: key::item_name(&self.spec).to_owned(),
+            session_id: self.id.session.clone(),
+        }
+    }
+}
+
 /// Runs the task with the executor its spec asks for and returns its outcome.
 pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
     let target = ctx.spec.item.as_ref().and_then(|item| item.target.clone());
@@ -136,12 +150,12 @@ pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
 }
 
 /// A failed outcome.
-pub fn failed(message: String) -> pb::TaskOutcome {
+pub(crate) fn failed(message: String) -> pb::TaskOutcome {
     pb::TaskOutcome { state: pb::ItemState::Failed as i32, message, ..Default::default() }
 }
 
 /// A cancelled outcome with its reason.
-pub fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
+pub(crate) fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
     let message = match reason {
         pb::CancelReason::Drain => "canceled: the agent drained past its deadline",
         _ => "canceled by user",
@@ -155,12 +169,47 @@ pub fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
 }
 
 /// A successful outcome, or a warning when `warning` is not empty.
-pub fn committed(restore_point: pb::RestorePoint, warning: String) -> pb::TaskOutcome {
+pub(crate) fn committed(restore_point: pb::RestorePoint, warning: String) -> pb::TaskOutcome {
     let state = if warning.is_empty() { pb::ItemState::Success } else { pb::ItemState::Warning };
     pb::TaskOutcome {
         state: state as i32,
         restore_point: Some(restore_point),
         message: warning,
         ..Default::default()
+    }
+}
+
+/// The restore point a task commits into `paths`, as its outcome reports it.
+pub(crate) fn restore_point(
+    spec: &pb::TaskSpec,
+    id: &TaskId,
+    paths: &RepoPaths,
+    created_at: Option<prost_types::Timestamp>,
+    size_bytes: u64,
+) -> pb::RestorePoint {
+    pb::RestorePoint {
+        id: id.restore_point_id(),
+        job: spec.job.clone(),
+        item: key::item_name(spec).to_owned(),
+        session_id: id.session.clone(),
+        created_at,
+        size_bytes,
+        path: paths.final_dir.display().to_string(),
+    }
+}
+
+/// Clears and creates the task's partial folder; the error is the TRANSFER failure message.
+async fn prepare_partial(paths: &RepoPaths) -> Result<(), String> {
+    let prepare = paths.clone();
+    blocking(move || prepare.prepare_partial())
+        .await
+        .map_err(|e| format!("TRANSFER failed: cannot create {}: {e}", paths.partial.display()))
+}
+
+/// Removes the partial folder of an attempt that did not commit.
+async fn remove_partial(paths: &RepoPaths) {
+    let partial = paths.partial.clone();
+    if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
+        warn!(path = %paths.partial.display(), %error, "partial folder removal failed");
     }
 }

@@ -23,7 +23,7 @@ type Client = AgentRegistryClient<InterceptedService<Channel, TraceInterceptor>>
 
 /// Sends heartbeats to the coordinators.
 #[derive(Debug)]
-pub struct Heartbeater {
+pub(crate) struct Heartbeater {
     clients: Vec<(String, Client)>,
     next: usize,
     agent: pb::Agent,
@@ -33,7 +33,7 @@ pub struct Heartbeater {
 
 impl Heartbeater {
     /// Lazily connecting clients for every coordinator endpoint.
-    pub fn new(settings: &Settings, address: String) -> Result<Self, AgentError> {
+    pub(crate) fn new(settings: &Settings, address: String) -> Result<Self, AgentError> {
         let interval = settings.heartbeat_interval();
         let clients = settings
             .coordinator_list()
@@ -52,7 +52,11 @@ impl Heartbeater {
     }
 
     /// Beats every interval (and at once when a drain begins) until `stop`.
-    pub async fn run(&mut self, mut status: watch::Receiver<AgentStatus>, stop: CancellationToken) {
+    pub(crate) async fn run(
+        &mut self,
+        mut status: watch::Receiver<AgentStatus>,
+        stop: CancellationToken,
+    ) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut draining = false;
@@ -73,7 +77,7 @@ impl Heartbeater {
     }
 
     /// Sends one heartbeat, trying each endpoint once from the current one; true if taken.
-    pub async fn beat(&mut self, status: &AgentStatus, leaving: bool) -> bool {
+    pub(crate) async fn beat(&mut self, status: &AgentStatus, leaving: bool) -> bool {
         let request = self.request(status, leaving);
         for _ in 0..self.clients.len() {
             let Some((url, client)) = self.clients.get_mut(self.next) else { return false };

@@ -59,7 +59,7 @@ impl Journal {
     }
 
     /// Deletes the entry of a task.
-    pub fn remove(&self, id: &TaskId) -> io::Result<()> {
+    pub(crate) fn remove(&self, id: &TaskId) -> io::Result<()> {
         fsutil::remove_file_if_exists(&self.task_path(id))
     }
 
@@ -82,7 +82,7 @@ impl Journal {
     }
 
     /// The newest epoch seen per session.
-    pub fn load_epochs(&self) -> Result<HashMap<String, i64>, AgentError> {
+    pub(crate) fn load_epochs(&self) -> Result<HashMap<String, i64>, AgentError> {
         let path = self.dir.join(EPOCHS_FILE);
         let text = match fs::read(&path) {
             Ok(text) => text,
@@ -95,7 +95,7 @@ impl Journal {
     }
 
     /// Durably replaces the epochs.
-    pub fn save_epochs(&self, epochs: &HashMap<String, i64>) -> io::Result<()> {
+    pub(crate) fn save_epochs(&self, epochs: &HashMap<String, i64>) -> io::Result<()> {
         let bytes = serde_json::to_vec(epochs).map_err(io::Error::other)?;
         fsutil::write_atomic(&self.dir.join(EPOCHS_FILE), &bytes)
     }

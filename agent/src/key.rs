@@ -5,7 +5,6 @@ use std::fmt;
 use sluice_proto::pb::{self, job_item::Target};
 
 use crate::error::AgentError;
-use crate::exec::computer::STORE_DIR;
 
 const MAX_ITEM_NAME_LEN: usize = 255;
 
@@ -22,12 +21,12 @@ pub struct TaskId {
 
 impl TaskId {
     /// The id of a wire key (unchecked).
-    pub fn from_key(key: &pb::TaskKey) -> Self {
+    pub(crate) fn from_key(key: &pb::TaskKey) -> Self {
         Self { session: key.session_id.clone(), index: key.item_index, attempt: key.attempt }
     }
 
     /// The wire key.
-    pub fn to_key(&self) -> pb::TaskKey {
+    pub(crate) fn to_key(&self) -> pb::TaskKey {
         pb::TaskKey {
             session_id: self.session.clone(),
             item_index: self.index,
@@ -36,17 +35,17 @@ impl TaskId {
     }
 
     /// File name of its journal entry.
-    pub fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         format!("{}.{}.{}.pb", self.session, self.index, self.attempt)
     }
 
     /// Id of the restore point the task commits: `<session>-<index>`.
-    pub fn restore_point_id(&self) -> String {
+    pub(crate) fn restore_point_id(&self) -> String {
         format!("{}-{}", self.session, self.index)
     }
 
     /// Name of the VM snapshots the task takes: `sluice-<session>`.
-    pub fn snapshot_name(&self) -> String {
+    pub(crate) fn snapshot_name(&self) -> String {
         format!("{SNAPSHOT_PREFIX}{}", self.session)
     }
 }
@@ -57,12 +56,17 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// The item name of a task spec (empty when it names no item).
+pub(crate) fn item_name(spec: &pb::TaskSpec) -> &str {
+    spec.item.as_ref().map(|item| item.name.as_str()).unwrap_or_default()
+}
+
 /// Prefix of every snapshot Sluice takes.
-pub const SNAPSHOT_PREFIX: &str = "sluice-";
+pub(crate) const SNAPSHOT_PREFIX: &str = "sluice-";
 
 /// Checks a session id by the coordinator's name rules (1-64 characters of `[a-z0-9._-]`, not
 /// starting with '.'), so every restore point an agent commits can be named in later calls.
-pub fn validate_session_id(field: &str, session: &str) -> Result<(), AgentError> {
+pub(crate) fn validate_session_id(field: &str, session: &str) -> Result<(), AgentError> {
     sluice_proto::job::validate_name(field, session).map_err(|error| match error {
         sluice_proto::job::JobError::Invalid { reason, .. } => AgentError::invalid(field, reason),
         other => AgentError::invalid(field, other.to_string()),
@@ -115,12 +119,6 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
     };
     if needs_repository && !spec.repository.starts_with('/') {
         return Err(AgentError::invalid("task.repository", "must be an absolute path"));
-    }
-    if needs_repository && spec.job == STORE_DIR {
-        return Err(AgentError::invalid(
-            "task.job",
-            format!("{STORE_DIR:?} is reserved for the repository's content store"),
-        ));
     }
     Ok(())
 }
@@ -209,6 +207,7 @@ mod tests {
         bad.item = Some(pb::JobItem { name: "..".into(), target: None });
         assert_eq!(field_of(&bad), "task.item.name");
         let mut bad = spec();
+        // Job names never start with '.', so no job folder can be the repository's store.
         bad.job = ".store".into();
         assert_eq!(field_of(&bad), "task.job");
     }

@@ -5,20 +5,25 @@
 //! listener, heartbeats to the coordinators, and returns after a drain (cancel the `drain`
 //! token, or call `AgentService.Drain`) or at once when `shutdown` is cancelled.
 
-pub mod drain;
-pub mod error;
+// The public surface is what the binary and the integration tests use; everything else is
+// `pub(crate)`, and this lint keeps it so.
+#![warn(unreachable_pub)]
+
+mod drain;
+mod error;
 pub mod exec;
-pub mod fsutil;
-pub mod heartbeat;
+mod fsutil;
+mod heartbeat;
 pub mod journal;
 pub mod key;
-pub mod orphans;
+mod orphans;
 pub mod recovery;
-pub mod restore_points;
-pub mod server;
-pub mod service;
-pub mod settings;
-pub mod tasks;
+mod repository;
+mod restore_points;
+mod server;
+mod service;
+mod settings;
+mod tasks;
 
 use std::time::Duration;
 
@@ -64,31 +69,18 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     settings.validate()?;
     let address = advertised_address(&settings, &listener)?;
-    let mut heartbeater = Heartbeater::new(&settings, address.clone())?;
+    let heartbeater = Heartbeater::new(&settings, address.clone())?;
     let journal = Journal::open(&settings.state_dir)?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
-    let config = TasksConfig {
-        agent_id: settings.id.clone(),
-        computer: settings.computer_name().to_owned(),
-        slots: usize::try_from(settings.slots).unwrap_or(usize::MAX),
-        rate_limit: settings.transfer_rate_limit,
-        journal,
-        tracker: tracker.clone(),
-    };
+    let config = tasks_config(&settings, journal, tracker.clone());
     let tasks = TasksHandle::spawn(config, recovered.epochs, recovered.finished);
     let left = CancellationToken::new();
     let drainer = Drainer::new(tasks.clone(), left.clone());
     let server_stop = CancellationToken::new();
     let api = AgentApi::new(tasks.clone(), drainer.clone(), server_stop.clone());
     let mut server = tokio::spawn(server::serve(api, listener, server_stop.clone()));
-    let beats_stop = CancellationToken::new();
-    let status = tasks.status();
-    let beats_token = beats_stop.clone();
-    let beats = tokio::spawn(async move {
-        heartbeater.run(status, beats_token).await;
-        heartbeater
-    });
+    let (beats, beats_stop) = spawn_heartbeats(heartbeater, &tasks);
     info!(id = settings.id, %address, "agent started");
     let exit = wait_for_exit(&settings, &drainer, &shutdown, &drain, &left, &mut server).await;
     match &exit {
@@ -103,6 +95,32 @@ pub async fn run(
     };
     info!(id = settings.id, "agent stopped");
     served.map_err(|e| AgentError::Internal(format!("server task failed: {e}")))?
+}
+
+fn tasks_config(settings: &Settings, journal: Journal, tracker: TaskTracker) -> TasksConfig {
+    TasksConfig {
+        agent_id: settings.id.clone(),
+        computer: settings.computer_name().to_owned(),
+        slots: usize::try_from(settings.slots).unwrap_or(usize::MAX),
+        rate_limit: settings.transfer_rate_limit,
+        journal,
+        tracker,
+    }
+}
+
+/// Heartbeats until the returned token is cancelled; the task gives the heartbeater back
+/// for the leaving heartbeat.
+fn spawn_heartbeats(
+    mut heartbeater: Heartbeater,
+    tasks: &TasksHandle,
+) -> (JoinHandle<Heartbeater>, CancellationToken) {
+    let stop = CancellationToken::new();
+    let (status, token) = (tasks.status(), stop.clone());
+    let beats = tokio::spawn(async move {
+        heartbeater.run(status, token).await;
+        heartbeater
+    });
+    (beats, stop)
 }
 
 fn advertised_address(settings: &Settings, listener: &TcpListener) -> Result<String, AgentError> {

@@ -18,7 +18,7 @@ const REAP_POLL: Duration = Duration::from_millis(20);
 
 /// Kills every process whose command line names a path under `partial`, and waits (bounded)
 /// until they are gone. Returns how many were killed.
-pub fn kill_writers(partial: &Path) -> usize {
+pub(crate) fn kill_writers(partial: &Path) -> usize {
     let needle = partial.as_os_str().as_encoded_bytes();
     let writers: Vec<i32> = pids().filter(|pid| cmdline_mentions(*pid, needle)).collect();
     for pid in &writers {

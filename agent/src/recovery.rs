@@ -10,11 +10,11 @@ use sluice_proto::pb::{self, job_item::Target};
 use tracing::{info, warn};
 
 use crate::error::AgentError;
-use crate::exec::commit::{MANIFEST, RepoPaths};
 use crate::exec::{self, computer, qemu};
 use crate::fsutil::{self, blocking};
 use crate::journal::{Journal, JournalEntry};
 use crate::key::{SNAPSHOT_PREFIX, TaskId};
+use crate::repository::{Manifest, RepoPaths};
 use crate::tasks::runner::recovered_status;
 
 /// Outcome of a task that was running when the agent stopped.
@@ -24,7 +24,7 @@ pub const RESTARTED: &str = "agent restarted while the task was running";
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Newest epoch per session.
-    pub epochs: HashMap<String, i64>,
+    pub(crate) epochs: HashMap<String, i64>,
     /// Finished, unacknowledged tasks.
     pub finished: Vec<pb::TaskStatus>,
 }
@@ -86,7 +86,7 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
         warn!(task = %id, "task was running when the agent stopped");
         return exec::failed(RESTARTED.to_owned());
     };
-    let paths = RepoPaths::new(spec, id);
+    let paths = RepoPaths::of_task(spec, id);
     if let Some(outcome) = committed_outcome(spec, id, &paths).await {
         info!(task = %id, path = %paths.final_dir.display(), "task had committed before the agent stopped");
         return outcome;
@@ -103,50 +103,35 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
     exec::failed(RESTARTED.to_owned())
 }
 
-/// The outcome of the task's restore point if it is committed.
+/// The outcome of the task's restore point if it committed: its folder holds a manifest of
+/// the task's executor that names the task's session.
 async fn committed_outcome(
     spec: &pb::TaskSpec,
     id: &TaskId,
     paths: &RepoPaths,
 ) -> Option<pb::TaskOutcome> {
-    let target = spec.item.as_ref().and_then(|item| item.target.as_ref());
-    if !matches!(target, Some(Target::Computer(_))) {
-        let restore_point = committed_restore_point(spec, id, paths).await?;
-        return Some(exec::committed(restore_point, String::new()));
-    }
-    let outcome = computer::committed_outcome(&paths.final_dir).await?;
-    let session = outcome.restore_point.as_ref().map(|rp| rp.session_id.as_str());
-    (session == Some(id.session.as_str())).then_some(outcome)
-}
-
-async fn committed_restore_point(
-    spec: &pb::TaskSpec,
-    id: &TaskId,
-    paths: &RepoPaths,
-) -> Option<pb::RestorePoint> {
-    let manifest_path = paths.final_dir.join(MANIFEST);
-    let text = tokio::fs::read(&manifest_path).await.ok()?;
-    let manifest: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    if manifest["session_id"].as_str() != Some(id.session.as_str()) {
+    let folder = paths.final_dir.clone();
+    let manifest =
+        tokio::task::spawn_blocking(move || Manifest::read(&folder).ok()).await.ok()??;
+    if manifest.identity().session_id != id.session {
         return None;
     }
-    let disks = manifest["disks"].as_array()?;
-    let size_bytes = disks.iter().filter_map(|d| d["size_bytes"].as_u64()).sum();
-    let created_at =
-        manifest["created_at"].as_str().and_then(|t| prost_types::Timestamp::from_str(t).ok());
-    Some(pb::RestorePoint {
-        id: id.restore_point_id(),
-        job: spec.job.clone(),
-        item: spec.item.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
-        session_id: id.session.clone(),
-        created_at,
-        size_bytes,
-        path: paths.final_dir.display().to_string(),
-    })
+    match (spec.item.as_ref().and_then(|item| item.target.as_ref())?, manifest) {
+        (Target::Computer(_), Manifest::Computer(computer)) => {
+            Some(computer::outcome(&computer, &paths.final_dir))
+        }
+        (Target::Vm(_), Manifest::Vm(vm)) => {
+            let size_bytes = vm.disks.iter().map(|disk| disk.size_bytes).sum();
+            let created_at = prost_types::Timestamp::from_str(&vm.created_at).ok();
+            let restore_point = exec::restore_point(spec, id, paths, created_at, size_bytes);
+            Some(exec::committed(restore_point, String::new()))
+        }
+        _ => None,
+    }
 }
 
 /// Removes every `sluice-*` snapshot on the disks (no task runs yet at start-up).
-pub async fn hunt_snapshots(disks: &BTreeSet<PathBuf>) {
+pub(crate) async fn hunt_snapshots(disks: &BTreeSet<PathBuf>) {
     for disk in disks {
         hunt_disk(disk).await;
     }

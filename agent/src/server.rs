@@ -16,7 +16,7 @@ use crate::service::AgentApi;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until `stop`, then gives open calls a bounded grace period.
-pub async fn serve(
+pub(crate) async fn serve(
     api: AgentApi,
     listener: TcpListener,
     stop: CancellationToken,

@@ -8,10 +8,10 @@ use sluice_proto::pb::{self, agent_service_server::AgentService};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::drain::Drainer;
-use crate::restore_points::{self, Location};
+use crate::restore_points::calls;
 use crate::tasks::TasksHandle;
 
 /// Deadline of a drain request that names none.
@@ -19,7 +19,7 @@ const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Serves `AgentService`.
 #[derive(Debug, Clone)]
-pub struct AgentApi {
+pub(crate) struct AgentApi {
     tasks: TasksHandle,
     drainer: Drainer,
     shutdown: CancellationToken,
@@ -27,7 +27,7 @@ pub struct AgentApi {
 
 impl AgentApi {
     /// The service; its watch streams end when `shutdown` is cancelled.
-    pub fn new(tasks: TasksHandle, drainer: Drainer, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(tasks: TasksHandle, drainer: Drainer, shutdown: CancellationToken) -> Self {
         Self { tasks, drainer, shutdown }
     }
 }
@@ -100,55 +100,28 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::AgentVerifyRequest>,
     ) -> Result<Response<pb::VerifyRestorePointResponse>, Status> {
-        let location = Location::parse("location", request.get_ref().location.as_ref())?;
-        let report =
-            restore_points::run_blocking(move |cancel| restore_points::verify(&location, cancel))
-                .await?;
-        Ok(Response::new(restore_points::verify_response(report)))
+        Ok(Response::new(calls::verify(request.into_inner()).await?))
     }
 
     async fn restore_restore_point(
         &self,
         request: Request<pb::AgentRestoreRequest>,
     ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
-        let request = request.into_inner();
-        let location = Location::parse("location", request.location.as_ref())?;
-        let target = restore_points::absolute_dir("target_dir", &request.target_dir)?;
-        info!(restore_point = %location.id, target = %target.display(), "restore begins");
-        let restored = restore_points::run_blocking(move |cancel| {
-            restore_points::restore(&location, &target, cancel)
-        })
-        .await?;
-        Ok(Response::new(restore_points::restore_response(restored)))
+        Ok(Response::new(calls::restore(request.into_inner()).await?))
     }
 
     async fn delete_restore_points(
         &self,
         request: Request<pb::DeleteRestorePointsRequest>,
     ) -> Result<Response<pb::DeleteRestorePointsResponse>, Status> {
-        let locations = restore_points::parse_locations(&request.get_ref().restore_points)?;
-        let (deleted, problems) = restore_points::run_blocking(move |_| {
-            Ok(restore_points::delete_restore_points(&locations))
-        })
-        .await?;
-        Ok(Response::new(pb::DeleteRestorePointsResponse { deleted, problems }))
+        Ok(Response::new(calls::delete(request.into_inner()).await?))
     }
 
     async fn collect_garbage(
         &self,
         request: Request<pb::CollectGarbageRequest>,
     ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
-        let repository = restore_points::absolute_dir("repository", &request.get_ref().repository)?;
-        let collected = restore_points::run_blocking(move |cancel| {
-            restore_points::collect_garbage(&repository, cancel)
-        })
-        .await?;
-        Ok(Response::new(pb::CollectGarbageResponse {
-            blobs_removed: collected.blobs_removed,
-            bytes_removed: collected.bytes_removed,
-            blobs_kept: collected.blobs_kept,
-            skipped: collected.skipped,
-        }))
+        Ok(Response::new(calls::collect_garbage(request.into_inner()).await?))
     }
 }
 

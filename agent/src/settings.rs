@@ -8,25 +8,25 @@ use serde::Deserialize;
 use crate::error::AgentError;
 
 /// Default heartbeat TTL in seconds.
-pub const DEFAULT_HEARTBEAT_TTL: u32 = 10;
+pub(crate) const DEFAULT_HEARTBEAT_TTL: u32 = 10;
 /// Default drain deadline in seconds.
-pub const DEFAULT_DRAIN_DEADLINE: u32 = 600;
+pub(crate) const DEFAULT_DRAIN_DEADLINE: u32 = 600;
 
 /// Everything an agent needs to run. Keys are the long flag names (kebab-case).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
     /// Coordinator endpoints, comma-separated (`http://host:port,...`).
-    pub coordinators: String,
+    pub(crate) coordinators: String,
     /// Address to listen on (used by `main`; the library takes a bound listener).
     #[serde(default)]
     pub listen: Option<String>,
     /// Agent id.
-    pub id: String,
+    pub(crate) id: String,
     /// Task slots.
-    pub slots: u32,
+    pub(crate) slots: u32,
     /// Directory of the journal.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Computer name in computer mode.
     #[serde(default)]
     pub computer: Option<String>,
@@ -35,13 +35,13 @@ pub struct Settings {
     pub heartbeat_ttl: u32,
     /// Transfer rate limit in bytes per second (VM: `qemu-img convert -r`; computer: reads).
     #[serde(default)]
-    pub transfer_rate_limit: Option<u64>,
+    pub(crate) transfer_rate_limit: Option<u64>,
     /// Address announced to coordinators; defaults to `http://<bound addr>`.
     #[serde(default)]
-    pub advertise: Option<String>,
+    pub(crate) advertise: Option<String>,
     /// Seconds a drain lets running tasks finish before cancelling them.
     #[serde(default = "default_drain_deadline")]
-    pub drain_deadline: u32,
+    pub(crate) drain_deadline: u32,
 }
 
 fn default_ttl() -> u32 {
@@ -70,7 +70,7 @@ impl Settings {
     }
 
     /// Checks the values that the agent cannot run without.
-    pub fn validate(&self) -> Result<(), AgentError> {
+    pub(crate) fn validate(&self) -> Result<(), AgentError> {
         if self.id.trim().is_empty() {
             return Err(AgentError::Config("--id must not be empty".into()));
         }
@@ -90,23 +90,23 @@ impl Settings {
     }
 
     /// The coordinator endpoints.
-    pub fn coordinator_list(&self) -> Vec<String> {
+    pub(crate) fn coordinator_list(&self) -> Vec<String> {
         sluice_proto::config::split_list(&self.coordinators)
     }
 
     /// The computer name, empty when not in computer mode.
-    pub fn computer_name(&self) -> &str {
+    pub(crate) fn computer_name(&self) -> &str {
         self.computer.as_deref().unwrap_or_default()
     }
 
     /// Time between heartbeats: a third of the TTL, never below 100 ms.
-    pub fn heartbeat_interval(&self) -> Duration {
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
         let third = Duration::from_millis(u64::from(self.heartbeat_ttl) * 1000 / 3);
         third.max(Duration::from_millis(100))
     }
 
     /// The configured drain deadline.
-    pub fn drain_deadline(&self) -> Duration {
+    pub(crate) fn drain_deadline(&self) -> Duration {
         Duration::from_secs(u64::from(self.drain_deadline))
     }
 }

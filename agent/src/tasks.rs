@@ -5,8 +5,8 @@
 //! the agent-level counters are published on a watch channel for heartbeats and drains.
 
 mod actor;
-pub mod runner;
-pub mod state;
+pub(crate) mod runner;
+pub(crate) mod state;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -23,34 +23,34 @@ const EVENT_CAPACITY: usize = 1024;
 
 /// Counters of the agent, published on every change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AgentStatus {
+pub(crate) struct AgentStatus {
     /// Whether the agent drains.
-    pub draining: bool,
+    pub(crate) draining: bool,
     /// Tasks running (including those being cancelled).
-    pub running: usize,
+    pub(crate) running: usize,
     /// Finished tasks not yet acknowledged.
-    pub unacked: usize,
+    pub(crate) unacked: usize,
 }
 
 /// What the task actor needs to start.
 #[derive(Debug, Clone)]
-pub struct TasksConfig {
+pub(crate) struct TasksConfig {
     /// Agent id, for messages.
-    pub agent_id: String,
+    pub(crate) agent_id: String,
     /// Computer name, empty when not in computer mode.
-    pub computer: String,
+    pub(crate) computer: String,
     /// Task slots.
-    pub slots: usize,
+    pub(crate) slots: usize,
     /// Transfer rate limit in bytes per second (VM and computer executors).
-    pub rate_limit: Option<u64>,
+    pub(crate) rate_limit: Option<u64>,
     /// The journal.
-    pub journal: Journal,
+    pub(crate) journal: Journal,
     /// Tracks the executor tasks, so shutdown can wait for their cleanup.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
 }
 
 /// A snapshot of the tasks and the stream of changes after it.
-pub type Subscription = (Vec<pb::TaskStatus>, broadcast::Receiver<pb::TaskStatus>);
+pub(crate) type Subscription = (Vec<pb::TaskStatus>, broadcast::Receiver<pb::TaskStatus>);
 
 type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
 
@@ -66,14 +66,14 @@ enum Command {
 
 /// Handle of the task actor.
 #[derive(Debug, Clone)]
-pub struct TasksHandle {
+pub(crate) struct TasksHandle {
     tx: mpsc::Sender<Command>,
     status: watch::Receiver<AgentStatus>,
 }
 
 impl TasksHandle {
     /// Starts the actor with the recovered epochs and finished tasks.
-    pub fn spawn(
+    pub(crate) fn spawn(
         config: TasksConfig,
         epochs: HashMap<String, i64>,
         finished: Vec<pb::TaskStatus>,
@@ -88,13 +88,13 @@ impl TasksHandle {
     }
 
     /// Validates and starts a task, or returns it if it is known.
-    pub async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
+    pub(crate) async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
         let id = key::validate_spec(&spec)?;
         self.call(|reply| Command::Run(id, Box::new(spec), reply)).await
     }
 
     /// Cancels running tasks of a session; returns their keys.
-    pub async fn cancel(
+    pub(crate) async fn cancel(
         &self,
         request: pb::CancelTasksRequest,
     ) -> Result<Vec<pb::TaskKey>, AgentError> {
@@ -106,7 +106,7 @@ impl TasksHandle {
     }
 
     /// Cancels every running task.
-    pub async fn cancel_all(
+    pub(crate) async fn cancel_all(
         &self,
         reason: pb::CancelReason,
     ) -> Result<Vec<pb::TaskKey>, AgentError> {
@@ -114,12 +114,12 @@ impl TasksHandle {
     }
 
     /// Running and unacknowledged tasks, of one session or (empty) all.
-    pub async fn list(&self, session: String) -> Result<Vec<pb::TaskStatus>, AgentError> {
+    pub(crate) async fn list(&self, session: String) -> Result<Vec<pb::TaskStatus>, AgentError> {
         self.call(|reply| Command::List(session, reply)).await
     }
 
     /// Forgets acknowledged finished tasks.
-    pub async fn ack(&self, request: pb::AckTasksRequest) -> Result<(), AgentError> {
+    pub(crate) async fn ack(&self, request: pb::AckTasksRequest) -> Result<(), AgentError> {
         if request.epoch < 1 {
             return Err(AgentError::invalid("epoch", "must be at least 1"));
         }
@@ -130,17 +130,17 @@ impl TasksHandle {
     }
 
     /// Every current task and the changes after them.
-    pub async fn subscribe(&self) -> Result<Subscription, AgentError> {
+    pub(crate) async fn subscribe(&self) -> Result<Subscription, AgentError> {
         self.call(Command::Subscribe).await
     }
 
     /// Enters the draining state; returns the tasks running now.
-    pub async fn drain(&self) -> Result<u32, AgentError> {
+    pub(crate) async fn drain(&self) -> Result<u32, AgentError> {
         self.call(Command::Drain).await
     }
 
     /// The agent's counters.
-    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+    pub(crate) fn status(&self) -> watch::Receiver<AgentStatus> {
         self.status.clone()
     }
 

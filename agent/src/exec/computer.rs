@@ -4,20 +4,11 @@
 //!
 //! # Repository layout
 //!
-//! - `<repository>/.store/<aa>/<sha256>`: one blob per distinct file content, named by the
-//!   lowercase hex SHA-256 of its bytes (`<aa>` = its first two characters). The store is
-//!   shared by every job, item and restore point of the repository: a content any earlier
-//!   restore point stored is never written again. Blobs are never modified; one is written
-//!   under a temporary name in the partial folder, fsynced, and linked into place only if
-//!   absent.
-//! - `<repository>/<job>/<item>/.partial-<rp>/` while the task runs, renamed to
-//!   `<repository>/<job>/<item>/<rp>/` at COMMIT (`<rp>` = `<session>-<item index>`), exactly
-//!   like a VM restore point. It then holds only `manifest.json`
-//!   ([`Manifest`], `"format": "sluice-computer-1"`): every entry (path, kind, size, mode,
-//!   mtime, ctime and sha256 of files, target of links; times RFC 3339 to the nanosecond),
-//!   the totals `files`, `directories`, `symlinks`, `size_bytes` (logical) and
-//!   `bytes_written` (new to the store), `bytes_read` (read from the files), `snapshot_at`
-//!   (when SNAPSHOT began) and `warnings`.
+//! As [`crate::repository`] lays it out: one blob per distinct file content in the
+//! repository's store, shared by every job, item and restore point, so a content any earlier
+//! restore point stored is never written again. Blobs are never modified; one is written
+//! under a temporary name in the partial folder, fsynced, and linked into place only if
+//! absent. The restore point folder holds only `manifest.json` (a `ComputerManifest`).
 //!
 //! # Phases
 //!
@@ -54,10 +45,9 @@
 //! `; vanished while being read: /c` (at most ten paths each, then `and <n> more`).
 //! `RestorePoint.size_bytes` is the logical size (`size_bytes`).
 
-mod manifest;
+mod commit;
 mod pace;
 mod previous;
-mod store;
 mod transfer;
 mod walk;
 
@@ -67,16 +57,15 @@ use std::time::SystemTime;
 use sluice_proto::pb::{self, TaskPhase};
 use tracing::{debug, warn};
 
-pub use manifest::{FORMAT, Manifest, Record, Totals};
-pub use store::{STORE_DIR, Store};
-pub use walk::Kind;
+pub(crate) use commit::outcome;
 
-use self::store::Written;
 use self::transfer::Transferred;
 use self::walk::{Excluded, Frozen, WalkError};
-use super::commit::{self, RepoPaths};
 use super::{TaskContext, canceled, failed};
-use crate::fsutil::{self, blocking};
+use crate::fsutil::blocking;
+use crate::repository::{
+    COMPUTER_FORMAT, ComputerManifest, RepoPaths, Store, Totals, Written, rfc3339,
+};
 
 /// Paths named per kind of warning; the rest are counted.
 const MAX_NAMED: usize = 10;
@@ -95,14 +84,14 @@ impl From<pace::Canceled> for Failure {
 }
 
 /// Runs a computer task to its outcome; CLEANUP always runs.
-pub async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> pb::TaskOutcome {
-    let paths = RepoPaths::new(&ctx.spec, &ctx.id);
+pub(crate) async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> pb::TaskOutcome {
+    let paths = RepoPaths::of_task(&ctx.spec, &ctx.id);
     let store = Store::new(Path::new(&ctx.spec.repository));
     let mut written = Written::default();
     let result = backup(ctx, target, &paths, &store, &mut written).await;
     ctx.reporter.phase(TaskPhase::Cleanup).await;
     match result {
-        Ok(manifest) => manifest::outcome(&manifest, &paths.final_dir),
+        Ok(manifest) => outcome(&manifest, &paths.final_dir),
         Err(failure) => {
             discard(&paths, written).await;
             match failure {
@@ -113,27 +102,19 @@ pub async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> pb::Task
     }
 }
 
-/// Reads the manifest of a committed computer restore point in `folder` and returns the
-/// outcome it stands for (used by recovery after a restart).
-pub async fn committed_outcome(folder: &Path) -> Option<pb::TaskOutcome> {
-    let path = folder.join(commit::MANIFEST);
-    let manifest = tokio::task::spawn_blocking(move || manifest::read(&path)).await.ok()??;
-    Some(manifest::outcome(&manifest, folder))
-}
-
 async fn backup(
     ctx: &mut TaskContext,
     target: &pb::ComputerTarget,
     paths: &RepoPaths,
     store: &Store,
     written: &mut Written,
-) -> Result<Manifest, Failure> {
+) -> Result<ComputerManifest, Failure> {
     ctx.reporter.phase(TaskPhase::Snapshot).await;
     let snapshot_at = SystemTime::now();
     let frozen = snapshot(ctx, target).await?;
     ensure_running(ctx)?;
     ctx.reporter.phase(TaskPhase::Transfer).await;
-    prepare(paths).await?;
+    super::prepare_partial(paths).await.map_err(Failure::Failed)?;
     let (frozen, known) = known_hashes(ctx, paths, store, frozen).await?;
     let transferred =
         transfer::run(ctx, &frozen.entries, &known, store, &paths.partial, written).await?;
@@ -190,13 +171,6 @@ async fn snapshot(ctx: &TaskContext, target: &pb::ComputerTarget) -> Result<Froz
     }
 }
 
-async fn prepare(paths: &RepoPaths) -> Result<(), Failure> {
-    let prepare = paths.clone();
-    blocking(move || commit::prepare_partial(&prepare)).await.map_err(|e| {
-        Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", paths.partial.display()))
-    })
-}
-
 /// What the manifest records besides the entries and warnings.
 struct Stamps {
     snapshot_at: SystemTime,
@@ -209,21 +183,18 @@ fn build_manifest(
     transferred: Transferred,
     frozen: &Frozen,
     stamps: Stamps,
-) -> Manifest {
+) -> ComputerManifest {
     let warnings = [
         named("changed while being read", &transferred.changed),
         named("vanished while being read", &transferred.vanished),
         named("not backed up (name or link target is not UTF-8)", &frozen.skipped),
     ];
-    Manifest {
-        format: FORMAT.to_owned(),
-        restore_point: ctx.id.restore_point_id(),
-        job: ctx.spec.job.clone(),
-        item: ctx.spec.item.as_ref().map(|item| item.name.clone()).unwrap_or_default(),
-        session_id: ctx.id.session.clone(),
+    ComputerManifest {
+        format: COMPUTER_FORMAT.to_owned(),
+        identity: ctx.identity(),
         computer: target.computer.clone(),
         created_at: sluice_proto::time::now().to_string(),
-        snapshot_at: Some(manifest::rfc3339(stamps.snapshot_at)),
+        snapshot_at: Some(rfc3339(stamps.snapshot_at)),
         paths: target.paths.clone(),
         totals: Totals::of(&transferred.records, stamps.bytes_written),
         bytes_read: transferred.bytes_read,
@@ -248,12 +219,12 @@ fn named(label: &str, paths: &[String]) -> Option<String> {
 async fn commit_restore_point(
     paths: &RepoPaths,
     store: &Store,
-    manifest: Manifest,
+    manifest: ComputerManifest,
     written: &Written,
-) -> Result<Manifest, Failure> {
+) -> Result<ComputerManifest, Failure> {
     let (commit_paths, commit_store, dirs) = (paths.clone(), store.clone(), written.dirs.clone());
     blocking(move || {
-        manifest::commit(&commit_paths, &commit_store, &manifest, &dirs)?;
+        commit::commit(&commit_paths, &commit_store, &manifest, &dirs)?;
         Ok(manifest)
     })
     .await
@@ -267,12 +238,9 @@ async fn commit_restore_point(
 
 /// Deletes what only this attempt wrote: the partial folder and the blobs it created.
 async fn discard(paths: &RepoPaths, written: Written) {
-    let partial = paths.partial.clone();
-    if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
-        warn!(path = %paths.partial.display(), %error, "partial folder removal failed");
-    }
+    super::remove_partial(paths).await;
     let blobs = written.blobs.len();
-    if let Err(error) = blocking(move || store::discard(&written)).await {
+    if let Err(error) = blocking(move || written.discard()).await {
         warn!(blobs, %error, "removal of the attempt's new blobs failed");
     }
 }

@@ -13,28 +13,28 @@ const QEMU_IMG: &str = "qemu-img";
 
 /// What `qemu-img info` tells about a disk image.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ImageInfo {
+pub(crate) struct ImageInfo {
     /// Size of the virtual disk in bytes.
     #[serde(rename = "virtual-size")]
-    pub virtual_size: u64,
+    pub(crate) virtual_size: u64,
     /// Bytes the image file takes on its host disk: what a conversion copies, roughly.
     #[serde(rename = "actual-size", default)]
-    pub actual_size: u64,
+    pub(crate) actual_size: u64,
     /// Internal snapshots of the image.
     #[serde(default)]
-    pub snapshots: Vec<SnapshotInfo>,
+    pub(crate) snapshots: Vec<SnapshotInfo>,
 }
 
 /// One internal snapshot of an image.
 #[derive(Debug, Clone, Deserialize)]
-pub struct SnapshotInfo {
+pub(crate) struct SnapshotInfo {
     /// Snapshot tag.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// Why a conversion did not complete.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ConvertError {
+pub(crate) enum ConvertError {
     /// The task was cancelled and the child killed.
     Canceled,
     /// `qemu-img` failed; its error text.
@@ -43,17 +43,17 @@ pub enum ConvertError {
 
 /// Where a conversion's progress falls within the task's transfer.
 #[derive(Debug, Clone, Copy)]
-pub struct ProgressSpan {
+pub(crate) struct ProgressSpan {
     /// Bytes of the disks converted before this one.
-    pub base: u64,
+    pub(crate) base: u64,
     /// Bytes this disk's conversion is expected to write (its image's allocated size).
-    pub size: u64,
+    pub(crate) size: u64,
     /// Bytes of all disks.
-    pub total: u64,
+    pub(crate) total: u64,
 }
 
 /// Reads a disk's virtual size and snapshots (shared lock: works while others read it).
-pub async fn info(disk: &Path) -> Result<ImageInfo, String> {
+pub(crate) async fn info(disk: &Path) -> Result<ImageInfo, String> {
     let mut cmd = command(&["info", "-U", "--output=json"]);
     cmd.arg(disk);
     let stdout = run(cmd).await?;
@@ -61,21 +61,21 @@ pub async fn info(disk: &Path) -> Result<ImageInfo, String> {
 }
 
 /// Creates an internal snapshot.
-pub async fn snapshot_create(disk: &Path, name: &str) -> Result<(), String> {
+pub(crate) async fn snapshot_create(disk: &Path, name: &str) -> Result<(), String> {
     let mut cmd = command(&["snapshot", "-c", name]);
     cmd.arg(disk);
     run(cmd).await.map(drop)
 }
 
 /// Deletes an internal snapshot.
-pub async fn snapshot_delete(disk: &Path, name: &str) -> Result<(), String> {
+pub(crate) async fn snapshot_delete(disk: &Path, name: &str) -> Result<(), String> {
     let mut cmd = command(&["snapshot", "-d", name]);
     cmd.arg(disk);
     run(cmd).await.map(drop)
 }
 
 /// Exports the snapshot `snapshot` of `disk` to a new qcow2 file `out`, reporting progress.
-pub async fn convert(
+pub(crate) async fn convert(
     disk: &Path,
     out: &Path,
     snapshot: &str,
@@ -84,13 +84,8 @@ pub async fn convert(
     reporter: &mut Reporter,
     span: ProgressSpan,
 ) -> Result<(), ConvertError> {
-    let mut cmd = command(&["convert", "-O", "qcow2", "-l"]);
-    cmd.arg(format!("snapshot.name={snapshot}"));
-    if let Some(rate) = rate_limit {
-        cmd.arg("-r").arg(rate.to_string());
-    }
-    cmd.arg(disk).arg(out);
-    let mut child = spawn(cmd).map_err(ConvertError::Failed)?;
+    let mut child =
+        spawn(convert_command(disk, out, snapshot, rate_limit)).map_err(ConvertError::Failed)?;
     let stderr = tokio::spawn(read_all(child.stderr.take()));
     let _stdout = tokio::spawn(read_all(child.stdout.take()));
     // `qemu-img convert -p` runs ahead of rate-limited writes; what the output file holds on
@@ -113,6 +108,16 @@ pub async fn convert(
     };
     let stderr = stderr.await.unwrap_or_default();
     check(status.map_err(|e| e.to_string()), &stderr).map_err(ConvertError::Failed)
+}
+
+fn convert_command(disk: &Path, out: &Path, snapshot: &str, rate_limit: Option<u64>) -> Command {
+    let mut cmd = command(&["convert", "-O", "qcow2", "-l"]);
+    cmd.arg(format!("snapshot.name={snapshot}"));
+    if let Some(rate) = rate_limit {
+        cmd.arg("-r").arg(rate.to_string());
+    }
+    cmd.arg(disk).arg(out);
+    cmd
 }
 
 fn command(args: &[&str]) -> Command {

@@ -6,11 +6,11 @@ use std::time::Duration;
 use sluice_proto::pb::{self, TaskPhase};
 use tracing::debug;
 
-use super::commit::RepoPaths;
-use super::{TaskContext, canceled, committed};
+use super::{TaskContext, canceled, committed, restore_point};
+use crate::repository::RepoPaths;
 
 /// Runs a sim task for `duration` (cancellable) and commits an empty restore point.
-pub async fn run(ctx: &mut TaskContext, duration: Duration) -> pb::TaskOutcome {
+pub(super) async fn run(ctx: &mut TaskContext, duration: Duration) -> pb::TaskOutcome {
     debug!(task = %ctx.id, ?duration, "sim task started");
     ctx.reporter.phase(TaskPhase::Snapshot).await;
     ctx.reporter.phase(TaskPhase::Transfer).await;
@@ -25,16 +25,9 @@ pub async fn run(ctx: &mut TaskContext, duration: Duration) -> pb::TaskOutcome {
     if !completed {
         return canceled(ctx.cancel.reason());
     }
-    let paths = RepoPaths::new(&ctx.spec, &ctx.id);
-    let restore_point = pb::RestorePoint {
-        id: ctx.id.restore_point_id(),
-        job: ctx.spec.job.clone(),
-        item: ctx.spec.item.as_ref().map(|item| item.name.clone()).unwrap_or_default(),
-        session_id: ctx.id.session.clone(),
-        created_at: Some(sluice_proto::time::now()),
-        size_bytes: 0,
-        path: paths.final_dir.display().to_string(),
-    };
+    let paths = RepoPaths::of_task(&ctx.spec, &ctx.id);
+    let created_at = Some(sluice_proto::time::now());
+    let restore_point = restore_point(&ctx.spec, &ctx.id, &paths, created_at, 0);
     debug!(task = %ctx.id, "sim task committed");
     committed(restore_point, String::new())
 }

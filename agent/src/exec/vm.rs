@@ -1,16 +1,19 @@
 //! The VM executor: snapshot each qcow2 disk, export the snapshots into the repository,
 //! commit the restore point, remove the snapshots.
 
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
 use sluice_proto::pb::{self, TaskPhase};
 use tracing::{info, warn};
 
-use super::commit::{self, CopiedDisk, Manifest, RepoPaths};
 use super::qemu::{self, ConvertError, ProgressSpan};
-use super::{TaskContext, canceled, committed, failed};
-use crate::fsutil::{self, blocking};
+use super::{TaskContext, canceled, committed, failed, remove_partial, restore_point};
+use crate::fsutil::blocking;
 use crate::key::SNAPSHOT_PREFIX;
+use crate::repository::{Disk, RepoPaths, VmManifest};
 
 /// Why a VM backup did not commit.
 enum Failure {
@@ -23,9 +26,9 @@ fn phase_error(phase: &str, disk: &Path, error: impl std::fmt::Display) -> Failu
 }
 
 /// Runs a VM task to its outcome; CLEANUP always runs.
-pub async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOutcome {
+pub(super) async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOutcome {
     let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
-    let paths = RepoPaths::new(&ctx.spec, &ctx.id);
+    let paths = RepoPaths::of_task(&ctx.spec, &ctx.id);
     let mut snapshotted = Vec::new();
     let result = backup(ctx, &disks, &paths, &mut snapshotted).await;
     ctx.reporter.phase(TaskPhase::Cleanup).await;
@@ -103,10 +106,7 @@ async fn transfer(
     paths: &RepoPaths,
 ) -> Result<Vec<CopiedDisk>, Failure> {
     let total = sizes.iter().map(|s| s.allocated).sum();
-    let prepare = paths.clone();
-    blocking(move || commit::prepare_partial(&prepare)).await.map_err(|e| {
-        Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", paths.partial.display()))
-    })?;
+    super::prepare_partial(paths).await.map_err(Failure::Failed)?;
     ctx.reporter.progress(0, total).await;
     let mut copied = Vec::with_capacity(disks.len());
     let mut base = 0;
@@ -145,39 +145,56 @@ async fn commit_restore_point(
     copied: Vec<CopiedDisk>,
 ) -> Result<pb::RestorePoint, Failure> {
     let created_at = sluice_proto::time::now();
-    let item = ctx.spec.item.as_ref().map(|item| item.name.clone()).unwrap_or_default();
-    let manifest = Manifest {
-        restore_point: ctx.id.restore_point_id(),
-        job: ctx.spec.job.clone(),
-        item: item.clone(),
-        session_id: ctx.id.session.clone(),
+    let manifest = VmManifest {
+        identity: ctx.identity(),
         created_at: created_at.to_string(),
         disks: Vec::new(),
     };
     let commit_paths = paths.clone();
     let size_bytes =
-        blocking(move || commit::commit(&commit_paths, manifest, &copied)).await.map_err(|e| {
+        blocking(move || commit(&commit_paths, manifest, &copied)).await.map_err(|e| {
             Failure::Failed(format!(
                 "COMMIT of restore point {} failed: {e}",
                 paths.final_dir.display()
             ))
         })?;
-    Ok(pb::RestorePoint {
-        id: ctx.id.restore_point_id(),
-        job: ctx.spec.job.clone(),
-        item,
-        session_id: ctx.id.session.clone(),
-        created_at: Some(created_at),
-        size_bytes,
-        path: paths.final_dir.display().to_string(),
-    })
+    Ok(restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes))
 }
 
-async fn remove_partial(paths: &RepoPaths) {
-    let partial = paths.partial.clone();
-    if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
-        warn!(path = %paths.partial.display(), %error, "partial folder removal failed");
-    }
+/// One disk copied into the partial folder.
+#[derive(Debug, Clone)]
+struct CopiedDisk {
+    /// Source disk path.
+    source: String,
+    /// File name in the restore point.
+    file: String,
+    /// Virtual size of the disk.
+    virtual_size: u64,
+}
+
+/// Checksums and fsyncs the copied disks, then publishes the restore point with its
+/// manifest (blocking). Returns the bytes stored.
+fn commit(paths: &RepoPaths, mut manifest: VmManifest, disks: &[CopiedDisk]) -> io::Result<u64> {
+    paths.ensure_new()?;
+    manifest.disks =
+        disks.iter().map(|disk| record(&paths.partial, disk)).collect::<Result<_, _>>()?;
+    let size = manifest.disks.iter().map(|d| d.size_bytes).sum();
+    paths.publish(&manifest)?;
+    Ok(size)
+}
+
+fn record(partial: &Path, disk: &CopiedDisk) -> io::Result<Disk> {
+    let mut file = File::open(partial.join(&disk.file))?;
+    let mut hasher = Sha256::new();
+    let size_bytes = io::copy(&mut file, &mut hasher)?;
+    file.sync_all()?;
+    Ok(Disk {
+        source: disk.source.clone(),
+        file: disk.file.clone(),
+        size_bytes,
+        sha256: hex::encode(hasher.finalize()),
+        virtual_size: disk.virtual_size,
+    })
 }
 
 /// Removes the task's snapshots; returns a warning per disk where that failed.

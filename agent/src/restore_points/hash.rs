@@ -12,16 +12,16 @@ const CHUNK: usize = 1024 * 1024;
 
 /// What a read found: the byte count and the lowercase hex SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digested {
+pub(super) struct Digested {
     /// Bytes read.
-    pub size: u64,
+    pub(crate) size: u64,
     /// SHA-256 of those bytes, hex.
-    pub sha256: String,
+    pub(crate) sha256: String,
 }
 
 /// Why a read stopped.
 #[derive(Debug)]
-pub enum ReadError {
+pub(super) enum ReadError {
     /// The caller cancelled.
     Canceled,
     /// The file could not be read or written.
@@ -35,12 +35,12 @@ impl From<io::Error> for ReadError {
 }
 
 /// Hashes the file at `path`.
-pub fn hash_file(path: &Path, cancel: &Cancel) -> Result<Digested, ReadError> {
+pub(super) fn hash_file(path: &Path, cancel: &Cancel) -> Result<Digested, ReadError> {
     copy_hashing(path, None, cancel)
 }
 
 /// Hashes the file at `source` while writing its bytes to `sink`, if any.
-pub fn copy_hashing(
+pub(super) fn copy_hashing(
     source: &Path,
     mut sink: Option<&mut File>,
     cancel: &Cancel,

@@ -5,23 +5,24 @@ use std::path::{Component, Path, PathBuf};
 use sluice_proto::{job::validate_name, pb};
 
 use crate::error::AgentError;
+use crate::repository;
 
 /// A checked restore point location.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
+pub(crate) struct Location {
     /// Repository directory.
-    pub repository: PathBuf,
+    pub(crate) repository: PathBuf,
     /// Job name.
-    pub job: String,
+    pub(crate) job: String,
     /// Item name.
-    pub item: String,
+    pub(crate) item: String,
     /// Restore point id.
-    pub id: String,
+    pub(crate) id: String,
 }
 
 impl Location {
     /// Checks every field; errors name the field under `field` (e.g. `location`).
-    pub fn parse(
+    pub(crate) fn parse(
         field: &str,
         location: Option<&pb::RestorePointLocation>,
     ) -> Result<Self, AgentError> {
@@ -41,12 +42,12 @@ impl Location {
     }
 
     /// `<repository>/<job>/<item>`.
-    pub fn item_dir(&self) -> PathBuf {
-        self.repository.join(&self.job).join(&self.item)
+    pub(crate) fn item_dir(&self) -> PathBuf {
+        repository::item_dir(&self.repository, &self.job, &self.item)
     }
 
     /// `<repository>/<job>/<item>/<id>`: the restore point folder.
-    pub fn folder(&self) -> PathBuf {
+    pub(crate) fn folder(&self) -> PathBuf {
         self.item_dir().join(&self.id)
     }
 }
@@ -59,7 +60,7 @@ fn reason_of(error: &sluice_proto::job::JobError) -> String {
 }
 
 /// An absolute path without `.` or `..` components; errors name `field`.
-pub fn absolute_dir(field: &str, path: &str) -> Result<PathBuf, AgentError> {
+pub(crate) fn absolute_dir(field: &str, path: &str) -> Result<PathBuf, AgentError> {
     if path.is_empty() {
         return Err(AgentError::invalid(field, "must not be empty"));
     }
@@ -92,7 +93,7 @@ fn check_item(field: &str, item: &str) -> Result<(), AgentError> {
 /// Where an entry with the absolute path `source` goes under `target`
 /// (`<target>/<source without its leading />`); `None` when `source` is not absolute or has
 /// `.` or `..` components, so a manifest can never make a restore write outside `target`.
-pub fn under(target: &Path, source: &str) -> Option<PathBuf> {
+pub(super) fn under(target: &Path, source: &str) -> Option<PathBuf> {
     let path = Path::new(source);
     let mut components = path.components();
     if components.next() != Some(Component::RootDir) {

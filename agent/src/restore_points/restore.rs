@@ -11,29 +11,28 @@ use std::time::SystemTime;
 use super::Cancel;
 use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
-use super::manifest::{
-    self, ComputerManifest, Contents, Entry, EntryKind, VmManifest, plain_file_name,
-};
 use crate::error::AgentError;
-use crate::exec::computer::Store;
 use crate::fsutil;
+use crate::repository::{
+    ComputerManifest, Kind, Manifest, Record, Store, VmManifest, plain_file_name,
+};
 
 /// What a restore wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Restored {
+pub(crate) struct Restored {
     /// Regular files (or disks) written.
-    pub files: u64,
+    pub(crate) files: u64,
     /// Bytes written.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Directories created from the manifest.
-    pub directories: u64,
+    pub(crate) directories: u64,
     /// Symbolic links created.
-    pub symlinks: u64,
+    pub(crate) symlinks: u64,
 }
 
 /// Restores the restore point at `location` into `target` (blocking): created if absent,
 /// refused (FAILED_PRECONDITION) if not an empty directory.
-pub fn restore(
+pub(crate) fn restore(
     location: &Location,
     target: &Path,
     cancel: &Cancel,
@@ -45,13 +44,13 @@ pub fn restore(
             folder.display()
         )));
     }
-    let contents = manifest::read(&folder).map_err(|problem| {
+    let contents = Manifest::read(&folder).map_err(|problem| {
         AgentError::FailedPrecondition(format!("restore point {}: {problem}", location.id))
     })?;
     let created = prepare_target(target)?;
     let result = match &contents {
-        Contents::Vm(vm) => restore_vm(&folder, vm, target, cancel),
-        Contents::Computer(computer) => restore_computer(location, computer, target, cancel),
+        Manifest::Vm(vm) => restore_vm(&folder, vm, target, cancel),
+        Manifest::Computer(computer) => restore_computer(location, computer, target, cancel),
     };
     if result.is_err() {
         remove_written(target, created);
@@ -153,7 +152,7 @@ fn restore_vm(
 
 /// Each disk is restored under its source file name; a name taken by an earlier disk gets
 /// its index in front (`1-disk.qcow2`).
-pub fn disk_names(manifest: &VmManifest) -> Vec<String> {
+pub(super) fn disk_names(manifest: &VmManifest) -> Vec<String> {
     let mut names: Vec<String> = Vec::with_capacity(manifest.disks.len());
     for (index, disk) in manifest.disks.iter().enumerate() {
         let base = Path::new(&disk.source)
@@ -176,32 +175,21 @@ fn restore_computer(
 ) -> Result<Restored, AgentError> {
     let store = Store::new(&location.repository);
     let mut restored = Restored::default();
-    let mut directories: Vec<(PathBuf, &Entry)> = Vec::new();
+    let mut directories: Vec<(PathBuf, &Record)> = Vec::new();
     for entry in &manifest.entries {
-        let path = under(target, &entry.path).ok_or_else(|| {
-            AgentError::Corrupt(format!(
-                "manifest.json: entry {:?} is not an absolute path without '..'",
-                entry.path
-            ))
-        })?;
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
-        }
+        let path = entry_path(target, entry)?;
         match entry.kind {
-            EntryKind::Dir => {
+            Kind::Dir => {
                 fs::create_dir_all(&path).map_err(|e| io_error("cannot create", &path, &e))?;
                 restored.directories += 1;
                 directories.push((path, entry));
             }
-            EntryKind::File => {
+            Kind::File => {
                 restored.bytes += restore_file(&store, entry, &path, cancel)?;
                 restored.files += 1;
             }
-            EntryKind::Symlink => {
-                let link = entry.target.as_deref().ok_or_else(|| {
-                    AgentError::Corrupt(format!("manifest.json: link {} has no target", entry.path))
-                })?;
-                symlink(link, &path).map_err(|e| io_error("cannot create link", &path, &e))?;
+            Kind::Symlink => {
+                restore_link(entry, &path)?;
                 restored.symlinks += 1;
             }
         }
@@ -214,9 +202,30 @@ fn restore_computer(
     Ok(restored)
 }
 
+/// Where `entry` goes under `target`, with its parent folder created.
+fn entry_path(target: &Path, entry: &Record) -> Result<PathBuf, AgentError> {
+    let path = under(target, &entry.path).ok_or_else(|| {
+        AgentError::Corrupt(format!(
+            "manifest.json: entry {:?} is not an absolute path without '..'",
+            entry.path
+        ))
+    })?;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
+    }
+    Ok(path)
+}
+
+fn restore_link(entry: &Record, path: &Path) -> Result<(), AgentError> {
+    let link = entry.target.as_deref().ok_or_else(|| {
+        AgentError::Corrupt(format!("manifest.json: link {} has no target", entry.path))
+    })?;
+    symlink(link, path).map_err(|e| io_error("cannot create link", path, &e))
+}
+
 fn restore_file(
     store: &Store,
-    entry: &Entry,
+    entry: &Record,
     path: &Path,
     cancel: &Cancel,
 ) -> Result<u64, AgentError> {
@@ -265,7 +274,7 @@ fn copy_checked(
     Ok(found.size)
 }
 
-fn set_mode_and_mtime(path: &Path, entry: &Entry) -> Result<(), AgentError> {
+fn set_mode_and_mtime(path: &Path, entry: &Record) -> Result<(), AgentError> {
     if let Some(mtime) = parse_mtime(&entry.mtime) {
         let file = File::open(path).map_err(|e| io_error("cannot open", path, &e))?;
         file.set_times(FileTimes::new().set_modified(mtime))

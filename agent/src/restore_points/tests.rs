@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
-use super::manifest::{VmDisk, VmManifest};
-use super::restore::disk_names;
+use super::gc::{Collected, collect_garbage, delete_restore_points};
+use super::location::Location;
+use super::restore::{Restored, disk_names, restore};
+use super::verify::verify;
 use super::*;
-use crate::exec::computer::{FORMAT, Store};
+use crate::repository::{COMPUTER_FORMAT, Disk, Store, VmManifest};
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -56,7 +58,7 @@ fn computer_restore_point(repository: &Path, id: &str, seed: &str) -> Location {
         link,
     ];
     let manifest = serde_json::json!({
-        "format": FORMAT, "restore_point": id, "job": "j", "item": "pc", "session_id": "s",
+        "format": COMPUTER_FORMAT, "restore_point": id, "job": "j", "item": "pc", "session_id": "s",
         "computer": "pc1", "created_at": "2025-05-06T07:08:09Z", "paths": ["/data"],
         "entries": entries, "files": 2, "directories": 2, "symlinks": 1, "size_bytes": 21,
         "bytes_written": 21, "warnings": [],
@@ -192,15 +194,14 @@ fn a_vm_restore_copies_each_disk_under_its_source_name() {
 
 #[test]
 fn disks_with_the_same_file_name_get_distinct_names() {
-    let disk = |source: &str, file: &str| VmDisk {
+    let disk = |source: &str, file: &str| Disk {
         source: source.into(),
         file: file.into(),
-        size_bytes: 0,
-        sha256: String::new(),
+        ..Disk::default()
     };
     let manifest = VmManifest {
-        restore_point: "s-0".into(),
         disks: vec![disk("/a/d.qcow2", "disk0.qcow2"), disk("/b/d.qcow2", "disk1.qcow2")],
+        ..VmManifest::default()
     };
     assert_eq!(disk_names(&manifest), vec!["d.qcow2".to_owned(), "1-d.qcow2".to_owned()]);
 }

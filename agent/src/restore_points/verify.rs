@@ -6,42 +6,41 @@ use std::io;
 use super::Cancel;
 use super::hash::{Digested, ReadError, hash_file};
 use super::location::{Location, under};
-use super::manifest::{self, ComputerManifest, Contents, EntryKind, VmManifest, plain_file_name};
 use crate::error::AgentError;
-use crate::exec::computer::Store;
+use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest, plain_file_name};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// One line per mismatch, naming the file or entry; empty when the restore point is good.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
     /// Bytes read and hashed.
-    pub bytes_checked: u64,
+    pub(crate) bytes_checked: u64,
 }
 
 /// Checks the restore point at `location` (blocking). Mismatches are problems in the report;
 /// only a cancel is an error.
-pub fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError> {
+pub(crate) fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError> {
     let folder = location.folder();
     if !folder.is_dir() {
         let problem = format!("restore point folder {} does not exist", folder.display());
         return Ok(Report { problems: vec![problem], bytes_checked: 0 });
     }
-    let contents = match manifest::read(&folder) {
+    let contents = match Manifest::read(&folder) {
         Ok(contents) => contents,
         Err(problem) => return Ok(Report { problems: vec![problem], bytes_checked: 0 }),
     };
     let mut report = Report::default();
-    if contents.restore_point() != location.id {
+    let named = &contents.identity().restore_point;
+    if *named != location.id {
         report.problems.push(format!(
             "manifest.json: names restore point {:?}, the folder is {:?}",
-            contents.restore_point(),
-            location.id
+            named, location.id
         ));
     }
     match &contents {
-        Contents::Vm(vm) => verify_vm(location, vm, cancel, &mut report)?,
-        Contents::Computer(computer) => verify_computer(location, computer, cancel, &mut report)?,
+        Manifest::Vm(vm) => verify_vm(location, vm, cancel, &mut report)?,
+        Manifest::Computer(computer) => verify_computer(location, computer, cancel, &mut report)?,
     }
     Ok(report)
 }
@@ -85,7 +84,7 @@ fn verify_computer(
             report.problems.push(format!("{}: not an absolute path without '..'", entry.path));
             continue;
         }
-        if entry.kind != EntryKind::File {
+        if entry.kind != Kind::File {
             continue;
         }
         let Some(sha256) = entry.sha256.as_deref() else {
@@ -93,18 +92,7 @@ fn verify_computer(
             continue;
         };
         if !blobs.contains_key(sha256) {
-            let found = match hash_file(&store.blob_path(sha256), cancel) {
-                Ok(found) => {
-                    report.bytes_checked += found.size;
-                    Ok(found)
-                }
-                Err(ReadError::Canceled) => return Err(canceled()),
-                Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-                    Err("is missing from the store".to_owned())
-                }
-                Err(ReadError::Io(e)) => Err(format!("cannot be read: {e}")),
-            };
-            blobs.insert(sha256, found);
+            blobs.insert(sha256, hash_blob(&store, sha256, cancel, report)?);
         }
         let name = format!("{}: blob {sha256}", entry.path);
         match &blobs[sha256] {
@@ -113,6 +101,26 @@ fn verify_computer(
         }
     }
     Ok(())
+}
+
+/// Reads and hashes a blob; what is wrong with it, in words, when it cannot be read.
+fn hash_blob(
+    store: &Store,
+    sha256: &str,
+    cancel: &Cancel,
+    report: &mut Report,
+) -> Result<Result<Digested, String>, AgentError> {
+    match hash_file(&store.blob_path(sha256), cancel) {
+        Ok(found) => {
+            report.bytes_checked += found.size;
+            Ok(Ok(found))
+        }
+        Err(ReadError::Canceled) => Err(canceled()),
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Err("is missing from the store".to_owned()))
+        }
+        Err(ReadError::Io(e)) => Ok(Err(format!("cannot be read: {e}"))),
+    }
 }
 
 /// Adds a problem per difference between what was read and what the manifest records.

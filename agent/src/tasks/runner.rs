@@ -12,7 +12,7 @@ use crate::journal::{Journal, JournalEntry};
 
 /// Spawns the task on the tracker.
 /// The task runs in its own span, a child of the session's trace when the coordinator sent one.
-pub fn spawn(tracker: &TaskTracker, journal: Journal, ctx: TaskContext) {
+pub(crate) fn spawn(tracker: &TaskTracker, journal: Journal, ctx: TaskContext) {
     let span = info_span!("task", task = %ctx.id, job = %ctx.spec.job);
     if !ctx.spec.traceparent.is_empty() {
         telemetry::set_parent_from_traceparent(&span, &ctx.spec.traceparent);
@@ -45,7 +45,7 @@ async fn write(journal: &Journal, ctx: &TaskContext, entry: &JournalEntry) -> st
 }
 
 /// The status a recovered finished entry is served with.
-pub fn recovered_status(entry: &JournalEntry) -> Option<pb::TaskStatus> {
+pub(crate) fn recovered_status(entry: &JournalEntry) -> Option<pb::TaskStatus> {
     let spec = entry.spec.as_ref()?;
     Some(pb::TaskStatus {
         key: spec.key.clone(),

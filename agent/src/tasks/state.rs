@@ -10,16 +10,16 @@ use crate::key::TaskId;
 
 /// One task the agent holds: running, or finished and not yet acknowledged.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The task's current status (with its outcome once finished).
-    pub status: pb::TaskStatus,
+    pub(crate) status: pb::TaskStatus,
     /// Cancels it; present while it runs.
-    pub cancel: Option<CancelSignal>,
+    pub(crate) cancel: Option<CancelSignal>,
 }
 
 /// What to do with a run request that passed the rules.
 #[derive(Debug)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// The task is known: answer with its status.
     Existing(Box<pb::TaskStatus>),
     /// Start it.
@@ -28,7 +28,7 @@ pub enum Admission {
 
 /// The task table and the newest epoch per session.
 #[derive(Debug)]
-pub struct TaskTable {
+pub(crate) struct TaskTable {
     agent_id: String,
     computer: String,
     slots: usize,
@@ -45,7 +45,7 @@ const MAX_TOMBSTONES: usize = 100_000;
 
 impl TaskTable {
     /// A table with the epochs and finished tasks recovered from the journal.
-    pub fn new(
+    pub(crate) fn new(
         agent_id: String,
         computer: String,
         slots: usize,
@@ -71,7 +71,7 @@ impl TaskTable {
     }
 
     /// Checks a command's epoch; `Ok(true)` when it is newer than any seen (to be recorded).
-    pub fn check_epoch(&self, session: &str, epoch: i64) -> Result<bool, AgentError> {
+    pub(crate) fn check_epoch(&self, session: &str, epoch: i64) -> Result<bool, AgentError> {
         match self.epochs.get(session) {
             Some(&newest) if epoch < newest => {
                 Err(AgentError::StaleEpoch { session: session.to_owned(), epoch, newest })
@@ -82,19 +82,23 @@ impl TaskTable {
     }
 
     /// The epochs with `session` raised to `epoch`, to be persisted before [`Self::set_epoch`].
-    pub fn epochs_with(&self, session: &str, epoch: i64) -> HashMap<String, i64> {
+    pub(crate) fn epochs_with(&self, session: &str, epoch: i64) -> HashMap<String, i64> {
         let mut epochs = self.epochs.clone();
         epochs.insert(session.to_owned(), epoch);
         epochs
     }
 
     /// Records a newer epoch (after it was persisted).
-    pub fn set_epoch(&mut self, session: &str, epoch: i64) {
+    pub(crate) fn set_epoch(&mut self, session: &str, epoch: i64) {
         self.epochs.insert(session.to_owned(), epoch);
     }
 
     /// Applies the run rules to a validated task whose epoch passed.
-    pub fn admit(&mut self, id: &TaskId, spec: &pb::TaskSpec) -> Result<Admission, AgentError> {
+    pub(crate) fn admit(
+        &mut self,
+        id: &TaskId,
+        spec: &pb::TaskSpec,
+    ) -> Result<Admission, AgentError> {
         if let Some(entry) = self.tasks.get_mut(id) {
             entry.status.epoch = entry.status.epoch.max(spec.epoch);
             return Ok(Admission::Existing(Box::new(entry.status.clone())));
@@ -138,7 +142,7 @@ impl TaskTable {
     }
 
     /// Adds a task that starts now and returns its first status.
-    pub fn insert_running(
+    pub(crate) fn insert_running(
         &mut self,
         id: TaskId,
         epoch: i64,
@@ -150,7 +154,7 @@ impl TaskTable {
     }
 
     /// Cancels the running tasks of a session (all, or the listed item indices).
-    pub fn cancel(
+    pub(crate) fn cancel(
         &mut self,
         session: &str,
         indices: &[u32],
@@ -179,7 +183,7 @@ impl TaskTable {
     }
 
     /// Cancels every running task.
-    pub fn cancel_all(&self, reason: pb::CancelReason) -> Vec<pb::TaskKey> {
+    pub(crate) fn cancel_all(&self, reason: pb::CancelReason) -> Vec<pb::TaskKey> {
         self.cancel_where(|_| true, reason)
     }
 
@@ -199,7 +203,7 @@ impl TaskTable {
     }
 
     /// Statuses of the tasks, optionally of one session.
-    pub fn list(&self, session: &str) -> Vec<pb::TaskStatus> {
+    pub(crate) fn list(&self, session: &str) -> Vec<pb::TaskStatus> {
         self.tasks
             .iter()
             .filter(|(id, _)| session.is_empty() || id.session == session)
@@ -208,7 +212,7 @@ impl TaskTable {
     }
 
     /// Forgets the finished tasks among `ids`; returns those forgotten.
-    pub fn ack(&mut self, ids: &[TaskId]) -> Vec<TaskId> {
+    pub(crate) fn ack(&mut self, ids: &[TaskId]) -> Vec<TaskId> {
         let finished: Vec<TaskId> = ids
             .iter()
             .filter(|id| self.tasks.get(*id).is_some_and(|e| e.status.outcome.is_some()))
@@ -221,7 +225,7 @@ impl TaskTable {
     }
 
     /// Applies an executor update; returns the new status to announce.
-    pub fn apply(&mut self, id: &TaskId, update: Update) -> Option<pb::TaskStatus> {
+    pub(crate) fn apply(&mut self, id: &TaskId, update: Update) -> Option<pb::TaskStatus> {
         let entry = self.tasks.get_mut(id)?;
         match update {
             Update::Phase(phase) => entry.status.phase = phase as i32,
@@ -238,27 +242,27 @@ impl TaskTable {
     }
 
     /// Enters the draining state.
-    pub fn set_draining(&mut self) {
+    pub(crate) fn set_draining(&mut self) {
         self.draining = true;
     }
 
     /// Whether the agent drains.
-    pub fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.draining
     }
 
     /// Tasks running now.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.running_ids().count()
     }
 
     /// Finished tasks not yet acknowledged.
-    pub fn unacked(&self) -> usize {
+    pub(crate) fn unacked(&self) -> usize {
         self.tasks.values().filter(|e| e.cancel.is_none()).count()
     }
 
     /// Sessions with a running task.
-    pub fn running_sessions(&self) -> BTreeSet<String> {
+    pub(crate) fn running_sessions(&self) -> BTreeSet<String> {
         self.running_ids().map(|id| id.session.clone()).collect()
     }
 

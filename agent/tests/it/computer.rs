@@ -9,7 +9,9 @@ use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState, TaskPhase};
 
 use crate::restore::{assert_same_tree, blob_path, blobs, manifest, restore, sha256, tree};
-use crate::support::{Run, WAIT, computer_spec, entries, phases, prepare, update_matching};
+use crate::support::{
+    EVERY_PHASE, Run, Scratch, WAIT, computer_spec, entries, phases, prepare, update_matching,
+};
 use sluice_agent::key::TaskId;
 use tokio::sync::mpsc;
 
@@ -29,6 +31,20 @@ fn make_tree(root: &Path) {
     fs::write(root.join("empty"), b"").expect("empty");
     fs::write(root.join("big.bin"), pattern(3 * MIB, 1)).expect("big");
     symlink("docs/a.txt", root.join("link")).expect("link");
+}
+
+impl Scratch {
+    /// A scratch folder whose `src` holds the tree of [`make_tree`].
+    fn with_tree() -> Self {
+        let scratch = Self::new();
+        make_tree(&scratch.src);
+        scratch
+    }
+}
+
+fn set_mtime(path: &Path, mtime: SystemTime) {
+    let file = fs::File::options().write(true).open(path).expect("open");
+    file.set_modified(mtime).expect("set mtime");
 }
 
 fn file_bytes(root: &Path) -> u64 {
@@ -53,10 +69,7 @@ fn restore_point_folder(outcome: &pb::TaskOutcome) -> PathBuf {
 
 #[tokio::test]
 async fn a_tree_backs_up_and_restores_byte_for_byte() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    make_tree(&src);
-    let repo = dir.path().join("repo");
+    let Scratch { dir, src, repo } = Scratch::with_tree();
     let mut run = prepare(computer_spec("s1", 0, &[&src], &repo), None);
 
     let outcome = exec::execute(&mut run.ctx).await;
@@ -87,17 +100,12 @@ async fn a_tree_backs_up_and_restores_byte_for_byte() {
     let restored = dir.path().join("restored");
     restore(&manifest, &repo, &restored);
     assert_same_tree(&source, &tree(&restored.join(src.strip_prefix("/").expect("absolute"))));
-    let expected =
-        [TaskPhase::Snapshot, TaskPhase::Transfer, TaskPhase::Commit, TaskPhase::Cleanup];
-    assert_eq!(phases(&mut run.updates), expected);
+    assert_eq!(phases(&mut run.updates), EVERY_PHASE);
 }
 
 #[tokio::test]
 async fn only_contents_new_to_the_store_are_written() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    make_tree(&src);
-    let repo = dir.path().join("repo");
+    let Scratch { dir, src, repo } = Scratch::with_tree();
     let size = file_bytes(&src);
     assert_eq!(back_up("s1", &[&src], &repo).await.message, summary(4, size, size));
 
@@ -118,11 +126,8 @@ async fn only_contents_new_to_the_store_are_written() {
 
 #[tokio::test]
 async fn a_missing_configured_path_fails_naming_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    make_tree(&src);
+    let Scratch { dir, src, repo } = Scratch::with_tree();
     let missing = dir.path().join("missing");
-    let repo = dir.path().join("repo");
     let mut run = prepare(computer_spec("s1", 0, &[&src, &missing], &repo), None);
 
     let outcome = exec::execute(&mut run.ctx).await;
@@ -143,11 +148,8 @@ fn start_throttled(session: &str, src: &Path, repo: &Path, rate: u64) -> Run {
 
 #[tokio::test]
 async fn cancel_mid_transfer_removes_only_what_the_attempt_wrote() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    fs::create_dir_all(&src).expect("src");
+    let Scratch { dir: _dir, src, repo } = Scratch::new();
     fs::write(src.join("keep.txt"), b"stored by the first backup").expect("keep");
-    let repo = dir.path().join("repo");
     assert_eq!(back_up("s1", &[&src], &repo).await.state(), ItemState::Success);
     let earlier = blobs(&repo);
     let small = b"new content, stored before the cancel";
@@ -172,15 +174,12 @@ async fn cancel_mid_transfer_removes_only_what_the_attempt_wrote() {
 
 #[tokio::test]
 async fn files_that_grow_or_vanish_while_read_end_with_a_warning_naming_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    fs::create_dir_all(&src).expect("src");
+    let Scratch { dir: _dir, src, repo } = Scratch::new();
     let grow = src.join("grow.bin");
     let original = pattern(2 * MIB, 3);
     fs::write(&grow, &original).expect("file");
     let gone = src.join("z-gone.txt");
     fs::write(&gone, b"read after grow.bin, deleted before").expect("file");
-    let repo = dir.path().join("repo");
     let Run { mut ctx, mut updates } = start_throttled("s1", &src, &repo, MIB as u64);
     let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
 
@@ -287,10 +286,7 @@ fn assert_restores(manifest: &serde_json::Value, repo: &Path, src: &Path, to: &P
 
 #[tokio::test]
 async fn an_unchanged_tree_is_backed_up_without_reading_a_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    make_tree(&src);
-    let repo = dir.path().join("repo");
+    let Scratch { dir, src, repo } = Scratch::with_tree();
     let size = file_bytes(&src);
     settle(&src).await;
     let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
@@ -310,20 +306,17 @@ async fn an_unchanged_tree_is_backed_up_without_reading_a_file() {
 
 #[tokio::test]
 async fn files_rewritten_at_their_size_are_read_again_even_with_their_mtime_put_back() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    make_tree(&src);
-    let repo = dir.path().join("repo");
+    let Scratch { dir, src, repo } = Scratch::with_tree();
     settle(&src).await;
     let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
     let (a, b) = (src.join("docs/a.txt"), src.join("docs/nested/deep/b.bin"));
     let b_mtime = fs::metadata(&b).and_then(|m| m.modified()).expect("mtime");
     fs::write(&a, b"ALPHA").expect("rewrite a at its size");
     let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
-    fs::File::options().write(true).open(&a).and_then(|f| f.set_modified(an_hour_ago)).expect("a");
+    set_mtime(&a, an_hour_ago);
     let b_bytes = pattern(70_000, 8);
     fs::write(&b, &b_bytes).expect("rewrite b at its size");
-    fs::File::options().write(true).open(&b).and_then(|f| f.set_modified(b_mtime)).expect("b");
+    set_mtime(&b, b_mtime);
 
     let (outcome, second, progress) = back_up_reporting("s2", &src, &repo).await;
 
@@ -340,13 +333,10 @@ async fn files_rewritten_at_their_size_are_read_again_even_with_their_mtime_put_
 
 #[tokio::test]
 async fn a_file_stamped_at_or_after_the_previous_snapshot_is_read_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    make_tree(&src);
+    let Scratch { dir: _dir, src, repo } = Scratch::with_tree();
     let big = src.join("big.bin");
     let later = SystemTime::now() + Duration::from_secs(3600);
-    fs::File::options().write(true).open(&big).and_then(|f| f.set_modified(later)).expect("mtime");
-    let repo = dir.path().join("repo");
+    set_mtime(&big, later);
     settle(&src).await;
     let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
 
@@ -360,10 +350,7 @@ async fn a_file_stamped_at_or_after_the_previous_snapshot_is_read_again() {
 
 #[tokio::test]
 async fn a_blob_missing_from_the_store_is_read_and_stored_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    make_tree(&src);
-    let repo = dir.path().join("repo");
+    let Scratch { dir, src, repo } = Scratch::with_tree();
     settle(&src).await;
     let (_, first, _) = back_up_reporting("s1", &src, &repo).await;
     let b = src.join("docs/nested/deep/b.bin");

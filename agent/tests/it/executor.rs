@@ -6,7 +6,8 @@ use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState, TaskPhase};
 
 use crate::support::{
-    Run, WAIT, entries, make_disk, phases, prepare, sh, sluice_snapshots, vm_spec,
+    EVERY_PHASE, Run, WAIT, entries, make_disk, phases, prepare, sh, sluice_snapshots,
+    update_matching, vm_spec,
 };
 
 #[tokio::test]
@@ -36,9 +37,7 @@ async fn a_vm_backup_commits_a_restore_point_equal_to_the_disks() {
     assert_eq!(manifest["disks"][0]["sha256"].as_str().map(str::len), Some(64));
     assert!(rp.size_bytes > 0);
     assert_eq!(entries(&repo.join("nightly/vm0")), vec!["s1-0".to_string()], "no partial folder");
-    let expected =
-        [TaskPhase::Snapshot, TaskPhase::Transfer, TaskPhase::Commit, TaskPhase::Cleanup];
-    assert_eq!(phases(&mut run.updates), expected);
+    assert_eq!(phases(&mut run.updates), EVERY_PHASE);
 }
 
 #[tokio::test]
@@ -70,15 +69,7 @@ async fn cancel_during_transfer_leaves_no_partial_folder_and_no_snapshot() {
     let cancel = ctx.cancel.clone();
     let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
 
-    let transfer = tokio::time::timeout(WAIT, async {
-        while let Some((_, update)) = updates.recv().await {
-            if update == Update::Phase(TaskPhase::Transfer) {
-                return true;
-            }
-        }
-        false
-    });
-    assert!(transfer.await.expect("transfer begins in time"), "TRANSFER phase reported");
+    update_matching(&mut updates, |u| *u == Update::Phase(TaskPhase::Transfer)).await;
     cancel.cancel(pb::CancelReason::User);
     let outcome = tokio::time::timeout(WAIT, task).await.expect("cancel in time").expect("task");
 

@@ -1,13 +1,33 @@
 //! Start-up recovery of VM and computer tasks that were running when the agent died.
 
+use std::path::Path;
+
 use sluice_agent::exec;
 use sluice_agent::journal::{Journal, JournalEntry};
 use sluice_agent::key::TaskId;
 use sluice_agent::recovery::{RESTARTED, recover};
-use sluice_proto::pb::ItemState;
+use sluice_proto::pb::{self, ItemState};
 
 use crate::restore::blobs;
-use crate::support::{computer_spec, entries, make_disk, prepare, sh, sluice_snapshots, vm_spec};
+use crate::support::{
+    Scratch, computer_spec, entries, make_disk, prepare, sh, sluice_snapshots, vm_spec,
+};
+
+/// A journal in `state` whose only entry is the task of `spec`, started and not finished.
+fn journal_running(state: &Path, spec: pb::TaskSpec) -> Journal {
+    let journal = Journal::open(state).expect("journal");
+    let key = spec.key.clone().expect("key");
+    let id = TaskId { session: key.session_id, index: key.item_index, attempt: key.attempt };
+    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+    journal
+}
+
+/// Recovers the journal and returns the outcome of its only task.
+async fn recovered_outcome(journal: &Journal) -> pb::TaskOutcome {
+    let recovered = recover(journal).await.expect("recover");
+    assert_eq!(recovered.finished.len(), 1);
+    recovered.finished[0].outcome.clone().expect("outcome")
+}
 
 #[tokio::test]
 async fn an_interrupted_vm_task_is_cleaned_up_and_failed() {
@@ -21,17 +41,11 @@ async fn an_interrupted_vm_task_is_cleaned_up_and_failed() {
     let partial = repo.join("nightly/vm0/.partial-crashed-0");
     std::fs::create_dir_all(&partial).expect("partial folder");
     std::fs::write(partial.join("disk0.qcow2"), b"half").expect("partial data");
-    let state = dir.path().join("state");
-    let journal = Journal::open(&state).expect("journal");
-    let id = TaskId { session: "crashed".into(), index: 0, attempt: 1 };
-    let entry =
-        JournalEntry { spec: Some(vm_spec("crashed", 0, &[&disk], &repo)), ..Default::default() };
-    journal.write(&id, &entry).expect("write entry");
+    let journal =
+        journal_running(&dir.path().join("state"), vm_spec("crashed", 0, &[&disk], &repo));
 
-    let recovered = recover(&journal).await.expect("recover");
+    let outcome = recovered_outcome(&journal).await;
 
-    assert_eq!(recovered.finished.len(), 1);
-    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
     assert_eq!(outcome.state(), ItemState::Failed);
     assert_eq!(outcome.message, RESTARTED);
     assert!(!partial.exists(), "partial folder deleted");
@@ -56,14 +70,10 @@ async fn a_task_that_committed_before_the_crash_keeps_its_restore_point() {
                     "size_bytes": 42, "sha256": "00", "virtual_size": 16 }],
     });
     std::fs::write(folder.join("manifest.json"), manifest.to_string()).expect("manifest");
-    let journal = Journal::open(&dir.path().join("state")).expect("journal");
-    let id = TaskId { session: "done".into(), index: 0, attempt: 1 };
-    let spec = vm_spec("done", 0, &[&disk], &repo);
-    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+    let journal = journal_running(&dir.path().join("state"), vm_spec("done", 0, &[&disk], &repo));
 
-    let recovered = recover(&journal).await.expect("recover");
+    let outcome = recovered_outcome(&journal).await;
 
-    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
     assert_eq!(outcome.state(), ItemState::Success);
     let rp = outcome.restore_point.expect("restore point");
     assert_eq!((rp.id.as_str(), rp.size_bytes), ("done-0", 42));
@@ -72,41 +82,29 @@ async fn a_task_that_committed_before_the_crash_keeps_its_restore_point() {
 
 #[tokio::test]
 async fn an_interrupted_computer_task_loses_its_partial_folder() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).expect("src");
-    let repo = dir.path().join("repo");
+    let Scratch { dir, src, repo } = Scratch::new();
     let partial = repo.join("homes/pc0/.partial-crashed-0");
     std::fs::create_dir_all(&partial).expect("partial folder");
     std::fs::write(partial.join(".blob-1.tmp"), b"half a blob").expect("temporary blob");
-    let journal = Journal::open(&dir.path().join("state")).expect("journal");
-    let id = TaskId { session: "crashed".into(), index: 0, attempt: 1 };
     let spec = computer_spec("crashed", 0, &[&src], &repo);
-    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+    let journal = journal_running(&dir.path().join("state"), spec);
 
-    let recovered = recover(&journal).await.expect("recover");
+    let outcome = recovered_outcome(&journal).await;
 
-    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
     assert_eq!((outcome.state(), outcome.message.as_str()), (ItemState::Failed, RESTARTED));
     assert!(entries(&repo.join("homes/pc0")).is_empty(), "partial folder deleted");
 }
 
 #[tokio::test]
 async fn a_computer_task_that_committed_before_the_crash_keeps_its_restore_point() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).expect("src");
+    let Scratch { dir, src, repo } = Scratch::new();
     std::fs::write(src.join("a.txt"), b"kept").expect("file");
-    let repo = dir.path().join("repo");
     let spec = computer_spec("done", 0, &[&src], &repo);
     let committed = exec::execute(&mut prepare(spec.clone(), None).ctx).await;
-    let journal = Journal::open(&dir.path().join("state")).expect("journal");
-    let id = TaskId { session: "done".into(), index: 0, attempt: 1 };
-    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+    let journal = journal_running(&dir.path().join("state"), spec);
 
-    let recovered = recover(&journal).await.expect("recover");
+    let outcome = recovered_outcome(&journal).await;
 
-    let outcome = recovered.finished[0].outcome.clone().expect("outcome");
     assert_eq!(outcome, committed, "the same outcome as the task reported");
     assert_eq!(outcome.message, "backed up 1 files, 4 bytes, 4 new bytes stored");
     assert_eq!(blobs(&repo).len(), 1, "the blob is kept");

@@ -5,7 +5,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-use crate::support::{FakeCoordinator, TestAgent, WAIT, computer_spec, sim_spec};
+use crate::support::{FakeCoordinator, Scratch, TestAgent, WAIT, computer_spec, sim_spec};
 
 type Client = AgentServiceClient<Channel>;
 
@@ -19,36 +19,34 @@ async fn watch(client: &mut Client, session: &str) -> Streaming<pb::TaskEvent> {
     client.watch_tasks(request).await.expect("watch").into_inner()
 }
 
-/// The next status of `index` with an outcome.
-async fn outcome_of(events: &mut Streaming<pb::TaskEvent>, index: u32) -> pb::TaskOutcome {
+/// The next status of task `index` that satisfies `wanted`.
+async fn status_of(
+    events: &mut Streaming<pb::TaskEvent>,
+    index: u32,
+    wanted: impl Fn(&pb::TaskStatus) -> bool,
+) -> pb::TaskStatus {
     tokio::time::timeout(WAIT, async {
         loop {
             let event = events.next().await.expect("stream open").expect("event");
             let status = event.status.expect("status");
-            let key = status.key.expect("key");
-            if let Some(outcome) = status.outcome.filter(|_| key.item_index == index) {
-                return outcome;
+            if status.key.as_ref().is_some_and(|k| k.item_index == index) && wanted(&status) {
+                return status;
             }
         }
     })
     .await
-    .expect("outcome in time")
+    .expect("status in time")
+}
+
+/// The outcome of task `index`, once it has one.
+async fn outcome_of(events: &mut Streaming<pb::TaskEvent>, index: u32) -> pb::TaskOutcome {
+    let status = status_of(events, index, |status| status.outcome.is_some()).await;
+    status.outcome.expect("outcome")
 }
 
 /// Waits until task `index` reports `phase` (its journal entry is written by then).
 async fn phase_of(events: &mut Streaming<pb::TaskEvent>, index: u32, phase: pb::TaskPhase) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let event = events.next().await.expect("stream open").expect("event");
-            let status = event.status.expect("status");
-            if status.key.as_ref().is_some_and(|k| k.item_index == index) && status.phase() == phase
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("phase in time");
+    status_of(events, index, |status| status.phase() == phase).await;
 }
 
 fn key(session: &str, index: u32) -> pb::TaskKey {
@@ -62,8 +60,7 @@ async fn ack(client: &mut Client, epoch: i64, keys: Vec<pb::TaskKey>) {
 #[tokio::test]
 async fn run_task_follows_the_rules() {
     let coordinator = FakeCoordinator::start().await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
     let mut client = agent.client.clone();
 
     let first = run(&mut client, sim_spec("s1", 0, 5, 600_000)).await.expect("started");
@@ -109,14 +106,10 @@ async fn run_task_follows_the_rules() {
 #[tokio::test]
 async fn computer_tasks_back_up_this_computers_paths() {
     let coordinator = FakeCoordinator::start().await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 2).await;
     let mut client = agent.client.clone();
-    let data = tempfile::tempdir().expect("tempdir");
-    let src = data.path().join("home");
-    std::fs::create_dir_all(&src).expect("src");
+    let Scratch { dir: _data, src, repo } = Scratch::new();
     std::fs::write(src.join("notes.txt"), b"hello").expect("file");
-    let repo = data.path().join("repo");
     let computer = |name: &str| {
         let mut spec = computer_spec("c1", 0, &[&src], &repo);
         if let Some(pb::job_item::Target::Computer(target)) =
@@ -142,8 +135,7 @@ async fn computer_tasks_back_up_this_computers_paths() {
 #[tokio::test]
 async fn unacknowledged_outcomes_survive_a_restart() {
     let coordinator = FakeCoordinator::start().await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let (state, agent) = TestAgent::start_fresh(&coordinator.url, 2).await;
     let mut client = agent.client.clone();
     let mut events = watch(&mut client, "").await;
     run(&mut client, sim_spec("r1", 0, 3, 1)).await.expect("started");
@@ -184,8 +176,7 @@ async fn unacknowledged_outcomes_survive_a_restart() {
 #[tokio::test]
 async fn a_drain_cancels_at_the_deadline_and_leaves() {
     let mut coordinator = FakeCoordinator::start().await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 2).await;
     let mut client = agent.client.clone();
     coordinator.wait_for(|beat| beat.agent.as_ref().is_some_and(|a| a.id == "agent-1")).await;
     let mut events = watch(&mut client, "").await;
@@ -214,8 +205,7 @@ async fn a_drain_cancels_at_the_deadline_and_leaves() {
 #[tokio::test]
 async fn a_drain_signal_without_tasks_leaves_at_once() {
     let mut coordinator = FakeCoordinator::start().await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
     coordinator.wait_for(|beat| !beat.leaving).await;
 
     agent.drain.cancel();
@@ -228,9 +218,8 @@ async fn a_drain_signal_without_tasks_leaves_at_once() {
 #[tokio::test]
 async fn heartbeats_fail_over_to_the_next_coordinator() {
     let mut coordinator = FakeCoordinator::start().await;
-    let state = tempfile::tempdir().expect("tempdir");
     let endpoints = format!("http://127.0.0.1:1,{}", coordinator.url);
-    let agent = TestAgent::start(&endpoints, state.path(), 3).await;
+    let (_state, agent) = TestAgent::start_fresh(&endpoints, 3).await;
 
     let beat = coordinator.wait_for(|beat| !beat.leaving).await;
 

@@ -15,6 +15,7 @@ use sluice_proto::pb::{
     agent_service_client::AgentServiceClient,
     job_item::Target,
 };
+use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -24,6 +25,32 @@ use tonic::transport::Channel;
 
 /// Longest wait for any event in these tests (a hang guard, not a timing assertion).
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The phases of a task that runs to its end, in order.
+pub const EVERY_PHASE: [pb::TaskPhase; 4] = [
+    pb::TaskPhase::Snapshot,
+    pb::TaskPhase::Transfer,
+    pb::TaskPhase::Commit,
+    pb::TaskPhase::Cleanup,
+];
+
+/// A temporary folder with an empty source folder `src` and a repository path `repo` (not
+/// created).
+pub struct Scratch {
+    pub dir: TempDir,
+    pub src: PathBuf,
+    pub repo: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("src");
+        let repo = dir.path().join("repo");
+        Self { dir, src, repo }
+    }
+}
 
 /// Runs a command and panics with its stderr if it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {
@@ -237,6 +264,13 @@ impl TestAgent {
             tokio::spawn(sluice_agent::run(settings, listener, shutdown.clone(), drain.clone()));
         let client = AgentServiceClient::connect(format!("http://{addr}")).await.expect("connect");
         Self { client, shutdown, drain, handle }
+    }
+
+    /// An agent with a new state directory (kept until the returned folder is dropped).
+    pub async fn start_fresh(coordinator: &str, slots: u32) -> (TempDir, Self) {
+        let state = tempfile::tempdir().expect("tempdir");
+        let agent = Self::start(coordinator, state.path(), slots).await;
+        (state, agent)
     }
 
     /// Stops the agent at once and waits for `run` to return.

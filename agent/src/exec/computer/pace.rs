@@ -10,17 +10,17 @@ use sha2::{Digest as _, Sha256};
 use crate::exec::{CancelSignal, Reporter};
 
 /// Size of the read buffer.
-pub const BUF: usize = 1 << 20;
+pub(super) const BUF: usize = 1 << 20;
 /// Smallest chunk read under a rate limit.
 const MIN_CHUNK: u64 = 4096;
 
 /// The task was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Canceled;
+pub(super) struct Canceled;
 
 /// Why reading a file stopped.
 #[derive(Debug)]
-pub enum ReadError {
+pub(super) enum ReadError {
     /// The task was cancelled.
     Canceled,
     /// Reading the source failed.
@@ -61,7 +61,7 @@ impl Throttle {
 
 /// Progress, pace and cancel of one TRANSFER.
 #[derive(Debug)]
-pub struct Pace<'a> {
+pub(super) struct Pace<'a> {
     cancel: &'a CancelSignal,
     reporter: &'a mut Reporter,
     throttle: Throttle,
@@ -75,7 +75,7 @@ pub struct Pace<'a> {
 
 impl<'a> Pace<'a> {
     /// Pace of a transfer of `total` bytes, limited to `rate` bytes per second.
-    pub fn new(
+    pub(super) fn new(
         cancel: &'a CancelSignal,
         reporter: &'a mut Reporter,
         rate: Option<u64>,
@@ -86,29 +86,29 @@ impl<'a> Pace<'a> {
     }
 
     /// Fails when the task is cancelled.
-    pub fn check(&self) -> Result<(), Canceled> {
+    pub(super) fn check(&self) -> Result<(), Canceled> {
         if self.cancel.is_cancelled() { Err(Canceled) } else { Ok(()) }
     }
 
     /// Reports the progress so far.
-    pub async fn report(&mut self) {
+    pub(super) async fn report(&mut self) {
         self.reporter.progress(self.done.min(self.total), self.total).await;
     }
 
     /// Counts a file of `n` bytes that is done without being read (its content is known
     /// from the previous restore point): progress only, no pacing.
-    pub async fn skip(&mut self, n: u64) {
+    pub(super) async fn skip(&mut self, n: u64) {
         self.done += n;
         self.report().await;
     }
 
     /// Bytes read from source files so far.
-    pub fn bytes_read(&self) -> u64 {
+    pub(super) fn bytes_read(&self) -> u64 {
         self.read
     }
 
     /// Reports the transfer complete.
-    pub async fn finish(&mut self) {
+    pub(super) async fn finish(&mut self) {
         self.reporter.progress(self.total, self.total).await;
     }
 
@@ -130,13 +130,13 @@ impl<'a> Pace<'a> {
 
 /// What reading a file produced.
 #[derive(Debug)]
-pub struct Digest {
+pub(super) struct Digest {
     /// Lowercase hex SHA-256 of the bytes read.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// Bytes read.
-    pub len: u64,
+    pub(crate) len: u64,
     /// The bytes read, when asked to keep them and they fit in one buffer.
-    pub head: Option<Vec<u8>>,
+    pub(crate) head: Option<Vec<u8>>,
 }
 
 /// A file being read, moved to a blocking thread for each chunk.
@@ -151,7 +151,7 @@ struct Pass {
 
 /// Reads `file` to its end, hashing it and writing it to `sink` if given; keeps the bytes
 /// when `keep` and they fit in one buffer. Returns the digest and the sink.
-pub async fn read(
+pub(super) async fn read(
     pace: &mut Pace<'_>,
     file: File,
     sink: Option<File>,

@@ -33,19 +33,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
-use super::manifest::{self, Manifest, parse_time};
-use super::store::Store;
-use super::walk::{Entry, Kind};
+use super::walk::Entry;
 use crate::exec::CancelSignal;
-use crate::exec::commit::MANIFEST;
+use crate::repository::{
+    ComputerManifest, Kind, Manifest, Store, is_blob_name, is_restore_point, parse_time,
+};
 
 /// Newest restore point folders tried, newest first, for one with a usable manifest.
 const CANDIDATES: usize = 3;
 /// How much older than `snapshot_at` a fine-grained timestamp must be to be trusted: more
 /// than the kernel's coarse file clock lags the wall clock (one tick, 10 ms at most).
-pub const CLOCK_SLACK: Duration = Duration::from_millis(50);
+pub(super) const CLOCK_SLACK: Duration = Duration::from_millis(50);
 /// How much older than `snapshot_at` a timestamp in whole microseconds must be.
-pub const COARSE_SLACK: Duration = Duration::from_secs(2);
+pub(super) const COARSE_SLACK: Duration = Duration::from_secs(2);
 
 /// What the previous restore point recorded about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +58,13 @@ struct Known {
 
 /// The trusted file entries of the item's previous restore point, by path.
 #[derive(Debug, Default)]
-pub struct Previous {
+pub(super) struct Previous {
     files: HashMap<String, Known>,
 }
 
 impl Previous {
     /// The previous restore point in `item_dir`; `None` when there is none to use.
-    pub fn load(item_dir: &Path) -> Option<Self> {
+    pub(super) fn load(item_dir: &Path) -> Option<Self> {
         let mut names = match restore_point_names(item_dir) {
             Ok(names) => names,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -75,7 +75,9 @@ impl Previous {
         };
         names.sort_unstable_by(|a, b| b.cmp(a));
         names.iter().take(CANDIDATES).find_map(|name| {
-            let manifest = manifest::read(&item_dir.join(name).join(MANIFEST))?;
+            let Ok(Manifest::Computer(manifest)) = Manifest::read(&item_dir.join(name)) else {
+                return None;
+            };
             let previous = Self::of(&manifest);
             if previous.is_none() {
                 debug!(restore_point = %name, "previous manifest has no snapshot time");
@@ -85,7 +87,7 @@ impl Previous {
     }
 
     /// The trusted file entries of `manifest`; `None` without a snapshot time.
-    fn of(manifest: &Manifest) -> Option<Self> {
+    fn of(manifest: &ComputerManifest) -> Option<Self> {
         let snapshot_at = parse_time(manifest.snapshot_at.as_deref()?)?;
         let files = manifest
             .entries
@@ -96,7 +98,7 @@ impl Previous {
                     size: record.size,
                     mtime: parse_time(&record.mtime)?,
                     ctime: parse_time(record.ctime.as_deref()?)?,
-                    sha256: record.sha256.clone().filter(|sha| is_sha256(sha))?,
+                    sha256: record.sha256.clone().filter(|sha| is_blob_name(sha))?,
                 };
                 let trusted =
                     settled(known.mtime, snapshot_at) && settled(known.ctime, snapshot_at);
@@ -108,7 +110,7 @@ impl Previous {
 
     /// The hash of `entry`'s content, when the previous restore point recorded the file as
     /// the walk found it and its blob is still stored.
-    pub fn hash(&self, entry: &Entry, store: &Store) -> Option<String> {
+    pub(super) fn hash(&self, entry: &Entry, store: &Store) -> Option<String> {
         if entry.kind != Kind::File {
             return None;
         }
@@ -121,7 +123,7 @@ impl Previous {
 
 /// For each of `entries`, the hash of its content when it is known without reading it;
 /// stops early (every later entry unknown) on a cancel.
-pub fn known_hashes(
+pub(super) fn known_hashes(
     item_dir: &Path,
     entries: &[Entry],
     store: &Store,
@@ -145,7 +147,7 @@ fn restore_point_names(item_dir: &Path) -> io::Result<Vec<String>> {
     for dirent in fs::read_dir(item_dir)? {
         let dirent = dirent?;
         let Ok(name) = dirent.file_name().into_string() else { continue };
-        if !name.starts_with('.') && dirent.file_type().is_ok_and(|t| t.is_dir()) {
+        if is_restore_point(&name) && dirent.file_type().is_ok_and(|t| t.is_dir()) {
             names.push(name);
         }
     }
@@ -164,14 +166,10 @@ fn settled(stamp: SystemTime, snapshot_at: SystemTime) -> bool {
     stamp.checked_add(slack).is_some_and(|settled_at| settled_at < snapshot_at)
 }
 
-fn is_sha256(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::computer::manifest::{FORMAT, Record, Totals, rfc3339};
+    use crate::repository::{MANIFEST, Record, rfc3339};
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
@@ -203,22 +201,9 @@ mod tests {
         }
     }
 
-    fn manifest(snapshot_at: Option<SystemTime>, entries: Vec<Record>) -> Manifest {
-        Manifest {
-            format: FORMAT.into(),
-            restore_point: "s1-0".into(),
-            job: "j".into(),
-            item: "pc".into(),
-            session_id: "s1".into(),
-            computer: "pc1".into(),
-            created_at: "2026-01-02T03:04:05Z".into(),
-            snapshot_at: snapshot_at.map(rfc3339),
-            paths: vec!["/d".into()],
-            totals: Totals::of(&entries, 0),
-            bytes_read: 0,
-            entries,
-            warnings: Vec::new(),
-        }
+    fn manifest(snapshot_at: Option<SystemTime>, entries: Vec<Record>) -> ComputerManifest {
+        let snapshot_at = snapshot_at.map(rfc3339);
+        ComputerManifest { snapshot_at, entries, ..ComputerManifest::sample() }
     }
 
     #[test]

@@ -12,26 +12,25 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::Failure;
-use super::manifest::Record;
 use super::pace::{self, BUF, Digest, Pace, ReadError};
-use super::store::{Store, Written};
-use super::walk::{Entry, Kind, ctime_of, mode_of, mtime_of};
+use super::walk::{Entry, ctime_of, mode_of, mtime_of};
 use crate::exec::TaskContext;
 use crate::fsutil::blocking;
+use crate::repository::{Kind, Record, Store, Written, rfc3339};
 
 /// What TRANSFER produced.
 #[derive(Debug, Default)]
-pub struct Transferred {
+pub(super) struct Transferred {
     /// The manifest records, sorted by path.
-    pub records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
     /// Files whose size or mtime changed while they were read (recorded as read).
-    pub changed: Vec<String>,
+    pub(crate) changed: Vec<String>,
     /// Files gone while they were read (left out).
-    pub vanished: Vec<String>,
+    pub(crate) vanished: Vec<String>,
     /// Files taken over from the previous restore point without being read.
-    pub reused: u64,
+    pub(crate) reused: u64,
     /// Bytes read from the files.
-    pub bytes_read: u64,
+    pub(crate) bytes_read: u64,
 }
 
 /// A file's content as stored.
@@ -53,7 +52,7 @@ struct Transfer<'a> {
 /// Stores every file of `entries` and returns the manifest records; `written` keeps what
 /// this attempt added to the store, also when it fails. `known[i]`, when given, is the hash
 /// of `entries[i]`'s content, stored already: that file is not read.
-pub async fn run(
+pub(super) async fn run(
     ctx: &mut TaskContext,
     entries: &[Entry],
     known: &[Option<String>],
@@ -71,16 +70,30 @@ pub async fn run(
         match (entry.kind, known.get(index).and_then(Option::as_ref)) {
             (Kind::File, Some(sha256)) => {
                 transfer.pace.skip(entry.size).await;
-                out.records.push(Record::new(entry, Some(sha256.clone())));
+                out.records.push(record(entry, Some(sha256.clone())));
                 out.reused += 1;
             }
             (Kind::File, None) => transfer.file(entry, &mut out).await?,
-            (Kind::Dir | Kind::Symlink, _) => out.records.push(Record::new(entry, None)),
+            (Kind::Dir | Kind::Symlink, _) => out.records.push(record(entry, None)),
         }
     }
     transfer.pace.finish().await;
     out.bytes_read = transfer.pace.bytes_read();
     Ok(out)
+}
+
+/// The manifest record of a frozen entry, with the hash of a file's content.
+fn record(entry: &Entry, sha256: Option<String>) -> Record {
+    Record {
+        path: entry.path.clone(),
+        kind: entry.kind,
+        size: entry.size,
+        mode: entry.mode,
+        mtime: rfc3339(entry.mtime),
+        ctime: (entry.kind == Kind::File).then(|| rfc3339(entry.ctime)),
+        sha256,
+        target: entry.target.clone(),
+    }
 }
 
 fn file_error(entry: &Entry, what: &str, error: impl std::fmt::Display) -> Failure {
@@ -103,7 +116,7 @@ impl Transfer<'_> {
             && stored.len == entry.size
             && !stored.differs;
         if unchanged {
-            out.records.push(Record::new(entry, Some(stored.sha256)));
+            out.records.push(record(entry, Some(stored.sha256)));
             return Ok(());
         }
         let as_read = Entry {
@@ -113,7 +126,7 @@ impl Transfer<'_> {
             ctime: ctime_of(&after),
             ..entry.clone()
         };
-        out.records.push(Record::new(&as_read, Some(stored.sha256)));
+        out.records.push(record(&as_read, Some(stored.sha256)));
         out.changed.push(entry.path.clone());
         Ok(())
     }
@@ -210,20 +223,24 @@ impl Transfer<'_> {
 
 /// Opens a frozen file; `None` when it is gone.
 async fn open(entry: &Entry) -> Result<Option<File>, Failure> {
-    let path = PathBuf::from(&entry.path);
-    match blocking(move || File::open(path)).await {
-        Ok(file) => Ok(Some(file)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(file_error(entry, "cannot open", e)),
-    }
+    unless_gone(entry, "cannot open", File::open).await
 }
 
 /// The file's metadata after reading; `None` when it is gone.
 async fn stat(entry: &Entry) -> Result<Option<Metadata>, Failure> {
+    unless_gone(entry, "cannot read metadata", fs::symlink_metadata).await
+}
+
+/// Runs blocking work on the entry's path; `None` when the file is gone.
+async fn unless_gone<T: Send + 'static>(
+    entry: &Entry,
+    what: &str,
+    work: fn(PathBuf) -> io::Result<T>,
+) -> Result<Option<T>, Failure> {
     let path = PathBuf::from(&entry.path);
-    match blocking(move || fs::symlink_metadata(path)).await {
-        Ok(meta) => Ok(Some(meta)),
+    match blocking(move || work(path)).await {
+        Ok(found) => Ok(Some(found)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(file_error(entry, "cannot read metadata", e)),
+        Err(e) => Err(file_error(entry, what, e)),
     }
 }

@@ -11,55 +11,43 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::exec::CancelSignal;
-
-/// What an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link, recorded with its target and never followed.
-    Symlink,
-}
+use crate::repository::Kind;
 
 /// One entry of the frozen list.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub(super) struct Entry {
     /// Absolute path on the computer.
-    pub path: String,
+    pub(crate) path: String,
     /// What it is.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Bytes of a file; 0 otherwise.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Permission bits (`0o7777`).
-    pub mode: u32,
+    pub(crate) mode: u32,
     /// Last modification.
-    pub mtime: SystemTime,
+    pub(crate) mtime: SystemTime,
     /// Last status change (content, permissions, links, renames): set by the kernel from
     /// its own clock, so unlike `mtime` it cannot be set back by a program.
-    pub ctime: SystemTime,
+    pub(crate) ctime: SystemTime,
     /// Target of a symbolic link.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
 }
 
 /// The frozen list, sorted by path, and what was left out with a warning.
 #[derive(Debug, Default)]
-pub struct Frozen {
+pub(super) struct Frozen {
     /// Every entry, sorted by path, each once even when configured paths overlap.
-    pub entries: Vec<Entry>,
+    pub(crate) entries: Vec<Entry>,
     /// Entries that cannot be recorded: their name or link target is not UTF-8.
-    pub skipped: Vec<String>,
+    pub(crate) skipped: Vec<String>,
 }
 
 /// Why the walk stopped.
 #[derive(Debug, PartialEq)]
-pub enum WalkError {
+pub(super) enum WalkError {
     /// The task was cancelled.
     Canceled,
     /// A configured path is missing or an entry is unreadable; the message names it.
@@ -68,14 +56,14 @@ pub enum WalkError {
 
 /// A folder the walk leaves out, by device and inode (the repository).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Excluded {
+pub(super) struct Excluded {
     dev: u64,
     ino: u64,
 }
 
 impl Excluded {
     /// The folder at `path`, if it exists.
-    pub fn folder(path: &Path) -> Option<Self> {
+    pub(super) fn folder(path: &Path) -> Option<Self> {
         fs::metadata(path).ok().map(|meta| Self { dev: meta.dev(), ino: meta.ino() })
     }
 
@@ -93,7 +81,7 @@ struct Walk<'a> {
 }
 
 /// Walks every configured path and freezes the list of entries.
-pub fn freeze(
+pub(super) fn freeze(
     roots: &[PathBuf],
     excluded: Option<Excluded>,
     cancel: &CancelSignal,
@@ -137,13 +125,7 @@ impl Walk<'_> {
             return Ok(());
         }
         let Some(name) = self.utf8(&path) else { return Ok(()) };
-        let kind = if meta.is_dir() {
-            Kind::Dir
-        } else if meta.is_file() {
-            Kind::File
-        } else if meta.is_symlink() {
-            Kind::Symlink
-        } else {
+        let Some(kind) = kind_of(meta) else {
             debug!(path = name, "special file skipped");
             return Ok(());
         };
@@ -205,18 +187,29 @@ impl Walk<'_> {
     }
 }
 
+/// What an entry is; `None` for sockets, FIFOs and devices.
+fn kind_of(meta: &Metadata) -> Option<Kind> {
+    if meta.is_dir() {
+        Some(Kind::Dir)
+    } else if meta.is_file() {
+        Some(Kind::File)
+    } else {
+        meta.is_symlink().then_some(Kind::Symlink)
+    }
+}
+
 /// Permission bits of an entry.
-pub fn mode_of(meta: &Metadata) -> u32 {
+pub(super) fn mode_of(meta: &Metadata) -> u32 {
     meta.permissions().mode() & 0o7777
 }
 
 /// Modification time of an entry (the epoch when the platform has none).
-pub fn mtime_of(meta: &Metadata) -> SystemTime {
+pub(super) fn mtime_of(meta: &Metadata) -> SystemTime {
     meta.modified().unwrap_or(UNIX_EPOCH)
 }
 
 /// Status change time of an entry (the epoch when before it).
-pub fn ctime_of(meta: &Metadata) -> SystemTime {
+pub(super) fn ctime_of(meta: &Metadata) -> SystemTime {
     let secs = u64::try_from(meta.ctime()).ok();
     let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0).min(999_999_999);
     secs.map_or(UNIX_EPOCH, |secs| UNIX_EPOCH + Duration::new(secs, nanos))

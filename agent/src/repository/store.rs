@@ -7,41 +7,39 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::STORE_DIR;
 use crate::fsutil;
-
-/// Name of the store folder in a repository.
-pub const STORE_DIR: &str = ".store";
 
 /// The store of one repository.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     root: PathBuf,
 }
 
 /// What an attempt added to the store: removed again when the attempt does not commit.
 #[derive(Debug, Default)]
-pub struct Written {
+pub(crate) struct Written {
     /// Blobs this attempt created (never blobs that were there before).
-    pub blobs: Vec<PathBuf>,
+    pub(crate) blobs: Vec<PathBuf>,
     /// Bytes of those blobs.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Store folders that received blobs, fsynced before the commit.
-    pub dirs: BTreeSet<PathBuf>,
+    pub(crate) dirs: BTreeSet<PathBuf>,
 }
 
 impl Store {
     /// The store of the repository at `repository`.
-    pub fn new(repository: &Path) -> Self {
+    pub(crate) fn new(repository: &Path) -> Self {
         Self { root: repository.join(STORE_DIR) }
     }
 
     /// Where the blob with this hash lives.
-    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
         self.root.join(sha256.get(..2).unwrap_or("00")).join(sha256)
     }
 
     /// Whether the blob with this hash is stored.
-    pub fn contains(&self, sha256: &str) -> io::Result<bool> {
+    pub(crate) fn contains(&self, sha256: &str) -> io::Result<bool> {
         match fs::symlink_metadata(self.blob_path(sha256)) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -51,7 +49,7 @@ impl Store {
 
     /// Whether the blob with this hash is stored as a file of `len` bytes; `false` when it
     /// cannot be told.
-    pub fn holds(&self, sha256: &str, len: u64) -> bool {
+    pub(crate) fn holds(&self, sha256: &str, len: u64) -> bool {
         fs::symlink_metadata(self.blob_path(sha256)).is_ok_and(|m| m.is_file() && m.len() == len)
     }
 
@@ -62,7 +60,7 @@ impl Store {
     /// A hard link is the atomic "create unless present": a blob someone else stored at the
     /// same moment is never replaced, so it is never counted as this attempt's. Where the
     /// file system has no hard links, a rename after an existence check stands in.
-    pub fn publish(&self, tmp: &Path, sha256: &str) -> io::Result<bool> {
+    pub(crate) fn publish(&self, tmp: &Path, sha256: &str) -> io::Result<bool> {
         let blob = self.blob_path(sha256);
         fs::create_dir_all(blob.parent().unwrap_or(&self.root))?;
         let created = match fs::hard_link(tmp, &blob) {
@@ -74,8 +72,26 @@ impl Store {
         Ok(created)
     }
 
+    /// Every blob of the store, with its hash: files `<aa>/<sha256>` whose name starts with
+    /// their folder's `<aa>`.
+    pub(crate) fn blobs(&self) -> io::Result<Vec<(String, PathBuf)>> {
+        let mut blobs = Vec::new();
+        for shard in fsutil::subdirectories(&self.root)? {
+            let prefix = shard.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            for entry in fs::read_dir(&shard)? {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let in_its_shard = is_blob_name(&name) && name.starts_with(&prefix);
+                if in_its_shard && entry.file_type()?.is_file() {
+                    blobs.push((name, entry.path()));
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
     /// Makes new blobs durable: fsyncs their folders `dirs` and the store folder.
-    pub fn sync(&self, dirs: &BTreeSet<PathBuf>) -> io::Result<()> {
+    pub(crate) fn sync(&self, dirs: &BTreeSet<PathBuf>) -> io::Result<()> {
         for dir in dirs {
             fsutil::sync_dir(dir)?;
         }
@@ -88,13 +104,29 @@ impl Store {
 
 impl Written {
     /// Records a blob of `len` bytes this attempt created.
-    pub fn add(&mut self, blob: PathBuf, len: u64) {
+    pub(crate) fn add(&mut self, blob: PathBuf, len: u64) {
         if let Some(dir) = blob.parent() {
             self.dirs.insert(dir.to_path_buf());
         }
         self.blobs.push(blob);
         self.bytes += len;
     }
+
+    /// Removes the blobs this attempt created; returns the first error after trying all.
+    pub(crate) fn discard(&self) -> io::Result<()> {
+        let mut first_error = None;
+        for blob in &self.blobs {
+            if let Err(error) = fsutil::remove_file_if_exists(blob) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether `name` is a blob's name: a lowercase hex SHA-256.
+pub(crate) fn is_blob_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn rename_unless_present(tmp: &Path, blob: &Path) -> io::Result<bool> {
@@ -103,17 +135,6 @@ fn rename_unless_present(tmp: &Path, blob: &Path) -> io::Result<bool> {
     }
     fs::rename(tmp, blob)?;
     Ok(true)
-}
-
-/// Removes the blobs an attempt created (blocking); returns the first error after trying all.
-pub fn discard(written: &Written) -> io::Result<()> {
-    let mut first_error = None;
-    for blob in &written.blobs {
-        if let Err(error) = fsutil::remove_file_if_exists(blob) {
-            first_error.get_or_insert(error);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -141,7 +162,7 @@ mod tests {
         assert!(store.holds(SHA, 5) && !store.holds(SHA, 4), "held at its size only");
         let mut written = Written::default();
         written.add(blob, 5);
-        discard(&written).expect("discard");
+        written.discard().expect("discard");
         assert!(!store.contains(SHA).expect("contains"));
     }
 }

@@ -1,0 +1,36 @@
+//! The on-disk format of a repository, in one place: where restore points live, how a task
+//! writes one (a partial folder renamed into place), the content-addressed store, and the
+//! manifests of both executors. Executors write it, recovery adopts what committed, verify,
+//! restore and retention read it back.
+//!
+//! ```text
+//! <repository>/<job>/<item>/.partial-<rp_id>/  while a task writes; renamed at COMMIT to
+//! <repository>/<job>/<item>/<rp_id>/           the restore point (rp_id = <session>-<index>)
+//!     manifest.json                            a VmManifest or a ComputerManifest
+//!     disk<i>.qcow2                            VM restore points: one per disk, i from 0
+//! <repository>/.store/<aa>/<sha256>            computer file contents, shared by every job and
+//!                                              item of the repository (<aa>: first 2 chars)
+//! ```
+//!
+//! Job names never start with '.', so no job folder can be the store; in an item folder, a
+//! name starting with '.' is never a restore point.
+
+mod manifest;
+mod paths;
+mod store;
+
+pub(crate) use manifest::{
+    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VmManifest, parse_time,
+    plain_file_name, rfc3339,
+};
+pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
+pub(crate) use store::{Store, Written, is_blob_name};
+
+/// Name of the manifest file in a restore point folder.
+pub(crate) const MANIFEST: &str = "manifest.json";
+/// `format` of a computer manifest; a manifest without `format` is a VM manifest.
+pub(crate) const COMPUTER_FORMAT: &str = "sluice-computer-1";
+/// Name of the store folder in a repository.
+pub(crate) const STORE_DIR: &str = ".store";
+/// Prefix of a partial folder's name: `.partial-<rp_id>`.
+pub(crate) const PARTIAL_PREFIX: &str = ".partial-";

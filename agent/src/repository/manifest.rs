@@ -1,0 +1,205 @@
+//! `manifest.json` of a restore point: the one type per executor that is both written at
+//! COMMIT and read back by recovery, verify, restore, retention and the next backup.
+//!
+//! # Extending the format
+//!
+//! A field added later carries `#[serde(default)]`, so manifests written before it still
+//! read, and `skip_serializing_if` where its default must not be written, so what is written
+//! stays byte-for-byte the same until the field is used (as `snapshot_at` and `bytes_read` of
+//! a computer manifest did). Incremental VM backups, for example, add a restore point `kind`
+//! (full or incremental, default full) and a `parent` restore point id (default none) this
+//! way. Only a change that older agents must not misread gets a new `format`.
+
+mod computer;
+mod vm;
+
+use std::fs;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+pub(crate) use computer::{ComputerManifest, Kind, Record, Totals};
+pub(crate) use vm::{Disk, VmManifest};
+
+use serde::{Deserialize, Serialize};
+
+use super::{COMPUTER_FORMAT, MANIFEST};
+
+/// Which restore point a manifest describes: the fields every manifest starts with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Identity {
+    /// Restore point id.
+    pub(crate) restore_point: String,
+    /// Job name.
+    #[serde(default)]
+    pub(crate) job: String,
+    /// Item name.
+    #[serde(default)]
+    pub(crate) item: String,
+    /// Session that made it.
+    #[serde(default)]
+    pub(crate) session_id: String,
+}
+
+#[cfg(test)]
+impl Identity {
+    /// Restore point `s1-0` of item `pc` of job `j`.
+    pub(crate) fn sample() -> Self {
+        Self {
+            restore_point: "s1-0".into(),
+            job: "j".into(),
+            item: "pc".into(),
+            session_id: "s1".into(),
+        }
+    }
+}
+
+/// A restore point's manifest, of either executor.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Manifest {
+    /// A VM restore point: one qcow2 file per disk.
+    Vm(VmManifest),
+    /// A computer restore point: entries whose file contents live in the store.
+    Computer(ComputerManifest),
+}
+
+impl Manifest {
+    /// Reads and parses `<folder>/manifest.json`; the error says what is wrong, in words.
+    pub(crate) fn read(folder: &Path) -> Result<Self, String> {
+        let path = folder.join(MANIFEST);
+        let bytes = fs::read(&path).map_err(|e| format!("{MANIFEST}: cannot be read: {e}"))?;
+        Self::parse(&bytes)
+    }
+
+    /// Parses a manifest: one with `"format": "sluice-computer-1"` is a computer manifest,
+    /// one without `format` a VM manifest.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| format!("{MANIFEST}: not valid JSON: {e}"))?;
+        match value.get("format").and_then(serde_json::Value::as_str) {
+            Some(COMPUTER_FORMAT) => serde_json::from_value(value)
+                .map(Self::Computer)
+                .map_err(|e| format!("{MANIFEST}: not a valid {COMPUTER_FORMAT} manifest: {e}")),
+            Some(other) => Err(format!("{MANIFEST}: unknown format {other:?}")),
+            None => serde_json::from_value(value)
+                .map(Self::Vm)
+                .map_err(|e| format!("{MANIFEST}: not a valid VM manifest: {e}")),
+        }
+    }
+
+    /// Which restore point the manifest describes.
+    pub(crate) fn identity(&self) -> &Identity {
+        match self {
+            Self::Vm(vm) => &vm.identity,
+            Self::Computer(computer) => &computer.identity,
+        }
+    }
+}
+
+/// Whether a manifest's disk file name is a plain name inside the folder.
+pub(crate) fn plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.contains('\0') && name != "." && name != ".."
+}
+
+/// A time as RFC 3339 with as many fraction digits as it needs (none, 3, 6 or 9): lossless
+/// to the nanosecond.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    sluice_proto::time::to_timestamp(time).to_string()
+}
+
+/// Reads a time written by [`rfc3339`]; `None` for other text and for times before 1970.
+pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
+    let stamp = prost_types::Timestamp::from_str(text).ok()?;
+    (stamp.seconds >= 0 && stamp.nanos >= 0).then(|| sluice_proto::time::from_timestamp(&stamp))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    const VM_JSON: &str = include_str!("testdata/vm-manifest.json");
+    const COMPUTER_JSON: &str = include_str!("testdata/computer-manifest.json");
+
+    fn vm() -> VmManifest {
+        let identity = Identity { job: "nightly".into(), item: "vm0".into(), ..Identity::sample() };
+        VmManifest {
+            identity,
+            created_at: "2026-01-02T03:04:05.5Z".into(),
+            disks: vec![Disk {
+                source: "/vms/a.qcow2".into(),
+                file: "disk0.qcow2".into(),
+                size_bytes: 42,
+                sha256: "ab".repeat(32),
+                virtual_size: 16 << 20,
+            }],
+        }
+    }
+
+    fn computer() -> ComputerManifest {
+        let record = |path: &str, kind, mode| Record {
+            path: path.into(),
+            kind,
+            size: 0,
+            mode,
+            mtime: "2026-01-02T03:04:05Z".into(),
+            ctime: None,
+            sha256: None,
+            target: None,
+        };
+        let file = Record {
+            size: 3,
+            mtime: "2026-01-02T03:04:05.123Z".into(),
+            ctime: Some("2026-01-02T03:04:05.123456789Z".into()),
+            sha256: Some("cd".repeat(32)),
+            ..record("/d/a", Kind::File, 0o644)
+        };
+        let link = Record { target: Some("a".into()), ..record("/d/l", Kind::Symlink, 0o777) };
+        let entries = vec![record("/d", Kind::Dir, 0o755), file, link];
+        ComputerManifest {
+            totals: Totals::of(&entries, 3),
+            bytes_read: 3,
+            entries,
+            warnings: vec!["changed while being read: /d/a".into()],
+            identity: Identity { job: "homes".into(), item: "pc0".into(), ..Identity::sample() },
+            ..ComputerManifest::sample()
+        }
+    }
+
+    #[test]
+    fn manifests_are_written_byte_for_byte_as_before() {
+        assert_eq!(serde_json::to_string_pretty(&vm()).expect("vm json"), VM_JSON.trim_end());
+        let written = serde_json::to_string_pretty(&computer()).expect("computer json");
+        assert_eq!(written, COMPUTER_JSON.trim_end());
+    }
+
+    #[test]
+    fn manifests_read_back_by_their_format() {
+        assert_eq!(Manifest::parse(VM_JSON.as_bytes()), Ok(Manifest::Vm(vm())));
+        assert_eq!(Manifest::parse(COMPUTER_JSON.as_bytes()), Ok(Manifest::Computer(computer())));
+        let unknown = Manifest::parse(br#"{"format": "sluice-computer-9"}"#);
+        assert_eq!(unknown, Err(r#"manifest.json: unknown format "sluice-computer-9""#.into()));
+    }
+
+    #[test]
+    fn fields_added_later_default_when_absent() {
+        let mut json: serde_json::Value = serde_json::from_str(COMPUTER_JSON).expect("json");
+        let object = json.as_object_mut().expect("object");
+        object.remove("snapshot_at");
+        object.remove("bytes_read");
+        let Ok(Manifest::Computer(older)) = Manifest::parse(json.to_string().as_bytes()) else {
+            panic!("a manifest without the newer fields reads");
+        };
+        assert_eq!((older.snapshot_at, older.bytes_read), (None, 0));
+    }
+
+    #[test]
+    fn times_keep_their_nanoseconds() {
+        for nanos in [0, 5_000_000, 5_000, 123_456_789] {
+            let time = UNIX_EPOCH + Duration::new(1_700_000_000, nanos);
+            assert_eq!(parse_time(&rfc3339(time)), Some(time), "{}", rfc3339(time));
+        }
+        assert_eq!(parse_time("not a time"), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! Where a restore point lives, and how a task writes one: into `.partial-<rp_id>/`, renamed
+//! to `<rp_id>/` once the manifest and the data are durable. Every function here that
+//! touches files does blocking I/O.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sluice_proto::pb;
+
+use super::{MANIFEST, PARTIAL_PREFIX};
+use crate::fsutil;
+use crate::key::{self, TaskId};
+
+/// `<repository>/<job>/<item>`: the folder of an item's restore points.
+pub(crate) fn item_dir(repository: &Path, job: &str, item: &str) -> PathBuf {
+    repository.join(job).join(item)
+}
+
+/// Whether a folder name in an item folder is a partial folder.
+pub(crate) fn is_partial(name: &str) -> bool {
+    name.starts_with(PARTIAL_PREFIX)
+}
+
+/// Whether a folder name in an item folder is a restore point (no hidden name is).
+pub(crate) fn is_restore_point(name: &str) -> bool {
+    !name.starts_with('.')
+}
+
+/// Where a task writes in the repository.
+#[derive(Debug, Clone)]
+pub(crate) struct RepoPaths {
+    /// Folder of the item's restore points.
+    pub(crate) item_dir: PathBuf,
+    /// Temporary folder written during TRANSFER.
+    pub(crate) partial: PathBuf,
+    /// Final folder of the restore point.
+    pub(crate) final_dir: PathBuf,
+}
+
+impl RepoPaths {
+    /// The paths of restore point `rp_id` of an item.
+    pub(crate) fn new(repository: &Path, job: &str, item: &str, rp_id: &str) -> Self {
+        let item_dir = item_dir(repository, job, item);
+        Self {
+            partial: item_dir.join(format!("{PARTIAL_PREFIX}{rp_id}")),
+            final_dir: item_dir.join(rp_id),
+            item_dir,
+        }
+    }
+
+    /// The paths of the restore point a task commits.
+    pub(crate) fn of_task(spec: &pb::TaskSpec, id: &TaskId) -> Self {
+        let repository = Path::new(&spec.repository);
+        Self::new(repository, &spec.job, key::item_name(spec), &id.restore_point_id())
+    }
+
+    /// Clears and creates the partial folder.
+    pub(crate) fn prepare_partial(&self) -> io::Result<()> {
+        fsutil::remove_dir_if_exists(&self.partial)?;
+        fs::create_dir_all(&self.partial)
+    }
+
+    /// Fails when the restore point exists already: a commit never replaces one.
+    pub(crate) fn ensure_new(&self) -> io::Result<()> {
+        if self.final_dir.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", self.final_dir.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes the manifest into the partial folder and renames the folder into place,
+    /// durably; the data in it must be durable already.
+    pub(crate) fn publish(&self, manifest: &impl Serialize) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
+        fsutil::write_atomic(&self.partial.join(MANIFEST), &json)?;
+        fs::rename(&self.partial, &self.final_dir)?;
+        fsutil::sync_dir(&self.item_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_point_and_its_partial_folder_share_the_item_folder() {
+        let paths = RepoPaths::new(Path::new("/repo"), "j", "vm 1", "s-0");
+        assert_eq!(paths.item_dir, Path::new("/repo/j/vm 1"));
+        assert_eq!(paths.partial, Path::new("/repo/j/vm 1/.partial-s-0"));
+        assert_eq!(paths.final_dir, Path::new("/repo/j/vm 1/s-0"));
+        assert!(is_partial(".partial-s-0") && !is_restore_point(".partial-s-0"));
+        assert!(is_restore_point("s-0") && !is_partial("s-0"));
+    }
+}

@@ -1,0 +1,82 @@
+//! The `AgentService` calls on restore points: check the request, run the file work on a
+//! blocking thread that is cancelled when the call is dropped, and build the answer.
+
+use sluice_proto::pb;
+use tracing::info;
+
+use super::location::{Location, absolute_dir};
+use super::{Cancel, gc, restore, verify};
+use crate::error::AgentError;
+
+/// `VerifyRestorePoint`: every byte read and hashed; mismatches are problems in the answer.
+pub(crate) async fn verify(
+    request: pb::AgentVerifyRequest,
+) -> Result<pb::VerifyRestorePointResponse, AgentError> {
+    let location = Location::parse("location", request.location.as_ref())?;
+    let report = run_blocking(move |cancel| verify::verify(&location, cancel)).await?;
+    Ok(pb::VerifyRestorePointResponse {
+        ok: report.problems.is_empty(),
+        problems: report.problems,
+        bytes_checked: report.bytes_checked,
+        ..Default::default()
+    })
+}
+
+/// `RestoreRestorePoint`: the restore point written into an empty or new directory.
+pub(crate) async fn restore(
+    request: pb::AgentRestoreRequest,
+) -> Result<pb::RestoreRestorePointResponse, AgentError> {
+    let location = Location::parse("location", request.location.as_ref())?;
+    let target = absolute_dir("target_dir", &request.target_dir)?;
+    info!(restore_point = %location.id, target = %target.display(), "restore begins");
+    let restored = run_blocking(move |cancel| restore::restore(&location, &target, cancel)).await?;
+    Ok(pb::RestoreRestorePointResponse {
+        files: restored.files,
+        bytes: restored.bytes,
+        directories: restored.directories,
+        symlinks: restored.symlinks,
+        ..Default::default()
+    })
+}
+
+/// `DeleteRestorePoints`: each folder deleted, or a problem naming it.
+pub(crate) async fn delete(
+    request: pb::DeleteRestorePointsRequest,
+) -> Result<pb::DeleteRestorePointsResponse, AgentError> {
+    let locations = request
+        .restore_points
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Location::parse(&format!("restore_points[{i}]"), Some(l)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (deleted, problems) =
+        run_blocking(move |_| Ok(gc::delete_restore_points(&locations))).await?;
+    Ok(pb::DeleteRestorePointsResponse { deleted, problems })
+}
+
+/// `CollectGarbage`: the store blobs no computer manifest of the repository names, removed.
+pub(crate) async fn collect_garbage(
+    request: pb::CollectGarbageRequest,
+) -> Result<pb::CollectGarbageResponse, AgentError> {
+    let repository = absolute_dir("repository", &request.repository)?;
+    let collected = run_blocking(move |cancel| gc::collect_garbage(&repository, cancel)).await?;
+    Ok(pb::CollectGarbageResponse {
+        blobs_removed: collected.blobs_removed,
+        bytes_removed: collected.bytes_removed,
+        blobs_kept: collected.blobs_kept,
+        skipped: collected.skipped,
+    })
+}
+
+/// Runs blocking restore-point work off the runtime; it is cancelled if the caller drops
+/// the returned future.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce(&Cancel) -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    let cancel = Cancel::default();
+    let _guard = cancel.on_drop();
+    let worker = cancel.clone();
+    tokio::task::spawn_blocking(move || work(&worker))
+        .await
+        .map_err(|e| AgentError::Internal(format!("restore point work failed: {e}")))?
+}
