@@ -37,9 +37,12 @@ impl AgentClients {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Channel::from_shared(address.to_string()).map_err(|e| {
-            Error::Unavailable(format!("agent {agent} has a bad address {address:?}: {e}"))
-        })?;
+        let endpoint =
+            Channel::from_shared(address.to_string()).map_err(|e| Error::BadAgentAddress {
+                agent: agent.to_string(),
+                address: address.to_string(),
+                reason: e.to_string(),
+            })?;
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

@@ -21,10 +21,10 @@ impl Jobs {
 
     /// Creates a valid job whose name is free.
     pub async fn create(&self, job: Option<pb::Job>) -> Result<pb::Job> {
-        let job = job.ok_or_else(|| Error::InvalidArgument("job: required".into()))?;
+        let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
         if !self.store.create(&self.store.keys().job(&job.name), &job).await? {
-            return Err(Error::AlreadyExists(format!("job {:?} already exists", job.name)));
+            return Err(Error::JobExists { job: job.name });
         }
         tracing::info!(job = %job.name, items = job.items.len(), "job created");
         Ok(job)
@@ -49,7 +49,7 @@ impl Jobs {
 
     /// Replaces an existing job's definition.
     pub async fn update(&self, job: Option<pb::Job>) -> Result<pb::Job> {
-        let job = job.ok_or_else(|| Error::InvalidArgument("job: required".into()))?;
+        let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
         if !self.store.replace(&self.store.keys().job(&job.name), &job).await? {
             return Err(not_found(&job.name));
@@ -79,15 +79,15 @@ impl Jobs {
         }
         let active = self.store.kv().get(active_key, None).await?;
         match active.kvs().first() {
-            Some(kv) => Err(Error::FailedPrecondition(format!(
-                "job {name:?} has an active session {}; stop it first",
-                String::from_utf8_lossy(kv.value())
-            ))),
+            Some(kv) => Err(Error::JobBusy {
+                job: name.to_string(),
+                session: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
             None => Err(not_found(name)),
         }
     }
 }
 
 fn not_found(name: &str) -> Error {
-    Error::NotFound(format!("job {name:?} does not exist"))
+    Error::JobNotFound { job: name.to_string() }
 }

@@ -38,6 +38,11 @@ pub struct MembershipConfig {
 /// Watches the current lease; `None` while there is none.
 pub type LeaseWatch = watch::Receiver<Option<Lease>>;
 
+/// The lease held now, or `NoLease`.
+pub fn current(lease: &LeaseWatch) -> crate::error::Result<Lease> {
+    lease.borrow().clone().ok_or(crate::error::Error::NoLease)
+}
+
 /// Starts the membership actor; it runs until `shutdown`, then revokes its lease (handover).
 pub fn spawn(
     store: Store,

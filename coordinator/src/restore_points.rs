@@ -27,7 +27,7 @@ use crate::{
     agent_client::AgentClients,
     agents::AgentDirectory,
     error::{Error, Result},
-    membership::LeaseWatch,
+    membership::{self, LeaseWatch},
     store::Store,
 };
 
@@ -114,13 +114,11 @@ impl RestorePoints {
         request: pb::RestoreRestorePointRequest,
     ) -> Result<pb::RestoreRestorePointResponse> {
         if request.target_dir.is_empty() {
-            return Err(Error::InvalidArgument("target_dir: must name a directory".into()));
+            return Err(Error::invalid("target_dir", "must name a directory"));
         }
         if !request.target_dir.starts_with('/') {
-            return Err(Error::InvalidArgument(format!(
-                "target_dir: must be an absolute path, got {:?}",
-                request.target_dir
-            )));
+            let reason = format!("must be an absolute path, got {:?}", request.target_dir);
+            return Err(Error::invalid("target_dir", reason));
         }
         let located = self.find(&request.job, &request.restore_point_id).await?;
         let agent = self.pick(&located, &request.agent, false)?;
@@ -149,10 +147,10 @@ impl RestorePoints {
         if !job.is_empty() {
             validate_name("job", job)?;
         }
-        let (key, restore_point) = self.catalog_entry(job, id).await?.ok_or_else(|| {
-            let scope = if job.is_empty() { String::new() } else { format!(" in job {job:?}") };
-            Error::NotFound(format!("restore point {id:?} does not exist{scope}"))
-        })?;
+        let (key, restore_point) = self
+            .catalog_entry(job, id)
+            .await?
+            .ok_or_else(|| Error::RestorePointNotFound { id: id.into(), job: job.into() })?;
         locate(&self.store, restore_point).await.map_err(|error| {
             warn!(%key, %error, "restore point cannot be located");
             error
@@ -186,20 +184,18 @@ impl RestorePoints {
         if !requested.is_empty() {
             return match agents.get(requested) {
                 Some(agent) if agent.state() == pb::AgentState::Online => Ok(agent.clone()),
-                Some(_) => Err(Error::FailedPrecondition(format!("agent {requested} is draining"))),
-                None => Err(Error::FailedPrecondition(format!("agent {requested} is not online"))),
+                Some(_) => Err(Error::AgentDraining { agent: requested.into() }),
+                None => Err(Error::AgentOffline { agent: requested.into() }),
             };
         }
         choose_agent(&agents, &located.need(), any_as_fallback)
             .cloned()
-            .map_err(Error::FailedPrecondition)
+            .map_err(Error::NoSuitableAgent)
     }
 
     /// Records that `located` is read now; the returned guard removes the record on drop.
     async fn begin_use(&self, located: &Located, operation: &str, agent: &str) -> Result<InUse> {
-        let lease = self.lease.borrow().clone().ok_or_else(|| {
-            Error::Unavailable("coordinator holds no etcd lease right now; try again".into())
-        })?;
+        let lease = membership::current(&self.lease)?;
         let rp = &located.restore_point;
         let keys = self.store.keys();
         let use_id = format!("{}-{:016x}", self.coordinator, rand::random::<u64>());
@@ -223,10 +219,7 @@ impl RestorePoints {
                 Some(etcd_client::PutOptions::new().with_lease(lease.id)),
             )]);
         if self.store.txn(txn).await?.is_none() {
-            return Err(Error::NotFound(format!(
-                "restore point {:?} was deleted by retention (or is being deleted)",
-                rp.id
-            )));
+            return Err(Error::RestorePointDeleted { id: rp.id.clone() });
         }
         Ok(InUse { store: self.store.clone(), key })
     }
@@ -240,11 +233,11 @@ pub async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Lo
     let current = store.get::<pb::Job>(&keys.job(&restore_point.job)).await?.map(|v| v.value);
     let written_by = session.and_then(|record| record.value.job).or_else(|| current.clone());
     let Some(job) = written_by else {
-        return Err(Error::FailedPrecondition(format!(
-            "restore point {:?}: neither its session {:?} nor its job {:?} exists any more, so \
-             its repository is unknown",
-            restore_point.id, restore_point.session_id, restore_point.job
-        )));
+        return Err(Error::RepositoryUnknown {
+            id: restore_point.id,
+            session: restore_point.session_id,
+            job: restore_point.job,
+        });
     };
     let target = job
         .items

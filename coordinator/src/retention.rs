@@ -24,8 +24,8 @@ use tracing::{info, warn};
 use crate::{
     agent_client::AgentClients,
     agents::AgentDirectory,
-    error::{Error, Result},
-    membership::LeaseWatch,
+    error::Result,
+    membership::{self, LeaseWatch},
     restore_points::{
         Located,
         choose::{Need, choose_agent},
@@ -124,9 +124,7 @@ impl Retention {
     }
 
     async fn mark_deleting(&self, rp: &pb::RestorePoint) -> Result<bool> {
-        let lease = self.lease.borrow().clone().ok_or_else(|| {
-            Error::Unavailable("coordinator holds no etcd lease right now".into())
-        })?;
+        let lease = membership::current(&self.lease)?;
         let keys = self.store.keys();
         let catalog = keys.restore_point(&rp.job, &rp.item, &rp.id);
         let uses = keys.restore_point_uses(&rp.job, &rp.id);

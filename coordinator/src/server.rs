@@ -43,10 +43,10 @@ pub async fn serve(
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
     health_reporter.set_serving::<ClusterServiceServer<ClusterApi>>().await;
     health_reporter.set_serving::<AgentRegistryServer<RegistryApi>>().await;
-    let reflection = sluice_proto::reflection::v1()
-        .map_err(|e| Error::Unavailable(format!("reflection service: {e}")))?;
-    let reflection_alpha = sluice_proto::reflection::v1alpha()
-        .map_err(|e| Error::Unavailable(format!("reflection service: {e}")))?;
+    let reflection =
+        sluice_proto::reflection::v1().map_err(|e| Error::Reflection(e.to_string()))?;
+    let reflection_alpha =
+        sluice_proto::reflection::v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
     let router = Server::builder()
         .trace_fn(telemetry::server_span)
         .add_service(health_service)
@@ -64,11 +64,11 @@ pub async fn serve(
     let server = router.serve_with_incoming_shutdown(incoming, stopping.cancelled_owned());
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => return result.map_err(|e| Error::Unavailable(format!("server: {e}"))),
+        result = &mut server => return Ok(result?),
         _ = shutdown.cancelled() => {}
     }
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(result) => result.map_err(|e| Error::Unavailable(format!("server: {e}"))),
+        Ok(result) => Ok(result?),
         Err(_) => {
             tracing::warn!("open calls did not finish within the shutdown grace period");
             Ok(())

@@ -7,6 +7,7 @@ use etcd_client::{
     TxnOpResponse, WatchClient,
 };
 use prost::Message;
+use tonic::Code;
 
 use crate::{
     error::{Error, Result},
@@ -124,6 +125,27 @@ impl Store {
         Ok(self.kv().txn(txn).await?.succeeded())
     }
 
+    /// Renews a lease once; `false` when it has expired.
+    pub async fn renew_lease(&self, lease: i64) -> Result<bool> {
+        let renewal = async {
+            let (mut keeper, mut responses) = match self.client().lease_keep_alive(lease).await {
+                // etcd answers an expired lease with TTL 0, which etcd-client turns into this
+                // variant (its only other use is a failed send on the channel it just made).
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(None),
+                opened => opened?,
+            };
+            keeper.keep_alive().await?;
+            responses.message().await
+        };
+        match renewal.await {
+            Ok(response) => Ok(response.is_some_and(|r| r.ttl() > 0)),
+            Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::NotFound => {
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Runs a transaction; `Ok(None)` when its guards did not hold, else the responses.
     pub async fn txn(&self, txn: Txn) -> Result<Option<Vec<TxnOpResponse>>> {
         let response = self.kv().txn(txn).await?;
@@ -147,6 +169,25 @@ fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Version
         create_revision: kv.create_revision(),
         lease: kv.lease(),
     })
+}
+
+/// etcd's errors as the coordinator's: the one place that reads what etcd answered.
+impl From<etcd_client::Error> for Error {
+    fn from(error: etcd_client::Error) -> Self {
+        if is_too_large(&error) { Error::EtcdTooLarge(error) } else { Error::Etcd(error) }
+    }
+}
+
+fn is_too_large(error: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = error else { return false };
+    match status.code() {
+        // gRPC's message size limits, on either side.
+        Code::ResourceExhausted | Code::OutOfRange => true,
+        // etcd refuses a request over its --max-request-bytes with INVALID_ARGUMENT, the code
+        // it also gives malformed requests: only its text tells the two apart.
+        Code::InvalidArgument => status.message().contains("too large"),
+        _ => false,
+    }
 }
 
 /// Decodes a raw value read from `key`.

@@ -38,7 +38,7 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<pb::DrainAgentResponse>, Status> {
         let request = request.into_inner();
         if request.agent.is_empty() {
-            return Err(Error::InvalidArgument("agent: required".into()).into());
+            return Err(Error::invalid("agent", "required").into());
         }
         let mut agent = self.registry.get(&request.agent).await?;
         let deadline_seconds = match request.deadline_seconds {

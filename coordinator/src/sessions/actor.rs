@@ -617,8 +617,7 @@ impl SessionActor {
     fn send_run(&self, index: u32, attempt: u32, agent: String) {
         let outbox = self.outbox.clone();
         let Some(mut client) = self.client(&agent) else {
-            let result =
-                Err(tonic::Status::unavailable(format!("agent {agent} is not registered")));
+            let result = Err(Error::AgentNotRegistered { agent: agent.clone() }.into());
             tokio::spawn(async move {
                 outbox.send(Msg::RunDone { index, attempt, agent, result }).await
             });

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    membership::{Lease, LeaseWatch},
+    membership::{self, Lease, LeaseWatch},
     retention::Retention,
     store::Store,
 };
@@ -71,15 +71,11 @@ impl Sessions {
     pub async fn retry(&self, session_id: &str) -> Result<pb::Session> {
         let view = self.load(session_id).await?;
         if !view.is_stopped() {
-            return Err(Error::FailedPrecondition(format!(
-                "session {session_id} is still running"
-            )));
+            return Err(Error::SessionRunning { session: session_id.into() });
         }
         let names = view.retryable_items();
         if names.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "session {session_id} has no failed or unprocessed items"
-            )));
+            return Err(Error::NothingToRetry { session: session_id.into() });
         }
         let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
         self.start_items(&job, Some(names), session_id.to_string()).await
@@ -94,8 +90,7 @@ impl Sessions {
         let lease = self.current_lease()?;
         let store = self.store();
         let stored = store.get::<pb::Job>(&store.keys().job(job_name)).await?;
-        let stored =
-            stored.ok_or_else(|| Error::NotFound(format!("job {job_name:?} does not exist")))?;
+        let stored = stored.ok_or_else(|| Error::JobNotFound { job: job_name.into() })?;
         let job = stored.value;
         let item_indices: Vec<u32> = match &names {
             None => (0..job.items.len() as u32).collect(),
@@ -108,9 +103,7 @@ impl Sessions {
             }
         };
         if item_indices.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "job {job_name:?} no longer holds any of those items"
-            )));
+            return Err(Error::ItemsGone { job: job_name.into() });
         }
         let session = pb::Session {
             id: new_session_id(),
@@ -141,7 +134,7 @@ impl Sessions {
         let mut tries = 0;
         let epoch = loop {
             match persist::create(store, &new).await {
-                Err(Error::AlreadyExists(_)) if tries < 3 => {
+                Err(Error::SessionIdTaken { .. }) if tries < 3 => {
                     tries += 1;
                     if let Some(session) = new.record.session.as_mut() {
                         session.id = new_session_id();
@@ -161,9 +154,7 @@ impl Sessions {
     }
 
     fn current_lease(&self) -> Result<Lease> {
-        self.inner.lease.borrow().clone().ok_or_else(|| {
-            Error::Unavailable("coordinator holds no etcd lease right now; try again".into())
-        })
+        membership::current(&self.inner.lease)
     }
 
     /// Runs the actor of a session this coordinator now owns at `epoch`.
@@ -234,29 +225,22 @@ impl Sessions {
         let record = self.record(&id).await?;
         let session = record.session.clone().unwrap_or_default();
         if session.state() == SessionState::Stopped {
-            let result = session.result().as_str_name();
-            return Err(Error::FailedPrecondition(format!(
-                "session {id} has already ended ({result})"
-            )));
+            let result = session.result().as_str_name().to_string();
+            return Err(Error::SessionEnded { session: id, result });
         }
         if !request.job.is_empty() && !request.session_id.is_empty() && session.job != request.job {
-            return Err(Error::InvalidArgument(format!(
-                "session_id: session {id} belongs to job {:?}, not {:?}",
-                session.job, request.job
-            )));
+            let reason =
+                format!("session {id} belongs to job {:?}, not {:?}", session.job, request.job);
+            return Err(Error::invalid("session_id", reason));
         }
         if request.graceful_timeout_seconds > sluice_proto::job::MAX_SECONDS {
-            return Err(Error::InvalidArgument(format!(
-                "graceful_timeout_seconds: must be at most {} (one week)",
-                sluice_proto::job::MAX_SECONDS
-            )));
+            let reason = format!("must be at most {} (one week)", sluice_proto::job::MAX_SECONDS);
+            return Err(Error::invalid("graceful_timeout_seconds", reason));
         }
         let job = record.job.unwrap_or_default();
         if mode == StopMode::Graceful && job.r#type() == pb::JobType::BackupCopy {
-            return Err(Error::FailedPrecondition(format!(
-                "a {} job runs as one task and cannot stop gracefully; stop it immediately",
-                job.r#type().as_str_name()
-            )));
+            let job_type = job.r#type().as_str_name().to_string();
+            return Err(Error::NoGracefulStop { job_type });
         }
         let timeout = match request.graceful_timeout_seconds {
             0 => job.graceful_timeout_seconds,
@@ -296,17 +280,18 @@ impl Sessions {
             };
             match self.stop(request, requested_by.clone()).await {
                 Ok(session) => stopped.push(session),
-                Err(Error::FailedPrecondition(_) | Error::NotFound(_)) => {}
+                // Ended or gone meanwhile, or not stoppable this way: nothing to stop.
+                Err(
+                    Error::SessionEnded { .. }
+                    | Error::SessionNotFound { .. }
+                    | Error::NoGracefulStop { .. },
+                ) => {}
                 // Stop every other session first; then say which one could not be stopped.
                 Err(error) => failures.push(format!("session {id}: {error}")),
             }
         }
         if !failures.is_empty() {
-            return Err(Error::Unavailable(format!(
-                "stopped {} session(s), but not: {}; try again",
-                stopped.len(),
-                failures.join("; ")
-            )));
+            return Err(Error::StopIncomplete { stopped: stopped.len(), failures });
         }
         Ok(stopped)
     }
@@ -317,9 +302,7 @@ impl Sessions {
             return Ok(session_id.to_string());
         }
         if job.is_empty() {
-            return Err(Error::InvalidArgument(
-                "job or session_id: name the job or the session to stop".into(),
-            ));
+            return Err(Error::invalid("job or session_id", "name the job or the session to stop"));
         }
         validate_name("job", job)?;
         if let Some(id) = persist::active_session(self.store(), job).await? {
@@ -327,8 +310,8 @@ impl Sessions {
         }
         let exists = self.store().get::<pb::Job>(&self.store().keys().job(job)).await?.is_some();
         match exists {
-            true => Err(Error::FailedPrecondition(format!("job {job:?} has no active session"))),
-            false => Err(Error::NotFound(format!("job {job:?} does not exist"))),
+            true => Err(Error::NoActiveSession { job: job.into() }),
+            false => Err(Error::JobNotFound { job: job.into() }),
         }
     }
 
@@ -336,16 +319,14 @@ impl Sessions {
         validate_name("session_id", id)?;
         let stored =
             self.store().get::<pb::SessionRecord>(&self.store().keys().session(id)).await?;
-        stored
-            .map(|v| v.value)
-            .ok_or_else(|| Error::NotFound(format!("session {id:?} does not exist")))
+        stored.map(|v| v.value).ok_or_else(|| Error::SessionNotFound { session: id.into() })
     }
 
     async fn load(&self, id: &str) -> Result<SessionView> {
         validate_name("session_id", id)?;
         persist::load(self.store(), id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("session {id:?} does not exist")))
+            .ok_or_else(|| Error::SessionNotFound { session: id.into() })
     }
 
     /// One session with its items.
@@ -418,9 +399,7 @@ impl Sessions {
 fn stop_mode(raw: i32) -> Result<StopMode> {
     match StopMode::try_from(raw) {
         Ok(mode @ (StopMode::Immediate | StopMode::Graceful)) => Ok(mode),
-        _ => Err(Error::InvalidArgument(
-            "mode: must be STOP_MODE_IMMEDIATE or STOP_MODE_GRACEFUL".into(),
-        )),
+        _ => Err(Error::invalid("mode", "must be STOP_MODE_IMMEDIATE or STOP_MODE_GRACEFUL")),
     }
 }
 

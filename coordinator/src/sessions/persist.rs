@@ -30,7 +30,7 @@ pub struct NewSession {
 pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
     let keys = store.keys();
     let session =
-        new.record.session.as_ref().ok_or_else(|| Error::InvalidArgument("session".into()))?;
+        new.record.session.as_ref().ok_or_else(|| Error::invalid("session", "required"))?;
     let (id, job) = (session.id.as_str(), session.job.as_str());
     let active = keys.job_active(job);
     let txn = Txn::new()
@@ -54,13 +54,11 @@ pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
         return Ok(response.header().map_or(0, |h| h.revision()));
     }
     match active_session(store, job).await? {
-        Some(running) => Err(Error::FailedPrecondition(format!(
-            "job {job:?} already has an active session {running}; stop it or wait for it to end"
-        ))),
+        Some(running) => Err(Error::JobBusy { job: job.into(), session: running }),
         None if store.get::<pb::SessionRecord>(&keys.session(id)).await?.is_some() => {
-            Err(Error::AlreadyExists(format!("session id {id} is taken")))
+            Err(Error::SessionIdTaken { session: id.into() })
         }
-        None => Err(Error::Unavailable(format!("job {job:?} changed while starting; try again"))),
+        None => Err(Error::JobChanged { job: job.into() }),
     }
 }
 
@@ -245,9 +243,7 @@ pub async fn request_stop(store: &Store, id: &str, stop: &pb::StopRequest) -> Re
         Txn::new().when([guard]).and_then([TxnOp::put(key.as_str(), stop.encode_to_vec(), None)]);
     match store.txn(txn).await? {
         Some(_) => Ok(true),
-        None => {
-            Err(Error::Unavailable(format!("session {id} was stopped concurrently; try again")))
-        }
+        None => Err(Error::StopRaced { session: id.into() }),
     }
 }
 

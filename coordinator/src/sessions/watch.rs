@@ -26,14 +26,14 @@ pub fn watch_session(
     async_stream::try_stream! {
         let (mut view, mut revision) = persist::load_at(&store, &id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("session {id:?} does not exist")))?;
+            .ok_or_else(|| Error::SessionNotFound { session: id.clone() })?;
         yield event(&view);
         while !view.is_stopped() {
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
             let mut stream = store.watcher().watch(store.keys().session(&id), Some(options)).await.map_err(Error::from)?;
             loop {
                 let response = tokio::select! {
-                    _ = shutdown.cancelled() => Err(Status::unavailable("coordinator is shutting down")),
+                    _ = shutdown.cancelled() => Err(Status::from(Error::ShuttingDown)),
                     response = stream.message() => response.map_err(|e| Status::from(Error::from(e))),
                 }?;
                 let Some(response) = response else { break };
