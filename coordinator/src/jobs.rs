@@ -9,18 +9,18 @@ use crate::{
 
 /// Reads and writes job definitions.
 #[derive(Clone)]
-pub struct Jobs {
+pub(crate) struct Jobs {
     store: Store,
 }
 
 impl Jobs {
     /// Jobs stored through `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Jobs { store }
     }
 
     /// Creates a valid job whose name is free.
-    pub async fn create(&self, job: Option<pb::Job>) -> Result<pb::Job> {
+    pub(crate) async fn create(&self, job: Option<pb::Job>) -> Result<pb::Job> {
         let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
         if !self.store.create(&self.store.keys().job(&job.name), &job).await? {
@@ -31,14 +31,14 @@ impl Jobs {
     }
 
     /// Returns a job.
-    pub async fn get(&self, name: &str) -> Result<pb::Job> {
+    pub(crate) async fn get(&self, name: &str) -> Result<pb::Job> {
         validate_name("name", name)?;
         let stored = self.store.get::<pb::Job>(&self.store.keys().job(name)).await?;
         stored.map(|v| v.value).ok_or_else(|| not_found(name))
     }
 
     /// Every job, sorted by name.
-    pub async fn list(&self) -> Result<Vec<pb::Job>> {
+    pub(crate) async fn list(&self) -> Result<Vec<pb::Job>> {
         let keys = self.store.keys();
         let raw = self.store.list_raw(&keys.jobs()).await?;
         raw.into_iter()
@@ -48,7 +48,7 @@ impl Jobs {
     }
 
     /// Replaces an existing job's definition.
-    pub async fn update(&self, job: Option<pb::Job>) -> Result<pb::Job> {
+    pub(crate) async fn update(&self, job: Option<pb::Job>) -> Result<pb::Job> {
         let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
         if !self.store.replace(&self.store.keys().job(&job.name), &job).await? {
@@ -59,7 +59,7 @@ impl Jobs {
     }
 
     /// Deletes a job that has no active session; its restore points stay in the catalog.
-    pub async fn delete(&self, name: &str) -> Result<()> {
+    pub(crate) async fn delete(&self, name: &str) -> Result<()> {
         validate_name("name", name)?;
         let keys = self.store.keys();
         let (job_key, active_key) = (keys.job(name), keys.job_active(name));

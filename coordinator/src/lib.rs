@@ -1,22 +1,22 @@
 //! The Sluice coordinator: keeps every job session's state and lease in etcd, serves the
 //! operator API and the agent registry, and dispatches tasks to agents.
 
-pub mod agent_client;
-pub mod agents;
-pub mod api;
-pub mod cluster;
-pub mod error;
-pub mod jobs;
-pub mod keys;
-pub mod membership;
-pub mod registry;
-pub mod restore_points;
-pub mod retention;
-pub mod scheduler;
-pub mod server;
-pub mod sessions;
-pub mod settings;
-pub mod store;
+mod agent_client;
+mod agents;
+mod api;
+mod cluster;
+mod error;
+mod jobs;
+mod keys;
+mod membership;
+mod registry;
+mod restore_points;
+mod retention;
+mod scheduler;
+mod server;
+mod sessions;
+mod settings;
+mod store;
 
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};

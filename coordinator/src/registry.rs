@@ -19,7 +19,7 @@ const MAX_TTL: u32 = 3600;
 
 /// Renews agent registrations from heartbeats.
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     store: Store,
     /// Last lease and record written per agent, to skip writes that change nothing.
     known: Arc<Mutex<HashMap<String, Known>>>,
@@ -32,12 +32,16 @@ struct Known {
 
 impl Registry {
     /// A registry writing through `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Registry { store, known: Arc::default() }
     }
 
     /// Takes one heartbeat: renews (or creates) the agent's registration.
-    pub async fn heartbeat(&self, request: pb::HeartbeatRequest, coordinator: &str) -> Result<()> {
+    pub(crate) async fn heartbeat(
+        &self,
+        request: pb::HeartbeatRequest,
+        coordinator: &str,
+    ) -> Result<()> {
         let mut agent = validate(&request)?;
         agent.coordinator = coordinator.to_string();
         if request.leaving {
@@ -65,13 +69,13 @@ impl Registry {
     }
 
     /// Every registered agent, sorted by id.
-    pub async fn list(&self) -> Result<Vec<pb::Agent>> {
+    pub(crate) async fn list(&self) -> Result<Vec<pb::Agent>> {
         let records = self.store.list::<pb::AgentRecord>(&self.store.keys().agents()).await?;
         Ok(records.into_iter().filter_map(|(_, record)| record.agent).collect())
     }
 
     /// One registered agent.
-    pub async fn get(&self, id: &str) -> Result<pb::Agent> {
+    pub(crate) async fn get(&self, id: &str) -> Result<pb::Agent> {
         let record = self.store.get::<pb::AgentRecord>(&self.store.keys().agent(id)).await?;
         record
             .and_then(|r| r.value.agent)

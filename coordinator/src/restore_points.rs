@@ -11,7 +11,7 @@
 //! restore point is never deleted while it is read, and never read once its deletion began.
 //! The use key is deleted when the call ends, also when the client cancels it.
 
-pub mod choose;
+pub(crate) mod choose;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
@@ -33,7 +33,7 @@ use crate::{
 
 /// Serves verify and restore of restore points; cheap to clone.
 #[derive(Clone)]
-pub struct RestorePoints {
+pub(crate) struct RestorePoints {
     store: Store,
     directory: AgentDirectory,
     clients: AgentClients,
@@ -43,20 +43,20 @@ pub struct RestorePoints {
 
 /// A catalog entry with what is needed to read it.
 #[derive(Debug, Clone)]
-pub struct Located {
+pub(crate) struct Located {
     /// The catalog entry.
-    pub restore_point: pb::RestorePoint,
+    pub(crate) restore_point: pb::RestorePoint,
     /// Repository it was written to (from its session's copy of the job).
-    pub repository: String,
+    pub(crate) repository: String,
     /// The item's target in that job.
-    pub target: Option<Target>,
+    pub(crate) target: Option<Target>,
     /// Proxies of the job as it is now (empty when the job is gone or names none).
-    pub proxies: Vec<String>,
+    pub(crate) proxies: Vec<String>,
 }
 
 impl Located {
     /// Where the agent finds it.
-    pub fn location(&self) -> pb::RestorePointLocation {
+    pub(crate) fn location(&self) -> pb::RestorePointLocation {
         pb::RestorePointLocation {
             repository: self.repository.clone(),
             job: self.restore_point.job.clone(),
@@ -66,7 +66,7 @@ impl Located {
     }
 
     /// What kind of agent may read it.
-    pub fn need(&self) -> Need {
+    pub(crate) fn need(&self) -> Need {
         match &self.target {
             Some(Target::Computer(computer)) => Need::Computer(computer.computer.clone()),
             _ => Need::Proxy(self.proxies.clone()),
@@ -76,7 +76,7 @@ impl Located {
 
 impl RestorePoints {
     /// The service; in-use keys are bound to the lease `lease` holds.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         directory: AgentDirectory,
         clients: AgentClients,
@@ -87,7 +87,7 @@ impl RestorePoints {
     }
 
     /// Checks a restore point against its manifest on an agent.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         request: pb::VerifyRestorePointRequest,
     ) -> Result<pb::VerifyRestorePointResponse> {
@@ -109,7 +109,7 @@ impl RestorePoints {
     }
 
     /// Restores a restore point into a directory on an agent.
-    pub async fn restore(
+    pub(crate) async fn restore(
         &self,
         request: pb::RestoreRestorePointRequest,
     ) -> Result<pb::RestoreRestorePointResponse> {
@@ -142,7 +142,7 @@ impl RestorePoints {
     }
 
     /// Finds a restore point by id, in `job` or (when empty) in every job.
-    pub async fn find(&self, job: &str, id: &str) -> Result<Located> {
+    pub(crate) async fn find(&self, job: &str, id: &str) -> Result<Located> {
         validate_name("restore_point_id", id)?;
         if !job.is_empty() {
             validate_name("job", job)?;
@@ -227,7 +227,7 @@ impl RestorePoints {
 
 /// Reads the session's copy of the job (the repository the restore point was written to,
 /// the item's target) and the job's current proxies.
-pub async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Located> {
+pub(crate) async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Located> {
     let keys = store.keys();
     let session = store.get::<pb::SessionRecord>(&keys.session(&restore_point.session_id)).await?;
     let current = store.get::<pb::Job>(&keys.job(&restore_point.job)).await?.map(|v| v.value);
@@ -253,7 +253,7 @@ pub async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Lo
 }
 
 /// A restore point marked in use; the mark is removed when this is dropped.
-pub struct InUse {
+pub(crate) struct InUse {
     store: Store,
     key: String,
 }

@@ -39,22 +39,25 @@ const AGENT_CALL: Duration = Duration::from_secs(300);
 
 /// What retention needs from the coordinator.
 #[derive(Clone)]
-pub struct Retention {
+pub(crate) struct Retention {
     /// etcd.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Registered agents.
-    pub directory: AgentDirectory,
+    pub(crate) directory: AgentDirectory,
     /// Agent clients.
-    pub clients: AgentClients,
+    pub(crate) clients: AgentClients,
     /// The coordinator's lease (deletion marks are bound to it).
-    pub lease: LeaseWatch,
+    pub(crate) lease: LeaseWatch,
     /// Coordinator id.
-    pub coordinator: String,
+    pub(crate) coordinator: String,
 }
 
 /// The restore points to delete so that each item keeps its `keep` newest (by `created_at`,
 /// then id); none when `keep` is 0.
-pub fn choose_deletions(restore_points: &[pb::RestorePoint], keep: u32) -> Vec<pb::RestorePoint> {
+pub(crate) fn choose_deletions(
+    restore_points: &[pb::RestorePoint],
+    keep: u32,
+) -> Vec<pb::RestorePoint> {
     if keep == 0 {
         return Vec::new();
     }
@@ -76,7 +79,7 @@ pub fn choose_deletions(restore_points: &[pb::RestorePoint], keep: u32) -> Vec<p
 impl Retention {
     /// Applies the job's retention after session `session_id` of `job` finished; logs what
     /// it could not do.
-    pub async fn after_session(&self, job: &str, session_id: &str) {
+    pub(crate) async fn after_session(&self, job: &str, session_id: &str) {
         match self.run(job, session_id).await {
             Ok(0) => {}
             Ok(deleted) => {

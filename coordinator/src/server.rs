@@ -24,17 +24,17 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The services a coordinator serves.
-pub struct Services {
+pub(crate) struct Services {
     /// `JobService`.
-    pub jobs: JobApi,
+    pub(crate) jobs: JobApi,
     /// `ClusterService`.
-    pub cluster: ClusterApi,
+    pub(crate) cluster: ClusterApi,
     /// `AgentRegistry`.
-    pub registry: RegistryApi,
+    pub(crate) registry: RegistryApi,
 }
 
 /// Serves until `shutdown`, then gives open calls a bounded grace period.
-pub async fn serve(
+pub(crate) async fn serve(
     services: Services,
     listener: TcpListener,
     shutdown: CancellationToken,

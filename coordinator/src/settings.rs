@@ -56,17 +56,17 @@ fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
 
 impl Settings {
     /// Lease TTL (at least one second).
-    pub fn lease_ttl(&self) -> Duration {
+    pub(crate) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl.max(1))
     }
 
     /// Timeout of one etcd call.
-    pub fn etcd_timeout(&self) -> Duration {
+    pub(crate) fn etcd_timeout(&self) -> Duration {
         Duration::from_millis(self.etcd_timeout_ms.max(100))
     }
 
     /// The URL peers and agents reach this coordinator at.
-    pub fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
+    pub(crate) fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
         match (&self.advertise, bound) {
             (Some(address), _) => address.clone(),
             (None, Some(bound)) => format!("http://{bound}"),

@@ -16,41 +16,44 @@ use crate::{
 };
 
 /// Registered agents by id.
-pub type Agents = Arc<BTreeMap<String, pb::Agent>>;
+pub(crate) type Agents = Arc<BTreeMap<String, pb::Agent>>;
 
 /// A live view of the registered agents.
 #[derive(Clone)]
-pub struct AgentDirectory {
+pub(crate) struct AgentDirectory {
     agents: watch::Receiver<Option<Agents>>,
 }
 
 impl AgentDirectory {
     /// Starts the watch; it runs until `shutdown`.
-    pub fn spawn(store: Store, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+    pub(crate) fn spawn(
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sender, agents) = watch::channel(None);
         let task = tokio::spawn(follow(store, sender, shutdown));
         (AgentDirectory { agents }, task)
     }
 
     /// The agents now (empty until the first listing).
-    pub fn current(&self) -> Agents {
+    pub(crate) fn current(&self) -> Agents {
         self.agents.borrow().clone().unwrap_or_default()
     }
 
     /// A receiver that changes whenever the set or an agent's record changes; `None` until
     /// the agents were listed once.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Agents>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Agents>> {
         self.agents.clone()
     }
 
     /// Waits until the agents were listed once (false if the directory stopped first).
-    pub async fn loaded(&self) -> bool {
+    pub(crate) async fn loaded(&self) -> bool {
         self.agents.clone().wait_for(Option::is_some).await.is_ok()
     }
 }
 
 /// Placement's view of the agents: slots, computer and whether each takes new tasks.
-pub fn agent_map(agents: &BTreeMap<String, pb::Agent>) -> AgentMap {
+pub(crate) fn agent_map(agents: &BTreeMap<String, pb::Agent>) -> AgentMap {
     agents
         .iter()
         .map(|(id, agent)| {

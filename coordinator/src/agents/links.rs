@@ -12,7 +12,7 @@ use super::AgentDirectory;
 use crate::{agent_client::AgentClients, sessions::Router};
 
 /// Keeps a link to every registered agent until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     directory: AgentDirectory,
     clients: AgentClients,
     router: Router,

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use crate::{agent_client::AgentClients, cluster::Cluster, error::Error, registry::Registry};
 
 /// Serves `sluice.v1.ClusterService`.
-pub struct ClusterApi {
+pub(crate) struct ClusterApi {
     registry: Registry,
     cluster: Cluster,
     agents: AgentClients,
@@ -14,7 +14,7 @@ pub struct ClusterApi {
 
 impl ClusterApi {
     /// Serves the cluster view.
-    pub fn new(registry: Registry, cluster: Cluster, agents: AgentClients) -> Self {
+    pub(crate) fn new(registry: Registry, cluster: Cluster, agents: AgentClients) -> Self {
         ClusterApi { registry, cluster, agents }
     }
 }

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Serves `sluice.v1.JobService`.
-pub struct JobApi {
+pub(crate) struct JobApi {
     jobs: Jobs,
     sessions: Sessions,
     restore_points: RestorePoints,
@@ -24,7 +24,7 @@ pub struct JobApi {
 
 impl JobApi {
     /// Serves jobs, sessions and restore points; streams end at `shutdown`.
-    pub fn new(
+    pub(crate) fn new(
         jobs: Jobs,
         sessions: Sessions,
         restore_points: RestorePoints,

@@ -6,14 +6,14 @@ use tonic::{Request, Response, Status};
 use crate::registry::Registry;
 
 /// Serves `sluice.v1.AgentRegistry`.
-pub struct RegistryApi {
+pub(crate) struct RegistryApi {
     registry: Registry,
     coordinator: String,
 }
 
 impl RegistryApi {
     /// Serves heartbeats into `registry` on behalf of coordinator `coordinator`.
-    pub fn new(registry: Registry, coordinator: String) -> Self {
+    pub(crate) fn new(registry: Registry, coordinator: String) -> Self {
         RegistryApi { registry, coordinator }
     }
 }

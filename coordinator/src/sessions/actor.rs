@@ -22,7 +22,7 @@ use super::{
 use crate::{agents::directory::agent_map, error::Error};
 
 /// Most messages a session actor queues before senders wait.
-pub const MAILBOX: usize = 1024;
+pub(crate) const MAILBOX: usize = 1024;
 /// Most messages handled between two dispatch rounds.
 const MAX_BATCH: usize = 1024;
 /// Progress and waiting reasons are persisted at most this often.
@@ -34,7 +34,7 @@ const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a session actor is told.
 #[derive(Debug)]
-pub enum Msg {
+pub(crate) enum Msg {
     /// A task update from an agent.
     Task {
         /// Agent that sent it.
@@ -60,18 +60,18 @@ pub enum Msg {
 }
 
 /// The receiving ends an actor reads, and the sender its child tasks report through.
-pub struct Inboxes {
+pub(crate) struct Inboxes {
     /// Sender of `tasks`.
-    pub outbox: mpsc::Sender<Msg>,
+    pub(crate) outbox: mpsc::Sender<Msg>,
     /// Task updates and answers.
-    pub tasks: mpsc::Receiver<Msg>,
+    pub(crate) tasks: mpsc::Receiver<Msg>,
     /// Stop requests, read ahead of everything else.
-    pub stops: mpsc::Receiver<Stop>,
+    pub(crate) stops: mpsc::Receiver<Stop>,
 }
 
 /// Why an actor ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// The session stopped and its final state is stored.
     Finished,
     /// The coordinator lost the session (lease lost, or a newer owner).
@@ -81,7 +81,7 @@ pub enum Exit {
 }
 
 /// One owned session.
-pub struct SessionActor {
+pub(crate) struct SessionActor {
     machine: Machine,
     base: pb::SessionRecord,
     epoch: i64,
@@ -107,7 +107,7 @@ pub struct SessionActor {
 
 impl SessionActor {
     /// An actor for a session owned at `epoch`; `outbox` is the sender of `inbox`.
-    pub fn new(
+    pub(crate) fn new(
         machine: Machine,
         base: pb::SessionRecord,
         epoch: i64,
@@ -137,7 +137,7 @@ impl SessionActor {
     }
 
     /// Runs the session until it stops, is fenced, or is handed over.
-    pub async fn run(mut self) -> Exit {
+    pub(crate) async fn run(mut self) -> Exit {
         let span = info_span!("session_owner", id = %self.machine.id, epoch = self.epoch);
         if !self.base.traceparent.is_empty() {
             telemetry::set_parent_from_traceparent(&span, &self.base.traceparent);
@@ -712,6 +712,6 @@ async fn timeout<T>(
 }
 
 /// Wall-clock milliseconds since the epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     sluice_proto::time::millis(&sluice_proto::time::now())
 }

@@ -13,31 +13,31 @@ use sluice_proto::pb::{
 use super::placement::{AgentMap, Placement, SlotPool, place};
 
 /// Message of a graceful stop that came before any item started (from the product documents).
-pub const CANCELED_BY_USER: &str = "Operation was canceled by user";
+pub(crate) const CANCELED_BY_USER: &str = "Operation was canceled by user";
 
 /// How long an item whose agent refused it for now (busy, unreachable) waits before the next try.
-pub const REFUSED_BACKOFF_MS: i64 = 500;
+pub(crate) const REFUSED_BACKOFF_MS: i64 = 500;
 
 /// How many waiting items get their `waiting_reason` stored: enough for people to see why
 /// the queue stands still, without writing every item of a 100,000-item job.
-pub const SHOWN_WAITING_ITEMS: usize = 100;
+pub(crate) const SHOWN_WAITING_ITEMS: usize = 100;
 
 /// A stop in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stop {
+pub(crate) struct Stop {
     /// Immediate or graceful.
-    pub mode: StopMode,
+    pub(crate) mode: StopMode,
     /// Graceful only: when what still runs is stopped immediately.
-    pub deadline_ms: Option<i64>,
+    pub(crate) deadline_ms: Option<i64>,
     /// Who asked.
-    pub requested_by: String,
+    pub(crate) requested_by: String,
     /// When, in milliseconds since the epoch.
-    pub requested_at_ms: i64,
+    pub(crate) requested_at_ms: i64,
 }
 
 /// What happened to a session.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Time passed: retry waits, graceful deadlines and offline limits are checked.
     Tick,
     /// The agent did not take a task.
@@ -86,7 +86,7 @@ pub enum Event {
 
 /// What the session actor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Start an attempt on an agent, once the dispatch has been persisted.
     Run {
         /// Job index of the item.
@@ -123,23 +123,23 @@ pub enum Effect {
 
 /// One item of the session.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Item {
+pub(crate) struct Item {
     /// Index of the item in the job.
-    pub index: u32,
+    pub(crate) index: u32,
     /// Status as shown to users and stored in etcd.
-    pub status: pb::ItemStatus,
+    pub(crate) status: pb::ItemStatus,
     /// The computer an agent-backup item needs, if any.
-    pub computer: Option<String>,
+    pub(crate) computer: Option<String>,
     /// Attempts that failed.
-    pub failed_attempts: u32,
+    pub(crate) failed_attempts: u32,
     /// Earliest next attempt (retry wait), ms since the epoch.
-    pub not_before_ms: i64,
+    pub(crate) not_before_ms: i64,
     /// Since when it waits for its computer, ms since the epoch.
-    pub offline_since_ms: Option<i64>,
+    pub(crate) offline_since_ms: Option<i64>,
     /// The committed restore point.
-    pub restore_point: Option<Box<pb::RestorePoint>>,
+    pub(crate) restore_point: Option<Box<pb::RestorePoint>>,
     /// A cancel was sent for the running attempt.
-    pub cancel_sent: bool,
+    pub(crate) cancel_sent: bool,
 }
 
 impl Item {
@@ -154,38 +154,38 @@ impl Item {
 
 /// Retry rules of the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
+pub(crate) struct Retry {
     /// Attempts per item (at least 1).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Wait between attempts, ms.
-    pub wait_ms: i64,
+    pub(crate) wait_ms: i64,
     /// Longest wait for an offline computer, ms.
-    pub offline_wait_ms: i64,
+    pub(crate) offline_wait_ms: i64,
 }
 
 /// The state of one session.
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub(crate) struct Machine {
     /// Session id.
-    pub id: String,
+    pub(crate) id: String,
     /// Life-cycle state.
-    pub state: SessionState,
+    pub(crate) state: SessionState,
     /// Result once stopped.
-    pub result: SessionResult,
+    pub(crate) result: SessionResult,
     /// Whether a user stopped it.
-    pub canceled: bool,
+    pub(crate) canceled: bool,
     /// Summary text.
-    pub message: String,
+    pub(crate) message: String,
     /// The stop in force.
-    pub stop: Option<Stop>,
+    pub(crate) stop: Option<Stop>,
     /// When it ended, ms.
-    pub ended_at_ms: Option<i64>,
+    pub(crate) ended_at_ms: Option<i64>,
     /// Items in job order.
-    pub items: Vec<Item>,
+    pub(crate) items: Vec<Item>,
     /// Agent ids allowed for VM items (empty = any).
-    pub proxies: Vec<String>,
+    pub(crate) proxies: Vec<String>,
     /// Retry rules.
-    pub retry: Retry,
+    pub(crate) retry: Retry,
     dirty_items: BTreeSet<usize>,
     /// Changes worth persisting, but not at once (progress, waiting reasons).
     dirty_lazy: BTreeSet<usize>,
@@ -199,7 +199,7 @@ pub struct Machine {
 
 impl Machine {
     /// A session over `items` (already in job order) that has dispatched nothing yet.
-    pub fn new(id: String, items: Vec<Item>, proxies: Vec<String>, retry: Retry) -> Self {
+    pub(crate) fn new(id: String, items: Vec<Item>, proxies: Vec<String>, retry: Retry) -> Self {
         Machine {
             id,
             state: SessionState::Starting,
@@ -220,23 +220,23 @@ impl Machine {
     }
 
     /// Whether the session has ended.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.state == SessionState::Stopped
     }
 
     /// Whether a change waits to be persisted at once.
-    pub fn has_urgent_changes(&self) -> bool {
+    pub(crate) fn has_urgent_changes(&self) -> bool {
         self.dirty_session || !self.dirty_items.is_empty()
     }
 
     /// Whether progress or waiting reasons wait to be persisted.
-    pub fn has_lazy_changes(&self) -> bool {
+    pub(crate) fn has_lazy_changes(&self) -> bool {
         !self.dirty_lazy.is_empty()
     }
 
     /// Positions of items changed since the last call (with the lazy ones if asked), and
     /// whether the session record changed.
-    pub fn take_dirty(&mut self, with_lazy: bool) -> (Vec<usize>, bool) {
+    pub(crate) fn take_dirty(&mut self, with_lazy: bool) -> (Vec<usize>, bool) {
         let mut items = std::mem::take(&mut self.dirty_items);
         if with_lazy {
             items.append(&mut self.dirty_lazy);
@@ -247,21 +247,21 @@ impl Machine {
     }
 
     /// Marks everything dirty again (after a failed write).
-    pub fn mark_dirty(&mut self, items: &[usize], session: bool) {
+    pub(crate) fn mark_dirty(&mut self, items: &[usize], session: bool) {
         self.dirty_items.extend(items.iter().copied());
         self.dirty_lazy.retain(|pos| !items.contains(pos));
         self.dirty_session |= session;
     }
 
     /// Position of the item with job index `index`.
-    pub fn position(&self, index: u32) -> Option<usize> {
+    pub(crate) fn position(&self, index: u32) -> Option<usize> {
         self.items.binary_search_by_key(&index, |item| item.index).ok()
     }
 
     /// The earliest time after `now_ms` at which a `Tick` could change something, ms. A time
     /// already past is not a reason to wake: a retry that is due but has no slot waits for a
     /// freed slot, and a graceful deadline that already cancelled waits for the outcomes.
-    pub fn next_wakeup_ms(&self, now_ms: i64) -> Option<i64> {
+    pub(crate) fn next_wakeup_ms(&self, now_ms: i64) -> Option<i64> {
         let uncancelled =
             self.items.iter().any(|i| i.state() == ItemState::Processing && !i.cancel_sent);
         let stop_deadline = self
@@ -283,7 +283,7 @@ impl Machine {
     }
 
     /// Applies one event at time `now_ms`.
-    pub fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
+    pub(crate) fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
         if self.is_stopped() {
             return Vec::new();
         }
@@ -308,7 +308,7 @@ impl Machine {
 
     /// Hands free slots to pending items in job order; later items may pass earlier ones
     /// whose resources are busy.
-    pub fn dispatch(
+    pub(crate) fn dispatch(
         &mut self,
         now_ms: i64,
         agents: &AgentMap,
@@ -561,7 +561,7 @@ impl Machine {
     }
 
     /// Cancels again what an immediate stop cancels (after a takeover, sent cancels are not known).
-    pub fn resume_stop(&mut self) -> Vec<Effect> {
+    pub(crate) fn resume_stop(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         if self.stop.as_ref().is_some_and(|s| s.mode == StopMode::Immediate) {
             self.cancel_running(&mut effects, CancelReason::User);
@@ -690,7 +690,7 @@ impl Machine {
 }
 
 /// Milliseconds since the epoch as a protobuf timestamp.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,

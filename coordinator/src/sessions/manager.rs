@@ -32,7 +32,7 @@ const STOP_MAILBOX: usize = 16;
 
 /// The session service of one coordinator.
 #[derive(Clone)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     inner: Arc<Inner>,
 }
 
@@ -46,7 +46,7 @@ struct Inner {
 
 impl Sessions {
     /// Sessions owned through `lease`, with actors tracked by `tracker`.
-    pub fn new(
+    pub(crate) fn new(
         ctx: SessionContext,
         router: Router,
         lease: LeaseWatch,
@@ -57,18 +57,18 @@ impl Sessions {
     }
 
     /// The etcd store.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.inner.ctx.store
     }
 
     /// Starts a session of every item of `job`.
-    pub async fn start(&self, job: &str) -> Result<pb::Session> {
+    pub(crate) async fn start(&self, job: &str) -> Result<pb::Session> {
         validate_name("job", job)?;
         self.start_items(job, None, String::new()).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
-    pub async fn retry(&self, session_id: &str) -> Result<pb::Session> {
+    pub(crate) async fn retry(&self, session_id: &str) -> Result<pb::Session> {
         let view = self.load(session_id).await?;
         if !view.is_stopped() {
             return Err(Error::SessionRunning { session: session_id.into() });
@@ -218,7 +218,11 @@ impl Sessions {
     }
 
     /// Records a stop in etcd (durable before this returns) and tells the owner.
-    pub async fn stop(&self, request: pb::StopJobRequest, peer: String) -> Result<pb::Session> {
+    pub(crate) async fn stop(
+        &self,
+        request: pb::StopJobRequest,
+        peer: String,
+    ) -> Result<pb::Session> {
         let mode = stop_mode(request.mode)?;
         let id = self.resolve(&request.job, &request.session_id).await?;
         // Only the record: the stop must not wait for a read of every item.
@@ -267,7 +271,11 @@ impl Sessions {
     }
 
     /// Stops every active session with one mode.
-    pub async fn stop_all(&self, mode: i32, requested_by: String) -> Result<Vec<pb::Session>> {
+    pub(crate) async fn stop_all(
+        &self,
+        mode: i32,
+        requested_by: String,
+    ) -> Result<Vec<pb::Session>> {
         stop_mode(mode)?;
         let mut stopped = Vec::new();
         let mut failures = Vec::new();
@@ -330,12 +338,12 @@ impl Sessions {
     }
 
     /// One session with its items.
-    pub async fn get(&self, id: &str) -> Result<pb::Session> {
+    pub(crate) async fn get(&self, id: &str) -> Result<pb::Session> {
         Ok(self.load(id).await?.to_session(true))
     }
 
     /// Sessions of a job (or all), newest first, without items.
-    pub async fn list(&self, job: &str) -> Result<Vec<pb::Session>> {
+    pub(crate) async fn list(&self, job: &str) -> Result<Vec<pb::Session>> {
         if !job.is_empty() {
             validate_name("job", job)?;
         }
@@ -343,7 +351,7 @@ impl Sessions {
     }
 
     /// Restore points of a job from the catalog.
-    pub async fn restore_points(&self, job: &str) -> Result<Vec<pb::RestorePoint>> {
+    pub(crate) async fn restore_points(&self, job: &str) -> Result<Vec<pb::RestorePoint>> {
         validate_name("job", job)?;
         let store = self.store();
         Ok(store
@@ -356,7 +364,7 @@ impl Sessions {
 
     /// Claims every active session that has no owner, and runs it. Called at start-up, when
     /// an owner key disappears, and periodically.
-    pub async fn claim_orphans(&self) -> Result<usize> {
+    pub(crate) async fn claim_orphans(&self) -> Result<usize> {
         let Ok(lease) = self.current_lease() else { return Ok(0) };
         let mut claimed = 0;
         for (job, id) in persist::active_sessions(self.store()).await? {
@@ -379,7 +387,11 @@ impl Sessions {
 
     /// Claims orphans whenever an owner key is deleted or a lease is (re)granted, and every
     /// few seconds in case a watch event was missed; runs until `shutdown`.
-    pub async fn run_claimer(self, period: std::time::Duration, shutdown: CancellationToken) {
+    pub(crate) async fn run_claimer(
+        self,
+        period: std::time::Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut lease = self.inner.lease.clone();
         let mut deletions = super::watch::owner_deletions(self.store().clone(), shutdown.clone());
         loop {

@@ -14,13 +14,13 @@ use super::machine::{Item, Machine, Retry, Stop};
 const DEFAULT_OFFLINE_WAIT_MS: i64 = 600_000;
 
 /// A pending item of the job, as it is before its first write.
-pub fn pending_status(job: &pb::Job, index: u32) -> pb::ItemStatus {
+pub(crate) fn pending_status(job: &pb::Job, index: u32) -> pb::ItemStatus {
     let name = job.items.get(index as usize).map(|i| i.name.clone()).unwrap_or_default();
     pb::ItemStatus { name, ..Default::default() }
 }
 
 /// Rebuilds the state machine from the session's records.
-pub fn machine_from_records(
+pub(crate) fn machine_from_records(
     record: &pb::SessionRecord,
     stored: &HashMap<u32, pb::ItemRecord>,
     stop: Option<&pb::StopRequest>,
@@ -63,7 +63,7 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item
 }
 
 /// The job's retry rules.
-pub fn retry_rules(job: &pb::Job) -> Retry {
+pub(crate) fn retry_rules(job: &pb::Job) -> Retry {
     let policy = job.retry.unwrap_or_default();
     let offline_wait_ms = match job.offline_wait_seconds {
         0 => DEFAULT_OFFLINE_WAIT_MS,
@@ -77,7 +77,7 @@ pub fn retry_rules(job: &pb::Job) -> Retry {
 }
 
 /// A stored stop request as the machine sees it.
-pub fn stop_from(stop: &pb::StopRequest) -> Stop {
+pub(crate) fn stop_from(stop: &pb::StopRequest) -> Stop {
     Stop {
         mode: stop.mode(),
         deadline_ms: stop.graceful_deadline.as_ref().map(time::millis),
@@ -87,7 +87,7 @@ pub fn stop_from(stop: &pb::StopRequest) -> Stop {
 }
 
 /// The record of one item to write.
-pub fn item_record(item: &Item) -> pb::ItemRecord {
+pub(crate) fn item_record(item: &Item) -> pb::ItemRecord {
     let not_before =
         (item.not_before_ms > 0).then(|| super::machine::timestamp(item.not_before_ms));
     pb::ItemRecord {
@@ -99,7 +99,7 @@ pub fn item_record(item: &Item) -> pb::ItemRecord {
 }
 
 /// The session record with the machine's current state.
-pub fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb::SessionRecord {
+pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb::SessionRecord {
     let mut record = base.clone();
     let session = record.session.get_or_insert_with(Default::default);
     session.state = machine.state as i32;
@@ -123,20 +123,20 @@ pub fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb::Sessio
 
 /// Everything stored about one session, assembled into what users see.
 #[derive(Debug, Clone, Default)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     /// The session record.
-    pub record: pb::SessionRecord,
+    pub(crate) record: pb::SessionRecord,
     /// Item records by job index.
-    pub items: HashMap<u32, pb::ItemRecord>,
+    pub(crate) items: HashMap<u32, pb::ItemRecord>,
     /// The stop request, if one was made.
-    pub stop: Option<pb::StopRequest>,
+    pub(crate) stop: Option<pb::StopRequest>,
     /// Owner coordinator id and epoch, while owned.
-    pub owner: Option<(String, i64)>,
+    pub(crate) owner: Option<(String, i64)>,
 }
 
 impl SessionView {
     /// The session as the API shows it: items in job order, STOPPING while a stop drains.
-    pub fn to_session(&self, with_items: bool) -> pb::Session {
+    pub(crate) fn to_session(&self, with_items: bool) -> pb::Session {
         let mut session = self.record.session.clone().unwrap_or_default();
         if let Some((owner, epoch)) = &self.owner {
             session.owner = owner.clone();
@@ -161,12 +161,12 @@ impl SessionView {
     }
 
     /// Whether the session has ended.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
     }
 
     /// Items that a retry session processes again: the failed and not-processed ones (SPEC.md).
-    pub fn retryable_items(&self) -> Vec<String> {
+    pub(crate) fn retryable_items(&self) -> Vec<String> {
         self.to_session(true)
             .items
             .into_iter()

@@ -18,7 +18,7 @@ use crate::{error::Error, store::Store};
 const BACKOFF: Duration = Duration::from_millis(200);
 
 /// The session now, then after every stored change, until it stops or `shutdown`.
-pub fn watch_session(
+pub(crate) fn watch_session(
     store: Store,
     id: String,
     shutdown: CancellationToken,
@@ -85,7 +85,7 @@ fn apply_change(
 }
 
 /// Signals (coalesced) whenever a session's owner key is deleted or expires.
-pub fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc::Receiver<()> {
+pub(crate) fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc::Receiver<()> {
     let (sender, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
         while !shutdown.is_cancelled() {
@@ -118,7 +118,7 @@ pub fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc::Recei
 }
 
 /// Every value written to `key` (the current one first), until `stop`.
-pub fn key_puts<M: Message + Default + 'static>(
+pub(crate) fn key_puts<M: Message + Default + 'static>(
     store: Store,
     key: String,
     stop: CancellationToken,
