@@ -4,20 +4,15 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use sluice_proto::{
-    pb::{self, CancelReason, ItemState},
-    refusal::Refusal,
-    telemetry,
-};
+use sluice_proto::{pb, refusal::Refusal, telemetry};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     context::SessionContext,
-    machine::{Effect, Event, Machine, Stop},
-    persist::{self, Flush},
-    records::{item_record, session_record},
+    machine::{CancelReason, Dispatch, Effect, Event, Machine, Outcome, Stop},
+    persist, records,
 };
 use crate::{agents::directory::agent_map, error::Error};
 
@@ -138,14 +133,14 @@ impl SessionActor {
 
     /// Runs the session until it stops, is fenced, or is handed over.
     pub(crate) async fn run(mut self) -> Exit {
-        let span = info_span!("session_owner", id = %self.machine.id, epoch = self.epoch);
+        let span = info_span!("session_owner", id = %self.machine.id(), epoch = self.epoch);
         if !self.base.traceparent.is_empty() {
             telemetry::set_parent_from_traceparent(&span, &self.base.traceparent);
         }
         async move {
             self.reattach().await;
             let exit = self.serve().await;
-            self.ctx.scheduler.release_session(&self.machine.id);
+            self.ctx.scheduler.release_session(self.machine.id());
             info!(?exit, "session actor ended");
             exit
         }
@@ -254,7 +249,7 @@ impl SessionActor {
     }
 
     fn dispatch(&mut self) {
-        if self.machine.is_stopped() || self.machine.stop.is_some() {
+        if !self.machine.may_dispatch() {
             return;
         }
         let agents = agent_map(&self.ctx.directory.current());
@@ -268,12 +263,14 @@ impl SessionActor {
     fn execute(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Run { index, attempt, agent } => self.unsent.push((index, attempt, agent)),
+                Effect::Run(Dispatch { index, attempt, agent }) => {
+                    self.unsent.push((index, attempt, agent))
+                }
                 Effect::Cancel { agent, indices, reason } => self.cancel(agent, indices, reason),
-                Effect::Release { agent } => self.ctx.scheduler.release(&self.machine.id, &agent),
+                Effect::Release { agent } => self.ctx.scheduler.release(self.machine.id(), &agent),
                 Effect::Ack { agent, index, attempt } => {
                     let key = pb::TaskKey {
-                        session_id: self.machine.id.clone(),
+                        session_id: self.machine.id().to_string(),
                         item_index: index,
                         attempt,
                     };
@@ -286,19 +283,14 @@ impl SessionActor {
     /// Re-sends RunTask for items stored as processing: idempotent at the agent, it returns
     /// the running or finished task, or starts it if the first send never arrived.
     async fn reattach(&mut self) {
-        let processing: Vec<(u32, u32, String)> = self
-            .machine
-            .items
-            .iter()
-            .filter(|i| i.status.state() == ItemState::Processing)
-            .map(|i| (i.index, i.status.attempt, i.status.agent.clone()))
-            .collect();
+        let processing: Vec<(u32, u32, String)> =
+            self.machine.running().into_iter().map(|d| (d.index, d.attempt, d.agent)).collect();
         if processing.is_empty() {
             return;
         }
         self.ctx.directory.loaded().await;
         for (_, _, agent) in &processing {
-            self.ctx.scheduler.claim(&self.machine.id, agent);
+            self.ctx.scheduler.claim(self.machine.id(), agent);
         }
         self.on_agents_changed();
         let agents = self.ctx.directory.current();
@@ -311,15 +303,7 @@ impl SessionActor {
     fn on_agents_changed(&mut self) {
         self.needs_dispatch = true;
         let agents = self.ctx.directory.current();
-        let lost: HashSet<String> = self
-            .machine
-            .items
-            .iter()
-            .filter(|i| {
-                i.status.state() == ItemState::Processing && !agents.contains_key(&i.status.agent)
-            })
-            .map(|i| i.status.agent.clone())
-            .collect();
+        let lost = self.machine.lost_agents(|agent| agents.contains_key(agent));
         for agent in lost {
             warn!(%agent, "agent lost with tasks of this session");
             self.unsent.retain(|(_, _, a)| *a != agent);
@@ -329,28 +313,14 @@ impl SessionActor {
     }
 
     fn on_task(&mut self, agent: String, status: pb::TaskStatus) {
-        let Some(key) = status.key.clone() else { return };
-        let event = match status.outcome {
-            Some(outcome) => Event::Finished {
-                index: key.item_index,
-                attempt: key.attempt,
-                outcome,
-                agent: agent.clone(),
-            },
-            None => Event::Progress {
-                index: key.item_index,
-                attempt: key.attempt,
-                phase: status.phase(),
-                bytes_done: status.bytes_done,
-                bytes_total: status.bytes_total,
-            },
-        };
-        let known = self.machine.position(key.item_index).is_some();
-        if !known {
-            debug!(%agent, index = key.item_index, "update for an item this session does not hold");
+        let Some(index) = status.key.as_ref().map(|key| key.item_index) else { return };
+        if !self.machine.holds(index) {
+            debug!(%agent, index, "update for an item this session does not hold");
             return;
         }
-        self.apply(event);
+        if let Some(event) = records::task_event(&agent, status) {
+            self.apply(event);
+        }
     }
 
     fn on_run_done(
@@ -369,7 +339,7 @@ impl SessionActor {
             }
             Err(status) => self.on_run_refused(index, attempt, agent.clone(), status),
         }
-        if self.cancel_requested(index, attempt) {
+        if self.machine.cancel_requested(index, attempt) {
             self.send_cancel(agent, vec![index], CancelReason::User);
         }
         None
@@ -378,7 +348,7 @@ impl SessionActor {
     fn on_run_refused(&mut self, index: u32, attempt: u32, agent: String, status: tonic::Status) {
         use tonic::Code;
         if Refusal::of(&status) == Some(Refusal::CancelledBeforeStart) {
-            let outcome = never_started(CancelReason::User);
+            let outcome = Outcome::never_started(CancelReason::User);
             self.apply(Event::Finished { index, attempt, outcome, agent });
             return;
         }
@@ -404,26 +374,13 @@ impl SessionActor {
 
     /// Sends an unanswered RunTask again, if the attempt is still the item's current one.
     fn resend(&mut self, index: u32, attempt: u32, agent: String) {
-        let current = self.machine.position(index).is_some_and(|pos| {
-            let item = &self.machine.items[pos];
-            item.status.state() == ItemState::Processing
-                && item.status.attempt == attempt
-                && item.status.agent == agent
-        });
-        if current {
+        let dispatch = Dispatch { index, attempt, agent };
+        if self.machine.is_current(&dispatch) {
+            let Dispatch { index, attempt, agent } = dispatch;
             self.send_run(index, attempt, agent);
         } else {
             self.in_flight.remove(&(index, attempt));
         }
-    }
-
-    fn cancel_requested(&self, index: u32, attempt: u32) -> bool {
-        self.machine.position(index).is_some_and(|pos| {
-            let item = &self.machine.items[pos];
-            item.cancel_sent
-                && item.status.attempt == attempt
-                && item.status.state() == ItemState::Processing
-        })
     }
 
     fn cancel(&mut self, agent: String, indices: Vec<u32>, reason: CancelReason) {
@@ -431,7 +388,7 @@ impl SessionActor {
         for index in indices {
             let in_flight = self.in_flight.iter().any(|(i, _)| *i == index);
             if let Some(attempt) = self.take_unsent(index) {
-                let outcome = never_started(reason);
+                let outcome = Outcome::never_started(reason);
                 self.apply(Event::Finished { index, attempt, outcome, agent: agent.clone() });
             } else if !in_flight || reason == CancelReason::User {
                 // A user cancel may overtake its RunTask: the agent then refuses that RunTask.
@@ -456,7 +413,7 @@ impl SessionActor {
     fn send_cancel(&self, agent: String, indices: Vec<u32>, reason: CancelReason) {
         let Some(mut client) = self.client(&agent) else { return };
         let outbox = self.outbox.clone();
-        let session_id = self.machine.id.clone();
+        let session_id = self.machine.id().to_string();
         let epoch = self.epoch;
         let span = info_span!("cancel_tasks", %agent, tasks = indices.len());
         tokio::spawn(
@@ -465,7 +422,7 @@ impl SessionActor {
                     session_id: session_id.clone(),
                     epoch,
                     item_indices: indices.clone(),
-                    reason: reason as i32,
+                    reason: pb::CancelReason::from(reason) as i32,
                 };
                 let call = async {
                     client.cancel_tasks(request).await?;
@@ -495,13 +452,11 @@ impl SessionActor {
         match result {
             Ok(missing) => {
                 for index in missing {
-                    let attempt =
-                        self.machine.position(index).map(|p| self.machine.items[p].status.attempt);
-                    if let Some(attempt) = attempt.filter(|a| self.cancel_requested(index, *a)) {
+                    if let Some(attempt) = self.machine.cancel_awaited(index) {
                         self.apply(Event::Finished {
                             index,
                             attempt,
-                            outcome: never_started(CancelReason::User),
+                            outcome: Outcome::never_started(CancelReason::User),
                             agent: agent.clone(),
                         });
                     }
@@ -512,12 +467,7 @@ impl SessionActor {
                 warn!(%agent, %status, "cancel failed; retrying");
                 let still: Vec<u32> = indices
                     .into_iter()
-                    .filter(|&i| {
-                        self.machine.position(i).is_some_and(|p| {
-                            let item = &self.machine.items[p];
-                            item.cancel_sent && item.status.state() == ItemState::Processing
-                        })
-                    })
+                    .filter(|&i| self.machine.cancel_awaited(i).is_some())
                     .collect();
                 // Sent again until the agent answers or is declared lost (AgentLost ends them).
                 if !still.is_empty() && self.ctx.directory.current().contains_key(&agent) {
@@ -548,30 +498,21 @@ impl SessionActor {
         }
         self.retry_flush_at = None;
         let (items, session) = self.machine.take_dirty(lazy_due || self.machine.is_stopped());
-        let batch = self.batch(&items, session);
+        let batch = records::flush(&self.base, &self.machine, &items, session);
         self.acks_after_flush = std::mem::take(&mut self.acks);
         self.flushing_runs = std::mem::take(&mut self.unsent);
         self.flushing = true;
         self.last_flush = Instant::now();
-        let (store, id, epoch, outbox) =
-            (self.ctx.store.clone(), self.machine.id.clone(), self.epoch, self.outbox.clone());
+        let (store, id, epoch, outbox) = (
+            self.ctx.store.clone(),
+            self.machine.id().to_string(),
+            self.epoch,
+            self.outbox.clone(),
+        );
         tokio::spawn(async move {
             let result = persist::flush(&store, &id, epoch, batch).await;
             let _ = outbox.send(Msg::Flushed { result, items, session }).await;
         });
-    }
-
-    fn batch(&self, positions: &[usize], session: bool) -> Flush {
-        let items = positions
-            .iter()
-            .map(|&p| &self.machine.items[p])
-            .map(|item| {
-                let committed =
-                    matches!(item.status.state(), ItemState::Success | ItemState::Warning);
-                (item_record(item), item.restore_point.as_deref().cloned().filter(|_| committed))
-            })
-            .collect();
-        Flush { items, session: session.then(|| session_record(&self.base, &self.machine)) }
     }
 
     fn on_flushed(
@@ -649,7 +590,7 @@ impl SessionActor {
         let job = self.base.job.as_ref().unwrap_or(&empty);
         pb::TaskSpec {
             key: Some(pb::TaskKey {
-                session_id: self.machine.id.clone(),
+                session_id: self.machine.id().to_string(),
                 item_index: index,
                 attempt,
             }),
@@ -686,16 +627,6 @@ impl SessionActor {
         let agents = self.ctx.directory.current();
         let address = &agents.get(agent)?.address;
         self.ctx.clients.client(agent, address).ok()
-    }
-}
-
-/// The outcome of a task cancelled before it ever started on its agent.
-fn never_started(reason: CancelReason) -> pb::TaskOutcome {
-    pb::TaskOutcome {
-        state: ItemState::Canceled as i32,
-        restore_point: None,
-        message: "cancelled before it started".into(),
-        cancel_reason: reason as i32,
     }
 }
 

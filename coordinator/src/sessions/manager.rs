@@ -160,7 +160,7 @@ impl Sessions {
     /// Runs the actor of a session this coordinator now owns at `epoch`.
     fn spawn(&self, view: &SessionView, epoch: i64, lease: &Lease) {
         let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref());
-        let id = machine.id.clone();
+        let id = machine.id().to_string();
         let (outbox, inbox) = mpsc::channel(MAILBOX);
         let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
         let mailboxes = Mailboxes { tasks: outbox.clone(), stops: stops.clone() };
@@ -258,8 +258,8 @@ impl Sessions {
         let stop = pb::StopRequest {
             mode: mode as i32,
             requested_by,
-            requested_at: Some(super::machine::timestamp(now)),
-            graceful_deadline: deadline.map(super::machine::timestamp),
+            requested_at: Some(super::records::timestamp(now)),
+            graceful_deadline: deadline.map(super::records::timestamp),
         };
         if persist::request_stop(self.store(), &id, &stop).await? {
             info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");

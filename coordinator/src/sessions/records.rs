@@ -1,22 +1,33 @@
-//! Conversions between the session state machine and its etcd records, and the read view
-//! that every coordinator builds from those records.
+//! The edge between the session state machine and the wire: its etcd records and the agents'
+//! task reports in, records to write out. Also `SessionView`, the read view that every
+//! coordinator builds from those records.
+
+mod wire;
 
 use std::collections::HashMap;
 
 use sluice_proto::{
-    pb::{self, ItemState, SessionState, StopMode, job_item::Target},
+    pb::{self, SessionState, StopMode, job_item::Target},
     time,
 };
 
-use super::machine::{Item, Machine, Retry, Stop};
+pub(crate) use self::wire::{item_status, item_status_record, stop_from, timestamp};
+use self::wire::{session_status, stop_request};
+use super::{
+    machine::{Event, Item, Machine, Retry},
+    persist::Flush,
+};
 
 /// Default wait for an offline computer when the job names none.
 const DEFAULT_OFFLINE_WAIT_MS: i64 = 600_000;
 
 /// A pending item of the job, as it is before its first write.
 pub(crate) fn pending_status(job: &pb::Job, index: u32) -> pb::ItemStatus {
-    let name = job.items.get(index as usize).map(|i| i.name.clone()).unwrap_or_default();
-    pb::ItemStatus { name, ..Default::default() }
+    pb::ItemStatus { name: item_name(job, index), ..Default::default() }
+}
+
+fn item_name(job: &pb::Job, index: u32) -> String {
+    job.items.get(index as usize).map(|i| i.name.clone()).unwrap_or_default()
 }
 
 /// Rebuilds the state machine from the session's records.
@@ -32,15 +43,9 @@ pub(crate) fn machine_from_records(
         .map(|&index| item_from(&job, index, stored.get(&index)))
         .collect();
     let session = record.session.clone().unwrap_or_default();
-    let mut machine =
-        Machine::new(session.id.clone(), items, job.proxies.clone(), retry_rules(&job));
-    machine.state = session.state();
-    machine.result = session.result();
-    machine.canceled = session.canceled;
-    machine.message = session.message.clone();
-    machine.stop = stop.or(record.stop.as_ref()).map(stop_from);
-    machine.ended_at_ms = session.ended_at.as_ref().map(time::millis);
-    machine
+    let mut status = session_status(&session);
+    status.stop = stop.or(record.stop.as_ref()).map(stop_from);
+    Machine::new(session.id, items, job.proxies.clone(), retry_rules(&job), status)
 }
 
 fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item {
@@ -48,18 +53,15 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item
         Some(Target::Computer(c)) => Some(c.computer.clone()),
         _ => None,
     };
-    let status =
-        stored.and_then(|r| r.status.clone()).unwrap_or_else(|| pending_status(job, index));
-    Item {
-        index,
-        status,
-        computer,
-        failed_attempts: stored.map_or(0, |r| r.failed_attempts),
-        not_before_ms: stored.and_then(|r| r.not_before.as_ref()).map_or(0, time::millis),
-        offline_since_ms: None,
-        restore_point: None,
-        cancel_sent: false,
+    let mut item = Item::new(index, item_name(job, index), computer);
+    if let Some(record) = stored {
+        if let Some(status) = &record.status {
+            item.status = item_status(status);
+        }
+        item.failed_attempts = record.failed_attempts;
+        item.not_before_ms = record.not_before.as_ref().map_or(0, time::millis);
     }
+    item
 }
 
 /// The job's retry rules.
@@ -76,23 +78,47 @@ pub(crate) fn retry_rules(job: &pb::Job) -> Retry {
     }
 }
 
-/// A stored stop request as the machine sees it.
-pub(crate) fn stop_from(stop: &pb::StopRequest) -> Stop {
-    Stop {
-        mode: stop.mode(),
-        deadline_ms: stop.graceful_deadline.as_ref().map(time::millis),
-        requested_by: stop.requested_by.clone(),
-        requested_at_ms: stop.requested_at.as_ref().map_or(0, time::millis),
-    }
+/// What an agent's task report means for the session, if it names a task.
+pub(crate) fn task_event(agent: &str, status: pb::TaskStatus) -> Option<Event> {
+    let key = status.key.as_ref()?;
+    let (index, attempt) = (key.item_index, key.attempt);
+    let phase = status.phase().into();
+    Some(match status.outcome {
+        Some(outcome) => {
+            Event::Finished { index, attempt, outcome: outcome.into(), agent: agent.to_string() }
+        }
+        None => Event::Progress {
+            index,
+            attempt,
+            phase,
+            bytes_done: status.bytes_done,
+            bytes_total: status.bytes_total,
+        },
+    })
+}
+
+/// The writes for the items at `positions` (with their catalog entries) and, if asked, the
+/// session record.
+pub(crate) fn flush(
+    base: &pb::SessionRecord,
+    machine: &Machine,
+    positions: &[usize],
+    session: bool,
+) -> Flush {
+    let items = positions
+        .iter()
+        .map(|&pos| machine.item(pos))
+        .map(|item| (item_record(item), item.catalog_entry().cloned()))
+        .collect();
+    Flush { items, session: session.then(|| session_record(base, machine)) }
 }
 
 /// The record of one item to write.
-pub(crate) fn item_record(item: &Item) -> pb::ItemRecord {
-    let not_before =
-        (item.not_before_ms > 0).then(|| super::machine::timestamp(item.not_before_ms));
+fn item_record(item: &Item) -> pb::ItemRecord {
+    let not_before = (item.not_before_ms > 0).then(|| timestamp(item.not_before_ms));
     pb::ItemRecord {
         index: item.index,
-        status: Some(item.status.clone()),
+        status: Some(item_status_record(&item.status)),
         not_before,
         failed_attempts: item.failed_attempts,
     }
@@ -102,21 +128,18 @@ pub(crate) fn item_record(item: &Item) -> pb::ItemRecord {
 pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb::SessionRecord {
     let mut record = base.clone();
     let session = record.session.get_or_insert_with(Default::default);
-    session.state = machine.state as i32;
-    session.result = machine.result as i32;
-    session.canceled = machine.canceled;
-    session.message = machine.message.clone();
-    session.ended_at = machine.ended_at_ms.map(super::machine::timestamp);
-    if let Some(stop) = &machine.stop {
-        session.stop_mode = stop.mode as i32;
-        session.stopped_by = stop.requested_by.clone();
-        session.stop_requested_at = Some(super::machine::timestamp(stop.requested_at_ms));
-        record.stop = Some(pb::StopRequest {
-            mode: stop.mode as i32,
-            requested_by: stop.requested_by.clone(),
-            requested_at: Some(super::machine::timestamp(stop.requested_at_ms)),
-            graceful_deadline: stop.deadline_ms.map(super::machine::timestamp),
-        });
+    let status = machine.status();
+    session.state = pb::SessionState::from(status.state) as i32;
+    session.result = wire::session_result(status.result) as i32;
+    session.canceled = status.canceled;
+    session.message = status.message.clone();
+    session.ended_at = status.ended_at_ms.map(timestamp);
+    if let Some(stop) = &status.stop {
+        let request = stop_request(stop);
+        session.stop_mode = request.mode;
+        session.stopped_by = request.requested_by.clone();
+        session.stop_requested_at = request.requested_at;
+        record.stop = Some(request);
     }
     record
 }
@@ -165,12 +188,12 @@ impl SessionView {
         self.record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
     }
 
-    /// Items that a retry session processes again: the failed and not-processed ones (SPEC.md).
+    /// Items that a retry session processes again: the failed and not-processed ones.
     pub(crate) fn retryable_items(&self) -> Vec<String> {
         self.to_session(true)
             .items
             .into_iter()
-            .filter(|i| matches!(i.state(), ItemState::Failed | ItemState::NotProcessed))
+            .filter(|i| matches!(i.state(), pb::ItemState::Failed | pb::ItemState::NotProcessed))
             .map(|i| i.name)
             .collect()
     }
