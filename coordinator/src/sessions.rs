@@ -6,6 +6,7 @@ pub(crate) mod context;
 pub(crate) mod ids;
 pub(crate) mod machine;
 pub(crate) mod manager;
+pub(crate) mod outbox;
 pub(crate) mod persist;
 pub(crate) mod placement;
 pub(crate) mod records;

@@ -186,7 +186,7 @@ impl Sessions {
             base,
             epoch,
             self.inner.ctx.clone(),
-            Inboxes { outbox, tasks: inbox, stops: stop_inbox },
+            Inboxes { mailbox: outbox, tasks: inbox, stops: stop_inbox },
             fence,
         );
         let router = self.inner.router.clone();
