@@ -7,3 +7,6 @@ mod registry;
 pub(crate) use cluster::ClusterApi;
 pub(crate) use job_service::JobApi;
 pub(crate) use registry::RegistryApi;
+
+/// What every call answers.
+type Reply<T> = Result<tonic::Response<T>, tonic::Status>;

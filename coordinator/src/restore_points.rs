@@ -12,6 +12,7 @@
 //! The use key is deleted when the call ends, also when the client cancels it.
 
 pub(crate) mod choose;
+mod retention;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
@@ -31,7 +32,7 @@ use crate::{
     store::Store,
 };
 
-/// Serves verify and restore of restore points; cheap to clone.
+/// Serves verify and restore of restore points, and runs retention; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RestorePoints {
     store: Store,

@@ -20,7 +20,7 @@ use std::{
 use sluice_proto::pb;
 use tokio::sync::mpsc;
 
-pub(crate) use manager::Sessions;
+pub(crate) use manager::{Parts, Sessions};
 
 /// Delivers messages to the session actors of this coordinator, by session id.
 #[derive(Clone, Default)]

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{Event, EventType, GetOptions, WatchOptions};
 use sluice_proto::pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -87,15 +87,7 @@ async fn follow(store: Store, sender: watch::Sender<Option<Agents>>, shutdown: C
 
 async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -> Result<()> {
     let prefix = store.keys().agents();
-    let listed = store.kv().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
-    let revision = listed.header().map_or(0, |h| h.revision());
-    let mut agents = BTreeMap::new();
-    for kv in listed.kvs() {
-        let record: pb::AgentRecord = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
-        if let Some(agent) = record.agent {
-            agents.insert(agent.id.clone(), agent);
-        }
-    }
+    let (mut agents, revision) = list(store, &prefix).await?;
     sender.send_replace(Some(Arc::new(agents.clone())));
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
@@ -104,26 +96,46 @@ async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -
             return Ok(());
         }
         for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let id = key.trim_start_matches(prefix.as_str()).to_string();
-            match event.event_type() {
-                EventType::Put => {
-                    let record: pb::AgentRecord = decode(&key, kv.value())?;
-                    if let Some(agent) = record.agent {
-                        if !agents.contains_key(&id) {
-                            info!(agent = %id, address = %agent.address, "agent joined");
-                        }
-                        agents.insert(id, agent);
-                    }
-                }
-                EventType::Delete => {
-                    info!(agent = %id, "agent left or expired");
-                    agents.remove(&id);
-                }
-            }
+            apply(&mut agents, &prefix, event)?;
         }
         sender.send_replace(Some(Arc::new(agents.clone())));
+    }
+    Ok(())
+}
+
+/// The registered agents, and the revision they were read at.
+async fn list(store: &Store, prefix: &str) -> Result<(BTreeMap<String, pb::Agent>, i64)> {
+    let listed = store.kv().get(prefix, Some(GetOptions::new().with_prefix())).await?;
+    let revision = listed.header().map_or(0, |h| h.revision());
+    let mut agents = BTreeMap::new();
+    for kv in listed.kvs() {
+        let record: pb::AgentRecord = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+        if let Some(agent) = record.agent {
+            agents.insert(agent.id.clone(), agent);
+        }
+    }
+    Ok((agents, revision))
+}
+
+/// Applies one change of an agent's key.
+fn apply(agents: &mut BTreeMap<String, pb::Agent>, prefix: &str, event: &Event) -> Result<()> {
+    let Some(kv) = event.kv() else { return Ok(()) };
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    let id = key.trim_start_matches(prefix).to_string();
+    match event.event_type() {
+        EventType::Put => {
+            let record: pb::AgentRecord = decode(&key, kv.value())?;
+            if let Some(agent) = record.agent {
+                if !agents.contains_key(&id) {
+                    info!(agent = %id, address = %agent.address, "agent joined");
+                }
+                agents.insert(id, agent);
+            }
+        }
+        EventType::Delete => {
+            info!(agent = %id, "agent left or expired");
+            agents.remove(&id);
+        }
     }
     Ok(())
 }

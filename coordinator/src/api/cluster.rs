@@ -1,7 +1,9 @@
 //! `ClusterService`: agents and coordinators.
 
 use sluice_proto::pb::{self, cluster_service_server::ClusterService};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
+
+use super::Reply;
 
 use crate::{agent_client::AgentClients, cluster::Cluster, error::Error, registry::Registry};
 
@@ -26,8 +28,8 @@ const DEFAULT_DRAIN_SECONDS: u32 = 600;
 impl ClusterService for ClusterApi {
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
-    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        _: Request<pb::ListAgentsRequest>,
+    ) -> Reply<pb::ListAgentsResponse> {
         let agents = self.registry.list().await?;
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
@@ -35,7 +37,7 @@ impl ClusterService for ClusterApi {
     async fn drain_agent(
         &self,
         request: Request<pb::DrainAgentRequest>,
-    ) -> Result<Response<pb::DrainAgentResponse>, Status> {
+    ) -> Reply<pb::DrainAgentResponse> {
         let request = request.into_inner();
         if request.agent.is_empty() {
             return Err(Error::invalid("agent", "required").into());
@@ -57,8 +59,8 @@ impl ClusterService for ClusterApi {
 
     async fn list_coordinators(
         &self,
-        _request: Request<pb::ListCoordinatorsRequest>,
-    ) -> Result<Response<pb::ListCoordinatorsResponse>, Status> {
+        _: Request<pb::ListCoordinatorsRequest>,
+    ) -> Reply<pb::ListCoordinatorsResponse> {
         let coordinators = self.cluster.coordinators().await?;
         Ok(Response::new(pb::ListCoordinatorsResponse { coordinators }))
     }

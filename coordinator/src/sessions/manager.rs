@@ -1,20 +1,23 @@
 //! `Sessions`: starts sessions and runs their actors; answers stops, reads and retries on
 //! any coordinator (everything goes through etcd, so the owner may be elsewhere).
 
-use std::sync::Arc;
+mod stop;
+
+use std::{collections::HashSet, sync::Arc};
 
 use sluice_proto::{
     job::validate_name,
-    pb::{self, SessionState, StopMode},
+    pb::{self, SessionState},
     telemetry, time,
 };
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
+use self::stop::watch_stop_key;
 use super::{
     Mailboxes, Router,
-    actor::{self, Inboxes, MAILBOX, SessionActor},
+    actor::{Exit, Inboxes, MAILBOX, SessionActor},
     context::SessionContext,
     ids::new_session_id,
     persist::{self, NewSession},
@@ -23,7 +26,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     membership::{self, Lease, LeaseWatch},
-    retention::Retention,
+    restore_points::RestorePoints,
     store::Store,
 };
 
@@ -33,27 +36,29 @@ const STOP_MAILBOX: usize = 16;
 /// The session service of one coordinator.
 #[derive(Clone)]
 pub(crate) struct Sessions {
-    inner: Arc<Inner>,
+    inner: Arc<Parts>,
 }
 
-struct Inner {
-    ctx: SessionContext,
-    router: Router,
-    lease: LeaseWatch,
-    coordinator: String,
-    tracker: TaskTracker,
+/// What the session service works with.
+pub(crate) struct Parts {
+    /// What every actor shares.
+    pub(crate) ctx: SessionContext,
+    /// The actors' inboxes.
+    pub(crate) router: Router,
+    /// Sessions are owned through this coordinator's lease.
+    pub(crate) lease: LeaseWatch,
+    /// Coordinator id.
+    pub(crate) coordinator: String,
+    /// Tracks the actors and their stop watches.
+    pub(crate) tracker: TaskTracker,
+    /// Runs retention after a session owned here finished.
+    pub(crate) restore_points: RestorePoints,
 }
 
 impl Sessions {
-    /// Sessions owned through `lease`, with actors tracked by `tracker`.
-    pub(crate) fn new(
-        ctx: SessionContext,
-        router: Router,
-        lease: LeaseWatch,
-        coordinator: String,
-        tracker: TaskTracker,
-    ) -> Self {
-        Sessions { inner: Arc::new(Inner { ctx, router, lease, coordinator, tracker }) }
+    /// The session service.
+    pub(crate) fn new(parts: Parts) -> Self {
+        Sessions { inner: Arc::new(parts) }
     }
 
     /// The etcd store.
@@ -91,58 +96,17 @@ impl Sessions {
         let store = self.store();
         let stored = store.get::<pb::Job>(&store.keys().job(job_name)).await?;
         let stored = stored.ok_or_else(|| Error::JobNotFound { job: job_name.into() })?;
-        let job = stored.value;
-        let item_indices: Vec<u32> = match &names {
-            None => (0..job.items.len() as u32).collect(),
-            Some(names) => {
-                let names: std::collections::HashSet<&str> =
-                    names.iter().map(String::as_str).collect();
-                (0..job.items.len() as u32)
-                    .filter(|&i| names.contains(job.items[i as usize].name.as_str()))
-                    .collect()
-            }
-        };
+        let item_indices = chosen_items(&stored.value, names.as_deref());
         if item_indices.is_empty() {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
-        let session = pb::Session {
-            id: new_session_id(),
-            job: job.name.clone(),
-            state: SessionState::Starting as i32,
-            owner: self.inner.coordinator.clone(),
-            created_at: Some(time::now()),
-            retry_of,
-            job_type: job.r#type,
-            ..Default::default()
-        };
-        let root = tracing::info_span!("session", id = %session.id, job = job_name);
-        let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
-        let record = pb::SessionRecord {
-            session: Some(session),
-            job: Some(job),
-            stop: None,
-            item_indices,
-            traceparent,
-        };
-        let new = NewSession {
-            record,
+        let mut new = NewSession {
+            record: self.new_record(stored.value, item_indices, retry_of),
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
         };
-        let mut new = new;
-        let mut tries = 0;
-        let epoch = loop {
-            match persist::create(store, &new).await {
-                Err(Error::SessionIdTaken { .. }) if tries < 3 => {
-                    tries += 1;
-                    if let Some(session) = new.record.session.as_mut() {
-                        session.id = new_session_id();
-                    }
-                }
-                result => break result?,
-            }
-        };
+        let epoch = create(store, &mut new).await?;
         let view = SessionView {
             record: new.record,
             owner: Some((self.inner.coordinator.clone(), epoch)),
@@ -153,51 +117,56 @@ impl Sessions {
         Ok(view.to_session(true))
     }
 
+    /// The record of a new session of `job`, owned here, with the trace it starts.
+    fn new_record(
+        &self,
+        job: pb::Job,
+        item_indices: Vec<u32>,
+        retry_of: String,
+    ) -> pb::SessionRecord {
+        let session = pb::Session {
+            id: new_session_id(),
+            job: job.name.clone(),
+            state: SessionState::Starting as i32,
+            owner: self.inner.coordinator.clone(),
+            created_at: Some(time::now()),
+            retry_of,
+            job_type: job.r#type,
+            ..Default::default()
+        };
+        let root = tracing::info_span!("session", id = %session.id, job = %job.name);
+        let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
+        pb::SessionRecord {
+            session: Some(session),
+            job: Some(job),
+            stop: None,
+            item_indices,
+            traceparent,
+        }
+    }
+
     fn current_lease(&self) -> Result<Lease> {
         membership::current(&self.inner.lease)
     }
 
-    /// Runs the actor of a session this coordinator now owns at `epoch`.
+    /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
+    /// a finish.
     fn spawn(&self, view: &SessionView, epoch: i64, lease: &Lease) {
         let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref());
         let id = machine.id().to_string();
-        let (outbox, inbox) = mpsc::channel(MAILBOX);
-        let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
-        let mailboxes = Mailboxes { tasks: outbox.clone(), stops: stops.clone() };
-        self.inner.router.register(&id, mailboxes);
-        if let Some(stop) = &view.stop {
-            let _ = stops.try_send(stop_from(stop));
-        }
         let fence = lease.fence.child_token();
-        let watch_stop = fence.child_token();
-        self.inner.tracker.spawn(watch_stop_key(
-            self.store().clone(),
-            id.clone(),
-            stops,
-            watch_stop.clone(),
-        ));
-        let mut base = view.record.clone();
-        if let Some(session) = base.session.as_mut() {
-            session.owner = self.inner.coordinator.clone();
-            session.epoch = epoch;
-        }
-        let actor = SessionActor::new(
-            machine,
-            base,
-            epoch,
-            self.inner.ctx.clone(),
-            Inboxes { mailbox: outbox, tasks: inbox, stops: stop_inbox },
-            fence,
-        );
+        let (inboxes, stop_watch) = self.open_inboxes(&id, view.stop.as_ref(), &fence);
+        let base = self.owned_record(view, epoch);
+        let actor = SessionActor::new(machine, base, epoch, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
-        let retention = self.retention();
+        let retention = self.inner.restore_points.clone();
         let job = view.record.job.as_ref().map(|job| job.name.clone()).unwrap_or_default();
         let shutdown = self.inner.ctx.shutdown.clone();
         self.inner.tracker.spawn(async move {
             let exit = actor.run().await;
             router.unregister(&id);
-            watch_stop.cancel();
-            if matches!(exit, actor::Exit::Finished) {
+            stop_watch.cancel();
+            if exit == Exit::Finished {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = retention.after_session(&job, &id) => {}
@@ -206,121 +175,35 @@ impl Sessions {
         });
     }
 
-    /// Retention as this coordinator runs it after a session it owned finished.
-    fn retention(&self) -> Retention {
-        Retention {
-            store: self.inner.ctx.store.clone(),
-            directory: self.inner.ctx.directory.clone(),
-            clients: self.inner.ctx.clients.clone(),
-            lease: self.inner.lease.clone(),
-            coordinator: self.inner.coordinator.clone(),
-        }
-    }
-
-    /// Records a stop in etcd (durable before this returns) and tells the owner.
-    pub(crate) async fn stop(
+    /// Registers a session's inboxes (with its stored stop, if any, already queued) and
+    /// follows its stop key until the returned token is cancelled.
+    fn open_inboxes(
         &self,
-        request: pb::StopJobRequest,
-        peer: String,
-    ) -> Result<pb::Session> {
-        let mode = stop_mode(request.mode)?;
-        let id = self.resolve(&request.job, &request.session_id).await?;
-        // Only the record: the stop must not wait for a read of every item.
-        let record = self.record(&id).await?;
-        let session = record.session.clone().unwrap_or_default();
-        if session.state() == SessionState::Stopped {
-            let result = session.result().as_str_name().to_string();
-            return Err(Error::SessionEnded { session: id, result });
+        id: &str,
+        stop: Option<&pb::StopRequest>,
+        fence: &CancellationToken,
+    ) -> (Inboxes, CancellationToken) {
+        let (mailbox, tasks) = mpsc::channel(MAILBOX);
+        let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
+        self.inner.router.register(id, Mailboxes { tasks: mailbox.clone(), stops: stops.clone() });
+        if let Some(stop) = stop {
+            let _ = stops.try_send(stop_from(stop));
         }
-        if !request.job.is_empty() && !request.session_id.is_empty() && session.job != request.job {
-            let reason =
-                format!("session {id} belongs to job {:?}, not {:?}", session.job, request.job);
-            return Err(Error::invalid("session_id", reason));
-        }
-        if request.graceful_timeout_seconds > sluice_proto::job::MAX_SECONDS {
-            let reason = format!("must be at most {} (one week)", sluice_proto::job::MAX_SECONDS);
-            return Err(Error::invalid("graceful_timeout_seconds", reason));
-        }
-        let job = record.job.unwrap_or_default();
-        if mode == StopMode::Graceful && job.r#type() == pb::JobType::BackupCopy {
-            let job_type = job.r#type().as_str_name().to_string();
-            return Err(Error::NoGracefulStop { job_type });
-        }
-        let timeout = match request.graceful_timeout_seconds {
-            0 => job.graceful_timeout_seconds,
-            seconds => seconds,
-        };
-        let now = actor::now_ms();
-        let deadline =
-            (mode == StopMode::Graceful && timeout > 0).then(|| now + i64::from(timeout) * 1000);
-        let requested_by =
-            if request.requested_by.is_empty() { peer } else { request.requested_by.clone() };
-        let stop = pb::StopRequest {
-            mode: mode as i32,
-            requested_by,
-            requested_at: Some(super::records::timestamp(now)),
-            graceful_deadline: deadline.map(super::records::timestamp),
-        };
-        if persist::request_stop(self.store(), &id, &stop).await? {
-            info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
-            if let Some(stops) = self.inner.router.stops(&id) {
-                let _ = stops.send(stop_from(&stop)).await;
-            }
-        }
-        Ok(self.load(&id).await?.to_session(true))
+        let stop_watch = fence.child_token();
+        let follow =
+            watch_stop_key(self.store().clone(), id.to_string(), stops, stop_watch.clone());
+        self.inner.tracker.spawn(follow);
+        (Inboxes { mailbox, tasks, stops: stop_inbox }, stop_watch)
     }
 
-    /// Stops every active session with one mode.
-    pub(crate) async fn stop_all(
-        &self,
-        mode: i32,
-        requested_by: String,
-    ) -> Result<Vec<pb::Session>> {
-        stop_mode(mode)?;
-        let mut stopped = Vec::new();
-        let mut failures = Vec::new();
-        for (_, id) in persist::active_sessions(self.store()).await? {
-            let request = pb::StopJobRequest {
-                session_id: id.clone(),
-                mode,
-                requested_by: requested_by.clone(),
-                ..Default::default()
-            };
-            match self.stop(request, requested_by.clone()).await {
-                Ok(session) => stopped.push(session),
-                // Ended or gone meanwhile, or not stoppable this way: nothing to stop.
-                Err(
-                    Error::SessionEnded { .. }
-                    | Error::SessionNotFound { .. }
-                    | Error::NoGracefulStop { .. },
-                ) => {}
-                // Stop every other session first; then say which one could not be stopped.
-                Err(error) => failures.push(format!("session {id}: {error}")),
-            }
+    /// The session record as this coordinator owns it at `epoch`.
+    fn owned_record(&self, view: &SessionView, epoch: i64) -> pb::SessionRecord {
+        let mut record = view.record.clone();
+        if let Some(session) = record.session.as_mut() {
+            session.owner = self.inner.coordinator.clone();
+            session.epoch = epoch;
         }
-        if !failures.is_empty() {
-            return Err(Error::StopIncomplete { stopped: stopped.len(), failures });
-        }
-        Ok(stopped)
-    }
-
-    async fn resolve(&self, job: &str, session_id: &str) -> Result<String> {
-        if !session_id.is_empty() {
-            validate_name("session_id", session_id)?;
-            return Ok(session_id.to_string());
-        }
-        if job.is_empty() {
-            return Err(Error::invalid("job or session_id", "name the job or the session to stop"));
-        }
-        validate_name("job", job)?;
-        if let Some(id) = persist::active_session(self.store(), job).await? {
-            return Ok(id);
-        }
-        let exists = self.store().get::<pb::Job>(&self.store().keys().job(job)).await?.is_some();
-        match exists {
-            true => Err(Error::NoActiveSession { job: job.into() }),
-            false => Err(Error::JobNotFound { job: job.into() }),
-        }
+        record
     }
 
     async fn record(&self, id: &str) -> Result<pb::SessionRecord> {
@@ -408,25 +291,26 @@ impl Sessions {
     }
 }
 
-fn stop_mode(raw: i32) -> Result<StopMode> {
-    match StopMode::try_from(raw) {
-        Ok(mode @ (StopMode::Immediate | StopMode::Graceful)) => Ok(mode),
-        _ => Err(Error::invalid("mode", "must be STOP_MODE_IMMEDIATE or STOP_MODE_GRACEFUL")),
-    }
+/// The items a session runs: all of the job's, or those named (a retry).
+fn chosen_items(job: &pb::Job, names: Option<&[String]>) -> Vec<u32> {
+    let all = 0..job.items.len() as u32;
+    let Some(names) = names else { return all.collect() };
+    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    all.filter(|&i| names.contains(job.items[i as usize].name.as_str())).collect()
 }
 
-/// Delivers stop requests written by any coordinator to the owner's actor.
-async fn watch_stop_key(
-    store: Store,
-    id: String,
-    stops: mpsc::Sender<super::machine::Stop>,
-    stop: CancellationToken,
-) {
-    let key = store.keys().session_stop(&id);
-    let mut stream = super::watch::key_puts::<pb::StopRequest>(store.clone(), key, stop.clone());
-    while let Some(request) = stream.recv().await {
-        if stops.send(stop_from(&request)).await.is_err() {
-            return;
+/// Creates the session, with a new id when the drawn one is taken (a few times at most).
+async fn create(store: &Store, new: &mut NewSession) -> Result<i64> {
+    let mut tries = 0;
+    loop {
+        match persist::create(store, new).await {
+            Err(Error::SessionIdTaken { .. }) if tries < 3 => {
+                tries += 1;
+                if let Some(session) = new.record.session.as_mut() {
+                    session.id = new_session_id();
+                }
+            }
+            result => return result,
         }
     }
 }

@@ -53,13 +53,20 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<i64> {
     if response.succeeded() {
         return Ok(response.header().map_or(0, |h| h.revision()));
     }
-    match active_session(store, job).await? {
-        Some(running) => Err(Error::JobBusy { job: job.into(), session: running }),
-        None if store.get::<pb::SessionRecord>(&keys.session(id)).await?.is_some() => {
-            Err(Error::SessionIdTaken { session: id.into() })
-        }
-        None => Err(Error::JobChanged { job: job.into() }),
+    Err(why_not_created(store, job, id).await?)
+}
+
+/// Which guard of the creation failed: an active session, a taken id, or a changed job.
+async fn why_not_created(store: &Store, job: &str, id: &str) -> Result<Error> {
+    if let Some(running) = active_session(store, job).await? {
+        return Ok(Error::JobBusy { job: job.into(), session: running });
     }
+    let taken = store.get::<pb::SessionRecord>(&store.keys().session(id)).await?.is_some();
+    Ok(if taken {
+        Error::SessionIdTaken { session: id.into() }
+    } else {
+        Error::JobChanged { job: job.into() }
+    })
 }
 
 /// The id of a job's active session, if any.

@@ -35,13 +35,7 @@ impl Machine {
             if item.state() != ItemState::Pending || item.not_before_ms > now_ms {
                 continue;
             }
-            let placement = match round.blocked.get(&item.computer) {
-                Some((reason, offline)) => {
-                    Placement::Wait { reason: reason.clone(), offline: *offline }
-                }
-                None => place(&self.id, item.computer.as_deref(), &self.proxies, agents, pool),
-            };
-            match placement {
+            match self.place(pos, &round, agents, pool) {
                 Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
                 Placement::Wait { reason, offline } => {
                     self.wait(now_ms, pos, (reason, offline), &mut round);
@@ -52,6 +46,23 @@ impl Machine {
             }
         }
         round.effects
+    }
+
+    /// Where the item at `pos` goes, or why it waits (as its like did, earlier this round).
+    fn place(
+        &self,
+        pos: usize,
+        round: &Round,
+        agents: &AgentMap,
+        pool: &mut dyn SlotPool,
+    ) -> Placement {
+        let computer = &self.items[pos].computer;
+        match round.blocked.get(computer) {
+            Some((reason, offline)) => {
+                Placement::Wait { reason: reason.clone(), offline: *offline }
+            }
+            None => place(&self.id, computer.as_deref(), &self.proxies, agents, pool),
+        }
     }
 
     fn has_computer_items(&mut self) -> bool {
