@@ -1,11 +1,13 @@
 //! The wire contract of Sluice (`sluice.v1`), its domain rules and what every binary shares:
-//! configuration loading and time conversions; with the `telemetry` feature (the servers
-//! only), logging, span export and W3C trace-context propagation.
+//! configuration loading, time conversions and security (TLS, certificates, principals and
+//! roles); with the `telemetry` feature (the servers only), logging, span export and W3C
+//! trace-context propagation.
 
 pub mod config;
 pub mod job;
 pub mod reflection;
 pub mod refusal;
+pub mod security;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod time;

@@ -1,0 +1,199 @@
+//! The authorisation layer of every Sluice gRPC server: a tower layer around the whole
+//! server, so it sees every request of every service before any handler runs.
+//!
+//! For each request it looks the method up in [`access::ACCESS`] (absent: refused), lets
+//! the server's [`Authenticate`] find the principal (token or certificate), checks the
+//! principal against what the method needs, writes calls that change something to the audit
+//! log, and hands the principal to the handler in the request extensions.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{HeaderMap, Request, Response};
+use rustls::pki_types::CertificateDer;
+use tonic::{
+    Status,
+    body::Body,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
+use tower::{Layer, Service};
+
+use super::access::{self, Need, Principal};
+
+/// Log target of the audit lines.
+pub const AUDIT: &str = "sluice::audit";
+
+/// Finds the principal of a request; each server knows its own credentials.
+pub trait Authenticate: Send + Sync + 'static {
+    /// The principal of a request with these headers and this verified leaf certificate
+    /// (none on plaintext or without a client certificate). `UNAUTHENTICATED` when there is
+    /// none; never echoes a credential back.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        cert: Option<&CertificateDer<'static>>,
+    ) -> impl Future<Output = Result<Principal, Status>> + Send;
+}
+
+/// The principal the layer found for a request (absent only for public methods).
+pub fn principal_of<T>(request: &tonic::Request<T>) -> Option<&Principal> {
+    request.extensions().get::<Principal>()
+}
+
+/// The bearer token of an `authorization` header, if the header is there: `Err` when it is
+/// there but not `Bearer TOKEN`.
+pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, Status>> {
+    let value = headers.get(http::header::AUTHORIZATION)?;
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    Some(
+        token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            Status::unauthenticated("the authorization header must be 'Bearer TOKEN'")
+        }),
+    )
+}
+
+/// The layer; see the module docs.
+pub struct AuthLayer<A> {
+    auth: Arc<A>,
+}
+
+impl<A> AuthLayer<A> {
+    /// A layer authenticating with `auth`.
+    pub fn new(auth: Arc<A>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+// By hand: a derive would require `A: Clone`.
+impl<A> Clone for AuthLayer<A> {
+    fn clone(&self) -> Self {
+        AuthLayer { auth: self.auth.clone() }
+    }
+}
+
+impl<S, A> Layer<S> for AuthLayer<A> {
+    type Service = AuthService<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, auth: self.auth.clone() }
+    }
+}
+
+/// The layer's service around the server.
+pub struct AuthService<S, A> {
+    inner: S,
+    auth: Arc<A>,
+}
+
+impl<S: Clone, A> Clone for AuthService<S, A> {
+    fn clone(&self) -> Self {
+        AuthService { inner: self.inner.clone(), auth: self.auth.clone() }
+    }
+}
+
+impl<S, A> Service<Request<Body>> for AuthService<S, A>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    A: Authenticate,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        // Call the instance that was polled ready; leave a fresh clone in its place.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let auth = self.auth.clone();
+        let method = request.uri().path().to_string();
+        let certs = peer_certs(&request);
+        Box::pin(async move {
+            let leaf = certs.as_deref().and_then(|certs| certs.first());
+            match admit(auth.as_ref(), &method, request.headers(), leaf).await {
+                Ok(Some(principal)) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Ok(None) => inner.call(request).await,
+                // A trailers-only gRPC answer; the handler never runs.
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The principal of a request allowed to proceed (`None` for public methods).
+async fn admit<A: Authenticate>(
+    auth: &A,
+    method: &str,
+    headers: &HeaderMap,
+    leaf: Option<&CertificateDer<'static>>,
+) -> Result<Option<Principal>, Status> {
+    let Some(need) = access::need_of(method) else {
+        tracing::warn!(target: AUDIT, method, "call of a method missing from the access table refused");
+        return Err(Status::permission_denied(access::Denied::Unlisted(method.into()).to_string()));
+    };
+    if need == Need::Public {
+        return Ok(None);
+    }
+    let principal = auth.authenticate(headers, leaf).await.inspect_err(|status| {
+        tracing::info!(target: AUDIT, method, reason = status.message(), "call refused: not authenticated");
+    })?;
+    if let Err(denied) = principal.authorize(need) {
+        tracing::warn!(target: AUDIT, %principal, method, %denied, "call refused");
+        return Err(Status::permission_denied(denied.to_string()));
+    }
+    if access::is_audited(need) {
+        tracing::info!(target: AUDIT, %principal, method, "call");
+    }
+    Ok(Some(principal))
+}
+
+/// The verified peer certificates tonic put into the request (absent on plaintext).
+fn peer_certs<B>(request: &Request<B>) -> Option<Arc<Vec<CertificateDer<'static>>>> {
+    request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs())
+}
+
+/// The principal of a verified leaf certificate; `UNAUTHENTICATED` when it names none.
+pub fn principal_of_cert(leaf: &CertificateDer<'static>) -> Result<Principal, Status> {
+    super::identity::identity_from_der(leaf)
+        .map(Principal::from_cert)
+        .map_err(|error| Status::unauthenticated(error.to_string()))
+}
+
+/// Authenticates by client certificate only (agents: only coordinators call them).
+pub struct ByCertificate;
+
+impl Authenticate for ByCertificate {
+    async fn authenticate(
+        &self,
+        _: &HeaderMap,
+        cert: Option<&CertificateDer<'static>>,
+    ) -> Result<Principal, Status> {
+        let leaf =
+            cert.ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        principal_of_cert(leaf)
+    }
+}
+
+/// Lets everyone through as [`Principal::insecure`] (`--insecure`).
+pub struct Insecure;
+
+impl Authenticate for Insecure {
+    async fn authenticate(
+        &self,
+        _: &HeaderMap,
+        _: Option<&CertificateDer<'static>>,
+    ) -> Result<Principal, Status> {
+        Ok(Principal::insecure())
+    }
+}

@@ -1,0 +1,88 @@
+use std::os::unix::fs::PermissionsExt;
+
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+use super::*;
+use crate::security::identity::{CertIdentity, identity_from_der};
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).expect("file exists").permissions().mode() & 0o777
+}
+
+fn identity(path: &Path) -> CertIdentity {
+    let der = CertificateDer::from_pem_file(path).expect("a PEM certificate");
+    identity_from_der(&der).expect("a sluice identity")
+}
+
+#[test]
+fn issued_certificates_name_what_they_are_for_and_keys_are_private() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_dir = dir.path().join("ca");
+    init_dir(&ca_dir).expect("pki init");
+    assert_eq!(mode(&ca_dir.join("ca.key")), 0o600);
+    let out = dir.path().join("out");
+
+    let mut agent = LeafSpec::new(Kind::Agent, "a1");
+    agent.computer = Some("pc-1".into());
+    agent.hosts = vec!["backup-1.example".into(), "10.0.0.7".into()];
+    let files = issue_to_dir(&ca_dir, &agent, &out).expect("agent certificate");
+    assert_eq!(mode(&files.key), 0o600);
+    assert_eq!(fs::read(&files.ca).ok(), fs::read(ca_dir.join("ca.crt")).ok());
+    let expected = CertIdentity {
+        kind: Kind::Agent,
+        id: "a1".into(),
+        computer: Some("pc-1".into()),
+        role: None,
+    };
+    assert_eq!(identity(&files.cert), expected);
+
+    let mut client = LeafSpec::new(Kind::Client, "alice");
+    client.role = Some(Role::RestoreOperator);
+    let files = issue_to_dir(&ca_dir, &client, &out).expect("client certificate");
+    let alice = identity(&files.cert);
+    assert_eq!((alice.kind, alice.role.as_deref()), (Kind::Client, Some("restore-operator")));
+
+    let files = issue_to_dir(&ca_dir, &LeafSpec::new(Kind::Coordinator, "c1"), &out)
+        .expect("coordinator certificate");
+    assert_eq!(identity(&files.cert).kind, Kind::Coordinator);
+}
+
+#[test]
+fn specs_that_do_not_fit_their_kind_are_refused() {
+    let ca = make_ca().expect("CA");
+    let refused = |spec: LeafSpec| issue(&ca, &spec).err().map(|e| e.to_string());
+    let bad_id = refused(LeafSpec::new(Kind::Agent, "a/../b"));
+    assert!(bad_id.is_some_and(|e| e.starts_with("invalid id \"a/../b\"")));
+    assert_eq!(
+        refused(LeafSpec::new(Kind::Client, "bob")).as_deref(),
+        Some("a client needs --role")
+    );
+    let mut coordinator_with_role = LeafSpec::new(Kind::Coordinator, "c1");
+    coordinator_with_role.role = Some(Role::Admin);
+    assert!(refused(coordinator_with_role).is_some());
+    let mut client_with_host = LeafSpec::new(Kind::Client, "bob");
+    client_with_host.role = Some(Role::Viewer);
+    client_with_host.hosts = vec!["example.org".into()];
+    assert!(refused(client_with_host).is_some());
+}
+
+#[test]
+fn init_never_replaces_a_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    init_dir(dir.path()).expect("first init");
+    let before = fs::read(dir.path().join("ca.key")).expect("key");
+    assert!(matches!(init_dir(dir.path()), Err(PkiError::CaExists(_))));
+    assert_eq!(fs::read(dir.path().join("ca.key")).expect("key"), before);
+}
+
+#[test]
+fn two_cas_never_share_a_subject() {
+    let subject = |ca: &Ca| {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("PEM");
+        let (_, cert) = X509Certificate::from_der(&der).expect("DER");
+        cert.subject().to_string()
+    };
+    let (a, b) = (make_ca().expect("CA a"), make_ca().expect("CA b"));
+    assert_ne!(subject(&a), subject(&b));
+}

@@ -1,0 +1,350 @@
+//! TLS for coordinators and agents: a node's certificate, key and cluster CA, read from files
+//! and read again when they change, so certificates rotate without a restart.
+//!
+//! The server side is our own rustls `ServerConfig` in an `ArcSwap`, handed to each new
+//! connection by [`incoming::tls_incoming`]; connections already open keep the config they
+//! were made with. Clients take [`NodeTls::client_config`] when they build a channel, and
+//! [`NodeTls::generation`] tells them when to build new ones.
+
+mod incoming;
+mod verifier;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    RootCertStore, ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+pub use self::incoming::tls_incoming;
+use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der};
+
+/// How often the certificate files are checked for changes.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// Longest a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why TLS cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM of the expected sort.
+    #[error("{}: {reason}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the certificate, key or CA (e.g. a key that does not match).
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client certificate verifier cannot be built from the CA.
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The node's own certificate does not name a sluice identity.
+    #[error("{}: {source}", path.display())]
+    Identity {
+        /// The certificate file.
+        path: PathBuf,
+        /// Cause.
+        source: IdentityError,
+    },
+    /// The flags ask for no TLS, half of it, or both.
+    #[error("{0}")]
+    Flags(String),
+    /// A URL whose scheme does not match the process's mode.
+    #[error("{0}")]
+    Scheme(String),
+}
+
+/// The node's certificate, key and the cluster CA (`--tls-cert --tls-key --tls-ca`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA certificates peers are verified against (old and new during a CA rotation).
+    pub ca: PathBuf,
+}
+
+/// Whether a process speaks TLS, from its flags: secure by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS with these files.
+    Tls(TlsFiles),
+    /// Plaintext and no authentication (`--insecure`, development only).
+    Insecure,
+}
+
+impl Transport {
+    /// The transport the flags ask for. Refuses no TLS without `--insecure`, half the TLS
+    /// flags, and TLS flags together with `--insecure`.
+    pub fn from_flags(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        ca: Option<&Path>,
+        insecure: bool,
+    ) -> Result<Transport, TlsError> {
+        match (cert, key, ca, insecure) {
+            (None, None, None, true) => Ok(Transport::Insecure),
+            (Some(_), _, _, true) | (_, Some(_), _, true) | (_, _, Some(_), true) => {
+                Err(TlsError::Flags(
+                    "--insecure cannot be combined with --tls-cert, --tls-key or --tls-ca".into(),
+                ))
+            }
+            (Some(cert), Some(key), Some(ca), false) => {
+                Ok(Transport::Tls(TlsFiles { cert: cert.into(), key: key.into(), ca: ca.into() }))
+            }
+            (None, None, None, false) => Err(TlsError::Flags(
+                "refusing to run without TLS: give --tls-cert, --tls-key and --tls-ca \
+                 (see `sluice pki`), or --insecure for development"
+                    .into(),
+            )),
+            (cert, key, ca, false) => {
+                let missing: Vec<&str> =
+                    [("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)]
+                        .into_iter()
+                        .filter(|(_, given)| given.is_none())
+                        .map(|(flag, _)| flag)
+                        .collect();
+                Err(TlsError::Flags(format!("TLS needs {} as well", missing.join(" and "))))
+            }
+        }
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Tls(_) => "https",
+            Transport::Insecure => "http",
+        }
+    }
+
+    /// Whether this is `--insecure`.
+    pub fn is_insecure(&self) -> bool {
+        *self == Transport::Insecure
+    }
+}
+
+/// Refuses a URL whose scheme does not fit the process: tonic speaks plaintext to an
+/// `http://` URL even with TLS configured, so a secure process must check it itself.
+pub fn check_url(what: &str, url: &str, secure: bool) -> Result<(), TlsError> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match (scheme.as_deref(), secure) {
+        (Some("https"), true) | (Some("http"), false) => Ok(()),
+        (Some("http"), true) => Err(TlsError::Scheme(format!(
+            "{what} {url} is plaintext http://: a secure process talks only to https:// peers \
+             (run both sides with --insecure for development)"
+        ))),
+        (Some("https"), false) => Err(TlsError::Scheme(format!(
+            "{what} {url} needs TLS: this process runs with --insecure; give it the TLS flags \
+             instead"
+        ))),
+        _ => Err(TlsError::Scheme(format!("{what} {url:?} must start with https:// or http://"))),
+    }
+}
+
+/// A hint for a failure that looks like one side speaking TLS and the other not, from the
+/// text of the error chain (transport errors carry no structured cause to match on).
+pub fn mismatch_hint(error_text: &str, secure: bool) -> Option<&'static str> {
+    if secure && error_text.contains("InvalidContentType") {
+        return Some("the peer does not speak TLS: is it running with --insecure?");
+    }
+    let dropped = ["broken pipe", "connection reset", "connection closed", "h2 protocol error"];
+    let lower = error_text.to_ascii_lowercase();
+    if !secure && dropped.iter().any(|text| lower.contains(text)) {
+        return Some(
+            "the peer closed the connection: it may require TLS (this side is --insecure)",
+        );
+    }
+    None
+}
+
+/// The crypto provider of every rustls config here: ring, named explicitly so nothing
+/// depends on a process-wide default.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Which client certificates a server takes.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAuth {
+    /// Kinds accepted; a verified certificate of another kind fails the handshake.
+    pub kinds: &'static [Kind],
+    /// Whether a client without a certificate is refused at the handshake (else it may
+    /// still authenticate with a token).
+    pub required: bool,
+}
+
+/// The PEM files as read once, and what was built from them.
+struct Loaded {
+    pem: [Vec<u8>; 3],
+    server: Arc<ServerConfig>,
+    identity: CertIdentity,
+}
+
+/// A node's TLS, re-read from its files when they change.
+pub struct NodeTls {
+    files: TlsFiles,
+    auth: ClientAuth,
+    current: ArcSwap<Loaded>,
+    generation: AtomicU64,
+    reloading: Mutex<()>,
+}
+
+impl NodeTls {
+    /// Reads the files and builds the server config.
+    pub fn load(files: TlsFiles, auth: ClientAuth) -> Result<Arc<NodeTls>, TlsError> {
+        let loaded = load(&files, auth)?;
+        Ok(Arc::new(NodeTls {
+            files,
+            auth,
+            current: ArcSwap::from_pointee(loaded),
+            generation: AtomicU64::new(0),
+            reloading: Mutex::new(()),
+        }))
+    }
+
+    /// The identity of the node's own certificate.
+    pub fn identity(&self) -> CertIdentity {
+        self.current.load().identity.clone()
+    }
+
+    /// The server config for the next connection.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.current.load().server.clone()
+    }
+
+    /// A tonic client config presenting this node's certificate and trusting the CA.
+    pub fn client_config(&self) -> ClientTlsConfig {
+        let loaded = self.current.load();
+        let [cert, key, ca] = &loaded.pem;
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+    }
+
+    /// Grows by one at every reload: channels built at an older generation are stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Re-reads the files; swaps the config in when they changed and are consistent.
+    /// `Ok(false)`: unchanged. `Err`: the old config stays (e.g. a new certificate whose key
+    /// is not written yet).
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let pem = read_all(&self.files)?;
+        if pem == self.current.load().pem {
+            return Ok(false);
+        }
+        self.current.store(Arc::new(build(&self.files, self.auth, pem)?));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// Checks the files every `every` until `stop`, logging what happens.
+    pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.reload_if_changed() {
+                Ok(true) => tracing::info!(
+                    cert = %self.files.cert.display(),
+                    "tls files changed: new connections use the new certificates"
+                ),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "tls files unusable: keeping the certificates in use")
+                }
+            }
+        }
+    }
+}
+
+/// A client config from files, for processes that only dial (the CLI, tests).
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientTlsConfig, TlsError> {
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = identity {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(config)
+}
+
+fn load(files: &TlsFiles, auth: ClientAuth) -> Result<Loaded, TlsError> {
+    build(files, auth, read_all(files)?)
+}
+
+fn build(files: &TlsFiles, auth: ClientAuth, pem: [Vec<u8>; 3]) -> Result<Loaded, TlsError> {
+    let [cert_pem, key_pem, ca_pem] = &pem;
+    let chain = certificates(&files.cert, cert_pem)?;
+    let identity = identity_from_der(&chain[0])
+        .map_err(|source| TlsError::Identity { path: files.cert.clone(), source })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| TlsError::Pem { path: files.key.clone(), reason: e.to_string() })?;
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(&files.ca, ca_pem)? {
+        roots.add(ca)?;
+    }
+    let provider = provider();
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let webpki =
+        if auth.required { builder.build()? } else { builder.allow_unauthenticated().build()? };
+    let verifier = verifier::KindVerifier::new(webpki, auth.kinds);
+    // Fails with a key mismatch when read between the two writes of a rotation.
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Loaded { pem, server: Arc::new(server), identity })
+}
+
+fn read_all(files: &TlsFiles) -> Result<[Vec<u8>; 3], TlsError> {
+    Ok([read(&files.cert)?, read(&files.key)?, read(&files.ca)?])
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+}
+
+fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { path: path.to_path_buf(), reason: "no certificate".into() });
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests;

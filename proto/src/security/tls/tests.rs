@@ -1,0 +1,238 @@
+//! In-process servers over real TLS on loopback: rotation, kinds, the layer.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, ServerName, pem::PemObject},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request, Response, Status,
+    transport::{Channel, Endpoint, Server},
+};
+
+use super::*;
+use crate::{
+    pb::{
+        self,
+        auth_service_server::{AuthService, AuthServiceServer},
+    },
+    security::{
+        access::Role,
+        layer::{AuthLayer, ByCertificate, principal_of},
+        pki::{self, LeafSpec},
+    },
+};
+
+/// `WhoAmI` answers the principal the layer found; the rest is not needed here.
+struct Echo;
+
+#[tonic::async_trait]
+impl AuthService for Echo {
+    async fn create_token(
+        &self,
+        _: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn revoke_token(
+        &self,
+        _: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::Principal>, Status> {
+        let principal = principal_of(&request).ok_or_else(|| Status::internal("no principal"))?;
+        Ok(Response::new(principal.to_pb()))
+    }
+}
+
+/// A CA in `dir/ca`, and certificates in `dir/out`: coordinator c1 (the server), client
+/// alice (admin), agent a1. `dir/other`: a foreign CA's client mallory (admin).
+fn make_pki(dir: &Path) {
+    let ca = dir.join("ca");
+    pki::init_dir(&ca).expect("CA");
+    let out = dir.join("out");
+    pki::issue_to_dir(&ca, &LeafSpec::new(Kind::Coordinator, "c1"), &out).expect("c1");
+    pki::issue_to_dir(&ca, &LeafSpec::new(Kind::Agent, "a1"), &out).expect("a1");
+    let mut alice = LeafSpec::new(Kind::Client, "alice");
+    alice.role = Some(Role::Admin);
+    pki::issue_to_dir(&ca, &alice, &out).expect("alice");
+    let other = dir.join("other");
+    pki::init_dir(&other).expect("foreign CA");
+    let mut mallory = LeafSpec::new(Kind::Client, "mallory");
+    mallory.role = Some(Role::Admin);
+    pki::issue_to_dir(&other, &mallory, &other).expect("mallory");
+}
+
+fn files(dir: &Path, id: &str) -> TlsFiles {
+    TlsFiles {
+        cert: dir.join(format!("{id}.crt")),
+        key: dir.join(format!("{id}.key")),
+        ca: dir.join("ca.crt"),
+    }
+}
+
+/// Serves `AuthService` (behind the layer) with `tls` until `stop`.
+async fn serve(tls: Arc<NodeTls>, stop: CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let router = Server::builder()
+        .layer(AuthLayer::new(Arc::new(ByCertificate)))
+        .add_service(AuthServiceServer::new(Echo));
+    let incoming = tls_incoming(listener, tls, HANDSHAKE_TIMEOUT);
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()));
+    addr
+}
+
+/// WhoAmI as the holder of `dir/<id>.crt`, trusting `ca`: the principal, or the error text.
+async fn who_am_i(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &str)>,
+) -> Result<String, String> {
+    let identity =
+        client.map(|(dir, id)| (dir.join(format!("{id}.crt")), dir.join(format!("{id}.key"))));
+    let config = client_config(ca, identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+        .map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(config)
+        .map_err(|e| e.to_string())?;
+    let channel: Channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = pb::auth_service_client::AuthServiceClient::new(channel);
+    match client.who_am_i(pb::WhoAmIRequest {}).await {
+        Ok(principal) => {
+            let principal = principal.into_inner();
+            Ok(format!("{}:{}:{}", principal.kind, principal.name, principal.role))
+        }
+        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// The certificate a new TLS connection is served.
+async fn served(addr: SocketAddr, ca: &Path) -> CertificateDer<'static> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA PEM")).expect("CA");
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls");
+    tls.get_ref().1.peer_certificates().expect("server certificate")[0].clone()
+}
+
+fn der(path: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(path).expect("certificate")
+}
+
+#[tokio::test]
+async fn clients_authenticate_by_certificate_of_an_accepted_kind_and_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let out = dir.path().join("out");
+    let auth = ClientAuth { kinds: &[Kind::Client], required: false };
+    let tls = NodeTls::load(files(&out, "c1"), auth).expect("server TLS");
+    assert_eq!(tls.identity().kind, Kind::Coordinator);
+    let stop = CancellationToken::new();
+    let addr = serve(tls, stop.clone()).await;
+    let ca = out.join("ca.crt");
+
+    assert_eq!(who_am_i(addr, &ca, Some((&out, "alice"))).await, Ok("client:alice:admin".into()));
+    let anonymous = who_am_i(addr, &ca, None).await.expect_err("no certificate");
+    assert!(anonymous.starts_with("Unauthenticated"), "{anonymous}");
+    let agent = who_am_i(addr, &ca, Some((&out, "a1"))).await.expect_err("an agent certificate");
+    assert!(!agent.starts_with("Unauthenticated"), "the handshake refuses the kind: {agent}");
+    let other = dir.path().join("other");
+    let foreign = who_am_i(addr, &ca, Some((&other, "mallory"))).await.expect_err("foreign CA");
+    assert!(!foreign.starts_with("Unauthenticated"), "the handshake refuses the CA: {foreign}");
+    let untrusted = who_am_i(addr, &other.join("ca.crt"), None).await.expect_err("wrong CA");
+    assert!(untrusted.contains("UnknownIssuer"), "{untrusted}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn certificates_rotate_without_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let out = dir.path().join("out");
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).expect("live dir");
+    for (from, to) in [("c1.crt", "tls.crt"), ("c1.key", "tls.key"), ("ca.crt", "ca.crt")] {
+        std::fs::copy(out.join(from), live.join(to)).expect("copy");
+    }
+    let live_files =
+        TlsFiles { cert: live.join("tls.crt"), key: live.join("tls.key"), ca: live.join("ca.crt") };
+    let auth = ClientAuth { kinds: &[Kind::Client], required: false };
+    let tls = NodeTls::load(live_files.clone(), auth).expect("server TLS");
+    let stop = CancellationToken::new();
+    let addr = serve(tls.clone(), stop.clone()).await;
+    assert_eq!(served(addr, &live_files.ca).await, der(&out.join("c1.crt")));
+
+    let next = dir.path().join("next");
+    pki::issue_to_dir(&dir.path().join("ca"), &LeafSpec::new(Kind::Coordinator, "c1"), &next)
+        .expect("new c1");
+    std::fs::copy(next.join("c1.crt"), &live_files.cert).expect("new certificate");
+    let half = tls.reload_if_changed().expect_err("a certificate without its key");
+    assert!(half.to_string().contains("KeyMismatch") || half.to_string().contains("key"), "{half}");
+    assert_eq!(served(addr, &live_files.ca).await, der(&out.join("c1.crt")), "old one kept");
+    assert_eq!(tls.generation(), 0);
+
+    std::fs::copy(next.join("c1.key"), &live_files.key).expect("new key");
+    let watcher = tokio::spawn(tls.clone().watch(Duration::from_millis(20), stop.clone()));
+    let want = der(&next.join("c1.crt"));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while served(addr, &live_files.ca).await != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the watcher reloads the new certificate");
+    assert_eq!(tls.generation(), 1);
+    assert!(!tls.reload_if_changed().expect("unchanged files"));
+    assert_eq!(
+        who_am_i(addr, &live_files.ca, Some((&out, "alice"))).await,
+        Ok("client:alice:admin".into())
+    );
+    stop.cancel();
+    watcher.await.expect("watcher ends");
+}
+
+#[test]
+fn transport_flags_are_secure_by_default() {
+    let path = Some(Path::new("/x"));
+    assert_eq!(Transport::from_flags(None, None, None, true).ok(), Some(Transport::Insecure));
+    let none = Transport::from_flags(None, None, None, false).expect_err("no TLS, no --insecure");
+    assert!(none.to_string().starts_with("refusing to run without TLS"), "{none}");
+    let half = Transport::from_flags(path, None, path, false).expect_err("no key");
+    assert_eq!(half.to_string(), "TLS needs --tls-key as well");
+    assert!(Transport::from_flags(path, path, path, true).is_err());
+    assert!(matches!(Transport::from_flags(path, path, path, false), Ok(Transport::Tls(_))));
+}
+
+#[test]
+fn urls_must_fit_the_mode() {
+    assert!(check_url("coordinator", "https://c:7400", true).is_ok());
+    assert!(check_url("coordinator", "http://c:7400", false).is_ok());
+    let plain = check_url("coordinator", "http://c:7400", true).expect_err("plaintext");
+    assert!(plain.to_string().contains("plaintext http://"), "{plain}");
+    assert!(check_url("coordinator", "https://c:7400", false).is_err());
+    assert!(check_url("coordinator", "c:7400", true).is_err());
+}
