@@ -1,9 +1,12 @@
 //! Heartbeats to the coordinators: every ttl/3 to one endpoint of the list, failing over
-//! round-robin; a last one with `leaving` when the agent leaves after a drain.
+//! round-robin; a last one with `leaving` when the agent leaves after a drain. With TLS the
+//! agent shows its own certificate, the only one a coordinator takes a heartbeat for this
+//! agent from; the clients are built again after the certificate files changed.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sluice_proto::pb::{self, agent_registry_client::AgentRegistryClient};
+use sluice_proto::security::tls::{NodeTls, check_url, mismatch_hint};
 use sluice_proto::telemetry::TraceInterceptor;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -22,9 +25,11 @@ const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 type Client = AgentRegistryClient<InterceptedService<Channel, TraceInterceptor>>;
 
 /// Sends heartbeats to the coordinators.
-#[derive(Debug)]
 pub(crate) struct Heartbeater {
     clients: Vec<(String, Client)>,
+    /// The agent's TLS (`None` under `--insecure`) and the generation the clients have.
+    tls: Option<(Arc<NodeTls>, u64)>,
+    call_timeout: Duration,
     next: usize,
     agent: pb::Agent,
     ttl: u32,
@@ -32,14 +37,20 @@ pub(crate) struct Heartbeater {
 }
 
 impl Heartbeater {
-    /// Lazily connecting clients for every coordinator endpoint.
-    pub(crate) fn new(settings: &Settings, address: String) -> Result<Self, AgentError> {
+    /// Lazily connecting clients for every coordinator endpoint, over TLS with `tls`.
+    pub(crate) fn new(
+        settings: &Settings,
+        address: String,
+        tls: Option<Arc<NodeTls>>,
+    ) -> Result<Self, AgentError> {
         let interval = settings.heartbeat_interval();
-        let clients = settings
-            .coordinator_list()
-            .into_iter()
-            .map(|url| client(&url, interval.max(MIN_CALL_TIMEOUT)).map(|c| (url, c)))
-            .collect::<Result<_, _>>()?;
+        let call_timeout = interval.max(MIN_CALL_TIMEOUT);
+        let urls = settings.coordinator_list();
+        let clients = clients(&urls, call_timeout, tls.as_deref())?;
+        let tls = tls.map(|tls| {
+            let generation = tls.generation();
+            (tls, generation)
+        });
         let agent = pb::Agent {
             id: settings.id.clone(),
             address,
@@ -48,7 +59,15 @@ impl Heartbeater {
             version: sluice_proto::VERSION.to_owned(),
             ..Default::default()
         };
-        Ok(Self { clients, next: 0, agent, ttl: settings.heartbeat_ttl, interval })
+        Ok(Self {
+            clients,
+            tls,
+            call_timeout,
+            next: 0,
+            agent,
+            ttl: settings.heartbeat_ttl,
+            interval,
+        })
     }
 
     /// Beats every interval (and at once when a drain begins) until `stop`.
@@ -78,6 +97,7 @@ impl Heartbeater {
 
     /// Sends one heartbeat, trying each endpoint once from the current one; true if taken.
     pub(crate) async fn beat(&mut self, status: &AgentStatus, leaving: bool) -> bool {
+        self.follow_tls_reload();
         let request = self.request(status, leaving);
         for _ in 0..self.clients.len() {
             let Some((url, client)) = self.clients.get_mut(self.next) else { return false };
@@ -88,7 +108,8 @@ impl Heartbeater {
                     return true;
                 }
                 Err(status) => {
-                    warn!(endpoint = %url, code = ?status.code(), error = status.message(), "heartbeat failed");
+                    let hint = mismatch_hint(&format!("{status:?}"), self.tls.is_some());
+                    warn!(endpoint = %url, code = ?status.code(), error = status.message(), hint, "heartbeat failed");
                     self.next = (self.next + 1) % self.clients.len();
                 }
             }
@@ -107,10 +128,47 @@ impl Heartbeater {
     }
 }
 
-fn client(url: &str, call_timeout: Duration) -> Result<Client, AgentError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| AgentError::Config(format!("coordinator endpoint {url:?}: {e}")))?
+impl Heartbeater {
+    /// Builds the clients again when the certificate files changed since they were built.
+    fn follow_tls_reload(&mut self) {
+        let Some((tls, built_at)) = &self.tls else { return };
+        let generation = tls.generation();
+        if generation == *built_at {
+            return;
+        }
+        let urls: Vec<String> = self.clients.iter().map(|(url, _)| url.clone()).collect();
+        match clients(&urls, self.call_timeout, Some(tls)) {
+            Ok(clients) => {
+                self.clients = clients;
+                self.tls = Some((tls.clone(), generation));
+            }
+            Err(error) => {
+                warn!(%error, "cannot rebuild the heartbeat clients; keeping the old ones")
+            }
+        }
+    }
+}
+
+fn clients(
+    urls: &[String],
+    call_timeout: Duration,
+    tls: Option<&NodeTls>,
+) -> Result<Vec<(String, Client)>, AgentError> {
+    urls.iter().map(|url| Ok((url.clone(), client(url, call_timeout, tls)?))).collect()
+}
+
+fn client(url: &str, call_timeout: Duration, tls: Option<&NodeTls>) -> Result<Client, AgentError> {
+    let config = |e: &dyn std::fmt::Display| {
+        AgentError::Config(format!("coordinator endpoint {url:?}: {e}"))
+    };
+    check_url("coordinator endpoint", url, tls.is_some())
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| config(&e))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(call_timeout);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client_config()).map_err(|e| config(&e))?;
+    }
     Ok(AgentRegistryClient::with_interceptor(endpoint.connect_lazy(), TraceInterceptor))
 }

@@ -25,9 +25,15 @@ mod service;
 mod settings;
 mod tasks;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use sluice_proto::pb;
+use sluice_proto::{
+    pb,
+    security::{
+        identity::Kind,
+        tls::{ClientAuth, NodeTls, RELOAD_EVERY, Transport},
+    },
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,8 +74,9 @@ pub async fn run(
     drain: CancellationToken,
 ) -> Result<(), AgentError> {
     settings.validate()?;
+    let tls = load_tls(&settings)?;
     let address = advertised_address(&settings, &listener)?;
-    let heartbeater = Heartbeater::new(&settings, address.clone())?;
+    let heartbeater = Heartbeater::new(&settings, address.clone(), tls.clone())?;
     let journal = Journal::open(&settings.state_dir)?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
@@ -78,8 +85,11 @@ pub async fn run(
     let left = CancellationToken::new();
     let drainer = Drainer::new(tasks.clone(), left.clone());
     let server_stop = CancellationToken::new();
+    if let Some(tls) = &tls {
+        tracker.spawn(tls.clone().watch(RELOAD_EVERY, server_stop.clone()));
+    }
     let api = AgentApi::new(tasks.clone(), drainer.clone(), server_stop.clone());
-    let mut server = tokio::spawn(server::serve(api, listener, server_stop.clone()));
+    let mut server = tokio::spawn(server::serve(api, listener, tls, server_stop.clone()));
     let (beats, beats_stop) = spawn_heartbeats(heartbeater, &tasks);
     info!(id = settings.id, %address, "agent started");
     let exit = wait_for_exit(&settings, &drainer, &shutdown, &drain, &left, &mut server).await;
@@ -130,7 +140,42 @@ fn advertised_address(settings: &Settings, listener: &TcpListener) -> Result<Str
     let bound = listener
         .local_addr()
         .map_err(|e| AgentError::Config(format!("listener has no address: {e}")))?;
-    Ok(format!("http://{bound}"))
+    let scheme = if settings.insecure { "http" } else { "https" };
+    Ok(format!("{scheme}://{bound}"))
+}
+
+/// The agent's TLS (its certificate must name this agent and computer), or `None` under
+/// `--insecure`, which is logged loudly.
+fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>, AgentError> {
+    let files = match settings.transport()? {
+        Transport::Insecure => {
+            warn!(
+                "running with --insecure: no TLS and no authentication; anyone who reaches this \
+                 agent can run, cancel and read its tasks. Development only."
+            );
+            return Ok(None);
+        }
+        Transport::Tls(files) => files,
+    };
+    // Only coordinators call an agent, and each must show its certificate.
+    let accept = ClientAuth { kinds: &[Kind::Coordinator], required: true };
+    let tls = NodeTls::load(files, accept).map_err(|e| AgentError::Config(e.to_string()))?;
+    let identity = tls.identity();
+    let computer = identity.computer.as_deref().unwrap_or_default();
+    if identity.kind != Kind::Agent
+        || identity.id != settings.id
+        || computer != settings.computer_name()
+    {
+        return Err(AgentError::Config(format!(
+            "--tls-cert names {} {:?} (computer {computer:?}), but this is agent {:?} (computer \
+             {:?}): issue one with `sluice pki issue --kind agent --id ID [--computer NAME]`",
+            identity.kind,
+            identity.id,
+            settings.id,
+            settings.computer_name()
+        )));
+    }
+    Ok(Some(tls))
 }
 
 async fn wait_for_exit(

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 #[command(name = "sluice-agent", version)]
 #[serde(rename_all = "kebab-case")]
 struct Flags {
-    /// Coordinator endpoints, comma-separated (http://host:port).
+    /// Coordinator endpoints, comma-separated (https://host:port; http:// with --insecure).
     #[arg(long, env = "SLUICE_COORDINATORS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     coordinators: Option<String>,
@@ -51,7 +51,8 @@ struct Flags {
     #[arg(long, env = "SLUICE_TRANSFER_RATE_LIMIT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer_rate_limit: Option<u64>,
-    /// Address announced to coordinators (default http://<bound address>).
+    /// Address announced to coordinators (default https://<bound address>, http:// with
+    /// --insecure).
     #[arg(long, env = "SLUICE_ADVERTISE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
@@ -59,6 +60,23 @@ struct Flags {
     #[arg(long, env = "SLUICE_DRAIN_DEADLINE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_deadline: Option<u32>,
+    /// Certificate of this agent (`sluice pki issue --kind agent --id ID [--computer NAME]`).
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of the certificate.
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (`ca.crt`); only coordinators with certificates it signed may call.
+    #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<PathBuf>,
+    /// No TLS and no authentication: anyone who reaches the port can drive the agent.
+    /// Development only.
+    #[arg(long, env = "SLUICE_INSECURE")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +85,7 @@ struct Flags {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    sluice_proto::security::tls::install_default_provider();
     let flags = Flags::parse();
     let settings: Settings = config::load(&flags, flags.config.as_deref())?;
     let _telemetry = telemetry::init("sluice-agent");

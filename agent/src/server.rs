@@ -1,8 +1,16 @@
-//! The agent's gRPC server: `AgentService`, health and reflection.
+//! The agent's gRPC server: `AgentService`, health and reflection, every request through the
+//! authorisation layer (only coordinator certificates), over TLS unless `--insecure`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use sluice_proto::{pb::agent_service_server::AgentServiceServer, telemetry};
+use sluice_proto::{
+    pb::agent_service_server::AgentServiceServer,
+    security::{
+        layer::{AuthLayer, ByCertificate},
+        tls::{HANDSHAKE_TIMEOUT, NodeTls, tls_incoming},
+    },
+    telemetry,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +23,12 @@ use crate::service::AgentApi;
 /// How long open calls get to finish once the server stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves until `stop`, then gives open calls a bounded grace period.
+/// Serves until `stop` (over TLS with `tls`, else plaintext), then gives open calls a
+/// bounded grace period.
 pub(crate) async fn serve(
     api: AgentApi,
     listener: TcpListener,
+    tls: Option<Arc<NodeTls>>,
     stop: CancellationToken,
 ) -> Result<(), AgentError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -27,14 +37,32 @@ pub(crate) async fn serve(
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
     let reflection_alpha = sluice_proto::reflection::v1alpha()
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
+    let auth = ByCertificate::new(tls.is_none());
     let router = Server::builder()
         .trace_fn(telemetry::server_span)
+        .layer(AuthLayer::new(Arc::new(auth)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(AgentServiceServer::new(api));
-    let incoming = TcpListenerStream::new(listener);
-    let server = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    let stopping = stop.clone().cancelled_owned();
+    match tls {
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls, HANDSHAKE_TIMEOUT);
+            graceful(router.serve_with_incoming_shutdown(incoming, stopping), stop).await
+        }
+        None => {
+            let incoming = TcpListenerStream::new(listener);
+            graceful(router.serve_with_incoming_shutdown(incoming, stopping), stop).await
+        }
+    }
+}
+
+/// Runs `server`; once `stop` is cancelled, waits at most the grace period for it.
+async fn graceful(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result.map_err(AgentError::from),

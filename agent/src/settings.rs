@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use sluice_proto::security::tls::Transport;
+
 use crate::error::AgentError;
 
 /// Default heartbeat TTL in seconds.
@@ -42,6 +44,18 @@ pub struct Settings {
     /// Seconds a drain lets running tasks finish before cancelling them.
     #[serde(default = "default_drain_deadline")]
     pub(crate) drain_deadline: u32,
+    /// Certificate of this agent (kind agent, its id and computer name).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA: coordinators must present certificates it signed.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Plaintext and no authentication: development only.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_ttl() -> u32 {
@@ -66,7 +80,22 @@ impl Settings {
             transfer_rate_limit: None,
             advertise: None,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            insecure: false,
         }
+    }
+
+    /// TLS or `--insecure`, from the flags: refuses to run without either.
+    pub(crate) fn transport(&self) -> Result<Transport, AgentError> {
+        Transport::from_flags(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+            self.insecure,
+        )
+        .map_err(|e| AgentError::Config(e.to_string()))
     }
 
     /// Checks the values that the agent cannot run without.

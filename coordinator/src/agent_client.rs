@@ -1,4 +1,6 @@
-//! gRPC clients of agents, one lazily connected channel per agent address.
+//! gRPC clients of agents, one lazily connected channel per agent address. With TLS the
+//! coordinator presents its own certificate (agents take only coordinators), and channels
+//! are built again after its certificate files changed.
 
 use std::{
     collections::HashMap,
@@ -6,7 +8,11 @@ use std::{
     time::Duration,
 };
 
-use sluice_proto::{pb::agent_service_client::AgentServiceClient, telemetry::TraceInterceptor};
+use sluice_proto::{
+    pb::agent_service_client::AgentServiceClient,
+    security::tls::{NodeTls, check_url},
+    telemetry::TraceInterceptor,
+};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::error::{Error, Result};
@@ -20,10 +26,24 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Channels to agents, shared by every part of the coordinator.
 #[derive(Clone, Default)]
 pub(crate) struct AgentClients {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<Channels>>,
+    /// The coordinator's TLS; `None` under `--insecure`.
+    tls: Option<Arc<NodeTls>>,
+}
+
+/// The channels, and the TLS generation they were built at.
+#[derive(Default)]
+struct Channels {
+    by_address: HashMap<String, Channel>,
+    generation: u64,
 }
 
 impl AgentClients {
+    /// Clients speaking TLS with `tls`, or plaintext when it is `None`.
+    pub(crate) fn new(tls: Option<Arc<NodeTls>>) -> Self {
+        AgentClients { channels: Arc::default(), tls }
+    }
+
     /// A client of the agent at `address` (connecting on first use).
     pub(crate) fn client(&self, agent: &str, address: &str) -> Result<AgentClient> {
         let channel = self.channel(agent, address)?;
@@ -34,17 +54,30 @@ impl AgentClients {
 
     fn channel(&self, agent: &str, address: &str) -> Result<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(channel) = channels.get(address) {
+        let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
+        if channels.generation != generation {
+            // New certificates: new channels. Calls in flight keep their connections.
+            channels.by_address.clear();
+            channels.generation = generation;
+        }
+        if let Some(channel) = channels.by_address.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint =
-            Channel::from_shared(address.to_string()).map_err(|e| Error::BadAgentAddress {
-                agent: agent.to_string(),
-                address: address.to_string(),
-                reason: e.to_string(),
-            })?;
+        let bad_address = |reason: String| Error::BadAgentAddress {
+            agent: agent.to_string(),
+            address: address.to_string(),
+            reason,
+        };
+        check_url("address", address, self.tls.is_some())
+            .map_err(|e| bad_address(e.to_string()))?;
+        let mut endpoint =
+            Channel::from_shared(address.to_string()).map_err(|e| bad_address(e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            endpoint =
+                endpoint.tls_config(tls.client_config()).map_err(|e| bad_address(e.to_string()))?;
+        }
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy();
-        channels.insert(address.to_string(), channel.clone());
+        channels.by_address.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
 }

@@ -1,9 +1,11 @@
 //! gRPC services of the coordinator: thin adapters from the wire to the domain modules.
 
+mod auth;
 mod cluster;
 mod job_service;
 mod registry;
 
+pub(crate) use auth::AuthApi;
 pub(crate) use cluster::ClusterApi;
 pub(crate) use job_service::JobApi;
 pub(crate) use registry::RegistryApi;

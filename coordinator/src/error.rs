@@ -3,7 +3,10 @@
 //! etcd's errors become `Etcd` or `EtcdTooLarge` in the store layer (`store.rs`), the one
 //! place that reads etcd's answers.
 
-use sluice_proto::job::JobError;
+use sluice_proto::{
+    job::JobError,
+    security::{access::Denied, tls::TlsError},
+};
 use tonic::{Code, Status};
 
 /// Everything that can go wrong while serving a coordinator call.
@@ -199,6 +202,30 @@ pub enum Error {
         /// Cause.
         source: prost::DecodeError,
     },
+    /// No credentials, or a token that is unknown, revoked, expired or malformed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The principal may not make the call (its role is too small, or it is no certificate
+    /// of the kind needed).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// An agent's certificate does not name the agent (or computer) it speaks for.
+    #[error("{principal} may not heartbeat for {claimed}")]
+    NotThisAgent {
+        /// Who called.
+        principal: String,
+        /// The agent and computer the heartbeat claims.
+        claimed: String,
+    },
+    /// No token has this id.
+    #[error("token {id:?} does not exist")]
+    TokenNotFound {
+        /// Token id.
+        id: String,
+    },
+    /// TLS cannot be set up (certificate files, flags, a URL of the wrong scheme).
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     /// The reflection service cannot be built.
     #[error("reflection service: {0}")]
     Reflection(String),
@@ -222,7 +249,10 @@ impl Error {
         match self {
             InvalidJob(JobError::Invalid { .. }) | InvalidField { .. } => Code::InvalidArgument,
             InvalidJob(JobError::TooLarge(_)) | EtcdTooLarge(_) => Code::ResourceExhausted,
+            Unauthenticated(_) => Code::Unauthenticated,
+            NotThisAgent { .. } | Denied(_) => Code::PermissionDenied,
             JobNotFound { .. }
+            | TokenNotFound { .. }
             | SessionNotFound { .. }
             | AgentNotRegistered { .. }
             | RestorePointNotFound { .. }
@@ -250,7 +280,7 @@ impl Error {
             | Reflection(_)
             | Serve(_) => Code::Unavailable,
             Agent { status, .. } => agent_code(status.code()),
-            Decode { .. } => Code::Internal,
+            Decode { .. } | Tls(_) => Code::Internal,
         }
     }
 }

@@ -132,6 +132,22 @@ impl Keys {
     pub(crate) fn restore_point_deleting(&self, job: &str, rp: &str) -> String {
         format!("{}/restore-points-deleting/{job}/{rp}", self.prefix)
     }
+
+    /// `/tokens/`.
+    pub(crate) fn tokens(&self) -> String {
+        format!("{}/tokens/", self.prefix)
+    }
+
+    /// `/tokens/{id}`: an API token with the hash of its secret.
+    pub(crate) fn token(&self, id: &str) -> String {
+        format!("{}/tokens/{id}", self.prefix)
+    }
+
+    /// `/tokens-bootstrapped`: created with the first admin token of a fresh cluster, so no
+    /// coordinator ever makes another.
+    pub(crate) fn tokens_bootstrapped(&self) -> String {
+        format!("{}/tokens-bootstrapped", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod agent_client;
 mod agents;
 mod api;
+mod auth;
 mod cluster;
 mod error;
 mod jobs;
@@ -17,9 +18,15 @@ mod sessions;
 mod settings;
 mod store;
 
+use std::sync::Arc;
+
+use sluice_proto::security::{
+    identity::Kind,
+    tls::{ClientAuth, NodeTls, RELOAD_EVERY, TlsError, Transport},
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use error::{Error, Result};
 pub use settings::Settings;
@@ -27,7 +34,8 @@ pub use settings::Settings;
 use crate::{
     agent_client::AgentClients,
     agents::AgentDirectory,
-    api::{ClusterApi, JobApi, RegistryApi},
+    api::{AuthApi, ClusterApi, JobApi, RegistryApi},
+    auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
     jobs::Jobs,
     membership::{LeaseWatch, MembershipConfig},
@@ -46,16 +54,27 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let tls = load_tls(&settings)?;
     let address = settings.advertised_address(listener.local_addr().ok());
-    let store = Store::connect(&settings.etcd, &settings.prefix, settings.etcd_timeout()).await?;
+    let etcd_tls = settings.etcd_tls()?;
+    let store = Store::connect(
+        &settings.etcd,
+        &settings.prefix,
+        settings.etcd_timeout(),
+        etcd_tls.as_ref(),
+    )
+    .await?;
     let tasks = Background { tracker: TaskTracker::new(), stop: CancellationToken::new() };
+    if let Some(tls) = &tls {
+        tasks.tracker.spawn(tls.clone().watch(RELOAD_EVERY, tasks.stop.clone()));
+    }
     let membership_config =
         MembershipConfig { id: settings.id.clone(), address, ttl: settings.lease_ttl() };
     let (lease, membership) =
         membership::spawn(store.clone(), membership_config, tasks.stop.clone());
-    let services = start(&settings, store, lease, &tasks, &shutdown);
-    info!(id = %settings.id, prefix = %settings.prefix, "coordinator serving");
-    let served = server::serve(services, listener, shutdown).await;
+    let services = start(&settings, store, lease, tls.clone(), &tasks, &shutdown);
+    info!(id = %settings.id, prefix = %settings.prefix, tls = tls.is_some(), "coordinator serving");
+    let served = server::serve(services, listener, tls, shutdown).await;
     // Session actors have stopped on `shutdown`; now release the lease so peers take over.
     tasks.tracker.close();
     tasks.stop.cancel();
@@ -71,15 +90,46 @@ struct Background {
     stop: CancellationToken,
 }
 
-/// Starts the agent directory, the agent links and the session claimer, and builds the API.
+/// The coordinator's TLS (its certificate must be a coordinator's, of its own id), or `None`
+/// under `--insecure`, which is logged loudly.
+fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>> {
+    let files = match settings.transport()? {
+        Transport::Insecure => {
+            warn!(
+                "running with --insecure: no TLS and no authentication; anyone who reaches {} \
+                 can do anything. Development only.",
+                settings.listen
+            );
+            return Ok(None);
+        }
+        Transport::Tls(files) => files,
+    };
+    // Clients and agents may call; a client without a certificate may bring a token.
+    let accept = ClientAuth { kinds: &[Kind::Client, Kind::Agent], required: false };
+    let tls = NodeTls::load(files, accept)?;
+    let identity = tls.identity();
+    if identity.kind != Kind::Coordinator || identity.id != settings.id {
+        return Err(TlsError::Flags(format!(
+            "--tls-cert names a {} {:?}, but this is coordinator {:?}: issue one with \
+             `sluice pki issue --kind coordinator --id {}`",
+            identity.kind, identity.id, settings.id, settings.id
+        ))
+        .into());
+    }
+    Ok(Some(tls))
+}
+
+/// Starts the agent directory, the agent links, the session claimer and the token
+/// bootstrap, and builds the API.
 fn start(
     settings: &Settings,
     store: Store,
     lease: LeaseWatch,
+    tls: Option<Arc<NodeTls>>,
     tasks: &Background,
     shutdown: &CancellationToken,
 ) -> Services {
-    let (ctx, router) = follow_agents(store.clone(), tasks, shutdown);
+    let (ctx, router) = follow_agents(store.clone(), AgentClients::new(tls), tasks, shutdown);
     let id = settings.id.clone();
     let (directory, clients) = (ctx.directory.clone(), ctx.clients.clone());
     let restore_points =
@@ -93,22 +143,30 @@ fn start(
         restore_points: restore_points.clone(),
     });
     tasks.tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), tasks.stop.clone()));
-    let registry = Registry::new(store.clone());
+    let tokens = Tokens::new(store.clone());
+    if let Some(path) = settings.bootstrap_token_file.clone() {
+        let bootstrap = tokens.clone();
+        let (id, stop) = (id.clone(), tasks.stop.clone());
+        tasks.tracker.spawn(async move { bootstrap.bootstrap(&path, &id, stop).await });
+    }
+    let registry = Registry::new(store.clone(), if settings.insecure { "http" } else { "https" });
     Services {
         jobs: JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone()),
         cluster: ClusterApi::new(registry.clone(), Cluster::new(store), clients),
         registry: RegistryApi::new(registry, id),
+        authenticator: Arc::new(Authenticator::new(tokens.clone(), settings.insecure)),
+        auth: AuthApi::new(tokens),
     }
 }
 
 /// Starts the agent directory and a task stream from every agent, routed to the sessions.
 fn follow_agents(
     store: Store,
+    clients: AgentClients,
     tasks: &Background,
     shutdown: &CancellationToken,
 ) -> (SessionContext, Router) {
     let (directory, _) = AgentDirectory::spawn(store.clone(), tasks.stop.clone());
-    let clients = AgentClients::default();
     let router = Router::default();
     let links =
         agents::links::run(directory.clone(), clients.clone(), router.clone(), tasks.stop.clone());

@@ -37,6 +37,40 @@ struct Flags {
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
+    /// Certificate of this coordinator (`sluice pki issue --kind coordinator`).
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of the certificate.
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (`ca.crt`); agents and clients must present certificates it signed.
+    #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<PathBuf>,
+    /// No TLS and no authentication: anyone who reaches the port can do anything.
+    /// Development only.
+    #[arg(long, env = "SLUICE_INSECURE")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
+    /// CA of etcd's server certificate (talk to etcd over TLS; URLs must be https://).
+    #[arg(long, env = "SLUICE_ETCD_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (etcd with --client-cert-auth).
+    #[arg(long, env = "SLUICE_ETCD_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_cert: Option<PathBuf>,
+    /// Private key of the etcd client certificate.
+    #[arg(long, env = "SLUICE_ETCD_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_key: Option<PathBuf>,
+    /// On a cluster that never had a token: create one admin token and write its secret
+    /// to FILE (0600), once per prefix.
+    #[arg(long, env = "SLUICE_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap_token_file: Option<PathBuf>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -45,6 +79,7 @@ struct Flags {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    sluice_proto::security::tls::install_default_provider();
     let flags = Flags::parse();
     let settings: Settings = sluice_proto::config::load(&flags, flags.config.as_deref())?;
     let _telemetry = sluice_proto::telemetry::init("sluice-coordinator");

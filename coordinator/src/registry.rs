@@ -3,7 +3,13 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use sluice_proto::pb;
+use sluice_proto::{
+    pb,
+    security::{
+        access::{Principal, PrincipalKind},
+        identity::Kind,
+    },
+};
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
@@ -21,6 +27,8 @@ const MAX_TTL: u32 = 3600;
 #[derive(Clone)]
 pub(crate) struct Registry {
     store: Store,
+    /// The scheme agent addresses must have: https, or http under `--insecure`.
+    scheme: &'static str,
     /// Last lease and record written per agent, to skip writes that change nothing.
     known: Arc<Mutex<HashMap<String, Known>>>,
 }
@@ -31,9 +39,9 @@ struct Known {
 }
 
 impl Registry {
-    /// A registry writing through `store`.
-    pub(crate) fn new(store: Store) -> Self {
-        Registry { store, known: Arc::default() }
+    /// A registry writing through `store`, taking agents whose address has `scheme`.
+    pub(crate) fn new(store: Store, scheme: &'static str) -> Self {
+        Registry { store, scheme, known: Arc::default() }
     }
 
     /// Takes one heartbeat: renews (or creates) the agent's registration.
@@ -42,7 +50,7 @@ impl Registry {
         request: pb::HeartbeatRequest,
         coordinator: &str,
     ) -> Result<()> {
-        let mut agent = validate(&request)?;
+        let mut agent = validate(&request, self.scheme)?;
         agent.coordinator = coordinator.to_string();
         if request.leaving {
             return self.leave(&agent.id).await;
@@ -116,14 +124,37 @@ impl Registry {
     }
 }
 
-fn validate(request: &pb::HeartbeatRequest) -> Result<pb::Agent> {
+/// Refuses a heartbeat that a certificate sends for another agent or computer: an agent
+/// speaks only for itself (an `--insecure` coordinator checks nothing).
+pub(crate) fn check_speaker(principal: &Principal, agent: Option<&pb::Agent>) -> Result<()> {
+    if principal.kind == PrincipalKind::Insecure {
+        return Ok(());
+    }
+    let agent = agent.ok_or_else(|| Error::invalid("agent", "required"))?;
+    let computer = principal.computer.as_deref().unwrap_or_default();
+    let itself = principal.kind == PrincipalKind::Cert(Kind::Agent)
+        && principal.name == agent.id
+        && computer == agent.computer;
+    if !itself {
+        let claimed = match agent.computer.as_str() {
+            "" => format!("agent {:?}", agent.id),
+            name => format!("agent {:?} on computer {name:?}", agent.id),
+        };
+        return Err(Error::NotThisAgent { principal: principal.to_string(), claimed });
+    }
+    Ok(())
+}
+
+fn validate(request: &pb::HeartbeatRequest, scheme: &str) -> Result<pb::Agent> {
     let agent = request.agent.clone().ok_or_else(|| Error::invalid("agent", "required"))?;
     sluice_proto::job::validate_name("agent.id", &agent.id)?;
-    let address_ok = agent.address.parse::<http::Uri>().is_ok_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https")) && uri.port_u16().is_some()
-    });
+    let address_ok = agent
+        .address
+        .parse::<http::Uri>()
+        .is_ok_and(|uri| uri.scheme_str() == Some(scheme) && uri.port_u16().is_some());
     if !address_ok {
-        let reason = format!("must be http://host:port (or https://), got {:?}", agent.address);
+        let reason =
+            format!("must be {scheme}://host:port on this coordinator, got {:?}", agent.address);
         return Err(Error::invalid("agent.address", reason));
     }
     if agent.slots == 0 || agent.slots > MAX_SLOTS {
@@ -133,4 +164,35 @@ fn validate(request: &pb::HeartbeatRequest) -> Result<pb::Agent> {
         return Err(Error::invalid("ttl_seconds", format!("must be 1-{MAX_TTL}")));
     }
     Ok(agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_cert(id: &str, computer: Option<&str>) -> Principal {
+        Principal {
+            kind: PrincipalKind::Cert(Kind::Agent),
+            name: id.into(),
+            role: None,
+            computer: computer.map(str::to_string),
+        }
+    }
+
+    fn agent(id: &str, computer: &str) -> pb::Agent {
+        pb::Agent { id: id.into(), computer: computer.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn an_agent_heartbeats_only_for_itself_and_its_computer() {
+        assert!(check_speaker(&agent_cert("a1", None), Some(&agent("a1", ""))).is_ok());
+        let pc = agent_cert("a1", Some("pc1"));
+        assert!(check_speaker(&pc, Some(&agent("a1", "pc1"))).is_ok());
+        let other = check_speaker(&agent_cert("a2", None), Some(&agent("a1", "")));
+        let message = other.map_err(|e| e.to_string()).expect_err("another agent");
+        assert_eq!(message, "agent:a2 may not heartbeat for agent \"a1\"");
+        assert!(check_speaker(&pc, Some(&agent("a1", "pc2"))).is_err(), "another computer");
+        assert!(check_speaker(&agent_cert("a1", None), Some(&agent("a1", "pc1"))).is_err());
+        assert!(check_speaker(&Principal::insecure(), Some(&agent("a9", "x"))).is_ok());
+    }
 }

@@ -1,8 +1,9 @@
 //! Coordinator settings, merged from flags, `SLUICE_*` variables and a TOML file.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
+use sluice_proto::security::tls::{TlsError, Transport};
 
 /// Everything a coordinator is configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +28,31 @@ pub struct Settings {
     /// Timeout of one etcd call, in milliseconds.
     #[serde(default = "default_etcd_timeout_ms")]
     pub(crate) etcd_timeout_ms: u64,
+    /// Certificate of this coordinator (kind coordinator), served and shown to agents.
+    #[serde(default)]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The cluster CA, which every peer and client certificate must chain to.
+    #[serde(default)]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Plaintext and no authentication: development only.
+    #[serde(default)]
+    pub(crate) insecure: bool,
+    /// CA of etcd's server certificate: talk to etcd over TLS.
+    #[serde(default)]
+    pub(crate) etcd_ca: Option<PathBuf>,
+    /// Client certificate presented to etcd.
+    #[serde(default)]
+    pub(crate) etcd_cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub(crate) etcd_key: Option<PathBuf>,
+    /// On a cluster that never had a token, create one admin token and write its secret
+    /// here (mode 0600); the coordinator that wins the race writes it, once per prefix.
+    #[serde(default)]
+    pub(crate) bootstrap_token_file: Option<PathBuf>,
 }
 
 fn default_lease_ttl() -> u64 {
@@ -67,10 +93,46 @@ impl Settings {
 
     /// The URL peers and agents reach this coordinator at.
     pub(crate) fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
         match (&self.advertise, bound) {
             (Some(address), _) => address.clone(),
-            (None, Some(bound)) => format!("http://{bound}"),
-            (None, None) => format!("http://{}", self.listen),
+            (None, Some(bound)) => format!("{scheme}://{bound}"),
+            (None, None) => format!("{scheme}://{}", self.listen),
         }
     }
+
+    /// TLS or `--insecure`, from the flags: refuses to run without either.
+    pub(crate) fn transport(&self) -> Result<Transport, TlsError> {
+        Transport::from_flags(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+            self.insecure,
+        )
+    }
+
+    /// etcd's TLS, when `--etcd-ca` (and optionally a client certificate) is given.
+    pub(crate) fn etcd_tls(&self) -> Result<Option<EtcdTls>, TlsError> {
+        let (ca, cert, key) = (&self.etcd_ca, &self.etcd_cert, &self.etcd_key);
+        match (ca, cert, key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), None, None) => Ok(Some(EtcdTls { ca: ca.clone(), identity: None })),
+            (Some(ca), Some(cert), Some(key)) => {
+                Ok(Some(EtcdTls { ca: ca.clone(), identity: Some((cert.clone(), key.clone())) }))
+            }
+            (None, _, _) => {
+                Err(TlsError::Flags("--etcd-cert and --etcd-key need --etcd-ca".into()))
+            }
+            _ => Err(TlsError::Flags("--etcd-cert and --etcd-key go together".into())),
+        }
+    }
+}
+
+/// Files of the TLS connection to etcd.
+#[derive(Debug, Clone)]
+pub(crate) struct EtcdTls {
+    /// CA of etcd's server certificate.
+    pub(crate) ca: PathBuf,
+    /// Client certificate and key, for an etcd with `--client-cert-auth`.
+    pub(crate) identity: Option<(PathBuf, PathBuf)>,
 }

@@ -9,9 +9,12 @@ use etcd_client::{
 use prost::Message;
 use tonic::Code;
 
+use sluice_proto::security::tls::{TlsError, check_url, client_config};
+
 use crate::{
     error::{Error, Result},
     keys::Keys,
+    settings::EtcdTls,
 };
 
 /// A cheap-to-clone handle on etcd and the key layout.
@@ -43,11 +46,25 @@ impl Store {
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
+        tls: Option<&EtcdTls>,
     ) -> Result<Self> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(5), timeout);
+        if tls.is_none()
+            && let Some(endpoint) = endpoints.iter().find(|e| e.starts_with("https://"))
+        {
+            let reason = format!("etcd endpoint {endpoint} needs --etcd-ca to verify etcd");
+            return Err(Error::Tls(TlsError::Flags(reason)));
+        }
+        if let Some(tls) = tls {
+            for endpoint in endpoints {
+                check_url("etcd endpoint", endpoint, true).map_err(Error::Tls)?;
+            }
+            let identity = tls.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            options = options.with_tls(client_config(&tls.ca, identity).map_err(Error::Tls)?);
+        }
         let client = Client::connect(endpoints, Some(options)).await?;
         let kv = client
             .kv_client()

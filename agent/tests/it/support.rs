@@ -256,6 +256,8 @@ impl TestAgent {
         let mut settings = Settings::new(coordinator, "agent-1", slots, state_dir.to_path_buf());
         settings.heartbeat_ttl = 1;
         settings.computer = Some("pc1".into());
+        // In-process agent tests talk plaintext; TLS and authentication are the e2e tests'.
+        settings.insecure = true;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

@@ -3,7 +3,10 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use sluice_proto::pb::{self, job_service_server::JobService};
+use sluice_proto::{
+    pb::{self, job_service_server::JobService},
+    security::access::PrincipalKind,
+};
 use tonic::{Request, Response, Status};
 
 use super::Reply;
@@ -11,6 +14,7 @@ use super::Reply;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::caller,
     jobs::Jobs,
     restore_points::RestorePoints,
     sessions::{Sessions, watch::watch_session},
@@ -65,25 +69,24 @@ impl JobService for JobApi {
     }
 
     async fn start_job(&self, request: Request<pb::StartJobRequest>) -> Reply<pb::Session> {
-        Ok(Response::new(self.sessions.start(&request.into_inner().job).await?))
+        let by = recorded_caller(&request, "")?;
+        Ok(Response::new(self.sessions.start(&request.into_inner().job, by).await?))
     }
 
     async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Reply<pb::Session> {
-        let peer = peer_of(&request);
-        Ok(Response::new(self.sessions.stop(request.into_inner(), peer).await?))
+        let by = recorded_caller(&request, &request.get_ref().requested_by)?;
+        Ok(Response::new(self.sessions.stop(request.into_inner(), by).await?))
     }
 
     async fn stop_all(&self, request: Request<pb::StopAllRequest>) -> Reply<pb::StopAllResponse> {
-        let peer = peer_of(&request);
-        let request = request.into_inner();
-        let requested_by =
-            if request.requested_by.is_empty() { peer } else { request.requested_by };
-        let sessions = self.sessions.stop_all(request.mode, requested_by).await?;
+        let by = recorded_caller(&request, &request.get_ref().requested_by)?;
+        let sessions = self.sessions.stop_all(request.into_inner().mode, by).await?;
         Ok(Response::new(pb::StopAllResponse { sessions }))
     }
 
     async fn retry_session(&self, request: Request<pb::RetrySessionRequest>) -> Reply<pb::Session> {
-        Ok(Response::new(self.sessions.retry(&request.into_inner().session_id).await?))
+        let by = recorded_caller(&request, "")?;
+        Ok(Response::new(self.sessions.retry(&request.into_inner().session_id, by).await?))
     }
 
     async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
@@ -133,7 +136,16 @@ impl JobService for JobApi {
     }
 }
 
-/// Who called: the peer address, recorded as the stopper when the caller names no one.
-fn peer_of<T>(request: &Request<T>) -> String {
-    request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string())
+/// Who a session records as its starter or stopper: the authenticated principal. Only an
+/// `--insecure` coordinator, which authenticates nobody, records the name the caller gives
+/// (else its address).
+fn recorded_caller<T>(request: &Request<T>, claimed: &str) -> Result<String, Status> {
+    let principal = caller(request)?;
+    if principal.kind != PrincipalKind::Insecure {
+        return Ok(principal.to_string());
+    }
+    if !claimed.is_empty() {
+        return Ok(claimed.to_string());
+    }
+    Ok(request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string()))
 }

@@ -5,7 +5,10 @@ use tonic::{Request, Response};
 
 use super::Reply;
 
-use crate::registry::Registry;
+use crate::{
+    auth::caller,
+    registry::{Registry, check_speaker},
+};
 
 /// Serves `sluice.v1.AgentRegistry`.
 pub(crate) struct RegistryApi {
@@ -26,7 +29,9 @@ impl AgentRegistry for RegistryApi {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Reply<pb::HeartbeatResponse> {
+        let principal = caller(&request)?;
         let request = request.into_inner();
+        check_speaker(&principal, request.agent.as_ref())?;
         let interval_seconds = (request.ttl_seconds / 3).max(1);
         self.registry.heartbeat(request, &self.coordinator).await?;
         Ok(Response::new(pb::HeartbeatResponse {

@@ -30,6 +30,12 @@ use crate::{
     store::Store,
 };
 
+/// Where a new session comes from: the session it retries (if any) and who started it.
+struct Origin {
+    retry_of: String,
+    started_by: String,
+}
+
 /// Stop requests an actor may have queued (they are idempotent: few are ever pending).
 const STOP_MAILBOX: usize = 16;
 
@@ -66,14 +72,14 @@ impl Sessions {
         &self.inner.ctx.store
     }
 
-    /// Starts a session of every item of `job`.
-    pub(crate) async fn start(&self, job: &str) -> Result<pb::Session> {
+    /// Starts a session of every item of `job`, recording who started it.
+    pub(crate) async fn start(&self, job: &str, started_by: String) -> Result<pb::Session> {
         validate_name("job", job)?;
-        self.start_items(job, None, String::new()).await
+        self.start_items(job, None, Origin { retry_of: String::new(), started_by }).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
-    pub(crate) async fn retry(&self, session_id: &str) -> Result<pb::Session> {
+    pub(crate) async fn retry(&self, session_id: &str, started_by: String) -> Result<pb::Session> {
         let view = self.load(session_id).await?;
         if !view.is_stopped() {
             return Err(Error::SessionRunning { session: session_id.into() });
@@ -83,14 +89,15 @@ impl Sessions {
             return Err(Error::NothingToRetry { session: session_id.into() });
         }
         let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
-        self.start_items(&job, Some(names), session_id.to_string()).await
+        let origin = Origin { retry_of: session_id.to_string(), started_by };
+        self.start_items(&job, Some(names), origin).await
     }
 
     async fn start_items(
         &self,
         job_name: &str,
         names: Option<Vec<String>>,
-        retry_of: String,
+        origin: Origin,
     ) -> Result<pb::Session> {
         let lease = self.current_lease()?;
         let store = self.store();
@@ -101,7 +108,7 @@ impl Sessions {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
         let mut new = NewSession {
-            record: self.new_record(stored.value, item_indices, retry_of),
+            record: self.new_record(stored.value, item_indices, origin),
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
@@ -112,7 +119,8 @@ impl Sessions {
             owner: Some((self.inner.coordinator.clone(), epoch)),
             ..Default::default()
         };
-        info!(session = %view.to_session(false).id, job = job_name, epoch, "session started");
+        let session = view.to_session(false);
+        info!(session = %session.id, job = job_name, epoch, by = %session.started_by, "session started");
         self.spawn(&view, epoch, &lease);
         Ok(view.to_session(true))
     }
@@ -122,7 +130,7 @@ impl Sessions {
         &self,
         job: pb::Job,
         item_indices: Vec<u32>,
-        retry_of: String,
+        origin: Origin,
     ) -> pb::SessionRecord {
         let session = pb::Session {
             id: new_session_id(),
@@ -130,7 +138,8 @@ impl Sessions {
             state: SessionState::Starting as i32,
             owner: self.inner.coordinator.clone(),
             created_at: Some(time::now()),
-            retry_of,
+            retry_of: origin.retry_of,
+            started_by: origin.started_by,
             job_type: job.r#type,
             ..Default::default()
         };

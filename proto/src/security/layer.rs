@@ -170,8 +170,18 @@ pub fn principal_of_cert(leaf: &CertificateDer<'static>) -> Result<Principal, St
         .map_err(|error| Status::unauthenticated(error.to_string()))
 }
 
-/// Authenticates by client certificate only (agents: only coordinators call them).
-pub struct ByCertificate;
+/// Authenticates by client certificate only (agents: only coordinators call them); under
+/// `--insecure`, everyone is [`Principal::insecure`].
+pub struct ByCertificate {
+    insecure: bool,
+}
+
+impl ByCertificate {
+    /// Certificates required, unless `insecure`.
+    pub fn new(insecure: bool) -> Self {
+        ByCertificate { insecure }
+    }
+}
 
 impl Authenticate for ByCertificate {
     async fn authenticate(
@@ -179,21 +189,11 @@ impl Authenticate for ByCertificate {
         _: &HeaderMap,
         cert: Option<&CertificateDer<'static>>,
     ) -> Result<Principal, Status> {
+        if self.insecure {
+            return Ok(Principal::insecure());
+        }
         let leaf =
             cert.ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
         principal_of_cert(leaf)
-    }
-}
-
-/// Lets everyone through as [`Principal::insecure`] (`--insecure`).
-pub struct Insecure;
-
-impl Authenticate for Insecure {
-    async fn authenticate(
-        &self,
-        _: &HeaderMap,
-        _: Option<&CertificateDer<'static>>,
-    ) -> Result<Principal, Status> {
-        Ok(Principal::insecure())
     }
 }

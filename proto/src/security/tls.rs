@@ -187,6 +187,12 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes ring the process-wide provider, for libraries that build rustls configs without
+/// naming one. Call first thing in `main`; a second call changes nothing.
+pub fn install_default_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Which client certificates a server takes.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAuth {

@@ -22,18 +22,19 @@ use crate::{
 };
 
 impl Sessions {
-    /// Records a stop in etcd (durable before this returns) and tells the owner.
+    /// Records a stop by `stopped_by` in etcd (durable before this returns) and tells the
+    /// owner.
     pub(crate) async fn stop(
         &self,
         request: pb::StopJobRequest,
-        peer: String,
+        stopped_by: String,
     ) -> Result<pb::Session> {
         let mode = stop_mode(request.mode)?;
         let id = self.resolve(&request.job, &request.session_id).await?;
         // Only the record: the stop must not wait for a read of every item.
         let record = self.record(&id).await?;
         check_stoppable(&id, &record, &request, mode)?;
-        let stop = stop_request(mode, &request, &record.job.unwrap_or_default(), peer);
+        let stop = stop_request(mode, &request, &record.job.unwrap_or_default(), stopped_by);
         if persist::request_stop(self.store(), &id, &stop).await? {
             info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
             if let Some(stops) = self.inner.router.stops(&id) {
@@ -43,23 +44,14 @@ impl Sessions {
         Ok(self.load(&id).await?.to_session(true))
     }
 
-    /// Stops every active session with one mode.
-    pub(crate) async fn stop_all(
-        &self,
-        mode: i32,
-        requested_by: String,
-    ) -> Result<Vec<pb::Session>> {
+    /// Stops every active session with one mode, recording `stopped_by` in each.
+    pub(crate) async fn stop_all(&self, mode: i32, stopped_by: String) -> Result<Vec<pb::Session>> {
         stop_mode(mode)?;
         let mut stopped = Vec::new();
         let mut failures = Vec::new();
         for (_, id) in persist::active_sessions(self.store()).await? {
-            let request = pb::StopJobRequest {
-                session_id: id.clone(),
-                mode,
-                requested_by: requested_by.clone(),
-                ..Default::default()
-            };
-            match self.stop(request, requested_by.clone()).await {
+            let request = pb::StopJobRequest { session_id: id.clone(), mode, ..Default::default() };
+            match self.stop(request, stopped_by.clone()).await {
                 Ok(session) => stopped.push(session),
                 // Ended or gone meanwhile, or not stoppable this way: nothing to stop.
                 Err(
@@ -134,13 +126,13 @@ fn check_stoppable(
     Ok(())
 }
 
-/// The stop to store: now, by the caller (else its peer address), with the graceful
-/// deadline from the request or else the job.
+/// The stop to store: now, by `stopped_by`, with the graceful deadline from the request or
+/// else the job.
 fn stop_request(
     mode: StopMode,
     request: &pb::StopJobRequest,
     job: &pb::Job,
-    peer: String,
+    stopped_by: String,
 ) -> pb::StopRequest {
     let timeout = match request.graceful_timeout_seconds {
         0 => job.graceful_timeout_seconds,
@@ -149,11 +141,9 @@ fn stop_request(
     let now = actor::now_ms();
     let deadline =
         (mode == StopMode::Graceful && timeout > 0).then(|| now + i64::from(timeout) * 1000);
-    let requested_by =
-        if request.requested_by.is_empty() { peer } else { request.requested_by.clone() };
     pb::StopRequest {
         mode: mode as i32,
-        requested_by,
+        requested_by: stopped_by,
         requested_at: Some(timestamp(now)),
         graceful_deadline: deadline.map(timestamp),
     }

@@ -89,7 +89,7 @@ async fn serve(tls: Arc<NodeTls>, stop: CancellationToken) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let router = Server::builder()
-        .layer(AuthLayer::new(Arc::new(ByCertificate)))
+        .layer(AuthLayer::new(Arc::new(ByCertificate::new(false))))
         .add_service(AuthServiceServer::new(Echo));
     let incoming = tls_incoming(listener, tls, HANDSHAKE_TIMEOUT);
     tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()));
