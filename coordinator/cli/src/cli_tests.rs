@@ -38,6 +38,18 @@ fn binding_command_lines_parse() {
         "restore 20261122-213005-7f3a-0 --to /restore",
         "restore 20261122-213005-7f3a-0 --to /restore --job nightly --agent proxy-1",
         "--endpoint http://a:7400,http://b:7400 --output json job list",
+        "--token slu_x_y --ca-cert ca.crt job start nightly",
+        "--ca-cert ca.crt --cert alice.crt --key alice.key job list",
+        "--insecure agent list",
+        "token create ci --role operator",
+        "token create ci --role viewer --ttl 3600",
+        "token list",
+        "token revoke 0123456789abcdef",
+        "whoami",
+        "pki init --dir /etc/sluice/ca",
+        "pki issue --dir ca --kind coordinator --id c1 --host c1.example --host 10.0.0.1 --out o",
+        "pki issue --dir ca --kind agent --id a1 --computer pc1 --out o",
+        "pki issue --dir ca --kind client --id alice --role admin --out o",
         "job list --output json --endpoint http://a:7400",
     ];
     for line in lines {
@@ -71,6 +83,9 @@ fn bad_command_lines_fail() {
         "restore-point list",
         "--output yaml job list",
         "job launch nightly",
+        "token create ci",
+        "pki issue --dir ca --kind root --id x --out o",
+        "pki issue --dir ca --kind client --id x --role superuser --out o",
     ] {
         assert!(parse(line).is_err(), "`sluice {line}` should fail");
     }

@@ -1,10 +1,14 @@
-//! Connection to a coordinator: the endpoint list, the channel and the API clients.
+//! Connection to a coordinator: the endpoint list, TLS and credentials, the API clients.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
+use sluice_proto::pb::auth_service_client::AuthServiceClient;
 use sluice_proto::pb::cluster_service_client::ClusterServiceClient;
 use sluice_proto::pb::job_service_client::JobServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use sluice_proto::security::tls::{self, check_url, mismatch_hint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{Failure, chain};
 use crate::output::Format;
@@ -16,73 +20,199 @@ const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
 /// HTTP/2 keep-alive, so a watch notices a vanished coordinator.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// What every command needs: where to connect and how to print.
+/// What every command needs: where to connect, with which credentials, and how to print.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// Comma-separated endpoint list as given.
     endpoints: String,
+    /// TLS and the bearer token.
+    access: Access,
     /// Output format.
     pub format: Format,
 }
 
+/// How the CLI proves itself and checks the coordinator (`--ca-cert --cert --key --token`,
+/// or `--insecure`).
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// TLS towards the coordinator; `None` with `--insecure`.
+    tls: Option<ClientTlsConfig>,
+    /// `Bearer <token>`, if a token was given.
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+/// The security flags as given.
+#[derive(Debug, Clone, Default)]
+pub struct AccessFlags {
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--ca-cert`: the cluster CA the coordinator's certificate must chain to.
+    pub ca_cert: Option<PathBuf>,
+    /// `--cert`: a client certificate.
+    pub cert: Option<PathBuf>,
+    /// `--key`: its key.
+    pub key: Option<PathBuf>,
+    /// `--insecure`.
+    pub insecure: bool,
+}
+
+impl Access {
+    /// Checks the flags and reads the files they name.
+    pub fn from_flags(flags: AccessFlags) -> Result<Access, Failure> {
+        let bearer = flags.token.as_deref().map(bearer).transpose()?;
+        if flags.insecure {
+            if flags.ca_cert.is_some() || flags.cert.is_some() || flags.key.is_some() {
+                return Err(Failure::usage(
+                    "--insecure cannot be combined with --ca-cert, --cert or --key",
+                ));
+            }
+            return Ok(Access { tls: None, bearer });
+        }
+        let ca = flags.ca_cert.ok_or_else(|| {
+            Failure::usage(
+                "--ca-cert FILE is required to check the coordinator (the cluster's ca.crt; \
+                 SLUICE_CA_CERT), or --insecure for a development cluster",
+            )
+        })?;
+        let identity = match (&flags.cert, &flags.key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(Failure::usage("--cert and --key go together")),
+        };
+        let tls = tls::client_config(&ca, identity).map_err(|e| Failure::usage(e.to_string()))?;
+        Ok(Access { tls: Some(tls), bearer })
+    }
+
+    /// Plaintext without credentials (tests of argument handling).
+    #[cfg(test)]
+    pub fn insecure() -> Access {
+        Access { tls: None, bearer: None }
+    }
+
+    fn secure(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Failure> {
+    // Never echo the token: it is a secret.
+    format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| Failure::usage("--token holds characters a token never has"))
+}
+
+/// Adds the bearer token to every call.
+#[derive(Debug, Clone)]
+pub struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that sends the credentials.
+pub type Authed = InterceptedService<Channel, Credentials>;
+
 /// The API clients on one connection.
 ///
-/// Plain channels: the CLI opens no span of its own, so it has no trace context to send;
-/// each request starts its trace on the coordinator.
+/// The CLI opens no span of its own, so it has no trace context to send; each request
+/// starts its trace on the coordinator.
 #[derive(Debug, Clone)]
 pub struct Clients {
     /// `sluice.v1.JobService`.
-    pub jobs: JobServiceClient<Channel>,
+    pub jobs: JobServiceClient<Authed>,
     /// `sluice.v1.ClusterService`.
-    pub cluster: ClusterServiceClient<Channel>,
+    pub cluster: ClusterServiceClient<Authed>,
+    /// `sluice.v1.AuthService`.
+    pub auth: AuthServiceClient<Authed>,
 }
 
 impl Ctx {
-    /// A context for these endpoints and this format.
-    pub fn new(endpoints: String, format: Format) -> Self {
-        Ctx { endpoints, format }
+    /// A context for these endpoints, credentials and format.
+    pub fn new(endpoints: String, access: Access, format: Format) -> Self {
+        Ctx { endpoints, access, format }
     }
 
     /// Connects to the first endpoint of the list that answers.
     pub async fn connect(&self) -> Result<Clients, Failure> {
-        let endpoints = parse_endpoints(&self.endpoints)?;
+        let endpoints = parse_endpoints(&self.endpoints, self.access.tls.as_ref())?;
         let mut errors = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let uri = endpoint.uri().to_string();
             match endpoint.connect().await {
-                Ok(channel) => return Ok(Clients::new(channel)),
-                Err(error) => errors.push(format!("{uri}: {}", chain(&error))),
+                Ok(channel) => return Ok(Clients::new(channel, &self.access)),
+                Err(error) => {
+                    let text = chain(&error);
+                    let hint = mismatch_hint(&format!("{text} {error:?}"), self.access.secure());
+                    errors.push(format!(
+                        "{uri}: {text}{}",
+                        hint.map(|h| format!(" ({h})")).unwrap_or_default()
+                    ));
+                }
             }
         }
         Err(Failure::Connect(format!("cannot connect to a coordinator: {}", errors.join("; "))))
     }
-}
 
-impl Clients {
-    /// Clients on a connected channel.
-    fn new(channel: Channel) -> Self {
-        let jobs =
-            JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
-        let cluster =
-            ClusterServiceClient::new(channel).max_decoding_message_size(MAX_DECODING_BYTES);
-        Clients { jobs, cluster }
+    /// A failure with a hint when it looks like a TLS mismatch with the coordinator (a
+    /// plaintext client's first call to a TLS server fails only once it is sent).
+    pub fn explain(&self, failure: Failure) -> Failure {
+        let Failure::Server(status) = &failure else { return failure };
+        if !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Unavailable) {
+            return failure;
+        }
+        match mismatch_hint(&format!("{status:?}"), self.access.secure()) {
+            Some(hint) => Failure::Connect(format!("{}: {hint}", status.message())),
+            None => failure,
+        }
     }
 }
 
-/// Parses a comma-separated endpoint list; `host:port` without a scheme means `http://`.
-pub fn parse_endpoints(list: &str) -> Result<Vec<Endpoint>, Failure> {
+impl Clients {
+    /// Clients on a connected channel, sending the credentials.
+    fn new(channel: Channel, access: &Access) -> Self {
+        let authed = InterceptedService::new(channel, Credentials(access.bearer.clone()));
+        let jobs =
+            JobServiceClient::new(authed.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+        let cluster =
+            ClusterServiceClient::new(authed.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+        let auth = AuthServiceClient::new(authed);
+        Clients { jobs, cluster, auth }
+    }
+}
+
+/// Parses a comma-separated endpoint list; `host:port` without a scheme means `https://`
+/// (`http://` with `--insecure`), and a scheme that does not fit the mode is refused.
+pub fn parse_endpoints(
+    list: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Vec<Endpoint>, Failure> {
     let urls: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     if urls.is_empty() {
         return Err(Failure::usage("--endpoint: no endpoint given"));
     }
-    urls.into_iter().map(endpoint).collect()
+    urls.into_iter().map(|url| endpoint(url, tls)).collect()
 }
 
 /// One endpoint with the connection settings of the CLI.
-fn endpoint(url: &str) -> Result<Endpoint, Failure> {
-    let full = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
-    let endpoint = Endpoint::from_shared(full)
+fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Failure> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let full = if url.contains("://") { url.to_string() } else { format!("{scheme}://{url}") };
+    check_url("--endpoint", &full, tls.is_some()).map_err(|e| Failure::usage(e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(full)
         .map_err(|error| Failure::usage(format!("--endpoint: bad URL {url:?}: {error}")))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|error| Failure::usage(format!("--endpoint {url}: {error}")))?;
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE)
@@ -95,15 +225,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_list_keeps_order_and_adds_scheme() {
-        let endpoints = parse_endpoints("http://a:7400, b:7401").expect("valid list");
+    fn endpoint_list_keeps_order_and_adds_the_scheme_of_the_mode() {
+        let endpoints = parse_endpoints("http://a:7400, b:7401", None).expect("valid list");
         let uris: Vec<String> = endpoints.iter().map(|e| e.uri().to_string()).collect();
         assert_eq!(uris, ["http://a:7400/", "http://b:7401/"]);
+        let tls = ClientTlsConfig::new();
+        let secure = parse_endpoints("b:7401", Some(&tls)).expect("valid list");
+        assert_eq!(secure[0].uri().to_string(), "https://b:7401/");
     }
 
     #[test]
-    fn empty_or_bad_endpoint_is_a_usage_error() {
-        assert!(matches!(parse_endpoints(" , "), Err(Failure::Usage(_))));
-        assert!(matches!(parse_endpoints("http://bad host"), Err(Failure::Usage(_))));
+    fn empty_bad_or_mismatched_endpoints_are_usage_errors() {
+        assert!(matches!(parse_endpoints(" , ", None), Err(Failure::Usage(_))));
+        assert!(matches!(parse_endpoints("http://bad host", None), Err(Failure::Usage(_))));
+        let tls = ClientTlsConfig::new();
+        let plain = parse_endpoints("http://a:7400", Some(&tls)).expect_err("plaintext refused");
+        assert!(plain.message().contains("plaintext http://"), "{}", plain.message());
+        assert!(matches!(parse_endpoints("https://a:7400", None), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn a_secure_cli_needs_the_cluster_ca() {
+        let missing = Access::from_flags(AccessFlags::default()).expect_err("no CA");
+        assert!(missing.message().contains("--ca-cert FILE is required"), "{}", missing.message());
+        let flags =
+            AccessFlags { insecure: true, ca_cert: Some("/x".into()), ..Default::default() };
+        assert!(matches!(Access::from_flags(flags), Err(Failure::Usage(_))));
+        let token =
+            AccessFlags { insecure: true, token: Some("slu_x\n_y".into()), ..Default::default() };
+        let refused = Access::from_flags(token).expect_err("a newline in a token");
+        assert!(!refused.message().contains("slu_x"), "the token is not echoed");
     }
 }

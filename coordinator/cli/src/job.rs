@@ -131,7 +131,8 @@ mod tests {
     async fn bad_job_file_exits_2_without_calling_the_server() {
         let file = job_file("{ \"name\": \"x\", \"type\": \"NOPE\" }");
         // Nothing listens on port 1: a connection attempt would fail with exit 3.
-        let ctx = Ctx::new("http://127.0.0.1:1".into(), Format::Table);
+        let ctx =
+            Ctx::new("http://127.0.0.1:1".into(), crate::client::Access::insecure(), Format::Table);
         let cmd = JobCommand::Create(crate::JobFileArgs { file: file.path().to_path_buf() });
         let failure = run(&ctx, cmd).await.expect_err("a bad file fails");
         assert_eq!(failure.exit(), Exit::Usage, "{}", failure.message());
@@ -139,7 +140,8 @@ mod tests {
 
     #[tokio::test]
     async fn missing_job_file_is_a_usage_error() {
-        let ctx = Ctx::new("http://127.0.0.1:1".into(), Format::Json);
+        let ctx =
+            Ctx::new("http://127.0.0.1:1".into(), crate::client::Access::insecure(), Format::Json);
         let cmd = JobCommand::Update(crate::JobFileArgs { file: "/nonexistent/job.toml".into() });
         let failure = run(&ctx, cmd).await.expect_err("a missing file fails");
         assert_eq!(failure.exit(), Exit::Usage);

@@ -8,9 +8,11 @@ mod cluster;
 mod error;
 mod job;
 mod output;
+mod pki;
 mod restore_point;
 mod session;
 mod stop;
+mod token;
 mod watch;
 
 use std::process::ExitCode;
@@ -18,12 +20,12 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter};
 
-use crate::client::Ctx;
+use crate::client::{Access, AccessFlags, Ctx};
 use crate::error::{Exit, Failure};
 use crate::output::Format;
 
-/// Default coordinator endpoint.
-const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+/// Default coordinator endpoint (`https://`, or `http://` with `--insecure`).
+const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
 
 /// The exit codes, shown at the end of `--help`.
 const EXIT_CODES: &str = "Exit codes: 0 done (a watched session ended SUCCESS or WARNING), \
@@ -34,13 +36,29 @@ const EXIT_CODES: &str = "Exit codes: 0 done (a watched session ended SUCCESS or
 #[command(name = "sluice", version = sluice_proto::VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Coordinator endpoint; a comma-separated list uses the first that connects
-    /// [default: http://127.0.0.1:7400].
+    /// [default: https://127.0.0.1:7400].
     #[arg(long, global = true, env = "SLUICE_ENDPOINT")]
     endpoint: Option<String>,
     /// Output format [default: table].
     #[arg(long, global = true, env = "SLUICE_OUTPUT", value_enum)]
     output: Option<Format>,
-    /// TOML file with `endpoint` and `output` (flags and SLUICE_* variables win).
+    /// API token (from `sluice token create`, or a coordinator's bootstrap token file).
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The cluster CA (`ca.crt`) the coordinator's certificate must chain to.
+    #[arg(long, global = true, env = "SLUICE_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (`sluice pki issue --kind client --role ROLE`), instead of a token.
+    #[arg(long, global = true, env = "SLUICE_CERT", value_name = "FILE")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key of the client certificate.
+    #[arg(long, global = true, env = "SLUICE_KEY", value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
+    /// Plaintext, for a development cluster whose coordinators run with --insecure.
+    #[arg(long, global = true, env = "SLUICE_INSECURE")]
+    insecure: bool,
+    /// TOML file with any of the flags above, keys their long names (flags and SLUICE_*
+    /// variables win).
     #[arg(long, global = true, env = "SLUICE_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
     /// What to do.
@@ -71,6 +89,14 @@ enum Command {
     /// Restore a restore point into an empty directory: a computer's files, or a VM's qcow2
     /// disks. Runs as one task; interrupt it (Ctrl-C) to stop it, which removes what it wrote.
     Restore(RestoreArgs),
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Show who the coordinator takes you for: name, kind and role.
+    Whoami,
+    /// Make the cluster CA and certificates (local files; no coordinator involved).
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
 }
 
 /// `sluice restore ID --to DIR`
@@ -251,8 +277,19 @@ fn init_logs() {
 
 /// Runs one parsed command line and returns its exit status.
 async fn run(cli: Cli) -> Result<Exit, Failure> {
+    let command = match cli.command {
+        Command::Pki(cmd) => return pki::run(cmd),
+        command => command,
+    };
     let file = ConfigFile::read(cli.config.as_deref())?;
     let endpoint = cli.endpoint.or(file.endpoint).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let access = Access::from_flags(AccessFlags {
+        token: cli.token.or(file.token),
+        ca_cert: cli.ca_cert.or(file.ca_cert),
+        cert: cli.cert.or(file.cert),
+        key: cli.key.or(file.key),
+        insecure: cli.insecure || file.insecure,
+    })?;
     let output = match (cli.output, file.output) {
         (Some(format), _) => format,
         (None, Some(text)) => clap::ValueEnum::from_str(&text, true).map_err(|_| {
@@ -260,18 +297,23 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         })?,
         (None, None) => Format::Table,
     };
-    let ctx = Ctx::new(endpoint, output);
-    match cli.command {
-        Command::Job(cmd) => job::run(&ctx, cmd).await,
-        Command::Stop(args) => stop::stop_all(&ctx, args.mode, args.yes).await,
-        Command::Session(cmd) => session::run(&ctx, cmd).await,
-        Command::Agent(cmd) => cluster::run_agent(&ctx, cmd).await,
-        Command::Coordinator(CoordinatorCommand::List) => cluster::list_coordinators(&ctx).await,
+    let ctx = Ctx::new(endpoint, access, output);
+    dispatch(&ctx, command).await.map_err(|failure| ctx.explain(failure))
+}
+
+/// Runs a command that talks to a coordinator.
+async fn dispatch(ctx: &Ctx, command: Command) -> Result<Exit, Failure> {
+    match command {
+        Command::Job(cmd) => job::run(ctx, cmd).await,
+        Command::Stop(args) => stop::stop_all(ctx, args.mode, args.yes).await,
+        Command::Session(cmd) => session::run(ctx, cmd).await,
+        Command::Agent(cmd) => cluster::run_agent(ctx, cmd).await,
+        Command::Coordinator(CoordinatorCommand::List) => cluster::list_coordinators(ctx).await,
         Command::RestorePoint(RestorePointCommand::List { job }) => {
-            restore_point::list(&ctx, job).await
+            restore_point::list(ctx, job).await
         }
         Command::RestorePoint(RestorePointCommand::Verify { id, job }) => {
-            restore_point::verify(&ctx, id, job.unwrap_or_default()).await
+            restore_point::verify(ctx, id, job.unwrap_or_default()).await
         }
         Command::Restore(args) => {
             let request = sluice_proto::pb::RestoreRestorePointRequest {
@@ -280,17 +322,26 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 target_dir: args.to,
                 agent: args.agent.unwrap_or_default(),
             };
-            restore_point::restore(&ctx, request).await
+            restore_point::restore(ctx, request).await
         }
+        Command::Token(cmd) => token::run(ctx, cmd).await,
+        Command::Whoami => token::whoami(ctx).await,
+        Command::Pki(cmd) => pki::run(cmd),
     }
 }
 
 /// Settings of the `--config` file; keys are the long flag names.
 #[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ConfigFile {
     endpoint: Option<String>,
     output: Option<String>,
+    token: Option<String>,
+    ca_cert: Option<std::path::PathBuf>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    #[serde(default)]
+    insecure: bool,
 }
 
 impl ConfigFile {

@@ -40,6 +40,7 @@ pub fn session(s: &pb::Session) -> Value {
         "canceled": s.canceled,
         "message": s.message,
         "stop_mode": enum_value(s.stop_mode, pb::StopMode::as_str_name),
+        "started_by": s.started_by,
         "stopped_by": s.stopped_by,
         "stop_requested_at": time(s.stop_requested_at.as_ref()),
         "owner": s.owner,
@@ -131,4 +132,31 @@ pub fn restore_points(points: &[pb::RestorePoint]) -> Value {
         })
         .collect();
     json!({ "restore_points": list })
+}
+
+/// One API token (never its secret).
+pub fn token(t: &pb::Token) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "role": t.role,
+        "created_at": time(t.created_at.as_ref()),
+        "expires_at": time(t.expires_at.as_ref()),
+        "created_by": t.created_by,
+    })
+}
+
+/// `CreateTokenResponse`: the token and its secret.
+pub fn token_created(t: &pb::Token, secret: &str) -> Value {
+    json!({ "token": token(t), "secret": secret })
+}
+
+/// `ListTokensResponse`.
+pub fn tokens(tokens: &[pb::Token]) -> Value {
+    json!({ "tokens": tokens.iter().map(token).collect::<Vec<_>>() })
+}
+
+/// A principal (`WhoAmI`).
+pub fn principal(p: &pb::Principal) -> Value {
+    json!({ "name": p.name, "role": p.role, "kind": p.kind })
 }

@@ -86,6 +86,9 @@ fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String
         ("CREATED", when(s.created_at.as_ref(), now)),
         ("ENDED", when(s.ended_at.as_ref(), now)),
     ];
+    if !s.started_by.is_empty() {
+        pairs.insert(7, ("STARTED BY", s.started_by.clone()));
+    }
     if !s.stopped_by.is_empty() || s.stop_requested_at.is_some() {
         let at = when(s.stop_requested_at.as_ref(), now);
         pairs.push(("STOPPED BY", format!("{} at {at}", or_dash(&s.stopped_by))));
@@ -215,6 +218,55 @@ pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> Strin
         ]);
     }
     table.render()
+}
+
+/// `token create`: the token, then its secret, which is shown only now.
+pub fn token_created(token: &pb::Token, secret: &str, now: SystemTime) -> String {
+    format!(
+        "{}\n\nsecret (shown only now; pass it with --token or SLUICE_TOKEN):\n{secret}",
+        fields(&token_fields(token, now))
+    )
+}
+
+fn token_fields(t: &pb::Token, now: SystemTime) -> Vec<(&'static str, String)> {
+    vec![
+        ("TOKEN", t.id.clone()),
+        ("NAME", t.name.clone()),
+        ("ROLE", t.role.clone()),
+        ("CREATED", when(t.created_at.as_ref(), now)),
+        ("CREATED BY", or_dash(&t.created_by)),
+        ("EXPIRES", expires(t, now)),
+    ]
+}
+
+fn expires(token: &pb::Token, now: SystemTime) -> String {
+    match token.expires_at.as_ref() {
+        Some(at) => when(Some(at), now),
+        None => "never".to_string(),
+    }
+}
+
+/// `token list`: ID NAME ROLE CREATED-BY EXPIRES.
+pub fn token_list(tokens: &[pb::Token], now: SystemTime) -> String {
+    if tokens.is_empty() {
+        return "no tokens".to_string();
+    }
+    let mut table = Table::new(&["ID", "NAME", "ROLE", "CREATED BY", "EXPIRES"]);
+    for t in tokens {
+        table.row(vec![
+            t.id.clone(),
+            t.name.clone(),
+            t.role.clone(),
+            or_dash(&t.created_by),
+            expires(t, now),
+        ]);
+    }
+    table.render()
+}
+
+/// `whoami`.
+pub fn principal(p: &pb::Principal) -> String {
+    fields(&[("NAME", p.name.clone()), ("KIND", p.kind.clone()), ("ROLE", or_dash(&p.role))])
 }
 
 #[cfg(test)]
