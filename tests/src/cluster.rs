@@ -11,9 +11,12 @@ use sluice_proto::pb::{
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use sluice_proto::security::{identity::Kind, pki::LeafSpec};
+
 use crate::{
     Etcd, logs,
     node::{Node, Role},
+    security::Pki,
     unique_prefix,
 };
 
@@ -81,9 +84,23 @@ pub struct ClusterBuilder {
     heartbeat_ttl: u32,
     slots: u32,
     etcd_url: Option<String>,
+    insecure: bool,
+    bootstrap_token: bool,
 }
 
 impl ClusterBuilder {
+    /// Runs every node with `--insecure` (plaintext, no authentication) instead of TLS.
+    pub fn insecure(mut self) -> ClusterBuilder {
+        self.insecure = true;
+        self
+    }
+
+    /// Gives the first coordinator `--bootstrap-token-file` (see [`Cluster::bootstrap_token_file`]).
+    pub fn bootstrap_token(mut self) -> ClusterBuilder {
+        self.bootstrap_token = true;
+        self
+    }
+
     /// Number of coordinators (default 1).
     pub fn coordinators(mut self, count: usize) -> ClusterBuilder {
         self.coordinators = count;
@@ -139,8 +156,10 @@ impl ClusterBuilder {
             .prefix(&format!("sluice-e2e-{}-", test_name()))
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create the cluster's temp dir: {e}"));
+        let pki = (!self.insecure).then(|| Pki::new(&dir.path().join("pki")));
         let mut cluster = Cluster {
             dir: Some(dir),
+            pki,
             prefix: unique_prefix(),
             etcd_url,
             settings: self.clone(),
@@ -162,6 +181,7 @@ impl ClusterBuilder {
 /// (`SLUICE_TEST_KEEP=1` keeps it always).
 pub struct Cluster {
     dir: Option<TempDir>,
+    pki: Option<Pki>,
     prefix: String,
     etcd_url: String,
     settings: ClusterBuilder,
@@ -179,7 +199,25 @@ impl Cluster {
             heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
             slots: DEFAULT_SLOTS,
             etcd_url: None,
+            insecure: false,
+            bootstrap_token: false,
         }
+    }
+
+    /// The cluster's CA and certificates; `None` when it runs `--insecure`.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
+    }
+
+    /// Flags that let the `sluice` CLI reach the cluster as the harness's admin.
+    pub fn cli_flags(&self) -> Vec<String> {
+        self.pki.as_ref().map_or_else(|| vec!["--insecure".to_string()], Pki::cli_flags)
+    }
+
+    /// Where the first coordinator writes the bootstrap token (with
+    /// [`ClusterBuilder::bootstrap_token`]).
+    pub fn bootstrap_token_file(&self) -> PathBuf {
+        self.dir().join("c1").join("bootstrap.token")
     }
 
     /// The etcd key prefix of this cluster, e.g. `/t-3f9c0a12b7e4`.
@@ -265,14 +303,22 @@ impl Cluster {
     /// before the agents that should heartbeat to it.
     pub async fn add_coordinator_with_etcd(&mut self, etcd_url: &str) -> &mut Node {
         let id = format!("c{}", self.coordinators.len() + 1);
-        let args = flags([
+        let mut args = flags([
             ("--etcd", etcd_url.to_string()),
             ("--id", id.clone()),
             ("--lease-ttl", self.settings.lease_ttl.to_string()),
             ("--prefix", self.prefix.clone()),
         ]);
+        args.extend(self.security_flags(LeafSpec::new(Kind::Coordinator, &id)));
+        if self.settings.bootstrap_token && self.coordinators.is_empty() {
+            args.extend(flags([(
+                "--bootstrap-token-file",
+                self.bootstrap_token_file().display().to_string(),
+            )]));
+        }
         let program = binary("sluice-coordinator");
-        let mut node = Node::new(&id, Role::Coordinator, program, args, self.dir().join(&id));
+        let dir = self.dir().join(&id);
+        let mut node = Node::new(&id, Role::Coordinator, program, args, dir, self.pki.clone());
         node.launch().await;
         self.coordinators.push(node);
         let last = self.coordinators.len() - 1;
@@ -300,12 +346,27 @@ impl Cluster {
         if let Some(limit) = spec.transfer_rate_limit {
             args.extend(flags([("--transfer-rate-limit", limit.to_string())]));
         }
+        let mut cert = LeafSpec::new(Kind::Agent, &id);
+        cert.computer = spec.computer.clone();
+        args.extend(self.security_flags(cert));
         let role = Role::Agent { coordinators };
-        let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir);
+        let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir, self.pki.clone());
         node.launch().await;
         self.agents.push(node);
         let last = self.agents.len() - 1;
         &mut self.agents[last]
+    }
+}
+
+impl Cluster {
+    /// `--tls-cert/--tls-key/--tls-ca` with a new certificate for `spec`, or `--insecure`.
+    fn security_flags(&self, spec: LeafSpec) -> Vec<OsString> {
+        let Some(pki) = &self.pki else { return vec![OsString::from("--insecure")] };
+        let files = pki.issue(&spec);
+        pki.node_flags(&files)
+            .into_iter()
+            .flat_map(|(flag, value)| [OsString::from(flag), OsString::from(value)])
+            .collect()
     }
 }
 

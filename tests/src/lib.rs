@@ -14,6 +14,9 @@
 //! ([`sessions`], [`stops`], [`computers`], [`manifests`], [`ownership`], [`tasks`],
 //! [`records`], [`watch`]).
 //!
+//! Clusters are secure by default ([`security`]): a CA per cluster made with the product's
+//! own PKI code, TLS between every process, the harness calling as admin.
+//!
 //! Child processes are watched by a tiny shell watchdog each (see `watchdog.rs`), so they die
 //! with the test process even when it is killed, without `prctl` or unsafe code.
 
@@ -31,6 +34,7 @@ pub mod ownership;
 mod ports;
 pub mod proxy;
 pub mod records;
+pub mod security;
 pub mod sessions;
 pub mod stops;
 pub mod tasks;
@@ -41,6 +45,7 @@ mod watchdog;
 pub use cluster::{AgentSpec, BIN_DIR_ENV, Cluster, ClusterBuilder, KEEP_ENV, binary};
 pub use etcd::Etcd;
 pub use node::{Node, Role};
+pub use security::{ADMIN_PRINCIPAL, Pki};
 pub use wait::{PATIENCE, wait_for};
 
 /// Largest gRPC message the harness's clients send or accept (64 MiB).

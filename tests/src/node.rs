@@ -17,7 +17,7 @@ use sluice_proto::pb::{
     job_service_client::JobServiceClient,
 };
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -26,7 +26,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::{MAX_MESSAGE_BYTES, PATIENCE, logs, wait_for, watchdog::Watchdog};
+use crate::{MAX_MESSAGE_BYTES, PATIENCE, logs, security::Pki, wait_for, watchdog::Watchdog};
 
 /// Line prefix each binary prints on stdout once its listener is bound.
 const LISTENING: &str = "listening on ";
@@ -54,6 +54,8 @@ pub struct Node {
     program: PathBuf,
     args: Vec<OsString>,
     dir: PathBuf,
+    /// The cluster's PKI; `None` when the cluster runs `--insecure`.
+    pki: Option<Pki>,
     addr: Option<SocketAddr>,
     process: Option<(Child, Watchdog)>,
     starts: u32,
@@ -66,11 +68,13 @@ impl Node {
         program: PathBuf,
         args: Vec<OsString>,
         dir: PathBuf,
+        pki: Option<Pki>,
     ) -> Node {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
-        Node { id: id.to_string(), role, program, args, dir, addr: None, process: None, starts: 0 }
+        let (addr, process, starts) = (None, None, 0);
+        Node { id: id.to_string(), role, program, args, dir, pki, addr, process, starts }
     }
 
     /// The `--id` of the node, e.g. `c1` or `a2`.
@@ -103,9 +107,17 @@ impl Node {
         self.addr.unwrap_or_else(|| panic!("{} was never started", self.id))
     }
 
-    /// gRPC URL of the node, `http://127.0.0.1:PORT`.
+    /// gRPC URL of the node, `https://127.0.0.1:PORT` (`http://` when insecure).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// The TLS the harness calls this node with (admin on a coordinator, a coordinator
+    /// certificate on an agent); `None` when the cluster is insecure.
+    pub fn harness_tls(&self) -> Option<ClientTlsConfig> {
+        let calls_agent = matches!(self.role, Role::Agent { .. });
+        self.pki.as_ref().map(|pki| pki.harness_tls(calls_agent))
     }
 
     /// Process id, while the process runs.
@@ -217,7 +229,8 @@ impl Node {
         let mut seen = Vec::new();
         for url in coordinators {
             let answer = async {
-                let mut client = ClusterServiceClient::new(connect(url).await?);
+                let admin = self.pki.as_ref().map(|pki| pki.harness_tls(false));
+                let mut client = ClusterServiceClient::new(connect(url, admin).await?);
                 let agents = client.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
                 Ok::<_, anyhow::Error>(agents.agents)
             };
@@ -277,11 +290,21 @@ impl Node {
         self.launch().await;
     }
 
-    /// A new gRPC channel to the node.
+    /// A new gRPC channel to the node, as the harness.
     pub async fn channel(&self) -> Channel {
-        connect(&self.url())
+        self.channel_with(self.harness_tls())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {} at {}: {e:#}", self.id, self.url()))
+    }
+
+    /// A new gRPC channel to the node with this TLS (plaintext to `http://` when `None`),
+    /// e.g. to call it with another identity.
+    pub async fn channel_with(&self, tls: Option<ClientTlsConfig>) -> anyhow::Result<Channel> {
+        let url = match &tls {
+            Some(_) => format!("https://{}", self.addr()),
+            None => format!("http://{}", self.addr()),
+        };
+        connect(&url, tls).await
     }
 
     /// `JobService` client (coordinators).
@@ -312,7 +335,7 @@ impl Node {
 
     /// The health status of `service` (`""` for the whole server).
     pub async fn health_status(&self, service: &str) -> anyhow::Result<ServingStatus> {
-        let mut client = HealthClient::new(connect(&self.url()).await?);
+        let mut client = HealthClient::new(self.channel_with(self.harness_tls()).await?);
         let request = HealthCheckRequest { service: service.to_string() };
         let status = client.check(request).await?.into_inner().status;
         Ok(ServingStatus::try_from(status)?)
@@ -320,7 +343,7 @@ impl Node {
 
     /// Names of the services the node lists through `grpc.reflection.v1` server reflection.
     pub async fn reflected_services(&self) -> anyhow::Result<Vec<String>> {
-        let mut client = ServerReflectionClient::new(connect(&self.url()).await?);
+        let mut client = ServerReflectionClient::new(self.channel_with(self.harness_tls()).await?);
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
@@ -349,14 +372,15 @@ impl Node {
     }
 }
 
-/// Connects a channel with the harness's timeouts.
-pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
-    let channel = Endpoint::from_shared(url.to_string())?
+/// Connects a channel with the harness's timeouts, over TLS with `tls`.
+pub(crate) async fn connect(url: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await?;
-    Ok(channel)
+        .timeout(REQUEST_TIMEOUT);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
 }
 
 /// Finds the address in the first parseable `listening on ADDR` line.

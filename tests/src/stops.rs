@@ -253,11 +253,12 @@ pub fn unix_now() -> i64 {
     i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Asserts what a stop records: who, when (between `since` and now, in seconds) and how.
+/// Asserts what a stop records: who (the harness's authenticated principal, never the name
+/// `claimed` in the request), when (between `since` and now, in seconds) and how.
 #[track_caller]
-pub fn assert_stop_recorded(session: &pb::Session, by: &str, mode: StopMode, since: i64) {
+pub fn assert_stop_recorded(session: &pb::Session, claimed: &str, mode: StopMode, since: i64) {
     let seen = summary(session);
-    assert_eq!(session.stopped_by, by, "stopped_by: {seen}");
+    assert_eq!(session.stopped_by, crate::ADMIN_PRINCIPAL, "stopped_by (not {claimed:?}): {seen}");
     assert_eq!(session.stop_mode(), mode, "stop_mode: {seen}");
     let at = session.stop_requested_at.as_ref().map(|t| t.seconds);
     let at = at.unwrap_or_else(|| panic!("stop_requested_at is missing: {seen}"));

@@ -10,6 +10,7 @@ use std::{
 use sluice_proto::pb::{self, ItemState, TaskPhase, agent_service_client::AgentServiceClient};
 use sluice_tests::{Cluster, MAX_MESSAGE_BYTES};
 use tokio::{task::JoinHandle, time::Instant};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// How often waits look at the observations.
 const POLL: Duration = Duration::from_millis(10);
@@ -55,7 +56,7 @@ impl Observer {
         let watchers = cluster
             .agents()
             .iter()
-            .map(|agent| tokio::spawn(watch(agent.url(), tasks.clone())))
+            .map(|agent| tokio::spawn(watch(agent.url(), agent.harness_tls(), tasks.clone())))
             .collect();
         tokio::time::sleep(SETTLE).await;
         Observer { tasks, watchers }
@@ -102,18 +103,23 @@ impl Observer {
     }
 }
 
-/// Follows one agent's task stream, reconnecting when it breaks.
-async fn watch(url: String, tasks: Table) {
+/// Follows one agent's task stream (as a coordinator, over TLS when the cluster has it),
+/// reconnecting when it breaks.
+async fn watch(url: String, tls: Option<ClientTlsConfig>, tasks: Table) {
     loop {
-        if let Err(error) = follow(&url, &tasks).await {
+        if let Err(error) = follow(&url, tls.clone(), &tasks).await {
             report_break(&url, &error);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn follow(url: &str, tasks: &Table) -> anyhow::Result<()> {
-    let client = AgentServiceClient::connect(url.to_string()).await?;
+async fn follow(url: &str, tls: Option<ClientTlsConfig>, tasks: &Table) -> anyhow::Result<()> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let client = AgentServiceClient::new(endpoint.connect().await?);
     let mut client = client.max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut stream = client.watch_tasks(pb::WatchTasksRequest::default()).await?.into_inner();
     while let Some(event) = stream.message().await? {

@@ -57,11 +57,13 @@ fn corrupt_one_byte(path: &Path) {
     fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// Runs the `sluice` CLI against `endpoint`; returns its exit code and stdout.
-async fn cli(endpoint: &str, args: &[&str]) -> (i32, String) {
+/// Runs the `sluice` CLI against the first coordinator as the harness's admin; returns its
+/// exit code and stdout.
+async fn cli(cluster: &mut Cluster, args: &[&str]) -> (i32, String) {
     let output = tokio::process::Command::new(binary("sluice"))
         .arg("--endpoint")
-        .arg(endpoint)
+        .arg(cluster.coordinator(0).url())
+        .args(cluster.cli_flags())
         .args(args)
         .output()
         .await
@@ -146,8 +148,7 @@ async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob()
     assert!(!bad.ok, "{bad:?}");
     let expected = format!("{}: blob {sha}: sha256 is ", victim.path);
     assert!(bad.problems.iter().any(|p| p.starts_with(&expected)), "{expected} in {bad:?}");
-    let endpoint = cluster.coordinator(0).url();
-    let (code, out) = cli(&endpoint, &["restore-point", "verify", &id]).await;
+    let (code, out) = cli(&mut cluster, &["restore-point", "verify", &id]).await;
     assert_eq!(code, 1, "the CLI exits 1 on a bad restore point: {out}");
     assert!(out.contains(&expected), "the CLI lists the problem: {out}");
 
@@ -178,14 +179,13 @@ async fn a_vm_restore_point_restores_a_disk_equal_to_the_source_and_reports_corr
     let disk_file = restore_point_dir(&repository, "vms", "vm-0", &id).join("disk0.qcow2");
     let size = fs::metadata(&disk_file).expect("disk file").len();
     assert_eq!(good.bytes_checked, size, "{good:?}");
-    let endpoint = cluster.coordinator(0).url();
-    let (code, out) = cli(&endpoint, &["restore-point", "verify", &id, "--job", "vms"]).await;
+    let (code, out) = cli(&mut cluster, &["restore-point", "verify", &id, "--job", "vms"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(": ok ("), "{out}");
 
     let target = dir.join("restores/vm-0");
     let (code, out) =
-        cli(&endpoint, &["restore", &id, "--to", &target.display().to_string()]).await;
+        cli(&mut cluster, &["restore", &id, "--to", &target.display().to_string()]).await;
     assert_eq!(code, 0, "{out}");
     let restored = target.join("vm-0.qcow2");
     assert!(
