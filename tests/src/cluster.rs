@@ -86,9 +86,27 @@ pub struct ClusterBuilder {
     etcd_url: Option<String>,
     insecure: bool,
     bootstrap_token: bool,
+    etcd_tls: Option<EtcdClientTls>,
+}
+
+/// What coordinators need to reach an etcd over TLS (`--etcd-ca --etcd-cert --etcd-key`).
+#[derive(Debug, Clone)]
+pub struct EtcdClientTls {
+    /// CA of etcd's server certificate.
+    pub ca: PathBuf,
+    /// Client certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 impl ClusterBuilder {
+    /// Coordinators reach etcd over TLS with these files (see [`Etcd::dedicated_tls`]).
+    pub fn etcd_tls(mut self, tls: EtcdClientTls) -> ClusterBuilder {
+        self.etcd_tls = Some(tls);
+        self
+    }
+
     /// Runs every node with `--insecure` (plaintext, no authentication) instead of TLS.
     pub fn insecure(mut self) -> ClusterBuilder {
         self.insecure = true;
@@ -201,6 +219,7 @@ impl Cluster {
             etcd_url: None,
             insecure: false,
             bootstrap_token: false,
+            etcd_tls: None,
         }
     }
 
@@ -310,6 +329,13 @@ impl Cluster {
             ("--prefix", self.prefix.clone()),
         ]);
         args.extend(self.security_flags(LeafSpec::new(Kind::Coordinator, &id)));
+        if let Some(tls) = &self.settings.etcd_tls {
+            args.extend(flags([
+                ("--etcd-ca", tls.ca.display().to_string()),
+                ("--etcd-cert", tls.cert.display().to_string()),
+                ("--etcd-key", tls.key.display().to_string()),
+            ]));
+        }
         if self.settings.bootstrap_token && self.coordinators.is_empty() {
             args.extend(flags([(
                 "--bootstrap-token-file",

@@ -29,11 +29,25 @@ pub struct Etcd {
     local: Option<Local>,
 }
 
+/// etcd's own TLS: its certificate and key, and the CA its clients' certificates must chain
+/// to (it then requires one from every client).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// CA of the client certificates.
+    pub client_ca: PathBuf,
+}
+
 /// An etcd process on fixed loopback ports with its own data directory.
 struct Local {
     dir: Option<TempDir>,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: the files, and the plaintext port of `/health` and `/metrics`.
+    tls: Option<(EtcdTls, u16)>,
     process: Option<(Child, Watchdog)>,
     /// Whether the data directory outlives this value (the shared etcd, removed by its
     /// watchdog when the test process ends).
@@ -47,17 +61,22 @@ impl Etcd {
         static SHARED: OnceLock<Etcd> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var(ETCD_ENV) {
             Ok(url) if !url.trim().is_empty() => Etcd { url: url.trim().to_string(), local: None },
-            _ => Etcd::spawn_local(true),
+            _ => Etcd::spawn_local(true, None),
         })
     }
 
     /// Starts a dedicated etcd, which the test owns and may [`stop`](Etcd::stop) and
     /// [`start`](Etcd::start). Always a local process, whatever `SLUICE_TEST_ETCD` says.
     pub fn dedicated() -> Etcd {
-        Etcd::spawn_local(false)
+        Etcd::spawn_local(false, None)
     }
 
-    fn spawn_local(shared: bool) -> Etcd {
+    /// A dedicated etcd serving clients over TLS only, with client certificates required.
+    pub fn dedicated_tls(tls: EtcdTls) -> Etcd {
+        Etcd::spawn_local(false, Some(tls))
+    }
+
+    fn spawn_local(shared: bool, tls: Option<EtcdTls>) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("sluice-etcd-")
             .tempdir()
@@ -67,9 +86,12 @@ impl Etcd {
         while peer_port == client_port {
             peer_port = free_port();
         }
-        let mut local = Local { dir: Some(dir), client_port, peer_port, process: None, shared };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let tls = tls.map(|tls| (tls, free_port()));
+        let mut local =
+            Local { dir: Some(dir), client_port, peer_port, tls, process: None, shared };
         local.start();
-        Etcd { url: format!("http://127.0.0.1:{client_port}"), local: Some(local) }
+        Etcd { url: format!("{scheme}://127.0.0.1:{client_port}"), local: Some(local) }
     }
 
     /// Client URL, e.g. `http://127.0.0.1:23791`.
@@ -120,9 +142,11 @@ impl Local {
         assert!(self.process.is_none(), "etcd is already running");
         let log = self.log_path();
         logs::mark(&log, "starting etcd");
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        command
             .args(["--name", "sluice-test", "--data-dir"])
             .arg(self.dir().join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -130,7 +154,19 @@ impl Local {
             .args(["--initial-cluster", &format!("sluice-test={peer}")])
             .args(["--max-request-bytes", MAX_REQUEST_BYTES])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some((tls, metrics_port)) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth")
+                .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics_port}")]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(logs::append(&log))
             .stderr(logs::append(&log))
@@ -146,7 +182,8 @@ impl Local {
         };
         let cleanup = self.shared.then(|| self.dir().to_path_buf());
         let watchdog = Watchdog::watch(child.id(), cleanup.as_deref());
-        if let Err(problem) = wait_healthy(&mut child, self.client_port) {
+        let health_port = self.tls.as_ref().map_or(self.client_port, |(_, port)| *port);
+        if let Err(problem) = wait_healthy(&mut child, health_port) {
             let _ = child.kill();
             let _ = child.wait();
             panic!(

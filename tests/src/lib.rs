@@ -42,8 +42,10 @@ mod wait;
 pub mod watch;
 mod watchdog;
 
-pub use cluster::{AgentSpec, BIN_DIR_ENV, Cluster, ClusterBuilder, KEEP_ENV, binary};
-pub use etcd::Etcd;
+pub use cluster::{
+    AgentSpec, BIN_DIR_ENV, Cluster, ClusterBuilder, EtcdClientTls, KEEP_ENV, binary,
+};
+pub use etcd::{Etcd, EtcdTls};
 pub use node::{Node, Role};
 pub use security::{ADMIN_PRINCIPAL, Pki};
 pub use wait::{PATIENCE, wait_for};

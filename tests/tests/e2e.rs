@@ -15,10 +15,12 @@ mod e2e {
     mod ownership;
     mod reflection;
     mod restore_points;
+    mod security;
     mod sessions;
     mod shutdown;
     mod snapshots;
     mod stop_takeover;
     mod stops;
+    mod tls;
     mod validation;
 }

@@ -6,6 +6,7 @@ use sluice_proto::pb::auth_service_client::AuthServiceClient;
 use sluice_proto::pb::cluster_service_client::ClusterServiceClient;
 use sluice_proto::pb::job_service_client::JobServiceClient;
 use sluice_proto::security::tls::{self, check_url, mismatch_hint};
+use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -165,7 +166,9 @@ impl Ctx {
     /// plaintext client's first call to a TLS server fails only once it is sent).
     pub fn explain(&self, failure: Failure) -> Failure {
         let Failure::Server(status) = &failure else { return failure };
-        if !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Unavailable) {
+        // How hyper reports a connection the server dropped, depending on timing.
+        let transport = [Code::Unknown, Code::Unavailable, Code::Cancelled, Code::Internal];
+        if !transport.contains(&status.code()) {
             return failure;
         }
         match mismatch_hint(&format!("{status:?}"), self.access.secure()) {
