@@ -5,7 +5,11 @@ use tonic::{Request, Response};
 
 use super::Reply;
 
-use crate::{agent_client::AgentClients, cluster::Cluster, error::Error, registry::Registry};
+use sluice_proto::security::layer::AUDIT;
+
+use crate::{
+    agent_client::AgentClients, auth::caller, cluster::Cluster, error::Error, registry::Registry,
+};
 
 /// Serves `sluice.v1.ClusterService`.
 pub(crate) struct ClusterApi {
@@ -38,6 +42,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::DrainAgentRequest>,
     ) -> Reply<pb::DrainAgentResponse> {
+        let principal = caller(&request)?;
         let request = request.into_inner();
         if request.agent.is_empty() {
             return Err(Error::invalid("agent", "required").into());
@@ -53,7 +58,7 @@ impl ClusterService for ClusterApi {
             .await
             .map_err(|status| Error::Agent { agent: agent.id.clone(), status })?;
         agent.state = pb::AgentState::Draining as i32;
-        tracing::info!(agent = %agent.id, deadline_seconds, "agent drain requested");
+        tracing::info!(target: AUDIT, %principal, agent = %agent.id, deadline_seconds, "agent drain requested");
         Ok(Response::new(pb::DrainAgentResponse { agent: Some(agent) }))
     }
 

@@ -13,6 +13,9 @@ use super::Reply;
 
 use tokio_util::sync::CancellationToken;
 
+use sluice_proto::security::layer::AUDIT;
+use tracing::info;
+
 use crate::{
     auth::caller,
     jobs::Jobs,
@@ -45,7 +48,10 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>>
 #[tonic::async_trait]
 impl JobService for JobApi {
     async fn create_job(&self, request: Request<pb::CreateJobRequest>) -> Reply<pb::Job> {
-        Ok(Response::new(self.jobs.create(request.into_inner().job).await?))
+        let principal = caller(&request)?;
+        let job = self.jobs.create(request.into_inner().job).await?;
+        info!(target: AUDIT, %principal, job = %job.name, "job created");
+        Ok(Response::new(job))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Reply<pb::Job> {
@@ -57,14 +63,20 @@ impl JobService for JobApi {
     }
 
     async fn update_job(&self, request: Request<pb::UpdateJobRequest>) -> Reply<pb::Job> {
-        Ok(Response::new(self.jobs.update(request.into_inner().job).await?))
+        let principal = caller(&request)?;
+        let job = self.jobs.update(request.into_inner().job).await?;
+        info!(target: AUDIT, %principal, job = %job.name, "job updated");
+        Ok(Response::new(job))
     }
 
     async fn delete_job(
         &self,
         request: Request<pb::DeleteJobRequest>,
     ) -> Reply<pb::DeleteJobResponse> {
-        self.jobs.delete(&request.into_inner().name).await?;
+        let principal = caller(&request)?;
+        let name = request.into_inner().name;
+        self.jobs.delete(&name).await?;
+        info!(target: AUDIT, %principal, job = %name, "job deleted");
         Ok(Response::new(pb::DeleteJobResponse {}))
     }
 
@@ -132,7 +144,15 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::RestoreRestorePointRequest>,
     ) -> Reply<pb::RestoreRestorePointResponse> {
-        Ok(Response::new(self.restore_points.restore(request.into_inner()).await?))
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        let (id, target) = (request.restore_point_id.clone(), request.target_dir.clone());
+        let restored = self.restore_points.restore(request).await?;
+        info!(
+            target: AUDIT, %principal, restore_point = %id, target_dir = %target,
+            agent = %restored.agent, files = restored.files, bytes = restored.bytes, "restored"
+        );
+        Ok(Response::new(restored))
     }
 }
 
