@@ -60,6 +60,28 @@ pub const FIGURES: &[Figure] = &[
     figure("data.computer_unchanged_ratio", "x", Some(Target::AtLeast(20.0))),
 ];
 
+/// Figures measured twice in one run, with TLS (the default) and with `--insecure`; the
+/// insecure value is recorded under `<scenario>_insecure.<figure>`.
+pub const COMPARED: &[&str] = &[
+    "dispatch.items_per_s",
+    "dispatch.latency_p50_ms",
+    "dispatch.latency_p99_ms",
+    "dispatch.coordinator_cpu_s_per_1k_items",
+    "stop.immediate_p50_ms",
+    "stop.immediate_p99_ms",
+    "stop.immediate_max_ms",
+    "stop.immediate_to_stopped_ms",
+    "stop.graceful_tail_ms",
+];
+
+/// The key of a [`COMPARED`] figure's insecure twin.
+pub fn insecure_key(key: &str) -> String {
+    match key.split_once('.') {
+        Some((scenario, figure)) => format!("{scenario}_insecure.{figure}"),
+        None => format!("{key}_insecure"),
+    }
+}
+
 /// The catalog entry of `key`, if it is one of the figures.
 pub fn find(key: &str) -> Option<&'static Figure> {
     FIGURES.iter().find(|f| f.key == key)

@@ -11,7 +11,8 @@ pub struct Args {
     /// Reduced sizes (about two minutes); for CI smoke runs.
     #[arg(long)]
     pub quick: bool,
-    /// Runs only these scenarios (comma-separated: dispatch,stop,takeover,memory,data).
+    /// Runs only these scenarios (comma-separated: dispatch,stop,takeover,memory,data);
+    /// dispatch and stop each run with TLS, then again with every process --insecure.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Where to write the results (default: target/bench/results.json).

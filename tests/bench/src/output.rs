@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::{Map, Value};
 
 use crate::{
-    catalog::{self, FIGURES, Target},
+    catalog::{self, COMPARED, FIGURES, Target},
     results::{Recorded, Results},
 };
 
@@ -67,10 +67,12 @@ pub fn table(results: &Results) -> String {
         rows.push(row(figure.key, figure.unit, figure.target, value));
     }
     let mut text = aligned(&rows);
+    text.push_str(&comparison(&recorded));
+    let compared: Vec<String> = COMPARED.iter().map(|key| catalog::insecure_key(key)).collect();
     let details: Vec<[String; 4]> = recorded
         .figures
         .iter()
-        .filter(|(key, _)| catalog::find(key).is_none())
+        .filter(|(key, _)| catalog::find(key).is_none() && !compared.contains(key))
         .map(|(key, value)| row(key, "", None, Some(*value)))
         .collect();
     if !details.is_empty() {
@@ -79,6 +81,25 @@ pub fn table(results: &Results) -> String {
     }
     append_remarks(&mut text, &recorded);
     text
+}
+
+/// TLS beside `--insecure`: each [`COMPARED`] figure of both runs, when either was measured.
+fn comparison(recorded: &Recorded) -> String {
+    let shown = |key: &str| {
+        let unit = catalog::find(key).map_or("", |figure| figure.unit);
+        recorded.figures.get(key).map_or_else(|| "n/a".to_string(), |v| with_unit(*v, unit))
+    };
+    let mut rows = vec![["figure", "TLS", "--insecure", ""].map(String::from)];
+    for key in COMPARED {
+        let insecure = catalog::insecure_key(key);
+        if recorded.figures.contains_key(*key) || recorded.figures.contains_key(&insecure) {
+            rows.push([key.to_string(), shown(key), shown(&insecure), String::new()]);
+        }
+    }
+    if rows.len() == 1 {
+        return String::new();
+    }
+    format!("\nTLS on vs --insecure (same run, same sizes)\n{}", aligned(&rows))
 }
 
 fn append_remarks(text: &mut String, recorded: &Recorded) {

@@ -12,6 +12,9 @@ use serde_json::Value;
 #[derive(Clone)]
 pub struct Results {
     inner: Arc<Mutex<Recorded>>,
+    /// Keys starting with `.0` are recorded as starting with `.1` (a scenario run again
+    /// under other conditions keeps its code and gets keys of its own).
+    rename: Option<(&'static str, String)>,
 }
 
 /// Everything recorded so far.
@@ -35,7 +38,25 @@ impl Results {
             _ => serde_json::Map::new(),
         };
         let recorded = Recorded { meta, ..Recorded::default() };
-        Results { inner: Arc::new(Mutex::new(recorded)) }
+        Results { inner: Arc::new(Mutex::new(recorded)), rename: None }
+    }
+
+    /// The same store, recording the keys of scenario `from` under scenario `to`
+    /// (`dispatch.items_per_s` as `dispatch_insecure.items_per_s`).
+    pub fn renamed(&self, from: &'static str, to: &str) -> Results {
+        Results { inner: self.inner.clone(), rename: Some((from, to.to_string())) }
+    }
+
+    fn key(&self, key: &str) -> String {
+        match &self.rename {
+            Some((from, to)) => {
+                match key.strip_prefix(from).and_then(|rest| rest.strip_prefix('.')) {
+                    Some(rest) => format!("{to}.{rest}"),
+                    None => key.to_string(),
+                }
+            }
+            None => key.to_string(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Recorded> {
@@ -44,6 +65,7 @@ impl Results {
 
     /// Records a figure and prints it as it comes; a value that is not finite is a note.
     pub fn set(&self, key: &str, value: f64) {
+        let key = &self.key(key);
         if !value.is_finite() {
             self.note(key, &format!("not measurable ({value})"));
             return;
@@ -54,6 +76,7 @@ impl Results {
 
     /// Attaches a remark to a figure.
     pub fn note(&self, key: &str, text: &str) {
+        let key = &self.key(key);
         println!("  {key}: {text}");
         let mut recorded = self.lock();
         let entry = recorded.notes.entry(key.to_string()).or_default();

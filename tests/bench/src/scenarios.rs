@@ -9,12 +9,17 @@ mod takeover;
 
 use std::{any::Any, sync::Arc, time::Duration};
 
-use sluice_tests::Etcd;
+use sluice_tests::{Cluster, ClusterBuilder, Etcd};
 
 use crate::{cli::Args, cli::Sizes, results::Results};
 
-/// The scenarios, in the order they run.
-const SCENARIOS: [&str; 5] = ["dispatch", "stop", "takeover", "memory", "data"];
+/// The scenarios, in the order they run. `-insecure` runs the scenario again on a cluster
+/// of `--insecure` processes (plaintext, no authentication), for figures beside TLS's.
+const SCENARIOS: [&str; 7] =
+    ["dispatch", "dispatch-insecure", "stop", "stop-insecure", "takeover", "memory", "data"];
+
+/// Suffix of a scenario run again without TLS.
+const INSECURE: &str = "-insecure";
 
 /// What every scenario gets.
 #[derive(Clone)]
@@ -25,6 +30,24 @@ pub struct Ctx {
     pub etcd: Arc<Etcd>,
     /// Where figures go.
     pub results: Results,
+    /// Whether the clusters run `--insecure` (else TLS, the default).
+    pub insecure: bool,
+}
+
+impl Ctx {
+    /// A cluster builder on the run's etcd, secure unless this is an insecure run.
+    pub fn cluster(&self) -> ClusterBuilder {
+        let builder = Cluster::builder().etcd(&self.etcd);
+        if self.insecure { builder.insecure() } else { builder }
+    }
+
+    /// This context for the insecure run of `scenario`: its figures go under
+    /// `<scenario>_insecure`.
+    fn insecure(mut self, scenario: &'static str) -> Ctx {
+        self.results = self.results.renamed(scenario, &format!("{scenario}_insecure"));
+        self.insecure = true;
+        self
+    }
 }
 
 /// Starts one etcd for the run, then each wanted scenario in turn.
@@ -36,17 +59,24 @@ pub async fn run_all(args: &Args, sizes: &Sizes, results: &Results) {
             return;
         }
     };
-    let ctx = Ctx { sizes: sizes.clone(), etcd, results: results.clone() };
-    for name in SCENARIOS.into_iter().filter(|name| args.wants(name)) {
+    let ctx = Ctx { sizes: sizes.clone(), etcd, results: results.clone(), insecure: false };
+    for name in SCENARIOS.into_iter().filter(|name| args.wants(base(name))) {
         println!("\n== {name}");
-        guarded(name, sizes.budget(name), ctx.clone()).await;
+        guarded(name, sizes.budget(base(name)), ctx.clone()).await;
     }
+}
+
+/// The scenario a name runs (`dispatch` for `dispatch-insecure`).
+fn base(name: &str) -> &str {
+    name.strip_suffix(INSECURE).unwrap_or(name)
 }
 
 async fn run_one(name: &'static str, ctx: Ctx) -> anyhow::Result<()> {
     match name {
         "dispatch" => dispatch::run(ctx).await,
+        "dispatch-insecure" => dispatch::run(ctx.insecure("dispatch")).await,
         "stop" => stop::run(ctx).await,
+        "stop-insecure" => stop::run(ctx.insecure("stop")).await,
         "takeover" => takeover::run(ctx).await,
         "memory" => memory::run(ctx).await,
         "data" => data::run(ctx).await,

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use sluice_proto::pb::SessionResult;
-use sluice_tests::Cluster;
 
 use super::Ctx;
 use crate::{
@@ -39,7 +38,7 @@ impl Probe {
 /// Runs the scenario and records its figures.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let sizes = &ctx.sizes;
-    let builder = Cluster::builder().etcd(&ctx.etcd).agents(sizes.agents);
+    let builder = ctx.cluster().agents(sizes.agents);
     let mut cluster = builder.slots(sizes.dispatch_slots).start().await;
     let observer = Observer::start(&cluster).await;
     let mut api = cluster.job_client().await;

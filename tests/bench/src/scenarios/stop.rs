@@ -34,7 +34,7 @@ struct Bench {
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let (agents, tasks) = (ctx.sizes.agents, ctx.sizes.stop_tasks);
     let slots = tasks.div_ceil(agents) as u32;
-    let cluster = Cluster::builder().etcd(&ctx.etcd).agents(agents).slots(slots).start().await;
+    let cluster = ctx.cluster().agents(agents).slots(slots).start().await;
     let observer = Observer::start(&cluster).await;
     let api = cluster.coordinators()[0].job_client().await;
     let store = Store::of(&cluster).await;
