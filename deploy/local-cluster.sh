@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # A local Sluice cluster and a guided demo, on one Debian machine.
 #
-#   bash deploy/local-cluster.sh          install what is missing, build, start etcd, 2 coordinators
-#                                         and 2 agents, back up 6 demo VMs, show a graceful and an
-#                                         immediate stop, then stop everything it started
+#   bash deploy/local-cluster.sh          install what is missing, build, make a CA and certificates,
+#                                         start etcd, 2 coordinators and 2 agents (all over TLS), back
+#                                         up 6 demo VMs, show a graceful and an immediate stop and the
+#                                         roles of API tokens, then stop everything it started
 #   KEEP=1 bash deploy/local-cluster.sh   the same, but leave the cluster running afterwards
 #   bash deploy/local-cluster.sh stop     stop a cluster left running by KEEP=1
 #
 # Run it as root from the repository root (root only to apt-get install what is missing).
-# Everything it creates lives under deploy/run/ (git-ignored), wiped at each start.
+# Everything it creates lives under deploy/run/ (git-ignored), wiped at each start: the cluster
+# CA and certificates in deploy/run/pki/, and the admin token the first coordinator created in
+# deploy/run/admin.token (mode 0600), which the demo uses.
 #
 # Environment:
 #   KEEP=1             leave the cluster running at exit
@@ -28,10 +31,15 @@ READY_TIMEOUT="${READY_TIMEOUT:-60}"
 
 ETCD_CLIENT_PORT=23790
 ETCD_PEER_PORT=23800
-ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
+# Plaintext /health and /metrics only; clients reach etcd over TLS with a certificate.
+ETCD_METRICS_PORT=23791
+ETCD_URL="https://127.0.0.1:$ETCD_CLIENT_PORT"
 COORDINATOR_PORTS=(7400 7401)
 AGENT_PORTS=(7500 7501)
-ENDPOINTS="http://127.0.0.1:7400,http://127.0.0.1:7401"
+ENDPOINTS="https://127.0.0.1:7400,https://127.0.0.1:7401"
+PKI="$RUN_DIR/pki"
+CA_CERT="$PKI/ca/ca.crt"
+TOKEN_FILE="$RUN_DIR/admin.token"
 TRANSFER_RATE_LIMIT=10000000
 VM_COUNT=6
 VM_SIZE=64M
@@ -175,7 +183,11 @@ process_alive() {
 }
 
 etcd_healthy() {
-    http_get "$ETCD_CLIENT_PORT" /health | grep -q '"health": *"true"'
+    http_get "$ETCD_METRICS_PORT" /health | grep -q '"health": *"true"'
+}
+
+token_written() {
+    [[ -s $TOKEN_FILE ]]
 }
 
 listening() {
@@ -225,12 +237,40 @@ build() {
 
 check_ports_free() {
     local port
-    for port in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "${COORDINATOR_PORTS[@]}" "${AGENT_PORTS[@]}"; do
+    for port in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$ETCD_METRICS_PORT" "${COORDINATOR_PORTS[@]}" \
+        "${AGENT_PORTS[@]}"; do
         if port_open "$port"; then
-            die "port 127.0.0.1:$port is already in use; the local cluster needs" \
-                "$ETCD_CLIENT_PORT, $ETCD_PEER_PORT, ${COORDINATOR_PORTS[*]} and ${AGENT_PORTS[*]}"
+            die "port 127.0.0.1:$port is already in use; the local cluster needs $ETCD_CLIENT_PORT," \
+                "$ETCD_PEER_PORT, $ETCD_METRICS_PORT, ${COORDINATOR_PORTS[*]} and ${AGENT_PORTS[*]}"
         fi
     done
+}
+
+# issue KIND ID [FLAGS...]: a certificate for ID in deploy/run/pki/ID/ (ID.crt, ID.key, ca.crt).
+issue() {
+    local kind=$1 id=$2
+    shift 2
+    "$BIN_DIR/sluice" pki issue --dir "$PKI/ca" --kind "$kind" --id "$id" --out "$PKI/$id" "$@" >/dev/null
+    note "$kind certificate: deploy/run/pki/$id/$id.crt"
+}
+
+# The cluster CA and a certificate for etcd, each coordinator and each agent.
+make_pki() {
+    "$BIN_DIR/sluice" pki init --dir "$PKI/ca" >/dev/null
+    note "cluster CA: deploy/run/pki/ca/ca.crt (its key ca.key is mode 0600)"
+    issue etcd etcd
+    local i
+    for i in "${!COORDINATOR_PORTS[@]}"; do
+        issue coordinator "coord-$((i + 1))"
+    done
+    for i in "${!AGENT_PORTS[@]}"; do
+        issue agent "proxy-$((i + 1))"
+    done
+}
+
+# --tls-cert, --tls-key and --tls-ca of the node ID.
+tls_flags() {
+    printf '%s\n' --tls-cert "$PKI/$1/$1.crt" --tls-key "$PKI/$1/$1.key" --tls-ca "$CA_CERT"
 }
 
 start_etcd() {
@@ -239,6 +279,11 @@ start_etcd() {
         --data-dir "$RUN_DIR/etcd" \
         --listen-client-urls "$ETCD_URL" \
         --advertise-client-urls "$ETCD_URL" \
+        --cert-file "$PKI/etcd/etcd.crt" \
+        --key-file "$PKI/etcd/etcd.key" \
+        --trusted-ca-file "$CA_CERT" \
+        --client-cert-auth \
+        --listen-metrics-urls "http://127.0.0.1:$ETCD_METRICS_PORT" \
         --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
         --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
         --initial-cluster "sluice-local=http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -249,34 +294,48 @@ start_etcd() {
     wait_until "etcd on $ETCD_URL" etcd etcd_healthy
 }
 
+# Coordinators reach etcd with their own certificate; the first makes the admin token.
 start_coordinators() {
     local i id
+    local -a bootstrap tls
     for i in "${!COORDINATOR_PORTS[@]}"; do
         id="coord-$((i + 1))"
+        bootstrap=()
+        ((i == 0)) && bootstrap=(--bootstrap-token-file "$TOKEN_FILE")
+        mapfile -t tls < <(tls_flags "$id")
         start "$id" "$BIN_DIR/sluice-coordinator" \
             --etcd "$ETCD_URL" \
             --listen "127.0.0.1:${COORDINATOR_PORTS[i]}" \
             --id "$id" \
-            --lease-ttl 5
+            --lease-ttl 5 \
+            "${tls[@]}" \
+            --etcd-ca "$CA_CERT" \
+            --etcd-cert "$PKI/$id/$id.crt" \
+            --etcd-key "$PKI/$id/$id.key" \
+            "${bootstrap[@]}"
     done
     for i in "${!COORDINATOR_PORTS[@]}"; do
         id="coord-$((i + 1))"
         wait_until "$id on 127.0.0.1:${COORDINATOR_PORTS[i]}" "$id" listening "$id"
     done
+    wait_until "the admin token in deploy/run/admin.token" coord-1 token_written
 }
 
 start_agents() {
     local i id
+    local -a tls
     for i in "${!AGENT_PORTS[@]}"; do
         id="proxy-$((i + 1))"
         mkdir -p "$RUN_DIR/$id"
+        mapfile -t tls < <(tls_flags "$id")
         start "$id" "$BIN_DIR/sluice-agent" \
             --coordinators "$ENDPOINTS" \
             --listen "127.0.0.1:${AGENT_PORTS[i]}" \
             --id "$id" \
             --slots 2 \
             --state-dir "$RUN_DIR/$id" \
-            --transfer-rate-limit "$TRANSFER_RATE_LIMIT"
+            --transfer-rate-limit "$TRANSFER_RATE_LIMIT" \
+            "${tls[@]}"
     done
     for i in "${!AGENT_PORTS[@]}"; do
         id="proxy-$((i + 1))"
@@ -304,8 +363,17 @@ write_job_file() {
 
 # --- the demo -----------------------------------------------------------------------------------
 
+# The CLI as the admin: the cluster CA checks the coordinators, the admin token proves who
+# calls (read from its file here, never shown).
 sluice() {
-    "$BIN_DIR/sluice" --endpoint "$ENDPOINTS" "$@"
+    SLUICE_TOKEN="$(cat "$TOKEN_FILE")" "$BIN_DIR/sluice" --endpoint "$ENDPOINTS" --ca-cert "$CA_CERT" "$@"
+}
+
+# The CLI with another token.
+sluice_as() {
+    local token=$1
+    shift
+    SLUICE_TOKEN="$token" "$BIN_DIR/sluice" --endpoint "$ENDPOINTS" --ca-cert "$CA_CERT" "$@"
 }
 
 # Shows and runs a CLI command; a failure (an unknown command too) ends the script loudly.
@@ -397,20 +465,46 @@ demo() {
     log "Restore points: the stops kept every restore point made before them"
     run restore-point list "$JOB"
     run agent list
+
+    security_demo
+}
+
+# Who may do what: the admin token, a viewer token it creates, and what the viewer is refused.
+security_demo() {
+    log "Security: every call is made by a principal with a role"
+    run whoami
+    printf '\n$ sluice token create demo-viewer --role viewer --ttl 3600\n'
+    local out viewer status=0
+    out="$(sluice --output json token create demo-viewer --role viewer --ttl 3600)" ||
+        die "'sluice token create' failed: $out"
+    viewer="$(grep -o '"secret": *"[^"]*"' <<<"$out" | sed 's/.*: *"\(.*\)"/\1/')"
+    [[ -n $viewer ]] || die "cannot find the secret in the output of 'sluice token create'"
+    note "(the secret is shown only once; this demo keeps it in a shell variable)"
+    run token list
+    printf '\n$ SLUICE_TOKEN=<viewer token> sluice job list\n'
+    sluice_as "$viewer" job list || die "a viewer token cannot list jobs"
+    printf '\n$ SLUICE_TOKEN=<viewer token> sluice job start %s\n' "$JOB"
+    sluice_as "$viewer" job start "$JOB" || status=$?
+    ((status == 3)) || die "a viewer token started a session (exit status $status)"
+    note "(refused: a viewer reads, an operator starts and stops)"
 }
 
 print_usage() {
     cat <<EOF
 
-The local cluster keeps running (KEEP=1):
-    etcd           $ETCD_URL (data in deploy/run/etcd)
+The local cluster keeps running (KEEP=1), over TLS:
+    etcd           $ETCD_URL (data in deploy/run/etcd; client certificates required)
     coordinators   $ENDPOINTS
     agents         proxy-1 127.0.0.1:${AGENT_PORTS[0]}, proxy-2 127.0.0.1:${AGENT_PORTS[1]}
+    CA and certs   deploy/run/pki/
+    admin token    deploy/run/admin.token
     logs           deploy/run/*.log
     repository     deploy/run/repo
 
 Use it:
     export SLUICE_ENDPOINT=$ENDPOINTS
+    export SLUICE_CA_CERT=$CA_CERT
+    export SLUICE_TOKEN=\$(cat $TOKEN_FILE)
     $BIN_DIR/sluice agent list
     $BIN_DIR/sluice job start $JOB --watch
     $BIN_DIR/sluice restore-point list $JOB
@@ -442,9 +536,10 @@ main() {
     build
     check_ports_free
 
-    log "Starting etcd, 2 coordinators and 2 agents under deploy/run/"
+    log "Starting etcd, 2 coordinators and 2 agents under deploy/run/, all over TLS"
     rm -rf "$RUN_DIR"
     mkdir -p "$RUN_DIR"
+    make_pki
     STARTED=1
     start_etcd
     start_coordinators

@@ -74,7 +74,7 @@ struct Flags {
     tls_ca: Option<PathBuf>,
     /// No TLS and no authentication: anyone who reaches the port can drive the agent.
     /// Development only.
-    #[arg(long, env = "SLUICE_INSECURE")]
+    #[arg(long, env = "SLUICE_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
     /// TOML file with any of these settings (keys are the long flag names).

@@ -156,6 +156,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_secure() {
+        let settings: Settings =
+            toml::from_str(include_str!("../../deploy/agent.toml")).expect("the example parses");
+        assert!(matches!(settings.transport(), Ok(Transport::Tls(_))));
+        assert!(settings.validate().is_ok());
+        let mut plain = settings.clone();
+        plain.tls_cert = None;
+        let refused = plain.transport().expect_err("half the TLS flags");
+        assert_eq!(refused.to_string(), "invalid configuration: TLS needs --tls-cert as well");
+    }
+
+    #[test]
     fn zero_slots_are_refused() {
         let settings = Settings::new("http://a:1", "a1", 0, PathBuf::from("/tmp"));
         assert!(settings.validate().is_err());

@@ -51,7 +51,7 @@ struct Flags {
     tls_ca: Option<PathBuf>,
     /// No TLS and no authentication: anyone who reaches the port can do anything.
     /// Development only.
-    #[arg(long, env = "SLUICE_INSECURE")]
+    #[arg(long, env = "SLUICE_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
     /// CA of etcd's server certificate (talk to etcd over TLS; URLs must be https://).

@@ -136,3 +136,32 @@ pub(crate) struct EtcdTls {
     /// Client certificate and key, for an etcd with `--client-cert-auth`.
     pub(crate) identity: Option<(PathBuf, PathBuf)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_is_secure() {
+        let example = include_str!("../../deploy/coordinator.toml");
+        let settings: Settings = toml::from_str(example).expect("the example parses");
+        assert!(matches!(settings.transport(), Ok(Transport::Tls(_))));
+        let etcd = settings.etcd_tls().expect("etcd TLS flags").expect("etcd over TLS");
+        assert!(etcd.identity.is_some(), "with a client certificate");
+        assert!(settings.bootstrap_token_file.is_some());
+        assert_eq!(settings.advertised_address(None), "https://192.0.2.10:7400");
+    }
+
+    #[test]
+    fn etcd_tls_flags_go_together() {
+        let base = "etcd = \"https://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
+        let settings = |extra: &str| -> Settings {
+            toml::from_str(&format!("{base}{extra}")).expect("settings parse")
+        };
+        assert!(settings("").etcd_tls().expect("no etcd TLS").is_none());
+        assert!(settings("etcd-ca = \"/ca\"\n").etcd_tls().expect("CA only").is_some());
+        assert!(settings("etcd-cert = \"/c\"\netcd-key = \"/k\"\n").etcd_tls().is_err());
+        assert!(settings("etcd-ca = \"/ca\"\netcd-cert = \"/c\"\n").etcd_tls().is_err());
+        assert_eq!(settings("").advertised_address(None), "http://a:1");
+    }
+}

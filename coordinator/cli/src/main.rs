@@ -55,7 +55,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLUICE_KEY", value_name = "FILE")]
     key: Option<std::path::PathBuf>,
     /// Plaintext, for a development cluster whose coordinators run with --insecure.
-    #[arg(long, global = true, env = "SLUICE_INSECURE")]
+    #[arg(long, global = true, env = "SLUICE_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
     /// TOML file with any of the flags above, keys their long names (flags and SLUICE_*
     /// variables win).
