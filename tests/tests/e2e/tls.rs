@@ -351,3 +351,29 @@ async fn coordinators_reach_etcd_over_tls_with_client_certificates() {
     assert!(!refused.status.success());
     assert!(text(&refused).contains("needs --etcd-ca"), "{}", text(&refused));
 }
+
+#[tokio::test]
+async fn a_new_ca_is_taken_without_a_restart() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let ours = pki(&cluster).clone();
+    let next = Pki::new(&cluster.dir().join("next-pki"));
+    let as_next_admin = || async {
+        let tls = ours.client_tls(Some(next.admin()));
+        let channel = cluster.coordinators()[0].channel_with(Some(tls)).await;
+        let channel = channel.map_err(|e| format!("connect: {e:#}"))?;
+        let mut jobs = pb::job_service_client::JobServiceClient::new(channel);
+        jobs.list_jobs(pb::ListJobsRequest {}).await.map(drop).map_err(|s| format!("{s:?}"))
+    };
+    assert_refused_at_handshake(as_next_admin().await, "a client of a CA not trusted yet");
+
+    // A CA rotation's first step: every node trusts the old and the new CA.
+    let both = [ours.ca_cert(), next.ca_cert()].map(|path| std::fs::read_to_string(path).expect("CA"));
+    std::fs::write(ours.ca_cert(), both.concat()).expect("write the CA file");
+    sluice_tests::wait_for(as_next_admin, PATIENCE, "the new CA's admin to be let in").await;
+
+    let mut lab = VmLab::new(cluster.dir());
+    let mut jobs = cluster.job_client().await;
+    let started = create_and_start(&mut jobs, &lab.vm_job("after-rotation", &[FAST]).build()).await;
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Success, "old certificates still work: {ended:?}");
+}
