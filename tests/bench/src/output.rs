@@ -85,12 +85,13 @@ pub fn table(results: &Results) -> String {
 
 /// TLS beside `--insecure`: each [`COMPARED`] figure of both runs, when either was measured.
 fn comparison(recorded: &Recorded) -> String {
-    let shown = |key: &str| {
-        let unit = catalog::find(key).map_or("", |figure| figure.unit);
-        recorded.figures.get(key).map_or_else(|| "n/a".to_string(), |v| with_unit(*v, unit))
-    };
     let mut rows = vec![["figure", "TLS", "--insecure", ""].map(String::from)];
     for key in COMPARED {
+        let unit = catalog::find(key).map_or("", |figure| figure.unit);
+        let shown = |key: &str| {
+            let value = recorded.figures.get(key);
+            value.map_or_else(|| "n/a".to_string(), |v| with_unit(*v, unit).trim_end().to_string())
+        };
         let insecure = catalog::insecure_key(key);
         if recorded.figures.contains_key(*key) || recorded.figures.contains_key(&insecure) {
             rows.push([key.to_string(), shown(key), shown(&insecure), String::new()]);
@@ -99,7 +100,13 @@ fn comparison(recorded: &Recorded) -> String {
     if rows.len() == 1 {
         return String::new();
     }
-    format!("\nTLS on vs --insecure (same run, same sizes)\n{}", aligned(&rows))
+    let width = |column: usize| rows.iter().map(|row| row[column].chars().count()).max();
+    let (w0, w1, w2) = (width(0).unwrap_or(0), width(1).unwrap_or(0), width(2).unwrap_or(0));
+    let mut text = String::from("\nTLS on vs --insecure (same run, same sizes)\n");
+    for [figure, tls, insecure, _] in &rows {
+        let _ = writeln!(text, "{figure:<w0$}  {tls:>w1$}  {insecure:>w2$}");
+    }
+    text
 }
 
 fn append_remarks(text: &mut String, recorded: &Recorded) {

@@ -367,7 +367,8 @@ async fn a_new_ca_is_taken_without_a_restart() {
     assert_refused_at_handshake(as_next_admin().await, "a client of a CA not trusted yet");
 
     // A CA rotation's first step: every node trusts the old and the new CA.
-    let both = [ours.ca_cert(), next.ca_cert()].map(|path| std::fs::read_to_string(path).expect("CA"));
+    let both =
+        [ours.ca_cert(), next.ca_cert()].map(|path| std::fs::read_to_string(path).expect("CA"));
     std::fs::write(ours.ca_cert(), both.concat()).expect("write the CA file");
     sluice_tests::wait_for(as_next_admin, PATIENCE, "the new CA's admin to be let in").await;
 
