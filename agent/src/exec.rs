@@ -12,13 +12,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use sluice_proto::ids::SessionId;
 use sluice_proto::pb::{self, job_item::Target};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::fsutil::{self, blocking};
-use crate::key::{self, TaskId};
+use crate::key::{self, TaskId, TaskNames};
 use crate::repository::{Identity, RepoPaths};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -123,7 +124,7 @@ pub struct TaskContext {
     /// Transfer rate limit in bytes per second (VM: `qemu-img convert -r`; computer: reads).
     pub rate_limit: Option<u64>,
     /// Sessions with a task running on this agent (their snapshots are not leftovers).
-    pub running_sessions: watch::Receiver<BTreeSet<String>>,
+    pub running_sessions: watch::Receiver<BTreeSet<SessionId>>,
 }
 
 impl TaskContext {
@@ -133,7 +134,7 @@ impl TaskContext {
             restore_point: self.id.restore_point_id(),
             job: self.spec.job.clone(),
             item: key::item_name(&self.spec).to_owned(),
-            session_id: self.id.session.clone(),
+            session_id: self.id.session.to_string(),
         }
     }
 }
@@ -191,7 +192,7 @@ pub(crate) fn restore_point(
         id: id.restore_point_id(),
         job: spec.job.clone(),
         item: key::item_name(spec).to_owned(),
-        session_id: id.session.clone(),
+        session_id: id.session.to_string(),
         created_at,
         size_bytes,
         path: paths.final_dir.display().to_string(),

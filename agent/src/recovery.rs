@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb::{self, job_item::Target};
 use tracing::{info, warn};
 
@@ -24,7 +25,7 @@ pub const RESTARTED: &str = "agent restarted while the task was running";
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Newest epoch per session.
-    pub(crate) epochs: HashMap<String, i64>,
+    pub(crate) epochs: HashMap<SessionId, Epoch>,
     /// Finished, unacknowledged tasks.
     pub finished: Vec<pb::TaskStatus>,
 }

@@ -10,6 +10,7 @@ pub(crate) mod state;
 
 use std::collections::{BTreeSet, HashMap};
 
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
@@ -54,12 +55,20 @@ pub(crate) type Subscription = (Vec<pb::TaskStatus>, broadcast::Receiver<pb::Tas
 
 type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
 
+/// A checked CancelTasks request.
+struct Cancel {
+    session: SessionId,
+    epoch: Epoch,
+    indices: Vec<u32>,
+    reason: pb::CancelReason,
+}
+
 enum Command {
-    Run(TaskId, Box<pb::TaskSpec>, Reply<pb::TaskStatus>),
-    Cancel(pb::CancelTasksRequest, Reply<Vec<pb::TaskKey>>),
+    Run(TaskId, Epoch, Box<pb::TaskSpec>, Reply<pb::TaskStatus>),
+    Cancel(Cancel, Reply<Vec<pb::TaskKey>>),
     CancelAll(pb::CancelReason, Reply<Vec<pb::TaskKey>>),
     List(String, Reply<Vec<pb::TaskStatus>>),
-    Ack(pb::AckTasksRequest, Reply<()>),
+    Ack(Epoch, Vec<TaskId>, Reply<()>),
     Subscribe(Reply<Subscription>),
     Drain(Reply<u32>),
 }
@@ -75,7 +84,7 @@ impl TasksHandle {
     /// Starts the actor with the recovered epochs and finished tasks.
     pub(crate) fn spawn(
         config: TasksConfig,
-        epochs: HashMap<String, i64>,
+        epochs: HashMap<SessionId, Epoch>,
         finished: Vec<pb::TaskStatus>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
@@ -89,8 +98,8 @@ impl TasksHandle {
 
     /// Validates and starts a task, or returns it if it is known.
     pub(crate) async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
-        let id = key::validate_spec(&spec)?;
-        self.call(|reply| Command::Run(id, Box::new(spec), reply)).await
+        let (id, epoch) = key::validate_spec(&spec)?;
+        self.call(|reply| Command::Run(id, epoch, Box::new(spec), reply)).await
     }
 
     /// Cancels running tasks of a session; returns their keys.
@@ -98,11 +107,13 @@ impl TasksHandle {
         &self,
         request: pb::CancelTasksRequest,
     ) -> Result<Vec<pb::TaskKey>, AgentError> {
-        key::validate_session_id("session_id", &request.session_id)?;
-        if request.epoch < 1 {
-            return Err(AgentError::invalid("epoch", "must be at least 1"));
-        }
-        self.call(|reply| Command::Cancel(request, reply)).await
+        let cancel = Cancel {
+            session: key::session_id("session_id", &request.session_id)?,
+            epoch: key::epoch("epoch", request.epoch)?,
+            reason: request.reason(),
+            indices: request.item_indices,
+        };
+        self.call(|reply| Command::Cancel(cancel, reply)).await
     }
 
     /// Cancels every running task.
@@ -120,13 +131,11 @@ impl TasksHandle {
 
     /// Forgets acknowledged finished tasks.
     pub(crate) async fn ack(&self, request: pb::AckTasksRequest) -> Result<(), AgentError> {
-        if request.epoch < 1 {
-            return Err(AgentError::invalid("epoch", "must be at least 1"));
-        }
-        for (i, key) in request.keys.iter().enumerate() {
-            key::validate_session_id(&format!("keys[{i}].session_id"), &key.session_id)?;
-        }
-        self.call(|reply| Command::Ack(request, reply)).await
+        let epoch = key::epoch("epoch", request.epoch)?;
+        let ids =
+            request.keys.iter().enumerate().map(|(i, k)| key::task_id(&format!("keys[{i}]"), k));
+        let ids = ids.collect::<Result<Vec<_>, _>>()?;
+        self.call(|reply| Command::Ack(epoch, ids, reply)).await
     }
 
     /// Every current task and the changes after them.

@@ -191,6 +191,9 @@ pub enum Error {
         /// Its job.
         job: String,
     },
+    /// A stored record holds an id that breaks the name rule.
+    #[error("corrupt record: {0}")]
+    CorruptId(JobError),
     /// A stored record cannot be decoded.
     #[error("corrupt record at {key}: {source}")]
     Decode {
@@ -250,7 +253,7 @@ impl Error {
             | Reflection(_)
             | Serve(_) => Code::Unavailable,
             Agent { status, .. } => agent_code(status.code()),
-            Decode { .. } => Code::Internal,
+            Decode { .. } | CorruptId(_) => Code::Internal,
         }
     }
 }

@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchClient,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, ResponseHeader,
+    Txn, TxnOp, TxnOpResponse, WatchClient,
 };
 use prost::Message;
+use sluice_proto::ids::Epoch;
 use tonic::Code;
 
 use crate::{
@@ -164,6 +165,16 @@ impl Store {
         let response = self.kv().txn(txn).await?;
         Ok(response.succeeded().then(|| response.op_responses()))
     }
+}
+
+/// The epoch an owner-key write made: the revision of etcd's answer. etcd always sends one; an
+/// answer without it is an error, never epoch 0.
+pub(crate) fn epoch_of(header: Option<&ResponseHeader>) -> Result<Epoch> {
+    let revision = header.map_or(0, |h| h.revision());
+    Epoch::try_from(revision).map_err(|_| {
+        let reason = format!("etcd answered an owner-key write with revision {revision}");
+        Error::Etcd(etcd_client::Error::Internal(reason))
+    })
 }
 
 /// A guard that holds while `key` does not exist.

@@ -104,6 +104,30 @@ async fn run_task_follows_the_rules() {
 }
 
 #[tokio::test]
+async fn an_absent_epoch_is_refused_by_every_command() {
+    let coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    let mut client = agent.client.clone();
+    let refused = |status: tonic::Status, field: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(status.message(), format!("{field}: must be at least 1"));
+    };
+
+    let run_zero = run(&mut client, sim_spec("s1", 0, 0, 10)).await.expect_err("epoch 0");
+    refused(run_zero, "task.epoch");
+    let cancel = pb::CancelTasksRequest { session_id: "s1".into(), ..Default::default() };
+    refused(client.cancel_tasks(cancel).await.expect_err("epoch 0"), "epoch");
+    let ack = pb::AckTasksRequest { epoch: 0, keys: vec![key("s1", 0)] };
+    refused(client.ack_tasks(ack).await.expect_err("epoch 0"), "epoch");
+    let negative = pb::AckTasksRequest { epoch: -1, keys: vec![key("s1", 0)] };
+    refused(client.ack_tasks(negative).await.expect_err("negative epoch"), "epoch");
+
+    // Nothing was recorded: the first real epoch is taken.
+    run(&mut client, sim_spec("s1", 0, 1, 10)).await.expect("epoch 1 runs");
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn computer_tasks_back_up_this_computers_paths() {
     let coordinator = FakeCoordinator::start().await;
     let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 2).await;

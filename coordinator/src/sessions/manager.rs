@@ -6,6 +6,7 @@ mod stop;
 use std::{collections::HashSet, sync::Arc};
 
 use sluice_proto::{
+    ids::{Epoch, SessionId},
     job::validate_name,
     pb::{self, SessionState},
     telemetry, time,
@@ -109,11 +110,12 @@ impl Sessions {
         let epoch = create(store, &mut new).await?;
         let view = SessionView {
             record: new.record,
-            owner: Some((self.inner.coordinator.clone(), epoch)),
+            owner: Some((self.inner.coordinator.clone(), epoch.get())),
             ..Default::default()
         };
-        info!(session = %view.to_session(false).id, job = job_name, epoch, "session started");
-        self.spawn(&view, epoch, &lease);
+        let session = view.to_session(false).id;
+        info!(session = %session, job = job_name, epoch = epoch.get(), "session started");
+        self.spawn(&view, epoch, &lease)?;
         Ok(view.to_session(true))
     }
 
@@ -151,9 +153,9 @@ impl Sessions {
 
     /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
     /// a finish.
-    fn spawn(&self, view: &SessionView, epoch: i64, lease: &Lease) {
-        let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref());
-        let id = machine.id().to_string();
+    fn spawn(&self, view: &SessionView, epoch: Epoch, lease: &Lease) -> Result<()> {
+        let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref())?;
+        let id = machine.id().clone();
         let fence = lease.fence.child_token();
         let (inboxes, stop_watch) = self.open_inboxes(&id, view.stop.as_ref(), &fence);
         let base = self.owned_record(view, epoch);
@@ -164,22 +166,23 @@ impl Sessions {
         let shutdown = self.inner.ctx.shutdown.clone();
         self.inner.tracker.spawn(async move {
             let exit = actor.run().await;
-            router.unregister(&id);
+            router.unregister(id.as_str());
             stop_watch.cancel();
             if exit == Exit::Finished {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    () = retention.after_session(&job, &id) => {}
+                    () = retention.after_session(&job, id.as_str()) => {}
                 }
             }
         });
+        Ok(())
     }
 
     /// Registers a session's inboxes (with its stored stop, if any, already queued) and
     /// follows its stop key until the returned token is cancelled.
     fn open_inboxes(
         &self,
-        id: &str,
+        id: &SessionId,
         stop: Option<&pb::StopRequest>,
         fence: &CancellationToken,
     ) -> (Inboxes, CancellationToken) {
@@ -197,11 +200,11 @@ impl Sessions {
     }
 
     /// The session record as this coordinator owns it at `epoch`.
-    fn owned_record(&self, view: &SessionView, epoch: i64) -> pb::SessionRecord {
+    fn owned_record(&self, view: &SessionView, epoch: Epoch) -> pb::SessionRecord {
         let mut record = view.record.clone();
         if let Some(session) = record.session.as_mut() {
             session.owner = self.inner.coordinator.clone();
-            session.epoch = epoch;
+            session.epoch = epoch.get();
         }
         record
     }
@@ -251,18 +254,19 @@ impl Sessions {
         let Ok(lease) = self.current_lease() else { return Ok(0) };
         let mut claimed = 0;
         for (job, id) in persist::active_sessions(self.store()).await? {
-            if self.inner.router.mailbox(&id).is_some() {
+            let (job, id) = (job.as_str(), id.as_str());
+            if self.inner.router.mailbox(id).is_some() {
                 continue;
             }
             let Some(epoch) =
-                persist::claim(self.store(), &id, &job, &self.inner.coordinator, lease.id).await?
+                persist::claim(self.store(), id, job, &self.inner.coordinator, lease.id).await?
             else {
                 continue;
             };
-            let Some(mut view) = persist::load(self.store(), &id).await? else { continue };
-            view.owner = Some((self.inner.coordinator.clone(), epoch));
-            info!(session = %id, job, epoch, "took over orphaned session");
-            self.spawn(&view, epoch, &lease);
+            let Some(mut view) = persist::load(self.store(), id).await? else { continue };
+            view.owner = Some((self.inner.coordinator.clone(), epoch.get()));
+            info!(session = %id, job, epoch = epoch.get(), "took over orphaned session");
+            self.spawn(&view, epoch, &lease)?;
             claimed += 1;
         }
         Ok(claimed)
@@ -300,7 +304,7 @@ fn chosen_items(job: &pb::Job, names: Option<&[String]>) -> Vec<u32> {
 }
 
 /// Creates the session, with a new id when the drawn one is taken (a few times at most).
-async fn create(store: &Store, new: &mut NewSession) -> Result<i64> {
+async fn create(store: &Store, new: &mut NewSession) -> Result<Epoch> {
     let mut tries = 0;
     loop {
         match persist::create(store, new).await {

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use sluice_proto::ids::AgentId;
+
 use super::{
     CANCELED_BY_USER, CancelReason, Effect, ItemState, Machine, SessionResult, SessionState,
 };
@@ -84,11 +86,13 @@ impl Machine {
     }
 
     pub(super) fn cancel_running(&mut self, effects: &mut Vec<Effect>, reason: CancelReason) {
-        let mut by_agent: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let mut by_agent: BTreeMap<AgentId, Vec<u32>> = BTreeMap::new();
         for item in self.items.iter_mut() {
             if item.is_running() && !item.cancel_sent {
                 item.cancel_sent = true;
-                by_agent.entry(item.status.agent.clone()).or_default().push(item.index);
+                if let Some(agent) = &item.status.agent {
+                    by_agent.entry(agent.clone()).or_default().push(item.index);
+                }
             }
         }
         effects.extend(by_agent.into_iter().map(|(agent, indices)| Effect::Cancel {

@@ -54,7 +54,7 @@ impl Sessions {
         let mut failures = Vec::new();
         for (_, id) in persist::active_sessions(self.store()).await? {
             let request = pb::StopJobRequest {
-                session_id: id.clone(),
+                session_id: id.to_string(),
                 mode,
                 requested_by: requested_by.clone(),
                 ..Default::default()

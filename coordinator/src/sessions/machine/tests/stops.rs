@@ -10,7 +10,7 @@ fn immediate_stop_cancels_running_and_closes_pending() {
     let effects = m.apply(2, stop(StopMode::Immediate));
     assert_eq!(
         effects,
-        vec![Effect::Cancel { agent: "a1".into(), indices: vec![1], reason: CancelReason::User }]
+        vec![Effect::Cancel { agent: agent("a1"), indices: vec![1], reason: CancelReason::User }]
     );
     assert_eq!(m.status.state, SessionState::Stopping);
     assert_eq!(states(&m)[2..], [ItemState::NotProcessed, ItemState::NotProcessed]);
@@ -112,6 +112,6 @@ fn a_new_owner_cancels_again_what_an_immediate_stop_cancels() {
     let effects = m.resume_stop();
     assert_eq!(
         effects,
-        vec![Effect::Cancel { agent: "a1".into(), indices: vec![0], reason: CancelReason::User }]
+        vec![Effect::Cancel { agent: agent("a1"), indices: vec![0], reason: CancelReason::User }]
     );
 }
