@@ -8,6 +8,7 @@ pub mod ids;
 pub mod job;
 pub mod reflection;
 pub mod refusal;
+pub mod schedule;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod time;
