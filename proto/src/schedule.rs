@@ -178,7 +178,7 @@ impl Range {
 
 fn parse_day(day: &str) -> Option<Weekday> {
     let index = DAY_NAMES.iter().position(|name| name.eq_ignore_ascii_case(day.trim()))?;
-    Some(Weekday::try_from(index as u8).ok()?)
+    Weekday::try_from(index as u8).ok()
 }
 
 fn bad_day(day: &str) -> String {
