@@ -151,7 +151,7 @@ impl Machine {
     fn stopped_by(&self, by_user: &str) -> String {
         match self.status.stop.as_ref().map(|s| s.reason.as_str()) {
             Some(reason) if !reason.is_empty() => {
-                format!("{} {reason}", by_user.trim_end_matches("user"))
+                format!("{}{reason}", by_user.trim_end_matches("user"))
             }
             _ => by_user.to_string(),
         }
