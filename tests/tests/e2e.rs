@@ -8,6 +8,7 @@ mod e2e {
     mod agents;
     mod computers;
     mod drains;
+    mod etcd_hygiene;
     mod etcd_restart;
     mod fencing;
     mod harness;
@@ -15,10 +16,12 @@ mod e2e {
     mod ownership;
     mod reflection;
     mod restore_points;
+    mod schedules;
     mod sessions;
     mod shutdown;
     mod snapshots;
     mod stop_takeover;
     mod stops;
     mod validation;
+    mod windows;
 }
