@@ -22,9 +22,8 @@ use sluice_proto::{pb, time};
 use tracing::{info, warn};
 
 use super::{
-    Located, RestorePoints,
+    Located, Locator, RestorePoints,
     choose::{Need, choose_agent},
-    locate,
 };
 use crate::{error::Result, membership};
 
@@ -77,9 +76,10 @@ impl RestorePoints {
         let catalog = self.store.list::<pb::RestorePoint>(&keys.restore_points(job_name)).await?;
         let all: Vec<pb::RestorePoint> = catalog.into_iter().map(|(_, rp)| rp).collect();
         let mut marked = Vec::new();
+        let mut locator = Locator::new(self.store.clone());
         for rp in choose_deletions(&all, job.value.keep_restore_points) {
             let id = rp.id.clone();
-            let located = match locate(&self.store, rp).await {
+            let located = match locator.locate(rp).await {
                 Ok(located) => located,
                 Err(error) => {
                     warn!(job = job_name, restore_point = %id, %error, "retention: kept");
