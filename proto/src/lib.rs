@@ -1,6 +1,6 @@
 //! The wire contract of Sluice (`sluice.v1`), its domain rules and what every binary shares:
-//! the ids of sessions, agents, jobs and tasks and the epoch (`ids`), configuration loading and
-//! time conversions; with the `telemetry` feature (the servers only), logging, span export and
+//! the ids of sessions, agents, jobs and tasks and the epoch (`ids`), configuration loading,
+//! time conversions and schedules (due times, next runs, backup windows); with the `telemetry` feature (the servers only), logging, span export and
 //! W3C trace-context propagation.
 
 pub mod config;
