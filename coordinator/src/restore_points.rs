@@ -42,6 +42,7 @@ pub(crate) struct RestorePoints {
     clients: AgentClients,
     lease: LeaseWatch,
     coordinator: String,
+    retention: retention::Running,
 }
 
 /// A catalog entry with what is needed to read it.
@@ -86,7 +87,8 @@ impl RestorePoints {
         lease: LeaseWatch,
         coordinator: String,
     ) -> Self {
-        RestorePoints { store, directory, clients, lease, coordinator }
+        let retention = retention::Running::default();
+        RestorePoints { store, directory, clients, lease, coordinator, retention }
     }
 
     /// Checks a restore point against its manifest on an agent.
