@@ -49,4 +49,6 @@ async fn a_hundred_sessions_of_a_thousand_items_fit_a_48_mib_etcd() {
         status.raft_used_db_size()
     );
     assert!(kept <= 10, "history keeps {kept} sessions");
+    // Bounded, not merely lucky: the database stays well below the quota.
+    assert!(status.db_size() < 24 * 1024 * 1024, "etcd db grew to {} bytes", status.db_size());
 }
