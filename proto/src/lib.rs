@@ -1,9 +1,10 @@
 //! The wire contract of Sluice (`sluice.v1`), its domain rules and what every binary shares:
-//! configuration loading and time conversions; with the `telemetry` feature (the servers
+//! configuration loading, time conversions and the protobuf JSON mapping; with the `telemetry` feature (the servers
 //! only), logging, span export and W3C trace-context propagation.
 
 pub mod config;
 pub mod job;
+pub mod json;
 pub mod reflection;
 pub mod refusal;
 #[cfg(feature = "telemetry")]
