@@ -93,9 +93,13 @@ fn router(parts: HttpParts) -> Router {
     let mut router = Router::new();
     for (path, access, handlers) in routes() {
         let guard = Guard { authenticator: parts.authenticator.clone(), access };
-        router = router.route(path, handlers.route_layer(middleware::from_fn_with_state(guard, auth::authorize)));
+        router = router.route(
+            path,
+            handlers.route_layer(middleware::from_fn_with_state(guard, auth::authorize)),
+        );
     }
-    let header = |name, value| SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value));
+    let header =
+        |name, value| SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value));
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -115,10 +119,15 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 }
 
 /// Serves until `shutdown`, then gives open responses a bounded grace period.
-pub(crate) async fn serve(parts: HttpParts, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+pub(crate) async fn serve(
+    parts: HttpParts,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let app = router(parts).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopping.cancelled_owned()).into_future();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(stopping.cancelled_owned()).into_future();
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result.map_err(crate::error::Error::Http),

@@ -26,7 +26,9 @@ use prometheus_client::{
 use sluice_proto::pb;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use self::{etcd::TimedChannel, last_success::follow_last_success, session::SessionGauge};
+pub(crate) use self::{
+    etcd::TimedChannel, last_success::follow_last_success, session::SessionGauge,
+};
 use crate::membership::LeaseWatch;
 
 /// The `Content-Type` of `/metrics`.
@@ -152,7 +154,11 @@ impl Inner {
             Unit::Seconds,
             self.etcd_requests.clone(),
         );
-        r.register("sluice_lease_grants", "etcd leases this coordinator was granted", self.lease_grants.clone());
+        r.register(
+            "sluice_lease_grants",
+            "etcd leases this coordinator was granted",
+            self.lease_grants.clone(),
+        );
         r.register(
             "sluice_lease_losses",
             "Leases this coordinator lost (it fenced itself) other than at shutdown",

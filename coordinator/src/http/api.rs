@@ -10,7 +10,9 @@ use axum::{
     extract::{Path, Query, State, rejection::QueryRejection},
 };
 use serde::Deserialize;
-use sluice_proto::pb::{self, cluster_service_server::ClusterService, job_service_server::JobService};
+use sluice_proto::pb::{
+    self, cluster_service_server::ClusterService, job_service_server::JobService,
+};
 use tonic::{Code, transport::server::TcpConnectInfo};
 
 use super::{
@@ -51,7 +53,11 @@ pub(crate) async fn create_job(State(s): Api, Extension(c): By, body: Bytes) -> 
     Ok(Pb(s.jobs.create_job(grpc(&c, pb::CreateJobRequest { job })).await?.into_inner()))
 }
 
-pub(crate) async fn get_job(State(s): Api, Extension(c): By, Path(name): Path<String>) -> Reply<pb::Job> {
+pub(crate) async fn get_job(
+    State(s): Api,
+    Extension(c): By,
+    Path(name): Path<String>,
+) -> Reply<pb::Job> {
     Ok(Pb(s.jobs.get_job(grpc(&c, pb::GetJobRequest { name })).await?.into_inner()))
 }
 
@@ -124,7 +130,11 @@ pub(crate) async fn list_sessions(
     Ok(Pb(s.jobs.list_sessions(grpc(&c, request)).await?.into_inner()))
 }
 
-pub(crate) async fn get_session(State(s): Api, Extension(c): By, Path(id): Path<String>) -> Reply<pb::Session> {
+pub(crate) async fn get_session(
+    State(s): Api,
+    Extension(c): By,
+    Path(id): Path<String>,
+) -> Reply<pb::Session> {
     let request = pb::GetSessionRequest { session_id: id };
     Ok(Pb(s.jobs.get_session(grpc(&c, request)).await?.into_inner()))
 }

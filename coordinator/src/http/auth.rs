@@ -84,15 +84,20 @@ pub(crate) enum AuthError {
 /// Resolves the bearer token of a request (if any) into a principal.
 pub(crate) trait Authenticator: Send + Sync + 'static {
     /// The principal of `bearer`.
-    fn authenticate<'a>(&'a self, bearer: Option<&'a str>)
-    -> BoxFuture<'a, Result<Principal, AuthError>>;
+    fn authenticate<'a>(
+        &'a self,
+        bearer: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Principal, AuthError>>;
 }
 
 /// Security off: everyone is the anonymous admin, with or without a token.
 pub(crate) struct Open;
 
 impl Authenticator for Open {
-    fn authenticate<'a>(&'a self, _: Option<&'a str>) -> BoxFuture<'a, Result<Principal, AuthError>> {
+    fn authenticate<'a>(
+        &'a self,
+        _: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Principal, AuthError>> {
         Box::pin(async { Ok(Principal::anonymous_admin()) })
     }
 }
@@ -114,16 +119,18 @@ pub(crate) struct Guard {
 }
 
 /// Authenticates and authorizes a request for its route, then runs it.
-pub(crate) async fn authorize(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn authorize(
+    State(guard): State<Guard>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
     let bearer = bearer_token(&request).map(str::to_string);
     let principal = match guard.authenticator.authenticate(bearer.as_deref()).await {
         Ok(principal) => principal,
-        Err(_) if guard.access == Access::Public => Principal {
-            name: String::new(),
-            role: String::new(),
-            kind: "anonymous".into(),
-        },
+        Err(_) if guard.access == Access::Public => {
+            Principal { name: String::new(), role: String::new(), kind: "anonymous".into() }
+        }
         Err(error) => return unauthenticated(error).into_response(),
     };
     if !role_allows(&principal.role, guard.access) {

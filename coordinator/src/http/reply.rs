@@ -89,7 +89,11 @@ pub(crate) fn parse<M: Message + Name + Default>(body: &[u8]) -> Result<M, ApiEr
 }
 
 /// Refuses a body field that names something other than the path does.
-pub(crate) fn same_as_path(field: &str, in_body: &mut String, in_path: &str) -> Result<(), ApiError> {
+pub(crate) fn same_as_path(
+    field: &str,
+    in_body: &mut String,
+    in_path: &str,
+) -> Result<(), ApiError> {
     if !in_body.is_empty() && in_body != in_path {
         let message = format!("{field}: the body says {in_body:?}, the path {in_path:?}");
         return Err(ApiError::new(Code::InvalidArgument, message));

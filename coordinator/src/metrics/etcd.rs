@@ -72,6 +72,9 @@ mod tests {
     #[test]
     fn methods_are_named_by_service_and_call() {
         assert_eq!(method_label("/etcdserverpb.KV/Range"), "KV/Range");
-        assert_eq!(method_label("/v3electionpb.Election/Campaign"), "v3electionpb.Election/Campaign");
+        assert_eq!(
+            method_label("/v3electionpb.Election/Campaign"),
+            "v3electionpb.Election/Campaign"
+        );
     }
 }

@@ -75,8 +75,8 @@ fn newest_successes(summaries: impl Iterator<Item = pb::Session>) -> HashMap<Str
 
 /// When a session ended, if it ended with SUCCESS.
 fn success_time(session: &pb::Session) -> Option<f64> {
-    let ended = session.state() == SessionState::Stopped
-        && session.result() == SessionResult::Success;
+    let ended =
+        session.state() == SessionState::Stopped && session.result() == SessionResult::Success;
     let at = session.ended_at.as_ref().filter(|_| ended)?;
     Some(time::millis(at) as f64 / 1000.0)
 }

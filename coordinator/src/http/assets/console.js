@@ -349,8 +349,9 @@ function renderSessionFacts(facts, s) {
 function renderSessionButtons(buttons, s, job) {
   const stopped = s.state === 'SESSION_STATE_STOPPED';
   const operate = roleAllows('operate');
+  // What RetrySession runs again: failed and not-processed items.
   const retryable = stopped && (s.items || []).some((i) =>
-    i.state === 'ITEM_STATE_FAILED' || i.state === 'ITEM_STATE_NOT_PROCESSED' || i.state === 'ITEM_STATE_CANCELED');
+    i.state === 'ITEM_STATE_FAILED' || i.state === 'ITEM_STATE_NOT_PROCESSED');
   fill(buttons,
     operate && !stopped ? h('button', { type: 'button', 'aria-haspopup': 'dialog',
       onclick: () => askStop(s.job, job && job.gracefulTimeoutSeconds) }, 'Stop') : null,
