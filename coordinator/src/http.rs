@@ -67,6 +67,8 @@ fn routes() -> Vec<(&'static str, Access, MethodRouter<HttpParts>)> {
     vec![
         ("/", Access::Public, get(console::index)),
         ("/console.js", Access::Public, get(console::script)),
+        ("/views.js", Access::Public, get(console::views)),
+        ("/session.js", Access::Public, get(console::session)),
         ("/console.css", Access::Public, get(console::style)),
         ("/metrics", Access::View, get(metrics)),
         ("/api/v1/whoami", Access::View, get(whoami)),

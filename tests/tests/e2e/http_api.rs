@@ -46,7 +46,13 @@ async fn every_route_answers_the_json_mapping_and_errors_as_json() {
     let page = http.get("/").await;
     assert_eq!((page.status, page.content_type.as_str()), (200, "text/html; charset=utf-8"));
     assert!(page.body.contains("<title>Sluice console</title>"), "the console page: {}", page.body);
-    for (path, kind) in [("/console.js", "text/javascript"), ("/console.css", "text/css")] {
+    let assets = [
+        ("/console.js", "text/javascript"),
+        ("/views.js", "text/javascript"),
+        ("/session.js", "text/javascript"),
+        ("/console.css", "text/css"),
+    ];
+    for (path, kind) in assets {
         let asset = http.get(path).await;
         assert_eq!(asset.status, 200, "{path}");
         assert!(asset.content_type.starts_with(kind), "{path}: {}", asset.content_type);
