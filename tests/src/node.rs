@@ -30,6 +30,8 @@ use crate::{MAX_MESSAGE_BYTES, PATIENCE, logs, wait_for, watchdog::Watchdog};
 
 /// Line prefix each binary prints on stdout once its listener is bound.
 const LISTENING: &str = "listening on ";
+/// Line prefix a coordinator prints on stdout for its HTTP listener (`--http-listen`).
+const CONSOLE_AT: &str = "console at http://";
 /// Per-request timeout of the harness's gRPC channels (until response headers arrive).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +57,8 @@ pub struct Node {
     args: Vec<OsString>,
     dir: PathBuf,
     addr: Option<SocketAddr>,
+    /// A coordinator's HTTP address (the console, the JSON API, `/metrics`).
+    http_addr: Option<SocketAddr>,
     process: Option<(Child, Watchdog)>,
     starts: u32,
 }
@@ -70,7 +74,17 @@ impl Node {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
-        Node { id: id.to_string(), role, program, args, dir, addr: None, process: None, starts: 0 }
+        Node {
+            id: id.to_string(),
+            role,
+            program,
+            args,
+            dir,
+            addr: None,
+            http_addr: None,
+            process: None,
+            starts: 0,
+        }
     }
 
     /// The `--id` of the node, e.g. `c1` or `a2`.
@@ -108,6 +122,12 @@ impl Node {
         format!("http://{}", self.addr())
     }
 
+    /// A coordinator's HTTP base URL, `http://127.0.0.1:PORT` (the console is at `/`).
+    pub fn http_url(&self) -> String {
+        let addr = self.http_addr.unwrap_or_else(|| panic!("{} serves no HTTP", self.id));
+        format!("http://{addr}")
+    }
+
     /// Process id, while the process runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|(child, _)| child.id())
@@ -143,9 +163,12 @@ impl Node {
         logs::mark(&stderr, &marker);
         let offset = logs::len(&stdout);
         let mut command = Command::new(&self.program);
+        command.args(&self.args).args(["--listen", &listen]);
+        if self.role == Role::Coordinator {
+            let http = self.http_addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+            command.args(["--http-listen", &http]);
+        }
         command
-            .args(&self.args)
-            .args(["--listen", &listen])
             .stdin(Stdio::null())
             .stdout(logs::append(&stdout))
             .stderr(logs::append(&stderr))
@@ -163,23 +186,28 @@ impl Node {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
         let watchdog = Watchdog::watch(child.id(), None);
         self.process = Some((child, watchdog));
-        let addr = self.wait_listening(offset).await;
+        let addr = self.wait_line(offset, LISTENING).await;
         self.addr = Some(addr);
+        if self.role == Role::Coordinator {
+            self.http_addr = Some(self.wait_line(offset, CONSOLE_AT).await);
+        }
         self.wait_ready().await;
     }
 
-    /// Reads the `listening on ADDR` line from stdout, failing if the process exits first.
-    async fn wait_listening(&mut self, offset: u64) -> SocketAddr {
+    /// Reads the address of the first `{prefix}ADDR` line from stdout, failing if the process
+    /// exits first.
+    async fn wait_line(&mut self, offset: u64, prefix: &str) -> SocketAddr {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(addr) = parse_listening(&logs::read_from(&self.stdout_log(), offset)) {
+            if let Some(addr) = parse_address(&logs::read_from(&self.stdout_log(), offset), prefix)
+            {
                 return addr;
             }
             if let Some(status) = self.try_exit_status() {
-                self.fail(&format!("exited with {status} before printing `{LISTENING}ADDR`"));
+                self.fail(&format!("exited with {status} before printing `{prefix}ADDR`"));
             }
             if Instant::now() >= deadline {
-                self.fail(&format!("printed no `{LISTENING}ADDR` within {PATIENCE:?}"));
+                self.fail(&format!("printed no `{prefix}ADDR` within {PATIENCE:?}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -359,11 +387,11 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
     Ok(channel)
 }
 
-/// Finds the address in the first parseable `listening on ADDR` line.
-fn parse_listening(stdout: &str) -> Option<SocketAddr> {
+/// Finds the address in the first parseable line that has `prefix` before it.
+fn parse_address(stdout: &str, prefix: &str) -> Option<SocketAddr> {
     stdout.lines().find_map(|line| {
-        let (_, rest) = line.split_once(LISTENING)?;
-        rest.split_whitespace().next()?.trim_end_matches(['.', ',']).parse().ok()
+        let (_, rest) = line.split_once(prefix)?;
+        rest.split_whitespace().next()?.trim_end_matches(['.', ',', '/']).parse().ok()
     })
 }
 
@@ -373,8 +401,9 @@ mod tests {
 
     #[test]
     fn finds_the_listening_line() {
-        let text = "=== start ===\nsome log\nlistening on 127.0.0.1:4567\n";
-        assert_eq!(parse_listening(text), Some(SocketAddr::from(([127, 0, 0, 1], 4567))));
-        assert_eq!(parse_listening("listening on soon\n"), None);
+        let text = "=== start ===\nsome log\nlistening on 127.0.0.1:4567\nconsole at http://127.0.0.1:80/\n";
+        assert_eq!(parse_address(text, LISTENING), Some(SocketAddr::from(([127, 0, 0, 1], 4567))));
+        assert_eq!(parse_address(text, CONSOLE_AT), Some(SocketAddr::from(([127, 0, 0, 1], 80))));
+        assert_eq!(parse_address("listening on soon\n", LISTENING), None);
     }
 }

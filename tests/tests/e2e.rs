@@ -7,10 +7,12 @@
 mod e2e {
     mod agents;
     mod computers;
+    mod console;
     mod drains;
     mod etcd_restart;
     mod fencing;
     mod harness;
+    mod http_api;
     mod jobs;
     mod ownership;
     mod reflection;
