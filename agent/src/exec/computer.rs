@@ -33,9 +33,10 @@
 //! - `COMMIT` checks that every blob the manifest names is stored, fsyncs the new blobs'
 //!   folders, writes the manifest durably and renames the folder into place.
 //! - `CLEANUP` has nothing to release for files; it is reported all the same. An attempt
-//!   that does not commit (failed or cancelled) deletes its partial folder and the blobs it
-//!   created, never blobs that existed before it. After a crash, recovery deletes the
-//!   partial folder; blobs already published stay as harmless orphans.
+//!   that does not commit (failed or cancelled) deletes its partial folder but never a blob:
+//!   another backup may have found a blob it stored and committed a restore point naming
+//!   it. Its new blobs stay as orphans until garbage collection, which reads every manifest
+//!   of the repository, removes them. After a crash, recovery deletes the partial folder.
 //!
 //! # Outcome message
 //!
@@ -55,7 +56,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use sluice_proto::pb::{self, TaskPhase};
-use tracing::{debug, warn};
+use tracing::debug;
 
 pub(crate) use commit::outcome;
 
@@ -93,7 +94,7 @@ pub(crate) async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> p
     match result {
         Ok(manifest) => outcome(&manifest, &paths.final_dir),
         Err(failure) => {
-            discard(&paths, written).await;
+            super::remove_partial(&paths).await;
             match failure {
                 Failure::Canceled => canceled(ctx.cancel.reason()),
                 Failure::Failed(message) => failed(message),
@@ -234,15 +235,6 @@ async fn commit_restore_point(
             paths.final_dir.display()
         ))
     })
-}
-
-/// Deletes what only this attempt wrote: the partial folder and the blobs it created.
-async fn discard(paths: &RepoPaths, written: Written) {
-    super::remove_partial(paths).await;
-    let blobs = written.blobs.len();
-    if let Err(error) = blocking(move || written.discard()).await {
-        warn!(blobs, %error, "removal of the attempt's new blobs failed");
-    }
 }
 
 #[cfg(test)]

@@ -16,12 +16,11 @@ pub(crate) struct Store {
     root: PathBuf,
 }
 
-/// What an attempt added to the store: removed again when the attempt does not commit.
+/// What an attempt added to the store. An attempt that does not commit leaves its blobs
+/// to garbage collection: another backup may already name them.
 #[derive(Debug, Default)]
 pub(crate) struct Written {
-    /// Blobs this attempt created (never blobs that were there before).
-    pub(crate) blobs: Vec<PathBuf>,
-    /// Bytes of those blobs.
+    /// Bytes of the blobs this attempt created (never of blobs that were there before).
     pub(crate) bytes: u64,
     /// Store folders that received blobs, fsynced before the commit.
     pub(crate) dirs: BTreeSet<PathBuf>,
@@ -108,19 +107,7 @@ impl Written {
         if let Some(dir) = blob.parent() {
             self.dirs.insert(dir.to_path_buf());
         }
-        self.blobs.push(blob);
         self.bytes += len;
-    }
-
-    /// Removes the blobs this attempt created; returns the first error after trying all.
-    pub(crate) fn discard(&self) -> io::Result<()> {
-        let mut first_error = None;
-        for blob in &self.blobs {
-            if let Err(error) = fsutil::remove_file_if_exists(blob) {
-                first_error.get_or_insert(error);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -162,7 +149,6 @@ mod tests {
         assert!(store.holds(SHA, 5) && !store.holds(SHA, 4), "held at its size only");
         let mut written = Written::default();
         written.add(blob, 5);
-        written.discard().expect("discard");
-        assert!(!store.contains(SHA).expect("contains"));
+        assert_eq!((written.bytes, written.dirs.len()), (5, 1));
     }
 }
