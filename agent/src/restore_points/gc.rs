@@ -60,6 +60,16 @@ pub(crate) struct Collected {
 /// Removes the blobs of `<repository>/.store` that no computer manifest of the repository
 /// names (blocking).
 pub(crate) fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Collected, AgentError> {
+    collect(repository, cancel, &mut |_| {})
+}
+
+/// [`collect_garbage`], calling `before_removal` with each round's blobs once the round has
+/// decided to remove them: the moment a racing backup must not slip into (tests run one).
+fn collect(
+    repository: &Path,
+    cancel: &Cancel,
+    before_removal: &mut dyn FnMut(&[PathBuf]),
+) -> Result<Collected, AgentError> {
     let io =
         |e: io::Error| AgentError::FailedPrecondition(format!("{}: {e}", repository.display()));
     let before = Folders::read(repository).map_err(io)?;
@@ -87,6 +97,7 @@ pub(crate) fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Coll
             collected.skipped = "the repository changed while collecting; stopped early".into();
             return Ok(collected);
         }
+        before_removal(round);
         remove_blobs(round, &mut collected).map_err(io)?;
     }
     Ok(collected)
