@@ -3,11 +3,15 @@
 //!
 //! # Racing backups
 //!
-//! A computer backup creates its `.partial-<rp>` folder before it looks for blobs already in
-//! the store, and commits by renaming that folder. The collection therefore stands back
-//! (removes nothing) while any partial folder exists in the repository, and it re-reads the
-//! repository's folders before each round of removals: a new partial folder or restore point
-//! ends the collection. A later collection finishes the work.
+//! A computer backup holds the store lock shared from its first look into the store until
+//! its restore point is renamed into place (see [`crate::repository::Store`]). A collection
+//! reads every manifest, then removes the blobs none names in rounds, each under the store
+//! lock taken exclusively only if no backup holds it, and only if the repository's folders
+//! are still those it read the manifests from. So a backup either committed before the
+//! round (its restore point is a new folder: the collection stops) or looks into the store
+//! after it (it stores again what was removed). The collection also stands back while any
+//! partial folder exists, as it did before the lock (agents of older versions). Whatever
+//! stops it early, a later collection finishes the work.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
@@ -89,10 +93,15 @@ fn collect(
             garbage.push(path);
         }
     }
+    let store = Store::new(repository);
     for round in garbage.chunks(ROUND) {
         if cancel.is_cancelled() {
             return Err(AgentError::FailedPrecondition("garbage collection canceled".into()));
         }
+        let Some(_exclusive) = store.try_lock_for_collection().map_err(io)? else {
+            collected.skipped = "a backup is using the store; stopped early".into();
+            return Ok(collected);
+        };
         if Folders::read(repository).map_err(io)? != before {
             collected.skipped = "the repository changed while collecting; stopped early".into();
             return Ok(collected);
@@ -177,3 +186,6 @@ impl Folders {
 fn hidden(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
+
+#[cfg(test)]
+mod tests;
