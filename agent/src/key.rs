@@ -39,9 +39,14 @@ impl TaskId {
         format!("{}.{}.{}.pb", self.session, self.index, self.attempt)
     }
 
-    /// Id of the restore point the task commits: `<session>-<index>`.
+    /// Id of the restore point the task commits: `<session>-<index>` for the first attempt,
+    /// `<session>-<index>-a<attempt>` for a retry. Attempts never share a folder: an
+    /// earlier attempt that an agent partitioned away went on with may still commit.
     pub(crate) fn restore_point_id(&self) -> String {
-        format!("{}-{}", self.session, self.index)
+        match self.attempt {
+            0 | 1 => format!("{}-{}", self.session, self.index),
+            attempt => format!("{}-{}-a{attempt}", self.session, self.index),
+        }
     }
 
     /// Name of the VM snapshots the task takes: `sluice-<session>`.
@@ -83,12 +88,16 @@ pub fn validate_spec(spec: &pb::TaskSpec) -> Result<TaskId, AgentError> {
     if spec.epoch < 1 {
         return Err(AgentError::invalid("task.epoch", "must be at least 1"));
     }
+    let id = TaskId::from_key(key);
+    sluice_proto::job::validate_name("task.key", &id.restore_point_id()).map_err(|_| {
+        AgentError::invalid("task.key", "session id too long to name the restore point")
+    })?;
     sluice_proto::job::validate_name("task.job", &spec.job)
         .map_err(|e| AgentError::invalid("task.job", e.to_string()))?;
     let item = spec.item.as_ref().ok_or_else(|| AgentError::invalid("task.item", "is required"))?;
     validate_item_name(&item.name)?;
     validate_target(spec, item.target.as_ref())?;
-    Ok(TaskId::from_key(key))
+    Ok(id)
 }
 
 fn validate_item_name(name: &str) -> Result<(), AgentError> {
@@ -184,6 +193,8 @@ mod tests {
         let id = validate_spec(&spec()).expect("valid");
         assert_eq!(id.restore_point_id(), "s1-0");
         assert_eq!(id.snapshot_name(), "sluice-s1");
+        let retry = TaskId { attempt: 12, ..id };
+        assert_eq!(retry.restore_point_id(), "s1-0-a12", "each attempt its own restore point");
     }
 
     #[test]
@@ -197,6 +208,10 @@ mod tests {
         let mut bad = spec();
         bad.key = Some(pb::TaskKey { session_id: "s".into(), item_index: 0, attempt: 0 });
         assert_eq!(field_of(&bad), "task.key.attempt");
+        let mut bad = spec();
+        let long = "s".repeat(62);
+        bad.key = Some(pb::TaskKey { session_id: long, item_index: 10, attempt: 1 });
+        assert_eq!(field_of(&bad), "task.key", "its restore point id would pass 64 characters");
         let mut bad = spec();
         bad.epoch = 0;
         assert_eq!(field_of(&bad), "task.epoch");

@@ -104,7 +104,7 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
 }
 
 /// The outcome of the task's restore point if it committed: its folder holds a manifest of
-/// the task's executor that names the task's session.
+/// the task's executor that names the task's session and restore point.
 async fn committed_outcome(
     spec: &pb::TaskSpec,
     id: &TaskId,
@@ -113,7 +113,8 @@ async fn committed_outcome(
     let folder = paths.final_dir.clone();
     let manifest =
         tokio::task::spawn_blocking(move || Manifest::read(&folder).ok()).await.ok()??;
-    if manifest.identity().session_id != id.session {
+    let named = manifest.identity();
+    if named.session_id != id.session || named.restore_point != id.restore_point_id() {
         return None;
     }
     match (spec.item.as_ref().and_then(|item| item.target.as_ref())?, manifest) {

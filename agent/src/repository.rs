@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! <repository>/<job>/<item>/.partial-<rp_id>/  while a task writes; renamed at COMMIT to
-//! <repository>/<job>/<item>/<rp_id>/           the restore point (rp_id = <session>-<index>)
+//! <repository>/<job>/<item>/<rp_id>/           the restore point (rp_id = <session>-<index>,
+//!                                              <session>-<index>-a<attempt> for a retry)
 //!     manifest.json                            a VmManifest or a ComputerManifest
 //!     disk<i>.qcow2                            VM restore points: one per disk, i from 0
 //! <repository>/.store/<aa>/<sha256>            computer file contents, shared by every job and

@@ -125,6 +125,26 @@ async fn only_contents_new_to_the_store_are_written() {
 }
 
 #[tokio::test]
+async fn a_retried_attempt_commits_its_own_restore_point_beside_the_earlier_one() {
+    let Scratch { dir: _dir, src, repo } = Scratch::with_tree();
+    let first = back_up("s1", &[&src], &repo).await;
+    let mut retry = computer_spec("s1", 0, &[&src], &repo);
+    retry.key = Some(pb::TaskKey { session_id: "s1".into(), item_index: 0, attempt: 2 });
+    let mut run = prepare(retry, None);
+
+    let second = exec::execute(&mut run.ctx).await;
+
+    assert_eq!(second.state(), ItemState::Success, "{second:?}");
+    let (first_rp, second_rp) =
+        (first.restore_point.expect("rp"), second.restore_point.expect("rp"));
+    assert_ne!(first_rp.id, second_rp.id, "one restore point id per attempt");
+    assert_eq!(entries(&repo.join("homes/pc0")), vec![first_rp.id.clone(), second_rp.id.clone()]);
+    for rp in [&first_rp, &second_rp] {
+        assert_eq!(manifest(Path::new(&rp.path))["restore_point"], rp.id.as_str(), "{rp:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_missing_configured_path_fails_naming_it() {
     let Scratch { dir, src, repo } = Scratch::with_tree();
     let missing = dir.path().join("missing");
