@@ -232,3 +232,86 @@ fn garbage_collection_removes_only_blobs_no_manifest_names_and_waits_for_backups
     assert!(blob_of(repo.path(), b"alpha new").exists());
     assert!(blob_of(repo.path(), b"shared bytes").exists());
 }
+
+/// A computer restore point `id` of item `pc` whose manifest lists `entries` as given.
+fn crafted_restore_point(repository: &Path, id: &str, entries: Vec<serde_json::Value>) -> Location {
+    let manifest = serde_json::json!({
+        "format": COMPUTER_FORMAT, "restore_point": id, "job": "j", "item": "pc",
+        "session_id": "s", "entries": entries,
+    });
+    let location = location(repository, "pc", id);
+    fs::create_dir_all(location.folder()).expect("folder");
+    fs::write(location.folder().join("manifest.json"), manifest.to_string()).expect("manifest");
+    location
+}
+
+fn link(path: &str, target: &str) -> serde_json::Value {
+    let mut link = entry(path, "symlink", 0o777);
+    link["target"] = target.into();
+    link
+}
+
+#[test]
+fn a_restore_never_writes_through_a_restored_symlink() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("outside");
+    fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).expect("mode");
+    let escape = outside.path().display().to_string();
+    let cases = [
+        (
+            "file under an absolute link",
+            vec![
+                entry("/d", "dir", 0o755),
+                link("/d/l", &escape),
+                stored_file(repo.path(), "/d/l/evil", b"written outside", 0o644),
+            ],
+        ),
+        (
+            "file under a relative link",
+            vec![
+                link("/up", &format!("../../../../../../../../..{escape}")),
+                stored_file(repo.path(), "/up/evil", b"written outside", 0o644),
+            ],
+        ),
+        ("folder listed again after a link", vec![link("/d", &escape), entry("/d", "dir", 0o700)]),
+        ("folder under a link", vec![link("/d", &escape), entry("/d/sub", "dir", 0o700)]),
+    ];
+    for (i, (case, entries)) in cases.into_iter().enumerate() {
+        let rp = crafted_restore_point(repo.path(), &format!("s-{i}"), entries);
+        let target = tempfile::tempdir().expect("target");
+
+        let error = restore(&rp, target.path(), &Cancel::default()).expect_err(case);
+
+        let status = tonic::Status::from(error);
+        assert_eq!(status.code(), Code::DataLoss, "{case}: {status:?}");
+        assert_eq!(fs::read_dir(outside.path()).expect("list").count(), 0, "{case}: outside");
+        let mode = fs::metadata(outside.path()).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{case}: outside keeps its mode");
+        assert_eq!(fs::read_dir(target.path()).expect("list").count(), 0, "{case}: left nothing");
+    }
+}
+
+#[test]
+fn links_are_restored_last_and_never_followed_for_modes() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("outside");
+    let file = outside.path().join("victim");
+    fs::write(&file, b"x").expect("victim");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("mode");
+    let entries = vec![
+        entry("/d", "dir", 0o555),
+        link("/d/a-link", &file.display().to_string()),
+        stored_file(repo.path(), "/d/b", b"inside", 0o640),
+    ];
+    let rp = crafted_restore_point(repo.path(), "s-0", entries);
+    let target = tempfile::tempdir().expect("target");
+
+    let restored = restore(&rp, target.path(), &Cancel::default()).expect("restore");
+
+    assert_eq!(restored, Restored { files: 1, bytes: 6, directories: 1, symlinks: 1 });
+    assert_eq!(fs::read_link(target.path().join("d/a-link")).expect("link"), file);
+    let mode = |p: &Path| fs::symlink_metadata(p).expect("meta").permissions().mode() & 0o7777;
+    assert_eq!(mode(&file), 0o600, "the link's target is untouched");
+    assert_eq!((mode(&target.path().join("d")), mode(&target.path().join("d/b"))), (0o555, 0o640));
+    fs::set_permissions(target.path().join("d"), fs::Permissions::from_mode(0o755)).expect("w");
+}
