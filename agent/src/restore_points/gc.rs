@@ -27,25 +27,52 @@ use crate::repository::{MANIFEST, Manifest, Store, is_partial, is_restore_point}
 /// Blobs removed between two re-reads of the repository's folders.
 const ROUND: usize = 64;
 
-/// Deletes each restore point's folder (blocking). Returns the ids deleted (or already
-/// gone) and one problem per folder that could not be deleted.
+/// Deletes each restore point's folder (blocking), only if it holds a readable manifest
+/// naming that job, item and restore point. Returns the ids deleted (or already gone) and
+/// one problem per folder not deleted.
 pub(crate) fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec<String>) {
     let mut deleted = Vec::new();
     let mut problems = Vec::new();
     for location in locations {
         let folder = location.folder();
-        let removed = fsutil::remove_dir_if_exists(&folder).and_then(|()| {
-            match fsutil::sync_dir(&location.item_dir()) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
-        });
+        let removed = match fs::symlink_metadata(&folder) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot be read: {e}")),
+            Ok(meta) if !meta.is_dir() => Err("not a folder; not deleted".to_owned()),
+            Ok(_) => match holds_restore_point(location) {
+                Err(why) => Err(format!("not deleted: {why}")),
+                Ok(()) => remove(location).map_err(|e| format!("cannot delete: {e}")),
+            },
+        };
         match removed {
             Ok(()) => deleted.push(location.id.clone()),
-            Err(e) => problems.push(format!("{}: cannot delete: {e}", folder.display())),
+            Err(problem) => problems.push(format!("{}: {problem}", folder.display())),
         }
     }
     (deleted, problems)
+}
+
+/// Whether the location's folder holds the manifest of the restore point it names; why not.
+fn holds_restore_point(location: &Location) -> Result<(), String> {
+    let manifest = Manifest::read(&location.folder())?;
+    let named = manifest.identity();
+    if (named.job.as_str(), named.item.as_str(), named.restore_point.as_str())
+        == (location.job.as_str(), location.item.as_str(), location.id.as_str())
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{MANIFEST} names restore point {:?} of job {:?}, item {:?}",
+        named.restore_point, named.job, named.item
+    ))
+}
+
+fn remove(location: &Location) -> io::Result<()> {
+    fsutil::remove_dir_if_exists(&location.folder())?;
+    match fsutil::sync_dir(&location.item_dir()) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// What a collection did.

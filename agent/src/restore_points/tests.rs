@@ -13,7 +13,7 @@ use super::location::Location;
 use super::restore::{Restored, disk_names, restore};
 use super::verify::verify;
 use super::*;
-use crate::repository::{COMPUTER_FORMAT, Disk, Store, VmManifest};
+use crate::repository::{COMPUTER_FORMAT, Disk, MANIFEST, Store, VmManifest};
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -314,4 +314,44 @@ fn links_are_restored_last_and_never_followed_for_modes() {
     assert_eq!(mode(&file), 0o600, "the link's target is untouched");
     assert_eq!((mode(&target.path().join("d")), mode(&target.path().join("d/b"))), (0o555, 0o640));
     fs::set_permissions(target.path().join("d"), fs::Permissions::from_mode(0o755)).expect("w");
+}
+
+#[test]
+fn only_folders_holding_the_named_restore_points_manifest_are_deleted() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let no_manifest = location(repo.path(), "pc", "s-1");
+    fs::create_dir_all(no_manifest.folder()).expect("folder");
+    fs::write(no_manifest.folder().join("precious.txt"), b"not a backup").expect("file");
+    let other_id = location(repo.path(), "pc", "s-2");
+    fs::create_dir_all(other_id.folder()).expect("folder");
+    let manifest = computer_restore_point(repo.path(), "s-9", "other").folder().join(MANIFEST);
+    fs::rename(manifest, other_id.folder().join(MANIFEST)).expect("a manifest naming s-9");
+    let other_item = location(repo.path(), "pc", "s-3");
+    fs::rename(vm_restore_point(repo.path(), "s-3", b"d").folder(), other_item.folder())
+        .expect("a VM restore point of item vm, moved");
+    let other_job = Location { job: "k".into(), ..location(repo.path(), "pc", "s-0") };
+    let copied = computer_restore_point(repo.path(), "s-0", "copied").folder();
+    fs::create_dir_all(other_job.item_dir()).expect("item folder");
+    fs::rename(copied, other_job.folder()).expect("a restore point of job j, moved");
+    let good = computer_restore_point(repo.path(), "s-0", "good");
+    let gone = location(repo.path(), "pc", "s-4");
+
+    let asked = [
+        good.clone(),
+        no_manifest.clone(),
+        other_id.clone(),
+        other_item.clone(),
+        other_job.clone(),
+        gone,
+    ];
+    let (deleted, problems) = delete_restore_points(&asked);
+
+    assert_eq!(deleted, vec!["s-0".to_owned(), "s-4".to_owned()], "{problems:?}");
+    assert!(!good.folder().exists());
+    for kept in [&no_manifest, &other_id, &other_item, &other_job] {
+        assert!(kept.folder().exists(), "{} is kept", kept.id);
+        let named = problems.iter().filter(|p| p.contains(&kept.folder().display().to_string()));
+        assert_eq!(named.count(), 1, "one problem names {}: {problems:?}", kept.id);
+    }
+    assert!(problems[0].contains("not deleted"), "{problems:?}");
 }
