@@ -44,7 +44,7 @@ pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     for (id, mut entry) in entries {
         disks.extend(vm_disks(&entry));
         if entry.outcome.is_none() {
-            entry.outcome = Some(close_interrupted(&id, &entry).await);
+            entry.outcome = Some(exec::bounded(close_interrupted(&id, &entry).await));
             write(journal, &id, &entry).await?;
         }
         finished.extend(recovered_status(&entry));
