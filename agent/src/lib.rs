@@ -68,6 +68,11 @@ pub async fn run(
     drain: CancellationToken,
 ) -> Result<(), AgentError> {
     settings.validate()?;
+    if settings.enable_sim_executor {
+        warn!(
+            "sim executor enabled: sim tasks commit restore points without data (load tests only)"
+        );
+    }
     let address = advertised_address(&settings, &listener)?;
     let heartbeater = Heartbeater::new(&settings, address.clone())?;
     let journal = Journal::open(&settings.state_dir)?;
@@ -103,6 +108,7 @@ fn tasks_config(settings: &Settings, journal: Journal, tracker: TaskTracker) -> 
         computer: settings.computer_name().to_owned(),
         slots: usize::try_from(settings.slots).unwrap_or(usize::MAX),
         rate_limit: settings.transfer_rate_limit,
+        sim_executor: settings.enable_sim_executor,
         journal,
         tracker,
     }

@@ -42,6 +42,9 @@ pub struct Settings {
     /// Seconds a drain lets running tasks finish before cancelling them.
     #[serde(default = "default_drain_deadline")]
     pub(crate) drain_deadline: u32,
+    /// Runs sim tasks (load tests and benchmarks only); an agent without it refuses them.
+    #[serde(default)]
+    pub enable_sim_executor: bool,
 }
 
 fn default_ttl() -> u32 {
@@ -66,6 +69,7 @@ impl Settings {
             transfer_rate_limit: None,
             advertise: None,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            enable_sim_executor: false,
         }
     }
 

@@ -43,6 +43,8 @@ pub(crate) struct TasksConfig {
     pub(crate) slots: usize,
     /// Transfer rate limit in bytes per second (VM and computer executors).
     pub(crate) rate_limit: Option<u64>,
+    /// Whether sim tasks run (`--enable-sim-executor`); refused otherwise.
+    pub(crate) sim_executor: bool,
     /// The journal.
     pub(crate) journal: Journal,
     /// Tracks the executor tasks, so shutdown can wait for their cleanup.
@@ -69,6 +71,8 @@ enum Command {
 pub(crate) struct TasksHandle {
     tx: mpsc::Sender<Command>,
     status: watch::Receiver<AgentStatus>,
+    agent_id: String,
+    sim_executor: bool,
 }
 
 impl TasksHandle {
@@ -82,14 +86,22 @@ impl TasksHandle {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (status_tx, status) = watch::channel(AgentStatus::default());
         let (sessions, _) = watch::channel(BTreeSet::new());
+        let (agent_id, sim_executor) = (config.agent_id.clone(), config.sim_executor);
         let actor = actor::Actor::new(config, epochs, finished, events, status_tx, sessions);
         tokio::spawn(actor.run(rx));
-        Self { tx, status }
+        Self { tx, status, agent_id, sim_executor }
     }
 
     /// Validates and starts a task, or returns it if it is known.
     pub(crate) async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
         let id = key::validate_spec(&spec)?;
+        if spec.sim_duration_ms.is_some() && !self.sim_executor {
+            return Err(AgentError::FailedPrecondition(format!(
+                "task {id} asks for the sim executor (load tests only), which agent {} does not \
+                 run: start it with --enable-sim-executor to allow it",
+                self.agent_id
+            )));
+        }
         self.call(|reply| Command::Run(id, Box::new(spec), reply)).await
     }
 

@@ -255,3 +255,23 @@ async fn an_oversized_outcome_message_is_cut_before_it_is_journaled_and_reported
     assert_eq!(journaled.message, outcome.message, "the journal holds the cut message");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_without_the_sim_executor_refuses_sim_tasks() {
+    let coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("state");
+    let agent = TestAgent::start_with(&coordinator.url, state.path(), 1, |_| {}).await;
+    let mut client = agent.client.clone();
+
+    let refused = run(&mut client, sim_spec("x1", 0, 1, 10)).await.expect_err("no sim executor");
+
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "task x1/0#1 asks for the sim executor (load tests only), which agent agent-1 does \
+         not run: start it with --enable-sim-executor to allow it"
+    );
+    let listed = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    assert!(listed.into_inner().tasks.is_empty(), "nothing ran");
+    agent.stop().await;
+}
