@@ -1,6 +1,7 @@
 //! Identity of a task and checks of the task specs coordinators send.
 
 use std::fmt;
+use std::path::{Component, Path};
 
 use sluice_proto::pb::{self, job_item::Target};
 
@@ -129,6 +130,10 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
     if needs_repository && !spec.repository.starts_with('/') {
         return Err(AgentError::invalid("task.repository", "must be an absolute path"));
     }
+    let climbs = Path::new(&spec.repository).components().any(|c| c == Component::ParentDir);
+    if needs_repository && (climbs || spec.repository.contains('\0')) {
+        return Err(AgentError::invalid("task.repository", "must not contain '..' or NUL"));
+    }
     Ok(())
 }
 
@@ -242,5 +247,7 @@ mod tests {
         assert_eq!(field_of(&computer(&["/home", "etc"])), "task.item.computer.paths[1]");
         let relative_repository = pb::TaskSpec { repository: "repo".into(), ..computer(&["/a"]) };
         assert_eq!(field_of(&relative_repository), "task.repository");
+        let climbing = pb::TaskSpec { repository: "/srv/../etc".into(), ..computer(&["/a"]) };
+        assert_eq!(field_of(&climbing), "task.repository");
     }
 }

@@ -65,6 +65,16 @@ struct Flags {
     #[arg(long, env = "SLUICE_ENABLE_SIM_EXECUTOR", value_parser = BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     enable_sim_executor: bool,
+    /// A folder repositories must lie under (repeatable; comma-separated in the variable).
+    /// Without any, repositories at any absolute path are accepted.
+    #[arg(long, env = "SLUICE_REPOSITORY_ROOT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    repository_root: Vec<PathBuf>,
+    /// A folder restores must write under (repeatable; comma-separated in the variable).
+    /// Without any, restores into any absolute path are accepted.
+    #[arg(long, env = "SLUICE_RESTORE_ROOT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    restore_root: Vec<PathBuf>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,5 +142,16 @@ mod tests {
         assert!(!settings(&[], "").enable_sim_executor);
         assert!(settings(&["--enable-sim-executor"], "").enable_sim_executor);
         assert!(settings(&[], "enable-sim-executor = true\n").enable_sim_executor);
+    }
+
+    #[test]
+    fn roots_repeat_and_flags_replace_the_files_list() {
+        let args = ["--repository-root", "/a", "--repository-root", "/b", "--restore-root", "/r"];
+        let given = settings(&args, "repository-root = [\"/file\"]\n");
+        assert_eq!(given.repository_root, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(given.restore_root, [PathBuf::from("/r")]);
+        let from_file = settings(&[], "repository-root = [\"/file\"]\n");
+        assert_eq!(from_file.repository_root, [PathBuf::from("/file")]);
+        assert!(from_file.restore_root.is_empty());
     }
 }

@@ -270,6 +270,11 @@ impl TestAgent {
         settings.heartbeat_ttl = 1;
         settings.computer = Some("pc1".into());
         configure(&mut settings);
+        Self::launch(settings).await
+    }
+
+    /// An agent with exactly these settings.
+    pub async fn launch(settings: Settings) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
