@@ -89,19 +89,19 @@ pub fn validate_requested_by(field: &str, text: &str) -> Result<(), JobError> {
 
 /// Checks every rule of a job definition; the error names the first bad field.
 pub fn validate_job(job: &pb::Job) -> Result<(), JobError> {
-    validate_name("job.name", &job.name)?;
-    let job_type = validate_type(job.r#type)?;
-    validate_repository("job.repository", &job.repository)?;
-    validate_items(job_type, &job.items)?;
-    validate_proxies(&job.proxies)?;
-    validate_limits(job)?;
+    // The size first: a definition past it is a limit error, whatever its fields hold.
     let size = prost::Message::encoded_len(job);
     if size > MAX_JOB_BYTES {
         return Err(JobError::TooLarge(format!(
             "job definition is {size} bytes, more than the limit of {MAX_JOB_BYTES}"
         )));
     }
-    Ok(())
+    validate_name("job.name", &job.name)?;
+    let job_type = validate_type(job.r#type)?;
+    validate_repository("job.repository", &job.repository)?;
+    validate_items(job_type, &job.items)?;
+    validate_proxies(&job.proxies)?;
+    validate_limits(job)
 }
 
 fn validate_type(raw: i32) -> Result<pb::JobType, JobError> {

@@ -158,6 +158,14 @@ fn who_asked_for_a_stop_is_bounded_free_text() {
 }
 
 #[test]
+fn an_oversized_definition_is_a_limit_error_whatever_its_fields_hold() {
+    let mut job = vm_job();
+    job.items[0].target =
+        Some(Target::Vm(pb::VmTarget { disks: vec![format!("/{}", "d".repeat(9 << 20))] }));
+    assert!(matches!(validate_job(&job), Err(JobError::TooLarge(_))), "{:?}", validate_job(&job));
+}
+
+#[test]
 fn too_many_items_is_a_limit_not_a_field_error() {
     let mut job = vm_job();
     let item = job.items[0].clone();
