@@ -293,6 +293,7 @@ start_agents() {
             --id "$id" \
             --slots 2 \
             --state-dir "$RUN_DIR/$id" \
+            --repository-root "$RUN_DIR/repo" --restore-root "$RUN_DIR/restores" \
             --transfer-rate-limit "$TRANSFER_RATE_LIMIT"
     done
     for i in "${!AGENT_PORTS[@]}"; do

@@ -39,6 +39,8 @@ pub struct AgentSpec {
     pub transfer_rate_limit: Option<u64>,
     /// `--heartbeat-ttl`; the builder's default when `None`.
     pub heartbeat_ttl: Option<u32>,
+    /// `--enable-sim-executor`; on unless `Some(false)` (harness agents run sim jobs).
+    pub sim_executor: Option<bool>,
 }
 
 impl AgentSpec {
@@ -68,6 +70,12 @@ impl AgentSpec {
     /// Sets `--heartbeat-ttl`.
     pub fn heartbeat_ttl(mut self, seconds: u32) -> AgentSpec {
         self.heartbeat_ttl = Some(seconds);
+        self
+    }
+
+    /// Passes `--enable-sim-executor` or not (default: passed).
+    pub fn sim_executor(mut self, enabled: bool) -> AgentSpec {
+        self.sim_executor = Some(enabled);
         self
     }
 }
@@ -299,6 +307,9 @@ impl Cluster {
         }
         if let Some(limit) = spec.transfer_rate_limit {
             args.extend(flags([("--transfer-rate-limit", limit.to_string())]));
+        }
+        if spec.sim_executor != Some(false) {
+            args.push("--enable-sim-executor".into());
         }
         let role = Role::Agent { coordinators };
         let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir);
