@@ -18,14 +18,17 @@
 //! with the test process even when it is killed, without `prctl` or unsafe code.
 
 pub mod api;
+pub mod campaign;
 mod cluster;
 pub mod computers;
 pub mod disk;
 mod etcd;
+pub mod etcd_cluster;
 pub mod fixtures;
 pub mod jobs;
 mod logs;
 pub mod manifests;
+pub mod netns;
 mod node;
 pub mod ownership;
 mod ports;
