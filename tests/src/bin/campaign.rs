@@ -33,6 +33,10 @@ struct Args {
     /// it), `on` or `off`.
     #[arg(long, default_value = "auto")]
     sim_executor_flag: String,
+    /// Stops land within this share of a session's least duration; above 1 they also race
+    /// the session's end.
+    #[arg(long, default_value_t = 1.2)]
+    stop_window: f64,
     /// Seconds sessions may take to end once every fault is healed.
     #[arg(long, default_value_t = 60)]
     bound: u64,
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<ExitCode> {
     config.stops = parse_stops(&args.stops).map_err(anyhow::Error::msg)?;
     config.netns = args.netns;
     config.bound = Duration::from_secs(args.bound);
+    config.stop_window = args.stop_window;
     config.keep = args.keep;
     config.sim_executor_flag = match args.sim_executor_flag.as_str() {
         "auto" => None,

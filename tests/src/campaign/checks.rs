@@ -140,6 +140,19 @@ fn session_violations(ended: &EndedSession, runs: &[TaskRun]) -> Vec<(&'static s
         found.push(("stop-table", detail));
     }
     let mut mode = ended.applied_stop().map(pb::StopRequest::mode);
+    if ended.escalated_late() {
+        // The escalation landed after the final write; GRACEFUL was in force until the end.
+        mode = Some(StopMode::Graceful);
+        if ended.accepted.contains(&StopMode::Immediate) {
+            let detail = format!(
+                "an escalation to IMMEDIATE was answered OK but recorded (revision {}) after the \
+                 session's final write (revision {}); an ended session's stop must be refused: \
+                 {seen}",
+                ended.stop_changed, ended.ended_revision
+            );
+            found.push(("stop-table", detail));
+        }
+    }
     if mode.is_some() && session.stop_mode() == StopMode::Unspecified && !session.canceled {
         let detail = format!(
             "a stop ({mode:?}, answered OK: {:?}) was recorded (revision {}) before the \
@@ -403,3 +416,6 @@ fn session_item(evidence: &Evidence, session: &str, item: &str) -> String {
         |i| format!("{:?} attempt {} {:?}", i.state(), i.attempt, i.message),
     )
 }
+
+#[cfg(test)]
+mod tests;

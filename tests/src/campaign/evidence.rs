@@ -36,6 +36,8 @@ pub struct EndedSession {
     pub stop: Option<pb::StopRequest>,
     /// etcd revision that created the stop key (0: none).
     pub stop_revision: i64,
+    /// etcd revision of the stop key's last write (an escalation to IMMEDIATE).
+    pub stop_changed: i64,
     /// etcd revision of the last write of the session record (the STOPPED one).
     pub ended_revision: i64,
     /// Modes of the stop requests of this session that a coordinator answered OK.
@@ -47,6 +49,12 @@ impl EndedSession {
     /// after it came too late to change anything.
     pub fn applied_stop(&self) -> Option<&pb::StopRequest> {
         self.stop.as_ref().filter(|_| self.stop_revision < self.ended_revision)
+    }
+
+    /// Whether an escalation to IMMEDIATE came after the session's final write (the mode in
+    /// force at the end was then GRACEFUL).
+    pub fn escalated_late(&self) -> bool {
+        self.applied_stop().is_some() && self.stop_changed > self.ended_revision
     }
 }
 
@@ -118,6 +126,7 @@ pub async fn collect(
             }
             None => (None, 0),
         };
+        let stop_changed = mod_revision(&mut etcd, &key).await?;
         let record = format!("{prefix}/sessions/{}", session.id);
         let ended_revision = mod_revision(&mut etcd, &record).await?;
         let accepted = workload.accepted_stops.get(&session.id).cloned().unwrap_or_default();
@@ -125,6 +134,7 @@ pub async fn collect(
             session,
             stop,
             stop_revision,
+            stop_changed,
             ended_revision,
             accepted,
         });

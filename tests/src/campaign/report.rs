@@ -67,10 +67,11 @@ impl Report {
         for ended in &evidence.ended {
             let s = &ended.session;
             let result = s.result().as_str_name().trim_start_matches("SESSION_RESULT_").to_string();
-            let stop = match ended.stop.as_ref().map(|r| r.mode()) {
+            let applied = ended.applied_stop();
+            let stop = match applied.map(|r| r.mode()) {
                 Some(StopMode::Immediate) => " canceled IMMEDIATE",
                 Some(StopMode::Graceful)
-                    if ended.stop.as_ref().is_some_and(|r| r.graceful_deadline.is_some()) =>
+                    if applied.is_some_and(|r| r.graceful_deadline.is_some()) =>
                 {
                     " canceled GRACEFUL(timeout)"
                 }
