@@ -313,6 +313,9 @@ fn catalog_violations(evidence: &Evidence) -> Found {
     found
 }
 
+/// When a restore point was committed (if the logs tell) and its id.
+type Commit = (Option<std::time::SystemTime>, String);
+
 /// Restore points of committed items that retention may have deleted: all but the newest
 /// `keep` of each item of a job with a retention. Newest by when the committing task ended on
 /// its agent (from the logs; a restore point's own time is that of its commit there).
@@ -323,8 +326,7 @@ fn retired_candidates(evidence: &Evidence) -> BTreeSet<String> {
             committed_at.insert((run.session.as_str(), run.index), run.ended);
         }
     }
-    let mut by_item: BTreeMap<(&str, &str), Vec<(Option<std::time::SystemTime>, String)>> =
-        BTreeMap::new();
+    let mut by_item: BTreeMap<(&str, &str), Vec<Commit>> = BTreeMap::new();
     for ended in &evidence.ended {
         let session = &ended.session;
         for (index, item) in session.items.iter().enumerate() {

@@ -148,6 +148,10 @@ async fn apply(topology: &mut Topology, fault: &Fault) -> Result<(String, Undo),
             topology.set_agent_links(a, partition)?;
             Ok((format!("a{} {partition:?}", a + 1), Undo::Links(fault.target)))
         }
+        (FaultKind::PartitionEtcd, Target::Etcd(m)) => {
+            topology.set_etcd_links(m, partition)?;
+            Ok((format!("etcd{} {partition:?}", m + 1), Undo::Links(fault.target)))
+        }
         (FaultKind::PartitionCoordinator, Target::Coordinator(c)) => {
             topology.set_coordinator_links(c, partition)?;
             Ok((format!("c{} {partition:?}", c + 1), Undo::Links(fault.target)))
@@ -176,6 +180,7 @@ async fn heal(topology: &mut Topology, done: Active, began: Instant, log: &mut N
         Undo::Links(Target::Link(link)) => topology.set_link(link, LinkState::Open),
         Undo::Links(Target::Agent(a)) => topology.set_agent_links(a, LinkState::Open),
         Undo::Links(Target::Coordinator(c)) => topology.set_coordinator_links(c, LinkState::Open),
+        Undo::Links(Target::Etcd(m)) => topology.set_etcd_links(m, LinkState::Open),
         Undo::Links(other) => Err(format!("no links of {other}")),
     };
     let line = match healed {

@@ -30,11 +30,13 @@ pub enum FaultKind {
     PartitionAgent,
     /// A coordinator cut from etcd and from the agents' heartbeats.
     PartitionCoordinator,
+    /// An etcd member cut from its clients (in namespaces: from everyone, peers included).
+    PartitionEtcd,
 }
 
 impl FaultKind {
     /// Every kind, in `--faults` order.
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::KillCoordinator,
         FaultKind::TermCoordinator,
         FaultKind::KillAgent,
@@ -46,6 +48,7 @@ impl FaultKind {
         FaultKind::BlackHoleLink,
         FaultKind::PartitionAgent,
         FaultKind::PartitionCoordinator,
+        FaultKind::PartitionEtcd,
     ];
 
     /// The `--faults` word.
@@ -62,6 +65,7 @@ impl FaultKind {
             FaultKind::BlackHoleLink => "black-hole-link",
             FaultKind::PartitionAgent => "partition-agent",
             FaultKind::PartitionCoordinator => "partition-coordinator",
+            FaultKind::PartitionEtcd => "partition-etcd",
         }
     }
 
@@ -169,7 +173,11 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let detail = match self.kind {
             FaultKind::DelayLink => format!(" {} ms", self.variant),
-            FaultKind::PartitionAgent | FaultKind::PartitionCoordinator if self.variant == 1 => {
+            FaultKind::PartitionAgent
+            | FaultKind::PartitionCoordinator
+            | FaultKind::PartitionEtcd
+                if self.variant == 1 =>
+            {
                 " (black hole)".to_string()
             }
             _ => String::new(),
@@ -233,7 +241,9 @@ pub fn schedule(
         let hold = random_between(&mut rng, pace.hold);
         let variant = match kind {
             FaultKind::DelayLink => rng.random_range(50..=400),
-            FaultKind::PartitionAgent | FaultKind::PartitionCoordinator => rng.random_range(0..2),
+            FaultKind::PartitionAgent
+            | FaultKind::PartitionCoordinator
+            | FaultKind::PartitionEtcd => rng.random_range(0..2),
             _ => 0,
         };
         let active: Vec<&Fault> = planned.iter().filter(|f| f.at + f.hold + SETTLE > at).collect();
@@ -319,13 +329,15 @@ fn targets(kind: FaultKind, shape: Shape, active: &[&Fault]) -> Vec<Target> {
         FaultKind::KillAgent | FaultKind::TermAgent | FaultKind::PartitionAgent => {
             free_agents.into_iter().map(Target::Agent).collect()
         }
-        FaultKind::KillEtcdMember if !etcd_down => {
+        FaultKind::KillEtcdMember | FaultKind::PartitionEtcd if !etcd_down => {
             (0..shape.etcd).filter(|m| !etcd_busy(*m)).map(Target::Etcd).collect()
         }
         FaultKind::KillEtcdLeader if !etcd_down && (0..shape.etcd).all(|m| !etcd_busy(m)) => {
             vec![Target::EtcdLeader]
         }
-        FaultKind::KillEtcdMember | FaultKind::KillEtcdLeader => Vec::new(),
+        FaultKind::KillEtcdMember | FaultKind::KillEtcdLeader | FaultKind::PartitionEtcd => {
+            Vec::new()
+        }
         FaultKind::CutLink | FaultKind::DelayLink | FaultKind::BlackHoleLink => {
             let mut links = Vec::new();
             for &coordinator in &free_coordinators {

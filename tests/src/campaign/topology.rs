@@ -401,6 +401,18 @@ impl Topology {
         Ok(())
     }
 
+    /// etcd member `member` cut from every coordinator (its peers still reach it); in
+    /// namespaces, its link taken down, so its peers lose it too.
+    pub fn set_etcd_links(&self, member: usize, state: LinkState) -> Result<(), String> {
+        if let Some(net) = &self.network {
+            return set_host_link(net, &format!("etcd{}", member + 1), state);
+        }
+        for coordinator in 0..self.coordinators.len() {
+            self.set_link(Link::CoordinatorEtcd { coordinator, member }, state)?;
+        }
+        Ok(())
+    }
+
     /// Opens every link and starts every process that is not running; `Err` lists what
     /// could not be brought back.
     pub async fn heal_all(&mut self) -> Result<(), String> {
@@ -412,6 +424,11 @@ impl Topology {
         }
         for coordinator in 0..self.coordinators.len() {
             if let Err(e) = self.set_coordinator_links(coordinator, LinkState::Open) {
+                problems.push(e);
+            }
+        }
+        for member in 0..self.etcd.len() {
+            if let Err(e) = self.set_etcd_links(member, LinkState::Open) {
                 problems.push(e);
             }
         }
