@@ -61,6 +61,8 @@ pub struct Config {
     pub stop_window: f64,
     /// How long sessions may take to end once the faults are healed.
     pub bound: Duration,
+    /// Pacing of the faults (gaps, holds, how many at once).
+    pub pace: Pace,
     /// Where the run's files go (default: a new temp dir, removed when the run passes).
     pub dir: Option<PathBuf>,
     /// Keep the run's files even when it passes.
@@ -79,6 +81,7 @@ impl Config {
             stop_window: 1.2,
             sim_executor_flag: None,
             bound: Duration::from_secs(60),
+            pace: PACE,
             dir: None,
             keep: false,
         }
@@ -100,7 +103,7 @@ pub const PACE: Pace = Pace {
 pub fn schedule(config: &Config) -> Vec<Fault> {
     let kinds: Vec<FaultKind> =
         config.faults.iter().copied().filter(|k| !(config.netns && k.needs_proxies())).collect();
-    plan::schedule(config.seed, &kinds, SHAPE, PACE, config.duration)
+    plan::schedule(config.seed, &kinds, SHAPE, config.pace, config.duration)
 }
 
 fn settings(config: &Config) -> Settings {
