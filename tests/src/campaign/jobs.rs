@@ -106,8 +106,8 @@ fn computer_job(dir: &Path, computer: &str) -> CampaignJob {
         .keep_restore_points(KEEP)
         .build();
     rewrite(&touch, 0);
-    // One changed file of 2 MiB per item at 2 MiB/s, both items at once.
-    CampaignJob { job, kind: Kind::Computer, expected: Duration::from_secs(1), touch }
+    // One changed file of 4 MiB per item at 2 MiB/s, both items at once.
+    CampaignJob { job, kind: Kind::Computer, expected: Duration::from_secs(2), touch }
 }
 
 fn sim_job(dir: &Path) -> CampaignJob {
@@ -122,7 +122,7 @@ fn sim_job(dir: &Path) -> CampaignJob {
 }
 
 /// Bytes of each file rewritten before a session.
-const CHANGING_BYTES: u64 = 2 * MIB;
+const CHANGING_BYTES: u64 = 4 * MIB;
 
 /// Rewrites `files` with content unique to `round`.
 pub fn rewrite(files: &[PathBuf], round: u64) {
