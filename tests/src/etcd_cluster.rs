@@ -108,11 +108,6 @@ impl EtcdCluster {
         self.members[index].client_url()
     }
 
-    /// Name of member `index` (`etcd1`, ...).
-    pub fn name(&self, index: usize) -> &str {
-        &self.members[index].name
-    }
-
     /// Log file of member `index`.
     pub fn log_path(&self, index: usize) -> PathBuf {
         self.members[index].log_path()

@@ -96,11 +96,6 @@ impl Network {
             .map_err(|e| format!("cannot start the network watchdog shell: {e}"))
     }
 
-    /// Every host, in the order they were named.
-    pub fn hosts(&self) -> &[Host] {
-        &self.hosts
-    }
-
     /// The host named `name`.
     pub fn host(&self, name: &str) -> &Host {
         self.hosts

@@ -37,16 +37,6 @@ impl Api {
         Api { jobs }
     }
 
-    /// Number of coordinators.
-    pub fn len(&self) -> usize {
-        self.jobs.len()
-    }
-
-    /// Whether there is no coordinator.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
-    }
-
     /// Makes `call` on coordinator `first`, then on the next ones while the answer says the
     /// coordinator could not serve it (unavailable, timed out, transport error). Returns the
     /// first other answer, or the last failure.

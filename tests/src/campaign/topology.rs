@@ -264,11 +264,6 @@ impl Topology {
             .map_err(|e| format!("cannot connect to etcd: {e}"))
     }
 
-    /// Whether the namespaces mode is on (no proxies).
-    pub fn in_namespaces(&self) -> bool {
-        self.network.is_some()
-    }
-
     fn node(&mut self, process: Process) -> &mut Node {
         match process {
             Process::Coordinator(i) => &mut self.coordinators[i],
@@ -444,14 +439,6 @@ impl Topology {
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
-    }
-
-    /// Every log of every process.
-    pub fn log_paths(&self) -> Vec<PathBuf> {
-        let nodes = self.coordinators.iter().chain(&self.agents);
-        let mut paths: Vec<PathBuf> = nodes.flat_map(Node::log_paths).collect();
-        paths.extend((0..self.etcd.len()).map(|m| self.etcd.log_path(m)));
-        paths
     }
 }
 
