@@ -358,7 +358,13 @@ pub fn binary(name: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => std::env::current_exe()
             .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+            .and_then(|exe| {
+                // A test runs from `target/<profile>/deps`; a harness binary such as the
+                // campaign runs from `target/<profile>` itself, beside the node binaries.
+                let dir = exe.parent()?;
+                let beside = dir.join(name).is_file() && !dir.ends_with("deps");
+                Some(if beside { dir.to_path_buf() } else { dir.parent()?.to_path_buf() })
+            })
             .unwrap_or_else(|| panic!("cannot locate the test executable's directory")),
     };
     let path = dir.join(name);

@@ -19,15 +19,18 @@
 //! with the test process even when it is killed, without `prctl` or unsafe code.
 
 pub mod api;
+pub mod campaign;
 mod cluster;
 pub mod computers;
 pub mod disk;
 mod etcd;
+pub mod etcd_cluster;
 pub mod fixtures;
 pub mod http;
 pub mod jobs;
 mod logs;
 pub mod manifests;
+pub mod netns;
 mod node;
 pub mod ownership;
 mod ports;

@@ -61,6 +61,19 @@ pub struct Node {
     http_addr: Option<SocketAddr>,
     process: Option<(Child, Watchdog)>,
     starts: u32,
+    /// How the process is placed on the network (netns, listen host, advertised URL).
+    placement: Placement,
+}
+
+/// Where a node runs on the network; the default is a process on loopback.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placement {
+    /// Command the program is run through, e.g. `ip netns exec NS` (empty: run directly).
+    pub(crate) wrapper: Vec<OsString>,
+    /// Host of `--listen` (default `127.0.0.1`).
+    pub(crate) host: Option<String>,
+    /// URL coordinators list an agent at when it is not the node's own (`--advertise`).
+    pub(crate) advertised: Option<String>,
 }
 
 impl Node {
@@ -74,6 +87,7 @@ impl Node {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
+        let placement = Placement::default();
         Node {
             id: id.to_string(),
             role,
@@ -84,7 +98,24 @@ impl Node {
             http_addr: None,
             process: None,
             starts: 0,
+            placement,
         }
+    }
+
+    /// Places the node: run through a wrapper, listen on a host and port chosen up front
+    /// (`port` 0: any), be listed at an advertised URL. Call before the first start.
+    pub(crate) fn place(&mut self, placement: Placement, port: u16) {
+        let host = placement.host.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+        if port != 0 {
+            let addr = format!("{host}:{port}");
+            self.addr = Some(addr.parse().unwrap_or_else(|e| panic!("bad address {addr}: {e}")));
+        }
+        self.placement = placement;
+    }
+
+    /// The URL coordinators list this node at (its own URL unless it advertises another).
+    pub fn advertised_url(&self) -> String {
+        self.placement.advertised.clone().unwrap_or_else(|| self.url())
     }
 
     /// The `--id` of the node, e.g. `c1` or `a2`.
@@ -128,6 +159,11 @@ impl Node {
         format!("http://{addr}")
     }
 
+    /// How many times the process was started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
     /// Process id, while the process runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|(child, _)| child.id())
@@ -156,16 +192,24 @@ impl Node {
     pub(crate) async fn launch(&mut self) {
         assert!(self.process.is_none(), "{} is already running", self.id);
         self.starts += 1;
-        let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let host = self.placement.host.as_deref().unwrap_or("127.0.0.1");
+        let listen = self.addr.map_or_else(|| format!("{host}:0"), |a| a.to_string());
         let (stdout, stderr) = (self.stdout_log(), self.stderr_log());
         let marker = format!("start #{} of {} on {listen}", self.starts, self.id);
         logs::mark(&stdout, &marker);
         logs::mark(&stderr, &marker);
         let offset = logs::len(&stdout);
-        let mut command = Command::new(&self.program);
+        let mut command = match self.placement.wrapper.split_first() {
+            Some((wrapper, wrapper_args)) => {
+                let mut command = Command::new(wrapper);
+                command.args(wrapper_args).arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
         command.args(&self.args).args(["--listen", &listen]);
         if self.role == Role::Coordinator {
-            let http = self.http_addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+            let http = self.http_addr.map_or_else(|| format!("{host}:0"), |a| a.to_string());
             command.args(["--http-listen", &http]);
         }
         command
@@ -253,7 +297,8 @@ impl Node {
                 Ok(agents) => {
                     let mine = agents.iter().find(|a| a.id == self.id);
                     if mine.is_some_and(|a| {
-                        a.state == pb::AgentState::Online as i32 && a.address == self.url()
+                        a.state == pb::AgentState::Online as i32
+                            && a.address == self.advertised_url()
                     }) {
                         return Ok(());
                     }

@@ -6,6 +6,7 @@
 
 mod e2e {
     mod agents;
+    mod campaign;
     mod computers;
     mod console;
     mod drains;
