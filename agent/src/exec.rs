@@ -23,6 +23,11 @@ use crate::key::{self, TaskId, TaskNames};
 use crate::repository::{Identity, RepoPaths};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Longest outcome message an agent journals and reports: coordinators store it with the
+/// item in etcd, so one message must not approach a request's size limit.
+pub const MAX_OUTCOME_MESSAGE_BYTES: usize = 4096;
+/// Ends a message cut to [`MAX_OUTCOME_MESSAGE_BYTES`].
+const CUT_MARK: &str = "… (cut)";
 
 /// A change an executor reports about its task.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +153,20 @@ pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
         (None, Some(Target::Computer(computer))) => computer::run(ctx, &computer).await,
         (None, None) => failed("task has no target".to_owned()),
     }
+}
+
+/// The outcome with its message cut to [`MAX_OUTCOME_MESSAGE_BYTES`] on a character
+/// boundary, ending with a mark that says so.
+pub(crate) fn bounded(mut outcome: pb::TaskOutcome) -> pb::TaskOutcome {
+    if outcome.message.len() > MAX_OUTCOME_MESSAGE_BYTES {
+        let mut end = MAX_OUTCOME_MESSAGE_BYTES - CUT_MARK.len();
+        while !outcome.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        outcome.message.truncate(end);
+        outcome.message.push_str(CUT_MARK);
+    }
+    outcome
 }
 
 /// A failed outcome.

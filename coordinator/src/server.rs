@@ -1,6 +1,6 @@
 //! The coordinator's gRPC server: API services, health and reflection.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sluice_proto::{
     pb::{
@@ -23,12 +23,12 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How long open streams get to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The services a coordinator serves.
+/// The services a coordinator serves (the HTTP API calls the same ones).
 pub(crate) struct Services {
     /// `JobService`.
-    pub(crate) jobs: JobApi,
+    pub(crate) jobs: Arc<JobApi>,
     /// `ClusterService`.
-    pub(crate) cluster: ClusterApi,
+    pub(crate) cluster: Arc<ClusterApi>,
     /// `AgentRegistry`.
     pub(crate) registry: RegistryApi,
 }
@@ -67,7 +67,7 @@ async fn router(services: Services) -> Result<Router> {
         sluice_proto::reflection::v1().map_err(|e| Error::Reflection(e.to_string()))?;
     let reflection_alpha =
         sluice_proto::reflection::v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
-    let jobs = JobServiceServer::new(services.jobs)
+    let jobs = JobServiceServer::from_arc(services.jobs)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     Ok(Server::builder()
@@ -76,6 +76,6 @@ async fn router(services: Services) -> Result<Router> {
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(jobs)
-        .add_service(ClusterServiceServer::new(services.cluster))
+        .add_service(ClusterServiceServer::from_arc(services.cluster))
         .add_service(AgentRegistryServer::new(services.registry)))
 }

@@ -13,6 +13,9 @@ pub struct Settings {
     pub(crate) etcd: Vec<String>,
     /// Address to listen on.
     pub listen: String,
+    /// Address of the console, the HTTP API and `/metrics`; none when not set.
+    #[serde(default)]
+    pub http_listen: Option<String>,
     /// Coordinator id.
     pub(crate) id: String,
     /// Lease TTL in seconds.

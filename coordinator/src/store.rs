@@ -13,6 +13,7 @@ use tonic::Code;
 use crate::{
     error::{Error, Result},
     keys::Keys,
+    metrics::{Metrics, TimedChannel},
 };
 
 /// A cheap-to-clone handle on etcd and the key layout.
@@ -39,17 +40,21 @@ pub(crate) struct Versioned<M> {
 }
 
 impl Store {
-    /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down.
+    /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down. Every
+    /// request is timed into `metrics`.
     pub(crate) async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
+        metrics: &Metrics,
     ) -> Result<Self> {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(5), timeout);
-        let client = Client::connect(endpoints, Some(options)).await?;
+        let channel = TimedChannel(metrics.clone());
+        let client =
+            Client::connect_with_balanced_channel(endpoints, Some(options), channel).await?;
         let kv = client
             .kv_client()
             .max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES)

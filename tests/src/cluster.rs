@@ -39,6 +39,8 @@ pub struct AgentSpec {
     pub transfer_rate_limit: Option<u64>,
     /// `--heartbeat-ttl`; the builder's default when `None`.
     pub heartbeat_ttl: Option<u32>,
+    /// `--enable-sim-executor`; on unless `Some(false)` (harness agents run sim jobs).
+    pub sim_executor: Option<bool>,
 }
 
 impl AgentSpec {
@@ -68,6 +70,12 @@ impl AgentSpec {
     /// Sets `--heartbeat-ttl`.
     pub fn heartbeat_ttl(mut self, seconds: u32) -> AgentSpec {
         self.heartbeat_ttl = Some(seconds);
+        self
+    }
+
+    /// Passes `--enable-sim-executor` or not (default: passed).
+    pub fn sim_executor(mut self, enabled: bool) -> AgentSpec {
+        self.sim_executor = Some(enabled);
         self
     }
 }
@@ -311,6 +319,9 @@ impl Cluster {
         if let Some(limit) = spec.transfer_rate_limit {
             args.extend(flags([("--transfer-rate-limit", limit.to_string())]));
         }
+        if spec.sim_executor != Some(false) {
+            args.push("--enable-sim-executor".into());
+        }
         let role = Role::Agent { coordinators };
         let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir);
         node.launch().await;
@@ -358,7 +369,13 @@ pub fn binary(name: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => std::env::current_exe()
             .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+            .and_then(|exe| {
+                // A test runs from `target/<profile>/deps`; a harness binary such as the
+                // campaign runs from `target/<profile>` itself, beside the node binaries.
+                let dir = exe.parent()?;
+                let beside = dir.join(name).is_file() && !dir.ends_with("deps");
+                Some(if beside { dir.to_path_buf() } else { dir.parent()?.to_path_buf() })
+            })
             .unwrap_or_else(|| panic!("cannot locate the test executable's directory")),
     };
     let path = dir.join(name);

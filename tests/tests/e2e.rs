@@ -6,12 +6,15 @@
 
 mod e2e {
     mod agents;
+    mod campaign;
     mod computers;
+    mod console;
     mod drains;
     mod etcd_hygiene;
     mod etcd_restart;
     mod fencing;
     mod harness;
+    mod http_api;
     mod jobs;
     mod ownership;
     mod reflection;

@@ -65,20 +65,10 @@ fn expired(sessions: &[pb::Session], per_job: usize, oldest_ms: i64) -> Vec<&str
         .collect()
 }
 
-/// Ids of the sessions of `job` that made restore points still in the catalog (read from
-/// the keys alone: `<session id>-<item index>`).
+/// Ids of the sessions of `job` that made restore points still in the catalog.
 async fn sessions_in_catalog(store: &Store, job: &str) -> Result<HashSet<String>> {
-    let options = GetOptions::new().with_prefix().with_keys_only();
-    let response = store.kv().get(store.keys().restore_points(job), Some(options)).await?;
-    Ok(response
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let key = String::from_utf8_lossy(kv.key());
-            let rp = key.rsplit('/').next()?;
-            Some(rp.rsplit_once('-')?.0.to_string())
-        })
-        .collect())
+    let catalog = store.list::<pb::RestorePoint>(&store.keys().restore_points(job)).await?;
+    Ok(catalog.into_iter().map(|(_, rp)| rp.session_id).collect())
 }
 
 fn delete_session(store: &Store, job: &str, id: &str, keep_record: bool) -> Vec<TxnOp> {

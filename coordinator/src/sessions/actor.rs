@@ -24,7 +24,7 @@ use super::{
     outbox::{Ack, Outbox},
     persist, records,
 };
-use crate::{agents::directory::agent_map, error::Error};
+use crate::{agents::directory::agent_map, error::Error, metrics::SessionGauge};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
@@ -97,6 +97,8 @@ pub(crate) struct SessionActor {
     last_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
+    /// The stored state of the items, for the metrics.
+    gauge: SessionGauge,
 }
 
 impl SessionActor {
@@ -109,6 +111,8 @@ impl SessionActor {
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
+        let job = base.session.as_ref().map_or("", |session| session.job.as_str());
+        let gauge = SessionGauge::new(ctx.metrics.clone(), job, &machine);
         SessionActor {
             machine,
             base,
@@ -124,6 +128,7 @@ impl SessionActor {
             last_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
+            gauge,
         }
     }
 
@@ -139,6 +144,9 @@ impl SessionActor {
         async move {
             self.reattach().await;
             let exit = self.serve().await;
+            if exit == Exit::Finished {
+                self.gauge.finished(&self.machine);
+            }
             self.ctx.scheduler.release_session(self.machine.id());
             self.children.end(Duration::ZERO, &self.ctx.shutdown).await;
             let grace = if exit == Exit::Finished { agent_calls::TIMEOUT } else { Duration::ZERO };
@@ -354,6 +362,7 @@ impl SessionActor {
     ) -> Option<Exit> {
         match result {
             Ok(()) => {
+                self.gauge.stored(&self.machine, &items);
                 // Only what this flush stored: later dispatches and outcomes wait for theirs.
                 let stored = self.outbox.flush_stored();
                 for dispatch in stored.runs {

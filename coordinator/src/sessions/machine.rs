@@ -232,6 +232,11 @@ impl Machine {
         &self.status
     }
 
+    /// Every item, in job order (positions as `take_dirty` returns them).
+    pub(crate) fn items(&self) -> &[Item] {
+        &self.items
+    }
+
     /// The item at a position (as returned by `take_dirty`).
     pub(crate) fn item(&self, pos: usize) -> &Item {
         &self.items[pos]

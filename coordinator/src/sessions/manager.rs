@@ -281,6 +281,7 @@ impl Sessions {
             self.spawn(&view, epoch, &lease)?;
             claimed += 1;
         }
+        self.inner.ctx.metrics.took_over(claimed);
         Ok(claimed)
     }
 
