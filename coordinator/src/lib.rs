@@ -9,11 +9,13 @@ mod error;
 mod http;
 mod jobs;
 mod keys;
+mod maintenance;
 mod membership;
 mod metrics;
 mod registry;
 mod restore_points;
 mod scheduler;
+mod schedules;
 mod server;
 mod sessions;
 mod settings;
@@ -135,12 +137,21 @@ fn start(
     let sessions = Sessions::new(Parts {
         ctx,
         router,
-        lease,
+        lease: lease.clone(),
         coordinator: id.clone(),
         tracker: tasks.tracker.clone(),
         restore_points: restore_points.clone(),
     });
     tasks.tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), tasks.stop.clone()));
+    tasks.tracker.spawn(schedules::run(sessions.clone(), shutdown.clone()));
+    let upkeep = maintenance::Maintenance {
+        store: store.clone(),
+        lease: lease.clone(),
+        coordinator: id.clone(),
+        history: settings.history(),
+        compaction: settings.compaction_interval(),
+    };
+    tasks.tracker.spawn(upkeep.run(tasks.stop.clone()));
     let registry = Registry::new(store.clone());
     let jobs = JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone());
     let services = Services {

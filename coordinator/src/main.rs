@@ -42,6 +42,18 @@ struct Flags {
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
+    /// Finished sessions older than this many days are deleted (default 400).
+    #[arg(long, env = "SLUICE_SESSION_HISTORY_DAYS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_history_days: Option<u32>,
+    /// Finished sessions kept per job, newest first; older ones are deleted (default 400).
+    #[arg(long, env = "SLUICE_SESSION_HISTORY_PER_JOB", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_history_per_job: Option<u32>,
+    /// Seconds between compactions of etcd's history (default 300; 0 turns it off).
+    #[arg(long, env = "SLUICE_ETCD_COMPACTION_INTERVAL", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_compaction_interval: Option<u64>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, ResponseHeader,
-    Txn, TxnOp, TxnOpResponse, WatchClient,
+    Txn, TxnOpResponse, WatchClient,
 };
 use prost::Message;
 use sluice_proto::ids::Epoch;
@@ -129,21 +129,6 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a key only if it is absent; `false` when it exists already.
-    pub(crate) async fn create<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
-        let txn =
-            Txn::new().when([absent(key)]).and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
-    }
-
-    /// Replaces a key only if it exists; `false` when it does not.
-    pub(crate) async fn replace<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Greater, 0)])
-            .and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
-    }
-
     /// Renews a lease once; `false` when it has expired.
     pub(crate) async fn renew_lease(&self, lease: i64) -> Result<bool> {
         let renewal = async {
@@ -159,6 +144,18 @@ impl Store {
         match renewal.await {
             Ok(response) => Ok(response.is_some_and(|r| r.ttl() > 0)),
             Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::NotFound => {
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Compacts etcd's history up to `revision`; `false` when it was compacted that far
+    /// already (etcd answers OUT_OF_RANGE).
+    pub(crate) async fn compact(&self, revision: i64) -> Result<bool> {
+        match self.kv().compact(revision, None).await {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::OutOfRange => {
                 Ok(false)
             }
             Err(error) => Err(error.into()),

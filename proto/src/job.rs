@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::pb::{self, job_item::Target};
 
+mod schedule;
+pub use schedule::{
+    MAX_CATCH_UP_SECONDS, MAX_WINDOW_RANGES, RangeFile, ScheduleFile, WindowFile, parse_stop_mode,
+};
+
 /// Most items one job may hold.
 pub const MAX_ITEMS: usize = 100_000;
 /// Largest encoded job definition accepted (etcd runs with a larger `--max-request-bytes`).
@@ -101,7 +106,8 @@ pub fn validate_job(job: &pb::Job) -> Result<(), JobError> {
     validate_repository("job.repository", &job.repository)?;
     validate_items(job_type, &job.items)?;
     validate_proxies(&job.proxies)?;
-    validate_limits(job)
+    validate_limits(job)?;
+    schedule::validate(job)
 }
 
 fn validate_type(raw: i32) -> Result<pb::JobType, JobError> {
@@ -303,6 +309,12 @@ pub struct JobFile {
     /// Restore points kept per item; 0 keeps all.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub keep_restore_points: u32,
+    /// When the job starts by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleFile>,
+    /// When scheduled sessions may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_window: Option<WindowFile>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -418,6 +430,8 @@ impl JobFile {
             offline_wait_seconds: self.offline_wait_seconds,
             sim_duration_ms: self.sim_duration_ms,
             keep_restore_points: self.keep_restore_points,
+            schedule: self.schedule.map(pb::Schedule::from),
+            backup_window: self.backup_window.map(WindowFile::into_window).transpose()?,
         })
     }
 }
@@ -457,6 +471,8 @@ impl From<&pb::Job> for JobFile {
             offline_wait_seconds: job.offline_wait_seconds,
             sim_duration_ms: job.sim_duration_ms,
             keep_restore_points: job.keep_restore_points,
+            schedule: job.schedule.as_ref().map(ScheduleFile::from),
+            backup_window: job.backup_window.as_ref().map(WindowFile::from),
         }
     }
 }

@@ -89,6 +89,7 @@ pub struct ClusterBuilder {
     heartbeat_ttl: u32,
     slots: u32,
     etcd_url: Option<String>,
+    coordinator_flags: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -131,6 +132,12 @@ impl ClusterBuilder {
     /// Default `--slots` of the agents (default 2).
     pub fn slots(mut self, slots: u32) -> ClusterBuilder {
         self.slots = slots;
+        self
+    }
+
+    /// Passes one more flag to every coordinator, e.g. `("--etcd-compaction-interval", "2")`.
+    pub fn coordinator_flag(mut self, flag: &str, value: &str) -> ClusterBuilder {
+        self.coordinator_flags.push((flag.to_string(), value.to_string()));
         self
     }
 
@@ -187,6 +194,7 @@ impl Cluster {
             heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
             slots: DEFAULT_SLOTS,
             etcd_url: None,
+            coordinator_flags: Vec::new(),
         }
     }
 
@@ -273,12 +281,15 @@ impl Cluster {
     /// before the agents that should heartbeat to it.
     pub async fn add_coordinator_with_etcd(&mut self, etcd_url: &str) -> &mut Node {
         let id = format!("c{}", self.coordinators.len() + 1);
-        let args = flags([
+        let mut args = flags([
             ("--etcd", etcd_url.to_string()),
             ("--id", id.clone()),
             ("--lease-ttl", self.settings.lease_ttl.to_string()),
             ("--prefix", self.prefix.clone()),
         ]);
+        for (flag, value) in &self.settings.coordinator_flags {
+            args.extend([OsString::from(flag), OsString::from(value)]);
+        }
         let program = binary("sluice-coordinator");
         let mut node = Node::new(&id, Role::Coordinator, program, args, self.dir().join(&id));
         node.launch().await;

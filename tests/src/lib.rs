@@ -36,6 +36,7 @@ pub mod ownership;
 mod ports;
 pub mod proxy;
 pub mod records;
+pub mod schedules;
 pub mod sessions;
 pub mod stops;
 pub mod tasks;

@@ -10,6 +10,7 @@ mod e2e {
     mod computers;
     mod console;
     mod drains;
+    mod etcd_hygiene;
     mod etcd_restart;
     mod fencing;
     mod harness;
@@ -18,10 +19,12 @@ mod e2e {
     mod ownership;
     mod reflection;
     mod restore_points;
+    mod schedules;
     mod sessions;
     mod shutdown;
     mod snapshots;
     mod stop_takeover;
     mod stops;
     mod validation;
+    mod windows;
 }

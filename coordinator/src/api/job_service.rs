@@ -131,6 +131,15 @@ impl JobService for JobApi {
     ) -> Reply<pb::RestoreRestorePointResponse> {
         Ok(Response::new(self.restore_points.restore(request.into_inner()).await?))
     }
+
+    async fn list_schedule_runs(
+        &self,
+        request: Request<pb::ListScheduleRunsRequest>,
+    ) -> Reply<pb::ListScheduleRunsResponse> {
+        let job = request.into_inner().job;
+        let runs = crate::schedules::list_runs(self.sessions.store(), &job).await?;
+        Ok(Response::new(pb::ListScheduleRunsResponse { runs }))
+    }
 }
 
 /// Who called: the peer address, recorded as the stopper when the caller names no one.

@@ -34,6 +34,7 @@ fn a_session_moves_its_items_and_counts_its_end() {
         deadline_ms: None,
         requested_by: "me".into(),
         requested_at_ms: 400,
+        reason: String::new(),
     };
     session.apply(1_000, Event::Stop(stop));
     gauge.stored(&session, &[0, 1, 2]);

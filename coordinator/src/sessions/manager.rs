@@ -1,7 +1,10 @@
 //! `Sessions`: starts sessions and runs their actors; answers stops, reads and retries on
 //! any coordinator (everything goes through etcd, so the owner may be elsewhere).
 
+mod scheduled;
 mod stop;
+
+pub(crate) use scheduled::Start;
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -21,7 +24,7 @@ use super::{
     actor::{Exit, Inboxes, MAILBOX, SessionActor},
     context::SessionContext,
     ids::new_session_id,
-    persist::{self, NewSession},
+    persist::{self, Extra, NewSession},
     records::{SessionView, machine_from_records, stop_from},
 };
 use crate::{
@@ -70,7 +73,7 @@ impl Sessions {
     /// Starts a session of every item of `job`.
     pub(crate) async fn start(&self, job: &str) -> Result<pb::Session> {
         validate_name("job", job)?;
-        self.start_items(job, None, String::new()).await
+        self.start_items(job, None, String::new(), Start::manual()).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
@@ -84,7 +87,7 @@ impl Sessions {
             return Err(Error::NothingToRetry { session: session_id.into() });
         }
         let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
-        self.start_items(&job, Some(names), session_id.to_string()).await
+        self.start_items(&job, Some(names), session_id.to_string(), Start::retry()).await
     }
 
     async fn start_items(
@@ -92,6 +95,7 @@ impl Sessions {
         job_name: &str,
         names: Option<Vec<String>>,
         retry_of: String,
+        start: Start,
     ) -> Result<pb::Session> {
         let lease = self.current_lease()?;
         let store = self.store();
@@ -101,11 +105,18 @@ impl Sessions {
         if item_indices.is_empty() {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
+        let id = start.session_id.unwrap_or_else(new_session_id);
+        let mut record = self.new_record(id, stored.value, item_indices, retry_of);
+        if let Some(session) = record.session.as_mut() {
+            session.trigger = start.trigger as i32;
+            session.due_at = start.due_at;
+        }
         let mut new = NewSession {
-            record: self.new_record(stored.value, item_indices, retry_of),
+            record,
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
+            extra: start.extra,
         };
         let epoch = create(store, &mut new).await?;
         let view = SessionView {
@@ -122,12 +133,13 @@ impl Sessions {
     /// The record of a new session of `job`, owned here, with the trace it starts.
     fn new_record(
         &self,
+        id: String,
         job: pb::Job,
         item_indices: Vec<u32>,
         retry_of: String,
     ) -> pb::SessionRecord {
         let session = pb::Session {
-            id: new_session_id(),
+            id,
             job: job.name.clone(),
             state: SessionState::Starting as i32,
             owner: self.inner.coordinator.clone(),
@@ -309,7 +321,8 @@ async fn create(store: &Store, new: &mut NewSession) -> Result<Epoch> {
     let mut tries = 0;
     loop {
         match persist::create(store, new).await {
-            Err(Error::SessionIdTaken { .. }) if tries < 3 => {
+            // A scheduled start names its id in its run record: it fails and comes again.
+            Err(Error::SessionIdTaken { .. }) if tries < 3 && new.extra.ops.is_empty() => {
                 tries += 1;
                 if let Some(session) = new.record.session.as_mut() {
                     session.id = new_session_id();

@@ -156,6 +156,7 @@ fn stop_request(
         requested_by,
         requested_at: Some(timestamp(now)),
         graceful_deadline: deadline.map(timestamp),
+        reason: String::new(),
     }
 }
 

@@ -189,6 +189,7 @@ pub(crate) fn stop_from(stop: &pb::StopRequest) -> Stop {
         deadline_ms: stop.graceful_deadline.as_ref().map(time::millis),
         requested_by: stop.requested_by.clone(),
         requested_at_ms: stop.requested_at.as_ref().map_or(0, time::millis),
+        reason: stop.reason.clone(),
     }
 }
 
@@ -203,6 +204,7 @@ pub(super) fn stop_request(stop: &Stop) -> pb::StopRequest {
         requested_by: stop.requested_by.clone(),
         requested_at: Some(timestamp(stop.requested_at_ms)),
         graceful_deadline: stop.deadline_ms.map(timestamp),
+        reason: stop.reason.clone(),
     }
 }
 
@@ -269,8 +271,9 @@ mod tests {
         let stop = Stop {
             mode: StopMode::Graceful,
             deadline_ms: Some(9_000),
-            requested_by: "op".into(),
+            requested_by: "backup-window".into(),
             requested_at_ms: 1_000,
+            reason: "the backup window mon 01:00-02:00 (UTC)".into(),
         };
         assert_eq!(stop_from(&stop_request(&stop)), stop);
     }
