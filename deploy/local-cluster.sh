@@ -2,9 +2,10 @@
 # A local Sluice cluster and a guided demo, on one Debian machine.
 #
 #   bash deploy/local-cluster.sh          install what is missing, build, make a CA and certificates,
-#                                         start etcd, 2 coordinators and 2 agents (all over TLS), back
-#                                         up 6 demo VMs, show a graceful and an immediate stop and the
-#                                         roles of API tokens, then stop everything it started
+#                                         start etcd, 2 coordinators (each with its web console) and
+#                                         2 agents, all over TLS, back up 6 demo VMs, show a graceful
+#                                         and an immediate stop, the metrics and the roles of API
+#                                         tokens, then stop everything it started
 #   KEEP=1 bash deploy/local-cluster.sh   the same, but leave the cluster running afterwards
 #   bash deploy/local-cluster.sh stop     stop a cluster left running by KEEP=1
 #
@@ -35,6 +36,9 @@ ETCD_PEER_PORT=23800
 ETCD_METRICS_PORT=23791
 ETCD_URL="https://127.0.0.1:$ETCD_CLIENT_PORT"
 COORDINATOR_PORTS=(7400 7401)
+# The console, the HTTP API and /metrics of each coordinator (--http-listen).
+HTTP_PORTS=(7480 7481)
+CONSOLE_URL="https://127.0.0.1:${HTTP_PORTS[0]}/"
 AGENT_PORTS=(7500 7501)
 ENDPOINTS="https://127.0.0.1:7400,https://127.0.0.1:7401"
 PKI="$RUN_DIR/pki"
@@ -238,10 +242,11 @@ build() {
 check_ports_free() {
     local port
     for port in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$ETCD_METRICS_PORT" "${COORDINATOR_PORTS[@]}" \
-        "${AGENT_PORTS[@]}"; do
+        "${HTTP_PORTS[@]}" "${AGENT_PORTS[@]}"; do
         if port_open "$port"; then
-            die "port 127.0.0.1:$port is already in use; the local cluster needs $ETCD_CLIENT_PORT," \
-                "$ETCD_PEER_PORT, $ETCD_METRICS_PORT, ${COORDINATOR_PORTS[*]} and ${AGENT_PORTS[*]}"
+            die "port 127.0.0.1:$port is already in use; the local cluster needs" \
+                "$ETCD_CLIENT_PORT, $ETCD_PEER_PORT, $ETCD_METRICS_PORT, ${COORDINATOR_PORTS[*]}," \
+                "${HTTP_PORTS[*]} and ${AGENT_PORTS[*]}"
         fi
     done
 }
@@ -306,6 +311,7 @@ start_coordinators() {
         start "$id" "$BIN_DIR/sluice-coordinator" \
             --etcd "$ETCD_URL" \
             --listen "127.0.0.1:${COORDINATOR_PORTS[i]}" \
+            --http-listen "127.0.0.1:${HTTP_PORTS[i]}" \
             --id "$id" \
             --lease-ttl 5 \
             "${tls[@]}" \
@@ -319,6 +325,13 @@ start_coordinators() {
         wait_until "$id on 127.0.0.1:${COORDINATOR_PORTS[i]}" "$id" listening "$id"
     done
     wait_until "the admin token in deploy/run/admin.token" coord-1 token_written
+    note "console: open $CONSOLE_URL (or https://127.0.0.1:${HTTP_PORTS[1]}/: any coordinator);"
+    note "its certificate is from deploy/run/pki/ca/ca.crt, and it signs in with an API token"
+}
+
+# Prints /metrics of the first coordinator, over HTTPS, as the admin.
+metrics() {
+    curl -s --cacert "$CA_CERT" -H "Authorization: Bearer $(cat "$TOKEN_FILE")" "${CONSOLE_URL}metrics"
 }
 
 start_agents() {
@@ -334,6 +347,7 @@ start_agents() {
             --id "$id" \
             --slots 2 \
             --state-dir "$RUN_DIR/$id" \
+            --repository-root "$RUN_DIR/repo" --restore-root "$RUN_DIR/restores" \
             --transfer-rate-limit "$TRANSFER_RATE_LIMIT" \
             "${tls[@]}"
     done
@@ -466,6 +480,15 @@ demo() {
     run restore-point list "$JOB"
     run agent list
 
+    log "Metrics: what Prometheus scrapes from every coordinator (here the first)"
+    printf '\n$ curl -s --cacert %s -H "Authorization: Bearer $SLUICE_TOKEN" %smetrics | grep sluice_job_last_success\n' \
+        deploy/run/pki/ca/ca.crt "$CONSOLE_URL"
+    metrics | grep sluice_job_last_success || die "no sluice_job_last_success metric at ${CONSOLE_URL}metrics"
+    note "alert when a job had no successful session for a day:"
+    note "  time() - max by (job) (sluice_job_last_success_timestamp_seconds) > 86400"
+    printf '\n$ curl ... %smetrics | grep -E "^sluice_(sessions_total|bytes_transferred_total)"\n' "$CONSOLE_URL"
+    metrics | grep -E '^sluice_(sessions_total|bytes_transferred_total)' || true
+
     security_demo
 }
 
@@ -495,6 +518,9 @@ print_usage() {
 The local cluster keeps running (KEEP=1), over TLS:
     etcd           $ETCD_URL (data in deploy/run/etcd; client certificates required)
     coordinators   $ENDPOINTS
+    console        $CONSOLE_URL (also https://127.0.0.1:${HTTP_PORTS[1]}/; JSON API under /api/v1,
+                   metrics at /metrics). From another machine: ssh -L ${HTTP_PORTS[0]}:127.0.0.1:${HTTP_PORTS[0]} THIS_HOST,
+                   then open $CONSOLE_URL there
     agents         proxy-1 127.0.0.1:${AGENT_PORTS[0]}, proxy-2 127.0.0.1:${AGENT_PORTS[1]}
     CA and certs   deploy/run/pki/
     admin token    deploy/run/admin.token
@@ -551,6 +577,7 @@ main() {
 
     demo
     log "Demo complete"
+    note "the console: $CONSOLE_URL (KEEP=1 leaves the cluster running to look at it)"
 }
 
 trap on_exit EXIT

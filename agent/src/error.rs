@@ -1,5 +1,6 @@
 //! The one error type of the agent and its mapping onto gRPC statuses.
 
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::refusal::Refusal;
 use tonic::{Code, Status};
 
@@ -18,11 +19,11 @@ pub enum AgentError {
     #[error("stale epoch {epoch} for session {session}: newest seen is {newest}")]
     StaleEpoch {
         /// Session id.
-        session: String,
+        session: SessionId,
         /// Epoch of the command.
-        epoch: i64,
+        epoch: Epoch,
         /// Newest epoch seen.
-        newest: i64,
+        newest: Epoch,
     },
     /// The request cannot be served in the agent's current state.
     #[error("{0}")]
@@ -124,7 +125,9 @@ mod tests {
 
     #[test]
     fn codes_fit_the_error() {
-        let stale = AgentError::StaleEpoch { session: "s".into(), epoch: 1, newest: 2 };
+        let session = SessionId::parse("session_id", "s").expect("valid");
+        let epoch = |n: i64| Epoch::try_from(n).expect("positive");
+        let stale = AgentError::StaleEpoch { session, epoch: epoch(1), newest: epoch(2) };
         let status = Status::from(stale);
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(status.message(), "stale epoch 1 for session s: newest seen is 2");

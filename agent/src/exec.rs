@@ -12,16 +12,22 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use sluice_proto::ids::SessionId;
 use sluice_proto::pb::{self, job_item::Target};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::fsutil::{self, blocking};
-use crate::key::{self, TaskId};
+use crate::key::{self, TaskId, TaskNames};
 use crate::repository::{Identity, RepoPaths};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Longest outcome message an agent journals and reports: coordinators store it with the
+/// item in etcd, so one message must not approach a request's size limit.
+pub const MAX_OUTCOME_MESSAGE_BYTES: usize = 4096;
+/// Ends a message cut to [`MAX_OUTCOME_MESSAGE_BYTES`].
+const CUT_MARK: &str = "… (cut)";
 
 /// A change an executor reports about its task.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +129,7 @@ pub struct TaskContext {
     /// Transfer rate limit in bytes per second (VM: `qemu-img convert -r`; computer: reads).
     pub rate_limit: Option<u64>,
     /// Sessions with a task running on this agent (their snapshots are not leftovers).
-    pub running_sessions: watch::Receiver<BTreeSet<String>>,
+    pub running_sessions: watch::Receiver<BTreeSet<SessionId>>,
 }
 
 impl TaskContext {
@@ -133,7 +139,7 @@ impl TaskContext {
             restore_point: self.id.restore_point_id(),
             job: self.spec.job.clone(),
             item: key::item_name(&self.spec).to_owned(),
-            session_id: self.id.session.clone(),
+            session_id: self.id.session.to_string(),
         }
     }
 }
@@ -147,6 +153,20 @@ pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
         (None, Some(Target::Computer(computer))) => computer::run(ctx, &computer).await,
         (None, None) => failed("task has no target".to_owned()),
     }
+}
+
+/// The outcome with its message cut to [`MAX_OUTCOME_MESSAGE_BYTES`] on a character
+/// boundary, ending with a mark that says so.
+pub(crate) fn bounded(mut outcome: pb::TaskOutcome) -> pb::TaskOutcome {
+    if outcome.message.len() > MAX_OUTCOME_MESSAGE_BYTES {
+        let mut end = MAX_OUTCOME_MESSAGE_BYTES - CUT_MARK.len();
+        while !outcome.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        outcome.message.truncate(end);
+        outcome.message.push_str(CUT_MARK);
+    }
+    outcome
 }
 
 /// A failed outcome.
@@ -191,7 +211,7 @@ pub(crate) fn restore_point(
         id: id.restore_point_id(),
         job: spec.job.clone(),
         item: key::item_name(spec).to_owned(),
-        session_id: id.session.clone(),
+        session_id: id.session.to_string(),
         created_at,
         size_bytes,
         path: paths.final_dir.display().to_string(),

@@ -10,12 +10,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
 use tracing::warn;
 
 use crate::error::AgentError;
 use crate::fsutil;
-use crate::key::TaskId;
+use crate::key::{TaskId, TaskNames};
 
 const TASKS_DIR: &str = "tasks";
 const EPOCHS_FILE: &str = "epochs.json";
@@ -82,7 +83,7 @@ impl Journal {
     }
 
     /// The newest epoch seen per session.
-    pub(crate) fn load_epochs(&self) -> Result<HashMap<String, i64>, AgentError> {
+    pub(crate) fn load_epochs(&self) -> Result<HashMap<SessionId, Epoch>, AgentError> {
         let path = self.dir.join(EPOCHS_FILE);
         let text = match fs::read(&path) {
             Ok(text) => text,
@@ -95,7 +96,7 @@ impl Journal {
     }
 
     /// Durably replaces the epochs.
-    pub(crate) fn save_epochs(&self, epochs: &HashMap<String, i64>) -> io::Result<()> {
+    pub(crate) fn save_epochs(&self, epochs: &HashMap<SessionId, Epoch>) -> io::Result<()> {
         let bytes = serde_json::to_vec(epochs).map_err(io::Error::other)?;
         fsutil::write_atomic(&self.dir.join(EPOCHS_FILE), &bytes)
     }
@@ -117,7 +118,13 @@ fn read_entry(path: &Path) -> Option<(TaskId, JournalEntry)> {
         warn!(path = %path.display(), "journal entry without a task key skipped");
         return None;
     };
-    Some((TaskId::from_key(key), entry))
+    match TaskId::from_wire("key", key) {
+        Ok(id) => Some((id, entry)),
+        Err(error) => {
+            warn!(path = %path.display(), %error, "journal entry with a bad task key skipped");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,7 +144,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::open(dir.path()).expect("open");
         let entry = JournalEntry { spec: Some(spec("s1")), ..Default::default() };
-        let id = TaskId { session: "s1".into(), index: 3, attempt: 2 };
+        let session = SessionId::parse("session", "s1").expect("valid");
+        let id = TaskId { session, index: 3, attempt: 2 };
         journal.write(&id, &entry).expect("write");
         fs::write(dir.path().join("tasks/garbage.pb"), b"\xff\xff").expect("garbage");
         let loaded = journal.load().expect("load");
@@ -151,8 +159,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::open(dir.path()).expect("open");
         assert!(journal.load_epochs().expect("empty").is_empty());
-        let epochs = HashMap::from([("s1".to_string(), 4_i64)]);
+        let session = SessionId::parse("session", "s1").expect("valid");
+        let epochs = HashMap::from([(session, Epoch::try_from(4).expect("positive"))]);
         journal.save_epochs(&epochs).expect("save");
         assert_eq!(journal.load_epochs().expect("load"), epochs);
+        let stored = fs::read_to_string(dir.path().join(EPOCHS_FILE)).expect("read");
+        assert_eq!(stored, r#"{"s1":4}"#, "the file format stays plain");
     }
 }

@@ -1,58 +1,44 @@
 //! Identity of a task and checks of the task specs coordinators send.
 
-use std::fmt;
+use std::path::{Component, Path};
 
+use sluice_proto::ids::{Epoch, SessionId};
+use sluice_proto::job::JobError;
 use sluice_proto::pb::{self, job_item::Target};
 
 use crate::error::AgentError;
 
 const MAX_ITEM_NAME_LEN: usize = 255;
 
-/// One attempt of one item of a session: the key tasks are idempotent on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId {
-    /// Session id.
-    pub session: String,
-    /// Index of the item in the job.
-    pub index: u32,
-    /// Attempt number, from 1.
-    pub attempt: u32,
+pub use sluice_proto::ids::TaskId;
+
+/// The names the agent derives from a task's id.
+pub trait TaskNames {
+    /// File name of its journal entry.
+    fn file_name(&self) -> String;
+    /// Id of the restore point the task commits: `<session>-<index>` for the first attempt,
+    /// `<session>-<index>-a<attempt>` for a retry.
+    fn restore_point_id(&self) -> String;
+    /// Name of the VM snapshots the task takes: `sluice-<session>`.
+    fn snapshot_name(&self) -> String;
 }
 
-impl TaskId {
-    /// The id of a wire key (unchecked).
-    pub(crate) fn from_key(key: &pb::TaskKey) -> Self {
-        Self { session: key.session_id.clone(), index: key.item_index, attempt: key.attempt }
-    }
-
-    /// The wire key.
-    pub(crate) fn to_key(&self) -> pb::TaskKey {
-        pb::TaskKey {
-            session_id: self.session.clone(),
-            item_index: self.index,
-            attempt: self.attempt,
-        }
-    }
-
-    /// File name of its journal entry.
-    pub(crate) fn file_name(&self) -> String {
+impl TaskNames for TaskId {
+    fn file_name(&self) -> String {
         format!("{}.{}.{}.pb", self.session, self.index, self.attempt)
     }
 
-    /// Id of the restore point the task commits: `<session>-<index>`.
-    pub(crate) fn restore_point_id(&self) -> String {
-        format!("{}-{}", self.session, self.index)
+    /// Attempts never share a folder: an earlier attempt that an agent partitioned away went
+    /// on with may still commit.
+    fn restore_point_id(&self) -> String {
+        match self.attempt {
+            0 | 1 => format!("{}-{}", self.session, self.index),
+            attempt => format!("{}-{}-a{attempt}", self.session, self.index),
+        }
     }
 
-    /// Name of the VM snapshots the task takes: `sluice-<session>`.
-    pub(crate) fn snapshot_name(&self) -> String {
+    fn snapshot_name(&self) -> String {
         format!("{SNAPSHOT_PREFIX}{}", self.session)
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}#{}", self.session, self.index, self.attempt)
     }
 }
 
@@ -66,29 +52,44 @@ pub(crate) const SNAPSHOT_PREFIX: &str = "sluice-";
 
 /// Checks a session id by the coordinator's name rules (1-64 characters of `[a-z0-9._-]`, not
 /// starting with '.'), so every restore point an agent commits can be named in later calls.
-pub(crate) fn validate_session_id(field: &str, session: &str) -> Result<(), AgentError> {
-    sluice_proto::job::validate_name(field, session).map_err(|error| match error {
-        sluice_proto::job::JobError::Invalid { reason, .. } => AgentError::invalid(field, reason),
-        other => AgentError::invalid(field, other.to_string()),
-    })
+pub(crate) fn session_id(field: &str, session: &str) -> Result<SessionId, AgentError> {
+    SessionId::parse(field, session).map_err(invalid_id(field))
 }
 
-/// Checks a run request's task and returns its id.
-pub fn validate_spec(spec: &pb::TaskSpec) -> Result<TaskId, AgentError> {
+/// Checks a wire task key (its session id); errors name `field`, the key's path.
+pub(crate) fn task_id(field: &str, key: &pb::TaskKey) -> Result<TaskId, AgentError> {
+    TaskId::from_wire(field, key).map_err(invalid_id(&format!("{field}.session_id")))
+}
+
+/// Checks a command's epoch: an absent one (0) is refused, never taken as a value.
+pub(crate) fn epoch(field: &str, epoch: i64) -> Result<Epoch, AgentError> {
+    Epoch::try_from(epoch).map_err(|error| AgentError::invalid(field, error.to_string()))
+}
+
+fn invalid_id(field: &str) -> impl FnOnce(JobError) -> AgentError {
+    move |error| match error {
+        JobError::Invalid { field, reason } => AgentError::invalid(field, reason),
+        other => AgentError::invalid(field, other.to_string()),
+    }
+}
+
+/// Checks a run request's task and returns its id and epoch.
+pub fn validate_spec(spec: &pb::TaskSpec) -> Result<(TaskId, Epoch), AgentError> {
     let key = spec.key.as_ref().ok_or_else(|| AgentError::invalid("task.key", "is required"))?;
-    validate_session_id("task.key.session_id", &key.session_id)?;
+    let id = task_id("task.key", key)?;
     if key.attempt < 1 {
         return Err(AgentError::invalid("task.key.attempt", "must be at least 1"));
     }
-    if spec.epoch < 1 {
-        return Err(AgentError::invalid("task.epoch", "must be at least 1"));
-    }
+    let epoch = epoch("task.epoch", spec.epoch)?;
+    sluice_proto::job::validate_name("task.key", &id.restore_point_id()).map_err(|_| {
+        AgentError::invalid("task.key", "session id too long to name the restore point")
+    })?;
     sluice_proto::job::validate_name("task.job", &spec.job)
         .map_err(|e| AgentError::invalid("task.job", e.to_string()))?;
     let item = spec.item.as_ref().ok_or_else(|| AgentError::invalid("task.item", "is required"))?;
     validate_item_name(&item.name)?;
     validate_target(spec, item.target.as_ref())?;
-    Ok(TaskId::from_key(key))
+    Ok((id, epoch))
 }
 
 fn validate_item_name(name: &str) -> Result<(), AgentError> {
@@ -119,6 +120,10 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
     };
     if needs_repository && !spec.repository.starts_with('/') {
         return Err(AgentError::invalid("task.repository", "must be an absolute path"));
+    }
+    let climbs = Path::new(&spec.repository).components().any(|c| c == Component::ParentDir);
+    if needs_repository && (climbs || spec.repository.contains('\0')) {
+        return Err(AgentError::invalid("task.repository", "must not contain '..' or NUL"));
     }
     Ok(())
 }
@@ -181,9 +186,12 @@ mod tests {
 
     #[test]
     fn a_good_spec_passes() {
-        let id = validate_spec(&spec()).expect("valid");
+        let (id, epoch) = validate_spec(&spec()).expect("valid");
+        assert_eq!(epoch.get(), 1);
         assert_eq!(id.restore_point_id(), "s1-0");
         assert_eq!(id.snapshot_name(), "sluice-s1");
+        let retry = TaskId { attempt: 12, ..id };
+        assert_eq!(retry.restore_point_id(), "s1-0-a12", "each attempt its own restore point");
     }
 
     #[test]
@@ -197,6 +205,10 @@ mod tests {
         let mut bad = spec();
         bad.key = Some(pb::TaskKey { session_id: "s".into(), item_index: 0, attempt: 0 });
         assert_eq!(field_of(&bad), "task.key.attempt");
+        let mut bad = spec();
+        let long = "s".repeat(62);
+        bad.key = Some(pb::TaskKey { session_id: long, item_index: 10, attempt: 1 });
+        assert_eq!(field_of(&bad), "task.key", "its restore point id would pass 64 characters");
         let mut bad = spec();
         bad.epoch = 0;
         assert_eq!(field_of(&bad), "task.epoch");
@@ -227,5 +239,7 @@ mod tests {
         assert_eq!(field_of(&computer(&["/home", "etc"])), "task.item.computer.paths[1]");
         let relative_repository = pb::TaskSpec { repository: "repo".into(), ..computer(&["/a"]) };
         assert_eq!(field_of(&relative_repository), "task.repository");
+        let climbing = pb::TaskSpec { repository: "/srv/../etc".into(), ..computer(&["/a"]) };
+        assert_eq!(field_of(&climbing), "task.repository");
     }
 }

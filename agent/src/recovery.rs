@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb::{self, job_item::Target};
 use tracing::{info, warn};
 
@@ -13,7 +14,7 @@ use crate::error::AgentError;
 use crate::exec::{self, computer, qemu};
 use crate::fsutil::{self, blocking};
 use crate::journal::{Journal, JournalEntry};
-use crate::key::{SNAPSHOT_PREFIX, TaskId};
+use crate::key::{SNAPSHOT_PREFIX, TaskId, TaskNames};
 use crate::repository::{Manifest, RepoPaths};
 use crate::tasks::runner::recovered_status;
 
@@ -24,7 +25,7 @@ pub const RESTARTED: &str = "agent restarted while the task was running";
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Newest epoch per session.
-    pub(crate) epochs: HashMap<String, i64>,
+    pub(crate) epochs: HashMap<SessionId, Epoch>,
     /// Finished, unacknowledged tasks.
     pub finished: Vec<pb::TaskStatus>,
 }
@@ -44,7 +45,7 @@ pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     for (id, mut entry) in entries {
         disks.extend(vm_disks(&entry));
         if entry.outcome.is_none() {
-            entry.outcome = Some(close_interrupted(&id, &entry).await);
+            entry.outcome = Some(exec::bounded(close_interrupted(&id, &entry).await));
             write(journal, &id, &entry).await?;
         }
         finished.extend(recovered_status(&entry));
@@ -104,7 +105,7 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
 }
 
 /// The outcome of the task's restore point if it committed: its folder holds a manifest of
-/// the task's executor that names the task's session.
+/// the task's executor that names the task's session and restore point.
 async fn committed_outcome(
     spec: &pb::TaskSpec,
     id: &TaskId,
@@ -113,7 +114,8 @@ async fn committed_outcome(
     let folder = paths.final_dir.clone();
     let manifest =
         tokio::task::spawn_blocking(move || Manifest::read(&folder).ok()).await.ok()??;
-    if manifest.identity().session_id != id.session {
+    let named = manifest.identity();
+    if named.session_id != id.session || named.restore_point != id.restore_point_id() {
         return None;
     }
     match (spec.item.as_ref().and_then(|item| item.target.as_ref())?, manifest) {

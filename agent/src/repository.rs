@@ -5,11 +5,13 @@
 //!
 //! ```text
 //! <repository>/<job>/<item>/.partial-<rp_id>/  while a task writes; renamed at COMMIT to
-//! <repository>/<job>/<item>/<rp_id>/           the restore point (rp_id = <session>-<index>)
+//! <repository>/<job>/<item>/<rp_id>/           the restore point (rp_id = <session>-<index>,
+//!                                              <session>-<index>-a<attempt> for a retry)
 //!     manifest.json                            a VmManifest or a ComputerManifest
 //!     disk<i>.qcow2                            VM restore points: one per disk, i from 0
 //! <repository>/.store/<aa>/<sha256>            computer file contents, shared by every job and
 //!                                              item of the repository (<aa>: first 2 chars)
+//! <repository>/.store/lock                     keeps backups and garbage collection apart
 //! ```
 //!
 //! Job names never start with '.', so no job folder can be the store; in an item folder, a
@@ -24,7 +26,7 @@ pub(crate) use manifest::{
     plain_file_name, rfc3339,
 };
 pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
-pub(crate) use store::{Store, Written, is_blob_name};
+pub(crate) use store::{Store, StoreLock, Written, is_blob_name};
 
 /// Name of the manifest file in a restore point folder.
 pub(crate) const MANIFEST: &str = "manifest.json";

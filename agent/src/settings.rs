@@ -56,6 +56,15 @@ pub struct Settings {
     /// Plaintext and no authentication: development only.
     #[serde(default)]
     pub insecure: bool,
+    /// Runs sim tasks (load tests and benchmarks only); an agent without it refuses them.
+    #[serde(default)]
+    pub enable_sim_executor: bool,
+    /// Folders under which repositories may lie; none: any absolute path.
+    #[serde(default)]
+    pub repository_root: Vec<PathBuf>,
+    /// Folders under which restores may write; none: any absolute path.
+    #[serde(default)]
+    pub restore_root: Vec<PathBuf>,
 }
 
 fn default_ttl() -> u32 {
@@ -84,6 +93,9 @@ impl Settings {
             tls_key: None,
             tls_ca: None,
             insecure: false,
+            enable_sim_executor: false,
+            repository_root: Vec::new(),
+            restore_root: Vec::new(),
         }
     }
 
@@ -114,6 +126,14 @@ impl Settings {
         }
         if self.coordinator_list().is_empty() {
             return Err(AgentError::Config("--coordinators must name an endpoint".into()));
+        }
+        let roots =
+            [("--repository-root", &self.repository_root), ("--restore-root", &self.restore_root)];
+        for (flag, roots) in roots {
+            if let Some(relative) = roots.iter().find(|root| !root.is_absolute()) {
+                let relative = relative.display();
+                return Err(AgentError::Config(format!("{flag} {relative}: must be absolute")));
+            }
         }
         Ok(())
     }
@@ -165,6 +185,20 @@ mod tests {
         plain.tls_cert = None;
         let refused = plain.transport().expect_err("half the TLS flags");
         assert_eq!(refused.to_string(), "invalid configuration: TLS needs --tls-cert as well");
+    }
+
+    #[test]
+    fn roots_are_read_from_the_file_and_must_be_absolute() {
+        let text = "coordinators = \"http://a:1\"\nid = \"a1\"\nslots = 2\n\
+                    state-dir = \"/tmp/x\"\nrepository-root = [\"/srv/a\", \"/srv/b\"]\n\
+                    restore-root = [\"restores\"]\n";
+        let settings: Settings = toml::from_str(text).expect("settings parse");
+        assert_eq!(settings.repository_root, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let error = settings.validate().expect_err("a relative root");
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: --restore-root restores: must be absolute"
+        );
     }
 
     #[test]

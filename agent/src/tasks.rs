@@ -9,7 +9,10 @@ pub(crate) mod runner;
 pub(crate) mod state;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
@@ -17,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::AgentError;
 use crate::journal::Journal;
 use crate::key::{self, TaskId};
+use crate::roots::Roots;
 
 const COMMAND_CAPACITY: usize = 256;
 const EVENT_CAPACITY: usize = 1024;
@@ -43,6 +47,10 @@ pub(crate) struct TasksConfig {
     pub(crate) slots: usize,
     /// Transfer rate limit in bytes per second (VM and computer executors).
     pub(crate) rate_limit: Option<u64>,
+    /// Whether sim tasks run (`--enable-sim-executor`); refused otherwise.
+    pub(crate) sim_executor: bool,
+    /// Where repositories may lie.
+    pub(crate) roots: Arc<Roots>,
     /// The journal.
     pub(crate) journal: Journal,
     /// Tracks the executor tasks, so shutdown can wait for their cleanup.
@@ -54,12 +62,20 @@ pub(crate) type Subscription = (Vec<pb::TaskStatus>, broadcast::Receiver<pb::Tas
 
 type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
 
+/// A checked CancelTasks request.
+struct Cancel {
+    session: SessionId,
+    epoch: Epoch,
+    indices: Vec<u32>,
+    reason: pb::CancelReason,
+}
+
 enum Command {
-    Run(TaskId, Box<pb::TaskSpec>, Reply<pb::TaskStatus>),
-    Cancel(pb::CancelTasksRequest, Reply<Vec<pb::TaskKey>>),
+    Run(TaskId, Epoch, Box<pb::TaskSpec>, Reply<pb::TaskStatus>),
+    Cancel(Cancel, Reply<Vec<pb::TaskKey>>),
     CancelAll(pb::CancelReason, Reply<Vec<pb::TaskKey>>),
     List(String, Reply<Vec<pb::TaskStatus>>),
-    Ack(pb::AckTasksRequest, Reply<()>),
+    Ack(Epoch, Vec<TaskId>, Reply<()>),
     Subscribe(Reply<Subscription>),
     Drain(Reply<u32>),
 }
@@ -69,28 +85,48 @@ enum Command {
 pub(crate) struct TasksHandle {
     tx: mpsc::Sender<Command>,
     status: watch::Receiver<AgentStatus>,
+    agent_id: String,
+    sim_executor: bool,
+    roots: Arc<Roots>,
 }
 
 impl TasksHandle {
     /// Starts the actor with the recovered epochs and finished tasks.
     pub(crate) fn spawn(
         config: TasksConfig,
-        epochs: HashMap<String, i64>,
+        epochs: HashMap<SessionId, Epoch>,
         finished: Vec<pb::TaskStatus>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (status_tx, status) = watch::channel(AgentStatus::default());
         let (sessions, _) = watch::channel(BTreeSet::new());
+        let (agent_id, sim_executor) = (config.agent_id.clone(), config.sim_executor);
+        let roots = config.roots.clone();
         let actor = actor::Actor::new(config, epochs, finished, events, status_tx, sessions);
         tokio::spawn(actor.run(rx));
-        Self { tx, status }
+        Self { tx, status, agent_id, sim_executor, roots }
     }
 
     /// Validates and starts a task, or returns it if it is known.
     pub(crate) async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
-        let id = key::validate_spec(&spec)?;
-        self.call(|reply| Command::Run(id, Box::new(spec), reply)).await
+        let (id, epoch) = key::validate_spec(&spec)?;
+        if spec.sim_duration_ms.is_some() && !self.sim_executor {
+            return Err(AgentError::FailedPrecondition(format!(
+                "task {id} asks for the sim executor (load tests only), which agent {} does not \
+                 run: start it with --enable-sim-executor to allow it",
+                self.agent_id
+            )));
+        }
+        if spec.sim_duration_ms.is_none() {
+            let (roots, repository) = (self.roots.clone(), PathBuf::from(&spec.repository));
+            tokio::task::spawn_blocking(move || {
+                roots.check_repository("task.repository", &repository)
+            })
+            .await
+            .map_err(|e| AgentError::Internal(format!("repository check failed: {e}")))??;
+        }
+        self.call(|reply| Command::Run(id, epoch, Box::new(spec), reply)).await
     }
 
     /// Cancels running tasks of a session; returns their keys.
@@ -98,11 +134,13 @@ impl TasksHandle {
         &self,
         request: pb::CancelTasksRequest,
     ) -> Result<Vec<pb::TaskKey>, AgentError> {
-        key::validate_session_id("session_id", &request.session_id)?;
-        if request.epoch < 1 {
-            return Err(AgentError::invalid("epoch", "must be at least 1"));
-        }
-        self.call(|reply| Command::Cancel(request, reply)).await
+        let cancel = Cancel {
+            session: key::session_id("session_id", &request.session_id)?,
+            epoch: key::epoch("epoch", request.epoch)?,
+            reason: request.reason(),
+            indices: request.item_indices,
+        };
+        self.call(|reply| Command::Cancel(cancel, reply)).await
     }
 
     /// Cancels every running task.
@@ -120,13 +158,11 @@ impl TasksHandle {
 
     /// Forgets acknowledged finished tasks.
     pub(crate) async fn ack(&self, request: pb::AckTasksRequest) -> Result<(), AgentError> {
-        if request.epoch < 1 {
-            return Err(AgentError::invalid("epoch", "must be at least 1"));
-        }
-        for (i, key) in request.keys.iter().enumerate() {
-            key::validate_session_id(&format!("keys[{i}].session_id"), &key.session_id)?;
-        }
-        self.call(|reply| Command::Ack(request, reply)).await
+        let epoch = key::epoch("epoch", request.epoch)?;
+        let ids =
+            request.keys.iter().enumerate().map(|(i, k)| key::task_id(&format!("keys[{i}]"), k));
+        let ids = ids.collect::<Result<Vec<_>, _>>()?;
+        self.call(|reply| Command::Ack(epoch, ids, reply)).await
     }
 
     /// Every current task and the changes after them.

@@ -8,7 +8,8 @@
 
 pub(crate) mod tokens;
 
-use http::HeaderMap;
+use ::http::HeaderMap;
+use futures::future::BoxFuture;
 use rustls::pki_types::CertificateDer;
 use sluice_proto::security::{
     access::Principal,
@@ -17,7 +18,10 @@ use sluice_proto::security::{
 use tonic::Status;
 
 use self::tokens::Tokens;
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    http::{self, auth::AuthError},
+};
 
 /// Turns a bearer token or a verified client certificate into a principal.
 pub(crate) struct Authenticator {
@@ -77,4 +81,21 @@ pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Result<Principal> {
     layer::principal_of(request)
         .cloned()
         .ok_or_else(|| Error::Unauthenticated("the call was not authenticated".into()))
+}
+
+/// The HTTP server's authentication: the same tokens, the same principals. HTTP clients
+/// prove themselves with a bearer token only.
+impl http::auth::Authenticator for Authenticator {
+    fn authenticate<'a>(
+        &'a self,
+        bearer: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<http::auth::Principal, AuthError>> {
+        Box::pin(async move {
+            match self.principal(bearer, None).await {
+                Ok(principal) => Ok(http::auth::Principal::of(principal)),
+                Err(_) if bearer.is_none() => Err(AuthError::Missing),
+                Err(error) => Err(AuthError::Rejected(error.to_string())),
+            }
+        })
+    }
 }

@@ -37,6 +37,7 @@ impl Cluster {
     async fn owned_sessions(&self) -> Result<HashMap<String, Vec<pb::OwnedSession>>> {
         let mut owned: HashMap<String, Vec<pb::OwnedSession>> = HashMap::new();
         for (_, session_id) in persist::active_sessions(&self.store).await? {
+            let session_id = session_id.into_string();
             let owner =
                 self.store.kv().get(self.store.keys().session_owner(&session_id), None).await?;
             if let Some(kv) = owner.kvs().first() {

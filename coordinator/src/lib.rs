@@ -7,12 +7,16 @@ mod api;
 mod auth;
 mod cluster;
 mod error;
+mod http;
 mod jobs;
 mod keys;
+mod maintenance;
 mod membership;
+mod metrics;
 mod registry;
 mod restore_points;
 mod scheduler;
+mod schedules;
 mod server;
 mod sessions;
 mod settings;
@@ -37,8 +41,10 @@ use crate::{
     api::{AuthApi, ClusterApi, JobApi, RegistryApi},
     auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
+    http::HttpParts,
     jobs::Jobs,
     membership::{LeaseWatch, MembershipConfig},
+    metrics::Metrics,
     registry::Registry,
     restore_points::RestorePoints,
     scheduler::Scheduler,
@@ -47,23 +53,29 @@ use crate::{
     store::Store,
 };
 
-/// Runs a coordinator on `listener` until `shutdown` is cancelled; then it stops dispatching,
-/// hands its sessions over (revokes its lease) and returns.
+/// The listeners a coordinator serves on.
+pub struct Listeners {
+    /// gRPC (`--listen`).
+    pub grpc: TcpListener,
+    /// The console, the HTTP API and `/metrics` (`--http-listen`), if served.
+    pub http: Option<TcpListener>,
+}
+
+/// Runs a coordinator on `listeners` until `shutdown` is cancelled; then it stops
+/// dispatching, hands its sessions over (revokes its lease) and returns.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tls = load_tls(&settings)?;
-    let address = settings.advertised_address(listener.local_addr().ok());
+    let address = settings.advertised_address(listeners.grpc.local_addr().ok());
+    let metrics = Metrics::default();
     let etcd_tls = settings.etcd_tls()?;
-    let store = Store::connect(
-        &settings.etcd,
-        &settings.prefix,
-        settings.etcd_timeout(),
-        etcd_tls.as_ref(),
-    )
-    .await?;
+    let timeout = settings.etcd_timeout();
+    let store =
+        Store::connect(&settings.etcd, &settings.prefix, timeout, &metrics, etcd_tls.as_ref())
+            .await?;
     let tasks = Background { tracker: TaskTracker::new(), stop: CancellationToken::new() };
     if let Some(tls) = &tls {
         tasks.tracker.spawn(tls.clone().watch(RELOAD_EVERY, tasks.stop.clone()));
@@ -72,9 +84,10 @@ pub async fn run(
         MembershipConfig { id: settings.id.clone(), address, ttl: settings.lease_ttl() };
     let (lease, membership) =
         membership::spawn(store.clone(), membership_config, tasks.stop.clone());
-    let services = start(&settings, store, lease, tls.clone(), &tasks, &shutdown);
+    let (services, http) =
+        start(&settings, (store, metrics), lease, tls.clone(), &tasks, &shutdown);
     info!(id = %settings.id, prefix = %settings.prefix, tls = tls.is_some(), "coordinator serving");
-    let served = server::serve(services, listener, tls, shutdown).await;
+    let served = serve(services, http, listeners, tls, &shutdown).await;
     // Session actors have stopped on `shutdown`; now release the lease so peers take over.
     tasks.tracker.close();
     tasks.stop.cancel();
@@ -82,6 +95,27 @@ pub async fn run(
     let _ = membership.await;
     info!(id = %settings.id, "coordinator stopped");
     served
+}
+
+/// Serves gRPC and, if it has a listener, HTTP, until `shutdown` or until the gRPC server
+/// fails (which ends the HTTP server too).
+async fn serve(
+    services: Services,
+    http: HttpParts,
+    listeners: Listeners,
+    tls: Option<Arc<NodeTls>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let serving = shutdown.child_token();
+    let http = listeners.http.map(|listener| {
+        let (serving, tls) = (serving.clone(), tls.clone());
+        tokio::spawn(http::serve(http, listener, tls, serving))
+    });
+    let served = server::serve(services, listeners.grpc, tls, serving.clone()).await;
+    serving.cancel();
+    let Some(http) = http else { return served };
+    let http_served = http.await.unwrap_or(Ok(()));
+    served.and(http_served)
 }
 
 /// Tasks that run beside the server, and the token that stops them after it.
@@ -119,49 +153,80 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>> {
     Ok(Some(tls))
 }
 
-/// Starts the agent directory, the agent links, the session claimer and the token
-/// bootstrap, and builds the API.
+/// Starts the agent directory, the agent links, the session claimer, the metrics' watches
+/// and the token bootstrap, and builds the APIs.
 fn start(
     settings: &Settings,
-    store: Store,
+    (store, metrics): (Store, Metrics),
     lease: LeaseWatch,
     tls: Option<Arc<NodeTls>>,
     tasks: &Background,
     shutdown: &CancellationToken,
-) -> Services {
-    let (ctx, router) = follow_agents(store.clone(), AgentClients::new(tls), tasks, shutdown);
+) -> (Services, HttpParts) {
+    let clients = AgentClients::new(tls);
+    let (ctx, router) = follow_agents(store.clone(), metrics.clone(), clients, tasks, shutdown);
     let id = settings.id.clone();
     let (directory, clients) = (ctx.directory.clone(), ctx.clients.clone());
-    let restore_points =
-        RestorePoints::new(store.clone(), directory, clients.clone(), lease.clone(), id.clone());
+    let restore_points = RestorePoints::new(
+        store.clone(),
+        directory.clone(),
+        clients.clone(),
+        lease.clone(),
+        id.clone(),
+    );
+    tasks.tracker.spawn(metrics.clone().follow_lease(lease.clone(), tasks.stop.clone()));
+    tasks.tracker.spawn(metrics::follow_last_success(
+        store.clone(),
+        metrics.clone(),
+        tasks.stop.clone(),
+    ));
     let sessions = Sessions::new(Parts {
         ctx,
         router,
-        lease,
+        lease: lease.clone(),
         coordinator: id.clone(),
         tracker: tasks.tracker.clone(),
         restore_points: restore_points.clone(),
     });
     tasks.tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), tasks.stop.clone()));
+    tasks.tracker.spawn(schedules::run(sessions.clone(), shutdown.clone()));
+    let upkeep = maintenance::Maintenance {
+        store: store.clone(),
+        lease: lease.clone(),
+        coordinator: id.clone(),
+        history: settings.history(),
+        compaction: settings.compaction_interval(),
+    };
+    tasks.tracker.spawn(upkeep.run(tasks.stop.clone()));
     let tokens = Tokens::new(store.clone());
     if let Some(path) = settings.bootstrap_token_file.clone() {
         let bootstrap = tokens.clone();
         let (id, stop) = (id.clone(), tasks.stop.clone());
         tasks.tracker.spawn(async move { bootstrap.bootstrap(&path, &id, stop).await });
     }
+    let authenticator = Arc::new(Authenticator::new(tokens.clone(), settings.insecure));
     let registry = Registry::new(store.clone(), if settings.insecure { "http" } else { "https" });
-    Services {
-        jobs: JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone()),
-        cluster: ClusterApi::new(registry.clone(), Cluster::new(store), clients),
+    let jobs = JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone());
+    let services = Services {
+        jobs: Arc::new(jobs),
+        cluster: Arc::new(ClusterApi::new(registry.clone(), Cluster::new(store), clients)),
         registry: RegistryApi::new(registry, id),
-        authenticator: Arc::new(Authenticator::new(tokens.clone(), settings.insecure)),
         auth: AuthApi::new(tokens),
-    }
+        authenticator: authenticator.clone(),
+    };
+    let http = HttpParts {
+        services: http::Services { jobs: services.jobs.clone(), cluster: services.cluster.clone() },
+        metrics,
+        directory,
+        authenticator,
+    };
+    (services, http)
 }
 
 /// Starts the agent directory and a task stream from every agent, routed to the sessions.
 fn follow_agents(
     store: Store,
+    metrics: Metrics,
     clients: AgentClients,
     tasks: &Background,
     shutdown: &CancellationToken,
@@ -172,6 +237,7 @@ fn follow_agents(
         agents::links::run(directory.clone(), clients.clone(), router.clone(), tasks.stop.clone());
     tasks.tracker.spawn(links);
     let scheduler = Scheduler::default();
-    let ctx = SessionContext { store, directory, scheduler, clients, shutdown: shutdown.clone() };
+    let shutdown = shutdown.clone();
+    let ctx = SessionContext { store, directory, scheduler, clients, shutdown, metrics };
     (ctx, router)
 }

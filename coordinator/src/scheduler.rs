@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use sluice_proto::ids::{AgentId, SessionId};
 use tokio::sync::watch;
 
 use crate::sessions::placement::SlotPool;
@@ -21,10 +22,10 @@ pub(crate) struct Scheduler {
 
 #[derive(Default)]
 struct State {
-    used: HashMap<String, u32>,
-    held: HashMap<(String, String), u32>,
-    by_session: HashMap<String, u32>,
-    starving: HashSet<String>,
+    used: HashMap<AgentId, u32>,
+    held: HashMap<(SessionId, AgentId), u32>,
+    by_session: HashMap<SessionId, u32>,
+    starving: HashSet<SessionId>,
 }
 
 impl Default for Scheduler {
@@ -45,7 +46,7 @@ impl Scheduler {
     }
 
     /// Gives back one slot `session` held on `agent`.
-    pub(crate) fn release(&self, session: &str, agent: &str) {
+    pub(crate) fn release(&self, session: &SessionId, agent: &AgentId) {
         let released = self.lock().state.take(session, agent, 1);
         if released > 0 {
             self.freed.send_modify(|n| *n += 1);
@@ -53,9 +54,9 @@ impl Scheduler {
     }
 
     /// Gives back every slot of a session that ended or was handed over.
-    pub(crate) fn release_session(&self, session: &str) {
+    pub(crate) fn release_session(&self, session: &SessionId) {
         let mut slots = self.lock();
-        let agents: Vec<String> =
+        let agents: Vec<AgentId> =
             slots.state.held.keys().filter(|(s, _)| s == session).map(|(_, a)| a.clone()).collect();
         for agent in agents {
             slots.state.take(session, &agent, u32::MAX);
@@ -66,12 +67,8 @@ impl Scheduler {
     }
 
     /// Records a slot a session already holds (a task found running when taking a session over).
-    pub(crate) fn claim(&self, session: &str, agent: &str) {
-        let mut slots = self.lock();
-        let state = &mut *slots.state;
-        *state.used.entry(agent.to_string()).or_default() += 1;
-        *state.by_session.entry(session.to_string()).or_default() += 1;
-        *state.held.entry((session.to_string(), agent.to_string())).or_default() += 1;
+    pub(crate) fn claim(&self, session: &SessionId, agent: &AgentId) {
+        self.lock().state.hold(session, agent);
     }
 
     /// Slots in use on an agent by this coordinator's sessions.
@@ -82,8 +79,15 @@ impl Scheduler {
 }
 
 impl State {
-    fn take(&mut self, session: &str, agent: &str, at_most: u32) -> u32 {
-        let key = (session.to_string(), agent.to_string());
+    /// Counts one more slot `session` holds on `agent`.
+    fn hold(&mut self, session: &SessionId, agent: &AgentId) {
+        *self.used.entry(agent.clone()).or_default() += 1;
+        *self.by_session.entry(session.clone()).or_default() += 1;
+        *self.held.entry((session.clone(), agent.clone())).or_default() += 1;
+    }
+
+    fn take(&mut self, session: &SessionId, agent: &AgentId, at_most: u32) -> u32 {
+        let key = (session.clone(), agent.clone());
         let Some(held) = self.held.get_mut(&key) else {
             return 0;
         };
@@ -98,7 +102,7 @@ impl State {
     }
 }
 
-fn decrement(map: &mut HashMap<String, u32>, key: &str, n: u32) {
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: &K, n: u32) {
     if let Some(count) = map.get_mut(key) {
         *count = count.saturating_sub(n);
         if *count == 0 {
@@ -113,27 +117,25 @@ pub(crate) struct Slots<'a> {
 }
 
 impl SlotPool for Slots<'_> {
-    fn reserve(&mut self, session: &str, candidates: &[(&str, u32)]) -> Option<String> {
+    fn reserve(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId> {
         let state = &mut *self.state;
         let total: u32 = candidates.iter().map(|(_, slots)| slots).sum();
         let others_starving = state.starving.iter().filter(|s| *s != session).count() as u32;
         let share = total.div_ceil(others_starving + 1);
         let held = state.by_session.get(session).copied().unwrap_or(0);
-        let free = |(id, slots): &(&str, u32)| {
+        let free = |(id, slots): &(&AgentId, u32)| {
             slots.saturating_sub(state.used.get(*id).copied().unwrap_or(0))
         };
         let best =
             candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
         let within_share = others_starving == 0 || held < share;
         let Some(agent) = best.filter(|_| within_share) else {
-            state.starving.insert(session.to_string());
+            state.starving.insert(session.clone());
             return None;
         };
         state.starving.remove(session);
-        *state.used.entry(agent.to_string()).or_default() += 1;
-        *state.by_session.entry(session.to_string()).or_default() += 1;
-        *state.held.entry((session.to_string(), agent.to_string())).or_default() += 1;
-        Some(agent.to_string())
+        state.hold(session, agent);
+        Some(agent.clone())
     }
 }
 
@@ -141,39 +143,50 @@ impl SlotPool for Slots<'_> {
 mod tests {
     use super::*;
 
+    fn session(id: &str) -> SessionId {
+        SessionId::parse("session", id).expect("valid session id")
+    }
+
+    fn agent(id: &str) -> AgentId {
+        AgentId::parse("agent", id).expect("valid agent id")
+    }
+
     #[test]
     fn never_hands_out_more_than_an_agents_slots() {
         let scheduler = Scheduler::default();
-        let candidates = [("a1", 2), ("a2", 1)];
+        let (a1, a2, s) = (agent("a1"), agent("a2"), session("s"));
+        let candidates = [(&a1, 2), (&a2, 1)];
         let granted: Vec<_> =
-            (0..5).filter_map(|_| scheduler.lock().reserve("s", &candidates)).collect();
+            (0..5).filter_map(|_| scheduler.lock().reserve(&s, &candidates)).collect();
         assert_eq!(granted.len(), 3);
         assert_eq!(scheduler.used("a1"), 2);
-        scheduler.release("s", "a1");
-        assert_eq!(scheduler.lock().reserve("s", &candidates).as_deref(), Some("a1"));
+        scheduler.release(&s, &a1);
+        assert_eq!(scheduler.lock().reserve(&s, &candidates), Some(a1));
     }
 
     #[test]
     fn a_starved_session_gets_its_fair_share_back() {
         let scheduler = Scheduler::default();
-        let candidates = [("a1", 4)];
+        let (a1, s1, s2) = (agent("a1"), session("s1"), session("s2"));
+        let candidates = [(&a1, 4)];
         for _ in 0..4 {
-            assert!(scheduler.lock().reserve("s1", &candidates).is_some());
+            assert!(scheduler.lock().reserve(&s1, &candidates).is_some());
         }
-        assert!(scheduler.lock().reserve("s2", &candidates).is_none());
-        scheduler.release("s1", "a1");
-        assert!(scheduler.lock().reserve("s1", &candidates).is_none(), "s1 is over its share");
-        assert!(scheduler.lock().reserve("s2", &candidates).is_some());
+        assert!(scheduler.lock().reserve(&s2, &candidates).is_none());
+        scheduler.release(&s1, &a1);
+        assert!(scheduler.lock().reserve(&s1, &candidates).is_none(), "s1 is over its share");
+        assert!(scheduler.lock().reserve(&s2, &candidates).is_some());
     }
 
     #[test]
     fn releasing_a_session_frees_all_it_held() {
         let scheduler = Scheduler::default();
-        let candidates = [("a1", 3)];
+        let (a1, s1) = (agent("a1"), session("s1"));
+        let candidates = [(&a1, 3)];
         for _ in 0..3 {
-            scheduler.lock().reserve("s1", &candidates);
+            scheduler.lock().reserve(&s1, &candidates);
         }
-        scheduler.release_session("s1");
+        scheduler.release_session(&s1);
         assert_eq!(scheduler.used("a1"), 0);
     }
 }

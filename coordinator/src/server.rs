@@ -30,12 +30,12 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How long open streams get to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The services a coordinator serves.
+/// The services a coordinator serves (the HTTP API calls the same ones).
 pub(crate) struct Services {
     /// `JobService`.
-    pub(crate) jobs: JobApi,
+    pub(crate) jobs: Arc<JobApi>,
     /// `ClusterService`.
-    pub(crate) cluster: ClusterApi,
+    pub(crate) cluster: Arc<ClusterApi>,
     /// `AgentRegistry`.
     pub(crate) registry: RegistryApi,
     /// `AuthService`.
@@ -96,7 +96,7 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
         sluice_proto::reflection::v1().map_err(|e| Error::Reflection(e.to_string()))?;
     let reflection_alpha =
         sluice_proto::reflection::v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
-    let jobs = JobServiceServer::new(services.jobs)
+    let jobs = JobServiceServer::from_arc(services.jobs)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     Ok(Server::builder()
@@ -106,7 +106,7 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(jobs)
-        .add_service(ClusterServiceServer::new(services.cluster))
+        .add_service(ClusterServiceServer::from_arc(services.cluster))
         .add_service(AgentRegistryServer::new(services.registry))
         .add_service(AuthServiceServer::new(services.auth)))
 }

@@ -17,7 +17,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use sluice_proto::pb;
+use sluice_proto::{
+    ids::{AgentId, SessionId},
+    pb,
+};
 use tokio::sync::mpsc;
 
 pub(crate) use manager::{Parts, Sessions};
@@ -25,7 +28,7 @@ pub(crate) use manager::{Parts, Sessions};
 /// Delivers messages to the session actors of this coordinator, by session id.
 #[derive(Clone, Default)]
 pub(crate) struct Router {
-    actors: Arc<Mutex<HashMap<String, Mailboxes>>>,
+    actors: Arc<Mutex<HashMap<SessionId, Mailboxes>>>,
 }
 
 /// The two inboxes of a session actor: stops go first, ahead of task traffic.
@@ -39,8 +42,8 @@ pub(crate) struct Mailboxes {
 
 impl Router {
     /// Registers an actor's mailbox.
-    pub(crate) fn register(&self, id: &str, mailboxes: Mailboxes) {
-        self.lock().insert(id.to_string(), mailboxes);
+    pub(crate) fn register(&self, id: &SessionId, mailboxes: Mailboxes) {
+        self.lock().insert(id.clone(), mailboxes);
     }
 
     /// Forgets an actor.
@@ -58,15 +61,16 @@ impl Router {
         self.lock().get(id).map(|m| m.stops.clone())
     }
 
-    /// Hands a task update to the session it belongs to, if this coordinator runs it.
-    pub(crate) async fn deliver(&self, agent: &str, status: pb::TaskStatus) {
+    /// Hands a task update to the session it belongs to, if this coordinator runs it (an
+    /// unknown or malformed session id matches no actor).
+    pub(crate) async fn deliver(&self, agent: &AgentId, status: pb::TaskStatus) {
         let Some(session) = status.key.as_ref().map(|k| k.session_id.clone()) else { return };
         if let Some(mailbox) = self.mailbox(&session) {
-            let _ = mailbox.send(actor::Msg::Task { agent: agent.to_string(), status }).await;
+            let _ = mailbox.send(actor::Msg::Task { agent: agent.clone(), status }).await;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mailboxes>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Mailboxes>> {
         self.actors.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchClient,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, ResponseHeader,
+    Txn, TxnOpResponse, WatchClient,
 };
 use prost::Message;
+use sluice_proto::ids::Epoch;
 use tonic::Code;
 
 use sluice_proto::security::tls::{TlsError, check_url, client_config};
@@ -14,6 +15,7 @@ use sluice_proto::security::tls::{TlsError, check_url, client_config};
 use crate::{
     error::{Error, Result},
     keys::Keys,
+    metrics::{Metrics, TimedChannel},
     settings::EtcdTls,
 };
 
@@ -41,11 +43,13 @@ pub(crate) struct Versioned<M> {
 }
 
 impl Store {
-    /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down.
+    /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down. Every
+    /// request is timed into `metrics`.
     pub(crate) async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
+        metrics: &Metrics,
         tls: Option<&EtcdTls>,
     ) -> Result<Self> {
         let mut options = ConnectOptions::new()
@@ -65,7 +69,9 @@ impl Store {
             let identity = tls.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
             options = options.with_tls(client_config(&tls.ca, identity).map_err(Error::Tls)?);
         }
-        let client = Client::connect(endpoints, Some(options)).await?;
+        let channel = TimedChannel(metrics.clone());
+        let client =
+            Client::connect_with_balanced_channel(endpoints, Some(options), channel).await?;
         let kv = client
             .kv_client()
             .max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES)
@@ -140,21 +146,6 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a key only if it is absent; `false` when it exists already.
-    pub(crate) async fn create<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
-        let txn =
-            Txn::new().when([absent(key)]).and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
-    }
-
-    /// Replaces a key only if it exists; `false` when it does not.
-    pub(crate) async fn replace<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Greater, 0)])
-            .and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
-    }
-
     /// Renews a lease once; `false` when it has expired.
     pub(crate) async fn renew_lease(&self, lease: i64) -> Result<bool> {
         let renewal = async {
@@ -176,11 +167,33 @@ impl Store {
         }
     }
 
+    /// Compacts etcd's history up to `revision`; `false` when it was compacted that far
+    /// already (etcd answers OUT_OF_RANGE).
+    pub(crate) async fn compact(&self, revision: i64) -> Result<bool> {
+        match self.kv().compact(revision, None).await {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::OutOfRange => {
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Runs a transaction; `Ok(None)` when its guards did not hold, else the responses.
     pub(crate) async fn txn(&self, txn: Txn) -> Result<Option<Vec<TxnOpResponse>>> {
         let response = self.kv().txn(txn).await?;
         Ok(response.succeeded().then(|| response.op_responses()))
     }
+}
+
+/// The epoch an owner-key write made: the revision of etcd's answer. etcd always sends one; an
+/// answer without it is an error, never epoch 0.
+pub(crate) fn epoch_of(header: Option<&ResponseHeader>) -> Result<Epoch> {
+    let revision = header.map_or(0, |h| h.revision());
+    Epoch::try_from(revision).map_err(|_| {
+        let reason = format!("etcd answered an owner-key write with revision {revision}");
+        Error::Etcd(etcd_client::Error::Internal(reason))
+    })
 }
 
 /// A guard that holds while `key` does not exist.

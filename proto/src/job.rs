@@ -4,10 +4,16 @@
 //! full (`JOB_TYPE_VM_BACKUP`) or short (`VM_BACKUP`, `vm_backup`).
 
 use std::collections::HashSet;
+use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
 use crate::pb::{self, job_item::Target};
+
+mod schedule;
+pub use schedule::{
+    MAX_CATCH_UP_SECONDS, MAX_WINDOW_RANGES, RangeFile, ScheduleFile, WindowFile, parse_stop_mode,
+};
 
 /// Most items one job may hold.
 pub const MAX_ITEMS: usize = 100_000;
@@ -19,6 +25,12 @@ pub const MAX_ATTEMPTS: u32 = 100;
 pub const MAX_SECONDS: u32 = 7 * 24 * 3600;
 /// Most restore points per item a job may ask to keep (`keep_restore_points`; 0 keeps all).
 pub const MAX_KEEP_RESTORE_POINTS: u32 = 10_000;
+/// Longest path a job may name (repository, disk, protected path): Linux's `PATH_MAX`.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest computer name an agent backup item may name.
+pub const MAX_COMPUTER_NAME_BYTES: usize = 255;
+/// Longest `requested_by` of a stop (who asked for it), stored with the session.
+pub const MAX_REQUESTED_BY_BYTES: usize = 256;
 const MAX_NAME_LEN: usize = 64;
 const MAX_ITEM_NAME_LEN: usize = 255;
 
@@ -65,21 +77,37 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Checks every rule of SPEC.md "Jobs"; the error names the first bad field.
+/// Checks the free text naming who asked for a stop: at most [`MAX_REQUESTED_BY_BYTES`],
+/// no control characters (it is stored and shown as one line).
+pub fn validate_requested_by(field: &str, text: &str) -> Result<(), JobError> {
+    if text.len() > MAX_REQUESTED_BY_BYTES {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_REQUESTED_BY_BYTES} bytes, got {}", text.len()),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks every rule of a job definition; the error names the first bad field.
 pub fn validate_job(job: &pb::Job) -> Result<(), JobError> {
-    validate_name("job.name", &job.name)?;
-    let job_type = validate_type(job.r#type)?;
-    validate_absolute("job.repository", &job.repository)?;
-    validate_items(job_type, &job.items)?;
-    validate_proxies(&job.proxies)?;
-    validate_limits(job)?;
+    // The size first: a definition past it is a limit error, whatever its fields hold.
     let size = prost::Message::encoded_len(job);
     if size > MAX_JOB_BYTES {
         return Err(JobError::TooLarge(format!(
             "job definition is {size} bytes, more than the limit of {MAX_JOB_BYTES}"
         )));
     }
-    Ok(())
+    validate_name("job.name", &job.name)?;
+    let job_type = validate_type(job.r#type)?;
+    validate_repository("job.repository", &job.repository)?;
+    validate_items(job_type, &job.items)?;
+    validate_proxies(&job.proxies)?;
+    validate_limits(job)?;
+    schedule::validate(job)
 }
 
 fn validate_type(raw: i32) -> Result<pb::JobType, JobError> {
@@ -96,11 +124,27 @@ fn validate_absolute(field: &str, path: &str) -> Result<(), JobError> {
     if path.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_PATH_BYTES} bytes, got {}", path.len()),
+        ));
+    }
     if !path.starts_with('/') {
         return Err(invalid(field, format!("must be an absolute path, got {path:?}")));
     }
     if path.contains('\0') {
         return Err(invalid(field, "must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// A repository as agents accept it: absolute, without `..` (agents refuse a restore point
+/// location that climbs out of its repository).
+fn validate_repository(field: &str, path: &str) -> Result<(), JobError> {
+    validate_absolute(field, path)?;
+    if Path::new(path).components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(field, format!("must not contain '..' components, got {path:?}")));
     }
     Ok(())
 }
@@ -151,13 +195,15 @@ fn validate_target(
 ) -> Result<(), JobError> {
     match (job_type, target) {
         (pb::JobType::VmBackup, Some(Target::Vm(vm))) => {
-            validate_paths(&format!("{field}.vm.disks"), &vm.disks)
+            let disks = format!("{field}.vm.disks");
+            validate_paths(&disks, &vm.disks)?;
+            validate_distinct(&disks, &vm.disks)
         }
         (pb::JobType::AgentBackup, Some(Target::Computer(c))) => {
-            if c.computer.is_empty() {
+            if c.computer.is_empty() || c.computer.len() > MAX_COMPUTER_NAME_BYTES {
                 return Err(invalid(
                     format!("{field}.computer.computer"),
-                    "must name the computer",
+                    format!("must name the computer in 1-{MAX_COMPUTER_NAME_BYTES} bytes"),
                 ));
             }
             validate_paths(&format!("{field}.computer.paths"), &c.paths)
@@ -178,6 +224,17 @@ fn validate_paths(field: &str, paths: &[String]) -> Result<(), JobError> {
     }
     for (i, path) in paths.iter().enumerate() {
         validate_absolute(&format!("{field}[{i}]"), path)?;
+    }
+    Ok(())
+}
+
+/// Refuses a path listed twice (compared as paths: `/a//b/` is `/a/b`).
+fn validate_distinct(field: &str, paths: &[String]) -> Result<(), JobError> {
+    let mut seen = HashSet::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        if !seen.insert(Path::new(path)) {
+            return Err(invalid(format!("{field}[{i}]"), format!("{path:?} is listed twice")));
+        }
     }
     Ok(())
 }
@@ -252,6 +309,12 @@ pub struct JobFile {
     /// Restore points kept per item; 0 keeps all.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub keep_restore_points: u32,
+    /// When the job starts by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleFile>,
+    /// When scheduled sessions may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_window: Option<WindowFile>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -367,6 +430,8 @@ impl JobFile {
             offline_wait_seconds: self.offline_wait_seconds,
             sim_duration_ms: self.sim_duration_ms,
             keep_restore_points: self.keep_restore_points,
+            schedule: self.schedule.map(pb::Schedule::from),
+            backup_window: self.backup_window.map(WindowFile::into_window).transpose()?,
         })
     }
 }
@@ -406,6 +471,8 @@ impl From<&pb::Job> for JobFile {
             offline_wait_seconds: job.offline_wait_seconds,
             sim_duration_ms: job.sim_duration_ms,
             keep_restore_points: job.keep_restore_points,
+            schedule: job.schedule.as_ref().map(ScheduleFile::from),
+            backup_window: job.backup_window.as_ref().map(WindowFile::from),
         }
     }
 }

@@ -1,12 +1,17 @@
 //! The wire contract of Sluice (`sluice.v1`), its domain rules and what every binary shares:
-//! configuration loading, time conversions and security (TLS, certificates, principals and
-//! roles); with the `telemetry` feature (the servers only), logging, span export and W3C
-//! trace-context propagation.
+//! the ids of sessions, agents, jobs and tasks and the epoch (`ids`), configuration loading,
+//! time conversions, schedules (due times, next runs, backup windows), the protobuf JSON
+//! mapping (`json`) and security (TLS, certificates, principals and roles); with the
+//! `telemetry` feature (the servers only), logging, span export and W3C trace-context
+//! propagation.
 
 pub mod config;
+pub mod ids;
 pub mod job;
+pub mod json;
 pub mod reflection;
 pub mod refusal;
+pub mod schedule;
 pub mod security;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

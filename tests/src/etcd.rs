@@ -52,6 +52,8 @@ struct Local {
     /// Whether the data directory outlives this value (the shared etcd, removed by its
     /// watchdog when the test process ends).
     shared: bool,
+    /// More etcd flags (e.g. `--quota-backend-bytes`).
+    extra: Vec<String>,
 }
 
 impl Etcd {
@@ -61,22 +63,28 @@ impl Etcd {
         static SHARED: OnceLock<Etcd> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var(ETCD_ENV) {
             Ok(url) if !url.trim().is_empty() => Etcd { url: url.trim().to_string(), local: None },
-            _ => Etcd::spawn_local(true, None),
+            _ => Etcd::spawn_local(true, None, &[]),
         })
     }
 
     /// Starts a dedicated etcd, which the test owns and may [`stop`](Etcd::stop) and
     /// [`start`](Etcd::start). Always a local process, whatever `SLUICE_TEST_ETCD` says.
     pub fn dedicated() -> Etcd {
-        Etcd::spawn_local(false, None)
+        Etcd::spawn_local(false, None, &[])
     }
 
     /// A dedicated etcd serving clients over TLS only, with client certificates required.
     pub fn dedicated_tls(tls: EtcdTls) -> Etcd {
-        Etcd::spawn_local(false, Some(tls))
+        Etcd::spawn_local(false, Some(tls), &[])
     }
 
-    fn spawn_local(shared: bool, tls: Option<EtcdTls>) -> Etcd {
+    /// A [`dedicated`](Etcd::dedicated) etcd with more flags, e.g.
+    /// `["--quota-backend-bytes", "50331648"]`.
+    pub fn dedicated_with(flags: &[&str]) -> Etcd {
+        Etcd::spawn_local(false, None, flags)
+    }
+
+    fn spawn_local(shared: bool, tls: Option<EtcdTls>, flags: &[&str]) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("sluice-etcd-")
             .tempdir()
@@ -88,8 +96,9 @@ impl Etcd {
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let tls = tls.map(|tls| (tls, free_port()));
+        let extra = flags.iter().map(ToString::to_string).collect();
         let mut local =
-            Local { dir: Some(dir), client_port, peer_port, tls, process: None, shared };
+            Local { dir: Some(dir), client_port, peer_port, tls, process: None, shared, extra };
         local.start();
         Etcd { url: format!("{scheme}://127.0.0.1:{client_port}"), local: Some(local) }
     }
@@ -154,7 +163,8 @@ impl Local {
             .args(["--initial-cluster", &format!("sluice-test={peer}")])
             .args(["--max-request-bytes", MAX_REQUEST_BYTES])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "warn"]);
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra);
         if let Some((tls, metrics_port)) = &self.tls {
             command
                 .arg("--cert-file")

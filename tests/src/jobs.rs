@@ -49,6 +49,8 @@ impl JobBuilder {
                 offline_wait_seconds: 0,
                 sim_duration_ms: None,
                 keep_restore_points: 0,
+                schedule: None,
+                backup_window: None,
             },
         }
     }
@@ -118,6 +120,24 @@ impl JobBuilder {
     /// Restore points kept per item by retention (0: all).
     pub fn keep_restore_points(mut self, count: u32) -> JobBuilder {
         self.job.keep_restore_points = count;
+        self
+    }
+
+    /// Starts by itself on a cron expression (UTC).
+    pub fn cron(mut self, expression: &str) -> JobBuilder {
+        self.job.schedule = Some(pb::Schedule { cron: expression.into(), ..Default::default() });
+        self
+    }
+
+    /// Starts by itself after every session of `job`.
+    pub fn after_job(mut self, job: &str) -> JobBuilder {
+        self.job.schedule = Some(pb::Schedule { after_job: job.into(), ..Default::default() });
+        self
+    }
+
+    /// Lets scheduled sessions run only in `window`.
+    pub fn backup_window(mut self, window: pb::BackupWindow) -> JobBuilder {
+        self.job.backup_window = Some(window);
         self
     }
 

@@ -6,15 +6,20 @@
 
 mod e2e {
     mod agents;
+    mod campaign;
     mod computers;
+    mod console;
     mod drains;
+    mod etcd_hygiene;
     mod etcd_restart;
     mod fencing;
     mod harness;
+    mod http_api;
     mod jobs;
     mod ownership;
     mod reflection;
     mod restore_points;
+    mod schedules;
     mod security;
     mod sessions;
     mod shutdown;
@@ -23,4 +28,5 @@ mod e2e {
     mod stops;
     mod tls;
     mod validation;
+    mod windows;
 }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::qemu::{self, ConvertError, ProgressSpan};
 use super::{TaskContext, canceled, committed, failed, remove_partial, restore_point};
 use crate::fsutil::blocking;
-use crate::key::SNAPSHOT_PREFIX;
+use crate::key::{SNAPSHOT_PREFIX, TaskNames};
 use crate::repository::{Disk, RepoPaths, VmManifest};
 
 /// Why a VM backup did not commit.

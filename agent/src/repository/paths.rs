@@ -11,7 +11,7 @@ use sluice_proto::pb;
 
 use super::{MANIFEST, PARTIAL_PREFIX};
 use crate::fsutil;
-use crate::key::{self, TaskId};
+use crate::key::{self, TaskId, TaskNames};
 
 /// `<repository>/<job>/<item>`: the folder of an item's restore points.
 pub(crate) fn item_dir(repository: &Path, job: &str, item: &str) -> PathBuf {

@@ -2,13 +2,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::state::{Admission, TaskTable};
-use super::{AgentStatus, Command, Reply, TasksConfig, runner};
+use super::{AgentStatus, Cancel, Command, Reply, TasksConfig, runner};
 use crate::error::AgentError;
 use crate::exec::{CancelSignal, Reporter, TaskContext, Update};
 use crate::fsutil::blocking;
@@ -26,17 +27,17 @@ pub(super) struct Actor {
     updates_rx: mpsc::Receiver<(TaskId, Update)>,
     events: broadcast::Sender<pb::TaskStatus>,
     status: watch::Sender<AgentStatus>,
-    sessions: watch::Sender<BTreeSet<String>>,
+    sessions: watch::Sender<BTreeSet<SessionId>>,
 }
 
 impl Actor {
     pub(super) fn new(
         config: TasksConfig,
-        epochs: HashMap<String, i64>,
+        epochs: HashMap<SessionId, Epoch>,
         finished: Vec<pb::TaskStatus>,
         events: broadcast::Sender<pb::TaskStatus>,
         status: watch::Sender<AgentStatus>,
-        sessions: watch::Sender<BTreeSet<String>>,
+        sessions: watch::Sender<BTreeSet<SessionId>>,
     ) -> Self {
         let (updates_tx, updates_rx) = mpsc::channel(UPDATE_CAPACITY);
         let table =
@@ -70,8 +71,8 @@ impl Actor {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Run(id, spec, reply) => {
-                let result = self.run_task(id, *spec).await;
+            Command::Run(id, epoch, spec, reply) => {
+                let result = self.run_task(id, epoch, *spec).await;
                 let _ = reply.send(result);
             }
             Command::Cancel(request, reply) => {
@@ -83,7 +84,7 @@ impl Actor {
             Command::List(session, reply) => {
                 let _ = reply.send(Ok(self.table.list(&session)));
             }
-            Command::Ack(request, reply) => self.ack(request, reply).await,
+            Command::Ack(epoch, ids, reply) => self.ack(epoch, ids, reply).await,
             Command::Subscribe(reply) => {
                 let _ = reply.send(Ok((self.table.list(""), self.events.subscribe())));
             }
@@ -109,7 +110,7 @@ impl Actor {
     /// Checks a command's epoch and durably records it when it is newer. The actor waits for
     /// that one fsync (once per session and owner change) so that no reply promises an epoch
     /// the journal does not hold; task journal writes happen in the runners instead.
-    async fn check_epoch(&mut self, session: &str, epoch: i64) -> Result<(), AgentError> {
+    async fn check_epoch(&mut self, session: &SessionId, epoch: Epoch) -> Result<(), AgentError> {
         if !self.table.check_epoch(session, epoch)? {
             return Ok(());
         }
@@ -125,14 +126,15 @@ impl Actor {
     async fn run_task(
         &mut self,
         id: TaskId,
+        epoch: Epoch,
         spec: pb::TaskSpec,
     ) -> Result<pb::TaskStatus, AgentError> {
-        self.check_epoch(&id.session, spec.epoch).await?;
-        if let Admission::Existing(status) = self.table.admit(&id, &spec)? {
+        self.check_epoch(&id.session, epoch).await?;
+        if let Admission::Existing(status) = self.table.admit(&id, epoch, &spec)? {
             return Ok(*status);
         }
         let cancel = CancelSignal::default();
-        let status = self.table.insert_running(id.clone(), spec.epoch, cancel.clone());
+        let status = self.table.insert_running(id.clone(), epoch, cancel.clone());
         self.publish();
         info!(task = %id, job = spec.job, "task started");
         let ctx = TaskContext {
@@ -148,18 +150,15 @@ impl Actor {
         Ok(status)
     }
 
-    async fn cancel(
-        &mut self,
-        request: pb::CancelTasksRequest,
-    ) -> Result<Vec<pb::TaskKey>, AgentError> {
-        self.check_epoch(&request.session_id, request.epoch).await?;
-        let reason = match request.reason() {
+    async fn cancel(&mut self, request: Cancel) -> Result<Vec<pb::TaskKey>, AgentError> {
+        self.check_epoch(&request.session, request.epoch).await?;
+        let reason = match request.reason {
             pb::CancelReason::Unspecified => pb::CancelReason::User,
             reason => reason,
         };
-        let keys = self.table.cancel(&request.session_id, &request.item_indices, reason);
+        let keys = self.table.cancel(&request.session, &request.indices, reason);
         info!(
-            session = request.session_id,
+            session = %request.session,
             tasks = keys.len(),
             reason = reason.as_str_name(),
             "tasks canceled"
@@ -167,17 +166,14 @@ impl Actor {
         Ok(keys)
     }
 
-    async fn ack(&mut self, request: pb::AckTasksRequest, reply: Reply<()>) {
-        let mut sessions: Vec<&str> = request.keys.iter().map(|k| k.session_id.as_str()).collect();
-        sessions.sort_unstable();
-        sessions.dedup();
+    async fn ack(&mut self, epoch: Epoch, ids: Vec<TaskId>, reply: Reply<()>) {
+        let sessions: BTreeSet<&SessionId> = ids.iter().map(|id| &id.session).collect();
         for session in sessions {
-            if let Err(error) = self.check_epoch(session, request.epoch).await {
+            if let Err(error) = self.check_epoch(session, epoch).await {
                 let _ = reply.send(Err(error));
                 return;
             }
         }
-        let ids: Vec<TaskId> = request.keys.iter().map(TaskId::from_key).collect();
         let forgotten = self.table.ack(&ids);
         self.publish();
         let journal = self.journal.clone();

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb::{self, job_item::Target};
 
 use crate::error::AgentError;
@@ -33,15 +34,37 @@ pub(crate) struct TaskTable {
     computer: String,
     slots: usize,
     tasks: BTreeMap<TaskId, Entry>,
-    epochs: HashMap<String, i64>,
+    epochs: HashMap<SessionId, Epoch>,
     /// Items a user cancelled before their RunTask arrived: that RunTask is refused, so a
     /// coordinator may cancel a task whose RunTask is still on its way.
-    tombstones: HashSet<(String, u32)>,
+    tombstones: HashSet<(SessionId, u32)>,
     draining: bool,
 }
 
 /// Most tombstones kept; past it the oldest knowledge is dropped (they matter for seconds).
 const MAX_TOMBSTONES: usize = 100_000;
+/// Most sessions whose newest epoch is remembered (and kept in `epochs.json`). Past it, the
+/// lowest epochs of sessions without a task here are forgotten down to nine tenths of it:
+/// epochs are etcd revisions, so those belong to the sessions owned longest ago.
+pub(crate) const MAX_EPOCHS: usize = 10_000;
+
+/// Keeps `epochs` within `MAX_EPOCHS`, forgetting the lowest of sessions with no task here.
+fn bound(epochs: &mut HashMap<SessionId, Epoch>, tasks: &BTreeMap<TaskId, Entry>) {
+    if epochs.len() <= MAX_EPOCHS {
+        return;
+    }
+    let busy: HashSet<&SessionId> = tasks.keys().map(|task| &task.session).collect();
+    let mut idle: Vec<(Epoch, SessionId)> = epochs
+        .iter()
+        .filter(|(session, _)| !busy.contains(session))
+        .map(|(session, epoch)| (*epoch, session.clone()))
+        .collect();
+    idle.sort();
+    let excess = epochs.len() - MAX_EPOCHS * 9 / 10;
+    for (_, session) in idle.into_iter().take(excess) {
+        epochs.remove(&session);
+    }
+}
 
 impl TaskTable {
     /// A table with the epochs and finished tasks recovered from the journal.
@@ -49,13 +72,14 @@ impl TaskTable {
         agent_id: String,
         computer: String,
         slots: usize,
-        epochs: HashMap<String, i64>,
+        epochs: HashMap<SessionId, Epoch>,
         finished: Vec<pb::TaskStatus>,
     ) -> Self {
+        // The journal holds only tasks whose keys were checked when they were run.
         let tasks = finished
             .into_iter()
             .filter_map(|status| {
-                let id = TaskId::from_key(status.key.as_ref()?);
+                let id = TaskId::from_wire("key", status.key.as_ref()?).ok()?;
                 Some((id, Entry { status, cancel: None }))
             })
             .collect();
@@ -71,10 +95,14 @@ impl TaskTable {
     }
 
     /// Checks a command's epoch; `Ok(true)` when it is newer than any seen (to be recorded).
-    pub(crate) fn check_epoch(&self, session: &str, epoch: i64) -> Result<bool, AgentError> {
+    pub(crate) fn check_epoch(
+        &self,
+        session: &SessionId,
+        epoch: Epoch,
+    ) -> Result<bool, AgentError> {
         match self.epochs.get(session) {
             Some(&newest) if epoch < newest => {
-                Err(AgentError::StaleEpoch { session: session.to_owned(), epoch, newest })
+                Err(AgentError::StaleEpoch { session: session.clone(), epoch, newest })
             }
             Some(&newest) => Ok(epoch > newest),
             None => Ok(true),
@@ -82,30 +110,37 @@ impl TaskTable {
     }
 
     /// The epochs with `session` raised to `epoch`, to be persisted before [`Self::set_epoch`].
-    pub(crate) fn epochs_with(&self, session: &str, epoch: i64) -> HashMap<String, i64> {
+    pub(crate) fn epochs_with(
+        &self,
+        session: &SessionId,
+        epoch: Epoch,
+    ) -> HashMap<SessionId, Epoch> {
         let mut epochs = self.epochs.clone();
-        epochs.insert(session.to_owned(), epoch);
+        epochs.insert(session.clone(), epoch);
+        bound(&mut epochs, &self.tasks);
         epochs
     }
 
     /// Records a newer epoch (after it was persisted).
-    pub(crate) fn set_epoch(&mut self, session: &str, epoch: i64) {
-        self.epochs.insert(session.to_owned(), epoch);
+    pub(crate) fn set_epoch(&mut self, session: &SessionId, epoch: Epoch) {
+        self.epochs.insert(session.clone(), epoch);
+        bound(&mut self.epochs, &self.tasks);
     }
 
     /// Applies the run rules to a validated task whose epoch passed.
     pub(crate) fn admit(
         &mut self,
         id: &TaskId,
+        epoch: Epoch,
         spec: &pb::TaskSpec,
     ) -> Result<Admission, AgentError> {
         if let Some(entry) = self.tasks.get_mut(id) {
-            entry.status.epoch = entry.status.epoch.max(spec.epoch);
+            entry.status.epoch = entry.status.epoch.max(epoch.get());
             return Ok(Admission::Existing(Box::new(entry.status.clone())));
         }
         if self.tombstones.contains(&(id.session.clone(), id.index)) {
             return Err(AgentError::CancelledBeforeStart {
-                session: id.session.clone(),
+                session: id.session.to_string(),
                 index: id.index,
             });
         }
@@ -145,10 +180,11 @@ impl TaskTable {
     pub(crate) fn insert_running(
         &mut self,
         id: TaskId,
-        epoch: i64,
+        epoch: Epoch,
         cancel: CancelSignal,
     ) -> pb::TaskStatus {
-        let status = pb::TaskStatus { key: Some(id.to_key()), epoch, ..Default::default() };
+        let key = Some(id.to_wire());
+        let status = pb::TaskStatus { key, epoch: epoch.get(), ..Default::default() };
         self.tasks.insert(id, Entry { status: status.clone(), cancel: Some(cancel) });
         status
     }
@@ -156,7 +192,7 @@ impl TaskTable {
     /// Cancels the running tasks of a session (all, or the listed item indices).
     pub(crate) fn cancel(
         &mut self,
-        session: &str,
+        session: &SessionId,
         indices: &[u32],
         reason: pb::CancelReason,
     ) -> Vec<pb::TaskKey> {
@@ -164,20 +200,20 @@ impl TaskTable {
             self.bury_unknown(session, indices);
         }
         let wanted = |id: &TaskId| {
-            id.session == session && (indices.is_empty() || indices.contains(&id.index))
+            id.session == *session && (indices.is_empty() || indices.contains(&id.index))
         };
         self.cancel_where(wanted, reason)
     }
 
     /// Remembers the named items this agent holds no task of, so their RunTask is refused.
-    fn bury_unknown(&mut self, session: &str, indices: &[u32]) {
+    fn bury_unknown(&mut self, session: &SessionId, indices: &[u32]) {
         if self.tombstones.len() + indices.len() > MAX_TOMBSTONES {
             self.tombstones.clear();
         }
         for &index in indices {
-            let known = self.tasks.keys().any(|id| id.session == session && id.index == index);
+            let known = self.tasks.keys().any(|id| id.session == *session && id.index == index);
             if !known {
-                self.tombstones.insert((session.to_owned(), index));
+                self.tombstones.insert((session.clone(), index));
             }
         }
     }
@@ -196,7 +232,7 @@ impl TaskTable {
         for (id, entry) in &self.tasks {
             if let Some(cancel) = entry.cancel.as_ref().filter(|_| wanted(id)) {
                 cancel.cancel(reason);
-                keys.push(id.to_key());
+                keys.push(id.to_wire());
             }
         }
         keys
@@ -262,7 +298,7 @@ impl TaskTable {
     }
 
     /// Sessions with a running task.
-    pub(crate) fn running_sessions(&self) -> BTreeSet<String> {
+    pub(crate) fn running_sessions(&self) -> BTreeSet<SessionId> {
         self.running_ids().map(|id| id.session.clone()).collect()
     }
 

@@ -4,12 +4,24 @@ fn table(slots: usize) -> TaskTable {
     TaskTable::new("a1".into(), "pc1".into(), slots, HashMap::new(), Vec::new())
 }
 
-fn id(session: &str, index: u32, attempt: u32) -> TaskId {
-    TaskId { session: session.into(), index, attempt }
+fn session(id: &str) -> SessionId {
+    SessionId::parse("session", id).expect("valid session id")
+}
+
+fn epoch(n: i64) -> Epoch {
+    Epoch::try_from(n).expect("positive epoch")
+}
+
+fn id(session_id: &str, index: u32, attempt: u32) -> TaskId {
+    TaskId { session: session(session_id), index, attempt }
 }
 
 fn spec(id: &TaskId, epoch: i64) -> pb::TaskSpec {
-    pb::TaskSpec { key: Some(id.to_key()), epoch, ..Default::default() }
+    pb::TaskSpec { key: Some(id.to_wire()), epoch, ..Default::default() }
+}
+
+fn admit(table: &mut TaskTable, id: &TaskId, spec: &pb::TaskSpec) -> Result<Admission, AgentError> {
+    table.admit(id, epoch(spec.epoch), spec)
 }
 
 fn computer_spec(id: &TaskId, computer: &str) -> pb::TaskSpec {
@@ -21,22 +33,39 @@ fn computer_spec(id: &TaskId, computer: &str) -> pb::TaskSpec {
 }
 
 fn start(table: &mut TaskTable, id: &TaskId) -> CancelSignal {
-    assert!(matches!(table.admit(id, &spec(id, 1)), Ok(Admission::Start)));
+    assert!(matches!(admit(table, id, &spec(id, 1)), Ok(Admission::Start)));
     let cancel = CancelSignal::default();
-    table.insert_running(id.clone(), 1, cancel.clone());
+    table.insert_running(id.clone(), epoch(1), cancel.clone());
     cancel
 }
 
 #[test]
 fn older_epochs_are_refused_and_newer_ones_replace() {
     let mut table = table(1);
-    assert!(table.check_epoch("s", 3).expect("first epoch"));
-    table.set_epoch("s", 3);
-    assert!(!table.check_epoch("s", 3).expect("same epoch"));
-    assert!(table.check_epoch("s", 4).expect("newer epoch"));
-    let err = table.check_epoch("s", 2).expect_err("stale");
+    let s = session("s");
+    assert!(table.check_epoch(&s, epoch(3)).expect("first epoch"));
+    table.set_epoch(&s, epoch(3));
+    assert!(!table.check_epoch(&s, epoch(3)).expect("same epoch"));
+    assert!(table.check_epoch(&s, epoch(4)).expect("newer epoch"));
+    let err = table.check_epoch(&s, epoch(2)).expect_err("stale");
     assert_eq!(err.to_string(), "stale epoch 2 for session s: newest seen is 3");
-    assert_eq!(table.epochs_with("s", 9).get("s"), Some(&9));
+    assert_eq!(table.epochs_with(&s, epoch(9)).get("s"), Some(&epoch(9)));
+}
+
+#[test]
+fn remembered_epochs_are_bounded_and_sessions_with_tasks_keep_theirs() {
+    let mut table = table(1);
+    let busy = id("busy", 0, 1);
+    start(&mut table, &busy);
+    table.set_epoch(&busy.session, epoch(1));
+    for n in 0..MAX_EPOCHS as i64 {
+        table.set_epoch(&session(&format!("s{n}")), epoch(n + 2));
+    }
+    let epochs = table.epochs_with(&session("newest"), epoch(1_000_000));
+    assert!(epochs.len() <= MAX_EPOCHS);
+    assert_eq!(epochs.get("busy"), Some(&epoch(1)), "a session with a task keeps its epoch");
+    assert_eq!(epochs.get("newest"), Some(&epoch(1_000_000)));
+    assert!(!epochs.contains_key("s0"), "the lowest epoch of an idle session goes first");
 }
 
 #[test]
@@ -44,13 +73,13 @@ fn a_repeated_run_returns_the_existing_status() {
     let mut table = table(1);
     let task = id("s", 0, 1);
     start(&mut table, &task);
-    match table.admit(&task, &spec(&task, 1)) {
-        Ok(Admission::Existing(status)) => assert_eq!(status.key, Some(task.to_key())),
+    match admit(&mut table, &task, &spec(&task, 1)) {
+        Ok(Admission::Existing(status)) => assert_eq!(status.key, Some(task.to_wire())),
         other => panic!("expected the existing task, got {other:?}"),
     }
     let outcome = pb::TaskOutcome { state: pb::ItemState::Success as i32, ..Default::default() };
     table.apply(&task, Update::Finished(outcome.clone()));
-    match table.admit(&task, &spec(&task, 2)) {
+    match admit(&mut table, &task, &spec(&task, 2)) {
         Ok(Admission::Existing(status)) => {
             assert_eq!(status.outcome, Some(outcome));
             assert_eq!(status.epoch, 2);
@@ -64,7 +93,7 @@ fn slots_limit_running_tasks() {
     let mut table = table(1);
     start(&mut table, &id("s", 0, 1));
     let next = id("s", 1, 1);
-    let err = table.admit(&next, &spec(&next, 1)).expect_err("no slot");
+    let err = admit(&mut table, &next, &spec(&next, 1)).expect_err("no slot");
     assert_eq!(err.to_string(), "no free task slot (1 of 1 in use)");
 }
 
@@ -73,7 +102,7 @@ fn another_attempt_of_a_running_item_is_refused() {
     let mut table = table(2);
     start(&mut table, &id("s", 0, 1));
     let retry = id("s", 0, 2);
-    let err = table.admit(&retry, &spec(&retry, 1)).expect_err("still running");
+    let err = admit(&mut table, &retry, &spec(&retry, 1)).expect_err("still running");
     assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err:?}");
 }
 
@@ -82,7 +111,7 @@ fn draining_refuses_new_tasks() {
     let mut table = table(2);
     table.set_draining();
     let task = id("s", 0, 1);
-    let err = table.admit(&task, &spec(&task, 1)).expect_err("draining");
+    let err = admit(&mut table, &task, &spec(&task, 1)).expect_err("draining");
     assert_eq!(err.to_string(), "agent a1 is draining");
 }
 
@@ -90,8 +119,8 @@ fn draining_refuses_new_tasks() {
 fn computer_tasks_must_name_this_computer() {
     let mut table = table(2);
     let task = id("s", 0, 1);
-    assert!(table.admit(&task, &computer_spec(&task, "pc2")).is_err());
-    assert!(matches!(table.admit(&task, &computer_spec(&task, "pc1")), Ok(Admission::Start)));
+    assert!(admit(&mut table, &task, &computer_spec(&task, "pc2")).is_err());
+    assert!(matches!(admit(&mut table, &task, &computer_spec(&task, "pc1")), Ok(Admission::Start)));
 }
 
 #[test]
@@ -100,8 +129,8 @@ fn cancel_targets_listed_items_and_ack_forgets_finished_ones() {
     let first = start(&mut table, &id("s", 0, 1));
     let second = start(&mut table, &id("s", 1, 1));
     start(&mut table, &id("t", 0, 1));
-    let keys = table.cancel("s", &[1], pb::CancelReason::User);
-    assert_eq!(keys, vec![id("s", 1, 1).to_key()]);
+    let keys = table.cancel(&session("s"), &[1], pb::CancelReason::User);
+    assert_eq!(keys, vec![id("s", 1, 1).to_wire()]);
     assert!(!first.is_cancelled());
     assert_eq!(second.reason(), pb::CancelReason::User);
     assert_eq!(table.ack(&[id("s", 1, 1)]), Vec::<TaskId>::new(), "running tasks stay");
@@ -117,19 +146,20 @@ fn a_user_cancel_that_overtakes_its_run_task_refuses_that_run() {
     let mut table = table(4);
     let running = id("s", 0, 1);
     start(&mut table, &running);
-    let keys = table.cancel("s", &[0, 1], pb::CancelReason::User);
-    assert_eq!(keys, vec![running.to_key()], "only the running task was cancelled");
+    let keys = table.cancel(&session("s"), &[0, 1], pb::CancelReason::User);
+    assert_eq!(keys, vec![running.to_wire()], "only the running task was cancelled");
     let late = id("s", 1, 1);
-    let refused = table.admit(&late, &spec(&late, 1)).expect_err("cancelled before it started");
+    let refused =
+        admit(&mut table, &late, &spec(&late, 1)).expect_err("cancelled before it started");
     assert!(refused.to_string().contains("cancelled before it started"), "{refused}");
     let other = id("s", 2, 1);
-    assert!(matches!(table.admit(&other, &spec(&other, 1)), Ok(Admission::Start)));
+    assert!(matches!(admit(&mut table, &other, &spec(&other, 1)), Ok(Admission::Start)));
 }
 
 #[test]
 fn a_drain_cancel_leaves_no_tombstone() {
     let mut table = table(4);
-    table.cancel("s", &[1], pb::CancelReason::Drain);
+    table.cancel(&session("s"), &[1], pb::CancelReason::Drain);
     let next = id("s", 1, 2);
-    assert!(matches!(table.admit(&next, &spec(&next, 1)), Ok(Admission::Start)));
+    assert!(matches!(admit(&mut table, &next, &spec(&next, 1)), Ok(Admission::Start)));
 }

@@ -5,5 +5,6 @@ mod computer;
 mod executor;
 mod recovery;
 mod restore;
+mod roots;
 mod service;
 mod support;

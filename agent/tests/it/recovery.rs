@@ -17,7 +17,7 @@ use crate::support::{
 fn journal_running(state: &Path, spec: pb::TaskSpec) -> Journal {
     let journal = Journal::open(state).expect("journal");
     let key = spec.key.clone().expect("key");
-    let id = TaskId { session: key.session_id, index: key.item_index, attempt: key.attempt };
+    let id = TaskId::from_wire("key", &key).expect("valid key");
     journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
     journal
 }

@@ -104,6 +104,30 @@ async fn run_task_follows_the_rules() {
 }
 
 #[tokio::test]
+async fn an_absent_epoch_is_refused_by_every_command() {
+    let coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    let mut client = agent.client.clone();
+    let refused = |status: tonic::Status, field: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(status.message(), format!("{field}: must be at least 1"));
+    };
+
+    let run_zero = run(&mut client, sim_spec("s1", 0, 0, 10)).await.expect_err("epoch 0");
+    refused(run_zero, "task.epoch");
+    let cancel = pb::CancelTasksRequest { session_id: "s1".into(), ..Default::default() };
+    refused(client.cancel_tasks(cancel).await.expect_err("epoch 0"), "epoch");
+    let ack = pb::AckTasksRequest { epoch: 0, keys: vec![key("s1", 0)] };
+    refused(client.ack_tasks(ack).await.expect_err("epoch 0"), "epoch");
+    let negative = pb::AckTasksRequest { epoch: -1, keys: vec![key("s1", 0)] };
+    refused(client.ack_tasks(negative).await.expect_err("negative epoch"), "epoch");
+
+    // Nothing was recorded: the first real epoch is taken.
+    run(&mut client, sim_spec("s1", 0, 1, 10)).await.expect("epoch 1 runs");
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn computer_tasks_back_up_this_computers_paths() {
     let coordinator = FakeCoordinator::start().await;
     let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 2).await;
@@ -227,5 +251,51 @@ async fn heartbeats_fail_over_to_the_next_coordinator() {
     assert_eq!((agent_info.id.as_str(), agent_info.slots), ("agent-1", 3));
     assert_eq!(agent_info.state(), pb::AgentState::Online);
     assert_eq!(beat.ttl_seconds, 1);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_outcome_message_is_cut_before_it_is_journaled_and_reported() {
+    let coordinator = FakeCoordinator::start().await;
+    let (state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    let mut client = agent.client.clone();
+    let Scratch { dir: _data, src, repo } = Scratch::new();
+    // A missing configured path of 6,000 bytes in two-byte characters: the failure names it.
+    let missing = (0..30).fold(src.clone(), |path, _| path.join("é".repeat(100)));
+    let mut events = watch(&mut client, "m1").await;
+    run(&mut client, computer_spec("m1", 0, &[&missing], &repo)).await.expect("started");
+
+    let outcome = outcome_of(&mut events, 0).await;
+
+    assert_eq!(outcome.state(), ItemState::Failed);
+    assert!(outcome.message.len() <= 4096, "{} bytes", outcome.message.len());
+    assert!(outcome.message.starts_with("SNAPSHOT failed: "), "{outcome:?}");
+    assert!(outcome.message.ends_with("… (cut)"), "says it is cut: {outcome:?}");
+    agent.stop().await;
+    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
+    let mut client = agent.client.clone();
+    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    let journaled = tasks.into_inner().tasks.remove(0).outcome.expect("outcome");
+    assert_eq!(journaled.message, outcome.message, "the journal holds the cut message");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_without_the_sim_executor_refuses_sim_tasks() {
+    let coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("state");
+    let agent = TestAgent::start_with(&coordinator.url, state.path(), 1, |_| {}).await;
+    let mut client = agent.client.clone();
+
+    let refused = run(&mut client, sim_spec("x1", 0, 1, 10)).await.expect_err("no sim executor");
+
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "task x1/0#1 asks for the sim executor (load tests only), which agent agent-1 does \
+         not run: start it with --enable-sim-executor to allow it"
+    );
+    let listed = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    assert!(listed.into_inner().tasks.is_empty(), "nothing ran");
     agent.stop().await;
 }

@@ -131,7 +131,7 @@ pub struct Run {
 
 /// A context for running `spec` directly with an executor.
 pub fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
-    let id = key::validate_spec(&spec).expect("valid spec");
+    let (id, _) = key::validate_spec(&spec).expect("valid spec");
     let (tx, updates) = mpsc::channel(1024);
     let (_sessions_tx, running_sessions) = watch::channel(BTreeSet::from([id.session.clone()]));
     let ctx = TaskContext {
@@ -252,12 +252,31 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// An agent in computer mode (`pc1`) with the sim executor on.
     pub async fn start(coordinator: &str, state_dir: &Path, slots: u32) -> Self {
+        let sim_executor = |settings: &mut Settings| settings.enable_sim_executor = true;
+        Self::start_with(coordinator, state_dir, slots, sim_executor).await
+    }
+
+    /// An agent with the settings of [`Self::start`] (computer `pc1`, the sim executor on)
+    /// changed by `configure`.
+    pub async fn start_with(
+        coordinator: &str,
+        state_dir: &Path,
+        slots: u32,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut settings = Settings::new(coordinator, "agent-1", slots, state_dir.to_path_buf());
         settings.heartbeat_ttl = 1;
         settings.computer = Some("pc1".into());
         // In-process agent tests talk plaintext; TLS and authentication are the e2e tests'.
         settings.insecure = true;
+        configure(&mut settings);
+        Self::launch(settings).await
+    }
+
+    /// An agent with exactly these settings.
+    pub async fn launch(settings: Settings) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

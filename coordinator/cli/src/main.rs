@@ -10,6 +10,7 @@ mod job;
 mod output;
 mod pki;
 mod restore_point;
+mod schedule;
 mod session;
 mod stop;
 mod token;
@@ -153,6 +154,13 @@ enum JobCommand {
         /// (default: the job's graceful timeout).
         #[arg(long, value_name = "SECS", conflicts_with = "immediately")]
         timeout: Option<u32>,
+    },
+    /// Set, change, disable or clear a job's schedule.
+    Schedule(schedule::ScheduleArgs),
+    /// List what became of a job's recent scheduled due times, newest first.
+    Runs {
+        /// Job name.
+        name: String,
     },
 }
 

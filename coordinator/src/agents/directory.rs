@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use etcd_client::{Event, EventType, GetOptions, WatchOptions};
-use sluice_proto::pb;
+use sluice_proto::{ids::AgentId, pb};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Registered agents by id.
-pub(crate) type Agents = Arc<BTreeMap<String, pb::Agent>>;
+pub(crate) type Agents = Arc<BTreeMap<AgentId, pb::Agent>>;
 
 /// A live view of the registered agents.
 #[derive(Clone)]
@@ -53,7 +53,7 @@ impl AgentDirectory {
 }
 
 /// Placement's view of the agents: slots, computer and whether each takes new tasks.
-pub(crate) fn agent_map(agents: &BTreeMap<String, pb::Agent>) -> AgentMap {
+pub(crate) fn agent_map(agents: &BTreeMap<AgentId, pb::Agent>) -> AgentMap {
     agents
         .iter()
         .map(|(id, agent)| {
@@ -104,24 +104,26 @@ async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -
 }
 
 /// The registered agents, and the revision they were read at.
-async fn list(store: &Store, prefix: &str) -> Result<(BTreeMap<String, pb::Agent>, i64)> {
+async fn list(store: &Store, prefix: &str) -> Result<(BTreeMap<AgentId, pb::Agent>, i64)> {
     let listed = store.kv().get(prefix, Some(GetOptions::new().with_prefix())).await?;
     let revision = listed.header().map_or(0, |h| h.revision());
     let mut agents = BTreeMap::new();
     for kv in listed.kvs() {
         let record: pb::AgentRecord = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
-        if let Some(agent) = record.agent {
-            agents.insert(agent.id.clone(), agent);
+        if let Some(agent) = record.agent
+            && let Some(id) = agent_id(&agent.id)
+        {
+            agents.insert(id, agent);
         }
     }
     Ok((agents, revision))
 }
 
 /// Applies one change of an agent's key.
-fn apply(agents: &mut BTreeMap<String, pb::Agent>, prefix: &str, event: &Event) -> Result<()> {
+fn apply(agents: &mut BTreeMap<AgentId, pb::Agent>, prefix: &str, event: &Event) -> Result<()> {
     let Some(kv) = event.kv() else { return Ok(()) };
     let key = String::from_utf8_lossy(kv.key()).into_owned();
-    let id = key.trim_start_matches(prefix).to_string();
+    let Some(id) = agent_id(key.trim_start_matches(prefix)) else { return Ok(()) };
     match event.event_type() {
         EventType::Put => {
             let record: pb::AgentRecord = decode(&key, kv.value())?;
@@ -138,4 +140,12 @@ fn apply(agents: &mut BTreeMap<String, pb::Agent>, prefix: &str, event: &Event) 
         }
     }
     Ok(())
+}
+
+/// The id of a stored registration; registrations are checked when written, so a bad one is
+/// a foreign key under the prefix, skipped.
+fn agent_id(id: &str) -> Option<AgentId> {
+    AgentId::parse("agent.id", id)
+        .inspect_err(|error| warn!(%error, "agent registration with a bad id skipped"))
+        .ok()
 }

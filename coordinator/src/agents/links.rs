@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use sluice_proto::pb;
+use sluice_proto::{ids::AgentId, pb};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -32,7 +32,7 @@ pub(crate) async fn run(
 
 /// The open links, by agent id: the address each follows and the token that ends it.
 struct Links {
-    open: HashMap<String, (String, CancellationToken)>,
+    open: HashMap<AgentId, (String, CancellationToken)>,
     clients: AgentClients,
     router: Router,
     shutdown: CancellationToken,
@@ -65,7 +65,7 @@ impl Links {
 }
 
 struct Link {
-    agent: String,
+    agent: AgentId,
     address: String,
     clients: AgentClients,
 }
@@ -95,7 +95,7 @@ impl Link {
     async fn follow(&self, router: &Router) -> Result<(), tonic::Status> {
         let mut client = self
             .clients
-            .client(&self.agent, &self.address)
+            .client(self.agent.as_str(), &self.address)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let mut stream = client.watch_tasks(pb::WatchTasksRequest::default()).await?.into_inner();
         while let Some(event) = stream.message().await? {

@@ -154,6 +154,15 @@ impl JobService for JobApi {
         );
         Ok(Response::new(restored))
     }
+
+    async fn list_schedule_runs(
+        &self,
+        request: Request<pb::ListScheduleRunsRequest>,
+    ) -> Reply<pb::ListScheduleRunsResponse> {
+        let job = request.into_inner().job;
+        let runs = crate::schedules::list_runs(self.sessions.store(), &job).await?;
+        Ok(Response::new(pb::ListScheduleRunsResponse { runs }))
+    }
 }
 
 /// Who a session records as its starter or stopper: the authenticated principal. Only an

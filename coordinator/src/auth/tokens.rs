@@ -67,7 +67,13 @@ impl Tokens {
         }
         let (record, secret) = new_token(&request.name, role, request.ttl_seconds, created_by);
         let token = record.token.clone().unwrap_or_default();
-        if !self.store.create(&self.store.keys().token(&token.id), &record).await? {
+        let key = self.store.keys().token(&token.id);
+        let txn = Txn::new().when([absent(&key)]).and_then([TxnOp::put(
+            key,
+            record.encode_to_vec(),
+            None,
+        )]);
+        if self.store.txn(txn).await?.is_none() {
             return Err(Error::invalid("id", "a random token id collided; try again"));
         }
         info!(target: AUDIT, principal = %created_by, token = %token.id, name = %token.name, role = %token.role, "token created");

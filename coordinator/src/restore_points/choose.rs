@@ -16,8 +16,8 @@ pub(crate) enum Need {
 /// The online agent that fits `need`, the least busy first (ties by id). With
 /// `any_as_fallback`, a computer restore point whose computer is offline goes to any online
 /// agent (for reading the repository, not for writing onto the computer).
-pub(crate) fn choose_agent<'a>(
-    agents: &'a BTreeMap<String, pb::Agent>,
+pub(crate) fn choose_agent<'a, K>(
+    agents: &'a BTreeMap<K, pb::Agent>,
     need: &Need,
     any_as_fallback: bool,
 ) -> Result<&'a pb::Agent, String> {

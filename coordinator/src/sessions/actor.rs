@@ -9,7 +9,10 @@ mod children;
 
 use std::time::Duration;
 
-use sluice_proto::{pb, telemetry};
+use sluice_proto::{
+    ids::{AgentId, Epoch},
+    pb, telemetry,
+};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -21,7 +24,7 @@ use super::{
     outbox::{Ack, Outbox},
     persist, records,
 };
-use crate::{agents::directory::agent_map, error::Error};
+use crate::{agents::directory::agent_map, error::Error, metrics::SessionGauge};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
@@ -38,16 +41,16 @@ pub(crate) enum Msg {
     /// A task update from an agent.
     Task {
         /// Agent that sent it.
-        agent: String,
+        agent: AgentId,
         /// The task.
         status: pb::TaskStatus,
     },
     /// Answer to a RunTask.
     RunDone { dispatch: Dispatch, result: Result<pb::TaskStatus, tonic::Status> },
     /// Answer to a cancel: tasks the agent does not hold (never started there).
-    CancelDone { agent: String, result: Result<Vec<u32>, tonic::Status>, indices: Vec<u32> },
+    CancelDone { agent: AgentId, result: Result<Vec<u32>, tonic::Status>, indices: Vec<u32> },
     /// Time to send a failed cancel again.
-    ResendCancel { agent: String, indices: Vec<u32> },
+    ResendCancel { agent: AgentId, indices: Vec<u32> },
     /// Time to send an unanswered RunTask again.
     Resend(Dispatch),
     /// A batch of writes ended.
@@ -79,7 +82,7 @@ pub(crate) enum Exit {
 pub(crate) struct SessionActor {
     machine: Machine,
     base: pb::SessionRecord,
-    epoch: i64,
+    epoch: Epoch,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
     stops: mpsc::Receiver<Stop>,
@@ -94,6 +97,8 @@ pub(crate) struct SessionActor {
     last_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
+    /// The stored state of the items, for the metrics.
+    gauge: SessionGauge,
 }
 
 impl SessionActor {
@@ -101,11 +106,13 @@ impl SessionActor {
     pub(crate) fn new(
         machine: Machine,
         base: pb::SessionRecord,
-        epoch: i64,
+        epoch: Epoch,
         ctx: SessionContext,
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
+        let job = base.session.as_ref().map_or("", |session| session.job.as_str());
+        let gauge = SessionGauge::new(ctx.metrics.clone(), job, &machine);
         SessionActor {
             machine,
             base,
@@ -121,6 +128,7 @@ impl SessionActor {
             last_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
+            gauge,
         }
     }
 
@@ -129,13 +137,16 @@ impl SessionActor {
     /// keep those outcomes), otherwise every child is cancelled at once (a new owner re-sends
     /// what matters).
     pub(crate) async fn run(mut self) -> Exit {
-        let span = info_span!("session_owner", id = %self.machine.id(), epoch = self.epoch);
+        let span = info_span!("session_owner", id = %self.machine.id(), epoch = self.epoch.get());
         if !self.base.traceparent.is_empty() {
             telemetry::set_parent_from_traceparent(&span, &self.base.traceparent);
         }
         async move {
             self.reattach().await;
             let exit = self.serve().await;
+            if exit == Exit::Finished {
+                self.gauge.finished(&self.machine);
+            }
             self.ctx.scheduler.release_session(self.machine.id());
             self.children.end(Duration::ZERO, &self.ctx.shutdown).await;
             let grace = if exit == Exit::Finished { agent_calls::TIMEOUT } else { Duration::ZERO };
@@ -308,7 +319,7 @@ impl SessionActor {
         }
     }
 
-    fn on_task(&mut self, agent: String, status: pb::TaskStatus) {
+    fn on_task(&mut self, agent: AgentId, status: pb::TaskStatus) {
         let Some(index) = status.key.as_ref().map(|key| key.item_index) else { return };
         if !self.machine.holds(index) {
             debug!(%agent, index, "update for an item this session does not hold");
@@ -351,6 +362,7 @@ impl SessionActor {
     ) -> Option<Exit> {
         match result {
             Ok(()) => {
+                self.gauge.stored(&self.machine, &items);
                 // Only what this flush stored: later dispatches and outcomes wait for theirs.
                 let stored = self.outbox.flush_stored();
                 for dispatch in stored.runs {

@@ -3,7 +3,8 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    agent_client::AgentClients, agents::AgentDirectory, scheduler::Scheduler, store::Store,
+    agent_client::AgentClients, agents::AgentDirectory, metrics::Metrics, scheduler::Scheduler,
+    store::Store,
 };
 
 /// Shared handles for session actors (all cheap to clone).
@@ -19,4 +20,6 @@ pub(crate) struct SessionContext {
     pub(crate) clients: AgentClients,
     /// Cancelled when the coordinator shuts down (a handover, not a loss).
     pub(crate) shutdown: CancellationToken,
+    /// The coordinator's metrics.
+    pub(crate) metrics: Metrics,
 }

@@ -18,6 +18,8 @@ mod tests;
 
 use std::collections::BTreeSet;
 
+use sluice_proto::ids::{AgentId, SessionId};
+
 pub(crate) use self::{
     item::{CancelReason, Item, ItemState, ItemStatus, Outcome, TaskPhase},
     stop::{Stop, StopMode},
@@ -83,7 +85,7 @@ pub(crate) struct Dispatch {
     /// Attempt number.
     pub(crate) attempt: u32,
     /// Agent chosen.
-    pub(crate) agent: String,
+    pub(crate) agent: AgentId,
 }
 
 /// What happened to a session.
@@ -124,12 +126,12 @@ pub(crate) enum Event {
         /// How it ended.
         outcome: Outcome,
         /// Agent that reported it (it holds the outcome until acknowledged).
-        agent: String,
+        agent: AgentId,
     },
     /// An agent left or stopped heartbeating: its tasks are lost.
     AgentLost {
         /// Agent id.
-        agent: String,
+        agent: AgentId,
     },
     /// A user stopped the session.
     Stop(Stop),
@@ -143,7 +145,7 @@ pub(crate) enum Effect {
     /// Cancel running tasks on an agent.
     Cancel {
         /// Agent id.
-        agent: String,
+        agent: AgentId,
         /// Job indices of the items.
         indices: Vec<u32>,
         /// Why.
@@ -152,12 +154,12 @@ pub(crate) enum Effect {
     /// Give a task slot back to the scheduler.
     Release {
         /// Agent id.
-        agent: String,
+        agent: AgentId,
     },
     /// Tell the agent it may forget a finished task, once its outcome has been persisted.
     Ack {
         /// Agent id.
-        agent: String,
+        agent: AgentId,
         /// Job index of the item.
         index: u32,
         /// Attempt.
@@ -179,12 +181,12 @@ pub(crate) struct Retry {
 /// The state of one session.
 #[derive(Debug, Clone)]
 pub(crate) struct Machine {
-    id: String,
+    id: SessionId,
     status: SessionStatus,
     /// Items in job order.
     items: Vec<Item>,
     /// Agent ids allowed for VM items (empty = any).
-    proxies: Vec<String>,
+    proxies: Vec<AgentId>,
     retry: Retry,
     dirty_items: BTreeSet<usize>,
     /// Changes worth persisting, but not at once (progress, waiting reasons).
@@ -200,9 +202,9 @@ pub(crate) struct Machine {
 impl Machine {
     /// A session over `items` (already in job order) in the state `status`.
     pub(crate) fn new(
-        id: String,
+        id: SessionId,
         items: Vec<Item>,
-        proxies: Vec<String>,
+        proxies: Vec<AgentId>,
         retry: Retry,
         status: SessionStatus,
     ) -> Self {
@@ -221,13 +223,18 @@ impl Machine {
     }
 
     /// Session id.
-    pub(crate) fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &SessionId {
         &self.id
     }
 
     /// The session's own state.
     pub(crate) fn status(&self) -> &SessionStatus {
         &self.status
+    }
+
+    /// Every item, in job order (positions as `take_dirty` returns them).
+    pub(crate) fn items(&self) -> &[Item] {
+        &self.items
     }
 
     /// The item at a position (as returned by `take_dirty`).
@@ -282,7 +289,7 @@ impl Machine {
     /// Whether `dispatch` is the running attempt of its item, on that agent.
     pub(crate) fn is_current(&self, dispatch: &Dispatch) -> bool {
         self.running_position(dispatch.index, dispatch.attempt)
-            .is_some_and(|pos| self.items[pos].status.agent == dispatch.agent)
+            .is_some_and(|pos| self.items[pos].status.agent.as_ref() == Some(&dispatch.agent))
     }
 
     /// The attempt of a running item whose cancel was sent: its outcome is awaited.
@@ -300,18 +307,21 @@ impl Machine {
     pub(crate) fn running(&self) -> Vec<Dispatch> {
         let running = self.items.iter().filter(|i| i.is_running());
         running
-            .map(|i| Dispatch {
-                index: i.index,
-                attempt: i.status.attempt,
-                agent: i.status.agent.clone(),
+            .filter_map(|i| {
+                let agent = i.status.agent.clone()?;
+                Some(Dispatch { index: i.index, attempt: i.status.attempt, agent })
             })
             .collect()
     }
 
     /// Agents running tasks of this session that `registered` no longer knows.
-    pub(crate) fn lost_agents(&self, registered: impl Fn(&str) -> bool) -> BTreeSet<String> {
+    pub(crate) fn lost_agents(&self, registered: impl Fn(&AgentId) -> bool) -> BTreeSet<AgentId> {
         let running = self.items.iter().filter(|i| i.is_running());
-        running.map(|i| &i.status.agent).filter(|a| !registered(a)).cloned().collect()
+        running
+            .filter_map(|i| i.status.agent.as_ref())
+            .filter(|a| !registered(a))
+            .cloned()
+            .collect()
     }
 
     /// The earliest time after `now_ms` at which a `Tick` could change something, ms. A time

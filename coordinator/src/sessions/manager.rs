@@ -1,11 +1,15 @@
 //! `Sessions`: starts sessions and runs their actors; answers stops, reads and retries on
 //! any coordinator (everything goes through etcd, so the owner may be elsewhere).
 
+mod scheduled;
 mod stop;
+
+pub(crate) use scheduled::{SCHEDULE, Start};
 
 use std::{collections::HashSet, sync::Arc};
 
 use sluice_proto::{
+    ids::{Epoch, SessionId},
     job::validate_name,
     pb::{self, SessionState},
     telemetry, time,
@@ -20,7 +24,7 @@ use super::{
     actor::{Exit, Inboxes, MAILBOX, SessionActor},
     context::SessionContext,
     ids::new_session_id,
-    persist::{self, NewSession},
+    persist::{self, Extra, NewSession},
     records::{SessionView, machine_from_records, stop_from},
 };
 use crate::{
@@ -29,12 +33,6 @@ use crate::{
     restore_points::RestorePoints,
     store::Store,
 };
-
-/// Where a new session comes from: the session it retries (if any) and who started it.
-struct Origin {
-    retry_of: String,
-    started_by: String,
-}
 
 /// Stop requests an actor may have queued (they are idempotent: few are ever pending).
 const STOP_MAILBOX: usize = 16;
@@ -75,7 +73,7 @@ impl Sessions {
     /// Starts a session of every item of `job`, recording who started it.
     pub(crate) async fn start(&self, job: &str, started_by: String) -> Result<pb::Session> {
         validate_name("job", job)?;
-        self.start_items(job, None, Origin { retry_of: String::new(), started_by }).await
+        self.start_items(job, None, String::new(), Start::manual(started_by)).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
@@ -89,15 +87,16 @@ impl Sessions {
             return Err(Error::NothingToRetry { session: session_id.into() });
         }
         let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
-        let origin = Origin { retry_of: session_id.to_string(), started_by };
-        self.start_items(&job, Some(names), origin).await
+        let start = Start::retry(started_by);
+        self.start_items(&job, Some(names), session_id.to_string(), start).await
     }
 
     async fn start_items(
         &self,
         job_name: &str,
         names: Option<Vec<String>>,
-        origin: Origin,
+        retry_of: String,
+        start: Start,
     ) -> Result<pb::Session> {
         let lease = self.current_lease()?;
         let store = self.store();
@@ -107,39 +106,47 @@ impl Sessions {
         if item_indices.is_empty() {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
+        let id = start.session_id.unwrap_or_else(new_session_id);
+        let mut record = self.new_record(id, stored.value, item_indices, retry_of);
+        if let Some(session) = record.session.as_mut() {
+            session.trigger = start.trigger as i32;
+            session.due_at = start.due_at;
+            session.started_by = start.started_by;
+        }
         let mut new = NewSession {
-            record: self.new_record(stored.value, item_indices, origin),
+            record,
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
+            extra: start.extra,
         };
         let epoch = create(store, &mut new).await?;
         let view = SessionView {
             record: new.record,
-            owner: Some((self.inner.coordinator.clone(), epoch)),
+            owner: Some((self.inner.coordinator.clone(), epoch.get())),
             ..Default::default()
         };
         let session = view.to_session(false);
-        info!(session = %session.id, job = job_name, epoch, by = %session.started_by, "session started");
-        self.spawn(&view, epoch, &lease);
+        info!(session = %session.id, job = job_name, epoch = epoch.get(), by = %session.started_by, "session started");
+        self.spawn(&view, epoch, &lease)?;
         Ok(view.to_session(true))
     }
 
     /// The record of a new session of `job`, owned here, with the trace it starts.
     fn new_record(
         &self,
+        id: String,
         job: pb::Job,
         item_indices: Vec<u32>,
-        origin: Origin,
+        retry_of: String,
     ) -> pb::SessionRecord {
         let session = pb::Session {
-            id: new_session_id(),
+            id,
             job: job.name.clone(),
             state: SessionState::Starting as i32,
             owner: self.inner.coordinator.clone(),
             created_at: Some(time::now()),
-            retry_of: origin.retry_of,
-            started_by: origin.started_by,
+            retry_of,
             job_type: job.r#type,
             ..Default::default()
         };
@@ -160,9 +167,9 @@ impl Sessions {
 
     /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
     /// a finish.
-    fn spawn(&self, view: &SessionView, epoch: i64, lease: &Lease) {
-        let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref());
-        let id = machine.id().to_string();
+    fn spawn(&self, view: &SessionView, epoch: Epoch, lease: &Lease) -> Result<()> {
+        let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref())?;
+        let id = machine.id().clone();
         let fence = lease.fence.child_token();
         let (inboxes, stop_watch) = self.open_inboxes(&id, view.stop.as_ref(), &fence);
         let base = self.owned_record(view, epoch);
@@ -173,22 +180,23 @@ impl Sessions {
         let shutdown = self.inner.ctx.shutdown.clone();
         self.inner.tracker.spawn(async move {
             let exit = actor.run().await;
-            router.unregister(&id);
+            router.unregister(id.as_str());
             stop_watch.cancel();
             if exit == Exit::Finished {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    () = retention.after_session(&job, &id) => {}
+                    () = retention.after_session(&job, id.as_str()) => {}
                 }
             }
         });
+        Ok(())
     }
 
     /// Registers a session's inboxes (with its stored stop, if any, already queued) and
     /// follows its stop key until the returned token is cancelled.
     fn open_inboxes(
         &self,
-        id: &str,
+        id: &SessionId,
         stop: Option<&pb::StopRequest>,
         fence: &CancellationToken,
     ) -> (Inboxes, CancellationToken) {
@@ -206,11 +214,11 @@ impl Sessions {
     }
 
     /// The session record as this coordinator owns it at `epoch`.
-    fn owned_record(&self, view: &SessionView, epoch: i64) -> pb::SessionRecord {
+    fn owned_record(&self, view: &SessionView, epoch: Epoch) -> pb::SessionRecord {
         let mut record = view.record.clone();
         if let Some(session) = record.session.as_mut() {
             session.owner = self.inner.coordinator.clone();
-            session.epoch = epoch;
+            session.epoch = epoch.get();
         }
         record
     }
@@ -260,20 +268,22 @@ impl Sessions {
         let Ok(lease) = self.current_lease() else { return Ok(0) };
         let mut claimed = 0;
         for (job, id) in persist::active_sessions(self.store()).await? {
-            if self.inner.router.mailbox(&id).is_some() {
+            let (job, id) = (job.as_str(), id.as_str());
+            if self.inner.router.mailbox(id).is_some() {
                 continue;
             }
             let Some(epoch) =
-                persist::claim(self.store(), &id, &job, &self.inner.coordinator, lease.id).await?
+                persist::claim(self.store(), id, job, &self.inner.coordinator, lease.id).await?
             else {
                 continue;
             };
-            let Some(mut view) = persist::load(self.store(), &id).await? else { continue };
-            view.owner = Some((self.inner.coordinator.clone(), epoch));
-            info!(session = %id, job, epoch, "took over orphaned session");
-            self.spawn(&view, epoch, &lease);
+            let Some(mut view) = persist::load(self.store(), id).await? else { continue };
+            view.owner = Some((self.inner.coordinator.clone(), epoch.get()));
+            info!(session = %id, job, epoch = epoch.get(), "took over orphaned session");
+            self.spawn(&view, epoch, &lease)?;
             claimed += 1;
         }
+        self.inner.ctx.metrics.took_over(claimed);
         Ok(claimed)
     }
 
@@ -309,11 +319,12 @@ fn chosen_items(job: &pb::Job, names: Option<&[String]>) -> Vec<u32> {
 }
 
 /// Creates the session, with a new id when the drawn one is taken (a few times at most).
-async fn create(store: &Store, new: &mut NewSession) -> Result<i64> {
+async fn create(store: &Store, new: &mut NewSession) -> Result<Epoch> {
     let mut tries = 0;
     loop {
         match persist::create(store, new).await {
-            Err(Error::SessionIdTaken { .. }) if tries < 3 => {
+            // A scheduled start names its id in its run record: it fails and comes again.
+            Err(Error::SessionIdTaken { .. }) if tries < 3 && new.extra.ops.is_empty() => {
                 tries += 1;
                 if let Some(session) = new.record.session.as_mut() {
                     session.id = new_session_id();

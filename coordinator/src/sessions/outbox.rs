@@ -7,13 +7,15 @@
 
 use std::collections::HashSet;
 
+use sluice_proto::ids::AgentId;
+
 use super::machine::Dispatch;
 
 /// A finished task whose agent may forget it once its outcome is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ack {
     /// Agent that holds the outcome.
-    pub(crate) agent: String,
+    pub(crate) agent: AgentId,
     /// Job index of the item.
     pub(crate) index: u32,
     /// Attempt.
@@ -127,9 +129,9 @@ impl Outbox {
     }
 
     /// Drops the unsent dispatches to an agent that is gone.
-    pub(crate) fn forget_agent(&mut self, agent: &str) {
-        self.unsent.retain(|d| d.agent != agent);
-        self.flushing_runs.retain(|d| d.agent != agent);
+    pub(crate) fn forget_agent(&mut self, agent: &AgentId) {
+        self.unsent.retain(|d| d.agent != *agent);
+        self.flushing_runs.retain(|d| d.agent != *agent);
     }
 }
 
@@ -137,12 +139,16 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn run(index: u32, agent: &str) -> Dispatch {
-        Dispatch { index, attempt: 1, agent: agent.into() }
+    fn agent(id: &str) -> AgentId {
+        AgentId::parse("agent", id).expect("valid agent id")
+    }
+
+    fn run(index: u32, id: &str) -> Dispatch {
+        Dispatch { index, attempt: 1, agent: agent(id) }
     }
 
     fn ack(index: u32) -> Ack {
-        Ack { agent: "a1".into(), index, attempt: 1 }
+        Ack { agent: agent("a1"), index, attempt: 1 }
     }
 
     #[test]
@@ -195,7 +201,7 @@ mod tests {
         outbox.flush_started();
         outbox.run(run(2, "a2"));
         assert_eq!(outbox.withdraw(0), Some(1), "withdrawn from the flush under way");
-        outbox.forget_agent("a2");
+        outbox.forget_agent(&agent("a2"));
         assert_eq!(outbox.withdraw(0), None);
         assert!(outbox.flush_stored().runs.is_empty());
         outbox.flush_started();

@@ -2,12 +2,16 @@
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
-use sluice_proto::pb::{self, SessionState, StopMode};
+use sluice_proto::{
+    ids::{Epoch, JobName, SessionId},
+    pb::{self, SessionState, StopMode},
+};
+use tracing::warn;
 
 use super::records::SessionView;
 use crate::{
     error::{Error, Result},
-    store::{Store, Versioned, absent, decode},
+    store::{Store, Versioned, absent, decode, epoch_of},
 };
 
 /// etcd's default `--max-txn-ops` is 128; stay below it with room for the guard.
@@ -23,35 +27,49 @@ pub(crate) struct NewSession {
     pub(crate) owner: String,
     /// The owner's lease.
     pub(crate) lease: i64,
+    /// More guards and writes for the same transaction (a schedule's due time).
+    pub(crate) extra: Extra,
+}
+
+/// Guards and writes another module adds to a session's creation, so that they hold and
+/// happen in the same transaction.
+#[derive(Default, Clone)]
+pub(crate) struct Extra {
+    /// Further guards.
+    pub(crate) compares: Vec<Compare>,
+    /// Further writes.
+    pub(crate) ops: Vec<TxnOp>,
 }
 
 /// Creates a session atomically: active marker (only if absent), record, owner key.
 /// Returns the epoch (the owner key's create revision).
-pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<i64> {
+pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
     let keys = store.keys();
     let session =
         new.record.session.as_ref().ok_or_else(|| Error::invalid("session", "required"))?;
     let (id, job) = (session.id.as_str(), session.job.as_str());
     let active = keys.job_active(job);
-    let txn = Txn::new()
-        .when([
-            absent(&active),
-            Compare::mod_revision(keys.job(job), CompareOp::Equal, new.job_revision),
-            absent(&keys.session(id)),
-        ])
-        .and_then([
-            TxnOp::put(active.as_str(), id, None),
-            TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
-            summary_op(store, session),
-            TxnOp::put(
-                keys.session_owner(id),
-                new.owner.as_str(),
-                Some(PutOptions::new().with_lease(new.lease)),
-            ),
-        ]);
+    let mut compares = vec![
+        absent(&active),
+        Compare::mod_revision(keys.job(job), CompareOp::Equal, new.job_revision),
+        absent(&keys.session(id)),
+    ];
+    compares.extend(new.extra.compares.iter().cloned());
+    let mut ops = vec![
+        TxnOp::put(active.as_str(), id, None),
+        TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
+        summary_op(store, session),
+        TxnOp::put(
+            keys.session_owner(id),
+            new.owner.as_str(),
+            Some(PutOptions::new().with_lease(new.lease)),
+        ),
+    ];
+    ops.extend(new.extra.ops.iter().cloned());
+    let txn = Txn::new().when(compares).and_then(ops);
     let response = store.kv().txn(txn).await?;
     if response.succeeded() {
-        return Ok(response.header().map_or(0, |h| h.revision()));
+        return epoch_of(response.header());
     }
     Err(why_not_created(store, job, id).await?)
 }
@@ -88,7 +106,7 @@ pub(crate) struct Flush {
 /// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
 /// owner's epoch. An item and its catalog entry always share a transaction; a final session
 /// record also clears the job's active marker and the owner key.
-pub(crate) async fn flush(store: &Store, id: &str, epoch: i64, batch: Flush) -> Result<()> {
+pub(crate) async fn flush(store: &Store, id: &str, epoch: Epoch, batch: Flush) -> Result<()> {
     let items: Vec<Vec<TxnOp>> =
         batch.items.iter().map(|(item, rp)| item_ops(store, id, item, rp.as_ref())).collect();
     // Item transactions are independent of each other: send them together. The session
@@ -102,9 +120,9 @@ pub(crate) async fn flush(store: &Store, id: &str, epoch: i64, batch: Flush) -> 
 }
 
 /// Runs ops in one transaction that holds only while `epoch` still owns the session.
-async fn fenced(store: &Store, id: &str, epoch: i64, ops: Vec<TxnOp>) -> Result<()> {
+async fn fenced(store: &Store, id: &str, epoch: Epoch, ops: Vec<TxnOp>) -> Result<()> {
     let owner = store.keys().session_owner(id);
-    let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch);
+    let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch.get());
     match store.txn(Txn::new().when([guard]).and_then(ops)).await? {
         Some(_) => Ok(()),
         None => Err(Error::Fenced(id.to_string())),
@@ -262,7 +280,7 @@ pub(crate) async fn claim(
     job: &str,
     owner: &str,
     lease: i64,
-) -> Result<Option<i64>> {
+) -> Result<Option<Epoch>> {
     let keys = store.keys();
     let owner_key = keys.session_owner(id);
     let txn = Txn::new()
@@ -273,19 +291,26 @@ pub(crate) async fn claim(
             Some(PutOptions::new().with_lease(lease)),
         )]);
     let response = store.kv().txn(txn).await?;
-    Ok(response.succeeded().then(|| response.header().map_or(0, |h| h.revision())))
+    if !response.succeeded() {
+        return Ok(None);
+    }
+    epoch_of(response.header()).map(Some)
 }
 
-/// Active sessions by job, from the jobs' `active` markers.
-pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(String, String)>> {
+/// Active sessions by job, from the jobs' `active` markers; the names they hold are checked
+/// here (a marker with a bad one is skipped).
+pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(JobName, SessionId)>> {
     let keys = store.keys();
     let raw = store.list_raw(&keys.jobs()).await?;
     Ok(raw
         .into_iter()
         .filter(|(key, _)| !keys.is_job_key(key))
         .filter_map(|(key, value)| {
-            let job = key.strip_prefix(&keys.jobs())?.strip_suffix("/active")?.to_string();
-            Some((job, String::from_utf8_lossy(&value).into_owned()))
+            let job = key.strip_prefix(&keys.jobs())?.strip_suffix("/active")?;
+            let session = String::from_utf8_lossy(&value).into_owned();
+            let parsed = JobName::parse("job", job)
+                .and_then(|job| Ok((job, SessionId::parse("session_id", session)?)));
+            parsed.inspect_err(|error| warn!(%key, %error, "active marker skipped")).ok()
         })
         .collect())
 }

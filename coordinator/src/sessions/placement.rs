@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use sluice_proto::ids::{AgentId, SessionId};
+
 /// What dispatch needs to know about one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AgentInfo {
@@ -14,20 +16,20 @@ pub(crate) struct AgentInfo {
 }
 
 /// Registered agents by id.
-pub(crate) type AgentMap = BTreeMap<String, AgentInfo>;
+pub(crate) type AgentMap = BTreeMap<AgentId, AgentInfo>;
 
 /// Task slots shared by every session of this coordinator.
 pub(crate) trait SlotPool {
     /// Reserves a slot for `session` on one of `candidates` (the emptiest), if any is free
     /// and the session is within its fair share.
-    fn reserve(&mut self, session: &str, candidates: &[(&str, u32)]) -> Option<String>;
+    fn reserve(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId>;
 }
 
 /// Where an item goes, or why it waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Placement {
     /// Run it on this agent (a slot is reserved).
-    Placed(String),
+    Placed(AgentId),
     /// It waits.
     Wait {
         /// Shown to users as `waiting_reason`.
@@ -39,20 +41,20 @@ pub(crate) enum Placement {
 
 /// Places one item: a computer item on its computer's agent, a VM item on an allowed proxy.
 pub(crate) fn place(
-    session: &str,
+    session: &SessionId,
     computer: Option<&str>,
-    proxies: &[String],
+    proxies: &[AgentId],
     agents: &AgentMap,
     pool: &mut dyn SlotPool,
 ) -> Placement {
-    let candidates: Vec<(&str, u32)> = agents
+    let candidates: Vec<(&AgentId, u32)> = agents
         .iter()
         .filter(|(id, info)| match computer {
             Some(name) => info.computer.as_deref() == Some(name),
             None => info.computer.is_none() && (proxies.is_empty() || proxies.contains(*id)),
         })
         .filter(|(_, info)| info.accepting)
-        .map(|(id, info)| (id.as_str(), info.slots))
+        .map(|(id, info)| (id, info.slots))
         .collect();
     if candidates.is_empty() {
         return no_candidate(computer, proxies);
@@ -61,7 +63,7 @@ pub(crate) fn place(
         Some(agent) => Placement::Placed(agent),
         None => {
             let slots: u32 = candidates.iter().map(|(_, slots)| slots).sum();
-            let names: Vec<&str> = candidates.iter().map(|(id, _)| *id).collect();
+            let names: Vec<&str> = candidates.iter().map(|(id, _)| id.as_str()).collect();
             Placement::Wait {
                 reason: format!("no free task slot ({slots} slots on {} busy)", names.join(", ")),
                 offline: false,
@@ -70,11 +72,14 @@ pub(crate) fn place(
     }
 }
 
-fn no_candidate(computer: Option<&str>, proxies: &[String]) -> Placement {
+fn no_candidate(computer: Option<&str>, proxies: &[AgentId]) -> Placement {
     let (reason, offline) = match computer {
         Some(name) => (format!("computer {name} is offline"), true),
         None if proxies.is_empty() => ("no backup proxy agent is online".to_string(), false),
-        None => (format!("no allowed proxy is online (proxies: {})", proxies.join(", ")), false),
+        None => {
+            let proxies: Vec<&str> = proxies.iter().map(AgentId::as_str).collect();
+            (format!("no allowed proxy is online (proxies: {})", proxies.join(", ")), false)
+        }
     };
     Placement::Wait { reason, offline }
 }

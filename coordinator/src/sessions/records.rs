@@ -7,6 +7,7 @@ mod wire;
 use std::collections::HashMap;
 
 use sluice_proto::{
+    ids::{AgentId, SessionId},
     pb::{self, SessionState, StopMode, job_item::Target},
     time,
 };
@@ -17,6 +18,7 @@ use super::{
     machine::{Event, Item, Machine, Retry},
     persist::Flush,
 };
+use crate::error::{Error, Result};
 
 /// Default wait for an offline computer when the job names none.
 const DEFAULT_OFFLINE_WAIT_MS: i64 = 600_000;
@@ -30,25 +32,30 @@ fn item_name(job: &pb::Job, index: u32) -> String {
     job.items.get(index as usize).map(|i| i.name.clone()).unwrap_or_default()
 }
 
-/// Rebuilds the state machine from the session's records.
+/// Rebuilds the state machine from the session's records; the ids they hold are checked here.
 pub(crate) fn machine_from_records(
     record: &pb::SessionRecord,
     stored: &HashMap<u32, pb::ItemRecord>,
     stop: Option<&pb::StopRequest>,
-) -> Machine {
+) -> Result<Machine> {
     let job = record.job.clone().unwrap_or_default();
     let items = record
         .item_indices
         .iter()
         .map(|&index| item_from(&job, index, stored.get(&index)))
-        .collect();
+        .collect::<Result<_>>()?;
     let session = record.session.clone().unwrap_or_default();
+    let id = SessionId::parse("session.id", session.id.clone()).map_err(Error::CorruptId)?;
+    let proxies = job.proxies.iter().enumerate().map(|(i, proxy)| {
+        AgentId::parse(&format!("job.proxies[{i}]"), proxy.clone()).map_err(Error::CorruptId)
+    });
+    let proxies = proxies.collect::<Result<_>>()?;
     let mut status = session_status(&session);
     status.stop = stop.or(record.stop.as_ref()).map(stop_from);
-    Machine::new(session.id, items, job.proxies.clone(), retry_rules(&job), status)
+    Ok(Machine::new(id, items, proxies, retry_rules(&job), status))
 }
 
-fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item {
+fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Result<Item> {
     let computer = match job.items.get(index as usize).and_then(|i| i.target.as_ref()) {
         Some(Target::Computer(c)) => Some(c.computer.clone()),
         _ => None,
@@ -56,12 +63,12 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item
     let mut item = Item::new(index, item_name(job, index), computer);
     if let Some(record) = stored {
         if let Some(status) = &record.status {
-            item.status = item_status(status);
+            item.status = item_status(status)?;
         }
         item.failed_attempts = record.failed_attempts;
         item.not_before_ms = record.not_before.as_ref().map_or(0, time::millis);
     }
-    item
+    Ok(item)
 }
 
 /// The job's retry rules.
@@ -79,13 +86,13 @@ pub(crate) fn retry_rules(job: &pb::Job) -> Retry {
 }
 
 /// What an agent's task report means for the session, if it names a task.
-pub(crate) fn task_event(agent: &str, status: pb::TaskStatus) -> Option<Event> {
+pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Event> {
     let key = status.key.as_ref()?;
     let (index, attempt) = (key.item_index, key.attempt);
     let phase = status.phase().into();
     Some(match status.outcome {
         Some(outcome) => {
-            Event::Finished { index, attempt, outcome: outcome.into(), agent: agent.to_string() }
+            Event::Finished { index, attempt, outcome: outcome.into(), agent: agent.clone() }
         }
         None => Event::Progress {
             index,

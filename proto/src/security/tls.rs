@@ -28,7 +28,7 @@ use rustls::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-pub use self::incoming::tls_incoming;
+pub use self::incoming::{tls_accept, tls_incoming};
 use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der};
 
 /// How often the certificate files are checked for changes.
@@ -207,6 +207,7 @@ pub struct ClientAuth {
 struct Loaded {
     pem: [Vec<u8>; 3],
     server: Arc<ServerConfig>,
+    https: Arc<ServerConfig>,
     identity: CertIdentity,
 }
 
@@ -237,9 +238,15 @@ impl NodeTls {
         self.current.load().identity.clone()
     }
 
-    /// The server config for the next connection.
+    /// The server config for the next gRPC connection.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.current.load().server.clone()
+    }
+
+    /// The server config for the next connection of a browser or an HTTP/1.1 client: the
+    /// same certificate, no client certificate asked for (browsers would show a picker).
+    pub fn https_config(&self) -> Arc<ServerConfig> {
+        self.current.load().https.clone()
     }
 
     /// A tonic client config presenting this node's certificate and trusting the CA.
@@ -326,12 +333,17 @@ fn build(files: &TlsFiles, auth: ClientAuth, pem: [Vec<u8>; 3]) -> Result<Loaded
         if auth.required { builder.build()? } else { builder.allow_unauthenticated().build()? };
     let verifier = verifier::KindVerifier::new(webpki, auth.kinds);
     // Fails with a key mismatch when read between the two writes of a rotation.
-    let mut server = ServerConfig::builder_with_provider(provider)
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain, key)?;
+        .with_single_cert(chain.clone(), key.clone_key())?;
     server.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Loaded { pem, server: Arc::new(server), identity })
+    let mut https = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    https.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Loaded { pem, server: Arc::new(server), https: Arc::new(https), identity })
 }
 
 fn read_all(files: &TlsFiles) -> Result<[Vec<u8>; 3], TlsError> {

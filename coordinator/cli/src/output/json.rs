@@ -29,6 +29,22 @@ pub fn jobs(jobs: &[pb::Job]) -> Value {
     json!({ "jobs": jobs.iter().map(job).collect::<Vec<_>>() })
 }
 
+/// `ListScheduleRunsResponse`.
+pub fn schedule_runs(runs: &[pb::ScheduleRun]) -> Value {
+    let runs: Vec<Value> = runs
+        .iter()
+        .map(|run| {
+            json!({
+                "due_at": time(run.due_at.as_ref()),
+                "outcome": enum_value(run.outcome, pb::ScheduleRunOutcome::as_str_name),
+                "session_id": run.session_id,
+                "reason": run.reason,
+            })
+        })
+        .collect();
+    json!({ "runs": runs })
+}
+
 /// A session with its items.
 pub fn session(s: &pb::Session) -> Value {
     json!({
@@ -46,6 +62,8 @@ pub fn session(s: &pb::Session) -> Value {
         "owner": s.owner,
         "epoch": s.epoch,
         "retry_of": s.retry_of,
+        "trigger": enum_value(s.trigger, pb::SessionTrigger::as_str_name),
+        "due_at": time(s.due_at.as_ref()),
         "created_at": time(s.created_at.as_ref()),
         "ended_at": time(s.ended_at.as_ref()),
         "items": s.items.iter().map(item).collect::<Vec<_>>(),

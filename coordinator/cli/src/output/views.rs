@@ -4,21 +4,23 @@ use std::time::SystemTime;
 
 use sluice_proto::pb::{self, job_item::Target};
 
+use super::schedule;
 use super::table::{Table, fields};
 use super::text::{self, or_dash, when};
 
-/// `job list`: NAME TYPE ITEMS REPOSITORY.
-pub fn job_list(jobs: &[pb::Job]) -> String {
+/// `job list`: NAME TYPE ITEMS REPOSITORY NEXT-RUN.
+pub fn job_list(jobs: &[pb::Job], now: SystemTime) -> String {
     if jobs.is_empty() {
         return "no jobs".to_string();
     }
-    let mut table = Table::new(&["NAME", "TYPE", "ITEMS", "REPOSITORY"]);
+    let mut table = Table::new(&["NAME", "TYPE", "ITEMS", "REPOSITORY", "NEXT-RUN"]);
     for job in jobs {
         table.row(vec![
             job.name.clone(),
             text::job_type(job.r#type),
             job.items.len().to_string(),
             job.repository.clone(),
+            schedule::next_run(job, now),
         ]);
     }
     table.render()
@@ -26,6 +28,11 @@ pub fn job_list(jobs: &[pb::Job]) -> String {
 
 /// `job show`: the definition, then one row per item.
 pub fn job_detail(job: &pb::Job) -> String {
+    job_detail_at(job, SystemTime::now())
+}
+
+/// `job show` with the next run counted from `now`.
+pub fn job_detail_at(job: &pb::Job, now: SystemTime) -> String {
     let retry = job.retry.unwrap_or_default();
     let mut pairs = vec![
         ("NAME", job.name.clone()),
@@ -43,6 +50,7 @@ pub fn job_detail(job: &pb::Job) -> String {
             },
         ),
     ];
+    pairs.extend(schedule::job_fields(job, now));
     if let Some(ms) = job.sim_duration_ms {
         pairs.push(("SIM EXECUTOR", format!("{ms} ms per item (test only)")));
     }
@@ -96,6 +104,12 @@ fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String
     }
     if !s.retry_of.is_empty() {
         pairs.push(("RETRY OF", s.retry_of.clone()));
+    }
+    if s.trigger != pb::SessionTrigger::Manual as i32 {
+        pairs.push(("TRIGGER", schedule::trigger(s.trigger)));
+    }
+    if s.due_at.is_some() {
+        pairs.push(("DUE", when(s.due_at.as_ref(), now)));
     }
     pairs.push(("MESSAGE", or_dash(&s.message)));
     pairs

@@ -6,7 +6,12 @@ use std::{
     time::Duration,
 };
 
-use sluice_proto::{pb, refusal::Refusal, telemetry};
+use sluice_proto::{
+    ids::{AgentId, TaskId},
+    pb,
+    refusal::Refusal,
+    telemetry,
+};
 use tonic::{Code, Status};
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -26,7 +31,8 @@ pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 impl SessionActor {
     pub(super) fn send_run(&self, dispatch: Dispatch) {
         let Some(mut client) = self.client(&dispatch.agent) else {
-            let result = Err(Error::AgentNotRegistered { agent: dispatch.agent.clone() }.into());
+            let agent = dispatch.agent.to_string();
+            let result = Err(Error::AgentNotRegistered { agent }.into());
             self.report(async move { Msg::RunDone { dispatch, result } });
             return;
         };
@@ -52,7 +58,7 @@ impl SessionActor {
         let job = self.base.job.as_ref().unwrap_or(&empty);
         pb::TaskSpec {
             key: Some(self.task_key(dispatch.index, dispatch.attempt)),
-            epoch: self.epoch,
+            epoch: self.epoch.get(),
             job: job.name.clone(),
             job_type: job.r#type,
             item: job.items.get(dispatch.index as usize).cloned(),
@@ -63,7 +69,7 @@ impl SessionActor {
     }
 
     fn task_key(&self, index: u32, attempt: u32) -> pb::TaskKey {
-        pb::TaskKey { session_id: self.machine.id().to_string(), item_index: index, attempt }
+        TaskId { session: self.machine.id().clone(), index, attempt }.to_wire()
     }
 
     pub(super) fn on_run_done(
@@ -121,7 +127,7 @@ impl SessionActor {
     }
 
     /// Cancels tasks on an agent; a dispatch never sent ends here, as never started.
-    pub(super) fn cancel(&mut self, agent: String, indices: Vec<u32>, reason: CancelReason) {
+    pub(super) fn cancel(&mut self, agent: AgentId, indices: Vec<u32>, reason: CancelReason) {
         let mut remote = Vec::new();
         for index in indices {
             let in_flight = self.outbox.in_flight(index);
@@ -139,12 +145,12 @@ impl SessionActor {
     }
 
     /// CancelTasks, then ListTasks: the cancelled tasks the agent does not hold never started.
-    pub(super) fn send_cancel(&self, agent: String, indices: Vec<u32>, reason: CancelReason) {
+    pub(super) fn send_cancel(&self, agent: AgentId, indices: Vec<u32>, reason: CancelReason) {
         let Some(mut client) = self.client(&agent) else { return };
         let session_id = self.machine.id().to_string();
         let request = pb::CancelTasksRequest {
             session_id: session_id.clone(),
-            epoch: self.epoch,
+            epoch: self.epoch.get(),
             item_indices: indices.clone(),
             reason: pb::CancelReason::from(reason) as i32,
         };
@@ -166,7 +172,7 @@ impl SessionActor {
 
     pub(super) fn on_cancel_done(
         &mut self,
-        agent: String,
+        agent: AgentId,
         result: Result<Vec<u32>, Status>,
         indices: Vec<u32>,
     ) -> Option<Exit> {
@@ -196,13 +202,13 @@ impl SessionActor {
 
     /// AckTasks, one call per agent.
     pub(super) fn send_acks(&self, acks: Vec<Ack>) {
-        let mut by_agent: BTreeMap<String, Vec<pb::TaskKey>> = BTreeMap::new();
+        let mut by_agent: BTreeMap<AgentId, Vec<pb::TaskKey>> = BTreeMap::new();
         for Ack { agent, index, attempt } in acks {
             by_agent.entry(agent).or_default().push(self.task_key(index, attempt));
         }
         for (agent, keys) in by_agent {
             let Some(mut client) = self.client(&agent) else { continue };
-            let request = pb::AckTasksRequest { epoch: self.epoch, keys };
+            let request = pb::AckTasksRequest { epoch: self.epoch.get(), keys };
             self.acks.spawn(async move {
                 if let Err(status) = timeout(client.ack_tasks(request)).await {
                     debug!(%agent, %status, "ack failed; the agent will report the task again");
@@ -211,10 +217,10 @@ impl SessionActor {
         }
     }
 
-    fn client(&self, agent: &str) -> Option<AgentClient> {
+    fn client(&self, agent: &AgentId) -> Option<AgentClient> {
         let agents = self.ctx.directory.current();
         let address = &agents.get(agent)?.address;
-        self.ctx.clients.client(agent, address).ok()
+        self.ctx.clients.client(agent.as_str(), address).ok()
     }
 }
 

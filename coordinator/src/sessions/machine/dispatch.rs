@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use sluice_proto::ids::AgentId;
+
 use super::{Dispatch, Effect, ItemState, Machine, SHOWN_WAITING_ITEMS, SessionState, TaskPhase};
 use crate::sessions::placement::{AgentMap, Placement, SlotPool, place};
 
@@ -80,13 +82,13 @@ impl Machine {
         self.first_pending += settled;
     }
 
-    fn start_attempt(&mut self, now_ms: i64, pos: usize, agent: String, round: &mut Round) {
+    fn start_attempt(&mut self, now_ms: i64, pos: usize, agent: AgentId, round: &mut Round) {
         let item = &mut self.items[pos];
         let status = &mut item.status;
         status.attempt += 1;
         status.state = ItemState::Processing;
         status.phase = TaskPhase::NotStarted;
-        status.agent = agent.clone();
+        status.agent = Some(agent.clone());
         status.waiting_reason.clear();
         status.message.clear();
         status.bytes_done = 0;

@@ -1,7 +1,7 @@
 //! One item of a session as the rules see it: domain enums, converted to and from the wire
 //! types only at the edge (`records.rs`).
 
-use sluice_proto::pb;
+use sluice_proto::{ids::AgentId, pb};
 
 /// Where an item is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,8 +68,8 @@ pub(crate) struct ItemStatus {
     pub(crate) state: ItemState,
     /// Current or last phase of its task.
     pub(crate) phase: TaskPhase,
-    /// Agent running (or that ran) its task; empty while pending.
-    pub(crate) agent: String,
+    /// Agent running (or that ran) its task; none while pending.
+    pub(crate) agent: Option<AgentId>,
     /// Attempt number, from 1 (0 before the first).
     pub(crate) attempt: u32,
     /// Id of the committed restore point, if any.
@@ -95,7 +95,7 @@ impl ItemStatus {
             name,
             state: ItemState::Pending,
             phase: TaskPhase::NotStarted,
-            agent: String::new(),
+            agent: None,
             attempt: 0,
             restore_point: String::new(),
             message: String::new(),

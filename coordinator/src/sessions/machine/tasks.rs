@@ -1,5 +1,7 @@
 //! What agents report about tasks: refusals, progress, outcomes, and their own loss.
 
+use sluice_proto::ids::AgentId;
+
 use super::{CancelReason, Effect, ItemState, Machine, Outcome, REFUSED_BACKOFF_MS, TaskPhase};
 
 impl Machine {
@@ -15,7 +17,7 @@ impl Machine {
         let Some(pos) = self.running_position(index, attempt) else {
             return;
         };
-        effects.push(Effect::Release { agent: self.items[pos].status.agent.clone() });
+        self.release_slot(pos, effects);
         if !transient {
             self.fail_attempt(now_ms, pos, message);
             return;
@@ -23,7 +25,7 @@ impl Machine {
         let item = &mut self.items[pos];
         item.status.attempt -= 1;
         item.status.state = ItemState::Pending;
-        item.status.agent.clear();
+        item.status.agent = None;
         item.status.waiting_reason = message;
         item.not_before_ms = now_ms + REFUSED_BACKOFF_MS;
         self.dirty_items.insert(pos);
@@ -63,7 +65,7 @@ impl Machine {
         now_ms: i64,
         index: u32,
         attempt: u32,
-        (outcome, reporter): (Outcome, String),
+        (outcome, reporter): (Outcome, AgentId),
         effects: &mut Vec<Effect>,
     ) {
         if !self.holds(index) {
@@ -74,7 +76,7 @@ impl Machine {
         let Some(pos) = self.running_position(index, attempt) else {
             return;
         };
-        effects.push(Effect::Release { agent: self.items[pos].status.agent.clone() });
+        self.release_slot(pos, effects);
         match outcome.state {
             state @ (ItemState::Success | ItemState::Warning) => {
                 let item = &mut self.items[pos];
@@ -91,12 +93,19 @@ impl Machine {
         }
     }
 
-    pub(super) fn on_agent_lost(&mut self, now_ms: i64, agent: &str, effects: &mut Vec<Effect>) {
+    pub(super) fn on_agent_lost(
+        &mut self,
+        now_ms: i64,
+        agent: &AgentId,
+        effects: &mut Vec<Effect>,
+    ) {
         let lost: Vec<usize> = (0..self.items.len())
-            .filter(|&p| self.items[p].is_running() && self.items[p].status.agent == agent)
+            .filter(|&p| {
+                self.items[p].is_running() && self.items[p].status.agent.as_ref() == Some(agent)
+            })
             .collect();
         for pos in lost {
-            effects.push(Effect::Release { agent: agent.to_string() });
+            effects.push(Effect::Release { agent: agent.clone() });
             let item = &self.items[pos];
             if item.cancel_sent {
                 let message = format!("agent {agent} lost while cancelling");
@@ -107,6 +116,13 @@ impl Machine {
             } else {
                 self.fail_attempt(now_ms, pos, format!("agent {agent} lost"));
             }
+        }
+    }
+
+    /// Gives back the slot of the item's running attempt.
+    fn release_slot(&self, pos: usize, effects: &mut Vec<Effect>) {
+        if let Some(agent) = self.items[pos].status.agent.clone() {
+            effects.push(Effect::Release { agent });
         }
     }
 
@@ -141,7 +157,7 @@ impl Machine {
         self.first_pending = self.first_pending.min(pos);
         let item = &mut self.items[pos];
         item.status.state = ItemState::Pending;
-        item.status.agent.clear();
+        item.status.agent = None;
         item.status.phase = TaskPhase::NotStarted;
         item.cancel_sent = false;
         self.dirty_items.insert(pos);

@@ -8,7 +8,10 @@ mod tasks;
 
 use std::collections::HashMap;
 
-use sluice_proto::pb;
+use sluice_proto::{
+    ids::{AgentId, SessionId},
+    pb,
+};
 
 use super::*;
 use crate::sessions::placement::{AgentInfo, AgentMap, SlotPool};
@@ -20,12 +23,12 @@ struct Pool {
 }
 
 impl SlotPool for Pool {
-    fn reserve(&mut self, _session: &str, candidates: &[(&str, u32)]) -> Option<String> {
+    fn reserve(&mut self, _session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId> {
         let (id, _) = candidates
             .iter()
-            .find(|(id, slots)| self.used.get(*id).copied().unwrap_or(0) < *slots)?;
+            .find(|(id, slots)| self.used.get(id.as_str()).copied().unwrap_or(0) < *slots)?;
         *self.used.entry(id.to_string()).or_default() += 1;
-        Some(id.to_string())
+        Some((*id).clone())
     }
 }
 
@@ -37,24 +40,29 @@ impl Pool {
     }
 }
 
+fn agent(id: &str) -> AgentId {
+    AgentId::parse("agent", id).expect("valid agent id")
+}
+
 fn agents(slots: &[(&str, u32)]) -> AgentMap {
     slots
         .iter()
-        .map(|(id, n)| (id.to_string(), AgentInfo { slots: *n, computer: None, accepting: true }))
+        .map(|(id, n)| (agent(id), AgentInfo { slots: *n, computer: None, accepting: true }))
         .collect()
 }
 
 fn machine(items: u32, attempts: u32) -> Machine {
     let items = (0..items).map(|index| Item::new(index, format!("vm{index}"), None)).collect();
     let retry = Retry { attempts, wait_ms: 1000, offline_wait_ms: 60_000 };
-    Machine::new("s1".into(), items, Vec::new(), retry, SessionStatus::default())
+    let id = SessionId::parse("session", "s1").expect("valid session id");
+    Machine::new(id, items, Vec::new(), retry, SessionStatus::default())
 }
 
 fn runs(effects: &[Effect]) -> Vec<(u32, u32, String)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Run(d) => Some((d.index, d.attempt, d.agent.clone())),
+            Effect::Run(d) => Some((d.index, d.attempt, d.agent.to_string())),
             _ => None,
         })
         .collect()
@@ -71,11 +79,17 @@ fn canceled(reason: CancelReason) -> Outcome {
 }
 
 fn finished(index: u32, attempt: u32, outcome: Outcome) -> Event {
-    Event::Finished { index, attempt, outcome, agent: "a1".into() }
+    Event::Finished { index, attempt, outcome, agent: agent("a1") }
 }
 
 fn stop(mode: StopMode) -> Event {
-    Event::Stop(Stop { mode, deadline_ms: None, requested_by: "test".into(), requested_at_ms: 0 })
+    Event::Stop(Stop {
+        mode,
+        deadline_ms: None,
+        requested_by: "test".into(),
+        requested_at_ms: 0,
+        reason: String::new(),
+    })
 }
 
 fn states(m: &Machine) -> Vec<ItemState> {
@@ -151,7 +165,7 @@ fn later_items_pass_an_item_whose_computer_is_offline() {
 #[test]
 fn proxy_affinity_is_honoured() {
     let mut m = machine(1, 1);
-    m.proxies = vec!["a2".into()];
+    m.proxies = vec![agent("a2")];
     let effects = m.dispatch(0, &agents(&[("a1", 4), ("a2", 1)]), &mut Pool::default());
     assert_eq!(runs(&effects), vec![(0, 1, "a2".to_string())]);
 }
@@ -179,13 +193,13 @@ fn only_the_first_waiting_items_store_why_they_wait() {
 fn the_actors_questions_are_answered_by_the_machine() {
     let mut m = machine(2, 1);
     m.dispatch(0, &agents(&[("a1", 1), ("a2", 1)]), &mut Pool::default());
-    let on_a1 = Dispatch { index: 0, attempt: 1, agent: "a1".into() };
+    let on_a1 = Dispatch { index: 0, attempt: 1, agent: agent("a1") };
     assert!(m.holds(1) && !m.holds(7));
     assert!(m.is_current(&on_a1));
-    assert!(!m.is_current(&Dispatch { agent: "a2".into(), ..on_a1.clone() }));
+    assert!(!m.is_current(&Dispatch { agent: agent("a2"), ..on_a1.clone() }));
     assert_eq!(m.running().len(), 2);
     let lost = m.lost_agents(|agent| agent == "a1");
-    assert_eq!(lost.into_iter().collect::<Vec<_>>(), vec!["a2".to_string()]);
+    assert_eq!(lost.into_iter().collect::<Vec<_>>(), vec![agent("a2")]);
     assert_eq!(m.cancel_awaited(0), None);
     m.apply(1, stop(StopMode::Immediate));
     assert_eq!(m.cancel_awaited(0), Some(1));

@@ -50,7 +50,8 @@ impl Sessions {
         let mut stopped = Vec::new();
         let mut failures = Vec::new();
         for (_, id) in persist::active_sessions(self.store()).await? {
-            let request = pb::StopJobRequest { session_id: id.clone(), mode, ..Default::default() };
+            let request =
+                pb::StopJobRequest { session_id: id.to_string(), mode, ..Default::default() };
             match self.stop(request, stopped_by.clone()).await {
                 Ok(session) => stopped.push(session),
                 // Ended or gone meanwhile, or not stoppable this way: nothing to stop.
@@ -146,6 +147,7 @@ fn stop_request(
         requested_by: stopped_by,
         requested_at: Some(timestamp(now)),
         graceful_deadline: deadline.map(timestamp),
+        reason: String::new(),
     }
 }
 

@@ -2,8 +2,9 @@
 //! match the compiler checks for completeness; wire to domain looks the value up among the
 //! domain's values, so each pairing is written once.
 
-use sluice_proto::{pb, time};
+use sluice_proto::{ids::AgentId, pb, time};
 
+use crate::error::{Error, Result};
 use crate::sessions::machine::{
     CancelReason, ItemState, ItemStatus, Outcome, SessionResult, SessionState, SessionStatus, Stop,
     StopMode, TaskPhase,
@@ -122,7 +123,6 @@ macro_rules! item_status_from {
     ($source:expr => $target:ident { $($field:ident: $value:expr),* $(,)? }) => {
         $target {
             name: $source.name.clone(),
-            agent: $source.agent.clone(),
             attempt: $source.attempt,
             restore_point: $source.restore_point.clone(),
             message: $source.message.clone(),
@@ -134,20 +134,30 @@ macro_rules! item_status_from {
     };
 }
 
-/// A stored item status as the machine holds it.
-pub(crate) fn item_status(status: &pb::ItemStatus) -> ItemStatus {
-    item_status_from!(status => ItemStatus {
+/// A stored item status as the machine holds it; its agent id is checked here.
+pub(crate) fn item_status(status: &pb::ItemStatus) -> Result<ItemStatus> {
+    Ok(item_status_from!(status => ItemStatus {
+        agent: item_agent(&status.agent)?,
         state: status.state().into(),
         phase: status.phase().into(),
         started_at_ms: status.started_at.as_ref().map(time::millis),
         ended_at_ms: status.ended_at.as_ref().map(time::millis),
-    })
+    }))
+}
+
+/// The stored agent of an item: none while it is pending (empty).
+fn item_agent(agent: &str) -> Result<Option<AgentId>> {
+    match agent {
+        "" => Ok(None),
+        id => AgentId::parse("item.agent", id).map(Some).map_err(Error::CorruptId),
+    }
 }
 
 /// An item status as it is stored and shown.
 pub(crate) fn item_status_record(status: &ItemStatus) -> pb::ItemStatus {
     use pb::ItemStatus as Record;
     item_status_from!(status => Record {
+        agent: status.agent.as_ref().map(AgentId::to_string).unwrap_or_default(),
         state: pb::ItemState::from(status.state) as i32,
         phase: pb::TaskPhase::from(status.phase) as i32,
         started_at: status.started_at_ms.map(timestamp),
@@ -179,6 +189,7 @@ pub(crate) fn stop_from(stop: &pb::StopRequest) -> Stop {
         deadline_ms: stop.graceful_deadline.as_ref().map(time::millis),
         requested_by: stop.requested_by.clone(),
         requested_at_ms: stop.requested_at.as_ref().map_or(0, time::millis),
+        reason: stop.reason.clone(),
     }
 }
 
@@ -193,6 +204,7 @@ pub(super) fn stop_request(stop: &Stop) -> pb::StopRequest {
         requested_by: stop.requested_by.clone(),
         requested_at: Some(timestamp(stop.requested_at_ms)),
         graceful_deadline: stop.deadline_ms.map(timestamp),
+        reason: stop.reason.clone(),
     }
 }
 
@@ -247,7 +259,11 @@ mod tests {
             started_at: Some(timestamp(1_500)),
             ended_at: Some(timestamp(2_250)),
         };
-        assert_eq!(item_status_record(&item_status(&stored)), stored);
+        assert_eq!(item_status_record(&item_status(&stored).expect("valid")), stored);
+        let pending = pb::ItemStatus { agent: String::new(), ..stored.clone() };
+        assert_eq!(item_status(&pending).expect("valid").agent, None);
+        let corrupt = pb::ItemStatus { agent: "../x".into(), ..stored };
+        assert!(matches!(item_status(&corrupt), Err(Error::CorruptId(_))));
     }
 
     #[test]
@@ -255,8 +271,9 @@ mod tests {
         let stop = Stop {
             mode: StopMode::Graceful,
             deadline_ms: Some(9_000),
-            requested_by: "op".into(),
+            requested_by: "backup-window".into(),
             requested_at_ms: 1_000,
+            reason: "the backup window mon 01:00-02:00 (UTC)".into(),
         };
         assert_eq!(stop_from(&stop_request(&stop)), stop);
     }

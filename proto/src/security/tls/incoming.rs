@@ -1,28 +1,32 @@
-//! TLS connections for `Router::serve_with_incoming_shutdown`, each made with the server
-//! config current when it was accepted.
+//! TLS connections of a server, each made with the server config current when it was
+//! accepted.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::{TcpListener, TcpStream};
+use rustls::ServerConfig;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 
 use super::NodeTls;
 
 /// Connections waiting to be taken by the server.
 const BACKLOG: usize = 64;
 
-/// Accepts on `listener` and yields TLS streams. Handshakes run concurrently, so a slow
-/// client cannot stall the others, and a failed handshake is dropped here: an error item
-/// that is not a connection-level io error would end tonic's serve loop. The items are
-/// `TlsStream<TcpStream>`, whose connect info lets handlers read the peer certificates.
-/// The accept loop ends when the server drops the stream.
-pub fn tls_incoming(
+/// Accepts on `listener` and hands over TLS streams made with `config(&tls)` at accept time,
+/// with the peer's address. Handshakes run concurrently, so a slow client cannot stall the
+/// others; a failed handshake is dropped here. The accept loop ends when the receiver is
+/// dropped.
+pub fn tls_accept(
     listener: TcpListener,
     tls: Arc<NodeTls>,
+    config: fn(&NodeTls) -> Arc<ServerConfig>,
     handshake_timeout: Duration,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    let (tx, rx) = mpsc::channel(BACKLOG);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -37,12 +41,12 @@ pub fn tls_incoming(
                     }
                 },
             };
-            let acceptor = TlsAcceptor::from(tls.server_config());
+            let acceptor = TlsAcceptor::from(config(&tls));
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send((stream, peer)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "tls handshake failed"),
                     Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
@@ -50,5 +54,18 @@ pub fn tls_incoming(
             });
         }
     });
-    ReceiverStream::new(rx)
+    rx
+}
+
+/// TLS connections for `Router::serve_with_incoming_shutdown` (gRPC). Only finished
+/// handshakes are yielded: an error item that is not a connection-level io error would end
+/// tonic's serve loop. The items are `TlsStream<TcpStream>`, whose connect info lets
+/// handlers read the peer certificates.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<NodeTls>,
+    handshake_timeout: Duration,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
+    let accepted = tls_accept(listener, tls, NodeTls::server_config, handshake_timeout);
+    ReceiverStream::new(accepted).map(|(stream, _)| Ok(stream))
 }

@@ -67,8 +67,8 @@ fn job_views_list_items_and_targets() {
     )
     .expect("valid job file");
     assert_eq!(
-        job_list(std::slice::from_ref(&job)),
-        "NAME     TYPE       ITEMS  REPOSITORY\nnightly  VM_BACKUP  1      /repo\n"
+        job_list(std::slice::from_ref(&job), fixtures::now()),
+        "NAME     TYPE       ITEMS  REPOSITORY  NEXT-RUN\nnightly  VM_BACKUP  1      /repo       -\n"
     );
     let detail = job_detail(&job);
     assert!(detail.contains("vm-01  vm: /d/a.qcow2, /d/b.qcow2"), "{detail}");

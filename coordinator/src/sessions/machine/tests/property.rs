@@ -51,7 +51,7 @@ fn run_steps(items: u32, attempts: u32, steps: &[Step]) -> (Machine, u32) {
         let effects = match step {
             Step::Dispatch => m.dispatch(now, &map, &mut pool),
             Step::Finish { pick, state } => finish_one(&mut m, now, *pick, *state),
-            Step::Lose => m.apply(now, Event::AgentLost { agent: "a2".into() }),
+            Step::Lose => m.apply(now, Event::AgentLost { agent: agent("a2") }),
             Step::Stop(mode) => m.apply(now, stop(*mode)),
             Step::Tick(dt) => {
                 now += dt;
@@ -60,7 +60,7 @@ fn run_steps(items: u32, attempts: u32, steps: &[Step]) -> (Machine, u32) {
         };
         for effect in effects {
             if let Effect::Release { agent } = effect {
-                pool.release(&agent);
+                pool.release(agent.as_str());
             }
         }
         let running = m.items.iter().filter(|i| i.is_running()).count() as u32;

@@ -19,8 +19,8 @@ fn drain_cancellation_dispatches_again_and_is_not_a_user_cancel() {
 fn a_lost_agent_counts_as_a_failed_attempt() {
     let mut m = machine(1, 2);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    let effects = m.apply(1, Event::AgentLost { agent: "a1".into() });
-    assert_eq!(effects, vec![Effect::Release { agent: "a1".into() }]);
+    let effects = m.apply(1, Event::AgentLost { agent: agent("a1") });
+    assert_eq!(effects, vec![Effect::Release { agent: agent("a1") }]);
     assert_eq!(m.items[0].failed_attempts, 1);
     assert!(m.items[0].status.waiting_reason.contains("agent a1 lost"));
 }
@@ -43,7 +43,7 @@ fn updates_of_old_attempts_are_acknowledged_but_ignored() {
     pool.release("a1");
     m.dispatch(2000, &agents(&[("a1", 1)]), &mut pool);
     let effects = m.apply(2001, finished(0, 1, outcome(ItemState::Success)));
-    assert_eq!(effects, vec![Effect::Ack { agent: "a1".into(), index: 0, attempt: 1 }]);
+    assert_eq!(effects, vec![Effect::Ack { agent: agent("a1"), index: 0, attempt: 1 }]);
     assert_eq!(m.items[0].state(), ItemState::Processing);
 }
 
@@ -70,9 +70,9 @@ fn a_computer_item_whose_agent_is_lost_waits_for_its_computer() {
     let mut m = machine(1, 1);
     m.items[0].computer = Some("pc1".into());
     let pc1 = AgentInfo { slots: 1, computer: Some("pc1".into()), accepting: true };
-    let map: AgentMap = [("a-pc1".to_string(), pc1)].into();
+    let map: AgentMap = [(agent("a-pc1"), pc1)].into();
     m.dispatch(0, &map, &mut Pool::default());
-    m.apply(1, Event::AgentLost { agent: "a-pc1".into() });
+    m.apply(1, Event::AgentLost { agent: agent("a-pc1") });
     assert_eq!((m.items[0].state(), m.items[0].failed_attempts), (ItemState::Pending, 0));
     m.dispatch(2, &AgentMap::new(), &mut Pool::default());
     assert_eq!(m.items[0].status.waiting_reason, "computer pc1 is offline");
@@ -102,17 +102,17 @@ fn a_late_result_of_an_older_attempt_is_acknowledged_to_the_agent_that_reported_
     let mut m = machine(1, 3);
     let mut pool = Pool::default();
     m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
-    m.apply(1, Event::AgentLost { agent: "a-old".into() });
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
     m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
     let late = Event::Finished {
         index: 0,
         attempt: 1,
         outcome: outcome(ItemState::Success),
-        agent: "a-old".into(),
+        agent: agent("a-old"),
     };
     assert_eq!(
         m.apply(2001, late),
-        vec![Effect::Ack { agent: "a-old".into(), index: 0, attempt: 1 }]
+        vec![Effect::Ack { agent: agent("a-old"), index: 0, attempt: 1 }]
     );
-    assert_eq!(m.items[0].status.agent, "a-new", "the current attempt goes on");
+    assert_eq!(m.items[0].status.agent, Some(agent("a-new")), "the current attempt goes on");
 }
