@@ -43,11 +43,6 @@ impl TaskId {
     pub(crate) fn restore_point_id(&self) -> String {
         format!("{}-{}", self.session, self.index)
     }
-
-    /// Name of the VM snapshots the task takes: `sluice-<session>`.
-    pub(crate) fn snapshot_name(&self) -> String {
-        format!("{SNAPSHOT_PREFIX}{}", self.session)
-    }
 }
 
 impl fmt::Display for TaskId {
@@ -61,7 +56,8 @@ pub(crate) fn item_name(spec: &pb::TaskSpec) -> &str {
     spec.item.as_ref().map(|item| item.name.as_str()).unwrap_or_default()
 }
 
-/// Prefix of every snapshot Sluice takes.
+/// Prefix of the internal snapshots that agents before change tracking took (and may have
+/// left on disks when they crashed).
 pub(crate) const SNAPSHOT_PREFIX: &str = "sluice-";
 
 /// Checks a session id by the coordinator's name rules (1-64 characters of `[a-z0-9._-]`, not
@@ -183,7 +179,6 @@ mod tests {
     fn a_good_spec_passes() {
         let id = validate_spec(&spec()).expect("valid");
         assert_eq!(id.restore_point_id(), "s1-0");
-        assert_eq!(id.snapshot_name(), "sluice-s1");
     }
 
     #[test]

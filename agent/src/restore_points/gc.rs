@@ -24,11 +24,17 @@ use crate::repository::{MANIFEST, Manifest, Store, is_partial, is_restore_point}
 const ROUND: usize = 64;
 
 /// Deletes each restore point's folder (blocking). Returns the ids deleted (or already
-/// gone) and one problem per folder that could not be deleted.
+/// gone) and one problem per folder that could not be deleted. A VM restore point that a
+/// remaining one builds on is refused: retention merges it instead.
 pub(crate) fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec<String>) {
     let mut deleted = Vec::new();
     let mut problems = Vec::new();
+    let deleting: Vec<String> = locations.iter().map(|l| l.id.clone()).collect();
     for location in locations {
+        if let Some(refusal) = super::vm::deletion_refusal(location, &deleting) {
+            problems.push(refusal);
+            continue;
+        }
         let folder = location.folder();
         let removed = fsutil::remove_dir_if_exists(&folder).and_then(|()| {
             match fsutil::sync_dir(&location.item_dir()) {
