@@ -106,6 +106,9 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
         None => return Err(AgentError::invalid("task.item.target", "needs a vm or computer")),
         Some(Target::Vm(vm)) => {
             validate_disks(&vm.disks)?;
+            if !vm.qmp_socket.is_empty() {
+                validate_absolute("task.item.vm.qmp_socket", std::slice::from_ref(&vm.qmp_socket))?;
+            }
             spec.sim_duration_ms.is_none()
         }
         Some(Target::Computer(computer)) => {
@@ -160,7 +163,10 @@ mod tests {
             job_type: pb::JobType::VmBackup as i32,
             item: Some(pb::JobItem {
                 name: "vm1".into(),
-                target: Some(Target::Vm(pb::VmTarget { disks: vec!["/d/a.qcow2".into()] })),
+                target: Some(Target::Vm(pb::VmTarget {
+                    disks: vec!["/d/a.qcow2".into()],
+                    ..Default::default()
+                })),
             }),
             repository: "/repo".into(),
             sim_duration_ms: None,

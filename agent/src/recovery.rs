@@ -2,9 +2,11 @@
 //! (VM and computer tasks: delete their partial folder, or adopt their restore point if it
 //! committed). A VM task's leftovers in QEMU go too: the storage daemon of an offline backup
 //! is asked to exit (it saves the disks' bitmaps), and a running VM's block jobs and target
-//! nodes of the task are cancelled and closed.
+//! nodes of the task are cancelled and closed. Internal `sluice-` snapshots that agents
+//! before change tracking left on the offline disks the journal names are removed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use sluice_proto::pb::{self, job_item::Target};
@@ -40,8 +42,10 @@ pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     let epochs = tokio::task::spawn_blocking(move || loader.load_epochs())
         .await
         .map_err(|e| AgentError::journal("load epochs", std::io::Error::other(e)))??;
+    let mut disks = BTreeSet::new();
     let mut finished = Vec::with_capacity(entries.len());
     for (id, mut entry) in entries {
+        disks.extend(offline_disks(&entry));
         if entry.outcome.is_none() {
             entry.outcome = Some(close_interrupted(&id, &entry).await);
             write(journal, &id, &entry).await?;
@@ -49,7 +53,19 @@ pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
         finished.extend(recovered_status(&entry));
     }
     info!(tasks = finished.len(), "journal loaded");
+    vm::remove_legacy_snapshots(&disks.into_iter().collect::<Vec<_>>()).await;
     Ok(Recovered { epochs, finished })
+}
+
+/// The disks of a VM task that names no QMP socket (nothing may hold them open).
+fn offline_disks(entry: &JournalEntry) -> Vec<PathBuf> {
+    let target = entry.spec.as_ref().and_then(|s| s.item.as_ref()).and_then(|i| i.target.as_ref());
+    match target {
+        Some(Target::Vm(vm)) if !is_sim(entry) && vm.qmp_socket.is_empty() => {
+            vm.disks.iter().map(PathBuf::from).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Whether the task writes to a repository (VM and computer tasks, not sim ones).

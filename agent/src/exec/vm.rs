@@ -21,6 +21,7 @@ mod recover;
 mod source;
 
 pub(crate) use recover::recover;
+pub(crate) use source::remove_legacy_snapshots;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -71,7 +71,10 @@ fn each_rule_names_its_field() {
         (
             "job.items[0].vm.disks[0]",
             Box::new(|j| {
-                j.items[0].target = Some(Target::Vm(pb::VmTarget { disks: vec!["x".into()] }))
+                j.items[0].target = Some(Target::Vm(pb::VmTarget {
+                    disks: vec!["x".into()],
+                    qmp_socket: String::new(),
+                }))
             }),
         ),
         ("job.items[0].vm", Box::new(|j| j.items[0].target = None)),

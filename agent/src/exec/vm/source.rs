@@ -125,7 +125,7 @@ fn in_use_hint(error: QmpError) -> String {
 
 /// Removes internal `sluice-` snapshots that agents before change tracking left on offline
 /// images when they crashed (nothing holds these images open).
-async fn remove_legacy_snapshots(disks: &[PathBuf]) {
+pub(crate) async fn remove_legacy_snapshots(disks: &[PathBuf]) {
     let disks = disks.to_vec();
     let _ = tokio::task::spawn_blocking(move || {
         for disk in &disks {
