@@ -81,7 +81,11 @@ pub(crate) fn snapshot_delete(image: &Path, name: &str) -> Result<(), String> {
 /// Writes the disk as `image` reads it, through its whole backing chain, into a new
 /// standalone qcow2 image `out`. `canceled` is asked every few milliseconds; when it says
 /// yes the conversion is killed and `Ok(false)` returned.
-pub(crate) fn flatten(image: &Path, out: &Path, canceled: &dyn Fn() -> bool) -> Result<bool, String> {
+pub(crate) fn flatten(
+    image: &Path,
+    out: &Path,
+    canceled: &dyn Fn() -> bool,
+) -> Result<bool, String> {
     let mut cmd = command(&["convert", "-f", "qcow2", "-O", "qcow2"]);
     cmd.arg(image).arg(out).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {QEMU_IMG}: {e}"))?;

@@ -32,8 +32,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub(crate) use manifest::{
-    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VmKind, VmManifest, parse_time,
-    plain_file_name, rfc3339,
+    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VmKind, VmManifest,
+    parse_time, plain_file_name, rfc3339,
 };
 pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
 pub(crate) use store::{Store, Written, is_blob_name};

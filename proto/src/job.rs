@@ -439,10 +439,9 @@ impl From<&pb::Job> for JobFile {
 impl From<&pb::JobItem> for ItemFile {
     fn from(item: &pb::JobItem) -> Self {
         let (vm, computer) = match &item.target {
-            Some(Target::Vm(vm)) => (
-                Some(VmFile { disks: vm.disks.clone(), qmp_socket: vm.qmp_socket.clone() }),
-                None,
-            ),
+            Some(Target::Vm(vm)) => {
+                (Some(VmFile { disks: vm.disks.clone(), qmp_socket: vm.qmp_socket.clone() }), None)
+            }
             Some(Target::Computer(c)) => {
                 (None, Some(ComputerFile { computer: c.computer.clone(), paths: c.paths.clone() }))
             }

@@ -68,6 +68,10 @@ fn path_str(path: &Path) -> String {
 }
 
 /// Runs a qemu tool, failing with its output if it does not succeed; returns its stdout.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    run(program, args)
+}
+
 fn run(program: &str, args: &[&str]) -> String {
     try_run(program, args).unwrap_or_else(|e| panic!("{e}"))
 }

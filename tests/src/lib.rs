@@ -34,6 +34,7 @@ pub mod records;
 pub mod sessions;
 pub mod stops;
 pub mod tasks;
+pub mod vm;
 mod wait;
 pub mod watch;
 mod watchdog;

@@ -102,7 +102,11 @@ struct Backup {
 
 impl Backup {
     /// Locks the item's chains and opens the disks.
-    async fn open(ctx: &TaskContext, vm: &pb::VmTarget, paths: &RepoPaths) -> Result<Self, Failure> {
+    async fn open(
+        ctx: &TaskContext,
+        vm: &pb::VmTarget,
+        paths: &RepoPaths,
+    ) -> Result<Self, Failure> {
         ensure_running(ctx)?;
         let item_dir = paths.item_dir.clone();
         let (lock, newest) = blocking(move || {
@@ -116,7 +120,16 @@ impl Backup {
         let marker = ctx.id.restore_point_id();
         let source = Source::open(&vm.qmp_socket, &disks, &marker).await.map_err(open_failure)?;
         let names = Names::new(&ctx.spec.job);
-        Ok(Self { source, names, disks, newest, jobs: Vec::new(), targets: 0, new_bitmap: None, _lock: lock })
+        Ok(Self {
+            source,
+            names,
+            disks,
+            newest,
+            jobs: Vec::new(),
+            targets: 0,
+            new_bitmap: None,
+            _lock: lock,
+        })
     }
 
     async fn run(&mut self, ctx: &mut TaskContext, paths: &RepoPaths) -> Result<Done, Failure> {
@@ -162,7 +175,9 @@ impl Backup {
 
     /// Decides full or incremental and removes the job's stale bitmaps.
     async fn plan(&mut self, full_requested: bool) -> Result<Plan, Failure> {
-        let nodes = blockdev::find_disks(&mut self.source.qmp, &self.disks).await.map_err(snapshot_failed)?;
+        let nodes = blockdev::find_disks(&mut self.source.qmp, &self.disks)
+            .await
+            .map_err(snapshot_failed)?;
         let states: Vec<DiskState> = nodes
             .iter()
             .zip(&self.disks)
@@ -177,7 +192,9 @@ impl Backup {
         for (index, name) in &plan.stale {
             let node = &self.source.nodes[*index].node_name;
             info!(node, bitmap = name, "removing a stale change-tracking bitmap");
-            blockdev::remove_bitmap(&mut self.source.qmp, node, name).await.map_err(snapshot_failed)?;
+            blockdev::remove_bitmap(&mut self.source.qmp, node, name)
+                .await
+                .map_err(snapshot_failed)?;
         }
         match &plan.kind {
             Kind::Full { warning: Some(warning) } => warn!(%warning, "full backup"),
@@ -188,7 +205,11 @@ impl Backup {
     }
 
     /// Creates each disk's target image in the partial folder and opens it as a node.
-    async fn prepare_targets(&mut self, paths: &RepoPaths, kind: &Kind) -> Result<Vec<Copied>, Failure> {
+    async fn prepare_targets(
+        &mut self,
+        paths: &RepoPaths,
+        kind: &Kind,
+    ) -> Result<Vec<Copied>, Failure> {
         super::prepare_partial(paths).await.map_err(Failure::Failed)?;
         let mut copied = Vec::with_capacity(self.disks.len());
         for (index, disk) in self.disks.iter().enumerate() {
@@ -197,15 +218,33 @@ impl Backup {
             let virtual_size = self.source.nodes[index].image.virtual_size;
             let backing = self.backing(kind, index, &file);
             let create = target.clone();
-            blocking(move || qemu_img::create(&create, virtual_size, backing.as_deref()).map_err(std::io::Error::other))
-                .await
-                .map_err(|e| Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", target.display())))?;
+            blocking(move || {
+                qemu_img::create(&create, virtual_size, backing.as_deref())
+                    .map_err(std::io::Error::other)
+            })
+            .await
+            .map_err(|e| {
+                Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", target.display()))
+            })?;
             blockdev::add_qcow2(&mut self.source.qmp, &self.names.target(index), &target)
                 .await
-                .map_err(|e| Failure::Failed(format!("TRANSFER failed: cannot open {}: {e}", target.display())))?;
+                .map_err(|e| {
+                    Failure::Failed(format!(
+                        "TRANSFER failed: cannot open {}: {e}",
+                        target.display()
+                    ))
+                })?;
             self.targets = index + 1;
             let source = disk.display().to_string();
-            self.jobs.push(Job { id: self.names.job_id(index), disk: source.clone(), virtual_size, target, offset: 0, len: None, end: None });
+            self.jobs.push(Job {
+                id: self.names.job_id(index),
+                disk: source.clone(),
+                virtual_size,
+                target,
+                offset: 0,
+                len: None,
+                end: None,
+            });
             copied.push(Copied { source, file, virtual_size });
         }
         Ok(copied)
@@ -214,7 +253,11 @@ impl Backup {
     /// The parent's file a disk's incremental target reads through to, relative to it.
     fn backing(&self, kind: &Kind, index: usize, file: &str) -> Option<String> {
         let Kind::Incremental { parent } = kind else { return None };
-        let parent_file = self.newest.as_ref().and_then(|p| p.manifest.disks.get(index)).map_or(file, |d| d.file.as_str());
+        let parent_file = self
+            .newest
+            .as_ref()
+            .and_then(|p| p.manifest.disks.get(index))
+            .map_or(file, |d| d.file.as_str());
         Some(format!("../{parent}/{parent_file}"))
     }
 
@@ -239,21 +282,40 @@ impl Backup {
         Ok(())
     }
 
-    async fn commit(&mut self, ctx: &TaskContext, paths: &RepoPaths, kind: &Kind, copied: Vec<Copied>) -> Result<pb::RestorePoint, Failure> {
+    async fn commit(
+        &mut self,
+        ctx: &TaskContext,
+        paths: &RepoPaths,
+        kind: &Kind,
+        copied: Vec<Copied>,
+    ) -> Result<pb::RestorePoint, Failure> {
         let created_at = sluice_proto::time::now();
         let (vm_kind, parent) = match kind {
             Kind::Full { .. } => (VmKind::Full, None),
             Kind::Incremental { parent } => (VmKind::Incremental, Some(parent.clone())),
         };
         let bytes_read = jobs::volumes(&self.jobs).read;
-        let manifest = VmManifest { identity: ctx.identity(), created_at: created_at.to_string(), kind: vm_kind, parent: parent.clone(), bytes_read, disks: Vec::new() };
+        let manifest = VmManifest {
+            identity: ctx.identity(),
+            created_at: created_at.to_string(),
+            kind: vm_kind,
+            parent: parent.clone(),
+            bytes_read,
+            disks: Vec::new(),
+        };
         let commit_paths = paths.clone();
-        let size_bytes = blocking(move || commit::commit(&commit_paths, manifest, &copied)).await.map_err(|e| {
-            Failure::Failed(format!("COMMIT of restore point {} failed: {e}", paths.final_dir.display()))
+        let size_bytes = blocking(move || commit::commit(&commit_paths, manifest, &copied))
+            .await
+            .map_err(|e| {
+            Failure::Failed(format!(
+                "COMMIT of restore point {} failed: {e}",
+                paths.final_dir.display()
+            ))
         })?;
         // Committed: the new bitmap now tracks changes since this restore point.
         self.new_bitmap = None;
-        let mut restore_point = restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes);
+        let mut restore_point =
+            restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes);
         restore_point.set_kind(vm_kind.to_wire());
         restore_point.parent_id = parent.unwrap_or_default();
         Ok(restore_point)
@@ -267,7 +329,9 @@ impl Backup {
             if !node.dirty_bitmaps.iter().any(|b| &b.name == name && !b.inconsistent) {
                 continue;
             }
-            if let Err(error) = blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, name).await {
+            if let Err(error) =
+                blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, name).await
+            {
                 warnings.push(format!("CLEANUP: bitmap {name} not removed: {error}"));
             }
         }
@@ -279,7 +343,8 @@ impl Backup {
         if !committed {
             let names = self.names.clone();
             let qmp = &mut self.source.qmp;
-            if let Err(error) = jobs::cancel_and_wait(qmp, |id| names.is_job(id), CANCEL_WAIT).await {
+            if let Err(error) = jobs::cancel_and_wait(qmp, |id| names.is_job(id), CANCEL_WAIT).await
+            {
                 warn!(%error, "cannot cancel the block jobs");
             }
             if let Err(error) = self.close_targets().await {
@@ -287,7 +352,9 @@ impl Backup {
             }
             if let Some(name) = self.new_bitmap.take() {
                 for node in self.source.nodes.clone() {
-                    if let Err(error) = blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, &name).await {
+                    if let Err(error) =
+                        blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, &name).await
+                    {
                         warn!(node = node.node_name, bitmap = name, %error, "cannot remove the bitmap of a backup that did not commit");
                     }
                 }
@@ -299,7 +366,11 @@ impl Backup {
 
 fn open_failure(error: OpenError) -> Failure {
     match error.disk {
-        Some(disk) => Failure::Failed(format!("SNAPSHOT of disk {} failed: {}", disk.display(), error.message)),
+        Some(disk) => Failure::Failed(format!(
+            "SNAPSHOT of disk {} failed: {}",
+            disk.display(),
+            error.message
+        )),
         None => snapshot_failed(error.message),
     }
 }

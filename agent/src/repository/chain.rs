@@ -126,7 +126,10 @@ impl ChainLock {
     /// backup, verify, restore or merge uses it.
     pub(crate) fn try_exclusive(item_dir: &Path) -> io::Result<Option<Self>> {
         let Some(file) = open(item_dir)? else {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "lock file cannot be made"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "lock file cannot be made",
+            ));
         };
         match file.try_lock() {
             Ok(()) => Ok(Some(Self { _file: Some(file) })),

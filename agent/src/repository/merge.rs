@@ -75,7 +75,9 @@ fn roll_forward(item_dir: &Path, intent: &Intent) -> Result<VmManifest, String> 
     let child_dir = item_dir.join(&intent.child);
     let child = match Manifest::read(&child_dir) {
         Ok(Manifest::Vm(manifest)) => manifest,
-        Ok(Manifest::Computer(_)) => return Err(format!("{}: not a VM restore point", intent.child)),
+        Ok(Manifest::Computer(_)) => {
+            return Err(format!("{}: not a VM restore point", intent.child));
+        }
         Err(problem) => return Err(format!("restore point {}: {problem}", intent.child)),
     };
     let merged = if child.kind == VmKind::Incremental {

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use super::{Cancel, vm};
 use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
+use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::fsutil;
 use crate::repository::{

@@ -140,7 +140,8 @@ fn a_vm_disk_of_another_size_or_content_is_named() {
     let size = fs::metadata(rp.folder().join("disk0.qcow2")).expect("size").len();
     fs::write(rp.folder().join("disk0.qcow2"), b"short").expect("truncate");
     let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
-    let expected = format!("disk0.qcow2 (disk /vms/web.qcow2): 5 bytes, the manifest records {size}");
+    let expected =
+        format!("disk0.qcow2 (disk /vms/web.qcow2): 5 bytes, the manifest records {size}");
     assert!(problems.contains(&expected), "{problems:?}");
     let gone = location(repo.path(), "vm", "s-9");
     let problems = verify(&gone, &Cancel::default()).expect("verify").problems;

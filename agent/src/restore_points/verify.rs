@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::{Cancel, vm};
 use super::hash::{Digested, ReadError, hash_file};
 use super::location::{Location, under};
+use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest};
 

@@ -44,7 +44,14 @@ pub(super) fn verify_chain(
             Some(Ok(point)) => point.manifest.disks.iter().map(|d| Some(d.file.clone())).collect(),
             _ => Vec::new(),
         };
-        verify_link(&item_dir.join(&link.id), &link.manifest, &role, &parent_files, cancel, report)?;
+        verify_link(
+            &item_dir.join(&link.id),
+            &link.manifest,
+            &role,
+            &parent_files,
+            cancel,
+            report,
+        )?;
         match parent {
             None => return Ok(()),
             Some(Err(problem)) => {
@@ -107,7 +114,8 @@ fn verify_link(
             continue;
         }
         let expected = manifest.parent.as_ref().map(|parent| {
-            let file = parent_files.get(index).cloned().flatten().unwrap_or_else(|| disk.file.clone());
+            let file =
+                parent_files.get(index).cloned().flatten().unwrap_or_else(|| disk.file.clone());
             format!("../{parent}/{file}")
         });
         if let Err(problem) = check_structure(&path, expected.as_deref()) {
@@ -158,13 +166,16 @@ pub(super) fn restore_chain(
     for (disk, name) in links[0].manifest.disks.iter().zip(names) {
         let out = target.join(name);
         let image = item_dir.join(&location.id).join(&disk.file);
-        let done = qemu_img::flatten(&image, &out, &|| cancel.is_cancelled())
-            .map_err(|e| AgentError::FailedPrecondition(format!("cannot restore {}: {e}", image.display())))?;
+        let done = qemu_img::flatten(&image, &out, &|| cancel.is_cancelled()).map_err(|e| {
+            AgentError::FailedPrecondition(format!("cannot restore {}: {e}", image.display()))
+        })?;
         if !done {
             return Err(canceled("restore"));
         }
         let file = std::fs::File::open(&out).and_then(|file| file.sync_all().map(|()| file));
-        let file = file.map_err(|e| AgentError::FailedPrecondition(format!("cannot sync {}: {e}", out.display())))?;
+        let file = file.map_err(|e| {
+            AgentError::FailedPrecondition(format!("cannot sync {}: {e}", out.display()))
+        })?;
         bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
     }
     Ok(bytes)
@@ -212,7 +223,11 @@ pub(super) fn deletion_refusal(location: &Location, deleting: &[String]) -> Opti
 /// Merges the full restore point `base` into its only child (see
 /// [`crate::repository::merge`]); resumes a merge an earlier call began. Returns the child
 /// as it is afterwards.
-pub(crate) fn merge(base: &Location, child: &str, cancel: &Cancel) -> Result<pb::RestorePoint, AgentError> {
+pub(crate) fn merge(
+    base: &Location,
+    child: &str,
+    cancel: &Cancel,
+) -> Result<pb::RestorePoint, AgentError> {
     let item_dir = base.item_dir();
     let busy = || {
         AgentError::FailedPrecondition(format!(
@@ -238,11 +253,16 @@ pub(crate) fn merge(base: &Location, child: &str, cancel: &Cancel) -> Result<pb:
 fn read_point(item_dir: &Path, id: &str) -> Result<VmPoint, AgentError> {
     let folder = item_dir.join(id);
     if !folder.is_dir() {
-        return Err(AgentError::NotFound(format!("restore point folder {} does not exist", folder.display())));
+        return Err(AgentError::NotFound(format!(
+            "restore point folder {} does not exist",
+            folder.display()
+        )));
     }
     match Manifest::read(&folder) {
         Ok(Manifest::Vm(manifest)) => Ok(VmPoint { id: id.to_owned(), manifest }),
-        Ok(Manifest::Computer(_)) => Err(AgentError::FailedPrecondition(format!("{id} is not a VM restore point"))),
+        Ok(Manifest::Computer(_)) => {
+            Err(AgentError::FailedPrecondition(format!("{id} is not a VM restore point")))
+        }
         Err(problem) => Err(AgentError::Corrupt(format!("restore point {id}: {problem}"))),
     }
 }
@@ -252,7 +272,9 @@ fn read_point(item_dir: &Path, id: &str) -> Result<VmPoint, AgentError> {
 fn check_mergeable(base: &Location, child: &VmPoint, cancel: &Cancel) -> Result<(), AgentError> {
     let item_dir = base.item_dir();
     let base_point = read_point(&item_dir, &base.id)?;
-    let refuse = |why: String| AgentError::FailedPrecondition(format!("cannot merge {} into {}: {why}", base.id, child.id));
+    let refuse = |why: String| {
+        AgentError::FailedPrecondition(format!("cannot merge {} into {}: {why}", base.id, child.id))
+    };
     if base_point.manifest.kind != VmKind::Full {
         return Err(refuse(format!("{} is not a full restore point", base.id)));
     }

@@ -74,10 +74,7 @@ pub(crate) async fn block_jobs(qmp: &mut Qmp) -> Result<Vec<BlockJob>, QmpError>
 }
 
 /// The qcow2 node of each disk, matched by canonical image path; exactly one per disk.
-pub(crate) async fn find_disks(
-    qmp: &mut Qmp,
-    disks: &[PathBuf],
-) -> Result<Vec<NamedNode>, String> {
+pub(crate) async fn find_disks(qmp: &mut Qmp, disks: &[PathBuf]) -> Result<Vec<NamedNode>, String> {
     let nodes = named_nodes(qmp).await.map_err(|e| e.to_string())?;
     let qcow2: Vec<(PathBuf, &NamedNode)> = nodes
         .iter()
@@ -91,10 +88,18 @@ pub(crate) async fn find_disks(
             qcow2.iter().filter(|(path, _)| *path == wanted).map(|(_, node)| *node).collect();
         match hits.as_slice() {
             [node] => found.push((*node).clone()),
-            [] => return Err(format!("disk {}: QEMU has no qcow2 node with this image", disk.display())),
+            [] => {
+                return Err(format!(
+                    "disk {}: QEMU has no qcow2 node with this image",
+                    disk.display()
+                ));
+            }
             many => {
                 let names: Vec<&str> = many.iter().map(|n| n.node_name.as_str()).collect();
-                return Err(format!("disk {}: several qcow2 nodes use it: {names:?}", disk.display()));
+                return Err(format!(
+                    "disk {}: several qcow2 nodes use it: {names:?}",
+                    disk.display()
+                ));
             }
         }
     }

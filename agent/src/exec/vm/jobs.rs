@@ -81,7 +81,8 @@ pub(crate) fn actions(
                 backup["bitmap-mode"] = "never".into();
             }
         }
-        let bitmap = json!({ "node": node.node_name, "name": names.bitmap(new_rp), "persistent": true });
+        let bitmap =
+            json!({ "node": node.node_name, "name": names.bitmap(new_rp), "persistent": true });
         actions.push(json!({ "type": "block-dirty-bitmap-add", "data": bitmap }));
         actions.push(json!({ "type": "blockdev-backup", "data": backup }));
     }
@@ -204,10 +205,7 @@ fn outcome(jobs: &[Job], canceled: bool) -> Ended {
         _ => None,
     });
     let cancelled = jobs.iter().find(|job| job.end == Some(End::Cancelled)).map(|job| {
-        format!(
-            "TRANSFER of disk {} failed: its block job was cancelled outside Sluice",
-            job.disk
-        )
+        format!("TRANSFER of disk {} failed: its block job was cancelled outside Sluice", job.disk)
     });
     match failed.or(cancelled) {
         Some(message) => Ended::Failed(message),

@@ -151,17 +151,17 @@ fn reasons(names: &Names, parent: &VmPoint, disks: &[DiskState]) -> Vec<String> 
     for (disk, old) in disks.iter().zip(recorded) {
         let source = &disk.source;
         match disk.bitmaps.iter().find(|b| b.name == wanted) {
-            None => reasons.push(format!("disk {source}: change-tracking bitmap {wanted} is missing")),
+            None => {
+                reasons.push(format!("disk {source}: change-tracking bitmap {wanted} is missing"))
+            }
             Some(b) if b.inconsistent => reasons.push(format!(
                 "disk {source}: change-tracking bitmap {wanted} is inconsistent (QEMU stopped \
                  without saving it)"
             )),
             Some(b) if !b.recording || !b.persistent => reasons
                 .push(format!("disk {source}: change-tracking bitmap {wanted} is not recording")),
-            Some(_) if old.virtual_size != disk.virtual_size => reasons.push(format!(
-                "disk {source}: its size changed since restore point {}",
-                parent.id
-            )),
+            Some(_) if old.virtual_size != disk.virtual_size => reasons
+                .push(format!("disk {source}: its size changed since restore point {}", parent.id)),
             Some(_) => {}
         }
     }

@@ -50,7 +50,9 @@ async fn tidy(qmp: &mut Qmp, names: &Names, bitmap: Option<&str>) -> Result<(), 
         }
         let Some(bitmap) = bitmap else { continue };
         if node.dirty_bitmaps.iter().any(|b| b.name == bitmap) {
-            blockdev::remove_bitmap(qmp, &node.node_name, bitmap).await.map_err(|e| e.to_string())?;
+            blockdev::remove_bitmap(qmp, &node.node_name, bitmap)
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())

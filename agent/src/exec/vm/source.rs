@@ -67,7 +67,8 @@ impl Source {
         if !socket.is_empty() {
             match Qmp::connect(Path::new(socket)).await {
                 Ok(mut qmp) => {
-                    let nodes = blockdev::find_disks(&mut qmp, disks).await.map_err(OpenError::of)?;
+                    let nodes =
+                        blockdev::find_disks(&mut qmp, disks).await.map_err(OpenError::of)?;
                     return Ok(Self { qmp, nodes, daemon: None });
                 }
                 Err(error @ QmpError::Connect { .. }) => {
@@ -186,7 +187,8 @@ impl Daemon {
         let deadline = tokio::time::Instant::now() + DAEMON_START;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
                 return Err(format!("{DAEMON} ended with {status}: {}", log.trim()));
             }
             match Qmp::connect(socket).await {
