@@ -12,20 +12,20 @@ use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use crate::error::{Error, Result};
 
 /// A traced client of one agent.
-pub type AgentClient = AgentServiceClient<InterceptedService<Channel, TraceInterceptor>>;
+pub(crate) type AgentClient = AgentServiceClient<InterceptedService<Channel, TraceInterceptor>>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Channels to agents, shared by every part of the coordinator.
 #[derive(Clone, Default)]
-pub struct AgentClients {
+pub(crate) struct AgentClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl AgentClients {
     /// A client of the agent at `address` (connecting on first use).
-    pub fn client(&self, agent: &str, address: &str) -> Result<AgentClient> {
+    pub(crate) fn client(&self, agent: &str, address: &str) -> Result<AgentClient> {
         let channel = self.channel(agent, address)?;
         Ok(AgentServiceClient::with_interceptor(channel, TraceInterceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -37,9 +37,12 @@ impl AgentClients {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Channel::from_shared(address.to_string()).map_err(|e| {
-            Error::Unavailable(format!("agent {agent} has a bad address {address:?}: {e}"))
-        })?;
+        let endpoint =
+            Channel::from_shared(address.to_string()).map_err(|e| Error::BadAgentAddress {
+                agent: agent.to_string(),
+                address: address.to_string(),
+                reason: e.to_string(),
+            })?;
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

@@ -4,6 +4,9 @@ mod cluster;
 mod job_service;
 mod registry;
 
-pub use cluster::ClusterApi;
-pub use job_service::JobApi;
-pub use registry::RegistryApi;
+pub(crate) use cluster::ClusterApi;
+pub(crate) use job_service::JobApi;
+pub(crate) use registry::RegistryApi;
+
+/// What every call answers.
+type Reply<T> = Result<tonic::Response<T>, tonic::Status>;

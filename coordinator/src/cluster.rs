@@ -8,18 +8,18 @@ use crate::{error::Result, sessions::persist, store::Store};
 
 /// Reads coordinator membership and session ownership.
 #[derive(Clone)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     store: Store,
 }
 
 impl Cluster {
     /// The cluster seen through `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Cluster { store }
     }
 
     /// Live coordinators, sorted by id, each with the active sessions it owns.
-    pub async fn coordinators(&self) -> Result<Vec<pb::Coordinator>> {
+    pub(crate) async fn coordinators(&self) -> Result<Vec<pb::Coordinator>> {
         let keys = self.store.keys();
         let records = self.store.list::<pb::CoordinatorRecord>(&keys.coordinators()).await?;
         let mut owned = self.owned_sessions().await?;

@@ -1,4 +1,7 @@
-//! The coordinator's one error type, mapped to a gRPC status in one place.
+//! The coordinator's one error type, mapped to a gRPC status in one place (`Error::code`).
+//!
+//! etcd's errors become `Etcd` or `EtcdTooLarge` in the store layer (`store.rs`), the one
+//! place that reads etcd's answers.
 
 use sluice_proto::job::JobError;
 use tonic::{Code, Status};
@@ -10,23 +13,149 @@ pub enum Error {
     #[error(transparent)]
     InvalidJob(#[from] JobError),
     /// A request field has a bad value.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The named thing does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The thing to create exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The call does not fit the current state.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A limit was hit.
-    #[error("{0}")]
-    ResourceExhausted(String),
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// Path of the field, e.g. `target_dir`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No job has this name.
+    #[error("job {job:?} does not exist")]
+    JobNotFound {
+        /// Job name.
+        job: String,
+    },
+    /// A job with this name exists already.
+    #[error("job {job:?} already exists")]
+    JobExists {
+        /// Job name.
+        job: String,
+    },
+    /// The job has an active session, so it can neither start another nor be deleted.
+    #[error("job {job:?} already has an active session {session}; stop it or wait for it to end")]
+    JobBusy {
+        /// Job name.
+        job: String,
+        /// Its active session.
+        session: String,
+    },
+    /// A stop named a job that runs nothing.
+    #[error("job {job:?} has no active session")]
+    NoActiveSession {
+        /// Job name.
+        job: String,
+    },
+    /// The job definition changed between reading it and creating the session.
+    #[error("job {job:?} changed while starting; try again")]
+    JobChanged {
+        /// Job name.
+        job: String,
+    },
+    /// A retry found none of its items in the job any more.
+    #[error("job {job:?} no longer holds any of those items")]
+    ItemsGone {
+        /// Job name.
+        job: String,
+    },
+    /// No session has this id.
+    #[error("session {session:?} does not exist")]
+    SessionNotFound {
+        /// Session id.
+        session: String,
+    },
+    /// A new session id collided with a stored one.
+    #[error("session id {session} is taken")]
+    SessionIdTaken {
+        /// Session id.
+        session: String,
+    },
+    /// A stop reached a session that has ended.
+    #[error("session {session} has already ended ({result})")]
+    SessionEnded {
+        /// Session id.
+        session: String,
+        /// Its result, as the enum's name.
+        result: String,
+    },
+    /// A retry named a session that still runs.
+    #[error("session {session} is still running")]
+    SessionRunning {
+        /// Session id.
+        session: String,
+    },
+    /// A retry named a session whose items all succeeded.
+    #[error("session {session} has no failed or unprocessed items")]
+    NothingToRetry {
+        /// Session id.
+        session: String,
+    },
+    /// A graceful stop of a job type that runs as one task.
+    #[error("a {job_type} job runs as one task and cannot stop gracefully; stop it immediately")]
+    NoGracefulStop {
+        /// Name of the job type.
+        job_type: String,
+    },
+    /// Another stop was written between reading and writing the stop key.
+    #[error("session {session} was stopped concurrently; try again")]
+    StopRaced {
+        /// Session id.
+        session: String,
+    },
+    /// `StopAll` stopped some sessions but not all.
+    #[error("stopped {stopped} session(s), but not: {}; try again", failures.join("; "))]
+    StopIncomplete {
+        /// Sessions stopped.
+        stopped: usize,
+        /// One line per session that was not.
+        failures: Vec<String>,
+    },
+    /// This coordinator no longer owns the session it acted on.
+    #[error("coordinator lost ownership of session {0}")]
+    Fenced(String),
+    /// The coordinator holds no etcd lease, so it can own nothing right now.
+    #[error("coordinator holds no etcd lease right now; try again")]
+    NoLease,
+    /// The coordinator is shutting down.
+    #[error("coordinator is shutting down")]
+    ShuttingDown,
     /// etcd did not answer or refused the request.
     #[error("etcd request failed: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(etcd_client::Error),
+    /// etcd or the gRPC layer refused a request or an answer as too large.
+    #[error("etcd request failed: {0}")]
+    EtcdTooLarge(etcd_client::Error),
+    /// No registered agent has this id.
+    #[error("agent {agent:?} is not registered")]
+    AgentNotRegistered {
+        /// Agent id.
+        agent: String,
+    },
+    /// The agent asked for is draining.
+    #[error("agent {agent} is draining")]
+    AgentDraining {
+        /// Agent id.
+        agent: String,
+    },
+    /// The agent asked for is not online.
+    #[error("agent {agent} is not online")]
+    AgentOffline {
+        /// Agent id.
+        agent: String,
+    },
+    /// No online agent can read the restore point; says why.
+    #[error("{0}")]
+    NoSuitableAgent(String),
+    /// A registered agent's address is not a URL.
+    #[error("agent {agent} has a bad address {address:?}: {reason}")]
+    BadAgentAddress {
+        /// Agent id.
+        agent: String,
+        /// The address it registered.
+        address: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// A call to an agent failed.
     #[error("agent {agent}: {status}")]
     Agent {
@@ -34,6 +163,33 @@ pub enum Error {
         agent: String,
         /// What the agent answered.
         status: Status,
+    },
+    /// No catalog entry has this id (in the job, when one is named).
+    #[error("restore point {id:?} does not exist{}", in_job(job))]
+    RestorePointNotFound {
+        /// Restore point id.
+        id: String,
+        /// Job searched, or empty for every job.
+        job: String,
+    },
+    /// Retention deleted the restore point, or is deleting it.
+    #[error("restore point {id:?} was deleted by retention (or is being deleted)")]
+    RestorePointDeleted {
+        /// Restore point id.
+        id: String,
+    },
+    /// Neither the session nor the job of a restore point exists, so its repository is unknown.
+    #[error(
+        "restore point {id:?}: neither its session {session:?} nor its job {job:?} exists any \
+         more, so its repository is unknown"
+    )]
+    RepositoryUnknown {
+        /// Restore point id.
+        id: String,
+        /// Session that wrote it.
+        session: String,
+        /// Its job.
+        job: String,
     },
     /// A stored record cannot be decoded.
     #[error("corrupt record at {key}: {source}")]
@@ -43,41 +199,70 @@ pub enum Error {
         /// Cause.
         source: prost::DecodeError,
     },
-    /// This coordinator lost the ownership it acted on.
-    #[error("coordinator lost ownership of session {0}")]
-    Fenced(String),
-    /// The coordinator is shutting down or not ready.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The reflection service cannot be built.
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Serve(#[from] tonic::transport::Error),
 }
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<Error> for Status {
-    fn from(error: Error) -> Self {
-        let code = match &error {
-            Error::InvalidJob(JobError::Invalid { .. }) | Error::InvalidArgument(_) => {
-                Code::InvalidArgument
-            }
-            Error::InvalidJob(JobError::TooLarge(_)) | Error::ResourceExhausted(_) => {
-                Code::ResourceExhausted
-            }
-            Error::NotFound(_) => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Etcd(e) if is_too_large(e) => Code::ResourceExhausted,
-            Error::Etcd(_) | Error::Unavailable(_) | Error::Fenced(_) => Code::Unavailable,
-            Error::Agent { status, .. } => agent_code(status.code()),
-            Error::Decode { .. } => Code::Internal,
-        };
-        Status::new(code, error.to_string())
+impl Error {
+    /// A bad request field.
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidField { field: field.into(), reason: reason.into() }
+    }
+
+    /// The gRPC code callers see: the one mapping of the crate.
+    pub(crate) fn code(&self) -> Code {
+        use Error::*;
+        match self {
+            InvalidJob(JobError::Invalid { .. }) | InvalidField { .. } => Code::InvalidArgument,
+            InvalidJob(JobError::TooLarge(_)) | EtcdTooLarge(_) => Code::ResourceExhausted,
+            JobNotFound { .. }
+            | SessionNotFound { .. }
+            | AgentNotRegistered { .. }
+            | RestorePointNotFound { .. }
+            | RestorePointDeleted { .. } => Code::NotFound,
+            JobExists { .. } | SessionIdTaken { .. } => Code::AlreadyExists,
+            JobBusy { .. }
+            | NoActiveSession { .. }
+            | ItemsGone { .. }
+            | SessionEnded { .. }
+            | SessionRunning { .. }
+            | NothingToRetry { .. }
+            | NoGracefulStop { .. }
+            | AgentDraining { .. }
+            | AgentOffline { .. }
+            | NoSuitableAgent(_)
+            | RepositoryUnknown { .. } => Code::FailedPrecondition,
+            JobChanged { .. }
+            | StopRaced { .. }
+            | StopIncomplete { .. }
+            | Fenced(_)
+            | NoLease
+            | ShuttingDown
+            | Etcd(_)
+            | BadAgentAddress { .. }
+            | Reflection(_)
+            | Serve(_) => Code::Unavailable,
+            Agent { status, .. } => agent_code(status.code()),
+            Decode { .. } => Code::Internal,
+        }
     }
 }
 
-fn is_too_large(error: &etcd_client::Error) -> bool {
-    matches!(error, etcd_client::Error::GRpcStatus(s)
-        if s.message().contains("too large") || matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted))
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+fn in_job(job: &str) -> String {
+    if job.is_empty() { String::new() } else { format!(" in job {job:?}") }
 }
 
 /// Agent answers keep their meaning, except transport trouble which is the agent's absence.
@@ -85,5 +270,34 @@ fn agent_code(code: Code) -> Code {
     match code {
         Code::Unknown | Code::Internal | Code::Cancelled => Code::Unavailable,
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages_fit_the_error() {
+        let busy = Status::from(Error::JobBusy { job: "j".into(), session: "s1".into() });
+        assert_eq!(busy.code(), Code::FailedPrecondition);
+        assert_eq!(
+            busy.message(),
+            "job \"j\" already has an active session s1; stop it or wait for it to end"
+        );
+        let missing = Status::from(Error::RestorePointNotFound { id: "r".into(), job: "j".into() });
+        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(missing.message(), "restore point \"r\" does not exist in job \"j\"");
+        let field = Status::from(Error::invalid("target_dir", "must name a directory"));
+        assert_eq!(field.code(), Code::InvalidArgument);
+        assert_eq!(field.message(), "target_dir: must name a directory");
+        assert_eq!(Status::from(Error::Fenced("s1".into())).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn transport_trouble_at_an_agent_is_its_absence() {
+        let agent = |status| Error::Agent { agent: "a1".into(), status };
+        assert_eq!(agent(Status::internal("reset")).code(), Code::Unavailable);
+        assert_eq!(agent(Status::data_loss("corrupt")).code(), Code::DataLoss);
     }
 }

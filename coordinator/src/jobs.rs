@@ -9,36 +9,36 @@ use crate::{
 
 /// Reads and writes job definitions.
 #[derive(Clone)]
-pub struct Jobs {
+pub(crate) struct Jobs {
     store: Store,
 }
 
 impl Jobs {
     /// Jobs stored through `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Jobs { store }
     }
 
     /// Creates a valid job whose name is free.
-    pub async fn create(&self, job: Option<pb::Job>) -> Result<pb::Job> {
-        let job = job.ok_or_else(|| Error::InvalidArgument("job: required".into()))?;
+    pub(crate) async fn create(&self, job: Option<pb::Job>) -> Result<pb::Job> {
+        let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
         if !self.store.create(&self.store.keys().job(&job.name), &job).await? {
-            return Err(Error::AlreadyExists(format!("job {:?} already exists", job.name)));
+            return Err(Error::JobExists { job: job.name });
         }
         tracing::info!(job = %job.name, items = job.items.len(), "job created");
         Ok(job)
     }
 
     /// Returns a job.
-    pub async fn get(&self, name: &str) -> Result<pb::Job> {
+    pub(crate) async fn get(&self, name: &str) -> Result<pb::Job> {
         validate_name("name", name)?;
         let stored = self.store.get::<pb::Job>(&self.store.keys().job(name)).await?;
         stored.map(|v| v.value).ok_or_else(|| not_found(name))
     }
 
     /// Every job, sorted by name.
-    pub async fn list(&self) -> Result<Vec<pb::Job>> {
+    pub(crate) async fn list(&self) -> Result<Vec<pb::Job>> {
         let keys = self.store.keys();
         let raw = self.store.list_raw(&keys.jobs()).await?;
         raw.into_iter()
@@ -48,8 +48,8 @@ impl Jobs {
     }
 
     /// Replaces an existing job's definition.
-    pub async fn update(&self, job: Option<pb::Job>) -> Result<pb::Job> {
-        let job = job.ok_or_else(|| Error::InvalidArgument("job: required".into()))?;
+    pub(crate) async fn update(&self, job: Option<pb::Job>) -> Result<pb::Job> {
+        let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
         if !self.store.replace(&self.store.keys().job(&job.name), &job).await? {
             return Err(not_found(&job.name));
@@ -59,7 +59,7 @@ impl Jobs {
     }
 
     /// Deletes a job that has no active session; its restore points stay in the catalog.
-    pub async fn delete(&self, name: &str) -> Result<()> {
+    pub(crate) async fn delete(&self, name: &str) -> Result<()> {
         validate_name("name", name)?;
         let keys = self.store.keys();
         let (job_key, active_key) = (keys.job(name), keys.job_active(name));
@@ -79,15 +79,15 @@ impl Jobs {
         }
         let active = self.store.kv().get(active_key, None).await?;
         match active.kvs().first() {
-            Some(kv) => Err(Error::FailedPrecondition(format!(
-                "job {name:?} has an active session {}; stop it first",
-                String::from_utf8_lossy(kv.value())
-            ))),
+            Some(kv) => Err(Error::JobBusy {
+                job: name.to_string(),
+                session: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
             None => Err(not_found(name)),
         }
     }
 }
 
 fn not_found(name: &str) -> Error {
-    Error::NotFound(format!("job {name:?} does not exist"))
+    Error::JobNotFound { job: name.to_string() }
 }

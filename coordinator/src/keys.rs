@@ -1,74 +1,74 @@
-//! The etcd key layout (DESIGN.md "etcd keys"), under a configurable prefix.
+//! The etcd key layout (listed in ARCHITECTURE.md), under a configurable prefix.
 
 /// Builds every key the coordinator reads or writes.
 #[derive(Debug, Clone)]
-pub struct Keys {
+pub(crate) struct Keys {
     prefix: String,
 }
 
 impl Keys {
     /// Keys under `prefix` (e.g. `/sluice`; a trailing slash is dropped).
-    pub fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str) -> Self {
         Keys { prefix: prefix.trim_end_matches('/').to_string() }
     }
 
     /// `/jobs/` (also holds each job's `active` marker).
-    pub fn jobs(&self) -> String {
+    pub(crate) fn jobs(&self) -> String {
         format!("{}/jobs/", self.prefix)
     }
 
     /// `/jobs/{job}`.
-    pub fn job(&self, job: &str) -> String {
+    pub(crate) fn job(&self, job: &str) -> String {
         format!("{}/jobs/{job}", self.prefix)
     }
 
     /// `/jobs/{job}/active`: id of the job's active session.
-    pub fn job_active(&self, job: &str) -> String {
+    pub(crate) fn job_active(&self, job: &str) -> String {
         format!("{}/jobs/{job}/active", self.prefix)
     }
 
     /// Whether a key under `jobs()` is a job definition (not an `active` marker).
-    pub fn is_job_key(&self, key: &str) -> bool {
+    pub(crate) fn is_job_key(&self, key: &str) -> bool {
         key.strip_prefix(&self.jobs()).is_some_and(|rest| !rest.contains('/'))
     }
 
     /// `/sessions/`.
-    pub fn sessions(&self) -> String {
+    pub(crate) fn sessions(&self) -> String {
         format!("{}/sessions/", self.prefix)
     }
 
     /// `/sessions/{id}`.
-    pub fn session(&self, id: &str) -> String {
+    pub(crate) fn session(&self, id: &str) -> String {
         format!("{}/sessions/{id}", self.prefix)
     }
 
     /// `/sessions/{id}/owner`: the owning coordinator, bound to its lease.
-    pub fn session_owner(&self, id: &str) -> String {
+    pub(crate) fn session_owner(&self, id: &str) -> String {
         format!("{}/sessions/{id}/owner", self.prefix)
     }
 
     /// `/sessions/{id}/stop`: the stop request, written by whichever coordinator took it.
-    pub fn session_stop(&self, id: &str) -> String {
+    pub(crate) fn session_stop(&self, id: &str) -> String {
         format!("{}/sessions/{id}/stop", self.prefix)
     }
 
     /// `/sessions/{id}/`: everything that belongs to a session besides its record.
-    pub fn session_children(&self, id: &str) -> String {
+    pub(crate) fn session_children(&self, id: &str) -> String {
         format!("{}/sessions/{id}/", self.prefix)
     }
 
     /// `/sessions/{id}/items/`.
-    pub fn items(&self, id: &str) -> String {
+    pub(crate) fn items(&self, id: &str) -> String {
         format!("{}/sessions/{id}/items/", self.prefix)
     }
 
     /// `/sessions/{id}/items/{index}`, zero-padded so keys sort in job order.
-    pub fn item(&self, id: &str, index: u32) -> String {
+    pub(crate) fn item(&self, id: &str, index: u32) -> String {
         format!("{}/sessions/{id}/items/{index:06}", self.prefix)
     }
 
     /// `/session-index/{job}/` (or `/session-index/` for every job): session summaries.
-    pub fn session_index(&self, job: Option<&str>) -> String {
+    pub(crate) fn session_index(&self, job: Option<&str>) -> String {
         match job {
             Some(job) => format!("{}/session-index/{job}/", self.prefix),
             None => format!("{}/session-index/", self.prefix),
@@ -76,60 +76,60 @@ impl Keys {
     }
 
     /// `/session-index/{job}/{id}`: the session without items or job, for cheap listings.
-    pub fn session_summary(&self, job: &str, id: &str) -> String {
+    pub(crate) fn session_summary(&self, job: &str, id: &str) -> String {
         format!("{}/session-index/{job}/{id}", self.prefix)
     }
 
     /// `/agents/`.
-    pub fn agents(&self) -> String {
+    pub(crate) fn agents(&self) -> String {
         format!("{}/agents/", self.prefix)
     }
 
     /// `/agents/{id}`: registration, bound to a lease renewed by heartbeats.
-    pub fn agent(&self, id: &str) -> String {
+    pub(crate) fn agent(&self, id: &str) -> String {
         format!("{}/agents/{id}", self.prefix)
     }
 
     /// `/coordinators/`.
-    pub fn coordinators(&self) -> String {
+    pub(crate) fn coordinators(&self) -> String {
         format!("{}/coordinators/", self.prefix)
     }
 
     /// `/coordinators/{id}`: membership, bound to the coordinator's lease.
-    pub fn coordinator(&self, id: &str) -> String {
+    pub(crate) fn coordinator(&self, id: &str) -> String {
         format!("{}/coordinators/{id}", self.prefix)
     }
 
     /// `/restore-points/{job}/`.
-    pub fn restore_points(&self, job: &str) -> String {
+    pub(crate) fn restore_points(&self, job: &str) -> String {
         format!("{}/restore-points/{job}/", self.prefix)
     }
 
     /// `/restore-points/{job}/{item}/{rp}`: catalog entry.
-    pub fn restore_point(&self, job: &str, item: &str, rp: &str) -> String {
+    pub(crate) fn restore_point(&self, job: &str, item: &str, rp: &str) -> String {
         format!("{}/restore-points/{job}/{item}/{rp}", self.prefix)
     }
 
     /// `/restore-points/`: the whole catalog.
-    pub fn all_restore_points(&self) -> String {
+    pub(crate) fn all_restore_points(&self) -> String {
         format!("{}/restore-points/", self.prefix)
     }
 
     /// `/restore-points-in-use/{job}/{rp}/`: the verifies and restores reading a restore
     /// point now, one key each.
-    pub fn restore_point_uses(&self, job: &str, rp: &str) -> String {
+    pub(crate) fn restore_point_uses(&self, job: &str, rp: &str) -> String {
         format!("{}/restore-points-in-use/{job}/{rp}/", self.prefix)
     }
 
     /// `/restore-points-in-use/{job}/{rp}/{use}`: one verify or restore, bound to the lease
     /// of the coordinator running it.
-    pub fn restore_point_use(&self, job: &str, rp: &str, use_id: &str) -> String {
+    pub(crate) fn restore_point_use(&self, job: &str, rp: &str, use_id: &str) -> String {
         format!("{}/restore-points-in-use/{job}/{rp}/{use_id}", self.prefix)
     }
 
     /// `/restore-points-deleting/{job}/{rp}`: retention is deleting the restore point; bound
     /// to the lease of the coordinator doing it.
-    pub fn restore_point_deleting(&self, job: &str, rp: &str) -> String {
+    pub(crate) fn restore_point_deleting(&self, job: &str, rp: &str) -> String {
         format!("{}/restore-points-deleting/{job}/{rp}", self.prefix)
     }
 }

@@ -1,22 +1,21 @@
 //! The Sluice coordinator: keeps every job session's state and lease in etcd, serves the
 //! operator API and the agent registry, and dispatches tasks to agents.
 
-pub mod agent_client;
-pub mod agents;
-pub mod api;
-pub mod cluster;
-pub mod error;
-pub mod jobs;
-pub mod keys;
-pub mod membership;
-pub mod registry;
-pub mod restore_points;
-pub mod retention;
-pub mod scheduler;
-pub mod server;
-pub mod sessions;
-pub mod settings;
-pub mod store;
+mod agent_client;
+mod agents;
+mod api;
+mod cluster;
+mod error;
+mod jobs;
+mod keys;
+mod membership;
+mod registry;
+mod restore_points;
+mod scheduler;
+mod server;
+mod sessions;
+mod settings;
+mod store;
 
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -31,12 +30,12 @@ use crate::{
     api::{ClusterApi, JobApi, RegistryApi},
     cluster::Cluster,
     jobs::Jobs,
-    membership::MembershipConfig,
+    membership::{LeaseWatch, MembershipConfig},
     registry::Registry,
     restore_points::RestorePoints,
     scheduler::Scheduler,
     server::Services,
-    sessions::{Router, Sessions, context::SessionContext},
+    sessions::{Parts, Router, Sessions, context::SessionContext},
     store::Store,
 };
 
@@ -49,50 +48,72 @@ pub async fn run(
 ) -> Result<()> {
     let address = settings.advertised_address(listener.local_addr().ok());
     let store = Store::connect(&settings.etcd, &settings.prefix, settings.etcd_timeout()).await?;
-    let tracker = TaskTracker::new();
-    let background = CancellationToken::new();
+    let tasks = Background { tracker: TaskTracker::new(), stop: CancellationToken::new() };
     let membership_config =
         MembershipConfig { id: settings.id.clone(), address, ttl: settings.lease_ttl() };
     let (lease, membership) =
-        membership::spawn(store.clone(), membership_config, background.clone());
-    let (directory, _) = AgentDirectory::spawn(store.clone(), background.clone());
-    let clients = AgentClients::default();
-    let router = Router::default();
-    tracker.spawn(agents::links::run(
-        directory.clone(),
-        clients.clone(),
-        router.clone(),
-        background.clone(),
-    ));
-    let ctx = SessionContext {
-        store: store.clone(),
-        directory,
-        scheduler: Scheduler::default(),
-        clients: clients.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let restore_points = RestorePoints::new(
-        store.clone(),
-        ctx.directory.clone(),
-        clients.clone(),
-        lease.clone(),
-        settings.id.clone(),
-    );
-    let sessions = Sessions::new(ctx, router, lease, settings.id.clone(), tracker.clone());
-    tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), background.clone()));
-    let registry = Registry::new(store.clone());
-    let services = Services {
-        jobs: JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone()),
-        cluster: ClusterApi::new(registry.clone(), Cluster::new(store.clone()), clients),
-        registry: RegistryApi::new(registry, settings.id.clone()),
-    };
+        membership::spawn(store.clone(), membership_config, tasks.stop.clone());
+    let services = start(&settings, store, lease, &tasks, &shutdown);
     info!(id = %settings.id, prefix = %settings.prefix, "coordinator serving");
     let served = server::serve(services, listener, shutdown).await;
     // Session actors have stopped on `shutdown`; now release the lease so peers take over.
-    tracker.close();
-    background.cancel();
-    tracker.wait().await;
+    tasks.tracker.close();
+    tasks.stop.cancel();
+    tasks.tracker.wait().await;
     let _ = membership.await;
     info!(id = %settings.id, "coordinator stopped");
     served
+}
+
+/// Tasks that run beside the server, and the token that stops them after it.
+struct Background {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// Starts the agent directory, the agent links and the session claimer, and builds the API.
+fn start(
+    settings: &Settings,
+    store: Store,
+    lease: LeaseWatch,
+    tasks: &Background,
+    shutdown: &CancellationToken,
+) -> Services {
+    let (ctx, router) = follow_agents(store.clone(), tasks, shutdown);
+    let id = settings.id.clone();
+    let (directory, clients) = (ctx.directory.clone(), ctx.clients.clone());
+    let restore_points =
+        RestorePoints::new(store.clone(), directory, clients.clone(), lease.clone(), id.clone());
+    let sessions = Sessions::new(Parts {
+        ctx,
+        router,
+        lease,
+        coordinator: id.clone(),
+        tracker: tasks.tracker.clone(),
+        restore_points: restore_points.clone(),
+    });
+    tasks.tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), tasks.stop.clone()));
+    let registry = Registry::new(store.clone());
+    Services {
+        jobs: JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone()),
+        cluster: ClusterApi::new(registry.clone(), Cluster::new(store), clients),
+        registry: RegistryApi::new(registry, id),
+    }
+}
+
+/// Starts the agent directory and a task stream from every agent, routed to the sessions.
+fn follow_agents(
+    store: Store,
+    tasks: &Background,
+    shutdown: &CancellationToken,
+) -> (SessionContext, Router) {
+    let (directory, _) = AgentDirectory::spawn(store.clone(), tasks.stop.clone());
+    let clients = AgentClients::default();
+    let router = Router::default();
+    let links =
+        agents::links::run(directory.clone(), clients.clone(), router.clone(), tasks.stop.clone());
+    tasks.tracker.spawn(links);
+    let scheduler = Scheduler::default();
+    let ctx = SessionContext { store, directory, scheduler, clients, shutdown: shutdown.clone() };
+    (ctx, router)
 }

@@ -17,29 +17,34 @@ use crate::store::Store;
 
 /// One granted lease and the token cancelled when it is lost or released.
 #[derive(Debug, Clone)]
-pub struct Lease {
+pub(crate) struct Lease {
     /// etcd lease id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Cancelled when the lease can no longer be trusted.
-    pub fence: CancellationToken,
+    pub(crate) fence: CancellationToken,
 }
 
 /// What the membership actor needs to know about its coordinator.
 #[derive(Debug, Clone)]
-pub struct MembershipConfig {
+pub(crate) struct MembershipConfig {
     /// Coordinator id.
-    pub id: String,
+    pub(crate) id: String,
     /// Address where it serves the API.
-    pub address: String,
+    pub(crate) address: String,
     /// Lease TTL.
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
 }
 
 /// Watches the current lease; `None` while there is none.
-pub type LeaseWatch = watch::Receiver<Option<Lease>>;
+pub(crate) type LeaseWatch = watch::Receiver<Option<Lease>>;
+
+/// The lease held now, or `NoLease`.
+pub(crate) fn current(lease: &LeaseWatch) -> crate::error::Result<Lease> {
+    lease.borrow().clone().ok_or(crate::error::Error::NoLease)
+}
 
 /// Starts the membership actor; it runs until `shutdown`, then revokes its lease (handover).
-pub fn spawn(
+pub(crate) fn spawn(
     store: Store,
     config: MembershipConfig,
     shutdown: CancellationToken,

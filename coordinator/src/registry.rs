@@ -19,7 +19,7 @@ const MAX_TTL: u32 = 3600;
 
 /// Renews agent registrations from heartbeats.
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     store: Store,
     /// Last lease and record written per agent, to skip writes that change nothing.
     known: Arc<Mutex<HashMap<String, Known>>>,
@@ -32,12 +32,16 @@ struct Known {
 
 impl Registry {
     /// A registry writing through `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Registry { store, known: Arc::default() }
     }
 
     /// Takes one heartbeat: renews (or creates) the agent's registration.
-    pub async fn heartbeat(&self, request: pb::HeartbeatRequest, coordinator: &str) -> Result<()> {
+    pub(crate) async fn heartbeat(
+        &self,
+        request: pb::HeartbeatRequest,
+        coordinator: &str,
+    ) -> Result<()> {
         let mut agent = validate(&request)?;
         agent.coordinator = coordinator.to_string();
         if request.leaving {
@@ -65,17 +69,17 @@ impl Registry {
     }
 
     /// Every registered agent, sorted by id.
-    pub async fn list(&self) -> Result<Vec<pb::Agent>> {
+    pub(crate) async fn list(&self) -> Result<Vec<pb::Agent>> {
         let records = self.store.list::<pb::AgentRecord>(&self.store.keys().agents()).await?;
         Ok(records.into_iter().filter_map(|(_, record)| record.agent).collect())
     }
 
     /// One registered agent.
-    pub async fn get(&self, id: &str) -> Result<pb::Agent> {
+    pub(crate) async fn get(&self, id: &str) -> Result<pb::Agent> {
         let record = self.store.get::<pb::AgentRecord>(&self.store.keys().agent(id)).await?;
         record
             .and_then(|r| r.value.agent)
-            .ok_or_else(|| Error::NotFound(format!("agent {id:?} is not registered")))
+            .ok_or_else(|| Error::AgentNotRegistered { agent: id.to_string() })
     }
 
     async fn leave(&self, id: &str) -> Result<()> {
@@ -100,18 +104,9 @@ impl Registry {
         }
     }
 
-    /// Renews a lease once; `None` when it has expired (etcd answers TTL 0 or "not found").
+    /// Renews a lease once; `None` when it has expired.
     async fn renew(&self, lease: i64) -> Result<Option<i64>> {
-        let renewal = async {
-            let (mut keeper, mut responses) = self.store.client().lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            responses.message().await
-        };
-        match renewal.await {
-            Ok(response) => Ok(response.is_some_and(|r| r.ttl() > 0).then_some(lease)),
-            Err(error) if error.to_string().contains("lease not found") => Ok(None),
-            Err(error) => Err(error.into()),
-        }
+        Ok(self.store.renew_lease(lease).await?.then_some(lease))
     }
 
     async fn grant(&self, id: &str, ttl: u32) -> Result<i64> {
@@ -122,23 +117,20 @@ impl Registry {
 }
 
 fn validate(request: &pb::HeartbeatRequest) -> Result<pb::Agent> {
-    let agent =
-        request.agent.clone().ok_or_else(|| Error::InvalidArgument("agent: required".into()))?;
+    let agent = request.agent.clone().ok_or_else(|| Error::invalid("agent", "required"))?;
     sluice_proto::job::validate_name("agent.id", &agent.id)?;
     let address_ok = agent.address.parse::<http::Uri>().is_ok_and(|uri| {
         matches!(uri.scheme_str(), Some("http" | "https")) && uri.port_u16().is_some()
     });
     if !address_ok {
-        return Err(Error::InvalidArgument(format!(
-            "agent.address: must be http://host:port (or https://), got {:?}",
-            agent.address
-        )));
+        let reason = format!("must be http://host:port (or https://), got {:?}", agent.address);
+        return Err(Error::invalid("agent.address", reason));
     }
     if agent.slots == 0 || agent.slots > MAX_SLOTS {
-        return Err(Error::InvalidArgument(format!("agent.slots: must be 1-{MAX_SLOTS}")));
+        return Err(Error::invalid("agent.slots", format!("must be 1-{MAX_SLOTS}")));
     }
     if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL {
-        return Err(Error::InvalidArgument(format!("ttl_seconds: must be 1-{MAX_TTL}")));
+        return Err(Error::invalid("ttl_seconds", format!("must be 1-{MAX_TTL}")));
     }
     Ok(agent)
 }

@@ -11,7 +11,8 @@
 //! restore point is never deleted while it is read, and never read once its deletion began.
 //! The use key is deleted when the call ends, also when the client cancels it.
 
-pub mod choose;
+pub(crate) mod choose;
+mod retention;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
@@ -27,13 +28,13 @@ use crate::{
     agent_client::AgentClients,
     agents::AgentDirectory,
     error::{Error, Result},
-    membership::LeaseWatch,
+    membership::{self, LeaseWatch},
     store::Store,
 };
 
-/// Serves verify and restore of restore points; cheap to clone.
+/// Serves verify and restore of restore points, and runs retention; cheap to clone.
 #[derive(Clone)]
-pub struct RestorePoints {
+pub(crate) struct RestorePoints {
     store: Store,
     directory: AgentDirectory,
     clients: AgentClients,
@@ -43,20 +44,20 @@ pub struct RestorePoints {
 
 /// A catalog entry with what is needed to read it.
 #[derive(Debug, Clone)]
-pub struct Located {
+pub(crate) struct Located {
     /// The catalog entry.
-    pub restore_point: pb::RestorePoint,
+    pub(crate) restore_point: pb::RestorePoint,
     /// Repository it was written to (from its session's copy of the job).
-    pub repository: String,
+    pub(crate) repository: String,
     /// The item's target in that job.
-    pub target: Option<Target>,
+    pub(crate) target: Option<Target>,
     /// Proxies of the job as it is now (empty when the job is gone or names none).
-    pub proxies: Vec<String>,
+    pub(crate) proxies: Vec<String>,
 }
 
 impl Located {
     /// Where the agent finds it.
-    pub fn location(&self) -> pb::RestorePointLocation {
+    pub(crate) fn location(&self) -> pb::RestorePointLocation {
         pb::RestorePointLocation {
             repository: self.repository.clone(),
             job: self.restore_point.job.clone(),
@@ -66,7 +67,7 @@ impl Located {
     }
 
     /// What kind of agent may read it.
-    pub fn need(&self) -> Need {
+    pub(crate) fn need(&self) -> Need {
         match &self.target {
             Some(Target::Computer(computer)) => Need::Computer(computer.computer.clone()),
             _ => Need::Proxy(self.proxies.clone()),
@@ -76,7 +77,7 @@ impl Located {
 
 impl RestorePoints {
     /// The service; in-use keys are bound to the lease `lease` holds.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         directory: AgentDirectory,
         clients: AgentClients,
@@ -87,7 +88,7 @@ impl RestorePoints {
     }
 
     /// Checks a restore point against its manifest on an agent.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         request: pb::VerifyRestorePointRequest,
     ) -> Result<pb::VerifyRestorePointResponse> {
@@ -109,18 +110,16 @@ impl RestorePoints {
     }
 
     /// Restores a restore point into a directory on an agent.
-    pub async fn restore(
+    pub(crate) async fn restore(
         &self,
         request: pb::RestoreRestorePointRequest,
     ) -> Result<pb::RestoreRestorePointResponse> {
         if request.target_dir.is_empty() {
-            return Err(Error::InvalidArgument("target_dir: must name a directory".into()));
+            return Err(Error::invalid("target_dir", "must name a directory"));
         }
         if !request.target_dir.starts_with('/') {
-            return Err(Error::InvalidArgument(format!(
-                "target_dir: must be an absolute path, got {:?}",
-                request.target_dir
-            )));
+            let reason = format!("must be an absolute path, got {:?}", request.target_dir);
+            return Err(Error::invalid("target_dir", reason));
         }
         let located = self.find(&request.job, &request.restore_point_id).await?;
         let agent = self.pick(&located, &request.agent, false)?;
@@ -144,15 +143,15 @@ impl RestorePoints {
     }
 
     /// Finds a restore point by id, in `job` or (when empty) in every job.
-    pub async fn find(&self, job: &str, id: &str) -> Result<Located> {
+    pub(crate) async fn find(&self, job: &str, id: &str) -> Result<Located> {
         validate_name("restore_point_id", id)?;
         if !job.is_empty() {
             validate_name("job", job)?;
         }
-        let (key, restore_point) = self.catalog_entry(job, id).await?.ok_or_else(|| {
-            let scope = if job.is_empty() { String::new() } else { format!(" in job {job:?}") };
-            Error::NotFound(format!("restore point {id:?} does not exist{scope}"))
-        })?;
+        let (key, restore_point) = self
+            .catalog_entry(job, id)
+            .await?
+            .ok_or_else(|| Error::RestorePointNotFound { id: id.into(), job: job.into() })?;
         locate(&self.store, restore_point).await.map_err(|error| {
             warn!(%key, %error, "restore point cannot be located");
             error
@@ -186,20 +185,18 @@ impl RestorePoints {
         if !requested.is_empty() {
             return match agents.get(requested) {
                 Some(agent) if agent.state() == pb::AgentState::Online => Ok(agent.clone()),
-                Some(_) => Err(Error::FailedPrecondition(format!("agent {requested} is draining"))),
-                None => Err(Error::FailedPrecondition(format!("agent {requested} is not online"))),
+                Some(_) => Err(Error::AgentDraining { agent: requested.into() }),
+                None => Err(Error::AgentOffline { agent: requested.into() }),
             };
         }
         choose_agent(&agents, &located.need(), any_as_fallback)
             .cloned()
-            .map_err(Error::FailedPrecondition)
+            .map_err(Error::NoSuitableAgent)
     }
 
     /// Records that `located` is read now; the returned guard removes the record on drop.
     async fn begin_use(&self, located: &Located, operation: &str, agent: &str) -> Result<InUse> {
-        let lease = self.lease.borrow().clone().ok_or_else(|| {
-            Error::Unavailable("coordinator holds no etcd lease right now; try again".into())
-        })?;
+        let lease = membership::current(&self.lease)?;
         let rp = &located.restore_point;
         let keys = self.store.keys();
         let use_id = format!("{}-{:016x}", self.coordinator, rand::random::<u64>());
@@ -223,10 +220,7 @@ impl RestorePoints {
                 Some(etcd_client::PutOptions::new().with_lease(lease.id)),
             )]);
         if self.store.txn(txn).await?.is_none() {
-            return Err(Error::NotFound(format!(
-                "restore point {:?} was deleted by retention (or is being deleted)",
-                rp.id
-            )));
+            return Err(Error::RestorePointDeleted { id: rp.id.clone() });
         }
         Ok(InUse { store: self.store.clone(), key })
     }
@@ -234,17 +228,17 @@ impl RestorePoints {
 
 /// Reads the session's copy of the job (the repository the restore point was written to,
 /// the item's target) and the job's current proxies.
-pub async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Located> {
+pub(crate) async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Located> {
     let keys = store.keys();
     let session = store.get::<pb::SessionRecord>(&keys.session(&restore_point.session_id)).await?;
     let current = store.get::<pb::Job>(&keys.job(&restore_point.job)).await?.map(|v| v.value);
     let written_by = session.and_then(|record| record.value.job).or_else(|| current.clone());
     let Some(job) = written_by else {
-        return Err(Error::FailedPrecondition(format!(
-            "restore point {:?}: neither its session {:?} nor its job {:?} exists any more, so \
-             its repository is unknown",
-            restore_point.id, restore_point.session_id, restore_point.job
-        )));
+        return Err(Error::RepositoryUnknown {
+            id: restore_point.id,
+            session: restore_point.session_id,
+            job: restore_point.job,
+        });
     };
     let target = job
         .items
@@ -260,7 +254,7 @@ pub async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Lo
 }
 
 /// A restore point marked in use; the mark is removed when this is dropped.
-pub struct InUse {
+pub(crate) struct InUse {
     store: Store,
     key: String,
 }

@@ -14,7 +14,7 @@ use crate::sessions::placement::SlotPool;
 
 /// Slot bookkeeping shared by every session actor.
 #[derive(Clone)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     state: Arc<Mutex<State>>,
     freed: watch::Sender<u64>,
 }
@@ -35,17 +35,17 @@ impl Default for Scheduler {
 
 impl Scheduler {
     /// Exclusive access for one dispatch round.
-    pub fn lock(&self) -> Slots<'_> {
+    pub(crate) fn lock(&self) -> Slots<'_> {
         Slots { state: self.state.lock().unwrap_or_else(|p| p.into_inner()) }
     }
 
     /// Changes whenever a slot is freed.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.freed.subscribe()
     }
 
     /// Gives back one slot `session` held on `agent`.
-    pub fn release(&self, session: &str, agent: &str) {
+    pub(crate) fn release(&self, session: &str, agent: &str) {
         let released = self.lock().state.take(session, agent, 1);
         if released > 0 {
             self.freed.send_modify(|n| *n += 1);
@@ -53,7 +53,7 @@ impl Scheduler {
     }
 
     /// Gives back every slot of a session that ended or was handed over.
-    pub fn release_session(&self, session: &str) {
+    pub(crate) fn release_session(&self, session: &str) {
         let mut slots = self.lock();
         let agents: Vec<String> =
             slots.state.held.keys().filter(|(s, _)| s == session).map(|(_, a)| a.clone()).collect();
@@ -66,7 +66,7 @@ impl Scheduler {
     }
 
     /// Records a slot a session already holds (a task found running when taking a session over).
-    pub fn claim(&self, session: &str, agent: &str) {
+    pub(crate) fn claim(&self, session: &str, agent: &str) {
         let mut slots = self.lock();
         let state = &mut *slots.state;
         *state.used.entry(agent.to_string()).or_default() += 1;
@@ -75,7 +75,8 @@ impl Scheduler {
     }
 
     /// Slots in use on an agent by this coordinator's sessions.
-    pub fn used(&self, agent: &str) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn used(&self, agent: &str) -> u32 {
         self.lock().state.used.get(agent).copied().unwrap_or(0)
     }
 }
@@ -107,7 +108,7 @@ fn decrement(map: &mut HashMap<String, u32>, key: &str, n: u32) {
 }
 
 /// The scheduler locked for one dispatch round.
-pub struct Slots<'a> {
+pub(crate) struct Slots<'a> {
     state: MutexGuard<'a, State>,
 }
 

@@ -10,23 +10,23 @@ use serde::Deserialize;
 pub struct Settings {
     /// etcd endpoints.
     #[serde(deserialize_with = "list")]
-    pub etcd: Vec<String>,
+    pub(crate) etcd: Vec<String>,
     /// Address to listen on.
     pub listen: String,
     /// Coordinator id.
-    pub id: String,
+    pub(crate) id: String,
     /// Lease TTL in seconds.
     #[serde(default = "default_lease_ttl")]
-    pub lease_ttl: u64,
+    pub(crate) lease_ttl: u64,
     /// Key prefix in etcd.
     #[serde(default = "default_prefix")]
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Address advertised to peers and agents (defaults to the bound address).
     #[serde(default)]
-    pub advertise: Option<String>,
+    pub(crate) advertise: Option<String>,
     /// Timeout of one etcd call, in milliseconds.
     #[serde(default = "default_etcd_timeout_ms")]
-    pub etcd_timeout_ms: u64,
+    pub(crate) etcd_timeout_ms: u64,
 }
 
 fn default_lease_ttl() -> u64 {
@@ -56,17 +56,17 @@ fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
 
 impl Settings {
     /// Lease TTL (at least one second).
-    pub fn lease_ttl(&self) -> Duration {
+    pub(crate) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl.max(1))
     }
 
     /// Timeout of one etcd call.
-    pub fn etcd_timeout(&self) -> Duration {
+    pub(crate) fn etcd_timeout(&self) -> Duration {
         Duration::from_millis(self.etcd_timeout_ms.max(100))
     }
 
     /// The URL peers and agents reach this coordinator at.
-    pub fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
+    pub(crate) fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
         match (&self.advertise, bound) {
             (Some(address), _) => address.clone(),
             (None, Some(bound)) => format!("http://{bound}"),

@@ -7,6 +7,7 @@ use etcd_client::{
     TxnOpResponse, WatchClient,
 };
 use prost::Message;
+use tonic::Code;
 
 use crate::{
     error::{Error, Result},
@@ -15,7 +16,7 @@ use crate::{
 
 /// A cheap-to-clone handle on etcd and the key layout.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     client: Client,
     kv: KvClient,
     watcher: WatchClient,
@@ -27,20 +28,22 @@ const MAX_ETCD_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A decoded value with the revisions that fence later writes.
 #[derive(Debug, Clone)]
-pub struct Versioned<M> {
+pub(crate) struct Versioned<M> {
     /// The value.
-    pub value: M,
+    pub(crate) value: M,
     /// Revision of the key's last change.
-    pub mod_revision: i64,
-    /// Revision at which the key was created.
-    pub create_revision: i64,
+    pub(crate) mod_revision: i64,
     /// Lease the key is bound to (0 = none).
-    pub lease: i64,
+    pub(crate) lease: i64,
 }
 
 impl Store {
     /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down.
-    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
+    pub(crate) async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
@@ -55,33 +58,39 @@ impl Store {
     }
 
     /// The key layout.
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
 
     /// A clone of the raw client, for leases.
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         self.client.clone()
     }
 
     /// The key-value client, with message limits that fit the largest jobs.
-    pub fn kv(&self) -> KvClient {
+    pub(crate) fn kv(&self) -> KvClient {
         self.kv.clone()
     }
 
     /// The watch client, with the same limits.
-    pub fn watcher(&self) -> WatchClient {
+    pub(crate) fn watcher(&self) -> WatchClient {
         self.watcher.clone()
     }
 
     /// Reads and decodes one key.
-    pub async fn get<M: Message + Default>(&self, key: &str) -> Result<Option<Versioned<M>>> {
+    pub(crate) async fn get<M: Message + Default>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<M>>> {
         let response = self.kv().get(key, None).await?;
         response.kvs().first().map(|kv| decode_kv(kv)).transpose()
     }
 
     /// Reads and decodes every key under a prefix, in key order.
-    pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Vec<(String, M)>> {
+    pub(crate) async fn list<M: Message + Default>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, M)>> {
         let options = GetOptions::new().with_prefix();
         let response = self.kv().get(prefix, Some(options)).await?;
         response
@@ -92,7 +101,7 @@ impl Store {
     }
 
     /// Reads the raw keys and values under a prefix.
-    pub async fn list_raw(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    pub(crate) async fn list_raw(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let options = GetOptions::new().with_prefix();
         let response = self.kv().get(prefix, Some(options)).await?;
         Ok(response
@@ -103,36 +112,62 @@ impl Store {
     }
 
     /// Writes a key unconditionally, optionally bound to a lease.
-    pub async fn put<M: Message>(&self, key: &str, value: &M, lease: Option<i64>) -> Result<()> {
+    pub(crate) async fn put<M: Message>(
+        &self,
+        key: &str,
+        value: &M,
+        lease: Option<i64>,
+    ) -> Result<()> {
         let options = lease.map(|id| PutOptions::new().with_lease(id));
         self.kv().put(key, value.encode_to_vec(), options).await?;
         Ok(())
     }
 
     /// Creates a key only if it is absent; `false` when it exists already.
-    pub async fn create<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
+    pub(crate) async fn create<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
         let txn =
             Txn::new().when([absent(key)]).and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
         Ok(self.kv().txn(txn).await?.succeeded())
     }
 
     /// Replaces a key only if it exists; `false` when it does not.
-    pub async fn replace<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
+    pub(crate) async fn replace<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Greater, 0)])
             .and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
         Ok(self.kv().txn(txn).await?.succeeded())
     }
 
+    /// Renews a lease once; `false` when it has expired.
+    pub(crate) async fn renew_lease(&self, lease: i64) -> Result<bool> {
+        let renewal = async {
+            let (mut keeper, mut responses) = match self.client().lease_keep_alive(lease).await {
+                // etcd answers an expired lease with TTL 0, which etcd-client turns into this
+                // variant (its only other use is a failed send on the channel it just made).
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(None),
+                opened => opened?,
+            };
+            keeper.keep_alive().await?;
+            responses.message().await
+        };
+        match renewal.await {
+            Ok(response) => Ok(response.is_some_and(|r| r.ttl() > 0)),
+            Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::NotFound => {
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Runs a transaction; `Ok(None)` when its guards did not hold, else the responses.
-    pub async fn txn(&self, txn: Txn) -> Result<Option<Vec<TxnOpResponse>>> {
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<Option<Vec<TxnOpResponse>>> {
         let response = self.kv().txn(txn).await?;
         Ok(response.succeeded().then(|| response.op_responses()))
     }
 }
 
 /// A guard that holds while `key` does not exist.
-pub fn absent(key: &str) -> Compare {
+pub(crate) fn absent(key: &str) -> Compare {
     Compare::create_revision(key, CompareOp::Equal, 0)
 }
 
@@ -141,15 +176,29 @@ fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Version
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         source,
     })?;
-    Ok(Versioned {
-        value,
-        mod_revision: kv.mod_revision(),
-        create_revision: kv.create_revision(),
-        lease: kv.lease(),
-    })
+    Ok(Versioned { value, mod_revision: kv.mod_revision(), lease: kv.lease() })
+}
+
+/// etcd's errors as the coordinator's: the one place that reads what etcd answered.
+impl From<etcd_client::Error> for Error {
+    fn from(error: etcd_client::Error) -> Self {
+        if is_too_large(&error) { Error::EtcdTooLarge(error) } else { Error::Etcd(error) }
+    }
+}
+
+fn is_too_large(error: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = error else { return false };
+    match status.code() {
+        // gRPC's message size limits, on either side.
+        Code::ResourceExhausted | Code::OutOfRange => true,
+        // etcd refuses a request over its --max-request-bytes with INVALID_ARGUMENT, the code
+        // it also gives malformed requests: only its text tells the two apart.
+        Code::InvalidArgument => status.message().contains("too large"),
+        _ => false,
+    }
 }
 
 /// Decodes a raw value read from `key`.
-pub fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
+pub(crate) fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|source| Error::Decode { key: key.to_string(), source })
 }

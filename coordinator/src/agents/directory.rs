@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{Event, EventType, GetOptions, WatchOptions};
 use sluice_proto::pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -16,41 +16,44 @@ use crate::{
 };
 
 /// Registered agents by id.
-pub type Agents = Arc<BTreeMap<String, pb::Agent>>;
+pub(crate) type Agents = Arc<BTreeMap<String, pb::Agent>>;
 
 /// A live view of the registered agents.
 #[derive(Clone)]
-pub struct AgentDirectory {
+pub(crate) struct AgentDirectory {
     agents: watch::Receiver<Option<Agents>>,
 }
 
 impl AgentDirectory {
     /// Starts the watch; it runs until `shutdown`.
-    pub fn spawn(store: Store, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+    pub(crate) fn spawn(
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sender, agents) = watch::channel(None);
         let task = tokio::spawn(follow(store, sender, shutdown));
         (AgentDirectory { agents }, task)
     }
 
     /// The agents now (empty until the first listing).
-    pub fn current(&self) -> Agents {
+    pub(crate) fn current(&self) -> Agents {
         self.agents.borrow().clone().unwrap_or_default()
     }
 
     /// A receiver that changes whenever the set or an agent's record changes; `None` until
     /// the agents were listed once.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Agents>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Agents>> {
         self.agents.clone()
     }
 
     /// Waits until the agents were listed once (false if the directory stopped first).
-    pub async fn loaded(&self) -> bool {
+    pub(crate) async fn loaded(&self) -> bool {
         self.agents.clone().wait_for(Option::is_some).await.is_ok()
     }
 }
 
 /// Placement's view of the agents: slots, computer and whether each takes new tasks.
-pub fn agent_map(agents: &BTreeMap<String, pb::Agent>) -> AgentMap {
+pub(crate) fn agent_map(agents: &BTreeMap<String, pb::Agent>) -> AgentMap {
     agents
         .iter()
         .map(|(id, agent)| {
@@ -84,15 +87,7 @@ async fn follow(store: Store, sender: watch::Sender<Option<Agents>>, shutdown: C
 
 async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -> Result<()> {
     let prefix = store.keys().agents();
-    let listed = store.kv().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
-    let revision = listed.header().map_or(0, |h| h.revision());
-    let mut agents = BTreeMap::new();
-    for kv in listed.kvs() {
-        let record: pb::AgentRecord = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
-        if let Some(agent) = record.agent {
-            agents.insert(agent.id.clone(), agent);
-        }
-    }
+    let (mut agents, revision) = list(store, &prefix).await?;
     sender.send_replace(Some(Arc::new(agents.clone())));
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
@@ -101,26 +96,46 @@ async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -
             return Ok(());
         }
         for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let id = key.trim_start_matches(prefix.as_str()).to_string();
-            match event.event_type() {
-                EventType::Put => {
-                    let record: pb::AgentRecord = decode(&key, kv.value())?;
-                    if let Some(agent) = record.agent {
-                        if !agents.contains_key(&id) {
-                            info!(agent = %id, address = %agent.address, "agent joined");
-                        }
-                        agents.insert(id, agent);
-                    }
-                }
-                EventType::Delete => {
-                    info!(agent = %id, "agent left or expired");
-                    agents.remove(&id);
-                }
-            }
+            apply(&mut agents, &prefix, event)?;
         }
         sender.send_replace(Some(Arc::new(agents.clone())));
+    }
+    Ok(())
+}
+
+/// The registered agents, and the revision they were read at.
+async fn list(store: &Store, prefix: &str) -> Result<(BTreeMap<String, pb::Agent>, i64)> {
+    let listed = store.kv().get(prefix, Some(GetOptions::new().with_prefix())).await?;
+    let revision = listed.header().map_or(0, |h| h.revision());
+    let mut agents = BTreeMap::new();
+    for kv in listed.kvs() {
+        let record: pb::AgentRecord = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+        if let Some(agent) = record.agent {
+            agents.insert(agent.id.clone(), agent);
+        }
+    }
+    Ok((agents, revision))
+}
+
+/// Applies one change of an agent's key.
+fn apply(agents: &mut BTreeMap<String, pb::Agent>, prefix: &str, event: &Event) -> Result<()> {
+    let Some(kv) = event.kv() else { return Ok(()) };
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    let id = key.trim_start_matches(prefix).to_string();
+    match event.event_type() {
+        EventType::Put => {
+            let record: pb::AgentRecord = decode(&key, kv.value())?;
+            if let Some(agent) = record.agent {
+                if !agents.contains_key(&id) {
+                    info!(agent = %id, address = %agent.address, "agent joined");
+                }
+                agents.insert(id, agent);
+            }
+        }
+        EventType::Delete => {
+            info!(agent = %id, "agent left or expired");
+            agents.remove(&id);
+        }
     }
     Ok(())
 }

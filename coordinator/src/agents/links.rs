@@ -8,21 +8,40 @@ use sluice_proto::pb;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::AgentDirectory;
+use super::{AgentDirectory, directory::Agents};
 use crate::{agent_client::AgentClients, sessions::Router};
 
 /// Keeps a link to every registered agent until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     directory: AgentDirectory,
     clients: AgentClients,
     router: Router,
     shutdown: CancellationToken,
 ) {
     let mut agents = directory.subscribe();
-    let mut links: HashMap<String, (String, CancellationToken)> = HashMap::new();
+    let mut links = Links { open: HashMap::new(), clients, router, shutdown };
     loop {
         let current = agents.borrow_and_update().clone().unwrap_or_default();
-        links.retain(|id, (address, token)| {
+        links.follow(&current);
+        tokio::select! {
+            _ = links.shutdown.cancelled() => return,
+            changed = agents.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The open links, by agent id: the address each follows and the token that ends it.
+struct Links {
+    open: HashMap<String, (String, CancellationToken)>,
+    clients: AgentClients,
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+impl Links {
+    /// Ends the links of agents gone (or moved), and opens one to each new agent.
+    fn follow(&mut self, current: &Agents) {
+        self.open.retain(|id, (address, token)| {
             let keep = current.get(id).is_some_and(|a| &a.address == address);
             if !keep {
                 token.cancel();
@@ -30,21 +49,17 @@ pub async fn run(
             keep
         });
         for (id, agent) in current.iter() {
-            if links.contains_key(id) {
+            if self.open.contains_key(id) {
                 continue;
             }
-            let token = shutdown.child_token();
+            let token = self.shutdown.child_token();
             let link = Link {
                 agent: id.clone(),
                 address: agent.address.clone(),
-                clients: clients.clone(),
+                clients: self.clients.clone(),
             };
-            tokio::spawn(link.run(router.clone(), token.clone()));
-            links.insert(id.clone(), (agent.address.clone(), token));
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = agents.changed() => if changed.is_err() { return },
+            tokio::spawn(link.run(self.router.clone(), token.clone()));
+            self.open.insert(id.clone(), (agent.address.clone(), token));
         }
     }
 }

@@ -1,12 +1,14 @@
 //! `ClusterService`: agents and coordinators.
 
 use sluice_proto::pb::{self, cluster_service_server::ClusterService};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
+
+use super::Reply;
 
 use crate::{agent_client::AgentClients, cluster::Cluster, error::Error, registry::Registry};
 
 /// Serves `sluice.v1.ClusterService`.
-pub struct ClusterApi {
+pub(crate) struct ClusterApi {
     registry: Registry,
     cluster: Cluster,
     agents: AgentClients,
@@ -14,7 +16,7 @@ pub struct ClusterApi {
 
 impl ClusterApi {
     /// Serves the cluster view.
-    pub fn new(registry: Registry, cluster: Cluster, agents: AgentClients) -> Self {
+    pub(crate) fn new(registry: Registry, cluster: Cluster, agents: AgentClients) -> Self {
         ClusterApi { registry, cluster, agents }
     }
 }
@@ -26,8 +28,8 @@ const DEFAULT_DRAIN_SECONDS: u32 = 600;
 impl ClusterService for ClusterApi {
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
-    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        _: Request<pb::ListAgentsRequest>,
+    ) -> Reply<pb::ListAgentsResponse> {
         let agents = self.registry.list().await?;
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
@@ -35,10 +37,10 @@ impl ClusterService for ClusterApi {
     async fn drain_agent(
         &self,
         request: Request<pb::DrainAgentRequest>,
-    ) -> Result<Response<pb::DrainAgentResponse>, Status> {
+    ) -> Reply<pb::DrainAgentResponse> {
         let request = request.into_inner();
         if request.agent.is_empty() {
-            return Err(Error::InvalidArgument("agent: required".into()).into());
+            return Err(Error::invalid("agent", "required").into());
         }
         let mut agent = self.registry.get(&request.agent).await?;
         let deadline_seconds = match request.deadline_seconds {
@@ -57,8 +59,8 @@ impl ClusterService for ClusterApi {
 
     async fn list_coordinators(
         &self,
-        _request: Request<pb::ListCoordinatorsRequest>,
-    ) -> Result<Response<pb::ListCoordinatorsResponse>, Status> {
+        _: Request<pb::ListCoordinatorsRequest>,
+    ) -> Reply<pb::ListCoordinatorsResponse> {
         let coordinators = self.cluster.coordinators().await?;
         Ok(Response::new(pb::ListCoordinatorsResponse { coordinators }))
     }

@@ -6,6 +6,8 @@ use futures::Stream;
 use sluice_proto::pb::{self, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
+use super::Reply;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -15,7 +17,7 @@ use crate::{
 };
 
 /// Serves `sluice.v1.JobService`.
-pub struct JobApi {
+pub(crate) struct JobApi {
     jobs: Jobs,
     sessions: Sessions,
     restore_points: RestorePoints,
@@ -24,7 +26,7 @@ pub struct JobApi {
 
 impl JobApi {
     /// Serves jobs, sessions and restore points; streams end at `shutdown`.
-    pub fn new(
+    pub(crate) fn new(
         jobs: Jobs,
         sessions: Sessions,
         restore_points: RestorePoints,
@@ -38,61 +40,40 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>>
 
 #[tonic::async_trait]
 impl JobService for JobApi {
-    async fn create_job(
-        &self,
-        request: Request<pb::CreateJobRequest>,
-    ) -> Result<Response<pb::Job>, Status> {
+    async fn create_job(&self, request: Request<pb::CreateJobRequest>) -> Reply<pb::Job> {
         Ok(Response::new(self.jobs.create(request.into_inner().job).await?))
     }
 
-    async fn get_job(
-        &self,
-        request: Request<pb::GetJobRequest>,
-    ) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Reply<pb::Job> {
         Ok(Response::new(self.jobs.get(&request.into_inner().name).await?))
     }
 
-    async fn list_jobs(
-        &self,
-        _request: Request<pb::ListJobsRequest>,
-    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Reply<pb::ListJobsResponse> {
         Ok(Response::new(pb::ListJobsResponse { jobs: self.jobs.list().await? }))
     }
 
-    async fn update_job(
-        &self,
-        request: Request<pb::UpdateJobRequest>,
-    ) -> Result<Response<pb::Job>, Status> {
+    async fn update_job(&self, request: Request<pb::UpdateJobRequest>) -> Reply<pb::Job> {
         Ok(Response::new(self.jobs.update(request.into_inner().job).await?))
     }
 
     async fn delete_job(
         &self,
         request: Request<pb::DeleteJobRequest>,
-    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+    ) -> Reply<pb::DeleteJobResponse> {
         self.jobs.delete(&request.into_inner().name).await?;
         Ok(Response::new(pb::DeleteJobResponse {}))
     }
 
-    async fn start_job(
-        &self,
-        request: Request<pb::StartJobRequest>,
-    ) -> Result<Response<pb::Session>, Status> {
+    async fn start_job(&self, request: Request<pb::StartJobRequest>) -> Reply<pb::Session> {
         Ok(Response::new(self.sessions.start(&request.into_inner().job).await?))
     }
 
-    async fn stop_job(
-        &self,
-        request: Request<pb::StopJobRequest>,
-    ) -> Result<Response<pb::Session>, Status> {
+    async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Reply<pb::Session> {
         let peer = peer_of(&request);
         Ok(Response::new(self.sessions.stop(request.into_inner(), peer).await?))
     }
 
-    async fn stop_all(
-        &self,
-        request: Request<pb::StopAllRequest>,
-    ) -> Result<Response<pb::StopAllResponse>, Status> {
+    async fn stop_all(&self, request: Request<pb::StopAllRequest>) -> Reply<pb::StopAllResponse> {
         let peer = peer_of(&request);
         let request = request.into_inner();
         let requested_by =
@@ -101,24 +82,18 @@ impl JobService for JobApi {
         Ok(Response::new(pb::StopAllResponse { sessions }))
     }
 
-    async fn retry_session(
-        &self,
-        request: Request<pb::RetrySessionRequest>,
-    ) -> Result<Response<pb::Session>, Status> {
+    async fn retry_session(&self, request: Request<pb::RetrySessionRequest>) -> Reply<pb::Session> {
         Ok(Response::new(self.sessions.retry(&request.into_inner().session_id).await?))
     }
 
-    async fn get_session(
-        &self,
-        request: Request<pb::GetSessionRequest>,
-    ) -> Result<Response<pb::Session>, Status> {
+    async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
         Ok(Response::new(self.sessions.get(&request.into_inner().session_id).await?))
     }
 
     async fn list_sessions(
         &self,
         request: Request<pb::ListSessionsRequest>,
-    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+    ) -> Reply<pb::ListSessionsResponse> {
         let sessions = self.sessions.list(&request.into_inner().job).await?;
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
@@ -128,7 +103,7 @@ impl JobService for JobApi {
     async fn watch_session(
         &self,
         request: Request<pb::WatchSessionRequest>,
-    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+    ) -> Reply<Self::WatchSessionStream> {
         let id = request.into_inner().session_id;
         sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
         let stream = watch_session(self.sessions.store().clone(), id, self.shutdown.clone());
@@ -138,7 +113,7 @@ impl JobService for JobApi {
     async fn list_restore_points(
         &self,
         request: Request<pb::ListRestorePointsRequest>,
-    ) -> Result<Response<pb::ListRestorePointsResponse>, Status> {
+    ) -> Reply<pb::ListRestorePointsResponse> {
         let restore_points = self.sessions.restore_points(&request.into_inner().job).await?;
         Ok(Response::new(pb::ListRestorePointsResponse { restore_points }))
     }
@@ -146,14 +121,14 @@ impl JobService for JobApi {
     async fn verify_restore_point(
         &self,
         request: Request<pb::VerifyRestorePointRequest>,
-    ) -> Result<Response<pb::VerifyRestorePointResponse>, Status> {
+    ) -> Reply<pb::VerifyRestorePointResponse> {
         Ok(Response::new(self.restore_points.verify(request.into_inner()).await?))
     }
 
     async fn restore_restore_point(
         &self,
         request: Request<pb::RestoreRestorePointRequest>,
-    ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
+    ) -> Reply<pb::RestoreRestorePointResponse> {
         Ok(Response::new(self.restore_points.restore(request.into_inner()).await?))
     }
 }

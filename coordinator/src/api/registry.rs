@@ -1,19 +1,21 @@
 //! `AgentRegistry`: heartbeats from agents.
 
 use sluice_proto::pb::{self, agent_registry_server::AgentRegistry};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
+
+use super::Reply;
 
 use crate::registry::Registry;
 
 /// Serves `sluice.v1.AgentRegistry`.
-pub struct RegistryApi {
+pub(crate) struct RegistryApi {
     registry: Registry,
     coordinator: String,
 }
 
 impl RegistryApi {
     /// Serves heartbeats into `registry` on behalf of coordinator `coordinator`.
-    pub fn new(registry: Registry, coordinator: String) -> Self {
+    pub(crate) fn new(registry: Registry, coordinator: String) -> Self {
         RegistryApi { registry, coordinator }
     }
 }
@@ -23,7 +25,7 @@ impl AgentRegistry for RegistryApi {
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    ) -> Reply<pb::HeartbeatResponse> {
         let request = request.into_inner();
         let interval_seconds = (request.ttl_seconds / 3).max(1);
         self.registry.heartbeat(request, &self.coordinator).await?;

@@ -6,7 +6,7 @@ use sluice_proto::pb;
 
 /// What kind of agent reaches a restore point.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Need {
+pub(crate) enum Need {
     /// A computer restore point: that computer's agent.
     Computer(String),
     /// A VM restore point: a proxy (not a computer agent), one of these if any are named.
@@ -16,7 +16,7 @@ pub enum Need {
 /// The online agent that fits `need`, the least busy first (ties by id). With
 /// `any_as_fallback`, a computer restore point whose computer is offline goes to any online
 /// agent (for reading the repository, not for writing onto the computer).
-pub fn choose_agent<'a>(
+pub(crate) fn choose_agent<'a>(
     agents: &'a BTreeMap<String, pb::Agent>,
     need: &Need,
     any_as_fallback: bool,

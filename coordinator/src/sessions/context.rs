@@ -8,15 +8,15 @@ use crate::{
 
 /// Shared handles for session actors (all cheap to clone).
 #[derive(Clone)]
-pub struct SessionContext {
+pub(crate) struct SessionContext {
     /// etcd.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Registered agents.
-    pub directory: AgentDirectory,
+    pub(crate) directory: AgentDirectory,
     /// Task slots.
-    pub scheduler: Scheduler,
+    pub(crate) scheduler: Scheduler,
     /// Agent clients.
-    pub clients: AgentClients,
+    pub(crate) clients: AgentClients,
     /// Cancelled when the coordinator shuts down (a handover, not a loss).
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }

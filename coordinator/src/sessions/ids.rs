@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sluice_proto::time::civil_from_days;
 
 /// A new session id from the current time and a random suffix.
-pub fn new_session_id() -> String {
+pub(crate) fn new_session_id() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));

@@ -1,43 +1,94 @@
-//! The rules of one job session (SPEC.md "Sessions" and "Stopping a session") as a pure state
-//! machine: events in, effects out, no I/O and no clock (time is passed in as milliseconds).
+//! The rules of one job session as a pure state machine: events in, effects out, no I/O and
+//! no clock (time is passed in as milliseconds).
 //!
 //! The session actor feeds it events, persists what it marks dirty, and carries out its
-//! effects. Unit and property tests drive it directly.
+//! effects; it asks the machine, never the items, what a message means for the session. Unit
+//! and property tests drive it directly. Its types are domain types; `records.rs` converts
+//! them to and from the wire.
+//!
+//! `dispatch.rs` places pending items, `tasks.rs` takes what agents report, and `stop.rs`
+//! stops and ends the session.
 
-use std::collections::{BTreeSet, HashMap};
+mod dispatch;
+mod item;
+mod stop;
+mod tasks;
+#[cfg(test)]
+mod tests;
 
-use sluice_proto::pb::{
-    self, CancelReason, ItemState, SessionResult, SessionState, StopMode, TaskPhase,
+use std::collections::BTreeSet;
+
+pub(crate) use self::{
+    item::{CancelReason, Item, ItemState, ItemStatus, Outcome, TaskPhase},
+    stop::{Stop, StopMode},
 };
 
-use super::placement::{AgentMap, Placement, SlotPool, place};
-
-/// Message of a graceful stop that came before any item started (from the product documents).
-pub const CANCELED_BY_USER: &str = "Operation was canceled by user";
+/// Message of a graceful stop that came before any item started (users know this text).
+pub(crate) const CANCELED_BY_USER: &str = "Operation was canceled by user";
 
 /// How long an item whose agent refused it for now (busy, unreachable) waits before the next try.
-pub const REFUSED_BACKOFF_MS: i64 = 500;
+pub(crate) const REFUSED_BACKOFF_MS: i64 = 500;
 
 /// How many waiting items get their `waiting_reason` stored: enough for people to see why
 /// the queue stands still, without writing every item of a 100,000-item job.
-pub const SHOWN_WAITING_ITEMS: usize = 100;
+pub(crate) const SHOWN_WAITING_ITEMS: usize = 100;
 
-/// A stop in force.
+/// Life cycle of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum SessionState {
+    /// Created, nothing dispatched yet.
+    #[default]
+    Starting,
+    /// Items are dispatched and processed.
+    Working,
+    /// A stop was requested; running tasks drain.
+    Stopping,
+    /// Ended.
+    Stopped,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionResult {
+    /// Every item succeeded.
+    Success,
+    /// Some item has a warning and none failed, or a graceful stop of successful items.
+    Warning,
+    /// Some item failed, or the session was stopped immediately.
+    Failed,
+}
+
+/// The session's own state, besides its items.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct SessionStatus {
+    /// Life-cycle state.
+    pub(crate) state: SessionState,
+    /// Result once stopped.
+    pub(crate) result: Option<SessionResult>,
+    /// Whether a user stopped it.
+    pub(crate) canceled: bool,
+    /// Summary text.
+    pub(crate) message: String,
+    /// The stop in force.
+    pub(crate) stop: Option<Stop>,
+    /// When it ended, ms.
+    pub(crate) ended_at_ms: Option<i64>,
+}
+
+/// One attempt of one item, sent (or to be sent) to one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stop {
-    /// Immediate or graceful.
-    pub mode: StopMode,
-    /// Graceful only: when what still runs is stopped immediately.
-    pub deadline_ms: Option<i64>,
-    /// Who asked.
-    pub requested_by: String,
-    /// When, in milliseconds since the epoch.
-    pub requested_at_ms: i64,
+pub(crate) struct Dispatch {
+    /// Job index of the item.
+    pub(crate) index: u32,
+    /// Attempt number.
+    pub(crate) attempt: u32,
+    /// Agent chosen.
+    pub(crate) agent: String,
 }
 
 /// What happened to a session.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Time passed: retry waits, graceful deadlines and offline limits are checked.
     Tick,
     /// The agent did not take a task.
@@ -71,7 +122,7 @@ pub enum Event {
         /// Attempt.
         attempt: u32,
         /// How it ended.
-        outcome: pb::TaskOutcome,
+        outcome: Outcome,
         /// Agent that reported it (it holds the outcome until acknowledged).
         agent: String,
     },
@@ -86,16 +137,9 @@ pub enum Event {
 
 /// What the session actor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Start an attempt on an agent, once the dispatch has been persisted.
-    Run {
-        /// Job index of the item.
-        index: u32,
-        /// Attempt number.
-        attempt: u32,
-        /// Agent chosen.
-        agent: String,
-    },
+    Run(Dispatch),
     /// Cancel running tasks on an agent.
     Cancel {
         /// Agent id.
@@ -121,71 +165,27 @@ pub enum Effect {
     },
 }
 
-/// One item of the session.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Item {
-    /// Index of the item in the job.
-    pub index: u32,
-    /// Status as shown to users and stored in etcd.
-    pub status: pb::ItemStatus,
-    /// The computer an agent-backup item needs, if any.
-    pub computer: Option<String>,
-    /// Attempts that failed.
-    pub failed_attempts: u32,
-    /// Earliest next attempt (retry wait), ms since the epoch.
-    pub not_before_ms: i64,
-    /// Since when it waits for its computer, ms since the epoch.
-    pub offline_since_ms: Option<i64>,
-    /// The committed restore point.
-    pub restore_point: Option<Box<pb::RestorePoint>>,
-    /// A cancel was sent for the running attempt.
-    pub cancel_sent: bool,
-}
-
-impl Item {
-    fn state(&self) -> ItemState {
-        self.status.state()
-    }
-
-    fn is_terminal(&self) -> bool {
-        !matches!(self.state(), ItemState::Pending | ItemState::Processing)
-    }
-}
-
 /// Retry rules of the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
+pub(crate) struct Retry {
     /// Attempts per item (at least 1).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Wait between attempts, ms.
-    pub wait_ms: i64,
+    pub(crate) wait_ms: i64,
     /// Longest wait for an offline computer, ms.
-    pub offline_wait_ms: i64,
+    pub(crate) offline_wait_ms: i64,
 }
 
 /// The state of one session.
 #[derive(Debug, Clone)]
-pub struct Machine {
-    /// Session id.
-    pub id: String,
-    /// Life-cycle state.
-    pub state: SessionState,
-    /// Result once stopped.
-    pub result: SessionResult,
-    /// Whether a user stopped it.
-    pub canceled: bool,
-    /// Summary text.
-    pub message: String,
-    /// The stop in force.
-    pub stop: Option<Stop>,
-    /// When it ended, ms.
-    pub ended_at_ms: Option<i64>,
+pub(crate) struct Machine {
+    id: String,
+    status: SessionStatus,
     /// Items in job order.
-    pub items: Vec<Item>,
+    items: Vec<Item>,
     /// Agent ids allowed for VM items (empty = any).
-    pub proxies: Vec<String>,
-    /// Retry rules.
-    pub retry: Retry,
+    proxies: Vec<String>,
+    retry: Retry,
     dirty_items: BTreeSet<usize>,
     /// Changes worth persisting, but not at once (progress, waiting reasons).
     dirty_lazy: BTreeSet<usize>,
@@ -198,16 +198,17 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// A session over `items` (already in job order) that has dispatched nothing yet.
-    pub fn new(id: String, items: Vec<Item>, proxies: Vec<String>, retry: Retry) -> Self {
+    /// A session over `items` (already in job order) in the state `status`.
+    pub(crate) fn new(
+        id: String,
+        items: Vec<Item>,
+        proxies: Vec<String>,
+        retry: Retry,
+        status: SessionStatus,
+    ) -> Self {
         Machine {
             id,
-            state: SessionState::Starting,
-            result: SessionResult::None,
-            canceled: false,
-            message: String::new(),
-            stop: None,
-            ended_at_ms: None,
+            status,
             items,
             proxies,
             retry,
@@ -219,24 +220,44 @@ impl Machine {
         }
     }
 
+    /// Session id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The session's own state.
+    pub(crate) fn status(&self) -> &SessionStatus {
+        &self.status
+    }
+
+    /// The item at a position (as returned by `take_dirty`).
+    pub(crate) fn item(&self, pos: usize) -> &Item {
+        &self.items[pos]
+    }
+
     /// Whether the session has ended.
-    pub fn is_stopped(&self) -> bool {
-        self.state == SessionState::Stopped
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.status.state == SessionState::Stopped
+    }
+
+    /// Whether a dispatch round could start anything: not once a stop is in force.
+    pub(crate) fn may_dispatch(&self) -> bool {
+        !self.is_stopped() && self.status.stop.is_none()
     }
 
     /// Whether a change waits to be persisted at once.
-    pub fn has_urgent_changes(&self) -> bool {
+    pub(crate) fn has_urgent_changes(&self) -> bool {
         self.dirty_session || !self.dirty_items.is_empty()
     }
 
     /// Whether progress or waiting reasons wait to be persisted.
-    pub fn has_lazy_changes(&self) -> bool {
+    pub(crate) fn has_lazy_changes(&self) -> bool {
         !self.dirty_lazy.is_empty()
     }
 
     /// Positions of items changed since the last call (with the lazy ones if asked), and
     /// whether the session record changed.
-    pub fn take_dirty(&mut self, with_lazy: bool) -> (Vec<usize>, bool) {
+    pub(crate) fn take_dirty(&mut self, with_lazy: bool) -> (Vec<usize>, bool) {
         let mut items = std::mem::take(&mut self.dirty_items);
         if with_lazy {
             items.append(&mut self.dirty_lazy);
@@ -247,43 +268,72 @@ impl Machine {
     }
 
     /// Marks everything dirty again (after a failed write).
-    pub fn mark_dirty(&mut self, items: &[usize], session: bool) {
+    pub(crate) fn mark_dirty(&mut self, items: &[usize], session: bool) {
         self.dirty_items.extend(items.iter().copied());
         self.dirty_lazy.retain(|pos| !items.contains(pos));
         self.dirty_session |= session;
     }
 
-    /// Position of the item with job index `index`.
-    pub fn position(&self, index: u32) -> Option<usize> {
-        self.items.binary_search_by_key(&index, |item| item.index).ok()
+    /// Whether the session holds an item with job index `index`.
+    pub(crate) fn holds(&self, index: u32) -> bool {
+        self.position(index).is_some()
+    }
+
+    /// Whether `dispatch` is the running attempt of its item, on that agent.
+    pub(crate) fn is_current(&self, dispatch: &Dispatch) -> bool {
+        self.running_position(dispatch.index, dispatch.attempt)
+            .is_some_and(|pos| self.items[pos].status.agent == dispatch.agent)
+    }
+
+    /// The attempt of a running item whose cancel was sent: its outcome is awaited.
+    pub(crate) fn cancel_awaited(&self, index: u32) -> Option<u32> {
+        let item = &self.items[self.position(index)?];
+        (item.is_running() && item.cancel_sent).then_some(item.status.attempt)
+    }
+
+    /// Whether a cancel was sent for this attempt while it runs.
+    pub(crate) fn cancel_requested(&self, index: u32, attempt: u32) -> bool {
+        self.cancel_awaited(index) == Some(attempt)
+    }
+
+    /// Every running attempt (after a takeover: the tasks to re-attach to).
+    pub(crate) fn running(&self) -> Vec<Dispatch> {
+        let running = self.items.iter().filter(|i| i.is_running());
+        running
+            .map(|i| Dispatch {
+                index: i.index,
+                attempt: i.status.attempt,
+                agent: i.status.agent.clone(),
+            })
+            .collect()
+    }
+
+    /// Agents running tasks of this session that `registered` no longer knows.
+    pub(crate) fn lost_agents(&self, registered: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        let running = self.items.iter().filter(|i| i.is_running());
+        running.map(|i| &i.status.agent).filter(|a| !registered(a)).cloned().collect()
     }
 
     /// The earliest time after `now_ms` at which a `Tick` could change something, ms. A time
     /// already past is not a reason to wake: a retry that is due but has no slot waits for a
     /// freed slot, and a graceful deadline that already cancelled waits for the outcomes.
-    pub fn next_wakeup_ms(&self, now_ms: i64) -> Option<i64> {
-        let uncancelled =
-            self.items.iter().any(|i| i.state() == ItemState::Processing && !i.cancel_sent);
+    pub(crate) fn next_wakeup_ms(&self, now_ms: i64) -> Option<i64> {
+        let uncancelled = self.items.iter().any(|i| i.is_running() && !i.cancel_sent);
         let stop_deadline = self
+            .status
             .stop
             .as_ref()
             .and_then(|s| s.deadline_ms)
             .filter(|_| !self.is_stopped() && uncancelled);
-        let retries = self
-            .items
-            .iter()
-            .filter(|i| i.state() == ItemState::Pending && i.not_before_ms > now_ms)
-            .map(|i| i.not_before_ms);
-        let offline = self
-            .items
-            .iter()
-            .filter(|i| i.state() == ItemState::Pending)
+        let pending = self.items.iter().filter(|i| i.state() == ItemState::Pending);
+        let retries = pending.clone().map(|i| i.not_before_ms).filter(|&at| at > now_ms);
+        let offline = pending
             .filter_map(|i| i.offline_since_ms.map(|since| since + self.retry.offline_wait_ms));
         stop_deadline.into_iter().chain(retries).chain(offline).min()
     }
 
     /// Applies one event at time `now_ms`.
-    pub fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
+    pub(crate) fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
         if self.is_stopped() {
             return Vec::new();
         }
@@ -306,100 +356,12 @@ impl Machine {
         effects
     }
 
-    /// Hands free slots to pending items in job order; later items may pass earlier ones
-    /// whose resources are busy.
-    pub fn dispatch(
-        &mut self,
-        now_ms: i64,
-        agents: &AgentMap,
-        pool: &mut dyn SlotPool,
-    ) -> Vec<Effect> {
-        if self.is_stopped() || self.stop.is_some() {
-            return Vec::new();
-        }
-        let mut effects = Vec::new();
-        let mut shown = 0;
-        let has_computer_items = *self
-            .has_computer_items
-            .get_or_insert_with(|| self.items.iter().any(|i| i.computer.is_some()));
-        // Items with the same placement (VM items, or one computer) wait for the same reason:
-        // once one of them cannot be placed, the others of this round skip the search.
-        let mut blocked: HashMap<Option<String>, (String, bool)> = HashMap::new();
-        let mut settled_so_far = true;
-        for pos in self.first_pending..self.items.len() {
-            let item = &self.items[pos];
-            let pending = item.state() == ItemState::Pending;
-            settled_so_far &= !pending;
-            if settled_so_far {
-                self.first_pending = pos + 1;
-            }
-            if !pending || item.not_before_ms > now_ms {
-                continue;
-            }
-            let placement = match blocked.get(&item.computer) {
-                Some((reason, offline)) => {
-                    Placement::Wait { reason: reason.clone(), offline: *offline }
-                }
-                None => place(&self.id, item.computer.as_deref(), &self.proxies, agents, pool),
-            };
-            match placement {
-                Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut effects),
-                Placement::Wait { reason, offline } => {
-                    shown += 1;
-                    blocked.insert(item.computer.clone(), (reason.clone(), offline));
-                    self.wait(now_ms, pos, reason, offline, shown <= SHOWN_WAITING_ITEMS);
-                    if !has_computer_items && shown >= SHOWN_WAITING_ITEMS {
-                        break; // every later item would wait for the same slots
-                    }
-                }
-            }
-        }
-        effects
-    }
-
-    fn start_attempt(&mut self, now_ms: i64, pos: usize, agent: String, effects: &mut Vec<Effect>) {
-        let item = &mut self.items[pos];
-        item.status.attempt += 1;
-        item.status.state = ItemState::Processing as i32;
-        item.status.phase = TaskPhase::Unspecified as i32;
-        item.status.agent = agent.clone();
-        item.status.waiting_reason.clear();
-        item.status.message.clear();
-        item.status.bytes_done = 0;
-        item.status.bytes_total = 0;
-        item.status.started_at = Some(timestamp(now_ms));
-        item.offline_since_ms = None;
-        item.cancel_sent = false;
-        effects.push(Effect::Run { index: item.index, attempt: item.status.attempt, agent });
-        self.dirty_items.insert(pos);
-        if self.state == SessionState::Starting {
-            self.state = SessionState::Working;
-            self.dirty_session = true;
-        }
-    }
-
-    fn wait(&mut self, now_ms: i64, pos: usize, reason: String, offline: bool, shown: bool) {
-        let item = &mut self.items[pos];
-        if offline && item.offline_since_ms.is_none() {
-            item.offline_since_ms = Some(now_ms);
-        }
-        if !offline {
-            item.offline_since_ms = None;
-        }
-        if shown && item.status.waiting_reason != reason {
-            item.status.waiting_reason = reason;
-            self.dirty_lazy.insert(pos);
-        }
-    }
-
+    /// Graceful deadlines and offline limits.
     fn on_tick(&mut self, now_ms: i64, effects: &mut Vec<Effect>) {
-        let deadline_passed = self.stop.as_ref().is_some_and(|s| {
-            s.mode == StopMode::Graceful && s.deadline_ms.is_some_and(|d| now_ms >= d)
-        });
-        if deadline_passed {
+        if self.graceful_deadline_passed(now_ms) {
             self.cancel_running(effects, CancelReason::User);
         }
-        if self.stop.is_some() {
+        if self.status.stop.is_some() {
             return;
         }
         let limit = self.retry.offline_wait_ms;
@@ -415,287 +377,13 @@ impl Machine {
         }
     }
 
-    fn on_refused(
-        &mut self,
-        now_ms: i64,
-        index: u32,
-        attempt: u32,
-        transient: bool,
-        message: String,
-        effects: &mut Vec<Effect>,
-    ) {
-        let Some(pos) = self.running_position(index, attempt) else {
-            return;
-        };
-        effects.push(Effect::Release { agent: self.items[pos].status.agent.clone() });
-        if transient {
-            let item = &mut self.items[pos];
-            item.status.attempt -= 1;
-            item.status.state = ItemState::Pending as i32;
-            item.status.agent.clear();
-            item.status.waiting_reason = message;
-            item.not_before_ms = now_ms + REFUSED_BACKOFF_MS;
-            self.dirty_items.insert(pos);
-            self.first_pending = self.first_pending.min(pos);
-            self.after_pending(now_ms, pos);
-        } else {
-            self.fail_attempt(now_ms, pos, message);
-        }
-    }
-
-    fn on_progress(&mut self, index: u32, attempt: u32, phase: TaskPhase, done: u64, total: u64) {
-        let Some(pos) = self.running_position(index, attempt) else {
-            return;
-        };
-        let status = &mut self.items[pos].status;
-        // Updates may arrive out of order (a RunTask answer after the stream's first events):
-        // within an attempt, the phase and the bytes of a phase only move forward.
-        if (phase as i32) < status.phase || (phase == status.phase() && done < status.bytes_done) {
-            return;
-        }
-        if status.phase() != phase || status.bytes_done != done || status.bytes_total != total {
-            status.phase = phase as i32;
-            status.bytes_done = done;
-            status.bytes_total = total;
-            self.dirty_lazy.insert(pos);
-        }
-    }
-
-    fn on_finished(
-        &mut self,
-        now_ms: i64,
-        index: u32,
-        attempt: u32,
-        (outcome, reporter): (pb::TaskOutcome, String),
-        effects: &mut Vec<Effect>,
-    ) {
-        let Some(pos) = self.position(index) else {
-            return;
-        };
-        let item = &self.items[pos];
-        let agent = item.status.agent.clone();
-        let current = item.state() == ItemState::Processing && item.status.attempt == attempt;
-        // The agent that reported holds the outcome, also for an older attempt elsewhere.
-        effects.push(Effect::Ack { agent: reporter, index, attempt });
-        if !current {
-            return;
-        }
-        effects.push(Effect::Release { agent });
-        let message = outcome.message.clone();
-        match outcome.state() {
-            state @ (ItemState::Success | ItemState::Warning) => {
-                self.items[pos].restore_point = outcome.restore_point.clone().map(Box::new);
-                let id = outcome.restore_point.map(|rp| rp.id).unwrap_or_default();
-                self.items[pos].status.restore_point = id;
-                self.end_item(now_ms, pos, state, message);
-            }
-            ItemState::Canceled if outcome.cancel_reason() == CancelReason::Drain => {
-                self.requeue(now_ms, pos, "task was cancelled by an agent drain; dispatched again")
-            }
-            ItemState::Canceled => self.end_item(now_ms, pos, ItemState::Canceled, message),
-            _ => self.fail_attempt(now_ms, pos, message),
-        }
-    }
-
-    fn on_agent_lost(&mut self, now_ms: i64, agent: &str, effects: &mut Vec<Effect>) {
-        let lost: Vec<usize> = (0..self.items.len())
-            .filter(|&p| {
-                self.items[p].state() == ItemState::Processing
-                    && self.items[p].status.agent == agent
-            })
-            .collect();
-        for pos in lost {
-            effects.push(Effect::Release { agent: agent.to_string() });
-            if self.items[pos].computer.is_some() && !self.items[pos].cancel_sent {
-                // Only that computer's agent can process it: wait for the computer to return.
-                self.requeue(now_ms, pos, &format!("agent {agent} lost; waiting for the computer"));
-            } else if self.items[pos].cancel_sent {
-                self.end_item(
-                    now_ms,
-                    pos,
-                    ItemState::Canceled,
-                    format!("agent {agent} lost while cancelling"),
-                );
-            } else {
-                self.fail_attempt(now_ms, pos, format!("agent {agent} lost"));
-            }
-        }
-    }
-
-    fn on_stop(&mut self, now_ms: i64, stop: Stop, effects: &mut Vec<Effect>) {
-        let escalates = match &self.stop {
-            None => true,
-            Some(current) => current.mode == StopMode::Graceful && stop.mode == StopMode::Immediate,
-        };
-        if !escalates {
-            return;
-        }
-        let first = self.stop.is_none();
-        let immediate = stop.mode == StopMode::Immediate;
-        self.stop = Some(stop);
-        self.state = SessionState::Stopping;
-        self.dirty_session = true;
-        if first {
-            self.close_pending(now_ms);
-        }
-        if immediate {
-            self.cancel_running(effects, CancelReason::User);
-        }
-    }
-
-    /// Items that never started become NOT_PROCESSED; items waiting to retry have failed.
-    fn close_pending(&mut self, now_ms: i64) {
-        for pos in 0..self.items.len() {
-            let item = &self.items[pos];
-            if item.state() != ItemState::Pending {
-                continue;
-            }
-            if item.failed_attempts > 0 {
-                let message =
-                    format!("{}; not retried because the session was stopped", item.status.message);
-                self.end_item(now_ms, pos, ItemState::Failed, message);
-            } else {
-                self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
-            }
-        }
-    }
-
-    /// Cancels again what an immediate stop cancels (after a takeover, sent cancels are not known).
-    pub fn resume_stop(&mut self) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        if self.stop.as_ref().is_some_and(|s| s.mode == StopMode::Immediate) {
-            self.cancel_running(&mut effects, CancelReason::User);
-        }
-        effects
-    }
-
-    fn cancel_running(&mut self, effects: &mut Vec<Effect>, reason: CancelReason) {
-        let mut by_agent: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
-        for item in self.items.iter_mut() {
-            if item.state() == ItemState::Processing && !item.cancel_sent {
-                item.cancel_sent = true;
-                by_agent.entry(item.status.agent.clone()).or_default().push(item.index);
-            }
-        }
-        effects.extend(by_agent.into_iter().map(|(agent, indices)| Effect::Cancel {
-            agent,
-            indices,
-            reason,
-        }));
-    }
-
-    fn fail_attempt(&mut self, now_ms: i64, pos: usize, message: String) {
-        self.items[pos].failed_attempts += 1;
-        let item = &self.items[pos];
-        let attempts_left = item.failed_attempts < self.retry.attempts;
-        if self.stop.is_some() || !attempts_left {
-            self.end_item(now_ms, pos, ItemState::Failed, message);
-            return;
-        }
-        let item = &mut self.items[pos];
-        item.not_before_ms = now_ms + self.retry.wait_ms;
-        item.status.waiting_reason = format!(
-            "retry {} of {} after failure: {message}",
-            item.failed_attempts + 1,
-            self.retry.attempts
-        );
-        item.status.message = message;
-        self.make_pending(pos);
-    }
-
-    fn requeue(&mut self, now_ms: i64, pos: usize, reason: &str) {
-        if self.stop.is_some() {
-            self.end_item(now_ms, pos, ItemState::NotProcessed, reason.to_string());
-            return;
-        }
-        self.items[pos].status.waiting_reason = reason.to_string();
-        self.make_pending(pos);
-    }
-
-    fn make_pending(&mut self, pos: usize) {
-        self.first_pending = self.first_pending.min(pos);
-        let item = &mut self.items[pos];
-        item.status.state = ItemState::Pending as i32;
-        item.status.agent.clear();
-        item.status.phase = TaskPhase::Unspecified as i32;
-        item.cancel_sent = false;
-        self.dirty_items.insert(pos);
-    }
-
-    fn after_pending(&mut self, now_ms: i64, pos: usize) {
-        if self.stop.is_some() {
-            self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
-        }
-    }
-
-    fn end_item(&mut self, now_ms: i64, pos: usize, state: ItemState, message: String) {
-        let item = &mut self.items[pos];
-        item.status.state = state as i32;
-        item.status.message = message;
-        item.status.waiting_reason.clear();
-        item.status.ended_at = Some(timestamp(now_ms));
-        item.offline_since_ms = None;
-        self.dirty_items.insert(pos);
+    fn position(&self, index: u32) -> Option<usize> {
+        self.items.binary_search_by_key(&index, |item| item.index).ok()
     }
 
     fn running_position(&self, index: u32, attempt: u32) -> Option<usize> {
         let pos = self.position(index)?;
         let item = &self.items[pos];
-        (item.state() == ItemState::Processing && item.status.attempt == attempt).then_some(pos)
-    }
-
-    fn finish_if_done(&mut self, now_ms: i64) {
-        if self.is_stopped() || !self.items.iter().all(Item::is_terminal) {
-            return;
-        }
-        let (result, canceled, message) = self.outcome();
-        self.result = result;
-        self.canceled = canceled;
-        self.message = message;
-        self.state = SessionState::Stopped;
-        self.ended_at_ms = Some(now_ms);
-        self.dirty_session = true;
-    }
-
-    /// The session result by SPEC.md's rules.
-    fn outcome(&self) -> (SessionResult, bool, String) {
-        let count = |state: ItemState| self.items.iter().filter(|i| i.state() == state).count();
-        let failed = count(ItemState::Failed) + count(ItemState::Canceled);
-        let processed = count(ItemState::Success)
-            + count(ItemState::Warning)
-            + count(ItemState::Failed)
-            + count(ItemState::Canceled);
-        match self.stop.as_ref().map(|s| s.mode) {
-            None if failed > 0 => {
-                (SessionResult::Failed, false, format!("{failed} item(s) failed"))
-            }
-            None if count(ItemState::Warning) > 0 => (
-                SessionResult::Warning,
-                false,
-                format!("{} item(s) with warnings", count(ItemState::Warning)),
-            ),
-            None => (SessionResult::Success, false, String::new()),
-            Some(StopMode::Graceful) if processed == 0 => {
-                (SessionResult::Failed, true, CANCELED_BY_USER.into())
-            }
-            Some(StopMode::Graceful) if failed == 0 => {
-                (SessionResult::Warning, true, "stopped gracefully by user".into())
-            }
-            Some(StopMode::Graceful) => {
-                (SessionResult::Failed, true, "stopped gracefully by user".into())
-            }
-            Some(_) => (SessionResult::Failed, true, "stopped immediately by user".into()),
-        }
+        (item.is_running() && item.status.attempt == attempt).then_some(pos)
     }
 }
-
-/// Milliseconds since the epoch as a protobuf timestamp.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-#[cfg(test)]
-mod tests;

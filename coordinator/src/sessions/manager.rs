@@ -1,20 +1,23 @@
 //! `Sessions`: starts sessions and runs their actors; answers stops, reads and retries on
 //! any coordinator (everything goes through etcd, so the owner may be elsewhere).
 
-use std::sync::Arc;
+mod stop;
+
+use std::{collections::HashSet, sync::Arc};
 
 use sluice_proto::{
     job::validate_name,
-    pb::{self, SessionState, StopMode},
+    pb::{self, SessionState},
     telemetry, time,
 };
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
+use self::stop::watch_stop_key;
 use super::{
     Mailboxes, Router,
-    actor::{self, Inboxes, MAILBOX, SessionActor},
+    actor::{Exit, Inboxes, MAILBOX, SessionActor},
     context::SessionContext,
     ids::new_session_id,
     persist::{self, NewSession},
@@ -22,8 +25,8 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    membership::{Lease, LeaseWatch},
-    retention::Retention,
+    membership::{self, Lease, LeaseWatch},
+    restore_points::RestorePoints,
     store::Store,
 };
 
@@ -32,54 +35,52 @@ const STOP_MAILBOX: usize = 16;
 
 /// The session service of one coordinator.
 #[derive(Clone)]
-pub struct Sessions {
-    inner: Arc<Inner>,
+pub(crate) struct Sessions {
+    inner: Arc<Parts>,
 }
 
-struct Inner {
-    ctx: SessionContext,
-    router: Router,
-    lease: LeaseWatch,
-    coordinator: String,
-    tracker: TaskTracker,
+/// What the session service works with.
+pub(crate) struct Parts {
+    /// What every actor shares.
+    pub(crate) ctx: SessionContext,
+    /// The actors' inboxes.
+    pub(crate) router: Router,
+    /// Sessions are owned through this coordinator's lease.
+    pub(crate) lease: LeaseWatch,
+    /// Coordinator id.
+    pub(crate) coordinator: String,
+    /// Tracks the actors and their stop watches.
+    pub(crate) tracker: TaskTracker,
+    /// Runs retention after a session owned here finished.
+    pub(crate) restore_points: RestorePoints,
 }
 
 impl Sessions {
-    /// Sessions owned through `lease`, with actors tracked by `tracker`.
-    pub fn new(
-        ctx: SessionContext,
-        router: Router,
-        lease: LeaseWatch,
-        coordinator: String,
-        tracker: TaskTracker,
-    ) -> Self {
-        Sessions { inner: Arc::new(Inner { ctx, router, lease, coordinator, tracker }) }
+    /// The session service.
+    pub(crate) fn new(parts: Parts) -> Self {
+        Sessions { inner: Arc::new(parts) }
     }
 
     /// The etcd store.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.inner.ctx.store
     }
 
     /// Starts a session of every item of `job`.
-    pub async fn start(&self, job: &str) -> Result<pb::Session> {
+    pub(crate) async fn start(&self, job: &str) -> Result<pb::Session> {
         validate_name("job", job)?;
         self.start_items(job, None, String::new()).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
-    pub async fn retry(&self, session_id: &str) -> Result<pb::Session> {
+    pub(crate) async fn retry(&self, session_id: &str) -> Result<pb::Session> {
         let view = self.load(session_id).await?;
         if !view.is_stopped() {
-            return Err(Error::FailedPrecondition(format!(
-                "session {session_id} is still running"
-            )));
+            return Err(Error::SessionRunning { session: session_id.into() });
         }
         let names = view.retryable_items();
         if names.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "session {session_id} has no failed or unprocessed items"
-            )));
+            return Err(Error::NothingToRetry { session: session_id.into() });
         }
         let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
         self.start_items(&job, Some(names), session_id.to_string()).await
@@ -94,62 +95,18 @@ impl Sessions {
         let lease = self.current_lease()?;
         let store = self.store();
         let stored = store.get::<pb::Job>(&store.keys().job(job_name)).await?;
-        let stored =
-            stored.ok_or_else(|| Error::NotFound(format!("job {job_name:?} does not exist")))?;
-        let job = stored.value;
-        let item_indices: Vec<u32> = match &names {
-            None => (0..job.items.len() as u32).collect(),
-            Some(names) => {
-                let names: std::collections::HashSet<&str> =
-                    names.iter().map(String::as_str).collect();
-                (0..job.items.len() as u32)
-                    .filter(|&i| names.contains(job.items[i as usize].name.as_str()))
-                    .collect()
-            }
-        };
+        let stored = stored.ok_or_else(|| Error::JobNotFound { job: job_name.into() })?;
+        let item_indices = chosen_items(&stored.value, names.as_deref());
         if item_indices.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "job {job_name:?} no longer holds any of those items"
-            )));
+            return Err(Error::ItemsGone { job: job_name.into() });
         }
-        let session = pb::Session {
-            id: new_session_id(),
-            job: job.name.clone(),
-            state: SessionState::Starting as i32,
-            owner: self.inner.coordinator.clone(),
-            created_at: Some(time::now()),
-            retry_of,
-            job_type: job.r#type,
-            ..Default::default()
-        };
-        let root = tracing::info_span!("session", id = %session.id, job = job_name);
-        let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
-        let record = pb::SessionRecord {
-            session: Some(session),
-            job: Some(job),
-            stop: None,
-            item_indices,
-            traceparent,
-        };
-        let new = NewSession {
-            record,
+        let mut new = NewSession {
+            record: self.new_record(stored.value, item_indices, retry_of),
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
         };
-        let mut new = new;
-        let mut tries = 0;
-        let epoch = loop {
-            match persist::create(store, &new).await {
-                Err(Error::AlreadyExists(_)) if tries < 3 => {
-                    tries += 1;
-                    if let Some(session) = new.record.session.as_mut() {
-                        session.id = new_session_id();
-                    }
-                }
-                result => break result?,
-            }
-        };
+        let epoch = create(store, &mut new).await?;
         let view = SessionView {
             record: new.record,
             owner: Some((self.inner.coordinator.clone(), epoch)),
@@ -160,53 +117,56 @@ impl Sessions {
         Ok(view.to_session(true))
     }
 
-    fn current_lease(&self) -> Result<Lease> {
-        self.inner.lease.borrow().clone().ok_or_else(|| {
-            Error::Unavailable("coordinator holds no etcd lease right now; try again".into())
-        })
+    /// The record of a new session of `job`, owned here, with the trace it starts.
+    fn new_record(
+        &self,
+        job: pb::Job,
+        item_indices: Vec<u32>,
+        retry_of: String,
+    ) -> pb::SessionRecord {
+        let session = pb::Session {
+            id: new_session_id(),
+            job: job.name.clone(),
+            state: SessionState::Starting as i32,
+            owner: self.inner.coordinator.clone(),
+            created_at: Some(time::now()),
+            retry_of,
+            job_type: job.r#type,
+            ..Default::default()
+        };
+        let root = tracing::info_span!("session", id = %session.id, job = %job.name);
+        let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
+        pb::SessionRecord {
+            session: Some(session),
+            job: Some(job),
+            stop: None,
+            item_indices,
+            traceparent,
+        }
     }
 
-    /// Runs the actor of a session this coordinator now owns at `epoch`.
+    fn current_lease(&self) -> Result<Lease> {
+        membership::current(&self.inner.lease)
+    }
+
+    /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
+    /// a finish.
     fn spawn(&self, view: &SessionView, epoch: i64, lease: &Lease) {
         let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref());
-        let id = machine.id.clone();
-        let (outbox, inbox) = mpsc::channel(MAILBOX);
-        let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
-        let mailboxes = Mailboxes { tasks: outbox.clone(), stops: stops.clone() };
-        self.inner.router.register(&id, mailboxes);
-        if let Some(stop) = &view.stop {
-            let _ = stops.try_send(stop_from(stop));
-        }
+        let id = machine.id().to_string();
         let fence = lease.fence.child_token();
-        let watch_stop = fence.child_token();
-        self.inner.tracker.spawn(watch_stop_key(
-            self.store().clone(),
-            id.clone(),
-            stops,
-            watch_stop.clone(),
-        ));
-        let mut base = view.record.clone();
-        if let Some(session) = base.session.as_mut() {
-            session.owner = self.inner.coordinator.clone();
-            session.epoch = epoch;
-        }
-        let actor = SessionActor::new(
-            machine,
-            base,
-            epoch,
-            self.inner.ctx.clone(),
-            Inboxes { outbox, tasks: inbox, stops: stop_inbox },
-            fence,
-        );
+        let (inboxes, stop_watch) = self.open_inboxes(&id, view.stop.as_ref(), &fence);
+        let base = self.owned_record(view, epoch);
+        let actor = SessionActor::new(machine, base, epoch, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
-        let retention = self.retention();
+        let retention = self.inner.restore_points.clone();
         let job = view.record.job.as_ref().map(|job| job.name.clone()).unwrap_or_default();
         let shutdown = self.inner.ctx.shutdown.clone();
         self.inner.tracker.spawn(async move {
             let exit = actor.run().await;
             router.unregister(&id);
-            watch_stop.cancel();
-            if matches!(exit, actor::Exit::Finished) {
+            stop_watch.cancel();
+            if exit == Exit::Finished {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = retention.after_session(&job, &id) => {}
@@ -215,146 +175,58 @@ impl Sessions {
         });
     }
 
-    /// Retention as this coordinator runs it after a session it owned finished.
-    fn retention(&self) -> Retention {
-        Retention {
-            store: self.inner.ctx.store.clone(),
-            directory: self.inner.ctx.directory.clone(),
-            clients: self.inner.ctx.clients.clone(),
-            lease: self.inner.lease.clone(),
-            coordinator: self.inner.coordinator.clone(),
+    /// Registers a session's inboxes (with its stored stop, if any, already queued) and
+    /// follows its stop key until the returned token is cancelled.
+    fn open_inboxes(
+        &self,
+        id: &str,
+        stop: Option<&pb::StopRequest>,
+        fence: &CancellationToken,
+    ) -> (Inboxes, CancellationToken) {
+        let (mailbox, tasks) = mpsc::channel(MAILBOX);
+        let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
+        self.inner.router.register(id, Mailboxes { tasks: mailbox.clone(), stops: stops.clone() });
+        if let Some(stop) = stop {
+            let _ = stops.try_send(stop_from(stop));
         }
+        let stop_watch = fence.child_token();
+        let follow =
+            watch_stop_key(self.store().clone(), id.to_string(), stops, stop_watch.clone());
+        self.inner.tracker.spawn(follow);
+        (Inboxes { mailbox, tasks, stops: stop_inbox }, stop_watch)
     }
 
-    /// Records a stop in etcd (durable before this returns) and tells the owner.
-    pub async fn stop(&self, request: pb::StopJobRequest, peer: String) -> Result<pb::Session> {
-        let mode = stop_mode(request.mode)?;
-        let id = self.resolve(&request.job, &request.session_id).await?;
-        // Only the record: the stop must not wait for a read of every item.
-        let record = self.record(&id).await?;
-        let session = record.session.clone().unwrap_or_default();
-        if session.state() == SessionState::Stopped {
-            let result = session.result().as_str_name();
-            return Err(Error::FailedPrecondition(format!(
-                "session {id} has already ended ({result})"
-            )));
+    /// The session record as this coordinator owns it at `epoch`.
+    fn owned_record(&self, view: &SessionView, epoch: i64) -> pb::SessionRecord {
+        let mut record = view.record.clone();
+        if let Some(session) = record.session.as_mut() {
+            session.owner = self.inner.coordinator.clone();
+            session.epoch = epoch;
         }
-        if !request.job.is_empty() && !request.session_id.is_empty() && session.job != request.job {
-            return Err(Error::InvalidArgument(format!(
-                "session_id: session {id} belongs to job {:?}, not {:?}",
-                session.job, request.job
-            )));
-        }
-        if request.graceful_timeout_seconds > sluice_proto::job::MAX_SECONDS {
-            return Err(Error::InvalidArgument(format!(
-                "graceful_timeout_seconds: must be at most {} (one week)",
-                sluice_proto::job::MAX_SECONDS
-            )));
-        }
-        let job = record.job.unwrap_or_default();
-        if mode == StopMode::Graceful && job.r#type() == pb::JobType::BackupCopy {
-            return Err(Error::FailedPrecondition(format!(
-                "a {} job runs as one task and cannot stop gracefully; stop it immediately",
-                job.r#type().as_str_name()
-            )));
-        }
-        let timeout = match request.graceful_timeout_seconds {
-            0 => job.graceful_timeout_seconds,
-            seconds => seconds,
-        };
-        let now = actor::now_ms();
-        let deadline =
-            (mode == StopMode::Graceful && timeout > 0).then(|| now + i64::from(timeout) * 1000);
-        let requested_by =
-            if request.requested_by.is_empty() { peer } else { request.requested_by.clone() };
-        let stop = pb::StopRequest {
-            mode: mode as i32,
-            requested_by,
-            requested_at: Some(super::machine::timestamp(now)),
-            graceful_deadline: deadline.map(super::machine::timestamp),
-        };
-        if persist::request_stop(self.store(), &id, &stop).await? {
-            info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
-            if let Some(stops) = self.inner.router.stops(&id) {
-                let _ = stops.send(stop_from(&stop)).await;
-            }
-        }
-        Ok(self.load(&id).await?.to_session(true))
-    }
-
-    /// Stops every active session with one mode.
-    pub async fn stop_all(&self, mode: i32, requested_by: String) -> Result<Vec<pb::Session>> {
-        stop_mode(mode)?;
-        let mut stopped = Vec::new();
-        let mut failures = Vec::new();
-        for (_, id) in persist::active_sessions(self.store()).await? {
-            let request = pb::StopJobRequest {
-                session_id: id.clone(),
-                mode,
-                requested_by: requested_by.clone(),
-                ..Default::default()
-            };
-            match self.stop(request, requested_by.clone()).await {
-                Ok(session) => stopped.push(session),
-                Err(Error::FailedPrecondition(_) | Error::NotFound(_)) => {}
-                // Stop every other session first; then say which one could not be stopped.
-                Err(error) => failures.push(format!("session {id}: {error}")),
-            }
-        }
-        if !failures.is_empty() {
-            return Err(Error::Unavailable(format!(
-                "stopped {} session(s), but not: {}; try again",
-                stopped.len(),
-                failures.join("; ")
-            )));
-        }
-        Ok(stopped)
-    }
-
-    async fn resolve(&self, job: &str, session_id: &str) -> Result<String> {
-        if !session_id.is_empty() {
-            validate_name("session_id", session_id)?;
-            return Ok(session_id.to_string());
-        }
-        if job.is_empty() {
-            return Err(Error::InvalidArgument(
-                "job or session_id: name the job or the session to stop".into(),
-            ));
-        }
-        validate_name("job", job)?;
-        if let Some(id) = persist::active_session(self.store(), job).await? {
-            return Ok(id);
-        }
-        let exists = self.store().get::<pb::Job>(&self.store().keys().job(job)).await?.is_some();
-        match exists {
-            true => Err(Error::FailedPrecondition(format!("job {job:?} has no active session"))),
-            false => Err(Error::NotFound(format!("job {job:?} does not exist"))),
-        }
+        record
     }
 
     async fn record(&self, id: &str) -> Result<pb::SessionRecord> {
         validate_name("session_id", id)?;
         let stored =
             self.store().get::<pb::SessionRecord>(&self.store().keys().session(id)).await?;
-        stored
-            .map(|v| v.value)
-            .ok_or_else(|| Error::NotFound(format!("session {id:?} does not exist")))
+        stored.map(|v| v.value).ok_or_else(|| Error::SessionNotFound { session: id.into() })
     }
 
     async fn load(&self, id: &str) -> Result<SessionView> {
         validate_name("session_id", id)?;
         persist::load(self.store(), id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("session {id:?} does not exist")))
+            .ok_or_else(|| Error::SessionNotFound { session: id.into() })
     }
 
     /// One session with its items.
-    pub async fn get(&self, id: &str) -> Result<pb::Session> {
+    pub(crate) async fn get(&self, id: &str) -> Result<pb::Session> {
         Ok(self.load(id).await?.to_session(true))
     }
 
     /// Sessions of a job (or all), newest first, without items.
-    pub async fn list(&self, job: &str) -> Result<Vec<pb::Session>> {
+    pub(crate) async fn list(&self, job: &str) -> Result<Vec<pb::Session>> {
         if !job.is_empty() {
             validate_name("job", job)?;
         }
@@ -362,7 +234,7 @@ impl Sessions {
     }
 
     /// Restore points of a job from the catalog.
-    pub async fn restore_points(&self, job: &str) -> Result<Vec<pb::RestorePoint>> {
+    pub(crate) async fn restore_points(&self, job: &str) -> Result<Vec<pb::RestorePoint>> {
         validate_name("job", job)?;
         let store = self.store();
         Ok(store
@@ -375,7 +247,7 @@ impl Sessions {
 
     /// Claims every active session that has no owner, and runs it. Called at start-up, when
     /// an owner key disappears, and periodically.
-    pub async fn claim_orphans(&self) -> Result<usize> {
+    pub(crate) async fn claim_orphans(&self) -> Result<usize> {
         let Ok(lease) = self.current_lease() else { return Ok(0) };
         let mut claimed = 0;
         for (job, id) in persist::active_sessions(self.store()).await? {
@@ -398,7 +270,11 @@ impl Sessions {
 
     /// Claims orphans whenever an owner key is deleted or a lease is (re)granted, and every
     /// few seconds in case a watch event was missed; runs until `shutdown`.
-    pub async fn run_claimer(self, period: std::time::Duration, shutdown: CancellationToken) {
+    pub(crate) async fn run_claimer(
+        self,
+        period: std::time::Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut lease = self.inner.lease.clone();
         let mut deletions = super::watch::owner_deletions(self.store().clone(), shutdown.clone());
         loop {
@@ -415,27 +291,26 @@ impl Sessions {
     }
 }
 
-fn stop_mode(raw: i32) -> Result<StopMode> {
-    match StopMode::try_from(raw) {
-        Ok(mode @ (StopMode::Immediate | StopMode::Graceful)) => Ok(mode),
-        _ => Err(Error::InvalidArgument(
-            "mode: must be STOP_MODE_IMMEDIATE or STOP_MODE_GRACEFUL".into(),
-        )),
-    }
+/// The items a session runs: all of the job's, or those named (a retry).
+fn chosen_items(job: &pb::Job, names: Option<&[String]>) -> Vec<u32> {
+    let all = 0..job.items.len() as u32;
+    let Some(names) = names else { return all.collect() };
+    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    all.filter(|&i| names.contains(job.items[i as usize].name.as_str())).collect()
 }
 
-/// Delivers stop requests written by any coordinator to the owner's actor.
-async fn watch_stop_key(
-    store: Store,
-    id: String,
-    stops: mpsc::Sender<super::machine::Stop>,
-    stop: CancellationToken,
-) {
-    let key = store.keys().session_stop(&id);
-    let mut stream = super::watch::key_puts::<pb::StopRequest>(store.clone(), key, stop.clone());
-    while let Some(request) = stream.recv().await {
-        if stops.send(stop_from(&request)).await.is_err() {
-            return;
+/// Creates the session, with a new id when the drawn one is taken (a few times at most).
+async fn create(store: &Store, new: &mut NewSession) -> Result<i64> {
+    let mut tries = 0;
+    loop {
+        match persist::create(store, new).await {
+            Err(Error::SessionIdTaken { .. }) if tries < 3 => {
+                tries += 1;
+                if let Some(session) = new.record.session.as_mut() {
+                    session.id = new_session_id();
+                }
+            }
+            result => return result,
         }
     }
 }

@@ -14,23 +14,23 @@ use crate::{
 const MAX_OPS_PER_TXN: usize = 100;
 
 /// A new session to create, with the job revision it was read at.
-pub struct NewSession {
+pub(crate) struct NewSession {
     /// The session record.
-    pub record: pb::SessionRecord,
+    pub(crate) record: pb::SessionRecord,
     /// Revision of the job definition read (the job must not change before the start commits).
-    pub job_revision: i64,
+    pub(crate) job_revision: i64,
     /// Coordinator that will own it.
-    pub owner: String,
+    pub(crate) owner: String,
     /// The owner's lease.
-    pub lease: i64,
+    pub(crate) lease: i64,
 }
 
 /// Creates a session atomically: active marker (only if absent), record, owner key.
 /// Returns the epoch (the owner key's create revision).
-pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
+pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<i64> {
     let keys = store.keys();
     let session =
-        new.record.session.as_ref().ok_or_else(|| Error::InvalidArgument("session".into()))?;
+        new.record.session.as_ref().ok_or_else(|| Error::invalid("session", "required"))?;
     let (id, job) = (session.id.as_str(), session.job.as_str());
     let active = keys.job_active(job);
     let txn = Txn::new()
@@ -53,37 +53,42 @@ pub async fn create(store: &Store, new: &NewSession) -> Result<i64> {
     if response.succeeded() {
         return Ok(response.header().map_or(0, |h| h.revision()));
     }
-    match active_session(store, job).await? {
-        Some(running) => Err(Error::FailedPrecondition(format!(
-            "job {job:?} already has an active session {running}; stop it or wait for it to end"
-        ))),
-        None if store.get::<pb::SessionRecord>(&keys.session(id)).await?.is_some() => {
-            Err(Error::AlreadyExists(format!("session id {id} is taken")))
-        }
-        None => Err(Error::Unavailable(format!("job {job:?} changed while starting; try again"))),
+    Err(why_not_created(store, job, id).await?)
+}
+
+/// Which guard of the creation failed: an active session, a taken id, or a changed job.
+async fn why_not_created(store: &Store, job: &str, id: &str) -> Result<Error> {
+    if let Some(running) = active_session(store, job).await? {
+        return Ok(Error::JobBusy { job: job.into(), session: running });
     }
+    let taken = store.get::<pb::SessionRecord>(&store.keys().session(id)).await?.is_some();
+    Ok(if taken {
+        Error::SessionIdTaken { session: id.into() }
+    } else {
+        Error::JobChanged { job: job.into() }
+    })
 }
 
 /// The id of a job's active session, if any.
-pub async fn active_session(store: &Store, job: &str) -> Result<Option<String>> {
+pub(crate) async fn active_session(store: &Store, job: &str) -> Result<Option<String>> {
     let response = store.kv().get(store.keys().job_active(job), None).await?;
     Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
 }
 
 /// One batch of writes from a session's owner.
 #[derive(Default)]
-pub struct Flush {
+pub(crate) struct Flush {
     /// Item records that changed, each with the restore point to enter in the catalog if it
     /// committed one (written in the same transaction as its item).
-    pub items: Vec<(pb::ItemRecord, Option<pb::RestorePoint>)>,
+    pub(crate) items: Vec<(pb::ItemRecord, Option<pb::RestorePoint>)>,
     /// The session record, when it changed.
-    pub session: Option<pb::SessionRecord>,
+    pub(crate) session: Option<pb::SessionRecord>,
 }
 
 /// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
 /// owner's epoch. An item and its catalog entry always share a transaction; a final session
 /// record also clears the job's active marker and the owner key.
-pub async fn flush(store: &Store, id: &str, epoch: i64, batch: Flush) -> Result<()> {
+pub(crate) async fn flush(store: &Store, id: &str, epoch: i64, batch: Flush) -> Result<()> {
     let items: Vec<Vec<TxnOp>> =
         batch.items.iter().map(|(item, rp)| item_ops(store, id, item, rp.as_ref())).collect();
     // Item transactions are independent of each other: send them together. The session
@@ -166,12 +171,12 @@ fn pack(groups: Vec<Vec<TxnOp>>) -> Vec<Vec<TxnOp>> {
 }
 
 /// Reads everything stored about a session.
-pub async fn load(store: &Store, id: &str) -> Result<Option<SessionView>> {
+pub(crate) async fn load(store: &Store, id: &str) -> Result<Option<SessionView>> {
     Ok(load_at(store, id).await?.map(|(view, _)| view))
 }
 
 /// Reads everything stored about a session at one revision, and returns that revision.
-pub async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionView, i64)>> {
+pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionView, i64)>> {
     let keys = store.keys();
     let response = store.kv().get(keys.session(id), None).await?;
     let revision = response.header().map_or(0, |h| h.revision());
@@ -190,7 +195,7 @@ pub async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionView, i64
 }
 
 /// Applies one stored child key (item, stop, owner) of session `id` to a view.
-pub fn apply_child(
+pub(crate) fn apply_child(
     view: &mut SessionView,
     store: &Store,
     id: &str,
@@ -212,7 +217,7 @@ pub fn apply_child(
 
 /// Every session (without items), newest first; only those of `job` if given. Reads the
 /// summary index, never the records with their jobs and items.
-pub async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Session>> {
+pub(crate) async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Session>> {
     let mut sessions: Vec<pb::Session> = store
         .list::<pb::Session>(&store.keys().session_index(job))
         .await?
@@ -230,7 +235,7 @@ pub async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Session>> 
 
 /// Records a stop request; idempotent, and an immediate stop escalates a graceful one.
 /// Returns `false` when the stop in force already covers it.
-pub async fn request_stop(store: &Store, id: &str, stop: &pb::StopRequest) -> Result<bool> {
+pub(crate) async fn request_stop(store: &Store, id: &str, stop: &pb::StopRequest) -> Result<bool> {
     let key = store.keys().session_stop(id);
     let current: Option<Versioned<pb::StopRequest>> = store.get(&key).await?;
     let guard = match &current {
@@ -245,15 +250,13 @@ pub async fn request_stop(store: &Store, id: &str, stop: &pb::StopRequest) -> Re
         Txn::new().when([guard]).and_then([TxnOp::put(key.as_str(), stop.encode_to_vec(), None)]);
     match store.txn(txn).await? {
         Some(_) => Ok(true),
-        None => {
-            Err(Error::Unavailable(format!("session {id} was stopped concurrently; try again")))
-        }
+        None => Err(Error::StopRaced { session: id.into() }),
     }
 }
 
 /// Claims a session whose owner key is gone, if it is still its job's active session.
 /// Returns the new epoch, or `None` when another coordinator was faster or it ended.
-pub async fn claim(
+pub(crate) async fn claim(
     store: &Store,
     id: &str,
     job: &str,
@@ -274,7 +277,7 @@ pub async fn claim(
 }
 
 /// Active sessions by job, from the jobs' `active` markers.
-pub async fn active_sessions(store: &Store) -> Result<Vec<(String, String)>> {
+pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(String, String)>> {
     let keys = store.keys();
     let raw = store.list_raw(&keys.jobs()).await?;
     Ok(raw

@@ -4,20 +4,20 @@ use std::collections::BTreeMap;
 
 /// What dispatch needs to know about one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentInfo {
+pub(crate) struct AgentInfo {
     /// Task slots.
-    pub slots: u32,
+    pub(crate) slots: u32,
     /// Computer name in computer mode.
-    pub computer: Option<String>,
+    pub(crate) computer: Option<String>,
     /// Whether it takes new tasks (online, not draining).
-    pub accepting: bool,
+    pub(crate) accepting: bool,
 }
 
 /// Registered agents by id.
-pub type AgentMap = BTreeMap<String, AgentInfo>;
+pub(crate) type AgentMap = BTreeMap<String, AgentInfo>;
 
 /// Task slots shared by every session of this coordinator.
-pub trait SlotPool {
+pub(crate) trait SlotPool {
     /// Reserves a slot for `session` on one of `candidates` (the emptiest), if any is free
     /// and the session is within its fair share.
     fn reserve(&mut self, session: &str, candidates: &[(&str, u32)]) -> Option<String>;
@@ -25,7 +25,7 @@ pub trait SlotPool {
 
 /// Where an item goes, or why it waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Placement {
+pub(crate) enum Placement {
     /// Run it on this agent (a slot is reserved).
     Placed(String),
     /// It waits.
@@ -38,7 +38,7 @@ pub enum Placement {
 }
 
 /// Places one item: a computer item on its computer's agent, a VM item on an allowed proxy.
-pub fn place(
+pub(crate) fn place(
     session: &str,
     computer: Option<&str>,
     proxies: &[String],

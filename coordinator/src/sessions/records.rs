@@ -1,26 +1,37 @@
-//! Conversions between the session state machine and its etcd records, and the read view
-//! that every coordinator builds from those records.
+//! The edge between the session state machine and the wire: its etcd records and the agents'
+//! task reports in, records to write out. Also `SessionView`, the read view that every
+//! coordinator builds from those records.
+
+mod wire;
 
 use std::collections::HashMap;
 
 use sluice_proto::{
-    pb::{self, ItemState, SessionState, StopMode, job_item::Target},
+    pb::{self, SessionState, StopMode, job_item::Target},
     time,
 };
 
-use super::machine::{Item, Machine, Retry, Stop};
+pub(crate) use self::wire::{item_status, item_status_record, stop_from, timestamp};
+use self::wire::{session_status, stop_request};
+use super::{
+    machine::{Event, Item, Machine, Retry},
+    persist::Flush,
+};
 
 /// Default wait for an offline computer when the job names none.
 const DEFAULT_OFFLINE_WAIT_MS: i64 = 600_000;
 
 /// A pending item of the job, as it is before its first write.
-pub fn pending_status(job: &pb::Job, index: u32) -> pb::ItemStatus {
-    let name = job.items.get(index as usize).map(|i| i.name.clone()).unwrap_or_default();
-    pb::ItemStatus { name, ..Default::default() }
+pub(crate) fn pending_status(job: &pb::Job, index: u32) -> pb::ItemStatus {
+    pb::ItemStatus { name: item_name(job, index), ..Default::default() }
+}
+
+fn item_name(job: &pb::Job, index: u32) -> String {
+    job.items.get(index as usize).map(|i| i.name.clone()).unwrap_or_default()
 }
 
 /// Rebuilds the state machine from the session's records.
-pub fn machine_from_records(
+pub(crate) fn machine_from_records(
     record: &pb::SessionRecord,
     stored: &HashMap<u32, pb::ItemRecord>,
     stop: Option<&pb::StopRequest>,
@@ -32,15 +43,9 @@ pub fn machine_from_records(
         .map(|&index| item_from(&job, index, stored.get(&index)))
         .collect();
     let session = record.session.clone().unwrap_or_default();
-    let mut machine =
-        Machine::new(session.id.clone(), items, job.proxies.clone(), retry_rules(&job));
-    machine.state = session.state();
-    machine.result = session.result();
-    machine.canceled = session.canceled;
-    machine.message = session.message.clone();
-    machine.stop = stop.or(record.stop.as_ref()).map(stop_from);
-    machine.ended_at_ms = session.ended_at.as_ref().map(time::millis);
-    machine
+    let mut status = session_status(&session);
+    status.stop = stop.or(record.stop.as_ref()).map(stop_from);
+    Machine::new(session.id, items, job.proxies.clone(), retry_rules(&job), status)
 }
 
 fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item {
@@ -48,22 +53,19 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Item
         Some(Target::Computer(c)) => Some(c.computer.clone()),
         _ => None,
     };
-    let status =
-        stored.and_then(|r| r.status.clone()).unwrap_or_else(|| pending_status(job, index));
-    Item {
-        index,
-        status,
-        computer,
-        failed_attempts: stored.map_or(0, |r| r.failed_attempts),
-        not_before_ms: stored.and_then(|r| r.not_before.as_ref()).map_or(0, time::millis),
-        offline_since_ms: None,
-        restore_point: None,
-        cancel_sent: false,
+    let mut item = Item::new(index, item_name(job, index), computer);
+    if let Some(record) = stored {
+        if let Some(status) = &record.status {
+            item.status = item_status(status);
+        }
+        item.failed_attempts = record.failed_attempts;
+        item.not_before_ms = record.not_before.as_ref().map_or(0, time::millis);
     }
+    item
 }
 
 /// The job's retry rules.
-pub fn retry_rules(job: &pb::Job) -> Retry {
+pub(crate) fn retry_rules(job: &pb::Job) -> Retry {
     let policy = job.retry.unwrap_or_default();
     let offline_wait_ms = match job.offline_wait_seconds {
         0 => DEFAULT_OFFLINE_WAIT_MS,
@@ -76,67 +78,88 @@ pub fn retry_rules(job: &pb::Job) -> Retry {
     }
 }
 
-/// A stored stop request as the machine sees it.
-pub fn stop_from(stop: &pb::StopRequest) -> Stop {
-    Stop {
-        mode: stop.mode(),
-        deadline_ms: stop.graceful_deadline.as_ref().map(time::millis),
-        requested_by: stop.requested_by.clone(),
-        requested_at_ms: stop.requested_at.as_ref().map_or(0, time::millis),
-    }
+/// What an agent's task report means for the session, if it names a task.
+pub(crate) fn task_event(agent: &str, status: pb::TaskStatus) -> Option<Event> {
+    let key = status.key.as_ref()?;
+    let (index, attempt) = (key.item_index, key.attempt);
+    let phase = status.phase().into();
+    Some(match status.outcome {
+        Some(outcome) => {
+            Event::Finished { index, attempt, outcome: outcome.into(), agent: agent.to_string() }
+        }
+        None => Event::Progress {
+            index,
+            attempt,
+            phase,
+            bytes_done: status.bytes_done,
+            bytes_total: status.bytes_total,
+        },
+    })
+}
+
+/// The writes for the items at `positions` (with their catalog entries) and, if asked, the
+/// session record.
+pub(crate) fn flush(
+    base: &pb::SessionRecord,
+    machine: &Machine,
+    positions: &[usize],
+    session: bool,
+) -> Flush {
+    let items = positions
+        .iter()
+        .map(|&pos| machine.item(pos))
+        .map(|item| (item_record(item), item.catalog_entry().cloned()))
+        .collect();
+    Flush { items, session: session.then(|| session_record(base, machine)) }
 }
 
 /// The record of one item to write.
-pub fn item_record(item: &Item) -> pb::ItemRecord {
-    let not_before =
-        (item.not_before_ms > 0).then(|| super::machine::timestamp(item.not_before_ms));
+fn item_record(item: &Item) -> pb::ItemRecord {
+    let not_before = (item.not_before_ms > 0).then(|| timestamp(item.not_before_ms));
     pb::ItemRecord {
         index: item.index,
-        status: Some(item.status.clone()),
+        status: Some(item_status_record(&item.status)),
         not_before,
         failed_attempts: item.failed_attempts,
     }
 }
 
 /// The session record with the machine's current state.
-pub fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb::SessionRecord {
+pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb::SessionRecord {
     let mut record = base.clone();
     let session = record.session.get_or_insert_with(Default::default);
-    session.state = machine.state as i32;
-    session.result = machine.result as i32;
-    session.canceled = machine.canceled;
-    session.message = machine.message.clone();
-    session.ended_at = machine.ended_at_ms.map(super::machine::timestamp);
-    if let Some(stop) = &machine.stop {
-        session.stop_mode = stop.mode as i32;
-        session.stopped_by = stop.requested_by.clone();
-        session.stop_requested_at = Some(super::machine::timestamp(stop.requested_at_ms));
-        record.stop = Some(pb::StopRequest {
-            mode: stop.mode as i32,
-            requested_by: stop.requested_by.clone(),
-            requested_at: Some(super::machine::timestamp(stop.requested_at_ms)),
-            graceful_deadline: stop.deadline_ms.map(super::machine::timestamp),
-        });
+    let status = machine.status();
+    session.state = pb::SessionState::from(status.state) as i32;
+    session.result = wire::session_result(status.result) as i32;
+    session.canceled = status.canceled;
+    session.message = status.message.clone();
+    session.ended_at = status.ended_at_ms.map(timestamp);
+    if let Some(stop) = &status.stop {
+        let request = stop_request(stop);
+        session.stop_mode = request.mode;
+        session.stopped_by = request.requested_by.clone();
+        session.stop_requested_at = request.requested_at;
+        record.stop = Some(request);
     }
     record
 }
 
 /// Everything stored about one session, assembled into what users see.
 #[derive(Debug, Clone, Default)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     /// The session record.
-    pub record: pb::SessionRecord,
+    pub(crate) record: pb::SessionRecord,
     /// Item records by job index.
-    pub items: HashMap<u32, pb::ItemRecord>,
+    pub(crate) items: HashMap<u32, pb::ItemRecord>,
     /// The stop request, if one was made.
-    pub stop: Option<pb::StopRequest>,
+    pub(crate) stop: Option<pb::StopRequest>,
     /// Owner coordinator id and epoch, while owned.
-    pub owner: Option<(String, i64)>,
+    pub(crate) owner: Option<(String, i64)>,
 }
 
 impl SessionView {
     /// The session as the API shows it: items in job order, STOPPING while a stop drains.
-    pub fn to_session(&self, with_items: bool) -> pb::Session {
+    pub(crate) fn to_session(&self, with_items: bool) -> pb::Session {
         let mut session = self.record.session.clone().unwrap_or_default();
         if let Some((owner, epoch)) = &self.owner {
             session.owner = owner.clone();
@@ -161,16 +184,16 @@ impl SessionView {
     }
 
     /// Whether the session has ended.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
     }
 
-    /// Items that a retry session processes again: the failed and not-processed ones (SPEC.md).
-    pub fn retryable_items(&self) -> Vec<String> {
+    /// Items that a retry session processes again: the failed and not-processed ones.
+    pub(crate) fn retryable_items(&self) -> Vec<String> {
         self.to_session(true)
             .items
             .into_iter()
-            .filter(|i| matches!(i.state(), ItemState::Failed | ItemState::NotProcessed))
+            .filter(|i| matches!(i.state(), pb::ItemState::Failed | pb::ItemState::NotProcessed))
             .map(|i| i.name)
             .collect()
     }

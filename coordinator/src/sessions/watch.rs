@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchFilterType, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchFilterType, WatchOptions, WatchResponse};
 use futures::Stream;
 use prost::Message;
 use sluice_proto::pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tracing::debug;
+use tracing::{Instrument, debug, debug_span};
 
 use super::{persist, records::SessionView};
 use crate::{error::Error, store::Store};
@@ -18,7 +18,7 @@ use crate::{error::Error, store::Store};
 const BACKOFF: Duration = Duration::from_millis(200);
 
 /// The session now, then after every stored change, until it stops or `shutdown`.
-pub fn watch_session(
+pub(crate) fn watch_session(
     store: Store,
     id: String,
     shutdown: CancellationToken,
@@ -26,27 +26,21 @@ pub fn watch_session(
     async_stream::try_stream! {
         let (mut view, mut revision) = persist::load_at(&store, &id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("session {id:?} does not exist")))?;
+            .ok_or_else(|| Error::SessionNotFound { session: id.clone() })?;
         yield event(&view);
         while !view.is_stopped() {
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
             let mut stream = store.watcher().watch(store.keys().session(&id), Some(options)).await.map_err(Error::from)?;
             loop {
                 let response = tokio::select! {
-                    _ = shutdown.cancelled() => Err(Status::unavailable("coordinator is shutting down")),
+                    _ = shutdown.cancelled() => Err(Status::from(Error::ShuttingDown)),
                     response = stream.message() => response.map_err(|e| Status::from(Error::from(e))),
                 }?;
                 let Some(response) = response else { break };
                 if response.canceled() {
                     break;
                 }
-                for change in response.events() {
-                    let Some(kv) = change.kv() else { continue };
-                    revision = revision.max(kv.mod_revision());
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let deleted = change.event_type() == EventType::Delete;
-                    apply_change(&store, &id, &mut view, &key, kv.value(), kv.create_revision(), deleted)?;
-                }
+                apply_changes(&store, &id, (&mut view, &mut revision), &response)?;
                 yield event(&view);
                 if view.is_stopped() {
                     break;
@@ -60,100 +54,116 @@ fn event(view: &SessionView) -> pb::SessionEvent {
     pb::SessionEvent { session: Some(view.to_session(true)) }
 }
 
+/// Applies one watch response to the view, and moves the revision to its newest change.
+fn apply_changes(
+    store: &Store,
+    id: &str,
+    (view, revision): (&mut SessionView, &mut i64),
+    response: &WatchResponse,
+) -> Result<(), Status> {
+    for change in response.events() {
+        let Some(kv) = change.kv() else { continue };
+        *revision = (*revision).max(kv.mod_revision());
+        apply_change(store, id, view, kv, change.event_type() == EventType::Delete)?;
+    }
+    Ok(())
+}
+
 fn apply_change(
     store: &Store,
     id: &str,
     view: &mut SessionView,
-    key: &str,
-    value: &[u8],
-    create_revision: i64,
+    kv: &KeyValue,
     deleted: bool,
 ) -> Result<(), Status> {
     let keys = store.keys();
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
     if key == keys.session(id) {
         if !deleted {
-            view.record = crate::store::decode(key, value)?;
+            view.record = crate::store::decode(&key, kv.value())?;
         }
     } else if !key.starts_with(&keys.session_children(id)) {
         // Another session whose id starts with this one.
     } else if key == keys.session_owner(id) && deleted {
         view.owner = None;
     } else if !deleted {
-        persist::apply_child(view, store, id, key, value, create_revision)?;
+        persist::apply_child(view, store, id, &key, kv.value(), kv.create_revision())?;
     }
     Ok(())
 }
 
 /// Signals (coalesced) whenever a session's owner key is deleted or expires.
-pub fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc::Receiver<()> {
+pub(crate) fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc::Receiver<()> {
     let (sender, receiver) = mpsc::channel(1);
-    tokio::spawn(async move {
-        while !shutdown.is_cancelled() {
+    let watch = again_and_again(shutdown, move || {
+        let (store, sender) = (store.clone(), sender.clone());
+        async move {
             let prefix = store.keys().sessions();
             let options = WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]);
-            let watched = async {
-                let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
-                while let Some(response) = stream.message().await? {
-                    let owner_gone = response
-                        .events()
-                        .iter()
-                        .any(|e| e.kv().is_some_and(|kv| kv.key().ends_with(b"/owner")));
-                    if owner_gone {
-                        let _ = sender.try_send(());
-                    }
+            let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
+            while let Some(response) = stream.message().await? {
+                let owner_gone = response
+                    .events()
+                    .iter()
+                    .any(|e| e.kv().is_some_and(|kv| kv.key().ends_with(b"/owner")));
+                if owner_gone {
+                    let _ = sender.try_send(());
                 }
-                Ok::<(), etcd_client::Error>(())
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                result = watched => if let Err(error) = result { debug!(%error, "owner watch broke; again") },
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(BACKOFF) => {}
-            }
+            Ok(())
         }
     });
+    tokio::spawn(watch.instrument(debug_span!("owner_watch")));
     receiver
 }
 
 /// Every value written to `key` (the current one first), until `stop`.
-pub fn key_puts<M: Message + Default + 'static>(
+pub(crate) fn key_puts<M: Message + Default + 'static>(
     store: Store,
     key: String,
     stop: CancellationToken,
 ) -> mpsc::Receiver<M> {
     let (sender, receiver) = mpsc::channel(8);
-    tokio::spawn(async move {
-        while !stop.is_cancelled() {
-            let followed = async {
-                let current = store.kv().get(key.as_str(), None).await?;
-                let revision = current.header().map_or(0, |h| h.revision());
-                if let Some(Ok(value)) = current.kvs().first().map(|kv| M::decode(kv.value())) {
-                    let _ = sender.send(value).await;
-                }
-                let options = WatchOptions::new()
-                    .with_start_revision(revision + 1)
-                    .with_filters([WatchFilterType::NoDelete]);
-                let mut stream = store.watcher().watch(key.as_str(), Some(options)).await?;
-                while let Some(response) = stream.message().await? {
-                    for kv in response.events().iter().filter_map(|e| e.kv()) {
-                        if let Ok(value) = M::decode(kv.value()) {
-                            let _ = sender.send(value).await;
-                        }
+    let span = debug_span!("key_watch", %key);
+    let watch = again_and_again(stop, move || {
+        let (store, key, sender) = (store.clone(), key.clone(), sender.clone());
+        async move {
+            let current = store.kv().get(key.as_str(), None).await?;
+            let revision = current.header().map_or(0, |h| h.revision());
+            if let Some(Ok(value)) = current.kvs().first().map(|kv| M::decode(kv.value())) {
+                let _ = sender.send(value).await;
+            }
+            let options = WatchOptions::new()
+                .with_start_revision(revision + 1)
+                .with_filters([WatchFilterType::NoDelete]);
+            let mut stream = store.watcher().watch(key.as_str(), Some(options)).await?;
+            while let Some(response) = stream.message().await? {
+                for kv in response.events().iter().filter_map(|e| e.kv()) {
+                    if let Ok(value) = M::decode(kv.value()) {
+                        let _ = sender.send(value).await;
                     }
                 }
-                Ok::<(), etcd_client::Error>(())
-            };
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                result = followed => if let Err(error) = result { debug!(%error, %key, "key watch broke; again") },
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(BACKOFF) => {}
-            }
+            Ok(())
         }
     });
+    tokio::spawn(watch.instrument(span));
     receiver
+}
+
+/// Runs `watch` again, after a short pause, each time it ends or breaks, until `stop`.
+async fn again_and_again<F>(stop: CancellationToken, mut watch: impl FnMut() -> F)
+where
+    F: Future<Output = Result<(), etcd_client::Error>>,
+{
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = watch() => if let Err(error) = result { debug!(%error, "watch broke; again") },
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(BACKOFF) => {}
+        }
+    }
 }

@@ -21,40 +21,22 @@ use prost::Message;
 use sluice_proto::{pb, time};
 use tracing::{info, warn};
 
-use crate::{
-    agent_client::AgentClients,
-    agents::AgentDirectory,
-    error::{Error, Result},
-    membership::LeaseWatch,
-    restore_points::{
-        Located,
-        choose::{Need, choose_agent},
-        locate,
-    },
-    store::Store,
+use super::{
+    Located, RestorePoints,
+    choose::{Need, choose_agent},
+    locate,
 };
+use crate::{error::Result, membership};
 
 /// Longest an agent gets to delete folders or collect garbage.
 const AGENT_CALL: Duration = Duration::from_secs(300);
 
-/// What retention needs from the coordinator.
-#[derive(Clone)]
-pub struct Retention {
-    /// etcd.
-    pub store: Store,
-    /// Registered agents.
-    pub directory: AgentDirectory,
-    /// Agent clients.
-    pub clients: AgentClients,
-    /// The coordinator's lease (deletion marks are bound to it).
-    pub lease: LeaseWatch,
-    /// Coordinator id.
-    pub coordinator: String,
-}
-
 /// The restore points to delete so that each item keeps its `keep` newest (by `created_at`,
 /// then id); none when `keep` is 0.
-pub fn choose_deletions(restore_points: &[pb::RestorePoint], keep: u32) -> Vec<pb::RestorePoint> {
+pub(crate) fn choose_deletions(
+    restore_points: &[pb::RestorePoint],
+    keep: u32,
+) -> Vec<pb::RestorePoint> {
     if keep == 0 {
         return Vec::new();
     }
@@ -73,10 +55,10 @@ pub fn choose_deletions(restore_points: &[pb::RestorePoint], keep: u32) -> Vec<p
     deletions
 }
 
-impl Retention {
+impl RestorePoints {
     /// Applies the job's retention after session `session_id` of `job` finished; logs what
     /// it could not do.
-    pub async fn after_session(&self, job: &str, session_id: &str) {
+    pub(crate) async fn after_session(&self, job: &str, session_id: &str) {
         match self.run(job, session_id).await {
             Ok(0) => {}
             Ok(deleted) => {
@@ -124,9 +106,7 @@ impl Retention {
     }
 
     async fn mark_deleting(&self, rp: &pb::RestorePoint) -> Result<bool> {
-        let lease = self.lease.borrow().clone().ok_or_else(|| {
-            Error::Unavailable("coordinator holds no etcd lease right now".into())
-        })?;
+        let lease = membership::current(&self.lease)?;
         let keys = self.store.keys();
         let catalog = keys.restore_point(&rp.job, &rp.item, &rp.id);
         let uses = keys.restore_point_uses(&rp.job, &rp.id);
@@ -150,6 +130,26 @@ impl Retention {
 
     /// Deletes the marked restore points' folders, agent by agent, then their catalog entries.
     async fn delete(&self, marked: &[Located]) -> usize {
+        let mut deleted = 0;
+        for (agent, batch) in self.by_agent(marked).await.into_values() {
+            let done = self.delete_folders(&agent, &batch).await;
+            for located in batch {
+                if done.contains(&located.restore_point.id) {
+                    deleted += usize::from(self.forget(located).await);
+                } else {
+                    self.unmark(located).await;
+                }
+            }
+        }
+        deleted
+    }
+
+    /// The marked restore points by the agent that deletes them; those no agent can reach
+    /// are unmarked.
+    async fn by_agent<'a>(
+        &self,
+        marked: &'a [Located],
+    ) -> BTreeMap<String, (pb::Agent, Vec<&'a Located>)> {
         let agents = self.directory.current();
         let mut by_agent: BTreeMap<String, (pb::Agent, Vec<&Located>)> = BTreeMap::new();
         for located in marked {
@@ -165,41 +165,35 @@ impl Retention {
                 }
             }
         }
-        let mut deleted = 0;
-        for (agent, batch) in by_agent.into_values() {
-            let request = pb::DeleteRestorePointsRequest {
-                restore_points: batch.iter().map(|located| located.location()).collect(),
-            };
-            let answer = match self.clients.client(&agent.id, &agent.address) {
-                Ok(mut client) => {
-                    tokio::time::timeout(AGENT_CALL, client.delete_restore_points(request))
-                        .await
-                        .map_err(|_| "timed out".to_owned())
-                        .and_then(|r| r.map(|r| r.into_inner()).map_err(|s| s.message().to_owned()))
+        by_agent
+    }
+
+    /// Has `agent` delete the folders; the ids it deleted.
+    async fn delete_folders(&self, agent: &pb::Agent, batch: &[&Located]) -> Vec<String> {
+        let request = pb::DeleteRestorePointsRequest {
+            restore_points: batch.iter().map(|located| located.location()).collect(),
+        };
+        let answer = match self.clients.client(&agent.id, &agent.address) {
+            Ok(mut client) => {
+                tokio::time::timeout(AGENT_CALL, client.delete_restore_points(request))
+                    .await
+                    .map_err(|_| "timed out".to_owned())
+                    .and_then(|r| r.map(|r| r.into_inner()).map_err(|s| s.message().to_owned()))
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        match answer {
+            Ok(answer) => {
+                for problem in &answer.problems {
+                    warn!(agent = %agent.id, problem, "retention: a folder was not deleted");
                 }
-                Err(error) => Err(error.to_string()),
-            };
-            let done = match answer {
-                Ok(answer) => {
-                    for problem in &answer.problems {
-                        warn!(agent = %agent.id, problem, "retention: a folder was not deleted");
-                    }
-                    answer.deleted
-                }
-                Err(error) => {
-                    warn!(agent = %agent.id, error, "retention: deleting folders failed");
-                    Vec::new()
-                }
-            };
-            for located in batch {
-                if done.contains(&located.restore_point.id) {
-                    deleted += usize::from(self.forget(located).await);
-                } else {
-                    self.unmark(located).await;
-                }
+                answer.deleted
+            }
+            Err(error) => {
+                warn!(agent = %agent.id, error, "retention: deleting folders failed");
+                Vec::new()
             }
         }
-        deleted
     }
 
     /// Deletes the catalog entry and the deletion mark together.

@@ -1,0 +1,229 @@
+//! The session actor's calls to agents (RunTask, CancelTasks + ListTasks, AckTasks) and what
+//! their answers mean. Each call runs as a child task and reports back as a `Msg`.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use sluice_proto::{pb, refusal::Refusal, telemetry};
+use tonic::{Code, Status};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{Exit, Msg, SessionActor};
+use crate::{
+    agent_client::AgentClient,
+    error::Error,
+    sessions::{
+        machine::{CancelReason, Dispatch, Event, Outcome},
+        outbox::Ack,
+    },
+};
+
+/// Timeout of one call to an agent.
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SessionActor {
+    pub(super) fn send_run(&self, dispatch: Dispatch) {
+        let Some(mut client) = self.client(&dispatch.agent) else {
+            let result = Err(Error::AgentNotRegistered { agent: dispatch.agent.clone() }.into());
+            self.report(async move { Msg::RunDone { dispatch, result } });
+            return;
+        };
+        let span = info_span!("run_task", agent = %dispatch.agent, index = dispatch.index,
+                              attempt = dispatch.attempt);
+        let spec = span.in_scope(|| pb::TaskSpec {
+            traceparent: telemetry::current_traceparent().unwrap_or_default(),
+            ..self.task_spec(&dispatch)
+        });
+        let call = async move {
+            let answer = timeout(client.run_task(pb::RunTaskRequest { task: Some(spec) })).await;
+            let result = answer.and_then(|r| {
+                let status = r.into_inner().status;
+                status.ok_or_else(|| Status::internal("agent answered without a task status"))
+            });
+            Msg::RunDone { dispatch, result }
+        };
+        self.report(call.instrument(span));
+    }
+
+    fn task_spec(&self, dispatch: &Dispatch) -> pb::TaskSpec {
+        let empty = pb::Job::default();
+        let job = self.base.job.as_ref().unwrap_or(&empty);
+        pb::TaskSpec {
+            key: Some(self.task_key(dispatch.index, dispatch.attempt)),
+            epoch: self.epoch,
+            job: job.name.clone(),
+            job_type: job.r#type,
+            item: job.items.get(dispatch.index as usize).cloned(),
+            repository: job.repository.clone(),
+            sim_duration_ms: job.sim_duration_ms,
+            traceparent: String::new(),
+        }
+    }
+
+    fn task_key(&self, index: u32, attempt: u32) -> pb::TaskKey {
+        pb::TaskKey { session_id: self.machine.id().to_string(), item_index: index, attempt }
+    }
+
+    pub(super) fn on_run_done(
+        &mut self,
+        dispatch: Dispatch,
+        result: Result<pb::TaskStatus, Status>,
+    ) -> Option<Exit> {
+        self.outbox.answered(dispatch.index, dispatch.attempt);
+        let (index, attempt, agent) = (dispatch.index, dispatch.attempt, dispatch.agent.clone());
+        match result {
+            Ok(status) => self.on_task(dispatch.agent, status),
+            Err(status) if is_stale_epoch(&status) => {
+                warn!(%agent, %status, "agent saw a newer owner of this session");
+                return Some(Exit::Fenced);
+            }
+            Err(status) => self.on_run_refused(dispatch, status),
+        }
+        if self.machine.cancel_requested(index, attempt) {
+            self.send_cancel(agent, vec![index], CancelReason::User);
+        }
+        None
+    }
+
+    fn on_run_refused(&mut self, dispatch: Dispatch, status: Status) {
+        let Dispatch { index, attempt, agent } = dispatch;
+        let refusal = Refusal::of(&status);
+        if refusal == Some(Refusal::CancelledBeforeStart) {
+            let outcome = Outcome::never_started(CancelReason::User);
+            self.apply(Event::Finished { index, attempt, outcome, agent });
+            return;
+        }
+        let definitive =
+            matches!(status.code(), Code::ResourceExhausted | Code::FailedPrecondition)
+                || refusal == Some(Refusal::Draining);
+        let invalid = matches!(status.code(), Code::InvalidArgument | Code::Unimplemented);
+        if definitive || invalid {
+            let message = format!("agent {agent} refused the task: {}", status.message());
+            self.apply(Event::RunRefused { index, attempt, transient: !invalid, message });
+            return;
+        }
+        // The task may have started: ask the same agent again (idempotent) until it answers
+        // or is declared lost.
+        debug!(%agent, index, attempt, %status, "run task unanswered; resending");
+        self.outbox.awaiting(index, attempt);
+        self.later(Msg::Resend(Dispatch { index, attempt, agent }));
+    }
+
+    /// Sends an unanswered RunTask again, if the attempt is still the item's current one.
+    pub(super) fn resend(&mut self, dispatch: Dispatch) {
+        if self.machine.is_current(&dispatch) {
+            self.send_run(dispatch);
+        } else {
+            self.outbox.answered(dispatch.index, dispatch.attempt);
+        }
+    }
+
+    /// Cancels tasks on an agent; a dispatch never sent ends here, as never started.
+    pub(super) fn cancel(&mut self, agent: String, indices: Vec<u32>, reason: CancelReason) {
+        let mut remote = Vec::new();
+        for index in indices {
+            let in_flight = self.outbox.in_flight(index);
+            if let Some(attempt) = self.outbox.withdraw(index) {
+                let outcome = Outcome::never_started(reason);
+                self.apply(Event::Finished { index, attempt, outcome, agent: agent.clone() });
+            } else if !in_flight || reason == CancelReason::User {
+                // A user cancel may overtake its RunTask: the agent then refuses that RunTask.
+                remote.push(index);
+            }
+        }
+        if !remote.is_empty() {
+            self.send_cancel(agent, remote, reason);
+        }
+    }
+
+    /// CancelTasks, then ListTasks: the cancelled tasks the agent does not hold never started.
+    pub(super) fn send_cancel(&self, agent: String, indices: Vec<u32>, reason: CancelReason) {
+        let Some(mut client) = self.client(&agent) else { return };
+        let session_id = self.machine.id().to_string();
+        let request = pb::CancelTasksRequest {
+            session_id: session_id.clone(),
+            epoch: self.epoch,
+            item_indices: indices.clone(),
+            reason: pb::CancelReason::from(reason) as i32,
+        };
+        let span = info_span!("cancel_tasks", %agent, tasks = indices.len());
+        let call = async move {
+            let missing = async {
+                client.cancel_tasks(request).await?;
+                let listed = client.list_tasks(pb::ListTasksRequest { session_id }).await?;
+                let tasks = listed.into_inner().tasks;
+                let held: HashSet<u32> =
+                    tasks.iter().filter_map(|t| t.key.as_ref()).map(|k| k.item_index).collect();
+                Ok(indices.iter().copied().filter(|i| !held.contains(i)).collect())
+            };
+            let result = timeout(missing).await;
+            Msg::CancelDone { agent, result, indices }
+        };
+        self.report(call.instrument(span));
+    }
+
+    pub(super) fn on_cancel_done(
+        &mut self,
+        agent: String,
+        result: Result<Vec<u32>, Status>,
+        indices: Vec<u32>,
+    ) -> Option<Exit> {
+        let status = match result {
+            Ok(missing) => {
+                for index in missing {
+                    if let Some(attempt) = self.machine.cancel_awaited(index) {
+                        let outcome = Outcome::never_started(CancelReason::User);
+                        let agent = agent.clone();
+                        self.apply(Event::Finished { index, attempt, outcome, agent });
+                    }
+                }
+                return None;
+            }
+            Err(status) if is_stale_epoch(&status) => return Some(Exit::Fenced),
+            Err(status) => status,
+        };
+        warn!(%agent, %status, "cancel failed; retrying");
+        let still: Vec<u32> =
+            indices.into_iter().filter(|&i| self.machine.cancel_awaited(i).is_some()).collect();
+        // Sent again until the agent answers or is declared lost (AgentLost ends them).
+        if !still.is_empty() && self.ctx.directory.current().contains_key(&agent) {
+            self.later(Msg::ResendCancel { agent, indices: still });
+        }
+        None
+    }
+
+    /// AckTasks, one call per agent.
+    pub(super) fn send_acks(&self, acks: Vec<Ack>) {
+        let mut by_agent: BTreeMap<String, Vec<pb::TaskKey>> = BTreeMap::new();
+        for Ack { agent, index, attempt } in acks {
+            by_agent.entry(agent).or_default().push(self.task_key(index, attempt));
+        }
+        for (agent, keys) in by_agent {
+            let Some(mut client) = self.client(&agent) else { continue };
+            let request = pb::AckTasksRequest { epoch: self.epoch, keys };
+            self.acks.spawn(async move {
+                if let Err(status) = timeout(client.ack_tasks(request)).await {
+                    debug!(%agent, %status, "ack failed; the agent will report the task again");
+                }
+            });
+        }
+    }
+
+    fn client(&self, agent: &str) -> Option<AgentClient> {
+        let agents = self.ctx.directory.current();
+        let address = &agents.get(agent)?.address;
+        self.ctx.clients.client(agent, address).ok()
+    }
+}
+
+fn is_stale_epoch(status: &Status) -> bool {
+    Refusal::of(status) == Some(Refusal::StaleEpoch)
+}
+
+async fn timeout<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    tokio::time::timeout(TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("agent did not answer in time")))
+}

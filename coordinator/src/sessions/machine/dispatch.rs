@@ -1,0 +1,128 @@
+//! Dispatch rounds: free slots go to pending items in job order; later items may pass earlier
+//! ones whose resources are busy.
+
+use std::collections::HashMap;
+
+use super::{Dispatch, Effect, ItemState, Machine, SHOWN_WAITING_ITEMS, SessionState, TaskPhase};
+use crate::sessions::placement::{AgentMap, Placement, SlotPool, place};
+
+/// What one dispatch round has learnt so far.
+struct Round {
+    effects: Vec<Effect>,
+    /// Waiting items seen.
+    shown: usize,
+    /// Items with the same placement (VM items, or one computer) wait for the same reason:
+    /// once one of them cannot be placed, the others of this round skip the search.
+    blocked: HashMap<Option<String>, (String, bool)>,
+}
+
+impl Machine {
+    /// Hands free slots to pending items in job order.
+    pub(crate) fn dispatch(
+        &mut self,
+        now_ms: i64,
+        agents: &AgentMap,
+        pool: &mut dyn SlotPool,
+    ) -> Vec<Effect> {
+        if !self.may_dispatch() {
+            return Vec::new();
+        }
+        let has_computer_items = self.has_computer_items();
+        self.skip_settled();
+        let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
+        for pos in self.first_pending..self.items.len() {
+            let item = &self.items[pos];
+            if item.state() != ItemState::Pending || item.not_before_ms > now_ms {
+                continue;
+            }
+            match self.place(pos, &round, agents, pool) {
+                Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
+                Placement::Wait { reason, offline } => {
+                    self.wait(now_ms, pos, (reason, offline), &mut round);
+                    if !has_computer_items && round.shown >= SHOWN_WAITING_ITEMS {
+                        break; // every later item would wait for the same slots
+                    }
+                }
+            }
+        }
+        round.effects
+    }
+
+    /// Where the item at `pos` goes, or why it waits (as its like did, earlier this round).
+    fn place(
+        &self,
+        pos: usize,
+        round: &Round,
+        agents: &AgentMap,
+        pool: &mut dyn SlotPool,
+    ) -> Placement {
+        let computer = &self.items[pos].computer;
+        match round.blocked.get(computer) {
+            Some((reason, offline)) => {
+                Placement::Wait { reason: reason.clone(), offline: *offline }
+            }
+            None => place(&self.id, computer.as_deref(), &self.proxies, agents, pool),
+        }
+    }
+
+    fn has_computer_items(&mut self) -> bool {
+        *self
+            .has_computer_items
+            .get_or_insert_with(|| self.items.iter().any(|i| i.computer.is_some()))
+    }
+
+    /// Moves the start of dispatch rounds past the items that are no longer pending.
+    fn skip_settled(&mut self) {
+        let settled = self.items[self.first_pending..]
+            .iter()
+            .take_while(|i| i.state() != ItemState::Pending)
+            .count();
+        self.first_pending += settled;
+    }
+
+    fn start_attempt(&mut self, now_ms: i64, pos: usize, agent: String, round: &mut Round) {
+        let item = &mut self.items[pos];
+        let status = &mut item.status;
+        status.attempt += 1;
+        status.state = ItemState::Processing;
+        status.phase = TaskPhase::NotStarted;
+        status.agent = agent.clone();
+        status.waiting_reason.clear();
+        status.message.clear();
+        status.bytes_done = 0;
+        status.bytes_total = 0;
+        status.started_at_ms = Some(now_ms);
+        item.offline_since_ms = None;
+        item.cancel_sent = false;
+        let dispatch = Dispatch { index: item.index, attempt: item.status.attempt, agent };
+        round.effects.push(Effect::Run(dispatch));
+        self.dirty_items.insert(pos);
+        if self.status.state == SessionState::Starting {
+            self.status.state = SessionState::Working;
+            self.dirty_session = true;
+        }
+    }
+
+    /// Records why an item waits (stored for the first `SHOWN_WAITING_ITEMS` of a round).
+    fn wait(
+        &mut self,
+        now_ms: i64,
+        pos: usize,
+        (reason, offline): (String, bool),
+        round: &mut Round,
+    ) {
+        round.shown += 1;
+        let item = &mut self.items[pos];
+        round.blocked.insert(item.computer.clone(), (reason.clone(), offline));
+        if offline && item.offline_since_ms.is_none() {
+            item.offline_since_ms = Some(now_ms);
+        }
+        if !offline {
+            item.offline_since_ms = None;
+        }
+        if round.shown <= SHOWN_WAITING_ITEMS && item.status.waiting_reason != reason {
+            item.status.waiting_reason = reason;
+            self.dirty_lazy.insert(pos);
+        }
+    }
+}

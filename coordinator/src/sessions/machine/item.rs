@@ -1,0 +1,184 @@
+//! One item of a session as the rules see it: domain enums, converted to and from the wire
+//! types only at the edge (`records.rs`).
+
+use sluice_proto::pb;
+
+/// Where an item is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ItemState {
+    /// Waiting to be dispatched.
+    Pending,
+    /// A task for it runs on an agent.
+    Processing,
+    /// Restore point committed.
+    Success,
+    /// Restore point committed with a warning.
+    Warning,
+    /// Failed after its retries.
+    Failed,
+    /// Was running and was stopped immediately.
+    Canceled,
+    /// Never started: the session stopped first.
+    NotProcessed,
+}
+
+impl ItemState {
+    /// Whether the item has ended.
+    pub(crate) fn is_terminal(self) -> bool {
+        !matches!(self, ItemState::Pending | ItemState::Processing)
+    }
+
+    /// Whether the item committed a restore point.
+    pub(crate) fn is_committed(self) -> bool {
+        matches!(self, ItemState::Success | ItemState::Warning)
+    }
+}
+
+/// Phase of an item's running task; phases only move forward within an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub(crate) enum TaskPhase {
+    /// Not started.
+    #[default]
+    NotStarted,
+    /// Snapshot of the disks or of the file list.
+    Snapshot,
+    /// Copy of the data.
+    Transfer,
+    /// Manifest written and renamed into place.
+    Commit,
+    /// Snapshot removal.
+    Cleanup,
+}
+
+/// Why a task was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelReason {
+    /// A user stopped the session immediately (or a graceful stop timed out).
+    User,
+    /// The agent drained past its deadline: the item goes back to pending.
+    Drain,
+}
+
+/// What users see of an item, and what is stored of it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ItemStatus {
+    /// Item name from the job.
+    pub(crate) name: String,
+    /// Where it is.
+    pub(crate) state: ItemState,
+    /// Current or last phase of its task.
+    pub(crate) phase: TaskPhase,
+    /// Agent running (or that ran) its task; empty while pending.
+    pub(crate) agent: String,
+    /// Attempt number, from 1 (0 before the first).
+    pub(crate) attempt: u32,
+    /// Id of the committed restore point, if any.
+    pub(crate) restore_point: String,
+    /// Error, warning or cancellation text.
+    pub(crate) message: String,
+    /// Why a pending item is not dispatched yet.
+    pub(crate) waiting_reason: String,
+    /// Bytes copied so far.
+    pub(crate) bytes_done: u64,
+    /// Bytes to copy in all.
+    pub(crate) bytes_total: u64,
+    /// When the current attempt started, ms since the epoch.
+    pub(crate) started_at_ms: Option<i64>,
+    /// When it ended, ms since the epoch.
+    pub(crate) ended_at_ms: Option<i64>,
+}
+
+impl ItemStatus {
+    /// A pending item that never ran.
+    pub(crate) fn pending(name: String) -> Self {
+        ItemStatus {
+            name,
+            state: ItemState::Pending,
+            phase: TaskPhase::NotStarted,
+            agent: String::new(),
+            attempt: 0,
+            restore_point: String::new(),
+            message: String::new(),
+            waiting_reason: String::new(),
+            bytes_done: 0,
+            bytes_total: 0,
+            started_at_ms: None,
+            ended_at_ms: None,
+        }
+    }
+}
+
+/// How a task ended, as its agent reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Outcome {
+    /// SUCCESS, WARNING, FAILED or CANCELED (anything else counts as a failure).
+    pub(crate) state: ItemState,
+    /// The committed restore point, if any.
+    pub(crate) restore_point: Option<pb::RestorePoint>,
+    /// Error, warning or cancellation text.
+    pub(crate) message: String,
+    /// Why it was cancelled, if it was.
+    pub(crate) cancel_reason: Option<CancelReason>,
+}
+
+impl Outcome {
+    /// A task cancelled before it ever started on its agent.
+    pub(crate) fn never_started(reason: CancelReason) -> Self {
+        Outcome {
+            state: ItemState::Canceled,
+            restore_point: None,
+            message: "cancelled before it started".into(),
+            cancel_reason: Some(reason),
+        }
+    }
+}
+
+/// One item of the session.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Item {
+    /// Index of the item in the job.
+    pub(crate) index: u32,
+    /// Status as shown to users and stored in etcd.
+    pub(crate) status: ItemStatus,
+    /// The computer an agent-backup item needs, if any.
+    pub(crate) computer: Option<String>,
+    /// Attempts that failed.
+    pub(crate) failed_attempts: u32,
+    /// Earliest next attempt (retry wait), ms since the epoch.
+    pub(crate) not_before_ms: i64,
+    /// Since when it waits for its computer, ms since the epoch.
+    pub(crate) offline_since_ms: Option<i64>,
+    /// The committed restore point.
+    pub(crate) restore_point: Option<Box<pb::RestorePoint>>,
+    /// A cancel was sent for the running attempt.
+    pub(crate) cancel_sent: bool,
+}
+
+impl Item {
+    /// A pending item of the job that was never written.
+    pub(crate) fn new(index: u32, name: String, computer: Option<String>) -> Self {
+        Item {
+            index,
+            status: ItemStatus::pending(name),
+            computer,
+            failed_attempts: 0,
+            not_before_ms: 0,
+            offline_since_ms: None,
+            restore_point: None,
+            cancel_sent: false,
+        }
+    }
+
+    pub(crate) fn state(&self) -> ItemState {
+        self.status.state
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.state() == ItemState::Processing
+    }
+
+    /// The restore point to enter in the catalog: only a committed one.
+    pub(crate) fn catalog_entry(&self) -> Option<&pb::RestorePoint> {
+        self.restore_point.as_deref().filter(|_| self.state().is_committed())
+    }
+}

@@ -1,0 +1,143 @@
+//! Stopping a session (immediately, or gracefully with an optional deadline) and ending it
+//! once every item has ended.
+
+use std::collections::BTreeMap;
+
+use super::{
+    CANCELED_BY_USER, CancelReason, Effect, ItemState, Machine, SessionResult, SessionState,
+};
+
+/// How a stop treats running tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopMode {
+    /// Cancel running tasks at once.
+    Immediate,
+    /// Let running tasks finish and commit; start nothing new.
+    Graceful,
+}
+
+/// A stop in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stop {
+    /// Immediate or graceful.
+    pub(crate) mode: StopMode,
+    /// Graceful only: when what still runs is stopped immediately.
+    pub(crate) deadline_ms: Option<i64>,
+    /// Who asked.
+    pub(crate) requested_by: String,
+    /// When, in milliseconds since the epoch.
+    pub(crate) requested_at_ms: i64,
+}
+
+impl Machine {
+    pub(super) fn on_stop(&mut self, now_ms: i64, stop: Stop, effects: &mut Vec<Effect>) {
+        let escalates = match &self.status.stop {
+            None => true,
+            Some(current) => current.mode == StopMode::Graceful && stop.mode == StopMode::Immediate,
+        };
+        if !escalates {
+            return;
+        }
+        let first = self.status.stop.is_none();
+        let immediate = stop.mode == StopMode::Immediate;
+        self.status.stop = Some(stop);
+        self.status.state = SessionState::Stopping;
+        self.dirty_session = true;
+        if first {
+            self.close_pending(now_ms);
+        }
+        if immediate {
+            self.cancel_running(effects, CancelReason::User);
+        }
+    }
+
+    /// Items that never started become NOT_PROCESSED; items waiting to retry have failed.
+    fn close_pending(&mut self, now_ms: i64) {
+        for pos in 0..self.items.len() {
+            let item = &self.items[pos];
+            if item.state() != ItemState::Pending {
+                continue;
+            }
+            if item.failed_attempts > 0 {
+                let message =
+                    format!("{}; not retried because the session was stopped", item.status.message);
+                self.end_item(now_ms, pos, ItemState::Failed, message);
+            } else {
+                self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
+            }
+        }
+    }
+
+    /// Cancels again what an immediate stop cancels (after a takeover, sent cancels are not known).
+    pub(crate) fn resume_stop(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.status.stop.as_ref().is_some_and(|s| s.mode == StopMode::Immediate) {
+            self.cancel_running(&mut effects, CancelReason::User);
+        }
+        effects
+    }
+
+    pub(super) fn graceful_deadline_passed(&self, now_ms: i64) -> bool {
+        self.status.stop.as_ref().is_some_and(|s| {
+            s.mode == StopMode::Graceful && s.deadline_ms.is_some_and(|d| now_ms >= d)
+        })
+    }
+
+    pub(super) fn cancel_running(&mut self, effects: &mut Vec<Effect>, reason: CancelReason) {
+        let mut by_agent: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for item in self.items.iter_mut() {
+            if item.is_running() && !item.cancel_sent {
+                item.cancel_sent = true;
+                by_agent.entry(item.status.agent.clone()).or_default().push(item.index);
+            }
+        }
+        effects.extend(by_agent.into_iter().map(|(agent, indices)| Effect::Cancel {
+            agent,
+            indices,
+            reason,
+        }));
+    }
+
+    pub(super) fn finish_if_done(&mut self, now_ms: i64) {
+        if self.is_stopped() || !self.items.iter().all(|i| i.state().is_terminal()) {
+            return;
+        }
+        let (result, canceled, message) = self.outcome();
+        let status = &mut self.status;
+        status.result = Some(result);
+        status.canceled = canceled;
+        status.message = message;
+        status.state = SessionState::Stopped;
+        status.ended_at_ms = Some(now_ms);
+        self.dirty_session = true;
+    }
+
+    /// The session's result: failures fail it; a stop marks it cancelled.
+    fn outcome(&self) -> (SessionResult, bool, String) {
+        let count = |state: ItemState| self.items.iter().filter(|i| i.state() == state).count();
+        let failed = count(ItemState::Failed) + count(ItemState::Canceled);
+        let processed = failed + count(ItemState::Success) + count(ItemState::Warning);
+        let warnings = count(ItemState::Warning);
+        match self.status.stop.as_ref().map(|s| s.mode) {
+            None if failed > 0 => {
+                (SessionResult::Failed, false, format!("{failed} item(s) failed"))
+            }
+            None if warnings > 0 => {
+                (SessionResult::Warning, false, format!("{warnings} item(s) with warnings"))
+            }
+            None => (SessionResult::Success, false, String::new()),
+            Some(StopMode::Graceful) if processed == 0 => {
+                (SessionResult::Failed, true, CANCELED_BY_USER.into())
+            }
+            Some(StopMode::Graceful) if failed == 0 => {
+                (SessionResult::Warning, true, "stopped gracefully by user".into())
+            }
+            Some(StopMode::Graceful) => {
+                (SessionResult::Failed, true, "stopped gracefully by user".into())
+            }
+            Some(StopMode::Immediate) => {
+                (SessionResult::Failed, true, "stopped immediately by user".into())
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! What agents report about tasks: refusals, progress, outcomes, and their own loss.
+
+use super::{CancelReason, Effect, ItemState, Machine, Outcome, REFUSED_BACKOFF_MS, TaskPhase};
+
+impl Machine {
+    pub(super) fn on_refused(
+        &mut self,
+        now_ms: i64,
+        index: u32,
+        attempt: u32,
+        transient: bool,
+        message: String,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(pos) = self.running_position(index, attempt) else {
+            return;
+        };
+        effects.push(Effect::Release { agent: self.items[pos].status.agent.clone() });
+        if !transient {
+            self.fail_attempt(now_ms, pos, message);
+            return;
+        }
+        let item = &mut self.items[pos];
+        item.status.attempt -= 1;
+        item.status.state = ItemState::Pending;
+        item.status.agent.clear();
+        item.status.waiting_reason = message;
+        item.not_before_ms = now_ms + REFUSED_BACKOFF_MS;
+        self.dirty_items.insert(pos);
+        self.first_pending = self.first_pending.min(pos);
+        if self.status.stop.is_some() {
+            self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
+        }
+    }
+
+    pub(super) fn on_progress(
+        &mut self,
+        index: u32,
+        attempt: u32,
+        phase: TaskPhase,
+        done: u64,
+        total: u64,
+    ) {
+        let Some(pos) = self.running_position(index, attempt) else {
+            return;
+        };
+        let status = &mut self.items[pos].status;
+        // Updates may arrive out of order (a RunTask answer after the stream's first events):
+        // within an attempt, the phase and the bytes of a phase only move forward.
+        if phase < status.phase || (phase == status.phase && done < status.bytes_done) {
+            return;
+        }
+        if status.phase != phase || status.bytes_done != done || status.bytes_total != total {
+            status.phase = phase;
+            status.bytes_done = done;
+            status.bytes_total = total;
+            self.dirty_lazy.insert(pos);
+        }
+    }
+
+    pub(super) fn on_finished(
+        &mut self,
+        now_ms: i64,
+        index: u32,
+        attempt: u32,
+        (outcome, reporter): (Outcome, String),
+        effects: &mut Vec<Effect>,
+    ) {
+        if !self.holds(index) {
+            return;
+        }
+        // The agent that reported holds the outcome, also for an older attempt elsewhere.
+        effects.push(Effect::Ack { agent: reporter, index, attempt });
+        let Some(pos) = self.running_position(index, attempt) else {
+            return;
+        };
+        effects.push(Effect::Release { agent: self.items[pos].status.agent.clone() });
+        match outcome.state {
+            state @ (ItemState::Success | ItemState::Warning) => {
+                let item = &mut self.items[pos];
+                item.status.restore_point =
+                    outcome.restore_point.as_ref().map(|rp| rp.id.clone()).unwrap_or_default();
+                item.restore_point = outcome.restore_point.map(Box::new);
+                self.end_item(now_ms, pos, state, outcome.message);
+            }
+            ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Drain) => {
+                self.requeue(now_ms, pos, "task was cancelled by an agent drain; dispatched again")
+            }
+            ItemState::Canceled => self.end_item(now_ms, pos, ItemState::Canceled, outcome.message),
+            _ => self.fail_attempt(now_ms, pos, outcome.message),
+        }
+    }
+
+    pub(super) fn on_agent_lost(&mut self, now_ms: i64, agent: &str, effects: &mut Vec<Effect>) {
+        let lost: Vec<usize> = (0..self.items.len())
+            .filter(|&p| self.items[p].is_running() && self.items[p].status.agent == agent)
+            .collect();
+        for pos in lost {
+            effects.push(Effect::Release { agent: agent.to_string() });
+            let item = &self.items[pos];
+            if item.cancel_sent {
+                let message = format!("agent {agent} lost while cancelling");
+                self.end_item(now_ms, pos, ItemState::Canceled, message);
+            } else if item.computer.is_some() {
+                // Only that computer's agent can process it: wait for the computer to return.
+                self.requeue(now_ms, pos, &format!("agent {agent} lost; waiting for the computer"));
+            } else {
+                self.fail_attempt(now_ms, pos, format!("agent {agent} lost"));
+            }
+        }
+    }
+
+    fn fail_attempt(&mut self, now_ms: i64, pos: usize, message: String) {
+        self.items[pos].failed_attempts += 1;
+        let attempts_left = self.items[pos].failed_attempts < self.retry.attempts;
+        if self.status.stop.is_some() || !attempts_left {
+            self.end_item(now_ms, pos, ItemState::Failed, message);
+            return;
+        }
+        let item = &mut self.items[pos];
+        item.not_before_ms = now_ms + self.retry.wait_ms;
+        item.status.waiting_reason = format!(
+            "retry {} of {} after failure: {message}",
+            item.failed_attempts + 1,
+            self.retry.attempts
+        );
+        item.status.message = message;
+        self.make_pending(pos);
+    }
+
+    fn requeue(&mut self, now_ms: i64, pos: usize, reason: &str) {
+        if self.status.stop.is_some() {
+            self.end_item(now_ms, pos, ItemState::NotProcessed, reason.to_string());
+            return;
+        }
+        self.items[pos].status.waiting_reason = reason.to_string();
+        self.make_pending(pos);
+    }
+
+    fn make_pending(&mut self, pos: usize) {
+        self.first_pending = self.first_pending.min(pos);
+        let item = &mut self.items[pos];
+        item.status.state = ItemState::Pending;
+        item.status.agent.clear();
+        item.status.phase = TaskPhase::NotStarted;
+        item.cancel_sent = false;
+        self.dirty_items.insert(pos);
+    }
+
+    pub(super) fn end_item(&mut self, now_ms: i64, pos: usize, state: ItemState, message: String) {
+        let item = &mut self.items[pos];
+        item.status.state = state;
+        item.status.message = message;
+        item.status.waiting_reason.clear();
+        item.status.ended_at_ms = Some(now_ms);
+        item.offline_since_ms = None;
+        self.dirty_items.insert(pos);
+    }
+}

@@ -1,0 +1,102 @@
+//! Random events in random order, as a fuzzing driver of the rules.
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Dispatch,
+    Finish { pick: usize, state: ItemState },
+    Lose,
+    Stop(StopMode),
+    Tick(i64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let state = prop_oneof![
+        Just(ItemState::Success),
+        Just(ItemState::Warning),
+        Just(ItemState::Failed),
+        Just(ItemState::Canceled)
+    ];
+    prop_oneof![
+        4 => Just(Step::Dispatch),
+        6 => (any::<usize>(), state).prop_map(|(pick, state)| Step::Finish { pick, state }),
+        1 => Just(Step::Lose),
+        1 => prop_oneof![Just(StopMode::Graceful), Just(StopMode::Immediate)].prop_map(Step::Stop),
+        2 => (0i64..5000).prop_map(Step::Tick),
+    ]
+}
+
+/// Finishes one running item (picked by `pick`) with an outcome of `state`.
+fn finish_one(m: &mut Machine, now: i64, pick: usize, state: ItemState) -> Vec<Effect> {
+    let running: Vec<&Item> = m.items.iter().filter(|i| i.is_running()).collect();
+    if running.is_empty() {
+        return Vec::new();
+    }
+    let item = running[pick % running.len()];
+    let reason = (state == ItemState::Canceled).then_some(CancelReason::User);
+    let outcome = Outcome { cancel_reason: reason, ..outcome(state) };
+    m.apply(now, finished(item.index, item.status.attempt, outcome))
+}
+
+fn run_steps(items: u32, attempts: u32, steps: &[Step]) -> (Machine, u32) {
+    let mut m = machine(items, attempts);
+    let mut pool = Pool::default();
+    let map = agents(&[("a1", 2), ("a2", 1)]);
+    let mut now = 0;
+    let mut max_running = 0;
+    for step in steps {
+        let effects = match step {
+            Step::Dispatch => m.dispatch(now, &map, &mut pool),
+            Step::Finish { pick, state } => finish_one(&mut m, now, *pick, *state),
+            Step::Lose => m.apply(now, Event::AgentLost { agent: "a2".into() }),
+            Step::Stop(mode) => m.apply(now, stop(*mode)),
+            Step::Tick(dt) => {
+                now += dt;
+                m.apply(now, Event::Tick)
+            }
+        };
+        for effect in effects {
+            if let Effect::Release { agent } = effect {
+                pool.release(&agent);
+            }
+        }
+        let running = m.items.iter().filter(|i| i.is_running()).count() as u32;
+        max_running = max_running.max(running);
+    }
+    (m, max_running)
+}
+
+proptest! {
+    #[test]
+    fn rules_hold_for_any_sequence(items in 1u32..8, attempts in 1u32..4, steps in prop::collection::vec(step(), 0..60)) {
+        let (m, max_running) = run_steps(items, attempts, &steps);
+        prop_assert!(max_running <= 3, "never more tasks than slots");
+        for item in &m.items {
+            prop_assert!(item.failed_attempts <= attempts, "retries stay within the policy");
+            prop_assert!(item.status.attempt <= attempts + 1);
+            let committed = item.state().is_committed();
+            prop_assert_eq!(committed, !item.status.restore_point.is_empty(), "a restore point iff committed");
+        }
+        let all_terminal = m.items.iter().all(|i| i.state().is_terminal());
+        prop_assert_eq!(m.is_stopped(), all_terminal, "stopped exactly when every item ended");
+        if m.is_stopped() {
+            let failed = m.items.iter().any(|i| matches!(i.state(), ItemState::Failed | ItemState::Canceled));
+            let (result, canceled) = (m.status.result, m.status.canceled);
+            match m.status.stop.as_ref().map(|s| s.mode) {
+                None => prop_assert_eq!(result == Some(SessionResult::Failed), failed),
+                Some(StopMode::Immediate) => prop_assert_eq!((result, canceled), (Some(SessionResult::Failed), true)),
+                Some(StopMode::Graceful) => {
+                    prop_assert!(canceled);
+                    prop_assert_eq!(result == Some(SessionResult::Failed), failed || m.status.message == CANCELED_BY_USER);
+                }
+            }
+        }
+        if m.status.stop.is_some() {
+            let nothing_new = m.items.iter().all(|i| i.state() != ItemState::Pending);
+            prop_assert!(nothing_new, "a stop leaves no item pending");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Immediate and graceful stops.
+
+use super::*;
+
+#[test]
+fn immediate_stop_cancels_running_and_closes_pending() {
+    let mut m = machine(4, 1);
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut Pool::default());
+    m.apply(1, finished(0, 1, outcome(ItemState::Success)));
+    let effects = m.apply(2, stop(StopMode::Immediate));
+    assert_eq!(
+        effects,
+        vec![Effect::Cancel { agent: "a1".into(), indices: vec![1], reason: CancelReason::User }]
+    );
+    assert_eq!(m.status.state, SessionState::Stopping);
+    assert_eq!(states(&m)[2..], [ItemState::NotProcessed, ItemState::NotProcessed]);
+    m.apply(3, finished(1, 1, canceled(CancelReason::User)));
+    assert_eq!(ended(&m), (SessionState::Stopped, Some(SessionResult::Failed), true));
+    assert_eq!(states(&m)[..2], [ItemState::Success, ItemState::Canceled]);
+}
+
+#[test]
+fn graceful_stop_lets_running_items_commit() {
+    let mut m = machine(3, 1);
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut Pool::default());
+    let effects = m.apply(1, stop(StopMode::Graceful));
+    assert!(effects.is_empty(), "graceful stop cancels nothing");
+    assert!(
+        m.dispatch(2, &agents(&[("a1", 9)]), &mut Pool::default()).is_empty(),
+        "no new dispatch"
+    );
+    m.apply(3, finished(0, 1, outcome(ItemState::Success)));
+    m.apply(4, finished(1, 1, outcome(ItemState::Success)));
+    assert_eq!(states(&m), vec![ItemState::Success, ItemState::Success, ItemState::NotProcessed]);
+    assert_eq!((m.status.result, m.status.canceled), (Some(SessionResult::Warning), true));
+}
+
+#[test]
+fn graceful_stop_with_a_failed_item_fails_the_session() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut Pool::default());
+    m.apply(1, stop(StopMode::Graceful));
+    m.apply(2, finished(0, 1, outcome(ItemState::Failed)));
+    m.apply(3, finished(1, 1, outcome(ItemState::Success)));
+    assert_eq!((m.status.result, m.status.canceled), (Some(SessionResult::Failed), true));
+}
+
+#[test]
+fn graceful_stop_before_the_first_item_fails_with_the_user_message() {
+    let mut m = machine(3, 1);
+    m.apply(0, stop(StopMode::Graceful));
+    assert_eq!(ended(&m), (SessionState::Stopped, Some(SessionResult::Failed), true));
+    assert_eq!(m.status.message, CANCELED_BY_USER);
+    assert!(states(&m).iter().all(|s| *s == ItemState::NotProcessed));
+}
+
+#[test]
+fn graceful_timeout_stops_what_still_runs_immediately() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let graceful = Stop {
+        mode: StopMode::Graceful,
+        deadline_ms: Some(5000),
+        requested_by: "t".into(),
+        requested_at_ms: 0,
+    };
+    m.apply(1, Event::Stop(graceful));
+    assert_eq!(m.next_wakeup_ms(1), Some(5000));
+    assert!(m.apply(4999, Event::Tick).is_empty());
+    let effects = m.apply(5000, Event::Tick);
+    assert!(matches!(effects.as_slice(), [Effect::Cancel { reason: CancelReason::User, .. }]));
+    m.apply(5001, finished(0, 1, canceled(CancelReason::User)));
+    assert_eq!((m.status.result, m.status.canceled), (Some(SessionResult::Failed), true));
+}
+
+#[test]
+fn immediate_escalates_graceful_but_not_the_other_way() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    assert!(m.apply(1, stop(StopMode::Graceful)).is_empty());
+    assert_eq!(m.apply(2, stop(StopMode::Immediate)).len(), 1);
+    assert_eq!(m.status.stop.as_ref().map(|s| s.mode), Some(StopMode::Immediate));
+    assert!(m.apply(3, stop(StopMode::Graceful)).is_empty());
+    assert!(m.apply(4, stop(StopMode::Immediate)).is_empty(), "a repeated stop is idempotent");
+    assert_eq!(m.status.stop.as_ref().map(|s| s.mode), Some(StopMode::Immediate));
+}
+
+#[test]
+fn failed_items_are_not_retried_after_a_stop() {
+    let mut m = machine(2, 3);
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut Pool::default());
+    m.apply(1, stop(StopMode::Graceful));
+    m.apply(2, finished(0, 1, outcome(ItemState::Failed)));
+    assert_eq!(m.items[0].state(), ItemState::Failed);
+}
+
+#[test]
+fn an_item_waiting_to_retry_fails_when_the_session_stops() {
+    let mut m = machine(2, 3);
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut Pool::default());
+    m.apply(1, finished(0, 1, outcome(ItemState::Failed)));
+    m.apply(2, stop(StopMode::Graceful));
+    assert_eq!(m.items[0].state(), ItemState::Failed);
+}
+
+#[test]
+fn a_new_owner_cancels_again_what_an_immediate_stop_cancels() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, stop(StopMode::Immediate));
+    m.items[0].cancel_sent = false; // not stored: a new owner does not know it was sent
+    let effects = m.resume_stop();
+    assert_eq!(
+        effects,
+        vec![Effect::Cancel { agent: "a1".into(), indices: vec![0], reason: CancelReason::User }]
+    );
+}

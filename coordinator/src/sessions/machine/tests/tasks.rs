@@ -1,0 +1,118 @@
+//! What agents report: refusals, progress, outcomes of old attempts, lost agents and drains.
+
+use super::*;
+
+#[test]
+fn drain_cancellation_dispatches_again_and_is_not_a_user_cancel() {
+    let mut m = machine(1, 1);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut pool);
+    m.apply(1, finished(0, 1, canceled(CancelReason::Drain)));
+    pool.release("a1");
+    assert_eq!(m.items[0].state(), ItemState::Pending);
+    assert_eq!(m.items[0].failed_attempts, 0);
+    let again = runs(&m.dispatch(2, &agents(&[("a2", 1)]), &mut pool));
+    assert_eq!(again, vec![(0, 2, "a2".to_string())]);
+}
+
+#[test]
+fn a_lost_agent_counts_as_a_failed_attempt() {
+    let mut m = machine(1, 2);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let effects = m.apply(1, Event::AgentLost { agent: "a1".into() });
+    assert_eq!(effects, vec![Effect::Release { agent: "a1".into() }]);
+    assert_eq!(m.items[0].failed_attempts, 1);
+    assert!(m.items[0].status.waiting_reason.contains("agent a1 lost"));
+}
+
+#[test]
+fn a_busy_agent_refusal_is_not_an_attempt() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, Event::RunRefused { index: 0, attempt: 1, transient: true, message: "busy".into() });
+    assert_eq!((m.items[0].state(), m.items[0].status.attempt), (ItemState::Pending, 0));
+    assert_eq!(m.items[0].not_before_ms, 1 + REFUSED_BACKOFF_MS);
+}
+
+#[test]
+fn updates_of_old_attempts_are_acknowledged_but_ignored() {
+    let mut m = machine(1, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut pool);
+    m.apply(1, finished(0, 1, outcome(ItemState::Failed)));
+    pool.release("a1");
+    m.dispatch(2000, &agents(&[("a1", 1)]), &mut pool);
+    let effects = m.apply(2001, finished(0, 1, outcome(ItemState::Success)));
+    assert_eq!(effects, vec![Effect::Ack { agent: "a1".into(), index: 0, attempt: 1 }]);
+    assert_eq!(m.items[0].state(), ItemState::Processing);
+}
+
+#[test]
+fn progress_is_recorded_lazily() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.take_dirty(true);
+    let progress = Event::Progress {
+        index: 0,
+        attempt: 1,
+        phase: TaskPhase::Transfer,
+        bytes_done: 5,
+        bytes_total: 10,
+    };
+    m.apply(1, progress);
+    assert!(!m.has_urgent_changes());
+    assert!(m.has_lazy_changes());
+    assert_eq!(m.take_dirty(true).0, vec![0]);
+}
+
+#[test]
+fn a_computer_item_whose_agent_is_lost_waits_for_its_computer() {
+    let mut m = machine(1, 1);
+    m.items[0].computer = Some("pc1".into());
+    let pc1 = AgentInfo { slots: 1, computer: Some("pc1".into()), accepting: true };
+    let map: AgentMap = [("a-pc1".to_string(), pc1)].into();
+    m.dispatch(0, &map, &mut Pool::default());
+    m.apply(1, Event::AgentLost { agent: "a-pc1".into() });
+    assert_eq!((m.items[0].state(), m.items[0].failed_attempts), (ItemState::Pending, 0));
+    m.dispatch(2, &AgentMap::new(), &mut Pool::default());
+    assert_eq!(m.items[0].status.waiting_reason, "computer pc1 is offline");
+}
+
+#[test]
+fn a_late_answer_does_not_move_the_phase_back() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let at = |phase, bytes_done| Event::Progress {
+        index: 0,
+        attempt: 1,
+        phase,
+        bytes_done,
+        bytes_total: 10,
+    };
+    m.apply(1, at(TaskPhase::Transfer, 5));
+    m.apply(2, at(TaskPhase::NotStarted, 0));
+    m.apply(3, at(TaskPhase::Transfer, 3));
+    assert_eq!((m.items[0].status.phase, m.items[0].status.bytes_done), (TaskPhase::Transfer, 5));
+    m.apply(4, at(TaskPhase::Commit, 10));
+    assert_eq!(m.items[0].status.phase, TaskPhase::Commit);
+}
+
+#[test]
+fn a_late_result_of_an_older_attempt_is_acknowledged_to_the_agent_that_reported_it() {
+    let mut m = machine(1, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: "a-old".into() });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let late = Event::Finished {
+        index: 0,
+        attempt: 1,
+        outcome: outcome(ItemState::Success),
+        agent: "a-old".into(),
+    };
+    assert_eq!(
+        m.apply(2001, late),
+        vec![Effect::Ack { agent: "a-old".into(), index: 0, attempt: 1 }]
+    );
+    assert_eq!(m.items[0].status.agent, "a-new", "the current attempt goes on");
+}

@@ -1,0 +1,176 @@
+//! `StopJob` and `StopAll` on any coordinator: the stop is written to the session's stop key
+//! (durable before the call returns) and handed to the owner's actor when it runs here; other
+//! owners follow the key (`watch_stop_key`).
+
+use sluice_proto::{
+    job::{MAX_SECONDS, validate_name},
+    pb::{self, SessionState, StopMode},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::Sessions;
+use crate::{
+    error::{Error, Result},
+    sessions::{
+        actor, machine, persist,
+        records::{stop_from, timestamp},
+        watch,
+    },
+    store::Store,
+};
+
+impl Sessions {
+    /// Records a stop in etcd (durable before this returns) and tells the owner.
+    pub(crate) async fn stop(
+        &self,
+        request: pb::StopJobRequest,
+        peer: String,
+    ) -> Result<pb::Session> {
+        let mode = stop_mode(request.mode)?;
+        let id = self.resolve(&request.job, &request.session_id).await?;
+        // Only the record: the stop must not wait for a read of every item.
+        let record = self.record(&id).await?;
+        check_stoppable(&id, &record, &request, mode)?;
+        let stop = stop_request(mode, &request, &record.job.unwrap_or_default(), peer);
+        if persist::request_stop(self.store(), &id, &stop).await? {
+            info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
+            if let Some(stops) = self.inner.router.stops(&id) {
+                let _ = stops.send(stop_from(&stop)).await;
+            }
+        }
+        Ok(self.load(&id).await?.to_session(true))
+    }
+
+    /// Stops every active session with one mode.
+    pub(crate) async fn stop_all(
+        &self,
+        mode: i32,
+        requested_by: String,
+    ) -> Result<Vec<pb::Session>> {
+        stop_mode(mode)?;
+        let mut stopped = Vec::new();
+        let mut failures = Vec::new();
+        for (_, id) in persist::active_sessions(self.store()).await? {
+            let request = pb::StopJobRequest {
+                session_id: id.clone(),
+                mode,
+                requested_by: requested_by.clone(),
+                ..Default::default()
+            };
+            match self.stop(request, requested_by.clone()).await {
+                Ok(session) => stopped.push(session),
+                // Ended or gone meanwhile, or not stoppable this way: nothing to stop.
+                Err(
+                    Error::SessionEnded { .. }
+                    | Error::SessionNotFound { .. }
+                    | Error::NoGracefulStop { .. },
+                ) => {}
+                // Stop every other session first; then say which one could not be stopped.
+                Err(error) => failures.push(format!("session {id}: {error}")),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(Error::StopIncomplete { stopped: stopped.len(), failures });
+        }
+        Ok(stopped)
+    }
+
+    /// The session a stop names: by id, or the job's active one.
+    async fn resolve(&self, job: &str, session_id: &str) -> Result<String> {
+        if !session_id.is_empty() {
+            validate_name("session_id", session_id)?;
+            return Ok(session_id.to_string());
+        }
+        if job.is_empty() {
+            return Err(Error::invalid("job or session_id", "name the job or the session to stop"));
+        }
+        validate_name("job", job)?;
+        if let Some(id) = persist::active_session(self.store(), job).await? {
+            return Ok(id);
+        }
+        let exists = self.store().get::<pb::Job>(&self.store().keys().job(job)).await?.is_some();
+        match exists {
+            true => Err(Error::NoActiveSession { job: job.into() }),
+            false => Err(Error::JobNotFound { job: job.into() }),
+        }
+    }
+}
+
+fn stop_mode(raw: i32) -> Result<StopMode> {
+    match StopMode::try_from(raw) {
+        Ok(mode @ (StopMode::Immediate | StopMode::Graceful)) => Ok(mode),
+        _ => Err(Error::invalid("mode", "must be STOP_MODE_IMMEDIATE or STOP_MODE_GRACEFUL")),
+    }
+}
+
+/// Refuses a stop of an ended session, of another job's session, with too long a timeout,
+/// or graceful where the job type cannot stop gracefully.
+fn check_stoppable(
+    id: &str,
+    record: &pb::SessionRecord,
+    request: &pb::StopJobRequest,
+    mode: StopMode,
+) -> Result<()> {
+    let session = record.session.clone().unwrap_or_default();
+    if session.state() == SessionState::Stopped {
+        let result = session.result().as_str_name().to_string();
+        return Err(Error::SessionEnded { session: id.into(), result });
+    }
+    if !request.job.is_empty() && !request.session_id.is_empty() && session.job != request.job {
+        let reason =
+            format!("session {id} belongs to job {:?}, not {:?}", session.job, request.job);
+        return Err(Error::invalid("session_id", reason));
+    }
+    if request.graceful_timeout_seconds > MAX_SECONDS {
+        let reason = format!("must be at most {MAX_SECONDS} (one week)");
+        return Err(Error::invalid("graceful_timeout_seconds", reason));
+    }
+    let job_type = record.job.as_ref().map(|job| job.r#type()).unwrap_or_default();
+    if mode == StopMode::Graceful && job_type == pb::JobType::BackupCopy {
+        return Err(Error::NoGracefulStop { job_type: job_type.as_str_name().into() });
+    }
+    Ok(())
+}
+
+/// The stop to store: now, by the caller (else its peer address), with the graceful
+/// deadline from the request or else the job.
+fn stop_request(
+    mode: StopMode,
+    request: &pb::StopJobRequest,
+    job: &pb::Job,
+    peer: String,
+) -> pb::StopRequest {
+    let timeout = match request.graceful_timeout_seconds {
+        0 => job.graceful_timeout_seconds,
+        seconds => seconds,
+    };
+    let now = actor::now_ms();
+    let deadline =
+        (mode == StopMode::Graceful && timeout > 0).then(|| now + i64::from(timeout) * 1000);
+    let requested_by =
+        if request.requested_by.is_empty() { peer } else { request.requested_by.clone() };
+    pb::StopRequest {
+        mode: mode as i32,
+        requested_by,
+        requested_at: Some(timestamp(now)),
+        graceful_deadline: deadline.map(timestamp),
+    }
+}
+
+/// Delivers stop requests written by any coordinator to the owner's actor.
+pub(super) async fn watch_stop_key(
+    store: Store,
+    id: String,
+    stops: mpsc::Sender<machine::Stop>,
+    stop: CancellationToken,
+) {
+    let key = store.keys().session_stop(&id);
+    let mut stream = watch::key_puts::<pb::StopRequest>(store.clone(), key, stop.clone());
+    while let Some(request) = stream.recv().await {
+        if stops.send(stop_from(&request)).await.is_err() {
+            return;
+        }
+    }
+}
