@@ -66,10 +66,10 @@ impl Sessions {
         &self.inner.ctx.store
     }
 
-    /// Starts a session of every item of `job`.
-    pub(crate) async fn start(&self, job: &str) -> Result<pb::Session> {
+    /// Starts a session of every item of `job`; `full` asks for an active full.
+    pub(crate) async fn start(&self, job: &str, full: bool) -> Result<pb::Session> {
         validate_name("job", job)?;
-        self.start_items(job, None, String::new()).await
+        self.start_items(job, None, Origin { retry_of: String::new(), full }).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
@@ -82,15 +82,19 @@ impl Sessions {
         if names.is_empty() {
             return Err(Error::NothingToRetry { session: session_id.into() });
         }
-        let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
-        self.start_items(&job, Some(names), session_id.to_string()).await
+        let session = view.record.session.as_ref();
+        let job = session.map(|s| s.job.clone()).unwrap_or_default();
+        // A retry of an active full is an active full too.
+        let full = session.is_some_and(|s| s.full);
+        let origin = Origin { retry_of: session_id.to_string(), full };
+        self.start_items(&job, Some(names), origin).await
     }
 
     async fn start_items(
         &self,
         job_name: &str,
         names: Option<Vec<String>>,
-        retry_of: String,
+        origin: Origin,
     ) -> Result<pb::Session> {
         let lease = self.current_lease()?;
         let store = self.store();
@@ -101,7 +105,7 @@ impl Sessions {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
         let mut new = NewSession {
-            record: self.new_record(stored.value, item_indices, retry_of),
+            record: self.new_record(stored.value, item_indices, origin),
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
@@ -122,7 +126,7 @@ impl Sessions {
         &self,
         job: pb::Job,
         item_indices: Vec<u32>,
-        retry_of: String,
+        origin: Origin,
     ) -> pb::SessionRecord {
         let session = pb::Session {
             id: new_session_id(),
@@ -130,7 +134,8 @@ impl Sessions {
             state: SessionState::Starting as i32,
             owner: self.inner.coordinator.clone(),
             created_at: Some(time::now()),
-            retry_of,
+            retry_of: origin.retry_of,
+            full: origin.full,
             job_type: job.r#type,
             ..Default::default()
         };
@@ -313,4 +318,12 @@ async fn create(store: &Store, new: &mut NewSession) -> Result<i64> {
             result => return result,
         }
     }
+}
+
+/// How a session came to be started.
+struct Origin {
+    /// The session it retries, if any.
+    retry_of: String,
+    /// Whether it is an active full.
+    full: bool,
 }
