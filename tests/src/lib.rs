@@ -24,6 +24,7 @@ pub mod disk;
 mod etcd;
 pub mod fixtures;
 pub mod jobs;
+pub mod live;
 mod logs;
 pub mod manifests;
 mod node;

@@ -23,6 +23,8 @@ pub struct Vm {
     sluice_socket: PathBuf,
     control: Control,
     disks: Vec<PathBuf>,
+    dir: PathBuf,
+    name: String,
 }
 
 impl Vm {
@@ -59,7 +61,8 @@ impl Vm {
             "the VM's control socket",
         )
         .await;
-        Vm { child, _watchdog: watchdog, sluice_socket, control, disks: disks.to_vec() }
+        let (dir, name) = (dir.to_path_buf(), name.to_owned());
+        Vm { child, _watchdog: watchdog, sluice_socket, control, disks: disks.to_vec(), dir, name }
     }
 
     /// The QMP socket Sluice may use (`VmTarget.qmp_socket`).
@@ -120,6 +123,18 @@ impl Vm {
         // A command reads every event sent before its reply.
         self.status();
         self.control.events.iter().filter(|e| e.as_str() == "STOP").cloned().collect()
+    }
+
+    /// Stops QEMU, cleanly (`quit`: persistent bitmaps are saved) or with SIGKILL (nothing
+    /// is saved), and starts it again on the same disks and sockets.
+    pub async fn restart(&mut self, clean: bool) {
+        if clean {
+            let _ = self.control.send("quit", Value::Null);
+        } else {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        *self = Vm::start(&self.dir, &self.name, &self.disks).await;
     }
 
     /// Shuts QEMU down cleanly (persistent bitmaps are saved) and waits for it.

@@ -12,6 +12,7 @@ mod e2e {
     mod fencing;
     mod harness;
     mod jobs;
+    mod live_vms;
     mod ownership;
     mod reflection;
     mod restore_points;

@@ -151,6 +151,9 @@ impl Backup {
         ctx.reporter.phase(TaskPhase::Commit).await;
         self.close_targets().await.map_err(|e| Failure::Failed(format!("COMMIT failed: {e}")))?;
         let restore_point = self.commit(ctx, paths, &plan.kind, copied).await?;
+        let stored =
+            jobs::Volumes { transferred: restore_point.size_bytes, ..jobs::volumes(&self.jobs) };
+        ctx.reporter.volumes(stored).await;
         let mut warnings: Vec<String> = match &plan.kind {
             Kind::Full { warning } => warning.iter().cloned().collect(),
             Kind::Incremental { .. } => Vec::new(),

@@ -17,6 +17,9 @@ pub(crate) struct NamedNode {
     pub(crate) drv: String,
     /// The image the node presents.
     pub(crate) image: NodeImage,
+    /// How many backing files the image has (0: it stands alone).
+    #[serde(default)]
+    pub(crate) backing_file_depth: u64,
     /// Dirty bitmaps of the node.
     #[serde(rename = "dirty-bitmaps", default)]
     pub(crate) dirty_bitmaps: Vec<Bitmap>,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::blockdev::{self, NamedNode};
 use super::plan::{Kind, Names};
-use crate::exec::Volumes;
+pub(crate) use crate::exec::Volumes;
 use crate::exec::qmp::{Event, Qmp, QmpError};
 use crate::exec::{CancelSignal, Reporter};
 
@@ -74,6 +74,10 @@ pub(crate) fn actions(
             "speed": speed,
         });
         match kind {
+            // A disk without a backing file holds all its data itself: `top` copies only
+            // its allocated clusters (the rest reads as zeroes in the target too), so a
+            // sparse disk is not read, nor rate limited, over its whole size.
+            Kind::Full { .. } if node.backing_file_depth == 0 => backup["sync"] = "top".into(),
             Kind::Full { .. } => backup["sync"] = "full".into(),
             Kind::Incremental { parent } => {
                 backup["sync"] = "bitmap".into();
