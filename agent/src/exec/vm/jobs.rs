@@ -14,6 +14,11 @@ use crate::exec::qmp::{Event, Qmp, QmpError};
 use crate::exec::{CancelSignal, Reporter};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Largest request of a block job, and how many run at once (`x-perf`, QEMU 6.0 and later).
+/// QEMU's defaults (a cluster per request, 64 at once) copied a 1 GiB disk about half as
+/// fast as `qemu-img convert` on the development machine; 16 MiB by 8 copied it faster.
+const MAX_CHUNK: u64 = 16 * 1024 * 1024;
+const MAX_WORKERS: u64 = 8;
 
 /// One disk's block job.
 #[derive(Debug, Clone)]
@@ -72,6 +77,7 @@ pub(crate) fn actions(
             "device": node.node_name,
             "target": names.target(index),
             "speed": speed,
+            "x-perf": { "max-chunk": MAX_CHUNK, "max-workers": MAX_WORKERS },
         });
         match kind {
             // A disk without a backing file holds all its data itself: `top` copies only
