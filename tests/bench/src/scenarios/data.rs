@@ -64,8 +64,9 @@ async fn vm(ctx: &Ctx) -> anyhow::Result<()> {
     results.set("data.vm_ours_s", ours.as_secs_f64());
     results.set("data.vm_ratio", plain.as_secs_f64() / ours.as_secs_f64());
     let changed_disk = disk.clone();
-    let changed = tokio::task::spawn_blocking(move || files::change_one_percent(&changed_disk, bytes))
-        .await??;
+    let changed =
+        tokio::task::spawn_blocking(move || files::change_one_percent(&changed_disk, bytes))
+            .await??;
     let incremental = backup(ctx, &mut api, &mut store, "bench-vm").await?;
     let sizes = restore_point_sizes(&mut api, "bench-vm").await?;
     let [full_size, incremental_size] = sizes[..] else {
