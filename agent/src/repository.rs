@@ -10,14 +10,15 @@
 //!     disk<i>.qcow2                            VM restore points: one per disk, i from 0;
 //!                                              an incremental one's reads through to
 //!                                              ../<parent>/disk<i>.qcow2
-//! <repository>/<job>/<item>/.chain.lock        locked while chains are read or rewritten
 //! <repository>/<job>/<item>/.merge.json        a retention merge under way (see merge.rs)
+//! <repository>/.locks/<job>/<item>/chain.lock  locked while the item's chains are read or
+//!                                              rewritten (see chain.rs)
 //! <repository>/.store/<aa>/<sha256>            computer file contents, shared by every job and
 //!                                              item of the repository (<aa>: first 2 chars)
 //! ```
 //!
-//! Job names never start with '.', so no job folder can be the store; in an item folder, a
-//! name starting with '.' is never a restore point.
+//! Job names never start with '.', so no job folder can be the store or the locks; in an
+//! item folder, a name starting with '.' is never a restore point.
 
 pub(crate) mod chain;
 mod manifest;

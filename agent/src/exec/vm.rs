@@ -110,7 +110,6 @@ impl Backup {
         ensure_running(ctx)?;
         let item_dir = paths.item_dir.clone();
         let (lock, newest) = blocking(move || {
-            std::fs::create_dir_all(&item_dir)?;
             let lock = ChainLock::settled(&item_dir).map_err(std::io::Error::other)?;
             Ok((lock, chain::vm_points(&item_dir)?.into_iter().next()))
         })

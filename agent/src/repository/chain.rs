@@ -5,9 +5,11 @@
 //!
 //! # Locking
 //!
-//! `<item>/.chain.lock` is locked shared by whatever reads chains (a backup building on its
-//! parent, verify, restore) and exclusively by what rewrites them (a retention merge, a
-//! deletion). The writer only ever tries: a chain in use is left for a later retention.
+//! `<repository>/.locks/<job>/<item>/chain.lock` is locked shared by whatever reads an
+//! item's chains (a backup building on its parent, verify, restore) and exclusively by what
+//! rewrites them (a retention merge). The writer only ever tries: a chain in use is left for
+//! a later retention. The lock file lives outside the item folder, which holds only restore
+//! points (and, for the length of a merge, its intent).
 
 use std::collections::BTreeSet;
 use std::fs::{File, TryLockError};
@@ -18,8 +20,18 @@ use std::time::UNIX_EPOCH;
 use super::{Manifest, VmManifest, is_restore_point, merge, parse_time};
 use crate::fsutil::subdirectories;
 
-/// Name of the lock file in an item folder.
-const LOCK: &str = ".chain.lock";
+/// The repository's folder of lock files.
+const LOCKS_DIR: &str = ".locks";
+
+/// `<repository>/.locks/<job>/<item>/chain.lock` for the item folder
+/// `<repository>/<job>/<item>`.
+fn lock_path(item_dir: &Path) -> PathBuf {
+    let item = item_dir.file_name().unwrap_or_default();
+    let job_dir = item_dir.parent().unwrap_or(item_dir);
+    let job = job_dir.file_name().unwrap_or_default();
+    let repository = job_dir.parent().unwrap_or(job_dir);
+    repository.join(LOCKS_DIR).join(job).join(item).join("chain.lock")
+}
 
 /// A committed VM restore point of an item.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +121,7 @@ impl ChainLock {
     /// A shared lock on a settled folder: a merge an earlier run left unfinished is
     /// finished first, so the chains read are whole.
     pub(crate) fn settled(item_dir: &Path) -> Result<Self, String> {
-        let io = |e: io::Error| format!("{}: cannot lock: {e}", item_dir.join(LOCK).display());
+        let io = |e: io::Error| format!("{}: cannot lock: {e}", lock_path(item_dir).display());
         loop {
             let lock = Self::shared(item_dir).map_err(io)?;
             if lock._file.is_none() || merge::interrupted(item_dir)?.is_none() {
@@ -140,7 +152,16 @@ impl ChainLock {
 }
 
 fn open(item_dir: &Path) -> io::Result<Option<File>> {
-    let path: PathBuf = item_dir.join(LOCK);
+    let path = lock_path(item_dir);
+    if let Some(folder) = path.parent()
+        && let Err(e) = std::fs::create_dir_all(folder)
+        && !path.is_file()
+    {
+        return match e.kind() {
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => Ok(None),
+            _ => Err(e),
+        };
+    }
     match File::options().create(true).truncate(false).write(true).open(&path) {
         Ok(file) => Ok(Some(file)),
         Err(_) if path.is_file() => File::open(&path).map(Some),

@@ -6,7 +6,7 @@ use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState, TaskPhase};
 
 use crate::support::{
-    EVERY_PHASE, Run, WAIT, folders, make_disk, phases, prepare, sh, sluice_snapshots,
+    EVERY_PHASE, Run, WAIT, entries, make_disk, phases, prepare, sh, sluice_snapshots,
     update_matching, vm_spec,
 };
 
@@ -36,7 +36,7 @@ async fn a_vm_backup_commits_a_restore_point_equal_to_the_disks() {
     assert_eq!(manifest["disks"].as_array().map(Vec::len), Some(2));
     assert_eq!(manifest["disks"][0]["sha256"].as_str().map(str::len), Some(64));
     assert!(rp.size_bytes > 0);
-    assert_eq!(folders(&repo.join("nightly/vm0")), vec!["s1-0".to_string()], "no partial folder");
+    assert_eq!(entries(&repo.join("nightly/vm0")), vec!["s1-0".to_string()], "no partial folder");
     assert_eq!(phases(&mut run.updates), EVERY_PHASE);
 }
 
@@ -55,7 +55,7 @@ async fn a_missing_disk_fails_naming_the_disk_and_phase() {
     assert!(outcome.message.starts_with(&expected), "{}", outcome.message);
     assert!(outcome.restore_point.is_none());
     assert!(sluice_snapshots(&good).is_empty(), "the good disk's snapshot is removed");
-    assert!(folders(&repo.join("nightly/vm1")).is_empty(), "nothing written to the repository");
+    assert!(entries(&repo.join("nightly/vm1")).is_empty(), "nothing written to the repository");
     assert_eq!(phases(&mut run.updates).last(), Some(&TaskPhase::Cleanup));
 }
 
@@ -76,6 +76,6 @@ async fn cancel_during_transfer_leaves_no_partial_folder_and_no_snapshot() {
     assert_eq!(outcome.state(), ItemState::Canceled, "{outcome:?}");
     assert_eq!(outcome.cancel_reason(), pb::CancelReason::User);
     assert!(outcome.restore_point.is_none());
-    assert!(folders(&repo.join("nightly/vm2")).is_empty(), "no partial or final folder");
+    assert!(entries(&repo.join("nightly/vm2")).is_empty(), "no partial or final folder");
     assert!(sluice_snapshots(&disk).is_empty(), "snapshot removed");
 }

@@ -77,8 +77,12 @@ pub(crate) fn actions(
             "device": node.node_name,
             "target": names.target(index),
             "speed": speed,
-            "x-perf": { "max-chunk": MAX_CHUNK, "max-workers": MAX_WORKERS },
         });
+        // QEMU lets a job's first request through unthrottled: large requests only without
+        // a rate limit, or the limit would not hold.
+        if speed == 0 {
+            backup["x-perf"] = json!({ "max-chunk": MAX_CHUNK, "max-workers": MAX_WORKERS });
+        }
         match kind {
             // A disk without a backing file holds all its data itself: `top` copies only
             // its allocated clusters (the rest reads as zeroes in the target too), so a
