@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_proto::pb::{self, TaskPhase};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use self::commit::Copied;
 use self::jobs::{Ended, Job};
@@ -146,9 +146,11 @@ impl Backup {
             Ended::Canceled => return Err(Failure::Canceled),
             Ended::Failed(message) => return Err(Failure::Failed(message)),
         }
+        debug!(read = jobs::volumes(&self.jobs).read, "block jobs completed");
         ensure_running(ctx)?;
         ctx.reporter.phase(TaskPhase::Commit).await;
         self.close_targets().await.map_err(|e| Failure::Failed(format!("COMMIT failed: {e}")))?;
+        debug!("targets closed");
         let restore_point = self.commit(ctx, paths, &plan.kind, copied).await?;
         let stored =
             jobs::Volumes { transferred: restore_point.size_bytes, ..jobs::volumes(&self.jobs) };
