@@ -46,6 +46,13 @@ pub(crate) enum QmpError {
         /// The socket.
         path: PathBuf,
     },
+    /// QEMU greeted but did not answer `qmp_capabilities` in time (seen with a storage
+    /// daemon connected to while it was still starting); connecting again helps.
+    #[error("QEMU on {path} greeted but did not answer qmp_capabilities within {GREETING:?}")]
+    NotReady {
+        /// The socket.
+        path: PathBuf,
+    },
     /// QEMU closed the connection.
     #[error("the QMP connection was closed (did QEMU exit?)")]
     Closed,
@@ -137,13 +144,24 @@ impl Qmp {
             Ok(Err(error)) => return Err(error),
             Err(_) => return Err(QmpError::Busy { path: path.to_owned() }),
         }
-        qmp.execute("qmp_capabilities", Value::Null).await?;
-        Ok(qmp)
+        match qmp.command("qmp_capabilities", Value::Null, GREETING).await {
+            Err(QmpError::Timeout { .. }) => Err(QmpError::NotReady { path: path.to_owned() }),
+            other => other.map(|_| qmp),
+        }
     }
 
     /// Runs a command and returns its `return` value; `args` `Null` sends no arguments.
     /// Events that arrive meanwhile are queued for [`Qmp::next_event`].
     pub(crate) async fn execute(&mut self, command: &str, args: Value) -> Result<Value, QmpError> {
+        self.command(command, args, COMMAND).await
+    }
+
+    async fn command(
+        &mut self,
+        command: &str,
+        args: Value,
+        patience: Duration,
+    ) -> Result<Value, QmpError> {
         let id = format!("sluice-{}", self.next_id);
         self.next_id += 1;
         let mut request = json!({ "execute": command, "id": id });
@@ -151,7 +169,7 @@ impl Qmp {
             request["arguments"] = args;
         }
         self.writer.send(request.to_string()).await.map_err(codec_error)?;
-        tokio::time::timeout(COMMAND, self.reply(&id, command))
+        tokio::time::timeout(patience, self.reply(&id, command))
             .await
             .map_err(|_| QmpError::Timeout { command: command.to_owned() })?
     }

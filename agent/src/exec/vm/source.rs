@@ -25,8 +25,8 @@ use crate::qemu_img;
 const DAEMON: &str = "qemu-storage-daemon";
 /// Prefix of a daemon's socket folder; recovery finds a daemon that outlived its agent by it.
 pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
-/// How long a new daemon gets to open its QMP socket.
-const DAEMON_START: Duration = Duration::from_secs(10);
+/// How long a new daemon gets to open its QMP socket and answer on it.
+const DAEMON_START: Duration = Duration::from_secs(30);
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
 const SOCKET_POLL: Duration = Duration::from_millis(10);
@@ -193,7 +193,9 @@ impl Daemon {
             }
             match Qmp::connect(socket).await {
                 Ok(qmp) => return Ok(qmp),
-                Err(QmpError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
+                Err(QmpError::Connect { .. } | QmpError::NotReady { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(SOCKET_POLL).await;
                 }
                 Err(error) => return Err(format!("{DAEMON} did not answer: {error}")),
