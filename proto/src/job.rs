@@ -197,7 +197,8 @@ fn validate_target(
         (pb::JobType::VmBackup, Some(Target::Vm(vm))) => {
             let disks = format!("{field}.vm.disks");
             validate_paths(&disks, &vm.disks)?;
-            validate_distinct(&disks, &vm.disks)
+            validate_distinct(&disks, &vm.disks)?;
+            validate_socket(&format!("{field}.vm.qmp_socket"), &vm.qmp_socket)
         }
         (pb::JobType::AgentBackup, Some(Target::Computer(c))) => {
             if c.computer.is_empty() || c.computer.len() > MAX_COMPUTER_NAME_BYTES {
@@ -216,6 +217,26 @@ fn validate_target(
             "an agent backup job item needs a computer target",
         )),
     }
+}
+
+/// Longest Unix socket path the kernel accepts (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A QMP socket path: empty (offline images), or absolute and short enough to connect to.
+fn validate_socket(field: &str, socket: &str) -> Result<(), JobError> {
+    if socket.is_empty() {
+        return Ok(());
+    }
+    if !socket.starts_with('/') || socket.contains('\0') {
+        return Err(invalid(field, format!("{socket:?} must be an absolute path")));
+    }
+    if socket.len() > MAX_SOCKET_PATH {
+        return Err(invalid(
+            field,
+            format!("a Unix socket path has at most {MAX_SOCKET_PATH} bytes, got {}", socket.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_paths(field: &str, paths: &[String]) -> Result<(), JobError> {
@@ -341,6 +362,9 @@ pub struct ItemFile {
 pub struct VmFile {
     /// qcow2 disk paths.
     pub disks: Vec<String>,
+    /// QMP socket of the running VM for Sluice; empty for offline images.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub qmp_socket: String,
 }
 
 /// Computer target of a job file.
@@ -439,7 +463,9 @@ impl JobFile {
 impl ItemFile {
     fn into_item(self, index: usize) -> Result<pb::JobItem, JobFileError> {
         let target = match (self.vm, self.computer) {
-            (Some(vm), None) => Some(Target::Vm(pb::VmTarget { disks: vm.disks })),
+            (Some(vm), None) => {
+                Some(Target::Vm(pb::VmTarget { disks: vm.disks, qmp_socket: vm.qmp_socket }))
+            }
             (None, Some(c)) => {
                 Some(Target::Computer(pb::ComputerTarget { computer: c.computer, paths: c.paths }))
             }
@@ -480,7 +506,9 @@ impl From<&pb::Job> for JobFile {
 impl From<&pb::JobItem> for ItemFile {
     fn from(item: &pb::JobItem) -> Self {
         let (vm, computer) = match &item.target {
-            Some(Target::Vm(vm)) => (Some(VmFile { disks: vm.disks.clone() }), None),
+            Some(Target::Vm(vm)) => {
+                (Some(VmFile { disks: vm.disks.clone(), qmp_socket: vm.qmp_socket.clone() }), None)
+            }
             Some(Target::Computer(c)) => {
                 (None, Some(ComputerFile { computer: c.computer.clone(), paths: c.paths.clone() }))
             }

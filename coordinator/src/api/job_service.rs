@@ -65,7 +65,8 @@ impl JobService for JobApi {
     }
 
     async fn start_job(&self, request: Request<pb::StartJobRequest>) -> Reply<pb::Session> {
-        Ok(Response::new(self.sessions.start(&request.into_inner().job).await?))
+        let request = request.into_inner();
+        Ok(Response::new(self.sessions.start(&request.job, request.full).await?))
     }
 
     async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Reply<pb::Session> {
