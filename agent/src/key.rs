@@ -19,8 +19,6 @@ pub trait TaskNames {
     /// Id of the restore point the task commits: `<session>-<index>` for the first attempt,
     /// `<session>-<index>-a<attempt>` for a retry.
     fn restore_point_id(&self) -> String;
-    /// Name of the VM snapshots the task takes: `sluice-<session>`.
-    fn snapshot_name(&self) -> String;
 }
 
 impl TaskNames for TaskId {
@@ -36,10 +34,6 @@ impl TaskNames for TaskId {
             attempt => format!("{}-{}-a{attempt}", self.session, self.index),
         }
     }
-
-    fn snapshot_name(&self) -> String {
-        format!("{SNAPSHOT_PREFIX}{}", self.session)
-    }
 }
 
 /// The item name of a task spec (empty when it names no item).
@@ -47,7 +41,8 @@ pub(crate) fn item_name(spec: &pb::TaskSpec) -> &str {
     spec.item.as_ref().map(|item| item.name.as_str()).unwrap_or_default()
 }
 
-/// Prefix of every snapshot Sluice takes.
+/// Prefix of the internal snapshots that agents before change tracking took (and may have
+/// left on disks when they crashed).
 pub(crate) const SNAPSHOT_PREFIX: &str = "sluice-";
 
 /// Checks a session id by the coordinator's name rules (1-64 characters of `[a-z0-9._-]`, not
@@ -111,6 +106,9 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
         None => return Err(AgentError::invalid("task.item.target", "needs a vm or computer")),
         Some(Target::Vm(vm)) => {
             validate_disks(&vm.disks)?;
+            if !vm.qmp_socket.is_empty() {
+                validate_absolute("task.item.vm.qmp_socket", std::slice::from_ref(&vm.qmp_socket))?;
+            }
             spec.sim_duration_ms.is_none()
         }
         Some(Target::Computer(computer)) => {
@@ -169,7 +167,10 @@ mod tests {
             job_type: pb::JobType::VmBackup as i32,
             item: Some(pb::JobItem {
                 name: "vm1".into(),
-                target: Some(Target::Vm(pb::VmTarget { disks: vec!["/d/a.qcow2".into()] })),
+                target: Some(Target::Vm(pb::VmTarget {
+                    disks: vec!["/d/a.qcow2".into()],
+                    ..Default::default()
+                })),
             }),
             repository: "/repo".into(),
             sim_duration_ms: None,
@@ -189,7 +190,6 @@ mod tests {
         let (id, epoch) = validate_spec(&spec()).expect("valid");
         assert_eq!(epoch.get(), 1);
         assert_eq!(id.restore_point_id(), "s1-0");
-        assert_eq!(id.snapshot_name(), "sluice-s1");
         let retry = TaskId { attempt: 12, ..id };
         assert_eq!(retry.restore_point_id(), "s1-0-a12", "each attempt its own restore point");
     }

@@ -17,6 +17,7 @@ mod heartbeat;
 pub mod journal;
 pub mod key;
 mod orphans;
+mod qemu_img;
 pub mod recovery;
 mod repository;
 mod restore_points;

@@ -48,7 +48,7 @@ struct Flags {
     #[arg(long, env = "SLUICE_HEARTBEAT_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_ttl: Option<u32>,
-    /// Transfer rate limit in bytes per second (VM: qemu-img convert -r; computer: reads).
+    /// Transfer rate limit in bytes per second (VM: the block jobs' speed; computer: reads).
     #[arg(long, env = "SLUICE_TRANSFER_RATE_LIMIT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer_rate_limit: Option<u64>,

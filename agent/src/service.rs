@@ -125,6 +125,13 @@ impl AgentService for AgentApi {
         Ok(Response::new(calls::delete(request.into_inner(), self.roots.clone()).await?))
     }
 
+    async fn merge_restore_point(
+        &self,
+        request: Request<pb::MergeRestorePointRequest>,
+    ) -> Result<Response<pb::MergeRestorePointResponse>, Status> {
+        Ok(Response::new(calls::merge(request.into_inner(), self.roots.clone()).await?))
+    }
+
     async fn collect_garbage(
         &self,
         request: Request<pb::CollectGarbageRequest>,

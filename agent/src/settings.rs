@@ -35,7 +35,7 @@ pub struct Settings {
     /// Seconds after which the agent counts as lost without a heartbeat.
     #[serde(default = "default_ttl")]
     pub heartbeat_ttl: u32,
-    /// Transfer rate limit in bytes per second (VM: `qemu-img convert -r`; computer: reads).
+    /// Transfer rate limit in bytes per second (VM: the block jobs' `speed`; computer: reads).
     #[serde(default)]
     pub(crate) transfer_rate_limit: Option<u64>,
     /// Address announced to coordinators; defaults to `http://<bound addr>`.

@@ -135,13 +135,17 @@ mod tests {
                 name: "vm-1".into(),
                 target: Some(pb::job_item::Target::Vm(pb::VmTarget {
                     disks: vec!["/d/1.qcow2".into()],
+                    ..Default::default()
                 })),
             }],
             sim_duration_ms: Some(5),
             ..Default::default()
         };
         let text = to_json(&job).expect("to json");
-        assert_eq!(value(&job)["items"][0]["vm"], json!({"disks": ["/d/1.qcow2"]}));
+        assert_eq!(
+            value(&job)["items"][0]["vm"],
+            json!({"disks": ["/d/1.qcow2"], "qmpSocket": ""})
+        );
         assert_eq!(from_json::<pb::Job>(text.as_bytes()).expect("from json"), job);
     }
 }

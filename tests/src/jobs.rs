@@ -156,7 +156,8 @@ pub fn vm_job(name: &str, items: usize) -> pb::Job {
 /// A VM item with the given disks.
 pub fn vm_item<P: AsRef<Path>>(name: &str, disks: &[P]) -> pb::JobItem {
     let disks = disks.iter().map(|d| d.as_ref().display().to_string()).collect();
-    pb::JobItem { name: name.to_string(), target: Some(Target::Vm(pb::VmTarget { disks })) }
+    let target = pb::VmTarget { disks, qmp_socket: String::new() };
+    pb::JobItem { name: name.to_string(), target: Some(Target::Vm(target)) }
 }
 
 /// A computer item protecting `paths` on `computer`.

@@ -16,6 +16,7 @@ mod e2e {
     mod harness;
     mod http_api;
     mod jobs;
+    mod live_vms;
     mod ownership;
     mod reflection;
     mod restore_points;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use sluice_proto::pb;
 use tracing::info;
 
-use super::location::{Location, absolute_dir};
-use super::{Cancel, gc, restore, verify};
+use super::location::{Location, absolute_dir, check_id};
+use super::{Cancel, gc, restore, verify, vm};
 use crate::error::AgentError;
 use crate::roots::Roots;
 
@@ -74,6 +74,24 @@ pub(crate) async fn delete(
     })
     .await?;
     Ok(pb::DeleteRestorePointsResponse { deleted, problems })
+}
+
+/// `MergeRestorePoint`: a full VM restore point folded into its only child, in a repository
+/// under the agent's roots.
+pub(crate) async fn merge(
+    request: pb::MergeRestorePointRequest,
+    roots: Arc<Roots>,
+) -> Result<pb::MergeRestorePointResponse, AgentError> {
+    let base = Location::parse("base", request.base.as_ref())?;
+    let child = request.child_id.clone();
+    check_id("child_id", &child)?;
+    info!(base = %base.id, child, "retention merge begins");
+    let merged = run_blocking(move |cancel| {
+        roots.check_repository("base.repository", &base.repository)?;
+        vm::merge(&base, &child, cancel)
+    })
+    .await?;
+    Ok(pb::MergeRestorePointResponse { merged: Some(merged) })
 }
 
 /// `CollectGarbage`: the store blobs no computer manifest of the repository names, removed.

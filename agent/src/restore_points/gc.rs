@@ -29,11 +29,17 @@ const ROUND: usize = 64;
 
 /// Deletes each restore point's folder (blocking), only if it holds a readable manifest
 /// naming that job, item and restore point. Returns the ids deleted (or already gone) and
-/// one problem per folder not deleted.
+/// one problem per folder not deleted. A VM restore point that a remaining one builds on is
+/// refused: retention merges it instead.
 pub(crate) fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec<String>) {
     let mut deleted = Vec::new();
     let mut problems = Vec::new();
+    let deleting: Vec<String> = locations.iter().map(|l| l.id.clone()).collect();
     for location in locations {
+        if let Some(refusal) = super::vm::deletion_refusal(location, &deleting) {
+            problems.push(refusal);
+            continue;
+        }
         let folder = location.folder();
         let removed = match fs::symlink_metadata(&folder) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use super::Cancel;
 use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
+use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::fsutil;
 use crate::repository::{
-    ComputerManifest, Kind, Manifest, Record, Store, VmManifest, plain_file_name,
+    ComputerManifest, Kind, Manifest, Record, Store, VmKind, VmManifest, plain_file_name,
 };
 
 /// What a restore wrote.
@@ -55,7 +55,7 @@ pub(crate) fn restore(
     })?;
     let created = prepare_target(target)?;
     let result = match &contents {
-        Manifest::Vm(vm) => restore_vm(&folder, vm, target, cancel),
+        Manifest::Vm(vm) => restore_vm(location, vm, target, cancel),
         Manifest::Computer(computer) => restore_computer(location, computer, target, cancel),
     };
     if result.is_err() {
@@ -125,13 +125,25 @@ fn make_writable(path: &Path) {
 }
 
 fn restore_vm(
-    folder: &Path,
+    location: &Location,
     manifest: &VmManifest,
     target: &Path,
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
+    let _lock = vm::lock_settled(location)?;
+    let folder = location.folder();
+    let manifest = match Manifest::read(&folder) {
+        Ok(Manifest::Vm(settled)) => settled,
+        _ => manifest.clone(),
+    };
+    let names = disk_names(&manifest);
+    if manifest.kind == VmKind::Incremental {
+        let bytes = vm::restore_chain(location, &names, target, cancel)?;
+        fsutil::sync_dir(target).map_err(|e| io_error("cannot sync", target, &e))?;
+        let files = manifest.disks.len() as u64;
+        return Ok(Restored { files, bytes, ..Restored::default() });
+    }
     let mut restored = Restored::default();
-    let names = disk_names(manifest);
     for (disk, name) in manifest.disks.iter().zip(names) {
         if !plain_file_name(&disk.file) {
             return Err(AgentError::Corrupt(format!(

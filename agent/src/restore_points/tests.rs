@@ -69,15 +69,26 @@ fn computer_restore_point(repository: &Path, id: &str, seed: &str) -> Location {
     location
 }
 
-fn vm_restore_point(repository: &Path, id: &str, disk: &[u8]) -> Location {
+/// A VM restore point whose one disk is a real qcow2 image holding `data`.
+fn vm_restore_point(repository: &Path, id: &str, data: &[u8]) -> Location {
     let location = location(repository, "vm", id);
     fs::create_dir_all(location.folder()).expect("folder");
-    fs::write(location.folder().join("disk0.qcow2"), disk).expect("disk");
+    let image = location.folder().join("disk0.qcow2");
+    let raw = location.folder().join("data.raw");
+    fs::write(&raw, data).expect("data");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .args([&raw, &image])
+        .status()
+        .expect("qemu-img runs");
+    assert!(status.success(), "qemu-img convert");
+    fs::remove_file(&raw).expect("rm raw");
+    let disk = fs::read(&image).expect("image");
     let manifest = serde_json::json!({
         "restore_point": id, "job": "j", "item": "vm", "session_id": "s",
         "created_at": "2025-05-06T07:08:09Z",
         "disks": [{"source": "/vms/web.qcow2", "file": "disk0.qcow2",
-                   "size_bytes": disk.len(), "sha256": sha(disk), "virtual_size": 1}],
+                   "size_bytes": disk.len(), "sha256": sha(&disk), "virtual_size": 1}],
     });
     fs::write(location.folder().join("manifest.json"), manifest.to_string()).expect("manifest");
     location
@@ -126,14 +137,12 @@ fn a_vm_disk_of_another_size_or_content_is_named() {
         problems[0].starts_with("disk0.qcow2 (disk /vms/web.qcow2): sha256 is "),
         "{problems:?}"
     );
+    let size = fs::metadata(rp.folder().join("disk0.qcow2")).expect("size").len();
     fs::write(rp.folder().join("disk0.qcow2"), b"short").expect("truncate");
     let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
-    assert!(
-        problems.contains(
-            &"disk0.qcow2 (disk /vms/web.qcow2): 5 bytes, the manifest records 11".into()
-        ),
-        "{problems:?}"
-    );
+    let expected =
+        format!("disk0.qcow2 (disk /vms/web.qcow2): 5 bytes, the manifest records {size}");
+    assert!(problems.contains(&expected), "{problems:?}");
     let gone = location(repo.path(), "vm", "s-9");
     let problems = verify(&gone, &Cancel::default()).expect("verify").problems;
     assert_eq!(
@@ -183,8 +192,9 @@ fn a_vm_restore_copies_each_disk_under_its_source_name() {
     let rp = vm_restore_point(repo.path(), "s-1", b"qcow2 bytes");
     let out = tempfile::tempdir().expect("tempdir");
     let restored = restore(&rp, out.path(), &Cancel::default()).expect("restore");
-    assert_eq!((restored.files, restored.bytes), (1, 11));
-    assert_eq!(fs::read(out.path().join("web.qcow2")).expect("disk"), b"qcow2 bytes");
+    let image = fs::read(rp.folder().join("disk0.qcow2")).expect("image");
+    assert_eq!((restored.files, restored.bytes), (1, image.len() as u64));
+    assert_eq!(fs::read(out.path().join("web.qcow2")).expect("disk"), image);
     let cancel = Cancel::default();
     cancel.cancel();
     let again = out.path().join("again");

@@ -269,6 +269,10 @@ impl TaskTable {
                 entry.status.bytes_done = done;
                 entry.status.bytes_total = total;
             }
+            Update::Counters { read, transferred } => {
+                entry.status.bytes_read = read;
+                entry.status.bytes_transferred = transferred;
+            }
             Update::Finished(outcome) => {
                 entry.status.outcome = Some(outcome);
                 entry.cancel = None;

@@ -95,7 +95,7 @@ pub fn vm_spec(session: &str, index: u32, disks: &[&Path], repository: &Path) ->
         job_type: pb::JobType::VmBackup as i32,
         item: Some(pb::JobItem {
             name: format!("vm{index}"),
-            target: Some(Target::Vm(pb::VmTarget { disks })),
+            target: Some(Target::Vm(pb::VmTarget { disks, qmp_socket: String::new() })),
         }),
         repository: repository.display().to_string(),
         sim_duration_ms: None,
@@ -176,6 +176,20 @@ pub async fn update_matching(
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|read| read.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Names of the folders in `dir`, sorted (a VM item folder also holds its chain lock file).
+pub fn folders(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|read| {
+            read.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names

@@ -19,7 +19,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCommand) -> Result<Exit, Failure> {
         JobCommand::Show { name } => show(ctx, name).await,
         JobCommand::Delete { name } => delete(ctx, name).await,
         JobCommand::Update(args) => update(ctx, &args.file).await,
-        JobCommand::Start { name, watch } => start(ctx, name, watch).await,
+        JobCommand::Start { name, watch, full } => start(ctx, name, watch, full).await,
         JobCommand::Stop { name, mode, timeout } => {
             stop::stop_job(ctx, name, mode.mode(), timeout.unwrap_or(0)).await
         }
@@ -75,9 +75,10 @@ async fn delete(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
     Ok(Exit::Success)
 }
 
-async fn start(ctx: &Ctx, name: String, follow: bool) -> Result<Exit, Failure> {
+async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
-    let session = clients.jobs.start_job(pb::StartJobRequest { job: name }).await?.into_inner();
+    let request = pb::StartJobRequest { job: name, full };
+    let session = clients.jobs.start_job(request).await?.into_inner();
     if follow {
         if ctx.format == output::Format::Table {
             eprintln!("started session {} of job {}", session.id, session.job);

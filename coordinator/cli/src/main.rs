@@ -142,6 +142,9 @@ enum JobCommand {
         /// Follow the session until it stops; the exit code follows its result.
         #[arg(long)]
         watch: bool,
+        /// Active full: back every VM up in full, starting new chains.
+        #[arg(long)]
+        full: bool,
     },
     /// Stop the active session of a job.
     Stop {

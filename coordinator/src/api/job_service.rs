@@ -82,7 +82,8 @@ impl JobService for JobApi {
 
     async fn start_job(&self, request: Request<pb::StartJobRequest>) -> Reply<pb::Session> {
         let by = recorded_caller(&request, "")?;
-        Ok(Response::new(self.sessions.start(&request.into_inner().job, by).await?))
+        let request = request.into_inner();
+        Ok(Response::new(self.sessions.start(&request.job, request.full, by).await?))
     }
 
     async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Reply<pb::Session> {

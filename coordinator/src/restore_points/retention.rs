@@ -1,6 +1,8 @@
-//! Retention: after a session committed restore points, its owner deletes each item's
-//! restore points beyond the job's `keep_restore_points` (newest kept), then has an agent
-//! collect the store blobs no remaining computer manifest names.
+//! Retention: after a session committed restore points, its owner removes each item's
+//! restore points beyond the job's `keep_restore_points` (newest kept) without breaking a
+//! chain ([`plan`]): deleting those nothing kept builds on, merging the others forward
+//! ([`merge`]). Then it has an agent collect the store blobs no remaining computer manifest
+//! names.
 //!
 //! For each restore point to delete, in order:
 //! 1. `/restore-points-deleting/{job}/{rp}` is put, bound to this coordinator's lease, in a
@@ -15,8 +17,14 @@
 //! points. One retention runs per job at a time on a coordinator; a session that finishes
 //! meanwhile leaves its deletions to the next one.
 //!
+//! A merge follows the same protocol with `MergeRestorePoint` in step 2, and its step 3
+//! also rewrites the child's catalog entry (full, no parent, its new size).
+//!
 //! Retention runs on the coordinator that owned the session when it finished; a coordinator
 //! that dies in between leaves the work to the job's next session.
+
+mod merge;
+mod plan;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -65,30 +73,6 @@ impl Drop for Turn {
     }
 }
 
-/// The restore points to delete so that each item keeps its `keep` newest (by `created_at`,
-/// then id); none when `keep` is 0.
-pub(crate) fn choose_deletions(
-    restore_points: &[pb::RestorePoint],
-    keep: u32,
-) -> Vec<pb::RestorePoint> {
-    if keep == 0 {
-        return Vec::new();
-    }
-    let mut by_item: BTreeMap<&str, Vec<&pb::RestorePoint>> = BTreeMap::new();
-    for rp in restore_points {
-        by_item.entry(rp.item.as_str()).or_default().push(rp);
-    }
-    let mut deletions = Vec::new();
-    for (_, mut rps) in by_item {
-        rps.sort_by_key(|rp| {
-            let created = rp.created_at.as_ref().map_or(0, time::millis);
-            std::cmp::Reverse((created, rp.id.clone()))
-        });
-        deletions.extend(rps.into_iter().skip(keep as usize).cloned());
-    }
-    deletions
-}
-
 impl RestorePoints {
     /// Applies the job's retention after session `session_id` of `job` finished; logs what
     /// it could not do.
@@ -114,9 +98,17 @@ impl RestorePoints {
         }
         let catalog = self.store.list::<pb::RestorePoint>(&keys.restore_points(job_name)).await?;
         let all: Vec<pb::RestorePoint> = catalog.into_iter().map(|(_, rp)| rp).collect();
+        let mut deletions = Vec::new();
+        let mut merges = Vec::new();
+        for step in plan::plan(&all, job.value.keep_restore_points) {
+            match step {
+                plan::Step::Delete(rp) => deletions.push(rp),
+                plan::Step::Merge { base, child } => merges.push((base, child)),
+            }
+        }
         let mut located = Vec::new();
         let mut locator = Locator::new(self.store.clone());
-        for rp in choose_deletions(&all, job.value.keep_restore_points) {
+        for rp in deletions {
             let id = rp.id.clone();
             match locator.locate(rp).await {
                 Ok(found) => located.push(found),
@@ -131,7 +123,7 @@ impl RestorePoints {
                 Err(error) => warn!(job = job_name, %error, "retention: a batch was kept"),
             }
         }
-        let deleted = self.delete(&marked).await;
+        let deleted = self.delete(&marked).await + self.merge_chains(merges).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
     }
@@ -308,44 +300,5 @@ impl RestorePoints {
                 Err(_) => warn!(repository, agent = %agent.id, "garbage collection timed out"),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rp(item: &str, id: &str, seconds: i64) -> pb::RestorePoint {
-        pb::RestorePoint {
-            id: id.into(),
-            item: item.into(),
-            created_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
-            ..Default::default()
-        }
-    }
-
-    fn ids(rps: Vec<pb::RestorePoint>) -> Vec<String> {
-        rps.into_iter().map(|rp| rp.id).collect()
-    }
-
-    #[test]
-    fn each_item_keeps_its_newest_restore_points() {
-        let all = [
-            rp("a", "s1-0", 10),
-            rp("b", "s1-1", 10),
-            rp("a", "s3-0", 30),
-            rp("a", "s2-0", 20),
-            rp("b", "s3-1", 30),
-        ];
-        assert_eq!(ids(choose_deletions(&all, 2)), vec!["s1-0"]);
-        assert_eq!(ids(choose_deletions(&all, 1)), vec!["s2-0", "s1-0", "s1-1"]);
-        assert_eq!(ids(choose_deletions(&all, 0)), Vec::<String>::new(), "0 keeps all");
-        assert_eq!(ids(choose_deletions(&all, 3)), Vec::<String>::new());
-    }
-
-    #[test]
-    fn ties_in_time_keep_the_greater_id() {
-        let all = [rp("a", "s1-0", 10), rp("a", "s2-0", 10)];
-        assert_eq!(ids(choose_deletions(&all, 1)), vec!["s1-0"]);
     }
 }

@@ -70,10 +70,17 @@ impl Sessions {
         &self.inner.ctx.store
     }
 
-    /// Starts a session of every item of `job`, recording who started it.
-    pub(crate) async fn start(&self, job: &str, started_by: String) -> Result<pb::Session> {
+    /// Starts a session of every item of `job`, recording who started it; `full` asks for an
+    /// active full.
+    pub(crate) async fn start(
+        &self,
+        job: &str,
+        full: bool,
+        started_by: String,
+    ) -> Result<pb::Session> {
         validate_name("job", job)?;
-        self.start_items(job, None, String::new(), Start::manual(started_by)).await
+        let origin = Origin { retry_of: String::new(), full };
+        self.start_items(job, None, origin, Start::manual(started_by)).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
@@ -86,16 +93,19 @@ impl Sessions {
         if names.is_empty() {
             return Err(Error::NothingToRetry { session: session_id.into() });
         }
-        let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
-        let start = Start::retry(started_by);
-        self.start_items(&job, Some(names), session_id.to_string(), start).await
+        let session = view.record.session.as_ref();
+        let job = session.map(|s| s.job.clone()).unwrap_or_default();
+        // A retry of an active full is an active full too.
+        let full = session.is_some_and(|s| s.full);
+        let origin = Origin { retry_of: session_id.to_string(), full };
+        self.start_items(&job, Some(names), origin, Start::retry(started_by)).await
     }
 
     async fn start_items(
         &self,
         job_name: &str,
         names: Option<Vec<String>>,
-        retry_of: String,
+        origin: Origin,
         start: Start,
     ) -> Result<pb::Session> {
         let lease = self.current_lease()?;
@@ -107,7 +117,7 @@ impl Sessions {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
         let id = start.session_id.unwrap_or_else(new_session_id);
-        let mut record = self.new_record(id, stored.value, item_indices, retry_of);
+        let mut record = self.new_record(id, stored.value, item_indices, origin);
         if let Some(session) = record.session.as_mut() {
             session.trigger = start.trigger as i32;
             session.due_at = start.due_at;
@@ -138,7 +148,7 @@ impl Sessions {
         id: String,
         job: pb::Job,
         item_indices: Vec<u32>,
-        retry_of: String,
+        origin: Origin,
     ) -> pb::SessionRecord {
         let session = pb::Session {
             id,
@@ -146,7 +156,8 @@ impl Sessions {
             state: SessionState::Starting as i32,
             owner: self.inner.coordinator.clone(),
             created_at: Some(time::now()),
-            retry_of,
+            retry_of: origin.retry_of,
+            full: origin.full,
             job_type: job.r#type,
             ..Default::default()
         };
@@ -333,4 +344,12 @@ async fn create(store: &Store, new: &mut NewSession) -> Result<Epoch> {
             result => return result,
         }
     }
+}
+
+/// How a session came to be started.
+pub(crate) struct Origin {
+    /// The session it retries, if any.
+    pub(crate) retry_of: String,
+    /// Whether it is an active full.
+    pub(crate) full: bool,
 }

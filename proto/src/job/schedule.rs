@@ -97,7 +97,7 @@ pub struct ScheduleFile {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
     /// Catch-up limit; 0 is 3600.
-    #[serde(default, skip_serializing_if = "super::is_zero")]
+    #[serde(default, skip_serializing_if = "super::file::is_zero")]
     pub catch_up_seconds: u32,
 }
 

@@ -56,7 +56,7 @@ type Breaker = Box<dyn Fn(&mut pb::Job)>;
 
 fn set_disks(job: &mut pb::Job, item: usize, disks: &[&str]) {
     let disks = disks.iter().map(|d| (*d).to_owned()).collect();
-    job.items[item].target = Some(Target::Vm(pb::VmTarget { disks }));
+    job.items[item].target = Some(Target::Vm(pb::VmTarget { disks, ..Default::default() }));
 }
 
 #[test]
@@ -76,7 +76,10 @@ fn each_rule_names_its_field() {
         (
             "job.items[0].vm.disks[0]",
             Box::new(|j| {
-                j.items[0].target = Some(Target::Vm(pb::VmTarget { disks: vec!["x".into()] }))
+                j.items[0].target = Some(Target::Vm(pb::VmTarget {
+                    disks: vec!["x".into()],
+                    qmp_socket: String::new(),
+                }))
             }),
         ),
         ("job.items[0].vm", Box::new(|j| j.items[0].target = None)),
@@ -160,8 +163,10 @@ fn who_asked_for_a_stop_is_bounded_free_text() {
 #[test]
 fn an_oversized_definition_is_a_limit_error_whatever_its_fields_hold() {
     let mut job = vm_job();
-    job.items[0].target =
-        Some(Target::Vm(pb::VmTarget { disks: vec![format!("/{}", "d".repeat(9 << 20))] }));
+    job.items[0].target = Some(Target::Vm(pb::VmTarget {
+        disks: vec![format!("/{}", "d".repeat(9 << 20))],
+        ..Default::default()
+    }));
     assert!(matches!(validate_job(&job), Err(JobError::TooLarge(_))), "{:?}", validate_job(&job));
 }
 

@@ -220,6 +220,7 @@ pub const ACCESS: &[(&str, Need)] = &[
     ("/sluice.v1.AgentService/VerifyRestorePoint", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/RestoreRestorePoint", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/DeleteRestorePoints", Need::Peer(Kind::Coordinator)),
+    ("/sluice.v1.AgentService/MergeRestorePoint", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/CollectGarbage", Need::Peer(Kind::Coordinator)),
 ];
 

@@ -150,7 +150,7 @@ async fn start(
     log: &SharedLog,
 ) -> Option<String> {
     while Instant::now() < until {
-        let request = pb::StartJobRequest { job: job.to_string() };
+        let request = pb::StartJobRequest { job: job.to_string(), ..Default::default() };
         match api
             .call(first, |mut c| {
                 let request = request.clone();

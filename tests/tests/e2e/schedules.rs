@@ -84,7 +84,7 @@ async fn start_or_retry(jobs: &mut sluice_tests::api::Jobs, job: &str) -> pb::Se
     let check = || {
         let mut jobs = jobs.clone();
         async move {
-            let request = pb::StartJobRequest { job: job.to_string() };
+            let request = pb::StartJobRequest { job: job.to_string(), ..Default::default() };
             jobs.start_job(request)
                 .await
                 .map(|r| r.into_inner())

@@ -208,7 +208,7 @@ impl Call {
                 .await
                 .map(drop),
             Call::StartJob => jobs
-                .start_job(maybe_bearer(token, pb::StartJobRequest { job: missing() }))
+                .start_job(maybe_bearer(token, pb::StartJobRequest { job: missing(), full: false }))
                 .await
                 .map(drop),
             Call::StopJob => {
@@ -310,8 +310,9 @@ async fn sessions_record_the_authenticated_principal_not_the_name_a_caller_claim
     let (_, secret) = create_token(&mut cluster, "ops-bot", "operator", 0).await;
     let mut jobs = JobServiceClient::new(no_certificate(&cluster).await);
 
-    let started =
-        jobs.start_job(bearer(pb::StartJobRequest { job: "nightly".into() }, &secret)).await;
+    let started = jobs
+        .start_job(bearer(pb::StartJobRequest { job: "nightly".into(), full: false }, &secret))
+        .await;
     let started = expect_ok(started, "StartJob as ops-bot");
     assert_eq!(started.started_by, "token:ops-bot");
     let stop = pb::StopJobRequest {

@@ -56,6 +56,7 @@ pub(crate) fn outcome(manifest: &ComputerManifest, folder: &Path) -> pb::TaskOut
         created_at: prost_types::Timestamp::from_str(&manifest.created_at).ok(),
         size_bytes: manifest.totals.size_bytes,
         path: folder.display().to_string(),
+        ..Default::default()
     };
     pb::TaskOutcome {
         state: state as i32,

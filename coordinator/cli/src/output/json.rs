@@ -64,6 +64,7 @@ pub fn session(s: &pb::Session) -> Value {
         "retry_of": s.retry_of,
         "trigger": enum_value(s.trigger, pb::SessionTrigger::as_str_name),
         "due_at": time(s.due_at.as_ref()),
+        "full": s.full,
         "created_at": time(s.created_at.as_ref()),
         "ended_at": time(s.ended_at.as_ref()),
         "items": s.items.iter().map(item).collect::<Vec<_>>(),
@@ -83,6 +84,8 @@ pub fn item(i: &pb::ItemStatus) -> Value {
         "waiting_reason": i.waiting_reason,
         "bytes_done": i.bytes_done,
         "bytes_total": i.bytes_total,
+        "bytes_read": i.bytes_read,
+        "bytes_transferred": i.bytes_transferred,
         "started_at": time(i.started_at.as_ref()),
         "ended_at": time(i.ended_at.as_ref()),
     })
@@ -146,6 +149,8 @@ pub fn restore_points(points: &[pb::RestorePoint]) -> Value {
                 "created_at": time(p.created_at.as_ref()),
                 "size_bytes": p.size_bytes,
                 "path": p.path,
+                "kind": enum_value(p.kind, pb::RestorePointKind::as_str_name),
+                "parent_id": p.parent_id,
             })
         })
         .collect();

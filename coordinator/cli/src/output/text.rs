@@ -140,6 +140,20 @@ pub fn bytes(count: u64) -> String {
     HumanBytes(count).to_string()
 }
 
+/// A byte count, or `-` for none.
+pub fn bytes_or_dash(count: u64) -> String {
+    if count == 0 { "-".to_string() } else { bytes(count) }
+}
+
+/// A restore point's kind: `full`, `incremental`, or `-` when not recorded.
+pub fn restore_point_kind(kind: i32) -> String {
+    match pb::RestorePointKind::try_from(kind) {
+        Ok(pb::RestorePointKind::Full) => "full".to_string(),
+        Ok(pb::RestorePointKind::Incremental) => "incremental".to_string(),
+        _ => "-".to_string(),
+    }
+}
+
 /// Progress of an item: `42% 1.00 GiB/2.38 GiB`, the bytes alone when the total is unknown.
 pub fn progress(done: u64, total: u64) -> String {
     match (done, total) {

@@ -68,7 +68,8 @@ fn seconds_or(seconds: u32, zero: &str) -> String {
 /// An item's target in one cell: `vm: /a.qcow2, /b.qcow2` or `computer pc1: /home, /etc`.
 fn target(target: Option<&Target>) -> String {
     match target {
-        Some(Target::Vm(vm)) => format!("vm: {}", vm.disks.join(", ")),
+        Some(Target::Vm(vm)) if vm.qmp_socket.is_empty() => format!("vm: {}", vm.disks.join(", ")),
+        Some(Target::Vm(vm)) => format!("vm (qmp {}): {}", vm.qmp_socket, vm.disks.join(", ")),
         Some(Target::Computer(c)) => format!("computer {}: {}", c.computer, c.paths.join(", ")),
         None => "-".to_string(),
     }
@@ -111,6 +112,9 @@ fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String
     if s.due_at.is_some() {
         pairs.push(("DUE", when(s.due_at.as_ref(), now)));
     }
+    if s.full {
+        pairs.push(("ACTIVE FULL", "yes".to_string()));
+    }
     pairs.push(("MESSAGE", or_dash(&s.message)));
     pairs
 }
@@ -119,7 +123,8 @@ fn owner(s: &pb::Session) -> String {
     if s.owner.is_empty() { "-".to_string() } else { format!("{} (epoch {})", s.owner, s.epoch) }
 }
 
-/// One row per item: NAME STATE PHASE AGENT ATTEMPT PROGRESS RESTORE-POINT MESSAGE/WAITING.
+/// One row per item: NAME STATE PHASE AGENT ATTEMPT PROCESSED READ TRANSFERRED
+/// RESTORE-POINT MESSAGE/WAITING.
 pub fn items_table(items: &[pb::ItemStatus]) -> String {
     let mut table = Table::new(&[
         "NAME",
@@ -127,7 +132,9 @@ pub fn items_table(items: &[pb::ItemStatus]) -> String {
         "PHASE",
         "AGENT",
         "ATTEMPT",
-        "PROGRESS",
+        "PROCESSED",
+        "READ",
+        "TRANSFERRED",
         "RESTORE-POINT",
         "MESSAGE/WAITING",
     ]);
@@ -139,6 +146,8 @@ pub fn items_table(items: &[pb::ItemStatus]) -> String {
             or_dash(&item.agent),
             if item.attempt == 0 { "-".into() } else { item.attempt.to_string() },
             text::progress(item.bytes_done, item.bytes_total),
+            text::bytes_or_dash(item.bytes_read),
+            text::bytes_or_dash(item.bytes_transferred),
             or_dash(&item.restore_point),
             message_or_waiting(item),
         ]);
@@ -215,16 +224,19 @@ pub fn coordinator_list(coordinators: &[pb::Coordinator], now: SystemTime) -> St
     table.render()
 }
 
-/// `restore-point list`: ID ITEM SESSION CREATED SIZE PATH.
+/// `restore-point list`: ID ITEM KIND PARENT SESSION CREATED SIZE PATH.
 pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> String {
     if points.is_empty() {
         return "no restore points".to_string();
     }
-    let mut table = Table::new(&["ID", "ITEM", "SESSION", "CREATED", "SIZE", "PATH"]);
+    let mut table =
+        Table::new(&["ID", "ITEM", "KIND", "PARENT", "SESSION", "CREATED", "SIZE", "PATH"]);
     for p in points {
         table.row(vec![
             p.id.clone(),
             p.item.clone(),
+            text::restore_point_kind(p.kind),
+            or_dash(&p.parent_id),
             p.session_id.clone(),
             when(p.created_at.as_ref(), now),
             text::bytes(p.size_bytes),

@@ -2,7 +2,9 @@
 
 use sluice_proto::ids::AgentId;
 
-use super::{CancelReason, Effect, ItemState, Machine, Outcome, REFUSED_BACKOFF_MS, TaskPhase};
+use super::{
+    CancelReason, Effect, ItemState, Machine, Outcome, REFUSED_BACKOFF_MS, TaskPhase, Volumes,
+};
 
 impl Machine {
     pub(super) fn on_refused(
@@ -40,9 +42,9 @@ impl Machine {
         index: u32,
         attempt: u32,
         phase: TaskPhase,
-        done: u64,
-        total: u64,
+        volumes: Volumes,
     ) {
+        let Volumes { done, total, read, transferred } = volumes;
         let Some(pos) = self.running_position(index, attempt) else {
             return;
         };
@@ -52,10 +54,16 @@ impl Machine {
         if phase < status.phase || (phase == status.phase && done < status.bytes_done) {
             return;
         }
-        if status.phase != phase || status.bytes_done != done || status.bytes_total != total {
+        let counters = (status.bytes_done, status.bytes_total, status.bytes_read);
+        if status.phase != phase
+            || counters != (done, total, read)
+            || status.bytes_transferred != transferred
+        {
             status.phase = phase;
             status.bytes_done = done;
             status.bytes_total = total;
+            status.bytes_read = read;
+            status.bytes_transferred = transferred;
             self.dirty_lazy.insert(pos);
         }
     }

@@ -6,7 +6,7 @@ use prost_types::Timestamp;
 use sluice_proto::pb::{self, SessionTrigger, StopMode};
 use tracing::info;
 
-use super::{Extra, Sessions};
+use super::{Extra, Origin, Sessions};
 use crate::{
     error::Result,
     sessions::{
@@ -62,7 +62,7 @@ impl Sessions {
     /// Starts a session of every item of `job` for a schedule; `start.extra` is committed
     /// with it or not at all.
     pub(crate) async fn start_scheduled(&self, job: &str, start: Start) -> Result<pb::Session> {
-        self.start_items(job, None, String::new(), start).await
+        self.start_items(job, None, Origin { retry_of: String::new(), full: false }, start).await
     }
 
     /// Stops session `id` because its backup window closed: `mode` (graceful with the job's

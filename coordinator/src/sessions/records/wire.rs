@@ -129,6 +129,8 @@ macro_rules! item_status_from {
             waiting_reason: $source.waiting_reason.clone(),
             bytes_done: $source.bytes_done,
             bytes_total: $source.bytes_total,
+            bytes_read: $source.bytes_read,
+            bytes_transferred: $source.bytes_transferred,
             $($field: $value),*
         }
     };
@@ -256,6 +258,8 @@ mod tests {
             waiting_reason: String::new(),
             bytes_done: 5,
             bytes_total: 10,
+            bytes_read: 4,
+            bytes_transferred: 3,
             started_at: Some(timestamp(1_500)),
             ended_at: Some(timestamp(2_250)),
         };

@@ -58,11 +58,15 @@ fn progress_is_recorded_lazily() {
         phase: TaskPhase::Transfer,
         bytes_done: 5,
         bytes_total: 10,
+        bytes_read: 4,
+        bytes_transferred: 3,
     };
     m.apply(1, progress);
     assert!(!m.has_urgent_changes());
     assert!(m.has_lazy_changes());
     assert_eq!(m.take_dirty(true).0, vec![0]);
+    let status = &m.items[0].status;
+    assert_eq!((status.bytes_read, status.bytes_transferred), (4, 3));
 }
 
 #[test]
@@ -88,6 +92,8 @@ fn a_late_answer_does_not_move_the_phase_back() {
         phase,
         bytes_done,
         bytes_total: 10,
+        bytes_read: 0,
+        bytes_transferred: 0,
     };
     m.apply(1, at(TaskPhase::Transfer, 5));
     m.apply(2, at(TaskPhase::NotStarted, 0));
