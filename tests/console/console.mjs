@@ -1,21 +1,28 @@
 // Drives the Sluice console in headless Chromium (Playwright over Debian's /usr/bin/chromium):
 // open the console, see the job, click Start, watch items progress, click Stop > Gracefully,
-// see the session end WARNING and canceled with its NOT_PROCESSED items.
+// see the session end WARNING and canceled with its NOT_PROCESSED items. On a secure cluster it
+// first signs in with an API token (the console keeps it in sessionStorage).
 //
 // Run by the end-to-end test `console::start_and_stop_gracefully_in_the_browser`, which starts
 // the cluster and the job. Environment:
-//   CONSOLE_URL      the console, e.g. http://127.0.0.1:7480/
+//   CONSOLE_URL      the console, e.g. https://127.0.0.1:7480/
+//   TOKEN            an API token (operator or admin) to sign in with; none on an insecure cluster
+//   CONSOLE_CERT     the coordinator's certificate (PEM): the browser accepts that key (and no
+//                    other) for the cluster CA's certificate, which it does not know
 //   JOB              the job to start (its items must run for seconds: a rate-limited agent)
 //   SCREENSHOT_DIR   where the screenshots go (session-view.png always, failure.png on failure)
 //   CHROMIUM         the browser (default /usr/bin/chromium)
 // Prints one line per step; exits 0 when every step passed.
-import { mkdirSync } from 'node:fs';
+import { createHash, X509Certificate } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const consoleUrl = required('CONSOLE_URL');
 const job = required('JOB');
 const screenshots = required('SCREENSHOT_DIR');
+const token = process.env.TOKEN || '';
+const pinnedCert = process.env.CONSOLE_CERT || '';
 const STEP_MS = 60_000;
 
 function required(name) {
@@ -27,6 +34,15 @@ function required(name) {
   return value;
 }
 
+// Chromium's flag that accepts one server key by its SPKI hash, for the coordinator's
+// certificate (the cluster CA is not in the browser's trust store).
+function pinArgs() {
+  if (!pinnedCert) return [];
+  const key = new X509Certificate(readFileSync(pinnedCert)).publicKey;
+  const spki = key.export({ type: 'spki', format: 'der' });
+  return [`--ignore-certificate-errors-spki-list=${createHash('sha256').update(spki).digest('base64')}`];
+}
+
 function step(text) {
   console.log(`step: ${text}`);
 }
@@ -34,6 +50,12 @@ function step(text) {
 async function run(page) {
   step(`open ${consoleUrl}`);
   await page.goto(consoleUrl);
+  if (token) {
+    step('sign in with the API token');
+    await page.getByLabel('API token').fill(token);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#who').getByText(/\((operator|admin)\)/).waitFor({ timeout: STEP_MS });
+  }
   const jobRow = page.getByRole('row').filter({ has: page.getByRole('rowheader', { name: job, exact: true }) });
   await jobRow.waitFor({ timeout: STEP_MS });
 
@@ -81,7 +103,8 @@ async function main() {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ...pinArgs()],
   });
   const context = await browser.newContext({ viewport: { width: 1180, height: 640 } });
   const page = await context.newPage();

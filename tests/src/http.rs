@@ -1,19 +1,23 @@
 //! A client of a coordinator's HTTP server (`--http-listen`): JSON API calls with their
 //! status, and a session's Server-Sent Events.
 
-use std::time::Duration;
+mod connector;
+
+use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
+use sluice_proto::{
+    pb::{self, auth_service_client::AuthServiceClient},
+    security::tls,
+};
 
-use crate::PATIENCE;
+use self::connector::Connector;
+use crate::{PATIENCE, node::Node};
 
 /// An answer of the HTTP server.
 #[derive(Debug, Clone)]
@@ -43,21 +47,44 @@ impl Reply {
 #[derive(Clone)]
 pub struct HttpClient {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     token: Option<String>,
 }
 
 impl HttpClient {
-    /// A client of `base` (`http://127.0.0.1:PORT`).
-    pub fn new(base: &str) -> HttpClient {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+    /// A client of `base` (`https://127.0.0.1:PORT`, or `http://` when insecure); `ca` is the
+    /// only CA an `https://` server's certificate is checked against.
+    pub fn new(base: &str, ca: Option<&Path>) -> HttpClient {
+        let tls = ca.map(|ca| {
+            tls::https_client_config(ca)
+                .unwrap_or_else(|e| panic!("https client trusting {}: {e}", ca.display()))
+        });
+        let connector = Connector::new(tls.map(Arc::new));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         HttpClient { base: base.trim_end_matches('/').to_string(), client, token: None }
+    }
+
+    /// A client of a coordinator's HTTP server as admin: over HTTPS with an admin token of
+    /// its own when the cluster is secure.
+    pub async fn admin(coordinator: &Node) -> HttpClient {
+        let client = coordinator.http_client();
+        match coordinator.harness_tls() {
+            Some(_) => client.with_token(&create_token(coordinator, "harness-http", "admin").await),
+            None => client,
+        }
     }
 
     /// The same client, sending `Authorization: Bearer TOKEN`.
     pub fn with_token(mut self, token: &str) -> HttpClient {
         self.token = Some(token.to_string());
         self
+    }
+
+    /// The answer to `GET path`, or the error of the connection (a refused handshake).
+    pub async fn try_get(&self, path: &str) -> anyhow::Result<u16> {
+        let request = self.request("GET", path, "");
+        let response = tokio::time::timeout(PATIENCE, self.client.request(request)).await??;
+        Ok(response.status().as_u16())
     }
 
     /// `GET path`.
@@ -124,6 +151,18 @@ impl HttpClient {
 
 fn header<B>(response: &http::Response<B>, name: &str) -> String {
     response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// Creates an API token with `role` through `coordinator`'s gRPC API (as the harness's
+/// admin); returns its secret.
+pub async fn create_token(coordinator: &Node, name: &str, role: &str) -> String {
+    let mut auth = AuthServiceClient::new(coordinator.channel().await);
+    let request = pb::CreateTokenRequest { name: name.into(), role: role.into(), ttl_seconds: 0 };
+    auth.create_token(request)
+        .await
+        .unwrap_or_else(|status| panic!("CreateToken {name} ({role}): {status}"))
+        .into_inner()
+        .secret
 }
 
 /// Waits for the next event of a stream, failing after `timeout`.

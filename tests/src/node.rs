@@ -26,7 +26,10 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::{MAX_MESSAGE_BYTES, PATIENCE, logs, security::Pki, wait_for, watchdog::Watchdog};
+use crate::{
+    MAX_MESSAGE_BYTES, PATIENCE, http::HttpClient, logs, security::Pki, wait_for,
+    watchdog::Watchdog,
+};
 
 /// Line prefix each binary prints on stdout once its listener is bound.
 const LISTENING: &str = "listening on ";
@@ -171,6 +174,11 @@ impl Node {
         let addr = self.http_addr.unwrap_or_else(|| panic!("{} serves no HTTP", self.id));
         let scheme = if self.pki.is_some() { "https" } else { "http" };
         format!("{scheme}://{addr}")
+    }
+
+    /// A client of a coordinator's HTTP server, trusting the cluster CA, without a token.
+    pub fn http_client(&self) -> HttpClient {
+        HttpClient::new(&self.http_url(), self.pki.as_ref().map(Pki::ca_cert).as_deref())
     }
 
     /// How many times the process was started.

@@ -60,6 +60,11 @@ impl Pki {
         issue_in(&self.ca_dir, &self.certs, spec)
     }
 
+    /// The certificate the cluster issued to node `id` (`c1`, `a1`, ...).
+    pub fn certificate(&self, id: &str) -> PathBuf {
+        self.certs.join(format!("{id}.crt"))
+    }
+
     /// A client certificate with `role`.
     pub fn client(&self, id: &str, role: Role) -> IssuedFiles {
         let mut spec = LeafSpec::new(Kind::Client, id);

@@ -15,6 +15,7 @@ mod e2e {
     mod fencing;
     mod harness;
     mod http_api;
+    mod http_security;
     mod jobs;
     mod live_vms;
     mod ownership;

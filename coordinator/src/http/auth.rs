@@ -16,7 +16,7 @@ use axum::{
 };
 use futures::future::BoxFuture;
 use serde::Serialize;
-use sluice_proto::security::access;
+use sluice_proto::security::access::{self, Role};
 use tonic::Code;
 
 use super::reply::ApiError;
@@ -34,17 +34,24 @@ pub(crate) enum Access {
     Administer,
 }
 
-/// The roles, by the names tokens and certificates carry.
-pub(crate) const ROLES: [&str; 4] = ["viewer", "operator", "restore-operator", "admin"];
+impl Access {
+    /// The role a route needs, as the gRPC method it calls needs it; `None` = public.
+    pub(crate) fn role(self) -> Option<Role> {
+        match self {
+            Access::Public => None,
+            Access::View => Some(Role::Viewer),
+            Access::Operate => Some(Role::Operator),
+            Access::Administer => Some(Role::Admin),
+        }
+    }
+}
 
-/// Whether `role` may use a route that needs `access`. The console hides buttons by the same
-/// table (`roleAllows` in `console.js`).
+/// Whether `role` may use a route that needs `access`, by the roles' own rule. The console
+/// hides buttons by the same table (`roleAllows` in `console.js`).
 pub(crate) fn role_allows(role: &str, access: Access) -> bool {
-    match access {
-        Access::Public => true,
-        Access::View => ROLES.contains(&role),
-        Access::Operate => matches!(role, "operator" | "admin"),
-        Access::Administer => role == "admin",
+    match access.role() {
+        None => true,
+        Some(needed) => Role::parse(role).is_some_and(|role| role.grants(needed)),
     }
 }
 
@@ -53,7 +60,7 @@ pub(crate) fn role_allows(role: &str, access: Access) -> bool {
 pub(crate) struct Principal {
     /// Token or certificate name.
     pub(crate) name: String,
-    /// One of `ROLES`.
+    /// A role's name (`Role::as_str`).
     pub(crate) role: String,
     /// How it was authenticated: `token`, `certificate`, or `anonymous` with security off.
     pub(crate) kind: String,
@@ -138,8 +145,10 @@ pub(crate) async fn authorize(
         }
         Err(error) => return unauthenticated(error).into_response(),
     };
-    if !role_allows(&principal.role, guard.access) {
-        let message = format!("role {:?} may not use this route", principal.role);
+    if let Some(needed) =
+        guard.access.role().filter(|_| !role_allows(&principal.role, guard.access))
+    {
+        let message = format!("requires role {needed}");
         return ApiError::new(Code::PermissionDenied, message).into_response();
     }
     request.extensions_mut().insert(Caller { principal, peer });

@@ -312,6 +312,20 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A rustls config of an HTTPS client (tests, tools) that trusts only the CA in `ca`.
+pub fn https_client_config(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca, &read(ca)?)? {
+        roots.add(cert)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 fn load(files: &TlsFiles, auth: ClientAuth) -> Result<Loaded, TlsError> {
     build(files, auth, read_all(files)?)
 }

@@ -1,7 +1,8 @@
 //! Issue 17: the console in a real browser. Headless Chromium, driven by Playwright
 //! (`tests/console/console.mjs`), opens the console of a real cluster, sees the job, clicks
 //! Start, watches the items progress, clicks Stop > Gracefully and sees the session end
-//! WARNING and canceled with its NOT_PROCESSED items. Screenshots go to
+//! WARNING and canceled with its NOT_PROCESSED items. The cluster is secure: the browser reaches
+//! the console over HTTPS and signs in with an operator's API token. Screenshots go to
 //! `target/console-screenshots/` (`session-view.png`, and `failure.png` when a step fails).
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
@@ -9,6 +10,7 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use sluice_proto::pb::{ItemState, SessionResult, SessionState};
 use sluice_tests::{
     api::{create_job, get_session},
+    http::create_token,
     stops::{SLOW, SLOW_RATE, slow_cluster},
 };
 use tokio::process::Command;
@@ -44,10 +46,15 @@ async fn start_and_stop_gracefully_in_the_browser() {
     create_job(&mut jobs, job).await;
 
     let screenshots = screenshot_dir();
+    let coordinator = cluster.coordinator(0);
+    let token = create_token(coordinator, "console", "operator").await;
+    let pki = cluster.pki().expect("a secure cluster");
     let run = Command::new("node")
         .arg(dir.join("console.mjs"))
         .current_dir(&dir)
-        .env("CONSOLE_URL", format!("{}/", cluster.coordinator(0).http_url()))
+        .env("CONSOLE_URL", format!("{}/", cluster.coordinators()[0].http_url()))
+        .env("TOKEN", token)
+        .env("CONSOLE_CERT", pki.certificate("c1"))
         .env("JOB", "console-demo")
         .env("SCREENSHOT_DIR", &screenshots)
         .stdin(Stdio::null())
@@ -85,6 +92,11 @@ async fn start_and_stop_gracefully_in_the_browser() {
         "a graceful stop of items that all succeeded"
     );
     assert!(session.canceled, "the session was stopped by a user");
+    assert_eq!(
+        (session.started_by.as_str(), session.stopped_by.as_str()),
+        ("token:console", "token:console"),
+        "the browser's token is the principal"
+    );
     let count = |state| session.items.iter().filter(|i| i.state() == state).count();
     assert_eq!(
         (count(ItemState::Success), count(ItemState::NotProcessed)),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sluice_proto::{json, pb};
 use sluice_tests::{
     Cluster, PATIENCE,
-    http::{HttpClient, Reply, next_event},
+    http::{HttpClient, Reply, create_token, next_event},
     jobs::{JobBuilder, vm_item},
     wait_for,
 };
@@ -41,7 +41,7 @@ fn job_json(job: &pb::Job) -> String {
 #[tokio::test]
 async fn every_route_answers_the_json_mapping_and_errors_as_json() {
     let mut cluster = Cluster::builder().agents(1).start().await;
-    let http = HttpClient::new(&cluster.coordinator(0).http_url());
+    let http = HttpClient::admin(cluster.coordinator(0)).await;
 
     let page = http.get("/").await;
     assert_eq!((page.status, page.content_type.as_str()), (200, "text/html; charset=utf-8"));
@@ -58,7 +58,7 @@ async fn every_route_answers_the_json_mapping_and_errors_as_json() {
         assert!(asset.content_type.starts_with(kind), "{path}: {}", asset.content_type);
     }
     let who = expect(&http.get("/api/v1/whoami").await, 200, "whoami");
-    assert_eq!(who, serde_json::json!({"name": "anonymous", "role": "admin", "kind": "anonymous"}));
+    assert_eq!(who, serde_json::json!({"name": "harness-http", "role": "admin", "kind": "token"}));
 
     // Jobs: create, conflicts and bad bodies, read, list, update, delete.
     // Three items on two slots: a stop leaves one NOT_PROCESSED, which a retry runs again.
@@ -127,7 +127,8 @@ async fn every_route_answers_the_json_mapping_and_errors_as_json() {
     let stopping = expect(&stop, 200, "stop");
     assert_eq!(
         (stopping["stopMode"].as_str(), stopping["stoppedBy"].as_str()),
-        (Some("STOP_MODE_IMMEDIATE"), Some("api-test"))
+        (Some("STOP_MODE_IMMEDIATE"), Some("token:harness-http")),
+        "the authenticated principal, not the name the body claims"
     );
     wait_stopped(&http, &id).await;
     expect_error(
@@ -197,7 +198,7 @@ async fn wait_stopped(http: &HttpClient, id: &str) -> Value {
 #[tokio::test]
 async fn session_events_stream_until_the_session_stops() {
     let mut cluster = Cluster::builder().agents(1).start().await;
-    let http = HttpClient::new(&cluster.coordinator(0).http_url());
+    let http = HttpClient::admin(cluster.coordinator(0)).await;
     expect(&http.post("/api/v1/jobs", &job_json(&sim_job("feed", 60_000, 3))).await, 200, "create");
     let (missing, _) = http.events("/api/v1/sessions/nope/events").await;
     assert_eq!(missing.status, 404, "events of an unknown session");
@@ -254,8 +255,10 @@ async fn session_events_stream_until_the_session_stops() {
 #[tokio::test]
 async fn metrics_show_the_last_success_on_every_coordinator() {
     let mut cluster = Cluster::builder().coordinators(2).agents(1).start().await;
-    let first = HttpClient::new(&cluster.coordinator(0).http_url());
-    let second = HttpClient::new(&cluster.coordinator(1).http_url());
+    let first = HttpClient::admin(cluster.coordinator(0)).await;
+    // Reading metrics needs only the viewer role.
+    let viewer = create_token(cluster.coordinator(0), "scraper", "viewer").await;
+    let second = cluster.coordinator(1).http_client().with_token(&viewer);
     expect(&first.post("/api/v1/jobs", &job_json(&sim_job("nightly", 20, 3))).await, 200, "create");
     let started = expect(&first.post("/api/v1/jobs/nightly/start", "").await, 200, "start");
     let id = started["id"].as_str().unwrap_or_default().to_string();
