@@ -326,7 +326,8 @@ start_coordinators() {
     done
     wait_until "the admin token in deploy/run/admin.token" coord-1 token_written
     note "console: open $CONSOLE_URL (or https://127.0.0.1:${HTTP_PORTS[1]}/: any coordinator);"
-    note "its certificate is from deploy/run/pki/ca/ca.crt, and it signs in with an API token"
+    note "its certificate is from deploy/run/pki/ca/ca.crt; sign in with the admin token:"
+    note "    cat deploy/run/admin.token"
 }
 
 # Prints /metrics of the first coordinator, over HTTPS, as the admin.
@@ -520,7 +521,8 @@ The local cluster keeps running (KEEP=1), over TLS:
     coordinators   $ENDPOINTS
     console        $CONSOLE_URL (also https://127.0.0.1:${HTTP_PORTS[1]}/; JSON API under /api/v1,
                    metrics at /metrics). From another machine: ssh -L ${HTTP_PORTS[0]}:127.0.0.1:${HTTP_PORTS[0]} THIS_HOST,
-                   then open $CONSOLE_URL there
+                   then open $CONSOLE_URL there. Sign in with the admin token
+                   (cat deploy/run/admin.token) or one made with 'sluice token create'
     agents         proxy-1 127.0.0.1:${AGENT_PORTS[0]}, proxy-2 127.0.0.1:${AGENT_PORTS[1]}
     CA and certs   deploy/run/pki/
     admin token    deploy/run/admin.token
