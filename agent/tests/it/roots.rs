@@ -152,6 +152,12 @@ async fn restore_point_calls_outside_the_roots_are_refused() {
     let message = outside_message("restore_points[0].repository", &outside, "repository");
     refused(client.delete_restore_points(delete).await, &message);
     assert!(outside.join("homes/pc0").join(&rp.id).exists(), "not deleted");
+    let merge = pb::MergeRestorePointRequest {
+        base: Some(location(&outside, &rp.id)),
+        child_id: rp.id.clone(),
+    };
+    let message = outside_message("base.repository", &outside, "repository");
+    refused(client.merge_restore_point(merge).await, &message);
     let collect = pb::CollectGarbageRequest { repository: outside.display().to_string() };
     refused(
         client.collect_garbage(collect).await,
