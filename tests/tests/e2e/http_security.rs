@@ -80,3 +80,20 @@ async fn http_needs_a_token_and_a_role_and_speaks_https_with_the_cluster_ca() {
     let checked = stranger.try_get("/").await;
     assert!(checked.is_err(), "a client of another CA must refuse the server: {checked:?}");
 }
+
+#[tokio::test]
+async fn an_insecure_coordinator_serves_plain_http_to_anyone_as_admin() {
+    let mut cluster = Cluster::builder().insecure().agents(1).start().await;
+    let coordinator = cluster.coordinator(0);
+    let url = coordinator.http_url();
+    assert!(url.starts_with("http://"), "--insecure: {url}");
+    let anyone = coordinator.http_client();
+    let who = anyone.get("/api/v1/whoami").await;
+    expect_status(&who, 200, "", "whoami");
+    assert_eq!(
+        who.json(),
+        serde_json::json!({"name": "anonymous", "role": "admin", "kind": "anonymous"})
+    );
+    let created = anyone.post("/api/v1/jobs", &sim_job("open")).await;
+    expect_status(&created, 200, "", "anyone creates a job");
+}
