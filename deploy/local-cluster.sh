@@ -579,7 +579,8 @@ main() {
 
     demo
     log "Demo complete"
-    note "the console: $CONSOLE_URL (KEEP=1 leaves the cluster running to look at it)"
+    note "the console: $CONSOLE_URL, signed in with the token in deploy/run/admin.token"
+    note "(KEEP=1 leaves the cluster running to look at it)"
 }
 
 trap on_exit EXIT
