@@ -31,12 +31,12 @@ pub(crate) struct Services {
 type Api = State<Services>;
 type By = Extension<Caller>;
 
-/// A gRPC request carrying what the gRPC server would attach: the peer and the principal.
+/// A gRPC request carrying what the gRPC server's auth layer would attach: the peer and the
+/// authenticated principal, which the services record and audit.
 pub(crate) fn grpc<T>(caller: &Caller, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     let peer = TcpConnectInfo { local_addr: None, remote_addr: caller.peer };
     request.extensions_mut().insert(peer);
-    request.extensions_mut().insert(caller.principal.clone());
     if let Some(principal) = &caller.principal.authenticated {
         request.extensions_mut().insert(principal.clone());
     }
