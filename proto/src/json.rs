@@ -142,7 +142,10 @@ mod tests {
             ..Default::default()
         };
         let text = to_json(&job).expect("to json");
-        assert_eq!(value(&job)["items"][0]["vm"], json!({"disks": ["/d/1.qcow2"], "qmpSocket": ""}));
+        assert_eq!(
+            value(&job)["items"][0]["vm"],
+            json!({"disks": ["/d/1.qcow2"], "qmpSocket": ""})
+        );
         assert_eq!(from_json::<pb::Job>(text.as_bytes()).expect("from json"), job);
     }
 }
