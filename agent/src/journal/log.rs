@@ -1,8 +1,8 @@
 //! The journal's file, `journal.log`: framed records appended and fsynced in batches,
 //! replayed at start and rewritten with only the live entries when it grows.
 //!
-//! A frame is the payload's length (u32, little endian), the first 8 bytes of its SHA-256,
-//! then the payload (a [`Record`]). Replay stops at the first frame that is short, fails its
+//! A frame is the payload's length and its CRC-32 (u32 each, little endian), then the
+//! payload (a [`Record`]). Replay stops at the first frame that is short, fails its
 //! checksum or does not decode: that is a write a crash interrupted, and the file is cut
 //! back to the last whole frame before anything is appended again. Every function here does
 //! blocking I/O.
@@ -13,7 +13,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use sluice_proto::pb;
 use tracing::warn;
 
@@ -23,7 +22,7 @@ use crate::key::TaskId;
 
 pub(super) const LOG_FILE: &str = "journal.log";
 const COMPACT_FILE: &str = "journal.log.compact";
-const HEADER_LEN: usize = 12;
+const HEADER_LEN: usize = 8;
 /// Longest payload a frame may announce; a larger length is a torn or damaged header.
 const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
 /// The log is rewritten once it is this big and four times what compaction last left.
@@ -88,11 +87,8 @@ fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-fn checksum(payload: &[u8]) -> [u8; 8] {
-    let digest = Sha256::digest(payload);
-    let mut sum = [0; 8];
-    sum.copy_from_slice(&digest[..8]);
-    sum
+fn checksum(payload: &[u8]) -> [u8; 4] {
+    crc32fast::hash(payload).to_le_bytes()
 }
 
 /// The first record of `bytes` and the bytes its frame takes, if it is whole and sound.
