@@ -64,7 +64,7 @@ pub struct JournalStats {
 }
 
 enum Request {
-    Append(Record, oneshot::Sender<io::Result<()>>),
+    Append(Box<Record>, oneshot::Sender<io::Result<()>>),
     Entries(oneshot::Sender<Vec<(TaskId, JournalEntry)>>),
     Stats(oneshot::Sender<JournalStats>),
 }
@@ -116,7 +116,7 @@ impl Journal {
 
     async fn append(&self, record: Record) -> io::Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Request::Append(record, reply)).await.map_err(|_| stopped())?;
+        self.tx.send(Request::Append(Box::new(record), reply)).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -181,7 +181,7 @@ impl Writer {
             for request in batch.drain(..) {
                 match request {
                     Request::Append(record, reply) => {
-                        records.push(record);
+                        records.push(*record);
                         waiters.push(reply);
                     }
                     other => reads.push(other),

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use crate::{
     catalog::{self, FIGURES, Target},
     results::{Recorded, Results},
+    scenarios,
 };
 
 /// A number with as many decimals as its size deserves.
@@ -67,10 +68,11 @@ pub fn table(results: &Results) -> String {
         rows.push(row(figure.key, figure.unit, figure.target, value));
     }
     let mut text = aligned(&rows);
+    text.push_str(&scenarios::scale::table(&recorded));
     let details: Vec<[String; 4]> = recorded
         .figures
         .iter()
-        .filter(|(key, _)| catalog::find(key).is_none())
+        .filter(|(key, _)| catalog::find(key).is_none() && !key.starts_with("scale."))
         .map(|(key, value)| row(key, "", None, Some(*value)))
         .collect();
     if !details.is_empty() {

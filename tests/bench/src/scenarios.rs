@@ -4,6 +4,7 @@
 mod data;
 mod dispatch;
 mod memory;
+pub mod scale;
 mod stop;
 mod takeover;
 
@@ -14,7 +15,7 @@ use sluice_tests::Etcd;
 use crate::{cli::Args, cli::Sizes, results::Results};
 
 /// The scenarios, in the order they run.
-const SCENARIOS: [&str; 5] = ["dispatch", "stop", "takeover", "memory", "data"];
+const SCENARIOS: [&str; 6] = ["dispatch", "stop", "takeover", "memory", "data", "scale"];
 
 /// What every scenario gets.
 #[derive(Clone)]
@@ -50,6 +51,7 @@ async fn run_one(name: &'static str, ctx: Ctx) -> anyhow::Result<()> {
         "takeover" => takeover::run(ctx).await,
         "memory" => memory::run(ctx).await,
         "data" => data::run(ctx).await,
+        "scale" => scale::run(ctx).await,
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }
