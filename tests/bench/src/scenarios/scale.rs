@@ -12,6 +12,7 @@
 mod table;
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -115,7 +116,7 @@ impl Bench<'_> {
         let sampler = PeakRss::start(self.pid);
         let started = SystemTime::now();
         let ids = start_all(&self.api, &names).await?;
-        let ended = self.wait_all(&names, &ids).await?;
+        let ended = self.wait_all(&names, &ids, true).await?;
         let cpu = procfs::cpu_seconds(self.pid)? - cpu_before;
         let peak = sampler.stop();
         let Some(ended) = ended else {
@@ -134,23 +135,29 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// The latest `ended_at` of the sessions, or `None` if one did not stop in time.
+    /// The latest `ended_at` of the sessions, or `None` if one did not stop in time. A
+    /// session that ends without success is noted when `successes` are expected.
     async fn wait_all(
         &mut self,
         names: &[String],
         ids: &[String],
+        successes: bool,
     ) -> anyhow::Result<Option<SystemTime>> {
         let deadline = tokio::time::Instant::now() + self.budget();
         let mut last = None;
+        let mut unsuccessful = BTreeMap::<&str, usize>::new();
         for (name, id) in names.iter().zip(ids) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(session) = self.store.wait_stopped(name, id, left).await? else {
                 return Ok(None);
             };
             if session.result() != SessionResult::Success {
-                self.note("items_per_s", &format!("{id} ended {}", session.result().as_str_name()));
+                *unsuccessful.entry(session.result().as_str_name()).or_default() += 1;
             }
             last = last.max(jobs::ended_at(&session));
+        }
+        for (result, count) in unsuccessful.into_iter().filter(|_| successes) {
+            self.note("items_per_s", &format!("{count} of {} sessions ended {result}", ids.len()));
         }
         Ok(last)
     }
@@ -166,7 +173,7 @@ impl Bench<'_> {
             self.note("stop_p99_ms", &format!("only {} of {busy} slots busy", running(&observer)));
         }
         let called = stop_all(&self.api, &ids).await?;
-        let ended = self.wait_all(&names, &ids).await?;
+        let ended = self.wait_all(&names, &ids, false).await?;
         observer.wait(Duration::from_secs(5), |o| running(o) == 0).await;
         let mut latencies = Vec::new();
         for (id, called) in ids.iter().zip(&called) {
