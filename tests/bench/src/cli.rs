@@ -17,6 +17,9 @@ pub struct Args {
     /// Where to write the results (default: target/bench/results.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Runs only these cases of the scale scenario (comma-separated: 1k,10k,100k,100x1k).
+    #[arg(long, value_delimiter = ',')]
+    pub scale_cases: Vec<String>,
     /// Uses the release binaries as they are instead of building them first.
     #[arg(long)]
     pub no_build: bool,
@@ -30,7 +33,11 @@ impl Args {
 
     /// The sizes of this run.
     pub fn sizes(&self) -> Sizes {
-        if self.quick { Sizes::quick() } else { Sizes::full() }
+        let mut sizes = if self.quick { Sizes::quick() } else { Sizes::full() };
+        sizes.scale_cases.retain(|case| {
+            self.scale_cases.is_empty() || self.scale_cases.iter().any(|name| name == case.name)
+        });
+        sizes
     }
 }
 
@@ -52,7 +59,7 @@ pub struct Sizes {
     /// Bytes of the VM disk and of the computer tree.
     pub data_bytes: u64,
     /// The cases of the scale scenario, on the dispatch cluster's agents and slots.
-    pub scale_cases: &'static [ScaleCase],
+    pub scale_cases: Vec<ScaleCase>,
     /// Longest a session may take before the scenario records what it reached.
     pub session_budget: Duration,
     /// Longest each scenario may take in all, in seconds (see [`Sizes::budget`]).
@@ -97,7 +104,7 @@ impl Sizes {
             stop_tasks: 1_000,
             memory_items: 100_000,
             data_bytes: 1024 * MIB,
-            scale_cases: FULL_SCALE,
+            scale_cases: FULL_SCALE.to_vec(),
             session_budget: Duration::from_secs(120),
             budgets: &[
                 ("dispatch", 180),
@@ -120,7 +127,7 @@ impl Sizes {
             stop_tasks: 100,
             memory_items: 10_000,
             data_bytes: 64 * MIB,
-            scale_cases: QUICK_SCALE,
+            scale_cases: QUICK_SCALE.to_vec(),
             session_budget: Duration::from_secs(12),
             budgets: &[
                 ("dispatch", 20),

@@ -60,13 +60,13 @@ struct Bench<'a> {
 
 /// Runs every case, then records how far the cases lie apart.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    for case in ctx.sizes.scale_cases {
+    for case in &ctx.sizes.scale_cases {
         println!("   scale {}: {} x {} items", case.name, case.sessions, case.items);
         if let Err(error) = run_case(&ctx, *case).await {
             ctx.results.note(&key(case.name, "items_per_s"), &format!("{error:#}"));
         }
     }
-    record_spreads(&ctx.results, ctx.sizes.scale_cases);
+    record_spreads(&ctx.results, &ctx.sizes.scale_cases);
     Ok(())
 }
 
