@@ -1,8 +1,17 @@
-//! The journal in `--state-dir`: one file per task and the newest epoch per session.
+//! The journal in `--state-dir`: the task log (`journal.log`) and the newest epoch per
+//! session (`epochs.json`).
 //!
-//! A task's entry is written when it starts (its spec) and atomically replaced with its
-//! outcome before the outcome is announced; it is deleted when a coordinator acknowledges
-//! the outcome. Every function here does blocking I/O: call it from `spawn_blocking`.
+//! A task's entry is appended when it starts (its spec) and again with its outcome before
+//! the outcome is announced; acknowledged tasks are appended as forgotten. One writer task
+//! owns the log (group commit): it takes every record waiting at once, appends them in one
+//! write, fsyncs once and only then answers each caller, so a caller's record is durable
+//! when its `write` returns. The log is rewritten with only the live entries when it grows
+//! past its bound (see [`log`]).
+
+mod legacy;
+pub mod log;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,14 +21,20 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
-use tracing::warn;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
 
 use crate::error::AgentError;
 use crate::fsutil;
-use crate::key::{TaskId, TaskNames};
+use crate::key::TaskId;
+pub use log::Record;
+use log::{COMPACT_AT_BYTES, Log};
 
-const TASKS_DIR: &str = "tasks";
 const EPOCHS_FILE: &str = "epochs.json";
+/// Requests that may wait for the writer; callers wait when it is full.
+const QUEUE: usize = 4096;
+/// Most records one write and fsync takes.
+const MAX_BATCH: usize = 4096;
 
 /// What the journal holds of one task.
 #[derive(Clone, PartialEq, Message)]
@@ -35,51 +50,94 @@ pub struct JournalEntry {
     pub started_at: Option<prost_types::Timestamp>,
 }
 
-/// The journal directory.
+/// Counters of the writer, for tests and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Records appended.
+    pub records: u64,
+    /// Appends (one write and one fsync each).
+    pub syncs: u64,
+    /// Rewrites with only the live entries.
+    pub compactions: u64,
+    /// Bytes of the log now.
+    pub log_bytes: u64,
+}
+
+enum Request {
+    Append(Box<Record>, oneshot::Sender<io::Result<()>>),
+    Entries(oneshot::Sender<Vec<(TaskId, JournalEntry)>>),
+    Stats(oneshot::Sender<JournalStats>),
+}
+
+/// Handle of the journal's writer task; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    tx: mpsc::Sender<Request>,
 }
 
 impl Journal {
-    /// Opens (and creates) the journal in `state_dir`.
-    pub fn open(state_dir: &Path) -> Result<Self, AgentError> {
-        let tasks = state_dir.join(TASKS_DIR);
-        fs::create_dir_all(&tasks)
-            .map_err(|e| AgentError::journal(format!("create {}", tasks.display()), e))?;
-        Ok(Self { dir: state_dir.to_path_buf() })
+    /// Opens (and creates) the journal in `state_dir`: replays the log, moves entries of the
+    /// older one-file-per-task layout into it, and starts the writer task.
+    pub async fn open(state_dir: &Path) -> Result<Self, AgentError> {
+        Self::open_with(state_dir, COMPACT_AT_BYTES).await
     }
 
-    fn task_path(&self, id: &TaskId) -> PathBuf {
-        self.dir.join(TASKS_DIR).join(id.file_name())
+    /// [`Self::open`] with the size from which the log is compacted.
+    pub async fn open_with(state_dir: &Path, compact_at: u64) -> Result<Self, AgentError> {
+        let dir = state_dir.to_path_buf();
+        let opened = dir.clone();
+        let log = fsutil::blocking(move || {
+            fs::create_dir_all(&opened)?;
+            let mut log = Log::open(&opened, compact_at)?;
+            legacy::migrate(&opened, &mut log)?;
+            Ok(log)
+        })
+        .await
+        .map_err(|e| {
+            AgentError::journal(format!("open {}", dir.join(log::LOG_FILE).display()), e)
+        })?;
+        info!(entries = log.entries().len(), bytes = log.len(), "journal opened");
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(Writer { log: Some(log), stats: JournalStats::default() }.run(rx));
+        Ok(Self { dir, tx })
     }
 
-    /// Durably writes (or replaces) the entry of a task.
-    pub fn write(&self, id: &TaskId, entry: &JournalEntry) -> io::Result<()> {
-        fsutil::write_atomic(&self.task_path(id), &entry.encode_to_vec())
+    /// Durably writes (or replaces) the entry of a task: returns once it is fsynced.
+    pub async fn write(&self, entry: JournalEntry) -> io::Result<()> {
+        self.append(Record { put: Some(entry), forget: Vec::new() }).await
     }
 
-    /// Deletes the entry of a task.
-    pub(crate) fn remove(&self, id: &TaskId) -> io::Result<()> {
-        fsutil::remove_file_if_exists(&self.task_path(id))
+    /// Drops the entries of acknowledged tasks.
+    pub(crate) async fn forget(&self, ids: &[TaskId]) -> io::Result<()> {
+        let forget = ids.iter().map(TaskId::to_wire).collect();
+        self.append(Record { put: None, forget }).await
     }
 
-    /// Every readable task entry. Unreadable files are logged and skipped.
-    pub fn load(&self) -> Result<Vec<(TaskId, JournalEntry)>, AgentError> {
-        let tasks = self.dir.join(TASKS_DIR);
-        let read = fs::read_dir(&tasks)
-            .map_err(|e| AgentError::journal(format!("read {}", tasks.display()), e))?;
-        let mut entries = Vec::new();
-        for dirent in read.flatten() {
-            let path = dirent.path();
-            if path.extension().is_some_and(|ext| ext == "pb")
-                && let Some(entry) = read_entry(&path)
-            {
-                entries.push(entry);
-            }
+    async fn append(&self, record: Record) -> io::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request::Append(Box::new(record), reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Every entry, by task.
+    pub async fn load(&self) -> Result<Vec<(TaskId, JournalEntry)>, AgentError> {
+        let (reply, answer) = oneshot::channel();
+        let asked = self.tx.send(Request::Entries(reply)).await.is_ok();
+        match (asked, answer.await) {
+            (true, Ok(entries)) => Ok(entries),
+            _ => Err(AgentError::journal("load", stopped())),
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries)
+    }
+
+    /// The writer's counters.
+    pub async fn stats(&self) -> Result<JournalStats, AgentError> {
+        let (reply, answer) = oneshot::channel();
+        let asked = self.tx.send(Request::Stats(reply)).await.is_ok();
+        match (asked, answer.await) {
+            (true, Ok(stats)) => Ok(stats),
+            _ => Err(AgentError::journal("stats", stopped())),
+        }
     }
 
     /// The newest epoch seen per session.
@@ -102,68 +160,106 @@ impl Journal {
     }
 }
 
-fn read_entry(path: &Path) -> Option<(TaskId, JournalEntry)> {
-    let decoded = fs::read(path)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| JournalEntry::decode(bytes.as_slice()).map_err(|e| e.to_string()));
-    let entry = match decoded {
-        Ok(entry) => entry,
-        Err(error) => {
-            warn!(path = %path.display(), %error, "unreadable journal entry skipped");
-            return None;
+fn stopped() -> io::Error {
+    io::Error::other("journal writer stopped")
+}
+
+/// The writer task: owns the log and appends in batches.
+struct Writer {
+    /// Lent to a blocking thread while it writes; `None` after that thread failed.
+    log: Option<Log>,
+    stats: JournalStats,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let mut records = Vec::new();
+            let mut waiters = Vec::new();
+            let mut reads = Vec::new();
+            for request in batch.drain(..) {
+                match request {
+                    Request::Append(record, reply) => {
+                        records.push(*record);
+                        waiters.push(reply);
+                    }
+                    other => reads.push(other),
+                }
+            }
+            if !records.is_empty() {
+                let result = self.append(records).await;
+                for waiter in waiters {
+                    let _ = waiter.send(copy_result(&result));
+                }
+                self.compact_if_due().await;
+            }
+            for read in reads {
+                self.answer(read);
+            }
         }
-    };
-    let key = entry.spec.as_ref().and_then(|spec| spec.key.as_ref());
-    let Some(key) = key else {
-        warn!(path = %path.display(), "journal entry without a task key skipped");
-        return None;
-    };
-    match TaskId::from_wire("key", key) {
-        Ok(id) => Some((id, entry)),
-        Err(error) => {
-            warn!(path = %path.display(), %error, "journal entry with a bad task key skipped");
-            None
+    }
+
+    /// Appends on a blocking thread (one write, one fsync).
+    async fn append(&mut self, records: Vec<Record>) -> io::Result<()> {
+        let Some(mut log) = self.log.take() else { return Err(stopped()) };
+        let count = records.len() as u64;
+        let done = tokio::task::spawn_blocking(move || {
+            let result = log.append(records);
+            (log, result)
+        })
+        .await;
+        let (log, result) = done.map_err(io::Error::other)?;
+        if result.is_ok() {
+            self.stats.records += count;
+            self.stats.syncs += 1;
+        }
+        self.log = Some(log);
+        result
+    }
+
+    async fn compact_if_due(&mut self) {
+        let Some(mut log) = self.log.take() else { return };
+        let done = tokio::task::spawn_blocking(move || {
+            let result = log.compact_if_due();
+            (log, result)
+        })
+        .await;
+        let Ok((log, result)) = done else {
+            warn!("journal compaction failed: the journal stops");
+            return;
+        };
+        match result {
+            Ok(true) => {
+                self.stats.compactions += 1;
+                info!(entries = log.entries().len(), bytes = log.len(), "journal compacted");
+            }
+            Ok(false) => {}
+            Err(error) => warn!(%error, "journal compaction failed; the log keeps growing"),
+        }
+        self.log = Some(log);
+    }
+
+    fn answer(&self, read: Request) {
+        match read {
+            Request::Entries(reply) => {
+                let entries = self.log.as_ref().map(|log| log.entries().clone());
+                let entries = entries.unwrap_or_default().into_iter().collect();
+                let _ = reply.send(entries);
+            }
+            Request::Stats(reply) => {
+                let log_bytes = self.log.as_ref().map_or(0, Log::len);
+                let _ = reply.send(JournalStats { log_bytes, ..self.stats });
+            }
+            Request::Append(..) => {}
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(session: &str) -> pb::TaskSpec {
-        pb::TaskSpec {
-            key: Some(pb::TaskKey { session_id: session.into(), item_index: 3, attempt: 2 }),
-            epoch: 7,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn entries_round_trip_and_are_removed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = Journal::open(dir.path()).expect("open");
-        let entry = JournalEntry { spec: Some(spec("s1")), ..Default::default() };
-        let session = SessionId::parse("session", "s1").expect("valid");
-        let id = TaskId { session, index: 3, attempt: 2 };
-        journal.write(&id, &entry).expect("write");
-        fs::write(dir.path().join("tasks/garbage.pb"), b"\xff\xff").expect("garbage");
-        let loaded = journal.load().expect("load");
-        assert_eq!(loaded, vec![(id.clone(), entry)]);
-        journal.remove(&id).expect("remove");
-        assert!(journal.load().expect("load").is_empty());
-    }
-
-    #[test]
-    fn epochs_round_trip() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = Journal::open(dir.path()).expect("open");
-        assert!(journal.load_epochs().expect("empty").is_empty());
-        let session = SessionId::parse("session", "s1").expect("valid");
-        let epochs = HashMap::from([(session, Epoch::try_from(4).expect("positive"))]);
-        journal.save_epochs(&epochs).expect("save");
-        assert_eq!(journal.load_epochs().expect("load"), epochs);
-        let stored = fs::read_to_string(dir.path().join(EPOCHS_FILE)).expect("read");
-        assert_eq!(stored, r#"{"s1":4}"#, "the file format stays plain");
+/// `io::Error` is not `Clone`: each waiter gets the same kind and text.
+fn copy_result(result: &io::Result<()>) -> io::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
     }
 }

@@ -14,18 +14,12 @@ pub use sluice_proto::ids::TaskId;
 
 /// The names the agent derives from a task's id.
 pub trait TaskNames {
-    /// File name of its journal entry.
-    fn file_name(&self) -> String;
     /// Id of the restore point the task commits: `<session>-<index>` for the first attempt,
     /// `<session>-<index>-a<attempt>` for a retry.
     fn restore_point_id(&self) -> String;
 }
 
 impl TaskNames for TaskId {
-    fn file_name(&self) -> String {
-        format!("{}.{}.{}.pb", self.session, self.index, self.attempt)
-    }
-
     /// Attempts never share a folder: an earlier attempt that an agent partitioned away went
     /// on with may still commit.
     fn restore_point_id(&self) -> String {

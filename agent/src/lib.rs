@@ -89,7 +89,7 @@ pub async fn run(
     }
     let address = advertised_address(&settings, &listener)?;
     let heartbeater = Heartbeater::new(&settings, address.clone(), tls.clone())?;
-    let journal = Journal::open(&settings.state_dir)?;
+    let journal = Journal::open(&settings.state_dir).await?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
     let config = tasks_config(&settings, journal, tracker.clone(), roots.clone());

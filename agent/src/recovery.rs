@@ -35,10 +35,7 @@ pub struct Recovered {
 
 /// Loads the journal and closes interrupted tasks.
 pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
-    let loader = journal.clone();
-    let entries = tokio::task::spawn_blocking(move || loader.load())
-        .await
-        .map_err(|e| AgentError::journal("load", std::io::Error::other(e)))??;
+    let entries = journal.load().await?;
     let loader = journal.clone();
     let epochs = tokio::task::spawn_blocking(move || loader.load_epochs())
         .await
@@ -80,9 +77,8 @@ fn is_sim(entry: &JournalEntry) -> bool {
 }
 
 async fn write(journal: &Journal, id: &TaskId, entry: &JournalEntry) -> Result<(), AgentError> {
-    let (journal, id, entry) = (journal.clone(), id.clone(), entry.clone());
     let context = format!("write outcome of {id}");
-    blocking(move || journal.write(&id, &entry)).await.map_err(|e| AgentError::journal(context, e))
+    journal.write(entry.clone()).await.map_err(|e| AgentError::journal(context, e))
 }
 
 /// Deletes the partial folder of a task that was running, or adopts its restore point if it

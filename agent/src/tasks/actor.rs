@@ -178,9 +178,12 @@ impl Actor {
         self.publish();
         let journal = self.journal.clone();
         tokio::spawn(async move {
-            let removed = blocking(move || forget(&journal, &forgotten)).await;
+            let removed = journal.forget(&forgotten).await;
+            if let Err(error) = &removed {
+                warn!(tasks = forgotten.len(), %error, "acknowledged tasks not forgotten");
+            }
             let _ = reply
-                .send(removed.map_err(|e| AgentError::journal("remove acknowledged tasks", e)));
+                .send(removed.map_err(|e| AgentError::journal("forget acknowledged tasks", e)));
         });
     }
 
@@ -196,14 +199,4 @@ impl Actor {
         self.sessions
             .send_if_modified(|current| std::mem::replace(current, sessions.clone()) != sessions);
     }
-}
-
-fn forget(journal: &Journal, ids: &[TaskId]) -> std::io::Result<()> {
-    for id in ids {
-        if let Err(error) = journal.remove(id) {
-            warn!(task = %id, %error, "journal entry removal failed");
-            return Err(error);
-        }
-    }
-    Ok(())
 }

@@ -7,7 +7,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info_span};
 
 use crate::exec::{self, TaskContext};
-use crate::fsutil::blocking;
 use crate::journal::{Journal, JournalEntry};
 
 /// Spawns the task on the tracker.
@@ -26,22 +25,20 @@ async fn run(journal: Journal, mut ctx: TaskContext) {
         outcome: None,
         started_at: Some(sluice_proto::time::now()),
     };
-    let outcome = exec::bounded(match write(&journal, &ctx, &entry).await {
+    let outcome = exec::bounded(match write(&journal, &entry).await {
         Ok(()) => exec::execute(&mut ctx).await,
         Err(error) => exec::failed(format!("cannot write the journal entry: {error}")),
     });
     entry.outcome = Some(outcome.clone());
-    if let Err(error) = write(&journal, &ctx, &entry).await {
+    if let Err(error) = write(&journal, &entry).await {
         error!(task = %ctx.id, %error, "outcome not journaled: it is lost if the agent restarts");
     }
     ctx.reporter.finished(outcome).await;
 }
 
-async fn write(journal: &Journal, ctx: &TaskContext, entry: &JournalEntry) -> std::io::Result<()> {
-    let journal = journal.clone();
-    let id = ctx.id.clone();
-    let entry = entry.clone();
-    blocking(move || journal.write(&id, &entry)).await
+/// Returns once the entry is fsynced (the journal commits every write waiting at once).
+async fn write(journal: &Journal, entry: &JournalEntry) -> std::io::Result<()> {
+    journal.write(entry.clone()).await
 }
 
 /// The status a recovered finished entry is served with.

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use sluice_agent::exec;
+use sluice_agent::journal::log::read_entries;
 use sluice_agent::journal::{Journal, JournalEntry};
-use sluice_agent::key::TaskId;
 use sluice_agent::recovery::{RESTARTED, recover};
 use sluice_proto::pb::{self, ItemState};
 
@@ -14,11 +14,10 @@ use crate::support::{
 };
 
 /// A journal in `state` whose only entry is the task of `spec`, started and not finished.
-fn journal_running(state: &Path, spec: pb::TaskSpec) -> Journal {
-    let journal = Journal::open(state).expect("journal");
-    let key = spec.key.clone().expect("key");
-    let id = TaskId::from_wire("key", &key).expect("valid key");
-    journal.write(&id, &JournalEntry { spec: Some(spec), ..Default::default() }).expect("write");
+async fn journal_running(state: &Path, spec: pb::TaskSpec) -> Journal {
+    let journal = Journal::open(state).await.expect("journal");
+    let entry = JournalEntry { spec: Some(spec), ..Default::default() };
+    journal.write(entry).await.expect("write");
     journal
 }
 
@@ -42,7 +41,7 @@ async fn an_interrupted_vm_task_is_cleaned_up_and_failed() {
     std::fs::create_dir_all(&partial).expect("partial folder");
     std::fs::write(partial.join("disk0.qcow2"), b"half").expect("partial data");
     let journal =
-        journal_running(&dir.path().join("state"), vm_spec("crashed", 0, &[&disk], &repo));
+        journal_running(&dir.path().join("state"), vm_spec("crashed", 0, &[&disk], &repo)).await;
 
     let outcome = recovered_outcome(&journal).await;
 
@@ -52,7 +51,7 @@ async fn an_interrupted_vm_task_is_cleaned_up_and_failed() {
     assert!(sluice_snapshots(&disk).is_empty(), "leftover sluice snapshots removed");
     let info = sh("qemu-img", &["snapshot", "-l", disk_text]);
     assert!(info.contains("operator-keep"), "other snapshots are kept: {info}");
-    let journaled = journal.load().expect("load");
+    let journaled = read_entries(&dir.path().join("state")).expect("read the log");
     assert_eq!(journaled[0].1.outcome, Some(outcome), "the outcome is journaled");
 }
 
@@ -70,7 +69,8 @@ async fn a_task_that_committed_before_the_crash_keeps_its_restore_point() {
                     "size_bytes": 42, "sha256": "00", "virtual_size": 16 }],
     });
     std::fs::write(folder.join("manifest.json"), manifest.to_string()).expect("manifest");
-    let journal = journal_running(&dir.path().join("state"), vm_spec("done", 0, &[&disk], &repo));
+    let journal =
+        journal_running(&dir.path().join("state"), vm_spec("done", 0, &[&disk], &repo)).await;
 
     let outcome = recovered_outcome(&journal).await;
 
@@ -87,7 +87,7 @@ async fn an_interrupted_computer_task_loses_its_partial_folder() {
     std::fs::create_dir_all(&partial).expect("partial folder");
     std::fs::write(partial.join(".blob-1.tmp"), b"half a blob").expect("temporary blob");
     let spec = computer_spec("crashed", 0, &[&src], &repo);
-    let journal = journal_running(&dir.path().join("state"), spec);
+    let journal = journal_running(&dir.path().join("state"), spec).await;
 
     let outcome = recovered_outcome(&journal).await;
 
@@ -101,7 +101,7 @@ async fn a_computer_task_that_committed_before_the_crash_keeps_its_restore_point
     std::fs::write(src.join("a.txt"), b"kept").expect("file");
     let spec = computer_spec("done", 0, &[&src], &repo);
     let committed = exec::execute(&mut prepare(spec.clone(), None).ctx).await;
-    let journal = journal_running(&dir.path().join("state"), spec);
+    let journal = journal_running(&dir.path().join("state"), spec).await;
 
     let outcome = recovered_outcome(&journal).await;
 

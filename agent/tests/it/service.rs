@@ -1,5 +1,6 @@
 //! The whole agent in-process: AgentService rules, watch, journal across restarts, drain.
 
+use sluice_agent::journal::log::read_entries;
 use sluice_proto::pb::{self, ItemState, agent_service_client::AgentServiceClient};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -156,6 +157,37 @@ async fn computer_tasks_back_up_this_computers_paths() {
     agent.stop().await;
 }
 
+/// The journal's promise: an outcome is in the log on disk before any watcher sees it, also
+/// when many outcomes are committed together.
+#[tokio::test]
+async fn every_outcome_is_journaled_before_it_is_reported() {
+    const TASKS: u32 = 48;
+    let coordinator = FakeCoordinator::start().await;
+    let (state, agent) = TestAgent::start_fresh(&coordinator.url, TASKS).await;
+    let mut client = agent.client.clone();
+    let mut events = watch(&mut client, "g1").await;
+    let runs = (0..TASKS).map(|index| {
+        let mut client = client.clone();
+        async move { run(&mut client, sim_spec("g1", index, 1, 0)).await.expect("started") }
+    });
+    futures::future::join_all(runs).await;
+    let mut reported = std::collections::BTreeSet::new();
+    while reported.len() < TASKS as usize {
+        let event = tokio::time::timeout(WAIT, events.next()).await.expect("event in time");
+        let status = event.expect("stream open").expect("event").status.expect("status");
+        let (Some(key), Some(outcome)) = (status.key, status.outcome) else { continue };
+        let journaled = read_entries(state.path()).expect("read the log");
+        let entry = journaled.iter().find(|(id, _)| id.index == key.item_index);
+        let entry = entry.map(|(_, entry)| entry.outcome.clone());
+        assert_eq!(entry, Some(Some(outcome)), "task {} journaled before reported", key.item_index);
+        reported.insert(key.item_index);
+    }
+    let keys = (0..TASKS).map(|index| key("g1", index)).collect();
+    ack(&mut client, 1, keys).await;
+    assert!(read_entries(state.path()).expect("read").is_empty(), "acknowledged: forgotten");
+    agent.stop().await;
+}
+
 #[tokio::test]
 async fn unacknowledged_outcomes_survive_a_restart() {
     let coordinator = FakeCoordinator::start().await;
@@ -166,12 +198,15 @@ async fn unacknowledged_outcomes_survive_a_restart() {
     assert_eq!(outcome_of(&mut events, 0).await.state(), ItemState::Success);
     run(&mut client, sim_spec("r1", 1, 3, 600_000)).await.expect("started");
     phase_of(&mut events, 1, pb::TaskPhase::Transfer).await;
-    // A kill -9 leaves the running task's entry without an outcome; mimic it by copying the
-    // entry as written at start, before the shutdown records the cancellation.
-    let running_entry = state.path().join("tasks/r1.1.1.pb");
-    let at_start = std::fs::read(&running_entry).expect("entry written at start");
+    // A kill -9 leaves the running task's entry without an outcome; mimic it by putting back
+    // the log as it was while the task ran, before the shutdown recorded the cancellation,
+    // with half a record after it (a write the kill interrupted).
+    let log = state.path().join("journal.log");
+    let mut at_start = std::fs::read(&log).expect("log written at start");
     agent.stop().await;
-    std::fs::write(&running_entry, at_start).expect("restore entry");
+    let torn = std::fs::read(&log).expect("log after stop");
+    at_start.extend_from_slice(&torn[at_start.len()..][..20]);
+    std::fs::write(&log, at_start).expect("restore log");
 
     let agent = TestAgent::start(&coordinator.url, state.path(), 2).await;
     let mut client = agent.client.clone();

@@ -60,6 +60,10 @@ pub const FIGURES: &[Figure] = &[
     figure("data.vm_incremental_smaller", "x", Some(Target::AtLeast(20.0))),
     figure("data.computer_first_ratio", "x", None),
     figure("data.computer_unchanged_ratio", "x", Some(Target::AtLeast(20.0))),
+    figure("scale.items_per_s_spread_pct", "%", Some(Target::AtMost(20.0))),
+    figure("scale.cpu_per_item_spread_pct", "%", Some(Target::AtMost(20.0))),
+    figure("scale.100k.coordinator_rss_bytes_per_item", "B", Some(Target::AtMost(1024.0))),
+    figure("scale.stop_p99_growth_x", "x", Some(Target::AtMost(1.2))),
 ];
 
 /// Figures measured twice in one run, with TLS (the default) and with `--insecure`; the

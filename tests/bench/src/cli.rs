@@ -11,13 +11,16 @@ pub struct Args {
     /// Reduced sizes (about two minutes); for CI smoke runs.
     #[arg(long)]
     pub quick: bool,
-    /// Runs only these scenarios (comma-separated: dispatch,stop,takeover,memory,data);
+    /// Runs only these scenarios (comma-separated: dispatch,stop,takeover,memory,data,scale);
     /// dispatch and stop each run with TLS, then again with every process --insecure.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Where to write the results (default: target/bench/results.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Runs only these cases of the scale scenario (comma-separated: 1k,10k,100k,100x1k).
+    #[arg(long, value_delimiter = ',')]
+    pub scale_cases: Vec<String>,
     /// Uses the release binaries as they are instead of building them first.
     #[arg(long)]
     pub no_build: bool,
@@ -31,7 +34,11 @@ impl Args {
 
     /// The sizes of this run.
     pub fn sizes(&self) -> Sizes {
-        if self.quick { Sizes::quick() } else { Sizes::full() }
+        let mut sizes = if self.quick { Sizes::quick() } else { Sizes::full() };
+        sizes.scale_cases.retain(|case| {
+            self.scale_cases.is_empty() || self.scale_cases.iter().any(|name| name == case.name)
+        });
+        sizes
     }
 }
 
@@ -52,6 +59,8 @@ pub struct Sizes {
     pub memory_items: usize,
     /// Bytes of the VM disk and of the computer tree.
     pub data_bytes: u64,
+    /// The cases of the scale scenario, on the dispatch cluster's agents and slots.
+    pub scale_cases: Vec<ScaleCase>,
     /// Longest a session may take before the scenario records what it reached.
     pub session_budget: Duration,
     /// Longest each scenario may take in all, in seconds (see [`Sizes::budget`]).
@@ -59,6 +68,31 @@ pub struct Sizes {
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// One case of the scale scenario: `sessions` concurrent sessions of `items` items each.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaleCase {
+    /// Name in figure keys (`scale.<name>.items_per_s`).
+    pub name: &'static str,
+    /// Concurrent sessions, one job each.
+    pub sessions: usize,
+    /// Items per session.
+    pub items: usize,
+}
+
+const fn case(name: &'static str, sessions: usize, items: usize) -> ScaleCase {
+    ScaleCase { name, sessions, items }
+}
+
+/// The issue's sizes: one session of 1,000, 10,000 and 100,000 items, then 100 of 1,000.
+const FULL_SCALE: &[ScaleCase] = &[
+    case("1k", 1, 1_000),
+    case("10k", 1, 10_000),
+    case("100k", 1, 100_000),
+    case("100x1k", 100, 1_000),
+];
+/// CI's smoke run: the two small single sessions.
+const QUICK_SCALE: &[ScaleCase] = &[case("1k", 1, 1_000), case("10k", 1, 10_000)];
 
 impl Sizes {
     /// The sizes of the issue: 10,000 items over 20 agents × 16 slots, 1,000 stops, 1 GiB.
@@ -71,6 +105,7 @@ impl Sizes {
             stop_tasks: 1_000,
             memory_items: 100_000,
             data_bytes: 1024 * MIB,
+            scale_cases: FULL_SCALE.to_vec(),
             session_budget: Duration::from_secs(120),
             budgets: &[
                 ("dispatch", 180),
@@ -78,6 +113,7 @@ impl Sizes {
                 ("takeover", 90),
                 ("memory", 120),
                 ("data", 240),
+                ("scale", 900),
             ],
         }
     }
@@ -92,6 +128,7 @@ impl Sizes {
             stop_tasks: 100,
             memory_items: 10_000,
             data_bytes: 64 * MIB,
+            scale_cases: QUICK_SCALE.to_vec(),
             session_budget: Duration::from_secs(12),
             budgets: &[
                 ("dispatch", 20),
@@ -99,6 +136,7 @@ impl Sizes {
                 ("takeover", 30),
                 ("memory", 15),
                 ("data", 25),
+                ("scale", 90),
             ],
         }
     }

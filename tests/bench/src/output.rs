@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use crate::{
     catalog::{self, COMPARED, FIGURES, Target},
     results::{Recorded, Results},
+    scenarios,
 };
 
 /// A number with as many decimals as its size deserves.
@@ -68,11 +69,14 @@ pub fn table(results: &Results) -> String {
     }
     let mut text = aligned(&rows);
     text.push_str(&comparison(&recorded));
+    text.push_str(&scenarios::scale::table(&recorded));
     let compared: Vec<String> = COMPARED.iter().map(|key| catalog::insecure_key(key)).collect();
     let details: Vec<[String; 4]> = recorded
         .figures
         .iter()
-        .filter(|(key, _)| catalog::find(key).is_none() && !compared.contains(key))
+        .filter(|(key, _)| {
+            catalog::find(key).is_none() && !compared.contains(key) && !key.starts_with("scale.")
+        })
         .map(|(key, value)| row(key, "", None, Some(*value)))
         .collect();
     if !details.is_empty() {

@@ -4,6 +4,7 @@
 mod data;
 mod dispatch;
 mod memory;
+pub mod scale;
 mod stop;
 mod takeover;
 
@@ -15,8 +16,16 @@ use crate::{cli::Args, cli::Sizes, results::Results};
 
 /// The scenarios, in the order they run. `-insecure` runs the scenario again on a cluster
 /// of `--insecure` processes (plaintext, no authentication), for figures beside TLS's.
-const SCENARIOS: [&str; 7] =
-    ["dispatch", "dispatch-insecure", "stop", "stop-insecure", "takeover", "memory", "data"];
+const SCENARIOS: [&str; 8] = [
+    "dispatch",
+    "dispatch-insecure",
+    "stop",
+    "stop-insecure",
+    "takeover",
+    "memory",
+    "data",
+    "scale",
+];
 
 /// Suffix of a scenario run again without TLS.
 const INSECURE: &str = "-insecure";
@@ -80,6 +89,7 @@ async fn run_one(name: &'static str, ctx: Ctx) -> anyhow::Result<()> {
         "takeover" => takeover::run(ctx).await,
         "memory" => memory::run(ctx).await,
         "data" => data::run(ctx).await,
+        "scale" => scale::run(ctx).await,
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }

@@ -1,0 +1,56 @@
+//! The older journal layout, one `tasks/<session>.<index>.<attempt>.pb` file per task: at
+//! start its entries are appended to the log (fsynced), then the files are removed. A crash
+//! in between appends them again next time, which replaces them with themselves.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use prost::Message;
+use tracing::{info, warn};
+
+use super::JournalEntry;
+use super::log::{Log, Record};
+use crate::fsutil;
+
+const TASKS_DIR: &str = "tasks";
+
+/// Moves the entries of `state_dir/tasks` into the log and removes that directory.
+pub(super) fn migrate(state_dir: &Path, log: &mut Log) -> io::Result<()> {
+    let dir = state_dir.join(TASKS_DIR);
+    let read = match fs::read_dir(&dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut paths: Vec<_> = read.flatten().map(|dirent| dirent.path()).collect();
+    paths.sort();
+    let records: Vec<Record> = paths
+        .iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "pb"))
+        .filter_map(|path| read_entry(path))
+        .map(|entry| Record { put: Some(entry), forget: Vec::new() })
+        .collect();
+    let moved = records.len();
+    if !records.is_empty() {
+        log.append(records)?;
+    }
+    fs::remove_dir_all(&dir)?;
+    fsutil::sync_dir(state_dir)?;
+    info!(entries = moved, "journal entries of the one-file-per-task layout moved into the log");
+    Ok(())
+}
+
+/// A readable entry; unreadable files are logged and skipped (the log's replay checks keys).
+fn read_entry(path: &Path) -> Option<JournalEntry> {
+    let decoded = fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| JournalEntry::decode(bytes.as_slice()).map_err(|e| e.to_string()));
+    match decoded {
+        Ok(entry) => Some(entry),
+        Err(error) => {
+            warn!(path = %path.display(), %error, "unreadable journal entry skipped");
+            None
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The journal's file, `journal.log`: framed records appended and fsynced in batches,
+//! replayed at start and rewritten with only the live entries when it grows.
+//!
+//! A frame is the payload's length and its CRC-32 (u32 each, little endian), then the
+//! payload (a [`Record`]). Replay stops at the first frame that is short, fails its
+//! checksum or does not decode: that is a write a crash interrupted, and the file is cut
+//! back to the last whole frame before anything is appended again. Every function here does
+//! blocking I/O.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use sluice_proto::pb;
+use tracing::warn;
+
+use super::JournalEntry;
+use crate::fsutil;
+use crate::key::TaskId;
+
+pub(super) const LOG_FILE: &str = "journal.log";
+const COMPACT_FILE: &str = "journal.log.compact";
+const HEADER_LEN: usize = 8;
+/// Longest payload a frame may announce; a larger length is a torn or damaged header.
+const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+/// The log is rewritten once it is this big and four times what compaction last left.
+pub(crate) const COMPACT_AT_BYTES: u64 = 1024 * 1024;
+
+/// One change to the journal.
+#[derive(Clone, PartialEq, Message)]
+pub struct Record {
+    /// A task's whole entry; it replaces any earlier entry of the task.
+    #[prost(message, optional, tag = "1")]
+    pub put: Option<JournalEntry>,
+    /// Acknowledged tasks, whose entries are dropped.
+    #[prost(message, repeated, tag = "2")]
+    pub forget: Vec<pb::TaskKey>,
+}
+
+/// The entries a log holds, by task.
+pub(crate) type Entries = BTreeMap<TaskId, JournalEntry>;
+
+/// What replaying a log's bytes gives.
+#[derive(Debug, Default, PartialEq)]
+pub struct Replayed {
+    /// The live entries.
+    pub entries: BTreeMap<TaskId, JournalEntry>,
+    /// Bytes of whole frames read; what follows is a torn tail.
+    pub valid_len: u64,
+    /// Whole frames read.
+    pub records: usize,
+}
+
+/// Replays framed records, stopping at the first frame that is not whole and sound.
+pub fn replay(bytes: &[u8]) -> Replayed {
+    let mut replayed = Replayed::default();
+    let mut rest = bytes;
+    while let Some((record, used)) = next_frame(rest) {
+        apply(&mut replayed.entries, record);
+        rest = &rest[used..];
+        replayed.valid_len += used as u64;
+        replayed.records += 1;
+    }
+    replayed
+}
+
+/// Reads `journal.log` in `state_dir` without changing it: the entries a restart would find.
+pub fn read_entries(state_dir: &Path) -> io::Result<Vec<(TaskId, JournalEntry)>> {
+    let bytes = read_if_exists(&state_dir.join(LOG_FILE))?;
+    Ok(replay(&bytes).entries.into_iter().collect())
+}
+
+/// The frame of one record.
+pub fn frame(record: &Record) -> Vec<u8> {
+    let payload = record.encode_to_vec();
+    let mut framed = Vec::with_capacity(HEADER_LEN + payload.len());
+    push_frame(&mut framed, &payload);
+    framed
+}
+
+fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&checksum(payload));
+    out.extend_from_slice(payload);
+}
+
+fn checksum(payload: &[u8]) -> [u8; 4] {
+    crc32fast::hash(payload).to_le_bytes()
+}
+
+/// The first record of `bytes` and the bytes its frame takes, if it is whole and sound.
+fn next_frame(bytes: &[u8]) -> Option<(Record, usize)> {
+    let header = bytes.get(..HEADER_LEN)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    if len > MAX_PAYLOAD {
+        return None;
+    }
+    let payload = bytes.get(HEADER_LEN..HEADER_LEN + len)?;
+    if checksum(payload) != header[4..] {
+        return None;
+    }
+    let record = Record::decode(payload).ok()?;
+    Some((record, HEADER_LEN + len))
+}
+
+/// Applies one record to the entries. A put without a sound task key is skipped.
+fn apply(entries: &mut Entries, record: Record) {
+    for key in &record.forget {
+        if let Ok(id) = TaskId::from_wire("key", key) {
+            entries.remove(&id);
+        }
+    }
+    let Some(entry) = record.put else { return };
+    let key = entry.spec.as_ref().and_then(|spec| spec.key.as_ref());
+    match key.map(|key| TaskId::from_wire("key", key)) {
+        Some(Ok(id)) => {
+            entries.insert(id, entry);
+        }
+        Some(Err(error)) => warn!(%error, "journal record with a bad task key skipped"),
+        None => warn!("journal record without a task key skipped"),
+    }
+}
+
+fn read_if_exists(path: &Path) -> io::Result<Vec<u8>> {
+    match fs::read(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        read => read,
+    }
+}
+
+/// The open log: the file, appended to, and the entries it holds.
+#[derive(Debug)]
+pub(crate) struct Log {
+    path: PathBuf,
+    file: File,
+    /// Bytes of whole, fsynced frames.
+    len: u64,
+    entries: Entries,
+    compact_at: u64,
+    compact_min: u64,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, replays it and cuts off a torn tail.
+    pub(crate) fn open(dir: &Path, compact_min: u64) -> io::Result<Self> {
+        let path = dir.join(LOG_FILE);
+        fsutil::remove_file_if_exists(&dir.join(COMPACT_FILE))?;
+        let bytes = read_if_exists(&path)?;
+        let replayed = replay(&bytes);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if replayed.valid_len < bytes.len() as u64 {
+            let torn = bytes.len() as u64 - replayed.valid_len;
+            warn!(path = %path.display(), bytes = torn, "torn end of the journal cut off");
+            file.set_len(replayed.valid_len)?;
+        }
+        file.sync_all()?;
+        fsutil::sync_dir(dir)?;
+        let len = replayed.valid_len;
+        let compact_at = compact_min.max(len.saturating_mul(4));
+        Ok(Self { path, file, len, entries: replayed.entries, compact_at, compact_min })
+    }
+
+    /// The live entries.
+    pub(crate) fn entries(&self) -> &Entries {
+        &self.entries
+    }
+
+    /// Bytes of the log.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends the records in one write and one fsync. On failure the file is cut back to
+    /// the frames it held, so a later append does not follow a torn one.
+    pub(crate) fn append(&mut self, records: Vec<Record>) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        for record in &records {
+            push_frame(&mut bytes, &record.encode_to_vec());
+        }
+        if let Err(error) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
+            let _ = self.file.set_len(self.len);
+            return Err(error);
+        }
+        self.len += bytes.len() as u64;
+        for record in records {
+            apply(&mut self.entries, record);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log with only its live entries once it has grown past its bound:
+    /// a new file is written and fsynced beside it, then renamed over it.
+    pub(crate) fn compact_if_due(&mut self) -> io::Result<bool> {
+        if self.len < self.compact_at {
+            return Ok(false);
+        }
+        let result = self.compact();
+        // After a failure, wait for as much growth again before the next try.
+        let base = if result.is_ok() { self.len } else { self.len / 2 };
+        self.compact_at = self.compact_min.max(base.saturating_mul(4));
+        result.map(|()| true)
+    }
+
+    fn compact(&mut self) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        for entry in self.entries.values() {
+            let record = Record { put: Some(entry.clone()), forget: Vec::new() };
+            push_frame(&mut bytes, &record.encode_to_vec());
+        }
+        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let tmp = dir.join(COMPACT_FILE);
+        fsutil::remove_file_if_exists(&tmp)?;
+        // Opened for appending now: the handle follows the file through the rename.
+        let mut file = OpenOptions::new().create_new(true).append(true).open(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &self.path)?;
+        self.file = file;
+        self.len = bytes.len() as u64;
+        fsutil::sync_dir(&dir)
+    }
+}

@@ -1,0 +1,222 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::log::{LOG_FILE, frame, read_entries, replay};
+use super::*;
+
+fn spec(session: &str, index: u32) -> pb::TaskSpec {
+    pb::TaskSpec {
+        key: Some(pb::TaskKey { session_id: session.into(), item_index: index, attempt: 1 }),
+        epoch: 7,
+        ..Default::default()
+    }
+}
+
+fn id(session: &str, index: u32) -> TaskId {
+    let session = SessionId::parse("session", session).expect("valid");
+    TaskId { session, index, attempt: 1 }
+}
+
+fn started(index: u32) -> JournalEntry {
+    JournalEntry { spec: Some(spec("s1", index)), ..Default::default() }
+}
+
+fn finished(index: u32, message: &str) -> JournalEntry {
+    let outcome = pb::TaskOutcome { message: message.into(), ..Default::default() };
+    JournalEntry { outcome: Some(outcome), ..started(index) }
+}
+
+#[tokio::test]
+async fn entries_are_replaced_forgotten_and_found_again_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path()).await.expect("open");
+    for index in 0..3 {
+        journal.write(started(index)).await.expect("write");
+    }
+    journal.write(finished(1, "done")).await.expect("write");
+    journal.forget(&[id("s1", 0)]).await.expect("forget");
+    let expected = vec![(id("s1", 1), finished(1, "done")), (id("s1", 2), started(2))];
+    assert_eq!(journal.load().await.expect("load"), expected);
+    drop(journal);
+
+    let reopened = Journal::open(dir.path()).await.expect("reopen");
+    assert_eq!(reopened.load().await.expect("load"), expected);
+    assert_eq!(read_entries(dir.path()).expect("read"), expected, "the file alone says the same");
+}
+
+#[tokio::test]
+async fn records_waiting_together_share_one_write_and_one_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path()).await.expect("open");
+    // On this single-threaded runtime every write is queued before the writer runs.
+    let writes = (0..100).map(|index| journal.write(finished(index, "ok")));
+    for result in futures::future::join_all(writes).await {
+        result.expect("write");
+    }
+    let stats = journal.stats().await.expect("stats");
+    assert_eq!((stats.records, stats.syncs), (100, 1), "{stats:?}");
+    let on_disk = read_entries(dir.path()).expect("read");
+    assert_eq!(on_disk.len(), 100, "every write is on disk once it returned");
+}
+
+#[tokio::test]
+async fn a_torn_end_is_cut_off_and_later_records_follow_the_last_whole_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path()).await.expect("open");
+    journal.write(started(0)).await.expect("write");
+    drop(journal);
+    let path = dir.path().join(LOG_FILE);
+    let whole = fs::read(&path).expect("read").len();
+    let torn = frame(&Record { put: Some(started(1)), forget: Vec::new() });
+    let mut bytes = fs::read(&path).expect("read");
+    bytes.extend_from_slice(&torn[..torn.len() - 3]);
+    fs::write(&path, bytes).expect("tear");
+
+    let journal = Journal::open(dir.path()).await.expect("reopen");
+    assert_eq!(fs::read(&path).expect("read").len(), whole, "the torn record is cut off");
+    journal.write(started(2)).await.expect("write after the cut");
+    drop(journal);
+    let entries = read_entries(dir.path()).expect("read");
+    let ids: Vec<TaskId> = entries.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![id("s1", 0), id("s1", 2)]);
+}
+
+#[tokio::test]
+async fn the_log_is_compacted_to_its_live_entries_when_it_grows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open_with(dir.path(), 4096).await.expect("open");
+    for index in 0..200 {
+        journal.write(started(index)).await.expect("start");
+        journal.write(finished(index, "ok")).await.expect("finish");
+        if index % 10 != 0 {
+            journal.forget(&[id("s1", index)]).await.expect("forget");
+        }
+    }
+    let stats = journal.stats().await.expect("stats");
+    assert!(stats.compactions > 0, "{stats:?}");
+    assert!(stats.log_bytes < 4 * 4096, "{stats:?}");
+    let live: Vec<u32> = (0..200).filter(|index| index % 10 == 0).collect();
+    let loaded = journal.load().await.expect("load");
+    assert_eq!(loaded.iter().map(|(id, _)| id.index).collect::<Vec<_>>(), live);
+    drop(journal);
+    assert_eq!(read_entries(dir.path()).expect("read"), loaded, "a restart finds the same");
+}
+
+#[tokio::test]
+async fn entries_of_the_one_file_per_task_layout_move_into_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tasks = dir.path().join("tasks");
+    fs::create_dir_all(&tasks).expect("tasks dir");
+    fs::write(tasks.join("s1.4.1.pb"), finished(4, "old").encode_to_vec()).expect("entry");
+    fs::write(tasks.join("garbage.pb"), b"\xff\xff").expect("garbage");
+
+    let journal = Journal::open(dir.path()).await.expect("open");
+    assert_eq!(journal.load().await.expect("load"), vec![(id("s1", 4), finished(4, "old"))]);
+    assert!(!tasks.exists(), "the old layout is removed once moved");
+    drop(journal);
+    assert_eq!(read_entries(dir.path()).expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn epochs_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path()).await.expect("open");
+    assert!(journal.load_epochs().expect("empty").is_empty());
+    let session = SessionId::parse("session", "s1").expect("valid");
+    let epochs = HashMap::from([(session, Epoch::try_from(4).expect("positive"))]);
+    journal.save_epochs(&epochs).expect("save");
+    assert_eq!(journal.load_epochs().expect("load"), epochs);
+    let stored = fs::read_to_string(dir.path().join(EPOCHS_FILE)).expect("read");
+    assert_eq!(stored, r#"{"s1":4}"#, "the file format stays plain");
+}
+
+/// One change in a generated history.
+#[derive(Debug, Clone)]
+enum Op {
+    Start(u32),
+    Finish(u32, String),
+    Forget(Vec<u32>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..8u32).prop_map(Op::Start),
+        (0..8u32, "[a-z]{0,12}").prop_map(|(index, message)| Op::Finish(index, message)),
+        proptest::collection::vec(0..8u32, 0..3).prop_map(Op::Forget),
+    ]
+}
+
+fn record(op: &Op) -> Record {
+    match op {
+        Op::Start(index) => Record { put: Some(started(*index)), forget: Vec::new() },
+        Op::Finish(index, message) => {
+            Record { put: Some(finished(*index, message)), forget: Vec::new() }
+        }
+        Op::Forget(indices) => {
+            let forget = indices.iter().map(|index| id("s1", *index).to_wire()).collect();
+            Record { put: None, forget }
+        }
+    }
+}
+
+/// The state a history leads to, kept the plain way.
+fn model(ops: &[Op]) -> BTreeMap<TaskId, JournalEntry> {
+    let mut state = BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::Start(index) => {
+                state.insert(id("s1", *index), started(*index));
+            }
+            Op::Finish(index, message) => {
+                state.insert(id("s1", *index), finished(*index, message));
+            }
+            Op::Forget(indices) => indices.iter().for_each(|index| {
+                state.remove(&id("s1", *index));
+            }),
+        }
+    }
+    state
+}
+
+proptest! {
+    /// Any prefix of a log (a crash may stop a write at any byte) replays to the state of
+    /// the whole records in it, and the torn rest is reported, never applied.
+    #[test]
+    fn any_prefix_replays_to_the_state_of_its_whole_records(
+        ops in proptest::collection::vec(op(), 0..24),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let frames: Vec<Vec<u8>> = ops.iter().map(|op| frame(&record(op))).collect();
+        let log: Vec<u8> = frames.concat();
+        let cut = cut.index(log.len() + 1);
+        let mut whole = 0;
+        let mut boundary = 0;
+        while whole < frames.len() && boundary + frames[whole].len() <= cut {
+            boundary += frames[whole].len();
+            whole += 1;
+        }
+        let replayed = replay(&log[..cut]);
+        prop_assert_eq!(replayed.records, whole);
+        prop_assert_eq!(replayed.valid_len, boundary as u64);
+        prop_assert_eq!(replayed.entries, model(&ops[..whole]));
+    }
+
+    /// A damaged byte in a record ends the replay before that record.
+    #[test]
+    fn a_damaged_record_ends_the_replay(
+        ops in proptest::collection::vec(op(), 1..16),
+        victim in any::<prop::sample::Index>(),
+        byte in any::<prop::sample::Index>(),
+        flip in 1..=255u8,
+    ) {
+        let frames: Vec<Vec<u8>> = ops.iter().map(|op| frame(&record(op))).collect();
+        let victim = victim.index(frames.len());
+        let mut damaged = frames.clone();
+        let at = byte.index(damaged[victim].len());
+        damaged[victim][at] ^= flip;
+        let replayed = replay(&damaged.concat());
+        prop_assert_eq!(replayed.records, victim);
+        prop_assert_eq!(replayed.entries, model(&ops[..victim]));
+    }
+}

@@ -1,0 +1,280 @@
+//! Scenario 6, scale: the dispatch and stop figures as a session grows (1,000, 10,000 and
+//! 100,000 items) and with 100 concurrent sessions of 1,000 items; each case on a new
+//! cluster of the dispatch scenario's agents and slots.
+//!
+//! Dispatch: zero-duration sim items. The rate is the items over first StartJob → the last
+//! session's `ended_at`; coordinator CPU (utime + stime) per 1,000 items; coordinator memory
+//! per item is its peak VmRSS while the sessions run minus its VmRSS before their jobs
+//! existed. Stop: the same sessions again with long sim items, stopped at once (every
+//! session in parallel) once every slot is busy: from each session's StopJob call to each of
+//! its tasks' CLEANUP at the agent (p99 over all tasks), and to the last session's STOPPED.
+
+mod table;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use sluice_proto::pb::{SessionResult, StopMode};
+use sluice_tests::Cluster;
+use tokio::task::JoinSet;
+
+pub use self::table::table;
+use super::Ctx;
+use crate::{
+    cli::ScaleCase,
+    jobs::{self, Jobs, Store},
+    observe::Observer,
+    procfs,
+    results::Results,
+    stats::{ms_between, percentile},
+};
+
+/// Sim duration of the stop half's tasks: longer than the scenario.
+const LONG_TASK_MS: u32 = 600_000;
+/// How often the coordinator's RSS is sampled while sessions run.
+const RSS_EVERY: Duration = Duration::from_millis(100);
+/// Extra time a session gets per item, beyond the run's session budget.
+const BUDGET_PER_ITEM: Duration = Duration::from_millis(2);
+
+/// The figure key `scale.<case>.<name>`.
+pub fn key(case: &str, name: &str) -> String {
+    format!("scale.{case}.{name}")
+}
+
+/// One case's cluster and clients.
+struct Bench<'a> {
+    ctx: &'a Ctx,
+    case: ScaleCase,
+    cluster: Cluster,
+    api: Jobs,
+    store: Store,
+    pid: u32,
+}
+
+/// Runs every case, then records how far the cases lie apart.
+pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
+    for case in &ctx.sizes.scale_cases {
+        println!("   scale {}: {} x {} items", case.name, case.sessions, case.items);
+        if let Err(error) = run_case(&ctx, *case).await {
+            ctx.results.note(&key(case.name, "items_per_s"), &format!("{error:#}"));
+        }
+    }
+    record_spreads(&ctx.results, &ctx.sizes.scale_cases);
+    Ok(())
+}
+
+async fn run_case(ctx: &Ctx, case: ScaleCase) -> anyhow::Result<()> {
+    let builder = Cluster::builder().etcd(&ctx.etcd).agents(ctx.sizes.agents);
+    let mut cluster = builder.slots(ctx.sizes.dispatch_slots).start().await;
+    let pid = cluster.coordinator(0).pid().context("the coordinator is not running")?;
+    let api = cluster.job_client().await;
+    let store = Store::of(&cluster).await;
+    let mut bench = Bench { ctx, case, cluster, api, store, pid };
+    bench.dispatch().await?;
+    bench.stop().await
+}
+
+impl Bench<'_> {
+    fn set(&self, name: &str, value: f64) {
+        self.ctx.results.set(&key(self.case.name, name), value);
+    }
+
+    fn note(&self, name: &str, text: &str) {
+        self.ctx.results.note(&key(self.case.name, name), text);
+    }
+
+    fn items(&self) -> usize {
+        self.case.sessions * self.case.items
+    }
+
+    fn budget(&self) -> Duration {
+        self.ctx.sizes.session_budget + BUDGET_PER_ITEM * self.items() as u32
+    }
+
+    /// Creates one job per session (`<prefix>-<n>`) of sim items of `sim_ms`.
+    async fn create_jobs(&mut self, prefix: &str, sim_ms: u32) -> anyhow::Result<Vec<String>> {
+        let repository = self.cluster.dir().join("repository");
+        let names: Vec<String> = (0..self.case.sessions).map(|n| format!("{prefix}-{n}")).collect();
+        for name in &names {
+            let job = jobs::sim_job(name, self.case.items, sim_ms, &repository);
+            jobs::create(&mut self.api, job).await?;
+        }
+        Ok(names)
+    }
+
+    async fn dispatch(&mut self) -> anyhow::Result<()> {
+        let baseline = procfs::rss_bytes(self.pid)?;
+        let names = self.create_jobs("scale-dispatch", 0).await?;
+        let cpu_before = procfs::cpu_seconds(self.pid)?;
+        let sampler = PeakRss::start(self.pid);
+        let started = SystemTime::now();
+        let ids = start_all(&self.api, &names).await?;
+        let ended = self.wait_all(&names, &ids, true).await?;
+        let cpu = procfs::cpu_seconds(self.pid)? - cpu_before;
+        let peak = sampler.stop();
+        let Some(ended) = ended else {
+            self.note(
+                "items_per_s",
+                &format!("not every session stopped within {:?}", self.budget()),
+            );
+            return Ok(());
+        };
+        let items = self.items() as f64;
+        self.set("items", items);
+        self.set("items_per_s", items / (ms_between(started, ended) / 1e3));
+        self.set("coordinator_cpu_s_per_1k_items", cpu / (items / 1e3));
+        let per_item = (peak.saturating_sub(baseline)) as f64 / items;
+        self.set("coordinator_rss_bytes_per_item", per_item);
+        Ok(())
+    }
+
+    /// The latest `ended_at` of the sessions, or `None` if one did not stop in time. A
+    /// session that ends without success is noted when `successes` are expected.
+    async fn wait_all(
+        &mut self,
+        names: &[String],
+        ids: &[String],
+        successes: bool,
+    ) -> anyhow::Result<Option<SystemTime>> {
+        let deadline = tokio::time::Instant::now() + self.budget();
+        let mut last = None;
+        let mut unsuccessful = BTreeMap::<&str, usize>::new();
+        for (name, id) in names.iter().zip(ids) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(session) = self.store.wait_stopped(name, id, left).await? else {
+                return Ok(None);
+            };
+            if session.result() != SessionResult::Success {
+                *unsuccessful.entry(session.result().as_str_name()).or_default() += 1;
+            }
+            last = last.max(jobs::ended_at(&session));
+        }
+        for (result, count) in unsuccessful.into_iter().filter(|_| successes) {
+            self.note("items_per_s", &format!("{count} of {} sessions ended {result}", ids.len()));
+        }
+        Ok(last)
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        let names = self.create_jobs("scale-stop", LONG_TASK_MS).await?;
+        let observer = Observer::start(&self.cluster).await;
+        let ids = start_all(&self.api, &names).await?;
+        let slots = self.ctx.sizes.agents * self.ctx.sizes.dispatch_slots as usize;
+        let busy = slots.min(self.items());
+        let running = |o: &Observer| ids.iter().map(|id| o.running(id)).sum::<usize>();
+        if !observer.wait(self.budget(), |o| running(o) >= busy).await {
+            self.note("stop_p99_ms", &format!("only {} of {busy} slots busy", running(&observer)));
+        }
+        let called = stop_all(&self.api, &ids).await?;
+        let ended = self.wait_all(&names, &ids, false).await?;
+        observer.wait(Duration::from_secs(5), |o| running(o) == 0).await;
+        let mut latencies = Vec::new();
+        for (id, called) in ids.iter().zip(&called) {
+            let tasks = observer.tasks(id);
+            latencies.extend(
+                tasks.iter().filter_map(|t| t.cleanup_at.map(|at| ms_between(*called, at))),
+            );
+        }
+        match percentile(&latencies, 99.0) {
+            Some(p99) => self.set("stop_p99_ms", p99),
+            None => self.note("stop_p99_ms", "no task was seen cancelled"),
+        }
+        let first_call = called.iter().min().copied().unwrap_or_else(SystemTime::now);
+        match ended {
+            Some(ended) => self.set("stop_to_stopped_ms", ms_between(first_call, ended)),
+            None => self.note("stop_to_stopped_ms", "not every session stopped in time"),
+        }
+        Ok(())
+    }
+}
+
+/// Starts a session of each job at once; their ids, in the order of `names`.
+async fn start_all(api: &Jobs, names: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut calls = JoinSet::new();
+    for (n, name) in names.iter().enumerate() {
+        let (mut api, name) = (api.clone(), name.clone());
+        calls.spawn(async move { (n, jobs::start(&mut api, &name).await) });
+    }
+    let mut ids = vec![String::new(); names.len()];
+    while let Some(joined) = calls.join_next().await {
+        let (n, started) = joined?;
+        ids[n] = started?.0;
+    }
+    Ok(ids)
+}
+
+/// Stops every session at once (immediate); the time just before each call.
+async fn stop_all(api: &Jobs, ids: &[String]) -> anyhow::Result<Vec<SystemTime>> {
+    let mut calls = JoinSet::new();
+    for (n, id) in ids.iter().enumerate() {
+        let (mut api, id) = (api.clone(), id.clone());
+        calls.spawn(async move { (n, jobs::stop(&mut api, &id, StopMode::Immediate).await) });
+    }
+    let mut called = vec![SystemTime::now(); ids.len()];
+    while let Some(joined) = calls.join_next().await {
+        let (n, stopped) = joined?;
+        called[n] = stopped?.0;
+    }
+    Ok(called)
+}
+
+/// Samples a process's VmRSS until stopped; keeps the peak.
+struct PeakRss {
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+}
+
+impl PeakRss {
+    fn start(pid: u32) -> PeakRss {
+        let (peak, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (max, stop) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(rss) = procfs::rss_bytes(pid) {
+                    max.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(RSS_EVERY).await;
+            }
+        });
+        PeakRss { peak, done }
+    }
+
+    fn stop(self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// How far the cases lie apart: rate and CPU per item (max − min over min, in percent),
+/// and the stop p99 of the larger cases against the smallest one's.
+fn record_spreads(results: &Results, cases: &[ScaleCase]) {
+    let figures = results.snapshot().figures;
+    let values = |name: &str| -> Vec<f64> {
+        cases.iter().filter_map(|case| figures.get(&key(case.name, name)).copied()).collect()
+    };
+    let spread = |values: Vec<f64>| -> Option<f64> {
+        let min = values.iter().copied().reduce(f64::min)?;
+        let max = values.iter().copied().reduce(f64::max)?;
+        (values.len() > 1 && min > 0.0).then(|| (max - min) / min * 100.0)
+    };
+    if let Some(spread) = spread(values("items_per_s")) {
+        results.set("scale.items_per_s_spread_pct", spread);
+    }
+    if let Some(spread) = spread(values("coordinator_cpu_s_per_1k_items")) {
+        results.set("scale.cpu_per_item_spread_pct", spread);
+    }
+    let stops = values("stop_p99_ms");
+    if let (Some(first), Some(worst)) =
+        (stops.first(), stops.iter().skip(1).copied().reduce(f64::max))
+        && *first > 0.0
+    {
+        results.set("scale.stop_p99_growth_x", worst / first);
+    }
+}
