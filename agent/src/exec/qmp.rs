@@ -141,8 +141,12 @@ impl Qmp {
         match tokio::time::timeout(GREETING, qmp.read()).await {
             Ok(Ok(Message::Greeting { .. })) => {}
             Ok(Ok(other)) => return Err(QmpError::Protocol(format!("not a greeting: {other:?}"))),
+            // QEMU serving another client either leaves a new connection unanswered or, when
+            // its listener is busy, closes it before any greeting: both mean "in use".
+            Ok(Err(QmpError::Closed)) | Err(_) => {
+                return Err(QmpError::Busy { path: path.to_owned() });
+            }
             Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(QmpError::Busy { path: path.to_owned() }),
         }
         match qmp.command("qmp_capabilities", Value::Null, GREETING).await {
             Err(QmpError::Timeout { .. }) => Err(QmpError::NotReady { path: path.to_owned() }),

@@ -28,11 +28,14 @@ impl Daemon {
     }
 
     async fn connect(&self) -> Qmp {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             match Qmp::connect(&self.socket).await {
                 Ok(qmp) => return qmp,
-                Err(QmpError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
+                // A daemon still starting may leave a connection unanswered or close it.
+                Err(
+                    QmpError::Connect { .. } | QmpError::Busy { .. } | QmpError::NotReady { .. },
+                ) if tokio::time::Instant::now() < deadline => {
                     tokio::task::yield_now().await;
                 }
                 Err(error) => panic!("cannot connect: {error}"),

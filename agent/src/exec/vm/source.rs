@@ -193,9 +193,10 @@ impl Daemon {
             }
             match Qmp::connect(socket).await {
                 Ok(qmp) => return Ok(qmp),
-                Err(QmpError::Connect { .. } | QmpError::NotReady { .. })
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                // Nobody else knows this socket: "busy" is the daemon still starting.
+                Err(
+                    QmpError::Connect { .. } | QmpError::NotReady { .. } | QmpError::Busy { .. },
+                ) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(SOCKET_POLL).await;
                 }
                 Err(error) => return Err(format!("{DAEMON} did not answer: {error}")),
