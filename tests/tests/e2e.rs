@@ -10,6 +10,7 @@ mod e2e {
     mod drains;
     mod etcd_restart;
     mod fencing;
+    mod hardening;
     mod harness;
     mod jobs;
     mod ownership;

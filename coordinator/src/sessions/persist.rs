@@ -283,16 +283,15 @@ pub(crate) async fn claim(
     epoch_of(response.header()).map(Some)
 }
 
-/// Active sessions by job, from the jobs' `active` markers; the names they hold are checked
-/// here (a marker with a bad one is skipped).
+/// Active sessions by job, from the `/active/` markers (small values: no job definition is
+/// read); the names they hold are checked here (a marker with a bad one is skipped).
 pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(JobName, SessionId)>> {
     let keys = store.keys();
-    let raw = store.list_raw(&keys.jobs()).await?;
+    let raw = store.list_raw(&keys.active()).await?;
     Ok(raw
         .into_iter()
-        .filter(|(key, _)| !keys.is_job_key(key))
         .filter_map(|(key, value)| {
-            let job = key.strip_prefix(&keys.jobs())?.strip_suffix("/active")?;
+            let job = key.strip_prefix(&keys.active())?;
             let session = String::from_utf8_lossy(&value).into_owned();
             let parsed = JobName::parse("job", job)
                 .and_then(|job| Ok((job, SessionId::parse("session_id", session)?)));
