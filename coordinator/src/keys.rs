@@ -48,6 +48,11 @@ impl Keys {
         format!("{}/sessions/{id}/owner", self.prefix)
     }
 
+    /// `/sessions/{id}/job`: the job as the session started it; written once, at the start.
+    pub(crate) fn session_job(&self, id: &str) -> String {
+        format!("{}/sessions/{id}/job", self.prefix)
+    }
+
     /// `/sessions/{id}/stop`: the stop request, written by whichever coordinator took it.
     pub(crate) fn session_stop(&self, id: &str) -> String {
         format!("{}/sessions/{id}/stop", self.prefix)

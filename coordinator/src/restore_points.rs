@@ -230,9 +230,9 @@ impl RestorePoints {
 /// the item's target) and the job's current proxies.
 pub(crate) async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Located> {
     let keys = store.keys();
-    let session = store.get::<pb::SessionRecord>(&keys.session(&restore_point.session_id)).await?;
+    let session = store.get::<pb::Job>(&keys.session_job(&restore_point.session_id)).await?;
     let current = store.get::<pb::Job>(&keys.job(&restore_point.job)).await?.map(|v| v.value);
-    let written_by = session.and_then(|record| record.value.job).or_else(|| current.clone());
+    let written_by = session.map(|job| job.value).or_else(|| current.clone());
     let Some(job) = written_by else {
         return Err(Error::RepositoryUnknown {
             id: restore_point.id,

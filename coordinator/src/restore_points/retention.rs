@@ -56,10 +56,10 @@ pub(crate) fn choose_deletions(
 }
 
 impl RestorePoints {
-    /// Applies the job's retention after session `session_id` of `job` finished; logs what
-    /// it could not do.
+    /// Applies the job's retention after session `session_id` of `job` finished having
+    /// committed restore points; logs what it could not do.
     pub(crate) async fn after_session(&self, job: &str, session_id: &str) {
-        match self.run(job, session_id).await {
+        match self.run(job).await {
             Ok(0) => {}
             Ok(deleted) => {
                 info!(job, session = session_id, deleted, "retention deleted old restore points")
@@ -68,10 +68,10 @@ impl RestorePoints {
         }
     }
 
-    async fn run(&self, job_name: &str, session_id: &str) -> Result<usize> {
+    async fn run(&self, job_name: &str) -> Result<usize> {
         let keys = self.store.keys();
         let Some(job) = self.store.get::<pb::Job>(&keys.job(job_name)).await? else { return Ok(0) };
-        if job.value.keep_restore_points == 0 || !self.committed_any(session_id).await? {
+        if job.value.keep_restore_points == 0 {
             return Ok(0);
         }
         let catalog = self.store.list::<pb::RestorePoint>(&keys.restore_points(job_name)).await?;
@@ -95,14 +95,6 @@ impl RestorePoints {
         let deleted = self.delete(&marked).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
-    }
-
-    async fn committed_any(&self, session_id: &str) -> Result<bool> {
-        let items = self.store.list::<pb::ItemRecord>(&self.store.keys().items(session_id)).await?;
-        Ok(items.iter().any(|(_, item)| {
-            let state = item.status.as_ref().map(|s| s.state());
-            matches!(state, Some(pb::ItemState::Success | pb::ItemState::Warning))
-        }))
     }
 
     async fn mark_deleting(&self, rp: &pb::RestorePoint) -> Result<bool> {

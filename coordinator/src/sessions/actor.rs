@@ -7,7 +7,7 @@
 mod agent_calls;
 mod children;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sluice_proto::{
     ids::{AgentId, Epoch},
@@ -30,8 +30,11 @@ use crate::{agents::directory::agent_map, error::Error};
 pub(crate) const MAILBOX: usize = 1024;
 /// Most messages handled between two dispatch rounds.
 const MAX_BATCH: usize = 1024;
-/// Progress and waiting reasons are persisted at most this often.
+/// Phases and waiting reasons are persisted at most this often.
 const LAZY_FLUSH: Duration = Duration::from_millis(500);
+/// Bytes copied alone are persisted at most this often (readers see coarse byte progress;
+/// phases and outcomes are never held back by it).
+const BYTES_FLUSH: Duration = Duration::from_secs(5);
 /// Wait before retrying a failed etcd write or agent call.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -71,17 +74,31 @@ pub(crate) struct Inboxes {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Exit {
     /// The session stopped and its final state is stored.
-    Finished,
+    Finished {
+        /// Whether any item committed a restore point (retention has work only then).
+        committed: bool,
+    },
     /// The coordinator lost the session (lease lost, or a newer owner).
     Fenced,
     /// The coordinator is shutting down; a peer takes the session over.
     Handover,
 }
 
+/// What a session actor owns, besides its machine.
+pub(crate) struct Owned {
+    /// The session record the machine's state is written into.
+    pub(crate) base: pb::SessionRecord,
+    /// The job as the session started it.
+    pub(crate) job: Arc<pb::Job>,
+    /// The epoch it is owned at.
+    pub(crate) epoch: Epoch,
+}
+
 /// One owned session.
 pub(crate) struct SessionActor {
     machine: Machine,
     base: pb::SessionRecord,
+    job: Arc<pb::Job>,
     epoch: Epoch,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
@@ -95,6 +112,7 @@ pub(crate) struct SessionActor {
     /// AckTasks calls.
     acks: Children,
     last_flush: Instant,
+    last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
 }
@@ -103,15 +121,16 @@ impl SessionActor {
     /// An actor for a session owned at `epoch`.
     pub(crate) fn new(
         machine: Machine,
-        base: pb::SessionRecord,
-        epoch: Epoch,
+        owned: Owned,
         ctx: SessionContext,
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
+        let Owned { base, job, epoch } = owned;
         SessionActor {
             machine,
             base,
+            job,
             epoch,
             ctx,
             inbox: inboxes.tasks,
@@ -122,6 +141,7 @@ impl SessionActor {
             children: Children::default(),
             acks: Children::default(),
             last_flush: Instant::now(),
+            last_bytes_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
         }
@@ -141,7 +161,8 @@ impl SessionActor {
             let exit = self.serve().await;
             self.ctx.scheduler.release_session(self.machine.id());
             self.children.end(Duration::ZERO, &self.ctx.shutdown).await;
-            let grace = if exit == Exit::Finished { agent_calls::TIMEOUT } else { Duration::ZERO };
+            let finished = matches!(exit, Exit::Finished { .. });
+            let grace = if finished { agent_calls::TIMEOUT } else { Duration::ZERO };
             self.acks.end(grace, &self.ctx.shutdown).await;
             info!(?exit, "session actor ended");
             exit
@@ -158,7 +179,7 @@ impl SessionActor {
             if self.is_done() {
                 let acks = self.outbox.take_stored_acks();
                 self.send_acks(acks);
-                return Exit::Finished;
+                return Exit::Finished { committed: self.machine.committed_any() };
             }
             let wake = self.next_wakeup();
             tokio::select! {
@@ -199,8 +220,13 @@ impl SessionActor {
         if let Some(at_ms) = self.machine.next_wakeup_ms(now_ms) {
             wake = wake.min(Instant::now() + Duration::from_millis((at_ms - now_ms).max(0) as u64));
         }
-        if self.machine.has_lazy_changes() && !self.outbox.is_flushing() {
-            wake = wake.min(self.last_flush + LAZY_FLUSH);
+        if !self.outbox.is_flushing() {
+            if self.machine.has_lazy_changes() {
+                wake = wake.min(self.last_flush + LAZY_FLUSH);
+            }
+            if self.machine.has_byte_changes() {
+                wake = wake.min(self.last_bytes_flush + BYTES_FLUSH);
+            }
         }
         if let Some(at) = self.retry_flush_at {
             wake = wake.min(at);
@@ -327,14 +353,20 @@ impl SessionActor {
             return;
         }
         let lazy_due = self.machine.has_lazy_changes() && self.last_flush.elapsed() >= LAZY_FLUSH;
-        if !self.machine.has_urgent_changes() && !lazy_due {
+        let bytes_due =
+            self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
+        if !self.machine.has_urgent_changes() && !lazy_due && !bytes_due {
             // Outcomes already stored (duplicates): acknowledge without writing.
             let acks = self.outbox.take_stored_acks();
             self.send_acks(acks);
             return;
         }
         self.retry_flush_at = None;
-        let (items, session) = self.machine.take_dirty(lazy_due || self.machine.is_stopped());
+        let stopped = self.machine.is_stopped();
+        let (items, session) = self.machine.take_dirty(lazy_due || stopped, bytes_due || stopped);
+        if bytes_due {
+            self.last_bytes_flush = Instant::now();
+        }
         let batch = records::flush(&self.base, &self.machine, &items, session);
         self.outbox.flush_started();
         self.last_flush = Instant::now();

@@ -189,8 +189,10 @@ pub(crate) struct Machine {
     proxies: Vec<AgentId>,
     retry: Retry,
     dirty_items: BTreeSet<usize>,
-    /// Changes worth persisting, but not at once (progress, waiting reasons).
+    /// Changes worth persisting, but not at once (phases, waiting reasons).
     dirty_lazy: BTreeSet<usize>,
+    /// Items whose bytes alone moved: persisted only at a coarse interval.
+    dirty_bytes: BTreeSet<usize>,
     dirty_session: bool,
     /// No item before this position is pending: dispatch rounds start here.
     first_pending: usize,
@@ -216,6 +218,7 @@ impl Machine {
             retry,
             dirty_items: BTreeSet::new(),
             dirty_lazy: BTreeSet::new(),
+            dirty_bytes: BTreeSet::new(),
             dirty_session: true,
             first_pending: 0,
             has_computer_items: None,
@@ -242,6 +245,11 @@ impl Machine {
         self.status.state == SessionState::Stopped
     }
 
+    /// Whether any item committed a restore point.
+    pub(crate) fn committed_any(&self) -> bool {
+        self.items.iter().any(|i| i.state().is_committed())
+    }
+
     /// Whether a dispatch round could start anything: not once a stop is in force.
     pub(crate) fn may_dispatch(&self) -> bool {
         !self.is_stopped() && self.status.stop.is_none()
@@ -252,20 +260,29 @@ impl Machine {
         self.dirty_session || !self.dirty_items.is_empty()
     }
 
-    /// Whether progress or waiting reasons wait to be persisted.
+    /// Whether phases or waiting reasons wait to be persisted.
     pub(crate) fn has_lazy_changes(&self) -> bool {
         !self.dirty_lazy.is_empty()
     }
 
-    /// Positions of items changed since the last call (with the lazy ones if asked), and
-    /// whether the session record changed.
-    pub(crate) fn take_dirty(&mut self, with_lazy: bool) -> (Vec<usize>, bool) {
+    /// Whether bytes copied (and nothing else) wait to be persisted.
+    pub(crate) fn has_byte_changes(&self) -> bool {
+        !self.dirty_bytes.is_empty()
+    }
+
+    /// Positions of items changed since the last call (with the lazy ones and those whose
+    /// bytes moved, if asked), and whether the session record changed. An item written for
+    /// any reason is written whole, so it leaves every set.
+    pub(crate) fn take_dirty(&mut self, with_lazy: bool, with_bytes: bool) -> (Vec<usize>, bool) {
         let mut items = std::mem::take(&mut self.dirty_items);
         if with_lazy {
             items.append(&mut self.dirty_lazy);
-        } else {
-            self.dirty_lazy.retain(|pos| !items.contains(pos));
         }
+        if with_bytes {
+            items.append(&mut self.dirty_bytes);
+        }
+        self.dirty_lazy.retain(|pos| !items.contains(pos));
+        self.dirty_bytes.retain(|pos| !items.contains(pos));
         (items.into_iter().collect(), std::mem::replace(&mut self.dirty_session, false))
     }
 
@@ -273,6 +290,7 @@ impl Machine {
     pub(crate) fn mark_dirty(&mut self, items: &[usize], session: bool) {
         self.dirty_items.extend(items.iter().copied());
         self.dirty_lazy.retain(|pos| !items.contains(pos));
+        self.dirty_bytes.retain(|pos| !items.contains(pos));
         self.dirty_session |= session;
     }
 

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use self::stop::watch_stop_key;
 use super::{
     Mailboxes, Router,
-    actor::{Exit, Inboxes, MAILBOX, SessionActor},
+    actor::{Exit, Inboxes, MAILBOX, Owned, SessionActor},
     context::SessionContext,
     ids::new_session_id,
     persist::{self, NewSession},
@@ -102,7 +102,8 @@ impl Sessions {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
         let mut new = NewSession {
-            record: self.new_record(stored.value, item_indices, retry_of),
+            record: self.new_record(&stored.value, item_indices, retry_of),
+            job: stored.value,
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
@@ -110,6 +111,7 @@ impl Sessions {
         let epoch = create(store, &mut new).await?;
         let view = SessionView {
             record: new.record,
+            job: new.job,
             owner: Some((self.inner.coordinator.clone(), epoch.get())),
             ..Default::default()
         };
@@ -122,7 +124,7 @@ impl Sessions {
     /// The record of a new session of `job`, owned here, with the trace it starts.
     fn new_record(
         &self,
-        job: pb::Job,
+        job: &pb::Job,
         item_indices: Vec<u32>,
         retry_of: String,
     ) -> pb::SessionRecord {
@@ -140,10 +142,11 @@ impl Sessions {
         let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
         pb::SessionRecord {
             session: Some(session),
-            job: Some(job),
+            job: None,
             stop: None,
             item_indices,
             traceparent,
+            graceful_timeout_seconds: job.graceful_timeout_seconds,
         }
     }
 
@@ -154,21 +157,24 @@ impl Sessions {
     /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
     /// a finish.
     fn spawn(&self, view: &SessionView, epoch: Epoch, lease: &Lease) -> Result<()> {
-        let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref())?;
+        let machine =
+            machine_from_records(&view.record, &view.job, &view.items, view.record.stop.as_ref())?;
         let id = machine.id().clone();
         let fence = lease.fence.child_token();
         let (inboxes, stop_watch) = self.open_inboxes(&id, view.stop.as_ref(), &fence);
         let base = self.owned_record(view, epoch);
-        let actor = SessionActor::new(machine, base, epoch, self.inner.ctx.clone(), inboxes, fence);
+        let job = Arc::new(view.job.clone());
+        let owned = Owned { base, job: job.clone(), epoch };
+        let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
         let retention = self.inner.restore_points.clone();
-        let job = view.record.job.as_ref().map(|job| job.name.clone()).unwrap_or_default();
+        let job = job.name.clone();
         let shutdown = self.inner.ctx.shutdown.clone();
         self.inner.tracker.spawn(async move {
             let exit = actor.run().await;
             router.unregister(id.as_str());
             stop_watch.cancel();
-            if exit == Exit::Finished {
+            if exit == (Exit::Finished { committed: true }) {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = retention.after_session(&job, id.as_str()) => {}

@@ -21,6 +21,8 @@ const MAX_OPS_PER_TXN: usize = 100;
 pub(crate) struct NewSession {
     /// The session record.
     pub(crate) record: pb::SessionRecord,
+    /// The job as the session starts it, stored once beside the record.
+    pub(crate) job: pb::Job,
     /// Revision of the job definition read (the job must not change before the start commits).
     pub(crate) job_revision: i64,
     /// Coordinator that will own it.
@@ -29,7 +31,7 @@ pub(crate) struct NewSession {
     pub(crate) lease: i64,
 }
 
-/// Creates a session atomically: active marker (only if absent), record, owner key.
+/// Creates a session atomically: active marker (only if absent), record, job, owner key.
 /// Returns the epoch (the owner key's create revision).
 pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
     let keys = store.keys();
@@ -46,6 +48,7 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
         .and_then([
             TxnOp::put(active.as_str(), id, None),
             TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
+            TxnOp::put(keys.session_job(id), new.job.encode_to_vec(), None),
             summary_op(store, session),
             TxnOp::put(
                 keys.session_owner(id),
@@ -198,7 +201,7 @@ pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionVi
     Ok(Some((view, revision)))
 }
 
-/// Applies one stored child key (item, stop, owner) of session `id` to a view.
+/// Applies one stored child key (job, item, stop, owner) of session `id` to a view.
 pub(crate) fn apply_child(
     view: &mut SessionView,
     store: &Store,
@@ -208,7 +211,9 @@ pub(crate) fn apply_child(
     create_revision: i64,
 ) -> Result<()> {
     let keys = store.keys();
-    if key == keys.session_owner(id) {
+    if key == keys.session_job(id) {
+        view.job = decode(key, value)?;
+    } else if key == keys.session_owner(id) {
         view.owner = Some((String::from_utf8_lossy(value).into_owned(), create_revision));
     } else if key == keys.session_stop(id) {
         view.stop = Some(decode(key, value)?);

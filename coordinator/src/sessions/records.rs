@@ -35,14 +35,14 @@ fn item_name(job: &pb::Job, index: u32) -> String {
 /// Rebuilds the state machine from the session's records; the ids they hold are checked here.
 pub(crate) fn machine_from_records(
     record: &pb::SessionRecord,
+    job: &pb::Job,
     stored: &HashMap<u32, pb::ItemRecord>,
     stop: Option<&pb::StopRequest>,
 ) -> Result<Machine> {
-    let job = record.job.clone().unwrap_or_default();
     let items = record
         .item_indices
         .iter()
-        .map(|&index| item_from(&job, index, stored.get(&index)))
+        .map(|&index| item_from(job, index, stored.get(&index)))
         .collect::<Result<_>>()?;
     let session = record.session.clone().unwrap_or_default();
     let id = SessionId::parse("session.id", session.id.clone()).map_err(Error::CorruptId)?;
@@ -52,7 +52,7 @@ pub(crate) fn machine_from_records(
     let proxies = proxies.collect::<Result<_>>()?;
     let mut status = session_status(&session);
     status.stop = stop.or(record.stop.as_ref()).map(stop_from);
-    Ok(Machine::new(id, items, proxies, retry_rules(&job), status))
+    Ok(Machine::new(id, items, proxies, retry_rules(job), status))
 }
 
 fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Result<Item> {
@@ -156,6 +156,8 @@ pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb:
 pub(crate) struct SessionView {
     /// The session record.
     pub(crate) record: pb::SessionRecord,
+    /// The job as the session started it (`/sessions/{id}/job`).
+    pub(crate) job: pb::Job,
     /// Item records by job index.
     pub(crate) items: HashMap<u32, pb::ItemRecord>,
     /// The stop request, if one was made.
@@ -176,14 +178,14 @@ impl SessionView {
             apply_stop(&mut session, stop);
         }
         if with_items {
-            let job = self.record.job.clone().unwrap_or_default();
+            let job = &self.job;
             session.items = self
                 .record
                 .item_indices
                 .iter()
                 .map(|&index| match self.items.get(&index).and_then(|r| r.status.clone()) {
                     Some(status) => status,
-                    None => pending_status(&job, index),
+                    None => pending_status(job, index),
                 })
                 .collect();
         }

@@ -2,13 +2,17 @@
 //! scenario reproduces one finding of the review (see the test's comment) with real etcd,
 //! real processes and, where a link must misbehave, the harness's TCP proxy.
 
+use etcd_client::{EventType, WatchOptions};
 use sluice_proto::{
     job::{MAX_ITEMS, MAX_JOB_BYTES},
     pb::{self, SessionState, StopMode, job_item::Target},
 };
 use sluice_tests::{
     Cluster, PATIENCE,
-    api::{create_and_start, create_job, list_coordinators, summary, wait_session, wait_stopped},
+    api::{
+        create_and_start, create_job, list_coordinators, stop_job, summary, wait_session,
+        wait_stopped,
+    },
     fixtures::expect_ok,
     jobs::{JobBuilder, vm_job},
     wait_for,
@@ -65,4 +69,47 @@ async fn takeover_stop_all_and_list_coordinators_work_beside_nine_large_jobs() {
     assert_eq!(stopped.sessions.len(), 1, "{stopped:?}");
     let ended = wait_stopped(&survivor, &started.id).await;
     assert_eq!(ended.state(), SessionState::Stopped, "{}", summary(&ended));
+}
+
+/// Finding 6: the job is stored once per session (`/sessions/{id}/job`, written at the start
+/// and never again); the session record, rewritten on every change, carries no copy of it.
+#[tokio::test]
+async fn the_session_record_does_not_carry_the_job() {
+    let mut cluster = Cluster::builder().start().await;
+    let mut jobs = cluster.job_client().await;
+    let job = vm_job("wide", 20_000);
+    let job_bytes = prost::Message::encoded_len(&job);
+    let started = create_and_start(&mut jobs, &job).await;
+    let mut etcd = cluster.etcd_client().await;
+    let record_key = format!("{}/sessions/{}", cluster.prefix(), started.id);
+    let options = WatchOptions::new().with_prefix().with_start_revision(started.epoch);
+    let mut writes = etcd.watch(record_key.as_str(), Some(options)).await.expect("watch");
+    expect_ok(stop_job(&mut jobs, "wide", StopMode::Immediate, "ops").await, "StopJob");
+    wait_stopped(&jobs, &started.id).await;
+
+    let (mut record_puts, mut job_puts) = (Vec::new(), 0);
+    let job_key = format!("{record_key}/job");
+    while !record_puts.iter().any(|(_, stopped)| *stopped) {
+        let response = tokio::time::timeout(PATIENCE, writes.message())
+            .await
+            .expect("the session's writes arrive")
+            .expect("watch")
+            .expect("watch open");
+        for event in response.events().iter().filter(|e| e.event_type() == EventType::Put) {
+            let Some(kv) = event.kv() else { continue };
+            if kv.key() == job_key.as_bytes() {
+                job_puts += 1;
+            } else if kv.key() == record_key.as_bytes() {
+                let record: pb::SessionRecord =
+                    prost::Message::decode(kv.value()).expect("a session record");
+                let stopped = record.session.is_some_and(|s| s.state() == SessionState::Stopped);
+                record_puts.push((kv.value().len(), stopped));
+            }
+        }
+    }
+    assert!(record_puts.len() >= 2, "created, then stopped: {record_puts:?}");
+    for (size, _) in &record_puts {
+        assert!(*size < job_bytes / 20, "a record write of {size} bytes (job: {job_bytes})");
+    }
+    assert_eq!(job_puts, 1, "the job copy is written once");
 }

@@ -54,8 +54,7 @@ impl SessionActor {
     }
 
     fn task_spec(&self, dispatch: &Dispatch) -> pb::TaskSpec {
-        let empty = pb::Job::default();
-        let job = self.base.job.as_ref().unwrap_or(&empty);
+        let job = &self.job;
         pb::TaskSpec {
             key: Some(self.task_key(dispatch.index, dispatch.attempt)),
             epoch: self.epoch.get(),

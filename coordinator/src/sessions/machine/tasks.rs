@@ -52,12 +52,14 @@ impl Machine {
         if phase < status.phase || (phase == status.phase && done < status.bytes_done) {
             return;
         }
-        if status.phase != phase || status.bytes_done != done || status.bytes_total != total {
-            status.phase = phase;
-            status.bytes_done = done;
-            status.bytes_total = total;
+        if status.phase != phase {
             self.dirty_lazy.insert(pos);
+        } else if status.bytes_done != done || status.bytes_total != total {
+            self.dirty_bytes.insert(pos);
         }
+        status.phase = phase;
+        status.bytes_done = done;
+        status.bytes_total = total;
     }
 
     pub(super) fn on_finished(

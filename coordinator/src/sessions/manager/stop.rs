@@ -33,7 +33,7 @@ impl Sessions {
         // Only the record: the stop must not wait for a read of every item.
         let record = self.record(&id).await?;
         check_stoppable(&id, &record, &request, mode)?;
-        let stop = stop_request(mode, &request, &record.job.unwrap_or_default(), peer);
+        let stop = stop_request(mode, &request, record.graceful_timeout_seconds, peer);
         if persist::request_stop(self.store(), &id, &stop).await? {
             info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
             if let Some(stops) = self.inner.router.stops(&id) {
@@ -127,7 +127,7 @@ fn check_stoppable(
         let reason = format!("must be at most {MAX_SECONDS} (one week)");
         return Err(Error::invalid("graceful_timeout_seconds", reason));
     }
-    let job_type = record.job.as_ref().map(|job| job.r#type()).unwrap_or_default();
+    let job_type = session.job_type();
     if mode == StopMode::Graceful && job_type == pb::JobType::BackupCopy {
         return Err(Error::NoGracefulStop { job_type: job_type.as_str_name().into() });
     }
@@ -135,15 +135,15 @@ fn check_stoppable(
 }
 
 /// The stop to store: now, by the caller (else its peer address), with the graceful
-/// deadline from the request or else the job.
+/// deadline from the request or else the job's (`job_timeout`, as the session started).
 fn stop_request(
     mode: StopMode,
     request: &pb::StopJobRequest,
-    job: &pb::Job,
+    job_timeout: u32,
     peer: String,
 ) -> pb::StopRequest {
     let timeout = match request.graceful_timeout_seconds {
-        0 => job.graceful_timeout_seconds,
+        0 => job_timeout,
         seconds => seconds,
     };
     let now = actor::now_ms();

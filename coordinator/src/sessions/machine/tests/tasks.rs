@@ -51,7 +51,7 @@ fn updates_of_old_attempts_are_acknowledged_but_ignored() {
 fn progress_is_recorded_lazily() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    m.take_dirty(true);
+    m.take_dirty(true, true);
     let progress = Event::Progress {
         index: 0,
         attempt: 1,
@@ -62,7 +62,28 @@ fn progress_is_recorded_lazily() {
     m.apply(1, progress);
     assert!(!m.has_urgent_changes());
     assert!(m.has_lazy_changes());
-    assert_eq!(m.take_dirty(true).0, vec![0]);
+    assert_eq!(m.take_dirty(true, true).0, vec![0]);
+}
+
+/// Finding 6: a phase change is stored lazily, but bytes alone are not worth a write each
+/// time: they wait for the coarse progress interval.
+#[test]
+fn bytes_alone_are_not_a_lazy_change() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.take_dirty(true, true);
+    let at = |phase, bytes_done| Event::Progress {
+        index: 0,
+        attempt: 1,
+        phase,
+        bytes_done,
+        bytes_total: 10,
+    };
+    m.apply(1, at(TaskPhase::Transfer, 1));
+    assert!(m.has_lazy_changes(), "a new phase");
+    m.take_dirty(true, true);
+    m.apply(2, at(TaskPhase::Transfer, 5));
+    assert!(!m.has_urgent_changes() && !m.has_lazy_changes(), "only bytes moved");
 }
 
 #[test]
