@@ -92,6 +92,8 @@ pub(crate) struct Owned {
     pub(crate) job: Arc<pb::Job>,
     /// The epoch it is owned at.
     pub(crate) epoch: Epoch,
+    /// The stop key as read with the records (same revision): in force before any dispatch.
+    pub(crate) stop: Option<Stop>,
 }
 
 /// One owned session.
@@ -100,6 +102,8 @@ pub(crate) struct SessionActor {
     base: pb::SessionRecord,
     job: Arc<pb::Job>,
     epoch: Epoch,
+    /// The stored stop, applied once before the first dispatch.
+    stored_stop: Option<Stop>,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
     stops: mpsc::Receiver<Stop>,
@@ -126,12 +130,13 @@ impl SessionActor {
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
-        let Owned { base, job, epoch } = owned;
+        let Owned { base, job, epoch, stop } = owned;
         SessionActor {
             machine,
             base,
             job,
             epoch,
+            stored_stop: stop,
             ctx,
             inbox: inboxes.tasks,
             stops: inboxes.stops,
@@ -158,6 +163,9 @@ impl SessionActor {
         }
         async move {
             self.reattach().await;
+            if let Some(stop) = self.stored_stop.take() {
+                self.apply(Event::Stop(stop));
+            }
             let exit = self.serve().await;
             self.ctx.scheduler.release_session(self.machine.id());
             self.children.end(Duration::ZERO, &self.ctx.shutdown).await;

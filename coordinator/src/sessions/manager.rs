@@ -161,10 +161,11 @@ impl Sessions {
             machine_from_records(&view.record, &view.job, &view.items, view.record.stop.as_ref())?;
         let id = machine.id().clone();
         let fence = lease.fence.child_token();
-        let (inboxes, stop_watch) = self.open_inboxes(&id, view.stop.as_ref(), &fence);
+        let (inboxes, stop_watch) = self.open_inboxes(&id, &fence);
         let base = self.owned_record(view, epoch);
         let job = Arc::new(view.job.clone());
-        let owned = Owned { base, job: job.clone(), epoch };
+        let stop = view.stop.as_ref().map(stop_from);
+        let owned = Owned { base, job: job.clone(), epoch, stop };
         let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
         let retention = self.inner.restore_points.clone();
@@ -184,20 +185,16 @@ impl Sessions {
         Ok(())
     }
 
-    /// Registers a session's inboxes (with its stored stop, if any, already queued) and
-    /// follows its stop key until the returned token is cancelled.
+    /// Registers a session's inboxes and follows its stop key until the returned token is
+    /// cancelled (the stop read with the records is the actor's to apply first).
     fn open_inboxes(
         &self,
         id: &SessionId,
-        stop: Option<&pb::StopRequest>,
         fence: &CancellationToken,
     ) -> (Inboxes, CancellationToken) {
         let (mailbox, tasks) = mpsc::channel(MAILBOX);
         let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
         self.inner.router.register(id, Mailboxes { tasks: mailbox.clone(), stops: stops.clone() });
-        if let Some(stop) = stop {
-            let _ = stops.try_send(stop_from(stop));
-        }
         let stop_watch = fence.child_token();
         let follow =
             watch_stop_key(self.store().clone(), id.to_string(), stops, stop_watch.clone());

@@ -5,16 +5,17 @@
 use etcd_client::{EventType, WatchOptions};
 use sluice_proto::{
     job::{MAX_ITEMS, MAX_JOB_BYTES},
-    pb::{self, SessionState, StopMode, job_item::Target},
+    pb::{self, ItemState, SessionResult, SessionState, StopMode, job_item::Target},
 };
 use sluice_tests::{
-    Cluster, PATIENCE,
+    AgentSpec, Cluster, PATIENCE,
     api::{
         create_and_start, create_job, list_coordinators, stop_job, summary, wait_session,
         wait_stopped,
     },
+    computers::{computer_job, make_tree},
     fixtures::expect_ok,
-    jobs::{JobBuilder, vm_job},
+    jobs::{JobBuilder, computer_item, vm_job},
     wait_for,
 };
 
@@ -112,4 +113,43 @@ async fn the_session_record_does_not_carry_the_job() {
         assert!(*size < job_bytes / 20, "a record write of {size} bytes (job: {job_bytes})");
     }
     assert_eq!(job_puts, 1, "the job copy is written once");
+}
+
+/// Finding 3: a stop written while no coordinator owns the session is in force before the new
+/// owner dispatches anything. Here the items wait for their computer when the owner dies; the
+/// computer comes online and the stop is written before the survivor claims the session: the
+/// survivor must not start the items the stop closed.
+#[tokio::test]
+async fn a_stop_written_during_a_takeover_is_applied_before_any_dispatch() {
+    let mut cluster = Cluster::builder().coordinators(2).lease_ttl(8).start().await;
+    let tree = cluster.dir().join("pc1-files");
+    make_tree(&tree, 1);
+    let job = computer_job("waits", &cluster.dir().join("repository"))
+        .item(computer_item("pc1-a", "pc1", &[&tree]))
+        .item(computer_item("pc1-b", "pc1", &[&tree]))
+        .build();
+    let mut owner = cluster.coordinator(0).job_client().await;
+    let mut survivor = cluster.coordinator(1).job_client().await;
+    let started = create_and_start(&mut owner, &job).await;
+    assert_eq!(started.owner, "c1", "{}", summary(&started));
+
+    cluster.coordinator(0).kill9();
+    cluster.add_agent(AgentSpec::new().computer("pc1")).await;
+    let stopped = expect_ok(
+        stop_job(&mut survivor, "waits", StopMode::Graceful, "ops").await,
+        "StopJob through the survivor",
+    );
+    assert_eq!(stopped.owner, "c1", "the stop came before the takeover: {}", summary(&stopped));
+
+    let ended = wait_stopped(&survivor, &started.id).await;
+    assert_eq!(ended.owner, "c2", "{}", summary(&ended));
+    for item in &ended.items {
+        assert_eq!(
+            (item.state(), item.attempt),
+            (ItemState::NotProcessed, 0),
+            "no item starts after the stop: {}",
+            summary(&ended)
+        );
+    }
+    assert_eq!((ended.result(), ended.canceled), (SessionResult::Failed, true));
 }
