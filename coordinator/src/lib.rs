@@ -16,6 +16,8 @@ mod server;
 mod sessions;
 mod settings;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -91,6 +93,7 @@ fn start(
         coordinator: id.clone(),
         tracker: tasks.tracker.clone(),
         restore_points: restore_points.clone(),
+        starting: Default::default(),
     });
     tasks.tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), tasks.stop.clone()));
     let registry = Registry::new(store.clone());

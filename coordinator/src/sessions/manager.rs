@@ -6,7 +6,7 @@ mod stop;
 use std::{collections::HashSet, sync::Arc};
 
 use sluice_proto::{
-    ids::{Epoch, SessionId},
+    ids::{Epoch, JobName, SessionId},
     job::validate_name,
     pb::{self, SessionState},
     telemetry, time,
@@ -54,6 +54,8 @@ pub(crate) struct Parts {
     pub(crate) tracker: TaskTracker,
     /// Runs retention after a session owned here finished.
     pub(crate) restore_points: RestorePoints,
+    /// Sessions being created here: the claimer leaves them alone until their actor runs.
+    pub(crate) starting: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Sessions {
@@ -108,7 +110,7 @@ impl Sessions {
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
         };
-        let epoch = create(store, &mut new).await?;
+        let epoch = self.create(&mut new).await?;
         let view = SessionView {
             record: new.record,
             job: new.job,
@@ -117,8 +119,34 @@ impl Sessions {
         };
         let session = view.to_session(false).id;
         info!(session = %session, job = job_name, epoch = epoch.get(), "session started");
-        self.spawn(&view, epoch, &lease)?;
+        let spawned = self.spawn(&view, epoch, &lease);
+        self.starting().remove(&session);
+        spawned?;
         Ok(view.to_session(true))
+    }
+
+    /// Creates the session, with a new id when the drawn one is taken (a few times at most).
+    /// The id is marked as starting first, so the claimer never adopts it meanwhile; a failed
+    /// create leaves it to the claimer (it may have committed all the same).
+    async fn create(&self, new: &mut NewSession) -> Result<Epoch> {
+        let mut tries = 0;
+        loop {
+            let id = new.record.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            self.starting().insert(id.clone());
+            let result = persist::create(self.store(), new).await;
+            if result.is_err() {
+                self.starting().remove(&id);
+            }
+            match result {
+                Err(Error::SessionIdTaken { .. }) if tries < 3 => {
+                    tries += 1;
+                    if let Some(session) = new.record.session.as_mut() {
+                        session.id = new_session_id();
+                    }
+                }
+                result => return result,
+            }
+        }
     }
 
     /// The record of a new session of `job`, owned here, with the trace it starts.
@@ -251,28 +279,72 @@ impl Sessions {
             .collect())
     }
 
-    /// Claims every active session that has no owner, and runs it. Called at start-up, when
-    /// an owner key disappears, and periodically.
+    /// Runs every active session that no coordinator runs: those without an owner key are
+    /// claimed, and those whose owner key already names this coordinator under its lease (a
+    /// claim or create that committed although it answered with an error, or a claim whose
+    /// load failed) are adopted. Called at start-up, when an owner key disappears, and
+    /// periodically. Reads the active markers and the owner keys only.
     pub(crate) async fn claim_orphans(&self) -> Result<usize> {
         let Ok(lease) = self.current_lease() else { return Ok(0) };
-        let mut claimed = 0;
-        for (job, id) in persist::active_sessions(self.store()).await? {
+        let store = self.store();
+        let active: Vec<(JobName, SessionId)> = persist::active_sessions(store)
+            .await?
+            .into_iter()
+            .filter(|(_, id)| !self.runs_here(id.as_str()))
+            .collect();
+        let keys: Vec<String> =
+            active.iter().map(|(_, id)| store.keys().session_owner(id.as_str())).collect();
+        let owners = store.get_many(&keys).await?;
+        let mut taken = 0;
+        for ((job, id), owner) in active.into_iter().zip(owners) {
             let (job, id) = (job.as_str(), id.as_str());
-            if self.inner.router.mailbox(id).is_some() {
-                continue;
+            // One session that cannot be taken (etcd trouble, a corrupt record) must not
+            // keep the others waiting: it is tried again in the next round.
+            match self.take(job, id, owner, &lease).await {
+                Ok(true) => taken += 1,
+                Ok(false) => {}
+                Err(error) => warn!(session = %id, job, %error, "cannot take the session over"),
             }
-            let Some(epoch) =
-                persist::claim(self.store(), id, job, &self.inner.coordinator, lease.id).await?
-            else {
-                continue;
-            };
-            let Some(mut view) = persist::load(self.store(), id).await? else { continue };
-            view.owner = Some((self.inner.coordinator.clone(), epoch.get()));
-            info!(session = %id, job, epoch = epoch.get(), "took over orphaned session");
-            self.spawn(&view, epoch, &lease)?;
-            claimed += 1;
         }
-        Ok(claimed)
+        Ok(taken)
+    }
+
+    /// Claims an unowned session, or adopts one whose `owner` key is this coordinator's, and
+    /// runs it; `false` when another coordinator owns it (or it ended).
+    async fn take(
+        &self,
+        job: &str,
+        id: &str,
+        owner: Option<etcd_client::KeyValue>,
+        lease: &Lease,
+    ) -> Result<bool> {
+        let me = &self.inner.coordinator;
+        let epoch = match owner {
+            None => persist::claim(self.store(), id, job, me, lease.id).await?,
+            Some(kv) => persist::owner_epoch(&kv, me, lease.id),
+        };
+        match epoch {
+            Some(epoch) => self.run_owned(job, id, epoch, lease).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Whether this coordinator runs the session, or is creating it.
+    fn runs_here(&self, id: &str) -> bool {
+        self.inner.router.mailbox(id).is_some() || self.starting().contains(id)
+    }
+
+    fn starting(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner.starting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads a session this coordinator owns at `epoch` and runs its actor.
+    async fn run_owned(&self, job: &str, id: &str, epoch: Epoch, lease: &Lease) -> Result<bool> {
+        let Some(mut view) = persist::load(self.store(), id).await? else { return Ok(false) };
+        view.owner = Some((self.inner.coordinator.clone(), epoch.get()));
+        info!(session = %id, job, epoch = epoch.get(), "took over orphaned session");
+        self.spawn(&view, epoch, lease)?;
+        Ok(true)
     }
 
     /// Claims orphans whenever an owner key is deleted or a lease is (re)granted, and every
@@ -304,20 +376,4 @@ fn chosen_items(job: &pb::Job, names: Option<&[String]>) -> Vec<u32> {
     let Some(names) = names else { return all.collect() };
     let names: HashSet<&str> = names.iter().map(String::as_str).collect();
     all.filter(|&i| names.contains(job.items[i as usize].name.as_str())).collect()
-}
-
-/// Creates the session, with a new id when the drawn one is taken (a few times at most).
-async fn create(store: &Store, new: &mut NewSession) -> Result<Epoch> {
-    let mut tries = 0;
-    loop {
-        match persist::create(store, new).await {
-            Err(Error::SessionIdTaken { .. }) if tries < 3 => {
-                tries += 1;
-                if let Some(session) = new.record.session.as_mut() {
-                    session.id = new_session_id();
-                }
-            }
-            result => return result,
-        }
-    }
 }

@@ -56,11 +56,58 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
                 Some(PutOptions::new().with_lease(new.lease)),
             ),
         ]);
-    let response = store.kv().txn(txn).await?;
-    if response.succeeded() {
-        return epoch_of(response.header());
+    match store.kv().txn(txn).await {
+        Ok(response) if response.succeeded() => epoch_of(response.header()),
+        // Refused: maybe because this very create committed before (its answer was lost).
+        Ok(_) => match owned_by(store, id, &new.owner, new.lease).await? {
+            Some(epoch) => Ok(epoch),
+            None => Err(why_not_created(store, job, id).await?),
+        },
+        Err(error) => read_back(error.into(), || owned_by(store, id, &new.owner, new.lease)).await,
     }
-    Err(why_not_created(store, job, id).await?)
+}
+
+/// Attempts of a read-back after an ambiguous write, and the pause between two.
+const READ_BACK_TRIES: u32 = 5;
+const READ_BACK_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Resolves a write that answered with `error` (it may have committed all the same) by
+/// reading back whether it took effect: `read` answers the write's epoch if it did. When it
+/// did not, or etcd cannot tell, the error stands (a write that lands later is adopted by
+/// the claimer: the owner key names this coordinator, bound to its lease).
+async fn read_back<F, Fut>(error: Error, read: F) -> Result<Epoch>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Option<Epoch>>>,
+{
+    for _ in 0..READ_BACK_TRIES {
+        match read().await {
+            Ok(Some(epoch)) => {
+                warn!(%error, "an etcd write answered with an error but had committed");
+                return Ok(epoch);
+            }
+            Ok(None) => return Err(error),
+            Err(_) => tokio::time::sleep(READ_BACK_PAUSE).await,
+        }
+    }
+    Err(error)
+}
+
+/// The epoch at which `owner` holds session `id` through `lease`, if its owner key says so.
+pub(crate) async fn owned_by(
+    store: &Store,
+    id: &str,
+    owner: &str,
+    lease: i64,
+) -> Result<Option<Epoch>> {
+    let response = store.kv().get(store.keys().session_owner(id), None).await?;
+    Ok(response.kvs().first().and_then(|kv| owner_epoch(kv, owner, lease)))
+}
+
+/// The epoch of an owner key if it names `owner` and is bound to `lease`.
+pub(crate) fn owner_epoch(kv: &etcd_client::KeyValue, owner: &str, lease: i64) -> Option<Epoch> {
+    let ours = kv.value() == owner.as_bytes() && kv.lease() == lease;
+    ours.then(|| Epoch::try_from(kv.create_revision()).ok()).flatten()
 }
 
 /// Which guard of the creation failed: an active session, a taken id, or a changed job.
@@ -281,11 +328,13 @@ pub(crate) async fn claim(
             owner,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-    let response = store.kv().txn(txn).await?;
-    if !response.succeeded() {
-        return Ok(None);
+    match store.kv().txn(txn).await {
+        Ok(response) if response.succeeded() => epoch_of(response.header()).map(Some),
+        // Refused: someone else owns it, or this very claim committed before (its answer
+        // was lost and the claim is asked again).
+        Ok(_) => owned_by(store, id, owner, lease).await,
+        Err(error) => read_back(error.into(), || owned_by(store, id, owner, lease)).await.map(Some),
     }
-    epoch_of(response.header()).map(Some)
 }
 
 /// Active sessions by job, from the `/active/` markers (small values: no job definition is
@@ -304,3 +353,6 @@ pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(JobName, Sessi
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,8 @@
 //! scenario reproduces one finding of the review (see the test's comment) with real etcd,
 //! real processes and, where a link must misbehave, the harness's TCP proxy.
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, PutOptions, WatchOptions};
+use nix::sys::signal::Signal;
 use sluice_proto::{
     job::{MAX_ITEMS, MAX_JOB_BYTES},
     pb::{self, ItemState, SessionResult, SessionState, StopMode, job_item::Target},
@@ -16,6 +17,7 @@ use sluice_tests::{
     computers::{computer_job, make_tree},
     fixtures::expect_ok,
     jobs::{JobBuilder, computer_item, vm_job},
+    stops::signal,
     wait_for,
 };
 
@@ -152,4 +154,57 @@ async fn a_stop_written_during_a_takeover_is_applied_before_any_dispatch() {
         );
     }
     assert_eq!((ended.result(), ended.canceled), (SessionResult::Failed, true));
+}
+
+/// The lease id of a coordinator, from its lease-bound membership key.
+async fn coordinator_lease(cluster: &Cluster, id: &str) -> i64 {
+    let mut etcd = cluster.etcd_client().await;
+    let key = format!("{}/coordinators/{id}", cluster.prefix());
+    let found = etcd.get(key.as_str(), None).await.expect("read the membership key");
+    found.kvs().first().map(|kv| kv.lease()).unwrap_or_else(|| panic!("{id} is not a member"))
+}
+
+/// Finding 2: a coordinator whose claim committed but answered with an error owns the session
+/// (its owner key names it, bound to its lease) without running it. It must adopt it. The
+/// claim's lost answer is made by hand: while c2 is frozen, the test writes c2's owner key.
+#[tokio::test]
+async fn a_coordinator_adopts_a_session_whose_owner_key_is_its_own() {
+    let mut cluster = Cluster::builder().coordinators(2).start().await;
+    let mut owner = cluster.coordinator(0).job_client().await;
+    let mut survivor = cluster.coordinator(1).job_client().await;
+    let started = create_and_start(&mut owner, &vm_job("adopted", 2)).await;
+    let lease = coordinator_lease(&cluster, "c2").await;
+    let owner_key = format!("{}/sessions/{}/owner", cluster.prefix(), started.id);
+    let mut etcd = cluster.etcd_client().await;
+
+    signal(cluster.coordinator(1).pid(), Signal::SIGSTOP);
+    cluster.coordinator(0).kill9();
+    etcd.delete(owner_key.as_str(), None).await.expect("delete c1's owner key");
+    let options = PutOptions::new().with_lease(lease);
+    etcd.put(owner_key.as_str(), "c2", Some(options)).await.expect("put c2's owner key");
+    signal(cluster.coordinator(1).pid(), Signal::SIGCONT);
+
+    expect_ok(stop_job(&mut survivor, "adopted", StopMode::Immediate, "ops").await, "StopJob");
+    let ended = wait_stopped(&survivor, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Failed, "{}", summary(&ended));
+}
+
+/// Finding 2: one session that cannot be claimed (here its record is corrupt) does not keep
+/// the claimer from the sessions after it.
+#[tokio::test]
+async fn a_session_that_cannot_be_taken_over_does_not_block_the_others() {
+    let mut cluster = Cluster::builder().coordinators(2).start().await;
+    let mut owner = cluster.coordinator(0).job_client().await;
+    let mut survivor = cluster.coordinator(1).job_client().await;
+    let started = create_and_start(&mut owner, &vm_job("real", 1)).await;
+    let mut etcd = cluster.etcd_client().await;
+    let prefix = cluster.prefix().to_string();
+    etcd.put(format!("{prefix}/sessions/bogus-1"), vec![0xff_u8; 8], None).await.expect("put");
+    etcd.put(format!("{prefix}/active/aaa"), "bogus-1", None).await.expect("put the marker");
+
+    cluster.coordinator(0).kill9();
+    wait_session(&survivor, &started.id, "c2 to take the session over", |s| s.owner == "c2").await;
+    expect_ok(stop_job(&mut survivor, "real", StopMode::Immediate, "ops").await, "StopJob");
+    let ended = wait_stopped(&survivor, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Failed, "{}", summary(&ended));
 }
