@@ -80,6 +80,9 @@ pub(crate) enum Exit {
     },
     /// The coordinator lost the session (lease lost, or a newer owner).
     Fenced,
+    /// An agent refused this epoch as older than one it saw. Only etcd can tell whether
+    /// another coordinator owns the session now; if not, it is released for a new claim.
+    StaleEpoch,
     /// The coordinator is shutting down; a peer takes the session over.
     Handover,
 }

@@ -199,15 +199,23 @@ impl Sessions {
         let retention = self.inner.restore_points.clone();
         let job = job.name.clone();
         let shutdown = self.inner.ctx.shutdown.clone();
+        let store = self.store().clone();
         self.inner.tracker.spawn(async move {
             let exit = actor.run().await;
             router.unregister(id.as_str());
             stop_watch.cancel();
-            if exit == (Exit::Finished { committed: true }) {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = retention.after_session(&job, id.as_str()) => {}
+            let after = async {
+                match exit {
+                    Exit::Finished { committed: true } => {
+                        retention.after_session(&job, id.as_str()).await
+                    }
+                    Exit::StaleEpoch => release_stale(&store, id.as_str(), epoch).await,
+                    _ => {}
                 }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = after => {}
             }
         });
         Ok(())
@@ -367,6 +375,24 @@ impl Sessions {
                 _ = tokio::time::sleep(period) => {}
             }
         }
+    }
+}
+
+/// Pause before a session whose epoch an agent refused is released: a new claim then gets a
+/// newer epoch, and a bogus epoch cannot make owners come and go in a tight loop.
+const STALE_RELEASE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After an agent refused `epoch` as stale: if etcd says this coordinator still owns the
+/// session at `epoch`, the agent saw an epoch no owner holds; the session is released so that
+/// a claim at a newer epoch (by any coordinator) carries it on. Else another owner has it.
+async fn release_stale(store: &Store, id: &str, epoch: Epoch) {
+    tokio::time::sleep(STALE_RELEASE_PAUSE).await;
+    match persist::release(store, id, epoch).await {
+        Ok(true) => warn!(session = %id, epoch = epoch.get(), "an agent refused this epoch \
+            although etcd says it owns the session; released it for a claim at a newer epoch"),
+        Ok(false) => info!(session = %id, epoch = epoch.get(), "session owned by another epoch"),
+        // The owner key stays ours: the claimer adopts the session again and retries.
+        Err(error) => warn!(session = %id, %error, "cannot release the session"),
     }
 }
 

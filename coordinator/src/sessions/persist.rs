@@ -337,6 +337,16 @@ pub(crate) async fn claim(
     }
 }
 
+/// Gives up the ownership of session `id` at `epoch`, if the owner key still holds it
+/// (deleting it lets any coordinator claim the session at a newer epoch); `false` when the
+/// key belongs to another epoch or is gone.
+pub(crate) async fn release(store: &Store, id: &str, epoch: Epoch) -> Result<bool> {
+    let owner = store.keys().session_owner(id);
+    let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch.get());
+    let txn = Txn::new().when([guard]).and_then([TxnOp::delete(owner.as_str(), None)]);
+    Ok(store.txn(txn).await?.is_some())
+}
+
 /// Active sessions by job, from the `/active/` markers (small values: no job definition is
 /// read); the names they hold are checked here (a marker with a bad one is skipped).
 pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(JobName, SessionId)>> {

@@ -17,6 +17,7 @@ use sluice_tests::{
     computers::{computer_job, make_tree},
     fixtures::expect_ok,
     jobs::{JobBuilder, computer_item, vm_job},
+    ownership::{AGENT_TTL, RATE_LIMIT, Vms, wait_mid_transfer},
     stops::signal,
     wait_for,
 };
@@ -207,4 +208,31 @@ async fn a_session_that_cannot_be_taken_over_does_not_block_the_others() {
     expect_ok(stop_job(&mut survivor, "real", StopMode::Immediate, "ops").await, "StopJob");
     let ended = wait_stopped(&survivor, &started.id).await;
     assert_eq!(ended.result(), SessionResult::Failed, "{}", summary(&ended));
+}
+
+/// Known gap "stale epoch": an agent that refuses the owner's epoch (here it was shown a bogus
+/// newer one) used to make the owner exit as fenced without asking etcd, leaving a session
+/// owned by a live coordinator that no longer ran it. The owner now checks etcd: still the
+/// owner, it releases the session and a new claim (at a newer epoch) carries it on.
+#[tokio::test]
+async fn an_agent_refusing_the_owners_epoch_does_not_strand_the_session() {
+    let agent = AgentSpec::new().slots(1).transfer_rate_limit(RATE_LIMIT);
+    let mut cluster = Cluster::builder().agent(agent.heartbeat_ttl(AGENT_TTL)).start().await;
+    let vms = Vms::create(&cluster, "bogus", 2);
+    let mut jobs = cluster.job_client().await;
+    let started = vms.start(&mut jobs).await;
+    wait_mid_transfer(&jobs, &started.id).await;
+
+    let mut agent = cluster.agent(0).agent_client().await;
+    let bogus = pb::CancelTasksRequest {
+        session_id: started.id.clone(),
+        epoch: started.epoch + 1,
+        item_indices: vec![1],
+        reason: pb::CancelReason::Drain as i32,
+    };
+    expect_ok(agent.cancel_tasks(bogus).await, "CancelTasks with a bogus newer epoch");
+
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
+    assert!(ended.epoch > started.epoch + 1, "owned at a newer epoch: {}", summary(&ended));
 }

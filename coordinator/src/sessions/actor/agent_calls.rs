@@ -81,8 +81,8 @@ impl SessionActor {
         match result {
             Ok(status) => self.on_task(dispatch.agent, status),
             Err(status) if is_stale_epoch(&status) => {
-                warn!(%agent, %status, "agent saw a newer owner of this session");
-                return Some(Exit::Fenced);
+                warn!(%agent, %status, "agent saw a newer epoch of this session");
+                return Some(Exit::StaleEpoch);
             }
             Err(status) => self.on_run_refused(dispatch, status),
         }
@@ -186,7 +186,7 @@ impl SessionActor {
                 }
                 return None;
             }
-            Err(status) if is_stale_epoch(&status) => return Some(Exit::Fenced),
+            Err(status) if is_stale_epoch(&status) => return Some(Exit::StaleEpoch),
             Err(status) => status,
         };
         warn!(%agent, %status, "cancel failed; retrying");
