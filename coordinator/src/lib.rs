@@ -28,7 +28,7 @@ pub use settings::Settings;
 
 use crate::{
     agent_client::AgentClients,
-    agents::AgentDirectory,
+    agents::{AgentDirectory, acks::Acks},
     api::{ClusterApi, JobApi, RegistryApi},
     cluster::Cluster,
     jobs::Jobs,
@@ -117,6 +117,9 @@ fn follow_agents(
         agents::links::run(directory.clone(), clients.clone(), router.clone(), tasks.stop.clone());
     tasks.tracker.spawn(links);
     let scheduler = Scheduler::default();
-    let ctx = SessionContext { store, directory, scheduler, clients, shutdown: shutdown.clone() };
+    let acks =
+        Acks::new(directory.clone(), clients.clone(), tasks.tracker.clone(), tasks.stop.clone());
+    let ctx =
+        SessionContext { store, directory, scheduler, clients, acks, shutdown: shutdown.clone() };
     (ctx, router)
 }

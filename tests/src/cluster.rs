@@ -2,6 +2,7 @@
 
 use std::{
     ffi::OsString,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
@@ -14,6 +15,8 @@ use tonic::transport::Channel;
 use crate::{
     Etcd, logs,
     node::{Node, Role},
+    ports::free_port,
+    proxy::Proxy,
     unique_prefix,
 };
 
@@ -279,8 +282,26 @@ impl Cluster {
         &mut self.coordinators[last]
     }
 
+    /// Starts one more agent whose advertised address is a [`Proxy`] in front of it, so that
+    /// every call a coordinator makes to it (RunTask, WatchTasks, AckTasks, ...) goes through
+    /// the proxy; its heartbeats do not. Returns the proxy.
+    pub async fn add_agent_behind_proxy(&mut self, spec: AgentSpec) -> Proxy {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proxy = Proxy::start(addr);
+        self.start_agent(spec, Some((addr, proxy.url()))).await;
+        proxy
+    }
+
     /// Starts one more agent, heartbeating to every coordinator, and waits until it is listed.
     pub async fn add_agent(&mut self, spec: AgentSpec) -> &mut Node {
+        self.start_agent(spec, None).await
+    }
+
+    async fn start_agent(
+        &mut self,
+        spec: AgentSpec,
+        advertised: Option<(SocketAddr, String)>,
+    ) -> &mut Node {
         assert!(!self.coordinators.is_empty(), "start a coordinator before the agents");
         let id = format!("a{}", self.agents.len() + 1);
         let dir = self.dir().join(&id);
@@ -302,6 +323,9 @@ impl Cluster {
         }
         let role = Role::Agent { coordinators };
         let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir);
+        if let Some((addr, url)) = advertised {
+            node.advertise_at(addr, url);
+        }
         node.launch().await;
         self.agents.push(node);
         let last = self.agents.len() - 1;

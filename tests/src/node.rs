@@ -55,6 +55,8 @@ pub struct Node {
     args: Vec<OsString>,
     dir: PathBuf,
     addr: Option<SocketAddr>,
+    /// The URL it registers under, when not its own (`--advertise`, e.g. a proxy).
+    advertised: Option<String>,
     process: Option<(Child, Watchdog)>,
     starts: u32,
 }
@@ -70,7 +72,30 @@ impl Node {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
-        Node { id: id.to_string(), role, program, args, dir, addr: None, process: None, starts: 0 }
+        Node {
+            id: id.to_string(),
+            role,
+            program,
+            args,
+            dir,
+            addr: None,
+            advertised: None,
+            process: None,
+            starts: 0,
+        }
+    }
+
+    /// Makes the node listen on `addr` and register under `advertised` (which must forward
+    /// to `addr`, e.g. a proxy) from its next start on.
+    pub(crate) fn advertise_at(&mut self, addr: SocketAddr, advertised: String) {
+        self.addr = Some(addr);
+        self.args.extend([OsString::from("--advertise"), OsString::from(&advertised)]);
+        self.advertised = Some(advertised);
+    }
+
+    /// The URL the node registers under: its own, unless it advertises another.
+    pub fn advertised_url(&self) -> String {
+        self.advertised.clone().unwrap_or_else(|| self.url())
     }
 
     /// The `--id` of the node, e.g. `c1` or `a2`.
@@ -225,7 +250,8 @@ impl Node {
                 Ok(agents) => {
                     let mine = agents.iter().find(|a| a.id == self.id);
                     if mine.is_some_and(|a| {
-                        a.state == pb::AgentState::Online as i32 && a.address == self.url()
+                        a.state == pb::AgentState::Online as i32
+                            && a.address == self.advertised_url()
                     }) {
                         return Ok(());
                     }

@@ -116,8 +116,6 @@ pub(crate) struct SessionActor {
     outbox: Outbox,
     /// Writes, RunTask and cancel calls, retry timers.
     children: Children,
-    /// AckTasks calls.
-    acks: Children,
     last_flush: Instant,
     last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
@@ -147,7 +145,6 @@ impl SessionActor {
             fence,
             outbox: Outbox::default(),
             children: Children::default(),
-            acks: Children::default(),
             last_flush: Instant::now(),
             last_bytes_flush: Instant::now(),
             retry_flush_at: None,
@@ -156,9 +153,8 @@ impl SessionActor {
     }
 
     /// Runs the session until it stops, is fenced, or is handed over. No child task outlives
-    /// it: at a finish the last acknowledgements get one agent call's time (else the agents
-    /// keep those outcomes), otherwise every child is cancelled at once (a new owner re-sends
-    /// what matters).
+    /// it: every child is cancelled at once (a new owner re-sends what matters).
+    /// Acknowledgements are not its children: `Acks` sends them until the agents have them.
     pub(crate) async fn run(mut self) -> Exit {
         let span = info_span!("session_owner", id = %self.machine.id(), epoch = self.epoch.get());
         if !self.base.traceparent.is_empty() {
@@ -171,10 +167,7 @@ impl SessionActor {
             }
             let exit = self.serve().await;
             self.ctx.scheduler.release_session(self.machine.id());
-            self.children.end(Duration::ZERO, &self.ctx.shutdown).await;
-            let finished = matches!(exit, Exit::Finished { .. });
-            let grace = if finished { agent_calls::TIMEOUT } else { Duration::ZERO };
-            self.acks.end(grace, &self.ctx.shutdown).await;
+            self.children.end().await;
             info!(?exit, "session actor ended");
             exit
         }

@@ -3,7 +3,10 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    agent_client::AgentClients, agents::AgentDirectory, scheduler::Scheduler, store::Store,
+    agent_client::AgentClients,
+    agents::{AgentDirectory, acks::Acks},
+    scheduler::Scheduler,
+    store::Store,
 };
 
 /// Shared handles for session actors (all cheap to clone).
@@ -17,6 +20,8 @@ pub(crate) struct SessionContext {
     pub(crate) scheduler: Scheduler,
     /// Agent clients.
     pub(crate) clients: AgentClients,
+    /// Acknowledgements to agents, retried beyond any one actor.
+    pub(crate) acks: Acks,
     /// Cancelled when the coordinator shuts down (a handover, not a loss).
     pub(crate) shutdown: CancellationToken,
 }

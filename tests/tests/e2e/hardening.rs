@@ -2,6 +2,8 @@
 //! scenario reproduces one finding of the review (see the test's comment) with real etcd,
 //! real processes and, where a link must misbehave, the harness's TCP proxy.
 
+use std::time::Duration;
+
 use etcd_client::{EventType, PutOptions, WatchOptions};
 use nix::sys::signal::Signal;
 use sluice_proto::{
@@ -11,14 +13,15 @@ use sluice_proto::{
 use sluice_tests::{
     AgentSpec, Cluster, PATIENCE,
     api::{
-        create_and_start, create_job, list_coordinators, stop_job, summary, wait_session,
-        wait_stopped,
+        create_and_start, create_job, in_transfer, list_coordinators, restore_points, stop_job,
+        summary, wait_session, wait_stopped,
     },
-    computers::{computer_job, make_tree},
+    computers::{add_bulk, computer_job, make_tree},
     fixtures::expect_ok,
     jobs::{JobBuilder, computer_item, vm_job},
-    ownership::{AGENT_TTL, RATE_LIMIT, Vms, wait_mid_transfer},
+    ownership::{AGENT_TTL, RATE_LIMIT, Vms, wait_log_line, wait_mid_transfer},
     stops::signal,
+    tasks::{agent_clients, wait_agent_tasks},
     wait_for,
 };
 
@@ -235,4 +238,74 @@ async fn an_agent_refusing_the_owners_epoch_does_not_strand_the_session() {
     let ended = wait_stopped(&jobs, &started.id).await;
     assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
     assert!(ended.epoch > started.epoch + 1, "owned at a newer epoch: {}", summary(&ended));
+}
+
+/// Finding 4: an acknowledgement that fails is sent again until the agent has it, also after
+/// the session ended. The coordinator's link to the agent is slowed, then cut at the moment
+/// the outcome is stored, so the AckTasks call that follows is lost.
+#[tokio::test]
+async fn a_failed_acknowledgement_is_sent_again_until_the_agent_has_it() {
+    let mut cluster = Cluster::builder().start().await;
+    let spec = AgentSpec::new().slots(1).transfer_rate_limit(RATE_LIMIT).heartbeat_ttl(AGENT_TTL);
+    let link = cluster.add_agent_behind_proxy(spec).await;
+    let vms = Vms::create(&cluster, "acked", 1);
+    let mut jobs = cluster.job_client().await;
+    let agents = agent_clients(&cluster).await;
+    let started = vms.start(&mut jobs).await;
+    wait_session(&jobs, &started.id, "the item to be copied", |s| s.items.iter().any(in_transfer))
+        .await;
+
+    link.delay(Duration::from_secs(1));
+    wait_session(&jobs, &started.id, "the outcome to be stored", |s| {
+        s.items[0].state() == ItemState::Success
+    })
+    .await;
+    link.cut();
+    wait_log_line(cluster.coordinator(0), &["ack failed"]).await;
+    link.delay(Duration::ZERO);
+    link.restore();
+
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
+    wait_agent_tasks(&agents, &started.id, "the agent to forget the acknowledged task", |t| {
+        t.is_empty()
+    })
+    .await;
+}
+
+/// Findings 4 and 7: an agent lost mid-task comes back after its session ended; its task
+/// committed meanwhile. No actor runs the session any more, yet the restore point must be
+/// catalogued (the item has none) and the outcome acknowledged, so the agent can forget it.
+#[tokio::test]
+async fn a_restore_point_committed_after_its_session_ended_is_catalogued_and_acknowledged() {
+    let mut cluster = Cluster::builder().start().await;
+    let spec = AgentSpec::new().computer("pc1").transfer_rate_limit(RATE_LIMIT);
+    cluster.add_agent(spec).await;
+    let tree = cluster.dir().join("pc1-files");
+    make_tree(&tree, 7);
+    add_bulk(&tree, 7, 4, 1 << 20);
+    let job = computer_job("late", &cluster.dir().join("repository"))
+        .item(computer_item("pc1", "pc1", &[&tree]))
+        .build();
+    let mut jobs = cluster.job_client().await;
+    let agents = agent_clients(&cluster).await;
+    let started = create_and_start(&mut jobs, &job).await;
+    wait_session(&jobs, &started.id, "the item to be copied", |s| in_transfer(&s.items[0])).await;
+
+    let agent = cluster.agent(0).pid();
+    signal(agent, Signal::SIGSTOP);
+    wait_session(&jobs, &started.id, "the agent to be lost", |s| {
+        s.items[0].state() == ItemState::Pending
+    })
+    .await;
+    expect_ok(stop_job(&mut jobs, "late", StopMode::Graceful, "ops").await, "StopJob");
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.items[0].state(), ItemState::NotProcessed, "{}", summary(&ended));
+    signal(agent, Signal::SIGCONT);
+
+    wait_agent_tasks(&agents, &started.id, "the late outcome to be acknowledged", |t| t.is_empty())
+        .await;
+    let listed = restore_points(&jobs, "late").await;
+    assert_eq!(listed.len(), 1, "the late restore point is catalogued: {listed:?}");
+    assert_eq!(listed[0].session_id, started.id);
 }

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Timeout of one call to an agent.
-pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SessionActor {
     pub(super) fn send_run(&self, dispatch: Dispatch) {
@@ -199,20 +199,14 @@ impl SessionActor {
         None
     }
 
-    /// AckTasks, one call per agent.
+    /// AckTasks, one call per agent, sent until the agent has it (`Acks`).
     pub(super) fn send_acks(&self, acks: Vec<Ack>) {
         let mut by_agent: BTreeMap<AgentId, Vec<pb::TaskKey>> = BTreeMap::new();
         for Ack { agent, index, attempt } in acks {
             by_agent.entry(agent).or_default().push(self.task_key(index, attempt));
         }
         for (agent, keys) in by_agent {
-            let Some(mut client) = self.client(&agent) else { continue };
-            let request = pb::AckTasksRequest { epoch: self.epoch.get(), keys };
-            self.acks.spawn(async move {
-                if let Err(status) = timeout(client.ack_tasks(request)).await {
-                    debug!(%agent, %status, "ack failed; the agent will report the task again");
-                }
-            });
+            self.ctx.acks.send(agent, self.epoch, keys);
         }
     }
 
