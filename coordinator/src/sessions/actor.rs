@@ -58,6 +58,8 @@ pub(crate) enum Msg {
     Resend(Dispatch),
     /// A batch of writes ended.
     Flushed { result: crate::error::Result<()>, items: Vec<usize>, session: bool },
+    /// The tasks of this session an agent holds (asked for when taking the session over).
+    Listed { agent: AgentId, tasks: Vec<pb::TaskStatus> },
 }
 
 /// The receiving ends an actor reads, and the sender its child tasks report through.
@@ -272,6 +274,11 @@ impl SessionActor {
             Msg::Flushed { result, items, session } => {
                 return self.on_flushed(result, items, session);
             }
+            Msg::Listed { agent, tasks } => {
+                for status in tasks {
+                    self.on_task(agent.clone(), status);
+                }
+            }
         }
         None
     }
@@ -311,13 +318,19 @@ impl SessionActor {
     }
 
     /// Re-sends RunTask for items stored as processing: idempotent at the agent, it returns
-    /// the running or finished task, or starts it if the first send never arrived.
+    /// the running or finished task, or starts it if the first send never arrived. Then asks
+    /// every agent an item names which tasks of the session it holds: outcomes an earlier
+    /// owner stored but never acknowledged are acknowledged now.
     async fn reattach(&mut self) {
-        let running = self.machine.running();
-        if running.is_empty() {
+        let named = self.machine.named_agents();
+        if named.is_empty() {
             return;
         }
         self.ctx.directory.loaded().await;
+        for agent in named {
+            self.list_tasks(agent);
+        }
+        let running = self.machine.running();
         for dispatch in &running {
             self.ctx.scheduler.claim(self.machine.id(), &dispatch.agent);
         }

@@ -327,6 +327,12 @@ impl Machine {
             .collect()
     }
 
+    /// Every agent an item names (running or ended there): those that may hold outcomes of
+    /// this session not yet acknowledged.
+    pub(crate) fn named_agents(&self) -> BTreeSet<AgentId> {
+        self.items.iter().filter_map(|i| i.status.agent.clone()).collect()
+    }
+
     /// Agents running tasks of this session that `registered` no longer knows.
     pub(crate) fn lost_agents(&self, registered: impl Fn(&AgentId) -> bool) -> BTreeSet<AgentId> {
         let running = self.items.iter().filter(|i| i.is_running());

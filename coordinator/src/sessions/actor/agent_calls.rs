@@ -199,6 +199,23 @@ impl SessionActor {
         None
     }
 
+    /// ListTasks of this session on `agent`; its answer comes back as `Msg::Listed` (a
+    /// failure is dropped: the agent's task stream delivers the tasks once it is back).
+    pub(super) fn list_tasks(&self, agent: AgentId) {
+        let Some(mut client) = self.client(&agent) else { return };
+        let request = pb::ListTasksRequest { session_id: self.machine.id().to_string() };
+        let mailbox = self.mailbox.clone();
+        self.children.spawn(async move {
+            match timeout(client.list_tasks(request)).await {
+                Ok(listed) => {
+                    let tasks = listed.into_inner().tasks;
+                    let _ = mailbox.send(Msg::Listed { agent, tasks }).await;
+                }
+                Err(status) => debug!(%agent, %status, "cannot list the agent's tasks"),
+            }
+        });
+    }
+
     /// AckTasks, one call per agent, sent until the agent has it (`Acks`).
     pub(super) fn send_acks(&self, acks: Vec<Ack>) {
         let mut by_agent: BTreeMap<AgentId, Vec<pb::TaskKey>> = BTreeMap::new();
