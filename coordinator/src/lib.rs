@@ -82,6 +82,7 @@ fn start(
     shutdown: &CancellationToken,
 ) -> Services {
     let (ctx, router) = follow_agents(store.clone(), tasks, shutdown);
+    tasks.tracker.spawn(router.strays().clone().run(ctx.clone(), tasks.stop.clone()));
     let id = settings.id.clone();
     let (directory, clients) = (ctx.directory.clone(), ctx.clients.clone());
     let restore_points =

@@ -60,6 +60,10 @@ pub(crate) enum Msg {
     Flushed { result: crate::error::Result<()>, items: Vec<usize>, session: bool },
     /// The tasks of this session an agent holds (asked for when taking the session over).
     Listed { agent: AgentId, tasks: Vec<pb::TaskStatus> },
+    /// The deletion of a late restore point ended (`Ok` once it is gone or catalogued).
+    LateRemoved { ack: Ack, restore_point: pb::RestorePoint, result: Result<(), String> },
+    /// Time to try deleting a late restore point again.
+    RetryLate { ack: Ack, restore_point: pb::RestorePoint },
 }
 
 /// The receiving ends an actor reads, and the sender its child tasks report through.
@@ -274,6 +278,10 @@ impl SessionActor {
             Msg::Flushed { result, items, session } => {
                 return self.on_flushed(result, items, session);
             }
+            Msg::LateRemoved { ack, restore_point, result } => {
+                self.on_late_removed(ack, restore_point, result)
+            }
+            Msg::RetryLate { ack, restore_point } => self.delete_late(ack, restore_point),
             Msg::Listed { agent, tasks } => {
                 for status in tasks {
                     self.on_task(agent.clone(), status);
@@ -312,6 +320,10 @@ impl SessionActor {
                 Effect::Release { agent } => self.ctx.scheduler.release(self.machine.id(), &agent),
                 Effect::Ack { agent, index, attempt } => {
                     self.outbox.ack(Ack { agent, index, attempt })
+                }
+                Effect::Catalogue(restore_point) => self.outbox.catalogue(*restore_point),
+                Effect::DeleteLate { agent, index, attempt, restore_point } => {
+                    self.delete_late(Ack { agent, index, attempt }, *restore_point)
                 }
             }
         }
@@ -372,7 +384,8 @@ impl SessionActor {
         let lazy_due = self.machine.has_lazy_changes() && self.last_flush.elapsed() >= LAZY_FLUSH;
         let bytes_due =
             self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
-        if !self.machine.has_urgent_changes() && !lazy_due && !bytes_due {
+        let urgent = self.machine.has_urgent_changes() || self.outbox.has_catalog();
+        if !urgent && !lazy_due && !bytes_due {
             // Outcomes already stored (duplicates): acknowledge without writing.
             let acks = self.outbox.take_stored_acks();
             self.send_acks(acks);
@@ -384,8 +397,8 @@ impl SessionActor {
         if bytes_due {
             self.last_bytes_flush = Instant::now();
         }
-        let batch = records::flush(&self.base, &self.machine, &items, session);
-        self.outbox.flush_started();
+        let late = self.outbox.flush_started();
+        let batch = records::flush(&self.base, &self.machine, (&items, late), session);
         self.last_flush = Instant::now();
         let (store, id, epoch) =
             (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);

@@ -18,10 +18,13 @@ mod tests;
 
 use std::collections::BTreeSet;
 
-use sluice_proto::ids::{AgentId, SessionId};
+use sluice_proto::{
+    ids::{AgentId, SessionId},
+    pb,
+};
 
 pub(crate) use self::{
-    item::{CancelReason, Item, ItemState, ItemStatus, Outcome, TaskPhase},
+    item::{CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, TaskPhase},
     stop::{Stop, StopMode},
 };
 
@@ -164,6 +167,20 @@ pub(crate) enum Effect {
         index: u32,
         /// Attempt.
         attempt: u32,
+    },
+    /// Enter a late restore point in the catalog, with the next write of its item.
+    Catalogue(Box<pb::RestorePoint>),
+    /// Have the agent that committed a late restore point delete it (unless the catalog
+    /// lists it), then acknowledge that task.
+    DeleteLate {
+        /// Agent that reported it (it holds the outcome and reaches the repository).
+        agent: AgentId,
+        /// Job index of the item.
+        index: u32,
+        /// Attempt that committed it.
+        attempt: u32,
+        /// The restore point.
+        restore_point: Box<pb::RestorePoint>,
     },
 }
 

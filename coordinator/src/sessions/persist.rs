@@ -132,19 +132,22 @@ pub(crate) async fn active_session(store: &Store, job: &str) -> Result<Option<St
 /// One batch of writes from a session's owner.
 #[derive(Default)]
 pub(crate) struct Flush {
-    /// Item records that changed, each with the restore point to enter in the catalog if it
-    /// committed one (written in the same transaction as its item).
-    pub(crate) items: Vec<(pb::ItemRecord, Option<pb::RestorePoint>)>,
+    /// Item records that changed, each with the restore points to enter in the catalog (the
+    /// one it committed, late ones of earlier attempts), written in the same txn as the item.
+    pub(crate) items: Vec<(pb::ItemRecord, Vec<pb::RestorePoint>)>,
     /// The session record, when it changed.
     pub(crate) session: Option<pb::SessionRecord>,
+    /// Late restore points whose item is not in `items` (each in a txn of its own).
+    pub(crate) catalog: Vec<pb::RestorePoint>,
 }
 
 /// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
 /// owner's epoch. An item and its catalog entry always share a transaction; a final session
 /// record also clears the job's active marker and the owner key.
 pub(crate) async fn flush(store: &Store, id: &str, epoch: Epoch, batch: Flush) -> Result<()> {
-    let items: Vec<Vec<TxnOp>> =
-        batch.items.iter().map(|(item, rp)| item_ops(store, id, item, rp.as_ref())).collect();
+    let items = batch.items.iter().map(|(item, rps)| item_ops(store, id, item, rps));
+    let late = batch.catalog.iter().map(|rp| vec![catalog_op(store, rp)]);
+    let items: Vec<Vec<TxnOp>> = items.chain(late).collect();
     // Item transactions are independent of each other: send them together. The session
     // record goes last, so a final state is never stored before its items.
     let guarded = pack(items).into_iter().map(|chunk| fenced(store, id, epoch, chunk));
@@ -169,18 +172,18 @@ fn item_ops(
     store: &Store,
     id: &str,
     item: &pb::ItemRecord,
-    rp: Option<&pb::RestorePoint>,
+    rps: &[pb::RestorePoint],
 ) -> Vec<TxnOp> {
     let keys = store.keys();
     let mut ops = vec![TxnOp::put(keys.item(id, item.index), item.encode_to_vec(), None)];
-    if let Some(rp) = rp {
-        ops.push(TxnOp::put(
-            keys.restore_point(&rp.job, &rp.item, &rp.id),
-            rp.encode_to_vec(),
-            None,
-        ));
-    }
+    ops.extend(rps.iter().map(|rp| catalog_op(store, rp)));
     ops
+}
+
+/// The write of a catalog entry.
+fn catalog_op(store: &Store, rp: &pb::RestorePoint) -> TxnOp {
+    let key = store.keys().restore_point(&rp.job, &rp.item, &rp.id);
+    TxnOp::put(key, rp.encode_to_vec(), None)
 }
 
 fn session_ops(store: &Store, id: &str, record: &pb::SessionRecord) -> Vec<TxnOp> {

@@ -104,20 +104,28 @@ pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Even
     })
 }
 
-/// The writes for the items at `positions` (with their catalog entries) and, if asked, the
+/// The writes for the items at `positions` with their catalog entries (a committed item's,
+/// and the `late` restore points of earlier attempts, each with its item) and, if asked, the
 /// session record.
 pub(crate) fn flush(
     base: &pb::SessionRecord,
     machine: &Machine,
-    positions: &[usize],
+    (positions, mut late): (&[usize], Vec<pb::RestorePoint>),
     session: bool,
 ) -> Flush {
     let items = positions
         .iter()
         .map(|&pos| machine.item(pos))
-        .map(|item| (item_record(item), item.catalog_entry().cloned()))
+        .map(|item| {
+            let mut entries: Vec<pb::RestorePoint> =
+                item.catalog_entry().cloned().into_iter().collect();
+            let (mine, others) = late.drain(..).partition(|rp| rp.item == item.status.name);
+            late = others;
+            entries.extend::<Vec<_>>(mine);
+            (item_record(item), entries)
+        })
         .collect();
-    Flush { items, session: session.then(|| session_record(base, machine)) }
+    Flush { items, session: session.then(|| session_record(base, machine)), catalog: late }
 }
 
 /// The record of one item to write.

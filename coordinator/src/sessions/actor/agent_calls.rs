@@ -13,13 +13,14 @@ use sluice_proto::{
     telemetry,
 };
 use tonic::{Code, Status};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Exit, Msg, SessionActor};
 use crate::{
     agent_client::AgentClient,
     error::Error,
     sessions::{
+        late,
         machine::{CancelReason, Dispatch, Event, Outcome},
         outbox::Ack,
     },
@@ -27,6 +28,8 @@ use crate::{
 
 /// Timeout of one call to an agent.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before a failed deletion of a late restore point is tried again.
+const LATE_RETRY: Duration = Duration::from_secs(5);
 
 impl SessionActor {
     pub(super) fn send_run(&self, dispatch: Dispatch) {
@@ -214,6 +217,45 @@ impl SessionActor {
                 Err(status) => debug!(%agent, %status, "cannot list the agent's tasks"),
             }
         });
+    }
+
+    /// Has the agent that committed a late restore point delete it (unless the catalog lists
+    /// it); the task is acknowledged once that is done.
+    pub(super) fn delete_late(&self, ack: Ack, restore_point: pb::RestorePoint) {
+        let Some(client) = self.client(&ack.agent) else {
+            // Gone: it reports the task again when it is back.
+            return;
+        };
+        let item = self.job.items.get(ack.index as usize).map(|i| i.name.as_str());
+        let location = late::location(&self.job, item.unwrap_or_default(), &restore_point.id);
+        let store = self.ctx.store.clone();
+        self.report(async move {
+            let result = late::remove(&store, client, location).await;
+            Msg::LateRemoved { ack, restore_point, result }
+        });
+    }
+
+    pub(super) fn on_late_removed(
+        &mut self,
+        ack: Ack,
+        restore_point: pb::RestorePoint,
+        result: Result<(), String>,
+    ) {
+        match result {
+            Ok(()) => {
+                info!(restore_point = %restore_point.id, agent = %ack.agent,
+                      "late restore point of an earlier attempt removed");
+                self.send_acks(vec![ack]);
+            }
+            Err(problem) => {
+                warn!(restore_point = %restore_point.id, agent = %ack.agent, problem,
+                      "late restore point not removed yet; trying again");
+                self.report(async move {
+                    tokio::time::sleep(LATE_RETRY).await;
+                    Msg::RetryLate { ack, restore_point }
+                });
+            }
+        }
     }
 
     /// AckTasks, one call per agent, sent until the agent has it (`Acks`).

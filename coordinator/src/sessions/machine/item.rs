@@ -182,3 +182,26 @@ impl Item {
         self.restore_point.as_deref().filter(|_| self.state().is_committed())
     }
 }
+
+/// What becomes of a restore point that an attempt committed after its item moved on (it was
+/// retried, or the session ended): it is never simply forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LateRestorePoint {
+    /// The item records this very restore point already.
+    Recorded,
+    /// The item has none: this one is entered in the catalog and named by the item.
+    Catalogue,
+    /// The item has another one: this one is deleted (unless the catalog lists it).
+    Delete,
+}
+
+impl LateRestorePoint {
+    /// The decision for restore point `late` of an item that records `recorded` (empty: none).
+    pub(crate) fn decide(recorded: &str, late: &str) -> Self {
+        match recorded {
+            "" => LateRestorePoint::Catalogue,
+            same if same == late => LateRestorePoint::Recorded,
+            _ => LateRestorePoint::Delete,
+        }
+    }
+}

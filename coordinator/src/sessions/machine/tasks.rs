@@ -2,7 +2,10 @@
 
 use sluice_proto::ids::AgentId;
 
-use super::{CancelReason, Effect, ItemState, Machine, Outcome, REFUSED_BACKOFF_MS, TaskPhase};
+use super::{
+    CancelReason, Effect, ItemState, LateRestorePoint, Machine, Outcome, REFUSED_BACKOFF_MS,
+    TaskPhase,
+};
 
 impl Machine {
     pub(super) fn on_refused(
@@ -73,11 +76,11 @@ impl Machine {
         if !self.holds(index) {
             return;
         }
-        // The agent that reported holds the outcome, also for an older attempt elsewhere.
-        effects.push(Effect::Ack { agent: reporter, index, attempt });
         let Some(pos) = self.running_position(index, attempt) else {
+            self.on_late(now_ms, index, attempt, (outcome, reporter), effects);
             return;
         };
+        effects.push(Effect::Ack { agent: reporter, index, attempt });
         self.release_slot(pos, effects);
         match outcome.state {
             state @ (ItemState::Success | ItemState::Warning) => {
@@ -92,6 +95,50 @@ impl Machine {
             }
             ItemState::Canceled => self.end_item(now_ms, pos, ItemState::Canceled, outcome.message),
             _ => self.fail_attempt(now_ms, pos, outcome.message),
+        }
+    }
+
+    /// An outcome of an attempt that no longer runs (its agent was lost, or the item was
+    /// retried). The agent that reported it holds it until acknowledged, so it is
+    /// acknowledged, but a restore point it committed is never lost: an item waiting for its
+    /// next attempt takes it as its outcome; else it is catalogued if the item has none, or
+    /// deleted before the acknowledgement.
+    fn on_late(
+        &mut self,
+        now_ms: i64,
+        index: u32,
+        attempt: u32,
+        (outcome, reporter): (Outcome, AgentId),
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(pos) = self.position(index) else { return };
+        let rp = outcome.restore_point.clone().filter(|_| outcome.state.is_committed());
+        let Some(rp) = rp else {
+            effects.push(Effect::Ack { agent: reporter, index, attempt });
+            return;
+        };
+        let item = &mut self.items[pos];
+        if item.state() == ItemState::Pending && item.status.attempt == attempt {
+            effects.push(Effect::Ack { agent: reporter, index, attempt });
+            item.status.restore_point = rp.id.clone();
+            item.restore_point = Some(Box::new(rp));
+            self.end_item(now_ms, pos, outcome.state, outcome.message);
+            return;
+        }
+        match LateRestorePoint::decide(&item.status.restore_point, &rp.id) {
+            LateRestorePoint::Recorded => {
+                effects.push(Effect::Ack { agent: reporter, index, attempt });
+            }
+            LateRestorePoint::Catalogue => {
+                item.status.restore_point = rp.id.clone();
+                self.dirty_items.insert(pos);
+                effects.push(Effect::Catalogue(Box::new(rp)));
+                effects.push(Effect::Ack { agent: reporter, index, attempt });
+            }
+            LateRestorePoint::Delete => {
+                let restore_point = Box::new(rp);
+                effects.push(Effect::DeleteLate { agent: reporter, index, attempt, restore_point });
+            }
         }
     }
 

@@ -42,7 +42,7 @@ fn updates_of_old_attempts_are_acknowledged_but_ignored() {
     m.apply(1, finished(0, 1, outcome(ItemState::Failed)));
     pool.release("a1");
     m.dispatch(2000, &agents(&[("a1", 1)]), &mut pool);
-    let effects = m.apply(2001, finished(0, 1, outcome(ItemState::Success)));
+    let effects = m.apply(2001, finished(0, 1, outcome(ItemState::Failed)));
     assert_eq!(effects, vec![Effect::Ack { agent: agent("a1"), index: 0, attempt: 1 }]);
     assert_eq!(m.items[0].state(), ItemState::Processing);
 }
@@ -131,9 +131,68 @@ fn a_late_result_of_an_older_attempt_is_acknowledged_to_the_agent_that_reported_
         outcome: outcome(ItemState::Success),
         agent: agent("a-old"),
     };
-    assert_eq!(
-        m.apply(2001, late),
-        vec![Effect::Ack { agent: agent("a-old"), index: 0, attempt: 1 }]
+    let effects = m.apply(2001, late);
+    assert!(
+        effects.contains(&Effect::Ack { agent: agent("a-old"), index: 0, attempt: 1 }),
+        "{effects:?}"
     );
     assert_eq!(m.items[0].status.agent, Some(agent("a-new")), "the current attempt goes on");
+}
+
+fn committed(id: &str) -> Outcome {
+    let restore_point = pb::RestorePoint { id: id.into(), ..Default::default() };
+    Outcome { restore_point: Some(restore_point), ..outcome(ItemState::Success) }
+}
+
+fn late(attempt: u32, outcome: Outcome) -> Event {
+    Event::Finished { index: 0, attempt, outcome, agent: agent("a-old") }
+}
+
+/// Finding 7: an earlier attempt that committed after the item was retried is not lost: the
+/// item has no restore point yet, so this one is entered in the catalog.
+#[test]
+fn a_late_restore_point_is_catalogued_when_the_item_has_none() {
+    let mut m = machine(1, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    m.take_dirty(true, true);
+    m.apply(2001, late(1, committed("rp-1")));
+    assert_eq!(m.items[0].status.restore_point, "rp-1", "the item names the late restore point");
+    assert!(m.has_urgent_changes(), "and is written at once");
+    assert_eq!(m.items[0].state(), ItemState::Processing, "attempt 2 goes on");
+}
+
+/// Finding 7: an earlier attempt that committed after the item got its restore point is
+/// removed (the agent deletes it) before the agent may forget it.
+#[test]
+fn a_late_restore_point_is_deleted_when_the_item_has_one() {
+    let mut m = machine(2, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    m.apply(2001, finished(0, 2, committed("rp-2")));
+    let effects = m.apply(2002, late(1, committed("rp-1")));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Ack { .. })),
+        "not acknowledged before the folder is deleted: {effects:?}"
+    );
+    assert_eq!(m.items[0].status.restore_point, "rp-2");
+}
+
+/// An item waiting for its computer after its agent was lost takes that attempt's late
+/// success as its outcome instead of running again.
+#[test]
+fn a_waiting_item_takes_the_late_success_of_its_last_attempt() {
+    let mut m = machine(1, 1);
+    m.items[0].computer = Some("pc1".into());
+    let pc1 = AgentInfo { slots: 1, computer: Some("pc1".into()), accepting: true };
+    let map: AgentMap = [(agent("a-old"), pc1)].into();
+    m.dispatch(0, &map, &mut Pool::default());
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.apply(2, late(1, committed("rp-1")));
+    assert_eq!(m.items[0].state(), ItemState::Success);
+    assert_eq!(m.items[0].catalog_entry().map(|rp| rp.id.as_str()), Some("rp-1"));
 }
