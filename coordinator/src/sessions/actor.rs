@@ -316,6 +316,11 @@ impl SessionActor {
         for effect in effects {
             match effect {
                 Effect::Run(dispatch) => self.outbox.run(dispatch),
+                Effect::Resend(dispatch) => {
+                    for dispatch in self.outbox.resend_stored(vec![dispatch]) {
+                        self.send_run(dispatch);
+                    }
+                }
                 Effect::Cancel { agent, indices, reason } => self.cancel(agent, indices, reason),
                 Effect::Release { agent } => self.ctx.scheduler.release(self.machine.id(), &agent),
                 Effect::Ack { agent, index, attempt } => {

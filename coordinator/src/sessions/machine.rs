@@ -31,8 +31,10 @@ pub(crate) use self::{
 /// Message of a graceful stop that came before any item started (users know this text).
 pub(crate) const CANCELED_BY_USER: &str = "Operation was canceled by user";
 
-/// How long an item whose agent refused it for now (busy, unreachable) waits before the next try.
+/// How long an item whose agent refused it for now (busy, another attempt still running)
+/// waits before the next try; it doubles with each refusal in a row, up to the maximum.
 pub(crate) const REFUSED_BACKOFF_MS: i64 = 500;
+pub(crate) const MAX_REFUSED_BACKOFF_MS: i64 = 30_000;
 
 /// How many waiting items get their `waiting_reason` stored: enough for people to see why
 /// the queue stands still, without writing every item of a 100,000-item job.
@@ -145,6 +147,8 @@ pub(crate) enum Event {
 pub(crate) enum Effect {
     /// Start an attempt on an agent, once the dispatch has been persisted.
     Run(Dispatch),
+    /// Send a dispatch again that etcd already holds (after a refusal for now): no write.
+    Resend(Dispatch),
     /// Cancel running tasks on an agent.
     Cancel {
         /// Agent id.
@@ -300,6 +304,11 @@ impl Machine {
         }
         self.dirty_lazy.retain(|pos| !items.contains(pos));
         self.dirty_bytes.retain(|pos| !items.contains(pos));
+        for &pos in &items {
+            let item = &mut self.items[pos];
+            let agent = item.status.agent.clone().filter(|_| item.is_running());
+            item.stored_run = agent.map(|agent| (item.status.attempt, agent));
+        }
         (items.into_iter().collect(), std::mem::replace(&mut self.dirty_session, false))
     }
 

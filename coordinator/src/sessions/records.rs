@@ -67,6 +67,8 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Resu
         }
         item.failed_attempts = record.failed_attempts;
         item.not_before_ms = record.not_before.as_ref().map_or(0, time::millis);
+        let running = item.status.agent.clone().filter(|_| item.is_running());
+        item.stored_run = running.map(|agent| (item.status.attempt, agent));
     }
     Ok(item)
 }

@@ -152,6 +152,11 @@ pub(crate) struct Item {
     pub(crate) restore_point: Option<Box<pb::RestorePoint>>,
     /// A cancel was sent for the running attempt.
     pub(crate) cancel_sent: bool,
+    /// The dispatch (attempt, agent) the last write of this item stored as running: sending
+    /// that dispatch again needs no write.
+    pub(crate) stored_run: Option<(u32, AgentId)>,
+    /// Refusals for now in a row: each doubles the pause before the next try.
+    pub(crate) refusals: u32,
 }
 
 impl Item {
@@ -166,6 +171,8 @@ impl Item {
             offline_since_ms: None,
             restore_point: None,
             cancel_sent: false,
+            stored_run: None,
+            refusals: 0,
         }
     }
 

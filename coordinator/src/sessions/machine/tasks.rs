@@ -3,8 +3,8 @@
 use sluice_proto::ids::AgentId;
 
 use super::{
-    CancelReason, Effect, ItemState, LateRestorePoint, Machine, Outcome, REFUSED_BACKOFF_MS,
-    TaskPhase,
+    CancelReason, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine, Outcome,
+    REFUSED_BACKOFF_MS, TaskPhase,
 };
 
 impl Machine {
@@ -25,13 +25,17 @@ impl Machine {
             self.fail_attempt(now_ms, pos, message);
             return;
         }
+        // Not written: etcd still holds the dispatch, and sending it again needs no write
+        // either (`stored_run`); only the pause grows with each refusal in a row.
         let item = &mut self.items[pos];
         item.status.attempt -= 1;
         item.status.state = ItemState::Pending;
         item.status.agent = None;
         item.status.waiting_reason = message;
-        item.not_before_ms = now_ms + REFUSED_BACKOFF_MS;
-        self.dirty_items.insert(pos);
+        let doublings = item.refusals.min(16);
+        item.refusals += 1;
+        let pause = (REFUSED_BACKOFF_MS << doublings).min(MAX_REFUSED_BACKOFF_MS);
+        item.not_before_ms = now_ms + pause;
         self.first_pending = self.first_pending.min(pos);
         if self.status.stop.is_some() {
             self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
@@ -49,6 +53,7 @@ impl Machine {
         let Some(pos) = self.running_position(index, attempt) else {
             return;
         };
+        self.items[pos].refusals = 0;
         let status = &mut self.items[pos].status;
         // Updates may arrive out of order (a RunTask answer after the stream's first events):
         // within an attempt, the phase and the bytes of a phase only move forward.
@@ -81,6 +86,7 @@ impl Machine {
             return;
         };
         effects.push(Effect::Ack { agent: reporter, index, attempt });
+        self.items[pos].refusals = 0;
         self.release_slot(pos, effects);
         match outcome.state {
             state @ (ItemState::Success | ItemState::Warning) => {

@@ -34,6 +34,37 @@ fn a_busy_agent_refusal_is_not_an_attempt() {
     assert_eq!(m.items[0].not_before_ms, 1 + REFUSED_BACKOFF_MS);
 }
 
+/// Finding 7: a refusal for now ("another attempt is still running", busy) is retried with a
+/// growing pause, and neither the refusal nor the same dispatch again costs a write: etcd
+/// still holds that dispatch.
+#[test]
+fn a_refused_dispatch_backs_off_without_writes() {
+    let mut m = machine(1, 1);
+    let mut pool = Pool::default();
+    let a1 = agents(&[("a1", 1)]);
+    let refused = Event::RunRefused {
+        index: 0,
+        attempt: 1,
+        transient: true,
+        message: "attempt 0 is still running".into(),
+    };
+    m.dispatch(0, &a1, &mut pool);
+    m.take_dirty(true, true);
+    let mut waits = Vec::new();
+    let mut now = 0;
+    for _ in 0..3 {
+        m.apply(now + 1, refused.clone());
+        pool.release("a1");
+        assert!(!m.has_urgent_changes() && !m.has_lazy_changes(), "a refusal writes nothing");
+        waits.push(m.items[0].not_before_ms - (now + 1));
+        now = m.items[0].not_before_ms;
+        m.dispatch(now, &a1, &mut pool);
+        assert_eq!(m.items[0].status.attempt, 1, "the same attempt");
+        assert!(!m.has_urgent_changes(), "the same dispatch again writes nothing");
+    }
+    assert!(waits[0] < waits[1] && waits[1] < waits[2], "growing pauses: {waits:?}");
+}
+
 #[test]
 fn updates_of_old_attempts_are_acknowledged_but_ignored() {
     let mut m = machine(1, 3);
