@@ -17,27 +17,39 @@ use crate::{error::Error, store::Store};
 
 const BACKOFF: Duration = Duration::from_millis(200);
 
-/// The session now, then after every stored change, until it stops or `shutdown`.
+/// The session now, then after every stored change, until it stops or `shutdown`. When etcd
+/// has compacted the revisions the watch was to start from (it cancels such a watch), the
+/// session is read again and followed from the revision of that read.
 pub(crate) fn watch_session(
     store: Store,
     id: String,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<pb::SessionEvent, Status>> {
     async_stream::try_stream! {
-        let (mut view, mut revision) = persist::load_at(&store, &id)
-            .await?
-            .ok_or_else(|| Error::SessionNotFound { session: id.clone() })?;
+        let (mut view, mut revision) = load(&store, &id).await?;
         yield event(&view);
         while !view.is_stopped() {
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut stream = store.watcher().watch(store.keys().session(&id), Some(options)).await.map_err(Error::from)?;
+            let mut watcher = store.watcher();
+            let watch = watcher.watch(store.keys().session(&id), Some(options));
+            let mut stream = watch.await.map_err(Error::from)?;
             loop {
                 let response = tokio::select! {
                     _ = shutdown.cancelled() => Err(Status::from(Error::ShuttingDown)),
                     response = stream.message() => response.map_err(|e| Status::from(Error::from(e))),
                 }?;
-                let Some(response) = response else { break };
+                let Some(response) = response else {
+                    pause(&shutdown).await?;
+                    break;
+                };
                 if response.canceled() {
+                    if response.compact_revision() > 0 {
+                        debug!(session = %id, revision, "watched revisions compacted; reading again");
+                        (view, revision) = load(&store, &id).await?;
+                        yield event(&view);
+                    } else {
+                        pause(&shutdown).await?;
+                    }
                     break;
                 }
                 apply_changes(&store, &id, (&mut view, &mut revision), &response)?;
@@ -47,6 +59,20 @@ pub(crate) fn watch_session(
                 }
             }
         }
+    }
+}
+
+/// The session and the revision it was read at.
+async fn load(store: &Store, id: &str) -> Result<(SessionView, i64), Status> {
+    let loaded = persist::load_at(store, id).await?;
+    Ok(loaded.ok_or_else(|| Error::SessionNotFound { session: id.to_string() })?)
+}
+
+/// A short pause before a watch that ended is opened again (never a tight loop).
+async fn pause(shutdown: &CancellationToken) -> Result<(), Status> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(Status::from(Error::ShuttingDown)),
+        _ = tokio::time::sleep(BACKOFF) => Ok(()),
     }
 }
 

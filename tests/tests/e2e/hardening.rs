@@ -20,6 +20,7 @@ use sluice_tests::{
     fixtures::expect_ok,
     jobs::{JobBuilder, computer_item, vm_job},
     ownership::{AGENT_TTL, RATE_LIMIT, Vms, wait_log_line, wait_mid_transfer},
+    proxy::Proxy,
     stops::signal,
     tasks::{agent_clients, wait_agent_tasks},
     wait_for,
@@ -158,6 +159,15 @@ async fn a_stop_written_during_a_takeover_is_applied_before_any_dispatch() {
         );
     }
     assert_eq!((ended.result(), ended.canceled), (SessionResult::Failed, true));
+}
+
+/// Waits until coordinator `id` holds a lease (it is listed as a member).
+async fn wait_member(admin: &sluice_tests::api::Admin, id: &str) {
+    let check = || async {
+        let listed = list_coordinators(admin).await?;
+        if listed.iter().any(|c| c.id == id) { Ok(()) } else { Err(format!("{listed:?}")) }
+    };
+    wait_for(check, PATIENCE, &format!("{id} to hold a lease")).await;
 }
 
 /// The lease id of a coordinator, from its lease-bound membership key.
@@ -313,4 +323,41 @@ async fn a_restore_point_committed_after_its_session_ended_is_catalogued_and_ack
     let listed = restore_points(&jobs, "late").await;
     assert_eq!(listed.len(), 1, "the late restore point is catalogued: {listed:?}");
     assert_eq!(listed[0].session_id, started.id);
+}
+
+/// Finding 12: a WatchSession whose etcd watch starts at a revision compacted meanwhile reads
+/// the session again and goes on (it used to re-watch the compacted revision in a loop and
+/// never deliver again). The coordinator's etcd link is slowed so that the compaction lands
+/// between its read of the session and its watch request.
+#[tokio::test]
+async fn watch_session_goes_on_after_its_revision_was_compacted() {
+    let mut cluster = Cluster::builder().coordinators(0).lease_ttl(6).start().await;
+    let link = Proxy::to_url(cluster.etcd_url());
+    cluster.add_coordinator_with_etcd(&link.url()).await;
+    let mut jobs = cluster.job_client().await;
+    wait_member(&cluster.cluster_client().await, "c1").await;
+    let started = create_and_start(&mut jobs, &vm_job("watched", 1)).await;
+
+    link.delay(Duration::from_millis(300));
+    let request = pb::WatchSessionRequest { session_id: started.id.clone() };
+    let mut stream = expect_ok(jobs.watch_session(request).await, "WatchSession");
+    let first = stream.message().await.expect("the first snapshot").expect("a snapshot");
+    assert_eq!(first.session.map(|s| s.id), Some(started.id.clone()));
+    let mut etcd = cluster.etcd_client().await;
+    let noise = format!("{}/noise", cluster.prefix());
+    let put = etcd.put(noise.as_str(), "x", None).await.expect("put");
+    let revision = put.header().map_or(0, |h| h.revision());
+    etcd.compact(revision, None).await.expect("compact etcd");
+    link.delay(Duration::ZERO);
+
+    expect_ok(stop_job(&mut jobs, "watched", StopMode::Immediate, "ops").await, "StopJob");
+    let follow = async {
+        while let Some(event) = stream.message().await.expect("the stream goes on") {
+            if event.session.is_some_and(|s| s.state() == SessionState::Stopped) {
+                return;
+            }
+        }
+        panic!("WatchSession ended before the session stopped");
+    };
+    tokio::time::timeout(PATIENCE, follow).await.expect("WatchSession delivers the stop");
 }
