@@ -12,7 +12,7 @@ use sluice_proto::{
     time,
 };
 
-pub(crate) use self::wire::{item_status, item_status_record, stop_from, timestamp};
+pub(crate) use self::wire::{bounded, item_status, item_status_record, stop_from, timestamp};
 use self::wire::{session_status, stop_request};
 use super::{
     machine::{Event, Item, Machine, Retry},

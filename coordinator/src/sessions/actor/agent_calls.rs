@@ -23,6 +23,7 @@ use crate::{
         late,
         machine::{CancelReason, Dispatch, Event, Outcome},
         outbox::Ack,
+        records,
     },
 };
 
@@ -108,7 +109,8 @@ impl SessionActor {
                 || refusal == Some(Refusal::Draining);
         let invalid = matches!(status.code(), Code::InvalidArgument | Code::Unimplemented);
         if definitive || invalid {
-            let message = format!("agent {agent} refused the task: {}", status.message());
+            let message =
+                records::bounded(format!("agent {agent} refused the task: {}", status.message()));
             self.apply(Event::RunRefused { index, attempt, transient: !invalid, message });
             return;
         }

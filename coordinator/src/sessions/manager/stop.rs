@@ -29,6 +29,7 @@ impl Sessions {
         peer: String,
     ) -> Result<pb::Session> {
         let mode = stop_mode(request.mode)?;
+        check_requested_by(&request.requested_by)?;
         let id = self.resolve(&request.job, &request.session_id).await?;
         // Only the record: the stop must not wait for a read of every item.
         let record = self.record(&id).await?;
@@ -50,6 +51,7 @@ impl Sessions {
         requested_by: String,
     ) -> Result<Vec<pb::Session>> {
         stop_mode(mode)?;
+        check_requested_by(&requested_by)?;
         let mut stopped = Vec::new();
         let mut failures = Vec::new();
         for (_, id) in persist::active_sessions(self.store()).await? {
@@ -96,6 +98,18 @@ impl Sessions {
             false => Err(Error::JobNotFound { job: job.into() }),
         }
     }
+}
+
+/// Most bytes of who asked for a stop (it is stored in the session).
+const MAX_REQUESTED_BY: usize = 256;
+
+fn check_requested_by(requested_by: &str) -> Result<()> {
+    if requested_by.len() > MAX_REQUESTED_BY {
+        let reason =
+            format!("must be at most {MAX_REQUESTED_BY} bytes, got {}", requested_by.len());
+        return Err(Error::invalid("requested_by", reason));
+    }
+    Ok(())
 }
 
 fn stop_mode(raw: i32) -> Result<StopMode> {
