@@ -104,6 +104,19 @@ impl Store {
             .collect()
     }
 
+    /// Reads and decodes every key under a prefix, in the order etcd created the keys (their
+    /// create revisions: commit order, whatever the clocks of those who wrote them say).
+    pub(crate) async fn list_in_commit_order<M: Message + Default>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<M>> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.kv().get(prefix, Some(options)).await?;
+        let mut kvs: Vec<&KeyValue> = response.kvs().iter().collect();
+        kvs.sort_by_key(|kv| (kv.create_revision(), kv.key().to_vec()));
+        kvs.into_iter().map(|kv| Ok(decode_kv(kv)?.value)).collect()
+    }
+
     /// Reads many single keys in as few requests as etcd's op limit allows (one txn of reads
     /// per `MAX_READS_PER_TXN`, all at one revision each); `None` for a key that is absent.
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {

@@ -31,8 +31,9 @@ use crate::{error::Result, membership};
 /// Longest an agent gets to delete folders or collect garbage.
 const AGENT_CALL: Duration = Duration::from_secs(300);
 
-/// The restore points to delete so that each item keeps its `keep` newest (by `created_at`,
-/// then id); none when `keep` is 0.
+/// The restore points to delete so that each item keeps its `keep` newest; none when `keep`
+/// is 0. `restore_points` come in commit order (their catalog entries' create revisions),
+/// which alone decides what is newest: never the agents' clocks (`created_at`).
 pub(crate) fn choose_deletions(
     restore_points: &[pb::RestorePoint],
     keep: u32,
@@ -45,12 +46,9 @@ pub(crate) fn choose_deletions(
         by_item.entry(rp.item.as_str()).or_default().push(rp);
     }
     let mut deletions = Vec::new();
-    for (_, mut rps) in by_item {
-        rps.sort_by_key(|rp| {
-            let created = rp.created_at.as_ref().map_or(0, time::millis);
-            std::cmp::Reverse((created, rp.id.clone()))
-        });
-        deletions.extend(rps.into_iter().skip(keep as usize).cloned());
+    for (_, rps) in by_item {
+        let older = rps.len().saturating_sub(keep as usize);
+        deletions.extend(rps.into_iter().take(older).cloned());
     }
     deletions
 }
@@ -74,8 +72,7 @@ impl RestorePoints {
         if job.value.keep_restore_points == 0 {
             return Ok(0);
         }
-        let catalog = self.store.list::<pb::RestorePoint>(&keys.restore_points(job_name)).await?;
-        let all: Vec<pb::RestorePoint> = catalog.into_iter().map(|(_, rp)| rp).collect();
+        let all = self.store.list_in_commit_order(&keys.restore_points(job_name)).await?;
         let mut marked = Vec::new();
         for rp in choose_deletions(&all, job.value.keep_restore_points) {
             let id = rp.id.clone();
@@ -264,22 +261,24 @@ mod tests {
 
     #[test]
     fn each_item_keeps_its_newest_restore_points() {
-        let all = [
+        let in_commit_order = [
             rp("a", "s1-0", 10),
             rp("b", "s1-1", 10),
-            rp("a", "s3-0", 30),
             rp("a", "s2-0", 20),
+            rp("a", "s3-0", 30),
             rp("b", "s3-1", 30),
         ];
-        assert_eq!(ids(choose_deletions(&all, 2)), vec!["s1-0"]);
-        assert_eq!(ids(choose_deletions(&all, 1)), vec!["s2-0", "s1-0", "s1-1"]);
-        assert_eq!(ids(choose_deletions(&all, 0)), Vec::<String>::new(), "0 keeps all");
-        assert_eq!(ids(choose_deletions(&all, 3)), Vec::<String>::new());
+        assert_eq!(ids(choose_deletions(&in_commit_order, 2)), vec!["s1-0"]);
+        assert_eq!(ids(choose_deletions(&in_commit_order, 1)), vec!["s1-0", "s2-0", "s1-1"]);
+        assert_eq!(ids(choose_deletions(&in_commit_order, 0)), Vec::<String>::new(), "0 keeps all");
+        assert_eq!(ids(choose_deletions(&in_commit_order, 3)), Vec::<String>::new());
     }
 
+    /// Finding 13: which restore points are the newest is the order etcd committed them in
+    /// (the order given), never the agents' clocks.
     #[test]
-    fn ties_in_time_keep_the_greater_id() {
-        let all = [rp("a", "s1-0", 10), rp("a", "s2-0", 10)];
-        assert_eq!(ids(choose_deletions(&all, 1)), vec!["s1-0"]);
+    fn the_newest_are_the_last_committed_whatever_the_agents_clocks_say() {
+        let in_commit_order = [rp("a", "s1-0", 30), rp("a", "s2-0", 10), rp("a", "s3-0", 20)];
+        assert_eq!(ids(choose_deletions(&in_commit_order, 2)), vec!["s1-0"]);
     }
 }
