@@ -27,3 +27,10 @@ pub(crate) async fn lease(store: &Store, ttl: i64) -> i64 {
     let granted = store.client().lease_grant(ttl, None).await;
     granted.unwrap_or_else(|e| panic!("cannot grant a lease: {e}")).id()
 }
+
+/// A store on the etcd at `url` with its own call timeout, under a new prefix.
+pub(crate) async fn store_with_timeout(url: &str, timeout: Duration) -> Store {
+    Store::connect(&[url.to_string()], &unique_prefix(), timeout)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to etcd at {url}: {e}"))
+}
