@@ -2,8 +2,9 @@
 # A local Sluice cluster and a guided demo, on one Debian machine.
 #
 #   bash deploy/local-cluster.sh          install what is missing, build, start etcd, 2 coordinators
-#                                         and 2 agents, back up 6 demo VMs, show a graceful and an
-#                                         immediate stop, then stop everything it started
+#                                         (each with its web console) and 2 agents, back up 6 demo
+#                                         VMs, show a graceful and an immediate stop and the
+#                                         metrics, then stop everything it started
 #   KEEP=1 bash deploy/local-cluster.sh   the same, but leave the cluster running afterwards
 #   bash deploy/local-cluster.sh stop     stop a cluster left running by KEEP=1
 #
@@ -30,6 +31,9 @@ ETCD_CLIENT_PORT=23790
 ETCD_PEER_PORT=23800
 ETCD_URL="http://127.0.0.1:$ETCD_CLIENT_PORT"
 COORDINATOR_PORTS=(7400 7401)
+# The console, the HTTP API and /metrics of each coordinator (--http-listen).
+HTTP_PORTS=(7480 7481)
+CONSOLE_URL="http://127.0.0.1:${HTTP_PORTS[0]}/"
 AGENT_PORTS=(7500 7501)
 ENDPOINTS="http://127.0.0.1:7400,http://127.0.0.1:7401"
 TRANSFER_RATE_LIMIT=10000000
@@ -225,10 +229,12 @@ build() {
 
 check_ports_free() {
     local port
-    for port in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "${COORDINATOR_PORTS[@]}" "${AGENT_PORTS[@]}"; do
+    for port in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "${COORDINATOR_PORTS[@]}" "${HTTP_PORTS[@]}" \
+        "${AGENT_PORTS[@]}"; do
         if port_open "$port"; then
             die "port 127.0.0.1:$port is already in use; the local cluster needs" \
-                "$ETCD_CLIENT_PORT, $ETCD_PEER_PORT, ${COORDINATOR_PORTS[*]} and ${AGENT_PORTS[*]}"
+                "$ETCD_CLIENT_PORT, $ETCD_PEER_PORT, ${COORDINATOR_PORTS[*]}, ${HTTP_PORTS[*]}" \
+                "and ${AGENT_PORTS[*]}"
         fi
     done
 }
@@ -256,6 +262,7 @@ start_coordinators() {
         start "$id" "$BIN_DIR/sluice-coordinator" \
             --etcd "$ETCD_URL" \
             --listen "127.0.0.1:${COORDINATOR_PORTS[i]}" \
+            --http-listen "127.0.0.1:${HTTP_PORTS[i]}" \
             --id "$id" \
             --lease-ttl 5
     done
@@ -263,6 +270,16 @@ start_coordinators() {
         id="coord-$((i + 1))"
         wait_until "$id on 127.0.0.1:${COORDINATOR_PORTS[i]}" "$id" listening "$id"
     done
+    note "console: open $CONSOLE_URL (or http://127.0.0.1:${HTTP_PORTS[1]}/: any coordinator)"
+}
+
+# Prints /metrics of the first coordinator (curl if installed, else bash's /dev/tcp).
+metrics() {
+    if command -v curl >/dev/null; then
+        curl -s "${CONSOLE_URL}metrics"
+    else
+        http_get "${HTTP_PORTS[0]}" /metrics
+    fi
 }
 
 start_agents() {
@@ -276,6 +293,7 @@ start_agents() {
             --id "$id" \
             --slots 2 \
             --state-dir "$RUN_DIR/$id" \
+            --repository-root "$RUN_DIR/repo" --restore-root "$RUN_DIR/restores" \
             --transfer-rate-limit "$TRANSFER_RATE_LIMIT"
     done
     for i in "${!AGENT_PORTS[@]}"; do
@@ -397,6 +415,14 @@ demo() {
     log "Restore points: the stops kept every restore point made before them"
     run restore-point list "$JOB"
     run agent list
+
+    log "Metrics: what Prometheus scrapes from every coordinator (here the first)"
+    printf '\n$ curl -s %smetrics | grep sluice_job_last_success\n' "$CONSOLE_URL"
+    metrics | grep sluice_job_last_success || die "no sluice_job_last_success metric at ${CONSOLE_URL}metrics"
+    note "alert when a job had no successful session for a day:"
+    note "  time() - max by (job) (sluice_job_last_success_timestamp_seconds) > 86400"
+    printf '\n$ curl -s %smetrics | grep -E "^sluice_(sessions_total|bytes_transferred_total)"\n' "$CONSOLE_URL"
+    metrics | grep -E '^sluice_(sessions_total|bytes_transferred_total)' || true
 }
 
 print_usage() {
@@ -405,6 +431,9 @@ print_usage() {
 The local cluster keeps running (KEEP=1):
     etcd           $ETCD_URL (data in deploy/run/etcd)
     coordinators   $ENDPOINTS
+    console        $CONSOLE_URL (also http://127.0.0.1:${HTTP_PORTS[1]}/; JSON API under /api/v1,
+                   metrics at /metrics). From another machine: ssh -L ${HTTP_PORTS[0]}:127.0.0.1:${HTTP_PORTS[0]} THIS_HOST,
+                   then open $CONSOLE_URL there
     agents         proxy-1 127.0.0.1:${AGENT_PORTS[0]}, proxy-2 127.0.0.1:${AGENT_PORTS[1]}
     logs           deploy/run/*.log
     repository     deploy/run/repo
@@ -456,6 +485,7 @@ main() {
 
     demo
     log "Demo complete"
+    note "the console: $CONSOLE_URL (KEEP=1 leaves the cluster running to look at it)"
 }
 
 trap on_exit EXIT

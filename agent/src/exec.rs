@@ -4,9 +4,9 @@
 //! `CLEANUP` always runs, also after an error or a cancel.
 
 pub(crate) mod computer;
-pub(crate) mod qemu;
+pub(crate) mod qmp;
 mod sim;
-mod vm;
+pub(crate) mod vm;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -23,6 +23,11 @@ use crate::key::{self, TaskId, TaskNames};
 use crate::repository::{Identity, RepoPaths};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Longest outcome message an agent journals and reports: coordinators store it with the
+/// item in etcd, so one message must not approach a request's size limit.
+pub const MAX_OUTCOME_MESSAGE_BYTES: usize = 4096;
+/// Ends a message cut to [`MAX_OUTCOME_MESSAGE_BYTES`].
+const CUT_MARK: &str = "… (cut)";
 
 /// A change an executor reports about its task.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +41,29 @@ pub enum Update {
         /// Bytes to copy in all.
         total: u64,
     },
+    /// Bytes read from the source and written to the repository so far (sent with
+    /// progress by executors that count them).
+    Counters {
+        /// Bytes read from the source.
+        read: u64,
+        /// Bytes written to the repository.
+        transferred: u64,
+    },
     /// The task ended; its journal entry already holds the outcome.
     Finished(pb::TaskOutcome),
+}
+
+/// How far a transfer is: processed out of total, read and transferred.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Volumes {
+    /// Bytes of the source processed.
+    pub(crate) done: u64,
+    /// Bytes of the source to process in all.
+    pub(crate) total: u64,
+    /// Bytes read from the source.
+    pub(crate) read: u64,
+    /// Bytes written to the repository.
+    pub(crate) transferred: u64,
 }
 
 /// Sends a task's updates, at most about four progress updates per second.
@@ -61,12 +87,27 @@ impl Reporter {
 
     /// Reports progress; drops it when the last one is too recent, unless it is complete.
     pub(crate) async fn progress(&mut self, done: u64, total: u64) {
+        if self.due(done, total) {
+            self.send(Update::Progress { done, total }).await;
+        }
+    }
+
+    /// Reports progress with the bytes read and transferred, throttled as [`Self::progress`].
+    pub(crate) async fn volumes(&mut self, volumes: Volumes) {
+        if self.due(volumes.done, volumes.total) {
+            let Volumes { done, total, read, transferred } = volumes;
+            self.send(Update::Progress { done, total }).await;
+            self.send(Update::Counters { read, transferred }).await;
+        }
+    }
+
+    fn due(&mut self, done: u64, total: u64) -> bool {
         let recent = self.last_progress.is_some_and(|at| at.elapsed() < PROGRESS_EVERY);
         if recent && done < total {
-            return;
+            return false;
         }
         self.last_progress = Some(Instant::now());
-        self.send(Update::Progress { done, total }).await;
+        true
     }
 
     /// Reports the outcome.
@@ -121,7 +162,7 @@ pub struct TaskContext {
     pub cancel: CancelSignal,
     /// Where updates go.
     pub reporter: Reporter,
-    /// Transfer rate limit in bytes per second (VM: `qemu-img convert -r`; computer: reads).
+    /// Transfer rate limit in bytes per second (VM: the block jobs' `speed`; computer: reads).
     pub rate_limit: Option<u64>,
     /// Sessions with a task running on this agent (their snapshots are not leftovers).
     pub running_sessions: watch::Receiver<BTreeSet<SessionId>>,
@@ -148,6 +189,20 @@ pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
         (None, Some(Target::Computer(computer))) => computer::run(ctx, &computer).await,
         (None, None) => failed("task has no target".to_owned()),
     }
+}
+
+/// The outcome with its message cut to [`MAX_OUTCOME_MESSAGE_BYTES`] on a character
+/// boundary, ending with a mark that says so.
+pub(crate) fn bounded(mut outcome: pb::TaskOutcome) -> pb::TaskOutcome {
+    if outcome.message.len() > MAX_OUTCOME_MESSAGE_BYTES {
+        let mut end = MAX_OUTCOME_MESSAGE_BYTES - CUT_MARK.len();
+        while !outcome.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        outcome.message.truncate(end);
+        outcome.message.push_str(CUT_MARK);
+    }
+    outcome
 }
 
 /// A failed outcome.
@@ -196,6 +251,7 @@ pub(crate) fn restore_point(
         created_at,
         size_bytes,
         path: paths.final_dir.display().to_string(),
+        ..Default::default()
     }
 }
 

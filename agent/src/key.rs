@@ -1,5 +1,7 @@
 //! Identity of a task and checks of the task specs coordinators send.
 
+use std::path::{Component, Path};
+
 use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::job::JobError;
 use sluice_proto::pb::{self, job_item::Target};
@@ -14,10 +16,9 @@ pub use sluice_proto::ids::TaskId;
 pub trait TaskNames {
     /// File name of its journal entry.
     fn file_name(&self) -> String;
-    /// Id of the restore point the task commits: `<session>-<index>`.
+    /// Id of the restore point the task commits: `<session>-<index>` for the first attempt,
+    /// `<session>-<index>-a<attempt>` for a retry.
     fn restore_point_id(&self) -> String;
-    /// Name of the VM snapshots the task takes: `sluice-<session>`.
-    fn snapshot_name(&self) -> String;
 }
 
 impl TaskNames for TaskId {
@@ -25,12 +26,13 @@ impl TaskNames for TaskId {
         format!("{}.{}.{}.pb", self.session, self.index, self.attempt)
     }
 
+    /// Attempts never share a folder: an earlier attempt that an agent partitioned away went
+    /// on with may still commit.
     fn restore_point_id(&self) -> String {
-        format!("{}-{}", self.session, self.index)
-    }
-
-    fn snapshot_name(&self) -> String {
-        format!("{SNAPSHOT_PREFIX}{}", self.session)
+        match self.attempt {
+            0 | 1 => format!("{}-{}", self.session, self.index),
+            attempt => format!("{}-{}-a{attempt}", self.session, self.index),
+        }
     }
 }
 
@@ -39,7 +41,8 @@ pub(crate) fn item_name(spec: &pb::TaskSpec) -> &str {
     spec.item.as_ref().map(|item| item.name.as_str()).unwrap_or_default()
 }
 
-/// Prefix of every snapshot Sluice takes.
+/// Prefix of the internal snapshots that agents before change tracking took (and may have
+/// left on disks when they crashed).
 pub(crate) const SNAPSHOT_PREFIX: &str = "sluice-";
 
 /// Checks a session id by the coordinator's name rules (1-64 characters of `[a-z0-9._-]`, not
@@ -73,6 +76,9 @@ pub fn validate_spec(spec: &pb::TaskSpec) -> Result<(TaskId, Epoch), AgentError>
         return Err(AgentError::invalid("task.key.attempt", "must be at least 1"));
     }
     let epoch = epoch("task.epoch", spec.epoch)?;
+    sluice_proto::job::validate_name("task.key", &id.restore_point_id()).map_err(|_| {
+        AgentError::invalid("task.key", "session id too long to name the restore point")
+    })?;
     sluice_proto::job::validate_name("task.job", &spec.job)
         .map_err(|e| AgentError::invalid("task.job", e.to_string()))?;
     let item = spec.item.as_ref().ok_or_else(|| AgentError::invalid("task.item", "is required"))?;
@@ -100,6 +106,9 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
         None => return Err(AgentError::invalid("task.item.target", "needs a vm or computer")),
         Some(Target::Vm(vm)) => {
             validate_disks(&vm.disks)?;
+            if !vm.qmp_socket.is_empty() {
+                validate_absolute("task.item.vm.qmp_socket", std::slice::from_ref(&vm.qmp_socket))?;
+            }
             spec.sim_duration_ms.is_none()
         }
         Some(Target::Computer(computer)) => {
@@ -109,6 +118,10 @@ fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), A
     };
     if needs_repository && !spec.repository.starts_with('/') {
         return Err(AgentError::invalid("task.repository", "must be an absolute path"));
+    }
+    let climbs = Path::new(&spec.repository).components().any(|c| c == Component::ParentDir);
+    if needs_repository && (climbs || spec.repository.contains('\0')) {
+        return Err(AgentError::invalid("task.repository", "must not contain '..' or NUL"));
     }
     Ok(())
 }
@@ -154,7 +167,10 @@ mod tests {
             job_type: pb::JobType::VmBackup as i32,
             item: Some(pb::JobItem {
                 name: "vm1".into(),
-                target: Some(Target::Vm(pb::VmTarget { disks: vec!["/d/a.qcow2".into()] })),
+                target: Some(Target::Vm(pb::VmTarget {
+                    disks: vec!["/d/a.qcow2".into()],
+                    ..Default::default()
+                })),
             }),
             repository: "/repo".into(),
             sim_duration_ms: None,
@@ -174,7 +190,8 @@ mod tests {
         let (id, epoch) = validate_spec(&spec()).expect("valid");
         assert_eq!(epoch.get(), 1);
         assert_eq!(id.restore_point_id(), "s1-0");
-        assert_eq!(id.snapshot_name(), "sluice-s1");
+        let retry = TaskId { attempt: 12, ..id };
+        assert_eq!(retry.restore_point_id(), "s1-0-a12", "each attempt its own restore point");
     }
 
     #[test]
@@ -188,6 +205,10 @@ mod tests {
         let mut bad = spec();
         bad.key = Some(pb::TaskKey { session_id: "s".into(), item_index: 0, attempt: 0 });
         assert_eq!(field_of(&bad), "task.key.attempt");
+        let mut bad = spec();
+        let long = "s".repeat(62);
+        bad.key = Some(pb::TaskKey { session_id: long, item_index: 10, attempt: 1 });
+        assert_eq!(field_of(&bad), "task.key", "its restore point id would pass 64 characters");
         let mut bad = spec();
         bad.epoch = 0;
         assert_eq!(field_of(&bad), "task.epoch");
@@ -218,5 +239,7 @@ mod tests {
         assert_eq!(field_of(&computer(&["/home", "etc"])), "task.item.computer.paths[1]");
         let relative_repository = pb::TaskSpec { repository: "repo".into(), ..computer(&["/a"]) };
         assert_eq!(field_of(&relative_repository), "task.repository");
+        let climbing = pb::TaskSpec { repository: "/srv/../etc".into(), ..computer(&["/a"]) };
+        assert_eq!(field_of(&climbing), "task.repository");
     }
 }

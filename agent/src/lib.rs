@@ -17,14 +17,17 @@ mod heartbeat;
 pub mod journal;
 pub mod key;
 mod orphans;
+mod qemu_img;
 pub mod recovery;
 mod repository;
 mod restore_points;
+mod roots;
 mod server;
 mod service;
 mod settings;
 mod tasks;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::pb;
@@ -40,6 +43,7 @@ pub use settings::Settings;
 use crate::drain::Drainer;
 use crate::heartbeat::Heartbeater;
 use crate::journal::Journal;
+use crate::roots::Roots;
 use crate::service::AgentApi;
 use crate::tasks::{TasksConfig, TasksHandle};
 
@@ -68,17 +72,25 @@ pub async fn run(
     drain: CancellationToken,
 ) -> Result<(), AgentError> {
     settings.validate()?;
+    let roots =
+        Arc::new(Roots::new(settings.repository_root.clone(), settings.restore_root.clone()));
+    roots.warn_if_open();
+    if settings.enable_sim_executor {
+        warn!(
+            "sim executor enabled: sim tasks commit restore points without data (load tests only)"
+        );
+    }
     let address = advertised_address(&settings, &listener)?;
     let heartbeater = Heartbeater::new(&settings, address.clone())?;
     let journal = Journal::open(&settings.state_dir)?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
-    let config = tasks_config(&settings, journal, tracker.clone());
+    let config = tasks_config(&settings, journal, tracker.clone(), roots.clone());
     let tasks = TasksHandle::spawn(config, recovered.epochs, recovered.finished);
     let left = CancellationToken::new();
     let drainer = Drainer::new(tasks.clone(), left.clone());
     let server_stop = CancellationToken::new();
-    let api = AgentApi::new(tasks.clone(), drainer.clone(), server_stop.clone());
+    let api = AgentApi::new(tasks.clone(), drainer.clone(), roots, server_stop.clone());
     let mut server = tokio::spawn(server::serve(api, listener, server_stop.clone()));
     let (beats, beats_stop) = spawn_heartbeats(heartbeater, &tasks);
     info!(id = settings.id, %address, "agent started");
@@ -97,12 +109,19 @@ pub async fn run(
     served.map_err(|e| AgentError::Internal(format!("server task failed: {e}")))?
 }
 
-fn tasks_config(settings: &Settings, journal: Journal, tracker: TaskTracker) -> TasksConfig {
+fn tasks_config(
+    settings: &Settings,
+    journal: Journal,
+    tracker: TaskTracker,
+    roots: Arc<Roots>,
+) -> TasksConfig {
     TasksConfig {
         agent_id: settings.id.clone(),
         computer: settings.computer_name().to_owned(),
         slots: usize::try_from(settings.slots).unwrap_or(usize::MAX),
         rate_limit: settings.transfer_rate_limit,
+        sim_executor: settings.enable_sim_executor,
+        roots,
         journal,
         tracker,
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use clap::builder::BoolishValueParser;
 use serde::Serialize;
 use sluice_agent::Settings;
 use sluice_proto::{config, telemetry};
@@ -47,7 +48,7 @@ struct Flags {
     #[arg(long, env = "SLUICE_HEARTBEAT_TTL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_ttl: Option<u32>,
-    /// Transfer rate limit in bytes per second (VM: qemu-img convert -r; computer: reads).
+    /// Transfer rate limit in bytes per second (VM: the block jobs' speed; computer: reads).
     #[arg(long, env = "SLUICE_TRANSFER_RATE_LIMIT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer_rate_limit: Option<u64>,
@@ -59,6 +60,21 @@ struct Flags {
     #[arg(long, env = "SLUICE_DRAIN_DEADLINE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_deadline: Option<u32>,
+    /// Runs sim tasks (load tests and benchmarks only: they commit restore points without
+    /// data); without it the agent refuses them.
+    #[arg(long, env = "SLUICE_ENABLE_SIM_EXECUTOR", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    enable_sim_executor: bool,
+    /// A folder repositories must lie under (repeatable; comma-separated in the variable).
+    /// Without any, repositories at any absolute path are accepted.
+    #[arg(long, env = "SLUICE_REPOSITORY_ROOT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    repository_root: Vec<PathBuf>,
+    /// A folder restores must write under (repeatable; comma-separated in the variable).
+    /// Without any, restores into any absolute path are accepted.
+    #[arg(long, env = "SLUICE_RESTORE_ROOT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    restore_root: Vec<PathBuf>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,4 +122,36 @@ async fn watch_signals(drain: CancellationToken, shutdown: CancellationToken) {
     next_signal().await;
     warn!("second signal received: stopping at once");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str], toml: &str) -> Settings {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        let base = "coordinators = \"http://a:1\"\nid = \"a1\"\nslots = 1\nstate-dir = \"/s\"\n";
+        std::fs::write(&file, format!("{base}{toml}")).expect("config");
+        let flags = Flags::try_parse_from([&["sluice-agent"], args].concat()).expect("flags");
+        config::load(&flags, Some(&file)).expect("settings")
+    }
+
+    #[test]
+    fn the_sim_executor_is_off_unless_a_flag_or_the_file_turns_it_on() {
+        assert!(!settings(&[], "").enable_sim_executor);
+        assert!(settings(&["--enable-sim-executor"], "").enable_sim_executor);
+        assert!(settings(&[], "enable-sim-executor = true\n").enable_sim_executor);
+    }
+
+    #[test]
+    fn roots_repeat_and_flags_replace_the_files_list() {
+        let args = ["--repository-root", "/a", "--repository-root", "/b", "--restore-root", "/r"];
+        let given = settings(&args, "repository-root = [\"/file\"]\n");
+        assert_eq!(given.repository_root, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(given.restore_root, [PathBuf::from("/r")]);
+        let from_file = settings(&[], "repository-root = [\"/file\"]\n");
+        assert_eq!(from_file.repository_root, [PathBuf::from("/file")]);
+        assert!(from_file.restore_root.is_empty());
+    }
 }

@@ -1,7 +1,9 @@
 //! Child processes that outlived an agent killed with SIGKILL (`kill_on_drop` cannot run
-//! then): a `qemu-img convert` still writing into a task's partial folder holds the disk's
-//! write lock, so the snapshot cannot be removed and retries fail until it ends. Recovery
-//! finds such writers by the partial folder in their command line and kills them first.
+//! then). A `qemu-storage-daemon` of an offline VM backup holds the disks' write locks and
+//! their bitmaps: recovery finds it by its socket folder in its command line and asks it to
+//! exit with SIGTERM, so it saves the bitmaps (SIGKILL would leave them inconsistent, and
+//! the next backup full). Any other process still writing into a task's partial folder is
+//! killed.
 
 use std::{
     fs,
@@ -15,25 +17,48 @@ use tracing::{info, warn};
 /// How long to wait for killed writers to disappear.
 const REAP_WAIT: Duration = Duration::from_secs(5);
 const REAP_POLL: Duration = Duration::from_millis(20);
+/// How long a storage daemon gets to save its bitmaps and exit after SIGTERM.
+const DAEMON_WAIT: Duration = Duration::from_secs(10);
 
 /// Kills every process whose command line names a path under `partial`, and waits (bounded)
 /// until they are gone. Returns how many were killed.
 pub(crate) fn kill_writers(partial: &Path) -> usize {
-    let needle = partial.as_os_str().as_encoded_bytes();
-    let writers: Vec<i32> = pids().filter(|pid| cmdline_mentions(*pid, needle)).collect();
-    for pid in &writers {
-        match signal::kill(Pid::from_raw(*pid), signal::Signal::SIGKILL) {
-            Ok(()) => {
-                info!(pid, partial = %partial.display(), "killed a writer left by the previous agent")
-            }
-            Err(error) => warn!(pid, %error, "cannot kill a writer left by the previous agent"),
+    let writers = mentioning(partial.as_os_str().as_encoded_bytes());
+    signal_all(&writers, signal::Signal::SIGKILL, "writer");
+    wait_gone(&writers, REAP_WAIT);
+    writers.len()
+}
+
+/// Asks every process whose command line holds `marker` to exit (SIGTERM), waits (bounded)
+/// and kills what is left. Returns how many there were.
+pub(crate) fn stop_daemons(marker: &str) -> usize {
+    let daemons = mentioning(marker.as_bytes());
+    signal_all(&daemons, signal::Signal::SIGTERM, "storage daemon");
+    wait_gone(&daemons, DAEMON_WAIT);
+    let stuck: Vec<i32> = daemons.iter().copied().filter(|pid| alive(*pid)).collect();
+    signal_all(&stuck, signal::Signal::SIGKILL, "storage daemon that ignored SIGTERM");
+    wait_gone(&stuck, REAP_WAIT);
+    daemons.len()
+}
+
+fn mentioning(needle: &[u8]) -> Vec<i32> {
+    pids().filter(|pid| cmdline_mentions(*pid, needle)).collect()
+}
+
+fn signal_all(pids: &[i32], signal: signal::Signal, what: &str) {
+    for pid in pids {
+        match signal::kill(Pid::from_raw(*pid), signal) {
+            Ok(()) => info!(pid, %signal, "signalled a {what} left by the previous agent"),
+            Err(error) => warn!(pid, %error, "cannot signal a {what} left by the previous agent"),
         }
     }
-    let deadline = Instant::now() + REAP_WAIT;
-    while writers.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+}
+
+fn wait_gone(pids: &[i32], patience: Duration) {
+    let deadline = Instant::now() + patience;
+    while pids.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
         std::thread::sleep(REAP_POLL);
     }
-    writers.len()
 }
 
 fn pids() -> impl Iterator<Item = i32> {

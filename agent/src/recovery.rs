@@ -1,9 +1,12 @@
-//! Start-up: load the journal, close the tasks that were running when the agent died (VM and
-//! computer tasks: delete their partial folder, or adopt their restore point if it committed),
-//! and hunt leftover Sluice snapshots on the disks the journal names.
+//! Start-up: load the journal and close the tasks that were running when the agent died
+//! (VM and computer tasks: delete their partial folder, or adopt their restore point if it
+//! committed). A VM task's leftovers in QEMU go too: the storage daemon of an offline backup
+//! is asked to exit (it saves the disks' bitmaps), and a running VM's block jobs and target
+//! nodes of the task are cancelled and closed. Internal `sluice-` snapshots that agents
+//! before change tracking left on the offline disks the journal names are removed.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use sluice_proto::ids::{Epoch, SessionId};
@@ -11,10 +14,10 @@ use sluice_proto::pb::{self, job_item::Target};
 use tracing::{info, warn};
 
 use crate::error::AgentError;
-use crate::exec::{self, computer, qemu};
+use crate::exec::{self, computer, vm};
 use crate::fsutil::{self, blocking};
 use crate::journal::{Journal, JournalEntry};
-use crate::key::{SNAPSHOT_PREFIX, TaskId};
+use crate::key::{TaskId, TaskNames};
 use crate::repository::{Manifest, RepoPaths};
 use crate::tasks::runner::recovered_status;
 
@@ -30,7 +33,7 @@ pub struct Recovered {
     pub finished: Vec<pb::TaskStatus>,
 }
 
-/// Loads the journal, closes interrupted tasks and removes leftover snapshots.
+/// Loads the journal and closes interrupted tasks.
 pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     let loader = journal.clone();
     let entries = tokio::task::spawn_blocking(move || loader.load())
@@ -43,22 +46,25 @@ pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     let mut disks = BTreeSet::new();
     let mut finished = Vec::with_capacity(entries.len());
     for (id, mut entry) in entries {
-        disks.extend(vm_disks(&entry));
+        disks.extend(offline_disks(&entry));
         if entry.outcome.is_none() {
-            entry.outcome = Some(close_interrupted(&id, &entry).await);
+            entry.outcome = Some(exec::bounded(close_interrupted(&id, &entry).await));
             write(journal, &id, &entry).await?;
         }
         finished.extend(recovered_status(&entry));
     }
     info!(tasks = finished.len(), "journal loaded");
-    hunt_snapshots(&disks).await;
+    vm::remove_legacy_snapshots(&disks.into_iter().collect::<Vec<_>>()).await;
     Ok(Recovered { epochs, finished })
 }
 
-fn vm_disks(entry: &JournalEntry) -> Vec<PathBuf> {
+/// The disks of a VM task that names no QMP socket (nothing may hold them open).
+fn offline_disks(entry: &JournalEntry) -> Vec<PathBuf> {
     let target = entry.spec.as_ref().and_then(|s| s.item.as_ref()).and_then(|i| i.target.as_ref());
     match target {
-        Some(Target::Vm(vm)) if !is_sim(entry) => vm.disks.iter().map(PathBuf::from).collect(),
+        Some(Target::Vm(vm)) if !is_sim(entry) && vm.qmp_socket.is_empty() => {
+            vm.disks.iter().map(PathBuf::from).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -88,7 +94,11 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
         return exec::failed(RESTARTED.to_owned());
     };
     let paths = RepoPaths::of_task(spec, id);
-    if let Some(outcome) = committed_outcome(spec, id, &paths).await {
+    let committed = committed_outcome(spec, id, &paths).await;
+    if let Some(Target::Vm(target)) = spec.item.as_ref().and_then(|item| item.target.as_ref()) {
+        vm::recover(spec, id, target, committed.is_some()).await;
+    }
+    if let Some(outcome) = committed {
         info!(task = %id, path = %paths.final_dir.display(), "task had committed before the agent stopped");
         return outcome;
     }
@@ -105,7 +115,7 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
 }
 
 /// The outcome of the task's restore point if it committed: its folder holds a manifest of
-/// the task's executor that names the task's session.
+/// the task's executor that names the task's session and restore point.
 async fn committed_outcome(
     spec: &pb::TaskSpec,
     id: &TaskId,
@@ -114,7 +124,8 @@ async fn committed_outcome(
     let folder = paths.final_dir.clone();
     let manifest =
         tokio::task::spawn_blocking(move || Manifest::read(&folder).ok()).await.ok()??;
-    if manifest.identity().session_id != id.session {
+    let named = manifest.identity();
+    if named.session_id != id.session || named.restore_point != id.restore_point_id() {
         return None;
     }
     match (spec.item.as_ref().and_then(|item| item.target.as_ref())?, manifest) {
@@ -124,36 +135,11 @@ async fn committed_outcome(
         (Target::Vm(_), Manifest::Vm(vm)) => {
             let size_bytes = vm.disks.iter().map(|disk| disk.size_bytes).sum();
             let created_at = prost_types::Timestamp::from_str(&vm.created_at).ok();
-            let restore_point = exec::restore_point(spec, id, paths, created_at, size_bytes);
+            let mut restore_point = exec::restore_point(spec, id, paths, created_at, size_bytes);
+            restore_point.set_kind(vm.kind.to_wire());
+            restore_point.parent_id = vm.parent.unwrap_or_default();
             Some(exec::committed(restore_point, String::new()))
         }
         _ => None,
-    }
-}
-
-/// Removes every `sluice-*` snapshot on the disks (no task runs yet at start-up).
-pub(crate) async fn hunt_snapshots(disks: &BTreeSet<PathBuf>) {
-    for disk in disks {
-        hunt_disk(disk).await;
-    }
-}
-
-async fn hunt_disk(disk: &Path) {
-    let image = match qemu::info(disk).await {
-        Ok(image) => image,
-        Err(error) => {
-            warn!(disk = %disk.display(), %error, "snapshot hunter cannot read disk");
-            return;
-        }
-    };
-    for snapshot in image.snapshots.iter().filter(|s| s.name.starts_with(SNAPSHOT_PREFIX)) {
-        match qemu::snapshot_delete(disk, &snapshot.name).await {
-            Ok(()) => {
-                info!(disk = %disk.display(), snapshot = snapshot.name, "leftover snapshot removed")
-            }
-            Err(error) => {
-                warn!(disk = %disk.display(), snapshot = snapshot.name, %error, "leftover snapshot removal failed")
-            }
-        }
     }
 }

@@ -5,26 +5,41 @@
 //!
 //! ```text
 //! <repository>/<job>/<item>/.partial-<rp_id>/  while a task writes; renamed at COMMIT to
-//! <repository>/<job>/<item>/<rp_id>/           the restore point (rp_id = <session>-<index>)
+//! <repository>/<job>/<item>/<rp_id>/           the restore point (rp_id = <session>-<index>,
+//!                                              <session>-<index>-a<attempt> for a retry)
 //!     manifest.json                            a VmManifest or a ComputerManifest
-//!     disk<i>.qcow2                            VM restore points: one per disk, i from 0
+//!     disk<i>.qcow2                            VM restore points: one per disk, i from 0;
+//!                                              an incremental one's reads through to
+//!                                              ../<parent>/disk<i>.qcow2
+//! <repository>/<job>/<item>/.merge.json        a retention merge under way (see merge.rs)
+//! <repository>/.locks/<job>/<item>/chain.lock  locked while the item's chains are read or
+//!                                              rewritten (see chain.rs)
 //! <repository>/.store/<aa>/<sha256>            computer file contents, shared by every job and
 //!                                              item of the repository (<aa>: first 2 chars)
+//! <repository>/.store/lock                     keeps backups and garbage collection apart
 //! ```
 //!
-//! Job names never start with '.', so no job folder can be the store; in an item folder, a
-//! name starting with '.' is never a restore point.
+//! Job names never start with '.', so no job folder can be the store or the locks; in an
+//! item folder, a name starting with '.' is never a restore point.
 
+pub(crate) mod chain;
 mod manifest;
+pub(crate) mod merge;
 mod paths;
 mod store;
 
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
 pub(crate) use manifest::{
-    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VmManifest, parse_time,
-    plain_file_name, rfc3339,
+    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VmKind, VmManifest,
+    parse_time, plain_file_name, rfc3339,
 };
 pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
-pub(crate) use store::{Store, Written, is_blob_name};
+pub(crate) use store::{Store, StoreLock, Written, is_blob_name};
 
 /// Name of the manifest file in a restore point folder.
 pub(crate) const MANIFEST: &str = "manifest.json";
@@ -34,3 +49,25 @@ pub(crate) const COMPUTER_FORMAT: &str = "sluice-computer-1";
 pub(crate) const STORE_DIR: &str = ".store";
 /// Prefix of a partial folder's name: `.partial-<rp_id>`.
 pub(crate) const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Size and SHA-256 (hex) of a file, fsynced first so what was hashed is durable.
+pub(crate) fn digest_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
+    file.sync_all()?;
+    let mut hasher = Sha256::new();
+    // Large reads: a disk file is gigabytes, and hashing it is most of a commit.
+    let mut buffer = vec![0u8; 4 * 1024 * 1024];
+    let mut size = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => {
+                hasher.update(&buffer[..read]);
+                size += read as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}

@@ -17,6 +17,7 @@ mod hash;
 mod location;
 mod restore;
 mod verify;
+mod vm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,7 @@
 //! `AgentService`: the gRPC face of the task actor and the drainer.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -12,6 +13,7 @@ use tracing::warn;
 
 use crate::drain::Drainer;
 use crate::restore_points::calls;
+use crate::roots::Roots;
 use crate::tasks::TasksHandle;
 
 /// Deadline of a drain request that names none.
@@ -22,13 +24,19 @@ const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(600);
 pub(crate) struct AgentApi {
     tasks: TasksHandle,
     drainer: Drainer,
+    roots: Arc<Roots>,
     shutdown: CancellationToken,
 }
 
 impl AgentApi {
     /// The service; its watch streams end when `shutdown` is cancelled.
-    pub(crate) fn new(tasks: TasksHandle, drainer: Drainer, shutdown: CancellationToken) -> Self {
-        Self { tasks, drainer, shutdown }
+    pub(crate) fn new(
+        tasks: TasksHandle,
+        drainer: Drainer,
+        roots: Arc<Roots>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { tasks, drainer, roots, shutdown }
     }
 }
 
@@ -100,28 +108,35 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::AgentVerifyRequest>,
     ) -> Result<Response<pb::VerifyRestorePointResponse>, Status> {
-        Ok(Response::new(calls::verify(request.into_inner()).await?))
+        Ok(Response::new(calls::verify(request.into_inner(), self.roots.clone()).await?))
     }
 
     async fn restore_restore_point(
         &self,
         request: Request<pb::AgentRestoreRequest>,
     ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
-        Ok(Response::new(calls::restore(request.into_inner()).await?))
+        Ok(Response::new(calls::restore(request.into_inner(), self.roots.clone()).await?))
     }
 
     async fn delete_restore_points(
         &self,
         request: Request<pb::DeleteRestorePointsRequest>,
     ) -> Result<Response<pb::DeleteRestorePointsResponse>, Status> {
-        Ok(Response::new(calls::delete(request.into_inner()).await?))
+        Ok(Response::new(calls::delete(request.into_inner(), self.roots.clone()).await?))
+    }
+
+    async fn merge_restore_point(
+        &self,
+        request: Request<pb::MergeRestorePointRequest>,
+    ) -> Result<Response<pb::MergeRestorePointResponse>, Status> {
+        Ok(Response::new(calls::merge(request.into_inner()).await?))
     }
 
     async fn collect_garbage(
         &self,
         request: Request<pb::CollectGarbageRequest>,
     ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
-        Ok(Response::new(calls::collect_garbage(request.into_inner()).await?))
+        Ok(Response::new(calls::collect_garbage(request.into_inner(), self.roots.clone()).await?))
     }
 }
 

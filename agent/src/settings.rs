@@ -33,7 +33,7 @@ pub struct Settings {
     /// Seconds after which the agent counts as lost without a heartbeat.
     #[serde(default = "default_ttl")]
     pub heartbeat_ttl: u32,
-    /// Transfer rate limit in bytes per second (VM: `qemu-img convert -r`; computer: reads).
+    /// Transfer rate limit in bytes per second (VM: the block jobs' `speed`; computer: reads).
     #[serde(default)]
     pub(crate) transfer_rate_limit: Option<u64>,
     /// Address announced to coordinators; defaults to `http://<bound addr>`.
@@ -42,6 +42,15 @@ pub struct Settings {
     /// Seconds a drain lets running tasks finish before cancelling them.
     #[serde(default = "default_drain_deadline")]
     pub(crate) drain_deadline: u32,
+    /// Runs sim tasks (load tests and benchmarks only); an agent without it refuses them.
+    #[serde(default)]
+    pub enable_sim_executor: bool,
+    /// Folders under which repositories may lie; none: any absolute path.
+    #[serde(default)]
+    pub repository_root: Vec<PathBuf>,
+    /// Folders under which restores may write; none: any absolute path.
+    #[serde(default)]
+    pub restore_root: Vec<PathBuf>,
 }
 
 fn default_ttl() -> u32 {
@@ -66,6 +75,9 @@ impl Settings {
             transfer_rate_limit: None,
             advertise: None,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            enable_sim_executor: false,
+            repository_root: Vec::new(),
+            restore_root: Vec::new(),
         }
     }
 
@@ -85,6 +97,14 @@ impl Settings {
         }
         if self.coordinator_list().is_empty() {
             return Err(AgentError::Config("--coordinators must name an endpoint".into()));
+        }
+        let roots =
+            [("--repository-root", &self.repository_root), ("--restore-root", &self.restore_root)];
+        for (flag, roots) in roots {
+            if let Some(relative) = roots.iter().find(|root| !root.is_absolute()) {
+                let relative = relative.display();
+                return Err(AgentError::Config(format!("{flag} {relative}: must be absolute")));
+            }
         }
         Ok(())
     }
@@ -124,6 +144,20 @@ mod tests {
         assert_eq!(settings.coordinator_list(), vec!["http://a:1", "http://b:2"]);
         assert_eq!(settings.heartbeat_interval(), Duration::from_millis(3333));
         assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn roots_are_read_from_the_file_and_must_be_absolute() {
+        let text = "coordinators = \"http://a:1\"\nid = \"a1\"\nslots = 2\n\
+                    state-dir = \"/tmp/x\"\nrepository-root = [\"/srv/a\", \"/srv/b\"]\n\
+                    restore-root = [\"restores\"]\n";
+        let settings: Settings = toml::from_str(text).expect("settings parse");
+        assert_eq!(settings.repository_root, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let error = settings.validate().expect_err("a relative root");
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: --restore-root restores: must be absolute"
+        );
     }
 
     #[test]

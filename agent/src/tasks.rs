@@ -9,6 +9,8 @@ pub(crate) mod runner;
 pub(crate) mod state;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
@@ -18,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::AgentError;
 use crate::journal::Journal;
 use crate::key::{self, TaskId};
+use crate::roots::Roots;
 
 const COMMAND_CAPACITY: usize = 256;
 const EVENT_CAPACITY: usize = 1024;
@@ -44,6 +47,10 @@ pub(crate) struct TasksConfig {
     pub(crate) slots: usize,
     /// Transfer rate limit in bytes per second (VM and computer executors).
     pub(crate) rate_limit: Option<u64>,
+    /// Whether sim tasks run (`--enable-sim-executor`); refused otherwise.
+    pub(crate) sim_executor: bool,
+    /// Where repositories may lie.
+    pub(crate) roots: Arc<Roots>,
     /// The journal.
     pub(crate) journal: Journal,
     /// Tracks the executor tasks, so shutdown can wait for their cleanup.
@@ -78,6 +85,9 @@ enum Command {
 pub(crate) struct TasksHandle {
     tx: mpsc::Sender<Command>,
     status: watch::Receiver<AgentStatus>,
+    agent_id: String,
+    sim_executor: bool,
+    roots: Arc<Roots>,
 }
 
 impl TasksHandle {
@@ -91,14 +101,31 @@ impl TasksHandle {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (status_tx, status) = watch::channel(AgentStatus::default());
         let (sessions, _) = watch::channel(BTreeSet::new());
+        let (agent_id, sim_executor) = (config.agent_id.clone(), config.sim_executor);
+        let roots = config.roots.clone();
         let actor = actor::Actor::new(config, epochs, finished, events, status_tx, sessions);
         tokio::spawn(actor.run(rx));
-        Self { tx, status }
+        Self { tx, status, agent_id, sim_executor, roots }
     }
 
     /// Validates and starts a task, or returns it if it is known.
     pub(crate) async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
         let (id, epoch) = key::validate_spec(&spec)?;
+        if spec.sim_duration_ms.is_some() && !self.sim_executor {
+            return Err(AgentError::FailedPrecondition(format!(
+                "task {id} asks for the sim executor (load tests only), which agent {} does not \
+                 run: start it with --enable-sim-executor to allow it",
+                self.agent_id
+            )));
+        }
+        if spec.sim_duration_ms.is_none() {
+            let (roots, repository) = (self.roots.clone(), PathBuf::from(&spec.repository));
+            tokio::task::spawn_blocking(move || {
+                roots.check_repository("task.repository", &repository)
+            })
+            .await
+            .map_err(|e| AgentError::Internal(format!("repository check failed: {e}")))??;
+        }
         self.call(|reply| Command::Run(id, epoch, Box::new(spec), reply)).await
     }
 

@@ -1,4 +1,6 @@
-//! The coordinator's one error type, mapped to a gRPC status in one place (`Error::code`).
+//! The coordinator's one error type, mapped to a gRPC status in one place (`Error::code`);
+//! the HTTP API answers with the HTTP status and name of that gRPC code (`http_status`,
+//! `code_name`), so both APIs report every error alike.
 //!
 //! etcd's errors become `Etcd` or `EtcdTooLarge` in the store layer (`store.rs`), the one
 //! place that reads etcd's answers.
@@ -208,6 +210,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Http(std::io::Error),
 }
 
 /// Shorthand for results of this crate.
@@ -251,7 +256,8 @@ impl Error {
             | Etcd(_)
             | BadAgentAddress { .. }
             | Reflection(_)
-            | Serve(_) => Code::Unavailable,
+            | Serve(_)
+            | Http(_) => Code::Unavailable,
             Agent { status, .. } => agent_code(status.code()),
             Decode { .. } | CorruptId(_) => Code::Internal,
         }
@@ -261,6 +267,49 @@ impl Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         Status::new(error.code(), error.to_string())
+    }
+}
+
+/// The HTTP status that fits a gRPC code (the mapping of `google.rpc.Code`).
+pub(crate) fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode as S;
+    match code {
+        Code::Ok => S::OK,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => S::BAD_REQUEST,
+        Code::Unauthenticated => S::UNAUTHORIZED,
+        Code::PermissionDenied => S::FORBIDDEN,
+        Code::NotFound => S::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+        Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+        // 499 "client closed request": not a named status, but a valid one.
+        Code::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
+        Code::Unimplemented => S::NOT_IMPLEMENTED,
+        Code::Unavailable => S::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => S::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The name of a gRPC code as the JSON error body spells it (`NOT_FOUND`).
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -297,6 +346,18 @@ mod tests {
         assert_eq!(field.code(), Code::InvalidArgument);
         assert_eq!(field.message(), "target_dir: must name a directory");
         assert_eq!(Status::from(Error::Fenced("s1".into())).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn http_answers_with_the_status_of_the_grpc_code() {
+        let missing = Error::JobNotFound { job: "j".into() }.code();
+        assert_eq!((http_status(missing).as_u16(), code_name(missing)), (404, "NOT_FOUND"));
+        let busy = Error::JobBusy { job: "j".into(), session: "s".into() }.code();
+        assert_eq!(http_status(busy).as_u16(), 400);
+        assert_eq!(http_status(Code::Unauthenticated).as_u16(), 401);
+        assert_eq!(http_status(Code::PermissionDenied).as_u16(), 403);
+        assert_eq!(http_status(Error::NoLease.code()).as_u16(), 503);
+        assert_eq!(http_status(Code::Cancelled).as_u16(), 499);
     }
 
     #[test]

@@ -1,11 +1,19 @@
-//! Job definitions in etcd: create, read, replace, delete.
+//! Job definitions in etcd: create, read, replace, delete. A job's schedule entry is
+//! written in the same transaction (`links.rs`).
 
+mod links;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use prost::Message;
 use sluice_proto::{job::validate_job, job::validate_name, pb};
 
 use crate::{
     error::{Error, Result},
     store::{Store, absent},
 };
+
+/// Attempts of a job write whose schedule links changed under it.
+const LINK_ATTEMPTS: usize = 5;
 
 /// Reads and writes job definitions.
 #[derive(Clone)]
@@ -23,11 +31,33 @@ impl Jobs {
     pub(crate) async fn create(&self, job: Option<pb::Job>) -> Result<pb::Job> {
         let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
-        if !self.store.create(&self.store.keys().job(&job.name), &job).await? {
+        let key = self.store.keys().job(&job.name);
+        if !self.write_with_links(&job, absent(&key)).await? {
             return Err(Error::JobExists { job: job.name });
         }
         tracing::info!(job = %job.name, items = job.items.len(), "job created");
         Ok(job)
+    }
+
+    /// Puts `job` with its schedule entry while `guard` holds and no schedule link changed
+    /// meanwhile (checked again when one did); `false` when `guard` failed.
+    async fn write_with_links(&self, job: &pb::Job, guard: Compare) -> Result<bool> {
+        let key = self.store.keys().job(&job.name);
+        for _ in 0..LINK_ATTEMPTS {
+            let links = links::check(&self.store, job).await?;
+            let mut compares = vec![guard.clone()];
+            compares.extend(links.compares);
+            let mut ops = vec![TxnOp::put(key.as_str(), job.encode_to_vec(), None)];
+            ops.extend(links.ops);
+            let txn = Txn::new().when(compares.clone()).and_then(ops);
+            if self.store.txn(txn).await?.is_some() {
+                return Ok(true);
+            }
+            if self.store.txn(Txn::new().when([guard.clone()])).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        Err(Error::JobChanged { job: job.name.clone() })
     }
 
     /// Returns a job.
@@ -48,7 +78,9 @@ impl Jobs {
     pub(crate) async fn update(&self, job: Option<pb::Job>) -> Result<pb::Job> {
         let job = job.ok_or_else(|| Error::invalid("job", "required"))?;
         validate_job(&job)?;
-        if !self.store.replace(&self.store.keys().job(&job.name), &job).await? {
+        let key = self.store.keys().job(&job.name);
+        let exists = Compare::create_revision(key.as_str(), CompareOp::Greater, 0);
+        if !self.write_with_links(&job, exists).await? {
             return Err(not_found(&job.name));
         }
         tracing::info!(job = %job.name, "job updated");
@@ -69,7 +101,10 @@ impl Jobs {
                 ),
                 absent(&active_key),
             ])
-            .and_then([etcd_client::TxnOp::delete(job_key.as_str(), None)]);
+            .and_then(
+                [vec![TxnOp::delete(job_key.as_str(), None)], links::delete_ops(&self.store, name)]
+                    .concat(),
+            );
         if self.store.txn(txn).await?.is_some() {
             tracing::info!(job = name, "job deleted");
             return Ok(());

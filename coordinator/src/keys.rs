@@ -138,6 +138,55 @@ impl Keys {
     pub(crate) fn restore_point_deleting(&self, job: &str, rp: &str) -> String {
         format!("{}/restore-points-deleting/{job}/{rp}", self.prefix)
     }
+
+    /// `/schedules/`: every job's schedule and window (`ScheduleEntry`).
+    pub(crate) fn schedules(&self) -> String {
+        format!("{}/schedules/", self.prefix)
+    }
+
+    /// `/schedules/{job}`: written with the job, so schedule loops and cycle checks read
+    /// small keys instead of job bodies.
+    pub(crate) fn schedule(&self, job: &str) -> String {
+        format!("{}/schedules/{job}", self.prefix)
+    }
+
+    /// `/schedule-state/{job}`: the last due time handled (`ScheduleState`).
+    pub(crate) fn schedule_state(&self, job: &str) -> String {
+        format!("{}/schedule-state/{job}", self.prefix)
+    }
+
+    /// `/schedule-runs/` (all jobs) or `/schedule-runs/{job}/`.
+    pub(crate) fn schedule_runs(&self, job: Option<&str>) -> String {
+        match job {
+            Some(job) => format!("{}/schedule-runs/{job}/", self.prefix),
+            None => format!("{}/schedule-runs/", self.prefix),
+        }
+    }
+
+    /// `/schedule-runs/{job}/{due_ms:015}`: what became of one due time; keys sort by time.
+    pub(crate) fn schedule_run(&self, job: &str, due_ms: i64) -> String {
+        format!("{}/schedule-runs/{job}/{:015}", self.prefix, due_ms.max(0))
+    }
+
+    /// `/session-kept/` (all jobs) or `/session-kept/{job}/`.
+    pub(crate) fn sessions_kept(&self, job: Option<&str>) -> String {
+        match job {
+            Some(job) => format!("{}/session-kept/{job}/", self.prefix),
+            None => format!("{}/session-kept/", self.prefix),
+        }
+    }
+
+    /// `/session-kept/{job}/{id}`: the session left history, but its record stays while
+    /// restore points of it are in the catalog (they are located through its copy of the job).
+    pub(crate) fn session_kept(&self, job: &str, id: &str) -> String {
+        format!("{}/session-kept/{job}/{id}", self.prefix)
+    }
+
+    /// `/maintenance/leader`: the coordinator that cleans history and compacts etcd, bound to
+    /// its lease.
+    pub(crate) fn maintenance_leader(&self) -> String {
+        format!("{}/maintenance/leader", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::{io::Write, path::PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
-use sluice_coordinator::Settings;
+use sluice_coordinator::{Listeners, Settings};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Sluice coordinator: keeps job sessions in etcd and dispatches tasks to agents.
@@ -21,6 +22,10 @@ struct Flags {
     #[arg(long, env = "SLUICE_LISTEN", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
+    /// Address to serve the console, the HTTP API and /metrics on (e.g. 0.0.0.0:7480).
+    #[arg(long, env = "SLUICE_HTTP_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_listen: Option<String>,
     /// Unique coordinator id.
     #[arg(long, env = "SLUICE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,6 +42,18 @@ struct Flags {
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
+    /// Finished sessions older than this many days are deleted (default 400).
+    #[arg(long, env = "SLUICE_SESSION_HISTORY_DAYS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_history_days: Option<u32>,
+    /// Finished sessions kept per job, newest first; older ones are deleted (default 400).
+    #[arg(long, env = "SLUICE_SESSION_HISTORY_PER_JOB", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_history_per_job: Option<u32>,
+    /// Seconds between compactions of etcd's history (default 300; 0 turns it off).
+    #[arg(long, env = "SLUICE_ETCD_COMPACTION_INTERVAL", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_compaction_interval: Option<u64>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -48,20 +65,29 @@ async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let settings: Settings = sluice_proto::config::load(&flags, flags.config.as_deref())?;
     let _telemetry = sluice_proto::telemetry::init("sluice-coordinator");
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    announce(&listener)?;
+    let grpc = bind(&settings.listen).await?;
+    let http = match &settings.http_listen {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
+    announce(&grpc, http.as_ref())?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    sluice_coordinator::run(settings, listener, shutdown).await?;
+    sluice_coordinator::run(settings, Listeners { grpc, http }, shutdown).await?;
     Ok(())
 }
 
-/// Prints the bound address, which tests and scripts read to find the coordinator.
-fn announce(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
+async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
+}
+
+/// Prints the bound addresses, which tests and scripts read to find the coordinator.
+fn announce(grpc: &TcpListener, http: Option<&TcpListener>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", listener.local_addr()?)?;
+    writeln!(stdout, "listening on {}", grpc.local_addr()?)?;
+    if let Some(http) = http {
+        writeln!(stdout, "console at http://{}/", http.local_addr()?)?;
+    }
     stdout.flush()?;
     Ok(())
 }

@@ -14,6 +14,8 @@
 pub(crate) mod choose;
 mod retention;
 
+use std::collections::HashMap;
+
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{
@@ -40,6 +42,7 @@ pub(crate) struct RestorePoints {
     clients: AgentClients,
     lease: LeaseWatch,
     coordinator: String,
+    retention: retention::Running,
 }
 
 /// A catalog entry with what is needed to read it.
@@ -84,7 +87,8 @@ impl RestorePoints {
         lease: LeaseWatch,
         coordinator: String,
     ) -> Self {
-        RestorePoints { store, directory, clients, lease, coordinator }
+        let retention = retention::Running::default();
+        RestorePoints { store, directory, clients, lease, coordinator, retention }
     }
 
     /// Checks a restore point against its manifest on an agent.
@@ -229,11 +233,48 @@ impl RestorePoints {
 /// Reads the session's copy of the job (the repository the restore point was written to,
 /// the item's target) and the job's current proxies.
 pub(crate) async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Result<Located> {
-    let keys = store.keys();
-    let session = store.get::<pb::Job>(&keys.session_job(&restore_point.session_id)).await?;
-    let current = store.get::<pb::Job>(&keys.job(&restore_point.job)).await?.map(|v| v.value);
-    let written_by = session.map(|job| job.value).or_else(|| current.clone());
-    let Some(job) = written_by else {
+    Locator::new(store.clone()).locate(restore_point).await
+}
+
+/// Locates restore points, reading each session's copy of the job and each current job once
+/// (retention locates a whole session's restore points at a time).
+pub(crate) struct Locator {
+    store: Store,
+    written_by: HashMap<String, Option<pb::Job>>,
+    current: HashMap<String, Option<pb::Job>>,
+}
+
+impl Locator {
+    /// A locator with nothing read yet.
+    pub(crate) fn new(store: Store) -> Self {
+        Locator { store, written_by: HashMap::new(), current: HashMap::new() }
+    }
+
+    /// Locates one restore point (see [`locate`]).
+    pub(crate) async fn locate(&mut self, restore_point: pb::RestorePoint) -> Result<Located> {
+        let keys = self.store.keys().clone();
+        if !self.written_by.contains_key(&restore_point.session_id) {
+            let key = keys.session_job(&restore_point.session_id);
+            let job = self.store.get::<pb::Job>(&key).await?.map(|v| v.value);
+            self.written_by.insert(restore_point.session_id.clone(), job);
+        }
+        if !self.current.contains_key(&restore_point.job) {
+            let job = self.store.get::<pb::Job>(&keys.job(&restore_point.job)).await?;
+            self.current.insert(restore_point.job.clone(), job.map(|v| v.value));
+        }
+        let written_by = self.written_by.get(&restore_point.session_id).and_then(Option::as_ref);
+        let current = self.current.get(&restore_point.job).and_then(Option::as_ref);
+        located(restore_point, written_by, current)
+    }
+}
+
+/// A restore point with the job that wrote it (else the current one) and the current proxies.
+fn located(
+    restore_point: pb::RestorePoint,
+    written_by: Option<&pb::Job>,
+    current: Option<&pb::Job>,
+) -> Result<Located> {
+    let Some(job) = written_by.or(current) else {
         return Err(Error::RepositoryUnknown {
             id: restore_point.id,
             session: restore_point.session_id,
@@ -248,7 +289,7 @@ pub(crate) async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Re
     Ok(Located {
         repository: job.repository.clone(),
         target,
-        proxies: current.map(|job| job.proxies).unwrap_or_default(),
+        proxies: current.map(|job| job.proxies.clone()).unwrap_or_default(),
         restore_point,
     })
 }

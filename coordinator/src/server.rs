@@ -1,6 +1,7 @@
 //! The coordinator's gRPC server: API services, health and reflection.
 
 use std::{
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -37,12 +38,12 @@ const MAX_REQUEST_BYTES: usize = sluice_proto::job::MAX_JOB_BYTES + 64 * 1024;
 /// How long open streams get to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The services a coordinator serves.
+/// The services a coordinator serves (the HTTP API calls the same ones).
 pub(crate) struct Services {
     /// `JobService`.
-    pub(crate) jobs: JobApi,
+    pub(crate) jobs: Arc<JobApi>,
     /// `ClusterService`.
-    pub(crate) cluster: ClusterApi,
+    pub(crate) cluster: Arc<ClusterApi>,
     /// `AgentRegistry`.
     pub(crate) registry: RegistryApi,
 }
@@ -82,7 +83,7 @@ async fn router(services: Services) -> Result<Router> {
     let reflection_alpha =
         sluice_proto::reflection::v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
     let jobs = TooLarge(
-        JobServiceServer::new(services.jobs)
+        JobServiceServer::from_arc(services.jobs)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
@@ -92,7 +93,7 @@ async fn router(services: Services) -> Result<Router> {
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(jobs)
-        .add_service(ClusterServiceServer::new(services.cluster))
+        .add_service(ClusterServiceServer::from_arc(services.cluster))
         .add_service(AgentRegistryServer::new(services.registry)))
 }
 

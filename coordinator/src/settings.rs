@@ -13,6 +13,9 @@ pub struct Settings {
     pub(crate) etcd: Vec<String>,
     /// Address to listen on.
     pub listen: String,
+    /// Address of the console, the HTTP API and `/metrics`; none when not set.
+    #[serde(default)]
+    pub http_listen: Option<String>,
     /// Coordinator id.
     pub(crate) id: String,
     /// Lease TTL in seconds.
@@ -27,6 +30,29 @@ pub struct Settings {
     /// Timeout of one etcd call, in milliseconds.
     #[serde(default = "default_etcd_timeout_ms")]
     pub(crate) etcd_timeout_ms: u64,
+    /// Finished sessions older than this many days are deleted.
+    #[serde(default = "default_history_days")]
+    pub(crate) session_history_days: u32,
+    /// Finished sessions kept per job.
+    #[serde(default = "default_history_per_job")]
+    pub(crate) session_history_per_job: u32,
+    /// Seconds between compactions of etcd's history; 0 turns compaction off.
+    #[serde(default = "default_compaction_interval")]
+    pub(crate) etcd_compaction_interval: u64,
+}
+
+/// A year of nightly runs, with room for retries and manual starts.
+fn default_history_days() -> u32 {
+    400
+}
+
+fn default_history_per_job() -> u32 {
+    400
+}
+
+/// What the Kubernetes API server uses for its etcd.
+fn default_compaction_interval() -> u64 {
+    300
 }
 
 fn default_lease_ttl() -> u64 {
@@ -63,6 +89,20 @@ impl Settings {
     /// Timeout of one etcd call.
     pub(crate) fn etcd_timeout(&self) -> Duration {
         Duration::from_millis(self.etcd_timeout_ms.max(100))
+    }
+
+    /// How long finished sessions and schedule runs are kept, and how many per job.
+    pub(crate) fn history(&self) -> crate::maintenance::History {
+        crate::maintenance::History {
+            max_age: Duration::from_secs(u64::from(self.session_history_days.max(1)) * 86_400),
+            per_job: self.session_history_per_job.max(1) as usize,
+        }
+    }
+
+    /// Time between compactions of etcd's history, if compaction is on.
+    pub(crate) fn compaction_interval(&self) -> Option<Duration> {
+        (self.etcd_compaction_interval > 0)
+            .then(|| Duration::from_secs(self.etcd_compaction_interval))
     }
 
     /// The URL peers and agents reach this coordinator at.

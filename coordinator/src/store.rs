@@ -13,6 +13,7 @@ use tonic::Code;
 use crate::{
     error::{Error, Result},
     keys::Keys,
+    metrics::{Metrics, TimedChannel},
 };
 
 /// A cheap-to-clone handle on etcd and the key layout.
@@ -42,17 +43,21 @@ pub(crate) struct Versioned<M> {
 }
 
 impl Store {
-    /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down.
+    /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down. Every
+    /// request is timed into `metrics`.
     pub(crate) async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
+        metrics: &Metrics,
     ) -> Result<Self> {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(5), timeout);
-        let client = Client::connect(endpoints, Some(options)).await?;
+        let channel = TimedChannel(metrics.clone());
+        let client =
+            Client::connect_with_balanced_channel(endpoints, Some(options), channel).await?;
         let kv = client
             .kv_client()
             .max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES)
@@ -158,21 +163,6 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a key only if it is absent; `false` when it exists already.
-    pub(crate) async fn create<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
-        let txn =
-            Txn::new().when([absent(key)]).and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
-    }
-
-    /// Replaces a key only if it exists; `false` when it does not.
-    pub(crate) async fn replace<M: Message>(&self, key: &str, value: &M) -> Result<bool> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Greater, 0)])
-            .and_then([TxnOp::put(key, value.encode_to_vec(), None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
-    }
-
     /// Renews a lease once; `false` when it has expired.
     pub(crate) async fn renew_lease(&self, lease: i64) -> Result<bool> {
         let renewal = async {
@@ -188,6 +178,18 @@ impl Store {
         match renewal.await {
             Ok(response) => Ok(response.is_some_and(|r| r.ttl() > 0)),
             Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::NotFound => {
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Compacts etcd's history up to `revision`; `false` when it was compacted that far
+    /// already (etcd answers OUT_OF_RANGE).
+    pub(crate) async fn compact(&self, revision: i64) -> Result<bool> {
+        match self.kv().compact(revision, None).await {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::OutOfRange => {
                 Ok(false)
             }
             Err(error) => Err(error.into()),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sluice_tests::{Etcd, unique_prefix};
 
-use crate::store::Store;
+use crate::{metrics::Metrics, store::Store};
 
 /// Timeout of one etcd call in tests.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,7 +17,7 @@ pub(crate) async fn store() -> Store {
 
 /// A store on the etcd at `url` (e.g. a proxy in front of the shared one), under a new prefix.
 pub(crate) async fn store_at(url: &str) -> Store {
-    Store::connect(&[url.to_string()], &unique_prefix(), TIMEOUT)
+    Store::connect(&[url.to_string()], &unique_prefix(), TIMEOUT, &Metrics::default())
         .await
         .unwrap_or_else(|e| panic!("cannot connect to etcd at {url}: {e}"))
 }
@@ -30,7 +30,7 @@ pub(crate) async fn lease(store: &Store, ttl: i64) -> i64 {
 
 /// A store on the etcd at `url` with its own call timeout, under a new prefix.
 pub(crate) async fn store_with_timeout(url: &str, timeout: Duration) -> Store {
-    Store::connect(&[url.to_string()], &unique_prefix(), timeout)
+    Store::connect(&[url.to_string()], &unique_prefix(), timeout, &Metrics::default())
         .await
         .unwrap_or_else(|e| panic!("cannot connect to etcd at {url}: {e}"))
 }

@@ -1,13 +1,20 @@
-//! Job definitions: validation of the wire `Job` and the TOML/JSON job-file format.
-//!
-//! The file format uses the field names of `sluice.v1.Job`; enum values may be written in
-//! full (`JOB_TYPE_VM_BACKUP`) or short (`VM_BACKUP`, `vm_backup`).
+//! Job definitions: validation of the wire `Job`, and the TOML/JSON job-file format
+//! (`file.rs`, with the schedule and window parts in `schedule.rs`).
 
 use std::collections::HashSet;
-
-use serde::{Deserialize, Serialize};
+use std::path::{Component, Path};
 
 use crate::pb::{self, job_item::Target};
+
+mod file;
+mod schedule;
+pub use file::{
+    ComputerFile, ItemFile, JobFile, JobFileError, RetryFile, VmFile, parse_job_file,
+    parse_job_type,
+};
+pub use schedule::{
+    MAX_CATCH_UP_SECONDS, MAX_WINDOW_RANGES, RangeFile, ScheduleFile, WindowFile, parse_stop_mode,
+};
 
 /// Most items one job may hold.
 pub const MAX_ITEMS: usize = 100_000;
@@ -19,6 +26,12 @@ pub const MAX_ATTEMPTS: u32 = 100;
 pub const MAX_SECONDS: u32 = 7 * 24 * 3600;
 /// Most restore points per item a job may ask to keep (`keep_restore_points`; 0 keeps all).
 pub const MAX_KEEP_RESTORE_POINTS: u32 = 10_000;
+/// Longest path a job may name (repository, disk, protected path): Linux's `PATH_MAX`.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest computer name an agent backup item may name.
+pub const MAX_COMPUTER_NAME_BYTES: usize = 255;
+/// Longest `requested_by` of a stop (who asked for it), stored with the session.
+pub const MAX_REQUESTED_BY_BYTES: usize = 256;
 const MAX_NAME_LEN: usize = 64;
 const MAX_ITEM_NAME_LEN: usize = 255;
 
@@ -65,21 +78,37 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Checks every rule of SPEC.md "Jobs"; the error names the first bad field.
+/// Checks the free text naming who asked for a stop: at most [`MAX_REQUESTED_BY_BYTES`],
+/// no control characters (it is stored and shown as one line).
+pub fn validate_requested_by(field: &str, text: &str) -> Result<(), JobError> {
+    if text.len() > MAX_REQUESTED_BY_BYTES {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_REQUESTED_BY_BYTES} bytes, got {}", text.len()),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks every rule of a job definition; the error names the first bad field.
 pub fn validate_job(job: &pb::Job) -> Result<(), JobError> {
-    validate_name("job.name", &job.name)?;
-    let job_type = validate_type(job.r#type)?;
-    validate_absolute("job.repository", &job.repository)?;
-    validate_items(job_type, &job.items)?;
-    validate_proxies(&job.proxies)?;
-    validate_limits(job)?;
+    // The size first: a definition past it is a limit error, whatever its fields hold.
     let size = prost::Message::encoded_len(job);
     if size > MAX_JOB_BYTES {
         return Err(JobError::TooLarge(format!(
             "job definition is {size} bytes, more than the limit of {MAX_JOB_BYTES}"
         )));
     }
-    Ok(())
+    validate_name("job.name", &job.name)?;
+    let job_type = validate_type(job.r#type)?;
+    validate_repository("job.repository", &job.repository)?;
+    validate_items(job_type, &job.items)?;
+    validate_proxies(&job.proxies)?;
+    validate_limits(job)?;
+    schedule::validate(job)
 }
 
 fn validate_type(raw: i32) -> Result<pb::JobType, JobError> {
@@ -96,11 +125,27 @@ fn validate_absolute(field: &str, path: &str) -> Result<(), JobError> {
     if path.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_PATH_BYTES} bytes, got {}", path.len()),
+        ));
+    }
     if !path.starts_with('/') {
         return Err(invalid(field, format!("must be an absolute path, got {path:?}")));
     }
     if path.contains('\0') {
         return Err(invalid(field, "must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// A repository as agents accept it: absolute, without `..` (agents refuse a restore point
+/// location that climbs out of its repository).
+fn validate_repository(field: &str, path: &str) -> Result<(), JobError> {
+    validate_absolute(field, path)?;
+    if Path::new(path).components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(field, format!("must not contain '..' components, got {path:?}")));
     }
     Ok(())
 }
@@ -151,13 +196,16 @@ fn validate_target(
 ) -> Result<(), JobError> {
     match (job_type, target) {
         (pb::JobType::VmBackup, Some(Target::Vm(vm))) => {
-            validate_paths(&format!("{field}.vm.disks"), &vm.disks)
+            let disks = format!("{field}.vm.disks");
+            validate_paths(&disks, &vm.disks)?;
+            validate_distinct(&disks, &vm.disks)?;
+            validate_socket(&format!("{field}.vm.qmp_socket"), &vm.qmp_socket)
         }
         (pb::JobType::AgentBackup, Some(Target::Computer(c))) => {
-            if c.computer.is_empty() {
+            if c.computer.is_empty() || c.computer.len() > MAX_COMPUTER_NAME_BYTES {
                 return Err(invalid(
                     format!("{field}.computer.computer"),
-                    "must name the computer",
+                    format!("must name the computer in 1-{MAX_COMPUTER_NAME_BYTES} bytes"),
                 ));
             }
             validate_paths(&format!("{field}.computer.paths"), &c.paths)
@@ -172,12 +220,43 @@ fn validate_target(
     }
 }
 
+/// Longest Unix socket path the kernel accepts (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A QMP socket path: empty (offline images), or absolute and short enough to connect to.
+fn validate_socket(field: &str, socket: &str) -> Result<(), JobError> {
+    if socket.is_empty() {
+        return Ok(());
+    }
+    if !socket.starts_with('/') || socket.contains('\0') {
+        return Err(invalid(field, format!("{socket:?} must be an absolute path")));
+    }
+    if socket.len() > MAX_SOCKET_PATH {
+        return Err(invalid(
+            field,
+            format!("a Unix socket path has at most {MAX_SOCKET_PATH} bytes, got {}", socket.len()),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_paths(field: &str, paths: &[String]) -> Result<(), JobError> {
     if paths.is_empty() {
         return Err(invalid(field, "needs at least one path"));
     }
     for (i, path) in paths.iter().enumerate() {
         validate_absolute(&format!("{field}[{i}]"), path)?;
+    }
+    Ok(())
+}
+
+/// Refuses a path listed twice (compared as paths: `/a//b/` is `/a/b`).
+fn validate_distinct(field: &str, paths: &[String]) -> Result<(), JobError> {
+    let mut seen = HashSet::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        if !seen.insert(Path::new(path)) {
+            return Err(invalid(format!("{field}[{i}]"), format!("{path:?} is listed twice")));
+        }
     }
     Ok(())
 }
@@ -219,208 +298,6 @@ fn validate_limits(job: &pb::Job) -> Result<(), JobError> {
         ));
     }
     Ok(())
-}
-
-/// A job as written in a TOML or JSON file: the field names of `sluice.v1.Job`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobFile {
-    /// Job name.
-    pub name: String,
-    /// Job type, e.g. `JOB_TYPE_VM_BACKUP` or `VM_BACKUP`.
-    #[serde(rename = "type")]
-    pub job_type: String,
-    /// Items in processing order.
-    pub items: Vec<ItemFile>,
-    /// Repository directory.
-    pub repository: String,
-    /// Allowed agent ids.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub proxies: Vec<String>,
-    /// Retry policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryFile>,
-    /// Default graceful-stop timeout.
-    #[serde(default)]
-    pub graceful_timeout_seconds: u32,
-    /// Longest wait for an offline computer.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub offline_wait_seconds: u32,
-    /// Sim executor duration (tests and benchmarks only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sim_duration_ms: Option<u32>,
-    /// Restore points kept per item; 0 keeps all.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub keep_restore_points: u32,
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
-}
-
-/// One item of a job file: a `vm` or a `computer`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ItemFile {
-    /// Item name.
-    pub name: String,
-    /// VM target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vm: Option<VmFile>,
-    /// Computer target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub computer: Option<ComputerFile>,
-}
-
-/// VM target of a job file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmFile {
-    /// qcow2 disk paths.
-    pub disks: Vec<String>,
-}
-
-/// Computer target of a job file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ComputerFile {
-    /// Computer name.
-    pub computer: String,
-    /// Paths to protect.
-    pub paths: Vec<String>,
-}
-
-/// Retry policy of a job file.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryFile {
-    /// Attempts per item.
-    #[serde(default)]
-    pub attempts: u32,
-    /// Seconds between attempts.
-    #[serde(default)]
-    pub wait_seconds: u32,
-}
-
-/// A job file that cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum JobFileError {
-    /// Not valid TOML for a job.
-    #[error("not a valid TOML job file: {0}")]
-    Toml(#[from] toml::de::Error),
-    /// Not valid JSON for a job.
-    #[error("not a valid JSON job file: {0}")]
-    Json(#[from] serde_json::Error),
-    /// A field has a value the file format does not know.
-    #[error("{field}: {reason}")]
-    Field {
-        /// Field path.
-        field: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// Parses a job file; JSON when it starts with `{`, else TOML.
-pub fn parse_job_file(text: &str) -> Result<pb::Job, JobFileError> {
-    let file: JobFile = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text)?
-    } else {
-        toml::from_str(text)?
-    };
-    file.into_job()
-}
-
-/// Parses a job type written in full or short, any case.
-pub fn parse_job_type(text: &str) -> Option<pb::JobType> {
-    let upper = text.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("JOB_TYPE_") { upper } else { format!("JOB_TYPE_{upper}") };
-    pb::JobType::from_str_name(&full).filter(|t| *t != pb::JobType::Unspecified)
-}
-
-impl JobFile {
-    /// Converts to the wire job; structural validation is `validate_job`'s.
-    pub fn into_job(self) -> Result<pb::Job, JobFileError> {
-        let job_type = parse_job_type(&self.job_type).ok_or_else(|| JobFileError::Field {
-            field: "type".into(),
-            reason: format!(
-                "unknown job type {:?}; use JOB_TYPE_VM_BACKUP or JOB_TYPE_AGENT_BACKUP",
-                self.job_type
-            ),
-        })?;
-        let items = self
-            .items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| item.into_item(i))
-            .collect::<Result<_, _>>()?;
-        Ok(pb::Job {
-            name: self.name,
-            r#type: job_type as i32,
-            items,
-            repository: self.repository,
-            proxies: self.proxies,
-            retry: self
-                .retry
-                .map(|r| pb::RetryPolicy { attempts: r.attempts, wait_seconds: r.wait_seconds }),
-            graceful_timeout_seconds: self.graceful_timeout_seconds,
-            offline_wait_seconds: self.offline_wait_seconds,
-            sim_duration_ms: self.sim_duration_ms,
-            keep_restore_points: self.keep_restore_points,
-        })
-    }
-}
-
-impl ItemFile {
-    fn into_item(self, index: usize) -> Result<pb::JobItem, JobFileError> {
-        let target = match (self.vm, self.computer) {
-            (Some(vm), None) => Some(Target::Vm(pb::VmTarget { disks: vm.disks })),
-            (None, Some(c)) => {
-                Some(Target::Computer(pb::ComputerTarget { computer: c.computer, paths: c.paths }))
-            }
-            (None, None) => None,
-            (Some(_), Some(_)) => {
-                return Err(JobFileError::Field {
-                    field: format!("items[{index}]"),
-                    reason: "set either vm or computer, not both".into(),
-                });
-            }
-        };
-        Ok(pb::JobItem { name: self.name, target })
-    }
-}
-
-impl From<&pb::Job> for JobFile {
-    fn from(job: &pb::Job) -> Self {
-        let items = job.items.iter().map(ItemFile::from).collect();
-        JobFile {
-            name: job.name.clone(),
-            job_type: job.r#type().as_str_name().to_string(),
-            items,
-            repository: job.repository.clone(),
-            proxies: job.proxies.clone(),
-            retry: job
-                .retry
-                .map(|r| RetryFile { attempts: r.attempts, wait_seconds: r.wait_seconds }),
-            graceful_timeout_seconds: job.graceful_timeout_seconds,
-            offline_wait_seconds: job.offline_wait_seconds,
-            sim_duration_ms: job.sim_duration_ms,
-            keep_restore_points: job.keep_restore_points,
-        }
-    }
-}
-
-impl From<&pb::JobItem> for ItemFile {
-    fn from(item: &pb::JobItem) -> Self {
-        let (vm, computer) = match &item.target {
-            Some(Target::Vm(vm)) => (Some(VmFile { disks: vm.disks.clone() }), None),
-            Some(Target::Computer(c)) => {
-                (None, Some(ComputerFile { computer: c.computer.clone(), paths: c.paths.clone() }))
-            }
-            None => (None, None),
-        };
-        ItemFile { name: item.name.clone(), vm, computer }
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! The wire contract of Sluice (`sluice.v1`), its domain rules and what every binary shares:
-//! the ids of sessions, agents, jobs and tasks and the epoch (`ids`), configuration loading and
-//! time conversions; with the `telemetry` feature (the servers only), logging, span export and
+//! the ids of sessions, agents, jobs and tasks and the epoch (`ids`), configuration loading,
+//! time conversions, schedules (due times, next runs, backup windows) and the protobuf JSON
+//! mapping (`json`); with the `telemetry` feature (the servers only), logging, span export and
 //! W3C trace-context propagation.
 
 pub mod config;
 pub mod ids;
 pub mod job;
+pub mod json;
 pub mod reflection;
 pub mod refusal;
+pub mod schedule;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod time;

@@ -1,7 +1,8 @@
-//! Conversions between `std::time` and protobuf timestamps.
+//! Conversions between `std::time`, chrono and protobuf timestamps.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 /// The current time as a protobuf timestamp.
@@ -27,19 +28,21 @@ pub fn millis(ts: &Timestamp) -> i64 {
     ts.seconds.saturating_mul(1000) + i64::from(ts.nanos / 1_000_000)
 }
 
-/// Gregorian date (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`), for readable ids and times without a date library.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// A protobuf timestamp as a UTC date and time; out of chrono's range clamps to 1970.
+pub fn to_utc(ts: &Timestamp) -> DateTime<Utc> {
+    let nanos = u32::try_from(ts.nanos).unwrap_or(0).min(999_999_999);
+    DateTime::from_timestamp(ts.seconds, nanos).unwrap_or_default()
+}
+
+/// A UTC date and time as a protobuf timestamp.
+pub fn from_utc(time: DateTime<Utc>) -> Timestamp {
+    Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
+}
+
+/// Seconds since the Unix epoch formatted in UTC with a `strftime` pattern.
+pub fn format_utc(seconds: i64, pattern: &str) -> String {
+    let time = DateTime::from_timestamp(seconds, 0).unwrap_or_default();
+    time.format(pattern).to_string()
 }
 
 #[cfg(test)]
@@ -47,9 +50,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn days_map_to_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_779), (2026, 11, 22));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn seconds_format_as_utc_dates() {
+        assert_eq!(format_utc(0, "%Y-%m-%d"), "1970-01-01");
+        assert_eq!(format_utc(20_779 * 86_400 + 3_723, "%Y%m%d-%H%M%S"), "20261122-010203");
+        assert_eq!(format_utc(11_016 * 86_400, "%Y-%m-%d"), "2000-02-29");
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_chrono() {
+        let ts = Timestamp { seconds: 1_795_000_000, nanos: 250_000_000 };
+        assert_eq!(from_utc(to_utc(&ts)), ts);
     }
 }

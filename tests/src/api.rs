@@ -35,8 +35,14 @@ pub async fn create_job(jobs: &mut Jobs, job: pb::Job) -> pb::Job {
 
 /// Starts a session of `job` and returns it.
 pub async fn start_job(jobs: &mut Jobs, job: &str) -> pb::Session {
-    let request = pb::StartJobRequest { job: job.to_string() };
+    let request = pb::StartJobRequest { job: job.to_string(), full: false };
     expect_ok(jobs.start_job(request).await, &format!("StartJob {job}"))
+}
+
+/// Starts an active-full session of `job` and returns it.
+pub async fn start_full(jobs: &mut Jobs, job: &str) -> pb::Session {
+    let request = pb::StartJobRequest { job: job.to_string(), full: true };
+    expect_ok(jobs.start_job(request).await, &format!("StartJob {job} (full)"))
 }
 
 /// Creates `job` and starts it; returns the new session.

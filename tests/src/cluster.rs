@@ -42,6 +42,8 @@ pub struct AgentSpec {
     pub transfer_rate_limit: Option<u64>,
     /// `--heartbeat-ttl`; the builder's default when `None`.
     pub heartbeat_ttl: Option<u32>,
+    /// `--enable-sim-executor`; on unless `Some(false)` (harness agents run sim jobs).
+    pub sim_executor: Option<bool>,
 }
 
 impl AgentSpec {
@@ -73,6 +75,12 @@ impl AgentSpec {
         self.heartbeat_ttl = Some(seconds);
         self
     }
+
+    /// Passes `--enable-sim-executor` or not (default: passed).
+    pub fn sim_executor(mut self, enabled: bool) -> AgentSpec {
+        self.sim_executor = Some(enabled);
+        self
+    }
 }
 
 /// Builds a [`Cluster`]; see [`Cluster::builder`].
@@ -84,6 +92,7 @@ pub struct ClusterBuilder {
     heartbeat_ttl: u32,
     slots: u32,
     etcd_url: Option<String>,
+    coordinator_flags: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -126,6 +135,12 @@ impl ClusterBuilder {
     /// Default `--slots` of the agents (default 2).
     pub fn slots(mut self, slots: u32) -> ClusterBuilder {
         self.slots = slots;
+        self
+    }
+
+    /// Passes one more flag to every coordinator, e.g. `("--etcd-compaction-interval", "2")`.
+    pub fn coordinator_flag(mut self, flag: &str, value: &str) -> ClusterBuilder {
+        self.coordinator_flags.push((flag.to_string(), value.to_string()));
         self
     }
 
@@ -182,6 +197,7 @@ impl Cluster {
             heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
             slots: DEFAULT_SLOTS,
             etcd_url: None,
+            coordinator_flags: Vec::new(),
         }
     }
 
@@ -268,12 +284,15 @@ impl Cluster {
     /// before the agents that should heartbeat to it.
     pub async fn add_coordinator_with_etcd(&mut self, etcd_url: &str) -> &mut Node {
         let id = format!("c{}", self.coordinators.len() + 1);
-        let args = flags([
+        let mut args = flags([
             ("--etcd", etcd_url.to_string()),
             ("--id", id.clone()),
             ("--lease-ttl", self.settings.lease_ttl.to_string()),
             ("--prefix", self.prefix.clone()),
         ]);
+        for (flag, value) in &self.settings.coordinator_flags {
+            args.extend([OsString::from(flag), OsString::from(value)]);
+        }
         let program = binary("sluice-coordinator");
         let mut node = Node::new(&id, Role::Coordinator, program, args, self.dir().join(&id));
         node.launch().await;
@@ -320,6 +339,9 @@ impl Cluster {
         }
         if let Some(limit) = spec.transfer_rate_limit {
             args.extend(flags([("--transfer-rate-limit", limit.to_string())]));
+        }
+        if spec.sim_executor != Some(false) {
+            args.push("--enable-sim-executor".into());
         }
         let role = Role::Agent { coordinators };
         let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir);
@@ -371,7 +393,13 @@ pub fn binary(name: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => std::env::current_exe()
             .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+            .and_then(|exe| {
+                // A test runs from `target/<profile>/deps`; a harness binary such as the
+                // campaign runs from `target/<profile>` itself, beside the node binaries.
+                let dir = exe.parent()?;
+                let beside = dir.join(name).is_file() && !dir.ends_with("deps");
+                Some(if beside { dir.to_path_buf() } else { dir.parent()?.to_path_buf() })
+            })
             .unwrap_or_else(|| panic!("cannot locate the test executable's directory")),
     };
     let path = dir.join(name);

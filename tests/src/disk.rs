@@ -54,6 +54,22 @@ fn snapshot_names(table: &str) -> Vec<String> {
         .collect()
 }
 
+/// The flags of each persistent bitmap of a qcow2 image (`in-use` marks one that a process
+/// holds, or one left by a process that did not close the image).
+pub fn bitmap_flags(path: &Path) -> Vec<Vec<String>> {
+    let json = run("qemu-img", &["info", "-U", "--output=json", &path_str(path)]);
+    let info: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    let bitmaps =
+        info["format-specific"]["data"]["bitmaps"].as_array().cloned().unwrap_or_default();
+    bitmaps
+        .iter()
+        .map(|b| {
+            let flags = b["flags"].as_array().cloned().unwrap_or_default();
+            flags.iter().filter_map(|f| f.as_str().map(String::from)).collect()
+        })
+        .collect()
+}
+
 /// Whether two images hold the same guest-visible content (`qemu-img compare`).
 pub fn same_content(a: &Path, b: &Path) -> bool {
     let status = Command::new("qemu-img")
@@ -68,6 +84,10 @@ fn path_str(path: &Path) -> String {
 }
 
 /// Runs a qemu tool, failing with its output if it does not succeed; returns its stdout.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    run(program, args)
+}
+
 fn run(program: &str, args: &[&str]) -> String {
     try_run(program, args).unwrap_or_else(|e| panic!("{e}"))
 }

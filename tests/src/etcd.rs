@@ -38,6 +38,8 @@ struct Local {
     /// Whether the data directory outlives this value (the shared etcd, removed by its
     /// watchdog when the test process ends).
     shared: bool,
+    /// More etcd flags (e.g. `--quota-backend-bytes`).
+    extra: Vec<String>,
 }
 
 impl Etcd {
@@ -47,17 +49,23 @@ impl Etcd {
         static SHARED: OnceLock<Etcd> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var(ETCD_ENV) {
             Ok(url) if !url.trim().is_empty() => Etcd { url: url.trim().to_string(), local: None },
-            _ => Etcd::spawn_local(true),
+            _ => Etcd::spawn_local(true, &[]),
         })
     }
 
     /// Starts a dedicated etcd, which the test owns and may [`stop`](Etcd::stop) and
     /// [`start`](Etcd::start). Always a local process, whatever `SLUICE_TEST_ETCD` says.
     pub fn dedicated() -> Etcd {
-        Etcd::spawn_local(false)
+        Etcd::spawn_local(false, &[])
     }
 
-    fn spawn_local(shared: bool) -> Etcd {
+    /// A [`dedicated`](Etcd::dedicated) etcd with more flags, e.g.
+    /// `["--quota-backend-bytes", "50331648"]`.
+    pub fn dedicated_with(flags: &[&str]) -> Etcd {
+        Etcd::spawn_local(false, flags)
+    }
+
+    fn spawn_local(shared: bool, flags: &[&str]) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("sluice-etcd-")
             .tempdir()
@@ -67,7 +75,9 @@ impl Etcd {
         while peer_port == client_port {
             peer_port = free_port();
         }
-        let mut local = Local { dir: Some(dir), client_port, peer_port, process: None, shared };
+        let extra = flags.iter().map(ToString::to_string).collect();
+        let mut local =
+            Local { dir: Some(dir), client_port, peer_port, process: None, shared, extra };
         local.start();
         Etcd { url: format!("http://127.0.0.1:{client_port}"), local: Some(local) }
     }
@@ -131,6 +141,7 @@ impl Local {
             .args(["--max-request-bytes", MAX_REQUEST_BYTES])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(logs::append(&log))
             .stderr(logs::append(&log))

@@ -49,6 +49,8 @@ impl JobBuilder {
                 offline_wait_seconds: 0,
                 sim_duration_ms: None,
                 keep_restore_points: 0,
+                schedule: None,
+                backup_window: None,
             },
         }
     }
@@ -121,6 +123,24 @@ impl JobBuilder {
         self
     }
 
+    /// Starts by itself on a cron expression (UTC).
+    pub fn cron(mut self, expression: &str) -> JobBuilder {
+        self.job.schedule = Some(pb::Schedule { cron: expression.into(), ..Default::default() });
+        self
+    }
+
+    /// Starts by itself after every session of `job`.
+    pub fn after_job(mut self, job: &str) -> JobBuilder {
+        self.job.schedule = Some(pb::Schedule { after_job: job.into(), ..Default::default() });
+        self
+    }
+
+    /// Lets scheduled sessions run only in `window`.
+    pub fn backup_window(mut self, window: pb::BackupWindow) -> JobBuilder {
+        self.job.backup_window = Some(window);
+        self
+    }
+
     /// The job.
     pub fn build(self) -> pb::Job {
         self.job
@@ -136,7 +156,8 @@ pub fn vm_job(name: &str, items: usize) -> pb::Job {
 /// A VM item with the given disks.
 pub fn vm_item<P: AsRef<Path>>(name: &str, disks: &[P]) -> pb::JobItem {
     let disks = disks.iter().map(|d| d.as_ref().display().to_string()).collect();
-    pb::JobItem { name: name.to_string(), target: Some(Target::Vm(pb::VmTarget { disks })) }
+    let target = pb::VmTarget { disks, qmp_socket: String::new() };
+    pb::JobItem { name: name.to_string(), target: Some(Target::Vm(target)) }
 }
 
 /// A computer item protecting `paths` on `computer`.

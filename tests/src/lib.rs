@@ -12,28 +12,36 @@
 //! Scenarios call the public API through [`api`] (one place for every call, wait and session
 //! summary), define jobs with [`jobs::JobBuilder`] and share the helpers of their theme
 //! ([`sessions`], [`stops`], [`computers`], [`manifests`], [`ownership`], [`tasks`],
-//! [`records`], [`watch`]).
+//! [`records`], [`watch`]). A coordinator's HTTP server (console, JSON API, metrics) is
+//! reached through [`http`].
 //!
 //! Child processes are watched by a tiny shell watchdog each (see `watchdog.rs`), so they die
 //! with the test process even when it is killed, without `prctl` or unsafe code.
 
 pub mod api;
+pub mod campaign;
 mod cluster;
 pub mod computers;
 pub mod disk;
 mod etcd;
+pub mod etcd_cluster;
 pub mod fixtures;
+pub mod http;
 pub mod jobs;
+pub mod live;
 mod logs;
 pub mod manifests;
+pub mod netns;
 mod node;
 pub mod ownership;
 mod ports;
 pub mod proxy;
 pub mod records;
+pub mod schedules;
 pub mod sessions;
 pub mod stops;
 pub mod tasks;
+pub mod vm;
 mod wait;
 pub mod watch;
 mod watchdog;

@@ -30,6 +30,8 @@ use crate::{MAX_MESSAGE_BYTES, PATIENCE, logs, wait_for, watchdog::Watchdog};
 
 /// Line prefix each binary prints on stdout once its listener is bound.
 const LISTENING: &str = "listening on ";
+/// Line prefix a coordinator prints on stdout for its HTTP listener (`--http-listen`).
+const CONSOLE_AT: &str = "console at http://";
 /// Per-request timeout of the harness's gRPC channels (until response headers arrive).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,10 +57,23 @@ pub struct Node {
     args: Vec<OsString>,
     dir: PathBuf,
     addr: Option<SocketAddr>,
-    /// The URL it registers under, when not its own (`--advertise`, e.g. a proxy).
-    advertised: Option<String>,
+    /// A coordinator's HTTP address (the console, the JSON API, `/metrics`).
+    http_addr: Option<SocketAddr>,
     process: Option<(Child, Watchdog)>,
     starts: u32,
+    /// How the process is placed on the network (netns, listen host, advertised URL).
+    placement: Placement,
+}
+
+/// Where a node runs on the network; the default is a process on loopback.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placement {
+    /// Command the program is run through, e.g. `ip netns exec NS` (empty: run directly).
+    pub(crate) wrapper: Vec<OsString>,
+    /// Host of `--listen` (default `127.0.0.1`).
+    pub(crate) host: Option<String>,
+    /// URL coordinators list an agent at when it is not the node's own (`--advertise`).
+    pub(crate) advertised: Option<String>,
 }
 
 impl Node {
@@ -72,6 +87,7 @@ impl Node {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
+        let placement = Placement::default();
         Node {
             id: id.to_string(),
             role,
@@ -79,10 +95,22 @@ impl Node {
             args,
             dir,
             addr: None,
-            advertised: None,
+            http_addr: None,
             process: None,
             starts: 0,
+            placement,
         }
+    }
+
+    /// Places the node: run through a wrapper, listen on a host and port chosen up front
+    /// (`port` 0: any), be listed at an advertised URL. Call before the first start.
+    pub(crate) fn place(&mut self, placement: Placement, port: u16) {
+        let host = placement.host.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+        if port != 0 {
+            let addr = format!("{host}:{port}");
+            self.addr = Some(addr.parse().unwrap_or_else(|e| panic!("bad address {addr}: {e}")));
+        }
+        self.placement = placement;
     }
 
     /// Makes the node listen on `addr` and register under `advertised` (which must forward
@@ -90,12 +118,12 @@ impl Node {
     pub(crate) fn advertise_at(&mut self, addr: SocketAddr, advertised: String) {
         self.addr = Some(addr);
         self.args.extend([OsString::from("--advertise"), OsString::from(&advertised)]);
-        self.advertised = Some(advertised);
+        self.placement.advertised = Some(advertised);
     }
 
-    /// The URL the node registers under: its own, unless it advertises another.
+    /// The URL coordinators list this node at (its own URL unless it advertises another).
     pub fn advertised_url(&self) -> String {
-        self.advertised.clone().unwrap_or_else(|| self.url())
+        self.placement.advertised.clone().unwrap_or_else(|| self.url())
     }
 
     /// The `--id` of the node, e.g. `c1` or `a2`.
@@ -133,6 +161,17 @@ impl Node {
         format!("http://{}", self.addr())
     }
 
+    /// A coordinator's HTTP base URL, `http://127.0.0.1:PORT` (the console is at `/`).
+    pub fn http_url(&self) -> String {
+        let addr = self.http_addr.unwrap_or_else(|| panic!("{} serves no HTTP", self.id));
+        format!("http://{addr}")
+    }
+
+    /// How many times the process was started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
     /// Process id, while the process runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|(child, _)| child.id())
@@ -161,16 +200,27 @@ impl Node {
     pub(crate) async fn launch(&mut self) {
         assert!(self.process.is_none(), "{} is already running", self.id);
         self.starts += 1;
-        let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let host = self.placement.host.as_deref().unwrap_or("127.0.0.1");
+        let listen = self.addr.map_or_else(|| format!("{host}:0"), |a| a.to_string());
         let (stdout, stderr) = (self.stdout_log(), self.stderr_log());
         let marker = format!("start #{} of {} on {listen}", self.starts, self.id);
         logs::mark(&stdout, &marker);
         logs::mark(&stderr, &marker);
         let offset = logs::len(&stdout);
-        let mut command = Command::new(&self.program);
+        let mut command = match self.placement.wrapper.split_first() {
+            Some((wrapper, wrapper_args)) => {
+                let mut command = Command::new(wrapper);
+                command.args(wrapper_args).arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
+        command.args(&self.args).args(["--listen", &listen]);
+        if self.role == Role::Coordinator {
+            let http = self.http_addr.map_or_else(|| format!("{host}:0"), |a| a.to_string());
+            command.args(["--http-listen", &http]);
+        }
         command
-            .args(&self.args)
-            .args(["--listen", &listen])
             .stdin(Stdio::null())
             .stdout(logs::append(&stdout))
             .stderr(logs::append(&stderr))
@@ -188,23 +238,28 @@ impl Node {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
         let watchdog = Watchdog::watch(child.id(), None);
         self.process = Some((child, watchdog));
-        let addr = self.wait_listening(offset).await;
+        let addr = self.wait_line(offset, LISTENING).await;
         self.addr = Some(addr);
+        if self.role == Role::Coordinator {
+            self.http_addr = Some(self.wait_line(offset, CONSOLE_AT).await);
+        }
         self.wait_ready().await;
     }
 
-    /// Reads the `listening on ADDR` line from stdout, failing if the process exits first.
-    async fn wait_listening(&mut self, offset: u64) -> SocketAddr {
+    /// Reads the address of the first `{prefix}ADDR` line from stdout, failing if the process
+    /// exits first.
+    async fn wait_line(&mut self, offset: u64, prefix: &str) -> SocketAddr {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(addr) = parse_listening(&logs::read_from(&self.stdout_log(), offset)) {
+            if let Some(addr) = parse_address(&logs::read_from(&self.stdout_log(), offset), prefix)
+            {
                 return addr;
             }
             if let Some(status) = self.try_exit_status() {
-                self.fail(&format!("exited with {status} before printing `{LISTENING}ADDR`"));
+                self.fail(&format!("exited with {status} before printing `{prefix}ADDR`"));
             }
             if Instant::now() >= deadline {
-                self.fail(&format!("printed no `{LISTENING}ADDR` within {PATIENCE:?}"));
+                self.fail(&format!("printed no `{prefix}ADDR` within {PATIENCE:?}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -385,11 +440,11 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
     Ok(channel)
 }
 
-/// Finds the address in the first parseable `listening on ADDR` line.
-fn parse_listening(stdout: &str) -> Option<SocketAddr> {
+/// Finds the address in the first parseable line that has `prefix` before it.
+fn parse_address(stdout: &str, prefix: &str) -> Option<SocketAddr> {
     stdout.lines().find_map(|line| {
-        let (_, rest) = line.split_once(LISTENING)?;
-        rest.split_whitespace().next()?.trim_end_matches(['.', ',']).parse().ok()
+        let (_, rest) = line.split_once(prefix)?;
+        rest.split_whitespace().next()?.trim_end_matches(['.', ',', '/']).parse().ok()
     })
 }
 
@@ -399,8 +454,9 @@ mod tests {
 
     #[test]
     fn finds_the_listening_line() {
-        let text = "=== start ===\nsome log\nlistening on 127.0.0.1:4567\n";
-        assert_eq!(parse_listening(text), Some(SocketAddr::from(([127, 0, 0, 1], 4567))));
-        assert_eq!(parse_listening("listening on soon\n"), None);
+        let text = "=== start ===\nsome log\nlistening on 127.0.0.1:4567\nconsole at http://127.0.0.1:80/\n";
+        assert_eq!(parse_address(text, LISTENING), Some(SocketAddr::from(([127, 0, 0, 1], 4567))));
+        assert_eq!(parse_address(text, CONSOLE_AT), Some(SocketAddr::from(([127, 0, 0, 1], 80))));
+        assert_eq!(parse_address("listening on soon\n", LISTENING), None);
     }
 }

@@ -101,7 +101,7 @@ impl VmLab {
     /// Folder of the restore point that `session` makes for item `index` of `job`.
     pub fn restore_point_dir(&self, session: &pb::Session, index: usize) -> PathBuf {
         let item = &session.items[index].name;
-        self.repository.join(&session.job).join(item).join(format!("{}-{index}", session.id))
+        self.repository.join(&session.job).join(item).join(restore_point_id(session, index))
     }
 
     /// `(pid, command line)` of every `qemu-img` still working on a disk or in the repository.
@@ -308,7 +308,7 @@ pub async fn assert_restore_points(
     for &index in with {
         let status = &session.items[index];
         let dir = lab.restore_point_dir(session, index);
-        let rp_id = format!("{}-{index}", session.id);
+        let rp_id = restore_point_id(session, index);
         assert_eq!(status.restore_point, rp_id, "restore point of {}: {status:?}", status.name);
         assert!(dir.join("manifest.json").is_file(), "{} has no manifest", dir.display());
         let source = vm_disk(job, index);
@@ -328,6 +328,15 @@ pub async fn assert_restore_points(
         assert!(!dir.exists(), "{} has a restore point folder {}", status.name, dir.display());
         let listed: Vec<_> = catalog.iter().filter(|rp| rp.item == status.name).collect();
         assert!(listed.is_empty(), "{} is in the catalog: {listed:?}", status.name);
+    }
+}
+
+/// Id of the restore point of item `index`'s current attempt: `<session>-<index>`, and
+/// `-a<attempt>` after it for a retry.
+pub fn restore_point_id(session: &pb::Session, index: usize) -> String {
+    match session.items[index].attempt {
+        0 | 1 => format!("{}-{index}", session.id),
+        attempt => format!("{}-{index}-a{attempt}", session.id),
     }
 }
 

@@ -7,20 +7,27 @@
 mod e2e {
     mod agents;
     mod bad_input;
+    mod campaign;
     mod computers;
+    mod console;
     mod drains;
+    mod etcd_hygiene;
     mod etcd_restart;
     mod fencing;
     mod hardening;
     mod harness;
+    mod http_api;
     mod jobs;
+    mod live_vms;
     mod ownership;
     mod reflection;
     mod restore_points;
+    mod schedules;
     mod sessions;
     mod shutdown;
     mod snapshots;
     mod stop_takeover;
     mod stops;
     mod validation;
+    mod windows;
 }

@@ -31,11 +31,15 @@
 //!   a file gone while it was read is left out, also `WARNING`. A file taken over unread is
 //!   recorded as frozen and never warns.
 //! - `COMMIT` checks that every blob the manifest names is stored, fsyncs the new blobs'
-//!   folders, writes the manifest durably and renames the folder into place.
+//!   folders, writes the manifest durably and renames the folder into place. From its
+//!   first look into the store (before the previous restore point's blobs are trusted)
+//!   until this rename, the task holds the store lock shared ([`crate::repository::Store`]),
+//!   so garbage collection cannot remove a blob it found.
 //! - `CLEANUP` has nothing to release for files; it is reported all the same. An attempt
-//!   that does not commit (failed or cancelled) deletes its partial folder and the blobs it
-//!   created, never blobs that existed before it. After a crash, recovery deletes the
-//!   partial folder; blobs already published stay as harmless orphans.
+//!   that does not commit (failed or cancelled) deletes its partial folder but never a blob:
+//!   another backup may have found a blob it stored and committed a restore point naming
+//!   it. Its new blobs stay as orphans until garbage collection, which reads every manifest
+//!   of the repository, removes them. After a crash, recovery deletes the partial folder.
 //!
 //! # Outcome message
 //!
@@ -55,7 +59,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use sluice_proto::pb::{self, TaskPhase};
-use tracing::{debug, warn};
+use tracing::debug;
 
 pub(crate) use commit::outcome;
 
@@ -64,7 +68,7 @@ use self::walk::{Excluded, Frozen, WalkError};
 use super::{TaskContext, canceled, failed};
 use crate::fsutil::blocking;
 use crate::repository::{
-    COMPUTER_FORMAT, ComputerManifest, RepoPaths, Store, Totals, Written, rfc3339,
+    COMPUTER_FORMAT, ComputerManifest, RepoPaths, Store, StoreLock, Totals, Written, rfc3339,
 };
 
 /// Paths named per kind of warning; the rest are counted.
@@ -93,7 +97,7 @@ pub(crate) async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> p
     match result {
         Ok(manifest) => outcome(&manifest, &paths.final_dir),
         Err(failure) => {
-            discard(&paths, written).await;
+            super::remove_partial(&paths).await;
             match failure {
                 Failure::Canceled => canceled(ctx.cancel.reason()),
                 Failure::Failed(message) => failed(message),
@@ -114,6 +118,7 @@ async fn backup(
     let frozen = snapshot(ctx, target).await?;
     ensure_running(ctx)?;
     ctx.reporter.phase(TaskPhase::Transfer).await;
+    let _held_until_committed = lock_store(store).await?;
     super::prepare_partial(paths).await.map_err(Failure::Failed)?;
     let (frozen, known) = known_hashes(ctx, paths, store, frozen).await?;
     let transferred =
@@ -128,6 +133,15 @@ async fn backup(
     let stamps = Stamps { snapshot_at, bytes_written: written.bytes };
     let manifest = build_manifest(ctx, target, transferred, &frozen, stamps);
     commit_restore_point(paths, store, manifest, written).await
+}
+
+/// Holds the store lock shared from the first look into the store until the commit, so no
+/// garbage collection removes a blob this backup found stored.
+async fn lock_store(store: &Store) -> Result<StoreLock, Failure> {
+    let store = store.clone();
+    blocking(move || store.lock_for_backup()).await.map_err(|e| {
+        Failure::Failed(format!("TRANSFER failed: cannot lock the repository's store: {e}"))
+    })
 }
 
 /// The hashes of the frozen files that are unchanged since the previous restore point
@@ -234,15 +248,6 @@ async fn commit_restore_point(
             paths.final_dir.display()
         ))
     })
-}
-
-/// Deletes what only this attempt wrote: the partial folder and the blobs it created.
-async fn discard(paths: &RepoPaths, written: Written) {
-    super::remove_partial(paths).await;
-    let blobs = written.blobs.len();
-    if let Err(error) = blocking(move || written.discard()).await {
-        warn!(blobs, %error, "removal of the attempt's new blobs failed");
-    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,47 @@
-//! The VM executor: snapshot each qcow2 disk, export the snapshots into the repository,
-//! commit the restore point, remove the snapshots.
+//! The VM executor: a point-in-time copy of each disk with QEMU's block jobs, full or
+//! incremental, into the repository.
+//!
+//! - SNAPSHOT: lock the item's chains, open the disks ([`source`]: the running VM over QMP,
+//!   or a storage daemon for offline images), tidy what a dead agent left in QEMU, decide
+//!   full or incremental ([`plan`]), create the target images (an incremental one backed by
+//!   the parent's file) and start every disk's `blockdev-backup` in one transaction with
+//!   the new restore point's bitmap: that transaction is the backup's point in time, and the
+//!   VM never pauses for it.
+//! - TRANSFER: follow the block jobs ([`jobs`]); an immediate stop cancels them.
+//! - COMMIT: close the targets, checksum, manifest, rename ([`commit`]); only then is the
+//!   parent's bitmap removed.
+//! - CLEANUP: after a failure or cancel, cancel what runs, close the targets, remove the new
+//!   bitmap (the parent's still tracks every change) and the partial folder; quit a daemon.
 
-use std::fs::File;
-use std::io;
-use std::path::{Path, PathBuf};
+mod blockdev;
+mod commit;
+mod jobs;
+mod plan;
+mod recover;
+mod source;
 
-use sha2::{Digest, Sha256};
+pub(crate) use recover::recover;
+pub(crate) use source::remove_legacy_snapshots;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
 use sluice_proto::pb::{self, TaskPhase};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::qemu::{self, ConvertError, ProgressSpan};
+use self::commit::Copied;
+use self::jobs::{Ended, Job};
+use self::plan::{DiskState, Kind, Names, Plan};
+use self::source::{OpenError, Source};
 use super::{TaskContext, canceled, committed, failed, remove_partial, restore_point};
 use crate::fsutil::blocking;
-use crate::key::{SNAPSHOT_PREFIX, TaskNames};
-use crate::repository::{Disk, RepoPaths, VmManifest};
+use crate::key::TaskNames;
+use crate::qemu_img;
+use crate::repository::chain::{self, ChainLock, VmPoint};
+use crate::repository::{RepoPaths, VmKind, VmManifest};
+
+/// Longest wait for QEMU to end block jobs it was asked to cancel.
+const CANCEL_WAIT: Duration = Duration::from_secs(60);
 
 /// Why a VM backup did not commit.
 enum Failure {
@@ -21,194 +49,333 @@ enum Failure {
     Failed(String),
 }
 
-fn phase_error(phase: &str, disk: &Path, error: impl std::fmt::Display) -> Failure {
-    Failure::Failed(format!("{phase} of disk {} failed: {error}", disk.display()))
+/// What a backup that committed reports.
+struct Done {
+    restore_point: pb::RestorePoint,
+    warnings: Vec<String>,
 }
 
 /// Runs a VM task to its outcome; CLEANUP always runs.
 pub(super) async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOutcome {
-    let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
     let paths = RepoPaths::of_task(&ctx.spec, &ctx.id);
-    let mut snapshotted = Vec::new();
-    let result = backup(ctx, &disks, &paths, &mut snapshotted).await;
-    ctx.reporter.phase(TaskPhase::Cleanup).await;
+    ctx.reporter.phase(TaskPhase::Snapshot).await;
+    let result = match Backup::open(ctx, vm, &paths).await {
+        Ok(mut backup) => {
+            let result = backup.run(ctx, &paths).await;
+            ctx.reporter.phase(TaskPhase::Cleanup).await;
+            backup.clean_up(result.is_ok()).await;
+            result
+        }
+        Err(failure) => {
+            ctx.reporter.phase(TaskPhase::Cleanup).await;
+            Err(failure)
+        }
+    };
     if result.is_err() {
         remove_partial(&paths).await;
     }
-    let warnings = remove_snapshots(ctx, &snapshotted).await;
     match result {
-        Ok(restore_point) => committed(restore_point, warnings.join("; ")),
+        Ok(done) => committed(done.restore_point, done.warnings.join("; ")),
         Err(Failure::Canceled) => canceled(ctx.cancel.reason()),
         Err(Failure::Failed(message)) => failed(message),
     }
-}
-
-async fn backup(
-    ctx: &mut TaskContext,
-    disks: &[PathBuf],
-    paths: &RepoPaths,
-    snapshotted: &mut Vec<PathBuf>,
-) -> Result<pb::RestorePoint, Failure> {
-    ctx.reporter.phase(TaskPhase::Snapshot).await;
-    let mut sizes = Vec::with_capacity(disks.len());
-    for disk in disks {
-        ensure_running(ctx)?;
-        sizes.push(snapshot(ctx, disk).await?);
-        snapshotted.push(disk.clone());
-    }
-    ensure_running(ctx)?;
-    ctx.reporter.phase(TaskPhase::Transfer).await;
-    let copied = transfer(ctx, disks, &sizes, paths).await?;
-    ensure_running(ctx)?;
-    ctx.reporter.phase(TaskPhase::Commit).await;
-    commit_restore_point(ctx, paths, copied).await
 }
 
 fn ensure_running(ctx: &TaskContext) -> Result<(), Failure> {
     if ctx.cancel.is_cancelled() { Err(Failure::Canceled) } else { Ok(()) }
 }
 
-/// Removes leftover snapshots on the disk, takes the task's snapshot, returns the virtual size.
-async fn snapshot(ctx: &TaskContext, disk: &Path) -> Result<DiskSize, Failure> {
-    let name = ctx.id.snapshot_name();
-    let image = qemu::info(disk).await.map_err(|e| phase_error("SNAPSHOT", disk, e))?;
-    for leftover in image.snapshots.iter().filter(|s| is_leftover(ctx, &s.name)) {
-        match qemu::snapshot_delete(disk, &leftover.name).await {
-            Ok(()) => {
-                info!(disk = %disk.display(), snapshot = leftover.name, "leftover snapshot removed")
-            }
-            Err(error) => {
-                warn!(disk = %disk.display(), snapshot = leftover.name, %error, "leftover snapshot removal failed")
-            }
+fn snapshot_failed(error: impl std::fmt::Display) -> Failure {
+    Failure::Failed(format!("SNAPSHOT failed: {error}"))
+}
+
+/// A backup under way, and what CLEANUP has to undo.
+struct Backup {
+    source: Source,
+    names: Names,
+    disks: Vec<PathBuf>,
+    newest: Option<VmPoint>,
+    jobs: Vec<Job>,
+    targets: usize,
+    new_bitmap: Option<String>,
+    _lock: ChainLock,
+}
+
+impl Backup {
+    /// Locks the item's chains and opens the disks.
+    async fn open(
+        ctx: &TaskContext,
+        vm: &pb::VmTarget,
+        paths: &RepoPaths,
+    ) -> Result<Self, Failure> {
+        ensure_running(ctx)?;
+        let item_dir = paths.item_dir.clone();
+        let (lock, newest) = blocking(move || {
+            let lock = ChainLock::settled(&item_dir).map_err(std::io::Error::other)?;
+            Ok((lock, chain::vm_points(&item_dir)?.into_iter().next()))
+        })
+        .await
+        .map_err(|e| snapshot_failed(format!("{}: {e}", paths.item_dir.display())))?;
+        let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
+        let marker = ctx.id.restore_point_id();
+        let source = Source::open(&vm.qmp_socket, &disks, &marker).await.map_err(open_failure)?;
+        let names = Names::new(&ctx.spec.job);
+        Ok(Self {
+            source,
+            names,
+            disks,
+            newest,
+            jobs: Vec::new(),
+            targets: 0,
+            new_bitmap: None,
+            _lock: lock,
+        })
+    }
+
+    async fn run(&mut self, ctx: &mut TaskContext, paths: &RepoPaths) -> Result<Done, Failure> {
+        self.tidy().await.map_err(snapshot_failed)?;
+        let plan = self.plan(ctx.spec.full).await?;
+        ensure_running(ctx)?;
+        let copied = self.prepare_targets(paths, &plan.kind).await?;
+        ensure_running(ctx)?;
+        self.start(ctx, &plan.kind).await?;
+        ctx.reporter.phase(TaskPhase::Transfer).await;
+        match jobs::follow(&mut self.source.qmp, &mut self.jobs, &ctx.cancel, &mut ctx.reporter)
+            .await
+        {
+            Ended::Completed => {}
+            Ended::Canceled => return Err(Failure::Canceled),
+            Ended::Failed(message) => return Err(Failure::Failed(message)),
         }
+        debug!(read = jobs::volumes(&self.jobs).read, "block jobs completed");
+        ensure_running(ctx)?;
+        ctx.reporter.phase(TaskPhase::Commit).await;
+        self.close_targets().await.map_err(|e| Failure::Failed(format!("COMMIT failed: {e}")))?;
+        debug!("targets closed");
+        let restore_point = self.commit(ctx, paths, &plan.kind, copied).await?;
+        let stored =
+            jobs::Volumes { transferred: restore_point.size_bytes, ..jobs::volumes(&self.jobs) };
+        ctx.reporter.volumes(stored).await;
+        let mut warnings: Vec<String> = match &plan.kind {
+            Kind::Full { warning } => warning.iter().cloned().collect(),
+            Kind::Incremental { .. } => Vec::new(),
+        };
+        warnings.extend(self.drop_superseded(&plan).await);
+        Ok(Done { restore_point, warnings })
     }
-    qemu::snapshot_create(disk, &name).await.map_err(|e| phase_error("SNAPSHOT", disk, e))?;
-    Ok(DiskSize { virtual_size: image.virtual_size, allocated: image.actual_size.max(1) })
-}
 
-/// A disk's sizes: virtual (for the manifest) and allocated (what its export copies).
-#[derive(Debug, Clone, Copy)]
-struct DiskSize {
-    virtual_size: u64,
-    allocated: u64,
-}
-
-/// A Sluice snapshot of no task running here, or an earlier attempt's of this session.
-fn is_leftover(ctx: &TaskContext, name: &str) -> bool {
-    let Some(session) = name.strip_prefix(SNAPSHOT_PREFIX) else { return false };
-    session == ctx.id.session || !ctx.running_sessions.borrow().contains(session)
-}
-
-async fn transfer(
-    ctx: &mut TaskContext,
-    disks: &[PathBuf],
-    sizes: &[DiskSize],
-    paths: &RepoPaths,
-) -> Result<Vec<CopiedDisk>, Failure> {
-    let total = sizes.iter().map(|s| s.allocated).sum();
-    super::prepare_partial(paths).await.map_err(Failure::Failed)?;
-    ctx.reporter.progress(0, total).await;
-    let mut copied = Vec::with_capacity(disks.len());
-    let mut base = 0;
-    for (i, (disk, size)) in disks.iter().zip(sizes).enumerate() {
-        let file = format!("disk{i}.qcow2");
-        let span = ProgressSpan { base, size: size.allocated, total };
-        copy_disk(ctx, disk, &paths.partial.join(&file), span).await?;
-        let virtual_size = size.virtual_size;
-        copied.push(CopiedDisk { source: disk.display().to_string(), file, virtual_size });
-        base += size.allocated;
-        ctx.reporter.progress(base, total).await;
+    /// Cancels this job's block jobs and closes its target nodes that a dead agent left.
+    async fn tidy(&mut self) -> Result<(), String> {
+        let names = self.names.clone();
+        jobs::cancel_and_wait(&mut self.source.qmp, |id| names.is_job(id), CANCEL_WAIT).await?;
+        let nodes = blockdev::named_nodes(&mut self.source.qmp).await.map_err(|e| e.to_string())?;
+        for node in nodes.iter().filter(|node| self.names.is_target(&node.node_name)) {
+            info!(node = node.node_name, "closing a backup target left by an earlier run");
+            blockdev::delete_node(&mut self.source.qmp, &node.node_name)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
-    ctx.reporter.progress(total, total).await;
-    Ok(copied)
-}
 
-async fn copy_disk(
-    ctx: &mut TaskContext,
-    disk: &Path,
-    out: &Path,
-    span: ProgressSpan,
-) -> Result<(), Failure> {
-    let name = ctx.id.snapshot_name();
-    let result =
-        qemu::convert(disk, out, &name, ctx.rate_limit, &ctx.cancel, &mut ctx.reporter, span).await;
-    match result {
-        Ok(()) => Ok(()),
-        Err(ConvertError::Canceled) => Err(Failure::Canceled),
-        Err(ConvertError::Failed(error)) => Err(phase_error("TRANSFER", disk, error)),
+    /// Decides full or incremental and removes the job's stale bitmaps.
+    async fn plan(&mut self, full_requested: bool) -> Result<Plan, Failure> {
+        let nodes = blockdev::find_disks(&mut self.source.qmp, &self.disks)
+            .await
+            .map_err(snapshot_failed)?;
+        let states: Vec<DiskState> = nodes
+            .iter()
+            .zip(&self.disks)
+            .map(|(node, disk)| DiskState {
+                source: disk.display().to_string(),
+                virtual_size: node.image.virtual_size,
+                bitmaps: node.dirty_bitmaps.clone(),
+            })
+            .collect();
+        self.source.nodes = nodes;
+        let plan = plan::plan(&self.names, self.newest.as_ref(), &states, full_requested);
+        for (index, name) in &plan.stale {
+            let node = &self.source.nodes[*index].node_name;
+            info!(node, bitmap = name, "removing a stale change-tracking bitmap");
+            blockdev::remove_bitmap(&mut self.source.qmp, node, name)
+                .await
+                .map_err(snapshot_failed)?;
+        }
+        match &plan.kind {
+            Kind::Full { warning: Some(warning) } => warn!(%warning, "full backup"),
+            Kind::Full { warning: None } => info!("full backup"),
+            Kind::Incremental { parent } => info!(parent, "incremental backup"),
+        }
+        Ok(plan)
     }
-}
 
-async fn commit_restore_point(
-    ctx: &TaskContext,
-    paths: &RepoPaths,
-    copied: Vec<CopiedDisk>,
-) -> Result<pb::RestorePoint, Failure> {
-    let created_at = sluice_proto::time::now();
-    let manifest = VmManifest {
-        identity: ctx.identity(),
-        created_at: created_at.to_string(),
-        disks: Vec::new(),
-    };
-    let commit_paths = paths.clone();
-    let size_bytes =
-        blocking(move || commit(&commit_paths, manifest, &copied)).await.map_err(|e| {
+    /// Creates each disk's target image in the partial folder and opens it as a node.
+    async fn prepare_targets(
+        &mut self,
+        paths: &RepoPaths,
+        kind: &Kind,
+    ) -> Result<Vec<Copied>, Failure> {
+        super::prepare_partial(paths).await.map_err(Failure::Failed)?;
+        let mut copied = Vec::with_capacity(self.disks.len());
+        for (index, disk) in self.disks.iter().enumerate() {
+            let file = format!("disk{index}.qcow2");
+            let target = paths.partial.join(&file);
+            let virtual_size = self.source.nodes[index].image.virtual_size;
+            let backing = self.backing(kind, index, &file);
+            let create = target.clone();
+            blocking(move || {
+                qemu_img::create(&create, virtual_size, backing.as_deref())
+                    .map_err(std::io::Error::other)
+            })
+            .await
+            .map_err(|e| {
+                Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", target.display()))
+            })?;
+            blockdev::add_qcow2(&mut self.source.qmp, &self.names.target(index), &target)
+                .await
+                .map_err(|e| {
+                    Failure::Failed(format!(
+                        "TRANSFER failed: cannot open {}: {e}",
+                        target.display()
+                    ))
+                })?;
+            self.targets = index + 1;
+            let source = disk.display().to_string();
+            self.jobs.push(Job {
+                id: self.names.job_id(index),
+                disk: source.clone(),
+                virtual_size,
+                target,
+                offset: 0,
+                len: None,
+                end: None,
+            });
+            copied.push(Copied { source, file, virtual_size });
+        }
+        Ok(copied)
+    }
+
+    /// The parent's file a disk's incremental target reads through to, relative to it.
+    fn backing(&self, kind: &Kind, index: usize, file: &str) -> Option<String> {
+        let Kind::Incremental { parent } = kind else { return None };
+        let parent_file = self
+            .newest
+            .as_ref()
+            .and_then(|p| p.manifest.disks.get(index))
+            .map_or(file, |d| d.file.as_str());
+        Some(format!("../{parent}/{parent_file}"))
+    }
+
+    /// The point in time: the new bitmaps and every block job, in one transaction.
+    async fn start(&mut self, ctx: &TaskContext, kind: &Kind) -> Result<(), Failure> {
+        let rp = ctx.id.restore_point_id();
+        let disks = u64::try_from(self.disks.len()).unwrap_or(1).max(1);
+        let speed = ctx.rate_limit.map_or(0, |rate| (rate / disks).max(1));
+        let actions = jobs::actions(&self.names, &self.source.nodes, kind, &rp, speed);
+        blockdev::transaction(&mut self.source.qmp, actions).await.map_err(snapshot_failed)?;
+        self.new_bitmap = Some(self.names.bitmap(&rp));
+        Ok(())
+    }
+
+    /// Closes the target nodes (QEMU flushes them).
+    async fn close_targets(&mut self) -> Result<(), String> {
+        while self.targets > 0 {
+            let node = self.names.target(self.targets - 1);
+            blockdev::delete_node(&mut self.source.qmp, &node).await.map_err(|e| e.to_string())?;
+            self.targets -= 1;
+        }
+        Ok(())
+    }
+
+    async fn commit(
+        &mut self,
+        ctx: &TaskContext,
+        paths: &RepoPaths,
+        kind: &Kind,
+        copied: Vec<Copied>,
+    ) -> Result<pb::RestorePoint, Failure> {
+        let created_at = sluice_proto::time::now();
+        let (vm_kind, parent) = match kind {
+            Kind::Full { .. } => (VmKind::Full, None),
+            Kind::Incremental { parent } => (VmKind::Incremental, Some(parent.clone())),
+        };
+        let bytes_read = jobs::volumes(&self.jobs).read;
+        let manifest = VmManifest {
+            identity: ctx.identity(),
+            created_at: created_at.to_string(),
+            kind: vm_kind,
+            parent: parent.clone(),
+            bytes_read,
+            disks: Vec::new(),
+        };
+        let commit_paths = paths.clone();
+        let size_bytes = blocking(move || commit::commit(&commit_paths, manifest, &copied))
+            .await
+            .map_err(|e| {
             Failure::Failed(format!(
                 "COMMIT of restore point {} failed: {e}",
                 paths.final_dir.display()
             ))
         })?;
-    Ok(restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes))
-}
-
-/// One disk copied into the partial folder.
-#[derive(Debug, Clone)]
-struct CopiedDisk {
-    /// Source disk path.
-    source: String,
-    /// File name in the restore point.
-    file: String,
-    /// Virtual size of the disk.
-    virtual_size: u64,
-}
-
-/// Checksums and fsyncs the copied disks, then publishes the restore point with its
-/// manifest (blocking). Returns the bytes stored.
-fn commit(paths: &RepoPaths, mut manifest: VmManifest, disks: &[CopiedDisk]) -> io::Result<u64> {
-    paths.ensure_new()?;
-    manifest.disks =
-        disks.iter().map(|disk| record(&paths.partial, disk)).collect::<Result<_, _>>()?;
-    let size = manifest.disks.iter().map(|d| d.size_bytes).sum();
-    paths.publish(&manifest)?;
-    Ok(size)
-}
-
-fn record(partial: &Path, disk: &CopiedDisk) -> io::Result<Disk> {
-    let mut file = File::open(partial.join(&disk.file))?;
-    let mut hasher = Sha256::new();
-    let size_bytes = io::copy(&mut file, &mut hasher)?;
-    file.sync_all()?;
-    Ok(Disk {
-        source: disk.source.clone(),
-        file: disk.file.clone(),
-        size_bytes,
-        sha256: hex::encode(hasher.finalize()),
-        virtual_size: disk.virtual_size,
-    })
-}
-
-/// Removes the task's snapshots; returns a warning per disk where that failed.
-async fn remove_snapshots(ctx: &TaskContext, disks: &[PathBuf]) -> Vec<String> {
-    let name = ctx.id.snapshot_name();
-    let mut warnings = Vec::new();
-    for disk in disks {
-        if let Err(error) = qemu::snapshot_delete(disk, &name).await {
-            warn!(task = %ctx.id, disk = %disk.display(), %error, "snapshot removal failed");
-            warnings.push(format!(
-                "CLEANUP of disk {} failed: snapshot {name} not removed: {error}",
-                disk.display()
-            ));
-        }
+        // Committed: the new bitmap now tracks changes since this restore point.
+        self.new_bitmap = None;
+        let mut restore_point =
+            restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes);
+        restore_point.set_kind(vm_kind.to_wire());
+        restore_point.parent_id = parent.unwrap_or_default();
+        Ok(restore_point)
     }
-    warnings
+
+    /// Removes the parent's bitmap, now that the new restore point's tracks every change.
+    async fn drop_superseded(&mut self, plan: &Plan) -> Vec<String> {
+        let Some(name) = &plan.superseded else { return Vec::new() };
+        let mut warnings = Vec::new();
+        for node in &self.source.nodes {
+            if !node.dirty_bitmaps.iter().any(|b| &b.name == name && !b.inconsistent) {
+                continue;
+            }
+            if let Err(error) =
+                blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, name).await
+            {
+                warnings.push(format!("CLEANUP: bitmap {name} not removed: {error}"));
+            }
+        }
+        warnings
+    }
+
+    /// Undoes what a backup that did not commit left in QEMU, then closes the connection.
+    async fn clean_up(mut self, committed: bool) {
+        if !committed {
+            let names = self.names.clone();
+            let qmp = &mut self.source.qmp;
+            if let Err(error) = jobs::cancel_and_wait(qmp, |id| names.is_job(id), CANCEL_WAIT).await
+            {
+                warn!(%error, "cannot cancel the block jobs");
+            }
+            if let Err(error) = self.close_targets().await {
+                warn!(%error, "cannot close the backup targets");
+            }
+            if let Some(name) = self.new_bitmap.take() {
+                for node in self.source.nodes.clone() {
+                    if let Err(error) =
+                        blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, &name).await
+                    {
+                        warn!(node = node.node_name, bitmap = name, %error, "cannot remove the bitmap of a backup that did not commit");
+                    }
+                }
+            }
+        }
+        self.source.close().await;
+    }
+}
+
+fn open_failure(error: OpenError) -> Failure {
+    match error.disk {
+        Some(disk) => Failure::Failed(format!(
+            "SNAPSHOT of disk {} failed: {}",
+            disk.display(),
+            error.message
+        )),
+        None => snapshot_failed(error.message),
+    }
 }

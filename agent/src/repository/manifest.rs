@@ -6,9 +6,8 @@
 //! A field added later carries `#[serde(default)]`, so manifests written before it still
 //! read, and `skip_serializing_if` where its default must not be written, so what is written
 //! stays byte-for-byte the same until the field is used (as `snapshot_at` and `bytes_read` of
-//! a computer manifest did). Incremental VM backups, for example, add a restore point `kind`
-//! (full or incremental, default full) and a `parent` restore point id (default none) this
-//! way. Only a change that older agents must not misread gets a new `format`.
+//! a computer manifest did, and a VM manifest's `kind` (default full) and `parent`). Only a
+//! change that older agents must not misread gets a new `format`.
 
 mod computer;
 mod vm;
@@ -19,7 +18,7 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 pub(crate) use computer::{ComputerManifest, Kind, Record, Totals};
-pub(crate) use vm::{Disk, VmManifest};
+pub(crate) use vm::{Disk, VmKind, VmManifest};
 
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +133,7 @@ mod tests {
                 sha256: "ab".repeat(32),
                 virtual_size: 16 << 20,
             }],
+            ..VmManifest::default()
         }
     }
 

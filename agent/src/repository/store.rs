@@ -1,14 +1,26 @@
 //! The content-addressed store of a repository: `<repository>/.store/<aa>/<sha256>`, where
 //! `<sha256>` is the lowercase hex SHA-256 of the blob's bytes and `<aa>` its first two
 //! characters. Every function here does blocking I/O.
+//!
+//! # The store lock
+//!
+//! `<repository>/.store/lock` keeps backups and garbage collection apart, also across
+//! agents sharing the repository: an advisory `flock`, so the repository's file system
+//! must support it (local file systems and NFS do). A computer backup holds it shared from
+//! its first look into the store until its restore point is committed; a collection holds
+//! it exclusively while it removes blobs, and only if it gets it at once. So no blob is
+//! removed between a backup finding it and the backup's manifest naming it.
 
 use std::collections::BTreeSet;
-use std::fs;
+use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::STORE_DIR;
 use crate::fsutil;
+
+/// Name of the lock file in the store folder (blobs live in sub-folders only).
+const LOCK: &str = "lock";
 
 /// The store of one repository.
 #[derive(Debug, Clone)]
@@ -16,12 +28,11 @@ pub(crate) struct Store {
     root: PathBuf,
 }
 
-/// What an attempt added to the store: removed again when the attempt does not commit.
+/// What an attempt added to the store. An attempt that does not commit leaves its blobs
+/// to garbage collection: another backup may already name them.
 #[derive(Debug, Default)]
 pub(crate) struct Written {
-    /// Blobs this attempt created (never blobs that were there before).
-    pub(crate) blobs: Vec<PathBuf>,
-    /// Bytes of those blobs.
+    /// Bytes of the blobs this attempt created (never of blobs that were there before).
     pub(crate) bytes: u64,
     /// Store folders that received blobs, fsynced before the commit.
     pub(crate) dirs: BTreeSet<PathBuf>,
@@ -102,25 +113,55 @@ impl Store {
     }
 }
 
+/// A hold on the store lock; released when dropped.
+#[derive(Debug)]
+pub(crate) struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Takes the lock shared, for a backup: waits while a collection removes blobs.
+    pub(crate) fn lock_for_backup(&self) -> io::Result<StoreLock> {
+        let file = self.lock_file()?;
+        match file.try_lock_shared() {
+            Ok(()) => return Ok(StoreLock { _file: file }),
+            Err(TryLockError::WouldBlock) => {
+                tracing::info!(store = %self.root.display(), "waiting for a garbage collection");
+            }
+            Err(TryLockError::Error(error)) => return Err(error),
+        }
+        file.lock_shared()?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Takes the lock exclusively, for a collection round; `None` while a backup holds it.
+    pub(crate) fn try_lock_for_collection(&self) -> io::Result<Option<StoreLock>> {
+        let file = self.lock_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StoreLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(error)) => Err(error),
+        }
+    }
+
+    fn lock_file(&self) -> io::Result<File> {
+        fs::create_dir_all(&self.root)?;
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.root.join(LOCK))
+    }
+}
+
 impl Written {
     /// Records a blob of `len` bytes this attempt created.
     pub(crate) fn add(&mut self, blob: PathBuf, len: u64) {
         if let Some(dir) = blob.parent() {
             self.dirs.insert(dir.to_path_buf());
         }
-        self.blobs.push(blob);
         self.bytes += len;
-    }
-
-    /// Removes the blobs this attempt created; returns the first error after trying all.
-    pub(crate) fn discard(&self) -> io::Result<()> {
-        let mut first_error = None;
-        for blob in &self.blobs {
-            if let Err(error) = fsutil::remove_file_if_exists(blob) {
-                first_error.get_or_insert(error);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -144,6 +185,20 @@ mod tests {
     const SHA: &str = "ab00000000000000000000000000000000000000000000000000000000000000";
 
     #[test]
+    fn backups_share_the_store_lock_and_a_collection_gets_it_only_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let first = store.lock_for_backup().expect("backup");
+        let second = store.lock_for_backup().expect("a second backup at once");
+        assert!(store.try_lock_for_collection().expect("try").is_none(), "backups hold it");
+        drop((first, second));
+        let collection = store.try_lock_for_collection().expect("try").expect("free again");
+        assert!(store.try_lock_for_collection().expect("try").is_none(), "one collection");
+        drop(collection);
+        assert!(store.blobs().expect("blobs").is_empty(), "the lock file is no blob");
+    }
+
+    #[test]
     fn a_blob_present_already_is_kept_and_not_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::new(dir.path());
@@ -162,7 +217,6 @@ mod tests {
         assert!(store.holds(SHA, 5) && !store.holds(SHA, 4), "held at its size only");
         let mut written = Written::default();
         written.add(blob, 5);
-        written.discard().expect("discard");
-        assert!(!store.contains(SHA).expect("contains"));
+        assert_eq!((written.bytes, written.dirs.len()), (5, 1));
     }
 }

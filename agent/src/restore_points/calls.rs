@@ -1,19 +1,28 @@
-//! The `AgentService` calls on restore points: check the request, run the file work on a
-//! blocking thread that is cancelled when the call is dropped, and build the answer.
+//! The `AgentService` calls on restore points: check the request (repositories and restore
+//! targets against the agent's roots), run the file work on a blocking thread that is
+//! cancelled when the call is dropped, and build the answer.
+
+use std::sync::Arc;
 
 use sluice_proto::pb;
 use tracing::info;
 
-use super::location::{Location, absolute_dir};
-use super::{Cancel, gc, restore, verify};
+use super::location::{Location, absolute_dir, check_id};
+use super::{Cancel, gc, restore, verify, vm};
 use crate::error::AgentError;
+use crate::roots::Roots;
 
 /// `VerifyRestorePoint`: every byte read and hashed; mismatches are problems in the answer.
 pub(crate) async fn verify(
     request: pb::AgentVerifyRequest,
+    roots: Arc<Roots>,
 ) -> Result<pb::VerifyRestorePointResponse, AgentError> {
     let location = Location::parse("location", request.location.as_ref())?;
-    let report = run_blocking(move |cancel| verify::verify(&location, cancel)).await?;
+    let report = run_blocking(move |cancel| {
+        roots.check_repository("location.repository", &location.repository)?;
+        verify::verify(&location, cancel)
+    })
+    .await?;
     Ok(pb::VerifyRestorePointResponse {
         ok: report.problems.is_empty(),
         problems: report.problems,
@@ -25,11 +34,17 @@ pub(crate) async fn verify(
 /// `RestoreRestorePoint`: the restore point written into an empty or new directory.
 pub(crate) async fn restore(
     request: pb::AgentRestoreRequest,
+    roots: Arc<Roots>,
 ) -> Result<pb::RestoreRestorePointResponse, AgentError> {
     let location = Location::parse("location", request.location.as_ref())?;
     let target = absolute_dir("target_dir", &request.target_dir)?;
-    info!(restore_point = %location.id, target = %target.display(), "restore begins");
-    let restored = run_blocking(move |cancel| restore::restore(&location, &target, cancel)).await?;
+    let restored = run_blocking(move |cancel| {
+        roots.check_repository("location.repository", &location.repository)?;
+        let target = roots.restore_target("target_dir", &target)?;
+        info!(restore_point = %location.id, target = %target.display(), "restore begins");
+        restore::restore(&location, &target, cancel)
+    })
+    .await?;
     Ok(pb::RestoreRestorePointResponse {
         files: restored.files,
         bytes: restored.bytes,
@@ -42,6 +57,7 @@ pub(crate) async fn restore(
 /// `DeleteRestorePoints`: each folder deleted, or a problem naming it.
 pub(crate) async fn delete(
     request: pb::DeleteRestorePointsRequest,
+    roots: Arc<Roots>,
 ) -> Result<pb::DeleteRestorePointsResponse, AgentError> {
     let locations = request
         .restore_points
@@ -49,17 +65,40 @@ pub(crate) async fn delete(
         .enumerate()
         .map(|(i, l)| Location::parse(&format!("restore_points[{i}]"), Some(l)))
         .collect::<Result<Vec<_>, _>>()?;
-    let (deleted, problems) =
-        run_blocking(move |_| Ok(gc::delete_restore_points(&locations))).await?;
+    let (deleted, problems) = run_blocking(move |_| {
+        for (i, location) in locations.iter().enumerate() {
+            let field = format!("restore_points[{i}].repository");
+            roots.check_repository(&field, &location.repository)?;
+        }
+        Ok(gc::delete_restore_points(&locations))
+    })
+    .await?;
     Ok(pb::DeleteRestorePointsResponse { deleted, problems })
+}
+
+/// `MergeRestorePoint`: a full VM restore point folded into its only child.
+pub(crate) async fn merge(
+    request: pb::MergeRestorePointRequest,
+) -> Result<pb::MergeRestorePointResponse, AgentError> {
+    let base = Location::parse("base", request.base.as_ref())?;
+    let child = request.child_id.clone();
+    check_id("child_id", &child)?;
+    info!(base = %base.id, child, "retention merge begins");
+    let merged = run_blocking(move |cancel| vm::merge(&base, &child, cancel)).await?;
+    Ok(pb::MergeRestorePointResponse { merged: Some(merged) })
 }
 
 /// `CollectGarbage`: the store blobs no computer manifest of the repository names, removed.
 pub(crate) async fn collect_garbage(
     request: pb::CollectGarbageRequest,
+    roots: Arc<Roots>,
 ) -> Result<pb::CollectGarbageResponse, AgentError> {
     let repository = absolute_dir("repository", &request.repository)?;
-    let collected = run_blocking(move |cancel| gc::collect_garbage(&repository, cancel)).await?;
+    let collected = run_blocking(move |cancel| {
+        roots.check_repository("repository", &repository)?;
+        gc::collect_garbage(&repository, cancel)
+    })
+    .await?;
     Ok(pb::CollectGarbageResponse {
         blobs_removed: collected.blobs_removed,
         bytes_removed: collected.bytes_removed,

@@ -3,11 +3,15 @@
 //!
 //! # Racing backups
 //!
-//! A computer backup creates its `.partial-<rp>` folder before it looks for blobs already in
-//! the store, and commits by renaming that folder. The collection therefore stands back
-//! (removes nothing) while any partial folder exists in the repository, and it re-reads the
-//! repository's folders before each round of removals: a new partial folder or restore point
-//! ends the collection. A later collection finishes the work.
+//! A computer backup holds the store lock shared from its first look into the store until
+//! its restore point is renamed into place (see [`crate::repository::Store`]). A collection
+//! reads every manifest, then removes the blobs none names in rounds, each under the store
+//! lock taken exclusively only if no backup holds it, and only if the repository's folders
+//! are still those it read the manifests from. So a backup either committed before the
+//! round (its restore point is a new folder: the collection stops) or looks into the store
+//! after it (it stores again what was removed). The collection also stands back while any
+//! partial folder exists, as it did before the lock (agents of older versions). Whatever
+//! stops it early, a later collection finishes the work.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
@@ -23,25 +27,58 @@ use crate::repository::{MANIFEST, Manifest, Store, is_partial, is_restore_point}
 /// Blobs removed between two re-reads of the repository's folders.
 const ROUND: usize = 64;
 
-/// Deletes each restore point's folder (blocking). Returns the ids deleted (or already
-/// gone) and one problem per folder that could not be deleted.
+/// Deletes each restore point's folder (blocking), only if it holds a readable manifest
+/// naming that job, item and restore point. Returns the ids deleted (or already gone) and
+/// one problem per folder not deleted. A VM restore point that a remaining one builds on is
+/// refused: retention merges it instead.
 pub(crate) fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec<String>) {
     let mut deleted = Vec::new();
     let mut problems = Vec::new();
+    let deleting: Vec<String> = locations.iter().map(|l| l.id.clone()).collect();
     for location in locations {
+        if let Some(refusal) = super::vm::deletion_refusal(location, &deleting) {
+            problems.push(refusal);
+            continue;
+        }
         let folder = location.folder();
-        let removed = fsutil::remove_dir_if_exists(&folder).and_then(|()| {
-            match fsutil::sync_dir(&location.item_dir()) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
-        });
+        let removed = match fs::symlink_metadata(&folder) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot be read: {e}")),
+            Ok(meta) if !meta.is_dir() => Err("not a folder; not deleted".to_owned()),
+            Ok(_) => match holds_restore_point(location) {
+                Err(why) => Err(format!("not deleted: {why}")),
+                Ok(()) => remove(location).map_err(|e| format!("cannot delete: {e}")),
+            },
+        };
         match removed {
             Ok(()) => deleted.push(location.id.clone()),
-            Err(e) => problems.push(format!("{}: cannot delete: {e}", folder.display())),
+            Err(problem) => problems.push(format!("{}: {problem}", folder.display())),
         }
     }
     (deleted, problems)
+}
+
+/// Whether the location's folder holds the manifest of the restore point it names; why not.
+fn holds_restore_point(location: &Location) -> Result<(), String> {
+    let manifest = Manifest::read(&location.folder())?;
+    let named = manifest.identity();
+    if (named.job.as_str(), named.item.as_str(), named.restore_point.as_str())
+        == (location.job.as_str(), location.item.as_str(), location.id.as_str())
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{MANIFEST} names restore point {:?} of job {:?}, item {:?}",
+        named.restore_point, named.job, named.item
+    ))
+}
+
+fn remove(location: &Location) -> io::Result<()> {
+    fsutil::remove_dir_if_exists(&location.folder())?;
+    match fsutil::sync_dir(&location.item_dir()) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// What a collection did.
@@ -60,6 +97,16 @@ pub(crate) struct Collected {
 /// Removes the blobs of `<repository>/.store` that no computer manifest of the repository
 /// names (blocking).
 pub(crate) fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Collected, AgentError> {
+    collect(repository, cancel, &mut |_| {})
+}
+
+/// [`collect_garbage`], calling `before_removal` with each round's blobs once the round has
+/// decided to remove them: the moment a racing backup must not slip into (tests run one).
+fn collect(
+    repository: &Path,
+    cancel: &Cancel,
+    before_removal: &mut dyn FnMut(&[PathBuf]),
+) -> Result<Collected, AgentError> {
     let io =
         |e: io::Error| AgentError::FailedPrecondition(format!("{}: {e}", repository.display()));
     let before = Folders::read(repository).map_err(io)?;
@@ -79,14 +126,20 @@ pub(crate) fn collect_garbage(repository: &Path, cancel: &Cancel) -> Result<Coll
             garbage.push(path);
         }
     }
+    let store = Store::new(repository);
     for round in garbage.chunks(ROUND) {
         if cancel.is_cancelled() {
             return Err(AgentError::FailedPrecondition("garbage collection canceled".into()));
         }
+        let Some(_exclusive) = store.try_lock_for_collection().map_err(io)? else {
+            collected.skipped = "a backup is using the store; stopped early".into();
+            return Ok(collected);
+        };
         if Folders::read(repository).map_err(io)? != before {
             collected.skipped = "the repository changed while collecting; stopped early".into();
             return Ok(collected);
         }
+        before_removal(round);
         remove_blobs(round, &mut collected).map_err(io)?;
     }
     Ok(collected)
@@ -166,3 +219,6 @@ impl Folders {
 fn hidden(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
+
+#[cfg(test)]
+mod tests;

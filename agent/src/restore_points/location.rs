@@ -52,6 +52,11 @@ impl Location {
     }
 }
 
+/// Checks a restore point id by the name rules; errors name `field`.
+pub(crate) fn check_id(field: &str, id: &str) -> Result<(), AgentError> {
+    validate_name(field, id).map_err(|e| AgentError::invalid(field, reason_of(&e)))
+}
+
 fn reason_of(error: &sluice_proto::job::JobError) -> String {
     match error {
         sluice_proto::job::JobError::Invalid { reason, .. } => reason.clone(),

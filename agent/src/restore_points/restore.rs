@@ -1,20 +1,26 @@
 //! Restore: a restore point written back into an empty directory, each hash checked while
 //! copying. A restore that fails or is cancelled removes what it wrote.
+//!
+//! A restore never writes outside its target, whatever the manifest says: entries must be
+//! absolute paths without `.` or `..`, each listed once, none below a symbolic link of the
+//! manifest. Folders and files are created first, never through a link (files with
+//! `O_EXCL | O_NOFOLLOW`; modes and times set through the open file), and links last.
 
+use std::collections::HashSet;
 use std::fs::{self, File, FileTimes};
 use std::io;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use super::Cancel;
 use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
+use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::fsutil;
 use crate::repository::{
-    ComputerManifest, Kind, Manifest, Record, Store, VmManifest, plain_file_name,
+    ComputerManifest, Kind, Manifest, Record, Store, VmKind, VmManifest, plain_file_name,
 };
 
 /// What a restore wrote.
@@ -49,7 +55,7 @@ pub(crate) fn restore(
     })?;
     let created = prepare_target(target)?;
     let result = match &contents {
-        Manifest::Vm(vm) => restore_vm(&folder, vm, target, cancel),
+        Manifest::Vm(vm) => restore_vm(location, vm, target, cancel),
         Manifest::Computer(computer) => restore_computer(location, computer, target, cancel),
     };
     if result.is_err() {
@@ -119,13 +125,25 @@ fn make_writable(path: &Path) {
 }
 
 fn restore_vm(
-    folder: &Path,
+    location: &Location,
     manifest: &VmManifest,
     target: &Path,
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
+    let _lock = vm::lock_settled(location)?;
+    let folder = location.folder();
+    let manifest = match Manifest::read(&folder) {
+        Ok(Manifest::Vm(settled)) => settled,
+        _ => manifest.clone(),
+    };
+    let names = disk_names(&manifest);
+    if manifest.kind == VmKind::Incremental {
+        let bytes = vm::restore_chain(location, &names, target, cancel)?;
+        fsutil::sync_dir(target).map_err(|e| io_error("cannot sync", target, &e))?;
+        let files = manifest.disks.len() as u64;
+        return Ok(Restored { files, bytes, ..Restored::default() });
+    }
     let mut restored = Restored::default();
-    let names = disk_names(manifest);
     for (disk, name) in manifest.disks.iter().zip(names) {
         if !plain_file_name(&disk.file) {
             return Err(AgentError::Corrupt(format!(
@@ -135,7 +153,7 @@ fn restore_vm(
         }
         let what = format!("{} (disk {})", disk.file, disk.source);
         let destination = target.join(&name);
-        let bytes = copy_checked(
+        let (bytes, _) = copy_checked(
             &folder.join(&disk.file),
             &destination,
             disk.size_bytes,
@@ -173,53 +191,97 @@ fn restore_computer(
     target: &Path,
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
+    let placed = place_entries(target, &manifest.entries)?;
     let store = Store::new(&location.repository);
     let mut restored = Restored::default();
-    let mut directories: Vec<(PathBuf, &Record)> = Vec::new();
-    for entry in &manifest.entries {
-        let path = entry_path(target, entry)?;
+    let mut directories: Vec<(&Path, &Record)> = Vec::new();
+    let mut links: Vec<(&Path, &Record)> = Vec::new();
+    for (path, entry) in &placed {
         match entry.kind {
             Kind::Dir => {
-                fs::create_dir_all(&path).map_err(|e| io_error("cannot create", &path, &e))?;
+                fs::create_dir_all(path).map_err(|e| io_error("cannot create", path, &e))?;
                 restored.directories += 1;
                 directories.push((path, entry));
             }
             Kind::File => {
-                restored.bytes += restore_file(&store, entry, &path, cancel)?;
+                create_parent(path)?;
+                restored.bytes += restore_file(&store, entry, path, cancel)?;
                 restored.files += 1;
             }
-            Kind::Symlink => {
-                restore_link(entry, &path)?;
-                restored.symlinks += 1;
-            }
+            Kind::Symlink => links.push((path, entry)),
         }
+    }
+    // Links last: nothing is created after them, so nothing can pass through one.
+    for (path, entry) in links {
+        create_parent(path)?;
+        restore_link(entry, path)?;
+        restored.symlinks += 1;
     }
     // Deepest first, once their contents are written: read-only folders were filled first,
     // and writing into a folder no longer moves its mtime.
-    for (path, entry) in directories.iter().rev() {
-        set_mode_and_mtime(path, entry)?;
+    directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, entry) in directories {
+        let folder = File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
+            .open(path)
+            .map_err(|e| io_error("cannot open", path, &e))?;
+        set_mode_and_mtime(&folder, path, entry)?;
     }
     Ok(restored)
 }
 
-/// Where `entry` goes under `target`, with its parent folder created.
-fn entry_path(target: &Path, entry: &Record) -> Result<PathBuf, AgentError> {
-    let path = under(target, &entry.path).ok_or_else(|| {
-        AgentError::Corrupt(format!(
-            "manifest.json: entry {:?} is not an absolute path without '..'",
-            entry.path
-        ))
-    })?;
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))?;
+/// Where each entry goes under `target`; refuses (DATA_LOSS) a manifest that could make the
+/// restore write outside it.
+fn place_entries<'a>(
+    target: &Path,
+    entries: &'a [Record],
+) -> Result<Vec<(PathBuf, &'a Record)>, AgentError> {
+    let links: HashSet<&Path> =
+        entries.iter().filter(|e| e.kind == Kind::Symlink).map(|e| Path::new(&e.path)).collect();
+    let mut seen = HashSet::with_capacity(entries.len());
+    let mut placed = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let path = under(target, &entry.path).ok_or_else(|| {
+            corrupt(format!("entry {:?} is not an absolute path without '..'", entry.path))
+        })?;
+        if !seen.insert(path.clone()) {
+            return Err(corrupt(format!("entry {:?} is listed twice", entry.path)));
+        }
+        if let Some(link) = Path::new(&entry.path).ancestors().skip(1).find(|a| links.contains(a)) {
+            return Err(corrupt(format!(
+                "entry {:?} lies below the symbolic link {:?}",
+                entry.path,
+                link.display().to_string()
+            )));
+        }
+        if entry.kind == Kind::Symlink && path == target {
+            return Err(corrupt("a symbolic link cannot stand for the restored folder".into()));
+        }
+        placed.push((path, entry));
     }
-    Ok(path)
+    Ok(placed)
+}
+
+fn corrupt(problem: String) -> AgentError {
+    AgentError::Corrupt(format!("manifest.json: {problem}"))
+}
+
+/// Creates the folders above `path` (inside the target, where no link exists yet).
+fn create_parent(path: &Path) -> Result<(), AgentError> {
+    match path.parent() {
+        Some(parent) => {
+            fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))
+        }
+        None => Ok(()),
+    }
 }
 
 fn restore_link(entry: &Record, path: &Path) -> Result<(), AgentError> {
-    let link = entry.target.as_deref().ok_or_else(|| {
-        AgentError::Corrupt(format!("manifest.json: link {} has no target", entry.path))
-    })?;
+    let link = entry
+        .target
+        .as_deref()
+        .ok_or_else(|| corrupt(format!("link {} has no target", entry.path)))?;
     symlink(link, path).map_err(|e| io_error("cannot create link", path, &e))
 }
 
@@ -229,17 +291,20 @@ fn restore_file(
     path: &Path,
     cancel: &Cancel,
 ) -> Result<u64, AgentError> {
-    let sha256 = entry.sha256.as_deref().ok_or_else(|| {
-        AgentError::Corrupt(format!("manifest.json: file {} has no sha256", entry.path))
-    })?;
+    let sha256 = entry
+        .sha256
+        .as_deref()
+        .ok_or_else(|| corrupt(format!("file {} has no sha256", entry.path)))?;
     let what = format!("{}: blob {sha256}", entry.path);
-    let bytes = copy_checked(&store.blob_path(sha256), path, entry.size, sha256, &what, cancel)?;
-    set_mode_and_mtime(path, entry)?;
+    let (bytes, file) =
+        copy_checked(&store.blob_path(sha256), path, entry.size, sha256, &what, cancel)?;
+    set_mode_and_mtime(&file, path, entry)?;
     Ok(bytes)
 }
 
-/// Copies `source` to a new file `destination`, hashing as it goes; a size or hash other
-/// than the manifest's is DATA_LOSS naming `what`.
+/// Copies `source` to a new file `destination` (never through a link), hashing as it goes;
+/// a size or hash other than the manifest's is DATA_LOSS naming `what`. Returns the bytes
+/// copied and the new file, still open.
 fn copy_checked(
     source: &Path,
     destination: &Path,
@@ -247,10 +312,11 @@ fn copy_checked(
     sha256: &str,
     what: &str,
     cancel: &Cancel,
-) -> Result<u64, AgentError> {
+) -> Result<(u64, File), AgentError> {
     let mut out = File::options()
         .write(true)
         .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(destination)
         .map_err(|e| io_error("cannot create", destination, &e))?;
     let found = match copy_hashing(source, Some(&mut out), cancel) {
@@ -271,16 +337,16 @@ fn copy_checked(
         )));
     }
     out.sync_all().map_err(|e| io_error("cannot sync", destination, &e))?;
-    Ok(found.size)
+    Ok((found.size, out))
 }
 
-fn set_mode_and_mtime(path: &Path, entry: &Record) -> Result<(), AgentError> {
+/// Sets the recorded mtime and mode through the open file or folder `file` at `path`.
+fn set_mode_and_mtime(file: &File, path: &Path, entry: &Record) -> Result<(), AgentError> {
     if let Some(mtime) = parse_mtime(&entry.mtime) {
-        let file = File::open(path).map_err(|e| io_error("cannot open", path, &e))?;
         file.set_times(FileTimes::new().set_modified(mtime))
             .map_err(|e| io_error("cannot set the mtime of", path, &e))?;
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & 0o7777))
+    file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
         .map_err(|e| io_error("cannot set the mode of", path, &e))
 }
 

@@ -13,7 +13,7 @@ use super::location::Location;
 use super::restore::{Restored, disk_names, restore};
 use super::verify::verify;
 use super::*;
-use crate::repository::{COMPUTER_FORMAT, Disk, Store, VmManifest};
+use crate::repository::{COMPUTER_FORMAT, Disk, MANIFEST, Store, VmManifest};
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -69,15 +69,26 @@ fn computer_restore_point(repository: &Path, id: &str, seed: &str) -> Location {
     location
 }
 
-fn vm_restore_point(repository: &Path, id: &str, disk: &[u8]) -> Location {
+/// A VM restore point whose one disk is a real qcow2 image holding `data`.
+fn vm_restore_point(repository: &Path, id: &str, data: &[u8]) -> Location {
     let location = location(repository, "vm", id);
     fs::create_dir_all(location.folder()).expect("folder");
-    fs::write(location.folder().join("disk0.qcow2"), disk).expect("disk");
+    let image = location.folder().join("disk0.qcow2");
+    let raw = location.folder().join("data.raw");
+    fs::write(&raw, data).expect("data");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .args([&raw, &image])
+        .status()
+        .expect("qemu-img runs");
+    assert!(status.success(), "qemu-img convert");
+    fs::remove_file(&raw).expect("rm raw");
+    let disk = fs::read(&image).expect("image");
     let manifest = serde_json::json!({
         "restore_point": id, "job": "j", "item": "vm", "session_id": "s",
         "created_at": "2025-05-06T07:08:09Z",
         "disks": [{"source": "/vms/web.qcow2", "file": "disk0.qcow2",
-                   "size_bytes": disk.len(), "sha256": sha(disk), "virtual_size": 1}],
+                   "size_bytes": disk.len(), "sha256": sha(&disk), "virtual_size": 1}],
     });
     fs::write(location.folder().join("manifest.json"), manifest.to_string()).expect("manifest");
     location
@@ -126,14 +137,12 @@ fn a_vm_disk_of_another_size_or_content_is_named() {
         problems[0].starts_with("disk0.qcow2 (disk /vms/web.qcow2): sha256 is "),
         "{problems:?}"
     );
+    let size = fs::metadata(rp.folder().join("disk0.qcow2")).expect("size").len();
     fs::write(rp.folder().join("disk0.qcow2"), b"short").expect("truncate");
     let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
-    assert!(
-        problems.contains(
-            &"disk0.qcow2 (disk /vms/web.qcow2): 5 bytes, the manifest records 11".into()
-        ),
-        "{problems:?}"
-    );
+    let expected =
+        format!("disk0.qcow2 (disk /vms/web.qcow2): 5 bytes, the manifest records {size}");
+    assert!(problems.contains(&expected), "{problems:?}");
     let gone = location(repo.path(), "vm", "s-9");
     let problems = verify(&gone, &Cancel::default()).expect("verify").problems;
     assert_eq!(
@@ -183,8 +192,9 @@ fn a_vm_restore_copies_each_disk_under_its_source_name() {
     let rp = vm_restore_point(repo.path(), "s-1", b"qcow2 bytes");
     let out = tempfile::tempdir().expect("tempdir");
     let restored = restore(&rp, out.path(), &Cancel::default()).expect("restore");
-    assert_eq!((restored.files, restored.bytes), (1, 11));
-    assert_eq!(fs::read(out.path().join("web.qcow2")).expect("disk"), b"qcow2 bytes");
+    let image = fs::read(rp.folder().join("disk0.qcow2")).expect("image");
+    assert_eq!((restored.files, restored.bytes), (1, image.len() as u64));
+    assert_eq!(fs::read(out.path().join("web.qcow2")).expect("disk"), image);
     let cancel = Cancel::default();
     cancel.cancel();
     let again = out.path().join("again");
@@ -231,4 +241,127 @@ fn garbage_collection_removes_only_blobs_no_manifest_names_and_waits_for_backups
     assert!(!blob_of(repo.path(), b"alpha old").exists());
     assert!(blob_of(repo.path(), b"alpha new").exists());
     assert!(blob_of(repo.path(), b"shared bytes").exists());
+}
+
+/// A computer restore point `id` of item `pc` whose manifest lists `entries` as given.
+fn crafted_restore_point(repository: &Path, id: &str, entries: Vec<serde_json::Value>) -> Location {
+    let manifest = serde_json::json!({
+        "format": COMPUTER_FORMAT, "restore_point": id, "job": "j", "item": "pc",
+        "session_id": "s", "entries": entries,
+    });
+    let location = location(repository, "pc", id);
+    fs::create_dir_all(location.folder()).expect("folder");
+    fs::write(location.folder().join("manifest.json"), manifest.to_string()).expect("manifest");
+    location
+}
+
+fn link(path: &str, target: &str) -> serde_json::Value {
+    let mut link = entry(path, "symlink", 0o777);
+    link["target"] = target.into();
+    link
+}
+
+#[test]
+fn a_restore_never_writes_through_a_restored_symlink() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("outside");
+    fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).expect("mode");
+    let escape = outside.path().display().to_string();
+    let cases = [
+        (
+            "file under an absolute link",
+            vec![
+                entry("/d", "dir", 0o755),
+                link("/d/l", &escape),
+                stored_file(repo.path(), "/d/l/evil", b"written outside", 0o644),
+            ],
+        ),
+        (
+            "file under a relative link",
+            vec![
+                link("/up", &format!("../../../../../../../../..{escape}")),
+                stored_file(repo.path(), "/up/evil", b"written outside", 0o644),
+            ],
+        ),
+        ("folder listed again after a link", vec![link("/d", &escape), entry("/d", "dir", 0o700)]),
+        ("folder under a link", vec![link("/d", &escape), entry("/d/sub", "dir", 0o700)]),
+    ];
+    for (i, (case, entries)) in cases.into_iter().enumerate() {
+        let rp = crafted_restore_point(repo.path(), &format!("s-{i}"), entries);
+        let target = tempfile::tempdir().expect("target");
+
+        let error = restore(&rp, target.path(), &Cancel::default()).expect_err(case);
+
+        let status = tonic::Status::from(error);
+        assert_eq!(status.code(), Code::DataLoss, "{case}: {status:?}");
+        assert_eq!(fs::read_dir(outside.path()).expect("list").count(), 0, "{case}: outside");
+        let mode = fs::metadata(outside.path()).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{case}: outside keeps its mode");
+        assert_eq!(fs::read_dir(target.path()).expect("list").count(), 0, "{case}: left nothing");
+    }
+}
+
+#[test]
+fn links_are_restored_last_and_never_followed_for_modes() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("outside");
+    let file = outside.path().join("victim");
+    fs::write(&file, b"x").expect("victim");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("mode");
+    let entries = vec![
+        entry("/d", "dir", 0o555),
+        link("/d/a-link", &file.display().to_string()),
+        stored_file(repo.path(), "/d/b", b"inside", 0o640),
+    ];
+    let rp = crafted_restore_point(repo.path(), "s-0", entries);
+    let target = tempfile::tempdir().expect("target");
+
+    let restored = restore(&rp, target.path(), &Cancel::default()).expect("restore");
+
+    assert_eq!(restored, Restored { files: 1, bytes: 6, directories: 1, symlinks: 1 });
+    assert_eq!(fs::read_link(target.path().join("d/a-link")).expect("link"), file);
+    let mode = |p: &Path| fs::symlink_metadata(p).expect("meta").permissions().mode() & 0o7777;
+    assert_eq!(mode(&file), 0o600, "the link's target is untouched");
+    assert_eq!((mode(&target.path().join("d")), mode(&target.path().join("d/b"))), (0o555, 0o640));
+    fs::set_permissions(target.path().join("d"), fs::Permissions::from_mode(0o755)).expect("w");
+}
+
+#[test]
+fn only_folders_holding_the_named_restore_points_manifest_are_deleted() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let no_manifest = location(repo.path(), "pc", "s-1");
+    fs::create_dir_all(no_manifest.folder()).expect("folder");
+    fs::write(no_manifest.folder().join("precious.txt"), b"not a backup").expect("file");
+    let other_id = location(repo.path(), "pc", "s-2");
+    fs::create_dir_all(other_id.folder()).expect("folder");
+    let manifest = computer_restore_point(repo.path(), "s-9", "other").folder().join(MANIFEST);
+    fs::rename(manifest, other_id.folder().join(MANIFEST)).expect("a manifest naming s-9");
+    let other_item = location(repo.path(), "pc", "s-3");
+    fs::rename(vm_restore_point(repo.path(), "s-3", b"d").folder(), other_item.folder())
+        .expect("a VM restore point of item vm, moved");
+    let other_job = Location { job: "k".into(), ..location(repo.path(), "pc", "s-0") };
+    let copied = computer_restore_point(repo.path(), "s-0", "copied").folder();
+    fs::create_dir_all(other_job.item_dir()).expect("item folder");
+    fs::rename(copied, other_job.folder()).expect("a restore point of job j, moved");
+    let good = computer_restore_point(repo.path(), "s-0", "good");
+    let gone = location(repo.path(), "pc", "s-4");
+
+    let asked = [
+        good.clone(),
+        no_manifest.clone(),
+        other_id.clone(),
+        other_item.clone(),
+        other_job.clone(),
+        gone,
+    ];
+    let (deleted, problems) = delete_restore_points(&asked);
+
+    assert_eq!(deleted, vec!["s-0".to_owned(), "s-4".to_owned()], "{problems:?}");
+    assert!(!good.folder().exists());
+    for kept in [&no_manifest, &other_id, &other_item, &other_job] {
+        assert!(kept.folder().exists(), "{} is kept", kept.id);
+        let named = problems.iter().filter(|p| p.contains(&kept.folder().display().to_string()));
+        assert_eq!(named.count(), 1, "one problem names {}: {problems:?}", kept.id);
+    }
+    assert!(problems[0].contains("not deleted"), "{problems:?}");
 }

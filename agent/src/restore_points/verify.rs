@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::Cancel;
 use super::hash::{Digested, ReadError, hash_file};
 use super::location::{Location, under};
+use super::{Cancel, vm};
 use crate::error::AgentError;
-use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest, plain_file_name};
+use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,23 +51,13 @@ fn verify_vm(
     cancel: &Cancel,
     report: &mut Report,
 ) -> Result<(), AgentError> {
-    let folder = location.folder();
-    for disk in &manifest.disks {
-        let name = format!("{} (disk {})", disk.file, disk.source);
-        if !plain_file_name(&disk.file) {
-            report.problems.push(format!("{name}: not a plain file name"));
-            continue;
-        }
-        match hash_file(&folder.join(&disk.file), cancel) {
-            Ok(found) => {
-                report.bytes_checked += found.size;
-                compare(&name, &found, disk.size_bytes, &disk.sha256, &mut report.problems);
-            }
-            Err(ReadError::Canceled) => return Err(canceled()),
-            Err(ReadError::Io(e)) => report.problems.push(unreadable(&name, &e)),
-        }
-    }
-    Ok(())
+    // Settled and locked, the chain reads as it was committed or as a merge left it whole.
+    let _lock = vm::lock_settled(location)?;
+    let manifest = match Manifest::read(&location.folder()) {
+        Ok(Manifest::Vm(settled)) => settled,
+        _ => manifest.clone(),
+    };
+    vm::verify_chain(location, &manifest, cancel, report)
 }
 
 fn verify_computer(
@@ -131,13 +121,6 @@ fn compare(name: &str, found: &Digested, size: u64, sha256: &str, problems: &mut
     if found.sha256 != sha256 {
         problems.push(format!("{name}: sha256 is {}, the manifest records {sha256}", found.sha256));
     }
-}
-
-fn unreadable(name: &str, error: &io::Error) -> String {
-    if error.kind() == io::ErrorKind::NotFound {
-        return format!("{name}: missing");
-    }
-    format!("{name}: cannot be read: {error}")
 }
 
 fn canceled() -> AgentError {

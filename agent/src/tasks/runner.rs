@@ -26,10 +26,10 @@ async fn run(journal: Journal, mut ctx: TaskContext) {
         outcome: None,
         started_at: Some(sluice_proto::time::now()),
     };
-    let outcome = match write(&journal, &ctx, &entry).await {
+    let outcome = exec::bounded(match write(&journal, &ctx, &entry).await {
         Ok(()) => exec::execute(&mut ctx).await,
         Err(error) => exec::failed(format!("cannot write the journal entry: {error}")),
-    };
+    });
     entry.outcome = Some(outcome.clone());
     if let Err(error) = write(&journal, &ctx, &entry).await {
         error!(task = %ctx.id, %error, "outcome not journaled: it is lost if the agent restarts");

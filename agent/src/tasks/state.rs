@@ -43,6 +43,28 @@ pub(crate) struct TaskTable {
 
 /// Most tombstones kept; past it the oldest knowledge is dropped (they matter for seconds).
 const MAX_TOMBSTONES: usize = 100_000;
+/// Most sessions whose newest epoch is remembered (and kept in `epochs.json`). Past it, the
+/// lowest epochs of sessions without a task here are forgotten down to nine tenths of it:
+/// epochs are etcd revisions, so those belong to the sessions owned longest ago.
+pub(crate) const MAX_EPOCHS: usize = 10_000;
+
+/// Keeps `epochs` within `MAX_EPOCHS`, forgetting the lowest of sessions with no task here.
+fn bound(epochs: &mut HashMap<SessionId, Epoch>, tasks: &BTreeMap<TaskId, Entry>) {
+    if epochs.len() <= MAX_EPOCHS {
+        return;
+    }
+    let busy: HashSet<&SessionId> = tasks.keys().map(|task| &task.session).collect();
+    let mut idle: Vec<(Epoch, SessionId)> = epochs
+        .iter()
+        .filter(|(session, _)| !busy.contains(session))
+        .map(|(session, epoch)| (*epoch, session.clone()))
+        .collect();
+    idle.sort();
+    let excess = epochs.len() - MAX_EPOCHS * 9 / 10;
+    for (_, session) in idle.into_iter().take(excess) {
+        epochs.remove(&session);
+    }
+}
 
 impl TaskTable {
     /// A table with the epochs and finished tasks recovered from the journal.
@@ -95,12 +117,14 @@ impl TaskTable {
     ) -> HashMap<SessionId, Epoch> {
         let mut epochs = self.epochs.clone();
         epochs.insert(session.clone(), epoch);
+        bound(&mut epochs, &self.tasks);
         epochs
     }
 
     /// Records a newer epoch (after it was persisted).
     pub(crate) fn set_epoch(&mut self, session: &SessionId, epoch: Epoch) {
         self.epochs.insert(session.clone(), epoch);
+        bound(&mut self.epochs, &self.tasks);
     }
 
     /// Applies the run rules to a validated task whose epoch passed.
@@ -244,6 +268,10 @@ impl TaskTable {
             Update::Progress { done, total } => {
                 entry.status.bytes_done = done;
                 entry.status.bytes_total = total;
+            }
+            Update::Counters { read, transferred } => {
+                entry.status.bytes_read = read;
+                entry.status.bytes_transferred = transferred;
             }
             Update::Finished(outcome) => {
                 entry.status.outcome = Some(outcome);

@@ -53,6 +53,22 @@ fn older_epochs_are_refused_and_newer_ones_replace() {
 }
 
 #[test]
+fn remembered_epochs_are_bounded_and_sessions_with_tasks_keep_theirs() {
+    let mut table = table(1);
+    let busy = id("busy", 0, 1);
+    start(&mut table, &busy);
+    table.set_epoch(&busy.session, epoch(1));
+    for n in 0..MAX_EPOCHS as i64 {
+        table.set_epoch(&session(&format!("s{n}")), epoch(n + 2));
+    }
+    let epochs = table.epochs_with(&session("newest"), epoch(1_000_000));
+    assert!(epochs.len() <= MAX_EPOCHS);
+    assert_eq!(epochs.get("busy"), Some(&epoch(1)), "a session with a task keeps its epoch");
+    assert_eq!(epochs.get("newest"), Some(&epoch(1_000_000)));
+    assert!(!epochs.contains_key("s0"), "the lowest epoch of an idle session goes first");
+}
+
+#[test]
 fn a_repeated_run_returns_the_existing_status() {
     let mut table = table(1);
     let task = id("s", 0, 1);

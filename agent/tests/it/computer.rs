@@ -125,6 +125,26 @@ async fn only_contents_new_to_the_store_are_written() {
 }
 
 #[tokio::test]
+async fn a_retried_attempt_commits_its_own_restore_point_beside_the_earlier_one() {
+    let Scratch { dir: _dir, src, repo } = Scratch::with_tree();
+    let first = back_up("s1", &[&src], &repo).await;
+    let mut retry = computer_spec("s1", 0, &[&src], &repo);
+    retry.key = Some(pb::TaskKey { session_id: "s1".into(), item_index: 0, attempt: 2 });
+    let mut run = prepare(retry, None);
+
+    let second = exec::execute(&mut run.ctx).await;
+
+    assert_eq!(second.state(), ItemState::Success, "{second:?}");
+    let (first_rp, second_rp) =
+        (first.restore_point.expect("rp"), second.restore_point.expect("rp"));
+    assert_ne!(first_rp.id, second_rp.id, "one restore point id per attempt");
+    assert_eq!(entries(&repo.join("homes/pc0")), vec![first_rp.id.clone(), second_rp.id.clone()]);
+    for rp in [&first_rp, &second_rp] {
+        assert_eq!(manifest(Path::new(&rp.path))["restore_point"], rp.id.as_str(), "{rp:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_missing_configured_path_fails_naming_it() {
     let Scratch { dir, src, repo } = Scratch::with_tree();
     let missing = dir.path().join("missing");
@@ -147,7 +167,7 @@ fn start_throttled(session: &str, src: &Path, repo: &Path, rate: u64) -> Run {
 }
 
 #[tokio::test]
-async fn cancel_mid_transfer_removes_only_what_the_attempt_wrote() {
+async fn cancel_mid_transfer_removes_the_partial_folder_and_leaves_blobs_to_collection() {
     let Scratch { dir: _dir, src, repo } = Scratch::new();
     fs::write(src.join("keep.txt"), b"stored by the first backup").expect("keep");
     assert_eq!(back_up("s1", &[&src], &repo).await.state(), ItemState::Success);
@@ -169,7 +189,46 @@ async fn cancel_mid_transfer_removes_only_what_the_attempt_wrote() {
     assert_eq!(outcome.state(), ItemState::Canceled, "{outcome:?}");
     assert_eq!(outcome.cancel_reason(), pb::CancelReason::User);
     assert_eq!(entries(&repo.join("homes/pc0")), vec!["s1-0"], "no partial folder");
-    assert_eq!(blobs(&repo), earlier, "the attempt's blobs are gone, earlier ones kept");
+    let mut expected = earlier;
+    expected.push(
+        blob_path(&repo, &sha256(small)).strip_prefix(&repo).expect("in").display().to_string(),
+    );
+    expected.sort();
+    assert_eq!(blobs(&repo), expected, "earlier blobs and the attempt's orphan (for collection)");
+}
+
+#[tokio::test]
+async fn a_cancelled_backup_keeps_the_blobs_a_committed_restore_point_shares() {
+    let Scratch { dir, src, repo } = Scratch::new();
+    let shared = b"the same content in two computers' trees";
+    fs::write(src.join("a-shared.txt"), shared).expect("shared");
+    fs::write(src.join("b-big.bin"), pattern(3 * MIB, 4)).expect("big");
+    let Run { mut ctx, mut updates } = start_throttled("s1", &src, &repo, 256 * 1024);
+    let cancel = ctx.cancel.clone();
+    let first = tokio::spawn(async move { exec::execute(&mut ctx).await });
+    let past_shared =
+        |u: &Update| matches!(u, Update::Progress { done, .. } if *done > shared.len() as u64);
+    update_matching(&mut updates, past_shared).await;
+    let other = dir.path().join("other");
+    fs::create_dir_all(&other).expect("other tree");
+    fs::write(other.join("copy.txt"), shared).expect("copy");
+
+    let mut run = prepare(computer_spec("s2", 1, &[&other], &repo), None);
+    let committed = exec::execute(&mut run.ctx).await;
+    assert_eq!(committed.state(), ItemState::Success, "{committed:?}");
+    assert_eq!(committed.message, summary(1, shared.len() as u64, 0), "found in the store");
+    cancel.cancel(pb::CancelReason::User);
+    let canceled = tokio::time::timeout(WAIT, first).await.expect("cancel in time").expect("task");
+
+    assert_eq!(canceled.state(), ItemState::Canceled, "{canceled:?}");
+    assert!(blob_path(&repo, &sha256(shared)).exists(), "the committed restore point's blob");
+    let restored = dir.path().join("restored");
+    restore(&manifest(&restore_point_folder(&committed)), &repo, &restored);
+    assert_eq!(
+        fs::read(restored.join(other.join("copy.txt").strip_prefix("/").expect("abs")))
+            .expect("restored"),
+        shared
+    );
 }
 
 #[tokio::test]

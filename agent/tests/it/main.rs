@@ -1,9 +1,11 @@
 //! Integration tests of the agent: executors with real `qemu-img` and real files, and the
 //! whole agent in-process behind a fake coordinator.
 
+mod chains;
 mod computer;
 mod executor;
 mod recovery;
 mod restore;
+mod roots;
 mod service;
 mod support;

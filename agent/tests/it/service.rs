@@ -253,3 +253,49 @@ async fn heartbeats_fail_over_to_the_next_coordinator() {
     assert_eq!(beat.ttl_seconds, 1);
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_outcome_message_is_cut_before_it_is_journaled_and_reported() {
+    let coordinator = FakeCoordinator::start().await;
+    let (state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    let mut client = agent.client.clone();
+    let Scratch { dir: _data, src, repo } = Scratch::new();
+    // A missing configured path of 6,000 bytes in two-byte characters: the failure names it.
+    let missing = (0..30).fold(src.clone(), |path, _| path.join("é".repeat(100)));
+    let mut events = watch(&mut client, "m1").await;
+    run(&mut client, computer_spec("m1", 0, &[&missing], &repo)).await.expect("started");
+
+    let outcome = outcome_of(&mut events, 0).await;
+
+    assert_eq!(outcome.state(), ItemState::Failed);
+    assert!(outcome.message.len() <= 4096, "{} bytes", outcome.message.len());
+    assert!(outcome.message.starts_with("SNAPSHOT failed: "), "{outcome:?}");
+    assert!(outcome.message.ends_with("… (cut)"), "says it is cut: {outcome:?}");
+    agent.stop().await;
+    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
+    let mut client = agent.client.clone();
+    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    let journaled = tasks.into_inner().tasks.remove(0).outcome.expect("outcome");
+    assert_eq!(journaled.message, outcome.message, "the journal holds the cut message");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_without_the_sim_executor_refuses_sim_tasks() {
+    let coordinator = FakeCoordinator::start().await;
+    let state = tempfile::tempdir().expect("state");
+    let agent = TestAgent::start_with(&coordinator.url, state.path(), 1, |_| {}).await;
+    let mut client = agent.client.clone();
+
+    let refused = run(&mut client, sim_spec("x1", 0, 1, 10)).await.expect_err("no sim executor");
+
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "task x1/0#1 asks for the sim executor (load tests only), which agent agent-1 does \
+         not run: start it with --enable-sim-executor to allow it"
+    );
+    let listed = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    assert!(listed.into_inner().tasks.is_empty(), "nothing ran");
+    agent.stop().await;
+}

@@ -95,7 +95,7 @@ pub fn vm_spec(session: &str, index: u32, disks: &[&Path], repository: &Path) ->
         job_type: pb::JobType::VmBackup as i32,
         item: Some(pb::JobItem {
             name: format!("vm{index}"),
-            target: Some(Target::Vm(pb::VmTarget { disks })),
+            target: Some(Target::Vm(pb::VmTarget { disks, qmp_socket: String::new() })),
         }),
         repository: repository.display().to_string(),
         sim_duration_ms: None,
@@ -181,6 +181,20 @@ pub fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Names of the folders in `dir`, sorted (a VM item folder also holds its chain lock file).
+pub fn folders(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|read| {
+            read.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// A sim task spec.
 pub fn sim_spec(session: &str, index: u32, epoch: i64, ms: u32) -> pb::TaskSpec {
     pb::TaskSpec {
@@ -252,10 +266,29 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// An agent in computer mode (`pc1`) with the sim executor on.
     pub async fn start(coordinator: &str, state_dir: &Path, slots: u32) -> Self {
+        let sim_executor = |settings: &mut Settings| settings.enable_sim_executor = true;
+        Self::start_with(coordinator, state_dir, slots, sim_executor).await
+    }
+
+    /// An agent with the settings of [`Self::start`] (computer `pc1`, the sim executor on)
+    /// changed by `configure`.
+    pub async fn start_with(
+        coordinator: &str,
+        state_dir: &Path,
+        slots: u32,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut settings = Settings::new(coordinator, "agent-1", slots, state_dir.to_path_buf());
         settings.heartbeat_ttl = 1;
         settings.computer = Some("pc1".into());
+        configure(&mut settings);
+        Self::launch(settings).await
+    }
+
+    /// An agent with exactly these settings.
+    pub async fn launch(settings: Settings) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();

@@ -35,6 +35,8 @@ pub fn working_session() -> pb::Session {
     done.attempt = 1;
     done.restore_point = "rp-0001".into();
     done.bytes_done = 2048;
+    done.bytes_read = 1024;
+    done.bytes_transferred = 512;
     done.bytes_total = 2048;
     let mut running = item("vm-02", pb::ItemState::Processing, pb::TaskPhase::Transfer);
     running.agent = "proxy-2".into();

@@ -9,7 +9,7 @@ use sluice_proto::pb;
 use crate::client::Ctx;
 use crate::error::{Exit, Failure};
 use crate::output::{self, json, views};
-use crate::{JobCommand, stop, watch};
+use crate::{JobCommand, schedule, stop, watch};
 
 /// Runs one `job` subcommand.
 pub async fn run(ctx: &Ctx, cmd: JobCommand) -> Result<Exit, Failure> {
@@ -19,10 +19,12 @@ pub async fn run(ctx: &Ctx, cmd: JobCommand) -> Result<Exit, Failure> {
         JobCommand::Show { name } => show(ctx, name).await,
         JobCommand::Delete { name } => delete(ctx, name).await,
         JobCommand::Update(args) => update(ctx, &args.file).await,
-        JobCommand::Start { name, watch } => start(ctx, name, watch).await,
+        JobCommand::Start { name, watch, full } => start(ctx, name, watch, full).await,
         JobCommand::Stop { name, mode, timeout } => {
             stop::stop_job(ctx, name, mode.mode(), timeout.unwrap_or(0)).await
         }
+        JobCommand::Schedule(args) => schedule::set(ctx, args).await,
+        JobCommand::Runs { name } => schedule::runs(ctx, name).await,
     }
 }
 
@@ -53,7 +55,8 @@ async fn update(ctx: &Ctx, path: &Path) -> Result<Exit, Failure> {
 async fn list(ctx: &Ctx) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
     let jobs = clients.jobs.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
-    output::print(ctx.format, || views::job_list(&jobs), || json::jobs(&jobs))?;
+    let table = || views::job_list(&jobs, SystemTime::now());
+    output::print(ctx.format, table, || json::jobs(&jobs))?;
     Ok(Exit::Success)
 }
 
@@ -72,9 +75,10 @@ async fn delete(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
     Ok(Exit::Success)
 }
 
-async fn start(ctx: &Ctx, name: String, follow: bool) -> Result<Exit, Failure> {
+async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
-    let session = clients.jobs.start_job(pb::StartJobRequest { job: name }).await?.into_inner();
+    let request = pb::StartJobRequest { job: name, full };
+    let session = clients.jobs.start_job(request).await?.into_inner();
     if follow {
         if ctx.format == output::Format::Table {
             eprintln!("started session {} of job {}", session.id, session.job);

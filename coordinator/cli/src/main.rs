@@ -9,6 +9,7 @@ mod error;
 mod job;
 mod output;
 mod restore_point;
+mod schedule;
 mod session;
 mod stop;
 mod watch;
@@ -115,6 +116,9 @@ enum JobCommand {
         /// Follow the session until it stops; the exit code follows its result.
         #[arg(long)]
         watch: bool,
+        /// Active full: back every VM up in full, starting new chains.
+        #[arg(long)]
+        full: bool,
     },
     /// Stop the active session of a job.
     Stop {
@@ -127,6 +131,13 @@ enum JobCommand {
         /// (default: the job's graceful timeout).
         #[arg(long, value_name = "SECS", conflicts_with = "immediately")]
         timeout: Option<u32>,
+    },
+    /// Set, change, disable or clear a job's schedule.
+    Schedule(schedule::ScheduleArgs),
+    /// List what became of a job's recent scheduled due times, newest first.
+    Runs {
+        /// Job name.
+        name: String,
     },
 }
 

@@ -1,6 +1,7 @@
 //! Everything `sluice` prints: the output format, tables, JSON and the small text helpers.
 
 pub mod json;
+pub mod schedule;
 pub mod table;
 pub mod text;
 pub mod views;

@@ -65,7 +65,8 @@ impl JobService for JobApi {
     }
 
     async fn start_job(&self, request: Request<pb::StartJobRequest>) -> Reply<pb::Session> {
-        Ok(Response::new(self.sessions.start(&request.into_inner().job).await?))
+        let request = request.into_inner();
+        Ok(Response::new(self.sessions.start(&request.job, request.full).await?))
     }
 
     async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Reply<pb::Session> {
@@ -130,6 +131,15 @@ impl JobService for JobApi {
         request: Request<pb::RestoreRestorePointRequest>,
     ) -> Reply<pb::RestoreRestorePointResponse> {
         Ok(Response::new(self.restore_points.restore(request.into_inner()).await?))
+    }
+
+    async fn list_schedule_runs(
+        &self,
+        request: Request<pb::ListScheduleRunsRequest>,
+    ) -> Reply<pb::ListScheduleRunsResponse> {
+        let job = request.into_inner().job;
+        let runs = crate::schedules::list_runs(self.sessions.store(), &job).await?;
+        Ok(Response::new(pb::ListScheduleRunsResponse { runs }))
     }
 }
 

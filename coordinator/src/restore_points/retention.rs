@@ -1,6 +1,8 @@
-//! Retention: after a session committed restore points, its owner deletes each item's
-//! restore points beyond the job's `keep_restore_points` (newest kept), then has an agent
-//! collect the store blobs no remaining computer manifest names.
+//! Retention: after a session committed restore points, its owner removes each item's
+//! restore points beyond the job's `keep_restore_points` (newest kept) without breaking a
+//! chain ([`plan`]): deleting those nothing kept builds on, merging the others forward
+//! ([`merge`]). Then it has an agent collect the store blobs no remaining computer manifest
+//! names.
 //!
 //! For each restore point to delete, in order:
 //! 1. `/restore-points-deleting/{job}/{rp}` is put, bound to this coordinator's lease, in a
@@ -11,53 +13,71 @@
 //! 3. The catalog entry and the deletion mark are deleted in one txn. A failed step 2 only
 //!    removes the mark: the entry stays and a later retention tries again.
 //!
+//! Steps 1 and 3 go in batches: one txn of independent nested txns per `BATCH` restore
+//! points. One retention runs per job at a time on a coordinator; a session that finishes
+//! meanwhile leaves its deletions to the next one.
+//!
+//! A merge follows the same protocol with `MergeRestorePoint` in step 2, and its step 3
+//! also rewrites the child's catalog entry (full, no parent, its new size).
+//!
 //! Retention runs on the coordinator that owned the session when it finished; a coordinator
 //! that dies in between leaves the work to the job's next session.
 
-use std::{collections::BTreeMap, time::Duration};
+mod merge;
+mod plan;
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use prost::Message;
 use sluice_proto::{pb, time};
 use tracing::{info, warn};
 
 use super::{
-    Located, RestorePoints,
+    Located, Locator, RestorePoints,
     choose::{Need, choose_agent},
-    locate,
 };
 use crate::{error::Result, membership};
 
 /// Longest an agent gets to delete folders or collect garbage.
 const AGENT_CALL: Duration = Duration::from_secs(300);
+/// Restore points marked or forgotten per txn (two ops each, within etcd's 128).
+const BATCH: usize = 40;
 
-/// The restore points to delete so that each item keeps its `keep` newest; none when `keep`
-/// is 0. `restore_points` come in commit order (their catalog entries' create revisions),
-/// which alone decides what is newest: never the agents' clocks (`created_at`).
-pub(crate) fn choose_deletions(
-    restore_points: &[pb::RestorePoint],
-    keep: u32,
-) -> Vec<pb::RestorePoint> {
-    if keep == 0 {
-        return Vec::new();
+/// The jobs whose retention runs on this coordinator now.
+#[derive(Clone, Default)]
+pub(crate) struct Running(Arc<Mutex<HashSet<String>>>);
+
+/// A job's place in [`Running`], given back on drop.
+struct Turn {
+    running: Running,
+    job: String,
+}
+
+impl Running {
+    /// The job's turn, unless its retention runs already.
+    fn take(&self, job: &str) -> Option<Turn> {
+        let mut jobs = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        jobs.insert(job.to_string()).then(|| Turn { running: self.clone(), job: job.to_string() })
     }
-    let mut by_item: BTreeMap<&str, Vec<&pb::RestorePoint>> = BTreeMap::new();
-    for rp in restore_points {
-        by_item.entry(rp.item.as_str()).or_default().push(rp);
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut jobs = self.running.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        jobs.remove(&self.job);
     }
-    let mut deletions = Vec::new();
-    for (_, rps) in by_item {
-        let older = rps.len().saturating_sub(keep as usize);
-        deletions.extend(rps.into_iter().take(older).cloned());
-    }
-    deletions
 }
 
 impl RestorePoints {
     /// Applies the job's retention after session `session_id` of `job` finished having
     /// committed restore points; logs what it could not do.
     pub(crate) async fn after_session(&self, job: &str, session_id: &str) {
-        match self.run(job).await {
+        match self.run(job, session_id).await {
             Ok(0) => {}
             Ok(deleted) => {
                 info!(job, session = session_id, deleted, "retention deleted old restore points")
@@ -66,55 +86,80 @@ impl RestorePoints {
         }
     }
 
-    async fn run(&self, job_name: &str) -> Result<usize> {
+    async fn run(&self, job_name: &str, session_id: &str) -> Result<usize> {
+        let Some(_turn) = self.retention.take(job_name) else {
+            info!(job = job_name, session = session_id, "retention of the job runs already");
+            return Ok(0);
+        };
         let keys = self.store.keys();
         let Some(job) = self.store.get::<pb::Job>(&keys.job(job_name)).await? else { return Ok(0) };
         if job.value.keep_restore_points == 0 {
             return Ok(0);
         }
         let all = self.store.list_in_commit_order(&keys.restore_points(job_name)).await?;
-        let mut marked = Vec::new();
-        for rp in choose_deletions(&all, job.value.keep_restore_points) {
+        let mut deletions = Vec::new();
+        let mut merges = Vec::new();
+        for step in plan::plan(&all, job.value.keep_restore_points) {
+            match step {
+                plan::Step::Delete(rp) => deletions.push(rp),
+                plan::Step::Merge { base, child } => merges.push((base, child)),
+            }
+        }
+        let mut located = Vec::new();
+        let mut locator = Locator::new(self.store.clone());
+        for rp in deletions {
             let id = rp.id.clone();
-            let located = match locate(&self.store, rp).await {
-                Ok(located) => located,
-                Err(error) => {
-                    warn!(job = job_name, restore_point = %id, %error, "retention: kept");
-                    continue;
-                }
-            };
-            match self.mark_deleting(&located.restore_point).await {
-                Ok(true) => marked.push(located),
-                Ok(false) => info!(job = job_name, restore_point = %id, "in use: kept for now"),
+            match locator.locate(rp).await {
+                Ok(found) => located.push(found),
                 Err(error) => warn!(job = job_name, restore_point = %id, %error, "retention: kept"),
             }
         }
-        let deleted = self.delete(&marked).await;
+        let mut marked = Vec::new();
+        for batch in located.chunks(BATCH) {
+            match self.mark_deleting(batch).await {
+                Ok(flags) => marked
+                    .extend(batch.iter().zip(flags).filter(|(_, ok)| *ok).map(|(l, _)| l.clone())),
+                Err(error) => warn!(job = job_name, %error, "retention: a batch was kept"),
+            }
+        }
+        let deleted = self.delete(&marked).await + self.merge_chains(merges).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
     }
 
-    async fn mark_deleting(&self, rp: &pb::RestorePoint) -> Result<bool> {
+    /// Marks a batch in one txn of one nested txn each; which marks were put (a restore
+    /// point in use, or already gone, is not marked).
+    async fn mark_deleting(&self, batch: &[Located]) -> Result<Vec<bool>> {
         let lease = membership::current(&self.lease)?;
         let keys = self.store.keys();
-        let catalog = keys.restore_point(&rp.job, &rp.item, &rp.id);
-        let uses = keys.restore_point_uses(&rp.job, &rp.id);
-        let deleting = keys.restore_point_deleting(&rp.job, &rp.id);
         let record = pb::RestorePointDeletion {
             coordinator: self.coordinator.clone(),
             started_at: Some(time::now()),
         };
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(catalog.as_str(), CompareOp::Greater, 0),
-                Compare::create_revision(uses.as_str(), CompareOp::Equal, 0).with_prefix(),
-            ])
-            .and_then([TxnOp::put(
-                deleting.as_str(),
-                record.encode_to_vec(),
-                Some(PutOptions::new().with_lease(lease.id)),
-            )]);
-        Ok(self.store.txn(txn).await?.is_some())
+        let marks = batch.iter().map(|located| {
+            let rp = &located.restore_point;
+            let catalog = keys.restore_point(&rp.job, &rp.item, &rp.id);
+            let uses = keys.restore_point_uses(&rp.job, &rp.id);
+            let deleting = keys.restore_point_deleting(&rp.job, &rp.id);
+            TxnOp::txn(
+                Txn::new()
+                    .when([
+                        Compare::create_revision(catalog.as_str(), CompareOp::Greater, 0),
+                        Compare::create_revision(uses.as_str(), CompareOp::Equal, 0).with_prefix(),
+                    ])
+                    .and_then([TxnOp::put(
+                        deleting.as_str(),
+                        record.encode_to_vec(),
+                        Some(PutOptions::new().with_lease(lease.id)),
+                    )]),
+            )
+        });
+        let responses = self.store.txn(Txn::new().and_then(marks.collect::<Vec<_>>())).await?;
+        Ok(responses
+            .unwrap_or_default()
+            .iter()
+            .map(|response| matches!(response, TxnOpResponse::Txn(txn) if txn.succeeded()))
+            .collect())
     }
 
     /// Deletes the marked restore points' folders, agent by agent, then their catalog entries.
@@ -122,12 +167,13 @@ impl RestorePoints {
         let mut deleted = 0;
         for (agent, batch) in self.by_agent(marked).await.into_values() {
             let done = self.delete_folders(&agent, &batch).await;
-            for located in batch {
-                if done.contains(&located.restore_point.id) {
-                    deleted += usize::from(self.forget(located).await);
-                } else {
-                    self.unmark(located).await;
-                }
+            let (gone, kept): (Vec<&Located>, Vec<&Located>) =
+                batch.into_iter().partition(|located| done.contains(&located.restore_point.id));
+            for chunk in gone.chunks(BATCH) {
+                deleted += self.forget(chunk).await;
+            }
+            for located in kept {
+                self.unmark(located).await;
             }
         }
         deleted
@@ -186,18 +232,24 @@ impl RestorePoints {
     }
 
     /// Deletes the catalog entry and the deletion mark together.
-    async fn forget(&self, located: &Located) -> bool {
-        let rp = &located.restore_point;
+    /// Deletes the catalog entries and deletion marks of a batch in one txn; how many.
+    async fn forget(&self, batch: &[&Located]) -> usize {
         let keys = self.store.keys();
-        let txn = Txn::new().and_then([
-            TxnOp::delete(keys.restore_point(&rp.job, &rp.item, &rp.id), None),
-            TxnOp::delete(keys.restore_point_deleting(&rp.job, &rp.id), None),
-        ]);
-        match self.store.txn(txn).await {
-            Ok(_) => true,
+        let ops: Vec<TxnOp> = batch
+            .iter()
+            .flat_map(|located| {
+                let rp = &located.restore_point;
+                [
+                    TxnOp::delete(keys.restore_point(&rp.job, &rp.item, &rp.id), None),
+                    TxnOp::delete(keys.restore_point_deleting(&rp.job, &rp.id), None),
+                ]
+            })
+            .collect();
+        match self.store.txn(Txn::new().and_then(ops)).await {
+            Ok(_) => batch.len(),
             Err(error) => {
-                warn!(restore_point = %rp.id, %error, "retention: catalog entry not deleted");
-                false
+                warn!(%error, count = batch.len(), "retention: catalog entries not deleted");
+                0
             }
         }
     }
@@ -239,46 +291,5 @@ impl RestorePoints {
                 Err(_) => warn!(repository, agent = %agent.id, "garbage collection timed out"),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rp(item: &str, id: &str, seconds: i64) -> pb::RestorePoint {
-        pb::RestorePoint {
-            id: id.into(),
-            item: item.into(),
-            created_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
-            ..Default::default()
-        }
-    }
-
-    fn ids(rps: Vec<pb::RestorePoint>) -> Vec<String> {
-        rps.into_iter().map(|rp| rp.id).collect()
-    }
-
-    #[test]
-    fn each_item_keeps_its_newest_restore_points() {
-        let in_commit_order = [
-            rp("a", "s1-0", 10),
-            rp("b", "s1-1", 10),
-            rp("a", "s2-0", 20),
-            rp("a", "s3-0", 30),
-            rp("b", "s3-1", 30),
-        ];
-        assert_eq!(ids(choose_deletions(&in_commit_order, 2)), vec!["s1-0"]);
-        assert_eq!(ids(choose_deletions(&in_commit_order, 1)), vec!["s1-0", "s2-0", "s1-1"]);
-        assert_eq!(ids(choose_deletions(&in_commit_order, 0)), Vec::<String>::new(), "0 keeps all");
-        assert_eq!(ids(choose_deletions(&in_commit_order, 3)), Vec::<String>::new());
-    }
-
-    /// Finding 13: which restore points are the newest is the order etcd committed them in
-    /// (the order given), never the agents' clocks.
-    #[test]
-    fn the_newest_are_the_last_committed_whatever_the_agents_clocks_say() {
-        let in_commit_order = [rp("a", "s1-0", 30), rp("a", "s2-0", 10), rp("a", "s3-0", 20)];
-        assert_eq!(ids(choose_deletions(&in_commit_order, 2)), vec!["s1-0"]);
     }
 }

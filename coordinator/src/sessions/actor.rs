@@ -24,7 +24,7 @@ use super::{
     outbox::{Ack, Outbox},
     persist, records,
 };
-use crate::{agents::directory::agent_map, error::Error};
+use crate::{agents::directory::agent_map, error::Error, metrics::SessionGauge};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
@@ -126,6 +126,8 @@ pub(crate) struct SessionActor {
     last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
+    /// The stored state of the items, for the metrics.
+    gauge: SessionGauge,
 }
 
 impl SessionActor {
@@ -138,6 +140,8 @@ impl SessionActor {
         fence: CancellationToken,
     ) -> Self {
         let Owned { base, job, epoch, stop } = owned;
+        let job_name = base.session.as_ref().map_or("", |session| session.job.as_str());
+        let gauge = SessionGauge::new(ctx.metrics.clone(), job_name, &machine);
         SessionActor {
             machine,
             base,
@@ -155,6 +159,7 @@ impl SessionActor {
             last_bytes_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
+            gauge,
         }
     }
 
@@ -172,6 +177,9 @@ impl SessionActor {
                 self.apply(Event::Stop(stop));
             }
             let exit = self.serve().await;
+            if matches!(exit, Exit::Finished { .. }) {
+                self.gauge.finished(&self.machine);
+            }
             self.ctx.scheduler.release_session(self.machine.id());
             self.children.end().await;
             info!(?exit, "session actor ended");
@@ -421,6 +429,7 @@ impl SessionActor {
     ) -> Option<Exit> {
         match result {
             Ok(()) => {
+                self.gauge.stored(&self.machine, &items);
                 // Only what this flush stored: later dispatches and outcomes wait for theirs.
                 let stored = self.outbox.flush_stored();
                 for dispatch in stored.runs {

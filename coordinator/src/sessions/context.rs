@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     agent_client::AgentClients,
     agents::{AgentDirectory, acks::Acks},
+    metrics::Metrics,
     scheduler::Scheduler,
     store::Store,
 };
@@ -24,4 +25,6 @@ pub(crate) struct SessionContext {
     pub(crate) acks: Acks,
     /// Cancelled when the coordinator shuts down (a handover, not a loss).
     pub(crate) shutdown: CancellationToken,
+    /// The coordinator's metrics.
+    pub(crate) metrics: Metrics,
 }

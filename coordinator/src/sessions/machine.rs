@@ -24,7 +24,9 @@ use sluice_proto::{
 };
 
 pub(crate) use self::{
-    item::{CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, TaskPhase},
+    item::{
+        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, TaskPhase, Volumes,
+    },
     stop::{Stop, StopMode},
 };
 
@@ -121,6 +123,10 @@ pub(crate) enum Event {
         bytes_done: u64,
         /// Bytes in all.
         bytes_total: u64,
+        /// Bytes read from the source.
+        bytes_read: u64,
+        /// Bytes written to the repository.
+        bytes_transferred: u64,
     },
     /// A task ended.
     Finished {
@@ -254,6 +260,11 @@ impl Machine {
     /// The session's own state.
     pub(crate) fn status(&self) -> &SessionStatus {
         &self.status
+    }
+
+    /// Every item, in job order (positions as `take_dirty` returns them).
+    pub(crate) fn items(&self) -> &[Item] {
+        &self.items
     }
 
     /// The item at a position (as returned by `take_dirty`).
@@ -398,8 +409,22 @@ impl Machine {
             Event::RunRefused { index, attempt, transient, message } => {
                 self.on_refused(now_ms, index, attempt, transient, message, &mut effects)
             }
-            Event::Progress { index, attempt, phase, bytes_done, bytes_total } => {
-                self.on_progress(index, attempt, phase, bytes_done, bytes_total)
+            Event::Progress {
+                index,
+                attempt,
+                phase,
+                bytes_done,
+                bytes_total,
+                bytes_read,
+                bytes_transferred,
+            } => {
+                let volumes = Volumes {
+                    done: bytes_done,
+                    total: bytes_total,
+                    read: bytes_read,
+                    transferred: bytes_transferred,
+                };
+                self.on_progress(index, attempt, phase, volumes)
             }
             Event::Finished { index, attempt, outcome, agent } => {
                 self.on_finished(now_ms, index, attempt, (outcome, agent), &mut effects)

@@ -1,7 +1,10 @@
 //! `Sessions`: starts sessions and runs their actors; answers stops, reads and retries on
 //! any coordinator (everything goes through etcd, so the owner may be elsewhere).
 
+mod scheduled;
 mod stop;
+
+pub(crate) use scheduled::Start;
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -21,7 +24,7 @@ use super::{
     actor::{Exit, Inboxes, MAILBOX, Owned, SessionActor},
     context::SessionContext,
     ids::new_session_id,
-    persist::{self, NewSession},
+    persist::{self, Extra, NewSession},
     records::{SessionView, machine_from_records, stop_from},
 };
 use crate::{
@@ -69,10 +72,10 @@ impl Sessions {
         &self.inner.ctx.store
     }
 
-    /// Starts a session of every item of `job`.
-    pub(crate) async fn start(&self, job: &str) -> Result<pb::Session> {
+    /// Starts a session of every item of `job`; `full` asks for an active full.
+    pub(crate) async fn start(&self, job: &str, full: bool) -> Result<pb::Session> {
         validate_name("job", job)?;
-        self.start_items(job, None, String::new()).await
+        self.start_items(job, None, Origin { retry_of: String::new(), full }, Start::manual()).await
     }
 
     /// Starts a session of the failed and not-processed items of a finished one.
@@ -85,15 +88,20 @@ impl Sessions {
         if names.is_empty() {
             return Err(Error::NothingToRetry { session: session_id.into() });
         }
-        let job = view.record.session.as_ref().map(|s| s.job.clone()).unwrap_or_default();
-        self.start_items(&job, Some(names), session_id.to_string()).await
+        let session = view.record.session.as_ref();
+        let job = session.map(|s| s.job.clone()).unwrap_or_default();
+        // A retry of an active full is an active full too.
+        let full = session.is_some_and(|s| s.full);
+        let origin = Origin { retry_of: session_id.to_string(), full };
+        self.start_items(&job, Some(names), origin, Start::retry()).await
     }
 
     async fn start_items(
         &self,
         job_name: &str,
         names: Option<Vec<String>>,
-        retry_of: String,
+        origin: Origin,
+        start: Start,
     ) -> Result<pb::Session> {
         let lease = self.current_lease()?;
         let store = self.store();
@@ -103,12 +111,19 @@ impl Sessions {
         if item_indices.is_empty() {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
+        let id = start.session_id.unwrap_or_else(new_session_id);
+        let mut record = self.new_record(id, &stored.value, item_indices, origin);
+        if let Some(session) = record.session.as_mut() {
+            session.trigger = start.trigger as i32;
+            session.due_at = start.due_at;
+        }
         let mut new = NewSession {
-            record: self.new_record(&stored.value, item_indices, retry_of),
+            record,
             job: stored.value,
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
+            extra: start.extra,
         };
         let epoch = self.create(&mut new).await?;
         let view = SessionView {
@@ -138,7 +153,8 @@ impl Sessions {
                 self.starting().remove(&id);
             }
             match result {
-                Err(Error::SessionIdTaken { .. }) if tries < 3 => {
+                // A scheduled start names its id in its run record: it fails and comes again.
+                Err(Error::SessionIdTaken { .. }) if tries < 3 && new.extra.ops.is_empty() => {
                     tries += 1;
                     if let Some(session) = new.record.session.as_mut() {
                         session.id = new_session_id();
@@ -152,17 +168,19 @@ impl Sessions {
     /// The record of a new session of `job`, owned here, with the trace it starts.
     fn new_record(
         &self,
+        id: String,
         job: &pb::Job,
         item_indices: Vec<u32>,
-        retry_of: String,
+        origin: Origin,
     ) -> pb::SessionRecord {
         let session = pb::Session {
-            id: new_session_id(),
+            id,
             job: job.name.clone(),
             state: SessionState::Starting as i32,
             owner: self.inner.coordinator.clone(),
             created_at: Some(time::now()),
-            retry_of,
+            retry_of: origin.retry_of,
+            full: origin.full,
             job_type: job.r#type,
             ..Default::default()
         };
@@ -314,6 +332,7 @@ impl Sessions {
                 Err(error) => warn!(session = %id, job, %error, "cannot take the session over"),
             }
         }
+        self.inner.ctx.metrics.took_over(taken);
         Ok(taken)
     }
 
@@ -402,4 +421,12 @@ fn chosen_items(job: &pb::Job, names: Option<&[String]>) -> Vec<u32> {
     let Some(names) = names else { return all.collect() };
     let names: HashSet<&str> = names.iter().map(String::as_str).collect();
     all.filter(|&i| names.contains(job.items[i as usize].name.as_str())).collect()
+}
+
+/// How a session came to be started.
+pub(crate) struct Origin {
+    /// The session it retries, if any.
+    pub(crate) retry_of: String,
+    /// Whether it is an active full.
+    pub(crate) full: bool,
 }

@@ -29,6 +29,18 @@ pub(crate) struct NewSession {
     pub(crate) owner: String,
     /// The owner's lease.
     pub(crate) lease: i64,
+    /// More guards and writes for the same transaction (a schedule's due time).
+    pub(crate) extra: Extra,
+}
+
+/// Guards and writes another module adds to a session's creation, so that they hold and
+/// happen in the same transaction.
+#[derive(Default, Clone)]
+pub(crate) struct Extra {
+    /// Further guards.
+    pub(crate) compares: Vec<Compare>,
+    /// Further writes.
+    pub(crate) ops: Vec<TxnOp>,
 }
 
 /// Creates a session atomically: active marker (only if absent), record, job, owner key.
@@ -39,23 +51,25 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
         new.record.session.as_ref().ok_or_else(|| Error::invalid("session", "required"))?;
     let (id, job) = (session.id.as_str(), session.job.as_str());
     let active = keys.job_active(job);
-    let txn = Txn::new()
-        .when([
-            absent(&active),
-            Compare::mod_revision(keys.job(job), CompareOp::Equal, new.job_revision),
-            absent(&keys.session(id)),
-        ])
-        .and_then([
-            TxnOp::put(active.as_str(), id, None),
-            TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
-            TxnOp::put(keys.session_job(id), new.job.encode_to_vec(), None),
-            summary_op(store, session),
-            TxnOp::put(
-                keys.session_owner(id),
-                new.owner.as_str(),
-                Some(PutOptions::new().with_lease(new.lease)),
-            ),
-        ]);
+    let mut compares = vec![
+        absent(&active),
+        Compare::mod_revision(keys.job(job), CompareOp::Equal, new.job_revision),
+        absent(&keys.session(id)),
+    ];
+    compares.extend(new.extra.compares.iter().cloned());
+    let mut ops = vec![
+        TxnOp::put(active.as_str(), id, None),
+        TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
+        TxnOp::put(keys.session_job(id), new.job.encode_to_vec(), None),
+        summary_op(store, session),
+        TxnOp::put(
+            keys.session_owner(id),
+            new.owner.as_str(),
+            Some(PutOptions::new().with_lease(new.lease)),
+        ),
+    ];
+    ops.extend(new.extra.ops.iter().cloned());
+    let txn = Txn::new().when(compares).and_then(ops);
     match store.kv().txn(txn).await {
         Ok(response) if response.succeeded() => epoch_of(response.header()),
         // Refused: maybe because this very create committed before (its answer was lost).

@@ -102,6 +102,8 @@ pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Even
             phase,
             bytes_done: status.bytes_done,
             bytes_total: status.bytes_total,
+            bytes_read: status.bytes_read,
+            bytes_transferred: status.bytes_transferred,
         },
     })
 }

@@ -54,6 +54,11 @@ fn bad_names_are_refused_naming_the_field() {
 /// A change that breaks one rule of a valid job.
 type Breaker = Box<dyn Fn(&mut pb::Job)>;
 
+fn set_disks(job: &mut pb::Job, item: usize, disks: &[&str]) {
+    let disks = disks.iter().map(|d| (*d).to_owned()).collect();
+    job.items[item].target = Some(Target::Vm(pb::VmTarget { disks, ..Default::default() }));
+}
+
 #[test]
 fn each_rule_names_its_field() {
     let cases: Vec<(&str, Breaker)> = vec![
@@ -71,7 +76,10 @@ fn each_rule_names_its_field() {
         (
             "job.items[0].vm.disks[0]",
             Box::new(|j| {
-                j.items[0].target = Some(Target::Vm(pb::VmTarget { disks: vec!["x".into()] }))
+                j.items[0].target = Some(Target::Vm(pb::VmTarget {
+                    disks: vec!["x".into()],
+                    qmp_socket: String::new(),
+                }))
             }),
         ),
         ("job.items[0].vm", Box::new(|j| j.items[0].target = None)),
@@ -82,6 +90,17 @@ fn each_rule_names_its_field() {
         (
             "job.graceful_timeout_seconds",
             Box::new(|j| j.graceful_timeout_seconds = MAX_SECONDS + 1),
+        ),
+        ("job.repository", Box::new(|j| j.repository = "/srv/../etc".into())),
+        ("job.repository", Box::new(|j| j.repository = "/srv/repo\0".into())),
+        ("job.repository", Box::new(|j| j.repository = format!("/{}", "r".repeat(MAX_PATH_BYTES)))),
+        (
+            "job.items[1].vm.disks[1]",
+            Box::new(|j| set_disks(j, 1, &["/vms/db-0.qcow2", "/vms//db-0.qcow2/"])),
+        ),
+        (
+            "job.items[0].vm.disks[0]",
+            Box::new(|j| set_disks(j, 0, &[&format!("/{}", "d".repeat(MAX_PATH_BYTES))])),
         ),
         ("job.proxies[1]", Box::new(|j| j.proxies = vec!["a".into(), "a".into()])),
         (
@@ -109,6 +128,46 @@ fn computer_items_need_a_computer_target() {
         })),
     }];
     assert_eq!(validate_job(&job), Ok(()));
+}
+
+#[test]
+fn computer_names_and_paths_have_limits() {
+    let computer = |name: &str, path: &str| pb::Job {
+        r#type: pb::JobType::AgentBackup as i32,
+        items: vec![pb::JobItem {
+            name: "pc".into(),
+            target: Some(Target::Computer(pb::ComputerTarget {
+                computer: name.into(),
+                paths: vec!["/home".into(), path.into()],
+            })),
+        }],
+        ..vm_job()
+    };
+    let long_path = format!("/{}", "p".repeat(MAX_PATH_BYTES));
+    assert_eq!(validate_job(&computer("pc1", &long_path[..MAX_PATH_BYTES])), Ok(()));
+    assert_eq!(field_of(&computer("pc1", &long_path)), "job.items[0].computer.paths[1]");
+    let long_name = "c".repeat(MAX_COMPUTER_NAME_BYTES + 1);
+    assert_eq!(field_of(&computer(&long_name, "/etc")), "job.items[0].computer.computer");
+}
+
+#[test]
+fn who_asked_for_a_stop_is_bounded_free_text() {
+    assert_eq!(validate_requested_by("requested_by", "ops@host-1"), Ok(()));
+    assert_eq!(validate_requested_by("requested_by", &"u".repeat(MAX_REQUESTED_BY_BYTES)), Ok(()));
+    for bad in ["u".repeat(MAX_REQUESTED_BY_BYTES + 1), "two\nlines".to_owned()] {
+        let error = validate_requested_by("requested_by", &bad).expect_err(&bad);
+        assert!(matches!(error, JobError::Invalid { ref field, .. } if field == "requested_by"));
+    }
+}
+
+#[test]
+fn an_oversized_definition_is_a_limit_error_whatever_its_fields_hold() {
+    let mut job = vm_job();
+    job.items[0].target = Some(Target::Vm(pb::VmTarget {
+        disks: vec![format!("/{}", "d".repeat(9 << 20))],
+        ..Default::default()
+    }));
+    assert!(matches!(validate_job(&job), Err(JobError::TooLarge(_))), "{:?}", validate_job(&job));
 }
 
 #[test]

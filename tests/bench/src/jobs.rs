@@ -37,7 +37,7 @@ pub async fn create(jobs: &mut Jobs, job: pb::Job) -> anyhow::Result<()> {
 /// Starts a session of `job`; its id and the wall-clock time just before the call.
 pub async fn start(jobs: &mut Jobs, job: &str) -> anyhow::Result<(String, SystemTime)> {
     let before = SystemTime::now();
-    let request = pb::StartJobRequest { job: job.to_string() };
+    let request = pb::StartJobRequest { job: job.to_string(), full: false };
     let session = jobs.start_job(request).await.with_context(|| format!("StartJob {job}"))?;
     Ok((session.into_inner().id, before))
 }

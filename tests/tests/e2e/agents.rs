@@ -1,7 +1,8 @@
 //! Issue 2, scenario 3: agents are listed while they heartbeat and vanish when they stop.
 
 use sluice_proto::pb;
-use sluice_tests::{AgentSpec, Cluster, api::wait_agents_listed, fixtures::expect_ok};
+use sluice_tests::api::{create_job, start_job, wait_agents_listed, wait_session};
+use sluice_tests::{AgentSpec, Cluster, fixtures::expect_ok, jobs::JobBuilder};
 
 #[tokio::test]
 async fn agents_are_listed_and_a_killed_agent_disappears_after_its_ttl() {
@@ -27,4 +28,23 @@ async fn agents_are_listed_and_a_killed_agent_disappears_after_its_ttl() {
     cluster.agent(0).kill9();
     let what = "killed agent a1 to leave ListAgents after its 2 s heartbeat TTL, a2 to stay";
     wait_agents_listed(&client, &["a2"], what).await;
+}
+
+#[tokio::test]
+async fn an_agent_without_the_sim_executor_refuses_sim_tasks() {
+    let mut cluster = Cluster::builder().agent(AgentSpec::new().sim_executor(false)).start().await;
+    let mut jobs = cluster.job_client().await;
+    let job = JobBuilder::sim("sim", 10).placeholder_vms(1).repository(&cluster.dir().join("r"));
+    create_job(&mut jobs, job.build()).await;
+
+    let session = start_job(&mut jobs, "sim").await;
+
+    let what = "the sim item to wait, refused by the agent";
+    let seen = wait_session(&jobs, &session.id, what, |session| {
+        session.items[0].waiting_reason.contains("--enable-sim-executor")
+    })
+    .await;
+    let item = &seen.items[0];
+    assert_eq!(item.state(), pb::ItemState::Pending, "{item:?}");
+    assert!(item.restore_point.is_empty(), "no restore point without data: {item:?}");
 }

@@ -38,7 +38,7 @@ async fn a_stop_naming_an_over_long_requester_is_refused() {
 async fn a_job_service_request_larger_than_a_job_is_refused_before_decoding() {
     let mut cluster = Cluster::builder().start().await;
     let mut jobs = cluster.job_client().await;
-    let huge = pb::StartJobRequest { job: "j".repeat(10 << 20) };
+    let huge = pb::StartJobRequest { job: "j".repeat(10 << 20), ..Default::default() };
     let refused = expect_code(jobs.start_job(huge).await, Code::ResourceExhausted, "StartJob");
     assert!(!refused.message().contains("job:"), "refused before decoding: {}", refused.message());
 }

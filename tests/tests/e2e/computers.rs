@@ -377,8 +377,9 @@ struct ComputerStop {
 }
 
 /// Scenario 3a: an immediate stop keeps the processed computer's restore point, cancels the
-/// one being processed without leaving anything of it (no partial folder, none of the blobs
-/// it had stored), leaves the rest NOT_PROCESSED and ends the session FAILED + canceled.
+/// one being processed without leaving anything of it (no partial folder; the blobs it had
+/// stored are left to garbage collection), leaves the rest NOT_PROCESSED and ends the
+/// session FAILED + canceled.
 const IMMEDIATE: ComputerStop = ComputerStop {
     job: "agents-now",
     mode: StopMode::Immediate,
@@ -411,9 +412,10 @@ async fn graceful_stop_lets_the_running_computer_commit() {
 
 /// Stops the [`start_stop_scenario`] job as `case` says once pc2 has stored some of its
 /// bulk, and checks the end: item states, restore points (restored byte for byte, or absent
-/// from disk and catalog), no temporaries, and a store holding exactly the committed blobs.
+/// from disk and catalog), no temporaries, and a store holding exactly the committed blobs
+/// once garbage is collected.
 async fn stop_mid_transfer(case: &ComputerStop) {
-    let (_cluster, lab, job, mut jobs, running) = start_stop_scenario(case.job).await;
+    let (mut cluster, lab, job, mut jobs, running) = start_stop_scenario(case.job).await;
     let pc1_blobs = read_manifest(&lab.rp_dir(&running, 0)).blobs();
     let before = store_blobs(&lab.repository);
     assert!(
@@ -451,6 +453,9 @@ async fn stop_mid_transfer(case: &ComputerStop) {
     assert_eq!(listed.len(), case.committed.len(), "the committed items are listed: {listed:?}");
     let when = format!("after a {:?} stop", case.mode);
     assert_no_temporaries(&lab, &when);
+    let collect = pb::CollectGarbageRequest { repository: lab.repository.display().to_string() };
+    let mut agent = cluster.agent(0).agent_client().await;
+    expect_ok(agent.collect_garbage(collect).await, "CollectGarbage");
     assert_store_is(&lab, &kept.iter().collect::<Vec<_>>(), &when);
 }
 

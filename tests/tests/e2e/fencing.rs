@@ -114,6 +114,7 @@ async fn owner_loses_etcd(fault: Fault) {
             repository: vms.job.repository.clone(),
             sim_duration_ms: None,
             traceparent: String::new(),
+            full: false,
         }),
     };
     let refused =

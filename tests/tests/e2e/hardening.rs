@@ -33,6 +33,7 @@ fn large_job(name: &str) -> pb::Job {
         name: format!("vm-{i:06}"),
         target: Some(Target::Vm(pb::VmTarget {
             disks: vec![format!("/nonexistent/disks/{i:06}-{padding}.qcow2")],
+            ..Default::default()
         })),
     });
     let job = JobBuilder::vm(name).items(items).build();

@@ -466,7 +466,7 @@ async fn a_job_has_one_active_session_at_a_time() {
         [(&mut jobs, "the same coordinator"), (&mut other, "another coordinator")]
     {
         let status = expect_code(
-            client.start_job(pb::StartJobRequest { job: "single".into() }).await,
+            client.start_job(pb::StartJobRequest { job: "single".into(), full: false }).await,
             Code::FailedPrecondition,
             &format!("a second StartJob on {which} while {} is active", first.id),
         );
@@ -478,7 +478,7 @@ async fn a_job_has_one_active_session_at_a_time() {
         );
     }
     expect_code(
-        jobs.start_job(pb::StartJobRequest { job: "no-such-job".into() }).await,
+        jobs.start_job(pb::StartJobRequest { job: "no-such-job".into(), full: false }).await,
         Code::NotFound,
         "StartJob of an unknown job",
     );

@@ -1,12 +1,13 @@
-//! Issue 5: Sluice snapshots left behind by crashes. A `sluice-` snapshot of a crashed run is
-//! removed by the next session (and other snapshots are kept); an agent restarted after a
-//! kill -9 removes the snapshot its killed task left.
+//! Issue 5: what crashed runs leave on disks. A `sluice-` internal snapshot left by an agent
+//! from before change tracking is removed by the next session (and other snapshots are
+//! kept); an agent restarted after a kill -9 ends the storage daemon its killed task left.
 
 use sluice_proto::pb::{ItemState, SessionResult, StopMode};
 use sluice_tests::{
     Cluster, PATIENCE,
     api::{create_and_start, item, summary, wait_stopped},
-    disk::{self, snapshot_create, snapshots_shared},
+    disk::{self, snapshot_create},
+    sessions::processes_mentioning,
     stops::{
         FAST, OneVm, SLOWER_RATE, VmLab, assert_ended, assert_restore_points, start_one_slow_vm,
         vm_disk,
@@ -32,47 +33,31 @@ async fn leftover_snapshots_of_crashed_runs_are_removed_and_others_kept() {
     assert_eq!(disk::snapshots(&foreign), ["operator-kept"], "snapshots not made by Sluice stay");
 }
 
+/// The storage daemon an offline backup runs holds the disk (its write lock and its
+/// bitmaps): an agent killed with SIGKILL leaves it running, and the restarted agent ends it
+/// with SIGTERM, so it saves the bitmaps (none is left marked in use) and frees the disk.
 #[tokio::test]
-async fn an_agent_restarted_after_kill_9_removes_the_snapshot_it_left() {
+async fn an_agent_restarted_after_kill_9_ends_the_storage_daemon_its_task_left() {
     let OneVm { mut cluster, lab, jobs, job, running: started } =
         start_one_slow_vm(SLOWER_RATE, "crashed").await;
     let disk0 = vm_disk(&job, 0);
-    let snapshot = format!("sluice-{}", started.id);
-    let before = snapshots_shared(&disk0).unwrap_or_else(|e| panic!("snapshot -l: {e}"));
-    assert!(before.contains(&snapshot), "the task's snapshot is on the disk: {before:?}");
+    let marker = format!("sluice-qsd-{}-0-", started.id);
+    assert_eq!(processes_mentioning(&marker).len(), 1, "the task's storage daemon runs");
 
     cluster.agent(0).kill9();
-    let orphans = lab.running_qemu_img();
-    let after_kill = snapshots_shared(&disk0).unwrap_or_else(|e| panic!("snapshot -l: {e}"));
-    assert!(after_kill.contains(&snapshot), "a killed agent leaves its snapshot: {after_kill:?}");
+    let orphans = processes_mentioning(&marker);
+    assert_eq!(orphans.len(), 1, "a killed agent leaves its storage daemon: {orphans:?}");
     cluster.agent(0).restart().await;
-    wait_for(
-        || {
-            let listed = snapshots_shared(&disk0);
-            let qemu = lab.running_qemu_img();
-            async move {
-                match listed {
-                    Ok(names) if names.iter().all(|n| !n.starts_with("sluice-")) => Ok(()),
-                    Ok(names) => Err(format!("snapshots {names:?}; qemu-img running: {qemu:?}")),
-                    Err(error) => Err(format!("snapshot -l: {error}; qemu-img running: {qemu:?}")),
-                }
-            }
-        },
-        PATIENCE,
-        &format!(
-            "the restarted agent to remove the snapshot its killed task left \
-             (qemu-img running right after the kill: {orphans:?})"
-        ),
-    )
-    .await;
+    let gone = || {
+        let left = processes_mentioning(&marker);
+        async move { if left.is_empty() { Ok(()) } else { Err(left) } }
+    };
+    wait_for(gone, PATIENCE, "the restarted agent to end the storage daemon its task left").await;
+    let flags = disk::bitmap_flags(&disk0);
+    assert!(flags.iter().all(|f| !f.contains(&"in-use".to_string())), "bitmaps saved: {flags:?}");
 
     let ended = wait_stopped(&jobs, &started.id).await;
     assert_eq!(item(&ended, "vm-0").state(), ItemState::Failed, "{}", summary(&ended));
     assert_restore_points(&jobs, &lab, &job, &ended, &[], &[0]).await;
-    let running = || {
-        let found = lab.running_qemu_img();
-        async move { if found.is_empty() { Ok(()) } else { Err(found) } }
-    };
-    wait_for(running, PATIENCE, "the killed agent's qemu-img to be gone").await;
     lab.assert_no_leftovers("after the restart");
 }

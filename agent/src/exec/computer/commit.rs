@@ -23,8 +23,8 @@ pub(super) fn commit(
     paths.publish(manifest)
 }
 
-/// Checks that every blob is stored: a blob found present during TRANSFER may since have
-/// been removed by a concurrent attempt that created it and was cancelled.
+/// Checks that every blob is stored: a last guard against a blob removed since TRANSFER
+/// found it (by hand, or by a garbage collection that did not see this backup).
 fn verify_blobs(store: &Store, records: &[Record]) -> io::Result<()> {
     for record in records {
         let Some(sha256) = &record.sha256 else { continue };
@@ -56,6 +56,7 @@ pub(crate) fn outcome(manifest: &ComputerManifest, folder: &Path) -> pb::TaskOut
         created_at: prost_types::Timestamp::from_str(&manifest.created_at).ok(),
         size_bytes: manifest.totals.size_bytes,
         path: folder.display().to_string(),
+        ..Default::default()
     };
     pb::TaskOutcome {
         state: state as i32,

@@ -2,8 +2,8 @@
 //! not changed since be taken over by its hash, without reading it.
 //!
 //! The previous restore point is the newest committed one in `<repository>/<job>/<item>/`
-//! (by name: `<session>-<index>`, and session ids begin with their start time to the
-//! second), skipping partial folders and folders without a computer manifest. A file is
+//! (by name: `<session>-<index>[-a<attempt>]`, and session ids begin with their start time
+//! to the second), skipping partial folders and folders without a computer manifest. A file is
 //! taken over when the walk found it with the size, mtime and ctime the previous manifest
 //! records (to the nanosecond) and the blob of that hash is still stored, as a file of that
 //! size: one `metadata` call.

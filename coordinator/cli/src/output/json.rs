@@ -29,6 +29,22 @@ pub fn jobs(jobs: &[pb::Job]) -> Value {
     json!({ "jobs": jobs.iter().map(job).collect::<Vec<_>>() })
 }
 
+/// `ListScheduleRunsResponse`.
+pub fn schedule_runs(runs: &[pb::ScheduleRun]) -> Value {
+    let runs: Vec<Value> = runs
+        .iter()
+        .map(|run| {
+            json!({
+                "due_at": time(run.due_at.as_ref()),
+                "outcome": enum_value(run.outcome, pb::ScheduleRunOutcome::as_str_name),
+                "session_id": run.session_id,
+                "reason": run.reason,
+            })
+        })
+        .collect();
+    json!({ "runs": runs })
+}
+
 /// A session with its items.
 pub fn session(s: &pb::Session) -> Value {
     json!({
@@ -45,6 +61,9 @@ pub fn session(s: &pb::Session) -> Value {
         "owner": s.owner,
         "epoch": s.epoch,
         "retry_of": s.retry_of,
+        "trigger": enum_value(s.trigger, pb::SessionTrigger::as_str_name),
+        "due_at": time(s.due_at.as_ref()),
+        "full": s.full,
         "created_at": time(s.created_at.as_ref()),
         "ended_at": time(s.ended_at.as_ref()),
         "items": s.items.iter().map(item).collect::<Vec<_>>(),
@@ -64,6 +83,8 @@ pub fn item(i: &pb::ItemStatus) -> Value {
         "waiting_reason": i.waiting_reason,
         "bytes_done": i.bytes_done,
         "bytes_total": i.bytes_total,
+        "bytes_read": i.bytes_read,
+        "bytes_transferred": i.bytes_transferred,
         "started_at": time(i.started_at.as_ref()),
         "ended_at": time(i.ended_at.as_ref()),
     })
@@ -127,6 +148,8 @@ pub fn restore_points(points: &[pb::RestorePoint]) -> Value {
                 "created_at": time(p.created_at.as_ref()),
                 "size_bytes": p.size_bytes,
                 "path": p.path,
+                "kind": enum_value(p.kind, pb::RestorePointKind::as_str_name),
+                "parent_id": p.parent_id,
             })
         })
         .collect();

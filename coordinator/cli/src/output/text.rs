@@ -4,9 +4,7 @@ use std::time::SystemTime;
 
 use indicatif::HumanBytes;
 use prost_types::Timestamp;
-use sluice_proto::{pb, time::civil_from_days};
-
-const SECONDS_PER_DAY: i64 = 86_400;
+use sluice_proto::{pb, time::format_utc};
 
 /// The short name of a proto enum value: `SESSION_STATE_WORKING` -> `WORKING`; unset is `-`.
 pub fn short(full: &str, prefix: &str) -> String {
@@ -90,11 +88,7 @@ pub fn rfc3339_millis(ts: &Timestamp) -> String {
 
 /// The date and time-of-day parts of seconds since the Unix epoch.
 fn split_seconds(seconds: i64) -> (String, String) {
-    let days = seconds.div_euclid(SECONDS_PER_DAY);
-    let of_day = seconds.rem_euclid(SECONDS_PER_DAY);
-    let (year, month, day) = civil_from_days(days);
-    let time = format!("{:02}:{:02}:{:02}", of_day / 3600, of_day % 3600 / 60, of_day % 60);
-    (format!("{year:04}-{month:02}-{day:02}"), time)
+    (format_utc(seconds, "%Y-%m-%d"), format_utc(seconds, "%H:%M:%S"))
 }
 
 /// A time as RFC 3339 with how long ago it was: `2026-11-22T09:05:03Z (3m ago)`; unset is `-`.
@@ -144,6 +138,20 @@ pub fn seconds_between(from: &Timestamp, to: &Timestamp) -> u64 {
 /// A byte count for people: `1.50 GiB`.
 pub fn bytes(count: u64) -> String {
     HumanBytes(count).to_string()
+}
+
+/// A byte count, or `-` for none.
+pub fn bytes_or_dash(count: u64) -> String {
+    if count == 0 { "-".to_string() } else { bytes(count) }
+}
+
+/// A restore point's kind: `full`, `incremental`, or `-` when not recorded.
+pub fn restore_point_kind(kind: i32) -> String {
+    match pb::RestorePointKind::try_from(kind) {
+        Ok(pb::RestorePointKind::Full) => "full".to_string(),
+        Ok(pb::RestorePointKind::Incremental) => "incremental".to_string(),
+        _ => "-".to_string(),
+    }
 }
 
 /// Progress of an item: `42% 1.00 GiB/2.38 GiB`, the bytes alone when the total is unknown.

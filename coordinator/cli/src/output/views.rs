@@ -4,21 +4,23 @@ use std::time::SystemTime;
 
 use sluice_proto::pb::{self, job_item::Target};
 
+use super::schedule;
 use super::table::{Table, fields};
 use super::text::{self, or_dash, when};
 
-/// `job list`: NAME TYPE ITEMS REPOSITORY.
-pub fn job_list(jobs: &[pb::Job]) -> String {
+/// `job list`: NAME TYPE ITEMS REPOSITORY NEXT-RUN.
+pub fn job_list(jobs: &[pb::Job], now: SystemTime) -> String {
     if jobs.is_empty() {
         return "no jobs".to_string();
     }
-    let mut table = Table::new(&["NAME", "TYPE", "ITEMS", "REPOSITORY"]);
+    let mut table = Table::new(&["NAME", "TYPE", "ITEMS", "REPOSITORY", "NEXT-RUN"]);
     for job in jobs {
         table.row(vec![
             job.name.clone(),
             text::job_type(job.r#type),
             job.items.len().to_string(),
             job.repository.clone(),
+            schedule::next_run(job, now),
         ]);
     }
     table.render()
@@ -26,6 +28,11 @@ pub fn job_list(jobs: &[pb::Job]) -> String {
 
 /// `job show`: the definition, then one row per item.
 pub fn job_detail(job: &pb::Job) -> String {
+    job_detail_at(job, SystemTime::now())
+}
+
+/// `job show` with the next run counted from `now`.
+pub fn job_detail_at(job: &pb::Job, now: SystemTime) -> String {
     let retry = job.retry.unwrap_or_default();
     let mut pairs = vec![
         ("NAME", job.name.clone()),
@@ -43,6 +50,7 @@ pub fn job_detail(job: &pb::Job) -> String {
             },
         ),
     ];
+    pairs.extend(schedule::job_fields(job, now));
     if let Some(ms) = job.sim_duration_ms {
         pairs.push(("SIM EXECUTOR", format!("{ms} ms per item (test only)")));
     }
@@ -60,7 +68,8 @@ fn seconds_or(seconds: u32, zero: &str) -> String {
 /// An item's target in one cell: `vm: /a.qcow2, /b.qcow2` or `computer pc1: /home, /etc`.
 fn target(target: Option<&Target>) -> String {
     match target {
-        Some(Target::Vm(vm)) => format!("vm: {}", vm.disks.join(", ")),
+        Some(Target::Vm(vm)) if vm.qmp_socket.is_empty() => format!("vm: {}", vm.disks.join(", ")),
+        Some(Target::Vm(vm)) => format!("vm (qmp {}): {}", vm.qmp_socket, vm.disks.join(", ")),
         Some(Target::Computer(c)) => format!("computer {}: {}", c.computer, c.paths.join(", ")),
         None => "-".to_string(),
     }
@@ -94,6 +103,15 @@ fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String
     if !s.retry_of.is_empty() {
         pairs.push(("RETRY OF", s.retry_of.clone()));
     }
+    if s.trigger != pb::SessionTrigger::Manual as i32 {
+        pairs.push(("TRIGGER", schedule::trigger(s.trigger)));
+    }
+    if s.due_at.is_some() {
+        pairs.push(("DUE", when(s.due_at.as_ref(), now)));
+    }
+    if s.full {
+        pairs.push(("ACTIVE FULL", "yes".to_string()));
+    }
     pairs.push(("MESSAGE", or_dash(&s.message)));
     pairs
 }
@@ -102,7 +120,8 @@ fn owner(s: &pb::Session) -> String {
     if s.owner.is_empty() { "-".to_string() } else { format!("{} (epoch {})", s.owner, s.epoch) }
 }
 
-/// One row per item: NAME STATE PHASE AGENT ATTEMPT PROGRESS RESTORE-POINT MESSAGE/WAITING.
+/// One row per item: NAME STATE PHASE AGENT ATTEMPT PROCESSED READ TRANSFERRED
+/// RESTORE-POINT MESSAGE/WAITING.
 pub fn items_table(items: &[pb::ItemStatus]) -> String {
     let mut table = Table::new(&[
         "NAME",
@@ -110,7 +129,9 @@ pub fn items_table(items: &[pb::ItemStatus]) -> String {
         "PHASE",
         "AGENT",
         "ATTEMPT",
-        "PROGRESS",
+        "PROCESSED",
+        "READ",
+        "TRANSFERRED",
         "RESTORE-POINT",
         "MESSAGE/WAITING",
     ]);
@@ -122,6 +143,8 @@ pub fn items_table(items: &[pb::ItemStatus]) -> String {
             or_dash(&item.agent),
             if item.attempt == 0 { "-".into() } else { item.attempt.to_string() },
             text::progress(item.bytes_done, item.bytes_total),
+            text::bytes_or_dash(item.bytes_read),
+            text::bytes_or_dash(item.bytes_transferred),
             or_dash(&item.restore_point),
             message_or_waiting(item),
         ]);
@@ -198,16 +221,19 @@ pub fn coordinator_list(coordinators: &[pb::Coordinator], now: SystemTime) -> St
     table.render()
 }
 
-/// `restore-point list`: ID ITEM SESSION CREATED SIZE PATH.
+/// `restore-point list`: ID ITEM KIND PARENT SESSION CREATED SIZE PATH.
 pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> String {
     if points.is_empty() {
         return "no restore points".to_string();
     }
-    let mut table = Table::new(&["ID", "ITEM", "SESSION", "CREATED", "SIZE", "PATH"]);
+    let mut table =
+        Table::new(&["ID", "ITEM", "KIND", "PARENT", "SESSION", "CREATED", "SIZE", "PATH"]);
     for p in points {
         table.row(vec![
             p.id.clone(),
             p.item.clone(),
+            text::restore_point_kind(p.kind),
+            or_dash(&p.parent_id),
             p.session_id.clone(),
             when(p.created_at.as_ref(), now),
             text::bytes(p.size_bytes),

@@ -68,6 +68,7 @@ impl SessionActor {
             repository: job.repository.clone(),
             sim_duration_ms: job.sim_duration_ms,
             traceparent: String::new(),
+            full: self.base.session.as_ref().is_some_and(|session| session.full),
         }
     }
 

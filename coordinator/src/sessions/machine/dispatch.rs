@@ -93,6 +93,8 @@ impl Machine {
         status.message.clear();
         status.bytes_done = 0;
         status.bytes_total = 0;
+        status.bytes_read = 0;
+        status.bytes_transferred = 0;
         status.started_at_ms = Some(now_ms);
         item.offline_since_ms = None;
         item.cancel_sent = false;

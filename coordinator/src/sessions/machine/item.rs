@@ -82,6 +82,10 @@ pub(crate) struct ItemStatus {
     pub(crate) bytes_done: u64,
     /// Bytes to copy in all.
     pub(crate) bytes_total: u64,
+    /// Bytes read from the source so far.
+    pub(crate) bytes_read: u64,
+    /// Bytes written to the repository so far.
+    pub(crate) bytes_transferred: u64,
     /// When the current attempt started, ms since the epoch.
     pub(crate) started_at_ms: Option<i64>,
     /// When it ended, ms since the epoch.
@@ -102,6 +106,8 @@ impl ItemStatus {
             waiting_reason: String::new(),
             bytes_done: 0,
             bytes_total: 0,
+            bytes_read: 0,
+            bytes_transferred: 0,
             started_at_ms: None,
             ended_at_ms: None,
         }
@@ -211,4 +217,17 @@ impl LateRestorePoint {
             _ => LateRestorePoint::Delete,
         }
     }
+}
+
+/// How far an item's transfer is, as its agent reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Volumes {
+    /// Bytes processed.
+    pub(crate) done: u64,
+    /// Bytes to process in all.
+    pub(crate) total: u64,
+    /// Bytes read from the source.
+    pub(crate) read: u64,
+    /// Bytes written to the repository.
+    pub(crate) transferred: u64,
 }

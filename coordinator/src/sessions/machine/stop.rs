@@ -29,6 +29,8 @@ pub(crate) struct Stop {
     pub(crate) requested_by: String,
     /// When, in milliseconds since the epoch.
     pub(crate) requested_at_ms: i64,
+    /// Who or what stopped it, when not a user (e.g. "the backup window ... (UTC)").
+    pub(crate) reason: String,
 }
 
 impl Machine {
@@ -131,17 +133,27 @@ impl Machine {
             }
             None => (SessionResult::Success, false, String::new()),
             Some(StopMode::Graceful) if processed == 0 => {
-                (SessionResult::Failed, true, CANCELED_BY_USER.into())
+                (SessionResult::Failed, true, self.stopped_by(CANCELED_BY_USER))
             }
             Some(StopMode::Graceful) if failed == 0 => {
-                (SessionResult::Warning, true, "stopped gracefully by user".into())
+                (SessionResult::Warning, true, self.stopped_by("stopped gracefully by user"))
             }
             Some(StopMode::Graceful) => {
-                (SessionResult::Failed, true, "stopped gracefully by user".into())
+                (SessionResult::Failed, true, self.stopped_by("stopped gracefully by user"))
             }
             Some(StopMode::Immediate) => {
-                (SessionResult::Failed, true, "stopped immediately by user".into())
+                (SessionResult::Failed, true, self.stopped_by("stopped immediately by user"))
             }
+        }
+    }
+
+    /// A stop message (`... by user`) naming the stop's reason instead of the user, if any.
+    fn stopped_by(&self, by_user: &str) -> String {
+        match self.status.stop.as_ref().map(|s| s.reason.as_str()) {
+            Some(reason) if !reason.is_empty() => {
+                format!("{}{reason}", by_user.trim_end_matches("user"))
+            }
+            _ => by_user.to_string(),
         }
     }
 }

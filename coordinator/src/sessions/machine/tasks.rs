@@ -4,7 +4,7 @@ use sluice_proto::ids::AgentId;
 
 use super::{
     CancelReason, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine, Outcome,
-    REFUSED_BACKOFF_MS, TaskPhase,
+    REFUSED_BACKOFF_MS, TaskPhase, Volumes,
 };
 
 impl Machine {
@@ -47,9 +47,9 @@ impl Machine {
         index: u32,
         attempt: u32,
         phase: TaskPhase,
-        done: u64,
-        total: u64,
+        volumes: Volumes,
     ) {
+        let Volumes { done, total, read, transferred } = volumes;
         let Some(pos) = self.running_position(index, attempt) else {
             return;
         };
@@ -60,14 +60,17 @@ impl Machine {
         if phase < status.phase || (phase == status.phase && done < status.bytes_done) {
             return;
         }
+        let counters = (status.bytes_done, status.bytes_total, status.bytes_read);
         if status.phase != phase {
             self.dirty_lazy.insert(pos);
-        } else if status.bytes_done != done || status.bytes_total != total {
+        } else if counters != (done, total, read) || status.bytes_transferred != transferred {
             self.dirty_bytes.insert(pos);
         }
         status.phase = phase;
         status.bytes_done = done;
         status.bytes_total = total;
+        status.bytes_read = read;
+        status.bytes_transferred = transferred;
     }
 
     pub(super) fn on_finished(

@@ -83,7 +83,13 @@ fn finished(index: u32, attempt: u32, outcome: Outcome) -> Event {
 }
 
 fn stop(mode: StopMode) -> Event {
-    Event::Stop(Stop { mode, deadline_ms: None, requested_by: "test".into(), requested_at_ms: 0 })
+    Event::Stop(Stop {
+        mode,
+        deadline_ms: None,
+        requested_by: "test".into(),
+        requested_at_ms: 0,
+        reason: String::new(),
+    })
 }
 
 fn states(m: &Machine) -> Vec<ItemState> {

@@ -100,16 +100,9 @@ impl Sessions {
     }
 }
 
-/// Most bytes of who asked for a stop (it is stored in the session).
-const MAX_REQUESTED_BY: usize = 256;
-
+/// Who asked for a stop is stored in the session: bounded, one line.
 fn check_requested_by(requested_by: &str) -> Result<()> {
-    if requested_by.len() > MAX_REQUESTED_BY {
-        let reason =
-            format!("must be at most {MAX_REQUESTED_BY} bytes, got {}", requested_by.len());
-        return Err(Error::invalid("requested_by", reason));
-    }
-    Ok(())
+    Ok(sluice_proto::job::validate_requested_by("requested_by", requested_by)?)
 }
 
 fn stop_mode(raw: i32) -> Result<StopMode> {
@@ -170,6 +163,7 @@ fn stop_request(
         requested_by,
         requested_at: Some(timestamp(now)),
         graceful_deadline: deadline.map(timestamp),
+        reason: String::new(),
     }
 }
 

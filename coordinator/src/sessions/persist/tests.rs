@@ -19,6 +19,7 @@ async fn new_session(store: &Store, id: &str, owner: &str) -> NewSession {
         job_revision: stored.mod_revision,
         owner: owner.into(),
         lease: testing::lease(store, 60).await,
+        extra: Default::default(),
     }
 }
 

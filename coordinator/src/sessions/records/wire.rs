@@ -148,6 +148,8 @@ macro_rules! item_status_from {
             waiting_reason: $source.waiting_reason.clone(),
             bytes_done: $source.bytes_done,
             bytes_total: $source.bytes_total,
+            bytes_read: $source.bytes_read,
+            bytes_transferred: $source.bytes_transferred,
             $($field: $value),*
         }
     };
@@ -208,6 +210,7 @@ pub(crate) fn stop_from(stop: &pb::StopRequest) -> Stop {
         deadline_ms: stop.graceful_deadline.as_ref().map(time::millis),
         requested_by: stop.requested_by.clone(),
         requested_at_ms: stop.requested_at.as_ref().map_or(0, time::millis),
+        reason: stop.reason.clone(),
     }
 }
 
@@ -222,6 +225,7 @@ pub(super) fn stop_request(stop: &Stop) -> pb::StopRequest {
         requested_by: stop.requested_by.clone(),
         requested_at: Some(timestamp(stop.requested_at_ms)),
         graceful_deadline: stop.deadline_ms.map(timestamp),
+        reason: stop.reason.clone(),
     }
 }
 
@@ -273,6 +277,8 @@ mod tests {
             waiting_reason: String::new(),
             bytes_done: 5,
             bytes_total: 10,
+            bytes_read: 4,
+            bytes_transferred: 3,
             started_at: Some(timestamp(1_500)),
             ended_at: Some(timestamp(2_250)),
         };
@@ -298,8 +304,9 @@ mod tests {
         let stop = Stop {
             mode: StopMode::Graceful,
             deadline_ms: Some(9_000),
-            requested_by: "op".into(),
+            requested_by: "backup-window".into(),
             requested_at_ms: 1_000,
+            reason: "the backup window mon 01:00-02:00 (UTC)".into(),
         };
         assert_eq!(stop_from(&stop_request(&stop)), stop);
     }

@@ -16,10 +16,10 @@ CREATED:   2026-11-22T09:05:03Z (10m ago)
 ENDED:     -
 MESSAGE:   -
 
-NAME   STATE       PHASE     AGENT    ATTEMPT  PROGRESS                RESTORE-POINT  MESSAGE/WAITING
-vm-01  SUCCESS     CLEANUP   proxy-1  1        100% 2.00 KiB/2.00 KiB  rp-0001        -
-vm-02  PROCESSING  TRANSFER  proxy-2  2        50% 512 B/1.00 KiB      -              -
-vm-03  PENDING     -         -        -        -                       -              waiting: no free slot
+NAME   STATE       PHASE     AGENT    ATTEMPT  PROCESSED               READ      TRANSFERRED  RESTORE-POINT  MESSAGE/WAITING
+vm-01  SUCCESS     CLEANUP   proxy-1  1        100% 2.00 KiB/2.00 KiB  1.00 KiB  512 B        rp-0001        -
+vm-02  PROCESSING  TRANSFER  proxy-2  2        50% 512 B/1.00 KiB      -         -            -              -
+vm-03  PENDING     -         -        -        -                       -         -            -              waiting: no free slot
 ";
     assert_eq!(text, expected);
 }
@@ -67,8 +67,8 @@ fn job_views_list_items_and_targets() {
     )
     .expect("valid job file");
     assert_eq!(
-        job_list(std::slice::from_ref(&job)),
-        "NAME     TYPE       ITEMS  REPOSITORY\nnightly  VM_BACKUP  1      /repo\n"
+        job_list(std::slice::from_ref(&job), fixtures::now()),
+        "NAME     TYPE       ITEMS  REPOSITORY  NEXT-RUN\nnightly  VM_BACKUP  1      /repo       -\n"
     );
     let detail = job_detail(&job);
     assert!(detail.contains("vm-01  vm: /d/a.qcow2, /d/b.qcow2"), "{detail}");
@@ -99,8 +99,16 @@ fn agent_and_restore_point_tables() {
         session_id: "0193a1b2".into(),
         created_at: at(60),
         size_bytes: 3 * 1024 * 1024,
+        kind: pb::RestorePointKind::Incremental as i32,
+        parent_id: "rp-0000".into(),
         ..Default::default()
     };
     let text = restore_point_list(&[point], fixtures::now());
-    assert!(text.contains("rp-0001  vm-01  0193a1b2  2026-11-22T09:06:03Z (9m ago)  3.00 MiB  -"));
+    assert!(text.starts_with("ID       ITEM   KIND         PARENT   SESSION"), "{text}");
+    assert!(
+        text.contains(
+            "rp-0001  vm-01  incremental  rp-0000  0193a1b2  2026-11-22T09:06:03Z (9m ago)  3.00 MiB  -"
+        ),
+        "{text}"
+    );
 }

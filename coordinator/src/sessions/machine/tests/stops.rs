@@ -63,6 +63,7 @@ fn graceful_timeout_stops_what_still_runs_immediately() {
         deadline_ms: Some(5000),
         requested_by: "t".into(),
         requested_at_ms: 0,
+        reason: String::new(),
     };
     m.apply(1, Event::Stop(graceful));
     assert_eq!(m.next_wakeup_ms(1), Some(5000));
@@ -114,4 +115,20 @@ fn a_new_owner_cancels_again_what_an_immediate_stop_cancels() {
         effects,
         vec![Effect::Cancel { agent: agent("a1"), indices: vec![0], reason: CancelReason::User }]
     );
+}
+
+#[test]
+fn a_stop_with_a_reason_names_it_instead_of_the_user() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let window = Stop {
+        mode: StopMode::Graceful,
+        deadline_ms: None,
+        requested_by: "backup-window".into(),
+        requested_at_ms: 0,
+        reason: "the backup window mon 01:00-02:00 (UTC)".into(),
+    };
+    m.apply(1, Event::Stop(window));
+    m.apply(2, finished(0, 1, outcome(ItemState::Success)));
+    assert_eq!(m.status.message, "stopped gracefully by the backup window mon 01:00-02:00 (UTC)");
 }

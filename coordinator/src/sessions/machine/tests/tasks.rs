@@ -89,11 +89,15 @@ fn progress_is_recorded_lazily() {
         phase: TaskPhase::Transfer,
         bytes_done: 5,
         bytes_total: 10,
+        bytes_read: 4,
+        bytes_transferred: 3,
     };
     m.apply(1, progress);
     assert!(!m.has_urgent_changes());
     assert!(m.has_lazy_changes());
     assert_eq!(m.take_dirty(true, true).0, vec![0]);
+    let status = &m.items[0].status;
+    assert_eq!((status.bytes_read, status.bytes_transferred), (4, 3));
 }
 
 /// Finding 6: a phase change is stored lazily, but bytes alone are not worth a write each
@@ -109,6 +113,8 @@ fn bytes_alone_are_not_a_lazy_change() {
         phase,
         bytes_done,
         bytes_total: 10,
+        bytes_read: bytes_done,
+        bytes_transferred: bytes_done,
     };
     m.apply(1, at(TaskPhase::Transfer, 1));
     assert!(m.has_lazy_changes(), "a new phase");
@@ -140,6 +146,8 @@ fn a_late_answer_does_not_move_the_phase_back() {
         phase,
         bytes_done,
         bytes_total: 10,
+        bytes_read: 0,
+        bytes_transferred: 0,
     };
     m.apply(1, at(TaskPhase::Transfer, 5));
     m.apply(2, at(TaskPhase::NotStarted, 0));

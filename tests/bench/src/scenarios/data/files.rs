@@ -29,6 +29,24 @@ pub fn make_disk(path: &Path, bytes: u64) {
     disk::create_qcow2(path, bytes, &fills);
 }
 
+/// Writes 1% of the disk's `bytes` in 64 KiB pieces spread evenly over it (as a guest
+/// would between two backups); returns the bytes written.
+pub fn change_one_percent(path: &Path, bytes: u64) -> anyhow::Result<u64> {
+    const PIECE: u64 = 64 * 1024;
+    let pieces = (bytes / 100 / PIECE).max(1);
+    let stride = (bytes / pieces) / PIECE * PIECE;
+    let mut command = Command::new("qemu-io");
+    command.args(["-f", "qcow2"]);
+    for piece in 0..pieces {
+        command.arg("-c").arg(format!("write -P 0xc3 {} {PIECE}", piece * stride));
+    }
+    let output = command.arg(path).output().context("cannot run qemu-io")?;
+    if !output.status.success() {
+        bail!("qemu-io failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(pieces * PIECE)
+}
+
 /// A tree of 1 MiB files of distinct pseudo-random content, `bytes` in all, 32 per folder.
 pub fn make_tree(root: &Path, bytes: u64) -> anyhow::Result<()> {
     let files = bytes.div_ceil(FILE_BYTES as u64);

@@ -1,0 +1,230 @@
+//! A small QMP (QEMU Machine Protocol) client: JSON lines over a Unix socket.
+//!
+//! QEMU greets a new client with one `{"QMP": ...}` line and accepts nothing but
+//! `qmp_capabilities` until that is sent. Every command carries an `id` that its reply echoes.
+//! Events can arrive at any moment, also between a command and its reply (a transaction's
+//! job events come before the transaction's own reply), so they are queued until asked for.
+//! QEMU serves one client per socket: a second client gets no greeting, which is reported as
+//! a busy socket rather than waited on forever.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
+
+/// How long QEMU gets to greet a new client.
+const GREETING: Duration = Duration::from_secs(5);
+/// How long one command may take to be answered (block jobs run in the background, so
+/// every command Sluice sends answers quickly).
+const COMMAND: Duration = Duration::from_secs(60);
+/// Longest line accepted from QEMU (replies listing every block node can be long).
+const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// What went wrong talking to QEMU.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QmpError {
+    /// Nothing listens on the socket (the VM is not running).
+    #[error("cannot connect to QMP socket {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connected, but QEMU sent no greeting: another client holds the socket.
+    #[error(
+        "no QMP greeting on {path} within {GREETING:?}: another client is using the socket \
+         (QEMU serves one client per socket; give Sluice a -qmp socket of its own)"
+    )]
+    Busy {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// QEMU greeted but did not answer `qmp_capabilities` in time (seen with a storage
+    /// daemon connected to while it was still starting); connecting again helps.
+    #[error("QEMU on {path} greeted but did not answer qmp_capabilities within {GREETING:?}")]
+    NotReady {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// QEMU closed the connection.
+    #[error("the QMP connection was closed (did QEMU exit?)")]
+    Closed,
+    /// Reading or writing the socket failed, or QEMU sent something that is not QMP.
+    #[error("QMP protocol error: {0}")]
+    Protocol(String),
+    /// A command got no answer in time.
+    #[error("QMP command {command} got no answer within {COMMAND:?}")]
+    Timeout {
+        /// The command.
+        command: String,
+    },
+    /// QEMU refused a command.
+    #[error("{command}: {desc}")]
+    Command {
+        /// The command.
+        command: String,
+        /// QMP error class, e.g. `GenericError` or `DeviceNotActive`.
+        class: String,
+        /// QEMU's explanation.
+        desc: String,
+    },
+}
+
+/// An asynchronous event from QEMU.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct Event {
+    /// Event name, e.g. `BLOCK_JOB_COMPLETED`.
+    pub(crate) event: String,
+    /// Its data.
+    #[serde(default)]
+    pub(crate) data: Value,
+}
+
+/// The body of an error reply.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    class: String,
+    desc: String,
+}
+
+/// One line from QEMU.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Message {
+    Return {
+        #[serde(default)]
+        id: Value,
+        #[serde(rename = "return")]
+        value: Value,
+    },
+    Error {
+        #[serde(default)]
+        id: Value,
+        error: ErrorBody,
+    },
+    Event(Event),
+    Greeting {
+        #[serde(rename = "QMP")]
+        _qmp: Value,
+    },
+}
+
+/// A negotiated QMP connection.
+#[derive(Debug)]
+pub(crate) struct Qmp {
+    lines: FramedRead<OwnedReadHalf, LinesCodec>,
+    writer: FramedWrite<OwnedWriteHalf, LinesCodec>,
+    events: VecDeque<Event>,
+    next_id: u64,
+}
+
+impl Qmp {
+    /// Connects, reads the greeting and negotiates capabilities.
+    pub(crate) async fn connect(path: &Path) -> Result<Self, QmpError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
+        let (read, write) = stream.into_split();
+        let mut qmp = Self {
+            lines: FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE)),
+            writer: FramedWrite::new(write, LinesCodec::new()),
+            events: VecDeque::new(),
+            next_id: 1,
+        };
+        match tokio::time::timeout(GREETING, qmp.read()).await {
+            Ok(Ok(Message::Greeting { .. })) => {}
+            Ok(Ok(other)) => return Err(QmpError::Protocol(format!("not a greeting: {other:?}"))),
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(QmpError::Busy { path: path.to_owned() }),
+        }
+        match qmp.command("qmp_capabilities", Value::Null, GREETING).await {
+            Err(QmpError::Timeout { .. }) => Err(QmpError::NotReady { path: path.to_owned() }),
+            other => other.map(|_| qmp),
+        }
+    }
+
+    /// Runs a command and returns its `return` value; `args` `Null` sends no arguments.
+    /// Events that arrive meanwhile are queued for [`Qmp::next_event`].
+    pub(crate) async fn execute(&mut self, command: &str, args: Value) -> Result<Value, QmpError> {
+        self.command(command, args, COMMAND).await
+    }
+
+    async fn command(
+        &mut self,
+        command: &str,
+        args: Value,
+        patience: Duration,
+    ) -> Result<Value, QmpError> {
+        let id = format!("sluice-{}", self.next_id);
+        self.next_id += 1;
+        let mut request = json!({ "execute": command, "id": id });
+        if !args.is_null() {
+            request["arguments"] = args;
+        }
+        self.writer.send(request.to_string()).await.map_err(codec_error)?;
+        tokio::time::timeout(patience, self.reply(&id, command))
+            .await
+            .map_err(|_| QmpError::Timeout { command: command.to_owned() })?
+    }
+
+    /// The next event: a queued one, or the next to arrive. Cancel-safe.
+    pub(crate) async fn next_event(&mut self) -> Result<Event, QmpError> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(event);
+            }
+            // A reply nobody waits for (its command's future was dropped) is discarded.
+            if let Message::Event(event) = self.read().await? {
+                return Ok(event);
+            }
+        }
+    }
+
+    async fn reply(&mut self, id: &str, command: &str) -> Result<Value, QmpError> {
+        loop {
+            match self.read().await? {
+                Message::Event(event) => self.events.push_back(event),
+                Message::Return { id: got, value } if got == id => return Ok(value),
+                Message::Error { id: got, error } if got == id => {
+                    return Err(QmpError::Command {
+                        command: command.to_owned(),
+                        class: error.class,
+                        desc: error.desc,
+                    });
+                }
+                // The reply to an abandoned command, or a stray greeting.
+                _ => {}
+            }
+        }
+    }
+
+    async fn read(&mut self) -> Result<Message, QmpError> {
+        let line = self.lines.next().await.ok_or(QmpError::Closed)?.map_err(codec_error)?;
+        serde_json::from_str(&line)
+            .map_err(|e| QmpError::Protocol(format!("unexpected message {line:?}: {e}")))
+    }
+}
+
+fn codec_error(error: LinesCodecError) -> QmpError {
+    match error {
+        LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => QmpError::Closed,
+        other => QmpError::Protocol(other.to_string()),
+    }
+}
+
+impl QmpError {
+    /// Whether QEMU refused the command with this error class.
+    pub(crate) fn is_class(&self, wanted: &str) -> bool {
+        matches!(self, Self::Command { class, .. } if class == wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests;

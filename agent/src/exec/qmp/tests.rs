@@ -1,0 +1,115 @@
+//! The client against a real `qemu-storage-daemon`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+/// A storage daemon with a QMP socket, killed when dropped.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("qmp.sock");
+        let chardev = format!("socket,path={},server=on,wait=off,id=m", socket.display());
+        let child = Command::new("qemu-storage-daemon")
+            .args(["--chardev", &chardev, "--monitor", "chardev=m"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon runs (apt-get install qemu-utils)");
+        Self { child, socket, _dir: dir }
+    }
+
+    async fn connect(&self) -> Qmp {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Qmp::connect(&self.socket).await {
+                Ok(qmp) => return qmp,
+                Err(QmpError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => panic!("cannot connect: {error}"),
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn commands_return_values_and_errors_carry_their_class() {
+    let daemon = Daemon::start();
+    let mut qmp = daemon.connect().await;
+    let jobs = qmp.execute("query-block-jobs", Value::Null).await.expect("query");
+    assert_eq!(jobs, json!([]));
+    let error = qmp
+        .execute("block-job-cancel", json!({ "device": "nothing" }))
+        .await
+        .expect_err("no such job");
+    assert!(error.is_class("DeviceNotActive"), "{error:?}");
+    assert!(error.to_string().starts_with("block-job-cancel: "), "{error}");
+}
+
+#[tokio::test]
+async fn events_that_arrive_before_a_reply_are_kept() {
+    let daemon = Daemon::start();
+    let mut qmp = daemon.connect().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("new.qcow2");
+    // A job's status events come while the command that made it is being answered.
+    let create = json!({
+        "job-id": "make",
+        "options": { "driver": "file", "filename": file.display().to_string(), "size": 0 },
+    });
+    qmp.execute("blockdev-create", create).await.expect("blockdev-create");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &Event| e.data["status"] == "concluded") {
+        let event = tokio::time::timeout(Duration::from_secs(30), qmp.next_event())
+            .await
+            .expect("events in time")
+            .expect("event");
+        seen.push(event);
+    }
+    assert_eq!(seen[0].event, "JOB_STATUS_CHANGE");
+    assert_eq!(seen[0].data["status"], "created", "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_second_client_is_told_the_socket_is_busy() {
+    let daemon = Daemon::start();
+    let _first = daemon.connect().await;
+    let second = Qmp::connect(&daemon.socket).await.expect_err("one client per socket");
+    assert!(matches!(second, QmpError::Busy { .. }), "{second:?}");
+    assert!(second.to_string().contains("another client is using the socket"), "{second}");
+}
+
+#[tokio::test]
+async fn a_socket_nobody_listens_on_is_a_connect_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let error = Qmp::connect(&dir.path().join("none.sock")).await.expect_err("nothing there");
+    assert!(matches!(error, QmpError::Connect { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_daemon_that_exits_closes_the_connection() {
+    let daemon = Daemon::start();
+    let mut qmp = daemon.connect().await;
+    match qmp.execute("quit", Value::Null).await {
+        Ok(_) | Err(QmpError::Closed) => {}
+        Err(other) => panic!("quit: {other:?}"),
+    }
+    let after = qmp.execute("query-block-jobs", Value::Null).await.expect_err("gone");
+    assert!(matches!(after, QmpError::Closed | QmpError::Protocol(_)), "{after:?}");
+}

@@ -1,0 +1,111 @@
+use super::*;
+use crate::repository::{Disk, Identity, VmManifest};
+
+fn names() -> Names {
+    Names::new("nightly")
+}
+
+fn bitmap(name: &str) -> Bitmap {
+    Bitmap { name: name.into(), recording: true, persistent: true, inconsistent: false }
+}
+
+fn point(id: &str, sources: &[&str]) -> VmPoint {
+    let disks = sources
+        .iter()
+        .map(|source| Disk { source: (*source).into(), virtual_size: 64, ..Disk::default() })
+        .collect();
+    let identity = Identity { restore_point: id.into(), ..Identity::default() };
+    VmPoint { id: id.into(), manifest: VmManifest { identity, disks, ..VmManifest::default() } }
+}
+
+fn disk(source: &str, bitmaps: Vec<Bitmap>) -> DiskState {
+    DiskState { source: source.into(), virtual_size: 64, bitmaps }
+}
+
+fn warning(plan: &Plan) -> String {
+    match &plan.kind {
+        Kind::Full { warning: Some(warning) } => warning.clone(),
+        other => panic!("expected a full backup with a warning, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_first_backup_is_full_without_warning() {
+    let plan = plan(&names(), None, &[disk("/a", Vec::new())], false);
+    assert_eq!(plan.kind, Kind::Full { warning: None });
+    assert_eq!(plan.superseded, None);
+}
+
+#[test]
+fn a_whole_bitmap_of_the_newest_restore_point_gives_an_incremental() {
+    let names = names();
+    let disks = [disk("/a", vec![bitmap("sluice:nightly:s1-0"), bitmap("operator")])];
+    let plan = plan(&names, Some(&point("s1-0", &["/a"])), &disks, false);
+    assert_eq!(plan.kind, Kind::Incremental { parent: "s1-0".into() });
+    assert_eq!(plan.stale, Vec::new(), "other bitmaps are not the job's");
+    assert_eq!(plan.superseded.as_deref(), Some("sluice:nightly:s1-0"));
+}
+
+#[test]
+fn an_active_full_keeps_the_parent_bitmap_until_it_commits() {
+    let disks = [disk("/a", vec![bitmap("sluice:nightly:s1-0")])];
+    let plan = plan(&names(), Some(&point("s1-0", &["/a"])), &disks, true);
+    assert_eq!(plan.kind, Kind::Full { warning: None });
+    assert_eq!(plan.stale, Vec::new());
+    assert_eq!(plan.superseded.as_deref(), Some("sluice:nightly:s1-0"));
+}
+
+#[test]
+fn leftover_bitmaps_of_the_job_are_stale_and_other_jobs_are_left_alone() {
+    let disks = [disk(
+        "/a",
+        vec![
+            bitmap("sluice:nightly:s0-0"),
+            bitmap("sluice:nightly:s1-0"),
+            bitmap("sluice:nightly:s2-0"),
+            bitmap("sluice:weekly:s9-0"),
+        ],
+    )];
+    let plan = plan(&names(), Some(&point("s1-0", &["/a"])), &disks, false);
+    let stale: Vec<&str> = plan.stale.iter().map(|(_, name)| name.as_str()).collect();
+    assert_eq!(stale, ["sluice:nightly:s0-0", "sluice:nightly:s2-0"]);
+    assert_eq!(plan.kind, Kind::Incremental { parent: "s1-0".into() });
+}
+
+#[test]
+fn a_broken_bitmap_gives_a_full_saying_why() {
+    let parent = point("s1-0", &["/a", "/b"]);
+    let inconsistent = Bitmap { inconsistent: true, ..bitmap("sluice:nightly:s1-0") };
+    let disks = [disk("/a", vec![inconsistent]), disk("/b", Vec::new())];
+    let plan = plan(&names(), Some(&parent), &disks, false);
+    assert_eq!(
+        warning(&plan),
+        "full backup instead of an incremental one: disk /a: change-tracking bitmap \
+         sluice:nightly:s1-0 is inconsistent (QEMU stopped without saving it); disk /b: \
+         change-tracking bitmap sluice:nightly:s1-0 is missing"
+    );
+    assert_eq!(plan.stale, vec![(0, "sluice:nightly:s1-0".to_owned())], "unusable: removed");
+}
+
+#[test]
+fn other_disks_or_sizes_give_a_full() {
+    let names = names();
+    let good = || vec![bitmap("sluice:nightly:s1-0")];
+    let moved = plan(&names, Some(&point("s1-0", &["/a"])), &[disk("/c", good())], false);
+    assert!(warning(&moved).ends_with("the disks changed since restore point s1-0"));
+    let grown = DiskState { virtual_size: 128, ..disk("/a", good()) };
+    let grown = plan(&names, Some(&point("s1-0", &["/a"])), &[grown], false);
+    assert!(warning(&grown).ends_with("disk /a: its size changed since restore point s1-0"));
+    let paused = Bitmap { recording: false, ..bitmap("sluice:nightly:s1-0") };
+    let paused = plan(&names, Some(&point("s1-0", &["/a"])), &[disk("/a", vec![paused])], false);
+    assert!(warning(&paused).ends_with("is not recording"));
+}
+
+#[test]
+fn names_fit_qemu_limits_and_belong_to_their_job() {
+    let long = Names::new(&"j".repeat(64));
+    assert!(long.target(99).len() <= 31, "{}", long.target(99));
+    assert!(long.is_target(&long.target(3)) && !names().is_target(&long.target(3)));
+    assert!(long.is_job(&long.job_id(0)) && long.job_id(0).starts_with("sluice-"));
+    assert!(names().is_bitmap("sluice:nightly:x") && !names().is_bitmap("sluice:nightly2:x"));
+}

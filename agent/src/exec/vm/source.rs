@@ -1,0 +1,235 @@
+//! Where a VM backup reads its disks: the running VM's own QEMU, over the QMP socket the
+//! job names, or for offline images (no socket, or nothing listening on it: the VM is off)
+//! a `qemu-storage-daemon` started for the backup. Both speak the same QMP, so the rest of
+//! the backup is one code path. The daemon loads and saves the images' persistent bitmaps
+//! as the VM does; it is asked to quit (or sent SIGTERM) so that it saves them, never
+//! killed outright while it holds them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+use tracing::{info, warn};
+
+use super::blockdev::{self, NamedNode};
+use crate::exec::qmp::{Qmp, QmpError};
+use crate::key::SNAPSHOT_PREFIX;
+use crate::qemu_img;
+
+const DAEMON: &str = "qemu-storage-daemon";
+/// Prefix of a daemon's socket folder; recovery finds a daemon that outlived its agent by it.
+pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
+/// How long a new daemon gets to open its QMP socket and answer on it.
+const DAEMON_START: Duration = Duration::from_secs(30);
+/// How long a daemon gets to save its bitmaps and exit.
+const DAEMON_QUIT: Duration = Duration::from_secs(30);
+const SOCKET_POLL: Duration = Duration::from_millis(10);
+
+/// An open connection to the QEMU holding the disks, and each disk's node.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// The QMP connection.
+    pub(crate) qmp: Qmp,
+    /// The qcow2 node of each disk, in job order.
+    pub(crate) nodes: Vec<NamedNode>,
+    daemon: Option<Daemon>,
+}
+
+/// Why the disks cannot be opened; `disk` names the disk when one is to blame.
+#[derive(Debug)]
+pub(crate) struct OpenError {
+    /// The disk at fault, if one is.
+    pub(crate) disk: Option<PathBuf>,
+    /// What went wrong.
+    pub(crate) message: String,
+}
+
+impl OpenError {
+    fn of(message: impl ToString) -> Self {
+        Self { disk: None, message: message.to_string() }
+    }
+}
+
+impl Source {
+    /// Opens the disks: through the VM's socket when it answers, else through a daemon
+    /// (`marker` names it for recovery).
+    pub(crate) async fn open(
+        socket: &str,
+        disks: &[PathBuf],
+        marker: &str,
+    ) -> Result<Self, OpenError> {
+        if !socket.is_empty() {
+            match Qmp::connect(Path::new(socket)).await {
+                Ok(mut qmp) => {
+                    let nodes =
+                        blockdev::find_disks(&mut qmp, disks).await.map_err(OpenError::of)?;
+                    return Ok(Self { qmp, nodes, daemon: None });
+                }
+                Err(error @ QmpError::Connect { .. }) => {
+                    info!(%error, "the VM is not running: backing its disks up as offline images");
+                }
+                Err(error) => return Err(OpenError::of(error)),
+            }
+        }
+        Self::offline(disks, marker).await
+    }
+
+    async fn offline(disks: &[PathBuf], marker: &str) -> Result<Self, OpenError> {
+        remove_legacy_snapshots(disks).await;
+        let (daemon, mut qmp) = Daemon::start(marker).await.map_err(OpenError::of)?;
+        match open_disks(&mut qmp, disks).await {
+            Ok(nodes) => Ok(Self { qmp, nodes, daemon: Some(daemon) }),
+            Err(error) => {
+                daemon.quit(qmp).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Ends the connection; a daemon saves the bitmaps and exits.
+    pub(crate) async fn close(self) {
+        let Self { qmp, daemon, .. } = self;
+        if let Some(daemon) = daemon {
+            daemon.quit(qmp).await;
+        }
+    }
+}
+
+/// Opens each offline disk in the daemon and finds its node.
+async fn open_disks(qmp: &mut Qmp, disks: &[PathBuf]) -> Result<Vec<NamedNode>, OpenError> {
+    for (index, disk) in disks.iter().enumerate() {
+        blockdev::add_qcow2(qmp, &format!("disk{index}"), disk)
+            .await
+            .map_err(|error| OpenError { disk: Some(disk.clone()), message: in_use_hint(error) })?;
+    }
+    blockdev::find_disks(qmp, disks).await.map_err(OpenError::of)
+}
+
+/// QEMU's lock error, with what the operator can do about it.
+fn in_use_hint(error: QmpError) -> String {
+    let text = error.to_string();
+    if text.contains("lock") {
+        format!(
+            "{text} (the image is in use by another process: if a VM runs on it, give the job \
+             the VM's qmp_socket)"
+        )
+    } else {
+        text
+    }
+}
+
+/// Removes internal `sluice-` snapshots that agents before change tracking left on offline
+/// images when they crashed (nothing holds these images open).
+pub(crate) async fn remove_legacy_snapshots(disks: &[PathBuf]) {
+    let disks = disks.to_vec();
+    let _ = tokio::task::spawn_blocking(move || {
+        for disk in &disks {
+            let Ok(image) = qemu_img::info(disk) else { continue };
+            for snapshot in image.snapshots.iter().filter(|s| s.name.starts_with(SNAPSHOT_PREFIX)) {
+                match qemu_img::snapshot_delete(disk, &snapshot.name) {
+                    Ok(()) => info!(disk = %disk.display(), snapshot = snapshot.name,
+                                    "leftover snapshot removed"),
+                    Err(error) => warn!(disk = %disk.display(), snapshot = snapshot.name, %error,
+                                        "leftover snapshot removal failed"),
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// A `qemu-storage-daemon` serving QMP on a socket in a folder of its own.
+#[derive(Debug)]
+struct Daemon {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon and connects to it.
+    async fn start(marker: &str) -> Result<(Self, Qmp), String> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DAEMON_DIR_PREFIX}{marker}-"))
+            .tempdir()
+            .map_err(|e| format!("cannot create a folder for {DAEMON}: {e}"))?;
+        let socket = dir.path().join("qmp.sock");
+        let stderr = File::create(dir.path().join("stderr"))
+            .map_err(|e| format!("cannot create {DAEMON}'s log: {e}"))?;
+        let chardev = format!(
+            "socket,path={},server=on,wait=off,id=sluice",
+            socket.display().to_string().replace(',', ",,")
+        );
+        let child = Command::new(DAEMON)
+            .args(["--chardev", &chardev, "--monitor", "chardev=sluice"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot run {DAEMON} (install qemu-utils): {e}"))?;
+        let mut daemon = Self { child, dir };
+        match daemon.connect(&socket).await {
+            Ok(qmp) => Ok((daemon, qmp)),
+            Err(error) => {
+                daemon.terminate();
+                Err(error)
+            }
+        }
+    }
+
+    /// Connects once the daemon listens; fails with its error output if it exits first.
+    async fn connect(&mut self, socket: &Path) -> Result<Qmp, String> {
+        let deadline = tokio::time::Instant::now() + DAEMON_START;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
+                return Err(format!("{DAEMON} ended with {status}: {}", log.trim()));
+            }
+            match Qmp::connect(socket).await {
+                Ok(qmp) => return Ok(qmp),
+                Err(QmpError::Connect { .. } | QmpError::NotReady { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(SOCKET_POLL).await;
+                }
+                Err(error) => return Err(format!("{DAEMON} did not answer: {error}")),
+            }
+        }
+    }
+
+    /// Asks the daemon to quit (it saves the bitmaps) and waits for it; kills it if it hangs.
+    async fn quit(mut self, mut qmp: Qmp) {
+        if let Err(error) = qmp.execute("quit", Value::Null).await
+            && !matches!(error, QmpError::Closed)
+        {
+            warn!(%error, "{DAEMON} refused to quit; sending SIGTERM");
+            self.terminate();
+        }
+        drop(qmp);
+        if tokio::time::timeout(DAEMON_QUIT, self.child.wait()).await.is_err() {
+            warn!("{DAEMON} did not exit; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// Sends SIGTERM: the daemon saves its bitmaps and exits.
+    fn terminate(&mut self) {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        if let (true, Some(pid)) = (running, self.child.id()) {
+            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), Signal::SIGTERM);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Dropped without quit (the backup's future was dropped): end it cleanly anyway.
+        self.terminate();
+    }
+}

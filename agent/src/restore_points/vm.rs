@@ -1,0 +1,312 @@
+//! VM restore points as chains: verify checks every link, restore flattens an incremental
+//! restore point's chain into standalone disks, retention merges and deletes without ever
+//! breaking a chain. Every reader holds the item folder's chain lock shared, after
+//! finishing any merge a crash interrupted (see [`crate::repository::merge`]).
+
+use std::path::Path;
+use std::str::FromStr as _;
+
+use sluice_proto::pb;
+
+use super::Cancel;
+use super::hash::{Digested, ReadError, hash_file};
+use super::location::Location;
+use super::verify::Report;
+use crate::error::AgentError;
+use crate::qemu_img;
+use crate::repository::chain::{self, ChainLock, VmPoint};
+use crate::repository::merge::{self, Intent};
+use crate::repository::{Manifest, VmKind, VmManifest, plain_file_name};
+
+/// A shared lock on the restore point's item folder, with any interrupted merge finished.
+pub(super) fn lock_settled(location: &Location) -> Result<ChainLock, AgentError> {
+    ChainLock::settled(&location.item_dir()).map_err(AgentError::FailedPrecondition)
+}
+
+/// Checks every link of the chain of `top`: each disk file's size and checksum, its
+/// structure on its own (`qemu-img check` without its backing file) and that it reads
+/// through to the right file of its parent. Problems of a parent name the link.
+pub(super) fn verify_chain(
+    location: &Location,
+    top: &VmManifest,
+    cancel: &Cancel,
+    report: &mut Report,
+) -> Result<(), AgentError> {
+    let item_dir = location.item_dir();
+    let mut link = VmPoint { id: location.id.clone(), manifest: top.clone() };
+    let mut role = String::new();
+    loop {
+        let parent = match &link.manifest.parent {
+            Some(parent) => Some(read_parent(&item_dir, parent, &link.id)),
+            None => None,
+        };
+        let parent_files = match &parent {
+            Some(Ok(point)) => point.manifest.disks.iter().map(|d| Some(d.file.clone())).collect(),
+            _ => Vec::new(),
+        };
+        verify_link(
+            &item_dir.join(&link.id),
+            &link.manifest,
+            &role,
+            &parent_files,
+            cancel,
+            report,
+        )?;
+        match parent {
+            None => return Ok(()),
+            Some(Err(problem)) => {
+                report.problems.push(problem);
+                return Ok(());
+            }
+            Some(Ok(point)) => {
+                role = format!("restore point {} (parent of {}): ", point.id, link.id);
+                link = point;
+            }
+        }
+    }
+}
+
+fn read_parent(item_dir: &Path, parent: &str, child: &str) -> Result<VmPoint, String> {
+    let role = format!("restore point {parent} (parent of {child})");
+    let folder = item_dir.join(parent);
+    if !folder.is_dir() {
+        return Err(format!("{role}: missing (folder {} does not exist)", folder.display()));
+    }
+    match Manifest::read(&folder) {
+        Ok(Manifest::Vm(manifest)) => Ok(VmPoint { id: parent.to_owned(), manifest }),
+        Ok(Manifest::Computer(_)) => Err(format!("{role}: not a VM restore point")),
+        Err(problem) => Err(format!("{role}: {problem}")),
+    }
+}
+
+/// Checks one link's disk files; `parent_files[i]` is the parent's file disk `i` must read
+/// through to (none for a full restore point).
+fn verify_link(
+    folder: &Path,
+    manifest: &VmManifest,
+    role: &str,
+    parent_files: &[Option<String>],
+    cancel: &Cancel,
+    report: &mut Report,
+) -> Result<(), AgentError> {
+    for (index, disk) in manifest.disks.iter().enumerate() {
+        let name = format!("{role}{} (disk {})", disk.file, disk.source);
+        if !plain_file_name(&disk.file) {
+            report.problems.push(format!("{name}: not a plain file name"));
+            continue;
+        }
+        let path = folder.join(&disk.file);
+        let found = match hash_file(&path, cancel) {
+            Ok(found) => found,
+            Err(ReadError::Canceled) => return Err(canceled("verify")),
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                report.problems.push(format!("{name}: missing"));
+                continue;
+            }
+            Err(ReadError::Io(e)) => {
+                report.problems.push(format!("{name}: cannot be read: {e}"));
+                continue;
+            }
+        };
+        report.bytes_checked += found.size;
+        if let Some(problem) = mismatch(&found, disk.size_bytes, &disk.sha256) {
+            report.problems.push(format!("{name}: {problem}"));
+            continue;
+        }
+        let expected = manifest.parent.as_ref().map(|parent| {
+            let file =
+                parent_files.get(index).cloned().flatten().unwrap_or_else(|| disk.file.clone());
+            format!("../{parent}/{file}")
+        });
+        if let Err(problem) = check_structure(&path, expected.as_deref()) {
+            report.problems.push(format!("{name}: {problem}"));
+        }
+    }
+    Ok(())
+}
+
+fn mismatch(found: &Digested, size: u64, sha256: &str) -> Option<String> {
+    if found.size != size {
+        return Some(format!("{} bytes, the manifest records {size}", found.size));
+    }
+    (found.sha256 != sha256)
+        .then(|| format!("sha256 is {}, the manifest records {sha256}", found.sha256))
+}
+
+/// The file alone is a sound qcow2 image reading through to `backing`.
+fn check_structure(path: &Path, backing: Option<&str>) -> Result<(), String> {
+    qemu_img::check_alone(path)?;
+    let found = qemu_img::info(path)?.backing_filename;
+    if found.as_deref() != backing {
+        let show = |b: Option<&str>| b.map_or_else(|| "none".to_owned(), |b| format!("{b:?}"));
+        return Err(format!(
+            "reads through to {}, the manifest's parent needs {}",
+            show(found.as_deref()),
+            show(backing)
+        ));
+    }
+    Ok(())
+}
+
+/// The disks of an incremental restore point, each flattened through its chain into
+/// `<target>/<name>`, after every link's files were checked against their manifests.
+/// Returns the bytes written.
+pub(super) fn restore_chain(
+    location: &Location,
+    names: &[String],
+    target: &Path,
+    cancel: &Cancel,
+) -> Result<u64, AgentError> {
+    let item_dir = location.item_dir();
+    let links = chain::links(&item_dir, &location.id).map_err(AgentError::Corrupt)?;
+    for link in &links {
+        check_files(&item_dir.join(&link.id), link, cancel)?;
+    }
+    let mut bytes = 0;
+    for (disk, name) in links[0].manifest.disks.iter().zip(names) {
+        let out = target.join(name);
+        let image = item_dir.join(&location.id).join(&disk.file);
+        let done = qemu_img::flatten(&image, &out, &|| cancel.is_cancelled()).map_err(|e| {
+            AgentError::FailedPrecondition(format!("cannot restore {}: {e}", image.display()))
+        })?;
+        if !done {
+            return Err(canceled("restore"));
+        }
+        let file = std::fs::File::open(&out).and_then(|file| file.sync_all().map(|()| file));
+        let file = file.map_err(|e| {
+            AgentError::FailedPrecondition(format!("cannot sync {}: {e}", out.display()))
+        })?;
+        bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+    }
+    Ok(bytes)
+}
+
+fn check_files(folder: &Path, link: &VmPoint, cancel: &Cancel) -> Result<(), AgentError> {
+    for disk in &link.manifest.disks {
+        let what = format!("restore point {}: {} (disk {})", link.id, disk.file, disk.source);
+        if !plain_file_name(&disk.file) {
+            return Err(AgentError::Corrupt(format!("{what}: not a plain file name")));
+        }
+        let found = match hash_file(&folder.join(&disk.file), cancel) {
+            Ok(found) => found,
+            Err(ReadError::Canceled) => return Err(canceled("restore")),
+            Err(ReadError::Io(e)) => return Err(AgentError::Corrupt(format!("{what}: {e}"))),
+        };
+        if let Some(problem) = mismatch(&found, disk.size_bytes, &disk.sha256) {
+            return Err(AgentError::Corrupt(format!("{what}: {problem}")));
+        }
+    }
+    Ok(())
+}
+
+/// Why a VM restore point may not be deleted now: a remaining restore point builds on it
+/// (one not deleted in the same request), or its chains are in use.
+pub(super) fn deletion_refusal(location: &Location, deleting: &[String]) -> Option<String> {
+    let item_dir = location.item_dir();
+    let folder = location.folder();
+    if !matches!(Manifest::read(&folder), Ok(Manifest::Vm(_))) {
+        return None;
+    }
+    let children = match chain::children(&item_dir, &location.id) {
+        Ok(children) => children,
+        Err(e) => return Some(format!("{}: cannot read the item folder: {e}", folder.display())),
+    };
+    if let Some(child) = children.iter().find(|child| !deleting.contains(child)) {
+        return Some(format!(
+            "{}: restore point {child} builds on it; it must be merged, not deleted",
+            folder.display()
+        ));
+    }
+    None
+}
+
+/// Merges the full restore point `base` into its only child (see
+/// [`crate::repository::merge`]); resumes a merge an earlier call began. Returns the child
+/// as it is afterwards.
+pub(crate) fn merge(
+    base: &Location,
+    child: &str,
+    cancel: &Cancel,
+) -> Result<pb::RestorePoint, AgentError> {
+    let item_dir = base.item_dir();
+    let busy = || {
+        AgentError::FailedPrecondition(format!(
+            "restore points of item {} are in use (a backup, verify or restore reads them); \
+             retention tries again later",
+            base.item
+        ))
+    };
+    let _lock = ChainLock::try_exclusive(&item_dir)
+        .map_err(|e| AgentError::FailedPrecondition(format!("{}: {e}", item_dir.display())))?
+        .ok_or_else(busy)?;
+    merge::finish_interrupted(&item_dir).map_err(AgentError::FailedPrecondition)?;
+    let child_point = read_point(&item_dir, child)?;
+    if child_point.manifest.kind == VmKind::Full && !base.folder().exists() {
+        return Ok(wire(base, &child_point));
+    }
+    check_mergeable(base, &child_point, cancel)?;
+    let intent = Intent { base: base.id.clone(), child: child.to_owned() };
+    let merged = merge::merge(&item_dir, &intent).map_err(AgentError::Internal)?;
+    Ok(wire(base, &VmPoint { id: child.to_owned(), manifest: merged }))
+}
+
+fn read_point(item_dir: &Path, id: &str) -> Result<VmPoint, AgentError> {
+    let folder = item_dir.join(id);
+    if !folder.is_dir() {
+        return Err(AgentError::NotFound(format!(
+            "restore point folder {} does not exist",
+            folder.display()
+        )));
+    }
+    match Manifest::read(&folder) {
+        Ok(Manifest::Vm(manifest)) => Ok(VmPoint { id: id.to_owned(), manifest }),
+        Ok(Manifest::Computer(_)) => {
+            Err(AgentError::FailedPrecondition(format!("{id} is not a VM restore point")))
+        }
+        Err(problem) => Err(AgentError::Corrupt(format!("restore point {id}: {problem}"))),
+    }
+}
+
+/// The base is a full restore point whose only child is `child`, and both match their
+/// manifests byte for byte (a merge must not bless corrupt data with new checksums).
+fn check_mergeable(base: &Location, child: &VmPoint, cancel: &Cancel) -> Result<(), AgentError> {
+    let item_dir = base.item_dir();
+    let base_point = read_point(&item_dir, &base.id)?;
+    let refuse = |why: String| {
+        AgentError::FailedPrecondition(format!("cannot merge {} into {}: {why}", base.id, child.id))
+    };
+    if base_point.manifest.kind != VmKind::Full {
+        return Err(refuse(format!("{} is not a full restore point", base.id)));
+    }
+    if child.manifest.parent.as_deref() != Some(base.id.as_str()) {
+        return Err(refuse(format!("{} does not build on {}", child.id, base.id)));
+    }
+    let children = chain::children(&item_dir, &base.id).map_err(|e| refuse(e.to_string()))?;
+    if children != [child.id.clone()] {
+        return Err(refuse(format!("restore points {children:?} build on {}", base.id)));
+    }
+    check_files(&item_dir.join(&base.id), &base_point, cancel)?;
+    check_files(&item_dir.join(&child.id), child, cancel)
+}
+
+/// The restore point as the API shows it.
+fn wire(location: &Location, point: &VmPoint) -> pb::RestorePoint {
+    let manifest = &point.manifest;
+    let mut restore_point = pb::RestorePoint {
+        id: point.id.clone(),
+        job: location.job.clone(),
+        item: location.item.clone(),
+        session_id: manifest.identity.session_id.clone(),
+        created_at: prost_types::Timestamp::from_str(&manifest.created_at).ok(),
+        size_bytes: manifest.disks.iter().map(|d| d.size_bytes).sum(),
+        path: location.item_dir().join(&point.id).display().to_string(),
+        parent_id: manifest.parent.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    restore_point.set_kind(manifest.kind.to_wire());
+    restore_point
+}
+
+fn canceled(what: &str) -> AgentError {
+    AgentError::FailedPrecondition(format!("{what} canceled"))
+}

@@ -1,0 +1,214 @@
+//! Incremental chains against real QEMU: offline images through a storage daemon, a running
+//! VM through its QMP socket; verify and restore of every link; retention merges, also one
+//! that a crash interrupted.
+
+use std::path::{Path, PathBuf};
+
+use sluice_agent::exec::{self, Update};
+use sluice_proto::pb::{self, ItemState, RestorePointKind, TaskPhase, job_item::Target};
+use sluice_tests::vm::Vm;
+
+use crate::support::{
+    FakeCoordinator, Run, TestAgent, WAIT, folders, make_disk, prepare, sh, vm_spec,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Runs one backup task of item `vm0` to its end.
+async fn backup(
+    session: &str,
+    disk: &Path,
+    repo: &Path,
+    socket: &str,
+    full: bool,
+) -> pb::TaskOutcome {
+    let mut spec = vm_spec(session, 0, &[disk], repo);
+    spec.full = full;
+    if let Some(Target::Vm(vm)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
+        vm.qmp_socket = socket.to_owned();
+    }
+    exec::execute(&mut prepare(spec, None).ctx).await
+}
+
+fn committed(outcome: &pb::TaskOutcome) -> pb::RestorePoint {
+    assert!(matches!(outcome.state(), ItemState::Success | ItemState::Warning), "{outcome:?}");
+    outcome.restore_point.clone().expect("restore point")
+}
+
+fn location(repo: &Path, id: &str) -> pb::RestorePointLocation {
+    pb::RestorePointLocation {
+        repository: repo.display().to_string(),
+        job: "nightly".into(),
+        item: "vm0".into(),
+        restore_point_id: id.into(),
+    }
+}
+
+async fn verify(agent: &TestAgent, repo: &Path, id: &str) -> pb::VerifyRestorePointResponse {
+    let request = pb::AgentVerifyRequest { location: Some(location(repo, id)) };
+    agent.client.clone().verify_restore_point(request).await.expect("verify").into_inner()
+}
+
+/// Restores `id` into a new folder and returns the restored disk.
+async fn restore(agent: &TestAgent, repo: &Path, id: &str, disk: &Path) -> PathBuf {
+    let target = repo.parent().expect("dir").join(format!("restored-{id}"));
+    let request = pb::AgentRestoreRequest {
+        location: Some(location(repo, id)),
+        target_dir: target.display().to_string(),
+    };
+    agent.client.clone().restore_restore_point(request).await.expect("restore");
+    target.join(disk.file_name().expect("name"))
+}
+
+fn same(a: &Path, b: &Path) {
+    sh("qemu-img", &["compare", "-q", &a.display().to_string(), &b.display().to_string()]);
+}
+
+fn copy(disk: &Path, out: &Path) {
+    sh(
+        "qemu-img",
+        &["convert", "-U", "-O", "qcow2", &disk.display().to_string(), &out.display().to_string()],
+    );
+}
+
+fn item_dir(repo: &Path) -> PathBuf {
+    repo.join("nightly/vm0")
+}
+
+#[tokio::test]
+async fn an_offline_chain_restores_every_point_names_a_broken_link_and_merges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 4);
+    let repo = dir.path().join("repo");
+    let mut coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    coordinator.wait_for(|_| true).await;
+
+    let full = committed(&backup("s1", &disk, &repo, "", false).await);
+    assert_eq!((full.kind(), full.parent_id.as_str()), (RestorePointKind::Full, ""));
+    copy(&disk, &dir.path().join("ref1.qcow2"));
+    sh("qemu-io", &["-c", "write -P 0x77 8M 1M", &disk.display().to_string()]);
+    let incremental = committed(&backup("s2", &disk, &repo, "", false).await);
+    assert_eq!(
+        (incremental.kind(), incremental.parent_id.as_str()),
+        (RestorePointKind::Incremental, "s1-0")
+    );
+    assert!(
+        incremental.size_bytes < full.size_bytes / 2,
+        "{} vs {}",
+        incremental.size_bytes,
+        full.size_bytes
+    );
+    copy(&disk, &dir.path().join("ref2.qcow2"));
+
+    assert!(verify(&agent, &repo, "s2-0").await.ok);
+    same(&restore(&agent, &repo, "s1-0", &disk).await, &dir.path().join("ref1.qcow2"));
+    same(&restore(&agent, &repo, "s2-0", &disk).await, &dir.path().join("ref2.qcow2"));
+
+    let base_file = item_dir(&repo).join("s1-0/disk0.qcow2");
+    let good = std::fs::read(&base_file).expect("base");
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    std::fs::write(&base_file, &bad).expect("corrupt");
+    let broken = verify(&agent, &repo, "s2-0").await;
+    assert!(!broken.ok);
+    assert!(
+        broken.problems[0].starts_with("restore point s1-0 (parent of s2-0): disk0.qcow2"),
+        "{broken:?}"
+    );
+    std::fs::write(&base_file, &good).expect("repair");
+
+    let request = pb::MergeRestorePointRequest {
+        base: Some(location(&repo, "s1-0")),
+        child_id: "s2-0".into(),
+    };
+    let merged =
+        agent.client.clone().merge_restore_point(request).await.expect("merge").into_inner();
+    let merged = merged.merged.expect("merged");
+    assert_eq!(
+        (merged.id.as_str(), merged.kind(), merged.parent_id.as_str()),
+        ("s2-0", RestorePointKind::Full, "")
+    );
+    assert_eq!(folders(&item_dir(&repo)), ["s2-0"]);
+    assert!(verify(&agent, &repo, "s2-0").await.ok);
+    std::fs::remove_dir_all(repo.parent().expect("dir").join("restored-s2-0")).expect("rm");
+    same(&restore(&agent, &repo, "s2-0", &disk).await, &dir.path().join("ref2.qcow2"));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_merge_interrupted_by_a_crash_is_finished_before_the_chain_is_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 2);
+    let repo = dir.path().join("repo");
+    let mut coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    coordinator.wait_for(|_| true).await;
+    committed(&backup("s1", &disk, &repo, "", false).await);
+    sh("qemu-io", &["-c", "write -P 0x42 1M 1M", &disk.display().to_string()]);
+    committed(&backup("s2", &disk, &repo, "", false).await);
+    sh("qemu-io", &["-c", "write -P 0x43 3M 1M", &disk.display().to_string()]);
+    committed(&backup("s3", &disk, &repo, "", false).await);
+    copy(&disk, &dir.path().join("ref3.qcow2"));
+
+    // The state a kill -9 leaves after step 2 of merging s1-0 into s2-0: the intent is
+    // recorded, the merged image has replaced s2-0's file, the manifests are not rewritten.
+    let items = item_dir(&repo);
+    std::fs::write(items.join(".merge.json"), r#"{"base":"s1-0","child":"s2-0"}"#).expect("intent");
+    sh("qemu-img", &["commit", "-q", "-d", &items.join("s2-0/disk0.qcow2").display().to_string()]);
+    std::fs::rename(items.join("s1-0/disk0.qcow2"), items.join("s2-0/disk0.qcow2")).expect("mv");
+
+    let checked = verify(&agent, &repo, "s3-0").await;
+    assert!(checked.ok, "{checked:?}");
+    assert_eq!(folders(&items), ["s2-0", "s3-0"], "the merge was finished");
+    assert!(!items.join(".merge.json").exists());
+    same(&restore(&agent, &repo, "s3-0", &disk).await, &dir.path().join("ref3.qcow2"));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_vm_gets_incrementals_and_a_cancelled_one_keeps_tracking_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "live.qcow2", 4);
+    let repo = dir.path().join("repo");
+    let mut vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let socket = vm.sluice_socket();
+
+    let full = committed(&backup("s1", &disk, &repo, &socket, false).await);
+    assert_eq!(full.kind(), RestorePointKind::Full);
+    vm.write(0, 0x21, 6 * MIB, MIB);
+    let first = committed(&backup("s2", &disk, &repo, &socket, false).await);
+    assert_eq!((first.kind(), first.parent_id.as_str()), (RestorePointKind::Incremental, "s1-0"));
+
+    vm.write(0, 0x22, 9 * MIB, 2 * MIB);
+    let mut spec = vm_spec("s3", 0, &[&disk], &repo);
+    if let Some(Target::Vm(target)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
+        target.qmp_socket = socket.clone();
+    }
+    let Run { mut ctx, mut updates } = prepare(spec, Some(64 * 1024));
+    let cancel = ctx.cancel.clone();
+    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
+    crate::support::update_matching(&mut updates, |u| *u == Update::Phase(TaskPhase::Transfer))
+        .await;
+    cancel.cancel(pb::CancelReason::User);
+    let canceled = tokio::time::timeout(WAIT, task).await.expect("in time").expect("task");
+    assert_eq!(canceled.state(), ItemState::Canceled, "{canceled:?}");
+    let names: Vec<String> =
+        vm.bitmaps(0).iter().filter_map(|b| b["name"].as_str().map(String::from)).collect();
+    assert_eq!(names, ["sluice:nightly:s2-0"], "only the last committed restore point's bitmap");
+
+    vm.copy_disk(0, &dir.path().join("ref4.qcow2"));
+    let after = committed(&backup("s4", &disk, &repo, &socket, false).await);
+    assert_eq!((after.kind(), after.parent_id.as_str()), (RestorePointKind::Incremental, "s2-0"));
+    let restored = dir.path().join("restored-s4.qcow2");
+    let top = item_dir(&repo).join("s4-0/disk0.qcow2");
+    sh(
+        "qemu-img",
+        &["convert", "-O", "qcow2", &top.display().to_string(), &restored.display().to_string()],
+    );
+    same(&restored, &dir.path().join("ref4.qcow2"));
+    assert_eq!(vm.pauses(), Vec::<String>::new(), "the VM never paused");
+    assert_eq!(vm.status(), "running");
+    vm.quit();
+}

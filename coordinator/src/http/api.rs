@@ -1,0 +1,183 @@
+//! `/api/v1`: each handler reads the path and body, calls the same `JobService` or
+//! `ClusterService` method the gRPC server runs (with the caller as request extensions, as the
+//! gRPC server would see it), and answers its message in the protobuf JSON mapping.
+
+use std::sync::Arc;
+
+use axum::{
+    Extension, Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::QueryRejection},
+};
+use serde::Deserialize;
+use sluice_proto::pb::{
+    self, cluster_service_server::ClusterService, job_service_server::JobService,
+};
+use tonic::{Code, transport::server::TcpConnectInfo};
+
+use super::{
+    auth::{Caller, Principal},
+    reply::{ApiError, Pb, Reply, parse, same_as_path},
+};
+use crate::api::{ClusterApi, JobApi};
+
+/// The services behind the API: the very ones the gRPC server serves.
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub(crate) jobs: Arc<JobApi>,
+    pub(crate) cluster: Arc<ClusterApi>,
+}
+
+type Api = State<Services>;
+type By = Extension<Caller>;
+
+/// A gRPC request carrying what the gRPC server would attach: the peer and the principal.
+pub(crate) fn grpc<T>(caller: &Caller, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let peer = TcpConnectInfo { local_addr: None, remote_addr: caller.peer };
+    request.extensions_mut().insert(peer);
+    request.extensions_mut().insert(caller.principal.clone());
+    request
+}
+
+pub(crate) async fn whoami(Extension(caller): By) -> Json<Principal> {
+    Json(caller.principal)
+}
+
+pub(crate) async fn list_jobs(State(s): Api, Extension(c): By) -> Reply<pb::ListJobsResponse> {
+    Ok(Pb(s.jobs.list_jobs(grpc(&c, pb::ListJobsRequest {})).await?.into_inner()))
+}
+
+pub(crate) async fn create_job(State(s): Api, Extension(c): By, body: Bytes) -> Reply<pb::Job> {
+    let job = Some(parse::<pb::Job>(&body)?);
+    Ok(Pb(s.jobs.create_job(grpc(&c, pb::CreateJobRequest { job })).await?.into_inner()))
+}
+
+pub(crate) async fn get_job(
+    State(s): Api,
+    Extension(c): By,
+    Path(name): Path<String>,
+) -> Reply<pb::Job> {
+    Ok(Pb(s.jobs.get_job(grpc(&c, pb::GetJobRequest { name })).await?.into_inner()))
+}
+
+pub(crate) async fn update_job(
+    State(s): Api,
+    Extension(c): By,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Reply<pb::Job> {
+    let mut job = parse::<pb::Job>(&body)?;
+    same_as_path("name", &mut job.name, &name)?;
+    let request = pb::UpdateJobRequest { job: Some(job) };
+    Ok(Pb(s.jobs.update_job(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn delete_job(
+    State(s): Api,
+    Extension(c): By,
+    Path(name): Path<String>,
+) -> Reply<pb::DeleteJobResponse> {
+    Ok(Pb(s.jobs.delete_job(grpc(&c, pb::DeleteJobRequest { name })).await?.into_inner()))
+}
+
+pub(crate) async fn start_job(
+    State(s): Api,
+    Extension(c): By,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Reply<pb::Session> {
+    let mut request = parse::<pb::StartJobRequest>(&body)?;
+    same_as_path("job", &mut request.job, &name)?;
+    Ok(Pb(s.jobs.start_job(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn stop_job(
+    State(s): Api,
+    Extension(c): By,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Reply<pb::Session> {
+    let mut request = parse::<pb::StopJobRequest>(&body)?;
+    same_as_path("job", &mut request.job, &name)?;
+    Ok(Pb(s.jobs.stop_job(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn restore_points(
+    State(s): Api,
+    Extension(c): By,
+    Path(job): Path<String>,
+) -> Reply<pb::ListRestorePointsResponse> {
+    let request = pb::ListRestorePointsRequest { job };
+    Ok(Pb(s.jobs.list_restore_points(grpc(&c, request)).await?.into_inner()))
+}
+
+/// The query of `GET /api/v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionsQuery {
+    #[serde(default)]
+    job: String,
+}
+
+pub(crate) async fn list_sessions(
+    State(s): Api,
+    Extension(c): By,
+    query: Result<Query<SessionsQuery>, QueryRejection>,
+) -> Reply<pb::ListSessionsResponse> {
+    let Query(query) = query.map_err(|e| ApiError::new(Code::InvalidArgument, e.body_text()))?;
+    let request = pb::ListSessionsRequest { job: query.job };
+    Ok(Pb(s.jobs.list_sessions(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn get_session(
+    State(s): Api,
+    Extension(c): By,
+    Path(id): Path<String>,
+) -> Reply<pb::Session> {
+    let request = pb::GetSessionRequest { session_id: id };
+    Ok(Pb(s.jobs.get_session(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn retry_session(
+    State(s): Api,
+    Extension(c): By,
+    Path(id): Path<String>,
+) -> Reply<pb::Session> {
+    let request = pb::RetrySessionRequest { session_id: id };
+    Ok(Pb(s.jobs.retry_session(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn verify_restore_point(
+    State(s): Api,
+    Extension(c): By,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Reply<pb::VerifyRestorePointResponse> {
+    let mut request = parse::<pb::VerifyRestorePointRequest>(&body)?;
+    same_as_path("restore_point_id", &mut request.restore_point_id, &id)?;
+    Ok(Pb(s.jobs.verify_restore_point(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn list_agents(State(s): Api, Extension(c): By) -> Reply<pb::ListAgentsResponse> {
+    Ok(Pb(s.cluster.list_agents(grpc(&c, pb::ListAgentsRequest {})).await?.into_inner()))
+}
+
+pub(crate) async fn drain_agent(
+    State(s): Api,
+    Extension(c): By,
+    Path(agent): Path<String>,
+    body: Bytes,
+) -> Reply<pb::DrainAgentResponse> {
+    let mut request = parse::<pb::DrainAgentRequest>(&body)?;
+    same_as_path("agent", &mut request.agent, &agent)?;
+    Ok(Pb(s.cluster.drain_agent(grpc(&c, request)).await?.into_inner()))
+}
+
+pub(crate) async fn list_coordinators(
+    State(s): Api,
+    Extension(c): By,
+) -> Reply<pb::ListCoordinatorsResponse> {
+    let request = pb::ListCoordinatorsRequest {};
+    Ok(Pb(s.cluster.list_coordinators(grpc(&c, request)).await?.into_inner()))
+}

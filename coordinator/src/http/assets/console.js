@@ -1,0 +1,274 @@
+// The Sluice console: a page of the coordinator, talking only to its /api/v1 (protobuf JSON
+// mapping). Views are chosen by the URL's hash; each returns a function that ends its polling
+// or event stream when another view replaces it.
+'use strict';
+
+const TOKEN_KEY = 'sluice.token';
+const POLL_MS = 2000;
+
+// Which roles may use what: the same table as the coordinator's (`role_allows` in auth.rs).
+const ACCESS = {
+  view: ['viewer', 'operator', 'restore-operator', 'admin'],
+  operate: ['operator', 'admin'],
+  restore: ['restore-operator', 'admin'],
+  administer: ['admin'],
+};
+
+let principal = null;
+let leaveView = () => {};
+
+function roleAllows(access) {
+  return principal !== null && ACCESS[access].includes(principal.role);
+}
+
+// ---------------------------------------------------------------- DOM and formatting helpers
+
+function h(tag, attributes, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith('on')) element.addEventListener(name.slice(2), value);
+    else if (name === 'class') element.className = value;
+    else if (value === true) element.setAttribute(name, '');
+    else element.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return element;
+}
+
+// Replaces the children of `element`, skipping empty ones (`replaceChildren` would show "null").
+function fill(element, ...children) {
+  element.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined && child !== false));
+}
+
+function show(...content) {
+  fill(document.getElementById('main'), ...content);
+}
+
+function alertBox(message) {
+  const box = document.getElementById('alert');
+  box.textContent = message || '';
+  box.hidden = !message;
+}
+
+// `SESSION_RESULT_WARNING` -> `WARNING`.
+function short(value, prefix) {
+  if (!value) return '';
+  return value.startsWith(prefix) ? value.slice(prefix.length) : value;
+}
+
+function badge(text) {
+  if (!text || text === 'NONE' || text === 'UNSPECIFIED') return h('span', { class: 'muted' }, '—');
+  return h('span', { class: `badge ${text.toLowerCase()}` }, text);
+}
+
+function bytes(value) {
+  const n = Number(value || 0);
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let size = n;
+  let unit = 0;
+  while (size >= 1024 && unit < units.length - 1) {
+    size /= 1024;
+    unit += 1;
+  }
+  return `${unit === 0 ? size : size.toFixed(1)} ${units[unit]}`;
+}
+
+function when(timestamp) {
+  if (!timestamp) return '—';
+  const date = new Date(timestamp);
+  return date.toLocaleString();
+}
+
+function seconds(from, to) {
+  if (!from) return null;
+  const end = to ? new Date(to) : new Date();
+  return Math.max(0, (end - new Date(from)) / 1000);
+}
+
+function duration(from, to) {
+  const total = seconds(from, to);
+  if (total === null) return '—';
+  const s = Math.round(total);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+function sessionLink(id) {
+  return h('a', { href: `#/sessions/${encodeURIComponent(id)}` }, id);
+}
+
+// ---------------------------------------------------------------- API
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { ...authHeaders() };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const response = await fetch(`/api/v1${path}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let data = {};
+  try {
+    data = text ? JSON.parse(text) : {};
+  } catch (_) {
+    data = { message: text };
+  }
+  if (!response.ok) {
+    if (response.status === 401) showLogin(data.message);
+    throw new ApiError(response.status, data.code || '', data.message || response.statusText);
+  }
+  return data;
+}
+
+// Runs an action of a button; a failure shows in the alert box.
+async function act(action) {
+  alertBox('');
+  try {
+    await action();
+  } catch (error) {
+    alertBox(error.message);
+  }
+}
+
+// Calls `load` now and every POLL_MS until the view is left; returns the function that stops.
+function poll(load) {
+  let stopped = false;
+  let timer = null;
+  const run = async () => {
+    try {
+      await load();
+    } catch (error) {
+      if (!stopped && error.status !== 401) alertBox(error.message);
+    }
+    if (!stopped) timer = setTimeout(run, POLL_MS);
+  };
+  run();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+// ---------------------------------------------------------------- sign-in
+
+function showLogin(message) {
+  leaveView();
+  leaveView = () => {};
+  principal = null;
+  renderWho();
+  const input = h('input', { id: 'token', type: 'password', autocomplete: 'off', required: true });
+  const form = h('form', { class: 'login panel', 'aria-labelledby': 'login-title' },
+    h('h1', { id: 'login-title' }, 'Sign in'),
+    h('p', { class: 'muted' }, message || 'This cluster needs an API token.'),
+    h('div', { class: 'field' }, h('label', { for: 'token' }, 'API token'), input),
+    h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    start();
+  });
+  show(form);
+  input.focus();
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  start();
+}
+
+function renderWho() {
+  const who = document.getElementById('who');
+  if (!principal) {
+    fill(who);
+    return;
+  }
+  const signedIn = sessionStorage.getItem(TOKEN_KEY);
+  fill(who,
+    h('span', {}, `${principal.name} (${principal.role})`),
+    signedIn ? h('button', { type: 'button', onclick: signOut }, 'Sign out') : null);
+}
+
+// ---------------------------------------------------------------- stopping
+
+// Asks how to stop the active session of `job`, then stops it.
+function askStop(job, defaultTimeout) {
+  const dialog = document.getElementById('stop-dialog');
+  document.getElementById('stop-title').textContent = `Stop ${job}`;
+  document.getElementById('stop-what').textContent = `The running session of job ${job}.`;
+  const timeout = document.getElementById('stop-timeout');
+  timeout.value = String(defaultTimeout || 0);
+  dialog.returnValue = '';
+  dialog.onclose = () => {
+    const mode = dialog.returnValue;
+    if (!mode.startsWith('STOP_MODE_')) return;
+    const body = { mode };
+    if (mode === 'STOP_MODE_GRACEFUL') body.gracefulTimeoutSeconds = Number(timeout.value || 0);
+    act(async () => {
+      const session = await api('POST', `/jobs/${encodeURIComponent(job)}/stop`, body);
+      if (!location.hash.startsWith('#/sessions/')) location.hash = `#/sessions/${session.id}`;
+    });
+  };
+  dialog.showModal();
+}
+
+async function startJob(job) {
+  const session = await api('POST', `/jobs/${encodeURIComponent(job)}/start`, {});
+  location.hash = `#/sessions/${session.id}`;
+}
+
+async function retrySession(id) {
+  const session = await api('POST', `/sessions/${encodeURIComponent(id)}/retry`, {});
+  location.hash = `#/sessions/${session.id}`;
+}
+
+// ---------------------------------------------------------------- routing
+
+function route() {
+  leaveView();
+  alertBox('');
+  const [path, search] = (location.hash.slice(1) || '/').split('?');
+  const query = new URLSearchParams(search || '');
+  const session = path.match(/^\/sessions\/(.+)$/);
+  if (session) leaveView = viewSession(decodeURIComponent(session[1]));
+  else if (path === '/history') leaveView = viewHistory(query);
+  else if (path === '/agents') leaveView = viewAgents();
+  else if (path === '/coordinators') leaveView = viewCoordinators();
+  else if (path === '/restore-points') leaveView = viewRestorePoints(query);
+  else leaveView = viewHome();
+  document.getElementById('main').focus({ preventScroll: true });
+}
+
+async function start() {
+  try {
+    principal = await api('GET', '/whoami');
+  } catch (error) {
+    if (error.status !== 401) alertBox(`cannot reach the coordinator: ${error.message}`);
+    return;
+  }
+  renderWho();
+  route();
+}
+
+window.addEventListener('hashchange', () => {
+  if (principal) route();
+});
+document.addEventListener('DOMContentLoaded', start);

@@ -1,0 +1,70 @@
+//! `GET /api/v1/sessions/{id}/events`: the `WatchSession` stream as Server-Sent Events, one
+//! `session` event per `SessionEvent` (its JSON), until the session is STOPPED; then the
+//! response ends. An unknown session is a 404 before any event. Should the watch break (the
+//! coordinator shuts down, etcd is gone), an `error` event with the error body ends the
+//! response, and the browser's `EventSource` reconnects and gets the session anew.
+
+use std::convert::Infallible;
+
+use axum::{
+    Extension,
+    extract::{Path, State},
+    response::sse::{Event, KeepAlive, KeepAliveStream, Sse},
+};
+use futures::{Stream, StreamExt};
+use sluice_proto::{json, pb, pb::job_service_server::JobService};
+use tonic::{Code, Status};
+
+use super::{
+    api::{Services, grpc},
+    auth::Caller,
+    reply::ApiError,
+};
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
+type Events = Sse<KeepAliveStream<EventStream>>;
+
+/// Streams a session's events.
+pub(crate) async fn session_events(
+    State(services): State<Services>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Events, ApiError> {
+    let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
+    let mut watch = services.jobs.watch_session(request).await?.into_inner();
+    let first = match watch.next().await {
+        Some(Ok(event)) => session_event(&event),
+        Some(Err(status)) => return Err(status.into()),
+        None => return Err(ApiError::new(Code::Unavailable, "the session watch ended at once")),
+    };
+    let events = async_stream::stream! {
+        yield Ok(first);
+        while let Some(item) = watch.next().await {
+            match item {
+                Ok(event) => yield Ok(session_event(&event)),
+                Err(status) => {
+                    yield Ok(error_event(status));
+                    break;
+                }
+            }
+        }
+    };
+    let events: EventStream = Box::pin(events);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+fn session_event(event: &pb::SessionEvent) -> Event {
+    match json::to_json(event) {
+        Ok(text) => Event::default().event("session").data(text),
+        Err(error) => error_event(Status::internal(error.to_string())),
+    }
+}
+
+fn error_event(status: Status) -> Event {
+    let error = ApiError::from(status);
+    let event = Event::default().event("error");
+    match serde_json::to_string(&error.body()) {
+        Ok(text) => event.data(text),
+        Err(_) => event.data("{}"),
+    }
+}

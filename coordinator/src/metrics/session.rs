@@ -1,0 +1,92 @@
+//! The metrics a session owner keeps: `sluice_items{job,state}` for the stored state of its
+//! items (moved as flushes store changes; given up when the actor ends, so the next owner
+//! counts them), and, when it ends the session, `sluice_sessions_total`,
+//! `sluice_bytes_transferred_total` and `sluice_stop_latency_seconds`.
+
+use crate::sessions::machine::{ItemState, Machine, SessionResult, StopMode};
+
+use super::Metrics;
+
+/// One owned session's contribution to the metrics.
+pub(crate) struct SessionGauge {
+    metrics: Metrics,
+    job: String,
+    /// The state each item (by position) is counted under.
+    counted: Vec<ItemState>,
+}
+
+impl SessionGauge {
+    /// Counts the items of `machine` as they were loaded.
+    pub(crate) fn new(metrics: Metrics, job: &str, machine: &Machine) -> Self {
+        let counted: Vec<ItemState> = machine.items().iter().map(|item| item.state()).collect();
+        for (state, count) in tally(&counted) {
+            metrics.add_items(job, state_label(state), count);
+        }
+        SessionGauge { metrics, job: job.to_string(), counted }
+    }
+
+    /// The items at `positions` were stored: count them under their state now.
+    pub(crate) fn stored(&mut self, machine: &Machine, positions: &[usize]) {
+        for &pos in positions {
+            let now = machine.item(pos).state();
+            let Some(counted) = self.counted.get_mut(pos) else { continue };
+            if *counted != now {
+                let from = state_label(std::mem::replace(counted, now));
+                self.metrics.add_items(&self.job, from, -1);
+                self.metrics.add_items(&self.job, state_label(now), 1);
+            }
+        }
+    }
+
+    /// The session ended here and its final state is stored.
+    pub(crate) fn finished(&self, machine: &Machine) {
+        let status = machine.status();
+        let result = match status.result {
+            Some(SessionResult::Success) => "success",
+            Some(SessionResult::Warning) => "warning",
+            Some(SessionResult::Failed) | None => "failed",
+        };
+        let bytes = machine.items().iter().map(|item| item.status.bytes_done).sum();
+        self.metrics.session_ended(&self.job, result, bytes);
+        if let (Some(stop), Some(ended_ms)) = (&status.stop, status.ended_at_ms) {
+            let mode = match stop.mode {
+                StopMode::Immediate => "immediate",
+                StopMode::Graceful => "graceful",
+            };
+            let seconds = (ended_ms - stop.requested_at_ms).max(0) as f64 / 1000.0;
+            self.metrics.stop_latency(mode, seconds);
+        }
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        for (state, count) in tally(&self.counted) {
+            self.metrics.add_items(&self.job, state_label(state), -count);
+        }
+    }
+}
+
+/// How many items are in each state.
+fn tally(states: &[ItemState]) -> Vec<(ItemState, i64)> {
+    let mut counts: Vec<(ItemState, i64)> = Vec::new();
+    for &state in states {
+        match counts.iter_mut().find(|(s, _)| *s == state) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((state, 1)),
+        }
+    }
+    counts
+}
+
+fn state_label(state: ItemState) -> &'static str {
+    match state {
+        ItemState::Pending => "pending",
+        ItemState::Processing => "processing",
+        ItemState::Success => "success",
+        ItemState::Warning => "warning",
+        ItemState::Failed => "failed",
+        ItemState::Canceled => "canceled",
+        ItemState::NotProcessed => "not_processed",
+    }
+}

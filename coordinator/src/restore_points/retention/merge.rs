@@ -1,0 +1,113 @@
+//! Retention's merges: a full restore point that falls out is folded into its child by an
+//! agent that reaches the repository (`AgentService.MergeRestorePoint`), under the same
+//! deletion mark as a deletion. The agent's merge is crash-safe and resumable on its own
+//! (an interrupted one is finished before the chain is read again, and the next retention
+//! asks again); here the catalog follows it in one txn.
+
+use std::collections::BTreeSet;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use prost::Message;
+use sluice_proto::pb;
+use tracing::{info, warn};
+
+use super::AGENT_CALL;
+use crate::restore_points::{Located, RestorePoints, choose::choose_agent, locate};
+
+impl RestorePoints {
+    /// Runs the merges in order; after a failed one, the later merges of its item wait for
+    /// a later retention. Returns how many restore points the merges removed.
+    pub(super) async fn merge_chains(
+        &self,
+        merges: Vec<(pb::RestorePoint, pb::RestorePoint)>,
+    ) -> usize {
+        let mut stalled = BTreeSet::new();
+        let mut merged = 0;
+        for (base, child) in merges {
+            if stalled.contains(&base.item) {
+                continue;
+            }
+            let (id, item) = (base.id.clone(), base.item.clone());
+            match self.merge_one(base, child).await {
+                Ok(()) => merged += 1,
+                Err(reason) => {
+                    warn!(restore_point = %id, item, reason, "retention: not merged; kept for now");
+                    stalled.insert(item);
+                }
+            }
+        }
+        merged
+    }
+
+    async fn merge_one(
+        &self,
+        base: pb::RestorePoint,
+        child: pb::RestorePoint,
+    ) -> Result<(), String> {
+        let located = locate(&self.store, base).await.map_err(|e| e.to_string())?;
+        let marked = self.mark_deleting(std::slice::from_ref(&located)).await;
+        if !marked.map_err(|e| e.to_string())?.first().copied().unwrap_or(false) {
+            return Err("in use by a verify or restore".to_owned());
+        }
+        let merged = match self.ask_merge(&located, &child.id).await {
+            Ok(merged) => merged,
+            Err(reason) => {
+                self.unmark(&located).await;
+                return Err(reason);
+            }
+        };
+        info!(base = %located.restore_point.id, child = %child.id, "retention merged a full restore point into its child");
+        self.record_merge(&located, child, merged).await
+    }
+
+    /// Has an agent merge `located` into `child`; the child as the agent left it.
+    async fn ask_merge(&self, located: &Located, child: &str) -> Result<pb::RestorePoint, String> {
+        let agents = self.directory.current();
+        let agent = choose_agent(&agents, &located.need(), true)?;
+        let mut client =
+            self.clients.client(&agent.id, &agent.address).map_err(|e| e.to_string())?;
+        let request = pb::MergeRestorePointRequest {
+            base: Some(located.location()),
+            child_id: child.to_owned(),
+        };
+        let answer = tokio::time::timeout(AGENT_CALL, client.merge_restore_point(request))
+            .await
+            .map_err(|_| format!("agent {} timed out", agent.id))?
+            .map_err(|status| format!("agent {}: {}", agent.id, status.message()))?;
+        answer
+            .into_inner()
+            .merged
+            .ok_or_else(|| format!("agent {} answered without the merged restore point", agent.id))
+    }
+
+    /// The catalog after a merge, in one txn: the base's entry and mark gone, the child's
+    /// entry full with its new size.
+    async fn record_merge(
+        &self,
+        located: &Located,
+        mut child: pb::RestorePoint,
+        merged: pb::RestorePoint,
+    ) -> Result<(), String> {
+        let base = &located.restore_point;
+        let keys = self.store.keys();
+        let child_key = keys.restore_point(&child.job, &child.item, &child.id);
+        child.kind = merged.kind;
+        child.parent_id = merged.parent_id;
+        child.size_bytes = merged.size_bytes;
+        let txn = Txn::new()
+            .when([Compare::create_revision(child_key.as_str(), CompareOp::Greater, 0)])
+            .and_then([
+                TxnOp::delete(keys.restore_point(&base.job, &base.item, &base.id), None),
+                TxnOp::delete(keys.restore_point_deleting(&base.job, &base.id), None),
+                TxnOp::put(child_key.as_str(), child.encode_to_vec(), None),
+            ]);
+        match self.store.txn(txn).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                self.unmark(located).await;
+                Err(format!("the catalog entry of {} is gone", child.id))
+            }
+            Err(error) => Err(format!("catalog not updated (the next retention will): {error}")),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Schedules and backup windows as times: cron expressions (through `croner`) in IANA time
+//! zones (through `chrono-tz`), due times, the next run and whether a time lies in a window.
+//!
+//! Daylight-saving rules are croner's, which follow Vixie cron: a fixed-time job whose time
+//! falls into the hour skipped in spring runs right after the jump; one whose time occurs twice
+//! in autumn runs once, at the first occurrence. Jobs with wildcards or steps in the time
+//! fields run on every real instant that matches the wall clock.
+
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+use croner::{
+    Cron,
+    parser::{CronParser, Seconds, Year},
+};
+
+use crate::pb;
+
+/// Default catch-up limit when `catch_up_seconds` is 0.
+pub const DEFAULT_CATCH_UP_SECONDS: u32 = 3600;
+/// Weekday names a window range accepts, Monday first.
+pub const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Parses a cron expression of 5 fields, or 6 with seconds first (or an `@daily`-style
+/// nickname); the error says what is wrong.
+pub fn parse_cron(expression: &str) -> Result<Cron, String> {
+    let fields = expression.split_whitespace().count();
+    let nickname = fields == 1 && expression.trim_start().starts_with('@');
+    if !nickname && !(5..=6).contains(&fields) {
+        return Err(format!(
+            "{expression:?} has {fields} fields; use 5 (minute hour day month weekday) or 6 \
+             (seconds first)"
+        ));
+    }
+    let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
+    parser.parse(expression).map_err(|error| format!("{expression:?} is not valid cron: {error}"))
+}
+
+/// Parses an IANA time zone name; empty is UTC.
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    if name.is_empty() {
+        return Ok(Tz::UTC);
+    }
+    name.parse::<Tz>()
+        .map_err(|_| format!("{name:?} is not an IANA time zone (e.g. Europe/Berlin)"))
+}
+
+/// The schedule's catch-up limit in seconds (0 means the default).
+pub fn catch_up_seconds(schedule: &pb::Schedule) -> u32 {
+    match schedule.catch_up_seconds {
+        0 => DEFAULT_CATCH_UP_SECONDS,
+        seconds => seconds,
+    }
+}
+
+/// A parsed cron schedule in its time zone.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    cron: Cron,
+    zone: Tz,
+}
+
+impl CronSchedule {
+    /// The cron schedule of `schedule`, if it has a valid cron expression and time zone.
+    pub fn of(schedule: &pb::Schedule) -> Option<Self> {
+        if schedule.cron.is_empty() {
+            return None;
+        }
+        let cron = parse_cron(&schedule.cron).ok()?;
+        let zone = parse_timezone(&schedule.timezone).ok()?;
+        Some(CronSchedule { cron, zone })
+    }
+
+    /// The first due time strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&self.zone);
+        let next = self.cron.find_next_occurrence(&local, false).ok()?;
+        Some(next.with_timezone(&Utc))
+    }
+
+    /// The last due time at or before `at`.
+    pub fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&self.zone);
+        let previous = self.cron.find_previous_occurrence(&local, true).ok()?;
+        Some(previous.with_timezone(&Utc))
+    }
+}
+
+/// When an enabled cron schedule runs next after `now`; `None` for a disabled, `after_job`
+/// or invalid schedule. The CLI and the console show this.
+pub fn next_run(schedule: &pb::Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if schedule.disabled {
+        return None;
+    }
+    CronSchedule::of(schedule)?.next_after(now)
+}
+
+/// A parsed backup window in its time zone.
+#[derive(Debug, Clone)]
+pub struct Window {
+    ranges: Vec<Range>,
+    zone: Tz,
+}
+
+#[derive(Debug, Clone)]
+struct Range {
+    days: Vec<Weekday>,
+    start: NaiveTime,
+    end: NaiveTime,
+}
+
+impl Window {
+    /// The window of `window` in the time zone `timezone`; the error names the field under
+    /// `field` (e.g. `job.backup_window`).
+    pub fn parse(
+        window: &pb::BackupWindow,
+        timezone: &str,
+        field: &str,
+    ) -> Result<Self, (String, String)> {
+        let zone =
+            parse_timezone(timezone).map_err(|reason| ("job.schedule.timezone".into(), reason))?;
+        if window.ranges.is_empty() {
+            return Err((
+                format!("{field}.ranges"),
+                "a backup window needs at least one range".into(),
+            ));
+        }
+        let ranges = window
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(i, range)| Range::parse(range, &format!("{field}.ranges[{i}]")))
+            .collect::<Result<_, _>>()?;
+        Ok(Window { ranges, zone })
+    }
+
+    /// Whether `at` lies inside the window.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        let local = at.with_timezone(&self.zone).naive_local();
+        let (today, time) = (local.weekday(), local.time());
+        self.ranges.iter().any(|range| range.contains(today, time))
+    }
+}
+
+impl Range {
+    fn parse(range: &pb::WindowRange, field: &str) -> Result<Self, (String, String)> {
+        if range.days.is_empty() {
+            return Err((
+                format!("{field}.days"),
+                format!("name at least one of {}", DAY_NAMES.join(" ")),
+            ));
+        }
+        let days = range
+            .days
+            .iter()
+            .enumerate()
+            .map(|(i, day)| {
+                parse_day(day).ok_or_else(|| (format!("{field}.days[{i}]"), bad_day(day)))
+            })
+            .collect::<Result<_, _>>()?;
+        let start = parse_clock(&range.start).map_err(|r| (format!("{field}.start"), r))?;
+        let end = parse_clock(&range.end).map_err(|r| (format!("{field}.end"), r))?;
+        if start == end {
+            return Err((format!("{field}.end"), "must differ from start".into()));
+        }
+        Ok(Range { days, start, end })
+    }
+
+    /// A range starts on one of its days; one whose end is before its start runs on into the
+    /// next day.
+    fn contains(&self, today: Weekday, time: NaiveTime) -> bool {
+        if self.start < self.end {
+            return self.days.contains(&today) && self.start <= time && time < self.end;
+        }
+        (self.days.contains(&today) && time >= self.start)
+            || (self.days.contains(&today.pred()) && time < self.end)
+    }
+}
+
+fn parse_day(day: &str) -> Option<Weekday> {
+    let index = DAY_NAMES.iter().position(|name| name.eq_ignore_ascii_case(day.trim()))?;
+    Weekday::try_from(index as u8).ok()
+}
+
+fn bad_day(day: &str) -> String {
+    format!("{day:?} is not a day; use one of {}", DAY_NAMES.join(" "))
+}
+
+/// `HH:MM` or `HH:MM:SS`, 24-hour.
+fn parse_clock(text: &str) -> Result<NaiveTime, String> {
+    NaiveTime::parse_from_str(text, "%H:%M:%S")
+        .or_else(|_| NaiveTime::parse_from_str(text, "%H:%M"))
+        .map_err(|_| format!("{text:?} is not a time of day; use HH:MM or HH:MM:SS"))
+}
+
+/// A UTC time as a wall clock time in `zone`, for messages (`2026-03-29 03:00:00 CEST`).
+pub fn local_text(at: DateTime<Utc>, timezone: &str) -> String {
+    let zone = parse_timezone(timezone).unwrap_or(Tz::UTC);
+    let local = zone.from_utc_datetime(&at.naive_utc());
+    format!("{} {}", local.format("%Y-%m-%d %H:%M:%S"), local.format("%Z"))
+}
+
+/// Short text of a window, for messages: `mon,tue 22:00-06:00; sat 00:00-23:59 (Europe/Berlin)`.
+pub fn window_text(window: &pb::BackupWindow, timezone: &str) -> String {
+    let ranges: Vec<String> = window
+        .ranges
+        .iter()
+        .map(|r| format!("{} {}-{}", r.days.join(","), r.start, r.end))
+        .collect();
+    let zone = if timezone.is_empty() { "UTC" } else { timezone };
+    format!("{} ({zone})", ranges.join("; "))
+}
+
+#[cfg(test)]
+mod tests;
