@@ -2,10 +2,12 @@
 //! persists what changed (fenced by its epoch) and carries out the effects. Every RPC and
 //! etcd write runs in a child task that reports back as a message, so the loop never blocks.
 //! The children end with the actor (`children.rs`); the calls to agents are in
-//! `agent_calls.rs`, and what is owed to agents is kept by the pure `Outbox`.
+//! `agent_calls.rs`, its etcd writes in `flush.rs`, and what is owed to agents is kept by the
+//! pure `Outbox`.
 
 mod agent_calls;
 mod children;
+mod flush;
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,9 +24,9 @@ use super::{
     context::SessionContext,
     machine::{CancelReason, Dispatch, Effect, Event, Machine, Stop},
     outbox::{Ack, Outbox},
-    persist, records,
+    records,
 };
-use crate::{agents::directory::agent_map, error::Error, metrics::SessionGauge};
+use crate::{agents::directory::agent_map, metrics::SessionGauge};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
@@ -387,68 +389,6 @@ impl SessionActor {
         }
         if let Some(event) = records::task_event(&agent, status) {
             self.apply(event);
-        }
-    }
-
-    fn maybe_flush(&mut self) {
-        if self.outbox.is_flushing() || self.retry_flush_at.is_some_and(|at| Instant::now() < at) {
-            return;
-        }
-        let lazy_due = self.machine.has_lazy_changes() && self.last_flush.elapsed() >= LAZY_FLUSH;
-        let bytes_due =
-            self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
-        let urgent = self.machine.has_urgent_changes() || self.outbox.has_catalog();
-        if !urgent && !lazy_due && !bytes_due {
-            // Outcomes already stored (duplicates): acknowledge without writing.
-            let acks = self.outbox.take_stored_acks();
-            self.send_acks(acks);
-            return;
-        }
-        self.retry_flush_at = None;
-        let stopped = self.machine.is_stopped();
-        let (items, session) = self.machine.take_dirty(lazy_due || stopped, bytes_due || stopped);
-        if bytes_due {
-            self.last_bytes_flush = Instant::now();
-        }
-        let late = self.outbox.flush_started();
-        let batch = records::flush(&self.base, &self.machine, (&items, late), session);
-        self.last_flush = Instant::now();
-        let (store, id, epoch) =
-            (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);
-        self.report(async move {
-            let result = persist::flush(&store, &id, epoch, batch).await;
-            Msg::Flushed { result, items, session }
-        });
-    }
-
-    fn on_flushed(
-        &mut self,
-        result: crate::error::Result<()>,
-        items: Vec<usize>,
-        session: bool,
-    ) -> Option<Exit> {
-        match result {
-            Ok(()) => {
-                self.gauge.stored(&self.machine, &items);
-                // Only what this flush stored: later dispatches and outcomes wait for theirs.
-                let stored = self.outbox.flush_stored();
-                for dispatch in stored.runs {
-                    self.send_run(dispatch);
-                }
-                self.send_acks(stored.acks);
-                None
-            }
-            Err(Error::Fenced(_)) => {
-                warn!("session write refused: another coordinator owns it now");
-                Some(Exit::Fenced)
-            }
-            Err(error) => {
-                warn!(%error, "session write failed; retrying");
-                self.machine.mark_dirty(&items, session);
-                self.outbox.flush_failed();
-                self.retry_flush_at = Some(Instant::now() + RETRY_BACKOFF);
-                None
-            }
         }
     }
 
