@@ -41,8 +41,8 @@ pub(crate) struct Router {
 pub(crate) struct Mailboxes {
     /// Task updates and answers.
     pub(crate) tasks: mpsc::Sender<actor::Msg>,
-    /// Stop requests.
-    pub(crate) stops: mpsc::Sender<machine::Stop>,
+    /// Stop requests, with their keys' revisions.
+    pub(crate) stops: mpsc::Sender<records::StopKey>,
 }
 
 /// A registered actor, with the task updates that did not fit its mailbox.
@@ -79,7 +79,7 @@ impl Router {
     }
 
     /// The stop mailbox of a session this coordinator runs.
-    pub(crate) fn stops(&self, id: &str) -> Option<mpsc::Sender<machine::Stop>> {
+    pub(crate) fn stops(&self, id: &str) -> Option<mpsc::Sender<records::StopKey>> {
         self.lock().get(id).map(|e| e.mailboxes.stops.clone())
     }
 

@@ -26,6 +26,7 @@ mod e2e {
     mod sessions;
     mod shutdown;
     mod snapshots;
+    mod stop_races;
     mod stop_takeover;
     mod stops;
     mod validation;

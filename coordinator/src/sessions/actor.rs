@@ -22,9 +22,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use self::children::Children;
 use super::{
     context::SessionContext,
-    machine::{CancelReason, Dispatch, Effect, Event, Machine, Stop},
+    machine::{CancelReason, Dispatch, Effect, Event, Machine},
     outbox::{Ack, Outbox},
-    records,
+    persist,
+    records::{self, StopKey},
 };
 use crate::{agents::directory::agent_map, metrics::SessionGauge};
 
@@ -59,7 +60,7 @@ pub(crate) enum Msg {
     /// Time to send an unanswered RunTask again.
     Resend(Dispatch),
     /// A batch of writes ended.
-    Flushed { result: crate::error::Result<()>, items: Vec<usize>, session: bool },
+    Flushed { result: crate::error::Result<persist::Flushed>, items: Vec<usize>, session: bool },
     /// The tasks of this session an agent holds (asked for when taking the session over).
     Listed { agent: AgentId, tasks: Vec<pb::TaskStatus> },
     /// The deletion of a late restore point ended (`Ok` once it is gone or catalogued).
@@ -75,7 +76,7 @@ pub(crate) struct Inboxes {
     /// Task updates and answers.
     pub(crate) tasks: mpsc::Receiver<Msg>,
     /// Stop requests, read ahead of everything else.
-    pub(crate) stops: mpsc::Receiver<Stop>,
+    pub(crate) stops: mpsc::Receiver<StopKey>,
 }
 
 /// Why an actor ended.
@@ -104,7 +105,7 @@ pub(crate) struct Owned {
     /// The epoch it is owned at.
     pub(crate) epoch: Epoch,
     /// The stop key as read with the records (same revision): in force before any dispatch.
-    pub(crate) stop: Option<Stop>,
+    pub(crate) stop: Option<StopKey>,
 }
 
 /// One owned session.
@@ -114,10 +115,12 @@ pub(crate) struct SessionActor {
     job: Arc<pb::Job>,
     epoch: Epoch,
     /// The stored stop, applied once before the first dispatch.
-    stored_stop: Option<Stop>,
+    stored_stop: Option<StopKey>,
+    /// Mod revision of the stop key as last seen (0: none); the final write compares it.
+    stop_seen: i64,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
-    stops: mpsc::Receiver<Stop>,
+    stops: mpsc::Receiver<StopKey>,
     /// Sender of `inbox`, for the children's reports.
     mailbox: mpsc::Sender<Msg>,
     fence: CancellationToken,
@@ -150,6 +153,7 @@ impl SessionActor {
             job,
             epoch,
             stored_stop: stop,
+            stop_seen: 0,
             ctx,
             inbox: inboxes.tasks,
             stops: inboxes.stops,
@@ -176,7 +180,7 @@ impl SessionActor {
         async move {
             self.reattach().await;
             if let Some(stop) = self.stored_stop.take() {
-                self.apply(Event::Stop(stop));
+                self.take_stop(stop);
             }
             let exit = self.serve().await;
             if matches!(exit, Exit::Finished { .. }) {
@@ -206,7 +210,7 @@ impl SessionActor {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return Exit::Handover,
                 _ = self.fence.cancelled() => return Exit::Fenced,
-                Some(stop) = self.stops.recv() => self.apply(Event::Stop(stop)),
+                Some(stop) = self.stops.recv() => self.take_stop(stop),
                 msg = self.inbox.recv() => match msg {
                     Some(msg) => if let Some(exit) = self.handle_batch(msg) { return exit },
                     None => return Exit::Handover,
@@ -299,6 +303,12 @@ impl SessionActor {
             }
         }
         None
+    }
+
+    /// Applies a stop read from its key; the newest key revision seen guards the final write.
+    fn take_stop(&mut self, stop: StopKey) {
+        self.stop_seen = self.stop_seen.max(stop.revision);
+        self.apply(Event::Stop(stop.stop));
     }
 
     fn apply(&mut self, event: Event) {

@@ -401,6 +401,10 @@ impl Machine {
     /// Applies one event at time `now_ms`.
     pub(crate) fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
         if self.is_stopped() {
+            // Only a stop still counts: one accepted before the end was stored.
+            if let Event::Stop(stop) = event {
+                self.on_stop_after_end(stop);
+            }
             return Vec::new();
         }
         let mut effects = Vec::new();

@@ -25,7 +25,7 @@ use super::{
     context::SessionContext,
     ids::new_session_id,
     persist::{self, Extra, NewSession},
-    records::{SessionView, machine_from_records, stop_from},
+    records::{SessionView, StopKey, machine_from_records, stop_from},
 };
 use crate::{
     error::{Error, Result},
@@ -210,7 +210,8 @@ impl Sessions {
         let (inboxes, stop_watch) = self.open_inboxes(&id, &fence);
         let base = self.owned_record(view, epoch);
         let job = Arc::new(view.job.clone());
-        let stop = view.stop.as_ref().map(stop_from);
+        let revision = view.stop_revision;
+        let stop = view.stop.as_ref().map(|stop| StopKey { stop: stop_from(stop), revision });
         let owned = Owned { base, job: job.clone(), epoch, stop };
         let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();

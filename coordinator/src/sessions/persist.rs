@@ -4,15 +4,19 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{
     ids::{Epoch, JobName, SessionId},
-    pb::{self, SessionState, StopMode},
+    pb::{self, SessionState},
 };
 use tracing::warn;
 
 use super::records::SessionView;
 use crate::{
     error::{Error, Result},
-    store::{Store, Versioned, absent, decode, epoch_of},
+    store::{Store, absent, decode, epoch_of},
 };
+
+mod stop;
+
+pub(crate) use self::stop::{StopWrite, request_stop};
 
 /// etcd's default `--max-txn-ops` is 128; stay below it with room for the guard.
 const MAX_OPS_PER_TXN: usize = 100;
@@ -158,7 +162,18 @@ pub(crate) struct Flush {
 /// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
 /// owner's epoch. An item and its catalog entry always share a transaction; a final session
 /// record also clears the job's active marker and the owner key.
-pub(crate) async fn flush(store: &Store, id: &str, epoch: Epoch, batch: Flush) -> Result<()> {
+///
+/// The final record is written only while the stop key is as the actor last saw it
+/// (`stop_seen`, its mod revision, 0 for none): a stop accepted before the end is stored is
+/// never lost. Otherwise nothing of the session record is written and the stop key as it is
+/// now comes back ([`Flushed::StopChanged`]).
+pub(crate) async fn flush(
+    store: &Store,
+    id: &str,
+    epoch: Epoch,
+    batch: Flush,
+    stop_seen: i64,
+) -> Result<Flushed> {
     let items = batch.items.iter().map(|(item, rps)| item_ops(store, id, item, rps));
     let late = batch.catalog.iter().map(|rp| vec![catalog_op(store, rp)]);
     let items: Vec<Vec<TxnOp>> = items.chain(late).collect();
@@ -166,14 +181,34 @@ pub(crate) async fn flush(store: &Store, id: &str, epoch: Epoch, batch: Flush) -
     // record goes last, so a final state is never stored before its items.
     let guarded = pack(items).into_iter().map(|chunk| fenced(store, id, epoch, chunk));
     futures::future::try_join_all(guarded).await?;
-    if let Some(record) = &batch.session {
-        fenced(store, id, epoch, session_ops(store, id, record)).await?;
+    match &batch.session {
+        Some(record) if is_final(record) => {
+            stop::finish(store, id, epoch, session_ops(store, id, record), stop_seen).await
+        }
+        Some(record) => {
+            fenced(store, id, epoch, session_ops(store, id, record)).await?;
+            Ok(Flushed::Stored)
+        }
+        None => Ok(Flushed::Stored),
     }
-    Ok(())
+}
+
+/// How a batch of writes ended, when etcd took it.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Flushed {
+    /// All of it is stored.
+    Stored,
+    /// The items are stored, but the final session record is not: the stop key changed
+    /// since the actor last saw it. Here is the key now (`None`: absent) and its revision.
+    StopChanged(Option<pb::StopRequest>, i64),
+}
+
+fn is_final(record: &pb::SessionRecord) -> bool {
+    record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
 }
 
 /// Runs ops in one transaction that holds only while `epoch` still owns the session.
-async fn fenced(store: &Store, id: &str, epoch: Epoch, ops: Vec<TxnOp>) -> Result<()> {
+pub(super) async fn fenced(store: &Store, id: &str, epoch: Epoch, ops: Vec<TxnOp>) -> Result<()> {
     let owner = store.keys().session_owner(id);
     let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch.get());
     match store.txn(Txn::new().when([guard]).and_then(ops)).await? {
@@ -207,7 +242,7 @@ fn session_ops(store: &Store, id: &str, record: &pb::SessionRecord) -> Vec<TxnOp
     if let Some(session) = session {
         ops.push(summary_op(store, session));
     }
-    if session.is_some_and(|s| s.state() == SessionState::Stopped) {
+    if is_final(record) {
         let active = keys.job_active(session.map(|s| s.job.as_str()).unwrap_or_default());
         ops.push(TxnOp::txn(
             Txn::new()
@@ -259,8 +294,7 @@ pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionVi
     let options = GetOptions::new().with_prefix().with_revision(revision);
     let children = store.kv().get(keys.session_children(id), Some(options)).await?;
     for kv in children.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        apply_child(&mut view, store, id, &key, kv.value(), kv.create_revision())?;
+        apply_child(&mut view, store, id, kv)?;
     }
     Ok(Some((view, revision)))
 }
@@ -270,17 +304,18 @@ pub(crate) fn apply_child(
     view: &mut SessionView,
     store: &Store,
     id: &str,
-    key: &str,
-    value: &[u8],
-    create_revision: i64,
+    kv: &etcd_client::KeyValue,
 ) -> Result<()> {
     let keys = store.keys();
+    let key = String::from_utf8_lossy(kv.key());
+    let (key, value) = (key.as_ref(), kv.value());
     if key == keys.session_job(id) {
         view.job = decode(key, value)?;
     } else if key == keys.session_owner(id) {
-        view.owner = Some((String::from_utf8_lossy(value).into_owned(), create_revision));
+        view.owner = Some((String::from_utf8_lossy(value).into_owned(), kv.create_revision()));
     } else if key == keys.session_stop(id) {
         view.stop = Some(decode(key, value)?);
+        view.stop_revision = kv.mod_revision();
     } else if key.starts_with(&keys.items(id)) {
         let item: pb::ItemRecord = decode(key, value)?;
         view.items.insert(item.index, item);
@@ -304,27 +339,6 @@ pub(crate) async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Ses
         ))
     });
     Ok(sessions)
-}
-
-/// Records a stop request; idempotent, and an immediate stop escalates a graceful one.
-/// Returns `false` when the stop in force already covers it.
-pub(crate) async fn request_stop(store: &Store, id: &str, stop: &pb::StopRequest) -> Result<bool> {
-    let key = store.keys().session_stop(id);
-    let current: Option<Versioned<pb::StopRequest>> = store.get(&key).await?;
-    let guard = match &current {
-        None => absent(&key),
-        Some(existing) if existing.value.mode() == StopMode::Immediate => return Ok(false),
-        Some(_) if stop.mode() != StopMode::Immediate => return Ok(false),
-        Some(existing) => {
-            Compare::mod_revision(key.as_str(), CompareOp::Equal, existing.mod_revision)
-        }
-    };
-    let txn =
-        Txn::new().when([guard]).and_then([TxnOp::put(key.as_str(), stop.encode_to_vec(), None)]);
-    match store.txn(txn).await? {
-        Some(_) => Ok(true),
-        None => Err(Error::StopRaced { session: id.into() }),
-    }
 }
 
 /// Claims a session whose owner key is gone, if it is still its job's active session.

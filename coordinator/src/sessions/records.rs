@@ -15,7 +15,7 @@ use sluice_proto::{
 pub(crate) use self::wire::{bounded, item_status, item_status_record, stop_from, timestamp};
 use self::wire::{session_status, stop_request};
 use super::{
-    machine::{Event, Item, Machine, Retry},
+    machine::{Event, Item, Machine, Retry, Stop},
     persist::Flush,
 };
 use crate::error::{Error, Result};
@@ -163,6 +163,16 @@ pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb:
     record
 }
 
+/// A stop as its key holds it, with the key's mod revision (the session's final write holds
+/// only while the key is still at the revision its owner last saw).
+#[derive(Debug, Clone)]
+pub(crate) struct StopKey {
+    /// The stop.
+    pub(crate) stop: Stop,
+    /// Mod revision of the stop key that held it.
+    pub(crate) revision: i64,
+}
+
 /// Everything stored about one session, assembled into what users see.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SessionView {
@@ -174,6 +184,8 @@ pub(crate) struct SessionView {
     pub(crate) items: HashMap<u32, pb::ItemRecord>,
     /// The stop request, if one was made.
     pub(crate) stop: Option<pb::StopRequest>,
+    /// Mod revision of the stop key (0 without one).
+    pub(crate) stop_revision: i64,
     /// Owner coordinator id and epoch, while owned.
     pub(crate) owner: Option<(String, i64)>,
 }

@@ -113,7 +113,7 @@ fn apply_change(
     } else if key == keys.session_owner(id) && deleted {
         view.owner = None;
     } else if !deleted {
-        persist::apply_child(view, store, id, &key, kv.value(), kv.create_revision())?;
+        persist::apply_child(view, store, id, kv)?;
     }
     Ok(())
 }
@@ -143,12 +143,12 @@ pub(crate) fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc
     receiver
 }
 
-/// Every value written to `key` (the current one first), until `stop`.
+/// Every value written to `key` (the current one first), with its mod revision, until `stop`.
 pub(crate) fn key_puts<M: Message + Default + 'static>(
     store: Store,
     key: String,
     stop: CancellationToken,
-) -> mpsc::Receiver<M> {
+) -> mpsc::Receiver<(M, i64)> {
     let (sender, receiver) = mpsc::channel(8);
     let span = debug_span!("key_watch", %key);
     let watch = again_and_again(stop, move || {
@@ -156,8 +156,10 @@ pub(crate) fn key_puts<M: Message + Default + 'static>(
         async move {
             let current = store.kv().get(key.as_str(), None).await?;
             let revision = current.header().map_or(0, |h| h.revision());
-            if let Some(Ok(value)) = current.kvs().first().map(|kv| M::decode(kv.value())) {
-                let _ = sender.send(value).await;
+            if let Some(kv) = current.kvs().first()
+                && let Ok(value) = M::decode(kv.value())
+            {
+                let _ = sender.send((value, kv.mod_revision())).await;
             }
             let options = WatchOptions::new()
                 .with_start_revision(revision + 1)
@@ -166,7 +168,7 @@ pub(crate) fn key_puts<M: Message + Default + 'static>(
             while let Some(response) = stream.message().await? {
                 for kv in response.events().iter().filter_map(|e| e.kv()) {
                     if let Ok(value) = M::decode(kv.value()) {
-                        let _ = sender.send(value).await;
+                        let _ = sender.send((value, kv.mod_revision())).await;
                     }
                 }
             }

@@ -1,12 +1,16 @@
 //! When the session actor writes to etcd, and what a write's answer means.
 
+use sluice_proto::pb;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{BYTES_FLUSH, Exit, LAZY_FLUSH, Msg, RETRY_BACKOFF, SessionActor};
 use crate::{
     error::Error,
-    sessions::{persist, records},
+    sessions::{
+        persist::{self, Flushed},
+        records::{self, StopKey, stop_from},
+    },
 };
 
 impl SessionActor {
@@ -35,20 +39,21 @@ impl SessionActor {
         self.last_flush = Instant::now();
         let (store, id, epoch) =
             (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);
+        let stop_seen = self.stop_seen;
         self.report(async move {
-            let result = persist::flush(&store, &id, epoch, batch).await;
+            let result = persist::flush(&store, &id, epoch, batch, stop_seen).await;
             Msg::Flushed { result, items, session }
         });
     }
 
     pub(super) fn on_flushed(
         &mut self,
-        result: crate::error::Result<()>,
+        result: crate::error::Result<Flushed>,
         items: Vec<usize>,
         session: bool,
     ) -> Option<Exit> {
         match result {
-            Ok(()) => {
+            Ok(flushed) => {
                 self.gauge.stored(&self.machine, &items);
                 // Only what this flush stored: later dispatches and outcomes wait for theirs.
                 let stored = self.outbox.flush_stored();
@@ -56,6 +61,9 @@ impl SessionActor {
                     self.send_run(dispatch);
                 }
                 self.send_acks(stored.acks);
+                if let Flushed::StopChanged(stop, revision) = flushed {
+                    self.on_stop_changed(stop, revision);
+                }
                 None
             }
             Err(Error::Fenced(_)) => {
@@ -69,6 +77,17 @@ impl SessionActor {
                 self.retry_flush_at = Some(Instant::now() + RETRY_BACKOFF);
                 None
             }
+        }
+    }
+
+    /// The final record was not written: a stop came after the actor last saw the stop key.
+    /// The end is decided again with it (graceful: cancelled, immediate: failed) and written.
+    fn on_stop_changed(&mut self, stop: Option<pb::StopRequest>, revision: i64) {
+        info!(revision, "a stop came before the session's end was stored; it applies");
+        self.machine.mark_dirty(&[], true);
+        self.stop_seen = revision;
+        if let Some(stop) = stop {
+            self.take_stop(StopKey { stop: stop_from(&stop), revision });
         }
     }
 }

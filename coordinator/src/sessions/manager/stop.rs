@@ -14,8 +14,9 @@ use super::Sessions;
 use crate::{
     error::{Error, Result},
     sessions::{
-        actor, machine, persist,
-        records::{stop_from, timestamp},
+        actor,
+        persist::{self, StopWrite},
+        records::{StopKey, stop_from, timestamp},
         watch,
     },
     store::Store,
@@ -35,13 +36,33 @@ impl Sessions {
         let record = self.record(&id).await?;
         check_stoppable(&id, &record, &request, mode)?;
         let stop = stop_request(mode, &request, record.graceful_timeout_seconds, peer);
-        if persist::request_stop(self.store(), &id, &stop).await? {
-            info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
-            if let Some(stops) = self.inner.router.stops(&id) {
-                let _ = stops.send(stop_from(&stop)).await;
+        let job = record.session.as_ref().map_or("", |s| s.job.as_str());
+        match persist::request_stop(self.store(), &id, job, &stop).await? {
+            StopWrite::Written(revision) => {
+                info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
+                self.hand_stop(&id, &stop, revision).await;
             }
+            StopWrite::Covered => {}
+            // It ended between the read above and the stop's write.
+            StopWrite::Ended => return Err(self.ended(&id).await),
         }
         Ok(self.load(&id).await?.to_session(true))
+    }
+
+    /// Hands a stop just written to the session's actor, when it runs here.
+    pub(super) async fn hand_stop(&self, id: &str, stop: &pb::StopRequest, revision: i64) {
+        if let Some(stops) = self.inner.router.stops(id) {
+            let _ = stops.send(StopKey { stop: stop_from(stop), revision }).await;
+        }
+    }
+
+    /// The refusal of a stop of a session that ended, with its result as stored.
+    async fn ended(&self, id: &str) -> Error {
+        let result = match self.record(id).await {
+            Ok(record) => record.session.unwrap_or_default().result().as_str_name().to_string(),
+            Err(error) => return error,
+        };
+        Error::SessionEnded { session: id.into(), result }
     }
 
     /// Stops every active session with one mode.
@@ -171,13 +192,13 @@ fn stop_request(
 pub(super) async fn watch_stop_key(
     store: Store,
     id: String,
-    stops: mpsc::Sender<machine::Stop>,
+    stops: mpsc::Sender<StopKey>,
     stop: CancellationToken,
 ) {
     let key = store.keys().session_stop(&id);
     let mut stream = watch::key_puts::<pb::StopRequest>(store.clone(), key, stop.clone());
-    while let Some(request) = stream.recv().await {
-        if stops.send(stop_from(&request)).await.is_err() {
+    while let Some((request, revision)) = stream.recv().await {
+        if stops.send(StopKey { stop: stop_from(&request), revision }).await.is_err() {
             return;
         }
     }
