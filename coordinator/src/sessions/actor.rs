@@ -346,7 +346,6 @@ impl SessionActor {
                 Effect::Ack { agent, index, attempt } => {
                     self.outbox.ack(Ack { agent, index, attempt })
                 }
-                Effect::Catalogue(restore_point) => self.outbox.catalogue(*restore_point),
                 Effect::DeleteLate { agent, index, attempt, restore_point } => {
                     self.delete_late(Ack { agent, index, attempt }, *restore_point)
                 }

@@ -178,8 +178,6 @@ pub(crate) enum Effect {
         /// Attempt.
         attempt: u32,
     },
-    /// Enter a late restore point in the catalog, with the next write of its item.
-    Catalogue(Box<pb::RestorePoint>),
     /// Have the agent that committed a late restore point delete it (unless the catalog
     /// lists it), then acknowledge that task.
     DeleteLate {

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use sluice_proto::{ids::AgentId, pb};
+use sluice_proto::ids::AgentId;
 
 use super::machine::Dispatch;
 
@@ -35,10 +35,6 @@ pub(crate) struct Outbox {
     acks: Vec<Ack>,
     /// Outcomes in the flush under way.
     flushing_acks: Vec<Ack>,
-    /// Late restore points to enter in the catalog, not yet in a flush.
-    catalog: Vec<pb::RestorePoint>,
-    /// Late restore points in the flush under way.
-    flushing_catalog: Vec<pb::RestorePoint>,
     flushing: bool,
 }
 
@@ -62,36 +58,22 @@ impl Outbox {
         self.acks.push(ack);
     }
 
-    /// Queues a late restore point for the catalog; its acknowledgement waits with it.
-    pub(crate) fn catalogue(&mut self, restore_point: pb::RestorePoint) {
-        self.catalog.push(restore_point);
-    }
-
-    /// Whether a late restore point waits for a flush.
-    pub(crate) fn has_catalog(&self) -> bool {
-        !self.catalog.is_empty()
-    }
-
     /// Whether a flush is under way.
     pub(crate) fn is_flushing(&self) -> bool {
         self.flushing
     }
 
-    /// A flush starts: it carries everything queued until now; the late restore points it
-    /// must write are returned.
-    pub(crate) fn flush_started(&mut self) -> Vec<pb::RestorePoint> {
+    /// A flush starts: it carries everything queued until now.
+    pub(crate) fn flush_started(&mut self) {
         debug_assert!(!self.flushing, "one flush at a time");
         self.flushing = true;
         self.flushing_runs = std::mem::take(&mut self.unsent);
         self.flushing_acks = std::mem::take(&mut self.acks);
-        self.flushing_catalog = std::mem::take(&mut self.catalog);
-        self.flushing_catalog.clone()
     }
 
     /// The flush is stored: what it carried may go out.
     pub(crate) fn flush_stored(&mut self) -> Release {
         self.flushing = false;
-        self.flushing_catalog.clear();
         let runs = std::mem::take(&mut self.flushing_runs);
         self.in_flight.extend(runs.iter().map(|d| (d.index, d.attempt)));
         Release { runs, acks: std::mem::take(&mut self.flushing_acks) }
@@ -104,8 +86,6 @@ impl Outbox {
         self.unsent.splice(0..0, runs);
         let acks = std::mem::take(&mut self.flushing_acks);
         self.acks.splice(0..0, acks);
-        let catalog = std::mem::take(&mut self.flushing_catalog);
-        self.catalog.splice(0..0, catalog);
     }
 
     /// Acknowledgements of outcomes that were stored before (duplicates: nothing to write).
@@ -226,20 +206,6 @@ mod tests {
         assert!(outbox.flush_stored().runs.is_empty());
         outbox.flush_started();
         assert!(outbox.flush_stored().runs.is_empty());
-    }
-
-    #[test]
-    fn a_late_restore_point_is_written_once_by_the_next_flush_that_succeeds() {
-        let mut outbox = Outbox::default();
-        let rp = pb::RestorePoint { id: "rp-1".into(), ..Default::default() };
-        outbox.catalogue(rp.clone());
-        outbox.ack(ack(0));
-        assert_eq!(outbox.flush_started(), vec![rp.clone()]);
-        outbox.flush_failed();
-        assert!(outbox.has_catalog(), "kept for the next flush");
-        assert_eq!(outbox.flush_started(), vec![rp]);
-        assert_eq!(outbox.flush_stored().acks, vec![ack(0)], "acknowledged once it is stored");
-        assert!(outbox.flush_started().is_empty(), "written once");
     }
 
     #[test]

@@ -150,13 +150,11 @@ pub(crate) async fn active_session(store: &Store, job: &str) -> Result<Option<St
 /// One batch of writes from a session's owner.
 #[derive(Default)]
 pub(crate) struct Flush {
-    /// Item records that changed, each with the restore points to enter in the catalog (the
-    /// one it committed, late ones of earlier attempts), written in the same txn as the item.
+    /// Item records that changed, each with the restore point it committed to enter in the
+    /// catalog, written in the same txn as the item.
     pub(crate) items: Vec<(pb::ItemRecord, Vec<pb::RestorePoint>)>,
     /// The session record, when it changed.
     pub(crate) session: Option<pb::SessionRecord>,
-    /// Late restore points whose item is not in `items` (each in a txn of its own).
-    pub(crate) catalog: Vec<pb::RestorePoint>,
 }
 
 /// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
@@ -174,9 +172,8 @@ pub(crate) async fn flush(
     batch: Flush,
     stop_seen: i64,
 ) -> Result<Flushed> {
-    let items = batch.items.iter().map(|(item, rps)| item_ops(store, id, item, rps));
-    let late = batch.catalog.iter().map(|rp| vec![catalog_op(store, rp)]);
-    let items: Vec<Vec<TxnOp>> = items.chain(late).collect();
+    let items: Vec<Vec<TxnOp>> =
+        batch.items.iter().map(|(item, rps)| item_ops(store, id, item, rps)).collect();
     // Item transactions are independent of each other: send them together. The session
     // record goes last, so a final state is never stored before its items.
     let guarded = pack(items).into_iter().map(|chunk| fenced(store, id, epoch, chunk));

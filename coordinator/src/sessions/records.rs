@@ -108,28 +108,20 @@ pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Even
     })
 }
 
-/// The writes for the items at `positions` with their catalog entries (a committed item's,
-/// and the `late` restore points of earlier attempts, each with its item) and, if asked, the
-/// session record.
+/// The writes for the items at `positions`, each with its catalog entry (a committed item's)
+/// and, if asked, the session record.
 pub(crate) fn flush(
     base: &pb::SessionRecord,
     machine: &Machine,
-    (positions, mut late): (&[usize], Vec<pb::RestorePoint>),
+    positions: &[usize],
     session: bool,
 ) -> Flush {
     let items = positions
         .iter()
         .map(|&pos| machine.item(pos))
-        .map(|item| {
-            let mut entries: Vec<pb::RestorePoint> =
-                item.catalog_entry().cloned().into_iter().collect();
-            let (mine, others) = late.drain(..).partition(|rp| rp.item == item.status.name);
-            late = others;
-            entries.extend::<Vec<_>>(mine);
-            (item_record(item), entries)
-        })
+        .map(|item| (item_record(item), item.catalog_entry().cloned().into_iter().collect()))
         .collect();
-    Flush { items, session: session.then(|| session_record(base, machine)), catalog: late }
+    Flush { items, session: session.then(|| session_record(base, machine)) }
 }
 
 /// The record of one item to write.

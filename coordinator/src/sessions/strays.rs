@@ -14,8 +14,6 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use prost::Message;
 use sluice_proto::{
     ids::{AgentId, Epoch, SessionId},
     pb::{self, SessionState},
@@ -25,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{context::SessionContext, late, machine::LateRestorePoint};
-use crate::{error::Result, store::absent};
+use crate::error::Result;
 
 /// How long a noted task waits before it is looked at: its owner acknowledges it meanwhile
 /// in the normal case.
@@ -143,7 +141,6 @@ async fn settle_task(
         item.as_ref().and_then(|i| i.value.status.as_ref()).map(|s| s.restore_point.clone());
     match LateRestorePoint::decide(recorded.as_deref().unwrap_or_default(), &rp.id) {
         LateRestorePoint::Recorded => Ok(true),
-        LateRestorePoint::Catalogue => catalogue(ctx, &item_key, item, rp).await,
         LateRestorePoint::Delete => {
             let job = store.keys().session_job(session.as_str());
             let Some(job) = store.get::<pb::Job>(&job).await? else { return Ok(false) };
@@ -163,37 +160,6 @@ async fn settle_task(
             }
         }
     }
-}
-
-/// Enters a late restore point in the catalog and names it in its item, in one txn that
-/// holds only while the item is as read and the catalog entry absent.
-async fn catalogue(
-    ctx: &SessionContext,
-    item_key: &str,
-    item: Option<crate::store::Versioned<pb::ItemRecord>>,
-    rp: &pb::RestorePoint,
-) -> Result<bool> {
-    let store = &ctx.store;
-    let entry = store.keys().restore_point(&rp.job, &rp.item, &rp.id);
-    let mut ops = vec![TxnOp::put(entry.as_str(), rp.encode_to_vec(), None)];
-    let guard = match item {
-        Some(item) => {
-            let mut record = item.value;
-            if let Some(status) = record.status.as_mut() {
-                status.restore_point = rp.id.clone();
-            }
-            ops.push(TxnOp::put(item_key, record.encode_to_vec(), None));
-            Compare::mod_revision(item_key, CompareOp::Equal, item.mod_revision)
-        }
-        None => absent(item_key),
-    };
-    let txn = Txn::new().when([guard, absent(&entry)]).and_then(ops);
-    let stored = store.txn(txn).await?.is_some();
-    if stored {
-        info!(restore_point = %rp.id, "late restore point of an ended session catalogued");
-    }
-    // A refused guard: someone else settled it meanwhile; the next look decides again.
-    Ok(stored)
 }
 
 fn agent_error(agent: &AgentId, status: tonic::Status) -> crate::error::Error {

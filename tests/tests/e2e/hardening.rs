@@ -290,10 +290,11 @@ async fn a_failed_acknowledgement_is_sent_again_until_the_agent_has_it() {
 }
 
 /// Findings 4 and 7: an agent lost mid-task comes back after its session ended; its task
-/// committed meanwhile. No actor runs the session any more, yet the restore point must be
-/// catalogued (the item has none) and the outcome acknowledged, so the agent can forget it.
+/// committed meanwhile. No actor runs the session any more, yet the restore point must not be
+/// left as a folder nothing lists, nor catalogued for an item that ended NOT_PROCESSED: it is
+/// deleted, and the outcome acknowledged, so the agent can forget it.
 #[tokio::test]
-async fn a_restore_point_committed_after_its_session_ended_is_catalogued_and_acknowledged() {
+async fn a_restore_point_committed_after_its_session_ended_is_deleted_and_acknowledged() {
     let mut cluster = Cluster::builder().start().await;
     let spec = AgentSpec::new().computer("pc1").transfer_rate_limit(RATE_LIMIT);
     cluster.add_agent(spec).await;
@@ -322,8 +323,10 @@ async fn a_restore_point_committed_after_its_session_ended_is_catalogued_and_ack
     wait_agent_tasks(&agents, &started.id, "the late outcome to be acknowledged", |t| t.is_empty())
         .await;
     let listed = restore_points(&jobs, "late").await;
-    assert_eq!(listed.len(), 1, "the late restore point is catalogued: {listed:?}");
-    assert_eq!(listed[0].session_id, started.id);
+    assert!(listed.is_empty(), "the late restore point is not catalogued: {listed:?}");
+    let folder =
+        cluster.dir().join("repository").join("late").join("pc1").join(format!("{}-0", started.id));
+    assert!(!folder.exists(), "the late restore point is deleted: {}", folder.display());
 }
 
 /// Finding 12: a WatchSession whose etcd watch starts at a revision compacted meanwhile reads

@@ -21,7 +21,7 @@ impl SessionActor {
         let lazy_due = self.machine.has_lazy_changes() && self.last_flush.elapsed() >= LAZY_FLUSH;
         let bytes_due =
             self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
-        let urgent = self.machine.has_urgent_changes() || self.outbox.has_catalog();
+        let urgent = self.machine.has_urgent_changes();
         if !urgent && !lazy_due && !bytes_due {
             // Outcomes already stored (duplicates): acknowledge without writing.
             let acks = self.outbox.take_stored_acks();
@@ -34,8 +34,8 @@ impl SessionActor {
         if bytes_due {
             self.last_bytes_flush = Instant::now();
         }
-        let late = self.outbox.flush_started();
-        let batch = records::flush(&self.base, &self.machine, (&items, late), session);
+        self.outbox.flush_started();
+        let batch = records::flush(&self.base, &self.machine, &items, session);
         self.last_flush = Instant::now();
         let (store, id, epoch) =
             (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);

@@ -197,25 +197,21 @@ impl Item {
 }
 
 /// What becomes of a restore point that an attempt committed after its item moved on (it was
-/// retried, or the session ended): it is never simply forgotten.
+/// retried, failed or closed, or the session ended): it is never simply forgotten. The catalog
+/// lists only restore points that their item names (and only a committed item names one), so
+/// a late one that its item does not name is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LateRestorePoint {
     /// The item records this very restore point already.
     Recorded,
-    /// The item has none: this one is entered in the catalog and named by the item.
-    Catalogue,
-    /// The item has another one: this one is deleted (unless the catalog lists it).
+    /// The item has another one, or none: this one is deleted (unless the catalog lists it).
     Delete,
 }
 
 impl LateRestorePoint {
     /// The decision for restore point `late` of an item that records `recorded` (empty: none).
     pub(crate) fn decide(recorded: &str, late: &str) -> Self {
-        match recorded {
-            "" => LateRestorePoint::Catalogue,
-            same if same == late => LateRestorePoint::Recorded,
-            _ => LateRestorePoint::Delete,
-        }
+        if recorded == late { LateRestorePoint::Recorded } else { LateRestorePoint::Delete }
     }
 }
 

@@ -110,8 +110,8 @@ impl Machine {
     /// An outcome of an attempt that no longer runs (its agent was lost, or the item was
     /// retried). The agent that reported it holds it until acknowledged, so it is
     /// acknowledged, but a restore point it committed is never lost: an item waiting for its
-    /// next attempt takes it as its outcome; else it is catalogued if the item has none, or
-    /// deleted before the acknowledgement.
+    /// next attempt takes it as its outcome; else, unless the item names it already, it is
+    /// deleted before the acknowledgement (the catalog lists only what items name).
     fn on_late(
         &mut self,
         now_ms: i64,
@@ -127,7 +127,7 @@ impl Machine {
             return;
         };
         let item = &mut self.items[pos];
-        if item.state() == ItemState::Pending && item.status.attempt == attempt {
+        if item.state() == ItemState::Pending {
             effects.push(Effect::Ack { agent: reporter, index, attempt });
             item.status.restore_point = rp.id.clone();
             item.restore_point = Some(Box::new(rp));
@@ -136,12 +136,6 @@ impl Machine {
         }
         match LateRestorePoint::decide(&item.status.restore_point, &rp.id) {
             LateRestorePoint::Recorded => {
-                effects.push(Effect::Ack { agent: reporter, index, attempt });
-            }
-            LateRestorePoint::Catalogue => {
-                item.status.restore_point = rp.id.clone();
-                self.dirty_items.insert(pos);
-                effects.push(Effect::Catalogue(Box::new(rp)));
                 effects.push(Effect::Ack { agent: reporter, index, attempt });
             }
             LateRestorePoint::Delete => {
