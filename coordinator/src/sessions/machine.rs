@@ -37,6 +37,9 @@ pub(crate) const CANCELED_BY_USER: &str = "Operation was canceled by user";
 /// waits before the next try; it doubles with each refusal in a row, up to the maximum.
 pub(crate) const REFUSED_BACKOFF_MS: i64 = 500;
 pub(crate) const MAX_REFUSED_BACKOFF_MS: i64 = 30_000;
+/// A refusal whose pause is at least this long is written (the item shows why it waits); the
+/// shorter pauses of a first few refusals in a row cost no write.
+pub(crate) const SHOWN_REFUSAL_MS: i64 = 4_000;
 
 /// How many waiting items get their `waiting_reason` stored: enough for people to see why
 /// the queue stands still, without writing every item of a 100,000-item job.

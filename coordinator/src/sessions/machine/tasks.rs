@@ -4,7 +4,7 @@ use sluice_proto::ids::AgentId;
 
 use super::{
     CancelReason, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine, Outcome,
-    REFUSED_BACKOFF_MS, TaskPhase, Volumes,
+    REFUSED_BACKOFF_MS, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
 };
 
 impl Machine {
@@ -25,8 +25,9 @@ impl Machine {
             self.fail_attempt(now_ms, pos, message);
             return;
         }
-        // Not written: etcd still holds the dispatch, and sending it again needs no write
-        // either (`stored_run`); only the pause grows with each refusal in a row.
+        // Not written while the pause is short: etcd still holds the dispatch, and sending it
+        // again needs no write either (`stored_run`); only the pause grows with each refusal
+        // in a row. A long pause is written, so that readers see why the item waits.
         let item = &mut self.items[pos];
         item.status.attempt -= 1;
         item.status.state = ItemState::Pending;
@@ -36,6 +37,9 @@ impl Machine {
         item.refusals += 1;
         let pause = (REFUSED_BACKOFF_MS << doublings).min(MAX_REFUSED_BACKOFF_MS);
         item.not_before_ms = now_ms + pause;
+        if pause >= SHOWN_REFUSAL_MS {
+            self.dirty_items.insert(pos);
+        }
         self.first_pending = self.first_pending.min(pos);
         if self.status.stop.is_some() {
             self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());

@@ -63,6 +63,9 @@ fn a_refused_dispatch_backs_off_without_writes() {
         assert!(!m.has_urgent_changes(), "the same dispatch again writes nothing");
     }
     assert!(waits[0] < waits[1] && waits[1] < waits[2], "growing pauses: {waits:?}");
+    m.apply(now + 1, refused.clone());
+    assert!(m.has_urgent_changes(), "a long pause is written: readers see why the item waits");
+    assert_eq!(m.items[0].state(), ItemState::Pending);
 }
 
 #[test]
