@@ -33,17 +33,22 @@ impl Cluster {
             .collect())
     }
 
-    /// Active sessions by owner, found through the jobs' `active` markers.
+    /// Active sessions by owner: the active markers, then their owner keys, read in batches.
     async fn owned_sessions(&self) -> Result<HashMap<String, Vec<pb::OwnedSession>>> {
+        let active = persist::active_sessions(&self.store).await?;
+        let keys = self.store.keys();
+        let owner_keys: Vec<String> =
+            active.iter().map(|(_, id)| keys.session_owner(id.as_str())).collect();
+        let owners = self.store.get_many(&owner_keys).await?;
         let mut owned: HashMap<String, Vec<pb::OwnedSession>> = HashMap::new();
-        for (_, session_id) in persist::active_sessions(&self.store).await? {
-            let session_id = session_id.into_string();
-            let owner =
-                self.store.kv().get(self.store.keys().session_owner(&session_id), None).await?;
-            if let Some(kv) = owner.kvs().first() {
+        for ((_, session_id), owner) in active.into_iter().zip(owners) {
+            if let Some(kv) = owner {
                 let coordinator = String::from_utf8_lossy(kv.value()).into_owned();
-                let epoch = kv.create_revision();
-                owned.entry(coordinator).or_default().push(pb::OwnedSession { session_id, epoch });
+                let session = pb::OwnedSession {
+                    session_id: session_id.into_string(),
+                    epoch: kv.create_revision(),
+                };
+                owned.entry(coordinator).or_default().push(session);
             }
         }
         Ok(owned)

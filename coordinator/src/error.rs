@@ -347,10 +347,12 @@ fn in_job(job: &str) -> String {
     if job.is_empty() { String::new() } else { format!(" in job {job:?}") }
 }
 
-/// Agent answers keep their meaning, except transport trouble which is the agent's absence.
+/// Agent answers keep their meaning, except transport trouble which is the agent's absence,
+/// and a message over a size limit, RESOURCE_EXHAUSTED like every limit here.
 fn agent_code(code: Code) -> Code {
     match code {
         Code::Unknown | Code::Internal | Code::Cancelled => Code::Unavailable,
+        Code::OutOfRange => Code::ResourceExhausted,
         other => other,
     }
 }

@@ -70,11 +70,8 @@ impl Jobs {
     /// Every job, sorted by name.
     pub(crate) async fn list(&self) -> Result<Vec<pb::Job>> {
         let keys = self.store.keys();
-        let raw = self.store.list_raw(&keys.jobs()).await?;
-        raw.into_iter()
-            .filter(|(key, _)| keys.is_job_key(key))
-            .map(|(key, bytes)| crate::store::decode(&key, &bytes))
-            .collect()
+        let jobs = self.store.list::<pb::Job>(&keys.jobs()).await?;
+        Ok(jobs.into_iter().map(|(_, job)| job).collect())
     }
 
     /// Replaces an existing job's definition.

@@ -12,7 +12,7 @@ impl Keys {
         Keys { prefix: prefix.trim_end_matches('/').to_string() }
     }
 
-    /// `/jobs/` (also holds each job's `active` marker).
+    /// `/jobs/`: job definitions only.
     pub(crate) fn jobs(&self) -> String {
         format!("{}/jobs/", self.prefix)
     }
@@ -22,14 +22,15 @@ impl Keys {
         format!("{}/jobs/{job}", self.prefix)
     }
 
-    /// `/jobs/{job}/active`: id of the job's active session.
-    pub(crate) fn job_active(&self, job: &str) -> String {
-        format!("{}/jobs/{job}/active", self.prefix)
+    /// `/active/`: the active markers of every job, small values only (finding the active
+    /// sessions never reads a job definition).
+    pub(crate) fn active(&self) -> String {
+        format!("{}/active/", self.prefix)
     }
 
-    /// Whether a key under `jobs()` is a job definition (not an `active` marker).
-    pub(crate) fn is_job_key(&self, key: &str) -> bool {
-        key.strip_prefix(&self.jobs()).is_some_and(|rest| !rest.contains('/'))
+    /// `/active/{job}`: id of the job's active session.
+    pub(crate) fn job_active(&self, job: &str) -> String {
+        format!("{}/active/{job}", self.prefix)
     }
 
     /// `/sessions/`.
@@ -45,6 +46,11 @@ impl Keys {
     /// `/sessions/{id}/owner`: the owning coordinator, bound to its lease.
     pub(crate) fn session_owner(&self, id: &str) -> String {
         format!("{}/sessions/{id}/owner", self.prefix)
+    }
+
+    /// `/sessions/{id}/job`: the job as the session started it; written once, at the start.
+    pub(crate) fn session_job(&self, id: &str) -> String {
+        format!("{}/sessions/{id}/job", self.prefix)
     }
 
     /// `/sessions/{id}/stop`: the stop request, written by whichever coordinator took it.
@@ -204,10 +210,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_keys_are_told_apart_from_active_markers() {
+    fn active_markers_live_apart_from_job_definitions() {
         let keys = Keys::new("/sluice/");
-        assert!(keys.is_job_key(&keys.job("nightly")));
-        assert!(!keys.is_job_key(&keys.job_active("nightly")));
+        assert!(keys.job_active("nightly").starts_with(&keys.active()));
+        assert!(!keys.job_active("nightly").starts_with(&keys.jobs()));
     }
 
     #[test]

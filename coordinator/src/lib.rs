@@ -21,6 +21,8 @@ mod server;
 mod sessions;
 mod settings;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 
@@ -37,7 +39,7 @@ pub use settings::Settings;
 
 use crate::{
     agent_client::AgentClients,
-    agents::AgentDirectory,
+    agents::{AgentDirectory, acks::Acks},
     api::{AuthApi, ClusterApi, JobApi, RegistryApi},
     auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
@@ -165,6 +167,7 @@ fn start(
 ) -> (Services, HttpParts) {
     let clients = AgentClients::new(tls);
     let (ctx, router) = follow_agents(store.clone(), metrics.clone(), clients, tasks, shutdown);
+    tasks.tracker.spawn(router.strays().clone().run(ctx.clone(), tasks.stop.clone()));
     let id = settings.id.clone();
     let (directory, clients) = (ctx.directory.clone(), ctx.clients.clone());
     let restore_points = RestorePoints::new(
@@ -187,6 +190,7 @@ fn start(
         coordinator: id.clone(),
         tracker: tasks.tracker.clone(),
         restore_points: restore_points.clone(),
+        starting: Default::default(),
     });
     tasks.tracker.spawn(sessions.clone().run_claimer(settings.lease_ttl(), tasks.stop.clone()));
     tasks.tracker.spawn(schedules::run(sessions.clone(), shutdown.clone()));
@@ -237,7 +241,9 @@ fn follow_agents(
         agents::links::run(directory.clone(), clients.clone(), router.clone(), tasks.stop.clone());
     tasks.tracker.spawn(links);
     let scheduler = Scheduler::default();
+    let acks =
+        Acks::new(directory.clone(), clients.clone(), tasks.tracker.clone(), tasks.stop.clone());
     let shutdown = shutdown.clone();
-    let ctx = SessionContext { store, directory, scheduler, clients, shutdown, metrics };
+    let ctx = SessionContext { store, directory, scheduler, clients, acks, shutdown, metrics };
     (ctx, router)
 }

@@ -65,10 +65,13 @@ impl Membership {
     async fn run(self) {
         let mut backoff = Duration::from_millis(100);
         while !self.shutdown.is_cancelled() {
+            // Sent before the grant: etcd starts the lease's TTL after this moment, so trust
+            // counted from here never outlasts the lease, however slow the answers are.
+            let asked_at = Instant::now();
             match self.grant().await {
                 Ok(lease) => {
                     backoff = Duration::from_millis(100);
-                    self.hold(lease).await;
+                    self.hold(lease, asked_at).await;
                 }
                 Err(error) => {
                     warn!(%error, "cannot obtain a coordinator lease; retrying");
@@ -99,10 +102,10 @@ impl Membership {
         Ok(Lease { id: granted.id(), fence: CancellationToken::new() })
     }
 
-    /// Keeps `lease` alive until it is lost or shutdown releases it.
-    async fn hold(&self, lease: Lease) {
+    /// Keeps `lease` (asked for at `asked_at`) alive until it is lost or shutdown releases it.
+    async fn hold(&self, lease: Lease, asked_at: Instant) {
         self.sender.send_replace(Some(lease.clone()));
-        let outcome = self.keep_alive(lease.id).await;
+        let outcome = self.keep_alive(lease.id, asked_at).await;
         lease.fence.cancel();
         self.sender.send_replace(None);
         match outcome {
@@ -113,10 +116,11 @@ impl Membership {
         }
     }
 
-    async fn keep_alive(&self, id: i64) -> KeepAliveEnd {
+    async fn keep_alive(&self, id: i64, asked_at: Instant) -> KeepAliveEnd {
         let interval = self.config.ttl / 3;
-        // Trust the lease only up to 3/4 of the TTL after the last confirmed renewal.
-        let mut trusted_until = Instant::now() + self.config.ttl * 3 / 4;
+        // Trust the lease only up to 3/4 of the TTL after the request that made or renewed it
+        // was sent (the grant's, until a renewal is confirmed).
+        let mut trusted_until = asked_at + self.config.ttl * 3 / 4;
         let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
         loop {
             if Instant::now() >= trusted_until {
@@ -185,4 +189,47 @@ enum Renewal {
     Renewed,
     Expired,
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_tests::{Etcd, proxy::Proxy};
+
+    use super::*;
+    use crate::testing;
+
+    /// Finding 13: a coordinator trusts its lease from the moment it asked for it, not from
+    /// when the grant (and the membership write after it) answered: with a slow link and
+    /// renewals that never arrive, it fences itself while etcd still holds the lease.
+    #[tokio::test]
+    async fn the_lease_is_trusted_from_the_grant_request_on() {
+        let link = Proxy::to_url(Etcd::shared().url());
+        let store = testing::store_with_timeout(&link.url(), Duration::from_secs(10)).await;
+        // Each chunk held 300 ms: the grant and the membership put take seconds together.
+        link.delay(Duration::from_millis(300));
+        let config = MembershipConfig {
+            id: "c1".into(),
+            address: "http://127.0.0.1:1".into(),
+            ttl: Duration::from_secs(4),
+        };
+        let shutdown = CancellationToken::new();
+        let (mut leases, _membership) = spawn(store, config, shutdown.clone());
+        let granted =
+            tokio::time::timeout(Duration::from_secs(30), leases.wait_for(Option::is_some))
+                .await
+                .expect("a lease within 30 s")
+                .expect("the membership actor runs")
+                .clone();
+        let lease = granted.expect("a lease");
+        link.black_hole();
+        let fenced = tokio::time::timeout(Duration::from_secs(20), lease.fence.cancelled()).await;
+        fenced.expect("the coordinator fences itself");
+        let mut etcd = Etcd::shared().client().await;
+        let alive = etcd.lease_time_to_live(lease.id, None).await.map(|l| l.ttl());
+        assert!(
+            matches!(alive, Ok(ttl) if ttl > 0),
+            "fenced only once the lease was gone: {alive:?}"
+        );
+        shutdown.cancel();
+    }
 }

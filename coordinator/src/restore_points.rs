@@ -254,9 +254,8 @@ impl Locator {
     pub(crate) async fn locate(&mut self, restore_point: pb::RestorePoint) -> Result<Located> {
         let keys = self.store.keys().clone();
         if !self.written_by.contains_key(&restore_point.session_id) {
-            let key = keys.session(&restore_point.session_id);
-            let record = self.store.get::<pb::SessionRecord>(&key).await?;
-            let job = record.and_then(|record| record.value.job);
+            let key = keys.session_job(&restore_point.session_id);
+            let job = self.store.get::<pb::Job>(&key).await?.map(|v| v.value);
             self.written_by.insert(restore_point.session_id.clone(), job);
         }
         if !self.current.contains_key(&restore_point.job) {

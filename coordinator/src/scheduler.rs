@@ -1,7 +1,9 @@
 //! Task slots of agents, shared fairly between the sessions this coordinator owns.
 //!
 //! A session may hold more than its fair share of the candidate slots only while no other
-//! session is starved. Releasing a slot bumps a counter that waiting sessions watch.
+//! session is starved of those same agents' slots (a session waiting for its computer's agent
+//! does not cut the share on others). Releasing a slot bumps a counter that waiting sessions
+//! watch.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +27,8 @@ struct State {
     used: HashMap<AgentId, u32>,
     held: HashMap<(SessionId, AgentId), u32>,
     by_session: HashMap<SessionId, u32>,
-    starving: HashSet<SessionId>,
+    /// Sessions that found no slot, with the agents they asked for.
+    starving: HashMap<SessionId, HashSet<AgentId>>,
 }
 
 impl Default for Scheduler {
@@ -120,7 +123,13 @@ impl SlotPool for Slots<'_> {
     fn reserve(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId> {
         let state = &mut *self.state;
         let total: u32 = candidates.iter().map(|(_, slots)| slots).sum();
-        let others_starving = state.starving.iter().filter(|s| *s != session).count() as u32;
+        let wants_these =
+            |agents: &HashSet<AgentId>| candidates.iter().any(|(a, _)| agents.contains(*a));
+        let others_starving = state
+            .starving
+            .iter()
+            .filter(|(s, agents)| *s != session && wants_these(agents))
+            .count() as u32;
         let share = total.div_ceil(others_starving + 1);
         let held = state.by_session.get(session).copied().unwrap_or(0);
         let free = |(id, slots): &(&AgentId, u32)| {
@@ -130,7 +139,8 @@ impl SlotPool for Slots<'_> {
             candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
         let within_share = others_starving == 0 || held < share;
         let Some(agent) = best.filter(|_| within_share) else {
-            state.starving.insert(session.clone());
+            let wanted = state.starving.entry(session.clone()).or_default();
+            wanted.extend(candidates.iter().map(|(a, _)| (*a).clone()));
             return None;
         };
         state.starving.remove(session);
@@ -176,6 +186,19 @@ mod tests {
         scheduler.release(&s1, &a1);
         assert!(scheduler.lock().reserve(&s1, &candidates).is_none(), "s1 is over its share");
         assert!(scheduler.lock().reserve(&s2, &candidates).is_some());
+    }
+
+    /// Finding 13: a session waiting for slots it can only get on another agent (its
+    /// computer's, busy) does not cut the share of a session whose agents are free.
+    #[test]
+    fn a_session_starving_elsewhere_does_not_cut_the_share_of_others() {
+        let scheduler = Scheduler::default();
+        let (pc1, a1) = (agent("pc1"), agent("a1"));
+        let (s1, s2, s3) = (session("s1"), session("s2"), session("s3"));
+        assert!(scheduler.lock().reserve(&s3, &[(&pc1, 1)]).is_some());
+        assert!(scheduler.lock().reserve(&s1, &[(&pc1, 1)]).is_none(), "s1 starves on pc1");
+        let granted = (0..4).filter_map(|_| scheduler.lock().reserve(&s2, &[(&a1, 4)])).count();
+        assert_eq!(granted, 4, "s2 gets all of a1");
     }
 
     #[test]

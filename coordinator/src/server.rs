@@ -1,8 +1,14 @@
 //! The coordinator's gRPC server: API services, health and reflection, every request
 //! through the authorisation layer, over TLS unless `--insecure`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use futures::TryFutureExt;
+use http::HeaderValue;
 use sluice_proto::{
     pb::{
         agent_registry_server::AgentRegistryServer, auth_service_server::AuthServiceServer,
@@ -17,7 +23,12 @@ use sluice_proto::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::Router};
+use tonic::{
+    Code,
+    codegen::Service,
+    server::NamedService,
+    transport::{Server, server::Router},
+};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
@@ -26,7 +37,11 @@ use crate::{
     error::{Error, Result},
 };
 
+/// Largest answer the JobService sends (a session of 100,000 items, several jobs).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest JobService request: one job at its limit and a margin for the request around it;
+/// anything larger is refused with RESOURCE_EXHAUSTED before it is decoded.
+const MAX_REQUEST_BYTES: usize = sluice_proto::job::MAX_JOB_BYTES + 64 * 1024;
 /// How long open streams get to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -96,9 +111,11 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
         sluice_proto::reflection::v1().map_err(|e| Error::Reflection(e.to_string()))?;
     let reflection_alpha =
         sluice_proto::reflection::v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
-    let jobs = JobServiceServer::from_arc(services.jobs)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let jobs = TooLarge(
+        JobServiceServer::from_arc(services.jobs)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
     Ok(Server::builder()
         .trace_fn(telemetry::server_span)
         .layer(AuthLayer::new(services.authenticator))
@@ -110,3 +127,43 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
         .add_service(AgentRegistryServer::new(services.registry))
         .add_service(AuthServiceServer::new(services.auth)))
 }
+
+/// A service whose OUT_OF_RANGE answers say RESOURCE_EXHAUSTED, the code of every size limit
+/// here. tonic refuses a request over the decoding limit (from its length prefix, before
+/// reading it) with OUT_OF_RANGE; nothing else the JobService answers has that code (an
+/// agent's is mapped in `error.rs`).
+#[derive(Clone)]
+struct TooLarge<S>(S);
+
+impl<S: NamedService> NamedService for TooLarge<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> Service<http::Request<B>> for TooLarge<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = futures::future::MapOk<S::Future, fn(http::Response<R>) -> http::Response<R>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.0.call(request).map_ok(resource_exhausted)
+    }
+}
+
+fn resource_exhausted<R>(mut response: http::Response<R>) -> http::Response<R> {
+    let out_of_range = HeaderValue::from(Code::OutOfRange as i32);
+    if response.headers().get(GRPC_STATUS) == Some(&out_of_range) {
+        response
+            .headers_mut()
+            .insert(GRPC_STATUS, HeaderValue::from(Code::ResourceExhausted as i32));
+    }
+    response
+}
+
+const GRPC_STATUS: &str = "grpc-status";

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, ResponseHeader,
-    Txn, TxnOpResponse, WatchClient,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, PutOptions,
+    ResponseHeader, Txn, TxnOp, TxnOpResponse, WatchClient,
 };
 use prost::Message;
 use sluice_proto::ids::Epoch;
@@ -27,6 +27,9 @@ pub(crate) struct Store {
     watcher: WatchClient,
     keys: Keys,
 }
+
+/// Reads per txn of `get_many`: below etcd's default `--max-txn-ops` of 128.
+const MAX_READS_PER_TXN: usize = 100;
 
 /// Largest etcd response the coordinator reads (a 100,000-item job is several MiB).
 const MAX_ETCD_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -121,6 +124,37 @@ impl Store {
             .iter()
             .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode_kv(kv)?.value)))
             .collect()
+    }
+
+    /// Reads and decodes every key under a prefix, in the order etcd created the keys (their
+    /// create revisions: commit order, whatever the clocks of those who wrote them say).
+    pub(crate) async fn list_in_commit_order<M: Message + Default>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<M>> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.kv().get(prefix, Some(options)).await?;
+        let mut kvs: Vec<&KeyValue> = response.kvs().iter().collect();
+        kvs.sort_by_key(|kv| (kv.create_revision(), kv.key().to_vec()));
+        kvs.into_iter().map(|kv| Ok(decode_kv(kv)?.value)).collect()
+    }
+
+    /// Reads many single keys in as few requests as etcd's op limit allows (one txn of reads
+    /// per `MAX_READS_PER_TXN`, all at one revision each); `None` for a key that is absent.
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_READS_PER_TXN) {
+            let reads = chunk.iter().map(|key| TxnOp::get(key.as_str(), None));
+            let response = self.kv().txn(Txn::new().and_then(reads.collect::<Vec<_>>())).await?;
+            for op in response.op_responses() {
+                let kv = match op {
+                    TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+                    _ => None,
+                };
+                found.push(kv);
+            }
+        }
+        Ok(found)
     }
 
     /// Reads the raw keys and values under a prefix.

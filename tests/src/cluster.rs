@@ -2,6 +2,7 @@
 
 use std::{
     ffi::OsString,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
@@ -16,6 +17,8 @@ use sluice_proto::security::{identity::Kind, pki::LeafSpec};
 use crate::{
     Etcd, logs,
     node::{Node, Role},
+    ports::free_port,
+    proxy::Proxy,
     security::Pki,
     unique_prefix,
 };
@@ -370,8 +373,31 @@ impl Cluster {
         &mut self.coordinators[last]
     }
 
+    /// Starts one more agent whose advertised address is a [`Proxy`] in front of it, so that
+    /// every call a coordinator makes to it (RunTask, WatchTasks, AckTasks, ...) goes through
+    /// the proxy; its heartbeats do not. Returns the proxy.
+    pub async fn add_agent_behind_proxy(&mut self, spec: AgentSpec) -> Proxy {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proxy = Proxy::start(addr);
+        // The proxy forwards bytes: TLS passes through it to the agent.
+        let url = match self.pki {
+            Some(_) => proxy.url().replacen("http://", "https://", 1),
+            None => proxy.url(),
+        };
+        self.start_agent(spec, Some((addr, url))).await;
+        proxy
+    }
+
     /// Starts one more agent, heartbeating to every coordinator, and waits until it is listed.
     pub async fn add_agent(&mut self, spec: AgentSpec) -> &mut Node {
+        self.start_agent(spec, None).await
+    }
+
+    async fn start_agent(
+        &mut self,
+        spec: AgentSpec,
+        advertised: Option<(SocketAddr, String)>,
+    ) -> &mut Node {
         assert!(!self.coordinators.is_empty(), "start a coordinator before the agents");
         let id = format!("a{}", self.agents.len() + 1);
         let dir = self.dir().join(&id);
@@ -399,6 +425,9 @@ impl Cluster {
         args.extend(self.security_flags(cert));
         let role = Role::Agent { coordinators };
         let mut node = Node::new(&id, role, binary("sluice-agent"), args, dir, self.pki.clone());
+        if let Some((addr, url)) = advertised {
+            node.advertise_at(addr, url);
+        }
         node.launch().await;
         self.agents.push(node);
         let last = self.agents.len() - 1;

@@ -120,6 +120,14 @@ impl Node {
         self.placement = placement;
     }
 
+    /// Makes the node listen on `addr` and register under `advertised` (which must forward
+    /// to `addr`, e.g. a proxy) from its next start on.
+    pub(crate) fn advertise_at(&mut self, addr: SocketAddr, advertised: String) {
+        self.addr = Some(addr);
+        self.args.extend([OsString::from("--advertise"), OsString::from(&advertised)]);
+        self.placement.advertised = Some(advertised);
+    }
+
     /// The URL coordinators list this node at (its own URL unless it advertises another).
     pub fn advertised_url(&self) -> String {
         self.placement.advertised.clone().unwrap_or_else(|| self.url())

@@ -6,6 +6,7 @@
 
 mod e2e {
     mod agents;
+    mod bad_input;
     mod campaign;
     mod computers;
     mod console;
@@ -13,6 +14,7 @@ mod e2e {
     mod etcd_hygiene;
     mod etcd_restart;
     mod fencing;
+    mod hardening;
     mod harness;
     mod http_api;
     mod http_security;
@@ -26,6 +28,7 @@ mod e2e {
     mod sessions;
     mod shutdown;
     mod snapshots;
+    mod stop_races;
     mod stop_takeover;
     mod stops;
     mod tls;

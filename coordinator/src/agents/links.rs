@@ -100,7 +100,7 @@ impl Link {
         let mut stream = client.watch_tasks(pb::WatchTasksRequest::default()).await?.into_inner();
         while let Some(event) = stream.message().await? {
             if let Some(status) = event.status {
-                router.deliver(&self.agent, status).await;
+                router.deliver(&self.agent, status);
             }
         }
         warn!(agent = %self.agent, "agent closed its task stream");

@@ -1,8 +1,9 @@
 //! Session history: finished sessions older than the age limit, or beyond the per-job count
-//! (newest kept), are deleted with their items, stop and owner leftovers and index entry, in
-//! bounded transactions. A session whose restore points are still in the catalog keeps its
-//! record (restores find the repository through its copy of the job) under a `session-kept`
-//! marker, until retention has removed them. Schedule run records follow the same limits.
+//! (newest kept), are deleted with their items, stop and owner leftovers, copy of the job and
+//! index entry, in bounded transactions. A session whose restore points are still in the
+//! catalog keeps its record and its copy of the job (restores find the repository through it)
+//! under a `session-kept` marker, until retention has removed them. Schedule run records
+//! follow the same limits.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -74,15 +75,21 @@ async fn sessions_in_catalog(store: &Store, job: &str) -> Result<HashSet<String>
 fn delete_session(store: &Store, job: &str, id: &str, keep_record: bool) -> Vec<TxnOp> {
     let keys = store.keys();
     let children = DeleteOptions::new().with_prefix();
-    let mut ops = vec![
-        TxnOp::delete(keys.session_summary(job, id), None),
-        TxnOp::delete(keys.session_children(id), Some(children)),
-    ];
-    ops.push(if keep_record {
-        TxnOp::put(keys.session_kept(job, id), Vec::new(), None)
+    let mut ops = vec![TxnOp::delete(keys.session_summary(job, id), None)];
+    if keep_record {
+        // The session's copy of the job (a child key) stays with the record.
+        ops.extend([
+            TxnOp::delete(keys.items(id), Some(children)),
+            TxnOp::delete(keys.session_stop(id), None),
+            TxnOp::delete(keys.session_owner(id), None),
+            TxnOp::put(keys.session_kept(job, id), Vec::new(), None),
+        ]);
     } else {
-        TxnOp::delete(keys.session(id), None)
-    });
+        ops.extend([
+            TxnOp::delete(keys.session_children(id), Some(children)),
+            TxnOp::delete(keys.session(id), None),
+        ]);
+    }
     ops
 }
 
@@ -104,6 +111,7 @@ async fn release_kept(store: &Store) -> Result<Vec<TxnOp>> {
         let in_catalog = sessions_in_catalog(store, &job).await?;
         for id in ids.iter().filter(|id| !in_catalog.contains(*id)) {
             ops.push(TxnOp::delete(keys.session(id), None));
+            ops.push(TxnOp::delete(keys.session_job(id), None));
             ops.push(TxnOp::delete(keys.session_kept(&job, id), None));
         }
     }

@@ -74,8 +74,8 @@ impl Drop for Turn {
 }
 
 impl RestorePoints {
-    /// Applies the job's retention after session `session_id` of `job` finished; logs what
-    /// it could not do.
+    /// Applies the job's retention after session `session_id` of `job` finished having
+    /// committed restore points; logs what it could not do.
     pub(crate) async fn after_session(&self, job: &str, session_id: &str) {
         match self.run(job, session_id).await {
             Ok(0) => {}
@@ -93,11 +93,10 @@ impl RestorePoints {
         };
         let keys = self.store.keys();
         let Some(job) = self.store.get::<pb::Job>(&keys.job(job_name)).await? else { return Ok(0) };
-        if job.value.keep_restore_points == 0 || !self.committed_any(session_id).await? {
+        if job.value.keep_restore_points == 0 {
             return Ok(0);
         }
-        let catalog = self.store.list::<pb::RestorePoint>(&keys.restore_points(job_name)).await?;
-        let all: Vec<pb::RestorePoint> = catalog.into_iter().map(|(_, rp)| rp).collect();
+        let all = self.store.list_in_commit_order(&keys.restore_points(job_name)).await?;
         let mut deletions = Vec::new();
         let mut merges = Vec::new();
         for step in plan::plan(&all, job.value.keep_restore_points) {
@@ -126,14 +125,6 @@ impl RestorePoints {
         let deleted = self.delete(&marked).await + self.merge_chains(merges).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
-    }
-
-    async fn committed_any(&self, session_id: &str) -> Result<bool> {
-        let items = self.store.list::<pb::ItemRecord>(&self.store.keys().items(session_id)).await?;
-        Ok(items.iter().any(|(_, item)| {
-            let state = item.status.as_ref().map(|s| s.state());
-            matches!(state, Some(pb::ItemState::Success | pb::ItemState::Warning))
-        }))
     }
 
     /// Marks a batch in one txn of one nested txn each; which marks were put (a restore

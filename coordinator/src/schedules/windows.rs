@@ -42,7 +42,7 @@ pub(super) async fn enforce(
         _ => StopMode::Graceful,
     };
     let reason = format!("the backup window {}", window_text(window, timezone));
-    match sessions.stop_for_window(&id, mode, entry.graceful_timeout_seconds, reason).await {
+    match sessions.stop_for_window(job, &id, mode, entry.graceful_timeout_seconds, reason).await {
         Ok(_) => Ok(()),
         // Another coordinator recorded the same stop first.
         Err(error @ Error::StopRaced { .. }) => {

@@ -2,12 +2,14 @@
 //! persists what changed (fenced by its epoch) and carries out the effects. Every RPC and
 //! etcd write runs in a child task that reports back as a message, so the loop never blocks.
 //! The children end with the actor (`children.rs`); the calls to agents are in
-//! `agent_calls.rs`, and what is owed to agents is kept by the pure `Outbox`.
+//! `agent_calls.rs`, its etcd writes in `flush.rs`, and what is owed to agents is kept by the
+//! pure `Outbox`.
 
 mod agent_calls;
 mod children;
+mod flush;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sluice_proto::{
     ids::{AgentId, Epoch},
@@ -20,18 +22,22 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use self::children::Children;
 use super::{
     context::SessionContext,
-    machine::{CancelReason, Dispatch, Effect, Event, Machine, Stop},
+    machine::{CancelReason, Dispatch, Effect, Event, Machine},
     outbox::{Ack, Outbox},
-    persist, records,
+    persist,
+    records::{self, StopKey},
 };
-use crate::{agents::directory::agent_map, error::Error, metrics::SessionGauge};
+use crate::{agents::directory::agent_map, metrics::SessionGauge};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
 /// Most messages handled between two dispatch rounds.
 const MAX_BATCH: usize = 1024;
-/// Progress and waiting reasons are persisted at most this often.
+/// Phases and waiting reasons are persisted at most this often.
 const LAZY_FLUSH: Duration = Duration::from_millis(500);
+/// Bytes copied alone are persisted at most this often (readers see coarse byte progress;
+/// phases and outcomes are never held back by it).
+const BYTES_FLUSH: Duration = Duration::from_secs(5);
 /// Wait before retrying a failed etcd write or agent call.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -54,7 +60,13 @@ pub(crate) enum Msg {
     /// Time to send an unanswered RunTask again.
     Resend(Dispatch),
     /// A batch of writes ended.
-    Flushed { result: crate::error::Result<()>, items: Vec<usize>, session: bool },
+    Flushed { result: crate::error::Result<persist::Flushed>, items: Vec<usize>, session: bool },
+    /// The tasks of this session an agent holds (asked for when taking the session over).
+    Listed { agent: AgentId, tasks: Vec<pb::TaskStatus> },
+    /// The deletion of a late restore point ended (`Ok` once it is gone or catalogued).
+    LateRemoved { ack: Ack, restore_point: pb::RestorePoint, result: Result<(), String> },
+    /// Time to try deleting a late restore point again.
+    RetryLate { ack: Ack, restore_point: pb::RestorePoint },
 }
 
 /// The receiving ends an actor reads, and the sender its child tasks report through.
@@ -64,37 +76,59 @@ pub(crate) struct Inboxes {
     /// Task updates and answers.
     pub(crate) tasks: mpsc::Receiver<Msg>,
     /// Stop requests, read ahead of everything else.
-    pub(crate) stops: mpsc::Receiver<Stop>,
+    pub(crate) stops: mpsc::Receiver<StopKey>,
 }
 
 /// Why an actor ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Exit {
     /// The session stopped and its final state is stored.
-    Finished,
+    Finished {
+        /// Whether any item committed a restore point (retention has work only then).
+        committed: bool,
+    },
     /// The coordinator lost the session (lease lost, or a newer owner).
     Fenced,
+    /// An agent refused this epoch as older than one it saw. Only etcd can tell whether
+    /// another coordinator owns the session now; if not, it is released for a new claim.
+    StaleEpoch,
     /// The coordinator is shutting down; a peer takes the session over.
     Handover,
+}
+
+/// What a session actor owns, besides its machine.
+pub(crate) struct Owned {
+    /// The session record the machine's state is written into.
+    pub(crate) base: pb::SessionRecord,
+    /// The job as the session started it.
+    pub(crate) job: Arc<pb::Job>,
+    /// The epoch it is owned at.
+    pub(crate) epoch: Epoch,
+    /// The stop key as read with the records (same revision): in force before any dispatch.
+    pub(crate) stop: Option<StopKey>,
 }
 
 /// One owned session.
 pub(crate) struct SessionActor {
     machine: Machine,
     base: pb::SessionRecord,
+    job: Arc<pb::Job>,
     epoch: Epoch,
+    /// The stored stop, applied once before the first dispatch.
+    stored_stop: Option<StopKey>,
+    /// Mod revision of the stop key as last seen (0: none); the final write compares it.
+    stop_seen: i64,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
-    stops: mpsc::Receiver<Stop>,
+    stops: mpsc::Receiver<StopKey>,
     /// Sender of `inbox`, for the children's reports.
     mailbox: mpsc::Sender<Msg>,
     fence: CancellationToken,
     outbox: Outbox,
     /// Writes, RunTask and cancel calls, retry timers.
     children: Children,
-    /// AckTasks calls.
-    acks: Children,
     last_flush: Instant,
+    last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
     /// The stored state of the items, for the metrics.
@@ -105,18 +139,21 @@ impl SessionActor {
     /// An actor for a session owned at `epoch`.
     pub(crate) fn new(
         machine: Machine,
-        base: pb::SessionRecord,
-        epoch: Epoch,
+        owned: Owned,
         ctx: SessionContext,
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
-        let job = base.session.as_ref().map_or("", |session| session.job.as_str());
-        let gauge = SessionGauge::new(ctx.metrics.clone(), job, &machine);
+        let Owned { base, job, epoch, stop } = owned;
+        let job_name = base.session.as_ref().map_or("", |session| session.job.as_str());
+        let gauge = SessionGauge::new(ctx.metrics.clone(), job_name, &machine);
         SessionActor {
             machine,
             base,
+            job,
             epoch,
+            stored_stop: stop,
+            stop_seen: 0,
             ctx,
             inbox: inboxes.tasks,
             stops: inboxes.stops,
@@ -124,8 +161,8 @@ impl SessionActor {
             fence,
             outbox: Outbox::default(),
             children: Children::default(),
-            acks: Children::default(),
             last_flush: Instant::now(),
+            last_bytes_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
             gauge,
@@ -133,9 +170,8 @@ impl SessionActor {
     }
 
     /// Runs the session until it stops, is fenced, or is handed over. No child task outlives
-    /// it: at a finish the last acknowledgements get one agent call's time (else the agents
-    /// keep those outcomes), otherwise every child is cancelled at once (a new owner re-sends
-    /// what matters).
+    /// it: every child is cancelled at once (a new owner re-sends what matters).
+    /// Acknowledgements are not its children: `Acks` sends them until the agents have them.
     pub(crate) async fn run(mut self) -> Exit {
         let span = info_span!("session_owner", id = %self.machine.id(), epoch = self.epoch.get());
         if !self.base.traceparent.is_empty() {
@@ -143,14 +179,15 @@ impl SessionActor {
         }
         async move {
             self.reattach().await;
+            if let Some(stop) = self.stored_stop.take() {
+                self.take_stop(stop);
+            }
             let exit = self.serve().await;
-            if exit == Exit::Finished {
+            if matches!(exit, Exit::Finished { .. }) {
                 self.gauge.finished(&self.machine);
             }
             self.ctx.scheduler.release_session(self.machine.id());
-            self.children.end(Duration::ZERO, &self.ctx.shutdown).await;
-            let grace = if exit == Exit::Finished { agent_calls::TIMEOUT } else { Duration::ZERO };
-            self.acks.end(grace, &self.ctx.shutdown).await;
+            self.children.end().await;
             info!(?exit, "session actor ended");
             exit
         }
@@ -166,14 +203,14 @@ impl SessionActor {
             if self.is_done() {
                 let acks = self.outbox.take_stored_acks();
                 self.send_acks(acks);
-                return Exit::Finished;
+                return Exit::Finished { committed: self.machine.committed_any() };
             }
             let wake = self.next_wakeup();
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return Exit::Handover,
                 _ = self.fence.cancelled() => return Exit::Fenced,
-                Some(stop) = self.stops.recv() => self.apply(Event::Stop(stop)),
+                Some(stop) = self.stops.recv() => self.take_stop(stop),
                 msg = self.inbox.recv() => match msg {
                     Some(msg) => if let Some(exit) = self.handle_batch(msg) { return exit },
                     None => return Exit::Handover,
@@ -207,8 +244,13 @@ impl SessionActor {
         if let Some(at_ms) = self.machine.next_wakeup_ms(now_ms) {
             wake = wake.min(Instant::now() + Duration::from_millis((at_ms - now_ms).max(0) as u64));
         }
-        if self.machine.has_lazy_changes() && !self.outbox.is_flushing() {
-            wake = wake.min(self.last_flush + LAZY_FLUSH);
+        if !self.outbox.is_flushing() {
+            if self.machine.has_lazy_changes() {
+                wake = wake.min(self.last_flush + LAZY_FLUSH);
+            }
+            if self.machine.has_byte_changes() {
+                wake = wake.min(self.last_bytes_flush + BYTES_FLUSH);
+            }
         }
         if let Some(at) = self.retry_flush_at {
             wake = wake.min(at);
@@ -250,8 +292,23 @@ impl SessionActor {
             Msg::Flushed { result, items, session } => {
                 return self.on_flushed(result, items, session);
             }
+            Msg::LateRemoved { ack, restore_point, result } => {
+                self.on_late_removed(ack, restore_point, result)
+            }
+            Msg::RetryLate { ack, restore_point } => self.delete_late(ack, restore_point),
+            Msg::Listed { agent, tasks } => {
+                for status in tasks {
+                    self.on_task(agent.clone(), status);
+                }
+            }
         }
         None
+    }
+
+    /// Applies a stop read from its key; the newest key revision seen guards the final write.
+    fn take_stop(&mut self, stop: StopKey) {
+        self.stop_seen = self.stop_seen.max(stop.revision);
+        self.apply(Event::Stop(stop.stop));
     }
 
     fn apply(&mut self, event: Event) {
@@ -279,23 +336,37 @@ impl SessionActor {
         for effect in effects {
             match effect {
                 Effect::Run(dispatch) => self.outbox.run(dispatch),
+                Effect::Resend(dispatch) => {
+                    for dispatch in self.outbox.resend_stored(vec![dispatch]) {
+                        self.send_run(dispatch);
+                    }
+                }
                 Effect::Cancel { agent, indices, reason } => self.cancel(agent, indices, reason),
                 Effect::Release { agent } => self.ctx.scheduler.release(self.machine.id(), &agent),
                 Effect::Ack { agent, index, attempt } => {
                     self.outbox.ack(Ack { agent, index, attempt })
+                }
+                Effect::DeleteLate { agent, index, attempt, restore_point } => {
+                    self.delete_late(Ack { agent, index, attempt }, *restore_point)
                 }
             }
         }
     }
 
     /// Re-sends RunTask for items stored as processing: idempotent at the agent, it returns
-    /// the running or finished task, or starts it if the first send never arrived.
+    /// the running or finished task, or starts it if the first send never arrived. Then asks
+    /// every agent an item names which tasks of the session it holds: outcomes an earlier
+    /// owner stored but never acknowledged are acknowledged now.
     async fn reattach(&mut self) {
-        let running = self.machine.running();
-        if running.is_empty() {
+        let named = self.machine.named_agents();
+        if named.is_empty() {
             return;
         }
         self.ctx.directory.loaded().await;
+        for agent in named {
+            self.list_tasks(agent);
+        }
+        let running = self.machine.running();
         for dispatch in &running {
             self.ctx.scheduler.claim(self.machine.id(), &dispatch.agent);
         }
@@ -327,61 +398,6 @@ impl SessionActor {
         }
         if let Some(event) = records::task_event(&agent, status) {
             self.apply(event);
-        }
-    }
-
-    fn maybe_flush(&mut self) {
-        if self.outbox.is_flushing() || self.retry_flush_at.is_some_and(|at| Instant::now() < at) {
-            return;
-        }
-        let lazy_due = self.machine.has_lazy_changes() && self.last_flush.elapsed() >= LAZY_FLUSH;
-        if !self.machine.has_urgent_changes() && !lazy_due {
-            // Outcomes already stored (duplicates): acknowledge without writing.
-            let acks = self.outbox.take_stored_acks();
-            self.send_acks(acks);
-            return;
-        }
-        self.retry_flush_at = None;
-        let (items, session) = self.machine.take_dirty(lazy_due || self.machine.is_stopped());
-        let batch = records::flush(&self.base, &self.machine, &items, session);
-        self.outbox.flush_started();
-        self.last_flush = Instant::now();
-        let (store, id, epoch) =
-            (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);
-        self.report(async move {
-            let result = persist::flush(&store, &id, epoch, batch).await;
-            Msg::Flushed { result, items, session }
-        });
-    }
-
-    fn on_flushed(
-        &mut self,
-        result: crate::error::Result<()>,
-        items: Vec<usize>,
-        session: bool,
-    ) -> Option<Exit> {
-        match result {
-            Ok(()) => {
-                self.gauge.stored(&self.machine, &items);
-                // Only what this flush stored: later dispatches and outcomes wait for theirs.
-                let stored = self.outbox.flush_stored();
-                for dispatch in stored.runs {
-                    self.send_run(dispatch);
-                }
-                self.send_acks(stored.acks);
-                None
-            }
-            Err(Error::Fenced(_)) => {
-                warn!("session write refused: another coordinator owns it now");
-                Some(Exit::Fenced)
-            }
-            Err(error) => {
-                warn!(%error, "session write failed; retrying");
-                self.machine.mark_dirty(&items, session);
-                self.outbox.flush_failed();
-                self.retry_flush_at = Some(Instant::now() + RETRY_BACKOFF);
-                None
-            }
         }
     }
 

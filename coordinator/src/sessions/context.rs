@@ -3,7 +3,10 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    agent_client::AgentClients, agents::AgentDirectory, metrics::Metrics, scheduler::Scheduler,
+    agent_client::AgentClients,
+    agents::{AgentDirectory, acks::Acks},
+    metrics::Metrics,
+    scheduler::Scheduler,
     store::Store,
 };
 
@@ -18,6 +21,8 @@ pub(crate) struct SessionContext {
     pub(crate) scheduler: Scheduler,
     /// Agent clients.
     pub(crate) clients: AgentClients,
+    /// Acknowledgements to agents, retried beyond any one actor.
+    pub(crate) acks: Acks,
     /// Cancelled when the coordinator shuts down (a handover, not a loss).
     pub(crate) shutdown: CancellationToken,
     /// The coordinator's metrics.

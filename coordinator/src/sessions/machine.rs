@@ -18,18 +18,28 @@ mod tests;
 
 use std::collections::BTreeSet;
 
-use sluice_proto::ids::{AgentId, SessionId};
+use sluice_proto::{
+    ids::{AgentId, SessionId},
+    pb,
+};
 
 pub(crate) use self::{
-    item::{CancelReason, Item, ItemState, ItemStatus, Outcome, TaskPhase, Volumes},
+    item::{
+        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, TaskPhase, Volumes,
+    },
     stop::{Stop, StopMode},
 };
 
 /// Message of a graceful stop that came before any item started (users know this text).
 pub(crate) const CANCELED_BY_USER: &str = "Operation was canceled by user";
 
-/// How long an item whose agent refused it for now (busy, unreachable) waits before the next try.
+/// How long an item whose agent refused it for now (busy, another attempt still running)
+/// waits before the next try; it doubles with each refusal in a row, up to the maximum.
 pub(crate) const REFUSED_BACKOFF_MS: i64 = 500;
+pub(crate) const MAX_REFUSED_BACKOFF_MS: i64 = 30_000;
+/// A refusal whose pause is at least this long is written (the item shows why it waits); the
+/// shorter pauses of a first few refusals in a row cost no write.
+pub(crate) const SHOWN_REFUSAL_MS: i64 = 4_000;
 
 /// How many waiting items get their `waiting_reason` stored: enough for people to see why
 /// the queue stands still, without writing every item of a 100,000-item job.
@@ -146,6 +156,8 @@ pub(crate) enum Event {
 pub(crate) enum Effect {
     /// Start an attempt on an agent, once the dispatch has been persisted.
     Run(Dispatch),
+    /// Send a dispatch again that etcd already holds (after a refusal for now): no write.
+    Resend(Dispatch),
     /// Cancel running tasks on an agent.
     Cancel {
         /// Agent id.
@@ -168,6 +180,18 @@ pub(crate) enum Effect {
         index: u32,
         /// Attempt.
         attempt: u32,
+    },
+    /// Have the agent that committed a late restore point delete it (unless the catalog
+    /// lists it), then acknowledge that task.
+    DeleteLate {
+        /// Agent that reported it (it holds the outcome and reaches the repository).
+        agent: AgentId,
+        /// Job index of the item.
+        index: u32,
+        /// Attempt that committed it.
+        attempt: u32,
+        /// The restore point.
+        restore_point: Box<pb::RestorePoint>,
     },
 }
 
@@ -193,8 +217,10 @@ pub(crate) struct Machine {
     proxies: Vec<AgentId>,
     retry: Retry,
     dirty_items: BTreeSet<usize>,
-    /// Changes worth persisting, but not at once (progress, waiting reasons).
+    /// Changes worth persisting, but not at once (phases, waiting reasons).
     dirty_lazy: BTreeSet<usize>,
+    /// Items whose bytes alone moved: persisted only at a coarse interval.
+    dirty_bytes: BTreeSet<usize>,
     dirty_session: bool,
     /// No item before this position is pending: dispatch rounds start here.
     first_pending: usize,
@@ -220,6 +246,7 @@ impl Machine {
             retry,
             dirty_items: BTreeSet::new(),
             dirty_lazy: BTreeSet::new(),
+            dirty_bytes: BTreeSet::new(),
             dirty_session: true,
             first_pending: 0,
             has_computer_items: None,
@@ -251,6 +278,11 @@ impl Machine {
         self.status.state == SessionState::Stopped
     }
 
+    /// Whether any item committed a restore point.
+    pub(crate) fn committed_any(&self) -> bool {
+        self.items.iter().any(|i| i.state().is_committed())
+    }
+
     /// Whether a dispatch round could start anything: not once a stop is in force.
     pub(crate) fn may_dispatch(&self) -> bool {
         !self.is_stopped() && self.status.stop.is_none()
@@ -261,19 +293,33 @@ impl Machine {
         self.dirty_session || !self.dirty_items.is_empty()
     }
 
-    /// Whether progress or waiting reasons wait to be persisted.
+    /// Whether phases or waiting reasons wait to be persisted.
     pub(crate) fn has_lazy_changes(&self) -> bool {
         !self.dirty_lazy.is_empty()
     }
 
-    /// Positions of items changed since the last call (with the lazy ones if asked), and
-    /// whether the session record changed.
-    pub(crate) fn take_dirty(&mut self, with_lazy: bool) -> (Vec<usize>, bool) {
+    /// Whether bytes copied (and nothing else) wait to be persisted.
+    pub(crate) fn has_byte_changes(&self) -> bool {
+        !self.dirty_bytes.is_empty()
+    }
+
+    /// Positions of items changed since the last call (with the lazy ones and those whose
+    /// bytes moved, if asked), and whether the session record changed. An item written for
+    /// any reason is written whole, so it leaves every set.
+    pub(crate) fn take_dirty(&mut self, with_lazy: bool, with_bytes: bool) -> (Vec<usize>, bool) {
         let mut items = std::mem::take(&mut self.dirty_items);
         if with_lazy {
             items.append(&mut self.dirty_lazy);
-        } else {
-            self.dirty_lazy.retain(|pos| !items.contains(pos));
+        }
+        if with_bytes {
+            items.append(&mut self.dirty_bytes);
+        }
+        self.dirty_lazy.retain(|pos| !items.contains(pos));
+        self.dirty_bytes.retain(|pos| !items.contains(pos));
+        for &pos in &items {
+            let item = &mut self.items[pos];
+            let agent = item.status.agent.clone().filter(|_| item.is_running());
+            item.stored_run = agent.map(|agent| (item.status.attempt, agent));
         }
         (items.into_iter().collect(), std::mem::replace(&mut self.dirty_session, false))
     }
@@ -282,6 +328,7 @@ impl Machine {
     pub(crate) fn mark_dirty(&mut self, items: &[usize], session: bool) {
         self.dirty_items.extend(items.iter().copied());
         self.dirty_lazy.retain(|pos| !items.contains(pos));
+        self.dirty_bytes.retain(|pos| !items.contains(pos));
         self.dirty_session |= session;
     }
 
@@ -318,6 +365,12 @@ impl Machine {
             .collect()
     }
 
+    /// Every agent an item names (running or ended there): those that may hold outcomes of
+    /// this session not yet acknowledged.
+    pub(crate) fn named_agents(&self) -> BTreeSet<AgentId> {
+        self.items.iter().filter_map(|i| i.status.agent.clone()).collect()
+    }
+
     /// Agents running tasks of this session that `registered` no longer knows.
     pub(crate) fn lost_agents(&self, registered: impl Fn(&AgentId) -> bool) -> BTreeSet<AgentId> {
         let running = self.items.iter().filter(|i| i.is_running());
@@ -349,6 +402,10 @@ impl Machine {
     /// Applies one event at time `now_ms`.
     pub(crate) fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
         if self.is_stopped() {
+            // Only a stop still counts: one accepted before the end was stored.
+            if let Event::Stop(stop) = event {
+                self.on_stop_after_end(stop);
+            }
             return Vec::new();
         }
         let mut effects = Vec::new();

@@ -9,7 +9,7 @@ pub(crate) use scheduled::{SCHEDULE, Start};
 use std::{collections::HashSet, sync::Arc};
 
 use sluice_proto::{
-    ids::{Epoch, SessionId},
+    ids::{Epoch, JobName, SessionId},
     job::validate_name,
     pb::{self, SessionState},
     telemetry, time,
@@ -21,11 +21,11 @@ use tracing::{info, warn};
 use self::stop::watch_stop_key;
 use super::{
     Mailboxes, Router,
-    actor::{Exit, Inboxes, MAILBOX, SessionActor},
+    actor::{Exit, Inboxes, MAILBOX, Owned, SessionActor},
     context::SessionContext,
     ids::new_session_id,
     persist::{self, Extra, NewSession},
-    records::{SessionView, machine_from_records, stop_from},
+    records::{SessionView, StopKey, machine_from_records, stop_from},
 };
 use crate::{
     error::{Error, Result},
@@ -57,6 +57,8 @@ pub(crate) struct Parts {
     pub(crate) tracker: TaskTracker,
     /// Runs retention after a session owned here finished.
     pub(crate) restore_points: RestorePoints,
+    /// Sessions being created here: the claimer leaves them alone until their actor runs.
+    pub(crate) starting: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Sessions {
@@ -117,7 +119,7 @@ impl Sessions {
             return Err(Error::ItemsGone { job: job_name.into() });
         }
         let id = start.session_id.unwrap_or_else(new_session_id);
-        let mut record = self.new_record(id, stored.value, item_indices, origin);
+        let mut record = self.new_record(id, &stored.value, item_indices, origin);
         if let Some(session) = record.session.as_mut() {
             session.trigger = start.trigger as i32;
             session.due_at = start.due_at;
@@ -125,28 +127,57 @@ impl Sessions {
         }
         let mut new = NewSession {
             record,
+            job: stored.value,
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
             extra: start.extra,
         };
-        let epoch = create(store, &mut new).await?;
+        let epoch = self.create(&mut new).await?;
         let view = SessionView {
             record: new.record,
+            job: new.job,
             owner: Some((self.inner.coordinator.clone(), epoch.get())),
             ..Default::default()
         };
         let session = view.to_session(false);
         info!(session = %session.id, job = job_name, epoch = epoch.get(), by = %session.started_by, "session started");
-        self.spawn(&view, epoch, &lease)?;
+        let spawned = self.spawn(&view, epoch, &lease);
+        self.starting().remove(&session.id);
+        spawned?;
         Ok(view.to_session(true))
+    }
+
+    /// Creates the session, with a new id when the drawn one is taken (a few times at most).
+    /// The id is marked as starting first, so the claimer never adopts it meanwhile; a failed
+    /// create leaves it to the claimer (it may have committed all the same).
+    async fn create(&self, new: &mut NewSession) -> Result<Epoch> {
+        let mut tries = 0;
+        loop {
+            let id = new.record.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            self.starting().insert(id.clone());
+            let result = persist::create(self.store(), new).await;
+            if result.is_err() {
+                self.starting().remove(&id);
+            }
+            match result {
+                // A scheduled start names its id in its run record: it fails and comes again.
+                Err(Error::SessionIdTaken { .. }) if tries < 3 && new.extra.ops.is_empty() => {
+                    tries += 1;
+                    if let Some(session) = new.record.session.as_mut() {
+                        session.id = new_session_id();
+                    }
+                }
+                result => return result,
+            }
+        }
     }
 
     /// The record of a new session of `job`, owned here, with the trace it starts.
     fn new_record(
         &self,
         id: String,
-        job: pb::Job,
+        job: &pb::Job,
         item_indices: Vec<u32>,
         origin: Origin,
     ) -> pb::SessionRecord {
@@ -165,10 +196,11 @@ impl Sessions {
         let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
         pb::SessionRecord {
             session: Some(session),
-            job: Some(job),
+            job: None,
             stop: None,
             item_indices,
             traceparent,
+            graceful_timeout_seconds: job.graceful_timeout_seconds,
         }
     }
 
@@ -179,44 +211,53 @@ impl Sessions {
     /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
     /// a finish.
     fn spawn(&self, view: &SessionView, epoch: Epoch, lease: &Lease) -> Result<()> {
-        let machine = machine_from_records(&view.record, &view.items, view.record.stop.as_ref())?;
+        let machine =
+            machine_from_records(&view.record, &view.job, &view.items, view.record.stop.as_ref())?;
         let id = machine.id().clone();
         let fence = lease.fence.child_token();
-        let (inboxes, stop_watch) = self.open_inboxes(&id, view.stop.as_ref(), &fence);
+        let (inboxes, stop_watch) = self.open_inboxes(&id, &fence);
         let base = self.owned_record(view, epoch);
-        let actor = SessionActor::new(machine, base, epoch, self.inner.ctx.clone(), inboxes, fence);
+        let job = Arc::new(view.job.clone());
+        let revision = view.stop_revision;
+        let stop = view.stop.as_ref().map(|stop| StopKey { stop: stop_from(stop), revision });
+        let owned = Owned { base, job: job.clone(), epoch, stop };
+        let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
         let retention = self.inner.restore_points.clone();
-        let job = view.record.job.as_ref().map(|job| job.name.clone()).unwrap_or_default();
+        let job = job.name.clone();
         let shutdown = self.inner.ctx.shutdown.clone();
+        let store = self.store().clone();
         self.inner.tracker.spawn(async move {
             let exit = actor.run().await;
             router.unregister(id.as_str());
             stop_watch.cancel();
-            if exit == Exit::Finished {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = retention.after_session(&job, id.as_str()) => {}
+            let after = async {
+                match exit {
+                    Exit::Finished { committed: true } => {
+                        retention.after_session(&job, id.as_str()).await
+                    }
+                    Exit::StaleEpoch => release_stale(&store, id.as_str(), epoch).await,
+                    _ => {}
                 }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = after => {}
             }
         });
         Ok(())
     }
 
-    /// Registers a session's inboxes (with its stored stop, if any, already queued) and
-    /// follows its stop key until the returned token is cancelled.
+    /// Registers a session's inboxes and follows its stop key until the returned token is
+    /// cancelled (the stop read with the records is the actor's to apply first).
     fn open_inboxes(
         &self,
         id: &SessionId,
-        stop: Option<&pb::StopRequest>,
         fence: &CancellationToken,
     ) -> (Inboxes, CancellationToken) {
         let (mailbox, tasks) = mpsc::channel(MAILBOX);
         let (stops, stop_inbox) = mpsc::channel(STOP_MAILBOX);
         self.inner.router.register(id, Mailboxes { tasks: mailbox.clone(), stops: stops.clone() });
-        if let Some(stop) = stop {
-            let _ = stops.try_send(stop_from(stop));
-        }
         let stop_watch = fence.child_token();
         let follow =
             watch_stop_key(self.store().clone(), id.to_string(), stops, stop_watch.clone());
@@ -273,29 +314,73 @@ impl Sessions {
             .collect())
     }
 
-    /// Claims every active session that has no owner, and runs it. Called at start-up, when
-    /// an owner key disappears, and periodically.
+    /// Runs every active session that no coordinator runs: those without an owner key are
+    /// claimed, and those whose owner key already names this coordinator under its lease (a
+    /// claim or create that committed although it answered with an error, or a claim whose
+    /// load failed) are adopted. Called at start-up, when an owner key disappears, and
+    /// periodically. Reads the active markers and the owner keys only.
     pub(crate) async fn claim_orphans(&self) -> Result<usize> {
         let Ok(lease) = self.current_lease() else { return Ok(0) };
-        let mut claimed = 0;
-        for (job, id) in persist::active_sessions(self.store()).await? {
+        let store = self.store();
+        let active: Vec<(JobName, SessionId)> = persist::active_sessions(store)
+            .await?
+            .into_iter()
+            .filter(|(_, id)| !self.runs_here(id.as_str()))
+            .collect();
+        let keys: Vec<String> =
+            active.iter().map(|(_, id)| store.keys().session_owner(id.as_str())).collect();
+        let owners = store.get_many(&keys).await?;
+        let mut taken = 0;
+        for ((job, id), owner) in active.into_iter().zip(owners) {
             let (job, id) = (job.as_str(), id.as_str());
-            if self.inner.router.mailbox(id).is_some() {
-                continue;
+            // One session that cannot be taken (etcd trouble, a corrupt record) must not
+            // keep the others waiting: it is tried again in the next round.
+            match self.take(job, id, owner, &lease).await {
+                Ok(true) => taken += 1,
+                Ok(false) => {}
+                Err(error) => warn!(session = %id, job, %error, "cannot take the session over"),
             }
-            let Some(epoch) =
-                persist::claim(self.store(), id, job, &self.inner.coordinator, lease.id).await?
-            else {
-                continue;
-            };
-            let Some(mut view) = persist::load(self.store(), id).await? else { continue };
-            view.owner = Some((self.inner.coordinator.clone(), epoch.get()));
-            info!(session = %id, job, epoch = epoch.get(), "took over orphaned session");
-            self.spawn(&view, epoch, &lease)?;
-            claimed += 1;
         }
-        self.inner.ctx.metrics.took_over(claimed);
-        Ok(claimed)
+        self.inner.ctx.metrics.took_over(taken);
+        Ok(taken)
+    }
+
+    /// Claims an unowned session, or adopts one whose `owner` key is this coordinator's, and
+    /// runs it; `false` when another coordinator owns it (or it ended).
+    async fn take(
+        &self,
+        job: &str,
+        id: &str,
+        owner: Option<etcd_client::KeyValue>,
+        lease: &Lease,
+    ) -> Result<bool> {
+        let me = &self.inner.coordinator;
+        let epoch = match owner {
+            None => persist::claim(self.store(), id, job, me, lease.id).await?,
+            Some(kv) => persist::owner_epoch(&kv, me, lease.id),
+        };
+        match epoch {
+            Some(epoch) => self.run_owned(job, id, epoch, lease).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Whether this coordinator runs the session, or is creating it.
+    fn runs_here(&self, id: &str) -> bool {
+        self.inner.router.mailbox(id).is_some() || self.starting().contains(id)
+    }
+
+    fn starting(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner.starting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads a session this coordinator owns at `epoch` and runs its actor.
+    async fn run_owned(&self, job: &str, id: &str, epoch: Epoch, lease: &Lease) -> Result<bool> {
+        let Some(mut view) = persist::load(self.store(), id).await? else { return Ok(false) };
+        view.owner = Some((self.inner.coordinator.clone(), epoch.get()));
+        info!(session = %id, job, epoch = epoch.get(), "took over orphaned session");
+        self.spawn(&view, epoch, lease)?;
+        Ok(true)
     }
 
     /// Claims orphans whenever an owner key is deleted or a lease is (re)granted, and every
@@ -321,29 +406,30 @@ impl Sessions {
     }
 }
 
+/// Pause before a session whose epoch an agent refused is released: a new claim then gets a
+/// newer epoch, and a bogus epoch cannot make owners come and go in a tight loop.
+const STALE_RELEASE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After an agent refused `epoch` as stale: if etcd says this coordinator still owns the
+/// session at `epoch`, the agent saw an epoch no owner holds; the session is released so that
+/// a claim at a newer epoch (by any coordinator) carries it on. Else another owner has it.
+async fn release_stale(store: &Store, id: &str, epoch: Epoch) {
+    tokio::time::sleep(STALE_RELEASE_PAUSE).await;
+    match persist::release(store, id, epoch).await {
+        Ok(true) => warn!(session = %id, epoch = epoch.get(), "an agent refused this epoch \
+            although etcd says it owns the session; released it for a claim at a newer epoch"),
+        Ok(false) => info!(session = %id, epoch = epoch.get(), "session owned by another epoch"),
+        // The owner key stays ours: the claimer adopts the session again and retries.
+        Err(error) => warn!(session = %id, %error, "cannot release the session"),
+    }
+}
+
 /// The items a session runs: all of the job's, or those named (a retry).
 fn chosen_items(job: &pb::Job, names: Option<&[String]>) -> Vec<u32> {
     let all = 0..job.items.len() as u32;
     let Some(names) = names else { return all.collect() };
     let names: HashSet<&str> = names.iter().map(String::as_str).collect();
     all.filter(|&i| names.contains(job.items[i as usize].name.as_str())).collect()
-}
-
-/// Creates the session, with a new id when the drawn one is taken (a few times at most).
-async fn create(store: &Store, new: &mut NewSession) -> Result<Epoch> {
-    let mut tries = 0;
-    loop {
-        match persist::create(store, new).await {
-            // A scheduled start names its id in its run record: it fails and comes again.
-            Err(Error::SessionIdTaken { .. }) if tries < 3 && new.extra.ops.is_empty() => {
-                tries += 1;
-                if let Some(session) = new.record.session.as_mut() {
-                    session.id = new_session_id();
-                }
-            }
-            result => return result,
-        }
-    }
 }
 
 /// How a session came to be started.

@@ -4,15 +4,19 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{
     ids::{Epoch, JobName, SessionId},
-    pb::{self, SessionState, StopMode},
+    pb::{self, SessionState},
 };
 use tracing::warn;
 
 use super::records::SessionView;
 use crate::{
     error::{Error, Result},
-    store::{Store, Versioned, absent, decode, epoch_of},
+    store::{Store, absent, decode, epoch_of},
 };
+
+mod stop;
+
+pub(crate) use self::stop::{StopWrite, request_stop};
 
 /// etcd's default `--max-txn-ops` is 128; stay below it with room for the guard.
 const MAX_OPS_PER_TXN: usize = 100;
@@ -21,6 +25,8 @@ const MAX_OPS_PER_TXN: usize = 100;
 pub(crate) struct NewSession {
     /// The session record.
     pub(crate) record: pb::SessionRecord,
+    /// The job as the session starts it, stored once beside the record.
+    pub(crate) job: pb::Job,
     /// Revision of the job definition read (the job must not change before the start commits).
     pub(crate) job_revision: i64,
     /// Coordinator that will own it.
@@ -41,7 +47,7 @@ pub(crate) struct Extra {
     pub(crate) ops: Vec<TxnOp>,
 }
 
-/// Creates a session atomically: active marker (only if absent), record, owner key.
+/// Creates a session atomically: active marker (only if absent), record, job, owner key.
 /// Returns the epoch (the owner key's create revision).
 pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
     let keys = store.keys();
@@ -58,6 +64,7 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
     let mut ops = vec![
         TxnOp::put(active.as_str(), id, None),
         TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
+        TxnOp::put(keys.session_job(id), new.job.encode_to_vec(), None),
         summary_op(store, session),
         TxnOp::put(
             keys.session_owner(id),
@@ -67,11 +74,58 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
     ];
     ops.extend(new.extra.ops.iter().cloned());
     let txn = Txn::new().when(compares).and_then(ops);
-    let response = store.kv().txn(txn).await?;
-    if response.succeeded() {
-        return epoch_of(response.header());
+    match store.kv().txn(txn).await {
+        Ok(response) if response.succeeded() => epoch_of(response.header()),
+        // Refused: maybe because this very create committed before (its answer was lost).
+        Ok(_) => match owned_by(store, id, &new.owner, new.lease).await? {
+            Some(epoch) => Ok(epoch),
+            None => Err(why_not_created(store, job, id).await?),
+        },
+        Err(error) => read_back(error.into(), || owned_by(store, id, &new.owner, new.lease)).await,
     }
-    Err(why_not_created(store, job, id).await?)
+}
+
+/// Attempts of a read-back after an ambiguous write, and the pause between two.
+const READ_BACK_TRIES: u32 = 5;
+const READ_BACK_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Resolves a write that answered with `error` (it may have committed all the same) by
+/// reading back whether it took effect: `read` answers the write's epoch if it did. When it
+/// did not, or etcd cannot tell, the error stands (a write that lands later is adopted by
+/// the claimer: the owner key names this coordinator, bound to its lease).
+async fn read_back<F, Fut>(error: Error, read: F) -> Result<Epoch>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Option<Epoch>>>,
+{
+    for _ in 0..READ_BACK_TRIES {
+        match read().await {
+            Ok(Some(epoch)) => {
+                warn!(%error, "an etcd write answered with an error but had committed");
+                return Ok(epoch);
+            }
+            Ok(None) => return Err(error),
+            Err(_) => tokio::time::sleep(READ_BACK_PAUSE).await,
+        }
+    }
+    Err(error)
+}
+
+/// The epoch at which `owner` holds session `id` through `lease`, if its owner key says so.
+pub(crate) async fn owned_by(
+    store: &Store,
+    id: &str,
+    owner: &str,
+    lease: i64,
+) -> Result<Option<Epoch>> {
+    let response = store.kv().get(store.keys().session_owner(id), None).await?;
+    Ok(response.kvs().first().and_then(|kv| owner_epoch(kv, owner, lease)))
+}
+
+/// The epoch of an owner key if it names `owner` and is bound to `lease`.
+pub(crate) fn owner_epoch(kv: &etcd_client::KeyValue, owner: &str, lease: i64) -> Option<Epoch> {
+    let ours = kv.value() == owner.as_bytes() && kv.lease() == lease;
+    ours.then(|| Epoch::try_from(kv.create_revision()).ok()).flatten()
 }
 
 /// Which guard of the creation failed: an active session, a taken id, or a changed job.
@@ -96,9 +150,9 @@ pub(crate) async fn active_session(store: &Store, job: &str) -> Result<Option<St
 /// One batch of writes from a session's owner.
 #[derive(Default)]
 pub(crate) struct Flush {
-    /// Item records that changed, each with the restore point to enter in the catalog if it
-    /// committed one (written in the same transaction as its item).
-    pub(crate) items: Vec<(pb::ItemRecord, Option<pb::RestorePoint>)>,
+    /// Item records that changed, each with the restore point it committed to enter in the
+    /// catalog, written in the same txn as the item.
+    pub(crate) items: Vec<(pb::ItemRecord, Vec<pb::RestorePoint>)>,
     /// The session record, when it changed.
     pub(crate) session: Option<pb::SessionRecord>,
 }
@@ -106,21 +160,52 @@ pub(crate) struct Flush {
 /// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
 /// owner's epoch. An item and its catalog entry always share a transaction; a final session
 /// record also clears the job's active marker and the owner key.
-pub(crate) async fn flush(store: &Store, id: &str, epoch: Epoch, batch: Flush) -> Result<()> {
+///
+/// The final record is written only while the stop key is as the actor last saw it
+/// (`stop_seen`, its mod revision, 0 for none): a stop accepted before the end is stored is
+/// never lost. Otherwise nothing of the session record is written and the stop key as it is
+/// now comes back ([`Flushed::StopChanged`]).
+pub(crate) async fn flush(
+    store: &Store,
+    id: &str,
+    epoch: Epoch,
+    batch: Flush,
+    stop_seen: i64,
+) -> Result<Flushed> {
     let items: Vec<Vec<TxnOp>> =
-        batch.items.iter().map(|(item, rp)| item_ops(store, id, item, rp.as_ref())).collect();
+        batch.items.iter().map(|(item, rps)| item_ops(store, id, item, rps)).collect();
     // Item transactions are independent of each other: send them together. The session
     // record goes last, so a final state is never stored before its items.
     let guarded = pack(items).into_iter().map(|chunk| fenced(store, id, epoch, chunk));
     futures::future::try_join_all(guarded).await?;
-    if let Some(record) = &batch.session {
-        fenced(store, id, epoch, session_ops(store, id, record)).await?;
+    match &batch.session {
+        Some(record) if is_final(record) => {
+            stop::finish(store, id, epoch, session_ops(store, id, record), stop_seen).await
+        }
+        Some(record) => {
+            fenced(store, id, epoch, session_ops(store, id, record)).await?;
+            Ok(Flushed::Stored)
+        }
+        None => Ok(Flushed::Stored),
     }
-    Ok(())
+}
+
+/// How a batch of writes ended, when etcd took it.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Flushed {
+    /// All of it is stored.
+    Stored,
+    /// The items are stored, but the final session record is not: the stop key changed
+    /// since the actor last saw it. Here is the key now (`None`: absent) and its revision.
+    StopChanged(Option<pb::StopRequest>, i64),
+}
+
+fn is_final(record: &pb::SessionRecord) -> bool {
+    record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
 }
 
 /// Runs ops in one transaction that holds only while `epoch` still owns the session.
-async fn fenced(store: &Store, id: &str, epoch: Epoch, ops: Vec<TxnOp>) -> Result<()> {
+pub(super) async fn fenced(store: &Store, id: &str, epoch: Epoch, ops: Vec<TxnOp>) -> Result<()> {
     let owner = store.keys().session_owner(id);
     let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch.get());
     match store.txn(Txn::new().when([guard]).and_then(ops)).await? {
@@ -133,18 +218,18 @@ fn item_ops(
     store: &Store,
     id: &str,
     item: &pb::ItemRecord,
-    rp: Option<&pb::RestorePoint>,
+    rps: &[pb::RestorePoint],
 ) -> Vec<TxnOp> {
     let keys = store.keys();
     let mut ops = vec![TxnOp::put(keys.item(id, item.index), item.encode_to_vec(), None)];
-    if let Some(rp) = rp {
-        ops.push(TxnOp::put(
-            keys.restore_point(&rp.job, &rp.item, &rp.id),
-            rp.encode_to_vec(),
-            None,
-        ));
-    }
+    ops.extend(rps.iter().map(|rp| catalog_op(store, rp)));
     ops
+}
+
+/// The write of a catalog entry.
+fn catalog_op(store: &Store, rp: &pb::RestorePoint) -> TxnOp {
+    let key = store.keys().restore_point(&rp.job, &rp.item, &rp.id);
+    TxnOp::put(key, rp.encode_to_vec(), None)
 }
 
 fn session_ops(store: &Store, id: &str, record: &pb::SessionRecord) -> Vec<TxnOp> {
@@ -154,7 +239,7 @@ fn session_ops(store: &Store, id: &str, record: &pb::SessionRecord) -> Vec<TxnOp
     if let Some(session) = session {
         ops.push(summary_op(store, session));
     }
-    if session.is_some_and(|s| s.state() == SessionState::Stopped) {
+    if is_final(record) {
         let active = keys.job_active(session.map(|s| s.job.as_str()).unwrap_or_default());
         ops.push(TxnOp::txn(
             Txn::new()
@@ -206,26 +291,28 @@ pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionVi
     let options = GetOptions::new().with_prefix().with_revision(revision);
     let children = store.kv().get(keys.session_children(id), Some(options)).await?;
     for kv in children.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        apply_child(&mut view, store, id, &key, kv.value(), kv.create_revision())?;
+        apply_child(&mut view, store, id, kv)?;
     }
     Ok(Some((view, revision)))
 }
 
-/// Applies one stored child key (item, stop, owner) of session `id` to a view.
+/// Applies one stored child key (job, item, stop, owner) of session `id` to a view.
 pub(crate) fn apply_child(
     view: &mut SessionView,
     store: &Store,
     id: &str,
-    key: &str,
-    value: &[u8],
-    create_revision: i64,
+    kv: &etcd_client::KeyValue,
 ) -> Result<()> {
     let keys = store.keys();
-    if key == keys.session_owner(id) {
-        view.owner = Some((String::from_utf8_lossy(value).into_owned(), create_revision));
+    let key = String::from_utf8_lossy(kv.key());
+    let (key, value) = (key.as_ref(), kv.value());
+    if key == keys.session_job(id) {
+        view.job = decode(key, value)?;
+    } else if key == keys.session_owner(id) {
+        view.owner = Some((String::from_utf8_lossy(value).into_owned(), kv.create_revision()));
     } else if key == keys.session_stop(id) {
         view.stop = Some(decode(key, value)?);
+        view.stop_revision = kv.mod_revision();
     } else if key.starts_with(&keys.items(id)) {
         let item: pb::ItemRecord = decode(key, value)?;
         view.items.insert(item.index, item);
@@ -251,27 +338,6 @@ pub(crate) async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Ses
     Ok(sessions)
 }
 
-/// Records a stop request; idempotent, and an immediate stop escalates a graceful one.
-/// Returns `false` when the stop in force already covers it.
-pub(crate) async fn request_stop(store: &Store, id: &str, stop: &pb::StopRequest) -> Result<bool> {
-    let key = store.keys().session_stop(id);
-    let current: Option<Versioned<pb::StopRequest>> = store.get(&key).await?;
-    let guard = match &current {
-        None => absent(&key),
-        Some(existing) if existing.value.mode() == StopMode::Immediate => return Ok(false),
-        Some(_) if stop.mode() != StopMode::Immediate => return Ok(false),
-        Some(existing) => {
-            Compare::mod_revision(key.as_str(), CompareOp::Equal, existing.mod_revision)
-        }
-    };
-    let txn =
-        Txn::new().when([guard]).and_then([TxnOp::put(key.as_str(), stop.encode_to_vec(), None)]);
-    match store.txn(txn).await? {
-        Some(_) => Ok(true),
-        None => Err(Error::StopRaced { session: id.into() }),
-    }
-}
-
 /// Claims a session whose owner key is gone, if it is still its job's active session.
 /// Returns the new epoch, or `None` when another coordinator was faster or it ended.
 pub(crate) async fn claim(
@@ -290,23 +356,34 @@ pub(crate) async fn claim(
             owner,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-    let response = store.kv().txn(txn).await?;
-    if !response.succeeded() {
-        return Ok(None);
+    match store.kv().txn(txn).await {
+        Ok(response) if response.succeeded() => epoch_of(response.header()).map(Some),
+        // Refused: someone else owns it, or this very claim committed before (its answer
+        // was lost and the claim is asked again).
+        Ok(_) => owned_by(store, id, owner, lease).await,
+        Err(error) => read_back(error.into(), || owned_by(store, id, owner, lease)).await.map(Some),
     }
-    epoch_of(response.header()).map(Some)
 }
 
-/// Active sessions by job, from the jobs' `active` markers; the names they hold are checked
-/// here (a marker with a bad one is skipped).
+/// Gives up the ownership of session `id` at `epoch`, if the owner key still holds it
+/// (deleting it lets any coordinator claim the session at a newer epoch); `false` when the
+/// key belongs to another epoch or is gone.
+pub(crate) async fn release(store: &Store, id: &str, epoch: Epoch) -> Result<bool> {
+    let owner = store.keys().session_owner(id);
+    let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch.get());
+    let txn = Txn::new().when([guard]).and_then([TxnOp::delete(owner.as_str(), None)]);
+    Ok(store.txn(txn).await?.is_some())
+}
+
+/// Active sessions by job, from the `/active/` markers (small values: no job definition is
+/// read); the names they hold are checked here (a marker with a bad one is skipped).
 pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(JobName, SessionId)>> {
     let keys = store.keys();
-    let raw = store.list_raw(&keys.jobs()).await?;
+    let raw = store.list_raw(&keys.active()).await?;
     Ok(raw
         .into_iter()
-        .filter(|(key, _)| !keys.is_job_key(key))
         .filter_map(|(key, value)| {
-            let job = key.strip_prefix(&keys.jobs())?.strip_suffix("/active")?;
+            let job = key.strip_prefix(&keys.active())?;
             let session = String::from_utf8_lossy(&value).into_owned();
             let parsed = JobName::parse("job", job)
                 .and_then(|job| Ok((job, SessionId::parse("session_id", session)?)));
@@ -314,3 +391,6 @@ pub(crate) async fn active_sessions(store: &Store) -> Result<Vec<(JobName, Sessi
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,10 +12,10 @@ use sluice_proto::{
     time,
 };
 
-pub(crate) use self::wire::{item_status, item_status_record, stop_from, timestamp};
+pub(crate) use self::wire::{bounded, item_status, item_status_record, stop_from, timestamp};
 use self::wire::{session_status, stop_request};
 use super::{
-    machine::{Event, Item, Machine, Retry},
+    machine::{Event, Item, Machine, Retry, Stop},
     persist::Flush,
 };
 use crate::error::{Error, Result};
@@ -35,14 +35,14 @@ fn item_name(job: &pb::Job, index: u32) -> String {
 /// Rebuilds the state machine from the session's records; the ids they hold are checked here.
 pub(crate) fn machine_from_records(
     record: &pb::SessionRecord,
+    job: &pb::Job,
     stored: &HashMap<u32, pb::ItemRecord>,
     stop: Option<&pb::StopRequest>,
 ) -> Result<Machine> {
-    let job = record.job.clone().unwrap_or_default();
     let items = record
         .item_indices
         .iter()
-        .map(|&index| item_from(&job, index, stored.get(&index)))
+        .map(|&index| item_from(job, index, stored.get(&index)))
         .collect::<Result<_>>()?;
     let session = record.session.clone().unwrap_or_default();
     let id = SessionId::parse("session.id", session.id.clone()).map_err(Error::CorruptId)?;
@@ -52,7 +52,7 @@ pub(crate) fn machine_from_records(
     let proxies = proxies.collect::<Result<_>>()?;
     let mut status = session_status(&session);
     status.stop = stop.or(record.stop.as_ref()).map(stop_from);
-    Ok(Machine::new(id, items, proxies, retry_rules(&job), status))
+    Ok(Machine::new(id, items, proxies, retry_rules(job), status))
 }
 
 fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Result<Item> {
@@ -67,6 +67,8 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Resu
         }
         item.failed_attempts = record.failed_attempts;
         item.not_before_ms = record.not_before.as_ref().map_or(0, time::millis);
+        let running = item.status.agent.clone().filter(|_| item.is_running());
+        item.stored_run = running.map(|agent| (item.status.attempt, agent));
     }
     Ok(item)
 }
@@ -106,8 +108,8 @@ pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Even
     })
 }
 
-/// The writes for the items at `positions` (with their catalog entries) and, if asked, the
-/// session record.
+/// The writes for the items at `positions`, each with its catalog entry (a committed item's)
+/// and, if asked, the session record.
 pub(crate) fn flush(
     base: &pb::SessionRecord,
     machine: &Machine,
@@ -117,7 +119,7 @@ pub(crate) fn flush(
     let items = positions
         .iter()
         .map(|&pos| machine.item(pos))
-        .map(|item| (item_record(item), item.catalog_entry().cloned()))
+        .map(|item| (item_record(item), item.catalog_entry().cloned().into_iter().collect()))
         .collect();
     Flush { items, session: session.then(|| session_record(base, machine)) }
 }
@@ -153,15 +155,29 @@ pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb:
     record
 }
 
+/// A stop as its key holds it, with the key's mod revision (the session's final write holds
+/// only while the key is still at the revision its owner last saw).
+#[derive(Debug, Clone)]
+pub(crate) struct StopKey {
+    /// The stop.
+    pub(crate) stop: Stop,
+    /// Mod revision of the stop key that held it.
+    pub(crate) revision: i64,
+}
+
 /// Everything stored about one session, assembled into what users see.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SessionView {
     /// The session record.
     pub(crate) record: pb::SessionRecord,
+    /// The job as the session started it (`/sessions/{id}/job`).
+    pub(crate) job: pb::Job,
     /// Item records by job index.
     pub(crate) items: HashMap<u32, pb::ItemRecord>,
     /// The stop request, if one was made.
     pub(crate) stop: Option<pb::StopRequest>,
+    /// Mod revision of the stop key (0 without one).
+    pub(crate) stop_revision: i64,
     /// Owner coordinator id and epoch, while owned.
     pub(crate) owner: Option<(String, i64)>,
 }
@@ -178,14 +194,14 @@ impl SessionView {
             apply_stop(&mut session, stop);
         }
         if with_items {
-            let job = self.record.job.clone().unwrap_or_default();
+            let job = &self.job;
             session.items = self
                 .record
                 .item_indices
                 .iter()
                 .map(|&index| match self.items.get(&index).and_then(|r| r.status.clone()) {
                     Some(status) => status,
-                    None => pending_status(&job, index),
+                    None => pending_status(job, index),
                 })
                 .collect();
         }

@@ -17,27 +17,39 @@ use crate::{error::Error, store::Store};
 
 const BACKOFF: Duration = Duration::from_millis(200);
 
-/// The session now, then after every stored change, until it stops or `shutdown`.
+/// The session now, then after every stored change, until it stops or `shutdown`. When etcd
+/// has compacted the revisions the watch was to start from (it cancels such a watch), the
+/// session is read again and followed from the revision of that read.
 pub(crate) fn watch_session(
     store: Store,
     id: String,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<pb::SessionEvent, Status>> {
     async_stream::try_stream! {
-        let (mut view, mut revision) = persist::load_at(&store, &id)
-            .await?
-            .ok_or_else(|| Error::SessionNotFound { session: id.clone() })?;
+        let (mut view, mut revision) = load(&store, &id).await?;
         yield event(&view);
         while !view.is_stopped() {
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut stream = store.watcher().watch(store.keys().session(&id), Some(options)).await.map_err(Error::from)?;
+            let mut watcher = store.watcher();
+            let watch = watcher.watch(store.keys().session(&id), Some(options));
+            let mut stream = watch.await.map_err(Error::from)?;
             loop {
                 let response = tokio::select! {
                     _ = shutdown.cancelled() => Err(Status::from(Error::ShuttingDown)),
                     response = stream.message() => response.map_err(|e| Status::from(Error::from(e))),
                 }?;
-                let Some(response) = response else { break };
+                let Some(response) = response else {
+                    pause(&shutdown).await?;
+                    break;
+                };
                 if response.canceled() {
+                    if response.compact_revision() > 0 {
+                        debug!(session = %id, revision, "watched revisions compacted; reading again");
+                        (view, revision) = load(&store, &id).await?;
+                        yield event(&view);
+                    } else {
+                        pause(&shutdown).await?;
+                    }
                     break;
                 }
                 apply_changes(&store, &id, (&mut view, &mut revision), &response)?;
@@ -47,6 +59,20 @@ pub(crate) fn watch_session(
                 }
             }
         }
+    }
+}
+
+/// The session and the revision it was read at.
+async fn load(store: &Store, id: &str) -> Result<(SessionView, i64), Status> {
+    let loaded = persist::load_at(store, id).await?;
+    Ok(loaded.ok_or_else(|| Error::SessionNotFound { session: id.to_string() })?)
+}
+
+/// A short pause before a watch that ended is opened again (never a tight loop).
+async fn pause(shutdown: &CancellationToken) -> Result<(), Status> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(Status::from(Error::ShuttingDown)),
+        _ = tokio::time::sleep(BACKOFF) => Ok(()),
     }
 }
 
@@ -87,7 +113,7 @@ fn apply_change(
     } else if key == keys.session_owner(id) && deleted {
         view.owner = None;
     } else if !deleted {
-        persist::apply_child(view, store, id, &key, kv.value(), kv.create_revision())?;
+        persist::apply_child(view, store, id, kv)?;
     }
     Ok(())
 }
@@ -117,12 +143,12 @@ pub(crate) fn owner_deletions(store: Store, shutdown: CancellationToken) -> mpsc
     receiver
 }
 
-/// Every value written to `key` (the current one first), until `stop`.
+/// Every value written to `key` (the current one first), with its mod revision, until `stop`.
 pub(crate) fn key_puts<M: Message + Default + 'static>(
     store: Store,
     key: String,
     stop: CancellationToken,
-) -> mpsc::Receiver<M> {
+) -> mpsc::Receiver<(M, i64)> {
     let (sender, receiver) = mpsc::channel(8);
     let span = debug_span!("key_watch", %key);
     let watch = again_and_again(stop, move || {
@@ -130,8 +156,10 @@ pub(crate) fn key_puts<M: Message + Default + 'static>(
         async move {
             let current = store.kv().get(key.as_str(), None).await?;
             let revision = current.header().map_or(0, |h| h.revision());
-            if let Some(Ok(value)) = current.kvs().first().map(|kv| M::decode(kv.value())) {
-                let _ = sender.send(value).await;
+            if let Some(kv) = current.kvs().first()
+                && let Ok(value) = M::decode(kv.value())
+            {
+                let _ = sender.send((value, kv.mod_revision())).await;
             }
             let options = WatchOptions::new()
                 .with_start_revision(revision + 1)
@@ -140,7 +168,7 @@ pub(crate) fn key_puts<M: Message + Default + 'static>(
             while let Some(response) = stream.message().await? {
                 for kv in response.events().iter().filter_map(|e| e.kv()) {
                     if let Ok(value) = M::decode(kv.value()) {
-                        let _ = sender.send(value).await;
+                        let _ = sender.send((value, kv.mod_revision())).await;
                     }
                 }
             }

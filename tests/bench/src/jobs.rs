@@ -100,7 +100,7 @@ impl Store {
     /// Whether `session` is still the active session of `job` (its marker is removed in the
     /// same transaction that stores the session STOPPED).
     async fn is_active(&mut self, job: &str, session: &str) -> anyhow::Result<bool> {
-        let key = format!("{}/jobs/{job}/active", self.prefix);
+        let key = format!("{}/active/{job}", self.prefix);
         let response = self.etcd.get(key.as_str(), None).await?;
         Ok(response.kvs().first().is_some_and(|kv| kv.value() == session.as_bytes()))
     }

@@ -192,9 +192,8 @@ fn session_violations(ended: &EndedSession, runs: &[TaskRun]) -> Vec<(&'static s
         found.push(("session-result", format!("result should be one of {expected:?}: {seen}")));
     }
     for (index, item) in session.items.iter().enumerate() {
-        let own = format!("{}-{index}", session.id);
         let ok = if is_committed(item.state()) {
-            item.restore_point == own
+            is_own_restore_point(&session.id, index, &item.restore_point)
         } else {
             item.restore_point.is_empty()
         };
@@ -209,6 +208,20 @@ fn session_violations(ended: &EndedSession, runs: &[TaskRun]) -> Vec<(&'static s
         }
     }
     found
+}
+
+/// Whether `id` is a restore point id of item `index` of session `session`: `<session>-<index>`
+/// for a first attempt, `<session>-<index>-a<attempt>` for a later one (the agent gives each
+/// attempt folders of its own).
+fn is_own_restore_point(session: &str, index: usize, id: &str) -> bool {
+    let base = format!("{session}-{index}");
+    match id.strip_prefix(base.as_str()) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix("-a")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
 }
 
 /// The results a graceful stop allows, and the CANCELED rule.
@@ -267,7 +280,11 @@ fn catalog_violations(evidence: &Evidence) -> Found {
             if !is_committed(item.state()) {
                 continue;
             }
-            let rp = format!("{}-{index}", session.id);
+            let rp = if is_own_restore_point(&session.id, index, &item.restore_point) {
+                item.restore_point.clone()
+            } else {
+                format!("{}-{index}", session.id)
+            };
             let entries = by_id.get(rp.as_str()).map_or(0, Vec::len);
             let allowed_missing = entries == 0 && may_be_retired.contains(&rp);
             if entries != 1 && !allowed_missing {
@@ -333,7 +350,12 @@ fn retired_candidates(evidence: &Evidence) -> BTreeSet<String> {
             if is_committed(item.state()) {
                 let at = committed_at.get(&(session.id.as_str(), index as u32)).copied();
                 let key = (session.job.as_str(), item.name.as_str());
-                by_item.entry(key).or_default().push((at, format!("{}-{index}", session.id)));
+                let rp = if is_own_restore_point(&session.id, index, &item.restore_point) {
+                    item.restore_point.clone()
+                } else {
+                    format!("{}-{index}", session.id)
+                };
+                by_item.entry(key).or_default().push((at, rp));
             }
         }
     }

@@ -1,5 +1,7 @@
 //! What retention does, decided without I/O: each item keeps its `keep` newest restore
-//! points (by `created_at`, then id), and what falls out goes without ever breaking a chain.
+//! points, and what falls out goes without ever breaking a chain. Newest means last committed:
+//! restore points come in the order etcd created their catalog entries, never ordered by the
+//! agents' clocks (`created_at`).
 //!
 //! A restore point that falls out and that no kept restore point builds on (directly or
 //! through others) is deleted, children before parents. One that a kept restore point builds
@@ -10,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sluice_proto::{pb, time};
+use sluice_proto::pb;
 
 /// One thing retention does.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +30,7 @@ pub(crate) enum Step {
 }
 
 /// The steps, in order, that leave each item with its `keep` newest restore points; none
-/// when `keep` is 0. The merges of one chain must run in the order given.
+/// when `keep` is 0. `restore_points` come in commit order (oldest first). The merges of one chain must run in the order given.
 pub(crate) fn plan(restore_points: &[pb::RestorePoint], keep: u32) -> Vec<Step> {
     if keep == 0 {
         return Vec::new();
@@ -41,10 +43,8 @@ pub(crate) fn plan(restore_points: &[pb::RestorePoint], keep: u32) -> Vec<Step> 
 }
 
 fn plan_item(mut rps: Vec<&pb::RestorePoint>, keep: usize) -> Vec<Step> {
-    rps.sort_by_key(|rp| {
-        let created = rp.created_at.as_ref().map_or(0, time::millis);
-        std::cmp::Reverse((created, rp.id.clone()))
-    });
+    // Newest first.
+    rps.reverse();
     let item = Item::new(&rps);
     let out: Vec<&pb::RestorePoint> = rps.iter().skip(keep).copied().collect();
     let out_ids: BTreeSet<&str> = out.iter().map(|rp| rp.id.as_str()).collect();

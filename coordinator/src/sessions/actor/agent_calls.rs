@@ -13,20 +13,24 @@ use sluice_proto::{
     telemetry,
 };
 use tonic::{Code, Status};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Exit, Msg, SessionActor};
 use crate::{
     agent_client::AgentClient,
     error::Error,
     sessions::{
+        late,
         machine::{CancelReason, Dispatch, Event, Outcome},
         outbox::Ack,
+        records,
     },
 };
 
 /// Timeout of one call to an agent.
-pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before a failed deletion of a late restore point is tried again.
+const LATE_RETRY: Duration = Duration::from_secs(5);
 
 impl SessionActor {
     pub(super) fn send_run(&self, dispatch: Dispatch) {
@@ -54,8 +58,7 @@ impl SessionActor {
     }
 
     fn task_spec(&self, dispatch: &Dispatch) -> pb::TaskSpec {
-        let empty = pb::Job::default();
-        let job = self.base.job.as_ref().unwrap_or(&empty);
+        let job = &self.job;
         pb::TaskSpec {
             key: Some(self.task_key(dispatch.index, dispatch.attempt)),
             epoch: self.epoch.get(),
@@ -83,8 +86,8 @@ impl SessionActor {
         match result {
             Ok(status) => self.on_task(dispatch.agent, status),
             Err(status) if is_stale_epoch(&status) => {
-                warn!(%agent, %status, "agent saw a newer owner of this session");
-                return Some(Exit::Fenced);
+                warn!(%agent, %status, "agent saw a newer epoch of this session");
+                return Some(Exit::StaleEpoch);
             }
             Err(status) => self.on_run_refused(dispatch, status),
         }
@@ -107,7 +110,8 @@ impl SessionActor {
                 || refusal == Some(Refusal::Draining);
         let invalid = matches!(status.code(), Code::InvalidArgument | Code::Unimplemented);
         if definitive || invalid {
-            let message = format!("agent {agent} refused the task: {}", status.message());
+            let message =
+                records::bounded(format!("agent {agent} refused the task: {}", status.message()));
             self.apply(Event::RunRefused { index, attempt, transient: !invalid, message });
             return;
         }
@@ -188,7 +192,7 @@ impl SessionActor {
                 }
                 return None;
             }
-            Err(status) if is_stale_epoch(&status) => return Some(Exit::Fenced),
+            Err(status) if is_stale_epoch(&status) => return Some(Exit::StaleEpoch),
             Err(status) => status,
         };
         warn!(%agent, %status, "cancel failed; retrying");
@@ -201,20 +205,70 @@ impl SessionActor {
         None
     }
 
-    /// AckTasks, one call per agent.
+    /// ListTasks of this session on `agent`; its answer comes back as `Msg::Listed` (a
+    /// failure is dropped: the agent's task stream delivers the tasks once it is back).
+    pub(super) fn list_tasks(&self, agent: AgentId) {
+        let Some(mut client) = self.client(&agent) else { return };
+        let request = pb::ListTasksRequest { session_id: self.machine.id().to_string() };
+        let mailbox = self.mailbox.clone();
+        self.children.spawn(async move {
+            match timeout(client.list_tasks(request)).await {
+                Ok(listed) => {
+                    let tasks = listed.into_inner().tasks;
+                    let _ = mailbox.send(Msg::Listed { agent, tasks }).await;
+                }
+                Err(status) => debug!(%agent, %status, "cannot list the agent's tasks"),
+            }
+        });
+    }
+
+    /// Has the agent that committed a late restore point delete it (unless the catalog lists
+    /// it); the task is acknowledged once that is done.
+    pub(super) fn delete_late(&self, ack: Ack, restore_point: pb::RestorePoint) {
+        let Some(client) = self.client(&ack.agent) else {
+            // Gone: it reports the task again when it is back.
+            return;
+        };
+        let item = self.job.items.get(ack.index as usize).map(|i| i.name.as_str());
+        let location = late::location(&self.job, item.unwrap_or_default(), &restore_point.id);
+        let store = self.ctx.store.clone();
+        self.report(async move {
+            let result = late::remove(&store, client, location).await;
+            Msg::LateRemoved { ack, restore_point, result }
+        });
+    }
+
+    pub(super) fn on_late_removed(
+        &mut self,
+        ack: Ack,
+        restore_point: pb::RestorePoint,
+        result: Result<(), String>,
+    ) {
+        match result {
+            Ok(()) => {
+                info!(restore_point = %restore_point.id, agent = %ack.agent,
+                      "late restore point of an earlier attempt removed");
+                self.send_acks(vec![ack]);
+            }
+            Err(problem) => {
+                warn!(restore_point = %restore_point.id, agent = %ack.agent, problem,
+                      "late restore point not removed yet; trying again");
+                self.report(async move {
+                    tokio::time::sleep(LATE_RETRY).await;
+                    Msg::RetryLate { ack, restore_point }
+                });
+            }
+        }
+    }
+
+    /// AckTasks, one call per agent, sent until the agent has it (`Acks`).
     pub(super) fn send_acks(&self, acks: Vec<Ack>) {
         let mut by_agent: BTreeMap<AgentId, Vec<pb::TaskKey>> = BTreeMap::new();
         for Ack { agent, index, attempt } in acks {
             by_agent.entry(agent).or_default().push(self.task_key(index, attempt));
         }
         for (agent, keys) in by_agent {
-            let Some(mut client) = self.client(&agent) else { continue };
-            let request = pb::AckTasksRequest { epoch: self.epoch.get(), keys };
-            self.acks.spawn(async move {
-                if let Err(status) = timeout(client.ack_tasks(request)).await {
-                    debug!(%agent, %status, "ack failed; the agent will report the task again");
-                }
-            });
+            self.ctx.acks.send(agent, self.epoch, keys);
         }
     }
 

@@ -1,8 +1,6 @@
 //! The child tasks of a session actor (etcd writes, agent calls, retry timers), tracked so
 //! that none outlives the actor.
 
-use std::time::Duration;
-
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// Child tasks, ended together with their actor.
@@ -21,16 +19,9 @@ impl Children {
         });
     }
 
-    /// Lets the children run for up to `grace` (less if `shutdown` comes first), then
-    /// cancels what still runs and waits until it has stopped.
-    pub(super) async fn end(&self, grace: Duration, shutdown: &CancellationToken) {
+    /// Cancels what still runs and waits until it has stopped.
+    pub(super) async fn end(&self) {
         self.tracker.close();
-        if !grace.is_zero() {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::timeout(grace, self.tracker.wait()) => {}
-            }
-        }
         self.cancel.cancel();
         self.tracker.wait().await;
     }

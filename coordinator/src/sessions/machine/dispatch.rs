@@ -98,9 +98,14 @@ impl Machine {
         status.started_at_ms = Some(now_ms);
         item.offline_since_ms = None;
         item.cancel_sent = false;
+        let stored = item.stored_run.as_ref() == Some(&(item.status.attempt, agent.clone()));
         let dispatch = Dispatch { index: item.index, attempt: item.status.attempt, agent };
-        round.effects.push(Effect::Run(dispatch));
-        self.dirty_items.insert(pos);
+        if stored && !self.dirty_items.contains(&pos) && !self.dirty_lazy.contains(&pos) {
+            round.effects.push(Effect::Resend(dispatch));
+        } else {
+            round.effects.push(Effect::Run(dispatch));
+            self.dirty_items.insert(pos);
+        }
         if self.status.state == SessionState::Starting {
             self.status.state = SessionState::Working;
             self.dirty_session = true;

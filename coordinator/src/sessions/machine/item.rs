@@ -158,6 +158,11 @@ pub(crate) struct Item {
     pub(crate) restore_point: Option<Box<pb::RestorePoint>>,
     /// A cancel was sent for the running attempt.
     pub(crate) cancel_sent: bool,
+    /// The dispatch (attempt, agent) the last write of this item stored as running: sending
+    /// that dispatch again needs no write.
+    pub(crate) stored_run: Option<(u32, AgentId)>,
+    /// Refusals for now in a row: each doubles the pause before the next try.
+    pub(crate) refusals: u32,
 }
 
 impl Item {
@@ -172,6 +177,8 @@ impl Item {
             offline_since_ms: None,
             restore_point: None,
             cancel_sent: false,
+            stored_run: None,
+            refusals: 0,
         }
     }
 
@@ -186,6 +193,25 @@ impl Item {
     /// The restore point to enter in the catalog: only a committed one.
     pub(crate) fn catalog_entry(&self) -> Option<&pb::RestorePoint> {
         self.restore_point.as_deref().filter(|_| self.state().is_committed())
+    }
+}
+
+/// What becomes of a restore point that an attempt committed after its item moved on (it was
+/// retried, failed or closed, or the session ended): it is never simply forgotten. The catalog
+/// lists only restore points that their item names (and only a committed item names one), so
+/// a late one that its item does not name is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LateRestorePoint {
+    /// The item records this very restore point already.
+    Recorded,
+    /// The item has another one, or none: this one is deleted (unless the catalog lists it).
+    Delete,
+}
+
+impl LateRestorePoint {
+    /// The decision for restore point `late` of an item that records `recorded` (empty: none).
+    pub(crate) fn decide(recorded: &str, late: &str) -> Self {
+        if recorded == late { LateRestorePoint::Recorded } else { LateRestorePoint::Delete }
     }
 }
 

@@ -35,11 +35,7 @@ pub(crate) struct Stop {
 
 impl Machine {
     pub(super) fn on_stop(&mut self, now_ms: i64, stop: Stop, effects: &mut Vec<Effect>) {
-        let escalates = match &self.status.stop {
-            None => true,
-            Some(current) => current.mode == StopMode::Graceful && stop.mode == StopMode::Immediate,
-        };
-        if !escalates {
+        if !self.escalated_by(&stop) {
             return;
         }
         let first = self.status.stop.is_none();
@@ -52,6 +48,29 @@ impl Machine {
         }
         if immediate {
             self.cancel_running(effects, CancelReason::User);
+        }
+    }
+
+    /// A stop accepted after the end was decided but before it was stored (the actor finds
+    /// it when the final write is refused): every item has ended, so only the session's result
+    /// is decided again, as if the stop had come just before the last item ended.
+    pub(super) fn on_stop_after_end(&mut self, stop: Stop) {
+        if !self.escalated_by(&stop) {
+            return;
+        }
+        self.status.stop = Some(stop);
+        let (result, canceled, message) = self.outcome();
+        self.status.result = Some(result);
+        self.status.canceled = canceled;
+        self.status.message = message;
+        self.dirty_session = true;
+    }
+
+    /// Whether `stop` is stronger than the stop in force (none, or graceful before immediate).
+    fn escalated_by(&self, stop: &Stop) -> bool {
+        match &self.status.stop {
+            None => true,
+            Some(current) => current.mode == StopMode::Graceful && stop.mode == StopMode::Immediate,
         }
     }
 

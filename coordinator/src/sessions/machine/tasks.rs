@@ -3,7 +3,8 @@
 use sluice_proto::ids::AgentId;
 
 use super::{
-    CancelReason, Effect, ItemState, Machine, Outcome, REFUSED_BACKOFF_MS, TaskPhase, Volumes,
+    CancelReason, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine, Outcome,
+    REFUSED_BACKOFF_MS, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
 };
 
 impl Machine {
@@ -24,13 +25,21 @@ impl Machine {
             self.fail_attempt(now_ms, pos, message);
             return;
         }
+        // Not written while the pause is short: etcd still holds the dispatch, and sending it
+        // again needs no write either (`stored_run`); only the pause grows with each refusal
+        // in a row. A long pause is written, so that readers see why the item waits.
         let item = &mut self.items[pos];
         item.status.attempt -= 1;
         item.status.state = ItemState::Pending;
         item.status.agent = None;
         item.status.waiting_reason = message;
-        item.not_before_ms = now_ms + REFUSED_BACKOFF_MS;
-        self.dirty_items.insert(pos);
+        let doublings = item.refusals.min(16);
+        item.refusals += 1;
+        let pause = (REFUSED_BACKOFF_MS << doublings).min(MAX_REFUSED_BACKOFF_MS);
+        item.not_before_ms = now_ms + pause;
+        if pause >= SHOWN_REFUSAL_MS {
+            self.dirty_items.insert(pos);
+        }
         self.first_pending = self.first_pending.min(pos);
         if self.status.stop.is_some() {
             self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
@@ -48,6 +57,7 @@ impl Machine {
         let Some(pos) = self.running_position(index, attempt) else {
             return;
         };
+        self.items[pos].refusals = 0;
         let status = &mut self.items[pos].status;
         // Updates may arrive out of order (a RunTask answer after the stream's first events):
         // within an attempt, the phase and the bytes of a phase only move forward.
@@ -55,17 +65,16 @@ impl Machine {
             return;
         }
         let counters = (status.bytes_done, status.bytes_total, status.bytes_read);
-        if status.phase != phase
-            || counters != (done, total, read)
-            || status.bytes_transferred != transferred
-        {
-            status.phase = phase;
-            status.bytes_done = done;
-            status.bytes_total = total;
-            status.bytes_read = read;
-            status.bytes_transferred = transferred;
+        if status.phase != phase {
             self.dirty_lazy.insert(pos);
+        } else if counters != (done, total, read) || status.bytes_transferred != transferred {
+            self.dirty_bytes.insert(pos);
         }
+        status.phase = phase;
+        status.bytes_done = done;
+        status.bytes_total = total;
+        status.bytes_read = read;
+        status.bytes_transferred = transferred;
     }
 
     pub(super) fn on_finished(
@@ -79,11 +88,12 @@ impl Machine {
         if !self.holds(index) {
             return;
         }
-        // The agent that reported holds the outcome, also for an older attempt elsewhere.
-        effects.push(Effect::Ack { agent: reporter, index, attempt });
         let Some(pos) = self.running_position(index, attempt) else {
+            self.on_late(now_ms, index, attempt, (outcome, reporter), effects);
             return;
         };
+        effects.push(Effect::Ack { agent: reporter, index, attempt });
+        self.items[pos].refusals = 0;
         self.release_slot(pos, effects);
         match outcome.state {
             state @ (ItemState::Success | ItemState::Warning) => {
@@ -98,6 +108,44 @@ impl Machine {
             }
             ItemState::Canceled => self.end_item(now_ms, pos, ItemState::Canceled, outcome.message),
             _ => self.fail_attempt(now_ms, pos, outcome.message),
+        }
+    }
+
+    /// An outcome of an attempt that no longer runs (its agent was lost, or the item was
+    /// retried). The agent that reported it holds it until acknowledged, so it is
+    /// acknowledged, but a restore point it committed is never lost: an item waiting for its
+    /// next attempt takes it as its outcome; else, unless the item names it already, it is
+    /// deleted before the acknowledgement (the catalog lists only what items name).
+    fn on_late(
+        &mut self,
+        now_ms: i64,
+        index: u32,
+        attempt: u32,
+        (outcome, reporter): (Outcome, AgentId),
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(pos) = self.position(index) else { return };
+        let rp = outcome.restore_point.clone().filter(|_| outcome.state.is_committed());
+        let Some(rp) = rp else {
+            effects.push(Effect::Ack { agent: reporter, index, attempt });
+            return;
+        };
+        let item = &mut self.items[pos];
+        if item.state() == ItemState::Pending {
+            effects.push(Effect::Ack { agent: reporter, index, attempt });
+            item.status.restore_point = rp.id.clone();
+            item.restore_point = Some(Box::new(rp));
+            self.end_item(now_ms, pos, outcome.state, outcome.message);
+            return;
+        }
+        match LateRestorePoint::decide(&item.status.restore_point, &rp.id) {
+            LateRestorePoint::Recorded => {
+                effects.push(Effect::Ack { agent: reporter, index, attempt });
+            }
+            LateRestorePoint::Delete => {
+                let restore_point = Box::new(rp);
+                effects.push(Effect::DeleteLate { agent: reporter, index, attempt, restore_point });
+            }
         }
     }
 

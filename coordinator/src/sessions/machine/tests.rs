@@ -186,7 +186,7 @@ fn only_the_first_waiting_items_store_why_they_wait() {
     m.dispatch(0, &AgentMap::new(), &mut Pool::default());
     let shown = m.items.iter().filter(|i| !i.status.waiting_reason.is_empty()).count();
     assert_eq!(shown, SHOWN_WAITING_ITEMS);
-    assert_eq!(m.take_dirty(true).0.len(), SHOWN_WAITING_ITEMS);
+    assert_eq!(m.take_dirty(true, true).0.len(), SHOWN_WAITING_ITEMS);
 }
 
 #[test]

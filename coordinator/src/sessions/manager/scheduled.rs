@@ -10,8 +10,9 @@ use super::{Extra, Origin, Sessions};
 use crate::{
     error::Result,
     sessions::{
-        actor, persist,
-        records::{stop_from, timestamp},
+        actor,
+        persist::{self, StopWrite},
+        records::timestamp,
     },
 };
 
@@ -65,11 +66,12 @@ impl Sessions {
         self.start_items(job, None, Origin { retry_of: String::new(), full: false }, start).await
     }
 
-    /// Stops session `id` because its backup window closed: `mode` (graceful with the job's
+    /// Stops session `id` of `job` because its backup window closed: `mode` (graceful with the job's
     /// `graceful_timeout_seconds`, 0 = no limit), recorded as by `backup-window` with `reason`
     /// in its message. `false` when a stop in force already covers it.
     pub(crate) async fn stop_for_window(
         &self,
+        job: &str,
         id: &str,
         mode: StopMode,
         graceful_timeout_seconds: u32,
@@ -85,13 +87,13 @@ impl Sessions {
             graceful_deadline: deadline.map(timestamp),
             reason,
         };
-        if !persist::request_stop(self.store(), id, &stop).await? {
+        let StopWrite::Written(revision) =
+            persist::request_stop(self.store(), id, job, &stop).await?
+        else {
             return Ok(false);
-        }
+        };
         info!(session = %id, mode = mode.as_str_name(), reason = %stop.reason, "backup window stops the session");
-        if let Some(stops) = self.inner.router.stops(id) {
-            let _ = stops.send(stop_from(&stop)).await;
-        }
+        self.hand_stop(id, &stop, revision).await;
         Ok(true)
     }
 }

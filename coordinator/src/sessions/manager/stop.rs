@@ -14,8 +14,9 @@ use super::Sessions;
 use crate::{
     error::{Error, Result},
     sessions::{
-        actor, machine, persist,
-        records::{stop_from, timestamp},
+        actor,
+        persist::{self, StopWrite},
+        records::{StopKey, stop_from, timestamp},
         watch,
     },
     store::Store,
@@ -30,23 +31,45 @@ impl Sessions {
         stopped_by: String,
     ) -> Result<pb::Session> {
         let mode = stop_mode(request.mode)?;
+        check_requested_by(&request.requested_by)?;
         let id = self.resolve(&request.job, &request.session_id).await?;
         // Only the record: the stop must not wait for a read of every item.
         let record = self.record(&id).await?;
         check_stoppable(&id, &record, &request, mode)?;
-        let stop = stop_request(mode, &request, &record.job.unwrap_or_default(), stopped_by);
-        if persist::request_stop(self.store(), &id, &stop).await? {
-            info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
-            if let Some(stops) = self.inner.router.stops(&id) {
-                let _ = stops.send(stop_from(&stop)).await;
+        let stop = stop_request(mode, &request, record.graceful_timeout_seconds, stopped_by);
+        let job = record.session.as_ref().map_or("", |s| s.job.as_str());
+        match persist::request_stop(self.store(), &id, job, &stop).await? {
+            StopWrite::Written(revision) => {
+                info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
+                self.hand_stop(&id, &stop, revision).await;
             }
+            StopWrite::Covered => {}
+            // It ended between the read above and the stop's write.
+            StopWrite::Ended => return Err(self.ended(&id).await),
         }
         Ok(self.load(&id).await?.to_session(true))
+    }
+
+    /// Hands a stop just written to the session's actor, when it runs here.
+    pub(super) async fn hand_stop(&self, id: &str, stop: &pb::StopRequest, revision: i64) {
+        if let Some(stops) = self.inner.router.stops(id) {
+            let _ = stops.send(StopKey { stop: stop_from(stop), revision }).await;
+        }
+    }
+
+    /// The refusal of a stop of a session that ended, with its result as stored.
+    async fn ended(&self, id: &str) -> Error {
+        let result = match self.record(id).await {
+            Ok(record) => record.session.unwrap_or_default().result().as_str_name().to_string(),
+            Err(error) => return error,
+        };
+        Error::SessionEnded { session: id.into(), result }
     }
 
     /// Stops every active session with one mode, recording `stopped_by` in each.
     pub(crate) async fn stop_all(&self, mode: i32, stopped_by: String) -> Result<Vec<pb::Session>> {
         stop_mode(mode)?;
+        check_requested_by(&stopped_by)?;
         let mut stopped = Vec::new();
         let mut failures = Vec::new();
         for (_, id) in persist::active_sessions(self.store()).await? {
@@ -91,6 +114,11 @@ impl Sessions {
     }
 }
 
+/// Who asked for a stop is stored in the session: bounded, one line.
+fn check_requested_by(requested_by: &str) -> Result<()> {
+    Ok(sluice_proto::job::validate_requested_by("requested_by", requested_by)?)
+}
+
 fn stop_mode(raw: i32) -> Result<StopMode> {
     match StopMode::try_from(raw) {
         Ok(mode @ (StopMode::Immediate | StopMode::Graceful)) => Ok(mode),
@@ -120,7 +148,7 @@ fn check_stoppable(
         let reason = format!("must be at most {MAX_SECONDS} (one week)");
         return Err(Error::invalid("graceful_timeout_seconds", reason));
     }
-    let job_type = record.job.as_ref().map(|job| job.r#type()).unwrap_or_default();
+    let job_type = session.job_type();
     if mode == StopMode::Graceful && job_type == pb::JobType::BackupCopy {
         return Err(Error::NoGracefulStop { job_type: job_type.as_str_name().into() });
     }
@@ -128,15 +156,15 @@ fn check_stoppable(
 }
 
 /// The stop to store: now, by `stopped_by`, with the graceful deadline from the request or
-/// else the job.
+/// else the job's (`job_timeout`, as the session started).
 fn stop_request(
     mode: StopMode,
     request: &pb::StopJobRequest,
-    job: &pb::Job,
+    job_timeout: u32,
     stopped_by: String,
 ) -> pb::StopRequest {
     let timeout = match request.graceful_timeout_seconds {
-        0 => job.graceful_timeout_seconds,
+        0 => job_timeout,
         seconds => seconds,
     };
     let now = actor::now_ms();
@@ -155,13 +183,13 @@ fn stop_request(
 pub(super) async fn watch_stop_key(
     store: Store,
     id: String,
-    stops: mpsc::Sender<machine::Stop>,
+    stops: mpsc::Sender<StopKey>,
     stop: CancellationToken,
 ) {
     let key = store.keys().session_stop(&id);
     let mut stream = watch::key_puts::<pb::StopRequest>(store.clone(), key, stop.clone());
-    while let Some(request) = stream.recv().await {
-        if stops.send(stop_from(&request)).await.is_err() {
+    while let Some((request, revision)) = stream.recv().await {
+        if stops.send(StopKey { stop: stop_from(&request), revision }).await.is_err() {
             return;
         }
     }

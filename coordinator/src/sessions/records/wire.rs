@@ -111,10 +111,29 @@ impl From<pb::TaskOutcome> for Outcome {
         Outcome {
             state: outcome.state().into(),
             cancel_reason: lookup(&CANCEL_REASONS, outcome.cancel_reason(), pb::CancelReason::from),
-            message: outcome.message,
+            message: bounded(outcome.message),
             restore_point: outcome.restore_point,
         }
     }
+}
+
+/// Most bytes of an agent's text (an outcome or refusal message) that are stored: enough to
+/// read, small enough that no item record grows large.
+pub(crate) const MAX_AGENT_TEXT: usize = 4096;
+
+/// `text` cut to `MAX_AGENT_TEXT` bytes (on a character boundary), saying so when it is.
+pub(crate) fn bounded(mut text: String) -> String {
+    if text.len() <= MAX_AGENT_TEXT {
+        return text;
+    }
+    const MARK: &str = " [truncated]";
+    let mut end = MAX_AGENT_TEXT - MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+    text
 }
 
 /// Builds an item status of type `$target` from `$source`, copying the fields the wire and
@@ -268,6 +287,16 @@ mod tests {
         assert_eq!(item_status(&pending).expect("valid").agent, None);
         let corrupt = pb::ItemStatus { agent: "../x".into(), ..stored };
         assert!(matches!(item_status(&corrupt), Err(Error::CorruptId(_))));
+    }
+
+    /// Finding 9: an agent's text is bounded before it is stored (one oversized item record
+    /// would make every later write of its batch fail).
+    #[test]
+    fn an_agents_outcome_message_is_bounded() {
+        let outcome = pb::TaskOutcome { message: "é".repeat(1 << 20), ..Default::default() };
+        let message = Outcome::from(outcome).message;
+        assert!(message.len() < 64 << 10, "{} bytes stored", message.len());
+        assert!(message.starts_with("éé"), "the start is kept");
     }
 
     #[test]

@@ -188,3 +188,15 @@ fn two_attempts_in_flight_together_are_caught() {
     evidence.runs.push(run("s", 0, "a2", 2, 50, 200));
     assert_eq!(checks_hit(&evidence), vec!["one-run-at-a-time"]);
 }
+
+/// The agent gives each attempt after the first folders of their own (`<id>-a<attempt>`).
+#[test]
+fn restore_point_ids_of_later_attempts_are_the_items_own() {
+    use super::is_own_restore_point;
+    assert!(is_own_restore_point("s", 3, "s-3"));
+    assert!(is_own_restore_point("s", 3, "s-3-a2"));
+    assert!(!is_own_restore_point("s", 3, "s-30"));
+    assert!(!is_own_restore_point("s", 3, "s-3-a"));
+    assert!(!is_own_restore_point("s", 3, "s-3-ax"));
+    assert!(!is_own_restore_point("s", 3, "t-3"));
+}

@@ -36,23 +36,27 @@ fn show(steps: Vec<Step>) -> Vec<String> {
 
 #[test]
 fn standalone_restore_points_beyond_keep_are_deleted_newest_first() {
-    let all = [
+    let in_commit_order = [
         standalone("a", "s1-0", 10),
         standalone("b", "s1-1", 10),
-        standalone("a", "s3-0", 30),
         standalone("a", "s2-0", 20),
+        standalone("a", "s3-0", 30),
         standalone("b", "s3-1", 30),
     ];
+    let all = in_commit_order;
     assert_eq!(show(plan(&all, 2)), ["-s1-0"]);
     assert_eq!(show(plan(&all, 1)), ["-s2-0", "-s1-0", "-s1-1"]);
     assert_eq!(show(plan(&all, 0)), Vec::<String>::new(), "0 keeps all");
     assert_eq!(show(plan(&all, 3)), Vec::<String>::new());
 }
 
+/// Finding 13: which restore points are the newest is the order etcd committed them in (the
+/// order given), never the agents' clocks.
 #[test]
-fn ties_in_time_keep_the_greater_id() {
-    let all = [standalone("a", "s1-0", 10), standalone("a", "s2-0", 10)];
-    assert_eq!(show(plan(&all, 1)), ["-s1-0"]);
+fn the_newest_are_the_last_committed_whatever_the_agents_clocks_say() {
+    let in_commit_order =
+        [standalone("a", "s1-0", 30), standalone("a", "s2-0", 10), standalone("a", "s3-0", 20)];
+    assert_eq!(show(plan(&in_commit_order, 2)), ["-s1-0"]);
 }
 
 #[test]

@@ -132,3 +132,25 @@ fn a_stop_with_a_reason_names_it_instead_of_the_user() {
     m.apply(2, finished(0, 1, outcome(ItemState::Success)));
     assert_eq!(m.status.message, "stopped gracefully by the backup window mon 01:00-02:00 (UTC)");
 }
+
+/// Finding F1: a stop accepted after the machine decided the end, but before that end was
+/// stored, decides the end again: graceful makes it WARNING and cancelled, an immediate
+/// escalation makes it FAILED.
+#[test]
+fn a_stop_after_the_end_was_decided_but_not_stored_decides_it_again() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, finished(0, 1, outcome(ItemState::Success)));
+    assert_eq!(ended(&m), (SessionState::Stopped, Some(SessionResult::Success), false));
+    m.take_dirty(true, true);
+    m.apply(2, stop(StopMode::Graceful));
+    assert_eq!(ended(&m), (SessionState::Stopped, Some(SessionResult::Warning), true));
+    assert!(m.has_urgent_changes(), "the new end is to be written");
+    m.take_dirty(true, true);
+    m.apply(3, stop(StopMode::Graceful));
+    assert!(!m.has_urgent_changes(), "the same stop again changes nothing");
+    m.apply(4, stop(StopMode::Immediate));
+    assert_eq!(ended(&m), (SessionState::Stopped, Some(SessionResult::Failed), true));
+    assert_eq!(m.status.stop.as_ref().map(|s| s.mode), Some(StopMode::Immediate));
+    assert_eq!(states(&m), [ItemState::Success], "what was stored stays");
+}

@@ -34,6 +34,40 @@ fn a_busy_agent_refusal_is_not_an_attempt() {
     assert_eq!(m.items[0].not_before_ms, 1 + REFUSED_BACKOFF_MS);
 }
 
+/// Finding 7: a refusal for now ("another attempt is still running", busy) is retried with a
+/// growing pause, and neither the refusal nor the same dispatch again costs a write: etcd
+/// still holds that dispatch.
+#[test]
+fn a_refused_dispatch_backs_off_without_writes() {
+    let mut m = machine(1, 1);
+    let mut pool = Pool::default();
+    let a1 = agents(&[("a1", 1)]);
+    let refused = Event::RunRefused {
+        index: 0,
+        attempt: 1,
+        transient: true,
+        message: "attempt 0 is still running".into(),
+    };
+    m.dispatch(0, &a1, &mut pool);
+    m.take_dirty(true, true);
+    let mut waits = Vec::new();
+    let mut now = 0;
+    for _ in 0..3 {
+        m.apply(now + 1, refused.clone());
+        pool.release("a1");
+        assert!(!m.has_urgent_changes() && !m.has_lazy_changes(), "a refusal writes nothing");
+        waits.push(m.items[0].not_before_ms - (now + 1));
+        now = m.items[0].not_before_ms;
+        m.dispatch(now, &a1, &mut pool);
+        assert_eq!(m.items[0].status.attempt, 1, "the same attempt");
+        assert!(!m.has_urgent_changes(), "the same dispatch again writes nothing");
+    }
+    assert!(waits[0] < waits[1] && waits[1] < waits[2], "growing pauses: {waits:?}");
+    m.apply(now + 1, refused.clone());
+    assert!(m.has_urgent_changes(), "a long pause is written: readers see why the item waits");
+    assert_eq!(m.items[0].state(), ItemState::Pending);
+}
+
 #[test]
 fn updates_of_old_attempts_are_acknowledged_but_ignored() {
     let mut m = machine(1, 3);
@@ -42,7 +76,7 @@ fn updates_of_old_attempts_are_acknowledged_but_ignored() {
     m.apply(1, finished(0, 1, outcome(ItemState::Failed)));
     pool.release("a1");
     m.dispatch(2000, &agents(&[("a1", 1)]), &mut pool);
-    let effects = m.apply(2001, finished(0, 1, outcome(ItemState::Success)));
+    let effects = m.apply(2001, finished(0, 1, outcome(ItemState::Failed)));
     assert_eq!(effects, vec![Effect::Ack { agent: agent("a1"), index: 0, attempt: 1 }]);
     assert_eq!(m.items[0].state(), ItemState::Processing);
 }
@@ -51,7 +85,7 @@ fn updates_of_old_attempts_are_acknowledged_but_ignored() {
 fn progress_is_recorded_lazily() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    m.take_dirty(true);
+    m.take_dirty(true, true);
     let progress = Event::Progress {
         index: 0,
         attempt: 1,
@@ -64,9 +98,32 @@ fn progress_is_recorded_lazily() {
     m.apply(1, progress);
     assert!(!m.has_urgent_changes());
     assert!(m.has_lazy_changes());
-    assert_eq!(m.take_dirty(true).0, vec![0]);
+    assert_eq!(m.take_dirty(true, true).0, vec![0]);
     let status = &m.items[0].status;
     assert_eq!((status.bytes_read, status.bytes_transferred), (4, 3));
+}
+
+/// Finding 6: a phase change is stored lazily, but bytes alone are not worth a write each
+/// time: they wait for the coarse progress interval.
+#[test]
+fn bytes_alone_are_not_a_lazy_change() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.take_dirty(true, true);
+    let at = |phase, bytes_done| Event::Progress {
+        index: 0,
+        attempt: 1,
+        phase,
+        bytes_done,
+        bytes_total: 10,
+        bytes_read: bytes_done,
+        bytes_transferred: bytes_done,
+    };
+    m.apply(1, at(TaskPhase::Transfer, 1));
+    assert!(m.has_lazy_changes(), "a new phase");
+    m.take_dirty(true, true);
+    m.apply(2, at(TaskPhase::Transfer, 5));
+    assert!(!m.has_urgent_changes() && !m.has_lazy_changes(), "only bytes moved");
 }
 
 #[test]
@@ -110,15 +167,93 @@ fn a_late_result_of_an_older_attempt_is_acknowledged_to_the_agent_that_reported_
     m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
     m.apply(1, Event::AgentLost { agent: agent("a-old") });
     m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    // A failure (a success's restore point is deleted first, see below).
     let late = Event::Finished {
         index: 0,
         attempt: 1,
-        outcome: outcome(ItemState::Success),
+        outcome: outcome(ItemState::Failed),
         agent: agent("a-old"),
     };
-    assert_eq!(
-        m.apply(2001, late),
-        vec![Effect::Ack { agent: agent("a-old"), index: 0, attempt: 1 }]
+    let effects = m.apply(2001, late);
+    assert!(
+        effects.contains(&Effect::Ack { agent: agent("a-old"), index: 0, attempt: 1 }),
+        "{effects:?}"
     );
     assert_eq!(m.items[0].status.agent, Some(agent("a-new")), "the current attempt goes on");
+}
+
+fn committed(id: &str) -> Outcome {
+    let restore_point = pb::RestorePoint { id: id.into(), ..Default::default() };
+    Outcome { restore_point: Some(restore_point), ..outcome(ItemState::Success) }
+}
+
+fn late(attempt: u32, outcome: Outcome) -> Event {
+    Event::Finished { index: 0, attempt, outcome, agent: agent("a-old") }
+}
+
+/// Findings 4 and 7: an earlier attempt that committed after the item was retried is not
+/// left as a folder nothing lists, nor catalogued beside an item that does not name it: the
+/// agent deletes it before it may forget the outcome; the retry goes on.
+#[test]
+fn a_late_restore_point_is_deleted_while_the_retry_runs() {
+    let mut m = machine(1, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let effects = m.apply(2001, late(1, committed("rp-1")));
+    assert!(
+        matches!(effects.as_slice(), [Effect::DeleteLate { attempt: 1, .. }]),
+        "deleted, not acknowledged yet: {effects:?}"
+    );
+    assert_eq!(m.items[0].status.restore_point, "", "the item names no late restore point");
+    assert_eq!(m.items[0].state(), ItemState::Processing, "attempt 2 goes on");
+}
+
+/// Findings 4 and 7: a late success of an item a stop closed (NOT_PROCESSED) is deleted: the
+/// catalog lists only restore points of items that ended committed.
+#[test]
+fn a_late_restore_point_of_a_closed_item_is_deleted() {
+    let mut m = machine(2, 1);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.apply(2, stop(StopMode::Graceful));
+    assert_eq!(m.items[0].state(), ItemState::Failed, "{:?}", states(&m));
+    let effects = m.apply(3, late(1, committed("rp-1")));
+    assert!(effects.is_empty() || matches!(effects.as_slice(), [Effect::DeleteLate { .. }]));
+    assert_eq!(m.items[0].status.restore_point, "");
+}
+
+/// Finding 7: an earlier attempt that committed after the item got its restore point is
+/// removed (the agent deletes it) before the agent may forget it.
+#[test]
+fn a_late_restore_point_is_deleted_when_the_item_has_one() {
+    let mut m = machine(2, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    m.apply(2001, finished(0, 2, committed("rp-2")));
+    let effects = m.apply(2002, late(1, committed("rp-1")));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Ack { .. })),
+        "not acknowledged before the folder is deleted: {effects:?}"
+    );
+    assert_eq!(m.items[0].status.restore_point, "rp-2");
+}
+
+/// An item waiting for its computer after its agent was lost takes that attempt's late
+/// success as its outcome instead of running again.
+#[test]
+fn a_waiting_item_takes_the_late_success_of_its_last_attempt() {
+    let mut m = machine(1, 1);
+    m.items[0].computer = Some("pc1".into());
+    let pc1 = AgentInfo { slots: 1, computer: Some("pc1".into()), accepting: true };
+    let map: AgentMap = [(agent("a-old"), pc1)].into();
+    m.dispatch(0, &map, &mut Pool::default());
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.apply(2, late(1, committed("rp-1")));
+    assert_eq!(m.items[0].state(), ItemState::Success);
+    assert_eq!(m.items[0].catalog_entry().map(|rp| rp.id.as_str()), Some("rp-1"));
 }

@@ -1,0 +1,93 @@
+//! When the session actor writes to etcd, and what a write's answer means.
+
+use sluice_proto::pb;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{BYTES_FLUSH, Exit, LAZY_FLUSH, Msg, RETRY_BACKOFF, SessionActor};
+use crate::{
+    error::Error,
+    sessions::{
+        persist::{self, Flushed},
+        records::{self, StopKey, stop_from},
+    },
+};
+
+impl SessionActor {
+    pub(super) fn maybe_flush(&mut self) {
+        if self.outbox.is_flushing() || self.retry_flush_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let lazy_due = self.machine.has_lazy_changes() && self.last_flush.elapsed() >= LAZY_FLUSH;
+        let bytes_due =
+            self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
+        let urgent = self.machine.has_urgent_changes();
+        if !urgent && !lazy_due && !bytes_due {
+            // Outcomes already stored (duplicates): acknowledge without writing.
+            let acks = self.outbox.take_stored_acks();
+            self.send_acks(acks);
+            return;
+        }
+        self.retry_flush_at = None;
+        let stopped = self.machine.is_stopped();
+        let (items, session) = self.machine.take_dirty(lazy_due || stopped, bytes_due || stopped);
+        if bytes_due {
+            self.last_bytes_flush = Instant::now();
+        }
+        self.outbox.flush_started();
+        let batch = records::flush(&self.base, &self.machine, &items, session);
+        self.last_flush = Instant::now();
+        let (store, id, epoch) =
+            (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);
+        let stop_seen = self.stop_seen;
+        self.report(async move {
+            let result = persist::flush(&store, &id, epoch, batch, stop_seen).await;
+            Msg::Flushed { result, items, session }
+        });
+    }
+
+    pub(super) fn on_flushed(
+        &mut self,
+        result: crate::error::Result<Flushed>,
+        items: Vec<usize>,
+        session: bool,
+    ) -> Option<Exit> {
+        match result {
+            Ok(flushed) => {
+                self.gauge.stored(&self.machine, &items);
+                // Only what this flush stored: later dispatches and outcomes wait for theirs.
+                let stored = self.outbox.flush_stored();
+                for dispatch in stored.runs {
+                    self.send_run(dispatch);
+                }
+                self.send_acks(stored.acks);
+                if let Flushed::StopChanged(stop, revision) = flushed {
+                    self.on_stop_changed(stop, revision);
+                }
+                None
+            }
+            Err(Error::Fenced(_)) => {
+                warn!("session write refused: another coordinator owns it now");
+                Some(Exit::Fenced)
+            }
+            Err(error) => {
+                warn!(%error, "session write failed; retrying");
+                self.machine.mark_dirty(&items, session);
+                self.outbox.flush_failed();
+                self.retry_flush_at = Some(Instant::now() + RETRY_BACKOFF);
+                None
+            }
+        }
+    }
+
+    /// The final record was not written: a stop came after the actor last saw the stop key.
+    /// The end is decided again with it (graceful: cancelled, immediate: failed) and written.
+    fn on_stop_changed(&mut self, stop: Option<pb::StopRequest>, revision: i64) {
+        info!(revision, "a stop came before the session's end was stored; it applies");
+        self.machine.mark_dirty(&[], true);
+        self.stop_seen = revision;
+        if let Some(stop) = stop {
+            self.take_stop(StopKey { stop: stop_from(&stop), revision });
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Issue 12, finding 9 (coordinator part): unbounded input is refused early with a clear
+//! status, and agents' texts are bounded before they are stored.
+
+use sluice_proto::pb::{self, StopMode};
+use sluice_tests::{
+    Cluster,
+    api::{create_and_start, get_session, summary},
+    fixtures::expect_code,
+    jobs::vm_job,
+};
+use tonic::Code;
+
+/// Who asked for a stop is stored in the session: an over-long name is refused, never stored.
+#[tokio::test]
+async fn a_stop_naming_an_over_long_requester_is_refused() {
+    let mut cluster = Cluster::builder().start().await;
+    let mut jobs = cluster.job_client().await;
+    let started = create_and_start(&mut jobs, &vm_job("named", 1)).await;
+    let long = "x".repeat(64 << 10);
+    let stop = pb::StopJobRequest {
+        job: "named".into(),
+        mode: StopMode::Immediate as i32,
+        requested_by: long.clone(),
+        ..Default::default()
+    };
+    let refused = expect_code(jobs.stop_job(stop).await, Code::InvalidArgument, "StopJob");
+    assert!(refused.message().contains("requested_by"), "{}", refused.message());
+    let all = pb::StopAllRequest { mode: StopMode::Immediate as i32, requested_by: long };
+    let refused = expect_code(jobs.stop_all(all).await, Code::InvalidArgument, "StopAll");
+    assert!(refused.message().contains("requested_by"), "{}", refused.message());
+    let session = get_session(&jobs, &started.id).await;
+    assert!(session.stopped_by.is_empty(), "nothing was stopped: {}", summary(&session));
+}
+
+/// A JobService request larger than any job can be is refused as too large before it is
+/// decoded (not read in full and then judged by its fields).
+#[tokio::test]
+async fn a_job_service_request_larger_than_a_job_is_refused_before_decoding() {
+    let mut cluster = Cluster::builder().start().await;
+    let mut jobs = cluster.job_client().await;
+    let huge = pb::StartJobRequest { job: "j".repeat(10 << 20), ..Default::default() };
+    let refused = expect_code(jobs.start_job(huge).await, Code::ResourceExhausted, "StartJob");
+    assert!(!refused.message().contains("job:"), "refused before decoding: {}", refused.message());
+}
