@@ -168,8 +168,10 @@ impl JobService for JobApi {
 
 /// Who a session records as its starter or stopper: the authenticated principal. Only an
 /// `--insecure` coordinator, which authenticates nobody, records the name the caller gives
-/// (else its address).
+/// (else its address). A claimed name is checked either way: bad input is refused, not ignored.
 fn recorded_caller<T>(request: &Request<T>, claimed: &str) -> Result<String, Status> {
+    sluice_proto::job::validate_requested_by("requested_by", claimed)
+        .map_err(crate::error::Error::from)?;
     let principal = caller(request)?;
     if principal.kind != PrincipalKind::Insecure {
         return Ok(principal.to_string());
