@@ -298,7 +298,12 @@ impl SessionActor {
             Msg::RetryLate { ack, restore_point } => self.delete_late(ack, restore_point),
             Msg::Listed { agent, tasks } => {
                 for status in tasks {
-                    self.on_task(agent.clone(), status);
+                    // A running attempt's outcome comes with the answer to its re-sent
+                    // RunTask: acknowledged first, the agent could forget the task before
+                    // that RunTask arrives and run it again.
+                    if !self.is_reattaching(&agent, &status) {
+                        self.on_task(agent.clone(), status);
+                    }
                 }
             }
         }
@@ -388,6 +393,16 @@ impl SessionActor {
             self.outbox.forget_agent(&agent);
             self.apply(Event::AgentLost { agent });
         }
+    }
+
+    /// Whether `status` is of the attempt this session runs on `agent` (its RunTask is
+    /// re-sent after a takeover).
+    fn is_reattaching(&self, agent: &AgentId, status: &pb::TaskStatus) -> bool {
+        status.key.as_ref().is_some_and(|key| {
+            let dispatch =
+                Dispatch { index: key.item_index, attempt: key.attempt, agent: agent.clone() };
+            self.machine.is_current(&dispatch)
+        })
     }
 
     fn on_task(&mut self, agent: AgentId, status: pb::TaskStatus) {
