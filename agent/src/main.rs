@@ -9,7 +9,7 @@ use clap::Parser;
 use clap::builder::BoolishValueParser;
 use serde::Serialize;
 use sluice_agent::Settings;
-use sluice_proto::{config, telemetry};
+use sluice_proto::{config, security::flags::TlsFlags, telemetry};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -61,23 +61,10 @@ struct Flags {
     #[arg(long, env = "SLUICE_DRAIN_DEADLINE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_deadline: Option<u32>,
-    /// Certificate of this agent (`sluice pki issue --kind agent --id ID [--computer NAME]`).
-    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_cert: Option<PathBuf>,
-    /// Private key of the certificate.
-    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_key: Option<PathBuf>,
-    /// The cluster CA (`ca.crt`); only coordinators with certificates it signed may call.
-    #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_ca: Option<PathBuf>,
-    /// No TLS and no authentication: anyone who reaches the port can drive the agent.
-    /// Development only.
-    #[arg(long, env = "SLUICE_INSECURE", value_parser = BoolishValueParser::new())]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    insecure: bool,
+    /// TLS: the node's certificate and key, the cluster CA, or `--insecure`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    tls: TlsFlags,
     /// Runs sim tasks (load tests and benchmarks only: they commit restore points without
     /// data); without it the agent refuses them.
     #[arg(long, env = "SLUICE_ENABLE_SIM_EXECUTOR", value_parser = BoolishValueParser::new())]

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
 use sluice_coordinator::{Listeners, Settings};
+use sluice_proto::security::flags::TlsFlags;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,23 +43,10 @@ struct Flags {
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
-    /// Certificate of this coordinator (`sluice pki issue --kind coordinator`).
-    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_cert: Option<PathBuf>,
-    /// Private key of the certificate.
-    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_key: Option<PathBuf>,
-    /// The cluster CA (`ca.crt`); agents and clients must present certificates it signed.
-    #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_ca: Option<PathBuf>,
-    /// No TLS and no authentication: anyone who reaches the port can do anything.
-    /// Development only.
-    #[arg(long, env = "SLUICE_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    insecure: bool,
+    /// TLS: the node's certificate and key, the cluster CA, or `--insecure`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    tls: TlsFlags,
     /// CA of etcd's server certificate (talk to etcd over TLS; URLs must be https://).
     #[arg(long, env = "SLUICE_ETCD_CA", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,7 @@
 //! tower layer that authenticates and authorises every call of a server ([`layer`]).
 
 pub mod access;
+pub mod flags;
 pub mod identity;
 pub mod layer;
 pub mod pki;

@@ -1,0 +1,32 @@
+//! The TLS flags every server takes (`--tls-cert`, `--tls-key`, `--tls-ca`, `--insecure`),
+//! declared once for the coordinator's and the agent's command lines and config files.
+
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use serde::Serialize;
+
+/// How a server proves who it is and checks its peers.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TlsFlags {
+    /// Certificate of this node (`sluice pki issue --kind coordinator`, or `--kind agent --id
+    /// ID [--computer NAME]`).
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the certificate.
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (`ca.crt`): peers must present certificates it signed (an agent takes
+    /// calls only from coordinators' certificates).
+    #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// No TLS and no authentication: anyone who reaches the port can do anything.
+    /// Development only.
+    #[arg(long, env = "SLUICE_INSECURE", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
