@@ -53,18 +53,7 @@ pub enum Update {
     Finished(pb::TaskOutcome),
 }
 
-/// How far a transfer is: processed out of total, read and transferred.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Volumes {
-    /// Bytes of the source processed.
-    pub(crate) done: u64,
-    /// Bytes of the source to process in all.
-    pub(crate) total: u64,
-    /// Bytes read from the source.
-    pub(crate) read: u64,
-    /// Bytes written to the repository.
-    pub(crate) transferred: u64,
-}
+pub(crate) use sluice_proto::progress::Volumes;
 
 /// Sends a task's updates, at most about four progress updates per second.
 #[derive(Debug)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod ids;
 pub mod job;
 pub mod json;
+pub mod progress;
 pub mod reflection;
 pub mod refusal;
 pub mod schedule;

@@ -215,15 +215,4 @@ impl LateRestorePoint {
     }
 }
 
-/// How far an item's transfer is, as its agent reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Volumes {
-    /// Bytes processed.
-    pub(crate) done: u64,
-    /// Bytes to process in all.
-    pub(crate) total: u64,
-    /// Bytes read from the source.
-    pub(crate) read: u64,
-    /// Bytes written to the repository.
-    pub(crate) transferred: u64,
-}
+pub(crate) use sluice_proto::progress::Volumes;
