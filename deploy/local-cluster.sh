@@ -409,12 +409,13 @@ run_reporting() {
     note "(exit status $status: the session's result)"
 }
 
-# Starts a session of the demo job and prints its id.
+# Starts an active full session of the demo job and prints its id: the stop demos need a
+# session that is still transferring, and an incremental of unchanged disks ends at once.
 start_session() {
-    printf '\n$ sluice job start %s\n' "$JOB" >&2
+    printf '\n$ sluice job start %s --full\n' "$JOB" >&2
     local out status=0 id
-    out="$(sluice --output json job start "$JOB")" || status=$?
-    ((status == 0)) || die "'sluice job start $JOB' failed with exit status $status: $out"
+    out="$(sluice --output json job start "$JOB" --full)" || status=$?
+    ((status == 0)) || die "'sluice job start $JOB --full' failed with exit status $status: $out"
     id="$(grep -o '"id": *"[^"]*"' <<<"$out" | head -n 1 | sed 's/.*: *"\(.*\)"/\1/')"
     [[ -n $id ]] || die "cannot find the session id in the output of 'sluice job start'"
     printf 'started session %s of job %s\n' "$id" "$JOB" >&2
