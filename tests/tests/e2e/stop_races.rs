@@ -19,8 +19,10 @@ use sluice_tests::{
 /// not SUCCESS as if no stop had been accepted.
 #[tokio::test]
 async fn a_stop_accepted_before_the_end_was_stored_is_applied() {
-    // A lease long enough that the stalled owner does not fence itself meanwhile.
-    let mut cluster = Cluster::builder().coordinators(0).lease_ttl(20).start().await;
+    // A lease longer than any wait below, so that the stalled owner keeps its session
+    // however long the item takes to end: on a loaded machine the agent's journal fsync can
+    // stall for tens of seconds, and a takeover by c2 would then end the session itself.
+    let mut cluster = Cluster::builder().coordinators(0).lease_ttl(120).start().await;
     let link = Proxy::to_url(cluster.etcd_url());
     cluster.add_coordinator_with_etcd(&link.url()).await;
     let direct = cluster.etcd_url().to_string();
