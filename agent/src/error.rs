@@ -48,6 +48,42 @@ pub enum AgentError {
         /// Agent id.
         id: String,
     },
+    /// Coordinators may count the agent lost: it takes no task until a heartbeat is confirmed.
+    #[error("agent {id} takes no task now: {why}")]
+    Unconfirmed {
+        /// Agent id.
+        id: String,
+        /// Since when, and why that matters.
+        why: String,
+    },
+    /// A task dispatched to a registration of the agent that has since expired.
+    #[error(
+        "task sent to registration {sent_to} of agent {id}, which expired (now {current}): its \
+         items were failed as agent lost"
+    )]
+    StaleRegistration {
+        /// Agent id.
+        id: String,
+        /// Generation the task was dispatched to.
+        sent_to: i64,
+        /// The agent's generation now.
+        current: i64,
+    },
+    /// A RunTask of an attempt no newer than one a coordinator acknowledged on this agent.
+    #[error(
+        "attempt {attempt} of item {index} of session {session} is settled: attempt {acknowledged} \
+         was acknowledged"
+    )]
+    Acknowledged {
+        /// Session id.
+        session: String,
+        /// Item index.
+        index: u32,
+        /// The attempt asked for.
+        attempt: u32,
+        /// The highest attempt acknowledged here.
+        acknowledged: u32,
+    },
     /// Every task slot is in use.
     #[error("no free task slot ({used} of {total} in use)")]
     NoFreeSlot {
@@ -94,10 +130,14 @@ impl AgentError {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::StaleEpoch { .. }
             | Self::FailedPrecondition(_)
-            | Self::CancelledBeforeStart { .. } => Code::FailedPrecondition,
+            | Self::CancelledBeforeStart { .. }
+            | Self::StaleRegistration { .. }
+            | Self::Acknowledged { .. } => Code::FailedPrecondition,
             Self::NotFound(_) => Code::NotFound,
             Self::Corrupt(_) => Code::DataLoss,
-            Self::Draining { .. } | Self::ShuttingDown => Code::Unavailable,
+            Self::Draining { .. } | Self::Unconfirmed { .. } | Self::ShuttingDown => {
+                Code::Unavailable
+            }
             Self::NoFreeSlot { .. } => Code::ResourceExhausted,
             Self::Config(_) | Self::Journal { .. } | Self::Internal(_) | Self::Server(_) => {
                 Code::Internal
@@ -113,6 +153,8 @@ impl From<AgentError> for Status {
             AgentError::StaleEpoch { .. } => Refusal::StaleEpoch,
             AgentError::Draining { .. } => Refusal::Draining,
             AgentError::CancelledBeforeStart { .. } => Refusal::CancelledBeforeStart,
+            AgentError::StaleRegistration { .. } => Refusal::StaleRegistration,
+            AgentError::Acknowledged { .. } => Refusal::Acknowledged,
             _ => return status,
         };
         refusal.attach(status)

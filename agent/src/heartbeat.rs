@@ -9,13 +9,14 @@ use sluice_proto::pb::{self, agent_registry_client::AgentRegistryClient};
 use sluice_proto::security::tls::{NodeTls, check_url, mismatch_hint};
 use sluice_proto::telemetry::TraceInterceptor;
 use tokio::sync::watch;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
 
 use crate::error::AgentError;
+use crate::liveness::Liveness;
 use crate::settings::Settings;
 use crate::tasks::AgentStatus;
 
@@ -34,14 +35,18 @@ pub(crate) struct Heartbeater {
     agent: pb::Agent,
     ttl: u32,
     interval: Duration,
+    /// Told of every confirmed heartbeat: tasks start only while it is recent.
+    liveness: watch::Sender<Liveness>,
 }
 
 impl Heartbeater {
-    /// Lazily connecting clients for every coordinator endpoint, over TLS with `tls`.
+    /// Lazily connecting clients for every coordinator endpoint, over TLS with `tls`; each
+    /// confirmed heartbeat is told to `liveness`.
     pub(crate) fn new(
         settings: &Settings,
         address: String,
         tls: Option<Arc<NodeTls>>,
+        liveness: watch::Sender<Liveness>,
     ) -> Result<Self, AgentError> {
         let interval = settings.heartbeat_interval();
         let call_timeout = interval.max(MIN_CALL_TIMEOUT);
@@ -67,6 +72,7 @@ impl Heartbeater {
             agent,
             ttl: settings.heartbeat_ttl,
             interval,
+            liveness,
         })
     }
 
@@ -101,10 +107,15 @@ impl Heartbeater {
         let request = self.request(status, leaving);
         for _ in 0..self.clients.len() {
             let Some((url, client)) = self.clients.get_mut(self.next) else { return false };
+            let sent_at = Instant::now();
             match client.heartbeat(request.clone()).await {
                 Ok(response) => {
-                    let coordinator = response.into_inner().coordinator;
-                    debug!(endpoint = %url, coordinator, leaving, "heartbeat taken");
+                    let answer = response.into_inner();
+                    let (coordinator, registration) = (answer.coordinator, answer.registration);
+                    debug!(endpoint = %url, coordinator, registration, leaving, "heartbeat taken");
+                    if !leaving {
+                        self.liveness.send_modify(|l| l.confirm(sent_at, registration));
+                    }
                     return true;
                 }
                 Err(status) => {

@@ -1,5 +1,5 @@
-//! The journal in `--state-dir`: the task log (`journal.log`) and the newest epoch per
-//! session (`epochs.json`).
+//! The journal in `--state-dir`: the task log (`journal.log`, with the highest acknowledged
+//! attempt of each item) and the newest epoch per session (`epochs.json`).
 //!
 //! A task's entry is appended when it starts (its spec) and again with its outcome before
 //! the outcome is announced; acknowledged tasks are appended as forgotten. One writer task
@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::error::AgentError;
 use crate::fsutil;
 use crate::key::TaskId;
-pub use log::Record;
+pub use log::{Acknowledged, Record};
 use log::{COMPACT_AT_BYTES, Log};
 
 const EPOCHS_FILE: &str = "epochs.json";
@@ -66,6 +66,7 @@ pub struct JournalStats {
 enum Request {
     Append(Box<Record>, oneshot::Sender<io::Result<()>>),
     Entries(oneshot::Sender<Vec<(TaskId, JournalEntry)>>),
+    Acknowledged(oneshot::Sender<Acknowledged>),
     Stats(oneshot::Sender<JournalStats>),
 }
 
@@ -99,7 +100,8 @@ impl Journal {
         })?;
         info!(entries = log.entries().len(), bytes = log.len(), "journal opened");
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(Writer { log: Some(log), stats: JournalStats::default() }.run(rx));
+        let writer = Writer { log: Some(log), dir: dir.clone(), stats: JournalStats::default() };
+        tokio::spawn(writer.run(rx));
         Ok(Self { dir, tx })
     }
 
@@ -130,6 +132,17 @@ impl Journal {
         }
     }
 
+    /// The highest acknowledged attempt of each item, of sessions whose epoch is remembered
+    /// (and maybe of some forgotten since the log was last compacted).
+    pub async fn acknowledged(&self) -> Result<Acknowledged, AgentError> {
+        let (reply, answer) = oneshot::channel();
+        let asked = self.tx.send(Request::Acknowledged(reply)).await.is_ok();
+        match (asked, answer.await) {
+            (true, Ok(acknowledged)) => Ok(acknowledged),
+            _ => Err(AgentError::journal("load acknowledged attempts", stopped())),
+        }
+    }
+
     /// The writer's counters.
     pub async fn stats(&self) -> Result<JournalStats, AgentError> {
         let (reply, answer) = oneshot::channel();
@@ -142,15 +155,7 @@ impl Journal {
 
     /// The newest epoch seen per session.
     pub(crate) fn load_epochs(&self) -> Result<HashMap<SessionId, Epoch>, AgentError> {
-        let path = self.dir.join(EPOCHS_FILE);
-        let text = match fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
-            Err(e) => return Err(AgentError::journal(format!("read {}", path.display()), e)),
-        };
-        serde_json::from_slice(&text).map_err(|e| {
-            AgentError::journal(format!("parse {}", path.display()), io::Error::other(e))
-        })
+        read_epochs(&self.dir)
     }
 
     /// Durably replaces the epochs.
@@ -158,6 +163,18 @@ impl Journal {
         let bytes = serde_json::to_vec(epochs).map_err(io::Error::other)?;
         fsutil::write_atomic(&self.dir.join(EPOCHS_FILE), &bytes)
     }
+}
+
+/// The newest epoch per session in `epochs.json` of `dir` (none when it does not exist).
+fn read_epochs(dir: &Path) -> Result<HashMap<SessionId, Epoch>, AgentError> {
+    let path = dir.join(EPOCHS_FILE);
+    let text = match fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(AgentError::journal(format!("read {}", path.display()), e)),
+    };
+    serde_json::from_slice(&text)
+        .map_err(|e| AgentError::journal(format!("parse {}", path.display()), io::Error::other(e)))
 }
 
 fn stopped() -> io::Error {
@@ -168,6 +185,8 @@ fn stopped() -> io::Error {
 struct Writer {
     /// Lent to a blocking thread while it writes; `None` after that thread failed.
     log: Option<Log>,
+    /// The state directory (its `epochs.json` says whose acknowledgements to keep).
+    dir: PathBuf,
     stats: JournalStats,
 }
 
@@ -220,8 +239,11 @@ impl Writer {
 
     async fn compact_if_due(&mut self) {
         let Some(mut log) = self.log.take() else { return };
+        let dir = self.dir.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let result = log.compact_if_due();
+            // An unreadable epochs file keeps every acknowledgement.
+            let remembered = || read_epochs(&dir).ok().map(|epochs| epochs.into_keys().collect());
+            let result = log.compact_if_due(remembered);
             (log, result)
         })
         .await;
@@ -246,6 +268,10 @@ impl Writer {
                 let entries = self.log.as_ref().map(|log| log.entries().clone());
                 let entries = entries.unwrap_or_default().into_iter().collect();
                 let _ = reply.send(entries);
+            }
+            Request::Acknowledged(reply) => {
+                let acknowledged = self.log.as_ref().map(|log| log.acknowledged().clone());
+                let _ = reply.send(acknowledged.unwrap_or_default());
             }
             Request::Stats(reply) => {
                 let log_bytes = self.log.as_ref().map_or(0, Log::len);

@@ -16,6 +16,7 @@ mod fsutil;
 mod heartbeat;
 pub mod journal;
 pub mod key;
+mod liveness;
 mod orphans;
 mod qemu_img;
 pub mod recovery;
@@ -38,6 +39,7 @@ use sluice_proto::{
     },
 };
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,6 +51,7 @@ pub use settings::Settings;
 use crate::drain::Drainer;
 use crate::heartbeat::Heartbeater;
 use crate::journal::Journal;
+use crate::liveness::Liveness;
 use crate::roots::Roots;
 use crate::service::AgentApi;
 use crate::tasks::{TasksConfig, TasksHandle};
@@ -88,12 +91,14 @@ pub async fn run(
         );
     }
     let address = advertised_address(&settings, &listener)?;
-    let heartbeater = Heartbeater::new(&settings, address.clone(), tls.clone())?;
+    let ttl = Duration::from_secs(u64::from(settings.heartbeat_ttl));
+    let (liveness_tx, liveness) = watch::channel(Liveness::new(settings.id.clone(), ttl));
+    let heartbeater = Heartbeater::new(&settings, address.clone(), tls.clone(), liveness_tx)?;
     let journal = Journal::open(&settings.state_dir).await?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
-    let config = tasks_config(&settings, journal, tracker.clone(), roots.clone());
-    let tasks = TasksHandle::spawn(config, recovered.epochs, recovered.finished);
+    let config = tasks_config(&settings, journal, tracker.clone(), roots.clone(), liveness);
+    let tasks = TasksHandle::spawn(config, recovered);
     let left = CancellationToken::new();
     let drainer = Drainer::new(tasks.clone(), left.clone());
     let server_stop = CancellationToken::new();
@@ -124,6 +129,7 @@ fn tasks_config(
     journal: Journal,
     tracker: TaskTracker,
     roots: Arc<Roots>,
+    liveness: watch::Receiver<Liveness>,
 ) -> TasksConfig {
     TasksConfig {
         agent_id: settings.id.clone(),
@@ -134,6 +140,7 @@ fn tasks_config(
         roots,
         journal,
         tracker,
+        liveness,
     }
 }
 

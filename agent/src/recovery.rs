@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::error::AgentError;
 use crate::exec::{self, computer, vm};
 use crate::fsutil::{self, blocking};
-use crate::journal::{Journal, JournalEntry};
+use crate::journal::{Acknowledged, Journal, JournalEntry};
 use crate::key::{TaskId, TaskNames};
 use crate::repository::{Manifest, RepoPaths};
 use crate::tasks::runner::recovered_status;
@@ -31,11 +31,14 @@ pub struct Recovered {
     pub(crate) epochs: HashMap<SessionId, Epoch>,
     /// Finished, unacknowledged tasks.
     pub finished: Vec<pb::TaskStatus>,
+    /// The highest acknowledged attempt of each item.
+    pub(crate) acknowledged: Acknowledged,
 }
 
 /// Loads the journal and closes interrupted tasks.
 pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     let entries = journal.load().await?;
+    let acknowledged = journal.acknowledged().await?;
     let loader = journal.clone();
     let epochs = tokio::task::spawn_blocking(move || loader.load_epochs())
         .await
@@ -52,7 +55,7 @@ pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     }
     info!(tasks = finished.len(), "journal loaded");
     vm::remove_legacy_snapshots(&disks.into_iter().collect::<Vec<_>>()).await;
-    Ok(Recovered { epochs, finished })
+    Ok(Recovered { epochs, finished, acknowledged })
 }
 
 /// The disks of a VM task that names no QMP socket (nothing may hold them open).

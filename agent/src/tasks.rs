@@ -8,7 +8,7 @@ mod actor;
 pub(crate) mod runner;
 pub(crate) mod state;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 use crate::error::AgentError;
 use crate::journal::Journal;
 use crate::key::{self, TaskId};
+use crate::liveness::Liveness;
+use crate::recovery::Recovered;
 use crate::roots::Roots;
 
 const COMMAND_CAPACITY: usize = 256;
@@ -55,6 +57,8 @@ pub(crate) struct TasksConfig {
     pub(crate) journal: Journal,
     /// Tracks the executor tasks, so shutdown can wait for their cleanup.
     pub(crate) tracker: TaskTracker,
+    /// Whether coordinators may count the agent lost (see [`crate::liveness`]).
+    pub(crate) liveness: watch::Receiver<Liveness>,
 }
 
 /// A snapshot of the tasks and the stream of changes after it.
@@ -91,19 +95,15 @@ pub(crate) struct TasksHandle {
 }
 
 impl TasksHandle {
-    /// Starts the actor with the recovered epochs and finished tasks.
-    pub(crate) fn spawn(
-        config: TasksConfig,
-        epochs: HashMap<SessionId, Epoch>,
-        finished: Vec<pb::TaskStatus>,
-    ) -> Self {
+    /// Starts the actor with the recovered epochs, finished tasks and acknowledged attempts.
+    pub(crate) fn spawn(config: TasksConfig, recovered: Recovered) -> Self {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (status_tx, status) = watch::channel(AgentStatus::default());
         let (sessions, _) = watch::channel(BTreeSet::new());
         let (agent_id, sim_executor) = (config.agent_id.clone(), config.sim_executor);
         let roots = config.roots.clone();
-        let actor = actor::Actor::new(config, epochs, finished, events, status_tx, sessions);
+        let actor = actor::Actor::new(config, recovered, events, status_tx, sessions);
         tokio::spawn(actor.run(rx));
         Self { tx, status, agent_id, sim_executor, roots }
     }

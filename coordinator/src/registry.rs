@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use etcd_client::PutOptions;
+use prost::Message;
 use sluice_proto::{
     pb,
     security::{
@@ -36,6 +38,8 @@ pub(crate) struct Registry {
 struct Known {
     lease: i64,
     record: pb::Agent,
+    /// Create revision of the agent's key: the generation of its registration.
+    registration: i64,
 }
 
 impl Registry {
@@ -44,16 +48,17 @@ impl Registry {
         Registry { store, scheme, known: Arc::default() }
     }
 
-    /// Takes one heartbeat: renews (or creates) the agent's registration.
+    /// Takes one heartbeat: renews (or creates) the agent's registration; returns its
+    /// generation (the create revision of the agent's key; 0 after a leaving heartbeat).
     pub(crate) async fn heartbeat(
         &self,
         request: pb::HeartbeatRequest,
         coordinator: &str,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let mut agent = validate(&request, self.scheme)?;
         agent.coordinator = coordinator.to_string();
         if request.leaving {
-            return self.leave(&agent.id).await;
+            return self.leave(&agent.id).await.map(|()| 0);
         }
         let mut known = self.known.lock().await;
         let renewed = match known.get(&agent.id) {
@@ -67,13 +72,24 @@ impl Registry {
             Some(lease) => lease,
             None => self.grant(&agent.id, request.ttl_seconds).await?,
         };
-        let unchanged = known.get(&agent.id).is_some_and(|k| k.lease == lease && k.record == agent);
-        if !unchanged {
-            let record = pb::AgentRecord { agent: Some(agent.clone()), lease };
-            self.store.put(&self.store.keys().agent(&agent.id), &record, Some(lease)).await?;
-            known.insert(agent.id.clone(), Known { lease, record: agent });
+        let unchanged = known.get(&agent.id).filter(|k| k.lease == lease && k.record == agent);
+        if let Some(known) = unchanged {
+            return Ok(known.registration);
         }
-        Ok(())
+        let record = pb::AgentRecord { agent: Some(agent.clone()), lease };
+        let registration = self.put(&agent.id, &record, lease).await?;
+        known.insert(agent.id.clone(), Known { lease, record: agent, registration });
+        Ok(registration)
+    }
+
+    /// Writes the registration; returns its key's create revision (this write's revision
+    /// when it created the key: a registration made again after the old one expired).
+    async fn put(&self, id: &str, record: &pb::AgentRecord, lease: i64) -> Result<i64> {
+        let options = PutOptions::new().with_lease(lease).with_prev_key();
+        let key = self.store.keys().agent(id);
+        let put = self.store.kv().put(key, record.encode_to_vec(), Some(options)).await?;
+        let written = put.header().map_or(0, |h| h.revision());
+        Ok(put.prev_key().map_or(written, |prev| prev.create_revision()))
     }
 
     /// Every registered agent, sorted by id.
@@ -146,7 +162,9 @@ pub(crate) fn check_speaker(principal: &Principal, agent: Option<&pb::Agent>) ->
 }
 
 fn validate(request: &pb::HeartbeatRequest, scheme: &str) -> Result<pb::Agent> {
-    let agent = request.agent.clone().ok_or_else(|| Error::invalid("agent", "required"))?;
+    let mut agent = request.agent.clone().ok_or_else(|| Error::invalid("agent", "required"))?;
+    // Coordinators fill it in from etcd; an agent does not choose its own.
+    agent.registration = 0;
     sluice_proto::job::validate_name("agent.id", &agent.id)?;
     let address_ok = agent
         .address

@@ -12,6 +12,7 @@
 //! The use key is deleted when the call ends, also when the client cancels it.
 
 pub(crate) mod choose;
+pub(crate) mod parent;
 mod retention;
 
 use std::collections::HashMap;

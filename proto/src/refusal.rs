@@ -15,7 +15,20 @@ pub enum Refusal {
     Draining,
     /// A user cancel reached the item before this RunTask did.
     CancelledBeforeStart,
+    /// The RunTask was dispatched to a registration of the agent that expired since: the
+    /// agent was counted lost and its items were failed.
+    StaleRegistration,
+    /// The RunTask's attempt is no newer than one acknowledged on the agent: it is settled.
+    Acknowledged,
 }
+
+const ALL: [Refusal; 5] = [
+    Refusal::StaleEpoch,
+    Refusal::Draining,
+    Refusal::CancelledBeforeStart,
+    Refusal::StaleRegistration,
+    Refusal::Acknowledged,
+];
 
 impl Refusal {
     fn as_str(self) -> &'static str {
@@ -23,6 +36,8 @@ impl Refusal {
             Refusal::StaleEpoch => "stale-epoch",
             Refusal::Draining => "draining",
             Refusal::CancelledBeforeStart => "cancelled-before-start",
+            Refusal::StaleRegistration => "stale-registration",
+            Refusal::Acknowledged => "acknowledged",
         }
     }
 
@@ -35,9 +50,7 @@ impl Refusal {
     /// The reason a status carries, if any.
     pub fn of(status: &Status) -> Option<Refusal> {
         let value = status.metadata().get(KEY)?.to_str().ok()?;
-        [Refusal::StaleEpoch, Refusal::Draining, Refusal::CancelledBeforeStart]
-            .into_iter()
-            .find(|r| r.as_str() == value)
+        ALL.into_iter().find(|r| r.as_str() == value)
     }
 }
 

@@ -31,13 +31,13 @@ use tracing::{debug, info, warn};
 
 use self::commit::Copied;
 use self::jobs::{Ended, Job};
-use self::plan::{DiskState, Kind, Names, Plan};
+use self::plan::{DiskState, Kind, Names, Parent, Plan};
 use self::source::{OpenError, Source};
 use super::{TaskContext, canceled, committed, failed, remove_partial, restore_point};
 use crate::fsutil::blocking;
 use crate::key::TaskNames;
 use crate::qemu_img;
-use crate::repository::chain::{self, ChainLock, VmPoint};
+use crate::repository::chain::{self, ChainLock};
 use crate::repository::{RepoPaths, VmKind, VmManifest};
 
 /// Longest wait for QEMU to end block jobs it was asked to cancel.
@@ -94,7 +94,7 @@ struct Backup {
     source: Source,
     names: Names,
     disks: Vec<PathBuf>,
-    newest: Option<VmPoint>,
+    parent: Parent,
     jobs: Vec<Job>,
     targets: usize,
     new_bitmap: Option<String>,
@@ -102,7 +102,7 @@ struct Backup {
 }
 
 impl Backup {
-    /// Locks the item's chains and opens the disks.
+    /// Locks the item's chains, reads the named parent and opens the disks.
     async fn open(
         ctx: &TaskContext,
         vm: &pb::VmTarget,
@@ -110,9 +110,10 @@ impl Backup {
     ) -> Result<Self, Failure> {
         ensure_running(ctx)?;
         let item_dir = paths.item_dir.clone();
-        let (lock, newest) = blocking(move || {
+        let named = ctx.spec.parent_restore_point.clone();
+        let (lock, parent) = blocking(move || {
             let lock = ChainLock::settled(&item_dir).map_err(std::io::Error::other)?;
-            Ok((lock, chain::vm_points(&item_dir)?.into_iter().next()))
+            Ok((lock, named_parent(&item_dir, &named)))
         })
         .await
         .map_err(|e| snapshot_failed(format!("{}: {e}", paths.item_dir.display())))?;
@@ -124,7 +125,7 @@ impl Backup {
             source,
             names,
             disks,
-            newest,
+            parent,
             jobs: Vec::new(),
             targets: 0,
             new_bitmap: None,
@@ -193,7 +194,7 @@ impl Backup {
             })
             .collect();
         self.source.nodes = nodes;
-        let plan = plan::plan(&self.names, self.newest.as_ref(), &states, full_requested);
+        let plan = plan::plan(&self.names, &self.parent, &states, full_requested);
         for (index, name) in &plan.stale {
             let node = &self.source.nodes[*index].node_name;
             info!(node, bitmap = name, "removing a stale change-tracking bitmap");
@@ -258,11 +259,8 @@ impl Backup {
     /// The parent's file a disk's incremental target reads through to, relative to it.
     fn backing(&self, kind: &Kind, index: usize, file: &str) -> Option<String> {
         let Kind::Incremental { parent } = kind else { return None };
-        let parent_file = self
-            .newest
-            .as_ref()
-            .and_then(|p| p.manifest.disks.get(index))
-            .map_or(file, |d| d.file.as_str());
+        let Parent::Named(named) = &self.parent else { return None };
+        let parent_file = named.manifest.disks.get(index).map_or(file, |d| d.file.as_str());
         Some(format!("../{parent}/{parent_file}"))
     }
 
@@ -366,6 +364,18 @@ impl Backup {
             }
         }
         self.source.close().await;
+    }
+}
+
+/// The restore point the task names to build on, read with its whole chain: an incremental
+/// on a broken chain could never be restored.
+fn named_parent(item_dir: &std::path::Path, named: &str) -> Parent {
+    if named.is_empty() {
+        return Parent::None;
+    }
+    match chain::links(item_dir, named) {
+        Ok(links) => links.into_iter().next().map_or(Parent::None, Parent::Named),
+        Err(problem) => Parent::Unusable(format!("the parent named by the catalog, {problem}")),
     }
 }
 

@@ -6,13 +6,19 @@
 //! checksum or does not decode: that is a write a crash interrupted, and the file is cut
 //! back to the last whole frame before anything is appended again. Every function here does
 //! blocking I/O.
+//!
+//! The keys of a forget record are also the attempts coordinators acknowledged: the log keeps
+//! the highest acknowledged attempt of each item (an agent refuses a RunTask of an attempt
+//! no newer), and compaction writes them again as forget records, of the sessions whose
+//! epoch the agent still remembers only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+use sluice_proto::ids::SessionId;
 use sluice_proto::pb;
 use tracing::warn;
 
@@ -42,11 +48,19 @@ pub struct Record {
 /// The entries a log holds, by task.
 pub(crate) type Entries = BTreeMap<TaskId, JournalEntry>;
 
+/// The highest acknowledged attempt per session and item index.
+pub type Acknowledged = HashMap<SessionId, BTreeMap<u32, u32>>;
+
+/// Keys per forget record that compaction writes.
+const ACKS_PER_RECORD: usize = 4096;
+
 /// What replaying a log's bytes gives.
 #[derive(Debug, Default, PartialEq)]
 pub struct Replayed {
     /// The live entries.
     pub entries: BTreeMap<TaskId, JournalEntry>,
+    /// The highest acknowledged attempt of each item.
+    pub acknowledged: Acknowledged,
     /// Bytes of whole frames read; what follows is a torn tail.
     pub valid_len: u64,
     /// Whole frames read.
@@ -58,7 +72,7 @@ pub fn replay(bytes: &[u8]) -> Replayed {
     let mut replayed = Replayed::default();
     let mut rest = bytes;
     while let Some((record, used)) = next_frame(rest) {
-        apply(&mut replayed.entries, record);
+        apply(&mut replayed.entries, &mut replayed.acknowledged, record);
         rest = &rest[used..];
         replayed.valid_len += used as u64;
         replayed.records += 1;
@@ -107,10 +121,12 @@ fn next_frame(bytes: &[u8]) -> Option<(Record, usize)> {
 }
 
 /// Applies one record to the entries. A put without a sound task key is skipped.
-fn apply(entries: &mut Entries, record: Record) {
+fn apply(entries: &mut Entries, acknowledged: &mut Acknowledged, record: Record) {
     for key in &record.forget {
         if let Ok(id) = TaskId::from_wire("key", key) {
             entries.remove(&id);
+            let highest = acknowledged.entry(id.session).or_default().entry(id.index).or_default();
+            *highest = (*highest).max(id.attempt);
         }
     }
     let Some(entry) = record.put else { return };
@@ -139,6 +155,7 @@ pub(crate) struct Log {
     /// Bytes of whole, fsynced frames.
     len: u64,
     entries: Entries,
+    acknowledged: Acknowledged,
     compact_at: u64,
     compact_min: u64,
 }
@@ -160,12 +177,18 @@ impl Log {
         fsutil::sync_dir(dir)?;
         let len = replayed.valid_len;
         let compact_at = compact_min.max(len.saturating_mul(4));
-        Ok(Self { path, file, len, entries: replayed.entries, compact_at, compact_min })
+        let (entries, acknowledged) = (replayed.entries, replayed.acknowledged);
+        Ok(Self { path, file, len, entries, acknowledged, compact_at, compact_min })
     }
 
     /// The live entries.
     pub(crate) fn entries(&self) -> &Entries {
         &self.entries
+    }
+
+    /// The highest acknowledged attempt of each item.
+    pub(crate) fn acknowledged(&self) -> &Acknowledged {
+        &self.acknowledged
     }
 
     /// Bytes of the log.
@@ -186,16 +209,24 @@ impl Log {
         }
         self.len += bytes.len() as u64;
         for record in records {
-            apply(&mut self.entries, record);
+            apply(&mut self.entries, &mut self.acknowledged, record);
         }
         Ok(())
     }
 
-    /// Rewrites the log with only its live entries once it has grown past its bound:
-    /// a new file is written and fsynced beside it, then renamed over it.
-    pub(crate) fn compact_if_due(&mut self) -> io::Result<bool> {
+    /// Rewrites the log with only its live entries and the acknowledged attempts of the
+    /// sessions `remembered` keeps once it has grown past its bound: a new file is written
+    /// and fsynced beside it, then renamed over it.
+    pub(crate) fn compact_if_due(
+        &mut self,
+        remembered: impl FnOnce() -> Option<Vec<SessionId>>,
+    ) -> io::Result<bool> {
         if self.len < self.compact_at {
             return Ok(false);
+        }
+        if let Some(sessions) = remembered() {
+            let sessions: std::collections::HashSet<SessionId> = sessions.into_iter().collect();
+            self.acknowledged.retain(|session, _| sessions.contains(session));
         }
         let result = self.compact();
         // After a failure, wait for as much growth again before the next try.
@@ -206,6 +237,19 @@ impl Log {
 
     fn compact(&mut self) -> io::Result<()> {
         let mut bytes = Vec::new();
+        let acknowledged: Vec<pb::TaskKey> = self
+            .acknowledged
+            .iter()
+            .flat_map(|(session, items)| {
+                items.iter().map(|(&index, &attempt)| {
+                    TaskId { session: session.clone(), index, attempt }.to_wire()
+                })
+            })
+            .collect();
+        for forget in acknowledged.chunks(ACKS_PER_RECORD) {
+            let record = Record { put: None, forget: forget.to_vec() };
+            push_frame(&mut bytes, &record.encode_to_vec());
+        }
         for entry in self.entries.values() {
             let record = Record { put: Some(entry.clone()), forget: Vec::new() };
             push_frame(&mut bytes, &record.encode_to_vec());

@@ -104,6 +104,42 @@ async fn the_log_is_compacted_to_its_live_entries_when_it_grows() {
 }
 
 #[tokio::test]
+async fn acknowledged_attempts_survive_restarts_and_compaction_of_remembered_sessions_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open_with(dir.path(), 4096).await.expect("open");
+    let attempt =
+        |session: &str, index: u32, attempt: u32| TaskId { attempt, ..id(session, index) };
+    journal.forget(&[attempt("s1", 0, 2), attempt("s1", 1, 1)]).await.expect("forget");
+    journal.forget(&[attempt("s1", 0, 1), attempt("s2", 0, 4)]).await.expect("forget");
+    let expected = |sessions: &[&str]| {
+        let all = [("s1", BTreeMap::from([(0, 2), (1, 1)])), ("s2", BTreeMap::from([(0, 4)]))];
+        all.into_iter()
+            .filter(|(session, _)| sessions.contains(session))
+            .map(|(session, items)| (SessionId::parse("s", session).expect("valid"), items))
+            .collect::<Acknowledged>()
+    };
+    assert_eq!(journal.acknowledged().await.expect("load"), expected(&["s1", "s2"]));
+    drop(journal);
+    let journal = Journal::open_with(dir.path(), 4096).await.expect("reopen");
+    assert_eq!(journal.acknowledged().await.expect("load"), expected(&["s1", "s2"]));
+
+    // Only s1's epoch is remembered now: compaction keeps s1's acknowledgements only.
+    let s1 = SessionId::parse("session", "s1").expect("valid");
+    journal
+        .save_epochs(&HashMap::from([(s1, Epoch::try_from(3).expect("positive"))]))
+        .expect("save");
+    for index in 0..400 {
+        journal.write(started(index + 10)).await.expect("grow");
+    }
+    assert!(journal.stats().await.expect("stats").compactions > 0);
+    assert_eq!(journal.acknowledged().await.expect("load"), expected(&["s1"]));
+    drop(journal);
+    let journal = Journal::open(dir.path()).await.expect("reopen");
+    assert_eq!(journal.acknowledged().await.expect("load"), expected(&["s1"]));
+    assert_eq!(journal.load().await.expect("load").len(), 400, "the entries are all there");
+}
+
+#[tokio::test]
 async fn entries_of_the_one_file_per_task_layout_move_into_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tasks = dir.path().join("tasks");

@@ -1,10 +1,11 @@
 //! The loop of the task actor: commands from the handle, updates from executors.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -15,11 +16,14 @@ use crate::exec::{CancelSignal, Reporter, TaskContext, Update};
 use crate::fsutil::blocking;
 use crate::journal::Journal;
 use crate::key::TaskId;
+use crate::liveness::Liveness;
+use crate::recovery::Recovered;
 
 const UPDATE_CAPACITY: usize = 1024;
 
 pub(super) struct Actor {
     table: TaskTable,
+    liveness: watch::Receiver<Liveness>,
     journal: Journal,
     tracker: TaskTracker,
     rate_limit: Option<u64>,
@@ -33,17 +37,16 @@ pub(super) struct Actor {
 impl Actor {
     pub(super) fn new(
         config: TasksConfig,
-        epochs: HashMap<SessionId, Epoch>,
-        finished: Vec<pb::TaskStatus>,
+        recovered: Recovered,
         events: broadcast::Sender<pb::TaskStatus>,
         status: watch::Sender<AgentStatus>,
         sessions: watch::Sender<BTreeSet<SessionId>>,
     ) -> Self {
         let (updates_tx, updates_rx) = mpsc::channel(UPDATE_CAPACITY);
-        let table =
-            TaskTable::new(config.agent_id, config.computer, config.slots, epochs, finished);
+        let table = TaskTable::new(config.agent_id, config.computer, config.slots, recovered);
         let actor = Self {
             table,
+            liveness: config.liveness,
             journal: config.journal,
             tracker: config.tracker,
             rate_limit: config.rate_limit,
@@ -130,7 +133,8 @@ impl Actor {
         spec: pb::TaskSpec,
     ) -> Result<pb::TaskStatus, AgentError> {
         self.check_epoch(&id.session, epoch).await?;
-        if let Admission::Existing(status) = self.table.admit(&id, epoch, &spec)? {
+        let live = self.liveness.borrow().admit(Instant::now(), spec.agent_registration);
+        if let Admission::Existing(status) = self.table.admit(&id, epoch, &spec, live)? {
             return Ok(*status);
         }
         let cancel = CancelSignal::default();

@@ -7,7 +7,9 @@ use sluice_proto::pb::{self, job_item::Target};
 
 use crate::error::AgentError;
 use crate::exec::{CancelSignal, Update};
+use crate::journal::Acknowledged;
 use crate::key::TaskId;
+use crate::recovery::Recovered;
 
 /// One task the agent holds: running, or finished and not yet acknowledged.
 #[derive(Debug)]
@@ -35,6 +37,10 @@ pub(crate) struct TaskTable {
     slots: usize,
     tasks: BTreeMap<TaskId, Entry>,
     epochs: HashMap<SessionId, Epoch>,
+    /// The highest attempt of each item a coordinator acknowledged here (kept by the journal):
+    /// a RunTask of an attempt no newer is settled and refused. Forgotten with the session's
+    /// epoch.
+    acknowledged: Acknowledged,
     /// Items a user cancelled before their RunTask arrived: that RunTask is refused, so a
     /// coordinator may cancel a task whose RunTask is still on its way.
     tombstones: HashSet<(SessionId, u32)>,
@@ -67,14 +73,16 @@ fn bound(epochs: &mut HashMap<SessionId, Epoch>, tasks: &BTreeMap<TaskId, Entry>
 }
 
 impl TaskTable {
-    /// A table with the epochs and finished tasks recovered from the journal.
+    /// A table with the epochs, finished tasks and acknowledged attempts recovered from the
+    /// journal.
     pub(crate) fn new(
         agent_id: String,
         computer: String,
         slots: usize,
-        epochs: HashMap<SessionId, Epoch>,
-        finished: Vec<pb::TaskStatus>,
+        recovered: Recovered,
     ) -> Self {
+        let Recovered { epochs, finished, mut acknowledged } = recovered;
+        acknowledged.retain(|session, _| epochs.contains_key(session));
         // The journal holds only tasks whose keys were checked when they were run.
         let tasks = finished
             .into_iter()
@@ -89,6 +97,7 @@ impl TaskTable {
             slots,
             tasks,
             epochs,
+            acknowledged,
             tombstones: HashSet::new(),
             draining: false,
         }
@@ -125,18 +134,32 @@ impl TaskTable {
     pub(crate) fn set_epoch(&mut self, session: &SessionId, epoch: Epoch) {
         self.epochs.insert(session.clone(), epoch);
         bound(&mut self.epochs, &self.tasks);
+        let epochs = &self.epochs;
+        self.acknowledged.retain(|session, _| epochs.contains_key(session));
     }
 
-    /// Applies the run rules to a validated task whose epoch passed.
+    /// Applies the run rules to a validated task whose epoch passed; `live` says whether
+    /// coordinators still count this agent alive for the task (see [`crate::liveness`]).
     pub(crate) fn admit(
         &mut self,
         id: &TaskId,
         epoch: Epoch,
         spec: &pb::TaskSpec,
+        live: Result<(), AgentError>,
     ) -> Result<Admission, AgentError> {
         if let Some(entry) = self.tasks.get_mut(id) {
             entry.status.epoch = entry.status.epoch.max(epoch.get());
             return Ok(Admission::Existing(Box::new(entry.status.clone())));
+        }
+        let acknowledged =
+            self.acknowledged.get(&id.session).and_then(|items| items.get(&id.index));
+        if let Some(&acknowledged) = acknowledged.filter(|&&highest| id.attempt <= highest) {
+            return Err(AgentError::Acknowledged {
+                session: id.session.to_string(),
+                index: id.index,
+                attempt: id.attempt,
+                acknowledged,
+            });
         }
         if self.tombstones.contains(&(id.session.clone(), id.index)) {
             return Err(AgentError::CancelledBeforeStart {
@@ -153,6 +176,7 @@ impl TaskTable {
             )));
         }
         self.check_computer(spec)?;
+        live?;
         if self.draining {
             return Err(AgentError::Draining { id: self.agent_id.clone() });
         }
@@ -247,7 +271,8 @@ impl TaskTable {
             .collect()
     }
 
-    /// Forgets the finished tasks among `ids`; returns those forgotten.
+    /// Forgets the finished tasks among `ids` and remembers them as acknowledged; returns
+    /// those forgotten (the journal's forget record of them keeps the acknowledgement).
     pub(crate) fn ack(&mut self, ids: &[TaskId]) -> Vec<TaskId> {
         let finished: Vec<TaskId> = ids
             .iter()
@@ -256,6 +281,9 @@ impl TaskTable {
             .collect();
         for id in &finished {
             self.tasks.remove(id);
+            let items = self.acknowledged.entry(id.session.clone()).or_default();
+            let highest = items.entry(id.index).or_default();
+            *highest = (*highest).max(id.attempt);
         }
         finished
     }

@@ -1,7 +1,8 @@
 use super::*;
+use std::collections::BTreeMap;
 
 fn table(slots: usize) -> TaskTable {
-    TaskTable::new("a1".into(), "pc1".into(), slots, HashMap::new(), Vec::new())
+    TaskTable::new("a1".into(), "pc1".into(), slots, Recovered::default())
 }
 
 fn session(id: &str) -> SessionId {
@@ -21,7 +22,7 @@ fn spec(id: &TaskId, epoch: i64) -> pb::TaskSpec {
 }
 
 fn admit(table: &mut TaskTable, id: &TaskId, spec: &pb::TaskSpec) -> Result<Admission, AgentError> {
-    table.admit(id, epoch(spec.epoch), spec)
+    table.admit(id, epoch(spec.epoch), spec, Ok(()))
 }
 
 fn computer_spec(id: &TaskId, computer: &str) -> pb::TaskSpec {
@@ -162,4 +163,65 @@ fn a_drain_cancel_leaves_no_tombstone() {
     table.cancel(&session("s"), &[1], pb::CancelReason::Drain);
     let next = id("s", 1, 2);
     assert!(matches!(admit(&mut table, &next, &spec(&next, 1)), Ok(Admission::Start)));
+}
+
+#[test]
+fn a_run_of_an_acknowledged_attempt_is_refused_and_a_newer_one_starts() {
+    let mut table = table(4);
+    table.set_epoch(&session("s"), epoch(1));
+    let done = id("s", 0, 2);
+    start(&mut table, &done);
+    table.apply(&done, Update::Finished(pb::TaskOutcome::default()));
+    assert_eq!(table.ack(std::slice::from_ref(&done)), vec![done.clone()]);
+    for attempt in [1, 2] {
+        let late = id("s", 0, attempt);
+        let refused = admit(&mut table, &late, &spec(&late, 1)).expect_err("settled");
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "attempt {attempt} of item 0 of session s is settled: attempt 2 was acknowledged"
+            )
+        );
+        assert_eq!(tonic::Status::from(refused).code(), tonic::Code::FailedPrecondition);
+    }
+    let retry = id("s", 0, 3);
+    assert!(matches!(admit(&mut table, &retry, &spec(&retry, 1)), Ok(Admission::Start)));
+    let other = id("s", 1, 1);
+    assert!(matches!(admit(&mut table, &other, &spec(&other, 1)), Ok(Admission::Start)));
+}
+
+#[test]
+fn acknowledged_attempts_come_back_from_the_journal_and_go_with_their_sessions_epoch() {
+    let acknowledged = HashMap::from([
+        (session("kept"), BTreeMap::from([(0, 3)])),
+        (session("gone"), BTreeMap::from([(0, 1)])),
+    ]);
+    let epochs = HashMap::from([(session("kept"), epoch(1))]);
+    let recovered = Recovered { epochs, finished: Vec::new(), acknowledged };
+    let mut table = TaskTable::new("a1".into(), "pc1".into(), 2, recovered);
+    let late = id("kept", 0, 3);
+    assert!(admit(&mut table, &late, &spec(&late, 1)).is_err(), "remembered after a restart");
+    let unknown = id("gone", 0, 1);
+    assert!(
+        matches!(admit(&mut table, &unknown, &spec(&unknown, 1)), Ok(Admission::Start)),
+        "a session whose epoch is forgotten keeps no acknowledgement either"
+    );
+    // Remembered epochs are bounded; the acknowledgements of the sessions dropped go too.
+    for n in 0..MAX_EPOCHS {
+        table.set_epoch(&session(&format!("x{n}")), epoch(100 + n as i64));
+    }
+    assert!(matches!(admit(&mut table, &late, &spec(&late, 1)), Ok(Admission::Start)));
+}
+
+#[test]
+fn a_known_task_is_answered_even_when_the_agent_takes_no_new_one() {
+    let mut table = table(2);
+    let task = id("s", 0, 1);
+    start(&mut table, &task);
+    let unconfirmed = || Err(AgentError::Unconfirmed { id: "a1".into(), why: "silent".into() });
+    let again = table.admit(&task, epoch(1), &spec(&task, 1), unconfirmed());
+    assert!(matches!(again, Ok(Admission::Existing(_))));
+    let next = id("s", 1, 1);
+    let refused = table.admit(&next, epoch(1), &spec(&next, 1), unconfirmed()).expect_err("no");
+    assert_eq!(tonic::Status::from(refused).code(), tonic::Code::Unavailable);
 }

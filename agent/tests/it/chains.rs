@@ -14,9 +14,11 @@ use crate::support::{
 
 const MIB: u64 = 1024 * 1024;
 
-/// Runs one backup task of item `vm0` to its end.
+/// Runs one backup task of item `vm0` to its end, naming `parent` (empty: none) as the
+/// catalog's newest restore point of the item.
 async fn backup(
     session: &str,
+    parent: &str,
     disk: &Path,
     repo: &Path,
     socket: &str,
@@ -24,6 +26,7 @@ async fn backup(
 ) -> pb::TaskOutcome {
     let mut spec = vm_spec(session, 0, &[disk], repo);
     spec.full = full;
+    spec.parent_restore_point = parent.to_owned();
     if let Some(Target::Vm(vm)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
         vm.qmp_socket = socket.to_owned();
     }
@@ -84,11 +87,11 @@ async fn an_offline_chain_restores_every_point_names_a_broken_link_and_merges() 
     let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
     coordinator.wait_for(|_| true).await;
 
-    let full = committed(&backup("s1", &disk, &repo, "", false).await);
+    let full = committed(&backup("s1", "", &disk, &repo, "", false).await);
     assert_eq!((full.kind(), full.parent_id.as_str()), (RestorePointKind::Full, ""));
     copy(&disk, &dir.path().join("ref1.qcow2"));
     sh("qemu-io", &["-c", "write -P 0x77 8M 1M", &disk.display().to_string()]);
-    let incremental = committed(&backup("s2", &disk, &repo, "", false).await);
+    let incremental = committed(&backup("s2", "s1-0", &disk, &repo, "", false).await);
     assert_eq!(
         (incremental.kind(), incremental.parent_id.as_str()),
         (RestorePointKind::Incremental, "s1-0")
@@ -145,11 +148,11 @@ async fn a_merge_interrupted_by_a_crash_is_finished_before_the_chain_is_read() {
     let mut coordinator = FakeCoordinator::start().await;
     let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
     coordinator.wait_for(|_| true).await;
-    committed(&backup("s1", &disk, &repo, "", false).await);
+    committed(&backup("s1", "", &disk, &repo, "", false).await);
     sh("qemu-io", &["-c", "write -P 0x42 1M 1M", &disk.display().to_string()]);
-    committed(&backup("s2", &disk, &repo, "", false).await);
+    committed(&backup("s2", "s1-0", &disk, &repo, "", false).await);
     sh("qemu-io", &["-c", "write -P 0x43 3M 1M", &disk.display().to_string()]);
-    committed(&backup("s3", &disk, &repo, "", false).await);
+    committed(&backup("s3", "s2-0", &disk, &repo, "", false).await);
     copy(&disk, &dir.path().join("ref3.qcow2"));
 
     // The state a kill -9 leaves after step 2 of merging s1-0 into s2-0: the intent is
@@ -175,14 +178,15 @@ async fn a_running_vm_gets_incrementals_and_a_cancelled_one_keeps_tracking_whole
     let mut vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
     let socket = vm.sluice_socket();
 
-    let full = committed(&backup("s1", &disk, &repo, &socket, false).await);
+    let full = committed(&backup("s1", "", &disk, &repo, &socket, false).await);
     assert_eq!(full.kind(), RestorePointKind::Full);
     vm.write(0, 0x21, 6 * MIB, MIB);
-    let first = committed(&backup("s2", &disk, &repo, &socket, false).await);
+    let first = committed(&backup("s2", "s1-0", &disk, &repo, &socket, false).await);
     assert_eq!((first.kind(), first.parent_id.as_str()), (RestorePointKind::Incremental, "s1-0"));
 
     vm.write(0, 0x22, 9 * MIB, 2 * MIB);
     let mut spec = vm_spec("s3", 0, &[&disk], &repo);
+    spec.parent_restore_point = "s2-0".into();
     if let Some(Target::Vm(target)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
         target.qmp_socket = socket.clone();
     }
@@ -199,7 +203,7 @@ async fn a_running_vm_gets_incrementals_and_a_cancelled_one_keeps_tracking_whole
     assert_eq!(names, ["sluice:nightly:s2-0"], "only the last committed restore point's bitmap");
 
     vm.copy_disk(0, &dir.path().join("ref4.qcow2"));
-    let after = committed(&backup("s4", &disk, &repo, &socket, false).await);
+    let after = committed(&backup("s4", "s2-0", &disk, &repo, &socket, false).await);
     assert_eq!((after.kind(), after.parent_id.as_str()), (RestorePointKind::Incremental, "s2-0"));
     let restored = dir.path().join("restored-s4.qcow2");
     let top = item_dir(&repo).join("s4-0/disk0.qcow2");
@@ -211,4 +215,54 @@ async fn a_running_vm_gets_incrementals_and_a_cancelled_one_keeps_tracking_whole
     assert_eq!(vm.pauses(), Vec::<String>::new(), "the VM never paused");
     assert_eq!(vm.status(), "running");
     vm.quit();
+}
+
+#[tokio::test]
+async fn a_late_folder_the_catalog_does_not_name_is_never_built_on_and_can_be_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "live.qcow2", 4);
+    let repo = dir.path().join("repo");
+    let mut coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    coordinator.wait_for(|_| true).await;
+    let mut vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let socket = vm.sluice_socket();
+
+    committed(&backup("s1", "", &disk, &repo, &socket, false).await);
+    // A lost attempt commits late: its folder is the newest, but the catalog never lists it.
+    vm.write(0, 0x31, 6 * MIB, MIB);
+    let late = committed(&backup("late", "s1-0", &disk, &repo, &socket, false).await);
+    assert_eq!(late.parent_id, "s1-0");
+
+    // The next backup builds on what the catalog names, never on the late folder; the named
+    // parent's bitmap went with the late commit, so it is a full saying why.
+    vm.write(0, 0x32, 9 * MIB, MIB);
+    let next = backup("s3", "s1-0", &disk, &repo, &socket, false).await;
+    assert_eq!(next.state(), ItemState::Warning, "{next:?}");
+    assert!(next.message.contains("sluice:nightly:s1-0 is missing"), "{}", next.message);
+    let next = next.restore_point.expect("restore point");
+    assert_eq!((next.kind(), next.parent_id.as_str()), (RestorePointKind::Full, ""));
+
+    // Nothing builds on the late folder: it can be deleted.
+    let request =
+        pb::DeleteRestorePointsRequest { restore_points: vec![location(&repo, "late-0")] };
+    let deleted = agent.client.clone().delete_restore_points(request).await.expect("delete");
+    assert_eq!(deleted.into_inner().problems, Vec::<String>::new());
+    assert_eq!(folders(&item_dir(&repo)), ["s1-0", "s3-0"]);
+
+    // A named parent whose folder is gone gives a full saying why, too.
+    let missing = backup("s4", "gone-0", &disk, &repo, &socket, false).await;
+    assert!(
+        missing.message.contains("the parent named by the catalog, restore point gone-0: folder"),
+        "{}",
+        missing.message
+    );
+    vm.write(0, 0x33, 2 * MIB, MIB);
+    let incremental = committed(&backup("s5", "s4-0", &disk, &repo, &socket, false).await);
+    assert_eq!(
+        (incremental.kind(), incremental.parent_id.as_str()),
+        (RestorePointKind::Incremental, "s4-0")
+    );
+    vm.quit();
+    agent.stop().await;
 }

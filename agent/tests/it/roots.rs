@@ -55,8 +55,7 @@ impl Folders {
 }
 
 async fn run(client: &mut Client, spec: pb::TaskSpec) -> Result<pb::TaskStatus, Status> {
-    let response = client.run_task(pb::RunTaskRequest { task: Some(spec) }).await?;
-    Ok(response.into_inner().status.expect("status"))
+    crate::support::run_task(client, spec).await
 }
 
 /// Backs `src` up into `repository` as item `index` of session `s1` and waits for it.

@@ -11,8 +11,7 @@ use crate::support::{FakeCoordinator, Scratch, TestAgent, WAIT, computer_spec, s
 type Client = AgentServiceClient<Channel>;
 
 async fn run(client: &mut Client, spec: pb::TaskSpec) -> Result<pb::TaskStatus, tonic::Status> {
-    let response = client.run_task(pb::RunTaskRequest { task: Some(spec) }).await?;
-    Ok(response.into_inner().status.expect("status"))
+    crate::support::run_task(client, spec).await
 }
 
 async fn watch(client: &mut Client, session: &str) -> Streaming<pb::TaskEvent> {

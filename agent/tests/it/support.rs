@@ -204,6 +204,28 @@ pub fn sim_spec(session: &str, index: u32, epoch: i64, ms: u32) -> pb::TaskSpec 
     }
 }
 
+/// RunTask, once the agent took its first heartbeat's answer: until then it takes no task.
+pub async fn run_task(
+    client: &mut AgentServiceClient<Channel>,
+    spec: pb::TaskSpec,
+) -> Result<pb::TaskStatus, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let request = pb::RunTaskRequest { task: Some(spec.clone()) };
+        match client.run_task(request).await {
+            Ok(response) => return Ok(response.into_inner().status.expect("status")),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && status.message().contains("no heartbeat confirmed yet")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
 /// A fake coordinator that records every heartbeat.
 pub struct FakeCoordinator {
     pub url: String,
@@ -222,6 +244,7 @@ impl AgentRegistry for Registry {
         Ok(tonic::Response::new(pb::HeartbeatResponse {
             coordinator: "fake".into(),
             interval_seconds: 1,
+            registration: 1,
         }))
     }
 }

@@ -1,5 +1,7 @@
 //! The registered agents, kept current by a watch on `/agents/` (lease-bound keys written from
-//! heartbeats, so a dead agent disappears when its TTL runs out).
+//! heartbeats, so a dead agent disappears when its TTL runs out). Each carries the create
+//! revision of its key as `registration`: tasks name it, so an agent refuses one sent to a
+//! registration that expired before it registered again.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -113,7 +115,7 @@ async fn list(store: &Store, prefix: &str) -> Result<(BTreeMap<AgentId, pb::Agen
         if let Some(agent) = record.agent
             && let Some(id) = agent_id(&agent.id)
         {
-            agents.insert(id, agent);
+            agents.insert(id, pb::Agent { registration: kv.create_revision(), ..agent });
         }
     }
     Ok((agents, revision))
@@ -131,7 +133,7 @@ fn apply(agents: &mut BTreeMap<AgentId, pb::Agent>, prefix: &str, event: &Event)
                 if !agents.contains_key(&id) {
                     info!(agent = %id, address = %agent.address, "agent joined");
                 }
-                agents.insert(id, agent);
+                agents.insert(id, pb::Agent { registration: kv.create_revision(), ..agent });
             }
         }
         EventType::Delete => {

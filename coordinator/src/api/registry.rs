@@ -33,10 +33,11 @@ impl AgentRegistry for RegistryApi {
         let request = request.into_inner();
         check_speaker(&principal, request.agent.as_ref())?;
         let interval_seconds = (request.ttl_seconds / 3).max(1);
-        self.registry.heartbeat(request, &self.coordinator).await?;
+        let registration = self.registry.heartbeat(request, &self.coordinator).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             coordinator: self.coordinator.clone(),
             interval_seconds,
+            registration,
         }))
     }
 }

@@ -115,6 +115,7 @@ async fn owner_loses_etcd(fault: Fault) {
             sim_duration_ms: None,
             traceparent: String::new(),
             full: false,
+            ..Default::default()
         }),
     };
     let refused =

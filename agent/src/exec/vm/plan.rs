@@ -3,9 +3,10 @@
 //! Change tracking keeps one persistent dirty bitmap per disk and committed restore point,
 //! `sluice:<job>:<restore point>`, created in the same transaction that starts the backup
 //! (so it records exactly the writes after the backup's point in time). A backup builds on
-//! the newest committed restore point of its item when every disk still has that restore
-//! point's bitmap, consistent and recording, and the disks are the same ones of the same
-//! sizes. The parent's bitmap is only read (`bitmap-mode: never`) and removed once the new
+//! the restore point its task names (the coordinator takes the item's newest one from the
+//! catalog, so a folder the catalog does not list, such as a late commit of a lost attempt,
+//! is never built on) when every disk still has that restore point's bitmap, consistent and
+//! recording, and the disks are the same ones of the same sizes. The parent's bitmap is only read (`bitmap-mode: never`) and removed once the new
 //! restore point is committed, so a cancelled or failed backup, or an agent that dies at
 //! any moment, leaves tracking whole.
 
@@ -103,13 +104,34 @@ pub(crate) struct Plan {
     pub(crate) superseded: Option<String>,
 }
 
-/// Decides full or incremental. `newest` is the item's newest committed restore point.
+/// The restore point a backup may build on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Parent {
+    /// The task names none: the catalog holds no restore point of the item.
+    None,
+    /// The named restore point, read from its folder with its whole chain.
+    Named(VmPoint),
+    /// The named restore point cannot be built on; why, naming it.
+    Unusable(String),
+}
+
+impl Parent {
+    fn point(&self) -> Option<&VmPoint> {
+        match self {
+            Parent::Named(point) => Some(point),
+            Parent::None | Parent::Unusable(_) => None,
+        }
+    }
+}
+
+/// Decides full or incremental on `parent`, the restore point the task names.
 pub(crate) fn plan(
     names: &Names,
-    newest: Option<&VmPoint>,
+    parent: &Parent,
     disks: &[DiskState],
     full_requested: bool,
 ) -> Plan {
+    let newest = parent.point();
     let usable = newest.map(|point| names.bitmap(&point.id));
     let stale = disks
         .iter()
@@ -122,17 +144,16 @@ pub(crate) fn plan(
                 .map(move |b| (index, b.name.clone()))
         })
         .collect();
-    let kind = match newest {
-        None => Kind::Full { warning: None },
-        Some(_) if full_requested => Kind::Full { warning: None },
-        Some(point) => match reasons(names, point, disks) {
+    let instead = |reasons: &[String]| Kind::Full {
+        warning: Some(format!("full backup instead of an incremental one: {}", reasons.join("; "))),
+    };
+    let kind = match parent {
+        _ if full_requested => Kind::Full { warning: None },
+        Parent::None => Kind::Full { warning: None },
+        Parent::Unusable(problem) => instead(std::slice::from_ref(problem)),
+        Parent::Named(point) => match reasons(names, point, disks) {
             reasons if reasons.is_empty() => Kind::Incremental { parent: point.id.clone() },
-            reasons => Kind::Full {
-                warning: Some(format!(
-                    "full backup instead of an incremental one: {}",
-                    reasons.join("; ")
-                )),
-            },
+            reasons => instead(&reasons),
         },
     };
     Plan { kind, stale, superseded: usable }

@@ -8,7 +8,7 @@ use std::{
 
 use sluice_proto::{
     ids::{AgentId, TaskId},
-    pb,
+    pb::{self, job_item::Target},
     refusal::Refusal,
     telemetry,
 };
@@ -19,12 +19,14 @@ use super::{Exit, Msg, SessionActor};
 use crate::{
     agent_client::AgentClient,
     error::Error,
+    restore_points::parent::chain_parent,
     sessions::{
         late,
         machine::{CancelReason, Dispatch, Event, Outcome},
         outbox::Ack,
         records,
     },
+    store::Store,
 };
 
 /// Timeout of one call to an agent.
@@ -42,12 +44,16 @@ impl SessionActor {
         };
         let span = info_span!("run_task", agent = %dispatch.agent, index = dispatch.index,
                               attempt = dispatch.attempt);
-        let spec = span.in_scope(|| pb::TaskSpec {
+        let mut spec = span.in_scope(|| pb::TaskSpec {
             traceparent: telemetry::current_traceparent().unwrap_or_default(),
             ..self.task_spec(&dispatch)
         });
+        let store = self.ctx.store.clone();
         let call = async move {
-            let answer = timeout(client.run_task(pb::RunTaskRequest { task: Some(spec) })).await;
+            let answer = match name_chain_parent(&store, &mut spec).await {
+                Ok(()) => timeout(client.run_task(pb::RunTaskRequest { task: Some(spec) })).await,
+                Err(status) => Err(status),
+            };
             let result = answer.and_then(|r| {
                 let status = r.into_inner().status;
                 status.ok_or_else(|| Status::internal("agent answered without a task status"))
@@ -69,6 +75,13 @@ impl SessionActor {
             sim_duration_ms: job.sim_duration_ms,
             traceparent: String::new(),
             full: self.base.session.as_ref().is_some_and(|session| session.full),
+            parent_restore_point: String::new(),
+            agent_registration: self
+                .ctx
+                .directory
+                .current()
+                .get(&dispatch.agent)
+                .map_or(0, |a| a.registration),
         }
     }
 
@@ -277,6 +290,20 @@ impl SessionActor {
         let address = &agents.get(agent)?.address;
         self.ctx.clients.client(agent.as_str(), address).ok()
     }
+}
+
+/// Names the restore point a VM item builds on (the catalog's newest of the item); a catalog
+/// that cannot be read leaves the RunTask unsent, to be sent again like an unanswered one.
+async fn name_chain_parent(store: &Store, spec: &mut pb::TaskSpec) -> Result<(), Status> {
+    let Some(item) = spec.item.as_ref().filter(|item| matches!(item.target, Some(Target::Vm(_))))
+    else {
+        return Ok(());
+    };
+    let parent = chain_parent(store, &spec.job, &item.name).await.map_err(|error| {
+        Status::unavailable(format!("cannot read the item's restore points: {error}"))
+    })?;
+    spec.parent_restore_point = parent.unwrap_or_default();
+    Ok(())
 }
 
 fn is_stale_epoch(status: &Status) -> bool {
