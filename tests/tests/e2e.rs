@@ -6,6 +6,7 @@
 
 mod e2e {
     mod agents;
+    mod attempts;
     mod bad_input;
     mod campaign;
     mod computers;

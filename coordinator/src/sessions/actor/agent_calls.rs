@@ -122,10 +122,14 @@ impl SessionActor {
             matches!(status.code(), Code::ResourceExhausted | Code::FailedPrecondition)
                 || refusal == Some(Refusal::Draining);
         let invalid = matches!(status.code(), Code::InvalidArgument | Code::Unimplemented);
+        // An attempt the agent saw acknowledged is settled: the machine no longer runs it (a
+        // late resend), and one it still ran could not be run again under its number.
+        let settled = refusal == Some(Refusal::Acknowledged);
         if definitive || invalid {
             let message =
                 records::bounded(format!("agent {agent} refused the task: {}", status.message()));
-            self.apply(Event::RunRefused { index, attempt, transient: !invalid, message });
+            let transient = !invalid && !settled;
+            self.apply(Event::RunRefused { index, attempt, transient, message });
             return;
         }
         // The task may have started: ask the same agent again (idempotent) until it answers
