@@ -204,7 +204,8 @@ pub fn sim_spec(session: &str, index: u32, epoch: i64, ms: u32) -> pb::TaskSpec 
     }
 }
 
-/// RunTask, once the agent took its first heartbeat's answer: until then it takes no task.
+/// RunTask, waiting while the agent takes no task (before its first confirmed heartbeat,
+/// or after a pause of heartbeats longer than its TTL on a loaded machine).
 pub async fn run_task(
     client: &mut AgentServiceClient<Channel>,
     spec: pb::TaskSpec,
@@ -216,7 +217,7 @@ pub async fn run_task(
             Ok(response) => return Ok(response.into_inner().status.expect("status")),
             Err(status)
                 if status.code() == tonic::Code::Unavailable
-                    && status.message().contains("no heartbeat confirmed yet")
+                    && status.message().contains("takes no task now")
                     && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -55,7 +55,8 @@ async fn registration(cluster: &Cluster, agent: &str) -> i64 {
 #[tokio::test]
 async fn an_acknowledged_attempt_is_never_run_again_even_after_the_agent_restarts() {
     let mut cluster = Cluster::builder().agent(AgentSpec::new()).start().await;
-    let job = JobBuilder::sim("settled", 10).placeholder_vms(1).repository(&cluster.dir().join("r"));
+    let job =
+        JobBuilder::sim("settled", 10).placeholder_vms(1).repository(&cluster.dir().join("r"));
     let job = job.build();
     let mut jobs = cluster.job_client().await;
     let started = create_and_start(&mut jobs, &job).await;
