@@ -298,8 +298,10 @@ impl SessionActor {
 
 /// Names the restore point a VM item builds on (the catalog's newest of the item); a catalog
 /// that cannot be read leaves the RunTask unsent, to be sent again like an unanswered one.
+/// Sim tasks build no chain and read nothing.
 async fn name_chain_parent(store: &Store, spec: &mut pb::TaskSpec) -> Result<(), Status> {
-    let Some(item) = spec.item.as_ref().filter(|item| matches!(item.target, Some(Target::Vm(_))))
+    let vm = |item: &&pb::JobItem| matches!(item.target, Some(Target::Vm(_)));
+    let Some(item) = spec.item.as_ref().filter(vm).filter(|_| spec.sim_duration_ms.is_none())
     else {
         return Ok(());
     };
