@@ -197,7 +197,7 @@ async fn a_vm_restore_point_restores_a_disk_equal_to_the_source_and_reports_corr
 
     corrupt_one_byte(&disk_file);
     let bad = verify(&mut jobs, "", &id).await;
-    let expected = format!("disk0.qcow2 (disk {}): sha256 is ", disks[0].display());
+    let expected = format!("disk0.qcow2 (disk {}): blake3 is ", disks[0].display());
     assert!(!bad.ok && bad.problems.iter().any(|p| p.starts_with(&expected)), "{bad:?}");
 }
 
