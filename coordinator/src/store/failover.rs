@@ -5,7 +5,8 @@
 //! stays "ready" (its lazy connection fails only when a request arrives): with one member of
 //! three down, about a third of all requests fail, keep-alive streams included, and a
 //! coordinator fences itself although etcd has quorum. Here instead:
-//! - a request goes to the preferred member, the first one not marked down;
+//! - a request goes to the preferred member (the first listed, at first), else the next one
+//!   not marked down;
 //! - a transport error (refused or broken connection, timeout), an error inside a response
 //!   stream, or an UNAVAILABLE answer marks the member down for `DOWN_FOR` and the next one
 //!   becomes preferred;
@@ -98,6 +99,8 @@ impl Failover {
         let members = Members {
             list: Mutex::new(Vec::new()),
             changes: Mutex::new(changes),
+            // The first member listed, until it fails (sticky: a member that fails is left
+            // for the next one, not returned to when it is back).
             preferred: AtomicUsize::new(0),
             keep_alive: Mutex::new(None),
         };
