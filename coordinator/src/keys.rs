@@ -139,6 +139,11 @@ impl Keys {
         format!("{}/restore-points-deleting/{job}/{rp}", self.prefix)
     }
 
+    /// `/restore-points-deleting/`: every restore point being deleted.
+    pub(crate) fn all_restore_points_deleting(&self) -> String {
+        format!("{}/restore-points-deleting/", self.prefix)
+    }
+
     /// `/restore-points-deleting/{job}/`: the job's restore points being deleted.
     pub(crate) fn restore_points_deleting(&self, job: &str) -> String {
         format!("{}/restore-points-deleting/{job}/", self.prefix)

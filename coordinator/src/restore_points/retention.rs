@@ -27,8 +27,10 @@
 //! also rewrites the child's catalog entry (full, no parent, its new size).
 //!
 //! Retention runs on the coordinator that owned the session when it finished; a coordinator
-//! that dies in between leaves the work to the job's next session.
+//! that dies in between leaves the work to the job's next session. Deletions cut short that
+//! no session finishes are taken up by the maintenance leader ([`abandoned`]).
 
+mod abandoned;
 mod merge;
 mod plan;
 
@@ -268,7 +270,7 @@ impl RestorePoints {
             Ok(_) => batch.len(),
             Err(error) => {
                 warn!(%error, count = batch.len(),
-                      "retention: catalog entries not deleted; marked, the next retention will");
+                      "retention: catalog entries not deleted; marked, a later retention will");
                 0
             }
         }
