@@ -23,6 +23,7 @@
 //! item folder, a name starting with '.' is never a restore point.
 
 pub(crate) mod chain;
+pub(crate) mod checksum;
 mod manifest;
 pub(crate) mod merge;
 mod paths;
@@ -32,11 +33,11 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+use self::checksum::{Algorithm, Hasher};
 
 pub(crate) use manifest::{
-    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VmKind, VmManifest,
-    parse_time, plain_file_name, rfc3339,
+    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VM_FORMAT, VmKind,
+    VmManifest, parse_time, plain_file_name, rfc3339,
 };
 pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
 pub(crate) use store::{Store, StoreLock, Written, is_blob_name};
@@ -50,11 +51,11 @@ pub(crate) const STORE_DIR: &str = ".store";
 /// Prefix of a partial folder's name: `.partial-<rp_id>`.
 pub(crate) const PARTIAL_PREFIX: &str = ".partial-";
 
-/// Size and SHA-256 (hex) of a file, fsynced first so what was hashed is durable.
+/// Size and BLAKE3 (hex) of a disk file, fsynced first so what was hashed is durable.
 pub(crate) fn digest_file(path: &Path) -> io::Result<(u64, String)> {
     let mut file = File::open(path)?;
     file.sync_all()?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new(Algorithm::Blake3);
     // Large reads: a disk file is gigabytes, and hashing it is most of a commit.
     let mut buffer = vec![0u8; 4 * 1024 * 1024];
     let mut size = 0u64;
@@ -69,5 +70,5 @@ pub(crate) fn digest_file(path: &Path) -> io::Result<(u64, String)> {
             Err(e) => return Err(e),
         }
     }
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok((size, hasher.finish()))
 }

@@ -133,10 +133,20 @@ impl Keys {
         format!("{}/restore-points-in-use/{job}/{rp}/{use_id}", self.prefix)
     }
 
-    /// `/restore-points-deleting/{job}/{rp}`: retention is deleting the restore point; bound
-    /// to the lease of the coordinator doing it.
+    /// `/restore-points-deleting/{job}/{rp}`: retention is deleting the restore point; durable
+    /// (no lease) until the deletion is finished.
     pub(crate) fn restore_point_deleting(&self, job: &str, rp: &str) -> String {
         format!("{}/restore-points-deleting/{job}/{rp}", self.prefix)
+    }
+
+    /// `/restore-points-deleting/`: every restore point being deleted.
+    pub(crate) fn all_restore_points_deleting(&self) -> String {
+        format!("{}/restore-points-deleting/", self.prefix)
+    }
+
+    /// `/restore-points-deleting/{job}/`: the job's restore points being deleted.
+    pub(crate) fn restore_points_deleting(&self, job: &str) -> String {
+        format!("{}/restore-points-deleting/{job}/", self.prefix)
     }
 
     /// `/tokens/`.

@@ -200,6 +200,7 @@ fn start(
         coordinator: id.clone(),
         history: settings.history(),
         compaction: settings.compaction_interval(),
+        restore_points: restore_points.clone(),
     };
     tasks.tracker.spawn(upkeep.run(tasks.stop.clone()));
     let tokens = Tokens::new(store.clone());

@@ -1,5 +1,6 @@
 //! Upkeep that one coordinator at a time does for the cluster: deleting finished sessions
-//! beyond the history limits (`history.rs`) and compacting etcd's revision history
+//! beyond the history limits (`history.rs`), finishing restore point deletions cut short
+//! long ago (`restore_points/retention/abandoned.rs`) and compacting etcd's revision history
 //! (`compaction.rs`). The one is whoever holds `/maintenance/leader`, a key bound to its
 //! lease: it passes to a peer when the holder's lease ends.
 
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 use crate::{
     error::Result,
     membership::{self, LeaseWatch},
+    restore_points::RestorePoints,
     store::{Store, absent},
 };
 
@@ -42,6 +44,8 @@ pub(crate) struct Maintenance {
     pub(crate) history: History,
     /// Time between compactions, if on.
     pub(crate) compaction: Option<Duration>,
+    /// Retention, for the deletions cut short that no session finishes.
+    pub(crate) restore_points: RestorePoints,
 }
 
 impl Maintenance {
@@ -70,6 +74,9 @@ impl Maintenance {
                 Ok(0) => {}
                 Ok(deleted) => info!(deleted, "old sessions deleted"),
                 Err(error) => warn!(%error, "history cleanup failed"),
+            }
+            if let Err(error) = self.restore_points.finish_abandoned().await {
+                warn!(%error, "finishing deletions cut short failed");
             }
             if let Some(interval) = self.compaction {
                 compactor.round(&self.store, interval).await;

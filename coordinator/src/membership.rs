@@ -128,16 +128,23 @@ impl Membership {
             }
             let sent_at = Instant::now();
             // A renewal may not outlast the trust window: a silent etcd must fence us in time.
-            let budget = interval.min(trusted_until.saturating_duration_since(sent_at));
-            match self.renew(id, &mut stream, budget).await {
-                Renewal::Renewed => trusted_until = sent_at + self.config.ttl * 3 / 4,
+            // Half an interval: one that gets no answer leaves time to try another member.
+            let budget = (interval / 2).min(trusted_until.saturating_duration_since(sent_at));
+            let next = match self.renew(id, &mut stream, budget).await {
+                Renewal::Renewed => {
+                    trusted_until = sent_at + self.config.ttl * 3 / 4;
+                    sent_at + interval
+                }
                 Renewal::Expired => return KeepAliveEnd::Lost("lease expired"),
                 Renewal::Failed(error) => {
-                    warn!(lease = id, %error, "lease renewal failed");
+                    warn!(lease = id, %error, "lease renewal failed; trying again");
                     stream = None;
+                    // Soon, not a whole interval later: the failed etcd member is passed over
+                    // now (see `store::failover`), so the next try reaches a live one.
+                    Instant::now() + self.config.ttl / 20
                 }
             }
-            let next = (sent_at + interval).min(trusted_until);
+            .min(trusted_until);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return KeepAliveEnd::Shutdown,
                 _ = tokio::time::sleep_until(next) => {}
@@ -166,7 +173,10 @@ impl Membership {
             Ok(Ok(Some(_))) => Renewal::Expired,
             Ok(Ok(None)) => Renewal::Failed("keep-alive stream closed".into()),
             Ok(Err(error)) => Renewal::Failed(error.to_string()),
-            Err(_) => Renewal::Failed("keep-alive timed out".into()),
+            Err(_) => {
+                self.store.keep_alive_stalled();
+                Renewal::Failed("keep-alive timed out".into())
+            }
         }
     }
 

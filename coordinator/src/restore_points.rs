@@ -10,6 +10,10 @@
 //! does; retention marks a deletion in a txn that holds only while no use exists. So a
 //! restore point is never deleted while it is read, and never read once its deletion began.
 //! The use key is deleted when the call ends, also when the client cancels it.
+//!
+//! The deletion mark is durable: a restore point whose deletion began is left out of
+//! ListRestorePoints and refused by verify and restore (its folders may be partly gone) until
+//! retention finishes deleting it.
 
 pub(crate) mod choose;
 pub(crate) mod parent;
@@ -157,10 +161,23 @@ impl RestorePoints {
             .catalog_entry(job, id)
             .await?
             .ok_or_else(|| Error::RestorePointNotFound { id: id.into(), job: job.into() })?;
+        if self.deleting(&restore_point.job).await?.contains(id) {
+            return Err(Error::RestorePointDeleted { id: id.into() });
+        }
         locate(&self.store, restore_point).await.map_err(|error| {
             warn!(%key, %error, "restore point cannot be located");
             error
         })
+    }
+
+    /// `listed` (restore points of `job`) without those whose deletion began.
+    pub(crate) async fn without_deleting(
+        &self,
+        job: &str,
+        listed: Vec<pb::RestorePoint>,
+    ) -> Result<Vec<pb::RestorePoint>> {
+        let deleting = self.deleting(job).await?;
+        Ok(listed.into_iter().filter(|rp| !deleting.contains(&rp.id)).collect())
     }
 
     async fn catalog_entry(

@@ -1,4 +1,7 @@
-//! etcd access: protobuf values, create-if-absent and guarded writes, with call timeouts.
+//! etcd access: protobuf values, create-if-absent and guarded writes, with call timeouts,
+//! over a channel that keeps to live etcd members ([`failover`]).
+
+pub(crate) mod failover;
 
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use tonic::Code;
 
 use sluice_proto::security::tls::{TlsError, check_url, client_config};
 
+use self::failover::Failover;
 use crate::{
     error::{Error, Result},
     keys::Keys,
@@ -25,6 +29,7 @@ pub(crate) struct Store {
     client: Client,
     kv: KvClient,
     watcher: WatchClient,
+    failover: Failover,
     keys: Keys,
 }
 
@@ -58,7 +63,10 @@ impl Store {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(5), timeout);
+            .with_keep_alive(Duration::from_secs(5), timeout)
+            // A member cut off from the others answers UNAVAILABLE at once instead of hanging,
+            // so the channel moves to another member.
+            .with_require_leader(true);
         if tls.is_none()
             && let Some(endpoint) = endpoints.iter().find(|e| e.starts_with("https://"))
         {
@@ -72,7 +80,8 @@ impl Store {
             let identity = tls.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
             options = options.with_tls(client_config(&tls.ca, identity).map_err(Error::Tls)?);
         }
-        let channel = TimedChannel(metrics.clone());
+        let (failover, updater) = Failover::new(64);
+        let channel = TimedChannel(metrics.clone(), failover.clone(), updater);
         let client =
             Client::connect_with_balanced_channel(endpoints, Some(options), channel).await?;
         let kv = client
@@ -80,7 +89,13 @@ impl Store {
             .max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_ETCD_MESSAGE_BYTES);
         let watcher = client.watch_client().max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES);
-        Ok(Store { client, kv, watcher, keys: Keys::new(prefix) })
+        Ok(Store { client, kv, watcher, failover, keys: Keys::new(prefix) })
+    }
+
+    /// Tells the channel that the lease keep-alive stream went silent: its member is passed
+    /// over, so the next stream opens on another one.
+    pub(crate) fn keep_alive_stalled(&self) {
+        self.failover.keep_alive_stalled();
     }
 
     /// The key layout.

@@ -136,6 +136,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Uses the etcd cluster whose members answer at `urls` (every coordinator's `--etcd`
+    /// lists them all).
+    pub fn etcd_members(mut self, urls: &[String]) -> ClusterBuilder {
+        self.etcd_url = Some(urls.join(","));
+        self
+    }
+
     /// Starts the coordinators, then the agents, each waited for until ready.
     pub async fn start(self) -> Cluster {
         let etcd_url = self.etcd_url.clone().unwrap_or_else(|| Etcd::shared().url().to_string());
@@ -221,7 +228,7 @@ impl Cluster {
 
     /// Connects an etcd client to the cluster's etcd (keys live under [`Cluster::prefix`]).
     pub async fn etcd_client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.etcd_url.as_str()], None)
+        etcd_client::Client::connect(self.etcd_url.split(',').collect::<Vec<_>>(), None)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.etcd_url))
     }

@@ -13,6 +13,7 @@ mod e2e {
     mod console;
     mod drains;
     mod etcd_hygiene;
+    mod etcd_members;
     mod etcd_restart;
     mod fencing;
     mod hardening;

@@ -299,6 +299,7 @@ impl Backup {
         };
         let bytes_read = jobs::volumes(&self.jobs).read;
         let manifest = VmManifest {
+            format: None,
             identity: ctx.identity(),
             created_at: created_at.to_string(),
             kind: vm_kind,

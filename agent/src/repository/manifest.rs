@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 pub(crate) use computer::{ComputerManifest, Kind, Record, Totals};
-pub(crate) use vm::{Disk, VmKind, VmManifest};
+pub(crate) use vm::{Disk, VM_FORMAT, VmKind, VmManifest};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +71,7 @@ impl Manifest {
     }
 
     /// Parses a manifest: one with `"format": "sluice-computer-1"` is a computer manifest,
-    /// one without `format` a VM manifest.
+    /// one with `"format": "sluice-vm-2"` or without `format` a VM manifest.
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| format!("{MANIFEST}: not valid JSON: {e}"))?;
@@ -79,8 +79,10 @@ impl Manifest {
             Some(COMPUTER_FORMAT) => serde_json::from_value(value)
                 .map(Self::Computer)
                 .map_err(|e| format!("{MANIFEST}: not a valid {COMPUTER_FORMAT} manifest: {e}")),
-            Some(other) => Err(format!("{MANIFEST}: unknown format {other:?}")),
-            None => serde_json::from_value(value)
+            Some(other) if other != VM_FORMAT => {
+                Err(format!("{MANIFEST}: unknown format {other:?}"))
+            }
+            _ => serde_json::from_value(value)
                 .map(Self::Vm)
                 .map_err(|e| format!("{MANIFEST}: not a valid VM manifest: {e}")),
         }
@@ -117,8 +119,10 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+    use crate::repository::checksum::Algorithm;
 
     const VM_JSON: &str = include_str!("testdata/vm-manifest.json");
+    const VM_2_JSON: &str = include_str!("testdata/vm-manifest-2.json");
     const COMPUTER_JSON: &str = include_str!("testdata/computer-manifest.json");
 
     fn vm() -> VmManifest {
@@ -131,6 +135,7 @@ mod tests {
                 file: "disk0.qcow2".into(),
                 size_bytes: 42,
                 sha256: "ab".repeat(32),
+                blake3: String::new(),
                 virtual_size: 16 << 20,
             }],
             ..VmManifest::default()
@@ -172,6 +177,25 @@ mod tests {
         assert_eq!(serde_json::to_string_pretty(&vm()).expect("vm json"), VM_JSON.trim_end());
         let written = serde_json::to_string_pretty(&computer()).expect("computer json");
         assert_eq!(written, COMPUTER_JSON.trim_end());
+    }
+
+    /// The VM manifest written now: format 2, a BLAKE3 per disk and no SHA-256.
+    fn vm_2() -> VmManifest {
+        let mut manifest = VmManifest { format: Some(VM_FORMAT.into()), ..vm() };
+        manifest.disks[0].set_digest(42, "cd".repeat(32));
+        manifest
+    }
+
+    #[test]
+    fn vm_manifests_of_format_2_are_written_and_read_back() {
+        assert_eq!(serde_json::to_string_pretty(&vm_2()).expect("json"), VM_2_JSON.trim_end());
+        assert_eq!(Manifest::parse(VM_2_JSON.as_bytes()), Ok(Manifest::Vm(vm_2())));
+        let Ok(Manifest::Vm(first)) = Manifest::parse(VM_JSON.as_bytes()) else {
+            panic!("a manifest of the first format reads");
+        };
+        assert_eq!(first.disks[0].checksum(), Ok((Algorithm::Sha256, "ab".repeat(32).as_str())));
+        let second = vm_2();
+        assert_eq!(second.disks[0].checksum(), Ok((Algorithm::Blake3, "cd".repeat(32).as_str())));
     }
 
     #[test]

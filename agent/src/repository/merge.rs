@@ -22,7 +22,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MANIFEST, Manifest, VmKind, VmManifest, digest_file};
+use super::{MANIFEST, Manifest, VM_FORMAT, VmKind, VmManifest, digest_file};
 use crate::fsutil::{self, remove_dir_if_exists, sync_dir, write_atomic};
 use crate::qemu_img;
 
@@ -120,10 +120,10 @@ fn fold_disks(base_dir: &Path, child_dir: &Path, child: &VmManifest) -> Result<(
 fn rewrite_manifest(child_dir: &Path, mut manifest: VmManifest) -> Result<VmManifest, String> {
     for disk in &mut manifest.disks {
         let path = child_dir.join(&disk.file);
-        let (size, sha256) = digest_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        disk.size_bytes = size;
-        disk.sha256 = sha256;
+        let (size, blake3) = digest_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        disk.set_digest(size, blake3);
     }
+    manifest.format = Some(VM_FORMAT.to_owned());
     manifest.kind = VmKind::Full;
     manifest.parent = None;
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;

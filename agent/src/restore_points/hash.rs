@@ -4,19 +4,18 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use super::Cancel;
+use crate::repository::checksum::{Algorithm, Hasher};
 
 const CHUNK: usize = 1024 * 1024;
 
-/// What a read found: the byte count and the lowercase hex SHA-256.
+/// What a read found: the byte count and the lowercase hex checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Digested {
     /// Bytes read.
     pub(crate) size: u64,
-    /// SHA-256 of those bytes, hex.
-    pub(crate) sha256: String,
+    /// Checksum of those bytes (of the algorithm asked for), hex.
+    pub(crate) checksum: String,
 }
 
 /// Why a read stopped.
@@ -35,18 +34,23 @@ impl From<io::Error> for ReadError {
 }
 
 /// Hashes the file at `path`.
-pub(super) fn hash_file(path: &Path, cancel: &Cancel) -> Result<Digested, ReadError> {
-    copy_hashing(path, None, cancel)
+pub(super) fn hash_file(
+    path: &Path,
+    algorithm: Algorithm,
+    cancel: &Cancel,
+) -> Result<Digested, ReadError> {
+    copy_hashing(path, None, algorithm, cancel)
 }
 
 /// Hashes the file at `source` while writing its bytes to `sink`, if any.
 pub(super) fn copy_hashing(
     source: &Path,
     mut sink: Option<&mut File>,
+    algorithm: Algorithm,
     cancel: &Cancel,
 ) -> Result<Digested, ReadError> {
     let mut file = File::open(source)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new(algorithm);
     let mut buffer = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
@@ -66,5 +70,5 @@ pub(super) fn copy_hashing(
         }
         size += read as u64;
     }
-    Ok(Digested { size, sha256: hex::encode(hasher.finalize()) })
+    Ok(Digested { size, checksum: hasher.finish() })
 }

@@ -19,6 +19,7 @@ use super::location::{Location, under};
 use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::fsutil;
+use crate::repository::checksum::Algorithm;
 use crate::repository::{
     ComputerManifest, Kind, Manifest, Record, Store, VmKind, VmManifest, plain_file_name,
 };
@@ -153,11 +154,11 @@ fn restore_vm(
         }
         let what = format!("{} (disk {})", disk.file, disk.source);
         let destination = target.join(&name);
+        let checksum = disk.checksum().map_err(AgentError::Corrupt)?;
         let (bytes, _) = copy_checked(
             &folder.join(&disk.file),
             &destination,
-            disk.size_bytes,
-            &disk.sha256,
+            (disk.size_bytes, checksum),
             &what,
             cancel,
         )?;
@@ -296,30 +297,30 @@ fn restore_file(
         .as_deref()
         .ok_or_else(|| corrupt(format!("file {} has no sha256", entry.path)))?;
     let what = format!("{}: blob {sha256}", entry.path);
-    let (bytes, file) =
-        copy_checked(&store.blob_path(sha256), path, entry.size, sha256, &what, cancel)?;
+    let expected = (entry.size, (Algorithm::Sha256, sha256));
+    let (bytes, file) = copy_checked(&store.blob_path(sha256), path, expected, &what, cancel)?;
     set_mode_and_mtime(&file, path, entry)?;
     Ok(bytes)
 }
 
 /// Copies `source` to a new file `destination` (never through a link), hashing as it goes;
-/// a size or hash other than the manifest's is DATA_LOSS naming `what`. Returns the bytes
-/// copied and the new file, still open.
+/// a size or checksum other than the manifest's (`expected`) is DATA_LOSS naming `what`.
+/// Returns the bytes copied and the new file, still open.
 fn copy_checked(
     source: &Path,
     destination: &Path,
-    size: u64,
-    sha256: &str,
+    expected: (u64, (Algorithm, &str)),
     what: &str,
     cancel: &Cancel,
 ) -> Result<(u64, File), AgentError> {
+    let (size, (algorithm, checksum)) = expected;
     let mut out = File::options()
         .write(true)
         .create_new(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(destination)
         .map_err(|e| io_error("cannot create", destination, &e))?;
-    let found = match copy_hashing(source, Some(&mut out), cancel) {
+    let found = match copy_hashing(source, Some(&mut out), algorithm, cancel) {
         Ok(found) => found,
         Err(ReadError::Canceled) => {
             return Err(AgentError::FailedPrecondition("restore canceled".to_owned()));
@@ -329,11 +330,12 @@ fn copy_checked(
         }
         Err(ReadError::Io(e)) => return Err(io_error("cannot copy", source, &e)),
     };
-    if found.size != size || found.sha256 != sha256 {
+    if found.size != size || found.checksum != checksum {
+        let name = algorithm.name();
         return Err(AgentError::Corrupt(format!(
-            "{what}: read {} bytes with sha256 {}, the manifest records {size} bytes with sha256 \
-             {sha256}",
-            found.size, found.sha256
+            "{what}: read {} bytes with {name} {}, the manifest records {size} bytes with {name} \
+             {checksum}",
+            found.size, found.checksum
         )));
     }
     out.sync_all().map_err(|e| io_error("cannot sync", destination, &e))?;

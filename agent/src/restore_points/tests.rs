@@ -69,7 +69,8 @@ fn computer_restore_point(repository: &Path, id: &str, seed: &str) -> Location {
     location
 }
 
-/// A VM restore point whose one disk is a real qcow2 image holding `data`.
+/// A VM restore point whose one disk is a real qcow2 image holding `data`, in the first VM
+/// manifest format (SHA-256).
 fn vm_restore_point(repository: &Path, id: &str, data: &[u8]) -> Location {
     let location = location(repository, "vm", id);
     fs::create_dir_all(location.folder()).expect("folder");
@@ -148,6 +149,51 @@ fn a_vm_disk_of_another_size_or_content_is_named() {
     assert_eq!(
         problems,
         vec![format!("restore point folder {} does not exist", gone.folder().display())]
+    );
+}
+
+/// Rewrites a restore point's manifest in format `sluice-vm-2`: BLAKE3 instead of SHA-256.
+fn to_format_2(rp: &Location) {
+    let path = rp.folder().join(MANIFEST);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("manifest")).expect("json");
+    let disk = fs::read(rp.folder().join("disk0.qcow2")).expect("disk");
+    manifest["format"] = "sluice-vm-2".into();
+    manifest["disks"][0]["blake3"] = blake3::hash(&disk).to_hex().as_str().into();
+    manifest["disks"][0].as_object_mut().expect("disk").remove("sha256");
+    fs::write(&path, manifest.to_string()).expect("manifest");
+}
+
+/// Manifests of both VM formats verify and restore; a disk of format 2 whose bytes changed
+/// is named with its BLAKE3, and one without any checksum is refused.
+#[test]
+fn a_vm_manifest_of_format_2_verifies_restores_and_names_a_corrupt_disk() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = vm_restore_point(repo.path(), "s-1", b"qcow2 bytes");
+    to_format_2(&rp);
+    assert_eq!(verify(&rp, &Cancel::default()).expect("verify").problems, Vec::<String>::new());
+    let out = tempfile::tempdir().expect("tempdir");
+    let restored = restore(&rp, &out.path().join("r"), &Cancel::default()).expect("restore");
+    assert_eq!(restored.files, 1);
+    corrupt(&rp.folder().join("disk0.qcow2"));
+    let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("disk0.qcow2 (disk /vms/web.qcow2): blake3 is "),
+        "{problems:?}"
+    );
+    let refused = restore(&rp, &out.path().join("again"), &Cancel::default());
+    assert!(refused.is_err(), "a corrupt disk is not restored");
+
+    let path = rp.folder().join(MANIFEST);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("manifest")).expect("json");
+    manifest["disks"][0].as_object_mut().expect("disk").remove("blake3");
+    fs::write(&path, manifest.to_string()).expect("manifest");
+    let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
+    assert_eq!(
+        problems,
+        vec!["disk0.qcow2 (disk /vms/web.qcow2): disk0.qcow2: the manifest records no checksum"]
     );
 }
 

@@ -7,6 +7,7 @@ use super::hash::{Digested, ReadError, hash_file};
 use super::location::{Location, under};
 use super::{Cancel, vm};
 use crate::error::AgentError;
+use crate::repository::checksum::Algorithm;
 use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest};
 
 /// What a check found.
@@ -100,7 +101,7 @@ fn hash_blob(
     cancel: &Cancel,
     report: &mut Report,
 ) -> Result<Result<Digested, String>, AgentError> {
-    match hash_file(&store.blob_path(sha256), cancel) {
+    match hash_file(&store.blob_path(sha256), Algorithm::Sha256, cancel) {
         Ok(found) => {
             report.bytes_checked += found.size;
             Ok(Ok(found))
@@ -118,8 +119,9 @@ fn compare(name: &str, found: &Digested, size: u64, sha256: &str, problems: &mut
     if found.size != size {
         problems.push(format!("{name}: {} bytes, the manifest records {size}", found.size));
     }
-    if found.sha256 != sha256 {
-        problems.push(format!("{name}: sha256 is {}, the manifest records {sha256}", found.sha256));
+    if found.checksum != sha256 {
+        let found = &found.checksum;
+        problems.push(format!("{name}: sha256 is {found}, the manifest records {sha256}"));
     }
 }
 

@@ -15,6 +15,7 @@ use super::verify::Report;
 use crate::error::AgentError;
 use crate::qemu_img;
 use crate::repository::chain::{self, ChainLock, VmPoint};
+use crate::repository::checksum::Algorithm;
 use crate::repository::merge::{self, Intent};
 use crate::repository::{Manifest, VmKind, VmManifest, plain_file_name};
 
@@ -96,7 +97,14 @@ fn verify_link(
             continue;
         }
         let path = folder.join(&disk.file);
-        let found = match hash_file(&path, cancel) {
+        let (algorithm, expected) = match disk.checksum() {
+            Ok(checksum) => checksum,
+            Err(problem) => {
+                report.problems.push(format!("{name}: {problem}"));
+                continue;
+            }
+        };
+        let found = match hash_file(&path, algorithm, cancel) {
             Ok(found) => found,
             Err(ReadError::Canceled) => return Err(canceled("verify")),
             Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -109,7 +117,7 @@ fn verify_link(
             }
         };
         report.bytes_checked += found.size;
-        if let Some(problem) = mismatch(&found, disk.size_bytes, &disk.sha256) {
+        if let Some(problem) = mismatch(&found, disk.size_bytes, (algorithm, expected)) {
             report.problems.push(format!("{name}: {problem}"));
             continue;
         }
@@ -125,12 +133,13 @@ fn verify_link(
     Ok(())
 }
 
-fn mismatch(found: &Digested, size: u64, sha256: &str) -> Option<String> {
+fn mismatch(found: &Digested, size: u64, expected: (Algorithm, &str)) -> Option<String> {
     if found.size != size {
         return Some(format!("{} bytes, the manifest records {size}", found.size));
     }
-    (found.sha256 != sha256)
-        .then(|| format!("sha256 is {}, the manifest records {sha256}", found.sha256))
+    let (algorithm, expected) = (expected.0.name(), expected.1);
+    (found.checksum != expected)
+        .then(|| format!("{algorithm} is {}, the manifest records {expected}", found.checksum))
 }
 
 /// The file alone is a sound qcow2 image reading through to `backing`.
@@ -187,12 +196,13 @@ fn check_files(folder: &Path, link: &VmPoint, cancel: &Cancel) -> Result<(), Age
         if !plain_file_name(&disk.file) {
             return Err(AgentError::Corrupt(format!("{what}: not a plain file name")));
         }
-        let found = match hash_file(&folder.join(&disk.file), cancel) {
+        let checksum = disk.checksum().map_err(|p| AgentError::Corrupt(format!("{what}: {p}")))?;
+        let found = match hash_file(&folder.join(&disk.file), checksum.0, cancel) {
             Ok(found) => found,
             Err(ReadError::Canceled) => return Err(canceled("restore")),
             Err(ReadError::Io(e)) => return Err(AgentError::Corrupt(format!("{what}: {e}"))),
         };
-        if let Some(problem) = mismatch(&found, disk.size_bytes, &disk.sha256) {
+        if let Some(problem) = mismatch(&found, disk.size_bytes, checksum) {
             return Err(AgentError::Corrupt(format!("{what}: {problem}")));
         }
     }

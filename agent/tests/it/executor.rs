@@ -34,7 +34,11 @@ async fn a_vm_backup_commits_a_restore_point_equal_to_the_disks() {
         serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).expect("manifest"))
             .expect("manifest json");
     assert_eq!(manifest["disks"].as_array().map(Vec::len), Some(2));
-    assert_eq!(manifest["disks"][0]["sha256"].as_str().map(str::len), Some(64));
+    // Format 2: a BLAKE3 per disk (hashing is most of a full backup's commit), no SHA-256.
+    assert_eq!(manifest["format"].as_str(), Some("sluice-vm-2"));
+    let blake3 = blake3::hash(&std::fs::read(folder.join("disk0.qcow2")).expect("disk"));
+    assert_eq!(manifest["disks"][0]["blake3"].as_str(), Some(blake3.to_hex().as_str()));
+    assert!(manifest["disks"][0].get("sha256").is_none(), "{manifest}");
     assert!(rp.size_bytes > 0);
     assert_eq!(entries(&repo.join("nightly/vm0")), vec!["s1-0".to_string()], "no partial folder");
     assert_eq!(phases(&mut run.updates), EVERY_PHASE);

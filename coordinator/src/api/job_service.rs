@@ -130,7 +130,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListRestorePointsRequest>,
     ) -> Reply<pb::ListRestorePointsResponse> {
-        let restore_points = self.sessions.restore_points(&request.into_inner().job).await?;
+        let job = request.into_inner().job;
+        let listed = self.sessions.restore_points(&job).await?;
+        let restore_points = self.restore_points.without_deleting(&job, listed).await?;
         Ok(Response::new(pb::ListRestorePointsResponse { restore_points }))
     }
 

@@ -12,20 +12,22 @@ use tonic::transport::{Endpoint, channel::Change};
 use tower::{BoxError, Service, util::BoxCloneSyncService};
 
 use super::Metrics;
+use crate::store::failover::Failover;
 
 type HttpRequest = http::Request<tonic::body::Body>;
 type HttpResponse = http::Response<tonic::body::Body>;
 type EndpointUpdater = tokio::sync::mpsc::Sender<Change<http::Uri, Endpoint>>;
 
-/// Builds the etcd client's balanced channel with every request timed.
-pub(crate) struct TimedChannel(pub(crate) Metrics);
+/// Builds the etcd client's channel, the given [`Failover`] and the sender of its endpoints,
+/// with every request timed.
+pub(crate) struct TimedChannel(pub(crate) Metrics, pub(crate) Failover, pub(crate) EndpointUpdater);
 
 impl BalancedChannelBuilder for TimedChannel {
     type Error = tonic::transport::Error;
 
-    fn balanced_channel(self, buffer: usize) -> Result<(Channel, EndpointUpdater), Self::Error> {
-        let (channel, updater) = tonic::transport::Channel::balance_channel(buffer);
-        let timed = Timed { inner: channel, metrics: self.0 };
+    fn balanced_channel(self, _buffer: usize) -> Result<(Channel, EndpointUpdater), Self::Error> {
+        let TimedChannel(metrics, failover, updater) = self;
+        let timed = Timed { inner: failover, metrics };
         Ok((Channel::Custom(BoxCloneSyncService::new(timed)), updater))
     }
 }
@@ -33,7 +35,7 @@ impl BalancedChannelBuilder for TimedChannel {
 /// A channel that observes how long each request takes to be answered.
 #[derive(Clone)]
 struct Timed {
-    inner: tonic::transport::Channel,
+    inner: Failover,
     metrics: Metrics,
 }
 
@@ -43,7 +45,7 @@ impl Service<HttpRequest> for Timed {
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
@@ -54,7 +56,7 @@ impl Service<HttpRequest> for Timed {
         Box::pin(async move {
             let answer = answer.await;
             metrics.etcd_request(&method, started.elapsed().as_secs_f64());
-            answer.map_err(Into::into)
+            answer
         })
     }
 }

@@ -5,13 +5,19 @@
 //! names.
 //!
 //! For each restore point to delete, in order:
-//! 1. `/restore-points-deleting/{job}/{rp}` is put, bound to this coordinator's lease, in a
-//!    txn that holds only while the catalog entry exists and no verify or restore uses it
+//! 1. `/restore-points-deleting/{job}/{rp}` is put, durably (no lease), in a txn that holds
+//!    only while the catalog entry exists and no verify or restore uses it
 //!    (`/restore-points-in-use/{job}/{rp}/`, see `restore_points.rs`); a restore point in use
-//!    is skipped and left to a later session's retention.
+//!    is skipped and left to a later session's retention. From here on the restore point is
+//!    being deleted: ListRestorePoints leaves it out and verify and restore refuse it.
 //! 2. An agent deletes the folders (`AgentService.DeleteRestorePoints`).
-//! 3. The catalog entry and the deletion mark are deleted in one txn. A failed step 2 only
-//!    removes the mark: the entry stays and a later retention tries again.
+//! 3. The catalog entry and the deletion mark are deleted in one txn.
+//!
+//! A deletion that stops half-way (no agent, a failed agent call, a failed last txn, a
+//! coordinator that died) keeps its mark, so the catalog never lists a restore point whose
+//! folders may be gone; the job's next retention finishes it (the plan takes marked restore
+//! points as falling out, whatever `keep` says, and still never deletes one under a kept
+//! child). Deleting and merging are idempotent on the agent, so finishing twice is harmless.
 //!
 //! Steps 1 and 3 go in batches: one txn of independent nested txns per `BATCH` restore
 //! points. One retention runs per job at a time on a coordinator; a session that finishes
@@ -21,18 +27,20 @@
 //! also rewrites the child's catalog entry (full, no parent, its new size).
 //!
 //! Retention runs on the coordinator that owned the session when it finished; a coordinator
-//! that dies in between leaves the work to the job's next session.
+//! that dies in between leaves the work to the job's next session. Deletions cut short that
+//! no session finishes are taken up by the maintenance leader ([`abandoned`]).
 
+mod abandoned;
 mod merge;
 mod plan;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use prost::Message;
 use sluice_proto::{pb, time};
 use tracing::{info, warn};
@@ -93,13 +101,14 @@ impl RestorePoints {
         };
         let keys = self.store.keys();
         let Some(job) = self.store.get::<pb::Job>(&keys.job(job_name)).await? else { return Ok(0) };
-        if job.value.keep_restore_points == 0 {
+        let deleting = self.deleting(job_name).await?;
+        if job.value.keep_restore_points == 0 && deleting.is_empty() {
             return Ok(0);
         }
         let all = self.store.list_in_commit_order(&keys.restore_points(job_name)).await?;
         let mut deletions = Vec::new();
         let mut merges = Vec::new();
-        for step in plan::plan(&all, job.value.keep_restore_points) {
+        for step in plan::plan(&all, job.value.keep_restore_points, &deleting) {
             match step {
                 plan::Step::Delete(rp) => deletions.push(rp),
                 plan::Step::Merge { base, child } => merges.push((base, child)),
@@ -128,9 +137,11 @@ impl RestorePoints {
     }
 
     /// Marks a batch in one txn of one nested txn each; which marks were put (a restore
-    /// point in use, or already gone, is not marked).
+    /// point in use, or already gone, is not marked). The marks outlive this coordinator:
+    /// only a finished deletion removes them.
     async fn mark_deleting(&self, batch: &[Located]) -> Result<Vec<bool>> {
-        let lease = membership::current(&self.lease)?;
+        // A fenced coordinator begins no deletion.
+        membership::current(&self.lease)?;
         let keys = self.store.keys();
         let record = pb::RestorePointDeletion {
             coordinator: self.coordinator.clone(),
@@ -147,11 +158,7 @@ impl RestorePoints {
                         Compare::create_revision(catalog.as_str(), CompareOp::Greater, 0),
                         Compare::create_revision(uses.as_str(), CompareOp::Equal, 0).with_prefix(),
                     ])
-                    .and_then([TxnOp::put(
-                        deleting.as_str(),
-                        record.encode_to_vec(),
-                        Some(PutOptions::new().with_lease(lease.id)),
-                    )]),
+                    .and_then([TxnOp::put(deleting.as_str(), record.encode_to_vec(), None)]),
             )
         });
         let responses = self.store.txn(Txn::new().and_then(marks.collect::<Vec<_>>())).await?;
@@ -163,25 +170,40 @@ impl RestorePoints {
     }
 
     /// Deletes the marked restore points' folders, agent by agent, then their catalog entries.
+    /// Those not deleted keep their marks for the next retention.
     async fn delete(&self, marked: &[Located]) -> usize {
         let mut deleted = 0;
-        for (agent, batch) in self.by_agent(marked).await.into_values() {
+        for (agent, batch) in self.by_agent(marked).into_values() {
             let done = self.delete_folders(&agent, &batch).await;
-            let (gone, kept): (Vec<&Located>, Vec<&Located>) =
-                batch.into_iter().partition(|located| done.contains(&located.restore_point.id));
+            let gone: Vec<&Located> = batch
+                .into_iter()
+                .filter(|located| done.contains(&located.restore_point.id))
+                .collect();
             for chunk in gone.chunks(BATCH) {
                 deleted += self.forget(chunk).await;
-            }
-            for located in kept {
-                self.unmark(located).await;
             }
         }
         deleted
     }
 
+    /// The ids of the job's restore points whose deletion began.
+    pub(super) async fn deleting(&self, job: &str) -> Result<BTreeSet<String>> {
+        let prefix = self.store.keys().restore_points_deleting(job);
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let listed = self.store.kv().get(prefix.as_str(), Some(options)).await?;
+        Ok(listed
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                key.strip_prefix(prefix.as_str()).map(str::to_owned)
+            })
+            .collect())
+    }
+
     /// The marked restore points by the agent that deletes them; those no agent can reach
-    /// are unmarked.
-    async fn by_agent<'a>(
+    /// keep their marks.
+    fn by_agent<'a>(
         &self,
         marked: &'a [Located],
     ) -> BTreeMap<String, (pb::Agent, Vec<&'a Located>)> {
@@ -195,8 +217,8 @@ impl RestorePoints {
                     .1
                     .push(located),
                 Err(reason) => {
-                    warn!(restore_point = %located.restore_point.id, reason, "retention: no agent to delete with");
-                    self.unmark(located).await;
+                    warn!(restore_point = %located.restore_point.id, reason,
+                          "retention: no agent to delete with; the next retention tries again");
                 }
             }
         }
@@ -231,7 +253,6 @@ impl RestorePoints {
         }
     }
 
-    /// Deletes the catalog entry and the deletion mark together.
     /// Deletes the catalog entries and deletion marks of a batch in one txn; how many.
     async fn forget(&self, batch: &[&Located]) -> usize {
         let keys = self.store.keys();
@@ -248,17 +269,10 @@ impl RestorePoints {
         match self.store.txn(Txn::new().and_then(ops)).await {
             Ok(_) => batch.len(),
             Err(error) => {
-                warn!(%error, count = batch.len(), "retention: catalog entries not deleted");
+                warn!(%error, count = batch.len(),
+                      "retention: catalog entries not deleted; marked, a later retention will");
                 0
             }
-        }
-    }
-
-    async fn unmark(&self, located: &Located) {
-        let rp = &located.restore_point;
-        let key = self.store.keys().restore_point_deleting(&rp.job, &rp.id);
-        if let Err(error) = self.store.kv().delete(key.as_str(), None).await {
-            warn!(%key, %error, "retention: deletion mark not removed; the lease will");
         }
     }
 

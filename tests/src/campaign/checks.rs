@@ -420,6 +420,7 @@ fn disk_violations(evidence: &Evidence) -> Found {
     for (key, rp) in &evidence.catalog {
         let kind = evidence.jobs.get(&rp.job).map(|j| j.kind);
         if kind.is_some_and(|k| k != Kind::Sim)
+            && !evidence.deleting.contains(&rp.id)
             && !on_disk.contains(&(rp.job.as_str(), rp.item.as_str(), rp.id.as_str()))
         {
             found.push((

@@ -80,6 +80,9 @@ pub struct Evidence {
     pub unknown: Vec<String>,
     /// Catalog entries: key suffix `{job}/{item}/{rp}` and value.
     pub catalog: Vec<(String, pb::RestorePoint)>,
+    /// Restore point ids whose deletion began and did not end (durable retention marks):
+    /// refused by verify, their folders may be partly gone.
+    pub deleting: BTreeSet<String>,
     /// Jobs by name.
     pub jobs: BTreeMap<String, CampaignJob>,
     /// Restore point folders (and partial ones) of the VM and computer jobs.
@@ -140,10 +143,12 @@ pub async fn collect(
         });
     }
     evidence.catalog = catalog(&mut etcd, &prefix).await?;
+    evidence.deleting = deleting(&mut etcd, &prefix).await?;
     collect_garbage(topology, jobs, &mut evidence).await;
     evidence.folders = folders(jobs);
     for (_, rp) in &evidence.catalog {
-        let on_disk = evidence.jobs.get(&rp.job).is_some_and(|j| j.kind != Kind::Sim);
+        let on_disk = evidence.jobs.get(&rp.job).is_some_and(|j| j.kind != Kind::Sim)
+            && !evidence.deleting.contains(&rp.id);
         if on_disk {
             evidence.verified.insert(rp.id.clone(), verify(api, rp).await);
         }
@@ -321,6 +326,22 @@ async fn catalog(
             Ok((key, rp))
         })
         .collect()
+}
+
+/// Ids of the restore points with a deletion mark left.
+async fn deleting(
+    etcd: &mut etcd_client::Client,
+    prefix: &str,
+) -> Result<BTreeSet<String>, String> {
+    let root = format!("{prefix}/restore-points-deleting/");
+    let options = GetOptions::new().with_prefix().with_keys_only();
+    let got =
+        etcd.get(root.as_str(), Some(options)).await.map_err(|e| format!("read marks: {e}"))?;
+    Ok(got
+        .kvs()
+        .iter()
+        .filter_map(|kv| String::from_utf8_lossy(kv.key()).rsplit('/').next().map(str::to_owned))
+        .collect())
 }
 
 /// Has the computer agent collect the garbage of each computer repository, then lists the

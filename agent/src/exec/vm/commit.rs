@@ -1,9 +1,9 @@
-//! COMMIT of a VM restore point: checksum and fsync each disk file, write the manifest,
+//! COMMIT of a VM restore point: checksum (BLAKE3) and fsync each disk file, write the manifest,
 //! rename the partial folder into place.
 
 use std::io;
 
-use crate::repository::{Disk, RepoPaths, VmManifest, digest_file};
+use crate::repository::{Disk, RepoPaths, VM_FORMAT, VmManifest, digest_file};
 
 /// One disk copied into the partial folder.
 #[derive(Debug, Clone)]
@@ -24,17 +24,19 @@ pub(crate) fn commit(
     copied: &[Copied],
 ) -> io::Result<u64> {
     paths.ensure_new()?;
+    manifest.format = Some(VM_FORMAT.to_owned());
     manifest.disks = copied
         .iter()
         .map(|disk| {
-            let (size_bytes, sha256) = digest_file(&paths.partial.join(&disk.file))?;
-            Ok(Disk {
+            let (size_bytes, blake3) = digest_file(&paths.partial.join(&disk.file))?;
+            let mut entry = Disk {
                 source: disk.source.clone(),
                 file: disk.file.clone(),
-                size_bytes,
-                sha256,
                 virtual_size: disk.virtual_size,
-            })
+                ..Disk::default()
+            };
+            entry.set_digest(size_bytes, blake3);
+            Ok(entry)
         })
         .collect::<io::Result<_>>()?;
     let size = manifest.disks.iter().map(|d| d.size_bytes).sum();

@@ -1,9 +1,11 @@
-//! The manifest of a VM restore point (no `format` field): `restore_point`, `job`, `item`,
-//! `session_id`, `created_at`, `kind` and `parent` (written only for an incremental),
-//! `bytes_read` (what the block jobs read from the disks; written when known) and per disk
-//! `source`, `file`, `size_bytes`, `sha256` and `virtual_size`.
+//! The manifest of a VM restore point: `format` (`sluice-vm-2`; absent in the first VM
+//! format), `restore_point`, `job`, `item`, `session_id`, `created_at`, `kind` and `parent`
+//! (written only for an incremental), `bytes_read` (what the block jobs read from the disks;
+//! written when known) and per disk `source`, `file`, `size_bytes`, the checksum and
+//! `virtual_size`. The checksum is `blake3` in format `sluice-vm-2` and `sha256` in the first
+//! format; verify and restore check whichever a disk has.
 //!
-//! Only `restore_point` and each disk's `source`, `file`, `size_bytes` and `sha256` are
+//! Only `restore_point` and each disk's `source`, `file`, `size_bytes` and checksum are
 //! required to read one: verify and restore need no more. A manifest without `kind` is a full
 //! restore point (every one written before incremental backups existed is).
 //!
@@ -15,10 +17,18 @@ use serde::{Deserialize, Serialize};
 use sluice_proto::pb;
 
 use super::Identity;
+use crate::repository::checksum::Algorithm;
+
+/// `format` of the VM manifests written now (BLAKE3 checksums); a VM manifest without
+/// `format` is of the first format (SHA-256).
+pub(crate) const VM_FORMAT: &str = "sluice-vm-2";
 
 /// The manifest of a VM restore point.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct VmManifest {
+    /// `sluice-vm-2`, or none in the first format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) format: Option<String>,
     /// Which restore point it is (serialized as top-level fields).
     #[serde(flatten)]
     pub(crate) identity: Identity,
@@ -78,9 +88,31 @@ pub(crate) struct Disk {
     pub(crate) file: String,
     /// Bytes of the file.
     pub(crate) size_bytes: u64,
-    /// SHA-256 of the file, hex.
+    /// SHA-256 of the file, hex (the first format).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) sha256: String,
+    /// BLAKE3 of the file, hex (format `sluice-vm-2`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) blake3: String,
     /// Virtual size of the disk.
     #[serde(default)]
     pub(crate) virtual_size: u64,
+}
+
+impl Disk {
+    /// The checksum the manifest records for the file, with its algorithm.
+    pub(crate) fn checksum(&self) -> Result<(Algorithm, &str), String> {
+        match (self.blake3.as_str(), self.sha256.as_str()) {
+            ("", "") => Err(format!("{}: the manifest records no checksum", self.file)),
+            ("", sha256) => Ok((Algorithm::Sha256, sha256)),
+            (blake3, _) => Ok((Algorithm::Blake3, blake3)),
+        }
+    }
+
+    /// Records the file's size and BLAKE3 (the format written now).
+    pub(crate) fn set_digest(&mut self, size_bytes: u64, blake3: String) {
+        self.size_bytes = size_bytes;
+        self.blake3 = blake3;
+        self.sha256.clear();
+    }
 }

@@ -1,6 +1,6 @@
 //! Retention's merges: a full restore point that falls out is folded into its child by an
 //! agent that reaches the repository (`AgentService.MergeRestorePoint`), under the same
-//! deletion mark as a deletion. The agent's merge is crash-safe and resumable on its own
+//! durable deletion mark as a deletion (kept until the catalog follows the merge). The agent's merge is crash-safe and resumable on its own
 //! (an interrupted one is finished before the chain is read again, and the next retention
 //! asks again); here the catalog follows it in one txn.
 
@@ -49,13 +49,9 @@ impl RestorePoints {
         if !marked.map_err(|e| e.to_string())?.first().copied().unwrap_or(false) {
             return Err("in use by a verify or restore".to_owned());
         }
-        let merged = match self.ask_merge(&located, &child.id).await {
-            Ok(merged) => merged,
-            Err(reason) => {
-                self.unmark(&located).await;
-                return Err(reason);
-            }
-        };
+        // A failed merge keeps the mark: the next retention finishes it (the agent's merge
+        // resumes, and is a no-op once done).
+        let merged = self.ask_merge(&located, &child.id).await?;
         info!(base = %located.restore_point.id, child = %child.id, "retention merged a full restore point into its child");
         self.record_merge(&located, child, merged).await
     }
@@ -103,10 +99,7 @@ impl RestorePoints {
             ]);
         match self.store.txn(txn).await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => {
-                self.unmark(located).await;
-                Err(format!("the catalog entry of {} is gone", child.id))
-            }
+            Ok(None) => Err(format!("the catalog entry of {} is gone", child.id)),
             Err(error) => Err(format!("catalog not updated (the next retention will): {error}")),
         }
     }

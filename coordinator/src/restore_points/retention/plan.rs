@@ -9,6 +9,10 @@
 //! merged into its child, which becomes full, then that one into its child, and so on up to
 //! the first kept restore point. A chain that cannot be merged that way (its root is not a
 //! full restore point, or one of its links has several children) is kept whole.
+//!
+//! A restore point whose deletion began (its durable deletion mark, left by a retention that
+//! failed or died half-way) falls out whatever `keep` says, so the deletion is finished the
+//! same chain-aware way: deleted when nothing kept builds on it, else merged into its child.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,26 +33,36 @@ pub(crate) enum Step {
     },
 }
 
-/// The steps, in order, that leave each item with its `keep` newest restore points; none
-/// when `keep` is 0. `restore_points` come in commit order (oldest first). The merges of one chain must run in the order given.
-pub(crate) fn plan(restore_points: &[pb::RestorePoint], keep: u32) -> Vec<Step> {
-    if keep == 0 {
-        return Vec::new();
-    }
+/// The steps, in order, that leave each item with its `keep` newest restore points (all
+/// when `keep` is 0) and finish the deletions begun (`deleting`, by id). `restore_points`
+/// come in commit order (oldest first). The merges of one chain must run in the order given.
+pub(crate) fn plan(
+    restore_points: &[pb::RestorePoint],
+    keep: u32,
+    deleting: &BTreeSet<String>,
+) -> Vec<Step> {
     let mut by_item: BTreeMap<&str, Vec<&pb::RestorePoint>> = BTreeMap::new();
     for rp in restore_points {
         by_item.entry(rp.item.as_str()).or_default().push(rp);
     }
-    by_item.into_values().flat_map(|rps| plan_item(rps, keep as usize)).collect()
+    by_item.into_values().flat_map(|rps| plan_item(rps, keep as usize, deleting)).collect()
 }
 
-fn plan_item(mut rps: Vec<&pb::RestorePoint>, keep: usize) -> Vec<Step> {
+fn plan_item(
+    mut rps: Vec<&pb::RestorePoint>,
+    keep: usize,
+    deleting: &BTreeSet<String>,
+) -> Vec<Step> {
     // Newest first.
     rps.reverse();
     let item = Item::new(&rps);
-    let out: Vec<&pb::RestorePoint> = rps.iter().skip(keep).copied().collect();
+    let falls_out = |(index, rp): &(usize, &&pb::RestorePoint)| {
+        (keep > 0 && *index >= keep) || deleting.contains(&rp.id)
+    };
+    let (out, kept): (Vec<_>, Vec<_>) = rps.iter().enumerate().partition(falls_out);
+    let out: Vec<&pb::RestorePoint> = out.into_iter().map(|(_, rp)| *rp).collect();
+    let kept: Vec<&pb::RestorePoint> = kept.into_iter().map(|(_, rp)| *rp).collect();
     let out_ids: BTreeSet<&str> = out.iter().map(|rp| rp.id.as_str()).collect();
-    let kept: Vec<&pb::RestorePoint> = rps.iter().take(keep).copied().collect();
     let mut steps: Vec<Step> = out
         .iter()
         .filter(|rp| !item.has_kept_descendant(&rp.id, &out_ids))

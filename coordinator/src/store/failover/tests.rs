@@ -1,0 +1,60 @@
+use std::time::Duration;
+
+use sluice_tests::{Etcd, proxy::Proxy, unique_prefix};
+
+use crate::{metrics::Metrics, store::Store};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn store_over(endpoints: &[String]) -> Store {
+    Store::connect(endpoints, &unique_prefix(), TIMEOUT, &Metrics::default(), None)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {endpoints:?}: {e}"))
+}
+
+/// Every kind of request the coordinator makes, `rounds` times; the first failure.
+async fn exercise(store: &Store, rounds: usize) -> Result<(), String> {
+    let key = format!("{}/failover", store.keys().job("x"));
+    let lease = store.client().lease_grant(30, None).await.map_err(|e| e.to_string())?.id();
+    for round in 0..rounds {
+        let value = sluice_proto::pb::Job { name: format!("r{round}"), ..Default::default() };
+        store.put(&key, &value, None).await.map_err(|e| format!("put {round}: {e}"))?;
+        let read = store.get::<sluice_proto::pb::Job>(&key).await.map_err(|e| e.to_string())?;
+        if read.map(|v| v.value.name) != Some(format!("r{round}")) {
+            return Err(format!("round {round}: read back something else"));
+        }
+        let renewed = store.renew_lease(lease).await.map_err(|e| format!("renew {round}: {e}"))?;
+        if !renewed {
+            return Err(format!("round {round}: the lease expired"));
+        }
+        let txn = etcd_client::Txn::new().when([crate::store::absent("/nothing/here")]);
+        store.txn(txn).await.map_err(|e| format!("txn {round}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Finding F8: a member that refuses connections (listed first, so preferred at the start)
+/// fails no request: reads, writes, txns, lease grants and keep-alives all reach the live one.
+#[tokio::test]
+async fn a_member_that_refuses_connections_fails_no_request() {
+    // A port just freed: nothing listens there, as on a killed member.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let dead = format!("http://{}", closed.local_addr().expect("its address"));
+    drop(closed);
+    let store = store_over(&[dead, Etcd::shared().url().to_string()]).await;
+    exercise(&store, 20).await.expect("every request answered");
+}
+
+/// A member whose connection hangs (black hole) after it served: reads and the lease
+/// keep-alive move to the live member once it fails; writes are not repeated blindly but the
+/// next one goes to the live member.
+#[tokio::test]
+async fn a_member_that_goes_silent_is_left_for_a_live_one() {
+    let silent = Proxy::to_url(Etcd::shared().url());
+    let store = store_over(&[silent.url(), Etcd::shared().url().to_string()]).await;
+    exercise(&store, 2).await.expect("both members up");
+    silent.black_hole();
+    let key = store.keys().job("read-only");
+    store.get::<sluice_proto::pb::Job>(&key).await.expect("a read is sent to the live member");
+    exercise(&store, 5).await.expect("everything goes to the live member afterwards");
+}
