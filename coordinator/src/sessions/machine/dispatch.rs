@@ -30,12 +30,13 @@ impl Machine {
             return Vec::new();
         }
         let has_computer_items = self.has_computer_items();
-        self.skip_settled();
+        self.index.advance(now_ms);
         let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
-        for pos in self.first_pending..self.items.len() {
-            let item = &self.items[pos];
-            if item.state() != ItemState::Pending || item.not_before_ms > now_ms {
-                continue;
+        let mut from = 0;
+        while let Some(pos) = self.index.next_ready(from) {
+            from = pos + 1;
+            if self.items[pos].not_before_ms > now_ms {
+                continue; // the clock went back since the pause was counted as ended
             }
             match self.place(pos, &round, agents, pool) {
                 Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
@@ -73,31 +74,24 @@ impl Machine {
             .get_or_insert_with(|| self.items.iter().any(|i| i.computer.is_some()))
     }
 
-    /// Moves the start of dispatch rounds past the items that are no longer pending.
-    fn skip_settled(&mut self) {
-        let settled = self.items[self.first_pending..]
-            .iter()
-            .take_while(|i| i.state() != ItemState::Pending)
-            .count();
-        self.first_pending += settled;
-    }
-
     fn start_attempt(&mut self, now_ms: i64, pos: usize, agent: AgentId, round: &mut Round) {
-        let item = &mut self.items[pos];
-        let status = &mut item.status;
-        status.attempt += 1;
-        status.state = ItemState::Processing;
-        status.phase = TaskPhase::NotStarted;
-        status.agent = Some(agent.clone());
-        status.waiting_reason.clear();
-        status.message.clear();
-        status.bytes_done = 0;
-        status.bytes_total = 0;
-        status.bytes_read = 0;
-        status.bytes_transferred = 0;
-        status.started_at_ms = Some(now_ms);
-        item.offline_since_ms = None;
-        item.cancel_sent = false;
+        self.update(pos, |item| {
+            let status = &mut item.status;
+            status.attempt += 1;
+            status.state = ItemState::Processing;
+            status.phase = TaskPhase::NotStarted;
+            status.agent = Some(agent.clone());
+            status.waiting_reason.clear();
+            status.message.clear();
+            status.bytes_done = 0;
+            status.bytes_total = 0;
+            status.bytes_read = 0;
+            status.bytes_transferred = 0;
+            status.started_at_ms = Some(now_ms);
+            item.offline_since_ms = None;
+            item.cancel_sent = false;
+        });
+        let item = &self.items[pos];
         let stored = item.stored_run.as_ref() == Some(&(item.status.attempt, agent.clone()));
         let dispatch = Dispatch { index: item.index, attempt: item.status.attempt, agent };
         if stored && !self.dirty_items.contains(&pos) && !self.dirty_lazy.contains(&pos) {
@@ -121,14 +115,13 @@ impl Machine {
         round: &mut Round,
     ) {
         round.shown += 1;
+        round.blocked.insert(self.items[pos].computer.clone(), (reason.clone(), offline));
+        let since = self.items[pos].offline_since_ms;
+        let since_now = if offline { since.or(Some(now_ms)) } else { None };
+        if since_now != since {
+            self.update(pos, |item| item.offline_since_ms = since_now);
+        }
         let item = &mut self.items[pos];
-        round.blocked.insert(item.computer.clone(), (reason.clone(), offline));
-        if offline && item.offline_since_ms.is_none() {
-            item.offline_since_ms = Some(now_ms);
-        }
-        if !offline {
-            item.offline_since_ms = None;
-        }
         if round.shown <= SHOWN_WAITING_ITEMS && item.status.waiting_reason != reason {
             item.status.waiting_reason = reason;
             self.dirty_lazy.insert(pos);

@@ -2,6 +2,7 @@
 //! stops in `tests/stops.rs`, task reports in `tests/tasks.rs`, random sequences in
 //! `tests/property.rs`.
 
+mod indexes;
 mod property;
 mod stops;
 mod tasks;

@@ -110,6 +110,7 @@ fn a_new_owner_cancels_again_what_an_immediate_stop_cancels() {
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
     m.apply(1, stop(StopMode::Immediate));
     m.items[0].cancel_sent = false; // not stored: a new owner does not know it was sent
+    m.reindex();
     let effects = m.resume_stop();
     assert_eq!(
         effects,
