@@ -9,7 +9,7 @@ mod agent_calls;
 mod children;
 mod flush;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sluice_proto::{
     ids::{AgentId, Epoch},
@@ -60,7 +60,7 @@ pub(crate) enum Msg {
     /// Time to send an unanswered RunTask again.
     Resend(Dispatch),
     /// A batch of writes ended.
-    Flushed { result: crate::error::Result<persist::Flushed>, items: Vec<usize>, session: bool },
+    Flushed { result: crate::error::Result<persist::Written>, items: Vec<usize>, session: bool },
     /// The tasks of this session an agent holds (asked for when taking the session over).
     Listed { agent: AgentId, tasks: Vec<pb::TaskStatus> },
     /// The deletion of a late restore point ended (`Ok` once it is gone or catalogued).
@@ -106,6 +106,8 @@ pub(crate) struct Owned {
     pub(crate) epoch: Epoch,
     /// The stop key as read with the records (same revision): in force before any dispatch.
     pub(crate) stop: Option<StopKey>,
+    /// Mod revisions of the stored item keys, by job index.
+    pub(crate) item_revisions: HashMap<u32, i64>,
 }
 
 /// One owned session.
@@ -118,6 +120,9 @@ pub(crate) struct SessionActor {
     stored_stop: Option<StopKey>,
     /// Mod revision of the stop key as last seen (0: none); the final write compares it.
     stop_seen: i64,
+    /// Mod revision of each item key as last stored, by job index (absent: never written);
+    /// each item write holds only while its key is still there.
+    item_revisions: HashMap<u32, i64>,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
     stops: mpsc::Receiver<StopKey>,
@@ -144,7 +149,7 @@ impl SessionActor {
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
-        let Owned { base, job, epoch, stop } = owned;
+        let Owned { base, job, epoch, stop, item_revisions } = owned;
         let job_name = base.session.as_ref().map_or("", |session| session.job.as_str());
         let gauge = SessionGauge::new(ctx.metrics.clone(), job_name, &machine);
         SessionActor {
@@ -154,6 +159,7 @@ impl SessionActor {
             epoch,
             stored_stop: stop,
             stop_seen: 0,
+            item_revisions,
             ctx,
             inbox: inboxes.tasks,
             stops: inboxes.stops,
