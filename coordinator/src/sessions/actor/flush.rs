@@ -10,6 +10,7 @@ use super::{BYTES_FLUSH, Exit, LAZY_FLUSH, Msg, RETRY_BACKOFF, SessionActor};
 use crate::{
     error::Error,
     sessions::{
+        machine::ItemState,
         persist::{self, Flushed, ItemsWritten, Written},
         records::{self, StopKey, stop_from},
     },
@@ -33,6 +34,7 @@ impl SessionActor {
         self.retry_flush_at = None;
         let stopped = self.machine.is_stopped();
         let (items, session) = self.machine.take_dirty(lazy_due || stopped, bytes_due || stopped);
+        let items = self.drop_implied(items);
         if bytes_due {
             self.last_bytes_flush = Instant::now();
         }
@@ -93,6 +95,23 @@ impl SessionActor {
                 None
             }
         }
+    }
+
+    /// Leaves out the items a stop closed that were never written: under a stop, an item
+    /// without a record reads as NOT_PROCESSED (`SessionView`), so a stop of a large session
+    /// writes only the items that ran or waited with a reason, not every pending one. Every
+    /// other item is entered as written from now on (at revision 0 until its write answers).
+    fn drop_implied(&mut self, items: Vec<usize>) -> Vec<usize> {
+        let (implied, items): (Vec<usize>, Vec<usize>) = items.into_iter().partition(|&pos| {
+            let item = self.machine.item(pos);
+            item.state() == ItemState::NotProcessed
+                && !self.item_revisions.contains_key(&item.index)
+        });
+        self.gauge.stored(&self.machine, &implied);
+        for &pos in &items {
+            self.item_revisions.entry(self.machine.item(pos).index).or_insert(0);
+        }
+        items
     }
 
     /// Records the item keys' revisions a flush answered; the job indices refused.
