@@ -27,7 +27,7 @@ use super::{
     persist,
     records::{self, StopKey},
 };
-use crate::{agents::directory::agent_map, metrics::SessionGauge};
+use crate::{agents::directory::agent_map, metrics::SessionGauge, sessions::placement::AgentMap};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
@@ -138,6 +138,8 @@ pub(crate) struct SessionActor {
     needs_dispatch: bool,
     /// The stored state of the items, for the metrics.
     gauge: SessionGauge,
+    /// The registered agents as dispatch sees them, rebuilt when they change.
+    agents: AgentMap,
 }
 
 impl SessionActor {
@@ -172,6 +174,7 @@ impl SessionActor {
             retry_flush_at: None,
             needs_dispatch: true,
             gauge,
+            agents: AgentMap::default(),
         }
     }
 
@@ -204,6 +207,7 @@ impl SessionActor {
     async fn serve(&mut self) -> Exit {
         let mut agents = self.ctx.directory.subscribe();
         let mut freed = self.ctx.scheduler.subscribe();
+        self.agents = agent_map(&self.ctx.directory.current());
         loop {
             self.step();
             if self.is_done() {
@@ -335,10 +339,14 @@ impl SessionActor {
         if !self.machine.may_dispatch() {
             return;
         }
-        let agents = agent_map(&self.ctx.directory.current());
+        // Its items wait as the last round left them (computer items count offline time).
+        let computers = self.machine.has_computer_items();
+        if !computers && self.ctx.scheduler.only_waits(self.machine.id(), &self.agents) {
+            return;
+        }
         let effects = {
             let mut slots = self.ctx.scheduler.lock();
-            self.machine.dispatch(now_ms(), &agents, &mut slots)
+            self.machine.dispatch(now_ms(), &self.agents, &mut slots)
         };
         self.execute(effects);
     }
@@ -394,6 +402,7 @@ impl SessionActor {
     fn on_agents_changed(&mut self) {
         self.needs_dispatch = true;
         let agents = self.ctx.directory.current();
+        self.agents = agent_map(&agents);
         for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
             warn!(%agent, "agent lost with tasks of this session");
             self.outbox.forget_agent(&agent);

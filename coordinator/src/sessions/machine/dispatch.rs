@@ -40,11 +40,13 @@ impl Machine {
             }
             match self.place(pos, &round, agents, pool) {
                 Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
+                Placement::Wait { reason, offline } if !has_computer_items => {
+                    // Every later item waits for the same slots, for the same reason.
+                    self.wait_all(now_ms, from, (reason, offline), &mut round);
+                    break;
+                }
                 Placement::Wait { reason, offline } => {
                     self.wait(now_ms, pos, (reason, offline), &mut round);
-                    if !has_computer_items && round.shown >= SHOWN_WAITING_ITEMS {
-                        break; // every later item would wait for the same slots
-                    }
                 }
             }
         }
@@ -68,7 +70,8 @@ impl Machine {
         }
     }
 
-    fn has_computer_items(&mut self) -> bool {
+    /// Whether any item needs a particular computer (else all share one placement).
+    pub(crate) fn has_computer_items(&mut self) -> bool {
         *self
             .has_computer_items
             .get_or_insert_with(|| self.items.iter().any(|i| i.computer.is_some()))
@@ -103,6 +106,37 @@ impl Machine {
         if self.status.state == SessionState::Starting {
             self.status.state = SessionState::Working;
             self.dirty_session = true;
+        }
+    }
+
+    /// Records why the ready items from position `from` on (the first that could not be
+    /// placed among them) wait, when all wait for the same reason: up to
+    /// `SHOWN_WAITING_ITEMS` of them, without placing each.
+    fn wait_all(
+        &mut self,
+        now_ms: i64,
+        from: usize,
+        (reason, offline): (String, bool),
+        round: &mut Round,
+    ) {
+        let mut next = from.saturating_sub(1);
+        while round.shown < SHOWN_WAITING_ITEMS {
+            let Some(pos) = self.index.next_ready(next) else { break };
+            next = pos + 1;
+            if self.items[pos].not_before_ms > now_ms {
+                continue;
+            }
+            round.shown += 1;
+            let since = self.items[pos].offline_since_ms;
+            let since_now = if offline { since.or(Some(now_ms)) } else { None };
+            if since_now != since {
+                self.update(pos, |item| item.offline_since_ms = since_now);
+            }
+            let item = &mut self.items[pos];
+            if item.status.waiting_reason != reason {
+                item.status.waiting_reason.clone_from(&reason);
+                self.dirty_lazy.insert(pos);
+            }
         }
     }
 
