@@ -165,6 +165,15 @@ impl Machine {
         (items.into_iter().collect(), std::mem::replace(&mut self.dirty_session, false))
     }
 
+    /// The items at `positions` are stored, each with its catalog entry: the restore points
+    /// they hold need not stay in memory (the item keeps the id, which is all the rules need;
+    /// a later write of the item leaves its catalog entry as it is).
+    pub(crate) fn catalogued(&mut self, positions: &[usize]) {
+        for &pos in positions {
+            self.items[pos].restore_point = None;
+        }
+    }
+
     /// Marks everything dirty again (after a failed write).
     pub(crate) fn mark_dirty(&mut self, items: &[usize], session: bool) {
         self.dirty_items.extend(items.iter().copied());

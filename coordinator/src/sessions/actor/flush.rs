@@ -64,6 +64,7 @@ impl SessionActor {
                     .into_iter()
                     .partition(|&pos| refused.contains(&self.machine.item(pos).index));
                 self.gauge.stored(&self.machine, &stored);
+                self.machine.catalogued(&stored);
                 // Only what this flush stored: later dispatches and outcomes wait for theirs,
                 // and so do those of items whose write was refused.
                 let released = self.outbox.flush_stored_except(&refused);

@@ -206,3 +206,24 @@ fn the_actors_questions_are_answered_by_the_machine() {
     assert_eq!(m.cancel_awaited(0), Some(1));
     assert!(m.cancel_requested(0, 1) && !m.cancel_requested(0, 2));
 }
+
+#[test]
+fn a_stored_restore_point_leaves_memory_but_its_id_stays() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, finished(0, 1, outcome(ItemState::Success)));
+    let (dirty, _) = m.take_dirty(false, false);
+    assert!(m.item(0).catalog_entry().is_some(), "written with its catalog entry");
+    m.catalogued(&dirty);
+    assert_eq!(m.item(0).catalog_entry(), None, "not held once stored");
+    assert_eq!(m.item(0).status.restore_point, "rp");
+    let late = Outcome {
+        restore_point: Some(pb::RestorePoint { id: "rp".into(), ..Default::default() }),
+        ..outcome(ItemState::Success)
+    };
+    let effects = m.apply(2, finished(0, 1, late));
+    assert!(
+        effects.iter().all(|e| matches!(e, Effect::Ack { .. })),
+        "its own outcome again: {effects:?}"
+    );
+}
