@@ -33,8 +33,11 @@ pub(crate) struct Registry {
     /// agent has its own lock, held across that agent's etcd calls so that its heartbeats
     /// apply in order; the map's lock is held only to find it, so no heartbeat ever waits on
     /// another agent's etcd round trips.
-    known: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Known>>>>>>,
+    known: Arc<std::sync::Mutex<HashMap<String, Entry>>>,
 }
+
+/// One agent's lock and last write.
+type Entry = Arc<Mutex<Option<Known>>>;
 
 struct Known {
     lease: i64,
@@ -81,7 +84,7 @@ impl Registry {
     }
 
     /// The lock and last write of agent `id`.
-    fn entry(&self, id: &str) -> Arc<Mutex<Option<Known>>> {
+    fn entry(&self, id: &str) -> Entry {
         let mut known = self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         known.entry(id.to_string()).or_default().clone()
     }

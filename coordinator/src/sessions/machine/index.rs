@@ -95,12 +95,12 @@ impl Index {
                 }
             }
             ItemState::Processing => {
-                if let Some(agent) = &item.status.agent {
-                    if let Some(positions) = self.running.get_mut(agent) {
-                        positions.remove(&pos);
-                        if positions.is_empty() {
-                            self.running.remove(agent);
-                        }
+                if let Some(agent) = &item.status.agent
+                    && let Some(positions) = self.running.get_mut(agent)
+                {
+                    positions.remove(&pos);
+                    if positions.is_empty() {
+                        self.running.remove(agent);
                     }
                 }
                 self.uncancelled.remove(&pos);
