@@ -323,7 +323,11 @@ impl SessionActor {
     /// Applies a stop read from its key; the newest key revision seen guards the final write.
     fn take_stop(&mut self, stop: StopKey) {
         self.stop_seen = self.stop_seen.max(stop.revision);
-        self.apply(Event::Stop(stop.stop));
+        // The cancels go out before the pending items are closed.
+        let effects = self.machine.begin_stop(stop.stop);
+        self.needs_dispatch = true;
+        self.execute(effects);
+        self.machine.end_stop(now_ms());
     }
 
     fn apply(&mut self, event: Event) {

@@ -67,6 +67,8 @@ pub(crate) struct Machine {
     /// Whether any item needs a particular computer (else all share one placement); known
     /// from the first dispatch round on.
     has_computer_items: Option<bool>,
+    /// A first stop came: its pending items are still to be closed (`end_stop`).
+    closing: bool,
 }
 
 impl Machine {
@@ -91,6 +93,7 @@ impl Machine {
             dirty_bytes: BTreeSet::new(),
             dirty_session: true,
             has_computer_items: None,
+            closing: false,
         }
     }
 
@@ -246,6 +249,7 @@ impl Machine {
     pub(crate) fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
         if self.is_stopped() {
             // Only a stop still counts: one accepted before the end was stored.
+            #[cfg(test)]
             if let Event::Stop(stop) = event {
                 self.on_stop_after_end(stop);
             }
@@ -278,10 +282,33 @@ impl Machine {
                 self.on_finished(now_ms, index, attempt, (outcome, agent), &mut effects)
             }
             Event::AgentLost { agent } => self.on_agent_lost(now_ms, &agent, &mut effects),
-            Event::Stop(stop) => self.on_stop(now_ms, stop, &mut effects),
+            #[cfg(test)]
+            Event::Stop(stop) => self.on_stop(stop, &mut effects),
+        }
+        self.end_stop(now_ms);
+        effects
+    }
+
+    /// The first half of `apply(Event::Stop)`: the stop is in force and its cancels are
+    /// decided, but its pending items are not closed yet, so that the actor can send the
+    /// cancels before that work (a 100,000-item session has as many to close). `end_stop`
+    /// is the second half.
+    pub(crate) fn begin_stop(&mut self, stop: Stop) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.is_stopped() {
+            self.on_stop_after_end(stop);
+        } else {
+            self.on_stop(stop, &mut effects);
+        }
+        effects
+    }
+
+    /// Closes the pending items of a first stop, and ends the session if nothing runs.
+    pub(crate) fn end_stop(&mut self, now_ms: i64) {
+        if std::mem::take(&mut self.closing) {
+            self.close_pending(now_ms);
         }
         self.finish_if_done(now_ms);
-        effects
     }
 
     /// Graceful deadlines and offline limits.

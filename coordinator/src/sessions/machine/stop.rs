@@ -34,7 +34,7 @@ pub(crate) struct Stop {
 }
 
 impl Machine {
-    pub(super) fn on_stop(&mut self, now_ms: i64, stop: Stop, effects: &mut Vec<Effect>) {
+    pub(super) fn on_stop(&mut self, stop: Stop, effects: &mut Vec<Effect>) {
         if !self.escalated_by(&stop) {
             return;
         }
@@ -43,9 +43,7 @@ impl Machine {
         self.status.stop = Some(stop);
         self.status.state = SessionState::Stopping;
         self.dirty_session = true;
-        if first {
-            self.close_pending(now_ms);
-        }
+        self.closing |= first;
         if immediate {
             self.cancel_running(effects, CancelReason::User);
         }
@@ -75,7 +73,7 @@ impl Machine {
     }
 
     /// Items that never started become NOT_PROCESSED; items waiting to retry have failed.
-    fn close_pending(&mut self, now_ms: i64) {
+    pub(super) fn close_pending(&mut self, now_ms: i64) {
         for pos in self.index.pending() {
             let item = &self.items[pos];
             if item.failed_attempts > 0 {

@@ -58,6 +58,9 @@ pub(crate) struct Dispatch {
 }
 
 /// What happened to a session.
+// Events are moved into the machine one at a time, never stored: an outcome inline costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Event {
     /// Time passed: retry waits, graceful deadlines and offline limits are checked.
@@ -106,7 +109,9 @@ pub(crate) enum Event {
         /// Agent id.
         agent: AgentId,
     },
-    /// A user stopped the session.
+    /// A user stopped the session (tests only: the actor takes a stop in two halves,
+    /// `begin_stop` and `end_stop`, to send the cancels first).
+    #[cfg(test)]
     Stop(Stop),
 }
 
