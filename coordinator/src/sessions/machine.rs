@@ -168,12 +168,19 @@ impl Machine {
         (items.into_iter().collect(), std::mem::replace(&mut self.dirty_session, false))
     }
 
-    /// The items at `positions` are stored, each with its catalog entry: the restore points
-    /// they hold need not stay in memory (the item keeps the id, which is all the rules need;
-    /// a later write of the item leaves its catalog entry as it is).
+    /// The items at `positions` are stored as they were when the flush took them: those not
+    /// changed since were stored with their catalog entry, so the restore points they hold
+    /// need not stay in memory (the item keeps the id, which is all the rules need; a later
+    /// write of the item leaves its catalog entry as it is). An item that changed since (it
+    /// committed while its earlier state was being written) keeps it for its next write.
     pub(crate) fn catalogued(&mut self, positions: &[usize]) {
         for &pos in positions {
-            self.items[pos].restore_point = None;
+            let changed = self.dirty_items.contains(&pos)
+                || self.dirty_lazy.contains(&pos)
+                || self.dirty_bytes.contains(&pos);
+            if !changed {
+                self.items[pos].restore_point = None;
+            }
         }
     }
 

@@ -227,3 +227,18 @@ fn a_stored_restore_point_leaves_memory_but_its_id_stays() {
         "its own outcome again: {effects:?}"
     );
 }
+
+/// Seen in the fault campaign: the flush that stored an item's dispatch answered after the
+/// item had committed; its restore point must stay for the write that catalogues it.
+#[test]
+fn a_restore_point_committed_during_the_flush_of_its_dispatch_stays_for_its_own_write() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let (dispatch_write, _) = m.take_dirty(false, false);
+    m.apply(1, finished(0, 1, outcome(ItemState::Success)));
+    m.catalogued(&dispatch_write);
+    let (outcome_write, _) = m.take_dirty(false, false);
+    assert_eq!(outcome_write, vec![0]);
+    let entry = m.item(0).catalog_entry().map(|rp| rp.id.as_str());
+    assert_eq!(entry, Some("rp"), "written with its catalog entry");
+}
