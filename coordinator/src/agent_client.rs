@@ -1,4 +1,5 @@
-//! gRPC clients of agents, one lazily connected channel per agent address. With TLS the
+//! gRPC clients of agents (and of peer coordinators), one lazily connected channel per
+//! address. With TLS the
 //! coordinator presents its own certificate (agents take only coordinators), and channels
 //! are built again after its certificate files changed.
 
@@ -9,7 +10,9 @@ use std::{
 };
 
 use sluice_proto::{
-    pb::agent_service_client::AgentServiceClient,
+    pb::{
+        agent_service_client::AgentServiceClient, coordinator_peer_client::CoordinatorPeerClient,
+    },
     security::tls::{NodeTls, check_url},
     telemetry::TraceInterceptor,
 };
@@ -19,6 +22,8 @@ use crate::error::{Error, Result};
 
 /// A traced client of one agent.
 pub(crate) type AgentClient = AgentServiceClient<InterceptedService<Channel, TraceInterceptor>>;
+/// A traced client of a peer coordinator.
+pub(crate) type PeerClient = CoordinatorPeerClient<InterceptedService<Channel, TraceInterceptor>>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -50,6 +55,13 @@ impl AgentClients {
         Ok(AgentServiceClient::with_interceptor(channel, TraceInterceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// A client of the peer coordinator at `address`, over the same kind of channel (with
+    /// TLS, the coordinator's own certificate, which peers take).
+    pub(crate) fn peer(&self, coordinator: &str, address: &str) -> Result<PeerClient> {
+        let channel = self.channel(coordinator, address)?;
+        Ok(CoordinatorPeerClient::with_interceptor(channel, TraceInterceptor))
     }
 
     fn channel(&self, agent: &str, address: &str) -> Result<Channel> {

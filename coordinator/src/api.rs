@@ -3,11 +3,13 @@
 mod auth;
 mod cluster;
 mod job_service;
+mod peer;
 mod registry;
 
 pub(crate) use auth::AuthApi;
 pub(crate) use cluster::ClusterApi;
 pub(crate) use job_service::JobApi;
+pub(crate) use peer::PeerApi;
 pub(crate) use registry::RegistryApi;
 
 /// What every call answers.

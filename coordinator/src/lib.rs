@@ -40,7 +40,7 @@ pub use settings::Settings;
 use crate::{
     agent_client::AgentClients,
     agents::{AgentDirectory, acks::Acks},
-    api::{AuthApi, ClusterApi, JobApi, RegistryApi},
+    api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi},
     auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
     http::HttpParts,
@@ -140,8 +140,10 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>> {
         }
         Transport::Tls(files) => files,
     };
-    // Clients and agents may call; a client without a certificate may bring a token.
-    let accept = ClientAuth { kinds: &[Kind::Client, Kind::Agent], required: false };
+    // Clients, agents and peer coordinators may call; a client without a certificate may
+    // bring a token.
+    let accept =
+        ClientAuth { kinds: &[Kind::Client, Kind::Agent, Kind::Coordinator], required: false };
     let tls = NodeTls::load(files, accept)?;
     let identity = tls.identity();
     if identity.kind != Kind::Coordinator || identity.id != settings.id {
@@ -211,12 +213,14 @@ fn start(
     }
     let authenticator = Arc::new(Authenticator::new(tokens.clone(), settings.insecure));
     let registry = Registry::new(store.clone(), if settings.insecure { "http" } else { "https" });
+    let peer = PeerApi::new(sessions.clone());
     let jobs = JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone());
     let services = Services {
         jobs: Arc::new(jobs),
         cluster: Arc::new(ClusterApi::new(registry.clone(), Cluster::new(store), clients)),
         registry: RegistryApi::new(registry, id),
         auth: AuthApi::new(tokens),
+        peer,
         authenticator: authenticator.clone(),
     };
     let http = HttpParts {

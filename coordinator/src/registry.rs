@@ -31,9 +31,15 @@ pub(crate) struct Registry {
     store: Store,
     /// The scheme agent addresses must have: https, or http under `--insecure`.
     scheme: &'static str,
-    /// Last lease and record written per agent, to skip writes that change nothing.
-    known: Arc<Mutex<HashMap<String, Known>>>,
+    /// Last lease and record written per agent, to skip writes that change nothing. Each
+    /// agent has its own lock, held across that agent's etcd calls so that its heartbeats
+    /// apply in order; the map's lock is held only to find it, so no heartbeat ever waits on
+    /// another agent's etcd round trips.
+    known: Arc<std::sync::Mutex<HashMap<String, Entry>>>,
 }
+
+/// One agent's lock and last write.
+type Entry = Arc<Mutex<Option<Known>>>;
 
 struct Known {
     lease: i64,
@@ -60,25 +66,26 @@ impl Registry {
         if request.leaving {
             return self.leave(&agent.id).await.map(|()| 0);
         }
-        let mut known = self.known.lock().await;
-        let renewed = match known.get(&agent.id) {
+        let entry = self.entry(&agent.id);
+        let mut known = entry.lock().await;
+        let renewed = match known.as_ref() {
             Some(entry) => self.renew(entry.lease).await,
             None => self.stored_lease(&agent.id).await,
         };
         let renewed = renewed.inspect_err(|_| {
-            known.remove(&agent.id);
+            known.take();
         })?;
         let lease = match renewed {
             Some(lease) => lease,
             None => self.grant(&agent.id, request.ttl_seconds).await?,
         };
-        let unchanged = known.get(&agent.id).filter(|k| k.lease == lease && k.record == agent);
+        let unchanged = known.as_ref().filter(|k| k.lease == lease && k.record == agent);
         if let Some(known) = unchanged {
             return Ok(known.registration);
         }
         let record = pb::AgentRecord { agent: Some(agent.clone()), lease };
         let registration = self.put(&agent.id, &record, lease).await?;
-        known.insert(agent.id.clone(), Known { lease, record: agent, registration });
+        *known = Some(Known { lease, record: agent, registration });
         Ok(registration)
     }
 
@@ -90,6 +97,12 @@ impl Registry {
         let put = self.store.kv().put(key, record.encode_to_vec(), Some(options)).await?;
         let written = put.header().map_or(0, |h| h.revision());
         Ok(put.prev_key().map_or(written, |prev| prev.create_revision()))
+    }
+
+    /// The lock and last write of agent `id`.
+    fn entry(&self, id: &str) -> Entry {
+        let mut known = self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.entry(id.to_string()).or_default().clone()
     }
 
     /// Every registered agent, sorted by id.
@@ -107,7 +120,7 @@ impl Registry {
     }
 
     async fn leave(&self, id: &str) -> Result<()> {
-        self.known.lock().await.remove(id);
+        self.entry(id).lock().await.take();
         let key = self.store.keys().agent(id);
         if let Some(record) = self.store.get::<pb::AgentRecord>(&key).await? {
             self.store.kv().delete(key, None).await?;
@@ -199,6 +212,29 @@ mod tests {
 
     fn agent(id: &str, computer: &str) -> pb::Agent {
         pb::Agent { id: id.into(), computer: computer.into(), ..Default::default() }
+    }
+
+    fn beat(id: &str) -> pb::HeartbeatRequest {
+        let agent = pb::Agent {
+            id: id.into(),
+            address: "http://127.0.0.1:7001".into(),
+            slots: 1,
+            ..Default::default()
+        };
+        pb::HeartbeatRequest { agent: Some(agent), ttl_seconds: 30, ..Default::default() }
+    }
+
+    /// A heartbeat stuck in its etcd calls (its agent's lock held) delays no other agent.
+    #[tokio::test]
+    async fn one_agents_slow_heartbeat_does_not_hold_up_another() {
+        let registry = Registry::new(crate::testing::store().await, "http");
+        let slow = registry.entry("slow-agent");
+        let _in_progress = slow.lock().await;
+        let other = registry.heartbeat(beat("other-agent"), "c1");
+        let done = tokio::time::timeout(std::time::Duration::from_secs(30), other).await;
+        done.expect("not held up by the other agent").expect("registered");
+        let stored = registry.get("other-agent").await.expect("stored");
+        assert_eq!(stored.coordinator, "c1");
     }
 
     #[test]

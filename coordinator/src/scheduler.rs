@@ -13,7 +13,7 @@ use std::{
 use sluice_proto::ids::{AgentId, SessionId};
 use tokio::sync::watch;
 
-use crate::sessions::placement::SlotPool;
+use crate::sessions::placement::{AgentMap, SlotPool};
 
 /// Slot bookkeeping shared by every session actor.
 #[derive(Clone)]
@@ -70,6 +70,19 @@ impl Scheduler {
     }
 
     /// Records a slot a session already holds (a task found running when taking a session over).
+    /// Whether a dispatch round of `session` would only wait again: it already waits for a
+    /// slot (it was refused one and has not had one since), and no agent of `agents` has a
+    /// free slot. Every released slot wakes every session; this keeps the rounds of all but
+    /// the first from walking their items.
+    pub(crate) fn only_waits(&self, session: &SessionId, agents: &AgentMap) -> bool {
+        let slots = self.lock();
+        let state = &slots.state;
+        state.starving.contains_key(session)
+            && !agents.iter().any(|(id, info)| {
+                info.accepting && info.slots > state.used.get(id).copied().unwrap_or(0)
+            })
+    }
+
     pub(crate) fn claim(&self, session: &SessionId, agent: &AgentId) {
         self.lock().state.hold(session, agent);
     }
@@ -186,6 +199,21 @@ mod tests {
         scheduler.release(&s1, &a1);
         assert!(scheduler.lock().reserve(&s1, &candidates).is_none(), "s1 is over its share");
         assert!(scheduler.lock().reserve(&s2, &candidates).is_some());
+    }
+
+    #[test]
+    fn a_round_only_waits_for_a_session_refused_while_no_slot_is_free() {
+        use crate::sessions::placement::AgentInfo;
+        let scheduler = Scheduler::default();
+        let (a1, s1, s2) = (agent("a1"), session("s1"), session("s2"));
+        let info = AgentInfo { slots: 1, computer: None, accepting: true };
+        let agents = AgentMap::from([(a1.clone(), info)]);
+        assert!(scheduler.lock().reserve(&s1, &[(&a1, 1)]).is_some());
+        assert!(!scheduler.only_waits(&s2, &agents), "s2 never asked: its round runs");
+        assert!(scheduler.lock().reserve(&s2, &[(&a1, 1)]).is_none());
+        assert!(scheduler.only_waits(&s2, &agents), "refused, and still no free slot");
+        scheduler.release(&s1, &a1);
+        assert!(!scheduler.only_waits(&s2, &agents), "a slot is free again");
     }
 
     /// Finding 13: a session waiting for slots it can only get on another agent (its

@@ -12,7 +12,8 @@ use http::HeaderValue;
 use sluice_proto::{
     pb::{
         agent_registry_server::AgentRegistryServer, auth_service_server::AuthServiceServer,
-        cluster_service_server::ClusterServiceServer, job_service_server::JobServiceServer,
+        cluster_service_server::ClusterServiceServer,
+        coordinator_peer_server::CoordinatorPeerServer, job_service_server::JobServiceServer,
     },
     security::{
         layer::AuthLayer,
@@ -32,7 +33,7 @@ use tonic::{
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
-    api::{AuthApi, ClusterApi, JobApi, RegistryApi},
+    api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi},
     auth::Authenticator,
     error::{Error, Result},
 };
@@ -55,6 +56,8 @@ pub(crate) struct Services {
     pub(crate) registry: RegistryApi,
     /// `AuthService`.
     pub(crate) auth: AuthApi,
+    /// `CoordinatorPeer`.
+    pub(crate) peer: PeerApi,
     /// Authenticates every call.
     pub(crate) authenticator: Arc<Authenticator>,
 }
@@ -107,6 +110,7 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
     health_reporter.set_serving::<ClusterServiceServer<ClusterApi>>().await;
     health_reporter.set_serving::<AgentRegistryServer<RegistryApi>>().await;
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
+    health_reporter.set_serving::<CoordinatorPeerServer<PeerApi>>().await;
     let reflection =
         sluice_proto::reflection::v1().map_err(|e| Error::Reflection(e.to_string()))?;
     let reflection_alpha =
@@ -125,7 +129,8 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
         .add_service(jobs)
         .add_service(ClusterServiceServer::from_arc(services.cluster))
         .add_service(AgentRegistryServer::new(services.registry))
-        .add_service(AuthServiceServer::new(services.auth)))
+        .add_service(AuthServiceServer::new(services.auth))
+        .add_service(CoordinatorPeerServer::new(services.peer)))
 }
 
 /// A service whose OUT_OF_RANGE answers say RESOURCE_EXHAUSTED, the code of every size limit

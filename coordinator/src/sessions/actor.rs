@@ -9,7 +9,7 @@ mod agent_calls;
 mod children;
 mod flush;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sluice_proto::{
     ids::{AgentId, Epoch},
@@ -27,7 +27,7 @@ use super::{
     persist,
     records::{self, StopKey},
 };
-use crate::{agents::directory::agent_map, metrics::SessionGauge};
+use crate::{agents::directory::agent_map, metrics::SessionGauge, sessions::placement::AgentMap};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
@@ -60,7 +60,7 @@ pub(crate) enum Msg {
     /// Time to send an unanswered RunTask again.
     Resend(Dispatch),
     /// A batch of writes ended.
-    Flushed { result: crate::error::Result<persist::Flushed>, items: Vec<usize>, session: bool },
+    Flushed { result: crate::error::Result<persist::Written>, items: Vec<usize>, session: bool },
     /// The tasks of this session an agent holds (asked for when taking the session over).
     Listed { agent: AgentId, tasks: Vec<pb::TaskStatus> },
     /// The deletion of a late restore point ended (`Ok` once it is gone or catalogued).
@@ -106,6 +106,8 @@ pub(crate) struct Owned {
     pub(crate) epoch: Epoch,
     /// The stop key as read with the records (same revision): in force before any dispatch.
     pub(crate) stop: Option<StopKey>,
+    /// Mod revisions of the stored item keys, by job index.
+    pub(crate) item_revisions: HashMap<u32, i64>,
 }
 
 /// One owned session.
@@ -118,6 +120,9 @@ pub(crate) struct SessionActor {
     stored_stop: Option<StopKey>,
     /// Mod revision of the stop key as last seen (0: none); the final write compares it.
     stop_seen: i64,
+    /// Mod revision of each item key as last stored, by job index (absent: never written);
+    /// each item write holds only while its key is still there.
+    item_revisions: HashMap<u32, i64>,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
     stops: mpsc::Receiver<StopKey>,
@@ -133,6 +138,8 @@ pub(crate) struct SessionActor {
     needs_dispatch: bool,
     /// The stored state of the items, for the metrics.
     gauge: SessionGauge,
+    /// The registered agents as dispatch sees them, rebuilt when they change.
+    agents: AgentMap,
 }
 
 impl SessionActor {
@@ -144,7 +151,7 @@ impl SessionActor {
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
-        let Owned { base, job, epoch, stop } = owned;
+        let Owned { base, job, epoch, stop, item_revisions } = owned;
         let job_name = base.session.as_ref().map_or("", |session| session.job.as_str());
         let gauge = SessionGauge::new(ctx.metrics.clone(), job_name, &machine);
         SessionActor {
@@ -154,6 +161,7 @@ impl SessionActor {
             epoch,
             stored_stop: stop,
             stop_seen: 0,
+            item_revisions,
             ctx,
             inbox: inboxes.tasks,
             stops: inboxes.stops,
@@ -166,6 +174,7 @@ impl SessionActor {
             retry_flush_at: None,
             needs_dispatch: true,
             gauge,
+            agents: AgentMap::default(),
         }
     }
 
@@ -198,6 +207,7 @@ impl SessionActor {
     async fn serve(&mut self) -> Exit {
         let mut agents = self.ctx.directory.subscribe();
         let mut freed = self.ctx.scheduler.subscribe();
+        self.agents = agent_map(&self.ctx.directory.current());
         loop {
             self.step();
             if self.is_done() {
@@ -313,7 +323,11 @@ impl SessionActor {
     /// Applies a stop read from its key; the newest key revision seen guards the final write.
     fn take_stop(&mut self, stop: StopKey) {
         self.stop_seen = self.stop_seen.max(stop.revision);
-        self.apply(Event::Stop(stop.stop));
+        // The cancels go out before the pending items are closed.
+        let effects = self.machine.begin_stop(stop.stop);
+        self.needs_dispatch = true;
+        self.execute(effects);
+        self.machine.end_stop(now_ms());
     }
 
     fn apply(&mut self, event: Event) {
@@ -329,10 +343,14 @@ impl SessionActor {
         if !self.machine.may_dispatch() {
             return;
         }
-        let agents = agent_map(&self.ctx.directory.current());
+        // Its items wait as the last round left them (computer items count offline time).
+        let computers = self.machine.has_computer_items();
+        if !computers && self.ctx.scheduler.only_waits(self.machine.id(), &self.agents) {
+            return;
+        }
         let effects = {
             let mut slots = self.ctx.scheduler.lock();
-            self.machine.dispatch(now_ms(), &agents, &mut slots)
+            self.machine.dispatch(now_ms(), &self.agents, &mut slots)
         };
         self.execute(effects);
     }
@@ -388,6 +406,7 @@ impl SessionActor {
     fn on_agents_changed(&mut self) {
         self.needs_dispatch = true;
         let agents = self.ctx.directory.current();
+        self.agents = agent_map(&agents);
         for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
             warn!(%agent, "agent lost with tasks of this session");
             self.outbox.forget_agent(&agent);

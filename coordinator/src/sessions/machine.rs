@@ -10,24 +10,25 @@
 //! stops and ends the session.
 
 mod dispatch;
+mod index;
 mod item;
 mod stop;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod types;
 
 use std::collections::BTreeSet;
 
-use sluice_proto::{
-    ids::{AgentId, SessionId},
-    pb,
-};
+use sluice_proto::ids::{AgentId, SessionId};
 
+use self::index::Index;
 pub(crate) use self::{
     item::{
         CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, TaskPhase, Volumes,
     },
     stop::{Stop, StopMode},
+    types::{Dispatch, Effect, Event, Retry, SessionResult, SessionState, SessionStatus},
 };
 
 /// Message of a graceful stop that came before any item started (users know this text).
@@ -45,167 +46,6 @@ pub(crate) const SHOWN_REFUSAL_MS: i64 = 4_000;
 /// the queue stands still, without writing every item of a 100,000-item job.
 pub(crate) const SHOWN_WAITING_ITEMS: usize = 100;
 
-/// Life cycle of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum SessionState {
-    /// Created, nothing dispatched yet.
-    #[default]
-    Starting,
-    /// Items are dispatched and processed.
-    Working,
-    /// A stop was requested; running tasks drain.
-    Stopping,
-    /// Ended.
-    Stopped,
-}
-
-/// How a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SessionResult {
-    /// Every item succeeded.
-    Success,
-    /// Some item has a warning and none failed, or a graceful stop of successful items.
-    Warning,
-    /// Some item failed, or the session was stopped immediately.
-    Failed,
-}
-
-/// The session's own state, besides its items.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct SessionStatus {
-    /// Life-cycle state.
-    pub(crate) state: SessionState,
-    /// Result once stopped.
-    pub(crate) result: Option<SessionResult>,
-    /// Whether a user stopped it.
-    pub(crate) canceled: bool,
-    /// Summary text.
-    pub(crate) message: String,
-    /// The stop in force.
-    pub(crate) stop: Option<Stop>,
-    /// When it ended, ms.
-    pub(crate) ended_at_ms: Option<i64>,
-}
-
-/// One attempt of one item, sent (or to be sent) to one agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Dispatch {
-    /// Job index of the item.
-    pub(crate) index: u32,
-    /// Attempt number.
-    pub(crate) attempt: u32,
-    /// Agent chosen.
-    pub(crate) agent: AgentId,
-}
-
-/// What happened to a session.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Event {
-    /// Time passed: retry waits, graceful deadlines and offline limits are checked.
-    Tick,
-    /// The agent did not take a task.
-    RunRefused {
-        /// Job index of the item.
-        index: u32,
-        /// Attempt that was refused.
-        attempt: u32,
-        /// `true` when the attempt may simply be sent again later (busy, unreachable).
-        transient: bool,
-        /// Why.
-        message: String,
-    },
-    /// A task reported its phase and progress.
-    Progress {
-        /// Job index of the item.
-        index: u32,
-        /// Attempt.
-        attempt: u32,
-        /// Phase now.
-        phase: TaskPhase,
-        /// Bytes copied.
-        bytes_done: u64,
-        /// Bytes in all.
-        bytes_total: u64,
-        /// Bytes read from the source.
-        bytes_read: u64,
-        /// Bytes written to the repository.
-        bytes_transferred: u64,
-    },
-    /// A task ended.
-    Finished {
-        /// Job index of the item.
-        index: u32,
-        /// Attempt.
-        attempt: u32,
-        /// How it ended.
-        outcome: Outcome,
-        /// Agent that reported it (it holds the outcome until acknowledged).
-        agent: AgentId,
-    },
-    /// An agent left or stopped heartbeating: its tasks are lost.
-    AgentLost {
-        /// Agent id.
-        agent: AgentId,
-    },
-    /// A user stopped the session.
-    Stop(Stop),
-}
-
-/// What the session actor must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Effect {
-    /// Start an attempt on an agent, once the dispatch has been persisted.
-    Run(Dispatch),
-    /// Send a dispatch again that etcd already holds (after a refusal for now): no write.
-    Resend(Dispatch),
-    /// Cancel running tasks on an agent.
-    Cancel {
-        /// Agent id.
-        agent: AgentId,
-        /// Job indices of the items.
-        indices: Vec<u32>,
-        /// Why.
-        reason: CancelReason,
-    },
-    /// Give a task slot back to the scheduler.
-    Release {
-        /// Agent id.
-        agent: AgentId,
-    },
-    /// Tell the agent it may forget a finished task, once its outcome has been persisted.
-    Ack {
-        /// Agent id.
-        agent: AgentId,
-        /// Job index of the item.
-        index: u32,
-        /// Attempt.
-        attempt: u32,
-    },
-    /// Have the agent that committed a late restore point delete it (unless the catalog
-    /// lists it), then acknowledge that task.
-    DeleteLate {
-        /// Agent that reported it (it holds the outcome and reaches the repository).
-        agent: AgentId,
-        /// Job index of the item.
-        index: u32,
-        /// Attempt that committed it.
-        attempt: u32,
-        /// The restore point.
-        restore_point: Box<pb::RestorePoint>,
-    },
-}
-
-/// Retry rules of the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Retry {
-    /// Attempts per item (at least 1).
-    pub(crate) attempts: u32,
-    /// Wait between attempts, ms.
-    pub(crate) wait_ms: i64,
-    /// Longest wait for an offline computer, ms.
-    pub(crate) offline_wait_ms: i64,
-}
-
 /// The state of one session.
 #[derive(Debug, Clone)]
 pub(crate) struct Machine {
@@ -222,11 +62,13 @@ pub(crate) struct Machine {
     /// Items whose bytes alone moved: persisted only at a coarse interval.
     dirty_bytes: BTreeSet<usize>,
     dirty_session: bool,
-    /// No item before this position is pending: dispatch rounds start here.
-    first_pending: usize,
+    /// The items by what the rules look them up by.
+    index: Index,
     /// Whether any item needs a particular computer (else all share one placement); known
     /// from the first dispatch round on.
     has_computer_items: Option<bool>,
+    /// A first stop came: its pending items are still to be closed (`end_stop`).
+    closing: bool,
 }
 
 impl Machine {
@@ -238,9 +80,11 @@ impl Machine {
         retry: Retry,
         status: SessionStatus,
     ) -> Self {
+        let index = Index::build(&items, 0);
         Machine {
             id,
             status,
+            index,
             items,
             proxies,
             retry,
@@ -248,8 +92,8 @@ impl Machine {
             dirty_lazy: BTreeSet::new(),
             dirty_bytes: BTreeSet::new(),
             dirty_session: true,
-            first_pending: 0,
             has_computer_items: None,
+            closing: false,
         }
     }
 
@@ -280,7 +124,7 @@ impl Machine {
 
     /// Whether any item committed a restore point.
     pub(crate) fn committed_any(&self) -> bool {
-        self.items.iter().any(|i| i.state().is_committed())
+        self.index.count(ItemState::Success) + self.index.count(ItemState::Warning) > 0
     }
 
     /// Whether a dispatch round could start anything: not once a stop is in force.
@@ -324,6 +168,22 @@ impl Machine {
         (items.into_iter().collect(), std::mem::replace(&mut self.dirty_session, false))
     }
 
+    /// The items at `positions` are stored as they were when the flush took them: those not
+    /// changed since were stored with their catalog entry, so the restore points they hold
+    /// need not stay in memory (the item keeps the id, which is all the rules need; a later
+    /// write of the item leaves its catalog entry as it is). An item that changed since (it
+    /// committed while its earlier state was being written) keeps it for its next write.
+    pub(crate) fn catalogued(&mut self, positions: &[usize]) {
+        for &pos in positions {
+            let changed = self.dirty_items.contains(&pos)
+                || self.dirty_lazy.contains(&pos)
+                || self.dirty_bytes.contains(&pos);
+            if !changed {
+                self.items[pos].restore_point = None;
+            }
+        }
+    }
+
     /// Marks everything dirty again (after a failed write).
     pub(crate) fn mark_dirty(&mut self, items: &[usize], session: bool) {
         self.dirty_items.extend(items.iter().copied());
@@ -356,7 +216,7 @@ impl Machine {
 
     /// Every running attempt (after a takeover: the tasks to re-attach to).
     pub(crate) fn running(&self) -> Vec<Dispatch> {
-        let running = self.items.iter().filter(|i| i.is_running());
+        let running = self.index.running_positions().into_iter().map(|pos| &self.items[pos]);
         running
             .filter_map(|i| {
                 let agent = i.status.agent.clone()?;
@@ -373,29 +233,22 @@ impl Machine {
 
     /// Agents running tasks of this session that `registered` no longer knows.
     pub(crate) fn lost_agents(&self, registered: impl Fn(&AgentId) -> bool) -> BTreeSet<AgentId> {
-        let running = self.items.iter().filter(|i| i.is_running());
-        running
-            .filter_map(|i| i.status.agent.as_ref())
-            .filter(|a| !registered(a))
-            .cloned()
-            .collect()
+        self.index.running_agents().filter(|a| !registered(a)).cloned().collect()
     }
 
     /// The earliest time after `now_ms` at which a `Tick` could change something, ms. A time
     /// already past is not a reason to wake: a retry that is due but has no slot waits for a
     /// freed slot, and a graceful deadline that already cancelled waits for the outcomes.
     pub(crate) fn next_wakeup_ms(&self, now_ms: i64) -> Option<i64> {
-        let uncancelled = self.items.iter().any(|i| i.is_running() && !i.cancel_sent);
         let stop_deadline = self
             .status
             .stop
             .as_ref()
             .and_then(|s| s.deadline_ms)
-            .filter(|_| !self.is_stopped() && uncancelled);
-        let pending = self.items.iter().filter(|i| i.state() == ItemState::Pending);
-        let retries = pending.clone().map(|i| i.not_before_ms).filter(|&at| at > now_ms);
-        let offline = pending
-            .filter_map(|i| i.offline_since_ms.map(|since| since + self.retry.offline_wait_ms));
+            .filter(|_| !self.is_stopped() && self.index.any_uncancelled());
+        let retries = self.index.next_retry_after(now_ms);
+        let offline =
+            self.index.first_offline().map(|(since, _)| since + self.retry.offline_wait_ms);
         stop_deadline.into_iter().chain(retries).chain(offline).min()
     }
 
@@ -403,6 +256,7 @@ impl Machine {
     pub(crate) fn apply(&mut self, now_ms: i64, event: Event) -> Vec<Effect> {
         if self.is_stopped() {
             // Only a stop still counts: one accepted before the end was stored.
+            #[cfg(test)]
             if let Event::Stop(stop) = event {
                 self.on_stop_after_end(stop);
             }
@@ -435,10 +289,33 @@ impl Machine {
                 self.on_finished(now_ms, index, attempt, (outcome, agent), &mut effects)
             }
             Event::AgentLost { agent } => self.on_agent_lost(now_ms, &agent, &mut effects),
-            Event::Stop(stop) => self.on_stop(now_ms, stop, &mut effects),
+            #[cfg(test)]
+            Event::Stop(stop) => self.on_stop(stop, &mut effects),
+        }
+        self.end_stop(now_ms);
+        effects
+    }
+
+    /// The first half of `apply(Event::Stop)`: the stop is in force and its cancels are
+    /// decided, but its pending items are not closed yet, so that the actor can send the
+    /// cancels before that work (a 100,000-item session has as many to close). `end_stop`
+    /// is the second half.
+    pub(crate) fn begin_stop(&mut self, stop: Stop) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.is_stopped() {
+            self.on_stop_after_end(stop);
+        } else {
+            self.on_stop(stop, &mut effects);
+        }
+        effects
+    }
+
+    /// Closes the pending items of a first stop, and ends the session if nothing runs.
+    pub(crate) fn end_stop(&mut self, now_ms: i64) {
+        if std::mem::take(&mut self.closing) {
+            self.close_pending(now_ms);
         }
         self.finish_if_done(now_ms);
-        effects
     }
 
     /// Graceful deadlines and offline limits.
@@ -450,16 +327,36 @@ impl Machine {
             return;
         }
         let limit = self.retry.offline_wait_ms;
-        for pos in 0..self.items.len() {
-            let item = &self.items[pos];
-            let expired = item.state() == ItemState::Pending
-                && item.offline_since_ms.is_some_and(|since| now_ms >= since + limit);
-            if expired {
-                let computer = item.computer.clone().unwrap_or_default();
-                let message = format!("computer {computer} stayed offline for {} s", limit / 1000);
-                self.end_item(now_ms, pos, ItemState::Failed, message);
+        while let Some((since, pos)) = self.index.first_offline() {
+            if now_ms < since + limit {
+                break;
             }
+            let computer = self.items[pos].computer.clone().unwrap_or_default();
+            let message = format!("computer {computer} stayed offline for {} s", limit / 1000);
+            self.end_item(now_ms, pos, ItemState::Failed, message);
         }
+    }
+
+    /// Changes the item at `pos` through `change`, keeping the indexes in step: every change
+    /// of a field they look at (state, agent, cancel sent, retry pause, offline since) goes
+    /// through here.
+    fn update<R>(&mut self, pos: usize, change: impl FnOnce(&mut Item) -> R) -> R {
+        self.index.remove(pos, &self.items[pos]);
+        let result = change(&mut self.items[pos]);
+        self.index.insert(pos, &self.items[pos]);
+        result
+    }
+
+    /// Builds the indexes again (tests that change items directly call this).
+    #[cfg(test)]
+    pub(super) fn reindex(&mut self) {
+        self.index = Index::build(&self.items, self.index.clock());
+    }
+
+    /// Whether the indexes are what a fresh build from the items gives.
+    #[cfg(test)]
+    pub(super) fn index_matches_items(&self) -> bool {
+        self.index == Index::build(&self.items, self.index.clock())
     }
 
     fn position(&self, index: u32) -> Option<usize> {

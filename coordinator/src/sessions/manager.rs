@@ -220,7 +220,8 @@ impl Sessions {
         let job = Arc::new(view.job.clone());
         let revision = view.stop_revision;
         let stop = view.stop.as_ref().map(|stop| StopKey { stop: stop_from(stop), revision });
-        let owned = Owned { base, job: job.clone(), epoch, stop };
+        let item_revisions = view.item_revisions.clone();
+        let owned = Owned { base, job: job.clone(), epoch, stop, item_revisions };
         let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
         let retention = self.inner.restore_points.clone();

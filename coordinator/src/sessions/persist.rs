@@ -14,9 +14,13 @@ use crate::{
     store::{Store, absent, decode, epoch_of},
 };
 
+mod items;
 mod stop;
 
-pub(crate) use self::stop::{StopWrite, request_stop};
+pub(crate) use self::{
+    items::{ItemWrite, ItemsWritten},
+    stop::{StopWrite, request_stop},
+};
 
 /// etcd's default `--max-txn-ops` is 128; stay below it with room for the guard.
 const MAX_OPS_PER_TXN: usize = 100;
@@ -151,15 +155,26 @@ pub(crate) async fn active_session(store: &Store, job: &str) -> Result<Option<St
 #[derive(Default)]
 pub(crate) struct Flush {
     /// Item records that changed, each with the restore point it committed to enter in the
-    /// catalog, written in the same txn as the item.
-    pub(crate) items: Vec<(pb::ItemRecord, Vec<pb::RestorePoint>)>,
+    /// catalog (written in the same txn as the item) and its key's revision as last stored.
+    pub(crate) items: Vec<ItemWrite>,
     /// The session record, when it changed.
     pub(crate) session: Option<pb::SessionRecord>,
 }
 
+/// What a batch of writes did, when etcd took it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Written {
+    /// The items stored and those refused by their revision guard.
+    pub(crate) items: ItemsWritten,
+    /// What became of the session record; `None` when there was none to write, or when it
+    /// was held back because an item of the batch was refused (it waits for that item).
+    pub(crate) session: Option<Flushed>,
+}
+
 /// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
-/// owner's epoch. An item and its catalog entry always share a transaction; a final session
-/// record also clears the job's active marker and the owner key.
+/// owner's epoch and each item by its key's revision as last stored (`items.rs`). An item
+/// and its catalog entry always share a transaction; a final session record also clears the
+/// job's active marker and the owner key.
 ///
 /// The final record is written only while the stop key is as the actor last saw it
 /// (`stop_seen`, its mod revision, 0 for none): a stop accepted before the end is stored is
@@ -171,32 +186,30 @@ pub(crate) async fn flush(
     epoch: Epoch,
     batch: Flush,
     stop_seen: i64,
-) -> Result<Flushed> {
-    let items: Vec<Vec<TxnOp>> =
-        batch.items.iter().map(|(item, rps)| item_ops(store, id, item, rps)).collect();
-    // Item transactions are independent of each other: send them together. The session
-    // record goes last, so a final state is never stored before its items.
-    let guarded = pack(items).into_iter().map(|chunk| fenced(store, id, epoch, chunk));
-    futures::future::try_join_all(guarded).await?;
-    match &batch.session {
+) -> Result<Written> {
+    // The session record goes last, so a final state is never stored before its items.
+    let items = items::write(store, id, epoch, &batch.items).await?;
+    let session = match &batch.session {
+        _ if !items.refused.is_empty() => None,
         Some(record) if is_final(record) => {
-            stop::finish(store, id, epoch, session_ops(store, id, record), stop_seen).await
+            Some(stop::finish(store, id, epoch, session_ops(store, id, record), stop_seen).await?)
         }
         Some(record) => {
             fenced(store, id, epoch, session_ops(store, id, record)).await?;
-            Ok(Flushed::Stored)
+            Some(Flushed::Stored)
         }
-        None => Ok(Flushed::Stored),
-    }
+        None => None,
+    };
+    Ok(Written { items, session })
 }
 
-/// How a batch of writes ended, when etcd took it.
+/// How a session record's write ended, when etcd took it.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Flushed {
-    /// All of it is stored.
+    /// It is stored.
     Stored,
-    /// The items are stored, but the final session record is not: the stop key changed
-    /// since the actor last saw it. Here is the key now (`None`: absent) and its revision.
+    /// The final session record is not stored: the stop key changed since the actor last
+    /// saw it. Here is the key now (`None`: absent) and its revision.
     StopChanged(Option<pb::StopRequest>, i64),
 }
 
@@ -212,18 +225,6 @@ pub(super) async fn fenced(store: &Store, id: &str, epoch: Epoch, ops: Vec<TxnOp
         Some(_) => Ok(()),
         None => Err(Error::Fenced(id.to_string())),
     }
-}
-
-fn item_ops(
-    store: &Store,
-    id: &str,
-    item: &pb::ItemRecord,
-    rps: &[pb::RestorePoint],
-) -> Vec<TxnOp> {
-    let keys = store.keys();
-    let mut ops = vec![TxnOp::put(keys.item(id, item.index), item.encode_to_vec(), None)];
-    ops.extend(rps.iter().map(|rp| catalog_op(store, rp)));
-    ops
 }
 
 /// The write of a catalog entry.
@@ -259,18 +260,6 @@ fn summary_op(store: &Store, session: &pb::Session) -> TxnOp {
         summary.encode_to_vec(),
         None,
     )
-}
-
-/// Packs groups of ops into transactions of at most `MAX_OPS_PER_TXN`, never splitting a group.
-fn pack(groups: Vec<Vec<TxnOp>>) -> Vec<Vec<TxnOp>> {
-    let mut chunks: Vec<Vec<TxnOp>> = Vec::new();
-    for group in groups {
-        match chunks.last_mut() {
-            Some(chunk) if chunk.len() + group.len() <= MAX_OPS_PER_TXN => chunk.extend(group),
-            _ => chunks.push(group),
-        }
-    }
-    chunks
 }
 
 /// Reads everything stored about a session.
@@ -315,6 +304,7 @@ pub(crate) fn apply_child(
         view.stop_revision = kv.mod_revision();
     } else if key.starts_with(&keys.items(id)) {
         let item: pb::ItemRecord = decode(key, value)?;
+        view.item_revisions.insert(item.index, kv.mod_revision());
         view.items.insert(item.index, item);
     }
     Ok(())

@@ -15,8 +15,8 @@ use sluice_proto::{
 pub(crate) use self::wire::{bounded, item_status, item_status_record, stop_from, timestamp};
 use self::wire::{session_status, stop_request};
 use super::{
-    machine::{Event, Item, Machine, Retry, Stop},
-    persist::Flush,
+    machine::{Event, Item, ItemState, Machine, Retry, Stop},
+    persist::{Flush, ItemWrite},
 };
 use crate::error::{Error, Result};
 
@@ -26,6 +26,21 @@ const DEFAULT_OFFLINE_WAIT_MS: i64 = 600_000;
 /// A pending item of the job, as it is before its first write.
 pub(crate) fn pending_status(job: &pb::Job, index: u32) -> pb::ItemStatus {
     pb::ItemStatus { name: item_name(job, index), ..Default::default() }
+}
+
+/// An item that was never written in a session under a stop: the stop closed it before it
+/// started (its owner writes only the items that ran or waited with a reason).
+fn closed_status(
+    job: &pb::Job,
+    index: u32,
+    ended_at: Option<prost_types::Timestamp>,
+) -> pb::ItemStatus {
+    pb::ItemStatus {
+        state: pb::ItemState::NotProcessed as i32,
+        message: "session was stopped".into(),
+        ended_at,
+        ..pending_status(job, index)
+    }
 }
 
 fn item_name(job: &pb::Job, index: u32) -> String {
@@ -39,12 +54,14 @@ pub(crate) fn machine_from_records(
     stored: &HashMap<u32, pb::ItemRecord>,
     stop: Option<&pb::StopRequest>,
 ) -> Result<Machine> {
+    let session = record.session.clone().unwrap_or_default();
+    // Under a stop its owner applied, an item never written was closed by it.
+    let closed = stop.or(record.stop.as_ref()).is_some();
     let items = record
         .item_indices
         .iter()
-        .map(|&index| item_from(job, index, stored.get(&index)))
+        .map(|&index| item_from(job, index, stored.get(&index), closed))
         .collect::<Result<_>>()?;
-    let session = record.session.clone().unwrap_or_default();
     let id = SessionId::parse("session.id", session.id.clone()).map_err(Error::CorruptId)?;
     let proxies = job.proxies.iter().enumerate().map(|(i, proxy)| {
         AgentId::parse(&format!("job.proxies[{i}]"), proxy.clone()).map_err(Error::CorruptId)
@@ -55,7 +72,12 @@ pub(crate) fn machine_from_records(
     Ok(Machine::new(id, items, proxies, retry_rules(job), status))
 }
 
-fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Result<Item> {
+fn item_from(
+    job: &pb::Job,
+    index: u32,
+    stored: Option<&pb::ItemRecord>,
+    closed: bool,
+) -> Result<Item> {
     let computer = match job.items.get(index as usize).and_then(|i| i.target.as_ref()) {
         Some(Target::Computer(c)) => Some(c.computer.clone()),
         _ => None,
@@ -69,6 +91,9 @@ fn item_from(job: &pb::Job, index: u32, stored: Option<&pb::ItemRecord>) -> Resu
         item.not_before_ms = record.not_before.as_ref().map_or(0, time::millis);
         let running = item.status.agent.clone().filter(|_| item.is_running());
         item.stored_run = running.map(|agent| (item.status.attempt, agent));
+    } else if closed {
+        item.status.state = ItemState::NotProcessed;
+        item.status.message = "session was stopped".into();
     }
     Ok(item)
 }
@@ -109,17 +134,22 @@ pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Even
 }
 
 /// The writes for the items at `positions`, each with its catalog entry (a committed item's)
-/// and, if asked, the session record.
+/// and its key's revision as last stored (`revisions`, by job index), and, if asked, the
+/// session record.
 pub(crate) fn flush(
     base: &pb::SessionRecord,
     machine: &Machine,
-    positions: &[usize],
+    (positions, revisions): (&[usize], &HashMap<u32, i64>),
     session: bool,
 ) -> Flush {
     let items = positions
         .iter()
         .map(|&pos| machine.item(pos))
-        .map(|item| (item_record(item), item.catalog_entry().cloned().into_iter().collect()))
+        .map(|item| ItemWrite {
+            record: item_record(item),
+            catalog: item.catalog_entry().cloned().into_iter().collect(),
+            revision: revisions.get(&item.index).copied().unwrap_or_default(),
+        })
         .collect();
     Flush { items, session: session.then(|| session_record(base, machine)) }
 }
@@ -174,6 +204,8 @@ pub(crate) struct SessionView {
     pub(crate) job: pb::Job,
     /// Item records by job index.
     pub(crate) items: HashMap<u32, pb::ItemRecord>,
+    /// Mod revisions of the item keys by job index (the owner's writes are guarded by them).
+    pub(crate) item_revisions: HashMap<u32, i64>,
     /// The stop request, if one was made.
     pub(crate) stop: Option<pb::StopRequest>,
     /// Mod revision of the stop key (0 without one).
@@ -194,14 +226,15 @@ impl SessionView {
             apply_stop(&mut session, stop);
         }
         if with_items {
-            let job = &self.job;
+            let stopped = self.stop.is_some() || self.record.stop.is_some() || self.is_stopped();
             session.items = self
                 .record
                 .item_indices
                 .iter()
                 .map(|&index| match self.items.get(&index).and_then(|r| r.status.clone()) {
                     Some(status) => status,
-                    None => pending_status(job, index),
+                    None if stopped => closed_status(&self.job, index, session.ended_at),
+                    None => pending_status(&self.job, index),
                 })
                 .collect();
         }
@@ -236,3 +269,6 @@ fn apply_stop(session: &mut pb::Session, stop: &pb::StopRequest) {
     }
     session.state = SessionState::Stopping as i32;
 }
+
+#[cfg(test)]
+mod tests;

@@ -210,6 +210,8 @@ pub const ACCESS: &[(&str, Need)] = &[
     ("/sluice.v1.AuthService/WhoAmI", Need::Authenticated),
     // Agents -> coordinators: the handler also checks that the agent speaks for itself.
     ("/sluice.v1.AgentRegistry/Heartbeat", Need::Peer(Kind::Agent)),
+    // Coordinators -> coordinators.
+    ("/sluice.v1.CoordinatorPeer/DeliverStop", Need::Peer(Kind::Coordinator)),
     // Coordinators -> agents.
     ("/sluice.v1.AgentService/RunTask", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/CancelTasks", Need::Peer(Kind::Coordinator)),

@@ -10,7 +10,7 @@
 use nix::sys::signal::Signal;
 use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, StopMode};
 use sluice_tests::{
-    ADMIN_PRINCIPAL, AgentSpec, Cluster,
+    ADMIN_PRINCIPAL, AgentSpec, Cluster, PATIENCE,
     api::{
         create_and_start, get_session, in_transfer, item, stop_job, summary, wait_in_transfer,
         wait_session, wait_stopped,
@@ -22,6 +22,7 @@ use sluice_tests::{
         assert_mixed_ending, assert_restore_points, assert_stop_recorded, ending_of, signal,
         slow_cluster, start_mixed, unix_now,
     },
+    wait_for,
     watch::{record_watch, saw_stopping, timeline},
 };
 use tokio::time::Instant;
@@ -34,7 +35,7 @@ use ItemState::{Canceled, NotProcessed, Success};
 enum Via {
     /// The one that started, and owns, the session.
     Owner,
-    /// Another one, which forwards nothing: the stop is recorded in etcd for the owner.
+    /// Another one: it records the stop in etcd and hands it to the owner directly.
     Peer,
 }
 
@@ -77,6 +78,18 @@ async fn stop_mid_transfer(mode: StopMode, via: Via, by: &str) {
     let stopping = expect_ok(answer, &format!("StopJob {mode:?} through {via:?}"));
     assert_eq!(stopping.state(), SessionState::Stopping, "StopJob answers: {}", summary(&stopping));
     assert_stop_recorded(&stopping, by, mode, since);
+    if via == Via::Peer {
+        // The owner took the stop from its peer, not only from its watch of the stop key.
+        let log = cluster.coordinator(0).stderr_log();
+        let handed = || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match text.contains("stop delivered by a peer coordinator") {
+                true => Ok(()),
+                false => Err("not in the owner's log yet"),
+            }
+        };
+        wait_for(handed, PATIENCE, "the owner to log the stop its peer handed it").await;
+    }
 
     let ended = wait_stopped(&jobs, &running.id).await;
     let ending = ending_of(mode);

@@ -1,5 +1,7 @@
 //! When the session actor writes to etcd, and what a write's answer means.
 
+use std::collections::HashSet;
+
 use sluice_proto::pb;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -8,7 +10,8 @@ use super::{BYTES_FLUSH, Exit, LAZY_FLUSH, Msg, RETRY_BACKOFF, SessionActor};
 use crate::{
     error::Error,
     sessions::{
-        persist::{self, Flushed},
+        machine::ItemState,
+        persist::{self, Flushed, ItemsWritten, Written},
         records::{self, StopKey, stop_from},
     },
 };
@@ -31,11 +34,13 @@ impl SessionActor {
         self.retry_flush_at = None;
         let stopped = self.machine.is_stopped();
         let (items, session) = self.machine.take_dirty(lazy_due || stopped, bytes_due || stopped);
+        let items = self.drop_implied(items);
         if bytes_due {
             self.last_bytes_flush = Instant::now();
         }
         self.outbox.flush_started();
-        let batch = records::flush(&self.base, &self.machine, &items, session);
+        let batch =
+            records::flush(&self.base, &self.machine, (&items, &self.item_revisions), session);
         self.last_flush = Instant::now();
         let (store, id, epoch) =
             (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);
@@ -48,20 +53,33 @@ impl SessionActor {
 
     pub(super) fn on_flushed(
         &mut self,
-        result: crate::error::Result<Flushed>,
+        result: crate::error::Result<Written>,
         items: Vec<usize>,
         session: bool,
     ) -> Option<Exit> {
         match result {
-            Ok(flushed) => {
-                self.gauge.stored(&self.machine, &items);
-                // Only what this flush stored: later dispatches and outcomes wait for theirs.
-                let stored = self.outbox.flush_stored();
-                for dispatch in stored.runs {
+            Ok(written) => {
+                let refused = self.take_revisions(&written.items);
+                let (held, stored): (Vec<usize>, Vec<usize>) = items
+                    .into_iter()
+                    .partition(|&pos| refused.contains(&self.machine.item(pos).index));
+                self.gauge.stored(&self.machine, &stored);
+                self.machine.catalogued(&stored);
+                // Only what this flush stored: later dispatches and outcomes wait for theirs,
+                // and so do those of items whose write was refused.
+                let released = self.outbox.flush_stored_except(&refused);
+                for dispatch in released.runs {
                     self.send_run(dispatch);
                 }
-                self.send_acks(stored.acks);
-                if let Flushed::StopChanged(stop, revision) = flushed {
+                self.send_acks(released.acks);
+                if !held.is_empty() || (session && written.session.is_none()) {
+                    warn!(
+                        items = held.len(),
+                        "item writes refused by their revision guard (a late write landed); writing them again"
+                    );
+                    self.machine.mark_dirty(&held, session && written.session.is_none());
+                }
+                if let Some(Flushed::StopChanged(stop, revision)) = written.session {
                     self.on_stop_changed(stop, revision);
                 }
                 None
@@ -78,6 +96,31 @@ impl SessionActor {
                 None
             }
         }
+    }
+
+    /// Leaves out the items a stop closed that were never written: under a stop, an item
+    /// without a record reads as NOT_PROCESSED (`SessionView`), so a stop of a large session
+    /// writes only the items that ran or waited with a reason, not every pending one. Every
+    /// other item is entered as written from now on (at revision 0 until its write answers).
+    fn drop_implied(&mut self, items: Vec<usize>) -> Vec<usize> {
+        let (implied, items): (Vec<usize>, Vec<usize>) = items.into_iter().partition(|&pos| {
+            let item = self.machine.item(pos);
+            item.state() == ItemState::NotProcessed
+                && !self.item_revisions.contains_key(&item.index)
+        });
+        self.gauge.stored(&self.machine, &implied);
+        for &pos in &items {
+            self.item_revisions.entry(self.machine.item(pos).index).or_insert(0);
+        }
+        items
+    }
+
+    /// Records the item keys' revisions a flush answered; the job indices refused.
+    fn take_revisions(&mut self, items: &ItemsWritten) -> HashSet<u32> {
+        for &(index, revision) in items.stored.iter().chain(&items.refused) {
+            self.item_revisions.insert(index, revision);
+        }
+        items.refused.iter().map(|&(index, _)| index).collect()
     }
 
     /// The final record was not written: a stop came after the actor last saw the stop key.

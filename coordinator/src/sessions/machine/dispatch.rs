@@ -30,20 +30,23 @@ impl Machine {
             return Vec::new();
         }
         let has_computer_items = self.has_computer_items();
-        self.skip_settled();
+        self.index.advance(now_ms);
         let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
-        for pos in self.first_pending..self.items.len() {
-            let item = &self.items[pos];
-            if item.state() != ItemState::Pending || item.not_before_ms > now_ms {
-                continue;
+        let mut from = 0;
+        while let Some(pos) = self.index.next_ready(from) {
+            from = pos + 1;
+            if self.items[pos].not_before_ms > now_ms {
+                continue; // the clock went back since the pause was counted as ended
             }
             match self.place(pos, &round, agents, pool) {
                 Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
+                Placement::Wait { reason, offline } if !has_computer_items => {
+                    // Every later item waits for the same slots, for the same reason.
+                    self.wait_all(now_ms, from, (reason, offline), &mut round);
+                    break;
+                }
                 Placement::Wait { reason, offline } => {
                     self.wait(now_ms, pos, (reason, offline), &mut round);
-                    if !has_computer_items && round.shown >= SHOWN_WAITING_ITEMS {
-                        break; // every later item would wait for the same slots
-                    }
                 }
             }
         }
@@ -67,37 +70,31 @@ impl Machine {
         }
     }
 
-    fn has_computer_items(&mut self) -> bool {
+    /// Whether any item needs a particular computer (else all share one placement).
+    pub(crate) fn has_computer_items(&mut self) -> bool {
         *self
             .has_computer_items
             .get_or_insert_with(|| self.items.iter().any(|i| i.computer.is_some()))
     }
 
-    /// Moves the start of dispatch rounds past the items that are no longer pending.
-    fn skip_settled(&mut self) {
-        let settled = self.items[self.first_pending..]
-            .iter()
-            .take_while(|i| i.state() != ItemState::Pending)
-            .count();
-        self.first_pending += settled;
-    }
-
     fn start_attempt(&mut self, now_ms: i64, pos: usize, agent: AgentId, round: &mut Round) {
-        let item = &mut self.items[pos];
-        let status = &mut item.status;
-        status.attempt += 1;
-        status.state = ItemState::Processing;
-        status.phase = TaskPhase::NotStarted;
-        status.agent = Some(agent.clone());
-        status.waiting_reason.clear();
-        status.message.clear();
-        status.bytes_done = 0;
-        status.bytes_total = 0;
-        status.bytes_read = 0;
-        status.bytes_transferred = 0;
-        status.started_at_ms = Some(now_ms);
-        item.offline_since_ms = None;
-        item.cancel_sent = false;
+        self.update(pos, |item| {
+            let status = &mut item.status;
+            status.attempt += 1;
+            status.state = ItemState::Processing;
+            status.phase = TaskPhase::NotStarted;
+            status.agent = Some(agent.clone());
+            status.waiting_reason.clear();
+            status.message.clear();
+            status.bytes_done = 0;
+            status.bytes_total = 0;
+            status.bytes_read = 0;
+            status.bytes_transferred = 0;
+            status.started_at_ms = Some(now_ms);
+            item.offline_since_ms = None;
+            item.cancel_sent = false;
+        });
+        let item = &self.items[pos];
         let stored = item.stored_run.as_ref() == Some(&(item.status.attempt, agent.clone()));
         let dispatch = Dispatch { index: item.index, attempt: item.status.attempt, agent };
         if stored && !self.dirty_items.contains(&pos) && !self.dirty_lazy.contains(&pos) {
@@ -112,6 +109,37 @@ impl Machine {
         }
     }
 
+    /// Records why the ready items from position `from` on (the first that could not be
+    /// placed among them) wait, when all wait for the same reason: up to
+    /// `SHOWN_WAITING_ITEMS` of them, without placing each.
+    fn wait_all(
+        &mut self,
+        now_ms: i64,
+        from: usize,
+        (reason, offline): (String, bool),
+        round: &mut Round,
+    ) {
+        let mut next = from.saturating_sub(1);
+        while round.shown < SHOWN_WAITING_ITEMS {
+            let Some(pos) = self.index.next_ready(next) else { break };
+            next = pos + 1;
+            if self.items[pos].not_before_ms > now_ms {
+                continue;
+            }
+            round.shown += 1;
+            let since = self.items[pos].offline_since_ms;
+            let since_now = if offline { since.or(Some(now_ms)) } else { None };
+            if since_now != since {
+                self.update(pos, |item| item.offline_since_ms = since_now);
+            }
+            let item = &mut self.items[pos];
+            if item.status.waiting_reason != reason {
+                item.status.waiting_reason.clone_from(&reason);
+                self.dirty_lazy.insert(pos);
+            }
+        }
+    }
+
     /// Records why an item waits (stored for the first `SHOWN_WAITING_ITEMS` of a round).
     fn wait(
         &mut self,
@@ -121,14 +149,13 @@ impl Machine {
         round: &mut Round,
     ) {
         round.shown += 1;
+        round.blocked.insert(self.items[pos].computer.clone(), (reason.clone(), offline));
+        let since = self.items[pos].offline_since_ms;
+        let since_now = if offline { since.or(Some(now_ms)) } else { None };
+        if since_now != since {
+            self.update(pos, |item| item.offline_since_ms = since_now);
+        }
         let item = &mut self.items[pos];
-        round.blocked.insert(item.computer.clone(), (reason.clone(), offline));
-        if offline && item.offline_since_ms.is_none() {
-            item.offline_since_ms = Some(now_ms);
-        }
-        if !offline {
-            item.offline_since_ms = None;
-        }
         if round.shown <= SHOWN_WAITING_ITEMS && item.status.waiting_reason != reason {
             item.status.waiting_reason = reason;
             self.dirty_lazy.insert(pos);

@@ -34,7 +34,7 @@ pub(crate) struct Stop {
 }
 
 impl Machine {
-    pub(super) fn on_stop(&mut self, now_ms: i64, stop: Stop, effects: &mut Vec<Effect>) {
+    pub(super) fn on_stop(&mut self, stop: Stop, effects: &mut Vec<Effect>) {
         if !self.escalated_by(&stop) {
             return;
         }
@@ -43,9 +43,7 @@ impl Machine {
         self.status.stop = Some(stop);
         self.status.state = SessionState::Stopping;
         self.dirty_session = true;
-        if first {
-            self.close_pending(now_ms);
-        }
+        self.closing |= first;
         if immediate {
             self.cancel_running(effects, CancelReason::User);
         }
@@ -75,12 +73,9 @@ impl Machine {
     }
 
     /// Items that never started become NOT_PROCESSED; items waiting to retry have failed.
-    fn close_pending(&mut self, now_ms: i64) {
-        for pos in 0..self.items.len() {
+    pub(super) fn close_pending(&mut self, now_ms: i64) {
+        for pos in self.index.pending() {
             let item = &self.items[pos];
-            if item.state() != ItemState::Pending {
-                continue;
-            }
             if item.failed_attempts > 0 {
                 let message =
                     format!("{}; not retried because the session was stopped", item.status.message);
@@ -108,12 +103,11 @@ impl Machine {
 
     pub(super) fn cancel_running(&mut self, effects: &mut Vec<Effect>, reason: CancelReason) {
         let mut by_agent: BTreeMap<AgentId, Vec<u32>> = BTreeMap::new();
-        for item in self.items.iter_mut() {
-            if item.is_running() && !item.cancel_sent {
-                item.cancel_sent = true;
-                if let Some(agent) = &item.status.agent {
-                    by_agent.entry(agent.clone()).or_default().push(item.index);
-                }
+        for pos in self.index.uncancelled() {
+            self.update(pos, |item| item.cancel_sent = true);
+            let item = &self.items[pos];
+            if let Some(agent) = &item.status.agent {
+                by_agent.entry(agent.clone()).or_default().push(item.index);
             }
         }
         effects.extend(by_agent.into_iter().map(|(agent, indices)| Effect::Cancel {
@@ -124,7 +118,7 @@ impl Machine {
     }
 
     pub(super) fn finish_if_done(&mut self, now_ms: i64) {
-        if self.is_stopped() || !self.items.iter().all(|i| i.state().is_terminal()) {
+        if self.is_stopped() || self.index.unfinished() > 0 {
             return;
         }
         let (result, canceled, message) = self.outcome();
@@ -139,7 +133,7 @@ impl Machine {
 
     /// The session's result: failures fail it; a stop marks it cancelled.
     fn outcome(&self) -> (SessionResult, bool, String) {
-        let count = |state: ItemState| self.items.iter().filter(|i| i.state() == state).count();
+        let count = |state: ItemState| self.index.count(state);
         let failed = count(ItemState::Failed) + count(ItemState::Canceled);
         let processed = failed + count(ItemState::Success) + count(ItemState::Warning);
         let warnings = count(ItemState::Warning);

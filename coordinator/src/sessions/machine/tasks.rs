@@ -28,19 +28,20 @@ impl Machine {
         // Not written while the pause is short: etcd still holds the dispatch, and sending it
         // again needs no write either (`stored_run`); only the pause grows with each refusal
         // in a row. A long pause is written, so that readers see why the item waits.
-        let item = &mut self.items[pos];
-        item.status.attempt -= 1;
-        item.status.state = ItemState::Pending;
-        item.status.agent = None;
-        item.status.waiting_reason = message;
-        let doublings = item.refusals.min(16);
-        item.refusals += 1;
-        let pause = (REFUSED_BACKOFF_MS << doublings).min(MAX_REFUSED_BACKOFF_MS);
-        item.not_before_ms = now_ms + pause;
+        let pause = self.update(pos, |item| {
+            item.status.attempt -= 1;
+            item.status.state = ItemState::Pending;
+            item.status.agent = None;
+            item.status.waiting_reason = message;
+            let doublings = item.refusals.min(16);
+            item.refusals += 1;
+            let pause = (REFUSED_BACKOFF_MS << doublings).min(MAX_REFUSED_BACKOFF_MS);
+            item.not_before_ms = now_ms + pause;
+            pause
+        });
         if pause >= SHOWN_REFUSAL_MS {
             self.dirty_items.insert(pos);
         }
-        self.first_pending = self.first_pending.min(pos);
         if self.status.stop.is_some() {
             self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
         }
@@ -155,12 +156,7 @@ impl Machine {
         agent: &AgentId,
         effects: &mut Vec<Effect>,
     ) {
-        let lost: Vec<usize> = (0..self.items.len())
-            .filter(|&p| {
-                self.items[p].is_running() && self.items[p].status.agent.as_ref() == Some(agent)
-            })
-            .collect();
-        for pos in lost {
+        for pos in self.index.running_on(agent) {
             effects.push(Effect::Release { agent: agent.clone() });
             let item = &self.items[pos];
             if item.cancel_sent {
@@ -189,14 +185,14 @@ impl Machine {
             self.end_item(now_ms, pos, ItemState::Failed, message);
             return;
         }
-        let item = &mut self.items[pos];
-        item.not_before_ms = now_ms + self.retry.wait_ms;
-        item.status.waiting_reason = format!(
-            "retry {} of {} after failure: {message}",
-            item.failed_attempts + 1,
-            self.retry.attempts
-        );
-        item.status.message = message;
+        let (wait_ms, attempts) = (self.retry.wait_ms, self.retry.attempts);
+        self.update(pos, |item| {
+            item.not_before_ms = now_ms + wait_ms;
+            let retry = item.failed_attempts + 1;
+            item.status.waiting_reason =
+                format!("retry {retry} of {attempts} after failure: {message}");
+            item.status.message = message;
+        });
         self.make_pending(pos);
     }
 
@@ -210,22 +206,23 @@ impl Machine {
     }
 
     fn make_pending(&mut self, pos: usize) {
-        self.first_pending = self.first_pending.min(pos);
-        let item = &mut self.items[pos];
-        item.status.state = ItemState::Pending;
-        item.status.agent = None;
-        item.status.phase = TaskPhase::NotStarted;
-        item.cancel_sent = false;
+        self.update(pos, |item| {
+            item.status.state = ItemState::Pending;
+            item.status.agent = None;
+            item.status.phase = TaskPhase::NotStarted;
+            item.cancel_sent = false;
+        });
         self.dirty_items.insert(pos);
     }
 
     pub(super) fn end_item(&mut self, now_ms: i64, pos: usize, state: ItemState, message: String) {
-        let item = &mut self.items[pos];
-        item.status.state = state;
-        item.status.message = message;
-        item.status.waiting_reason.clear();
-        item.status.ended_at_ms = Some(now_ms);
-        item.offline_since_ms = None;
+        self.update(pos, |item| {
+            item.status.state = state;
+            item.status.message = message;
+            item.status.waiting_reason.clear();
+            item.status.ended_at_ms = Some(now_ms);
+            item.offline_since_ms = None;
+        });
         self.dirty_items.insert(pos);
     }
 }

@@ -2,6 +2,7 @@
 //! stops in `tests/stops.rs`, task reports in `tests/tasks.rs`, random sequences in
 //! `tests/property.rs`.
 
+mod indexes;
 mod property;
 mod stops;
 mod tasks;
@@ -204,4 +205,40 @@ fn the_actors_questions_are_answered_by_the_machine() {
     m.apply(1, stop(StopMode::Immediate));
     assert_eq!(m.cancel_awaited(0), Some(1));
     assert!(m.cancel_requested(0, 1) && !m.cancel_requested(0, 2));
+}
+
+#[test]
+fn a_stored_restore_point_leaves_memory_but_its_id_stays() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, finished(0, 1, outcome(ItemState::Success)));
+    let (dirty, _) = m.take_dirty(false, false);
+    assert!(m.item(0).catalog_entry().is_some(), "written with its catalog entry");
+    m.catalogued(&dirty);
+    assert_eq!(m.item(0).catalog_entry(), None, "not held once stored");
+    assert_eq!(m.item(0).status.restore_point, "rp");
+    let late = Outcome {
+        restore_point: Some(pb::RestorePoint { id: "rp".into(), ..Default::default() }),
+        ..outcome(ItemState::Success)
+    };
+    let effects = m.apply(2, finished(0, 1, late));
+    assert!(
+        effects.iter().all(|e| matches!(e, Effect::Ack { .. })),
+        "its own outcome again: {effects:?}"
+    );
+}
+
+/// Seen in the fault campaign: the flush that stored an item's dispatch answered after the
+/// item had committed; its restore point must stay for the write that catalogues it.
+#[test]
+fn a_restore_point_committed_during_the_flush_of_its_dispatch_stays_for_its_own_write() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let (dispatch_write, _) = m.take_dirty(false, false);
+    m.apply(1, finished(0, 1, outcome(ItemState::Success)));
+    m.catalogued(&dispatch_write);
+    let (outcome_write, _) = m.take_dirty(false, false);
+    assert_eq!(outcome_write, vec![0]);
+    let entry = m.item(0).catalog_entry().map(|rp| rp.id.as_str());
+    assert_eq!(entry, Some("rp"), "written with its catalog entry");
 }

@@ -6,12 +6,15 @@ use sluice_proto::{
     job::{MAX_SECONDS, validate_name},
     pb::{self, SessionState, StopMode},
 };
+use std::time::Duration;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::Sessions;
 use crate::{
+    agent_client::AgentClients,
     error::{Error, Result},
     sessions::{
         actor,
@@ -50,10 +53,32 @@ impl Sessions {
         Ok(self.load(&id).await?.to_session(true))
     }
 
-    /// Hands a stop just written to the session's actor, when it runs here.
+    /// Hands a stop just written to the session's actor when it runs here; else tells the
+    /// owner directly (in the background: the answer does not wait for it), which then need
+    /// not wait for its watch of the stop key to deliver it.
     pub(super) async fn hand_stop(&self, id: &str, stop: &pb::StopRequest, revision: i64) {
-        if let Some(stops) = self.inner.router.stops(id) {
-            let _ = stops.send(StopKey { stop: stop_from(stop), revision }).await;
+        if !self.deliver_stop(id, stop, revision).await {
+            let (store, clients) = (self.store().clone(), self.inner.ctx.clients.clone());
+            let (id, stop) = (id.to_string(), stop.clone());
+            let me = self.inner.coordinator.clone();
+            self.inner.tracker.spawn(async move {
+                if let Err(error) = tell_owner(&store, &clients, (&me, &id), stop, revision).await {
+                    debug!(session = %id, %error, "stop not handed to the owner; its watch delivers it");
+                }
+            });
+        }
+    }
+
+    /// Hands a stop to the session's actor, if it runs here; whether it does.
+    pub(crate) async fn deliver_stop(
+        &self,
+        id: &str,
+        stop: &pb::StopRequest,
+        revision: i64,
+    ) -> bool {
+        match self.inner.router.stops(id) {
+            Some(stops) => stops.send(StopKey { stop: stop_from(stop), revision }).await.is_ok(),
+            None => false,
         }
     }
 
@@ -192,4 +217,42 @@ pub(super) async fn watch_stop_key(
             return;
         }
     }
+}
+
+/// How long a direct hand-over of a stop to its owner may take (the watch is the fallback).
+const TELL_OWNER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Hands a stop written by coordinator `me` to the coordinator that owns session `id`, if
+/// another one does; what went wrong, if anything (the owner's watch is the fallback).
+async fn tell_owner(
+    store: &Store,
+    clients: &AgentClients,
+    (me, id): (&str, &str),
+    stop: pb::StopRequest,
+    revision: i64,
+) -> std::result::Result<(), String> {
+    let keys = store.keys();
+    let owner = store.kv().get(keys.session_owner(id), None).await.map_err(|e| e.to_string())?;
+    let Some(owner) =
+        owner.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    else {
+        return Ok(()); // unowned: whoever claims it reads the stop key first
+    };
+    if owner == me {
+        return Ok(()); // its actor starts, or just ended: it reads the key
+    }
+    let record = store.get::<pb::CoordinatorRecord>(&keys.coordinator(&owner)).await;
+    let record = record.map_err(|e| e.to_string())?;
+    let Some(address) = record.and_then(|r| r.value.coordinator).map(|c| c.address) else {
+        return Ok(());
+    };
+    let mut client = clients.peer(&owner, &address).map_err(|e| e.to_string())?;
+    let request = pb::DeliverStopRequest { session_id: id.to_string(), stop: Some(stop), revision };
+    let call = tokio::time::timeout(TELL_OWNER_TIMEOUT, client.deliver_stop(request));
+    let answer = call.await.map_err(|_| format!("coordinator {owner} did not answer in time"))?;
+    let delivered =
+        answer.map_err(|status| format!("coordinator {owner}: {}", status.message()))?;
+    let delivered = delivered.into_inner().delivered;
+    debug!(session = %id, %owner, delivered, "stop handed to the owner");
+    Ok(())
 }

@@ -19,6 +19,26 @@ fn immediate_stop_cancels_running_and_closes_pending() {
     assert_eq!(states(&m)[..2], [ItemState::Success, ItemState::Canceled]);
 }
 
+/// The actor's two halves of a stop: the cancels come before the pending items are closed,
+/// and together they do what `apply` does.
+#[test]
+fn a_stop_in_two_halves_cancels_first_and_closes_pending_after() {
+    let mut m = machine(4, 1);
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut Pool::default());
+    let Event::Stop(immediate) = stop(StopMode::Immediate) else { unreachable!("a stop") };
+    let effects = m.begin_stop(immediate);
+    let cancel =
+        Effect::Cancel { agent: agent("a1"), indices: vec![0, 1], reason: CancelReason::User };
+    assert_eq!(effects, vec![cancel]);
+    assert_eq!(states(&m)[2..], [ItemState::Pending, ItemState::Pending], "not closed yet");
+    assert!(m.dispatch(1, &agents(&[("a1", 9)]), &mut Pool::default()).is_empty());
+    m.end_stop(1);
+    assert_eq!(states(&m)[2..], [ItemState::NotProcessed, ItemState::NotProcessed]);
+    assert_eq!(m.status.state, SessionState::Stopping);
+    m.end_stop(2);
+    assert_eq!(states(&m)[2..], [ItemState::NotProcessed, ItemState::NotProcessed]);
+}
+
 #[test]
 fn graceful_stop_lets_running_items_commit() {
     let mut m = machine(3, 1);
@@ -110,6 +130,7 @@ fn a_new_owner_cancels_again_what_an_immediate_stop_cancels() {
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
     m.apply(1, stop(StopMode::Immediate));
     m.items[0].cancel_sent = false; // not stored: a new owner does not know it was sent
+    m.reindex();
     let effects = m.resume_stop();
     assert_eq!(
         effects,

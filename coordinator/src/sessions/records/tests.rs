@@ -1,0 +1,60 @@
+//! A stop of a large session writes only the items that ran or waited with a reason: the
+//! records read an item never written, under a stop, as closed by it.
+
+use std::collections::HashMap;
+
+use sluice_proto::pb;
+
+use super::*;
+
+fn job(items: usize) -> pb::Job {
+    let items = (0..items).map(|i| pb::JobItem { name: format!("vm{i}"), ..Default::default() });
+    pb::Job { name: "nightly".into(), items: items.collect(), ..Default::default() }
+}
+
+fn record(items: u32, stop: Option<pb::StopRequest>) -> pb::SessionRecord {
+    let session = pb::Session { id: "s-1".into(), job: "nightly".into(), ..Default::default() };
+    pb::SessionRecord {
+        session: Some(session),
+        item_indices: (0..items).collect(),
+        stop,
+        ..Default::default()
+    }
+}
+
+fn written(index: u32, state: pb::ItemState) -> pb::ItemRecord {
+    let status =
+        pb::ItemStatus { name: format!("vm{index}"), state: state as i32, ..Default::default() };
+    pb::ItemRecord { index, status: Some(status), ..Default::default() }
+}
+
+fn immediate() -> pb::StopRequest {
+    pb::StopRequest { mode: pb::StopMode::Immediate as i32, ..Default::default() }
+}
+
+fn states(view: &SessionView) -> Vec<pb::ItemState> {
+    view.to_session(true).items.iter().map(|i| i.state()).collect()
+}
+
+#[test]
+fn an_item_never_written_reads_as_closed_once_a_stop_exists() {
+    let items = HashMap::from([(0, written(0, pb::ItemState::Canceled))]);
+    let mut view =
+        SessionView { record: record(2, None), job: job(2), items, ..Default::default() };
+    assert_eq!(states(&view), [pb::ItemState::Canceled, pb::ItemState::Pending]);
+    view.stop = Some(immediate());
+    assert_eq!(states(&view), [pb::ItemState::Canceled, pb::ItemState::NotProcessed]);
+    let closed = &view.to_session(true).items[1];
+    assert_eq!((closed.name.as_str(), closed.message.as_str()), ("vm1", "session was stopped"));
+}
+
+#[test]
+fn a_new_owner_takes_an_item_never_written_under_an_applied_stop_as_closed() {
+    let stored = HashMap::from([(0, written(0, pb::ItemState::Processing))]);
+    let stopped = record(2, Some(immediate()));
+    let machine = machine_from_records(&stopped, &job(2), &stored, None).expect("machine");
+    let states: Vec<ItemState> = machine.items().iter().map(|i| i.state()).collect();
+    assert_eq!(states, [ItemState::Processing, ItemState::NotProcessed]);
+    let running = machine_from_records(&record(2, None), &job(2), &stored, None).expect("machine");
+    assert_eq!(running.item(1).state(), ItemState::Pending, "no stop: it waits");
+}
