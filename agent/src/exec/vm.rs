@@ -375,7 +375,9 @@ fn named_parent(item_dir: &std::path::Path, named: &str) -> Parent {
         return Parent::None;
     }
     match chain::links(item_dir, named) {
-        Ok(links) => links.into_iter().next().map_or(Parent::None, Parent::Named),
+        Ok(links) => {
+            links.into_iter().next().map_or(Parent::None, |point| Parent::Named(Box::new(point)))
+        }
         Err(problem) => Parent::Unusable(format!("the parent named by the catalog, {problem}")),
     }
 }

@@ -110,7 +110,7 @@ pub(crate) enum Parent {
     /// The task names none: the catalog holds no restore point of the item.
     None,
     /// The named restore point, read from its folder with its whole chain.
-    Named(VmPoint),
+    Named(Box<VmPoint>),
     /// The named restore point cannot be built on; why, naming it.
     Unusable(String),
 }

@@ -58,7 +58,7 @@ fn a_newer_folder_than_the_named_parent_is_not_built_on() {
     // A late commit of a lost attempt left `late`, newer than the catalog's `s1-0`, with
     // its own bitmap: the backup builds on the named one and drops the other's bitmap.
     let disks = [disk("/a", vec![bitmap("sluice:nightly:s1-0"), bitmap("sluice:nightly:late")])];
-    let plan = plan(&names(), &Parent::Named(point("s1-0", &["/a"])), &disks, false);
+    let plan = plan(&names(), &Parent::Named(Box::new(point("s1-0", &["/a"]))), &disks, false);
     assert_eq!(plan.kind, Kind::Incremental { parent: "s1-0".into() });
     let stale: Vec<&str> = plan.stale.iter().map(|(_, name)| name.as_str()).collect();
     assert_eq!(stale, ["sluice:nightly:late"]);
@@ -68,7 +68,7 @@ fn a_newer_folder_than_the_named_parent_is_not_built_on() {
 fn a_whole_bitmap_of_the_newest_restore_point_gives_an_incremental() {
     let names = names();
     let disks = [disk("/a", vec![bitmap("sluice:nightly:s1-0"), bitmap("operator")])];
-    let plan = plan(&names, &Parent::Named(point("s1-0", &["/a"])), &disks, false);
+    let plan = plan(&names, &Parent::Named(Box::new(point("s1-0", &["/a"]))), &disks, false);
     assert_eq!(plan.kind, Kind::Incremental { parent: "s1-0".into() });
     assert_eq!(plan.stale, Vec::new(), "other bitmaps are not the job's");
     assert_eq!(plan.superseded.as_deref(), Some("sluice:nightly:s1-0"));
@@ -77,7 +77,7 @@ fn a_whole_bitmap_of_the_newest_restore_point_gives_an_incremental() {
 #[test]
 fn an_active_full_keeps_the_parent_bitmap_until_it_commits() {
     let disks = [disk("/a", vec![bitmap("sluice:nightly:s1-0")])];
-    let plan = plan(&names(), &Parent::Named(point("s1-0", &["/a"])), &disks, true);
+    let plan = plan(&names(), &Parent::Named(Box::new(point("s1-0", &["/a"]))), &disks, true);
     assert_eq!(plan.kind, Kind::Full { warning: None });
     assert_eq!(plan.stale, Vec::new());
     assert_eq!(plan.superseded.as_deref(), Some("sluice:nightly:s1-0"));
@@ -94,7 +94,7 @@ fn leftover_bitmaps_of_the_job_are_stale_and_other_jobs_are_left_alone() {
             bitmap("sluice:weekly:s9-0"),
         ],
     )];
-    let plan = plan(&names(), &Parent::Named(point("s1-0", &["/a"])), &disks, false);
+    let plan = plan(&names(), &Parent::Named(Box::new(point("s1-0", &["/a"]))), &disks, false);
     let stale: Vec<&str> = plan.stale.iter().map(|(_, name)| name.as_str()).collect();
     assert_eq!(stale, ["sluice:nightly:s0-0", "sluice:nightly:s2-0"]);
     assert_eq!(plan.kind, Kind::Incremental { parent: "s1-0".into() });
@@ -105,7 +105,7 @@ fn a_broken_bitmap_gives_a_full_saying_why() {
     let parent = point("s1-0", &["/a", "/b"]);
     let inconsistent = Bitmap { inconsistent: true, ..bitmap("sluice:nightly:s1-0") };
     let disks = [disk("/a", vec![inconsistent]), disk("/b", Vec::new())];
-    let plan = plan(&names(), &Parent::Named(parent.clone()), &disks, false);
+    let plan = plan(&names(), &Parent::Named(Box::new(parent.clone())), &disks, false);
     assert_eq!(
         warning(&plan),
         "full backup instead of an incremental one: disk /a: change-tracking bitmap \
@@ -119,14 +119,23 @@ fn a_broken_bitmap_gives_a_full_saying_why() {
 fn other_disks_or_sizes_give_a_full() {
     let names = names();
     let good = || vec![bitmap("sluice:nightly:s1-0")];
-    let moved = plan(&names, &Parent::Named(point("s1-0", &["/a"])), &[disk("/c", good())], false);
+    let moved = plan(
+        &names,
+        &Parent::Named(Box::new(point("s1-0", &["/a"]))),
+        &[disk("/c", good())],
+        false,
+    );
     assert!(warning(&moved).ends_with("the disks changed since restore point s1-0"));
     let grown = DiskState { virtual_size: 128, ..disk("/a", good()) };
-    let grown = plan(&names, &Parent::Named(point("s1-0", &["/a"])), &[grown], false);
+    let grown = plan(&names, &Parent::Named(Box::new(point("s1-0", &["/a"]))), &[grown], false);
     assert!(warning(&grown).ends_with("disk /a: its size changed since restore point s1-0"));
     let paused = Bitmap { recording: false, ..bitmap("sluice:nightly:s1-0") };
-    let paused =
-        plan(&names, &Parent::Named(point("s1-0", &["/a"])), &[disk("/a", vec![paused])], false);
+    let paused = plan(
+        &names,
+        &Parent::Named(Box::new(point("s1-0", &["/a"]))),
+        &[disk("/a", vec![paused])],
+        false,
+    );
     assert!(warning(&paused).ends_with("is not recording"));
 }
 
