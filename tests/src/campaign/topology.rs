@@ -33,6 +33,9 @@ use crate::{
     unique_prefix,
 };
 
+/// `--session-history-per-job` of the campaign's coordinators: more than any run starts.
+const CAMPAIGN_HISTORY_PER_JOB: u32 = 1_000_000;
+
 /// How the cluster is made.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -177,6 +180,10 @@ impl Topology {
                 ("--id", id.clone()),
                 ("--lease-ttl", self.settings.lease_ttl.to_string()),
                 ("--prefix", self.prefix.clone()),
+                // The checker holds every session StartJob answered to its record and stop
+                // key, so history must keep them all: a soak starts more sessions per job than
+                // the default limit keeps (history pruning has its own e2e tests).
+                ("--session-history-per-job", CAMPAIGN_HISTORY_PER_JOB.to_string()),
             ]);
             // The campaign runs without TLS: its network-namespace hosts are not in the
             // harness's certificates.
