@@ -14,15 +14,7 @@ use sluice_proto::ids::AgentId;
 use super::{Item, ItemState};
 
 /// States in a fixed order, for the counts.
-const STATES: [ItemState; 7] = [
-    ItemState::Pending,
-    ItemState::Processing,
-    ItemState::Success,
-    ItemState::Warning,
-    ItemState::Failed,
-    ItemState::Canceled,
-    ItemState::NotProcessed,
-];
+const STATES: [ItemState; 7] = ItemState::ALL;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Index {

@@ -23,6 +23,17 @@ pub(crate) enum ItemState {
 }
 
 impl ItemState {
+    /// Every state, in a fixed order (counts by state, wire lookups).
+    pub(crate) const ALL: [ItemState; 7] = [
+        ItemState::Pending,
+        ItemState::Processing,
+        ItemState::Success,
+        ItemState::Warning,
+        ItemState::Failed,
+        ItemState::Canceled,
+        ItemState::NotProcessed,
+    ];
+
     /// Whether the item has ended.
     pub(crate) fn is_terminal(self) -> bool {
         !matches!(self, ItemState::Pending | ItemState::Processing)

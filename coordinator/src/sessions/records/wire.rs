@@ -10,15 +10,7 @@ use crate::sessions::machine::{
     StopMode, TaskPhase,
 };
 
-const ITEM_STATES: [ItemState; 7] = [
-    ItemState::Pending,
-    ItemState::Processing,
-    ItemState::Success,
-    ItemState::Warning,
-    ItemState::Failed,
-    ItemState::Canceled,
-    ItemState::NotProcessed,
-];
+const ITEM_STATES: [ItemState; 7] = ItemState::ALL;
 const PHASES: [TaskPhase; 5] = [
     TaskPhase::NotStarted,
     TaskPhase::Snapshot,
