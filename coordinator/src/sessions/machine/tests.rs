@@ -242,3 +242,14 @@ fn a_restore_point_committed_during_the_flush_of_its_dispatch_stays_for_its_own_
     let entry = m.item(0).catalog_entry().map(|rp| rp.id.as_str());
     assert_eq!(entry, Some("rp"), "written with its catalog entry");
 }
+
+/// A state an agent may report for a finished task, for the proptests.
+fn reported_state() -> impl proptest::strategy::Strategy<Value = ItemState> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(ItemState::Success),
+        Just(ItemState::Warning),
+        Just(ItemState::Failed),
+        Just(ItemState::Canceled)
+    ]
+}

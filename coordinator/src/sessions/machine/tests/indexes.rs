@@ -19,12 +19,7 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let state = prop_oneof![
-        Just(ItemState::Success),
-        Just(ItemState::Warning),
-        Just(ItemState::Failed),
-        Just(ItemState::Canceled)
-    ];
+    let state = reported_state();
     let mode = prop_oneof![Just(StopMode::Graceful), Just(StopMode::Immediate)];
     prop_oneof![
         4 => any::<bool>().prop_map(|computer_online| Step::Dispatch { computer_online }),

@@ -14,12 +14,7 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let state = prop_oneof![
-        Just(ItemState::Success),
-        Just(ItemState::Warning),
-        Just(ItemState::Failed),
-        Just(ItemState::Canceled)
-    ];
+    let state = reported_state();
     prop_oneof![
         4 => Just(Step::Dispatch),
         6 => (any::<usize>(), state).prop_map(|(pick, state)| Step::Finish { pick, state }),
