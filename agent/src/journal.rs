@@ -124,32 +124,32 @@ impl Journal {
 
     /// Every entry, by task.
     pub async fn load(&self) -> Result<Vec<(TaskId, JournalEntry)>, AgentError> {
-        let (reply, answer) = oneshot::channel();
-        let asked = self.tx.send(Request::Entries(reply)).await.is_ok();
-        match (asked, answer.await) {
-            (true, Ok(entries)) => Ok(entries),
-            _ => Err(AgentError::journal("load", stopped())),
-        }
+        self.ask(Request::Entries, "load").await
     }
 
     /// The highest acknowledged attempt of each item, of sessions whose epoch is remembered
     /// (and maybe of some forgotten since the log was last compacted).
     pub async fn acknowledged(&self) -> Result<Acknowledged, AgentError> {
-        let (reply, answer) = oneshot::channel();
-        let asked = self.tx.send(Request::Acknowledged(reply)).await.is_ok();
-        match (asked, answer.await) {
-            (true, Ok(acknowledged)) => Ok(acknowledged),
-            _ => Err(AgentError::journal("load acknowledged attempts", stopped())),
-        }
+        self.ask(Request::Acknowledged, "load acknowledged attempts").await
     }
 
     /// The writer's counters.
     pub async fn stats(&self) -> Result<JournalStats, AgentError> {
+        self.ask(Request::Stats, "stats").await
+    }
+
+    /// Sends the writer a question and waits for its answer; `what` names it in the error
+    /// when the writer has stopped.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+        what: &str,
+    ) -> Result<T, AgentError> {
         let (reply, answer) = oneshot::channel();
-        let asked = self.tx.send(Request::Stats(reply)).await.is_ok();
+        let asked = self.tx.send(request(reply)).await.is_ok();
         match (asked, answer.await) {
-            (true, Ok(stats)) => Ok(stats),
-            _ => Err(AgentError::journal("stats", stopped())),
+            (true, Ok(value)) => Ok(value),
+            _ => Err(AgentError::journal(what, stopped())),
         }
     }
 
