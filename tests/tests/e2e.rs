@@ -5,6 +5,7 @@
 //! are found next to this test executable, in `target/debug`).
 
 mod e2e {
+    mod agent_restarts;
     mod agents;
     mod attempts;
     mod bad_input;

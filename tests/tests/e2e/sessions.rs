@@ -1,30 +1,27 @@
 //! Issue 3: job sessions. Real VM backups of qcow2 disks into a repository directory: results,
-//! order and slots, failures with retries and `RetrySession`, an agent restart mid-transfer,
-//! one active session per job, and session reads.
+//! order and slots, failures with retries and `RetrySession`, one active session per job, and
+//! session reads (an agent restart mid-transfer: `agent_restarts`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
-use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, TaskPhase};
+use sluice_proto::pb::{self, ItemState, SessionResult, SessionState};
 use sluice_tests::{
     AgentSpec, Cluster,
-    api::{
-        Jobs, create_job, get_session, restore_points, start_job, summary, wait_agents_listed,
-        wait_session, wait_stopped,
-    },
+    api::{create_job, get_session, restore_points, start_job, summary, wait_stopped},
     disk::same_content,
     fixtures::{expect_code, expect_ok},
     sessions::{
-        VmDisks, make_vm_disk, make_vm_disks, partial_folders, processes_mentioning,
-        restore_point_dir, sluice_snapshots, vm_backup,
+        VmDisks, make_vm_disk, make_vm_disks, partial_folders, restore_point_dir, sluice_snapshots,
+        vm_backup,
     },
     watch::watch_to_end,
 };
 use tonic::Code;
 
-const MIB: u64 = 1 << 20;
+pub(super) const MIB: u64 = 1 << 20;
 
 /// Item names of a session, in the order it lists them.
 fn item_names(session: &pb::Session) -> Vec<&str> {
@@ -39,7 +36,12 @@ fn vm_names(count: usize) -> Vec<String> {
 /// whose `disk0.qcow2` holds what the item's disk holds, and that each restore point folder
 /// carries its manifest.
 #[track_caller]
-fn assert_backed_up(session: &pb::Session, repository: &Path, job: &str, disks: &[PathBuf]) {
+pub(super) fn assert_backed_up(
+    session: &pb::Session,
+    repository: &Path,
+    job: &str,
+    disks: &[PathBuf],
+) {
     assert_eq!(session.items.len(), disks.len(), "one item per disk: {}", summary(session));
     for (item, disk) in session.items.iter().zip(disks) {
         assert_eq!(item.state(), ItemState::Success, "{}: {}", item.name, summary(session));
@@ -73,7 +75,7 @@ fn assert_backed_up(session: &pb::Session, repository: &Path, job: &str, disks: 
 
 /// Asserts that no partial data and no Sluice snapshot was left behind.
 #[track_caller]
-fn assert_clean(repository: &Path, disks: &[PathBuf]) {
+pub(super) fn assert_clean(repository: &Path, disks: &[PathBuf]) {
     assert_eq!(partial_folders(repository), Vec::<PathBuf>::new(), "no partial folder remains");
     assert_eq!(sluice_snapshots(disks), Vec::new(), "no sluice- snapshot remains on any disk");
 }
@@ -329,125 +331,6 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
         &good,
     );
     assert_clean(&repository, &disks);
-}
-
-/// Scenario 4 set-up: 2 agents of 2 slots, slowed down so that tasks stay in TRANSFER for
-/// seconds, and a 4-VM job that retries 3 times without waiting.
-struct RestartCase {
-    cluster: Cluster,
-    jobs: Jobs,
-    dir: PathBuf,
-    repository: PathBuf,
-    disks: Vec<PathBuf>,
-}
-
-const RESTART_JOB: &str = "restarts";
-
-impl RestartCase {
-    async fn start() -> (RestartCase, pb::Session) {
-        let mut cluster = Cluster::builder()
-            .agent(AgentSpec::new().slots(2).transfer_rate_limit(512 * 1024))
-            .agent(AgentSpec::new().slots(2).transfer_rate_limit(512 * 1024))
-            .start()
-            .await;
-        let VmDisks { dir, repository, disks } = VmDisks::make(cluster.dir(), 4, 4 * MIB);
-        let mut jobs = cluster.job_client().await;
-        create_job(&mut jobs, vm_backup(RESTART_JOB, &repository, &disks).retry(3, 0).build())
-            .await;
-        let started = start_job(&mut jobs, RESTART_JOB).await;
-        (RestartCase { cluster, jobs, dir, repository, disks }, started)
-    }
-
-    fn item_dir(&self, item: &str) -> PathBuf {
-        self.repository.join(RESTART_JOB).join(item)
-    }
-
-    /// Waits until an item is in TRANSFER on a1 with data in its partial folder.
-    async fn wait_a1_mid_transfer(&self, id: &str) {
-        let what = "an item in TRANSFER on a1 with data in its partial folder";
-        wait_session(&self.jobs, id, what, |session| {
-            session.items.iter().any(|i| {
-                i.state() == ItemState::Processing
-                    && i.agent == "a1"
-                    && i.phase() == TaskPhase::Transfer
-                    && partial_folders(&self.item_dir(&i.name)).iter().any(|p| has_data(p))
-            })
-        })
-        .await;
-    }
-
-    /// The session succeeded with exactly one committed restore point per item, each listed
-    /// once in the catalog, and nothing was left behind: no partial folder, no snapshot, no
-    /// process still working on a disk.
-    async fn assert_no_result_lost(&mut self, id: &str) {
-        let ended = wait_stopped(&self.jobs, id).await;
-        assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
-        assert_backed_up(&ended, &self.repository, RESTART_JOB, &self.disks);
-        for item in &ended.items {
-            let folders: Vec<String> = std::fs::read_dir(self.item_dir(&item.name))
-                .map(|rd| {
-                    rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
-                })
-                .unwrap_or_default();
-            assert_eq!(
-                folders,
-                std::slice::from_ref(&item.restore_point),
-                "{}: exactly one restore point",
-                item.name
-            );
-        }
-        let catalog = restore_points(&self.jobs, RESTART_JOB).await;
-        let mut listed: Vec<(&str, &str)> =
-            catalog.iter().map(|rp| (rp.item.as_str(), rp.id.as_str())).collect();
-        listed.sort_unstable();
-        let expected: Vec<(&str, &str)> =
-            ended.items.iter().map(|i| (i.name.as_str(), i.restore_point.as_str())).collect();
-        assert_eq!(listed, expected, "the catalog holds each restore point once");
-        assert_clean(&self.repository, &self.disks);
-        let disk_dir = self.dir.join("disks").display().to_string();
-        assert_eq!(
-            processes_mentioning(&disk_dir),
-            Vec::<String>::new(),
-            "no process works on the disks after the session ended"
-        );
-    }
-}
-
-/// Scenario 4: an agent restarted (kill -9, same address and state dir) while it transfers
-/// loses no result: every item ends with exactly one committed restore point and the
-/// interrupted transfers leave nothing behind.
-#[tokio::test]
-async fn agent_restart_mid_transfer_loses_no_result() {
-    let (mut case, started) = RestartCase::start().await;
-    case.wait_a1_mid_transfer(&started.id).await;
-    case.cluster.agent(0).restart().await;
-    case.assert_no_result_lost(&started.id).await;
-}
-
-/// Scenario 4, variant: an agent killed mid-transfer stays away past its heartbeat TTL (its
-/// items count as lost and are retried), then comes back with its journal; the outcome it
-/// replays for the lost attempt changes nothing, and no result is lost or doubled.
-#[tokio::test]
-async fn agent_killed_mid_transfer_and_back_after_its_ttl_loses_no_result() {
-    let (mut case, started) = RestartCase::start().await;
-    case.wait_a1_mid_transfer(&started.id).await;
-    case.cluster.agent(0).kill9();
-    let admin = case.cluster.cluster_client().await;
-    wait_agents_listed(&admin, &["a2"], "killed agent a1 to leave ListAgents after its TTL").await;
-    let what = "no item to be PROCESSING on the lost agent a1 any more";
-    wait_session(&case.jobs, &started.id, what, |session| {
-        session.items.iter().all(|i| i.agent != "a1" || i.state() != ItemState::Processing)
-    })
-    .await;
-    case.cluster.agent(0).restart().await;
-    case.assert_no_result_lost(&started.id).await;
-}
-
-/// Whether a partial folder holds a file with data in it.
-fn has_data(partial: &Path) -> bool {
-    std::fs::read_dir(partial).is_ok_and(|entries| {
-        entries.flatten().any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
-    })
 }
 
 /// Scenario 5: one active session per job, on every coordinator; unknown jobs are NOT_FOUND;
