@@ -1,5 +1,5 @@
-//! Scenarios: agent-computer jobs (`JOB_TYPE_AGENT_BACKUP`): backups, incremental runs,
-//! stops and offline computers.
+//! Scenarios: agent-computer jobs (`JOB_TYPE_AGENT_BACKUP`): backups, incremental runs and
+//! offline computers (stops: `computer_stops`).
 //!
 //! Every computer is a real `sluice-agent --computer NAME` with its own directory tree made
 //! in the cluster's temp dir. Restore points are checked the way an operator restores them:
@@ -13,44 +13,40 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sluice_proto::pb::{self, ItemState, SessionResult, SessionState, StopMode, TaskPhase};
+use sluice_proto::pb::{self, ItemState, SessionResult, SessionState};
 use sluice_tests::{
     AgentSpec, Cluster,
-    api::{
-        Jobs, create_job, item, restore_points, start_job, stop_job, summary, wait_session,
-        wait_stopped,
-    },
+    api::{create_job, item, restore_points, start_job, summary, wait_session, wait_stopped},
     computers::{
-        KIB, TreeStats, add_bulk, computer_job, computer_paths, make_tree, outcome_of,
-        pseudo_random, seed_of, tree_stats, write_file,
+        KIB, TreeStats, computer_job, computer_paths, make_tree, outcome_of, pseudo_random,
+        seed_of, tree_stats, write_file,
     },
-    fixtures::expect_ok,
     jobs::computer_item,
     manifests::{
         Manifest, assert_restores, read_manifest, restore, restored_path, store_blobs, temporaries,
     },
     sessions::restore_point_dir,
-    stops::{assert_ended, assert_item_states},
+    stops::assert_item_states,
     watch::watch_to_end,
 };
 
-use ItemState::{Canceled, Failed, NotProcessed, Pending, Success};
+use ItemState::{Failed, Pending, Success};
 
 /// Files of the bulk folder a rate-limited computer reads for a while.
-const BULK_FILES: u64 = 16;
+pub(super) const BULK_FILES: u64 = 16;
 /// Size of each bulk file: under the executor's 1 MiB buffer, so each is read once.
-const BULK_SIZE: u64 = 256 * KIB;
+pub(super) const BULK_SIZE: u64 = 256 * KIB;
 /// `--transfer-rate-limit` of the slow computer: its bulk takes about 8 s.
-const SLOW_RATE: u64 = 512 * KIB;
+pub(super) const SLOW_RATE: u64 = 512 * KIB;
 
 /// Folders of the scenario: the computers' trees and the repository.
-struct Lab {
-    dir: PathBuf,
-    repository: PathBuf,
+pub(super) struct Lab {
+    pub(super) dir: PathBuf,
+    pub(super) repository: PathBuf,
 }
 
 impl Lab {
-    fn new(cluster: &Cluster) -> Lab {
+    pub(super) fn new(cluster: &Cluster) -> Lab {
         let dir = cluster.dir().to_path_buf();
         let repository = dir.join("repository");
         std::fs::create_dir_all(&repository)
@@ -59,25 +55,25 @@ impl Lab {
     }
 
     /// A tree `<dir>/computers/<computer>/<folder>` with content unique to both names.
-    fn tree(&self, computer: &str, folder: &str) -> PathBuf {
+    pub(super) fn tree(&self, computer: &str, folder: &str) -> PathBuf {
         let root = self.dir.join("computers").join(computer).join(folder);
         make_tree(&root, seed_of(&format!("{computer}/{folder}")));
         root
     }
 
     /// A fresh folder to restore into.
-    fn restore_dir(&self, name: &str) -> PathBuf {
+    pub(super) fn restore_dir(&self, name: &str) -> PathBuf {
         self.dir.join("restores").join(name)
     }
 
-    fn rp_dir(&self, session: &pb::Session, index: usize) -> PathBuf {
+    pub(super) fn rp_dir(&self, session: &pb::Session, index: usize) -> PathBuf {
         let status = &session.items[index];
         restore_point_dir(&self.repository, &session.job, &status.name, &status.restore_point)
     }
 }
 
 /// What a tree set of paths holds together.
-fn stats_of(paths: &[PathBuf]) -> TreeStats {
+pub(super) fn stats_of(paths: &[PathBuf]) -> TreeStats {
     paths.iter().map(|p| tree_stats(p)).fold(TreeStats::default(), |a, b| TreeStats {
         files: a.files + b.files,
         bytes: a.bytes + b.bytes,
@@ -88,7 +84,7 @@ fn stats_of(paths: &[PathBuf]) -> TreeStats {
 /// `<session>-<index>` whose manifest describes `paths` of `computer`, and that restoring it
 /// under `restore_dir` gives those paths back byte for byte. Returns the manifest.
 #[track_caller]
-fn assert_backed_up(
+pub(super) fn assert_backed_up(
     lab: &Lab,
     job: &pb::Job,
     session: &pb::Session,
@@ -133,14 +129,14 @@ fn assert_backed_up(
 
 /// Asserts that no `.partial-*` folder and no temporary blob file is left in the repository.
 #[track_caller]
-fn assert_no_temporaries(lab: &Lab, when: &str) {
+pub(super) fn assert_no_temporaries(lab: &Lab, when: &str) {
     let left = temporaries(&lab.repository);
     assert!(left.is_empty(), "{when}: temporaries left in the repository: {left:?}");
 }
 
 /// Asserts that the store holds exactly the blobs the given manifests name.
 #[track_caller]
-fn assert_store_is(lab: &Lab, manifests: &[&Manifest], when: &str) {
+pub(super) fn assert_store_is(lab: &Lab, manifests: &[&Manifest], when: &str) {
     let named: BTreeSet<String> = manifests.iter().flat_map(|m| m.blobs()).collect();
     let stored = store_blobs(&lab.repository);
     let extra: Vec<&String> = stored.difference(&named).collect();
@@ -155,7 +151,7 @@ fn assert_store_is(lab: &Lab, manifests: &[&Manifest], when: &str) {
 /// Asserts item `index` of `session` has no restore point: none in its status, no folder,
 /// not in the catalog.
 #[track_caller]
-fn assert_no_restore_point(
+pub(super) fn assert_no_restore_point(
     lab: &Lab,
     session: &pb::Session,
     index: usize,
@@ -323,140 +319,6 @@ async fn a_second_run_stores_only_changed_files() {
     assert_no_temporaries(&lab, "after three runs");
     let listed = restore_points(&jobs, "incremental").await;
     assert_eq!(listed.len(), 6, "two restore points per run: {listed:?}");
-}
-
-/// The stop scenarios' cluster and job: `pc1` (fast) is done in an instant; `pc2` (one slot,
-/// rate-limited) reads its bulk for seconds; `pc2-home`, a second item of computer pc2, waits
-/// for pc2's slot. Returns once `pc1` succeeded while `pc2` has transferred (and stored) some
-/// bulk files.
-async fn start_stop_scenario(job_name: &str) -> (Cluster, Lab, pb::Job, Jobs, pb::Session) {
-    let mut cluster = Cluster::builder()
-        .computers(&["pc1"])
-        .agent(AgentSpec::new().computer("pc2").slots(1).transfer_rate_limit(SLOW_RATE))
-        .start()
-        .await;
-    let lab = Lab::new(&cluster);
-    let pc1 = lab.tree("pc1", "home");
-    let pc2 = lab.tree("pc2", "data");
-    add_bulk(&pc2, seed_of("pc2 bulk"), BULK_FILES, BULK_SIZE);
-    let pc2_home = lab.tree("pc2", "home");
-    let items = vec![
-        computer_item("pc1", "pc1", &[&pc1]),
-        computer_item("pc2", "pc2", &[&pc2]),
-        computer_item("pc2-home", "pc2", &[&pc2_home]),
-    ];
-    let job = computer_job(job_name, &lab.repository).items(items).build();
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, job.clone()).await;
-    let started = start_job(&mut jobs, job_name).await;
-
-    let what = "pc1 SUCCESS while pc2 is in TRANSFER past its third bulk file";
-    let running = wait_session(&jobs, &started.id, what, |s| {
-        let pc2 = item(s, "pc2");
-        item(s, "pc1").state() == Success
-            && pc2.state() == ItemState::Processing
-            && pc2.phase() == TaskPhase::Transfer
-            && pc2.bytes_done >= 3 * BULK_SIZE
-    })
-    .await;
-    let waiting = item(&running, "pc2-home");
-    assert_eq!(waiting.state(), Pending, "pc2-home waits for pc2's slot: {}", summary(&running));
-    (cluster, lab, job, jobs, running)
-}
-
-/// A stop of the [`start_stop_scenario`] job while pc2 transfers, and what it must lead to.
-struct ComputerStop {
-    job: &'static str,
-    mode: StopMode,
-    by: &'static str,
-    result: SessionResult,
-    /// States of pc1, pc2 and pc2-home.
-    states: [ItemState; 3],
-    /// Items that end with a restore point; the others have none, anywhere.
-    committed: &'static [usize],
-}
-
-/// Scenario 3a: an immediate stop keeps the processed computer's restore point, cancels the
-/// one being processed without leaving anything of it (no partial folder; the blobs it had
-/// stored are left to garbage collection), leaves the rest NOT_PROCESSED and ends the
-/// session FAILED + canceled.
-const IMMEDIATE: ComputerStop = ComputerStop {
-    job: "agents-now",
-    mode: StopMode::Immediate,
-    by: "alice@ops",
-    result: SessionResult::Failed,
-    states: [Success, Canceled, NotProcessed],
-    committed: &[0],
-};
-
-/// Scenario 3b: a graceful stop lets the computer being processed finish and commit; the
-/// rest is NOT_PROCESSED; the session ends WARNING + canceled.
-const GRACEFUL: ComputerStop = ComputerStop {
-    job: "agents-drain",
-    mode: StopMode::Graceful,
-    by: "bob@ops",
-    result: SessionResult::Warning,
-    states: [Success, Success, NotProcessed],
-    committed: &[0, 1],
-};
-
-#[tokio::test]
-async fn immediate_stop_keeps_processed_computers_and_leaves_nothing_of_the_running_one() {
-    stop_mid_transfer(&IMMEDIATE).await;
-}
-
-#[tokio::test]
-async fn graceful_stop_lets_the_running_computer_commit() {
-    stop_mid_transfer(&GRACEFUL).await;
-}
-
-/// Stops the [`start_stop_scenario`] job as `case` says once pc2 has stored some of its
-/// bulk, and checks the end: item states, restore points (restored byte for byte, or absent
-/// from disk and catalog), no temporaries, and a store holding exactly the committed blobs
-/// once garbage is collected.
-async fn stop_mid_transfer(case: &ComputerStop) {
-    let (mut cluster, lab, job, mut jobs, running) = start_stop_scenario(case.job).await;
-    let pc1_blobs = read_manifest(&lab.rp_dir(&running, 0)).blobs();
-    let before = store_blobs(&lab.repository);
-    assert!(
-        before.is_superset(&pc1_blobs) && before.len() > pc1_blobs.len(),
-        "pc2's attempt has stored blobs before the stop: store {before:?}, pc1's {pc1_blobs:?}"
-    );
-
-    let stopping = expect_ok(
-        stop_job(&mut jobs, case.job, case.mode, case.by).await,
-        &format!("StopJob {:?}", case.mode),
-    );
-    assert_eq!(stopping.state(), SessionState::Stopping, "StopJob answers: {}", summary(&stopping));
-    assert_eq!(
-        item(&stopping, "pc2").state(),
-        ItemState::Processing,
-        "pc2 was still being processed when the stop arrived: {}",
-        summary(&stopping)
-    );
-
-    let ended = wait_stopped(&jobs, &running.id).await;
-    assert_ended(&ended, case.result, true, case.mode);
-    let names = ["pc1", "pc2", "pc2-home"];
-    assert_item_states(&ended, &names.into_iter().zip(case.states).collect::<Vec<_>>());
-    let listed = restore_points(&jobs, case.job).await;
-    let mut kept = Vec::new();
-    for (index, name) in names.into_iter().enumerate() {
-        if case.committed.contains(&index) {
-            let agent = ["a1", "a2"][index];
-            let restore_dir = lab.restore_dir(name);
-            kept.push(assert_backed_up(&lab, &job, &ended, index, (name, agent), &restore_dir));
-        } else {
-            assert_no_restore_point(&lab, &ended, index, &listed);
-        }
-    }
-    assert_eq!(listed.len(), case.committed.len(), "the committed items are listed: {listed:?}");
-    let when = format!("after a {:?} stop", case.mode);
-    assert_no_temporaries(&lab, &when);
-    let collect = pb::CollectGarbageRequest { repository: lab.repository.display().to_string() };
-    let mut agent = cluster.agent(0).agent_client().await;
-    expect_ok(agent.collect_garbage(collect).await, "CollectGarbage");
-    assert_store_is(&lab, &kept.iter().collect::<Vec<_>>(), &when);
 }
 
 /// Scenario 4: an item whose computer has no agent waits, visibly, then fails naming the
