@@ -88,6 +88,7 @@ async fn run_task_follows_the_rules() {
         epoch: 5,
         item_indices: vec![],
         reason: pb::CancelReason::User as i32,
+        withdrawn: vec![],
     };
     let canceled = client.cancel_tasks(cancel).await.expect("cancel").into_inner().canceled;
     assert_eq!(canceled, vec![key("s1", 0)]);

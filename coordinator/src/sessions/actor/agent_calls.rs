@@ -175,6 +175,7 @@ impl SessionActor {
             epoch: self.epoch.get(),
             item_indices: indices.clone(),
             reason: pb::CancelReason::from(reason) as i32,
+            withdrawn: Vec::new(),
         };
         let span = info_span!("cancel_tasks", %agent, tasks = indices.len());
         let call = async move {
