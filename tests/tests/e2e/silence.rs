@@ -24,6 +24,9 @@ use super::attempts::run_request;
 
 /// `--task-answer-timeout` of these scenarios, seconds.
 const ANSWER_TIMEOUT: &str = "2";
+/// A timeout that leaves the scenario ample time to lift the black hole while a withdrawal
+/// is awaited.
+const PATIENT_ANSWER_TIMEOUT: &str = "15";
 
 /// Only the coordinator's calls to the agent are black-holed; its heartbeats pass. The
 /// RunTask is withdrawn after the answer timeout, and the withdrawal goes unanswered as long:
@@ -66,6 +69,46 @@ async fn an_unanswered_run_task_is_withdrawn_and_its_item_ends_without_a_second_
     );
     let settled = format!("attempt 1 of item 0 of session {} is settled", started.id);
     assert!(refused.message().contains(&settled), "{}", refused.message());
+
+    // The withdrawal is journaled: a restarted agent refuses it too.
+    cluster.agent(0).restart().await;
+    let agents = agent_clients(&cluster).await;
+    let held = run_request(&job, &started.id, ended.epoch, 1);
+    let refused = expect_code(
+        agents[0].1.clone().run_task(held).await,
+        Code::FailedPrecondition,
+        "the held RunTask, after the agent restarted",
+    );
+    assert!(refused.message().contains(&settled), "{}", refused.message());
+}
+
+/// The same black hole, lifted while the withdrawal is awaited: the agent answers it (it
+/// refuses the attempt from then on, or cancels the held run it started), and only then is
+/// the item retried, to succeed.
+#[tokio::test]
+async fn an_answered_withdrawal_lets_the_item_be_retried() {
+    let mut cluster = Cluster::builder()
+        .coordinator_flag("--task-answer-timeout", PATIENT_ANSWER_TIMEOUT)
+        .start()
+        .await;
+    let link = cluster.add_agent_behind_proxy(AgentSpec::new()).await;
+    let job = JobBuilder::sim("withdrawn", 1000)
+        .placeholder_vms(1)
+        .retry(2, 0)
+        .repository(&cluster.dir().join("r"))
+        .build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+
+    link.black_hole();
+    let started = start_job(&mut jobs, &job.name).await;
+    wait_log_line(cluster.coordinator(0), &["withdrawing the attempt", &started.id]).await;
+    link.restore();
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(ended.result(), SessionResult::Success, "{}", summary(&ended));
+    assert_eq!(ended.items[0].attempt, 2, "the withdrawn attempt counts: {}", summary(&ended));
+    let agents = agent_clients(&cluster).await;
+    wait_agent_tasks(&agents, &started.id, "every task to be settled", |t| t.is_empty()).await;
 }
 
 /// An agent cut off from the coordinators (heartbeats and calls) while it copies a VM gives
