@@ -69,10 +69,11 @@ pub enum AgentError {
         /// The agent's generation now.
         current: i64,
     },
-    /// A RunTask of an attempt no newer than one a coordinator acknowledged on this agent.
+    /// A RunTask of an attempt no newer than one a coordinator acknowledged (or withdrew) on
+    /// this agent.
     #[error(
         "attempt {attempt} of item {index} of session {session} is settled: attempt {acknowledged} \
-         was acknowledged"
+         was acknowledged or withdrawn here"
     )]
     Acknowledged {
         /// Session id.

@@ -115,6 +115,8 @@ impl Reporter {
 pub struct CancelSignal {
     token: CancellationToken,
     reason: Arc<OnceLock<pb::CancelReason>>,
+    /// The outcome's message, when the first cancel named one.
+    message: Arc<OnceLock<String>>,
 }
 
 impl CancelSignal {
@@ -122,6 +124,19 @@ impl CancelSignal {
     pub fn cancel(&self, reason: pb::CancelReason) {
         let _ = self.reason.set(reason);
         self.token.cancel();
+    }
+
+    /// Cancels the task with the message its outcome carries, if this is the first cancel.
+    pub fn cancel_with(&self, reason: pb::CancelReason, message: String) {
+        if self.reason.set(reason).is_ok() {
+            let _ = self.message.set(message);
+        }
+        self.token.cancel();
+    }
+
+    /// The message the first cancel named, if any.
+    pub(crate) fn message(&self) -> Option<&str> {
+        self.message.get().map(String::as_str)
     }
 
     /// Completes when the task is cancelled.
@@ -203,6 +218,8 @@ pub(crate) fn failed(message: String) -> pb::TaskOutcome {
 pub(crate) fn canceled(reason: pb::CancelReason) -> pb::TaskOutcome {
     let message = match reason {
         pb::CancelReason::Drain => "canceled: the agent drained past its deadline",
+        pb::CancelReason::Silent => "canceled: the agent was silent past its heartbeat ttl",
+        pb::CancelReason::Withdrawn => "canceled: the coordinator withdrew the unanswered task",
         _ => "canceled by user",
     };
     pb::TaskOutcome {

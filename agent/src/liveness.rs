@@ -48,6 +48,18 @@ impl Liveness {
         });
     }
 
+    /// The moment past which coordinators may count the agent lost, unless a heartbeat is
+    /// confirmed again: the send of the newest confirmed one plus the ttl (`None` before the
+    /// first, when no task may run). Its running tasks are given up then.
+    pub(crate) fn silent_at(&self) -> Option<Instant> {
+        self.confirmed.map(|confirmed| confirmed.sent_at + self.ttl)
+    }
+
+    /// The heartbeat ttl.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Whether a task dispatched to generation `registration` (0: not named) may start now.
     pub(crate) fn admit(&self, now: Instant, registration: i64) -> Result<(), AgentError> {
         let Some(confirmed) = self.confirmed else {
@@ -114,6 +126,21 @@ mod tests {
         // An answer that arrives late, for an older send, does not move the clock back.
         liveness.confirm(sent, 7);
         assert!(liveness.admit(sent + Duration::from_secs(19), 7).is_ok());
+    }
+
+    #[test]
+    fn tasks_are_given_up_when_the_last_confirmed_send_is_a_ttl_old() {
+        let sent = Instant::now();
+        let mut liveness = Liveness::new("a1".into(), TTL);
+        assert_eq!(liveness.silent_at(), None, "nothing runs before the first confirmation");
+        liveness.confirm(sent, 7);
+        assert_eq!(liveness.silent_at(), Some(sent + TTL));
+        assert!(liveness.admit(sent + TTL, 7).is_ok(), "the moment itself still admits");
+        assert!(liveness.admit(sent + TTL + Duration::from_millis(1), 7).is_err());
+        liveness.confirm(sent + Duration::from_secs(4), 7);
+        assert_eq!(liveness.silent_at(), Some(sent + Duration::from_secs(4) + TTL));
+        liveness.confirm(sent, 7);
+        assert_eq!(liveness.silent_at(), Some(sent + Duration::from_secs(4) + TTL), "never back");
     }
 
     #[test]

@@ -72,6 +72,8 @@ struct Cancel {
     epoch: Epoch,
     indices: Vec<u32>,
     reason: pb::CancelReason,
+    /// Attempts the coordinator withdraws (when any, only they are acted on).
+    withdrawn: Vec<TaskId>,
 }
 
 enum Command {
@@ -134,11 +136,14 @@ impl TasksHandle {
         &self,
         request: pb::CancelTasksRequest,
     ) -> Result<Vec<pb::TaskKey>, AgentError> {
+        let session = key::session_id("session_id", &request.session_id)?;
+        let withdrawn = withdrawn_ids(&session, &request.withdrawn)?;
         let cancel = Cancel {
-            session: key::session_id("session_id", &request.session_id)?,
+            session,
             epoch: key::epoch("epoch", request.epoch)?,
             reason: request.reason(),
             indices: request.item_indices,
+            withdrawn,
         };
         self.call(|reply| Command::Cancel(cancel, reply)).await
     }
@@ -185,4 +190,18 @@ impl TasksHandle {
         self.tx.send(command(reply)).await.map_err(|_| AgentError::ShuttingDown)?;
         answer.await.map_err(|_| AgentError::ShuttingDown)?
     }
+}
+
+/// The withdrawn attempts of a CancelTasks request, each of the request's session.
+fn withdrawn_ids(session: &SessionId, keys: &[pb::TaskKey]) -> Result<Vec<TaskId>, AgentError> {
+    let check = |(i, key): (usize, &pb::TaskKey)| {
+        let field = format!("withdrawn[{i}]");
+        let id = key::task_id(&field, key)?;
+        if id.session != *session {
+            let reason = format!("names session {}, not the request's {session}", id.session);
+            return Err(AgentError::invalid(format!("{field}.session_id"), reason));
+        }
+        Ok(id)
+    };
+    keys.iter().enumerate().map(check).collect()
 }

@@ -168,7 +168,8 @@ fn start(
     shutdown: &CancellationToken,
 ) -> (Services, HttpParts) {
     let clients = AgentClients::new(tls);
-    let (ctx, router) = follow_agents(store.clone(), metrics.clone(), clients, tasks, shutdown);
+    let (mut ctx, router) = follow_agents(store.clone(), metrics.clone(), clients, tasks, shutdown);
+    ctx.answer_timeout = settings.task_answer_timeout();
     tasks.tracker.spawn(router.strays().clone().run(ctx.clone(), tasks.stop.clone()));
     let id = settings.id.clone();
     let (directory, clients) = (ctx.directory.clone(), ctx.clients.clone());
@@ -249,6 +250,16 @@ fn follow_agents(
     let acks =
         Acks::new(directory.clone(), clients.clone(), tasks.tracker.clone(), tasks.stop.clone());
     let shutdown = shutdown.clone();
-    let ctx = SessionContext { store, directory, scheduler, clients, acks, shutdown, metrics };
+    let answer_timeout = crate::settings::DEFAULT_TASK_ANSWER_TIMEOUT;
+    let ctx = SessionContext {
+        store,
+        directory,
+        scheduler,
+        clients,
+        acks,
+        shutdown,
+        metrics,
+        answer_timeout,
+    };
     (ctx, router)
 }

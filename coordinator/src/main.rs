@@ -76,6 +76,11 @@ struct Flags {
     #[arg(long, env = "SLUICE_ETCD_COMPACTION_INTERVAL", value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     etcd_compaction_interval: Option<u64>,
+    /// Seconds to wait for an agent's answer to RunTask before the attempt is withdrawn, and
+    /// as long again for the withdrawal's answer (default 60).
+    #[arg(long, env = "SLUICE_TASK_ANSWER_TIMEOUT", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_answer_timeout: Option<u64>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]

@@ -65,6 +65,17 @@ pub struct Settings {
     /// Seconds between compactions of etcd's history; 0 turns compaction off.
     #[serde(default = "default_compaction_interval")]
     pub(crate) etcd_compaction_interval: u64,
+    /// Seconds an owner waits for an agent's answer to RunTask before it withdraws the
+    /// attempt, and as long again for the withdrawal's answer.
+    #[serde(default = "default_task_answer_timeout")]
+    pub(crate) task_answer_timeout: u64,
+}
+
+/// Default of `--task-answer-timeout`.
+pub(crate) const DEFAULT_TASK_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_task_answer_timeout() -> u64 {
+    DEFAULT_TASK_ANSWER_TIMEOUT.as_secs()
 }
 
 /// A year of nightly runs, with room for retries and manual starts.
@@ -123,6 +134,11 @@ impl Settings {
             max_age: Duration::from_secs(u64::from(self.session_history_days.max(1)) * 86_400),
             per_job: self.session_history_per_job.max(1) as usize,
         }
+    }
+
+    /// How long an unanswered RunTask (then its withdrawal) is waited on; at least a second.
+    pub(crate) fn task_answer_timeout(&self) -> Duration {
+        Duration::from_secs(self.task_answer_timeout.max(1))
     }
 
     /// Time between compactions of etcd's history, if compaction is on.

@@ -362,8 +362,9 @@ impl Cluster {
         let coordinators = self.coordinator_urls();
         let slots = spec.slots.unwrap_or(self.settings.slots);
         let ttl = spec.heartbeat_ttl.unwrap_or(self.settings.heartbeat_ttl);
+        let heartbeat_to = spec.heartbeat_to.clone().unwrap_or_else(|| coordinators.clone());
         let mut args = flags([
-            ("--coordinators", coordinators.join(",")),
+            ("--coordinators", heartbeat_to.join(",")),
             ("--id", id.clone()),
             ("--slots", slots.to_string()),
             ("--state-dir", dir.join("state").display().to_string()),

@@ -31,6 +31,7 @@ mod e2e {
     mod security;
     mod sessions;
     mod shutdown;
+    mod silence;
     mod snapshots;
     mod stop_races;
     mod stop_takeover;

@@ -32,6 +32,10 @@ pub(super) struct Actor {
     events: broadcast::Sender<pb::TaskStatus>,
     status: watch::Sender<AgentStatus>,
     sessions: watch::Sender<BTreeSet<SessionId>>,
+    /// The silent moment (`Liveness::silent_at`) whose tasks were already given up.
+    gave_up_at: Option<Instant>,
+    /// Whether heartbeats still report (the liveness sender is alive).
+    heartbeats: bool,
 }
 
 impl Actor {
@@ -55,6 +59,8 @@ impl Actor {
             events,
             status,
             sessions,
+            gave_up_at: None,
+            heartbeats: true,
         };
         actor.publish();
         actor
@@ -62,14 +68,45 @@ impl Actor {
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         loop {
+            let silent_at = self.silent_at();
+            let silent = async move {
+                match silent_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
                 Some((id, update)) = self.updates_rx.recv() => self.apply(&id, update),
+                changed = self.liveness.changed(), if self.heartbeats => {
+                    self.heartbeats = changed.is_ok();
+                }
+                () = silent => self.give_up(silent_at),
             }
         }
+    }
+
+    /// When the running tasks are to be given up: the moment coordinators may count the agent
+    /// lost, unless they were given up for it already or none runs.
+    fn silent_at(&self) -> Option<Instant> {
+        let at = self.liveness.borrow().silent_at()?;
+        (self.table.running() > 0 && self.gave_up_at != Some(at)).then_some(at)
+    }
+
+    /// Past the heartbeat ttl without a confirmed heartbeat, coordinators may have counted the
+    /// agent lost and sent its items elsewhere: its running tasks are cancelled (a VM's block
+    /// jobs as in an immediate stop) so that no attempt runs on beside their retry. The
+    /// outcomes are reported once a coordinator is reachable again.
+    fn give_up(&mut self, at: Option<Instant>) {
+        self.gave_up_at = at;
+        let ttl = self.liveness.borrow().ttl().as_secs();
+        let message =
+            format!("agent silent past its heartbeat TTL of {ttl}s; its tasks were given up");
+        let keys = self.table.give_up_all(pb::CancelReason::Silent, &message);
+        warn!(ttl_secs = ttl, tasks = keys.len(), "{message}");
     }
 
     async fn handle(&mut self, command: Command) {
@@ -156,6 +193,9 @@ impl Actor {
 
     async fn cancel(&mut self, request: Cancel) -> Result<Vec<pb::TaskKey>, AgentError> {
         self.check_epoch(&request.session, request.epoch).await?;
+        if !request.withdrawn.is_empty() {
+            return self.withdraw(&request.session, &request.withdrawn).await;
+        }
         let reason = match request.reason {
             pb::CancelReason::Unspecified => pb::CancelReason::User,
             reason => reason,
@@ -168,6 +208,25 @@ impl Actor {
             "tasks canceled"
         );
         Ok(keys)
+    }
+
+    /// Withdraws attempts a coordinator gave up on; those not held here are journaled as
+    /// settled before the answer, so their RunTask is refused whenever it comes.
+    async fn withdraw(
+        &mut self,
+        session: &SessionId,
+        ids: &[TaskId],
+    ) -> Result<Vec<pb::TaskKey>, AgentError> {
+        let (cancelled, settled) = self.table.withdraw(ids);
+        if !settled.is_empty() {
+            self.journal
+                .forget(&settled)
+                .await
+                .map_err(|e| AgentError::journal("record withdrawn attempts", e))?;
+        }
+        info!(%session, cancelled = cancelled.len(), settled = settled.len(),
+              "unanswered attempts withdrawn");
+        Ok(cancelled)
     }
 
     async fn ack(&mut self, epoch: Epoch, ids: Vec<TaskId>, reply: Reply<()>) {

@@ -25,10 +25,17 @@ async fn run(journal: Journal, mut ctx: TaskContext) {
         outcome: None,
         started_at: Some(sluice_proto::time::now()),
     };
-    let outcome = exec::bounded(match write(&journal, &entry).await {
+    let mut outcome = match write(&journal, &entry).await {
         Ok(()) => exec::execute(&mut ctx).await,
         Err(error) => exec::failed(format!("cannot write the journal entry: {error}")),
-    });
+    };
+    // A cancel that said why (the agent gave its tasks up) says so in the outcome.
+    if outcome.state() == pb::ItemState::Canceled
+        && let Some(message) = ctx.cancel.message()
+    {
+        outcome.message = message.to_owned();
+    }
+    let outcome = exec::bounded(outcome);
     entry.outcome = Some(outcome.clone());
     if let Err(error) = write(&journal, &entry).await {
         error!(task = %ctx.id, %error, "outcome not journaled: it is lost if the agent restarts");

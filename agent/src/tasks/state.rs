@@ -226,7 +226,7 @@ impl TaskTable {
         let wanted = |id: &TaskId| {
             id.session == *session && (indices.is_empty() || indices.contains(&id.index))
         };
-        self.cancel_where(wanted, reason)
+        self.cancel_where(wanted, |cancel| cancel.cancel(reason))
     }
 
     /// Remembers the named items this agent holds no task of, so their RunTask is refused.
@@ -244,18 +244,38 @@ impl TaskTable {
 
     /// Cancels every running task.
     pub(crate) fn cancel_all(&self, reason: pb::CancelReason) -> Vec<pb::TaskKey> {
-        self.cancel_where(|_| true, reason)
+        self.cancel_where(|_| true, |cancel| cancel.cancel(reason))
+    }
+
+    /// Gives every running task up, with the message its outcome carries.
+    pub(crate) fn give_up_all(&self, reason: pb::CancelReason, message: &str) -> Vec<pb::TaskKey> {
+        self.cancel_where(|_| true, |cancel| cancel.cancel_with(reason, message.to_owned()))
+    }
+
+    /// Withdraws attempts whose RunTask a coordinator gave up on: one running is cancelled
+    /// (its keys are returned first); one this agent does not hold is settled for good, as if
+    /// acknowledged (returned second: the caller journals them before it answers). A finished
+    /// one waits for its acknowledgement as any other.
+    pub(crate) fn withdraw(&mut self, ids: &[TaskId]) -> (Vec<pb::TaskKey>, Vec<TaskId>) {
+        let reason = pb::CancelReason::Withdrawn;
+        let cancelled = self.cancel_where(|id| ids.contains(id), |cancel| cancel.cancel(reason));
+        let unknown: Vec<TaskId> =
+            ids.iter().filter(|id| !self.tasks.contains_key(*id)).cloned().collect();
+        for id in &unknown {
+            self.settle(id);
+        }
+        (cancelled, unknown)
     }
 
     fn cancel_where(
         &self,
         wanted: impl Fn(&TaskId) -> bool,
-        reason: pb::CancelReason,
+        cancel: impl Fn(&CancelSignal),
     ) -> Vec<pb::TaskKey> {
         let mut keys = Vec::new();
         for (id, entry) in &self.tasks {
-            if let Some(cancel) = entry.cancel.as_ref().filter(|_| wanted(id)) {
-                cancel.cancel(reason);
+            if let Some(signal) = entry.cancel.as_ref().filter(|_| wanted(id)) {
+                cancel(signal);
                 keys.push(id.to_wire());
             }
         }
@@ -281,11 +301,16 @@ impl TaskTable {
             .collect();
         for id in &finished {
             self.tasks.remove(id);
-            let items = self.acknowledged.entry(id.session.clone()).or_default();
-            let highest = items.entry(id.index).or_default();
-            *highest = (*highest).max(id.attempt);
+            self.settle(id);
         }
         finished
+    }
+
+    /// Refuses a RunTask of this attempt, or an older one, from now on.
+    fn settle(&mut self, id: &TaskId) {
+        let items = self.acknowledged.entry(id.session.clone()).or_default();
+        let highest = items.entry(id.index).or_default();
+        *highest = (*highest).max(id.attempt);
     }
 
     /// Applies an executor update; returns the new status to announce.

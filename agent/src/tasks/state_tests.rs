@@ -179,7 +179,8 @@ fn a_run_of_an_acknowledged_attempt_is_refused_and_a_newer_one_starts() {
         assert_eq!(
             refused.to_string(),
             format!(
-                "attempt {attempt} of item 0 of session s is settled: attempt 2 was acknowledged"
+                "attempt {attempt} of item 0 of session s is settled: attempt 2 was acknowledged \
+                 or withdrawn here"
             )
         );
         assert_eq!(tonic::Status::from(refused).code(), tonic::Code::FailedPrecondition);
@@ -224,4 +225,37 @@ fn a_known_task_is_answered_even_when_the_agent_takes_no_new_one() {
     let next = id("s", 1, 1);
     let refused = table.admit(&next, epoch(1), &spec(&next, 1), unconfirmed()).expect_err("no");
     assert_eq!(tonic::Status::from(refused).code(), tonic::Code::Unavailable);
+}
+
+#[test]
+fn a_withdrawn_attempt_not_held_is_settled_and_a_running_one_is_cancelled() {
+    let mut table = table(4);
+    table.set_epoch(&session("s"), epoch(1));
+    let running = id("s", 1, 1);
+    let signal = start(&mut table, &running);
+    let unknown = id("s", 0, 2);
+    let (cancelled, settled) = table.withdraw(&[unknown.clone(), running.clone()]);
+    assert_eq!(cancelled, vec![running.to_wire()]);
+    assert_eq!(settled, vec![unknown.clone()], "only what the agent does not hold is settled");
+    assert!(signal.is_cancelled());
+    assert_eq!(signal.reason(), pb::CancelReason::Withdrawn);
+    for attempt in [1, 2] {
+        let late = id("s", 0, attempt);
+        let refused = admit(&mut table, &late, &spec(&late, 1)).expect_err("withdrawn");
+        assert!(refused.to_string().contains("is settled"), "{refused}");
+    }
+    let retry = id("s", 0, 3);
+    assert!(matches!(admit(&mut table, &retry, &spec(&retry, 1)), Ok(Admission::Start)));
+}
+
+#[test]
+fn giving_up_cancels_every_running_task_with_the_reason_and_its_message() {
+    let table_ = &mut table(4);
+    let first = start(table_, &id("s", 0, 1));
+    let second = start(table_, &id("t", 3, 2));
+    first.cancel(pb::CancelReason::User);
+    let keys = table_.give_up_all(pb::CancelReason::Silent, "silent");
+    assert_eq!(keys.len(), 2);
+    assert_eq!((second.reason(), second.message()), (pb::CancelReason::Silent, Some("silent")));
+    assert_eq!((first.reason(), first.message()), (pb::CancelReason::User, None), "first kept");
 }

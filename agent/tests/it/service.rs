@@ -88,6 +88,7 @@ async fn run_task_follows_the_rules() {
         epoch: 5,
         item_indices: vec![],
         reason: pb::CancelReason::User as i32,
+        withdrawn: vec![],
     };
     let canceled = client.cancel_tasks(cancel).await.expect("cancel").into_inner().canceled;
     assert_eq!(canceled, vec![key("s1", 0)]);
@@ -284,7 +285,7 @@ async fn heartbeats_fail_over_to_the_next_coordinator() {
     let agent_info = beat.agent.expect("agent");
     assert_eq!((agent_info.id.as_str(), agent_info.slots), ("agent-1", 3));
     assert_eq!(agent_info.state(), pb::AgentState::Online);
-    assert_eq!(beat.ttl_seconds, 1);
+    assert_eq!(beat.ttl_seconds, 10);
     agent.stop().await;
 }
 
@@ -331,5 +332,53 @@ async fn an_agent_without_the_sim_executor_refuses_sim_tasks() {
     );
     let listed = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
     assert!(listed.into_inner().tasks.is_empty(), "nothing ran");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_withdrawal_cancels_the_attempt_it_names_or_refuses_it_for_good() {
+    let coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 2).await;
+    let mut client = agent.client.clone();
+    let mut events = watch(&mut client, "w1").await;
+    run(&mut client, sim_spec("w1", 0, 5, 600_000)).await.expect("started");
+    run(&mut client, sim_spec("w1", 1, 5, 600_000)).await.expect("started");
+    let withdraw = |keys: Vec<pb::TaskKey>| pb::CancelTasksRequest {
+        session_id: "w1".into(),
+        epoch: 5,
+        item_indices: keys.iter().map(|k| k.item_index).collect(),
+        reason: pb::CancelReason::Withdrawn as i32,
+        withdrawn: keys,
+    };
+
+    let foreign = withdraw(vec![key("other", 2)]);
+    let refused = client.cancel_tasks(foreign).await.expect_err("another session's key");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().starts_with("withdrawn[0].session_id:"), "{}", refused.message());
+
+    // Item 0 runs: it is cancelled. Item 2's RunTask never came: it is settled. Item 1 is
+    // not named and runs on.
+    let answer = client.cancel_tasks(withdraw(vec![key("w1", 0), key("w1", 2)])).await;
+    assert_eq!(answer.expect("withdrawn").into_inner().canceled, vec![key("w1", 0)]);
+    let outcome = outcome_of(&mut events, 0).await;
+    assert_eq!(
+        (outcome.state(), outcome.cancel_reason()),
+        (ItemState::Canceled, pb::CancelReason::Withdrawn)
+    );
+    assert_eq!(outcome.message, "canceled: the coordinator withdrew the unanswered task");
+    let late = run(&mut client, sim_spec("w1", 2, 5, 10)).await.expect_err("withdrawn");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert!(
+        late.message().contains("attempt 1 of item 2 of session w1 is settled"),
+        "{}",
+        late.message()
+    );
+    let listed = client.list_tasks(pb::ListTasksRequest { session_id: "w1".into() }).await;
+    let running =
+        listed.expect("list").into_inner().tasks.iter().filter(|t| t.outcome.is_none()).count();
+    assert_eq!(running, 1, "item 1 runs on");
+    let mut retry = sim_spec("w1", 2, 5, 10);
+    retry.key = Some(pb::TaskKey { attempt: 2, ..key("w1", 2) });
+    run(&mut client, retry).await.expect("the next attempt starts");
     agent.stop().await;
 }

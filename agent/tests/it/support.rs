@@ -305,7 +305,9 @@ impl TestAgent {
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
         let mut settings = Settings::new(coordinator, "agent-1", slots, state_dir.to_path_buf());
-        settings.heartbeat_ttl = 1;
+        // The default ttl: a loaded machine's pause of heartbeats must not make the agent give
+        // its running tasks up (it does so once silent past the ttl).
+        settings.heartbeat_ttl = 10;
         settings.computer = Some("pc1".into());
         // In-process agent tests talk plaintext; TLS and authentication are the e2e tests'.
         settings.insecure = true;

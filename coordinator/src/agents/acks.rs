@@ -3,6 +3,9 @@
 //! is sent again, with a growing pause, until it succeeds, the agent is gone (it reports the
 //! task again when it comes back) or refuses the epoch. The retries belong to the
 //! coordinator, not to a session's actor: they go on after the session ended.
+//!
+//! A withdrawal the agent never answered while its item waited (the item ended FAILED) is
+//! delivered the same way: once the agent has it, it refuses the held RunTask for good.
 
 use std::time::Duration;
 
@@ -49,17 +52,27 @@ impl Acks {
         if keys.is_empty() {
             return;
         }
+        let request = pb::AckTasksRequest { epoch: epoch.get(), keys };
+        self.spawn(agent, Delivery::Ack(request));
+    }
+
+    /// Sends `withdrawal` (CancelTasks naming withdrawn attempts) to `agent` until it answers.
+    pub(crate) fn withdraw(&self, agent: AgentId, withdrawal: pb::CancelTasksRequest) {
+        self.spawn(agent, Delivery::Withdraw(withdrawal));
+    }
+
+    fn spawn(&self, agent: AgentId, delivery: Delivery) {
         let this = self.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
-            shutdown.run_until_cancelled(this.deliver(agent, epoch, keys)).await;
+            shutdown.run_until_cancelled(this.deliver(agent, delivery)).await;
         });
     }
 
-    async fn deliver(&self, agent: AgentId, epoch: Epoch, keys: Vec<pb::TaskKey>) {
+    async fn deliver(&self, agent: AgentId, delivery: Delivery) {
         let mut pause = FIRST_PAUSE;
         loop {
-            let status = match self.call(&agent, epoch, keys.clone()).await {
+            let status = match self.call(&agent, &delivery).await {
                 Ok(()) => return,
                 Err(status) => status,
             };
@@ -71,18 +84,13 @@ impl Acks {
                 debug!(%agent, "ack failed and the agent is gone; it reports the task again");
                 return;
             }
-            debug!(%agent, %status, tasks = keys.len(), "ack failed; sending it again");
+            debug!(%agent, %status, tasks = delivery.tasks(), "ack failed; sending it again");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
         }
     }
 
-    async fn call(
-        &self,
-        agent: &AgentId,
-        epoch: Epoch,
-        keys: Vec<pb::TaskKey>,
-    ) -> Result<(), tonic::Status> {
+    async fn call(&self, agent: &AgentId, delivery: &Delivery) -> Result<(), tonic::Status> {
         let agents = self.directory.current();
         let address = agents
             .get(agent)
@@ -92,10 +100,34 @@ impl Acks {
             .clients
             .client(agent.as_str(), &address)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let request = pb::AckTasksRequest { epoch: epoch.get(), keys };
-        match tokio::time::timeout(CALL_TIMEOUT, client.ack_tasks(request)).await {
-            Ok(answer) => answer.map(|_| ()),
+        let call = async {
+            match delivery {
+                Delivery::Ack(request) => client.ack_tasks(request.clone()).await.map(|_| ()),
+                Delivery::Withdraw(request) => {
+                    client.cancel_tasks(request.clone()).await.map(|_| ())
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(answer) => answer,
             Err(_) => Err(tonic::Status::deadline_exceeded("agent did not answer in time")),
+        }
+    }
+}
+
+/// What is sent until the agent has it.
+enum Delivery {
+    /// AckTasks.
+    Ack(pb::AckTasksRequest),
+    /// CancelTasks withdrawing attempts.
+    Withdraw(pb::CancelTasksRequest),
+}
+
+impl Delivery {
+    fn tasks(&self) -> usize {
+        match self {
+            Delivery::Ack(request) => request.keys.len(),
+            Delivery::Withdraw(request) => request.withdrawn.len(),
         }
     }
 }

@@ -8,6 +8,7 @@
 mod agent_calls;
 mod children;
 mod flush;
+mod withdrawals;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -59,6 +60,10 @@ pub(crate) enum Msg {
     ResendCancel { agent: AgentId, indices: Vec<u32> },
     /// Time to send an unanswered RunTask again.
     Resend(Dispatch),
+    /// Answer to a withdrawal: the withdrawn attempt's task if the agent holds it.
+    WithdrawDone { dispatch: Dispatch, result: Result<Option<pb::TaskStatus>, tonic::Status> },
+    /// Time to send a failed withdrawal again.
+    ResendWithdraw(Dispatch),
     /// A batch of writes ended.
     Flushed { result: crate::error::Result<persist::Written>, items: Vec<usize>, session: bool },
     /// The tasks of this session an agent holds (asked for when taking the session over).
@@ -145,7 +150,7 @@ pub(crate) struct SessionActor {
 impl SessionActor {
     /// An actor for a session owned at `epoch`.
     pub(crate) fn new(
-        machine: Machine,
+        mut machine: Machine,
         owned: Owned,
         ctx: SessionContext,
         inboxes: Inboxes,
@@ -154,6 +159,8 @@ impl SessionActor {
         let Owned { base, job, epoch, stop, item_revisions } = owned;
         let job_name = base.session.as_ref().map_or("", |session| session.job.as_str());
         let gauge = SessionGauge::new(ctx.metrics.clone(), job_name, &machine);
+        let answer_timeout_ms = i64::try_from(ctx.answer_timeout.as_millis()).unwrap_or(i64::MAX);
+        machine.set_answer_timeout_ms(answer_timeout_ms);
         SessionActor {
             machine,
             base,
@@ -296,6 +303,10 @@ impl SessionActor {
                 return self.on_cancel_done(agent, result, indices);
             }
             Msg::Resend(dispatch) => self.resend(dispatch),
+            Msg::WithdrawDone { dispatch, result } => {
+                return self.on_withdraw_done(dispatch, result);
+            }
+            Msg::ResendWithdraw(dispatch) => self.resend_withdraw(dispatch),
             Msg::ResendCancel { agent, indices } => {
                 self.send_cancel(agent, indices, CancelReason::User)
             }
@@ -365,6 +376,8 @@ impl SessionActor {
                     }
                 }
                 Effect::Cancel { agent, indices, reason } => self.cancel(agent, indices, reason),
+                Effect::Withdraw(dispatch) => self.withdraw(dispatch),
+                Effect::Abandon(dispatch) => self.abandon(dispatch),
                 Effect::Release { agent } => self.ctx.scheduler.release(self.machine.id(), &agent),
                 Effect::Ack { agent, index, attempt } => {
                     self.outbox.ack(Ack { agent, index, attempt })
@@ -395,7 +408,9 @@ impl SessionActor {
         }
         self.on_agents_changed();
         let agents = self.ctx.directory.current();
-        let reachable = running.into_iter().filter(|d| agents.contains_key(&d.agent)).collect();
+        let reachable: Vec<Dispatch> =
+            running.into_iter().filter(|d| agents.contains_key(&d.agent)).collect();
+        self.machine.await_answers(now_ms(), &reachable);
         for dispatch in self.outbox.resend_stored(reachable) {
             self.send_run(dispatch);
         }

@@ -1,5 +1,7 @@
 //! What every session actor shares with the rest of the coordinator.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -27,4 +29,7 @@ pub(crate) struct SessionContext {
     pub(crate) shutdown: CancellationToken,
     /// The coordinator's metrics.
     pub(crate) metrics: Metrics,
+    /// How long an unanswered RunTask, then its withdrawal, is waited on
+    /// (`--task-answer-timeout`).
+    pub(crate) answer_timeout: Duration,
 }

@@ -9,6 +9,7 @@
 //! `dispatch.rs` places pending items, `tasks.rs` takes what agents report, and `stop.rs`
 //! stops and ends the session.
 
+mod answers;
 mod dispatch;
 mod index;
 mod item;
@@ -24,8 +25,10 @@ use sluice_proto::ids::{AgentId, SessionId};
 
 use self::index::Index;
 pub(crate) use self::{
+    answers::DEFAULT_ANSWER_TIMEOUT_MS,
     item::{
-        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, TaskPhase, Volumes,
+        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, RunAnswer, TaskPhase,
+        Volumes,
     },
     stop::{Stop, StopMode},
     types::{Dispatch, Effect, Event, Retry, SessionResult, SessionState, SessionStatus},
@@ -69,6 +72,8 @@ pub(crate) struct Machine {
     has_computer_items: Option<bool>,
     /// A first stop came: its pending items are still to be closed (`end_stop`).
     closing: bool,
+    /// How long an unanswered RunTask, then its withdrawal, is waited on, ms (`answers.rs`).
+    answer_timeout_ms: i64,
 }
 
 impl Machine {
@@ -94,6 +99,7 @@ impl Machine {
             dirty_session: true,
             has_computer_items: None,
             closing: false,
+            answer_timeout_ms: DEFAULT_ANSWER_TIMEOUT_MS,
         }
     }
 
@@ -249,7 +255,8 @@ impl Machine {
         let retries = self.index.next_retry_after(now_ms);
         let offline =
             self.index.first_offline().map(|(since, _)| since + self.retry.offline_wait_ms);
-        stop_deadline.into_iter().chain(retries).chain(offline).min()
+        let answers = self.next_answer_deadline_ms();
+        stop_deadline.into_iter().chain(retries).chain(offline).chain(answers).min()
     }
 
     /// Applies one event at time `now_ms`.
@@ -289,6 +296,7 @@ impl Machine {
                 self.on_finished(now_ms, index, attempt, (outcome, agent), &mut effects)
             }
             Event::AgentLost { agent } => self.on_agent_lost(now_ms, &agent, &mut effects),
+            Event::Withdrawn(dispatch) => self.on_withdrawn(now_ms, &dispatch, &mut effects),
             #[cfg(test)]
             Event::Stop(stop) => self.on_stop(stop, &mut effects),
         }
@@ -318,11 +326,12 @@ impl Machine {
         self.finish_if_done(now_ms);
     }
 
-    /// Graceful deadlines and offline limits.
+    /// Graceful deadlines, answer timeouts and offline limits.
     fn on_tick(&mut self, now_ms: i64, effects: &mut Vec<Effect>) {
         if self.graceful_deadline_passed(now_ms) {
             self.cancel_running(effects, CancelReason::User);
         }
+        self.on_answer_deadlines(now_ms, effects);
         if self.status.stop.is_some() {
             return;
         }

@@ -13,6 +13,9 @@ pub struct AgentSpec {
     pub heartbeat_ttl: Option<u32>,
     /// `--enable-sim-executor`; on unless `Some(false)` (harness agents run sim jobs).
     pub sim_executor: Option<bool>,
+    /// `--coordinators`: where the agent heartbeats (e.g. a proxy in front of a coordinator);
+    /// every coordinator of the cluster when `None`.
+    pub heartbeat_to: Option<Vec<String>>,
 }
 
 impl AgentSpec {
@@ -42,6 +45,13 @@ impl AgentSpec {
     /// Sets `--heartbeat-ttl`.
     pub fn heartbeat_ttl(mut self, seconds: u32) -> AgentSpec {
         self.heartbeat_ttl = Some(seconds);
+        self
+    }
+
+    /// Heartbeats to these URLs instead of the cluster's coordinators (the harness still
+    /// checks that the agent is listed through the coordinators themselves).
+    pub fn heartbeat_to(mut self, urls: &[String]) -> AgentSpec {
+        self.heartbeat_to = Some(urls.to_vec());
         self
     }
 

@@ -17,7 +17,12 @@ use sluice_tests::{
 use tonic::Code;
 
 /// The RunTask a coordinator would send for item 0 of `job` in session `session`.
-fn run_request(job: &pb::Job, session: &str, epoch: i64, attempt: u32) -> pb::RunTaskRequest {
+pub(super) fn run_request(
+    job: &pb::Job,
+    session: &str,
+    epoch: i64,
+    attempt: u32,
+) -> pb::RunTaskRequest {
     let key = pb::TaskKey { session_id: session.into(), item_index: 0, attempt };
     pb::RunTaskRequest {
         task: Some(pb::TaskSpec {

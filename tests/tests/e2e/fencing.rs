@@ -126,6 +126,7 @@ async fn owner_loses_etcd(fault: Fault) {
         epoch: first_epoch,
         item_indices: vec![key.item_index],
         reason: pb::CancelReason::User as i32,
+        withdrawn: vec![],
     };
     let refused = expect_code(
         agent.cancel_tasks(stale_cancel).await,

@@ -243,6 +243,7 @@ async fn an_agent_refusing_the_owners_epoch_does_not_strand_the_session() {
         epoch: started.epoch + 1,
         item_indices: vec![1],
         reason: pb::CancelReason::Drain as i32,
+        withdrawn: vec![],
     };
     expect_ok(agent.cancel_tasks(bogus).await, "CancelTasks with a bogus newer epoch");
 

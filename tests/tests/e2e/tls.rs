@@ -123,6 +123,7 @@ async fn a_forged_epoch_never_reaches_an_agent_and_the_owner_still_stops_its_ses
                 epoch: i64::MAX,
                 item_indices: vec![],
                 reason: pb::CancelReason::User as i32,
+                withdrawn: vec![],
             };
             client
                 .cancel_tasks(cancel)

@@ -85,7 +85,7 @@ impl SessionActor {
         }
     }
 
-    fn task_key(&self, index: u32, attempt: u32) -> pb::TaskKey {
+    pub(super) fn task_key(&self, index: u32, attempt: u32) -> pb::TaskKey {
         TaskId { session: self.machine.id().clone(), index, attempt }.to_wire()
     }
 
@@ -139,9 +139,10 @@ impl SessionActor {
         self.later(Msg::Resend(Dispatch { index, attempt, agent }));
     }
 
-    /// Sends an unanswered RunTask again, if the attempt is still the item's current one.
+    /// Sends an unanswered RunTask again, if the attempt is still the item's current one and
+    /// not being withdrawn.
     pub(super) fn resend(&mut self, dispatch: Dispatch) {
-        if self.machine.is_current(&dispatch) {
+        if self.machine.awaits_answer(&dispatch) {
             self.send_run(dispatch);
         } else {
             self.outbox.answered(dispatch.index, dispatch.attempt);
@@ -175,6 +176,7 @@ impl SessionActor {
             epoch: self.epoch.get(),
             item_indices: indices.clone(),
             reason: pb::CancelReason::from(reason) as i32,
+            withdrawn: Vec::new(),
         };
         let span = info_span!("cancel_tasks", %agent, tasks = indices.len());
         let call = async move {
@@ -289,7 +291,7 @@ impl SessionActor {
         }
     }
 
-    fn client(&self, agent: &AgentId) -> Option<AgentClient> {
+    pub(super) fn client(&self, agent: &AgentId) -> Option<AgentClient> {
         let agents = self.ctx.directory.current();
         let address = &agents.get(agent)?.address;
         self.ctx.clients.client(agent.as_str(), address).ok()
@@ -312,11 +314,11 @@ async fn name_chain_parent(store: &Store, spec: &mut pb::TaskSpec) -> Result<(),
     Ok(())
 }
 
-fn is_stale_epoch(status: &Status) -> bool {
+pub(super) fn is_stale_epoch(status: &Status) -> bool {
     Refusal::of(status) == Some(Refusal::StaleEpoch)
 }
 
-async fn timeout<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+pub(super) async fn timeout<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
     tokio::time::timeout(TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(Status::deadline_exceeded("agent did not answer in time")))

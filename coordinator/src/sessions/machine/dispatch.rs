@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use sluice_proto::ids::AgentId;
 
-use super::{Dispatch, Effect, ItemState, Machine, SHOWN_WAITING_ITEMS, SessionState, TaskPhase};
+use super::{
+    Dispatch, Effect, ItemState, Machine, RunAnswer, SHOWN_WAITING_ITEMS, SessionState, TaskPhase,
+};
 use crate::sessions::placement::{AgentMap, Placement, SlotPool, place};
 
 /// What one dispatch round has learnt so far.
@@ -93,6 +95,7 @@ impl Machine {
             status.started_at_ms = Some(now_ms);
             item.offline_since_ms = None;
             item.cancel_sent = false;
+            item.answer = RunAnswer::Awaited { since_ms: now_ms };
         });
         let item = &self.items[pos];
         let stored = item.stored_run.as_ref() == Some(&(item.status.attempt, agent.clone()));

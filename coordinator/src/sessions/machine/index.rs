@@ -1,9 +1,10 @@
 //! Indexes over the session's items, so that no event walks every item: the pending items
 //! ready for a dispatch round (in job order) and those waiting out a retry pause (by time),
 //! the items waiting for an offline computer (by time), the running items by agent, the
-//! running items not yet cancelled, and a count per state.
+//! running items not yet cancelled, those waiting on their agent's answer (by time), and a
+//! count per state.
 //!
-//! Every change of an indexed field (state, agent, cancel sent, retry pause, offline since)
+//! Every change of an indexed field (state, agent, cancel sent, answer, retry pause, offline since)
 //! goes through `Machine::update`, which takes the item out of the indexes before the change
 //! and puts it back after it. The property tests compare the indexes with a fresh build.
 
@@ -30,6 +31,9 @@ pub(super) struct Index {
     running: BTreeMap<AgentId, BTreeSet<usize>>,
     /// Running items whose cancel was not sent.
     uncancelled: BTreeSet<usize>,
+    /// Running items waiting on their agent (an unanswered RunTask or withdrawal): (since,
+    /// position).
+    unanswered: BTreeSet<(i64, usize)>,
     /// Items per state, in the order of `STATES`.
     counts: [usize; STATES.len()],
 }
@@ -69,6 +73,9 @@ impl Index {
                 if !item.cancel_sent {
                     self.uncancelled.insert(pos);
                 }
+                if let Some(since) = item.answer.waiting_since_ms() {
+                    self.unanswered.insert((since, pos));
+                }
             }
             _ => {}
         }
@@ -96,6 +103,9 @@ impl Index {
                     }
                 }
                 self.uncancelled.remove(&pos);
+                if let Some(since) = item.answer.waiting_since_ms() {
+                    self.unanswered.remove(&(since, pos));
+                }
             }
             _ => {}
         }
@@ -137,6 +147,11 @@ impl Index {
     /// The longest-waiting item for an offline computer: (offline since, position).
     pub(super) fn first_offline(&self) -> Option<(i64, usize)> {
         self.offline.first().copied()
+    }
+
+    /// The running item that has waited longest on its agent: (since, position).
+    pub(super) fn first_unanswered(&self) -> Option<(i64, usize)> {
+        self.unanswered.first().copied()
     }
 
     /// Running items on `agent`, in job order.

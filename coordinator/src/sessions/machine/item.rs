@@ -68,6 +68,32 @@ pub(crate) enum CancelReason {
     User,
     /// The agent drained past its deadline: the item goes back to pending.
     Drain,
+    /// The agent was silent past its heartbeat ttl and gave its tasks up: a failed attempt.
+    Silent,
+    /// The owner withdrew the attempt, whose RunTask went unanswered: a failed attempt.
+    Withdrawn,
+}
+
+/// Where the owner stands with the agent's answer to a running attempt's RunTask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum RunAnswer {
+    /// The agent answered (or reported the task), or nothing was sent by this owner.
+    #[default]
+    Answered,
+    /// RunTask went out at this time, ms, and is not answered yet.
+    Awaited { since_ms: i64 },
+    /// The answer timeout passed: the attempt is being withdrawn since this time, ms.
+    Withdrawing { since_ms: i64 },
+}
+
+impl RunAnswer {
+    /// Since when the owner waits on the agent (a RunTask or a withdrawal), ms.
+    pub(crate) fn waiting_since_ms(self) -> Option<i64> {
+        match self {
+            RunAnswer::Answered => None,
+            RunAnswer::Awaited { since_ms } | RunAnswer::Withdrawing { since_ms } => Some(since_ms),
+        }
+    }
 }
 
 /// What users see of an item, and what is stored of it.
@@ -174,6 +200,9 @@ pub(crate) struct Item {
     pub(crate) stored_run: Option<(u32, AgentId)>,
     /// Refusals for now in a row: each doubles the pause before the next try.
     pub(crate) refusals: u32,
+    /// Whether the running attempt's RunTask was answered (not stored: a new owner sends it
+    /// again and waits anew).
+    pub(crate) answer: RunAnswer,
 }
 
 impl Item {
@@ -190,6 +219,7 @@ impl Item {
             cancel_sent: false,
             stored_run: None,
             refusals: 0,
+            answer: RunAnswer::Answered,
         }
     }
 

@@ -3,8 +3,8 @@
 use sluice_proto::ids::AgentId;
 
 use super::{
-    CancelReason, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine, Outcome,
-    REFUSED_BACKOFF_MS, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
+    CancelReason, Dispatch, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine,
+    Outcome, REFUSED_BACKOFF_MS, RunAnswer, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
 };
 
 impl Machine {
@@ -32,6 +32,7 @@ impl Machine {
             item.status.attempt -= 1;
             item.status.state = ItemState::Pending;
             item.status.agent = None;
+            item.answer = RunAnswer::Answered;
             item.status.waiting_reason = message;
             let doublings = item.refusals.min(16);
             item.refusals += 1;
@@ -58,6 +59,7 @@ impl Machine {
         let Some(pos) = self.running_position(index, attempt) else {
             return;
         };
+        self.answered(pos);
         self.items[pos].refusals = 0;
         let status = &mut self.items[pos].status;
         // Updates may arrive out of order (a RunTask answer after the stream's first events):
@@ -93,7 +95,7 @@ impl Machine {
             self.on_late(now_ms, index, attempt, (outcome, reporter), effects);
             return;
         };
-        effects.push(Effect::Ack { agent: reporter, index, attempt });
+        effects.push(Effect::Ack { agent: reporter.clone(), index, attempt });
         self.items[pos].refusals = 0;
         self.release_slot(pos, effects);
         match outcome.state {
@@ -106,6 +108,16 @@ impl Machine {
             }
             ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Drain) => {
                 self.requeue(now_ms, pos, "task was cancelled by an agent drain; dispatched again")
+            }
+            // The owner gave the attempt up: it failed for want of an answer.
+            ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Withdrawn) => {
+                let dispatch = Dispatch { index, attempt, agent: reporter };
+                let message = self.unanswered_message(&dispatch);
+                self.fail_attempt(now_ms, pos, message);
+            }
+            // The agent gave its tasks up, silent past its heartbeat ttl: a failed attempt.
+            ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Silent) => {
+                self.fail_attempt(now_ms, pos, outcome.message)
             }
             ItemState::Canceled => self.end_item(now_ms, pos, ItemState::Canceled, outcome.message),
             _ => self.fail_attempt(now_ms, pos, outcome.message),
@@ -178,7 +190,7 @@ impl Machine {
         }
     }
 
-    fn fail_attempt(&mut self, now_ms: i64, pos: usize, message: String) {
+    pub(super) fn fail_attempt(&mut self, now_ms: i64, pos: usize, message: String) {
         self.items[pos].failed_attempts += 1;
         let attempts_left = self.items[pos].failed_attempts < self.retry.attempts;
         if self.status.stop.is_some() || !attempts_left {
@@ -211,6 +223,7 @@ impl Machine {
             item.status.agent = None;
             item.status.phase = TaskPhase::NotStarted;
             item.cancel_sent = false;
+            item.answer = RunAnswer::Answered;
         });
         self.dirty_items.insert(pos);
     }
@@ -222,6 +235,7 @@ impl Machine {
             item.status.waiting_reason.clear();
             item.status.ended_at_ms = Some(now_ms);
             item.offline_since_ms = None;
+            item.answer = RunAnswer::Answered;
         });
         self.dirty_items.insert(pos);
     }

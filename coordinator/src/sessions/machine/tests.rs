@@ -1,7 +1,8 @@
 //! Unit and property tests of the session rules, without any I/O: dispatch and results here,
-//! stops in `tests/stops.rs`, task reports in `tests/tasks.rs`, random sequences in
-//! `tests/property.rs`.
+//! stops in `tests/stops.rs`, task reports in `tests/tasks.rs`, unanswered RunTasks in
+//! `tests/answers.rs`, random sequences in `tests/property.rs`.
 
+mod answers;
 mod indexes;
 mod property;
 mod stops;
@@ -81,6 +82,19 @@ fn canceled(reason: CancelReason) -> Outcome {
 
 fn finished(index: u32, attempt: u32, outcome: Outcome) -> Event {
     Event::Finished { index, attempt, outcome, agent: agent("a1") }
+}
+
+/// The agent reports an attempt transferring (its RunTask was answered).
+fn progress(index: u32, attempt: u32) -> Event {
+    Event::Progress {
+        index,
+        attempt,
+        phase: TaskPhase::Transfer,
+        bytes_done: 0,
+        bytes_total: 0,
+        bytes_read: 0,
+        bytes_transferred: 0,
+    }
 }
 
 fn stop(mode: StopMode) -> Event {

@@ -109,6 +109,9 @@ pub(crate) enum Event {
         /// Agent id.
         agent: AgentId,
     },
+    /// The agent confirmed the withdrawal of an attempt it does not hold (it refuses that
+    /// attempt's RunTask for good), or its RunTask was never sent.
+    Withdrawn(Dispatch),
     /// A user stopped the session (tests only: the actor takes a stop in two halves,
     /// `begin_stop` and `end_stop`, to send the cancels first).
     #[cfg(test)]
@@ -131,6 +134,12 @@ pub(crate) enum Effect {
         /// Why.
         reason: CancelReason,
     },
+    /// Withdraw an attempt whose RunTask went unanswered: CancelTasks naming it, then ask
+    /// whether the agent holds it (`Event::Withdrawn` when not).
+    Withdraw(Dispatch),
+    /// The agent answered neither RunTask nor the withdrawal and the item ended: deliver the
+    /// withdrawal whenever the agent answers, beyond this session.
+    Abandon(Dispatch),
     /// Give a task slot back to the scheduler.
     Release {
         /// Agent id.

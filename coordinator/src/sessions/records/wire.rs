@@ -22,7 +22,8 @@ const SESSION_STATES: [SessionState; 4] =
     [SessionState::Starting, SessionState::Working, SessionState::Stopping, SessionState::Stopped];
 const RESULTS: [SessionResult; 3] =
     [SessionResult::Success, SessionResult::Warning, SessionResult::Failed];
-const CANCEL_REASONS: [CancelReason; 2] = [CancelReason::User, CancelReason::Drain];
+const CANCEL_REASONS: [CancelReason; 4] =
+    [CancelReason::User, CancelReason::Drain, CancelReason::Silent, CancelReason::Withdrawn];
 
 /// The domain value among `all` whose wire value is `wire`; `None` for a wire value the
 /// domain does not have (such as an unset enum).
@@ -94,6 +95,8 @@ impl From<CancelReason> for pb::CancelReason {
         match reason {
             CancelReason::User => pb::CancelReason::User,
             CancelReason::Drain => pb::CancelReason::Drain,
+            CancelReason::Silent => pb::CancelReason::Silent,
+            CancelReason::Withdrawn => pb::CancelReason::Withdrawn,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The machine's indexes against a brute-force scan of its items, over random sequences of
 //! every kind of event (refusals, drains, lost agents, offline computers, stops with
-//! deadlines, time passing).
+//! deadlines, answers and withdrawals, time passing).
 
 use std::collections::BTreeSet;
 
@@ -10,21 +10,49 @@ use super::*;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Dispatch { computer_online: bool },
-    Finish { pick: usize, state: ItemState, drain: bool },
-    Refuse { pick: usize, transient: bool },
+    Dispatch {
+        computer_online: bool,
+    },
+    Finish {
+        pick: usize,
+        state: ItemState,
+        reason: CancelReason,
+    },
+    /// The agent reports the picked running attempt (its RunTask is answered).
+    Answer {
+        pick: usize,
+    },
+    /// The agent confirms the withdrawal of the picked running attempt.
+    Withdrawn {
+        pick: usize,
+    },
+    Refuse {
+        pick: usize,
+        transient: bool,
+    },
     Lose,
-    Stop { mode: StopMode, deadline: Option<i64> },
+    Stop {
+        mode: StopMode,
+        deadline: Option<i64>,
+    },
     Tick(i64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     let state = reported_state();
     let mode = prop_oneof![Just(StopMode::Graceful), Just(StopMode::Immediate)];
+    let reason = prop_oneof![
+        Just(CancelReason::User),
+        Just(CancelReason::Drain),
+        Just(CancelReason::Silent),
+        Just(CancelReason::Withdrawn)
+    ];
     prop_oneof![
         4 => any::<bool>().prop_map(|computer_online| Step::Dispatch { computer_online }),
-        5 => (any::<usize>(), state, any::<bool>())
-            .prop_map(|(pick, state, drain)| Step::Finish { pick, state, drain }),
+        5 => (any::<usize>(), state, reason)
+            .prop_map(|(pick, state, reason)| Step::Finish { pick, state, reason }),
+        2 => any::<usize>().prop_map(|pick| Step::Answer { pick }),
+        2 => any::<usize>().prop_map(|pick| Step::Withdrawn { pick }),
         2 => (any::<usize>(), any::<bool>())
             .prop_map(|(pick, transient)| Step::Refuse { pick, transient }),
         1 => Just(Step::Lose),
@@ -65,15 +93,19 @@ fn running_pick(m: &Machine, pick: usize) -> Option<(u32, u32, AgentId)> {
 fn apply_step(m: &mut Machine, pool: &mut Pool, now: &mut i64, step: &Step) -> Vec<Effect> {
     match step {
         Step::Dispatch { computer_online } => m.dispatch(*now, &cluster(*computer_online), pool),
-        Step::Finish { pick, state, drain } => {
+        Step::Finish { pick, state, reason } => {
             let Some((index, attempt, agent)) = running_pick(m, *pick) else { return Vec::new() };
-            let reason = (*state == ItemState::Canceled).then_some(if *drain {
-                CancelReason::Drain
-            } else {
-                CancelReason::User
-            });
+            let reason = (*state == ItemState::Canceled).then_some(*reason);
             let outcome = Outcome { cancel_reason: reason, ..outcome(*state) };
             m.apply(*now, Event::Finished { index, attempt, outcome, agent })
+        }
+        Step::Answer { pick } => {
+            let Some((index, attempt, _)) = running_pick(m, *pick) else { return Vec::new() };
+            m.apply(*now, progress(index, attempt))
+        }
+        Step::Withdrawn { pick } => {
+            let Some((index, attempt, agent)) = running_pick(m, *pick) else { return Vec::new() };
+            m.apply(*now, Event::Withdrawn(Dispatch { index, attempt, agent }))
         }
         Step::Refuse { pick, transient } => {
             let Some((index, attempt, _)) = running_pick(m, *pick) else { return Vec::new() };
@@ -106,7 +138,10 @@ fn wakeup_by_scan(m: &Machine, now_ms: i64) -> Option<i64> {
     let retries = pending.clone().map(|i| i.not_before_ms).filter(|&at| at > now_ms);
     let offline =
         pending.filter_map(|i| i.offline_since_ms.map(|since| since + m.retry.offline_wait_ms));
-    stop_deadline.into_iter().chain(retries).chain(offline).min()
+    let running = m.items.iter().filter(|i| i.is_running());
+    let answers =
+        running.filter_map(|i| i.answer.waiting_since_ms().map(|s| s + m.answer_timeout_ms));
+    stop_deadline.into_iter().chain(retries).chain(offline).chain(answers).min()
 }
 
 fn check(m: &Machine, now: i64) -> Result<(), TestCaseError> {
