@@ -29,7 +29,8 @@ pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
 const DAEMON_START: Duration = Duration::from_secs(30);
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
-const SOCKET_POLL: Duration = Duration::from_millis(10);
+/// How often the socket of a starting daemon is tried (it listens within a few ms).
+const SOCKET_POLL: Duration = Duration::from_millis(2);
 
 /// An open connection to the QEMU holding the disks, and each disk's node.
 #[derive(Debug)]
