@@ -1,7 +1,7 @@
-//! `qemu-img` for the repository side (blocking): create backup targets, read an image's
-//! header, check one file of a chain on its own, merge a chain link into its base, flatten a
-//! chain into a new image. Nothing here runs on an image that a QEMU process holds open
-//! for writing: a live VM's disks are only touched through QMP.
+//! `qemu-img` for the repository side (blocking): read an image's header, check one file of
+//! a chain on its own, merge a chain link into its base, flatten a chain into a new image.
+//! Nothing here runs on an image that a QEMU process holds open for writing: a live VM's
+//! disks are only touched through QMP.
 
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -39,17 +39,6 @@ pub(crate) fn info(image: &Path) -> Result<ImageInfo, String> {
     cmd.arg(alone(image));
     let stdout = run(cmd)?;
     serde_json::from_slice(&stdout).map_err(|e| format!("unexpected qemu-img info output: {e}"))
-}
-
-/// Creates an empty qcow2 image of `size` bytes; with a backing file (a path relative to the
-/// new image's folder), it reads through to that file until written.
-pub(crate) fn create(image: &Path, size: u64, backing: Option<&str>) -> Result<(), String> {
-    let mut cmd = command(&["create", "-q", "-f", "qcow2"]);
-    if let Some(backing) = backing {
-        cmd.args(["-F", "qcow2", "-b", backing]);
-    }
-    cmd.arg(image).arg(size.to_string());
-    run(cmd).map(drop)
 }
 
 /// Checks the structure of one qcow2 file without opening its backing chain, so a problem

@@ -8,8 +8,8 @@
 //!   the new restore point's bitmap: that transaction is the backup's point in time, and the
 //!   VM never pauses for it.
 //! - TRANSFER: follow the block jobs ([`jobs`]); an immediate stop cancels them.
-//! - COMMIT: close the targets, checksum, manifest, rename ([`commit`]); only then is the
-//!   parent's bitmap removed.
+//! - COMMIT: close the targets, fsync and checksum them, manifest, rename ([`commit`]); only
+//!   then is the parent's bitmap removed.
 //! - CLEANUP: after a failure or cancel, cancel what runs, close the targets, remove the new
 //!   bitmap (the parent's still tracks every change) and the partial folder; quit a daemon.
 
@@ -19,6 +19,9 @@ mod jobs;
 mod plan;
 mod recover;
 mod source;
+mod steps;
+mod target;
+mod writeback;
 
 pub(crate) use recover::recover;
 pub(crate) use source::remove_legacy_snapshots;
@@ -33,10 +36,12 @@ use self::commit::Copied;
 use self::jobs::{Ended, Job};
 use self::plan::{DiskState, Kind, Names, Parent, Plan};
 use self::source::{OpenError, Source};
+use self::steps::Steps;
+use self::target::Target;
+use self::writeback::Writeback;
 use super::{TaskContext, canceled, committed, failed, remove_partial, restore_point};
 use crate::fsutil::blocking;
 use crate::key::TaskNames;
-use crate::qemu_img;
 use crate::repository::chain::{self, ChainLock};
 use crate::repository::{RepoPaths, VmKind, VmManifest};
 
@@ -59,11 +64,14 @@ struct Done {
 pub(super) async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOutcome {
     let paths = RepoPaths::of_task(&ctx.spec, &ctx.id);
     ctx.reporter.phase(TaskPhase::Snapshot).await;
+    let mut steps = Steps::start();
     let result = match Backup::open(ctx, vm, &paths).await {
         Ok(mut backup) => {
-            let result = backup.run(ctx, &paths).await;
+            steps.done("open");
+            let result = backup.run(ctx, &paths, &mut steps).await;
             ctx.reporter.phase(TaskPhase::Cleanup).await;
             backup.clean_up(result.is_ok()).await;
+            steps.done("clean up");
             result
         }
         Err(failure) => {
@@ -133,27 +141,41 @@ impl Backup {
         })
     }
 
-    async fn run(&mut self, ctx: &mut TaskContext, paths: &RepoPaths) -> Result<Done, Failure> {
+    async fn run(
+        &mut self,
+        ctx: &mut TaskContext,
+        paths: &RepoPaths,
+        steps: &mut Steps,
+    ) -> Result<Done, Failure> {
         self.tidy().await.map_err(snapshot_failed)?;
+        steps.done("tidy");
         let plan = self.plan(ctx.spec.full).await?;
+        steps.done("plan");
         ensure_running(ctx)?;
         let copied = self.prepare_targets(paths, &plan.kind).await?;
+        steps.done("prepare targets");
         ensure_running(ctx)?;
         self.start(ctx, &plan.kind).await?;
+        steps.done("start jobs");
         ctx.reporter.phase(TaskPhase::Transfer).await;
-        match jobs::follow(&mut self.source.qmp, &mut self.jobs, &ctx.cancel, &mut ctx.reporter)
-            .await
-        {
+        let writeback = Writeback::start(self.jobs.iter().map(|job| job.target.clone()).collect());
+        let ended =
+            jobs::follow(&mut self.source.qmp, &mut self.jobs, &ctx.cancel, &mut ctx.reporter)
+                .await;
+        drop(writeback);
+        match ended {
             Ended::Completed => {}
             Ended::Canceled => return Err(Failure::Canceled),
             Ended::Failed(message) => return Err(Failure::Failed(message)),
         }
         debug!(read = jobs::volumes(&self.jobs).read, "block jobs completed");
+        steps.done("block jobs");
         ensure_running(ctx)?;
         ctx.reporter.phase(TaskPhase::Commit).await;
         self.close_targets().await.map_err(|e| Failure::Failed(format!("COMMIT failed: {e}")))?;
-        debug!("targets closed");
+        steps.done("close targets");
         let restore_point = self.commit(ctx, paths, &plan.kind, copied).await?;
+        steps.done("commit");
         let stored =
             jobs::Volumes { transferred: restore_point.size_bytes, ..jobs::volumes(&self.jobs) };
         ctx.reporter.volumes(stored).await;
@@ -162,6 +184,7 @@ impl Backup {
             Kind::Incremental { .. } => Vec::new(),
         };
         warnings.extend(self.drop_superseded(&plan).await);
+        steps.done("drop parent bitmap");
         Ok(Done { restore_point, warnings })
     }
 
@@ -169,6 +192,9 @@ impl Backup {
     async fn tidy(&mut self) -> Result<(), String> {
         let names = self.names.clone();
         jobs::cancel_and_wait(&mut self.source.qmp, |id| names.is_job(id), CANCEL_WAIT).await?;
+        target::dismiss_leftover_jobs(&mut self.source.qmp, &names)
+            .await
+            .map_err(|e| e.to_string())?;
         let nodes = blockdev::named_nodes(&mut self.source.qmp).await.map_err(|e| e.to_string())?;
         for node in nodes.iter().filter(|node| self.names.is_target(&node.node_name)) {
             info!(node = node.node_name, "closing a backup target left by an earlier run");
@@ -220,33 +246,21 @@ impl Backup {
         let mut copied = Vec::with_capacity(self.disks.len());
         for (index, disk) in self.disks.iter().enumerate() {
             let file = format!("disk{index}.qcow2");
-            let target = paths.partial.join(&file);
+            let path = paths.partial.join(&file);
             let virtual_size = self.source.nodes[index].image.virtual_size;
             let backing = self.backing(kind, index, &file);
-            let create = target.clone();
-            blocking(move || {
-                qemu_img::create(&create, virtual_size, backing.as_deref())
-                    .map_err(std::io::Error::other)
-            })
-            .await
-            .map_err(|e| {
-                Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", target.display()))
+            let target =
+                Target { index, file: &path, size: virtual_size, backing: backing.as_deref() };
+            target::create(&mut self.source.qmp, &self.names, target).await.map_err(|e| {
+                Failure::Failed(format!("TRANSFER failed: cannot create {}: {e}", path.display()))
             })?;
-            blockdev::add_qcow2(&mut self.source.qmp, &self.names.target(index), &target)
-                .await
-                .map_err(|e| {
-                    Failure::Failed(format!(
-                        "TRANSFER failed: cannot open {}: {e}",
-                        target.display()
-                    ))
-                })?;
             self.targets = index + 1;
             let source = disk.display().to_string();
             self.jobs.push(Job {
                 id: self.names.job_id(index),
                 disk: source.clone(),
                 virtual_size,
-                target,
+                target: path,
                 offset: 0,
                 len: None,
                 end: None,
@@ -275,7 +289,7 @@ impl Backup {
         Ok(())
     }
 
-    /// Closes the target nodes (QEMU flushes them).
+    /// Closes the target nodes: QEMU writes out their metadata (no fsync: COMMIT does it).
     async fn close_targets(&mut self) -> Result<(), String> {
         while self.targets > 0 {
             let node = self.names.target(self.targets - 1);

@@ -56,6 +56,7 @@ pub const FIGURES: &[Figure] = &[
     figure("memory.coordinator_rss_bytes_per_item", "B", Some(Target::AtMost(1024.0))),
     figure("memory.agent_idle_rss_bytes", "B", None),
     figure("data.vm_ratio", "x", Some(Target::AtLeast(0.9))),
+    figure("data.vm_ratio_durable", "x", None),
     figure("data.vm_incremental_speedup", "x", Some(Target::AtLeast(20.0))),
     figure("data.vm_incremental_smaller", "x", Some(Target::AtLeast(20.0))),
     figure("data.computer_first_ratio", "x", None),

@@ -33,6 +33,16 @@ pub(crate) struct NodeImage {
     /// Size of the virtual disk.
     #[serde(rename = "virtual-size")]
     pub(crate) virtual_size: u64,
+    /// Internal snapshots of the image.
+    #[serde(default)]
+    pub(crate) snapshots: Vec<Snapshot>,
+}
+
+/// An internal snapshot of an image.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Snapshot {
+    /// Snapshot tag.
+    pub(crate) name: String,
 }
 
 /// A dirty bitmap of a node.
@@ -126,6 +136,12 @@ pub(crate) async fn add_qcow2(qmp: &mut Qmp, node: &str, file: &Path) -> Result<
 /// Closes a node (flushing it first).
 pub(crate) async fn delete_node(qmp: &mut Qmp, node: &str) -> Result<(), QmpError> {
     qmp.execute("blockdev-del", json!({ "node-name": node })).await.map(drop)
+}
+
+/// Deletes an internal snapshot of a root node's image.
+pub(crate) async fn delete_snapshot(qmp: &mut Qmp, node: &str, name: &str) -> Result<(), QmpError> {
+    let args = json!({ "device": node, "name": name });
+    qmp.execute("blockdev-snapshot-delete-internal-sync", args).await.map(drop)
 }
 
 /// Removes a dirty bitmap.

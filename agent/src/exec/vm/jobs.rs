@@ -14,9 +14,12 @@ use crate::exec::qmp::{Event, Qmp, QmpError};
 use crate::exec::{CancelSignal, Reporter};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-/// Largest request of a block job, and how many run at once (`x-perf`, QEMU 6.0 and later).
-/// QEMU's defaults (a cluster per request, 64 at once) copied a 1 GiB disk about half as
-/// fast as `qemu-img convert` on the development machine; 16 MiB by 8 copied it faster.
+/// How an unthrottled block job copies (`x-perf`, QEMU 6.0 and later): with
+/// `use-copy-range` the kernel copies each chunk from the source file into the target file
+/// (`copy_file_range`), in chunks of up to 16 MiB, instead of QEMU reading 1 MiB into a
+/// buffer and writing it back out. On the development machine that took a third less CPU
+/// for a 1 GiB disk. Where the kernel cannot (another file system, a driver without it),
+/// QEMU falls back to reading and writing by itself.
 const MAX_CHUNK: u64 = 16 * 1024 * 1024;
 const MAX_WORKERS: u64 = 8;
 
@@ -81,7 +84,11 @@ pub(crate) fn actions(
         // QEMU lets a job's first request through unthrottled: large requests only without
         // a rate limit, or the limit would not hold.
         if speed == 0 {
-            backup["x-perf"] = json!({ "max-chunk": MAX_CHUNK, "max-workers": MAX_WORKERS });
+            backup["x-perf"] = json!({
+                "use-copy-range": true,
+                "max-chunk": MAX_CHUNK,
+                "max-workers": MAX_WORKERS,
+            });
         }
         match kind {
             // A disk without a backing file holds all its data itself: `top` copies only

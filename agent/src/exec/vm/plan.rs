@@ -55,6 +55,22 @@ impl Names {
         node.starts_with(&format!("sluice-{}-t", self.tag))
     }
 
+    /// The node through which the target file of disk `index` is formatted; a target name,
+    /// so that tidying closes one an interrupted backup left.
+    pub(crate) fn format_node(&self, index: usize) -> String {
+        format!("{}f", self.target(index))
+    }
+
+    /// The job that formats the target of disk `index`.
+    pub(crate) fn create_job(&self, index: usize) -> String {
+        format!("sluice-{}-c{index}", self.tag)
+    }
+
+    /// Whether a job is one of this job's target formatting jobs.
+    pub(crate) fn is_create_job(&self, id: &str) -> bool {
+        id.starts_with(&format!("sluice-{}-c", self.tag))
+    }
+
     /// The block job backing up disk `index`.
     pub(crate) fn job_id(&self, index: usize) -> String {
         format!("sluice-{}-j{index}", self.tag)

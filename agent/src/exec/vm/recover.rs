@@ -10,6 +10,7 @@ use super::blockdev;
 use super::jobs;
 use super::plan::Names;
 use super::source::DAEMON_DIR_PREFIX;
+use super::target;
 use crate::exec::qmp::Qmp;
 use crate::key::{TaskId, TaskNames};
 
@@ -43,6 +44,7 @@ pub(crate) async fn recover(spec: &pb::TaskSpec, id: &TaskId, vm: &pb::VmTarget,
 
 async fn tidy(qmp: &mut Qmp, names: &Names, bitmap: Option<&str>) -> Result<(), String> {
     jobs::cancel_and_wait(qmp, |job| names.is_job(job), CANCEL_WAIT).await?;
+    target::dismiss_leftover_jobs(qmp, names).await.map_err(|e| e.to_string())?;
     let nodes = blockdev::named_nodes(qmp).await.map_err(|e| e.to_string())?;
     for node in &nodes {
         if names.is_target(&node.node_name) {

@@ -29,7 +29,8 @@ pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
 const DAEMON_START: Duration = Duration::from_secs(30);
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
-const SOCKET_POLL: Duration = Duration::from_millis(10);
+/// How often the socket of a starting daemon is tried (it listens within a few ms).
+const SOCKET_POLL: Duration = Duration::from_millis(2);
 
 /// An open connection to the QEMU holding the disks, and each disk's node.
 #[derive(Debug)]
@@ -81,10 +82,12 @@ impl Source {
     }
 
     async fn offline(disks: &[PathBuf], marker: &str) -> Result<Self, OpenError> {
-        remove_legacy_snapshots(disks).await;
         let (daemon, mut qmp) = Daemon::start(marker).await.map_err(OpenError::of)?;
         match open_disks(&mut qmp, disks).await {
-            Ok(nodes) => Ok(Self { qmp, nodes, daemon: Some(daemon) }),
+            Ok(nodes) => {
+                delete_legacy_snapshots(&mut qmp, &nodes).await;
+                Ok(Self { qmp, nodes, daemon: Some(daemon) })
+            }
             Err(error) => {
                 daemon.quit(qmp).await;
                 Err(error)
@@ -121,6 +124,25 @@ fn in_use_hint(error: QmpError) -> String {
         )
     } else {
         text
+    }
+}
+
+/// Deletes, through the daemon that holds the offline images, the internal `sluice-`
+/// snapshots that agents before change tracking left on them when they crashed.
+async fn delete_legacy_snapshots(qmp: &mut Qmp, nodes: &[NamedNode]) {
+    for node in nodes {
+        let legacy = node.image.snapshots.iter().filter(|s| s.name.starts_with(SNAPSHOT_PREFIX));
+        for snapshot in legacy {
+            match blockdev::delete_snapshot(qmp, &node.node_name, &snapshot.name).await {
+                Ok(()) => info!(
+                    disk = node.image.filename,
+                    snapshot = snapshot.name,
+                    "leftover snapshot removed"
+                ),
+                Err(error) => warn!(disk = node.image.filename, snapshot = snapshot.name, %error,
+                                    "leftover snapshot removal failed"),
+            }
+        }
     }
 }
 

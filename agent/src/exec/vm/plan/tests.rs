@@ -145,5 +145,8 @@ fn names_fit_qemu_limits_and_belong_to_their_job() {
     assert!(long.target(99).len() <= 31, "{}", long.target(99));
     assert!(long.is_target(&long.target(3)) && !names().is_target(&long.target(3)));
     assert!(long.is_job(&long.job_id(0)) && long.job_id(0).starts_with("sluice-"));
+    assert!(long.format_node(99).len() <= 31 && long.is_target(&long.format_node(99)));
+    assert!(long.is_create_job(&long.create_job(0)) && !long.is_job(&long.create_job(0)));
+    assert!(!long.is_create_job(&long.job_id(0)) && !names().is_create_job(&long.create_job(0)));
     assert!(names().is_bitmap("sluice:nightly:x") && !names().is_bitmap("sluice:nightly2:x"));
 }
