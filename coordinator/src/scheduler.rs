@@ -139,6 +139,12 @@ impl Scheduler {
             && !agents.iter().any(|(id, info)| info.accepting && info.slots > state.used(id))
     }
 
+    /// The registered agents changed: slots of agents gone or draining are no longer free.
+    pub(crate) fn agents_changed(&self, agents: &AgentMap) {
+        let accepting = |agent: &AgentId| agents.get(agent).is_some_and(|info| info.accepting);
+        self.shared().state.keep_agents(accepting);
+    }
+
     /// Records a slot a session already holds (a task found running when taking a session over).
     pub(crate) fn claim(&self, session: &SessionId, agent: &AgentId) {
         self.shared().state.hold(session, agent);

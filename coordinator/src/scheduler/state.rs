@@ -40,6 +40,8 @@ pub(crate) struct State {
     /// Sessions that released a slot since their last round: the hand-off waits for that
     /// round (the slot may go back to them).
     released: HashSet<SessionId>,
+    /// Slots of every agent a round asked for, as last seen.
+    slots: HashMap<AgentId, u32>,
     next_since: u64,
 }
 
@@ -124,6 +126,9 @@ impl State {
     /// free slot not already told to someone.
     pub(crate) fn hand_off(&mut self) -> Vec<SessionId> {
         let mut free = self.free_slots().saturating_sub(self.told.len() as u32);
+        if free == 0 || self.starving.is_empty() {
+            return Vec::new();
+        }
         let mut waiting: Vec<&SessionId> = self
             .starving
             .keys()
@@ -144,15 +149,14 @@ impl State {
         tell
     }
 
-    /// Free slots on the agents starving sessions asked for.
+    /// Forgets the slots of agents that no longer take tasks (`accepting` says which do).
+    pub(crate) fn keep_agents(&mut self, accepting: impl Fn(&AgentId) -> bool) {
+        self.slots.retain(|agent, _| accepting(agent));
+    }
+
+    /// Free slots on the agents rounds asked for (a few agents, not every waiting session).
     fn free_slots(&self) -> u32 {
-        let mut slots: HashMap<&AgentId, u32> = HashMap::new();
-        for starving in self.starving.values() {
-            for (agent, &n) in &starving.agents {
-                slots.entry(agent).and_modify(|s| *s = (*s).max(n)).or_insert(n);
-            }
-        }
-        slots.into_iter().map(|(agent, n)| n.saturating_sub(self.used(agent))).sum()
+        self.slots.iter().map(|(agent, &n)| n.saturating_sub(self.used(agent))).sum()
     }
 
     /// Whether a round of starving `session` would be granted a slot now.
@@ -192,6 +196,11 @@ impl State {
         candidates: &[(&AgentId, u32)],
         since: Option<u64>,
     ) -> Option<AgentId> {
+        for (agent, slots) in candidates {
+            if self.slots.get(*agent) != Some(slots) {
+                self.slots.insert((*agent).clone(), *slots);
+            }
+        }
         let total: u32 = candidates.iter().map(|(_, slots)| slots).sum();
         let asks_for = |agent: &AgentId| candidates.iter().any(|(a, _)| *a == agent);
         let free = |(id, slots): &(&AgentId, u32)| slots.saturating_sub(self.used(id));

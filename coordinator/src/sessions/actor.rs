@@ -413,6 +413,7 @@ impl SessionActor {
         self.needs_dispatch = true;
         let agents = self.ctx.directory.current();
         self.agents = agent_map(&agents);
+        self.ctx.scheduler.agents_changed(&self.agents);
         for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
             warn!(%agent, "agent lost with tasks of this session");
             self.outbox.forget_agent(&agent);
