@@ -37,12 +37,20 @@ pub async fn stop_job(
         let detail = views::session_detail(&session, SystemTime::now());
         let how = crate::output::text::stop_mode(mode as i32);
         format!(
-            "stop ({how}) requested for session {} of job {}\n\n{detail}",
-            session.id, session.job
+            "stop ({how}) requested for session {} of job {}\n\n{detail}\n{}",
+            session.id,
+            session.job,
+            follow_hint(&session)
         )
     };
     output::print(ctx.format, table, || json::session(&session))?;
     Ok(Exit::Success)
+}
+
+/// Where to see the items, which the answers of StartJob and StopJob leave out (they do not
+/// grow with the session).
+pub fn follow_hint(session: &pb::Session) -> String {
+    format!("{} items: `sluice session watch {}` follows them", session.item_count, session.id)
 }
 
 /// `stop --all`: stops every active session after a confirmation, unless `yes`.

@@ -213,7 +213,7 @@ impl SessionActor {
 
     async fn serve(&mut self) -> Exit {
         let mut agents = self.ctx.directory.subscribe();
-        let mut freed = self.ctx.scheduler.subscribe();
+        let slots = self.ctx.scheduler.waiter(self.machine.id());
         self.agents = agent_map(&self.ctx.directory.current());
         loop {
             self.step();
@@ -233,7 +233,7 @@ impl SessionActor {
                     None => return Exit::Handover,
                 },
                 _ = agents.changed() => self.on_agents_changed(),
-                _ = freed.changed() => self.needs_dispatch = true,
+                () = slots.handed() => self.needs_dispatch = true,
                 _ = tokio::time::sleep_until(wake) => self.apply(Event::Tick),
             }
         }
@@ -350,17 +350,23 @@ impl SessionActor {
         self.execute(effects);
     }
 
+    /// One dispatch round, then the slots it left free (or freed) are handed on.
     fn dispatch(&mut self) {
-        if !self.machine.may_dispatch() {
-            return;
+        let dispatching = self.machine.may_dispatch();
+        if dispatching {
+            self.dispatch_round();
         }
+        self.ctx.scheduler.end_round(self.machine.id(), dispatching);
+    }
+
+    fn dispatch_round(&mut self) {
         // Its items wait as the last round left them (computer items count offline time).
         let computers = self.machine.has_computer_items();
         if !computers && self.ctx.scheduler.only_waits(self.machine.id(), &self.agents) {
             return;
         }
         let effects = {
-            let mut slots = self.ctx.scheduler.lock();
+            let mut slots = self.ctx.scheduler.round(self.machine.id());
             self.machine.dispatch(now_ms(), &self.agents, &mut slots)
         };
         self.execute(effects);
@@ -422,6 +428,7 @@ impl SessionActor {
         self.needs_dispatch = true;
         let agents = self.ctx.directory.current();
         self.agents = agent_map(&agents);
+        self.ctx.scheduler.agents_changed(&self.agents);
         for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
             warn!(%agent, "agent lost with tasks of this session");
             self.outbox.forget_agent(&agent);

@@ -169,7 +169,7 @@ impl Machine {
         for &pos in &items {
             let item = &mut self.items[pos];
             let agent = item.status.agent.clone().filter(|_| item.is_running());
-            item.stored_run = agent.map(|agent| (item.status.attempt, agent));
+            item.stored_run = agent.map(|agent| Box::new((item.status.attempt, agent)));
         }
         (items.into_iter().collect(), std::mem::replace(&mut self.dirty_session, false))
     }

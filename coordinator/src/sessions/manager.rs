@@ -25,7 +25,7 @@ use super::{
     context::SessionContext,
     ids::new_session_id,
     persist::{self, Extra, NewSession},
-    records::{SessionView, StopKey, machine_from_records, stop_from},
+    records::{SessionView, StopKey, compacted, machine_from_records, stop_from},
 };
 use crate::{
     error::{Error, Result},
@@ -140,12 +140,14 @@ impl Sessions {
             owner: Some((self.inner.coordinator.clone(), epoch.get())),
             ..Default::default()
         };
+        // The answer leaves the items out (all pending): at 100,000 items they would cost
+        // tens of MiB on top of the machine being built, and GetSession lists them.
         let session = view.to_session(false);
         info!(session = %session.id, job = job_name, epoch = epoch.get(), by = %session.started_by, "session started");
-        let spawned = self.spawn(&view, epoch, &lease);
+        let spawned = self.spawn(view, epoch, &lease);
         self.starting().remove(&session.id);
         spawned?;
-        Ok(view.to_session(true))
+        Ok(session)
     }
 
     /// Creates the session, with a new id when the drawn one is taken (a few times at most).
@@ -190,6 +192,7 @@ impl Sessions {
             retry_of: origin.retry_of,
             full: origin.full,
             job_type: job.r#type,
+            item_count: u32::try_from(item_indices.len()).unwrap_or(u32::MAX),
             ..Default::default()
         };
         let root = tracing::info_span!("session", id = %session.id, job = %job.name);
@@ -210,17 +213,17 @@ impl Sessions {
 
     /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
     /// a finish.
-    fn spawn(&self, view: &SessionView, epoch: Epoch, lease: &Lease) -> Result<()> {
+    fn spawn(&self, view: SessionView, epoch: Epoch, lease: &Lease) -> Result<()> {
         let machine =
             machine_from_records(&view.record, &view.job, &view.items, view.record.stop.as_ref())?;
         let id = machine.id().clone();
         let fence = lease.fence.child_token();
         let (inboxes, stop_watch) = self.open_inboxes(&id, &fence);
-        let base = self.owned_record(view, epoch);
-        let job = Arc::new(view.job.clone());
+        let base = self.owned_record(&view, epoch);
         let revision = view.stop_revision;
         let stop = view.stop.as_ref().map(|stop| StopKey { stop: stop_from(stop), revision });
-        let item_revisions = view.item_revisions.clone();
+        let item_revisions = view.item_revisions;
+        let job = Arc::new(compacted(view.job));
         let owned = Owned { base, job: job.clone(), epoch, stop, item_revisions };
         let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
@@ -380,7 +383,7 @@ impl Sessions {
         let Some(mut view) = persist::load(self.store(), id).await? else { return Ok(false) };
         view.owner = Some((self.inner.coordinator.clone(), epoch.get()));
         info!(session = %id, job, epoch = epoch.get(), "took over orphaned session");
-        self.spawn(&view, epoch, lease)?;
+        self.spawn(view, epoch, lease)?;
         Ok(true)
     }
 

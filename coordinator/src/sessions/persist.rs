@@ -285,6 +285,23 @@ pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionVi
     Ok(Some((view, revision)))
 }
 
+/// Reads a session's record, owner and stop at one revision: everything but its job and its
+/// items, so the read does not grow with the session.
+pub(crate) async fn load_summary(store: &Store, id: &str) -> Result<Option<SessionView>> {
+    let keys = store.keys();
+    let read = [keys.session(id), keys.session_owner(id), keys.session_stop(id)];
+    let mut found = store.get_many(&read).await?.into_iter();
+    let Some(kv) = found.next().flatten() else {
+        return Ok(None);
+    };
+    let record = decode::<pb::SessionRecord>(&read[0], kv.value())?;
+    let mut view = SessionView { record, ..Default::default() };
+    for kv in found.flatten() {
+        apply_child(&mut view, store, id, &kv)?;
+    }
+    Ok(Some(view))
+}
+
 /// Applies one stored child key (job, item, stop, owner) of session `id` to a view.
 pub(crate) fn apply_child(
     view: &mut SessionView,

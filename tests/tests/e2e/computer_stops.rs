@@ -125,12 +125,9 @@ async fn stop_mid_transfer(case: &ComputerStop) {
         &format!("StopJob {:?}", case.mode),
     );
     assert_eq!(stopping.state(), SessionState::Stopping, "StopJob answers: {}", summary(&stopping));
-    assert_eq!(
-        item(&stopping, "pc2").state(),
-        ItemState::Processing,
-        "pc2 was still being processed when the stop arrived: {}",
-        summary(&stopping)
-    );
+    // The answer counts the items but leaves them out (it does not grow with the session).
+    assert_eq!(stopping.item_count, 3, "StopJob answers: {}", summary(&stopping));
+    assert!(stopping.items.is_empty(), "StopJob answers: {}", summary(&stopping));
 
     let ended = wait_stopped(&jobs, &running.id).await;
     assert_ended(&ended, case.result, true, case.mode);

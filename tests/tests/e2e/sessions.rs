@@ -298,6 +298,8 @@ async fn failed_items_are_retried_then_redone_by_a_retry_session() {
     assert_ne!(retry.id, first.id, "a retry is a new session");
     assert_eq!(retry.retry_of, first.id, "the retry names the session it retries");
     assert_eq!(retry.job, "flaky");
+    assert_eq!(retry.item_count, 2, "the answer counts the items: {}", summary(&retry));
+    let retry = get_session(&jobs, &retry.id).await;
     assert_eq!(item_names(&retry), ["vm-1", "vm-3"], "only the failed items: {}", summary(&retry));
 
     let retried = wait_stopped(&jobs, &retry.id).await;

@@ -67,6 +67,7 @@ pub fn session(s: &pb::Session) -> Value {
         "full": s.full,
         "created_at": time(s.created_at.as_ref()),
         "ended_at": time(s.ended_at.as_ref()),
+        "item_count": s.item_count,
         "items": s.items.iter().map(item).collect::<Vec<_>>(),
     })
 }

@@ -86,8 +86,10 @@ impl Machine {
             status.state = ItemState::Processing;
             status.phase = TaskPhase::NotStarted;
             status.agent = Some(agent.clone());
-            status.waiting_reason.clear();
-            status.message.clear();
+            // New strings, not `clear()`: a cleared string keeps its buffer, and every item
+            // that once waited would hold the reason's bytes to the end of the session.
+            status.waiting_reason = String::new();
+            status.message = String::new();
             status.bytes_done = 0;
             status.bytes_total = 0;
             status.bytes_read = 0;
@@ -98,7 +100,10 @@ impl Machine {
             item.answer = RunAnswer::Awaited { since_ms: now_ms };
         });
         let item = &self.items[pos];
-        let stored = item.stored_run.as_ref() == Some(&(item.status.attempt, agent.clone()));
+        let stored = item
+            .stored_run
+            .as_deref()
+            .is_some_and(|(attempt, stored)| *attempt == item.status.attempt && *stored == agent);
         let dispatch = Dispatch { index: item.index, attempt: item.status.attempt, agent };
         if stored && !self.dirty_items.contains(&pos) && !self.dirty_lazy.contains(&pos) {
             round.effects.push(Effect::Resend(dispatch));

@@ -197,7 +197,8 @@ pub(crate) struct Item {
     pub(crate) cancel_sent: bool,
     /// The dispatch (attempt, agent) the last write of this item stored as running: sending
     /// that dispatch again needs no write.
-    pub(crate) stored_run: Option<(u32, AgentId)>,
+    /// Boxed: only running items have one, and it would cost every item 24 bytes more inline.
+    pub(crate) stored_run: Option<Box<(u32, AgentId)>>,
     /// Refusals for now in a row: each doubles the pause before the next try.
     pub(crate) refusals: u32,
     /// Whether the running attempt's RunTask was answered (not stored: a new owner sends it

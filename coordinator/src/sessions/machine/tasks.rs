@@ -232,7 +232,7 @@ impl Machine {
         self.update(pos, |item| {
             item.status.state = state;
             item.status.message = message;
-            item.status.waiting_reason.clear();
+            item.status.waiting_reason = String::new();
             item.status.ended_at_ms = Some(now_ms);
             item.offline_since_ms = None;
             item.answer = RunAnswer::Answered;

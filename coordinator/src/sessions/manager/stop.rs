@@ -50,7 +50,11 @@ impl Sessions {
             // It ended between the read above and the stop's write.
             StopWrite::Ended => return Err(self.ended(&id).await),
         }
-        Ok(self.load(&id).await?.to_session(true))
+        // Without the items: a read of every item record would make the answer (and the
+        // etcd and CPU it takes beside the stop itself) grow with the session.
+        let view = persist::load_summary(self.store(), &id).await?;
+        let view = view.ok_or_else(|| Error::SessionNotFound { session: id.clone() })?;
+        Ok(view.to_session(false))
     }
 
     /// Hands a stop just written to the session's actor when it runs here; else tells the

@@ -1,0 +1,245 @@
+//! The slot rules as a pure structure: who holds which slots, who waits for one, and which
+//! waiting session a freed slot goes to. No locks, no I/O; the `Scheduler` wraps it.
+//!
+//! Fair share: a session may hold more than its share of the slots it asks for only while no
+//! other session starves for those same agents (a session waiting for its computer's agent
+//! does not cut the share on others).
+//!
+//! Hand-off: a released slot does not wake every session. Once the session that released it
+//! ran its own round (it may take the slot back, within its share), each free slot is told to
+//! one starving session that a round would grant it to: the one holding the fewest slots,
+//! then the one waiting longest. A session told that does not take a slot is passed over
+//! until the next release, so the hand-off moves on and never loops.
+
+use std::collections::{HashMap, HashSet};
+
+use sluice_proto::ids::{AgentId, SessionId};
+
+use crate::sessions::placement::SlotPool;
+
+/// A session refused a slot in its latest round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Starving {
+    /// The agents it asked for, with their slots as it saw them.
+    agents: HashMap<AgentId, u32>,
+    /// Order in which it started waiting (smaller: earlier).
+    since: u64,
+}
+
+/// Slot bookkeeping of one coordinator.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct State {
+    used: HashMap<AgentId, u32>,
+    held: HashMap<(SessionId, AgentId), u32>,
+    by_session: HashMap<SessionId, u32>,
+    starving: HashMap<SessionId, Starving>,
+    /// Sessions told of a free slot that have not finished a round since.
+    told: HashSet<SessionId>,
+    /// Sessions told of a free slot that did not take one; not told again before a release.
+    passed: HashSet<SessionId>,
+    /// Sessions that released a slot since their last round: the hand-off waits for that
+    /// round (the slot may go back to them).
+    released: HashSet<SessionId>,
+    /// Slots of every agent a round asked for, as last seen.
+    slots: HashMap<AgentId, u32>,
+    next_since: u64,
+}
+
+impl State {
+    /// Slots in use on `agent` by this coordinator's sessions.
+    pub(crate) fn used(&self, agent: &AgentId) -> u32 {
+        self.used.get(agent).copied().unwrap_or(0)
+    }
+
+    /// Whether `session` was refused a slot in its latest round (and had none since).
+    pub(crate) fn is_starving(&self, session: &SessionId) -> bool {
+        self.starving.contains_key(session)
+    }
+
+    /// Counts one more slot `session` holds on `agent`.
+    pub(crate) fn hold(&mut self, session: &SessionId, agent: &AgentId) {
+        *self.used.entry(agent.clone()).or_default() += 1;
+        *self.by_session.entry(session.clone()).or_default() += 1;
+        *self.held.entry((session.clone(), agent.clone())).or_default() += 1;
+    }
+
+    /// Gives back up to `at_most` slots `session` holds on `agent`; how many it held.
+    pub(crate) fn release(&mut self, session: &SessionId, agent: &AgentId, at_most: u32) -> u32 {
+        let key = (session.clone(), agent.clone());
+        let Some(held) = self.held.get_mut(&key) else {
+            return 0;
+        };
+        let n = (*held).min(at_most);
+        *held -= n;
+        if *held == 0 {
+            self.held.remove(&key);
+        }
+        decrement(&mut self.used, agent, n);
+        decrement(&mut self.by_session, session, n);
+        if n > 0 {
+            self.released.insert(session.clone());
+            self.passed.clear();
+        }
+        n
+    }
+
+    /// Gives back every slot of `session` and forgets that it waits: the sessions to tell of
+    /// a free slot now.
+    pub(crate) fn release_session(&mut self, session: &SessionId) -> Vec<SessionId> {
+        let agents: Vec<AgentId> =
+            self.held.keys().filter(|(s, _)| s == session).map(|(_, a)| a.clone()).collect();
+        for agent in agents {
+            self.release(session, &agent, u32::MAX);
+        }
+        self.leave(session);
+        self.released.remove(session);
+        self.hand_off()
+    }
+
+    /// `session` no longer waits for a slot (it ended, or it stops dispatching).
+    pub(crate) fn leave(&mut self, session: &SessionId) {
+        self.starving.remove(session);
+        self.told.remove(session);
+        self.passed.remove(session);
+    }
+
+    /// A round of `session` starts: what it asks for now replaces what it asked for before
+    /// (a round that asks for nothing leaves it not waiting). Returns when it began waiting.
+    pub(crate) fn begin_round(&mut self, session: &SessionId) -> Option<u64> {
+        self.starving.remove(session).map(|s| s.since)
+    }
+
+    /// A round of `session` ended (or was skipped): the sessions to tell of a free slot now.
+    pub(crate) fn end_round(&mut self, session: &SessionId) -> Vec<SessionId> {
+        let was_told = self.told.remove(session);
+        if was_told && self.starving.contains_key(session) {
+            self.passed.insert(session.clone());
+        }
+        let released = self.released.remove(session);
+        if !was_told && !released {
+            return Vec::new();
+        }
+        self.hand_off()
+    }
+
+    /// Tells free slots to starving sessions a round would grant them to, one session per
+    /// free slot not already told to someone.
+    pub(crate) fn hand_off(&mut self) -> Vec<SessionId> {
+        let mut free = self.free_slots().saturating_sub(self.told.len() as u32);
+        if free == 0 || self.starving.is_empty() {
+            return Vec::new();
+        }
+        let mut waiting: Vec<&SessionId> = self
+            .starving
+            .keys()
+            .filter(|s| !self.told.contains(*s) && !self.passed.contains(*s))
+            .collect();
+        waiting.sort_by_key(|s| (self.held_by(s), self.starving[*s].since));
+        let mut tell = Vec::new();
+        for session in waiting {
+            if free == 0 {
+                break;
+            }
+            if self.would_grant(session) {
+                tell.push(session.clone());
+                free -= 1;
+            }
+        }
+        self.told.extend(tell.iter().cloned());
+        tell
+    }
+
+    /// Forgets the slots of agents that no longer take tasks (`accepting` says which do).
+    pub(crate) fn keep_agents(&mut self, accepting: impl Fn(&AgentId) -> bool) {
+        self.slots.retain(|agent, _| accepting(agent));
+    }
+
+    /// Free slots on the agents rounds asked for (a few agents, not every waiting session).
+    fn free_slots(&self) -> u32 {
+        self.slots.iter().map(|(agent, &n)| n.saturating_sub(self.used(agent))).sum()
+    }
+
+    /// Whether a round of starving `session` would be granted a slot now.
+    fn would_grant(&self, session: &SessionId) -> bool {
+        let agents = &self.starving[session].agents;
+        let any_free = agents.iter().any(|(agent, &slots)| slots > self.used(agent));
+        let total: u32 = agents.values().sum();
+        any_free && self.within_share(session, total, |a| agents.contains_key(a))
+    }
+
+    /// The fair-share rule: `session` may take one more of `total` slots on the agents
+    /// `asks_for` selects.
+    fn within_share(
+        &self,
+        session: &SessionId,
+        total: u32,
+        asks_for: impl Fn(&AgentId) -> bool,
+    ) -> bool {
+        let others_starving = self
+            .starving
+            .iter()
+            .filter(|(s, starving)| *s != session && starving.agents.keys().any(&asks_for))
+            .count() as u32;
+        others_starving == 0 || self.held_by(session) < total.div_ceil(others_starving + 1)
+    }
+
+    fn held_by(&self, session: &SessionId) -> u32 {
+        self.by_session.get(session).copied().unwrap_or(0)
+    }
+
+    /// Reserves a slot for `session` on the emptiest of `candidates`, if one is free and the
+    /// session is within its share; else records it as starving (since `since`, if it
+    /// already waited before this round).
+    pub(crate) fn reserve(
+        &mut self,
+        session: &SessionId,
+        candidates: &[(&AgentId, u32)],
+        since: Option<u64>,
+    ) -> Option<AgentId> {
+        for (agent, slots) in candidates {
+            if self.slots.get(*agent) != Some(slots) {
+                self.slots.insert((*agent).clone(), *slots);
+            }
+        }
+        let total: u32 = candidates.iter().map(|(_, slots)| slots).sum();
+        let asks_for = |agent: &AgentId| candidates.iter().any(|(a, _)| *a == agent);
+        let free = |(id, slots): &(&AgentId, u32)| slots.saturating_sub(self.used(id));
+        let best =
+            candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
+        let Some(agent) = best.filter(|_| self.within_share(session, total, asks_for)) else {
+            let since = match self.starving.get(session) {
+                Some(starving) => starving.since,
+                None => since.unwrap_or_else(|| self.next_since()),
+            };
+            let starving = self
+                .starving
+                .entry(session.clone())
+                .or_insert_with(|| Starving { agents: HashMap::new(), since });
+            starving.agents.extend(candidates.iter().map(|(a, n)| ((*a).clone(), *n)));
+            return None;
+        };
+        self.starving.remove(session);
+        self.hold(session, agent);
+        Some(agent.clone())
+    }
+
+    fn next_since(&mut self) -> u64 {
+        self.next_since += 1;
+        self.next_since
+    }
+}
+
+impl SlotPool for State {
+    fn reserve(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId> {
+        State::reserve(self, session, candidates, None)
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: &K, n: u32) {
+    if let Some(count) = map.get_mut(key) {
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The slot rules: never more than an agent's slots, fair shares, and freed slots handed to
+//! one waiting session at a time; the property test checks that handing slots on reaches the
+//! same rest as waking every session would.
+
+use proptest::prelude::*;
+
+use super::{state::State, *};
+use crate::sessions::placement::AgentInfo;
+
+fn session(id: &str) -> SessionId {
+    SessionId::parse("session", id).expect("valid session id")
+}
+
+fn agent(id: &str) -> AgentId {
+    AgentId::parse("agent", id).expect("valid agent id")
+}
+
+#[test]
+fn never_hands_out_more_than_an_agents_slots() {
+    let scheduler = Scheduler::default();
+    let (a1, a2, s) = (agent("a1"), agent("a2"), session("s"));
+    let candidates = [(&a1, 2), (&a2, 1)];
+    let granted: Vec<_> =
+        (0..5).filter_map(|_| scheduler.lock().reserve(&s, &candidates)).collect();
+    assert_eq!(granted.len(), 3);
+    assert_eq!(scheduler.used("a1"), 2);
+    scheduler.release(&s, &a1);
+    assert_eq!(scheduler.lock().reserve(&s, &candidates), Some(a1));
+}
+
+#[test]
+fn a_starved_session_gets_its_fair_share_back() {
+    let scheduler = Scheduler::default();
+    let (a1, s1, s2) = (agent("a1"), session("s1"), session("s2"));
+    let candidates = [(&a1, 4)];
+    for _ in 0..4 {
+        assert!(scheduler.lock().reserve(&s1, &candidates).is_some());
+    }
+    assert!(scheduler.lock().reserve(&s2, &candidates).is_none());
+    scheduler.release(&s1, &a1);
+    assert!(scheduler.lock().reserve(&s1, &candidates).is_none(), "s1 is over its share");
+    assert!(scheduler.lock().reserve(&s2, &candidates).is_some());
+}
+
+#[test]
+fn a_round_only_waits_for_a_session_refused_while_no_slot_is_free() {
+    let scheduler = Scheduler::default();
+    let (a1, s1, s2) = (agent("a1"), session("s1"), session("s2"));
+    let info = AgentInfo { slots: 1, computer: None, accepting: true };
+    let agents = AgentMap::from([(a1.clone(), info)]);
+    assert!(scheduler.lock().reserve(&s1, &[(&a1, 1)]).is_some());
+    assert!(!scheduler.only_waits(&s2, &agents), "s2 never asked: its round runs");
+    assert!(scheduler.lock().reserve(&s2, &[(&a1, 1)]).is_none());
+    assert!(scheduler.only_waits(&s2, &agents), "refused, and still no free slot");
+    scheduler.release(&s1, &a1);
+    assert!(!scheduler.only_waits(&s2, &agents), "a slot is free again");
+}
+
+/// Finding 13: a session waiting for slots it can only get on another agent (its
+/// computer's, busy) does not cut the share of a session whose agents are free.
+#[test]
+fn a_session_starving_elsewhere_does_not_cut_the_share_of_others() {
+    let scheduler = Scheduler::default();
+    let (pc1, a1) = (agent("pc1"), agent("a1"));
+    let (s1, s2, s3) = (session("s1"), session("s2"), session("s3"));
+    assert!(scheduler.lock().reserve(&s3, &[(&pc1, 1)]).is_some());
+    assert!(scheduler.lock().reserve(&s1, &[(&pc1, 1)]).is_none(), "s1 starves on pc1");
+    let granted = (0..4).filter_map(|_| scheduler.lock().reserve(&s2, &[(&a1, 4)])).count();
+    assert_eq!(granted, 4, "s2 gets all of a1");
+}
+
+#[test]
+fn releasing_a_session_frees_all_it_held() {
+    let scheduler = Scheduler::default();
+    let (a1, s1) = (agent("a1"), session("s1"));
+    let candidates = [(&a1, 3)];
+    for _ in 0..3 {
+        scheduler.lock().reserve(&s1, &candidates);
+    }
+    scheduler.release_session(&s1);
+    assert_eq!(scheduler.used("a1"), 0);
+}
+
+/// `s1` holds both slots of `a1`; `s2` and `s3` were refused one, `s3` first.
+fn two_waiting() -> (State, [SessionId; 3], AgentId) {
+    let mut state = State::default();
+    let (a1, s1, s2, s3) = (agent("a1"), session("s1"), session("s2"), session("s3"));
+    for _ in 0..2 {
+        assert!(state.reserve(&s1, &[(&a1, 2)], None).is_some());
+    }
+    assert!(state.reserve(&s3, &[(&a1, 2)], None).is_none());
+    assert!(state.reserve(&s2, &[(&a1, 2)], None).is_none());
+    (state, [s1, s2, s3], a1)
+}
+
+#[test]
+fn a_freed_slot_goes_back_to_its_session_first_when_within_its_share() {
+    let mut state = State::default();
+    let (a1, s1, s2) = (agent("a1"), session("s1"), session("s2"));
+    for s in [&s1, &s1, &s2, &s2] {
+        assert!(state.reserve(s, &[(&a1, 4)], None).is_some());
+    }
+    for s in [&s1, &s2] {
+        assert!(state.reserve(s, &[(&a1, 4)], None).is_none(), "a1 is full");
+    }
+    state.release(&s1, &a1, 1);
+    assert!(state.end_round(&s2).is_empty(), "the hand-off waits for the round of s1");
+    state.begin_round(&s1);
+    assert!(state.reserve(&s1, &[(&a1, 4)], None).is_some(), "1 of a share of 2");
+    assert!(state.end_round(&s1).is_empty(), "no slot left to hand on");
+}
+
+#[test]
+fn a_freed_slot_is_handed_to_one_session_the_longest_waiting_of_the_fewest_slots() {
+    let (mut state, [s1, s2, s3], a1) = two_waiting();
+    state.release(&s1, &a1, 1);
+    state.begin_round(&s1);
+    assert!(state.reserve(&s1, &[(&a1, 2)], None).is_none(), "s1 already holds its share");
+    assert_eq!(state.end_round(&s1), vec![s3.clone()], "one session, the first refused");
+    let since = state.begin_round(&s3);
+    assert!(state.reserve(&s3, &[(&a1, 2)], since).is_some());
+    assert!(state.end_round(&s3).is_empty());
+    assert!(state.is_starving(&s2) && state.is_starving(&s1));
+}
+
+#[test]
+fn a_session_that_does_not_take_its_slot_passes_it_on() {
+    let (mut state, [s1, s2, s3], a1) = two_waiting();
+    state.release(&s1, &a1, 1);
+    state.leave(&s1); // s1 stops: no round of it places anything
+    assert_eq!(state.end_round(&s1), vec![s3.clone()]);
+    // s3 was stopped meanwhile too: its round asks for nothing.
+    state.begin_round(&s3);
+    assert_eq!(state.end_round(&s3), vec![s2.clone()]);
+}
+
+#[test]
+fn a_session_that_ends_hands_on_every_slot_it_held() {
+    let (mut state, [s1, s2, s3], _) = two_waiting();
+    let mut told = state.release_session(&s1);
+    told.sort();
+    assert_eq!(told, vec![s2, s3]);
+}
+
+#[test]
+fn only_sessions_with_an_actor_are_woken() {
+    let scheduler = Scheduler::default();
+    let (a1, s1, s2, s3) = (agent("a1"), session("s1"), session("s2"), session("s3"));
+    assert!(scheduler.lock().reserve(&s1, &[(&a1, 1)]).is_some());
+    assert!(scheduler.lock().reserve(&s2, &[(&a1, 1)]).is_none());
+    assert!(scheduler.lock().reserve(&s3, &[(&a1, 1)]).is_none());
+    let waiter = scheduler.waiter(&s3);
+    scheduler.release_session(&s1);
+    let handed = futures::FutureExt::now_or_never(waiter.handed());
+    assert!(handed.is_some(), "s2 has no actor: s3 is told instead");
+}
+
+/// A session of the simulation: the agents it asks for and the items it still places.
+#[derive(Debug, Clone)]
+struct Sim {
+    agents: Vec<usize>,
+    pending: u32,
+    /// Agents of its running tasks.
+    running: Vec<AgentId>,
+}
+
+fn agents_strategy() -> impl Strategy<Value = Vec<u32>> {
+    prop::collection::vec(1u32..4, 1..4)
+}
+
+fn sessions_strategy(agents: usize) -> impl Strategy<Value = Vec<(Vec<usize>, u32)>> {
+    let asks = prop::collection::btree_set(0..agents, 1..=agents);
+    let one = (asks.prop_map(|set| set.into_iter().collect()), 0u32..8);
+    prop::collection::vec(one, 1..6)
+}
+
+/// Runs one dispatch round of session `i` and returns whom it told of free slots.
+fn round(state: &mut State, sims: &mut [Sim], slots: &[u32], i: usize) -> Vec<SessionId> {
+    let id = session(&format!("s{i}"));
+    let ids: Vec<AgentId> = (0..slots.len()).map(|a| agent(&format!("a{a}"))).collect();
+    let sim = &mut sims[i];
+    let candidates: Vec<(&AgentId, u32)> =
+        sim.agents.iter().map(|&a| (&ids[a], slots[a])).collect();
+    let since = state.begin_round(&id);
+    while sim.pending > 0 {
+        let Some(agent) = state.reserve(&id, &candidates, since) else { break };
+        sim.pending -= 1;
+        sim.running.push(agent);
+    }
+    state.end_round(&id)
+}
+
+/// Runs the rounds of every session told, and of the ones they tell, until none is told.
+fn settle(state: &mut State, sims: &mut [Sim], slots: &[u32], mut told: Vec<SessionId>) {
+    while let Some(id) = told.pop() {
+        let i: usize = id.as_str()[1..].parse().expect("index");
+        told.extend(round(state, sims, slots, i));
+    }
+}
+
+proptest! {
+    /// Whatever order tasks end in, once every session told of a slot ran its round, a round
+    /// of any session would change nothing: no slot stays free that a session could take
+    /// (as if every session had been woken), and no agent runs more tasks than its slots.
+    #[test]
+    fn handing_slots_on_leaves_nothing_a_round_would_take(
+        (slots, asks, ends) in agents_strategy().prop_flat_map(|slots| {
+            let n = slots.len();
+            (Just(slots), sessions_strategy(n), prop::collection::vec(any::<prop::sample::Index>(), 0..40))
+        })
+    ) {
+        let mut state = State::default();
+        let mut sims: Vec<Sim> = asks
+            .into_iter()
+            .map(|(agents, pending)| Sim { agents, pending, running: Vec::new() })
+            .collect();
+        for i in 0..sims.len() {
+            let told = round(&mut state, &mut sims, &slots, i);
+            settle(&mut state, &mut sims, &slots, told);
+        }
+        for end in ends {
+            let busy: Vec<usize> = (0..sims.len()).filter(|&i| !sims[i].running.is_empty()).collect();
+            if busy.is_empty() {
+                break;
+            }
+            let i = busy[end.index(busy.len())];
+            let ended = sims[i].running.remove(0);
+            state.release(&session(&format!("s{i}")), &ended, 1);
+            let told = round(&mut state, &mut sims, &slots, i);
+            settle(&mut state, &mut sims, &slots, told);
+            for (a, &n) in slots.iter().enumerate() {
+                let id = agent(&format!("a{a}"));
+                prop_assert!(state.used(&id) <= n, "a{} runs more than its {} slots", a, n);
+            }
+            for j in 0..sims.len() {
+                let mut probe = state.clone();
+                let mut probe_sims = sims.clone();
+                let took = probe_sims[j].pending;
+                round(&mut probe, &mut probe_sims, &slots, j);
+                prop_assert_eq!(probe_sims[j].pending, took, "a round of s{} would take a slot", j);
+            }
+        }
+    }
+}
