@@ -87,8 +87,7 @@ async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit
     }
     let table = || {
         let detail = views::session_detail(&session, SystemTime::now());
-        let hint = crate::stop::follow_hint(&session);
-        format!("started session {} of job {}\n\n{detail}\n{hint}", session.id, session.job)
+        format!("started session {} of job {}\n\n{detail}", session.id, session.job)
     };
     output::print(ctx.format, table, || json::session(&session))?;
     Ok(Exit::Success)

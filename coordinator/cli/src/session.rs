@@ -44,8 +44,7 @@ async fn retry(ctx: &Ctx, session_id: String) -> Result<Exit, Failure> {
     let session = clients.jobs.retry_session(request).await?.into_inner();
     let table = || {
         let detail = views::session_detail(&session, SystemTime::now());
-        let hint = crate::stop::follow_hint(&session);
-        format!("started session {} retrying {session_id}\n\n{detail}\n{hint}", session.id)
+        format!("started session {} retrying {session_id}\n\n{detail}", session.id)
     };
     output::print(ctx.format, table, || json::session(&session))?;
     Ok(Exit::Success)

@@ -47,9 +47,9 @@ pub async fn stop_job(
     Ok(Exit::Success)
 }
 
-/// Where to see the items, which the answers of StartJob and StopJob leave out (they do not
-/// grow with the session).
-pub fn follow_hint(session: &pb::Session) -> String {
+/// Where to see the items, which StopJob's answer leaves out (it does not grow with the
+/// session).
+fn follow_hint(session: &pb::Session) -> String {
     format!("{} items: `sluice session watch {}` follows them", session.item_count, session.id)
 }
 

@@ -140,9 +140,9 @@ impl Sessions {
             owner: Some((self.inner.coordinator.clone(), epoch.get())),
             ..Default::default()
         };
-        // The answer leaves the items out (all pending): at 100,000 items they would cost
-        // tens of MiB on top of the machine being built, and GetSession lists them.
-        let session = view.to_session(false);
+        // The answer is the new session with its items (all pending), as clients of StartJob
+        // and RetrySession expect; only StopJob's answer leaves them out.
+        let session = view.to_session(true);
         info!(session = %session.id, job = job_name, epoch = epoch.get(), by = %session.started_by, "session started");
         let spawned = self.spawn(view, epoch, &lease);
         self.starting().remove(&session.id);
