@@ -172,10 +172,14 @@ impl Qmp {
         if !args.is_null() {
             request["arguments"] = args;
         }
+        let began = std::time::Instant::now();
         self.writer.send(request.to_string()).await.map_err(codec_error)?;
-        tokio::time::timeout(patience, self.reply(&id, command))
+        let reply = tokio::time::timeout(patience, self.reply(&id, command))
             .await
-            .map_err(|_| QmpError::Timeout { command: command.to_owned() })?
+            .map_err(|_| QmpError::Timeout { command: command.to_owned() })?;
+        let ms = format!("{:.2}", began.elapsed().as_secs_f64() * 1e3);
+        tracing::trace!(command, ms, ok = reply.is_ok(), "qmp command answered");
+        reply
     }
 
     /// The next event: a queued one, or the next to arrive. Cancel-safe.

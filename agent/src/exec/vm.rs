@@ -119,15 +119,25 @@ impl Backup {
         ensure_running(ctx)?;
         let item_dir = paths.item_dir.clone();
         let named = ctx.spec.parent_restore_point.clone();
-        let (lock, parent) = blocking(move || {
+        let chain = blocking(move || {
             let lock = ChainLock::settled(&item_dir).map_err(std::io::Error::other)?;
             Ok((lock, named_parent(&item_dir, &named)))
-        })
-        .await
-        .map_err(|e| snapshot_failed(format!("{}: {e}", paths.item_dir.display())))?;
+        });
         let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
         let marker = ctx.id.restore_point_id();
-        let source = Source::open(&vm.qmp_socket, &disks, &marker).await.map_err(open_failure)?;
+        // A storage daemon takes several milliseconds to start: it does so while the chain
+        // is locked and read (neither touches the other's files).
+        let (chain, source) = tokio::join!(chain, Source::open(&vm.qmp_socket, &disks, &marker));
+        let ((lock, parent), source) = match (chain, source) {
+            (Ok(chain), Ok(source)) => (chain, source),
+            (Err(e), source) => {
+                if let Ok(source) = source {
+                    source.close().await;
+                }
+                return Err(snapshot_failed(format!("{}: {e}", paths.item_dir.display())));
+            }
+            (Ok(_), Err(error)) => return Err(open_failure(error)),
+        };
         let names = Names::new(&ctx.spec.job);
         Ok(Self {
             source,

@@ -76,8 +76,19 @@ impl RepoPaths {
     /// Writes the manifest into the partial folder and renames the folder into place,
     /// durably; the data in it must be durable already.
     pub(crate) fn publish(&self, manifest: &impl Serialize) -> io::Result<()> {
+        self.write_manifest(manifest)?;
+        self.rename_into_place()
+    }
+
+    /// Writes the manifest into the partial folder durably (the folder's entries too).
+    pub(crate) fn write_manifest(&self, manifest: &impl Serialize) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-        fsutil::write_atomic(&self.partial.join(MANIFEST), &json)?;
+        fsutil::write_atomic(&self.partial.join(MANIFEST), &json)
+    }
+
+    /// Renames the partial folder into place, durably; its manifest and data must be
+    /// durable already.
+    pub(crate) fn rename_into_place(&self) -> io::Result<()> {
         fs::rename(&self.partial, &self.final_dir)?;
         fsutil::sync_dir(&self.item_dir)
     }

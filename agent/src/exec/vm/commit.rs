@@ -5,6 +5,8 @@
 //! are what makes the data durable. They run on threads of their own while the files are
 //! hashed: one waits on the disk while the other uses the CPU, and the hash reads the
 //! pages the writes left in memory. A file is hashed through a memory map on every core.
+//! The manifest is written as soon as the hashes are known, its fsync overlapping the
+//! files' (the journal commits them together); the rename waits for all of them.
 
 use std::fs::File;
 use std::io;
@@ -36,45 +38,54 @@ pub(crate) fn commit(
     paths.ensure_new()?;
     manifest.format = Some(VM_FORMAT.to_owned());
     let files: Vec<_> = copied.iter().map(|disk| paths.partial.join(&disk.file)).collect();
-    let digests = sync_and_digest(&files)?;
-    manifest.disks = copied
-        .iter()
-        .zip(digests)
-        .map(|(disk, (size_bytes, blake3))| {
-            let mut entry = Disk {
-                source: disk.source.clone(),
-                file: disk.file.clone(),
-                virtual_size: disk.virtual_size,
-                ..Disk::default()
-            };
-            entry.set_digest(size_bytes, blake3);
-            entry
-        })
-        .collect();
-    let size = manifest.disks.iter().map(|d| d.size_bytes).sum();
-    paths.publish(&manifest)?;
+    let mut size = 0;
+    // The manifest is written (and fsynced) while the disk files' fsyncs still run; the
+    // folder is renamed into place only once all of them are durable.
+    sync_and_digest(&files, |digests| {
+        manifest.disks = copied
+            .iter()
+            .zip(digests)
+            .map(|(disk, (size_bytes, blake3))| {
+                let mut entry = Disk {
+                    source: disk.source.clone(),
+                    file: disk.file.clone(),
+                    virtual_size: disk.virtual_size,
+                    ..Disk::default()
+                };
+                entry.set_digest(*size_bytes, blake3.clone());
+                entry
+            })
+            .collect();
+        size = manifest.disks.iter().map(|d| d.size_bytes).sum();
+        paths.write_manifest(&manifest)
+    })?;
+    paths.rename_into_place()?;
     Ok(size)
 }
 
-/// Fsyncs every file, each on a thread of its own, while hashing them one by one; returns
-/// each file's size and BLAKE3 once all are durable.
-fn sync_and_digest(files: &[std::path::PathBuf]) -> io::Result<Vec<(u64, String)>> {
+/// Fsyncs every file, each on a thread of its own, while hashing them one by one and then
+/// handing each file's size and BLAKE3 to `hashed`; returns once all files are durable.
+fn sync_and_digest(
+    files: &[std::path::PathBuf],
+    hashed: impl FnOnce(&[(u64, String)]) -> io::Result<()>,
+) -> io::Result<()> {
     let opened = files.iter().map(File::open).collect::<io::Result<Vec<_>>>()?;
     let began = Instant::now();
     std::thread::scope(|scope| {
         let syncs: Vec<_> = opened.iter().map(|file| scope.spawn(|| file.sync_all())).collect();
         let digests = files.iter().map(|file| digest(file)).collect::<io::Result<Vec<_>>>();
-        let hashed = began.elapsed();
+        let hash_took = began.elapsed();
+        let handed = digests.and_then(|digests| hashed(&digests));
         for sync in syncs {
             sync.join().map_err(|_| io::Error::other("an fsync thread panicked"))??;
         }
         let ms = |took: Duration| format!("{:.1}", took.as_secs_f64() * 1e3);
         debug!(
-            hash_ms = ms(hashed),
+            hash_ms = ms(hash_took),
             durable_ms = ms(began.elapsed()),
-            "targets hashed and fsynced"
+            "targets hashed and fsynced, manifest written"
         );
-        digests
+        handed
     })
 }
 
@@ -97,7 +108,12 @@ mod tests {
         std::fs::write(&small, b"abc").expect("write");
         let bytes: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&large, &bytes).expect("write");
-        let digests = sync_and_digest(&[small.clone(), large.clone()]).expect("digest");
+        let mut digests = Vec::new();
+        sync_and_digest(&[small.clone(), large.clone()], |hashed| {
+            digests = hashed.to_vec();
+            Ok(())
+        })
+        .expect("digest");
         assert_eq!(digests[0], (3, blake3::hash(b"abc").to_hex().to_string()));
         assert_eq!(digests[1], (bytes.len() as u64, blake3::hash(&bytes).to_hex().to_string()));
         assert_eq!(digests, vec![digest_read(&small), digest_read(&large)]);
@@ -106,7 +122,7 @@ mod tests {
     #[test]
     fn a_missing_file_is_an_error() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert!(sync_and_digest(&[dir.path().join("gone")]).is_err());
+        assert!(sync_and_digest(&[dir.path().join("gone")], |_| Ok(())).is_err());
     }
 
     fn digest_read(path: &Path) -> (u64, String) {

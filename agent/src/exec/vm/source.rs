@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::blockdev::{self, NamedNode};
 use crate::exec::qmp::{Qmp, QmpError};
@@ -29,8 +29,9 @@ pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
 const DAEMON_START: Duration = Duration::from_secs(30);
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
-/// How often the socket of a starting daemon is tried (it listens within a few ms).
-const SOCKET_POLL: Duration = Duration::from_millis(2);
+/// How often the socket of a starting daemon is tried (it listens a few ms after the spawn;
+/// the timer's resolution is a millisecond).
+const SOCKET_POLL: Duration = Duration::from_millis(1);
 
 /// An open connection to the QEMU holding the disks, and each disk's node.
 #[derive(Debug)]
@@ -187,6 +188,7 @@ impl Daemon {
             "socket,path={},server=on,wait=off,id=sluice",
             socket.display().to_string().replace(',', ",,")
         );
+        let spawned = std::time::Instant::now();
         let child = Command::new(DAEMON)
             .args(["--chardev", &chardev, "--monitor", "chardev=sluice"])
             .stdin(Stdio::null())
@@ -194,6 +196,7 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot run {DAEMON} (install qemu-utils): {e}"))?;
+        debug!(ms = format!("{:.1}", spawned.elapsed().as_secs_f64() * 1e3), "{DAEMON} spawned");
         let mut daemon = Self { child, dir };
         match daemon.connect(&socket).await {
             Ok(qmp) => Ok((daemon, qmp)),
@@ -206,15 +209,22 @@ impl Daemon {
 
     /// Connects once the daemon listens; fails with its error output if it exits first.
     async fn connect(&mut self, socket: &Path) -> Result<Qmp, String> {
-        let deadline = tokio::time::Instant::now() + DAEMON_START;
+        let began = tokio::time::Instant::now();
+        let deadline = began + DAEMON_START;
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log =
                     std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
                 return Err(format!("{DAEMON} ended with {status}: {}", log.trim()));
             }
             match Qmp::connect(socket).await {
-                Ok(qmp) => return Ok(qmp),
+                Ok(qmp) => {
+                    let ms = format!("{:.1}", began.elapsed().as_secs_f64() * 1e3);
+                    debug!(attempts, ms, "{DAEMON} answered");
+                    return Ok(qmp);
+                }
                 // Nobody else knows this socket: "busy" is the daemon still starting.
                 Err(
                     QmpError::Connect { .. } | QmpError::NotReady { .. } | QmpError::Busy { .. },
