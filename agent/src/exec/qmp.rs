@@ -46,9 +46,10 @@ pub(crate) enum QmpError {
         /// The socket.
         path: PathBuf,
     },
-    /// QEMU greeted but did not answer `qmp_capabilities` in time (seen with a storage
-    /// daemon connected to while it was still starting); connecting again helps.
-    #[error("QEMU on {path} greeted but did not answer qmp_capabilities within {GREETING:?}")]
+    /// QEMU greeted but did not answer `qmp_capabilities` in time, or dropped the connection
+    /// (seen with a storage daemon connected to while it was still starting); connecting
+    /// again helps.
+    #[error("QEMU on {path} greeted but did not answer qmp_capabilities (within {GREETING:?})")]
     NotReady {
         /// The socket.
         path: PathBuf,
@@ -149,7 +150,9 @@ impl Qmp {
             Ok(Err(error)) => return Err(error),
         }
         match qmp.command("qmp_capabilities", Value::Null, GREETING).await {
-            Err(QmpError::Timeout { .. }) => Err(QmpError::NotReady { path: path.to_owned() }),
+            Err(QmpError::Timeout { .. } | QmpError::Closed) => {
+                Err(QmpError::NotReady { path: path.to_owned() })
+            }
             other => other.map(|_| qmp),
         }
     }
@@ -221,8 +224,13 @@ impl Qmp {
 }
 
 fn codec_error(error: LinesCodecError) -> QmpError {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
     match error {
-        LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => QmpError::Closed,
+        // A reset is the peer closing too: a storage daemon still starting resets a connection
+        // before its greeting, which `connect` then takes for "not there yet".
+        LinesCodecError::Io(e) if matches!(e.kind(), BrokenPipe | ConnectionReset) => {
+            QmpError::Closed
+        }
         other => QmpError::Protocol(other.to_string()),
     }
 }

@@ -116,3 +116,11 @@ async fn a_daemon_that_exits_closes_the_connection() {
     let after = qmp.execute("query-block-jobs", Value::Null).await.expect_err("gone");
     assert!(matches!(after, QmpError::Closed | QmpError::Protocol(_)), "{after:?}");
 }
+
+#[test]
+fn a_reset_connection_counts_as_closed() {
+    let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    assert!(matches!(codec_error(LinesCodecError::Io(reset)), QmpError::Closed));
+    let other = std::io::Error::from(std::io::ErrorKind::InvalidData);
+    assert!(matches!(codec_error(LinesCodecError::Io(other)), QmpError::Protocol(_)));
+}
