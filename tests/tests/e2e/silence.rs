@@ -5,11 +5,12 @@
 //! gives its running task up once its registration may have expired, so the retry elsewhere
 //! runs alone.
 
-use sluice_proto::pb::{ItemState, SessionResult};
+use sluice_proto::pb::{self, ItemState, SessionResult};
 use sluice_tests::{
     AgentSpec, Cluster,
     api::{
-        create_and_start, create_job, in_transfer, start_job, summary, wait_session, wait_stopped,
+        Jobs, create_and_start, create_job, in_transfer, start_job, summary, wait_session,
+        wait_stopped,
     },
     fixtures::expect_code,
     jobs::JobBuilder,
@@ -34,19 +35,8 @@ const PATIENT_ANSWER_TIMEOUT: &str = "15";
 /// has the withdrawal and refuses the held RunTask for good.
 #[tokio::test]
 async fn an_unanswered_run_task_is_withdrawn_and_its_item_ends_without_a_second_run() {
-    let mut cluster =
-        Cluster::builder().coordinator_flag("--task-answer-timeout", ANSWER_TIMEOUT).start().await;
-    let link = cluster.add_agent_behind_proxy(AgentSpec::new()).await;
-    let job = JobBuilder::sim("unanswered", 1000)
-        .placeholder_vms(1)
-        .retry(3, 0)
-        .repository(&cluster.dir().join("r"))
-        .build();
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, job.clone()).await;
-
-    link.black_hole();
-    let started = start_job(&mut jobs, &job.name).await;
+    let (mut cluster, link, jobs, job, started) =
+        start_behind_black_hole(ANSWER_TIMEOUT, "unanswered", 3).await;
     let ended = wait_stopped(&jobs, &started.id).await;
     assert_eq!(ended.result(), SessionResult::Failed, "{}", summary(&ended));
     let item = &ended.items[0];
@@ -87,21 +77,8 @@ async fn an_unanswered_run_task_is_withdrawn_and_its_item_ends_without_a_second_
 /// the item retried, to succeed.
 #[tokio::test]
 async fn an_answered_withdrawal_lets_the_item_be_retried() {
-    let mut cluster = Cluster::builder()
-        .coordinator_flag("--task-answer-timeout", PATIENT_ANSWER_TIMEOUT)
-        .start()
-        .await;
-    let link = cluster.add_agent_behind_proxy(AgentSpec::new()).await;
-    let job = JobBuilder::sim("withdrawn", 1000)
-        .placeholder_vms(1)
-        .retry(2, 0)
-        .repository(&cluster.dir().join("r"))
-        .build();
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, job.clone()).await;
-
-    link.black_hole();
-    let started = start_job(&mut jobs, &job.name).await;
+    let (mut cluster, link, jobs, _, started) =
+        start_behind_black_hole(PATIENT_ANSWER_TIMEOUT, "withdrawn", 2).await;
     wait_log_line(cluster.coordinator(0), &["withdrawing the attempt", &started.id]).await;
     link.restore();
     let ended = wait_stopped(&jobs, &started.id).await;
@@ -161,4 +138,27 @@ async fn a_partitioned_agent_gives_its_task_up_and_the_retry_elsewhere_runs_alon
     wait_agent_tasks(std::slice::from_ref(&a1), &started.id, what, |tasks| tasks.is_empty()).await;
     let repository = cluster.dir().join("repository");
     assert!(partial_folders(&repository).is_empty(), "{:?}", partial_folders(&repository));
+}
+
+/// A cluster whose one agent is reached through a proxy (its heartbeats are not), with
+/// `--task-answer-timeout` `timeout`, and a started one-item sim job of `attempts` attempts
+/// whose RunTask the black-holed proxy holds.
+async fn start_behind_black_hole(
+    timeout: &str,
+    name: &str,
+    attempts: u32,
+) -> (Cluster, Proxy, Jobs, pb::Job, pb::Session) {
+    let mut cluster =
+        Cluster::builder().coordinator_flag("--task-answer-timeout", timeout).start().await;
+    let link = cluster.add_agent_behind_proxy(AgentSpec::new()).await;
+    let job = JobBuilder::sim(name, 1000)
+        .placeholder_vms(1)
+        .retry(attempts, 0)
+        .repository(&cluster.dir().join("r"))
+        .build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+    link.black_hole();
+    let started = start_job(&mut jobs, &job.name).await;
+    (cluster, link, jobs, job, started)
 }
