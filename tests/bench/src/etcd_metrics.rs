@@ -5,7 +5,8 @@
 //! - `etcd_server_proposals_applied_total`: every write through raft (txn, put, delete,
 //!   lease grant and revoke);
 //! - `etcd_network_client_grpc_received_bytes_total`: bytes clients sent to etcd;
-//! - `etcd_disk_wal_fsync_duration_seconds_{sum,count}`: WAL fsyncs, which bound every write.
+//! - `etcd_disk_wal_fsync_duration_seconds_{sum,count}`: WAL fsyncs, which bound every write;
+//! - `process_cpu_seconds_total`: etcd's own CPU time.
 
 use std::collections::HashMap;
 
@@ -26,6 +27,8 @@ pub const RECEIVED_BYTES: &str = "etcd_network_client_grpc_received_bytes_total"
 pub const FSYNC_SECONDS: &str = "etcd_disk_wal_fsync_duration_seconds_sum";
 /// WAL fsyncs.
 pub const FSYNCS: &str = "etcd_disk_wal_fsync_duration_seconds_count";
+/// CPU seconds etcd's process has used (user plus system).
+pub const CPU_SECONDS: &str = "process_cpu_seconds_total";
 
 /// One reading of etcd's unlabelled metrics.
 #[derive(Debug, Clone, Default)]

@@ -47,3 +47,20 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .parse()?;
     Ok(kib * 1024)
 }
+
+/// CPU seconds the whole machine has been busy so far, over every core (`/proc/stat`: all
+/// time but idle and iowait), so a figure can count what every process of a run used.
+pub fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let line = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    let ticks: Vec<f64> =
+        line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest times are inside user and nice):
+    // idle, iowait and time stolen by a hypervisor are not this machine's work.
+    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum::<f64>();
+    Ok(busy / ticks_per_second())
+}

@@ -12,7 +12,10 @@ use sluice_proto::pb::SessionResult;
 
 use super::Ctx;
 use crate::{
-    etcd_metrics::{self, FSYNC_SECONDS, FSYNCS, Metrics, RECEIVED_BYTES, TXNS, WRITES},
+    catalog::DISPATCH_TARGET,
+    etcd_metrics::{
+        self, CPU_SECONDS, FSYNC_SECONDS, FSYNCS, Metrics, RECEIVED_BYTES, TXNS, WRITES,
+    },
     jobs::{self, Store},
     observe::{Observer, TaskSeen},
     procfs,
@@ -23,15 +26,27 @@ const JOB: &str = "bench-dispatch";
 /// How long etcd's idle write rate (heartbeats, leases) is sampled before the session.
 const IDLE_SAMPLE: Duration = Duration::from_secs(2);
 
-/// etcd counters and the coordinator's CPU time at one moment.
+/// etcd counters and CPU times at one moment: the coordinator's, the agents' together, the
+/// bench's own, and the whole machine's (every process, also those of other work).
 struct Probe {
     etcd: Metrics,
     cpu_s: f64,
+    agents_cpu_s: f64,
+    bench_cpu_s: f64,
+    machine_cpu_s: f64,
 }
 
 impl Probe {
-    async fn read(etcd_url: &str, pid: u32) -> anyhow::Result<Probe> {
-        Ok(Probe { etcd: etcd_metrics::scrape(etcd_url).await?, cpu_s: procfs::cpu_seconds(pid)? })
+    async fn read(etcd_url: &str, pid: u32, agents: &[u32]) -> anyhow::Result<Probe> {
+        let etcd = etcd_metrics::scrape(etcd_url).await?;
+        let mut agents_cpu_s = 0.0;
+        for agent in agents {
+            agents_cpu_s += procfs::cpu_seconds(*agent)?;
+        }
+        let cpu_s = procfs::cpu_seconds(pid)?;
+        let bench_cpu_s = procfs::cpu_seconds(std::process::id())?;
+        let machine_cpu_s = procfs::machine_busy_seconds()?;
+        Ok(Probe { etcd, cpu_s, agents_cpu_s, bench_cpu_s, machine_cpu_s })
     }
 }
 
@@ -46,12 +61,13 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let job = jobs::sim_job(JOB, sizes.dispatch_items, 0, &cluster.dir().join("repository"));
     jobs::create(&mut api, job).await?;
     let pid = cluster.coordinator(0).pid().context("the coordinator is not running")?;
-    idle_txn_rate(&ctx, pid).await?;
+    let agents: Vec<u32> = cluster.agents().iter().filter_map(|agent| agent.pid()).collect();
+    idle_txn_rate(&ctx).await?;
 
-    let before = Probe::read(ctx.etcd.url(), pid).await?;
+    let before = Probe::read(ctx.etcd.url(), pid, &agents).await?;
     let (id, started) = jobs::start(&mut api, JOB).await?;
     let stopped = store.wait_stopped(JOB, &id, sizes.session_budget).await?;
-    let after = Probe::read(ctx.etcd.url(), pid).await?;
+    let after = Probe::read(ctx.etcd.url(), pid, &agents).await?;
 
     let results = &ctx.results;
     let (items, ended) = match &stopped {
@@ -82,11 +98,11 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 
 /// etcd transactions per second with the cluster idle (agent heartbeats, leases), so the
 /// per-item figures can be read against it.
-async fn idle_txn_rate(ctx: &Ctx, pid: u32) -> anyhow::Result<()> {
-    let before = Probe::read(ctx.etcd.url(), pid).await?;
+async fn idle_txn_rate(ctx: &Ctx) -> anyhow::Result<()> {
+    let before = etcd_metrics::scrape(ctx.etcd.url()).await?;
     tokio::time::sleep(IDLE_SAMPLE).await;
-    let after = Probe::read(ctx.etcd.url(), pid).await?;
-    let txns = after.etcd.since(&before.etcd, TXNS)?;
+    let after = etcd_metrics::scrape(ctx.etcd.url()).await?;
+    let txns = after.since(&before, TXNS)?;
     ctx.results.set("dispatch.etcd_idle_txns_per_s", txns / IDLE_SAMPLE.as_secs_f64());
     Ok(())
 }
@@ -132,8 +148,28 @@ fn record_costs(ctx: &Ctx, before: &Probe, after: &Probe, items: usize) -> anyho
         let fsync_ms = after.etcd.since(&before.etcd, FSYNC_SECONDS)? * 1e3 / fsyncs;
         results.set("dispatch.etcd_wal_fsync_ms_mean", fsync_ms);
     }
-    let cpu = after.cpu_s - before.cpu_s;
-    results.set("dispatch.coordinator_cpu_s_per_1k_items", cpu / (items as f64 / 1e3));
+    record_cpu(ctx, before, after, items)
+}
+
+/// CPU per 1,000 items of the coordinator, the agents, etcd, the bench and all four (the
+/// run's CPU), the whole machine's for comparison, and the cores the dispatch target takes
+/// at the run's cost per item (every process of the run shares this machine).
+fn record_cpu(ctx: &Ctx, before: &Probe, after: &Probe, items: usize) -> anyhow::Result<()> {
+    let results = &ctx.results;
+    let per_1k = |seconds: f64| seconds / (items as f64 / 1e3);
+    let coordinator = per_1k(after.cpu_s - before.cpu_s);
+    let agents = per_1k(after.agents_cpu_s - before.agents_cpu_s);
+    let etcd = per_1k(after.etcd.since(&before.etcd, CPU_SECONDS)?);
+    let bench = per_1k(after.bench_cpu_s - before.bench_cpu_s);
+    let machine = per_1k(after.machine_cpu_s - before.machine_cpu_s);
+    let run = coordinator + agents + etcd + bench;
+    results.set("dispatch.coordinator_cpu_s_per_1k_items", coordinator);
+    results.set("dispatch.agents_cpu_s_per_1k_items", agents);
+    results.set("dispatch.etcd_cpu_s_per_1k_items", etcd);
+    results.set("dispatch.bench_cpu_s_per_1k_items", bench);
+    results.set("dispatch.run_cpu_s_per_1k_items", run);
+    results.set("dispatch.machine_cpu_s_per_1k_items", machine);
+    results.set("dispatch.cores_for_target", run * DISPATCH_TARGET / 1e3);
     Ok(())
 }
 
