@@ -197,8 +197,12 @@ fn agent_id(id: &str) -> Option<AgentId> {
 mod tests {
     use super::*;
 
+    fn a1() -> AgentId {
+        AgentId::parse("agent", "a1").expect("valid agent id")
+    }
+
     fn agents(running_tasks: u32, slots: u32) -> BTreeMap<AgentId, pb::Agent> {
-        let id = AgentId::parse("agent", "a1").expect("valid agent id");
+        let id = a1();
         let agent = pb::Agent { id: "a1".into(), slots, running_tasks, ..Default::default() };
         BTreeMap::from([(id, agent)])
     }
@@ -210,7 +214,7 @@ mod tests {
         let senders = Senders { agents: agents_sender, placement: placement_sender };
         senders.publish(&agents(0, 4));
         assert!(placement.has_changed().unwrap_or(false), "the first listing");
-        assert_eq!(placement.borrow_and_update()[&AgentId::parse("a", "a1").unwrap()].slots, 4);
+        assert_eq!(placement.borrow_and_update()[&a1()].slots, 4);
         listed.borrow_and_update();
         senders.publish(&agents(3, 4));
         assert!(listed.has_changed().unwrap_or(false), "every record change is listed");
