@@ -2,6 +2,11 @@
 //! heartbeats, so a dead agent disappears when its TTL runs out). Each carries the create
 //! revision of its key as `registration`: tasks name it, so an agent refuses one sent to a
 //! registration that expired before it registered again.
+//!
+//! Heartbeats rewrite a record whenever its running task count changes, which is about every
+//! heartbeat of a busy agent. Session actors only care about what placement sees (the set of
+//! agents, their slots, computers and states), so they follow `placement`, which changes
+//! only with that: a heartbeat does not wake every session.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -24,6 +29,29 @@ pub(crate) type Agents = Arc<BTreeMap<AgentId, pb::Agent>>;
 #[derive(Clone)]
 pub(crate) struct AgentDirectory {
     agents: watch::Receiver<Option<Agents>>,
+    placement: watch::Receiver<Arc<AgentMap>>,
+}
+
+/// The sending ends the watch task keeps current.
+struct Senders {
+    agents: watch::Sender<Option<Agents>>,
+    placement: watch::Sender<Arc<AgentMap>>,
+}
+
+impl Senders {
+    /// Publishes `agents`; placement's view only if it changed, and first: whoever saw the
+    /// agents listed finds placement's view of them too.
+    fn publish(&self, agents: &BTreeMap<AgentId, pb::Agent>) {
+        let map = agent_map(agents);
+        self.placement.send_if_modified(|current| {
+            let changed = **current != map;
+            if changed {
+                *current = Arc::new(map);
+            }
+            changed
+        });
+        self.agents.send_replace(Some(Arc::new(agents.clone())));
+    }
 }
 
 impl AgentDirectory {
@@ -32,9 +60,11 @@ impl AgentDirectory {
         store: Store,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (sender, agents) = watch::channel(None);
-        let task = tokio::spawn(follow(store, sender, shutdown));
-        (AgentDirectory { agents }, task)
+        let (agents_sender, agents) = watch::channel(None);
+        let (placement_sender, placement) = watch::channel(Arc::default());
+        let senders = Senders { agents: agents_sender, placement: placement_sender };
+        let task = tokio::spawn(follow(store, senders, shutdown));
+        (AgentDirectory { agents, placement }, task)
     }
 
     /// The agents now (empty until the first listing).
@@ -46,6 +76,17 @@ impl AgentDirectory {
     /// the agents were listed once.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Agents>> {
         self.agents.clone()
+    }
+
+    /// Placement's view of the agents, changing only when an agent comes or goes or its
+    /// slots, computer or state change (not with its running task count).
+    pub(crate) fn placement(&self) -> watch::Receiver<Arc<AgentMap>> {
+        self.placement.clone()
+    }
+
+    /// Placement's view of the agents now (empty until the first listing).
+    pub(crate) fn placement_now(&self) -> Arc<AgentMap> {
+        self.placement.borrow().clone()
     }
 
     /// Waits until the agents were listed once (false if the directory stopped first).
@@ -69,7 +110,7 @@ pub(crate) fn agent_map(agents: &BTreeMap<AgentId, pb::Agent>) -> AgentMap {
         .collect()
 }
 
-async fn follow(store: Store, sender: watch::Sender<Option<Agents>>, shutdown: CancellationToken) {
+async fn follow(store: Store, sender: Senders, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
@@ -87,10 +128,10 @@ async fn follow(store: Store, sender: watch::Sender<Option<Agents>>, shutdown: C
     }
 }
 
-async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -> Result<()> {
+async fn list_and_watch(store: &Store, sender: &Senders) -> Result<()> {
     let prefix = store.keys().agents();
     let (mut agents, revision) = list(store, &prefix).await?;
-    sender.send_replace(Some(Arc::new(agents.clone())));
+    sender.publish(&agents);
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
     while let Some(response) = stream.message().await? {
@@ -100,7 +141,7 @@ async fn list_and_watch(store: &Store, sender: &watch::Sender<Option<Agents>>) -
         for event in response.events() {
             apply(&mut agents, &prefix, event)?;
         }
-        sender.send_replace(Some(Arc::new(agents.clone())));
+        sender.publish(&agents);
     }
     Ok(())
 }
@@ -150,4 +191,35 @@ fn agent_id(id: &str) -> Option<AgentId> {
     AgentId::parse("agent.id", id)
         .inspect_err(|error| warn!(%error, "agent registration with a bad id skipped"))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a1() -> AgentId {
+        AgentId::parse("agent", "a1").expect("valid agent id")
+    }
+
+    fn agents(running_tasks: u32, slots: u32) -> BTreeMap<AgentId, pb::Agent> {
+        let id = a1();
+        let agent = pb::Agent { id: "a1".into(), slots, running_tasks, ..Default::default() };
+        BTreeMap::from([(id, agent)])
+    }
+
+    #[test]
+    fn placement_changes_only_with_what_placement_sees() {
+        let (agents_sender, mut listed) = watch::channel(None);
+        let (placement_sender, mut placement) = watch::channel(Arc::default());
+        let senders = Senders { agents: agents_sender, placement: placement_sender };
+        senders.publish(&agents(0, 4));
+        assert!(placement.has_changed().unwrap_or(false), "the first listing");
+        assert_eq!(placement.borrow_and_update()[&a1()].slots, 4);
+        listed.borrow_and_update();
+        senders.publish(&agents(3, 4));
+        assert!(listed.has_changed().unwrap_or(false), "every record change is listed");
+        assert!(!placement.has_changed().unwrap_or(true), "a heartbeat's task count is not");
+        senders.publish(&agents(3, 8));
+        assert!(placement.has_changed().unwrap_or(false), "slots are");
+    }
 }

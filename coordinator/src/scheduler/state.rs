@@ -10,6 +10,10 @@
 //! one starving session that a round would grant it to: the one holding the fewest slots,
 //! then the one waiting longest. A session told that does not take a slot is passed over
 //! until the next release, so the hand-off moves on and never loops.
+//!
+//! The fair-share check runs on every reservation and counts the other starving sessions
+//! that ask for any of the same agents; with many sessions that is many set comparisons, so
+//! each agent gets a bit and each set of agents is a bit set (`AgentSet`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -22,8 +26,35 @@ use crate::sessions::placement::SlotPool;
 struct Starving {
     /// The agents it asked for, with their slots as it saw them.
     agents: HashMap<AgentId, u32>,
+    /// The same agents as bits.
+    mask: AgentSet,
     /// Order in which it started waiting (smaller: earlier).
     since: u64,
+}
+
+/// A set of agents, one bit per agent (`State::bits` numbers them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct AgentSet(Vec<u64>);
+
+impl AgentSet {
+    fn insert(&mut self, bit: usize) {
+        let word = bit / 64;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (bit % 64);
+    }
+
+    fn add(&mut self, other: &AgentSet) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        self.0.iter_mut().zip(&other.0).for_each(|(a, b)| *a |= b);
+    }
+
+    fn intersects(&self, other: &AgentSet) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
+    }
 }
 
 /// Slot bookkeeping of one coordinator.
@@ -42,6 +73,8 @@ pub(crate) struct State {
     released: HashSet<SessionId>,
     /// Slots of every agent a round asked for, as last seen.
     slots: HashMap<AgentId, u32>,
+    /// The bit of each agent a round asked for (numbers are never reused; agents are few).
+    bits: HashMap<AgentId, usize>,
     next_since: u64,
 }
 
@@ -161,26 +194,35 @@ impl State {
 
     /// Whether a round of starving `session` would be granted a slot now.
     fn would_grant(&self, session: &SessionId) -> bool {
-        let agents = &self.starving[session].agents;
-        let any_free = agents.iter().any(|(agent, &slots)| slots > self.used(agent));
-        let total: u32 = agents.values().sum();
-        any_free && self.within_share(session, total, |a| agents.contains_key(a))
+        let starving = &self.starving[session];
+        let any_free = starving.agents.iter().any(|(agent, &slots)| slots > self.used(agent));
+        let total: u32 = starving.agents.values().sum();
+        any_free && self.within_share(session, total, &starving.mask)
     }
 
     /// The fair-share rule: `session` may take one more of `total` slots on the agents
-    /// `asks_for` selects.
-    fn within_share(
-        &self,
-        session: &SessionId,
-        total: u32,
-        asks_for: impl Fn(&AgentId) -> bool,
-    ) -> bool {
+    /// `asks_for`.
+    fn within_share(&self, session: &SessionId, total: u32, asks_for: &AgentSet) -> bool {
         let others_starving = self
             .starving
             .iter()
-            .filter(|(s, starving)| *s != session && starving.agents.keys().any(&asks_for))
+            .filter(|(s, starving)| starving.mask.intersects(asks_for) && *s != session)
             .count() as u32;
         others_starving == 0 || self.held_by(session) < total.div_ceil(others_starving + 1)
+    }
+
+    /// `agents` as bits, numbering agents not seen before.
+    fn agent_set<'a>(&mut self, agents: impl Iterator<Item = &'a AgentId>) -> AgentSet {
+        let mut set = AgentSet::default();
+        for agent in agents {
+            let next = self.bits.len();
+            let bit = match self.bits.get(agent) {
+                Some(&bit) => bit,
+                None => *self.bits.entry(agent.clone()).or_insert(next),
+            };
+            set.insert(bit);
+        }
+        set
     }
 
     fn held_by(&self, session: &SessionId) -> u32 {
@@ -202,20 +244,22 @@ impl State {
             }
         }
         let total: u32 = candidates.iter().map(|(_, slots)| slots).sum();
-        let asks_for = |agent: &AgentId| candidates.iter().any(|(a, _)| *a == agent);
+        let asks_for = self.agent_set(candidates.iter().map(|(agent, _)| *agent));
         let free = |(id, slots): &(&AgentId, u32)| slots.saturating_sub(self.used(id));
         let best =
             candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
-        let Some(agent) = best.filter(|_| self.within_share(session, total, asks_for)) else {
+        let Some(agent) = best.filter(|_| self.within_share(session, total, &asks_for)) else {
             let since = match self.starving.get(session) {
                 Some(starving) => starving.since,
                 None => since.unwrap_or_else(|| self.next_since()),
             };
-            let starving = self
-                .starving
-                .entry(session.clone())
-                .or_insert_with(|| Starving { agents: HashMap::new(), since });
+            let starving = self.starving.entry(session.clone()).or_insert_with(|| Starving {
+                agents: HashMap::new(),
+                mask: AgentSet::default(),
+                since,
+            });
             starving.agents.extend(candidates.iter().map(|(a, n)| ((*a).clone(), *n)));
+            starving.mask.add(&asks_for);
             return None;
         };
         self.starving.remove(session);

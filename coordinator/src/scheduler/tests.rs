@@ -69,6 +69,27 @@ fn a_session_starving_elsewhere_does_not_cut_the_share_of_others() {
     assert_eq!(granted, 4, "s2 gets all of a1");
 }
 
+/// Agents are numbered as rounds first ask for them (one bit each): sessions that share an
+/// agent numbered past the first 64 still cut each other's share, and sessions that share
+/// none do not.
+#[test]
+fn shares_count_sessions_by_the_agents_they_share_beyond_64_agents() {
+    let mut state = State::default();
+    let many: Vec<AgentId> = (0..70).map(|n| agent(&format!("a{n}"))).collect();
+    let filler = session("filler");
+    for a in &many[..69] {
+        assert!(state.reserve(&filler, &[(a, 1)], None).is_some());
+    }
+    let (last, s1, s2, s3) = (&many[69], session("s1"), session("s2"), session("s3"));
+    assert!(state.reserve(&s1, &[(last, 2)], None).is_some());
+    assert!(state.reserve(&s2, &[(&many[0], 1)], None).is_none(), "s2 starves on a0");
+    assert!(state.reserve(&s1, &[(last, 2)], None).is_some(), "nobody else asks for a69");
+    assert!(state.reserve(&s3, &[(last, 2)], None).is_none(), "a69 is full: s3 starves");
+    state.release(&s1, last, 1);
+    assert!(state.reserve(&s1, &[(last, 2)], None).is_none(), "s3 starves: s1 holds its share");
+    assert!(state.reserve(&s3, &[(last, 2)], None).is_some());
+}
+
 #[test]
 fn releasing_a_session_frees_all_it_held() {
     let scheduler = Scheduler::default();

@@ -28,7 +28,7 @@ use super::{
     persist,
     records::{self, StopKey},
 };
-use crate::{agents::directory::agent_map, metrics::SessionGauge, sessions::placement::AgentMap};
+use crate::{metrics::SessionGauge, sessions::placement::AgentMap};
 
 /// Most messages a session actor queues before senders wait.
 pub(crate) const MAILBOX: usize = 1024;
@@ -141,10 +141,13 @@ pub(crate) struct SessionActor {
     last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
+    /// A stop was taken and its cancels sent: its pending items are closed next turn.
+    close_due: bool,
     /// The stored state of the items, for the metrics.
     gauge: SessionGauge,
-    /// The registered agents as dispatch sees them, rebuilt when they change.
-    agents: AgentMap,
+    /// The registered agents as dispatch sees them (shared by every actor), replaced when
+    /// they change.
+    agents: Arc<AgentMap>,
 }
 
 impl SessionActor {
@@ -180,8 +183,9 @@ impl SessionActor {
             last_bytes_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
+            close_due: false,
             gauge,
-            agents: AgentMap::default(),
+            agents: Arc::default(),
         }
     }
 
@@ -212,10 +216,13 @@ impl SessionActor {
     }
 
     async fn serve(&mut self) -> Exit {
-        let mut agents = self.ctx.directory.subscribe();
+        let mut agents = self.ctx.directory.placement();
         let slots = self.ctx.scheduler.waiter(self.machine.id());
-        self.agents = agent_map(&self.ctx.directory.current());
+        self.agents = agents.borrow_and_update().clone();
         loop {
+            if std::mem::take(&mut self.close_due) {
+                self.close_after_cancels().await;
+            }
             self.step();
             if self.is_done() {
                 let acks = self.outbox.take_stored_acks();
@@ -332,12 +339,21 @@ impl SessionActor {
     }
 
     /// Applies a stop read from its key; the newest key revision seen guards the final write.
+    /// Its first half: the cancels go out now, the pending items are closed next turn.
     fn take_stop(&mut self, stop: StopKey) {
         self.stop_seen = self.stop_seen.max(stop.revision);
-        // The cancels go out before the pending items are closed.
         let effects = self.machine.begin_stop(stop.stop);
         self.needs_dispatch = true;
         self.execute(effects);
+        self.close_due = true;
+    }
+
+    /// The second half of a stop. Closing pending items takes time in proportion to the
+    /// session's size and holds this worker thread (and the cancel call it queued last, which
+    /// no other thread may take); yielding first lets the cancel calls leave, so how soon a
+    /// task is cancelled does not depend on how many items the session has.
+    async fn close_after_cancels(&mut self) {
+        tokio::task::yield_now().await;
         self.machine.end_stop(now_ms());
     }
 
@@ -426,9 +442,9 @@ impl SessionActor {
 
     fn on_agents_changed(&mut self) {
         self.needs_dispatch = true;
-        let agents = self.ctx.directory.current();
-        self.agents = agent_map(&agents);
+        self.agents = self.ctx.directory.placement_now();
         self.ctx.scheduler.agents_changed(&self.agents);
+        let agents = self.agents.clone();
         for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
             warn!(%agent, "agent lost with tasks of this session");
             self.outbox.forget_agent(&agent);

@@ -197,11 +197,14 @@ impl Sessions {
         };
         let root = tracing::info_span!("session", id = %session.id, job = %job.name);
         let traceparent = root.in_scope(telemetry::current_traceparent).unwrap_or_default();
+        // Every item of the job is the common case: an empty list says so, and keeps the
+        // record (read by every stop, rewritten on every change) small at any size.
+        let all = item_indices.iter().copied().eq(0..job.items.len() as u32);
         pb::SessionRecord {
             session: Some(session),
             job: None,
             stop: None,
-            item_indices,
+            item_indices: if all { Vec::new() } else { item_indices },
             traceparent,
             graceful_timeout_seconds: job.graceful_timeout_seconds,
         }

@@ -19,7 +19,7 @@ mod stop;
 
 pub(crate) use self::{
     items::{ItemWrite, ItemsWritten},
-    stop::{StopWrite, request_stop},
+    stop::{StopWrite, request_stop, request_stop_over},
 };
 
 /// etcd's default `--max-txn-ops` is 128; stay below it with room for the guard.

@@ -59,8 +59,9 @@ pub(crate) fn machine_from_records(
     let closed = stop.or(record.stop.as_ref()).is_some();
     // Exactly as many as there are items: collecting through `Result` would grow the vector
     // by doubling, a third more than needed at 100,000 items (and both copies while it grows).
-    let mut items = Vec::with_capacity(record.item_indices.len());
-    for &index in &record.item_indices {
+    let indices = item_indices(record, job);
+    let mut items = Vec::with_capacity(indices.len());
+    for index in indices {
         items.push(item_from(job, index, stored.get(&index), closed)?);
     }
     let id = SessionId::parse("session.id", session.id.clone()).map_err(Error::CorruptId)?;
@@ -72,6 +73,41 @@ pub(crate) fn machine_from_records(
     status.stop = stop.or(record.stop.as_ref()).map(stop_from);
     Ok(Machine::new(id, items, proxies, retry_rules(job), status))
 }
+
+/// The job indices of a session's items: those its record lists, or every item of its job
+/// when the list is empty (a session of the whole job stores none).
+fn item_indices<'a>(record: &'a pb::SessionRecord, job: &pb::Job) -> Indices<'a> {
+    match record.item_indices.as_slice() {
+        [] => Indices::All(0..u32::try_from(job.items.len()).unwrap_or(u32::MAX)),
+        some => Indices::Listed(some.iter().copied()),
+    }
+}
+
+/// `item_indices` without collecting a list of every item.
+enum Indices<'a> {
+    All(std::ops::Range<u32>),
+    Listed(std::iter::Copied<std::slice::Iter<'a, u32>>),
+}
+
+impl Iterator for Indices<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            Indices::All(range) => range.next(),
+            Indices::Listed(listed) => listed.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Indices::All(range) => range.size_hint(),
+            Indices::Listed(listed) => listed.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for Indices<'_> {}
 
 fn item_from(
     job: &pb::Job,
@@ -234,7 +270,10 @@ impl SessionView {
     /// The session as the API shows it: items in job order, STOPPING while a stop drains.
     pub(crate) fn to_session(&self, with_items: bool) -> pb::Session {
         let mut session = self.record.session.clone().unwrap_or_default();
-        session.item_count = u32::try_from(self.record.item_indices.len()).unwrap_or(u32::MAX);
+        // A session of every item lists none: its count is the one stored at its start.
+        if !self.record.item_indices.is_empty() {
+            session.item_count = u32::try_from(self.record.item_indices.len()).unwrap_or(u32::MAX);
+        }
         if let Some((owner, epoch)) = &self.owner {
             session.owner = owner.clone();
             session.epoch = *epoch;
@@ -244,11 +283,8 @@ impl SessionView {
         }
         if with_items {
             let stopped = self.stop.is_some() || self.record.stop.is_some() || self.is_stopped();
-            session.items = self
-                .record
-                .item_indices
-                .iter()
-                .map(|&index| match self.items.get(&index).and_then(|r| r.status.clone()) {
+            session.items = item_indices(&self.record, &self.job)
+                .map(|index| match self.items.get(&index).and_then(|r| r.status.clone()) {
                     Some(status) => status,
                     None if stopped => closed_status(&self.job, index, session.ended_at),
                     None => pending_status(&self.job, index),

@@ -48,9 +48,10 @@ impl SessionActor {
             traceparent: telemetry::current_traceparent().unwrap_or_default(),
             ..self.task_spec(&dispatch)
         });
-        let store = self.ctx.store.clone();
+        // Only a VM backup reads its chain: cloning the store for every task costs.
+        let store = chain_item(&spec).is_some().then(|| self.ctx.store.clone());
         let call = async move {
-            let answer = match name_chain_parent(&store, &mut spec).await {
+            let answer = match name_chain_parent(store.as_ref(), &mut spec).await {
                 Ok(()) => timeout(client.run_task(pb::RunTaskRequest { task: Some(spec) })).await,
                 Err(status) => Err(status),
             };
@@ -301,10 +302,8 @@ impl SessionActor {
 /// Names the restore point a VM item builds on (the catalog's newest of the item); a catalog
 /// that cannot be read leaves the RunTask unsent, to be sent again like an unanswered one.
 /// Sim tasks build no chain and read nothing.
-async fn name_chain_parent(store: &Store, spec: &mut pb::TaskSpec) -> Result<(), Status> {
-    let vm = |item: &&pb::JobItem| matches!(item.target, Some(Target::Vm(_)));
-    let Some(item) = spec.item.as_ref().filter(vm).filter(|_| spec.sim_duration_ms.is_none())
-    else {
+async fn name_chain_parent(store: Option<&Store>, spec: &mut pb::TaskSpec) -> Result<(), Status> {
+    let (Some(store), Some(item)) = (store, chain_item(spec)) else {
         return Ok(());
     };
     let parent = chain_parent(store, &spec.job, &item.name).await.map_err(|error| {
@@ -312,6 +311,12 @@ async fn name_chain_parent(store: &Store, spec: &mut pb::TaskSpec) -> Result<(),
     })?;
     spec.parent_restore_point = parent.unwrap_or_default();
     Ok(())
+}
+
+/// The item of `spec` if it continues a chain of restore points (a VM backup, not simulated).
+fn chain_item(spec: &pb::TaskSpec) -> Option<&pb::JobItem> {
+    let vm = |item: &&pb::JobItem| matches!(item.target, Some(Target::Vm(_)));
+    spec.item.as_ref().filter(vm).filter(|_| spec.sim_duration_ms.is_none())
 }
 
 pub(super) fn is_stale_epoch(status: &Status) -> bool {

@@ -22,7 +22,7 @@ use crate::{
         records::{StopKey, stop_from, timestamp},
         watch,
     },
-    store::Store,
+    store::{Store, Versioned, decode},
 };
 
 impl Sessions {
@@ -36,12 +36,13 @@ impl Sessions {
         let mode = stop_mode(request.mode)?;
         check_requested_by(&request.requested_by)?;
         let id = self.resolve(&request.job, &request.session_id).await?;
-        // Only the record: the stop must not wait for a read of every item.
-        let record = self.record(&id).await?;
+        // Only the record and the stop key, in one read: the stop must not wait for a read
+        // of every item.
+        let (record, current) = self.record_and_stop(&id).await?;
         check_stoppable(&id, &record, &request, mode)?;
         let stop = stop_request(mode, &request, record.graceful_timeout_seconds, stopped_by);
         let job = record.session.as_ref().map_or("", |s| s.job.as_str());
-        match persist::request_stop(self.store(), &id, job, &stop).await? {
+        match persist::request_stop_over(self.store(), (&id, job), &stop, current).await? {
             StopWrite::Written(revision) => {
                 info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
                 self.hand_stop(&id, &stop, revision).await;
@@ -84,6 +85,22 @@ impl Sessions {
             Some(stops) => stops.send(StopKey { stop: stop_from(stop), revision }).await.is_ok(),
             None => false,
         }
+    }
+
+    /// The session's record and its stop key (with its revision), read in one request.
+    async fn record_and_stop(
+        &self,
+        id: &str,
+    ) -> Result<(pb::SessionRecord, Option<Versioned<pb::StopRequest>>)> {
+        validate_name("session_id", id)?;
+        let keys = self.store().keys();
+        let read = [keys.session(id), keys.session_stop(id)];
+        let mut found = self.store().get_many(&read).await?.into_iter();
+        let record = found.next().flatten();
+        let record = record.ok_or_else(|| Error::SessionNotFound { session: id.into() })?;
+        let record = decode::<pb::SessionRecord>(&read[0], record.value())?;
+        let stop = found.next().flatten().map(|kv| versioned(&read[1], &kv)).transpose()?;
+        Ok((record, stop))
     }
 
     /// The refusal of a stop of a session that ended, with its result as stored.
@@ -259,4 +276,13 @@ async fn tell_owner(
     let delivered = delivered.into_inner().delivered;
     debug!(session = %id, %owner, delivered, "stop handed to the owner");
     Ok(())
+}
+
+/// A stored value with its revisions.
+fn versioned<M: prost::Message + Default>(
+    key: &str,
+    kv: &etcd_client::KeyValue,
+) -> Result<Versioned<M>> {
+    let value = decode(key, kv.value())?;
+    Ok(Versioned { value, mod_revision: kv.mod_revision(), lease: kv.lease() })
 }

@@ -35,9 +35,19 @@ pub(crate) async fn request_stop(
     job: &str,
     stop: &pb::StopRequest,
 ) -> Result<StopWrite> {
+    let current = store.get(&store.keys().session_stop(id)).await?;
+    request_stop_over(store, (id, job), stop, current).await
+}
+
+/// `request_stop` over the stop key as just read (`current`), saving a read.
+pub(crate) async fn request_stop_over(
+    store: &Store,
+    (id, job): (&str, &str),
+    stop: &pb::StopRequest,
+    current: Option<Versioned<pb::StopRequest>>,
+) -> Result<StopWrite> {
     let keys = store.keys();
     let key = keys.session_stop(id);
-    let current: Option<Versioned<pb::StopRequest>> = store.get(&key).await?;
     let guard = match &current {
         None => absent(&key),
         Some(existing) if existing.value.mode() == StopMode::Immediate => {

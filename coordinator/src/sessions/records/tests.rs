@@ -58,3 +58,23 @@ fn a_new_owner_takes_an_item_never_written_under_an_applied_stop_as_closed() {
     let running = machine_from_records(&record(2, None), &job(2), &stored, None).expect("machine");
     assert_eq!(running.item(1).state(), ItemState::Pending, "no stop: it waits");
 }
+
+/// A session of every item of its job stores no list of them (its record stays small at any
+/// size): it reads as every item, counted as stored at its start; a retry lists its own.
+#[test]
+fn a_record_without_item_indices_covers_every_item_of_its_job() {
+    let mut whole = record(0, None);
+    whole.session.as_mut().expect("session").item_count = 3;
+    let view = SessionView { record: whole.clone(), job: job(3), ..Default::default() };
+    let session = view.to_session(true);
+    assert_eq!(session.item_count, 3);
+    let names: Vec<&str> = session.items.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["vm0", "vm1", "vm2"]);
+    let machine = machine_from_records(&whole, &job(3), &HashMap::new(), None).expect("machine");
+    assert_eq!(machine.items().len(), 3);
+    let retry = pb::SessionRecord { item_indices: vec![2], ..whole };
+    let view = SessionView { record: retry.clone(), job: job(3), ..Default::default() };
+    assert_eq!(view.to_session(true).item_count, 1);
+    let machine = machine_from_records(&retry, &job(3), &HashMap::new(), None).expect("machine");
+    assert_eq!(machine.item(0).index, 2);
+}
