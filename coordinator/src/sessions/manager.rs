@@ -24,7 +24,7 @@ use super::{
     actor::{Exit, Inboxes, MAILBOX, Owned, SessionActor},
     context::SessionContext,
     ids::new_session_id,
-    persist::{self, Extra, NewSession},
+    persist::{self, Extra, NewSession, OwnerKey},
     records::{SessionView, StopKey, compacted, machine_from_records, stop_from},
 };
 use crate::{
@@ -222,9 +222,10 @@ impl Sessions {
         let base = self.owned_record(&view, epoch);
         let revision = view.stop_revision;
         let stop = view.stop.as_ref().map(|stop| StopKey { stop: stop_from(stop), revision });
-        let item_revisions = view.item_revisions;
+        let stored = view.record.item_indices.iter().map(|i| view.items.contains_key(i)).collect();
+        let owner = OwnerKey::new(epoch, self.inner.coordinator.clone(), lease.id);
         let job = Arc::new(compacted(view.job));
-        let owned = Owned { base, job: job.clone(), epoch, stop, item_revisions };
+        let owned = Owned { base, job: job.clone(), owner, stop, stored };
         let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
         let retention = self.inner.restore_points.clone();
