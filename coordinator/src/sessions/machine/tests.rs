@@ -267,3 +267,4 @@ fn reported_state() -> impl proptest::strategy::Strategy<Value = ItemState> {
         Just(ItemState::Canceled)
     ]
 }
+
