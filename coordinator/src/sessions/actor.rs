@@ -10,7 +10,7 @@ mod children;
 mod flush;
 mod withdrawals;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use sluice_proto::{
     ids::{AgentId, Epoch},
@@ -107,12 +107,12 @@ pub(crate) struct Owned {
     pub(crate) base: pb::SessionRecord,
     /// The job as the session started it.
     pub(crate) job: Arc<pb::Job>,
-    /// The epoch it is owned at.
-    pub(crate) epoch: Epoch,
+    /// The owner key it is owned through (its create revision is the epoch).
+    pub(crate) owner: persist::OwnerKey,
     /// The stop key as read with the records (same revision): in force before any dispatch.
     pub(crate) stop: Option<StopKey>,
-    /// Mod revisions of the stored item keys, by job index.
-    pub(crate) item_revisions: HashMap<u32, i64>,
+    /// Whether each item (by position) has a record in etcd.
+    pub(crate) stored: Vec<bool>,
 }
 
 /// One owned session.
@@ -125,9 +125,10 @@ pub(crate) struct SessionActor {
     stored_stop: Option<StopKey>,
     /// Mod revision of the stop key as last seen (0: none); the final write compares it.
     stop_seen: i64,
-    /// Mod revision of each item key as last stored, by job index (absent: never written);
-    /// each item write holds only while its key is still there.
-    item_revisions: HashMap<u32, i64>,
+    /// The owner key as this owner last wrote it; each write holds only while it is so.
+    owner: persist::OwnerKey,
+    /// Whether each item (by position) has a record in etcd, or one on its way.
+    stored: Vec<bool>,
     ctx: SessionContext,
     inbox: mpsc::Receiver<Msg>,
     stops: mpsc::Receiver<StopKey>,
@@ -159,7 +160,7 @@ impl SessionActor {
         inboxes: Inboxes,
         fence: CancellationToken,
     ) -> Self {
-        let Owned { base, job, epoch, stop, item_revisions } = owned;
+        let Owned { base, job, owner, stop, stored } = owned;
         let job_name = base.session.as_ref().map_or("", |session| session.job.as_str());
         let gauge = SessionGauge::new(ctx.metrics.clone(), job_name, &machine);
         let answer_timeout_ms = i64::try_from(ctx.answer_timeout.as_millis()).unwrap_or(i64::MAX);
@@ -168,10 +169,11 @@ impl SessionActor {
             machine,
             base,
             job,
-            epoch,
+            epoch: owner.epoch,
             stored_stop: stop,
             stop_seen: 0,
-            item_revisions,
+            owner,
+            stored,
             ctx,
             inbox: inboxes.tasks,
             stops: inboxes.stops,

@@ -27,8 +27,8 @@ use self::index::Index;
 pub(crate) use self::{
     answers::DEFAULT_ANSWER_TIMEOUT_MS,
     item::{
-        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, Outcome, RunAnswer, TaskPhase,
-        Volumes,
+        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, MaybeMs, Outcome, RunAnswer,
+        TaskPhase, Volumes,
     },
     stop::{Stop, StopMode},
     types::{Dispatch, Effect, Event, Retry, SessionResult, SessionState, SessionStatus},
@@ -340,7 +340,7 @@ impl Machine {
             if now_ms < since + limit {
                 break;
             }
-            let computer = self.items[pos].computer.clone().unwrap_or_default();
+            let computer = self.items[pos].computer.as_deref().unwrap_or_default();
             let message = format!("computer {computer} stayed offline for {} s", limit / 1000);
             self.end_item(now_ms, pos, ItemState::Failed, message);
         }

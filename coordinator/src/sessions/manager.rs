@@ -24,8 +24,8 @@ use super::{
     actor::{Exit, Inboxes, MAILBOX, Owned, SessionActor},
     context::SessionContext,
     ids::new_session_id,
-    persist::{self, Extra, NewSession},
-    records::{SessionView, StopKey, compacted, machine_from_records, stop_from},
+    persist::{self, Extra, NewSession, OwnerKey},
+    records::{SessionView, StopKey, compacted, machine_from_records, pending_status, stop_from},
 };
 use crate::{
     error::{Error, Result},
@@ -127,7 +127,9 @@ impl Sessions {
         }
         let mut new = NewSession {
             record,
-            job: stored.value,
+            // Compacted at once: the slack of the decoded lists is gone before the session's
+            // machine and answer exist (at 100,000 items it set the coordinator's peak).
+            job: compacted(stored.value),
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,
@@ -140,13 +142,16 @@ impl Sessions {
             owner: Some((self.inner.coordinator.clone(), epoch.get())),
             ..Default::default()
         };
-        // The answer is the new session with its items (all pending), as clients of StartJob
-        // and RetrySession expect; only StopJob's answer leaves them out.
-        let session = view.to_session(true);
+        let mut session = view.to_session(false);
+        let indices = view.record.item_indices.clone();
         info!(session = %session.id, job = job_name, epoch = epoch.get(), by = %session.started_by, "session started");
         let spawned = self.spawn(view, epoch, &lease);
         self.starting().remove(&session.id);
-        spawned?;
+        let job = spawned?;
+        // The answer is the new session with its items (all pending), as clients of StartJob
+        // and RetrySession expect; only StopJob's answer leaves them out. Built once the
+        // actor holds the session, so it never coexists with what the start read and wrote.
+        session.items = indices.iter().map(|&index| pending_status(&job, index)).collect();
         Ok(session)
     }
 
@@ -215,8 +220,8 @@ impl Sessions {
     }
 
     /// Runs the actor of a session this coordinator now owns at `epoch`; retention follows
-    /// a finish.
-    fn spawn(&self, view: SessionView, epoch: Epoch, lease: &Lease) -> Result<()> {
+    /// a finish. Returns the job the actor keeps.
+    fn spawn(&self, view: SessionView, epoch: Epoch, lease: &Lease) -> Result<Arc<pb::Job>> {
         let machine =
             machine_from_records(&view.record, &view.job, &view.items, view.record.stop.as_ref())?;
         let id = machine.id().clone();
@@ -225,13 +230,14 @@ impl Sessions {
         let base = self.owned_record(&view, epoch);
         let revision = view.stop_revision;
         let stop = view.stop.as_ref().map(|stop| StopKey { stop: stop_from(stop), revision });
-        let item_revisions = view.item_revisions;
+        let stored = view.record.item_indices.iter().map(|i| view.items.contains_key(i)).collect();
+        let owner = OwnerKey::new(epoch, self.inner.coordinator.clone(), lease.id);
         let job = Arc::new(compacted(view.job));
-        let owned = Owned { base, job: job.clone(), epoch, stop, item_revisions };
+        let owned = Owned { base, job: job.clone(), owner, stop, stored };
         let actor = SessionActor::new(machine, owned, self.inner.ctx.clone(), inboxes, fence);
         let router = self.inner.router.clone();
         let retention = self.inner.restore_points.clone();
-        let job = job.name.clone();
+        let job_name = job.name.clone();
         let shutdown = self.inner.ctx.shutdown.clone();
         let store = self.store().clone();
         self.inner.tracker.spawn(async move {
@@ -241,7 +247,7 @@ impl Sessions {
             let after = async {
                 match exit {
                     Exit::Finished { committed: true } => {
-                        retention.after_session(&job, id.as_str()).await
+                        retention.after_session(&job_name, id.as_str()).await
                     }
                     Exit::StaleEpoch => release_stale(&store, id.as_str(), epoch).await,
                     _ => {}
@@ -252,7 +258,7 @@ impl Sessions {
                 () = after => {}
             }
         });
-        Ok(())
+        Ok(job)
     }
 
     /// Registers a session's inboxes and follows its stop key until the returned token is

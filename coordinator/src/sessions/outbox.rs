@@ -72,23 +72,10 @@ impl Outbox {
     }
 
     /// The flush is stored: what it carried may go out.
-    #[cfg(test)]
     pub(crate) fn flush_stored(&mut self) -> Release {
-        self.flush_stored_except(&HashSet::new())
-    }
-
-    /// The flush is stored but for the items `held` (their writes were refused): what it
-    /// carried for the others may go out; theirs waits for the next flush, as after a failure.
-    pub(crate) fn flush_stored_except(&mut self, held: &HashSet<u32>) -> Release {
         self.flushing = false;
-        let (kept, runs): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushing_runs)
-            .into_iter()
-            .partition(|d| held.contains(&d.index));
-        let (kept_acks, acks): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushing_acks)
-            .into_iter()
-            .partition(|a| held.contains(&a.index));
-        self.unsent.splice(0..0, kept);
-        self.acks.splice(0..0, kept_acks);
+        let runs = std::mem::take(&mut self.flushing_runs);
+        let acks = std::mem::take(&mut self.flushing_acks);
         self.in_flight.extend(runs.iter().map(|d| (d.index, d.attempt)));
         Release { runs, acks }
     }
@@ -205,22 +192,6 @@ mod tests {
         let stored = outbox.flush_stored();
         assert_eq!(stored.runs, vec![run(0, "a1"), run(1, "a2")]);
         assert_eq!(stored.acks, vec![ack(0), ack(1)]);
-    }
-
-    #[test]
-    fn what_a_refused_item_write_carried_waits_for_the_next_flush() {
-        let mut outbox = Outbox::default();
-        outbox.run(run(0, "a1"));
-        outbox.run(run(1, "a1"));
-        outbox.ack(ack(2));
-        outbox.ack(ack(3));
-        outbox.flush_started();
-        let stored = outbox.flush_stored_except(&HashSet::from([1, 3]));
-        assert_eq!((stored.runs, stored.acks), (vec![run(0, "a1")], vec![ack(2)]));
-        assert!(outbox.in_flight(0) && !outbox.in_flight(1), "the held run was not sent");
-        outbox.flush_started();
-        let stored = outbox.flush_stored();
-        assert_eq!((stored.runs, stored.acks), (vec![run(1, "a1")], vec![ack(3)]));
     }
 
     #[test]

@@ -18,12 +18,9 @@ mod items;
 mod stop;
 
 pub(crate) use self::{
-    items::{ItemWrite, ItemsWritten},
+    items::{ItemWrite, OwnerKey},
     stop::{StopWrite, request_stop, request_stop_over},
 };
-
-/// etcd's default `--max-txn-ops` is 128; stay below it with room for the guard.
-const MAX_OPS_PER_TXN: usize = 100;
 
 /// A new session to create, with the job revision it was read at.
 pub(crate) struct NewSession {
@@ -155,7 +152,7 @@ pub(crate) async fn active_session(store: &Store, job: &str) -> Result<Option<St
 #[derive(Default)]
 pub(crate) struct Flush {
     /// Item records that changed, each with the restore point it committed to enter in the
-    /// catalog (written in the same txn as the item) and its key's revision as last stored.
+    /// catalog (written in the same txn as the item).
     pub(crate) items: Vec<ItemWrite>,
     /// The session record, when it changed.
     pub(crate) session: Option<pb::SessionRecord>,
@@ -164,17 +161,18 @@ pub(crate) struct Flush {
 /// What a batch of writes did, when etcd took it.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Written {
-    /// The items stored and those refused by their revision guard.
-    pub(crate) items: ItemsWritten,
-    /// What became of the session record; `None` when there was none to write, or when it
-    /// was held back because an item of the batch was refused (it waits for that item).
+    /// The owner key's mod revision after the batch (the next batch expects it).
+    pub(crate) revision: i64,
+    /// What became of the session record; `None` when there was none to write.
     pub(crate) session: Option<Flushed>,
 }
 
-/// Writes a batch in as few transactions as etcd's op limit allows, each guarded by the
-/// owner's epoch and each item by its key's revision as last stored (`items.rs`). An item
-/// and its catalog entry always share a transaction; a final session record also clears the
-/// job's active marker and the owner key.
+/// Writes a batch in as few transactions as etcd's op limit allows, one after the other,
+/// each fenced and ordered by the owner key's mod revision (`items.rs`). An item and its
+/// catalog entry always share a transaction; a non-final session record rides in the last
+/// one. A final session record goes in a txn of its own after the items (so a final state
+/// is never stored before its items), which also clears the job's active marker and the
+/// owner key.
 ///
 /// The final record is written only while the stop key is as the actor last saw it
 /// (`stop_seen`, its mod revision, 0 for none): a stop accepted before the end is stored is
@@ -183,24 +181,22 @@ pub(crate) struct Written {
 pub(crate) async fn flush(
     store: &Store,
     id: &str,
-    epoch: Epoch,
+    owner: &OwnerKey,
     batch: Flush,
     stop_seen: i64,
 ) -> Result<Written> {
-    // The session record goes last, so a final state is never stored before its items.
-    let items = items::write(store, id, epoch, &batch.items).await?;
-    let session = match &batch.session {
-        _ if !items.refused.is_empty() => None,
-        Some(record) if is_final(record) => {
-            Some(stop::finish(store, id, epoch, session_ops(store, id, record), stop_seen).await?)
-        }
-        Some(record) => {
-            fenced(store, id, epoch, session_ops(store, id, record)).await?;
-            Some(Flushed::Stored)
-        }
-        None => None,
+    let (last, finished) = match &batch.session {
+        Some(record) if is_final(record) => (Vec::new(), Some(session_ops(store, id, record))),
+        Some(record) => (session_ops(store, id, record), None),
+        None => (Vec::new(), None),
     };
-    Ok(Written { items, session })
+    let written = !last.is_empty();
+    let revision = items::write(store, id, owner, &batch.items, last).await?;
+    let session = match finished {
+        Some(ops) => Some(stop::finish(store, id, owner.epoch, ops, stop_seen).await?),
+        None => written.then_some(Flushed::Stored),
+    };
+    Ok(Written { revision, session })
 }
 
 /// How a session record's write ended, when etcd took it.
@@ -215,16 +211,6 @@ pub(crate) enum Flushed {
 
 fn is_final(record: &pb::SessionRecord) -> bool {
     record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
-}
-
-/// Runs ops in one transaction that holds only while `epoch` still owns the session.
-pub(super) async fn fenced(store: &Store, id: &str, epoch: Epoch, ops: Vec<TxnOp>) -> Result<()> {
-    let owner = store.keys().session_owner(id);
-    let guard = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch.get());
-    match store.txn(Txn::new().when([guard]).and_then(ops)).await? {
-        Some(_) => Ok(()),
-        None => Err(Error::Fenced(id.to_string())),
-    }
 }
 
 /// The write of a catalog entry.
@@ -321,7 +307,6 @@ pub(crate) fn apply_child(
         view.stop_revision = kv.mod_revision();
     } else if key.starts_with(&keys.items(id)) {
         let item: pb::ItemRecord = decode(key, value)?;
-        view.item_revisions.insert(item.index, kv.mod_revision());
         view.items.insert(item.index, item);
     }
     Ok(())

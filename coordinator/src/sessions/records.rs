@@ -185,13 +185,12 @@ pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Even
     })
 }
 
-/// The writes for the items at `positions`, each with its catalog entry (a committed item's)
-/// and its key's revision as last stored (`revisions`, by job index), and, if asked, the
-/// session record.
+/// The writes for the items at `positions`, each with its catalog entry (a committed item's),
+/// and, if asked, the session record.
 pub(crate) fn flush(
     base: &pb::SessionRecord,
     machine: &Machine,
-    (positions, revisions): (&[usize], &HashMap<u32, i64>),
+    positions: &[usize],
     session: bool,
 ) -> Flush {
     let items = positions
@@ -200,7 +199,6 @@ pub(crate) fn flush(
         .map(|item| ItemWrite {
             record: item_record(item),
             catalog: item.catalog_entry().cloned().into_iter().collect(),
-            revision: revisions.get(&item.index).copied().unwrap_or_default(),
         })
         .collect();
     Flush { items, session: session.then(|| session_record(base, machine)) }
@@ -256,8 +254,6 @@ pub(crate) struct SessionView {
     pub(crate) job: pb::Job,
     /// Item records by job index.
     pub(crate) items: HashMap<u32, pb::ItemRecord>,
-    /// Mod revisions of the item keys by job index (the owner's writes are guarded by them).
-    pub(crate) item_revisions: HashMap<u32, i64>,
     /// The stop request, if one was made.
     pub(crate) stop: Option<pb::StopRequest>,
     /// Mod revision of the stop key (0 without one).

@@ -1,7 +1,5 @@
 //! When the session actor writes to etcd, and what a write's answer means.
 
-use std::collections::HashSet;
-
 use sluice_proto::pb;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -11,7 +9,7 @@ use crate::{
     error::Error,
     sessions::{
         machine::ItemState,
-        persist::{self, Flushed, ItemsWritten, Written},
+        persist::{self, Flushed, Written},
         records::{self, StopKey, stop_from},
     },
 };
@@ -39,14 +37,13 @@ impl SessionActor {
             self.last_bytes_flush = Instant::now();
         }
         self.outbox.flush_started();
-        let batch =
-            records::flush(&self.base, &self.machine, (&items, &self.item_revisions), session);
+        let batch = records::flush(&self.base, &self.machine, &items, session);
         self.last_flush = Instant::now();
-        let (store, id, epoch) =
-            (self.ctx.store.clone(), self.machine.id().to_string(), self.epoch);
+        let (store, id, owner) =
+            (self.ctx.store.clone(), self.machine.id().to_string(), self.owner.clone());
         let stop_seen = self.stop_seen;
         self.report(async move {
-            let result = persist::flush(&store, &id, epoch, batch, stop_seen).await;
+            let result = persist::flush(&store, &id, &owner, batch, stop_seen).await;
             Msg::Flushed { result, items, session }
         });
     }
@@ -59,26 +56,15 @@ impl SessionActor {
     ) -> Option<Exit> {
         match result {
             Ok(written) => {
-                let refused = self.take_revisions(&written.items);
-                let (held, stored): (Vec<usize>, Vec<usize>) = items
-                    .into_iter()
-                    .partition(|&pos| refused.contains(&self.machine.item(pos).index));
-                self.gauge.stored(&self.machine, &stored);
-                self.machine.catalogued(&stored);
-                // Only what this flush stored: later dispatches and outcomes wait for theirs,
-                // and so do those of items whose write was refused.
-                let released = self.outbox.flush_stored_except(&refused);
+                self.owner.revision = written.revision;
+                self.gauge.stored(&self.machine, &items);
+                self.machine.catalogued(&items);
+                // Only what this flush stored: later dispatches and outcomes wait for theirs.
+                let released = self.outbox.flush_stored();
                 for dispatch in released.runs {
                     self.send_run(dispatch);
                 }
                 self.send_acks(released.acks);
-                if !held.is_empty() || (session && written.session.is_none()) {
-                    warn!(
-                        items = held.len(),
-                        "item writes refused by their revision guard (a late write landed); writing them again"
-                    );
-                    self.machine.mark_dirty(&held, session && written.session.is_none());
-                }
                 if let Some(Flushed::StopChanged(stop, revision)) = written.session {
                     self.on_stop_changed(stop, revision);
                 }
@@ -101,26 +87,16 @@ impl SessionActor {
     /// Leaves out the items a stop closed that were never written: under a stop, an item
     /// without a record reads as NOT_PROCESSED (`SessionView`), so a stop of a large session
     /// writes only the items that ran or waited with a reason, not every pending one. Every
-    /// other item is entered as written from now on (at revision 0 until its write answers).
+    /// other item is entered as stored from now on.
     fn drop_implied(&mut self, items: Vec<usize>) -> Vec<usize> {
         let (implied, items): (Vec<usize>, Vec<usize>) = items.into_iter().partition(|&pos| {
-            let item = self.machine.item(pos);
-            item.state() == ItemState::NotProcessed
-                && !self.item_revisions.contains_key(&item.index)
+            self.machine.item(pos).state() == ItemState::NotProcessed && !self.stored[pos]
         });
         self.gauge.stored(&self.machine, &implied);
         for &pos in &items {
-            self.item_revisions.entry(self.machine.item(pos).index).or_insert(0);
+            self.stored[pos] = true;
         }
         items
-    }
-
-    /// Records the item keys' revisions a flush answered; the job indices refused.
-    fn take_revisions(&mut self, items: &ItemsWritten) -> HashSet<u32> {
-        for &(index, revision) in items.stored.iter().chain(&items.refused) {
-            self.item_revisions.insert(index, revision);
-        }
-        items.refused.iter().map(|&(index, _)| index).collect()
     }
 
     /// The final record was not written: a stop came after the actor last saw the stop key.

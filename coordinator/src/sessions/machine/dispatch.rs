@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use sluice_proto::ids::AgentId;
 
 use super::{
-    Dispatch, Effect, ItemState, Machine, RunAnswer, SHOWN_WAITING_ITEMS, SessionState, TaskPhase,
+    Dispatch, Effect, ItemState, Machine, MaybeMs, RunAnswer, SHOWN_WAITING_ITEMS, SessionState,
+    TaskPhase,
 };
 use crate::sessions::placement::{AgentMap, Placement, SlotPool, place};
 
@@ -17,7 +18,7 @@ struct Round {
     shown: usize,
     /// Items with the same placement (VM items, or one computer) wait for the same reason:
     /// once one of them cannot be placed, the others of this round skip the search.
-    blocked: HashMap<Option<String>, (String, bool)>,
+    blocked: HashMap<Option<Box<str>>, (String, bool)>,
 }
 
 impl Machine {
@@ -94,8 +95,8 @@ impl Machine {
             status.bytes_total = 0;
             status.bytes_read = 0;
             status.bytes_transferred = 0;
-            status.started_at_ms = Some(now_ms);
-            item.offline_since_ms = None;
+            status.started_at_ms = Some(now_ms).into();
+            item.offline_since_ms = MaybeMs::NONE;
             item.cancel_sent = false;
             item.answer = RunAnswer::Awaited { since_ms: now_ms };
         });
@@ -135,10 +136,10 @@ impl Machine {
                 continue;
             }
             round.shown += 1;
-            let since = self.items[pos].offline_since_ms;
+            let since = self.items[pos].offline_since_ms.get();
             let since_now = if offline { since.or(Some(now_ms)) } else { None };
             if since_now != since {
-                self.update(pos, |item| item.offline_since_ms = since_now);
+                self.update(pos, |item| item.offline_since_ms = since_now.into());
             }
             let item = &mut self.items[pos];
             if item.status.waiting_reason != reason {
@@ -158,10 +159,10 @@ impl Machine {
     ) {
         round.shown += 1;
         round.blocked.insert(self.items[pos].computer.clone(), (reason.clone(), offline));
-        let since = self.items[pos].offline_since_ms;
+        let since = self.items[pos].offline_since_ms.get();
         let since_now = if offline { since.or(Some(now_ms)) } else { None };
         if since_now != since {
-            self.update(pos, |item| item.offline_since_ms = since_now);
+            self.update(pos, |item| item.offline_since_ms = since_now.into());
         }
         let item = &mut self.items[pos];
         if round.shown <= SHOWN_WAITING_ITEMS && item.status.waiting_reason != reason {

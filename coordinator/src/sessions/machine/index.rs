@@ -62,7 +62,7 @@ impl Index {
                 } else {
                     self.delayed.insert((item.not_before_ms, pos));
                 }
-                if let Some(since) = item.offline_since_ms {
+                if let Some(since) = item.offline_since_ms.get() {
                     self.offline.insert((since, pos));
                 }
             }
@@ -89,7 +89,7 @@ impl Index {
                 if !self.ready.remove(&pos) {
                     self.delayed.remove(&(item.not_before_ms, pos));
                 }
-                if let Some(since) = item.offline_since_ms {
+                if let Some(since) = item.offline_since_ms.get() {
                     self.offline.remove(&(since, pos));
                 }
             }

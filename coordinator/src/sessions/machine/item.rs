@@ -124,9 +124,30 @@ pub(crate) struct ItemStatus {
     /// Bytes written to the repository so far.
     pub(crate) bytes_transferred: u64,
     /// When the current attempt started, ms since the epoch.
-    pub(crate) started_at_ms: Option<i64>,
+    pub(crate) started_at_ms: MaybeMs,
     /// When it ended, ms since the epoch.
-    pub(crate) ended_at_ms: Option<i64>,
+    pub(crate) ended_at_ms: MaybeMs,
+}
+
+/// A time in ms since the epoch, or none: an `Option<i64>` in 8 bytes instead of 16 (every
+/// item holds three; `i64::MIN` stands for none, a time no clock gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MaybeMs(i64);
+
+impl MaybeMs {
+    /// No time.
+    pub(crate) const NONE: MaybeMs = MaybeMs(i64::MIN);
+
+    /// The time, if there is one.
+    pub(crate) fn get(self) -> Option<i64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+}
+
+impl From<Option<i64>> for MaybeMs {
+    fn from(ms: Option<i64>) -> Self {
+        ms.map_or(Self::NONE, |ms| MaybeMs(ms.max(i64::MIN + 1)))
+    }
 }
 
 impl ItemStatus {
@@ -145,8 +166,8 @@ impl ItemStatus {
             bytes_total: 0,
             bytes_read: 0,
             bytes_transferred: 0,
-            started_at_ms: None,
-            ended_at_ms: None,
+            started_at_ms: MaybeMs::NONE,
+            ended_at_ms: MaybeMs::NONE,
         }
     }
 }
@@ -183,14 +204,14 @@ pub(crate) struct Item {
     pub(crate) index: u32,
     /// Status as shown to users and stored in etcd.
     pub(crate) status: ItemStatus,
-    /// The computer an agent-backup item needs, if any.
-    pub(crate) computer: Option<String>,
+    /// The computer an agent-backup item needs, if any (boxed: 16 bytes, not 24).
+    pub(crate) computer: Option<Box<str>>,
     /// Attempts that failed.
     pub(crate) failed_attempts: u32,
     /// Earliest next attempt (retry wait), ms since the epoch.
     pub(crate) not_before_ms: i64,
     /// Since when it waits for its computer, ms since the epoch.
-    pub(crate) offline_since_ms: Option<i64>,
+    pub(crate) offline_since_ms: MaybeMs,
     /// The committed restore point.
     pub(crate) restore_point: Option<Box<pb::RestorePoint>>,
     /// A cancel was sent for the running attempt.
@@ -212,10 +233,10 @@ impl Item {
         Item {
             index,
             status: ItemStatus::pending(name),
-            computer,
+            computer: computer.map(String::into_boxed_str),
             failed_attempts: 0,
             not_before_ms: 0,
-            offline_since_ms: None,
+            offline_since_ms: MaybeMs::NONE,
             restore_point: None,
             cancel_sent: false,
             stored_run: None,

@@ -4,7 +4,7 @@ use sluice_proto::ids::AgentId;
 
 use super::{
     CancelReason, Dispatch, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine,
-    Outcome, REFUSED_BACKOFF_MS, RunAnswer, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
+    MaybeMs, Outcome, REFUSED_BACKOFF_MS, RunAnswer, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
 };
 
 impl Machine {
@@ -233,8 +233,8 @@ impl Machine {
             item.status.state = state;
             item.status.message = message;
             item.status.waiting_reason = String::new();
-            item.status.ended_at_ms = Some(now_ms);
-            item.offline_since_ms = None;
+            item.status.ended_at_ms = Some(now_ms).into();
+            item.offline_since_ms = MaybeMs::NONE;
             item.answer = RunAnswer::Answered;
         });
         self.dirty_items.insert(pos);

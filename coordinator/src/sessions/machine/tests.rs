@@ -267,3 +267,17 @@ fn reported_state() -> impl proptest::strategy::Strategy<Value = ItemState> {
         Just(ItemState::Canceled)
     ]
 }
+
+/// Every item of a session lives in memory while it runs (100,000 in the largest): its size
+/// is a budget, not an accident.
+#[test]
+fn an_item_stays_within_its_size_budget() {
+    assert!(std::mem::size_of::<Item>() <= 256, "{} bytes", std::mem::size_of::<Item>());
+}
+
+proptest::proptest! {
+    #[test]
+    fn a_time_in_eight_bytes_reads_as_the_option_it_was_made_from(ms in proptest::option::of(i64::MIN + 1..=i64::MAX)) {
+        proptest::prop_assert_eq!(MaybeMs::from(ms).get(), ms);
+    }
+}

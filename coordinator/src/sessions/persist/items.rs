@@ -1,20 +1,33 @@
-//! Item writes, each guarded by the item key's mod revision as its owner last stored it.
+//! The owner's writes of items (and of its non-final session record), each fenced and ordered
+//! by one guard: the owner key's mod revision as this owner last wrote it.
 //!
-//! A write whose answer was lost (a timeout) may still be applied by etcd after the owner
-//! wrote the item again: unguarded, that late write would put an older state back. With the
-//! guard, of two writes expecting the same revision only the first to land applies; the other
-//! is refused and answers the revision the key holds now, so the owner writes its current
-//! state again over that revision.
+//! Every such txn puts the owner key again (same value, same lease), so its mod revision
+//! moves with each write. A write whose answer was lost (a timeout) may still be applied by
+//! etcd later; it expects the revision the owner held when it was sent, so once any later
+//! write of the owner landed, it is refused and cannot put an older state back. If it lands
+//! first, the owner's next write is refused instead: the owner key then still has the epoch
+//! as its create revision (a claim by another coordinator makes a new key, at a newer create
+//! revision), so the owner takes its mod revision and writes its current state over it.
+//! One guard per txn keeps etcd's read of the guards to a single key, however many items
+//! the txn writes.
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use prost::Message;
 use sluice_proto::{ids::Epoch, pb};
 
-use super::{MAX_OPS_PER_TXN, catalog_op};
+use super::catalog_op;
 use crate::{
     error::{Error, Result},
     store::Store,
 };
+
+/// Items per txn: etcd's default `--max-txn-ops` is 128 per op list, and a txn also holds the
+/// owner key's put and, in the last one, the session record and its summary.
+const MAX_ITEMS_PER_TXN: usize = 120;
+
+/// How often in one write the owner takes the owner key's revision from a write of its own
+/// that landed late, before it gives the write up as failed (it is tried again later).
+const ADOPT_TRIES: u32 = 3;
 
 /// One item to write.
 #[derive(Debug, Clone)]
@@ -23,90 +36,123 @@ pub(crate) struct ItemWrite {
     pub(crate) record: pb::ItemRecord,
     /// The restore point it committed, entered in the catalog in the same transaction.
     pub(crate) catalog: Vec<pb::RestorePoint>,
-    /// Mod revision of the item key as last stored (0: never written).
+}
+
+/// The owner key as the session's owner holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnerKey {
+    /// The owner key's create revision.
+    pub(crate) epoch: Epoch,
+    /// The coordinator's id, the key's value.
+    pub(crate) owner: String,
+    /// The coordinator's lease, the key is bound to it.
+    pub(crate) lease: i64,
+    /// The key's mod revision as this owner last wrote it (at first: the epoch).
     pub(crate) revision: i64,
 }
 
-/// What became of a batch of item writes.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct ItemsWritten {
-    /// Items written: (job index, the key's new mod revision).
-    pub(crate) stored: Vec<(u32, i64)>,
-    /// Items not written, because the key was not at the revision expected: (job index, the
-    /// revision it is at now).
-    pub(crate) refused: Vec<(u32, i64)>,
+impl OwnerKey {
+    /// The owner key of a session just created or claimed at `epoch`.
+    pub(crate) fn new(epoch: Epoch, owner: String, lease: i64) -> Self {
+        OwnerKey { epoch, owner, lease, revision: epoch.get() }
+    }
 }
 
-/// Writes the items of session `id` in transactions fenced by `epoch`, each item under its
-/// own revision guard.
+/// Writes the items of session `id` in txns of at most [`MAX_ITEMS_PER_TXN`], one after the
+/// other, with `session` (a non-final record's ops) in the last one; returns the owner key's
+/// mod revision after the last.
 pub(super) async fn write(
     store: &Store,
     id: &str,
-    epoch: Epoch,
+    owner: &OwnerKey,
     writes: &[ItemWrite],
-) -> Result<ItemsWritten> {
-    // Transactions of different items are independent: sent together.
-    let chunks = writes.chunks(MAX_OPS_PER_TXN).map(|chunk| write_chunk(store, id, epoch, chunk));
-    let mut written = ItemsWritten::default();
-    for chunk in futures::future::try_join_all(chunks).await? {
-        written.stored.extend(chunk.stored);
-        written.refused.extend(chunk.refused);
+    session: Vec<TxnOp>,
+) -> Result<i64> {
+    let mut revision = owner.revision;
+    let mut chunks: Vec<&[ItemWrite]> = writes.chunks(MAX_ITEMS_PER_TXN).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
     }
-    Ok(written)
+    let (last, mut session) = (chunks.len() - 1, session);
+    for (n, items) in chunks.into_iter().enumerate() {
+        let mut ops: Vec<TxnOp> = items.iter().map(|write| item_op(store, id, write)).collect();
+        if n == last {
+            ops.append(&mut session);
+        }
+        if ops.is_empty() {
+            break;
+        }
+        revision = sequenced(store, id, &OwnerKey { revision, ..owner.clone() }, ops).await?;
+    }
+    Ok(revision)
 }
 
-async fn write_chunk(
+/// Runs `ops` (and the owner key's put) in one txn guarded by the owner key's mod revision;
+/// returns the revision it was written at.
+pub(super) async fn sequenced(
     store: &Store,
     id: &str,
-    epoch: Epoch,
-    chunk: &[ItemWrite],
-) -> Result<ItemsWritten> {
-    let owner = store.keys().session_owner(id);
-    let fence = Compare::create_revision(owner.as_str(), CompareOp::Equal, epoch.get());
-    let ops: Vec<TxnOp> = chunk.iter().map(|write| guarded_op(store, id, write)).collect();
-    let response = store.kv().txn(Txn::new().when([fence]).and_then(ops)).await?;
-    if !response.succeeded() {
-        return Err(Error::Fenced(id.to_string()));
-    }
-    let revision = response.header().map_or(0, |h| h.revision());
-    let mut written = ItemsWritten::default();
-    for (write, answer) in chunk.iter().zip(response.op_responses()) {
-        let index = write.record.index;
-        match answer {
-            TxnOpResponse::Txn(inner) if inner.succeeded() => {
-                written.stored.push((index, revision))
+    owner: &OwnerKey,
+    ops: Vec<TxnOp>,
+) -> Result<i64> {
+    let mut expected = owner.revision;
+    for _ in 0..ADOPT_TRIES {
+        let attempt = OwnerKey { revision: expected, ..owner.clone() };
+        match write_once(store, id, &attempt, ops.clone()).await? {
+            Ok(revision) => return Ok(revision),
+            // A write of this owner that landed late: written over, from where it left the key.
+            Err(Some(kv)) if kv.create_revision() == owner.epoch.get() => {
+                expected = kv.mod_revision()
             }
-            TxnOpResponse::Txn(inner) => written.refused.push((index, current_revision(&inner))),
-            _ => return Err(unexpected(index)),
+            Err(_) => return Err(Error::Fenced(id.to_string())),
         }
     }
-    Ok(written)
+    let reason = format!("the owner key of session {id} kept changing under its owner's writes");
+    Err(Error::Etcd(etcd_client::Error::Internal(reason)))
 }
 
-/// The write of one item (and its catalog entry) while its key is at the revision last
-/// stored; else a read of the key.
-pub(super) fn guarded_op(store: &Store, id: &str, write: &ItemWrite) -> TxnOp {
-    let key = store.keys().item(id, write.record.index);
-    let mut ops = vec![TxnOp::put(key.as_str(), write.record.encode_to_vec(), None)];
+/// One txn of `ops` and the owner key's put, guarded by the owner key's mod revision: the
+/// revision it was written at, or, refused, the owner key as it is (`None`: absent).
+pub(super) async fn write_once(
+    store: &Store,
+    id: &str,
+    owner: &OwnerKey,
+    mut ops: Vec<TxnOp>,
+) -> Result<std::result::Result<i64, Option<etcd_client::KeyValue>>> {
+    let key = store.keys().session_owner(id);
+    let lease = PutOptions::new().with_lease(owner.lease);
+    ops.push(TxnOp::put(key.as_str(), owner.owner.as_str(), Some(lease)));
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, owner.revision)])
+        .and_then(ops)
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let response = store.kv().txn(txn).await?;
+    if response.succeeded() {
+        return Ok(Ok(response.header().map(|h| h.revision()).ok_or_else(no_header)?));
+    }
+    Ok(Err(read_owner(response.op_responses())))
+}
+
+/// The write of one item, with its catalog entry in the same (nested, unguarded) txn.
+fn item_op(store: &Store, id: &str, write: &ItemWrite) -> TxnOp {
+    let put =
+        TxnOp::put(store.keys().item(id, write.record.index), write.record.encode_to_vec(), None);
+    if write.catalog.is_empty() {
+        return put;
+    }
+    let mut ops = vec![put];
     ops.extend(write.catalog.iter().map(|rp| catalog_op(store, rp)));
-    TxnOp::txn(
-        Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, write.revision)])
-            .and_then(ops)
-            .or_else([TxnOp::get(key.as_str(), None)]),
-    )
+    TxnOp::txn(Txn::new().and_then(ops))
 }
 
-/// The mod revision of the key the refused branch read (0: absent).
-fn current_revision(inner: &etcd_client::TxnResponse) -> i64 {
-    let read = inner.op_responses().into_iter().find_map(|op| match op {
-        TxnOpResponse::Get(get) => Some(get.kvs().first().map_or(0, |kv| kv.mod_revision())),
+/// The owner key the refused branch read.
+fn read_owner(answers: Vec<TxnOpResponse>) -> Option<etcd_client::KeyValue> {
+    answers.into_iter().find_map(|answer| match answer {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
         _ => None,
-    });
-    read.unwrap_or_default()
+    })
 }
 
-fn unexpected(index: u32) -> Error {
-    let reason = format!("etcd answered the write of item {index} with another kind of reply");
-    Error::Etcd(etcd_client::Error::Internal(reason))
+fn no_header() -> Error {
+    Error::Etcd(etcd_client::Error::Internal("etcd answered a txn without a header".into()))
 }

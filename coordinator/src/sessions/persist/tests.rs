@@ -51,6 +51,11 @@ async fn a_claim_whose_answer_was_lost_is_resolved_by_reading_back() {
     assert_eq!(other, None, "another coordinator does not get it");
 }
 
+/// The owner key of a session just created by `new` at `epoch`.
+fn owner_key(new: &NewSession, epoch: Epoch) -> OwnerKey {
+    OwnerKey::new(epoch, new.owner.clone(), new.lease)
+}
+
 /// The final record of session `id` as its owner would write it.
 fn final_flush(new: &NewSession) -> Flush {
     let mut record = new.record.clone();
@@ -74,11 +79,12 @@ async fn the_final_write_is_refused_while_a_stop_it_has_not_seen_exists() {
     let epoch = create(&store, &new).await.expect("created");
     let written = request_stop(&store, "s-3", "nightly", &graceful()).await.expect("stop");
     let StopWrite::Written(revision) = written else { panic!("stop not written: {written:?}") };
-    let refused = flush(&store, "s-3", epoch, final_flush(&new), 0).await.expect("flush");
+    let owner = owner_key(&new, epoch);
+    let refused = flush(&store, "s-3", &owner, final_flush(&new), 0).await.expect("flush");
     assert_eq!(refused.session, Some(Flushed::StopChanged(Some(graceful()), revision)));
     let active = active_session(&store, "nightly").await.expect("read the marker");
     assert_eq!(active.as_deref(), Some("s-3"), "the session did not end");
-    let stored = flush(&store, "s-3", epoch, final_flush(&new), revision).await.expect("flush");
+    let stored = flush(&store, "s-3", &owner, final_flush(&new), revision).await.expect("flush");
     assert_eq!(stored.session, Some(Flushed::Stored), "with the stop seen, the end is written");
     assert_eq!(active_session(&store, "nightly").await.expect("read the marker"), None);
 }
@@ -90,7 +96,8 @@ async fn a_stop_of_a_session_that_ended_meanwhile_is_refused() {
     let store = testing::store().await;
     let new = new_session(&store, "s-4", "c1").await;
     let epoch = create(&store, &new).await.expect("created");
-    let stored = flush(&store, "s-4", epoch, final_flush(&new), 0).await.expect("flush");
+    let owner = owner_key(&new, epoch);
+    let stored = flush(&store, "s-4", &owner, final_flush(&new), 0).await.expect("flush");
     assert_eq!(stored.session, Some(Flushed::Stored));
     let refused = request_stop(&store, "s-4", "nightly", &graceful()).await.expect("stop");
     assert_eq!(refused, StopWrite::Ended);
@@ -98,12 +105,22 @@ async fn a_stop_of_a_session_that_ended_meanwhile_is_refused() {
     assert!(store.get::<pb::StopRequest>(&key).await.expect("read").is_none(), "no stop key");
 }
 
-/// An item write of `state` expecting the key at `revision`.
-fn item_write(state: pb::ItemState, revision: i64) -> Flush {
-    let status = pb::ItemStatus { name: "vm0".into(), state: state as i32, ..Default::default() };
-    let record = pb::ItemRecord { index: 0, status: Some(status), ..Default::default() };
-    let write = ItemWrite { record, catalog: Vec::new(), revision };
-    Flush { items: vec![write], session: None }
+/// A write of item 0 in `state`.
+fn item_write(state: pb::ItemState) -> Flush {
+    Flush { items: vec![item(0, state)], session: None }
+}
+
+fn item(index: u32, state: pb::ItemState) -> ItemWrite {
+    let name = format!("vm{index}");
+    let status = pb::ItemStatus { name, state: state as i32, ..Default::default() };
+    let record = pb::ItemRecord { index, status: Some(status), ..Default::default() };
+    ItemWrite { record, catalog: Vec::new() }
+}
+
+/// The ops of one item write, as a txn of the owner would carry them.
+fn item_ops(store: &Store, id: &str, state: pb::ItemState) -> Vec<TxnOp> {
+    let record = item(0, state).record;
+    vec![TxnOp::put(store.keys().item(id, 0), record.encode_to_vec(), None)]
 }
 
 async fn stored_state(store: &Store, id: &str) -> pb::ItemState {
@@ -111,43 +128,97 @@ async fn stored_state(store: &Store, id: &str) -> pb::ItemState {
     item.and_then(|i| i.value.status).expect("the item is stored").state()
 }
 
-/// Issue 12's item write finding: an item write whose answer was lost (it timed out) and that
-/// etcd applies only after the owner wrote the item again must not put the older state back.
-/// Both expect the revision last stored; whichever lands second is refused.
+/// Issue 12's item write finding: a write whose answer was lost (it timed out) and that etcd
+/// applies only after the owner wrote again must not put an older state back. Both expect
+/// the owner key's revision as last written; whichever lands second is refused.
 #[tokio::test]
-async fn a_late_item_write_does_not_overwrite_a_newer_one() {
+async fn a_late_owner_write_does_not_overwrite_a_newer_one() {
     let store = testing::store().await;
     let new = new_session(&store, "s-5", "c1").await;
-    let epoch = create(&store, &new).await.expect("created");
-    let first = flush(&store, "s-5", epoch, item_write(pb::ItemState::Pending, 0), 0).await;
-    let [(0, stored)] = first.expect("first write").items.stored[..] else { panic!("stored") };
+    let mut owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let first = flush(&store, "s-5", &owner, item_write(pb::ItemState::Pending), 0).await;
+    let sent_at = first.expect("first write").revision;
     // The timed-out write (PROCESSING) and its retry with the newer state (SUCCESS): the retry
     // lands first, the lost one after it.
-    let retry = item_write(pb::ItemState::Success, stored);
-    let written = flush(&store, "s-5", epoch, retry, 0).await.expect("the retry");
-    let [(0, newer)] = written.items.stored[..] else { panic!("the retry is stored") };
-    let late = item_write(pb::ItemState::Processing, stored);
-    let written = flush(&store, "s-5", epoch, late, 0).await.expect("the late write");
-    assert!(written.items.stored.is_empty(), "the late write is refused");
-    assert_eq!(written.items.refused, vec![(0, newer)], "with the revision the key holds");
+    owner.revision = sent_at;
+    let retry = flush(&store, "s-5", &owner, item_write(pb::ItemState::Success), 0).await;
+    let newer = retry.expect("the retry").revision;
+    let late = items::write_once(
+        &store,
+        "s-5",
+        &owner,
+        item_ops(&store, "s-5", pb::ItemState::Processing),
+    );
+    let refused = late.await.expect("the late write").expect_err("the late write is refused");
+    assert_eq!(refused.map(|kv| kv.mod_revision()), Some(newer), "the owner key as it is now");
     assert_eq!(stored_state(&store, "s-5").await, pb::ItemState::Success);
 }
 
-/// The other order: the lost write landed first, so the retry is refused; it learns the
-/// key's revision and its state is written over it.
+/// The other order: the lost write landed first, so the retry is refused; the owner key
+/// still has the epoch as its create revision, so the owner writes its state over it.
 #[tokio::test]
-async fn an_item_write_refused_after_a_late_write_landed_is_written_again_over_it() {
+async fn an_owner_write_refused_after_its_late_write_landed_is_written_again_over_it() {
     let store = testing::store().await;
     let new = new_session(&store, "s-6", "c1").await;
-    let epoch = create(&store, &new).await.expect("created");
-    let late = flush(&store, "s-6", epoch, item_write(pb::ItemState::Processing, 0), 0).await;
-    let [(0, landed)] = late.expect("the lost write lands").items.stored[..] else { panic!() };
-    let mut retry = item_write(pb::ItemState::Success, 0);
+    let owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let late = items::write_once(
+        &store,
+        "s-6",
+        &owner,
+        item_ops(&store, "s-6", pb::ItemState::Processing),
+    );
+    let landed = late.await.expect("the lost write").expect("it lands");
+    let mut retry = item_write(pb::ItemState::Success);
     retry.session = Some(new.record.clone());
-    let written = flush(&store, "s-6", epoch, retry, 0).await.expect("the retry");
-    assert_eq!(written.items.refused, vec![(0, landed)]);
-    assert_eq!(written.session, None, "the session record waits for its refused item");
-    let again = flush(&store, "s-6", epoch, item_write(pb::ItemState::Success, landed), 0).await;
-    assert_eq!(again.expect("written again").items.refused, vec![]);
+    let written = flush(&store, "s-6", &owner, retry, 0).await.expect("the retry");
+    assert!(written.revision > landed, "written over the late write");
+    assert_eq!(written.session, Some(Flushed::Stored));
     assert_eq!(stored_state(&store, "s-6").await, pb::ItemState::Success);
+}
+
+/// Once another coordinator claimed the session, the former owner's writes are refused as
+/// fenced, whatever revision of its own owner key it expects (the claim made a new key, whose
+/// revisions are all newer).
+#[tokio::test]
+async fn an_owner_write_after_a_claim_by_another_is_fenced() {
+    let store = testing::store().await;
+    let new = new_session(&store, "s-7", "c1").await;
+    let mut owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let first = flush(&store, "s-7", &owner, item_write(pb::ItemState::Pending), 0).await;
+    let last = first.expect("the first write").revision;
+    let key = store.keys().session_owner("s-7");
+    store.kv().delete(key.as_str(), None).await.expect("the first owner is gone");
+    let lease = testing::lease(&store, 60).await;
+    let claimed = claim(&store, "s-7", "nightly", "c2", lease).await.expect("claim");
+    assert!(claimed.is_some(), "claimed");
+    for revision in [owner.epoch.get(), last] {
+        owner.revision = revision;
+        let refused = flush(&store, "s-7", &owner, item_write(pb::ItemState::Success), 0).await;
+        assert!(matches!(refused, Err(Error::Fenced(_))), "fenced: {refused:?}");
+    }
+    assert_eq!(stored_state(&store, "s-7").await, pb::ItemState::Pending);
+}
+
+/// A batch larger than one txn is written in txns one after the other, each expecting the
+/// revision the one before left; the session record rides in the last.
+#[tokio::test]
+async fn a_batch_larger_than_one_txn_is_written_whole() {
+    let store = testing::store().await;
+    let new = new_session(&store, "s-8", "c1").await;
+    let owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let items = (0..300).map(|index| item(index, pb::ItemState::Pending)).collect();
+    let batch = Flush { items, session: Some(new.record.clone()) };
+    let written = flush(&store, "s-8", &owner, batch, 0).await.expect("written");
+    assert_eq!(written.session, Some(Flushed::Stored));
+    let stored = store.list_raw(&store.keys().items("s-8")).await.expect("read the items");
+    assert_eq!(stored.len(), 300);
+    let key = store.keys().session_owner("s-8");
+    let now = store.kv().get(key.as_str(), None).await.expect("read the owner key");
+    let kv = now.kvs().first().expect("the owner key");
+    assert_eq!((kv.mod_revision(), kv.create_revision()), (written.revision, owner.epoch.get()));
+    assert_eq!(kv.lease(), new.lease, "still bound to the owner's lease");
+}
+
+async fn epoch_of_create(store: &Store, new: &NewSession) -> Epoch {
+    create(store, new).await.expect("created")
 }

@@ -156,8 +156,8 @@ pub(crate) fn item_status(status: &pb::ItemStatus) -> Result<ItemStatus> {
         agent: item_agent(&status.agent)?,
         state: status.state().into(),
         phase: status.phase().into(),
-        started_at_ms: status.started_at.as_ref().map(time::millis),
-        ended_at_ms: status.ended_at.as_ref().map(time::millis),
+        started_at_ms: status.started_at.as_ref().map(time::millis).into(),
+        ended_at_ms: status.ended_at.as_ref().map(time::millis).into(),
     }))
 }
 
@@ -176,8 +176,8 @@ pub(crate) fn item_status_record(status: &ItemStatus) -> pb::ItemStatus {
         agent: status.agent.as_ref().map(AgentId::to_string).unwrap_or_default(),
         state: pb::ItemState::from(status.state) as i32,
         phase: pb::TaskPhase::from(status.phase) as i32,
-        started_at: status.started_at_ms.map(timestamp),
-        ended_at: status.ended_at_ms.map(timestamp),
+        started_at: status.started_at_ms.get().map(timestamp),
+        ended_at: status.ended_at_ms.get().map(timestamp),
     })
 }
 

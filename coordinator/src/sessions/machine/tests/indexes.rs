@@ -136,8 +136,8 @@ fn wakeup_by_scan(m: &Machine, now_ms: i64) -> Option<i64> {
         .filter(|_| !m.is_stopped() && uncancelled);
     let pending = m.items.iter().filter(|i| i.state() == ItemState::Pending);
     let retries = pending.clone().map(|i| i.not_before_ms).filter(|&at| at > now_ms);
-    let offline =
-        pending.filter_map(|i| i.offline_since_ms.map(|since| since + m.retry.offline_wait_ms));
+    let offline = pending
+        .filter_map(|i| i.offline_since_ms.get().map(|since| since + m.retry.offline_wait_ms));
     let running = m.items.iter().filter(|i| i.is_running());
     let answers =
         running.filter_map(|i| i.answer.waiting_since_ms().map(|s| s + m.answer_timeout_ms));
