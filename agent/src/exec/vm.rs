@@ -117,16 +117,24 @@ impl Backup {
         paths: &RepoPaths,
     ) -> Result<Self, Failure> {
         ensure_running(ctx)?;
-        let item_dir = paths.item_dir.clone();
+        let repo = paths.clone();
         let named = ctx.spec.parent_restore_point.clone();
         let chain = blocking(move || {
-            let lock = ChainLock::settled(&item_dir).map_err(std::io::Error::other)?;
-            Ok((lock, named_parent(&item_dir, &named)))
+            let lock = ChainLock::settled(&repo.item_dir).map_err(std::io::Error::other)?;
+            let parent = named_parent(&repo.item_dir, &named);
+            repo.prepare_partial().map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", repo.partial.display()),
+                )
+            })?;
+            Ok((lock, parent))
         });
         let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
         let marker = ctx.id.restore_point_id();
         // A storage daemon takes several milliseconds to start: it does so while the chain
-        // is locked and read (neither touches the other's files).
+        // is locked and read and the partial folder made (neither touches the other's
+        // files).
         let (chain, source) = tokio::join!(chain, Source::open(&vm.qmp_socket, &disks, &marker));
         let ((lock, parent), source) = match (chain, source) {
             (Ok(chain), Ok(source)) => (chain, source),
@@ -157,8 +165,11 @@ impl Backup {
         paths: &RepoPaths,
         steps: &mut Steps,
     ) -> Result<Done, Failure> {
-        self.tidy().await.map_err(snapshot_failed)?;
-        steps.done("tidy");
+        // A daemon started for this backup holds nothing an earlier run left.
+        if !self.source.started_here() {
+            self.tidy().await.map_err(snapshot_failed)?;
+            steps.done("tidy");
+        }
         let plan = self.plan(ctx.spec.full).await?;
         steps.done("plan");
         ensure_running(ctx)?;
@@ -215,12 +226,12 @@ impl Backup {
         Ok(())
     }
 
-    /// Decides full or incremental and removes the job's stale bitmaps.
+    /// Decides full or incremental on the disks' nodes as opening found them (tidying
+    /// changes no disk node) and removes the job's stale bitmaps.
     async fn plan(&mut self, full_requested: bool) -> Result<Plan, Failure> {
-        let nodes = blockdev::find_disks(&mut self.source.qmp, &self.disks)
-            .await
-            .map_err(snapshot_failed)?;
-        let states: Vec<DiskState> = nodes
+        let states: Vec<DiskState> = self
+            .source
+            .nodes
             .iter()
             .zip(&self.disks)
             .map(|(node, disk)| DiskState {
@@ -229,7 +240,6 @@ impl Backup {
                 bitmaps: node.dirty_bitmaps.clone(),
             })
             .collect();
-        self.source.nodes = nodes;
         let plan = plan::plan(&self.names, &self.parent, &states, full_requested);
         for (index, name) in &plan.stale {
             let node = &self.source.nodes[*index].node_name;
@@ -252,7 +262,6 @@ impl Backup {
         paths: &RepoPaths,
         kind: &Kind,
     ) -> Result<Vec<Copied>, Failure> {
-        super::prepare_partial(paths).await.map_err(Failure::Failed)?;
         let mut copied = Vec::with_capacity(self.disks.len());
         for (index, disk) in self.disks.iter().enumerate() {
             let file = format!("disk{index}.qcow2");

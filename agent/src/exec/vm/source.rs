@@ -96,6 +96,11 @@ impl Source {
         }
     }
 
+    /// Whether the disks are open in a daemon started for this backup.
+    pub(crate) fn started_here(&self) -> bool {
+        self.daemon.is_some()
+    }
+
     /// Ends the connection; a daemon saves the bitmaps and exits.
     pub(crate) async fn close(self) {
         let Self { qmp, daemon, .. } = self;
