@@ -14,9 +14,51 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sluice_proto::pb;
 use tracing::debug;
 
-use crate::repository::{Disk, RepoPaths, VM_FORMAT, VmManifest, fill_manifest};
+use super::Failure;
+use super::plan::Kind;
+use crate::exec::{TaskContext, restore_point};
+use crate::fsutil::blocking;
+use crate::repository::{Disk, RepoPaths, VM_FORMAT, VmKind, VmManifest, fill_manifest};
+
+/// Publishes the restore point of a backup whose targets are closed (`read`: bytes the
+/// block jobs copied): the files made durable and checksummed, the manifest, the rename.
+pub(super) async fn publish(
+    ctx: &TaskContext,
+    paths: &RepoPaths,
+    kind: &Kind,
+    copied: Vec<Copied>,
+    read: u64,
+) -> Result<pb::RestorePoint, Failure> {
+    let created_at = sluice_proto::time::now();
+    let (vm_kind, parent) = match kind {
+        Kind::Full { .. } => (VmKind::Full, None),
+        Kind::Incremental { parent } => (VmKind::Incremental, Some(parent.clone())),
+    };
+    let manifest = VmManifest {
+        format: None,
+        identity: ctx.identity(),
+        created_at: created_at.to_string(),
+        kind: vm_kind,
+        parent: parent.clone(),
+        bytes_read: read,
+        disks: Vec::new(),
+    };
+    let commit_paths = paths.clone();
+    let size_bytes =
+        blocking(move || commit(&commit_paths, manifest, &copied)).await.map_err(|e| {
+            Failure::Failed(format!(
+                "COMMIT of restore point {} failed: {e}",
+                paths.final_dir.display()
+            ))
+        })?;
+    let mut restore_point = restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes);
+    restore_point.set_kind(vm_kind.to_wire());
+    restore_point.parent_id = parent.unwrap_or_default();
+    Ok(restore_point)
+}
 
 /// One disk copied into the partial folder.
 #[derive(Debug, Clone)]
