@@ -39,7 +39,7 @@ pub(crate) use manifest::{
     ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VM_FORMAT, VmKind,
     VmManifest, parse_time, plain_file_name, rfc3339,
 };
-pub(crate) use paths::{RepoPaths, is_partial, is_restore_point, item_dir};
+pub(crate) use paths::{RepoPaths, fill_manifest, is_partial, is_restore_point, item_dir};
 pub(crate) use store::{Store, StoreLock, Written, is_blob_name};
 
 /// Name of the manifest file in a restore point folder.

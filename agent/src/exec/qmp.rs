@@ -176,12 +176,15 @@ impl Qmp {
             request["arguments"] = args;
         }
         let began = std::time::Instant::now();
-        self.writer.send(request.to_string()).await.map_err(codec_error)?;
+        let line = request.to_string();
+        // QEMU reads a monitor's input a byte per main-loop turn: long commands cost.
+        let bytes = line.len();
+        self.writer.send(line).await.map_err(codec_error)?;
         let reply = tokio::time::timeout(patience, self.reply(&id, command))
             .await
             .map_err(|_| QmpError::Timeout { command: command.to_owned() })?;
         let ms = format!("{:.2}", began.elapsed().as_secs_f64() * 1e3);
-        tracing::trace!(command, ms, ok = reply.is_ok(), "qmp command answered");
+        tracing::trace!(command, bytes, ms, ok = reply.is_ok(), "qmp command answered");
         reply
     }
 

@@ -9,7 +9,8 @@
 //!   VM never pauses for it.
 //! - TRANSFER: follow the block jobs ([`jobs`]); an immediate stop cancels them.
 //! - COMMIT: close the targets, fsync and checksum them, manifest, rename ([`commit`]); only
-//!   then is the parent's bitmap removed.
+//!   then is the parent's bitmap removed. A storage daemon instead quits (storing the new
+//!   bitmap) while COMMIT runs, and the next backup removes the parent's bitmap as stale.
 //! - CLEANUP: after a failure or cancel, cancel what runs, close the targets, remove the new
 //!   bitmap (the parent's still tracks every change) and the partial folder; quit a daemon.
 
@@ -39,11 +40,11 @@ use self::source::{OpenError, Source};
 use self::steps::Steps;
 use self::target::Target;
 use self::writeback::Writeback;
-use super::{TaskContext, canceled, committed, failed, remove_partial, restore_point};
+use super::{TaskContext, canceled, committed, failed, remove_partial};
 use crate::fsutil::blocking;
 use crate::key::TaskNames;
+use crate::repository::RepoPaths;
 use crate::repository::chain::{self, ChainLock};
-use crate::repository::{RepoPaths, VmKind, VmManifest};
 
 /// Longest wait for QEMU to end block jobs it was asked to cancel.
 const CANCEL_WAIT: Duration = Duration::from_secs(60);
@@ -117,16 +118,24 @@ impl Backup {
         paths: &RepoPaths,
     ) -> Result<Self, Failure> {
         ensure_running(ctx)?;
-        let item_dir = paths.item_dir.clone();
+        let repo = paths.clone();
         let named = ctx.spec.parent_restore_point.clone();
         let chain = blocking(move || {
-            let lock = ChainLock::settled(&item_dir).map_err(std::io::Error::other)?;
-            Ok((lock, named_parent(&item_dir, &named)))
+            let lock = ChainLock::settled(&repo.item_dir).map_err(std::io::Error::other)?;
+            let parent = named_parent(&repo.item_dir, &named);
+            repo.prepare_partial().map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", repo.partial.display()),
+                )
+            })?;
+            Ok((lock, parent))
         });
         let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
         let marker = ctx.id.restore_point_id();
         // A storage daemon takes several milliseconds to start: it does so while the chain
-        // is locked and read (neither touches the other's files).
+        // is locked and read and the partial folder made (neither touches the other's
+        // files).
         let (chain, source) = tokio::join!(chain, Source::open(&vm.qmp_socket, &disks, &marker));
         let ((lock, parent), source) = match (chain, source) {
             (Ok(chain), Ok(source)) => (chain, source),
@@ -157,8 +166,11 @@ impl Backup {
         paths: &RepoPaths,
         steps: &mut Steps,
     ) -> Result<Done, Failure> {
-        self.tidy().await.map_err(snapshot_failed)?;
-        steps.done("tidy");
+        // A daemon started for this backup holds nothing an earlier run left.
+        if !self.source.started_here() {
+            self.tidy().await.map_err(snapshot_failed)?;
+            steps.done("tidy");
+        }
         let plan = self.plan(ctx.spec.full).await?;
         steps.done("plan");
         ensure_running(ctx)?;
@@ -184,7 +196,19 @@ impl Backup {
         ctx.reporter.phase(TaskPhase::Commit).await;
         self.close_targets().await.map_err(|e| Failure::Failed(format!("COMMIT failed: {e}")))?;
         steps.done("close targets");
-        let restore_point = self.commit(ctx, paths, &plan.kind, copied).await?;
+        let read = jobs::volumes(&self.jobs).read;
+        let commit = commit::publish(ctx, paths, &plan.kind, copied, read);
+        let restore_point = if self.source.started_here() {
+            // The daemon stores the new bitmap and exits while COMMIT runs: nothing is left
+            // to ask of it (the parent's bitmap stays in the image until the next backup
+            // removes it with the other stale ones, so tracking is whole whatever happens).
+            let (committed, ()) = tokio::join!(commit, self.source.quit_daemon());
+            committed?
+        } else {
+            commit.await?
+        };
+        // Committed: the new bitmap now tracks changes since this restore point.
+        self.new_bitmap = None;
         steps.done("commit");
         let stored =
             jobs::Volumes { transferred: restore_point.size_bytes, ..jobs::volumes(&self.jobs) };
@@ -215,12 +239,12 @@ impl Backup {
         Ok(())
     }
 
-    /// Decides full or incremental and removes the job's stale bitmaps.
+    /// Decides full or incremental on the disks' nodes as opening found them (tidying
+    /// changes no disk node) and removes the job's stale bitmaps.
     async fn plan(&mut self, full_requested: bool) -> Result<Plan, Failure> {
-        let nodes = blockdev::find_disks(&mut self.source.qmp, &self.disks)
-            .await
-            .map_err(snapshot_failed)?;
-        let states: Vec<DiskState> = nodes
+        let states: Vec<DiskState> = self
+            .source
+            .nodes
             .iter()
             .zip(&self.disks)
             .map(|(node, disk)| DiskState {
@@ -229,7 +253,6 @@ impl Backup {
                 bitmaps: node.dirty_bitmaps.clone(),
             })
             .collect();
-        self.source.nodes = nodes;
         let plan = plan::plan(&self.names, &self.parent, &states, full_requested);
         for (index, name) in &plan.stale {
             let node = &self.source.nodes[*index].node_name;
@@ -252,7 +275,6 @@ impl Backup {
         paths: &RepoPaths,
         kind: &Kind,
     ) -> Result<Vec<Copied>, Failure> {
-        super::prepare_partial(paths).await.map_err(Failure::Failed)?;
         let mut copied = Vec::with_capacity(self.disks.len());
         for (index, disk) in self.disks.iter().enumerate() {
             let file = format!("disk{index}.qcow2");
@@ -309,49 +331,13 @@ impl Backup {
         Ok(())
     }
 
-    async fn commit(
-        &mut self,
-        ctx: &TaskContext,
-        paths: &RepoPaths,
-        kind: &Kind,
-        copied: Vec<Copied>,
-    ) -> Result<pb::RestorePoint, Failure> {
-        let created_at = sluice_proto::time::now();
-        let (vm_kind, parent) = match kind {
-            Kind::Full { .. } => (VmKind::Full, None),
-            Kind::Incremental { parent } => (VmKind::Incremental, Some(parent.clone())),
-        };
-        let bytes_read = jobs::volumes(&self.jobs).read;
-        let manifest = VmManifest {
-            format: None,
-            identity: ctx.identity(),
-            created_at: created_at.to_string(),
-            kind: vm_kind,
-            parent: parent.clone(),
-            bytes_read,
-            disks: Vec::new(),
-        };
-        let commit_paths = paths.clone();
-        let size_bytes = blocking(move || commit::commit(&commit_paths, manifest, &copied))
-            .await
-            .map_err(|e| {
-            Failure::Failed(format!(
-                "COMMIT of restore point {} failed: {e}",
-                paths.final_dir.display()
-            ))
-        })?;
-        // Committed: the new bitmap now tracks changes since this restore point.
-        self.new_bitmap = None;
-        let mut restore_point =
-            restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes);
-        restore_point.set_kind(vm_kind.to_wire());
-        restore_point.parent_id = parent.unwrap_or_default();
-        Ok(restore_point)
-    }
-
-    /// Removes the parent's bitmap, now that the new restore point's tracks every change.
+    /// Removes the parent's bitmap, now that the new restore point's tracks every change
+    /// (not through a daemon that has quit: the next backup removes it as stale).
     async fn drop_superseded(&mut self, plan: &Plan) -> Vec<String> {
         let Some(name) = &plan.superseded else { return Vec::new() };
+        if self.source.started_here() {
+            return Vec::new();
+        }
         let mut warnings = Vec::new();
         for node in &self.source.nodes {
             if !node.dirty_bitmaps.iter().any(|b| &b.name == name && !b.inconsistent) {
@@ -368,7 +354,9 @@ impl Backup {
 
     /// Undoes what a backup that did not commit left in QEMU, then closes the connection.
     async fn clean_up(mut self, committed: bool) {
-        if !committed {
+        // A daemon that has quit left the new bitmap in the image: the next backup removes
+        // it as stale, and the parent's still tracks every change.
+        if !committed && !self.source.has_quit() {
             let names = self.names.clone();
             let qmp = &mut self.source.qmp;
             if let Err(error) = jobs::cancel_and_wait(qmp, |id| names.is_job(id), CANCEL_WAIT).await

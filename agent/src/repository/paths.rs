@@ -3,7 +3,7 @@
 //! touches files does blocking I/O.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -80,10 +80,24 @@ impl RepoPaths {
         self.rename_into_place()
     }
 
-    /// Writes the manifest into the partial folder durably (the folder's entries too).
+    /// Writes the manifest into the partial folder durably (the folder's entries too). The
+    /// folder is seen by no one until its rename, so the file is written in place, and its
+    /// fsync and the folder's run at once.
     pub(crate) fn write_manifest(&self, manifest: &impl Serialize) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
-        fsutil::write_atomic(&self.partial.join(MANIFEST), &json)
+        let file = self.create_manifest()?;
+        std::thread::scope(|scope| {
+            let folder = scope.spawn(|| fsutil::sync_dir(&self.partial));
+            let written = fill_manifest(file, manifest);
+            let synced =
+                folder.join().map_err(|_| io::Error::other("a folder fsync thread panicked"))?;
+            written.and(synced)
+        })
+    }
+
+    /// Creates the partial folder's empty manifest file, to be filled by [`fill_manifest`]
+    /// once its content is known (the folder's fsync can then run before that).
+    pub(crate) fn create_manifest(&self) -> io::Result<fs::File> {
+        fs::File::create(self.partial.join(MANIFEST))
     }
 
     /// Renames the partial folder into place, durably; its manifest and data must be
@@ -92,6 +106,13 @@ impl RepoPaths {
         fs::rename(&self.partial, &self.final_dir)?;
         fsutil::sync_dir(&self.item_dir)
     }
+}
+
+/// Writes the manifest into the file [`RepoPaths::create_manifest`] made, and fsyncs it.
+pub(crate) fn fill_manifest(mut file: fs::File, manifest: &impl Serialize) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
+    file.write_all(&json)?;
+    file.sync_all()
 }
 
 #[cfg(test)]

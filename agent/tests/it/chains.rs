@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState, RestorePointKind, TaskPhase, job_item::Target};
+use sluice_tests::disk::bitmap_flags;
 use sluice_tests::vm::Vm;
 
 use crate::support::{
@@ -138,6 +139,54 @@ async fn an_offline_chain_restores_every_point_names_a_broken_link_and_merges() 
     std::fs::remove_dir_all(repo.parent().expect("dir").join("restored-s2-0")).expect("rm");
     same(&restore(&agent, &repo, "s2-0", &disk).await, &dir.path().join("ref2.qcow2"));
     agent.stop().await;
+}
+
+/// The names of an image's persistent bitmaps, sorted.
+fn bitmap_names(disk: &Path) -> Vec<String> {
+    let json = sh("qemu-img", &["info", "-U", "--output=json", &disk.display().to_string()]);
+    let info: serde_json::Value = serde_json::from_str(&json).expect("qemu-img info json");
+    let bitmaps = info["format-specific"]["data"]["bitmaps"].as_array().cloned();
+    let mut names: Vec<String> = bitmaps
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn an_offline_image_keeps_the_parents_bitmap_until_the_next_backup_removes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 4);
+    let repo = dir.path().join("repo");
+    committed(&backup("s1", "", &disk, &repo, "", false).await);
+    sh("qemu-io", &["-c", "write -P 0x71 8M 1M", &disk.display().to_string()]);
+    committed(&backup("s2", "s1-0", &disk, &repo, "", false).await);
+    // The storage daemon quit while COMMIT ran: the parent's bitmap is still there.
+    assert_eq!(bitmap_names(&disk), ["sluice:nightly:s1-0", "sluice:nightly:s2-0"]);
+
+    sh("qemu-io", &["-c", "write -P 0x72 12M 1M", &disk.display().to_string()]);
+    let third = committed(&backup("s3", "s2-0", &disk, &repo, "", false).await);
+    assert_eq!((third.kind(), third.parent_id.as_str()), (RestorePointKind::Incremental, "s2-0"));
+    assert_eq!(bitmap_names(&disk), ["sluice:nightly:s2-0", "sluice:nightly:s3-0"]);
+    assert!(
+        bitmap_flags(&disk).iter().all(|flags| !flags.iter().any(|f| f == "in-use")),
+        "the daemon stored its bitmaps: {:?}",
+        bitmap_flags(&disk)
+    );
+    let restored = dir.path().join("restored.qcow2");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            &item_dir(&repo).join("s3-0/disk0.qcow2").display().to_string(),
+            &restored.display().to_string(),
+        ],
+    );
+    same(&restored, &disk);
 }
 
 #[tokio::test]

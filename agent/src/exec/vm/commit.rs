@@ -5,17 +5,60 @@
 //! are what makes the data durable. They run on threads of their own while the files are
 //! hashed: one waits on the disk while the other uses the CPU, and the hash reads the
 //! pages the writes left in memory. A file is hashed through a memory map on every core.
-//! The manifest is written as soon as the hashes are known, its fsync overlapping the
-//! files' (the journal commits them together); the rename waits for all of them.
+//! The manifest's file is created first, so the partial folder's fsync (its entries) runs
+//! beside the files' too; once the hashes are known only the manifest's own fsync is left,
+//! overlapping the files' (the journal commits them together). The rename waits for all.
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sluice_proto::pb;
 use tracing::debug;
 
-use crate::repository::{Disk, RepoPaths, VM_FORMAT, VmManifest};
+use super::Failure;
+use super::plan::Kind;
+use crate::exec::{TaskContext, restore_point};
+use crate::fsutil::blocking;
+use crate::repository::{Disk, RepoPaths, VM_FORMAT, VmKind, VmManifest, fill_manifest};
+
+/// Publishes the restore point of a backup whose targets are closed (`read`: bytes the
+/// block jobs copied): the files made durable and checksummed, the manifest, the rename.
+pub(super) async fn publish(
+    ctx: &TaskContext,
+    paths: &RepoPaths,
+    kind: &Kind,
+    copied: Vec<Copied>,
+    read: u64,
+) -> Result<pb::RestorePoint, Failure> {
+    let created_at = sluice_proto::time::now();
+    let (vm_kind, parent) = match kind {
+        Kind::Full { .. } => (VmKind::Full, None),
+        Kind::Incremental { parent } => (VmKind::Incremental, Some(parent.clone())),
+    };
+    let manifest = VmManifest {
+        format: None,
+        identity: ctx.identity(),
+        created_at: created_at.to_string(),
+        kind: vm_kind,
+        parent: parent.clone(),
+        bytes_read: read,
+        disks: Vec::new(),
+    };
+    let commit_paths = paths.clone();
+    let size_bytes =
+        blocking(move || commit(&commit_paths, manifest, &copied)).await.map_err(|e| {
+            Failure::Failed(format!(
+                "COMMIT of restore point {} failed: {e}",
+                paths.final_dir.display()
+            ))
+        })?;
+    let mut restore_point = restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes);
+    restore_point.set_kind(vm_kind.to_wire());
+    restore_point.parent_id = parent.unwrap_or_default();
+    Ok(restore_point)
+}
 
 /// One disk copied into the partial folder.
 #[derive(Debug, Clone)]
@@ -38,10 +81,11 @@ pub(crate) fn commit(
     paths.ensure_new()?;
     manifest.format = Some(VM_FORMAT.to_owned());
     let files: Vec<_> = copied.iter().map(|disk| paths.partial.join(&disk.file)).collect();
+    let manifest_file = paths.create_manifest()?;
     let mut size = 0;
-    // The manifest is written (and fsynced) while the disk files' fsyncs still run; the
-    // folder is renamed into place only once all of them are durable.
-    sync_and_digest(&files, |digests| {
+    // The manifest is written (and fsynced) while the disk files' and the folder's fsyncs
+    // still run; the folder is renamed into place only once all of them are durable.
+    sync_and_digest(&files, &paths.partial, |digests| {
         manifest.disks = copied
             .iter()
             .zip(digests)
@@ -57,19 +101,26 @@ pub(crate) fn commit(
             })
             .collect();
         size = manifest.disks.iter().map(|d| d.size_bytes).sum();
-        paths.write_manifest(&manifest)
+        fill_manifest(manifest_file, &manifest)
     })?;
     paths.rename_into_place()?;
     Ok(size)
 }
 
-/// Fsyncs every file, each on a thread of its own, while hashing them one by one and then
-/// handing each file's size and BLAKE3 to `hashed`; returns once all files are durable.
+/// Fsyncs every file and their `folder`, each on a thread of its own, while hashing the
+/// files one by one and then handing each file's size and BLAKE3 to `hashed`; returns once
+/// all of them are durable.
 fn sync_and_digest(
     files: &[std::path::PathBuf],
+    folder: &Path,
     hashed: impl FnOnce(&[(u64, String)]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let opened = files.iter().map(File::open).collect::<io::Result<Vec<_>>>()?;
+    let opened = files
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([folder])
+        .map(File::open)
+        .collect::<io::Result<Vec<_>>>()?;
     let began = Instant::now();
     std::thread::scope(|scope| {
         let syncs: Vec<_> = opened.iter().map(|file| scope.spawn(|| file.sync_all())).collect();
@@ -109,7 +160,7 @@ mod tests {
         let bytes: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&large, &bytes).expect("write");
         let mut digests = Vec::new();
-        sync_and_digest(&[small.clone(), large.clone()], |hashed| {
+        sync_and_digest(&[small.clone(), large.clone()], dir.path(), |hashed| {
             digests = hashed.to_vec();
             Ok(())
         })
@@ -122,7 +173,7 @@ mod tests {
     #[test]
     fn a_missing_file_is_an_error() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert!(sync_and_digest(&[dir.path().join("gone")], |_| Ok(())).is_err());
+        assert!(sync_and_digest(&[dir.path().join("gone")], dir.path(), |_| Ok(())).is_err());
     }
 
     fn digest_read(path: &Path) -> (u64, String) {

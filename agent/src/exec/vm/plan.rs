@@ -6,9 +6,10 @@
 //! the restore point its task names (the coordinator takes the item's newest one from the
 //! catalog, so a folder the catalog does not list, such as a late commit of a lost attempt,
 //! is never built on) when every disk still has that restore point's bitmap, consistent and
-//! recording, and the disks are the same ones of the same sizes. The parent's bitmap is only read (`bitmap-mode: never`) and removed once the new
-//! restore point is committed, so a cancelled or failed backup, or an agent that dies at
-//! any moment, leaves tracking whole.
+//! recording, and the disks are the same ones of the same sizes. The parent's bitmap is
+//! only read (`bitmap-mode: never`) and removed once the new restore point is committed (on
+//! an offline image, by the next backup, as stale), so a cancelled or failed backup, or an
+//! agent that dies at any moment, leaves tracking whole.
 
 use sha2::{Digest, Sha256};
 

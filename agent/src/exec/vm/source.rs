@@ -41,6 +41,8 @@ pub(crate) struct Source {
     /// The qcow2 node of each disk, in job order.
     pub(crate) nodes: Vec<NamedNode>,
     daemon: Option<Daemon>,
+    /// Whether the disks were opened in a daemon started for the backup.
+    offline: bool,
 }
 
 /// Why the disks cannot be opened; `disk` names the disk when one is to blame.
@@ -71,7 +73,7 @@ impl Source {
                 Ok(mut qmp) => {
                     let nodes =
                         blockdev::find_disks(&mut qmp, disks).await.map_err(OpenError::of)?;
-                    return Ok(Self { qmp, nodes, daemon: None });
+                    return Ok(Self { qmp, nodes, daemon: None, offline: false });
                 }
                 Err(error @ QmpError::Connect { .. }) => {
                     info!(%error, "the VM is not running: backing its disks up as offline images");
@@ -87,21 +89,36 @@ impl Source {
         match open_disks(&mut qmp, disks).await {
             Ok(nodes) => {
                 delete_legacy_snapshots(&mut qmp, &nodes).await;
-                Ok(Self { qmp, nodes, daemon: Some(daemon) })
+                Ok(Self { qmp, nodes, daemon: Some(daemon), offline: true })
             }
             Err(error) => {
-                daemon.quit(qmp).await;
+                daemon.quit(&mut qmp).await;
                 Err(error)
             }
         }
     }
 
-    /// Ends the connection; a daemon saves the bitmaps and exits.
-    pub(crate) async fn close(self) {
-        let Self { qmp, daemon, .. } = self;
-        if let Some(daemon) = daemon {
-            daemon.quit(qmp).await;
+    /// Whether the disks are open in a daemon started for this backup.
+    pub(crate) fn started_here(&self) -> bool {
+        self.offline
+    }
+
+    /// Whether the daemon started for this backup has quit.
+    pub(crate) fn has_quit(&self) -> bool {
+        self.offline && self.daemon.is_none()
+    }
+
+    /// Asks a daemon started for this backup to quit (it stores the bitmaps) and waits
+    /// until it has; nothing more can be asked of it then. A running VM stays connected.
+    pub(crate) async fn quit_daemon(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.quit(&mut self.qmp).await;
         }
+    }
+
+    /// Ends the connection; a daemon saves the bitmaps and exits.
+    pub(crate) async fn close(mut self) {
+        self.quit_daemon().await;
     }
 }
 
@@ -237,14 +254,13 @@ impl Daemon {
     }
 
     /// Asks the daemon to quit (it saves the bitmaps) and waits for it; kills it if it hangs.
-    async fn quit(mut self, mut qmp: Qmp) {
+    async fn quit(mut self, qmp: &mut Qmp) {
         if let Err(error) = qmp.execute("quit", Value::Null).await
             && !matches!(error, QmpError::Closed)
         {
             warn!(%error, "{DAEMON} refused to quit; sending SIGTERM");
             self.terminate();
         }
-        drop(qmp);
         if tokio::time::timeout(DAEMON_QUIT, self.child.wait()).await.is_err() {
             warn!("{DAEMON} did not exit; killing it");
             let _ = self.child.kill().await;
