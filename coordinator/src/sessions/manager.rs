@@ -25,7 +25,9 @@ use super::{
     context::SessionContext,
     ids::new_session_id,
     persist::{self, Extra, NewSession, OwnerKey},
-    records::{SessionView, StopKey, compacted, machine_from_records, pending_status, stop_from},
+    records::{
+        self, SessionView, StopKey, compacted, machine_from_records, pending_status, stop_from,
+    },
 };
 use crate::{
     error::{Error, Result},
@@ -143,7 +145,7 @@ impl Sessions {
             ..Default::default()
         };
         let mut session = view.to_session(false);
-        let indices = view.record.item_indices.clone();
+        let indices: Vec<u32> = records::item_indices(&view.record, &view.job).collect();
         info!(session = %session.id, job = job_name, epoch = epoch.get(), by = %session.started_by, "session started");
         let spawned = self.spawn(view, epoch, &lease);
         self.starting().remove(&session.id);
@@ -230,7 +232,9 @@ impl Sessions {
         let base = self.owned_record(&view, epoch);
         let revision = view.stop_revision;
         let stop = view.stop.as_ref().map(|stop| StopKey { stop: stop_from(stop), revision });
-        let stored = view.record.item_indices.iter().map(|i| view.items.contains_key(i)).collect();
+        let stored = records::item_indices(&view.record, &view.job)
+            .map(|i| view.items.contains_key(&i))
+            .collect();
         let owner = OwnerKey::new(epoch, self.inner.coordinator.clone(), lease.id);
         let job = Arc::new(compacted(view.job));
         let owned = Owned { base, job: job.clone(), owner, stop, stored };

@@ -76,7 +76,7 @@ pub(crate) fn machine_from_records(
 
 /// The job indices of a session's items: those its record lists, or every item of its job
 /// when the list is empty (a session of the whole job stores none).
-fn item_indices<'a>(record: &'a pb::SessionRecord, job: &pb::Job) -> Indices<'a> {
+pub(crate) fn item_indices<'a>(record: &'a pb::SessionRecord, job: &pb::Job) -> Indices<'a> {
     match record.item_indices.as_slice() {
         [] => Indices::All(0..u32::try_from(job.items.len()).unwrap_or(u32::MAX)),
         some => Indices::Listed(some.iter().copied()),
@@ -84,7 +84,7 @@ fn item_indices<'a>(record: &'a pb::SessionRecord, job: &pb::Job) -> Indices<'a>
 }
 
 /// `item_indices` without collecting a list of every item.
-enum Indices<'a> {
+pub(crate) enum Indices<'a> {
     All(std::ops::Range<u32>),
     Listed(std::iter::Copied<std::slice::Iter<'a, u32>>),
 }
