@@ -10,12 +10,6 @@ use sluice_proto::security::flags::TlsFlags;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than the system allocator: glibc's per-thread arenas keep the pages that
-/// a session's short-lived buffers (RunTask requests, etcd txns) once took, so the resident
-/// size while a large session dispatches stayed well above what it holds.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Sluice coordinator: keeps job sessions in etcd and dispatches tasks to agents.
 #[derive(Debug, Parser, Serialize)]
 #[command(version, about)]
