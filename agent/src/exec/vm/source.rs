@@ -27,10 +27,13 @@ const DAEMON: &str = "qemu-storage-daemon";
 pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
 /// How long a new daemon gets to open its QMP socket and answer on it.
 const DAEMON_START: Duration = Duration::from_secs(30);
+/// How often a daemon that dies while starting is started: under load QEMU 10's daemon now
+/// and then crashes (SIGSEGV) before its monitor answers, having touched no image yet.
+const DAEMON_STARTS: u32 = 3;
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
-/// How often the socket of a starting daemon is tried (it listens a few ms after the spawn;
-/// the timer's resolution is a millisecond).
+/// How often a starting daemon is looked at (it is ready a few ms after the spawn; the
+/// timer's resolution is a millisecond).
 const SOCKET_POLL: Duration = Duration::from_millis(1);
 
 /// An open connection to the QEMU holding the disks, and each disk's node.
@@ -191,31 +194,59 @@ struct Daemon {
     dir: TempDir,
 }
 
+/// Why a daemon could not be started.
+enum StartError {
+    /// It ended before its monitor answered.
+    Died(String),
+    /// Anything else.
+    Failed(String),
+}
+
 impl Daemon {
-    /// Starts a daemon and connects to it.
+    /// Starts a daemon and connects to it; one that dies while starting is started again.
     async fn start(marker: &str) -> Result<(Self, Qmp), String> {
+        let mut died = String::new();
+        for start in 1..=DAEMON_STARTS {
+            match Self::start_once(marker).await {
+                Ok(started) => return Ok(started),
+                Err(StartError::Died(message)) => {
+                    warn!(start, %message, "{DAEMON} died while starting");
+                    died = message;
+                }
+                Err(StartError::Failed(message)) => return Err(message),
+            }
+        }
+        Err(died)
+    }
+
+    async fn start_once(marker: &str) -> Result<(Self, Qmp), StartError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DAEMON_DIR_PREFIX}{marker}-"))
             .tempdir()
-            .map_err(|e| format!("cannot create a folder for {DAEMON}: {e}"))?;
+            .map_err(|e| StartError::Failed(format!("cannot create a folder for {DAEMON}: {e}")))?;
         let socket = dir.path().join("qmp.sock");
         let stderr = File::create(dir.path().join("stderr"))
-            .map_err(|e| format!("cannot create {DAEMON}'s log: {e}"))?;
+            .map_err(|e| StartError::Failed(format!("cannot create {DAEMON}'s log: {e}")))?;
         let chardev = format!(
             "socket,path={},server=on,wait=off,id=sluice",
             socket.display().to_string().replace(',', ",,")
         );
         let spawned = std::time::Instant::now();
+        let pidfile = dir.path().join("pid");
         let child = Command::new(DAEMON)
             .args(["--chardev", &chardev, "--monitor", "chardev=sluice"])
+            .arg("--pidfile")
+            .arg(&pidfile)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| format!("cannot run {DAEMON} (install qemu-utils): {e}"))?;
+            .map_err(|e| {
+                StartError::Failed(format!("cannot run {DAEMON} (install qemu-utils): {e}"))
+            })?;
         debug!(ms = format!("{:.1}", spawned.elapsed().as_secs_f64() * 1e3), "{DAEMON} spawned");
         let mut daemon = Self { child, dir };
-        match daemon.connect(&socket).await {
+        match daemon.connect(&socket, &pidfile).await {
             Ok(qmp) => Ok((daemon, qmp)),
             Err(error) => {
                 daemon.terminate();
@@ -224,8 +255,10 @@ impl Daemon {
         }
     }
 
-    /// Connects once the daemon listens; fails with its error output if it exits first.
-    async fn connect(&mut self, socket: &Path) -> Result<Qmp, String> {
+    /// Connects once the daemon is ready; fails with its error output if it exits first.
+    /// The daemon writes its pid file once its monitor is set up: a client that connects to
+    /// the socket before then can crash it (SIGSEGV) or get no greeting.
+    async fn connect(&mut self, socket: &Path, pidfile: &Path) -> Result<Qmp, StartError> {
         let began = tokio::time::Instant::now();
         let deadline = began + DAEMON_START;
         let mut attempts = 0u32;
@@ -234,7 +267,18 @@ impl Daemon {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log =
                     std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
-                return Err(format!("{DAEMON} ended with {status}: {}", log.trim()));
+                return Err(StartError::Died(format!(
+                    "{DAEMON} ended with {status}: {}",
+                    log.trim()
+                )));
+            }
+            if !pidfile.exists() {
+                if tokio::time::Instant::now() >= deadline {
+                    let message = format!("{DAEMON} did not start within {DAEMON_START:?}");
+                    return Err(StartError::Failed(message));
+                }
+                tokio::time::sleep(SOCKET_POLL).await;
+                continue;
             }
             match Qmp::connect(socket).await {
                 Ok(qmp) => {
@@ -248,7 +292,9 @@ impl Daemon {
                 ) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(SOCKET_POLL).await;
                 }
-                Err(error) => return Err(format!("{DAEMON} did not answer: {error}")),
+                Err(error) => {
+                    return Err(StartError::Failed(format!("{DAEMON} did not answer: {error}")));
+                }
             }
         }
     }
