@@ -36,8 +36,10 @@ impl Vm {
         let log = File::create(dir.join(format!("{name}.log"))).expect("vm log");
         let mut command = Command::new("qemu-system-x86_64");
         command.args(["-machine", "q35", "-accel", "tcg", "-m", "64", "-nographic", "-nodefaults"]);
-        for socket in [&sluice_socket, &control_socket] {
-            command.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
+        // QEMU waits for the control client before it sets its monitors up: a client that
+        // connects while they are being set up can crash QEMU (as the storage daemon showed).
+        for (socket, wait) in [(&sluice_socket, "off"), (&control_socket, "on")] {
+            command.arg("-qmp").arg(format!("unix:{},server=on,wait={wait}", socket.display()));
         }
         for (i, disk) in disks.iter().enumerate() {
             let file = format!("driver=file,filename={},node-name=vd{i}-file", disk.display());
