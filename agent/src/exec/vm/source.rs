@@ -27,9 +27,11 @@ const DAEMON: &str = "qemu-storage-daemon";
 pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
 /// How long a new daemon gets to open its QMP socket and answer on it.
 const DAEMON_START: Duration = Duration::from_secs(30);
-/// How often a daemon that dies while starting is started: under load QEMU 10's daemon now
-/// and then crashes (SIGSEGV) before its monitor answers, having touched no image yet.
+/// How many times a daemon that dies while starting is started: under load QEMU 10's daemon
+/// now and then crashes (SIGSEGV) before its monitor answers, having touched no image yet.
 const DAEMON_STARTS: u32 = 3;
+/// How long a daemon whose socket failed during the greeting gets to be seen exiting.
+const EXIT_WAIT: Duration = Duration::from_millis(200);
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
 /// How often a starting daemon is looked at (it is ready a few ms after the spawn; the
@@ -265,12 +267,7 @@ impl Daemon {
         loop {
             attempts += 1;
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
-                return Err(StartError::Died(format!(
-                    "{DAEMON} ended with {status}: {}",
-                    log.trim()
-                )));
+                return Err(self.died(status));
             }
             if !pidfile.exists() {
                 if tokio::time::Instant::now() >= deadline {
@@ -293,10 +290,21 @@ impl Daemon {
                     tokio::time::sleep(SOCKET_POLL).await;
                 }
                 Err(error) => {
+                    // A daemon that crashed mid-greeting closes the socket as it exits.
+                    let exit = tokio::time::timeout(EXIT_WAIT, self.child.wait()).await;
+                    if let Ok(Ok(status)) = exit {
+                        return Err(self.died(status));
+                    }
                     return Err(StartError::Failed(format!("{DAEMON} did not answer: {error}")));
                 }
             }
         }
+    }
+
+    /// The daemon ended while starting: its status and error output.
+    fn died(&self, status: std::process::ExitStatus) -> StartError {
+        let log = std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
+        StartError::Died(format!("{DAEMON} ended with {status}: {}", log.trim()))
     }
 
     /// Asks the daemon to quit (it saves the bitmaps) and waits for it; kills it if it hangs.
