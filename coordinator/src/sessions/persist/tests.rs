@@ -133,9 +133,7 @@ async fn stored_state(store: &Store, id: &str) -> pb::ItemState {
 /// the owner key's revision as last written; whichever lands second is refused.
 #[tokio::test]
 async fn a_late_owner_write_does_not_overwrite_a_newer_one() {
-    let store = testing::store().await;
-    let new = new_session(&store, "s-5", "c1").await;
-    let mut owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let (store, _, mut owner) = created("s-5").await;
     let first = flush(&store, "s-5", &owner, item_write(pb::ItemState::Pending), 0).await;
     let sent_at = first.expect("first write").revision;
     // The timed-out write (PROCESSING) and its retry with the newer state (SUCCESS): the retry
@@ -158,9 +156,7 @@ async fn a_late_owner_write_does_not_overwrite_a_newer_one() {
 /// still has the epoch as its create revision, so the owner writes its state over it.
 #[tokio::test]
 async fn an_owner_write_refused_after_its_late_write_landed_is_written_again_over_it() {
-    let store = testing::store().await;
-    let new = new_session(&store, "s-6", "c1").await;
-    let owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let (store, new, owner) = created("s-6").await;
     let late = items::write_once(
         &store,
         "s-6",
@@ -181,9 +177,7 @@ async fn an_owner_write_refused_after_its_late_write_landed_is_written_again_ove
 /// revisions are all newer).
 #[tokio::test]
 async fn an_owner_write_after_a_claim_by_another_is_fenced() {
-    let store = testing::store().await;
-    let new = new_session(&store, "s-7", "c1").await;
-    let mut owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let (store, _, mut owner) = created("s-7").await;
     let first = flush(&store, "s-7", &owner, item_write(pb::ItemState::Pending), 0).await;
     let last = first.expect("the first write").revision;
     let key = store.keys().session_owner("s-7");
@@ -203,9 +197,7 @@ async fn an_owner_write_after_a_claim_by_another_is_fenced() {
 /// revision the one before left; the session record rides in the last.
 #[tokio::test]
 async fn a_batch_larger_than_one_txn_is_written_whole() {
-    let store = testing::store().await;
-    let new = new_session(&store, "s-8", "c1").await;
-    let owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    let (store, new, owner) = created("s-8").await;
     let items = (0..300).map(|index| item(index, pb::ItemState::Pending)).collect();
     let batch = Flush { items, session: Some(new.record.clone()) };
     let written = flush(&store, "s-8", &owner, batch, 0).await.expect("written");
@@ -217,6 +209,14 @@ async fn a_batch_larger_than_one_txn_is_written_whole() {
     let kv = now.kvs().first().expect("the owner key");
     assert_eq!((kv.mod_revision(), kv.create_revision()), (written.revision, owner.epoch.get()));
     assert_eq!(kv.lease(), new.lease, "still bound to the owner's lease");
+}
+
+/// A store with session `id` created by c1, and c1's owner key of it.
+async fn created(id: &str) -> (Store, NewSession, OwnerKey) {
+    let store = testing::store().await;
+    let new = new_session(&store, id, "c1").await;
+    let owner = owner_key(&new, epoch_of_create(&store, &new).await);
+    (store, new, owner)
 }
 
 async fn epoch_of_create(store: &Store, new: &NewSession) -> Epoch {
