@@ -4,10 +4,23 @@
 //! task again when it comes back) or refuses the epoch. The retries belong to the
 //! coordinator, not to a session's actor: they go on after the session ended.
 //!
+//! Acknowledgements to one agent coalesce: at most one AckTasks to it is in flight, and the
+//! keys that arrive meanwhile (from any session) go with the next call, so many sessions
+//! finishing quick items cost the agent a few calls and journal appends, not one per item.
+//! No timer holds a key back; the delivery task of an agent ends once nothing is pending.
+//!
 //! A withdrawal the agent never answered while its item waited (the item ended FAILED) is
-//! delivered the same way: once the agent has it, it refuses the held RunTask for good.
+//! delivered on its own, the same way: once the agent has it, it refuses the held RunTask
+//! for good.
 
-use std::time::Duration;
+mod pending;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use sluice_proto::{
     ids::{AgentId, Epoch},
@@ -17,14 +30,19 @@ use sluice_proto::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
+use self::pending::{Batch, Pending};
 use super::AgentDirectory;
-use crate::agent_client::AgentClients;
+use crate::agent_client::{AgentClient, AgentClients};
 
 /// Timeout of one AckTasks call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// First pause before a failed AckTasks is sent again; it doubles up to `MAX_PAUSE`.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// The acknowledgements no call carries, per agent. An agent has an entry exactly while a
+/// delivery task runs for it, which is how `send` knows whether to start one.
+type Waiting = Arc<Mutex<HashMap<AgentId, Pending>>>;
 
 /// Sends acknowledgements to agents; cheap to clone.
 #[derive(Clone)]
@@ -33,6 +51,16 @@ pub(crate) struct Acks {
     clients: AgentClients,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    waiting: Waiting,
+}
+
+/// How one round of AckTasks calls to an agent went.
+#[derive(Debug, PartialEq)]
+enum Round {
+    /// Every batch delivered, or dropped for good (stale, or the agent is gone).
+    Done,
+    /// A call failed; its batch and the rest wait for the next round, after a pause.
+    Failed,
 }
 
 impl Acks {
@@ -44,90 +72,171 @@ impl Acks {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
-        Acks { directory, clients, tracker, shutdown }
+        Acks { directory, clients, tracker, shutdown, waiting: Waiting::default() }
     }
 
-    /// Acknowledges `keys` to `agent` at `epoch`, again and again until it answers.
+    /// Acknowledges `keys` to `agent` at `epoch`, again and again until it answers; with
+    /// whatever else is pending for that agent at the same epoch.
     pub(crate) fn send(&self, agent: AgentId, epoch: Epoch, keys: Vec<pb::TaskKey>) {
         if keys.is_empty() {
             return;
         }
-        let request = pb::AckTasksRequest { epoch: epoch.get(), keys };
-        self.spawn(agent, Delivery::Ack(request));
+        if self.queue(agent.clone(), epoch, keys) {
+            let this = self.clone();
+            self.spawn(async move { this.deliver_acks(agent).await });
+        }
     }
 
     /// Sends `withdrawal` (CancelTasks naming withdrawn attempts) to `agent` until it answers.
     pub(crate) fn withdraw(&self, agent: AgentId, withdrawal: pb::CancelTasksRequest) {
-        self.spawn(agent, Delivery::Withdraw(withdrawal));
+        let this = self.clone();
+        self.spawn(async move { this.deliver_withdrawal(agent, withdrawal).await });
     }
 
-    fn spawn(&self, agent: AgentId, delivery: Delivery) {
-        let this = self.clone();
+    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
-            shutdown.run_until_cancelled(this.deliver(agent, delivery)).await;
+            shutdown.run_until_cancelled(work).await;
         });
     }
 
-    async fn deliver(&self, agent: AgentId, delivery: Delivery) {
+    /// Adds `keys` to `agent`'s pending acks; `true` when no delivery runs for it yet.
+    fn queue(&self, agent: AgentId, epoch: Epoch, keys: Vec<pb::TaskKey>) -> bool {
+        let mut waiting = self.lock();
+        let start = !waiting.contains_key(&agent);
+        waiting.entry(agent).or_default().add(epoch, keys);
+        start
+    }
+
+    /// Everything pending for `agent`, or `None` once nothing is: the delivery then ends, and
+    /// its entry goes in the same lock, so the next `send` starts a new one.
+    fn take(&self, agent: &AgentId) -> Option<Vec<Batch>> {
+        let mut waiting = self.lock();
+        let pending = waiting.get_mut(agent)?;
+        if pending.is_empty() {
+            waiting.remove(agent);
+            return None;
+        }
+        Some(pending.take())
+    }
+
+    fn put_back(&self, agent: &AgentId, batches: impl IntoIterator<Item = Batch>) {
+        let mut waiting = self.lock();
+        let pending = waiting.entry(agent.clone()).or_default();
+        batches.into_iter().for_each(|batch| pending.put_back(batch));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Pending>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `agent` its pending acks, round after round, until nothing is pending: a round
+    /// takes whatever arrived while the previous one ran.
+    async fn deliver_acks(&self, agent: AgentId) {
         let mut pause = FIRST_PAUSE;
-        loop {
-            let status = match self.call(&agent, &delivery).await {
-                Ok(()) => return,
-                Err(status) => status,
+        while let Some(batches) = self.take(&agent) {
+            match self.send_round(&agent, batches).await {
+                Round::Done => pause = FIRST_PAUSE,
+                Round::Failed => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Sends `batches` one after another (one call to the agent at a time).
+    async fn send_round(&self, agent: &AgentId, batches: Vec<Batch>) -> Round {
+        let mut batches = batches.into_iter();
+        while let Some(batch) = batches.next() {
+            let Err(status) = self.ack(agent, &batch).await else {
+                continue;
             };
             if Refusal::of(&status) == Some(Refusal::StaleEpoch) {
-                warn!(%agent, %status, "ack refused: the agent saw a newer owner, which acks");
+                self.after_stale(agent, batch, &status);
+                continue;
+            }
+            if !self.directory.current().contains_key(agent) {
+                let tasks = batch.keys.len() + batches.map(|b| b.keys.len()).sum::<usize>();
+                debug!(%agent, tasks, "ack failed and the agent is gone; it reports the tasks again");
+                return Round::Done;
+            }
+            debug!(%agent, %status, tasks = batch.keys.len(), "ack failed; sending it again");
+            self.put_back(agent, std::iter::once(batch).chain(batches));
+            return Round::Failed;
+        }
+        Round::Done
+    }
+
+    /// Drops a batch refused as stale, or sends each of its sessions' parts again alone.
+    fn after_stale(&self, agent: &AgentId, batch: Batch, status: &tonic::Status) {
+        let tasks = batch.keys.len();
+        let parts = batch.after_stale();
+        if parts.is_empty() {
+            warn!(%agent, %status, tasks, "ack refused: the agent saw a newer owner, which acks");
+            return;
+        }
+        debug!(%agent, %status, sessions = parts.len(),
+               "ack of several sessions refused as stale; sending each session's part alone");
+        self.put_back(agent, parts);
+    }
+
+    async fn deliver_withdrawal(&self, agent: AgentId, withdrawal: pb::CancelTasksRequest) {
+        let tasks = withdrawal.withdrawn.len();
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let Err(status) = self.cancel(&agent, withdrawal.clone()).await else {
+                return;
+            };
+            if Refusal::of(&status) == Some(Refusal::StaleEpoch) {
+                warn!(%agent, %status, "withdrawal refused: the agent saw a newer owner");
                 return;
             }
             if !self.directory.current().contains_key(&agent) {
-                debug!(%agent, "ack failed and the agent is gone; it reports the task again");
+                debug!(%agent, "withdrawal failed and the agent is gone; it reports the task again");
                 return;
             }
-            debug!(%agent, %status, tasks = delivery.tasks(), "ack failed; sending it again");
+            debug!(%agent, %status, tasks, "withdrawal failed; sending it again");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
         }
     }
 
-    async fn call(&self, agent: &AgentId, delivery: &Delivery) -> Result<(), tonic::Status> {
+    async fn ack(&self, agent: &AgentId, batch: &Batch) -> Result<(), tonic::Status> {
+        let mut client = self.client(agent)?;
+        answer(client.ack_tasks(batch.request())).await
+    }
+
+    async fn cancel(
+        &self,
+        agent: &AgentId,
+        request: pb::CancelTasksRequest,
+    ) -> Result<(), tonic::Status> {
+        let mut client = self.client(agent)?;
+        answer(client.cancel_tasks(request)).await
+    }
+
+    fn client(&self, agent: &AgentId) -> Result<AgentClient, tonic::Status> {
         let agents = self.directory.current();
         let address = agents
             .get(agent)
             .map(|a| a.address.clone())
             .ok_or_else(|| tonic::Status::unavailable("agent not registered"))?;
-        let mut client = self
-            .clients
+        self.clients
             .client(agent.as_str(), &address)
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let call = async {
-            match delivery {
-                Delivery::Ack(request) => client.ack_tasks(request.clone()).await.map(|_| ()),
-                Delivery::Withdraw(request) => {
-                    client.cancel_tasks(request.clone()).await.map(|_| ())
-                }
-            }
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(answer) => answer,
-            Err(_) => Err(tonic::Status::deadline_exceeded("agent did not answer in time")),
-        }
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))
     }
 }
 
-/// What is sent until the agent has it.
-enum Delivery {
-    /// AckTasks.
-    Ack(pb::AckTasksRequest),
-    /// CancelTasks withdrawing attempts.
-    Withdraw(pb::CancelTasksRequest),
-}
-
-impl Delivery {
-    fn tasks(&self) -> usize {
-        match self {
-            Delivery::Ack(request) => request.keys.len(),
-            Delivery::Withdraw(request) => request.withdrawn.len(),
-        }
+/// The agent's answer to `call`, or DEADLINE_EXCEEDED after `CALL_TIMEOUT`.
+async fn answer<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<(), tonic::Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(answer) => answer.map(|_| ()),
+        Err(_) => Err(tonic::Status::deadline_exceeded("agent did not answer in time")),
     }
 }
+
+#[cfg(test)]
+mod tests;
