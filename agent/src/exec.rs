@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+pub use self::vm::Daemons;
 use crate::fsutil::{self, blocking};
 use crate::key::{self, TaskId, TaskNames};
 use crate::repository::{Identity, RepoPaths};
@@ -170,6 +171,8 @@ pub struct TaskContext {
     pub rate_limit: Option<u64>,
     /// Sessions with a task running on this agent (their snapshots are not leftovers).
     pub running_sessions: watch::Receiver<BTreeSet<SessionId>>,
+    /// The agent's storage daemons for offline VM images.
+    pub daemons: Daemons,
 }
 
 impl TaskContext {

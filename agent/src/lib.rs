@@ -49,6 +49,7 @@ pub use error::AgentError;
 pub use settings::Settings;
 
 use crate::drain::Drainer;
+use crate::exec::Daemons;
 use crate::heartbeat::Heartbeater;
 use crate::journal::Journal;
 use crate::liveness::Liveness;
@@ -97,7 +98,8 @@ pub async fn run(
     let journal = Journal::open(&settings.state_dir).await?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
-    let config = tasks_config(&settings, journal, tracker.clone(), roots.clone(), liveness);
+    let daemons = Daemons::default();
+    let config = tasks_config(&settings, journal, &tracker, roots.clone(), liveness, &daemons);
     let tasks = TasksHandle::spawn(config, recovered);
     let left = CancellationToken::new();
     let drainer = Drainer::new(tasks.clone(), left.clone());
@@ -114,6 +116,7 @@ pub async fn run(
         Exit::Drained => leave(&tasks, beats, &beats_stop).await,
         Exit::Shutdown | Exit::ServerEnded(_) => stop_tasks(&tasks, &tracker, &beats_stop).await,
     }
+    daemons.close().await;
     tracker.close();
     server_stop.cancel();
     let served = match exit {
@@ -127,9 +130,10 @@ pub async fn run(
 fn tasks_config(
     settings: &Settings,
     journal: Journal,
-    tracker: TaskTracker,
+    tracker: &TaskTracker,
     roots: Arc<Roots>,
     liveness: watch::Receiver<Liveness>,
+    daemons: &Daemons,
 ) -> TasksConfig {
     TasksConfig {
         agent_id: settings.id.clone(),
@@ -139,8 +143,9 @@ fn tasks_config(
         sim_executor: settings.enable_sim_executor,
         roots,
         journal,
-        tracker,
+        tracker: tracker.clone(),
         liveness,
+        daemons: daemons.clone(),
     }
 }
 

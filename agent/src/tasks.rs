@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::error::AgentError;
+use crate::exec::Daemons;
 use crate::journal::Journal;
 use crate::key::{self, TaskId};
 use crate::liveness::Liveness;
@@ -59,6 +60,8 @@ pub(crate) struct TasksConfig {
     pub(crate) tracker: TaskTracker,
     /// Whether coordinators may count the agent lost (see [`crate::liveness`]).
     pub(crate) liveness: watch::Receiver<Liveness>,
+    /// Storage daemons for the VM tasks' offline images.
+    pub(crate) daemons: Daemons,
 }
 
 /// A snapshot of the tasks and the stream of changes after it.

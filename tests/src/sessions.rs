@@ -122,6 +122,20 @@ fn processes() -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Pids of the running children of `parent` whose command line mentions `needle`.
+pub fn children_mentioning(parent: u32, needle: &str) -> Vec<u32> {
+    let parent_of = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(") ")?;
+        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+    };
+    processes()
+        .into_iter()
+        .filter(|(pid, cmdline)| cmdline.contains(needle) && parent_of(*pid) == Some(parent))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 /// Command lines of running processes that mention `needle` (e.g. a `qemu-img` still
 /// working on a disk of the test).
 pub fn processes_mentioning(needle: &str) -> Vec<String> {

@@ -16,6 +16,7 @@
 
 mod blockdev;
 mod commit;
+mod daemon;
 mod jobs;
 mod plan;
 mod recover;
@@ -24,6 +25,7 @@ mod steps;
 mod target;
 mod writeback;
 
+pub use daemon::Daemons;
 pub(crate) use recover::recover;
 pub(crate) use source::remove_legacy_snapshots;
 
@@ -136,7 +138,8 @@ impl Backup {
         // A storage daemon takes several milliseconds to start: it does so while the chain
         // is locked and read and the partial folder made (neither touches the other's
         // files).
-        let (chain, source) = tokio::join!(chain, Source::open(&vm.qmp_socket, &disks, &marker));
+        let (chain, source) =
+            tokio::join!(chain, Source::open(&vm.qmp_socket, &disks, &marker, &ctx.daemons));
         let ((lock, parent), source) = match (chain, source) {
             (Ok(chain), Ok(source)) => (chain, source),
             (Err(e), source) => {

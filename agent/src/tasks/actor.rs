@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::state::{Admission, TaskTable};
 use super::{AgentStatus, Cancel, Command, Reply, TasksConfig, runner};
 use crate::error::AgentError;
-use crate::exec::{CancelSignal, Reporter, TaskContext, Update};
+use crate::exec::{CancelSignal, Daemons, Reporter, TaskContext, Update};
 use crate::fsutil::blocking;
 use crate::journal::Journal;
 use crate::key::TaskId;
@@ -27,6 +27,7 @@ pub(super) struct Actor {
     journal: Journal,
     tracker: TaskTracker,
     rate_limit: Option<u64>,
+    daemons: Daemons,
     updates_tx: mpsc::Sender<(TaskId, Update)>,
     updates_rx: mpsc::Receiver<(TaskId, Update)>,
     events: broadcast::Sender<pb::TaskStatus>,
@@ -54,6 +55,7 @@ impl Actor {
             journal: config.journal,
             tracker: config.tracker,
             rate_limit: config.rate_limit,
+            daemons: config.daemons,
             updates_tx,
             updates_rx,
             events,
@@ -185,6 +187,7 @@ impl Actor {
             cancel,
             rate_limit: self.rate_limit,
             running_sessions: self.sessions.subscribe(),
+            daemons: self.daemons.clone(),
         };
         runner::spawn(&self.tracker, self.journal.clone(), ctx);
         let _ = self.events.send(status.clone());

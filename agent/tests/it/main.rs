@@ -8,4 +8,5 @@ mod recovery;
 mod restore;
 mod roots;
 mod service;
+mod spare;
 mod support;

@@ -141,6 +141,7 @@ pub fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
         cancel: CancelSignal::default(),
         rate_limit,
         running_sessions,
+        daemons: Default::default(),
     };
     Run { ctx, updates }
 }

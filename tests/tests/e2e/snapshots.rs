@@ -1,13 +1,14 @@
 //! Issue 5: what crashed runs leave on disks. A `sluice-` internal snapshot left by an agent
 //! from before change tracking is removed by the next session (and other snapshots are
-//! kept); an agent restarted after a kill -9 ends the storage daemon its killed task left.
+//! kept); an agent restarted after a kill -9 ends the storage daemon its killed task left;
+//! the spare daemon an agent keeps ends with the agent.
 
 use sluice_proto::pb::{ItemState, SessionResult, StopMode};
 use sluice_tests::{
     Cluster, PATIENCE,
     api::{create_and_start, item, summary, wait_stopped},
     disk::{self, snapshot_create},
-    sessions::processes_mentioning,
+    sessions::{children_mentioning, processes_mentioning},
     stops::{
         FAST, OneVm, SLOWER_RATE, VmLab, assert_ended, assert_restore_points, start_one_slow_vm,
         vm_disk,
@@ -60,4 +61,31 @@ async fn an_agent_restarted_after_kill_9_ends_the_storage_daemon_its_task_left()
     assert_eq!(item(&ended, "vm-0").state(), ItemState::Failed, "{}", summary(&ended));
     assert_restore_points(&jobs, &lab, &job, &ended, &[], &[0]).await;
     lab.assert_no_leftovers("after the restart");
+}
+
+/// After an offline backup the agent keeps a spare storage daemon for the next one. It holds
+/// no image, and it ends with its agent however the agent ends, even by SIGKILL.
+#[tokio::test]
+async fn the_spare_storage_daemon_ends_with_its_agent_killed_by_sigkill() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let mut lab = VmLab::new(cluster.dir());
+    let mut jobs = cluster.job_client().await;
+    let job = lab.vm_job("spared", &[FAST]).build();
+    let started = create_and_start(&mut jobs, &job).await;
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_ended(&ended, SessionResult::Success, false, StopMode::Unspecified);
+
+    let agent = cluster.agent(0).pid().expect("the agent runs");
+    let spare = || {
+        let found = children_mentioning(agent, "sluice-qsd-spare-");
+        async move { if let [pid] = found[..] { Ok(pid) } else { Err(found) } }
+    };
+    let pid = wait_for(spare, PATIENCE, "the agent's spare storage daemon").await;
+    cluster.agent(0).kill9();
+    let gone = || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let alive = String::from_utf8_lossy(&cmdline).contains("sluice-qsd-spare-");
+        async move { if alive { Err(pid) } else { Ok(()) } }
+    };
+    wait_for(gone, PATIENCE, "the spare storage daemon to end with its agent").await;
 }

@@ -7,9 +7,9 @@ use sluice_proto::pb;
 use tracing::{info, warn};
 
 use super::blockdev;
+use super::daemon::DAEMON_DIR_PREFIX;
 use super::jobs;
 use super::plan::Names;
-use super::source::DAEMON_DIR_PREFIX;
 use super::target;
 use crate::exec::qmp::Qmp;
 use crate::key::{TaskId, TaskNames};

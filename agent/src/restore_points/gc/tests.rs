@@ -45,6 +45,7 @@ fn backup(session: &str, paths: &[&Path], repository: &Path) -> TaskContext {
         cancel: CancelSignal::default(),
         rate_limit: None,
         running_sessions,
+        daemons: Default::default(),
     }
 }
 

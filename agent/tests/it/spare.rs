@@ -1,0 +1,52 @@
+//! The spare storage daemon: started once a backup's daemon has quit, taken by the next
+//! offline backup (which then starts no daemon of its own), ended when the agent stops.
+
+use std::path::Path;
+
+use sluice_agent::exec::{self, Daemons};
+use sluice_proto::pb::{self, ItemState, RestorePointKind};
+
+use crate::support::{make_disk, prepare, sh, vm_spec};
+
+/// Runs one backup of item `vm0` of `disk` with `daemons`, naming `parent` as the item's
+/// newest restore point, and returns what it committed.
+async fn backup(daemons: &Daemons, session: &str, parent: &str, disk: &Path) -> pb::RestorePoint {
+    let repo = disk.with_file_name("repo");
+    let mut spec = vm_spec(session, 0, &[disk], &repo);
+    spec.parent_restore_point = parent.to_owned();
+    let mut run = prepare(spec, None);
+    run.ctx.daemons = daemons.clone();
+    let outcome = exec::execute(&mut run.ctx).await;
+    assert_eq!(outcome.state(), ItemState::Success, "{}", outcome.message);
+    outcome.restore_point.expect("a committed backup names its restore point")
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[tokio::test]
+async fn the_next_offline_backup_takes_the_spare_daemon_and_a_new_one_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 4);
+    let daemons = Daemons::default();
+    assert_eq!(daemons.spare_pid().await, None, "no spare before the first offline backup");
+
+    let full = backup(&daemons, "s1", "", &disk).await;
+    assert_eq!(full.kind(), RestorePointKind::Full);
+    let first = daemons.spare_pid().await.expect("a spare once the backup's daemon quit");
+    assert!(running(first));
+
+    sh("qemu-io", &["-c", "write -P 0x77 1M 1M", &disk.display().to_string()]);
+    let incremental = backup(&daemons, "s2", "s1-0", &disk).await;
+    assert_eq!(incremental.kind(), RestorePointKind::Incremental, "the bitmap was stored");
+    let second = daemons.spare_pid().await.expect("a new spare after the second backup");
+    assert!(!running(first), "the second backup ran in the spare, which then quit");
+    assert_ne!(first, second);
+
+    daemons.close().await;
+    assert_eq!(daemons.spare_pid().await, None, "closed: no spare and none started");
+    assert!(!running(second), "closing ends the spare");
+}
