@@ -105,14 +105,16 @@ impl Source {
     pub(crate) async fn quit_daemon(&mut self) {
         if let Some(daemon) = self.daemon.take() {
             daemon.quit(&mut self.qmp).await;
-            // The next offline backup finds a daemon ready.
-            self.daemons.replenish().await;
         }
     }
 
-    /// Ends the connection; a daemon saves the bitmaps and exits.
+    /// Ends the connection; a daemon saves the bitmaps and exits, and the next offline
+    /// backup finds a daemon ready (started only now: not beside this backup's COMMIT).
     pub(crate) async fn close(mut self) {
         self.quit_daemon().await;
+        if self.offline {
+            self.daemons.replenish().await;
+        }
     }
 }
 
