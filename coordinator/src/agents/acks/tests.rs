@@ -8,7 +8,7 @@ use std::{
 
 use prost::Message;
 use sluice_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, transport::Server};
 
@@ -26,14 +26,15 @@ struct Seen {
     most_in_flight: usize,
 }
 
-/// An agent that answers AckTasks after `delay`: refused as stale when a key names a
-/// `stale` session, UNAVAILABLE while `failures` lasts, else OK.
+/// An agent that answers AckTasks once its `gate` lets the call through (no gate: at once):
+/// refused as stale when a key names a `stale` session, UNAVAILABLE while `failures` lasts,
+/// else OK.
 #[derive(Clone, Default)]
 struct FakeAgent {
     seen: Arc<Mutex<Seen>>,
     stale: Arc<BTreeSet<String>>,
     failures: Arc<AtomicUsize>,
-    delay: Duration,
+    gate: Option<Arc<Semaphore>>,
 }
 
 impl FakeAgent {
@@ -55,7 +56,9 @@ impl AgentService for FakeAgent {
             seen.in_flight += 1;
             seen.most_in_flight = seen.most_in_flight.max(seen.in_flight);
         }
-        tokio::time::sleep(self.delay).await;
+        if let Some(gate) = &self.gate {
+            let _through = gate.acquire().await.expect("the gate stays");
+        }
         let keys = request.into_inner().keys;
         let mut seen = self.seen();
         seen.in_flight -= 1;
@@ -206,15 +209,25 @@ fn sorted(mut keys: Vec<pb::TaskKey>) -> Vec<pb::TaskKey> {
     keys
 }
 
+/// A fake agent whose AckTasks wait until the test opens the returned gate.
+fn held(fake: FakeAgent) -> (FakeAgent, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    (FakeAgent { gate: Some(gate.clone()), ..fake }, gate)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acks_of_many_sessions_coalesce_one_call_at_a_time() {
-    let fake = FakeAgent { delay: Duration::from_millis(20), ..Default::default() };
+    let (fake, gate) = held(FakeAgent::default());
     let rig = Arc::new(rig(fake).await);
-    let sessions = (0..100).map(|s| {
-        let rig = rig.clone();
+    let all: Vec<pb::TaskKey> =
+        (0..100).flat_map(|s| (0..10).map(move |i| key(&format!("s{s:03}"), i))).collect();
+    rig.send(1, vec![all[0].clone()]);
+    eventually("the first call in flight", || rig.fake.seen().in_flight == 1).await;
+    let sessions = all[1..].chunks(10).map(|keys| {
+        let (rig, keys) = (rig.clone(), keys.to_vec());
         tokio::spawn(async move {
-            for item in 0..10 {
-                rig.send(1, vec![key(&format!("s{s:03}"), item)]);
+            for key in keys {
+                rig.send(1, vec![key]);
                 tokio::task::yield_now().await;
             }
         })
@@ -222,25 +235,25 @@ async fn acks_of_many_sessions_coalesce_one_call_at_a_time() {
     for session in sessions.collect::<Vec<_>>() {
         session.await.expect("sent");
     }
+    gate.add_permits(1);
     rig.settled().await;
     let seen = rig.fake.seen();
-    let all: Vec<pb::TaskKey> =
-        (0..100).flat_map(|s| (0..10).map(move |i| key(&format!("s{s:03}"), i))).collect();
     assert_eq!(sorted(seen.delivered.clone()), all, "every ack delivered once");
     assert_eq!(seen.most_in_flight, 1, "one AckTasks in flight per agent");
-    assert!(seen.calls.len() <= 20, "{} calls for 1,000 acks", seen.calls.len());
+    assert_eq!(seen.calls.len(), 2, "the first ack, then the 999 that came while it was held");
 }
 
 #[tokio::test]
 async fn a_stale_refusal_drops_only_the_stale_sessions_part() {
     let stale = Arc::new(BTreeSet::from(["old".to_string()]));
-    let rig =
-        rig(FakeAgent { delay: Duration::from_millis(50), stale, ..Default::default() }).await;
+    let (fake, gate) = held(FakeAgent { stale, ..Default::default() });
+    let rig = rig(fake).await;
     rig.send(1, vec![key("s0", 0)]);
     eventually("the first call in flight", || rig.fake.seen().in_flight == 1).await;
     rig.send(1, vec![key("s1", 0)]);
     rig.send(1, vec![key("old", 0)]);
     rig.send(1, vec![key("s2", 0), key("s2", 1)]);
+    gate.add_permits(1);
     rig.settled().await;
     let seen = rig.fake.seen();
     let calls = [
