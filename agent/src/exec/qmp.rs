@@ -6,6 +6,13 @@
 //! job events come before the transaction's own reply), so they are queued until asked for.
 //! QEMU serves one client per socket: a second client gets no greeting, which is reported as
 //! a busy socket rather than waited on forever.
+//!
+//! Out-of-band execution is enabled whenever QEMU offers it. Sluice sends no out-of-band
+//! command, but without the capability QEMU suspends the monitor after reading each command
+//! and resumes it after answering; QEMU 10 now and then misses that resume in the first tens
+//! of milliseconds of a storage daemon's life, and the monitor then never reads again while
+//! the daemon runs on. With the capability, the monitor only suspends when 8 commands wait,
+//! and Sluice sends one at a time.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -113,9 +120,20 @@ enum Message {
     Event(Event),
     Greeting {
         #[serde(rename = "QMP")]
-        _qmp: Value,
+        qmp: Greeting,
     },
 }
+
+/// What QEMU says about itself when a client connects.
+#[derive(Debug, Deserialize)]
+struct Greeting {
+    /// Capabilities the client may enable, e.g. `oob`.
+    #[serde(default)]
+    capabilities: Vec<String>,
+}
+
+/// The capability that keeps the monitor reading (see the module's documentation).
+const OUT_OF_BAND: &str = "oob";
 
 /// A negotiated QMP connection.
 #[derive(Debug)]
@@ -124,6 +142,7 @@ pub(crate) struct Qmp {
     writer: FramedWrite<OwnedWriteHalf, LinesCodec>,
     events: VecDeque<Event>,
     next_id: u64,
+    out_of_band: bool,
 }
 
 impl Qmp {
@@ -138,9 +157,10 @@ impl Qmp {
             writer: FramedWrite::new(write, LinesCodec::new()),
             events: VecDeque::new(),
             next_id: 1,
+            out_of_band: false,
         };
-        match tokio::time::timeout(GREETING, qmp.read()).await {
-            Ok(Ok(Message::Greeting { .. })) => {}
+        let offered = match tokio::time::timeout(GREETING, qmp.read()).await {
+            Ok(Ok(Message::Greeting { qmp })) => qmp.capabilities,
             Ok(Ok(other)) => return Err(QmpError::Protocol(format!("not a greeting: {other:?}"))),
             // QEMU serving another client either leaves a new connection unanswered or, when
             // its listener is busy, closes it before any greeting: both mean "in use".
@@ -148,13 +168,21 @@ impl Qmp {
                 return Err(QmpError::Busy { path: path.to_owned() });
             }
             Ok(Err(error)) => return Err(error),
-        }
-        match qmp.command("qmp_capabilities", Value::Null, GREETING).await {
+        };
+        qmp.out_of_band = offered.iter().any(|c| c == OUT_OF_BAND);
+        let enable = if qmp.out_of_band { json!({ "enable": [OUT_OF_BAND] }) } else { Value::Null };
+        match qmp.command("qmp_capabilities", enable, GREETING).await {
             Err(QmpError::Timeout { .. } | QmpError::Closed) => {
                 Err(QmpError::NotReady { path: path.to_owned() })
             }
             other => other.map(|_| qmp),
         }
+    }
+
+    /// Whether out-of-band execution was enabled (QEMU offers it on socket monitors).
+    #[cfg(test)]
+    pub(crate) fn out_of_band(&self) -> bool {
+        self.out_of_band
     }
 
     /// Runs a command and returns its `return` value; `args` `Null` sends no arguments.

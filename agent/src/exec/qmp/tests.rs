@@ -66,6 +66,18 @@ async fn commands_return_values_and_errors_carry_their_class() {
 }
 
 #[tokio::test]
+async fn out_of_band_execution_is_enabled_when_offered() {
+    let daemon = Daemon::start();
+    let mut qmp = daemon.connect().await;
+    assert!(qmp.out_of_band(), "a socket monitor offers oob");
+    // In-band commands still answer in order, each by its id.
+    for _ in 0..3 {
+        let version = qmp.execute("query-version", Value::Null).await.expect("query-version");
+        assert_eq!(version["qemu"]["major"].as_u64().map(|major| major >= 8), Some(true));
+    }
+}
+
+#[tokio::test]
 async fn events_that_arrive_before_a_reply_are_kept() {
     let daemon = Daemon::start();
     let mut qmp = daemon.connect().await;
