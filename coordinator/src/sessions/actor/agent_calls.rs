@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use sluice_proto::{
     ids::{AgentId, TaskId},
     pb::{self, job_item::Target},
@@ -51,7 +52,12 @@ impl SessionActor {
         // Only a VM backup reads its chain: cloning the store for every task costs.
         let store = chain_item(&spec).is_some().then(|| self.ctx.store.clone());
         let call = async move {
-            let answer = match name_chain_parent(store.as_ref(), &mut spec).await {
+            // Boxed, so the etcd read's state is not carried by every sim or computer task.
+            let named = match &store {
+                Some(store) => Box::pin(name_chain_parent(store, &mut spec)).await,
+                None => Ok(()),
+            };
+            let answer = match named {
                 Ok(()) => timeout(client.run_task(pb::RunTaskRequest { task: Some(spec) })).await,
                 Err(status) => Err(status),
             };
@@ -302,8 +308,8 @@ impl SessionActor {
 /// Names the restore point a VM item builds on (the catalog's newest of the item); a catalog
 /// that cannot be read leaves the RunTask unsent, to be sent again like an unanswered one.
 /// Sim tasks build no chain and read nothing.
-async fn name_chain_parent(store: Option<&Store>, spec: &mut pb::TaskSpec) -> Result<(), Status> {
-    let (Some(store), Some(item)) = (store, chain_item(spec)) else {
+async fn name_chain_parent(store: &Store, spec: &mut pb::TaskSpec) -> Result<(), Status> {
+    let Some(item) = chain_item(spec) else {
         return Ok(());
     };
     let parent = chain_parent(store, &spec.job, &item.name).await.map_err(|error| {
@@ -323,8 +329,12 @@ pub(super) fn is_stale_epoch(status: &Status) -> bool {
     Refusal::of(status) == Some(Refusal::StaleEpoch)
 }
 
-pub(super) async fn timeout<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
-    tokio::time::timeout(TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| Err(Status::deadline_exceeded("agent did not answer in time")))
+/// `call`, or DEADLINE_EXCEEDED after [`TIMEOUT`]. A plain function, not `async`: an async
+/// one would hold `call` twice (its argument and the awaited copy).
+pub(super) fn timeout<T>(
+    call: impl Future<Output = Result<T, Status>>,
+) -> impl Future<Output = Result<T, Status>> {
+    tokio::time::timeout(TIMEOUT, call).map(|answer| {
+        answer.unwrap_or_else(|_| Err(Status::deadline_exceeded("agent did not answer in time")))
+    })
 }
