@@ -9,10 +9,10 @@
 //!
 //! Out-of-band execution is enabled whenever QEMU offers it. Sluice sends no out-of-band
 //! command, but without the capability QEMU suspends the monitor after reading each command
-//! and resumes it after answering; QEMU 10 now and then misses that resume in the first tens
-//! of milliseconds of a storage daemon's life, and the monitor then never reads again while
-//! the daemon runs on. With the capability, the monitor only suspends when 8 commands wait,
-//! and Sluice sends one at a time.
+//! and resumes it after answering. QEMU 10.0's monitor was seen to stop reading for good in
+//! the first tens of milliseconds of a storage daemon's life (about one start in tens of
+//! thousands, the daemon itself alive), which a missed resume explains. With the capability
+//! the monitor only suspends when 8 commands wait, and Sluice sends one at a time.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
