@@ -14,7 +14,7 @@
 //! thousands, the daemon itself alive), which a missed resume explains. With the capability
 //! the monitor only suspends when 8 commands wait, and Sluice sends one at a time. (In
 //! 45,000 starts with it, one monitor reset its connection instead: seen at once, not after
-//! the command timeout.)
+//! the command timeout.) Either way an offline backup then opens its disks in a new daemon.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -70,10 +70,12 @@ pub(crate) enum QmpError {
     #[error("QMP protocol error: {0}")]
     Protocol(String),
     /// A command got no answer in time.
-    #[error("QMP command {command} got no answer within {COMMAND:?}")]
+    #[error("QMP command {command} got no answer within {patience:?}")]
     Timeout {
         /// The command.
         command: String,
+        /// How long it was waited for.
+        patience: Duration,
     },
     /// QEMU refused a command.
     #[error("{command}: {desc}")]
@@ -145,6 +147,8 @@ pub(crate) struct Qmp {
     events: VecDeque<Event>,
     next_id: u64,
     out_of_band: bool,
+    /// How long a command may take to be answered.
+    patience: Duration,
 }
 
 impl Qmp {
@@ -160,6 +164,7 @@ impl Qmp {
             events: VecDeque::new(),
             next_id: 1,
             out_of_band: false,
+            patience: COMMAND,
         };
         let offered = match tokio::time::timeout(GREETING, qmp.read()).await {
             Ok(Ok(Message::Greeting { qmp })) => qmp.capabilities,
@@ -190,7 +195,14 @@ impl Qmp {
     /// Runs a command and returns its `return` value; `args` `Null` sends no arguments.
     /// Events that arrive meanwhile are queued for [`Qmp::next_event`].
     pub(crate) async fn execute(&mut self, command: &str, args: Value) -> Result<Value, QmpError> {
-        self.command(command, args, COMMAND).await
+        self.command(command, args, self.patience).await
+    }
+
+    /// How long the next commands may take to be answered: `None` is the default, long
+    /// enough for any command under load; a caller that can start over elsewhere (a new
+    /// storage daemon) waits less before it does.
+    pub(crate) fn set_patience(&mut self, patience: Option<Duration>) {
+        self.patience = patience.unwrap_or(COMMAND);
     }
 
     async fn command(
@@ -212,7 +224,7 @@ impl Qmp {
         self.writer.send(line).await.map_err(codec_error)?;
         let reply = tokio::time::timeout(patience, self.reply(&id, command))
             .await
-            .map_err(|_| QmpError::Timeout { command: command.to_owned() })?;
+            .map_err(|_| QmpError::Timeout { command: command.to_owned(), patience })?;
         let ms = format!("{:.2}", began.elapsed().as_secs_f64() * 1e3);
         tracing::trace!(command, bytes, ms, ok = reply.is_ok(), "qmp command answered");
         reply
@@ -272,6 +284,12 @@ impl QmpError {
     /// Whether QEMU refused the command with this error class.
     pub(crate) fn is_class(&self, wanted: &str) -> bool {
         matches!(self, Self::Command { class, .. } if class == wanted)
+    }
+
+    /// Whether the monitor failed rather than QEMU refusing the command: no answer, the
+    /// connection closed or reset, or lines that are not QMP.
+    pub(crate) fn is_monitor_failure(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Closed | Self::Protocol(_))
     }
 }
 

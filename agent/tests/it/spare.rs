@@ -50,3 +50,24 @@ async fn the_next_offline_backup_takes_the_spare_daemon_and_a_new_one_is_kept() 
     assert_eq!(daemons.spare_pid().await, None, "closed: no spare and none started");
     assert!(!running(second), "closing ends the spare");
 }
+
+/// A daemon whose monitor stops answering before the disks are open (QEMU 10's storage
+/// daemon does so now and then while young; here the spare is stopped with SIGSTOP) is
+/// ended, and the disks open in a new one: the backup succeeds, its chain unbroken.
+#[tokio::test]
+async fn an_offline_backup_whose_daemon_stops_answering_opens_its_disks_in_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 4);
+    let daemons = Daemons::default();
+    backup(&daemons, "s1", "", &disk).await;
+    let stuck = daemons.spare_pid().await.expect("a spare once the backup's daemon quit");
+    sh("kill", &["-STOP", &stuck.to_string()]);
+
+    sh("qemu-io", &["-c", "write -P 0x77 1M 1M", &disk.display().to_string()]);
+    let incremental = backup(&daemons, "s2", "s1-0", &disk).await;
+    assert_eq!(incremental.kind(), RestorePointKind::Incremental, "the bitmap is whole");
+    assert!(!running(stuck), "the daemon that stopped answering was ended");
+    let next = daemons.spare_pid().await.expect("a new spare after the backup");
+    assert_ne!(next, stuck);
+    daemons.close().await;
+}

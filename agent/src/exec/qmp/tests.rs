@@ -11,20 +11,48 @@ use super::*;
 struct Daemon {
     child: Child,
     socket: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Daemon {
-    fn start() -> Self {
+    /// Starts a daemon and waits until its monitor is set up (its pid file is written then:
+    /// a client that connects earlier can crash it). Under load QEMU 10's daemon now and
+    /// then crashes while starting; it is started again then, as the agent does.
+    async fn start() -> Self {
+        for _ in 0..3 {
+            let mut daemon = Self::spawn();
+            if daemon.started().await {
+                return daemon;
+            }
+        }
+        panic!("qemu-storage-daemon crashed three times while starting");
+    }
+
+    fn spawn() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("qmp.sock");
         let chardev = format!("socket,path={},server=on,wait=off,id=m", socket.display());
         let child = Command::new("qemu-storage-daemon")
-            .args(["--chardev", &chardev, "--monitor", "chardev=m"])
+            .args(["--chardev", &chardev, "--monitor", "chardev=m", "--pidfile"])
+            .arg(dir.path().join("pid"))
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-storage-daemon runs (apt-get install qemu-utils)");
-        Self { child, socket, _dir: dir }
+        Self { child, socket, dir }
+    }
+
+    /// Whether the daemon wrote its pid file (false: it exited first).
+    async fn started(&mut self) -> bool {
+        let pidfile = self.dir.path().join("pid");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !pidfile.exists() {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no pid file within 30 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
     }
 
     async fn connect(&self) -> Qmp {
@@ -53,7 +81,7 @@ impl Drop for Daemon {
 
 #[tokio::test]
 async fn commands_return_values_and_errors_carry_their_class() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start().await;
     let mut qmp = daemon.connect().await;
     let jobs = qmp.execute("query-block-jobs", Value::Null).await.expect("query");
     assert_eq!(jobs, json!([]));
@@ -67,7 +95,7 @@ async fn commands_return_values_and_errors_carry_their_class() {
 
 #[tokio::test]
 async fn out_of_band_execution_is_enabled_when_offered() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start().await;
     let mut qmp = daemon.connect().await;
     assert!(qmp.out_of_band(), "a socket monitor offers oob");
     // In-band commands still answer in order, each by its id.
@@ -79,7 +107,7 @@ async fn out_of_band_execution_is_enabled_when_offered() {
 
 #[tokio::test]
 async fn events_that_arrive_before_a_reply_are_kept() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start().await;
     let mut qmp = daemon.connect().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("new.qcow2");
@@ -103,7 +131,7 @@ async fn events_that_arrive_before_a_reply_are_kept() {
 
 #[tokio::test]
 async fn a_second_client_is_told_the_socket_is_busy() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start().await;
     let _first = daemon.connect().await;
     let second = Qmp::connect(&daemon.socket).await.expect_err("one client per socket");
     assert!(matches!(second, QmpError::Busy { .. }), "{second:?}");
@@ -119,7 +147,7 @@ async fn a_socket_nobody_listens_on_is_a_connect_error() {
 
 #[tokio::test]
 async fn a_daemon_that_exits_closes_the_connection() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start().await;
     let mut qmp = daemon.connect().await;
     match qmp.execute("quit", Value::Null).await {
         Ok(_) | Err(QmpError::Closed) => {}

@@ -89,6 +89,14 @@ pub(crate) async fn block_jobs(qmp: &mut Qmp) -> Result<Vec<BlockJob>, QmpError>
 /// The qcow2 node of each disk, matched by canonical image path; exactly one per disk.
 pub(crate) async fn find_disks(qmp: &mut Qmp, disks: &[PathBuf]) -> Result<Vec<NamedNode>, String> {
     let nodes = named_nodes(qmp).await.map_err(|e| e.to_string())?;
+    match_disks(&nodes, disks)
+}
+
+/// The qcow2 node of each disk among `nodes`, as [`find_disks`].
+pub(crate) fn match_disks(
+    nodes: &[NamedNode],
+    disks: &[PathBuf],
+) -> Result<Vec<NamedNode>, String> {
     let qcow2: Vec<(PathBuf, &NamedNode)> = nodes
         .iter()
         .filter(|node| node.drv == "qcow2")

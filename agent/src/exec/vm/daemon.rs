@@ -40,6 +40,9 @@ const DAEMON_STARTS: u32 = 3;
 const EXIT_WAIT: Duration = Duration::from_millis(200);
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
+/// How long a daemon's monitor gets to answer `quit`, which it does before it closes the
+/// images: past that the monitor is taken for broken, and SIGTERM ends the daemon as cleanly.
+const QUIT_ANSWER: Duration = Duration::from_secs(10);
 /// How often a starting daemon is looked at (it is ready a few ms after the spawn; the
 /// timer's resolution is a millisecond).
 const SOCKET_POLL: Duration = Duration::from_millis(1);
@@ -291,22 +294,38 @@ impl Daemon {
 
     /// Asks the daemon to quit (it saves the bitmaps) and waits for it; kills it if it hangs.
     pub(crate) async fn quit(mut self, qmp: &mut Qmp) {
+        qmp.set_patience(Some(QUIT_ANSWER));
         if let Err(error) = qmp.execute("quit", Value::Null).await
             && !matches!(error, QmpError::Closed)
         {
             warn!(%error, "{DAEMON} refused to quit; sending SIGTERM");
             self.terminate();
         }
+        self.wait_for_exit().await;
+    }
+
+    /// Ends a daemon whose monitor no longer answers: SIGTERM (it saves the bitmaps), then
+    /// waits for it to exit, so that the images it holds are free again.
+    pub(crate) async fn end(mut self) {
+        self.terminate();
+        self.wait_for_exit().await;
+    }
+
+    /// Waits for the process to exit; kills it if it does not in time.
+    async fn wait_for_exit(&mut self) {
         if tokio::time::timeout(DAEMON_QUIT, self.child.wait()).await.is_err() {
             warn!("{DAEMON} did not exit; killing it");
             let _ = self.child.kill().await;
         }
     }
 
-    /// Sends SIGTERM: the daemon saves its bitmaps and exits.
+    /// Sends SIGTERM: the daemon saves its bitmaps and exits. SIGCONT follows, so that a
+    /// stopped daemon (SIGSTOP, a debugger) acts on it too.
     fn terminate(&mut self) {
         if let (true, Some(pid)) = (self.running(), self.child.id()) {
-            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), Signal::SIGTERM);
+            let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            let _ = kill(pid, Signal::SIGTERM);
+            let _ = kill(pid, Signal::SIGCONT);
         }
     }
 }

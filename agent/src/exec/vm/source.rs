@@ -6,6 +6,7 @@
 //! saves them, never killed outright while it holds them.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -14,6 +15,14 @@ use super::daemon::{Daemon, Daemons};
 use crate::exec::qmp::{Qmp, QmpError};
 use crate::key::SNAPSHOT_PREFIX;
 use crate::qemu_img;
+
+/// How long a daemon's monitor gets to answer while the disks are opened (a few ms, as a
+/// rule). Past that the daemon is taken for broken: QEMU 10's storage daemon now and then
+/// stops reading its monitor in the first tens of milliseconds of its life, the process
+/// alive; nothing of the images has changed yet, so a new daemon opens them instead.
+const OPEN_PATIENCE: Duration = Duration::from_secs(10);
+/// How many daemons an offline backup tries before it fails on a broken monitor.
+const OPEN_ATTEMPTS: u32 = 3;
 
 /// An open connection to the QEMU holding the disks, and each disk's node.
 #[derive(Debug)]
@@ -75,18 +84,34 @@ impl Source {
         marker: &str,
         daemons: &Daemons,
     ) -> Result<Self, OpenError> {
-        let (daemon, mut qmp) = daemons.take(marker).await.map_err(OpenError::of)?;
-        let daemons = daemons.clone();
-        match open_disks(&mut qmp, disks).await {
-            Ok(nodes) => {
-                delete_legacy_snapshots(&mut qmp, &nodes).await;
-                Ok(Self { qmp, nodes, daemon: Some(daemon), daemons, offline: true })
-            }
-            Err(error) => {
+        let mut attempt = 1;
+        loop {
+            let (daemon, mut qmp) = daemons.take(marker).await.map_err(OpenError::of)?;
+            qmp.set_patience(Some(OPEN_PATIENCE));
+            let opened = open_disks(&mut qmp, disks).await;
+            qmp.set_patience(None);
+            let (disk, error) = match opened {
+                Ok(nodes) => {
+                    delete_legacy_snapshots(&mut qmp, &nodes).await;
+                    let daemons = daemons.clone();
+                    return Ok(Self { qmp, nodes, daemon: Some(daemon), daemons, offline: true });
+                }
+                Err(failure) => failure,
+            };
+            let broken = matches!(&error, Opening::Qmp(error) if error.is_monitor_failure());
+            if broken {
+                daemon.end().await;
+            } else {
                 daemon.quit(&mut qmp).await;
-                daemons.replenish().await;
-                Err(error)
             }
+            if broken && attempt < OPEN_ATTEMPTS {
+                warn!(attempt, %error, "the storage daemon's monitor failed while the disks \
+                                        were opened; opening them in a new daemon");
+                attempt += 1;
+                continue;
+            }
+            daemons.replenish().await;
+            return Err(OpenError { disk, message: error.to_string() });
         }
     }
 
@@ -118,18 +143,34 @@ impl Source {
     }
 }
 
-/// Opens each offline disk in the daemon and finds its node.
-async fn open_disks(qmp: &mut Qmp, disks: &[PathBuf]) -> Result<Vec<NamedNode>, OpenError> {
+/// Why opening the disks in a daemon failed.
+#[derive(Debug, thiserror::Error)]
+enum Opening {
+    /// QEMU refused a command, or the monitor failed.
+    #[error("{}", in_use_hint(.0))]
+    Qmp(QmpError),
+    /// The disks were opened but are not where they should be.
+    #[error("{0}")]
+    Nodes(String),
+}
+
+/// Opens each offline disk in the daemon and finds its node; a failure names the disk at
+/// fault when one is.
+async fn open_disks(
+    qmp: &mut Qmp,
+    disks: &[PathBuf],
+) -> Result<Vec<NamedNode>, (Option<PathBuf>, Opening)> {
     for (index, disk) in disks.iter().enumerate() {
         blockdev::add_qcow2(qmp, &format!("disk{index}"), disk)
             .await
-            .map_err(|error| OpenError { disk: Some(disk.clone()), message: in_use_hint(error) })?;
+            .map_err(|error| (Some(disk.clone()), Opening::Qmp(error)))?;
     }
-    blockdev::find_disks(qmp, disks).await.map_err(OpenError::of)
+    let nodes = blockdev::named_nodes(qmp).await.map_err(|error| (None, Opening::Qmp(error)))?;
+    blockdev::match_disks(&nodes, disks).map_err(|message| (None, Opening::Nodes(message)))
 }
 
 /// QEMU's lock error, with what the operator can do about it.
-fn in_use_hint(error: QmpError) -> String {
+fn in_use_hint(error: &QmpError) -> String {
     let text = error.to_string();
     if text.contains("lock") {
         format!(
