@@ -91,8 +91,8 @@ impl State {
 
     /// Counts one more slot `session` holds on `agent`.
     pub(crate) fn hold(&mut self, session: &SessionId, agent: &AgentId) {
-        *self.used.entry(agent.clone()).or_default() += 1;
-        *self.by_session.entry(session.clone()).or_default() += 1;
+        increment(&mut self.used, agent);
+        increment(&mut self.by_session, session);
         *self.held.entry((session.clone(), agent.clone())).or_default() += 1;
     }
 
@@ -249,22 +249,36 @@ impl State {
         let best =
             candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
         let Some(agent) = best.filter(|_| self.within_share(session, total, &asks_for)) else {
-            let since = match self.starving.get(session) {
-                Some(starving) => starving.since,
-                None => since.unwrap_or_else(|| self.next_since()),
-            };
-            let starving = self.starving.entry(session.clone()).or_insert_with(|| Starving {
-                agents: HashMap::new(),
-                mask: AgentSet::default(),
-                since,
-            });
-            starving.agents.extend(candidates.iter().map(|(a, n)| ((*a).clone(), *n)));
-            starving.mask.add(&asks_for);
+            self.starve(session, candidates, &asks_for, since);
             return None;
         };
         self.starving.remove(session);
         self.hold(session, agent);
         Some(agent.clone())
+    }
+
+    /// Records that `session` waits for `candidates` (since `since`, if it already waited
+    /// before this round). A session refused again asks for the same agents as a rule: it
+    /// is then left as it is, without copying their ids.
+    fn starve(
+        &mut self,
+        session: &SessionId,
+        candidates: &[(&AgentId, u32)],
+        asks_for: &AgentSet,
+        since: Option<u64>,
+    ) {
+        if !self.starving.contains_key(session) {
+            let since = since.unwrap_or_else(|| self.next_since());
+            let starving = Starving { agents: HashMap::new(), mask: AgentSet::default(), since };
+            self.starving.insert(session.clone(), starving);
+        }
+        let Some(starving) = self.starving.get_mut(session) else { return };
+        for &(agent, slots) in candidates {
+            if starving.agents.get(agent) != Some(&slots) {
+                starving.agents.insert(agent.clone(), slots);
+            }
+        }
+        starving.mask.add(asks_for);
     }
 
     fn next_since(&mut self) -> u64 {
@@ -276,6 +290,15 @@ impl State {
 impl SlotPool for State {
     fn reserve(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId> {
         State::reserve(self, session, candidates, None)
+    }
+}
+
+fn increment<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, u32>, key: &K) {
+    match map.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            map.insert(key.clone(), 1);
+        }
     }
 }
 

@@ -27,8 +27,8 @@ use self::index::Index;
 pub(crate) use self::{
     answers::DEFAULT_ANSWER_TIMEOUT_MS,
     item::{
-        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, MaybeMs, Outcome, RunAnswer,
-        TaskPhase, Volumes,
+        CancelReason, Item, ItemState, ItemStatus, LateRestorePoint, MaybeMs, Outcome, Reason,
+        RunAnswer, TaskPhase, Volumes,
     },
     stop::{Stop, StopMode},
     types::{Dispatch, Effect, Event, Retry, SessionResult, SessionState, SessionStatus},
@@ -74,6 +74,9 @@ pub(crate) struct Machine {
     closing: bool,
     /// How long an unanswered RunTask, then its withdrawal, is waited on, ms (`answers.rs`).
     answer_timeout_ms: i64,
+    /// Why items waited in the last round that could not place one; the next round with the
+    /// same reason shares its text (`Reason`).
+    last_reason: Reason,
 }
 
 impl Machine {
@@ -100,6 +103,7 @@ impl Machine {
             has_computer_items: None,
             closing: false,
             answer_timeout_ms: DEFAULT_ANSWER_TIMEOUT_MS,
+            last_reason: Reason::default(),
         }
     }
 

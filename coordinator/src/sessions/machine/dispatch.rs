@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use sluice_proto::ids::AgentId;
 
 use super::{
-    Dispatch, Effect, ItemState, Machine, MaybeMs, RunAnswer, SHOWN_WAITING_ITEMS, SessionState,
-    TaskPhase,
+    Dispatch, Effect, ItemState, Machine, MaybeMs, Reason, RunAnswer, SHOWN_WAITING_ITEMS,
+    SessionState, TaskPhase,
 };
 use crate::sessions::placement::{AgentMap, Placement, SlotPool, place};
 
@@ -18,7 +18,7 @@ struct Round {
     shown: usize,
     /// Items with the same placement (VM items, or one computer) wait for the same reason:
     /// once one of them cannot be placed, the others of this round skip the search.
-    blocked: HashMap<Option<Box<str>>, (String, bool)>,
+    blocked: HashMap<Option<Box<str>>, (Reason, bool)>,
 }
 
 impl Machine {
@@ -42,35 +42,43 @@ impl Machine {
                 continue; // the clock went back since the pause was counted as ended
             }
             match self.place(pos, &round, agents, pool) {
-                Placement::Placed(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
-                Placement::Wait { reason, offline } if !has_computer_items => {
+                Ok(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
+                Err(waits) if !has_computer_items => {
                     // Every later item waits for the same slots, for the same reason.
-                    self.wait_all(now_ms, from, (reason, offline), &mut round);
+                    self.wait_all(now_ms, from, waits, &mut round);
                     break;
                 }
-                Placement::Wait { reason, offline } => {
-                    self.wait(now_ms, pos, (reason, offline), &mut round);
-                }
+                Err(waits) => self.wait(now_ms, pos, waits, &mut round),
             }
         }
         round.effects
     }
 
-    /// Where the item at `pos` goes, or why it waits (as its like did, earlier this round).
+    /// Where the item at `pos` goes, or why it waits (as its like did, earlier this round)
+    /// and whether its computer is offline.
     fn place(
-        &self,
+        &mut self,
         pos: usize,
         round: &Round,
         agents: &AgentMap,
         pool: &mut dyn SlotPool,
-    ) -> Placement {
+    ) -> Result<AgentId, (Reason, bool)> {
         let computer = &self.items[pos].computer;
-        match round.blocked.get(computer) {
-            Some((reason, offline)) => {
-                Placement::Wait { reason: reason.clone(), offline: *offline }
-            }
-            None => place(&self.id, computer.as_deref(), &self.proxies, agents, pool),
+        if let Some(waits) = round.blocked.get(computer) {
+            return Err(waits.clone());
         }
+        match place(&self.id, computer.as_deref(), &self.proxies, agents, pool) {
+            Placement::Placed(agent) => Ok(agent),
+            Placement::Wait { reason, offline } => Err((self.shared_reason(reason), offline)),
+        }
+    }
+
+    /// `reason` as a `Reason`, sharing the text of the last one when it is the same.
+    fn shared_reason(&mut self, reason: String) -> Reason {
+        if self.last_reason.as_str() != reason {
+            self.last_reason = reason.into();
+        }
+        self.last_reason.clone()
     }
 
     /// Whether any item needs a particular computer (else all share one placement).
@@ -89,7 +97,7 @@ impl Machine {
             status.agent = Some(agent.clone());
             // New strings, not `clear()`: a cleared string keeps its buffer, and every item
             // that once waited would hold the reason's bytes to the end of the session.
-            status.waiting_reason = String::new();
+            status.waiting_reason = Reason::default();
             status.message = String::new();
             status.bytes_done = 0;
             status.bytes_total = 0;
@@ -125,7 +133,7 @@ impl Machine {
         &mut self,
         now_ms: i64,
         from: usize,
-        (reason, offline): (String, bool),
+        (reason, offline): (Reason, bool),
         round: &mut Round,
     ) {
         let mut next = from.saturating_sub(1);
@@ -154,7 +162,7 @@ impl Machine {
         &mut self,
         now_ms: i64,
         pos: usize,
-        (reason, offline): (String, bool),
+        (reason, offline): (Reason, bool),
         round: &mut Round,
     ) {
         round.shown += 1;

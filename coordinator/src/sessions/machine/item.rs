@@ -1,6 +1,8 @@
 //! One item of a session as the rules see it: domain enums, converted to and from the wire
 //! types only at the edge (`records.rs`).
 
+use std::sync::Arc;
+
 use sluice_proto::{ids::AgentId, pb};
 
 /// Where an item is in its life.
@@ -114,7 +116,7 @@ pub(crate) struct ItemStatus {
     /// Error, warning or cancellation text.
     pub(crate) message: String,
     /// Why a pending item is not dispatched yet.
-    pub(crate) waiting_reason: String,
+    pub(crate) waiting_reason: Reason,
     /// Bytes copied so far.
     pub(crate) bytes_done: u64,
     /// Bytes to copy in all.
@@ -127,6 +129,33 @@ pub(crate) struct ItemStatus {
     pub(crate) started_at_ms: MaybeMs,
     /// When it ended, ms since the epoch.
     pub(crate) ended_at_ms: MaybeMs,
+}
+
+/// Why a pending item waits, or nothing. The items that wait for the same slots hold one
+/// text: a dispatch round compares its reason with each of up to `SHOWN_WAITING_ITEMS`
+/// items, and the same text compares by pointer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Reason(Option<Arc<str>>);
+
+impl Reason {
+    /// The text (empty for none).
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl From<String> for Reason {
+    fn from(text: String) -> Self {
+        Reason((!text.is_empty()).then(|| text.into()))
+    }
+}
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
 }
 
 /// A time in ms since the epoch, or none: an `Option<i64>` in 8 bytes instead of 16 (every
@@ -161,7 +190,7 @@ impl ItemStatus {
             attempt: 0,
             restore_point: String::new(),
             message: String::new(),
-            waiting_reason: String::new(),
+            waiting_reason: Reason::default(),
             bytes_done: 0,
             bytes_total: 0,
             bytes_read: 0,

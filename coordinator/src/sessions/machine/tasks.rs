@@ -4,7 +4,7 @@ use sluice_proto::ids::AgentId;
 
 use super::{
     CancelReason, Dispatch, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine,
-    MaybeMs, Outcome, REFUSED_BACKOFF_MS, RunAnswer, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
+    MaybeMs, Outcome, REFUSED_BACKOFF_MS, Reason, RunAnswer, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
 };
 
 impl Machine {
@@ -33,7 +33,7 @@ impl Machine {
             item.status.state = ItemState::Pending;
             item.status.agent = None;
             item.answer = RunAnswer::Answered;
-            item.status.waiting_reason = message;
+            item.status.waiting_reason = message.into();
             let doublings = item.refusals.min(16);
             item.refusals += 1;
             let pause = (REFUSED_BACKOFF_MS << doublings).min(MAX_REFUSED_BACKOFF_MS);
@@ -202,7 +202,7 @@ impl Machine {
             item.not_before_ms = now_ms + wait_ms;
             let retry = item.failed_attempts + 1;
             item.status.waiting_reason =
-                format!("retry {retry} of {attempts} after failure: {message}");
+                format!("retry {retry} of {attempts} after failure: {message}").into();
             item.status.message = message;
         });
         self.make_pending(pos);
@@ -213,7 +213,7 @@ impl Machine {
             self.end_item(now_ms, pos, ItemState::NotProcessed, reason.to_string());
             return;
         }
-        self.items[pos].status.waiting_reason = reason.to_string();
+        self.items[pos].status.waiting_reason = reason.to_string().into();
         self.make_pending(pos);
     }
 
@@ -232,7 +232,7 @@ impl Machine {
         self.update(pos, |item| {
             item.status.state = state;
             item.status.message = message;
-            item.status.waiting_reason = String::new();
+            item.status.waiting_reason = Reason::default();
             item.status.ended_at_ms = Some(now_ms).into();
             item.offline_since_ms = MaybeMs::NONE;
             item.answer = RunAnswer::Answered;

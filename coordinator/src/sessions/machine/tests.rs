@@ -171,7 +171,7 @@ fn later_items_pass_an_item_whose_computer_is_offline() {
     m.items[0].computer = Some("pc1".into());
     let effects = m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
     assert_eq!(runs(&effects).iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
-    assert_eq!(m.items[0].status.waiting_reason, "computer pc1 is offline");
+    assert_eq!(m.items[0].status.waiting_reason.as_str(), "computer pc1 is offline");
     m.apply(60_000, Event::Tick);
     assert_eq!(m.items[0].state(), ItemState::Failed);
     assert!(m.items[0].status.message.contains("pc1"));

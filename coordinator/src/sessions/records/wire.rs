@@ -140,7 +140,6 @@ macro_rules! item_status_from {
             attempt: $source.attempt,
             restore_point: $source.restore_point.clone(),
             message: $source.message.clone(),
-            waiting_reason: $source.waiting_reason.clone(),
             bytes_done: $source.bytes_done,
             bytes_total: $source.bytes_total,
             bytes_read: $source.bytes_read,
@@ -154,6 +153,7 @@ macro_rules! item_status_from {
 pub(crate) fn item_status(status: &pb::ItemStatus) -> Result<ItemStatus> {
     Ok(item_status_from!(status => ItemStatus {
         agent: item_agent(&status.agent)?,
+        waiting_reason: status.waiting_reason.clone().into(),
         state: status.state().into(),
         phase: status.phase().into(),
         started_at_ms: status.started_at.as_ref().map(time::millis).into(),
@@ -174,6 +174,7 @@ pub(crate) fn item_status_record(status: &ItemStatus) -> pb::ItemStatus {
     use pb::ItemStatus as Record;
     item_status_from!(status => Record {
         agent: status.agent.as_ref().map(AgentId::to_string).unwrap_or_default(),
+        waiting_reason: status.waiting_reason.to_string(),
         state: pb::ItemState::from(status.state) as i32,
         phase: pb::TaskPhase::from(status.phase) as i32,
         started_at: status.started_at_ms.get().map(timestamp),

@@ -136,7 +136,7 @@ fn a_computer_item_whose_agent_is_lost_waits_for_its_computer() {
     m.apply(1, Event::AgentLost { agent: agent("a-pc1") });
     assert_eq!((m.items[0].state(), m.items[0].failed_attempts), (ItemState::Pending, 0));
     m.dispatch(2, &AgentMap::new(), &mut Pool::default());
-    assert_eq!(m.items[0].status.waiting_reason, "computer pc1 is offline");
+    assert_eq!(m.items[0].status.waiting_reason.as_str(), "computer pc1 is offline");
 }
 
 #[test]
