@@ -31,6 +31,8 @@ const DAEMON: &str = "qemu-storage-daemon";
 pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
 /// The socket folder of a spare starts with this (no restore point is named so).
 const SPARE_DIR_PREFIX: &str = "sluice-qsd-spare-";
+/// The QMP socket's name in the daemon's folder.
+const SOCKET: &str = "qmp.sock";
 /// How long a new daemon gets to open its QMP socket and answer on it.
 const DAEMON_START: Duration = Duration::from_secs(30);
 /// How many times a daemon that dies while starting is started: under load QEMU 10's daemon
@@ -207,7 +209,7 @@ impl Daemon {
             .prefix(prefix)
             .tempdir()
             .map_err(|e| StartError::Failed(format!("cannot create a folder for {DAEMON}: {e}")))?;
-        let socket = dir.path().join("qmp.sock");
+        let socket = dir.path().join(SOCKET);
         let stderr = File::create(dir.path().join("stderr"))
             .map_err(|e| StartError::Failed(format!("cannot create {DAEMON}'s log: {e}")))?;
         let chardev = format!(
@@ -304,11 +306,23 @@ impl Daemon {
         self.wait_for_exit().await;
     }
 
-    /// Ends a daemon whose monitor no longer answers: SIGTERM (it saves the bitmaps), then
-    /// waits for it to exit, so that the images it holds are free again.
-    pub(crate) async fn end(mut self) {
-        self.terminate();
-        self.wait_for_exit().await;
+    /// Ends a daemon whose monitor failed on `qmp`, and waits for it to exit, so that the
+    /// images it holds are free again. The connection is closed and a new one asks it to
+    /// quit: QEMU serves a new connection when one monitor stopped reading, and `quit` comes
+    /// after any command it still had to finish, so images it opened meanwhile are closed
+    /// with their bitmaps saved (SIGTERM can end it in the middle of opening one). SIGTERM
+    /// only when the new connection fails too.
+    pub(crate) async fn end(mut self, qmp: Qmp) {
+        drop(qmp);
+        self.signal(Signal::SIGCONT);
+        match Qmp::connect(&self.dir.path().join(SOCKET)).await {
+            Ok(mut qmp) => self.quit(&mut qmp).await,
+            Err(error) => {
+                warn!(%error, "{DAEMON} did not answer a new connection; sending SIGTERM");
+                self.terminate();
+                self.wait_for_exit().await;
+            }
+        }
     }
 
     /// Waits for the process to exit; kills it if it does not in time.
@@ -322,10 +336,13 @@ impl Daemon {
     /// Sends SIGTERM: the daemon saves its bitmaps and exits. SIGCONT follows, so that a
     /// stopped daemon (SIGSTOP, a debugger) acts on it too.
     fn terminate(&mut self) {
+        self.signal(Signal::SIGTERM);
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: Signal) {
         if let (true, Some(pid)) = (self.running(), self.child.id()) {
-            let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-            let _ = kill(pid, Signal::SIGTERM);
-            let _ = kill(pid, Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), signal);
         }
     }
 }

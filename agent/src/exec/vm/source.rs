@@ -100,7 +100,7 @@ impl Source {
             };
             let broken = matches!(&error, Opening::Qmp(error) if error.is_monitor_failure());
             if broken {
-                daemon.end().await;
+                daemon.end(qmp).await;
             } else {
                 daemon.quit(&mut qmp).await;
             }
