@@ -51,7 +51,9 @@ pub const FIGURES: &[Figure] = &[
     figure("dispatch.run_cpu_s_per_1k_items", "s", None),
     figure("dispatch.cores_for_target", "cores", None),
     figure("stop.immediate_p50_ms", "ms", None),
-    figure("stop.immediate_p99_ms", "ms", Some(Target::AtMost(15.0))),
+    figure("stop.immediate_p99_ms", "ms", None),
+    figure("stop.immediate_answer_p99_ms", "ms", Some(Target::AtMost(15.0))),
+    figure("stop.immediate_call_ms", "ms", None),
     figure("stop.immediate_max_ms", "ms", None),
     figure("stop.immediate_to_stopped_ms", "ms", None),
     figure("stop.graceful_tail_ms", "ms", None),
@@ -70,6 +72,7 @@ pub const FIGURES: &[Figure] = &[
     figure("scale.cpu_per_item_spread_pct", "%", Some(Target::AtMost(20.0))),
     figure("scale.100k.coordinator_rss_bytes_per_item", "B", Some(Target::AtMost(1024.0))),
     figure("scale.stop_p99_growth_x", "x", Some(Target::AtMost(1.2))),
+    figure("scale.stop_p99_concurrent_x", "x", None),
 ];
 
 /// Figures measured twice in one run, with TLS (the default) and with `--insecure`; the
@@ -81,6 +84,7 @@ pub const COMPARED: &[&str] = &[
     "dispatch.coordinator_cpu_s_per_1k_items",
     "stop.immediate_p50_ms",
     "stop.immediate_p99_ms",
+    "stop.immediate_answer_p99_ms",
     "stop.immediate_max_ms",
     "stop.immediate_to_stopped_ms",
     "stop.graceful_tail_ms",

@@ -36,8 +36,17 @@ pub async fn create(jobs: &mut Jobs, job: pb::Job) -> anyhow::Result<()> {
 
 /// Starts a session of `job`; its id and the wall-clock time just before the call.
 pub async fn start(jobs: &mut Jobs, job: &str) -> anyhow::Result<(String, SystemTime)> {
+    start_with(jobs, job, false).await
+}
+
+/// [`start`], as an active full backup when `full` is set.
+pub async fn start_with(
+    jobs: &mut Jobs,
+    job: &str,
+    full: bool,
+) -> anyhow::Result<(String, SystemTime)> {
     let before = SystemTime::now();
-    let request = pb::StartJobRequest { job: job.to_string(), full: false };
+    let request = pb::StartJobRequest { job: job.to_string(), full };
     let session = jobs.start_job(request).await.with_context(|| format!("StartJob {job}"))?;
     Ok((session.into_inner().id, before))
 }

@@ -7,6 +7,7 @@
 
 mod catalog;
 mod cli;
+mod costs;
 mod etcd_metrics;
 mod jobs;
 mod observe;

@@ -13,42 +13,16 @@ use sluice_proto::pb::SessionResult;
 use super::Ctx;
 use crate::{
     catalog::DISPATCH_TARGET,
-    etcd_metrics::{
-        self, CPU_SECONDS, FSYNC_SECONDS, FSYNCS, Metrics, RECEIVED_BYTES, TXNS, WRITES,
-    },
+    costs::{self, Probe},
+    etcd_metrics::{self, TXNS},
     jobs::{self, Store},
     observe::{Observer, TaskSeen},
-    procfs,
     stats::{ms_between, percentile},
 };
 
 const JOB: &str = "bench-dispatch";
 /// How long etcd's idle write rate (heartbeats, leases) is sampled before the session.
 const IDLE_SAMPLE: Duration = Duration::from_secs(2);
-
-/// etcd counters and CPU times at one moment: the coordinator's, the agents' together, the
-/// bench's own, and the whole machine's (every process, also those of other work).
-struct Probe {
-    etcd: Metrics,
-    cpu_s: f64,
-    agents_cpu_s: f64,
-    bench_cpu_s: f64,
-    machine_cpu_s: f64,
-}
-
-impl Probe {
-    async fn read(etcd_url: &str, pid: u32, agents: &[u32]) -> anyhow::Result<Probe> {
-        let etcd = etcd_metrics::scrape(etcd_url).await?;
-        let mut agents_cpu_s = 0.0;
-        for agent in agents {
-            agents_cpu_s += procfs::cpu_seconds(*agent)?;
-        }
-        let cpu_s = procfs::cpu_seconds(pid)?;
-        let bench_cpu_s = procfs::cpu_seconds(std::process::id())?;
-        let machine_cpu_s = procfs::machine_busy_seconds()?;
-        Ok(Probe { etcd, cpu_s, agents_cpu_s, bench_cpu_s, machine_cpu_s })
-    }
-}
 
 /// Runs the scenario and records its figures.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
@@ -132,44 +106,13 @@ fn eligibility_latencies(tasks: &[TaskSeen], started: SystemTime, slots: usize) 
 }
 
 fn record_costs(ctx: &Ctx, before: &Probe, after: &Probe, items: usize) -> anyhow::Result<()> {
-    let results = &ctx.results;
     if items == 0 {
-        results.note("dispatch.etcd_txns_per_item", "no item finished");
+        ctx.results.note("dispatch.etcd_txns_per_item", "no item finished");
         return Ok(());
     }
-    let per_item = |name: &str| -> anyhow::Result<f64> {
-        Ok(after.etcd.since(&before.etcd, name)? / items as f64)
-    };
-    results.set("dispatch.etcd_txns_per_item", per_item(TXNS)?);
-    results.set("dispatch.etcd_writes_per_item", per_item(WRITES)?);
-    results.set("dispatch.etcd_bytes_per_item", per_item(RECEIVED_BYTES)?);
-    let fsyncs = after.etcd.since(&before.etcd, FSYNCS)?;
-    if fsyncs > 0.0 {
-        let fsync_ms = after.etcd.since(&before.etcd, FSYNC_SECONDS)? * 1e3 / fsyncs;
-        results.set("dispatch.etcd_wal_fsync_ms_mean", fsync_ms);
-    }
-    record_cpu(ctx, before, after, items)
-}
-
-/// CPU per 1,000 items of the coordinator, the agents, etcd, the bench and all four (the
-/// run's CPU), the whole machine's for comparison, and the cores the dispatch target takes
-/// at the run's cost per item (every process of the run shares this machine).
-fn record_cpu(ctx: &Ctx, before: &Probe, after: &Probe, items: usize) -> anyhow::Result<()> {
-    let results = &ctx.results;
-    let per_1k = |seconds: f64| seconds / (items as f64 / 1e3);
-    let coordinator = per_1k(after.cpu_s - before.cpu_s);
-    let agents = per_1k(after.agents_cpu_s - before.agents_cpu_s);
-    let etcd = per_1k(after.etcd.since(&before.etcd, CPU_SECONDS)?);
-    let bench = per_1k(after.bench_cpu_s - before.bench_cpu_s);
-    let machine = per_1k(after.machine_cpu_s - before.machine_cpu_s);
-    let run = coordinator + agents + etcd + bench;
-    results.set("dispatch.coordinator_cpu_s_per_1k_items", coordinator);
-    results.set("dispatch.agents_cpu_s_per_1k_items", agents);
-    results.set("dispatch.etcd_cpu_s_per_1k_items", etcd);
-    results.set("dispatch.bench_cpu_s_per_1k_items", bench);
-    results.set("dispatch.run_cpu_s_per_1k_items", run);
-    results.set("dispatch.machine_cpu_s_per_1k_items", machine);
-    results.set("dispatch.cores_for_target", run * DISPATCH_TARGET / 1e3);
+    let run = costs::record(&ctx.results, "dispatch", before, after, items)?;
+    // Every process of the run shares this machine: the cores the target takes at its cost.
+    ctx.results.set("dispatch.cores_for_target", run * DISPATCH_TARGET / 1e3);
     Ok(())
 }
 

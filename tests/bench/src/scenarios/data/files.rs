@@ -30,15 +30,16 @@ pub fn make_disk(path: &Path, bytes: u64) {
 }
 
 /// Writes 1% of the disk's `bytes` in 64 KiB pieces spread evenly over it (as a guest
-/// would between two backups); returns the bytes written.
-pub fn change_one_percent(path: &Path, bytes: u64) -> anyhow::Result<u64> {
+/// would between two backups), a pattern of its own for each `round`; returns the bytes
+/// written.
+pub fn change_one_percent(path: &Path, bytes: u64, round: u8) -> anyhow::Result<u64> {
     const PIECE: u64 = 64 * 1024;
     let pieces = (bytes / 100 / PIECE).max(1);
     let stride = (bytes / pieces) / PIECE * PIECE;
     let mut command = Command::new("qemu-io");
     command.args(["-f", "qcow2"]);
     for piece in 0..pieces {
-        command.arg("-c").arg(format!("write -P 0xc3 {} {PIECE}", piece * stride));
+        command.arg("-c").arg(format!("write -P {} {} {PIECE}", 0xc3 ^ round, piece * stride));
     }
     let output = command.arg(path).output().context("cannot run qemu-io")?;
     if !output.status.success() {
@@ -110,6 +111,17 @@ pub fn plain_convert_durable(disk: &Path, out: &Path) -> anyhow::Result<Duration
 /// `cp -r tree copy`: the plain copy the computer backup is compared with.
 pub fn plain_copy(tree: &Path, copy: &Path) -> anyhow::Result<Duration> {
     timed("cp", &[Path::new("-r"), tree, copy])
+}
+
+/// Writes every dirty page of the machine out (`sync`), outside any timed step: a step then
+/// neither pays for the writeback of the data a step before it left in the page cache nor
+/// leaves its own to the next (plain `qemu-img convert` and `cp -r` do not fsync).
+pub fn settle() -> anyhow::Result<()> {
+    let status = Command::new("sync").status().context("cannot run sync")?;
+    if !status.success() {
+        bail!("sync failed ({status})");
+    }
+    Ok(())
 }
 
 /// Removes a file or folder, ignoring that it is already gone (frees disk between steps).

@@ -6,10 +6,12 @@ use super::key;
 use crate::{output::number, results::Recorded};
 
 /// Columns: figure name in the case's keys, heading.
-const COLUMNS: [(&str, &str); 6] = [
+const COLUMNS: [(&str, &str); 8] = [
     ("items", "items"),
     ("items_per_s", "items/s"),
     ("coordinator_cpu_s_per_1k_items", "cpu s/1k"),
+    ("run_cpu_s_per_1k_items", "run cpu s/1k"),
+    ("etcd_txns_per_item", "txn/item"),
     ("coordinator_rss_bytes_per_item", "B/item"),
     ("stop_p99_ms", "stop p99 ms"),
     ("stop_to_stopped_ms", "to STOPPED ms"),
