@@ -1,6 +1,7 @@
 //! etcd access: protobuf values, create-if-absent and guarded writes, with call timeouts,
 //! over a channel that keeps to live etcd members ([`failover`]).
 
+pub(crate) mod batch;
 pub(crate) mod failover;
 
 use std::time::Duration;
@@ -15,7 +16,10 @@ use tonic::Code;
 
 use sluice_proto::security::tls::{TlsError, check_url, client_config};
 
-use self::failover::Failover;
+use self::{
+    batch::{Batcher, Guarded, GuardedWrite},
+    failover::Failover,
+};
 use crate::{
     error::{Error, Result},
     keys::Keys,
@@ -31,6 +35,7 @@ pub(crate) struct Store {
     watcher: WatchClient,
     failover: Failover,
     keys: Keys,
+    batcher: Batcher,
 }
 
 /// Reads per txn of `get_many`: below etcd's default `--max-txn-ops` of 128.
@@ -89,7 +94,8 @@ impl Store {
             .max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_ETCD_MESSAGE_BYTES);
         let watcher = client.watch_client().max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES);
-        Ok(Store { client, kv, watcher, failover, keys: Keys::new(prefix) })
+        let batcher = Batcher::start(kv.clone());
+        Ok(Store { client, kv, watcher, failover, keys: Keys::new(prefix), batcher })
     }
 
     /// Tells the channel that the lease keep-alive stream went silent: its member is passed
@@ -111,6 +117,12 @@ impl Store {
     /// The key-value client, with message limits that fit the largest jobs.
     pub(crate) fn kv(&self) -> KvClient {
         self.kv.clone()
+    }
+
+    /// Writes `write` while its guard key's mod revision is as expected, in one txn with
+    /// the guarded writes of other sessions waiting at the same time ([`batch`]).
+    pub(crate) async fn guarded(&self, write: GuardedWrite) -> Result<Guarded> {
+        self.batcher.write(write).await
     }
 
     /// The watch client, with the same limits.

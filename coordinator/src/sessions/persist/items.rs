@@ -8,17 +8,21 @@
 //! first, the owner's next write is refused instead: the owner key then still has the epoch
 //! as its create revision (a claim by another coordinator makes a new key, at a newer create
 //! revision), so the owner takes its mod revision and writes its current state over it.
-//! One guard per txn keeps etcd's read of the guards to a single key, however many items
-//! the txn writes.
+//! One guard per session keeps etcd's read of the guards to a single key per session, however
+//! many items a write holds; writes of sessions that wait at the same time share a txn
+//! (`store::batch`), each still with its own guard and its own answer.
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{PutOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{ids::Epoch, pb};
 
 use super::catalog_op;
 use crate::{
     error::{Error, Result},
-    store::Store,
+    store::{
+        Store,
+        batch::{Guarded, GuardedWrite},
+    },
 };
 
 /// Items per txn: etcd's default `--max-txn-ops` is 128 per op list, and a txn also holds the
@@ -111,26 +115,19 @@ pub(super) async fn sequenced(
     Err(Error::Etcd(etcd_client::Error::Internal(reason)))
 }
 
-/// One txn of `ops` and the owner key's put, guarded by the owner key's mod revision: the
-/// revision it was written at, or, refused, the owner key as it is (`None`: absent).
+/// `ops` and the owner key's put, guarded by the owner key's mod revision (in a txn it may
+/// share with other sessions' writes): the revision it was written at, or, refused, the
+/// owner key as it is (`None`: absent).
 pub(super) async fn write_once(
     store: &Store,
     id: &str,
     owner: &OwnerKey,
     mut ops: Vec<TxnOp>,
-) -> Result<std::result::Result<i64, Option<etcd_client::KeyValue>>> {
+) -> Result<Guarded> {
     let key = store.keys().session_owner(id);
     let lease = PutOptions::new().with_lease(owner.lease);
     ops.push(TxnOp::put(key.as_str(), owner.owner.as_str(), Some(lease)));
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, owner.revision)])
-        .and_then(ops)
-        .or_else([TxnOp::get(key.as_str(), None)]);
-    let response = store.kv().txn(txn).await?;
-    if response.succeeded() {
-        return Ok(Ok(response.header().map(|h| h.revision()).ok_or_else(no_header)?));
-    }
-    Ok(Err(read_owner(response.op_responses())))
+    store.guarded(GuardedWrite { key, revision: owner.revision, ops }).await
 }
 
 /// The write of one item, with its catalog entry in the same (nested, unguarded) txn.
@@ -143,16 +140,4 @@ fn item_op(store: &Store, id: &str, write: &ItemWrite) -> TxnOp {
     let mut ops = vec![put];
     ops.extend(write.catalog.iter().map(|rp| catalog_op(store, rp)));
     TxnOp::txn(Txn::new().and_then(ops))
-}
-
-/// The owner key the refused branch read.
-fn read_owner(answers: Vec<TxnOpResponse>) -> Option<etcd_client::KeyValue> {
-    answers.into_iter().find_map(|answer| match answer {
-        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-        _ => None,
-    })
-}
-
-fn no_header() -> Error {
-    Error::Etcd(etcd_client::Error::Internal("etcd answered a txn without a header".into()))
 }

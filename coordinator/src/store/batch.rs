@@ -1,0 +1,195 @@
+//! Guarded writes of many sessions in one etcd txn (group commit).
+//!
+//! Every write of a session's owner is guarded by one key's mod revision (its owner key).
+//! With a hundred sessions each holding a few slots, each flush carries one or two items,
+//! and a txn per flush makes etcd's and the coordinator's cost per item grow with the
+//! number of sessions. The batcher sends what is waiting as one txn: the guards of all its
+//! writes, then all their ops; if a guard fails, the failure branch reads every guard key,
+//! the writes whose guard held are sent again and the others answered with their key as
+//! it is. At most [`IN_FLIGHT`] txns are in flight: writes that come meanwhile wait and
+//! go together, so one session alone waits for nothing but its own txn.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use etcd_client::{Compare, CompareOp, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::error::{Error, Result};
+
+/// Txns of batched writes in flight at once.
+const IN_FLIGHT: usize = 2;
+/// Ops per txn, below etcd's default `--max-txn-ops` of 128 (for guards, ops and reads).
+const MAX_OPS: usize = 120;
+
+/// What a guarded write did: the revision it was written at, or, refused, its guard key as
+/// it is now (`None`: absent).
+pub(crate) type Guarded = std::result::Result<i64, Option<KeyValue>>;
+
+/// One write: `ops`, only while `key`'s mod revision is `revision`.
+pub(crate) struct GuardedWrite {
+    /// The guard key.
+    pub(crate) key: String,
+    /// Its expected mod revision.
+    pub(crate) revision: i64,
+    /// What to write.
+    pub(crate) ops: Vec<TxnOp>,
+}
+
+struct Request {
+    write: GuardedWrite,
+    reply: oneshot::Sender<Result<Guarded>>,
+}
+
+/// Handle of the batcher task; it ends when the last handle is dropped.
+#[derive(Clone)]
+pub(crate) struct Batcher {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Batcher {
+    /// Starts the batcher on `kv`.
+    pub(crate) fn start(kv: KvClient) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(kv, rx));
+        Batcher { tx }
+    }
+
+    /// Writes `write` in the next txn that has room for it.
+    pub(crate) async fn write(&self, write: GuardedWrite) -> Result<Guarded> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request { write, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::Etcd(etcd_client::Error::Internal("the etcd write batcher stopped".into()))
+}
+
+async fn run(kv: KvClient, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut pending = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(request) => pending.push_back(request),
+                None => return,
+            }
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        while let Ok(request) = rx.try_recv() {
+            pending.push_back(request);
+        }
+        let batch = take_batch(&mut pending);
+        let kv = kv.clone();
+        tokio::spawn(async move {
+            send(kv, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// The oldest waiting writes that fit in one txn, at most one per guard key (etcd refuses a
+/// txn that writes a key twice); the first always goes, however many ops it has.
+fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
+    let mut batch: Vec<Request> = Vec::new();
+    let mut ops = 0;
+    let mut skipped = VecDeque::new();
+    while let Some(request) = pending.pop_front() {
+        let size = request.write.ops.len();
+        let fits = batch.is_empty() || (ops + size <= MAX_OPS && batch.len() < MAX_OPS);
+        if !fits {
+            pending.push_front(request);
+            break;
+        }
+        if batch.iter().any(|r| r.write.key == request.write.key) {
+            skipped.push_back(request);
+            continue;
+        }
+        ops += size;
+        batch.push(request);
+    }
+    while let Some(request) = skipped.pop_back() {
+        pending.push_front(request);
+    }
+    batch
+}
+
+/// Sends a batch until every write in it is answered.
+async fn send(mut kv: KvClient, mut batch: Vec<Request>) {
+    while !batch.is_empty() {
+        let txn = combined(&batch);
+        match kv.txn(txn).await {
+            Ok(response) if response.succeeded() => {
+                let revision = response.header().map(|h| h.revision());
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(revision.ok_or_else(no_header).map(Ok));
+                }
+            }
+            Ok(response) => batch = answer_refused(batch, response.op_responses()),
+            Err(error) if batch.len() == 1 => {
+                let _ = batch.remove(0).reply.send(Err(error.into()));
+            }
+            // Each on its own, so that each write gets its own answer.
+            Err(_) => {
+                let alone = batch.drain(..).map(|request| send_alone(kv.clone(), request));
+                futures::future::join_all(alone).await;
+            }
+        }
+    }
+}
+
+/// Sends one write in a txn of its own and answers it.
+async fn send_alone(mut kv: KvClient, request: Request) {
+    let batch = std::slice::from_ref(&request);
+    let answer = match kv.txn(combined(batch)).await {
+        Ok(response) if response.succeeded() => {
+            response.header().map(|h| Ok(h.revision())).ok_or_else(no_header)
+        }
+        Ok(response) => Ok(Err(read_keys(response.op_responses()).next().flatten())),
+        Err(error) => Err(error.into()),
+    };
+    let _ = request.reply.send(answer);
+}
+
+/// One txn of every write: all guards, then all ops; refused, a read of every guard key.
+fn combined(batch: &[Request]) -> Txn {
+    let guards: Vec<Compare> = batch
+        .iter()
+        .map(|r| Compare::mod_revision(r.write.key.as_str(), CompareOp::Equal, r.write.revision))
+        .collect();
+    let ops: Vec<TxnOp> = batch.iter().flat_map(|r| r.write.ops.iter().cloned()).collect();
+    let reads: Vec<TxnOp> = batch.iter().map(|r| TxnOp::get(r.write.key.as_str(), None)).collect();
+    Txn::new().when(guards).and_then(ops).or_else(reads)
+}
+
+/// Answers the writes whose guard failed with their key as read; returns those whose guard
+/// held (another write's failed), to be sent again.
+fn answer_refused(batch: Vec<Request>, reads: Vec<TxnOpResponse>) -> Vec<Request> {
+    let mut again = Vec::new();
+    for (request, key) in batch.into_iter().zip(read_keys(reads)) {
+        let held = key.as_ref().is_some_and(|kv| kv.mod_revision() == request.write.revision);
+        if held {
+            again.push(request);
+        } else {
+            let _ = request.reply.send(Ok(Err(key)));
+        }
+    }
+    again
+}
+
+/// The key each read of a refused txn found (`None`: absent).
+fn read_keys(reads: Vec<TxnOpResponse>) -> impl Iterator<Item = Option<KeyValue>> {
+    reads.into_iter().map(|read| match read {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+fn no_header() -> Error {
+    Error::Etcd(etcd_client::Error::Internal("etcd answered a txn without a header".into()))
+}
+
+#[cfg(test)]
+mod tests;

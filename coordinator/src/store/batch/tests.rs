@@ -1,0 +1,106 @@
+//! The batcher against a real etcd: writes waiting together share a txn, and each is
+//! answered as it would be alone.
+
+use etcd_client::TxnOp;
+
+use super::{Guarded, GuardedWrite};
+use crate::{store::Store, testing};
+
+/// Puts `key` and returns its mod revision.
+async fn put(store: &Store, key: &str) -> i64 {
+    let put = store.kv().put(key, "v", None).await.expect("put");
+    put.header().expect("header").revision()
+}
+
+fn write(key: &str, revision: i64, ops: Vec<TxnOp>) -> GuardedWrite {
+    GuardedWrite { key: key.to_string(), revision, ops }
+}
+
+fn guard_put(key: &str, revision: i64) -> GuardedWrite {
+    write(key, revision, vec![TxnOp::put(key, "written", None)])
+}
+
+fn keys(store: &Store, count: usize) -> Vec<String> {
+    (0..count).map(|n| store.keys().session_owner(&format!("s-{n}"))).collect()
+}
+
+#[tokio::test]
+async fn writes_waiting_together_share_txns_and_all_land() {
+    let store = testing::store().await;
+    let keys = keys(&store, 50);
+    let mut revisions = Vec::new();
+    for key in &keys {
+        revisions.push(put(&store, key).await);
+    }
+    let writes = keys.iter().zip(&revisions).map(|(key, rev)| store.guarded(guard_put(key, *rev)));
+    let answers: Vec<Guarded> =
+        futures::future::join_all(writes).await.into_iter().map(|a| a.expect("etcd")).collect();
+    let written: Vec<i64> = answers.into_iter().map(|a| a.expect("every guard held")).collect();
+    let mut txns = written.clone();
+    txns.dedup();
+    assert!(txns.len() < written.len(), "{} writes in {} txns", written.len(), txns.len());
+    for key in &keys {
+        let value = store.kv().get(key.as_str(), None).await.expect("get");
+        assert_eq!(value.kvs()[0].value(), b"written");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_guard_refuses_only_its_own_write() {
+    let store = testing::store().await;
+    let keys = keys(&store, 3);
+    let mut revisions = Vec::new();
+    for key in &keys {
+        revisions.push(put(&store, key).await);
+    }
+    let stale = revisions[1] - 1;
+    let answers = futures::future::join3(
+        store.guarded(guard_put(&keys[0], revisions[0])),
+        store.guarded(guard_put(&keys[1], stale)),
+        store.guarded(guard_put(&keys[2], revisions[2])),
+    )
+    .await;
+    assert!(answers.0.expect("etcd").is_ok());
+    assert!(answers.2.expect("etcd").is_ok());
+    let refused = answers.1.expect("etcd").expect_err("its guard failed");
+    assert_eq!(refused.map(|kv| kv.mod_revision()), Some(revisions[1]), "the key as it is");
+    let value = store.kv().get(keys[1].as_str(), None).await.expect("get");
+    assert_eq!(value.kvs()[0].value(), b"v", "not written");
+}
+
+/// Never in one txn (etcd would refuse it for the key written twice): one lands, the other
+/// finds the key moved by it.
+#[tokio::test]
+async fn two_writes_guarded_by_one_key_go_in_separate_txns() {
+    let store = testing::store().await;
+    let key = &keys(&store, 1)[0];
+    let revision = put(&store, key).await;
+    let (first, second) = futures::future::join(
+        store.guarded(guard_put(key, revision)),
+        store.guarded(guard_put(key, revision)),
+    )
+    .await;
+    let (first, second) = (first.expect("etcd"), second.expect("etcd"));
+    let (landed, refused) = match (first, second) {
+        (Ok(landed), Err(refused)) | (Err(refused), Ok(landed)) => (landed, refused),
+        other => panic!("exactly one should land: {other:?}"),
+    };
+    assert_eq!(refused.map(|kv| kv.mod_revision()), Some(landed));
+}
+
+#[tokio::test]
+async fn a_write_etcd_rejects_fails_alone() {
+    let store = testing::store().await;
+    let keys = keys(&store, 2);
+    let (good, bad) = (put(&store, &keys[0]).await, put(&store, &keys[1]).await);
+    // The same key twice in one txn: etcd rejects the whole txn.
+    let twice =
+        vec![TxnOp::put(keys[1].as_str(), "a", None), TxnOp::put(keys[1].as_str(), "b", None)];
+    let (good, bad) = futures::future::join(
+        store.guarded(guard_put(&keys[0], good)),
+        store.guarded(write(&keys[1], bad, twice)),
+    )
+    .await;
+    assert!(good.expect("etcd").is_ok(), "the other write lands");
+    assert!(bad.is_err(), "the rejected write answers etcd's error");
+}
