@@ -6,11 +6,14 @@
 //! number of sessions. The batcher sends what is waiting as one txn: the guards of all its
 //! writes, then all their ops; if a guard fails, the failure branch reads every guard key,
 //! the writes whose guard held are sent again and the others answered with their key as
-//! it is. At most [`IN_FLIGHT`] txns are in flight: writes that come meanwhile wait and
-//! go together, so one session alone waits for nothing but its own txn.
+//! it is. A write that finds no other one waiting or in flight goes at once from its
+//! caller, as it would without the batcher (one session alone pays nothing for it); others
+//! queue, at most [`IN_FLIGHT`] txns of them are in flight, and what comes meanwhile waits
+//! and goes together.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use etcd_client::{Compare, CompareOp, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -45,21 +48,49 @@ struct Request {
 #[derive(Clone)]
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Request>,
+    kv: KvClient,
+    /// Writes whose callers wait for their answer.
+    active: Arc<AtomicUsize>,
 }
 
 impl Batcher {
     /// Starts the batcher on `kv`.
     pub(crate) fn start(kv: KvClient) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(kv, rx));
-        Batcher { tx }
+        tokio::spawn(run(kv.clone(), rx));
+        Batcher { tx, kv, active: Arc::default() }
     }
 
-    /// Writes `write` in the next txn that has room for it.
+    /// Writes `write` at once when no other write waits, else in the next txn that has
+    /// room for it.
     pub(crate) async fn write(&self, write: GuardedWrite) -> Result<Guarded> {
+        let active = Active::enter(&self.active);
+        if active.alone {
+            return txn_alone(self.kv.clone(), &write).await;
+        }
         let (reply, answer) = oneshot::channel();
         self.tx.send(Request { write, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// One write counted in [`Batcher::active`] while its caller waits (or until it gives up).
+struct Active<'a> {
+    count: &'a AtomicUsize,
+    /// No other write was waiting when this one came.
+    alone: bool,
+}
+
+impl<'a> Active<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let alone = count.fetch_add(1, Ordering::AcqRel) == 0;
+        Active { count, alone }
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -141,16 +172,23 @@ async fn send(mut kv: KvClient, mut batch: Vec<Request>) {
 }
 
 /// Sends one write in a txn of its own and answers it.
-async fn send_alone(mut kv: KvClient, request: Request) {
-    let batch = std::slice::from_ref(&request);
-    let answer = match kv.txn(combined(batch)).await {
-        Ok(response) if response.succeeded() => {
-            response.header().map(|h| Ok(h.revision())).ok_or_else(no_header)
-        }
-        Ok(response) => Ok(Err(read_keys(response.op_responses()).next().flatten())),
-        Err(error) => Err(error.into()),
-    };
+async fn send_alone(kv: KvClient, request: Request) {
+    let answer = txn_alone(kv, &request.write).await;
     let _ = request.reply.send(answer);
+}
+
+/// One write in a txn of its own.
+async fn txn_alone(mut kv: KvClient, write: &GuardedWrite) -> Result<Guarded> {
+    let guard = Compare::mod_revision(write.key.as_str(), CompareOp::Equal, write.revision);
+    let txn = Txn::new()
+        .when([guard])
+        .and_then(write.ops.clone())
+        .or_else([TxnOp::get(write.key.as_str(), None)]);
+    let response = kv.txn(txn).await?;
+    if response.succeeded() {
+        return response.header().map(|h| Ok(h.revision())).ok_or_else(no_header);
+    }
+    Ok(Err(read_keys(response.op_responses()).next().flatten()))
 }
 
 /// One txn of every write: all guards, then all ops; refused, a read of every guard key.

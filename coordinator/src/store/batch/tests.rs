@@ -88,19 +88,26 @@ async fn two_writes_guarded_by_one_key_go_in_separate_txns() {
     assert_eq!(refused.map(|kv| kv.mod_revision()), Some(landed));
 }
 
+/// The first write goes at once; the two after it wait together, and etcd rejects their
+/// txn for one of them: each is then sent alone and answered for itself.
 #[tokio::test]
 async fn a_write_etcd_rejects_fails_alone() {
     let store = testing::store().await;
-    let keys = keys(&store, 2);
-    let (good, bad) = (put(&store, &keys[0]).await, put(&store, &keys[1]).await);
+    let keys = keys(&store, 3);
+    let mut revisions = Vec::new();
+    for key in &keys {
+        revisions.push(put(&store, key).await);
+    }
     // The same key twice in one txn: etcd rejects the whole txn.
     let twice =
-        vec![TxnOp::put(keys[1].as_str(), "a", None), TxnOp::put(keys[1].as_str(), "b", None)];
-    let (good, bad) = futures::future::join(
-        store.guarded(guard_put(&keys[0], good)),
-        store.guarded(write(&keys[1], bad, twice)),
+        vec![TxnOp::put(keys[2].as_str(), "a", None), TxnOp::put(keys[2].as_str(), "b", None)];
+    let (first, good, bad) = futures::future::join3(
+        store.guarded(guard_put(&keys[0], revisions[0])),
+        store.guarded(guard_put(&keys[1], revisions[1])),
+        store.guarded(write(&keys[2], revisions[2], twice)),
     )
     .await;
-    assert!(good.expect("etcd").is_ok(), "the other write lands");
+    assert!(first.expect("etcd").is_ok(), "the first write lands");
+    assert!(good.expect("etcd").is_ok(), "the write that waited beside the rejected one lands");
     assert!(bad.is_err(), "the rejected write answers etcd's error");
 }
