@@ -12,6 +12,15 @@ async fn put(store: &Store, key: &str) -> i64 {
     put.header().expect("header").revision()
 }
 
+/// Puts every key; their mod revisions, in order.
+async fn put_all(store: &Store, keys: &[String]) -> Vec<i64> {
+    let mut revisions = Vec::new();
+    for key in keys {
+        revisions.push(put(store, key).await);
+    }
+    revisions
+}
+
 fn write(key: &str, revision: i64, ops: Vec<TxnOp>) -> GuardedWrite {
     GuardedWrite { key: key.to_string(), revision, ops }
 }
@@ -28,10 +37,7 @@ fn keys(store: &Store, count: usize) -> Vec<String> {
 async fn writes_waiting_together_share_txns_and_all_land() {
     let store = testing::store().await;
     let keys = keys(&store, 50);
-    let mut revisions = Vec::new();
-    for key in &keys {
-        revisions.push(put(&store, key).await);
-    }
+    let revisions = put_all(&store, &keys).await;
     let writes = keys.iter().zip(&revisions).map(|(key, rev)| store.guarded(guard_put(key, *rev)));
     let answers: Vec<Guarded> =
         futures::future::join_all(writes).await.into_iter().map(|a| a.expect("etcd")).collect();
@@ -49,10 +55,7 @@ async fn writes_waiting_together_share_txns_and_all_land() {
 async fn a_failed_guard_refuses_only_its_own_write() {
     let store = testing::store().await;
     let keys = keys(&store, 3);
-    let mut revisions = Vec::new();
-    for key in &keys {
-        revisions.push(put(&store, key).await);
-    }
+    let revisions = put_all(&store, &keys).await;
     let stale = revisions[1] - 1;
     let answers = futures::future::join3(
         store.guarded(guard_put(&keys[0], revisions[0])),
@@ -94,10 +97,7 @@ async fn two_writes_guarded_by_one_key_go_in_separate_txns() {
 async fn a_write_etcd_rejects_fails_alone() {
     let store = testing::store().await;
     let keys = keys(&store, 3);
-    let mut revisions = Vec::new();
-    for key in &keys {
-        revisions.push(put(&store, key).await);
-    }
+    let revisions = put_all(&store, &keys).await;
     // The same key twice in one txn: etcd rejects the whole txn.
     let twice =
         vec![TxnOp::put(keys[2].as_str(), "a", None), TxnOp::put(keys[2].as_str(), "b", None)];
