@@ -31,6 +31,10 @@ pub(crate) struct Outbox {
     flushing_runs: Vec<Dispatch>,
     /// RunTask calls awaiting an answer (or a re-send), by (index, attempt).
     in_flight: HashSet<(u32, u32)>,
+    /// Those of them whose cancel already went out (a user cancel names a task whose RunTask
+    /// is in flight: the agent refuses a RunTask that comes after it), so their answer need
+    /// not send it again.
+    cancelled_in_flight: HashSet<(u32, u32)>,
     /// Outcomes not yet in a flush.
     acks: Vec<Ack>,
     /// Outcomes in the flush under way.
@@ -109,9 +113,18 @@ impl Outbox {
         self.in_flight.insert((index, attempt));
     }
 
-    /// A RunTask was answered, or its attempt is over.
-    pub(crate) fn answered(&mut self, index: u32, attempt: u32) {
+    /// A RunTask was answered, or its attempt is over. Whether a cancel of it went out while
+    /// it was in flight.
+    pub(crate) fn answered(&mut self, index: u32, attempt: u32) -> bool {
         self.in_flight.remove(&(index, attempt));
+        self.cancelled_in_flight.remove(&(index, attempt))
+    }
+
+    /// A cancel of the attempt goes out; remembered if its RunTask is in flight.
+    pub(crate) fn cancel_sent(&mut self, index: u32, attempt: u32) {
+        if self.in_flight.contains(&(index, attempt)) {
+            self.cancelled_in_flight.insert((index, attempt));
+        }
     }
 
     /// Whether a RunTask for the item awaits its answer.
@@ -220,5 +233,17 @@ mod tests {
         assert!(outbox.in_flight(3), "a re-send keeps it in flight");
         outbox.answered(3, 1);
         assert!(!outbox.in_flight(3));
+    }
+
+    #[test]
+    fn the_answer_of_a_run_says_whether_its_cancel_went_out_meanwhile() {
+        let mut outbox = Outbox::default();
+        outbox.resend_stored(vec![run(3, "a1"), run(4, "a1")]);
+        outbox.cancel_sent(3, 1);
+        outbox.cancel_sent(5, 1);
+        assert!(outbox.answered(3, 1), "cancelled while in flight");
+        assert!(!outbox.answered(4, 1), "not cancelled");
+        assert!(!outbox.answered(5, 1), "its cancel went out when no RunTask was in flight");
+        assert!(!outbox.answered(3, 1), "answered once");
     }
 }

@@ -101,7 +101,7 @@ impl SessionActor {
         dispatch: Dispatch,
         result: Result<pb::TaskStatus, Status>,
     ) -> Option<Exit> {
-        self.outbox.answered(dispatch.index, dispatch.attempt);
+        let cancel_went_out = self.outbox.answered(dispatch.index, dispatch.attempt);
         let (index, attempt, agent) = (dispatch.index, dispatch.attempt, dispatch.agent.clone());
         match result {
             Ok(status) => self.on_task(dispatch.agent, status),
@@ -111,7 +111,9 @@ impl SessionActor {
             }
             Err(status) => self.on_run_refused(dispatch, status),
         }
-        if self.machine.cancel_requested(index, attempt) {
+        // A cancel that went out while the RunTask was in flight reaches the task either way
+        // (the agent refuses a RunTask that comes after it); else this answer sends it.
+        if !cancel_went_out && self.machine.cancel_requested(index, attempt) {
             self.send_cancel(agent, vec![index], CancelReason::User);
         }
         None
@@ -163,10 +165,15 @@ impl SessionActor {
             if let Some(attempt) = self.outbox.withdraw(index) {
                 let outcome = Outcome::never_started(reason);
                 self.apply(Event::Finished { index, attempt, outcome, agent: agent.clone() });
-            } else if reason == CancelReason::User || !self.outbox.in_flight(index) {
+            } else if reason == CancelReason::User {
                 // A user cancel may overtake its RunTask: the agent then refuses that RunTask.
-                // (Asked only for other reasons: it scans the calls in flight, and a stop of
-                // 1,000 tasks would scan them for each.)
+                if let Some(attempt) = self.machine.cancel_awaited(index) {
+                    self.outbox.cancel_sent(index, attempt);
+                }
+                remote.push(index);
+            } else if !self.outbox.in_flight(index) {
+                // Another reason waits for the RunTask's answer (it scans the calls in
+                // flight, so a stop of 1,000 tasks does not ask it).
                 remote.push(index);
             }
         }
