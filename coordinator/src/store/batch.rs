@@ -150,7 +150,7 @@ fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
 /// Sends a batch until every write in it is answered.
 async fn send(mut kv: KvClient, mut batch: Vec<Request>) {
     while !batch.is_empty() {
-        let txn = combined(&batch);
+        let txn = combined(batch.iter().map(|request| &request.write));
         match kv.txn(txn).await {
             Ok(response) if response.succeeded() => {
                 let revision = response.header().map(|h| h.revision());
@@ -179,12 +179,7 @@ async fn send_alone(kv: KvClient, request: Request) {
 
 /// One write in a txn of its own.
 async fn txn_alone(mut kv: KvClient, write: &GuardedWrite) -> Result<Guarded> {
-    let guard = Compare::mod_revision(write.key.as_str(), CompareOp::Equal, write.revision);
-    let txn = Txn::new()
-        .when([guard])
-        .and_then(write.ops.clone())
-        .or_else([TxnOp::get(write.key.as_str(), None)]);
-    let response = kv.txn(txn).await?;
+    let response = kv.txn(combined(std::iter::once(write))).await?;
     if response.succeeded() {
         return response.header().map(|h| Ok(h.revision())).ok_or_else(no_header);
     }
@@ -192,13 +187,13 @@ async fn txn_alone(mut kv: KvClient, write: &GuardedWrite) -> Result<Guarded> {
 }
 
 /// One txn of every write: all guards, then all ops; refused, a read of every guard key.
-fn combined(batch: &[Request]) -> Txn {
-    let guards: Vec<Compare> = batch
-        .iter()
-        .map(|r| Compare::mod_revision(r.write.key.as_str(), CompareOp::Equal, r.write.revision))
+fn combined<'a>(writes: impl Iterator<Item = &'a GuardedWrite> + Clone) -> Txn {
+    let guards: Vec<Compare> = writes
+        .clone()
+        .map(|w| Compare::mod_revision(w.key.as_str(), CompareOp::Equal, w.revision))
         .collect();
-    let ops: Vec<TxnOp> = batch.iter().flat_map(|r| r.write.ops.iter().cloned()).collect();
-    let reads: Vec<TxnOp> = batch.iter().map(|r| TxnOp::get(r.write.key.as_str(), None)).collect();
+    let ops: Vec<TxnOp> = writes.clone().flat_map(|w| w.ops.iter().cloned()).collect();
+    let reads: Vec<TxnOp> = writes.map(|w| TxnOp::get(w.key.as_str(), None)).collect();
     Txn::new().when(guards).and_then(ops).or_else(reads)
 }
 
