@@ -5,7 +5,10 @@
 //! the outcome is announced; acknowledged tasks are appended as forgotten. One writer task
 //! owns the log (group commit): it takes every record waiting at once, appends them in one
 //! write, fsyncs once and only then answers each caller, so a caller's record is durable
-//! when its `write` returns. The log is rewritten with only the live entries when it grows
+//! when its `write` returns. An acknowledgement does not wait for the disk
+//! ([`Journal::forget_later`]): it rides with the next commit, or is committed alone after
+//! [`LAZY_WAIT`]; one lost in a crash only makes the agent report that outcome again, and a
+//! coordinator acknowledges it again. The log is rewritten with only the live entries when it grows
 //! past its bound (see [`log`]).
 
 mod legacy;
@@ -35,6 +38,8 @@ const EPOCHS_FILE: &str = "epochs.json";
 const QUEUE: usize = 4096;
 /// Most records one write and fsync takes.
 const MAX_BATCH: usize = 4096;
+/// Longest a deferred record waits for a commit to ride with.
+const LAZY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What the journal holds of one task.
 #[derive(Clone, PartialEq, Message)]
@@ -65,6 +70,10 @@ pub struct JournalStats {
 
 enum Request {
     Append(Box<Record>, oneshot::Sender<io::Result<()>>),
+    /// A record no caller waits on.
+    Defer(Box<Record>),
+    /// Commits what was deferred.
+    Flush(oneshot::Sender<io::Result<()>>),
     Entries(oneshot::Sender<Vec<(TaskId, JournalEntry)>>),
     Acknowledged(oneshot::Sender<Acknowledged>),
     Stats(oneshot::Sender<JournalStats>),
@@ -100,7 +109,13 @@ impl Journal {
         })?;
         info!(entries = log.entries().len(), bytes = log.len(), "journal opened");
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = Writer { log: Some(log), dir: dir.clone(), stats: JournalStats::default() };
+        let writer = Writer {
+            log: Some(log),
+            dir: dir.clone(),
+            stats: JournalStats::default(),
+            deferred: Vec::new(),
+            flush_at: None,
+        };
         tokio::spawn(writer.run(rx));
         Ok(Self { dir, tx })
     }
@@ -114,6 +129,21 @@ impl Journal {
     pub(crate) async fn forget(&self, ids: &[TaskId]) -> io::Result<()> {
         let forget = ids.iter().map(TaskId::to_wire).collect();
         self.append(Record { put: None, forget }).await
+    }
+
+    /// Drops the entries of acknowledged tasks without waiting for the disk: the record is
+    /// committed with the next write, within [`LAZY_WAIT`], or by [`Self::flush`].
+    pub(crate) async fn forget_later(&self, ids: &[TaskId]) -> io::Result<()> {
+        let forget = ids.iter().map(TaskId::to_wire).collect();
+        let record = Box::new(Record { put: None, forget });
+        self.tx.send(Request::Defer(record)).await.map_err(|_| stopped())
+    }
+
+    /// Commits every deferred record; returns once they are fsynced.
+    pub async fn flush(&self) -> io::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request::Flush(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn append(&self, record: Record) -> io::Result<()> {
@@ -188,35 +218,90 @@ struct Writer {
     /// The state directory (its `epochs.json` says whose acknowledgements to keep).
     dir: PathBuf,
     stats: JournalStats,
+    /// Records that wait for the next commit (nobody waits on them).
+    deferred: Vec<Record>,
+    /// When the deferred records are committed if no other commit comes first.
+    flush_at: Option<tokio::time::Instant>,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let mut records = Vec::new();
-            let mut waiters = Vec::new();
-            let mut reads = Vec::new();
-            for request in batch.drain(..) {
-                match request {
-                    Request::Append(record, reply) => {
-                        records.push(*record);
-                        waiters.push(reply);
+        loop {
+            let received = match self.flush_at {
+                None => rx.recv_many(&mut batch, MAX_BATCH).await,
+                Some(at) => tokio::select! {
+                    biased; // due deferred records first, even while requests keep coming
+                    () = tokio::time::sleep_until(at) => {
+                        self.commit(Vec::new(), Vec::new()).await;
+                        continue;
                     }
-                    other => reads.push(other),
-                }
+                    received = rx.recv_many(&mut batch, MAX_BATCH) => received,
+                },
+            };
+            if received == 0 {
+                break;
             }
-            if !records.is_empty() {
-                let result = self.append(records).await;
-                for waiter in waiters {
-                    let _ = waiter.send(copy_result(&result));
+            self.take(&mut batch).await;
+        }
+        // Every handle is gone: what was deferred is committed before the writer ends.
+        self.commit(Vec::new(), Vec::new()).await;
+    }
+
+    /// Handles one batch of requests: its records (with the deferred ones) in one commit,
+    /// then its reads, which see every record taken before them.
+    async fn take(&mut self, batch: &mut Vec<Request>) {
+        let mut records = Vec::new();
+        let mut waiters = Vec::new();
+        let mut reads = Vec::new();
+        for request in batch.drain(..) {
+            match request {
+                Request::Append(record, reply) => {
+                    records.push(*record);
+                    waiters.push(reply);
                 }
-                self.compact_if_due().await;
-            }
-            for read in reads {
-                self.answer(read);
+                Request::Defer(record) => {
+                    self.deferred.push(*record);
+                    self.flush_at.get_or_insert_with(|| tokio::time::Instant::now() + LAZY_WAIT);
+                }
+                Request::Flush(reply) => waiters.push(reply),
+                other => reads.push(other),
             }
         }
+        // A read of the entries sees the deferred records too; the counters do not need to.
+        let reads_entries = reads.iter().any(|read| !matches!(read, Request::Stats(_)));
+        if !waiters.is_empty() || reads_entries {
+            self.commit(records, waiters).await;
+        }
+        for read in reads {
+            self.answer(read);
+        }
+    }
+
+    /// Appends the deferred records and `records` in one write and fsync, answers the
+    /// waiters, and compacts the log when it is due.
+    async fn commit(
+        &mut self,
+        records: Vec<Record>,
+        waiters: Vec<oneshot::Sender<io::Result<()>>>,
+    ) {
+        self.flush_at = None;
+        let mut all = std::mem::take(&mut self.deferred);
+        all.extend(records);
+        if all.is_empty() {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
+            return;
+        }
+        let result = self.append(all).await;
+        if let Err(error) = &result {
+            warn!(%error, "journal append failed");
+        }
+        for waiter in waiters {
+            let _ = waiter.send(copy_result(&result));
+        }
+        self.compact_if_due().await;
     }
 
     /// Appends on a blocking thread (one write, one fsync).
@@ -277,7 +362,7 @@ impl Writer {
                 let log_bytes = self.log.as_ref().map_or(0, Log::len);
                 let _ = reply.send(JournalStats { log_bytes, ..self.stats });
             }
-            Request::Append(..) => {}
+            Request::Append(..) | Request::Defer(_) | Request::Flush(_) => {}
         }
     }
 }

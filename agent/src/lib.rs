@@ -99,7 +99,8 @@ pub async fn run(
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
     let daemons = Daemons::default();
-    let config = tasks_config(&settings, journal, &tracker, roots.clone(), liveness, &daemons);
+    let config =
+        tasks_config(&settings, journal.clone(), &tracker, roots.clone(), liveness, &daemons);
     let tasks = TasksHandle::spawn(config, recovered);
     let left = CancellationToken::new();
     let drainer = Drainer::new(tasks.clone(), left.clone());
@@ -119,6 +120,9 @@ pub async fn run(
     daemons.close().await;
     tracker.close();
     server_stop.cancel();
+    if let Err(error) = journal.flush().await {
+        warn!(%error, "acknowledgements not journaled: their outcomes are reported again");
+    }
     let served = match exit {
         Exit::ServerEnded(result) => result,
         Exit::Drained | Exit::Shutdown => server.await,

@@ -256,3 +256,48 @@ proptest! {
         prop_assert_eq!(replayed.entries, model(&ops[..victim]));
     }
 }
+
+#[tokio::test]
+async fn an_acknowledgement_rides_with_the_next_commit_instead_of_its_own_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path()).await.expect("open");
+    journal.write(finished(0, "ok")).await.expect("write");
+    journal.write(finished(1, "ok")).await.expect("write");
+    journal.forget_later(&[id("s1", 0)]).await.expect("forget later");
+    let on_disk = read_entries(dir.path()).expect("read");
+    assert_eq!(on_disk.len(), 2, "the forget has not been written yet");
+
+    journal.write(started(2)).await.expect("write");
+    let stats = journal.stats().await.expect("stats");
+    assert_eq!((stats.records, stats.syncs), (4, 3), "one commit for the forget and the write");
+    let expected = vec![(id("s1", 1), finished(1, "ok")), (id("s1", 2), started(2))];
+    assert_eq!(read_entries(dir.path()).expect("read"), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_record_is_committed_by_a_flush_a_read_or_on_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path()).await.expect("open");
+    for index in 0..3 {
+        journal.write(finished(index, "ok")).await.expect("write");
+    }
+    journal.forget_later(&[id("s1", 0)]).await.expect("forget later");
+    journal.flush().await.expect("flush");
+    assert_eq!(read_entries(dir.path()).expect("read").len(), 2, "flushed");
+
+    journal.forget_later(&[id("s1", 1)]).await.expect("forget later");
+    assert_eq!(journal.load().await.expect("load").len(), 1, "a read sees the forget");
+    assert_eq!(read_entries(dir.path()).expect("read").len(), 1, "and the disk has it");
+
+    // Alone, it is committed after a short wait (the clock is paused: tokio moves it on
+    // whenever every task waits, so this waits for the commit, not for a time).
+    journal.forget_later(&[id("s1", 2)]).await.expect("forget later");
+    let before = journal.stats().await.expect("stats").syncs;
+    let mut polls = 0;
+    while journal.stats().await.expect("stats").syncs == before {
+        polls += 1;
+        assert!(polls < 10_000, "the deferred forget was never committed");
+        tokio::time::sleep(LAZY_WAIT / 10).await;
+    }
+    assert!(read_entries(dir.path()).expect("read").is_empty());
+}

@@ -242,15 +242,13 @@ impl Actor {
         }
         let forgotten = self.table.ack(&ids);
         self.publish();
-        let journal = self.journal.clone();
-        tokio::spawn(async move {
-            let removed = journal.forget(&forgotten).await;
-            if let Err(error) = &removed {
-                warn!(tasks = forgotten.len(), %error, "acknowledged tasks not forgotten");
-            }
-            let _ = reply
-                .send(removed.map_err(|e| AgentError::journal("forget acknowledged tasks", e)));
-        });
+        // Not waited on: a forget lost in a crash only makes the outcome reported again.
+        let removed = match forgotten.is_empty() {
+            true => Ok(()),
+            false => self.journal.forget_later(&forgotten).await,
+        };
+        let _ =
+            reply.send(removed.map_err(|e| AgentError::journal("forget acknowledged tasks", e)));
     }
 
     fn publish(&self) {
