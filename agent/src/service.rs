@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use sluice_proto::pb::{self, agent_service_server::AgentService};
+use sluice_proto::refusal;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -15,6 +16,9 @@ use crate::drain::Drainer;
 use crate::restore_points::calls;
 use crate::roots::Roots;
 use crate::tasks::TasksHandle;
+
+/// Most tasks one RunTasks call may carry.
+const MAX_RUN_TASKS: usize = 256;
 
 /// Deadline of a drain request that names none.
 const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(600);
@@ -54,6 +58,28 @@ impl AgentService for AgentApi {
             .ok_or_else(|| Status::invalid_argument("task: is required"))?;
         let status = self.tasks.run(spec).await?;
         Ok(Response::new(pb::RunTaskResponse { status: Some(status) }))
+    }
+
+    async fn run_tasks(
+        &self,
+        request: Request<pb::RunTasksRequest>,
+    ) -> Result<Response<pb::RunTasksResponse>, Status> {
+        let specs = request.into_inner().tasks;
+        if specs.len() > MAX_RUN_TASKS {
+            let count = specs.len();
+            return Err(Status::invalid_argument(format!(
+                "tasks: {count} tasks, at most {MAX_RUN_TASKS} per call"
+            )));
+        }
+        // Each task is taken as a RunTask of its own would be (concurrently).
+        let runs = specs.into_iter().map(|spec| async move {
+            match self.tasks.run(spec).await {
+                Ok(status) => pb::RunTaskResult { status: Some(status), ..Default::default() },
+                Err(error) => refusal::to_result(&Status::from(error)),
+            }
+        });
+        let results = futures::future::join_all(runs).await;
+        Ok(Response::new(pb::RunTasksResponse { results }))
     }
 
     async fn cancel_tasks(

@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use sluice_proto::{
     pb::{
         agent_service_client::AgentServiceClient, coordinator_peer_client::CoordinatorPeerClient,
@@ -16,7 +17,7 @@ use sluice_proto::{
     security::tls::{NodeTls, check_url},
     telemetry::TraceInterceptor,
 };
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tonic::{Status, service::interceptor::InterceptedService, transport::Channel};
 
 use crate::error::{Error, Result};
 
@@ -26,6 +27,8 @@ pub(crate) type AgentClient = AgentServiceClient<InterceptedService<Channel, Tra
 pub(crate) type PeerClient = CoordinatorPeerClient<InterceptedService<Channel, TraceInterceptor>>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timeout of one call to an agent.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Channels to agents, shared by every part of the coordinator.
@@ -92,4 +95,14 @@ impl AgentClients {
         channels.by_address.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
+}
+
+/// `call`, or DEADLINE_EXCEEDED after [`CALL_TIMEOUT`]. A plain function, not `async`: an
+/// async one would hold `call` twice (its argument and the awaited copy).
+pub(crate) fn timeout<T>(
+    call: impl Future<Output = Result<T, Status>>,
+) -> impl Future<Output = Result<T, Status>> {
+    tokio::time::timeout(CALL_TIMEOUT, call).map(|answer| {
+        answer.unwrap_or_else(|_| Err(Status::deadline_exceeded("agent did not answer in time")))
+    })
 }

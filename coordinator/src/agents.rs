@@ -3,6 +3,9 @@
 
 pub(crate) mod acks;
 pub(crate) mod directory;
+#[cfg(test)]
+pub(crate) mod fake_agent;
 pub(crate) mod links;
+pub(crate) mod runs;
 
 pub(crate) use directory::AgentDirectory;

@@ -39,7 +39,7 @@ pub use settings::Settings;
 
 use crate::{
     agent_client::AgentClients,
-    agents::{AgentDirectory, acks::Acks},
+    agents::{AgentDirectory, acks::Acks, runs::RunLanes},
     api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi},
     auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
@@ -249,6 +249,7 @@ fn follow_agents(
     let scheduler = Scheduler::default();
     let acks =
         Acks::new(directory.clone(), clients.clone(), tasks.tracker.clone(), tasks.stop.clone());
+    let runs = RunLanes::new(tasks.tracker.clone(), tasks.stop.clone());
     let shutdown = shutdown.clone();
     let answer_timeout = crate::settings::DEFAULT_TASK_ANSWER_TIMEOUT;
     let ctx = SessionContext {
@@ -257,6 +258,7 @@ fn follow_agents(
         scheduler,
         clients,
         acks,
+        runs,
         shutdown,
         metrics,
         answer_timeout,

@@ -1,7 +1,9 @@
 //! Why an agent refused a command, carried as gRPC metadata beside the human message, so a
 //! coordinator acts on a stated reason instead of matching message text.
 
-use tonic::{Status, metadata::MetadataValue};
+use tonic::{Code, Status, metadata::MetadataValue};
+
+use crate::pb;
 
 /// Metadata key of the reason.
 pub const KEY: &str = "sluice-refusal";
@@ -50,7 +52,30 @@ impl Refusal {
     /// The reason a status carries, if any.
     pub fn of(status: &Status) -> Option<Refusal> {
         let value = status.metadata().get(KEY)?.to_str().ok()?;
-        ALL.into_iter().find(|r| r.as_str() == value)
+        Self::named(value)
+    }
+
+    fn named(name: &str) -> Option<Refusal> {
+        ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// One task's refusal as a `RunTasks` result carries it (code, message, reason).
+pub fn to_result(status: &Status) -> pb::RunTaskResult {
+    pb::RunTaskResult {
+        status: None,
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        refusal: Refusal::of(status).map(Refusal::as_str).unwrap_or_default().to_owned(),
+    }
+}
+
+/// The status a refused `RunTasks` result stands for, as RunTask would have answered it.
+pub fn from_result(result: pb::RunTaskResult) -> Status {
+    let status = Status::new(Code::from_i32(result.code), result.message);
+    match Refusal::named(&result.refusal) {
+        Some(reason) => reason.attach(status),
+        None => status,
     }
 }
 
@@ -63,5 +88,15 @@ mod tests {
         let status = Refusal::Draining.attach(Status::unavailable("agent a1 is draining"));
         assert_eq!(Refusal::of(&status), Some(Refusal::Draining));
         assert_eq!(Refusal::of(&Status::unavailable("transport error")), None);
+    }
+
+    #[test]
+    fn a_refusal_survives_a_run_tasks_result() {
+        let refused = Refusal::StaleEpoch.attach(Status::failed_precondition("epoch 3 < 4"));
+        let back = from_result(to_result(&refused));
+        assert_eq!((back.code(), back.message()), (Code::FailedPrecondition, "epoch 3 < 4"));
+        assert_eq!(Refusal::of(&back), Some(Refusal::StaleEpoch));
+        let plain = from_result(to_result(&Status::invalid_argument("task.key: is required")));
+        assert_eq!((plain.code(), Refusal::of(&plain)), (Code::InvalidArgument, None));
     }
 }

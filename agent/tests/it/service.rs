@@ -384,3 +384,39 @@ async fn a_withdrawal_cancels_the_attempt_it_names_or_refuses_it_for_good() {
     run(&mut client, retry).await.expect("the next attempt starts");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn run_tasks_answers_each_task_as_run_task_would() {
+    let coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
+    let mut client = agent.client.clone();
+    // The first task waits for the agent's first confirmed heartbeat; it also sets epoch 2.
+    run(&mut client, sim_spec("b1", 0, 2, 600_000)).await.expect("started");
+    let keyless = pb::TaskSpec { key: None, ..sim_spec("b1", 3, 2, 0) };
+    let tasks = vec![
+        sim_spec("b1", 1, 2, 600_000), // new: started
+        sim_spec("b1", 0, 2, 600_000), // known: its status
+        sim_spec("b1", 2, 1, 0),       // older epoch: refused, with the reason
+        keyless,                       // invalid
+    ];
+    let request = pb::RunTasksRequest { tasks };
+    let results = client.run_tasks(request).await.expect("run tasks").into_inner().results;
+    assert_eq!(results.len(), 4, "{results:?}");
+    for (i, index) in [(0, 1), (1, 0)] {
+        let status = results[i].status.as_ref().expect("a status");
+        assert_eq!(status.key.as_ref().map(|k| k.item_index), Some(index));
+        assert!(status.outcome.is_none(), "running: {status:?}");
+    }
+    let refused = sluice_proto::refusal::from_result(results[2].clone());
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let reason = sluice_proto::refusal::Refusal::of(&refused);
+    assert_eq!(reason, Some(sluice_proto::refusal::Refusal::StaleEpoch));
+    assert_eq!(results[3].code, Code::InvalidArgument as i32, "{:?}", results[3]);
+    assert!(results[3].message.contains("key"), "{:?}", results[3]);
+
+    let many = vec![sim_spec("b1", 9, 2, 0); 257];
+    let refused = client.run_tasks(pb::RunTasksRequest { tasks: many }).await.expect_err("257");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("at most 256"), "{refused:?}");
+    agent.stop().await;
+}

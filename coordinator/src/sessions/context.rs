@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     agent_client::AgentClients,
-    agents::{AgentDirectory, acks::Acks},
+    agents::{AgentDirectory, acks::Acks, runs::RunLanes},
     metrics::Metrics,
     scheduler::Scheduler,
     store::Store,
@@ -25,6 +25,8 @@ pub(crate) struct SessionContext {
     pub(crate) clients: AgentClients,
     /// Acknowledgements to agents, retried beyond any one actor.
     pub(crate) acks: Acks,
+    /// RunTasks, gathered per agent.
+    pub(crate) runs: RunLanes,
     /// Cancelled when the coordinator shuts down (a handover, not a loss).
     pub(crate) shutdown: CancellationToken,
     /// The coordinator's metrics.

@@ -214,6 +214,7 @@ pub const ACCESS: &[(&str, Need)] = &[
     ("/sluice.v1.CoordinatorPeer/DeliverStop", Need::Peer(Kind::Coordinator)),
     // Coordinators -> agents.
     ("/sluice.v1.AgentService/RunTask", Need::Peer(Kind::Coordinator)),
+    ("/sluice.v1.AgentService/RunTasks", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/CancelTasks", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/ListTasks", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/AckTasks", Need::Peer(Kind::Coordinator)),

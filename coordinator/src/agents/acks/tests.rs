@@ -1,143 +1,13 @@
 //! `Acks` against a fake agent (and the test etcd for the directory): one AckTasks in flight
 //! per agent, coalescing, the split after a stale refusal, retries and a gone agent.
 
-use std::{
-    collections::BTreeSet,
-    sync::atomic::{AtomicUsize, Ordering},
-};
-
-use prost::Message;
-use sluice_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
-use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status, transport::Server};
+use std::{collections::BTreeSet, sync::atomic::AtomicUsize};
 
 use super::*;
-use crate::store::Store;
-
-/// What the fake agent saw.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Keys of every AckTasks, answered or not, in order.
-    calls: Vec<Vec<pb::TaskKey>>,
-    /// Keys of the AckTasks answered OK.
-    delivered: Vec<pb::TaskKey>,
-    in_flight: usize,
-    most_in_flight: usize,
-}
-
-/// An agent that answers AckTasks once its `gate` lets the call through (no gate: at once):
-/// refused as stale when a key names a `stale` session, UNAVAILABLE while `failures` lasts,
-/// else OK.
-#[derive(Clone, Default)]
-struct FakeAgent {
-    seen: Arc<Mutex<Seen>>,
-    stale: Arc<BTreeSet<String>>,
-    failures: Arc<AtomicUsize>,
-    gate: Option<Arc<Semaphore>>,
-}
-
-impl FakeAgent {
-    fn seen(&self) -> MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-type Answer<T> = Result<Response<T>, Status>;
-
-#[tonic::async_trait]
-impl AgentService for FakeAgent {
-    async fn ack_tasks(
-        &self,
-        request: Request<pb::AckTasksRequest>,
-    ) -> Answer<pb::AckTasksResponse> {
-        {
-            let mut seen = self.seen();
-            seen.in_flight += 1;
-            seen.most_in_flight = seen.most_in_flight.max(seen.in_flight);
-        }
-        if let Some(gate) = &self.gate {
-            let _through = gate.acquire().await.expect("the gate stays");
-        }
-        let keys = request.into_inner().keys;
-        let mut seen = self.seen();
-        seen.in_flight -= 1;
-        seen.calls.push(keys.clone());
-        if keys.iter().any(|k| self.stale.contains(&k.session_id)) {
-            return Err(Refusal::StaleEpoch.attach(Status::failed_precondition("stale epoch")));
-        }
-        let failing =
-            self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(Status::unavailable("not now"));
-        }
-        seen.delivered.extend(keys);
-        Ok(Response::new(pb::AckTasksResponse {}))
-    }
-
-    type WatchTasksStream = tokio_stream::Empty<Result<pb::TaskEvent, Status>>;
-
-    async fn watch_tasks(
-        &self,
-        _: Request<pb::WatchTasksRequest>,
-    ) -> Answer<Self::WatchTasksStream> {
-        Ok(Response::new(tokio_stream::empty()))
-    }
-
-    async fn run_task(&self, _: Request<pb::RunTaskRequest>) -> Answer<pb::RunTaskResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn cancel_tasks(
-        &self,
-        _: Request<pb::CancelTasksRequest>,
-    ) -> Answer<pb::CancelTasksResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn list_tasks(&self, _: Request<pb::ListTasksRequest>) -> Answer<pb::ListTasksResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn drain(&self, _: Request<pb::DrainRequest>) -> Answer<pb::DrainResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn verify_restore_point(
-        &self,
-        _: Request<pb::AgentVerifyRequest>,
-    ) -> Answer<pb::VerifyRestorePointResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn restore_restore_point(
-        &self,
-        _: Request<pb::AgentRestoreRequest>,
-    ) -> Answer<pb::RestoreRestorePointResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn delete_restore_points(
-        &self,
-        _: Request<pb::DeleteRestorePointsRequest>,
-    ) -> Answer<pb::DeleteRestorePointsResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn merge_restore_point(
-        &self,
-        _: Request<pb::MergeRestorePointRequest>,
-    ) -> Answer<pb::MergeRestorePointResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn collect_garbage(
-        &self,
-        _: Request<pb::CollectGarbageRequest>,
-    ) -> Answer<pb::CollectGarbageResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-}
+use crate::{
+    agents::fake_agent::{FakeAgent, eventually, register},
+    store::Store,
+};
 
 /// `Acks` for the fake agent `a1`, registered in the directory.
 struct Rig {
@@ -157,23 +27,7 @@ impl Drop for Rig {
 
 async fn rig(fake: FakeAgent) -> Rig {
     let stop = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    let address = format!("http://{}", listener.local_addr().expect("bound"));
-    let server = Server::builder()
-        .add_service(AgentServiceServer::new(fake.clone()))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stop.clone().cancelled_owned(),
-        );
-    tokio::spawn(server);
-    let store = crate::testing::store().await;
-    let agent = pb::Agent { id: "a1".into(), address, ..Default::default() };
-    let record = pb::AgentRecord { agent: Some(agent), lease: 0 };
-    store.kv().put(store.keys().agent("a1"), record.encode_to_vec(), None).await.expect("put");
-    let (directory, _) = AgentDirectory::spawn(store.clone(), stop.clone());
-    let agent = AgentId::parse("agent", "a1").expect("valid agent id");
-    let listed = || directory.current().contains_key(&agent);
-    eventually("the agent listed", listed).await;
+    let (store, directory, agent) = register(&fake, &stop).await;
     let tracker = TaskTracker::new();
     let acks = Acks::new(directory.clone(), AgentClients::default(), tracker, stop.clone());
     Rig { acks, agent, fake, store, directory, stop }
@@ -190,16 +44,6 @@ impl Rig {
     }
 }
 
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what}: not within 10 s");
-}
-
 fn key(session: &str, item_index: u32) -> pb::TaskKey {
     pb::TaskKey { session_id: session.into(), item_index, attempt: 1 }
 }
@@ -209,15 +53,9 @@ fn sorted(mut keys: Vec<pb::TaskKey>) -> Vec<pb::TaskKey> {
     keys
 }
 
-/// A fake agent whose AckTasks wait until the test opens the returned gate.
-fn held(fake: FakeAgent) -> (FakeAgent, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    (FakeAgent { gate: Some(gate.clone()), ..fake }, gate)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acks_of_many_sessions_coalesce_one_call_at_a_time() {
-    let (fake, gate) = held(FakeAgent::default());
+    let (fake, gate) = FakeAgent::held(FakeAgent::default());
     let rig = Arc::new(rig(fake).await);
     let all: Vec<pb::TaskKey> =
         (0..100).flat_map(|s| (0..10).map(move |i| key(&format!("s{s:03}"), i))).collect();
@@ -246,7 +84,7 @@ async fn acks_of_many_sessions_coalesce_one_call_at_a_time() {
 #[tokio::test]
 async fn a_stale_refusal_drops_only_the_stale_sessions_part() {
     let stale = Arc::new(BTreeSet::from(["old".to_string()]));
-    let (fake, gate) = held(FakeAgent { stale, ..Default::default() });
+    let (fake, gate) = FakeAgent::held(FakeAgent { stale, ..Default::default() });
     let rig = rig(fake).await;
     rig.send(1, vec![key("s0", 0)]);
     eventually("the first call in flight", || rig.fake.seen().in_flight == 1).await;

@@ -6,7 +6,6 @@ use std::{
     time::Duration,
 };
 
-use futures::FutureExt;
 use sluice_proto::{
     ids::{AgentId, TaskId},
     pb::{self, job_item::Target},
@@ -18,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Exit, Msg, SessionActor};
 use crate::{
-    agent_client::AgentClient,
+    agent_client::{AgentClient, timeout},
     error::Error,
     restore_points::parent::chain_parent,
     sessions::{
@@ -30,14 +29,12 @@ use crate::{
     store::Store,
 };
 
-/// Timeout of one call to an agent.
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before a failed deletion of a late restore point is tried again.
 const LATE_RETRY: Duration = Duration::from_secs(5);
 
 impl SessionActor {
     pub(super) fn send_run(&self, dispatch: Dispatch) {
-        let Some(mut client) = self.client(&dispatch.agent) else {
+        let Some(client) = self.client(&dispatch.agent) else {
             let agent = dispatch.agent.to_string();
             let result = Err(Error::AgentNotRegistered { agent }.into());
             self.report(async move { Msg::RunDone { dispatch, result } });
@@ -51,20 +48,17 @@ impl SessionActor {
         });
         // Only a VM backup reads its chain: cloning the store for every task costs.
         let store = chain_item(&spec).is_some().then(|| self.ctx.store.clone());
+        let (runs, agent) = (self.ctx.runs.clone(), dispatch.agent.clone());
         let call = async move {
             // Boxed, so the etcd read's state is not carried by every sim or computer task.
             let named = match &store {
                 Some(store) => Box::pin(name_chain_parent(store, &mut spec)).await,
                 None => Ok(()),
             };
-            let answer = match named {
-                Ok(()) => timeout(client.run_task(pb::RunTaskRequest { task: Some(spec) })).await,
+            let result = match named {
+                Ok(()) => runs.run(agent, client, spec).await,
                 Err(status) => Err(status),
             };
-            let result = answer.and_then(|r| {
-                let status = r.into_inner().status;
-                status.ok_or_else(|| Status::internal("agent answered without a task status"))
-            });
             Msg::RunDone { dispatch, result }
         };
         self.report(call.instrument(span));
@@ -335,14 +329,4 @@ fn chain_item(spec: &pb::TaskSpec) -> Option<&pb::JobItem> {
 
 pub(super) fn is_stale_epoch(status: &Status) -> bool {
     Refusal::of(status) == Some(Refusal::StaleEpoch)
-}
-
-/// `call`, or DEADLINE_EXCEEDED after [`TIMEOUT`]. A plain function, not `async`: an async
-/// one would hold `call` twice (its argument and the awaited copy).
-pub(super) fn timeout<T>(
-    call: impl Future<Output = Result<T, Status>>,
-) -> impl Future<Output = Result<T, Status>> {
-    tokio::time::timeout(TIMEOUT, call).map(|answer| {
-        answer.unwrap_or_else(|_| Err(Status::deadline_exceeded("agent did not answer in time")))
-    })
 }

@@ -6,11 +6,11 @@ use sluice_proto::pb;
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{
-    Exit, Msg, SessionActor,
-    agent_calls::{is_stale_epoch, timeout},
+use super::{Exit, Msg, SessionActor, agent_calls::is_stale_epoch};
+use crate::{
+    agent_client::timeout,
+    sessions::machine::{Dispatch, Event},
 };
-use crate::sessions::machine::{Dispatch, Event};
 
 impl SessionActor {
     /// The attempt's RunTask went unanswered: no more re-sends; the agent is told to drop it.
