@@ -58,7 +58,8 @@ async fn tasks_that_wait_for_a_call_in_flight_go_together_each_with_its_own_answ
     let refused = answers[1].as_ref().expect_err("a stale session");
     assert_eq!(Refusal::of(refused), Some(Refusal::StaleEpoch), "{refused:?}");
     assert_eq!(answers[2].as_ref().ok().and_then(|s| s.key.clone()).map(|k| k.item_index), Some(3));
-    let (runs, most_in_flight) = (fake.seen().runs.clone(), fake.seen().most_in_flight);
+    let runs = fake.seen().runs.clone();
+    let most_in_flight = fake.seen().most_in_flight;
     assert_eq!(runs, [vec![0], vec![1, 2, 3]], "one RunTask, then one RunTasks");
     assert_eq!(most_in_flight, 1, "one call in flight per agent");
     eventually("the idle lane gone", || lanes.lock().is_empty()).await;
