@@ -8,8 +8,8 @@
 //! when its `write` returns. An acknowledgement does not wait for the disk
 //! ([`Journal::forget_later`]): it rides with the next commit, or is committed alone after
 //! [`LAZY_WAIT`]; one lost in a crash only makes the agent report that outcome again, and a
-//! coordinator acknowledges it again. The log is rewritten with only the live entries when it grows
-//! past its bound (see [`log`]).
+//! coordinator acknowledges it again. The log is rewritten with only the live entries when
+//! it grows past its bound (see [`log`]).
 
 mod legacy;
 pub mod log;
