@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use sluice_proto::pb::{self, agent_service_server::AgentService};
-use sluice_proto::refusal;
+use sluice_proto::{MAX_RUN_TASKS, refusal};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -16,9 +16,6 @@ use crate::drain::Drainer;
 use crate::restore_points::calls;
 use crate::roots::Roots;
 use crate::tasks::TasksHandle;
-
-/// Most tasks one RunTasks call may carry.
-const MAX_RUN_TASKS: usize = 256;
 
 /// Deadline of a drain request that names none.
 const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(600);

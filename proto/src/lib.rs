@@ -27,5 +27,9 @@ pub mod pb {
 /// Encoded file descriptor set for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");
 
+/// Most tasks one `RunTasks` call may carry: an agent refuses more, a coordinator sends no
+/// more in one call.
+pub const MAX_RUN_TASKS: usize = 256;
+
 /// Version of the Sluice binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

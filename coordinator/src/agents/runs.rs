@@ -6,19 +6,15 @@
 
 use std::{
     collections::HashMap,
-    mem,
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use sluice_proto::{ids::AgentId, pb, refusal};
+use sluice_proto::{MAX_RUN_TASKS, ids::AgentId, pb, refusal};
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Status};
 
 use crate::agent_client::{AgentClient, timeout};
-
-/// Most tasks one call carries (the agent takes up to 256).
-const MAX_TASKS: usize = 256;
 
 type Answer = Result<pb::TaskStatus, Status>;
 
@@ -29,17 +25,11 @@ struct Waiting {
     reply: oneshot::Sender<Answer>,
 }
 
-/// The tasks waiting for one agent, and whether a call to it is in flight.
-#[derive(Default)]
-struct Lane {
-    waiting: Vec<Waiting>,
-    busy: bool,
-}
-
-/// The lanes of every agent; cheap to clone.
+/// The lanes of every agent; cheap to clone. An agent has a lane (the tasks waiting for its
+/// next call) exactly while a call to it is in flight or about to start.
 #[derive(Clone)]
 pub(crate) struct RunLanes {
-    lanes: Arc<Mutex<HashMap<AgentId, Lane>>>,
+    lanes: Arc<Mutex<HashMap<AgentId, Vec<Waiting>>>>,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
@@ -60,9 +50,9 @@ impl RunLanes {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut lanes = self.lock();
-            let lane = lanes.entry(agent.clone()).or_default();
-            lane.waiting.push(Waiting { spec, client, reply });
-            !mem::replace(&mut lane.busy, true)
+            let lead = !lanes.contains_key(&agent);
+            lanes.entry(agent.clone()).or_default().push(Waiting { spec, client, reply });
+            lead
         };
         if lead {
             // A task of its own, not the caller's: a caller dropped mid-call (its session
@@ -89,16 +79,16 @@ impl RunLanes {
     /// The next call's tasks, or `None` (the lane is then idle and gone).
     fn take(&self, agent: &AgentId) -> Option<Vec<Waiting>> {
         let mut lanes = self.lock();
-        let lane = lanes.get_mut(agent)?;
-        if lane.waiting.is_empty() {
+        let waiting = lanes.get_mut(agent)?;
+        if waiting.is_empty() {
             lanes.remove(agent);
             return None;
         }
-        let count = lane.waiting.len().min(MAX_TASKS);
-        Some(lane.waiting.drain(..count).collect())
+        let count = waiting.len().min(MAX_RUN_TASKS);
+        Some(waiting.drain(..count).collect())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Lane>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Vec<Waiting>>> {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

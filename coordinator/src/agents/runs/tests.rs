@@ -44,7 +44,7 @@ async fn tasks_that_wait_for_a_call_in_flight_go_together_each_with_its_own_answ
     eventually("the first call in flight", || fake.seen().in_flight == 1).await;
     let others = [spec("s1", 1), spec("old", 2), spec("s2", 3)];
     let others: Vec<_> = others.into_iter().map(|s| start(&lanes, &client, s)).collect();
-    let waiting = || lanes.lock().values().map(|lane| lane.waiting.len()).sum::<usize>() == 3;
+    let waiting = || lanes.lock().values().map(Vec::len).sum::<usize>() == 3;
     eventually("three tasks waiting", waiting).await;
     gate.add_permits(2);
 
@@ -74,7 +74,7 @@ async fn an_agent_without_run_tasks_gets_each_task_alone() {
     let first = start(&lanes, &client, spec("s0", 0));
     eventually("the first call in flight", || fake.seen().in_flight == 1).await;
     let others: Vec<_> = (1..4).map(|i| start(&lanes, &client, spec("s1", i))).collect();
-    let waiting = || lanes.lock().values().map(|lane| lane.waiting.len()).sum::<usize>() == 3;
+    let waiting = || lanes.lock().values().map(Vec::len).sum::<usize>() == 3;
     eventually("three tasks waiting", waiting).await;
     gate.add_permits(4);
     first.await.expect("joined").expect("started");
