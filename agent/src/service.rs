@@ -1,5 +1,7 @@
 //! `AgentService`: the gRPC face of the task actor and the drainer.
 
+mod watch;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,10 +9,8 @@ use std::time::Duration;
 use futures::Stream;
 use sluice_proto::pb::{self, agent_service_server::AgentService};
 use sluice_proto::{MAX_RUN_TASKS, refusal};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::warn;
 
 use crate::drain::Drainer;
 use crate::restore_points::calls;
@@ -110,7 +110,7 @@ impl AgentService for AgentApi {
         request: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
         let session = request.into_inner().session_id;
-        let stream = watch(self.tasks.clone(), session, self.shutdown.clone());
+        let stream = watch::statuses(self.tasks.clone(), session, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -160,46 +160,5 @@ impl AgentService for AgentApi {
         request: Request<pb::CollectGarbageRequest>,
     ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
         Ok(Response::new(calls::collect_garbage(request.into_inner(), self.roots.clone()).await?))
-    }
-}
-
-/// Every current task of the session (or all), then every change, until shutdown.
-/// A subscriber that lags behind gets a fresh full snapshot.
-fn watch(
-    tasks: TasksHandle,
-    session: String,
-    shutdown: CancellationToken,
-) -> impl Stream<Item = Result<pb::TaskEvent, Status>> + Send {
-    let wanted = move |status: &pb::TaskStatus| {
-        session.is_empty() || status.key.as_ref().is_some_and(|k| k.session_id == session)
-    };
-    async_stream::stream! {
-        loop {
-            let (snapshot, mut changes) = match tasks.subscribe().await {
-                Ok(subscription) => subscription,
-                Err(error) => {
-                    yield Err(Status::from(error));
-                    return;
-                }
-            };
-            for status in snapshot.into_iter().filter(|s| wanted(s)) {
-                yield Ok(pb::TaskEvent { status: Some(status) });
-            }
-            loop {
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    next = changes.recv() => next,
-                };
-                match next {
-                    Ok(status) if wanted(&status) => yield Ok(pb::TaskEvent { status: Some(status) }),
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(skipped)) => {
-                        warn!(skipped, "task watcher lagged: sending a full snapshot");
-                        break;
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        }
     }
 }

@@ -1,7 +1,8 @@
 //! RunTasks to one agent travel together: while a call to an agent is in flight, the tasks
 //! that sessions dispatch to it wait, and the next call carries all of them (`RunTasks`), so
 //! an agent that serves many sessions gets its tasks in bursts, as from one large session,
-//! instead of one call per task. A task that finds no call in flight goes at once. Each
+//! instead of one call per task. A task that finds no call in flight goes once the tasks ready
+//! at that moment have run (one yield), with what they dispatched to that agent. Each
 //! caller gets what a RunTask of its own would have answered.
 
 use std::{
@@ -62,8 +63,11 @@ impl RunLanes {
         answer.await.unwrap_or_else(|_| Err(Status::unavailable("the coordinator is stopping")))
     }
 
-    /// Sends what waits for `agent`, call after call, until nothing does.
+    /// Sends what waits for `agent`, call after call, until nothing does. It first lets the
+    /// tasks ready to run go: the dispatch rounds of other sessions woken by the same events
+    /// then join its first call.
     async fn drive(self, agent: AgentId) {
+        tokio::task::yield_now().await;
         while let Some(batch) = self.take(&agent) {
             tokio::select! {
                 () = self.stop.cancelled() => {
