@@ -131,8 +131,11 @@ impl Acks {
     }
 
     /// Sends `agent` its pending acks, round after round, until nothing is pending: a round
-    /// takes whatever arrived while the previous one ran.
+    /// takes whatever arrived while the previous one ran. It first lets the tasks ready to
+    /// run go: the sessions whose writes one etcd txn stored then queue their acks for the
+    /// first round too.
     async fn deliver_acks(&self, agent: AgentId) {
+        tokio::task::yield_now().await;
         let mut pause = FIRST_PAUSE;
         while let Some(batches) = self.take(&agent) {
             match self.send_round(&agent, batches).await {
