@@ -18,7 +18,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-pub use self::computer::FILES_PER_FSYNC;
 pub use self::vm::Daemons;
 use crate::fsutil::{self, blocking};
 use crate::key::{self, TaskId, TaskNames};

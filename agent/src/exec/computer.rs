@@ -53,10 +53,7 @@ mod commit;
 mod pace;
 mod previous;
 mod transfer;
-mod unsynced;
 mod walk;
-
-pub use unsynced::FILES_PER_FSYNC;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

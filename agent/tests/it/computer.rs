@@ -54,17 +54,6 @@ fn file_bytes(root: &Path) -> u64 {
         .sum()
 }
 
-/// Writes `count` small files of distinct content, `<prefix>-00.txt` and on; their contents.
-fn small_files(dir: &Path, prefix: &str, count: usize) -> Vec<Vec<u8>> {
-    (0..count)
-        .map(|n| {
-            let content = format!("{prefix} file {n}: new content").into_bytes();
-            fs::write(dir.join(format!("{prefix}-{n:02}.txt")), &content).expect("small file");
-            content
-        })
-        .collect()
-}
-
 fn summary(files: u64, bytes: u64, new: u64) -> String {
     format!("backed up {files} files, {bytes} bytes, {new} new bytes stored")
 }
@@ -183,18 +172,17 @@ async fn cancel_mid_transfer_removes_the_partial_folder_and_leaves_blobs_to_coll
     fs::write(src.join("keep.txt"), b"stored by the first backup").expect("keep");
     assert_eq!(back_up("s1", &[&src], &repo).await.state(), ItemState::Success);
     let earlier = blobs(&repo);
-    // One batch of new files: published (fsynced together) before the big file is read.
-    let small = small_files(&src, "a-new", exec::FILES_PER_FSYNC);
+    let small = b"new content, stored before the cancel";
+    fs::write(src.join("a-new.txt"), small).expect("small");
     fs::write(src.join("b-big.bin"), pattern(3 * MIB, 9)).expect("big");
     let Run { mut ctx, mut updates } = start_throttled("s2", &src, &repo, 256 * 1024);
     let cancel = ctx.cancel.clone();
     let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
 
-    let small_bytes: u64 = small.iter().map(|content| content.len() as u64).sum();
-    let past_small = |u: &Update| matches!(u, Update::Progress { done, .. } if *done > small_bytes);
+    let past_small =
+        |u: &Update| matches!(u, Update::Progress { done, .. } if *done > small.len() as u64);
     update_matching(&mut updates, past_small).await;
-    let stored = |content: &Vec<u8>| blob_path(&repo, &sha256(content)).exists();
-    assert!(small.iter().all(stored), "the attempt stored the small files");
+    assert!(blob_path(&repo, &sha256(small)).exists(), "the attempt stored the small file");
     cancel.cancel(pb::CancelReason::User);
     let outcome = tokio::time::timeout(WAIT, task).await.expect("cancel in time").expect("task");
 
@@ -202,10 +190,9 @@ async fn cancel_mid_transfer_removes_the_partial_folder_and_leaves_blobs_to_coll
     assert_eq!(outcome.cancel_reason(), pb::CancelReason::User);
     assert_eq!(entries(&repo.join("homes/pc0")), vec!["s1-0"], "no partial folder");
     let mut expected = earlier;
-    let in_repo = |content: &Vec<u8>| {
-        blob_path(&repo, &sha256(content)).strip_prefix(&repo).expect("in").display().to_string()
-    };
-    expected.extend(small.iter().map(in_repo));
+    expected.push(
+        blob_path(&repo, &sha256(small)).strip_prefix(&repo).expect("in").display().to_string(),
+    );
     expected.sort();
     assert_eq!(blobs(&repo), expected, "earlier blobs and the attempt's orphan (for collection)");
 }
@@ -214,16 +201,13 @@ async fn cancel_mid_transfer_removes_the_partial_folder_and_leaves_blobs_to_coll
 async fn a_cancelled_backup_keeps_the_blobs_a_committed_restore_point_shares() {
     let Scratch { dir, src, repo } = Scratch::new();
     let shared = b"the same content in two computers' trees";
-    // With the shared file, one batch of new files: published before the big file is read.
-    let others = small_files(&src, "a", exec::FILES_PER_FSYNC - 1);
     fs::write(src.join("a-shared.txt"), shared).expect("shared");
     fs::write(src.join("b-big.bin"), pattern(3 * MIB, 4)).expect("big");
     let Run { mut ctx, mut updates } = start_throttled("s1", &src, &repo, 256 * 1024);
     let cancel = ctx.cancel.clone();
     let first = tokio::spawn(async move { exec::execute(&mut ctx).await });
-    let small_bytes = shared.len() as u64 + others.iter().map(|c| c.len() as u64).sum::<u64>();
     let past_shared =
-        |u: &Update| matches!(u, Update::Progress { done, .. } if *done > small_bytes);
+        |u: &Update| matches!(u, Update::Progress { done, .. } if *done > shared.len() as u64);
     update_matching(&mut updates, past_shared).await;
     let other = dir.path().join("other");
     fs::create_dir_all(&other).expect("other tree");

@@ -5,8 +5,7 @@
 //! store. Any other file is read and hashed first, and the store asked for that hash: a
 //! stored blob is not written again. Otherwise the file is written from memory when it fit
 //! in one buffer, or read again into a temporary file in the partial folder (hashed again:
-//! the blob is named after what was copied). Written files are fsynced in batches and only
-//! then published into the store (`unsynced`).
+//! the blob is named after what was copied), which is fsynced and published into the store.
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
@@ -14,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use super::Failure;
 use super::pace::{self, BUF, Digest, Pace, ReadError};
-use super::unsynced::{self, Temp, Unsynced};
 use super::walk::{Entry, ctime_of, mode_of, mtime_of};
 use crate::exec::TaskContext;
 use crate::fsutil::blocking;
@@ -49,7 +47,6 @@ struct Transfer<'a> {
     temp_dir: &'a Path,
     written: &'a mut Written,
     temps: u64,
-    unsynced: Unsynced,
 }
 
 /// Stores every file of `entries` and returns the manifest records; `written` keeps what
@@ -65,8 +62,7 @@ pub(super) async fn run(
 ) -> Result<Transferred, Failure> {
     let total = entries.iter().filter(|e| e.kind == Kind::File).map(|e| e.size).sum();
     let pace = Pace::new(&ctx.cancel, &mut ctx.reporter, ctx.rate_limit, total);
-    let mut transfer =
-        Transfer { pace, store, temp_dir, written, temps: 0, unsynced: Unsynced::default() };
+    let mut transfer = Transfer { pace, store, temp_dir, written, temps: 0 };
     transfer.pace.report().await;
     let mut out = Transferred::default();
     for (index, entry) in entries.iter().enumerate() {
@@ -81,7 +77,6 @@ pub(super) async fn run(
             (Kind::Dir | Kind::Symlink, _) => out.records.push(record(entry, None)),
         }
     }
-    transfer.settle().await?;
     transfer.pace.finish().await;
     out.bytes_read = transfer.pace.bytes_read();
     Ok(out)
@@ -145,8 +140,8 @@ impl Transfer<'_> {
             return Ok(Some(Stored { sha256: digest.sha256, len: digest.len, differs: false }));
         }
         if let Some(bytes) = digest.head {
-            let path = self.write_temp(entry, bytes).await?;
-            self.stage(Temp { path, sha256: digest.sha256.clone(), len: digest.len }).await?;
+            let tmp = self.write_temp(entry, bytes).await?;
+            self.publish(entry, tmp, &digest.sha256, digest.len).await?;
             return Ok(Some(Stored { sha256: digest.sha256, len: digest.len, differs: false }));
         }
         let Some(file) = open(entry).await? else { return Ok(None) };
@@ -186,45 +181,41 @@ impl Transfer<'_> {
     async fn write_temp(&mut self, entry: &Entry, bytes: Vec<u8>) -> Result<PathBuf, Failure> {
         let tmp = self.temp_path();
         let path = tmp.clone();
-        blocking(move || File::create(&path)?.write_all(&bytes))
-            .await
-            .map_err(|e| self.store_error(entry, e))?;
+        blocking(move || {
+            let mut file = File::create(&path)?;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
+        .await
+        .map_err(|e| self.store_error(entry, e))?;
         Ok(tmp)
     }
 
-    /// Reads the file again into a temporary file, to be published under its new hash.
+    /// Reads the file again into a temporary file and publishes it under its new hash.
     async fn copy(&mut self, entry: &Entry, file: File) -> Result<Digest, Failure> {
         let tmp = self.temp_path();
         let path = tmp.clone();
         let sink = blocking(move || File::create(&path)).await;
         let sink = sink.map_err(|e| self.store_error(entry, e))?;
-        let (digest, _) = self.read(entry, file, Some(sink), false).await?;
-        self.stage(Temp { path: tmp, sha256: digest.sha256.clone(), len: digest.len }).await?;
+        let (digest, sink) = self.read(entry, file, Some(sink), false).await?;
+        if let Some(sink) = sink {
+            blocking(move || sink.sync_all()).await.map_err(|e| self.store_error(entry, e))?;
+        }
+        self.publish(entry, tmp, &digest.sha256, digest.len).await?;
         Ok(digest)
     }
 
-    /// Queues a written file; the queue is settled once it is due.
-    async fn stage(&mut self, temp: Temp) -> Result<(), Failure> {
-        match self.unsynced.add(temp) {
-            true => self.settle().await,
-            false => Ok(()),
-        }
-    }
-
-    /// Makes the queued files durable, then publishes them (see `unsynced`).
-    async fn settle(&mut self) -> Result<(), Failure> {
-        let temps = self.unsynced.take();
-        if temps.is_empty() {
-            return Ok(());
-        }
-        let store = self.store.clone();
-        let settled = blocking(move || unsynced::settle(&store, temps)).await.map_err(|e| {
-            Failure::Failed(format!("TRANSFER failed: cannot write to the store: {e}"))
-        })?;
-        for (temp, created) in settled {
-            if created {
-                self.written.add(self.store.blob_path(&temp.sha256), temp.len);
-            }
+    async fn publish(
+        &mut self,
+        entry: &Entry,
+        tmp: PathBuf,
+        sha256: &str,
+        len: u64,
+    ) -> Result<(), Failure> {
+        let (store, sha) = (self.store.clone(), sha256.to_owned());
+        let created = blocking(move || store.publish(&tmp, &sha)).await;
+        if created.map_err(|e| self.store_error(entry, e))? {
+            self.written.add(self.store.blob_path(sha256), len);
         }
         Ok(())
     }
