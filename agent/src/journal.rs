@@ -207,9 +207,10 @@ fn read_epochs(dir: &Path) -> Result<HashMap<SessionId, Epoch>, AgentError> {
         .map_err(|e| AgentError::journal(format!("parse {}", path.display()), io::Error::other(e)))
 }
 
-/// Lets the tasks that are ready to run go first, then adds what they queued to `batch`.
-/// The runners one RunTasks call starts each append a record a moment after the first one
-/// arrives: this yield puts them in this commit instead of the next (one fsync later).
+/// Gives the tasks that are ready to run a chance to go first, then adds what they queued
+/// to `batch`. The runners one RunTasks call starts each append a record a moment after the
+/// first one arrives: this yield usually puts them in this commit instead of the next (one
+/// fsync later). Only batching depends on it, never correctness.
 async fn gather(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
     tokio::task::yield_now().await;
     while batch.len() < MAX_BATCH {

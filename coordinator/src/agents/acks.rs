@@ -131,9 +131,9 @@ impl Acks {
     }
 
     /// Sends `agent` its pending acks, round after round, until nothing is pending: a round
-    /// takes whatever arrived while the previous one ran. It first lets the tasks ready to
-    /// run go: the sessions whose writes one etcd txn stored then queue their acks for the
-    /// first round too.
+    /// takes whatever arrived while the previous one ran. It first yields once, so the
+    /// sessions whose writes one etcd txn stored usually queue their acks for the first
+    /// round too (batching only).
     async fn deliver_acks(&self, agent: AgentId) {
         tokio::task::yield_now().await;
         let mut pause = FIRST_PAUSE;

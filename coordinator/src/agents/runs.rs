@@ -2,7 +2,7 @@
 //! that sessions dispatch to it wait, and the next call carries all of them (`RunTasks`), so
 //! an agent that serves many sessions gets its tasks in bursts, as from one large session,
 //! instead of one call per task. A task that finds no call in flight goes once the tasks ready
-//! at that moment have run (one yield), with what they dispatched to that agent. Each
+//! at that moment had a chance to run (one yield), with what they dispatched to that agent. Each
 //! caller gets what a RunTask of its own would have answered.
 
 use std::{
@@ -63,9 +63,9 @@ impl RunLanes {
         answer.await.unwrap_or_else(|_| Err(Status::unavailable("the coordinator is stopping")))
     }
 
-    /// Sends what waits for `agent`, call after call, until nothing does. It first lets the
-    /// tasks ready to run go: the dispatch rounds of other sessions woken by the same events
-    /// then join its first call.
+    /// Sends what waits for `agent`, call after call, until nothing does. It first yields
+    /// once, so the dispatch rounds of other sessions woken by the same events usually join
+    /// its first call (batching only; nothing depends on it).
     async fn drive(self, agent: AgentId) {
         tokio::task::yield_now().await;
         while let Some(batch) = self.take(&agent) {
