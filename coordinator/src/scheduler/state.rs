@@ -61,7 +61,8 @@ impl AgentSet {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct State {
     used: HashMap<AgentId, u32>,
-    held: HashMap<(SessionId, AgentId), u32>,
+    /// Slots each session holds, by agent (nested, so that a lookup clones no id).
+    held: HashMap<SessionId, HashMap<AgentId, u32>>,
     by_session: HashMap<SessionId, u32>,
     starving: HashMap<SessionId, Starving>,
     /// Sessions told of a free slot that have not finished a round since.
@@ -93,24 +94,32 @@ impl State {
     pub(crate) fn hold(&mut self, session: &SessionId, agent: &AgentId) {
         increment(&mut self.used, agent);
         increment(&mut self.by_session, session);
-        *self.held.entry((session.clone(), agent.clone())).or_default() += 1;
+        match self.held.get_mut(session) {
+            Some(agents) => increment(agents, agent),
+            None => {
+                self.held.insert(session.clone(), HashMap::from([(agent.clone(), 1)]));
+            }
+        }
     }
 
     /// Gives back up to `at_most` slots `session` holds on `agent`; how many it held.
     pub(crate) fn release(&mut self, session: &SessionId, agent: &AgentId, at_most: u32) -> u32 {
-        let key = (session.clone(), agent.clone());
-        let Some(held) = self.held.get_mut(&key) else {
-            return 0;
-        };
+        let Some(agents) = self.held.get_mut(session) else { return 0 };
+        let Some(held) = agents.get_mut(agent) else { return 0 };
         let n = (*held).min(at_most);
         *held -= n;
         if *held == 0 {
-            self.held.remove(&key);
+            agents.remove(agent);
+            if agents.is_empty() {
+                self.held.remove(session);
+            }
         }
         decrement(&mut self.used, agent, n);
         decrement(&mut self.by_session, session, n);
         if n > 0 {
-            self.released.insert(session.clone());
+            if !self.released.contains(session) {
+                self.released.insert(session.clone());
+            }
             self.passed.clear();
         }
         n
@@ -119,8 +128,11 @@ impl State {
     /// Gives back every slot of `session` and forgets that it waits: the sessions to tell of
     /// a free slot now.
     pub(crate) fn release_session(&mut self, session: &SessionId) -> Vec<SessionId> {
-        let agents: Vec<AgentId> =
-            self.held.keys().filter(|(s, _)| s == session).map(|(_, a)| a.clone()).collect();
+        let agents: Vec<AgentId> = self
+            .held
+            .get(session)
+            .map(|agents| agents.keys().cloned().collect())
+            .unwrap_or_default();
         for agent in agents {
             self.release(session, &agent, u32::MAX);
         }
