@@ -129,6 +129,8 @@ impl SessionActor {
         // late resend), and one it still ran could not be run again under its number.
         let settled = refusal == Some(Refusal::Acknowledged);
         if definitive || invalid {
+            // Debug only: under slot contention across coordinators this is routine.
+            debug!(%agent, index, attempt, %status, "run task refused");
             let message =
                 records::bounded(format!("agent {agent} refused the task: {}", status.message()));
             let transient = !invalid && !settled;
