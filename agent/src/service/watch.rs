@@ -52,15 +52,15 @@ pub(super) fn statuses(
                     () = shutdown.cancelled() => return,
                     next = changes.recv() => next,
                 };
-                let mut ready = match next {
-                    Ok(status) => vec![status],
-                    Err(RecvError::Lagged(skipped)) => {
-                        warn!(skipped, "task watcher lagged: sending a full snapshot");
-                        break;
+                let (ready, lagged) = match next {
+                    Ok(status) => {
+                        let mut ready = vec![status];
+                        let lagged = take_ready(&mut changes, &mut ready);
+                        (ready, lagged)
                     }
+                    Err(RecvError::Lagged(skipped)) => (Vec::new(), Some(skipped)),
                     Err(RecvError::Closed) => return,
                 };
-                let lagged = take_ready(&mut changes, &mut ready);
                 for status in latest_of_each(ready).into_iter().filter(|s| wanted(s)) {
                     yield Ok(pb::TaskEvent { status: Some(status) });
                 }
