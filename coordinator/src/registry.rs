@@ -31,27 +31,20 @@ pub(crate) struct Registry {
     store: Store,
     /// The scheme agent addresses must have: https, or http under `--insecure`.
     scheme: &'static str,
-    /// Last lease and record written per agent, to skip writes that change nothing. Each
-    /// agent has its own lock, held across that agent's etcd calls so that its heartbeats
-    /// apply in order; the map's lock is held only to find it, so no heartbeat ever waits on
-    /// another agent's etcd round trips.
-    known: Arc<std::sync::Mutex<HashMap<String, Entry>>>,
+    /// The lease this coordinator renews per agent. Each agent has its own lock, held
+    /// across that agent's etcd calls so that its heartbeats apply in order; the map's lock
+    /// is held only to find it, so no heartbeat ever waits on another agent's etcd round
+    /// trips.
+    leases: Arc<std::sync::Mutex<HashMap<String, Entry>>>,
 }
 
-/// One agent's lock and last write.
-type Entry = Arc<Mutex<Option<Known>>>;
-
-struct Known {
-    lease: i64,
-    record: pb::Agent,
-    /// Create revision of the agent's key: the generation of its registration.
-    registration: i64,
-}
+/// One agent's lock and the lease this coordinator renews for it.
+type Entry = Arc<Mutex<Option<i64>>>;
 
 impl Registry {
     /// A registry writing through `store`, taking agents whose address has `scheme`.
     pub(crate) fn new(store: Store, scheme: &'static str) -> Self {
-        Registry { store, scheme, known: Arc::default() }
+        Registry { store, scheme, leases: Arc::default() }
     }
 
     /// Takes one heartbeat: renews (or creates) the agent's registration; returns its
@@ -67,26 +60,47 @@ impl Registry {
             return self.leave(&agent.id).await.map(|()| 0);
         }
         let entry = self.entry(&agent.id);
-        let mut known = entry.lock().await;
-        let renewed = match known.as_ref() {
-            Some(entry) => self.renew(entry.lease).await,
-            None => self.stored_lease(&agent.id).await,
-        };
-        let renewed = renewed.inspect_err(|_| {
-            known.take();
-        })?;
-        let lease = match renewed {
-            Some(lease) => lease,
-            None => self.grant(&agent.id, request.ttl_seconds).await?,
-        };
-        let unchanged = known.as_ref().filter(|k| k.lease == lease && k.record == agent);
-        if let Some(known) = unchanged {
-            return Ok(known.registration);
+        let mut renewing = entry.lock().await;
+        let registered = self.register(agent, request.ttl_seconds, *renewing).await;
+        *renewing = registered.as_ref().ok().map(|&(lease, _)| lease);
+        registered.map(|(_, registration)| registration)
+    }
+
+    /// Renews the agent's lease (the one renewed before, else the one its key is bound to,
+    /// else a new one) and binds the key to it; the lease and the registration.
+    ///
+    /// The key is read every time, not trusted to be as this coordinator last wrote it: a
+    /// heartbeat that another coordinator took late (held by the network after the agent
+    /// gave up on it and moved on) binds the key to a lease of that coordinator, which no
+    /// later heartbeat renews; the key would expire while the agent's heartbeats here still
+    /// succeed, and the agent would stay unseen.
+    async fn register(
+        &self,
+        agent: pb::Agent,
+        ttl_seconds: u32,
+        renewed_before: Option<i64>,
+    ) -> Result<(i64, i64)> {
+        let key = self.store.keys().agent(&agent.id);
+        let stored = self.store.get::<pb::AgentRecord>(&key).await?;
+        let bound =
+            stored.as_ref().map(|s| s.lease).filter(|&l| l != 0 && Some(l) != renewed_before);
+        let mut lease = None;
+        for candidate in [renewed_before, bound].into_iter().flatten() {
+            if self.store.renew_lease(candidate).await? {
+                lease = Some(candidate);
+                break;
+            }
         }
-        let record = pb::AgentRecord { agent: Some(agent.clone()), lease };
-        let registration = self.put(&agent.id, &record, lease).await?;
-        *known = Some(Known { lease, record: agent, registration });
-        Ok(registration)
+        let lease = match lease {
+            Some(lease) => lease,
+            None => self.grant(&agent.id, ttl_seconds).await?,
+        };
+        let id = agent.id.clone();
+        let record = pb::AgentRecord { agent: Some(agent), lease };
+        if let Some(stored) = stored.filter(|s| s.lease == lease && s.value == record) {
+            return Ok((lease, stored.create_revision));
+        }
+        Ok((lease, self.put(&id, &record, lease).await?))
     }
 
     /// Writes the registration; returns its key's create revision (this write's revision
@@ -99,10 +113,10 @@ impl Registry {
         Ok(put.prev_key().map_or(written, |prev| prev.create_revision()))
     }
 
-    /// The lock and last write of agent `id`.
+    /// The lock and renewed lease of agent `id`.
     fn entry(&self, id: &str) -> Entry {
-        let mut known = self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        known.entry(id.to_string()).or_default().clone()
+        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        leases.entry(id.to_string()).or_default().clone()
     }
 
     /// Every registered agent, sorted by id.
@@ -120,7 +134,9 @@ impl Registry {
     }
 
     async fn leave(&self, id: &str) -> Result<()> {
-        self.entry(id).lock().await.take();
+        let entry = self.entry(id);
+        let mut renewing = entry.lock().await;
+        renewing.take();
         let key = self.store.keys().agent(id);
         if let Some(record) = self.store.get::<pb::AgentRecord>(&key).await? {
             self.store.kv().delete(key, None).await?;
@@ -130,20 +146,6 @@ impl Registry {
         }
         info!(agent = id, "agent left the cluster");
         Ok(())
-    }
-
-    /// The lease of an existing registration (made by any coordinator), renewed.
-    async fn stored_lease(&self, id: &str) -> Result<Option<i64>> {
-        let stored = self.store.get::<pb::AgentRecord>(&self.store.keys().agent(id)).await?;
-        match stored {
-            Some(record) if record.lease != 0 => self.renew(record.lease).await,
-            _ => Ok(None),
-        }
-    }
-
-    /// Renews a lease once; `None` when it has expired.
-    async fn renew(&self, lease: i64) -> Result<Option<i64>> {
-        Ok(self.store.renew_lease(lease).await?.then_some(lease))
     }
 
     async fn grant(&self, id: &str, ttl: u32) -> Result<i64> {
@@ -235,6 +237,30 @@ mod tests {
         done.expect("not held up by the other agent").expect("registered");
         let stored = registry.get("other-agent").await.expect("stored");
         assert_eq!(stored.coordinator, "c1");
+    }
+
+    /// A heartbeat another coordinator took late bound the key to a lease of its own, which
+    /// no heartbeat renews: the next heartbeat here binds the key back to the lease it renews,
+    /// so the key outlives the other one.
+    #[tokio::test]
+    async fn a_key_bound_elsewhere_is_bound_back_to_the_lease_renewed_here() {
+        let store = crate::testing::store().await;
+        let registry = Registry::new(store.clone(), "http");
+        let registration = registry.heartbeat(beat("a1"), "c1").await.expect("registered");
+        let key = store.keys().agent("a1");
+        let mut late = store.get::<pb::AgentRecord>(&key).await.expect("read").expect("stored");
+        let other = store.client().lease_grant(30, None).await.expect("lease").id();
+        late.value.lease = other;
+        late.value.agent.as_mut().expect("agent").coordinator = "c3".into();
+        let options = PutOptions::new().with_lease(other);
+        store.kv().put(key.as_str(), late.value.encode_to_vec(), Some(options)).await.expect("put");
+
+        let again = registry.heartbeat(beat("a1"), "c1").await.expect("renewed");
+        assert_eq!(again, registration, "the same registration");
+        store.client().lease_revoke(other).await.expect("the other lease ends");
+        let stored = store.get::<pb::AgentRecord>(&key).await.expect("read");
+        let stored = stored.expect("the key outlives the other coordinator's lease");
+        assert_eq!(stored.value.agent.expect("agent").coordinator, "c1");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub(crate) struct Versioned<M> {
     pub(crate) value: M,
     /// Revision of the key's last change.
     pub(crate) mod_revision: i64,
+    /// Revision that created the key (a key deleted and written again has a new one).
+    pub(crate) create_revision: i64,
     /// Lease the key is bound to (0 = none).
     pub(crate) lease: i64,
 }
@@ -267,7 +269,12 @@ fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Version
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         source,
     })?;
-    Ok(Versioned { value, mod_revision: kv.mod_revision(), lease: kv.lease() })
+    Ok(Versioned {
+        value,
+        mod_revision: kv.mod_revision(),
+        create_revision: kv.create_revision(),
+        lease: kv.lease(),
+    })
 }
 
 /// etcd's errors as the coordinator's: the one place that reads what etcd answered.
