@@ -107,6 +107,13 @@ pub enum Error {
         /// Session id.
         session: String,
     },
+    /// An agent's registration changed between a heartbeat's read and its write (another
+    /// coordinator took one of its heartbeats, or it left).
+    #[error("the registration of agent {agent} changed concurrently; try again")]
+    RegistrationRaced {
+        /// Agent id.
+        agent: String,
+    },
     /// `StopAll` stopped some sessions but not all.
     #[error("stopped {stopped} session(s), but not: {}; try again", failures.join("; "))]
     StopIncomplete {
@@ -279,6 +286,7 @@ impl Error {
             | RepositoryUnknown { .. } => Code::FailedPrecondition,
             JobChanged { .. }
             | StopRaced { .. }
+            | RegistrationRaced { .. }
             | StopIncomplete { .. }
             | Fenced(_)
             | NoLease

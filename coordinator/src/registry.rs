@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use etcd_client::PutOptions;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{
     pb,
@@ -17,7 +17,7 @@ use tracing::{debug, info};
 
 use crate::{
     error::{Error, Result},
-    store::Store,
+    store::{self, Store, Versioned},
 };
 
 /// Most slots an agent may announce.
@@ -41,6 +41,15 @@ pub(crate) struct Registry {
 /// One agent's lock and the lease this coordinator renews for it.
 type Entry = Arc<Mutex<Option<i64>>>;
 
+/// What a heartbeat left in etcd.
+#[derive(Debug, Clone, Copy)]
+struct Registered {
+    /// The lease this coordinator renews for the agent; its key is bound to it.
+    lease: i64,
+    /// The registration's generation: the create revision of the agent's key.
+    registration: i64,
+}
+
 impl Registry {
     /// A registry writing through `store`, taking agents whose address has `scheme`.
     pub(crate) fn new(store: Store, scheme: &'static str) -> Self {
@@ -61,13 +70,15 @@ impl Registry {
         }
         let entry = self.entry(&agent.id);
         let mut renewing = entry.lock().await;
+        // On an error the lease is forgotten: the next heartbeat renews the one the key is
+        // bound to, or a new one.
         let registered = self.register(agent, request.ttl_seconds, *renewing).await;
-        *renewing = registered.as_ref().ok().map(|&(lease, _)| lease);
-        registered.map(|(_, registration)| registration)
+        *renewing = registered.as_ref().ok().map(|r| r.lease);
+        registered.map(|r| r.registration)
     }
 
-    /// Renews the agent's lease (the one renewed before, else the one its key is bound to,
-    /// else a new one) and binds the key to it; the lease and the registration.
+    /// Renews the agent's lease (the one renewed here before, else the one its key is bound
+    /// to, else a new one) and binds the key to it.
     ///
     /// The key is read every time, not trusted to be as this coordinator last wrote it: a
     /// heartbeat that another coordinator took late (held by the network after the agent
@@ -79,38 +90,71 @@ impl Registry {
         agent: pb::Agent,
         ttl_seconds: u32,
         renewed_before: Option<i64>,
-    ) -> Result<(i64, i64)> {
-        let key = self.store.keys().agent(&agent.id);
-        let stored = self.store.get::<pb::AgentRecord>(&key).await?;
-        let bound =
-            stored.as_ref().map(|s| s.lease).filter(|&l| l != 0 && Some(l) != renewed_before);
-        let mut lease = None;
-        for candidate in [renewed_before, bound].into_iter().flatten() {
-            if self.store.renew_lease(candidate).await? {
-                lease = Some(candidate);
-                break;
-            }
-        }
-        let lease = match lease {
-            Some(lease) => lease,
-            None => self.grant(&agent.id, ttl_seconds).await?,
-        };
+    ) -> Result<Registered> {
         let id = agent.id.clone();
+        let key = self.store.keys().agent(&id);
+        let stored = self.store.get::<pb::AgentRecord>(&key).await?;
+        let bound = stored.as_ref().map(|s| s.lease).filter(|&lease| lease != 0);
+        let lease = self.renewed_or_granted(&id, [renewed_before, bound], ttl_seconds).await?;
         let record = pb::AgentRecord { agent: Some(agent), lease };
-        if let Some(stored) = stored.filter(|s| s.lease == lease && s.value == record) {
-            return Ok((lease, stored.create_revision));
+        if let Some(stored) = &stored
+            && stored.lease == lease
+            && stored.value == record
+        {
+            return Ok(Registered { lease, registration: stored.create_revision });
         }
-        Ok((lease, self.put(&id, &record, lease).await?))
+        let registration = self.put_unless_changed(&id, &key, &record, stored.as_ref()).await?;
+        // Renewed again once the key is on it: a heartbeat elsewhere that read the key before
+        // this put landed relies on it lasting a whole TTL from its own send.
+        if !self.store.renew_lease(lease).await? {
+            return Err(Error::RegistrationRaced { agent: id });
+        }
+        Ok(Registered { lease, registration })
     }
 
-    /// Writes the registration; returns its key's create revision (this write's revision
-    /// when it created the key: a registration made again after the old one expired).
-    async fn put(&self, id: &str, record: &pb::AgentRecord, lease: i64) -> Result<i64> {
-        let options = PutOptions::new().with_lease(lease).with_prev_key();
-        let key = self.store.keys().agent(id);
-        let put = self.store.kv().put(key, record.encode_to_vec(), Some(options)).await?;
-        let written = put.header().map_or(0, |h| h.revision());
-        Ok(put.prev_key().map_or(written, |prev| prev.create_revision()))
+    /// The first of `candidates` still alive, renewed, else a new lease.
+    async fn renewed_or_granted(
+        &self,
+        id: &str,
+        candidates: [Option<i64>; 2],
+        ttl: u32,
+    ) -> Result<i64> {
+        let mut tried = None;
+        for lease in candidates.into_iter().flatten() {
+            // Both candidates are often the same lease: it is renewed once.
+            if tried.replace(lease) == Some(lease) {
+                continue;
+            }
+            if self.store.renew_lease(lease).await? {
+                return Ok(lease);
+            }
+        }
+        self.grant(id, ttl).await
+    }
+
+    /// Writes the registration unless the key changed since it was read as `stored` (a
+    /// `leave`, or another coordinator's write, is not undone); returns the key's create
+    /// revision (this write's when it created the key: a registration made again after the
+    /// old one expired).
+    async fn put_unless_changed(
+        &self,
+        id: &str,
+        key: &str,
+        record: &pb::AgentRecord,
+        stored: Option<&Versioned<pb::AgentRecord>>,
+    ) -> Result<i64> {
+        let guard = match stored {
+            Some(stored) => Compare::mod_revision(key, CompareOp::Equal, stored.mod_revision),
+            None => store::absent(key),
+        };
+        let options = PutOptions::new().with_lease(record.lease);
+        let put = TxnOp::put(key, record.encode_to_vec(), Some(options));
+        let response = self.store.kv().txn(Txn::new().when([guard]).and_then([put])).await?;
+        if !response.succeeded() {
+            return Err(Error::RegistrationRaced { agent: id.to_string() });
+        }
+        let written = response.header().map_or(0, |h| h.revision());
+        Ok(stored.map_or(written, |stored| stored.create_revision))
     }
 
     /// The lock and renewed lease of agent `id`.
@@ -261,6 +305,26 @@ mod tests {
         let stored = store.get::<pb::AgentRecord>(&key).await.expect("read");
         let stored = stored.expect("the key outlives the other coordinator's lease");
         assert_eq!(stored.value.agent.expect("agent").coordinator, "c1");
+    }
+
+    /// A heartbeat whose read came before the agent left (through another coordinator) does
+    /// not bring the key back.
+    #[tokio::test]
+    async fn a_write_after_the_key_changed_is_refused() {
+        let store = crate::testing::store().await;
+        let registry = Registry::new(store.clone(), "http");
+        registry.heartbeat(beat("a1"), "c1").await.expect("registered");
+        let key = store.keys().agent("a1");
+        let read = store.get::<pb::AgentRecord>(&key).await.expect("read").expect("stored");
+        let mut leaving = beat("a1");
+        leaving.leaving = true;
+        Registry::new(store.clone(), "http").heartbeat(leaving, "c2").await.expect("left");
+
+        let late = registry.put_unless_changed("a1", &key, &read.value, Some(&read)).await;
+        let message = late.map(drop).map_err(|e| e.to_string()).expect_err("refused");
+        assert_eq!(message, "the registration of agent a1 changed concurrently; try again");
+        let stored = store.get::<pb::AgentRecord>(&key).await.expect("read");
+        assert!(stored.is_none(), "the key stays gone");
     }
 
     #[test]
