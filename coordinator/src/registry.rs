@@ -103,10 +103,11 @@ impl Registry {
         {
             return Ok(Registered { lease, registration: stored.create_revision });
         }
+        let moved = stored.as_ref().is_none_or(|stored| stored.lease != lease);
         let registration = self.put_unless_changed(&id, &key, &record, stored.as_ref()).await?;
-        // Renewed again once the key is on it: a heartbeat elsewhere that read the key before
-        // this put landed relies on it lasting a whole TTL from its own send.
-        if !self.store.renew_lease(lease).await? {
+        // A key moved onto the lease is renewed again once there: a heartbeat elsewhere that
+        // read the key before this put landed relies on it lasting a whole TTL from its send.
+        if moved && !self.store.renew_lease(lease).await? {
             return Err(Error::RegistrationRaced { agent: id });
         }
         Ok(Registered { lease, registration })
