@@ -73,7 +73,11 @@ pub async fn run(topology: &mut Topology, schedule: &[Fault], began: Instant) ->
             continue;
         }
         if let Some(fault) = pending.next_if(|f| began + f.at <= now) {
-            let heal_at = Instant::now() + fault.hold;
+            // Healed when the plan says, even when a slow heal before it made this inject
+            // late: the plan keeps faults on one process apart, and a heal that came later
+            // would overlap the next fault on that process (a start, for example, of a
+            // coordinator that a later kill fault then waits to see exit).
+            let heal_at = began + fault.at + fault.hold;
             let undo = inject(topology, fault, began, &mut log).await;
             active.push(Active { fault: fault.clone(), heal_at, undo });
         }
