@@ -57,6 +57,18 @@ pub(crate) struct Versioned<M> {
     pub(crate) lease: i64,
 }
 
+impl<M> Versioned<M> {
+    /// `value` with the revisions and lease of the key it was read from.
+    pub(crate) fn of(value: M, kv: &KeyValue) -> Self {
+        Versioned {
+            value,
+            mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
+            lease: kv.lease(),
+        }
+    }
+}
+
 impl Store {
     /// Connects lazily: a coordinator starts (and keeps serving) while etcd is down. Every
     /// request is timed into `metrics`.
@@ -269,12 +281,7 @@ fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Version
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         source,
     })?;
-    Ok(Versioned {
-        value,
-        mod_revision: kv.mod_revision(),
-        create_revision: kv.create_revision(),
-        lease: kv.lease(),
-    })
+    Ok(Versioned::of(value, kv))
 }
 
 /// etcd's errors as the coordinator's: the one place that reads what etcd answered.

@@ -284,10 +284,5 @@ fn versioned<M: prost::Message + Default>(
     kv: &etcd_client::KeyValue,
 ) -> Result<Versioned<M>> {
     let value = decode(key, kv.value())?;
-    Ok(Versioned {
-        value,
-        mod_revision: kv.mod_revision(),
-        create_revision: kv.create_revision(),
-        lease: kv.lease(),
-    })
+    Ok(Versioned::of(value, kv))
 }
