@@ -7,7 +7,8 @@
 //!   the parent's file) and start every disk's `blockdev-backup` in one transaction with
 //!   the new restore point's bitmap: that transaction is the backup's point in time, and the
 //!   VM never pauses for it.
-//! - TRANSFER: follow the block jobs ([`jobs`]); an immediate stop cancels them.
+//! - TRANSFER: remove the job's stale bitmaps while QEMU copies (off the path to the point
+//!   in time); follow the block jobs ([`jobs`]); an immediate stop cancels them.
 //! - COMMIT: close the targets, fsync and checksum them, manifest, rename ([`commit`]); only
 //!   then is the parent's bitmap removed. A storage daemon instead quits (storing the new
 //!   bitmap) while COMMIT runs, and the next backup removes the parent's bitmap as stale.
@@ -174,7 +175,7 @@ impl Backup {
             self.tidy().await.map_err(snapshot_failed)?;
             steps.done("tidy");
         }
-        let plan = self.plan(ctx.spec.full).await?;
+        let plan = self.plan(ctx.spec.full);
         steps.done("plan");
         ensure_running(ctx)?;
         let copied = self.prepare_targets(paths, &plan.kind).await?;
@@ -184,6 +185,8 @@ impl Backup {
         steps.done("start jobs");
         ctx.reporter.phase(TaskPhase::Transfer).await;
         let writeback = Writeback::start(self.jobs.iter().map(|job| job.target.clone()).collect());
+        // While QEMU copies: the stale bitmaps track nothing this backup reads.
+        let stale_left = remove_stale(&mut self.source, &plan.stale).await;
         let ended =
             jobs::follow(&mut self.source.qmp, &mut self.jobs, &ctx.cancel, &mut ctx.reporter)
                 .await;
@@ -220,6 +223,7 @@ impl Backup {
             Kind::Full { warning } => warning.iter().cloned().collect(),
             Kind::Incremental { .. } => Vec::new(),
         };
+        warnings.extend(stale_left);
         warnings.extend(self.drop_superseded(&plan).await);
         steps.done("drop parent bitmap");
         Ok(Done { restore_point, warnings })
@@ -243,8 +247,8 @@ impl Backup {
     }
 
     /// Decides full or incremental on the disks' nodes as opening found them (tidying
-    /// changes no disk node) and removes the job's stale bitmaps.
-    async fn plan(&mut self, full_requested: bool) -> Result<Plan, Failure> {
+    /// changes no disk node).
+    fn plan(&self, full_requested: bool) -> Plan {
         let states: Vec<DiskState> = self
             .source
             .nodes
@@ -257,19 +261,12 @@ impl Backup {
             })
             .collect();
         let plan = plan::plan(&self.names, &self.parent, &states, full_requested);
-        for (index, name) in &plan.stale {
-            let node = &self.source.nodes[*index].node_name;
-            info!(node, bitmap = name, "removing a stale change-tracking bitmap");
-            blockdev::remove_bitmap(&mut self.source.qmp, node, name)
-                .await
-                .map_err(snapshot_failed)?;
-        }
         match &plan.kind {
             Kind::Full { warning: Some(warning) } => warn!(%warning, "full backup"),
             Kind::Full { warning: None } => info!("full backup"),
             Kind::Incremental { parent } => info!(parent, "incremental backup"),
         }
-        Ok(plan)
+        plan
     }
 
     /// Creates each disk's target image in the partial folder and opens it as a node.
@@ -381,6 +378,20 @@ impl Backup {
         }
         self.source.close().await;
     }
+}
+
+/// Removes the job's stale bitmaps (they track nothing a backup builds on); returns a
+/// warning for each one left, which the next backup removes instead.
+async fn remove_stale(source: &mut Source, stale: &[(usize, String)]) -> Vec<String> {
+    let mut left = Vec::new();
+    for (index, name) in stale {
+        let node = &source.nodes[*index].node_name;
+        info!(node, bitmap = name, "removing a stale change-tracking bitmap");
+        if let Err(error) = blockdev::remove_bitmap(&mut source.qmp, node, name).await {
+            left.push(format!("CLEANUP: stale bitmap {name} not removed: {error}"));
+        }
+    }
+    left
 }
 
 /// The restore point the task names to build on, read with its whole chain: an incremental

@@ -242,6 +242,9 @@ impl Actor {
         }
         let forgotten = self.table.ack(&ids);
         self.publish();
+        // The backups acknowledged here have reported and their sessions stored it: a
+        // spare daemon started now holds up neither.
+        self.daemons.replenish_soon();
         // Not waited on: a forget lost in a crash only makes the outcome reported again.
         let removed = match forgotten.is_empty() {
             true => Ok(()),

@@ -1,5 +1,6 @@
-//! The spare storage daemon: started once a backup's daemon has quit, taken by the next
-//! offline backup (which then starts no daemon of its own), ended when the agent stops.
+//! The spare storage daemon: started once a backup that took a daemon is acknowledged,
+//! taken by the next offline backup (which then starts no daemon of its own), ended when
+//! the agent stops.
 
 use std::path::Path;
 
@@ -18,6 +19,8 @@ async fn backup(daemons: &Daemons, session: &str, parent: &str, disk: &Path) -> 
     run.ctx.daemons = daemons.clone();
     let outcome = exec::execute(&mut run.ctx).await;
     assert_eq!(outcome.state(), ItemState::Success, "{}", outcome.message);
+    // As the agent does once the coordinator has acknowledged the outcome.
+    daemons.replenish().await;
     outcome.restore_point.expect("a committed backup names its restore point")
 }
 

@@ -1,8 +1,10 @@
 //! The `qemu-storage-daemon` of an offline VM backup, and the agent's spare one.
 //!
 //! A daemon takes 8-10 ms to start (process start and dynamic linking), longer than the
-//! copy of a small incremental. So once a backup's daemon has quit, [`Daemons`] starts the
-//! next one and keeps it ready: the next offline backup takes it instead of waiting. A
+//! copy of a small incremental. So once the coordinator has acknowledged the outcome of a
+//! backup that took a daemon, [`Daemons`] starts the next one and keeps it ready: the next
+//! offline backup takes it instead of waiting, and the start (several ms of CPU) holds up
+//! neither that backup's COMMIT nor its report and its session's end. A
 //! spare holds no image until it is taken. It is started through `setpriv --pdeathsig`
 //! (util-linux), so it gets SIGTERM when its agent dies however it dies: idle, it just
 //! exits; taken, it saves the bitmaps as the restarted agent's SIGTERM would make it.
@@ -13,6 +15,7 @@ use std::fs::File;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -57,6 +60,8 @@ type Started = (Daemon, Qmp);
 #[derive(Clone, Debug, Default)]
 pub struct Daemons {
     spare: Arc<Mutex<Spare>>,
+    /// A backup took a daemon since the last [`Daemons::replenish`].
+    taken: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +82,7 @@ impl Daemons {
     /// A daemon for the backup of restore point `marker`: the spare when there is one (it is
     /// awaited if still starting), else a new one named by `marker`.
     pub(crate) async fn take(&self, marker: &str) -> Result<Started, String> {
+        self.taken.store(true, Ordering::Release);
         let mut spare = self.spare.lock().await;
         if let Some((mut daemon, qmp)) = spare.ready().await {
             if daemon.running() {
@@ -88,11 +94,20 @@ impl Daemons {
         Daemon::start(&format!("{DAEMON_DIR_PREFIX}{marker}-"), Role::Backup).await
     }
 
-    /// Starts a spare unless one is kept (called when a backup's daemon has quit, so the
-    /// start does not compete with that backup's copy).
-    pub(crate) async fn replenish(&self) {
+    /// [`Daemons::replenish`] in the background, when a backup took a daemon since the
+    /// last one (the agent calls it once a coordinator has acknowledged outcomes).
+    pub(crate) fn replenish_soon(&self) {
+        if self.taken.load(Ordering::Acquire) {
+            let daemons = self.clone();
+            tokio::spawn(async move { daemons.replenish().await });
+        }
+    }
+
+    /// Starts a spare if a backup took a daemon since the last call, unless one is kept.
+    pub async fn replenish(&self) {
         let mut spare = self.spare.lock().await;
-        if !spare.off && spare.next.is_none() {
+        let taken = self.taken.swap(false, Ordering::AcqRel);
+        if taken && !spare.off && spare.next.is_none() {
             let start = tokio::spawn(Daemon::start(SPARE_DIR_PREFIX, Role::Spare));
             spare.next = Some(Next::Starting(start));
         }

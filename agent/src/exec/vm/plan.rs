@@ -114,8 +114,8 @@ pub(crate) enum Kind {
 pub(crate) struct Plan {
     /// Full or incremental.
     pub(crate) kind: Kind,
-    /// Bitmaps of the job to remove before the backup: `(disk index, name)`. Every one of
-    /// the job's bitmaps but the newest restore point's usable one.
+    /// Bitmaps of the job to remove once the backup's block jobs run: `(disk index, name)`. Every one of the job's bitmaps but the newest restore point's
+    /// usable one.
     pub(crate) stale: Vec<(usize, String)>,
     /// The newest restore point's bitmap, removed once the new restore point is committed.
     pub(crate) superseded: Option<String>,

@@ -32,8 +32,6 @@ pub(crate) struct Source {
     /// The qcow2 node of each disk, in job order.
     pub(crate) nodes: Vec<NamedNode>,
     daemon: Option<Daemon>,
-    /// Where the daemon came from, told when it has quit.
-    daemons: Daemons,
     /// Whether the disks were opened in a daemon started for the backup.
     offline: bool,
 }
@@ -67,8 +65,7 @@ impl Source {
                 Ok(mut qmp) => {
                     let nodes =
                         blockdev::find_disks(&mut qmp, disks).await.map_err(OpenError::of)?;
-                    let daemons = daemons.clone();
-                    return Ok(Self { qmp, nodes, daemon: None, daemons, offline: false });
+                    return Ok(Self { qmp, nodes, daemon: None, offline: false });
                 }
                 Err(error @ QmpError::Connect { .. }) => {
                     info!(%error, "the VM is not running: backing its disks up as offline images");
@@ -93,8 +90,7 @@ impl Source {
             let (disk, error) = match opened {
                 Ok(nodes) => {
                     delete_legacy_snapshots(&mut qmp, &nodes).await;
-                    let daemons = daemons.clone();
-                    return Ok(Self { qmp, nodes, daemon: Some(daemon), daemons, offline: true });
+                    return Ok(Self { qmp, nodes, daemon: Some(daemon), offline: true });
                 }
                 Err(failure) => failure,
             };
@@ -110,7 +106,6 @@ impl Source {
                 attempt += 1;
                 continue;
             }
-            daemons.replenish().await;
             return Err(OpenError { disk, message: error.to_string() });
         }
     }
@@ -133,13 +128,9 @@ impl Source {
         }
     }
 
-    /// Ends the connection; a daemon saves the bitmaps and exits, and the next offline
-    /// backup finds a daemon ready (started only now: not beside this backup's COMMIT).
+    /// Ends the connection; a daemon saves the bitmaps and exits.
     pub(crate) async fn close(mut self) {
         self.quit_daemon().await;
-        if self.offline {
-            self.daemons.replenish().await;
-        }
     }
 }
 

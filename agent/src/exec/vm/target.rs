@@ -3,7 +3,10 @@
 //!
 //! The agent creates the empty file (QEMU never creates files in the repository), QEMU
 //! formats it through a file node of its own (`blockdev-create`), then opens it as the
-//! job's target, an incremental one with its backing chain. Every node is opened with
+//! job's target. An incremental target's header names the parent's file, but the node is
+//! opened without its backing chain (opening the chain costs a few ms per link, and grows
+//! with the chain): the block job copies whole clusters of at least the target's cluster
+//! size, so no write ever reads through to the parent. Every node is opened with
 //! `cache.no-flush`: QEMU's flushes of the new file are skipped, because COMMIT fsyncs
 //! each file itself, while it checksums it, before the restore point is published.
 
@@ -68,7 +71,8 @@ async fn format(qmp: &mut Qmp, node: &str, job: &str, target: Target<'_>) -> Res
         .map_err(|e| e.to_string())?;
     let concluded = tokio::time::timeout(FORMAT_WAIT, concluded(qmp, job)).await;
     let error = match concluded {
-        Ok(Ok(())) => job_error(qmp, job).await.map_err(|e| e.to_string())?,
+        Ok(Ok(Formatting::Aborted)) => job_error(qmp, job).await.map_err(|e| e.to_string())?,
+        Ok(Ok(Formatting::Succeeded)) => None,
         Ok(Err(error)) => return Err(error.to_string()),
         Err(_) => return Err(format!("QEMU did not format {filename} within {FORMAT_WAIT:?}")),
     };
@@ -76,17 +80,29 @@ async fn format(qmp: &mut Qmp, node: &str, job: &str, target: Target<'_>) -> Res
     error.map_or(Ok(()), |error| Err(format!("QEMU cannot format {filename}: {error}")))
 }
 
+/// How a formatting job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Formatting {
+    Succeeded,
+    /// It passed through `aborting`: `query-jobs` has its error.
+    Aborted,
+}
+
 /// Waits for the job's `concluded` status change (no block job of ours runs meanwhile, so
-/// the other events can go).
-async fn concluded(qmp: &mut Qmp, job: &str) -> Result<(), QmpError> {
+/// the other events can go); a job that failed went through `aborting` first.
+async fn concluded(qmp: &mut Qmp, job: &str) -> Result<Formatting, QmpError> {
+    let mut ended = Formatting::Succeeded;
     loop {
         let event = qmp.next_event().await?;
         let data = &event.data;
-        if event.event == "JOB_STATUS_CHANGE"
-            && data.get("id").and_then(Value::as_str) == Some(job)
-            && data.get("status").and_then(Value::as_str) == Some("concluded")
+        if event.event != "JOB_STATUS_CHANGE" || data.get("id").and_then(Value::as_str) != Some(job)
         {
-            return Ok(());
+            continue;
+        }
+        match data.get("status").and_then(Value::as_str) {
+            Some("aborting") => ended = Formatting::Aborted,
+            Some("concluded") => return Ok(ended),
+            _ => {}
         }
     }
 }
@@ -98,11 +114,12 @@ async fn job_error(qmp: &mut Qmp, job: &str) -> Result<Option<String>, QmpError>
     Ok(found.and_then(|j| j.get("error")).and_then(Value::as_str).map(str::to_owned))
 }
 
-/// Opens a formatted target as a qcow2 node (with its backing chain, read-only).
+/// Opens a formatted target as a qcow2 node, without the backing chain its header names.
 async fn open(qmp: &mut Qmp, node: &str, file: &Path) -> Result<(), QmpError> {
     let args = json!({
         "driver": "qcow2",
         "node-name": node,
+        "backing": null,
         "file": {
             "driver": "file",
             "filename": file.display().to_string(),
@@ -125,3 +142,6 @@ pub(crate) async fn dismiss_leftover_jobs(qmp: &mut Qmp, names: &Names) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
