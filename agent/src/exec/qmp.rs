@@ -12,7 +12,8 @@
 //! and resumes it after answering. QEMU 10.0's monitor was seen to stop reading for good in
 //! the first tens of milliseconds of a storage daemon's life (about one start in tens of
 //! thousands, the daemon itself alive), which a missed resume explains. With the capability
-//! the monitor only suspends when 8 commands wait, and Sluice sends one at a time. (In
+//! the monitor only suspends when 8 commands wait, and Sluice sends at most
+//! [`MAX_PIPELINED`] at a time. (In
 //! 45,000 starts with it, one monitor reset its connection instead: seen at once, not after
 //! the command timeout.) Either way an offline backup then opens its disks in a new daemon.
 
@@ -34,6 +35,9 @@ const GREETING: Duration = Duration::from_secs(5);
 const COMMAND: Duration = Duration::from_secs(60);
 /// Longest line accepted from QEMU (replies listing every block node can be long).
 const MAX_LINE: usize = 64 * 1024 * 1024;
+/// Most commands [`Qmp::pipeline`] sends before their replies, below the 8 that make an
+/// out-of-band monitor suspend.
+pub(crate) const MAX_PIPELINED: usize = 4;
 
 /// What went wrong talking to QEMU.
 #[derive(Debug, thiserror::Error)]
@@ -205,28 +209,64 @@ impl Qmp {
         self.patience = patience.unwrap_or(COMMAND);
     }
 
+    /// Sends `commands` (at most [`MAX_PIPELINED`]) one after the other without waiting for
+    /// each reply, then returns each one's result: one round trip instead of one each. QEMU
+    /// runs them in order; a command after one that failed still runs (and mostly fails on
+    /// what the failed one did not make).
+    pub(crate) async fn pipeline(
+        &mut self,
+        commands: Vec<(&str, Value)>,
+    ) -> Result<Vec<Result<Value, QmpError>>, QmpError> {
+        assert!(commands.len() <= MAX_PIPELINED, "at most {MAX_PIPELINED} commands at once");
+        let mut sent = Vec::with_capacity(commands.len());
+        for (command, args) in commands {
+            sent.push((self.send(command, args).await?, command));
+        }
+        let mut replies = Vec::with_capacity(sent.len());
+        for (id, command) in sent {
+            replies.push(self.answer(&id, command, self.patience).await);
+        }
+        Ok(replies)
+    }
+
     async fn command(
         &mut self,
         command: &str,
         args: Value,
         patience: Duration,
     ) -> Result<Value, QmpError> {
+        let id = self.send(command, args).await?;
+        self.answer(&id, command, patience).await
+    }
+
+    /// Sends a command; returns its id.
+    async fn send(&mut self, command: &str, args: Value) -> Result<String, QmpError> {
         let id = format!("sluice-{}", self.next_id);
         self.next_id += 1;
         let mut request = json!({ "execute": command, "id": id });
         if !args.is_null() {
             request["arguments"] = args;
         }
-        let began = std::time::Instant::now();
         let line = request.to_string();
         // QEMU reads a monitor's input a byte per main-loop turn: long commands cost.
-        let bytes = line.len();
+        tracing::trace!(command, bytes = line.len(), "qmp command sent");
         self.writer.send(line).await.map_err(codec_error)?;
-        let reply = tokio::time::timeout(patience, self.reply(&id, command))
+        Ok(id)
+    }
+
+    /// Waits for the reply to command `id`.
+    async fn answer(
+        &mut self,
+        id: &str,
+        command: &str,
+        patience: Duration,
+    ) -> Result<Value, QmpError> {
+        let began = std::time::Instant::now();
+        let reply = tokio::time::timeout(patience, self.reply(id, command))
             .await
             .map_err(|_| QmpError::Timeout { command: command.to_owned(), patience })?;
         let ms = format!("{:.2}", began.elapsed().as_secs_f64() * 1e3);
-        tracing::trace!(command, bytes, ms, ok = reply.is_ok(), "qmp command answered");
+        tracing::trace!(command, ms, ok = reply.is_ok(), "qmp command answered");
         reply
     }
 

@@ -106,6 +106,25 @@ async fn out_of_band_execution_is_enabled_when_offered() {
 }
 
 #[tokio::test]
+async fn pipelined_commands_each_get_their_own_answer_in_order() {
+    let daemon = Daemon::start().await;
+    let mut qmp = daemon.connect().await;
+    let cancel = json!({ "device": "nothing" });
+    let commands = vec![
+        ("query-version", Value::Null),
+        ("block-job-cancel", cancel),
+        ("query-jobs", Value::Null),
+    ];
+    let replies = qmp.pipeline(commands).await.expect("sent and answered");
+    assert_eq!(replies.len(), 3);
+    assert!(replies[0].as_ref().is_ok_and(|version| version["qemu"]["major"].is_u64()));
+    assert!(replies[1].as_ref().is_err_and(|e| e.is_class("DeviceNotActive")), "{replies:?}");
+    assert_eq!(replies[2].as_ref().ok(), Some(&json!([])), "ran after the failed one");
+    // The connection goes on as before.
+    qmp.execute("query-version", Value::Null).await.expect("query-version");
+}
+
+#[tokio::test]
 async fn events_that_arrive_before_a_reply_are_kept() {
     let daemon = Daemon::start().await;
     let mut qmp = daemon.connect().await;

@@ -37,47 +37,86 @@ pub(crate) struct Target<'a> {
 }
 
 /// Creates the target file, formats it as qcow2 and opens it as the node
-/// `names.target(index)`.
+/// `names.target(index)`. The QMP commands go in three round trips: the formatting node
+/// and job; the job's end; then the job dismissed, the formatting node closed (it is only
+/// a way in) and the target opened.
 pub(crate) async fn create(qmp: &mut Qmp, names: &Names, target: Target<'_>) -> Result<(), String> {
     let file = target.file.to_owned();
     blocking(move || std::fs::File::create(&file).map(drop)).await.map_err(|e| e.to_string())?;
     let format_node = names.format_node(target.index);
     let job = names.create_job(target.index);
-    let formatted = format(qmp, &format_node, &job, target).await;
-    // The formatting node is only a way in: close it whether or not formatting worked.
-    let closed = qmp.execute("blockdev-del", json!({ "node-name": format_node })).await;
+    let (node_added, job_created) = start_format(qmp, &format_node, &job, target).await?;
+    let formatted = match &job_created {
+        Ok(_) => formatted(qmp, &job, target.file).await,
+        Err(error) => Err(error.to_string()),
+    };
+    let mut tail = Vec::new();
+    if job_created.is_ok() {
+        tail.push(("job-dismiss", json!({ "id": job })));
+    }
+    if node_added.is_ok() {
+        tail.push(("blockdev-del", json!({ "node-name": format_node })));
+    }
+    let node = names.target(target.index);
+    if formatted.is_ok() {
+        tail.push(("blockdev-add", open_args(&node, target.file)));
+    }
+    let replies = qmp.pipeline(tail).await.map_err(|e| e.to_string())?;
+    node_added.map_err(|e| e.to_string())?;
     formatted?;
-    closed.map_err(|e| e.to_string())?;
-    open(qmp, &names.target(target.index), target.file).await.map_err(|e| e.to_string())
+    let opened = replies.last().is_some_and(Result::is_ok);
+    if let Some(Err(error)) = replies.into_iter().find(Result::is_err) {
+        if opened {
+            let _ = qmp.execute("blockdev-del", json!({ "node-name": node })).await;
+        }
+        return Err(error.to_string());
+    }
+    Ok(())
 }
 
-/// Formats the empty file through a file node `node` with the job `job`.
-async fn format(qmp: &mut Qmp, node: &str, job: &str, target: Target<'_>) -> Result<(), String> {
-    let filename = target.file.display().to_string();
+/// Adds the file node `node` on the empty file and starts the job `job` that formats it,
+/// in one round trip; returns each one's result.
+async fn start_format(
+    qmp: &mut Qmp,
+    node: &str,
+    job: &str,
+    target: Target<'_>,
+) -> Result<(Result<Value, QmpError>, Result<Value, QmpError>), String> {
     let file = json!({
         "driver": "file",
         "node-name": node,
-        "filename": filename,
+        "filename": target.file.display().to_string(),
         "cache": { "no-flush": true },
     });
-    qmp.execute("blockdev-add", file).await.map_err(|e| e.to_string())?;
     let mut options = json!({ "driver": "qcow2", "file": node, "size": target.size });
     if let Some(backing) = target.backing {
         options["backing-file"] = backing.into();
         options["backing-fmt"] = "qcow2".into();
     }
-    qmp.execute("blockdev-create", json!({ "job-id": job, "options": options }))
+    let create = json!({ "job-id": job, "options": options });
+    let replies = qmp
+        .pipeline(vec![("blockdev-add", file), ("blockdev-create", create)])
         .await
         .map_err(|e| e.to_string())?;
+    let mut replies = replies.into_iter();
+    match (replies.next(), replies.next()) {
+        (Some(added), Some(created)) => Ok((added, created)),
+        _ => Err("QEMU answered fewer commands than it was sent".to_owned()),
+    }
+}
+
+/// Waits for the formatting job `job` to end; its error, if it failed.
+async fn formatted(qmp: &mut Qmp, job: &str, file: &Path) -> Result<(), String> {
     let concluded = tokio::time::timeout(FORMAT_WAIT, concluded(qmp, job)).await;
     let error = match concluded {
         Ok(Ok(Formatting::Aborted)) => job_error(qmp, job).await.map_err(|e| e.to_string())?,
         Ok(Ok(Formatting::Succeeded)) => None,
         Ok(Err(error)) => return Err(error.to_string()),
-        Err(_) => return Err(format!("QEMU did not format {filename} within {FORMAT_WAIT:?}")),
+        Err(_) => {
+            return Err(format!("QEMU did not format {} within {FORMAT_WAIT:?}", file.display()));
+        }
     };
-    qmp.execute("job-dismiss", json!({ "id": job })).await.map_err(|e| e.to_string())?;
-    error.map_or(Ok(()), |error| Err(format!("QEMU cannot format {filename}: {error}")))
+    error.map_or(Ok(()), |error| Err(format!("QEMU cannot format {}: {error}", file.display())))
 }
 
 /// How a formatting job ended.
@@ -114,9 +153,10 @@ async fn job_error(qmp: &mut Qmp, job: &str) -> Result<Option<String>, QmpError>
     Ok(found.and_then(|j| j.get("error")).and_then(Value::as_str).map(str::to_owned))
 }
 
-/// Opens a formatted target as a qcow2 node, without the backing chain its header names.
-async fn open(qmp: &mut Qmp, node: &str, file: &Path) -> Result<(), QmpError> {
-    let args = json!({
+/// The `blockdev-add` arguments that open a formatted target as the qcow2 node `node`,
+/// without the backing chain its header names.
+fn open_args(node: &str, file: &Path) -> Value {
+    json!({
         "driver": "qcow2",
         "node-name": node,
         "backing": null,
@@ -125,8 +165,7 @@ async fn open(qmp: &mut Qmp, node: &str, file: &Path) -> Result<(), QmpError> {
             "filename": file.display().to_string(),
             "cache": { "no-flush": true },
         },
-    });
-    qmp.execute("blockdev-add", args).await.map(drop)
+    })
 }
 
 /// Dismisses the formatting jobs of this job that an interrupted backup left concluded
