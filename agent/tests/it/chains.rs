@@ -141,6 +141,35 @@ async fn an_offline_chain_restores_every_point_names_a_broken_link_and_merges() 
     agent.stop().await;
 }
 
+/// An incremental target is opened without its parent: clusters that read as zeroes since
+/// the parent (zeroes written, unmapped, discarded) must still be recorded as zeroes in it,
+/// never left to read through to the parent's old data.
+#[tokio::test]
+async fn zeroes_and_discards_since_the_parent_restore_as_zeroes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 4);
+    let repo = dir.path().join("repo");
+    let mut coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    coordinator.wait_for(|_| true).await;
+
+    committed(&backup("s1", "", &disk, &repo, "", false).await);
+    let text = disk.display().to_string();
+    let changes = ["write -z 1M 128k", "write -z -u 2M 128k", "discard 3M 128k"];
+    for change in changes {
+        sh("qemu-io", &["-c", change, &text]);
+    }
+    let incremental = committed(&backup("s2", "s1-0", &disk, &repo, "", false).await);
+    assert_eq!(incremental.kind(), RestorePointKind::Incremental);
+    let reference = dir.path().join("ref.qcow2");
+    copy(&disk, &reference);
+    let restored = restore(&agent, &repo, "s2-0", &disk).await;
+    same(&restored, &reference);
+    let zeroes = sh("qemu-io", &["-r", "-c", "read -P 0 3M 128k", &restored.display().to_string()]);
+    assert!(!zeroes.contains("Pattern verification failed"), "{zeroes}");
+    agent.stop().await;
+}
+
 /// The names of an image's persistent bitmaps, sorted.
 fn bitmap_names(disk: &Path) -> Vec<String> {
     let json = sh("qemu-img", &["info", "-U", "--output=json", &disk.display().to_string()]);
