@@ -34,6 +34,30 @@ async fn backup(
     exec::execute(&mut prepare(spec, None).ctx).await
 }
 
+/// A new folder with a disk holding data, the path of its repository, and a fresh agent
+/// registered with a fake coordinator.
+struct Setup {
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    repo: PathBuf,
+    agent: TestAgent,
+    _coordinator: FakeCoordinator,
+    _state: tempfile::TempDir,
+}
+
+impl Setup {
+    /// `disk` named `name`, with `data_mib` MiB of data.
+    async fn new(name: &str, data_mib: u32) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = make_disk(dir.path(), name, data_mib);
+        let repo = dir.path().join("repo");
+        let mut coordinator = FakeCoordinator::start().await;
+        let (state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+        coordinator.wait_for(|_| true).await;
+        Self { dir, disk, repo, agent, _coordinator: coordinator, _state: state }
+    }
+}
+
 fn committed(outcome: &pb::TaskOutcome) -> pb::RestorePoint {
     assert!(matches!(outcome.state(), ItemState::Success | ItemState::Warning), "{outcome:?}");
     outcome.restore_point.clone().expect("restore point")
@@ -81,12 +105,7 @@ fn item_dir(repo: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn an_offline_chain_restores_every_point_names_a_broken_link_and_merges() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = make_disk(dir.path(), "a.qcow2", 4);
-    let repo = dir.path().join("repo");
-    let mut coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
-    coordinator.wait_for(|_| true).await;
+    let Setup { dir, disk, repo, agent, .. } = Setup::new("a.qcow2", 4).await;
 
     let full = committed(&backup("s1", "", &disk, &repo, "", false).await);
     assert_eq!((full.kind(), full.parent_id.as_str()), (RestorePointKind::Full, ""));
@@ -146,12 +165,7 @@ async fn an_offline_chain_restores_every_point_names_a_broken_link_and_merges() 
 /// never left to read through to the parent's old data.
 #[tokio::test]
 async fn zeroes_and_discards_since_the_parent_restore_as_zeroes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = make_disk(dir.path(), "a.qcow2", 4);
-    let repo = dir.path().join("repo");
-    let mut coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
-    coordinator.wait_for(|_| true).await;
+    let Setup { dir, disk, repo, agent, .. } = Setup::new("a.qcow2", 4).await;
 
     committed(&backup("s1", "", &disk, &repo, "", false).await);
     let text = disk.display().to_string();
@@ -220,12 +234,7 @@ async fn an_offline_image_keeps_the_parents_bitmap_until_the_next_backup_removes
 
 #[tokio::test]
 async fn a_merge_interrupted_by_a_crash_is_finished_before_the_chain_is_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = make_disk(dir.path(), "a.qcow2", 2);
-    let repo = dir.path().join("repo");
-    let mut coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
-    coordinator.wait_for(|_| true).await;
+    let Setup { dir, disk, repo, agent, .. } = Setup::new("a.qcow2", 2).await;
     committed(&backup("s1", "", &disk, &repo, "", false).await);
     sh("qemu-io", &["-c", "write -P 0x42 1M 1M", &disk.display().to_string()]);
     committed(&backup("s2", "s1-0", &disk, &repo, "", false).await);
@@ -297,12 +306,7 @@ async fn a_running_vm_gets_incrementals_and_a_cancelled_one_keeps_tracking_whole
 
 #[tokio::test]
 async fn a_late_folder_the_catalog_does_not_name_is_never_built_on_and_can_be_deleted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = make_disk(dir.path(), "live.qcow2", 4);
-    let repo = dir.path().join("repo");
-    let mut coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
-    coordinator.wait_for(|_| true).await;
+    let Setup { dir, disk, repo, agent, .. } = Setup::new("live.qcow2", 4).await;
     let mut vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
     let socket = vm.sluice_socket();
 
