@@ -221,20 +221,15 @@ impl Store {
         Ok(())
     }
 
-    /// Renews a lease once; `false` when it has expired.
+    /// Renews a lease once; `false` when it has expired. Opening a keep-alive stream sends
+    /// one renewal and reads its answer (etcd-client does both before it returns the
+    /// stream), which is all one renewal needs: the stream is dropped unused.
     pub(crate) async fn renew_lease(&self, lease: i64) -> Result<bool> {
-        let renewal = async {
-            let (mut keeper, mut responses) = match self.client().lease_keep_alive(lease).await {
-                // etcd answers an expired lease with TTL 0, which etcd-client turns into this
-                // variant (its only other use is a failed send on the channel it just made).
-                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(None),
-                opened => opened?,
-            };
-            keeper.keep_alive().await?;
-            responses.message().await
-        };
-        match renewal.await {
-            Ok(response) => Ok(response.is_some_and(|r| r.ttl() > 0)),
+        match self.client().lease_keep_alive(lease).await {
+            Ok(_) => Ok(true),
+            // etcd answers an expired lease with TTL 0, which etcd-client turns into this
+            // variant (its only other use is a failed send on the channel it just made).
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
             Err(etcd_client::Error::GRpcStatus(status)) if status.code() == Code::NotFound => {
                 Ok(false)
             }
@@ -307,3 +302,6 @@ fn is_too_large(error: &etcd_client::Error) -> bool {
 pub(crate) fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|source| Error::Decode { key: key.to_string(), source })
 }
+
+#[cfg(test)]
+mod tests;
