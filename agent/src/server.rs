@@ -7,12 +7,11 @@ use sluice_proto::{
     pb::agent_service_server::AgentServiceServer,
     security::{
         layer::{AuthLayer, ByCertificate},
-        tls::{HANDSHAKE_TIMEOUT, NodeTls, tls_incoming},
+        tls::{HANDSHAKE_TIMEOUT, NodeTls, tcp_incoming, tls_incoming},
     },
     telemetry,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::warn;
@@ -52,7 +51,7 @@ pub(crate) async fn serve(
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), stop).await
         }
         None => {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = tcp_incoming(listener);
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), stop).await
         }
     }

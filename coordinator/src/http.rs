@@ -23,7 +23,7 @@ use axum::{
     routing::{MethodRouter, delete, get, post, put},
 };
 use http::{HeaderName, HeaderValue, Method, Uri, header};
-use sluice_proto::security::tls::{HANDSHAKE_TIMEOUT, NodeTls, tls_accept};
+use sluice_proto::security::tls::{HANDSHAKE_TIMEOUT, NodeTls, no_delay, tls_accept};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
@@ -144,6 +144,7 @@ pub(crate) async fn serve(
             graceful(server.into_future(), shutdown).await
         }
         None => {
+            let listener = listener.tap_io(|tcp| no_delay(tcp));
             let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
             graceful(server.into_future(), shutdown).await
         }

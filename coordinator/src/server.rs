@@ -17,12 +17,11 @@ use sluice_proto::{
     },
     security::{
         layer::AuthLayer,
-        tls::{HANDSHAKE_TIMEOUT, NodeTls, tls_incoming},
+        tls::{HANDSHAKE_TIMEOUT, NodeTls, tcp_incoming, tls_incoming},
     },
     telemetry,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Code,
@@ -78,7 +77,7 @@ pub(crate) async fn serve(
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), shutdown).await
         }
         None => {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = tcp_incoming(listener);
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), shutdown).await
         }
     }

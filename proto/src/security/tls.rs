@@ -28,7 +28,7 @@ use rustls::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-pub use self::incoming::{tls_accept, tls_incoming};
+pub use self::incoming::{no_delay, tcp_incoming, tls_accept, tls_incoming};
 use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der};
 
 /// How often the certificate files are checked for changes.

@@ -1,5 +1,7 @@
-//! TLS connections of a server, each made with the server config current when it was
-//! accepted.
+//! The connections of a server: TLS ones, each made with the server config current when it
+//! was accepted, and plain ones. Every accepted socket gets `TCP_NODELAY`: tonic sets it only
+//! on connections it accepts itself, and without it a small write (a streamed task status,
+//! an answer) can wait for the peer's delayed ACK, tens of milliseconds.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -9,7 +11,10 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{
+    Stream, StreamExt,
+    wrappers::{ReceiverStream, TcpListenerStream},
+};
 
 use super::NodeTls;
 
@@ -41,6 +46,7 @@ pub fn tls_accept(
                     }
                 },
             };
+            no_delay(&tcp);
             let acceptor = TlsAcceptor::from(config(&tls));
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -55,6 +61,18 @@ pub fn tls_accept(
         }
     });
     rx
+}
+
+/// Plain connections for `Router::serve_with_incoming_shutdown` (gRPC without TLS).
+pub fn tcp_incoming(listener: TcpListener) -> impl Stream<Item = Result<TcpStream, io::Error>> {
+    TcpListenerStream::new(listener).map(|accepted| accepted.inspect(no_delay))
+}
+
+/// Sends small writes at once instead of waiting for the peer's ACK of the last ones.
+pub fn no_delay(tcp: &TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
 }
 
 /// TLS connections for `Router::serve_with_incoming_shutdown` (gRPC). Only finished

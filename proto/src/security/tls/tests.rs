@@ -236,3 +236,29 @@ fn urls_must_fit_the_mode() {
     assert!(check_url("coordinator", "https://c:7400", false).is_err());
     assert!(check_url("coordinator", "c:7400", true).is_err());
 }
+
+/// Every accepted socket, plain or TLS, sends small writes at once (`TCP_NODELAY`): a status
+/// streamed just after another would otherwise wait for the peer's delayed ACK.
+#[tokio::test]
+async fn accepted_connections_send_small_writes_at_once() {
+    use tokio_stream::StreamExt;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut plain = Box::pin(tcp_incoming(listener));
+    let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let accepted = plain.next().await.expect("a connection").expect("accepted");
+    assert!(accepted.nodelay().expect("nodelay"), "plain");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let out = dir.path().join("out");
+    let auth = ClientAuth { kinds: &[Kind::Client], required: false };
+    let tls = NodeTls::load(files(&out, "c1"), auth).expect("server TLS");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut accepted = tls_accept(listener, tls, NodeTls::server_config, HANDSHAKE_TIMEOUT);
+    served(addr, &out.join("ca.crt")).await;
+    let (stream, _) = accepted.recv().await.expect("a TLS connection");
+    assert!(stream.get_ref().0.nodelay().expect("nodelay"), "TLS");
+}
