@@ -82,8 +82,9 @@ impl Daemons {
     /// A daemon for the backup of restore point `marker`: the spare when there is one (it is
     /// awaited if still starting), else a new one named by `marker`.
     pub(crate) async fn take(&self, marker: &str) -> Result<Started, String> {
-        self.taken.store(true, Ordering::Release);
         let mut spare = self.spare.lock().await;
+        // Under the lock, as `replenish` reads it: a replenish between the two would miss it.
+        self.taken.store(true, Ordering::Release);
         if let Some((mut daemon, qmp)) = spare.ready().await {
             if daemon.running() {
                 return Ok((daemon, qmp));
