@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use sluice_proto::pb::{self, agent_service_server::AgentService};
-use sluice_proto::{MAX_RUN_TASKS, refusal};
+use sluice_proto::{MAX_ACK_GROUPS, MAX_RUN_TASKS, refusal};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -101,6 +101,27 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::AckTasksResponse>, Status> {
         self.tasks.ack(request.into_inner()).await?;
         Ok(Response::new(pb::AckTasksResponse {}))
+    }
+
+    async fn ack_task_groups(
+        &self,
+        request: Request<pb::AckTaskGroupsRequest>,
+    ) -> Result<Response<pb::AckTaskGroupsResponse>, Status> {
+        let groups = request.into_inner().groups;
+        if groups.len() > MAX_ACK_GROUPS {
+            let count = groups.len();
+            return Err(Status::invalid_argument(format!(
+                "groups: {count} groups, at most {MAX_ACK_GROUPS} per call"
+            )));
+        }
+        let answers = self.tasks.ack_groups(groups).await?;
+        let result = |answer: Result<(), _>| match answer {
+            Ok(()) => pb::AckTasksResult::default(),
+            Err(error) => refusal::to_ack_result(&Status::from(error)),
+        };
+        Ok(Response::new(pb::AckTaskGroupsResponse {
+            results: answers.into_iter().map(result).collect(),
+        }))
     }
 
     type WatchTasksStream = EventStream;

@@ -69,6 +69,9 @@ pub(crate) type Subscription = (Vec<pb::TaskStatus>, broadcast::Receiver<pb::Tas
 
 type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
 
+/// Tasks acknowledged at one epoch (one AckTasks request, checked).
+type AckGroup = (Epoch, Vec<TaskId>);
+
 /// A checked CancelTasks request.
 struct Cancel {
     session: SessionId,
@@ -84,7 +87,8 @@ enum Command {
     Cancel(Cancel, Reply<Vec<pb::TaskKey>>),
     CancelAll(pb::CancelReason, Reply<Vec<pb::TaskKey>>),
     List(String, Reply<Vec<pb::TaskStatus>>),
-    Ack(Epoch, Vec<TaskId>, Reply<()>),
+    /// Groups of tasks acknowledged at one epoch each; each group's answer.
+    Ack(Vec<AckGroup>, Reply<Vec<Result<(), AgentError>>>),
     Subscribe(Reply<Subscription>),
     Drain(Reply<u32>),
 }
@@ -166,11 +170,34 @@ impl TasksHandle {
 
     /// Forgets acknowledged finished tasks.
     pub(crate) async fn ack(&self, request: pb::AckTasksRequest) -> Result<(), AgentError> {
-        let epoch = key::epoch("epoch", request.epoch)?;
-        let ids =
-            request.keys.iter().enumerate().map(|(i, k)| key::task_id(&format!("keys[{i}]"), k));
-        let ids = ids.collect::<Result<Vec<_>, _>>()?;
-        self.call(|reply| Command::Ack(epoch, ids, reply)).await
+        let group = ack_group("", request)?;
+        let mut answers = self.call(|reply| Command::Ack(vec![group], reply)).await?;
+        answers.pop().unwrap_or(Ok(()))
+    }
+
+    /// Forgets the acknowledged tasks of several groups (each one AckTasks request) in one
+    /// turn of the actor: each group's answer, as `ack` would give it alone. `Err` only when
+    /// the journal could not record what was forgotten.
+    pub(crate) async fn ack_groups(
+        &self,
+        groups: Vec<pb::AckTasksRequest>,
+    ) -> Result<Vec<Result<(), AgentError>>, AgentError> {
+        let mut answers = Vec::with_capacity(groups.len());
+        let mut checked = Vec::with_capacity(groups.len());
+        for (i, group) in groups.into_iter().enumerate() {
+            match ack_group(&format!("groups[{i}]."), group) {
+                Ok(group) => {
+                    checked.push(group);
+                    answers.push(None);
+                }
+                Err(error) => answers.push(Some(Err(error))),
+            }
+        }
+        let mut acked = self.call(|reply| Command::Ack(checked, reply)).await?.into_iter();
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| acked.next().unwrap_or(Ok(()))))
+            .collect())
     }
 
     /// Every current task and the changes after them.
@@ -193,6 +220,14 @@ impl TasksHandle {
         self.tx.send(command(reply)).await.map_err(|_| AgentError::ShuttingDown)?;
         answer.await.map_err(|_| AgentError::ShuttingDown)?
     }
+}
+
+/// An AckTasks request, checked; `field` prefixes the names of its fields in errors.
+fn ack_group(field: &str, request: pb::AckTasksRequest) -> Result<AckGroup, AgentError> {
+    let epoch = key::epoch(&format!("{field}epoch"), request.epoch)?;
+    let id = |(i, k): (usize, &pb::TaskKey)| key::task_id(&format!("{field}keys[{i}]"), k);
+    let ids = request.keys.iter().enumerate().map(id).collect::<Result<Vec<_>, _>>()?;
+    Ok((epoch, ids))
 }
 
 /// The withdrawn attempts of a CancelTasks request, each of the request's session.

@@ -31,5 +31,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("slui
 /// more in one call.
 pub const MAX_RUN_TASKS: usize = 256;
 
+/// Most groups one `AckTaskGroups` call may carry: an agent refuses more, a coordinator sends
+/// no more in one call.
+pub const MAX_ACK_GROUPS: usize = 256;
+
 /// Version of the Sluice binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -79,6 +79,21 @@ pub fn from_result(result: pb::RunTaskResult) -> Status {
     }
 }
 
+/// One group's refusal as an `AckTaskGroups` result carries it.
+pub fn to_ack_result(status: &Status) -> pb::AckTasksResult {
+    let pb::RunTaskResult { code, message, refusal, .. } = to_result(status);
+    pb::AckTasksResult { code, message, refusal }
+}
+
+/// What an `AckTaskGroups` result stands for, as AckTasks would have answered the group.
+pub fn from_ack_result(result: pb::AckTasksResult) -> Result<(), Status> {
+    let pb::AckTasksResult { code, message, refusal } = result;
+    match code {
+        0 => Ok(()),
+        _ => Err(from_result(pb::RunTaskResult { status: None, code, message, refusal })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +113,14 @@ mod tests {
         assert_eq!(Refusal::of(&back), Some(Refusal::StaleEpoch));
         let plain = from_result(to_result(&Status::invalid_argument("task.key: is required")));
         assert_eq!((plain.code(), Refusal::of(&plain)), (Code::InvalidArgument, None));
+    }
+
+    #[test]
+    fn a_refusal_survives_an_ack_task_groups_result() {
+        let refused = Refusal::StaleEpoch.attach(Status::failed_precondition("epoch 3 < 4"));
+        let back = from_ack_result(to_ack_result(&refused)).expect_err("refused");
+        assert_eq!((back.code(), back.message()), (Code::FailedPrecondition, "epoch 3 < 4"));
+        assert_eq!(Refusal::of(&back), Some(Refusal::StaleEpoch));
+        assert!(from_ack_result(pb::AckTasksResult::default()).is_ok(), "code 0: acknowledged");
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::state::{Admission, TaskTable};
-use super::{AgentStatus, Cancel, Command, Reply, TasksConfig, runner};
+use super::{AckGroup, AgentStatus, Cancel, Command, Reply, TasksConfig, runner};
 use crate::error::AgentError;
 use crate::exec::{CancelSignal, Daemons, Reporter, TaskContext, Update};
 use crate::fsutil::blocking;
@@ -126,7 +126,7 @@ impl Actor {
             Command::List(session, reply) => {
                 let _ = reply.send(Ok(self.table.list(&session)));
             }
-            Command::Ack(epoch, ids, reply) => self.ack(epoch, ids, reply).await,
+            Command::Ack(groups, reply) => self.ack(groups, reply).await,
             Command::Subscribe(reply) => {
                 let _ = reply.send(Ok((self.table.list(""), self.events.subscribe())));
             }
@@ -232,15 +232,18 @@ impl Actor {
         Ok(cancelled)
     }
 
-    async fn ack(&mut self, epoch: Epoch, ids: Vec<TaskId>, reply: Reply<()>) {
-        let sessions: BTreeSet<&SessionId> = ids.iter().map(|id| &id.session).collect();
-        for session in sessions {
-            if let Err(error) = self.check_epoch(session, epoch).await {
-                let _ = reply.send(Err(error));
-                return;
+    /// Forgets each group's tasks unless one of its sessions saw a newer epoch (the whole
+    /// group is refused then, as one AckTasks request is); one journal append for all.
+    async fn ack(&mut self, groups: Vec<AckGroup>, reply: Reply<Vec<Result<(), AgentError>>>) {
+        let mut answers = Vec::with_capacity(groups.len());
+        let mut forgotten = Vec::new();
+        for (epoch, ids) in groups {
+            let answer = self.check_epochs(epoch, &ids).await;
+            if answer.is_ok() {
+                forgotten.extend(self.table.ack(&ids));
             }
+            answers.push(answer);
         }
-        let forgotten = self.table.ack(&ids);
         self.publish();
         // The backups acknowledged here have reported and their sessions stored it: a
         // spare daemon started now holds up neither.
@@ -250,8 +253,17 @@ impl Actor {
             true => Ok(()),
             false => self.journal.forget_later(&forgotten).await,
         };
+        let answered = removed.map(|()| answers);
         let _ =
-            reply.send(removed.map_err(|e| AgentError::journal("forget acknowledged tasks", e)));
+            reply.send(answered.map_err(|e| AgentError::journal("forget acknowledged tasks", e)));
+    }
+
+    async fn check_epochs(&mut self, epoch: Epoch, ids: &[TaskId]) -> Result<(), AgentError> {
+        let sessions: BTreeSet<&SessionId> = ids.iter().map(|id| &id.session).collect();
+        for session in sessions {
+            self.check_epoch(session, epoch).await?;
+        }
+        Ok(())
     }
 
     fn publish(&self) {

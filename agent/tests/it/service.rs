@@ -420,3 +420,46 @@ async fn run_tasks_answers_each_task_as_run_task_would() {
     assert!(refused.message().contains("at most 256"), "{refused:?}");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn ack_task_groups_answers_each_group_as_ack_tasks_would() {
+    let coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
+    let mut client = agent.client.clone();
+    let mut events = watch(&mut client, "").await;
+    run(&mut client, sim_spec("g1", 0, 2, 0)).await.expect("started");
+    outcome_of(&mut events, 0).await;
+    run(&mut client, sim_spec("g2", 1, 3, 0)).await.expect("started");
+    outcome_of(&mut events, 1).await;
+    let group = |epoch, keys| pb::AckTasksRequest { epoch, keys };
+    let groups = vec![
+        group(2, vec![key("g1", 0)]), // g1's epoch: acknowledged
+        group(2, vec![key("g2", 1)]), // older than g2's 3: refused, with the reason
+        group(0, vec![key("g2", 1)]), // invalid
+    ];
+    let request = pb::AckTaskGroupsRequest { groups };
+    let results = client.ack_task_groups(request).await.expect("acked").into_inner().results;
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(results[0], pb::AckTasksResult::default(), "acknowledged");
+    let stale = sluice_proto::refusal::from_ack_result(results[1].clone()).expect_err("stale");
+    let reason = sluice_proto::refusal::Refusal::of(&stale);
+    assert_eq!(reason, Some(sluice_proto::refusal::Refusal::StaleEpoch), "{stale:?}");
+    assert_eq!(results[2].code, Code::InvalidArgument as i32, "{:?}", results[2]);
+    assert!(results[2].message.contains("groups[2].epoch"), "{:?}", results[2]);
+    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    let left: Vec<String> = tasks
+        .into_inner()
+        .tasks
+        .iter()
+        .filter_map(|t| t.key.clone())
+        .map(|k| k.session_id)
+        .collect();
+    assert_eq!(left, ["g2"], "only the acknowledged group's task is forgotten");
+
+    let many = vec![group(3, vec![key("g2", 1)]); 257];
+    let refused = client.ack_task_groups(pb::AckTaskGroupsRequest { groups: many });
+    let refused = refused.await.expect_err("257 groups");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("at most 256"), "{refused:?}");
+    agent.stop().await;
+}

@@ -4,9 +4,11 @@
 //! task again when it comes back) or refuses the epoch. The retries belong to the
 //! coordinator, not to a session's actor: they go on after the session ended.
 //!
-//! Acknowledgements to one agent coalesce: at most one AckTasks to it is in flight, and the
+//! Acknowledgements to one agent coalesce: at most one call to it is in flight, and the
 //! keys that arrive meanwhile (from any session) go with the next call, so many sessions
 //! finishing quick items cost the agent a few calls and journal appends, not one per item.
+//! Each session's owner key gives it an epoch of its own, so the keys of many sessions go
+//! as the groups (one per epoch) of one AckTaskGroups; a lone epoch's as AckTasks.
 //! No timer holds a key back; the delivery task of an agent ends once nothing is pending.
 //!
 //! A withdrawal the agent never answered while its item waited (the item ended FAILED) is
@@ -25,7 +27,7 @@ use std::{
 use sluice_proto::{
     ids::{AgentId, Epoch},
     pb,
-    refusal::Refusal,
+    refusal::{self, Refusal},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
@@ -53,6 +55,9 @@ pub(crate) struct Acks {
     shutdown: CancellationToken,
     waiting: Waiting,
 }
+
+/// How one call's batches went: `Err` holds why some were not delivered, and those.
+type Delivered = Result<(), (tonic::Status, Vec<Batch>)>;
 
 /// How one round of AckTasks calls to an agent went.
 #[derive(Debug, PartialEq)]
@@ -148,27 +153,78 @@ impl Acks {
         }
     }
 
-    /// Sends `batches` one after another (one call to the agent at a time).
+    /// Sends `batches`, one call to the agent at a time: together as the groups of one
+    /// AckTaskGroups (acks of many sessions have as many epochs), a lone batch as AckTasks.
     async fn send_round(&self, agent: &AgentId, batches: Vec<Batch>) -> Round {
-        let mut batches = batches.into_iter();
-        while let Some(batch) = batches.next() {
-            let Err(status) = self.ack(agent, &batch).await else {
+        let mut calls = pending::calls(batches).into_iter();
+        while let Some(call) = calls.next() {
+            let Err((status, unsent)) = self.deliver(agent, call).await else {
                 continue;
             };
-            if Refusal::of(&status) == Some(Refusal::StaleEpoch) {
-                self.after_stale(agent, batch, &status);
-                continue;
-            }
+            let rest = unsent.into_iter().chain(calls.flatten());
             if !self.directory.current().contains_key(agent) {
-                let tasks = batch.keys.len() + batches.map(|b| b.keys.len()).sum::<usize>();
+                let tasks: usize = rest.map(|b| b.keys.len()).sum();
                 debug!(%agent, tasks, "ack failed and the agent is gone; it reports the tasks again");
                 return Round::Done;
             }
-            debug!(%agent, %status, tasks = batch.keys.len(), "ack failed; sending it again");
-            self.put_back(agent, std::iter::once(batch).chain(batches));
+            debug!(%agent, %status, "ack failed; sending it again");
+            self.put_back(agent, rest);
             return Round::Failed;
         }
         Round::Done
+    }
+
+    /// Delivers one call's batches. `Err`: why some were not delivered, and those (to be
+    /// sent again). A stale refusal is final for its batch (`after_stale`).
+    async fn deliver(&self, agent: &AgentId, call: Vec<Batch>) -> Delivered {
+        if call.len() == 1 {
+            return self.deliver_alone(agent, call).await;
+        }
+        let results = match self.ack_groups(agent, &call).await {
+            Ok(results) if results.len() == call.len() => results,
+            Ok(results) => {
+                let message =
+                    format!("agent answered {} results for {} groups", results.len(), call.len());
+                return Err((tonic::Status::internal(message), call));
+            }
+            // An agent older than AckTaskGroups.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                return self.deliver_alone(agent, call).await;
+            }
+            Err(status) => return Err((status, call)),
+        };
+        let mut failed = None;
+        let mut unsent = Vec::new();
+        for (batch, result) in call.into_iter().zip(results) {
+            match refusal::from_ack_result(result) {
+                Ok(()) => {}
+                Err(status) if Refusal::of(&status) == Some(Refusal::StaleEpoch) => {
+                    self.after_stale(agent, batch, &status);
+                }
+                Err(status) => {
+                    failed = Some(status);
+                    unsent.push(batch);
+                }
+            }
+        }
+        failed.map_or(Ok(()), |status| Err((status, unsent)))
+    }
+
+    /// Delivers `batches` one AckTasks each, one after another.
+    async fn deliver_alone(&self, agent: &AgentId, batches: Vec<Batch>) -> Delivered {
+        let mut batches = batches.into_iter();
+        while let Some(batch) = batches.next() {
+            match self.ack(agent, &batch).await {
+                Ok(()) => {}
+                Err(status) if Refusal::of(&status) == Some(Refusal::StaleEpoch) => {
+                    self.after_stale(agent, batch, &status);
+                }
+                Err(status) => {
+                    return Err((status, std::iter::once(batch).chain(batches).collect()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Drops a batch refused as stale, or sends each of its sessions' parts again alone.
@@ -210,6 +266,16 @@ impl Acks {
         answer(client.ack_tasks(batch.request())).await
     }
 
+    async fn ack_groups(
+        &self,
+        agent: &AgentId,
+        call: &[Batch],
+    ) -> Result<Vec<pb::AckTasksResult>, tonic::Status> {
+        let mut client = self.client(agent)?;
+        let answer = timed(client.ack_task_groups(pending::groups_request(call))).await?;
+        Ok(answer.into_inner().results)
+    }
+
     async fn cancel(
         &self,
         agent: &AgentId,
@@ -231,12 +297,19 @@ impl Acks {
     }
 }
 
-/// The agent's answer to `call`, or DEADLINE_EXCEEDED after `CALL_TIMEOUT`.
+/// Whether the agent took `call`, or DEADLINE_EXCEEDED after `CALL_TIMEOUT`.
 async fn answer<T>(
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<(), tonic::Status> {
+    timed(call).await.map(|_| ())
+}
+
+/// The agent's answer to `call`, or DEADLINE_EXCEEDED after `CALL_TIMEOUT`.
+async fn timed<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(answer) => answer.map(|_| ()),
+        Ok(answer) => answer,
         Err(_) => Err(tonic::Status::deadline_exceeded("agent did not answer in time")),
     }
 }

@@ -28,7 +28,9 @@ use crate::{agents::AgentDirectory, store::Store};
 pub(crate) struct Seen {
     /// Keys of every AckTasks, answered or not, in order.
     pub(crate) calls: Vec<Vec<pb::TaskKey>>,
-    /// Keys of the AckTasks answered OK.
+    /// Groups of every AckTaskGroups call (its keys are in `calls` as one entry).
+    pub(crate) group_calls: Vec<usize>,
+    /// Keys of the AckTasks (and groups) answered OK.
     pub(crate) delivered: Vec<pb::TaskKey>,
     pub(crate) in_flight: usize,
     pub(crate) most_in_flight: usize,
@@ -38,8 +40,9 @@ pub(crate) struct Seen {
 
 /// An agent that answers AckTasks and RunTask(s) once its `gate` lets the call through (no
 /// gate: at once). AckTasks: refused as stale when a key names a `stale` session, UNAVAILABLE
-/// while `failures` lasts, else OK. RunTask: the task as running; refused as stale when its
-/// session is `stale`. RunTasks: each task so, or UNIMPLEMENTED when `single_only`.
+/// while `failures` lasts, else OK; AckTaskGroups: each group so. RunTask: the task as
+/// running; refused as stale when its session is `stale`. RunTasks: each task so.
+/// AckTaskGroups and RunTasks are UNIMPLEMENTED when `single_only`.
 #[derive(Clone, Default)]
 pub(crate) struct FakeAgent {
     pub(crate) seen: Arc<Mutex<Seen>>,
@@ -72,6 +75,21 @@ impl FakeAgent {
         }
     }
 
+    /// One AckTasks request's keys: refused as stale, failed while `failures` lasts, or
+    /// delivered.
+    fn ack(&self, seen: &mut Seen, keys: Vec<pb::TaskKey>) -> Result<(), Status> {
+        if keys.iter().any(|k| self.stale.contains(&k.session_id)) {
+            return Err(Refusal::StaleEpoch.attach(Status::failed_precondition("stale epoch")));
+        }
+        let failing =
+            self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(Status::unavailable("not now"));
+        }
+        seen.delivered.extend(keys);
+        Ok(())
+    }
+
     fn start(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, Status> {
         let key = spec.key.unwrap_or_default();
         if self.stale.contains(&key.session_id) {
@@ -94,16 +112,28 @@ impl AgentService for FakeAgent {
         let mut seen = self.seen();
         seen.in_flight -= 1;
         seen.calls.push(keys.clone());
-        if keys.iter().any(|k| self.stale.contains(&k.session_id)) {
-            return Err(Refusal::StaleEpoch.attach(Status::failed_precondition("stale epoch")));
-        }
-        let failing =
-            self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(Status::unavailable("not now"));
-        }
-        seen.delivered.extend(keys);
+        self.ack(&mut seen, keys)?;
         Ok(Response::new(pb::AckTasksResponse {}))
+    }
+
+    async fn ack_task_groups(
+        &self,
+        request: Request<pb::AckTaskGroupsRequest>,
+    ) -> Answer<pb::AckTaskGroupsResponse> {
+        if self.single_only {
+            return Err(Status::unimplemented("an older agent"));
+        }
+        self.enter().await;
+        let groups = request.into_inner().groups;
+        let mut seen = self.seen();
+        seen.in_flight -= 1;
+        seen.calls.push(groups.iter().flat_map(|g| g.keys.clone()).collect());
+        seen.group_calls.push(groups.len());
+        let results = groups.into_iter().map(|group| match self.ack(&mut seen, group.keys) {
+            Ok(()) => pb::AckTasksResult::default(),
+            Err(status) => sluice_proto::refusal::to_ack_result(&status),
+        });
+        Ok(Response::new(pb::AckTaskGroupsResponse { results: results.collect() }))
     }
 
     type WatchTasksStream = tokio_stream::Empty<Result<pb::TaskEvent, Status>>;

@@ -218,6 +218,7 @@ pub const ACCESS: &[(&str, Need)] = &[
     ("/sluice.v1.AgentService/CancelTasks", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/ListTasks", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/AckTasks", Need::Peer(Kind::Coordinator)),
+    ("/sluice.v1.AgentService/AckTaskGroups", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/WatchTasks", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/Drain", Need::Peer(Kind::Coordinator)),
     ("/sluice.v1.AgentService/VerifyRestorePoint", Need::Peer(Kind::Coordinator)),

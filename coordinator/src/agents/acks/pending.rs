@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_proto::{ids::Epoch, pb};
+use sluice_proto::{MAX_ACK_GROUPS, ids::Epoch, pb};
 
 /// Most keys one AckTasks carries: acks piled up while an agent was unreachable still go in
 /// requests far below its 4 MiB message limit (a key is well under 100 bytes).
@@ -83,6 +83,31 @@ impl Batch {
     }
 }
 
+/// `batches` as calls: each call's batches go as the groups of one AckTaskGroups (a lone
+/// batch as AckTasks), at most `MAX_ACK_GROUPS` groups and `MAX_KEYS` keys in all (a batch
+/// of `MAX_KEYS` goes alone).
+pub(super) fn calls(batches: Vec<Batch>) -> Vec<Vec<Batch>> {
+    let mut calls: Vec<Vec<Batch>> = Vec::new();
+    let mut keys = 0;
+    for batch in batches {
+        let fits = calls
+            .last()
+            .is_some_and(|call| call.len() < MAX_ACK_GROUPS && keys + batch.keys.len() <= MAX_KEYS);
+        if !fits {
+            calls.push(Vec::new());
+            keys = 0;
+        }
+        keys += batch.keys.len();
+        calls.last_mut().expect("a call was pushed").push(batch);
+    }
+    calls
+}
+
+/// One AckTaskGroups request for a call's batches.
+pub(super) fn groups_request(call: &[Batch]) -> pb::AckTaskGroupsRequest {
+    pb::AckTaskGroupsRequest { groups: call.iter().map(Batch::request).collect() }
+}
+
 fn chunks(epoch: Epoch, keys: Vec<pb::TaskKey>) -> Vec<Batch> {
     let mut keys = keys.into_iter().peekable();
     let mut batches = Vec::new();
@@ -134,6 +159,25 @@ mod tests {
         assert_eq!(epochs, [epoch(1), epoch(2)]);
         assert_eq!(keys(&batches), [vec![key("s1", 0)], vec![key("s2", 0), key("s3", 0)]]);
         assert_eq!(batches[1].request().epoch, 2);
+    }
+
+    #[test]
+    fn batches_of_several_epochs_share_a_call_up_to_its_limits() {
+        let batch = |e: i64, n: u32| Batch {
+            epoch: epoch(e),
+            keys: (0..n).map(|i| key(&format!("s{e}"), i)).collect(),
+            alone: false,
+        };
+        let sizes = |calls: &[Vec<Batch>]| -> Vec<usize> { calls.iter().map(Vec::len).collect() };
+        assert!(calls(Vec::new()).is_empty());
+        let small: Vec<Batch> = (1..=MAX_ACK_GROUPS as i64 + 1).map(|e| batch(e, 1)).collect();
+        assert_eq!(sizes(&calls(small)), [MAX_ACK_GROUPS, 1], "at most MAX_ACK_GROUPS groups");
+        let large = vec![batch(1, 600), batch(2, 400), batch(3, 1), batch(4, MAX_KEYS as u32)];
+        let packed = calls(large);
+        assert_eq!(sizes(&packed), [2, 1, 1], "at most MAX_KEYS keys, a full batch alone");
+        let request = groups_request(&packed[0]);
+        let epochs: Vec<i64> = request.groups.iter().map(|g| g.epoch).collect();
+        assert_eq!(epochs, [1, 2], "one group per batch, in order");
     }
 
     #[test]

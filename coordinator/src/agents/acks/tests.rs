@@ -97,11 +97,10 @@ async fn a_stale_refusal_drops_only_the_stale_sessions_part() {
     let calls = [
         vec![key("s0", 0)],
         vec![key("s1", 0), key("old", 0), key("s2", 0), key("s2", 1)],
-        vec![key("old", 0)],
-        vec![key("s1", 0)],
-        vec![key("s2", 0), key("s2", 1)],
+        vec![key("old", 0), key("s1", 0), key("s2", 0), key("s2", 1)],
     ];
-    assert_eq!(seen.calls, calls, "what arrived meanwhile went together, then each session alone");
+    assert_eq!(seen.calls, calls, "what arrived meanwhile went together, then split by session");
+    assert_eq!(seen.group_calls, [3], "each session a group of its own, answered alone");
     assert_eq!(
         sorted(seen.delivered.clone()),
         [key("s0", 0), key("s1", 0), key("s2", 0), key("s2", 1)]
@@ -127,4 +126,62 @@ async fn a_failed_ack_is_sent_again_with_what_arrived_until_the_agent_is_gone() 
     rig.send(1, vec![key("s3", 0)]);
     rig.settled().await;
     assert_eq!(rig.fake.seen().calls.len(), 3, "nothing sent to an agent that is gone");
+}
+
+#[tokio::test]
+async fn acks_of_many_epochs_go_as_the_groups_of_one_call() {
+    let (fake, gate) = FakeAgent::held(FakeAgent::default());
+    let rig = rig(fake).await;
+    rig.send(1, vec![key("s001", 0)]);
+    eventually("the first call in flight", || rig.fake.seen().in_flight == 1).await;
+    for session in 2..=100 {
+        rig.send(session, vec![key(&format!("s{session:03}"), 0)]);
+    }
+    gate.add_permits(2);
+    rig.settled().await;
+    let seen = rig.fake.seen();
+    let all: Vec<pb::TaskKey> = (1..=100).map(|s| key(&format!("s{s:03}"), 0)).collect();
+    assert_eq!(sorted(seen.delivered.clone()), all, "every ack delivered once");
+    assert_eq!(seen.calls.len(), 2, "the first ack, then one call for the 99 epochs");
+    assert_eq!(seen.group_calls, [99]);
+}
+
+#[tokio::test]
+async fn a_stale_group_is_dropped_and_the_others_of_its_call_delivered() {
+    let stale = Arc::new(BTreeSet::from(["old".to_string()]));
+    let rig = rig(FakeAgent { stale, ..Default::default() }).await;
+    // Queued together, before the delivery task runs: one call.
+    rig.send(1, vec![key("s1", 0)]);
+    rig.send(2, vec![key("old", 0)]);
+    rig.send(3, vec![key("s2", 0), key("s2", 1)]);
+    rig.settled().await;
+    let seen = rig.fake.seen();
+    assert_eq!(seen.group_calls, [3], "one call, nothing sent again");
+    assert_eq!(sorted(seen.delivered.clone()), [key("s1", 0), key("s2", 0), key("s2", 1)]);
+}
+
+#[tokio::test]
+async fn a_failed_group_is_sent_again_alone() {
+    let rig =
+        rig(FakeAgent { failures: Arc::new(AtomicUsize::new(1)), ..Default::default() }).await;
+    rig.send(1, vec![key("s1", 0)]);
+    rig.send(2, vec![key("s2", 0)]);
+    rig.settled().await;
+    let seen = rig.fake.seen();
+    assert_eq!(seen.calls, [vec![key("s1", 0), key("s2", 0)], vec![key("s1", 0)]]);
+    assert_eq!(seen.group_calls, [2], "the failed group went again as AckTasks");
+    assert_eq!(seen.delivered, [key("s2", 0), key("s1", 0)]);
+}
+
+#[tokio::test]
+async fn an_agent_without_ack_task_groups_gets_one_ack_tasks_per_epoch() {
+    let rig = rig(FakeAgent { single_only: true, ..Default::default() }).await;
+    rig.send(1, vec![key("s1", 0)]);
+    rig.send(2, vec![key("s2", 0)]);
+    rig.send(3, vec![key("s3", 0)]);
+    rig.settled().await;
+    let seen = rig.fake.seen();
+    assert_eq!(seen.calls, [vec![key("s1", 0)], vec![key("s2", 0)], vec![key("s3", 0)]]);
+    assert!(seen.group_calls.is_empty());
+    assert_eq!(seen.delivered, [key("s1", 0), key("s2", 0), key("s3", 0)]);
 }
