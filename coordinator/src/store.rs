@@ -4,7 +4,7 @@
 pub(crate) mod batch;
 pub(crate) mod failover;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, PutOptions,
@@ -27,9 +27,15 @@ use crate::{
     settings::EtcdTls,
 };
 
-/// A cheap-to-clone handle on etcd and the key layout.
+/// A cheap-to-clone handle on etcd and the key layout: one `Arc`, because every session
+/// flush and etcd call clones it, and the etcd client's dozen service clients are not cheap
+/// to clone.
 #[derive(Clone)]
 pub(crate) struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: Client,
     kv: KvClient,
     watcher: WatchClient,
@@ -109,39 +115,40 @@ impl Store {
             .max_encoding_message_size(MAX_ETCD_MESSAGE_BYTES);
         let watcher = client.watch_client().max_decoding_message_size(MAX_ETCD_MESSAGE_BYTES);
         let batcher = Batcher::start(kv.clone());
-        Ok(Store { client, kv, watcher, failover, keys: Keys::new(prefix), batcher })
+        let inner = Inner { client, kv, watcher, failover, keys: Keys::new(prefix), batcher };
+        Ok(Store { inner: Arc::new(inner) })
     }
 
     /// Tells the channel that the lease keep-alive stream went silent: its member is passed
     /// over, so the next stream opens on another one.
     pub(crate) fn keep_alive_stalled(&self) {
-        self.failover.keep_alive_stalled();
+        self.inner.failover.keep_alive_stalled();
     }
 
     /// The key layout.
     pub(crate) fn keys(&self) -> &Keys {
-        &self.keys
+        &self.inner.keys
     }
 
     /// A clone of the raw client, for leases.
     pub(crate) fn client(&self) -> Client {
-        self.client.clone()
+        self.inner.client.clone()
     }
 
     /// The key-value client, with message limits that fit the largest jobs.
     pub(crate) fn kv(&self) -> KvClient {
-        self.kv.clone()
+        self.inner.kv.clone()
     }
 
     /// Writes `write` while its guard key's mod revision is as expected, in one txn with
     /// the guarded writes of other sessions waiting at the same time ([`batch`]).
     pub(crate) async fn guarded(&self, write: GuardedWrite) -> Result<Guarded> {
-        self.batcher.write(write).await
+        self.inner.batcher.write(write).await
     }
 
     /// The watch client, with the same limits.
     pub(crate) fn watcher(&self) -> WatchClient {
-        self.watcher.clone()
+        self.inner.watcher.clone()
     }
 
     /// Reads and decodes one key.
