@@ -59,10 +59,13 @@ pub(crate) enum QmpError {
         /// The socket.
         path: PathBuf,
     },
-    /// QEMU greeted but did not answer `qmp_capabilities` in time, or dropped the connection
-    /// (seen with a storage daemon connected to while it was still starting); connecting
-    /// again helps.
-    #[error("QEMU on {path} greeted but did not answer qmp_capabilities (within {GREETING:?})")]
+    /// QEMU greeted but did not take `qmp_capabilities`: no answer in time, the connection
+    /// dropped, or the command refused as unknown (all seen with a storage daemon connected
+    /// to while it was still starting); connecting again helps.
+    #[error(
+        "QEMU on {path} greeted but did not take qmp_capabilities (no answer within \
+         {GREETING:?}, or refused while starting)"
+    )]
     NotReady {
         /// The socket.
         path: PathBuf,
@@ -91,6 +94,13 @@ pub(crate) enum QmpError {
         /// QEMU's explanation.
         desc: String,
     },
+}
+
+/// Whether QEMU refused `qmp_capabilities` as a command it does not know ("Expecting
+/// capabilities negotiation"): a storage daemon connected to right after it wrote its pid
+/// file answered so once, on a loaded machine, before its monitor was ready.
+fn negotiation_not_ready(error: &QmpError) -> bool {
+    matches!(error, QmpError::Command { class, .. } if class == "CommandNotFound")
 }
 
 /// An asynchronous event from QEMU.
@@ -184,6 +194,9 @@ impl Qmp {
         let enable = if qmp.out_of_band { json!({ "enable": [OUT_OF_BAND] }) } else { Value::Null };
         match qmp.command("qmp_capabilities", enable, GREETING).await {
             Err(QmpError::Timeout { .. } | QmpError::Closed) => {
+                Err(QmpError::NotReady { path: path.to_owned() })
+            }
+            Err(error) if negotiation_not_ready(&error) => {
                 Err(QmpError::NotReady { path: path.to_owned() })
             }
             other => other.map(|_| qmp),

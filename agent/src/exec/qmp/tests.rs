@@ -183,3 +183,14 @@ fn a_reset_connection_counts_as_closed() {
     let other = std::io::Error::from(std::io::ErrorKind::InvalidData);
     assert!(matches!(codec_error(LinesCodecError::Io(other)), QmpError::Protocol(_)));
 }
+
+#[test]
+fn qmp_capabilities_refused_as_unknown_means_not_ready_yet() {
+    let refused = |class: &str| QmpError::Command {
+        command: "qmp_capabilities".into(),
+        class: class.into(),
+        desc: "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+    };
+    assert!(negotiation_not_ready(&refused("CommandNotFound")), "connect again");
+    assert!(!negotiation_not_ready(&refused("GenericError")), "any other refusal is final");
+}
