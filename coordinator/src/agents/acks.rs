@@ -27,7 +27,7 @@ use std::{
 use sluice_proto::{
     ids::{AgentId, Epoch},
     pb,
-    refusal::{self, Refusal},
+    refusal::{Refusal, from_ack_result},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
@@ -196,15 +196,9 @@ impl Acks {
         let mut failed = None;
         let mut unsent = Vec::new();
         for (batch, result) in call.into_iter().zip(results) {
-            match refusal::from_ack_result(result) {
-                Ok(()) => {}
-                Err(status) if Refusal::of(&status) == Some(Refusal::StaleEpoch) => {
-                    self.after_stale(agent, batch, &status);
-                }
-                Err(status) => {
-                    failed = Some(status);
-                    unsent.push(batch);
-                }
+            if let Some((status, batch)) = self.settle(agent, batch, from_ack_result(result)) {
+                failed = Some(status);
+                unsent.push(batch);
             }
         }
         failed.map_or(Ok(()), |status| Err((status, unsent)))
@@ -214,17 +208,30 @@ impl Acks {
     async fn deliver_alone(&self, agent: &AgentId, batches: Vec<Batch>) -> Delivered {
         let mut batches = batches.into_iter();
         while let Some(batch) = batches.next() {
-            match self.ack(agent, &batch).await {
-                Ok(()) => {}
-                Err(status) if Refusal::of(&status) == Some(Refusal::StaleEpoch) => {
-                    self.after_stale(agent, batch, &status);
-                }
-                Err(status) => {
-                    return Err((status, std::iter::once(batch).chain(batches).collect()));
-                }
+            let answer = self.ack(agent, &batch).await;
+            if let Some((status, batch)) = self.settle(agent, batch, answer) {
+                return Err((status, std::iter::once(batch).chain(batches).collect()));
             }
         }
         Ok(())
+    }
+
+    /// What the agent's answer for `batch` leaves to do: nothing (delivered, or refused as
+    /// stale, which is final: `after_stale`), or the batch to send again, and why.
+    fn settle(
+        &self,
+        agent: &AgentId,
+        batch: Batch,
+        answer: Result<(), tonic::Status>,
+    ) -> Option<(tonic::Status, Batch)> {
+        match answer {
+            Ok(()) => None,
+            Err(status) if Refusal::of(&status) == Some(Refusal::StaleEpoch) => {
+                self.after_stale(agent, batch, &status);
+                None
+            }
+            Err(status) => Some((status, batch)),
+        }
     }
 
     /// Drops a batch refused as stale, or sends each of its sessions' parts again alone.
