@@ -27,18 +27,24 @@ impl SessionGauge {
 
     /// The items at `positions` were stored: count them under their state now.
     pub(crate) fn stored(&mut self, machine: &Machine, positions: &[usize]) {
+        // Net change per state, added once each: a stop of a large session stores (or
+        // implies) as many items as it has, and each label lookup allocates and locks.
+        let mut changes = [0i64; ItemState::ALL.len()];
         for &pos in positions {
             let now = machine.item(pos).state();
             let Some(counted) = self.counted.get_mut(pos) else { continue };
             if *counted != now {
-                let from = state_label(std::mem::replace(counted, now));
-                self.metrics.add_items(&self.job, from, -1);
-                self.metrics.add_items(&self.job, state_label(now), 1);
+                changes[slot(std::mem::replace(counted, now))] -= 1;
+                changes[slot(now)] += 1;
+            }
+        }
+        for (state, change) in ItemState::ALL.into_iter().zip(changes) {
+            if change != 0 {
+                self.metrics.add_items(&self.job, state_label(state), change);
             }
         }
     }
 
-    /// The session ended here and its final state is stored.
     pub(crate) fn finished(&self, machine: &Machine) {
         let status = machine.status();
         let result = match status.result {
@@ -77,6 +83,10 @@ fn tally(states: &[ItemState]) -> Vec<(ItemState, i64)> {
         }
     }
     counts
+}
+
+fn slot(state: ItemState) -> usize {
+    ItemState::ALL.iter().position(|&s| s == state).unwrap_or_default()
 }
 
 fn state_label(state: ItemState) -> &'static str {

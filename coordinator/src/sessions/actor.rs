@@ -143,8 +143,11 @@ pub(crate) struct SessionActor {
     last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
-    /// A stop was taken and its cancels sent: its pending items are closed next turn.
+    /// A stop was taken and its cancels sent: its pending items are closed once no cancel
+    /// call is in flight.
     close_due: bool,
+    /// CancelTasks calls sent and not answered yet.
+    cancels_in_flight: usize,
     /// The stored state of the items, for the metrics.
     gauge: SessionGauge,
     /// The registered agents as dispatch sees them (shared by every actor), replaced when
@@ -166,6 +169,7 @@ impl SessionActor {
         let gauge = SessionGauge::new(ctx.metrics.clone(), job_name, &machine);
         let answer_timeout_ms = i64::try_from(ctx.answer_timeout.as_millis()).unwrap_or(i64::MAX);
         machine.set_answer_timeout_ms(answer_timeout_ms);
+        let close_due = machine.is_closing();
         SessionActor {
             machine,
             base,
@@ -186,7 +190,8 @@ impl SessionActor {
             last_bytes_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
-            close_due: false,
+            close_due,
+            cancels_in_flight: 0,
             gauge,
             agents: Arc::default(),
         }
@@ -223,7 +228,8 @@ impl SessionActor {
         let slots = self.ctx.scheduler.waiter(self.machine.id());
         self.agents = agents.borrow_and_update().clone();
         loop {
-            if std::mem::take(&mut self.close_due) {
+            if self.close_due && self.cancels_in_flight == 0 {
+                self.close_due = false;
                 self.close_after_cancels().await;
             }
             self.step();
@@ -342,7 +348,8 @@ impl SessionActor {
     }
 
     /// Applies a stop read from its key; the newest key revision seen guards the final write.
-    /// Its first half: the cancels go out now, the pending items are closed next turn.
+    /// Its first half: the cancels go out now, the pending items are closed once the agents
+    /// answered them.
     fn take_stop(&mut self, stop: StopKey) {
         self.stop_seen = self.stop_seen.max(stop.revision);
         let effects = self.machine.begin_stop(stop.stop);
@@ -352,12 +359,15 @@ impl SessionActor {
     }
 
     /// The second half of a stop. Closing pending items takes time in proportion to the
-    /// session's size and holds this worker thread (and the cancel call it queued last, which
-    /// no other thread may take); yielding first lets the cancel calls leave, so how soon a
-    /// task is cancelled does not depend on how many items the session has.
+    /// session's size: it waits until the agents answered the cancels (the CPU it takes
+    /// would otherwise be taken from the agents cancelling, on a small machine), then yields
+    /// once so that a cancel call queued last on this worker thread leaves first. So how
+    /// soon a task is cancelled does not depend on how many items the session has. Closed
+    /// items without a record are not written; the gauge counts them here.
     async fn close_after_cancels(&mut self) {
         tokio::task::yield_now().await;
-        self.machine.end_stop(now_ms());
+        let implied = self.machine.end_stop(now_ms(), &self.stored);
+        self.gauge.stored(&self.machine, &implied);
     }
 
     fn apply(&mut self, event: Event) {

@@ -36,6 +36,8 @@ pub(crate) use self::{
 
 /// Message of a graceful stop that came before any item started (users know this text).
 pub(crate) const CANCELED_BY_USER: &str = "Operation was canceled by user";
+/// The message of an item a stop closed before it ran.
+pub(crate) const STOPPED: &str = "session was stopped";
 
 /// How long an item whose agent refused it for now (busy, another attempt still running)
 /// waits before the next try; it doubles with each refusal in a row, up to the maximum.
@@ -89,6 +91,9 @@ impl Machine {
         status: SessionStatus,
     ) -> Self {
         let index = Index::build(&items, 0);
+        // A stop its last owner stored may have been written before that owner closed the
+        // pending items (it closes them once the agents answered its cancels).
+        let closing = status.stop.is_some() && index.count(ItemState::Pending) > 0;
         Machine {
             id,
             status,
@@ -101,7 +106,7 @@ impl Machine {
             dirty_bytes: BTreeSet::new(),
             dirty_session: true,
             has_computer_items: None,
-            closing: false,
+            closing,
             answer_timeout_ms: DEFAULT_ANSWER_TIMEOUT_MS,
             last_reason: Reason::default(),
         }
@@ -302,9 +307,12 @@ impl Machine {
             Event::AgentLost { agent } => self.on_agent_lost(now_ms, &agent, &mut effects),
             Event::Withdrawn(dispatch) => self.on_withdrawn(now_ms, &dispatch, &mut effects),
             #[cfg(test)]
-            Event::Stop(stop) => self.on_stop(stop, &mut effects),
+            Event::Stop(stop) => {
+                self.on_stop(stop, &mut effects);
+                self.end_stop(now_ms, &[]);
+            }
         }
-        self.end_stop(now_ms);
+        self.finish_if_done(now_ms);
         effects
     }
 
@@ -322,12 +330,21 @@ impl Machine {
         effects
     }
 
+    /// Whether a stop's pending items are still to be closed (`end_stop`).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     /// Closes the pending items of a first stop, and ends the session if nothing runs.
-    pub(crate) fn end_stop(&mut self, now_ms: i64) {
-        if std::mem::take(&mut self.closing) {
-            self.close_pending(now_ms);
-        }
+    /// `stored` tells which items (by position) have a record: a closed item without one
+    /// is not written (a reader takes it as NOT_PROCESSED under a stop); those are returned.
+    pub(crate) fn end_stop(&mut self, now_ms: i64, stored: &[bool]) -> Vec<usize> {
+        let implied = match std::mem::take(&mut self.closing) {
+            true => self.close_pending(now_ms, stored),
+            false => Vec::new(),
+        };
         self.finish_if_done(now_ms);
+        implied
     }
 
     /// Graceful deadlines, answer timeouts and offline limits.

@@ -15,7 +15,7 @@ use sluice_proto::{
 pub(crate) use self::wire::{bounded, item_status, item_status_record, stop_from, timestamp};
 use self::wire::{session_status, stop_request};
 use super::{
-    machine::{Event, Item, ItemState, Machine, Retry, Stop},
+    machine::{self, Event, Item, ItemState, Machine, Retry, Stop},
     persist::{Flush, ItemWrite},
 };
 use crate::error::{Error, Result};
@@ -37,7 +37,7 @@ fn closed_status(
 ) -> pb::ItemStatus {
     pb::ItemStatus {
         state: pb::ItemState::NotProcessed as i32,
-        message: "session was stopped".into(),
+        message: machine::STOPPED.into(),
         ended_at,
         ..pending_status(job, index)
     }
@@ -130,7 +130,7 @@ fn item_from(
         item.stored_run = running.map(|agent| Box::new((item.status.attempt, agent)));
     } else if closed {
         item.status.state = ItemState::NotProcessed;
-        item.status.message = "session was stopped".into();
+        item.status.message = machine::STOPPED.into();
     }
     Ok(item)
 }

@@ -179,8 +179,9 @@ impl SessionActor {
     }
 
     /// CancelTasks, then ListTasks: the cancelled tasks the agent does not hold never started.
-    pub(super) fn send_cancel(&self, agent: AgentId, indices: Vec<u32>, reason: CancelReason) {
+    pub(super) fn send_cancel(&mut self, agent: AgentId, indices: Vec<u32>, reason: CancelReason) {
         let Some(mut client) = self.client(&agent) else { return };
+        self.cancels_in_flight += 1;
         let session_id = self.machine.id().to_string();
         let request = pb::CancelTasksRequest {
             session_id: session_id.clone(),
@@ -211,6 +212,7 @@ impl SessionActor {
         result: Result<Vec<u32>, Status>,
         indices: Vec<u32>,
     ) -> Option<Exit> {
+        self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1);
         let status = match result {
             Ok(missing) => {
                 for index in missing {

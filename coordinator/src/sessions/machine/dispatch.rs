@@ -1,7 +1,7 @@
 //! Dispatch rounds: free slots go to pending items in job order; later items may pass earlier
 //! ones whose resources are busy.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use sluice_proto::ids::AgentId;
 
@@ -98,7 +98,7 @@ impl Machine {
             // New strings, not `clear()`: a cleared string keeps its buffer, and every item
             // that once waited would hold the reason's bytes to the end of the session.
             status.waiting_reason = Reason::default();
-            status.message = String::new();
+            status.message = Cow::Borrowed("");
             status.bytes_done = 0;
             status.bytes_total = 0;
             status.bytes_read = 0;

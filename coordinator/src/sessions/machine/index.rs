@@ -131,6 +131,24 @@ impl Index {
         self.ready.range(from..).next().copied()
     }
 
+    /// Takes every pending item out at once, in job order (a stop closes them all): the
+    /// caller ends each and counts it under its new state with [`Index::count_ended`].
+    pub(super) fn take_pending(&mut self) -> Vec<usize> {
+        let pending = self.pending();
+        self.ready.clear();
+        self.delayed.clear();
+        self.offline.clear();
+        self.counts[slot(ItemState::Pending)] -= pending.len();
+        pending
+    }
+
+    /// Counts an item taken out by [`Index::take_pending`] under the state it ended in (a
+    /// state no other index holds).
+    pub(super) fn count_ended(&mut self, state: ItemState) {
+        debug_assert!(!matches!(state, ItemState::Pending | ItemState::Processing));
+        self.counts[slot(state)] += 1;
+    }
+
     /// Every pending item, in job order.
     pub(super) fn pending(&self) -> Vec<usize> {
         let mut pending: Vec<usize> = self.ready.iter().copied().collect();

@@ -1,7 +1,7 @@
 //! One item of a session as the rules see it: domain enums, converted to and from the wire
 //! types only at the edge (`records.rs`).
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use sluice_proto::{ids::AgentId, pb};
 
@@ -113,8 +113,9 @@ pub(crate) struct ItemStatus {
     pub(crate) attempt: u32,
     /// Id of the committed restore point, if any.
     pub(crate) restore_point: String,
-    /// Error, warning or cancellation text.
-    pub(crate) message: String,
+    /// Error, warning or cancellation text (borrowed when fixed: a stop of a large session
+    /// gives as many items the same one).
+    pub(crate) message: Cow<'static, str>,
     /// Why a pending item is not dispatched yet.
     pub(crate) waiting_reason: Reason,
     /// Bytes copied so far.
@@ -189,7 +190,7 @@ impl ItemStatus {
             agent: None,
             attempt: 0,
             restore_point: String::new(),
-            message: String::new(),
+            message: Cow::Borrowed(""),
             waiting_reason: Reason::default(),
             bytes_done: 0,
             bytes_total: 0,
@@ -276,6 +277,17 @@ impl Item {
 
     pub(crate) fn state(&self) -> ItemState {
         self.status.state
+    }
+
+    /// Ends the item in `state` (an indexed field: through `Machine::update`, or with the
+    /// indexes changed in bulk).
+    pub(super) fn end(&mut self, now_ms: i64, state: ItemState, message: Cow<'static, str>) {
+        self.status.state = state;
+        self.status.message = message;
+        self.status.waiting_reason = Reason::default();
+        self.status.ended_at_ms = Some(now_ms).into();
+        self.offline_since_ms = MaybeMs::NONE;
+        self.answer = RunAnswer::Answered;
     }
 
     pub(crate) fn is_running(&self) -> bool {

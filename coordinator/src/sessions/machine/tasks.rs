@@ -1,10 +1,12 @@
 //! What agents report about tasks: refusals, progress, outcomes, and their own loss.
 
+use std::borrow::Cow;
+
 use sluice_proto::ids::AgentId;
 
 use super::{
     CancelReason, Dispatch, Effect, ItemState, LateRestorePoint, MAX_REFUSED_BACKOFF_MS, Machine,
-    MaybeMs, Outcome, REFUSED_BACKOFF_MS, Reason, RunAnswer, SHOWN_REFUSAL_MS, TaskPhase, Volumes,
+    Outcome, REFUSED_BACKOFF_MS, RunAnswer, SHOWN_REFUSAL_MS, STOPPED, TaskPhase, Volumes,
 };
 
 impl Machine {
@@ -44,7 +46,7 @@ impl Machine {
             self.dirty_items.insert(pos);
         }
         if self.status.stop.is_some() {
-            self.end_item(now_ms, pos, ItemState::NotProcessed, "session was stopped".into());
+            self.end_item(now_ms, pos, ItemState::NotProcessed, STOPPED);
         }
     }
 
@@ -203,7 +205,7 @@ impl Machine {
             let retry = item.failed_attempts + 1;
             item.status.waiting_reason =
                 format!("retry {retry} of {attempts} after failure: {message}").into();
-            item.status.message = message;
+            item.status.message = message.into();
         });
         self.make_pending(pos);
     }
@@ -228,15 +230,15 @@ impl Machine {
         self.dirty_items.insert(pos);
     }
 
-    pub(super) fn end_item(&mut self, now_ms: i64, pos: usize, state: ItemState, message: String) {
-        self.update(pos, |item| {
-            item.status.state = state;
-            item.status.message = message;
-            item.status.waiting_reason = Reason::default();
-            item.status.ended_at_ms = Some(now_ms).into();
-            item.offline_since_ms = MaybeMs::NONE;
-            item.answer = RunAnswer::Answered;
-        });
+    pub(super) fn end_item(
+        &mut self,
+        now_ms: i64,
+        pos: usize,
+        state: ItemState,
+        message: impl Into<Cow<'static, str>>,
+    ) {
+        let message = message.into();
+        self.update(pos, |item| item.end(now_ms, state, message));
         self.dirty_items.insert(pos);
     }
 }

@@ -139,7 +139,7 @@ macro_rules! item_status_from {
             name: $source.name.clone(),
             attempt: $source.attempt,
             restore_point: $source.restore_point.clone(),
-            message: $source.message.clone(),
+            message: String::from(&*$source.message).into(),
             bytes_done: $source.bytes_done,
             bytes_total: $source.bytes_total,
             bytes_read: $source.bytes_read,

@@ -32,11 +32,48 @@ fn a_stop_in_two_halves_cancels_first_and_closes_pending_after() {
     assert_eq!(effects, vec![cancel]);
     assert_eq!(states(&m)[2..], [ItemState::Pending, ItemState::Pending], "not closed yet");
     assert!(m.dispatch(1, &agents(&[("a1", 9)]), &mut Pool::default()).is_empty());
-    m.end_stop(1);
+    m.end_stop(1, &[]);
     assert_eq!(states(&m)[2..], [ItemState::NotProcessed, ItemState::NotProcessed]);
     assert_eq!(m.status.state, SessionState::Stopping);
-    m.end_stop(2);
+    m.end_stop(2, &[]);
     assert_eq!(states(&m)[2..], [ItemState::NotProcessed, ItemState::NotProcessed]);
+}
+
+/// A stop's close writes only what readers cannot imply: items closed without a record are
+/// returned instead of marked for writing (a reader takes them as NOT_PROCESSED), and the
+/// counts move with them.
+#[test]
+fn a_stop_writes_only_closed_items_that_have_a_record() {
+    let mut m = machine(4, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let _ = m.take_dirty(true, true);
+    let Event::Stop(immediate) = stop(StopMode::Immediate) else { unreachable!("a stop") };
+    m.begin_stop(immediate);
+    let stored = [true, false, true, false];
+    assert_eq!(m.end_stop(1, &stored), vec![1, 3], "items 1 and 3 have no record");
+    assert_eq!(states(&m)[1..], [ItemState::NotProcessed; 3]);
+    assert_eq!(m.items[2].status.message, STOPPED);
+    let (dirty, _) = m.take_dirty(true, true);
+    assert_eq!(dirty, vec![2], "the closed item with a record is written");
+    assert_eq!(m.index.count(ItemState::NotProcessed), 3);
+    assert_eq!(m.index.count(ItemState::Pending), 0);
+    assert!(m.index_matches_items());
+}
+
+/// A stop its owner stored before closing the pending items (it was killed while the
+/// agents had its cancels): the next owner's machine closes them.
+#[test]
+fn a_stop_loaded_before_its_pending_items_were_closed_closes_them() {
+    let items = (0..2).map(|index| Item::new(index, format!("vm{index}"), None)).collect();
+    let Event::Stop(immediate) = stop(StopMode::Immediate) else { unreachable!("a stop") };
+    let status = SessionStatus { stop: Some(immediate), ..SessionStatus::default() };
+    let retry = Retry { attempts: 1, wait_ms: 1000, offline_wait_ms: 60_000 };
+    let id = SessionId::parse("session", "s1").expect("valid session id");
+    let mut m = Machine::new(id, items, Vec::new(), retry, status);
+    assert!(m.is_closing());
+    assert_eq!(m.end_stop(1, &[true, false]), vec![1]);
+    assert_eq!(states(&m), vec![ItemState::NotProcessed; 2]);
+    assert_eq!(m.status.state, SessionState::Stopped);
 }
 
 #[test]
