@@ -2,12 +2,14 @@
 //! persists what changed (fenced by its epoch) and carries out the effects. Every RPC and
 //! etcd write runs in a child task that reports back as a message, so the loop never blocks.
 //! The children end with the actor (`children.rs`); the calls to agents are in
-//! `agent_calls.rs`, its etcd writes in `flush.rs`, and what is owed to agents is kept by the
+//! `agent_calls.rs`, its etcd writes in `flush.rs`, a stop's two halves in `stop.rs`, and
+//! what is owed to agents is kept by the
 //! pure `Outbox`.
 
 mod agent_calls;
 mod children;
 mod flush;
+mod stop;
 mod withdrawals;
 
 use std::{sync::Arc, time::Duration};
@@ -345,29 +347,6 @@ impl SessionActor {
             }
         }
         None
-    }
-
-    /// Applies a stop read from its key; the newest key revision seen guards the final write.
-    /// Its first half: the cancels go out now, the pending items are closed once the agents
-    /// answered them.
-    fn take_stop(&mut self, stop: StopKey) {
-        self.stop_seen = self.stop_seen.max(stop.revision);
-        let effects = self.machine.begin_stop(stop.stop);
-        self.needs_dispatch = true;
-        self.execute(effects);
-        self.close_due = true;
-    }
-
-    /// The second half of a stop. Closing pending items takes time in proportion to the
-    /// session's size: it waits until the agents answered the cancels (the CPU it takes
-    /// would otherwise be taken from the agents cancelling, on a small machine), then yields
-    /// once so that a cancel call queued last on this worker thread leaves first. So how
-    /// soon a task is cancelled does not depend on how many items the session has. Closed
-    /// items without a record are not written; the gauge counts them here.
-    async fn close_after_cancels(&mut self) {
-        tokio::task::yield_now().await;
-        let implied = self.machine.end_stop(now_ms(), &self.stored);
-        self.gauge.stored(&self.machine, &implied);
     }
 
     fn apply(&mut self, event: Event) {

@@ -1,8 +1,7 @@
 //! When the session actor writes to etcd, and what a write's answer means.
 
-use sluice_proto::pb;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{BYTES_FLUSH, Exit, LAZY_FLUSH, Msg, RETRY_BACKOFF, SessionActor};
 use crate::{
@@ -10,7 +9,7 @@ use crate::{
     sessions::{
         machine::ItemState,
         persist::{self, Flushed, Written},
-        records::{self, StopKey, stop_from},
+        records,
     },
 };
 
@@ -97,16 +96,5 @@ impl SessionActor {
             self.stored[pos] = true;
         }
         items
-    }
-
-    /// The final record was not written: a stop came after the actor last saw the stop key.
-    /// The end is decided again with it (graceful: cancelled, immediate: failed) and written.
-    fn on_stop_changed(&mut self, stop: Option<pb::StopRequest>, revision: i64) {
-        info!(revision, "a stop came before the session's end was stored; it applies");
-        self.machine.mark_dirty(&[], true);
-        self.stop_seen = revision;
-        if let Some(stop) = stop {
-            self.take_stop(StopKey { stop: stop_from(&stop), revision });
-        }
     }
 }
