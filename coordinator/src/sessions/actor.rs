@@ -3,8 +3,7 @@
 //! etcd write runs in a child task that reports back as a message, so the loop never blocks.
 //! The children end with the actor (`children.rs`); the calls to agents are in
 //! `agent_calls.rs`, its etcd writes in `flush.rs`, a stop's two halves in `stop.rs`, and
-//! what is owed to agents is kept by the
-//! pure `Outbox`.
+//! what is owed to agents is kept by the pure `Outbox`.
 
 mod agent_calls;
 mod children;
