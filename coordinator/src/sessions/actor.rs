@@ -145,10 +145,12 @@ pub(crate) struct SessionActor {
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
     /// A stop was taken and its cancels sent: its pending items are closed once no cancel
-    /// call is in flight.
+    /// call is in flight, or nothing runs any more.
     close_due: bool,
     /// CancelTasks calls sent and not answered yet.
     cancels_in_flight: usize,
+    /// A stop's cancel calls were just spawned: the actor yields before its next step.
+    yield_due: bool,
     /// The stored state of the items, for the metrics.
     gauge: SessionGauge,
     /// The registered agents as dispatch sees them (shared by every actor), replaced when
@@ -193,6 +195,7 @@ impl SessionActor {
             needs_dispatch: true,
             close_due,
             cancels_in_flight: 0,
+            yield_due: false,
             gauge,
             agents: Arc::default(),
         }
@@ -229,9 +232,14 @@ impl SessionActor {
         let slots = self.ctx.scheduler.waiter(self.machine.id());
         self.agents = agents.borrow_and_update().clone();
         loop {
-            if self.close_due && self.cancels_in_flight == 0 {
+            if std::mem::take(&mut self.yield_due) {
+                // The cancel call spawned last waits in this worker's next-task slot, which
+                // no other thread takes: let it leave before this step's flush takes it.
+                tokio::task::yield_now().await;
+            }
+            if self.close_due && (self.cancels_in_flight == 0 || !self.machine.has_running()) {
                 self.close_due = false;
-                self.close_after_cancels().await;
+                self.close_after_cancels();
             }
             self.step();
             if self.is_done() {

@@ -330,6 +330,11 @@ impl Machine {
         effects
     }
 
+    /// Whether any item runs (or waits on its agent's answer).
+    pub(crate) fn has_running(&self) -> bool {
+        self.index.count(ItemState::Processing) > 0
+    }
+
     /// Whether a stop's pending items are still to be closed (`end_stop`).
     pub(crate) fn is_closing(&self) -> bool {
         self.closing

@@ -16,17 +16,17 @@ impl SessionActor {
         let effects = self.machine.begin_stop(stop.stop);
         self.needs_dispatch = true;
         self.execute(effects);
+        self.yield_due = true;
         self.close_due = true;
     }
 
     /// The second half of a stop. Closing pending items takes time in proportion to the
-    /// session's size: it waits until the agents answered the cancels (the CPU it takes
-    /// would otherwise be taken from the agents cancelling, on a small machine), then yields
-    /// once so that a cancel call queued last on this worker thread leaves first. So how
-    /// soon a task is cancelled does not depend on how many items the session has. Closed
+    /// session's size: it waits until the agents answered the cancels or every cancelled
+    /// task has ended (the CPU it takes would otherwise be taken from the agents cancelling,
+    /// on a small machine), so how soon a task is cancelled does not depend on how many items
+    /// the session has, and the session's end waits for no answer it does not need. Closed
     /// items without a record are not written; the gauge counts them here.
-    pub(super) async fn close_after_cancels(&mut self) {
-        tokio::task::yield_now().await;
+    pub(super) fn close_after_cancels(&mut self) {
         let implied = self.machine.end_stop(now_ms(), &self.stored);
         self.gauge.stored(&self.machine, &implied);
     }
