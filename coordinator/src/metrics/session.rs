@@ -34,8 +34,8 @@ impl SessionGauge {
             let now = machine.item(pos).state();
             let Some(counted) = self.counted.get_mut(pos) else { continue };
             if *counted != now {
-                changes[slot(std::mem::replace(counted, now))] -= 1;
-                changes[slot(now)] += 1;
+                changes[std::mem::replace(counted, now).ordinal()] -= 1;
+                changes[now.ordinal()] += 1;
             }
         }
         for (state, change) in ItemState::ALL.into_iter().zip(changes) {
@@ -75,18 +75,11 @@ impl Drop for SessionGauge {
 
 /// How many items are in each state.
 fn tally(states: &[ItemState]) -> Vec<(ItemState, i64)> {
-    let mut counts: Vec<(ItemState, i64)> = Vec::new();
+    let mut counts = [0i64; ItemState::ALL.len()];
     for &state in states {
-        match counts.iter_mut().find(|(s, _)| *s == state) {
-            Some((_, count)) => *count += 1,
-            None => counts.push((state, 1)),
-        }
+        counts[state.ordinal()] += 1;
     }
-    counts
-}
-
-fn slot(state: ItemState) -> usize {
-    ItemState::ALL.iter().position(|&s| s == state).unwrap_or_default()
+    ItemState::ALL.into_iter().zip(counts).filter(|&(_, count)| count != 0).collect()
 }
 
 fn state_label(state: ItemState) -> &'static str {

@@ -38,10 +38,6 @@ pub(super) struct Index {
     counts: [usize; STATES.len()],
 }
 
-fn slot(state: ItemState) -> usize {
-    STATES.iter().position(|&s| s == state).unwrap_or_default()
-}
-
 impl Index {
     /// The indexes of `items`, with retry pauses ended by `clock` counted as ready.
     pub(super) fn build(items: &[Item], clock: i64) -> Self {
@@ -54,7 +50,7 @@ impl Index {
 
     /// Enters the item at `pos` as it is now.
     pub(super) fn insert(&mut self, pos: usize, item: &Item) {
-        self.counts[slot(item.state())] += 1;
+        self.counts[item.state().ordinal()] += 1;
         match item.state() {
             ItemState::Pending => {
                 if item.not_before_ms <= self.clock {
@@ -83,7 +79,7 @@ impl Index {
 
     /// Takes the item at `pos` out, as it was entered (no indexed field changed since).
     pub(super) fn remove(&mut self, pos: usize, item: &Item) {
-        self.counts[slot(item.state())] -= 1;
+        self.counts[item.state().ordinal()] -= 1;
         match item.state() {
             ItemState::Pending => {
                 if !self.ready.remove(&pos) {
@@ -138,7 +134,7 @@ impl Index {
         self.ready.clear();
         self.delayed.clear();
         self.offline.clear();
-        self.counts[slot(ItemState::Pending)] -= pending.len();
+        self.counts[ItemState::Pending.ordinal()] -= pending.len();
         pending
     }
 
@@ -146,7 +142,7 @@ impl Index {
     /// state no other index holds).
     pub(super) fn count_ended(&mut self, state: ItemState) {
         debug_assert!(!matches!(state, ItemState::Pending | ItemState::Processing));
-        self.counts[slot(state)] += 1;
+        self.counts[state.ordinal()] += 1;
     }
 
     /// Every pending item, in job order.
@@ -201,7 +197,7 @@ impl Index {
 
     /// How many items are in `state`.
     pub(super) fn count(&self, state: ItemState) -> usize {
-        self.counts[slot(state)]
+        self.counts[state.ordinal()]
     }
 
     /// How many items have not ended.

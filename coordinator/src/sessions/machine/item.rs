@@ -36,6 +36,11 @@ impl ItemState {
         ItemState::NotProcessed,
     ];
 
+    /// Its place in [`ItemState::ALL`] (counts by state are arrays in that order).
+    pub(crate) fn ordinal(self) -> usize {
+        ItemState::ALL.iter().position(|&s| s == self).unwrap_or_default()
+    }
+
     /// Whether the item has ended.
     pub(crate) fn is_terminal(self) -> bool {
         !matches!(self, ItemState::Pending | ItemState::Processing)
