@@ -9,7 +9,10 @@
 //! it is. A write that finds no other one waiting or in flight goes at once from its
 //! caller, as it would without the batcher (one session alone pays nothing for it); others
 //! queue, at most [`IN_FLIGHT`] txns of them are in flight, and what comes meanwhile waits
-//! and goes together.
+//! and goes together. In a shared txn each write's ops are one nested txn: etcd bounds each
+//! op list of a txn on its own (`--max-txn-ops`), so a txn takes [`MAX_WRITES`] writes
+//! whatever their sizes, where flat lists would hold only as many as their ops fill (about
+//! twenty flushes of one item and a dispatch each).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,8 +25,9 @@ use crate::error::{Error, Result};
 
 /// Txns of batched writes in flight at once.
 const IN_FLIGHT: usize = 2;
-/// Ops per txn, below etcd's default `--max-txn-ops` of 128 (for guards, ops and reads).
-const MAX_OPS: usize = 120;
+/// Writes per txn, below etcd's default `--max-txn-ops` of 128 (a guard, a nested txn and a
+/// read each).
+const MAX_WRITES: usize = 120;
 
 /// What a guarded write did: the revision it was written at, or, refused, its guard key as
 /// it is now (`None`: absent).
@@ -121,25 +125,19 @@ async fn run(kv: KvClient, mut rx: mpsc::UnboundedReceiver<Request>) {
     }
 }
 
-/// The oldest waiting writes that fit in one txn, at most one per guard key (etcd refuses a
-/// txn that writes a key twice); the first always goes, however many ops it has.
+/// The oldest waiting writes, at most [`MAX_WRITES`] and one per guard key (etcd refuses a
+/// txn that writes a key twice).
 fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
     let mut batch: Vec<Request> = Vec::new();
-    let mut ops = 0;
     let mut skipped = VecDeque::new();
-    while let Some(request) = pending.pop_front() {
-        let size = request.write.ops.len();
-        let fits = batch.is_empty() || (ops + size <= MAX_OPS && batch.len() < MAX_OPS);
-        if !fits {
-            pending.push_front(request);
-            break;
-        }
+    while batch.len() < MAX_WRITES
+        && let Some(request) = pending.pop_front()
+    {
         if batch.iter().any(|r| r.write.key == request.write.key) {
             skipped.push_back(request);
-            continue;
+        } else {
+            batch.push(request);
         }
-        ops += size;
-        batch.push(request);
     }
     while let Some(request) = skipped.pop_back() {
         pending.push_front(request);
@@ -186,13 +184,18 @@ async fn txn_alone(mut kv: KvClient, write: &GuardedWrite) -> Result<Guarded> {
     Ok(Err(read_keys(response.op_responses()).next().flatten()))
 }
 
-/// One txn of every write: all guards, then all ops; refused, a read of every guard key.
-fn combined<'a>(writes: impl Iterator<Item = &'a GuardedWrite> + Clone) -> Txn {
+/// One txn of every write: all guards, then all ops (a nested txn per write when there are
+/// several); refused, a read of every guard key.
+fn combined<'a>(writes: impl ExactSizeIterator<Item = &'a GuardedWrite> + Clone) -> Txn {
     let guards: Vec<Compare> = writes
         .clone()
         .map(|w| Compare::mod_revision(w.key.as_str(), CompareOp::Equal, w.revision))
         .collect();
-    let ops: Vec<TxnOp> = writes.clone().flat_map(|w| w.ops.iter().cloned()).collect();
+    let ops: Vec<TxnOp> = if writes.len() == 1 {
+        writes.clone().flat_map(|w| w.ops.iter().cloned()).collect()
+    } else {
+        writes.clone().map(|w| TxnOp::txn(Txn::new().and_then(w.ops.clone()))).collect()
+    };
     let reads: Vec<TxnOp> = writes.map(|w| TxnOp::get(w.key.as_str(), None)).collect();
     Txn::new().when(guards).and_then(ops).or_else(reads)
 }

@@ -51,6 +51,28 @@ async fn writes_waiting_together_share_txns_and_all_land() {
     }
 }
 
+/// Forty writes of four puts each: 156 ops after the first, more than one flat op list
+/// takes, and all of them in one txn.
+#[tokio::test]
+async fn writes_share_a_txn_however_many_ops_they_hold() {
+    let store = testing::store().await;
+    let keys = keys(&store, 40);
+    let revisions = put_all(&store, &keys).await;
+    let write_four = |(n, (key, revision)): (usize, (&String, &i64))| {
+        let puts = (0..3).map(|op| TxnOp::put(format!("{key}/item/{n}/{op}"), "i", None));
+        let ops = puts.chain([TxnOp::put(key.as_str(), "written", None)]).collect();
+        store.guarded(write(key, *revision, ops))
+    };
+    let writes = keys.iter().zip(&revisions).enumerate().map(write_four);
+    let answers = futures::future::join_all(writes).await;
+    let mut written: Vec<i64> =
+        answers.into_iter().map(|a| a.expect("etcd").expect("every guard held")).collect();
+    written.dedup();
+    assert_eq!(written.len(), 2, "the first alone, the 39 that waited in one txn: {written:?}");
+    let items = store.kv().get(format!("{}/item/39/2", keys[39]), None).await.expect("get");
+    assert_eq!(items.kvs().len(), 1, "a nested write landed");
+}
+
 #[tokio::test]
 async fn a_failed_guard_refuses_only_its_own_write() {
     let store = testing::store().await;
