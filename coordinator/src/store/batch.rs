@@ -11,8 +11,9 @@
 //! queue, at most [`IN_FLIGHT`] txns of them are in flight, and what comes meanwhile waits
 //! and goes together. In a shared txn each write's ops are one nested txn: etcd bounds each
 //! op list of a txn on its own (`--max-txn-ops`), so a txn takes [`MAX_WRITES`] writes
-//! whatever their sizes, where flat lists would hold only as many as their ops fill (about
-//! twenty flushes of one item and a dispatch each).
+//! whatever their sizes, where a flat list is full after 120 ops: about 35 flushes of an
+//! outcome, a dispatch and the owner key each, which bounded the txns of a hundred busy
+//! sessions.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
