@@ -1,6 +1,6 @@
 //! The whole agent in-process: AgentService rules, watch, journal across restarts, drain.
 
-use sluice_agent::journal::log::read_entries;
+use sluice_agent::journal::log::{read_entries, replay};
 use sluice_proto::pb::{self, ItemState, agent_service_client::AgentServiceClient};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -203,10 +203,12 @@ async fn unacknowledged_outcomes_survive_a_restart() {
     // A kill -9 leaves the running task's entry without an outcome; mimic it by putting back
     // the log as it was while the task ran, before the shutdown recorded the cancellation,
     // with half a record after it (a write the kill interrupted).
+    // The frames only: zeros written ahead follow them in the file.
     let log = state.path().join("journal.log");
-    let mut at_start = std::fs::read(&log).expect("log written at start");
+    let frames = |bytes: Vec<u8>| bytes[..replay(&bytes).valid_len as usize].to_vec();
+    let mut at_start = frames(std::fs::read(&log).expect("log written at start"));
     agent.stop().await;
-    let torn = std::fs::read(&log).expect("log after stop");
+    let torn = frames(std::fs::read(&log).expect("log after stop"));
     at_start.extend_from_slice(&torn[at_start.len()..][..20]);
     std::fs::write(&log, at_start).expect("restore log");
 
