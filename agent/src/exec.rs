@@ -33,8 +33,8 @@ const CUT_MARK: &str = "… (cut)";
 /// A change an executor reports about its task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
-    /// A phase begins.
-    Phase(pb::TaskPhase),
+    /// A phase begins, at the time given.
+    Phase(pb::TaskPhase, prost_types::Timestamp),
     /// Bytes copied so far out of a total.
     Progress {
         /// Bytes copied.
@@ -72,7 +72,7 @@ impl Reporter {
 
     /// Reports that a phase begins.
     pub(crate) async fn phase(&mut self, phase: pb::TaskPhase) {
-        self.send(Update::Phase(phase)).await;
+        self.send(Update::Phase(phase, sluice_proto::time::now())).await;
     }
 
     /// Reports progress; drops it when the last one is too recent, unless it is complete.

@@ -317,7 +317,10 @@ impl TaskTable {
     pub(crate) fn apply(&mut self, id: &TaskId, update: Update) -> Option<pb::TaskStatus> {
         let entry = self.tasks.get_mut(id)?;
         match update {
-            Update::Phase(phase) => entry.status.phase = phase as i32,
+            Update::Phase(phase, at) => {
+                entry.status.phase = phase as i32;
+                entry.status.phase_changed_at = Some(at);
+            }
             Update::Progress { done, total } => {
                 entry.status.bytes_done = done;
                 entry.status.bytes_total = total;

@@ -90,6 +90,18 @@ fn a_repeated_run_returns_the_existing_status() {
 }
 
 #[test]
+fn a_status_says_when_its_phase_began_and_keeps_it_with_the_outcome() {
+    let mut table = table(1);
+    let task = id("s", 0, 1);
+    start(&mut table, &task);
+    let at = prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 };
+    let status = table.apply(&task, Update::Phase(pb::TaskPhase::Cleanup, at)).expect("held");
+    assert_eq!((status.phase(), status.phase_changed_at), (pb::TaskPhase::Cleanup, Some(at)));
+    let status = table.apply(&task, Update::Finished(pb::TaskOutcome::default())).expect("held");
+    assert_eq!(status.phase_changed_at, Some(at), "the outcome says when cleanup began");
+}
+
+#[test]
 fn slots_limit_running_tasks() {
     let mut table = table(1);
     start(&mut table, &id("s", 0, 1));

@@ -280,8 +280,10 @@ async fn a_running_vm_gets_incrementals_and_a_cancelled_one_keeps_tracking_whole
     let Run { mut ctx, mut updates } = prepare(spec, Some(64 * 1024));
     let cancel = ctx.cancel.clone();
     let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
-    crate::support::update_matching(&mut updates, |u| *u == Update::Phase(TaskPhase::Transfer))
-        .await;
+    crate::support::update_matching(&mut updates, |u| {
+        matches!(u, Update::Phase(TaskPhase::Transfer, _))
+    })
+    .await;
     cancel.cancel(pb::CancelReason::User);
     let canceled = tokio::time::timeout(WAIT, task).await.expect("in time").expect("task");
     assert_eq!(canceled.state(), ItemState::Canceled, "{canceled:?}");

@@ -73,7 +73,7 @@ async fn cancel_during_transfer_leaves_no_partial_folder_and_no_snapshot() {
     let cancel = ctx.cancel.clone();
     let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
 
-    update_matching(&mut updates, |u| *u == Update::Phase(TaskPhase::Transfer)).await;
+    update_matching(&mut updates, |u| matches!(u, Update::Phase(TaskPhase::Transfer, _))).await;
     cancel.cancel(pb::CancelReason::User);
     let outcome = tokio::time::timeout(WAIT, task).await.expect("cancel in time").expect("task");
 

@@ -150,7 +150,7 @@ pub fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
 pub fn phases(updates: &mut mpsc::Receiver<(TaskId, Update)>) -> Vec<pb::TaskPhase> {
     let mut phases = Vec::new();
     while let Ok((_, update)) = updates.try_recv() {
-        if let Update::Phase(phase) = update {
+        if let Update::Phase(phase, _) = update {
             phases.push(phase);
         }
     }

@@ -1,5 +1,6 @@
 //! What the agents see: one `AgentService.WatchTasks` stream per agent, timestamping each task's
-//! first appearance, its cleanup and its end with this machine's clock (the nodes run here too).
+//! first appearance, its cleanup and its end with this machine's clock (the nodes run here too),
+//! and keeping the agent's own time of the cleanup's start.
 
 use std::{
     collections::HashMap,
@@ -24,8 +25,11 @@ pub struct TaskSeen {
     pub epoch: i64,
     /// When the agent first showed it (running).
     pub first_seen: SystemTime,
-    /// When it entered CLEANUP (after a cancel, or after its commit).
+    /// When the report of its CLEANUP (after a cancel, or after its commit) arrived here.
     pub cleanup_at: Option<SystemTime>,
+    /// When its executor began CLEANUP, by the agent's stamp (`phase_changed_at`): after a
+    /// cancel, the moment the executor saw it. The report time for an agent without it.
+    pub cleanup_began: Option<SystemTime>,
     /// When the agent reported its outcome.
     pub finished_at: Option<SystemTime>,
     /// Its outcome, once finished.
@@ -144,11 +148,14 @@ fn record(tasks: &Table, status: pb::TaskStatus, at: SystemTime) {
         epoch: status.epoch,
         first_seen: at,
         cleanup_at: None,
+        cleanup_began: None,
         finished_at: None,
         outcome: None,
     });
     if status.phase() == TaskPhase::Cleanup {
         seen.cleanup_at.get_or_insert(at);
+        let began = status.phase_changed_at.as_ref().map(sluice_proto::time::from_timestamp);
+        seen.cleanup_began.get_or_insert(began.unwrap_or(at));
     }
     if let Some(outcome) = &status.outcome {
         seen.cleanup_at.get_or_insert(at);

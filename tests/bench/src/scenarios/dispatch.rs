@@ -126,6 +126,7 @@ mod tests {
             epoch: 1,
             first_seen: at(start_ms),
             cleanup_at: None,
+            cleanup_began: None,
             finished_at: Some(at(end_ms)),
             outcome: None,
         }

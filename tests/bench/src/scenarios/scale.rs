@@ -179,16 +179,19 @@ impl Bench<'_> {
         let called = stop_all(&self.api, &ids).await?;
         let ended = self.wait_all(&names, &ids, false).await?;
         observer.wait(Duration::from_secs(5), |o| running(o) == 0).await;
-        let mut latencies = Vec::new();
+        let (mut latencies, mut reports) = (Vec::new(), Vec::new());
         for (id, called) in ids.iter().zip(&called) {
             let tasks = observer.tasks(id);
-            latencies.extend(
-                tasks.iter().filter_map(|t| t.cleanup_at.map(|at| ms_between(*called, at))),
-            );
+            let since = |at: &Option<SystemTime>| at.map(|at| ms_between(*called, at));
+            latencies.extend(tasks.iter().filter_map(|t| since(&t.cleanup_began)));
+            reports.extend(tasks.iter().filter_map(|t| since(&t.cleanup_at)));
         }
         match percentile(&latencies, 99.0) {
             Some(p99) => self.set("stop_p99_ms", p99),
             None => self.note("stop_p99_ms", "no task was seen cancelled"),
+        }
+        if let Some(p99) = percentile(&reports, 99.0) {
+            self.set("stop_report_p99_ms", p99);
         }
         let first_call = called.iter().min().copied().unwrap_or_else(SystemTime::now);
         match ended {
