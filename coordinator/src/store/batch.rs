@@ -29,6 +29,10 @@ const IN_FLIGHT: usize = 2;
 /// Writes per txn, below etcd's default `--max-txn-ops` of 128 (a guard, a nested txn and a
 /// read each).
 const MAX_WRITES: usize = 120;
+/// Ops of all the writes of one txn: about 600 KB of item records, a few MB if every item
+/// carried its longest message, far below the 32 MiB `--max-request-bytes` Sluice's etcd
+/// runs with (one write alone holds at most about 120).
+const MAX_BATCH_OPS: usize = 1_000;
 
 /// What a guarded write did: the revision it was written at, or, refused, its guard key as
 /// it is now (`None`: absent).
@@ -126,17 +130,24 @@ async fn run(kv: KvClient, mut rx: mpsc::UnboundedReceiver<Request>) {
     }
 }
 
-/// The oldest waiting writes, at most [`MAX_WRITES`] and one per guard key (etcd refuses a
-/// txn that writes a key twice).
+/// The oldest waiting writes, at most [`MAX_WRITES`] with [`MAX_BATCH_OPS`] ops and one per
+/// guard key (etcd refuses a txn that writes a key twice); the first always goes.
 fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
     let mut batch: Vec<Request> = Vec::new();
+    let mut ops = 0;
     let mut skipped = VecDeque::new();
     while batch.len() < MAX_WRITES
         && let Some(request) = pending.pop_front()
     {
+        let size = request.write.ops.len();
+        if !batch.is_empty() && ops + size > MAX_BATCH_OPS {
+            pending.push_front(request);
+            break;
+        }
         if batch.iter().any(|r| r.write.key == request.write.key) {
             skipped.push_back(request);
         } else {
+            ops += size;
             batch.push(request);
         }
     }
