@@ -10,7 +10,9 @@
 //! The file is kept zeroed ahead of its last frame ([`PREALLOCATE`] bytes at a time): an
 //! append then writes into blocks the file already has, without changing its size, so its
 //! fdatasync writes the data alone and not the inode too (a third less CPU and time per
-//! commit on ext4). Replay stops where only zeros remain.
+//! commit on ext4). Replay stops where only zeros remain; a frame that a crash cut just
+//! before its last bytes, if those are zeros, is then whole on disk and replayed as such
+//! (its write reached the disk; only its fsync's answer did not).
 //!
 //! The keys of a forget record are also the attempts coordinators acknowledged: the log keeps
 //! the highest acknowledged attempt of each item (an agent refuses a RunTask of an attempt
