@@ -274,8 +274,14 @@ impl Actor {
         };
         self.status
             .send_if_modified(|current| std::mem::replace(current, status.clone()) != status);
-        let sessions = self.table.running_sessions();
-        self.sessions
-            .send_if_modified(|current| std::mem::replace(current, sessions.clone()) != sessions);
+        // Compared before it is copied: most events change no session's presence.
+        let sessions = || self.table.running_sessions();
+        self.sessions.send_if_modified(|current| {
+            let changed = !current.iter().eq(sessions());
+            if changed {
+                *current = sessions().cloned().collect();
+            }
+            changed
+        });
     }
 }

@@ -1,6 +1,6 @@
 //! The task table of an agent and its rules, free of I/O: epochs, admission, cancel, ack.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb::{self, job_item::Target};
@@ -36,6 +36,10 @@ pub(crate) struct TaskTable {
     computer: String,
     slots: usize,
     tasks: BTreeMap<TaskId, Entry>,
+    /// The attempt running of each item, by session: the running entries of `tasks`, kept
+    /// beside it so that admission, the counts and the busy sessions cost no scan of every
+    /// task on each event (an agent cut off from its coordinators keeps every finished one).
+    running: BTreeMap<SessionId, HashMap<u32, u32>>,
     epochs: HashMap<SessionId, Epoch>,
     /// The highest attempt of each item a coordinator acknowledged here (kept by the journal):
     /// a RunTask of an attempt no newer is settled and refused. Forgotten with the session's
@@ -96,6 +100,7 @@ impl TaskTable {
             computer,
             slots,
             tasks,
+            running: BTreeMap::new(),
             epochs,
             acknowledged,
             tombstones: HashSet::new(),
@@ -167,12 +172,11 @@ impl TaskTable {
                 index: id.index,
             });
         }
-        if let Some(other) =
-            self.running_ids().find(|o| o.session == id.session && o.index == id.index)
+        if let Some(attempt) = self.running.get(&id.session).and_then(|items| items.get(&id.index))
         {
             return Err(AgentError::FailedPrecondition(format!(
-                "attempt {} of item {} of session {} is still running",
-                other.attempt, other.index, other.session
+                "attempt {attempt} of item {} of session {} is still running",
+                id.index, id.session
             )));
         }
         self.check_computer(spec)?;
@@ -209,6 +213,7 @@ impl TaskTable {
     ) -> pb::TaskStatus {
         let key = Some(id.to_wire());
         let status = pb::TaskStatus { key, epoch: epoch.get(), ..Default::default() };
+        self.running.entry(id.session.clone()).or_default().insert(id.index, id.attempt);
         self.tasks.insert(id, Entry { status: status.clone(), cancel: Some(cancel) });
         status
     }
@@ -223,8 +228,9 @@ impl TaskTable {
         if reason == pb::CancelReason::User {
             self.bury_unknown(session, indices);
         }
+        let listed: HashSet<u32> = indices.iter().copied().collect();
         let wanted = |id: &TaskId| {
-            id.session == *session && (indices.is_empty() || indices.contains(&id.index))
+            id.session == *session && (listed.is_empty() || listed.contains(&id.index))
         };
         self.cancel_where(wanted, |cancel| cancel.cancel(reason))
     }
@@ -234,11 +240,10 @@ impl TaskTable {
         if self.tombstones.len() + indices.len() > MAX_TOMBSTONES {
             self.tombstones.clear();
         }
-        for &index in indices {
-            let known = self.tasks.keys().any(|id| id.session == *session && id.index == index);
-            if !known {
-                self.tombstones.insert((session.clone(), index));
-            }
+        let known: HashSet<u32> =
+            self.tasks.keys().filter(|id| id.session == *session).map(|id| id.index).collect();
+        for &index in indices.iter().filter(|index| !known.contains(index)) {
+            self.tombstones.insert((session.clone(), index));
         }
     }
 
@@ -331,7 +336,9 @@ impl TaskTable {
             }
             Update::Finished(outcome) => {
                 entry.status.outcome = Some(outcome);
-                entry.cancel = None;
+                if entry.cancel.take().is_some() {
+                    stop_running(&mut self.running, id);
+                }
             }
         }
         Some(entry.status.clone())
@@ -349,21 +356,27 @@ impl TaskTable {
 
     /// Tasks running now.
     pub(crate) fn running(&self) -> usize {
-        self.running_ids().count()
+        self.running.values().map(HashMap::len).sum()
     }
 
     /// Finished tasks not yet acknowledged.
     pub(crate) fn unacked(&self) -> usize {
-        self.tasks.values().filter(|e| e.cancel.is_none()).count()
+        self.tasks.len() - self.running()
     }
 
-    /// Sessions with a running task.
-    pub(crate) fn running_sessions(&self) -> BTreeSet<SessionId> {
-        self.running_ids().map(|id| id.session.clone()).collect()
+    /// Sessions with a running task, in order.
+    pub(crate) fn running_sessions(&self) -> impl Iterator<Item = &SessionId> {
+        self.running.keys()
     }
+}
 
-    fn running_ids(&self) -> impl Iterator<Item = &TaskId> {
-        self.tasks.iter().filter(|(_, e)| e.cancel.is_some()).map(|(id, _)| id)
+/// Takes a task that finished out of the running ones.
+fn stop_running(running: &mut BTreeMap<SessionId, HashMap<u32, u32>>, id: &TaskId) {
+    if let Some(items) = running.get_mut(&id.session) {
+        items.remove(&id.index);
+        if items.is_empty() {
+            running.remove(&id.session);
+        }
     }
 }
 

@@ -271,3 +271,49 @@ fn giving_up_cancels_every_running_task_with_the_reason_and_its_message() {
     assert_eq!((second.reason(), second.message()), (pb::CancelReason::Silent, Some("silent")));
     assert_eq!((first.reason(), first.message()), (pb::CancelReason::User, None), "first kept");
 }
+
+/// What the running index must agree with: a scan of every entry.
+fn scanned(table: &TaskTable) -> (usize, usize, Vec<SessionId>) {
+    let running: Vec<&TaskId> =
+        table.tasks.iter().filter(|(_, e)| e.cancel.is_some()).map(|(id, _)| id).collect();
+    let mut sessions: Vec<SessionId> = running.iter().map(|id| id.session.clone()).collect();
+    sessions.dedup();
+    (running.len(), table.tasks.len() - running.len(), sessions)
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_running_index_follows_starts_finishes_and_acks(
+        ops in proptest::collection::vec((0u8..3, 0usize..3, 0u32..3, 1u32..3), 1..60)
+    ) {
+        let mut table = table(5);
+        for (op, s, index, attempt) in ops {
+            let task = id(["a", "b", "c"][s], index, attempt);
+            match op {
+                0 => {
+                    let scan_busy = table.tasks.keys().any(|t| {
+                        t.session == task.session && t.index == index
+                            && table.tasks[t].cancel.is_some()
+                    });
+                    let admitted = admit(&mut table, &task, &spec(&task, 1));
+                    if scan_busy || table.tasks.contains_key(&task) {
+                        proptest::prop_assert!(!matches!(admitted, Ok(Admission::Start)));
+                    }
+                    if let Ok(Admission::Start) = admitted {
+                        table.insert_running(task, epoch(1), CancelSignal::default());
+                    }
+                }
+                1 => {
+                    table.apply(&task, Update::Finished(pb::TaskOutcome::default()));
+                }
+                _ => {
+                    table.ack(&[task]);
+                }
+            }
+            let (running, unacked, sessions) = scanned(&table);
+            proptest::prop_assert_eq!(table.running(), running);
+            proptest::prop_assert_eq!(table.unacked(), unacked);
+            proptest::prop_assert_eq!(table.running_sessions().cloned().collect::<Vec<_>>(), sessions);
+        }
+    }
+}
