@@ -1,4 +1,4 @@
-//! The etcd key layout (listed in docs/etcd.md), under a configurable prefix.
+//! The etcd key layout (listed in coordinator/docs/etcd.md), under a configurable prefix.
 
 /// Builds every key the coordinator reads or writes.
 #[derive(Debug, Clone)]
