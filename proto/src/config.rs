@@ -37,7 +37,16 @@ pub fn load<Flags: Serialize, Settings: DeserializeOwned>(
     let given = toml::Table::try_from(flags).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     table.extend(given);
     table.remove("config");
-    table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+    table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(explain(&e)))
+}
+
+/// The error in the user's terms: a missing field is a flag not given.
+fn explain(error: &toml::de::Error) -> String {
+    let message = error.message();
+    match message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+        Some(key) => format!("--{key} is required (or `{key} = ...` in the --config file)"),
+        None => error.to_string(),
+    }
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
@@ -50,4 +59,31 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
 /// Splits a comma-separated list flag (`--etcd a,b`), dropping empty parts.
 pub fn split_list(value: &str) -> Vec<String> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Settings {
+        name: String,
+    }
+
+    #[test]
+    fn a_missing_setting_names_its_flag() {
+        let error = load::<_, Settings>(&Flags { name: None }, None).expect_err("missing");
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: --name is required (or `name = ...` in the --config file)"
+        );
+        let given = load::<_, Settings>(&Flags { name: Some("x".into()) }, None);
+        assert_eq!(given.expect("given").name, "x");
+    }
 }
