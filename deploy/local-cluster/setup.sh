@@ -104,7 +104,8 @@ start_coordinators() {
         bootstrap=()
         ((i == 0)) && bootstrap=(--bootstrap-token-file "$TOKEN_FILE")
         mapfile -t tls < <(tls_flags "$id")
-        start "$id" "$BIN_DIR/sluice-coordinator" \
+        # One malloc arena, as deploy/systemd/sluice-coordinator.service runs it.
+        start "$id" env MALLOC_ARENA_MAX=1 "$BIN_DIR/sluice-coordinator" \
             --etcd "$ETCD_URL" \
             --listen "127.0.0.1:${COORDINATOR_PORTS[i]}" \
             --http-listen "127.0.0.1:${HTTP_PORTS[i]}" \

@@ -252,6 +252,10 @@ impl Node {
                 command.env_remove(key);
             }
         }
+        if self.role == Role::Coordinator {
+            // As the coordinator's systemd unit runs it (deploy/systemd): one malloc arena.
+            command.env("MALLOC_ARENA_MAX", "1");
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,sluice_coordinator=debug,sluice_agent=debug");
         }
