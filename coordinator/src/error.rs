@@ -214,6 +214,14 @@ pub enum Error {
         /// Cause.
         source: prost::DecodeError,
     },
+    /// A session's deflated copy of its job cannot be inflated.
+    #[error("corrupt job copy at {key}: {source}")]
+    Inflate {
+        /// etcd key.
+        key: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// No credentials, or a token that is unknown, revoked, expired or malformed.
     #[error("{0}")]
     Unauthenticated(String),
@@ -297,7 +305,7 @@ impl Error {
             | Serve(_)
             | Http(_) => Code::Unavailable,
             Agent { status, .. } => agent_code(status.code()),
-            Decode { .. } | CorruptId(_) | Tls(_) => Code::Internal,
+            Decode { .. } | Inflate { .. } | CorruptId(_) | Tls(_) => Code::Internal,
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::{
     agents::AgentDirectory,
     error::{Error, Result},
     membership::{self, LeaseWatch},
+    sessions::job_copy,
     store::Store,
 };
 
@@ -272,8 +273,7 @@ impl Locator {
     pub(crate) async fn locate(&mut self, restore_point: pb::RestorePoint) -> Result<Located> {
         let keys = self.store.keys().clone();
         if !self.written_by.contains_key(&restore_point.session_id) {
-            let key = keys.session_job(&restore_point.session_id);
-            let job = self.store.get::<pb::Job>(&key).await?.map(|v| v.value);
+            let job = job_copy::load(&self.store, &restore_point.session_id).await?;
             self.written_by.insert(restore_point.session_id.clone(), job);
         }
         if !self.current.contains_key(&restore_point.job) {

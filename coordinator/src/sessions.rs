@@ -4,6 +4,7 @@
 pub(crate) mod actor;
 pub(crate) mod context;
 pub(crate) mod ids;
+pub(crate) mod job_copy;
 pub(crate) mod late;
 pub(crate) mod machine;
 pub(crate) mod manager;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{context::SessionContext, late, machine::LateRestorePoint};
+use super::{context::SessionContext, job_copy, late, machine::LateRestorePoint};
 use crate::error::Result;
 
 /// How long a noted task waits before it is looked at: its owner acknowledges it meanwhile
@@ -142,9 +142,10 @@ async fn settle_task(
     match LateRestorePoint::decide(recorded.as_deref().unwrap_or_default(), &rp.id) {
         LateRestorePoint::Recorded => Ok(true),
         LateRestorePoint::Delete => {
-            let job = store.keys().session_job(session.as_str());
-            let Some(job) = store.get::<pb::Job>(&job).await? else { return Ok(false) };
-            let location = late::location(&job.value, &rp.item, &rp.id);
+            let Some(job) = job_copy::load(store, session.as_str()).await? else {
+                return Ok(false);
+            };
+            let location = late::location(&job, &rp.item, &rp.id);
             let address = ctx.directory.current().get(agent).map(|a| a.address.clone());
             let Some(address) = address else { return Ok(false) };
             let client = ctx.clients.client(agent.as_str(), &address)?;

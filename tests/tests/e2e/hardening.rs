@@ -81,7 +81,8 @@ async fn takeover_stop_all_and_list_coordinators_work_beside_nine_large_jobs() {
 }
 
 /// Finding 6: the job is stored once per session (`/sessions/{id}/job`, written at the start
-/// and never again); the session record, rewritten on every change, carries no copy of it.
+/// and never again, deflated); the session record, rewritten on every change, carries no copy
+/// of it.
 #[tokio::test]
 async fn the_session_record_does_not_carry_the_job() {
     let mut cluster = Cluster::builder().start().await;
@@ -96,7 +97,7 @@ async fn the_session_record_does_not_carry_the_job() {
     expect_ok(stop_job(&mut jobs, "wide", StopMode::Immediate, "ops").await, "StopJob");
     wait_stopped(&jobs, &started.id).await;
 
-    let (mut record_puts, mut job_puts) = (Vec::new(), 0);
+    let (mut record_puts, mut job_puts, mut copy_bytes) = (Vec::new(), 0, 0);
     let job_key = format!("{record_key}/job");
     while !record_puts.iter().any(|(_, stopped)| *stopped) {
         let response = tokio::time::timeout(PATIENCE, writes.message())
@@ -108,6 +109,7 @@ async fn the_session_record_does_not_carry_the_job() {
             let Some(kv) = event.kv() else { continue };
             if kv.key() == job_key.as_bytes() {
                 job_puts += 1;
+                copy_bytes = kv.value().len();
             } else if kv.key() == record_key.as_bytes() {
                 let record: pb::SessionRecord =
                     prost::Message::decode(kv.value()).expect("a session record");
@@ -121,6 +123,7 @@ async fn the_session_record_does_not_carry_the_job() {
         assert!(*size < job_bytes / 20, "a record write of {size} bytes (job: {job_bytes})");
     }
     assert_eq!(job_puts, 1, "the job copy is written once");
+    assert!(copy_bytes * 4 < job_bytes, "a copy of {copy_bytes} bytes (job: {job_bytes})");
 }
 
 /// Finding 3: a stop written while no coordinator owns the session is in force before the new
