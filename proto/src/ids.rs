@@ -4,7 +4,7 @@
 //! Wire messages keep plain strings and `int64` epochs; domain code holds these types, so an
 //! unchecked id or an absent epoch (0) never gets past the edge.
 
-use std::{borrow::Borrow, fmt, num::NonZeroI64};
+use std::{borrow::Borrow, fmt, num::NonZeroI64, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,20 +13,22 @@ use crate::pb;
 
 /// A string id that follows the name rule: 1-64 characters of `[a-z0-9._-]`, not starting
 /// with '.'. It compares, hashes and orders like its text, so maps keyed by it are looked up
-/// by `&str` too.
+/// by `&str` too. The text is shared (`Arc<str>`): a coordinator keeps the agent of each of
+/// a session's items and names sessions and agents in every dispatch, and a clone is then a
+/// count, not an allocation.
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Checks `value` by the name rule; the error names `field`.
             pub fn parse(field: &str, value: impl Into<String>) -> Result<Self, JobError> {
                 let value = value.into();
                 validate_name(field, &value)?;
-                Ok(Self(value))
+                Ok(Self(value.into()))
             }
 
             /// The id as text.
@@ -36,7 +38,7 @@ macro_rules! name_id {
 
             /// The id as an owned string, for the wire.
             pub fn into_string(self) -> String {
-                self.0
+                self.0.to_string()
             }
         }
 
@@ -50,7 +52,7 @@ macro_rules! name_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.to_string()
             }
         }
 
@@ -74,37 +76,37 @@ macro_rules! name_id {
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                *self.0 == *other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                *self.0 == **other
             }
         }
 
         impl PartialEq<String> for $name {
             fn eq(&self, other: &String) -> bool {
-                &self.0 == other
+                *self.0 == **other
             }
         }
 
         impl PartialEq<$name> for str {
             fn eq(&self, other: &$name) -> bool {
-                self == other.0
+                *self == *other.0
             }
         }
 
         impl PartialEq<$name> for String {
             fn eq(&self, other: &$name) -> bool {
-                *self == other.0
+                **self == *other.0
             }
         }
 
         impl PartialEq<$name> for &str {
             fn eq(&self, other: &$name) -> bool {
-                *self == other.0
+                **self == *other.0
             }
         }
     };
@@ -205,6 +207,14 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn a_clone_shares_the_text() {
+        let agent = AgentId::parse("agent", "agent-07").expect("valid");
+        let copy = agent.clone();
+        assert!(std::ptr::eq(agent.as_str(), copy.as_str()), "a clone allocates no new text");
+        assert_eq!(copy.into_string(), "agent-07");
+    }
 
     #[test]
     fn names_follow_the_name_rule() {
