@@ -136,14 +136,16 @@ impl Machine {
         (reason, offline): (Reason, bool),
         round: &mut Round,
     ) {
-        let mut next = from.saturating_sub(1);
-        while round.shown < SHOWN_WAITING_ITEMS {
-            let Some(pos) = self.index.next_ready(next) else { break };
-            next = pos + 1;
-            if self.items[pos].not_before_ms > now_ms {
-                continue;
-            }
-            round.shown += 1;
+        // One walk of the ready index: a session that holds a few slots runs a round per freed
+        // slot, and each ends here.
+        let shown: Vec<usize> = self
+            .index
+            .ready_from(from.saturating_sub(1))
+            .filter(|&pos| self.items[pos].not_before_ms <= now_ms)
+            .take(SHOWN_WAITING_ITEMS.saturating_sub(round.shown))
+            .collect();
+        round.shown += shown.len();
+        for pos in shown {
             let since = self.items[pos].offline_since_ms.get();
             let since_now = if offline { since.or(Some(now_ms)) } else { None };
             if since_now != since {

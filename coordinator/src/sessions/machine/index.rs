@@ -127,6 +127,11 @@ impl Index {
         self.ready.range(from..).next().copied()
     }
 
+    /// The ready pending items at or after position `from`, in job order.
+    pub(super) fn ready_from(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
+        self.ready.range(from..).copied()
+    }
+
     /// Takes every pending item out at once, in job order (a stop closes them all): the
     /// caller ends each and counts it under its new state with [`Index::count_ended`].
     pub(super) fn take_pending(&mut self) -> Vec<usize> {
