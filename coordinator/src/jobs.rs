@@ -4,12 +4,11 @@
 mod links;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use prost::Message;
 use sluice_proto::{job::validate_job, job::validate_name, pb};
 
 use crate::{
     error::{Error, Result},
-    store::{Store, absent},
+    store::{Store, absent, deflated},
 };
 
 /// Attempts of a job write whose schedule links changed under it.
@@ -47,7 +46,7 @@ impl Jobs {
             let links = links::check(&self.store, job).await?;
             let mut compares = vec![guard.clone()];
             compares.extend(links.compares);
-            let mut ops = vec![TxnOp::put(key.as_str(), job.encode_to_vec(), None)];
+            let mut ops = vec![TxnOp::put(key.as_str(), deflated::encode(job), None)];
             ops.extend(links.ops);
             let txn = Txn::new().when(compares.clone()).and_then(ops);
             if self.store.txn(txn).await?.is_some() {

@@ -2,6 +2,7 @@
 //! over a channel that keeps to live etcd members ([`failover`]).
 
 pub(crate) mod batch;
+pub(crate) mod deflated;
 pub(crate) mod failover;
 
 use std::{sync::Arc, time::Duration};
@@ -151,6 +152,12 @@ impl Store {
         self.inner.watcher.clone()
     }
 
+    /// Whether `key` exists (a count, not its value: a job's is several MiB when large).
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
+        let options = GetOptions::new().with_count_only();
+        Ok(self.kv().get(key, Some(options)).await?.count() > 0)
+    }
+
     /// Reads and decodes one key.
     pub(crate) async fn get<M: Message + Default>(
         &self,
@@ -279,10 +286,7 @@ pub(crate) fn absent(key: &str) -> Compare {
 }
 
 fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Versioned<M>> {
-    let value = M::decode(kv.value()).map_err(|source| Error::Decode {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        source,
-    })?;
+    let value = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
     Ok(Versioned::of(value, kv))
 }
 
@@ -305,9 +309,10 @@ fn is_too_large(error: &etcd_client::Error) -> bool {
     }
 }
 
-/// Decodes a raw value read from `key`.
+/// Decodes a raw value read from `key`, plain or deflated (`deflated.rs`).
 pub(crate) fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
-    M::decode(bytes).map_err(|source| Error::Decode { key: key.to_string(), source })
+    let plain = deflated::plain(key, bytes)?;
+    M::decode(plain.as_ref()).map_err(|source| Error::Decode { key: key.to_string(), source })
 }
 
 #[cfg(test)]

@@ -52,9 +52,7 @@ async fn check_after_job(
     after: &str,
     entries: &HashMap<String, pb::ScheduleEntry>,
 ) -> Result<()> {
-    let options = GetOptions::new().with_count_only();
-    let exists = store.kv().get(store.keys().job(after), Some(options)).await?.count() > 0;
-    if !exists {
+    if !store.exists(&store.keys().job(after)).await? {
         return Err(Error::invalid("job.schedule.after_job", format!("no job named {after:?}")));
     }
     let edges: HashMap<&str, &str> = entries

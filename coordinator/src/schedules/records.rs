@@ -93,8 +93,7 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
 /// What became of a job's recent due times, newest first.
 pub(crate) async fn list_runs(store: &Store, job: &str) -> Result<Vec<pb::ScheduleRun>> {
     validate_name("job", job)?;
-    let count_only = GetOptions::new().with_count_only();
-    if store.kv().get(store.keys().job(job), Some(count_only)).await?.count() == 0 {
+    if !store.exists(&store.keys().job(job)).await? {
         return Err(Error::JobNotFound { job: job.into() });
     }
     let mut runs: Vec<pb::ScheduleRun> = store

@@ -20,8 +20,7 @@ pub(crate) fn location(job: &pb::Job, item: &str, id: &str) -> pb::RestorePointL
 /// Whether the catalog lists the restore point.
 pub(crate) async fn catalogued(store: &Store, rp: &pb::RestorePointLocation) -> Result<bool> {
     let key = store.keys().restore_point(&rp.job, &rp.item, &rp.restore_point_id);
-    let options = etcd_client::GetOptions::new().with_count_only();
-    Ok(store.kv().get(key, Some(options)).await?.count() > 0)
+    store.exists(&key).await
 }
 
 /// Deletes a late restore point through `agent` (the one that committed it), unless the

@@ -8,10 +8,10 @@ use sluice_proto::{
 };
 use tracing::warn;
 
-use super::{job_copy, records::SessionView};
+use super::records::SessionView;
 use crate::{
     error::{Error, Result},
-    store::{Store, absent, decode, epoch_of},
+    store::{Store, absent, decode, deflated, epoch_of},
 };
 
 mod items;
@@ -65,7 +65,7 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
     let mut ops = vec![
         TxnOp::put(active.as_str(), id, None),
         TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
-        TxnOp::put(keys.session_job(id), job_copy::encode(&new.job), None),
+        TxnOp::put(keys.session_job(id), deflated::encode(&new.job), None),
         summary_op(store, session),
         TxnOp::put(
             keys.session_owner(id),
@@ -299,7 +299,7 @@ pub(crate) fn apply_child(
     let key = String::from_utf8_lossy(kv.key());
     let (key, value) = (key.as_ref(), kv.value());
     if key == keys.session_job(id) {
-        view.job = job_copy::decode(key, value)?;
+        view.job = decode(key, value)?;
     } else if key == keys.session_owner(id) {
         view.owner = Some((String::from_utf8_lossy(value).into_owned(), kv.create_revision()));
     } else if key == keys.session_stop(id) {

@@ -151,8 +151,7 @@ impl Sessions {
         if let Some(id) = persist::active_session(self.store(), job).await? {
             return Ok(id);
         }
-        let exists = self.store().get::<pb::Job>(&self.store().keys().job(job)).await?.is_some();
-        match exists {
+        match self.store().exists(&self.store().keys().job(job)).await? {
             true => Err(Error::NoActiveSession { job: job.into() }),
             false => Err(Error::JobNotFound { job: job.into() }),
         }
