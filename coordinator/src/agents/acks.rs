@@ -136,11 +136,11 @@ impl Acks {
     }
 
     /// Sends `agent` its pending acks, round after round, until nothing is pending: a round
-    /// takes whatever arrived while the previous one ran. It first yields once, so the
-    /// sessions whose writes one etcd txn stored usually queue their acks for the first
-    /// round too (batching only).
+    /// takes whatever arrived while the previous one ran. It first lets the other ready tasks
+    /// run (`let_peers_queue`), so the sessions whose writes one etcd txn stored usually
+    /// queue their acks for the first round too (batching only).
     async fn deliver_acks(&self, agent: AgentId) {
-        tokio::task::yield_now().await;
+        super::let_peers_queue().await;
         let mut pause = FIRST_PAUSE;
         while let Some(batches) = self.take(&agent) {
             match self.send_round(&agent, batches).await {

@@ -2,8 +2,8 @@
 //! that sessions dispatch to it wait, and the next call carries all of them (`RunTasks`), so
 //! an agent that serves many sessions gets its tasks in bursts, as from one large session,
 //! instead of one call per task. A task that finds no call in flight goes once the tasks ready
-//! at that moment had a chance to run (one yield), with what they dispatched to that agent. Each
-//! caller gets what a RunTask of its own would have answered.
+//! at that moment had a chance to run (`let_peers_queue`), with what they dispatched to that
+//! agent. Each caller gets what a RunTask of its own would have answered.
 
 use std::{
     collections::HashMap,
@@ -63,11 +63,11 @@ impl RunLanes {
         answer.await.unwrap_or_else(|_| Err(Status::unavailable("the coordinator is stopping")))
     }
 
-    /// Sends what waits for `agent`, call after call, until nothing does. It first yields
-    /// once, so the dispatch rounds of other sessions woken by the same events usually join
-    /// its first call (batching only; nothing depends on it).
+    /// Sends what waits for `agent`, call after call, until nothing does. It first lets the
+    /// dispatch rounds of other sessions woken by the same events queue theirs, so that they
+    /// usually join its first call.
     async fn drive(self, agent: AgentId) {
-        tokio::task::yield_now().await;
+        super::let_peers_queue().await;
         while let Some(batch) = self.take(&agent) {
             tokio::select! {
                 () = self.stop.cancelled() => {
