@@ -30,6 +30,37 @@ struct Starving {
     mask: AgentSet,
     /// Order in which it started waiting (smaller: earlier).
     since: u64,
+    /// The candidates of the refused round as they came, when they were all it asked for
+    /// (empty after a round that asked for several sets): a next round that asks for the
+    /// same reuses this entry instead of building it again.
+    asked: Vec<(AgentId, u32)>,
+}
+
+impl Starving {
+    fn new(candidates: &[(&AgentId, u32)], mask: AgentSet, since: u64) -> Self {
+        let agents = candidates.iter().map(|&(agent, slots)| (agent.clone(), slots)).collect();
+        let asked = candidates.iter().map(|&(agent, slots)| (agent.clone(), slots)).collect();
+        Starving { agents, mask, since, asked }
+    }
+
+    /// Whether it asked for exactly `candidates`, and nothing else.
+    fn asked_for(&self, candidates: &[(&AgentId, u32)]) -> bool {
+        self.asked.len() == candidates.len()
+            && self.asked.iter().zip(candidates).all(|((a, n), (b, m))| n == m && a == *b)
+    }
+
+    /// Adds a further refused ask of the same round (items of another computer).
+    fn add(&mut self, candidates: &[(&AgentId, u32)], mask: &AgentSet) {
+        if !self.asked_for(candidates) {
+            self.asked.clear();
+        }
+        for &(agent, slots) in candidates {
+            if self.agents.get(agent) != Some(&slots) {
+                self.agents.insert(agent.clone(), slots);
+            }
+        }
+        self.mask.add(mask);
+    }
 }
 
 /// A set of agents, one bit per agent (`State::bits` numbers them).
@@ -77,6 +108,10 @@ pub(crate) struct State {
     /// The bit of each agent a round asked for (numbers are never reused; agents are few).
     bits: HashMap<AgentId, usize>,
     next_since: u64,
+    /// The entry of the session whose round runs, set aside by `begin_round`: a hundred
+    /// sessions of a few slots each run a round per freed slot, and most are refused for
+    /// the same agents as before, so the entry goes back as it is.
+    in_round: Option<(SessionId, Starving)>,
 }
 
 impl State {
@@ -144,6 +179,9 @@ impl State {
     /// `session` no longer waits for a slot (it ended, or it stops dispatching).
     pub(crate) fn leave(&mut self, session: &SessionId) {
         self.starving.remove(session);
+        if self.in_round.as_ref().is_some_and(|(s, _)| s == session) {
+            self.in_round = None;
+        }
         self.told.remove(session);
         self.passed.remove(session);
     }
@@ -151,11 +189,15 @@ impl State {
     /// A round of `session` starts: what it asks for now replaces what it asked for before
     /// (a round that asks for nothing leaves it not waiting). Returns when it began waiting.
     pub(crate) fn begin_round(&mut self, session: &SessionId) -> Option<u64> {
-        self.starving.remove(session).map(|s| s.since)
+        let waited = self.starving.remove(session);
+        let since = waited.as_ref().map(|s| s.since);
+        self.in_round = waited.map(|s| (session.clone(), s));
+        since
     }
 
     /// A round of `session` ended (or was skipped): the sessions to tell of a free slot now.
     pub(crate) fn end_round(&mut self, session: &SessionId) -> Vec<SessionId> {
+        self.in_round = None;
         let was_told = self.told.remove(session);
         if was_told && self.starving.contains_key(session) {
             self.passed.insert(session.clone());
@@ -256,12 +298,18 @@ impl State {
             }
         }
         let total: u32 = candidates.iter().map(|(_, slots)| slots).sum();
-        let asks_for = self.agent_set(candidates.iter().map(|(agent, _)| *agent));
         let free = |(id, slots): &(&AgentId, u32)| slots.saturating_sub(self.used(id));
         let best =
             candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
-        let Some(agent) = best.filter(|_| self.within_share(session, total, &asks_for)) else {
-            self.starve(session, candidates, &asks_for, since);
+        let asked_before = self.asked_before(session, candidates);
+        let asks_for = match asked_before {
+            Some(mask) => std::borrow::Cow::Borrowed(mask),
+            None => std::borrow::Cow::Owned(self.agent_set(candidates.iter().map(|(a, _)| *a))),
+        };
+        let granted = best.filter(|_| self.within_share(session, total, &asks_for));
+        let Some(agent) = granted else {
+            let asks_for = asks_for.into_owned();
+            self.starve(session, candidates, asks_for, since);
             return None;
         };
         self.starving.remove(session);
@@ -269,28 +317,40 @@ impl State {
         Some(agent.clone())
     }
 
+    /// The agents as bits, when the entry set aside for this round asked for exactly them.
+    fn asked_before(
+        &self,
+        session: &SessionId,
+        candidates: &[(&AgentId, u32)],
+    ) -> Option<&AgentSet> {
+        let (owner, waited) = self.in_round.as_ref()?;
+        (owner == session && waited.asked_for(candidates)).then_some(&waited.mask)
+    }
+
     /// Records that `session` waits for `candidates` (since `since`, if it already waited
-    /// before this round). A session refused again asks for the same agents as a rule: it
-    /// is then left as it is, without copying their ids.
+    /// before this round). Refused for the same agents as in its previous round, the entry
+    /// set aside for the round goes back as it is, without copying their ids.
     fn starve(
         &mut self,
         session: &SessionId,
         candidates: &[(&AgentId, u32)],
-        asks_for: &AgentSet,
+        asks_for: AgentSet,
         since: Option<u64>,
     ) {
-        if !self.starving.contains_key(session) {
-            let since = since.unwrap_or_else(|| self.next_since());
-            let starving = Starving { agents: HashMap::new(), mask: AgentSet::default(), since };
-            self.starving.insert(session.clone(), starving);
+        if let Some(starving) = self.starving.get_mut(session) {
+            starving.add(candidates, &asks_for);
+            return;
         }
-        let Some(starving) = self.starving.get_mut(session) else { return };
-        for &(agent, slots) in candidates {
-            if starving.agents.get(agent) != Some(&slots) {
-                starving.agents.insert(agent.clone(), slots);
+        let same = self.asked_before(session, candidates).is_some();
+        let entry = match self.in_round.take() {
+            Some((_, waited)) if same => waited,
+            other => {
+                self.in_round = other.filter(|(owner, _)| owner != session);
+                let since = since.unwrap_or_else(|| self.next_since());
+                Starving::new(candidates, asks_for, since)
             }
-        }
-        starving.mask.add(asks_for);
+        };
+        self.starving.insert(session.clone(), entry);
     }
 
     fn next_since(&mut self) -> u64 {

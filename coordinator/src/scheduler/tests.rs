@@ -144,6 +144,43 @@ fn a_freed_slot_is_handed_to_one_session_the_longest_waiting_of_the_fewest_slots
     assert!(state.is_starving(&s2) && state.is_starving(&s1));
 }
 
+/// A round refused for the same agents as before keeps the session's place in line.
+#[test]
+fn a_round_refused_again_for_the_same_agents_keeps_its_place() {
+    let (mut state, [s1, _, s3], a1) = two_waiting();
+    for _ in 0..3 {
+        let since = state.begin_round(&s3);
+        assert!(state.reserve(&s3, &[(&a1, 2)], since).is_none());
+        assert!(state.end_round(&s3).is_empty());
+    }
+    state.release(&s1, &a1, 1);
+    state.leave(&s1);
+    assert_eq!(state.end_round(&s1), vec![s3], "s3 was refused before s2");
+}
+
+/// A round that asks for other agents replaces what the session waited for: it no longer
+/// cuts the share of others on the agents it asked for before.
+#[test]
+fn a_round_that_asks_for_other_agents_replaces_the_old_ask() {
+    let mut state = State::default();
+    let (a1, a2) = (agent("a1"), agent("a2"));
+    let (s1, s2, s3) = (session("s1"), session("s2"), session("s3"));
+    assert!(state.reserve(&s2, &[(&a1, 2)], None).is_some());
+    assert!(state.reserve(&s1, &[(&a1, 2)], None).is_some());
+    assert!(state.reserve(&s3, &[(&a1, 2)], None).is_none(), "a1 is full");
+    state.release(&s1, &a1, 1);
+    let since = state.begin_round(&s2);
+    assert!(state.reserve(&s2, &[(&a1, 2)], since).is_none(), "s3 starves: s2 has its share");
+    state.end_round(&s2);
+    let since = state.begin_round(&s3);
+    assert!(state.reserve(&s3, &[(&a2, 1)], since).is_some());
+    assert!(state.reserve(&s3, &[(&a2, 1)], since).is_none(), "a2 is full");
+    state.end_round(&s3);
+    let since = state.begin_round(&s2);
+    assert!(state.reserve(&s2, &[(&a1, 2)], since).is_some(), "s3 waits for a2 only now");
+    state.end_round(&s2);
+}
+
 #[test]
 fn a_session_that_does_not_take_its_slot_passes_it_on() {
     let (mut state, [s1, s2, s3], a1) = two_waiting();
