@@ -21,6 +21,11 @@ pub struct Args {
     /// Runs only these cases of the scale scenario (comma-separated: 1k,10k,100k,100x1k).
     #[arg(long, value_delimiter = ',')]
     pub scale_cases: Vec<String>,
+    /// Sim duration in ms of the scale scenario's dispatch items (default 0). Above 0 every
+    /// case runs at about the rate its slots allow (20 x 16 slots: 1,600 items/s at 200), so
+    /// the cases' costs per item compare at one rate.
+    #[arg(long, default_value_t = 0)]
+    pub scale_sim_ms: u32,
     /// Uses the release binaries as they are instead of building them first.
     #[arg(long)]
     pub no_build: bool,
@@ -38,6 +43,7 @@ impl Args {
         sizes.scale_cases.retain(|case| {
             self.scale_cases.is_empty() || self.scale_cases.iter().any(|name| name == case.name)
         });
+        sizes.scale_sim_ms = self.scale_sim_ms;
         sizes
     }
 }
@@ -61,6 +67,8 @@ pub struct Sizes {
     pub data_bytes: u64,
     /// The cases of the scale scenario, on the dispatch cluster's agents and slots.
     pub scale_cases: Vec<ScaleCase>,
+    /// Sim duration of the scale scenario's dispatch items (`--scale-sim-ms`).
+    pub scale_sim_ms: u32,
     /// Longest a session may take before the scenario records what it reached.
     pub session_budget: Duration,
     /// Longest each scenario may take in all, in seconds (see [`Sizes::budget`]).
@@ -106,6 +114,7 @@ impl Sizes {
             memory_items: 100_000,
             data_bytes: 1024 * MIB,
             scale_cases: FULL_SCALE.to_vec(),
+            scale_sim_ms: 0,
             session_budget: Duration::from_secs(120),
             budgets: &[
                 ("dispatch", 180),
@@ -129,6 +138,7 @@ impl Sizes {
             memory_items: 10_000,
             data_bytes: 64 * MIB,
             scale_cases: QUICK_SCALE.to_vec(),
+            scale_sim_ms: 0,
             session_budget: Duration::from_secs(12),
             budgets: &[
                 ("dispatch", 20),

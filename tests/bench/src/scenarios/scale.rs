@@ -2,7 +2,7 @@
 //! 100,000 items) and with 100 concurrent sessions of 1,000 items; each case on a new
 //! cluster of the dispatch scenario's agents and slots.
 //!
-//! Dispatch: zero-duration sim items. The rate is the items over first StartJob → the last
+//! Dispatch: zero-duration sim items (`--scale-sim-ms` gives them a duration). The rate is the items over first StartJob → the last
 //! session's `ended_at`; coordinator CPU (utime + stime) per 1,000 items; coordinator memory
 //! per item is its peak VmRSS while the sessions run minus its VmRSS before their jobs
 //! existed. Stop: the same sessions again with long sim items, stopped at once (every
@@ -61,6 +61,9 @@ struct Bench<'a> {
 
 /// Runs every case, then records how far the cases lie apart.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
+    if ctx.sizes.scale_sim_ms > 0 {
+        ctx.results.set("scale.sim_ms", f64::from(ctx.sizes.scale_sim_ms));
+    }
     for case in &ctx.sizes.scale_cases {
         println!("   scale {}: {} x {} items", case.name, case.sessions, case.items);
         if let Err(error) = run_case(&ctx, *case).await {
@@ -112,7 +115,7 @@ impl Bench<'_> {
 
     async fn dispatch(&mut self) -> anyhow::Result<()> {
         let baseline = procfs::rss_bytes(self.pid)?;
-        let names = self.create_jobs("scale-dispatch", 0).await?;
+        let names = self.create_jobs("scale-dispatch", self.ctx.sizes.scale_sim_ms).await?;
         let agents: Vec<u32> = self.cluster.agents().iter().filter_map(|a| a.pid()).collect();
         let etcd = self.ctx.etcd.url();
         let before = Probe::read(etcd, self.pid, &agents).await?;

@@ -38,8 +38,9 @@ pub fn table(recorded: &Recorded) -> String {
     }
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let sim_ms = recorded.figures.get("scale.sim_ms").copied().unwrap_or(0.0);
     let mut text =
-        String::from("\nscale (dispatch: 0 ms sim items; stop: immediate, every slot busy)\n");
+        format!("\nscale (dispatch: {sim_ms} ms sim items; stop: immediate, every slot busy)\n");
     for row in &rows {
         let cells: Vec<String> = row
             .iter()
@@ -86,6 +87,9 @@ mod tests {
         assert!(lines[2].starts_with("case"), "{text}");
         assert!(lines[3].starts_with("1k ") && lines[3].contains("2000"), "{text}");
         assert!(lines[4].starts_with("10k") && lines[4].contains("n/a"), "{text}");
+        assert!(lines[1].contains("dispatch: 0 ms sim items"), "{text}");
         assert!(table(&Recorded::default()).is_empty());
+        recorded.figures.insert("scale.sim_ms".into(), 200.0);
+        assert!(table(&recorded).contains("dispatch: 200 ms sim items"));
     }
 }
