@@ -173,8 +173,8 @@ impl Machine {
         if with_bytes {
             items.append(&mut self.dirty_bytes);
         }
-        self.dirty_lazy.retain(|pos| !items.contains(pos));
-        self.dirty_bytes.retain(|pos| !items.contains(pos));
+        forget_written(&mut self.dirty_lazy, &items);
+        forget_written(&mut self.dirty_bytes, &items);
         for &pos in &items {
             let item = &mut self.items[pos];
             let agent = item.status.agent.clone().filter(|_| item.is_running());
@@ -202,8 +202,9 @@ impl Machine {
     /// Marks everything dirty again (after a failed write).
     pub(crate) fn mark_dirty(&mut self, items: &[usize], session: bool) {
         self.dirty_items.extend(items.iter().copied());
-        self.dirty_lazy.retain(|pos| !items.contains(pos));
-        self.dirty_bytes.retain(|pos| !items.contains(pos));
+        let items: BTreeSet<usize> = items.iter().copied().collect();
+        forget_written(&mut self.dirty_lazy, &items);
+        forget_written(&mut self.dirty_bytes, &items);
         self.dirty_session |= session;
     }
 
@@ -402,5 +403,18 @@ impl Machine {
         let pos = self.position(index)?;
         let item = &self.items[pos];
         (item.is_running() && item.status.attempt == attempt).then_some(pos)
+    }
+}
+
+/// Leaves out of `dirty` the positions that `written` holds, walking the smaller of the two:
+/// a session of a few slots flushes one or two items per event while up to a hundred
+/// waiting items' reasons wait for the lazy write.
+fn forget_written(dirty: &mut BTreeSet<usize>, written: &BTreeSet<usize>) {
+    if written.len() < dirty.len() {
+        for pos in written {
+            dirty.remove(pos);
+        }
+    } else {
+        dirty.retain(|pos| !written.contains(pos));
     }
 }

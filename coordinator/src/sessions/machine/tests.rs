@@ -257,6 +257,19 @@ fn a_restore_point_committed_during_the_flush_of_its_dispatch_stays_for_its_own_
     assert_eq!(entry, Some("rp"), "written with its catalog entry");
 }
 
+/// An item written at once (its outcome) leaves the lazy and byte sets too, whichever of
+/// the two sets is the smaller one to walk.
+#[test]
+fn written_items_leave_the_sets_of_later_writes() {
+    let many: std::collections::BTreeSet<usize> = (0..100).collect();
+    let few = std::collections::BTreeSet::from([3, 7, 200]);
+    for (dirty, written) in [(&many, &few), (&few, &many)] {
+        let mut left = dirty.clone();
+        super::forget_written(&mut left, written);
+        assert_eq!(left, dirty.difference(written).copied().collect());
+    }
+}
+
 /// A state an agent may report for a finished task, for the proptests.
 fn reported_state() -> impl proptest::strategy::Strategy<Value = ItemState> {
     use proptest::prelude::*;
