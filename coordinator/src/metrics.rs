@@ -204,9 +204,11 @@ impl Metrics {
         self.inner.stop_latency.get_or_create(&ModeLabel { mode }).observe(seconds);
     }
 
-    fn add_items(&self, job: &str, state: &'static str, count: i64) {
+    /// The `sluice_items` gauge of `job` in `state`: a handle on the family's own gauge
+    /// (sessions keep theirs, so a flush moves a count without a label lookup).
+    fn items_gauge(&self, job: &str, state: &'static str) -> Gauge {
         let label = JobState { job: job.to_string(), state };
-        self.inner.items.get_or_create(&label).inc_by(count);
+        self.inner.items.get_or_create(&label).clone()
     }
 
     fn etcd_request(&self, method: &str, seconds: f64) {

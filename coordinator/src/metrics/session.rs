@@ -3,6 +3,8 @@
 //! counts them), and, when it ends the session, `sluice_sessions_total`,
 //! `sluice_bytes_transferred_total` and `sluice_stop_latency_seconds`.
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::sessions::machine::{ItemState, Machine, SessionResult, StopMode};
 
 use super::Metrics;
@@ -13,16 +15,32 @@ pub(crate) struct SessionGauge {
     job: String,
     /// The state each item (by position) is counted under.
     counted: Vec<ItemState>,
+    /// The job's `sluice_items` gauge of each state, by ordinal (looked up once each).
+    gauges: [Option<Gauge>; ItemState::ALL.len()],
 }
 
 impl SessionGauge {
     /// Counts the items of `machine` as they were loaded.
     pub(crate) fn new(metrics: Metrics, job: &str, machine: &Machine) -> Self {
         let counted: Vec<ItemState> = machine.items().iter().map(|item| item.state()).collect();
+        let mut gauge = SessionGauge {
+            metrics,
+            job: job.to_string(),
+            counted: Vec::new(),
+            gauges: Default::default(),
+        };
         for (state, count) in tally(&counted) {
-            metrics.add_items(job, state_label(state), count);
+            gauge.add(state, count);
         }
-        SessionGauge { metrics, job: job.to_string(), counted }
+        gauge.counted = counted;
+        gauge
+    }
+
+    fn add(&mut self, state: ItemState, count: i64) {
+        let (metrics, job) = (&self.metrics, self.job.as_str());
+        let gauge = self.gauges[state.ordinal()]
+            .get_or_insert_with(|| metrics.items_gauge(job, state_label(state)));
+        gauge.inc_by(count);
     }
 
     /// The items at `positions` were stored: count them under their state now.
@@ -40,7 +58,7 @@ impl SessionGauge {
         }
         for (state, change) in ItemState::ALL.into_iter().zip(changes) {
             if change != 0 {
-                self.metrics.add_items(&self.job, state_label(state), change);
+                self.add(state, change);
             }
         }
     }
@@ -68,7 +86,7 @@ impl SessionGauge {
 impl Drop for SessionGauge {
     fn drop(&mut self) {
         for (state, count) in tally(&self.counted) {
-            self.metrics.add_items(&self.job, state_label(state), -count);
+            self.add(state, -count);
         }
     }
 }
