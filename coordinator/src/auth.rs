@@ -27,12 +27,13 @@ use crate::{
 pub(crate) struct Authenticator {
     tokens: Tokens,
     insecure: bool,
+    certificates: layer::CertPrincipals,
 }
 
 impl Authenticator {
     /// Authenticates against `tokens`; with `insecure`, everyone is [`Principal::insecure`].
     pub(crate) fn new(tokens: Tokens, insecure: bool) -> Self {
-        Authenticator { tokens, insecure }
+        Authenticator { tokens, insecure, certificates: layer::CertPrincipals::default() }
     }
 
     /// The principal of a caller with this bearer token (if any) and this verified leaf
@@ -49,7 +50,9 @@ impl Authenticator {
             return self.tokens.authenticate(token).await;
         }
         match cert {
-            Some(leaf) => layer::principal_of_cert(leaf)
+            Some(leaf) => self
+                .certificates
+                .of(leaf)
                 .map_err(|status| Error::Unauthenticated(status.message().to_string())),
             None => Err(Error::Unauthenticated(
                 "no credentials: send a bearer token or a client certificate".into(),

@@ -7,9 +7,10 @@
 //! log, and hands the principal to the handler in the request extensions.
 
 use std::{
+    collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
 };
 
@@ -170,16 +171,48 @@ pub fn principal_of_cert(leaf: &CertificateDer<'static>) -> Result<Principal, St
         .map_err(|error| Status::unauthenticated(error.to_string()))
 }
 
+/// Certificates remembered at most; past it the memory starts again.
+const REMEMBERED_CERTS: usize = 1024;
+
+/// The principal of each leaf certificate, parsed once. Every call on a connection presents
+/// the same leaf, and its parse was most of what authenticating a call cost; the principal
+/// depends on the certificate's bytes alone (rustls checked the chain at the handshake).
+#[derive(Default)]
+pub struct CertPrincipals {
+    parsed: Mutex<HashMap<Vec<u8>, Principal>>,
+}
+
+impl CertPrincipals {
+    /// [`principal_of_cert`], from memory when this certificate was seen before.
+    pub fn of(&self, leaf: &CertificateDer<'static>) -> Result<Principal, Status> {
+        if let Some(principal) = self.lock().get(leaf.as_ref()) {
+            return Ok(principal.clone());
+        }
+        let principal = principal_of_cert(leaf)?;
+        let mut parsed = self.lock();
+        if parsed.len() >= REMEMBERED_CERTS {
+            parsed.clear();
+        }
+        parsed.insert(leaf.to_vec(), principal.clone());
+        Ok(principal)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Principal>> {
+        self.parsed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Authenticates by client certificate only (agents: only coordinators call them); under
 /// `--insecure`, everyone is [`Principal::insecure`].
 pub struct ByCertificate {
     insecure: bool,
+    principals: CertPrincipals,
 }
 
 impl ByCertificate {
     /// Certificates required, unless `insecure`.
     pub fn new(insecure: bool) -> Self {
-        ByCertificate { insecure }
+        ByCertificate { insecure, principals: CertPrincipals::default() }
     }
 }
 
@@ -194,6 +227,41 @@ impl Authenticate for ByCertificate {
         }
         let leaf =
             cert.ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        principal_of_cert(leaf)
+        self.principals.of(leaf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::pem::PemObject;
+
+    use super::*;
+    use crate::security::{
+        identity::Kind,
+        pki::{self, LeafSpec},
+    };
+
+    fn leaf(ca: &pki::Ca, kind: Kind, id: &str) -> CertificateDer<'static> {
+        let issued = pki::issue(ca, &LeafSpec::new(kind, id)).expect("issue");
+        CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem")
+    }
+
+    #[test]
+    fn each_certificate_keeps_its_own_principal_and_a_bad_one_is_refused_every_time() {
+        let ca = pki::make_ca().expect("CA");
+        let (a1, c1) = (leaf(&ca, Kind::Agent, "a1"), leaf(&ca, Kind::Coordinator, "c1"));
+        let principals = CertPrincipals::default();
+        for _ in 0..2 {
+            for cert in [&a1, &c1] {
+                let parsed = principal_of_cert(cert).expect("an identity");
+                assert_eq!(principals.of(cert).expect("an identity"), parsed);
+            }
+        }
+        assert_eq!(principals.of(&a1).expect("a1").name, "a1");
+        let bad = CertificateDer::from(b"not a certificate".to_vec());
+        for _ in 0..2 {
+            let refused = principals.of(&bad).expect_err("no identity");
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        }
     }
 }
