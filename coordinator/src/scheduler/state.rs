@@ -301,15 +301,18 @@ impl State {
         let free = |(id, slots): &(&AgentId, u32)| slots.saturating_sub(self.used(id));
         let best =
             candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
-        let asked_before = self.asked_before(session, candidates);
-        let asks_for = match asked_before {
-            Some(mask) => std::borrow::Cow::Borrowed(mask),
-            None => std::borrow::Cow::Owned(self.agent_set(candidates.iter().map(|(a, _)| *a))),
+        // The bits of the agents asked for, unless the entry set aside for this round has them.
+        let computed = match self.asked_before(session, candidates) {
+            Some(_) => None,
+            None => Some(self.agent_set(candidates.iter().map(|(agent, _)| *agent))),
         };
-        let granted = best.filter(|_| self.within_share(session, total, &asks_for));
-        let Some(agent) = granted else {
-            let asks_for = asks_for.into_owned();
-            self.starve(session, candidates, asks_for, since);
+        let asks_for = match (&computed, &self.in_round) {
+            (Some(mask), _) => mask,
+            (None, Some((_, waited))) => &waited.mask,
+            (None, None) => unreachable!("an entry set aside asked for these agents"),
+        };
+        let Some(agent) = best.filter(|_| self.within_share(session, total, asks_for)) else {
+            self.starve(session, candidates, computed, since);
             return None;
         };
         self.starving.remove(session);
@@ -328,26 +331,29 @@ impl State {
     }
 
     /// Records that `session` waits for `candidates` (since `since`, if it already waited
-    /// before this round). Refused for the same agents as in its previous round, the entry
-    /// set aside for the round goes back as it is, without copying their ids.
+    /// before this round). `asks_for`: their bits, `None` when the entry set aside for the
+    /// round asked for the same agents; it then goes back as it is, without copying ids.
     fn starve(
         &mut self,
         session: &SessionId,
         candidates: &[(&AgentId, u32)],
-        asks_for: AgentSet,
+        asks_for: Option<AgentSet>,
         since: Option<u64>,
     ) {
-        if let Some(starving) = self.starving.get_mut(session) {
-            starving.add(candidates, &asks_for);
-            return;
-        }
-        let same = self.asked_before(session, candidates).is_some();
-        let entry = match self.in_round.take() {
-            Some((_, waited)) if same => waited,
-            other => {
-                self.in_round = other.filter(|(owner, _)| owner != session);
+        let entry = match (asks_for, self.in_round.take()) {
+            (None, Some((_, waited))) => waited,
+            (asks_for, set_aside) => {
+                self.in_round = set_aside.filter(|(owner, _)| owner != session);
+                let mask = match asks_for {
+                    Some(mask) => mask,
+                    None => self.agent_set(candidates.iter().map(|(agent, _)| *agent)),
+                };
+                if let Some(starving) = self.starving.get_mut(session) {
+                    starving.add(candidates, &mask);
+                    return;
+                }
                 let since = since.unwrap_or_else(|| self.next_since());
-                Starving::new(candidates, asks_for, since)
+                Starving::new(candidates, mask, since)
             }
         };
         self.starving.insert(session.clone(), entry);
