@@ -63,6 +63,22 @@ impl Starving {
     }
 }
 
+/// What a round asks for: the entry set aside for it (the same agents as before), or the
+/// bits of other agents.
+enum Ask {
+    SetAside(Starving),
+    Fresh(AgentSet),
+}
+
+impl Ask {
+    fn mask(&self) -> &AgentSet {
+        match self {
+            Ask::SetAside(waited) => &waited.mask,
+            Ask::Fresh(mask) => mask,
+        }
+    }
+}
+
 /// A set of agents, one bit per agent (`State::bits` numbers them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct AgentSet(Vec<u64>);
@@ -301,53 +317,49 @@ impl State {
         let free = |(id, slots): &(&AgentId, u32)| slots.saturating_sub(self.used(id));
         let best =
             candidates.iter().filter(|c| free(c) > 0).max_by_key(|c| free(c)).map(|(id, _)| *id);
-        // The bits of the agents asked for, unless the entry set aside for this round has them.
-        let computed = match self.asked_before(session, candidates) {
-            Some(_) => None,
-            None => Some(self.agent_set(candidates.iter().map(|(agent, _)| *agent))),
-        };
-        let asks_for = match (&computed, &self.in_round) {
-            (Some(mask), _) => mask,
-            (None, Some((_, waited))) => &waited.mask,
-            (None, None) => unreachable!("an entry set aside asked for these agents"),
-        };
-        let Some(agent) = best.filter(|_| self.within_share(session, total, asks_for)) else {
-            self.starve(session, candidates, computed, since);
+        let ask = self.ask(session, candidates);
+        let Some(agent) = best.filter(|_| self.within_share(session, total, ask.mask())) else {
+            self.starve(session, candidates, ask, since);
             return None;
         };
+        if let Ask::SetAside(waited) = ask {
+            self.in_round = Some((session.clone(), waited)); // for a later refusal this round
+        }
         self.starving.remove(session);
         self.hold(session, agent);
         Some(agent.clone())
     }
 
-    /// The agents as bits, when the entry set aside for this round asked for exactly them.
-    fn asked_before(
-        &self,
-        session: &SessionId,
-        candidates: &[(&AgentId, u32)],
-    ) -> Option<&AgentSet> {
-        let (owner, waited) = self.in_round.as_ref()?;
-        (owner == session && waited.asked_for(candidates)).then_some(&waited.mask)
+    /// What `session` asks for: the entry set aside for its round when that asked for the
+    /// same agents, else the agents' bits.
+    fn ask(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Ask {
+        match self.in_round.take() {
+            Some((owner, waited)) if owner == *session && waited.asked_for(candidates) => {
+                Ask::SetAside(waited)
+            }
+            set_aside => {
+                self.in_round = set_aside;
+                Ask::Fresh(self.agent_set(candidates.iter().map(|(agent, _)| *agent)))
+            }
+        }
     }
 
     /// Records that `session` waits for `candidates` (since `since`, if it already waited
-    /// before this round). `asks_for`: their bits, `None` when the entry set aside for the
-    /// round asked for the same agents; it then goes back as it is, without copying ids.
+    /// before this round). Refused for the same agents as in its previous round, the entry
+    /// set aside for the round goes back as it is, without copying their ids.
     fn starve(
         &mut self,
         session: &SessionId,
         candidates: &[(&AgentId, u32)],
-        asks_for: Option<AgentSet>,
+        ask: Ask,
         since: Option<u64>,
     ) {
-        let entry = match (asks_for, self.in_round.take()) {
-            (None, Some((_, waited))) => waited,
-            (asks_for, set_aside) => {
-                self.in_round = set_aside.filter(|(owner, _)| owner != session);
-                let mask = match asks_for {
-                    Some(mask) => mask,
-                    None => self.agent_set(candidates.iter().map(|(agent, _)| *agent)),
-                };
+        let entry = match ask {
+            Ask::SetAside(waited) => waited,
+            Ask::Fresh(mask) => {
+                if self.in_round.as_ref().is_some_and(|(owner, _)| owner == session) {
+                    self.in_round = None; // replaced by what this round asks for
+                }
                 if let Some(starving) = self.starving.get_mut(session) {
                     starving.add(candidates, &mask);
                     return;
