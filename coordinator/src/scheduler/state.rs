@@ -38,9 +38,9 @@ struct Starving {
 
 impl Starving {
     fn new(candidates: &[(&AgentId, u32)], mask: AgentSet, since: u64) -> Self {
-        let agents = candidates.iter().map(|&(agent, slots)| (agent.clone(), slots)).collect();
-        let asked = candidates.iter().map(|&(agent, slots)| (agent.clone(), slots)).collect();
-        Starving { agents, mask, since, asked }
+        let asked: Vec<(AgentId, u32)> =
+            candidates.iter().map(|&(agent, slots)| (agent.clone(), slots)).collect();
+        Starving { agents: asked.iter().cloned().collect(), mask, since, asked }
     }
 
     /// Whether it asked for exactly `candidates`, and nothing else.
