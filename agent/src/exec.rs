@@ -6,6 +6,7 @@
 pub(crate) mod computer;
 pub(crate) mod qmp;
 mod sim;
+mod steps;
 pub(crate) mod vm;
 
 use std::collections::BTreeSet;

@@ -16,12 +16,12 @@
 //!   symbolic links (recorded as links, never followed); sockets, FIFOs and devices are
 //!   skipped; the repository folder is left out when it lies under a configured path. A
 //!   configured path that does not exist or an unreadable directory fails the attempt
-//!   naming the path.
-//! - `TRANSFER` first looks up the item's previous restore point ([`previous`]): a frozen
-//!   file with the size, mtime and ctime it recorded (timestamps older than its
-//!   `snapshot_at`, against racy changes) whose blob is still stored is recorded with that
-//!   hash and not read, so a backup of an unchanged tree is a walk of its metadata. It
-//!   stores the other files ([`transfer`]), reading in 1 MiB chunks off the runtime,
+//!   naming the path. Beside the walk, the item's previous restore point is read
+//!   ([`previous`]), with the files whose blobs are still stored.
+//! - `TRANSFER` takes over from the previous restore point every frozen file with the size,
+//!   mtime and ctime it recorded (timestamps older than its `snapshot_at`, against racy
+//!   changes) whose blob is still stored: it is recorded with that hash and not read, so a
+//!   backup of an unchanged tree is a walk of its metadata. It stores the other files ([`transfer`]), reading in 1 MiB chunks off the runtime,
 //!   paced by `--transfer-rate-limit` and checking the cancel between chunks and files.
 //!   `bytes_total` is the sum of the frozen file sizes; `bytes_done` counts the bytes read
 //!   by the first (hashing) read of each file, and the size of each file taken over
@@ -31,9 +31,9 @@
 //!   a file gone while it was read is left out, also `WARNING`. A file taken over unread is
 //!   recorded as frozen and never warns.
 //! - `COMMIT` checks that every blob the manifest names is stored, fsyncs the new blobs'
-//!   folders, writes the manifest durably and renames the folder into place. From its
-//!   first look into the store (before the previous restore point's blobs are trusted)
-//!   until this rename, the task holds the store lock shared ([`crate::repository::Store`]),
+//!   folders, writes the manifest durably and renames the folder into place. From before
+//!   the walk (before the previous restore point's blobs are trusted) until this rename,
+//!   the task holds the store lock shared ([`crate::repository::Store`]),
 //!   so garbage collection cannot remove a blob it found.
 //! - `CLEANUP` has nothing to release for files; it is reported all the same. An attempt
 //!   that does not commit (failed or cancelled) deletes its partial folder but never a blob:
@@ -63,9 +63,10 @@ use tracing::debug;
 
 pub(crate) use commit::outcome;
 
+use self::previous::Previous;
 use self::transfer::Transferred;
 use self::walk::{Excluded, Frozen, WalkError};
-use super::{TaskContext, canceled, failed};
+use super::{TaskContext, canceled, failed, steps::Steps};
 use crate::fsutil::blocking;
 use crate::repository::{
     COMPUTER_FORMAT, ComputerManifest, RepoPaths, Store, StoreLock, Totals, Written, rfc3339,
@@ -114,15 +115,25 @@ async fn backup(
     written: &mut Written,
 ) -> Result<ComputerManifest, Failure> {
     ctx.reporter.phase(TaskPhase::Snapshot).await;
+    let mut steps = Steps::start();
     let snapshot_at = SystemTime::now();
-    let frozen = snapshot(ctx, target).await?;
+    let _held_until_committed = lock_store(store).await?;
+    // What the previous restore point stored is read while the walk runs: neither touches
+    // the other's files.
+    let (frozen, previous) = tokio::join!(snapshot(ctx, target), load_previous(ctx, paths, store));
+    let (frozen, previous) = (frozen?, previous?);
+    steps.done("walk");
     ensure_running(ctx)?;
     ctx.reporter.phase(TaskPhase::Transfer).await;
-    let _held_until_committed = lock_store(store).await?;
     super::prepare_partial(paths).await.map_err(Failure::Failed)?;
-    let (frozen, known) = known_hashes(ctx, paths, store, frozen).await?;
+    let known = match previous {
+        Some(previous) => previous.hashes(&frozen.entries),
+        None => vec![None; frozen.entries.len()],
+    };
+    steps.done("prepare");
     let transferred =
         transfer::run(ctx, &frozen.entries, &known, store, &paths.partial, written).await?;
+    steps.done("transfer");
     ensure_running(ctx)?;
     debug!(
         reused = transferred.reused,
@@ -132,7 +143,9 @@ async fn backup(
     ctx.reporter.phase(TaskPhase::Commit).await;
     let stamps = Stamps { snapshot_at, bytes_written: written.bytes };
     let manifest = build_manifest(ctx, target, transferred, &frozen, stamps);
-    commit_restore_point(paths, store, manifest, written).await
+    let committed = commit_restore_point(paths, store, manifest, written).await;
+    steps.done("commit");
+    committed
 }
 
 /// Holds the store lock shared from the first look into the store until the commit, so no
@@ -140,27 +153,24 @@ async fn backup(
 async fn lock_store(store: &Store) -> Result<StoreLock, Failure> {
     let store = store.clone();
     blocking(move || store.lock_for_backup()).await.map_err(|e| {
-        Failure::Failed(format!("TRANSFER failed: cannot lock the repository's store: {e}"))
+        Failure::Failed(format!("SNAPSHOT failed: cannot lock the repository's store: {e}"))
     })
 }
 
-/// The hashes of the frozen files that are unchanged since the previous restore point
-/// (aligned with the entries), found with metadata calls only.
-async fn known_hashes(
+/// The item's previous restore point, with the files whose blobs are still stored (metadata
+/// calls only); `None` when there is none to use.
+async fn load_previous(
     ctx: &TaskContext,
     paths: &RepoPaths,
     store: &Store,
-    frozen: Frozen,
-) -> Result<(Frozen, Vec<Option<String>>), Failure> {
+) -> Result<Option<Previous>, Failure> {
     let (item_dir, store, cancel) = (paths.item_dir.clone(), store.clone(), ctx.cancel.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        let known = previous::known_hashes(&item_dir, &frozen.entries, &store, &cancel);
-        (frozen, known)
-    })
-    .await
-    .map_err(|e| Failure::Failed(format!("TRANSFER failed: {e}")))?;
+    let previous =
+        tokio::task::spawn_blocking(move || Previous::load_stored(&item_dir, &store, &cancel))
+            .await
+            .map_err(|e| Failure::Failed(format!("SNAPSHOT failed: {e}")))?;
     ensure_running(ctx)?;
-    Ok(found)
+    Ok(previous)
 }
 
 fn ensure_running(ctx: &TaskContext) -> Result<(), Failure> {

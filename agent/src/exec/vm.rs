@@ -22,7 +22,6 @@ mod jobs;
 mod plan;
 mod recover;
 mod source;
-mod steps;
 mod target;
 mod writeback;
 
@@ -40,9 +39,9 @@ use self::commit::Copied;
 use self::jobs::{Ended, Job};
 use self::plan::{DiskState, Kind, Names, Parent, Plan};
 use self::source::{OpenError, Source};
-use self::steps::Steps;
 use self::target::Target;
 use self::writeback::Writeback;
+use super::steps::Steps;
 use super::{TaskContext, canceled, committed, failed, remove_partial};
 use crate::fsutil::blocking;
 use crate::key::TaskNames;

@@ -73,16 +73,22 @@ impl Manifest {
     /// Parses a manifest: one with `"format": "sluice-computer-1"` is a computer manifest,
     /// one with `"format": "sluice-vm-2"` or without `format` a VM manifest.
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| format!("{MANIFEST}: not valid JSON: {e}"))?;
-        match value.get("format").and_then(serde_json::Value::as_str) {
-            Some(COMPUTER_FORMAT) => serde_json::from_value(value)
+        // The format is read first, skipping the rest, so the manifest (a computer one
+        // holds a record per file) is then parsed once, straight into its type.
+        let format = match serde_json::from_slice::<FormatProbe>(bytes) {
+            Ok(probe) => probe.format,
+            // Valid JSON but no object: the typed parse below names what is wrong.
+            Err(error) if error.is_data() => None,
+            Err(error) => return Err(format!("{MANIFEST}: not valid JSON: {error}")),
+        };
+        match format.as_ref().and_then(serde_json::Value::as_str) {
+            Some(COMPUTER_FORMAT) => serde_json::from_slice(bytes)
                 .map(Self::Computer)
                 .map_err(|e| format!("{MANIFEST}: not a valid {COMPUTER_FORMAT} manifest: {e}")),
             Some(other) if other != VM_FORMAT => {
                 Err(format!("{MANIFEST}: unknown format {other:?}"))
             }
-            _ => serde_json::from_value(value)
+            _ => serde_json::from_slice(bytes)
                 .map(Self::Vm)
                 .map_err(|e| format!("{MANIFEST}: not a valid VM manifest: {e}")),
         }
@@ -95,6 +101,13 @@ impl Manifest {
             Self::Computer(computer) => &computer.identity,
         }
     }
+}
+
+/// A manifest's `format` field, whatever its type; every other field is skipped unread.
+#[derive(Deserialize)]
+struct FormatProbe {
+    #[serde(default)]
+    format: Option<serde_json::Value>,
 }
 
 /// Whether a manifest's disk file name is a plain name inside the folder.

@@ -73,13 +73,6 @@ impl RepoPaths {
         Ok(())
     }
 
-    /// Writes the manifest into the partial folder and renames the folder into place,
-    /// durably; the data in it must be durable already.
-    pub(crate) fn publish(&self, manifest: &impl Serialize) -> io::Result<()> {
-        self.write_manifest(manifest)?;
-        self.rename_into_place()
-    }
-
     /// Writes the manifest into the partial folder durably (the folder's entries too). The
     /// folder is seen by no one until its rename, so the file is written in place, and its
     /// fsync and the folder's run at once.

@@ -11,6 +11,8 @@ use crate::repository::{ComputerManifest, Record, RepoPaths, Store, Totals};
 
 /// Writes the manifest and renames the partial folder into place, durably (blocking): the
 /// new blobs' folders are fsynced first, and every blob the manifest names must be stored.
+/// The blobs are checked on a thread of their own while the manifest is written; only the
+/// rename waits for both.
 pub(super) fn commit(
     paths: &RepoPaths,
     store: &Store,
@@ -18,9 +20,14 @@ pub(super) fn commit(
     store_dirs: &BTreeSet<PathBuf>,
 ) -> io::Result<()> {
     paths.ensure_new()?;
-    verify_blobs(store, &manifest.entries)?;
-    store.sync(store_dirs)?;
-    paths.publish(manifest)
+    std::thread::scope(|scope| {
+        let verified = scope.spawn(|| verify_blobs(store, &manifest.entries));
+        let written = store.sync(store_dirs).and_then(|()| paths.write_manifest(manifest));
+        let verified =
+            verified.join().map_err(|_| io::Error::other("a blob check thread panicked"))?;
+        verified.and(written)
+    })?;
+    paths.rename_into_place()
 }
 
 /// Checks that every blob is stored: a last guard against a blob removed since TRANSFER

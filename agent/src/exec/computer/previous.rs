@@ -6,7 +6,8 @@
 //! to the second), skipping partial folders and folders without a computer manifest. A file is
 //! taken over when the walk found it with the size, mtime and ctime the previous manifest
 //! records (to the nanosecond) and the blob of that hash is still stored, as a file of that
-//! size: one `metadata` call.
+//! size: one `metadata` call per file of the manifest, made while the walk runs (the backup
+//! holds the store's lock from before it, so no collection removes a blob found here).
 //!
 //! # Racy timestamps
 //!
@@ -108,37 +109,38 @@ impl Previous {
         Some(Self { files })
     }
 
+    /// The item's previous restore point in `item_dir`, keeping only the files whose blob is
+    /// still stored; `None` when there is none to use, or on a cancel.
+    pub(super) fn load_stored(
+        item_dir: &Path,
+        store: &Store,
+        cancel: &CancelSignal,
+    ) -> Option<Self> {
+        let mut previous = Self::load(item_dir)?;
+        let mut canceled = false;
+        previous.files.retain(|_, known| {
+            canceled = canceled || cancel.is_cancelled();
+            !canceled && store.holds(&known.sha256, known.size)
+        });
+        (!canceled).then_some(previous)
+    }
+
     /// The hash of `entry`'s content, when the previous restore point recorded the file as
-    /// the walk found it and its blob is still stored.
-    pub(super) fn hash(&self, entry: &Entry, store: &Store) -> Option<String> {
+    /// the walk found it.
+    fn hash(&self, entry: &Entry) -> Option<String> {
         if entry.kind != Kind::File {
             return None;
         }
         let known = self.files.get(&entry.path)?;
         let same =
             known.size == entry.size && known.mtime == entry.mtime && known.ctime == entry.ctime;
-        (same && store.holds(&known.sha256, known.size)).then(|| known.sha256.clone())
+        same.then(|| known.sha256.clone())
     }
-}
 
-/// For each of `entries`, the hash of its content when it is known without reading it;
-/// stops early (every later entry unknown) on a cancel.
-pub(super) fn known_hashes(
-    item_dir: &Path,
-    entries: &[Entry],
-    store: &Store,
-    cancel: &CancelSignal,
-) -> Vec<Option<String>> {
-    let Some(previous) = Previous::load(item_dir) else { return vec![None; entries.len()] };
-    let mut hashes = Vec::with_capacity(entries.len());
-    for entry in entries {
-        if cancel.is_cancelled() {
-            break;
-        }
-        hashes.push(previous.hash(entry, store));
+    /// For each of `entries`, the hash of its content when it is known without reading it.
+    pub(super) fn hashes(&self, entries: &[Entry]) -> Vec<Option<String>> {
+        entries.iter().map(|entry| self.hash(entry)).collect()
     }
-    hashes.resize(entries.len(), None);
-    hashes
 }
 
 /// Names of the committed restore point folders in `item_dir` (not partial ones).
@@ -240,5 +242,43 @@ mod tests {
         let previous = Previous::load(dir.path()).expect("previous");
         assert_eq!(previous.files.keys().collect::<Vec<_>>(), ["/d/from-s2"]);
         assert!(Previous::load(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn only_unchanged_files_whose_blob_is_stored_are_taken_over() {
+        let repository = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(repository.path());
+        let item_dir = repository.path().join("job").join("item");
+        let (old, stored, gone) = (at(500, 123_456_789), "ab".repeat(32), "cd".repeat(32));
+        let blob = store.blob_path(&stored);
+        fs::create_dir_all(blob.parent().expect("blob folder")).expect("blob folder");
+        fs::write(&blob, b"abc").expect("blob");
+        let entries = vec![
+            file("/d/kept", old, old, &stored),
+            file("/d/changed", old, old, &stored),
+            file("/d/blob-gone", old, old, &gone),
+        ];
+        let folder = item_dir.join("s1-0");
+        fs::create_dir_all(&folder).expect("restore point");
+        let json = serde_json::to_vec(&manifest(Some(at(1_000, 1)), entries)).expect("json");
+        fs::write(folder.join(MANIFEST), json).expect("manifest");
+
+        let cancel = CancelSignal::default();
+        let previous = Previous::load_stored(&item_dir, &store, &cancel).expect("previous");
+        let walked = |path: &str, mtime| Entry {
+            path: path.into(),
+            kind: Kind::File,
+            size: 3,
+            mode: 0o644,
+            mtime,
+            ctime: old,
+            target: None,
+        };
+        let found =
+            [walked("/d/kept", old), walked("/d/changed", at(600, 1)), walked("/d/blob-gone", old)];
+        assert_eq!(previous.hashes(&found), [Some(stored), None, None]);
+
+        cancel.cancel(sluice_proto::pb::CancelReason::User);
+        assert!(Previous::load_stored(&item_dir, &store, &cancel).is_none(), "cancelled");
     }
 }

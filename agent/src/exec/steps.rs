@@ -1,5 +1,5 @@
-//! How long each step of a VM backup took, logged at debug level: the profile behind the
-//! data-path figures (`RUST_LOG=sluice_agent::exec::vm=debug`).
+//! How long each step of a backup took, logged at debug level: the profile behind the
+//! data-path figures (`RUST_LOG=sluice_agent::exec=debug`).
 
 use std::time::Instant;
 
@@ -24,12 +24,7 @@ impl Steps {
         let now = Instant::now();
         let ms = now.duration_since(self.last).as_secs_f64() * 1e3;
         let total_ms = now.duration_since(self.began).as_secs_f64() * 1e3;
-        debug!(
-            step,
-            ms = format!("{ms:.1}"),
-            total_ms = format!("{total_ms:.1}"),
-            "vm backup step"
-        );
+        debug!(step, ms = format!("{ms:.1}"), total_ms = format!("{total_ms:.1}"), "backup step");
         self.last = now;
     }
 }
