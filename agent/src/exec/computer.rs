@@ -21,8 +21,9 @@
 //! - `TRANSFER` takes over from the previous restore point every frozen file with the size,
 //!   mtime and ctime it recorded (timestamps older than its `snapshot_at`, against racy
 //!   changes) whose blob is still stored: it is recorded with that hash and not read, so a
-//!   backup of an unchanged tree is a walk of its metadata. It stores the other files ([`transfer`]), reading in 1 MiB chunks off the runtime,
-//!   paced by `--transfer-rate-limit` and checking the cancel between chunks and files.
+//!   backup of an unchanged tree is a walk of its metadata. It stores the other files
+//!   ([`transfer`]), reading in 1 MiB chunks off the runtime, paced by
+//!   `--transfer-rate-limit` and checking the cancel between chunks and files.
 //!   `bytes_total` is the sum of the frozen file sizes; `bytes_done` counts the bytes read
 //!   by the first (hashing) read of each file, and the size of each file taken over
 //!   unread. A file that cannot be opened or read fails the attempt naming it. A file that
@@ -116,8 +117,8 @@ async fn backup(
 ) -> Result<ComputerManifest, Failure> {
     ctx.reporter.phase(TaskPhase::Snapshot).await;
     let mut steps = Steps::start();
-    let snapshot_at = SystemTime::now();
     let _held_until_committed = lock_store(store).await?;
+    let snapshot_at = SystemTime::now();
     // What the previous restore point stored is read while the walk runs: neither touches
     // the other's files.
     let (frozen, previous) = tokio::join!(snapshot(ctx, target), load_previous(ctx, paths, store));
