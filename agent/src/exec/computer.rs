@@ -97,7 +97,11 @@ pub(crate) async fn run(ctx: &mut TaskContext, target: &pb::ComputerTarget) -> p
     let result = backup(ctx, target, &paths, &store, &mut written).await;
     ctx.reporter.phase(TaskPhase::Cleanup).await;
     match result {
-        Ok(manifest) => outcome(&manifest, &paths.final_dir),
+        Ok(manifest) => {
+            let outcome = outcome(&manifest, &paths.final_dir);
+            free_off_runtime(manifest);
+            outcome
+        }
         Err(failure) => {
             super::remove_partial(&paths).await;
             match failure {
@@ -127,10 +131,7 @@ async fn backup(
     ensure_running(ctx)?;
     ctx.reporter.phase(TaskPhase::Transfer).await;
     super::prepare_partial(paths).await.map_err(Failure::Failed)?;
-    let known = match previous {
-        Some(previous) => previous.hashes(&frozen.entries),
-        None => vec![None; frozen.entries.len()],
-    };
+    let (frozen, known) = known_hashes(previous, frozen).await?;
     steps.done("prepare");
     let transferred =
         transfer::run(ctx, &frozen.entries, &known, store, &paths.partial, written).await?;
@@ -144,6 +145,7 @@ async fn backup(
     ctx.reporter.phase(TaskPhase::Commit).await;
     let stamps = Stamps { snapshot_at, bytes_written: written.bytes };
     let manifest = build_manifest(ctx, target, transferred, &frozen, stamps);
+    free_off_runtime((frozen, known));
     let committed = commit_restore_point(paths, store, manifest, written).await;
     steps.done("commit");
     committed
@@ -172,6 +174,31 @@ async fn load_previous(
             .map_err(|e| Failure::Failed(format!("SNAPSHOT failed: {e}")))?;
     ensure_running(ctx)?;
     Ok(previous)
+}
+
+/// The hash of each frozen file the previous restore point stored unchanged (aligned with
+/// the entries). A lookup per file: on a blocking thread, like the previous restore point's
+/// freeing, so a tree of a million files never holds the agent's only runtime thread.
+async fn known_hashes(
+    previous: Option<Previous>,
+    frozen: Frozen,
+) -> Result<(Frozen, Vec<Option<String>>), Failure> {
+    tokio::task::spawn_blocking(move || {
+        let known = match &previous {
+            Some(previous) => previous.hashes(&frozen.entries),
+            None => vec![None; frozen.entries.len()],
+        };
+        drop(previous);
+        (frozen, known)
+    })
+    .await
+    .map_err(|e| Failure::Failed(format!("TRANSFER failed: {e}")))
+}
+
+/// Frees `value` on a blocking thread: the records of a tree of a million files take tens
+/// of milliseconds to free, which would hold up every other task of the agent.
+fn free_off_runtime<T: Send + 'static>(value: T) {
+    drop(tokio::task::spawn_blocking(move || drop(value)));
 }
 
 fn ensure_running(ctx: &TaskContext) -> Result<(), Failure> {
@@ -263,7 +290,76 @@ async fn commit_restore_point(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::UNIX_EPOCH;
+
+    use sluice_proto::pb::job_item::Target;
+    use tokio::sync::{mpsc, watch};
+
+    use super::walk::Entry;
     use super::*;
+    use crate::exec::{CancelSignal, Reporter};
+    use crate::key;
+    use crate::repository::Kind;
+
+    fn context(repository: &Path) -> TaskContext {
+        let target = pb::ComputerTarget { computer: "pc1".into(), paths: vec!["/d".into()] };
+        let spec = pb::TaskSpec {
+            key: Some(pb::TaskKey { session_id: "s1".into(), item_index: 0, attempt: 1 }),
+            epoch: 1,
+            job: "j".into(),
+            job_type: pb::JobType::AgentBackup as i32,
+            item: Some(pb::JobItem { name: "pc".into(), target: Some(Target::Computer(target)) }),
+            repository: repository.display().to_string(),
+            ..Default::default()
+        };
+        let (id, _epoch) = key::validate_spec(&spec).expect("valid spec");
+        let (tx, _) = mpsc::channel(1024);
+        TaskContext {
+            reporter: Reporter::new(id.clone(), tx),
+            id,
+            spec,
+            cancel: CancelSignal::default(),
+            rate_limit: None,
+            running_sessions: watch::channel(BTreeSet::new()).1,
+            daemons: Default::default(),
+        }
+    }
+
+    /// The agent has one runtime thread: taking over a large unchanged tree, which awaits
+    /// nothing, must still let its other tasks (heartbeats, cancels) run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn taking_over_a_large_tree_lets_the_other_tasks_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ctx = context(dir.path());
+        let file = |i: usize| Entry {
+            path: format!("/d/f{i}"),
+            kind: Kind::File,
+            size: 1,
+            mode: 0o644,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            target: None,
+        };
+        let entries: Vec<Entry> = (0..10_000).map(file).collect();
+        let known = vec![Some("ab".repeat(32)); entries.len()];
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&other_ran);
+        tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+
+        let store = Store::new(dir.path());
+        let mut written = Written::default();
+        let transferred =
+            transfer::run(&mut ctx, &entries, &known, &store, dir.path(), &mut written)
+                .await
+                .expect("transfer");
+
+        assert!(other_ran.load(Ordering::SeqCst), "the other task ran during the transfer");
+        assert_eq!(transferred.reused, 10_000);
+        assert_eq!(transferred.bytes_read, 0);
+    }
 
     #[test]
     fn warnings_name_at_most_ten_paths() {

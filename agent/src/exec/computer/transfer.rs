@@ -66,6 +66,9 @@ pub(super) async fn run(
     transfer.pace.report().await;
     let mut out = Transferred::default();
     for (index, entry) in entries.iter().enumerate() {
+        // Files taken over, folders and links await nothing: without a yield now and then a
+        // large tree would hold the agent's only runtime thread (heartbeats, cancels).
+        tokio::task::coop::consume_budget().await;
         transfer.pace.check()?;
         match (entry.kind, known.get(index).and_then(Option::as_ref)) {
             (Kind::File, Some(sha256)) => {
