@@ -288,52 +288,54 @@ async fn commit_restore_point(
     })
 }
 
+/// A computer task for tests: item `pc` of job `j` in session `session`, backing up
+/// `paths` into `repository`; nobody reads its updates.
+#[cfg(test)]
+pub(crate) fn test_context(session: &str, paths: &[&Path], repository: &Path) -> TaskContext {
+    use pb::job_item::Target;
+    let target = pb::ComputerTarget {
+        computer: "pc1".into(),
+        paths: paths.iter().map(|p| p.display().to_string()).collect(),
+    };
+    let spec = pb::TaskSpec {
+        key: Some(pb::TaskKey { session_id: session.into(), item_index: 0, attempt: 1 }),
+        epoch: 1,
+        job: "j".into(),
+        job_type: pb::JobType::AgentBackup as i32,
+        item: Some(pb::JobItem { name: "pc".into(), target: Some(Target::Computer(target)) }),
+        repository: repository.display().to_string(),
+        ..Default::default()
+    };
+    let (id, _epoch) = crate::key::validate_spec(&spec).expect("valid spec");
+    // A reporter whose receiver is gone drops the updates.
+    let (tx, _) = tokio::sync::mpsc::channel(1024);
+    TaskContext {
+        reporter: super::Reporter::new(id.clone(), tx),
+        id,
+        spec,
+        cancel: super::CancelSignal::default(),
+        rate_limit: None,
+        running_sessions: tokio::sync::watch::channel(Default::default()).1,
+        daemons: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::UNIX_EPOCH;
 
-    use sluice_proto::pb::job_item::Target;
-    use tokio::sync::{mpsc, watch};
-
     use super::walk::Entry;
     use super::*;
-    use crate::exec::{CancelSignal, Reporter};
-    use crate::key;
     use crate::repository::Kind;
-
-    fn context(repository: &Path) -> TaskContext {
-        let target = pb::ComputerTarget { computer: "pc1".into(), paths: vec!["/d".into()] };
-        let spec = pb::TaskSpec {
-            key: Some(pb::TaskKey { session_id: "s1".into(), item_index: 0, attempt: 1 }),
-            epoch: 1,
-            job: "j".into(),
-            job_type: pb::JobType::AgentBackup as i32,
-            item: Some(pb::JobItem { name: "pc".into(), target: Some(Target::Computer(target)) }),
-            repository: repository.display().to_string(),
-            ..Default::default()
-        };
-        let (id, _epoch) = key::validate_spec(&spec).expect("valid spec");
-        let (tx, _) = mpsc::channel(1024);
-        TaskContext {
-            reporter: Reporter::new(id.clone(), tx),
-            id,
-            spec,
-            cancel: CancelSignal::default(),
-            rate_limit: None,
-            running_sessions: watch::channel(BTreeSet::new()).1,
-            daemons: Default::default(),
-        }
-    }
 
     /// The agent has one runtime thread: taking over a large unchanged tree, which awaits
     /// nothing, must still let its other tasks (heartbeats, cancels) run.
     #[tokio::test(flavor = "current_thread")]
     async fn taking_over_a_large_tree_lets_the_other_tasks_run() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut ctx = context(dir.path());
+        let mut ctx = test_context("s1", &[Path::new("/d")], dir.path());
         let file = |i: usize| Entry {
             path: format!("/d/f{i}"),
             kind: Kind::File,

@@ -1,52 +1,24 @@
 //! Garbage collection racing a real computer backup into the same repository.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sluice_proto::pb::{self, job_item::Target};
-use tokio::sync::{mpsc, watch};
+use sluice_proto::pb;
 use tokio::task::JoinHandle;
 
 use super::super::location::Location;
 use super::super::verify::verify;
 use super::*;
-use crate::exec::{self, CancelSignal, Reporter, TaskContext};
-use crate::key;
+use crate::exec::{self, TaskContext};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A backup of `paths` as item `pc` of job `j`, run by the computer executor.
 fn backup(session: &str, paths: &[&Path], repository: &Path) -> TaskContext {
-    let target = pb::ComputerTarget {
-        computer: "pc1".into(),
-        paths: paths.iter().map(|p| p.display().to_string()).collect(),
-    };
-    let spec = pb::TaskSpec {
-        key: Some(pb::TaskKey { session_id: session.into(), item_index: 0, attempt: 1 }),
-        epoch: 1,
-        job: "j".into(),
-        job_type: pb::JobType::AgentBackup as i32,
-        item: Some(pb::JobItem { name: "pc".into(), target: Some(Target::Computer(target)) }),
-        repository: repository.display().to_string(),
-        ..Default::default()
-    };
-    let (id, _epoch) = key::validate_spec(&spec).expect("valid spec");
-    // Nobody reads the updates: a reporter whose receiver is gone drops them.
-    let (tx, _) = mpsc::channel(1024);
-    let (_, running_sessions) = watch::channel(BTreeSet::new());
-    TaskContext {
-        reporter: Reporter::new(id.clone(), tx),
-        id,
-        spec,
-        cancel: CancelSignal::default(),
-        rate_limit: None,
-        running_sessions,
-        daemons: Default::default(),
-    }
+    exec::computer::test_context(session, paths, repository)
 }
 
 /// Whether a process waits for a lock on `path` (a `->` line of `/proc/locks` naming its
