@@ -95,7 +95,13 @@ async fn main() -> anyhow::Result<()> {
     sluice_proto::security::tls::install_default_provider();
     let flags = Flags::parse();
     let settings: Settings = config::load(&flags, flags.config.as_deref())?;
-    let _telemetry = telemetry::init("sluice-agent");
+    let telemetry = telemetry::init("sluice-agent");
+    let served = serve(settings).await;
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen.clone().context("--listen is required")?;
     let listener =
         TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;

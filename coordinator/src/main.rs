@@ -1,6 +1,6 @@
 //! `sluice-coordinator`: parses flags, loads config, starts telemetry and runs the coordinator.
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, num::NonZeroUsize, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
@@ -81,18 +81,34 @@ struct Flags {
     #[arg(long, env = "SLUICE_TASK_ANSWER_TIMEOUT", value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     task_answer_timeout: Option<u64>,
+    /// Threads that run the coordinator's tasks (default: one per core). 1 runs them all
+    /// on one thread, which spends less CPU per item where other busy processes share the
+    /// cores.
+    #[arg(long, env = "SLUICE_WORKER_THREADS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_threads: Option<NonZeroUsize>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     sluice_proto::security::tls::install_default_provider();
     let flags = Flags::parse();
     let settings: Settings = sluice_proto::config::load(&flags, flags.config.as_deref())?;
-    let _telemetry = sluice_proto::telemetry::init("sluice-coordinator");
+    let runtime = settings.runtime().context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let telemetry = sluice_proto::telemetry::init("sluice-coordinator");
+    let served = serve_traced(settings).await;
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve_traced(settings: Settings) -> anyhow::Result<()> {
     let grpc = bind(&settings.listen).await?;
     let http = match &settings.http_listen {
         Some(address) => Some(bind(address).await?),

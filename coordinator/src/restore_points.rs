@@ -259,8 +259,26 @@ pub(crate) async fn locate(store: &Store, restore_point: pb::RestorePoint) -> Re
 /// (retention locates a whole session's restore points at a time).
 pub(crate) struct Locator {
     store: Store,
-    written_by: HashMap<String, Option<pb::Job>>,
-    current: HashMap<String, Option<pb::Job>>,
+    written_by: HashMap<String, Option<IndexedJob>>,
+    current: HashMap<String, Option<IndexedJob>>,
+}
+
+/// A job with its items by name: a retention of a 100,000-item job locates as many restore
+/// points, and a scan of the items for each would take seconds.
+struct IndexedJob {
+    job: pb::Job,
+    items: HashMap<String, usize>,
+}
+
+impl IndexedJob {
+    fn new(job: pb::Job) -> Self {
+        let items = job.items.iter().enumerate().map(|(at, item)| (item.name.clone(), at));
+        IndexedJob { items: items.collect(), job }
+    }
+
+    fn target(&self, item: &str) -> Option<Target> {
+        self.items.get(item).and_then(|&at| self.job.items[at].target.clone())
+    }
 }
 
 impl Locator {
@@ -274,11 +292,13 @@ impl Locator {
         let keys = self.store.keys().clone();
         if !self.written_by.contains_key(&restore_point.session_id) {
             let job = job_copy::load(&self.store, &restore_point.session_id).await?;
+            let job = job.map(IndexedJob::new);
             self.written_by.insert(restore_point.session_id.clone(), job);
         }
         if !self.current.contains_key(&restore_point.job) {
             let job = self.store.get::<pb::Job>(&keys.job(&restore_point.job)).await?;
-            self.current.insert(restore_point.job.clone(), job.map(|v| v.value));
+            let job = job.map(|versioned| IndexedJob::new(versioned.value));
+            self.current.insert(restore_point.job.clone(), job);
         }
         let written_by = self.written_by.get(&restore_point.session_id).and_then(Option::as_ref);
         let current = self.current.get(&restore_point.job).and_then(Option::as_ref);
@@ -289,8 +309,8 @@ impl Locator {
 /// A restore point with the job that wrote it (else the current one) and the current proxies.
 fn located(
     restore_point: pb::RestorePoint,
-    written_by: Option<&pb::Job>,
-    current: Option<&pb::Job>,
+    written_by: Option<&IndexedJob>,
+    current: Option<&IndexedJob>,
 ) -> Result<Located> {
     let Some(job) = written_by.or(current) else {
         return Err(Error::RepositoryUnknown {
@@ -299,15 +319,10 @@ fn located(
             job: restore_point.job,
         });
     };
-    let target = job
-        .items
-        .iter()
-        .find(|item| item.name == restore_point.item)
-        .and_then(|i| i.target.clone());
     Ok(Located {
-        repository: job.repository.clone(),
-        target,
-        proxies: current.map(|job| job.proxies.clone()).unwrap_or_default(),
+        repository: job.job.repository.clone(),
+        target: job.target(&restore_point.item),
+        proxies: current.map(|current| current.job.proxies.clone()).unwrap_or_default(),
         restore_point,
     })
 }

@@ -1,6 +1,6 @@
 //! Coordinator settings, merged from flags, `SLUICE_*` variables and a TOML file.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 use sluice_proto::security::tls::{TlsError, Transport};
@@ -69,6 +69,9 @@ pub struct Settings {
     /// attempt, and as long again for the withdrawal's answer.
     #[serde(default = "default_task_answer_timeout")]
     pub(crate) task_answer_timeout: u64,
+    /// Threads that run the coordinator's tasks; one per core when not set.
+    #[serde(default)]
+    pub(crate) worker_threads: Option<NonZeroUsize>,
 }
 
 /// Default of `--task-answer-timeout`.
@@ -147,6 +150,21 @@ impl Settings {
             .then(|| Duration::from_secs(self.etcd_compaction_interval))
     }
 
+    /// The async runtime: tokio's current-thread runtime for one worker thread (no
+    /// wake-ups or work stealing between threads), the multi-thread one otherwise.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.worker_threads.map(NonZeroUsize::get) {
+            Some(1) => tokio::runtime::Builder::new_current_thread(),
+            Some(threads) => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads);
+                builder
+            }
+            None => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
+    }
+
     /// The URL peers and agents reach this coordinator at.
     pub(crate) fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
         let scheme = if self.insecure { "http" } else { "https" };
@@ -219,5 +237,24 @@ mod tests {
         assert!(settings("etcd-cert = \"/c\"\netcd-key = \"/k\"\n").etcd_tls().is_err());
         assert!(settings("etcd-ca = \"/ca\"\netcd-cert = \"/c\"\n").etcd_tls().is_err());
         assert_eq!(settings("").advertised_address(None), "http://a:1");
+    }
+
+    #[test]
+    fn worker_threads_are_at_least_one() {
+        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
+        let parse = |extra: &str| toml::from_str::<Settings>(&format!("{base}{extra}"));
+        let error = parse("worker-threads = 0\n").expect_err("0 threads is refused");
+        assert!(error.to_string().contains("nonzero"), "{error}");
+        let one = parse("worker-threads = 1\n").expect("one thread");
+        assert_eq!(
+            one.runtime().expect("runtime").handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        let two = parse("worker-threads = 2\n").expect("two threads");
+        assert_eq!(
+            two.runtime().expect("runtime").handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
+        assert!(parse("").expect("default").worker_threads.is_none());
     }
 }

@@ -190,7 +190,9 @@ impl Store {
         let options = GetOptions::new().with_prefix();
         let response = self.kv().get(prefix, Some(options)).await?;
         let mut kvs: Vec<&KeyValue> = response.kvs().iter().collect();
-        kvs.sort_by_key(|kv| (kv.create_revision(), kv.key().to_vec()));
+        kvs.sort_unstable_by(|a, b| {
+            (a.create_revision(), a.key()).cmp(&(b.create_revision(), b.key()))
+        });
         kvs.into_iter().map(|kv| Ok(decode_kv(kv)?.value)).collect()
     }
 

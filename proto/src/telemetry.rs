@@ -1,7 +1,7 @@
 //! Tracing and OpenTelemetry set-up, and W3C trace-context propagation over gRPC.
 //!
 //! API used by every binary:
-//! - [`init`] at the start of `main`, keeping the guard alive until exit;
+//! - [`init`] at the start of `main`, and [`TelemetryGuard::shutdown`] at its end;
 //! - [`TraceInterceptor`] on every gRPC client (injects `traceparent`/`tracestate`);
 //! - [`server_span`] as `Server::builder().trace_fn(server_span)` (extracts them);
 //! - [`current_traceparent`] and [`set_parent_from_traceparent`] to keep a trace context in a
@@ -17,6 +17,7 @@ mod propagation;
 use std::time::Duration;
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{
     EnvFilter, Layer, filter::LevelFilter, filter::Targets, layer::SubscriberExt,
@@ -28,7 +29,7 @@ pub use propagation::{
     set_parent_from_traceparent, span_context_from,
 };
 
-/// How long dropping the guard may wait for the last spans to be exported.
+/// How long shutting telemetry down may wait for the last spans to be exported.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Crates whose own spans are never exported: the exporter runs on them, so exporting them
@@ -48,18 +49,32 @@ impl std::fmt::Debug for TelemetryGuard {
     }
 }
 
-impl Drop for TelemetryGuard {
-    /// Exports the spans still buffered, waiting at most [`SHUTDOWN_TIMEOUT`].
-    ///
-    /// The OTLP client runs on the Tokio runtime: drop the guard while a multi-thread runtime is
-    /// still alive (at the end of `#[tokio::main] async fn main`), or the flush times out.
-    fn drop(&mut self) {
+impl TelemetryGuard {
+    /// Exports the spans still buffered, waiting at most [`SHUTDOWN_TIMEOUT`], from a
+    /// blocking thread: the OTLP client needs the runtime meanwhile, and on a current-thread
+    /// runtime a wait on the runtime's own thread would last until the timeout.
+    pub async fn shutdown(mut self) {
         let Some(provider) = self.provider.take() else {
             return;
         };
-        if let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
-            eprintln!("telemetry shutdown failed: {error}");
+        if tokio::task::spawn_blocking(move || shut_down(&provider)).await.is_err() {
+            eprintln!("telemetry shutdown failed: its thread panicked");
         }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    /// Without [`TelemetryGuard::shutdown`] (an early return): the same, on this thread.
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            shut_down(&provider);
+        }
+    }
+}
+
+fn shut_down(provider: &SdkTracerProvider) {
+    if let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+        eprintln!("telemetry shutdown failed: {error}");
     }
 }
 
@@ -79,7 +94,7 @@ pub fn init(service_name: &'static str) -> TelemetryGuard {
     let filter =
         EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let exporter = otlp_requested().then(|| tracer_provider(service_name));
+    let exporter = otlp_requested().then(|| tracer_provider(service_name, None));
     let (provider, problem) = match exporter {
         None => (None, None),
         Some(Ok(provider)) => (Some(provider), None),
@@ -129,12 +144,17 @@ fn export_requested(
     !disabled && (set(endpoint) || set(traces_endpoint))
 }
 
-/// A tracer provider that batches spans to the configured OTLP/gRPC endpoint.
-fn tracer_provider(service_name: &'static str) -> Result<SdkTracerProvider, String> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .map_err(|error| error.to_string())?;
+/// A tracer provider that batches spans to `endpoint`, or to the one the `OTEL_*` variables
+/// configure.
+fn tracer_provider(
+    service_name: &'static str,
+    endpoint: Option<String>,
+) -> Result<SdkTracerProvider, String> {
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) = endpoint {
+        exporter = exporter.with_endpoint(endpoint);
+    }
+    let exporter = exporter.build().map_err(|error| error.to_string())?;
     let resource = Resource::builder()
         .with_service_name(service_name)
         .with_attribute(KeyValue::new("service.version", crate::VERSION))

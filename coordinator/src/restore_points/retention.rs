@@ -143,7 +143,7 @@ impl RestorePoints {
                 Err(error) => warn!(job = job_name, %error, "retention: a batch was kept"),
             }
         }
-        let deleted = self.delete(&marked).await + self.merge_chains(merges).await;
+        let deleted = self.delete(&marked).await + self.merge_chains(&mut locator, merges).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
     }
@@ -186,7 +186,8 @@ impl RestorePoints {
     async fn delete(&self, marked: &[Located]) -> usize {
         let mut deleted = 0;
         for (agent, batch) in self.by_agent(marked).into_values() {
-            let done = self.delete_folders(&agent, &batch).await;
+            let done: HashSet<String> =
+                self.delete_folders(&agent, &batch).await.into_iter().collect();
             let gone: Vec<&Located> = batch
                 .into_iter()
                 .filter(|located| done.contains(&located.restore_point.id))

@@ -1,4 +1,8 @@
 use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tonic::service::Interceptor;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -144,4 +148,38 @@ fn exporter_stack_is_not_exported() {
     assert!(!targets.would_enable("h2::codec", &tracing::Level::ERROR));
     assert!(!targets.would_enable("tonic::transport", &tracing::Level::INFO));
     assert!(targets.would_enable("sluice_coordinator::session", &tracing::Level::DEBUG));
+}
+
+/// An OTLP collector that counts the spans it receives.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let resources = request.into_inner().resource_spans;
+        let scopes = resources.iter().flat_map(|resource| &resource.scope_spans);
+        let spans: usize = scopes.map(|scope| scope.spans.len()).sum();
+        self.0.fetch_add(spans, std::sync::atomic::Ordering::SeqCst);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutting_down_on_one_runtime_thread_exports_the_last_spans() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let collector = Collector::default();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
+    let provider = tracer_provider("telemetry-test", Some(endpoint)).expect("provider");
+    opentelemetry::trace::Tracer::in_span(&provider.tracer("test"), "last", |_| {});
+    TelemetryGuard { provider: Some(provider) }.shutdown().await;
+    assert_eq!(collector.0.load(std::sync::atomic::Ordering::SeqCst), 1, "the span reached it");
 }

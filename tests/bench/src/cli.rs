@@ -26,6 +26,11 @@ pub struct Args {
     /// the cases' costs per item compare at one rate.
     #[arg(long, default_value_t = 0)]
     pub scale_sim_ms: u32,
+    /// Runtime threads of each coordinator (`--worker-threads`); 0 leaves the coordinator's
+    /// default, one per core. The default, 1, suits a run where 20 agents, etcd and the
+    /// coordinators share the machine's cores.
+    #[arg(long, default_value_t = 1)]
+    pub coordinator_threads: usize,
     /// Uses the release binaries as they are instead of building them first.
     #[arg(long)]
     pub no_build: bool,
@@ -44,6 +49,7 @@ impl Args {
             self.scale_cases.is_empty() || self.scale_cases.iter().any(|name| name == case.name)
         });
         sizes.scale_sim_ms = self.scale_sim_ms;
+        sizes.coordinator_threads = self.coordinator_threads;
         sizes
     }
 }
@@ -69,6 +75,8 @@ pub struct Sizes {
     pub scale_cases: Vec<ScaleCase>,
     /// Sim duration of the scale scenario's dispatch items (`--scale-sim-ms`).
     pub scale_sim_ms: u32,
+    /// Runtime threads of each coordinator (`--coordinator-threads`; 0: one per core).
+    pub coordinator_threads: usize,
     /// Longest a session may take before the scenario records what it reached.
     pub session_budget: Duration,
     /// Longest each scenario may take in all, in seconds (see [`Sizes::budget`]).
@@ -115,6 +123,7 @@ impl Sizes {
             data_bytes: 1024 * MIB,
             scale_cases: FULL_SCALE.to_vec(),
             scale_sim_ms: 0,
+            coordinator_threads: 1,
             session_budget: Duration::from_secs(120),
             budgets: &[
                 ("dispatch", 180),
@@ -139,6 +148,7 @@ impl Sizes {
             data_bytes: 64 * MIB,
             scale_cases: QUICK_SCALE.to_vec(),
             scale_sim_ms: 0,
+            coordinator_threads: 1,
             session_budget: Duration::from_secs(12),
             budgets: &[
                 ("dispatch", 20),

@@ -43,7 +43,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let began = Instant::now();
     let sizes = args.sizes();
     let results = Results::new(setup::machine_info(args.quick));
-    println!("sluice-bench: {} run, {} cores", sizes.mode, setup::cores());
+    let threads = match sizes.coordinator_threads {
+        0 => "one per core".to_string(),
+        threads => threads.to_string(),
+    };
+    results.set_meta("coordinator_threads", serde_json::json!(sizes.coordinator_threads));
+    println!(
+        "sluice-bench: {} run, {} cores, coordinator runtime threads: {threads}",
+        sizes.mode,
+        setup::cores()
+    );
     scenarios::run_all(&args, &sizes, &results).await;
     results.set_meta("duration_s", serde_json::json!(began.elapsed().as_secs_f64().round()));
     let path = args.out.clone().unwrap_or_else(setup::default_results_path);

@@ -44,9 +44,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A cluster builder on the run's etcd, secure unless this is an insecure run.
+    /// A cluster builder on the run's etcd, secure unless this is an insecure run, its
+    /// coordinators on the run's number of runtime threads.
     pub fn cluster(&self) -> ClusterBuilder {
-        let builder = Cluster::builder().etcd(&self.etcd);
+        let mut builder = Cluster::builder().etcd(&self.etcd);
+        let threads = self.sizes.coordinator_threads;
+        if threads > 0 {
+            builder = builder.coordinator_flag("--worker-threads", &threads.to_string());
+        }
         if self.insecure { builder.insecure() } else { builder }
     }
 

@@ -12,13 +12,14 @@ use sluice_proto::pb;
 use tracing::{info, warn};
 
 use super::AGENT_CALL;
-use crate::restore_points::{Located, RestorePoints, choose::choose_agent, locate};
+use crate::restore_points::{Located, Locator, RestorePoints, choose::choose_agent};
 
 impl RestorePoints {
     /// Runs the merges in order; after a failed one, the later merges of its item wait for
     /// a later retention. Returns how many restore points the merges removed.
     pub(super) async fn merge_chains(
         &self,
+        locator: &mut Locator,
         merges: Vec<(pb::RestorePoint, pb::RestorePoint)>,
     ) -> usize {
         let mut stalled = BTreeSet::new();
@@ -28,7 +29,7 @@ impl RestorePoints {
                 continue;
             }
             let (id, item) = (base.id.clone(), base.item.clone());
-            match self.merge_one(base, child).await {
+            match self.merge_one(locator, base, child).await {
                 Ok(()) => merged += 1,
                 Err(reason) => {
                     warn!(restore_point = %id, item, reason, "retention: not merged; kept for now");
@@ -41,10 +42,11 @@ impl RestorePoints {
 
     async fn merge_one(
         &self,
+        locator: &mut Locator,
         base: pb::RestorePoint,
         child: pb::RestorePoint,
     ) -> Result<(), String> {
-        let located = locate(&self.store, base).await.map_err(|e| e.to_string())?;
+        let located = locator.locate(base).await.map_err(|e| e.to_string())?;
         let marked = self.mark_deleting(std::slice::from_ref(&located)).await;
         if !marked.map_err(|e| e.to_string())?.first().copied().unwrap_or(false) {
             return Err("in use by a verify or restore".to_owned());

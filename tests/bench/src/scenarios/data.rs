@@ -13,7 +13,7 @@ use std::{path::Path, time::Duration};
 
 use sluice_proto::pb::{self, SessionResult};
 use sluice_tests::{
-    AgentSpec, Cluster,
+    AgentSpec,
     jobs::{JobBuilder, computer_item, vm_item},
 };
 
@@ -51,7 +51,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 
 async fn vm(ctx: &Ctx) -> anyhow::Result<()> {
     let bytes = ctx.sizes.data_bytes;
-    let mut cluster = Cluster::builder().etcd(&ctx.etcd).agents(1).slots(1).start().await;
+    let mut cluster = ctx.cluster().agents(1).slots(1).start().await;
     let dir = cluster.dir().to_path_buf();
     let disk = dir.join("vm.qcow2");
     let disk_path = disk.clone();
@@ -148,7 +148,7 @@ fn vm_job(disk: &Path, repository: &Path) -> pb::Job {
 
 async fn computer(ctx: Ctx) -> anyhow::Result<()> {
     let bytes = ctx.sizes.data_bytes;
-    let builder = Cluster::builder().etcd(&ctx.etcd);
+    let builder = ctx.cluster();
     let cluster = builder.agent(AgentSpec::new().slots(1).computer(COMPUTER)).start().await;
     let dir = cluster.dir().to_path_buf();
     let (tree, copy) = (dir.join("tree"), dir.join("copy"));

@@ -27,7 +27,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs the scenario and records its figures.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    let builder = Cluster::builder().etcd(&ctx.etcd).agents(AGENTS).slots(SLOTS);
+    let builder = ctx.cluster().agents(AGENTS).slots(SLOTS);
     let mut cluster = builder.start().await;
     let observer = Observer::start(&cluster).await;
     tokio::time::sleep(SETTLE).await;

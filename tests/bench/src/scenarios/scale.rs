@@ -75,7 +75,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 async fn run_case(ctx: &Ctx, case: ScaleCase) -> anyhow::Result<()> {
-    let builder = Cluster::builder().etcd(&ctx.etcd).agents(ctx.sizes.agents);
+    let builder = ctx.cluster().agents(ctx.sizes.agents);
     let mut cluster = builder.slots(ctx.sizes.dispatch_slots).start().await;
     let pid = cluster.coordinator(0).pid().context("the coordinator is not running")?;
     let api = cluster.job_client().await;

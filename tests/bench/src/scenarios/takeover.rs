@@ -28,7 +28,7 @@ const TAKEOVER_BUDGET: Duration = Duration::from_secs(20);
 
 /// Runs the scenario and records its figures.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    let builder = Cluster::builder().etcd(&ctx.etcd).coordinators(2).agents(AGENTS);
+    let builder = ctx.cluster().coordinators(2).agents(AGENTS);
     let mut cluster = builder.slots(SLOTS).lease_ttl(TAKEOVER_LEASE_TTL).start().await;
     let observer = Observer::start(&cluster).await;
     let mut api = cluster.job_client().await;
