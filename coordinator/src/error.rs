@@ -222,6 +222,9 @@ pub enum Error {
         /// Cause.
         source: std::io::Error,
     },
+    /// Work moved to a blocking thread panicked or was cancelled.
+    #[error("internal error in work off the runtime: {0}")]
+    Blocking(String),
     /// No credentials, or a token that is unknown, revoked, expired or malformed.
     #[error("{0}")]
     Unauthenticated(String),
@@ -305,7 +308,7 @@ impl Error {
             | Serve(_)
             | Http(_) => Code::Unavailable,
             Agent { status, .. } => agent_code(status.code()),
-            Decode { .. } | Inflate { .. } | CorruptId(_) | Tls(_) => Code::Internal,
+            Decode { .. } | Inflate { .. } | CorruptId(_) | Tls(_) | Blocking(_) => Code::Internal,
         }
     }
 }

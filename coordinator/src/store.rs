@@ -158,13 +158,20 @@ impl Store {
         Ok(self.kv().get(key, Some(options)).await?.count() > 0)
     }
 
-    /// Reads and decodes one key.
-    pub(crate) async fn get<M: Message + Default>(
+    /// Reads and decodes one key; a large value (a job of 1,000 items or more) is inflated
+    /// and decoded off the runtime.
+    pub(crate) async fn get<M: Message + Default + Send + 'static>(
         &self,
         key: &str,
     ) -> Result<Option<Versioned<M>>> {
-        let response = self.kv().get(key, None).await?;
-        response.kvs().first().map(|kv| decode_kv(kv)).transpose()
+        let mut response = self.kv().get(key, None).await?;
+        let Some(kv) = response.take_kvs().into_iter().next() else {
+            return Ok(None);
+        };
+        if kv.value().len() < deflated::DEFLATE_FROM {
+            return decode_kv(&kv).map(Some);
+        }
+        off_runtime(move || decode_kv(&kv)).await.map(Some)
     }
 
     /// Reads and decodes every key under a prefix, in key order.
@@ -285,6 +292,15 @@ pub(crate) fn epoch_of(header: Option<&ResponseHeader>) -> Result<Epoch> {
 /// A guard that holds while `key` does not exist.
 pub(crate) fn absent(key: &str) -> Compare {
     Compare::create_revision(key, CompareOp::Equal, 0)
+}
+
+/// Runs CPU-heavy work (inflating and decoding a large job, thousands of records) on a
+/// blocking thread, so the runtime's threads (one with `--worker-threads 1`) go on with
+/// leases, stops and calls meanwhile.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| Error::Blocking(error.to_string()))?
 }
 
 fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Versioned<M>> {

@@ -29,6 +29,8 @@ pub const BIN_DIR_ENV: &str = "SLUICE_TEST_BIN_DIR";
 
 /// Environment variable that keeps every cluster's temp dir, also of passing tests.
 pub const KEEP_ENV: &str = "SLUICE_TEST_KEEP";
+/// The coordinator's flag for its runtime threads.
+const WORKER_THREADS: &str = "--worker-threads";
 
 const DEFAULT_LEASE_TTL: u32 = 3;
 const DEFAULT_HEARTBEAT_TTL: u32 = 3;
@@ -321,6 +323,13 @@ impl Cluster {
         }
         for (flag, value) in &self.settings.coordinator_flags {
             args.extend([OsString::from(flag), OsString::from(value)]);
+        }
+        // Each cluster's first coordinator runs on one runtime thread, the others on the
+        // default one per core: every test covers the first, and a takeover both.
+        let threads_given =
+            self.settings.coordinator_flags.iter().any(|(f, _)| f == WORKER_THREADS);
+        if self.coordinators.is_empty() && !threads_given {
+            args.extend(flags([(WORKER_THREADS, "1".to_string())]));
         }
         let program = binary("sluice-coordinator");
         let dir = self.dir().join(&id);

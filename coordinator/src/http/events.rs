@@ -12,13 +12,13 @@ use axum::{
     response::sse::{Event, KeepAlive, KeepAliveStream, Sse},
 };
 use futures::{Stream, StreamExt};
-use sluice_proto::{json, pb, pb::job_service_server::JobService};
-use tonic::{Code, Status};
+use sluice_proto::{pb, pb::job_service_server::JobService};
+use tonic::Code;
 
 use super::{
     api::{Services, grpc},
     auth::Caller,
-    reply::ApiError,
+    reply::{self, ApiError},
 };
 
 type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
@@ -33,7 +33,7 @@ pub(crate) async fn session_events(
     let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
     let mut watch = services.jobs.watch_session(request).await?.into_inner();
     let first = match watch.next().await {
-        Some(Ok(event)) => session_event(&event),
+        Some(Ok(event)) => session_event(event).await,
         Some(Err(status)) => return Err(status.into()),
         None => return Err(ApiError::new(Code::Unavailable, "the session watch ended at once")),
     };
@@ -41,9 +41,9 @@ pub(crate) async fn session_events(
         yield Ok(first);
         while let Some(item) = watch.next().await {
             match item {
-                Ok(event) => yield Ok(session_event(&event)),
+                Ok(event) => yield Ok(session_event(event).await),
                 Err(status) => {
-                    yield Ok(error_event(status));
+                    yield Ok(error_event(status.into()));
                     break;
                 }
             }
@@ -53,15 +53,14 @@ pub(crate) async fn session_events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-fn session_event(event: &pb::SessionEvent) -> Event {
-    match json::to_json(event) {
+async fn session_event(event: pb::SessionEvent) -> Event {
+    match reply::render(event).await {
         Ok(text) => Event::default().event("session").data(text),
-        Err(error) => error_event(Status::internal(error.to_string())),
+        Err(error) => error_event(error),
     }
 }
 
-fn error_event(status: Status) -> Event {
-    let error = ApiError::from(status);
+fn error_event(error: ApiError) -> Event {
     let event = Event::default().event("error");
     match serde_json::to_string(&error.body()) {
         Ok(text) => event.data(text),

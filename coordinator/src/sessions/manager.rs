@@ -33,7 +33,7 @@ use crate::{
     error::{Error, Result},
     membership::{self, Lease, LeaseWatch},
     restore_points::RestorePoints,
-    store::Store,
+    store::{Store, deflated},
 };
 
 /// Stop requests an actor may have queued (they are idempotent: few are ever pending).
@@ -127,11 +127,13 @@ impl Sessions {
             session.due_at = start.due_at;
             session.started_by = start.started_by;
         }
+        // Compacted at once: the slack of the decoded lists is gone before the session's
+        // machine and answer exist (at 100,000 items it set the coordinator's peak).
+        let (job, stored_job) = deflated::encode_off_runtime(compacted(stored.value)).await?;
         let mut new = NewSession {
             record,
-            // Compacted at once: the slack of the decoded lists is gone before the session's
-            // machine and answer exist (at 100,000 items it set the coordinator's peak).
-            job: compacted(stored.value),
+            job,
+            stored_job,
             job_revision: stored.mod_revision,
             owner: self.inner.coordinator.clone(),
             lease: lease.id,

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::records::SessionView;
 use crate::{
     error::{Error, Result},
-    store::{Store, absent, decode, deflated, epoch_of},
+    store::{Store, absent, decode, epoch_of, off_runtime},
 };
 
 mod items;
@@ -28,6 +28,8 @@ pub(crate) struct NewSession {
     pub(crate) record: pb::SessionRecord,
     /// The job as the session starts it, stored once beside the record.
     pub(crate) job: pb::Job,
+    /// Its stored value ([`crate::store::deflated::encode`]d).
+    pub(crate) stored_job: Vec<u8>,
     /// Revision of the job definition read (the job must not change before the start commits).
     pub(crate) job_revision: i64,
     /// Coordinator that will own it.
@@ -65,7 +67,7 @@ pub(crate) async fn create(store: &Store, new: &NewSession) -> Result<Epoch> {
     let mut ops = vec![
         TxnOp::put(active.as_str(), id, None),
         TxnOp::put(keys.session(id), new.record.encode_to_vec(), None),
-        TxnOp::put(keys.session_job(id), deflated::encode(&new.job), None),
+        TxnOp::put(keys.session_job(id), new.stored_job.clone(), None),
         summary_op(store, session),
         TxnOp::put(
             keys.session_owner(id),
@@ -265,11 +267,21 @@ pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionVi
     let mut view = SessionView { record, ..Default::default() };
     let options = GetOptions::new().with_prefix().with_revision(revision);
     let children = store.kv().get(keys.session_children(id), Some(options)).await?;
-    for kv in children.kvs() {
-        apply_child(&mut view, store, id, kv)?;
-    }
+    let child_keys = ChildKeys::of(store, id);
+    // A session of 100,000 items decodes for a few hundred ms.
+    let large = children.kvs().len() >= LOAD_OFF_RUNTIME_FROM;
+    let apply = move || {
+        for kv in children.kvs() {
+            apply_child(&mut view, &child_keys, kv)?;
+        }
+        Ok(view)
+    };
+    let view = if large { off_runtime(apply).await? } else { apply()? };
     Ok(Some((view, revision)))
 }
+
+/// Children (items, job, owner, stop) from which a session is decoded off the runtime.
+const LOAD_OFF_RUNTIME_FROM: usize = 1_000;
 
 /// Reads a session's record, owner and stop at one revision: everything but its job and its
 /// items, so the read does not grow with the session.
@@ -282,30 +294,50 @@ pub(crate) async fn load_summary(store: &Store, id: &str) -> Result<Option<Sessi
     };
     let record = decode::<pb::SessionRecord>(&read[0], kv.value())?;
     let mut view = SessionView { record, ..Default::default() };
+    let child_keys = ChildKeys::of(store, id);
     for kv in found.flatten() {
-        apply_child(&mut view, store, id, &kv)?;
+        apply_child(&mut view, &child_keys, &kv)?;
     }
     Ok(Some(view))
 }
 
-/// Applies one stored child key (job, item, stop, owner) of session `id` to a view.
+/// The keys of one session's children, built once for all of them.
+pub(crate) struct ChildKeys {
+    job: String,
+    owner: String,
+    stop: String,
+    items: String,
+}
+
+impl ChildKeys {
+    /// Those of session `id`.
+    pub(crate) fn of(store: &Store, id: &str) -> Self {
+        let keys = store.keys();
+        ChildKeys {
+            job: keys.session_job(id),
+            owner: keys.session_owner(id),
+            stop: keys.session_stop(id),
+            items: keys.items(id),
+        }
+    }
+}
+
+/// Applies one stored child key (job, item, stop, owner) of a session to its view.
 pub(crate) fn apply_child(
     view: &mut SessionView,
-    store: &Store,
-    id: &str,
+    keys: &ChildKeys,
     kv: &etcd_client::KeyValue,
 ) -> Result<()> {
-    let keys = store.keys();
     let key = String::from_utf8_lossy(kv.key());
     let (key, value) = (key.as_ref(), kv.value());
-    if key == keys.session_job(id) {
+    if key == keys.job {
         view.job = decode(key, value)?;
-    } else if key == keys.session_owner(id) {
+    } else if key == keys.owner {
         view.owner = Some((String::from_utf8_lossy(value).into_owned(), kv.create_revision()));
-    } else if key == keys.session_stop(id) {
+    } else if key == keys.stop {
         view.stop = Some(decode(key, value)?);
         view.stop_revision = kv.mod_revision();
-    } else if key.starts_with(&keys.items(id)) {
+    } else if key.starts_with(&keys.items) {
         let item: pb::ItemRecord = decode(key, value)?;
         view.items.insert(item.index, item);
     }

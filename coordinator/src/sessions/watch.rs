@@ -13,7 +13,10 @@ use tonic::Status;
 use tracing::{Instrument, debug, debug_span};
 
 use super::{persist, records::SessionView};
-use crate::{error::Error, store::Store};
+use crate::{
+    error::Error,
+    store::{Store, off_runtime},
+};
 
 const BACKOFF: Duration = Duration::from_millis(200);
 
@@ -27,7 +30,9 @@ pub(crate) fn watch_session(
 ) -> impl Stream<Item = Result<pb::SessionEvent, Status>> {
     async_stream::try_stream! {
         let (mut view, mut revision) = load(&store, &id).await?;
-        yield event(&view);
+        let first;
+        (view, first) = event(view).await?;
+        yield first;
         while !view.is_stopped() {
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
             let mut watcher = store.watcher();
@@ -46,14 +51,18 @@ pub(crate) fn watch_session(
                     if response.compact_revision() > 0 {
                         debug!(session = %id, revision, "watched revisions compacted; reading again");
                         (view, revision) = load(&store, &id).await?;
-                        yield event(&view);
+                        let again;
+                        (view, again) = event(view).await?;
+                        yield again;
                     } else {
                         pause(&shutdown).await?;
                     }
                     break;
                 }
                 apply_changes(&store, &id, (&mut view, &mut revision), &response)?;
-                yield event(&view);
+                let changed;
+                (view, changed) = event(view).await?;
+                yield changed;
                 if view.is_stopped() {
                     break;
                 }
@@ -76,8 +85,17 @@ async fn pause(shutdown: &CancellationToken) -> Result<(), Status> {
     }
 }
 
-fn event(view: &SessionView) -> pb::SessionEvent {
-    pb::SessionEvent { session: Some(view.to_session(true)) }
+/// Items from which an event is built off the runtime (100,000 take tens of ms).
+const EVENT_OFF_RUNTIME_FROM: usize = 1_000;
+
+/// The event of the session as the view has it; the view is handed back.
+async fn event(view: SessionView) -> Result<(SessionView, pb::SessionEvent), Status> {
+    let large = view.items.len() >= EVENT_OFF_RUNTIME_FROM;
+    let build = move || {
+        let event = pb::SessionEvent { session: Some(view.to_session(true)) };
+        Ok((view, event))
+    };
+    if large { Ok(off_runtime(build).await?) } else { build().map_err(Status::from) }
 }
 
 /// Applies one watch response to the view, and moves the revision to its newest change.
@@ -113,7 +131,7 @@ fn apply_change(
     } else if key == keys.session_owner(id) && deleted {
         view.owner = None;
     } else if !deleted {
-        persist::apply_child(view, store, id, kv)?;
+        persist::apply_child(view, &persist::ChildKeys::of(store, id), kv)?;
     }
     Ok(())
 }

@@ -33,6 +33,21 @@ pub(crate) fn encode(message: &impl Message) -> Vec<u8> {
     }
 }
 
+/// [`encode`], on a blocking thread when the value is deflated; the message is handed back.
+pub(crate) async fn encode_off_runtime<M: Message + Send + 'static>(
+    message: M,
+) -> Result<(M, Vec<u8>)> {
+    if message.encoded_len() < DEFLATE_FROM {
+        let value = encode(&message);
+        return Ok((message, value));
+    }
+    super::off_runtime(move || {
+        let value = encode(&message);
+        Ok((message, value))
+    })
+    .await
+}
+
 /// The protobuf bytes of a stored value, deflated or plain; `key` names it in errors.
 pub(crate) fn plain<'a>(key: &str, value: &'a [u8]) -> Result<Cow<'a, [u8]>> {
     let Some(deflated) = value.strip_prefix(&MARK) else { return Ok(Cow::Borrowed(value)) };

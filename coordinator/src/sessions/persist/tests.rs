@@ -5,7 +5,7 @@
 use sluice_proto::pb::{self, SessionState};
 
 use super::*;
-use crate::testing;
+use crate::{store::deflated, testing};
 
 async fn new_session(store: &Store, id: &str, owner: &str) -> NewSession {
     let job = pb::Job { name: "nightly".into(), ..Default::default() };
@@ -15,6 +15,7 @@ async fn new_session(store: &Store, id: &str, owner: &str) -> NewSession {
     let session = pb::Session { id: id.into(), job: "nightly".into(), ..Default::default() };
     NewSession {
         record: pb::SessionRecord { session: Some(session), ..Default::default() },
+        stored_job: deflated::encode(&job),
         job,
         job_revision: stored.mod_revision,
         owner: owner.into(),
