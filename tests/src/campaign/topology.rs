@@ -188,6 +188,11 @@ impl Topology {
             // The campaign runs without TLS: its network-namespace hosts are not in the
             // harness's certificates.
             args.push("--insecure".into());
+            // The first coordinator on one runtime thread, the others on one per core, as
+            // the e2e harness runs them: faults meet both runtimes.
+            if self.coordinators.is_empty() {
+                args.extend(flags(&[("--worker-threads", "1".to_string())]));
+            }
             let program = binary("sluice-coordinator");
             let dir = self.dir.join(&id);
             let mut node = Node::new(&id, Role::Coordinator, program, args, dir, None);
