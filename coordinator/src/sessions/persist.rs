@@ -353,12 +353,9 @@ pub(crate) async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Ses
         .into_iter()
         .map(|(_, s)| s)
         .collect();
-    sessions.sort_by_key(|s| {
-        std::cmp::Reverse((
-            s.created_at.as_ref().map_or(0, sluice_proto::time::millis),
-            s.id.clone(),
-        ))
-    });
+    // Newest first; borrowed keys, as a history of 40,000 sessions sorts in one call.
+    let created = |s: &pb::Session| s.created_at.as_ref().map_or(0, sluice_proto::time::millis);
+    sessions.sort_unstable_by(|a, b| (created(b), &b.id).cmp(&(created(a), &a.id)));
     Ok(sessions)
 }
 

@@ -9,7 +9,7 @@ use super::{
     Dispatch, Effect, ItemState, Machine, MaybeMs, Reason, RunAnswer, SHOWN_WAITING_ITEMS,
     SessionState, TaskPhase,
 };
-use crate::sessions::placement::{AgentMap, Placement, SlotPool, place};
+use crate::sessions::placement::{AgentMap, Candidates, Placement, SlotPool, place};
 
 /// What one dispatch round has learnt so far.
 struct Round {
@@ -33,6 +33,7 @@ impl Machine {
             return Vec::new();
         }
         let has_computer_items = self.has_computer_items();
+        let candidates = Candidates::gather(agents, &self.proxies, has_computer_items);
         self.index.advance(now_ms);
         let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
         let mut from = 0;
@@ -41,7 +42,7 @@ impl Machine {
             if self.items[pos].not_before_ms > now_ms {
                 continue; // the clock went back since the pause was counted as ended
             }
-            match self.place(pos, &round, agents, pool) {
+            match self.place(pos, &round, &candidates, pool) {
                 Ok(agent) => self.start_attempt(now_ms, pos, agent, &mut round),
                 Err(waits) if !has_computer_items => {
                     // Every later item waits for the same slots, for the same reason.
@@ -60,14 +61,14 @@ impl Machine {
         &mut self,
         pos: usize,
         round: &Round,
-        agents: &AgentMap,
+        candidates: &Candidates<'_>,
         pool: &mut dyn SlotPool,
     ) -> Result<AgentId, (Reason, bool)> {
         let computer = &self.items[pos].computer;
         if let Some(waits) = round.blocked.get(computer) {
             return Err(waits.clone());
         }
-        match place(&self.id, computer.as_deref(), &self.proxies, agents, pool) {
+        match place(&self.id, computer.as_deref(), &self.proxies, candidates, pool) {
             Placement::Placed(agent) => Ok(agent),
             Placement::Wait { reason, offline } => Err((self.shared_reason(reason), offline)),
         }
