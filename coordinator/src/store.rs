@@ -158,8 +158,8 @@ impl Store {
         Ok(self.kv().get(key, Some(options)).await?.count() > 0)
     }
 
-    /// Reads and decodes one key; a large value (a job of 1,000 items or more) is inflated
-    /// and decoded off the runtime.
+    /// Reads and decodes one key; a deflated value (a job of about 1,000 items or more) is
+    /// inflated and decoded off the runtime.
     pub(crate) async fn get<M: Message + Default + Send + 'static>(
         &self,
         key: &str,
@@ -168,7 +168,7 @@ impl Store {
         let Some(kv) = response.take_kvs().into_iter().next() else {
             return Ok(None);
         };
-        if kv.value().len() < deflated::DEFLATE_FROM {
+        if !deflated::is_deflated(kv.value()) {
             return decode_kv(&kv).map(Some);
         }
         off_runtime(move || decode_kv(&kv)).await.map(Some)

@@ -16,6 +16,14 @@
 //! [`MAX_PIPELINED`] at a time. (In
 //! 45,000 starts with it, one monitor reset its connection instead: seen at once, not after
 //! the command timeout.) Either way an offline backup then opens its disks in a new daemon.
+//!
+//! The likelier cause of both, in QEMU before 11.0: for a moment after start, under load,
+//! the main thread and the monitor's I/O thread both watch a socket monitor's listener, and
+//! so can both serve the connection (QEMU 11.0 removes the main thread's watch first). Two
+//! readers taking its input a byte at a time also swap bytes: once, in the whole suite's
+//! runs, a target path reached QEMU with two digits swapped, and the backup failed on the
+//! file QEMU could not open. A garbled name or path fails its command the same way (no
+//! such file, node or bitmap).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

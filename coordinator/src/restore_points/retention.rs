@@ -143,7 +143,7 @@ impl RestorePoints {
                 Err(error) => warn!(job = job_name, %error, "retention: a batch was kept"),
             }
         }
-        let deleted = self.delete(&marked).await + self.merge_chains(&mut locator, merges).await;
+        let deleted = self.delete(&marked).await + self.merge_chains(merges).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
     }

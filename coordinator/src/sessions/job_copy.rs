@@ -3,14 +3,10 @@
 
 use sluice_proto::pb;
 
-use crate::{
-    error::Result,
-    store::{self, Store},
-};
+use crate::{error::Result, store::Store};
 
 /// The copy of session `id`'s job, if it is stored.
 pub(crate) async fn load(store: &Store, id: &str) -> Result<Option<pb::Job>> {
-    let key = store.keys().session_job(id);
-    let response = store.kv().get(key.as_str(), None).await?;
-    response.kvs().first().map(|kv| store::decode(&key, kv.value())).transpose()
+    let copy = store.get::<pb::Job>(&store.keys().session_job(id)).await?;
+    Ok(copy.map(|versioned| versioned.value))
 }

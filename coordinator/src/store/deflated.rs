@@ -33,6 +33,11 @@ pub(crate) fn encode(message: &impl Message) -> Vec<u8> {
     }
 }
 
+/// Whether a stored value is deflated (its protobuf is [`DEFLATE_FROM`] bytes or more).
+pub(crate) fn is_deflated(value: &[u8]) -> bool {
+    value.starts_with(&MARK)
+}
+
 /// [`encode`], on a blocking thread when the value is deflated; the message is handed back.
 pub(crate) async fn encode_off_runtime<M: Message + Send + 'static>(
     message: M,

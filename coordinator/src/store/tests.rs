@@ -10,3 +10,29 @@ async fn a_renewal_answers_whether_the_lease_is_alive() {
     client.lease_revoke(lease).await.expect("revoked");
     assert!(!store.renew_lease(lease).await.expect("answered"), "an ended lease is not");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_deflated_value_reads_back_through_get_off_the_runtime() {
+    use prost::Message;
+    use sluice_proto::pb;
+
+    let store = crate::testing::store().await;
+    let item = |i| pb::JobItem { name: format!("vm-{i:05}"), ..Default::default() };
+    let job = pb::Job {
+        name: "large".into(),
+        items: (0..10_000).map(item).collect(),
+        ..Default::default()
+    };
+    let stored = super::deflated::encode(&job);
+    assert!(super::deflated::is_deflated(&stored), "{} bytes plain", job.encoded_len());
+    let key = store.keys().job("large");
+    store.kv().put(key.as_str(), stored, None).await.expect("put");
+    let read = store.get::<pb::Job>(&key).await.expect("read").expect("stored");
+    assert_eq!(read.value, job);
+    store
+        .put(&key, &pb::Job { name: "small".into(), ..Default::default() }, None)
+        .await
+        .expect("put");
+    let small = store.get::<pb::Job>(&key).await.expect("read").expect("stored");
+    assert_eq!(small.value.name, "small", "a plain value decodes in place");
+}

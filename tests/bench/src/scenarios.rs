@@ -47,11 +47,15 @@ impl Ctx {
     /// A cluster builder on the run's etcd, secure unless this is an insecure run, its
     /// coordinators on the run's number of runtime threads.
     pub fn cluster(&self) -> ClusterBuilder {
-        let mut builder = Cluster::builder().etcd(&self.etcd);
-        let threads = self.sizes.coordinator_threads;
-        if threads > 0 {
-            builder = builder.coordinator_flag("--worker-threads", &threads.to_string());
-        }
+        // Always given: the harness runs a cluster's first coordinator on one thread unless
+        // the flag says otherwise.
+        let threads = match self.sizes.coordinator_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => threads,
+        };
+        let builder = Cluster::builder()
+            .etcd(&self.etcd)
+            .coordinator_flag("--worker-threads", &threads.to_string());
         if self.insecure { builder.insecure() } else { builder }
     }
 

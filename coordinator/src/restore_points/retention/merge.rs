@@ -19,17 +19,19 @@ impl RestorePoints {
     /// a later retention. Returns how many restore points the merges removed.
     pub(super) async fn merge_chains(
         &self,
-        locator: &mut Locator,
         merges: Vec<(pb::RestorePoint, pb::RestorePoint)>,
     ) -> usize {
         let mut stalled = BTreeSet::new();
         let mut merged = 0;
+        // Read after the deletions (agent calls that may take their timeouts): the merges
+        // see the job's proxies as they are now, and read each job once.
+        let mut locator = Locator::new(self.store.clone());
         for (base, child) in merges {
             if stalled.contains(&base.item) {
                 continue;
             }
             let (id, item) = (base.id.clone(), base.item.clone());
-            match self.merge_one(locator, base, child).await {
+            match self.merge_one(&mut locator, base, child).await {
                 Ok(()) => merged += 1,
                 Err(reason) => {
                     warn!(restore_point = %id, item, reason, "retention: not merged; kept for now");
