@@ -179,7 +179,10 @@ impl Bench<'_> {
         if !observer.wait(self.budget(), |o| running(o) >= busy).await {
             self.note("stop_p99_ms", &format!("only {} of {busy} slots busy", running(&observer)));
         }
-        let called = stop_all(&self.api, &ids).await?;
+        let calls = stop_all(&self.api, &ids).await?;
+        let longest = calls.iter().map(|(before, after)| ms_between(*before, *after));
+        self.set("stop_call_ms", longest.fold(0.0, f64::max));
+        let called: Vec<SystemTime> = calls.iter().map(|(before, _)| *before).collect();
         let ended = self.wait_all(&names, &ids, false).await?;
         observer.wait(Duration::from_secs(5), |o| running(o) == 0).await;
         let (mut latencies, mut reports) = (Vec::new(), Vec::new());
@@ -188,6 +191,9 @@ impl Bench<'_> {
             let since = |at: &Option<SystemTime>| at.map(|at| ms_between(*called, at));
             latencies.extend(tasks.iter().filter_map(|t| since(&t.cleanup_began)));
             reports.extend(tasks.iter().filter_map(|t| since(&t.cleanup_at)));
+        }
+        if let Some(p50) = percentile(&latencies, 50.0) {
+            self.set("stop_p50_ms", p50);
         }
         match percentile(&latencies, 99.0) {
             Some(p99) => self.set("stop_p99_ms", p99),
@@ -220,17 +226,17 @@ async fn start_all(api: &Jobs, names: &[String]) -> anyhow::Result<Vec<String>> 
     Ok(ids)
 }
 
-/// Stops every session at once (immediate); the time just before each call.
-async fn stop_all(api: &Jobs, ids: &[String]) -> anyhow::Result<Vec<SystemTime>> {
+/// Stops every session at once (immediate); the times just before and after each call.
+async fn stop_all(api: &Jobs, ids: &[String]) -> anyhow::Result<Vec<(SystemTime, SystemTime)>> {
     let mut calls = JoinSet::new();
     for (n, id) in ids.iter().enumerate() {
         let (mut api, id) = (api.clone(), id.clone());
         calls.spawn(async move { (n, jobs::stop(&mut api, &id, StopMode::Immediate).await) });
     }
-    let mut called = vec![SystemTime::now(); ids.len()];
+    let mut called = vec![(SystemTime::now(), SystemTime::now()); ids.len()];
     while let Some(joined) = calls.join_next().await {
         let (n, stopped) = joined?;
-        called[n] = stopped?.0;
+        called[n] = stopped?;
     }
     Ok(called)
 }
