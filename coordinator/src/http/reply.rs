@@ -32,7 +32,7 @@ impl<M: Message + Name + Send + 'static> IntoResponse for Pb<M> {
         }
         // Rendered as the body is sent; an error then (a build defect) aborts the body.
         let message = self.0;
-        let text = async move { render(message).await.map_err(|error| error.message) };
+        let text = async move { render_blocking(message).await.map_err(|error| error.message) };
         json_response(Body::from_stream(futures::stream::once(text)))
     }
 }
@@ -51,6 +51,13 @@ pub(crate) async fn render<M: Message + Name + Send + 'static>(
     if message.encoded_len() < RENDER_OFF_RUNTIME_FROM {
         return json::to_json(&message).map_err(|error| internal(error.to_string()));
     }
+    render_blocking(message).await
+}
+
+/// The message as JSON, rendered on a blocking thread.
+async fn render_blocking<M: Message + Name + Send + 'static>(
+    message: M,
+) -> Result<String, ApiError> {
     let rendered = tokio::task::spawn_blocking(move || json::to_json(&message)).await;
     match rendered {
         Ok(text) => text.map_err(|error| internal(error.to_string())),
