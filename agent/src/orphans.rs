@@ -1,6 +1,6 @@
 //! Child processes that outlived an agent killed with SIGKILL (`kill_on_drop` cannot run
 //! then). A `qemu-storage-daemon` of an offline VM backup holds the disks' write locks and
-//! their bitmaps: recovery finds it by its socket folder in its command line and asks it to
+//! their bitmaps: recovery finds it by its folder in its command line and asks it to
 //! exit with SIGTERM, so it saves the bitmaps (SIGKILL would leave them inconsistent, and
 //! the next backup full). Any other process still writing into a task's partial folder is
 //! killed.

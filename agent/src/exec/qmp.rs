@@ -23,7 +23,9 @@
 //! readers taking its input a byte at a time also swap bytes: once, in the whole suite's
 //! runs, a target path reached QEMU with two digits swapped, and the backup failed on the
 //! file QEMU could not open. A garbled name or path fails its command the same way (no
-//! such file, node or bitmap).
+//! such file, node or bitmap). Sluice's own storage daemons therefore serve their monitor
+//! on a socket pair they inherit, with no listener ([`Qmp::inherited`]); a running VM's
+//! socket is its QEMU's own.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -111,6 +113,16 @@ fn negotiation_not_ready(error: &QmpError) -> bool {
     matches!(error, QmpError::Command { class, .. } if class == "CommandNotFound")
 }
 
+/// How a handshake failed.
+enum Handshake {
+    /// No greeting came: the connection closed or stayed silent.
+    NoGreeting(QmpError),
+    /// QEMU greeted but did not take `qmp_capabilities`.
+    NotNegotiated(QmpError),
+    /// Anything else.
+    Failed(QmpError),
+}
+
 /// An asynchronous event from QEMU.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct Event {
@@ -179,6 +191,31 @@ impl Qmp {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
+        match Self::handshake(stream, GREETING).await {
+            Ok(qmp) => Ok(qmp),
+            // QEMU serving another client either leaves a new connection unanswered or, when
+            // its listener is busy, closes it before any greeting: both mean "in use".
+            Err(Handshake::NoGreeting(_)) => Err(QmpError::Busy { path: path.to_owned() }),
+            Err(Handshake::NotNegotiated(_)) => Err(QmpError::NotReady { path: path.to_owned() }),
+            Err(Handshake::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Negotiates on the connection a QEMU process was started with (a storage daemon's
+    /// monitor on an inherited socket): QEMU greets once its monitor is set up, within
+    /// `greeting`.
+    pub(crate) async fn inherited(
+        stream: UnixStream,
+        greeting: Duration,
+    ) -> Result<Self, QmpError> {
+        Self::handshake(stream, greeting).await.map_err(|failure| match failure {
+            Handshake::NoGreeting(error)
+            | Handshake::NotNegotiated(error)
+            | Handshake::Failed(error) => error,
+        })
+    }
+
+    async fn handshake(stream: UnixStream, greeting: Duration) -> Result<Self, Handshake> {
         let (read, write) = stream.into_split();
         let mut qmp = Self {
             lines: FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE)),
@@ -188,26 +225,28 @@ impl Qmp {
             out_of_band: false,
             patience: COMMAND,
         };
-        let offered = match tokio::time::timeout(GREETING, qmp.read()).await {
+        let offered = match tokio::time::timeout(greeting, qmp.read()).await {
             Ok(Ok(Message::Greeting { qmp })) => qmp.capabilities,
-            Ok(Ok(other)) => return Err(QmpError::Protocol(format!("not a greeting: {other:?}"))),
-            // QEMU serving another client either leaves a new connection unanswered or, when
-            // its listener is busy, closes it before any greeting: both mean "in use".
-            Ok(Err(QmpError::Closed)) | Err(_) => {
-                return Err(QmpError::Busy { path: path.to_owned() });
+            Ok(Ok(other)) => {
+                let error = QmpError::Protocol(format!("not a greeting: {other:?}"));
+                return Err(Handshake::Failed(error));
             }
-            Ok(Err(error)) => return Err(error),
+            Ok(Err(QmpError::Closed)) => return Err(Handshake::NoGreeting(QmpError::Closed)),
+            Err(_) => {
+                let silent = QmpError::Timeout { command: "greeting".into(), patience: greeting };
+                return Err(Handshake::NoGreeting(silent));
+            }
+            Ok(Err(error)) => return Err(Handshake::Failed(error)),
         };
         qmp.out_of_band = offered.iter().any(|c| c == OUT_OF_BAND);
         let enable = if qmp.out_of_band { json!({ "enable": [OUT_OF_BAND] }) } else { Value::Null };
         match qmp.command("qmp_capabilities", enable, GREETING).await {
-            Err(QmpError::Timeout { .. } | QmpError::Closed) => {
-                Err(QmpError::NotReady { path: path.to_owned() })
+            Err(error @ (QmpError::Timeout { .. } | QmpError::Closed)) => {
+                Err(Handshake::NotNegotiated(error))
             }
-            Err(error) if negotiation_not_ready(&error) => {
-                Err(QmpError::NotReady { path: path.to_owned() })
-            }
-            other => other.map(|_| qmp),
+            Err(error) if negotiation_not_ready(&error) => Err(Handshake::NotNegotiated(error)),
+            Err(error) => Err(Handshake::Failed(error)),
+            Ok(_) => Ok(qmp),
         }
     }
 

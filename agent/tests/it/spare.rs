@@ -30,6 +30,44 @@ fn running(pid: u32) -> bool {
         .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
 
+/// The Unix sockets process `pid` holds: (listening, all).
+fn unix_sockets(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the process's fds");
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    // Columns: Num RefCount Protocol Flags Type St Inode [Path]; flag 00010000 listens.
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    let held: Vec<Vec<&str>> = table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|columns| columns.get(6).is_some_and(|inode| inodes.iter().any(|i| i == inode)))
+        .collect();
+    let listening = held.iter().filter(|columns| columns[3] == "00010000").count();
+    (listening, held.len())
+}
+
+/// QEMU before 11.0 can serve a new listener's first connection from two threads at once
+/// (garbling commands): a daemon's monitor is an inherited, connected socket instead.
+#[tokio::test]
+async fn a_storage_daemon_serves_its_monitor_on_an_inherited_socket_with_no_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "a.qcow2", 4);
+    let daemons = Daemons::default();
+    backup(&daemons, "s1", "", &disk).await;
+    let spare = daemons.spare_pid().await.expect("a spare once the backup's daemon quit");
+    assert_eq!(unix_sockets(spare), (0, 1), "one connected socket, none listening");
+    sh("qemu-io", &["-c", "write -P 0x77 1M 1M", &disk.display().to_string()]);
+    let incremental = backup(&daemons, "s2", "s1-0", &disk).await;
+    assert_eq!(incremental.kind(), RestorePointKind::Incremental, "the spare served the backup");
+    daemons.close().await;
+}
+
 #[tokio::test]
 async fn the_next_offline_backup_takes_the_spare_daemon_and_a_new_one_is_kept() {
     let dir = tempfile::tempdir().expect("tempdir");

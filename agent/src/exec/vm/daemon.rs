@@ -10,14 +10,21 @@
 //! exits; taken, it saves the bitmaps as the restarted agent's SIGTERM would make it.
 //! A daemon started for one backup is named by its restore point instead, and recovery
 //! finds it by that name.
+//!
+//! The daemon's monitor runs on one end of a socket pair that the daemon inherits (fd
+//! [`MONITOR_FD`]); the agent keeps the other. Nothing listens: QEMU before 11.0 watches a
+//! new monitor's listening socket from two threads for a moment after start, and both can
+//! serve the connection (see `exec::qmp`). The daemon greets on the pair once its monitor
+//! is set up, and a daemon that dies while starting closes it.
 
 use std::fs::File;
-use std::path::Path;
+use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -30,27 +37,24 @@ use tracing::{debug, info, warn};
 use crate::exec::qmp::{Qmp, QmpError};
 
 const DAEMON: &str = "qemu-storage-daemon";
-/// Prefix of a daemon's socket folder; recovery finds a daemon that outlived its agent by it.
+/// Prefix of a daemon's folder; recovery finds a daemon that outlived its agent by it.
 pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
-/// The socket folder of a spare starts with this (no restore point is named so).
+/// The folder of a spare starts with this (no restore point is named so).
 const SPARE_DIR_PREFIX: &str = "sluice-qsd-spare-";
-/// The QMP socket's name in the daemon's folder.
-const SOCKET: &str = "qmp.sock";
-/// How long a new daemon gets to open its QMP socket and answer on it.
+/// The daemon's file descriptor of its monitor's connection.
+const MONITOR_FD: i32 = 3;
+/// How long a new daemon gets to greet on its monitor.
 const DAEMON_START: Duration = Duration::from_secs(30);
 /// How many times a daemon that dies while starting is started: under load QEMU 10's daemon
 /// now and then crashes (SIGSEGV) before its monitor answers, having touched no image yet.
 const DAEMON_STARTS: u32 = 3;
-/// How long a daemon whose socket failed during the greeting gets to be seen exiting.
+/// How long a daemon whose monitor failed during the greeting gets to be seen exiting.
 const EXIT_WAIT: Duration = Duration::from_millis(200);
 /// How long a daemon gets to save its bitmaps and exit.
 const DAEMON_QUIT: Duration = Duration::from_secs(30);
 /// How long a daemon's monitor gets to answer `quit`, which it does before it closes the
 /// images: past that the monitor is taken for broken, and SIGTERM ends the daemon as cleanly.
 const QUIT_ANSWER: Duration = Duration::from_secs(10);
-/// How often a starting daemon is looked at (it is ready a few ms after the spawn; the
-/// timer's resolution is a millisecond).
-const SOCKET_POLL: Duration = Duration::from_millis(1);
 
 /// A started daemon and the connection to its monitor.
 type Started = (Daemon, Qmp);
@@ -186,7 +190,7 @@ impl Role {
     }
 }
 
-/// A `qemu-storage-daemon` serving QMP on a socket in a folder of its own.
+/// A `qemu-storage-daemon` with a folder of its own (its pid file and error output).
 #[derive(Debug)]
 pub(crate) struct Daemon {
     child: Child,
@@ -203,7 +207,7 @@ enum StartError {
 }
 
 impl Daemon {
-    /// Starts a daemon whose socket folder's name begins with `prefix` and connects to it;
+    /// Starts a daemon whose folder's name begins with `prefix` and connects to it;
     /// one that dies while starting is started again.
     async fn start(prefix: &str, role: Role) -> Result<Started, String> {
         let mut died = String::new();
@@ -225,29 +229,18 @@ impl Daemon {
             .prefix(prefix)
             .tempdir()
             .map_err(|e| StartError::Failed(format!("cannot create a folder for {DAEMON}: {e}")))?;
-        let socket = dir.path().join(SOCKET);
-        let stderr = File::create(dir.path().join("stderr"))
-            .map_err(|e| StartError::Failed(format!("cannot create {DAEMON}'s log: {e}")))?;
-        let chardev = format!(
-            "socket,path={},server=on,wait=off,id=sluice",
-            socket.display().to_string().replace(',', ",,")
-        );
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| StartError::Failed(format!("cannot make {DAEMON}'s monitor: {e}")))?;
         let spawned = std::time::Instant::now();
-        let pidfile = dir.path().join("pid");
-        let mut command = role.command();
-        let child = command
-            .args(["--chardev", &chardev, "--monitor", "chardev=sluice"])
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| StartError::Failed(format!("cannot run {}: {e}", role.needs())))?;
+        let child = spawn(role, &dir, theirs)?;
         debug!(ms = format!("{:.1}", spawned.elapsed().as_secs_f64() * 1e3), "{DAEMON} spawned");
         let mut daemon = Self { child, dir };
-        match daemon.connect(&socket, &pidfile).await {
-            Ok(qmp) => Ok((daemon, qmp)),
+        match daemon.greet(ours).await {
+            Ok(qmp) => {
+                let ms = format!("{:.1}", spawned.elapsed().as_secs_f64() * 1e3);
+                debug!(ms, "{DAEMON} answered");
+                Ok((daemon, qmp))
+            }
             Err(error) => {
                 daemon.terminate();
                 Err(error)
@@ -255,46 +248,21 @@ impl Daemon {
         }
     }
 
-    /// Connects once the daemon is ready; fails with its error output if it exits first.
-    /// The daemon writes its pid file once its monitor is set up: a client that connects to
-    /// the socket before then can crash it (SIGSEGV) or get no greeting.
-    async fn connect(&mut self, socket: &Path, pidfile: &Path) -> Result<Qmp, StartError> {
-        let began = tokio::time::Instant::now();
-        let deadline = began + DAEMON_START;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(self.died(status));
-            }
-            if !pidfile.exists() {
-                if tokio::time::Instant::now() >= deadline {
-                    let message = format!("{DAEMON} did not start within {DAEMON_START:?}");
-                    return Err(StartError::Failed(message));
+    /// Negotiates on the monitor; fails with the daemon's error output if it exits first.
+    async fn greet(&mut self, ours: UnixStream) -> Result<Qmp, StartError> {
+        let stream = ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours))
+            .map_err(|e| StartError::Failed(format!("cannot watch {DAEMON}'s monitor: {e}")))?;
+        match Qmp::inherited(stream, DAEMON_START).await {
+            Ok(qmp) => Ok(qmp),
+            Err(error) => {
+                // A daemon that crashed while starting closed its end as it exited.
+                let exit = tokio::time::timeout(EXIT_WAIT, self.child.wait()).await;
+                if let Ok(Ok(status)) = exit {
+                    return Err(self.died(status));
                 }
-                tokio::time::sleep(SOCKET_POLL).await;
-                continue;
-            }
-            match Qmp::connect(socket).await {
-                Ok(qmp) => {
-                    let ms = format!("{:.1}", began.elapsed().as_secs_f64() * 1e3);
-                    debug!(attempts, ms, "{DAEMON} answered");
-                    return Ok(qmp);
-                }
-                // Nobody else knows this socket: "busy" is the daemon still starting.
-                Err(
-                    QmpError::Connect { .. } | QmpError::NotReady { .. } | QmpError::Busy { .. },
-                ) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(SOCKET_POLL).await;
-                }
-                Err(error) => {
-                    // A daemon that crashed mid-greeting closes the socket as it exits.
-                    let exit = tokio::time::timeout(EXIT_WAIT, self.child.wait()).await;
-                    if let Ok(Ok(status)) = exit {
-                        return Err(self.died(status));
-                    }
-                    return Err(StartError::Failed(format!("{DAEMON} did not answer: {error}")));
-                }
+                Err(StartError::Failed(format!("{DAEMON} did not answer: {error}")))
             }
         }
     }
@@ -322,23 +290,13 @@ impl Daemon {
         self.wait_for_exit().await;
     }
 
-    /// Ends a daemon whose monitor failed on `qmp`, and waits for it to exit, so that the
-    /// images it holds are free again. The connection is closed and a new one asks it to
-    /// quit: QEMU serves a new connection when one monitor stopped reading, and `quit` comes
-    /// after any command it still had to finish, so images it opened meanwhile are closed
-    /// with their bitmaps saved (SIGTERM can end it in the middle of opening one). SIGTERM
-    /// only when the new connection fails too.
+    /// Ends a daemon whose monitor failed on `qmp` (its only one) with SIGTERM, and waits
+    /// for it to exit, so that the images it holds are free again: it saves their bitmaps as
+    /// it closes them.
     pub(crate) async fn end(mut self, qmp: Qmp) {
         drop(qmp);
-        self.signal(Signal::SIGCONT);
-        match Qmp::connect(&self.dir.path().join(SOCKET)).await {
-            Ok(mut qmp) => self.quit(&mut qmp).await,
-            Err(error) => {
-                warn!(%error, "{DAEMON} did not answer a new connection; sending SIGTERM");
-                self.terminate();
-                self.wait_for_exit().await;
-            }
-        }
+        self.terminate();
+        self.wait_for_exit().await;
     }
 
     /// Waits for the process to exit; kills it if it does not in time.
@@ -361,6 +319,27 @@ impl Daemon {
             let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), signal);
         }
     }
+}
+
+/// Spawns the daemon with `monitor` as its fd [`MONITOR_FD`]. The command, which holds
+/// this process's copy of that end, is dropped before this returns: a daemon that dies
+/// then closes the connection for good.
+fn spawn(role: Role, dir: &TempDir, monitor: UnixStream) -> Result<Child, StartError> {
+    let stderr = File::create(dir.path().join("stderr"))
+        .map_err(|e| StartError::Failed(format!("cannot create {DAEMON}'s log: {e}")))?;
+    let chardev = format!("socket,id=sluice,fd={MONITOR_FD}");
+    let mut command = role.command();
+    command
+        .args(["--chardev", &chardev, "--monitor", "chardev=sluice"])
+        // Also names the folder in the command line, where recovery looks for it.
+        .arg("--pidfile")
+        .arg(dir.path().join("pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .fd_mappings(vec![FdMapping { parent_fd: monitor.into(), child_fd: MONITOR_FD }])
+        .map_err(|e| StartError::Failed(format!("cannot pass {DAEMON} its monitor: {e}")))?;
+    command.spawn().map_err(|e| StartError::Failed(format!("cannot run {}: {e}", role.needs())))
 }
 
 impl Drop for Daemon {
