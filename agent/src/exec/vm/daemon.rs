@@ -15,7 +15,9 @@
 //! [`MONITOR_FD`]); the agent keeps the other. Nothing listens: QEMU before 11.0 watches a
 //! new monitor's listening socket from two threads for a moment after start, and both can
 //! serve the connection (see `exec::qmp`). The daemon greets on the pair once its monitor
-//! is set up, and a daemon that dies while starting closes it.
+//! is set up, and a daemon that dies while starting closes it. (10,000 starts, 8 at a time
+//! on a loaded 2-core machine, each sending one `blockdev-add`: 18 exchanges went wrong
+//! with a listener, answers to the wrong command among them; none on an inherited pair.)
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
