@@ -14,10 +14,13 @@ pub(super) async fn run(ctx: &mut TaskContext, duration: Duration) -> pb::TaskOu
     debug!(task = %ctx.id, ?duration, "sim task started");
     ctx.reporter.phase(TaskPhase::Snapshot).await;
     ctx.reporter.phase(TaskPhase::Transfer).await;
-    let completed = tokio::select! {
-        () = tokio::time::sleep(duration) => true,
-        () = ctx.cancel.cancelled() => false,
-    };
+    // A zero duration takes no timer: tokio rounds a deadline up to its next millisecond
+    // tick, so the task would wait for one and its runtime wake for it.
+    let completed = duration.is_zero()
+        || tokio::select! {
+            () = tokio::time::sleep(duration) => true,
+            () = ctx.cancel.cancelled() => false,
+        };
     if completed {
         ctx.reporter.phase(TaskPhase::Commit).await;
     }
