@@ -9,11 +9,10 @@
 //! it is. A write that finds no other one waiting or in flight goes at once from its
 //! caller, as it would without the batcher (one session alone pays nothing for it); others
 //! queue, at most [`IN_FLIGHT`] txns of them are in flight, and what comes meanwhile waits
-//! and goes together. In a shared txn each write's ops are one nested txn: etcd bounds each
-//! op list of a txn on its own (`--max-txn-ops`), so a txn takes [`MAX_WRITES`] writes
-//! whatever their sizes, where a flat list is full after 120 ops: about 35 flushes of an
-//! outcome, a dispatch and the owner key each, which bounded the txns of a hundred busy
-//! sessions.
+//! and goes together. In a shared txn each write's ops are one nested txn. etcd bounds the
+//! ops of each list (`--max-txn-ops`, [`MAX_TXN_OPS`] by default) less the length of every
+//! list it is nested in: a shared txn of `n` writes leaves each `MAX_TXN_OPS - n`, so a
+//! batch takes writes while that covers the deepest of them ([`GuardedWrite::depth`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,12 +25,12 @@ use crate::error::{Error, Result};
 
 /// Txns of batched writes in flight at once.
 const IN_FLIGHT: usize = 2;
-/// Writes per txn, below etcd's default `--max-txn-ops` of 128 (a guard, a nested txn and a
-/// read each).
-const MAX_WRITES: usize = 120;
-/// Ops of all the writes of one txn: about 600 KB of item records, a few MB if every item
-/// carried its longest message, far below the 32 MiB `--max-request-bytes` Sluice's etcd
-/// runs with (one write alone holds at most about 120).
+/// etcd's default `--max-txn-ops`: the most ops a list of a txn holds, less the lengths of
+/// the lists it is nested in.
+pub(crate) const MAX_TXN_OPS: usize = 128;
+/// Puts of all the writes of one txn (nested ones counted): about 300 KB of item records, a
+/// few MB if every item carried its longest message, far below the 32 MiB
+/// `--max-request-bytes` Sluice's etcd runs with (one write alone holds at most about 800).
 const MAX_BATCH_OPS: usize = 1_000;
 
 /// What a guarded write did: the revision it was written at, or, refused, its guard key as
@@ -46,6 +45,11 @@ pub(crate) struct GuardedWrite {
     pub(crate) revision: i64,
     /// What to write.
     pub(crate) ops: Vec<TxnOp>,
+    /// How many writes `ops` hold, those in nested txns counted (a shared txn's size).
+    pub(crate) puts: usize,
+    /// `ops`' length plus that of the longest chain of lists nested in them: the op bound
+    /// they need, at most [`MAX_TXN_OPS`].
+    pub(crate) depth: usize,
 }
 
 struct Request {
@@ -130,24 +134,25 @@ async fn run(kv: KvClient, mut rx: mpsc::UnboundedReceiver<Request>) {
     }
 }
 
-/// The oldest waiting writes, at most [`MAX_WRITES`] with [`MAX_BATCH_OPS`] ops and one per
-/// guard key (etcd refuses a txn that writes a key twice); the first always goes.
+/// The oldest waiting writes: as many as leave each of them its [`GuardedWrite::depth`]
+/// within [`MAX_TXN_OPS`], with [`MAX_BATCH_OPS`] puts, and one per guard key (etcd refuses
+/// a txn that writes a key twice); the first always goes.
 fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
     let mut batch: Vec<Request> = Vec::new();
-    let mut ops = 0;
+    let (mut puts, mut depth) = (0, 0);
     let mut skipped = VecDeque::new();
-    while batch.len() < MAX_WRITES
-        && let Some(request) = pending.pop_front()
-    {
-        let size = request.write.ops.len();
-        if !batch.is_empty() && ops + size > MAX_BATCH_OPS {
+    while let Some(request) = pending.pop_front() {
+        let write = &request.write;
+        let deepest = depth.max(write.depth);
+        let full = batch.len() + 1 + deepest > MAX_TXN_OPS || puts + write.puts > MAX_BATCH_OPS;
+        if !batch.is_empty() && full {
             pending.push_front(request);
             break;
         }
-        if batch.iter().any(|r| r.write.key == request.write.key) {
+        if batch.iter().any(|r| r.write.key == write.key) {
             skipped.push_back(request);
         } else {
-            ops += size;
+            (puts, depth) = (puts + write.puts, deepest);
             batch.push(request);
         }
     }

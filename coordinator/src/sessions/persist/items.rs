@@ -25,9 +25,16 @@ use crate::{
     },
 };
 
-/// Items per txn: etcd's default `--max-txn-ops` is 128 per op list, and a txn also holds the
-/// owner key's put and, in the last one, the session record and its summary.
-const MAX_ITEMS_PER_TXN: usize = 120;
+/// Items per op list, nested in a txn's top list ([`MAX_LISTS`] of them, the session
+/// record's ops and the owner key's put): within etcd's bound on ops per list, less the top
+/// list's length and a catalog entry's nested txn.
+const MAX_ITEMS_PER_LIST: usize = 100;
+/// Lists of items per txn.
+const MAX_LISTS: usize = 8;
+/// Items per txn: about 250 KB of item records, a few MB if every item carried its longest
+/// message. A busy session's flush holds several hundred (an outcome and a dispatch per
+/// freed slot); in one txn they cost one round trip and one WAL fsync, not one per list.
+const MAX_ITEMS_PER_TXN: usize = MAX_LISTS * MAX_ITEMS_PER_LIST;
 
 /// How often in one write the owner takes the owner key's revision from a write of its own
 /// that landed late, before it gives the write up as failed (it is tried again later).
@@ -62,9 +69,9 @@ impl OwnerKey {
     }
 }
 
-/// Writes the items of session `id` in txns of at most [`MAX_ITEMS_PER_TXN`], one after the
-/// other, with `session` (a non-final record's ops) in the last one; returns the owner key's
-/// mod revision after the last.
+/// Writes the items of session `id` in txns of at most [`MAX_ITEMS_PER_TXN`] (one, but for
+/// the largest flushes), one after the other, with `session` (a non-final record's ops) in
+/// the last one; returns the owner key's mod revision after the last.
 pub(super) async fn write(
     store: &Store,
     id: &str,
@@ -79,25 +86,65 @@ pub(super) async fn write(
     }
     let (last, mut session) = (chunks.len() - 1, session);
     for (n, items) in chunks.into_iter().enumerate() {
-        let mut ops: Vec<TxnOp> = items.iter().map(|write| item_op(store, id, write)).collect();
+        let mut ops = item_lists(store, id, items);
         if n == last {
-            ops.append(&mut session);
+            ops.puts += session.len();
+            ops.ops.append(&mut session);
         }
-        if ops.is_empty() {
+        if ops.ops.is_empty() {
             break;
         }
-        revision = sequenced(store, id, &OwnerKey { revision, ..owner.clone() }, ops).await?;
+        let owner = OwnerKey { revision, ..owner.clone() };
+        revision = sequenced(store, id, &owner, ops).await?;
     }
     Ok(revision)
 }
 
-/// Runs `ops` (and the owner key's put) in one txn guarded by the owner key's mod revision;
+/// The ops of one guarded write, with what etcd's bounds ask of them.
+#[derive(Clone)]
+pub(super) struct WriteOps {
+    /// The ops.
+    pub(super) ops: Vec<TxnOp>,
+    /// Puts they hold, nested ones counted.
+    pub(super) puts: usize,
+    /// The longest chain of lists nested in them, each list's length counted.
+    pub(super) nested: usize,
+}
+
+impl WriteOps {
+    /// Ops that nest nothing.
+    #[cfg(test)]
+    pub(super) fn flat(ops: Vec<TxnOp>) -> Self {
+        WriteOps { puts: ops.len(), ops, nested: 0 }
+    }
+}
+
+/// The writes of `items`: one list when they fit in one, else a nested txn per list.
+fn item_lists(store: &Store, id: &str, items: &[ItemWrite]) -> WriteOps {
+    let puts = items.iter().map(|write| 1 + write.catalog.len()).sum();
+    // An item with catalog entries is a nested txn of its put and theirs.
+    let catalog = items.iter().map(|write| write.catalog.len()).max().unwrap_or(0);
+    let under_item = if catalog > 0 { 1 + catalog } else { 0 };
+    let list = |items: &[ItemWrite]| -> Vec<TxnOp> {
+        items.iter().map(|write| item_op(store, id, write)).collect()
+    };
+    if items.len() <= MAX_ITEMS_PER_LIST {
+        return WriteOps { ops: list(items), puts, nested: under_item };
+    }
+    let ops = items
+        .chunks(MAX_ITEMS_PER_LIST)
+        .map(|items| TxnOp::txn(Txn::new().and_then(list(items))))
+        .collect();
+    WriteOps { ops, puts, nested: MAX_ITEMS_PER_LIST + under_item }
+}
+
+/// Runs `ops` and the owner key's put in one txn guarded by the owner key's mod revision;
 /// returns the revision it was written at.
 pub(super) async fn sequenced(
     store: &Store,
     id: &str,
     owner: &OwnerKey,
-    ops: Vec<TxnOp>,
+    ops: WriteOps,
 ) -> Result<i64> {
     let mut expected = owner.revision;
     for _ in 0..ADOPT_TRIES {
@@ -122,12 +169,14 @@ pub(super) async fn write_once(
     store: &Store,
     id: &str,
     owner: &OwnerKey,
-    mut ops: Vec<TxnOp>,
+    ops: WriteOps,
 ) -> Result<Guarded> {
     let key = store.keys().session_owner(id);
     let lease = PutOptions::new().with_lease(owner.lease);
+    let WriteOps { mut ops, puts, nested } = ops;
     ops.push(TxnOp::put(key.as_str(), owner.owner.as_str(), Some(lease)));
-    store.guarded(GuardedWrite { key, revision: owner.revision, ops }).await
+    let (puts, depth) = (puts + 1, ops.len() + nested);
+    store.guarded(GuardedWrite { key, revision: owner.revision, ops, puts, depth }).await
 }
 
 /// The write of one item, with its catalog entry in the same (nested, unguarded) txn.

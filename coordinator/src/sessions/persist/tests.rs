@@ -146,7 +146,7 @@ async fn a_late_owner_write_does_not_overwrite_a_newer_one() {
         &store,
         "s-5",
         &owner,
-        item_ops(&store, "s-5", pb::ItemState::Processing),
+        items::WriteOps::flat(item_ops(&store, "s-5", pb::ItemState::Processing)),
     );
     let refused = late.await.expect("the late write").expect_err("the late write is refused");
     assert_eq!(refused.map(|kv| kv.mod_revision()), Some(newer), "the owner key as it is now");
@@ -162,7 +162,7 @@ async fn an_owner_write_refused_after_its_late_write_landed_is_written_again_ove
         &store,
         "s-6",
         &owner,
-        item_ops(&store, "s-6", pb::ItemState::Processing),
+        items::WriteOps::flat(item_ops(&store, "s-6", pb::ItemState::Processing)),
     );
     let landed = late.await.expect("the lost write").expect("it lands");
     let mut retry = item_write(pb::ItemState::Success);
@@ -194,22 +194,46 @@ async fn an_owner_write_after_a_claim_by_another_is_fenced() {
     assert_eq!(stored_state(&store, "s-7").await, pb::ItemState::Pending);
 }
 
-/// A batch larger than one txn is written in txns one after the other, each expecting the
-/// revision the one before left; the session record rides in the last.
+/// A flush of several hundred items lands in one txn (its items in nested lists, each in
+/// etcd's bound on ops per list), with the session record and the catalog entries; a larger
+/// one in txns one after the other, each expecting the revision the one before left.
 #[tokio::test]
-async fn a_batch_larger_than_one_txn_is_written_whole() {
+async fn a_large_flush_is_written_whole_in_as_few_txns_as_hold_it() {
     let (store, new, owner) = created("s-8").await;
-    let items = (0..300).map(|index| item(index, pb::ItemState::Pending)).collect();
+    let items = (0..1_000).map(committed).collect();
     let batch = Flush { items, session: Some(new.record.clone()) };
     let written = flush(&store, "s-8", &owner, batch, 0).await.expect("written");
     assert_eq!(written.session, Some(Flushed::Stored));
-    let stored = store.list_raw(&store.keys().items("s-8")).await.expect("read the items");
-    assert_eq!(stored.len(), 300);
+    let options = Some(etcd_client::GetOptions::new().with_prefix());
+    let stored = store.kv().get(store.keys().items("s-8"), options.clone()).await.expect("read");
+    let revisions: std::collections::BTreeMap<i64, usize> =
+        stored.kvs().iter().fold(Default::default(), |mut counts, kv| {
+            *counts.entry(kv.mod_revision()).or_default() += 1;
+            counts
+        });
+    let counts: Vec<usize> = revisions.values().copied().collect();
+    assert_eq!(counts, [800, 200], "two txns: {revisions:?}");
+    assert_eq!(revisions.keys().last(), Some(&written.revision));
+    let catalog = store.kv().get(store.keys().restore_points("nightly"), options).await;
+    assert_eq!(catalog.expect("read the catalog").kvs().len(), 1_000, "every entry written");
     let key = store.keys().session_owner("s-8");
     let now = store.kv().get(key.as_str(), None).await.expect("read the owner key");
     let kv = now.kvs().first().expect("the owner key");
     assert_eq!((kv.mod_revision(), kv.create_revision()), (written.revision, owner.epoch.get()));
     assert_eq!(kv.lease(), new.lease, "still bound to the owner's lease");
+}
+
+/// Item `index` committed, with its restore point for the catalog.
+fn committed(index: u32) -> ItemWrite {
+    let mut write = item(index, pb::ItemState::Success);
+    let restore_point = pb::RestorePoint {
+        id: format!("rp-{index}"),
+        job: "nightly".into(),
+        item: format!("vm{index}"),
+        ..Default::default()
+    };
+    write.catalog.push(restore_point);
+    write
 }
 
 /// A store with session `id` created by c1, and c1's owner key of it.

@@ -1,7 +1,7 @@
 //! The batcher against a real etcd: writes waiting together share a txn, and each is
 //! answered as it would be alone.
 
-use etcd_client::TxnOp;
+use etcd_client::{Txn, TxnOp};
 
 use super::{Guarded, GuardedWrite};
 use crate::{store::Store, testing};
@@ -22,7 +22,8 @@ async fn put_all(store: &Store, keys: &[String]) -> Vec<i64> {
 }
 
 fn write(key: &str, revision: i64, ops: Vec<TxnOp>) -> GuardedWrite {
-    GuardedWrite { key: key.to_string(), revision, ops }
+    let (puts, depth) = (ops.len(), ops.len());
+    GuardedWrite { key: key.to_string(), revision, ops, puts, depth }
 }
 
 fn guard_put(key: &str, revision: i64) -> GuardedWrite {
@@ -71,6 +72,30 @@ async fn writes_share_a_txn_however_many_ops_they_hold() {
     assert_eq!(written.len(), 2, "the first alone, the 39 that waited in one txn: {written:?}");
     let items = store.kv().get(format!("{}/item/39/2", keys[39]), None).await.expect("get");
     assert_eq!(items.kvs().len(), 1, "a nested write landed");
+}
+
+/// etcd bounds a nested list by its own bound less the lists around it: writes that nest a
+/// list of 115 reads (few puts, so only that bound limits them) share txns of at most 11
+/// (each then has 117 ops of the 128 left to it), and etcd refuses none (a refused txn's
+/// writes would each be sent again alone).
+#[tokio::test]
+async fn writes_with_deep_nesting_share_txns_within_etcds_bound() {
+    let store = testing::store().await;
+    let keys = keys(&store, 30);
+    let revisions = put_all(&store, &keys).await;
+    let deep = |(key, revision): (&String, &i64)| {
+        let reads: Vec<TxnOp> = (0..115).map(|n| TxnOp::get(format!("{key}/{n}"), None)).collect();
+        let ops = vec![TxnOp::txn(Txn::new().and_then(reads)), TxnOp::put(key.as_str(), "w", None)];
+        let (key, revision) = (key.clone(), *revision);
+        store.guarded(GuardedWrite { key, revision, ops, puts: 1, depth: 117 })
+    };
+    let answers = futures::future::join_all(keys.iter().zip(&revisions).map(deep)).await;
+    let mut written: Vec<i64> =
+        answers.into_iter().map(|a| a.expect("etcd").expect("every guard held")).collect();
+    written.sort_unstable();
+    written.dedup();
+    // The first alone, then 29 in txns of at most 11.
+    assert!(written.len() < 10, "no txn refused: {written:?}");
 }
 
 #[tokio::test]
