@@ -104,8 +104,8 @@ start_coordinators() {
         bootstrap=()
         ((i == 0)) && bootstrap=(--bootstrap-token-file "$TOKEN_FILE")
         mapfile -t tls < <(tls_flags "$id")
-        # One malloc arena, as deploy/systemd/sluice-coordinator.service runs it.
-        start "$id" env MALLOC_ARENA_MAX=1 "$BIN_DIR/sluice-coordinator" \
+        # Freed memory back at once, as deploy/systemd/sluice-coordinator.service runs it.
+        start "$id" env MIMALLOC_PURGE_DELAY=0 "$BIN_DIR/sluice-coordinator" \
             --etcd "$ETCD_URL" \
             --listen "127.0.0.1:${COORDINATOR_PORTS[i]}" \
             --http-listen "127.0.0.1:${HTTP_PORTS[i]}" \

@@ -253,8 +253,9 @@ impl Node {
             }
         }
         if self.role == Role::Coordinator {
-            // As the coordinator's systemd unit runs it (deploy/systemd): one malloc arena.
-            command.env("MALLOC_ARENA_MAX", "1");
+            // As the coordinator's systemd unit runs it (deploy/systemd): freed memory goes
+            // back to the system at once.
+            command.env("MIMALLOC_PURGE_DELAY", "0");
         }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,sluice_coordinator=debug,sluice_agent=debug");
