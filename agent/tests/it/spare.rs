@@ -2,7 +2,7 @@
 //! taken by the next offline backup (which then starts no daemon of its own), ended when
 //! the agent stops.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sluice_agent::exec::{self, Daemons};
 use sluice_proto::pb::{self, ItemState, RestorePointKind};
@@ -56,16 +56,27 @@ fn unix_sockets(pid: u32) -> (usize, usize) {
 /// (garbling commands): a daemon's monitor is an inherited, connected socket instead.
 #[tokio::test]
 async fn a_storage_daemon_serves_its_monitor_on_an_inherited_socket_with_no_listener() {
+    let (_dir, disk, daemons, spare) = full_then_spare().await;
+    assert_eq!(unix_sockets(spare), (0, 1), "one connected socket, none listening");
+    let incremental = incremental_after_a_write(&daemons, &disk).await;
+    assert_eq!(incremental.kind(), RestorePointKind::Incremental, "the spare served the backup");
+    daemons.close().await;
+}
+
+/// A disk backed up once (session `s1`) with new daemons, and the spare started after it.
+async fn full_then_spare() -> (tempfile::TempDir, PathBuf, Daemons, u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = make_disk(dir.path(), "a.qcow2", 4);
     let daemons = Daemons::default();
     backup(&daemons, "s1", "", &disk).await;
     let spare = daemons.spare_pid().await.expect("a spare once the backup's daemon quit");
-    assert_eq!(unix_sockets(spare), (0, 1), "one connected socket, none listening");
+    (dir, disk, daemons, spare)
+}
+
+/// Changes 1 MiB of `disk` and backs it up again (session `s2`, parent `s1-0`).
+async fn incremental_after_a_write(daemons: &Daemons, disk: &Path) -> pb::RestorePoint {
     sh("qemu-io", &["-c", "write -P 0x77 1M 1M", &disk.display().to_string()]);
-    let incremental = backup(&daemons, "s2", "s1-0", &disk).await;
-    assert_eq!(incremental.kind(), RestorePointKind::Incremental, "the spare served the backup");
-    daemons.close().await;
+    backup(daemons, "s2", "s1-0", disk).await
 }
 
 #[tokio::test]
@@ -97,15 +108,10 @@ async fn the_next_offline_backup_takes_the_spare_daemon_and_a_new_one_is_kept() 
 /// ended, and the disks open in a new one: the backup succeeds, its chain unbroken.
 #[tokio::test]
 async fn an_offline_backup_whose_daemon_stops_answering_opens_its_disks_in_a_new_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = make_disk(dir.path(), "a.qcow2", 4);
-    let daemons = Daemons::default();
-    backup(&daemons, "s1", "", &disk).await;
-    let stuck = daemons.spare_pid().await.expect("a spare once the backup's daemon quit");
+    let (_dir, disk, daemons, stuck) = full_then_spare().await;
     sh("kill", &["-STOP", &stuck.to_string()]);
 
-    sh("qemu-io", &["-c", "write -P 0x77 1M 1M", &disk.display().to_string()]);
-    let incremental = backup(&daemons, "s2", "s1-0", &disk).await;
+    let incremental = incremental_after_a_write(&daemons, &disk).await;
     assert_eq!(incremental.kind(), RestorePointKind::Incremental, "the bitmap is whole");
     assert!(!running(stuck), "the daemon that stopped answering was ended");
     let next = daemons.spare_pid().await.expect("a new spare after the backup");
