@@ -77,6 +77,8 @@ pub struct Sizes {
     pub scale_sim_ms: u32,
     /// Runtime threads of each coordinator (`--coordinator-threads`; 0: one per core).
     pub coordinator_threads: usize,
+    /// Times each scale case's stop is measured (its figures are the median draw's).
+    pub scale_stop_draws: usize,
     /// Longest a session may take before the scenario records what it reached.
     pub session_budget: Duration,
     /// Longest each scenario may take in all, in seconds (see [`Sizes::budget`]).
@@ -124,6 +126,7 @@ impl Sizes {
             scale_cases: FULL_SCALE.to_vec(),
             scale_sim_ms: 0,
             coordinator_threads: 1,
+            scale_stop_draws: 3,
             session_budget: Duration::from_secs(120),
             budgets: &[
                 ("dispatch", 180),
@@ -149,6 +152,7 @@ impl Sizes {
             scale_cases: QUICK_SCALE.to_vec(),
             scale_sim_ms: 0,
             coordinator_threads: 1,
+            scale_stop_draws: 1,
             session_budget: Duration::from_secs(12),
             budgets: &[
                 ("dispatch", 20),
