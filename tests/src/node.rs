@@ -253,8 +253,7 @@ impl Node {
             }
         }
         if self.role == Role::Coordinator {
-            // As the coordinator's systemd unit runs it (deploy/systemd): freed memory goes
-            // back to the system at once.
+            // As its systemd unit runs it (deploy/systemd): freed memory goes back at once.
             command.env("MIMALLOC_PURGE_DELAY", "0");
         }
         if std::env::var_os("RUST_LOG").is_none() {

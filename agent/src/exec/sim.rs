@@ -16,11 +16,14 @@ pub(super) async fn run(ctx: &mut TaskContext, duration: Duration) -> pb::TaskOu
     ctx.reporter.phase(TaskPhase::Transfer).await;
     // A zero duration takes no timer: tokio rounds a deadline up to its next millisecond
     // tick, so the task would wait for one and its runtime wake for it.
-    let completed = duration.is_zero()
-        || tokio::select! {
+    let completed = if duration.is_zero() {
+        !ctx.cancel.is_cancelled()
+    } else {
+        tokio::select! {
             () = tokio::time::sleep(duration) => true,
             () = ctx.cancel.cancelled() => false,
-        };
+        }
+    };
     if completed {
         ctx.reporter.phase(TaskPhase::Commit).await;
     }

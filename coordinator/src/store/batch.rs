@@ -30,8 +30,9 @@ const IN_FLIGHT: usize = 2;
 pub(crate) const MAX_TXN_OPS: usize = 128;
 /// Puts of all the writes of one txn (nested ones counted): about 300 KB of item records, a
 /// few MB if every item carried its longest message, far below the 32 MiB
-/// `--max-request-bytes` Sluice's etcd runs with (one write alone holds at most about 800).
-const MAX_BATCH_OPS: usize = 1_000;
+/// `--max-request-bytes` Sluice's etcd runs with. A write with more (up to 800 items and
+/// their catalog entries) goes in a txn of its own.
+const MAX_BATCH_PUTS: usize = 1_000;
 
 /// What a guarded write did: the revision it was written at, or, refused, its guard key as
 /// it is now (`None`: absent).
@@ -135,7 +136,7 @@ async fn run(kv: KvClient, mut rx: mpsc::UnboundedReceiver<Request>) {
 }
 
 /// The oldest waiting writes: as many as leave each of them its [`GuardedWrite::depth`]
-/// within [`MAX_TXN_OPS`], with [`MAX_BATCH_OPS`] puts, and one per guard key (etcd refuses
+/// within [`MAX_TXN_OPS`], with [`MAX_BATCH_PUTS`] puts, and one per guard key (etcd refuses
 /// a txn that writes a key twice); the first always goes.
 fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
     let mut batch: Vec<Request> = Vec::new();
@@ -144,7 +145,7 @@ fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
     while let Some(request) = pending.pop_front() {
         let write = &request.write;
         let deepest = depth.max(write.depth);
-        let full = batch.len() + 1 + deepest > MAX_TXN_OPS || puts + write.puts > MAX_BATCH_OPS;
+        let full = batch.len() + 1 + deepest > MAX_TXN_OPS || puts + write.puts > MAX_BATCH_PUTS;
         if !batch.is_empty() && full {
             pending.push_front(request);
             break;

@@ -77,7 +77,7 @@ pub struct Sizes {
     pub scale_sim_ms: u32,
     /// Runtime threads of each coordinator (`--coordinator-threads`; 0: one per core).
     pub coordinator_threads: usize,
-    /// Times each scale case's stop is measured (its figures are the median draw's).
+    /// Times each scale case's stop is measured (each figure the median over the draws).
     pub scale_stop_draws: usize,
     /// Longest a session may take before the scenario records what it reached.
     pub session_budget: Duration,

@@ -21,7 +21,7 @@ use crate::{
     error::{Error, Result},
     store::{
         Store,
-        batch::{Guarded, GuardedWrite},
+        batch::{Guarded, GuardedWrite, MAX_TXN_OPS},
     },
 };
 
@@ -35,6 +35,9 @@ const MAX_LISTS: usize = 8;
 /// message. A busy session's flush holds several hundred (an outcome and a dispatch per
 /// freed slot); in one txn they cost one round trip and one WAL fsync, not one per list.
 const MAX_ITEMS_PER_TXN: usize = MAX_LISTS * MAX_ITEMS_PER_LIST;
+// The deepest write fits alone: its lists, a non-final session record's two puts and the
+// owner key's put, over a list of items whose catalog entry is a nested txn of two.
+const _: () = assert!(MAX_LISTS + 3 + MAX_ITEMS_PER_LIST + 2 <= MAX_TXN_OPS);
 
 /// How often in one write the owner takes the owner key's revision from a write of its own
 /// that landed late, before it gives the write up as failed (it is tried again later).
@@ -87,6 +90,8 @@ pub(super) async fn write(
     let (last, mut session) = (chunks.len() - 1, session);
     for (n, items) in chunks.into_iter().enumerate() {
         let mut ops = item_lists(store, id, items);
+        // `session` is flat: a non-final record and its summary (a final one goes through
+        // `stop::finish`).
         if n == last {
             ops.puts += session.len();
             ops.ops.append(&mut session);
