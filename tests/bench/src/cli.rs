@@ -77,8 +77,12 @@ pub struct Sizes {
     pub scale_sim_ms: u32,
     /// Runtime threads of each coordinator (`--coordinator-threads`; 0: one per core).
     pub coordinator_threads: usize,
-    /// Times each scale case's stop is measured (each figure the median over the draws).
-    pub scale_stop_draws: usize,
+    /// Times each immediate stop is measured, the stop scenario's and each scale case's
+    /// (each figure the median over the draws).
+    pub stop_draws: usize,
+    /// How long a scale case's sessions run with every slot busy before they are stopped:
+    /// the start of a large session is still being digested a few ms after its slots fill.
+    pub scale_stop_settle: Duration,
     /// Longest a session may take before the scenario records what it reached.
     pub session_budget: Duration,
     /// Longest each scenario may take in all, in seconds (see [`Sizes::budget`]).
@@ -126,7 +130,8 @@ impl Sizes {
             scale_cases: FULL_SCALE.to_vec(),
             scale_sim_ms: 0,
             coordinator_threads: 1,
-            scale_stop_draws: 3,
+            stop_draws: 5,
+            scale_stop_settle: Duration::from_millis(1_500),
             session_budget: Duration::from_secs(120),
             budgets: &[
                 ("dispatch", 180),
@@ -152,7 +157,8 @@ impl Sizes {
             scale_cases: QUICK_SCALE.to_vec(),
             scale_sim_ms: 0,
             coordinator_threads: 1,
-            scale_stop_draws: 1,
+            stop_draws: 1,
+            scale_stop_settle: Duration::ZERO,
             session_budget: Duration::from_secs(12),
             budgets: &[
                 ("dispatch", 20),

@@ -2,13 +2,16 @@
 //! 100,000 items) and with 100 concurrent sessions of 1,000 items; each case on a new
 //! cluster of the dispatch scenario's agents and slots.
 //!
-//! Dispatch: zero-duration sim items (`--scale-sim-ms` gives them a duration). The rate is the items over first StartJob → the last
-//! session's `ended_at`; coordinator CPU (utime + stime) per 1,000 items; coordinator memory
-//! per item is its peak VmRSS while the sessions run minus its VmRSS before their jobs
-//! existed. Stop: the same sessions again with long sim items, stopped at once (every
-//! session in parallel) once every slot is busy: from each session's StopJob call to each of
+//! Dispatch: zero-duration sim items (`--scale-sim-ms` gives them a duration). The rate is
+//! the items over first StartJob → the last session's `ended_at`; coordinator CPU (utime +
+//! stime) per 1,000 items; coordinator memory per item is its peak VmRSS while the sessions
+//! run minus its VmRSS before their jobs existed. Stop: the same sessions again with long
+//! sim items, stopped at once (every session in parallel) once every slot is busy and
+//! `Sizes::scale_stop_settle` has passed (a StartJob of 100,000 items takes the coordinator
+//! about 0.1 s of CPU, and etcd takes in the session's copy of its job: a stop a few ms
+//! after the slots fill pays for part of that): from each session's StopJob call to each of
 //! its tasks' CLEANUP at the agent (p99 over all tasks), and to the last session's STOPPED;
-//! measured three times in a full run, each figure the median of its draws.
+//! measured five times in a full run, each figure the median of its draws.
 
 mod table;
 
@@ -181,14 +184,14 @@ impl Bench<'_> {
         Ok(last)
     }
 
-    /// The stop, measured [`Sizes::scale_stop_draws`] times (one draw of a p99 is a few ms
+    /// The stop, measured [`Sizes::stop_draws`] times (one draw of a p99 is a few ms
     /// among 22 processes on 2 cores, whatever the session's size). Each figure is the
     /// median of that figure over the draws; `stop_p99_max_ms` is the worst p99,
     /// `stop_call_ms` the longest call. A draw whose sessions did not all stop ends the
     /// draws (they would hold slots in the next) and is noted.
     async fn stop(&mut self) -> anyhow::Result<()> {
         let mut draws = Vec::new();
-        for draw in 0..self.ctx.sizes.scale_stop_draws.max(1) {
+        for draw in 0..self.ctx.sizes.stop_draws.max(1) {
             let measured = self.stop_once(&format!("scale-stop-{draw}")).await?;
             let stopped = measured.to_stopped.is_some();
             draws.push(measured);
@@ -239,6 +242,8 @@ impl Bench<'_> {
         if !observer.wait(self.budget(), |o| running(o) >= busy).await {
             self.note("stop_p99_ms", &format!("only {} of {busy} slots busy", running(&observer)));
         }
+        // Not a wait for an event: the stop is measured on sessions past their start.
+        tokio::time::sleep(self.ctx.sizes.scale_stop_settle).await;
         let calls = stop_all(&self.api, &ids).await?;
         let longest = calls.iter().map(|(before, after)| ms_between(*before, *after));
         let call_ms = longest.fold(0.0, f64::max);
