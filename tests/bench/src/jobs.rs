@@ -51,6 +51,19 @@ pub async fn start_with(
     Ok((session.into_inner().id, before))
 }
 
+/// Stops every active session with one `StopAll`; the wall-clock times just before the call
+/// and when it returned, and how many sessions it stopped.
+pub async fn stop_all(
+    jobs: &mut Jobs,
+    mode: StopMode,
+) -> anyhow::Result<(SystemTime, SystemTime, usize)> {
+    let request =
+        pb::StopAllRequest { mode: mode as i32, requested_by: "sluice-bench".to_string() };
+    let before = SystemTime::now();
+    let stopped = jobs.stop_all(request).await.context("StopAll")?;
+    Ok((before, SystemTime::now(), stopped.into_inner().sessions.len()))
+}
+
 /// Stops a session; the wall-clock times just before the call and when it returned.
 pub async fn stop(
     jobs: &mut Jobs,

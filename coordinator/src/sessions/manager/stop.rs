@@ -8,6 +8,7 @@ use sluice_proto::{
 };
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -112,15 +113,23 @@ impl Sessions {
         Error::SessionEnded { session: id.into(), result }
     }
 
-    /// Stops every active session with one mode, recording `stopped_by` in each.
+    /// Stops every active session with one mode, recording `stopped_by` in each: up to
+    /// `STOP_ALL_AT_ONCE` at a time (each stop is a few etcd round trips), answered in the
+    /// order of the active markers.
     pub(crate) async fn stop_all(&self, mode: i32, stopped_by: String) -> Result<Vec<pb::Session>> {
         stop_mode(mode)?;
-        let mut stopped = Vec::new();
-        let mut failures = Vec::new();
-        for (_, id) in persist::active_sessions(self.store()).await? {
+        let active = persist::active_sessions(self.store()).await?;
+        let stops = futures::stream::iter(active).map(|(_, id)| {
             let request =
                 pb::StopJobRequest { session_id: id.to_string(), mode, ..Default::default() };
-            match self.stop(request, stopped_by.clone()).await {
+            let stopped_by = stopped_by.clone();
+            async move { (id, self.stop(request, stopped_by).await) }
+        });
+        let answers: Vec<_> = stops.buffered(STOP_ALL_AT_ONCE).collect().await;
+        let mut stopped = Vec::new();
+        let mut failures = Vec::new();
+        for (id, answer) in answers {
+            match answer {
                 Ok(session) => stopped.push(session),
                 // Ended or gone meanwhile, or not stoppable this way: nothing to stop.
                 Err(
@@ -128,7 +137,7 @@ impl Sessions {
                     | Error::SessionNotFound { .. }
                     | Error::NoGracefulStop { .. },
                 ) => {}
-                // Stop every other session first; then say which one could not be stopped.
+                // Every other session is stopped all the same; then say which one was not.
                 Err(error) => failures.push(format!("session {id}: {error}")),
             }
         }
@@ -238,6 +247,11 @@ pub(super) async fn watch_stop_key(
         }
     }
 }
+
+/// How many sessions `StopAll` stops at a time: enough to overlap their etcd round trips (100
+/// sessions: 150-230 ms, against 340-1,270 ms one after another, and 210-670 ms 16 at a
+/// time), few enough that a call sent meanwhile is not queued behind thousands.
+const STOP_ALL_AT_ONCE: usize = 64;
 
 /// How long a direct hand-over of a stop to its owner may take (the watch is the fallback).
 const TELL_OWNER_TIMEOUT: Duration = Duration::from_secs(2);

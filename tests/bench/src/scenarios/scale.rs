@@ -11,7 +11,9 @@
 //! about 0.1 s of CPU, and etcd takes in the session's copy of its job: a stop a few ms
 //! after the slots fill pays for part of that): from each session's StopJob call to each of
 //! its tasks' CLEANUP at the agent (p99 over all tasks), and to the last session's STOPPED;
-//! measured five times in a full run, each figure the median of its draws.
+//! measured five times in a full run, each figure the median of its draws. Then once more
+//! with one `StopAll` call instead (`stop_all_ms`, the call; `stop_all_p99_ms`, from the
+//! call to each task's CLEANUP at the agent).
 
 mod table;
 
@@ -48,12 +50,21 @@ const RSS_EVERY: Duration = Duration::from_millis(100);
 /// Extra time a session gets per item, beyond the run's session budget.
 const BUDGET_PER_ITEM: Duration = Duration::from_millis(2);
 
+/// How a draw stops its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopper {
+    /// One StopJob per session, all at once.
+    EachSession,
+    /// One StopAll.
+    All,
+}
+
 /// What one stop of a case measured (ms; `None` where nothing was seen).
 struct StopDraw {
     p99: Option<f64>,
     p50: Option<f64>,
     report_p99: Option<f64>,
-    /// The longest StopJob call.
+    /// The longest StopJob call (the StopAll call).
     call_ms: f64,
     /// First StopJob call → the last session's STOPPED.
     to_stopped: Option<f64>,
@@ -192,7 +203,8 @@ impl Bench<'_> {
     async fn stop(&mut self) -> anyhow::Result<()> {
         let mut draws = Vec::new();
         for draw in 0..self.ctx.sizes.stop_draws.max(1) {
-            let measured = self.stop_once(&format!("scale-stop-{draw}")).await?;
+            let measured =
+                self.stop_once(&format!("scale-stop-{draw}"), Stopper::EachSession).await?;
             let stopped = measured.to_stopped.is_some();
             draws.push(measured);
             if !stopped {
@@ -227,12 +239,42 @@ impl Bench<'_> {
         if let Some(longest) = draws.iter().map(|d| d.call_ms).reduce(f64::max) {
             self.set("stop_call_ms", longest);
         }
+        if draws.iter().all(|d| d.to_stopped.is_some()) {
+            self.stop_all().await?;
+        }
         Ok(())
+    }
+
+    /// The sessions stopped by one `StopAll` (after the StopJob draws: nothing else is
+    /// active then).
+    async fn stop_all(&mut self) -> anyhow::Result<()> {
+        let measured = self.stop_once("scale-stop-all", Stopper::All).await?;
+        self.set("stop_all_ms", measured.call_ms);
+        if let Some(p99) = measured.p99 {
+            self.set("stop_all_p99_ms", p99);
+        }
+        if measured.to_stopped.is_none() {
+            self.note("stop_all_ms", "not every session stopped in time");
+        }
+        Ok(())
+    }
+
+    /// Stops the `sessions` active sessions with one StopAll (immediate); the times just
+    /// before and after the call, once per session.
+    async fn stop_all_at_once(
+        &mut self,
+        sessions: usize,
+    ) -> anyhow::Result<Vec<(SystemTime, SystemTime)>> {
+        let (before, after, stopped) = jobs::stop_all(&mut self.api, StopMode::Immediate).await?;
+        if stopped != sessions {
+            self.note("stop_all_ms", &format!("StopAll stopped {stopped} of {sessions} sessions"));
+        }
+        Ok(vec![(before, after); sessions])
     }
 
     /// One stop of sessions of jobs `<prefix>-<n>` with long sim items, once every slot is
     /// busy.
-    async fn stop_once(&mut self, prefix: &str) -> anyhow::Result<StopDraw> {
+    async fn stop_once(&mut self, prefix: &str, stopper: Stopper) -> anyhow::Result<StopDraw> {
         let names = self.create_jobs(prefix, LONG_TASK_MS).await?;
         let observer = Observer::start(&self.cluster).await;
         let ids = start_all(&self.api, &names).await?;
@@ -244,7 +286,10 @@ impl Bench<'_> {
         }
         // Not a wait for an event: the stop is measured on sessions past their start.
         tokio::time::sleep(self.ctx.sizes.scale_stop_settle).await;
-        let calls = stop_all(&self.api, &ids).await?;
+        let calls = match stopper {
+            Stopper::EachSession => stop_each(&self.api, &ids).await?,
+            Stopper::All => self.stop_all_at_once(ids.len()).await?,
+        };
         let longest = calls.iter().map(|(before, after)| ms_between(*before, *after));
         let call_ms = longest.fold(0.0, f64::max);
         let called: Vec<SystemTime> = calls.iter().map(|(before, _)| *before).collect();
@@ -284,7 +329,7 @@ async fn start_all(api: &Jobs, names: &[String]) -> anyhow::Result<Vec<String>> 
 }
 
 /// Stops every session at once (immediate); the times just before and after each call.
-async fn stop_all(api: &Jobs, ids: &[String]) -> anyhow::Result<Vec<(SystemTime, SystemTime)>> {
+async fn stop_each(api: &Jobs, ids: &[String]) -> anyhow::Result<Vec<(SystemTime, SystemTime)>> {
     let mut calls = JoinSet::new();
     for (n, id) in ids.iter().enumerate() {
         let (mut api, id) = (api.clone(), id.clone());

@@ -6,7 +6,7 @@ use super::key;
 use crate::{output::number, results::Recorded};
 
 /// Columns: figure name in the case's keys, heading.
-const COLUMNS: [(&str, &str); 8] = [
+const COLUMNS: [(&str, &str); 9] = [
     ("items", "items"),
     ("items_per_s", "items/s"),
     ("coordinator_cpu_s_per_1k_items", "cpu s/1k"),
@@ -15,6 +15,7 @@ const COLUMNS: [(&str, &str); 8] = [
     ("coordinator_rss_bytes_per_item", "B/item"),
     ("stop_p99_ms", "stop p99 ms"),
     ("stop_to_stopped_ms", "to STOPPED ms"),
+    ("stop_all_ms", "StopAll ms"),
 ];
 
 const TARGETS: &str = "targets: items/s and cpu s/1k within 20% across the cases; \
