@@ -93,6 +93,24 @@ enum Command {
     Drain(Reply<u32>),
 }
 
+impl Command {
+    /// The sessions and epochs the command carries (each checked before it is acted on).
+    fn epochs(&self) -> Vec<(&SessionId, Epoch)> {
+        match self {
+            Command::Run(id, epoch, ..) => vec![(&id.session, *epoch)],
+            Command::Cancel(cancel, _) => vec![(&cancel.session, cancel.epoch)],
+            Command::Ack(groups, _) => groups
+                .iter()
+                .flat_map(|(epoch, ids)| ids.iter().map(move |id| (&id.session, *epoch)))
+                .collect(),
+            Command::CancelAll(..)
+            | Command::List(..)
+            | Command::Subscribe(_)
+            | Command::Drain(_) => Vec::new(),
+        }
+    }
+}
+
 /// Handle of the task actor.
 #[derive(Debug, Clone)]
 pub(crate) struct TasksHandle {

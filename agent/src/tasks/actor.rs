@@ -20,6 +20,8 @@ use crate::liveness::Liveness;
 use crate::recovery::Recovered;
 
 const UPDATE_CAPACITY: usize = 1024;
+/// Most commands taken from the queue at once (their new epochs are saved in one write).
+const MAX_COMMANDS_AT_ONCE: usize = 64;
 
 pub(super) struct Actor {
     table: TaskTable,
@@ -79,7 +81,7 @@ impl Actor {
             };
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => self.handle(command).await,
+                    Some(command) => self.handle_queued(command, &mut commands).await,
                     None => break,
                 },
                 Some((id, update)) = self.updates_rx.recv() => self.apply(&id, update),
@@ -109,6 +111,42 @@ impl Actor {
             format!("agent silent past its heartbeat TTL of {ttl}s; its tasks were given up");
         let keys = self.table.give_up_all(pb::CancelReason::Silent, &message);
         warn!(ttl_secs = ttl, tasks = keys.len(), "{message}");
+    }
+
+    /// Handles `first` and the commands queued behind it, in order, after saving the new
+    /// epochs they carry in one write.
+    async fn handle_queued(&mut self, first: Command, commands: &mut mpsc::Receiver<Command>) {
+        let mut queued = vec![first];
+        while queued.len() < MAX_COMMANDS_AT_ONCE
+            && let Ok(command) = commands.try_recv()
+        {
+            queued.push(command);
+        }
+        self.save_epochs_of(&queued).await;
+        for command in queued {
+            self.handle(command).await;
+        }
+    }
+
+    /// Saves in one write the newer epochs that `commands` carry: the sessions whose first
+    /// tasks reach this agent in one RunTasks (or after a takeover) cost one fsync, not one
+    /// each. Each command is still checked when handled: a stale one is refused then, and if
+    /// this write failed, its own write is tried and its own error answered.
+    async fn save_epochs_of(&mut self, commands: &[Command]) {
+        let newer = self.table.newer_epochs(commands.iter().flat_map(Command::epochs));
+        if newer.len() < 2 {
+            return; // the command's own check writes a lone new epoch
+        }
+        let epochs = self.table.epochs_with_all(&newer);
+        let journal = self.journal.clone();
+        match blocking(move || journal.save_epochs(&epochs)).await {
+            Ok(()) => {
+                for (session, epoch) in &newer {
+                    self.table.set_epoch(session, *epoch);
+                }
+            }
+            Err(error) => warn!(%error, "the epochs of several sessions were not saved at once"),
+        }
     }
 
     async fn handle(&mut self, command: Command) {

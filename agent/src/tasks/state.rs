@@ -129,10 +129,35 @@ impl TaskTable {
         session: &SessionId,
         epoch: Epoch,
     ) -> HashMap<SessionId, Epoch> {
+        self.epochs_with_all(&HashMap::from([(session.clone(), epoch)]))
+    }
+
+    /// The epochs with each of `newer` raised, to be persisted before [`Self::set_epoch`] of
+    /// each.
+    pub(crate) fn epochs_with_all(
+        &self,
+        newer: &HashMap<SessionId, Epoch>,
+    ) -> HashMap<SessionId, Epoch> {
         let mut epochs = self.epochs.clone();
-        epochs.insert(session.clone(), epoch);
+        epochs.extend(newer.iter().map(|(session, epoch)| (session.clone(), *epoch)));
         bound(&mut epochs, &self.tasks);
         epochs
+    }
+
+    /// Of the `carried` epochs, those newer than any seen for their session (the highest
+    /// per session); stale ones are left to each command's own check.
+    pub(crate) fn newer_epochs<'a>(
+        &self,
+        carried: impl IntoIterator<Item = (&'a SessionId, Epoch)>,
+    ) -> HashMap<SessionId, Epoch> {
+        let mut newer = HashMap::new();
+        for (session, epoch) in carried {
+            if matches!(self.check_epoch(session, epoch), Ok(true)) {
+                let highest = newer.entry(session.clone()).or_insert(epoch);
+                *highest = (*highest).max(epoch);
+            }
+        }
+        newer
     }
 
     /// Records a newer epoch (after it was persisted).

@@ -54,6 +54,31 @@ fn older_epochs_are_refused_and_newer_ones_replace() {
 }
 
 #[test]
+fn the_newer_epochs_of_queued_commands_are_saved_together_at_the_highest_per_session() {
+    let mut table = table(1);
+    let (known, fresh, other) = (session("known"), session("fresh"), session("other"));
+    table.set_epoch(&known, epoch(5));
+    let carried = [
+        (&known, epoch(4)), // stale: refused by its own command's check
+        (&known, epoch(5)), // seen: nothing to save
+        (&fresh, epoch(7)),
+        (&fresh, epoch(9)), // a newer owner's command queued behind an older one's
+        (&fresh, epoch(8)),
+        (&other, epoch(1)),
+    ];
+    let newer = table.newer_epochs(carried);
+    assert_eq!(newer, HashMap::from([(fresh.clone(), epoch(9)), (other.clone(), epoch(1))]));
+    let saved = table.epochs_with_all(&newer);
+    assert_eq!(saved.len(), 3);
+    assert_eq!((saved.get("known"), saved.get("fresh")), (Some(&epoch(5)), Some(&epoch(9))));
+    for (session, epoch) in &newer {
+        table.set_epoch(session, *epoch);
+    }
+    assert!(table.check_epoch(&fresh, epoch(7)).is_err(), "the older owner's command is stale");
+    assert!(table.newer_epochs([(&fresh, epoch(9)), (&other, epoch(1))]).is_empty());
+}
+
+#[test]
 fn remembered_epochs_are_bounded_and_sessions_with_tasks_keep_theirs() {
     let mut table = table(1);
     let busy = id("busy", 0, 1);
