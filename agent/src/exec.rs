@@ -190,14 +190,17 @@ impl TaskContext {
 
 /// Runs the task with the executor its spec asks for and returns its outcome.
 pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
+    if let Some(ms) = ctx.spec.sim_duration_ms {
+        return sim::run(ctx, Duration::from_millis(u64::from(ms))).await;
+    }
+    // A copy: the executors take the context mutably beside it.
     let target = ctx.spec.item.as_ref().and_then(|item| item.target.clone());
     // The backups' futures are boxed: inline, the largest of them would size every task's
     // future, which is moved into its task when spawned.
-    match (ctx.spec.sim_duration_ms, target) {
-        (Some(ms), _) => sim::run(ctx, Duration::from_millis(u64::from(ms))).await,
-        (None, Some(Target::Vm(vm))) => Box::pin(vm::run(ctx, &vm)).await,
-        (None, Some(Target::Computer(computer))) => Box::pin(computer::run(ctx, &computer)).await,
-        (None, None) => failed("task has no target".to_owned()),
+    match target {
+        Some(Target::Vm(vm)) => Box::pin(vm::run(ctx, &vm)).await,
+        Some(Target::Computer(computer)) => Box::pin(computer::run(ctx, &computer)).await,
+        None => failed("task has no target".to_owned()),
     }
 }
 

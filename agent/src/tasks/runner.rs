@@ -20,12 +20,9 @@ pub(crate) fn spawn(tracker: &TaskTracker, journal: Journal, ctx: TaskContext) {
 }
 
 async fn run(journal: Journal, mut ctx: TaskContext) {
-    let mut entry = JournalEntry {
-        spec: Some(ctx.spec.clone()),
-        outcome: None,
-        started_at: Some(sluice_proto::time::now()),
-    };
-    let mut outcome = match write(&journal, &entry).await {
+    let started_at = Some(sluice_proto::time::now());
+    let entry = JournalEntry { spec: Some(ctx.spec.clone()), outcome: None, started_at };
+    let mut outcome = match journal.write(entry).await {
         Ok(()) => exec::execute(&mut ctx).await,
         Err(error) => exec::failed(format!("cannot write the journal entry: {error}")),
     };
@@ -36,16 +33,14 @@ async fn run(journal: Journal, mut ctx: TaskContext) {
         outcome.message = message.to_owned();
     }
     let outcome = exec::bounded(outcome);
-    entry.outcome = Some(outcome.clone());
-    if let Err(error) = write(&journal, &entry).await {
+    // The executor is done with the spec: the journal takes it rather than a copy.
+    let spec = Some(std::mem::take(&mut ctx.spec));
+    let entry = JournalEntry { spec, outcome: Some(outcome.clone()), started_at };
+    // Returns once the entry is fsynced (the journal commits every write waiting at once).
+    if let Err(error) = journal.write(entry).await {
         error!(task = %ctx.id, %error, "outcome not journaled: it is lost if the agent restarts");
     }
     ctx.reporter.finished(outcome).await;
-}
-
-/// Returns once the entry is fsynced (the journal commits every write waiting at once).
-async fn write(journal: &Journal, entry: &JournalEntry) -> std::io::Result<()> {
-    journal.write(entry.clone()).await
 }
 
 /// The status a recovered finished entry is served with.
