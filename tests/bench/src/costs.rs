@@ -5,7 +5,7 @@ use crate::{
     etcd_metrics::{
         self, CPU_SECONDS, FSYNC_SECONDS, FSYNCS, Metrics, RECEIVED_BYTES, TXNS, WRITES,
     },
-    procfs,
+    procfs::{self, CpuTime},
     results::Results,
 };
 
@@ -13,9 +13,9 @@ use crate::{
 /// bench's own, and the whole machine's (every process, also those of other work).
 pub struct Probe {
     etcd: Metrics,
-    cpu_s: f64,
-    agents_cpu_s: f64,
-    bench_cpu_s: f64,
+    cpu: CpuTime,
+    agents_cpu: Vec<CpuTime>,
+    bench_cpu: CpuTime,
     machine_cpu_s: f64,
 }
 
@@ -23,14 +23,12 @@ impl Probe {
     /// Reads every counter now.
     pub async fn read(etcd_url: &str, pid: u32, agents: &[u32]) -> anyhow::Result<Probe> {
         let etcd = etcd_metrics::scrape(etcd_url).await?;
-        let mut agents_cpu_s = 0.0;
-        for agent in agents {
-            agents_cpu_s += procfs::cpu_seconds(*agent)?;
-        }
-        let cpu_s = procfs::cpu_seconds(pid)?;
-        let bench_cpu_s = procfs::cpu_seconds(std::process::id())?;
+        let agents_cpu =
+            agents.iter().map(|&agent| procfs::cpu_time(agent)).collect::<Result<_, _>>()?;
+        let cpu = procfs::cpu_time(pid)?;
+        let bench_cpu = procfs::cpu_time(std::process::id())?;
         let machine_cpu_s = procfs::machine_busy_seconds()?;
-        Ok(Probe { etcd, cpu_s, agents_cpu_s, bench_cpu_s, machine_cpu_s })
+        Ok(Probe { etcd, cpu, agents_cpu, bench_cpu, machine_cpu_s })
     }
 }
 
@@ -59,10 +57,11 @@ pub fn record(
         );
     }
     let per_1k = |seconds: f64| seconds / (items as f64 / 1e3);
-    let coordinator = per_1k(after.cpu_s - before.cpu_s);
-    let agents = per_1k(after.agents_cpu_s - before.agents_cpu_s);
+    let coordinator = per_1k(after.cpu.seconds_since(&before.cpu));
+    let agents_s = after.agents_cpu.iter().zip(&before.agents_cpu).map(|(a, b)| a.seconds_since(b));
+    let agents = per_1k(agents_s.sum());
     let etcd = per_1k(after.etcd.since(&before.etcd, CPU_SECONDS)?);
-    let bench = per_1k(after.bench_cpu_s - before.bench_cpu_s);
+    let bench = per_1k(after.bench_cpu.seconds_since(&before.bench_cpu));
     let run = coordinator + agents + etcd + bench;
     set("coordinator_cpu_s_per_1k_items", coordinator);
     set("agents_cpu_s_per_1k_items", agents);
