@@ -29,12 +29,13 @@ pub struct CpuTime {
 }
 
 impl CpuTime {
-    /// CPU seconds used since `before`: exact, from the threads, unless a thread ended in
-    /// between (its time would be lost), or the ticks say more than two ticks more (a thread
-    /// came and went); then from the ticks.
+    /// CPU seconds used since `before`: exact, from the threads, unless none could be read
+    /// (a kernel without schedstat), a thread ended in between (its time would be lost), or
+    /// the ticks say more than two ticks more (a thread came and went); then from the ticks.
     pub fn seconds_since(&self, before: &CpuTime) -> f64 {
         let ticks = self.ticks_s - before.ticks_s;
-        if before.threads_ns.keys().any(|tid| !self.threads_ns.contains_key(tid)) {
+        let lost = before.threads_ns.keys().any(|tid| !self.threads_ns.contains_key(tid));
+        if self.threads_ns.is_empty() || lost {
             return ticks;
         }
         let exact_ns: u64 = self
@@ -135,5 +136,7 @@ mod tests {
         assert!((ended.seconds_since(&before) - 0.10).abs() < 1e-9, "thread 2 ended");
         let came_and_went = time(0.20, &[(1, 130_000_000), (2, 5_000_000)]);
         assert!((came_and_went.seconds_since(&before) - 0.10).abs() < 1e-9, "ticks say more");
+        let unreadable = time(0.11, &[]);
+        assert!((unreadable.seconds_since(&time(0.10, &[])) - 0.01).abs() < 1e-9, "no schedstat");
     }
 }
