@@ -2,12 +2,14 @@
 //! persists what changed (fenced by its epoch) and carries out the effects. Every RPC and
 //! etcd write runs in a child task that reports back as a message, so the loop never blocks.
 //! The children end with the actor (`children.rs`); the calls to agents are in
-//! `agent_calls.rs`, its etcd writes in `flush.rs`, a stop's two halves in `stop.rs`, and
-//! what is owed to agents is kept by the pure `Outbox`.
+//! `agent_calls.rs`, its etcd writes in `flush.rs`, a stop's two halves in `stop.rs`, a
+//! takeover's re-sends and agent changes in `reattach.rs`, and what is owed to agents is
+//! kept by the pure `Outbox`.
 
 mod agent_calls;
 mod children;
 mod flush;
+mod reattach;
 mod stop;
 mod withdrawals;
 
@@ -20,7 +22,7 @@ use sluice_proto::{
 };
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use self::children::Children;
 use super::{
@@ -408,57 +410,6 @@ impl SessionActor {
                 }
             }
         }
-    }
-
-    /// Re-sends RunTask for items stored as processing: idempotent at the agent, it returns
-    /// the running or finished task, or starts it if the first send never arrived. Then asks
-    /// every agent an item names which tasks of the session it holds: outcomes an earlier
-    /// owner stored but never acknowledged are acknowledged now.
-    async fn reattach(&mut self) {
-        let named = self.machine.named_agents();
-        if named.is_empty() {
-            return;
-        }
-        self.ctx.directory.loaded().await;
-        for agent in named {
-            self.list_tasks(agent);
-        }
-        let running = self.machine.running();
-        for dispatch in &running {
-            self.ctx.scheduler.claim(self.machine.id(), &dispatch.agent);
-        }
-        self.on_agents_changed();
-        let agents = self.ctx.directory.current();
-        let reachable: Vec<Dispatch> =
-            running.into_iter().filter(|d| agents.contains_key(&d.agent)).collect();
-        self.machine.await_answers(now_ms(), &reachable);
-        for dispatch in self.outbox.resend_stored(reachable) {
-            self.send_run(dispatch);
-        }
-        let effects = self.machine.resume_stop();
-        self.execute(effects);
-    }
-
-    fn on_agents_changed(&mut self) {
-        self.needs_dispatch = true;
-        self.agents = self.ctx.directory.placement_now();
-        self.ctx.scheduler.agents_changed(&self.agents);
-        let agents = self.agents.clone();
-        for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
-            warn!(%agent, "agent lost with tasks of this session");
-            self.outbox.forget_agent(&agent);
-            self.apply(Event::AgentLost { agent });
-        }
-    }
-
-    /// Whether `status` is of the attempt this session runs on `agent` (its RunTask is
-    /// re-sent after a takeover).
-    fn is_reattaching(&self, agent: &AgentId, status: &pb::TaskStatus) -> bool {
-        status.key.as_ref().is_some_and(|key| {
-            let dispatch =
-                Dispatch { index: key.item_index, attempt: key.attempt, agent: agent.clone() };
-            self.machine.is_current(&dispatch)
-        })
     }
 
     fn on_task(&mut self, agent: AgentId, status: pb::TaskStatus) {

@@ -1,0 +1,61 @@
+//! What a session actor does when it takes a session over (the tasks agents may still run)
+//! and when the registered agents change.
+
+use sluice_proto::{ids::AgentId, pb};
+use tracing::warn;
+
+use super::{SessionActor, now_ms};
+use crate::sessions::machine::{Dispatch, Event};
+
+impl SessionActor {
+    /// Re-sends RunTask for items stored as processing: idempotent at the agent, it returns
+    /// the running or finished task, or starts it if the first send never arrived. Then asks
+    /// every agent an item names which tasks of the session it holds: outcomes an earlier
+    /// owner stored but never acknowledged are acknowledged now.
+    pub(super) async fn reattach(&mut self) {
+        let named = self.machine.named_agents();
+        if named.is_empty() {
+            return;
+        }
+        self.ctx.directory.loaded().await;
+        for agent in named {
+            self.list_tasks(agent);
+        }
+        let running = self.machine.running();
+        for dispatch in &running {
+            self.ctx.scheduler.claim(self.machine.id(), &dispatch.agent);
+        }
+        self.on_agents_changed();
+        let agents = self.ctx.directory.current();
+        let reachable: Vec<Dispatch> =
+            running.into_iter().filter(|d| agents.contains_key(&d.agent)).collect();
+        self.machine.await_answers(now_ms(), &reachable);
+        for dispatch in self.outbox.resend_stored(reachable) {
+            self.send_run(dispatch);
+        }
+        let effects = self.machine.resume_stop();
+        self.execute(effects);
+    }
+
+    pub(super) fn on_agents_changed(&mut self) {
+        self.needs_dispatch = true;
+        self.agents = self.ctx.directory.placement_now();
+        self.ctx.scheduler.agents_changed(&self.agents);
+        let agents = self.agents.clone();
+        for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
+            warn!(%agent, "agent lost with tasks of this session");
+            self.outbox.forget_agent(&agent);
+            self.apply(Event::AgentLost { agent });
+        }
+    }
+
+    /// Whether `status` is of the attempt this session runs on `agent` (its RunTask is
+    /// re-sent after a takeover).
+    pub(super) fn is_reattaching(&self, agent: &AgentId, status: &pb::TaskStatus) -> bool {
+        status.key.as_ref().is_some_and(|key| {
+            let dispatch =
+                Dispatch { index: key.item_index, attempt: key.attempt, agent: agent.clone() };
+            self.machine.is_current(&dispatch)
+        })
+    }
+}
