@@ -20,6 +20,7 @@ mod schedules;
 mod server;
 mod sessions;
 mod settings;
+mod spawn;
 mod store;
 #[cfg(test)]
 mod testing;

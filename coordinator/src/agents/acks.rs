@@ -99,12 +99,7 @@ impl Acks {
     }
 
     fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let shutdown = self.shutdown.clone();
-        // Boxed: the block would hold the delivery twice (see `Children::spawn`).
-        let work = Box::pin(work);
-        self.tracker.spawn(async move {
-            shutdown.run_until_cancelled(work).await;
-        });
+        crate::spawn::until_cancelled(&self.tracker, &self.shutdown, work);
     }
 
     /// Adds `keys` to `agent`'s pending acks; `true` when no delivery runs for it yet.

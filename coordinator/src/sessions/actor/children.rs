@@ -11,16 +11,9 @@ pub(super) struct Children {
 }
 
 impl Children {
-    /// Runs `task` until it ends or the children are ended. The task is boxed first: an
-    /// `async` block around `run_until_cancelled` holds the task twice over (its capture and
-    /// the pinned copy it awaits), so a flush's 6.5 KiB write became a 19.7 KiB future that
-    /// each spawn copied several times; boxed, every child is 128 bytes.
+    /// Runs `task` until it ends or the children are ended.
     pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let cancel = self.cancel.clone();
-        let task = Box::pin(task);
-        self.tracker.spawn(async move {
-            cancel.run_until_cancelled(task).await;
-        });
+        crate::spawn::until_cancelled(&self.tracker, &self.cancel, task);
     }
 
     /// Cancels what still runs and waits until it has stopped.
