@@ -241,7 +241,7 @@ impl Node {
                 command.env_remove(key);
             }
         }
-        if self.role == Role::Coordinator {
+        if self.role == Role::Coordinator && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             // As its systemd unit runs it (deploy/systemd): freed memory goes back at once.
             command.env("MIMALLOC_PURGE_DELAY", "0");
         }

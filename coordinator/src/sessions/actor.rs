@@ -359,11 +359,17 @@ impl SessionActor {
     }
 
     fn apply(&mut self, event: Event) {
-        // Progress changes nothing dispatch depends on; every other event may free a slot or
-        // make an item eligible.
-        let progress = matches!(event, Event::Progress { .. });
+        // Progress changes nothing dispatch depends on, nor does an outcome that gave no slot
+        // back (reported twice, by the RunTask answer and the agent's stream, or late); every
+        // other event may free a slot or make an item eligible.
+        let may_place = match event {
+            Event::Progress { .. } => Some(false),
+            Event::Finished { .. } => None,
+            _ => Some(true),
+        };
         let effects = self.machine.apply(now_ms(), event);
-        self.needs_dispatch |= !progress;
+        self.needs_dispatch |= may_place
+            .unwrap_or_else(|| effects.iter().any(|e| matches!(e, Effect::Release { .. })));
         self.execute(effects);
     }
 
