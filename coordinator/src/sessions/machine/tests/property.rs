@@ -95,3 +95,51 @@ proptest! {
         }
     }
 }
+
+/// The slots `m`'s running items hold.
+fn pool_of(m: &Machine) -> Pool {
+    let mut pool = Pool::default();
+    for agent in m.items.iter().filter(|i| i.is_running()).filter_map(|i| i.status.agent.as_ref()) {
+        *pool.used.entry(agent.to_string()).or_default() += 1;
+    }
+    pool
+}
+
+/// The items a dispatch round at `now` would place, the machine left as it is.
+fn placeable(m: &Machine, now: i64) -> Vec<u32> {
+    let (mut m, mut pool) = (m.clone(), pool_of(m));
+    let map = agents(&[("a1", 2), ("a2", 1)]);
+    runs(&m.dispatch(now, &map, &mut pool)).into_iter().map(|(index, ..)| index).collect()
+}
+
+/// An outcome of any item's current attempt: a first report, a repeated one (the RunTask
+/// answer and the agent's stream both report a task's end), or a late one.
+fn report_any(m: &mut Machine, now: i64, pick: usize, state: ItemState) -> Vec<Effect> {
+    let item = &m.items[pick % m.items.len()];
+    let (index, attempt) = (item.index, item.status.attempt.max(1));
+    let reason = (state == ItemState::Canceled).then_some(CancelReason::User);
+    m.apply(now, finished(index, attempt, Outcome { cancel_reason: reason, ..outcome(state) }))
+}
+
+proptest! {
+    /// The session actor starts no dispatch round after an outcome that gave no slot back:
+    /// such an outcome never lets a round place more items than a round before it could (a
+    /// late outcome may end a pending item, and the next one moves up into its place).
+    #[test]
+    fn an_outcome_that_gives_no_slot_back_lets_no_item_be_placed(
+        items in 1u32..8,
+        steps in prop::collection::vec(step(), 0..40),
+        reports in prop::collection::vec((any::<usize>(), reported_state()), 1..8),
+    ) {
+        let (mut m, _) = run_steps(items, 2, &steps);
+        let now = 10_000_000;
+        for (pick, state) in reports {
+            let before = placeable(&m, now);
+            let effects = report_any(&mut m, now, pick, state);
+            if !effects.iter().any(|e| matches!(e, Effect::Release { .. })) {
+                let after = placeable(&m, now);
+                prop_assert!(after.len() <= before.len(), "{before:?} then {after:?}");
+            }
+        }
+    }
+}
