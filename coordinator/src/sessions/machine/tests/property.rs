@@ -31,9 +31,13 @@ fn finish_one(m: &mut Machine, now: i64, pick: usize, state: ItemState) -> Vec<E
         return Vec::new();
     }
     let item = running[pick % running.len()];
+    m.apply(now, finished(item.index, item.status.attempt, reported(state)))
+}
+
+/// An outcome of `state` as an agent reports it (a cancel by the user's stop).
+fn reported(state: ItemState) -> Outcome {
     let reason = (state == ItemState::Canceled).then_some(CancelReason::User);
-    let outcome = Outcome { cancel_reason: reason, ..outcome(state) };
-    m.apply(now, finished(item.index, item.status.attempt, outcome))
+    Outcome { cancel_reason: reason, ..outcome(state) }
 }
 
 fn run_steps(items: u32, attempts: u32, steps: &[Step]) -> (Machine, u32) {
@@ -117,8 +121,7 @@ fn placeable(m: &Machine, now: i64) -> Vec<u32> {
 fn report_any(m: &mut Machine, now: i64, pick: usize, state: ItemState) -> Vec<Effect> {
     let item = &m.items[pick % m.items.len()];
     let (index, attempt) = (item.index, item.status.attempt.max(1));
-    let reason = (state == ItemState::Canceled).then_some(CancelReason::User);
-    m.apply(now, finished(index, attempt, Outcome { cancel_reason: reason, ..outcome(state) }))
+    m.apply(now, finished(index, attempt, reported(state)))
 }
 
 proptest! {
