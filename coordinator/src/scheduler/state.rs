@@ -8,8 +8,9 @@
 //! Hand-off: a released slot does not wake every session. Once the session that released it
 //! ran its own round (it may take the slot back, within its share), each free slot is told to
 //! one starving session that a round would grant it to: the one holding the fewest slots,
-//! then the one waiting longest. A session told that does not take a slot is passed over
-//! until the next release, so the hand-off moves on and never loops.
+//! then the one waiting longest. A session told that still waits after its round is passed
+//! over until the next release, so the hand-off moves on and never loops. A session that
+//! stops waiting widens the shares of the others: that too ends every pass and hands on.
 //!
 //! The fair-share check runs on every reservation and counts the other starving sessions
 //! that ask for any of the same agents; with many sessions that is many set comparisons, so
@@ -119,6 +120,10 @@ pub(crate) struct State {
     /// Sessions that released a slot since their last round: the hand-off waits for that
     /// round (the slot may go back to them).
     released: HashSet<SessionId>,
+    /// Sessions whose current round began while they waited for a slot.
+    waited_at_round: HashSet<SessionId>,
+    /// A session stopped waiting since the last hand-off: the others' shares grew.
+    widened: bool,
     /// Slots of every agent a round asked for, as last seen.
     slots: HashMap<AgentId, u32>,
     /// The bit of each agent a round asked for (numbers are never reused; agents are few).
@@ -194,7 +199,10 @@ impl State {
 
     /// `session` no longer waits for a slot (it ended, or it stops dispatching).
     pub(crate) fn leave(&mut self, session: &SessionId) {
-        self.starving.remove(session);
+        let waited = self.starving.remove(session).is_some();
+        if waited | self.waited_at_round.remove(session) {
+            self.widen();
+        }
         if self.in_round.as_ref().is_some_and(|(s, _)| s == session) {
             self.in_round = None;
         }
@@ -202,11 +210,21 @@ impl State {
         self.passed.remove(session);
     }
 
+    /// A session stopped waiting: it no longer cuts the others' shares, so a session passed
+    /// over may now be granted a slot.
+    fn widen(&mut self) {
+        self.widened = true;
+        self.passed.clear();
+    }
+
     /// A round of `session` starts: what it asks for now replaces what it asked for before
     /// (a round that asks for nothing leaves it not waiting). Returns when it began waiting.
     pub(crate) fn begin_round(&mut self, session: &SessionId) -> Option<u64> {
         let waited = self.starving.remove(session);
         let since = waited.as_ref().map(|s| s.since);
+        if waited.is_some() && !self.waited_at_round.contains(session) {
+            self.waited_at_round.insert(session.clone());
+        }
         self.in_round = waited.map(|s| (session.clone(), s));
         since
     }
@@ -215,11 +233,15 @@ impl State {
     pub(crate) fn end_round(&mut self, session: &SessionId) -> Vec<SessionId> {
         self.in_round = None;
         let was_told = self.told.remove(session);
-        if was_told && self.starving.contains_key(session) {
+        let waits = self.starving.contains_key(session);
+        if was_told && waits {
             self.passed.insert(session.clone());
         }
+        if self.waited_at_round.remove(session) && !waits {
+            self.widen();
+        }
         let released = self.released.remove(session);
-        if !was_told && !released {
+        if !was_told && !released && !self.widened {
             return Vec::new();
         }
         self.hand_off()
@@ -228,6 +250,7 @@ impl State {
     /// Tells free slots to starving sessions a round would grant them to, one session per
     /// free slot not already told to someone.
     pub(crate) fn hand_off(&mut self) -> Vec<SessionId> {
+        self.widened = false;
         let mut free = self.free_slots().saturating_sub(self.told.len() as u32);
         if free == 0 || self.starving.is_empty() {
             return Vec::new();

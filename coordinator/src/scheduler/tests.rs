@@ -220,6 +220,8 @@ struct Sim {
     pending: u32,
     /// Agents of its running tasks.
     running: Vec<AgentId>,
+    /// Stopped: it places nothing more, and its rounds only hand slots on.
+    stopped: bool,
 }
 
 fn agents_strategy() -> impl Strategy<Value = Vec<u32>> {
@@ -237,6 +239,10 @@ fn round(state: &mut State, sims: &mut [Sim], slots: &[u32], i: usize) -> Vec<Se
     let id = session(&format!("s{i}"));
     let ids: Vec<AgentId> = (0..slots.len()).map(|a| agent(&format!("a{a}"))).collect();
     let sim = &mut sims[i];
+    if sim.stopped {
+        state.leave(&id);
+        return state.end_round(&id);
+    }
     let candidates: Vec<(&AgentId, u32)> =
         sim.agents.iter().map(|&a| (&ids[a], slots[a])).collect();
     let since = state.begin_round(&id);
@@ -256,6 +262,52 @@ fn settle(state: &mut State, sims: &mut [Sim], slots: &[u32], mut told: Vec<Sess
     }
 }
 
+/// Runs `steps` (`true`: a session that still places items stops; `false`: a task ends)
+/// and checks after each that no round would take a slot and no agent runs too many tasks.
+fn check_hand_off(
+    slots: &[u32],
+    asks: Vec<(Vec<usize>, u32)>,
+    steps: impl IntoIterator<Item = (prop::sample::Index, bool)>,
+) -> Result<(), TestCaseError> {
+    let mut state = State::default();
+    let mut sims: Vec<Sim> = asks
+        .into_iter()
+        .map(|(agents, pending)| Sim { agents, pending, running: Vec::new(), stopped: false })
+        .collect();
+    for i in 0..sims.len() {
+        let told = round(&mut state, &mut sims, slots, i);
+        settle(&mut state, &mut sims, slots, told);
+    }
+    for (pick, stop) in steps {
+        let chosen = |sim: &Sim| if stop { sim.pending > 0 } else { !sim.running.is_empty() };
+        let among: Vec<usize> = (0..sims.len()).filter(|&i| chosen(&sims[i])).collect();
+        if among.is_empty() {
+            continue;
+        }
+        let i = among[pick.index(among.len())];
+        if stop {
+            (sims[i].pending, sims[i].stopped) = (0, true);
+        } else {
+            let ended = sims[i].running.remove(0);
+            state.release(&session(&format!("s{i}")), &ended, 1);
+        }
+        let told = round(&mut state, &mut sims, slots, i);
+        settle(&mut state, &mut sims, slots, told);
+        for (a, &n) in slots.iter().enumerate() {
+            let id = agent(&format!("a{a}"));
+            prop_assert!(state.used(&id) <= n, "a{} runs more than its {} slots", a, n);
+        }
+        for j in 0..sims.len() {
+            let mut probe = state.clone();
+            let mut probe_sims = sims.clone();
+            let took = probe_sims[j].pending;
+            round(&mut probe, &mut probe_sims, slots, j);
+            prop_assert_eq!(probe_sims[j].pending, took, "a round of s{} would take a slot", j);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     /// Whatever order tasks end in, once every session told of a slot ran its round, a round
     /// of any session would change nothing: no slot stays free that a session could take
@@ -267,36 +319,19 @@ proptest! {
             (Just(slots), sessions_strategy(n), prop::collection::vec(any::<prop::sample::Index>(), 0..40))
         })
     ) {
-        let mut state = State::default();
-        let mut sims: Vec<Sim> = asks
-            .into_iter()
-            .map(|(agents, pending)| Sim { agents, pending, running: Vec::new() })
-            .collect();
-        for i in 0..sims.len() {
-            let told = round(&mut state, &mut sims, &slots, i);
-            settle(&mut state, &mut sims, &slots, told);
-        }
-        for end in ends {
-            let busy: Vec<usize> = (0..sims.len()).filter(|&i| !sims[i].running.is_empty()).collect();
-            if busy.is_empty() {
-                break;
-            }
-            let i = busy[end.index(busy.len())];
-            let ended = sims[i].running.remove(0);
-            state.release(&session(&format!("s{i}")), &ended, 1);
-            let told = round(&mut state, &mut sims, &slots, i);
-            settle(&mut state, &mut sims, &slots, told);
-            for (a, &n) in slots.iter().enumerate() {
-                let id = agent(&format!("a{a}"));
-                prop_assert!(state.used(&id) <= n, "a{} runs more than its {} slots", a, n);
-            }
-            for j in 0..sims.len() {
-                let mut probe = state.clone();
-                let mut probe_sims = sims.clone();
-                let took = probe_sims[j].pending;
-                round(&mut probe, &mut probe_sims, &slots, j);
-                prop_assert_eq!(probe_sims[j].pending, took, "a round of s{} would take a slot", j);
-            }
-        }
+        check_hand_off(&slots, asks, ends.into_iter().map(|end| (end, false)))?;
+    }
+
+    /// The same when sessions stop while others wait: a session that stops waiting no
+    /// longer cuts the others' shares, and the slots that frees are handed on.
+    #[test]
+    fn sessions_that_stop_waiting_hand_their_share_on(
+        (slots, asks, steps) in agents_strategy().prop_flat_map(|slots| {
+            let n = slots.len();
+            let step = (any::<prop::sample::Index>(), prop::bool::weighted(0.2));
+            (Just(slots), sessions_strategy(n), prop::collection::vec(step, 0..40))
+        })
+    ) {
+        check_hand_off(&slots, asks, steps)?;
     }
 }
