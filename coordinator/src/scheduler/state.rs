@@ -199,8 +199,9 @@ impl State {
 
     /// `session` no longer waits for a slot (it ended, or it stops dispatching).
     pub(crate) fn leave(&mut self, session: &SessionId) {
-        let waited = self.starving.remove(session).is_some();
-        if waited | self.waited_at_round.remove(session) {
+        let starving = self.starving.remove(session).is_some();
+        let in_round = self.waited_at_round.remove(session);
+        if starving || in_round {
             self.widen();
         }
         if self.in_round.as_ref().is_some_and(|(s, _)| s == session) {
