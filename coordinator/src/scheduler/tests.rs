@@ -1,5 +1,5 @@
 //! The slot rules: never more than an agent's slots, fair shares, and freed slots handed to
-//! one waiting session at a time; the property test checks that handing slots on reaches the
+//! one waiting session at a time; the property tests check that handing slots on reaches the
 //! same rest as waking every session would.
 
 use proptest::prelude::*;
@@ -228,10 +228,23 @@ fn agents_strategy() -> impl Strategy<Value = Vec<u32>> {
     prop::collection::vec(1u32..4, 1..4)
 }
 
-fn sessions_strategy(agents: usize) -> impl Strategy<Value = Vec<(Vec<usize>, u32)>> {
+/// Each session's agents (by number) and the items it places.
+type Asks = Vec<(Vec<usize>, u32)>;
+
+fn sessions_strategy(agents: usize) -> impl Strategy<Value = Asks> {
     let asks = prop::collection::btree_set(0..agents, 1..=agents);
     let one = (asks.prop_map(|set| set.into_iter().collect()), 0u32..8);
     prop::collection::vec(one, 1..6)
+}
+
+/// Agents' slots, each session's ask, and up to 40 steps drawn from `step`.
+fn scenario<S: Strategy + Clone>(
+    step: S,
+) -> impl Strategy<Value = (Vec<u32>, Asks, Vec<S::Value>)> {
+    agents_strategy().prop_flat_map(move |slots| {
+        let n = slots.len();
+        (Just(slots), sessions_strategy(n), prop::collection::vec(step.clone(), 0..40))
+    })
 }
 
 /// Runs one dispatch round of session `i` and returns whom it told of free slots.
@@ -266,7 +279,7 @@ fn settle(state: &mut State, sims: &mut [Sim], slots: &[u32], mut told: Vec<Sess
 /// and checks after each that no round would take a slot and no agent runs too many tasks.
 fn check_hand_off(
     slots: &[u32],
-    asks: Vec<(Vec<usize>, u32)>,
+    asks: Asks,
     steps: impl IntoIterator<Item = (prop::sample::Index, bool)>,
 ) -> Result<(), TestCaseError> {
     let mut state = State::default();
@@ -314,10 +327,7 @@ proptest! {
     /// (as if every session had been woken), and no agent runs more tasks than its slots.
     #[test]
     fn handing_slots_on_leaves_nothing_a_round_would_take(
-        (slots, asks, ends) in agents_strategy().prop_flat_map(|slots| {
-            let n = slots.len();
-            (Just(slots), sessions_strategy(n), prop::collection::vec(any::<prop::sample::Index>(), 0..40))
-        })
+        (slots, asks, ends) in scenario(any::<prop::sample::Index>())
     ) {
         check_hand_off(&slots, asks, ends.into_iter().map(|end| (end, false)))?;
     }
@@ -326,11 +336,7 @@ proptest! {
     /// longer cuts the others' shares, and the slots that frees are handed on.
     #[test]
     fn sessions_that_stop_waiting_hand_their_share_on(
-        (slots, asks, steps) in agents_strategy().prop_flat_map(|slots| {
-            let n = slots.len();
-            let step = (any::<prop::sample::Index>(), prop::bool::weighted(0.2));
-            (Just(slots), sessions_strategy(n), prop::collection::vec(step, 0..40))
-        })
+        (slots, asks, steps) in scenario((any::<prop::sample::Index>(), prop::bool::weighted(0.2)))
     ) {
         check_hand_off(&slots, asks, steps)?;
     }
