@@ -41,6 +41,33 @@ impl AgentApi {
     }
 }
 
+impl AgentApi {
+    /// Acknowledges each group as AckTasks would: what it would have answered, per group.
+    async fn ack_results(
+        &self,
+        field: &str,
+        groups: Vec<pb::AckTasksRequest>,
+    ) -> Result<Vec<pb::AckTasksResult>, Status> {
+        let answers = self.tasks.ack_groups(field, groups).await?;
+        let result = |answer: Result<(), _>| match answer {
+            Ok(()) => pb::AckTasksResult::default(),
+            Err(error) => refusal::to_ack_result(&Status::from(error)),
+        };
+        Ok(answers.into_iter().map(result).collect())
+    }
+}
+
+/// Refuses more than `MAX_ACK_GROUPS` groups of acknowledgements in one call.
+fn check_groups(field: &str, groups: &[pb::AckTasksRequest]) -> Result<(), Status> {
+    if groups.len() > MAX_ACK_GROUPS {
+        let count = groups.len();
+        return Err(Status::invalid_argument(format!(
+            "{field}: {count} groups, at most {MAX_ACK_GROUPS} per call"
+        )));
+    }
+    Ok(())
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -61,22 +88,33 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::RunTasksRequest>,
     ) -> Result<Response<pb::RunTasksResponse>, Status> {
-        let specs = request.into_inner().tasks;
+        let pb::RunTasksRequest { tasks: specs, acks } = request.into_inner();
         if specs.len() > MAX_RUN_TASKS {
             let count = specs.len();
             return Err(Status::invalid_argument(format!(
                 "tasks: {count} tasks, at most {MAX_RUN_TASKS} per call"
             )));
         }
-        // Each task is taken as a RunTask of its own would be (concurrently).
+        check_groups("acks", &acks)?;
+        // Each task is taken as a RunTask of its own would be (concurrently), and the acks
+        // beside them, so the journal stores them together.
         let runs = specs.into_iter().map(|spec| async move {
             match self.tasks.run(spec).await {
                 Ok(status) => pb::RunTaskResult { status: Some(status), ..Default::default() },
                 Err(error) => refusal::to_result(&Status::from(error)),
             }
         });
-        let results = futures::future::join_all(runs).await;
-        Ok(Response::new(pb::RunTasksResponse { results }))
+        let acked = async {
+            if acks.is_empty() {
+                return Vec::new();
+            }
+            let groups = acks.len();
+            self.ack_results("acks", acks)
+                .await
+                .unwrap_or_else(|status| vec![refusal::to_ack_result(&status); groups])
+        };
+        let (results, ack_results) = futures::join!(futures::future::join_all(runs), acked);
+        Ok(Response::new(pb::RunTasksResponse { results, ack_results }))
     }
 
     async fn cancel_tasks(
@@ -108,20 +146,9 @@ impl AgentService for AgentApi {
         request: Request<pb::AckTaskGroupsRequest>,
     ) -> Result<Response<pb::AckTaskGroupsResponse>, Status> {
         let groups = request.into_inner().groups;
-        if groups.len() > MAX_ACK_GROUPS {
-            let count = groups.len();
-            return Err(Status::invalid_argument(format!(
-                "groups: {count} groups, at most {MAX_ACK_GROUPS} per call"
-            )));
-        }
-        let answers = self.tasks.ack_groups(groups).await?;
-        let result = |answer: Result<(), _>| match answer {
-            Ok(()) => pb::AckTasksResult::default(),
-            Err(error) => refusal::to_ack_result(&Status::from(error)),
-        };
-        Ok(Response::new(pb::AckTaskGroupsResponse {
-            results: answers.into_iter().map(result).collect(),
-        }))
+        check_groups("groups", &groups)?;
+        let results = self.ack_results("groups", groups).await?;
+        Ok(Response::new(pb::AckTaskGroupsResponse { results }))
     }
 
     type WatchTasksStream = EventStream;

@@ -198,12 +198,13 @@ impl TasksHandle {
     /// the journal could not record what was forgotten.
     pub(crate) async fn ack_groups(
         &self,
+        field: &str,
         groups: Vec<pb::AckTasksRequest>,
     ) -> Result<Vec<Result<(), AgentError>>, AgentError> {
         let mut answers = Vec::with_capacity(groups.len());
         let mut checked = Vec::with_capacity(groups.len());
         for (i, group) in groups.into_iter().enumerate() {
-            match ack_group(&format!("groups[{i}]."), group) {
+            match ack_group(&format!("{field}[{i}]."), group) {
                 Ok(group) => {
                     checked.push(group);
                     answers.push(None);

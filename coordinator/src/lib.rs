@@ -40,7 +40,11 @@ pub use settings::Settings;
 
 use crate::{
     agent_client::AgentClients,
-    agents::{AgentDirectory, acks::Acks, runs::RunLanes},
+    agents::{
+        AgentDirectory,
+        acks::Acks,
+        runs::{Lanes, RunLanes},
+    },
     api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi},
     auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
@@ -248,9 +252,11 @@ fn follow_agents(
         agents::links::run(directory.clone(), clients.clone(), router.clone(), tasks.stop.clone());
     tasks.tracker.spawn(links);
     let scheduler = Scheduler::default();
+    let (tracker, stop) = (tasks.tracker.clone(), tasks.stop.clone());
+    let lanes = Lanes::default();
     let acks =
-        Acks::new(directory.clone(), clients.clone(), tasks.tracker.clone(), tasks.stop.clone());
-    let runs = RunLanes::new(tasks.tracker.clone(), tasks.stop.clone());
+        Acks::new(directory.clone(), clients.clone(), tracker.clone(), stop.clone(), lanes.clone());
+    let runs = RunLanes::new(lanes, acks.clone(), tracker, stop);
     let shutdown = shutdown.clone();
     let answer_timeout = crate::settings::DEFAULT_TASK_ANSWER_TIMEOUT;
     let ctx = SessionContext {

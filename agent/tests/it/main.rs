@@ -1,6 +1,7 @@
 //! Integration tests of the agent: executors with real `qemu-img` and real files, and the
 //! whole agent in-process behind a fake coordinator.
 
+mod batches;
 mod chains;
 mod computer;
 mod executor;

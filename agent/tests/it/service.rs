@@ -8,13 +8,16 @@ use tonic::{Code, Streaming};
 
 use crate::support::{FakeCoordinator, Scratch, TestAgent, WAIT, computer_spec, sim_spec};
 
-type Client = AgentServiceClient<Channel>;
+pub(crate) type Client = AgentServiceClient<Channel>;
 
-async fn run(client: &mut Client, spec: pb::TaskSpec) -> Result<pb::TaskStatus, tonic::Status> {
+pub(crate) async fn run(
+    client: &mut Client,
+    spec: pb::TaskSpec,
+) -> Result<pb::TaskStatus, tonic::Status> {
     crate::support::run_task(client, spec).await
 }
 
-async fn watch(client: &mut Client, session: &str) -> Streaming<pb::TaskEvent> {
+pub(crate) async fn watch(client: &mut Client, session: &str) -> Streaming<pb::TaskEvent> {
     let request = pb::WatchTasksRequest { session_id: session.into() };
     client.watch_tasks(request).await.expect("watch").into_inner()
 }
@@ -39,7 +42,10 @@ async fn status_of(
 }
 
 /// The outcome of task `index`, once it has one.
-async fn outcome_of(events: &mut Streaming<pb::TaskEvent>, index: u32) -> pb::TaskOutcome {
+pub(crate) async fn outcome_of(
+    events: &mut Streaming<pb::TaskEvent>,
+    index: u32,
+) -> pb::TaskOutcome {
     let status = status_of(events, index, |status| status.outcome.is_some()).await;
     status.outcome.expect("outcome")
 }
@@ -49,7 +55,7 @@ async fn phase_of(events: &mut Streaming<pb::TaskEvent>, index: u32, phase: pb::
     status_of(events, index, |status| status.phase() == phase).await;
 }
 
-fn key(session: &str, index: u32) -> pb::TaskKey {
+pub(crate) fn key(session: &str, index: u32) -> pb::TaskKey {
     pb::TaskKey { session_id: session.into(), item_index: index, attempt: 1 }
 }
 
@@ -384,84 +390,5 @@ async fn a_withdrawal_cancels_the_attempt_it_names_or_refuses_it_for_good() {
     let mut retry = sim_spec("w1", 2, 5, 10);
     retry.key = Some(pb::TaskKey { attempt: 2, ..key("w1", 2) });
     run(&mut client, retry).await.expect("the next attempt starts");
-    agent.stop().await;
-}
-
-#[tokio::test]
-async fn run_tasks_answers_each_task_as_run_task_would() {
-    let coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
-    let mut client = agent.client.clone();
-    // The first task waits for the agent's first confirmed heartbeat; it also sets epoch 2.
-    run(&mut client, sim_spec("b1", 0, 2, 600_000)).await.expect("started");
-    let keyless = pb::TaskSpec { key: None, ..sim_spec("b1", 3, 2, 0) };
-    let tasks = vec![
-        sim_spec("b1", 1, 2, 600_000), // new: started
-        sim_spec("b1", 0, 2, 600_000), // known: its status
-        sim_spec("b1", 2, 1, 0),       // older epoch: refused, with the reason
-        keyless,                       // invalid
-    ];
-    let request = pb::RunTasksRequest { tasks };
-    let results = client.run_tasks(request).await.expect("run tasks").into_inner().results;
-    assert_eq!(results.len(), 4, "{results:?}");
-    for (i, index) in [(0, 1), (1, 0)] {
-        let status = results[i].status.as_ref().expect("a status");
-        assert_eq!(status.key.as_ref().map(|k| k.item_index), Some(index));
-        assert!(status.outcome.is_none(), "running: {status:?}");
-    }
-    let refused = sluice_proto::refusal::from_result(results[2].clone());
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    let reason = sluice_proto::refusal::Refusal::of(&refused);
-    assert_eq!(reason, Some(sluice_proto::refusal::Refusal::StaleEpoch));
-    assert_eq!(results[3].code, Code::InvalidArgument as i32, "{:?}", results[3]);
-    assert!(results[3].message.contains("key"), "{:?}", results[3]);
-
-    let many = vec![sim_spec("b1", 9, 2, 0); 257];
-    let refused = client.run_tasks(pb::RunTasksRequest { tasks: many }).await.expect_err("257");
-    assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(refused.message().contains("at most 256"), "{refused:?}");
-    agent.stop().await;
-}
-
-#[tokio::test]
-async fn ack_task_groups_answers_each_group_as_ack_tasks_would() {
-    let coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
-    let mut client = agent.client.clone();
-    let mut events = watch(&mut client, "").await;
-    run(&mut client, sim_spec("g1", 0, 2, 0)).await.expect("started");
-    outcome_of(&mut events, 0).await;
-    run(&mut client, sim_spec("g2", 1, 3, 0)).await.expect("started");
-    outcome_of(&mut events, 1).await;
-    let group = |epoch, keys| pb::AckTasksRequest { epoch, keys };
-    let groups = vec![
-        group(2, vec![key("g1", 0)]), // g1's epoch: acknowledged
-        group(2, vec![key("g2", 1)]), // older than g2's 3: refused, with the reason
-        group(0, vec![key("g2", 1)]), // invalid
-    ];
-    let request = pb::AckTaskGroupsRequest { groups };
-    let results = client.ack_task_groups(request).await.expect("acked").into_inner().results;
-    assert_eq!(results.len(), 3, "{results:?}");
-    assert_eq!(results[0], pb::AckTasksResult::default(), "acknowledged");
-    let stale = sluice_proto::refusal::from_ack_result(results[1].clone()).expect_err("stale");
-    let reason = sluice_proto::refusal::Refusal::of(&stale);
-    assert_eq!(reason, Some(sluice_proto::refusal::Refusal::StaleEpoch), "{stale:?}");
-    assert_eq!(results[2].code, Code::InvalidArgument as i32, "{:?}", results[2]);
-    assert!(results[2].message.contains("groups[2].epoch"), "{:?}", results[2]);
-    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
-    let left: Vec<String> = tasks
-        .into_inner()
-        .tasks
-        .iter()
-        .filter_map(|t| t.key.clone())
-        .map(|k| k.session_id)
-        .collect();
-    assert_eq!(left, ["g2"], "only the acknowledged group's task is forgotten");
-
-    let many = vec![group(3, vec![key("g2", 1)]); 257];
-    let refused = client.ack_task_groups(pb::AckTaskGroupsRequest { groups: many });
-    let refused = refused.await.expect_err("257 groups");
-    assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(refused.message().contains("at most 256"), "{refused:?}");
     agent.stop().await;
 }

@@ -10,12 +10,14 @@
 //! Each session's owner key gives it an epoch of its own, so the keys of many sessions go
 //! as the groups (one per epoch) of one AckTaskGroups; a lone epoch's as AckTasks.
 //! No timer holds a key back; the delivery task of an agent ends once nothing is pending.
+//! When a RunTasks to the same agent is under way, the keys ride with it instead
+//! (`runs::Lanes`), and what that call does not deliver comes back here (`requeue`).
 //!
 //! A withdrawal the agent never answered while its item waited (the item ended FAILED) is
 //! delivered on its own, the same way: once the agent has it, it refuses the held RunTask
 //! for good.
 
-mod pending;
+pub(crate) mod pending;
 
 use std::{
     collections::HashMap,
@@ -33,7 +35,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 use self::pending::{Batch, Pending};
-use super::AgentDirectory;
+use super::{AgentDirectory, runs::Lanes};
 use crate::agent_client::{AgentClient, AgentClients};
 
 /// Timeout of one AckTasks call.
@@ -54,6 +56,8 @@ pub(crate) struct Acks {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     waiting: Waiting,
+    /// Where acks ride with tasks sent to the same agent.
+    lanes: Lanes,
 }
 
 /// How one call's batches went: `Err` holds why some were not delivered, and those.
@@ -70,14 +74,15 @@ enum Round {
 
 impl Acks {
     /// Acknowledgements sent through `clients` to the agents `directory` lists, until
-    /// `shutdown`; their tasks run on `tracker`.
+    /// `shutdown`, or handed to `lanes` to ride with tasks; their tasks run on `tracker`.
     pub(crate) fn new(
         directory: AgentDirectory,
         clients: AgentClients,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        lanes: Lanes,
     ) -> Self {
-        Acks { directory, clients, tracker, shutdown, waiting: Waiting::default() }
+        Acks { directory, clients, tracker, shutdown, waiting: Waiting::default(), lanes }
     }
 
     /// Acknowledges `keys` to `agent` at `epoch`, again and again until it answers; with
@@ -122,10 +127,51 @@ impl Acks {
         Some(pending.take())
     }
 
-    fn put_back(&self, agent: &AgentId, batches: impl IntoIterator<Item = Batch>) {
-        let mut waiting = self.lock();
-        let pending = waiting.entry(agent.clone()).or_default();
-        batches.into_iter().for_each(|batch| pending.put_back(batch));
+    /// Takes what is pending for `agent` to ride with a RunTasks (its delivery, if one
+    /// runs, then finds less to send, or nothing, and ends).
+    pub(crate) fn take_pending(&self, agent: &AgentId) -> Vec<Batch> {
+        self.lock().get_mut(agent).map(Pending::take).unwrap_or_default()
+    }
+
+    /// Puts back `batches` no call delivered, starting a delivery when none runs (they
+    /// came back from a RunTasks they rode with).
+    pub(crate) fn requeue(&self, agent: &AgentId, batches: impl IntoIterator<Item = Batch>) {
+        let start = {
+            let mut waiting = self.lock();
+            let start = !waiting.contains_key(agent);
+            let pending = waiting.entry(agent.clone()).or_default();
+            batches.into_iter().for_each(|batch| pending.put_back(batch));
+            if start && pending.is_empty() {
+                waiting.remove(agent);
+                return;
+            }
+            start
+        };
+        if start {
+            let (this, agent) = (self.clone(), agent.clone());
+            self.spawn(async move { this.deliver_acks(agent).await });
+        }
+    }
+
+    /// Settles each batch that rode with a RunTasks by what the agent answered for it, as
+    /// if an AckTasks of its own had carried it.
+    pub(crate) fn settle_ridden(
+        &self,
+        agent: &AgentId,
+        answers: impl IntoIterator<Item = (Batch, Result<(), tonic::Status>)>,
+    ) {
+        let unsent: Vec<Batch> = answers
+            .into_iter()
+            .filter_map(|(batch, answer)| self.settle(agent, batch, answer))
+            .map(|(_, batch)| batch)
+            .collect();
+        self.requeue(agent, unsent);
+    }
+
+    /// Whether no delivery runs (nothing is pending for any agent).
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.lock().is_empty()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Pending>> {
@@ -135,11 +181,15 @@ impl Acks {
     /// Sends `agent` its pending acks, round after round, until nothing is pending: a round
     /// takes whatever arrived while the previous one ran. It first lets the other ready tasks
     /// run (`let_peers_queue`), so the sessions whose writes one etcd txn stored usually
-    /// queue their acks for the first round too (batching only).
+    /// queue their acks for the first round too (batching only), and the RunTasks those
+    /// writes released wait in their lane for the acks to ride with them.
     async fn deliver_acks(&self, agent: AgentId) {
         super::let_peers_queue().await;
         let mut pause = FIRST_PAUSE;
         while let Some(batches) = self.take(&agent) {
+            let Some(batches) = self.lanes.offer_acks(&agent, batches) else {
+                continue;
+            };
             match self.send_round(&agent, batches).await {
                 Round::Done => pause = FIRST_PAUSE,
                 Round::Failed => {
@@ -165,7 +215,7 @@ impl Acks {
                 return Round::Done;
             }
             debug!(%agent, %status, "ack failed; sending it again");
-            self.put_back(agent, rest);
+            self.requeue(agent, rest);
             return Round::Failed;
         }
         Round::Done
@@ -241,7 +291,7 @@ impl Acks {
         }
         debug!(%agent, %status, sessions = parts.len(),
                "ack of several sessions refused as stale; sending each session's part alone");
-        self.put_back(agent, parts);
+        self.requeue(agent, parts);
     }
 
     async fn deliver_withdrawal(&self, agent: AgentId, withdrawal: pb::CancelTasksRequest) {

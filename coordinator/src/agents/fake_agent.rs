@@ -36,13 +36,17 @@ pub(crate) struct Seen {
     pub(crate) most_in_flight: usize,
     /// Item indices of every RunTask (one each) and RunTasks call, in order.
     pub(crate) runs: Vec<Vec<u32>>,
+    /// Keys of the acks that rode with each RunTasks that carried some (not in `calls`).
+    pub(crate) ridden: Vec<Vec<pb::TaskKey>>,
 }
 
 /// An agent that answers AckTasks and RunTask(s) once its `gate` lets the call through (no
 /// gate: at once). AckTasks: refused as stale when a key names a `stale` session, UNAVAILABLE
 /// while `failures` lasts, else OK; AckTaskGroups: each group so. RunTask: the task as
 /// running; refused as stale when its session is `stale`. RunTasks: each task so.
-/// AckTaskGroups and RunTasks are UNIMPLEMENTED when `single_only`.
+/// AckTaskGroups and RunTasks are UNIMPLEMENTED when `single_only`. The acks riding with a
+/// RunTasks are answered as AckTaskGroups would, or left unanswered when `ignores_rides`
+/// (an agent older than them).
 #[derive(Clone, Default)]
 pub(crate) struct FakeAgent {
     pub(crate) seen: Arc<Mutex<Seen>>,
@@ -50,6 +54,7 @@ pub(crate) struct FakeAgent {
     pub(crate) failures: Arc<AtomicUsize>,
     pub(crate) gate: Option<Arc<Semaphore>>,
     pub(crate) single_only: bool,
+    pub(crate) ignores_rides: bool,
 }
 
 impl FakeAgent {
@@ -88,6 +93,14 @@ impl FakeAgent {
         }
         seen.delivered.extend(keys);
         Ok(())
+    }
+
+    /// One group as AckTaskGroups answers it.
+    fn ack_result(&self, seen: &mut Seen, group: pb::AckTasksRequest) -> pb::AckTasksResult {
+        match self.ack(seen, group.keys) {
+            Ok(()) => pb::AckTasksResult::default(),
+            Err(status) => sluice_proto::refusal::to_ack_result(&status),
+        }
     }
 
     fn start(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, Status> {
@@ -129,11 +142,8 @@ impl AgentService for FakeAgent {
         seen.in_flight -= 1;
         seen.calls.push(groups.iter().flat_map(|g| g.keys.clone()).collect());
         seen.group_calls.push(groups.len());
-        let results = groups.into_iter().map(|group| match self.ack(&mut seen, group.keys) {
-            Ok(()) => pb::AckTasksResult::default(),
-            Err(status) => sluice_proto::refusal::to_ack_result(&status),
-        });
-        Ok(Response::new(pb::AckTaskGroupsResponse { results: results.collect() }))
+        let results = groups.into_iter().map(|group| self.ack_result(&mut seen, group)).collect();
+        Ok(Response::new(pb::AckTaskGroupsResponse { results }))
     }
 
     type WatchTasksStream = tokio_stream::Empty<Result<pb::TaskEvent, Status>>;
@@ -162,7 +172,7 @@ impl AgentService for FakeAgent {
             return Err(Status::unimplemented("an older agent"));
         }
         self.enter().await;
-        let tasks = request.into_inner().tasks;
+        let pb::RunTasksRequest { tasks, acks } = request.into_inner();
         let mut seen = self.seen();
         seen.in_flight -= 1;
         seen.runs.push(tasks.iter().map(|t| t.key.as_ref().map_or(0, |k| k.item_index)).collect());
@@ -170,7 +180,13 @@ impl AgentService for FakeAgent {
             Ok(status) => pb::RunTaskResult { status: Some(status), ..Default::default() },
             Err(status) => sluice_proto::refusal::to_result(&status),
         };
-        Ok(Response::new(pb::RunTasksResponse { results: tasks.into_iter().map(result).collect() }))
+        let results = tasks.into_iter().map(result).collect();
+        let acks = if self.ignores_rides { Vec::new() } else { acks };
+        if !acks.is_empty() {
+            seen.ridden.push(acks.iter().flat_map(|g| g.keys.clone()).collect());
+        }
+        let ack_results = acks.into_iter().map(|group| self.ack_result(&mut seen, group)).collect();
+        Ok(Response::new(pb::RunTasksResponse { results, ack_results }))
     }
 
     async fn cancel_tasks(

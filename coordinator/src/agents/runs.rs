@@ -3,42 +3,47 @@
 //! an agent that serves many sessions gets its tasks in bursts, as from one large session,
 //! instead of one call per task. A task that finds no call in flight goes once the tasks ready
 //! at that moment had a chance to run (`let_peers_queue`), with what they dispatched to that
-//! agent. Each caller gets what a RunTask of its own would have answered.
+//! agent. Each caller gets what a RunTask of its own would have answered. Acknowledgements
+//! owed to the agent ride with its calls: those sent while it has a lane (`Lanes::offer_acks`)
+//! and those pending when a call goes (`with_pending_acks`); one call instead of two.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-};
-
-use sluice_proto::{MAX_RUN_TASKS, ids::AgentId, pb, refusal};
+use sluice_proto::{ids::AgentId, pb, refusal};
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Status};
 
+pub(crate) use self::lanes::Lanes;
+use self::lanes::{Call, Next, Waiting};
+use super::acks::{
+    Acks,
+    pending::{Batch, calls},
+};
 use crate::agent_client::{AgentClient, timeout};
+
+mod lanes;
 
 type Answer = Result<pb::TaskStatus, Status>;
 
-/// A task waiting for its call, with the client to reach its agent and its answer's way back.
-struct Waiting {
-    spec: pb::TaskSpec,
-    client: AgentClient,
-    reply: oneshot::Sender<Answer>,
-}
-
-/// The lanes of every agent; cheap to clone. An agent has a lane (the tasks waiting for its
-/// next call) exactly while a call to it is in flight or about to start.
+/// Sends the calls of every agent's lane; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RunLanes {
-    lanes: Arc<Mutex<HashMap<AgentId, Vec<Waiting>>>>,
+    lanes: Lanes,
+    /// Where acks that could not ride go to be sent by calls of their own.
+    acks: Acks,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
 
 impl RunLanes {
-    /// Lanes whose calls run on `tracker` and end when `stop` is cancelled.
-    pub(crate) fn new(tracker: TaskTracker, stop: CancellationToken) -> Self {
-        Self { lanes: Arc::default(), tracker, stop }
+    /// Lanes whose calls run on `tracker` and end when `stop` is cancelled; `acks` hands
+    /// `lanes` the acks that ride with them.
+    pub(crate) fn new(
+        lanes: Lanes,
+        acks: Acks,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        Self { lanes, acks, tracker, stop }
     }
 
     /// Starts `spec` on `agent`: what the agent answers for it (its status or its refusal).
@@ -49,13 +54,7 @@ impl RunLanes {
         spec: pb::TaskSpec,
     ) -> Answer {
         let (reply, answer) = oneshot::channel();
-        let lead = {
-            let mut lanes = self.lock();
-            let lead = !lanes.contains_key(&agent);
-            lanes.entry(agent.clone()).or_default().push(Waiting { spec, client, reply });
-            lead
-        };
-        if lead {
+        if self.lanes.push(&agent, Waiting { spec, client, reply }) {
             // A task of its own, not the caller's: a caller dropped mid-call (its session
             // ended) must not leave the lane busy.
             self.tracker.spawn(self.clone().drive(agent));
@@ -68,59 +67,86 @@ impl RunLanes {
     /// usually join its first call.
     async fn drive(self, agent: AgentId) {
         super::let_peers_queue().await;
-        while let Some(batch) = self.take(&agent) {
+        loop {
+            let call = match self.lanes.take(&agent) {
+                Next::Call(call) => self.with_pending_acks(&agent, call),
+                Next::Idle(acks) => return self.acks.requeue(&agent, acks),
+            };
             tokio::select! {
                 () = self.stop.cancelled() => {
                     // What still waits is dropped: its callers hear the coordinator stops.
-                    self.lock().remove(&agent);
+                    self.lanes.remove(&agent);
                     return;
                 }
-                () = send(batch) => {}
+                () = self.send(&agent, call) => {}
             }
         }
     }
 
-    /// The next call's tasks, or `None` (the lane is then idle and gone).
-    fn take(&self, agent: &AgentId) -> Option<Vec<Waiting>> {
-        let mut lanes = self.lock();
-        let waiting = lanes.get_mut(agent)?;
-        if waiting.is_empty() {
-            lanes.remove(agent);
-            return None;
+    /// `call` with the acks still pending for its agent (those queued behind an AckTasks in
+    /// flight), as many as one call takes; the rest go back.
+    fn with_pending_acks(&self, agent: &AgentId, mut call: Call) -> Call {
+        if !call.rides {
+            return call;
         }
-        let count = waiting.len().min(MAX_RUN_TASKS);
-        Some(waiting.drain(..count).collect())
+        call.acks.extend(self.acks.take_pending(agent));
+        let mut calls = calls(std::mem::take(&mut call.acks)).into_iter();
+        call.acks = calls.next().unwrap_or_default();
+        self.acks.requeue(agent, calls.flatten());
+        call
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Vec<Waiting>>> {
-        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One call for the batch: RunTask for a lone task, else RunTasks (each task alone when the
-/// agent does not serve RunTasks yet).
-async fn send(mut batch: Vec<Waiting>) {
-    // The newest dispatch knows the agent's current address.
-    let Some(mut client) = batch.last().map(|w| w.client.clone()) else { return };
-    if batch.len() == 1 {
-        let Waiting { spec, reply, .. } = batch.remove(0);
-        let _ = reply.send(run_one(&mut client, spec).await);
-        return;
-    }
-    let tasks = batch.iter().map(|w| w.spec.clone()).collect();
-    match timeout(client.run_tasks(pb::RunTasksRequest { tasks })).await {
-        Ok(response) => answer_each(batch, response.into_inner().results),
-        Err(status) if status.code() == Code::Unimplemented => {
-            let alone = batch.into_iter().map(|Waiting { spec, mut client, reply }| async move {
-                let _ = reply.send(run_one(&mut client, spec).await);
-            });
-            futures::future::join_all(alone).await;
+    /// One call for `call`: RunTask for a lone task without acks, else RunTasks (each task
+    /// alone when the agent does not serve RunTasks yet).
+    async fn send(&self, agent: &AgentId, Call { mut tasks, acks, .. }: Call) {
+        // The newest dispatch knows the agent's current address.
+        let Some(mut client) = tasks.last().map(|w| w.client.clone()) else { return };
+        if tasks.len() == 1 && acks.is_empty() {
+            let Waiting { spec, reply, .. } = tasks.remove(0);
+            let _ = reply.send(run_one(&mut client, spec).await);
+            return;
         }
-        Err(status) => {
-            for waiting in batch {
-                let _ = waiting.reply.send(Err(status.clone()));
+        let request = pb::RunTasksRequest {
+            tasks: tasks.iter().map(|w| w.spec.clone()).collect(),
+            acks: acks.iter().map(Batch::request).collect(),
+        };
+        match timeout(client.run_tasks(request)).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                answer_each(tasks, response.results);
+                self.settle_acks(agent, acks, response.ack_results);
+            }
+            Err(status) if status.code() == Code::Unimplemented => {
+                self.lanes.no_rides(agent);
+                self.acks.requeue(agent, acks);
+                let alone =
+                    tasks.into_iter().map(|Waiting { spec, mut client, reply }| async move {
+                        let _ = reply.send(run_one(&mut client, spec).await);
+                    });
+                futures::future::join_all(alone).await;
+            }
+            Err(status) => {
+                self.acks.requeue(agent, acks);
+                for waiting in tasks {
+                    let _ = waiting.reply.send(Err(status.clone()));
+                }
             }
         }
+    }
+
+    /// What the agent answered for the acks that rode along. One that answers none did not
+    /// take them (an older agent): they, and its later acks, go by calls of their own.
+    fn settle_acks(&self, agent: &AgentId, acks: Vec<Batch>, results: Vec<pb::AckTasksResult>) {
+        if acks.is_empty() {
+            return;
+        }
+        if results.len() != acks.len() {
+            self.lanes.no_rides(agent);
+            self.acks.requeue(agent, acks);
+            return;
+        }
+        let answers = results.into_iter().map(refusal::from_ack_result);
+        self.acks.settle_ridden(agent, acks.into_iter().zip(answers));
     }
 }
 

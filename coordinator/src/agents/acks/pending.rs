@@ -21,9 +21,9 @@ pub(super) struct Pending {
 
 /// The keys of one AckTasks request.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Batch {
-    pub(super) epoch: Epoch,
-    pub(super) keys: Vec<pb::TaskKey>,
+pub(crate) struct Batch {
+    pub(crate) epoch: Epoch,
+    pub(crate) keys: Vec<pb::TaskKey>,
     /// Split out of a request refused as stale: never merged with other keys again.
     alone: bool,
 }
@@ -62,7 +62,7 @@ impl Pending {
 }
 
 impl Batch {
-    pub(super) fn request(&self) -> pb::AckTasksRequest {
+    pub(crate) fn request(&self) -> pb::AckTasksRequest {
         pb::AckTasksRequest { epoch: self.epoch.get(), keys: self.keys.clone() }
     }
 
@@ -86,7 +86,7 @@ impl Batch {
 /// `batches` as calls: each call's batches go as the groups of one AckTaskGroups (a lone
 /// batch as AckTasks), at most `MAX_ACK_GROUPS` groups and `MAX_KEYS` keys in all (a batch
 /// of `MAX_KEYS` goes alone).
-pub(super) fn calls(batches: Vec<Batch>) -> Vec<Vec<Batch>> {
+pub(crate) fn calls(batches: Vec<Batch>) -> Vec<Vec<Batch>> {
     let mut calls: Vec<Vec<Batch>> = Vec::new();
     let mut keys = 0;
     for batch in batches {

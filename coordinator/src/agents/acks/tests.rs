@@ -29,7 +29,8 @@ async fn rig(fake: FakeAgent) -> Rig {
     let stop = CancellationToken::new();
     let (store, directory, agent) = register(&fake, &stop).await;
     let tracker = TaskTracker::new();
-    let acks = Acks::new(directory.clone(), AgentClients::default(), tracker, stop.clone());
+    let clients = AgentClients::default();
+    let acks = Acks::new(directory.clone(), clients, tracker, stop.clone(), Lanes::default());
     Rig { acks, agent, fake, store, directory, stop }
 }
 
