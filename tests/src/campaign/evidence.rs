@@ -27,6 +27,9 @@ use crate::{
     sessions::find_entries,
 };
 
+/// How long the checker's etcd reads retry while etcd elects a leader.
+const ETCD_SETTLE: Duration = Duration::from_secs(30);
+
 /// A session as it ended, with its stop record.
 #[derive(Debug, Clone)]
 pub struct EndedSession {
@@ -166,8 +169,7 @@ async fn session_ids(
 ) -> Result<BTreeSet<String>, String> {
     let root = format!("{prefix}/sessions/");
     let options = GetOptions::new().with_prefix().with_keys_only();
-    let got =
-        etcd.get(root.as_str(), Some(options)).await.map_err(|e| format!("list sessions: {e}"))?;
+    let got = get(etcd, &root, Some(options)).await.map_err(|e| format!("list sessions: {e}"))?;
     Ok(got
         .kvs()
         .iter()
@@ -184,13 +186,13 @@ async fn get_one(
     etcd: &mut etcd_client::Client,
     key: &str,
 ) -> Result<Option<(Vec<u8>, i64)>, String> {
-    let got = etcd.get(key, None).await.map_err(|e| format!("get {key}: {e}"))?;
+    let got = get(etcd, key, None).await.map_err(|e| format!("get {key}: {e}"))?;
     Ok(got.kvs().first().map(|kv| (kv.value().to_vec(), kv.create_revision())))
 }
 
 /// The revision of the last write of `key` (0 when absent).
 async fn mod_revision(etcd: &mut etcd_client::Client, key: &str) -> Result<i64, String> {
-    let got = etcd.get(key, None).await.map_err(|e| format!("get {key}: {e}"))?;
+    let got = get(etcd, key, None).await.map_err(|e| format!("get {key}: {e}"))?;
     Ok(got.kvs().first().map_or(0, |kv| kv.mod_revision()))
 }
 
@@ -289,7 +291,7 @@ async fn wait_quiet(
             }
         }
         let options = GetOptions::new().with_prefix().with_keys_only();
-        let deleting = etcd.get(marks.as_str(), Some(options)).await.map_err(|e| e.to_string())?;
+        let deleting = get(etcd, &marks, Some(options)).await.map_err(|e| e.to_string())?;
         let quiet = held.is_empty() && deleting.kvs().is_empty();
         quiet_looks = if quiet { quiet_looks + 1 } else { 0 };
         if quiet_looks >= 2 {
@@ -313,8 +315,7 @@ async fn catalog(
     prefix: &str,
 ) -> Result<Vec<(String, pb::RestorePoint)>, String> {
     let root = format!("{prefix}/restore-points/");
-    let got = etcd
-        .get(root.as_str(), Some(GetOptions::new().with_prefix()))
+    let got = get(etcd, &root, Some(GetOptions::new().with_prefix()))
         .await
         .map_err(|e| format!("read the catalog: {e}"))?;
     got.kvs()
@@ -335,8 +336,7 @@ async fn deleting(
 ) -> Result<BTreeSet<String>, String> {
     let root = format!("{prefix}/restore-points-deleting/");
     let options = GetOptions::new().with_prefix().with_keys_only();
-    let got =
-        etcd.get(root.as_str(), Some(options)).await.map_err(|e| format!("read marks: {e}"))?;
+    let got = get(etcd, &root, Some(options)).await.map_err(|e| format!("read marks: {e}"))?;
     Ok(got
         .kvs()
         .iter()
@@ -419,6 +419,28 @@ async fn verify(api: &Api, rp: &pb::RestorePoint) -> Result<(), String> {
         Ok(answer) => Err(answer.problems.join("; ")),
         Err(status) => {
             Err(format!("VerifyRestorePoint: {:?}: {}", status.code(), status.message()))
+        }
+    }
+}
+
+/// A read of `key`, again while etcd answers UNAVAILABLE (a leader election right after the
+/// nemesis healed a member: "leader changed"), for at most `ETCD_SETTLE`.
+async fn get(
+    etcd: &mut etcd_client::Client,
+    key: &str,
+    options: Option<GetOptions>,
+) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+    let deadline = Instant::now() + ETCD_SETTLE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match etcd.get(key, options.clone()).await {
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
         }
     }
 }
