@@ -1,17 +1,21 @@
 //! Acknowledgements of finished tasks, sent until the agent has them. An agent keeps every
 //! finished task until it is acknowledged (and a drain waits for that), so a lost AckTasks
-//! is sent again, with a growing pause, until it succeeds, the agent is gone (it reports the
+//! is sent again, with a growing pause (without one when it failed riding with a RunTasks
+//! and the next RunTasks takes it), until it succeeds, the agent is gone (it reports the
 //! task again when it comes back) or refuses the epoch. The retries belong to the
 //! coordinator, not to a session's actor: they go on after the session ended.
 //!
-//! Acknowledgements to one agent coalesce: at most one call to it is in flight, and the
-//! keys that arrive meanwhile (from any session) go with the next call, so many sessions
+//! Acknowledgements to one agent coalesce: at most one ack call of its own to it is in
+//! flight, and the keys that arrive meanwhile (from any session) go with the next call (or
+//! ride with a RunTasks, below), so many sessions
 //! finishing quick items cost the agent a few calls and journal appends, not one per item.
 //! Each session's owner key gives it an epoch of its own, so the keys of many sessions go
 //! as the groups (one per epoch) of one AckTaskGroups; a lone epoch's as AckTasks.
 //! No timer holds a key back; the delivery task of an agent ends once nothing is pending.
 //! When a RunTasks to the same agent is under way, the keys ride with it instead
-//! (`runs::Lanes`), and what that call does not deliver comes back here (`requeue`).
+//! (`runs::Lanes`): they wait for the call in flight to end and go with the next one, or,
+//! when no task waits for one, come back here (`requeue`), as does what a call does not
+//! deliver.
 //!
 //! A withdrawal the agent never answered while its item waited (the item ended FAILED) is
 //! delivered on its own, the same way: once the agent has it, it refuses the held RunTask

@@ -84,9 +84,11 @@ impl RunLanes {
     }
 
     /// `call` with the acks still pending for its agent (those queued behind an AckTasks in
-    /// flight), as many as one call takes; the rest go back.
+    /// flight), as many as one call takes; the rest go back, and all of them when the agent
+    /// does not take acks with RunTasks.
     fn with_pending_acks(&self, agent: &AgentId, mut call: Call) -> Call {
         if !call.rides {
+            self.acks.requeue(agent, std::mem::take(&mut call.acks));
             return call;
         }
         call.acks.extend(self.acks.take_pending(agent));
@@ -134,8 +136,9 @@ impl RunLanes {
         }
     }
 
-    /// What the agent answered for the acks that rode along. One that answers none did not
-    /// take them (an older agent): they, and its later acks, go by calls of their own.
+    /// What the agent answered for the acks that rode along. One that answers another
+    /// number of results than groups (none: an older agent) did not take them: they, and
+    /// its later acks, go by calls of their own.
     fn settle_acks(&self, agent: &AgentId, acks: Vec<Batch>, results: Vec<pb::AckTasksResult>) {
         if acks.is_empty() {
             return;

@@ -26,7 +26,8 @@ pub(super) struct Call {
     pub(super) tasks: Vec<Waiting>,
     /// Acknowledgements riding along, each batch one group.
     pub(super) acks: Vec<Batch>,
-    /// Whether the agent takes acks with RunTasks.
+    /// Whether the agent takes acks with RunTasks (when not, `acks` holds those a lane took
+    /// before that was known; they go back to `Acks`).
     pub(super) rides: bool,
 }
 
