@@ -13,6 +13,36 @@ async fn held_sessions(client: &mut Client) -> Vec<String> {
     tasks.into_inner().tasks.iter().filter_map(|t| t.key.clone()).map(|k| k.session_id).collect()
 }
 
+/// An agent holding two ended tasks, and three groups of acks for them.
+struct Ended {
+    _coordinator: FakeCoordinator,
+    _state: tempfile::TempDir,
+    agent: TestAgent,
+    client: Client,
+    /// `first`'s task at its epoch (taken), `second`'s at an epoch older than its own
+    /// (refused as stale), and one of epoch 0 (invalid).
+    groups: Vec<pb::AckTasksRequest>,
+}
+
+/// Ends task 0 of session `first` at epoch 2 and task 1 of `second` at epoch 3.
+async fn two_ended(first: &str, second: &str) -> Ended {
+    let coordinator = FakeCoordinator::start().await;
+    let (state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
+    let mut client = agent.client.clone();
+    let mut events = watch(&mut client, "").await;
+    run(&mut client, sim_spec(first, 0, 2, 0)).await.expect("started");
+    outcome_of(&mut events, 0).await;
+    run(&mut client, sim_spec(second, 1, 3, 0)).await.expect("started");
+    outcome_of(&mut events, 1).await;
+    let group = |epoch, keys| pb::AckTasksRequest { epoch, keys };
+    let groups = vec![
+        group(2, vec![key(first, 0)]),
+        group(2, vec![key(second, 1)]),
+        group(0, vec![key(second, 1)]),
+    ];
+    Ended { _coordinator: coordinator, _state: state, agent, client, groups }
+}
+
 #[tokio::test]
 async fn run_tasks_answers_each_task_as_run_task_would() {
     let coordinator = FakeCoordinator::start().await;
@@ -54,20 +84,7 @@ async fn run_tasks_answers_each_task_as_run_task_would() {
 
 #[tokio::test]
 async fn ack_task_groups_answers_each_group_as_ack_tasks_would() {
-    let coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
-    let mut client = agent.client.clone();
-    let mut events = watch(&mut client, "").await;
-    run(&mut client, sim_spec("g1", 0, 2, 0)).await.expect("started");
-    outcome_of(&mut events, 0).await;
-    run(&mut client, sim_spec("g2", 1, 3, 0)).await.expect("started");
-    outcome_of(&mut events, 1).await;
-    let group = |epoch, keys| pb::AckTasksRequest { epoch, keys };
-    let groups = vec![
-        group(2, vec![key("g1", 0)]), // g1's epoch: acknowledged
-        group(2, vec![key("g2", 1)]), // older than g2's 3: refused, with the reason
-        group(0, vec![key("g2", 1)]), // invalid
-    ];
+    let Ended { _coordinator, _state, agent, mut client, groups } = two_ended("g1", "g2").await;
     let request = pb::AckTaskGroupsRequest { groups };
     let results = client.ack_task_groups(request).await.expect("acked").into_inner().results;
     assert_eq!(results.len(), 3, "{results:?}");
@@ -80,7 +97,7 @@ async fn ack_task_groups_answers_each_group_as_ack_tasks_would() {
     let left = held_sessions(&mut client).await;
     assert_eq!(left, ["g2"], "only the acknowledged group's task is forgotten");
 
-    let many = vec![group(3, vec![key("g2", 1)]); 257];
+    let many = vec![pb::AckTasksRequest { epoch: 3, keys: vec![key("g2", 1)] }; 257];
     let refused = client.ack_task_groups(pb::AckTaskGroupsRequest { groups: many });
     let refused = refused.await.expect_err("257 groups");
     assert_eq!(refused.code(), Code::InvalidArgument);
@@ -90,20 +107,8 @@ async fn ack_task_groups_answers_each_group_as_ack_tasks_would() {
 
 #[tokio::test]
 async fn acks_riding_with_run_tasks_are_taken_as_ack_task_groups_would() {
-    let coordinator = FakeCoordinator::start().await;
-    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
-    let mut client = agent.client.clone();
-    let mut events = watch(&mut client, "").await;
-    run(&mut client, sim_spec("r1", 0, 2, 0)).await.expect("started");
-    outcome_of(&mut events, 0).await;
-    run(&mut client, sim_spec("r2", 1, 3, 0)).await.expect("started");
-    outcome_of(&mut events, 1).await;
-    let group = |epoch, keys| pb::AckTasksRequest { epoch, keys };
-    let acks = vec![
-        group(2, vec![key("r1", 0)]), // acknowledged
-        group(2, vec![key("r2", 1)]), // older than r2's 3: refused, with the reason
-        group(0, vec![key("r2", 1)]), // invalid
-    ];
+    let Ended { _coordinator, _state, agent, mut client, groups: acks } =
+        two_ended("r1", "r2").await;
     let tasks = vec![sim_spec("r3", 2, 3, 600_000)];
     let answer = client.run_tasks(pb::RunTasksRequest { tasks, acks }).await.expect("run tasks");
     let pb::RunTasksResponse { results, ack_results } = answer.into_inner();
@@ -119,7 +124,7 @@ async fn acks_riding_with_run_tasks_are_taken_as_ack_task_groups_would() {
     left.sort();
     assert_eq!(left, ["r2", "r3"], "the acknowledged task forgotten, the new one running");
 
-    let many = vec![group(3, vec![key("r2", 1)]); 257];
+    let many = vec![pb::AckTasksRequest { epoch: 3, keys: vec![key("r2", 1)] }; 257];
     let refused = client.run_tasks(pb::RunTasksRequest { tasks: Vec::new(), acks: many });
     let refused = refused.await.expect_err("257 groups");
     assert_eq!(refused.code(), Code::InvalidArgument);
