@@ -43,6 +43,18 @@ async fn two_ended(first: &str, second: &str) -> Ended {
     Ended { _coordinator: coordinator, _state: state, agent, client, groups }
 }
 
+/// The answers to `Ended::groups`: taken, refused as stale (with the reason), invalid
+/// (naming `invalid_field`).
+fn assert_answers_of_ended(results: &[pb::AckTasksResult], invalid_field: &str) {
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(results[0], pb::AckTasksResult::default(), "acknowledged");
+    let stale = sluice_proto::refusal::from_ack_result(results[1].clone()).expect_err("stale");
+    let reason = sluice_proto::refusal::Refusal::of(&stale);
+    assert_eq!(reason, Some(sluice_proto::refusal::Refusal::StaleEpoch), "{stale:?}");
+    assert_eq!(results[2].code, Code::InvalidArgument as i32, "{:?}", results[2]);
+    assert!(results[2].message.contains(invalid_field), "{:?}", results[2]);
+}
+
 #[tokio::test]
 async fn run_tasks_answers_each_task_as_run_task_would() {
     let coordinator = FakeCoordinator::start().await;
@@ -87,13 +99,7 @@ async fn ack_task_groups_answers_each_group_as_ack_tasks_would() {
     let Ended { _coordinator, _state, agent, mut client, groups } = two_ended("g1", "g2").await;
     let request = pb::AckTaskGroupsRequest { groups };
     let results = client.ack_task_groups(request).await.expect("acked").into_inner().results;
-    assert_eq!(results.len(), 3, "{results:?}");
-    assert_eq!(results[0], pb::AckTasksResult::default(), "acknowledged");
-    let stale = sluice_proto::refusal::from_ack_result(results[1].clone()).expect_err("stale");
-    let reason = sluice_proto::refusal::Refusal::of(&stale);
-    assert_eq!(reason, Some(sluice_proto::refusal::Refusal::StaleEpoch), "{stale:?}");
-    assert_eq!(results[2].code, Code::InvalidArgument as i32, "{:?}", results[2]);
-    assert!(results[2].message.contains("groups[2].epoch"), "{:?}", results[2]);
+    assert_answers_of_ended(&results, "groups[2].epoch");
     let left = held_sessions(&mut client).await;
     assert_eq!(left, ["g2"], "only the acknowledged group's task is forgotten");
 
@@ -113,13 +119,7 @@ async fn acks_riding_with_run_tasks_are_taken_as_ack_task_groups_would() {
     let answer = client.run_tasks(pb::RunTasksRequest { tasks, acks }).await.expect("run tasks");
     let pb::RunTasksResponse { results, ack_results } = answer.into_inner();
     assert!(results.len() == 1 && results[0].status.is_some(), "started: {results:?}");
-    assert_eq!(ack_results.len(), 3, "{ack_results:?}");
-    assert_eq!(ack_results[0], pb::AckTasksResult::default(), "acknowledged");
-    let stale = sluice_proto::refusal::from_ack_result(ack_results[1].clone()).expect_err("stale");
-    let reason = sluice_proto::refusal::Refusal::of(&stale);
-    assert_eq!(reason, Some(sluice_proto::refusal::Refusal::StaleEpoch), "{stale:?}");
-    assert_eq!(ack_results[2].code, Code::InvalidArgument as i32, "{:?}", ack_results[2]);
-    assert!(ack_results[2].message.contains("acks[2].epoch"), "{:?}", ack_results[2]);
+    assert_answers_of_ended(&ack_results, "acks[2].epoch");
     let mut left = held_sessions(&mut client).await;
     left.sort();
     assert_eq!(left, ["r2", "r3"], "the acknowledged task forgotten, the new one running");
