@@ -103,6 +103,7 @@ impl RunLanes {
     async fn send(&self, agent: &AgentId, Call { mut tasks, acks, .. }: Call) {
         // The newest dispatch knows the agent's current address.
         let Some(mut client) = tasks.last().map(|w| w.client.clone()) else { return };
+        let registration = tasks.last().map_or(0, |w| w.spec.agent_registration);
         if tasks.len() == 1 && acks.is_empty() {
             let Waiting { spec, reply, .. } = tasks.remove(0);
             let _ = reply.send(run_one(&mut client, spec).await);
@@ -116,10 +117,10 @@ impl RunLanes {
             Ok(response) => {
                 let response = response.into_inner();
                 answer_each(tasks, response.results);
-                self.settle_acks(agent, acks, response.ack_results);
+                self.settle_acks(agent, registration, acks, response.ack_results);
             }
             Err(status) if status.code() == Code::Unimplemented => {
-                self.lanes.no_rides(agent);
+                self.lanes.no_rides(agent, registration);
                 self.acks.requeue(agent, acks);
                 let alone =
                     tasks.into_iter().map(|Waiting { spec, mut client, reply }| async move {
@@ -138,13 +139,19 @@ impl RunLanes {
 
     /// What the agent answered for the acks that rode along. One that answers another
     /// number of results than groups (none: an older agent) did not take them: they, and
-    /// its later acks, go by calls of their own.
-    fn settle_acks(&self, agent: &AgentId, acks: Vec<Batch>, results: Vec<pb::AckTasksResult>) {
+    /// its later acks, go by calls of their own until it registers again.
+    fn settle_acks(
+        &self,
+        agent: &AgentId,
+        registration: i64,
+        acks: Vec<Batch>,
+        results: Vec<pb::AckTasksResult>,
+    ) {
         if acks.is_empty() {
             return;
         }
         if results.len() != acks.len() {
-            self.lanes.no_rides(agent);
+            self.lanes.no_rides(agent, registration);
             self.acks.requeue(agent, acks);
             return;
         }

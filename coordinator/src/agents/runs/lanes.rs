@@ -3,7 +3,7 @@
 //! it would otherwise send in a call of its own.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -50,9 +50,10 @@ pub(super) struct Lane {
 pub(super) struct LaneMap {
     /// An agent has a lane exactly while a call to it is in flight or about to start.
     pub(super) by_agent: HashMap<AgentId, Lane>,
-    /// Agents that answered a RunTasks without taking its acks (older agents): their acks go
-    /// by calls of their own.
-    no_rides: HashSet<AgentId>,
+    /// Agents that answered a RunTasks without taking its acks (older agents), with the
+    /// registration they did so under: their acks go by calls of their own until they
+    /// register again (an agent upgraded in place), when rides are tried again.
+    no_rides: HashMap<AgentId, i64>,
 }
 
 /// The lanes of every agent; cheap to clone.
@@ -65,7 +66,7 @@ impl Lanes {
     /// back too (`Next::Idle`).
     pub(crate) fn offer_acks(&self, agent: &AgentId, batches: Vec<Batch>) -> Option<Vec<Batch>> {
         let mut map = self.lock();
-        if map.no_rides.contains(agent) {
+        if map.no_rides.contains_key(agent) {
             return Some(batches);
         }
         match map.by_agent.get_mut(agent) {
@@ -95,9 +96,17 @@ impl Lanes {
             return Next::Idle(acks);
         }
         let count = lane.tasks.len().min(MAX_RUN_TASKS);
-        let tasks = lane.tasks.drain(..count).collect();
+        let tasks: Vec<Waiting> = lane.tasks.drain(..count).collect();
         let acks = std::mem::take(&mut lane.acks);
-        let rides = !map.no_rides.contains(agent);
+        let registration = tasks.last().map_or(0, |w| w.spec.agent_registration);
+        let rides = match map.no_rides.get(agent) {
+            Some(refused_under) if *refused_under == registration => false,
+            Some(_) => {
+                map.no_rides.remove(agent);
+                true
+            }
+            None => true,
+        };
         Next::Call(Call { tasks, acks, rides })
     }
 
@@ -106,9 +115,9 @@ impl Lanes {
         self.lock().by_agent.remove(agent);
     }
 
-    /// Remembers that `agent` does not take acks with RunTasks.
-    pub(super) fn no_rides(&self, agent: &AgentId) {
-        self.lock().no_rides.insert(agent.clone());
+    /// Remembers that `agent`, under `registration`, does not take acks with RunTasks.
+    pub(super) fn no_rides(&self, agent: &AgentId, registration: i64) {
+        self.lock().no_rides.insert(agent.clone(), registration);
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, LaneMap> {

@@ -157,6 +157,27 @@ async fn acks_an_agent_ignores_on_run_tasks_go_by_their_own_calls() {
 }
 
 #[tokio::test]
+async fn an_agent_that_registers_again_is_offered_rides_again() {
+    let lanes = Lanes::default();
+    let agent = AgentId::parse("agent", "a1").expect("valid agent id");
+    let client = AgentClients::default().client("a1", "http://127.0.0.1:1").expect("a lazy client");
+    let call_under = |registration| {
+        let (reply, _) = oneshot::channel();
+        let spec = pb::TaskSpec { agent_registration: registration, ..spec("s0", 0) };
+        lanes.push(&agent, Waiting { spec, client: client.clone(), reply });
+        match lanes.take(&agent) {
+            Next::Call(call) => call.rides,
+            Next::Idle(_) => panic!("a task waits"),
+        }
+    };
+    lanes.no_rides(&agent, 5);
+    assert!(!call_under(5), "no rides under the registration that refused them");
+    assert_eq!(lanes.offer_acks(&agent, Vec::new()), Some(Vec::new()));
+    assert!(call_under(6), "rides again once registered anew (upgraded in place)");
+    assert_eq!(lanes.offer_acks(&agent, Vec::new()), None, "its lane takes acks again");
+}
+
+#[tokio::test]
 async fn acks_queued_behind_an_ack_call_ride_with_the_next_run_tasks() {
     let (fake, gate) = FakeAgent::held(FakeAgent::default());
     let stop = CancellationToken::new();
