@@ -1,6 +1,6 @@
 //! The loop of the task actor: commands from the handle, updates from executors.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb;
@@ -22,6 +22,8 @@ use crate::recovery::Recovered;
 const UPDATE_CAPACITY: usize = 1024;
 /// Most commands taken from the queue at once (their new epochs are saved in one write).
 const MAX_COMMANDS_AT_ONCE: usize = 64;
+/// Most executor updates applied at once (each changed task's status goes out once).
+const MAX_UPDATES_AT_ONCE: usize = 256;
 
 pub(super) struct Actor {
     table: TaskTable,
@@ -84,7 +86,7 @@ impl Actor {
                     Some(command) => self.handle_queued(command, &mut commands).await,
                     None => break,
                 },
-                Some((id, update)) = self.updates_rx.recv() => self.apply(&id, update),
+                Some(update) = self.updates_rx.recv() => self.apply_ready(update),
                 changed = self.liveness.changed(), if self.heartbeats => {
                     self.heartbeats = changed.is_ok();
                 }
@@ -176,15 +178,41 @@ impl Actor {
         }
     }
 
-    fn apply(&mut self, id: &TaskId, update: Update) {
-        let finished = matches!(update, Update::Finished(_));
-        let Some(status) = self.table.apply(id, update) else { return };
+    /// Applies `first` and the updates queued behind it, then announces each changed task's
+    /// status once. A status carries the task's whole state, so the phases a short task went
+    /// through while the actor was busy need not go out (and be copied to every watcher) one
+    /// by one; nothing waits for more updates to come.
+    fn apply_ready(&mut self, first: (TaskId, Update)) {
+        let mut changed = Vec::new();
+        let mut seen = HashSet::new();
+        let (mut finished, mut applied) = (false, 0);
+        let mut next = Some(first);
+        while let Some((id, update)) = next {
+            applied += 1;
+            let ended = match &update {
+                Update::Finished(outcome) => Some(outcome.state()),
+                _ => None,
+            };
+            if self.table.update(&id, update) {
+                if let Some(state) = ended {
+                    info!(task = %id, state = state.as_str_name(), "task finished");
+                    finished = true;
+                }
+                if seen.insert(id.clone()) {
+                    changed.push(id);
+                }
+            }
+            next = match applied < MAX_UPDATES_AT_ONCE {
+                true => self.updates_rx.try_recv().ok(),
+                false => None,
+            };
+        }
         if finished {
-            let state = status.outcome.as_ref().map(|o| o.state()).unwrap_or_default();
-            info!(task = %id, state = state.as_str_name(), "task finished");
             self.publish();
         }
-        let _ = self.events.send(status);
+        for status in changed.iter().filter_map(|id| self.table.status(id)) {
+            let _ = self.events.send(status);
+        }
     }
 
     /// Checks a command's epoch and durably records it when it is newer. The actor waits for

@@ -343,9 +343,20 @@ impl TaskTable {
         *highest = (*highest).max(id.attempt);
     }
 
-    /// Applies an executor update; returns the new status to announce.
+    /// Applies an executor update and returns the new status to announce.
+    #[cfg(test)]
     pub(crate) fn apply(&mut self, id: &TaskId, update: Update) -> Option<pb::TaskStatus> {
-        let entry = self.tasks.get_mut(id)?;
+        self.update(id, update).then(|| self.status(id)).flatten()
+    }
+
+    /// The task's current status, when it is held.
+    pub(crate) fn status(&self, id: &TaskId) -> Option<pb::TaskStatus> {
+        self.tasks.get(id).map(|entry| entry.status.clone())
+    }
+
+    /// Applies an executor update; `false` when the task is not held.
+    pub(crate) fn update(&mut self, id: &TaskId, update: Update) -> bool {
+        let Some(entry) = self.tasks.get_mut(id) else { return false };
         match update {
             Update::Phase(phase, at) => {
                 entry.status.phase = phase as i32;
@@ -366,7 +377,7 @@ impl TaskTable {
                 }
             }
         }
-        Some(entry.status.clone())
+        true
     }
 
     /// Enters the draining state.
