@@ -32,9 +32,10 @@ pub(crate) async fn serve(
 ) -> Result<(), AgentError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AgentServiceServer<AgentApi>>().await;
-    let reflection = sluice_proto::reflection::v1()
+    let served = [sluice_proto::pb::agent_service_server::SERVICE_NAME];
+    let reflection = sluice_proto::reflection::v1(&served)
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
-    let reflection_alpha = sluice_proto::reflection::v1alpha()
+    let reflection_alpha = sluice_proto::reflection::v1alpha(&served)
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
     let auth = ByCertificate::new(tls.is_none());
     let router = Server::builder()

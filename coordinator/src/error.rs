@@ -45,14 +45,25 @@ pub enum Error {
         /// Its active session.
         session: String,
     },
+    /// Other jobs run after this one (their `after_job` names it), so it cannot be deleted.
+    #[error(
+        "job {job:?} cannot be deleted: {} run(s) after it ({}); change their schedules first",
+        dependents.len(), dependents.join(", ")
+    )]
+    JobLinked {
+        /// Job name.
+        job: String,
+        /// The jobs whose `after_job` names it.
+        dependents: Vec<String>,
+    },
     /// A stop named a job that runs nothing.
     #[error("job {job:?} has no active session")]
     NoActiveSession {
         /// Job name.
         job: String,
     },
-    /// The job definition changed between reading it and creating the session.
-    #[error("job {job:?} changed while starting; try again")]
+    /// The job (or the schedules linked to it) changed between reading and writing.
+    #[error("job {job:?} changed meanwhile; try again")]
     JobChanged {
         /// Job name.
         job: String,
@@ -246,6 +257,15 @@ pub enum Error {
         /// Token id.
         id: String,
     },
+    /// A live token has this name already.
+    #[error("a token named {name:?} exists already; revoke it or choose another name")]
+    TokenExists {
+        /// Token name.
+        name: String,
+    },
+    /// A token was created or revoked while this one was created.
+    #[error("tokens changed while this one was created; try again")]
+    TokenRaced,
     /// TLS cannot be set up (certificate files, flags, a URL of the wrong scheme).
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
@@ -283,8 +303,9 @@ impl Error {
             | AgentNotRegistered { .. }
             | RestorePointNotFound { .. }
             | RestorePointDeleted { .. } => Code::NotFound,
-            JobExists { .. } | SessionIdTaken { .. } => Code::AlreadyExists,
+            JobExists { .. } | SessionIdTaken { .. } | TokenExists { .. } => Code::AlreadyExists,
             JobBusy { .. }
+            | JobLinked { .. }
             | NoActiveSession { .. }
             | ItemsGone { .. }
             | SessionEnded { .. }
@@ -296,6 +317,7 @@ impl Error {
             | NoSuitableAgent(_)
             | RepositoryUnknown { .. } => Code::FailedPrecondition,
             JobChanged { .. }
+            | TokenRaced
             | StopRaced { .. }
             | RegistrationRaced { .. }
             | StopIncomplete { .. }
@@ -315,11 +337,29 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        Status::new(error.code(), error.to_string())
+        Status::new(error.code(), bounded(error.to_string()))
     }
 }
 
-/// The HTTP status that fits a gRPC code (the mapping of `google.rpc.Code`).
+/// Longest status message sent: messages quote the values they refuse, and a message of a
+/// megabyte would not fit the headers a client accepts (it would see a transport error
+/// instead of the status).
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying how long it was.
+pub(crate) fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (message cut: {} bytes in all)", &message[..end], message.len())
+}
+
+/// The HTTP status that fits a gRPC code (the mapping of `google.rpc.Code`, but for the
+/// size limits).
 pub(crate) fn http_status(code: Code) -> http::StatusCode {
     use http::StatusCode as S;
     match code {
@@ -329,7 +369,8 @@ pub(crate) fn http_status(code: Code) -> http::StatusCode {
         Code::PermissionDenied => S::FORBIDDEN,
         Code::NotFound => S::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => S::CONFLICT,
-        Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+        // Every RESOURCE_EXHAUSTED of Sluice is a size limit, which a retry cannot pass.
+        Code::ResourceExhausted => S::PAYLOAD_TOO_LARGE,
         // 499 "client closed request": not a named status, but a valid one.
         Code::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
         Code::Unimplemented => S::NOT_IMPLEMENTED,
@@ -407,6 +448,21 @@ mod tests {
         assert_eq!(http_status(Code::PermissionDenied).as_u16(), 403);
         assert_eq!(http_status(Error::NoLease.code()).as_u16(), 503);
         assert_eq!(http_status(Code::Cancelled).as_u16(), 499);
+        assert_eq!(http_status(Code::ResourceExhausted).as_u16(), 413, "a limit, not a rate");
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let value = "\u{e9}".repeat(600_000);
+        let full = Error::JobNotFound { job: value.clone() }.to_string().len();
+        let status = Status::from(Error::JobNotFound { job: value });
+        let message = status.message();
+        assert!(message.len() < MAX_MESSAGE_BYTES + 64, "{} bytes", message.len());
+        assert!(message.starts_with("job \"\u{e9}\u{e9}"), "{message:.40}");
+        let note = format!("... (message cut: {full} bytes in all)");
+        assert!(message.ends_with(&note), "{message}");
+        let short = Status::from(Error::JobNotFound { job: "j".into() });
+        assert_eq!(short.message(), "job \"j\" does not exist");
     }
 
     #[test]

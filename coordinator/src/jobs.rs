@@ -86,11 +86,13 @@ impl Jobs {
         Ok(job)
     }
 
-    /// Deletes a job that has no active session; its restore points stay in the catalog.
+    /// Deletes a job that has no active session and that no other job's `after_job` names;
+    /// its restore points stay in the catalog.
     pub(crate) async fn delete(&self, name: &str) -> Result<()> {
         validate_name("name", name)?;
         let keys = self.store.keys();
         let (job_key, active_key) = (keys.job(name), keys.job_active(name));
+        let unlinked = links::unlinked(&self.store, name).await?;
         let txn = etcd_client::Txn::new()
             .when([
                 etcd_client::Compare::create_revision(
@@ -99,6 +101,7 @@ impl Jobs {
                     0,
                 ),
                 absent(&active_key),
+                unlinked,
             ])
             .and_then(
                 [vec![TxnOp::delete(job_key.as_str(), None)], links::delete_ops(&self.store, name)]
@@ -114,6 +117,11 @@ impl Jobs {
                 job: name.to_string(),
                 session: String::from_utf8_lossy(kv.value()).into_owned(),
             }),
+            None if self.store.exists(&job_key).await? => {
+                // A schedule changed meanwhile: a job may follow this one now.
+                links::unlinked(&self.store, name).await?;
+                Err(Error::JobChanged { job: name.to_string() })
+            }
             None => Err(not_found(name)),
         }
     }

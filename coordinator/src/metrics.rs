@@ -232,6 +232,11 @@ impl Metrics {
         }
     }
 
+    /// Drops a deleted job's last-success series.
+    fn forget_last_success(&self, job: &str) {
+        self.inner.last_success.remove(&JobLabel { job: job.to_string() });
+    }
+
     /// Orphaned sessions this coordinator claimed.
     pub(crate) fn took_over(&self, sessions: usize) {
         self.inner.takeovers.inc_by(sessions as u64);

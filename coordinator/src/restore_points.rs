@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{
-    job::validate_name,
+    job::{MAX_PATH_BYTES, validate_name},
     pb::{self, job_item::Target},
     time,
 };
@@ -129,6 +129,11 @@ impl RestorePoints {
         }
         if !request.target_dir.starts_with('/') {
             let reason = format!("must be an absolute path, got {:?}", request.target_dir);
+            return Err(Error::invalid("target_dir", reason));
+        }
+        if request.target_dir.len() > MAX_PATH_BYTES {
+            let reason =
+                format!("must be at most {MAX_PATH_BYTES} bytes, got {}", request.target_dir.len());
             return Err(Error::invalid("target_dir", reason));
         }
         let located = self.find(&request.job, &request.restore_point_id).await?;

@@ -11,7 +11,7 @@ use futures::TryFutureExt;
 use http::HeaderValue;
 use sluice_proto::{
     pb::{
-        agent_registry_server::AgentRegistryServer, auth_service_server::AuthServiceServer,
+        self, agent_registry_server::AgentRegistryServer, auth_service_server::AuthServiceServer,
         cluster_service_server::ClusterServiceServer,
         coordinator_peer_server::CoordinatorPeerServer, job_service_server::JobServiceServer,
     },
@@ -102,6 +102,15 @@ async fn graceful(
     }
 }
 
+/// The `sluice.v1` services a coordinator serves (reflection lists these).
+const SERVED: [&str; 5] = [
+    pb::job_service_server::SERVICE_NAME,
+    pb::cluster_service_server::SERVICE_NAME,
+    pb::agent_registry_server::SERVICE_NAME,
+    pb::auth_service_server::SERVICE_NAME,
+    pb::coordinator_peer_server::SERVICE_NAME,
+];
+
 /// The API services with health and reflection, behind the authorisation layer.
 async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticator>, Identity>>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -111,9 +120,9 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
     health_reporter.set_serving::<AuthServiceServer<AuthApi>>().await;
     health_reporter.set_serving::<CoordinatorPeerServer<PeerApi>>().await;
     let reflection =
-        sluice_proto::reflection::v1().map_err(|e| Error::Reflection(e.to_string()))?;
+        sluice_proto::reflection::v1(&SERVED).map_err(|e| Error::Reflection(e.to_string()))?;
     let reflection_alpha =
-        sluice_proto::reflection::v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
+        sluice_proto::reflection::v1alpha(&SERVED).map_err(|e| Error::Reflection(e.to_string()))?;
     let jobs = TooLarge(
         JobServiceServer::from_arc(services.jobs)
             .max_decoding_message_size(MAX_REQUEST_BYTES)

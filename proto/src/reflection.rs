@@ -1,20 +1,35 @@
-//! Server reflection for every Sluice server: `sluice.v1` and `grpc.health.v1`, in both the
-//! v1 and the v1alpha protocol (older clients such as grpcurl before 1.9 speak only v1alpha).
+//! Server reflection for every Sluice server, in both the v1 and the v1alpha protocol (older
+//! clients such as grpcurl before 1.9 speak only v1alpha). Each server lists the services it
+//! serves, health and reflection, not every service of `sluice.v1`: a client that discovers
+//! a service through reflection can call it there.
 
 use tonic_reflection::server::{Builder, Error, v1, v1alpha};
 
-fn builder() -> Builder<'static> {
-    Builder::configure()
+/// The full names of the services every server has beside its own.
+const COMMON: [&str; 3] = [
+    tonic_health::pb::health_server::SERVICE_NAME,
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+fn builder(services: &[&str]) -> Builder<'static> {
+    let builder = Builder::configure()
         .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    services.iter().chain(&COMMON).fold(builder, |b, name| b.with_service_name(*name))
 }
 
-/// The v1 reflection service.
-pub fn v1() -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
-    builder().build_v1()
+/// The v1 reflection service of a server serving `services` (full names, such as
+/// `sluice.v1.JobService`).
+pub fn v1(
+    services: &[&str],
+) -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
+    builder(services).build_v1()
 }
 
-/// The v1alpha reflection service.
-pub fn v1alpha() -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>, Error> {
-    builder().build_v1alpha()
+/// The v1alpha reflection service of a server serving `services`.
+pub fn v1alpha(
+    services: &[&str],
+) -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>, Error> {
+    builder(services).build_v1alpha()
 }

@@ -6,7 +6,7 @@
 //! in autumn runs once, at the first occurrence. Jobs with wildcards or steps in the time
 //! fields run on every real instant that matches the wall clock.
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::Tz;
 use croner::{
     Cron,
@@ -185,11 +185,14 @@ fn bad_day(day: &str) -> String {
     format!("{day:?} is not a day; use one of {}", DAY_NAMES.join(" "))
 }
 
-/// `HH:MM` or `HH:MM:SS`, 24-hour.
+/// `HH:MM` or `HH:MM:SS`, 24-hour. chrono reads second 60 as a leap second; a window does
+/// not start or end in one.
 fn parse_clock(text: &str) -> Result<NaiveTime, String> {
     NaiveTime::parse_from_str(text, "%H:%M:%S")
         .or_else(|_| NaiveTime::parse_from_str(text, "%H:%M"))
-        .map_err(|_| format!("{text:?} is not a time of day; use HH:MM or HH:MM:SS"))
+        .ok()
+        .filter(|time| time.nanosecond() < 1_000_000_000)
+        .ok_or_else(|| format!("{text:?} is not a time of day; use HH:MM or HH:MM:SS"))
 }
 
 /// A UTC time as a wall clock time in `zone`, for messages (`2026-03-29 03:00:00 CEST`).

@@ -1,5 +1,6 @@
 //! `ClusterService`: agents and coordinators.
 
+use sluice_proto::job::validate_name;
 use sluice_proto::pb::{self, cluster_service_server::ClusterService};
 use tonic::{Request, Response};
 
@@ -47,6 +48,7 @@ impl ClusterService for ClusterApi {
         if request.agent.is_empty() {
             return Err(Error::invalid("agent", "required").into());
         }
+        validate_name("agent", &request.agent).map_err(Error::from)?;
         let mut agent = self.registry.get(&request.agent).await?;
         let deadline_seconds = match request.deadline_seconds {
             0 => DEFAULT_DRAIN_SECONDS,

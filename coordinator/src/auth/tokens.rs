@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
-use etcd_client::{Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use sluice_proto::{
@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     error::{Error, Result},
-    store::{Store, absent},
+    store::{Store, absent, decode},
 };
 
 /// What every token starts with, so it is recognisable in logs and secret scanners.
@@ -65,19 +65,37 @@ impl Tokens {
                 format!("must be at most {MAX_TTL_SECONDS}"),
             ));
         }
+        let unique = self.name_unused(&request.name).await?;
         let (record, secret) = new_token(&request.name, role, request.ttl_seconds, created_by);
         let token = record.token.clone().unwrap_or_default();
         let key = self.store.keys().token(&token.id);
-        let txn = Txn::new().when([absent(&key)]).and_then([TxnOp::put(
+        let txn = Txn::new().when([absent(&key), unique]).and_then([TxnOp::put(
             key,
             record.encode_to_vec(),
             None,
         )]);
         if self.store.txn(txn).await?.is_none() {
-            return Err(Error::invalid("id", "a random token id collided; try again"));
+            return Err(Error::TokenRaced);
         }
         info!(target: AUDIT, principal = %created_by, token = %token.id, name = %token.name, role = %token.role, "token created");
         Ok((token, secret))
+    }
+
+    /// Refuses a name a live token has (the audit log names callers by their token's name);
+    /// the guard fails the create if a token is created or revoked meanwhile.
+    async fn name_unused(&self, name: &str) -> Result<Compare> {
+        let prefix = self.store.keys().tokens();
+        let options = GetOptions::new().with_prefix();
+        let response = self.store.kv().get(prefix.as_str(), Some(options)).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let record: pb::TokenRecord = decode(&key, kv.value())?;
+            if record.token.is_some_and(|token| token.name == name) {
+                return Err(Error::TokenExists { name: name.to_string() });
+            }
+        }
+        Ok(Compare::mod_revision(prefix, CompareOp::Less, revision + 1).with_prefix())
     }
 
     /// Every token, sorted by id.
@@ -90,7 +108,8 @@ impl Tokens {
     pub(crate) async fn revoke(&self, id: &str, by: &Principal) -> Result<pb::Token> {
         let not_found = || Error::TokenNotFound { id: id.to_string() };
         if !is_token_id(id) {
-            return Err(not_found());
+            let reason = format!("must be a token id (16 lowercase hex digits), got {id:?}");
+            return Err(Error::invalid("id", reason));
         }
         let key = self.store.keys().token(id);
         let record = self.store.get::<pb::TokenRecord>(&key).await?.ok_or_else(not_found)?;

@@ -1,6 +1,6 @@
 //! A job's schedule entry (`/schedules/{job}`), written in the same transaction as the job,
 //! and the checks of its `after_job` link that need the other jobs: the job exists and no
-//! chain of `after_job` links leads back to the job.
+//! chain of `after_job` links leads back to the job; a job another one follows is not deleted.
 
 use std::collections::HashMap;
 
@@ -24,16 +24,7 @@ pub(crate) struct Links {
 /// Checks `job`'s `after_job` link against the stored entries and builds the entry write.
 pub(crate) async fn check(store: &Store, job: &pb::Job) -> Result<Links> {
     let keys = store.keys();
-    let options = GetOptions::new().with_prefix();
-    let response = store.kv().get(keys.schedules(), Some(options)).await?;
-    let revision = response.header().map_or(0, |h| h.revision());
-    let mut entries = HashMap::new();
-    for kv in response.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let entry: pb::ScheduleEntry = decode(&key, kv.value())?;
-        let name = key.strip_prefix(&keys.schedules()).unwrap_or_default().to_string();
-        entries.insert(name, entry);
-    }
+    let (entries, revision) = entries(store).await?;
     let mut compares =
         vec![Compare::mod_revision(keys.schedules(), CompareOp::Less, revision + 1).with_prefix()];
     if let Some(after) =
@@ -44,6 +35,40 @@ pub(crate) async fn check(store: &Store, job: &pb::Job) -> Result<Links> {
     }
     let ops = vec![entry_op(store, job, entries.get(&job.name))];
     Ok(Links { compares, ops })
+}
+
+/// Guards a delete of `job` against jobs whose `after_job` names it: refused while any does
+/// (they would be left waiting on a job that no longer exists, and would follow a new job
+/// that took the name), and the returned guard fails the delete if one links to it meanwhile.
+pub(crate) async fn unlinked(store: &Store, job: &str) -> Result<Compare> {
+    let (entries, revision) = entries(store).await?;
+    let mut dependents: Vec<String> = entries
+        .into_iter()
+        .filter(|(_, entry)| entry.schedule.as_ref().is_some_and(|s| s.after_job == job))
+        .map(|(name, _)| name)
+        .collect();
+    if !dependents.is_empty() {
+        dependents.sort();
+        return Err(Error::JobLinked { job: job.to_string(), dependents });
+    }
+    let schedules = store.keys().schedules();
+    Ok(Compare::mod_revision(schedules, CompareOp::Less, revision + 1).with_prefix())
+}
+
+/// Every stored schedule entry by job name, and the revision they were read at.
+async fn entries(store: &Store) -> Result<(HashMap<String, pb::ScheduleEntry>, i64)> {
+    let keys = store.keys();
+    let options = GetOptions::new().with_prefix();
+    let response = store.kv().get(keys.schedules(), Some(options)).await?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    let mut entries = HashMap::new();
+    for kv in response.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let entry: pb::ScheduleEntry = decode(&key, kv.value())?;
+        let name = key.strip_prefix(&keys.schedules()).unwrap_or_default().to_string();
+        entries.insert(name, entry);
+    }
+    Ok((entries, revision))
 }
 
 async fn check_after_job(

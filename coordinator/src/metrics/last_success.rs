@@ -1,11 +1,15 @@
 //! `sluice_job_last_success_timestamp_seconds{job}` on every coordinator, from etcd: the
 //! session index (`/session-index/{job}/{id}`, one summary per session, written by whichever
 //! coordinator owns it) is listed, then watched. A broken watch lists again, so the gauge
-//! never misses a session, whoever ran it.
+//! never misses a session, whoever ran it. A deleted job's series goes with it (the job
+//! keys are watched for deletes): an alert on an old last success would fire for it forever.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
-use etcd_client::{GetOptions, WatchFilterType, WatchOptions};
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions};
 use prost::Message;
 use sluice_proto::{
     pb::{self, SessionResult, SessionState},
@@ -38,28 +42,55 @@ pub(crate) async fn follow_last_success(store: Store, metrics: Metrics, stop: Ca
 }
 
 async fn list_and_watch(store: &Store, metrics: &Metrics) -> Result<()> {
-    let prefix = store.keys().session_index(None);
-    let listed = store.kv().get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
-    let revision = listed.header().map_or(0, |h| h.revision());
-    let summaries = listed.kvs().iter().filter_map(|kv| pb::Session::decode(kv.value()).ok());
-    metrics.set_last_success(newest_successes(summaries));
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1)
-        .with_filters([WatchFilterType::NoDelete]);
-    let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
-    while let Some(response) = stream.message().await? {
-        if response.canceled() {
-            return Ok(());
-        }
-        for kv in response.events().iter().filter_map(|event| event.kv()) {
-            let Ok(summary) = pb::Session::decode(kv.value()) else { continue };
-            if let Some(seconds) = success_time(&summary) {
-                metrics.raise_last_success(&summary.job, seconds);
-            }
+    let keys = store.keys();
+    let (sessions, jobs) = (keys.session_index(None), keys.jobs());
+    let Some(revision) = list(store, metrics, &sessions, &jobs).await? else { return Ok(()) };
+    let from = |filter| {
+        WatchOptions::new().with_prefix().with_start_revision(revision + 1).with_filters([filter])
+    };
+    let mut watcher = store.watcher();
+    let mut ends = watcher.watch(sessions.as_str(), Some(from(WatchFilterType::NoDelete))).await?;
+    let mut deletes = watcher.watch(jobs.as_str(), Some(from(WatchFilterType::NoPut))).await?;
+    loop {
+        let (response, ended) = tokio::select! {
+            response = ends.message() => (response?, true),
+            response = deletes.message() => (response?, false),
+        };
+        let Some(response) = response.filter(|r| !r.canceled()) else { return Ok(()) };
+        let kvs = response.events().iter().filter_map(|event| event.kv());
+        match ended {
+            true => kvs.filter_map(|kv| pb::Session::decode(kv.value()).ok()).for_each(|summary| {
+                if let Some(seconds) = success_time(&summary) {
+                    metrics.raise_last_success(&summary.job, seconds);
+                }
+            }),
+            // A deleted job has no last success: its series would alert forever.
+            false => kvs
+                .filter_map(|kv| kv.key_str().ok()?.strip_prefix(jobs.as_str()))
+                .for_each(|job| metrics.forget_last_success(job)),
         }
     }
-    Ok(())
+}
+
+/// Sets the gauge from the session index, for the jobs that exist; returns the revision
+/// both were read at (one txn, so the watches from the next revision miss nothing), or
+/// `None` if etcd answered something else.
+async fn list(store: &Store, metrics: &Metrics, sessions: &str, jobs: &str) -> Result<Option<i64>> {
+    let txn = Txn::new().and_then([
+        TxnOp::get(sessions, Some(GetOptions::new().with_prefix())),
+        TxnOp::get(jobs, Some(GetOptions::new().with_prefix().with_keys_only())),
+    ]);
+    let listed = store.kv().txn(txn).await?;
+    let responses = listed.op_responses();
+    let [TxnOpResponse::Get(summaries), TxnOpResponse::Get(names)] = responses.as_slice() else {
+        return Ok(None);
+    };
+    let names: HashSet<&str> =
+        names.kvs().iter().filter_map(|kv| kv.key_str().ok()?.strip_prefix(jobs)).collect();
+    let summaries = summaries.kvs().iter().filter_map(|kv| pb::Session::decode(kv.value()).ok());
+    let existing = summaries.filter(|summary| names.contains(summary.job.as_str()));
+    metrics.set_last_success(newest_successes(existing));
+    Ok(Some(listed.header().map_or(0, |h| h.revision())))
 }
 
 /// The end time of each job's newest successful session.

@@ -6,12 +6,13 @@ use sluice_proto::pb::{self, ItemState, SessionResult, StopMode};
 use sluice_tests::{
     AgentSpec, Cluster, PATIENCE,
     api::{item, summary, wait_agents_listed, wait_stopped},
-    fixtures::expect_ok,
+    fixtures::{expect_code, expect_ok},
     stops::{
         OneVm, SLOW_RATE, SLOWER_RATE, assert_ended, assert_restore_points, start_one_slow_vm,
     },
     watch::{record_watch, timeline},
 };
+use tonic::Code;
 
 use ItemState::{Canceled, Success};
 
@@ -47,6 +48,10 @@ async fn a_task_that_ends_before_the_drain_deadline_commits_normally() {
 /// Drains agent `a1` with a deadline of `deadline_seconds`; returns the agent as answered.
 async fn drain_a1(cluster: &mut Cluster, deadline_seconds: u32) -> pb::Agent {
     let mut admin = cluster.cluster_client().await;
+    let bad = pb::DrainAgentRequest { agent: "Bad Agent!".into(), deadline_seconds };
+    expect_code(admin.drain_agent(bad).await, Code::InvalidArgument, "DrainAgent of a bad id");
+    let unknown = pb::DrainAgentRequest { agent: "a9".into(), deadline_seconds };
+    expect_code(admin.drain_agent(unknown).await, Code::NotFound, "DrainAgent of an unknown id");
     let request = pb::DrainAgentRequest { agent: "a1".into(), deadline_seconds };
     let drained = expect_ok(admin.drain_agent(request).await, "DrainAgent a1");
     drained.agent.unwrap_or_default()

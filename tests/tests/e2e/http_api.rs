@@ -305,12 +305,28 @@ async fn metrics_show_the_last_success_on_every_coordinator() {
     );
     let line = "sluice_items{job=\"nightly\",state=\"success\"} 0";
     wait_for_metric(&first, line, "the items to leave the gauge with their ended session").await;
+
+    // A deleted job's last success goes from every coordinator (an alert on it would fire
+    // forever).
+    expect(&first.call("DELETE", "/api/v1/jobs/nightly", "").await, 200, "delete");
+    let series = "sluice_job_last_success_timestamp_seconds{job=\"nightly\"}";
+    for (name, http) in [("c1", &first), ("c2", &second)] {
+        wait_for_metric_gone(http, series, &format!("{name} to drop the deleted job")).await;
+    }
 }
 
 async fn wait_for_metric(http: &HttpClient, line: &str, what: &str) {
     let check = || async {
         let text = http.get("/metrics").await.body;
         if text.contains(line) { Ok(()) } else { Err(text) }
+    };
+    wait_for(check, PATIENCE, &format!("{what}: {line}")).await;
+}
+
+async fn wait_for_metric_gone(http: &HttpClient, line: &str, what: &str) {
+    let check = || async {
+        let text = http.get("/metrics").await.body;
+        if text.contains(line) { Err(text) } else { Ok(()) }
     };
     wait_for(check, PATIENCE, &format!("{what}: {line}")).await;
 }

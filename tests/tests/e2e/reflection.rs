@@ -1,20 +1,24 @@
-//! Issue 2, scenario 5: server reflection and health on coordinators and agents.
+//! Issue 2, scenario 5: server reflection and health on coordinators and agents. Each lists
+//! exactly what it serves: a client that discovers a service through reflection can call it.
 
 use sluice_tests::{Cluster, Node};
 use tonic_health::pb::health_check_response::ServingStatus;
 
+const COMMON: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 async fn assert_serves(node: &Node, services: &[&str]) {
-    let listed = node
+    let mut listed = node
         .reflected_services()
         .await
         .unwrap_or_else(|e| panic!("server reflection on {}: {e:#}", node.id()));
-    for service in services {
-        assert!(
-            listed.iter().any(|s| s == service),
-            "{} lists {service} through server reflection; it lists {listed:?}",
-            node.id()
-        );
-    }
+    listed.sort();
+    let mut expected: Vec<String> = services.iter().chain(&COMMON).map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "the services {} lists through server reflection", node.id());
     let health = node
         .health_status("")
         .await
@@ -26,7 +30,14 @@ async fn assert_serves(node: &Node, services: &[&str]) {
 async fn coordinator_offers_reflection_and_health() {
     let cluster = Cluster::builder().start().await;
     let coordinator = &cluster.coordinators()[0];
-    assert_serves(coordinator, &["sluice.v1.JobService", "sluice.v1.ClusterService"]).await;
+    let served = [
+        "sluice.v1.JobService",
+        "sluice.v1.ClusterService",
+        "sluice.v1.AgentRegistry",
+        "sluice.v1.AuthService",
+        "sluice.v1.CoordinatorPeer",
+    ];
+    assert_serves(coordinator, &served).await;
 }
 
 #[tokio::test]

@@ -124,6 +124,16 @@ async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob()
         "restore into a relative directory",
     );
     assert!(status.message().starts_with("target_dir:"), "{status:?}");
+    let too_long = pb::RestoreRestorePointRequest {
+        target_dir: format!("/{}", "t".repeat(20_000)),
+        ..restore_request(&id, &target)
+    };
+    let status = expect_code(
+        jobs.restore_restore_point(too_long).await,
+        Code::InvalidArgument,
+        "restore into a path longer than PATH_MAX",
+    );
+    assert_eq!(status.message(), "target_dir: must be at most 4096 bytes, got 20001");
     let unknown = jobs.verify_restore_point(pb::VerifyRestorePointRequest {
         job: String::new(),
         restore_point_id: "20200101-000000-0000-0".into(),

@@ -213,6 +213,17 @@ async fn bad_schedules_and_windows_are_refused_naming_the_field() {
     );
     assert!(status.message().contains("job.schedule.after_job:"), "{}", status.message());
     assert!(status.message().contains("c -> a -> b -> c"), "{}", status.message());
+    // A job another one runs after is not deleted until that one no longer names it.
+    let delete = |name: &str| pb::DeleteJobRequest { name: name.into() };
+    let status = expect_code(
+        jobs.delete_job(delete("c")).await,
+        Code::FailedPrecondition,
+        "delete of a job b runs after",
+    );
+    assert!(status.message().contains("1 run(s) after it (b)"), "{}", status.message());
+    for name in ["a", "b", "c"] {
+        jobs.delete_job(delete(name)).await.expect("deleted once nothing runs after it");
+    }
 }
 
 #[tokio::test]

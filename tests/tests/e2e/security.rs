@@ -109,6 +109,12 @@ async fn calls_without_good_credentials_are_unauthenticated_and_echo_nothing() {
     );
     list_jobs(&channel, &secret).await.expect("the token works");
     let mut auth = AuthServiceClient::new(cluster.coordinator(0).channel().await);
+    let twin = pb::CreateTokenRequest { name: "ci".into(), role: "admin".into(), ttl_seconds: 0 };
+    let status =
+        expect_code(auth.create_token(twin).await, Code::AlreadyExists, "a second token \"ci\"");
+    assert!(status.message().contains("\"ci\" exists already"), "{status:?}");
+    let blank = pb::RevokeTokenRequest { id: String::new() };
+    expect_code(auth.revoke_token(blank).await, Code::InvalidArgument, "RevokeToken of \"\"");
     let revoked = expect_ok(
         auth.revoke_token(pb::RevokeTokenRequest { id: token.id.clone() }).await,
         "RevokeToken",
