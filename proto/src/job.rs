@@ -1,7 +1,7 @@
 //! Job definitions: validation of the wire `Job`, and the TOML/JSON job-file format
 //! (`file.rs`, with the schedule and window parts in `schedule.rs`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path};
 
 use crate::pb::{self, job_item::Target};
@@ -161,6 +161,7 @@ fn validate_items(job_type: pb::JobType, items: &[pb::JobItem]) -> Result<(), Jo
         )));
     }
     let mut names = HashSet::with_capacity(items.len());
+    let mut disks = HashMap::new();
     for (index, item) in items.iter().enumerate() {
         let field = format!("job.items[{index}]");
         validate_item_name(&field, &item.name)?;
@@ -171,6 +172,26 @@ fn validate_items(job_type: pb::JobType, items: &[pb::JobItem]) -> Result<(), Jo
             ));
         }
         validate_target(&field, job_type, item.target.as_ref())?;
+        if let Some(Target::Vm(vm)) = &item.target {
+            validate_disks_unshared(&field, item, &vm.disks, &mut disks)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a disk another item already backs up: the two tasks would run at once on one
+/// image, and the second would fail on QEMU's lock (or copy a disk being copied).
+fn validate_disks_unshared<'a>(
+    field: &str,
+    item: &'a pb::JobItem,
+    disks: &'a [String],
+    seen: &mut HashMap<&'a Path, &'a str>,
+) -> Result<(), JobError> {
+    for (i, disk) in disks.iter().enumerate() {
+        if let Some(other) = seen.insert(Path::new(disk), &item.name) {
+            let reason = format!("{disk:?} is also a disk of item {other:?}");
+            return Err(invalid(format!("{field}.vm.disks[{i}]"), reason));
+        }
     }
     Ok(())
 }
