@@ -128,7 +128,10 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
+    let (ping_every, ping_timeout) = sluice_proto::KEEPALIVE;
     Ok(Server::builder()
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_timeout))
         .trace_fn(telemetry::server_span)
         .layer(AuthLayer::new(services.authenticator))
         .add_service(health_service)

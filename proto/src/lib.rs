@@ -37,3 +37,9 @@ pub const MAX_ACK_GROUPS: usize = 256;
 
 /// Version of the Sluice binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often a gRPC server pings an HTTP/2 connection, and how long it waits for the
+/// answer before closing it: the streams of a client that vanished (powered off, cut off
+/// by a partition) end within a minute, not after the kernel's retransmissions (about 15).
+pub const KEEPALIVE: (std::time::Duration, std::time::Duration) =
+    (std::time::Duration::from_secs(30), std::time::Duration::from_secs(10));
