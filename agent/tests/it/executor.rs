@@ -1,6 +1,7 @@
 //! The VM executor against real `qemu-img`.
 
 use std::path::Path;
+use std::process::Command;
 
 use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState, TaskPhase};
@@ -57,10 +58,53 @@ async fn a_missing_disk_fails_naming_the_disk_and_phase() {
     assert_eq!(outcome.state(), ItemState::Failed);
     let expected = format!("SNAPSHOT of disk {} failed:", missing.display());
     assert!(outcome.message.starts_with(&expected), "{}", outcome.message);
+    assert!(!outcome.message.contains("qmp_socket"), "no in-use hint: {}", outcome.message);
     assert!(outcome.restore_point.is_none());
     assert!(sluice_snapshots(&good).is_empty(), "the good disk's snapshot is removed");
     assert!(entries(&repo.join("nightly/vm1")).is_empty(), "nothing written to the repository");
     assert_eq!(phases(&mut run.updates).last(), Some(&TaskPhase::Cleanup));
+}
+
+/// A `qemu-storage-daemon` holding a qcow2 image open for writing, and so its lock, as a VM
+/// running on it does; it is ended when dropped.
+struct Holder {
+    pid: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Holder {
+    fn open(disk: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        let file = format!("driver=file,node-name=file,filename={}", disk.display());
+        // With --daemonize the command returns once the image is open and the pid written.
+        let pid_arg = pid_file.to_str().expect("utf-8");
+        let qcow2 = "driver=qcow2,node-name=disk,file=file";
+        let args = ["--daemonize", "--pidfile", pid_arg, "--blockdev", &file, "--blockdev", qcow2];
+        sh("qemu-storage-daemon", &args);
+        let pid = std::fs::read_to_string(&pid_file).expect("pid file").trim().to_owned();
+        Self { pid, _dir: dir }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+#[tokio::test]
+async fn a_disk_another_process_holds_fails_with_the_qmp_socket_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "held.qcow2", 1);
+    let _holder = Holder::open(&disk);
+    let mut run = prepare(vm_spec("s4", 3, &[&disk], &dir.path().join("repo")), None);
+
+    let outcome = exec::execute(&mut run.ctx).await;
+
+    assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
+    assert!(outcome.message.contains("lock"), "{}", outcome.message);
+    assert!(outcome.message.contains("give the job the VM's qmp_socket"), "{}", outcome.message);
 }
 
 #[tokio::test]

@@ -160,10 +160,10 @@ async fn open_disks(
     blockdev::match_disks(&nodes, disks).map_err(|message| (None, Opening::Nodes(message)))
 }
 
-/// QEMU's lock error, with what the operator can do about it.
+/// QEMU's error, with what the operator can do about it when another process holds the image.
 fn in_use_hint(error: &QmpError) -> String {
     let text = error.to_string();
-    if text.contains("lock") {
+    if is_held_elsewhere(error) {
         format!(
             "{text} (the image is in use by another process: if a VM runs on it, give the job \
              the VM's qmp_socket)"
@@ -171,6 +171,16 @@ fn in_use_hint(error: &QmpError) -> String {
     } else {
         text
     }
+}
+
+/// Whether QEMU refused the image because another process holds it: its image locking
+/// (`Failed to get "write" lock`) or a node in use. Only QEMU's own text counts, not the
+/// command's name (`blockdev-add` holds "lock") nor a whole message that merely names a path.
+fn is_held_elsewhere(error: &QmpError) -> bool {
+    let QmpError::Command { desc, .. } = error else {
+        return false;
+    };
+    (desc.contains("Failed to get") && desc.contains("lock")) || desc.contains("is in use")
 }
 
 /// Deletes, through the daemon that holds the offline images, the internal `sluice-`
@@ -210,4 +220,24 @@ pub(crate) async fn remove_legacy_snapshots(disks: &[PathBuf]) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(desc: &str) -> String {
+        let class = "GenericError".to_owned();
+        in_use_hint(&QmpError::Command { command: "blockdev-add".into(), class, desc: desc.into() })
+    }
+
+    #[test]
+    fn only_a_held_image_gets_the_qmp_socket_hint() {
+        let held = refused("Failed to get \"write\" lock");
+        assert!(held.ends_with("give the job the VM's qmp_socket)"), "{held}");
+        let missing = "Could not open '/d/a.qcow2': No such file or directory";
+        assert_eq!(refused(missing), format!("blockdev-add: {missing}"), "no hint");
+        assert!(!refused("Could not open '/d/blocked.qcow2': Permission denied").contains('('));
+        assert!(!in_use_hint(&QmpError::Closed).contains("qmp_socket"));
+    }
 }
