@@ -4,6 +4,12 @@ use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::refusal::Refusal;
 use tonic::{Code, Status};
 
+/// Longest message of a status the agent answers. A status travels in HTTP/2 headers, which
+/// peers bound: a message quoting a whole bad value (a path of a megabyte) arrives as
+/// RESOURCE_EXHAUSTED or an h2 protocol error instead of the refusal. Percent-encoding may
+/// triple it on the wire, which still leaves it far below any peer's header limit.
+pub(crate) const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
 /// Everything that can go wrong in the agent, as callers and operators see it.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -121,6 +127,17 @@ impl AgentError {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
+    /// The error with its field named within `parent` (`key` within `tasks[3]` is
+    /// `tasks[3].key`); other errors stay as they are.
+    pub(crate) fn within(self, parent: &str) -> Self {
+        match self {
+            Self::InvalidArgument { field, reason } => {
+                Self::InvalidArgument { field: format!("{parent}.{field}"), reason }
+            }
+            other => other,
+        }
+    }
+
     /// A journal failure with context.
     pub(crate) fn journal(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Journal { context: context.into(), source }
@@ -149,7 +166,7 @@ impl AgentError {
 
 impl From<AgentError> for Status {
     fn from(error: AgentError) -> Self {
-        let status = Status::new(error.code(), error.to_string());
+        let status = Status::new(error.code(), status_message(&error));
         let refusal = match error {
             AgentError::StaleEpoch { .. } => Refusal::StaleEpoch,
             AgentError::Draining { .. } => Refusal::Draining,
@@ -160,6 +177,30 @@ impl From<AgentError> for Status {
         };
         refusal.attach(status)
     }
+}
+
+/// The error's text, cut to [`MAX_STATUS_MESSAGE_BYTES`] with a note of its whole length.
+fn status_message(error: &AgentError) -> String {
+    let mut message = error.to_string();
+    if message.len() > MAX_STATUS_MESSAGE_BYTES {
+        let mark = format!("… (cut, {} bytes in all)", message.len());
+        cut_to(&mut message, MAX_STATUS_MESSAGE_BYTES, &mark);
+    }
+    message
+}
+
+/// Cuts `text` on a character boundary so that, with `mark` appended, it holds at most `max`
+/// bytes; a text of at most `max` bytes stays as it is.
+pub(crate) fn cut_to(text: &mut String, max: usize, mark: &str) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(mark.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(mark);
 }
 
 #[cfg(test)]
@@ -178,5 +219,38 @@ mod tests {
         let slots = Status::from(AgentError::NoFreeSlot { used: 2, total: 2 });
         assert_eq!(slots.code(), Code::ResourceExhausted);
         assert_eq!(slots.message(), "no free task slot (2 of 2 in use)");
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary_with_their_length() {
+        // Two-byte characters, so that the cut falls inside one unless it is moved.
+        let reason = format!("{:?} is not under a root", "é".repeat(3000));
+        let whole = format!("repository: {reason}").len();
+        let status = Status::from(AgentError::invalid("repository", reason));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let message = status.message();
+        assert!(message.len() <= MAX_STATUS_MESSAGE_BYTES, "{} bytes", message.len());
+        assert!(message.starts_with("repository: \"éé"), "{message}");
+        assert!(message.ends_with(&format!("… (cut, {whole} bytes in all)")), "{message}");
+        let short = Status::from(AgentError::invalid("repository", "é".repeat(500)));
+        assert_eq!(short.message(), format!("repository: {}", "é".repeat(500)), "kept whole");
+    }
+
+    #[test]
+    fn a_text_at_the_bound_is_kept_and_one_past_it_is_cut() {
+        let mut at = "a".repeat(10);
+        cut_to(&mut at, 10, "~");
+        assert_eq!(at, "a".repeat(10));
+        let mut past = "€".repeat(4); // 12 bytes of 3-byte characters
+        cut_to(&mut past, 11, "~");
+        assert_eq!(past, "€€€~", "a cut at byte 10 would split the fourth character");
+    }
+
+    #[test]
+    fn fields_are_named_within_their_parent() {
+        let nested = AgentError::invalid("job_type", "is unset").within("tasks[3]");
+        assert_eq!(nested.to_string(), "tasks[3].job_type: is unset");
+        let other = AgentError::NoFreeSlot { used: 1, total: 1 }.within("tasks[3]");
+        assert_eq!(other.to_string(), "no free task slot (1 of 1 in use)");
     }
 }

@@ -207,14 +207,7 @@ pub async fn execute(ctx: &mut TaskContext) -> pb::TaskOutcome {
 /// The outcome with its message cut to [`MAX_OUTCOME_MESSAGE_BYTES`] on a character
 /// boundary, ending with a mark that says so.
 pub(crate) fn bounded(mut outcome: pb::TaskOutcome) -> pb::TaskOutcome {
-    if outcome.message.len() > MAX_OUTCOME_MESSAGE_BYTES {
-        let mut end = MAX_OUTCOME_MESSAGE_BYTES - CUT_MARK.len();
-        while !outcome.message.is_char_boundary(end) {
-            end -= 1;
-        }
-        outcome.message.truncate(end);
-        outcome.message.push_str(CUT_MARK);
-    }
+    crate::error::cut_to(&mut outcome.message, MAX_OUTCOME_MESSAGE_BYTES, CUT_MARK);
     outcome
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Component, Path};
 
 use sluice_proto::ids::{Epoch, SessionId};
-use sluice_proto::job::JobError;
+use sluice_proto::job::{JobError, MAX_PATH_BYTES};
 use sluice_proto::pb::{self, job_item::Target};
 
 use crate::error::AgentError;
@@ -62,27 +62,56 @@ fn invalid_id(field: &str) -> impl FnOnce(JobError) -> AgentError {
     }
 }
 
-/// Checks a run request's task and returns its id and epoch.
-pub fn validate_spec(spec: &pb::TaskSpec) -> Result<(TaskId, Epoch), AgentError> {
-    let key = spec.key.as_ref().ok_or_else(|| AgentError::invalid("task.key", "is required"))?;
-    let id = task_id("task.key", key)?;
+/// Checks a run request's task and returns its id and epoch; errors name fields within
+/// `field` (`task` for RunTask, `tasks[i]` for RunTasks).
+pub fn validate_spec(field: &str, spec: &pb::TaskSpec) -> Result<(TaskId, Epoch), AgentError> {
+    check_spec(spec).map_err(|error| error.within(field))
+}
+
+/// [`validate_spec`], with fields named relative to the spec (`key`, `job_type`).
+pub(crate) fn check_spec(spec: &pb::TaskSpec) -> Result<(TaskId, Epoch), AgentError> {
+    let key = spec.key.as_ref().ok_or_else(|| AgentError::invalid("key", "is required"))?;
+    let id = task_id("key", key)?;
     if key.attempt < 1 {
-        return Err(AgentError::invalid("task.key.attempt", "must be at least 1"));
+        return Err(AgentError::invalid("key.attempt", "must be at least 1"));
     }
-    let epoch = epoch("task.epoch", spec.epoch)?;
-    sluice_proto::job::validate_name("task.key", &id.restore_point_id()).map_err(|_| {
-        AgentError::invalid("task.key", "session id too long to name the restore point")
-    })?;
-    sluice_proto::job::validate_name("task.job", &spec.job)
-        .map_err(|e| AgentError::invalid("task.job", e.to_string()))?;
-    let item = spec.item.as_ref().ok_or_else(|| AgentError::invalid("task.item", "is required"))?;
+    let epoch = epoch("epoch", spec.epoch)?;
+    sluice_proto::job::validate_name("key", &id.restore_point_id())
+        .map_err(|_| AgentError::invalid("key", "session id too long to name the restore point"))?;
+    sluice_proto::job::validate_name("job", &spec.job).map_err(invalid_id("job"))?;
+    let item = spec.item.as_ref().ok_or_else(|| AgentError::invalid("item", "is required"))?;
     validate_item_name(&item.name)?;
-    validate_target(spec, item.target.as_ref())?;
+    let target = item
+        .target
+        .as_ref()
+        .ok_or_else(|| AgentError::invalid("item.target", "needs a vm or computer"))?;
+    check_job_type(spec.job_type, target)?;
+    validate_target(target)?;
+    validate_repository(spec)?;
     Ok((id, epoch))
 }
 
+/// A coordinator sends its job's type, which job validation ties to the items' targets: a
+/// VM item to a VM backup, a computer to an agent backup. Any other type (unset, unknown, or
+/// one that fits no item) is refused rather than run by whatever executor the target picks.
+fn check_job_type(job_type: i32, target: &Target) -> Result<(), AgentError> {
+    let (item, fits) = match target {
+        Target::Vm(_) => ("a vm item", pb::JobType::VmBackup),
+        Target::Computer(_) => ("a computer item", pb::JobType::AgentBackup),
+    };
+    if job_type == fits as i32 {
+        return Ok(());
+    }
+    let given = match pb::JobType::try_from(job_type) {
+        Ok(pb::JobType::Unspecified) => "unset".to_owned(),
+        Ok(other) => other.as_str_name().to_owned(),
+        Err(_) => format!("{job_type}, not a known job type"),
+    };
+    Err(AgentError::invalid("job_type", format!("is {given}; {item} needs {}", fits.as_str_name())))
+}
+
 fn validate_item_name(name: &str) -> Result<(), AgentError> {
-    let field = "task.item.name";
+    let field = "item.name";
     if name.is_empty() || name.len() > MAX_ITEM_NAME_LEN {
         return Err(AgentError::invalid(field, format!("must be 1-{MAX_ITEM_NAME_LEN} bytes")));
     }
@@ -95,58 +124,88 @@ fn validate_item_name(name: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn validate_target(spec: &pb::TaskSpec, target: Option<&Target>) -> Result<(), AgentError> {
-    let needs_repository = match target {
-        None => return Err(AgentError::invalid("task.item.target", "needs a vm or computer")),
-        Some(Target::Vm(vm)) => {
-            validate_disks(&vm.disks)?;
-            if !vm.qmp_socket.is_empty() {
-                validate_absolute("task.item.vm.qmp_socket", std::slice::from_ref(&vm.qmp_socket))?;
+fn validate_target(target: &Target) -> Result<(), AgentError> {
+    match target {
+        Target::Vm(vm) => {
+            if vm.disks.is_empty() {
+                return Err(AgentError::invalid("item.vm.disks", "must name at least one disk"));
             }
-            spec.sim_duration_ms.is_none()
+            validate_paths("item.vm.disks", &vm.disks)?;
+            if vm.qmp_socket.is_empty() {
+                return Ok(());
+            }
+            validate_absolute("item.vm.qmp_socket", &vm.qmp_socket)
         }
-        Some(Target::Computer(computer)) => {
-            validate_computer(computer)?;
-            spec.sim_duration_ms.is_none()
-        }
-    };
-    if needs_repository && !spec.repository.starts_with('/') {
-        return Err(AgentError::invalid("task.repository", "must be an absolute path"));
+        Target::Computer(computer) => validate_computer(computer),
+    }
+}
+
+/// The repository: bounded always; absolute, without `..` or NUL unless the sim executor
+/// runs the task (it writes nothing there).
+fn validate_repository(spec: &pb::TaskSpec) -> Result<(), AgentError> {
+    let field = "repository";
+    check_path_length(field, &spec.repository)?;
+    if spec.sim_duration_ms.is_some() {
+        return Ok(());
+    }
+    if !spec.repository.starts_with('/') {
+        return Err(AgentError::invalid(field, "must be an absolute path"));
     }
     let climbs = Path::new(&spec.repository).components().any(|c| c == Component::ParentDir);
-    if needs_repository && (climbs || spec.repository.contains('\0')) {
-        return Err(AgentError::invalid("task.repository", "must not contain '..' or NUL"));
+    if climbs || spec.repository.contains('\0') {
+        return Err(AgentError::invalid(field, "must not contain '..' or NUL"));
     }
     Ok(())
 }
 
 fn validate_computer(computer: &pb::ComputerTarget) -> Result<(), AgentError> {
     if computer.computer.is_empty() {
-        return Err(AgentError::invalid("task.item.computer.computer", "must name the computer"));
+        return Err(AgentError::invalid("item.computer.computer", "must name the computer"));
     }
     if computer.paths.is_empty() {
-        return Err(AgentError::invalid("task.item.computer.paths", "must name at least one path"));
+        return Err(AgentError::invalid("item.computer.paths", "must name at least one path"));
     }
-    validate_absolute("task.item.computer.paths", &computer.paths)
+    validate_paths("item.computer.paths", &computer.paths)
 }
 
-fn validate_disks(disks: &[String]) -> Result<(), AgentError> {
-    if disks.is_empty() {
-        return Err(AgentError::invalid("task.item.vm.disks", "must name at least one disk"));
-    }
-    validate_absolute("task.item.vm.disks", disks)
-}
-
-fn validate_absolute(field: &str, paths: &[String]) -> Result<(), AgentError> {
+fn validate_paths(field: &str, paths: &[String]) -> Result<(), AgentError> {
     for (i, path) in paths.iter().enumerate() {
-        if !path.starts_with('/') || path.contains('\0') {
-            return Err(AgentError::invalid(
-                format!("{field}[{i}]"),
-                format!("{path:?} must be an absolute path"),
-            ));
+        if let Some(reason) = absolute_path_problem(path) {
+            return Err(AgentError::invalid(format!("{field}[{i}]"), reason));
         }
     }
     Ok(())
+}
+
+fn validate_absolute(field: &str, path: &str) -> Result<(), AgentError> {
+    match absolute_path_problem(path) {
+        Some(reason) => Err(AgentError::invalid(field, reason)),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with a path that must be absolute, if anything.
+fn absolute_path_problem(path: &str) -> Option<String> {
+    if path.len() > MAX_PATH_BYTES {
+        return Some(too_long(path.len()));
+    }
+    if !path.starts_with('/') || path.contains('\0') {
+        return Some(format!("{path:?} must be an absolute path"));
+    }
+    None
+}
+
+/// Refuses a path longer than PATH_MAX (a job's limit too) before anything opens it or quotes
+/// it in an error.
+pub(crate) fn check_path_length(field: &str, path: &str) -> Result<(), AgentError> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(AgentError::invalid(field, too_long(path.len())));
+    }
+    Ok(())
+}
+
+fn too_long(length: usize) -> String {
+    format!("must be at most {MAX_PATH_BYTES} bytes, got {length}")
 }
 
 #[cfg(test)]
@@ -173,7 +232,7 @@ mod tests {
     }
 
     fn field_of(spec: &pb::TaskSpec) -> String {
-        match validate_spec(spec) {
+        match validate_spec("task", spec) {
             Err(AgentError::InvalidArgument { field, .. }) => field,
             other => format!("{other:?}"),
         }
@@ -181,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_good_spec_passes() {
-        let (id, epoch) = validate_spec(&spec()).expect("valid");
+        let (id, epoch) = validate_spec("task", &spec()).expect("valid");
         assert_eq!(epoch.get(), 1);
         assert_eq!(id.restore_point_id(), "s1-0");
         let retry = TaskId { attempt: 12, ..id };
@@ -226,14 +285,75 @@ mod tests {
                 paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             };
             let item = pb::JobItem { name: "pc".into(), target: Some(Target::Computer(target)) };
-            pb::TaskSpec { item: Some(item), ..spec() }
+            let job_type = pb::JobType::AgentBackup as i32;
+            pb::TaskSpec { item: Some(item), job_type, ..spec() }
         };
-        assert!(validate_spec(&computer(&["/home", "/etc"])).is_ok());
+        assert!(validate_spec("task", &computer(&["/home", "/etc"])).is_ok());
         assert_eq!(field_of(&computer(&[])), "task.item.computer.paths");
         assert_eq!(field_of(&computer(&["/home", "etc"])), "task.item.computer.paths[1]");
         let relative_repository = pb::TaskSpec { repository: "repo".into(), ..computer(&["/a"]) };
         assert_eq!(field_of(&relative_repository), "task.repository");
         let climbing = pb::TaskSpec { repository: "/srv/../etc".into(), ..computer(&["/a"]) };
         assert_eq!(field_of(&climbing), "task.repository");
+    }
+
+    #[test]
+    fn the_job_type_must_fit_the_item() {
+        let typed = |job_type: i32, spec: pb::TaskSpec| pb::TaskSpec { job_type, ..spec };
+        let message = |spec: &pb::TaskSpec| match validate_spec("tasks[2]", spec) {
+            Err(error) => error.to_string(),
+            Ok(_) => "accepted".to_owned(),
+        };
+        let vm = |job_type: pb::JobType| typed(job_type as i32, spec());
+        assert_eq!(
+            message(&typed(99, spec())),
+            "tasks[2].job_type: is 99, not a known job type; a vm item needs JOB_TYPE_VM_BACKUP"
+        );
+        assert_eq!(
+            message(&vm(pb::JobType::Unspecified)),
+            "tasks[2].job_type: is unset; a vm item needs JOB_TYPE_VM_BACKUP"
+        );
+        for misfit in [pb::JobType::AgentBackup, pb::JobType::BackupCopy] {
+            assert_eq!(field_of(&vm(misfit)), "task.job_type", "{misfit:?}");
+        }
+        let sim = pb::TaskSpec { sim_duration_ms: Some(5), ..spec() };
+        assert!(validate_spec("task", &sim).is_ok(), "a sim task of a VM job");
+        let sim = typed(pb::JobType::Unspecified as i32, sim);
+        assert_eq!(field_of(&sim), "task.job_type", "the sim executor runs typed tasks only");
+        let target = pb::ComputerTarget { computer: "pc1".into(), paths: vec!["/home".into()] };
+        let item = pb::JobItem { name: "pc".into(), target: Some(Target::Computer(target)) };
+        let computer = pb::TaskSpec { item: Some(item), ..spec() };
+        assert_eq!(field_of(&computer), "task.job_type", "a computer item of a VM job");
+        let computer = typed(pb::JobType::AgentBackup as i32, computer);
+        assert!(validate_spec("task", &computer).is_ok());
+    }
+
+    #[test]
+    fn paths_past_path_max_are_refused_without_being_quoted() {
+        let long = format!("/{}", "p".repeat(MAX_PATH_BYTES));
+        let with_disk = |disk: &str| {
+            let target = pb::VmTarget {
+                disks: vec!["/d/a.qcow2".into(), disk.into()],
+                ..Default::default()
+            };
+            let item = pb::JobItem { name: "vm1".into(), target: Some(Target::Vm(target)) };
+            pb::TaskSpec { item: Some(item), ..spec() }
+        };
+        let refused = validate_spec("task", &with_disk(&long)).map(drop).expect_err("too long");
+        assert_eq!(
+            refused.to_string(),
+            "task.item.vm.disks[1]: must be at most 4096 bytes, got 4097"
+        );
+        let at_the_limit = &long[..MAX_PATH_BYTES];
+        assert!(validate_spec("task", &with_disk(at_the_limit)).is_ok());
+        let repository = pb::TaskSpec { repository: long.clone(), ..spec() };
+        assert_eq!(field_of(&repository), "task.repository");
+        let sim = pb::TaskSpec { sim_duration_ms: Some(0), ..repository };
+        assert_eq!(field_of(&sim), "task.repository", "bounded for the sim executor too");
+        let mut socket = spec();
+        if let Some(Target::Vm(vm)) = socket.item.as_mut().and_then(|item| item.target.as_mut()) {
+            vm.qmp_socket = long;
+        }
+        assert_eq!(field_of(&socket), "task.item.vm.qmp_socket");
     }
 }

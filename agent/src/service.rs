@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::drain::Drainer;
+use crate::error::AgentError;
 use crate::restore_points::calls;
 use crate::roots::Roots;
 use crate::tasks::TasksHandle;
@@ -58,12 +59,13 @@ impl AgentApi {
 }
 
 /// Refuses more than `MAX_ACK_GROUPS` groups of acknowledgements in one call.
-fn check_groups(field: &str, groups: &[pb::AckTasksRequest]) -> Result<(), Status> {
+fn check_groups(field: &str, groups: &[pb::AckTasksRequest]) -> Result<(), AgentError> {
     if groups.len() > MAX_ACK_GROUPS {
         let count = groups.len();
-        return Err(Status::invalid_argument(format!(
-            "{field}: {count} groups, at most {MAX_ACK_GROUPS} per call"
-        )));
+        return Err(AgentError::invalid(
+            field,
+            format!("{count} groups, at most {MAX_ACK_GROUPS} per call"),
+        ));
     }
     Ok(())
 }
@@ -76,11 +78,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::RunTaskRequest>,
     ) -> Result<Response<pb::RunTaskResponse>, Status> {
-        let spec = request
-            .into_inner()
-            .task
-            .ok_or_else(|| Status::invalid_argument("task: is required"))?;
-        let status = self.tasks.run(spec).await?;
+        let spec =
+            request.into_inner().task.ok_or_else(|| AgentError::invalid("task", "is required"))?;
+        let status = self.tasks.run(spec).await.map_err(|error| error.within("task"))?;
         Ok(Response::new(pb::RunTaskResponse { status: Some(status) }))
     }
 
@@ -91,17 +91,18 @@ impl AgentService for AgentApi {
         let pb::RunTasksRequest { tasks: specs, acks } = request.into_inner();
         if specs.len() > MAX_RUN_TASKS {
             let count = specs.len();
-            return Err(Status::invalid_argument(format!(
-                "tasks: {count} tasks, at most {MAX_RUN_TASKS} per call"
-            )));
+            let reason = format!("{count} tasks, at most {MAX_RUN_TASKS} per call");
+            return Err(AgentError::invalid("tasks", reason).into());
         }
         check_groups("acks", &acks)?;
         // Each task is taken as a RunTask of its own would be (concurrently), and the acks
         // beside them, so the journal stores them together.
-        let runs = specs.into_iter().map(|spec| async move {
+        let runs = specs.into_iter().enumerate().map(|(i, spec)| async move {
             match self.tasks.run(spec).await {
                 Ok(status) => pb::RunTaskResult { status: Some(status), ..Default::default() },
-                Err(error) => refusal::to_result(&Status::from(error)),
+                Err(error) => {
+                    refusal::to_result(&Status::from(error.within(&format!("tasks[{i}]"))))
+                }
             }
         });
         let acked = async {

@@ -135,9 +135,10 @@ impl TasksHandle {
         Self { tx, status, agent_id, sim_executor, roots }
     }
 
-    /// Validates and starts a task, or returns it if it is known.
+    /// Validates and starts a task, or returns it if it is known. A refused field is named
+    /// relative to the spec (`key`, `job_type`): the caller names it within the request.
     pub(crate) async fn run(&self, spec: pb::TaskSpec) -> Result<pb::TaskStatus, AgentError> {
-        let (id, epoch) = key::validate_spec(&spec)?;
+        let (id, epoch) = key::check_spec(&spec)?;
         if spec.sim_duration_ms.is_some() && !self.sim_executor {
             return Err(AgentError::FailedPrecondition(format!(
                 "task {id} asks for the sim executor (load tests only), which agent {} does not \
@@ -147,11 +148,9 @@ impl TasksHandle {
         }
         if spec.sim_duration_ms.is_none() {
             let (roots, repository) = (self.roots.clone(), PathBuf::from(&spec.repository));
-            tokio::task::spawn_blocking(move || {
-                roots.check_repository("task.repository", &repository)
-            })
-            .await
-            .map_err(|e| AgentError::Internal(format!("repository check failed: {e}")))??;
+            tokio::task::spawn_blocking(move || roots.check_repository("repository", &repository))
+                .await
+                .map_err(|e| AgentError::Internal(format!("repository check failed: {e}")))??;
         }
         self.call(|reply| Command::Run(id, epoch, Box::new(spec), reply)).await
     }

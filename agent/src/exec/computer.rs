@@ -306,7 +306,7 @@ pub(crate) fn test_context(session: &str, paths: &[&Path], repository: &Path) ->
         repository: repository.display().to_string(),
         ..Default::default()
     };
-    let (id, _epoch) = crate::key::validate_spec(&spec).expect("valid spec");
+    let (id, _epoch) = crate::key::validate_spec("task", &spec).expect("valid spec");
     // A reporter whose receiver is gone drops the updates.
     let (tx, _) = tokio::sync::mpsc::channel(1024);
     TaskContext {

@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use sluice_proto::{job::validate_name, pb};
 
 use crate::error::AgentError;
+use crate::key::check_path_length;
 use crate::repository;
 
 /// A checked restore point location.
@@ -64,11 +65,13 @@ fn reason_of(error: &sluice_proto::job::JobError) -> String {
     }
 }
 
-/// An absolute path without `.` or `..` components; errors name `field`.
+/// An absolute path of at most PATH_MAX bytes without `.` or `..` components; errors name
+/// `field`.
 pub(crate) fn absolute_dir(field: &str, path: &str) -> Result<PathBuf, AgentError> {
     if path.is_empty() {
         return Err(AgentError::invalid(field, "must not be empty"));
     }
+    check_path_length(field, path)?;
     if path.contains('\0') {
         return Err(AgentError::invalid(field, "must not contain NUL"));
     }
@@ -152,6 +155,10 @@ mod tests {
             ("location.item", Some(location("/r", "j", "a/b", "s-0"))),
             ("location.restore_point_id", Some(location("/r", "j", "i", ""))),
             ("location.restore_point_id", Some(location("/r", "j", "i", "a/b"))),
+            (
+                "location.repository",
+                Some(location(&format!("/{}", "r".repeat(4096)), "j", "i", "s")),
+            ),
         ];
         for (field, given) in cases {
             assert_eq!(field_of(Location::parse("location", given.as_ref())), field, "{given:?}");

@@ -6,6 +6,7 @@ mod chains;
 mod computer;
 mod executor;
 mod recovery;
+mod refusals;
 mod restore;
 mod roots;
 mod service;

@@ -1,6 +1,7 @@
 //! The whole agent in-process: AgentService rules, watch, journal across restarts, drain.
 
 use sluice_agent::journal::log::{read_entries, replay};
+use sluice_proto::job::MAX_PATH_BYTES;
 use sluice_proto::pb::{self, ItemState, agent_service_client::AgentServiceClient};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -305,8 +306,13 @@ async fn an_oversized_outcome_message_is_cut_before_it_is_journaled_and_reported
     let (state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
     let mut client = agent.client.clone();
     let Scratch { dir: _data, src, repo } = Scratch::new();
-    // A missing configured path of 6,000 bytes in two-byte characters: the failure names it.
-    let missing = (0..30).fold(src.clone(), |path, _| path.join("é".repeat(100)));
+    // A missing configured path of PATH_MAX bytes (the longest a task takes), mostly in
+    // two-byte characters: the failure names it, which takes the message past its bound.
+    let mut missing = src.clone();
+    while missing.as_os_str().len() + 201 < MAX_PATH_BYTES {
+        missing.push("é".repeat(100));
+    }
+    missing.push("a".repeat(MAX_PATH_BYTES - missing.as_os_str().len() - 1));
     let mut events = watch(&mut client, "m1").await;
     run(&mut client, computer_spec("m1", 0, &[&missing], &repo)).await.expect("started");
 

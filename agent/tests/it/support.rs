@@ -131,7 +131,7 @@ pub struct Run {
 
 /// A context for running `spec` directly with an executor.
 pub fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
-    let (id, _) = key::validate_spec(&spec).expect("valid spec");
+    let (id, _) = key::validate_spec("task", &spec).expect("valid spec");
     let (tx, updates) = mpsc::channel(1024);
     let (_sessions_tx, running_sessions) = watch::channel(BTreeSet::from([id.session.clone()]));
     let ctx = TaskContext {
