@@ -3,50 +3,43 @@
 //! themselves: `api.rs`), a session's live events as Server-Sent Events (`events.rs`) and
 //! Prometheus metrics at `/metrics`.
 //!
-//! `ROUTES` is the whole surface: each route with the access it needs, enforced by one
-//! middleware (`auth.rs`).
+//! `routes()` is the whole surface: each route with the access it needs, enforced by one
+//! middleware (`auth.rs`). `policy.rs` holds what every route shares (headers, body limit,
+//! 405s as JSON), `extract.rs` the path and body extractors whose refusals are JSON too, and
+//! `server.rs` the connections: hyper's HTTP/1.1 with header, body and idle timeouts.
 
 mod api;
 pub(crate) mod auth;
 mod console;
 mod events;
+mod extract;
+mod policy;
 mod reply;
+mod server;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use axum::serve::{Listener, ListenerExt};
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, FromRef, State},
+    extract::{FromRef, State},
     middleware,
     response::{IntoResponse, Response},
     routing::{MethodRouter, delete, get, post, put},
 };
-use http::{HeaderName, HeaderValue, Method, Uri, header};
-use sluice_proto::security::tls::{HANDSHAKE_TIMEOUT, NodeTls, no_delay, tls_accept};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::server::TlsStream;
+use http::{Method, Uri, header};
+use sluice_proto::security::tls::NodeTls;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 pub(crate) use self::api::Services;
 use self::{
     auth::{Access, Authenticator, Guard},
+    policy::Scheme,
     reply::ApiError,
+    server::Timeouts,
 };
 use crate::{agents::AgentDirectory, error::Result, metrics::Metrics};
-
-/// Largest request body (a job of 100,000 items is several MiB), as for gRPC messages.
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// How long open responses (event streams) get to finish once shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Only this origin: the console fetches nothing from anywhere else.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
-     style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
 
 /// What the HTTP server serves from.
 #[derive(Clone)]
@@ -97,7 +90,7 @@ fn routes() -> Vec<(&'static str, Access, MethodRouter<HttpParts>)> {
 }
 
 /// The whole application.
-fn router(parts: HttpParts) -> Router {
+fn router(parts: HttpParts, scheme: Scheme) -> Router {
     let mut router = Router::new();
     for (path, access, handlers) in routes() {
         let guard = Guard { authenticator: parts.authenticator.clone(), access };
@@ -106,15 +99,7 @@ fn router(parts: HttpParts) -> Router {
             handlers.route_layer(middleware::from_fn_with_state(guard, auth::authorize)),
         );
     }
-    let header =
-        |name, value| SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value));
-    router
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
-        .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(header(HeaderName::from_static("referrer-policy"), "no-referrer"))
-        .with_state(parts)
+    policy::around(router.fallback(not_found).with_state(parts), scheme)
 }
 
 async fn metrics(State(parts): State<HttpParts>) -> Response {
@@ -134,71 +119,9 @@ pub(crate) async fn serve(
     tls: Option<Arc<NodeTls>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let app = router(parts).into_make_service_with_connect_info::<SocketAddr>();
-    let stopping = shutdown.clone().cancelled_owned();
-    match tls {
-        Some(tls) => {
-            // `tap_io` gives the listener the connect info of its address type.
-            let listener = HttpsListener::new(listener, tls)?.tap_io(|_| {});
-            let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
-            graceful(server.into_future(), shutdown).await
-        }
-        None => {
-            let listener = listener.tap_io(|tcp| no_delay(tcp));
-            let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
-            graceful(server.into_future(), shutdown).await
-        }
-    }
-}
-
-/// Runs `server`; once `shutdown` is cancelled, waits at most the grace period for it.
-async fn graceful(
-    server: impl Future<Output = std::io::Result<()>>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(crate::error::Error::Http),
-        _ = shutdown.cancelled() => {}
-    }
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(result) => result.map_err(crate::error::Error::Http),
-        Err(_) => {
-            tracing::warn!("open http responses did not finish within the shutdown grace period");
-            Ok(())
-        }
-    }
-}
-
-/// HTTPS connections for axum, made with the coordinator's current certificate.
-struct HttpsListener {
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl HttpsListener {
-    fn new(listener: TcpListener, tls: Arc<NodeTls>) -> Result<Self> {
-        let local = listener.local_addr().map_err(crate::error::Error::Http)?;
-        let accepted = tls_accept(listener, tls, NodeTls::https_config, HANDSHAKE_TIMEOUT);
-        Ok(HttpsListener { accepted, local })
-    }
-}
-
-impl Listener for HttpsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop ends only when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+    let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
+    server::serve(router(parts, scheme), listener, tls, Timeouts::PRODUCTION, shutdown).await;
+    Ok(())
 }
 
 #[cfg(test)]

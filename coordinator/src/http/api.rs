@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     Extension, Json,
-    body::Bytes,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Query, State, rejection::QueryRejection},
 };
 use serde::Deserialize;
 use sluice_proto::pb::{
@@ -17,6 +16,7 @@ use tonic::{Code, transport::server::TcpConnectInfo};
 
 use super::{
     auth::{Caller, Principal},
+    extract::{PathParam, RequestBody},
     reply::{ApiError, Pb, Reply, parse, same_as_path},
 };
 use crate::api::{ClusterApi, JobApi};
@@ -51,7 +51,11 @@ pub(crate) async fn list_jobs(State(s): Api, Extension(c): By) -> Reply<pb::List
     Ok(Pb(s.jobs.list_jobs(grpc(&c, pb::ListJobsRequest {})).await?.into_inner()))
 }
 
-pub(crate) async fn create_job(State(s): Api, Extension(c): By, body: Bytes) -> Reply<pb::Job> {
+pub(crate) async fn create_job(
+    State(s): Api,
+    Extension(c): By,
+    RequestBody(body): RequestBody,
+) -> Reply<pb::Job> {
     let job = Some(parse::<pb::Job>(&body)?);
     Ok(Pb(s.jobs.create_job(grpc(&c, pb::CreateJobRequest { job })).await?.into_inner()))
 }
@@ -59,7 +63,7 @@ pub(crate) async fn create_job(State(s): Api, Extension(c): By, body: Bytes) -> 
 pub(crate) async fn get_job(
     State(s): Api,
     Extension(c): By,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Reply<pb::Job> {
     Ok(Pb(s.jobs.get_job(grpc(&c, pb::GetJobRequest { name })).await?.into_inner()))
 }
@@ -67,8 +71,8 @@ pub(crate) async fn get_job(
 pub(crate) async fn update_job(
     State(s): Api,
     Extension(c): By,
-    Path(name): Path<String>,
-    body: Bytes,
+    PathParam(name): PathParam,
+    RequestBody(body): RequestBody,
 ) -> Reply<pb::Job> {
     let mut job = parse::<pb::Job>(&body)?;
     same_as_path("name", &mut job.name, &name)?;
@@ -79,7 +83,7 @@ pub(crate) async fn update_job(
 pub(crate) async fn delete_job(
     State(s): Api,
     Extension(c): By,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Reply<pb::DeleteJobResponse> {
     Ok(Pb(s.jobs.delete_job(grpc(&c, pb::DeleteJobRequest { name })).await?.into_inner()))
 }
@@ -87,8 +91,8 @@ pub(crate) async fn delete_job(
 pub(crate) async fn start_job(
     State(s): Api,
     Extension(c): By,
-    Path(name): Path<String>,
-    body: Bytes,
+    PathParam(name): PathParam,
+    RequestBody(body): RequestBody,
 ) -> Reply<pb::Session> {
     let mut request = parse::<pb::StartJobRequest>(&body)?;
     same_as_path("job", &mut request.job, &name)?;
@@ -98,8 +102,8 @@ pub(crate) async fn start_job(
 pub(crate) async fn stop_job(
     State(s): Api,
     Extension(c): By,
-    Path(name): Path<String>,
-    body: Bytes,
+    PathParam(name): PathParam,
+    RequestBody(body): RequestBody,
 ) -> Reply<pb::Session> {
     let mut request = parse::<pb::StopJobRequest>(&body)?;
     same_as_path("job", &mut request.job, &name)?;
@@ -109,7 +113,7 @@ pub(crate) async fn stop_job(
 pub(crate) async fn restore_points(
     State(s): Api,
     Extension(c): By,
-    Path(job): Path<String>,
+    PathParam(job): PathParam,
 ) -> Reply<pb::ListRestorePointsResponse> {
     let request = pb::ListRestorePointsRequest { job };
     Ok(Pb(s.jobs.list_restore_points(grpc(&c, request)).await?.into_inner()))
@@ -136,7 +140,7 @@ pub(crate) async fn list_sessions(
 pub(crate) async fn get_session(
     State(s): Api,
     Extension(c): By,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Reply<pb::Session> {
     let request = pb::GetSessionRequest { session_id: id };
     Ok(Pb(s.jobs.get_session(grpc(&c, request)).await?.into_inner()))
@@ -145,17 +149,25 @@ pub(crate) async fn get_session(
 pub(crate) async fn retry_session(
     State(s): Api,
     Extension(c): By,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
+    RequestBody(body): RequestBody,
 ) -> Reply<pb::Session> {
-    let request = pb::RetrySessionRequest { session_id: id };
+    let request = retry_request(&id, &body)?;
     Ok(Pb(s.jobs.retry_session(grpc(&c, request)).await?.into_inner()))
+}
+
+/// The body of a retry (none, or `RetrySessionRequest` fields) for the session of the path.
+fn retry_request(id: &str, body: &[u8]) -> Result<pb::RetrySessionRequest, ApiError> {
+    let mut request = parse::<pb::RetrySessionRequest>(body)?;
+    same_as_path("session_id", &mut request.session_id, id)?;
+    Ok(request)
 }
 
 pub(crate) async fn verify_restore_point(
     State(s): Api,
     Extension(c): By,
-    Path(id): Path<String>,
-    body: Bytes,
+    PathParam(id): PathParam,
+    RequestBody(body): RequestBody,
 ) -> Reply<pb::VerifyRestorePointResponse> {
     let mut request = parse::<pb::VerifyRestorePointRequest>(&body)?;
     same_as_path("restore_point_id", &mut request.restore_point_id, &id)?;
@@ -169,8 +181,8 @@ pub(crate) async fn list_agents(State(s): Api, Extension(c): By) -> Reply<pb::Li
 pub(crate) async fn drain_agent(
     State(s): Api,
     Extension(c): By,
-    Path(agent): Path<String>,
-    body: Bytes,
+    PathParam(agent): PathParam,
+    RequestBody(body): RequestBody,
 ) -> Reply<pb::DrainAgentResponse> {
     let mut request = parse::<pb::DrainAgentRequest>(&body)?;
     same_as_path("agent", &mut request.agent, &agent)?;
@@ -183,4 +195,22 @@ pub(crate) async fn list_coordinators(
 ) -> Reply<pb::ListCoordinatorsResponse> {
     let request = pb::ListCoordinatorsRequest {};
     Ok(Pb(s.cluster.list_coordinators(grpc(&c, request)).await?.into_inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_body_is_read_like_the_other_posts() {
+        for body in ["", "{}", r#"{"sessionId": "s-1"}"#] {
+            let request = retry_request("s-1", body.as_bytes()).expect(body);
+            assert_eq!(request.session_id, "s-1", "{body}");
+        }
+        for body in ["{", r#"{"bogus": 1}"#, r#"{"sessionId": "s-2"}"#] {
+            let error = retry_request("s-1", body.as_bytes()).expect_err(body);
+            let json = serde_json::to_value(error.body()).expect("JSON");
+            assert_eq!(json["code"], "INVALID_ARGUMENT", "{body}: {json}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::future::BoxFuture;
+use http::{HeaderValue, header};
 use serde::Serialize;
 use sluice_proto::security::access::{self, Role};
 use tonic::Code;
@@ -100,6 +101,8 @@ impl Principal {
 pub(crate) enum AuthError {
     /// No token where one is needed.
     Missing,
+    /// An `Authorization` header that is not `Bearer TOKEN` in visible ASCII.
+    InvalidHeader,
     /// Unknown, revoked or expired token; the text says which (never the token).
     Rejected(String),
 }
@@ -136,14 +139,18 @@ pub(crate) async fn authorize(
     next: Next,
 ) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
-    let bearer = bearer_token(&request).map(str::to_string);
-    let principal = match guard.authenticator.authenticate(bearer.as_deref()).await {
+    let authenticated = match bearer_token(&request).map(|token| token.map(str::to_string)) {
+        Ok(bearer) => guard.authenticator.authenticate(bearer.as_deref()).await,
+        // With security off anyone is let in, whatever the header; else the header is at fault.
+        Err(invalid) => guard.authenticator.authenticate(None).await.map_err(|_| invalid),
+    };
+    let principal = match authenticated {
         Ok(principal) => principal,
         Err(_) if guard.access == Access::Public => {
             let kind = "anonymous".into();
             Principal { name: String::new(), role: String::new(), kind, authenticated: None }
         }
-        Err(error) => return unauthenticated(error).into_response(),
+        Err(error) => return unauthenticated(error),
     };
     if let Some(needed) =
         guard.access.role().filter(|_| !role_allows(&principal.role, guard.access))
@@ -155,19 +162,43 @@ pub(crate) async fn authorize(
     next.run(request).await
 }
 
-fn unauthenticated(error: AuthError) -> ApiError {
-    let message = match error {
-        AuthError::Missing => "an API token is required: Authorization: Bearer TOKEN".to_string(),
-        AuthError::Rejected(reason) => reason,
+/// The challenge of a 401 without a token (RFC 6750).
+const BEARER: &str = "Bearer";
+/// The challenge of a 401 for a token sent and refused.
+const BEARER_INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+
+fn unauthenticated(error: AuthError) -> Response {
+    let (message, challenge) = match error {
+        AuthError::Missing => {
+            ("an API token is required: Authorization: Bearer TOKEN".to_string(), BEARER)
+        }
+        AuthError::InvalidHeader => (
+            "the Authorization header is not valid: send Authorization: Bearer TOKEN, in \
+             visible ASCII"
+                .to_string(),
+            BEARER_INVALID_TOKEN,
+        ),
+        AuthError::Rejected(reason) => (reason, BEARER_INVALID_TOKEN),
     };
-    ApiError::new(Code::Unauthenticated, message)
+    let mut response = ApiError::new(Code::Unauthenticated, message).into_response();
+    let challenge = HeaderValue::from_static(challenge);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    response
 }
 
-/// The token of `Authorization: Bearer TOKEN`, if the request has one.
-fn bearer_token(request: &Request) -> Option<&str> {
-    let value = request.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+/// The token of `Authorization: Bearer TOKEN`: `None` without the header, an error when the
+/// header is there but not that.
+fn bearer_token(request: &Request) -> Result<Option<&str>, AuthError> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let (scheme, token) =
+        value.to_str().ok().and_then(|v| v.split_once(' ')).ok_or(AuthError::InvalidHeader)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::InvalidHeader);
+    }
+    Ok(Some(token))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use axum::{
     Extension,
-    extract::{Path, State},
+    extract::State,
     response::sse::{Event, KeepAlive, KeepAliveStream, Sse},
 };
 use futures::{Stream, StreamExt};
@@ -18,6 +18,7 @@ use tonic::Code;
 use super::{
     api::{Services, grpc},
     auth::Caller,
+    extract::PathParam,
     reply::{self, ApiError},
 };
 
@@ -28,7 +29,7 @@ type Events = Sse<KeepAliveStream<EventStream>>;
 pub(crate) async fn session_events(
     State(services): State<Services>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Events, ApiError> {
     let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
     let mut watch = services.jobs.watch_session(request).await?.into_inner();

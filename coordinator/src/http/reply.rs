@@ -7,7 +7,7 @@ use axum::{
     body::Body,
     response::{IntoResponse, Response},
 };
-use http::{HeaderValue, header::CONTENT_TYPE};
+use http::{HeaderValue, StatusCode, header::CONTENT_TYPE};
 use prost::{Message, Name};
 use serde::Serialize;
 use sluice_proto::json::{self, JsonError};
@@ -77,6 +77,8 @@ pub(crate) type Reply<M> = Result<Pb<M>, ApiError>;
 pub(crate) struct ApiError {
     code: Code,
     message: String,
+    /// Where HTTP has a more precise status than the code's (405, 408).
+    status: Option<StatusCode>,
 }
 
 /// The JSON body of an error.
@@ -89,7 +91,13 @@ pub(crate) struct ErrorBody<'a> {
 impl ApiError {
     /// An error with a gRPC code.
     pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), status: None }
+    }
+
+    /// The same error answered with `status` instead of its code's.
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// The JSON body.
@@ -117,7 +125,8 @@ impl From<JsonError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (http_status(self.code), Json(self.body())).into_response()
+        let status = self.status.unwrap_or_else(|| http_status(self.code));
+        (status, Json(self.body())).into_response()
     }
 }
 

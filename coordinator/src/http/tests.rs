@@ -1,22 +1,53 @@
 //! The HTTP surface without a cluster: the route table, and the auth middleware with a
 //! token authenticator of the test's own (the shape the security layer plugs in).
+//! `tests/policy.rs`: what every answer shares; `tests/server.rs`: connections on real sockets.
 
-use std::sync::Arc;
+mod policy;
+mod server;
+
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Extension, Router,
-    body::{Body, to_bytes},
+    body::{Body, Bytes, to_bytes},
+    extract::ConnectInfo,
     middleware,
     routing::get,
 };
 use futures::future::BoxFuture;
-use http::{Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use tower::ServiceExt;
 
 use super::{
     auth::{self, Access, AuthError, Authenticator, Caller, Guard, Principal},
+    extract::{PathParam, RequestBody},
+    not_found,
+    policy::{Scheme, around},
     routes,
 };
+
+/// Routes shaped like the real ones (console, metrics, API, events), with the rules of
+/// `policy.rs` around them as `router()` puts them.
+fn sample_app(scheme: Scheme) -> Router {
+    let no_cache =
+        |body: &'static str| async move { ([(header::CACHE_CONTROL, "no-cache")], body) };
+    let routes = Router::new()
+        .route("/", get(move || no_cache("console")))
+        .route("/metrics", get(|| async { "metrics" }))
+        .route("/api/v1/things", get(|| async { "things" }).post(echo))
+        .route("/api/v1/things/{id}", get(|PathParam(id): PathParam| async move { id }))
+        .route("/api/v1/things/{id}/events", get(move || no_cache("events")))
+        .route(
+            "/api/v1/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        )
+        .fallback(not_found);
+    around(routes, scheme)
+}
+
+async fn echo(RequestBody(body): RequestBody) -> Bytes {
+    body
+}
 
 #[test]
 fn every_api_route_needs_a_principal_and_the_binding_ones_exist() {
@@ -79,15 +110,26 @@ fn app() -> Router {
 }
 
 async fn call(path: &str, token: Option<&str>) -> (StatusCode, String) {
+    let authorization = token
+        .map(|token| HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value"));
+    let (status, _, body) = call_with(path, authorization).await;
+    (status, body)
+}
+
+/// `GET path` with that `Authorization` header, if any.
+async fn call_with(
+    path: &str,
+    authorization: Option<HeaderValue>,
+) -> (StatusCode, HeaderMap, String) {
     let mut request = Request::get(path);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
+    if let Some(value) = authorization {
+        request = request.header(header::AUTHORIZATION, value);
     }
     let response =
         app().oneshot(request.body(Body::empty()).expect("request")).await.expect("an answer");
-    let status = response.status();
-    let body = to_bytes(response.into_body(), 1 << 16).await.expect("body");
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, 1 << 16).await.expect("body");
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]
@@ -106,4 +148,27 @@ async fn callers_are_authenticated_then_authorized_per_route() {
     assert!(body.contains("PERMISSION_DENIED"), "{body}");
     assert_eq!(call("/operate", Some("operator")).await, (StatusCode::OK, "operator-token".into()));
     assert_eq!(call("/public", None).await.0, StatusCode::OK, "the console page needs no token");
+}
+
+#[tokio::test]
+async fn refusals_say_how_to_authenticate_and_what_was_wrong() {
+    let challenge = |headers: &HeaderMap| {
+        headers[header::WWW_AUTHENTICATE].to_str().expect("ASCII").to_string()
+    };
+    let (status, headers, _) = call_with("/view", None).await;
+    assert_eq!((status, challenge(&headers)), (StatusCode::UNAUTHORIZED, "Bearer".into()));
+    let refused = HeaderValue::from_static("Bearer stolen");
+    let (status, headers, _) = call_with("/view", Some(refused)).await;
+    let invalid_token = r#"Bearer error="invalid_token""#;
+    assert_eq!((status, challenge(&headers)), (StatusCode::UNAUTHORIZED, invalid_token.into()));
+    let not_ascii = HeaderValue::from_bytes("Bearer jetón".as_bytes()).expect("obs-text");
+    for header in
+        [not_ascii, HeaderValue::from_static("Basic dXNlcg=="), "Bearer ".parse().expect("v")]
+    {
+        let (status, headers, body) = call_with("/view", Some(header.clone())).await;
+        assert_eq!((status, challenge(&headers)), (StatusCode::UNAUTHORIZED, invalid_token.into()));
+        assert!(body.contains("the Authorization header is not valid"), "{header:?}: {body}");
+        let (status, _, _) = call_with("/public", Some(header.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{header:?}: a public route takes anyone");
+    }
 }
