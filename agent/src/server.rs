@@ -38,7 +38,10 @@ pub(crate) async fn serve(
     let reflection_alpha = sluice_proto::reflection::v1alpha(&served)
         .map_err(|e| AgentError::Config(format!("reflection service: {e}")))?;
     let auth = ByCertificate::new(tls.is_none());
+    let (ping_every, ping_timeout) = sluice_proto::KEEPALIVE;
     let router = Server::builder()
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_timeout))
         .trace_fn(telemetry::server_span)
         .layer(AuthLayer::new(Arc::new(auth)))
         .add_service(health_service)
