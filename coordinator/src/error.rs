@@ -275,9 +275,6 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Serve(#[from] tonic::transport::Error),
-    /// The HTTP server failed.
-    #[error("http server: {0}")]
-    Http(std::io::Error),
 }
 
 /// Shorthand for results of this crate.
@@ -327,8 +324,7 @@ impl Error {
             | Etcd(_)
             | BadAgentAddress { .. }
             | Reflection(_)
-            | Serve(_)
-            | Http(_) => Code::Unavailable,
+            | Serve(_) => Code::Unavailable,
             Agent { status, .. } => agent_code(status.code()),
             Decode { .. } | Inflate { .. } | CorruptId(_) | Tls(_) | Blocking(_) => Code::Internal,
         }
@@ -346,16 +342,18 @@ impl From<Error> for Status {
 /// instead of the status).
 const MAX_MESSAGE_BYTES: usize = 1024;
 
-/// `message` cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying how long it was.
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] on a character boundary, saying how long
+/// it was.
 pub(crate) fn bounded(message: String) -> String {
     if message.len() <= MAX_MESSAGE_BYTES {
         return message;
     }
-    let mut end = MAX_MESSAGE_BYTES;
+    let note = format!("... (message cut: {} bytes in all)", message.len());
+    let mut end = MAX_MESSAGE_BYTES - note.len();
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}... (message cut: {} bytes in all)", &message[..end], message.len())
+    format!("{}{note}", &message[..end])
 }
 
 /// The HTTP status that fits a gRPC code (the mapping of `google.rpc.Code`, but for the
@@ -457,7 +455,7 @@ mod tests {
         let full = Error::JobNotFound { job: value.clone() }.to_string().len();
         let status = Status::from(Error::JobNotFound { job: value });
         let message = status.message();
-        assert!(message.len() < MAX_MESSAGE_BYTES + 64, "{} bytes", message.len());
+        assert!(message.len() <= MAX_MESSAGE_BYTES, "{} bytes", message.len());
         assert!(message.starts_with("job \"\u{e9}\u{e9}"), "{message:.40}");
         let note = format!("... (message cut: {full} bytes in all)");
         assert!(message.ends_with(&note), "{message}");

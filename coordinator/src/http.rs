@@ -39,7 +39,7 @@ use self::{
     reply::ApiError,
     server::Timeouts,
 };
-use crate::{agents::AgentDirectory, error::Result, metrics::Metrics};
+use crate::{agents::AgentDirectory, metrics::Metrics};
 
 /// What the HTTP server serves from.
 #[derive(Clone)]
@@ -118,10 +118,9 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<NodeTls>>,
     shutdown: CancellationToken,
-) -> Result<()> {
+) {
     let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
     server::serve(router(parts, scheme), listener, tls, Timeouts::PRODUCTION, shutdown).await;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -90,23 +90,29 @@ impl Jobs {
     /// its restore points stay in the catalog.
     pub(crate) async fn delete(&self, name: &str) -> Result<()> {
         validate_name("name", name)?;
+        // The guard on the schedules fails whenever any job's schedule changed meanwhile:
+        // a few tries ride that out on a busy cluster.
+        for _ in 0..DELETE_TRIES {
+            match self.try_delete(name).await {
+                Err(Error::JobChanged { .. }) => continue,
+                done => return done,
+            }
+        }
+        Err(Error::JobChanged { job: name.to_string() })
+    }
+
+    async fn try_delete(&self, name: &str) -> Result<()> {
         let keys = self.store.keys();
         let (job_key, active_key) = (keys.job(name), keys.job_active(name));
+        if !self.store.exists(&job_key).await? {
+            return Err(not_found(name));
+        }
         let unlinked = links::unlinked(&self.store, name).await?;
-        let txn = etcd_client::Txn::new()
-            .when([
-                etcd_client::Compare::create_revision(
-                    job_key.as_str(),
-                    etcd_client::CompareOp::Greater,
-                    0,
-                ),
-                absent(&active_key),
-                unlinked,
-            ])
-            .and_then(
-                [vec![TxnOp::delete(job_key.as_str(), None)], links::delete_ops(&self.store, name)]
-                    .concat(),
-            );
+        let exists = Compare::create_revision(job_key.as_str(), CompareOp::Greater, 0);
+        let txn = Txn::new().when([exists, absent(&active_key), unlinked]).and_then(
+            [vec![TxnOp::delete(job_key.as_str(), None)], links::delete_ops(&self.store, name)]
+                .concat(),
+        );
         if self.store.txn(txn).await?.is_some() {
             tracing::info!(job = name, "job deleted");
             return Ok(());
@@ -118,14 +124,15 @@ impl Jobs {
                 session: String::from_utf8_lossy(kv.value()).into_owned(),
             }),
             None if self.store.exists(&job_key).await? => {
-                // A schedule changed meanwhile: a job may follow this one now.
-                links::unlinked(&self.store, name).await?;
                 Err(Error::JobChanged { job: name.to_string() })
             }
             None => Err(not_found(name)),
         }
     }
 }
+
+/// Attempts of a delete whose schedules guard failed.
+const DELETE_TRIES: usize = 3;
 
 fn not_found(name: &str) -> Error {
     Error::JobNotFound { job: name.to_string() }

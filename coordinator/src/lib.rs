@@ -120,9 +120,11 @@ async fn serve(
     });
     let served = server::serve(services, listeners.grpc, tls, serving.clone()).await;
     serving.cancel();
-    let Some(http) = http else { return served };
-    let http_served = http.await.unwrap_or(Ok(()));
-    served.and(http_served)
+    if let Some(http) = http {
+        // It ends within its shutdown grace; a panic in it has been reported already.
+        let _ = http.await;
+    }
+    served
 }
 
 /// Tasks that run beside the server, and the token that stops them after it.

@@ -318,8 +318,15 @@ impl From<etcd_client::Error> for Error {
 fn is_too_large(error: &etcd_client::Error) -> bool {
     let etcd_client::Error::GRpcStatus(status) = error else { return false };
     match status.code() {
-        // gRPC's message size limits, on either side.
-        Code::ResourceExhausted | Code::OutOfRange => true,
+        // tonic's message size limit on this side.
+        Code::OutOfRange => true,
+        // gRPC's message size limit on etcd's side ("larger than max"); etcd also answers
+        // RESOURCE_EXHAUSTED when overloaded ("too many requests") or out of space, which is
+        // no size limit of the request (UNAVAILABLE: retry, or an operator must act).
+        Code::ResourceExhausted => {
+            let message = status.message();
+            message.contains("larger than max") || message.contains("too large")
+        }
         // etcd refuses a request over its --max-request-bytes with INVALID_ARGUMENT, the code
         // it also gives malformed requests: only its text tells the two apart.
         Code::InvalidArgument => status.message().contains("too large"),

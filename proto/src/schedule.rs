@@ -185,14 +185,17 @@ fn bad_day(day: &str) -> String {
     format!("{day:?} is not a day; use one of {}", DAY_NAMES.join(" "))
 }
 
-/// `HH:MM` or `HH:MM:SS`, 24-hour. chrono reads second 60 as a leap second; a window does
-/// not start or end in one.
+/// `HH:MM` or `HH:MM:SS`, 24-hour (second 60 reads as a leap second, as chrono reads it).
 fn parse_clock(text: &str) -> Result<NaiveTime, String> {
     NaiveTime::parse_from_str(text, "%H:%M:%S")
         .or_else(|_| NaiveTime::parse_from_str(text, "%H:%M"))
-        .ok()
-        .filter(|time| time.nanosecond() < 1_000_000_000)
-        .ok_or_else(|| format!("{text:?} is not a time of day; use HH:MM or HH:MM:SS"))
+        .map_err(|_| format!("{text:?} is not a time of day; use HH:MM or HH:MM:SS"))
+}
+
+/// Whether `text` is a time of day in a leap second (`12:00:60`): a new window may not start
+/// or end in one, while a stored one still reads as it always did.
+pub fn leap_second(text: &str) -> bool {
+    parse_clock(text).is_ok_and(|time| time.nanosecond() >= 1_000_000_000)
 }
 
 /// A UTC time as a wall clock time in `zone`, for messages (`2026-03-29 03:00:00 CEST`).

@@ -81,8 +81,9 @@ impl Tokens {
         Ok((token, secret))
     }
 
-    /// Refuses a name a live token has (the audit log names callers by their token's name);
-    /// the guard fails the create if a token is created or revoked meanwhile.
+    /// Refuses a name a live token has (the audit log names callers by their token's name;
+    /// an expired token's name is free again); the guard fails the create if a token is
+    /// created meanwhile.
     async fn name_unused(&self, name: &str) -> Result<Compare> {
         let prefix = self.store.keys().tokens();
         let options = GetOptions::new().with_prefix();
@@ -91,7 +92,7 @@ impl Tokens {
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let record: pb::TokenRecord = decode(&key, kv.value())?;
-            if record.token.is_some_and(|token| token.name == name) {
+            if record.token.is_some_and(|token| token.name == name && !expired(&token)) {
                 return Err(Error::TokenExists { name: name.to_string() });
             }
         }
@@ -134,11 +135,7 @@ impl Tokens {
             return Err(Error::Unauthenticated(UNKNOWN.into()));
         }
         let token = record.token.unwrap_or_default();
-        if token
-            .expires_at
-            .as_ref()
-            .is_some_and(|at| time::millis(at) <= time::millis(&time::now()))
-        {
+        if expired(&token) {
             return Err(Error::Unauthenticated("token expired".into()));
         }
         let role = Role::parse(&token.role);
@@ -219,6 +216,11 @@ fn new_token(
         secret_sha256: Sha256::digest(secret.as_bytes()).to_vec(),
     };
     (record, format!("{TOKEN_PREFIX}{id}_{secret}"))
+}
+
+/// Whether the token's lifetime has passed.
+fn expired(token: &pb::Token) -> bool {
+    token.expires_at.as_ref().is_some_and(|at| time::millis(at) <= time::millis(&time::now()))
 }
 
 /// The id and the secret of a bearer string.

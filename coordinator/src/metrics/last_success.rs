@@ -4,10 +4,7 @@
 //! never misses a session, whoever ran it. A deleted job's series goes with it (the job
 //! keys are watched for deletes): an alert on an old last success would fire for it forever.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions};
 use prost::Message;
@@ -85,10 +82,17 @@ async fn list(store: &Store, metrics: &Metrics, sessions: &str, jobs: &str) -> R
     let [TxnOpResponse::Get(summaries), TxnOpResponse::Get(names)] = responses.as_slice() else {
         return Ok(None);
     };
-    let names: HashSet<&str> =
-        names.kvs().iter().filter_map(|kv| kv.key_str().ok()?.strip_prefix(jobs)).collect();
-    let summaries = summaries.kvs().iter().filter_map(|kv| pb::Session::decode(kv.value()).ok());
-    let existing = summaries.filter(|summary| names.contains(summary.job.as_str()));
+    // A job made again under an old name does not inherit its predecessor's sessions.
+    let created: HashMap<&str, i64> = names
+        .kvs()
+        .iter()
+        .filter_map(|kv| Some((kv.key_str().ok()?.strip_prefix(jobs)?, kv.create_revision())))
+        .collect();
+    let existing = summaries.kvs().iter().filter_map(|kv| {
+        let summary = pb::Session::decode(kv.value()).ok()?;
+        let job_created = *created.get(summary.job.as_str())?;
+        (kv.create_revision() > job_created).then_some(summary)
+    });
     metrics.set_last_success(newest_successes(existing));
     Ok(Some(listed.header().map_or(0, |h| h.revision())))
 }

@@ -229,6 +229,9 @@ impl Sessions {
         let machine =
             machine_from_records(&view.record, &view.job, &view.items, view.record.stop.as_ref())?;
         let id = machine.id().clone();
+        // Agents a taken-over session's items name (none for a new session): they may hold
+        // outcomes an earlier owner stored but never acknowledged.
+        let named = machine.named_agents();
         let fence = lease.fence.child_token();
         let (inboxes, stop_watch) = self.open_inboxes(&id, &fence);
         let base = self.owned_record(&view, epoch);
@@ -250,6 +253,13 @@ impl Sessions {
             let exit = actor.run().await;
             router.unregister(id.as_str());
             stop_watch.cancel();
+            if matches!(exit, Exit::Finished { .. }) {
+                // A session that ends at once on takeover (stopped, nothing left to run) ends
+                // before the agents answered what they hold: the strays look again.
+                for agent in &named {
+                    router.strays().note(agent, id.clone());
+                }
+            }
             let after = async {
                 match exit {
                     Exit::Finished { committed: true } => {

@@ -36,3 +36,29 @@ async fn a_deflated_value_reads_back_through_get_off_the_runtime() {
     let small = store.get::<pb::Job>(&key).await.expect("read").expect("stored");
     assert_eq!(small.value.name, "small", "a plain value decodes in place");
 }
+
+#[test]
+fn only_size_limits_count_as_too_large() {
+    use tonic::{Code, Status};
+    let code_of = |code, message: &str| {
+        let error = etcd_client::Error::GRpcStatus(Status::new(code, message));
+        crate::error::Error::from(error).code()
+    };
+    let larger = "grpc: received message larger than max (40000000 vs. 33554432)";
+    assert_eq!(code_of(Code::ResourceExhausted, larger), Code::ResourceExhausted);
+    assert_eq!(
+        code_of(Code::InvalidArgument, "etcdserver: request is too large"),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        code_of(Code::OutOfRange, "decoded message length too large"),
+        Code::ResourceExhausted
+    );
+    // etcd overloaded or out of space: not the request's size, so no 413 to the caller.
+    assert_eq!(
+        code_of(Code::ResourceExhausted, "etcdserver: too many requests"),
+        Code::Unavailable
+    );
+    let full = "etcdserver: mvcc: database space exceeded";
+    assert_eq!(code_of(Code::ResourceExhausted, full), Code::Unavailable);
+}

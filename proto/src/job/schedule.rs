@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{JobError, JobFileError, invalid, validate_name};
 use crate::{
     pb,
-    schedule::{Window, parse_cron, parse_timezone},
+    schedule::{Window, leap_second, parse_cron, parse_timezone},
 };
 
 /// Largest catch-up limit a schedule may ask for (one week).
@@ -76,8 +76,16 @@ fn validate_window(window: &pb::BackupWindow, timezone: &str) -> Result<(), JobE
         }
     }
     Window::parse(window, timezone, "job.backup_window")
-        .map(|_| ())
-        .map_err(|(field, reason)| invalid(field, reason))
+        .map_err(|(field, reason)| invalid(field, reason))?;
+    for (i, range) in window.ranges.iter().enumerate() {
+        for (end, text) in [("start", &range.start), ("end", &range.end)] {
+            if leap_second(text) {
+                let field = format!("job.backup_window.ranges[{i}].{end}");
+                return Err(invalid(field, format!("{text:?} is not a time of day (second 60)")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A schedule as written in a job file: the field names of `sluice.v1.Schedule`.

@@ -184,6 +184,9 @@ async fn bad_schedules_and_windows_are_refused_naming_the_field() {
         bad("job.backup_window.ranges[0].start", |j| {
             j.backup_window = window(&["mon"], "25:00", "02:00")
         }),
+        bad("job.backup_window.ranges[0].start", |j| {
+            j.backup_window = window(&["mon"], "12:00:60", "13:00")
+        }),
         bad("job.backup_window.ranges[0].end", |j| {
             j.backup_window = window(&["mon"], "01:00", "noon")
         }),

@@ -138,6 +138,8 @@ async fn calls_without_good_credentials_are_unauthenticated_and_echo_nothing() {
     )
     .await;
     assert_eq!(expired.message(), "token expired");
+    // An expired token's name is free again.
+    create_token(&mut cluster, "short-lived", "viewer", 0).await;
 }
 
 /// One call of the API with harmless arguments, and the role it needs.

@@ -99,8 +99,10 @@ impl Lanes {
         let tasks: Vec<Waiting> = lane.tasks.drain(..count).collect();
         let acks = std::mem::take(&mut lane.acks);
         let registration = tasks.last().map_or(0, |w| w.spec.agent_registration);
+        // Registrations only grow: a newer one is the agent started again (perhaps upgraded);
+        // an older or unknown one (0) is a spec made before the refusal was seen.
         let rides = match map.no_rides.get(agent) {
-            Some(refused_under) if *refused_under == registration => false,
+            Some(refused_under) if registration <= *refused_under => false,
             Some(_) => {
                 map.no_rides.remove(agent);
                 true

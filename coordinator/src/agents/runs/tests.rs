@@ -172,6 +172,8 @@ async fn an_agent_that_registers_again_is_offered_rides_again() {
     };
     lanes.no_rides(&agent, 5);
     assert!(!call_under(5), "no rides under the registration that refused them");
+    assert!(!call_under(0), "nor under an unknown one");
+    assert!(!call_under(4), "nor under an older one");
     assert_eq!(lanes.offer_acks(&agent, Vec::new()), Some(Vec::new()));
     assert!(call_under(6), "rides again once registered anew (upgraded in place)");
     assert_eq!(lanes.offer_acks(&agent, Vec::new()), None, "its lane takes acks again");
