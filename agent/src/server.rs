@@ -55,7 +55,7 @@ pub(crate) async fn serve(
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), stop).await
         }
         None => {
-            let incoming = tcp_incoming(listener);
+            let incoming = tcp_incoming(listener, HANDSHAKE_TIMEOUT);
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), stop).await
         }
     }

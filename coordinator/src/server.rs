@@ -77,7 +77,7 @@ pub(crate) async fn serve(
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), shutdown).await
         }
         None => {
-            let incoming = tcp_incoming(listener);
+            let incoming = tcp_incoming(listener, HANDSHAKE_TIMEOUT);
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), shutdown).await
         }
     }

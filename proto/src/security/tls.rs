@@ -7,6 +7,7 @@
 //! [`NodeTls::generation`] tells them when to build new ones.
 
 mod incoming;
+mod preface;
 mod verifier;
 
 use std::{
@@ -29,11 +30,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub use self::incoming::{no_delay, tcp_incoming, tls_accept, tls_incoming};
+pub use self::preface::PrefaceDeadline;
 use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der};
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
-/// Longest a TLS handshake may take before the connection is dropped.
+/// Longest a TLS handshake may take before the connection is dropped; a gRPC connection then
+/// has as long again to send its HTTP/2 preface.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why TLS cannot be set up.

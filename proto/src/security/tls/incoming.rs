@@ -1,7 +1,8 @@
 //! The connections of a server: TLS ones, each made with the server config current when it
 //! was accepted, and plain ones. Every accepted socket gets `TCP_NODELAY`: tonic sets it only
 //! on connections it accepts itself, and without it a small write (a streamed task status,
-//! an answer) can wait for the peer's delayed ACK, tens of milliseconds.
+//! an answer) can wait for the peer's delayed ACK, tens of milliseconds. A gRPC connection
+//! must also send its HTTP/2 preface in time ([`PrefaceDeadline`]).
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,6 +18,7 @@ use tokio_stream::{
 };
 
 use super::NodeTls;
+use super::preface::PrefaceDeadline;
 
 /// Connections waiting to be taken by the server.
 const BACKLOG: usize = 64;
@@ -63,9 +65,16 @@ pub fn tls_accept(
     rx
 }
 
-/// Plain connections for `Router::serve_with_incoming_shutdown` (gRPC without TLS).
-pub fn tcp_incoming(listener: TcpListener) -> impl Stream<Item = Result<TcpStream, io::Error>> {
-    TcpListenerStream::new(listener).map(|accepted| accepted.inspect(no_delay))
+/// Plain connections for `Router::serve_with_incoming_shutdown` (gRPC without TLS), each
+/// to send its HTTP/2 preface within `preface_timeout`.
+pub fn tcp_incoming(
+    listener: TcpListener,
+    preface_timeout: Duration,
+) -> impl Stream<Item = Result<PrefaceDeadline<TcpStream>, io::Error>> {
+    TcpListenerStream::new(listener).map(move |accepted| {
+        let tcp = accepted.inspect(no_delay)?;
+        Ok(PrefaceDeadline::new(tcp, preface_timeout))
+    })
 }
 
 /// Sends small writes at once instead of waiting for the peer's ACK of the last ones.
@@ -78,12 +87,14 @@ pub fn no_delay(tcp: &TcpStream) {
 /// TLS connections for `Router::serve_with_incoming_shutdown` (gRPC). Only finished
 /// handshakes are yielded: an error item that is not a connection-level io error would end
 /// tonic's serve loop. The items are `TlsStream<TcpStream>`, whose connect info lets
-/// handlers read the peer certificates.
+/// handlers read the peer certificates; after the handshake, each has `handshake_timeout`
+/// again to send its HTTP/2 preface.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<NodeTls>,
     handshake_timeout: Duration,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
+) -> impl Stream<Item = Result<PrefaceDeadline<TlsStream<TcpStream>>, io::Error>> {
     let accepted = tls_accept(listener, tls, NodeTls::server_config, handshake_timeout);
-    ReceiverStream::new(accepted).map(|(stream, _)| Ok(stream))
+    ReceiverStream::new(accepted)
+        .map(move |(stream, _)| Ok(PrefaceDeadline::new(stream, handshake_timeout)))
 }

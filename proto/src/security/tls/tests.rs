@@ -2,6 +2,8 @@
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
+use tokio::io::AsyncReadExt;
+
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, ServerName, pem::PemObject},
@@ -86,13 +88,31 @@ fn files(dir: &Path, id: &str) -> TlsFiles {
 
 /// Serves `AuthService` (behind the layer) with `tls` until `stop`.
 async fn serve(tls: Arc<NodeTls>, stop: CancellationToken) -> SocketAddr {
+    serve_within(Some(tls), stop, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`serve`] with a handshake and preface deadline of `within`; plain without `tls`.
+async fn serve_within(
+    tls: Option<Arc<NodeTls>>,
+    stop: CancellationToken,
+    within: Duration,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let router = Server::builder()
         .layer(AuthLayer::new(Arc::new(ByCertificate::new(false))))
         .add_service(AuthServiceServer::new(Echo));
-    let incoming = tls_incoming(listener, tls, HANDSHAKE_TIMEOUT);
-    tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()));
+    let stopped = stop.cancelled_owned();
+    match tls {
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls, within);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped));
+        }
+        None => {
+            let incoming = tcp_incoming(listener, within);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped));
+        }
+    }
     addr
 }
 
@@ -123,6 +143,15 @@ async fn who_am_i(
 
 /// The certificate a new TLS connection is served.
 async fn served(addr: SocketAddr, ca: &Path) -> CertificateDer<'static> {
+    let tls = tls_connect(addr, ca).await;
+    tls.get_ref().1.peer_certificates().expect("server certificate")[0].clone()
+}
+
+/// A TLS connection to `addr` trusting `ca`, handshake done.
+async fn tls_connect(
+    addr: SocketAddr,
+    ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
         roots.add(cert.expect("CA PEM")).expect("CA");
@@ -134,9 +163,36 @@ async fn served(addr: SocketAddr, ca: &Path) -> CertificateDer<'static> {
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
-    let tls =
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls");
-    tls.get_ref().1.peer_certificates().expect("server certificate")[0].clone()
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls")
+}
+
+/// Reads until the server closes the connection (a server that never does hangs the test).
+async fn until_closed(mut stream: impl tokio::io::AsyncRead + Unpin) {
+    let mut buf = [0u8; 256];
+    while let Ok(read) = stream.read(&mut buf).await
+        && read > 0
+    {}
+}
+
+/// A connection that finishes its TLS handshake, or a plain one, and then never sends its
+/// HTTP/2 preface is closed once the deadline passes: HTTP/2's keepalive pings start only
+/// after the preface, so nothing else would ever close it.
+#[tokio::test]
+async fn a_connection_that_never_sends_its_http2_preface_is_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let out = dir.path().join("out");
+    let auth = ClientAuth { kinds: &[Kind::Client], required: false };
+    let tls = NodeTls::load(files(&out, "c1"), auth).expect("server TLS");
+    let stop = CancellationToken::new();
+    let short = Duration::from_millis(200);
+    let addr = serve_within(Some(tls), stop.clone(), short).await;
+    until_closed(tls_connect(addr, &out.join("ca.crt")).await).await;
+    let plain = serve_within(None, stop.clone(), short).await;
+    until_closed(tokio::net::TcpStream::connect(plain).await.expect("connect")).await;
+    let alice = Some((out.as_path(), "alice"));
+    assert_eq!(who_am_i(addr, &out.join("ca.crt"), alice).await, Ok("client:alice:admin".into()));
+    stop.cancel();
 }
 
 fn der(path: &Path) -> CertificateDer<'static> {
@@ -245,10 +301,10 @@ async fn accepted_connections_send_small_writes_at_once() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let mut plain = Box::pin(tcp_incoming(listener));
+    let mut plain = Box::pin(tcp_incoming(listener, HANDSHAKE_TIMEOUT));
     let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let accepted = plain.next().await.expect("a connection").expect("accepted");
-    assert!(accepted.nodelay().expect("nodelay"), "plain");
+    assert!(accepted.get_ref().nodelay().expect("nodelay"), "plain");
 
     let dir = tempfile::tempdir().expect("temp dir");
     make_pki(dir.path());
