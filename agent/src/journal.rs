@@ -1,5 +1,5 @@
-//! The journal in `--state-dir`: the task log (`journal.log`, with the highest acknowledged
-//! attempt of each item) and the newest epoch per session (`epochs.json`).
+//! The journal in `--state-dir`: the task log (`journal.log`), with the highest acknowledged
+//! attempt of each item and the newest epoch per session.
 //!
 //! A task's entry is appended when it starts (its spec) and again with its outcome before
 //! the outcome is announced; acknowledged tasks are appended as forgotten. One writer task
@@ -11,15 +11,15 @@
 //! coordinator acknowledges it again. The log is rewritten with only the live entries when
 //! it grows past its bound (see [`log`]).
 
+pub(crate) mod epochs;
 mod legacy;
 pub mod log;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prost::Message;
 use sluice_proto::ids::{Epoch, SessionId};
@@ -30,10 +30,10 @@ use tracing::{info, warn};
 use crate::error::AgentError;
 use crate::fsutil;
 use crate::key::TaskId;
+use epochs::Epochs;
 pub use log::{Acknowledged, Record};
 use log::{COMPACT_AT_BYTES, Log};
 
-const EPOCHS_FILE: &str = "epochs.json";
 /// Requests that may wait for the writer; callers wait when it is full.
 const QUEUE: usize = 4096;
 /// Most records one write and fsync takes.
@@ -76,13 +76,13 @@ enum Request {
     Flush(oneshot::Sender<io::Result<()>>),
     Entries(oneshot::Sender<Vec<(TaskId, JournalEntry)>>),
     Acknowledged(oneshot::Sender<Acknowledged>),
+    Epochs(oneshot::Sender<Epochs>),
     Stats(oneshot::Sender<JournalStats>),
 }
 
 /// Handle of the journal's writer task; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Journal {
-    dir: PathBuf,
     tx: mpsc::Sender<Request>,
 }
 
@@ -101,6 +101,7 @@ impl Journal {
             fs::create_dir_all(&opened)?;
             let mut log = Log::open(&opened, compact_at)?;
             legacy::migrate(&opened, &mut log)?;
+            legacy::migrate_epochs(&opened, &mut log)?;
             Ok(log)
         })
         .await
@@ -111,31 +112,30 @@ impl Journal {
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             log: Some(log),
-            dir: dir.clone(),
             stats: JournalStats::default(),
             deferred: Vec::new(),
             flush_at: None,
         };
         tokio::spawn(writer.run(rx));
-        Ok(Self { dir, tx })
+        Ok(Self { tx })
     }
 
     /// Durably writes (or replaces) the entry of a task: returns once it is fsynced.
     pub async fn write(&self, entry: JournalEntry) -> io::Result<()> {
-        self.append(Record { put: Some(entry), forget: Vec::new() }).await
+        self.append(Record::put(entry)).await
     }
 
     /// Drops the entries of acknowledged tasks.
     pub(crate) async fn forget(&self, ids: &[TaskId]) -> io::Result<()> {
         let forget = ids.iter().map(TaskId::to_wire).collect();
-        self.append(Record { put: None, forget }).await
+        self.append(Record::forget(forget)).await
     }
 
     /// Drops the entries of acknowledged tasks without waiting for the disk: the record is
     /// committed with the next write, within [`LAZY_WAIT`], or by [`Self::flush`].
     pub(crate) async fn forget_later(&self, ids: &[TaskId]) -> io::Result<()> {
         let forget = ids.iter().map(TaskId::to_wire).collect();
-        let record = Box::new(Record { put: None, forget });
+        let record = Box::new(Record::forget(forget));
         self.tx.send(Request::Defer(record)).await.map_err(|_| stopped())
     }
 
@@ -183,28 +183,20 @@ impl Journal {
         }
     }
 
-    /// The newest epoch seen per session.
-    pub(crate) fn load_epochs(&self) -> Result<HashMap<SessionId, Epoch>, AgentError> {
-        read_epochs(&self.dir)
+    /// The newest epoch seen per session (maybe of some forgotten since the log was last
+    /// compacted).
+    pub(crate) async fn epochs(&self) -> Result<Epochs, AgentError> {
+        self.ask(Request::Epochs, "load epochs").await
     }
 
-    /// Durably replaces the epochs.
-    pub(crate) fn save_epochs(&self, epochs: &HashMap<SessionId, Epoch>) -> io::Result<()> {
-        let bytes = serde_json::to_vec(epochs).map_err(io::Error::other)?;
-        fsutil::write_atomic(&self.dir.join(EPOCHS_FILE), &bytes)
+    /// Durably records the sessions' newer epochs: returns once they are fsynced (in one
+    /// commit with whatever else is waiting).
+    pub(crate) async fn record_epochs<'a>(
+        &self,
+        newer: impl IntoIterator<Item = (&'a SessionId, &'a Epoch)>,
+    ) -> io::Result<()> {
+        self.append(Record { epochs: epochs::to_wire(newer), ..Record::default() }).await
     }
-}
-
-/// The newest epoch per session in `epochs.json` of `dir` (none when it does not exist).
-fn read_epochs(dir: &Path) -> Result<HashMap<SessionId, Epoch>, AgentError> {
-    let path = dir.join(EPOCHS_FILE);
-    let text = match fs::read(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(AgentError::journal(format!("read {}", path.display()), e)),
-    };
-    serde_json::from_slice(&text)
-        .map_err(|e| AgentError::journal(format!("parse {}", path.display()), io::Error::other(e)))
 }
 
 /// Gives the tasks that are ready to run a chance to go first, then adds what they queued
@@ -229,8 +221,6 @@ fn stopped() -> io::Error {
 struct Writer {
     /// Lent to a blocking thread while it writes; `None` after that thread failed.
     log: Option<Log>,
-    /// The state directory (its `epochs.json` says whose acknowledgements to keep).
-    dir: PathBuf,
     stats: JournalStats,
     /// Records that wait for the next commit (nobody waits on them).
     deferred: Vec<Record>,
@@ -339,11 +329,8 @@ impl Writer {
 
     async fn compact_if_due(&mut self) {
         let Some(mut log) = self.log.take() else { return };
-        let dir = self.dir.clone();
         let done = tokio::task::spawn_blocking(move || {
-            // An unreadable epochs file keeps every acknowledgement.
-            let remembered = || read_epochs(&dir).ok().map(|epochs| epochs.into_keys().collect());
-            let result = log.compact_if_due(remembered);
+            let result = log.compact_if_due();
             (log, result)
         })
         .await;
@@ -372,6 +359,10 @@ impl Writer {
             Request::Acknowledged(reply) => {
                 let acknowledged = self.log.as_ref().map(|log| log.acknowledged().clone());
                 let _ = reply.send(acknowledged.unwrap_or_default());
+            }
+            Request::Epochs(reply) => {
+                let _ = reply
+                    .send(self.log.as_ref().map(|log| log.epochs().clone()).unwrap_or_default());
             }
             Request::Stats(reply) => {
                 let log_bytes = self.log.as_ref().map_or(0, Log::len);

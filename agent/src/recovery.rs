@@ -39,10 +39,7 @@ pub struct Recovered {
 pub async fn recover(journal: &Journal) -> Result<Recovered, AgentError> {
     let entries = journal.load().await?;
     let acknowledged = journal.acknowledged().await?;
-    let loader = journal.clone();
-    let epochs = tokio::task::spawn_blocking(move || loader.load_epochs())
-        .await
-        .map_err(|e| AgentError::journal("load epochs", std::io::Error::other(e)))??;
+    let epochs = journal.epochs().await?;
     let mut disks = BTreeSet::new();
     let mut finished = Vec::with_capacity(entries.len());
     for (id, mut entry) in entries {

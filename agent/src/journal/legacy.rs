@@ -1,6 +1,7 @@
-//! The older journal layout, one `tasks/<session>.<index>.<attempt>.pb` file per task: at
-//! start its entries are appended to the log (fsynced), then the files are removed. A crash
-//! in between appends them again next time, which replaces them with themselves.
+//! The older journal layouts: one `tasks/<session>.<index>.<attempt>.pb` file per task, and
+//! the newest epoch per session in `epochs.json`. At start their contents are appended to
+//! the log (fsynced), then the files are removed. A crash in between appends them again next
+//! time, which changes nothing.
 
 use std::fs;
 use std::io;
@@ -10,10 +11,31 @@ use prost::Message;
 use tracing::{info, warn};
 
 use super::JournalEntry;
+use super::epochs::{self, Epochs};
 use super::log::{Log, Record};
 use crate::fsutil;
 
 const TASKS_DIR: &str = "tasks";
+const EPOCHS_FILE: &str = "epochs.json";
+
+/// Moves the epochs of `state_dir/epochs.json` into the log and removes the file.
+pub(super) fn migrate_epochs(state_dir: &Path, log: &mut Log) -> io::Result<()> {
+    let path = state_dir.join(EPOCHS_FILE);
+    let text = match fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let stored: Epochs = serde_json::from_slice(&text).map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("parse {}: {e}", path.display()))
+    })?;
+    let record = Record { epochs: epochs::to_wire(&stored), ..Record::default() };
+    log.append(vec![record])?;
+    fs::remove_file(&path)?;
+    fsutil::sync_dir(state_dir)?;
+    info!(sessions = stored.len(), "epochs of epochs.json moved into the journal log");
+    Ok(())
+}
 
 /// Moves the entries of `state_dir/tasks` into the log and removes that directory.
 pub(super) fn migrate(state_dir: &Path, log: &mut Log) -> io::Result<()> {
@@ -29,7 +51,7 @@ pub(super) fn migrate(state_dir: &Path, log: &mut Log) -> io::Result<()> {
         .iter()
         .filter(|path| path.extension().is_some_and(|ext| ext == "pb"))
         .filter_map(|path| read_entry(path))
-        .map(|entry| Record { put: Some(entry), forget: Vec::new() })
+        .map(Record::put)
         .collect();
     let moved = records.len();
     if !records.is_empty() {

@@ -17,7 +17,8 @@
 //! The keys of a forget record are also the attempts coordinators acknowledged: the log keeps
 //! the highest acknowledged attempt of each item (an agent refuses a RunTask of an attempt
 //! no newer), and compaction writes them again as forget records, of the sessions whose
-//! epoch the agent still remembers only.
+//! epoch the agent still remembers only. Records also carry the sessions whose epoch rose
+//! ([`super::epochs`]); compaction writes the remembered epochs first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -31,6 +32,7 @@ use sluice_proto::pb;
 use tracing::warn;
 
 use super::JournalEntry;
+use super::epochs::{self, Epochs, SessionEpoch};
 use crate::fsutil;
 use crate::key::TaskId;
 
@@ -55,6 +57,21 @@ pub struct Record {
     /// Acknowledged tasks, whose entries are dropped.
     #[prost(message, repeated, tag = "2")]
     pub forget: Vec<pb::TaskKey>,
+    /// Sessions whose newest epoch rose to the one given.
+    #[prost(message, repeated, tag = "3")]
+    pub epochs: Vec<SessionEpoch>,
+}
+
+impl Record {
+    /// A record of acknowledged tasks.
+    pub fn forget(forget: Vec<pb::TaskKey>) -> Self {
+        Self { forget, ..Self::default() }
+    }
+
+    /// A record of a task's whole entry.
+    pub fn put(entry: JournalEntry) -> Self {
+        Self { put: Some(entry), ..Self::default() }
+    }
 }
 
 /// The entries a log holds, by task.
@@ -73,6 +90,8 @@ pub struct Replayed {
     pub entries: BTreeMap<TaskId, JournalEntry>,
     /// The highest acknowledged attempt of each item.
     pub acknowledged: Acknowledged,
+    /// The newest epoch per session.
+    pub epochs: Epochs,
     /// Bytes of whole frames read; what follows is a torn tail.
     pub valid_len: u64,
     /// Whole frames read.
@@ -88,7 +107,7 @@ pub fn replay(bytes: &[u8]) -> Replayed {
     while !is_zeroed(rest)
         && let Some((record, used)) = next_frame(rest)
     {
-        apply(&mut replayed.entries, &mut replayed.acknowledged, record);
+        apply(&mut replayed.entries, &mut replayed.acknowledged, &mut replayed.epochs, record);
         rest = &rest[used..];
         replayed.valid_len += used as u64;
         replayed.records += 1;
@@ -141,7 +160,13 @@ fn next_frame(bytes: &[u8]) -> Option<(Record, usize)> {
 }
 
 /// Applies one record to the entries. A put without a sound task key is skipped.
-fn apply(entries: &mut Entries, acknowledged: &mut Acknowledged, record: Record) {
+fn apply(
+    entries: &mut Entries,
+    acknowledged: &mut Acknowledged,
+    epochs: &mut Epochs,
+    record: Record,
+) {
+    epochs::apply(epochs, record.epochs);
     for key in &record.forget {
         if let Ok(id) = TaskId::from_wire("key", key) {
             entries.remove(&id);
@@ -178,6 +203,7 @@ pub(crate) struct Log {
     allocated: u64,
     entries: Entries,
     acknowledged: Acknowledged,
+    epochs: Epochs,
     compact_at: u64,
     compact_min: u64,
 }
@@ -202,9 +228,19 @@ impl Log {
         file.sync_all()?;
         fsutil::sync_dir(dir)?;
         let compact_at = compact_min.max(len.saturating_mul(4));
-        let (entries, acknowledged) = (replayed.entries, replayed.acknowledged);
+        let Replayed { entries, acknowledged, epochs, .. } = replayed;
         let allocated = len;
-        Ok(Self { path, file, len, allocated, entries, acknowledged, compact_at, compact_min })
+        Ok(Self {
+            path,
+            file,
+            len,
+            allocated,
+            entries,
+            acknowledged,
+            epochs,
+            compact_at,
+            compact_min,
+        })
     }
 
     /// The live entries.
@@ -215,6 +251,11 @@ impl Log {
     /// The highest acknowledged attempt of each item.
     pub(crate) fn acknowledged(&self) -> &Acknowledged {
         &self.acknowledged
+    }
+
+    /// The newest epoch per session.
+    pub(crate) fn epochs(&self) -> &Epochs {
+        &self.epochs
     }
 
     /// Bytes of the log.
@@ -237,7 +278,7 @@ impl Log {
         }
         self.len += bytes.len() as u64;
         for record in records {
-            apply(&mut self.entries, &mut self.acknowledged, record);
+            apply(&mut self.entries, &mut self.acknowledged, &mut self.epochs, record);
         }
         Ok(())
     }
@@ -262,20 +303,17 @@ impl Log {
         Ok(())
     }
 
-    /// Rewrites the log with only its live entries and the acknowledged attempts of the
-    /// sessions `remembered` keeps once it has grown past its bound: a new file is written
-    /// and fsynced beside it, then renamed over it.
-    pub(crate) fn compact_if_due(
-        &mut self,
-        remembered: impl FnOnce() -> Option<Vec<SessionId>>,
-    ) -> io::Result<bool> {
+    /// Rewrites the log once it has grown past its bound, with only its live entries, the
+    /// remembered epochs (within [`epochs::MAX_EPOCHS`]) and the acknowledged attempts of
+    /// their sessions: a new file is written and fsynced beside it, then renamed over it.
+    pub(crate) fn compact_if_due(&mut self) -> io::Result<bool> {
         if self.len < self.compact_at {
             return Ok(false);
         }
-        if let Some(sessions) = remembered() {
-            let sessions: std::collections::HashSet<SessionId> = sessions.into_iter().collect();
-            self.acknowledged.retain(|session, _| sessions.contains(session));
-        }
+        let busy = self.entries.keys().map(|id| &id.session).collect();
+        epochs::bound(&mut self.epochs, &busy);
+        let remembered = &self.epochs;
+        self.acknowledged.retain(|session, _| remembered.contains_key(session));
         let result = self.compact();
         // After a failure, wait for as much growth again before the next try.
         let base = if result.is_ok() { self.len } else { self.len / 2 };
@@ -285,6 +323,11 @@ impl Log {
 
     fn compact(&mut self) -> io::Result<()> {
         let mut bytes = Vec::new();
+        let remembered = epochs::to_wire(&self.epochs);
+        for epochs in remembered.chunks(ACKS_PER_RECORD) {
+            let record = Record { epochs: epochs.to_vec(), ..Record::default() };
+            push_frame(&mut bytes, &record.encode_to_vec());
+        }
         let acknowledged: Vec<pb::TaskKey> = self
             .acknowledged
             .iter()
@@ -295,11 +338,11 @@ impl Log {
             })
             .collect();
         for forget in acknowledged.chunks(ACKS_PER_RECORD) {
-            let record = Record { put: None, forget: forget.to_vec() };
+            let record = Record::forget(forget.to_vec());
             push_frame(&mut bytes, &record.encode_to_vec());
         }
         for entry in self.entries.values() {
-            let record = Record { put: Some(entry.clone()), forget: Vec::new() };
+            let record = Record::put(entry.clone());
             push_frame(&mut bytes, &record.encode_to_vec());
         }
         let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();

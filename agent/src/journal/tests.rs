@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 
@@ -64,8 +64,8 @@ async fn records_waiting_together_share_one_write_and_one_fsync() {
 async fn a_torn_end_is_cut_off_and_later_records_follow_the_last_whole_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(LOG_FILE);
-    let whole = frame(&Record { put: Some(started(0)), forget: Vec::new() });
-    let torn = frame(&Record { put: Some(started(1)), forget: Vec::new() });
+    let whole = frame(&Record::put(started(0)));
+    let torn = frame(&Record::put(started(1)));
     // As a crash leaves it: the torn frame in the zeroed tail, or at the end of the file.
     for tail in [vec![0; 4096], Vec::new()] {
         fs::write(&path, [&whole[..], &torn[..torn.len() - 3], &tail].concat()).expect("tear");
@@ -106,7 +106,7 @@ async fn appends_go_into_a_zeroed_tail_that_a_restart_reads_past() {
 /// exactly the frame: it is whole (as if the write had ended just before the crash).
 #[test]
 fn a_frame_whose_missing_end_is_zeros_reads_whole() {
-    let frame = frame(&Record { put: Some(finished(1, "")), forget: Vec::new() });
+    let frame = frame(&Record::put(finished(1, "")));
     assert_eq!(frame.last(), Some(&0), "an empty outcome ends the payload with a zero length");
     let torn = [&frame[..frame.len() - 1], &[0; 16][..]].concat();
     let replayed = replay(&torn);
@@ -117,7 +117,7 @@ fn a_frame_whose_missing_end_is_zeros_reads_whole() {
 fn an_empty_record_amid_frames_is_not_taken_for_the_zeroed_tail() {
     let empty = frame(&Record::default());
     assert_eq!(empty, vec![0; 8], "an empty record's frame is all zeros");
-    let next = frame(&Record { put: Some(started(1)), forget: Vec::new() });
+    let next = frame(&Record::put(started(1)));
     let replayed = replay(&[&empty[..], &next[..], &[0; 64]].concat());
     assert_eq!(replayed.records, 2);
     assert_eq!(replayed.valid_len, (empty.len() + next.len()) as u64);
@@ -166,9 +166,7 @@ async fn acknowledged_attempts_survive_restarts_and_compaction_of_remembered_ses
 
     // Only s1's epoch is remembered now: compaction keeps s1's acknowledgements only.
     let s1 = SessionId::parse("session", "s1").expect("valid");
-    journal
-        .save_epochs(&HashMap::from([(s1, Epoch::try_from(3).expect("positive"))]))
-        .expect("save");
+    journal.record_epochs([(&s1, &epoch(3))]).await.expect("save");
     for index in 0..400 {
         journal.write(started(index + 10)).await.expect("grow");
     }
@@ -195,17 +193,71 @@ async fn entries_of_the_one_file_per_task_layout_move_into_the_log() {
     assert_eq!(read_entries(dir.path()).expect("read").len(), 1);
 }
 
+fn epoch(value: i64) -> Epoch {
+    Epoch::try_from(value).expect("positive")
+}
+
+fn session(name: &str) -> SessionId {
+    SessionId::parse("session", name).expect("valid")
+}
+
 #[tokio::test]
-async fn epochs_round_trip() {
+async fn epochs_are_kept_at_the_highest_per_session_across_restarts_and_compaction() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open_with(dir.path(), 4096).await.expect("open");
+    assert!(journal.epochs().await.expect("empty").is_empty());
+    journal.record_epochs([(&session("s1"), &epoch(4))]).await.expect("save");
+    let both = [(session("s1"), epoch(6)), (session("s2"), epoch(2))];
+    journal.record_epochs(both.iter().map(|(s, e)| (s, e))).await.expect("save");
+    journal.record_epochs([(&session("s1"), &epoch(5))]).await.expect("save");
+    let expected = HashMap::from(both);
+    assert_eq!(journal.epochs().await.expect("load"), expected, "the highest per session");
+    for index in 0..400 {
+        journal.write(started(index + 10)).await.expect("grow");
+    }
+    assert!(journal.stats().await.expect("stats").compactions > 0);
+    drop(journal);
+    let journal = Journal::open(dir.path()).await.expect("reopen");
+    assert_eq!(journal.epochs().await.expect("load"), expected, "kept through compaction");
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_newest_epochs_and_those_of_sessions_with_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open_with(dir.path(), 4096).await.expect("open");
+    journal.record_epochs([(&session("s1"), &epoch(1))]).await.expect("busy session");
+    journal.write(started(0)).await.expect("an entry of s1");
+    let idle: Vec<_> =
+        (0..epochs::MAX_EPOCHS as i64).map(|n| (session(&format!("x{n}")), epoch(n + 2))).collect();
+    journal.record_epochs(idle.iter().map(|(s, e)| (s, e))).await.expect("save");
+    assert!(journal.stats().await.expect("stats").compactions > 0);
+    let kept = journal.epochs().await.expect("load");
+    assert!(kept.len() <= epochs::MAX_EPOCHS);
+    assert_eq!(kept.get("s1"), Some(&epoch(1)), "s1 has an entry: its epoch stays");
+    assert!(!kept.contains_key("x0"), "the lowest idle epoch goes first");
+    assert!(kept.contains_key(&format!("x{}", epochs::MAX_EPOCHS - 1)[..]));
+}
+
+#[tokio::test]
+async fn epochs_of_the_older_epochs_file_move_into_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("epochs.json");
+    fs::write(&file, r#"{"s1":4,"s2":9}"#).expect("epochs file");
     let journal = Journal::open(dir.path()).await.expect("open");
-    assert!(journal.load_epochs().expect("empty").is_empty());
-    let session = SessionId::parse("session", "s1").expect("valid");
-    let epochs = HashMap::from([(session, Epoch::try_from(4).expect("positive"))]);
-    journal.save_epochs(&epochs).expect("save");
-    assert_eq!(journal.load_epochs().expect("load"), epochs);
-    let stored = fs::read_to_string(dir.path().join(EPOCHS_FILE)).expect("read");
-    assert_eq!(stored, r#"{"s1":4}"#, "the file format stays plain");
+    let expected = HashMap::from([(session("s1"), epoch(4)), (session("s2"), epoch(9))]);
+    assert_eq!(journal.epochs().await.expect("load"), expected);
+    assert!(!file.exists(), "the file is removed once moved");
+    drop(journal);
+    let journal = Journal::open(dir.path()).await.expect("reopen");
+    assert_eq!(journal.epochs().await.expect("load"), expected);
+}
+
+#[tokio::test]
+async fn an_unreadable_epochs_file_stops_the_agent_rather_than_forget_epochs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("epochs.json"), b"{not json").expect("epochs file");
+    let error = Journal::open(dir.path()).await.expect_err("refused");
+    assert!(error.to_string().contains("epochs.json"), "{error}");
 }
 
 /// One change in a generated history.
@@ -227,13 +279,11 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn record(op: &Op) -> Record {
     match op {
-        Op::Start(index) => Record { put: Some(started(*index)), forget: Vec::new() },
-        Op::Finish(index, message) => {
-            Record { put: Some(finished(*index, message)), forget: Vec::new() }
-        }
+        Op::Start(index) => Record::put(started(*index)),
+        Op::Finish(index, message) => Record::put(finished(*index, message)),
         Op::Forget(indices) => {
             let forget = indices.iter().map(|index| id("s1", *index).to_wire()).collect();
-            Record { put: None, forget }
+            Record::forget(forget)
         }
     }
 }

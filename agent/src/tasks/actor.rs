@@ -13,7 +13,6 @@ use super::state::{Admission, TaskTable};
 use super::{AckGroup, AgentStatus, Cancel, Command, Reply, TasksConfig, runner};
 use crate::error::AgentError;
 use crate::exec::{CancelSignal, Daemons, Reporter, TaskContext, Update};
-use crate::fsutil::blocking;
 use crate::journal::Journal;
 use crate::key::TaskId;
 use crate::liveness::Liveness;
@@ -139,9 +138,7 @@ impl Actor {
         if newer.len() < 2 {
             return; // the command's own check writes a lone new epoch
         }
-        let epochs = self.table.epochs_with_all(&newer);
-        let journal = self.journal.clone();
-        match blocking(move || journal.save_epochs(&epochs)).await {
+        match self.journal.record_epochs(&newer).await {
             Ok(()) => {
                 for (session, epoch) in &newer {
                     self.table.set_epoch(session, *epoch);
@@ -222,9 +219,8 @@ impl Actor {
         if !self.table.check_epoch(session, epoch)? {
             return Ok(());
         }
-        let epochs = self.table.epochs_with(session, epoch);
-        let journal = self.journal.clone();
-        blocking(move || journal.save_epochs(&epochs))
+        self.journal
+            .record_epochs([(session, &epoch)])
             .await
             .map_err(|e| AgentError::journal("save epochs", e))?;
         self.table.set_epoch(session, epoch);

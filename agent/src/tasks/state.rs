@@ -8,6 +8,7 @@ use sluice_proto::pb::{self, job_item::Target};
 use crate::error::AgentError;
 use crate::exec::{CancelSignal, Update};
 use crate::journal::Acknowledged;
+use crate::journal::epochs::{self, Epochs};
 use crate::key::TaskId;
 use crate::recovery::Recovered;
 
@@ -40,7 +41,7 @@ pub(crate) struct TaskTable {
     /// beside it so that admission, the counts and the busy sessions cost no scan of every
     /// task on each event (an agent cut off from its coordinators keeps every finished one).
     running: BTreeMap<SessionId, HashMap<u32, u32>>,
-    epochs: HashMap<SessionId, Epoch>,
+    epochs: Epochs,
     /// The highest attempt of each item a coordinator acknowledged here (kept by the journal):
     /// a RunTask of an attempt no newer is settled and refused. Forgotten with the session's
     /// epoch.
@@ -53,27 +54,10 @@ pub(crate) struct TaskTable {
 
 /// Most tombstones kept; past it the oldest knowledge is dropped (they matter for seconds).
 const MAX_TOMBSTONES: usize = 100_000;
-/// Most sessions whose newest epoch is remembered (and kept in `epochs.json`). Past it, the
-/// lowest epochs of sessions without a task here are forgotten down to nine tenths of it:
-/// epochs are etcd revisions, so those belong to the sessions owned longest ago.
-pub(crate) const MAX_EPOCHS: usize = 10_000;
-
-/// Keeps `epochs` within `MAX_EPOCHS`, forgetting the lowest of sessions with no task here.
-fn bound(epochs: &mut HashMap<SessionId, Epoch>, tasks: &BTreeMap<TaskId, Entry>) {
-    if epochs.len() <= MAX_EPOCHS {
-        return;
-    }
-    let busy: HashSet<&SessionId> = tasks.keys().map(|task| &task.session).collect();
-    let mut idle: Vec<(Epoch, SessionId)> = epochs
-        .iter()
-        .filter(|(session, _)| !busy.contains(session))
-        .map(|(session, epoch)| (*epoch, session.clone()))
-        .collect();
-    idle.sort();
-    let excess = epochs.len() - MAX_EPOCHS * 9 / 10;
-    for (_, session) in idle.into_iter().take(excess) {
-        epochs.remove(&session);
-    }
+/// Keeps `epochs` within [`epochs::MAX_EPOCHS`], forgetting the lowest of sessions with no task here.
+fn bound(epochs: &mut Epochs, tasks: &BTreeMap<TaskId, Entry>) {
+    let busy = tasks.keys().map(|task| &task.session).collect();
+    epochs::bound(epochs, &busy);
 }
 
 impl TaskTable {
@@ -85,8 +69,7 @@ impl TaskTable {
         slots: usize,
         recovered: Recovered,
     ) -> Self {
-        let Recovered { epochs, finished, mut acknowledged } = recovered;
-        acknowledged.retain(|session, _| epochs.contains_key(session));
+        let Recovered { mut epochs, finished, mut acknowledged } = recovered;
         // The journal holds only tasks whose keys were checked when they were run.
         let tasks = finished
             .into_iter()
@@ -95,6 +78,8 @@ impl TaskTable {
                 Some((id, Entry { status, cancel: None }))
             })
             .collect();
+        bound(&mut epochs, &tasks);
+        acknowledged.retain(|session, _| epochs.contains_key(session));
         Self {
             agent_id,
             computer,
@@ -123,33 +108,12 @@ impl TaskTable {
         }
     }
 
-    /// The epochs with `session` raised to `epoch`, to be persisted before [`Self::set_epoch`].
-    pub(crate) fn epochs_with(
-        &self,
-        session: &SessionId,
-        epoch: Epoch,
-    ) -> HashMap<SessionId, Epoch> {
-        self.epochs_with_all(&HashMap::from([(session.clone(), epoch)]))
-    }
-
-    /// The epochs with each of `newer` raised, to be persisted before [`Self::set_epoch`] of
-    /// each.
-    pub(crate) fn epochs_with_all(
-        &self,
-        newer: &HashMap<SessionId, Epoch>,
-    ) -> HashMap<SessionId, Epoch> {
-        let mut epochs = self.epochs.clone();
-        epochs.extend(newer.iter().map(|(session, epoch)| (session.clone(), *epoch)));
-        bound(&mut epochs, &self.tasks);
-        epochs
-    }
-
     /// Of the `carried` epochs, those newer than any seen for their session (the highest
     /// per session); stale ones are left to each command's own check.
     pub(crate) fn newer_epochs<'a>(
         &self,
         carried: impl IntoIterator<Item = (&'a SessionId, Epoch)>,
-    ) -> HashMap<SessionId, Epoch> {
+    ) -> Epochs {
         let mut newer = HashMap::new();
         for (session, epoch) in carried {
             if matches!(self.check_epoch(session, epoch), Ok(true)) {
