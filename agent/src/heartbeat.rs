@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use sluice_proto::pb::{self, agent_registry_client::AgentRegistryClient};
+use sluice_proto::security::identity::Kind;
 use sluice_proto::security::tls::{NodeTls, check_url, mismatch_hint};
 use sluice_proto::telemetry::TraceInterceptor;
 use tokio::sync::watch;
@@ -179,7 +180,8 @@ fn client(url: &str, call_timeout: Duration, tls: Option<&NodeTls>) -> Result<Cl
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(call_timeout);
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.client_config()).map_err(|e| config(&e))?;
+        let dial = tls.dial(&[Kind::Coordinator]).map_err(|e| config(&e))?;
+        endpoint = dial.endpoint(endpoint).map_err(|e| config(&e))?;
     }
     Ok(AgentRegistryClient::with_interceptor(endpoint.connect_lazy(), TraceInterceptor))
 }

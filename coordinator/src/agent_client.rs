@@ -1,7 +1,8 @@
 //! gRPC clients of agents (and of peer coordinators), one lazily connected channel per
 //! address. With TLS the
-//! coordinator presents its own certificate (agents take only coordinators), and channels
-//! are built again after its certificate files changed.
+//! coordinator presents its own certificate (agents take only coordinators), takes only an
+//! agent's certificate from an agent and a coordinator's from a peer, and channels are built
+//! again after its certificate files changed.
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,10 @@ use sluice_proto::{
     pb::{
         agent_service_client::AgentServiceClient, coordinator_peer_client::CoordinatorPeerClient,
     },
-    security::tls::{NodeTls, check_url},
+    security::{
+        identity::Kind,
+        tls::{NodeTls, check_url},
+    },
     telemetry::TraceInterceptor,
 };
 use tonic::{Status, service::interceptor::InterceptedService, transport::Channel};
@@ -42,7 +46,7 @@ pub(crate) struct AgentClients {
 /// The channels, and the TLS generation they were built at.
 #[derive(Default)]
 struct Channels {
-    by_address: HashMap<String, Channel>,
+    by_address: HashMap<(&'static [Kind], String), Channel>,
     generation: u64,
 }
 
@@ -54,7 +58,7 @@ impl AgentClients {
 
     /// A client of the agent at `address` (connecting on first use).
     pub(crate) fn client(&self, agent: &str, address: &str) -> Result<AgentClient> {
-        let channel = self.channel(agent, address)?;
+        let channel = self.channel(agent, address, &[Kind::Agent])?;
         Ok(AgentServiceClient::with_interceptor(channel, TraceInterceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -63,11 +67,13 @@ impl AgentClients {
     /// A client of the peer coordinator at `address`, over the same kind of channel (with
     /// TLS, the coordinator's own certificate, which peers take).
     pub(crate) fn peer(&self, coordinator: &str, address: &str) -> Result<PeerClient> {
-        let channel = self.channel(coordinator, address)?;
+        let channel = self.channel(coordinator, address, &[Kind::Coordinator])?;
         Ok(CoordinatorPeerClient::with_interceptor(channel, TraceInterceptor))
     }
 
-    fn channel(&self, agent: &str, address: &str) -> Result<Channel> {
+    /// A channel to the node `id` at `address`; with TLS, the server must present a
+    /// certificate of the `server` kind.
+    fn channel(&self, id: &str, address: &str, server: &'static [Kind]) -> Result<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
         if channels.generation != generation {
@@ -75,11 +81,12 @@ impl AgentClients {
             channels.by_address.clear();
             channels.generation = generation;
         }
-        if let Some(channel) = channels.by_address.get(address) {
+        let key = (server, address.to_string());
+        if let Some(channel) = channels.by_address.get(&key) {
             return Ok(channel.clone());
         }
         let bad_address = |reason: String| Error::BadAgentAddress {
-            agent: agent.to_string(),
+            agent: id.to_string(),
             address: address.to_string(),
             reason,
         };
@@ -88,11 +95,11 @@ impl AgentClients {
         let mut endpoint =
             Channel::from_shared(address.to_string()).map_err(|e| bad_address(e.to_string()))?;
         if let Some(tls) = &self.tls {
-            endpoint =
-                endpoint.tls_config(tls.client_config()).map_err(|e| bad_address(e.to_string()))?;
+            let dial = tls.dial(server).map_err(|e| bad_address(e.to_string()))?;
+            endpoint = dial.endpoint(endpoint).map_err(|e| bad_address(e.to_string()))?;
         }
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy();
-        channels.by_address.insert(address.to_string(), channel.clone());
+        channels.by_address.insert(key, channel.clone());
         Ok(channel)
     }
 }

@@ -14,8 +14,8 @@ use nix::{
     unistd::Pid,
 };
 use sluice_proto::pb::{self, cluster_service_client::ClusterServiceClient};
+use sluice_proto::security::tls::DialTls;
 use tokio::time::Instant;
-use tonic::transport::ClientTlsConfig;
 
 use crate::{PATIENCE, http::HttpClient, logs, security::Pki, wait_for, watchdog::Watchdog};
 
@@ -160,7 +160,7 @@ impl Node {
 
     /// The TLS the harness calls this node with (admin on a coordinator, a coordinator
     /// certificate on an agent); `None` when the cluster is insecure.
-    pub fn harness_tls(&self) -> Option<ClientTlsConfig> {
+    pub fn harness_tls(&self) -> Option<DialTls> {
         let calls_agent = matches!(self.role, Role::Agent { .. });
         self.pki.as_ref().map(|pki| pki.harness_tls(calls_agent))
     }

@@ -12,9 +12,8 @@ use sluice_proto::security::{
     access::Role,
     identity::Kind,
     pki::{self, IssuedFiles, LeafSpec},
-    tls,
+    tls::{self, DialTls},
 };
-use tonic::transport::ClientTlsConfig;
 
 /// Client id of the harness's admin certificate.
 pub const ADMIN: &str = "harness-admin";
@@ -77,16 +76,17 @@ impl Pki {
         &self.admin
     }
 
-    /// TLS of a client trusting this CA, presenting `identity` (if any).
-    pub fn client_tls(&self, identity: Option<&IssuedFiles>) -> ClientTlsConfig {
+    /// TLS of a client trusting this CA for coordinators and agents, presenting `identity`
+    /// (if any).
+    pub fn client_tls(&self, identity: Option<&IssuedFiles>) -> DialTls {
         let pair = identity.map(|files| (files.cert.as_path(), files.key.as_path()));
-        tls::client_config(&self.ca_cert(), pair)
+        tls::dial_config(&self.ca_cert(), pair, &[Kind::Coordinator, Kind::Agent])
             .unwrap_or_else(|e| panic!("client TLS from {}: {e}", self.ca_dir.display()))
     }
 
     /// The TLS the harness calls a node with: as admin on a coordinator, as a coordinator
     /// on an agent.
-    pub(crate) fn harness_tls(&self, calls_agent: bool) -> ClientTlsConfig {
+    pub(crate) fn harness_tls(&self, calls_agent: bool) -> DialTls {
         self.client_tls(Some(if calls_agent { &self.driver } else { &self.admin }))
     }
 

@@ -5,11 +5,12 @@ use std::{path::PathBuf, time::Duration};
 use sluice_proto::pb::auth_service_client::AuthServiceClient;
 use sluice_proto::pb::cluster_service_client::ClusterServiceClient;
 use sluice_proto::pb::job_service_client::JobServiceClient;
-use sluice_proto::security::tls::{self, check_url, mismatch_hint};
+use sluice_proto::security::identity::Kind;
+use sluice_proto::security::tls::{self, DialTls, check_url, mismatch_hint};
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::{Interceptor, interceptor::InterceptedService};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Failure, chain};
 use crate::output::Format;
@@ -37,7 +38,7 @@ pub struct Ctx {
 #[derive(Debug, Clone)]
 pub struct Access {
     /// TLS towards the coordinator; `None` with `--insecure`.
-    tls: Option<ClientTlsConfig>,
+    tls: Option<DialTls>,
     /// `Bearer <token>`, if a token was given.
     bearer: Option<MetadataValue<Ascii>>,
 }
@@ -80,7 +81,8 @@ impl Access {
             (None, None) => None,
             _ => return Err(Failure::usage("--cert and --key go together")),
         };
-        let tls = tls::client_config(&ca, identity).map_err(|e| Failure::usage(e.to_string()))?;
+        let tls = tls::dial_config(&ca, identity, &[Kind::Coordinator])
+            .map_err(|e| Failure::usage(e.to_string()))?;
         Ok(Access { tls: Some(tls), bearer })
     }
 
@@ -193,10 +195,7 @@ impl Clients {
 
 /// Parses a comma-separated endpoint list; `host:port` without a scheme means `https://`
 /// (`http://` with `--insecure`), and a scheme that does not fit the mode is refused.
-pub fn parse_endpoints(
-    list: &str,
-    tls: Option<&ClientTlsConfig>,
-) -> Result<Vec<Endpoint>, Failure> {
+pub fn parse_endpoints(list: &str, tls: Option<&DialTls>) -> Result<Vec<Endpoint>, Failure> {
     let urls: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     if urls.is_empty() {
         return Err(Failure::usage("--endpoint: no endpoint given"));
@@ -205,15 +204,15 @@ pub fn parse_endpoints(
 }
 
 /// One endpoint with the connection settings of the CLI.
-fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Failure> {
+fn endpoint(url: &str, tls: Option<&DialTls>) -> Result<Endpoint, Failure> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let full = if url.contains("://") { url.to_string() } else { format!("{scheme}://{url}") };
     check_url("--endpoint", &full, tls.is_some()).map_err(|e| Failure::usage(e.to_string()))?;
     let mut endpoint = Endpoint::from_shared(full)
         .map_err(|error| Failure::usage(format!("--endpoint: bad URL {url:?}: {error}")))?;
     if let Some(tls) = tls {
-        endpoint = endpoint
-            .tls_config(tls.clone())
+        endpoint = tls
+            .endpoint(endpoint)
             .map_err(|error| Failure::usage(format!("--endpoint {url}: {error}")))?;
     }
     Ok(endpoint
@@ -226,13 +225,22 @@ fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Failur
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_proto::security::pki;
+
+    /// TLS trusting a new CA (the CA's directory is kept while the test runs).
+    fn test_tls() -> (DialTls, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        pki::init_dir(dir.path()).expect("CA");
+        let tls = tls::dial_config(&dir.path().join("ca.crt"), None, &[Kind::Coordinator]);
+        (tls.expect("TLS"), dir)
+    }
 
     #[test]
     fn endpoint_list_keeps_order_and_adds_the_scheme_of_the_mode() {
         let endpoints = parse_endpoints("http://a:7400, b:7401", None).expect("valid list");
         let uris: Vec<String> = endpoints.iter().map(|e| e.uri().to_string()).collect();
         assert_eq!(uris, ["http://a:7400/", "http://b:7401/"]);
-        let tls = ClientTlsConfig::new();
+        let (tls, _ca) = test_tls();
         let secure = parse_endpoints("b:7401", Some(&tls)).expect("valid list");
         assert_eq!(secure[0].uri().to_string(), "https://b:7401/");
     }
@@ -241,7 +249,7 @@ mod tests {
     fn empty_bad_or_mismatched_endpoints_are_usage_errors() {
         assert!(matches!(parse_endpoints(" , ", None), Err(Failure::Usage(_))));
         assert!(matches!(parse_endpoints("http://bad host", None), Err(Failure::Usage(_))));
-        let tls = ClientTlsConfig::new();
+        let (tls, _ca) = test_tls();
         let plain = parse_endpoints("http://a:7400", Some(&tls)).expect_err("plaintext refused");
         assert!(plain.message().contains("plaintext http://"), "{}", plain.message());
         assert!(matches!(parse_endpoints("https://a:7400", None), Err(Failure::Usage(_))));

@@ -3,9 +3,10 @@
 //!
 //! The server side is our own rustls `ServerConfig` in an `ArcSwap`, handed to each new
 //! connection by [`incoming::tls_incoming`]; connections already open keep the config they
-//! were made with. Clients take [`NodeTls::client_config`] when they build a channel, and
-//! [`NodeTls::generation`] tells them when to build new ones.
+//! were made with. Clients take [`NodeTls::dial`] when they build a channel (it checks the
+//! server's kind too, [`dial`]), and [`NodeTls::generation`] tells them when to build new ones.
 
+mod dial;
 mod incoming;
 mod preface;
 mod verifier;
@@ -29,6 +30,7 @@ use rustls::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+pub use self::dial::{DialTls, dial_config};
 pub use self::incoming::{no_delay, tcp_incoming, tls_accept, tls_incoming};
 pub use self::preface::PrefaceDeadline;
 use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der};
@@ -61,8 +63,8 @@ pub enum TlsError {
     /// rustls refused the certificate, key or CA (e.g. a key that does not match).
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
-    /// The client certificate verifier cannot be built from the CA.
-    #[error("client verifier: {0}")]
+    /// A certificate verifier cannot be built from the CA.
+    #[error("certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     /// The node's own certificate does not name a sluice identity.
     #[error("{}: {source}", path.display())]
@@ -252,13 +254,12 @@ impl NodeTls {
         self.current.load().https.clone()
     }
 
-    /// A tonic client config presenting this node's certificate and trusting the CA.
-    pub fn client_config(&self) -> ClientTlsConfig {
+    /// How this node dials servers of one of `kinds`: presenting its certificate, trusting
+    /// the CA.
+    pub fn dial(&self, kinds: &'static [Kind]) -> Result<DialTls, TlsError> {
         let loaded = self.current.load();
         let [cert, key, ca] = &loaded.pem;
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .identity(Identity::from_pem(cert, key))
+        DialTls::new(&self.files.ca, ca, Some(Identity::from_pem(cert, key)), kinds)
     }
 
     /// Grows by one at every reload: channels built at an older generation are stale.
@@ -303,7 +304,8 @@ impl NodeTls {
     }
 }
 
-/// A client config from files, for processes that only dial (the CLI, tests).
+/// A tonic client config from files that checks a server's chain and host name only: for
+/// etcd, whose client takes no verifier (Sluice's own servers are dialed with [`dial_config`]).
 pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,

@@ -9,9 +9,10 @@ use std::{
 };
 
 use sluice_proto::pb::{self, ItemState, TaskPhase, agent_service_client::AgentServiceClient};
+use sluice_proto::security::tls::DialTls;
 use sluice_tests::{Cluster, MAX_MESSAGE_BYTES};
 use tokio::{task::JoinHandle, time::Instant};
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 /// How often waits look at the observations.
 const POLL: Duration = Duration::from_millis(10);
@@ -109,7 +110,7 @@ impl Observer {
 
 /// Follows one agent's task stream (as a coordinator, over TLS when the cluster has it),
 /// reconnecting when it breaks.
-async fn watch(url: String, tls: Option<ClientTlsConfig>, tasks: Table) {
+async fn watch(url: String, tls: Option<DialTls>, tasks: Table) {
     loop {
         if let Err(error) = follow(&url, tls.clone(), &tasks).await {
             report_break(&url, &error);
@@ -118,10 +119,10 @@ async fn watch(url: String, tls: Option<ClientTlsConfig>, tasks: Table) {
     }
 }
 
-async fn follow(url: &str, tls: Option<ClientTlsConfig>, tasks: &Table) -> anyhow::Result<()> {
+async fn follow(url: &str, tls: Option<DialTls>, tasks: &Table) -> anyhow::Result<()> {
     let mut endpoint = Endpoint::from_shared(url.to_string())?;
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls)?;
+        endpoint = tls.endpoint(endpoint)?;
     }
     let client = AgentServiceClient::new(endpoint.connect().await?);
     let mut client = client.max_decoding_message_size(MAX_MESSAGE_BYTES);

@@ -6,7 +6,8 @@ use sluice_proto::pb::{
     agent_service_client::AgentServiceClient, cluster_service_client::ClusterServiceClient,
     job_service_client::JobServiceClient,
 };
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use sluice_proto::security::tls::DialTls;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -32,7 +33,7 @@ impl Node {
 
     /// A new gRPC channel to the node with this TLS (plaintext to `http://` when `None`),
     /// e.g. to call it with another identity.
-    pub async fn channel_with(&self, tls: Option<ClientTlsConfig>) -> anyhow::Result<Channel> {
+    pub async fn channel_with(&self, tls: Option<DialTls>) -> anyhow::Result<Channel> {
         let url = match &tls {
             Some(_) => format!("https://{}", self.addr()),
             None => format!("http://{}", self.addr()),
@@ -97,12 +98,12 @@ impl Node {
 }
 
 /// Connects a channel with the harness's timeouts, over TLS with `tls`.
-pub(crate) async fn connect(url: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<Channel> {
+pub(crate) async fn connect(url: &str, tls: Option<DialTls>) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls)?;
+        endpoint = tls.endpoint(endpoint)?;
     }
     Ok(endpoint.connect().await?)
 }

@@ -6,6 +6,7 @@
 
 use std::process::Output;
 
+use sluice_proto::security::tls::DialTls;
 use sluice_proto::{
     pb::{
         self, ItemState, SessionResult, StopMode, agent_registry_client::AgentRegistryClient,
@@ -20,14 +21,14 @@ use sluice_tests::{
     fixtures::{expect_code, expect_ok},
     stops::{FAST, SLOW_RATE, VmLab, start_one_slow_vm},
 };
-use tonic::{Code, transport::ClientTlsConfig};
+use tonic::Code;
 
 fn pki(cluster: &Cluster) -> &Pki {
     cluster.pki().expect("a secure cluster")
 }
 
 /// ListTasks on `agent` over `tls`: `Ok`, or what failed (connection or status) as text.
-async fn list_tasks_as(agent: &Node, tls: ClientTlsConfig) -> Result<(), String> {
+async fn list_tasks_as(agent: &Node, tls: DialTls) -> Result<(), String> {
     let channel = agent.channel_with(Some(tls)).await.map_err(|e| format!("connect: {e:#}"))?;
     let mut client = AgentServiceClient::new(channel);
     let answer = client.list_tasks(pb::ListTasksRequest::default()).await;
@@ -154,7 +155,7 @@ async fn a_forged_epoch_never_reaches_an_agent_and_the_owner_still_stops_its_ses
 /// A heartbeat for `agent` (on `computer`), leaving, over `tls` with an optional token.
 async fn heartbeat_as(
     coordinator: &Node,
-    tls: ClientTlsConfig,
+    tls: DialTls,
     agent: &str,
     computer: &str,
     address: &str,

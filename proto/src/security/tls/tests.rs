@@ -122,14 +122,22 @@ async fn who_am_i(
     ca: &Path,
     client: Option<(&Path, &str)>,
 ) -> Result<String, String> {
+    who_am_i_of(addr, ca, client, &[Kind::Coordinator]).await
+}
+
+/// [`who_am_i`] of a server that must present a certificate of one of `server` kinds.
+async fn who_am_i_of(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &str)>,
+    server: &'static [Kind],
+) -> Result<String, String> {
     let identity =
         client.map(|(dir, id)| (dir.join(format!("{id}.crt")), dir.join(format!("{id}.key"))));
-    let config = client_config(ca, identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
-        .map_err(|e| e.to_string())?;
-    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
-        .map_err(|e| e.to_string())?
-        .tls_config(config)
-        .map_err(|e| e.to_string())?;
+    let pair = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let dial = dial_config(ca, pair, server).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::from_shared(format!("https://{addr}")).map_err(|e| e.to_string())?;
+    let endpoint = dial.endpoint(endpoint).map_err(|e| e.to_string())?;
     let channel: Channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
     let mut client = pb::auth_service_client::AuthServiceClient::new(channel);
     match client.who_am_i(pb::WhoAmIRequest {}).await {
@@ -139,6 +147,26 @@ async fn who_am_i(
         }
         Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
     }
+}
+
+/// A client takes only a server certificate of the kind it dials: an agent's, though it
+/// chains to the cluster CA and names the host, does not pass for a coordinator's (it could
+/// otherwise collect a CLI user's token).
+#[tokio::test]
+async fn clients_take_only_a_server_certificate_of_the_kind_they_dial() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let out = dir.path().join("out");
+    let auth = ClientAuth { kinds: &[Kind::Client], required: false };
+    let posing = NodeTls::load(files(&out, "a1"), auth).expect("an agent's TLS");
+    let stop = CancellationToken::new();
+    let addr = serve(posing, stop.clone()).await;
+    let (ca, alice) = (out.join("ca.crt"), Some((out.as_path(), "alice")));
+    let refused = who_am_i(addr, &ca, alice).await.expect_err("not a coordinator");
+    assert!(refused.starts_with("connect:"), "{refused}");
+    let agent = who_am_i_of(addr, &ca, alice, &[Kind::Agent]).await;
+    assert_eq!(agent, Ok("client:alice:admin".into()), "dialed as the agent it is");
+    stop.cancel();
 }
 
 /// The certificate a new TLS connection is served.

@@ -1,0 +1,127 @@
+//! How a client dials a server over TLS. Besides the usual checks (the chain against the
+//! cluster CA, the host name), the server's certificate must be of the kind the client means
+//! to reach: an agent's key cannot pass for a coordinator, so it cannot collect a CLI user's
+//! token or send an agent commands, and a client certificate cannot serve at all.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::{
+    CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
+
+use super::{TlsError, certificates, provider, read};
+use crate::security::identity::{Kind, identity_from_der};
+
+/// A client's TLS: its certificate, if any, and the server kinds it accepts.
+#[derive(Debug, Clone)]
+pub struct DialTls {
+    config: ClientTlsConfig,
+    verifier: Arc<dyn ServerCertVerifier>,
+}
+
+impl DialTls {
+    /// Trusts the CA certificates of `ca_pem` (read from `ca_path`) for servers of one of
+    /// `kinds`, presenting `identity` when there is one.
+    pub(super) fn new(
+        ca_path: &Path,
+        ca_pem: &[u8],
+        identity: Option<Identity>,
+        kinds: &'static [Kind],
+    ) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for ca in certificates(ca_path, ca_pem)? {
+            roots.add(ca)?;
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(TlsError::Verifier)?;
+        let verifier = Arc::new(ServerKindVerifier { inner: webpki, kinds });
+        let mut config = ClientTlsConfig::new();
+        if let Some(identity) = identity {
+            config = config.identity(identity);
+        }
+        Ok(Self { config, verifier })
+    }
+
+    /// `endpoint` dialing with this TLS.
+    pub fn endpoint(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
+        endpoint.tls_config_with_verifier(self.config.clone(), self.verifier.clone())
+    }
+}
+
+/// A client config from files, for processes that only dial (the CLI, tests): trusts the CA
+/// in `ca` for servers of one of `kinds`, presenting `identity` (certificate and key files).
+pub fn dial_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    kinds: &'static [Kind],
+) -> Result<DialTls, TlsError> {
+    let identity = match identity {
+        Some((cert, key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+        None => None,
+    };
+    DialTls::new(ca, &read(ca)?, identity, kinds)
+}
+
+/// The WebPKI verifier, then a check of the certificate's kind.
+#[derive(Debug)]
+struct ServerKindVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    kinds: &'static [Kind],
+}
+
+impl ServerCertVerifier for ServerKindVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let refused = match identity_from_der(end_entity) {
+            Ok(identity) if self.kinds.contains(&identity.kind) => return Ok(verified),
+            Ok(identity) => format!("a {} certificate ({})", identity.kind, identity.id),
+            Err(error) => error.to_string(),
+        };
+        let accepted: Vec<&str> = self.kinds.iter().map(|kind| kind.as_str()).collect();
+        tracing::warn!(%refused, accepted = accepted.join(","), "server certificate refused");
+        Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
