@@ -180,7 +180,7 @@ fn client(url: &str, call_timeout: Duration, tls: Option<&NodeTls>) -> Result<Cl
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(call_timeout);
     if let Some(tls) = tls {
-        let dial = tls.dial(&[Kind::Coordinator]).map_err(|e| config(&e))?;
+        let dial = tls.dial(&[Kind::Coordinator], None).map_err(|e| config(&e))?;
         endpoint = dial.endpoint(endpoint).map_err(|e| config(&e))?;
     }
     Ok(AgentRegistryClient::with_interceptor(endpoint.connect_lazy(), TraceInterceptor))

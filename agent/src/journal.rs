@@ -349,26 +349,27 @@ impl Writer {
         self.log = Some(log);
     }
 
+    /// Answers a read. Without a log (a write thread failed) a read of its contents gets no
+    /// answer, which its caller takes for an error: an empty answer would look like a journal
+    /// with nothing in it.
     fn answer(&self, read: Request) {
+        if let Request::Stats(reply) = read {
+            let log_bytes = self.log.as_ref().map_or(0, Log::len);
+            let _ = reply.send(JournalStats { log_bytes, ..self.stats });
+            return;
+        }
+        let Some(log) = &self.log else { return };
         match read {
             Request::Entries(reply) => {
-                let entries = self.log.as_ref().map(|log| log.entries().clone());
-                let entries = entries.unwrap_or_default().into_iter().collect();
-                let _ = reply.send(entries);
+                let _ = reply.send(log.entries().clone().into_iter().collect());
             }
             Request::Acknowledged(reply) => {
-                let acknowledged = self.log.as_ref().map(|log| log.acknowledged().clone());
-                let _ = reply.send(acknowledged.unwrap_or_default());
+                let _ = reply.send(log.acknowledged().clone());
             }
             Request::Epochs(reply) => {
-                let _ = reply
-                    .send(self.log.as_ref().map(|log| log.epochs().clone()).unwrap_or_default());
+                let _ = reply.send(log.epochs().clone());
             }
-            Request::Stats(reply) => {
-                let log_bytes = self.log.as_ref().map_or(0, Log::len);
-                let _ = reply.send(JournalStats { log_bytes, ..self.stats });
-            }
-            Request::Append(..) | Request::Defer(_) | Request::Flush(_) => {}
+            Request::Stats(_) | Request::Append(..) | Request::Defer(_) | Request::Flush(_) => {}
         }
     }
 }

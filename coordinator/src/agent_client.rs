@@ -1,7 +1,7 @@
 //! gRPC clients of agents (and of peer coordinators), one lazily connected channel per
 //! address. With TLS the
-//! coordinator presents its own certificate (agents take only coordinators), takes only an
-//! agent's certificate from an agent and a coordinator's from a peer, and channels are built
+//! coordinator presents its own certificate (agents take only coordinators), takes only the
+//! certificate of the agent (or peer coordinator) it means to reach, and channels are built
 //! again after its certificate files changed.
 
 use std::{
@@ -46,7 +46,7 @@ pub(crate) struct AgentClients {
 /// The channels, and the TLS generation they were built at.
 #[derive(Default)]
 struct Channels {
-    by_address: HashMap<(&'static [Kind], String), Channel>,
+    by_address: HashMap<(&'static [Kind], String, String), Channel>,
     generation: u64,
 }
 
@@ -71,8 +71,8 @@ impl AgentClients {
         Ok(CoordinatorPeerClient::with_interceptor(channel, TraceInterceptor))
     }
 
-    /// A channel to the node `id` at `address`; with TLS, the server must present a
-    /// certificate of the `server` kind.
+    /// A channel to the node `id` at `address`; with TLS, the server must present the
+    /// certificate of `id`, of the `server` kind.
     fn channel(&self, id: &str, address: &str, server: &'static [Kind]) -> Result<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
@@ -81,7 +81,7 @@ impl AgentClients {
             channels.by_address.clear();
             channels.generation = generation;
         }
-        let key = (server, address.to_string());
+        let key = (server, id.to_string(), address.to_string());
         if let Some(channel) = channels.by_address.get(&key) {
             return Ok(channel.clone());
         }
@@ -95,7 +95,7 @@ impl AgentClients {
         let mut endpoint =
             Channel::from_shared(address.to_string()).map_err(|e| bad_address(e.to_string()))?;
         if let Some(tls) = &self.tls {
-            let dial = tls.dial(server).map_err(|e| bad_address(e.to_string()))?;
+            let dial = tls.dial(server, Some(id)).map_err(|e| bad_address(e.to_string()))?;
             endpoint = dial.endpoint(endpoint).map_err(|e| bad_address(e.to_string()))?;
         }
         let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy();

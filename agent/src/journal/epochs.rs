@@ -52,9 +52,24 @@ pub(crate) fn apply(epochs: &mut Epochs, carried: Vec<SessionEpoch>) {
     }
 }
 
-/// Keeps `epochs` within [`MAX_EPOCHS`], forgetting the lowest of sessions not `busy`.
+/// Most epochs the log keeps through a compaction: twice what the agent remembers, so that
+/// the log never forgets an epoch the agent's table still holds (the table trims to nine
+/// tenths of [`MAX_EPOCHS`] at once, and counts a task busy a moment before its entry is
+/// written).
+pub(crate) const LOG_KEEPS: usize = 2 * MAX_EPOCHS;
+
+/// Keeps `epochs` within [`MAX_EPOCHS`], forgetting the lowest of sessions not `busy` down to
+/// nine tenths of it (so that not every new session makes a trim).
 pub(crate) fn bound(epochs: &mut Epochs, busy: &HashSet<&SessionId>) {
-    if epochs.len() <= MAX_EPOCHS {
+    if epochs.len() > MAX_EPOCHS {
+        forget_lowest(epochs, busy, MAX_EPOCHS * 9 / 10);
+    }
+}
+
+/// Forgets the lowest epochs of sessions not `busy` until at most `keep` remain (or only busy
+/// ones do).
+pub(crate) fn forget_lowest(epochs: &mut Epochs, busy: &HashSet<&SessionId>, keep: usize) {
+    if epochs.len() <= keep {
         return;
     }
     let mut idle: Vec<(Epoch, SessionId)> = epochs
@@ -63,7 +78,7 @@ pub(crate) fn bound(epochs: &mut Epochs, busy: &HashSet<&SessionId>) {
         .map(|(session, epoch)| (*epoch, session.clone()))
         .collect();
     idle.sort();
-    let excess = epochs.len() - MAX_EPOCHS * 9 / 10;
+    let excess = epochs.len() - keep;
     for (_, session) in idle.into_iter().take(excess) {
         epochs.remove(&session);
     }

@@ -304,14 +304,14 @@ impl Log {
     }
 
     /// Rewrites the log once it has grown past its bound, with only its live entries, the
-    /// remembered epochs (within [`epochs::MAX_EPOCHS`]) and the acknowledged attempts of
-    /// their sessions: a new file is written and fsynced beside it, then renamed over it.
+    /// newest epochs (within [`epochs::LOG_KEEPS`]) and the acknowledged attempts of their
+    /// sessions: a new file is written and fsynced beside it, then renamed over it.
     pub(crate) fn compact_if_due(&mut self) -> io::Result<bool> {
         if self.len < self.compact_at {
             return Ok(false);
         }
         let busy = self.entries.keys().map(|id| &id.session).collect();
-        epochs::bound(&mut self.epochs, &busy);
+        epochs::forget_lowest(&mut self.epochs, &busy, epochs::LOG_KEEPS);
         let remembered = &self.epochs;
         self.acknowledged.retain(|session, _| remembered.contains_key(session));
         let result = self.compact();

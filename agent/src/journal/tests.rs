@@ -228,14 +228,38 @@ async fn compaction_keeps_the_newest_epochs_and_those_of_sessions_with_entries()
     journal.record_epochs([(&session("s1"), &epoch(1))]).await.expect("busy session");
     journal.write(started(0)).await.expect("an entry of s1");
     let idle: Vec<_> =
-        (0..epochs::MAX_EPOCHS as i64).map(|n| (session(&format!("x{n}")), epoch(n + 2))).collect();
+        (0..epochs::LOG_KEEPS as i64).map(|n| (session(&format!("x{n}")), epoch(n + 2))).collect();
     journal.record_epochs(idle.iter().map(|(s, e)| (s, e))).await.expect("save");
     assert!(journal.stats().await.expect("stats").compactions > 0);
     let kept = journal.epochs().await.expect("load");
-    assert!(kept.len() <= epochs::MAX_EPOCHS);
+    assert!(kept.len() <= epochs::LOG_KEEPS);
     assert_eq!(kept.get("s1"), Some(&epoch(1)), "s1 has an entry: its epoch stays");
     assert!(!kept.contains_key("x0"), "the lowest idle epoch goes first");
-    assert!(kept.contains_key(&format!("x{}", epochs::MAX_EPOCHS - 1)[..]));
+    assert!(kept.contains_key(&format!("x{}", epochs::LOG_KEEPS - 1)[..]));
+}
+
+/// The agent's table trims its epochs on its own (`epochs::bound` as each is set); the log,
+/// which compacts on its own, must still hold every epoch the table does, or a restart
+/// would forget them (and the acknowledgements of their sessions).
+#[tokio::test]
+async fn the_log_keeps_every_epoch_the_agent_still_remembers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open_with(dir.path(), 4096).await.expect("open");
+    let mut table = Epochs::new();
+    let sessions = epochs::LOG_KEEPS as i64 * 11 / 10;
+    for chunk in (1..=sessions).collect::<Vec<_>>().chunks(500) {
+        let newer: Vec<_> = chunk.iter().map(|&n| (session(&format!("x{n}")), epoch(n))).collect();
+        journal.record_epochs(newer.iter().map(|(s, e)| (s, e))).await.expect("save");
+        for (session, epoch) in newer {
+            table.insert(session, epoch);
+            epochs::bound(&mut table, &std::collections::HashSet::new());
+        }
+    }
+    assert!(journal.stats().await.expect("stats").compactions > 0);
+    drop(journal);
+    let logged = Journal::open(dir.path()).await.expect("reopen").epochs().await.expect("load");
+    let forgotten = table.iter().filter(|&(s, e)| logged.get(s) != Some(e)).count();
+    assert_eq!(forgotten, 0, "of {} epochs the table holds", table.len());
 }
 
 #[tokio::test]

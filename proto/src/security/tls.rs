@@ -254,12 +254,12 @@ impl NodeTls {
         self.current.load().https.clone()
     }
 
-    /// How this node dials servers of one of `kinds`: presenting its certificate, trusting
-    /// the CA.
-    pub fn dial(&self, kinds: &'static [Kind]) -> Result<DialTls, TlsError> {
+    /// How this node dials servers of one of `kinds` (and with the id `id`, when it knows
+    /// whom it dials): presenting its certificate, trusting the CA.
+    pub fn dial(&self, kinds: &'static [Kind], id: Option<&str>) -> Result<DialTls, TlsError> {
         let loaded = self.current.load();
         let [cert, key, ca] = &loaded.pem;
-        DialTls::new(&self.files.ca, ca, Some(Identity::from_pem(cert, key)), kinds)
+        DialTls::new(&self.files.ca, ca, Some(Identity::from_pem(cert, key)), kinds, id)
     }
 
     /// Grows by one at every reload: channels built at an older generation are stale.

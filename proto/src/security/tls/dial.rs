@@ -1,13 +1,16 @@
 //! How a client dials a server over TLS. Besides the usual checks (the chain against the
 //! cluster CA, the host name), the server's certificate must be of the kind the client means
 //! to reach: an agent's key cannot pass for a coordinator, so it cannot collect a CLI user's
-//! token or send an agent commands, and a client certificate cannot serve at all.
+//! token or send an agent commands, and a client certificate cannot serve at all. A client
+//! that knows whom it dials (a coordinator dialing an agent or a peer) checks the id too.
+//! Refusals are logged at warn: someone presents a certificate where it does not belong.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::{
-    CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
+    SignatureScheme,
     client::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -28,12 +31,13 @@ pub struct DialTls {
 
 impl DialTls {
     /// Trusts the CA certificates of `ca_pem` (read from `ca_path`) for servers of one of
-    /// `kinds`, presenting `identity` when there is one.
+    /// `kinds` (and with the id `id`, when given), presenting `identity` when there is one.
     pub(super) fn new(
         ca_path: &Path,
         ca_pem: &[u8],
         identity: Option<Identity>,
         kinds: &'static [Kind],
+        id: Option<&str>,
     ) -> Result<Self, TlsError> {
         let mut roots = RootCertStore::empty();
         for ca in certificates(ca_path, ca_pem)? {
@@ -42,7 +46,8 @@ impl DialTls {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(TlsError::Verifier)?;
-        let verifier = Arc::new(ServerKindVerifier { inner: webpki, kinds });
+        let id = id.map(str::to_owned);
+        let verifier = Arc::new(ServerKindVerifier { inner: webpki, kinds, id });
         let mut config = ClientTlsConfig::new();
         if let Some(identity) = identity {
             config = config.identity(identity);
@@ -67,14 +72,15 @@ pub fn dial_config(
         Some((cert, key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
         None => None,
     };
-    DialTls::new(ca, &read(ca)?, identity, kinds)
+    DialTls::new(ca, &read(ca)?, identity, kinds, None)
 }
 
-/// The WebPKI verifier, then a check of the certificate's kind.
+/// The WebPKI verifier, then a check of the certificate's kind (and id).
 #[derive(Debug)]
 struct ServerKindVerifier {
     inner: Arc<WebPkiServerVerifier>,
     kinds: &'static [Kind],
+    id: Option<String>,
 }
 
 impl ServerCertVerifier for ServerKindVerifier {
@@ -94,12 +100,18 @@ impl ServerCertVerifier for ServerKindVerifier {
             now,
         )?;
         let refused = match identity_from_der(end_entity) {
-            Ok(identity) if self.kinds.contains(&identity.kind) => return Ok(verified),
-            Ok(identity) => format!("a {} certificate ({})", identity.kind, identity.id),
+            Ok(identity) if !self.kinds.contains(&identity.kind) => {
+                format!("a {} certificate ({})", identity.kind, identity.id)
+            }
+            Ok(identity) if self.id.as_ref().is_some_and(|id| *id != identity.id) => {
+                format!("the certificate of {} {}", identity.kind, identity.id)
+            }
+            Ok(_) => return Ok(verified),
             Err(error) => error.to_string(),
         };
         let accepted: Vec<&str> = self.kinds.iter().map(|kind| kind.as_str()).collect();
-        tracing::warn!(%refused, accepted = accepted.join(","), "server certificate refused");
+        let expected = self.id.as_deref().unwrap_or("any");
+        tracing::warn!(%refused, accepted = accepted.join(","), id = expected, "server certificate refused");
         Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
     }
 
@@ -123,5 +135,13 @@ impl ServerCertVerifier for ServerKindVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        self.inner.root_hint_subjects()
     }
 }

@@ -45,21 +45,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefaceDeadline<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(deadline) = &mut this.deadline
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            let late = io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time");
-            return Poll::Ready(Err(late));
-        }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.read += buf.filled().len() - before;
-            if this.read >= PREFACE_LEN {
-                this.deadline = None;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.read += buf.filled().len() - before;
+                if this.read >= PREFACE_LEN {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
             }
+            // Only a read that must wait is late: bytes already here are taken first.
+            Poll::Pending => {
+                let late = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if late {
+                    let late = io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time");
+                    return Poll::Ready(Err(late));
+                }
+                Poll::Pending
+            }
+            failed => failed,
         }
-        polled
     }
 }
 

@@ -166,7 +166,24 @@ async fn clients_take_only_a_server_certificate_of_the_kind_they_dial() {
     assert!(refused.starts_with("connect:"), "{refused}");
     let agent = who_am_i_of(addr, &ca, alice, &[Kind::Agent]).await;
     assert_eq!(agent, Ok("client:alice:admin".into()), "dialed as the agent it is");
+
+    // A coordinator dialing agent a1 (or a peer) checks the id as well; and a coordinator's
+    // certificate does not pass for an agent's.
+    let c1 = NodeTls::load(files(&out, "c1"), auth).expect("a coordinator's TLS");
+    let dial = |kinds, id| connects(addr, c1.dial(kinds, id).expect("dial"));
+    assert_eq!(dial(&[Kind::Agent], Some("a1")).await, Ok(()));
+    assert!(dial(&[Kind::Agent], Some("a2")).await.is_err(), "a1 does not pass for a2");
+    let coordinator = serve(c1.clone(), stop.clone()).await;
+    let as_agent = connects(coordinator, c1.dial(&[Kind::Agent], None).expect("dial")).await;
+    assert!(as_agent.is_err(), "a coordinator does not pass for an agent");
     stop.cancel();
+}
+
+/// Whether a channel to `addr` with `dial` connects (TLS handshake included).
+async fn connects(addr: SocketAddr, dial: DialTls) -> Result<(), String> {
+    let endpoint = Endpoint::from_shared(format!("https://{addr}")).map_err(|e| e.to_string())?;
+    let endpoint = dial.endpoint(endpoint).map_err(|e| e.to_string())?;
+    endpoint.connect().await.map(drop).map_err(|e| format!("connect: {e:?}"))
 }
 
 /// The certificate a new TLS connection is served.
@@ -194,12 +211,15 @@ async fn tls_connect(
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls")
 }
 
-/// Reads until the server closes the connection (a server that never does hangs the test).
+/// Reads until the server closes the connection; panics if it has not within 30 s.
 async fn until_closed(mut stream: impl tokio::io::AsyncRead + Unpin) {
     let mut buf = [0u8; 256];
-    while let Ok(read) = stream.read(&mut buf).await
-        && read > 0
-    {}
+    let closed = async {
+        while let Ok(read) = stream.read(&mut buf).await
+            && read > 0
+        {}
+    };
+    tokio::time::timeout(Duration::from_secs(30), closed).await.expect("closed by the server");
 }
 
 /// A connection that finishes its TLS handshake, or a plain one, and then never sends its
@@ -213,7 +233,7 @@ async fn a_connection_that_never_sends_its_http2_preface_is_closed() {
     let auth = ClientAuth { kinds: &[Kind::Client], required: false };
     let tls = NodeTls::load(files(&out, "c1"), auth).expect("server TLS");
     let stop = CancellationToken::new();
-    let short = Duration::from_millis(200);
+    let short = Duration::from_millis(500);
     let addr = serve_within(Some(tls), stop.clone(), short).await;
     until_closed(tls_connect(addr, &out.join("ca.crt")).await).await;
     let plain = serve_within(None, stop.clone(), short).await;
