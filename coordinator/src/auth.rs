@@ -6,6 +6,7 @@
 //! [`Authenticator::principal`] (credentials to a principal) and `Principal::authorize`
 //! with a `Need` (its `Denied` converts into this crate's `Error`).
 
+pub(crate) mod revocation;
 pub(crate) mod tokens;
 
 use ::http::HeaderMap;

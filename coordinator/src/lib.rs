@@ -222,7 +222,13 @@ fn start(
     let authenticator = Arc::new(Authenticator::new(tokens.clone(), settings.insecure));
     let registry = Registry::new(store.clone(), if settings.insecure { "http" } else { "https" });
     let peer = PeerApi::new(sessions.clone());
-    let jobs = JobApi::new(Jobs::new(store.clone()), sessions, restore_points, shutdown.clone());
+    let jobs = JobApi::new(
+        Jobs::new(store.clone()),
+        sessions,
+        restore_points,
+        tokens.clone(),
+        shutdown.clone(),
+    );
     let services = Services {
         jobs: Arc::new(jobs),
         cluster: Arc::new(ClusterApi::new(registry.clone(), Cluster::new(store), clients)),

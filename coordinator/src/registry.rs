@@ -254,6 +254,7 @@ mod tests {
             name: id.into(),
             role: None,
             computer: computer.map(str::to_string),
+            token_id: None,
         }
     }
 

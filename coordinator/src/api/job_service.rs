@@ -13,11 +13,11 @@ use super::Reply;
 
 use tokio_util::sync::CancellationToken;
 
-use sluice_proto::security::layer::AUDIT;
+use sluice_proto::security::layer::{self, AUDIT};
 use tracing::info;
 
 use crate::{
-    auth::caller,
+    auth::{caller, revocation::ending_when, tokens::Tokens},
     jobs::Jobs,
     restore_points::RestorePoints,
     sessions::{Sessions, watch::watch_session},
@@ -28,18 +28,22 @@ pub(crate) struct JobApi {
     jobs: Jobs,
     sessions: Sessions,
     restore_points: RestorePoints,
+    /// Ends a token's streams when it is revoked.
+    tokens: Tokens,
     shutdown: CancellationToken,
 }
 
 impl JobApi {
-    /// Serves jobs, sessions and restore points; streams end at `shutdown`.
+    /// Serves jobs, sessions and restore points; streams end at `shutdown`, and those a
+    /// token opened when it is revoked or expires.
     pub(crate) fn new(
         jobs: Jobs,
         sessions: Sessions,
         restore_points: RestorePoints,
+        tokens: Tokens,
         shutdown: CancellationToken,
     ) -> Self {
-        JobApi { jobs, sessions, restore_points, shutdown }
+        JobApi { jobs, sessions, restore_points, tokens, shutdown }
     }
 }
 
@@ -120,10 +124,14 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchSessionRequest>,
     ) -> Reply<Self::WatchSessionStream> {
+        let token = layer::principal_of(&request).and_then(|principal| principal.token_id.clone());
         let id = request.into_inner().session_id;
         sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
         let stream = watch_session(self.sessions.store().clone(), id, self.shutdown.clone());
-        Ok(Response::new(Box::pin(stream)))
+        let Some(token) = token else { return Ok(Response::new(Box::pin(stream))) };
+        let tokens = self.tokens.clone();
+        let revoked = async move { tokens.revoked(token).await };
+        Ok(Response::new(Box::pin(ending_when(stream, revoked))))
     }
 
     async fn list_restore_points(

@@ -49,6 +49,11 @@ impl Tokens {
         Tokens { store }
     }
 
+    /// The store the tokens are kept in.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Creates a token; returns it with its secret, which is stored nowhere.
     pub(crate) async fn create(
         &self,
@@ -139,7 +144,14 @@ impl Tokens {
             return Err(Error::Unauthenticated("token expired".into()));
         }
         let role = Role::parse(&token.role);
-        Ok(Principal { kind: PrincipalKind::Token, name: token.name, role, computer: None })
+        let token_id = Some(token.id);
+        Ok(Principal {
+            kind: PrincipalKind::Token,
+            name: token.name,
+            role,
+            computer: None,
+            token_id,
+        })
     }
 
     /// On a cluster that never had a token, creates the admin token `bootstrap` and writes
@@ -163,6 +175,7 @@ impl Tokens {
             name: coordinator.to_string(),
             role: None,
             computer: None,
+            token_id: None,
         };
         let (record, secret) = new_token(BOOTSTRAP_NAME, Role::Admin, 0, &creator);
         let id = record.token.as_ref().map(|t| t.id.clone()).unwrap_or_default();
@@ -219,7 +232,7 @@ fn new_token(
 }
 
 /// Whether the token's lifetime has passed.
-fn expired(token: &pb::Token) -> bool {
+pub(super) fn expired(token: &pb::Token) -> bool {
     token.expires_at.as_ref().is_some_and(|at| time::millis(at) <= time::millis(&time::now()))
 }
 

@@ -87,6 +87,8 @@ pub struct Principal {
     pub role: Option<Role>,
     /// An agent certificate's computer name.
     pub computer: Option<String>,
+    /// A token's id: the streams it opened end when the token is revoked.
+    pub token_id: Option<String>,
 }
 
 /// Why an authenticated principal may not make a call.
@@ -111,6 +113,7 @@ impl Principal {
             name: "insecure".into(),
             role: None,
             computer: None,
+            token_id: None,
         }
     }
 
@@ -126,6 +129,7 @@ impl Principal {
             name: identity.id,
             role,
             computer: identity.computer,
+            token_id: None,
         }
     }
 

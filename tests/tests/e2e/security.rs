@@ -338,6 +338,60 @@ async fn sessions_record_the_authenticated_principal_not_the_name_a_caller_claim
     );
 }
 
+/// A session watch a token opened ends with UNAUTHENTICATED once the token is revoked, as
+/// its next call would be refused; another token's watch goes on to the session's end.
+#[tokio::test]
+async fn a_revoked_tokens_open_session_watch_ends() {
+    let mut cluster = Cluster::builder().start().await;
+    let mut admin = cluster.job_client().await;
+    // No agent: its one item waits, so the session runs until it is stopped.
+    let job = JobBuilder::vm("watched").item(vm_item("vm-0", &["/nonexistent/vm-0.qcow2"])).build();
+    create_job(&mut admin, job).await;
+    let start = pb::StartJobRequest { job: "watched".into(), full: false };
+    let session = expect_ok(admin.start_job(start).await, "StartJob");
+    let (token, revoked) = create_token(&mut cluster, "watcher", "viewer", 0).await;
+    let (_, kept) = create_token(&mut cluster, "other-watcher", "viewer", 0).await;
+    let mut jobs = JobServiceClient::new(no_certificate(&cluster).await);
+    let watch =
+        |secret: &str| bearer(pb::WatchSessionRequest { session_id: session.id.clone() }, secret);
+    let mut ending = expect_ok(jobs.watch_session(watch(&revoked)).await, "WatchSession");
+    let mut going_on = expect_ok(jobs.watch_session(watch(&kept)).await, "WatchSession");
+    ending.message().await.expect("the first event").expect("an event");
+
+    let mut auth = AuthServiceClient::new(cluster.coordinator(0).channel().await);
+    expect_ok(auth.revoke_token(pb::RevokeTokenRequest { id: token.id }).await, "RevokeToken");
+    let ended = last_error(&mut ending).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
+    // A token that expires ends its watch the same way, when its time is up.
+    let (_, brief) = create_token(&mut cluster, "brief-watcher", "viewer", 1).await;
+    let expired = match jobs.watch_session(watch(&brief)).await {
+        Ok(expiring) => last_error(&mut expiring.into_inner()).await,
+        Err(status) => status, // the second ran out before the call on a loaded machine
+    };
+    assert_eq!(expired.code(), Code::Unauthenticated, "{expired:?}");
+    assert!(expired.message().contains("expired"), "{expired:?}");
+
+    let stop = pb::StopJobRequest {
+        job: "watched".into(),
+        mode: StopMode::Immediate as i32,
+        ..Default::default()
+    };
+    expect_ok(admin.stop_job(stop).await, "StopJob");
+    while going_on.message().await.expect("the other token's watch goes on").is_some() {}
+}
+
+/// The error a watch ends with (it must end with one).
+async fn last_error(watch: &mut tonic::Streaming<pb::SessionEvent>) -> Status {
+    loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch ended without an error"),
+            Err(status) => return status,
+        }
+    }
+}
+
 /// Runs the `sluice` CLI with `args`; returns its exit code and output.
 async fn cli(args: &[String]) -> (i32, String) {
     let output = tokio::process::Command::new(binary("sluice"))

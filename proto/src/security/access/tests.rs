@@ -104,6 +104,7 @@ fn principals_read_as_kind_and_name() {
         name: "ci".into(),
         role: Some(Role::Viewer),
         computer: None,
+        token_id: Some("t1".into()),
     };
     assert_eq!(token.to_string(), "token:ci");
     assert_eq!(
