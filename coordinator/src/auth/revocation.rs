@@ -48,7 +48,9 @@ impl Tokens {
         }
         let left =
             token.expires_at.as_ref().map(|at| time::millis(at) - time::millis(&time::now()));
-        let expiry = left.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms as u64));
+        // Expired in between: at once (a negative count would wrap to centuries).
+        let left = left.map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let expiry = left.map(|left| tokio::time::Instant::now() + left);
         let options = WatchOptions::new()
             .with_start_revision(revision + 1)
             .with_filters([WatchFilterType::NoPut]);
