@@ -9,8 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
-    SignatureScheme,
+    DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme,
     client::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -19,8 +18,9 @@ use rustls::{
 };
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
 
+use super::verifier::check_identity;
 use super::{TlsError, certificates, provider, read};
-use crate::security::identity::{Kind, identity_from_der};
+use crate::security::identity::Kind;
 
 /// A client's TLS: its certificate, if any, and the server kinds it accepts.
 #[derive(Debug, Clone)]
@@ -99,20 +99,7 @@ impl ServerCertVerifier for ServerKindVerifier {
             ocsp_response,
             now,
         )?;
-        let refused = match identity_from_der(end_entity) {
-            Ok(identity) if !self.kinds.contains(&identity.kind) => {
-                format!("a {} certificate ({})", identity.kind, identity.id)
-            }
-            Ok(identity) if self.id.as_ref().is_some_and(|id| *id != identity.id) => {
-                format!("the certificate of {} {}", identity.kind, identity.id)
-            }
-            Ok(_) => return Ok(verified),
-            Err(error) => error.to_string(),
-        };
-        let accepted: Vec<&str> = self.kinds.iter().map(|kind| kind.as_str()).collect();
-        let expected = self.id.as_deref().unwrap_or("any");
-        tracing::warn!(%refused, accepted = accepted.join(","), id = expected, "server certificate refused");
-        Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+        check_identity(end_entity, self.kinds, self.id.as_deref(), "server").map(|()| verified)
     }
 
     fn verify_tls12_signature(

@@ -47,14 +47,7 @@ impl ClientCertVerifier for KindVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let refused = match identity_from_der(end_entity) {
-            Ok(identity) if self.kinds.contains(&identity.kind) => return Ok(verified),
-            Ok(identity) => format!("a {} certificate ({})", identity.kind, identity.id),
-            Err(error) => error.to_string(),
-        };
-        let accepted: Vec<&str> = self.kinds.iter().map(|kind| kind.as_str()).collect();
-        tracing::warn!(refused, accepted = accepted.join(","), "client certificate refused");
-        Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+        check_identity(end_entity, self.kinds, None, "client").map(|()| verified)
     }
 
     fn verify_tls12_signature(
@@ -78,4 +71,28 @@ impl ClientCertVerifier for KindVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Checks a chain-verified certificate's kind, and its id when `id` is given; a refusal is
+/// logged (naming it a `side` certificate) and fails the handshake.
+pub(super) fn check_identity(
+    end_entity: &CertificateDer<'_>,
+    kinds: &[Kind],
+    id: Option<&str>,
+    side: &str,
+) -> Result<(), Error> {
+    let refused = match identity_from_der(end_entity) {
+        Ok(identity) if !kinds.contains(&identity.kind) => {
+            format!("a {} certificate ({})", identity.kind, identity.id)
+        }
+        Ok(identity) if id.is_some_and(|id| id != identity.id) => {
+            format!("the certificate of {} {}", identity.kind, identity.id)
+        }
+        Ok(_) => return Ok(()),
+        Err(error) => error.to_string(),
+    };
+    let accepted: Vec<&str> = kinds.iter().map(|kind| kind.as_str()).collect();
+    let expected = id.unwrap_or("any");
+    tracing::warn!(%refused, accepted = accepted.join(","), id = expected, "{side} certificate refused");
+    Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
 }
