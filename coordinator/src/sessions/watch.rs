@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{EventType, KeyValue, WatchFilterType, WatchOptions, WatchResponse};
+use etcd_client::{Event, EventType, KeyValue, WatchFilterType, WatchOptions};
 use futures::Stream;
 use prost::Message;
 use sluice_proto::pb;
@@ -59,10 +59,16 @@ pub(crate) fn watch_session(
                     }
                     break;
                 }
-                apply_changes(&store, &id, (&mut view, &mut revision), &response)?;
-                let changed;
-                (view, changed) = event(view).await?;
-                yield changed;
+                // etcd may deliver several revisions at once: a watcher still sees each state.
+                let mut rest = response.events();
+                while !rest.is_empty() && !view.is_stopped() {
+                    let run;
+                    (run, rest) = rest.split_at(until_state_change(&store, &id, &view, rest));
+                    apply_changes(&store, &id, (&mut view, &mut revision), run)?;
+                    let changed;
+                    (view, changed) = event(view).await?;
+                    yield changed;
+                }
                 if view.is_stopped() {
                     break;
                 }
@@ -98,14 +104,33 @@ async fn event(view: SessionView) -> Result<(SessionView, pb::SessionEvent), Sta
     if large { Ok(off_runtime(build).await?) } else { build().map_err(Status::from) }
 }
 
-/// Applies one watch response to the view, and moves the revision to its newest change.
+/// How many of `events` to apply before the next event: through the end of the first
+/// revision that changes the session's state (all of them when none does).
+fn until_state_change(store: &Store, id: &str, view: &SessionView, events: &[Event]) -> usize {
+    let key = store.keys().session(id);
+    let state = |record: &pb::SessionRecord| record.session.as_ref().map(|s| s.state());
+    let changes = |change: &Event| {
+        change.event_type() == EventType::Put
+            && change.kv().is_some_and(|kv| {
+                kv.key() == key.as_bytes()
+                    && crate::store::decode::<pb::SessionRecord>(&key, kv.value())
+                        .is_ok_and(|record| state(&record) != state(&view.record))
+            })
+    };
+    let Some(at) = events.iter().position(changes) else { return events.len() };
+    let revision = |change: &Event| change.kv().map(|kv| kv.mod_revision());
+    let changed_in = revision(&events[at]);
+    at + events[at..].iter().take_while(|change| revision(change) == changed_in).count()
+}
+
+/// Applies watched changes to the view, and moves the revision to their newest.
 fn apply_changes(
     store: &Store,
     id: &str,
     (view, revision): (&mut SessionView, &mut i64),
-    response: &WatchResponse,
+    events: &[Event],
 ) -> Result<(), Status> {
-    for change in response.events() {
+    for change in events {
         let Some(kv) = change.kv() else { continue };
         *revision = (*revision).max(kv.mod_revision());
         apply_change(store, id, view, kv, change.event_type() == EventType::Delete)?;
@@ -213,3 +238,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
