@@ -71,6 +71,14 @@ pub fn build_binaries() -> anyhow::Result<()> {
     let mut command = Command::new(cargo);
     command.current_dir(repo_root()).args(["build", "--bins", "--quiet"]);
     command.args(["-p", "sluice-coordinator", "-p", "sluice-agent"]);
+    // `cargo run` gives the bench its package's variables; build scripts that watch one
+    // (ring watches CARGO_MANIFEST_DIR) would be rebuilt here, and again by the next `cargo
+    // run`, which has none.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_package_variable) {
+            command.env_remove(name);
+        }
+    }
     if release {
         command.arg("--release");
     }
@@ -79,6 +87,13 @@ pub fn build_binaries() -> anyhow::Result<()> {
         bail!("cargo build of the node binaries failed ({status})");
     }
     Ok(())
+}
+
+/// Whether cargo sets `name` for the package it runs (not a setting of cargo itself).
+fn is_package_variable(name: &str) -> bool {
+    const PREFIXES: [&str; 5] =
+        ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
 /// Fails with what to do when a node binary is missing.
