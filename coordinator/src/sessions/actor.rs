@@ -288,8 +288,10 @@ impl SessionActor {
         if let Some(at_ms) = self.machine.next_wakeup_ms(now_ms) {
             wake = wake.min(Instant::now() + Duration::from_millis((at_ms - now_ms).max(0) as u64));
         }
-        if !self.outbox.is_flushing() {
-            if self.machine.has_lazy_changes() {
+        // A write in flight or a retry pending: its answer or the retry wakes the actor (a
+        // lazy deadline already past would wake it at once, again and again).
+        if !self.outbox.is_flushing() && self.retry_flush_at.is_none() {
+            if self.machine.has_lazy_changes() || self.machine.has_waits() {
                 wake = wake.min(self.last_flush + LAZY_FLUSH);
             }
             if self.machine.has_byte_changes() {

@@ -79,6 +79,9 @@ pub(crate) struct Machine {
     /// Why items waited in the last round that could not place one; the next round with the
     /// same reason shares its text (`Reason`).
     last_reason: Reason,
+    /// The ready items from this position on wait for slots, for this reason, as the last
+    /// round found them; written into them only when a flush may store it (`show_waits`).
+    waits: Option<(usize, Reason)>,
 }
 
 impl Machine {
@@ -109,6 +112,7 @@ impl Machine {
             closing,
             answer_timeout_ms: DEFAULT_ANSWER_TIMEOUT_MS,
             last_reason: Reason::default(),
+            waits: None,
         }
     }
 
@@ -157,6 +161,11 @@ impl Machine {
         !self.dirty_lazy.is_empty()
     }
 
+    /// Whether the last round's reason why items wait is still to be written into them.
+    pub(crate) fn has_waits(&self) -> bool {
+        self.waits.is_some()
+    }
+
     /// Whether bytes copied (and nothing else) wait to be persisted.
     pub(crate) fn has_byte_changes(&self) -> bool {
         !self.dirty_bytes.is_empty()
@@ -166,6 +175,9 @@ impl Machine {
     /// bytes moved, if asked), and whether the session record changed. An item written for
     /// any reason is written whole, so it leaves every set.
     pub(crate) fn take_dirty(&mut self, with_lazy: bool, with_bytes: bool) -> (Vec<usize>, bool) {
+        if with_lazy {
+            self.show_waits();
+        }
         let mut items = std::mem::take(&mut self.dirty_items);
         if with_lazy {
             items.append(&mut self.dirty_lazy);

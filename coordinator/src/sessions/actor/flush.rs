@@ -18,7 +18,12 @@ impl SessionActor {
         if self.outbox.is_flushing() || self.retry_flush_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
-        let lazy_due = self.machine.has_lazy_changes() && self.last_flush.elapsed() >= LAZY_FLUSH;
+        let lazy_time = self.last_flush.elapsed() >= LAZY_FLUSH;
+        if lazy_time {
+            // Written only now: most rounds' reasons are replaced by the next round's.
+            self.machine.show_waits();
+        }
+        let lazy_due = self.machine.has_lazy_changes() && lazy_time;
         let bytes_due =
             self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
         let urgent = self.machine.has_urgent_changes();

@@ -35,6 +35,7 @@ impl Machine {
         let has_computer_items = self.has_computer_items();
         let candidates = Candidates::gather(agents, &self.proxies, has_computer_items);
         self.index.advance(now_ms);
+        self.waits = None;
         let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
         let mut from = 0;
         while let Some(pos) = self.index.next_ready(from) {
@@ -127,21 +128,38 @@ impl Machine {
         }
     }
 
-    /// Records why the ready items from position `from` on (the first that could not be
-    /// placed among them) wait, when all wait for the same reason: up to
-    /// `SHOWN_WAITING_ITEMS` of them, without placing each.
-    fn wait_all(
+    /// Notes why the ready items from position `from` on (the first that could not be
+    /// placed among them) wait, when all wait for the same reason. A session that holds a
+    /// few slots runs a round per freed slot, and each ends here: the reason is written into
+    /// the items only when a flush may store it ([`Machine::show_waits`]), unless their
+    /// computer is offline (an offline time is indexed, and counted at once).
+    fn wait_all(&mut self, now_ms: i64, from: usize, waits: (Reason, bool), round: &mut Round) {
+        match waits {
+            (reason, false) if round.shown == 0 => self.waits = Some((from - 1, reason)),
+            waits => self.mark_waiting(now_ms, from - 1, waits, round),
+        }
+    }
+
+    /// Writes why they wait into the items the last round noted (see [`Machine::wait_all`]).
+    pub(crate) fn show_waits(&mut self) {
+        let Some((from, reason)) = self.waits.take() else { return };
+        let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
+        self.mark_waiting(self.index.clock(), from, (reason, false), &mut round);
+    }
+
+    /// Records why the ready items from position `from` on wait: up to
+    /// `SHOWN_WAITING_ITEMS` of them (less those the round has shown), in one walk of the
+    /// ready index.
+    fn mark_waiting(
         &mut self,
         now_ms: i64,
         from: usize,
         (reason, offline): (Reason, bool),
         round: &mut Round,
     ) {
-        // One walk of the ready index: a session that holds a few slots runs a round per freed
-        // slot, and each ends here.
         let shown: Vec<usize> = self
             .index
-            .ready_from(from.saturating_sub(1))
+            .ready_from(from)
             .filter(|&pos| self.items[pos].not_before_ms <= now_ms)
             .take(SHOWN_WAITING_ITEMS.saturating_sub(round.shown))
             .collect();

@@ -210,8 +210,7 @@ impl Index {
         STATES.iter().filter(|s| !s.is_terminal()).map(|&s| self.count(s)).sum()
     }
 
-    /// The time up to which retry pauses were moved (for a fresh build to compare against).
-    #[cfg(test)]
+    /// The time up to which retry pauses were moved (the latest dispatch round's).
     pub(super) fn clock(&self) -> i64 {
         self.clock
     }

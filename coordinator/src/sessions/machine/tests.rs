@@ -124,6 +124,8 @@ fn dispatches_in_job_order_within_slot_limits() {
     let started: Vec<u32> = runs(&effects).iter().map(|r| r.0).collect();
     assert_eq!(started, vec![0, 1, 2]);
     assert_eq!(m.status.state, SessionState::Working);
+    assert!(m.items[3].status.waiting_reason.is_empty(), "written only when it may be stored");
+    m.show_waits();
     assert!(m.items[3].status.waiting_reason.contains("free task slot"));
 }
 
@@ -199,6 +201,7 @@ fn a_due_retry_without_a_free_slot_does_not_wake_the_actor_again_and_again() {
 fn only_the_first_waiting_items_store_why_they_wait() {
     let mut m = machine(SHOWN_WAITING_ITEMS as u32 + 5, 1);
     m.dispatch(0, &AgentMap::new(), &mut Pool::default());
+    m.show_waits();
     let shown = m.items.iter().filter(|i| !i.status.waiting_reason.is_empty()).count();
     assert_eq!(shown, SHOWN_WAITING_ITEMS);
     assert_eq!(m.take_dirty(true, true).0.len(), SHOWN_WAITING_ITEMS);
@@ -293,4 +296,20 @@ proptest::proptest! {
     fn a_time_in_eight_bytes_reads_as_the_option_it_was_made_from(ms in proptest::option::of(i64::MIN + 1..=i64::MAX)) {
         proptest::prop_assert_eq!(MaybeMs::from(ms).get(), ms);
     }
+}
+
+#[test]
+fn why_items_wait_is_written_only_when_a_flush_may_store_it() {
+    let mut m = machine(4, 1);
+    let agents = agents(&[("a1", 1)]);
+    m.dispatch(0, &agents, &mut Pool::default());
+    let urgent = m.take_dirty(false, false).0;
+    assert_eq!(urgent, vec![0], "the dispatch is written at once, not why the others wait");
+    assert!(m.has_waits() && m.items[1].status.waiting_reason.is_empty());
+    // A later round's reason replaces the earlier one before anything is written.
+    m.dispatch(0, &agents, &mut Pool::default());
+    let lazy = m.take_dirty(true, false).0;
+    assert_eq!(lazy, vec![1, 2, 3], "the waiting items are written with the lazy changes");
+    assert!(!m.has_waits());
+    assert!(m.items[3].status.waiting_reason.contains("free task slot"));
 }
