@@ -80,8 +80,9 @@ pub(crate) struct Machine {
     /// same reason shares its text (`Reason`).
     last_reason: Reason,
     /// The ready items from this position on wait for slots, for this reason, as the last
-    /// round found them; written into them only when a flush may store it (`show_waits`).
-    waits: Option<(usize, Reason)>,
+    /// round (at this time, ms) found them; written into them only when a flush may store it
+    /// (`show_waits`).
+    waits: Option<(usize, Reason, i64)>,
 }
 
 impl Machine {

@@ -28,6 +28,9 @@ impl SessionActor {
             self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
         let urgent = self.machine.has_urgent_changes();
         if !urgent && !lazy_due && !bytes_due {
+            // A retry now due that finds nothing to write is over (its time, past, would
+            // wake the actor again and again).
+            self.retry_flush_at = None;
             // Outcomes already stored (duplicates): acknowledge without writing.
             let acks = self.outbox.take_stored_acks();
             self.send_acks(acks);

@@ -135,16 +135,18 @@ impl Machine {
     /// computer is offline (an offline time is indexed, and counted at once).
     fn wait_all(&mut self, now_ms: i64, from: usize, waits: (Reason, bool), round: &mut Round) {
         match waits {
-            (reason, false) if round.shown == 0 => self.waits = Some((from - 1, reason)),
+            (reason, false) if round.shown == 0 => self.waits = Some((from - 1, reason, now_ms)),
             waits => self.mark_waiting(now_ms, from - 1, waits, round),
         }
     }
 
-    /// Writes why they wait into the items the last round noted (see [`Machine::wait_all`]).
+    /// Writes why they wait into the items the last round noted (see [`Machine::wait_all`]),
+    /// as that round would have. Called before a write takes the lazy changes, and before an
+    /// item enters the ready set outside a round (its own reason is not to be overwritten).
     pub(crate) fn show_waits(&mut self) {
-        let Some((from, reason)) = self.waits.take() else { return };
+        let Some((from, reason, now_ms)) = self.waits.take() else { return };
         let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
-        self.mark_waiting(self.index.clock(), from, (reason, false), &mut round);
+        self.mark_waiting(now_ms, from, (reason, false), &mut round);
     }
 
     /// Records why the ready items from position `from` on wait: up to

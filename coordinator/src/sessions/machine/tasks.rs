@@ -220,6 +220,7 @@ impl Machine {
     }
 
     fn make_pending(&mut self, pos: usize) {
+        self.show_waits();
         self.update(pos, |item| {
             item.status.state = ItemState::Pending;
             item.status.agent = None;

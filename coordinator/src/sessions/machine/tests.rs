@@ -301,15 +301,36 @@ proptest::proptest! {
 #[test]
 fn why_items_wait_is_written_only_when_a_flush_may_store_it() {
     let mut m = machine(4, 1);
-    let agents = agents(&[("a1", 1)]);
-    m.dispatch(0, &agents, &mut Pool::default());
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut pool);
     let urgent = m.take_dirty(false, false).0;
     assert_eq!(urgent, vec![0], "the dispatch is written at once, not why the others wait");
     assert!(m.has_waits() && m.items[1].status.waiting_reason.is_empty());
     // A later round's reason replaces the earlier one before anything is written.
-    m.dispatch(0, &agents, &mut Pool::default());
+    m.dispatch(1, &AgentMap::new(), &mut pool);
+    assert_eq!(m.items[1].state(), ItemState::Pending);
     let lazy = m.take_dirty(true, false).0;
     assert_eq!(lazy, vec![1, 2, 3], "the waiting items are written with the lazy changes");
     assert!(!m.has_waits());
-    assert!(m.items[3].status.waiting_reason.contains("free task slot"));
+    let reasons: Vec<&str> =
+        m.items[1..].iter().map(|i| i.status.waiting_reason.as_str()).collect();
+    assert!(!reasons[0].is_empty() && !reasons[0].contains("free task slot"), "{reasons:?}");
+    assert!(reasons.iter().all(|r| *r == reasons[0]), "one reason for all: {reasons:?}");
+}
+
+#[test]
+fn an_item_back_in_the_queue_keeps_its_own_reason() {
+    let mut m = machine(4, 2);
+    let (mut pool, slots) = (Pool::default(), agents(&[("a1", 2)]));
+    m.dispatch(0, &slots, &mut pool);
+    m.apply(1, finished(0, 1, outcome(ItemState::Failed)));
+    pool.release("a1");
+    m.dispatch(2, &slots, &mut pool);
+    // Item 0's retry pause is over and no slot is free: every ready item from 0 on waits.
+    m.dispatch(1001, &slots, &mut pool);
+    m.apply(1002, finished(2, 1, canceled(CancelReason::Drain)));
+    assert_eq!(m.items[2].state(), ItemState::Pending);
+    m.take_dirty(true, false);
+    assert!(m.items[2].status.waiting_reason.contains("drain"), "{:?}", m.items[2].status);
+    assert!(m.items[0].status.waiting_reason.contains("free task slot"));
 }
