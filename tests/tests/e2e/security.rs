@@ -308,13 +308,19 @@ async fn each_role_may_do_what_it_grants_and_is_refused_the_rest_naming_the_role
     check_rights(&as_agent, None, None, "an agent certificate").await;
 }
 
-#[tokio::test]
-async fn sessions_record_the_authenticated_principal_not_the_name_a_caller_claims() {
+/// A cluster without agents and its admin client, with job `name` of one VM item: the
+/// item waits, so a session of the job runs until it is stopped.
+async fn cluster_with_a_waiting_job(name: &str) -> (Cluster, JobServiceClient<Channel>) {
     let mut cluster = Cluster::builder().start().await;
     let mut admin = cluster.job_client().await;
-    // No agent: its one item waits, so the session runs until it is stopped.
-    let job = JobBuilder::vm("nightly").item(vm_item("vm-0", &["/nonexistent/vm-0.qcow2"])).build();
+    let job = JobBuilder::vm(name).item(vm_item("vm-0", &["/nonexistent/vm-0.qcow2"])).build();
     create_job(&mut admin, job).await;
+    (cluster, admin)
+}
+
+#[tokio::test]
+async fn sessions_record_the_authenticated_principal_not_the_name_a_caller_claims() {
+    let (mut cluster, admin) = cluster_with_a_waiting_job("nightly").await;
     let (_, secret) = create_token(&mut cluster, "ops-bot", "operator", 0).await;
     let mut jobs = JobServiceClient::new(no_certificate(&cluster).await);
 
@@ -342,11 +348,7 @@ async fn sessions_record_the_authenticated_principal_not_the_name_a_caller_claim
 /// its next call would be refused; another token's watch goes on to the session's end.
 #[tokio::test]
 async fn a_revoked_tokens_open_session_watch_ends() {
-    let mut cluster = Cluster::builder().start().await;
-    let mut admin = cluster.job_client().await;
-    // No agent: its one item waits, so the session runs until it is stopped.
-    let job = JobBuilder::vm("watched").item(vm_item("vm-0", &["/nonexistent/vm-0.qcow2"])).build();
-    create_job(&mut admin, job).await;
+    let (mut cluster, mut admin) = cluster_with_a_waiting_job("watched").await;
     let start = pb::StartJobRequest { job: "watched".into(), full: false };
     let session = expect_ok(admin.start_job(start).await, "StartJob");
     let (token, revoked) = create_token(&mut cluster, "watcher", "viewer", 0).await;

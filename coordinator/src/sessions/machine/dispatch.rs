@@ -12,6 +12,7 @@ use super::{
 use crate::sessions::placement::{AgentMap, Candidates, Placement, SlotPool, place};
 
 /// What one dispatch round has learnt so far.
+#[derive(Default)]
 struct Round {
     effects: Vec<Effect>,
     /// Waiting items seen.
@@ -36,7 +37,7 @@ impl Machine {
         let candidates = Candidates::gather(agents, &self.proxies, has_computer_items);
         self.index.advance(now_ms);
         self.waits = None;
-        let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
+        let mut round = Round::default();
         let mut from = 0;
         while let Some(pos) = self.index.next_ready(from) {
             from = pos + 1;
@@ -145,8 +146,7 @@ impl Machine {
     /// item enters the ready set outside a round (its own reason is not to be overwritten).
     pub(crate) fn show_waits(&mut self) {
         let Some((from, reason, now_ms)) = self.waits.take() else { return };
-        let mut round = Round { effects: Vec::new(), shown: 0, blocked: HashMap::new() };
-        self.mark_waiting(now_ms, from, (reason, false), &mut round);
+        self.mark_waiting(now_ms, from, (reason, false), &mut Round::default());
     }
 
     /// Records why the ready items from position `from` on wait: up to
@@ -167,16 +167,22 @@ impl Machine {
             .collect();
         round.shown += shown.len();
         for pos in shown {
-            let since = self.items[pos].offline_since_ms.get();
-            let since_now = if offline { since.or(Some(now_ms)) } else { None };
-            if since_now != since {
-                self.update(pos, |item| item.offline_since_ms = since_now.into());
-            }
+            self.note_offline(now_ms, pos, offline);
             let item = &mut self.items[pos];
             if item.status.waiting_reason != reason {
                 item.status.waiting_reason.clone_from(&reason);
                 self.dirty_lazy.insert(pos);
             }
+        }
+    }
+
+    /// Starts (or keeps) the waiting item's offline time while its computer is offline, and
+    /// ends it once it is not (through `update`: offline times are indexed).
+    fn note_offline(&mut self, now_ms: i64, pos: usize, offline: bool) {
+        let since = self.items[pos].offline_since_ms.get();
+        let since_now = if offline { since.or(Some(now_ms)) } else { None };
+        if since_now != since {
+            self.update(pos, |item| item.offline_since_ms = since_now.into());
         }
     }
 
@@ -190,11 +196,7 @@ impl Machine {
     ) {
         round.shown += 1;
         round.blocked.insert(self.items[pos].computer.clone(), (reason.clone(), offline));
-        let since = self.items[pos].offline_since_ms.get();
-        let since_now = if offline { since.or(Some(now_ms)) } else { None };
-        if since_now != since {
-            self.update(pos, |item| item.offline_since_ms = since_now.into());
-        }
+        self.note_offline(now_ms, pos, offline);
         let item = &mut self.items[pos];
         if round.shown <= SHOWN_WAITING_ITEMS && item.status.waiting_reason != reason {
             item.status.waiting_reason = reason;
