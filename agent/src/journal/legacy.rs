@@ -17,9 +17,14 @@ use crate::fsutil;
 
 const TASKS_DIR: &str = "tasks";
 const EPOCHS_FILE: &str = "epochs.json";
+/// What an older agent wrote `epochs.json` through (then renamed over it); one left behind
+/// by a crash before the rename was never in force.
+const EPOCHS_TMP_FILE: &str = "epochs.json.tmp";
 
-/// Moves the epochs of `state_dir/epochs.json` into the log and removes the file.
+/// Moves the epochs of `state_dir/epochs.json` into the log and removes the file, and the
+/// temporary file a crash of an older agent may have left beside it.
 pub(super) fn migrate_epochs(state_dir: &Path, log: &mut Log) -> io::Result<()> {
+    fsutil::remove_file_if_exists(&state_dir.join(EPOCHS_TMP_FILE))?;
     let path = state_dir.join(EPOCHS_FILE);
     let text = match fs::read(&path) {
         Ok(text) => text,

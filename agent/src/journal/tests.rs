@@ -277,6 +277,16 @@ async fn epochs_of_the_older_epochs_file_move_into_the_log() {
 }
 
 #[tokio::test]
+async fn a_temporary_epochs_file_an_older_agent_left_is_removed_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("epochs.json.tmp");
+    fs::write(&tmp, b"{half written").expect("temporary file");
+    let journal = Journal::open(dir.path()).await.expect("open");
+    assert!(!tmp.exists(), "the leftover is removed");
+    assert!(journal.epochs().await.expect("load").is_empty(), "nothing of it is read");
+}
+
+#[tokio::test]
 async fn an_unreadable_epochs_file_stops_the_agent_rather_than_forget_epochs() {
     let dir = tempfile::tempdir().expect("tempdir");
     fs::write(dir.path().join("epochs.json"), b"{not json").expect("epochs file");
