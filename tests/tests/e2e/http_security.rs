@@ -1,12 +1,13 @@
 //! Issue 14: the HTTP server of a secure coordinator speaks HTTPS with the coordinator's
 //! certificate of the cluster CA and takes the principals of the gRPC API: no token or a
 //! bad one is 401, a role too small is 403 naming the role needed, enough is 200. The
-//! console's page and files are public (they show the login).
+//! console's page and files are public (they show the login). A revoked token's open event
+//! stream ends.
 
-use sluice_proto::pb;
+use sluice_proto::pb::{self, auth_service_client::AuthServiceClient};
 use sluice_tests::{
-    Cluster,
-    http::{HttpClient, Reply, create_token},
+    Cluster, PATIENCE,
+    http::{HttpClient, Reply, create_token, next_event},
     jobs::{JobBuilder, vm_item},
     security::Pki,
 };
@@ -96,4 +97,46 @@ async fn an_insecure_coordinator_serves_plain_http_to_anyone_as_admin() {
     );
     let created = anyone.post("/api/v1/jobs", &sim_job("open")).await;
     expect_status(&created, 200, "", "anyone creates a job");
+}
+
+/// An open event stream ends with an `error` event once its token is revoked, as the
+/// token's next request would be refused; the stream of another token goes on.
+#[tokio::test]
+async fn a_revoked_tokens_open_event_stream_ends_with_an_error_event() {
+    // No agent: the items wait, so the session runs until it is stopped.
+    let mut cluster = Cluster::builder().start().await;
+    let coordinator = cluster.coordinator(0);
+    let admin = HttpClient::admin(coordinator).await;
+    expect_status(&admin.post("/api/v1/jobs", &sim_job("followed")).await, 200, "", "create");
+    let started = admin.post("/api/v1/jobs/followed/start", "").await;
+    expect_status(&started, 200, "", "start");
+    let events = format!("/api/v1/sessions/{}/events", started.json()["id"].as_str().unwrap_or(""));
+    let mut auth = AuthServiceClient::new(coordinator.channel().await);
+    let request =
+        pb::CreateTokenRequest { name: "follower".into(), role: "viewer".into(), ttl_seconds: 0 };
+    let created = auth.create_token(request).await.expect("CreateToken").into_inner();
+    let follower = coordinator.http_client().with_token(&created.secret);
+    let (reply, mut ending) = follower.events(&events).await;
+    expect_status(&reply, 200, "", "the viewer's events");
+    let (_, mut going_on) = admin.events(&events).await;
+    for stream in [&mut ending, &mut going_on] {
+        let first = next_event(stream, PATIENCE).await.expect("a first event");
+        assert_eq!(first.event, "session", "{first:?}");
+    }
+
+    let id = created.token.expect("the token").id;
+    auth.revoke_token(pb::RevokeTokenRequest { id }).await.expect("RevokeToken");
+    let last = next_event(&mut ending, PATIENCE).await.expect("an event before the end");
+    assert_eq!(last.event, "error", "{last:?}");
+    let body: serde_json::Value = serde_json::from_str(&last.data).expect("an error body");
+    assert_eq!(body["code"], "UNAUTHENTICATED", "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("revoked"), "{body}");
+    assert!(next_event(&mut ending, PATIENCE).await.is_none(), "the stream ends");
+    expect_status(&follower.get("/api/v1/jobs").await, 401, "UNAUTHENTICATED", "after revoking");
+
+    let stop = admin.post("/api/v1/jobs/followed/stop", r#"{"mode": "STOP_MODE_IMMEDIATE"}"#);
+    expect_status(&stop.await, 200, "", "stop");
+    while let Some(event) = next_event(&mut going_on, PATIENCE).await {
+        assert_eq!(event.event, "session", "the admin's stream goes on to the end: {event:?}");
+    }
 }
