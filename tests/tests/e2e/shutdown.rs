@@ -33,8 +33,8 @@ async fn agent_leaves_the_cluster_and_exits_zero_on_sigterm() {
 }
 
 /// A browser's open event stream does not hold a coordinator's shutdown up: the stream
-/// ends (with at most an `error` event, which makes an `EventSource` reconnect elsewhere)
-/// and the coordinator exits 0.
+/// ends with an UNAVAILABLE `error` event (an `EventSource` then reconnects), within the
+/// shutdown, and the coordinator exits 0.
 #[tokio::test]
 async fn a_coordinator_with_an_open_event_stream_exits_zero_on_sigterm() {
     // No agent: the items wait, so the session runs on while the stream is open.
@@ -50,10 +50,16 @@ async fn a_coordinator_with_an_open_event_stream_exits_zero_on_sigterm() {
     let first = next_event(&mut events, PATIENCE).await.expect("a first event");
     assert_eq!(first.event, "session", "{first:?}");
 
-    let status = cluster.coordinator(0).sigterm().await;
+    let coordinator = cluster.coordinator(0);
+    let status = coordinator.sigterm().await;
     assert_eq!(status.code(), Some(0), "coordinator exit status after SIGTERM: {status}");
-    let rest: Vec<String> = events.map(|event| event.event).collect().await;
-    let ended =
-        rest.iter().position(|event| event == "error").is_none_or(|at| at + 1 == rest.len());
-    assert!(ended, "an error event, if any, is the last: {rest:?}");
+    let rest: Vec<_> = events.collect().await;
+    let last = rest.last().unwrap_or_else(|| panic!("no event after SIGTERM"));
+    assert_eq!(last.event, "error", "the stream ends with an error event: {rest:?}");
+    let body: serde_json::Value = serde_json::from_str(&last.data).expect("an error body");
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    for log in [coordinator.stdout_log(), coordinator.stderr_log()] {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!text.contains("shutdown grace period"), "the stream held shutdown up: {log:?}");
+    }
 }
