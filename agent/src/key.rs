@@ -47,7 +47,7 @@ pub(crate) fn session_id(field: &str, session: &str) -> Result<SessionId, AgentE
 
 /// Checks a wire task key (its session id); errors name `field`, the key's path.
 pub(crate) fn task_id(field: &str, key: &pb::TaskKey) -> Result<TaskId, AgentError> {
-    TaskId::from_wire(field, key).map_err(invalid_id(&format!("{field}.session_id")))
+    TaskId::from_wire(field, key).map_err(|error| invalid_id(&format!("{field}.session_id"))(error))
 }
 
 /// Checks a command's epoch: an absent one (0) is refused, never taken as a value.

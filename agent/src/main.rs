@@ -17,7 +17,9 @@ use tracing::{info, warn};
 
 // mimalloc: glibc's malloc, its frees and its consolidation of freed chunks took about a
 // sixth of the agents' CPU while they ran 10,000 tasks a second (`perf record -a`, scale
-// bench); the coordinator runs on it for the same reason.
+// bench); the coordinator runs on it for the same reason. Run it with
+// `MIMALLOC_PURGE_DELAY=0`, as its systemd unit, the local cluster and the test harness do:
+// freed memory then goes back at once, at no CPU cost the bench could measure.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

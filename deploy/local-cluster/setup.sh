@@ -139,7 +139,8 @@ start_agents() {
         id="proxy-$((i + 1))"
         mkdir -p "$RUN_DIR/$id"
         mapfile -t tls < <(tls_flags "$id")
-        start "$id" "$BIN_DIR/sluice-agent" \
+        # As deploy/systemd/sluice-agent.service runs it.
+        start "$id" env MIMALLOC_PURGE_DELAY=0 "$BIN_DIR/sluice-agent" \
             --coordinators "$ENDPOINTS" \
             --listen "127.0.0.1:${AGENT_PORTS[i]}" \
             --id "$id" \

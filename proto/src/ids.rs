@@ -182,7 +182,17 @@ pub struct TaskId {
 impl TaskId {
     /// The id of a wire key, its session id checked; errors name `field` (the key's path).
     pub fn from_wire(field: &str, key: &pb::TaskKey) -> Result<Self, JobError> {
-        let session = SessionId::parse(&format!("{field}.session_id"), key.session_id.clone())?;
+        // The field's path is written only when it is needed: agents check a key per task
+        // event, and the good ones are nearly all.
+        let session =
+            SessionId::parse("session_id", key.session_id.as_str()).map_err(
+                |error| match error {
+                    JobError::Invalid { reason, .. } => {
+                        JobError::Invalid { field: format!("{field}.session_id"), reason }
+                    }
+                    other => other,
+                },
+            )?;
         Ok(Self { session, index: key.item_index, attempt: key.attempt })
     }
 

@@ -241,8 +241,8 @@ impl Node {
                 command.env_remove(key);
             }
         }
-        if self.role == Role::Coordinator && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            // As its systemd unit runs it (deploy/systemd): freed memory goes back at once.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // As their systemd units run them (deploy/systemd): freed memory goes back at once.
             command.env("MIMALLOC_PURGE_DELAY", "0");
         }
         if std::env::var_os("RUST_LOG").is_none() {
