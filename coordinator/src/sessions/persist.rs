@@ -172,9 +172,10 @@ pub(crate) struct Written {
 /// Writes a batch in as few transactions as etcd's op limit allows, one after the other,
 /// each fenced and ordered by the owner key's mod revision (`items.rs`). An item and its
 /// catalog entry always share a transaction; a non-final session record rides in the last
-/// one. A final session record goes in a txn of its own after the items (so a final state
-/// is never stored before its items), which also clears the job's active marker and the
-/// owner key.
+/// one. A final session record goes with the last items in one txn when they fit and both
+/// guards hold ([`stop::finish_with_items`]), else in a txn of its own after the items (so
+/// a final state is never stored before its items); either also clears the job's active
+/// marker and the owner key.
 ///
 /// The final record is written only while the stop key is as the actor last saw it
 /// (`stop_seen`, its mod revision, 0 for none): a stop accepted before the end is stored is
@@ -192,6 +193,12 @@ pub(crate) async fn flush(
         Some(record) => (session_ops(store, id, record), None),
         None => (Vec::new(), None),
     };
+    if let Some(ops) = &finished
+        && let Some(revision) =
+            stop::finish_with_items(store, id, owner, &batch.items, ops.clone(), stop_seen).await?
+    {
+        return Ok(Written { revision, session: Some(Flushed::Stored) });
+    }
     let written = !last.is_empty();
     let revision = items::write(store, id, owner, &batch.items, last).await?;
     let session = match finished {

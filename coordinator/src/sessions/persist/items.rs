@@ -34,7 +34,7 @@ const MAX_LISTS: usize = 8;
 /// Items per txn: about 250 KB of item records, a few MB if every item carried its longest
 /// message. A busy session's flush holds several hundred (an outcome and a dispatch per
 /// freed slot); in one txn they cost one round trip and one WAL fsync, not one per list.
-const MAX_ITEMS_PER_TXN: usize = MAX_LISTS * MAX_ITEMS_PER_LIST;
+pub(super) const MAX_ITEMS_PER_TXN: usize = MAX_LISTS * MAX_ITEMS_PER_LIST;
 // The deepest write fits alone: its lists, a non-final session record's two puts and the
 // owner key's put, over a list of items whose catalog entry is a nested txn of two.
 const _: () = assert!(MAX_LISTS + 3 + MAX_ITEMS_PER_LIST + 2 <= MAX_TXN_OPS);
@@ -125,7 +125,7 @@ impl WriteOps {
 }
 
 /// The writes of `items`: one list when they fit in one, else a nested txn per list.
-fn item_lists(store: &Store, id: &str, items: &[ItemWrite]) -> WriteOps {
+pub(super) fn item_lists(store: &Store, id: &str, items: &[ItemWrite]) -> WriteOps {
     let puts = items.iter().map(|write| 1 + write.catalog.len()).sum();
     // An item with catalog entries is a nested txn of its put and theirs.
     let catalog = items.iter().map(|write| write.catalog.len()).max().unwrap_or(0);

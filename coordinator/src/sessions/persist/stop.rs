@@ -10,7 +10,10 @@ use sluice_proto::{
     pb::{self, StopMode},
 };
 
-use super::Flushed;
+use super::{
+    Flushed,
+    items::{ItemWrite, MAX_ITEMS_PER_TXN, OwnerKey, item_lists},
+};
 use crate::{
     error::{Error, Result},
     store::{Store, Versioned, absent, decode},
@@ -105,6 +108,36 @@ pub(super) async fn finish(
         Some(kv) => Ok(Flushed::StopChanged(Some(decode(&stop, kv.value())?), kv.mod_revision())),
         None => Ok(Flushed::StopChanged(None, 0)),
     }
+}
+
+/// The last `items` and the final record's `ops` in one txn, guarded as the two writes are
+/// one after the other: the owner key's mod revision as this owner last wrote it, the stop
+/// key's as the actor saw it. A session's end then waits for one round trip, not two.
+/// Returns the revision it was written at; `None` when there are no items, too many for one
+/// txn, or a guard failed: the caller then writes them one after the other, which tells a
+/// late write of its own, a new owner and a new stop apart as it always does.
+pub(super) async fn finish_with_items(
+    store: &Store,
+    id: &str,
+    owner: &OwnerKey,
+    items: &[ItemWrite],
+    ops: Vec<TxnOp>,
+    stop_seen: i64,
+) -> Result<Option<i64>> {
+    if items.is_empty() || items.len() > MAX_ITEMS_PER_TXN {
+        return Ok(None);
+    }
+    let keys = store.keys();
+    let mut all = item_lists(store, id, items).ops;
+    all.extend(ops);
+    let txn = Txn::new()
+        .when([
+            Compare::mod_revision(keys.session_owner(id), CompareOp::Equal, owner.revision),
+            Compare::mod_revision(keys.session_stop(id), CompareOp::Equal, stop_seen),
+        ])
+        .and_then(all);
+    let response = store.kv().txn(txn).await?;
+    Ok(response.succeeded().then(|| response.header().map_or(0, |h| h.revision())))
 }
 
 /// The first key-value of the first read among `answers`.

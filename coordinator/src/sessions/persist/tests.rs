@@ -247,3 +247,5 @@ async fn created(id: &str) -> (Store, NewSession, OwnerKey) {
 async fn epoch_of_create(store: &Store, new: &NewSession) -> Epoch {
     create(store, new).await.expect("created")
 }
+
+mod final_write;
