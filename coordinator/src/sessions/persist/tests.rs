@@ -158,13 +158,7 @@ async fn a_late_owner_write_does_not_overwrite_a_newer_one() {
 #[tokio::test]
 async fn an_owner_write_refused_after_its_late_write_landed_is_written_again_over_it() {
     let (store, new, owner) = created("s-6").await;
-    let late = items::write_once(
-        &store,
-        "s-6",
-        &owner,
-        items::WriteOps::flat(item_ops(&store, "s-6", pb::ItemState::Processing)),
-    );
-    let landed = late.await.expect("the lost write").expect("it lands");
+    let landed = late_write_lands(&store, "s-6", &owner).await;
     let mut retry = item_write(pb::ItemState::Success);
     retry.session = Some(new.record.clone());
     let written = flush(&store, "s-6", &owner, retry, 0).await.expect("the retry");
@@ -234,6 +228,14 @@ fn committed(index: u32) -> ItemWrite {
     };
     write.catalog.push(restore_point);
     write
+}
+
+/// A write of the owner's own (item 0 PROCESSING) whose answer was lost lands now; returns
+/// the revision it landed at.
+async fn late_write_lands(store: &Store, id: &str, owner: &OwnerKey) -> i64 {
+    let ops = items::WriteOps::flat(item_ops(store, id, pb::ItemState::Processing));
+    let late = items::write_once(store, id, owner, ops).await;
+    late.expect("the lost write").expect("it lands")
 }
 
 /// A store with session `id` created by c1, and c1's owner key of it.

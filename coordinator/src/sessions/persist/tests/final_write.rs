@@ -53,13 +53,7 @@ async fn the_last_items_are_stored_when_an_unseen_stop_refuses_the_end() {
 #[tokio::test]
 async fn an_end_refused_after_a_late_write_of_its_own_is_written_over_it() {
     let (store, new, owner) = created("s-11").await;
-    let late = items::write_once(
-        &store,
-        "s-11",
-        &owner,
-        items::WriteOps::flat(item_ops(&store, "s-11", pb::ItemState::Processing)),
-    );
-    let landed = late.await.expect("the lost write").expect("it lands");
+    let landed = late_write_lands(&store, "s-11", &owner).await;
     let written = flush(&store, "s-11", &owner, final_with_items(&new, 0..1), 0).await;
     let written = written.expect("written");
     assert_eq!(written.session, Some(Flushed::Stored));
