@@ -2,6 +2,7 @@
 //! (`file.rs`, with the schedule and window parts in `schedule.rs`).
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
 use std::path::{Component, Path};
 
 use crate::pb::{self, job_item::Target};
@@ -51,8 +52,8 @@ pub enum JobError {
     TooLarge(String),
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> JobError {
-    JobError::Invalid { field: field.into(), reason: reason.into() }
+fn invalid(field: impl Display, reason: impl Into<String>) -> JobError {
+    JobError::Invalid { field: field.to_string(), reason: reason.into() }
 }
 
 /// Checks a job or session name: 1-64 characters of `[a-z0-9._-]`.
@@ -121,7 +122,7 @@ fn validate_type(raw: i32) -> Result<pb::JobType, JobError> {
     }
 }
 
-fn validate_absolute(field: &str, path: &str) -> Result<(), JobError> {
+fn validate_absolute(field: impl Display + Copy, path: &str) -> Result<(), JobError> {
     if path.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -163,17 +164,19 @@ fn validate_items(job_type: pb::JobType, items: &[pb::JobItem]) -> Result<(), Jo
     let mut names = HashSet::with_capacity(items.len());
     let mut disks = HashMap::new();
     for (index, item) in items.iter().enumerate() {
-        let field = format!("job.items[{index}]");
-        validate_item_name(&field, &item.name)?;
+        // Formatted only when an error names it: a job may hold 100,000 items, and each
+        // item's paths are several fields.
+        let field = format_args!("job.items[{index}]");
+        validate_item_name(field, &item.name)?;
         if !names.insert(item.name.as_str()) {
             return Err(invalid(
-                format!("{field}.name"),
+                format_args!("{field}.name"),
                 format!("duplicate item name {:?}", item.name),
             ));
         }
-        validate_target(&field, job_type, item.target.as_ref())?;
+        validate_target(field, job_type, item.target.as_ref())?;
         if let Some(Target::Vm(vm)) = &item.target {
-            validate_disks_unshared(&field, item, &vm.disks, &mut disks)?;
+            validate_disks_unshared(field, item, &vm.disks, &mut disks)?;
         }
     }
     Ok(())
@@ -182,7 +185,7 @@ fn validate_items(job_type: pb::JobType, items: &[pb::JobItem]) -> Result<(), Jo
 /// Refuses a disk another item already backs up: the two tasks would run at once on one
 /// image, and the second would fail on QEMU's lock (or copy a disk being copied).
 fn validate_disks_unshared<'a>(
-    field: &str,
+    field: impl Display,
     item: &'a pb::JobItem,
     disks: &'a [String],
     seen: &mut HashMap<&'a Path, &'a str>,
@@ -190,14 +193,14 @@ fn validate_disks_unshared<'a>(
     for (i, disk) in disks.iter().enumerate() {
         if let Some(other) = seen.insert(Path::new(disk), &item.name) {
             let reason = format!("{disk:?} is also a disk of item {other:?}");
-            return Err(invalid(format!("{field}.vm.disks[{i}]"), reason));
+            return Err(invalid(format_args!("{field}.vm.disks[{i}]"), reason));
         }
     }
     Ok(())
 }
 
-fn validate_item_name(field: &str, name: &str) -> Result<(), JobError> {
-    let field = format!("{field}.name");
+fn validate_item_name(item: impl Display, name: &str) -> Result<(), JobError> {
+    let field = format_args!("{item}.name");
     if name.is_empty() || name.len() > MAX_ITEM_NAME_LEN {
         return Err(invalid(field, format!("must be 1-{MAX_ITEM_NAME_LEN} bytes")));
     }
@@ -211,31 +214,31 @@ fn validate_item_name(field: &str, name: &str) -> Result<(), JobError> {
 }
 
 fn validate_target(
-    field: &str,
+    field: impl Display + Copy,
     job_type: pb::JobType,
     target: Option<&Target>,
 ) -> Result<(), JobError> {
     match (job_type, target) {
         (pb::JobType::VmBackup, Some(Target::Vm(vm))) => {
-            let disks = format!("{field}.vm.disks");
-            validate_paths(&disks, &vm.disks)?;
-            validate_distinct(&disks, &vm.disks)?;
-            validate_socket(&format!("{field}.vm.qmp_socket"), &vm.qmp_socket)
+            let disks = format_args!("{field}.vm.disks");
+            validate_paths(disks, &vm.disks)?;
+            validate_distinct(disks, &vm.disks)?;
+            validate_socket(format_args!("{field}.vm.qmp_socket"), &vm.qmp_socket)
         }
         (pb::JobType::AgentBackup, Some(Target::Computer(c))) => {
             if c.computer.is_empty() || c.computer.len() > MAX_COMPUTER_NAME_BYTES {
                 return Err(invalid(
-                    format!("{field}.computer.computer"),
+                    format_args!("{field}.computer.computer"),
                     format!("must name the computer in 1-{MAX_COMPUTER_NAME_BYTES} bytes"),
                 ));
             }
-            validate_paths(&format!("{field}.computer.paths"), &c.paths)
+            validate_paths(format_args!("{field}.computer.paths"), &c.paths)
         }
         (pb::JobType::VmBackup, _) => {
-            Err(invalid(format!("{field}.vm"), "a VM backup job item needs a vm target"))
+            Err(invalid(format_args!("{field}.vm"), "a VM backup job item needs a vm target"))
         }
         _ => Err(invalid(
-            format!("{field}.computer"),
+            format_args!("{field}.computer"),
             "an agent backup job item needs a computer target",
         )),
     }
@@ -245,7 +248,7 @@ fn validate_target(
 const MAX_SOCKET_PATH: usize = 107;
 
 /// A QMP socket path: empty (offline images), or absolute and short enough to connect to.
-fn validate_socket(field: &str, socket: &str) -> Result<(), JobError> {
+fn validate_socket(field: impl Display + Copy, socket: &str) -> Result<(), JobError> {
     if socket.is_empty() {
         return Ok(());
     }
@@ -261,22 +264,22 @@ fn validate_socket(field: &str, socket: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-fn validate_paths(field: &str, paths: &[String]) -> Result<(), JobError> {
+fn validate_paths(field: impl Display + Copy, paths: &[String]) -> Result<(), JobError> {
     if paths.is_empty() {
         return Err(invalid(field, "needs at least one path"));
     }
     for (i, path) in paths.iter().enumerate() {
-        validate_absolute(&format!("{field}[{i}]"), path)?;
+        validate_absolute(format_args!("{field}[{i}]"), path)?;
     }
     Ok(())
 }
 
 /// Refuses a path listed twice (compared as paths: `/a//b/` is `/a/b`).
-fn validate_distinct(field: &str, paths: &[String]) -> Result<(), JobError> {
+fn validate_distinct(field: impl Display, paths: &[String]) -> Result<(), JobError> {
     let mut seen = HashSet::with_capacity(paths.len());
     for (i, path) in paths.iter().enumerate() {
         if !seen.insert(Path::new(path)) {
-            return Err(invalid(format!("{field}[{i}]"), format!("{path:?} is listed twice")));
+            return Err(invalid(format_args!("{field}[{i}]"), format!("{path:?} is listed twice")));
         }
     }
     Ok(())
