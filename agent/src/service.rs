@@ -158,8 +158,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
-        let session = request.into_inner().session_id;
-        let stream = watch::statuses(self.tasks.clone(), session, self.shutdown.clone());
+        let pb::WatchTasksRequest { session_id, omit_started } = request.into_inner();
+        let wanted = watch::Wanted { session: session_id, omit_started };
+        let stream = watch::statuses(self.tasks.clone(), wanted, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 

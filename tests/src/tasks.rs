@@ -97,7 +97,7 @@ impl TaskLog {
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut followers = Vec::new();
         for (agent, mut client) in agent_clients(cluster).await {
-            let request = pb::WatchTasksRequest { session_id: String::new() };
+            let request = pb::WatchTasksRequest { session_id: String::new(), ..Default::default() };
             let mut stream = expect_ok(client.watch_tasks(request).await, "WatchTasks");
             let events = events.clone();
             followers.push(tokio::spawn(async move {

@@ -25,16 +25,37 @@ use crate::tasks::TasksHandle;
 /// Most statuses taken at once from the task actor before they are sent.
 const MAX_READY: usize = 256;
 
+/// Which statuses a watcher wants.
+pub(super) struct Wanted {
+    /// The session whose tasks it follows; empty: all.
+    pub(super) session: String,
+    /// Changes of tasks that have not reported a phase yet are left out (a coordinator has
+    /// their status from its RunTask answer; a third of a short task's messages otherwise).
+    pub(super) omit_started: bool,
+}
+
+impl Wanted {
+    fn in_session(&self, status: &pb::TaskStatus) -> bool {
+        self.session.is_empty() || status.key.as_ref().is_some_and(|k| k.session_id == self.session)
+    }
+
+    fn change(&self, status: &pb::TaskStatus) -> bool {
+        self.in_session(status) && !(self.omit_started && just_started(status))
+    }
+}
+
+/// The status a task has from its start until its executor reports a first phase.
+fn just_started(status: &pb::TaskStatus) -> bool {
+    status.phase == pb::TaskPhase::Unspecified as i32 && status.outcome.is_none()
+}
+
 /// Every current task of the session (or all, for an empty `session`), then every change,
 /// until shutdown. A subscriber that lags behind gets a fresh full snapshot.
 pub(super) fn statuses(
     tasks: TasksHandle,
-    session: String,
+    wanted: Wanted,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<pb::TaskEvent, Status>> + Send {
-    let wanted = move |status: &pb::TaskStatus| {
-        session.is_empty() || status.key.as_ref().is_some_and(|k| k.session_id == session)
-    };
     async_stream::stream! {
         loop {
             let (snapshot, mut changes) = match tasks.subscribe().await {
@@ -44,7 +65,7 @@ pub(super) fn statuses(
                     return;
                 }
             };
-            for status in snapshot.into_iter().filter(|s| wanted(s)) {
+            for status in snapshot.into_iter().filter(|s| wanted.in_session(s)) {
                 yield Ok(pb::TaskEvent { status: Some(status) });
             }
             loop {
@@ -61,7 +82,7 @@ pub(super) fn statuses(
                     Err(RecvError::Lagged(skipped)) => (Vec::new(), Some(skipped)),
                     Err(RecvError::Closed) => return,
                 };
-                for status in latest_of_each(ready).into_iter().filter(|s| wanted(s)) {
+                for status in latest_of_each(ready).into_iter().filter(|s| wanted.change(s)) {
                     yield Ok(pb::TaskEvent { status: Some(status) });
                 }
                 if let Some(skipped) = lagged {
@@ -137,6 +158,24 @@ mod tests {
         let kept = latest_of_each(statuses.clone());
         let expected = [&statuses[1], &statuses[3], &statuses[4], &statuses[5]];
         assert_eq!(kept.iter().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn a_watch_that_omits_starts_skips_only_statuses_without_phase_or_outcome() {
+        let wanted = |omit_started| Wanted { session: "s1".into(), omit_started };
+        let start = status("s1", 0, 1, pb::TaskPhase::Unspecified);
+        let phase = status("s1", 0, 1, pb::TaskPhase::Snapshot);
+        let canceled =
+            pb::TaskOutcome { state: pb::ItemState::Canceled as i32, ..Default::default() };
+        let ended = pb::TaskStatus { outcome: Some(canceled), ..start.clone() };
+        let other = status("s2", 0, 1, pb::TaskPhase::Snapshot);
+        let omitting: Vec<bool> =
+            [&start, &phase, &ended, &other].map(|s| wanted(true).change(s)).into();
+        assert_eq!(omitting, [false, true, true, false]);
+        let all: Vec<bool> =
+            [&start, &phase, &ended, &other].map(|s| wanted(false).change(s)).into();
+        assert_eq!(all, [true, true, true, false]);
+        assert!(wanted(true).in_session(&start), "the first snapshot keeps it");
     }
 
     #[test]

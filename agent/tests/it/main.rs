@@ -12,3 +12,4 @@ mod roots;
 mod service;
 mod spare;
 mod support;
+mod watch;

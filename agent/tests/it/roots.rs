@@ -65,7 +65,7 @@ async fn back_up(
     repository: &Path,
     index: u32,
 ) -> pb::TaskOutcome {
-    let request = pb::WatchTasksRequest { session_id: "s1".into() };
+    let request = pb::WatchTasksRequest { session_id: "s1".into(), ..Default::default() };
     let mut events = client.watch_tasks(request).await.expect("watch").into_inner();
     run(client, computer_spec("s1", index, &[src], repository)).await.expect("started");
     tokio::time::timeout(WAIT, async {

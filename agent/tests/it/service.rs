@@ -19,7 +19,7 @@ pub(crate) async fn run(
 }
 
 pub(crate) async fn watch(client: &mut Client, session: &str) -> Streaming<pb::TaskEvent> {
-    let request = pb::WatchTasksRequest { session_id: session.into() };
+    let request = pb::WatchTasksRequest { session_id: session.into(), ..Default::default() };
     client.watch_tasks(request).await.expect("watch").into_inner()
 }
 

@@ -97,7 +97,9 @@ impl Link {
             .clients
             .client(self.agent.as_str(), &self.address)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut stream = client.watch_tasks(pb::WatchTasksRequest::default()).await?.into_inner();
+        // The status a task starts with comes back in the RunTask answer.
+        let request = pb::WatchTasksRequest { session_id: String::new(), omit_started: true };
+        let mut stream = client.watch_tasks(request).await?.into_inner();
         while let Some(event) = stream.message().await? {
             if let Some(status) = event.status {
                 router.deliver(&self.agent, status);
