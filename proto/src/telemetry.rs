@@ -14,6 +14,7 @@
 
 mod propagation;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
@@ -31,6 +32,15 @@ pub use propagation::{
 
 /// How long shutting telemetry down may wait for the last spans to be exported.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Set once `init` installed a subscriber that exports spans.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: a span made only for its trace (one per task, say) can be
+/// left out when they are not.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Crates whose own spans are never exported: the exporter runs on them, so exporting them
 /// would feed the exporter with its own work.
@@ -115,6 +125,7 @@ pub fn init(service_name: &'static str) -> TelemetryGuard {
     }
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        EXPORTING.store(true, Ordering::Relaxed);
     }
     tracing::debug!(
         service = service_name,

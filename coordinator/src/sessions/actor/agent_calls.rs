@@ -13,7 +13,7 @@ use sluice_proto::{
     telemetry,
 };
 use tonic::{Code, Status};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use super::{Exit, Msg, SessionActor};
 use crate::{
@@ -40,12 +40,17 @@ impl SessionActor {
             self.report(async move { Msg::RunDone { dispatch, result } });
             return;
         };
-        let span = info_span!("run_task", agent = %dispatch.agent, index = dispatch.index,
-                              attempt = dispatch.attempt);
-        let mut spec = span.in_scope(|| pb::TaskSpec {
-            traceparent: telemetry::current_traceparent().unwrap_or_default(),
-            ..self.task_spec(&dispatch)
-        });
+        // The span is the task's part of the session's trace; nothing logs inside the call,
+        // so without export it would only cost (its fields are formatted for every task).
+        let span = match telemetry::exporting() {
+            true => info_span!("run_task", agent = %dispatch.agent, index = dispatch.index,
+                               attempt = dispatch.attempt),
+            false => Span::none(),
+        };
+        let mut spec = self.task_spec(&dispatch);
+        if !span.is_none() {
+            spec.traceparent = span.in_scope(telemetry::current_traceparent).unwrap_or_default();
+        }
         // Only a VM backup reads its chain: cloning the store for every task costs.
         let store = chain_item(&spec).is_some().then(|| self.ctx.store.clone());
         let (runs, agent) = (self.ctx.runs.clone(), dispatch.agent.clone());
