@@ -40,15 +40,17 @@ impl SessionActor {
             self.report(async move { Msg::RunDone { dispatch, result } });
             return;
         };
-        // The span is the task's part of the session's trace; nothing logs inside the call,
-        // so without export it would only cost (its fields are formatted for every task).
-        let span = match telemetry::exporting() {
+        // The span is the task's part of the session's trace. Without export it would only
+        // cost (its fields are formatted for every task): the session's span is enough to
+        // name the call's rare log lines (an etcd member failing under a chain read).
+        let exporting = telemetry::exporting();
+        let span = match exporting {
             true => info_span!("run_task", agent = %dispatch.agent, index = dispatch.index,
                                attempt = dispatch.attempt),
-            false => Span::none(),
+            false => Span::current(),
         };
         let mut spec = self.task_spec(&dispatch);
-        if !span.is_none() {
+        if exporting {
             spec.traceparent = span.in_scope(telemetry::current_traceparent).unwrap_or_default();
         }
         // Only a VM backup reads its chain: cloning the store for every task costs.
