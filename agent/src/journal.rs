@@ -328,6 +328,10 @@ impl Writer {
     }
 
     async fn compact_if_due(&mut self) {
+        // Checked here: a blocking thread's hand-off per commit cost more than the check.
+        if !self.log.as_ref().is_some_and(Log::compaction_due) {
+            return;
+        }
         let Some(mut log) = self.log.take() else { return };
         let done = tokio::task::spawn_blocking(move || {
             let result = log.compact_if_due();

@@ -303,11 +303,16 @@ impl Log {
         Ok(())
     }
 
+    /// Whether the log has grown past its bound (a field compared, no I/O).
+    pub(crate) fn compaction_due(&self) -> bool {
+        self.len >= self.compact_at
+    }
+
     /// Rewrites the log once it has grown past its bound, with only its live entries, the
     /// newest epochs (within [`epochs::LOG_KEEPS`]) and the acknowledged attempts of their
     /// sessions: a new file is written and fsynced beside it, then renamed over it.
     pub(crate) fn compact_if_due(&mut self) -> io::Result<bool> {
-        if self.len < self.compact_at {
+        if !self.compaction_due() {
             return Ok(false);
         }
         let busy = self.entries.keys().map(|id| &id.session).collect();
