@@ -158,8 +158,10 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
-        let pb::WatchTasksRequest { session_id, omit_started } = request.into_inner();
-        let wanted = watch::Wanted { session: session_id, omit_started };
+        let pb::WatchTasksRequest { session_id, omit_started, phase_delay_ms } =
+            request.into_inner();
+        let phase_delay = watch::phase_delay(phase_delay_ms)?;
+        let wanted = watch::Wanted { session: session_id, omit_started, phase_delay };
         let stream = watch::statuses(self.tasks.clone(), wanted, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }

@@ -6,21 +6,27 @@
 //! short task's phases (snapshot, transfer, commit, cleanup) often come out of the task actor
 //! before the stream runs; each would otherwise be a message for every watching coordinator
 //! to decode and hand to its session actor. Nothing waits for this: a status is sent as soon
-//! as the stream runs, never held back for a later one.
+//! as the stream runs, unless the watcher asked for phases to be held (`held.rs`).
 
-use std::collections::HashMap;
+mod held;
+
+use std::{collections::HashMap, time::Duration};
 
 use futures::Stream;
 use sluice_proto::pb;
-use tokio::sync::broadcast::{
-    Receiver,
-    error::{RecvError, TryRecvError},
+use tokio::{
+    sync::broadcast::{
+        Receiver,
+        error::{RecvError, TryRecvError},
+    },
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::warn;
 
-use crate::tasks::TasksHandle;
+use self::held::Held;
+use crate::{error::AgentError, tasks::TasksHandle};
 
 /// Most statuses taken at once from the task actor before they are sent.
 const MAX_READY: usize = 256;
@@ -32,6 +38,20 @@ pub(super) struct Wanted {
     /// Changes of tasks that have not reported a phase yet are left out (a coordinator has
     /// their status from its RunTask answer; a third of a short task's messages otherwise).
     pub(super) omit_started: bool,
+    /// How long a status that reports only a phase is held (zero: not at all).
+    pub(super) phase_delay: Duration,
+}
+
+/// Longest `phase_delay_ms` a watcher may ask for.
+const MAX_PHASE_DELAY_MS: u32 = 60_000;
+
+/// `WatchTasksRequest.phase_delay_ms`, checked.
+pub(super) fn phase_delay(ms: u32) -> Result<Duration, AgentError> {
+    if ms > MAX_PHASE_DELAY_MS {
+        let reason = format!("{ms} ms, at most {MAX_PHASE_DELAY_MS}");
+        return Err(AgentError::invalid("phase_delay_ms", reason));
+    }
+    Ok(Duration::from_millis(u64::from(ms)))
 }
 
 impl Wanted {
@@ -57,7 +77,9 @@ pub(super) fn statuses(
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<pb::TaskEvent, Status>> + Send {
     async_stream::stream! {
+        let mut held = Held::new(wanted.phase_delay);
         loop {
+            held.clear(); // the snapshot says the latest of everything
             let (snapshot, mut changes) = match tasks.subscribe().await {
                 Ok(subscription) => subscription,
                 Err(error) => {
@@ -69,8 +91,15 @@ pub(super) fn statuses(
                 yield Ok(pb::TaskEvent { status: Some(status) });
             }
             loop {
+                let wake = held.next_due();
                 let next = tokio::select! {
                     () = shutdown.cancelled() => return,
+                    () = until(wake) => {
+                        for status in held.due(Instant::now()) {
+                            yield Ok(pb::TaskEvent { status: Some(status) });
+                        }
+                        continue;
+                    }
                     next = changes.recv() => next,
                 };
                 let (ready, lagged) = match next {
@@ -82,7 +111,8 @@ pub(super) fn statuses(
                     Err(RecvError::Lagged(skipped)) => (Vec::new(), Some(skipped)),
                     Err(RecvError::Closed) => return,
                 };
-                for status in latest_of_each(ready).into_iter().filter(|s| wanted.change(s)) {
+                let wanted_now = latest_of_each(ready).into_iter().filter(|s| wanted.change(s));
+                for status in held.take(wanted_now.collect(), Instant::now()) {
                     yield Ok(pb::TaskEvent { status: Some(status) });
                 }
                 if let Some(skipped) = lagged {
@@ -91,6 +121,14 @@ pub(super) fn statuses(
                 }
             }
         }
+    }
+}
+
+/// Waits until `at`; forever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -162,7 +200,11 @@ mod tests {
 
     #[test]
     fn a_watch_that_omits_starts_skips_only_statuses_without_phase_or_outcome() {
-        let wanted = |omit_started| Wanted { session: "s1".into(), omit_started };
+        let wanted = |omit_started| Wanted {
+            session: "s1".into(),
+            omit_started,
+            phase_delay: Duration::ZERO,
+        };
         let start = status("s1", 0, 1, pb::TaskPhase::Unspecified);
         let phase = status("s1", 0, 1, pb::TaskPhase::Snapshot);
         let canceled =

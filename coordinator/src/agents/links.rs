@@ -11,6 +11,11 @@ use tracing::{debug, warn};
 use super::{AgentDirectory, directory::Agents};
 use crate::{agent_client::AgentClients, sessions::Router};
 
+/// How long an agent holds a task's phase for its outcome (`phase_delay_ms`): a fifth of
+/// the half second within which a session actor stores phases anyway. A task shorter than
+/// this reaches the coordinator as one status instead of two.
+const PHASE_DELAY_MS: u32 = 100;
+
 /// Keeps a link to every registered agent until `shutdown`.
 pub(crate) async fn run(
     directory: AgentDirectory,
@@ -97,8 +102,13 @@ impl Link {
             .clients
             .client(self.agent.as_str(), &self.address)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        // The status a task starts with comes back in the RunTask answer.
-        let request = pb::WatchTasksRequest { session_id: String::new(), omit_started: true };
+        // The status a task starts with comes back in the RunTask answer; phases are stored
+        // lazily, so a short task's may come with its outcome.
+        let request = pb::WatchTasksRequest {
+            session_id: String::new(),
+            omit_started: true,
+            phase_delay_ms: PHASE_DELAY_MS,
+        };
         let mut stream = client.watch_tasks(request).await?.into_inner();
         while let Some(event) = stream.message().await? {
             if let Some(status) = event.status {

@@ -426,8 +426,11 @@ impl SessionActor {
             debug!(%agent, index, "update for an item this session does not hold");
             return;
         }
-        if let Some(event) = records::task_event(&agent, status) {
-            self.apply(event);
+        if let Some((progress, end)) = records::task_events(&agent, status) {
+            self.apply(progress);
+            if let Some(end) = end {
+                self.apply(end);
+            }
         }
     }
 

@@ -164,25 +164,32 @@ pub(crate) fn retry_rules(job: &pb::Job) -> Retry {
     }
 }
 
-/// What an agent's task report means for the session, if it names a task.
-pub(crate) fn task_event(agent: &AgentId, status: pb::TaskStatus) -> Option<Event> {
+/// What an agent's task report means for the session, if it names a task: its progress,
+/// then its end if it ended. An ended task's status carries its last phase and counters too,
+/// and may be the first the session sees of them (an agent holds phases back briefly, and
+/// leaves out those a later status supersedes).
+pub(crate) fn task_events(
+    agent: &AgentId,
+    status: pb::TaskStatus,
+) -> Option<(Event, Option<Event>)> {
     let key = status.key.as_ref()?;
     let (index, attempt) = (key.item_index, key.attempt);
-    let phase = status.phase().into();
-    Some(match status.outcome {
-        Some(outcome) => {
-            Event::Finished { index, attempt, outcome: outcome.into(), agent: agent.clone() }
-        }
-        None => Event::Progress {
-            index,
-            attempt,
-            phase,
-            bytes_done: status.bytes_done,
-            bytes_total: status.bytes_total,
-            bytes_read: status.bytes_read,
-            bytes_transferred: status.bytes_transferred,
-        },
-    })
+    let progress = Event::Progress {
+        index,
+        attempt,
+        phase: status.phase().into(),
+        bytes_done: status.bytes_done,
+        bytes_total: status.bytes_total,
+        bytes_read: status.bytes_read,
+        bytes_transferred: status.bytes_transferred,
+    };
+    let end = status.outcome.map(|outcome| Event::Finished {
+        index,
+        attempt,
+        outcome: outcome.into(),
+        agent: agent.clone(),
+    });
+    Some((progress, end))
 }
 
 /// The writes for the items at `positions`, each with its catalog entry (a committed item's),

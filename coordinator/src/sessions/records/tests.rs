@@ -78,3 +78,35 @@ fn a_record_without_item_indices_covers_every_item_of_its_job() {
     let machine = machine_from_records(&retry, &job(3), &HashMap::new(), None).expect("machine");
     assert_eq!(machine.item(0).index, 2);
 }
+
+#[test]
+fn an_ended_tasks_status_gives_its_last_counters_then_its_end() {
+    let agent = AgentId::parse("agent", "a1").expect("agent id");
+    let key = pb::TaskKey { session_id: "s-1".into(), item_index: 3, attempt: 2 };
+    let ended = pb::TaskOutcome { state: pb::ItemState::Success as i32, ..Default::default() };
+    let status = pb::TaskStatus {
+        key: Some(key),
+        phase: pb::TaskPhase::Cleanup as i32,
+        bytes_done: 7,
+        bytes_total: 9,
+        bytes_read: 11,
+        bytes_transferred: 5,
+        outcome: Some(ended),
+        ..Default::default()
+    };
+    let (progress, end) = task_events(&agent, status.clone()).expect("names a task");
+    let counters = Event::Progress {
+        index: 3,
+        attempt: 2,
+        phase: pb::TaskPhase::Cleanup.into(),
+        bytes_done: 7,
+        bytes_total: 9,
+        bytes_read: 11,
+        bytes_transferred: 5,
+    };
+    assert_eq!(progress, counters);
+    assert!(matches!(end, Some(Event::Finished { index: 3, attempt: 2, .. })), "{end:?}");
+    let running = pb::TaskStatus { outcome: None, ..status };
+    assert_eq!(task_events(&agent, running), Some((counters, None)));
+    assert_eq!(task_events(&agent, pb::TaskStatus::default()), None);
+}
