@@ -20,9 +20,10 @@ fn attempt_of(status: &pb::TaskStatus) -> Option<Attempt> {
     Some((key.session_id.clone(), key.item_index, key.attempt))
 }
 
-/// Whether a status only reports a phase: no outcome yet.
+/// Whether a status only reports a phase: one is set, no outcome yet. A task's starting
+/// status (no phase yet) is never held: `omit_started` decides on it.
 fn phase_only(status: &pb::TaskStatus) -> bool {
-    status.outcome.is_none()
+    status.outcome.is_none() && status.phase != pb::TaskPhase::Unspecified as i32
 }
 
 /// The statuses held back, in the order their time is up.
@@ -157,6 +158,14 @@ mod tests {
         held.take(vec![phase(0, pb::TaskPhase::Snapshot, 1)], again);
         assert!(held.due(start + DELAY).is_empty(), "the first hold was dropped");
         assert_eq!(held.due(again + DELAY), vec![phase(0, pb::TaskPhase::Snapshot, 1)]);
+    }
+
+    #[test]
+    fn a_starting_status_is_not_held() {
+        let mut held = Held::new(DELAY);
+        let start = phase(0, pb::TaskPhase::Unspecified, 0);
+        assert_eq!(held.take(vec![start.clone()], Instant::now()), vec![start]);
+        assert_eq!(held.next_due(), None);
     }
 
     #[test]
