@@ -257,3 +257,32 @@ fn a_waiting_item_takes_the_late_success_of_its_last_attempt() {
     assert_eq!(m.items[0].state(), ItemState::Success);
     assert_eq!(m.items[0].catalog_entry().map(|rp| rp.id.as_str()), Some("rp-1"));
 }
+
+/// A status with an outcome gives its counters first (`records::task_events`): those of an
+/// earlier attempt, reported late, leave the running retry's phase and counters alone.
+#[test]
+fn a_late_attempts_counters_leave_the_retrys_alone() {
+    let mut m = machine(1, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let counters = |attempt, phase, bytes_done| Event::Progress {
+        index: 0,
+        attempt,
+        phase,
+        bytes_done,
+        bytes_total: 100,
+        bytes_read: bytes_done,
+        bytes_transferred: bytes_done,
+    };
+    m.apply(2001, counters(2, TaskPhase::Transfer, 5));
+    m.apply(2002, counters(1, TaskPhase::Cleanup, 99));
+    m.apply(2002, late(1, outcome(ItemState::Failed)));
+    let status = &m.items[0].status;
+    assert_eq!((status.phase, status.bytes_done, status.bytes_read), (TaskPhase::Transfer, 5, 5));
+    m.apply(2003, counters(2, TaskPhase::Cleanup, 100));
+    m.apply(2003, finished(0, 2, outcome(ItemState::Success)));
+    let status = &m.items[0].status;
+    assert_eq!((m.items[0].state(), status.bytes_done), (ItemState::Success, 100));
+}
