@@ -162,11 +162,7 @@ fn a_late_answer_does_not_move_the_phase_back() {
 
 #[test]
 fn a_late_result_of_an_older_attempt_is_acknowledged_to_the_agent_that_reported_it() {
-    let mut m = machine(1, 3);
-    let mut pool = Pool::default();
-    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
-    m.apply(1, Event::AgentLost { agent: agent("a-old") });
-    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let mut m = retried_on_a_new_agent(1);
     // A failure (a success's restore point is deleted first, see below).
     let late = Event::Finished {
         index: 0,
@@ -180,6 +176,17 @@ fn a_late_result_of_an_older_attempt_is_acknowledged_to_the_agent_that_reported_
         "{effects:?}"
     );
     assert_eq!(m.items[0].status.agent, Some(agent("a-new")), "the current attempt goes on");
+}
+
+/// A machine of `items` items (three attempts each) whose item 0 ran on agent a-old, lost,
+/// and now runs its second attempt on a-new.
+fn retried_on_a_new_agent(items: u32) -> Machine {
+    let mut m = machine(items, 3);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
+    m.apply(1, Event::AgentLost { agent: agent("a-old") });
+    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    m
 }
 
 fn committed(id: &str) -> Outcome {
@@ -196,11 +203,7 @@ fn late(attempt: u32, outcome: Outcome) -> Event {
 /// agent deletes it before it may forget the outcome; the retry goes on.
 #[test]
 fn a_late_restore_point_is_deleted_while_the_retry_runs() {
-    let mut m = machine(1, 3);
-    let mut pool = Pool::default();
-    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
-    m.apply(1, Event::AgentLost { agent: agent("a-old") });
-    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let mut m = retried_on_a_new_agent(1);
     let effects = m.apply(2001, late(1, committed("rp-1")));
     assert!(
         matches!(effects.as_slice(), [Effect::DeleteLate { attempt: 1, .. }]),
@@ -229,11 +232,7 @@ fn a_late_restore_point_of_a_closed_item_is_deleted() {
 /// removed (the agent deletes it) before the agent may forget it.
 #[test]
 fn a_late_restore_point_is_deleted_when_the_item_has_one() {
-    let mut m = machine(2, 3);
-    let mut pool = Pool::default();
-    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
-    m.apply(1, Event::AgentLost { agent: agent("a-old") });
-    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let mut m = retried_on_a_new_agent(2);
     m.apply(2001, finished(0, 2, committed("rp-2")));
     let effects = m.apply(2002, late(1, committed("rp-1")));
     assert!(
@@ -262,11 +261,7 @@ fn a_waiting_item_takes_the_late_success_of_its_last_attempt() {
 /// earlier attempt, reported late, leave the running retry's phase and counters alone.
 #[test]
 fn a_late_attempts_counters_leave_the_retrys_alone() {
-    let mut m = machine(1, 3);
-    let mut pool = Pool::default();
-    m.dispatch(0, &agents(&[("a-old", 1)]), &mut pool);
-    m.apply(1, Event::AgentLost { agent: agent("a-old") });
-    m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
+    let mut m = retried_on_a_new_agent(1);
     let counters = |attempt, phase, bytes_done| Event::Progress {
         index: 0,
         attempt,
