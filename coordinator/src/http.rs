@@ -5,14 +5,16 @@
 //!
 //! `routes()` is the whole surface: each route with the access it needs, enforced by one
 //! middleware (`auth.rs`). `policy.rs` holds what every route shares (headers, body limit,
-//! 405s as JSON), `extract.rs` the path and body extractors whose refusals are JSON too, and
-//! `server.rs` the connections: hyper's HTTP/1.1 with header, body and idle timeouts.
+//! 405s as JSON, `origin.rs`'s refusal of cross-origin changes), `extract.rs` the path and
+//! body extractors whose refusals are JSON too, and `server.rs` the connections: hyper's
+//! HTTP/1.1 with header, body and idle timeouts.
 
 mod api;
 pub(crate) mod auth;
 mod console;
 mod events;
 mod extract;
+mod origin;
 mod policy;
 mod reply;
 mod server;

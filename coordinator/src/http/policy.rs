@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use tonic::Code;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use super::{extract::MAX_BODY_BYTES, reply::ApiError};
+use super::{extract::MAX_BODY_BYTES, origin, reply::ApiError};
 
 /// Only this origin: the console fetches nothing from anywhere else.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
@@ -29,6 +29,16 @@ pub(crate) enum Scheme {
     Https,
 }
 
+impl Scheme {
+    /// As in a URL and a browser's `Origin`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// `app` with the rules every route shares.
 pub(super) fn around(app: Router, scheme: Scheme) -> Router {
     let header =
@@ -40,6 +50,9 @@ pub(super) fn around(app: Router, scheme: Scheme) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(method_not_allowed_as_json))
         .layer(middleware::from_fn(no_store_for_data))
+        .layer(middleware::from_fn(move |request, next| {
+            origin::refuse_cross_origin(scheme, request, next)
+        }))
         .layer(header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header(HeaderName::from_static("referrer-policy"), "no-referrer"));

@@ -1,5 +1,6 @@
 //! What every answer shares, whatever its route: security and cache headers, and refusals in
-//! the JSON error format (405, a path that is not UTF-8, a body over the limit).
+//! the JSON error format (405, a path that is not UTF-8, a body over the limit, a change sent
+//! from another origin).
 
 use std::convert::Infallible;
 
@@ -106,4 +107,50 @@ async fn a_body_over_the_limit_is_a_json_413_naming_the_limit() {
     )
     .await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "{}"), "a body within the limit");
+}
+
+fn from_browser(method: Method, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri("/api/v1/things");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::from("{}")).expect("request")
+}
+
+/// A page of another origin may make an operator's browser post here (a form needs no
+/// script): changes it marks as coming from elsewhere are refused; reads, the server's own
+/// pages and clients that are not browsers go through.
+#[tokio::test]
+async fn a_change_a_browser_sends_from_another_origin_is_a_json_403() {
+    let host = ("host", "127.0.0.1:7480");
+    let cases = [
+        (Scheme::Http, Method::POST, vec![host, ("origin", "http://evil.example")], false),
+        (Scheme::Http, Method::POST, vec![host, ("origin", "http://127.0.0.1:7481")], false),
+        (Scheme::Http, Method::POST, vec![host, ("origin", "null")], false),
+        (Scheme::Https, Method::POST, vec![host, ("origin", "http://127.0.0.1:7480")], false),
+        (Scheme::Http, Method::POST, vec![("origin", "http://127.0.0.1:7480")], false),
+        (Scheme::Http, Method::POST, vec![host, ("sec-fetch-site", "cross-site")], false),
+        (Scheme::Http, Method::POST, vec![host, ("sec-fetch-site", "same-site")], false),
+        (Scheme::Http, Method::PATCH, vec![host, ("origin", "http://evil.example")], false),
+        (Scheme::Http, Method::POST, vec![host, ("origin", "http://127.0.0.1:7480")], true),
+        (Scheme::Https, Method::POST, vec![host, ("origin", "https://127.0.0.1:7480")], true),
+        (Scheme::Http, Method::POST, vec![host, ("sec-fetch-site", "same-origin")], true),
+        (Scheme::Http, Method::POST, vec![host, ("sec-fetch-site", "none")], true),
+        (Scheme::Http, Method::POST, vec![host], true),
+        (Scheme::Http, Method::POST, vec![], true),
+        (Scheme::Http, Method::GET, vec![host, ("origin", "http://evil.example")], true),
+    ];
+    for (scheme, method, headers, allowed) in cases {
+        let what = format!("{scheme:?} {method} {headers:?}");
+        let request = from_browser(method, &headers);
+        let (status, _, body) = send(sample_app(scheme), request).await;
+        if allowed {
+            assert_ne!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+            continue;
+        }
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+        let error = json(&body);
+        assert_eq!(error["code"], "PERMISSION_DENIED", "{what}: {body}");
+        assert!(error["message"].as_str().unwrap_or_default().contains("cross-origin"), "{body}");
+    }
 }
