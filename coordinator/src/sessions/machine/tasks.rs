@@ -225,6 +225,11 @@ impl Machine {
             item.status.state = ItemState::Pending;
             item.status.agent = None;
             item.status.phase = TaskPhase::NotStarted;
+            // The attempt's progress went with it: a waiting item shows none.
+            item.status.bytes_done = 0;
+            item.status.bytes_total = 0;
+            item.status.bytes_read = 0;
+            item.status.bytes_transferred = 0;
             item.cancel_sent = false;
             item.answer = RunAnswer::Answered;
         });

@@ -25,6 +25,22 @@ fn a_lost_agent_counts_as_a_failed_attempt() {
     assert!(m.items[0].status.waiting_reason.contains("agent a1 lost"));
 }
 
+/// A requeued item waits with no progress of its own: the lost attempt's phase and counters
+/// do not show beside its waiting reason.
+#[test]
+fn a_requeued_item_shows_no_progress() {
+    let mut m = machine(1, 2);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, progress(1, TaskPhase::Transfer, 5));
+    m.apply(2, Event::AgentLost { agent: agent("a1") });
+    let status = &m.items[0].status;
+    assert_eq!(m.items[0].state(), ItemState::Pending);
+    assert_eq!(status.phase, TaskPhase::NotStarted);
+    let counters =
+        (status.bytes_done, status.bytes_total, status.bytes_read, status.bytes_transferred);
+    assert_eq!(counters, (0, 0, 0, 0));
+}
+
 #[test]
 fn a_busy_agent_refusal_is_not_an_attempt() {
     let mut m = machine(1, 1);
@@ -110,15 +126,7 @@ fn bytes_alone_are_not_a_lazy_change() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
     m.take_dirty(true, true);
-    let at = |phase, bytes_done| Event::Progress {
-        index: 0,
-        attempt: 1,
-        phase,
-        bytes_done,
-        bytes_total: 10,
-        bytes_read: bytes_done,
-        bytes_transferred: bytes_done,
-    };
+    let at = |phase, bytes_done| progress(1, phase, bytes_done);
     m.apply(1, at(TaskPhase::Transfer, 1));
     assert!(m.has_lazy_changes(), "a new phase");
     m.take_dirty(true, true);
@@ -143,15 +151,7 @@ fn a_computer_item_whose_agent_is_lost_waits_for_its_computer() {
 fn a_late_answer_does_not_move_the_phase_back() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    let at = |phase, bytes_done| Event::Progress {
-        index: 0,
-        attempt: 1,
-        phase,
-        bytes_done,
-        bytes_total: 10,
-        bytes_read: 0,
-        bytes_transferred: 0,
-    };
+    let at = |phase, bytes_done| progress(1, phase, bytes_done);
     m.apply(1, at(TaskPhase::Transfer, 5));
     m.apply(2, at(TaskPhase::NotStarted, 0));
     m.apply(3, at(TaskPhase::Transfer, 3));
@@ -187,6 +187,19 @@ fn retried_on_a_new_agent(items: u32) -> Machine {
     m.apply(1, Event::AgentLost { agent: agent("a-old") });
     m.dispatch(2000, &agents(&[("a-new", 1)]), &mut pool);
     m
+}
+
+/// Item 0's attempt `attempt` at `phase`, `bytes_done` of 100 read and sent.
+fn progress(attempt: u32, phase: TaskPhase, bytes_done: u64) -> Event {
+    Event::Progress {
+        index: 0,
+        attempt,
+        phase,
+        bytes_done,
+        bytes_total: 100,
+        bytes_read: bytes_done,
+        bytes_transferred: bytes_done,
+    }
 }
 
 fn committed(id: &str) -> Outcome {
@@ -262,21 +275,12 @@ fn a_waiting_item_takes_the_late_success_of_its_last_attempt() {
 #[test]
 fn a_late_attempts_counters_leave_the_retrys_alone() {
     let mut m = retried_on_a_new_agent(1);
-    let counters = |attempt, phase, bytes_done| Event::Progress {
-        index: 0,
-        attempt,
-        phase,
-        bytes_done,
-        bytes_total: 100,
-        bytes_read: bytes_done,
-        bytes_transferred: bytes_done,
-    };
-    m.apply(2001, counters(2, TaskPhase::Transfer, 5));
-    m.apply(2002, counters(1, TaskPhase::Cleanup, 99));
+    m.apply(2001, progress(2, TaskPhase::Transfer, 5));
+    m.apply(2002, progress(1, TaskPhase::Cleanup, 99));
     m.apply(2002, late(1, outcome(ItemState::Failed)));
     let status = &m.items[0].status;
     assert_eq!((status.phase, status.bytes_done, status.bytes_read), (TaskPhase::Transfer, 5, 5));
-    m.apply(2003, counters(2, TaskPhase::Cleanup, 100));
+    m.apply(2003, progress(2, TaskPhase::Cleanup, 100));
     m.apply(2003, finished(0, 2, outcome(ItemState::Success)));
     let status = &m.items[0].status;
     assert_eq!((m.items[0].state(), status.bytes_done), (ItemState::Success, 100));
