@@ -97,6 +97,9 @@ impl http::auth::Authenticator for Authenticator {
         Box::pin(async move {
             match self.principal(bearer, None).await {
                 Ok(principal) => Ok(http::auth::Principal::of(principal)),
+                Err(error) if error.code() != tonic::Code::Unauthenticated => {
+                    Err(AuthError::Failed(error.code(), error.to_string()))
+                }
                 Err(_) if bearer.is_none() => Err(AuthError::Missing),
                 Err(error) => Err(AuthError::Rejected(error.to_string())),
             }

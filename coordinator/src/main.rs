@@ -121,7 +121,7 @@ async fn serve_traced(settings: Settings) -> anyhow::Result<()> {
         Some(address) => Some(bind(address).await?),
         None => None,
     };
-    announce(&grpc, http.as_ref())?;
+    announce(&grpc, http.as_ref().map(|http| (http, settings.http_scheme())))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     sluice_coordinator::run(settings, Listeners { grpc, http }, shutdown).await?;
@@ -133,11 +133,11 @@ async fn bind(address: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Prints the bound addresses, which tests and scripts read to find the coordinator.
-fn announce(grpc: &TcpListener, http: Option<&TcpListener>) -> anyhow::Result<()> {
+fn announce(grpc: &TcpListener, http: Option<(&TcpListener, &str)>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", grpc.local_addr()?)?;
-    if let Some(http) = http {
-        writeln!(stdout, "console at http://{}/", http.local_addr()?)?;
+    if let Some((http, scheme)) = http {
+        writeln!(stdout, "console at {scheme}://{}/", http.local_addr()?)?;
     }
     stdout.flush()?;
     Ok(())

@@ -165,6 +165,11 @@ impl Settings {
         builder.enable_all().build()
     }
 
+    /// The scheme of the HTTP server (`--http-listen`): HTTPS unless `--insecure`.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.insecure { "http" } else { "https" }
+    }
+
     /// The URL peers and agents reach this coordinator at.
     pub(crate) fn advertised_address(&self, bound: Option<SocketAddr>) -> String {
         let scheme = if self.insecure { "http" } else { "https" };

@@ -25,8 +25,9 @@ use clients::connect;
 
 /// Line prefix each binary prints on stdout once its listener is bound.
 const LISTENING: &str = "listening on ";
-/// Line prefix a coordinator prints on stdout for its HTTP listener (`--http-listen`).
-const CONSOLE_AT: &str = "console at http://";
+/// Line prefix a coordinator prints on stdout for its HTTP listener (`--http-listen`), before
+/// `https://ADDR/` (`http://` under `--insecure`).
+const CONSOLE_AT: &str = "console at ";
 
 /// What a node is, and what it needs to know to tell that it is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,6 +389,7 @@ impl Node {
 fn parse_address(stdout: &str, prefix: &str) -> Option<SocketAddr> {
     stdout.lines().find_map(|line| {
         let (_, rest) = line.split_once(prefix)?;
+        let rest = rest.trim_start_matches("https://").trim_start_matches("http://");
         rest.split_whitespace().next()?.trim_end_matches(['.', ',', '/']).parse().ok()
     })
 }
@@ -398,7 +400,7 @@ mod tests {
 
     #[test]
     fn finds_the_listening_line() {
-        let text = "=== start ===\nsome log\nlistening on 127.0.0.1:4567\nconsole at http://127.0.0.1:80/\n";
+        let text = "=== start ===\nsome log\nlistening on 127.0.0.1:4567\nconsole at https://127.0.0.1:80/\n";
         assert_eq!(parse_address(text, LISTENING), Some(SocketAddr::from(([127, 0, 0, 1], 4567))));
         assert_eq!(parse_address(text, CONSOLE_AT), Some(SocketAddr::from(([127, 0, 0, 1], 80))));
         assert_eq!(parse_address("listening on soon\n", LISTENING), None);

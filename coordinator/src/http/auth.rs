@@ -17,7 +17,10 @@ use axum::{
 use futures::future::BoxFuture;
 use http::{HeaderValue, header};
 use serde::Serialize;
-use sluice_proto::security::access::{self, Role};
+use sluice_proto::security::{
+    access::{self, Role},
+    layer,
+};
 use tonic::Code;
 
 use super::reply::ApiError;
@@ -105,6 +108,9 @@ pub(crate) enum AuthError {
     InvalidHeader,
     /// Unknown, revoked or expired token; the text says which (never the token).
     Rejected(String),
+    /// The token could not be checked (etcd unreachable): not the caller's fault, so not a
+    /// 401 that would sign the console out; answered with its own code (503).
+    Failed(Code, String),
 }
 
 /// Resolves the bearer token of a request (if any) into a principal.
@@ -150,7 +156,7 @@ pub(crate) async fn authorize(
             let kind = "anonymous".into();
             Principal { name: String::new(), role: String::new(), kind, authenticated: None }
         }
-        Err(error) => return unauthenticated(error),
+        Err(error) => return refusal(error),
     };
     if let Some(needed) =
         guard.access.role().filter(|_| !role_allows(&principal.role, guard.access))
@@ -167,7 +173,7 @@ const BEARER: &str = "Bearer";
 /// The challenge of a 401 for a token sent and refused.
 const BEARER_INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
 
-fn unauthenticated(error: AuthError) -> Response {
+fn refusal(error: AuthError) -> Response {
     let (message, challenge) = match error {
         AuthError::Missing => {
             ("an API token is required: Authorization: Bearer TOKEN".to_string(), BEARER)
@@ -179,6 +185,7 @@ fn unauthenticated(error: AuthError) -> Response {
             BEARER_INVALID_TOKEN,
         ),
         AuthError::Rejected(reason) => (reason, BEARER_INVALID_TOKEN),
+        AuthError::Failed(code, message) => return ApiError::new(code, message).into_response(),
     };
     let mut response = ApiError::new(Code::Unauthenticated, message).into_response();
     let challenge = HeaderValue::from_static(challenge);
@@ -192,13 +199,8 @@ fn bearer_token(request: &Request) -> Result<Option<&str>, AuthError> {
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let (scheme, token) =
-        value.to_str().ok().and_then(|v| v.split_once(' ')).ok_or(AuthError::InvalidHeader)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(AuthError::InvalidHeader);
-    }
-    Ok(Some(token))
+    let token = value.to_str().ok().and_then(layer::bearer_token);
+    token.map(Some).ok_or(AuthError::InvalidHeader)
 }
 
 #[cfg(test)]

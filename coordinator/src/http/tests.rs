@@ -73,7 +73,8 @@ fn every_api_route_needs_a_principal_and_the_binding_ones_exist() {
     }
 }
 
-/// Tokens `viewer` and `operator` carry those roles; any other is refused.
+/// Tokens `viewer` and `operator` carry those roles; `etcd-down` finds the token store
+/// unreachable; any other is refused.
 struct Tokens;
 
 impl Authenticator for Tokens {
@@ -90,6 +91,9 @@ impl Authenticator for Tokens {
                     kind: "token".into(),
                     authenticated: None,
                 }),
+                Some("etcd-down") => {
+                    Err(AuthError::Failed(tonic::Code::Unavailable, "etcd request failed".into()))
+                }
                 Some(_) => Err(AuthError::Rejected("unknown token".into())),
             }
         })
@@ -171,4 +175,15 @@ async fn refusals_say_how_to_authenticate_and_what_was_wrong() {
         let (status, _, _) = call_with("/public", Some(header.clone())).await;
         assert_eq!(status, StatusCode::OK, "{header:?}: a public route takes anyone");
     }
+}
+
+/// A token that cannot be checked (etcd unreachable) is not refused: 503, no challenge, so
+/// the console keeps its token and tries again.
+#[tokio::test]
+async fn a_token_that_cannot_be_checked_is_a_503_not_a_401() {
+    let token = HeaderValue::from_static("Bearer etcd-down");
+    let (status, headers, body) = call_with("/view", Some(token)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(!headers.contains_key(header::WWW_AUTHENTICATE), "{headers:?}");
+    assert_eq!(body, r#"{"code":"UNAVAILABLE","message":"etcd request failed"}"#);
 }

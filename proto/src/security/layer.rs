@@ -49,12 +49,20 @@ pub fn principal_of<T>(request: &tonic::Request<T>) -> Option<&Principal> {
 /// there but not `Bearer TOKEN`.
 pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, Status>> {
     let value = headers.get(http::header::AUTHORIZATION)?;
-    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let token = value.to_str().ok().and_then(bearer_token);
     Some(
         token.filter(|t| !t.is_empty()).ok_or_else(|| {
             Status::unauthenticated("the authorization header must be 'Bearer TOKEN'")
         }),
     )
+}
+
+/// The token of an `Authorization` value `Bearer TOKEN` (the scheme in any case, as HTTP
+/// has it), or `None` when the value is not that.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The layer; see the module docs.
@@ -240,6 +248,16 @@ mod tests {
         identity::Kind,
         pki::{self, LeafSpec},
     };
+
+    #[test]
+    fn a_bearer_token_is_read_with_the_scheme_in_any_case() {
+        for value in ["Bearer slu_a_b", "bearer slu_a_b", "BEARER  slu_a_b "] {
+            assert_eq!(bearer_token(value), Some("slu_a_b"), "{value}");
+        }
+        for value in ["Bearer", "Bearer ", "Basic dXNlcg==", "Bearerslu_a_b", ""] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
+    }
 
     fn leaf(ca: &pki::Ca, kind: Kind, id: &str) -> CertificateDer<'static> {
         let issued = pki::issue(ca, &LeafSpec::new(kind, id)).expect("issue");
