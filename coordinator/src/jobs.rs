@@ -2,6 +2,7 @@
 //! written in the same transaction (`links.rs`).
 
 mod links;
+mod listing;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use sluice_proto::{job::validate_job, job::validate_name, pb};
@@ -66,11 +67,9 @@ impl Jobs {
         stored.map(|v| v.value).ok_or_else(|| not_found(name))
     }
 
-    /// Every job, sorted by name.
-    pub(crate) async fn list(&self) -> Result<Vec<pb::Job>> {
-        let keys = self.store.keys();
-        let jobs = self.store.list::<pb::Job>(&keys.jobs()).await?;
-        Ok(jobs.into_iter().map(|(_, job)| job).collect())
+    /// The jobs `request` asks for, sorted by name: all of them, or a page.
+    pub(crate) async fn list(&self, request: &pb::ListJobsRequest) -> Result<pb::ListJobsResponse> {
+        listing::page(&self.store, request).await
     }
 
     /// Replaces an existing job's definition.

@@ -334,6 +334,15 @@ fn is_too_large(error: &etcd_client::Error) -> bool {
     }
 }
 
+/// The end of the key range of a prefix.
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 /// Decodes a raw value read from `key`, plain or deflated (`deflated.rs`).
 pub(crate) fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
     let plain = deflated::plain(key, bytes)?;

@@ -54,8 +54,21 @@ async fn update(ctx: &Ctx, path: &Path) -> Result<Exit, Failure> {
 
 async fn list(ctx: &Ctx) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
-    let jobs = clients.jobs.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
-    let table = || views::job_list(&jobs, SystemTime::now());
+    // The table shows item counts; JSON gives whole jobs.
+    let omit_items = matches!(ctx.format, output::Format::Table);
+    let (mut jobs, mut summaries) = (Vec::new(), Vec::new());
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListJobsRequest { omit_items, page_size: 0, page_token };
+        let page = clients.jobs.list_jobs(request).await?.into_inner();
+        jobs.extend(page.jobs);
+        summaries.extend(page.summaries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let table = || views::job_list(&jobs, &summaries, SystemTime::now());
     output::print(ctx.format, table, || json::jobs(&jobs))?;
     Ok(Exit::Success)
 }

@@ -62,8 +62,11 @@ impl JobService for JobApi {
         Ok(Response::new(self.jobs.get(&request.into_inner().name).await?))
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Reply<pb::ListJobsResponse> {
-        Ok(Response::new(pb::ListJobsResponse { jobs: self.jobs.list().await? }))
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Reply<pb::ListJobsResponse> {
+        Ok(Response::new(self.jobs.list(request.get_ref()).await?))
     }
 
     async fn update_job(&self, request: Request<pb::UpdateJobRequest>) -> Reply<pb::Job> {

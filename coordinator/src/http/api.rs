@@ -47,8 +47,27 @@ pub(crate) async fn whoami(Extension(caller): By) -> Json<Principal> {
     Json(caller.principal)
 }
 
-pub(crate) async fn list_jobs(State(s): Api, Extension(c): By) -> Reply<pb::ListJobsResponse> {
-    Ok(Pb(s.jobs.list_jobs(grpc(&c, pb::ListJobsRequest {})).await?.into_inner()))
+/// The query of `GET /api/v1/jobs`: `ListJobsRequest`'s fields, in either spelling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct JobsQuery {
+    #[serde(alias = "omit_items")]
+    omit_items: bool,
+    #[serde(alias = "page_size")]
+    page_size: u32,
+    #[serde(alias = "page_token")]
+    page_token: String,
+}
+
+pub(crate) async fn list_jobs(
+    State(s): Api,
+    Extension(c): By,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> Reply<pb::ListJobsResponse> {
+    let Query(query) = query.map_err(|e| ApiError::new(Code::InvalidArgument, e.body_text()))?;
+    let JobsQuery { omit_items, page_size, page_token } = query;
+    let request = pb::ListJobsRequest { omit_items, page_size, page_token };
+    Ok(Pb(s.jobs.list_jobs(grpc(&c, request)).await?.into_inner()))
 }
 
 pub(crate) async fn create_job(

@@ -74,20 +74,11 @@ pub(super) async fn sessions_after(
         format!("{}\0", keys.session_summary(job, last))
     };
     let options = GetOptions::new()
-        .with_range(prefix_end(&prefix))
+        .with_range(crate::store::prefix_end(&prefix))
         .with_sort(SortTarget::Key, SortOrder::Ascend)
         .with_limit(AFTER_JOB_SCAN);
     let response = store.kv().get(from, Some(options)).await?;
     response.kvs().iter().map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value())).collect()
-}
-
-/// The end of the key range of a prefix.
-pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
 }
 
 /// What became of a job's recent due times, newest first.

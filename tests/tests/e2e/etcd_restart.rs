@@ -82,7 +82,7 @@ async fn coordinator_survives_an_etcd_restart() {
             async move {
                 let request = pb::CreateJobRequest { job: Some(vm_job("during-outage", 1)) };
                 let created = jobs.create_job(request).await;
-                let listed = jobs.list_jobs(pb::ListJobsRequest {}).await;
+                let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await;
                 match (created, listed) {
                     (Err(c), Err(l))
                         if c.code() == Code::Unavailable && l.code() == Code::Unavailable =>
@@ -107,7 +107,7 @@ async fn coordinator_survives_an_etcd_restart() {
     let listed = wait_for(
         || {
             let mut jobs = jobs.clone();
-            async move { within(jobs.list_jobs(pb::ListJobsRequest {})).await }
+            async move { within(jobs.list_jobs(pb::ListJobsRequest::default())).await }
         },
         PATIENCE,
         "ListJobs to work again after etcd restarted",

@@ -81,6 +81,11 @@ async fn every_route_answers_the_json_mapping_and_errors_as_json() {
     expect_error(&invalid, 400, "INVALID_ARGUMENT", "a job that breaks the rules");
     let listed = expect(&http.get("/api/v1/jobs").await, 200, "list jobs");
     assert_eq!(listed["jobs"][0]["name"], "web");
+    let bare = expect(&http.get("/api/v1/jobs?omitItems=true&pageSize=1").await, 200, "a page");
+    assert_eq!(bare["jobs"][0]["items"], serde_json::json!([]), "{bare}");
+    assert_eq!(bare["summaries"][0]["itemCount"], 3, "{bare}");
+    let odd = http.get("/api/v1/jobs?pageSize=many").await;
+    expect_error(&odd, 400, "INVALID_ARGUMENT", "a page size that is not a number");
     assert_eq!(
         expect(&http.get("/api/v1/jobs/web").await, 200, "get job")["items"][1]["name"],
         "vm-1"

@@ -39,7 +39,7 @@ async fn jobs_are_created_read_listed_updated_and_deleted() {
             &format!("CreateJob {name}"),
         );
     }
-    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest {}).await, "ListJobs");
+    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest::default()).await, "ListJobs");
     assert_eq!(names(&listed), ["alpha", "bravo", "charlie"], "ListJobs is sorted by name");
 
     let mut changed = alpha.clone();
@@ -66,7 +66,8 @@ async fn jobs_are_created_read_listed_updated_and_deleted() {
         Code::NotFound,
         "GetJob of the deleted job",
     );
-    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest {}).await, "ListJobs after delete");
+    let listed =
+        expect_ok(jobs.list_jobs(pb::ListJobsRequest::default()).await, "ListJobs after delete");
     assert_eq!(names(&listed), ["alpha", "charlie"]);
 }
 
@@ -103,6 +104,45 @@ async fn duplicate_and_unknown_jobs_are_refused() {
         Code::NotFound,
         "DeleteJob of an unknown job",
     );
-    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest {}).await, "ListJobs");
+    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest::default()).await, "ListJobs");
     assert_eq!(names(&listed), ["only"], "refused calls create nothing");
+}
+
+/// A list of many large jobs comes in pages (a dozen jobs of 100,000 items would pass any
+/// gRPC answer's limit), without items when asked, each job with its summary.
+#[tokio::test]
+async fn jobs_are_listed_in_pages_with_their_summaries() {
+    let mut cluster = Cluster::builder().start().await;
+    let mut jobs = cluster.job_client().await;
+    let mut scheduled = vm_job("b", 1);
+    scheduled.schedule = Some(pb::Schedule { cron: "0 0 3 * * *".into(), ..Default::default() });
+    for job in [vm_job("a", 2), scheduled, vm_job("c", 3)] {
+        expect_ok(jobs.create_job(pb::CreateJobRequest { job: Some(job) }).await, "CreateJob");
+    }
+    let list = |page_size, page_token: &str, omit_items| pb::ListJobsRequest {
+        omit_items,
+        page_size,
+        page_token: page_token.to_string(),
+    };
+    let first = expect_ok(jobs.list_jobs(list(2, "", false)).await, "the first page");
+    assert_eq!((names(&first), first.next_page_token.as_str()), (vec!["a", "b"], "b"));
+    let counts: Vec<u32> = first.summaries.iter().map(|s| s.item_count).collect();
+    assert_eq!(counts, [2, 1]);
+    assert!(first.summaries[0].next_run_at.is_none(), "a has no schedule");
+    let next = first.summaries[1].next_run_at.as_ref().map_or(0, |at| at.seconds);
+    let now = sluice_proto::time::to_timestamp(std::time::SystemTime::now()).seconds;
+    assert!(next > now && next <= now + 86_400, "b runs at the next 03:00 UTC: {next}");
+    let rest = expect_ok(jobs.list_jobs(list(2, "b", false)).await, "the page after b");
+    assert_eq!((names(&rest), rest.next_page_token.as_str()), (vec!["c"], ""));
+    assert_eq!(rest.jobs[0].items.len(), 3);
+
+    let bare = expect_ok(jobs.list_jobs(list(0, "", true)).await, "every job, no items");
+    assert_eq!((names(&bare), bare.next_page_token.as_str()), (vec!["a", "b", "c"], ""));
+    assert!(bare.jobs.iter().all(|job| job.items.is_empty()), "{:?}", bare.jobs);
+    let counts: Vec<u32> = bare.summaries.iter().map(|s| s.item_count).collect();
+    assert_eq!(counts, [2, 1, 3]);
+
+    let status =
+        expect_code(jobs.list_jobs(list(0, "no such/name", false)).await, Code::InvalidArgument, "");
+    assert!(status.message().contains("page_token"), "names the field: {}", status.message());
 }

@@ -73,7 +73,7 @@ async fn create_token(
 /// ListJobs with `token` over `channel`: `Ok` or the status.
 async fn list_jobs(channel: &Channel, token: &str) -> Result<(), Status> {
     let mut jobs = JobServiceClient::new(channel.clone());
-    jobs.list_jobs(bearer(pb::ListJobsRequest {}, token)).await.map(drop)
+    jobs.list_jobs(bearer(pb::ListJobsRequest::default(), token)).await.map(drop)
 }
 
 #[tokio::test]
@@ -82,7 +82,7 @@ async fn calls_without_good_credentials_are_unauthenticated_and_echo_nothing() {
     let channel = no_certificate(&cluster).await;
     let mut jobs = JobServiceClient::new(channel.clone());
     let none = expect_code(
-        jobs.list_jobs(pb::ListJobsRequest {}).await,
+        jobs.list_jobs(pb::ListJobsRequest::default()).await,
         Code::Unauthenticated,
         "no credentials",
     );
@@ -201,7 +201,7 @@ impl Call {
         let missing = || "no-such".to_string();
         let result = match self {
             Call::ListJobs => {
-                jobs.list_jobs(maybe_bearer(token, pb::ListJobsRequest {})).await.map(drop)
+                jobs.list_jobs(maybe_bearer(token, pb::ListJobsRequest::default())).await.map(drop)
             }
             Call::GetSession => jobs
                 .get_session(maybe_bearer(token, pb::GetSessionRequest { session_id: missing() }))

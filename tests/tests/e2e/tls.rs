@@ -82,7 +82,7 @@ async fn certificates_of_another_ca_or_kind_are_refused_at_the_connection() {
     let refused = match channel {
         Ok(channel) => {
             let mut jobs = pb::job_service_client::JobServiceClient::new(channel);
-            jobs.list_jobs(pb::ListJobsRequest {})
+            jobs.list_jobs(pb::ListJobsRequest::default())
                 .await
                 .map(drop)
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
@@ -319,7 +319,10 @@ async fn secure_and_insecure_processes_refuse_each_other_with_a_clear_message() 
         std::fs::read_to_string(insecure.coordinator(0).stderr_log()).expect("coordinator log");
     assert!(log.contains("running with --insecure"), "the insecure coordinator warns: {log}");
     let mut jobs = insecure.job_client().await;
-    expect_ok(jobs.list_jobs(pb::ListJobsRequest {}).await, "an insecure cluster serves plaintext");
+    expect_ok(
+        jobs.list_jobs(pb::ListJobsRequest::default()).await,
+        "an insecure cluster serves plaintext",
+    );
 }
 
 #[tokio::test]
@@ -364,7 +367,7 @@ async fn a_new_ca_is_taken_without_a_restart() {
         let channel = cluster.coordinators()[0].channel_with(Some(tls)).await;
         let channel = channel.map_err(|e| format!("connect: {e:#}"))?;
         let mut jobs = pb::job_service_client::JobServiceClient::new(channel);
-        jobs.list_jobs(pb::ListJobsRequest {}).await.map(drop).map_err(|s| format!("{s:?}"))
+        jobs.list_jobs(pb::ListJobsRequest::default()).await.map(drop).map_err(|s| format!("{s:?}"))
     };
     assert_refused_at_handshake(as_next_admin().await, "a client of a CA not trusted yet");
 

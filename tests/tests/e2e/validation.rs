@@ -90,7 +90,7 @@ async fn bad_definitions_are_refused_naming_the_field() {
     );
     assert!(status.message().contains("job"), "names the missing job: {}", status.message());
 
-    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest {}).await, "ListJobs");
+    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest::default()).await, "ListJobs");
     assert_eq!(listed.jobs, [valid], "refused definitions store nothing and change nothing");
 }
 
@@ -105,7 +105,7 @@ async fn job_with_the_most_items_is_stored_and_read_back() {
     );
     let got = expect_ok(jobs.get_job(pb::GetJobRequest { name: "largest".into() }).await, "GetJob");
     assert_eq!(got.items.len(), MAX_ITEMS);
-    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest {}).await, "ListJobs");
+    let listed = expect_ok(jobs.list_jobs(pb::ListJobsRequest::default()).await, "ListJobs");
     assert_eq!(listed.jobs.len(), 1, "ListJobs lists the largest job");
 }
 

@@ -8,17 +8,20 @@ use super::schedule;
 use super::table::{Table, fields};
 use super::text::{self, or_dash, when};
 
-/// `job list`: NAME TYPE ITEMS REPOSITORY NEXT-RUN.
-pub fn job_list(jobs: &[pb::Job], now: SystemTime) -> String {
+/// `job list`: NAME TYPE ITEMS REPOSITORY NEXT-RUN. The items are counted by the jobs'
+/// summaries (in the order of `jobs`) where the list left them out.
+pub fn job_list(jobs: &[pb::Job], summaries: &[pb::JobSummary], now: SystemTime) -> String {
     if jobs.is_empty() {
         return "no jobs".to_string();
     }
     let mut table = Table::new(&["NAME", "TYPE", "ITEMS", "REPOSITORY", "NEXT-RUN"]);
-    for job in jobs {
+    for (i, job) in jobs.iter().enumerate() {
+        let counted = summaries.get(i).filter(|summary| summary.name == job.name);
+        let items = counted.map_or(job.items.len(), |summary| summary.item_count as usize);
         table.row(vec![
             job.name.clone(),
             text::job_type(job.r#type),
-            job.items.len().to_string(),
+            items.to_string(),
             job.repository.clone(),
             schedule::next_run(job, now),
         ]);

@@ -14,16 +14,30 @@ function viewHome() {
           .map((title) => h('th', { scope: 'col' }, title)))),
       body));
   return poll(async () => {
-    const [jobs, sessions] = await Promise.all([api('GET', '/jobs'), api('GET', '/sessions')]);
+    const [jobs, sessions] = await Promise.all([jobSummaries(), api('GET', '/sessions')]);
     const byJob = new Map();
     for (const session of sessions.sessions || []) {
       if (!byJob.has(session.job)) byJob.set(session.job, []);
       byJob.get(session.job).push(session);
     }
-    const rows = (jobs.jobs || []).map((job) => jobRow(job, byJob.get(job.name) || []));
+    const rows = jobs.map((job) => jobRow(job, byJob.get(job.name) || []));
     fill(body, ...(rows.length ? rows
       : [h('tr', {}, h('td', { colspan: 8, class: 'muted' }, 'No jobs yet: create one with `sluice job create -f FILE`.'))]));
   });
+}
+
+// Every job without its items, page after page, each with its summary's item count and
+// next run: a Home view of large jobs stays small.
+async function jobSummaries() {
+  const jobs = [];
+  let token = '';
+  do {
+    const page = await api('GET', `/jobs?omitItems=true&pageToken=${encodeURIComponent(token)}`);
+    const summaries = page.summaries || [];
+    (page.jobs || []).forEach((job, i) => jobs.push({ ...job, summary: summaries[i] || {} }));
+    token = page.nextPageToken || '';
+  } while (token);
+  return jobs;
 }
 
 function jobRow(job, sessions) {
@@ -46,12 +60,12 @@ function jobRow(job, sessions) {
   return h('tr', { 'data-job': job.name },
     h('th', { scope: 'row' }, h('a', { href: `#/history?job=${encodeURIComponent(job.name)}` }, job.name)),
     h('td', {}, short(job.type, 'JOB_TYPE_')),
-    h('td', { class: 'num' }, (job.items || []).length),
+    h('td', { class: 'num' }, job.summary.itemCount ?? (job.items || []).length),
     h('td', {}, scheduleText),
     h('td', {}, active ? badge(short(active.state, 'SESSION_STATE_'))
       : last ? badge(short(last.result, 'SESSION_RESULT_')) : badge('')),
     h('td', {}, latest ? when(latest.createdAt) : '—'),
-    h('td', {}, job.nextRunAt ? when(job.nextRunAt) : '—'),
+    h('td', {}, job.summary.nextRunAt ? when(job.summary.nextRunAt) : '—'),
     h('td', {}, actions));
 }
 
@@ -151,8 +165,8 @@ function viewRestorePoints(query) {
         .map((title) => h('th', { scope: 'col' }, title)))),
       body));
   act(async () => {
-    const jobs = await api('GET', '/jobs');
-    select.append(...(jobs.jobs || []).map((j) => h('option', { value: j.name, selected: j.name === job }, j.name)));
+    const jobs = await jobSummaries();
+    select.append(...jobs.map((j) => h('option', { value: j.name, selected: j.name === job }, j.name)));
     if (!job) return;
     const list = await api('GET', `/jobs/${encodeURIComponent(job)}/restore-points`);
     fill(body, ...(list.restorePoints || []).map((rp) => restorePointRow(job, rp)));

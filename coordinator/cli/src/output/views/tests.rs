@@ -67,9 +67,14 @@ fn job_views_list_items_and_targets() {
     )
     .expect("valid job file");
     assert_eq!(
-        job_list(std::slice::from_ref(&job), fixtures::now()),
+        job_list(std::slice::from_ref(&job), &[], fixtures::now()),
         "NAME     TYPE       ITEMS  REPOSITORY  NEXT-RUN\nnightly  VM_BACKUP  1      /repo       -\n"
     );
+    let mut listed = job.clone();
+    listed.items.clear();
+    let summary = pb::JobSummary { name: "nightly".into(), item_count: 7, next_run_at: None };
+    let text = job_list(&[listed], &[summary], fixtures::now());
+    assert!(text.contains("nightly  VM_BACKUP  7 "), "the summary counts omitted items: {text}");
     let detail = job_detail(&job);
     assert!(detail.contains("vm-01  vm: /d/a.qcow2, /d/b.qcow2"), "{detail}");
     assert!(detail.contains("RETRY:             1 attempts, 0 s apart"), "{detail}");

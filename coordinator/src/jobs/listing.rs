@@ -1,0 +1,171 @@
+//! ListJobs in pages, each job with its summary (item count, next cron run: what the
+//! console's Home view shows without holding the items). A page ends at the count asked for
+//! or before its jobs pass [`PAGE_BYTES`]: a dozen jobs of 100,000 items are over 90 MB, more
+//! than any gRPC answer may be. The page token is the name of the page's last job (jobs are
+//! sorted by name).
+
+use std::time::SystemTime;
+
+use etcd_client::GetOptions;
+use prost::Message;
+use sluice_proto::{job::validate_name, pb, schedule, time};
+
+use crate::{
+    error::Result,
+    store::{Store, decode, prefix_end},
+};
+
+/// Encoded jobs per answer at most (a single larger job still goes alone): half the 64 MiB
+/// a gRPC answer may be, so the rest of the message and the JSON mapping have room.
+pub(super) const PAGE_BYTES: usize = 32 << 20;
+/// Jobs per etcd read while a page fills (a job of 100,000 items is several MB).
+const READ_CHUNK: i64 = 8;
+
+/// The page of jobs `request` asks for, with their output-only fields.
+pub(super) async fn page(
+    store: &Store,
+    request: &pb::ListJobsRequest,
+) -> Result<pb::ListJobsResponse> {
+    let prefix = store.keys().jobs();
+    let mut from = match request.page_token.as_str() {
+        "" => prefix.clone().into_bytes(),
+        after => {
+            validate_name("page_token", after)?;
+            after_key(&format!("{prefix}{after}"))
+        }
+    };
+    let wanted = match request.page_size {
+        0 => usize::MAX,
+        size => size as usize,
+    };
+    let now = SystemTime::now();
+    let mut page = Page::default();
+    loop {
+        let options = GetOptions::new().with_range(prefix_end(&prefix)).with_limit(READ_CHUNK);
+        let response = store.kv().get(from.clone(), Some(options)).await?;
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let mut job: pb::Job = decode(&key, kv.value())?;
+            let summary = summary(&job, now);
+            if request.omit_items {
+                job.items = Vec::new();
+            }
+            if !page.take(job, summary, wanted) {
+                return Ok(page.answer(true));
+            }
+            from = after_key(&key);
+        }
+        if !response.more() {
+            return Ok(page.answer(false));
+        }
+    }
+}
+
+/// What a list shows of `job` beside its definition, as of `now`.
+fn summary(job: &pb::Job, now: SystemTime) -> pb::JobSummary {
+    let now = time::to_utc(&time::to_timestamp(now));
+    let next = job.schedule.as_ref().and_then(|schedule| schedule::next_run(schedule, now));
+    pb::JobSummary {
+        name: job.name.clone(),
+        item_count: u32::try_from(job.items.len()).unwrap_or(u32::MAX),
+        next_run_at: next.map(time::from_utc),
+    }
+}
+
+/// The first key after `key`.
+fn after_key(key: &str) -> Vec<u8> {
+    let mut next = key.as_bytes().to_vec();
+    next.push(0);
+    next
+}
+
+/// The jobs of one answer so far.
+#[derive(Default)]
+struct Page {
+    jobs: Vec<pb::Job>,
+    summaries: Vec<pb::JobSummary>,
+    bytes: usize,
+}
+
+impl Page {
+    /// Adds `job` unless the page is full (`wanted` jobs, or [`PAGE_BYTES`] with it); `false`
+    /// when full, and the job is left for the next page.
+    fn take(&mut self, job: pb::Job, summary: pb::JobSummary, wanted: usize) -> bool {
+        let size = job.encoded_len() + summary.encoded_len();
+        let full = self.jobs.len() >= wanted
+            || (!self.jobs.is_empty() && self.bytes.saturating_add(size) > PAGE_BYTES);
+        if !full {
+            self.bytes += size;
+            self.jobs.push(job);
+            self.summaries.push(summary);
+        }
+        !full
+    }
+
+    /// The answer; `more` when jobs are left after these.
+    fn answer(self, more: bool) -> pb::ListJobsResponse {
+        let last = self.jobs.last().map(|job| job.name.clone());
+        let next_page_token = if more { last.unwrap_or_default() } else { String::new() };
+        pb::ListJobsResponse { jobs: self.jobs, next_page_token, summaries: self.summaries }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, items: usize) -> pb::Job {
+        let items = (0..items).map(|i| pb::JobItem { name: format!("i{i}"), ..Default::default() });
+        pb::Job { name: name.into(), items: items.collect(), ..Default::default() }
+    }
+
+    fn take(page: &mut Page, job: pb::Job, wanted: usize) -> bool {
+        let summary = summary(&job, SystemTime::UNIX_EPOCH);
+        page.take(job, summary, wanted)
+    }
+
+    #[test]
+    fn a_page_ends_at_the_count_asked_for() {
+        let mut page = Page::default();
+        assert!(take(&mut page, job("a", 1), 2) && take(&mut page, job("b", 1), 2));
+        assert!(!take(&mut page, job("c", 1), 2), "a third job of a page of two");
+        let answer = page.answer(true);
+        assert_eq!((answer.jobs.len(), answer.summaries.len()), (2, 2));
+        assert_eq!(answer.next_page_token, "b");
+    }
+
+    #[test]
+    fn a_page_ends_before_its_bytes_pass_the_limit_but_takes_one_job_whatever_its_size() {
+        let mut page = Page::default();
+        let mut one = job("a", 0);
+        one.repository = "r".repeat(PAGE_BYTES);
+        assert!(take(&mut page, one, usize::MAX), "a lone job goes, even over the limit");
+        assert!(!take(&mut page, job("b", 0), usize::MAX), "nothing more fits");
+        let mut page = Page::default();
+        assert!(
+            take(&mut page, job("a", 0), usize::MAX) && take(&mut page, job("b", 0), usize::MAX)
+        );
+    }
+
+    #[test]
+    fn the_last_page_has_no_token() {
+        let mut page = Page::default();
+        take(&mut page, job("a", 1), usize::MAX);
+        assert_eq!(page.answer(false).next_page_token, "");
+        assert_eq!(Page::default().answer(true).next_page_token, "", "nothing to go on from");
+    }
+
+    #[test]
+    fn a_summary_counts_the_items_and_gives_the_next_cron_time() {
+        let mut scheduled = job("a", 3);
+        let cron = "0 0 3 * * *".to_string();
+        scheduled.schedule = Some(pb::Schedule { cron, ..Default::default() });
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+        let summary = summary(&scheduled, now);
+        assert_eq!((summary.name.as_str(), summary.item_count), ("a", 3));
+        let next = summary.next_run_at.as_ref().map(|at| at.seconds);
+        assert_eq!(next, Some(86_400 + 3 * 3_600), "03:00 UTC of that day");
+        let unscheduled = super::summary(&job("b", 0), now);
+        assert_eq!((unscheduled.item_count, unscheduled.next_run_at), (0, None));
+    }
+}
