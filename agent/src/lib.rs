@@ -109,6 +109,7 @@ pub async fn run(
         tracker.spawn(tls.clone().watch(RELOAD_EVERY, server_stop.clone()));
     }
     let api = AgentApi::new(tasks.clone(), drainer.clone(), roots, server_stop.clone());
+    announce(&listener)?;
     let mut server = tokio::spawn(server::serve(api, listener, tls, server_stop.clone()));
     let (beats, beats_stop) = spawn_heartbeats(heartbeater, &tasks);
     info!(id = settings.id, %address, "agent started");
@@ -129,6 +130,17 @@ pub async fn run(
     };
     info!(id = settings.id, "agent stopped");
     served.map_err(|e| AgentError::Internal(format!("server task failed: {e}")))?
+}
+
+/// Prints the bound address, which scripts and tests wait for: only once the settings, the
+/// certificates and the state directory are known good, so a line means a running agent.
+fn announce(listener: &TcpListener) -> Result<(), AgentError> {
+    use std::io::Write;
+    let bound = listener.local_addr().map_err(|e| AgentError::Internal(e.to_string()))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {bound}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| AgentError::Internal(format!("stdout: {e}")))
 }
 
 fn tasks_config(

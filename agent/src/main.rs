@@ -1,7 +1,6 @@
 //! `sluice-agent`: parses flags, loads the configuration and runs the agent.
 //! SIGTERM or Ctrl-C begins a drain; a second signal stops at once.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -113,11 +112,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen.clone().context("--listen is required")?;
     let listener =
         TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let bound = listener.local_addr().context("listener has no address")?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {bound}")?;
-    stdout.flush()?;
-    drop(stdout);
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
     tokio::spawn(watch_signals(drain.clone(), shutdown.clone()));

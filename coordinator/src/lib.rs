@@ -68,6 +68,23 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
 }
 
+impl Listeners {
+    /// Prints the bound addresses, which tests and scripts wait for: only once the settings
+    /// and certificates are known good, so the lines mean a starting coordinator. A closed
+    /// stdout does not stop it.
+    fn announce(&self, http_scheme: &str) {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        if let Ok(grpc) = self.grpc.local_addr() {
+            let _ = writeln!(stdout, "listening on {grpc}");
+        }
+        if let Some(Ok(http)) = self.http.as_ref().map(TcpListener::local_addr) {
+            let _ = writeln!(stdout, "console at {http_scheme}://{http}/");
+        }
+        let _ = stdout.flush();
+    }
+}
+
 /// Runs a coordinator on `listeners` until `shutdown` is cancelled; then it stops
 /// dispatching, hands its sessions over (revokes its lease) and returns.
 pub async fn run(
@@ -79,6 +96,7 @@ pub async fn run(
     let address = settings.advertised_address(listeners.grpc.local_addr().ok());
     let metrics = Metrics::default();
     let etcd_tls = settings.etcd_tls()?;
+    listeners.announce(settings.http_scheme());
     let timeout = settings.etcd_timeout();
     let store =
         Store::connect(&settings.etcd, &settings.prefix, timeout, &metrics, etcd_tls.as_ref())

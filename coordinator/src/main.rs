@@ -1,6 +1,6 @@
 //! `sluice-coordinator`: parses flags, loads config, starts telemetry and runs the coordinator.
 
-use std::{io::Write, num::NonZeroUsize, path::PathBuf};
+use std::{num::NonZeroUsize, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
@@ -121,7 +121,6 @@ async fn serve_traced(settings: Settings) -> anyhow::Result<()> {
         Some(address) => Some(bind(address).await?),
         None => None,
     };
-    announce(&grpc, http.as_ref().map(|http| (http, settings.http_scheme())))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     sluice_coordinator::run(settings, Listeners { grpc, http }, shutdown).await?;
@@ -130,17 +129,6 @@ async fn serve_traced(settings: Settings) -> anyhow::Result<()> {
 
 async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
-}
-
-/// Prints the bound addresses, which tests and scripts read to find the coordinator.
-fn announce(grpc: &TcpListener, http: Option<(&TcpListener, &str)>) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", grpc.local_addr()?)?;
-    if let Some((http, scheme)) = http {
-        writeln!(stdout, "console at {scheme}://{}/", http.local_addr()?)?;
-    }
-    stdout.flush()?;
-    Ok(())
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -166,7 +166,7 @@ impl Settings {
     }
 
     /// The scheme of the HTTP server (`--http-listen`): HTTPS unless `--insecure`.
-    pub fn http_scheme(&self) -> &'static str {
+    pub(crate) fn http_scheme(&self) -> &'static str {
         if self.insecure { "http" } else { "https" }
     }
 

@@ -142,7 +142,10 @@ async fn jobs_are_listed_in_pages_with_their_summaries() {
     let counts: Vec<u32> = bare.summaries.iter().map(|s| s.item_count).collect();
     assert_eq!(counts, [2, 1, 3]);
 
-    let status =
-        expect_code(jobs.list_jobs(list(0, "no such/name", false)).await, Code::InvalidArgument, "");
+    let status = expect_code(
+        jobs.list_jobs(list(0, "no such/name", false)).await,
+        Code::InvalidArgument,
+        "",
+    );
     assert!(status.message().contains("page_token"), "names the field: {}", status.message());
 }
