@@ -125,6 +125,17 @@ pub enum Error {
         /// Agent id.
         agent: String,
     },
+    /// Another live coordinator registered this coordinator's id (ids must be unique).
+    #[error(
+        "coordinator id {id} is registered by another live coordinator ({address}): ids must \
+         be unique; waiting for its lease to end"
+    )]
+    CoordinatorIdTaken {
+        /// The id.
+        id: String,
+        /// Where the other one serves.
+        address: String,
+    },
     /// `StopAll` stopped some sessions but not all.
     #[error("stopped {stopped} session(s), but not: {}; try again", failures.join("; "))]
     StopIncomplete {
@@ -300,7 +311,10 @@ impl Error {
             | AgentNotRegistered { .. }
             | RestorePointNotFound { .. }
             | RestorePointDeleted { .. } => Code::NotFound,
-            JobExists { .. } | SessionIdTaken { .. } | TokenExists { .. } => Code::AlreadyExists,
+            JobExists { .. }
+            | SessionIdTaken { .. }
+            | TokenExists { .. }
+            | CoordinatorIdTaken { .. } => Code::AlreadyExists,
             JobBusy { .. }
             | JobLinked { .. }
             | NoActiveSession { .. }

@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use prost::Message;
 use sluice_proto::{pb, time};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::Store;
+use crate::store::{Store, absent};
 
 /// One granted lease and the token cancelled when it is lost or released.
 #[derive(Debug, Clone)]
@@ -97,9 +98,33 @@ impl Membership {
             }),
         };
         let key = self.store.keys().coordinator(&self.config.id);
-        self.store.put(&key, &record, Some(granted.id())).await?;
+        if let Err(error) = self.register(&key, &record, granted.id()).await {
+            self.revoke(granted.id()).await;
+            return Err(error);
+        }
         info!(lease = granted.id(), ttl, "coordinator lease granted and membership registered");
         Ok(Lease { id: granted.id(), fence: CancellationToken::new() })
+    }
+
+    /// Puts the membership record on `lease` unless another coordinator's record of the same
+    /// id is there: two processes with one id would each take the other's record away (the
+    /// one that leaves deletes it with its lease). A record left by this coordinator before a
+    /// crash goes with its lease, within one TTL; the grant is tried again until then.
+    async fn register(
+        &self,
+        key: &str,
+        record: &pb::CoordinatorRecord,
+        lease: i64,
+    ) -> crate::error::Result<()> {
+        let put =
+            TxnOp::put(key, record.encode_to_vec(), Some(PutOptions::new().with_lease(lease)));
+        if self.store.txn(Txn::new().when([absent(key)]).and_then([put])).await?.is_some() {
+            return Ok(());
+        }
+        let holder = self.store.get::<pb::CoordinatorRecord>(key).await?;
+        let coordinator = holder.and_then(|held| held.value.coordinator);
+        let address = coordinator.map(|c| c.address).unwrap_or_else(|| "gone since".into());
+        Err(crate::error::Error::CoordinatorIdTaken { id: self.config.id.clone(), address })
     }
 
     /// Keeps `lease` (asked for at `asked_at`) alive until it is lost or shutdown releases it.
@@ -206,7 +231,41 @@ mod tests {
     use sluice_tests::{Etcd, proxy::Proxy};
 
     use super::*;
-    use crate::testing;
+    use crate::{error::Error, testing};
+
+    fn config(address: &str) -> MembershipConfig {
+        MembershipConfig { id: "c1".into(), address: address.into(), ttl: Duration::from_secs(4) }
+    }
+
+    /// A second process started with a live coordinator's id does not take its membership
+    /// record (leaving, it would have deleted it for good): it gets no lease until the first
+    /// one's is gone.
+    #[tokio::test]
+    async fn a_second_coordinator_of_a_live_id_waits_for_the_first_to_go() {
+        let store = testing::store().await;
+        let first_stop = CancellationToken::new();
+        let (mut leases, first) = spawn(store.clone(), config("http://first"), first_stop.clone());
+        leases.wait_for(Option::is_some).await.expect("the first coordinator's lease");
+        let (sender, _) = watch::channel(None);
+        let second = Membership {
+            store: store.clone(),
+            config: config("http://second"),
+            sender,
+            shutdown: CancellationToken::new(),
+        };
+        let refused = second.grant().await.expect_err("the id is taken");
+        assert!(
+            matches!(&refused, Error::CoordinatorIdTaken { address, .. } if address == "http://first"),
+            "{refused}"
+        );
+        let key = store.keys().coordinator("c1");
+        let record = store.get::<pb::CoordinatorRecord>(&key).await.expect("read").expect("kept");
+        let address = record.value.coordinator.map(|c| c.address);
+        assert_eq!(address.as_deref(), Some("http://first"), "the first one's record stays");
+        first_stop.cancel();
+        first.await.expect("the first coordinator leaves (its lease revoked)");
+        second.grant().await.expect("the id is free again");
+    }
 
     /// Finding 13: a coordinator trusts its lease from the moment it asked for it, not from
     /// when the grant (and the membership write after it) answered: with a slow link and

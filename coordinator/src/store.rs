@@ -8,8 +8,8 @@ pub(crate) mod failover;
 use std::{sync::Arc, time::Duration};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, PutOptions,
-    ResponseHeader, Txn, TxnOp, TxnOpResponse, WatchClient,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
+    Txn, TxnOp, TxnOpResponse, WatchClient,
 };
 use prost::Message;
 use sluice_proto::ids::Epoch;
@@ -232,14 +232,15 @@ impl Store {
             .collect())
     }
 
-    /// Writes a key unconditionally, optionally bound to a lease.
+    /// Writes a key unconditionally, optionally bound to a lease (tests' set-up).
+    #[cfg(test)]
     pub(crate) async fn put<M: Message>(
         &self,
         key: &str,
         value: &M,
         lease: Option<i64>,
     ) -> Result<()> {
-        let options = lease.map(|id| PutOptions::new().with_lease(id));
+        let options = lease.map(|id| etcd_client::PutOptions::new().with_lease(id));
         self.kv().put(key, value.encode_to_vec(), options).await?;
         Ok(())
     }
