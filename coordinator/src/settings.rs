@@ -20,10 +20,10 @@ pub struct Settings {
     /// Coordinator id.
     pub(crate) id: String,
     /// Lease TTL in seconds.
-    #[serde(default = "default_lease_ttl")]
+    #[serde(default = "default_lease_ttl", deserialize_with = "lease_ttl_seconds")]
     pub(crate) lease_ttl: u64,
     /// Key prefix in etcd.
-    #[serde(default = "default_prefix")]
+    #[serde(default = "default_prefix", deserialize_with = "key_prefix")]
     pub(crate) prefix: String,
     /// Address advertised to peers and agents (defaults to the bound address).
     #[serde(default)]
@@ -101,6 +101,33 @@ fn default_lease_ttl() -> u64 {
 
 fn default_prefix() -> String {
     "/sluice".into()
+}
+
+/// The longest lease TTL: it is also how long a crashed coordinator's sessions wait for a
+/// peer, so an hour is already far more than anyone wants.
+const MAX_LEASE_TTL: u64 = 3600;
+
+fn lease_ttl_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let seconds = u64::deserialize(deserializer)?;
+    if !(1..=MAX_LEASE_TTL).contains(&seconds) {
+        let message = format!("lease-ttl must be 1 to {MAX_LEASE_TTL} seconds, not {seconds}");
+        return Err(serde::de::Error::custom(message));
+    }
+    Ok(seconds)
+}
+
+/// An etcd key prefix: `/` and a path without a trailing `/`, of visible characters.
+fn key_prefix<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let prefix = String::deserialize(deserializer)?;
+    let visible = prefix.chars().all(|c| c.is_ascii_graphic());
+    if prefix.len() < 2 || !prefix.starts_with('/') || prefix.ends_with('/') || !visible {
+        let message = format!(
+            "prefix must start with / and name a path without a trailing / or spaces (like \
+             /sluice), not {prefix:?}"
+        );
+        return Err(serde::de::Error::custom(message));
+    }
+    Ok(prefix)
 }
 
 fn default_etcd_timeout_ms() -> u64 {
@@ -242,6 +269,25 @@ mod tests {
         assert!(settings("etcd-cert = \"/c\"\netcd-key = \"/k\"\n").etcd_tls().is_err());
         assert!(settings("etcd-ca = \"/ca\"\netcd-cert = \"/c\"\n").etcd_tls().is_err());
         assert_eq!(settings("").advertised_address(None), "http://a:1");
+    }
+
+    #[test]
+    fn the_lease_ttl_and_the_prefix_are_checked() {
+        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
+        let parse = |extra: &str| toml::from_str::<Settings>(&format!("{base}{extra}"));
+        for (extra, says) in [
+            ("lease-ttl = 0\n", "lease-ttl must be 1 to 3600 seconds, not 0"),
+            ("lease-ttl = 99999999999\n", "not 99999999999"),
+            ("prefix = \"nope\"\n", "prefix must start with /"),
+            ("prefix = \"/a/\"\n", "prefix must start with /"),
+            ("prefix = \"/\"\n", "prefix must start with /"),
+            ("prefix = \"/a b\"\n", "prefix must start with /"),
+        ] {
+            let error = parse(extra).expect_err(extra);
+            assert!(error.to_string().contains(says), "{extra}: {error}");
+        }
+        let fine = parse("lease-ttl = 3\nprefix = \"/team-a/sluice\"\n").expect("valid");
+        assert_eq!((fine.lease_ttl, fine.prefix.as_str()), (3, "/team-a/sluice"));
     }
 
     #[test]
