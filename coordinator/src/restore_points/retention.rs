@@ -20,8 +20,8 @@
 //! child). Deleting and merging are idempotent on the agent, so finishing twice is harmless.
 //!
 //! Steps 1 and 3 go in batches: one txn of independent nested txns per `BATCH` restore
-//! points. One retention runs per job at a time on a coordinator; a session that finishes
-//! meanwhile leaves its deletions to the next one.
+//! points. One retention runs per job at a time on a coordinator; when a session finishes
+//! meanwhile, the running one goes round again once done, for that session's restore points.
 //!
 //! A merge follows the same protocol with `MergeRestorePoint` in step 2, and its step 3
 //! also rewrites the child's catalog entry (full, no parent, its new size).
@@ -35,7 +35,7 @@ mod merge;
 mod plan;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map::Entry},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -56,7 +56,6 @@ const AGENT_CALL: Duration = Duration::from_secs(300);
 /// Restore points marked or forgotten per txn (two ops each, within etcd's 128).
 const BATCH: usize = 40;
 
-/// The jobs whose retention runs on this coordinator now.
 /// The one field of a stored `pb::Job` that retention reads: decoding only it skips the
 /// job's items (a finished session of 1,000 items decoded them all, a few percent of a
 /// coordinator's CPU with a hundred such sessions ending).
@@ -67,27 +66,60 @@ struct JobRetention {
     keep_restore_points: u32,
 }
 
+/// The jobs whose retention runs on this coordinator now, each with whether another of its
+/// sessions finished meanwhile (so it goes round again).
 #[derive(Clone, Default)]
-pub(crate) struct Running(Arc<Mutex<HashSet<String>>>);
+pub(crate) struct Running(Arc<Mutex<HashMap<String, bool>>>);
 
-/// A job's place in [`Running`], given back on drop.
+/// A job's place in [`Running`], given back by [`Turn::again`] or on drop.
 struct Turn {
     running: Running,
     job: String,
+    released: bool,
 }
 
 impl Running {
-    /// The job's turn, unless its retention runs already.
+    /// The job's turn, unless its retention runs already: that one is asked to go round
+    /// again.
     fn take(&self, job: &str) -> Option<Turn> {
-        let mut jobs = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        jobs.insert(job.to_string()).then(|| Turn { running: self.clone(), job: job.to_string() })
+        match self.jobs().entry(job.to_string()) {
+            Entry::Occupied(mut running) => {
+                running.insert(true);
+                None
+            }
+            Entry::Vacant(free) => {
+                free.insert(false);
+                Some(Turn { running: self.clone(), job: job.to_string(), released: false })
+            }
+        }
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Turn {
+    /// Whether another session of the job finished since the turn began or last went round
+    /// (then the turn goes round again); otherwise gives the turn back, in the same step, so
+    /// no session's request falls between the two.
+    fn again(&mut self) -> bool {
+        let mut jobs = self.running.jobs();
+        if let Some(asked) = jobs.get_mut(&self.job).filter(|asked| **asked) {
+            *asked = false;
+            return true;
+        }
+        jobs.remove(&self.job);
+        self.released = true;
+        false
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let mut jobs = self.running.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        jobs.remove(&self.job);
+        if !self.released {
+            self.running.jobs().remove(&self.job);
+        }
     }
 }
 
@@ -105,10 +137,24 @@ impl RestorePoints {
     }
 
     async fn run(&self, job_name: &str, session_id: &str) -> Result<usize> {
-        let Some(_turn) = self.retention.take(job_name) else {
-            info!(job = job_name, session = session_id, "retention of the job runs already");
+        let Some(mut turn) = self.retention.take(job_name) else {
+            info!(
+                job = job_name,
+                session = session_id,
+                "retention of the job runs already; it goes round again"
+            );
             return Ok(0);
         };
+        let mut deleted = 0;
+        loop {
+            deleted += self.run_once(job_name).await?;
+            if !turn.again() {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    async fn run_once(&self, job_name: &str) -> Result<usize> {
         let keys = self.store.keys();
         let Some(job) = self.store.get::<JobRetention>(&keys.job(job_name)).await? else {
             return Ok(0);
@@ -326,7 +372,7 @@ mod tests {
     use prost::Message;
     use sluice_proto::pb;
 
-    use super::JobRetention;
+    use super::{JobRetention, Running};
 
     /// Retention's view of a stored job reads its `keep_restore_points` and nothing else.
     #[test]
@@ -340,5 +386,22 @@ mod tests {
         };
         let read = JobRetention::decode(job.encode_to_vec().as_slice()).expect("decodes");
         assert_eq!(read.keep_restore_points, 7);
+    }
+
+    /// A session that finishes while its job's retention runs is not left for the next
+    /// session: the running one goes round again for it, once.
+    #[test]
+    fn a_session_ending_during_a_retention_makes_it_go_round_again() {
+        let running = Running::default();
+        let mut turn = running.take("nightly").expect("the job's turn");
+        assert!(running.take("nightly").is_none(), "one retention per job at a time");
+        assert!(running.take("nightly").is_none(), "two asks are one more round");
+        assert!(turn.again(), "a session finished meanwhile: once more");
+        assert!(!turn.again(), "none since: the turn is given back");
+        let mut next = running.take("nightly").expect("free again");
+        assert!(running.take("other").is_some(), "jobs do not wait for each other");
+        assert!(!next.again());
+        drop(turn);
+        assert!(running.take("nightly").is_some(), "a turn given back is not given back twice");
     }
 }
