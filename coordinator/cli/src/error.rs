@@ -10,7 +10,7 @@ pub enum Exit {
     Success = 0,
     /// A watched session ended FAILED (also: a local error such as a closed stdout).
     Failed = 1,
-    /// Bad flags, job file or confirmation.
+    /// Bad flags, job file or confirmation, or input the server refused (`INVALID_ARGUMENT`).
     Usage = 2,
     /// The server answered with an error, or no endpoint could be reached.
     Server = 3,
@@ -45,6 +45,8 @@ impl Failure {
     pub fn exit(&self) -> Exit {
         match self {
             Failure::Usage(_) => Exit::Usage,
+            // The server found the input bad: the operator's to fix, not worth a retry.
+            Failure::Server(status) if status.code() == tonic::Code::InvalidArgument => Exit::Usage,
             Failure::Server(_) | Failure::Connect(_) => Exit::Server,
             Failure::Local(_) => Exit::Failed,
         }
@@ -153,6 +155,9 @@ mod tests {
     fn exit_codes_follow_the_failure() {
         assert_eq!(Failure::usage("bad").exit() as u8, 2);
         assert_eq!(Failure::from(tonic::Status::internal("x")).exit() as u8, 3);
+        let refused = tonic::Status::invalid_argument("job.name: not a valid name");
+        assert_eq!(Failure::from(refused).exit() as u8, 2, "input the server refused");
+        assert_eq!(Failure::from(tonic::Status::not_found("job x")).exit() as u8, 3);
         assert_eq!(Failure::Connect("down".into()).exit() as u8, 3);
     }
 }

@@ -5,7 +5,7 @@
 //! coordinator's `Authenticator`, answers 401 when that fails and 403 when the principal's role
 //! does not allow the route, and hands the principal to the handler (`Caller`), which passes it
 //! on to the gRPC service as a request extension. The authenticator is the coordinator's own
-//! (`crate::auth`): with security off every caller is the anonymous admin.
+//! (`crate::auth`): with security off every caller is `insecure`, with role admin.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -66,7 +66,8 @@ pub(crate) struct Principal {
     pub(crate) name: String,
     /// A role's name (`Role::as_str`).
     pub(crate) role: String,
-    /// How it was authenticated: `token`, `certificate`, or `anonymous` with security off.
+    /// How it was authenticated: `token`, `client` (a certificate), `insecure` with security
+    /// off, or `anonymous` for a public route's caller without a token.
     pub(crate) kind: String,
     /// The principal the gRPC services record (`started_by`, audit lines); `None` for an
     /// anonymous caller of a public route, which reaches no service.
@@ -75,24 +76,11 @@ pub(crate) struct Principal {
 }
 
 impl Principal {
-    /// Every caller while security is off.
-    pub(crate) fn anonymous_admin() -> Self {
-        Principal {
-            name: "anonymous".into(),
-            role: "admin".into(),
-            kind: "anonymous".into(),
-            authenticated: Some(access::Principal::insecure()),
-        }
-    }
-
     /// The view of an authenticated principal.
     pub(crate) fn of(principal: access::Principal) -> Self {
-        if principal.kind == access::PrincipalKind::Insecure {
-            return Principal::anonymous_admin();
-        }
         Principal {
             name: principal.name.clone(),
-            role: principal.role.map(|role| role.as_str().to_string()).unwrap_or_default(),
+            role: principal.role_name().to_string(),
             kind: principal.kind_name().to_string(),
             authenticated: Some(principal),
         }

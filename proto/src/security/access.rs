@@ -158,11 +158,21 @@ impl Principal {
         }
     }
 
+    /// The role as WhoAmI names it: `admin` for anyone while security is off (anyone may do
+    /// everything), empty for none.
+    pub fn role_name(&self) -> &'static str {
+        match (self.kind, self.role) {
+            (PrincipalKind::Insecure, _) => Role::Admin.as_str(),
+            (_, Some(role)) => role.as_str(),
+            (_, None) => "",
+        }
+    }
+
     /// The wire form (`WhoAmI`).
     pub fn to_pb(&self) -> pb::Principal {
         pb::Principal {
             name: self.name.clone(),
-            role: self.role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+            role: self.role_name().to_string(),
             kind: self.kind_name().to_string(),
         }
     }

@@ -93,7 +93,8 @@ async fn an_insecure_coordinator_serves_plain_http_to_anyone_as_admin() {
     expect_status(&who, 200, "", "whoami");
     assert_eq!(
         who.json(),
-        serde_json::json!({"name": "anonymous", "role": "admin", "kind": "anonymous"})
+        serde_json::json!({"name": "insecure", "role": "admin", "kind": "insecure"}),
+        "as gRPC's WhoAmI names the caller"
     );
     let created = anyone.post("/api/v1/jobs", &sim_job("open")).await;
     expect_status(&created, 200, "", "anyone creates a job");

@@ -111,4 +111,7 @@ fn principals_read_as_kind_and_name() {
         token.to_pb(),
         pb::Principal { name: "ci".into(), role: "viewer".into(), kind: "token".into() }
     );
+    let anyone =
+        pb::Principal { name: "insecure".into(), role: "admin".into(), kind: "insecure".into() };
+    assert_eq!(Principal::insecure().to_pb(), anyone, "with security off anyone may do everything");
 }
