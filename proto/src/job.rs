@@ -204,10 +204,11 @@ fn validate_item_name(item: impl Display, name: &str) -> Result<(), JobError> {
     if name.is_empty() || name.len() > MAX_ITEM_NAME_LEN {
         return Err(invalid(field, format!("must be 1-{MAX_ITEM_NAME_LEN} bytes")));
     }
-    if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+    // Control characters (NUL, newline, ESC...) would also reach tables and logs raw.
+    if name.contains('/') || name.chars().any(char::is_control) || name == "." || name == ".." {
         return Err(invalid(
             field,
-            format!("{name:?} may not contain '/' or NUL, nor be '.' or '..'"),
+            format!("{name:?} may not contain '/' or control characters, nor be '.' or '..'"),
         ));
     }
     Ok(())

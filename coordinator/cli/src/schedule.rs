@@ -3,15 +3,22 @@
 
 use std::time::SystemTime;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 use sluice_proto::{job::validate_job, pb};
 
 use crate::client::Ctx;
 use crate::error::{Exit, Failure};
 use crate::output::{self, json, schedule, views};
 
-/// `sluice job schedule NAME [--cron EXPR | --after-job JOB] [--timezone TZ] ...`
+/// `sluice job schedule NAME [--cron EXPR | --after-job JOB] [--timezone TZ] ...`: at least
+/// one change (without one the command would only rewrite the job as it is).
 #[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("change")
+        .required(true)
+        .multiple(true)
+        .args(["cron", "after_job", "timezone", "catch_up", "disable", "enable", "clear"])
+))]
 pub struct ScheduleArgs {
     /// Job name.
     name: String,
@@ -98,15 +105,27 @@ pub async fn runs(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
 mod tests {
     use super::*;
 
-    fn args(line: &[&str]) -> ScheduleArgs {
-        #[derive(clap::Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            args: ScheduleArgs,
-        }
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ScheduleArgs,
+    }
+
+    fn parse(line: &[&str]) -> Result<ScheduleArgs, clap::Error> {
         let mut full = vec!["schedule", "nightly"];
         full.extend_from_slice(line);
-        <Wrap as clap::Parser>::try_parse_from(full).expect("valid flags").args
+        <Wrap as clap::Parser>::try_parse_from(full).map(|wrap| wrap.args)
+    }
+
+    fn args(line: &[&str]) -> ScheduleArgs {
+        parse(line).expect("valid flags")
+    }
+
+    #[test]
+    fn a_schedule_command_without_a_change_is_a_usage_error() {
+        let error = parse(&[]).expect_err("no change asked for");
+        assert_eq!(error.exit_code(), 2, "{error}");
+        assert!(error.to_string().contains("--cron"), "names what to give: {error}");
     }
 
     #[test]

@@ -69,6 +69,9 @@ fn each_rule_names_its_field() {
         ("job.items", Box::new(|j| j.items.clear())),
         ("job.items[1].name", Box::new(|j| j.items[1].name = "web".into())),
         ("job.items[0].name", Box::new(|j| j.items[0].name.clear())),
+        ("job.items[0].name", Box::new(|j| j.items[0].name = "vm\n1".into())),
+        ("job.items[0].name", Box::new(|j| j.items[0].name = "vm\u{1b}[31m".into())),
+        ("job.items[0].name", Box::new(|j| j.items[0].name = "vm\u{0}".into())),
         (
             "job.items[0].vm.disks",
             Box::new(|j| j.items[0].target = Some(Target::Vm(pb::VmTarget::default()))),
