@@ -169,6 +169,15 @@ impl Machine {
             Some(StopMode::Graceful) if failed == 0 => {
                 (SessionResult::Warning, true, self.stopped_by("stopped gracefully by user"))
             }
+            // Under a graceful stop only its timeout cancels items.
+            Some(StopMode::Graceful) if count(ItemState::Canceled) > 0 => {
+                let canceled = count(ItemState::Canceled);
+                let by = self.stopped_by("stopped gracefully by user");
+                let message = format!(
+                    "{by}; the graceful timeout ran out and {canceled} running item(s) were canceled"
+                );
+                (SessionResult::Failed, true, message)
+            }
             Some(StopMode::Graceful) => {
                 (SessionResult::Failed, true, self.stopped_by("stopped gracefully by user"))
             }

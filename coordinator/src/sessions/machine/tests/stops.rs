@@ -129,6 +129,9 @@ fn graceful_timeout_stops_what_still_runs_immediately() {
     assert!(matches!(effects.as_slice(), [Effect::Cancel { reason: CancelReason::User, .. }]));
     m.apply(5001, finished(0, 1, canceled(CancelReason::User)));
     assert_eq!((m.status.result, m.status.canceled), (Some(SessionResult::Failed), true));
+    let message = "stopped gracefully by user; the graceful timeout ran out and 1 running item(s) \
+                   were canceled";
+    assert_eq!(m.status.message, message, "the session says why items were canceled");
 }
 
 #[test]
