@@ -76,14 +76,8 @@ impl Reporter {
         self.send(Update::Phase(phase, sluice_proto::time::now())).await;
     }
 
-    /// Reports progress; drops it when the last one is too recent, unless it is complete.
-    pub(crate) async fn progress(&mut self, done: u64, total: u64) {
-        if self.due(done, total) {
-            self.send(Update::Progress { done, total }).await;
-        }
-    }
-
-    /// Reports progress with the bytes read and transferred, throttled as [`Self::progress`].
+    /// Reports progress with the bytes read and transferred; drops it when the last one is
+    /// too recent, unless it is complete.
     pub(crate) async fn volumes(&mut self, volumes: Volumes) {
         if self.due(volumes.done, volumes.total) {
             let Volumes { done, total, read, transferred } = volumes;

@@ -257,6 +257,11 @@ async fn a_second_run_stores_only_changed_files() {
         assert_backed_up(&lab, &job, &first, index, placement, &restore_dir);
         let outcome = outcome_of(&first.items[index]);
         assert_eq!(outcome.new_bytes, outcome.size_bytes, "run 1 stores all: {}", summary(&first));
+        // Every read counts: a file that does not fit in memory is read to hash it, then to
+        // store it.
+        let status = &first.items[index];
+        assert!(status.bytes_read >= outcome.size_bytes, "run 1 reads all: {status:?}");
+        assert_eq!(status.bytes_transferred, outcome.new_bytes, "run 1 stores all: {status:?}");
     }
 
     // Run 2: nothing changed, nothing new is stored.
@@ -275,6 +280,7 @@ async fn a_second_run_stores_only_changed_files() {
         let restore_dir = lab.restore_dir(&format!("run2-{}", placement.0));
         let manifest = assert_backed_up(&lab, &job, &second, index, placement, &restore_dir);
         assert_eq!(manifest.bytes_written, 0, "run 2, {}", status.name);
+        assert_eq!(status.bytes_transferred, 0, "run 2, {}: nothing stored", status.name);
     }
 
     // Run 3: one file of pc1 changed (new content, new length): exactly its bytes are new.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::exec::{CancelSignal, Reporter};
+use crate::exec::{CancelSignal, Reporter, Volumes};
 
 /// Size of the read buffer.
 pub(super) const BUF: usize = 1 << 20;
@@ -69,6 +69,8 @@ pub(super) struct Pace<'a> {
     total: u64,
     /// Bytes read from source files, by every read.
     read: u64,
+    /// Bytes of new blobs written to the store.
+    transferred: u64,
     /// The read buffer, reused from file to file.
     buf: Option<Vec<u8>>,
 }
@@ -82,7 +84,7 @@ impl<'a> Pace<'a> {
         total: u64,
     ) -> Self {
         let throttle = Throttle { rate, start: Instant::now(), bytes: 0 };
-        Self { cancel, reporter, throttle, done: 0, total, read: 0, buf: None }
+        Self { cancel, reporter, throttle, done: 0, total, read: 0, transferred: 0, buf: None }
     }
 
     /// Fails when the task is cancelled.
@@ -90,9 +92,19 @@ impl<'a> Pace<'a> {
         if self.cancel.is_cancelled() { Err(Canceled) } else { Ok(()) }
     }
 
-    /// Reports the progress so far.
+    /// Reports the progress so far, with the bytes read and stored.
     pub(super) async fn report(&mut self) {
-        self.reporter.progress(self.done.min(self.total), self.total).await;
+        let done = self.done.min(self.total);
+        self.reporter.volumes(self.volumes(done)).await;
+    }
+
+    fn volumes(&self, done: u64) -> Volumes {
+        Volumes { done, total: self.total, read: self.read, transferred: self.transferred }
+    }
+
+    /// Counts `n` bytes of a new blob written to the store.
+    pub(super) fn stored(&mut self, n: u64) {
+        self.transferred += n;
     }
 
     /// Counts a file of `n` bytes that is done without being read (its content is known
@@ -109,7 +121,7 @@ impl<'a> Pace<'a> {
 
     /// Reports the transfer complete.
     pub(super) async fn finish(&mut self) {
-        self.reporter.progress(self.total, self.total).await;
+        self.reporter.volumes(self.volumes(self.total)).await;
     }
 
     /// Counts `n` bytes read (towards progress when `counted`) and waits as the rate limit

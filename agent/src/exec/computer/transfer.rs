@@ -219,6 +219,7 @@ impl Transfer<'_> {
         let created = blocking(move || store.publish(&tmp, &sha)).await;
         if created.map_err(|e| self.store_error(entry, e))? {
             self.written.add(self.store.blob_path(sha256), len);
+            self.pace.stored(len);
         }
         Ok(())
     }

@@ -67,6 +67,16 @@ impl Source {
                         blockdev::find_disks(&mut qmp, disks).await.map_err(OpenError::of)?;
                     return Ok(Self { qmp, nodes, daemon: None, offline: false });
                 }
+                // No socket file at all may be a wrong path as well as a VM never started.
+                Err(QmpError::Connect { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    warn!(
+                        socket,
+                        "no QMP socket at this path: backing the disks up as offline images (if \
+                         the VM runs, check the job's qmp_socket)"
+                    );
+                }
                 Err(error @ QmpError::Connect { .. }) => {
                     info!(%error, "the VM is not running: backing its disks up as offline images");
                 }
