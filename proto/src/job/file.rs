@@ -115,14 +115,18 @@ pub enum JobFileError {
     },
 }
 
-/// Parses a job file; JSON when it starts with `{`, else TOML.
+/// Parses a job file; JSON when it starts with `{`, else TOML. JSON is the file format, or
+/// else a Job in the protobuf JSON mapping, as the HTTP API answers it (`GET
+/// /api/v1/jobs/NAME`), so an answer can be edited and sent back.
 pub fn parse_job_file(text: &str) -> Result<pb::Job, JobFileError> {
-    let file: JobFile = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text)?
-    } else {
-        toml::from_str(text)?
-    };
-    file.into_job()
+    if !text.trim_start().starts_with('{') {
+        return toml::from_str::<JobFile>(text)?.into_job();
+    }
+    match serde_json::from_str::<JobFile>(text) {
+        Ok(file) => file.into_job(),
+        // The file format's error is the one to show: it is the documented one.
+        Err(error) => crate::json::from_json::<pb::Job>(text.as_bytes()).map_err(|_| error.into()),
+    }
 }
 
 /// Parses a job type written in full or short, any case.

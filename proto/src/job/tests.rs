@@ -35,6 +35,21 @@ fn a_good_job_passes_and_round_trips_through_its_file_form() {
     assert_eq!(parse_job_file(&json).expect("parse json"), job);
 }
 
+/// What `GET /api/v1/jobs/NAME` answers (the protobuf JSON mapping) is a job file too.
+#[test]
+fn a_job_as_the_http_api_answers_it_is_a_job_file() {
+    let mut job = vm_job();
+    if let Some(Target::Vm(vm)) = job.items[0].target.as_mut() {
+        vm.qmp_socket = "/run/vm-1.qmp".into();
+    }
+    let answered = crate::json::to_json(&job).expect("the API's JSON");
+    assert!(answered.contains("qmpSocket"), "{answered}");
+    assert_eq!(parse_job_file(&answered).expect("parse the API's JSON"), job);
+    let neither = r#"{"name": "x", "colour": "red"}"#;
+    let error = parse_job_file(neither).expect_err("neither form");
+    assert!(matches!(error, JobFileError::Json(_)), "the file format's error: {error}");
+}
+
 #[test]
 fn short_and_lowercase_job_types_are_accepted() {
     assert_eq!(parse_job_type("vm_backup"), Some(pb::JobType::VmBackup));
