@@ -190,8 +190,8 @@ pub enum Error {
         /// Why it does not parse.
         reason: String,
     },
-    /// A call to an agent failed.
-    #[error("agent {agent}: {status}")]
+    /// A call to an agent failed: its message (the code is the error's own, `agent_code`).
+    #[error("agent {agent}: {}", agent_text(status))]
     Agent {
         /// Agent id.
         agent: String,
@@ -345,6 +345,14 @@ impl Error {
     }
 }
 
+/// What an agent answered, without tonic's `code: '...', message: "..."` wrapping.
+fn agent_text(status: &Status) -> String {
+    match status.message() {
+        "" => status.code().description().to_string(),
+        message => message.to_string(),
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         Status::new(error.code(), bounded(error.to_string()))
@@ -482,5 +490,9 @@ mod tests {
         let agent = |status| Error::Agent { agent: "a1".into(), status };
         assert_eq!(agent(Status::internal("reset")).code(), Code::Unavailable);
         assert_eq!(agent(Status::data_loss("corrupt")).code(), Code::DataLoss);
+        let refused = agent(Status::failed_precondition("target_dir: /r is not empty"));
+        assert_eq!(refused.to_string(), "agent a1: target_dir: /r is not empty", "one wrapping");
+        let silent = agent(Status::unavailable(""));
+        assert_eq!(silent.to_string(), "agent a1: The service is currently unavailable");
     }
 }
