@@ -26,6 +26,7 @@ mod roots;
 mod server;
 mod service;
 mod settings;
+mod state_lock;
 mod tasks;
 
 use std::sync::Arc;
@@ -95,6 +96,8 @@ pub async fn run(
     let ttl = Duration::from_secs(u64::from(settings.heartbeat_ttl));
     let (liveness_tx, liveness) = watch::channel(Liveness::new(settings.id.clone(), ttl));
     let heartbeater = Heartbeater::new(&settings, address.clone(), tls.clone(), liveness_tx)?;
+    // Held to the end of `run`: the journal is this agent's alone.
+    let _state_lock = state_lock::lock(&settings.state_dir).await?;
     let journal = Journal::open(&settings.state_dir).await?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();

@@ -96,11 +96,12 @@ pub async fn run(
     let address = settings.advertised_address(listeners.grpc.local_addr().ok());
     let metrics = Metrics::default();
     let etcd_tls = settings.etcd_tls()?;
-    listeners.announce(settings.http_scheme());
     let timeout = settings.etcd_timeout();
+    // Checks the endpoints and reads etcd's certificate files; connects lazily.
     let store =
         Store::connect(&settings.etcd, &settings.prefix, timeout, &metrics, etcd_tls.as_ref())
             .await?;
+    listeners.announce(settings.http_scheme());
     let tasks = Background { tracker: TaskTracker::new(), stop: CancellationToken::new() };
     if let Some(tls) = &tls {
         tasks.tracker.spawn(tls.clone().watch(RELOAD_EVERY, tasks.stop.clone()));

@@ -5,9 +5,14 @@
 //! cancelled before etcd can expire the lease, so a coordinator cut off from etcd stops acting
 //! before a peer can claim its sessions (self-fencing).
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicI64, Ordering},
+    time::Duration,
+};
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+};
 use prost::Message;
 use sluice_proto::{pb, time};
 use tokio::{sync::watch, time::Instant};
@@ -51,7 +56,7 @@ pub(crate) fn spawn(
     shutdown: CancellationToken,
 ) -> (LeaseWatch, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = watch::channel(None);
-    let actor = Membership { store, config, sender, shutdown };
+    let actor = Membership { store, config, sender, shutdown, previous_lease: AtomicI64::new(0) };
     (receiver, tokio::spawn(actor.run()))
 }
 
@@ -60,6 +65,8 @@ struct Membership {
     config: MembershipConfig,
     sender: watch::Sender<Option<Lease>>,
     shutdown: CancellationToken,
+    /// The last lease this process registered on (0: none yet).
+    previous_lease: AtomicI64,
 }
 
 impl Membership {
@@ -99,17 +106,21 @@ impl Membership {
         };
         let key = self.store.keys().coordinator(&self.config.id);
         if let Err(error) = self.register(&key, &record, granted.id()).await {
-            self.revoke(granted.id()).await;
+            // Quietly: nothing was handed over, the lease held nothing yet.
+            let _ = self.store.client().lease_revoke(granted.id()).await;
             return Err(error);
         }
+        self.previous_lease.store(granted.id(), Ordering::Relaxed);
         info!(lease = granted.id(), ttl, "coordinator lease granted and membership registered");
         Ok(Lease { id: granted.id(), fence: CancellationToken::new() })
     }
 
     /// Puts the membership record on `lease` unless another coordinator's record of the same
     /// id is there: two processes with one id would each take the other's record away (the
-    /// one that leaves deletes it with its lease). A record left by this coordinator before a
-    /// crash goes with its lease, within one TTL; the grant is tried again until then.
+    /// one that leaves deletes it with its lease). A record of this coordinator's own is taken
+    /// over: one on the lease it held before (lost, or fenced while etcd still kept it), or
+    /// one that names this coordinator's address (its previous process, killed: this one
+    /// could bind the address).
     async fn register(
         &self,
         key: &str,
@@ -117,14 +128,33 @@ impl Membership {
         lease: i64,
     ) -> crate::error::Result<()> {
         let put =
-            TxnOp::put(key, record.encode_to_vec(), Some(PutOptions::new().with_lease(lease)));
-        if self.store.txn(Txn::new().when([absent(key)]).and_then([put])).await?.is_some() {
+            || TxnOp::put(key, record.encode_to_vec(), Some(PutOptions::new().with_lease(lease)));
+        if self.store.txn(Txn::new().when([absent(key)]).and_then([put()])).await?.is_some() {
             return Ok(());
         }
-        let holder = self.store.get::<pb::CoordinatorRecord>(key).await?;
-        let coordinator = holder.and_then(|held| held.value.coordinator);
-        let address = coordinator.map(|c| c.address).unwrap_or_else(|| "gone since".into());
-        Err(crate::error::Error::CoordinatorIdTaken { id: self.config.id.clone(), address })
+        let Some(held) = self.store.get::<pb::CoordinatorRecord>(key).await? else {
+            return Err(self.id_taken("none: its lease ended meanwhile; trying again"));
+        };
+        let address = held.value.coordinator.map(|c| c.address).unwrap_or_default();
+        let ours = held.lease == self.previous_lease.load(Ordering::Relaxed)
+            || address == self.config.address;
+        if !ours {
+            return Err(self.id_taken(&address));
+        }
+        let unchanged = Compare::mod_revision(key, CompareOp::Equal, held.mod_revision);
+        if self.store.txn(Txn::new().when([unchanged]).and_then([put()])).await?.is_none() {
+            return Err(self.id_taken("changed while taken over; trying again"));
+        }
+        info!(
+            previous_lease = held.lease,
+            "membership record of this coordinator's previous lease taken over"
+        );
+        Ok(())
+    }
+
+    fn id_taken(&self, address: &str) -> crate::error::Error {
+        let (id, address) = (self.config.id.clone(), address.to_string());
+        crate::error::Error::CoordinatorIdTaken { id, address }
     }
 
     /// Keeps `lease` (asked for at `asked_at`) alive until it is lost or shutdown releases it.
@@ -252,6 +282,7 @@ mod tests {
             config: config("http://second"),
             sender,
             shutdown: CancellationToken::new(),
+            previous_lease: AtomicI64::new(0),
         };
         let refused = second.grant().await.expect_err("the id is taken");
         assert!(
@@ -265,6 +296,35 @@ mod tests {
         first_stop.cancel();
         first.await.expect("the first coordinator leaves (its lease revoked)");
         second.grant().await.expect("the id is free again");
+    }
+
+    /// A coordinator killed and started again finds its previous process's record, on a lease
+    /// etcd still keeps: the record names its own address, so it takes the record over at
+    /// once instead of waiting a TTL.
+    #[tokio::test]
+    async fn a_restarted_coordinator_takes_its_previous_record_over() {
+        let store = testing::store().await;
+        let old_lease = testing::lease(&store, 60).await;
+        let key = store.keys().coordinator("c1");
+        let coordinator =
+            pb::Coordinator { id: "c1".into(), address: "http://me".into(), ..Default::default() };
+        let record = pb::CoordinatorRecord { coordinator: Some(coordinator) };
+        store.put(&key, &record, Some(old_lease)).await.expect("the killed process's record");
+        let membership = |address: &str| {
+            let (sender, _) = watch::channel(None);
+            Membership {
+                store: store.clone(),
+                config: config(address),
+                sender,
+                shutdown: CancellationToken::new(),
+                previous_lease: AtomicI64::new(0),
+            }
+        };
+        let stranger = membership("http://elsewhere").grant().await;
+        assert!(matches!(stranger, Err(Error::CoordinatorIdTaken { .. })), "{stranger:?}");
+        let lease = membership("http://me").grant().await.expect("its own record");
+        let held = store.get::<pb::CoordinatorRecord>(&key).await.expect("read").expect("there");
+        assert_eq!(held.lease, lease.id, "the record is on the new lease");
     }
 
     /// Finding 13: a coordinator trusts its lease from the moment it asked for it, not from

@@ -38,8 +38,6 @@ use crate::key::TaskId;
 
 pub(super) const LOG_FILE: &str = "journal.log";
 const COMPACT_FILE: &str = "journal.log.compact";
-/// Locked (`flock`) by the agent whose state directory it is.
-const LOCK_FILE: &str = "agent.lock";
 const HEADER_LEN: usize = 8;
 /// Longest payload a frame may announce; a larger length is a torn or damaged header.
 const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
@@ -187,41 +185,6 @@ fn apply(
     }
 }
 
-/// Locks the state directory for this process: two agents on one directory would each take
-/// the other's running tasks for tasks of a crashed run, and fail them. A lock still held is
-/// tried again for [`LOCK_PATIENCE`]: a journal of this process just dropped releases it once
-/// its writer task ends.
-fn lock_dir(dir: &Path) -> io::Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
-    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(LOCK_PATIENCE / 50);
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(dir, &path)),
-            Err(std::fs::TryLockError::Error(error)) => return Err(error),
-        }
-    }
-}
-
-/// How long a held lock of the state directory is waited for.
-const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn in_use(dir: &Path, path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ResourceBusy,
-        format!(
-            "state directory {} is in use by another sluice-agent (it holds {}): give each \
-             agent its own --state-dir",
-            dir.display(),
-            path.display()
-        ),
-    )
-}
-
 fn read_if_exists(path: &Path) -> io::Result<Vec<u8>> {
     match fs::read(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -232,8 +195,6 @@ fn read_if_exists(path: &Path) -> io::Result<Vec<u8>> {
 /// The open log: the file, appended to, and the entries it holds.
 #[derive(Debug)]
 pub(crate) struct Log {
-    /// Held while the log is open: one agent per state directory.
-    _lock: File,
     path: PathBuf,
     file: File,
     /// Bytes of whole, fsynced frames.
@@ -250,7 +211,6 @@ pub(crate) struct Log {
 impl Log {
     /// Opens (or creates) the log in `dir`, replays it and cuts off a torn tail.
     pub(crate) fn open(dir: &Path, compact_min: u64) -> io::Result<Self> {
-        let lock = lock_dir(dir)?;
         let path = dir.join(LOG_FILE);
         fsutil::remove_file_if_exists(&dir.join(COMPACT_FILE))?;
         let bytes = read_if_exists(&path)?;
@@ -271,7 +231,6 @@ impl Log {
         let Replayed { entries, acknowledged, epochs, .. } = replayed;
         let allocated = len;
         Ok(Self {
-            _lock: lock,
             path,
             file,
             len,

@@ -45,20 +45,6 @@ async fn entries_are_replaced_forgotten_and_found_again_after_a_restart() {
     assert_eq!(read_entries(dir.path()).expect("read"), expected, "the file alone says the same");
 }
 
-/// Two agents on one state directory would each fail the other's running tasks as left over
-/// from a crash: the second is refused while the first has the journal open.
-#[tokio::test]
-async fn a_state_directory_in_use_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let journal = Journal::open(dir.path()).await.expect("open");
-    let Err(error) = Journal::open(dir.path()).await else { panic!("a second journal is refused") };
-    let text = error.to_string();
-    assert!(text.contains("in use by another sluice-agent"), "{text}");
-    assert!(text.contains("--state-dir"), "says what to do: {text}");
-    drop(journal);
-    Journal::open(dir.path()).await.expect("free again once the first is closed");
-}
-
 #[tokio::test]
 async fn records_waiting_together_share_one_write_and_one_fsync() {
     let dir = tempfile::tempdir().expect("tempdir");

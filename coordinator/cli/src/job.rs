@@ -59,7 +59,7 @@ async fn list(ctx: &Ctx) -> Result<Exit, Failure> {
     let (mut jobs, mut summaries) = (Vec::new(), Vec::new());
     let mut page_token = String::new();
     loop {
-        let request = pb::ListJobsRequest { omit_items, page_size: 0, page_token };
+        let request = pb::ListJobsRequest { omit_items, page_size: 100, page_token };
         let page = clients.jobs.list_jobs(request).await?.into_inner();
         jobs.extend(page.jobs);
         summaries.extend(page.summaries);

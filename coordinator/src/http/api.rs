@@ -47,9 +47,10 @@ pub(crate) async fn whoami(Extension(caller): By) -> Json<Principal> {
     Json(caller.principal)
 }
 
-/// The query of `GET /api/v1/jobs`: `ListJobsRequest`'s fields, in either spelling.
+/// The query of `GET /api/v1/jobs`: `ListJobsRequest`'s fields, in either spelling; other
+/// parameters (a cache buster) are ignored, as before the query had fields.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub(crate) struct JobsQuery {
     #[serde(alias = "omit_items")]
     omit_items: bool,

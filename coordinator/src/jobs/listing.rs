@@ -1,8 +1,10 @@
-//! ListJobs in pages, each job with its summary (item count, next cron run: what the
-//! console's Home view shows without holding the items). A page ends at the count asked for
-//! or before its jobs pass [`PAGE_BYTES`]: a dozen jobs of 100,000 items are over 90 MB, more
-//! than any gRPC answer may be. The page token is the name of the page's last job (jobs are
-//! sorted by name).
+//! ListJobs, each job with its summary (item count, next cron run: what the console's Home
+//! view shows without holding the items), in pages when the caller asks for them (a page size
+//! or token). A page ends at the count asked for or before its jobs pass [`PAGE_BYTES`]: a
+//! dozen jobs of 100,000 items are over 90 MB, more than any gRPC answer may be. A request
+//! without either gets every job, as before pages existed, or RESOURCE_EXHAUSTED past
+//! [`UNPAGED_BYTES`], never a part of them. The page token is the name of the page's last job
+//! (jobs are sorted by name).
 
 use std::time::SystemTime;
 
@@ -11,13 +13,15 @@ use prost::Message;
 use sluice_proto::{job::validate_name, pb, schedule, time};
 
 use crate::{
-    error::Result,
+    error::{Error, Result},
     store::{Store, decode, prefix_end},
 };
 
 /// Encoded jobs per answer at most (a single larger job still goes alone): half the 64 MiB
 /// a gRPC answer may be, so the rest of the message and the JSON mapping have room.
 pub(super) const PAGE_BYTES: usize = 32 << 20;
+/// Encoded jobs one answer without pages may carry: under the 64 MiB a gRPC answer may be.
+const UNPAGED_BYTES: usize = 60 << 20;
 /// Jobs per etcd read while a page fills (a job of 100,000 items is several MB).
 const READ_CHUNK: i64 = 8;
 
@@ -38,11 +42,20 @@ pub(super) async fn page(
         0 => usize::MAX,
         size => size as usize,
     };
+    let paged = request.page_size > 0 || !request.page_token.is_empty();
     let now = SystemTime::now();
-    let mut page = Page::default();
+    let mut page = Page::new(if paged { PAGE_BYTES } else { usize::MAX });
+    // Every read at the first one's revision: one answer is one moment of the jobs.
+    let mut revision = 0;
     loop {
-        let options = GetOptions::new().with_range(prefix_end(&prefix)).with_limit(READ_CHUNK);
+        let options = GetOptions::new()
+            .with_range(prefix_end(&prefix))
+            .with_limit(READ_CHUNK)
+            .with_revision(revision);
         let response = store.kv().get(from.clone(), Some(options)).await?;
+        if revision == 0 {
+            revision = response.header().map_or(0, |header| header.revision());
+        }
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let mut job: pb::Job = decode(&key, kv.value())?;
@@ -53,12 +66,24 @@ pub(super) async fn page(
             if !page.take(job, summary, wanted) {
                 return Ok(page.answer(true));
             }
+            if !paged && page.bytes > UNPAGED_BYTES {
+                return Err(too_many_bytes());
+            }
             from = after_key(&key);
         }
         if !response.more() {
             return Ok(page.answer(false));
         }
     }
+}
+
+fn too_many_bytes() -> Error {
+    let reason = format!(
+        "the jobs are over {} MiB together, more than one answer carries: ask for pages \
+         (page_size, then page_token) or leave the items out (omit_items)",
+        UNPAGED_BYTES >> 20
+    );
+    Error::InvalidJob(sluice_proto::job::JobError::TooLarge(reason))
 }
 
 /// What a list shows of `job` beside its definition, as of `now`.
@@ -80,20 +105,25 @@ fn after_key(key: &str) -> Vec<u8> {
 }
 
 /// The jobs of one answer so far.
-#[derive(Default)]
 struct Page {
     jobs: Vec<pb::Job>,
     summaries: Vec<pb::JobSummary>,
     bytes: usize,
+    /// Where a page ends (a single larger job still goes alone).
+    max_bytes: usize,
 }
 
 impl Page {
+    fn new(max_bytes: usize) -> Self {
+        Page { jobs: Vec::new(), summaries: Vec::new(), bytes: 0, max_bytes }
+    }
+
     /// Adds `job` unless the page is full (`wanted` jobs, or [`PAGE_BYTES`] with it); `false`
     /// when full, and the job is left for the next page.
     fn take(&mut self, job: pb::Job, summary: pb::JobSummary, wanted: usize) -> bool {
         let size = job.encoded_len() + summary.encoded_len();
         let full = self.jobs.len() >= wanted
-            || (!self.jobs.is_empty() && self.bytes.saturating_add(size) > PAGE_BYTES);
+            || (!self.jobs.is_empty() && self.bytes.saturating_add(size) > self.max_bytes);
         if !full {
             self.bytes += size;
             self.jobs.push(job);
@@ -126,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_page_ends_at_the_count_asked_for() {
-        let mut page = Page::default();
+        let mut page = Page::new(PAGE_BYTES);
         assert!(take(&mut page, job("a", 1), 2) && take(&mut page, job("b", 1), 2));
         assert!(!take(&mut page, job("c", 1), 2), "a third job of a page of two");
         let answer = page.answer(true);
@@ -136,12 +166,12 @@ mod tests {
 
     #[test]
     fn a_page_ends_before_its_bytes_pass_the_limit_but_takes_one_job_whatever_its_size() {
-        let mut page = Page::default();
+        let mut page = Page::new(PAGE_BYTES);
         let mut one = job("a", 0);
         one.repository = "r".repeat(PAGE_BYTES);
         assert!(take(&mut page, one, usize::MAX), "a lone job goes, even over the limit");
         assert!(!take(&mut page, job("b", 0), usize::MAX), "nothing more fits");
-        let mut page = Page::default();
+        let mut page = Page::new(PAGE_BYTES);
         assert!(
             take(&mut page, job("a", 0), usize::MAX) && take(&mut page, job("b", 0), usize::MAX)
         );
@@ -149,10 +179,10 @@ mod tests {
 
     #[test]
     fn the_last_page_has_no_token() {
-        let mut page = Page::default();
+        let mut page = Page::new(PAGE_BYTES);
         take(&mut page, job("a", 1), usize::MAX);
         assert_eq!(page.answer(false).next_page_token, "");
-        assert_eq!(Page::default().answer(true).next_page_token, "", "nothing to go on from");
+        assert_eq!(Page::new(PAGE_BYTES).answer(true).next_page_token, "", "nothing to go on from");
     }
 
     #[test]

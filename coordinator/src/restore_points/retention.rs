@@ -147,9 +147,19 @@ impl RestorePoints {
         };
         let mut deleted = 0;
         loop {
-            deleted += self.run_once(job_name).await?;
-            if !turn.again() {
-                return Ok(deleted);
+            let round = self.run_once(job_name).await;
+            // A session that asked for another round meanwhile still gets it after an error.
+            match (round, turn.again()) {
+                (Ok(count), again) => {
+                    deleted += count;
+                    if !again {
+                        return Ok(deleted);
+                    }
+                }
+                (Err(error), true) => {
+                    warn!(job = job_name, %error, "retention failed; going round again")
+                }
+                (Err(error), false) => return Err(error),
             }
         }
     }

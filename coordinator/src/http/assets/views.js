@@ -32,7 +32,7 @@ async function jobSummaries() {
   const jobs = [];
   let token = '';
   do {
-    const page = await api('GET', `/jobs?omitItems=true&pageToken=${encodeURIComponent(token)}`);
+    const page = await api('GET', `/jobs?omitItems=true&pageSize=100&pageToken=${encodeURIComponent(token)}`);
     const summaries = page.summaries || [];
     (page.jobs || []).forEach((job, i) => jobs.push({ ...job, summary: summaries[i] || {} }));
     token = page.nextPageToken || '';
