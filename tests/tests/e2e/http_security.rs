@@ -6,10 +6,11 @@
 
 use sluice_proto::pb::{self, auth_service_client::AuthServiceClient};
 use sluice_tests::{
-    Cluster, PATIENCE,
+    Cluster, Etcd, PATIENCE,
     http::{HttpClient, Reply, create_token, next_event},
     jobs::{JobBuilder, vm_item},
     security::Pki,
+    wait_for,
 };
 
 #[track_caller]
@@ -150,4 +151,42 @@ async fn a_revoked_tokens_open_event_stream_ends_with_an_error_event() {
         state = session["session"]["state"].as_str().unwrap_or_default().to_string();
     }
     assert_eq!(state, "SESSION_STATE_STOPPED", "the admin's stream ends with the session");
+}
+
+/// While etcd is down a token cannot be checked: that is a 503, not a 401 that would sign
+/// the console out (and fail a Prometheus scrape as if its token were bad). Once etcd is
+/// back, the same token works again.
+#[tokio::test]
+async fn a_token_that_cannot_be_checked_while_etcd_is_down_is_a_503_not_a_401() {
+    let mut etcd = Etcd::dedicated();
+    let mut cluster = Cluster::builder().etcd(&etcd).start().await;
+    let admin = HttpClient::admin(cluster.coordinator(0)).await;
+    expect_status(&admin.get("/api/v1/whoami").await, 200, "", "whoami with etcd up");
+    etcd.stop();
+    let down = wait_for(
+        || {
+            let admin = admin.clone();
+            async move {
+                let reply = admin.get("/api/v1/whoami").await;
+                if reply.status == 200 { Err("still 200".to_string()) } else { Ok(reply) }
+            }
+        },
+        PATIENCE,
+        "a whoami that etcd's absence shows in",
+    )
+    .await;
+    expect_status(&down, 503, "UNAVAILABLE", "whoami with etcd down");
+    etcd.start();
+    wait_for(
+        || {
+            let admin = admin.clone();
+            async move {
+                let reply = admin.get("/api/v1/whoami").await;
+                if reply.status == 200 { Ok(()) } else { Err(reply) }
+            }
+        },
+        PATIENCE,
+        "the token to work again once etcd is back",
+    )
+    .await;
 }
