@@ -256,13 +256,17 @@ function route() {
   document.getElementById('main').focus({ preventScroll: true });
 }
 
+// Signs in, or keeps trying while the coordinator cannot answer (restarting, etcd away).
 async function start() {
   try {
     principal = await api('GET', '/whoami');
   } catch (error) {
-    if (error.status !== 401) alertBox(`cannot reach the coordinator: ${error.message}`);
+    if (error.status === 401) return;
+    alertBox(`cannot reach the coordinator: ${error.message}; trying again`);
+    setTimeout(start, POLL_MS);
     return;
   }
+  alertBox('');
   renderWho();
   route();
 }
