@@ -1,9 +1,11 @@
 // Drives the Sluice console in headless Chromium (Playwright over Debian's /usr/bin/chromium):
 // open the console, see the job, click Start, watch items progress, click Stop > Gracefully,
-// see the session end WARNING and canceled with its NOT_PROCESSED items. On a secure cluster it
+// see the session end WARNING and canceled with its NOT_PROCESSED items; click Retry, stop the
+// retry Immediately and see it end FAILED with CANCELED items; then see both sessions in
+// History, the agent and the coordinator, and verify a restore point. On a secure cluster it
 // first signs in with an API token (the console keeps it in sessionStorage).
 //
-// Run by the end-to-end test `console::start_and_stop_gracefully_in_the_browser`, which starts
+// Run by the end-to-end test `console::start_stop_and_retry_in_the_browser`, which starts
 // the cluster and the job. Environment:
 //   CONSOLE_URL      the console, e.g. https://127.0.0.1:7480/
 //   TOKEN            an API token (operator or admin) to sign in with; none on an insecure cluster
@@ -94,7 +96,74 @@ async function run(page) {
     throw new Error(`expected WARNING, canceled, SUCCESS and NOT_PROCESSED items; saw ${JSON.stringify(outcome)}`);
   }
   await page.screenshot({ path: join(screenshots, 'session-view.png') });
+  const stoppedSession = page.url();
+
+  await retryAndStopImmediately(page, stoppedSession);
+  await visitTheOtherViews(page);
   step('done');
+}
+
+// Retry runs the NOT_PROCESSED items again in a new session; Stop > Immediately cancels them.
+async function retryAndStopImmediately(page, stoppedSession) {
+  step('click Retry');
+  await page.getByRole('region', { name: 'Session' }).getByRole('button', { name: 'Retry' }).click();
+  await page.waitForURL((url) => url.href !== stoppedSession && /#\/sessions\//.test(url.href), { timeout: STEP_MS });
+  await page.getByText('Retry of').waitFor({ timeout: STEP_MS });
+
+  step('click Stop > Immediately once the retried items run');
+  await page.waitForFunction(() => {
+    const states = [...document.querySelectorAll('table.items tr[data-state]')].map((r) => r.dataset.state);
+    return states.length === 2 && states.every((s) => s === 'PROCESSING');
+  }, null, { timeout: STEP_MS, polling: 100 });
+  await page.getByRole('region', { name: 'Session' }).getByRole('button', { name: 'Stop' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Immediately' }).click();
+
+  step('see the retry end FAILED and canceled, its items CANCELED');
+  await page.waitForFunction(() => {
+    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
+    return field('state') === 'STOPPED';
+  }, null, { timeout: STEP_MS * 3, polling: 100 });
+  const outcome = await page.evaluate(() => {
+    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
+    const states = [...document.querySelectorAll('table.items tr[data-state]')].map((r) => r.dataset.state);
+    return { result: field('result'), canceled: field('canceled'), states };
+  });
+  console.log(`retry outcome: ${JSON.stringify(outcome)}`);
+  if (outcome.result !== 'FAILED' || outcome.canceled !== 'yes'
+    || outcome.states.length !== 2 || !outcome.states.every((s) => s === 'CANCELED')) {
+    throw new Error(`expected FAILED, canceled, two CANCELED items; saw ${JSON.stringify(outcome)}`);
+  }
+}
+
+// History lists both sessions; Agents and Coordinators list the cluster; a restore point
+// of the graceful session verifies.
+async function visitTheOtherViews(page) {
+  const nav = page.getByRole('navigation', { name: 'Sections' });
+  step('see both sessions in History');
+  await nav.getByRole('link', { name: 'History' }).click();
+  const sessions = page.getByRole('table', { name: 'Sessions' }).locator('tbody tr');
+  await page.waitForFunction(
+    (job) => [...document.querySelectorAll('table tbody tr')].filter((r) => r.textContent.includes(job)).length === 2,
+    job, { timeout: STEP_MS, polling: 100 });
+  console.log(`history rows: ${await sessions.count()}`);
+
+  step('see the agent online in Agents');
+  await nav.getByRole('link', { name: 'Agents' }).click();
+  await page.getByRole('table', { name: 'Agents' }).getByText('ONLINE').first().waitFor({ timeout: STEP_MS });
+
+  step('see this coordinator in Coordinators');
+  await nav.getByRole('link', { name: 'Coordinators' }).click();
+  await page.getByRole('table', { name: 'Coordinators' }).locator('tbody tr').first().waitFor({ timeout: STEP_MS });
+
+  step('verify a restore point');
+  await nav.getByRole('link', { name: 'Restore points' }).click();
+  await page.getByLabel('Job', { exact: true }).selectOption(job);
+  const points = page.getByRole('table', { name: 'Restore points' }).locator('tbody tr');
+  await points.first().waitFor({ timeout: STEP_MS });
+  const count = await points.count();
+  if (count !== 2) throw new Error(`expected the 2 restore points of the graceful session, saw ${count}`);
+  await points.first().getByRole('button', { name: 'Verify' }).click();
+  await points.first().getByText(/ OK: .* checked on /).waitFor({ timeout: STEP_MS });
 }
 
 async function main() {

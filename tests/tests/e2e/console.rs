@@ -1,7 +1,9 @@
 //! Issue 17: the console in a real browser. Headless Chromium, driven by Playwright
 //! (`tests/console/console.mjs`), opens the console of a real cluster, sees the job, clicks
 //! Start, watches the items progress, clicks Stop > Gracefully and sees the session end
-//! WARNING and canceled with its NOT_PROCESSED items. The cluster is secure: the browser reaches
+//! WARNING and canceled with its NOT_PROCESSED items; then clicks Retry, stops the retry
+//! Immediately and sees it end FAILED with CANCELED items, visits History, Agents and
+//! Coordinators, and verifies a restore point. The cluster is secure: the browser reaches
 //! the console over HTTPS and signs in with an operator's API token. Screenshots go to
 //! `target/console-screenshots/` (`session-view.png`, and `failure.png` when a step fails).
 
@@ -31,7 +33,7 @@ fn screenshot_dir() -> PathBuf {
 }
 
 #[tokio::test]
-async fn start_and_stop_gracefully_in_the_browser() {
+async fn start_stop_and_retry_in_the_browser() {
     let dir = console_dir();
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
@@ -83,8 +85,10 @@ async fn start_and_stop_gracefully_in_the_browser() {
         .unwrap_or_else(|status| panic!("ListSessions: {status}"))
         .into_inner()
         .sessions;
-    assert_eq!(sessions.len(), 1, "one session, started in the browser: {sessions:?}");
-    let session = get_session(&jobs, &sessions[0].id).await;
+    assert_eq!(sessions.len(), 2, "a session and its retry, both from the browser: {sessions:?}");
+    let (retries, firsts): (Vec<_>, Vec<_>) =
+        sessions.iter().partition(|session| !session.retry_of.is_empty());
+    let session = get_session(&jobs, &firsts[0].id).await;
     assert_eq!(session.state(), SessionState::Stopped);
     assert_eq!(
         session.result(),
@@ -104,5 +108,17 @@ async fn start_and_stop_gracefully_in_the_browser() {
         "{:?}",
         session.items
     );
-    lab.assert_no_leftovers("after the graceful stop from the console");
+    let retry = get_session(&jobs, &retries[0].id).await;
+    assert_eq!(retry.retry_of, session.id);
+    assert_eq!((retry.state(), retry.result()), (SessionState::Stopped, SessionResult::Failed));
+    assert!(retry.canceled && retry.stopped_by == "token:console", "{retry:?}");
+    let names = |items: &[sluice_proto::pb::ItemStatus], state| {
+        items.iter().filter(|i| i.state() == state).map(|i| i.name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&retry.items, ItemState::Canceled),
+        names(&session.items, ItemState::NotProcessed),
+        "the retry ran the items the graceful stop left, and the immediate stop canceled them"
+    );
+    lab.assert_no_leftovers("after the graceful and immediate stops from the console");
 }
