@@ -26,8 +26,9 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// Runs schedule rounds until `shutdown`.
 pub(crate) async fn run(sessions: Sessions, shutdown: CancellationToken) {
+    let watching_since = Utc::now();
     loop {
-        let wake = match round(&sessions).await {
+        let wake = match round(&sessions, watching_since).await {
             Ok(wake) => wake,
             Err(error) => {
                 warn!(%error, "schedule round failed");
@@ -44,7 +45,10 @@ pub(crate) async fn run(sessions: Sessions, shutdown: CancellationToken) {
 }
 
 /// One round over every job with a schedule entry; returns the earliest next due time.
-async fn round(sessions: &Sessions) -> Result<Option<DateTime<Utc>>> {
+async fn round(
+    sessions: &Sessions,
+    watching_since: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>> {
     if !sessions.holds_lease() {
         return Ok(None);
     }
@@ -53,11 +57,12 @@ async fn round(sessions: &Sessions) -> Result<Option<DateTime<Utc>>> {
     let entries = store.list::<pb::ScheduleEntry>(&prefix).await?;
     let mut states = records::states(store).await?;
     let now = time::to_utc(&time::now());
+    let clock = rules::Clock { now, watching_since };
     let mut wake: Option<DateTime<Utc>> = None;
     for (key, entry) in entries {
         let job = key.strip_prefix(&prefix).unwrap_or_default().to_string();
         let state = states.remove(&job).unwrap_or_default();
-        match due::handle(sessions, &job, &entry, state, now).await {
+        match due::handle(sessions, &job, &entry, state, clock).await {
             Ok(next) => wake = [wake, next].into_iter().flatten().min(),
             Err(error) => warn!(job, %error, "schedule of the job not handled"),
         }

@@ -35,6 +35,17 @@ pub fn parse_cron(expression: &str) -> Result<Cron, String> {
     parser.parse(expression).map_err(|error| format!("{expression:?} is not valid cron: {error}"))
 }
 
+/// Refuses a valid expression that matches no date at all ("0 0 31 2 *": February 31st),
+/// which would otherwise be a schedule that silently never runs. Dates repeat every 400
+/// years, so a search from any fixed instant answers for all time; croner gives up at its
+/// year limit.
+pub fn check_ever_due(cron: &Cron, expression: &str) -> Result<(), String> {
+    match cron.find_next_occurrence(&DateTime::<Utc>::UNIX_EPOCH, false) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("{expression:?} never matches a date (e.g. February 30th)")),
+    }
+}
+
 /// Parses an IANA time zone name; empty is UTC.
 pub fn parse_timezone(name: &str) -> Result<Tz, String> {
     if name.is_empty() {

@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use super::{
     records::{self, StoredState},
-    rules::{self, CronVerdict, Due, Missed, Outcome},
+    rules::{self, Clock, CronVerdict, Due, Missed, Outcome},
 };
 use crate::{
     error::{Error, Result},
@@ -43,33 +43,34 @@ pub(super) async fn handle(
     job: &str,
     entry: &pb::ScheduleEntry,
     state: StoredState,
-    now: DateTime<Utc>,
+    clock: Clock,
 ) -> Result<Option<DateTime<Utc>>> {
+    let now = clock.now;
     let Some(schedule) = entry.schedule.as_ref().filter(|s| !s.disabled) else { return Ok(None) };
     let since = entry.since.as_ref().map_or(now, time::to_utc);
     let catch_up = TimeDelta::seconds(i64::from(catch_up_seconds(schedule)));
     if !schedule.after_job.is_empty() {
-        after_job(sessions, job, entry, &state, since, catch_up, now).await?;
+        after_job(sessions, job, entry, &state, since, catch_up, clock).await?;
         return Ok(None);
     }
     let Some(cron) = CronSchedule::of(schedule) else { return Ok(None) };
     let handled = state.value.last_due.as_ref().map_or(since, |d| time::to_utc(d).max(since));
-    let (due, trigger, missed) = match rules::cron_verdict(&cron, catch_up, handled, now) {
+    let (due, trigger, missed) = match rules::cron_verdict(&cron, catch_up, handled, clock) {
         CronVerdict::Wait(next) => return Ok(next),
         CronVerdict::Due { due, trigger, missed } => (due, trigger, missed),
     };
     let next_state =
         pb::ScheduleState { last_due: Some(time::from_utc(due)), ..state.value.clone() };
     let timezone = &schedule.timezone;
-    let also = missed.map(|m| missed_record(&m, timezone, catch_up));
+    let also = missed.map(|m| missed_record(&m, timezone, catch_up, clock));
     let why = match trigger {
         Due::Run(SessionTrigger::CatchUp) => {
-            "run late: no coordinator was up at the due time".into()
+            format!("run late: {} at the due time", rules::unhandled_because(clock, due))
         }
         _ => String::new(),
     };
     let plan = Plan { job, entry, due, state: &state, next_state, also, why };
-    settle(sessions, plan, trigger, now).await?;
+    settle(sessions, plan, trigger, clock).await?;
     Ok(None)
 }
 
@@ -82,8 +83,9 @@ async fn after_job(
     state: &StoredState,
     since: DateTime<Utc>,
     catch_up: TimeDelta,
-    now: DateTime<Utc>,
+    clock: Clock,
 ) -> Result<()> {
+    let now = clock.now;
     let store = sessions.store();
     let after = entry.schedule.as_ref().map_or("", |s| s.after_job.as_str());
     let scan = records::sessions_after(store, after, &state.value.last_after_session).await?;
@@ -101,11 +103,11 @@ async fn after_job(
             pb::ScheduleState { last_after_session: session.id.clone(), ..state.value.clone() };
         let why = format!("session {} of job {after} ended", session.id);
         let plan = Plan { job, entry, due: ended, state, next_state, also: None, why };
-        let trigger = match rules::lateness(ended, catch_up, now) {
+        let trigger = match rules::lateness(ended, catch_up, clock, false) {
             Due::Run(SessionTrigger::Schedule) => Due::Run(SessionTrigger::AfterJob),
             other => other,
         };
-        return settle(sessions, plan, trigger, now).await;
+        return settle(sessions, plan, trigger, clock).await;
     }
     if let Some(last) = passed {
         let next_state = pb::ScheduleState { last_after_session: last, ..state.value.clone() };
@@ -116,13 +118,14 @@ async fn after_job(
 }
 
 /// Turns a handled due time into a session or a run record.
-async fn settle(sessions: &Sessions, plan: Plan<'_>, due: Due, now: DateTime<Utc>) -> Result<()> {
+async fn settle(sessions: &Sessions, plan: Plan<'_>, due: Due, clock: Clock) -> Result<()> {
+    let now = clock.now;
     let trigger = match due {
         Due::Missed => {
             let limit = plan.entry.schedule.as_ref().map_or(0, catch_up_seconds);
             let reason = format!(
-                "no coordinator was up from the due time until {}, longer than the catch-up \
-                 limit of {limit} s",
+                "{} from the due time until {}, longer than the catch-up limit of {limit} s",
+                rules::unhandled_because(clock, plan.due),
                 timezone_text(now, plan.entry)
             );
             return record(sessions, plan, ScheduleRunOutcome::Missed, String::new(), reason).await;
@@ -240,13 +243,19 @@ fn run_record(
 }
 
 /// One `MISSED` record for the due times passed over while no coordinator was up.
-fn missed_record(missed: &Missed, timezone: &str, catch_up: TimeDelta) -> pb::ScheduleRun {
+fn missed_record(
+    missed: &Missed,
+    timezone: &str,
+    catch_up: TimeDelta,
+    clock: Clock,
+) -> pb::ScheduleRun {
+    let nobody = rules::unhandled_because(clock, missed.first);
     let reason = if missed.first == missed.last {
-        "no coordinator was up at the due time; only the latest due time may catch up".to_string()
+        format!("{nobody} at the due time; only the latest due time may catch up")
     } else {
         format!(
-            "no coordinator was up for the due times from {} to {}; only the latest due time \
-             may catch up (limit {} s)",
+            "{nobody} for the due times from {} to {}; only the latest due time may catch up \
+             (limit {} s)",
             local_text(missed.first, timezone),
             local_text(missed.last, timezone),
             catch_up.num_seconds()

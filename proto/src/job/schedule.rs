@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{JobError, JobFileError, invalid, validate_name};
 use crate::{
     pb,
-    schedule::{Window, leap_second, parse_cron, parse_timezone},
+    schedule::{Window, check_ever_due, leap_second, parse_cron, parse_timezone},
 };
 
 /// Largest catch-up limit a schedule may ask for (one week).
@@ -39,7 +39,9 @@ fn validate_schedule(job: &str, schedule: &pb::Schedule) -> Result<(), JobError>
             ));
         }
         (false, true) => {
-            parse_cron(&schedule.cron).map_err(|reason| invalid("job.schedule.cron", reason))?;
+            parse_cron(&schedule.cron)
+                .and_then(|cron| check_ever_due(&cron, &schedule.cron))
+                .map_err(|reason| invalid("job.schedule.cron", reason))?;
         }
         (true, false) => {
             validate_name("job.schedule.after_job", &schedule.after_job)?;

@@ -1,5 +1,6 @@
 //! Issue 15: sessions start on schedule, exactly once per due time across coordinators (also
-//! while one of them is killed), a due time during a running session is skipped and recorded,
+//! while one of them is killed), due times of an outage catch up once, a due time during a
+//! running session is skipped and recorded,
 //! `after_job` chains, and bad schedules are refused naming the field.
 
 use std::collections::HashSet;
@@ -77,6 +78,41 @@ async fn scheduled_sessions_start_once_per_due_time_while_a_coordinator_is_kille
     let manual = start_or_retry(&mut survivor, "every-two").await;
     assert_eq!(manual.trigger(), SessionTrigger::Manual);
     assert_eq!(manual.due_at, None);
+}
+
+/// Due times that pass while the only coordinator is down: when it is back, however soon, the
+/// latest runs once as `CATCH_UP` (not as on time) and the ones before it are recorded
+/// `MISSED`.
+#[tokio::test]
+async fn due_times_passed_while_no_coordinator_was_up_catch_up_once() {
+    const EVERY_FIVE_SECONDS: &str = "*/5 * * * * *";
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let mut jobs = cluster.job_client().await;
+    let job = JobBuilder::sim("outage", 100).placeholder_vms(1).cron(EVERY_FIVE_SECONDS).build();
+    create_job(&mut jobs, job).await;
+    wait_sessions(&jobs, "outage", 1, PATIENCE, stopped).await;
+    cluster.coordinator(0).sigterm().await;
+    // The outage itself is time passing: no coordinator is up for two due times. It ends just
+    // after the second, so the coordinator is back well before the next one.
+    let down = chrono::Utc::now().timestamp() + 1;
+    let (missed, latest) = (down - down % 5 + 5, down - down % 5 + 10);
+    let back_at = chrono::DateTime::from_timestamp(latest, 200_000_000).expect("a time");
+    let outage = (back_at - chrono::Utc::now()).to_std().expect("in the future");
+    tokio::time::sleep(outage).await;
+    cluster.coordinator(0).restart().await;
+    let jobs = cluster.job_client().await;
+    let due = |s: &pb::Session| s.due_at.map_or(0, |due| due.seconds);
+    let sessions = wait_sessions(&jobs, "outage", 1, PATIENCE, |s| due(s) == latest).await;
+    let caught_up = sessions.iter().find(|s| due(s) == latest).expect("the latest due time ran");
+    assert_eq!(caught_up.trigger(), SessionTrigger::CatchUp, "{caught_up:?}");
+    let record = wait_run(&jobs, "outage", PATIENCE, "a MISSED run", |run| {
+        run.outcome() == ScheduleRunOutcome::Missed
+    })
+    .await;
+    // The record starts at the first due time passed over (one may have come as it stopped).
+    assert!(record.due_at.is_some_and(|d| d.seconds <= missed), "{record:?}");
+    assert!(sessions.iter().all(|s| due(s) != missed), "the missed due time ran: {sessions:?}");
+    assert_once_per_due_time(&jobs, "outage").await;
 }
 
 /// Starts the job once its scheduled session (if one runs) has ended.
