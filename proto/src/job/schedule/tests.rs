@@ -68,7 +68,8 @@ fn bad_schedules_name_their_field() {
 #[test]
 fn a_cron_that_matches_no_date_is_refused() {
     for never in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 *"] {
-        let job = parse_job_file(&job_with(&format!("[schedule]\ncron = \"{never}\""))).unwrap();
+        let job =
+            parse_job_file(&job_with(&format!("[schedule]\ncron = \"{never}\""))).expect("parses");
         match validate_job(&job) {
             Err(JobError::Invalid { field, reason }) => {
                 assert_eq!(field, "job.schedule.cron");
@@ -78,7 +79,8 @@ fn a_cron_that_matches_no_date_is_refused() {
         }
     }
     for rare in ["0 0 29 2 *", "0 0 31 12 *", "0 0 13 * fri"] {
-        let job = parse_job_file(&job_with(&format!("[schedule]\ncron = \"{rare}\""))).unwrap();
+        let job =
+            parse_job_file(&job_with(&format!("[schedule]\ncron = \"{rare}\""))).expect("parses");
         assert_eq!(validate_job(&job), Ok(()), "{rare} has dates");
     }
 }
