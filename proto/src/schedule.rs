@@ -6,7 +6,9 @@
 //! in autumn runs once, at the first occurrence. Jobs with wildcards or steps in the time
 //! fields run on every real instant that matches the wall clock.
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Timelike, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Timelike, Utc, Weekday,
+};
 use chrono_tz::Tz;
 use croner::{
     Cron,
@@ -88,6 +90,21 @@ impl CronSchedule {
         Some(next.with_timezone(&Utc))
     }
 
+    /// The wall-clock time `due` stands for. A due time that a spring jump moved (02:30 on the
+    /// night whose 02:00-03:00 does not exist runs at 03:00) stands for the time the
+    /// expression names inside the gap; every other due time for its own.
+    pub fn nominal(&self, due: DateTime<Utc>) -> NaiveDateTime {
+        let local = due.with_timezone(&self.zone).naive_local();
+        if self.cron.is_time_matching(&local).unwrap_or(true) {
+            return local;
+        }
+        let before = (due - TimeDelta::seconds(1)).with_timezone(&self.zone).naive_local();
+        match self.cron.find_next_occurrence(&before, false) {
+            Ok(named) if named < local => named,
+            _ => local,
+        }
+    }
+
     /// The last due time at or before `at`.
     pub fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = at.with_timezone(&self.zone);
@@ -146,7 +163,11 @@ impl Window {
 
     /// Whether `at` lies inside the window.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
-        let local = at.with_timezone(&self.zone).naive_local();
+        self.contains_local(at.with_timezone(&self.zone).naive_local())
+    }
+
+    /// Whether the wall-clock time `local` of the window's time zone lies inside it.
+    pub fn contains_local(&self, local: NaiveDateTime) -> bool {
         let (today, time) = (local.weekday(), local.time());
         self.ranges.iter().any(|range| range.contains(today, time))
     }

@@ -133,7 +133,8 @@ async fn settle(sessions: &Sessions, plan: Plan<'_>, due: Due, clock: Clock) -> 
         Due::Run(trigger) => trigger,
     };
     let active = persist::active_session(sessions.store(), plan.job).await?;
-    match rules::outcome(inside_window(plan.entry, now), active.as_deref()) {
+    let inside = inside_window(plan.entry, plan.due, trigger, now);
+    match rules::outcome(inside, active.as_deref()) {
         Outcome::Start => start(sessions, plan, trigger).await,
         Outcome::Record { outcome, session_id } => {
             let reason = match outcome {
@@ -153,9 +154,23 @@ async fn settle(sessions: &Sessions, plan: Plan<'_>, due: Due, clock: Clock) -> 
     }
 }
 
-fn inside_window(entry: &pb::ScheduleEntry, now: DateTime<Utc>) -> bool {
+/// Whether a due time runs inside the job's window: judged now, or, for one that runs on time
+/// after a spring jump moved it, at the wall time it stands for (a nightly 02:30 in a window
+/// ending 02:45 still runs on the night 02:30 does not exist).
+fn inside_window(
+    entry: &pb::ScheduleEntry,
+    due: DateTime<Utc>,
+    trigger: SessionTrigger,
+    now: DateTime<Utc>,
+) -> bool {
     let Some(window) = &entry.backup_window else { return true };
-    Window::parse(window, timezone(entry), "job.backup_window").map_or(true, |w| w.contains(now))
+    let Ok(window) = Window::parse(window, timezone(entry), "job.backup_window") else {
+        return true;
+    };
+    let on_time = trigger == SessionTrigger::Schedule;
+    let cron = entry.schedule.as_ref().and_then(CronSchedule::of);
+    window.contains(now)
+        || (on_time && cron.is_some_and(|cron| window.contains_local(cron.nominal(due))))
 }
 
 fn timezone(entry: &pb::ScheduleEntry) -> &str {
@@ -262,4 +277,39 @@ fn missed_record(
         )
     };
     run_record(missed.first, ScheduleRunOutcome::Missed, String::new(), reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nightly_in(window_end: &str) -> pb::ScheduleEntry {
+        let range = pb::WindowRange {
+            days: vec!["sat".into(), "sun".into()],
+            start: "22:00".into(),
+            end: window_end.into(),
+        };
+        pb::ScheduleEntry {
+            schedule: Some(pb::Schedule {
+                cron: "30 2 * * *".into(),
+                timezone: "Europe/Berlin".into(),
+                ..Default::default()
+            }),
+            backup_window: Some(pb::BackupWindow { ranges: vec![range], ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_nightly_run_moved_by_the_spring_jump_is_judged_at_the_time_it_names() {
+        let entry = nightly_in("02:45");
+        // Berlin, 29 March 2026: 02:30 does not exist; the due time is 03:00 CEST.
+        let due: DateTime<Utc> = "2026-03-29T01:00:00Z".parse().expect("a time");
+        let now = due + TimeDelta::seconds(1);
+        assert!(inside_window(&entry, due, SessionTrigger::Schedule, now));
+        // Caught up later, it is judged when it runs, as every catch-up is.
+        assert!(!inside_window(&entry, due, SessionTrigger::CatchUp, now));
+        // A window that the named time misses still refuses it.
+        assert!(!inside_window(&nightly_in("02:15"), due, SessionTrigger::Schedule, now));
+    }
 }

@@ -186,3 +186,18 @@ fn bad_ranges_name_their_field() {
     assert!(leap_second("12:00:60") && !leap_second("12:00:59"), "second 60 is a leap second");
     assert_eq!(bad(&[], "01:00", "02:00"), "job.backup_window.ranges[0].days");
 }
+
+#[test]
+fn a_due_time_moved_by_the_spring_jump_stands_for_the_time_it_names() {
+    let nightly = cron("30 2 * * *", "Europe/Berlin");
+    let moved = utc("2026-03-29T01:00:00Z"); // 03:00 CEST, for the 02:30 that did not exist
+    let named = |text: &str| text.parse::<NaiveDateTime>().expect("a local time");
+    assert_eq!(nightly.nominal(moved), named("2026-03-29T02:30:00"));
+    let night = window(&[(&["sat", "sun"], "22:00", "02:45")], "Europe/Berlin");
+    assert!(!night.contains(moved), "03:00 is after the window");
+    assert!(night.contains_local(nightly.nominal(moved)), "02:30 is inside it");
+    // Other due times stand for themselves, also an interval's at the jump.
+    assert_eq!(nightly.nominal(utc("2026-03-30T00:30:00Z")), named("2026-03-30T02:30:00"));
+    let quarterly = cron("*/15 * * * *", "Europe/Berlin");
+    assert_eq!(quarterly.nominal(moved), named("2026-03-29T03:00:00"));
+}
