@@ -187,6 +187,20 @@ impl Machine {
         }
     }
 
+    /// What an item a stop cancelled says: the agent knows only that it was asked, the
+    /// session knows who stopped it (a user or the backup window) and whether it was a
+    /// graceful stop's timeout. Without a stop, what the agent `reported`.
+    pub(super) fn canceled_by_stop(&self, reported: String) -> String {
+        match self.status.stop.as_ref().map(|s| s.mode) {
+            Some(StopMode::Immediate) => self.stopped_by("canceled by user"),
+            Some(StopMode::Graceful) => {
+                let by = self.stopped_by("canceled: the graceful timeout of a stop by user");
+                format!("{by} ran out")
+            }
+            None => reported,
+        }
+    }
+
     /// A stop message (`... by user`) naming the stop's reason instead of the user, if any.
     fn stopped_by(&self, by_user: &str) -> String {
         match self.status.stop.as_ref().map(|s| s.reason.as_str()) {

@@ -121,7 +121,10 @@ impl Machine {
             ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Silent) => {
                 self.fail_attempt(now_ms, pos, outcome.message)
             }
-            ItemState::Canceled => self.end_item(now_ms, pos, ItemState::Canceled, outcome.message),
+            ItemState::Canceled => {
+                let message = self.canceled_by_stop(outcome.message);
+                self.end_item(now_ms, pos, ItemState::Canceled, message)
+            }
             _ => self.fail_attempt(now_ms, pos, outcome.message),
         }
     }

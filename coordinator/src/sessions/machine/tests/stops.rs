@@ -128,6 +128,10 @@ fn graceful_timeout_stops_what_still_runs_immediately() {
     let effects = m.apply(5000, Event::Tick);
     assert!(matches!(effects.as_slice(), [Effect::Cancel { reason: CancelReason::User, .. }]));
     m.apply(5001, finished(0, 1, canceled(CancelReason::User)));
+    assert_eq!(
+        m.items[0].status.message,
+        "canceled: the graceful timeout of a stop by user ran out"
+    );
     assert_eq!((m.status.result, m.status.canceled), (Some(SessionResult::Failed), true));
     let message = "stopped gracefully by user; the graceful timeout ran out and 1 running item(s) \
                    were canceled";
@@ -192,6 +196,23 @@ fn a_stop_with_a_reason_names_it_instead_of_the_user() {
     m.apply(1, Event::Stop(window));
     m.apply(2, finished(0, 1, outcome(ItemState::Success)));
     assert_eq!(m.status.message, "stopped gracefully by the backup window mon 01:00-02:00 (UTC)");
+}
+
+#[test]
+fn an_item_the_backup_window_canceled_names_the_window_not_a_user() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    let window = Stop {
+        mode: StopMode::Immediate,
+        deadline_ms: None,
+        requested_by: "backup-window".into(),
+        requested_at_ms: 0,
+        reason: "the backup window mon 01:00-02:00 (UTC)".into(),
+    };
+    m.apply(1, Event::Stop(window));
+    m.apply(2, finished(0, 1, canceled(CancelReason::User)));
+    assert_eq!(m.items[0].status.message, "canceled by the backup window mon 01:00-02:00 (UTC)");
+    assert_eq!(m.status.message, "stopped immediately by the backup window mon 01:00-02:00 (UTC)");
 }
 
 /// Finding F1: a stop accepted after the machine decided the end, but before that end was
