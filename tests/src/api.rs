@@ -140,9 +140,18 @@ pub async fn try_restore_points(jobs: &Jobs, job: &str) -> Result<Vec<pb::Restor
     }
 }
 
-/// The restore points of `job` in the catalog.
+/// The restore points of `job` in the catalog, checked to come oldest first as committed
+/// (for each item, by creation time).
 pub async fn restore_points(jobs: &Jobs, job: &str) -> Vec<pb::RestorePoint> {
-    try_restore_points(jobs, job).await.unwrap_or_else(|e| panic!("{e}"))
+    let listed = try_restore_points(jobs, job).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut newest = std::collections::HashMap::new();
+    for point in &listed {
+        let created = point.created_at.map(|t| (t.seconds, t.nanos));
+        if let Some(before) = newest.insert(point.item.as_str(), created) {
+            assert!(before <= created, "{} listed after a newer point of its item", point.id);
+        }
+    }
+    listed
 }
 
 /// The agents a coordinator lists, or the failure as text.

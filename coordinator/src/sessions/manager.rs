@@ -331,16 +331,12 @@ impl Sessions {
         persist::list(self.store(), (!job.is_empty()).then_some(job)).await
     }
 
-    /// Restore points of a job from the catalog.
+    /// Restore points of a job from the catalog, oldest first as committed.
     pub(crate) async fn restore_points(&self, job: &str) -> Result<Vec<pb::RestorePoint>> {
         validate_name("job", job)?;
+        // Not in key order: ids made in one second sort by their random part.
         let store = self.store();
-        Ok(store
-            .list::<pb::RestorePoint>(&store.keys().restore_points(job))
-            .await?
-            .into_iter()
-            .map(|(_, rp)| rp)
-            .collect())
+        store.list_in_commit_order::<pb::RestorePoint>(&store.keys().restore_points(job)).await
     }
 
     /// Runs every active session that no coordinator runs: those without an owner key are
