@@ -64,11 +64,12 @@ struct Flags {
     #[arg(long, env = "SLUICE_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     bootstrap_token_file: Option<PathBuf>,
-    /// Finished sessions older than this many days are deleted (default 400).
+    /// Finished sessions older than this many days are deleted (default 400; at least 1).
     #[arg(long, env = "SLUICE_SESSION_HISTORY_DAYS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     session_history_days: Option<u32>,
-    /// Finished sessions kept per job, newest first; older ones are deleted (default 400).
+    /// Finished sessions kept per job, newest first; older ones are deleted (default 400; at
+    /// least 1).
     #[arg(long, env = "SLUICE_SESSION_HISTORY_PER_JOB", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     session_history_per_job: Option<u32>,

@@ -57,10 +57,10 @@ pub struct Settings {
     #[serde(default)]
     pub(crate) bootstrap_token_file: Option<PathBuf>,
     /// Finished sessions older than this many days are deleted.
-    #[serde(default = "default_history_days")]
+    #[serde(default = "default_history_days", deserialize_with = "history_days")]
     pub(crate) session_history_days: u32,
     /// Finished sessions kept per job.
-    #[serde(default = "default_history_per_job")]
+    #[serde(default = "default_history_per_job", deserialize_with = "history_per_job")]
     pub(crate) session_history_per_job: u32,
     /// Seconds between compactions of etcd's history; 0 turns compaction off.
     #[serde(default = "default_compaction_interval")]
@@ -116,6 +116,27 @@ fn lease_ttl_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Resul
     Ok(seconds)
 }
 
+fn history_days<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    at_least_one(deserializer, "session-history-days")
+}
+
+fn history_per_job<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    at_least_one(deserializer, "session-history-per-job")
+}
+
+/// A count of at least one: 0 would keep nothing, which no one means (and some read as "no
+/// limit").
+fn at_least_one<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    name: &str,
+) -> Result<u32, D::Error> {
+    let value = u32::deserialize(deserializer)?;
+    if value == 0 {
+        return Err(serde::de::Error::custom(format!("{name} must be at least 1")));
+    }
+    Ok(value)
+}
+
 /// An etcd key prefix: visible characters, at least one (`/sluice` by convention; prefixes
 /// that clusters already run under, without a leading `/` or with a trailing one, still go).
 fn key_prefix<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -159,8 +180,8 @@ impl Settings {
     /// How long finished sessions and schedule runs are kept, and how many per job.
     pub(crate) fn history(&self) -> crate::maintenance::History {
         crate::maintenance::History {
-            max_age: Duration::from_secs(u64::from(self.session_history_days.max(1)) * 86_400),
-            per_job: self.session_history_per_job.max(1) as usize,
+            max_age: Duration::from_secs(u64::from(self.session_history_days) * 86_400),
+            per_job: self.session_history_per_job as usize,
         }
     }
 
@@ -279,6 +300,8 @@ mod tests {
             ("prefix = \"\"\n", "prefix must be a key path"),
             ("prefix = \"/a b\"\n", "prefix must be a key path"),
             ("prefix = \"/a\\n\"\n", "prefix must be a key path"),
+            ("session-history-per-job = 0\n", "session-history-per-job must be at least 1"),
+            ("session-history-days = 0\n", "session-history-days must be at least 1"),
         ] {
             let error = parse(extra).expect_err(extra);
             assert!(error.to_string().contains(says), "{extra}: {error}");
