@@ -79,15 +79,44 @@ fn validate_window(window: &pb::BackupWindow, timezone: &str) -> Result<(), JobE
     }
     Window::parse(window, timezone, "job.backup_window")
         .map_err(|(field, reason)| invalid(field, reason))?;
+    // New windows only: stored ones read as they always did (a window that no longer
+    // parsed would stop applying).
     for (i, range) in window.ranges.iter().enumerate() {
+        let field = format!("job.backup_window.ranges[{i}]");
         for (end, text) in [("start", &range.start), ("end", &range.end)] {
             if leap_second(text) {
-                let field = format!("job.backup_window.ranges[{i}].{end}");
-                return Err(invalid(field, format!("{text:?} is not a time of day (second 60)")));
+                let reason = format!("{text:?} is not a time of day (second 60)");
+                return Err(invalid(format!("{field}.{end}"), reason));
+            }
+            if !clock_form(text) {
+                let reason = format!("{text:?}: write HH:MM or HH:MM:SS, two digits each");
+                return Err(invalid(format!("{field}.{end}"), reason));
+            }
+        }
+        for (j, day) in range.days.iter().enumerate() {
+            let same = |other: &String| other.trim().eq_ignore_ascii_case(day.trim());
+            if range.days[..j].iter().any(same) {
+                return Err(invalid(
+                    format!("{field}.days[{j}]"),
+                    format!("{day:?} is named twice"),
+                ));
             }
         }
     }
     Ok(())
+}
+
+/// Whether a time of day is written `HH:MM` or `HH:MM:SS` with two digits each, as the
+/// docs show it (chrono alone also takes `1:00` and leading spaces).
+fn clock_form(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |at: usize| bytes[at].is_ascii_digit() && bytes[at + 1].is_ascii_digit();
+    let hh_mm = bytes.len() >= 5 && digits(0) && bytes[2] == b':' && digits(3);
+    match bytes.len() {
+        5 => hh_mm,
+        8 => hh_mm && bytes[5] == b':' && digits(6),
+        _ => false,
+    }
 }
 
 /// A schedule as written in a job file: the field names of `sluice.v1.Schedule`.
@@ -115,7 +144,8 @@ pub struct ScheduleFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowFile {
-    /// Allowed ranges.
+    /// Allowed ranges (none is refused by validation, which names the field).
+    #[serde(default)]
     pub ranges: Vec<RangeFile>,
     /// `graceful` (default) or `immediate`, short or in full.
     #[serde(default, skip_serializing_if = "String::is_empty")]

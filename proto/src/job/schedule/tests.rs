@@ -104,4 +104,18 @@ fn bad_window_ranges_name_their_field() {
         refused_field(&range("\"mon\"", "01:00", "1:2:3:4")),
         "job.backup_window.ranges[0].end"
     );
+    for loose in ["1:00", " 01:00", "01:00 ", "01:0", "01:00:5"] {
+        assert_eq!(
+            refused_field(&range("\"mon\"", loose, "02:00")),
+            "job.backup_window.ranges[0].start",
+            "{loose:?}"
+        );
+    }
+    assert_eq!(
+        refused_field(&range("\"mon\", \"tue\", \"Mon\"", "01:00", "02:00")),
+        "job.backup_window.ranges[0].days[2]"
+    );
+    assert_eq!(refused_field("[backup_window]"), "job.backup_window.ranges");
+    let fine = parse_job_file(&job_with(&range("\"mon\"", "01:00:30", "23:59"))).expect("parses");
+    assert_eq!(validate_job(&fine), Ok(()));
 }
