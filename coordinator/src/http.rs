@@ -80,6 +80,7 @@ fn routes() -> Vec<(&'static str, Access, MethodRouter<HttpParts>)> {
         ("/api/v1/jobs/{name}/start", Access::Operate, post(start_job)),
         ("/api/v1/jobs/{name}/stop", Access::Operate, post(stop_job)),
         ("/api/v1/jobs/{name}/restore-points", Access::View, get(restore_points)),
+        ("/api/v1/jobs/{name}/schedule-runs", Access::View, get(schedule_runs)),
         ("/api/v1/sessions", Access::View, get(list_sessions)),
         ("/api/v1/sessions/{id}", Access::View, get(get_session)),
         ("/api/v1/sessions/{id}/events", Access::View, get(events::session_events)),

@@ -139,6 +139,15 @@ pub(crate) async fn restore_points(
     Ok(Pb(s.jobs.list_restore_points(grpc(&c, request)).await?.into_inner()))
 }
 
+pub(crate) async fn schedule_runs(
+    State(s): Api,
+    Extension(c): By,
+    PathParam(job): PathParam,
+) -> Reply<pb::ListScheduleRunsResponse> {
+    let request = pb::ListScheduleRunsRequest { job };
+    Ok(Pb(s.jobs.list_schedule_runs(grpc(&c, request)).await?.into_inner()))
+}
+
 /// The query of `GET /api/v1/sessions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

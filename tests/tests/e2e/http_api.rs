@@ -175,6 +175,10 @@ async fn every_route_answers_the_json_mapping_and_errors_as_json() {
     assert_eq!(coordinators["coordinators"][0]["id"], "c1");
     let points = expect(&http.get("/api/v1/jobs/web/restore-points").await, 200, "restore points");
     assert!(points["restorePoints"].is_array(), "restore points: {points}");
+    let runs = expect(&http.get("/api/v1/jobs/web/schedule-runs").await, 200, "schedule runs");
+    assert!(runs.get("runs").is_none_or(Value::is_array), "schedule runs: {runs}");
+    let unknown = http.get("/api/v1/jobs/nope/schedule-runs").await;
+    expect_error(&unknown, 404, "NOT_FOUND", "schedule runs of nothing");
     let verify = http.post("/api/v1/restore-points/nope/verify", r#"{"job": "web"}"#).await;
     expect_error(&verify, 404, "NOT_FOUND", "verify of nothing");
 

@@ -44,9 +44,7 @@ function jobRow(job, sessions) {
   const active = sessions.find((s) => s.state !== 'SESSION_STATE_STOPPED');
   const last = sessions.find((s) => s.state === 'SESSION_STATE_STOPPED');
   const latest = active || last;
-  const schedule = job.schedule || null;
-  const scheduleText = schedule && !schedule.disabled
-    ? (schedule.cron || (schedule.afterJob ? `after ${schedule.afterJob}` : '—')) : '—';
+  const scheduleText = describeSchedule(job.schedule);
   const operate = roleAllows('operate');
   const retryable = !active && last && last.result !== 'SESSION_RESULT_SUCCESS';
   const actions = h('div', { class: 'actions' },
@@ -67,6 +65,14 @@ function jobRow(job, sessions) {
     h('td', {}, latest ? when(latest.createdAt) : '—'),
     h('td', {}, job.summary.nextRunAt ? when(job.summary.nextRunAt) : '—'),
     h('td', {}, actions));
+}
+
+// As the CLI says it: the cron in its time zone, or after which job; kept but disabled ones too.
+function describeSchedule(schedule) {
+  if (!schedule) return '—';
+  const text = schedule.cron ? `${schedule.cron} (${schedule.timezone || 'UTC'})`
+    : schedule.afterJob ? `after ${schedule.afterJob}` : '—';
+  return schedule.disabled ? `${text}, disabled` : text;
 }
 
 // ---------------------------------------------------------------- history
