@@ -113,13 +113,34 @@ impl CronSchedule {
     }
 }
 
-/// When an enabled cron schedule runs next after `now`; `None` for a disabled, `after_job`
-/// or invalid schedule. The CLI and the console show this.
-pub fn next_run(schedule: &pb::Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// Due times a next run looks at before it gives up on a window that admits none of them.
+const NEXT_RUN_TRIES: usize = 1_000;
+
+/// When an enabled cron schedule runs next after `now`: its next due time that the backup
+/// `window` (if any) lets start, since the others start nothing. `None` for a disabled,
+/// `after_job` or invalid schedule, or one the window admits no run of for a long while. The
+/// CLI and the console show this.
+pub fn next_run(
+    schedule: &pb::Schedule,
+    window: Option<&pb::BackupWindow>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     if schedule.disabled {
         return None;
     }
-    CronSchedule::of(schedule)?.next_after(now)
+    let cron = CronSchedule::of(schedule)?;
+    let window = window.and_then(|w| Window::parse(w, &schedule.timezone, "").ok());
+    let mut due = cron.next_after(now)?;
+    let Some(window) = window else { return Some(due) };
+    for _ in 0..NEXT_RUN_TRIES {
+        if window.contains(due) || window.contains_local(cron.nominal(due)) {
+            return Some(due);
+        }
+        // The first due time once the window opens again.
+        let opening = window.next_opening_after(due)?;
+        due = cron.next_after(opening - TimeDelta::seconds(1))?;
+    }
+    None
 }
 
 /// A parsed backup window in its time zone.
@@ -164,6 +185,28 @@ impl Window {
     /// Whether `at` lies inside the window.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
         self.contains_local(at.with_timezone(&self.zone).naive_local())
+    }
+
+    /// The first instant after `at` at which a range of the window opens (within 8 days:
+    /// every range opens weekly); `None` if none does.
+    fn next_opening_after(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&self.zone).naive_local();
+        (0..=8)
+            .filter_map(|days| local.date().checked_add_days(chrono::Days::new(days)))
+            .flat_map(|date| {
+                let starts = self.ranges.iter().filter(move |r| r.days.contains(&date.weekday()));
+                starts.map(move |range| date.and_time(range.start))
+            })
+            .filter(|start| *start > local)
+            // A start the spring jump skips opens at the jump: an hour on is the same range.
+            .filter_map(|start| {
+                let zone = &self.zone;
+                zone.from_local_datetime(&start)
+                    .earliest()
+                    .or_else(|| zone.from_local_datetime(&(start + TimeDelta::hours(1))).earliest())
+            })
+            .map(|start| start.with_timezone(&Utc))
+            .min()
     }
 
     /// Whether the wall-clock time `local` of the window's time zone lies inside it.

@@ -89,7 +89,8 @@ fn too_many_bytes() -> Error {
 /// What a list shows of `job` beside its definition, as of `now`.
 fn summary(job: &pb::Job, now: SystemTime) -> pb::JobSummary {
     let now = time::to_utc(&time::to_timestamp(now));
-    let next = job.schedule.as_ref().and_then(|schedule| schedule::next_run(schedule, now));
+    let window = job.backup_window.as_ref();
+    let next = job.schedule.as_ref().and_then(|schedule| schedule::next_run(schedule, window, now));
     pb::JobSummary {
         name: job.name.clone(),
         item_count: u32::try_from(job.items.len()).unwrap_or(u32::MAX),

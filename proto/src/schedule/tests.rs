@@ -117,10 +117,50 @@ fn the_latest_due_time_counts_the_present_instant() {
 fn next_run_is_none_when_disabled_or_chained() {
     let now = utc("2026-07-01T00:00:00Z");
     let daily = pb::Schedule { cron: "0 3 * * *".into(), ..Default::default() };
-    assert_eq!(next_run(&daily, now), Some(utc("2026-07-01T03:00:00Z")));
-    assert_eq!(next_run(&pb::Schedule { disabled: true, ..daily.clone() }, now), None);
+    assert_eq!(next_run(&daily, None, now), Some(utc("2026-07-01T03:00:00Z")));
+    assert_eq!(next_run(&pb::Schedule { disabled: true, ..daily.clone() }, None, now), None);
     let chained = pb::Schedule { after_job: "other".into(), ..Default::default() };
-    assert_eq!(next_run(&chained, now), None);
+    assert_eq!(next_run(&chained, None, now), None);
+}
+
+fn window_of(ranges: &[(&[&str], &str, &str)]) -> pb::BackupWindow {
+    let ranges = ranges
+        .iter()
+        .map(|(days, start, end)| pb::WindowRange {
+            days: days.iter().map(ToString::to_string).collect(),
+            start: (*start).into(),
+            end: (*end).into(),
+        })
+        .collect();
+    pb::BackupWindow { ranges, ..Default::default() }
+}
+
+#[test]
+fn the_next_run_is_the_next_due_time_the_window_lets_start() {
+    // Wednesday 1 July 2026, midnight UTC.
+    let now = utc("2026-07-01T00:00:00Z");
+    let hourly = pb::Schedule { cron: "0 * * * *".into(), ..Default::default() };
+    let saturday_night = window_of(&[(&["sat"], "22:30", "02:00")]);
+    assert_eq!(next_run(&hourly, Some(&saturday_night), now), Some(utc("2026-07-04T23:00:00Z")));
+    let daily = pb::Schedule { cron: "0 0 * * *".into(), ..Default::default() };
+    let monday_one_to_two = window_of(&[(&["mon"], "01:00", "02:00")]);
+    assert_eq!(next_run(&daily, Some(&monday_one_to_two), now), None, "no run ever starts");
+    let inside = window_of(&[(&["wed"], "00:00", "01:00")]);
+    assert_eq!(
+        next_run(&hourly, Some(&inside), now),
+        Some(utc("2026-07-01T00:00:00Z") + TimeDelta::hours(24 * 7))
+    );
+    // A nightly 02:30 that the spring jump moves to 03:00 still runs in a window ending 02:45.
+    let nightly = pb::Schedule {
+        cron: "30 2 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        ..Default::default()
+    };
+    let night = window_of(&[(&["sun"], "02:00", "02:45")]);
+    assert_eq!(
+        next_run(&nightly, Some(&night), utc("2026-03-28T12:00:00Z")),
+        Some(utc("2026-03-29T01:00:00Z"))
+    );
 }
 
 #[test]

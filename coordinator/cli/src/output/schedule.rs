@@ -19,7 +19,7 @@ pub fn next_run(job: &pb::Job, now: SystemTime) -> String {
         return format!("after {}", schedule.after_job);
     }
     let now_utc: DateTime<Utc> = time::to_utc(&time::to_timestamp(now));
-    match schedule::next_run(schedule, now_utc) {
+    match schedule::next_run(schedule, job.backup_window.as_ref(), now_utc) {
         Some(next) => when(Some(&time::from_utc(next)), now),
         None => "-".to_string(),
     }
