@@ -19,7 +19,7 @@ pub(crate) mod choose;
 pub(crate) mod parent;
 mod retention;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
@@ -176,14 +176,16 @@ impl RestorePoints {
         })
     }
 
-    /// `listed` (restore points of `job`) without those whose deletion began.
+    /// `listed` (restore points of `job`) without those whose deletion began, but for one
+    /// that a listed point still names as its parent (a merge into it is under way): no
+    /// listed chain has a missing link.
     pub(crate) async fn without_deleting(
         &self,
         job: &str,
         listed: Vec<pb::RestorePoint>,
     ) -> Result<Vec<pb::RestorePoint>> {
         let deleting = self.deleting(job).await?;
-        Ok(listed.into_iter().filter(|rp| !deleting.contains(&rp.id)).collect())
+        Ok(kept_in_list(listed, &deleting))
     }
 
     async fn catalog_entry(
@@ -350,5 +352,44 @@ impl Drop for InUse {
                 }
             });
         }
+    }
+}
+
+/// What a list shows of `listed` while `deleting` are being deleted: every point not being
+/// deleted, and every point on the parent links from those.
+fn kept_in_list(
+    listed: Vec<pb::RestorePoint>,
+    deleting: &BTreeSet<String>,
+) -> Vec<pb::RestorePoint> {
+    let by_id: HashMap<&str, &pb::RestorePoint> =
+        listed.iter().map(|rp| (rp.id.as_str(), rp)).collect();
+    let mut shown: BTreeSet<&str> =
+        by_id.keys().copied().filter(|id| !deleting.contains(*id)).collect();
+    let mut walk: Vec<&str> = shown.iter().copied().collect();
+    while let Some(id) = walk.pop() {
+        let parent = by_id.get(id).map_or("", |rp| rp.parent_id.as_str());
+        if by_id.contains_key(parent) && shown.insert(parent) {
+            walk.push(parent);
+        }
+    }
+    let shown: BTreeSet<String> = shown.into_iter().map(str::to_owned).collect();
+    listed.into_iter().filter(|rp| shown.contains(&rp.id)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(id: &str, parent: &str) -> pb::RestorePoint {
+        pb::RestorePoint { id: id.into(), parent_id: parent.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_point_being_deleted_stays_listed_while_a_listed_chain_builds_on_it() {
+        let listed = vec![point("a", ""), point("b", "a"), point("c", "b"), point("x", "")];
+        let deleting: BTreeSet<String> = ["a", "b", "x"].map(String::from).into();
+        let ids: Vec<String> =
+            kept_in_list(listed, &deleting).into_iter().map(|rp| rp.id).collect();
+        assert_eq!(ids, ["a", "b", "c"], "x is gone; c's chain is whole");
     }
 }
