@@ -59,12 +59,18 @@ pub fn from_json<M: Message + Name + Default>(text: &[u8]) -> Result<M, JsonErro
         return Ok(M::default());
     }
     let mut deserializer = serde_json::Deserializer::from_slice(text);
+    // The path names the field, where serde_json's position alone says only a column.
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(&mut deserializer, &mut track);
     let dynamic = DynamicMessage::deserialize_with_options(
         descriptor::<M>()?,
-        &mut deserializer,
+        tracked,
         &DeserializeOptions::new(),
     )
-    .map_err(|e| JsonError::Invalid(e.to_string()))?;
+    .map_err(|e| {
+        let path = track.path().to_string();
+        JsonError::Invalid(if path == "." { e.to_string() } else { format!("{path}: {e}") })
+    })?;
     deserializer.end().map_err(|e| JsonError::Invalid(e.to_string()))?;
     dynamic.transcode_to::<M>().map_err(|e| JsonError::Invalid(e.to_string()))
 }
@@ -124,6 +130,13 @@ mod tests {
         assert!(from_json::<pb::StopJobRequest>(b"{").is_err());
         assert!(from_json::<pb::StopJobRequest>(b"{} {}").is_err());
         assert_eq!(from_json::<pb::StartJobRequest>(b" ").expect("empty"), Default::default());
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_naming_its_field() {
+        let job = br#"{"name": "j", "schedule": {"cron": "0 2 * * *", "catchUpSeconds": -5}}"#;
+        let error = from_json::<pb::Job>(job).expect_err("negative u32");
+        assert!(error.to_string().starts_with("schedule.catchUpSeconds: "), "{error}");
     }
 
     #[test]
