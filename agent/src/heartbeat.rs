@@ -1,5 +1,5 @@
 //! Heartbeats to the coordinators: every ttl/3 to one endpoint of the list, failing over
-//! round-robin; a last one with `leaving` when the agent leaves after a drain. With TLS the
+//! round-robin (a round that none took is tried again within a quarter second); a last one with `leaving` when the agent leaves after a drain. With TLS the
 //! agent shows its own certificate, the only one a coordinator takes a heartbeat for this
 //! agent from; the clients are built again after the certificate files changed.
 
@@ -23,6 +23,10 @@ use crate::tasks::AgentStatus;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a round no coordinator took, the next comes this soon (or at the interval, if
+/// sooner): coordinators that were all down are heard again within it of their return,
+/// before the agent's registration runs out.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(250);
 
 type Client = AgentRegistryClient<InterceptedService<Channel, TraceInterceptor>>;
 
@@ -98,7 +102,9 @@ impl Heartbeater {
             }
             let current = status.borrow_and_update().clone();
             draining = current.draining;
-            self.beat(&current, false).await;
+            if !self.beat(&current, false).await {
+                ticks.reset_after(RETRY_AFTER_FAILURE.min(self.interval));
+            }
         }
     }
 

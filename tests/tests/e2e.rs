@@ -24,6 +24,7 @@ mod e2e {
     mod http_security;
     mod jobs;
     mod live_vms;
+    mod outages;
     mod ownership;
     mod reflection;
     mod restore_points;

@@ -3,12 +3,21 @@
 //! revision of its key as `registration`: tasks name it, so an agent refuses one sent to a
 //! registration that expired before it registered again.
 //!
+//! An agent whose key expired stays listed for [`EXPIRY_GRACE`], taking no new tasks, before
+//! it is gone: when every coordinator was down for a few seconds, keys expire although their
+//! agents live on, and those register again as soon as a coordinator is back. Sessions count
+//! an agent's tasks lost only once it is gone, so results it finished meanwhile are kept.
+//! (The agent gives its running tasks up after a heartbeat TTL without an answer, no later
+//! than its key expires, so nothing it runs is retried elsewhere while it still runs.)
+//!
 //! Heartbeats rewrite a record whenever its running task count changes, which is about every
 //! heartbeat of a busy agent. Session actors only care about what placement sees (the set of
 //! agents, their slots, computers and states), so they follow `placement`, which changes
 //! only with that: a heartbeat does not wake every session.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
 
 use etcd_client::{Event, EventType, GetOptions, WatchOptions};
 use sluice_proto::{ids::AgentId, pb};
@@ -25,24 +34,79 @@ use crate::{
 /// Registered agents by id.
 pub(crate) type Agents = Arc<BTreeMap<AgentId, pb::Agent>>;
 
+/// How long an agent whose registration expired is kept (taking no new tasks) for it to
+/// register again; a few heartbeat intervals of an agent retrying its heartbeats.
+pub(crate) const EXPIRY_GRACE: Duration = Duration::from_secs(3);
+
+/// The agents as the watch saw them, with those whose key is gone until their grace ends.
+#[derive(Debug, Default)]
+struct Listing {
+    agents: BTreeMap<AgentId, pb::Agent>,
+    /// Agents whose key is gone, and when they are dropped unless they register again.
+    expiring: BTreeMap<AgentId, Instant>,
+}
+
+impl Listing {
+    fn listed(agents: BTreeMap<AgentId, pb::Agent>) -> Self {
+        Listing { agents, expiring: BTreeMap::new() }
+    }
+
+    /// An agent registered (again).
+    fn put(&mut self, id: AgentId, agent: pb::Agent) {
+        if self.expiring.remove(&id).is_some() {
+            info!(agent = %id, "agent registered again within its grace");
+        } else if !self.agents.contains_key(&id) {
+            info!(agent = %id, address = %agent.address, "agent joined");
+        }
+        self.agents.insert(id, agent);
+    }
+
+    /// An agent's key is gone: it stays until `now` + [`EXPIRY_GRACE`].
+    fn key_gone(&mut self, id: AgentId, now: Instant) {
+        if self.agents.contains_key(&id) {
+            info!(agent = %id, "agent left or its registration expired; gone unless it registers again within {EXPIRY_GRACE:?}");
+            self.expiring.entry(id).or_insert(now + EXPIRY_GRACE);
+        }
+    }
+
+    /// When the next grace ends.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.expiring.values().min().copied()
+    }
+
+    /// Drops the agents whose grace ended by `now`.
+    fn expire(&mut self, now: Instant) {
+        let ended: Vec<AgentId> =
+            self.expiring.iter().filter(|(_, at)| **at <= now).map(|(id, _)| id.clone()).collect();
+        for id in ended {
+            info!(agent = %id, "agent left or expired");
+            self.expiring.remove(&id);
+            self.agents.remove(&id);
+        }
+    }
+}
+
 /// A live view of the registered agents.
 #[derive(Clone)]
 pub(crate) struct AgentDirectory {
     agents: watch::Receiver<Option<Agents>>,
     placement: watch::Receiver<Arc<AgentMap>>,
+    /// When the agents were first listed.
+    first_listed: Arc<std::sync::OnceLock<Instant>>,
 }
 
 /// The sending ends the watch task keeps current.
 struct Senders {
     agents: watch::Sender<Option<Agents>>,
     placement: watch::Sender<Arc<AgentMap>>,
+    first_listed: Arc<std::sync::OnceLock<Instant>>,
 }
 
 impl Senders {
     /// Publishes `agents`; placement's view only if it changed, and first: whoever saw the
     /// agents listed finds placement's view of them too.
-    fn publish(&self, agents: &BTreeMap<AgentId, pb::Agent>) {
-        let map = agent_map(agents);
+    fn publish(&self, listing: &Listing) {
+        let (agents, map) = (&listing.agents, agent_map(listing));
         self.placement.send_if_modified(|current| {
             let changed = **current != map;
             if changed {
@@ -50,6 +114,7 @@ impl Senders {
             }
             changed
         });
+        self.first_listed.get_or_init(Instant::now);
         self.agents.send_replace(Some(Arc::new(agents.clone())));
     }
 }
@@ -62,9 +127,14 @@ impl AgentDirectory {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (agents_sender, agents) = watch::channel(None);
         let (placement_sender, placement) = watch::channel(Arc::default());
-        let senders = Senders { agents: agents_sender, placement: placement_sender };
+        let first_listed = Arc::new(std::sync::OnceLock::new());
+        let senders = Senders {
+            agents: agents_sender,
+            placement: placement_sender,
+            first_listed: first_listed.clone(),
+        };
         let task = tokio::spawn(follow(store, senders, shutdown));
-        (AgentDirectory { agents, placement }, task)
+        (AgentDirectory { agents, placement, first_listed }, task)
     }
 
     /// The agents now (empty until the first listing).
@@ -93,17 +163,33 @@ impl AgentDirectory {
     pub(crate) async fn loaded(&self) -> bool {
         self.agents.clone().wait_for(Option::is_some).await.is_ok()
     }
+
+    /// Waits until whether an agent is gone can be told: [`EXPIRY_GRACE`] after the first
+    /// listing. An agent missing from it may be one whose key expired while every
+    /// coordinator was down, and that registers again as soon as this one is up.
+    pub(crate) async fn settled(&self) -> bool {
+        if !self.loaded().await {
+            return false;
+        }
+        if let Some(listed) = self.first_listed.get() {
+            tokio::time::sleep_until(*listed + EXPIRY_GRACE).await;
+        }
+        true
+    }
 }
 
-/// Placement's view of the agents: slots, computer and whether each takes new tasks.
-pub(crate) fn agent_map(agents: &BTreeMap<AgentId, pb::Agent>) -> AgentMap {
-    agents
+/// Placement's view of the agents: slots, computer and whether each takes new tasks (not
+/// while draining, nor while its registration is gone).
+fn agent_map(listing: &Listing) -> AgentMap {
+    listing
+        .agents
         .iter()
         .map(|(id, agent)| {
+            let online = agent.state() == pb::AgentState::Online;
             let info = AgentInfo {
                 slots: agent.slots,
                 computer: (!agent.computer.is_empty()).then(|| agent.computer.clone()),
-                accepting: agent.state() == pb::AgentState::Online,
+                accepting: online && !listing.expiring.contains_key(id),
             };
             (id.clone(), info)
         })
@@ -130,20 +216,35 @@ async fn follow(store: Store, sender: Senders, shutdown: CancellationToken) {
 
 async fn list_and_watch(store: &Store, sender: &Senders) -> Result<()> {
     let prefix = store.keys().agents();
-    let (mut agents, revision) = list(store, &prefix).await?;
-    sender.publish(&agents);
+    let (agents, revision) = list(store, &prefix).await?;
+    let mut listing = Listing::listed(agents);
+    sender.publish(&listing);
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
-    while let Some(response) = stream.message().await? {
-        if response.canceled() {
-            return Ok(());
+    loop {
+        let grace_ends = listing.next_expiry();
+        tokio::select! {
+            message = stream.message() => {
+                let Some(response) = message? else { return Ok(()) };
+                if response.canceled() {
+                    return Ok(());
+                }
+                for event in response.events() {
+                    apply(&mut listing, &prefix, event)?;
+                }
+            }
+            () = sleep_until(grace_ends) => listing.expire(Instant::now()),
         }
-        for event in response.events() {
-            apply(&mut agents, &prefix, event)?;
-        }
-        sender.publish(&agents);
+        sender.publish(&listing);
     }
-    Ok(())
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The registered agents, and the revision they were read at.
@@ -163,7 +264,7 @@ async fn list(store: &Store, prefix: &str) -> Result<(BTreeMap<AgentId, pb::Agen
 }
 
 /// Applies one change of an agent's key.
-fn apply(agents: &mut BTreeMap<AgentId, pb::Agent>, prefix: &str, event: &Event) -> Result<()> {
+fn apply(listing: &mut Listing, prefix: &str, event: &Event) -> Result<()> {
     let Some(kv) = event.kv() else { return Ok(()) };
     let key = String::from_utf8_lossy(kv.key()).into_owned();
     let Some(id) = agent_id(key.trim_start_matches(prefix)) else { return Ok(()) };
@@ -171,16 +272,10 @@ fn apply(agents: &mut BTreeMap<AgentId, pb::Agent>, prefix: &str, event: &Event)
         EventType::Put => {
             let record: pb::AgentRecord = decode(&key, kv.value())?;
             if let Some(agent) = record.agent {
-                if !agents.contains_key(&id) {
-                    info!(agent = %id, address = %agent.address, "agent joined");
-                }
-                agents.insert(id, pb::Agent { registration: kv.create_revision(), ..agent });
+                listing.put(id, pb::Agent { registration: kv.create_revision(), ..agent });
             }
         }
-        EventType::Delete => {
-            info!(agent = %id, "agent left or expired");
-            agents.remove(&id);
-        }
+        EventType::Delete => listing.key_gone(id, Instant::now()),
     }
     Ok(())
 }
@@ -201,17 +296,42 @@ mod tests {
         AgentId::parse("agent", "a1").expect("valid agent id")
     }
 
-    fn agents(running_tasks: u32, slots: u32) -> BTreeMap<AgentId, pb::Agent> {
-        let id = a1();
-        let agent = pb::Agent { id: "a1".into(), slots, running_tasks, ..Default::default() };
-        BTreeMap::from([(id, agent)])
+    fn agent(running_tasks: u32, slots: u32) -> pb::Agent {
+        let state = pb::AgentState::Online as i32;
+        pb::Agent { id: "a1".into(), slots, running_tasks, state, ..Default::default() }
+    }
+
+    fn agents(running_tasks: u32, slots: u32) -> Listing {
+        Listing::listed(BTreeMap::from([(a1(), agent(running_tasks, slots))]))
+    }
+
+    #[test]
+    fn an_agent_whose_key_is_gone_stays_without_new_tasks_until_its_grace_ends() {
+        let mut listing = agents(2, 4);
+        let start = Instant::now();
+        listing.key_gone(a1(), start);
+        assert!(listing.agents.contains_key(&a1()), "kept: its tasks are not lost yet");
+        assert!(!agent_map(&listing)[&a1()].accepting, "but it takes no new task");
+        listing.expire(start + EXPIRY_GRACE - Duration::from_millis(1));
+        assert!(listing.agents.contains_key(&a1()));
+        // Registered again: nothing was lost.
+        listing.put(a1(), agent(2, 4));
+        listing.expire(start + EXPIRY_GRACE);
+        assert!(listing.agents.contains_key(&a1()) && agent_map(&listing)[&a1()].accepting);
+        assert_eq!(listing.next_expiry(), None);
+        // Gone for good once a grace ends without it.
+        listing.key_gone(a1(), start);
+        assert_eq!(listing.next_expiry(), Some(start + EXPIRY_GRACE));
+        listing.expire(start + EXPIRY_GRACE);
+        assert!(listing.agents.is_empty());
     }
 
     #[test]
     fn placement_changes_only_with_what_placement_sees() {
         let (agents_sender, mut listed) = watch::channel(None);
         let (placement_sender, mut placement) = watch::channel(Arc::default());
-        let senders = Senders { agents: agents_sender, placement: placement_sender };
+        let first_listed = Arc::default();
+        let senders = Senders { agents: agents_sender, placement: placement_sender, first_listed };
         senders.publish(&agents(0, 4));
         assert!(placement.has_changed().unwrap_or(false), "the first listing");
         assert_eq!(placement.borrow_and_update()[&a1()].slots, 4);

@@ -17,7 +17,9 @@ impl SessionActor {
         if named.is_empty() {
             return;
         }
-        self.ctx.directory.loaded().await;
+        // Only a coordinator that just started waits here: for agents whose registration
+        // expired while no coordinator was up, to register again before any counts as lost.
+        self.ctx.directory.settled().await;
         for agent in named {
             self.list_tasks(agent);
         }
