@@ -154,10 +154,10 @@ pub enum Error {
     #[error("coordinator is shutting down")]
     ShuttingDown,
     /// etcd did not answer or refused the request.
-    #[error("etcd request failed: {0}")]
+    #[error("etcd request failed: {}", crate::store::etcd_text(.0))]
     Etcd(etcd_client::Error),
     /// etcd or the gRPC layer refused a request or an answer as too large.
-    #[error("etcd request failed: {0}")]
+    #[error("etcd request failed: {}", crate::store::etcd_text(.0))]
     EtcdTooLarge(etcd_client::Error),
     /// No registered agent has this id.
     #[error("agent {agent:?} is not registered")]

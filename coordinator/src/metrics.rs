@@ -88,6 +88,7 @@ struct Inner {
     last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
     sessions: Family<JobResult, Counter>,
     items: Family<JobState, Gauge>,
+    bytes_read: Family<JobLabel, Counter>,
     bytes_transferred: Family<JobLabel, Counter>,
     agent_slots: Family<AgentSlots, Gauge>,
     stop_latency: HistogramFamily<ModeLabel>,
@@ -104,6 +105,7 @@ impl Default for Metrics {
             last_success: Family::default(),
             sessions: Family::default(),
             items: Family::default(),
+            bytes_read: Family::default(),
             bytes_transferred: Family::default(),
             agent_slots: Family::default(),
             stop_latency: Family::new_with_constructor(|| Histogram::new(STOP_BUCKETS)),
@@ -133,8 +135,13 @@ impl Inner {
             self.items.clone(),
         );
         r.register(
+            "sluice_bytes_read",
+            "Bytes the items of sessions this coordinator ended read from their sources",
+            self.bytes_read.clone(),
+        );
+        r.register(
             "sluice_bytes_transferred",
-            "Bytes the items of sessions this coordinator ended copied into the repository",
+            "Bytes the items of sessions this coordinator ended wrote into the repository",
             self.bytes_transferred.clone(),
         );
         r.register(
@@ -172,6 +179,14 @@ impl Inner {
     }
 }
 
+/// What the items of an ended session read from their sources and wrote into the repository
+/// (an incremental reads and writes only what changed; a full writes what it read, packed).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Bytes {
+    pub(crate) read: u64,
+    pub(crate) transferred: u64,
+}
+
 impl Metrics {
     /// The text of `/metrics`, with agent slots read from `agents` now.
     pub(crate) fn render<'a>(&self, agents: impl IntoIterator<Item = &'a pb::Agent>) -> String {
@@ -194,10 +209,12 @@ impl Metrics {
     }
 
     /// A session that this coordinator ended.
-    fn session_ended(&self, job: &str, result: &'static str, bytes: u64) {
+    fn session_ended(&self, job: &str, result: &'static str, bytes: Bytes) {
         let inner = &self.inner;
         inner.sessions.get_or_create(&JobResult { job: job.to_string(), result }).inc();
-        inner.bytes_transferred.get_or_create(&JobLabel { job: job.to_string() }).inc_by(bytes);
+        let label = JobLabel { job: job.to_string() };
+        inner.bytes_read.get_or_create(&label).inc_by(bytes.read);
+        inner.bytes_transferred.get_or_create(&label).inc_by(bytes.transferred);
     }
 
     fn stop_latency(&self, mode: &'static str, seconds: f64) {

@@ -316,6 +316,17 @@ impl From<etcd_client::Error> for Error {
     }
 }
 
+/// An etcd error as messages say it: a status's code and text, without the transport's
+/// debug output (addresses, nested sources) that callers cannot act on.
+pub(crate) fn etcd_text(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            format!("{:?}: {}; try again", status.code(), status.message())
+        }
+        other => other.to_string(),
+    }
+}
+
 fn is_too_large(error: &etcd_client::Error) -> bool {
     let etcd_client::Error::GRpcStatus(status) = error else { return false };
     match status.code() {

@@ -28,6 +28,9 @@ impl ClusterApi {
 
 /// Default drain deadline when the caller gives none.
 const DEFAULT_DRAIN_SECONDS: u32 = 600;
+/// How long an agent has to take a drain (it answers at once and drains afterwards): one the
+/// coordinators cannot reach gets the caller an answer, not a hung call.
+const DRAIN_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
@@ -55,10 +58,12 @@ impl ClusterService for ClusterApi {
             seconds => seconds,
         };
         let mut client = self.agents.client(&agent.id, &agent.address)?;
-        client
-            .drain(pb::DrainRequest { deadline_seconds })
-            .await
-            .map_err(|status| Error::Agent { agent: agent.id.clone(), status })?;
+        let drain = client.drain(pb::DrainRequest { deadline_seconds });
+        let answer = tokio::time::timeout(DRAIN_ANSWER, drain).await.unwrap_or_else(|_| {
+            let message = format!("no answer to the drain within {DRAIN_ANSWER:?}: unreachable?");
+            Err(tonic::Status::deadline_exceeded(message))
+        });
+        answer.map_err(|status| Error::Agent { agent: agent.id.clone(), status })?;
         agent.state = pb::AgentState::Draining as i32;
         tracing::info!(target: AUDIT, %principal, agent = %agent.id, deadline_seconds, "agent drain requested");
         Ok(Response::new(pb::DrainAgentResponse { agent: Some(agent) }))

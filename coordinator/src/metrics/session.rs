@@ -1,13 +1,13 @@
 //! The metrics a session owner keeps: `sluice_items{job,state}` for the stored state of its
 //! items (moved as flushes store changes; given up when the actor ends, so the next owner
 //! counts them), and, when it ends the session, `sluice_sessions_total`,
-//! `sluice_bytes_transferred_total` and `sluice_stop_latency_seconds`.
+//! `sluice_bytes_read_total`, `sluice_bytes_transferred_total` and `sluice_stop_latency_seconds`.
 
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::sessions::machine::{ItemState, Machine, SessionResult, StopMode};
 
-use super::Metrics;
+use super::{Bytes, Metrics};
 
 /// One owned session's contribution to the metrics.
 pub(crate) struct SessionGauge {
@@ -70,8 +70,10 @@ impl SessionGauge {
             Some(SessionResult::Warning) => "warning",
             Some(SessionResult::Failed) | None => "failed",
         };
-        let bytes = machine.items().iter().map(|item| item.status.bytes_done).sum();
-        self.metrics.session_ended(&self.job, result, bytes);
+        let items = machine.items();
+        let read = items.iter().map(|item| item.status.bytes_read).sum();
+        let transferred = items.iter().map(|item| item.status.bytes_transferred).sum();
+        self.metrics.session_ended(&self.job, result, Bytes { read, transferred });
         if let (Some(stop), Some(ended_ms)) = (&status.stop, status.ended_at_ms) {
             let mode = match stop.mode {
                 StopMode::Immediate => "immediate",

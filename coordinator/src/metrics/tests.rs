@@ -8,7 +8,15 @@ use crate::sessions::machine::{
 };
 
 fn machine(items: u32) -> Machine {
-    let items = (0..items).map(|index| Item::new(index, format!("vm{index}"), None)).collect();
+    let items = (0..items)
+        .map(|index| {
+            let mut item = Item::new(index, format!("vm{index}"), None);
+            // What an incremental of a large disk reports: all of it processed, little read.
+            (item.status.bytes_done, item.status.bytes_read, item.status.bytes_transferred) =
+                (1_000, 300, 200);
+            item
+        })
+        .collect();
     let retry = Retry { attempts: 1, wait_ms: 0, offline_wait_ms: 60_000 };
     let id = SessionId::parse("session", "s1").expect("valid session id");
     Machine::new(id, items, Vec::new(), retry, SessionStatus::default())
@@ -46,7 +54,8 @@ fn a_session_moves_its_items_and_counts_its_end() {
     drop(gauge);
     let text = metrics.render([]);
     assert!(text.contains("sluice_sessions_total{job=\"nightly\",result=\"failed\"} 1"), "{text}");
-    assert!(text.contains("sluice_bytes_transferred_total{job=\"nightly\"} 0"), "{text}");
+    assert!(text.contains("sluice_bytes_read_total{job=\"nightly\"} 900"), "{text}");
+    assert!(text.contains("sluice_bytes_transferred_total{job=\"nightly\"} 600"), "{text}");
     assert!(text.contains("sluice_stop_latency_seconds_sum{mode=\"graceful\"} 0.6"), "{text}");
     assert!(text.contains("sluice_items{job=\"nightly\",state=\"not_processed\"} 0"), "{text}");
 }

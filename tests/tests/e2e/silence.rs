@@ -149,6 +149,22 @@ async fn a_partitioned_agent_gives_its_task_up_and_the_retry_elsewhere_runs_alon
     assert!(partial_folders(&repository).is_empty(), "{:?}", partial_folders(&repository));
 }
 
+/// A drain of an agent the coordinators cannot reach (its heartbeats still arrive) is
+/// answered (DEADLINE_EXCEEDED after 10 s) naming the agent, instead of holding the caller.
+#[tokio::test]
+async fn a_drain_of_an_agent_that_cannot_be_reached_is_answered() {
+    let mut cluster = Cluster::builder().start().await;
+    let link = cluster.add_agent_behind_proxy(AgentSpec::new()).await;
+    link.black_hole();
+    let mut admin = cluster.cluster_client().await;
+    let request = pb::DrainAgentRequest { agent: "a1".into(), deadline_seconds: 5 };
+    let status = admin.drain_agent(request).await.expect_err("no answer from the agent");
+    // Held calls time out; a connection the black hole ends first fails as unreachable.
+    let codes = [Code::DeadlineExceeded, Code::Unavailable];
+    assert!(codes.contains(&status.code()), "{status:?}");
+    assert!(status.message().starts_with("agent a1: "), "{status:?}");
+}
+
 /// A cluster whose one agent is reached through a proxy (its heartbeats are not), with
 /// `--task-answer-timeout` `timeout`, and a started one-item sim job of `attempts` attempts
 /// whose RunTask the black-holed proxy holds.

@@ -5,11 +5,15 @@
 //! backup that took a daemon, [`Daemons`] starts the next one and keeps it ready: the next
 //! offline backup takes it instead of waiting, and the start (several ms of CPU) holds up
 //! neither that backup's COMMIT nor its report and its session's end. A
-//! spare holds no image until it is taken. It is started through `setpriv --pdeathsig`
-//! (util-linux), so it gets SIGTERM when its agent dies however it dies: idle, it just
-//! exits; taken, it saves the bitmaps as the restarted agent's SIGTERM would make it.
-//! A daemon started for one backup is named by its restore point instead, and recovery
-//! finds it by that name.
+//! spare holds no image until it is taken. A daemon started for one backup is named by its
+//! restore point instead, and recovery finds it by that name.
+//!
+//! Every daemon is started through `setpriv --pdeathsig` (util-linux), so it gets SIGTERM
+//! when its agent dies however it dies: idle, it just exits; holding a disk, it saves the
+//! bitmaps and frees the disk's lock, as the restarted agent's SIGTERM would make it. A
+//! killed agent's items are retried on other agents, which need that lock; a daemon left
+//! running would hold it until the agent came back. (The parent-death signal follows the
+//! thread that started the daemon: the agent's runtime thread, which lives as long as it.)
 //!
 //! The daemon's monitor runs on one end of a socket pair that the daemon inherits (fd
 //! [`MONITOR_FD`]); the agent keeps the other. Nothing listens: QEMU before 11.0 watches a
@@ -98,7 +102,7 @@ impl Daemons {
             info!("the spare {DAEMON} has ended; starting one");
         }
         drop(spare);
-        Daemon::start(&format!("{DAEMON_DIR_PREFIX}{marker}-"), Role::Backup).await
+        Daemon::start(&format!("{DAEMON_DIR_PREFIX}{marker}-")).await
     }
 
     /// [`Daemons::replenish`] in the background, when a backup took a daemon since the
@@ -115,7 +119,7 @@ impl Daemons {
         let mut spare = self.spare.lock().await;
         let taken = self.taken.swap(false, Ordering::AcqRel);
         if taken && !spare.off && spare.next.is_none() {
-            let start = tokio::spawn(Daemon::start(SPARE_DIR_PREFIX, Role::Spare));
+            let start = tokio::spawn(Daemon::start(SPARE_DIR_PREFIX));
             spare.next = Some(Next::Starting(start));
         }
     }
@@ -160,37 +164,16 @@ impl Spare {
     }
 }
 
-/// What a daemon is started as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// For one backup; it outlives a killed agent until the restarted agent ends it.
-    Backup,
-    /// The spare: it ends with its agent.
-    Spare,
+/// What starts a daemon (its own arguments follow): `setpriv`, which sets the parent-death
+/// signal and execs the daemon, which keeps it.
+fn daemon_command() -> Command {
+    let mut command = Command::new("setpriv");
+    command.args(["--pdeathsig", "TERM", "--", DAEMON]);
+    command
 }
 
-impl Role {
-    /// The command that starts the daemon (its own arguments follow).
-    fn command(self) -> Command {
-        match self {
-            Role::Backup => Command::new(DAEMON),
-            Role::Spare => {
-                // setpriv sets the parent-death signal and execs the daemon, which keeps it.
-                let mut command = Command::new("setpriv");
-                command.args(["--pdeathsig", "TERM", "--", DAEMON]);
-                command
-            }
-        }
-    }
-
-    /// What the command needs installed.
-    fn needs(self) -> &'static str {
-        match self {
-            Role::Backup => "qemu-storage-daemon (install qemu-utils)",
-            Role::Spare => "setpriv (util-linux) with qemu-storage-daemon (qemu-utils)",
-        }
-    }
-}
+/// What [`daemon_command`] needs installed.
+const NEEDS: &str = "setpriv (util-linux) with qemu-storage-daemon (qemu-utils)";
 
 /// A `qemu-storage-daemon` with a folder of its own (its pid file and error output).
 #[derive(Debug)]
@@ -211,10 +194,10 @@ enum StartError {
 impl Daemon {
     /// Starts a daemon whose folder's name begins with `prefix` and connects to it;
     /// one that dies while starting is started again.
-    async fn start(prefix: &str, role: Role) -> Result<Started, String> {
+    async fn start(prefix: &str) -> Result<Started, String> {
         let mut died = String::new();
         for start in 1..=DAEMON_STARTS {
-            match Self::start_once(prefix, role).await {
+            match Self::start_once(prefix).await {
                 Ok(started) => return Ok(started),
                 Err(StartError::Died(message)) => {
                     warn!(start, %message, "{DAEMON} died while starting");
@@ -226,7 +209,7 @@ impl Daemon {
         Err(died)
     }
 
-    async fn start_once(prefix: &str, role: Role) -> Result<Started, StartError> {
+    async fn start_once(prefix: &str) -> Result<Started, StartError> {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
@@ -234,7 +217,7 @@ impl Daemon {
         let (ours, theirs) = UnixStream::pair()
             .map_err(|e| StartError::Failed(format!("cannot make {DAEMON}'s monitor: {e}")))?;
         let spawned = std::time::Instant::now();
-        let child = spawn(role, &dir, theirs)?;
+        let child = spawn(&dir, theirs)?;
         debug!(ms = format!("{:.1}", spawned.elapsed().as_secs_f64() * 1e3), "{DAEMON} spawned");
         let mut daemon = Self { child, dir };
         match daemon.greet(ours).await {
@@ -326,11 +309,11 @@ impl Daemon {
 /// Spawns the daemon with `monitor` as its fd [`MONITOR_FD`]. The command, which holds
 /// this process's copy of that end, is dropped before this returns: a daemon that dies
 /// then closes the connection for good.
-fn spawn(role: Role, dir: &TempDir, monitor: UnixStream) -> Result<Child, StartError> {
+fn spawn(dir: &TempDir, monitor: UnixStream) -> Result<Child, StartError> {
     let stderr = File::create(dir.path().join("stderr"))
         .map_err(|e| StartError::Failed(format!("cannot create {DAEMON}'s log: {e}")))?;
     let chardev = format!("socket,id=sluice,fd={MONITOR_FD}");
-    let mut command = role.command();
+    let mut command = daemon_command();
     command
         .args(["--chardev", &chardev, "--monitor", "chardev=sluice"])
         // Also names the folder in the command line, where recovery looks for it.
@@ -341,7 +324,7 @@ fn spawn(role: Role, dir: &TempDir, monitor: UnixStream) -> Result<Child, StartE
         .stderr(stderr)
         .fd_mappings(vec![FdMapping { parent_fd: monitor.into(), child_fd: MONITOR_FD }])
         .map_err(|e| StartError::Failed(format!("cannot pass {DAEMON} its monitor: {e}")))?;
-    command.spawn().map_err(|e| StartError::Failed(format!("cannot run {}: {e}", role.needs())))
+    command.spawn().map_err(|e| StartError::Failed(format!("cannot run {NEEDS}: {e}")))
 }
 
 impl Drop for Daemon {

@@ -101,6 +101,11 @@ function itemRow(item) {
     h('td', { class: note ? 'note' : 'note muted' }, note || '—'));
 }
 
+// Shown while the event stream is down, until its next event clears it: what the page shows
+// is then as of the break, not live.
+const LOST = 'Lost the connection to this coordinator; reconnecting. The session goes on; '
+  + 'what this page shows is as of the break.';
+
 // Follows `/sessions/{id}/events` (Server-Sent Events, read with fetch so the bearer token
 // goes along) until the session is STOPPED; reconnects after a break. Returns the stopper.
 function followSession(id, render) {
@@ -118,9 +123,12 @@ function followSession(id, render) {
           if (response.status === 404) return;
         } else if (await readEvents(response, render)) {
           return;
+        } else {
+          alertBox(LOST);
         }
       } catch (error) {
         if (stopped) return;
+        alertBox(LOST);
       }
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
