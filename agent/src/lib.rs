@@ -108,9 +108,8 @@ pub async fn run(
     let left = CancellationToken::new();
     let drainer = Drainer::new(tasks.clone(), left.clone());
     let server_stop = CancellationToken::new();
-    if let Some(tls) = &tls {
-        tracker.spawn(tls.clone().watch(RELOAD_EVERY, server_stop.clone()));
-    }
+    // Not on the tasks' tracker: it runs until the server stops, after their cleanup.
+    let reload = tls.clone().map(|tls| tokio::spawn(tls.watch(RELOAD_EVERY, server_stop.clone())));
     let api = AgentApi::new(tasks.clone(), drainer.clone(), roots, server_stop.clone());
     announce(&listener)?;
     let mut server = tokio::spawn(server::serve(api, listener, tls, server_stop.clone()));
@@ -124,6 +123,9 @@ pub async fn run(
     daemons.close().await;
     tracker.close();
     server_stop.cancel();
+    if let Some(reload) = reload {
+        let _ = reload.await;
+    }
     if let Err(error) = journal.flush().await {
         warn!(%error, "acknowledgements not journaled: their outcomes are reported again");
     }

@@ -2,12 +2,18 @@
 //! event stream too.
 
 use futures::StreamExt;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use sluice_proto::json::to_json;
 use sluice_tests::{
     AgentSpec, Cluster, PATIENCE,
-    api::wait_agents_listed,
+    api::{create_and_start, wait_agents_listed},
     http::{HttpClient, next_event},
     jobs::{JobBuilder, vm_item},
+    ownership::{log_lines, wait_log_line},
+    tasks::{agent_clients, wait_agent_tasks},
 };
 
 #[tokio::test]
@@ -30,6 +36,26 @@ async fn agent_leaves_the_cluster_and_exits_zero_on_sigterm() {
 
     let status = cluster.coordinator(0).sigterm().await;
     assert_eq!(status.code(), Some(0), "coordinator exit status after SIGTERM: {status}");
+}
+
+/// A second SIGTERM stops an agent at once: its running task is canceled and cleaned up,
+/// and nothing else holds the shutdown up until the cleanup's time runs out.
+#[tokio::test]
+async fn a_second_sigterm_stops_an_agent_once_its_tasks_are_cleaned_up() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let mut jobs = cluster.job_client().await;
+    let job = JobBuilder::sim("long", 600_000).placeholder_vms(1).build();
+    let started = create_and_start(&mut jobs, &job).await;
+    let agents = agent_clients(&cluster).await;
+    wait_agent_tasks(&agents, &started.id, "the task to run", |tasks| tasks.len() == 1).await;
+    let pid = Pid::from_raw(cluster.agent(0).pid().expect("the agent runs") as i32);
+    kill(pid, Signal::SIGTERM).expect("first SIGTERM");
+    wait_log_line(cluster.agent(0), &["signal received: draining"]).await;
+    kill(pid, Signal::SIGTERM).expect("second SIGTERM");
+    cluster.agent(0).wait_exit(PATIENCE).await;
+    assert_eq!(log_lines(cluster.agent(0), &["second signal received"]).len(), 1);
+    let late = log_lines(cluster.agent(0), &["did not finish their cleanup"]);
+    assert!(late.is_empty(), "the shutdown waited for something else: {late:?}");
 }
 
 /// A browser's open event stream does not hold a coordinator's shutdown up: the stream
