@@ -1,5 +1,6 @@
 //! Heartbeats to the coordinators: every ttl/3 to one endpoint of the list, failing over
-//! round-robin (a round that none took is tried again within a quarter second); a last one with `leaving` when the agent leaves after a drain. With TLS the
+//! round-robin (a round that none took is tried again after a quarter second, then backing
+//! off to the interval); a last one with `leaving` when the agent leaves after a drain. With TLS the
 //! agent shows its own certificate, the only one a coordinator takes a heartbeat for this
 //! agent from; the clients are built again after the certificate files changed.
 
@@ -23,9 +24,9 @@ use crate::tasks::AgentStatus;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
-/// After a round no coordinator took, the next comes this soon (or at the interval, if
-/// sooner): coordinators that were all down are heard again within it of their return,
-/// before the agent's registration runs out.
+/// After a round no coordinator took, the next comes this soon, then twice as late after
+/// each further one, up to the interval: coordinators that were all down for a moment are
+/// heard again soon after their return, before the agent's registration runs out.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(250);
 
 type Client = AgentRegistryClient<InterceptedService<Channel, TraceInterceptor>>;
@@ -90,6 +91,7 @@ impl Heartbeater {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut draining = false;
+        let mut retry = RETRY_AFTER_FAILURE;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -102,8 +104,11 @@ impl Heartbeater {
             }
             let current = status.borrow_and_update().clone();
             draining = current.draining;
-            if !self.beat(&current, false).await {
-                ticks.reset_after(RETRY_AFTER_FAILURE.min(self.interval));
+            if self.beat(&current, false).await {
+                retry = RETRY_AFTER_FAILURE;
+            } else {
+                ticks.reset_after(retry.min(self.interval));
+                retry = retry.saturating_mul(2);
             }
         }
     }

@@ -138,9 +138,8 @@ pub async fn run(
 }
 
 /// Prints the bound address, which scripts and tests wait for: only once the settings, the
-/// certificates and the state directory are known good, so a line means a running agent.
-/// Prints the bound address for whoever started the agent. A closed stdout (its reader gone)
-/// is no reason to stop serving, as for coordinators.
+/// certificates and the state directory are known good, so a line means a running agent. A
+/// closed stdout (its reader gone) is no reason to stop serving, as for coordinators.
 fn announce(listener: &TcpListener) -> Result<(), AgentError> {
     use std::io::Write;
     let bound = listener.local_addr().map_err(|e| AgentError::Internal(e.to_string()))?;

@@ -1,9 +1,10 @@
 //! Child processes that outlived an agent killed with SIGKILL (`kill_on_drop` cannot run
 //! then). A `qemu-storage-daemon` of an offline VM backup holds the disks' write locks and
-//! their bitmaps: recovery finds it by its folder in its command line and asks it to
-//! exit with SIGTERM, so it saves the bitmaps (SIGKILL would leave them inconsistent, and
-//! the next backup full). Any other process still writing into a task's partial folder is
-//! killed.
+//! their bitmaps; it gets SIGTERM when its agent dies (`setpriv --pdeathsig`), but one whose
+//! agent died between its fork and that setting (or an older agent's) survives: recovery
+//! finds it by its folder in its command line and asks it to exit with SIGTERM, so it saves
+//! the bitmaps (SIGKILL would leave them inconsistent, and the next backup full). Any other
+//! process still writing into a task's partial folder is killed.
 
 use std::{
     fs,

@@ -6,6 +6,7 @@
 //! [`Authenticator::principal`] (credentials to a principal) and `Principal::authorize`
 //! with a `Need` (its `Denied` converts into this crate's `Error`).
 
+mod recent;
 pub(crate) mod revocation;
 pub(crate) mod tokens;
 

@@ -321,7 +321,9 @@ impl From<etcd_client::Error> for Error {
 pub(crate) fn etcd_text(error: &etcd_client::Error) -> String {
     match error {
         etcd_client::Error::GRpcStatus(status) => {
-            format!("{:?}: {}; try again", status.code(), status.message())
+            let again = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded);
+            let advice = if again { "; try again" } else { "" };
+            format!("{:?}: {}{advice}", status.code(), status.message())
         }
         other => other.to_string(),
     }

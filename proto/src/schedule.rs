@@ -7,7 +7,8 @@
 //! fields run on every real instant that matches the wall clock.
 
 use chrono::{
-    DateTime, Datelike, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Timelike, Utc, Weekday,
+    DateTime, Datelike, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Timelike, Utc,
+    Weekday,
 };
 use chrono_tz::Tz;
 use croner::{
@@ -182,9 +183,26 @@ impl Window {
         Ok(Window { ranges, zone })
     }
 
-    /// Whether `at` lies inside the window.
+    /// Whether `at` lies inside the window. Just after a spring jump, a range is read as if
+    /// the clock had not jumped yet: one ending in the skipped hour (02:45 on a night whose
+    /// 02:00-03:00 does not exist) ends that much later, as the due times in it moved.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
-        self.contains_local(at.with_timezone(&self.zone).naive_local())
+        let local = at.with_timezone(&self.zone).naive_local();
+        self.contains_local(local) || self.before_jump(at).is_some_and(|t| self.contains_local(t))
+    }
+
+    /// The wall-clock time `at` has by the clock before a spring jump, when that is a time
+    /// the jump skipped (so `at` lies within the jump's length after it).
+    fn before_jump(&self, at: DateTime<Utc>) -> Option<NaiveDateTime> {
+        let offset =
+            |t: DateTime<Utc>| t.with_timezone(&self.zone).offset().fix().local_minus_utc();
+        // Zones jump at most once within hours, and by at most two hours.
+        let jump = offset(at) - offset(at - TimeDelta::hours(3));
+        if jump <= 0 {
+            return None;
+        }
+        let earlier = at.with_timezone(&self.zone).naive_local() - TimeDelta::seconds(jump.into());
+        self.zone.from_local_datetime(&earlier).earliest().is_none().then_some(earlier)
     }
 
     /// The first instant after `at` at which a range of the window opens (within 8 days:

@@ -47,8 +47,22 @@ struct Listing {
 }
 
 impl Listing {
+    #[cfg(test)]
     fn listed(agents: BTreeMap<AgentId, pb::Agent>) -> Self {
         Listing { agents, expiring: BTreeMap::new() }
+    }
+
+    /// A fresh listing (the watch began again): agents gone from it meanwhile get their
+    /// grace as if their keys were deleted now (those already in one keep theirs).
+    fn relisted(&mut self, fresh: BTreeMap<AgentId, pb::Agent>, now: Instant) {
+        let gone: Vec<AgentId> =
+            self.agents.keys().filter(|id| !fresh.contains_key(*id)).cloned().collect();
+        for (id, agent) in fresh {
+            self.put(id, agent);
+        }
+        for id in gone {
+            self.key_gone(id, now);
+        }
     }
 
     /// An agent registered (again).
@@ -61,11 +75,14 @@ impl Listing {
         self.agents.insert(id, agent);
     }
 
-    /// An agent's key is gone: it stays until `now` + [`EXPIRY_GRACE`].
+    /// An agent's key is gone: it stays until `now` + [`EXPIRY_GRACE`], as draining (it
+    /// takes no new task, restore or verify).
     fn key_gone(&mut self, id: AgentId, now: Instant) {
-        if self.agents.contains_key(&id) {
-            info!(agent = %id, "agent left or its registration expired; gone unless it registers again within {EXPIRY_GRACE:?}");
-            self.expiring.entry(id).or_insert(now + EXPIRY_GRACE);
+        let Some(agent) = self.agents.get_mut(&id) else { return };
+        agent.state = pb::AgentState::Draining as i32;
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.expiring.entry(id) {
+            info!(agent = %entry.key(), "agent left or its registration expired; gone unless it registers again within {EXPIRY_GRACE:?}");
+            entry.insert(now + EXPIRY_GRACE);
         }
     }
 
@@ -179,17 +196,16 @@ impl AgentDirectory {
 }
 
 /// Placement's view of the agents: slots, computer and whether each takes new tasks (not
-/// while draining, nor while its registration is gone).
+/// while draining, nor while its registration is gone: then it is listed as draining).
 fn agent_map(listing: &Listing) -> AgentMap {
     listing
         .agents
         .iter()
         .map(|(id, agent)| {
-            let online = agent.state() == pb::AgentState::Online;
             let info = AgentInfo {
                 slots: agent.slots,
                 computer: (!agent.computer.is_empty()).then(|| agent.computer.clone()),
-                accepting: online && !listing.expiring.contains_key(id),
+                accepting: agent.state() == pb::AgentState::Online,
             };
             (id.clone(), info)
         })
@@ -198,10 +214,12 @@ fn agent_map(listing: &Listing) -> AgentMap {
 
 async fn follow(store: Store, sender: Senders, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    // Kept across listings: an agent in its grace keeps it through a new listing.
+    let mut listing = Listing::default();
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = list_and_watch(&store, &sender) => result,
+            result = list_and_watch(&store, &sender, &mut listing) => result,
         };
         if let Err(error) = result {
             warn!(%error, "agent watch failed; listing again");
@@ -214,11 +232,11 @@ async fn follow(store: Store, sender: Senders, shutdown: CancellationToken) {
     }
 }
 
-async fn list_and_watch(store: &Store, sender: &Senders) -> Result<()> {
+async fn list_and_watch(store: &Store, sender: &Senders, listing: &mut Listing) -> Result<()> {
     let prefix = store.keys().agents();
     let (agents, revision) = list(store, &prefix).await?;
-    let mut listing = Listing::listed(agents);
-    sender.publish(&listing);
+    listing.relisted(agents, Instant::now());
+    sender.publish(listing);
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = store.watcher().watch(prefix.as_str(), Some(options)).await?;
     loop {
@@ -230,12 +248,12 @@ async fn list_and_watch(store: &Store, sender: &Senders) -> Result<()> {
                     return Ok(());
                 }
                 for event in response.events() {
-                    apply(&mut listing, &prefix, event)?;
+                    apply(listing, &prefix, event)?;
                 }
             }
             () = sleep_until(grace_ends) => listing.expire(Instant::now()),
         }
-        sender.publish(&listing);
+        sender.publish(listing);
     }
 }
 
@@ -312,6 +330,7 @@ mod tests {
         listing.key_gone(a1(), start);
         assert!(listing.agents.contains_key(&a1()), "kept: its tasks are not lost yet");
         assert!(!agent_map(&listing)[&a1()].accepting, "but it takes no new task");
+        assert_eq!(listing.agents[&a1()].state(), pb::AgentState::Draining, "nor restores");
         listing.expire(start + EXPIRY_GRACE - Duration::from_millis(1));
         assert!(listing.agents.contains_key(&a1()));
         // Registered again: nothing was lost.
@@ -324,6 +343,19 @@ mod tests {
         assert_eq!(listing.next_expiry(), Some(start + EXPIRY_GRACE));
         listing.expire(start + EXPIRY_GRACE);
         assert!(listing.agents.is_empty());
+    }
+
+    #[test]
+    fn an_agent_missing_from_a_new_listing_gets_its_grace_and_keeps_one_it_had() {
+        let mut listing = agents(0, 4);
+        let start = Instant::now();
+        listing.relisted(BTreeMap::new(), start);
+        assert_eq!(listing.next_expiry(), Some(start + EXPIRY_GRACE));
+        listing.relisted(BTreeMap::new(), start + Duration::from_secs(1));
+        assert_eq!(listing.next_expiry(), Some(start + EXPIRY_GRACE), "not extended");
+        listing.relisted(BTreeMap::from([(a1(), agent(0, 4))]), start + Duration::from_secs(2));
+        assert_eq!(listing.next_expiry(), None, "back in the listing");
+        assert!(agent_map(&listing)[&a1()].accepting);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! API tokens: `slu_<id>_<secret>`, of which etcd keeps only the id and the SHA-256 of the
 //! secret (`/tokens/{id}`). Revoking deletes the key; every call looks its token up, so a
-//! revocation takes effect at the next call on every coordinator.
+//! revocation takes effect at the next call on every coordinator. While etcd cannot be
+//! reached, a token checked lately still authenticates (`recent.rs`).
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
@@ -20,6 +21,7 @@ use sluice_proto::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::recent::Recent;
 use crate::{
     error::{Error, Result},
     store::{Store, absent, decode},
@@ -41,12 +43,14 @@ const UNKNOWN: &str = "unknown or revoked token";
 #[derive(Clone)]
 pub(crate) struct Tokens {
     store: Store,
+    /// Tokens checked lately, for calls while etcd cannot be reached.
+    recent: Arc<Recent>,
 }
 
 impl Tokens {
     /// Tokens kept through `store`.
     pub(crate) fn new(store: Store) -> Self {
-        Tokens { store }
+        Tokens { store, recent: Arc::default() }
     }
 
     /// The store the tokens are kept in.
@@ -120,6 +124,7 @@ impl Tokens {
         let key = self.store.keys().token(id);
         let record = self.store.get::<pb::TokenRecord>(&key).await?.ok_or_else(not_found)?;
         let response = self.store.kv().delete(key, None).await?;
+        self.recent.forget(id);
         if response.deleted() == 0 {
             return Err(not_found());
         }
@@ -134,7 +139,11 @@ impl Tokens {
             Error::Unauthenticated("malformed token: expected slu_<id>_<secret>".into())
         })?;
         let key = self.store.keys().token(id);
-        let record = self.store.get::<pb::TokenRecord>(&key).await?;
+        let record = match self.store.get::<pb::TokenRecord>(&key).await {
+            Ok(record) => record,
+            Err(error @ Error::Etcd(_)) => return self.recent.recall(bearer).ok_or(error),
+            Err(error) => return Err(error),
+        };
         let record = record.ok_or_else(|| Error::Unauthenticated(UNKNOWN.into()))?.value;
         if record.secret_sha256 != Sha256::digest(secret.as_bytes()).as_slice() {
             return Err(Error::Unauthenticated(UNKNOWN.into()));
@@ -143,15 +152,15 @@ impl Tokens {
         if expired(&token) {
             return Err(Error::Unauthenticated("token expired".into()));
         }
-        let role = Role::parse(&token.role);
-        let token_id = Some(token.id);
-        Ok(Principal {
+        let principal = Principal {
             kind: PrincipalKind::Token,
-            name: token.name,
-            role,
+            name: token.name.clone(),
+            role: Role::parse(&token.role),
             computer: None,
-            token_id,
-        })
+            token_id: Some(token.id.clone()),
+        };
+        self.recent.remember(bearer, &principal, &token);
+        Ok(principal)
     }
 
     /// On a cluster that never had a token, creates the admin token `bootstrap` and writes

@@ -103,7 +103,9 @@ async fn after_job(
             pb::ScheduleState { last_after_session: session.id.clone(), ..state.value.clone() };
         let why = format!("session {} of job {after} ended", session.id);
         let plan = Plan { job, entry, due: ended, state, next_state, also: None, why };
-        let trigger = match rules::lateness(ended, catch_up, clock, false) {
+        // A session's end was seen by the coordinator that stored it: never unseen.
+        let seen = Clock { watching_since: DateTime::<Utc>::MIN_UTC, ..clock };
+        let trigger = match rules::lateness(ended, catch_up, seen, false) {
             Due::Run(SessionTrigger::Schedule) => Due::Run(SessionTrigger::AfterJob),
             other => other,
         };
@@ -308,8 +310,9 @@ mod tests {
         let now = due + TimeDelta::seconds(1);
         assert!(inside_window(&entry, due, SessionTrigger::Schedule, now));
         // Caught up later, it is judged when it runs, as every catch-up is.
-        assert!(!inside_window(&entry, due, SessionTrigger::CatchUp, now));
-        // A window that the named time misses still refuses it.
-        assert!(!inside_window(&nightly_in("02:15"), due, SessionTrigger::Schedule, now));
+        let later = due + TimeDelta::hours(1);
+        assert!(!inside_window(&entry, due, SessionTrigger::CatchUp, later));
+        // A window that both the named time and the old clock's 02:00 miss still refuses it.
+        assert!(!inside_window(&nightly_in("01:30"), due, SessionTrigger::Schedule, now));
     }
 }

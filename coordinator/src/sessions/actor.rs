@@ -13,7 +13,7 @@ mod reattach;
 mod stop;
 mod withdrawals;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 use sluice_proto::{
@@ -151,6 +151,8 @@ pub(crate) struct SessionActor {
     close_due: bool,
     /// CancelTasks calls sent and not answered yet.
     cancels_in_flight: usize,
+    /// Since when each agent's cancels of this session have failed without a break.
+    cancels_failing: HashMap<AgentId, Instant>,
     /// A stop's cancel calls were just spawned: the actor yields before its next step.
     yield_due: bool,
     /// The stored state of the items, for the metrics.
@@ -197,6 +199,7 @@ impl SessionActor {
             needs_dispatch: true,
             close_due,
             cancels_in_flight: 0,
+            cancels_failing: HashMap::new(),
             yield_due: false,
             gauge,
             agents: Arc::default(),

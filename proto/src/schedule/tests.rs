@@ -234,8 +234,14 @@ fn a_due_time_moved_by_the_spring_jump_stands_for_the_time_it_names() {
     let named = |text: &str| text.parse::<NaiveDateTime>().expect("a local time");
     assert_eq!(nightly.nominal(moved), named("2026-03-29T02:30:00"));
     let night = window(&[(&["sat", "sun"], "22:00", "02:45")], "Europe/Berlin");
-    assert!(!night.contains(moved), "03:00 is after the window");
     assert!(night.contains_local(nightly.nominal(moved)), "02:30 is inside it");
+    // On that night the window ends by the clock before the jump: 02:45 is 03:45 CEST.
+    assert!(night.contains(moved), "03:00 CEST is 02:00 by the old clock");
+    assert!(night.contains(utc("2026-03-29T01:44:59Z")), "03:44:59 CEST is 02:44:59");
+    assert!(!night.contains(utc("2026-03-29T01:45:00Z")), "03:45 CEST is 02:45: closed");
+    let after_midnight = window(&[(&["sun"], "03:30", "05:00")], "Europe/Berlin");
+    assert!(!after_midnight.contains(utc("2026-03-29T01:15:00Z")), "03:15 is not yet 03:30");
+    assert!(after_midnight.contains(utc("2026-03-29T01:30:00Z")));
     // Other due times stand for themselves, also an interval's at the jump.
     assert_eq!(nightly.nominal(utc("2026-03-30T00:30:00Z")), named("2026-03-30T02:30:00"));
     let quarterly = cron("*/15 * * * *", "Europe/Berlin");

@@ -5,12 +5,12 @@
 //! gives its running task up once its registration may have expired, so the retry elsewhere
 //! runs alone.
 
-use sluice_proto::pb::{self, ItemState, SessionResult};
+use sluice_proto::pb::{self, ItemState, SessionResult, StopMode, TaskPhase};
 use sluice_tests::{
     AgentSpec, Cluster,
     api::{
-        Jobs, create_and_start, create_job, in_transfer, start_job, summary, wait_session,
-        wait_stopped,
+        Jobs, create_and_start, create_job, in_transfer, start_job, stop_job, summary,
+        wait_session, wait_stopped,
     },
     fixtures::expect_code,
     jobs::JobBuilder,
@@ -147,6 +147,36 @@ async fn a_partitioned_agent_gives_its_task_up_and_the_retry_elsewhere_runs_alon
     wait_agent_tasks(std::slice::from_ref(&a1), &started.id, what, |tasks| tasks.is_empty()).await;
     let repository = cluster.dir().join("repository");
     assert!(partial_folders(&repository).is_empty(), "{:?}", partial_folders(&repository));
+}
+
+/// An immediate stop ends although its cancel cannot reach the agent (whose heartbeats still
+/// arrive): once the cancels go unanswered for the task answer timeout, the item ends
+/// CANCELED as if its agent were lost, and so does the session.
+#[tokio::test]
+async fn an_immediate_stop_ends_when_its_cancel_cannot_reach_the_agent() {
+    let mut cluster =
+        Cluster::builder().coordinator_flag("--task-answer-timeout", ANSWER_TIMEOUT).start().await;
+    let link = cluster.add_agent_behind_proxy(AgentSpec::new()).await;
+    let job = JobBuilder::sim("cut-off", 600_000).placeholder_vms(1).retry(1, 0).build();
+    let mut jobs = cluster.job_client().await;
+    let started = create_and_start(&mut jobs, &job).await;
+    // Its phase came back over the link: the RunTask was answered before the black hole.
+    wait_session(&jobs, &started.id, "the item to report its transfer", |session| {
+        session.items.iter().all(|item| item.phase() == TaskPhase::Transfer)
+    })
+    .await;
+    link.black_hole();
+    let stopped = stop_job(&mut jobs, "cut-off", StopMode::Immediate, "").await;
+    stopped.expect("the stop is taken");
+    let ended = wait_stopped(&jobs, &started.id).await;
+    assert_eq!(
+        (ended.result(), ended.canceled),
+        (SessionResult::Failed, true),
+        "{}",
+        summary(&ended)
+    );
+    assert_eq!(ended.items[0].state(), ItemState::Canceled, "{}", summary(&ended));
+    link.restore();
 }
 
 /// A drain of an agent the coordinators cannot reach (its heartbeats still arrive) is

@@ -43,7 +43,8 @@ use tracing::{debug, info, warn};
 use crate::exec::qmp::{Qmp, QmpError};
 
 const DAEMON: &str = "qemu-storage-daemon";
-/// Prefix of a daemon's folder; recovery finds a daemon that outlived its agent by it.
+/// Prefix of a daemon's folder; recovery finds a daemon that outlived its agent by it (one
+/// whose agent died before `setpriv` set its parent-death signal).
 pub(crate) const DAEMON_DIR_PREFIX: &str = "sluice-qsd-";
 /// The folder of a spare starts with this (no restore point is named so).
 const SPARE_DIR_PREFIX: &str = "sluice-qsd-spare-";

@@ -12,6 +12,7 @@ use sluice_proto::{
     refusal::Refusal,
     telemetry,
 };
+use tokio::time::Instant;
 use tonic::{Code, Status};
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
@@ -222,6 +223,7 @@ impl SessionActor {
         self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1);
         let status = match result {
             Ok(missing) => {
+                self.cancels_failing.remove(&agent);
                 for index in missing {
                     if let Some(attempt) = self.machine.cancel_awaited(index) {
                         let outcome = Outcome::never_started(CancelReason::User);
@@ -234,6 +236,17 @@ impl SessionActor {
             Err(status) if is_stale_epoch(&status) => return Some(Exit::StaleEpoch),
             Err(status) => status,
         };
+        let failing_since = *self.cancels_failing.entry(agent.clone()).or_insert_with(Instant::now);
+        if failing_since.elapsed() >= self.ctx.answer_timeout {
+            // Reached by nothing but its heartbeats (a one-way partition): a stop must end.
+            // Its tasks end as if it were lost; a result it reports later is removed.
+            warn!(%agent, %status, "cancel unanswered for the task answer timeout; the agent's \
+                  tasks of this session end as lost");
+            self.cancels_failing.remove(&agent);
+            self.outbox.forget_agent(&agent);
+            self.apply(Event::AgentLost { agent });
+            return None;
+        }
         warn!(%agent, %status, "cancel failed; retrying");
         let still: Vec<u32> =
             indices.into_iter().filter(|&i| self.machine.cancel_awaited(i).is_some()).collect();

@@ -19,7 +19,11 @@ impl SessionActor {
         }
         // Only a coordinator that just started waits here: for agents whose registration
         // expired while no coordinator was up, to register again before any counts as lost.
-        self.ctx.directory.settled().await;
+        tokio::select! {
+            _ = self.ctx.directory.settled() => {}
+            () = self.fence.cancelled() => return,
+            () = self.ctx.shutdown.cancelled() => return,
+        }
         for agent in named {
             self.list_tasks(agent);
         }

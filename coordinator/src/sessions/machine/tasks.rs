@@ -108,9 +108,8 @@ impl Machine {
                 item.restore_point = outcome.restore_point.map(Box::new);
                 self.end_item(now_ms, pos, state, outcome.message);
             }
-            ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Drain) => {
-                self.requeue(now_ms, pos, "task was cancelled by an agent drain; dispatched again")
-            }
+            ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Drain) => self
+                .requeue(now_ms, pos, "task was cancelled by an agent drain", "dispatched again"),
             // The owner gave the attempt up: it failed for want of an answer.
             ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Withdrawn) => {
                 let dispatch = Dispatch { index, attempt, agent: reporter };
@@ -181,7 +180,8 @@ impl Machine {
                 self.end_item(now_ms, pos, ItemState::Canceled, message);
             } else if item.computer.is_some() {
                 // Only that computer's agent can process it: wait for the computer to return.
-                self.requeue(now_ms, pos, &format!("agent {agent} lost; waiting for the computer"));
+                let cause = format!("agent {agent} lost");
+                self.requeue(now_ms, pos, &cause, "waiting for the computer");
             } else {
                 self.fail_attempt(now_ms, pos, format!("agent {agent} lost"));
             }
@@ -213,12 +213,16 @@ impl Machine {
         self.make_pending(pos);
     }
 
-    fn requeue(&mut self, now_ms: i64, pos: usize, reason: &str) {
+    /// Puts an item whose attempt ended through no fault of its own (`cause`) back in the
+    /// queue, where it waits as `then` says; under a stop it ends NOT_PROCESSED instead,
+    /// and says so.
+    fn requeue(&mut self, now_ms: i64, pos: usize, cause: &str, then: &str) {
         if self.status.stop.is_some() {
-            self.end_item(now_ms, pos, ItemState::NotProcessed, reason.to_string());
+            let message = format!("{cause}; not run again: {STOPPED}");
+            self.end_item(now_ms, pos, ItemState::NotProcessed, message);
             return;
         }
-        self.items[pos].status.waiting_reason = reason.to_string().into();
+        self.items[pos].status.waiting_reason = format!("{cause}; {then}").into();
         self.make_pending(pos);
     }
 

@@ -199,6 +199,17 @@ fn a_stop_with_a_reason_names_it_instead_of_the_user() {
 }
 
 #[test]
+fn an_item_a_drain_canceled_under_a_graceful_stop_is_not_processed_and_says_why() {
+    let mut m = machine(1, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, stop(StopMode::Graceful));
+    m.apply(2, finished(0, 1, canceled(CancelReason::Drain)));
+    assert_eq!(states(&m), [ItemState::NotProcessed]);
+    let message = "task was cancelled by an agent drain; not run again: session was stopped";
+    assert_eq!(m.items[0].status.message, message);
+}
+
+#[test]
 fn an_item_the_backup_window_canceled_names_the_window_not_a_user() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
