@@ -80,15 +80,7 @@ async function run(page) {
   await dialog.getByRole('button', { name: 'Gracefully' }).click();
 
   step('see the session end WARNING, canceled, with NOT_PROCESSED items');
-  await page.waitForFunction(() => {
-    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
-    return field('state') === 'STOPPED';
-  }, null, { timeout: STEP_MS * 3, polling: 100 });
-  const outcome = await page.evaluate(() => {
-    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
-    const states = [...document.querySelectorAll('table.items tr[data-state]')].map((r) => r.dataset.state);
-    return { result: field('result'), canceled: field('canceled'), states };
-  });
+  const outcome = await stoppedOutcome(page);
   console.log(`outcome: ${JSON.stringify(outcome)}`);
   const notProcessed = outcome.states.filter((s) => s === 'NOT_PROCESSED').length;
   const succeeded = outcome.states.filter((s) => s === 'SUCCESS').length;
@@ -101,6 +93,19 @@ async function run(page) {
   await retryAndStopImmediately(page, stoppedSession);
   await visitTheOtherViews(page);
   step('done');
+}
+
+// Waits until the session view shows STOPPED; its result, canceled flag and item states.
+async function stoppedOutcome(page) {
+  await page.waitForFunction(() => {
+    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
+    return field('state') === 'STOPPED';
+  }, null, { timeout: STEP_MS * 3, polling: 100 });
+  return page.evaluate(() => {
+    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
+    const states = [...document.querySelectorAll('table.items tr[data-state]')].map((r) => r.dataset.state);
+    return { result: field('result'), canceled: field('canceled'), states };
+  });
 }
 
 // Retry runs the NOT_PROCESSED items again in a new session; Stop > Immediately cancels them.
@@ -119,15 +124,7 @@ async function retryAndStopImmediately(page, stoppedSession) {
   await page.getByRole('dialog').getByRole('button', { name: 'Immediately' }).click();
 
   step('see the retry end FAILED and canceled, its items CANCELED');
-  await page.waitForFunction(() => {
-    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
-    return field('state') === 'STOPPED';
-  }, null, { timeout: STEP_MS * 3, polling: 100 });
-  const outcome = await page.evaluate(() => {
-    const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
-    const states = [...document.querySelectorAll('table.items tr[data-state]')].map((r) => r.dataset.state);
-    return { result: field('result'), canceled: field('canceled'), states };
-  });
+  const outcome = await stoppedOutcome(page);
   console.log(`retry outcome: ${JSON.stringify(outcome)}`);
   if (outcome.result !== 'FAILED' || outcome.canceled !== 'yes'
     || outcome.states.length !== 2 || !outcome.states.every((s) => s === 'CANCELED')) {
