@@ -182,18 +182,22 @@ fn a_new_owner_cancels_again_what_an_immediate_stop_cancels() {
     );
 }
 
-#[test]
-fn a_stop_with_a_reason_names_it_instead_of_the_user() {
-    let mut m = machine(2, 1);
-    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    let window = Stop {
-        mode: StopMode::Graceful,
+/// A stop by the backup window `mon 01:00-02:00 (UTC)`.
+fn window_stop(mode: StopMode) -> Event {
+    Event::Stop(Stop {
+        mode,
         deadline_ms: None,
         requested_by: "backup-window".into(),
         requested_at_ms: 0,
         reason: "the backup window mon 01:00-02:00 (UTC)".into(),
-    };
-    m.apply(1, Event::Stop(window));
+    })
+}
+
+#[test]
+fn a_stop_with_a_reason_names_it_instead_of_the_user() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
+    m.apply(1, window_stop(StopMode::Graceful));
     m.apply(2, finished(0, 1, outcome(ItemState::Success)));
     assert_eq!(m.status.message, "stopped gracefully by the backup window mon 01:00-02:00 (UTC)");
 }
@@ -213,14 +217,7 @@ fn an_item_a_drain_canceled_under_a_graceful_stop_is_not_processed_and_says_why(
 fn an_item_the_backup_window_canceled_names_the_window_not_a_user() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    let window = Stop {
-        mode: StopMode::Immediate,
-        deadline_ms: None,
-        requested_by: "backup-window".into(),
-        requested_at_ms: 0,
-        reason: "the backup window mon 01:00-02:00 (UTC)".into(),
-    };
-    m.apply(1, Event::Stop(window));
+    m.apply(1, window_stop(StopMode::Immediate));
     m.apply(2, finished(0, 1, canceled(CancelReason::User)));
     assert_eq!(m.items[0].status.message, "canceled by the backup window mon 01:00-02:00 (UTC)");
     assert_eq!(m.status.message, "stopped immediately by the backup window mon 01:00-02:00 (UTC)");
