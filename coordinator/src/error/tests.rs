@@ -1,4 +1,5 @@
 use super::*;
+
 #[test]
 fn codes_and_messages_fit_the_error() {
     let busy = Status::from(Error::JobBusy { job: "j".into(), session: "s1".into() });
