@@ -173,6 +173,9 @@ fn validate_paths(field: &str, paths: &[String]) -> Result<(), AgentError> {
         if let Some(reason) = absolute_path_problem(path) {
             return Err(AgentError::invalid(format!("{field}[{i}]"), reason));
         }
+        if Path::new(path).components().any(|c| c == Component::ParentDir) {
+            return Err(AgentError::invalid(format!("{field}[{i}]"), "must not contain '..'"));
+        }
     }
     Ok(())
 }
@@ -291,6 +294,7 @@ mod tests {
         assert!(validate_spec("task", &computer(&["/home", "/etc"])).is_ok());
         assert_eq!(field_of(&computer(&[])), "task.item.computer.paths");
         assert_eq!(field_of(&computer(&["/home", "etc"])), "task.item.computer.paths[1]");
+        assert_eq!(field_of(&computer(&["/home", "/a/../b"])), "task.item.computer.paths[1]");
         let relative_repository = pb::TaskSpec { repository: "repo".into(), ..computer(&["/a"]) };
         assert_eq!(field_of(&relative_repository), "task.repository");
         let climbing = pb::TaskSpec { repository: "/srv/../etc".into(), ..computer(&["/a"]) };

@@ -233,7 +233,10 @@ fn validate_target(
                     format!("must name the computer in 1-{MAX_COMPUTER_NAME_BYTES} bytes"),
                 ));
             }
-            validate_paths(format_args!("{field}.computer.paths"), &c.paths)
+            let paths = format_args!("{field}.computer.paths");
+            validate_paths(paths, &c.paths)?;
+            validate_without_parent(paths, &c.paths)?;
+            validate_distinct(paths, &c.paths)
         }
         (pb::JobType::VmBackup, _) => {
             Err(invalid(format_args!("{field}.vm"), "a VM backup job item needs a vm target"))
@@ -271,6 +274,17 @@ fn validate_paths(field: impl Display + Copy, paths: &[String]) -> Result<(), Jo
     }
     for (i, path) in paths.iter().enumerate() {
         validate_absolute(format_args!("{field}[{i}]"), path)?;
+    }
+    Ok(())
+}
+
+/// Refuses a path with a `..` component: what it names depends on the links along it, and
+/// a restore point records every entry under its path without `..`.
+fn validate_without_parent(field: impl Display, paths: &[String]) -> Result<(), JobError> {
+    for (i, path) in paths.iter().enumerate() {
+        if Path::new(path).components().any(|c| c == Component::ParentDir) {
+            return Err(invalid(format_args!("{field}[{i}]"), format!("{path:?} contains '..'")));
+        }
     }
     Ok(())
 }

@@ -173,6 +173,35 @@ fn computer_names_and_paths_have_limits() {
 }
 
 #[test]
+fn computer_paths_are_refused_with_dot_dot_or_listed_twice_in_another_spelling() {
+    let computer = |paths: &[&str]| pb::Job {
+        r#type: pb::JobType::AgentBackup as i32,
+        items: vec![pb::JobItem {
+            name: "pc".into(),
+            target: Some(Target::Computer(pb::ComputerTarget {
+                computer: "pc1".into(),
+                paths: paths.iter().map(|p| (*p).into()).collect(),
+            })),
+        }],
+        ..vm_job()
+    };
+    for twice in [["/d/sub", "/d/./sub"], ["/d/sub", "/d//sub/"]] {
+        let error = validate_job(&computer(&twice)).expect_err("listed twice");
+        assert_eq!(
+            error.to_string(),
+            format!("job.items[0].computer.paths[1]: {:?} is listed twice", twice[1])
+        );
+    }
+    let error = validate_job(&computer(&["/d/../d/sub"])).expect_err("dot dot");
+    assert_eq!(error.to_string(), "job.items[0].computer.paths[0]: \"/d/../d/sub\" contains '..'");
+    assert_eq!(
+        validate_job(&computer(&["/d", "/d/sub"])),
+        Ok(()),
+        "nested paths are backed up once"
+    );
+}
+
+#[test]
 fn who_asked_for_a_stop_is_bounded_free_text() {
     assert_eq!(validate_requested_by("requested_by", "ops@host-1"), Ok(()));
     assert_eq!(validate_requested_by("requested_by", &"u".repeat(MAX_REQUESTED_BY_BYTES)), Ok(()));

@@ -89,7 +89,9 @@ pub(super) fn freeze(
     let mut walk =
         Walk { found: BTreeMap::new(), skipped: Vec::new(), stack: Vec::new(), excluded, cancel };
     for root in roots {
-        walk.stack.push((root.clone(), root_metadata(root)?));
+        // One spelling per entry (`/d//a/./b/` is `/d/a/b`), so overlapping roots meet.
+        let root: PathBuf = root.components().collect();
+        walk.stack.push((root.clone(), root_metadata(&root)?));
         walk.drain()?;
     }
     Ok(Frozen { entries: walk.found.into_values().collect(), skipped: walk.skipped })
@@ -238,8 +240,9 @@ mod tests {
         let _socket = UnixListener::bind(root.join("sock")).expect("socket");
         let excluded = Excluded::folder(&root.join("sub/repo"));
 
-        let frozen = freeze(&[root.clone(), root.join("sub")], excluded, &CancelSignal::default())
-            .expect("walk");
+        let again = PathBuf::from(format!("{}/.//sub/", root.display()));
+        let roots = [root.clone(), root.join("sub"), again];
+        let frozen = freeze(&roots, excluded, &CancelSignal::default()).expect("walk");
 
         let expected = vec![
             (String::new(), Kind::Dir),
