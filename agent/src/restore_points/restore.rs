@@ -234,7 +234,7 @@ fn restore_computer(
 
 /// Where each entry goes under `target`; refuses (DATA_LOSS) a manifest that could make the
 /// restore write outside it.
-fn place_entries<'a>(
+pub(super) fn place_entries<'a>(
     target: &Path,
     entries: &'a [Record],
 ) -> Result<Vec<(PathBuf, &'a Record)>, AgentError> {

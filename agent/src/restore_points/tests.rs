@@ -126,6 +126,47 @@ fn a_good_computer_restore_point_verifies_and_a_corrupt_blob_is_named() {
     assert!(report.problems.contains(&missing), "{:?}", report.problems);
 }
 
+/// Rewrites the manifest of the restore point at `location` with `edit`.
+fn edit_manifest(location: &Location, edit: impl FnOnce(&mut Vec<serde_json::Value>)) {
+    let path = location.folder().join(MANIFEST);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+    let entries = manifest["entries"].as_array_mut().expect("entries");
+    edit(entries);
+    fs::write(&path, manifest.to_string()).expect("write");
+}
+
+#[test]
+fn verify_names_an_entry_lost_or_listed_twice_and_a_sha256_that_is_no_blob_name() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = computer_restore_point(repo.path(), "s-0", "one");
+    edit_manifest(&rp, |entries| drop(entries.remove(3)));
+    let report = verify(&rp, &Cancel::default()).expect("verify");
+    let lost = "manifest.json: its entries add up to files 1, bytes 9, directories 2, links 1; \
+                it records files 2, bytes 21, directories 2, links 1";
+    assert_eq!(report.problems, vec![lost.to_owned()]);
+
+    let rp = computer_restore_point(repo.path(), "s-1", "one");
+    edit_manifest(&rp, |entries| entries.push(entries[1].clone()));
+    let report = verify(&rp, &Cancel::default()).expect("verify");
+    let twice = "manifest.json: entry \"/data/a.txt\" is listed twice";
+    assert_eq!(report.problems.first().map(String::as_str), Some(twice), "{:?}", report.problems);
+
+    let rp = computer_restore_point(repo.path(), "s-2", "one");
+    edit_manifest(&rp, |entries| entries[1]["sha256"] = "../../../../../../etc/passwd".into());
+    let report = verify(&rp, &Cancel::default()).expect("verify");
+    assert_eq!(report.bytes_checked, 0, "nothing read");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let refused =
+        "manifest.json: not a valid sluice-computer-1 manifest: sha256 is not 64 lowercase";
+    assert!(report.problems[0].starts_with(refused), "{:?}", report.problems);
+    let out = tempfile::tempdir().expect("tempdir");
+    let error = restore(&rp, out.path(), &Cancel::default()).expect_err("refused");
+    let status = tonic::Status::from(error);
+    assert_eq!(status.code(), Code::FailedPrecondition, "an unreadable manifest, as before");
+    assert!(status.message().contains("sha256 is not 64 lowercase hex digits"), "{status:?}");
+}
+
 #[test]
 fn a_vm_disk_of_another_size_or_content_is_named() {
     let repo = tempfile::tempdir().expect("tempdir");

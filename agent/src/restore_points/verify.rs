@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::path::Path;
 
 use super::hash::{Digested, ReadError, hash_file};
 use super::location::{Location, under};
+use super::restore::place_entries;
 use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::repository::checksum::Algorithm;
-use crate::repository::{ComputerManifest, Kind, Manifest, Store, VmManifest};
+use crate::repository::{ComputerManifest, Kind, Manifest, Store, Totals, VmManifest};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,11 +70,15 @@ fn verify_computer(
     report: &mut Report,
 ) -> Result<(), AgentError> {
     let store = Store::new(&location.repository);
+    // What a restore would refuse (an entry listed twice, one below a link) is a problem.
+    if let Err(AgentError::Corrupt(problem)) = place_entries(Path::new("/"), &manifest.entries) {
+        report.problems.push(problem);
+    }
+    check_totals(manifest, &mut report.problems);
     // Each blob is read once, however many entries name it.
     let mut blobs: BTreeMap<&str, Result<Digested, String>> = BTreeMap::new();
     for entry in &manifest.entries {
-        if under(std::path::Path::new("/"), &entry.path).is_none() {
-            report.problems.push(format!("{}: not an absolute path without '..'", entry.path));
+        if under(Path::new("/"), &entry.path).is_none() {
             continue;
         }
         if entry.kind != Kind::File {
@@ -92,6 +98,26 @@ fn verify_computer(
         }
     }
     Ok(())
+}
+
+/// Adds a problem when the entries do not add up to the totals the manifest records (an
+/// entry lost from it).
+fn check_totals(manifest: &ComputerManifest, problems: &mut Vec<String>) {
+    let recorded = manifest.totals;
+    let counted = Totals::of(&manifest.entries, recorded.bytes_written);
+    if counted != recorded {
+        let text = |t: Totals| {
+            let Totals { files, size_bytes, directories, symlinks, .. } = t;
+            format!(
+                "files {files}, bytes {size_bytes}, directories {directories}, links {symlinks}"
+            )
+        };
+        problems.push(format!(
+            "manifest.json: its entries add up to {}; it records {}",
+            text(counted),
+            text(recorded)
+        ));
+    }
 }
 
 /// Reads and hashes a blob; what is wrong with it, in words, when it cannot be read.

@@ -7,7 +7,8 @@
 //! Only `format`, `restore_point` and each entry's `path` and `kind` are required to read
 //! one: verify, restore and garbage collection need no more.
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Identity;
 
@@ -79,11 +80,25 @@ pub(crate) struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ctime: Option<String>,
     /// SHA-256 of a file's content, hex: its blob in the store.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "blob_name")]
     pub(crate) sha256: Option<String>,
     /// Target of a symbolic link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) target: Option<String>,
+}
+
+/// A file's sha256, read only as 64 lowercase hex digits: it names a file of the store, and
+/// any other text (`../../etc/shadow`) would make verify or restore read another file.
+fn blob_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let sha256 = Option::<String>::deserialize(deserializer)?;
+    let is_hex =
+        |hex: &str| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match sha256 {
+        Some(hex) if !is_hex(&hex) => {
+            Err(D::Error::custom("sha256 is not 64 lowercase hex digits"))
+        }
+        sha256 => Ok(sha256),
+    }
 }
 
 /// Counts and sizes of a restore point.
