@@ -14,9 +14,10 @@
 //!
 //! - `SNAPSHOT` freezes the list of entries ([`walk`]): regular files, directories and
 //!   symbolic links (recorded as links, never followed); sockets, FIFOs and devices are
-//!   skipped; the repository folder is left out when it lies under a configured path. A
-//!   configured path that does not exist or an unreadable directory fails the attempt
-//!   naming the path. Beside the walk, the item's previous restore point is read
+//!   left out with a warning; the repository folder is left out when it lies under a
+//!   configured path. A configured path that does not exist or cannot be read fails the
+//!   attempt naming the path; a directory below it that this agent may not read is left
+//!   out with a warning. Beside the walk, the item's previous restore point is read
 //!   ([`previous`]), with the files whose blobs are still stored.
 //! - `TRANSFER` takes over from the previous restore point every frozen file with the size,
 //!   mtime and ctime it recorded (timestamps older than its `snapshot_at`, against racy
@@ -26,7 +27,10 @@
 //!   `--transfer-rate-limit` and checking the cancel between chunks and files.
 //!   `bytes_total` is the sum of the frozen file sizes; `bytes_done` counts the bytes read
 //!   by the first (hashing) read of each file, and the size of each file taken over
-//!   unread. A file that cannot be opened or read fails the attempt naming it. A file that
+//!   unread. A file is opened without following links and read only if it is still the
+//!   regular file the walk saw (device and inode), else it counts as gone. A file this
+//!   agent may not open is left out with a warning; any other error opening or reading a
+//!   file fails the attempt naming it. A file that
 //!   changed (size or mtime differ from the frozen list after reading, or the copy read
 //!   other bytes than the hashing read) is recorded as read and makes the item `WARNING`;
 //!   a file gone while it was read is left out, also `WARNING`. A file taken over unread is
@@ -53,6 +57,8 @@
 mod commit;
 mod pace;
 mod previous;
+#[cfg(test)]
+mod swaps;
 mod transfer;
 mod walk;
 
@@ -236,10 +242,14 @@ fn build_manifest(
     frozen: &Frozen,
     stamps: Stamps,
 ) -> ComputerManifest {
+    let vanished = [&frozen.vanished[..], &transferred.vanished].concat();
+    let unreadable = [&frozen.unreadable[..], &transferred.unreadable].concat();
     let warnings = [
         named("changed while being read", &transferred.changed),
-        named("vanished while being read", &transferred.vanished),
+        named("vanished while being read", &vanished),
+        named("not backed up (permission denied)", &unreadable),
         named("not backed up (name or link target is not UTF-8)", &frozen.skipped),
+        named("not backed up (socket, FIFO or device)", &frozen.special),
     ];
     ComputerManifest {
         format: COMPUTER_FORMAT.to_owned(),
@@ -326,7 +336,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::UNIX_EPOCH;
 
-    use super::walk::Entry;
+    use super::walk::{Entry, Inode};
     use super::*;
     use crate::repository::Kind;
 
@@ -344,6 +354,7 @@ mod tests {
             mtime: UNIX_EPOCH,
             ctime: UNIX_EPOCH,
             target: None,
+            inode: Inode::default(),
         };
         let entries: Vec<Entry> = (0..10_000).map(file).collect();
         let known = vec![Some("ab".repeat(32)); entries.len()];

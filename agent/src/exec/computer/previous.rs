@@ -171,6 +171,7 @@ fn settled(stamp: SystemTime, snapshot_at: SystemTime) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::computer::walk::Inode;
     use crate::repository::{MANIFEST, Record, rfc3339};
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
@@ -273,6 +274,7 @@ mod tests {
             mtime,
             ctime: old,
             target: None,
+            inode: Inode::default(),
         };
         let found =
             [walked("/d/kept", old), walked("/d/changed", at(600, 1)), walked("/d/blob-gone", old)];

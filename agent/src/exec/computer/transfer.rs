@@ -9,11 +9,14 @@
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::libc;
 
 use super::Failure;
 use super::pace::{self, BUF, Digest, Pace, ReadError};
-use super::walk::{Entry, ctime_of, mode_of, mtime_of};
+use super::walk::{Entry, Inode, ctime_of, mode_of, mtime_of, replaced_or_gone};
 use crate::exec::TaskContext;
 use crate::fsutil::blocking;
 use crate::repository::{Kind, Record, Store, Written, rfc3339};
@@ -25,8 +28,11 @@ pub(super) struct Transferred {
     pub(crate) records: Vec<Record>,
     /// Files whose size or mtime changed while they were read (recorded as read).
     pub(crate) changed: Vec<String>,
-    /// Files gone while they were read (left out).
+    /// Files gone or replaced (by a link, another file) before or while they were read
+    /// (left out).
     pub(crate) vanished: Vec<String>,
+    /// Files this agent may not read (left out).
+    pub(crate) unreadable: Vec<String>,
     /// Files taken over from the previous restore point without being read.
     pub(crate) reused: u64,
     /// Bytes read from the files.
@@ -105,9 +111,16 @@ fn file_error(entry: &Entry, what: &str, error: impl std::fmt::Display) -> Failu
 
 impl Transfer<'_> {
     async fn file(&mut self, entry: &Entry, out: &mut Transferred) -> Result<(), Failure> {
-        let Some(stored) = self.store_file(entry).await? else {
-            out.vanished.push(entry.path.clone());
-            return Ok(());
+        let stored = match self.store_file(entry).await? {
+            Read::Stored(stored) => stored,
+            Read::Gone => {
+                out.vanished.push(entry.path.clone());
+                return Ok(());
+            }
+            Read::Denied => {
+                out.unreadable.push(entry.path.clone());
+                return Ok(());
+            }
         };
         let Some(after) = stat(entry).await? else {
             out.vanished.push(entry.path.clone());
@@ -134,23 +147,28 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    /// Hashes the file and stores it unless stored; `None` when it is gone.
-    async fn store_file(&mut self, entry: &Entry) -> Result<Option<Stored>, Failure> {
-        let Some(file) = open(entry).await? else { return Ok(None) };
+    /// Hashes the file and stores it unless stored.
+    async fn store_file(&mut self, entry: &Entry) -> Result<Read<Stored>, Failure> {
+        let file = match open(entry).await? {
+            Read::Stored(file) => file,
+            Read::Gone => return Ok(Read::Gone),
+            Read::Denied => return Ok(Read::Denied),
+        };
         let keep = entry.size <= BUF as u64;
         let (digest, _) = self.read(entry, file, None, keep).await?;
-        if self.contains(entry, &digest.sha256).await? {
-            return Ok(Some(Stored { sha256: digest.sha256, len: digest.len, differs: false }));
+        let (sha256, len) = (digest.sha256.clone(), digest.len);
+        if self.contains(entry, &sha256).await? {
+            return Ok(Read::Stored(Stored { sha256, len, differs: false }));
         }
         if let Some(bytes) = digest.head {
             let tmp = self.write_temp(entry, bytes).await?;
-            self.publish(entry, tmp, &digest.sha256, digest.len).await?;
-            return Ok(Some(Stored { sha256: digest.sha256, len: digest.len, differs: false }));
+            self.publish(entry, tmp, &sha256, len).await?;
+            return Ok(Read::Stored(Stored { sha256, len, differs: false }));
         }
-        let Some(file) = open(entry).await? else { return Ok(None) };
+        let Read::Stored(file) = open(entry).await? else { return Ok(Read::Gone) };
         let copy = self.copy(entry, file).await?;
-        let differs = copy.sha256 != digest.sha256;
-        Ok(Some(Stored { sha256: copy.sha256, len: copy.len, differs }))
+        let differs = copy.sha256 != sha256;
+        Ok(Read::Stored(Stored { sha256: copy.sha256, len: copy.len, differs }))
     }
 
     async fn read(
@@ -225,9 +243,33 @@ impl Transfer<'_> {
     }
 }
 
-/// Opens a frozen file; `None` when it is gone.
-async fn open(entry: &Entry) -> Result<Option<File>, Failure> {
-    unless_gone(entry, "cannot open", File::open).await
+/// What reading a frozen file found.
+pub(super) enum Read<T> {
+    Stored(T),
+    /// Gone, or replaced by a link or another file.
+    Gone,
+    /// This agent may not read it.
+    Denied,
+}
+
+/// Opens a frozen file without following a link, only if it is still the regular file the
+/// walk saw: one swapped for a link (to `/etc/shadow`) or a FIFO meanwhile is not read.
+pub(super) async fn open(entry: &Entry) -> Result<Read<File>, Failure> {
+    let (path, inode) = (PathBuf::from(&entry.path), entry.inode);
+    let opened = blocking(move || {
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let file = File::options().read(true).custom_flags(flags).open(path)?;
+        let meta = file.metadata()?;
+        Ok((meta.is_file() && Inode::of(&meta) == inode).then_some(file))
+    })
+    .await;
+    match opened {
+        Ok(Some(file)) => Ok(Read::Stored(file)),
+        Ok(None) => Ok(Read::Gone),
+        Err(e) if replaced_or_gone(&e) => Ok(Read::Gone),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(Read::Denied),
+        Err(e) => Err(file_error(entry, "cannot open", e)),
+    }
 }
 
 /// The file's metadata after reading; `None` when it is gone.

@@ -1,16 +1,21 @@
 //! SNAPSHOT of a computer task: freeze the list of entries under the configured paths.
 //!
 //! The walk never follows symbolic links (a configured path that is a link is recorded as a
-//! link), skips sockets, FIFOs and devices, and leaves out the repository folder when it lies
-//! under a configured path. Every function here does blocking I/O.
+//! link), leaves sockets, FIFOs and devices out with a warning, and leaves out the
+//! repository folder when it lies under a configured path. A directory is listed through a
+//! handle opened without following links and checked to be the directory the walk saw (same
+//! device and inode): one swapped for a link meanwhile (to `/etc`) is never listed as if its
+//! entries were below it. Every function here does blocking I/O.
 
 use std::collections::BTreeMap;
-use std::fs::{self, Metadata};
+use std::fs::{self, File, Metadata, ReadDir};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::libc;
 use tracing::debug;
 
 use crate::exec::CancelSignal;
@@ -34,6 +39,21 @@ pub(super) struct Entry {
     pub(crate) ctime: SystemTime,
     /// Target of a symbolic link.
     pub(crate) target: Option<String>,
+    /// Which file it is: a file opened later is read only if it is still this one.
+    pub(crate) inode: Inode,
+}
+
+/// A file's device and inode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Inode {
+    dev: u64,
+    ino: u64,
+}
+
+impl Inode {
+    pub(super) fn of(meta: &Metadata) -> Self {
+        Self { dev: meta.dev(), ino: meta.ino() }
+    }
 }
 
 /// The frozen list, sorted by path, and what was left out with a warning.
@@ -43,6 +63,13 @@ pub(super) struct Frozen {
     pub(crate) entries: Vec<Entry>,
     /// Entries that cannot be recorded: their name or link target is not UTF-8.
     pub(crate) skipped: Vec<String>,
+    /// Sockets, FIFOs and devices.
+    pub(crate) special: Vec<String>,
+    /// Directories below a configured path that this agent may not read.
+    pub(crate) unreadable: Vec<String>,
+    /// Directories gone or replaced (by a link, a file) between their listing and their
+    /// reading.
+    pub(crate) vanished: Vec<String>,
 }
 
 /// Why the walk stopped.
@@ -50,32 +77,37 @@ pub(super) struct Frozen {
 pub(super) enum WalkError {
     /// The task was cancelled.
     Canceled,
-    /// A configured path is missing or an entry is unreadable; the message names it.
+    /// A configured path is missing or unreadable, or a listing failed; the message names it.
     Failed(String),
 }
 
-/// A folder the walk leaves out, by device and inode (the repository).
+/// A folder the walk leaves out (the repository).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Excluded {
-    dev: u64,
-    ino: u64,
-}
+pub(super) struct Excluded(Inode);
 
 impl Excluded {
     /// The folder at `path`, if it exists.
     pub(super) fn folder(path: &Path) -> Option<Self> {
-        fs::metadata(path).ok().map(|meta| Self { dev: meta.dev(), ino: meta.ino() })
+        fs::metadata(path).ok().map(|meta| Self(Inode::of(&meta)))
     }
 
     fn matches(self, meta: &Metadata) -> bool {
-        meta.is_dir() && meta.dev() == self.dev && meta.ino() == self.ino
+        meta.is_dir() && Inode::of(meta) == self.0
     }
+}
+
+/// An entry found and not yet visited.
+struct Found {
+    path: PathBuf,
+    meta: Metadata,
+    /// A configured path: what cannot be read of it fails the walk.
+    root: bool,
 }
 
 struct Walk<'a> {
     found: BTreeMap<String, Entry>,
-    skipped: Vec<String>,
-    stack: Vec<(PathBuf, Metadata)>,
+    frozen: Frozen,
+    stack: Vec<Found>,
     excluded: Option<Excluded>,
     cancel: &'a CancelSignal,
 }
@@ -86,15 +118,23 @@ pub(super) fn freeze(
     excluded: Option<Excluded>,
     cancel: &CancelSignal,
 ) -> Result<Frozen, WalkError> {
-    let mut walk =
-        Walk { found: BTreeMap::new(), skipped: Vec::new(), stack: Vec::new(), excluded, cancel };
+    let mut walk = Walk {
+        found: BTreeMap::new(),
+        frozen: Frozen::default(),
+        stack: Vec::new(),
+        excluded,
+        cancel,
+    };
     for root in roots {
         // One spelling per entry (`/d//a/./b/` is `/d/a/b`), so overlapping roots meet.
-        let root: PathBuf = root.components().collect();
-        walk.stack.push((root.clone(), root_metadata(&root)?));
+        let path: PathBuf = root.components().collect();
+        let meta = root_metadata(&path)?;
+        walk.stack.push(Found { path, meta, root: true });
         walk.drain()?;
     }
-    Ok(Frozen { entries: walk.found.into_values().collect(), skipped: walk.skipped })
+    let mut frozen = walk.frozen;
+    frozen.entries = walk.found.into_values().collect();
+    Ok(frozen)
 }
 
 fn root_metadata(root: &Path) -> Result<Metadata, WalkError> {
@@ -112,23 +152,24 @@ fn unreadable(path: &Path, error: &io::Error) -> WalkError {
 
 impl Walk<'_> {
     fn drain(&mut self) -> Result<(), WalkError> {
-        while let Some((path, meta)) = self.stack.pop() {
+        while let Some(found) = self.stack.pop() {
             if self.cancel.is_cancelled() {
                 return Err(WalkError::Canceled);
             }
-            self.visit(path, &meta)?;
+            self.visit(found)?;
         }
         Ok(())
     }
 
-    fn visit(&mut self, path: PathBuf, meta: &Metadata) -> Result<(), WalkError> {
-        if self.excluded.is_some_and(|excluded| excluded.matches(meta)) {
+    fn visit(&mut self, found: Found) -> Result<(), WalkError> {
+        let Found { path, meta, root } = found;
+        if self.excluded.is_some_and(|excluded| excluded.matches(&meta)) {
             debug!(path = %path.display(), "repository folder left out of the backup");
             return Ok(());
         }
         let Some(name) = self.utf8(&path) else { return Ok(()) };
-        let Some(kind) = kind_of(meta) else {
-            debug!(path = name, "special file skipped");
+        let Some(kind) = kind_of(&meta) else {
+            self.frozen.special.push(name);
             return Ok(());
         };
         let target = match kind {
@@ -136,10 +177,13 @@ impl Walk<'_> {
                 Some(target) => Some(target),
                 None => return Ok(()),
             },
-            Kind::Dir => {
-                self.push_children(&path)?;
-                None
-            }
+            Kind::Dir => match self.list(&path, &meta, root)? {
+                Some(listing) => {
+                    self.push_children(&path, listing)?;
+                    None
+                }
+                None => return Ok(()),
+            },
             Kind::File => None,
         };
         let size = if kind == Kind::File { meta.len() } else { 0 };
@@ -147,10 +191,11 @@ impl Walk<'_> {
             path: name,
             kind,
             size,
-            mode: mode_of(meta),
-            mtime: mtime_of(meta),
-            ctime: ctime_of(meta),
+            mode: mode_of(&meta),
+            mtime: mtime_of(&meta),
+            ctime: ctime_of(&meta),
             target,
+            inode: Inode::of(&meta),
         };
         self.found.insert(entry.path.clone(), entry);
         Ok(())
@@ -159,7 +204,7 @@ impl Walk<'_> {
     fn utf8(&mut self, path: &Path) -> Option<String> {
         let name = path.to_str().map(str::to_owned);
         if name.is_none() {
-            self.skipped.push(path.display().to_string());
+            self.frozen.skipped.push(path.display().to_string());
         }
         name
     }
@@ -168,25 +213,69 @@ impl Walk<'_> {
         let target = fs::read_link(path).map_err(|e| unreadable(path, &e))?;
         let text = target.to_str().map(str::to_owned);
         if text.is_none() {
-            self.skipped.push(path.display().to_string());
+            self.frozen.skipped.push(path.display().to_string());
         }
         Ok(text)
     }
 
-    fn push_children(&mut self, dir: &Path) -> Result<(), WalkError> {
-        let read = fs::read_dir(dir).map_err(|e| unreadable(dir, &e))?;
-        for dirent in read {
+    /// The listing of the directory the walk saw at `dir`; `None`, with a warning, when it
+    /// is gone, replaced or (below a configured path) unreadable.
+    fn list(
+        &mut self,
+        dir: &Path,
+        seen: &Metadata,
+        root: bool,
+    ) -> Result<Option<ReadDir>, WalkError> {
+        match open_dir(dir, Inode::of(seen)) {
+            Ok(Some(listing)) => Ok(Some(listing)),
+            Ok(None) => {
+                self.frozen.vanished.push(dir.display().to_string());
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !root => {
+                self.frozen.unreadable.push(dir.display().to_string());
+                Ok(None)
+            }
+            Err(e) => Err(unreadable(dir, &e)),
+        }
+    }
+
+    fn push_children(&mut self, dir: &Path, listing: ReadDir) -> Result<(), WalkError> {
+        for dirent in listing {
             let dirent = dirent.map_err(|e| unreadable(dir, &e))?;
-            let path = dirent.path();
-            // `DirEntry::metadata` does not follow links; an entry gone already is not frozen.
+            let path = dir.join(dirent.file_name());
+            // Read relative to the listed directory's handle, never following links; an
+            // entry gone already is not frozen.
             match dirent.metadata() {
-                Ok(meta) => self.stack.push((path, meta)),
+                Ok(meta) => self.stack.push(Found { path, meta, root: false }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(unreadable(&path, &e)),
             }
         }
         Ok(())
     }
+}
+
+/// Lists the directory at `path` if it is still the one with `inode`, opened without
+/// following a link; `None` when it is gone or is something else now.
+pub(super) fn open_dir(path: &Path, inode: Inode) -> io::Result<Option<ReadDir>> {
+    let flags = libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let handle = match File::options().read(true).custom_flags(flags).open(path) {
+        Ok(handle) => handle,
+        Err(e) if replaced_or_gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if Inode::of(&handle.metadata()?) != inode {
+        return Ok(None);
+    }
+    // Listed through the handle: the listing's own descriptor is the same directory.
+    fs::read_dir(format!("/proc/self/fd/{}", handle.as_raw_fd())).map(Some)
+}
+
+/// An open that found nothing, or a link or a file where a directory or file was.
+pub(super) fn replaced_or_gone(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::NotFound
+        || matches!(error.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
 }
 
 /// What an entry is; `None` for sockets, FIFOs and devices.
