@@ -351,6 +351,7 @@ mod tests {
             kind: Kind::File,
             size: 1,
             mode: 0o644,
+            owner: (0, 0),
             mtime: UNIX_EPOCH,
             ctime: UNIX_EPOCH,
             target: None,

@@ -161,6 +161,8 @@ mod tests {
             kind,
             size: 0,
             mode,
+            uid: None,
+            gid: None,
             mtime: "2026-01-02T03:04:05Z".into(),
             ctime: None,
             sha256: None,

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, FileTimes};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, fchown, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -283,7 +283,12 @@ fn restore_link(entry: &Record, path: &Path) -> Result<(), AgentError> {
         .target
         .as_deref()
         .ok_or_else(|| corrupt(format!("link {} has no target", entry.path)))?;
-    symlink(link, path).map_err(|e| io_error("cannot create link", path, &e))
+    symlink(link, path).map_err(|e| io_error("cannot create link", path, &e))?;
+    if let Some(uid) = entry.uid {
+        // As for files: where the agent may.
+        let _ = lchown(path, Some(uid), entry.gid);
+    }
+    Ok(())
 }
 
 fn restore_file(
@@ -342,13 +347,18 @@ fn copy_checked(
     Ok((found.size, out))
 }
 
-/// Sets the recorded mtime and mode through the open file or folder `file` at `path`.
+/// Sets the recorded owner, mtime and mode through the open file or folder `file` at
+/// `path`. The owner is set where the agent may (as root); a setuid or setgid bit is kept
+/// only with the owner it was recorded with, or a file of a user would come back setuid
+/// root.
 fn set_mode_and_mtime(file: &File, path: &Path, entry: &Record) -> Result<(), AgentError> {
+    let owned = entry.uid.is_some_and(|uid| fchown(file, Some(uid), entry.gid).is_ok());
     if let Some(mtime) = parse_mtime(&entry.mtime) {
         file.set_times(FileTimes::new().set_modified(mtime))
             .map_err(|e| io_error("cannot set the mtime of", path, &e))?;
     }
-    file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+    let mode = if owned { entry.mode & 0o7777 } else { entry.mode & 0o1777 };
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| io_error("cannot set the mode of", path, &e))
 }
 

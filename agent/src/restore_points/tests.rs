@@ -2,7 +2,7 @@
 //! executors lay it out.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -236,6 +236,31 @@ fn a_vm_manifest_of_format_2_verifies_restores_and_names_a_corrupt_disk() {
         problems,
         vec!["disk0.qcow2 (disk /vms/web.qcow2): disk0.qcow2: the manifest records no checksum"]
     );
+}
+
+/// A setuid file of `nobody` comes back owned by `nobody`; one recorded without its owner
+/// (a manifest from before owners were recorded) loses its setuid and setgid bits, or a
+/// restore by a root agent would make it setuid root.
+#[test]
+fn a_restore_sets_owners_and_keeps_setuid_only_with_its_owner() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = computer_restore_point(repo.path(), "s-0", "one");
+    edit_manifest(&rp, |entries| {
+        for (index, owner) in [(1, Some(65534)), (3, None)] {
+            entries[index]["mode"] = 0o6755.into();
+            entries[index]["uid"] = owner.into();
+            entries[index]["gid"] = owner.into();
+        }
+        entries[4]["uid"] = 65534.into();
+    });
+    let out = tempfile::tempdir().expect("tempdir");
+    restore(&rp, out.path(), &Cancel::default()).expect("restore");
+    let meta = |p: &str| fs::symlink_metadata(out.path().join(p)).expect("meta");
+    let owned = meta("data/a.txt");
+    assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o7777), (65534, 65534, 0o6755));
+    let unowned = meta("data/sub/b.bin");
+    assert_eq!((unowned.uid(), unowned.mode() & 0o7777), (0, 0o755), "setuid and setgid gone");
+    assert_eq!(meta("data/sub/link").uid(), 65534, "a link's owner too");
 }
 
 #[test]

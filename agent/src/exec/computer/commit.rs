@@ -95,6 +95,8 @@ mod tests {
             kind,
             size,
             mode: 0o644,
+            uid: None,
+            gid: None,
             mtime,
             ctime: None,
             sha256: None,

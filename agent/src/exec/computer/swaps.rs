@@ -33,7 +33,8 @@ fn a_folder_swapped_for_a_link_or_another_folder_after_its_walk_is_not_listed() 
     let secret = secret(dir.path());
     let folder = dir.path().join("d");
     fs::create_dir(&folder).expect("folder");
-    let frozen = freeze(&[folder.clone()], None, &CancelSignal::default()).expect("walk");
+    let frozen =
+        freeze(std::slice::from_ref(&folder), None, &CancelSignal::default()).expect("walk");
     let inode = frozen.entries[0].inode;
     assert!(open_dir(&folder, inode).expect("open").is_some(), "the folder the walk saw");
 
@@ -51,7 +52,7 @@ async fn a_file_swapped_for_a_link_a_fifo_or_another_file_after_its_walk_is_not_
     let secret = secret(dir.path());
     let file = dir.path().join("f");
     fs::write(&file, b"mine").expect("file");
-    let frozen = freeze(&[file.clone()], None, &CancelSignal::default()).expect("walk");
+    let frozen = freeze(std::slice::from_ref(&file), None, &CancelSignal::default()).expect("walk");
     let entry = &frozen.entries[0];
     assert!(matches!(open(entry).await, Ok(Read::Stored(_))), "the file the walk saw");
 
@@ -81,7 +82,7 @@ fn what_the_agent_may_not_read_and_special_files_are_left_out_with_a_warning() {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
     }
     for closed in ["closed", "closed.txt"] {
-        fs::set_permissions(tree.join(closed), fs::Permissions::from_mode(0)).expect("chmod");
+        fs::set_permissions(tree.join(closed), fs::Permissions::from_mode(0o000)).expect("chmod");
     }
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "exec::computer::swaps::backup_as_nobody", "--nocapture"])

@@ -98,6 +98,8 @@ fn record(entry: &Entry, sha256: Option<String>) -> Record {
         kind: entry.kind,
         size: entry.size,
         mode: entry.mode,
+        uid: Some(entry.owner.0),
+        gid: Some(entry.owner.1),
         mtime: rfc3339(entry.mtime),
         ctime: (entry.kind == Kind::File).then(|| rfc3339(entry.ctime)),
         sha256,

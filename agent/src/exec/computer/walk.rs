@@ -32,6 +32,8 @@ pub(super) struct Entry {
     pub(crate) size: u64,
     /// Permission bits (`0o7777`).
     pub(crate) mode: u32,
+    /// Owner and group ids.
+    pub(crate) owner: (u32, u32),
     /// Last modification.
     pub(crate) mtime: SystemTime,
     /// Last status change (content, permissions, links, renames): set by the kernel from
@@ -192,6 +194,7 @@ impl Walk<'_> {
             kind,
             size,
             mode: mode_of(&meta),
+            owner: (meta.uid(), meta.gid()),
             mtime: mtime_of(&meta),
             ctime: ctime_of(&meta),
             target,

@@ -1,5 +1,5 @@
 //! The manifest of a computer restore point (`"format": "sluice-computer-1"`): every entry
-//! (path, kind, size, mode, mtime, ctime and sha256 of files, target of links; times RFC 3339
+//! (path, kind, size, mode, uid, gid, mtime, ctime and sha256 of files, target of links; times RFC 3339
 //! to the nanosecond), the totals `files`, `directories`, `symlinks`, `size_bytes` (logical)
 //! and `bytes_written` (new to the store), `bytes_read` (read from the files), `snapshot_at`
 //! (when SNAPSHOT began) and `warnings`.
@@ -73,6 +73,12 @@ pub(crate) struct Record {
     /// Permission bits.
     #[serde(default)]
     pub(crate) mode: u32,
+    /// Owner (user id); absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) uid: Option<u32>,
+    /// Group id; absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) gid: Option<u32>,
     /// Last modification, RFC 3339 with nanoseconds.
     #[serde(default)]
     pub(crate) mtime: String,
