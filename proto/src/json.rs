@@ -68,8 +68,10 @@ pub fn from_json<M: Message + Name + Default>(text: &[u8]) -> Result<M, JsonErro
         &DeserializeOptions::new(),
     )
     .map_err(|e| {
+        // `.` is the top, `?` a field whose name was not read (the text ends first).
         let path = track.path().to_string();
-        JsonError::Invalid(if path == "." { e.to_string() } else { format!("{path}: {e}") })
+        let named = path.split('.').any(|segment| !matches!(segment, "" | "?"));
+        JsonError::Invalid(if named { format!("{path}: {e}") } else { e.to_string() })
     })?;
     deserializer.end().map_err(|e| JsonError::Invalid(e.to_string()))?;
     dynamic.transcode_to::<M>().map_err(|e| JsonError::Invalid(e.to_string()))
@@ -127,7 +129,9 @@ mod tests {
         assert!(matches!(unknown, Err(JsonError::Invalid(text)) if text.contains("mood")));
         let bad_enum = from_json::<pb::StopJobRequest>(br#"{"mode": "STOP_MODE_SOON"}"#);
         assert!(bad_enum.is_err());
-        assert!(from_json::<pb::StopJobRequest>(b"{").is_err());
+        let cut = from_json::<pb::StopJobRequest>(b"{").expect_err("cut short");
+        assert!(cut.to_string().contains("EOF while parsing"), "{cut}");
+        assert!(!cut.to_string().contains("?:"), "no path of a field never read: {cut}");
         assert!(from_json::<pb::StopJobRequest>(b"{} {}").is_err());
         assert_eq!(from_json::<pb::StartJobRequest>(b" ").expect("empty"), Default::default());
     }
