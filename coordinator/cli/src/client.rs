@@ -98,6 +98,9 @@ impl Access {
 }
 
 fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Failure> {
+    if token.trim().is_empty() {
+        return Err(Failure::usage("--token is empty (SLUICE_TOKEN, or the config file's token)"));
+    }
     // Never echo the token: it is a secret.
     format!("Bearer {}", token.trim())
         .parse()
@@ -266,5 +269,8 @@ mod tests {
             AccessFlags { insecure: true, token: Some("slu_x\n_y".into()), ..Default::default() };
         let refused = Access::from_flags(token).expect_err("a newline in a token");
         assert!(!refused.message().contains("slu_x"), "the token is not echoed");
+        let empty = AccessFlags { insecure: true, token: Some(" ".into()), ..Default::default() };
+        let refused = Access::from_flags(empty).expect_err("an empty token");
+        assert!(refused.message().contains("--token is empty"), "{}", refused.message());
     }
 }
