@@ -80,6 +80,29 @@ pub enum IdentityError {
     /// A `sluice://` name of an unknown sort.
     #[error("certificate has an unknown sluice name {0:?}")]
     Unknown(String),
+    /// Outside its validity period now.
+    #[error("certificate is valid from {not_before} to {not_after}, not now")]
+    NotValidNow {
+        /// Start of the period.
+        not_before: String,
+        /// End of the period.
+        not_after: String,
+    },
+}
+
+/// Refuses a node's own certificate outside its validity period: every peer would refuse
+/// it in the handshake.
+pub fn check_valid_now(der: &[u8]) -> Result<(), IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let validity = cert.validity();
+    if validity.is_valid() {
+        return Ok(());
+    }
+    Err(IdentityError::NotValidNow {
+        not_before: validity.not_before.to_string(),
+        not_after: validity.not_after.to_string(),
+    })
 }
 
 /// Reads the identity of a DER certificate. Trust it only for a certificate that TLS has

@@ -33,7 +33,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 pub use self::dial::{DialTls, dial_config};
 pub use self::incoming::{no_delay, tcp_incoming, tls_accept, tls_incoming};
 pub use self::preface::PrefaceDeadline;
-use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der};
+use super::identity::{CertIdentity, IdentityError, Kind, check_valid_now, identity_from_der};
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -276,7 +276,20 @@ impl NodeTls {
         if pem == self.current.load().pem {
             return Ok(false);
         }
-        self.current.store(Arc::new(build(&self.files, self.auth, pem)?));
+        let loaded = build(&self.files, self.auth, pem)?;
+        // The node is who it was: a certificate of another node or kind is a misrotation.
+        let (now, new) = (self.identity(), &loaded.identity);
+        if (new.kind, &new.id, &new.computer) != (now.kind, &now.id, &now.computer) {
+            return Err(TlsError::Flags(format!(
+                "{} names {} {:?}, but this node is {} {:?}",
+                self.files.cert.display(),
+                new.kind,
+                new.id,
+                now.kind,
+                now.id
+            )));
+        }
+        self.current.store(Arc::new(loaded));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(true)
     }
@@ -339,6 +352,7 @@ fn build(files: &TlsFiles, auth: ClientAuth, pem: [Vec<u8>; 3]) -> Result<Loaded
     let [cert_pem, key_pem, ca_pem] = &pem;
     let chain = certificates(&files.cert, cert_pem)?;
     let identity = identity_from_der(&chain[0])
+        .and_then(|identity| check_valid_now(&chain[0]).map(|()| identity))
         .map_err(|source| TlsError::Identity { path: files.cert.clone(), source })?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| TlsError::Pem { path: files.key.clone(), reason: e.to_string() })?;

@@ -1,6 +1,10 @@
 //! In-process servers over real TLS on loopback: rotation, kinds, the layer.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use tokio::io::AsyncReadExt;
 
@@ -317,6 +321,54 @@ async fn certificates_rotate_without_a_restart() {
     );
     stop.cancel();
     watcher.await.expect("watcher ends");
+}
+
+/// A reload keeps the certificate in use when the new files name another node or kind, or
+/// a certificate outside its validity period: start-up refuses the same files.
+#[test]
+fn a_reload_refuses_another_identity_and_an_expired_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let out = dir.path().join("out");
+    pki::issue_to_dir(&dir.path().join("ca"), &LeafSpec::new(Kind::Coordinator, "c2"), &out)
+        .expect("c2");
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).expect("live dir");
+    let live_files =
+        TlsFiles { cert: live.join("tls.crt"), key: live.join("tls.key"), ca: out.join("ca.crt") };
+    let install = |cert: &[u8], key: &[u8]| {
+        std::fs::write(&live_files.cert, cert).expect("cert");
+        std::fs::write(&live_files.key, key).expect("key");
+    };
+    let read = |path: PathBuf| std::fs::read(path).expect("read");
+    install(&read(out.join("c1.crt")), &read(out.join("c1.key")));
+    let auth = ClientAuth { kinds: &[Kind::Client], required: false };
+    let tls = NodeTls::load(live_files.clone(), auth).expect("server TLS");
+
+    for other in ["c2", "a1"] {
+        install(&read(out.join(format!("{other}.crt"))), &read(out.join(format!("{other}.key"))));
+        let refused = tls.reload_if_changed().expect_err(other).to_string();
+        assert!(
+            refused.ends_with(&format!("{other:?}, but this node is coordinator \"c1\"")),
+            "{refused}"
+        );
+        assert_eq!((tls.identity().id.as_str(), tls.generation()), ("c1", 0), "kept");
+    }
+
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    let uri = "sluice://coordinator/c1".try_into().expect("uri");
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let expired = params.self_signed(&key).expect("certificate");
+    install(expired.pem().as_bytes(), key.serialize_pem().as_bytes());
+    let refused = tls.reload_if_changed().expect_err("expired").to_string();
+    assert!(refused.contains("certificate is valid from"), "{refused}");
+    assert!(refused.ends_with("not now"), "{refused}");
+    assert_eq!(tls.generation(), 0, "kept");
+    let at_start = NodeTls::load(live_files, auth).err().map(|e| e.to_string());
+    assert_eq!(at_start, Some(refused), "start-up refuses it too");
 }
 
 #[test]
