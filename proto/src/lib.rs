@@ -5,6 +5,7 @@
 //! `telemetry` feature (the servers only), logging, span export and W3C trace-context
 //! propagation.
 
+pub mod codec;
 pub mod config;
 pub mod ids;
 pub mod job;
@@ -18,10 +19,12 @@ pub mod security;
 pub mod telemetry;
 pub mod time;
 
-/// Generated protobuf and gRPC code of the `sluice.v1` package.
+/// Generated protobuf and gRPC code of the `sluice.v1` package: the messages and clients,
+/// then the servers, generated apart so that only they use [`codec::ServerCodec`].
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("sluice.v1");
+    include!(concat!(env!("OUT_DIR"), "/server/sluice.v1.rs"));
 }
 
 /// Encoded file descriptor set for server reflection.

@@ -39,6 +39,7 @@ mod node;
 pub mod ownership;
 mod ports;
 pub mod proxy;
+pub mod raw_grpc;
 pub mod records;
 pub mod schedules;
 pub mod security;

@@ -7,6 +7,7 @@ use sluice_tests::{
     api::{create_and_start, get_session, summary},
     fixtures::expect_code,
     jobs::vm_job,
+    raw_grpc,
 };
 use tonic::Code;
 
@@ -41,4 +42,25 @@ async fn a_job_service_request_larger_than_a_job_is_refused_before_decoding() {
     let huge = pb::StartJobRequest { job: "j".repeat(10 << 20), ..Default::default() };
     let refused = expect_code(jobs.start_job(huge).await, Code::ResourceExhausted, "StartJob");
     assert!(!refused.message().contains("job:"), "refused before decoding: {}", refused.message());
+}
+
+/// A request that is not valid protobuf is the caller's mistake: coordinators and agents
+/// refuse it as INVALID_ARGUMENT naming what did not decode (tonic's own codec says INTERNAL).
+#[tokio::test]
+async fn a_request_that_is_not_protobuf_is_an_invalid_argument() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let coordinator = cluster.coordinators()[0].channel().await;
+    // Field 1 (`name`), 2 bytes long, and these are not UTF-8.
+    let not_utf8 = raw_grpc::call(coordinator, "/sluice.v1.JobService/GetJob", b"\n\x02\xff\xfe");
+    let refused = expect_code(not_utf8.await, Code::InvalidArgument, "GetJob");
+    let message = refused.message();
+    assert!(message.contains("GetJobRequest.name") && message.contains("UTF-8"), "{message}");
+    let agent = cluster.agent(0).channel().await;
+    let garbage = raw_grpc::call(agent, "/sluice.v1.AgentService/ListTasks", b"\xff\xff\xff\xff");
+    let refused = expect_code(garbage.await, Code::InvalidArgument, "ListTasks");
+    assert!(
+        refused.message().contains("failed to decode Protobuf message"),
+        "{}",
+        refused.message()
+    );
 }
