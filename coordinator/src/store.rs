@@ -106,7 +106,7 @@ impl Store {
             let identity = tls.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
             options = options.with_tls(client_config(&tls.ca, identity).map_err(Error::Tls)?);
         }
-        let (failover, updater) = Failover::new(64);
+        let (failover, updater) = Failover::new(64, timeout);
         let channel = TimedChannel(metrics.clone(), failover.clone(), updater);
         let client =
             Client::connect_with_balanced_channel(endpoints, Some(options), channel).await?;

@@ -68,6 +68,8 @@ pub(crate) struct Failover {
 }
 
 struct Members {
+    /// How long one member has to answer (or to open a stream).
+    timeout: Duration,
     list: Mutex<Vec<Arc<Member>>>,
     /// Endpoint changes the etcd client sent, applied before the next pick.
     changes: Mutex<Changes>,
@@ -94,9 +96,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Failover {
     /// The channel and the sender the etcd client inserts its endpoints through.
-    pub(crate) fn new(buffer: usize) -> (Self, mpsc::Sender<Change<http::Uri, Endpoint>>) {
+    pub(crate) fn new(
+        buffer: usize,
+        timeout: Duration,
+    ) -> (Self, mpsc::Sender<Change<http::Uri, Endpoint>>) {
         let (sender, changes) = mpsc::channel(buffer);
         let members = Members {
+            timeout,
             list: Mutex::new(Vec::new()),
             changes: Mutex::new(changes),
             // The first member listed, until it fails (sticky: a member that fails is left
@@ -192,11 +198,11 @@ async fn send_stream(
     if request.uri().path() == KEEP_ALIVE {
         *lock(&members.keep_alive) = Some(member.clone());
     }
-    match member.channel.clone().oneshot(request).await {
+    match send_to(&member, request, members.timeout).await {
         Ok(response) => Ok(watched(members, member, response)),
         Err(error) => {
-            members.mark_down(&member, &describe(&error));
-            Err(error.into())
+            members.mark_down(&member, &describe(error.as_ref()));
+            Err(error)
         }
     }
 }
@@ -214,7 +220,7 @@ async fn send_unary(
     for (attempt, member) in order.into_iter().enumerate() {
         let request =
             HttpRequest::from_parts(parts.clone(), tonic::body::Body::new(Full::new(body.clone())));
-        match member.channel.clone().oneshot(request).await {
+        match send_to(&member, request, members.timeout).await {
             Ok(response) if is_unavailable(&response) => {
                 members.mark_down(&member, "answered unavailable");
                 if read && attempt < last {
@@ -224,17 +230,35 @@ async fn send_unary(
             }
             Ok(response) => return Ok(watched(members, member, response)),
             Err(error) => {
-                members.mark_down(&member, &describe(&error));
-                let unsent = never_sent(&error);
+                members.mark_down(&member, &describe(error.as_ref()));
+                let unsent = never_sent(error.as_ref());
                 if (read || unsent) && attempt < last {
                     debug!(path = parts.uri.path(), unsent, "etcd request sent to another member");
                     continue;
                 }
-                return Err(error.into());
+                return Err(error);
             }
         }
     }
     Err("no etcd endpoint".into())
+}
+
+/// Sends `request` to `member`, answered (or its stream opened) within `timeout`. The
+/// channel's own timeout covers neither the wait for a connection nor its TLS handshake: a
+/// member whose process is stopped accepts the connection and never answers, which held
+/// every request sent to it for as long as it stayed stopped.
+async fn send_to(
+    member: &Member,
+    request: HttpRequest,
+    timeout: Duration,
+) -> Result<HttpResponse, BoxError> {
+    match tokio::time::timeout(timeout, member.channel.clone().oneshot(request)).await {
+        Ok(answer) => answer.map_err(Into::into),
+        Err(_) => {
+            let reason = format!("no answer from {} in {} ms", member.uri, timeout.as_millis());
+            Err(Box::new(tonic::Status::unavailable(reason)))
+        }
+    }
 }
 
 /// The response, its member marked down if its body (a stream) fails.

@@ -58,3 +58,22 @@ async fn a_member_that_goes_silent_is_left_for_a_live_one() {
     store.get::<sluice_proto::pb::Job>(&key).await.expect("a read is sent to the live member");
     exercise(&store, 5).await.expect("everything goes to the live member afterwards");
 }
+
+/// A member that accepts connections and never answers (its process stopped: the kernel
+/// completes the TCP handshake, the TLS one waits forever) fails a request instead of
+/// holding it: the wait for the connection counts against the request's timeout.
+#[tokio::test]
+async fn a_member_that_accepts_connections_and_never_answers_fails_the_request() {
+    let stopped = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let url = format!("https://{}", stopped.local_addr().expect("its address"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    sluice_proto::security::pki::init_dir(&dir.path().join("ca")).expect("a CA");
+    let tls = crate::settings::EtcdTls { ca: dir.path().join("ca/ca.crt"), identity: None };
+    let store = Store::connect(&[url], &unique_prefix(), TIMEOUT, &Metrics::default(), Some(&tls))
+        .await
+        .expect("connects lazily");
+    let read = store.get::<sluice_proto::pb::Job>(&store.keys().job("x")).await;
+    let error = read.expect_err("no member answers").to_string();
+    assert!(error.contains("no answer from https://127.0.0.1:"), "{error}");
+    drop(stopped);
+}
