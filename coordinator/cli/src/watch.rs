@@ -3,12 +3,14 @@
 //! `WatchSession` streams whole-session snapshots and ends when the session is STOPPED. When
 //! the stream breaks (the coordinator died or shut down), the watch reconnects through the
 //! endpoint list and starts again: the first snapshot of a new stream is the current state.
+//! It keeps trying, backing off, for [`GIVE_UP_AFTER`]: an etcd election or outage of a few
+//! seconds makes every coordinator answer UNAVAILABLE, and the session goes on meanwhile.
 
 mod bars;
 mod lines;
 
 use std::io::{self, IsTerminal};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_proto::pb;
 
@@ -16,10 +18,11 @@ use crate::client::{Clients, Ctx};
 use crate::error::{Exit, Failure, status_message};
 use crate::output::{self, Format, json};
 
-/// Consecutive failed attempts to (re)open the stream before giving up.
-const MAX_RECONNECTS: u32 = 5;
-/// Pause before reconnecting.
+/// How long the watch keeps trying to reopen its stream without a snapshot.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+/// Pause before the first reconnection; it doubles up to [`MAX_RECONNECT_WAIT`].
 const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// How snapshots are shown.
 pub trait View {
@@ -64,6 +67,7 @@ async fn until_stopped(
     view: &mut dyn View,
 ) -> Result<pb::Session, Failure> {
     let mut failures = 0;
+    let mut interrupted_at = None;
     loop {
         let failure = match stream_once(ctx, &mut clients, session_id, view, &mut failures).await {
             Ok(Some(stopped)) => return Ok(stopped),
@@ -72,14 +76,36 @@ async fn until_stopped(
             )),
             Err(failure) => failure,
         };
-        if !retryable(&failure) || failures >= MAX_RECONNECTS {
+        if failures == 0 {
+            interrupted_at = None;
+        }
+        let since = *interrupted_at.get_or_insert_with(Instant::now);
+        if !retryable(&failure) {
             return Err(failure);
         }
+        if since.elapsed() >= GIVE_UP_AFTER {
+            view.note(&format!(
+                "gave up watching: no answer for {} s; the session may still be running \
+                 (sluice session show {session_id})",
+                GIVE_UP_AFTER.as_secs()
+            ))?;
+            return Err(failure);
+        }
+        let wait = reconnect_wait(failures);
         failures += 1;
-        view.note(&format!("watch interrupted ({}); reconnecting", short_reason(&failure)))?;
+        view.note(&format!(
+            "watch interrupted ({}); reconnecting in {} s",
+            short_reason(&failure),
+            wait.as_secs()
+        ))?;
         clients = None;
-        tokio::time::sleep(RECONNECT_WAIT).await;
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// The pause before reconnecting after `failures` failed attempts in a row.
+fn reconnect_wait(failures: u32) -> Duration {
+    RECONNECT_WAIT.saturating_mul(1 << failures.min(8)).min(MAX_RECONNECT_WAIT)
 }
 
 /// Opens one stream (connecting first if needed) and follows it; `None` if it ended early.
@@ -148,6 +174,13 @@ impl View for JsonLines {
 mod tests {
     use super::*;
     use crate::fixtures;
+
+    #[test]
+    fn reconnections_back_off_to_ten_seconds() {
+        let waits: Vec<u64> = (0..6).map(|n| reconnect_wait(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(reconnect_wait(u32::MAX), MAX_RECONNECT_WAIT);
+    }
 
     #[test]
     fn exit_follows_the_session_result() {
