@@ -101,7 +101,7 @@ pub async fn run(
     let journal = Journal::open(&settings.state_dir).await?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
-    let daemons = Daemons::default();
+    let daemons = Daemons::in_dir(daemon_dir(&settings.state_dir).await?);
     let config =
         tasks_config(&settings, journal.clone(), &tracker, roots.clone(), liveness, &daemons);
     let tasks = TasksHandle::spawn(config, recovered);
@@ -228,6 +228,22 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>, AgentError> {
         )));
     }
     Ok(Some(tls))
+}
+
+/// The folder of this agent's storage daemons, in its state directory, emptied of what a
+/// run killed with SIGKILL left there (daemons and their folders).
+async fn daemon_dir(state_dir: &std::path::Path) -> Result<std::path::PathBuf, AgentError> {
+    let dir = state_dir.join("qsd");
+    let cleared = dir.clone();
+    let stopped = fsutil::blocking(move || orphans::clear_daemon_dir(&cleared)).await;
+    let stopped = stopped.map_err(|source| AgentError::Journal {
+        context: format!("cannot empty {}", dir.display()),
+        source,
+    })?;
+    if stopped > 0 {
+        info!(count = stopped, "stopped storage daemons left by the previous run");
+    }
+    Ok(dir)
 }
 
 async fn wait_for_exit(

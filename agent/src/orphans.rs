@@ -30,10 +30,29 @@ pub(crate) fn kill_writers(partial: &Path) -> usize {
     writers.len()
 }
 
+/// Ends the storage daemons an earlier run of this agent started from `dir`, its folder of
+/// daemon folders (as [`stop_daemons`] does), and empties it: the folders of an agent killed
+/// with SIGKILL are left behind, one per daemon (spares included). Returns how many daemons
+/// there were.
+pub(crate) fn clear_daemon_dir(dir: &Path) -> std::io::Result<usize> {
+    let stopped = stop_mentioning(dir.as_os_str().as_encoded_bytes());
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::create_dir_all(dir)?;
+    Ok(stopped)
+}
+
 /// Asks every process whose command line holds `marker` to exit (SIGTERM), waits (bounded)
 /// and kills what is left. Returns how many there were.
 pub(crate) fn stop_daemons(marker: &str) -> usize {
-    let daemons = mentioning(marker.as_bytes());
+    stop_mentioning(marker.as_bytes())
+}
+
+fn stop_mentioning(marker: &[u8]) -> usize {
+    let daemons = mentioning(marker);
     signal_all(&daemons, signal::Signal::SIGTERM, "storage daemon");
     wait_gone(&daemons, DAEMON_WAIT);
     let stuck: Vec<i32> = daemons.iter().copied().filter(|pid| alive(*pid)).collect();
@@ -85,6 +104,30 @@ fn alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_folder_is_emptied_and_its_daemons_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemons = dir.path().join("qsd");
+        let left = daemons.join("sluice-qsd-spare-x");
+        std::fs::create_dir_all(&left).expect("mkdir");
+        std::fs::write(left.join("pid"), b"").expect("touch");
+        let mut child = std::process::Command::new("tail")
+            .arg("-f")
+            .arg(left.join("pid"))
+            .spawn()
+            .expect("tail");
+        let pid = child.id() as i32;
+        let needle = left.as_os_str().as_encoded_bytes();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cmdline_mentions(pid, needle) && Instant::now() < deadline {
+            std::thread::sleep(REAP_POLL);
+        }
+        assert_eq!(clear_daemon_dir(&daemons).expect("cleared"), 1);
+        assert!(!child.wait().expect("wait").success(), "stopped");
+        assert_eq!(std::fs::read_dir(&daemons).expect("still there").count(), 0, "emptied");
+        assert_eq!(clear_daemon_dir(&dir.path().join("new")).expect("created"), 0);
+    }
 
     #[test]
     fn a_process_naming_the_partial_folder_is_killed() {

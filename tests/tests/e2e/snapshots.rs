@@ -57,6 +57,14 @@ async fn the_storage_daemon_of_an_agent_killed_by_sigkill_ends_with_it_and_frees
     let write = std::process::Command::new("qemu-img").arg("info").arg(&disk0).output();
     assert!(write.is_ok_and(|out| out.status.success()), "the disk's lock is free");
     cluster.agent(0).restart().await;
+    let daemon_dir = cluster.agent(0).dir().join("state/qsd");
+    let left: Vec<String> = std::fs::read_dir(&daemon_dir)
+        .expect("the agent's folder of daemon folders")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&marker))
+        .collect();
+    assert!(left.is_empty(), "the killed daemon's folder is removed at the restart: {left:?}");
 
     let ended = wait_stopped(&jobs, &started.id).await;
     assert_eq!(item(&ended, "vm-0").state(), ItemState::Failed, "{}", summary(&ended));

@@ -25,6 +25,7 @@
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +71,10 @@ type Started = (Daemon, Qmp);
 /// spare ends when the last clone is dropped, or at [`Daemons::close`].
 #[derive(Clone, Debug, Default)]
 pub struct Daemons {
+    /// Where each daemon gets its folder: the agent's own (`Daemons::in_dir`), emptied at
+    /// its start, since a daemon's folder outlives an agent killed with SIGKILL; the
+    /// system's temporary folder when `None`.
+    dir: Option<Arc<PathBuf>>,
     spare: Arc<Mutex<Spare>>,
     /// A backup took a daemon since the last [`Daemons::replenish`].
     taken: Arc<AtomicBool>,
@@ -90,6 +95,15 @@ enum Next {
 }
 
 impl Daemons {
+    /// Daemons whose folders go into `dir`.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        Self { dir: Some(Arc::new(dir)), ..Self::default() }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.as_deref().cloned().unwrap_or_else(std::env::temp_dir)
+    }
+
     /// A daemon for the backup of restore point `marker`: the spare when there is one (it is
     /// awaited if still starting), else a new one named by `marker`.
     pub(crate) async fn take(&self, marker: &str) -> Result<Started, String> {
@@ -103,7 +117,7 @@ impl Daemons {
             info!("the spare {DAEMON} has ended; starting one");
         }
         drop(spare);
-        Daemon::start(&format!("{DAEMON_DIR_PREFIX}{marker}-")).await
+        Daemon::start(self.dir(), format!("{DAEMON_DIR_PREFIX}{marker}-")).await
     }
 
     /// [`Daemons::replenish`] in the background, when a backup took a daemon since the
@@ -120,7 +134,7 @@ impl Daemons {
         let mut spare = self.spare.lock().await;
         let taken = self.taken.swap(false, Ordering::AcqRel);
         if taken && !spare.off && spare.next.is_none() {
-            let start = tokio::spawn(Daemon::start(SPARE_DIR_PREFIX));
+            let start = tokio::spawn(Daemon::start(self.dir(), SPARE_DIR_PREFIX.to_owned()));
             spare.next = Some(Next::Starting(start));
         }
     }
@@ -193,12 +207,12 @@ enum StartError {
 }
 
 impl Daemon {
-    /// Starts a daemon whose folder's name begins with `prefix` and connects to it;
+    /// Starts a daemon with a folder in `dir` whose name begins with `prefix` and connects to it;
     /// one that dies while starting is started again.
-    async fn start(prefix: &str) -> Result<Started, String> {
+    async fn start(dir: PathBuf, prefix: String) -> Result<Started, String> {
         let mut died = String::new();
         for start in 1..=DAEMON_STARTS {
-            match Self::start_once(prefix).await {
+            match Self::start_once(&dir, &prefix).await {
                 Ok(started) => return Ok(started),
                 Err(StartError::Died(message)) => {
                     warn!(start, %message, "{DAEMON} died while starting");
@@ -210,10 +224,10 @@ impl Daemon {
         Err(died)
     }
 
-    async fn start_once(prefix: &str) -> Result<Started, StartError> {
+    async fn start_once(parent: &Path, prefix: &str) -> Result<Started, StartError> {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir()
+            .tempdir_in(parent)
             .map_err(|e| StartError::Failed(format!("cannot create a folder for {DAEMON}: {e}")))?;
         let (ours, theirs) = UnixStream::pair()
             .map_err(|e| StartError::Failed(format!("cannot make {DAEMON}'s monitor: {e}")))?;
