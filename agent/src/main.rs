@@ -98,7 +98,11 @@ struct Flags {
 // two worker threads the bench's 20 agents spent 8-45 % more CPU per task (wake-ups and
 // work stealing between the threads).
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    sluice_proto::report::exit_code(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     sluice_proto::security::tls::install_default_provider();
     let flags = Flags::parse();
     let settings: Settings = config::load(&flags, flags.config.as_deref())?;

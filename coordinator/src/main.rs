@@ -101,7 +101,11 @@ struct Flags {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    sluice_proto::report::exit_code(run())
+}
+
+fn run() -> anyhow::Result<()> {
     sluice_proto::security::tls::install_default_provider();
     let flags = Flags::parse();
     let settings: Settings = sluice_proto::config::load(&flags, flags.config.as_deref())?;

@@ -13,6 +13,7 @@ pub mod json;
 pub mod progress;
 pub mod reflection;
 pub mod refusal;
+pub mod report;
 pub mod schedule;
 pub mod security;
 #[cfg(feature = "telemetry")]
