@@ -40,9 +40,15 @@ impl Lines {
     /// The lines describing what changed since the last snapshot.
     pub fn changes(&mut self, session: &pb::Session) -> Vec<String> {
         let mut lines = Vec::new();
+        let mut session_changed = None;
         if self.session_state != Some(session.state) {
             self.session_state = Some(session.state);
-            lines.push(session_line(session));
+            session_changed = Some(session_line(session));
+        }
+        // A session's start before its items, its end after their last changes.
+        let ended = session.state() == pb::SessionState::Stopped;
+        if !ended {
+            lines.extend(session_changed.take());
         }
         self.items.resize(self.items.len().max(session.items.len()), None);
         for (seen, item) in self.items.iter_mut().zip(&session.items) {
@@ -52,6 +58,7 @@ impl Lines {
                 *seen = Some(key);
             }
         }
+        lines.extend(session_changed);
         lines
     }
 }
@@ -161,9 +168,9 @@ mod tests {
         assert_eq!(
             last,
             [
-                "session 0193a1b2 STOPPED (stop GRACEFUL by alice@backup1)",
                 "item vm-02 SUCCESS TRANSFER agent=proxy-2 attempt=2 restore_point=rp-0002",
                 "item vm-03 NOT_PROCESSED",
+                "session 0193a1b2 STOPPED (stop GRACEFUL by alice@backup1)",
             ]
         );
     }
