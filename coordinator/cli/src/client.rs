@@ -41,6 +41,8 @@ pub struct Access {
     tls: Option<DialTls>,
     /// `Bearer <token>`, if a token was given.
     bearer: Option<MetadataValue<Ascii>>,
+    /// A client certificate is presented (`--cert`).
+    client_cert: bool,
 }
 
 /// The security flags as given.
@@ -68,7 +70,7 @@ impl Access {
                     "--insecure cannot be combined with --ca-cert, --cert or --key",
                 ));
             }
-            return Ok(Access { tls: None, bearer });
+            return Ok(Access { tls: None, bearer, client_cert: false });
         }
         let ca = flags.ca_cert.ok_or_else(|| {
             Failure::usage(
@@ -83,13 +85,14 @@ impl Access {
         };
         let tls = tls::dial_config(&ca, identity, &[Kind::Coordinator])
             .map_err(|e| Failure::usage(e.to_string()))?;
-        Ok(Access { tls: Some(tls), bearer })
+        let client_cert = identity.is_some();
+        Ok(Access { tls: Some(tls), bearer, client_cert })
     }
 
     /// Plaintext without credentials (tests of argument handling).
     #[cfg(test)]
     pub fn insecure() -> Access {
-        Access { tls: None, bearer: None }
+        Access { tls: None, bearer: None, client_cert: false }
     }
 
     fn secure(&self) -> bool {
@@ -178,6 +181,13 @@ impl Ctx {
         }
         match mismatch_hint(&format!("{status:?}"), self.access.secure()) {
             Some(hint) => Failure::Connect(format!("{}: {hint}", status.message())),
+            // The server's TLS alert (an unknown CA, an expired certificate) reaches only the
+            // connection's task, not the call's error.
+            None if self.access.client_cert => Failure::Connect(format!(
+                "{}: the coordinator may have refused the client certificate (--cert): is it \
+                 issued by the cluster CA, and still valid?",
+                status.message()
+            )),
             None => failure,
         }
     }
@@ -256,6 +266,18 @@ mod tests {
         let plain = parse_endpoints("http://a:7400", Some(&tls)).expect_err("plaintext refused");
         assert!(plain.message().contains("plaintext http://"), "{}", plain.message());
         assert!(matches!(parse_endpoints("https://a:7400", None), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn a_transport_error_with_a_client_certificate_names_the_certificate() {
+        let with_cert = Access { tls: None, bearer: None, client_cert: true };
+        let ctx = Ctx::new(String::new(), with_cert, Format::Table);
+        let explained = ctx.explain(Failure::Server(tonic::Status::unknown("transport error")));
+        let message = explained.message();
+        assert!(message.contains("may have refused the client certificate (--cert)"), "{message}");
+        let without = Ctx::new(String::new(), Access::insecure(), Format::Table);
+        let refused = without.explain(Failure::Server(tonic::Status::not_found("no job")));
+        assert!(matches!(refused, Failure::Server(_)), "not a transport error: kept");
     }
 
     #[test]
