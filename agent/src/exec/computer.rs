@@ -242,8 +242,12 @@ fn build_manifest(
     frozen: &Frozen,
     stamps: Stamps,
 ) -> ComputerManifest {
-    let vanished = [&frozen.vanished[..], &transferred.vanished].concat();
-    let unreadable = [&frozen.unreadable[..], &transferred.unreadable].concat();
+    let sorted = |mut paths: Vec<String>| {
+        paths.sort();
+        paths
+    };
+    let vanished = sorted([&frozen.vanished[..], &transferred.vanished].concat());
+    let unreadable = sorted([&frozen.unreadable[..], &transferred.unreadable].concat());
     let warnings = [
         named("changed while being read", &transferred.changed),
         named("vanished while being read", &vanished),

@@ -74,6 +74,8 @@ fn what_the_agent_may_not_read_and_special_files_are_left_out_with_a_warning() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tree = dir.path().join("tree");
     fs::create_dir_all(tree.join("closed")).expect("folders");
+    fs::create_dir_all(tree.join("listed")).expect("folders");
+    fs::write(tree.join("listed/inside.txt"), b"private").expect("file");
     fs::write(tree.join("open.txt"), b"readable").expect("file");
     fs::write(tree.join("closed.txt"), b"private").expect("file");
     fs::write(tree.join("closed/inside.txt"), b"private").expect("file");
@@ -84,6 +86,8 @@ fn what_the_agent_may_not_read_and_special_files_are_left_out_with_a_warning() {
     for closed in ["closed", "closed.txt"] {
         fs::set_permissions(tree.join(closed), fs::Permissions::from_mode(0o000)).expect("chmod");
     }
+    // Listed, not searched: its entries' metadata cannot be read.
+    fs::set_permissions(tree.join("listed"), fs::Permissions::from_mode(0o744)).expect("chmod");
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "exec::computer::swaps::backup_as_nobody", "--nocapture"])
         .env(AS_NOBODY, &tree)
@@ -97,7 +101,8 @@ fn what_the_agent_may_not_read_and_special_files_are_left_out_with_a_warning() {
     let tree = tree.display();
     let expected = format!(
         "Warning backed up 1 files, 8 bytes, 8 new bytes stored; \
-         not backed up (permission denied): {tree}/closed, {tree}/closed.txt; \
+         not backed up (permission denied): {tree}/closed, {tree}/closed.txt, \
+         {tree}/listed/inside.txt; \
          not backed up (socket, FIFO or device): {tree}/pipe"
     );
     assert_eq!(outcome, expected);

@@ -9,7 +9,8 @@
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::libc;
@@ -124,7 +125,10 @@ impl Transfer<'_> {
                 return Ok(());
             }
         };
-        let Some(after) = stat(entry).await? else {
+        // By path, so a file deleted while it was read is left out; and only the file read:
+        // another one now at the path (its mode, its owner) says nothing about what was read.
+        let after = stat(entry).await?.filter(|after| Inode::of(after) == entry.inode);
+        let Some(after) = after else {
             out.vanished.push(entry.path.clone());
             return Ok(());
         };
@@ -140,6 +144,7 @@ impl Transfer<'_> {
         let as_read = Entry {
             size: stored.len,
             mode: mode_of(&after),
+            owner: (after.uid(), after.gid()),
             mtime: mtime_of(&after),
             ctime: ctime_of(&after),
             ..entry.clone()
@@ -255,14 +260,19 @@ pub(super) enum Read<T> {
 }
 
 /// Opens a frozen file without following a link, only if it is still the regular file the
-/// walk saw: one swapped for a link (to `/etc/shadow`) or a FIFO meanwhile is not read.
+/// walk saw: one swapped for a link (to `/etc/shadow`) or a FIFO meanwhile is not read. The
+/// path is opened first without access (`O_PATH`: opening a FIFO so never blocks), and the
+/// file found there, once checked, opened for reading through that handle.
 pub(super) async fn open(entry: &Entry) -> Result<Read<File>, Failure> {
     let (path, inode) = (PathBuf::from(&entry.path), entry.inode);
     let opened = blocking(move || {
-        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
-        let file = File::options().read(true).custom_flags(flags).open(path)?;
-        let meta = file.metadata()?;
-        Ok((meta.is_file() && Inode::of(&meta) == inode).then_some(file))
+        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        let found = File::options().read(true).custom_flags(flags).open(path)?;
+        let meta = found.metadata()?;
+        if !meta.is_file() || Inode::of(&meta) != inode {
+            return Ok(None);
+        }
+        File::open(format!("/proc/self/fd/{}", found.as_raw_fd())).map(Some)
     })
     .await;
     match opened {

@@ -213,7 +213,18 @@ impl Walk<'_> {
     }
 
     fn link_target(&mut self, path: &Path) -> Result<Option<String>, WalkError> {
-        let target = fs::read_link(path).map_err(|e| unreadable(path, &e))?;
+        let target = match fs::read_link(path) {
+            Ok(target) => target,
+            // Gone, or no longer a link (EINVAL), since the listing.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                self.frozen.vanished.push(path.display().to_string());
+                return Ok(None);
+            }
+            Err(e) => return Err(unreadable(path, &e)),
+        };
         let text = target.to_str().map(str::to_owned);
         if text.is_none() {
             self.frozen.skipped.push(path.display().to_string());
@@ -252,6 +263,10 @@ impl Walk<'_> {
             match dirent.metadata() {
                 Ok(meta) => self.stack.push(Found { path, meta, root: false }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // A folder this agent may list but not search.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    self.frozen.unreadable.push(path.display().to_string());
+                }
                 Err(e) => return Err(unreadable(&path, &e)),
             }
         }
