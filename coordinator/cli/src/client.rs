@@ -182,12 +182,15 @@ impl Ctx {
         match mismatch_hint(&format!("{status:?}"), self.access.secure()) {
             Some(hint) => Failure::Connect(format!("{}: {hint}", status.message())),
             // The server's TLS alert (an unknown CA, an expired certificate) reaches only the
-            // connection's task, not the call's error.
-            None if self.access.client_cert => Failure::Connect(format!(
-                "{}: the coordinator may have refused the client certificate (--cert): is it \
+            // connection's task: the call sees a bare transport error, never a status the
+            // server sent.
+            None if self.access.client_cert && bare_transport_error(status) => {
+                Failure::Connect(format!(
+                    "{}: the coordinator may have refused the client certificate (--cert): is it \
                  issued by the cluster CA, and still valid?",
-                status.message()
-            )),
+                    status.message()
+                ))
+            }
             None => failure,
         }
     }
@@ -204,6 +207,14 @@ impl Clients {
         let auth = AuthServiceClient::new(authed);
         Clients { jobs, cluster, auth }
     }
+}
+
+/// How tonic reports a connection that failed under a call, with no word from the server.
+fn bare_transport_error(status: &tonic::Status) -> bool {
+    matches!(
+        (status.code(), status.message()),
+        (Code::Unknown, "transport error") | (Code::Cancelled, "operation was canceled")
+    )
 }
 
 /// Parses a comma-separated endpoint list; `host:port` without a scheme means `https://`
@@ -275,6 +286,8 @@ mod tests {
         let explained = ctx.explain(Failure::Server(tonic::Status::unknown("transport error")));
         let message = explained.message();
         assert!(message.contains("may have refused the client certificate (--cert)"), "{message}");
+        let sent = ctx.explain(Failure::Server(tonic::Status::unavailable("etcd: no answer")));
+        assert!(matches!(sent, Failure::Server(_)), "a status the server sent is kept");
         let without = Ctx::new(String::new(), Access::insecure(), Format::Table);
         let refused = without.explain(Failure::Server(tonic::Status::not_found("no job")));
         assert!(matches!(refused, Failure::Server(_)), "not a transport error: kept");

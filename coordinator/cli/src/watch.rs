@@ -23,6 +23,8 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 /// Pause before the first reconnection; it doubles up to [`MAX_RECONNECT_WAIT`].
 const RECONNECT_WAIT: Duration = Duration::from_secs(1);
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(10);
+/// Tries after errors of the connection itself (UNKNOWN, CANCELLED) in a row.
+const MAX_TRANSPORT_RETRIES: u32 = 5;
 
 /// How snapshots are shown.
 pub trait View {
@@ -81,6 +83,13 @@ async fn until_stopped(
         }
         let since = *interrupted_at.get_or_insert_with(Instant::now);
         if !retryable(&failure) {
+            return Err(failure);
+        }
+        // UNKNOWN and CANCELLED are transport trouble of this client (a refused certificate
+        // among them), not an outage: a few tries only.
+        let outage = matches!(&failure, Failure::Connect(_))
+            || matches!(&failure, Failure::Server(status) if status.code() == tonic::Code::Unavailable);
+        if !outage && failures >= MAX_TRANSPORT_RETRIES {
             return Err(failure);
         }
         if since.elapsed() >= GIVE_UP_AFTER {
