@@ -90,13 +90,19 @@ pub enum IdentityError {
     },
 }
 
+/// How far in the future a certificate's validity may begin: the clock of the host that
+/// issued it may be a little ahead.
+const CLOCK_SKEW_SECS: i64 = 300;
+
 /// Refuses a node's own certificate outside its validity period: every peer would refuse
 /// it in the handshake.
 pub fn check_valid_now(der: &[u8]) -> Result<(), IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
     let validity = cert.validity();
-    if validity.is_valid() {
+    let now = x509_parser::time::ASN1Time::now().timestamp();
+    let begun = validity.not_before.timestamp() <= now + CLOCK_SKEW_SECS;
+    if begun && now <= validity.not_after.timestamp() {
         return Ok(());
     }
     Err(IdentityError::NotValidNow {

@@ -280,13 +280,16 @@ impl NodeTls {
         // The node is who it was: a certificate of another node or kind is a misrotation.
         let (now, new) = (self.identity(), &loaded.identity);
         if (new.kind, &new.id, &new.computer) != (now.kind, &now.id, &now.computer) {
+            let computer = |c: &Option<String>| c.as_ref().map(|c| format!(" (computer {c:?})"));
             return Err(TlsError::Flags(format!(
-                "{} names {} {:?}, but this node is {} {:?}",
+                "{} names {} {:?}{}, but this node is {} {:?}{}",
                 self.files.cert.display(),
                 new.kind,
                 new.id,
+                computer(&new.computer).unwrap_or_default(),
                 now.kind,
-                now.id
+                now.id,
+                computer(&now.computer).unwrap_or_default()
             )));
         }
         self.current.store(Arc::new(loaded));
@@ -298,19 +301,28 @@ impl NodeTls {
     pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Said once per problem, not at every look at the same files.
+        let mut refused = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             match self.reload_if_changed() {
-                Ok(true) => tracing::info!(
-                    cert = %self.files.cert.display(),
-                    "tls files changed: new connections use the new certificates"
-                ),
+                Ok(true) => {
+                    refused = None;
+                    tracing::info!(
+                        cert = %self.files.cert.display(),
+                        "tls files changed: new connections use the new certificates"
+                    );
+                }
                 Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "tls files unusable: keeping the certificates in use")
+                    let text = error.to_string();
+                    if refused.as_ref() != Some(&text) {
+                        tracing::warn!(%error, "tls files unusable: keeping the certificates in use");
+                        refused = Some(text);
+                    }
                 }
             }
         }
