@@ -176,7 +176,15 @@ pub fn mismatch_hint(error_text: &str, secure: bool) -> Option<&'static str> {
     if secure && error_text.contains("InvalidContentType") {
         return Some("the peer does not speak TLS: is it running with --insecure?");
     }
-    let dropped = ["broken pipe", "connection reset", "connection closed", "h2 protocol error"];
+    // How hyper reports it depends on when the connection drops: before the request was
+    // sent, the call is only "canceled".
+    let dropped = [
+        "broken pipe",
+        "connection reset",
+        "connection closed",
+        "h2 protocol error",
+        "operation was canceled",
+    ];
     let lower = error_text.to_ascii_lowercase();
     if !secure && dropped.iter().any(|text| lower.contains(text)) {
         return Some(
