@@ -94,16 +94,17 @@ pub enum IdentityError {
 /// issued it may be a little ahead.
 const CLOCK_SKEW_SECS: i64 = 300;
 
-/// Refuses a node's own certificate outside its validity period: every peer would refuse
-/// it in the handshake.
-pub fn check_valid_now(der: &[u8]) -> Result<(), IdentityError> {
+/// Refuses a node's own certificate outside its validity period (every peer would refuse
+/// it in the handshake); else the time, in seconds since the epoch, to check its chain at:
+/// now, or the start of its validity when that is a little ahead.
+pub fn valid_at(der: &[u8]) -> Result<u64, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
     let validity = cert.validity();
     let now = x509_parser::time::ASN1Time::now().timestamp();
-    let begun = validity.not_before.timestamp() <= now + CLOCK_SKEW_SECS;
-    if begun && now <= validity.not_after.timestamp() {
-        return Ok(());
+    let begins = validity.not_before.timestamp();
+    if begins <= now + CLOCK_SKEW_SECS && now <= validity.not_after.timestamp() {
+        return Ok(u64::try_from(now.max(begins)).unwrap_or_default());
     }
     Err(IdentityError::NotValidNow {
         not_before: validity.not_before.to_string(),

@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
     server::WebPkiClientVerifier,
 };
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 pub use self::dial::{DialTls, dial_config};
 pub use self::incoming::{no_delay, tcp_incoming, tls_accept, tls_incoming};
 pub use self::preface::PrefaceDeadline;
-use super::identity::{CertIdentity, IdentityError, Kind, check_valid_now, identity_from_der};
+use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der, valid_at};
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -371,8 +371,8 @@ fn load(files: &TlsFiles, auth: ClientAuth) -> Result<Loaded, TlsError> {
 fn build(files: &TlsFiles, auth: ClientAuth, pem: [Vec<u8>; 3]) -> Result<Loaded, TlsError> {
     let [cert_pem, key_pem, ca_pem] = &pem;
     let chain = certificates(&files.cert, cert_pem)?;
-    let identity = identity_from_der(&chain[0])
-        .and_then(|identity| check_valid_now(&chain[0]).map(|()| identity))
+    let (identity, valid_at) = identity_from_der(&chain[0])
+        .and_then(|identity| Ok((identity, valid_at(&chain[0])?)))
         .map_err(|source| TlsError::Identity { path: files.cert.clone(), source })?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| TlsError::Pem { path: files.key.clone(), reason: e.to_string() })?;
@@ -384,6 +384,15 @@ fn build(files: &TlsFiles, auth: ClientAuth, pem: [Vec<u8>; 3]) -> Result<Loaded
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     let webpki =
         if auth.required { builder.build()? } else { builder.allow_unauthenticated().build()? };
+    // A certificate of another CA (a misrotation) would fail every handshake in the cluster.
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(valid_at));
+    webpki.verify_client_cert(&chain[0], &chain[1..], at).map_err(|e| {
+        TlsError::Flags(format!(
+            "{}: not a certificate of the CA in {}: {e}",
+            files.cert.display(),
+            files.ca.display()
+        ))
+    })?;
     let verifier = verifier::KindVerifier::new(webpki, auth.kinds);
     // Fails with a key mismatch when read between the two writes of a rotation.
     let mut server = ServerConfig::builder_with_provider(provider.clone())

@@ -355,6 +355,19 @@ fn a_reload_refuses_another_identity_and_an_expired_certificate() {
         assert_eq!((tls.identity().id.as_str(), tls.generation()), ("c1", 0), "kept");
     }
 
+    let foreign = dir.path().join("foreign");
+    pki::init_dir(&dir.path().join("other-ca")).expect("another CA");
+    pki::issue_to_dir(
+        &dir.path().join("other-ca"),
+        &LeafSpec::new(Kind::Coordinator, "c1"),
+        &foreign,
+    )
+    .expect("c1 of another CA");
+    install(&read(foreign.join("c1.crt")), &read(foreign.join("c1.key")));
+    let refused = tls.reload_if_changed().expect_err("another CA").to_string();
+    assert!(refused.contains("not a certificate of the CA in"), "{refused}");
+    assert_eq!(tls.generation(), 0, "kept");
+
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     let uri = "sluice://coordinator/c1".try_into().expect("uri");
     params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
