@@ -103,6 +103,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // What the agent writes (restore points, the store's blobs, manifests, its journal)
+    // holds the protected machines' data: readable by this agent's user only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     sluice_proto::security::tls::install_default_provider();
     let flags = Flags::parse();
     let settings: Settings = config::load(&flags, flags.config.as_deref())?;

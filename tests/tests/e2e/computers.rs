@@ -215,6 +215,7 @@ async fn three_computers_are_backed_up_and_restore_byte_for_byte() {
     }
     assert_no_temporaries(&lab, "after a successful session");
     assert_store_is(&lab, &manifests.iter().collect::<Vec<_>>(), "after a successful session");
+    assert_private(&lab.repository);
 
     let listed = restore_points(&jobs, "laptops").await;
     assert_eq!(listed.len(), 3, "one catalog entry per computer: {listed:?}");
@@ -230,6 +231,24 @@ async fn three_computers_are_backed_up_and_restore_byte_for_byte() {
             "{}",
             status.name
         );
+    }
+}
+
+/// Every file and folder the agents wrote into `repository` (blobs of files any user could
+/// not read, manifests naming every path) is readable by the agent's user only.
+fn assert_private(repository: &Path) {
+    let mut pending = vec![repository.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).expect("list").flatten();
+            pending.extend(entries.map(|entry| entry.path()));
+        }
+        if path == repository {
+            continue;
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
     }
 }
 
