@@ -162,7 +162,7 @@ impl Members {
             let _ =
                 self.preferred.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
         }
-        warn!(member = %member.uri, why, "etcd member failed; using another one");
+        warn!(member = %member.uri, why, "etcd member failed; passed over for 5 s");
     }
 }
 
@@ -215,7 +215,15 @@ async fn send_unary(
 ) -> Result<HttpResponse, BoxError> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await?.to_bytes();
-    let order = members.in_order();
+    // Members passed over lately are tried again only as the first choice: with every
+    // member down (etcd stopped), a request waits for one timeout, not one per member.
+    let now = Instant::now();
+    let order: Vec<_> = members
+        .in_order()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, member)| (index == 0 || !member.is_down(now)).then_some(member))
+        .collect();
     let last = order.len().saturating_sub(1);
     for (attempt, member) in order.into_iter().enumerate() {
         let request =
@@ -280,7 +288,11 @@ fn describe(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {
-        text = format!("{text}: {error}");
+        let said = error.to_string();
+        // hyper's and tonic's errors often repeat their cause's words.
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
         cause = error.source();
     }
     text
