@@ -283,19 +283,10 @@ fn is_unavailable(response: &HttpResponse) -> bool {
     response.headers().get("grpc-status").is_some_and(|status| status == UNAVAILABLE)
 }
 
-/// The error with its causes (tonic's transport error says only "transport error").
+/// The error with its causes, each once (tonic's transport error says only "transport
+/// error"; hyper's errors often repeat their cause's words).
 fn describe(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let said = error.to_string();
-        // hyper's and tonic's errors often repeat their cause's words.
-        if !text.contains(&said) {
-            text = format!("{text}: {said}");
-        }
-        cause = error.source();
-    }
-    text
+    sluice_proto::report::error_line(error)
 }
 
 /// Whether the error is a connection that could not be made (the request never left).

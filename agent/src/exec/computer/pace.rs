@@ -2,12 +2,13 @@
 //! transfer rate limit and stopped between chunks by a cancel.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::exec::{CancelSignal, Reporter, Volumes};
+use crate::fsutil::fill;
 
 /// Size of the read buffer.
 pub(super) const BUF: usize = 1 << 20;
@@ -206,20 +207,6 @@ impl Pass {
         self.len += n as u64;
         Ok((self, n))
     }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn fill(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! overlapping the files' (the journal commits them together). The rename waits for all.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use tracing::debug;
 use super::Failure;
 use super::plan::Kind;
 use crate::exec::{TaskContext, restore_point};
-use crate::fsutil::blocking;
+use crate::fsutil::{blocking, fill};
 use crate::repository::{Disk, RepoPaths, VM_FORMAT, VmKind, VmManifest, fill_manifest};
 
 /// Publishes the restore point of a backup whose targets are closed (`read`: bytes the
@@ -156,20 +156,6 @@ fn digest(path: &Path) -> io::Result<(u64, String)> {
         hasher.update_rayon(&chunk[..filled]);
     }
     Ok((hasher.count(), hasher.finalize().to_hex().to_string()))
-}
-
-/// Reads until `buf` is full or the file ends; how much it read.
-fn fill(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(read) => filled += read,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
