@@ -105,24 +105,29 @@ fn alive(pid: i32) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_daemon_folder_is_emptied_and_its_daemons_stopped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let daemons = dir.path().join("qsd");
-        let left = daemons.join("sluice-qsd-spare-x");
-        std::fs::create_dir_all(&left).expect("mkdir");
-        std::fs::write(left.join("pid"), b"").expect("touch");
-        let mut child = std::process::Command::new("tail")
+    /// A `tail -f` of a new empty file `name` in `folder`, once its command line names it.
+    fn process_naming(folder: &Path, name: &str) -> std::process::Child {
+        std::fs::create_dir_all(folder).expect("mkdir");
+        std::fs::write(folder.join(name), b"").expect("touch");
+        let child = std::process::Command::new("tail")
             .arg("-f")
-            .arg(left.join("pid"))
+            .arg(folder.join(name))
             .spawn()
             .expect("tail");
-        let pid = child.id() as i32;
-        let needle = left.as_os_str().as_encoded_bytes();
+        // Until the child has exec'd, its command line is still this test binary's.
+        let (pid, needle) = (child.id() as i32, folder.as_os_str().as_encoded_bytes());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cmdline_mentions(pid, needle) && Instant::now() < deadline {
             std::thread::sleep(REAP_POLL);
         }
+        child
+    }
+
+    #[test]
+    fn the_daemon_folder_is_emptied_and_its_daemons_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemons = dir.path().join("qsd");
+        let mut child = process_naming(&daemons.join("sluice-qsd-spare-x"), "pid");
         assert_eq!(clear_daemon_dir(&daemons).expect("cleared"), 1);
         assert!(!child.wait().expect("wait").success(), "stopped");
         assert_eq!(std::fs::read_dir(&daemons).expect("still there").count(), 0, "emptied");
@@ -133,20 +138,7 @@ mod tests {
     fn a_process_naming_the_partial_folder_is_killed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let partial = dir.path().join(".partial-s-0");
-        std::fs::create_dir_all(&partial).expect("mkdir");
-        std::fs::write(partial.join("disk0.qcow2"), b"").expect("touch");
-        let mut child = std::process::Command::new("tail")
-            .arg("-f")
-            .arg(partial.join("disk0.qcow2"))
-            .spawn()
-            .expect("spawn tail");
-        // Until the child has exec'd, its command line is still this test binary's.
-        let pid = child.id() as i32;
-        let needle = partial.as_os_str().as_encoded_bytes();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cmdline_mentions(pid, needle) && Instant::now() < deadline {
-            std::thread::sleep(REAP_POLL);
-        }
+        let mut child = process_naming(&partial, "disk0.qcow2");
         assert_eq!(kill_writers(&partial), 1);
         let status = child.wait().expect("wait");
         assert!(!status.success());
