@@ -228,24 +228,43 @@ pub fn issue_to_dir(ca_dir: &Path, spec: &LeafSpec, out: &Path) -> Result<Issued
     Ok(files)
 }
 
-/// Writes `contents` readable only by the owner. The mode applies only when the file is
-/// created, so an existing file is tightened as well.
+/// Writes `contents` readable only by the owner, all at once: a reader (a script waiting
+/// for the bootstrap token, a node re-reading its key) sees the old file or the whole new
+/// one, never an empty or half-written one.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)
+    write_whole(path, contents, 0o600)
 }
 
 fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
-    fs::write(path, contents).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
+    write_whole(path, contents, 0o644)
+}
+
+/// Writes a new file beside `path` (created with `mode`, so never readable more widely)
+/// and renames it over `path`; the folder is synced so the rename survives a crash.
+fn write_whole(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let name = path.file_name().ok_or_else(|| io(std::io::ErrorKind::InvalidInput.into()))?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    let temporary = dir.join(temporary);
+    let written = (|| {
+        let mut file =
+            fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    written.map_err(io)
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {

@@ -86,3 +86,32 @@ fn two_cas_never_share_a_subject() {
     let (a, b) = (make_ca().expect("CA a"), make_ca().expect("CA b"));
     assert_ne!(subject(&a), subject(&b));
 }
+
+#[test]
+fn a_private_file_is_replaced_whole_and_tightened_with_nothing_left_beside_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("token");
+    fs::write(&path, "old, readable by all\n").expect("an older file");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let reader = fs::File::open(&path).expect("a reader of the old file");
+
+    write_private(&path, "new secret\n").expect("written");
+
+    assert_eq!(fs::read_to_string(&path).ok().as_deref(), Some("new secret\n"));
+    assert_eq!(mode(&path), 0o600);
+    let old = std::io::read_to_string(reader).expect("the old file still reads");
+    assert_eq!(old, "old, readable by all\n", "the new content went to a new file");
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .expect("listing")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("token")]);
+}
+
+#[test]
+fn a_private_file_in_a_missing_folder_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("missing").join("token");
+    let error = write_private(&path, "secret").expect_err("no folder");
+    assert!(error.to_string().contains("missing/token"), "{error}");
+}
