@@ -29,6 +29,12 @@ pub(crate) struct StateLock {
 
 /// Locks `dir` (creating it) for this agent, or says which agent holds it.
 pub(crate) async fn lock(dir: &Path) -> Result<StateLock, AgentError> {
+    if fs::metadata(dir).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(AgentError::Config(format!(
+            "--state-dir {} is a file, not a folder: give the agent a folder of its own",
+            dir.display()
+        )));
+    }
     let owned = dir.to_path_buf();
     let path = dir.join(LOCK_FILE);
     let file = fsutil::blocking(move || {
@@ -92,5 +98,15 @@ mod tests {
         assert!(text.contains("--state-dir") && text.contains(LOCK_FILE), "{text}");
         drop(held);
         lock(&state).await.expect("free again once the first lets go");
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_that_is_a_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("state");
+        fs::write(&file, "").expect("a file");
+        let Err(error) = lock(&file).await else { panic!("a file is no state directory") };
+        let text = error.to_string();
+        assert!(text.contains("is a file, not a folder") && text.contains("state"), "{text}");
     }
 }

@@ -35,6 +35,8 @@ const EXIT_CODES: &str = "Exit codes: 0 done (a watched session ended SUCCESS or
 /// Operator command line of Sluice, the distributed backup-job orchestrator.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version = sluice_proto::VERSION, after_help = EXIT_CODES)]
+// Under a heading of their own, a command's help lists its own options first.
+#[command(next_help_heading = "Global options")]
 pub struct Cli {
     /// Coordinator endpoint; a comma-separated list uses the first that connects
     /// [default: https://127.0.0.1:7400].
