@@ -13,6 +13,7 @@ use chrono::{
 use chrono_tz::Tz;
 use croner::{
     Cron,
+    errors::CronError,
     parser::{CronParser, Seconds, Year},
 };
 
@@ -35,7 +36,37 @@ pub fn parse_cron(expression: &str) -> Result<Cron, String> {
         ));
     }
     let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
-    parser.parse(expression).map_err(|error| format!("{expression:?} is not valid cron: {error}"))
+    parser.parse(expression).map_err(|error| {
+        let Some((name, field)) = bad_field(&parser, expression) else {
+            return format!("{expression:?} is not valid cron: {error}");
+        };
+        // croner's own words name no field and upper-case the input: only a range it
+        // found out of bounds says more than "not valid".
+        let detail = match error {
+            CronError::ComponentError(detail) if detail.contains("out of bounds") => {
+                " (a number out of its range)"
+            }
+            _ => "",
+        };
+        let seconds = if name == "second" { "" } else { "; with 6 fields the first is seconds" };
+        let seconds = if expression.split_whitespace().count() == 6 { seconds } else { "" };
+        format!("{expression:?} is not valid cron: its {name} field {field:?} is not valid{detail}{seconds}")
+    })
+}
+
+/// The first field croner refuses on its own (every other field `*`), and its name.
+fn bad_field<'a>(parser: &CronParser, expression: &'a str) -> Option<(&'static str, &'a str)> {
+    const NAMES: [&str; 6] = ["second", "minute", "hour", "day-of-month", "month", "day-of-week"];
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    if !(5..=6).contains(&fields.len()) {
+        return None;
+    }
+    let names = &NAMES[NAMES.len() - fields.len()..];
+    (0..fields.len()).find_map(|at| {
+        let alone: Vec<&str> =
+            (0..fields.len()).map(|i| if i == at { fields[i] } else { "*" }).collect();
+        parser.parse(&alone.join(" ")).is_err().then(|| (names[at], fields[at]))
+    })
 }
 
 /// Refuses a valid expression that matches no date at all ("0 0 31 2 *": February 31st),
@@ -137,9 +168,9 @@ pub fn next_run(
         if window.contains(due) || window.contains_local(cron.nominal(due)) {
             return Some(due);
         }
-        // The first due time once the window opens again.
+        // The first due time once the window opens again (always a later one).
         let opening = window.next_opening_after(due)?;
-        due = cron.next_after(opening - TimeDelta::seconds(1))?;
+        due = cron.next_after((opening - TimeDelta::seconds(1)).max(due))?;
     }
     None
 }
@@ -216,12 +247,13 @@ impl Window {
                 starts.map(move |range| date.and_time(range.start))
             })
             .filter(|start| *start > local)
-            // A start the spring jump skips opens at the jump: an hour on is the same range.
+            // A start the spring jump skips opens at the jump: the search goes on from the
+            // last real time an hour or two before it, and `contains` judges what it finds.
             .filter_map(|start| {
-                let zone = &self.zone;
-                zone.from_local_datetime(&start)
-                    .earliest()
-                    .or_else(|| zone.from_local_datetime(&(start + TimeDelta::hours(1))).earliest())
+                (0..=2).find_map(|back| {
+                    let earlier = start - TimeDelta::hours(back);
+                    self.zone.from_local_datetime(&earlier).earliest()
+                })
             })
             .map(|start| start.with_timezone(&Utc))
             .min()

@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 use super::{JobError, JobFileError, invalid, validate_name};
 use crate::{
     pb,
-    schedule::{Window, check_ever_due, leap_second, parse_cron, parse_timezone},
+    schedule::{DAY_NAMES, Window, check_ever_due, leap_second, parse_cron, parse_timezone},
 };
 
 /// Largest catch-up limit a schedule may ask for (one week).
 pub const MAX_CATCH_UP_SECONDS: u32 = super::MAX_SECONDS;
+/// Longest cron expression a schedule may hold (a list of every minute of an hour fits).
+pub const MAX_CRON_LEN: usize = 256;
 /// Most ranges one backup window may hold.
 pub const MAX_WINDOW_RANGES: usize = 64;
 
@@ -39,6 +41,10 @@ fn validate_schedule(job: &str, schedule: &pb::Schedule) -> Result<(), JobError>
             ));
         }
         (false, true) => {
+            if schedule.cron.len() > MAX_CRON_LEN {
+                let reason = format!("at most {MAX_CRON_LEN} characters");
+                return Err(invalid("job.schedule.cron", reason));
+            }
             parse_cron(&schedule.cron)
                 .and_then(|cron| check_ever_due(&cron, &schedule.cron))
                 .map_err(|reason| invalid("job.schedule.cron", reason))?;
@@ -94,6 +100,11 @@ fn validate_window(window: &pb::BackupWindow, timezone: &str) -> Result<(), JobE
             }
         }
         for (j, day) in range.days.iter().enumerate() {
+            if !DAY_NAMES.contains(&day.as_str()) {
+                let reason =
+                    format!("{day:?}: write one of {}, in lower case", DAY_NAMES.join(" "));
+                return Err(invalid(format!("{field}.days[{j}]"), reason));
+            }
             let same = |other: &String| other.trim().eq_ignore_ascii_case(day.trim());
             if range.days[..j].iter().any(same) {
                 return Err(invalid(

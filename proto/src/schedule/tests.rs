@@ -164,6 +164,36 @@ fn the_next_run_is_the_next_due_time_the_window_lets_start() {
 }
 
 #[test]
+fn a_window_opening_in_the_skipped_hour_opens_at_the_jump_for_the_next_run_as_for_the_scheduler() {
+    let nightly = pb::Schedule {
+        cron: "30 2 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        ..Default::default()
+    };
+    let moved = utc("2027-03-28T01:00:00Z"); // 03:00 CEST, for the 02:30 that does not exist
+    for start in ["02:45", "03:00"] {
+        let sunday = window_of(&[(&["sun"], start, "04:00")]);
+        let parsed = Window::parse(&sunday, "Europe/Berlin", "").expect("a window");
+        assert!(parsed.contains(moved), "the scheduler starts the moved run in {start}-04:00");
+        // Looked for from days before, from an ordinary Sunday, and from that Saturday.
+        for now in ["2026-12-07T03:00:00Z", "2027-03-21T12:00:00Z", "2027-03-27T12:00:00Z"] {
+            assert_eq!(next_run(&nightly, Some(&sunday), utc(now)), Some(moved), "{start}, {now}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_cron_field_is_named_as_the_user_wrote_it() {
+    let reason = parse_cron("* * * * é").expect_err("refused");
+    assert!(reason.contains("its day-of-week field \"é\" is not valid"), "{reason}");
+    let reason = parse_cron("0 0 1 1 * 2030").expect_err("refused");
+    assert!(reason.contains("day-of-week field \"2030\""), "{reason}");
+    assert!(reason.contains("out of its range") && reason.contains("first is seconds"), "{reason}");
+    let reason = parse_cron("5 */0 * * *").expect_err("refused");
+    assert!(reason.contains("its hour field \"*/0\""), "{reason}");
+}
+
+#[test]
 fn bad_expressions_and_zones_are_refused() {
     assert!(parse_cron("* * * *").is_err());
     assert!(parse_cron("* * * * * * 2030").is_err());

@@ -21,6 +21,8 @@ pub fn next_run(job: &pb::Job, now: SystemTime) -> String {
     let now_utc: DateTime<Utc> = time::to_utc(&time::to_timestamp(now));
     match schedule::next_run(schedule, job.backup_window.as_ref(), now_utc) {
         Some(next) => when(Some(&time::from_utc(next)), now),
+        // Not "-", which says "no schedule": every due time falls outside the window.
+        None if job.backup_window.is_some() => "none in the backup window".to_string(),
         None => "-".to_string(),
     }
 }
@@ -28,14 +30,15 @@ pub fn next_run(job: &pb::Job, now: SystemTime) -> String {
 /// A schedule in one line: `cron "0 30 2 * * *" in Europe/Berlin, catch-up 3600 s`.
 pub fn schedule(schedule: &pb::Schedule) -> String {
     let what = if schedule.after_job.is_empty() {
-        format!("cron {:?}", schedule.cron)
+        let zone = if schedule.timezone.is_empty() { "UTC" } else { &schedule.timezone };
+        format!("cron {:?} in {zone}", schedule.cron)
     } else {
+        // Its time zone only says how the backup window's times read.
         format!("after job {}", schedule.after_job)
     };
-    let zone = if schedule.timezone.is_empty() { "UTC" } else { &schedule.timezone };
     let limit = schedule::catch_up_seconds(schedule);
     let state = if schedule.disabled { " (disabled)" } else { "" };
-    format!("{what} in {zone}, catch-up {limit} s{state}")
+    format!("{what}, catch-up {limit} s{state}")
 }
 
 /// A backup window in one line, with its stop mode.
@@ -114,6 +117,16 @@ mod tests {
         job.schedule = Some(pb::Schedule { after_job: "db".into(), ..Default::default() });
         assert_eq!(next_run(&job, now), "after db");
         assert_eq!(next_run(&pb::Job::default(), now), "-");
+        assert_eq!(schedule(job.schedule.as_ref().expect("set")), "after job db, catch-up 3600 s");
+        // Noon every day, in a window of one to two at night: never.
+        job.schedule = Some(pb::Schedule { cron: "0 12 * * *".into(), ..Default::default() });
+        let range = pb::WindowRange {
+            days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].map(String::from).to_vec(),
+            start: "01:00".into(),
+            end: "02:00".into(),
+        };
+        job.backup_window = Some(pb::BackupWindow { ranges: vec![range], stop_mode: 0 });
+        assert_eq!(next_run(&job, now), "none in the backup window");
     }
 
     #[test]

@@ -63,8 +63,16 @@ function jobRow(job, sessions) {
     h('td', {}, active ? badge(short(active.state, 'SESSION_STATE_'))
       : last ? badge(short(last.result, 'SESSION_RESULT_')) : badge('')),
     h('td', {}, latest ? when(latest.createdAt) : '—'),
-    h('td', {}, job.summary.nextRunAt ? when(job.summary.nextRunAt) : '—'),
+    h('td', {}, nextRunText(job)),
     h('td', {}, actions));
+}
+
+// As the CLI says it: '—' only for a job without a cron schedule that runs.
+function nextRunText(job) {
+  if (job.summary.nextRunAt) return when(job.summary.nextRunAt);
+  const schedule = job.schedule;
+  if (!schedule || schedule.disabled || !schedule.cron) return '—';
+  return job.backupWindow ? 'none in the backup window' : '—';
 }
 
 // As the CLI says it: the cron in its time zone, or after which job; kept but disabled ones too.

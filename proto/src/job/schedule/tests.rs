@@ -63,6 +63,8 @@ fn bad_schedules_name_their_field() {
         "job.schedule.after_job"
     );
     assert_eq!(refused_field("[schedule]\ndisabled = true"), "job.schedule.cron");
+    let long = format!("[schedule]\ncron = \"{}0 * * * *\"", "0,".repeat(200));
+    assert_eq!(refused_field(&long), "job.schedule.cron", "at most 256 characters");
 }
 
 #[test]
@@ -114,6 +116,11 @@ fn bad_window_ranges_name_their_field() {
     assert_eq!(
         refused_field(&range("\"mon\", \"tue\", \"Mon\"", "01:00", "02:00")),
         "job.backup_window.ranges[0].days[2]"
+    );
+    assert_eq!(
+        refused_field(&range("\"Mon\"", "01:00", "02:00")),
+        "job.backup_window.ranges[0].days[0]",
+        "day names are written as the docs write them"
     );
     assert_eq!(refused_field("[backup_window]"), "job.backup_window.ranges");
     let fine = parse_job_file(&job_with(&range("\"mon\"", "01:00:30", "23:59"))).expect("parses");
