@@ -350,3 +350,34 @@ async fn a_late_folder_the_catalog_does_not_name_is_never_built_on_and_can_be_de
     vm.quit();
     agent.stop().await;
 }
+
+/// A disk that is an overlay (a linked clone, an external snapshot) is backed up as the
+/// guest sees it, its base's data included, offline and live, full and incremental.
+#[tokio::test]
+async fn an_overlay_is_backed_up_with_its_base_data() {
+    let Setup { dir, disk: base, repo, agent, .. } = Setup::new("base.qcow2", 4).await;
+    let overlay = dir.path().join("overlay.qcow2");
+    let (base_text, text) = (base.display().to_string(), overlay.display().to_string());
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", "-b", &base_text, "-F", "qcow2", &text]);
+    sh("qemu-io", &["-c", "write -P 0x52 1M 1M", &text]);
+
+    committed(&backup("s1", "", &overlay, &repo, "", false).await);
+    let restored = restore(&agent, &repo, "s1-0", &overlay).await;
+    same(&restored, &overlay);
+    let base_data =
+        sh("qemu-io", &["-r", "-c", "read -P 0x5a 0 1M", &restored.display().to_string()]);
+    assert!(!base_data.contains("Pattern verification failed"), "{base_data}");
+
+    let mut vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&overlay)).await;
+    let socket = vm.sluice_socket();
+    committed(&backup("s2", "s1-0", &overlay, &repo, &socket, true).await);
+    vm.write(0, 0x53, 3 * MIB, MIB);
+    let next = committed(&backup("s3", "s2-0", &overlay, &repo, &socket, false).await);
+    assert_eq!(next.kind(), RestorePointKind::Incremental);
+    let reference = dir.path().join("ref3.qcow2");
+    vm.copy_disk(0, &reference);
+    vm.quit();
+    same(&restore(&agent, &repo, "s2-0", &overlay).await, &restored);
+    same(&restore(&agent, &repo, "s3-0", &overlay).await, &reference);
+    agent.stop().await;
+}

@@ -17,9 +17,10 @@ pub(crate) struct NamedNode {
     pub(crate) drv: String,
     /// The image the node presents.
     pub(crate) image: NodeImage,
-    /// How many backing files the image has (0: it stands alone).
+    /// The image's backing file, if it has one. (`backing_file_depth` reads 0 in the flat
+    /// listing Sluice asks for, backing file or not.)
     #[serde(default)]
-    pub(crate) backing_file_depth: u64,
+    pub(crate) backing_file: Option<String>,
     /// Dirty bitmaps of the node.
     #[serde(rename = "dirty-bitmaps", default)]
     pub(crate) dirty_bitmaps: Vec<Bitmap>,

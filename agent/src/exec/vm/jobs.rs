@@ -93,8 +93,9 @@ pub(crate) fn actions(
         match kind {
             // A disk without a backing file holds all its data itself: `top` copies only
             // its allocated clusters (the rest reads as zeroes in the target too), so a
-            // sparse disk is not read, nor rate limited, over its whole size.
-            Kind::Full { .. } if node.backing_file_depth == 0 => backup["sync"] = "top".into(),
+            // sparse disk is not read, nor rate limited, over its whole size. An overlay's
+            // full copy reads through its backing chain: the guest sees the base's data.
+            Kind::Full { .. } if node.backing_file.is_none() => backup["sync"] = "top".into(),
             Kind::Full { .. } => backup["sync"] = "full".into(),
             Kind::Incremental { parent } => {
                 backup["sync"] = "bitmap".into();
