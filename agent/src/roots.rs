@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tracing::warn;
 
-use crate::error::AgentError;
+use crate::{error::AgentError, repository::MANIFEST};
 
 /// The repository and restore roots of an agent.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +44,37 @@ impl Roots {
             return Ok(());
         }
         under_a_root(&self.repository, field, path, "repository").map(drop)
+    }
+
+    /// Checks a VM task's disks, links resolved: none inside its repository or in a
+    /// restore point's folder elsewhere (a committed restore point is never opened
+    /// read-write), no image named twice in another spelling.
+    pub(crate) fn check_disks(
+        &self,
+        repository: &Path,
+        disks: &[String],
+    ) -> Result<(), AgentError> {
+        let repository = resolve(repository).ok();
+        let mut seen: Vec<PathBuf> = Vec::with_capacity(disks.len());
+        for (i, disk) in disks.iter().enumerate() {
+            let field = format!("item.vm.disks[{i}]");
+            let Ok(resolved) = resolve(Path::new(disk)) else { continue };
+            let in_repository = repository.as_ref().is_some_and(|r| resolved.starts_with(r));
+            let in_restore_point =
+                resolved.parent().is_some_and(|folder| folder.join(MANIFEST).exists());
+            if in_repository || in_restore_point {
+                let reason = format!(
+                    "{disk:?} lies inside a repository: a restore point is never a disk to back up"
+                );
+                return Err(AgentError::invalid(field, reason));
+            }
+            if let Some(j) = seen.iter().position(|other| *other == resolved) {
+                let reason = format!("{disk:?} is the same image as {:?}", disks[j]);
+                return Err(AgentError::invalid(field, reason));
+            }
+            seen.push(resolved);
+        }
+        Ok(())
     }
 
     /// The restore target `path` with its links resolved, if it lies under a restore root
@@ -142,5 +173,47 @@ mod tests {
         assert!(later.check_repository("r", &dir.path().join("later/repo")).is_ok());
         let open = Roots::default();
         assert!(open.check_repository("r", &escape).is_ok(), "no roots: any path");
+    }
+
+    #[test]
+    fn a_disk_inside_a_repository_or_named_twice_through_a_link_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, vms) = (dir.path().join("root"), dir.path().join("vms"));
+        fs::create_dir_all(root.join("repo/job/vm/rp")).expect("repository");
+        fs::create_dir_all(&vms).expect("vms");
+        fs::write(vms.join("a.qcow2"), "").expect("disk");
+        symlink(vms.join("a.qcow2"), vms.join("link.qcow2")).expect("link");
+        symlink(root.join("repo/job"), vms.join("sneaky")).expect("link into the repository");
+        let text = |path: PathBuf| path.display().to_string();
+        let reason = |roots: &Roots, repository: &Path, disks: &[String]| match roots
+            .check_disks(repository, disks)
+        {
+            Err(AgentError::InvalidArgument { field, reason }) => format!("{field}: {reason}"),
+            other => format!("{other:?}"),
+        };
+        let repository = root.join("repo");
+        let open = Roots::default();
+        assert!(open.check_disks(&repository, &[text(vms.join("a.qcow2"))]).is_ok());
+        let inside = [text(vms.join("a.qcow2")), text(vms.join("sneaky/vm/rp/disk0.qcow2"))];
+        let refused = reason(&open, &repository, &inside);
+        assert!(
+            refused.starts_with("item.vm.disks[1]:") && refused.contains("inside a repository")
+        );
+        let elsewhere = dir.path().join("other-repo");
+        fs::write(root.join("repo/job/vm/rp/manifest.json"), "{}").expect("a restore point");
+        let refused = reason(&open, &elsewhere, &[text(root.join("repo/job/vm/rp/d.qcow2"))]);
+        assert!(refused.contains("inside a repository"), "beside a manifest: {refused}");
+        let rooted = Roots::new(vec![dir.path().to_path_buf()], Vec::new());
+        let beside = [text(vms.join("a.qcow2"))];
+        assert!(
+            rooted.check_disks(&repository, &beside).is_ok(),
+            "a root holds more than repositories"
+        );
+        let twice = [text(vms.join("a.qcow2")), text(vms.join("link.qcow2"))];
+        let refused = reason(&open, &repository, &twice);
+        assert!(
+            refused.starts_with("item.vm.disks[1]:") && refused.contains("same image"),
+            "{refused}"
+        );
     }
 }

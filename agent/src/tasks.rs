@@ -148,9 +148,16 @@ impl TasksHandle {
         }
         if spec.sim_duration_ms.is_none() {
             let (roots, repository) = (self.roots.clone(), PathBuf::from(&spec.repository));
-            tokio::task::spawn_blocking(move || roots.check_repository("repository", &repository))
-                .await
-                .map_err(|e| AgentError::Internal(format!("repository check failed: {e}")))??;
+            let disks = match spec.item.as_ref().and_then(|item| item.target.as_ref()) {
+                Some(pb::job_item::Target::Vm(vm)) => vm.disks.clone(),
+                _ => Vec::new(),
+            };
+            tokio::task::spawn_blocking(move || {
+                roots.check_repository("repository", &repository)?;
+                roots.check_disks(&repository, &disks)
+            })
+            .await
+            .map_err(|e| AgentError::Internal(format!("repository check failed: {e}")))??;
         }
         self.call(|reply| Command::Run(id, epoch, Box::new(spec), reply)).await
     }

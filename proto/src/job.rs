@@ -106,7 +106,7 @@ pub fn validate_job(job: &pb::Job) -> Result<(), JobError> {
     validate_name("job.name", &job.name)?;
     let job_type = validate_type(job.r#type)?;
     validate_repository("job.repository", &job.repository)?;
-    validate_items(job_type, &job.items)?;
+    validate_items(job_type, &job.items, Path::new(&job.repository))?;
     validate_proxies(&job.proxies)?;
     validate_limits(job)?;
     schedule::validate(job)
@@ -151,7 +151,11 @@ fn validate_repository(field: &str, path: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-fn validate_items(job_type: pb::JobType, items: &[pb::JobItem]) -> Result<(), JobError> {
+fn validate_items(
+    job_type: pb::JobType,
+    items: &[pb::JobItem],
+    repository: &Path,
+) -> Result<(), JobError> {
     if items.is_empty() {
         return Err(invalid("job.items", "a job needs at least one item"));
     }
@@ -177,6 +181,7 @@ fn validate_items(job_type: pb::JobType, items: &[pb::JobItem]) -> Result<(), Jo
         validate_target(field, job_type, item.target.as_ref())?;
         if let Some(Target::Vm(vm)) = &item.target {
             validate_disks_unshared(field, item, &vm.disks, &mut disks)?;
+            validate_outside_repository(field, &vm.disks, repository)?;
         }
     }
     Ok(())
@@ -193,6 +198,22 @@ fn validate_disks_unshared<'a>(
     for (i, disk) in disks.iter().enumerate() {
         if let Some(other) = seen.insert(Path::new(disk), &item.name) {
             let reason = format!("{disk:?} is also a disk of item {other:?}");
+            return Err(invalid(format_args!("{field}.vm.disks[{i}]"), reason));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a disk inside the job's repository: backing it up would open a committed
+/// restore point read-write and add a change-tracking bitmap to it.
+fn validate_outside_repository(
+    field: impl Display,
+    disks: &[String],
+    repository: &Path,
+) -> Result<(), JobError> {
+    for (i, disk) in disks.iter().enumerate() {
+        if Path::new(disk).starts_with(repository) {
+            let reason = format!("{disk:?} lies inside the job's repository");
             return Err(invalid(format_args!("{field}.vm.disks[{i}]"), reason));
         }
     }
@@ -223,6 +244,7 @@ fn validate_target(
         (pb::JobType::VmBackup, Some(Target::Vm(vm))) => {
             let disks = format_args!("{field}.vm.disks");
             validate_paths(disks, &vm.disks)?;
+            validate_without_parent(disks, &vm.disks)?;
             validate_distinct(disks, &vm.disks)?;
             validate_socket(format_args!("{field}.vm.qmp_socket"), &vm.qmp_socket)
         }

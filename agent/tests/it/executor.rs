@@ -104,7 +104,30 @@ async fn a_disk_another_process_holds_fails_with_the_qmp_socket_hint() {
 
     assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
     assert!(outcome.message.contains("lock"), "{}", outcome.message);
-    assert!(outcome.message.contains("give the job the VM's qmp_socket"), "{}", outcome.message);
+    assert!(outcome.message.contains("the job's qmp_socket must name"), "{}", outcome.message);
+}
+
+#[tokio::test]
+async fn a_qmp_socket_that_is_a_file_or_folder_fails_rather_than_backing_up_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "vm.qcow2", 1);
+    let file = dir.path().join("file.qmp");
+    std::fs::write(&file, "").expect("a file");
+    for (socket, kind) in [(file, "a regular file"), (dir.path().to_path_buf(), "a folder")] {
+        let mut spec = vm_spec("s5", 5, &[&disk], &dir.path().join("repo"));
+        if let Some(pb::job_item::Target::Vm(vm)) =
+            spec.item.as_mut().and_then(|i| i.target.as_mut())
+        {
+            vm.qmp_socket = socket.display().to_string();
+        }
+        let outcome = exec::execute(&mut prepare(spec, None).ctx).await;
+        assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
+        assert!(
+            outcome.message.contains(&format!("is {kind}, not a socket")),
+            "{}",
+            outcome.message
+        );
+    }
 }
 
 #[tokio::test]

@@ -144,3 +144,22 @@ async fn a_refusal_quoting_a_long_path_is_cut_to_the_bound() {
     assert!(message.ends_with(" bytes in all)"), "{message}");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn run_task_refuses_a_disk_inside_the_repository() {
+    let coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 4).await;
+    let mut client = agent.client.clone();
+    let scratch = Scratch::new();
+    std::fs::create_dir_all(&scratch.repo).expect("repository");
+    let disk = make_disk(&scratch.repo, "inside.qcow2", 1);
+    run_task(&mut client, sim_spec("t3", 9, 1, 0)).await.expect("a sim task of a VM job");
+
+    let message = format!(
+        "task.item.vm.disks[0]: {:?} lies inside a repository: a restore point is never a disk \
+         to back up",
+        disk.display().to_string()
+    );
+    invalid(run_task(&mut client, vm_spec("t3", 0, &[&disk], &scratch.repo)).await, &message);
+    agent.stop().await;
+}

@@ -124,6 +124,13 @@ fn each_rule_names_its_field() {
             "job.items[1].vm.disks[1]",
             Box::new(|j| set_disks(j, 1, &["/vms/db-0.qcow2", "/vms//web.qcow2"])),
         ),
+        ("job.items[0].vm.disks[0]", Box::new(|j| set_disks(j, 0, &["/vms/../vms/web.qcow2"]))),
+        (
+            "job.items[1].vm.disks[1]",
+            Box::new(|j| {
+                set_disks(j, 1, &["/vms/db.qcow2", "/srv/repo/nightly/db/rp/disk0.qcow2"])
+            }),
+        ),
         ("job.proxies[1]", Box::new(|j| j.proxies = vec!["a".into(), "a".into()])),
         (
             "job.keep_restore_points",

@@ -61,6 +61,11 @@ impl Source {
         daemons: &Daemons,
     ) -> Result<Self, OpenError> {
         if !socket.is_empty() {
+            not_a_socket(Path::new(socket)).map_or(Ok(()), |kind| {
+                Err(OpenError::of(format!(
+                    "qmp_socket {socket:?} is {kind}, not a socket: name the VM's QMP socket"
+                )))
+            })?;
             match Qmp::connect(Path::new(socket)).await {
                 Ok(mut qmp) => {
                     let nodes =
@@ -170,13 +175,26 @@ async fn open_disks(
     blockdev::match_disks(&nodes, disks).map_err(|message| (None, Opening::Nodes(message)))
 }
 
+/// What `path` is when it exists and is no socket (a wrong `qmp_socket` is not a VM that is
+/// off, which is a missing socket or one nobody listens on).
+fn not_a_socket(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    match () {
+        () if kind.is_socket() => None,
+        () if kind.is_dir() => Some("a folder"),
+        () if kind.is_file() => Some("a regular file"),
+        () => Some("a device or FIFO"),
+    }
+}
+
 /// QEMU's error, with what the operator can do about it when another process holds the image.
 fn in_use_hint(error: &QmpError) -> String {
     let text = error.to_string();
     if is_held_elsewhere(error) {
         format!(
-            "{text} (the image is in use by another process: if a VM runs on it, give the job \
-             the VM's qmp_socket)"
+            "{text} (another process holds the image: a VM running on it, whose QMP socket \
+             the job's qmp_socket must name, or another backup of the same image)"
         )
     } else {
         text
@@ -244,7 +262,7 @@ mod tests {
     #[test]
     fn only_a_held_image_gets_the_qmp_socket_hint() {
         let held = refused("Failed to get \"write\" lock");
-        assert!(held.ends_with("give the job the VM's qmp_socket)"), "{held}");
+        assert!(held.ends_with("or another backup of the same image)"), "{held}");
         let missing = "Could not open '/d/a.qcow2': No such file or directory";
         assert_eq!(refused(missing), format!("blockdev-add: {missing}"), "no hint");
         assert!(!refused("Could not open '/d/blocked.qcow2': Permission denied").contains('('));
