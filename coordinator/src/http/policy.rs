@@ -53,6 +53,9 @@ pub(super) fn around(app: Router, scheme: Scheme) -> Router {
         .layer(middleware::from_fn(move |request, next| {
             origin::refuse_cross_origin(scheme, request, next)
         }))
+        .layer(middleware::from_fn(move |request, next| {
+            origin::refuse_foreign_host(scheme, request, next)
+        }))
         .layer(header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header(HeaderName::from_static("referrer-policy"), "no-referrer"));

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::sample_app;
-use crate::http::{extract::MAX_BODY_BYTES, policy::Scheme};
+use crate::http::{extract::MAX_BODY_BYTES, origin::own_host, policy::Scheme};
 
 async fn send(app: Router, request: Request<Body>) -> (StatusCode, HeaderMap, String) {
     let response = app.oneshot(request).await.expect("an answer");
@@ -153,4 +153,35 @@ async fn a_change_a_browser_sends_from_another_origin_is_a_json_403() {
         assert_eq!(error["code"], "PERMISSION_DENIED", "{what}: {body}");
         assert!(error["message"].as_str().unwrap_or_default().contains("cross-origin"), "{body}");
     }
+}
+
+/// DNS rebinding: over plain HTTP a request for a name that is not this server's is refused,
+/// reads too (the rebinding page would be of the same origin); over HTTPS the certificate
+/// check stops it.
+#[tokio::test]
+async fn plain_http_answers_only_at_its_own_names() {
+    let cases = [
+        (Scheme::Http, Method::GET, "rebind.evil.example:7480", false),
+        (Scheme::Http, Method::POST, "rebind.evil.example:7480", false),
+        (Scheme::Http, Method::GET, "127.0.0.1:7480", true),
+        (Scheme::Http, Method::GET, "[::1]:7480", true),
+        (Scheme::Http, Method::GET, "localhost:7480", true),
+        (Scheme::Https, Method::GET, "rebind.evil.example:7480", true),
+    ];
+    for (scheme, method, host, allowed) in cases {
+        let request = from_browser(method.clone(), &[("host", host)]);
+        let (status, _, body) = send(sample_app(scheme), request).await;
+        let what = format!("{scheme:?} {method} {host}: {body}");
+        if allowed {
+            assert_ne!(status, StatusCode::FORBIDDEN, "{what}");
+            continue;
+        }
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+        assert!(body.contains("is not an address of this server"), "{what}");
+    }
+    assert!(own_host("backup-1.corp.example:7480", Some("backup-1")), "the machine's name");
+    assert!(own_host("BACKUP-1", Some("backup-1")));
+    assert!(!own_host("backup-10:7480", Some("backup-1")));
+    assert!(!own_host("evil.example", None));
+    assert!(own_host("app.localhost:80", None));
 }

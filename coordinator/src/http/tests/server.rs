@@ -116,13 +116,13 @@ async fn read_until_closed(stream: &mut Box<dyn Stream>) -> String {
 
 async fn part_sent_requests_are_closed_and_whole_ones_answered(scheme: Scheme) {
     let server = Server::start(TIMEOUTS, scheme).await;
-    for part in ["GET /api/v1/pe", "GET /api/v1/peer HTTP/1.1\r\nHost: test\r\n"] {
+    for part in ["GET /api/v1/pe", "GET /api/v1/peer HTTP/1.1\r\nHost: 127.0.0.1\r\n"] {
         let answer = server.exchange(part).await;
         assert!(!answer.contains(" 200 OK"), "{part:?}: {answer}");
     }
     // A whole request, on a connection kept alive: answered, then closed once idle.
     let (mut stream, local) = server.connect().await;
-    stream.write_all(b"GET /api/v1/peer HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    stream.write_all(b"GET /api/v1/peer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("write");
     let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with(&format!("\r\n\r\n{local}")), "the handler sees the peer: {answer}");
@@ -146,7 +146,7 @@ async fn https_closes_part_sent_requests_and_answers_whole_ones() {
 async fn a_stalled_body_is_answered_408_and_closed() {
     let stalls = Timeouts { body_idle: SHORT, body_total: LONG, ..TIMEOUTS };
     let too_long = Timeouts { body_idle: LONG, body_total: SHORT, ..TIMEOUTS };
-    let head = "POST /api/v1/things HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n";
+    let head = "POST /api/v1/things HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n";
     for timeouts in [stalls, too_long] {
         let server = Server::start(timeouts, Scheme::Http).await;
         let answer = server.exchange(&format!("{head}{{\"half\": ")).await;
@@ -159,7 +159,7 @@ async fn a_stalled_body_is_answered_408_and_closed() {
 #[tokio::test]
 async fn a_malformed_chunked_body_is_a_json_400() {
     let server = Server::start(TIMEOUTS, Scheme::Http).await;
-    let request = "POST /api/v1/things HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\
+    let request = "POST /api/v1/things HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\
                    \r\nzz\r\n{}\r\n0\r\n\r\n";
     let answer = server.exchange(request).await;
     assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
