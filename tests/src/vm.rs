@@ -145,6 +145,22 @@ impl Vm {
         let _ = self.child.wait();
     }
 
+    /// Freezes QEMU (SIGSTOP), as a hung hypervisor: it answers nothing until thawed.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen QEMU go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
     /// Kills QEMU with SIGKILL (nothing is saved) and waits for it.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

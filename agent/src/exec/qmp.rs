@@ -183,6 +183,8 @@ pub(crate) struct Qmp {
     out_of_band: bool,
     /// How long a command may take to be answered.
     patience: Duration,
+    /// Whether a command went unanswered within its patience (QEMU hangs, or is stopped).
+    silent: bool,
 }
 
 impl Qmp {
@@ -224,6 +226,7 @@ impl Qmp {
             next_id: 1,
             out_of_band: false,
             patience: COMMAND,
+            silent: false,
         };
         let offered = match tokio::time::timeout(greeting, qmp.read()).await {
             Ok(Ok(Message::Greeting { qmp })) => qmp.capabilities,
@@ -260,6 +263,12 @@ impl Qmp {
     /// Events that arrive meanwhile are queued for [`Qmp::next_event`].
     pub(crate) async fn execute(&mut self, command: &str, args: Value) -> Result<Value, QmpError> {
         self.command(command, args, self.patience).await
+    }
+
+    /// Whether a command has gone unanswered within its patience: QEMU may be hung, and
+    /// a stop asks it nothing more that could wait as long.
+    pub(crate) fn went_silent(&self) -> bool {
+        self.silent
     }
 
     /// How long the next commands may take to be answered: `None` is the default, long
@@ -322,9 +331,11 @@ impl Qmp {
         patience: Duration,
     ) -> Result<Value, QmpError> {
         let began = std::time::Instant::now();
-        let reply = tokio::time::timeout(patience, self.reply(id, command))
-            .await
-            .map_err(|_| QmpError::Timeout { command: command.to_owned(), patience })?;
+        let reply =
+            tokio::time::timeout(patience, self.reply(id, command)).await.map_err(|_| {
+                self.silent = true;
+                QmpError::Timeout { command: command.to_owned(), patience }
+            })?;
         let ms = format!("{:.2}", began.elapsed().as_secs_f64() * 1e3);
         tracing::trace!(command, ms, ok = reply.is_ok(), "qmp command answered");
         reply

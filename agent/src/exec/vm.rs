@@ -73,7 +73,7 @@ pub(super) async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOut
             steps.done("open");
             let result = backup.run(ctx, &paths, &mut steps).await;
             ctx.reporter.phase(TaskPhase::Cleanup).await;
-            backup.clean_up(result.is_ok()).await;
+            backup.clean_up(result.is_ok(), ctx.cancel.is_cancelled()).await;
             steps.done("clean up");
             result
         }
@@ -138,8 +138,15 @@ impl Backup {
         // A storage daemon takes several milliseconds to start: it does so while the chain
         // is locked and read and the partial folder made (neither touches the other's
         // files).
-        let (chain, source) =
-            tokio::join!(chain, Source::open(&vm.qmp_socket, &disks, &marker, &ctx.daemons));
+        // A stop does not wait for a busy VM's QMP greeting (a dropped daemon ends itself).
+        let source = async {
+            tokio::select! {
+                source = Source::open(&vm.qmp_socket, &disks, &marker, &ctx.daemons) => Some(source),
+                () = ctx.cancel.cancelled() => None,
+            }
+        };
+        let (chain, source) = tokio::join!(chain, source);
+        let Some(source) = source else { return Err(Failure::Canceled) };
         let ((lock, parent), source) = match (chain, source) {
             (Ok(chain), Ok(source)) => (chain, source),
             (Err(e), source) => {
@@ -352,30 +359,52 @@ impl Backup {
     }
 
     /// Undoes what a backup that did not commit left in QEMU, then closes the connection.
-    async fn clean_up(mut self, committed: bool) {
+    /// After a stop QEMU gets little time to answer, and none once it has gone silent: what
+    /// is left (a block job, a bitmap, a target node) the next backup tidies.
+    async fn clean_up(mut self, committed: bool, stopped: bool) {
         // A daemon that has quit left the new bitmap in the image: the next backup removes
         // it as stale, and the parent's still tracks every change.
-        if !committed && !self.source.has_quit() {
-            let names = self.names.clone();
-            let qmp = &mut self.source.qmp;
-            if let Err(error) = jobs::cancel_and_wait(qmp, |id| names.is_job(id), CANCEL_WAIT).await
-            {
-                warn!(%error, "cannot cancel the block jobs");
+        if !committed && !self.source.has_quit() && !self.source.qmp.went_silent() {
+            let wait = if stopped { jobs::STOP_PATIENCE } else { CANCEL_WAIT };
+            if stopped {
+                self.source.qmp.set_patience(Some(jobs::STOP_PATIENCE));
             }
-            if let Err(error) = self.close_targets().await {
-                warn!(%error, "cannot close the backup targets");
-            }
-            if let Some(name) = self.new_bitmap.take() {
-                for node in self.source.nodes.clone() {
-                    if let Err(error) =
-                        blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, &name).await
-                    {
-                        warn!(node = node.node_name, bitmap = name, %error, "cannot remove the bitmap of a backup that did not commit");
-                    }
-                }
-            }
+            self.undo(wait)
+                .await
+                .unwrap_or_else(|error| warn!(%error, "CLEANUP left QEMU as it was"));
         }
         self.source.close().await;
+    }
+
+    /// Cancels the block jobs, closes the targets and removes the new bitmap, each step
+    /// tried whatever the one before did, until QEMU leaves one unanswered.
+    async fn undo(&mut self, wait: Duration) -> Result<(), String> {
+        let names = self.names.clone();
+        let qmp = &mut self.source.qmp;
+        if let Err(error) = jobs::cancel_and_wait(qmp, |id| names.is_job(id), wait).await {
+            self.silent_after(format!("cannot cancel the block jobs: {error}"))?;
+        }
+        if let Err(error) = self.close_targets().await {
+            self.silent_after(format!("cannot close the backup targets: {error}"))?;
+        }
+        let Some(name) = self.new_bitmap.take() else { return Ok(()) };
+        for node in self.source.nodes.clone() {
+            let removed = blockdev::remove_bitmap(&mut self.source.qmp, &node.node_name, &name);
+            if let Err(error) = removed.await {
+                let node = &node.node_name;
+                self.silent_after(format!("cannot remove bitmap {name} of {node}: {error}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs a step that failed; an error when QEMU has gone silent (nothing more is asked).
+    fn silent_after(&self, problem: String) -> Result<(), String> {
+        if self.source.qmp.went_silent() {
+            return Err(problem);
+        }
+        warn!("CLEANUP: {problem}");
+        Ok(())
     }
 }
 

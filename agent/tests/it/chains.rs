@@ -381,3 +381,70 @@ async fn an_overlay_is_backed_up_with_its_base_data() {
     same(&restore(&agent, &repo, "s3-0", &overlay).await, &reference);
     agent.stop().await;
 }
+
+/// An immediate stop while QEMU hangs (SIGSTOP) ends the backup as cancelled once QEMU
+/// leaves the stop unanswered, not after every command's full patience; once QEMU goes on,
+/// the next backup is a correct incremental of the last committed point.
+#[tokio::test]
+async fn a_stop_while_qemu_hangs_ends_cancelled_and_tracking_stays_whole() {
+    let Setup { dir, disk, repo, agent, .. } = Setup::new("hung.qcow2", 8).await;
+    let mut vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let socket = vm.sluice_socket();
+    committed(&backup("s1", "", &disk, &repo, &socket, false).await);
+    vm.write(0, 0x31, 2 * MIB, 4 * MIB);
+
+    let mut spec = vm_spec("s2", 0, &[&disk], &repo);
+    spec.parent_restore_point = "s1-0".into();
+    if let Some(Target::Vm(target)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
+        target.qmp_socket = socket.clone();
+    }
+    let Run { mut ctx, mut updates } = prepare(spec, Some(64 * 1024));
+    let cancel = ctx.cancel.clone();
+    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
+    crate::support::update_matching(&mut updates, |u| {
+        matches!(u, Update::Phase(TaskPhase::Transfer, _))
+    })
+    .await;
+    vm.freeze();
+    cancel.cancel(pb::CancelReason::User);
+    let stopped = tokio::time::timeout(WAIT, task).await.expect("in time").expect("task");
+    vm.thaw();
+    assert_eq!(stopped.state(), ItemState::Canceled, "{stopped:?}");
+    assert!(folders(&item_dir(&repo)).iter().all(|f| f == "s1-0"), "nothing of s2 is left");
+
+    vm.write(0, 0x32, 10 * MIB, MIB);
+    let next = committed(&backup("s3", "s1-0", &disk, &repo, &socket, false).await);
+    assert_eq!((next.kind(), next.parent_id.as_str()), (RestorePointKind::Incremental, "s1-0"));
+    let reference = dir.path().join("ref3.qcow2");
+    vm.copy_disk(0, &reference);
+    vm.quit();
+    same(&restore(&agent, &repo, "s3-0", &disk).await, &reference);
+    agent.stop().await;
+}
+
+/// A stop while the VM's QMP socket serves another client (no greeting comes) ends the
+/// backup as cancelled, not as failed on the busy socket.
+#[tokio::test]
+async fn a_stop_while_the_qmp_socket_is_busy_ends_cancelled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "busy.qcow2", 1);
+    let vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let socket = vm.sluice_socket();
+    let _other_client = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+
+    let mut spec = vm_spec("s1", 0, &[&disk], &dir.path().join("repo"));
+    if let Some(Target::Vm(target)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
+        target.qmp_socket = socket.clone();
+    }
+    let Run { mut ctx, mut updates } = prepare(spec, None);
+    let cancel = ctx.cancel.clone();
+    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
+    crate::support::update_matching(&mut updates, |u| {
+        matches!(u, Update::Phase(TaskPhase::Snapshot, _))
+    })
+    .await;
+    cancel.cancel(pb::CancelReason::User);
+    let stopped = tokio::time::timeout(WAIT, task).await.expect("in time").expect("task");
+    assert_eq!(stopped.state(), ItemState::Canceled, "{stopped:?}");
+    vm.quit();
+}

@@ -112,7 +112,9 @@ pub(crate) fn actions(
 }
 
 /// Follows the jobs until every one has ended, reporting progress. A cancel asks every job
-/// to stop; a failed job makes the others stop too.
+/// to stop; a failed job makes the others stop too. Once the user asked for the stop, QEMU
+/// gets [`STOP_PATIENCE`] for each answer, and one it does not give (QEMU hangs) ends the
+/// backup as cancelled: CLEANUP removes what it wrote and the next backup tidies QEMU.
 pub(crate) async fn follow(
     qmp: &mut Qmp,
     jobs: &mut [Job],
@@ -125,8 +127,12 @@ pub(crate) async fn follow(
         let want_stop = !stopping && (cancel.is_cancelled() || any_failed(jobs));
         if want_stop {
             stopping = true;
+            if cancel.is_cancelled() {
+                qmp.set_patience(Some(STOP_PATIENCE));
+            }
             if let Err(error) = cancel_running(qmp, jobs).await {
-                return Ended::Failed(format!("TRANSFER failed: {error}"));
+                return unanswered_stop(cancel, &error)
+                    .unwrap_or_else(|| Ended::Failed(format!("TRANSFER failed: {error}")));
             }
             continue;
         }
@@ -135,21 +141,52 @@ pub(crate) async fn follow(
             event = qmp.next_event() => Step::Event(event),
             _ = ticker.tick() => Step::Tick,
         };
-        match step {
-            Step::Cancel => {}
-            Step::Event(Ok(event)) => apply(jobs, &event),
-            Step::Event(Err(error)) => return Ended::Failed(format!("TRANSFER failed: {error}")),
-            Step::Tick => match blockdev::block_jobs(qmp).await {
-                Ok(running) => {
+        let error = match step {
+            Step::Cancel => continue,
+            Step::Event(Ok(event)) => {
+                apply(jobs, &event);
+                continue;
+            }
+            Step::Event(Err(error)) => error,
+            // A progress query does not hold up a stop: its late answer is dropped by id.
+            Step::Tick => match progress(qmp, cancel, stopping).await {
+                Some(Ok(running)) => {
                     update(jobs, &running);
                     reporter.volumes(volumes(jobs)).await;
+                    continue;
                 }
-                Err(error) => return Ended::Failed(format!("TRANSFER failed: {error}")),
+                None => continue,
+                Some(Err(error)) => error,
             },
-        }
+        };
+        return unanswered_stop(cancel, &error)
+            .unwrap_or_else(|| Ended::Failed(format!("TRANSFER failed: {error}")));
     }
     reporter.volumes(volumes(jobs)).await;
     outcome(jobs, cancel.is_cancelled())
+}
+
+/// How long QEMU may take to answer once the user asked for a stop.
+pub(crate) const STOP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The running jobs, or `None` when a cancel came first.
+async fn progress(
+    qmp: &mut Qmp,
+    cancel: &CancelSignal,
+    stopping: bool,
+) -> Option<Result<Vec<blockdev::BlockJob>, QmpError>> {
+    tokio::select! {
+        running = blockdev::block_jobs(qmp) => Some(running),
+        () = cancel.cancelled(), if !stopping => None,
+    }
+}
+
+/// A stop the user asked for ends as cancelled, whatever QEMU fails to answer.
+fn unanswered_stop(cancel: &CancelSignal, error: &QmpError) -> Option<Ended> {
+    cancel.is_cancelled().then(|| {
+        tracing::warn!(%error, "QEMU did not answer the stop: the backup ends as cancelled");
+        Ended::Canceled
+    })
 }
 
 enum Step {
