@@ -166,11 +166,12 @@ fn refusal(error: AuthError) -> Response {
         AuthError::Missing => {
             ("an API token is required: Authorization: Bearer TOKEN".to_string(), BEARER)
         }
+        // No bearer token was sent: the challenge names no error (RFC 6750, 3.1).
         AuthError::InvalidHeader => (
-            "the Authorization header is not valid: send Authorization: Bearer TOKEN, in \
+            "the Authorization header is not valid: send one, Authorization: Bearer TOKEN, in \
              visible ASCII"
                 .to_string(),
-            BEARER_INVALID_TOKEN,
+            BEARER,
         ),
         AuthError::Rejected(reason) => (reason, BEARER_INVALID_TOKEN),
         AuthError::Failed(code, message) => return ApiError::new(code, message).into_response(),
@@ -184,9 +185,14 @@ fn refusal(error: AuthError) -> Response {
 /// The token of `Authorization: Bearer TOKEN`: `None` without the header, an error when the
 /// header is there but not that.
 fn bearer_token(request: &Request) -> Result<Option<&str>, AuthError> {
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    // Two credentials: which one a proxy or a client meant is not for the server to guess.
+    if values.next().is_some() {
+        return Err(AuthError::InvalidHeader);
+    }
     let token = value.to_str().ok().and_then(layer::bearer_token);
     token.map(Some).ok_or(AuthError::InvalidHeader)
 }
@@ -209,5 +215,21 @@ mod tests {
         assert_eq!(allowed("admin").len(), 3);
         assert!(allowed("root").is_empty());
         assert!(role_allows("", Access::Public));
+    }
+
+    #[test]
+    fn one_bearer_header_is_a_token_and_two_are_refused() {
+        let request = |values: &[&str]| {
+            let mut request = Request::builder();
+            for value in values {
+                request = request.header(header::AUTHORIZATION, *value);
+            }
+            request.body(axum::body::Body::empty()).expect("request")
+        };
+        let one = request(&["Bearer abc"]);
+        assert!(matches!(bearer_token(&one), Ok(Some("abc"))));
+        let two = request(&["Bearer abc", "Bearer def"]);
+        assert!(matches!(bearer_token(&two), Err(AuthError::InvalidHeader)));
+        assert!(matches!(bearer_token(&request(&[])), Ok(None)));
     }
 }

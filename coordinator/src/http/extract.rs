@@ -47,6 +47,12 @@ impl<S: Send + Sync> FromRequest<S> for RequestBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        // A length declared over the limit is refused before any of the body is waited for.
+        let declared = request.headers().get(http::header::CONTENT_LENGTH);
+        let declared = declared.and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
         match Bytes::from_request(request, state).await {
             Ok(bytes) => Ok(RequestBody(bytes)),
             Err(rejection) => Err(body_error(&rejection)),
@@ -56,10 +62,7 @@ impl<S: Send + Sync> FromRequest<S> for RequestBody {
 
 fn body_error(rejection: &BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        let limit = MAX_BODY_BYTES >> 20;
-        let message = format!("request body: larger than the limit of {limit} MiB");
-        return ApiError::new(Code::ResourceExhausted, message)
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+        return too_large();
     }
     if causes(rejection).any(|cause| cause.is::<TimeoutError>()) {
         let message = "request body: the client stopped sending it (body read timeout)";
@@ -75,6 +78,12 @@ fn body_error(rejection: &BytesRejection) -> ApiError {
         }
     }
     ApiError::new(Code::InvalidArgument, reason)
+}
+
+fn too_large() -> ApiError {
+    let limit = MAX_BODY_BYTES >> 20;
+    let message = format!("request body: larger than the limit of {limit} MiB");
+    ApiError::new(Code::ResourceExhausted, message).with_status(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
 /// The errors beneath a rejection, nearest first.

@@ -170,7 +170,7 @@ async fn refusals_say_how_to_authenticate_and_what_was_wrong() {
         [not_ascii, HeaderValue::from_static("Basic dXNlcg=="), "Bearer ".parse().expect("v")]
     {
         let (status, headers, body) = call_with("/view", Some(header.clone())).await;
-        assert_eq!((status, challenge(&headers)), (StatusCode::UNAUTHORIZED, invalid_token.into()));
+        assert_eq!((status, challenge(&headers)), (StatusCode::UNAUTHORIZED, "Bearer".into()));
         assert!(body.contains("the Authorization header is not valid"), "{header:?}: {body}");
         let (status, _, _) = call_with("/public", Some(header.clone())).await;
         assert_eq!(status, StatusCode::OK, "{header:?}: a public route takes anyone");

@@ -156,6 +156,19 @@ async fn a_stalled_body_is_answered_408_and_closed() {
     }
 }
 
+/// A length declared over the limit is a 413 at once, with nothing of the body sent (a
+/// server that waited for the body would answer 408 once it stalled).
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_a_413_before_any_body() {
+    let server = Server::start(TIMEOUTS, Scheme::Http).await;
+    let head =
+        "POST /api/v1/things HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999999999999\r\n\r\n";
+    let answer = server.exchange(head).await;
+    assert!(answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{answer}");
+    assert!(answer.contains("RESOURCE_EXHAUSTED"), "{answer}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_malformed_chunked_body_is_a_json_400() {
     let server = Server::start(TIMEOUTS, Scheme::Http).await;
