@@ -115,6 +115,11 @@ impl Default for Metrics {
             takeovers: Counter::default(),
         };
         inner.register();
+        // Both modes' series from the start: an alert on the latency sees zeroes, not "no
+        // data", on a coordinator that has ended no stop yet.
+        for mode in ["immediate", "graceful"] {
+            drop(inner.stop_latency.get_or_create(&ModeLabel { mode }));
+        }
         Metrics { inner: Arc::new(inner) }
     }
 }

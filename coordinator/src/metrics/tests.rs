@@ -85,3 +85,12 @@ fn cluster_state_is_named_as_bound_and_read_at_scrape_time() {
     let gone = metrics.render([]);
     assert!(!gone.contains("sluice_agent_slots{"), "an agent that left has no slots: {gone}");
 }
+
+#[test]
+fn the_stop_latency_has_both_modes_before_any_stop() {
+    let text = Metrics::default().render([]);
+    for mode in ["immediate", "graceful"] {
+        let count = format!("sluice_stop_latency_seconds_count{{mode=\"{mode}\"}} 0");
+        assert!(text.lines().any(|line| line == count), "{count} in {text}");
+    }
+}
