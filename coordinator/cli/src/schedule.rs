@@ -22,7 +22,8 @@ use crate::output::{self, json, schedule, views};
 pub struct ScheduleArgs {
     /// Job name.
     name: String,
-    /// Cron expression: 5 fields, or 6 with seconds first (replaces --after-job).
+    /// Cron expression: 5 fields, or 6 with seconds first (replaces --after-job; a disabled
+    /// schedule stays disabled until --enable).
     #[arg(long, value_name = "EXPR", conflicts_with_all = ["after_job", "clear"])]
     cron: Option<String>,
     /// Start after every session of this job ends (replaces --cron).
