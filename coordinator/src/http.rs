@@ -14,7 +14,7 @@ pub(crate) mod auth;
 mod console;
 mod events;
 mod extract;
-mod origin;
+pub(crate) mod origin;
 mod policy;
 mod reply;
 mod server;
@@ -54,6 +54,8 @@ pub(crate) struct HttpParts {
     pub(crate) directory: AgentDirectory,
     /// Resolves bearer tokens.
     pub(crate) authenticator: Arc<dyn Authenticator>,
+    /// The names plain HTTP answers at (DNS-rebinding guard).
+    pub(crate) own_names: origin::OwnNames,
 }
 
 impl FromRef<HttpParts> for Services {
@@ -102,7 +104,8 @@ fn router(parts: HttpParts, scheme: Scheme) -> Router {
             handlers.route_layer(middleware::from_fn_with_state(guard, auth::authorize)),
         );
     }
-    policy::around(router.fallback(not_found).with_state(parts), scheme)
+    let names = parts.own_names.clone();
+    policy::around(router.fallback(not_found).with_state(parts), scheme, names)
 }
 
 async fn metrics(State(parts): State<HttpParts>) -> Response {

@@ -261,6 +261,7 @@ fn start(
         metrics,
         directory,
         authenticator,
+        own_names: http::origin::OwnNames::new(settings.advertise.as_deref().unwrap_or_default()),
     };
     (services, http)
 }

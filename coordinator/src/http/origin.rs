@@ -9,6 +9,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use std::{net::IpAddr, sync::Arc};
+
 use http::{HeaderMap, Method, StatusCode, header};
 use tonic::Code;
 
@@ -61,16 +63,22 @@ pub(super) fn cross_origin(scheme: Scheme, method: &Method, headers: &HeaderMap)
 /// DNS rebinding: a page of `evil.example`, whose name then resolves to this machine, is of
 /// the same origin as what it reaches here, so the checks above let it read and change
 /// anything. Plain HTTP (`--insecure`, no token needed) therefore answers only requests
-/// whose `Host` is an IP address, `localhost` or this machine's own name; over HTTPS the
-/// browser's certificate check stops such a page.
-pub(super) async fn refuse_foreign_host(scheme: Scheme, request: Request, next: Next) -> Response {
+/// whose `Host` is an IP address, `localhost`, or one of `names` (this machine's name and
+/// the `--advertise` URL's host); over HTTPS the browser's certificate check stops such a
+/// page.
+pub(super) async fn refuse_foreign_host(
+    scheme: Scheme,
+    names: OwnNames,
+    request: Request,
+    next: Next,
+) -> Response {
     let host = request.headers().get(header::HOST).map(|host| host.to_str().unwrap_or(""));
     match host {
-        Some(host) if scheme == Scheme::Http && !own_host(host, machine_name()) => {
+        Some(host) if scheme == Scheme::Http && !names.own(host) => {
             let message = format!(
-                "Host {host:?} is not an address of this server: over plain HTTP it answers \
-                 only at an IP address, localhost or this machine's name ({})",
-                machine_name().unwrap_or("unknown")
+                "Host {host:?} is not a name of this server: over plain HTTP it answers only at \
+                 an IP address, localhost or {} (set --advertise to the URL clients use)",
+                names.0.join(", ")
             );
             let error = ApiError::new(Code::PermissionDenied, message);
             error.with_status(StatusCode::FORBIDDEN).into_response()
@@ -79,37 +87,44 @@ pub(super) async fn refuse_foreign_host(scheme: Scheme, request: Request, next: 
     }
 }
 
-/// Whether `host` (`name[:port]`, `[v6]:port`) names this server: an IP address, localhost,
-/// or `machine` (alone or with a domain).
-pub(super) fn own_host(host: &str, machine: Option<&str>) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => {
-            return bracketed
-                .split_once(']')
-                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
-        }
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    if name.parse::<std::net::Ipv4Addr>().is_ok()
-        || name == "localhost"
-        || name.ends_with(".localhost")
-    {
-        return true;
+/// The names besides IP addresses and localhost that plain HTTP answers at.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OwnNames(Arc<[String]>);
+
+impl OwnNames {
+    /// This machine's host name and the host of the URL the coordinator advertises.
+    pub(crate) fn new(advertised: &str) -> Self {
+        let advertised = advertised.parse::<http::Uri>().ok();
+        let advertised = advertised.as_ref().and_then(http::Uri::host).map(str::to_owned);
+        Self::of(machine_name().into_iter().chain(advertised))
     }
-    machine.map(str::to_ascii_lowercase).is_some_and(|machine| {
-        !machine.is_empty()
-            && (name == machine
-                || name.strip_prefix(&machine).is_some_and(|rest| rest.starts_with('.')))
-    })
+
+    /// Exactly these names (compared without case and a trailing dot).
+    pub(crate) fn of(names: impl IntoIterator<Item = String>) -> Self {
+        let mut names: Vec<String> = names.into_iter().map(|name| canonical(&name)).collect();
+        names.sort();
+        names.dedup();
+        OwnNames(names.into())
+    }
+
+    /// Whether `host` (a `Host` header: `name[:port]`, `[v6]:port`) names this server.
+    pub(crate) fn own(&self, host: &str) -> bool {
+        let Ok(authority) = host.parse::<http::uri::Authority>() else { return false };
+        let name = canonical(authority.host());
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.0.contains(&name)
+    }
 }
 
-/// This machine's host name, read once.
-fn machine_name() -> Option<&'static str> {
-    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-        Some(name.trim().to_owned()).filter(|name| !name.is_empty())
-    })
-    .as_deref()
+fn canonical(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// This machine's host name.
+fn machine_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_owned()).filter(|name| !name.is_empty())
 }

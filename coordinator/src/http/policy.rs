@@ -12,7 +12,11 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use tonic::Code;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use super::{extract::MAX_BODY_BYTES, origin, reply::ApiError};
+use super::{
+    extract::MAX_BODY_BYTES,
+    origin::{self, OwnNames},
+    reply::ApiError,
+};
 
 /// Only this origin: the console fetches nothing from anywhere else.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
@@ -40,7 +44,7 @@ impl Scheme {
 }
 
 /// `app` with the rules every route shares.
-pub(super) fn around(app: Router, scheme: Scheme) -> Router {
+pub(super) fn around(app: Router, scheme: Scheme, names: OwnNames) -> Router {
     let header =
         |name, value| SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value));
     // A router of no routes whose fallback is the app: its layers see each whole answer. (The
@@ -54,7 +58,7 @@ pub(super) fn around(app: Router, scheme: Scheme) -> Router {
             origin::refuse_cross_origin(scheme, request, next)
         }))
         .layer(middleware::from_fn(move |request, next| {
-            origin::refuse_foreign_host(scheme, request, next)
+            origin::refuse_foreign_host(scheme, names.clone(), request, next)
         }))
         .layer(header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))

@@ -22,6 +22,7 @@ use super::{
     auth::{self, Access, AuthError, Authenticator, Caller, Guard, Principal},
     extract::{PathParam, RequestBody},
     not_found,
+    origin::OwnNames,
     policy::{Scheme, around},
     routes,
 };
@@ -42,7 +43,7 @@ fn sample_app(scheme: Scheme) -> Router {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
         )
         .fallback(not_found);
-    around(routes, scheme)
+    around(routes, scheme, OwnNames::of(["backup-1".to_owned()]))
 }
 
 async fn echo(RequestBody(body): RequestBody) -> Bytes {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::sample_app;
-use crate::http::{extract::MAX_BODY_BYTES, origin::own_host, policy::Scheme};
+use crate::http::{extract::MAX_BODY_BYTES, origin::OwnNames, policy::Scheme};
 
 async fn send(app: Router, request: Request<Body>) -> (StatusCode, HeaderMap, String) {
     let response = app.oneshot(request).await.expect("an answer");
@@ -177,11 +177,13 @@ async fn plain_http_answers_only_at_its_own_names() {
             continue;
         }
         assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
-        assert!(body.contains("is not an address of this server"), "{what}");
+        assert!(body.contains("is not a name of this server"), "{what}");
     }
-    assert!(own_host("backup-1.corp.example:7480", Some("backup-1")), "the machine's name");
-    assert!(own_host("BACKUP-1", Some("backup-1")));
-    assert!(!own_host("backup-10:7480", Some("backup-1")));
-    assert!(!own_host("evil.example", None));
-    assert!(own_host("app.localhost:80", None));
+    let names = OwnNames::new("http://Coordinator-1.:7400");
+    assert!(names.own("coordinator-1:7480"), "the advertised host");
+    let names = OwnNames::of(["backup-1".to_owned()]);
+    assert!(names.own("backup-1:7480") && names.own("BACKUP-1.") && names.own("[::1]"));
+    assert!(!names.own("backup-1.evil.example:7480"), "a name under the machine's is not it");
+    assert!(!names.own("backup-10:7480") && !names.own("evil.example") && !names.own(""));
+    assert!(names.own("app.localhost:80") && names.own("10.0.0.7"));
 }
