@@ -50,6 +50,8 @@ use crate::repository::chain::{self, ChainLock};
 
 /// Longest wait for QEMU to end block jobs it was asked to cancel.
 const CANCEL_WAIT: Duration = Duration::from_secs(60);
+/// How long the undoing of a backup whose QEMU went silent goes on in the background.
+const LATE_UNDO: Duration = Duration::from_secs(300);
 
 /// Why a VM backup did not commit.
 enum Failure {
@@ -359,20 +361,34 @@ impl Backup {
     }
 
     /// Undoes what a backup that did not commit left in QEMU, then closes the connection.
-    /// After a stop QEMU gets little time to answer, and none once it has gone silent: what
-    /// is left (a block job, a bitmap, a target node) the next backup tidies.
+    /// After a stop QEMU gets little time to answer. One that has gone silent is not waited
+    /// for: a daemon is ended (the images it holds are freed), and a running VM is undone
+    /// in the background once it answers again, so that its block jobs stop copying.
     async fn clean_up(mut self, committed: bool, stopped: bool) {
         // A daemon that has quit left the new bitmap in the image: the next backup removes
         // it as stale, and the parent's still tracks every change.
-        if !committed && !self.source.has_quit() && !self.source.qmp.went_silent() {
-            let wait = if stopped { jobs::STOP_PATIENCE } else { CANCEL_WAIT };
-            if stopped {
-                self.source.qmp.set_patience(Some(jobs::STOP_PATIENCE));
-            }
-            self.undo(wait)
-                .await
-                .unwrap_or_else(|error| warn!(%error, "CLEANUP left QEMU as it was"));
+        if committed || self.source.has_quit() {
+            return self.source.close().await;
         }
+        if self.source.qmp.went_silent() {
+            if self.source.started_here() {
+                return self.source.close().await;
+            }
+            tokio::spawn(async move {
+                self.source.qmp.set_patience(None);
+                let undone = tokio::time::timeout(LATE_UNDO, self.undo(CANCEL_WAIT)).await;
+                if !matches!(undone, Ok(Ok(()))) {
+                    warn!("QEMU still does not answer: the next backup tidies what is left");
+                }
+                self.source.close().await;
+            });
+            return;
+        }
+        let wait = if stopped { jobs::STOP_PATIENCE } else { CANCEL_WAIT };
+        if stopped {
+            self.source.qmp.set_patience(Some(jobs::STOP_PATIENCE));
+        }
+        self.undo(wait).await.unwrap_or_else(|error| warn!(%error, "CLEANUP left QEMU as it was"));
         self.source.close().await;
     }
 

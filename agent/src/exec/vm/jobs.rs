@@ -123,12 +123,15 @@ pub(crate) async fn follow(
 ) -> Ended {
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     let mut stopping = false;
+    // Block jobs whose I/O hangs (a dead NFS server) may never end after a cancel.
+    let mut give_up = None;
     while jobs.iter().any(|job| job.end.is_none()) {
         let want_stop = !stopping && (cancel.is_cancelled() || any_failed(jobs));
         if want_stop {
             stopping = true;
             if cancel.is_cancelled() {
                 qmp.set_patience(Some(STOP_PATIENCE));
+                give_up = Some(tokio::time::Instant::now() + STOP_DEADLINE);
             }
             if let Err(error) = cancel_running(qmp, jobs).await {
                 return unanswered_stop(cancel, &error)
@@ -140,9 +143,14 @@ pub(crate) async fn follow(
             () = cancel.cancelled(), if !stopping => Step::Cancel,
             event = qmp.next_event() => Step::Event(event),
             _ = ticker.tick() => Step::Tick,
+            () = sleep_until(give_up), if give_up.is_some() => Step::GiveUp,
         };
         let error = match step {
             Step::Cancel => continue,
+            Step::GiveUp => {
+                tracing::warn!("the block jobs did not end within {STOP_DEADLINE:?} of the stop");
+                return Ended::Canceled;
+            }
             Step::Event(Ok(event)) => {
                 apply(jobs, &event);
                 continue;
@@ -168,6 +176,15 @@ pub(crate) async fn follow(
 
 /// How long QEMU may take to answer once the user asked for a stop.
 pub(crate) const STOP_PATIENCE: Duration = Duration::from_secs(5);
+/// How long cancelled block jobs may take to end before the backup ends without them.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The running jobs, or `None` when a cancel came first.
 async fn progress(
@@ -191,6 +208,7 @@ fn unanswered_stop(cancel: &CancelSignal, error: &QmpError) -> Option<Ended> {
 
 enum Step {
     Cancel,
+    GiveUp,
     Event(Result<Event, QmpError>),
     Tick,
 }

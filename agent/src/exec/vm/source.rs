@@ -143,9 +143,14 @@ impl Source {
         }
     }
 
-    /// Ends the connection; a daemon saves the bitmaps and exits.
+    /// Ends the connection; a daemon saves the bitmaps and exits (one that has gone silent
+    /// is sent SIGTERM at once, not asked first).
     pub(crate) async fn close(mut self) {
-        self.quit_daemon().await;
+        match self.daemon.take() {
+            Some(daemon) if self.qmp.went_silent() => daemon.end(self.qmp).await,
+            Some(daemon) => daemon.quit(&mut self.qmp).await,
+            None => {}
+        }
     }
 }
 
