@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tracing::warn;
 
-use crate::{error::AgentError, repository::MANIFEST};
+use crate::{error::AgentError, repository::Manifest};
 
 /// The repository and restore roots of an agent.
 #[derive(Debug, Clone, Default)]
@@ -60,8 +60,9 @@ impl Roots {
             let field = format!("item.vm.disks[{i}]");
             let Ok(resolved) = resolve(Path::new(disk)) else { continue };
             let in_repository = repository.as_ref().is_some_and(|r| resolved.starts_with(r));
+            // A folder whose manifest.json is a Sluice manifest (other tools use the name).
             let in_restore_point =
-                resolved.parent().is_some_and(|folder| folder.join(MANIFEST).exists());
+                resolved.parent().is_some_and(|folder| Manifest::read(folder).is_ok());
             if in_repository || in_restore_point {
                 let reason = format!(
                     "{disk:?} lies inside a repository: a restore point is never a disk to back up"
@@ -200,7 +201,11 @@ mod tests {
             refused.starts_with("item.vm.disks[1]:") && refused.contains("inside a repository")
         );
         let elsewhere = dir.path().join("other-repo");
-        fs::write(root.join("repo/job/vm/rp/manifest.json"), "{}").expect("a restore point");
+        let other_tool = r#"{"builder": "packer"}"#;
+        fs::write(vms.join("manifest.json"), other_tool).expect("another tool's manifest");
+        assert!(open.check_disks(&repository, &[text(vms.join("a.qcow2"))]).is_ok());
+        let manifest = r#"{"format": "sluice-vm-2", "restore_point": "rp", "disks": []}"#;
+        fs::write(root.join("repo/job/vm/rp/manifest.json"), manifest).expect("a restore point");
         let refused = reason(&open, &elsewhere, &[text(root.join("repo/job/vm/rp/d.qcow2"))]);
         assert!(refused.contains("inside a repository"), "beside a manifest: {refused}");
         let rooted = Roots::new(vec![dir.path().to_path_buf()], Vec::new());

@@ -31,7 +31,7 @@ pub(crate) struct StateLock {
 pub(crate) async fn lock(dir: &Path) -> Result<StateLock, AgentError> {
     if fs::metadata(dir).is_ok_and(|meta| !meta.is_dir()) {
         return Err(AgentError::Config(format!(
-            "--state-dir {} is a file, not a folder: give the agent a folder of its own",
+            "--state-dir {} is not a folder: give the agent a folder of its own",
             dir.display()
         )));
     }
@@ -107,6 +107,6 @@ mod tests {
         fs::write(&file, "").expect("a file");
         let Err(error) = lock(&file).await else { panic!("a file is no state directory") };
         let text = error.to_string();
-        assert!(text.contains("is a file, not a folder") && text.contains("state"), "{text}");
+        assert!(text.contains("is not a folder") && text.contains("state"), "{text}");
     }
 }

@@ -42,7 +42,7 @@ fn validate_schedule(job: &str, schedule: &pb::Schedule) -> Result<(), JobError>
         }
         (false, true) => {
             if schedule.cron.len() > MAX_CRON_LEN {
-                let reason = format!("at most {MAX_CRON_LEN} characters");
+                let reason = format!("at most {MAX_CRON_LEN} bytes");
                 return Err(invalid("job.schedule.cron", reason));
             }
             parse_cron(&schedule.cron)
@@ -105,8 +105,7 @@ fn validate_window(window: &pb::BackupWindow, timezone: &str) -> Result<(), JobE
                     format!("{day:?}: write one of {}, in lower case", DAY_NAMES.join(" "));
                 return Err(invalid(format!("{field}.days[{j}]"), reason));
             }
-            let same = |other: &String| other.trim().eq_ignore_ascii_case(day.trim());
-            if range.days[..j].iter().any(same) {
+            if range.days[..j].contains(day) {
                 return Err(invalid(
                     format!("{field}.days[{j}]"),
                     format!("{day:?} is named twice"),

@@ -240,11 +240,18 @@ fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
 }
 
 /// Writes a new file beside `path` (created with `mode`, so never readable more widely)
-/// and renames it over `path`; the folder is synced so the rename survives a crash.
+/// and renames it over `path`; the folder is synced so the rename survives a crash. A link
+/// is followed (its target is replaced, not the link), and what is not a regular file (a
+/// terminal, a FIFO) is written in place.
 fn write_whole(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     let io = |source| PkiError::Io { path: path.to_path_buf(), source };
-    let name = path.file_name().ok_or_else(|| io(std::io::ErrorKind::InvalidInput.into()))?;
-    let dir = match path.parent() {
+    let target = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if fs::metadata(&target).is_ok_and(|meta| !meta.is_file()) {
+        let mut file = fs::OpenOptions::new().write(true).open(&target).map_err(io)?;
+        return file.write_all(contents.as_bytes()).map_err(io);
+    }
+    let name = target.file_name().ok_or_else(|| io(std::io::ErrorKind::InvalidInput.into()))?;
+    let dir = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
@@ -258,13 +265,15 @@ fn write_whole(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        fs::File::open(dir)?.sync_all()
+        fs::rename(&temporary, &target)
     })();
     if written.is_err() {
         let _ = fs::remove_file(&temporary);
     }
-    written.map_err(io)
+    written.map_err(io)?;
+    // Best effort: the file is whole either way, and some file systems cannot sync a folder.
+    let _ = fs::File::open(dir).and_then(|folder| folder.sync_all());
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {

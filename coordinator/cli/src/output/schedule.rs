@@ -8,8 +8,8 @@ use sluice_proto::{pb, schedule, time};
 use super::table::Table;
 use super::text::{self, one_line, or_dash, when};
 
-/// The next run of a job's schedule: `2026-11-23T02:30:00Z (in 5h)`, `after JOB`, `disabled`
-/// or `-` (none).
+/// The next run of a job's schedule: `2026-11-23T02:30:00Z (in 5h)`, `after JOB`, `disabled`,
+/// `none in the backup window` (none found that the window lets start) or `-` (none).
 pub fn next_run(job: &pb::Job, now: SystemTime) -> String {
     let Some(schedule) = &job.schedule else { return "-".to_string() };
     if schedule.disabled {

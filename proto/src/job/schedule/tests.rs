@@ -64,7 +64,7 @@ fn bad_schedules_name_their_field() {
     );
     assert_eq!(refused_field("[schedule]\ndisabled = true"), "job.schedule.cron");
     let long = format!("[schedule]\ncron = \"{}0 * * * *\"", "0,".repeat(200));
-    assert_eq!(refused_field(&long), "job.schedule.cron", "at most 256 characters");
+    assert_eq!(refused_field(&long), "job.schedule.cron", "at most 256 bytes");
 }
 
 #[test]

@@ -115,3 +115,14 @@ fn a_private_file_in_a_missing_folder_is_an_error_naming_it() {
     let error = write_private(&path, "secret").expect_err("no folder");
     assert!(error.to_string().contains("missing/token"), "{error}");
 }
+
+#[test]
+fn a_private_file_behind_a_link_replaces_the_links_target() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (target, link) = (dir.path().join("secret"), dir.path().join("link"));
+    fs::write(&target, "old").expect("target");
+    std::os::unix::fs::symlink(&target, &link).expect("link");
+    write_private(&link, "new").expect("written");
+    assert!(fs::symlink_metadata(&link).expect("link").file_type().is_symlink(), "still a link");
+    assert_eq!(fs::read_to_string(&target).ok().as_deref(), Some("new"));
+}
