@@ -15,6 +15,7 @@ mod console;
 mod events;
 mod extract;
 pub(crate) mod origin;
+mod pacing;
 mod policy;
 mod reply;
 mod server;

@@ -2,7 +2,8 @@
 //! `session` event per `SessionEvent` (its JSON), until the session is STOPPED; then the
 //! response ends. An unknown session is a 404 before any event. Should the watch break (the
 //! coordinator shuts down, etcd is gone), an `error` event with the error body ends the
-//! response, and the browser's `EventSource` reconnects and gets the session anew.
+//! response, and the browser's `EventSource` reconnects and gets the session anew. A large
+//! session's events are paced (`pacing.rs`): at most one per interval, the newest wins.
 
 use std::convert::Infallible;
 
@@ -19,6 +20,7 @@ use super::{
     api::{Services, grpc},
     auth::Caller,
     extract::PathParam,
+    pacing::{self, Paced, paced},
     reply::{self, ApiError},
 };
 
@@ -32,7 +34,8 @@ pub(crate) async fn session_events(
     PathParam(id): PathParam,
 ) -> Result<Events, ApiError> {
     let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
-    let mut watch = services.jobs.watch_session(request).await?.into_inner();
+    let watch = services.jobs.watch_session(request).await?.into_inner();
+    let mut watch = Box::pin(paced(watch));
     let first = match watch.next().await {
         Some(Ok(event)) => session_event(event).await,
         Some(Err(status)) => return Err(status.into()),
@@ -52,6 +55,16 @@ pub(crate) async fn session_events(
     };
     let events: EventStream = Box::pin(events);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+impl Paced for pb::SessionEvent {
+    fn interval(&self) -> std::time::Duration {
+        pacing::interval(self.session.as_ref().map_or(0, |s| s.items.len()))
+    }
+
+    fn urgent(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.state() == pb::SessionState::Stopped)
+    }
 }
 
 async fn session_event(event: pb::SessionEvent) -> Event {
