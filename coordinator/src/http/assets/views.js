@@ -175,7 +175,7 @@ function viewRestorePoints(query) {
     h('h1', {}, 'Restore points'),
     h('div', { class: 'toolbar' }, h('div', { class: 'field' }, h('label', { for: 'rp-job' }, 'Job'), select)),
     h('table', { 'aria-label': 'Restore points' },
-      h('thead', {}, h('tr', {}, ['Restore point', 'Item', 'Session', 'Created', 'Size', 'Path', 'Verify']
+      h('thead', {}, h('tr', {}, ['Restore point', 'Item', 'Kind', 'Parent', 'Session', 'Created', 'Size', 'Path', 'Verify']
         .map((title) => h('th', { scope: 'col' }, title)))),
       body));
   act(async () => {
@@ -205,6 +205,9 @@ function restorePointRow(job, rp) {
   return h('tr', {},
     h('th', { scope: 'row' }, rp.id),
     h('td', {}, rp.item),
+    // Unspecified: a computer or sim point, or a VM point from before kinds (it stands alone).
+    h('td', { 'data-field': 'kind' }, badge(short(rp.kind, 'RESTORE_POINT_KIND_'))),
+    h('td', { 'data-field': 'parent' }, rp.parentId || '—'),
     h('td', {}, sessionLink(rp.sessionId)),
     h('td', {}, when(rp.createdAt)),
     h('td', { class: 'num' }, bytes(rp.sizeBytes)),
