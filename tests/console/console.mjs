@@ -3,7 +3,11 @@
 // see the session end WARNING and canceled with its NOT_PROCESSED items; click Retry, stop the
 // retry Immediately and see it end FAILED with CANCELED items; then see both sessions in
 // History, the agent and the coordinator, and verify a restore point. On a secure cluster it
-// first signs in with an API token (the console keeps it in sessionStorage).
+// first signs in with an API token (the console keeps it in sessionStorage). Then, with
+// LARGE_JOB, it starts a session of more than a page of items and pages through them; with
+// REVOKED_TOKEN too, it watches that session signed in with that token, prints REVOKE_NOW and
+// waits for the Sign in form saying the token was revoked (and no banner); it signs in again
+// and stops the large session Immediately.
 //
 // Run by the end-to-end test `console::start_stop_and_retry_in_the_browser`, which starts
 // the cluster and the job. Environment:
@@ -12,7 +16,11 @@
 //   CONSOLE_CERT     the coordinator's certificate (PEM): the browser accepts that key (and no
 //                    other) for the cluster CA's certificate, which it does not know
 //   JOB              the job to start (its items must run for seconds: a rate-limited agent)
-//   SCREENSHOT_DIR   where the screenshots go (session-view.png always, failure.png on failure)
+//   LARGE_JOB        a job of 1,001 to 1,500 items that runs for minutes (optional)
+//   REVOKED_TOKEN    a second operator token, which the caller revokes when the script prints
+//                    REVOKE_NOW (optional; only with LARGE_JOB)
+//   SCREENSHOT_DIR   where the screenshots go (session-view.png always, large-session.png with
+//                    LARGE_JOB, failure.png on failure)
 //   CHROMIUM         the browser (default /usr/bin/chromium)
 // Prints one line per step; exits 0 when every step passed.
 import { createHash, X509Certificate } from 'node:crypto';
@@ -25,7 +33,10 @@ const job = required('JOB');
 const screenshots = required('SCREENSHOT_DIR');
 const token = process.env.TOKEN || '';
 const pinnedCert = process.env.CONSOLE_CERT || '';
+const largeJob = process.env.LARGE_JOB || '';
+const revokedToken = process.env.REVOKED_TOKEN || '';
 const STEP_MS = 60_000;
+const REVOKE_NOW = 'await: revoke the second token';
 
 function required(name) {
   const value = process.env[name];
@@ -54,11 +65,9 @@ async function run(page) {
   await page.goto(consoleUrl);
   if (token) {
     step('sign in with the API token');
-    await page.getByLabel('API token').fill(token);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.locator('#who').getByText(/\((operator|admin)\)/).waitFor({ timeout: STEP_MS });
+    await signIn(page, token);
   }
-  const jobRow = page.getByRole('row').filter({ has: page.getByRole('rowheader', { name: job, exact: true }) });
+  const jobRow = rowOf(page, job);
   await jobRow.waitFor({ timeout: STEP_MS });
 
   step('click Start');
@@ -92,7 +101,101 @@ async function run(page) {
 
   await retryAndStopImmediately(page, stoppedSession);
   await visitTheOtherViews(page);
+  if (largeJob) {
+    const large = await pageThroughALargeSession(page);
+    if (revokedToken) await seeTheTokenRevoked(page, large);
+    await stopTheLargeSession(page, large);
+  }
   step('done');
+}
+
+async function signIn(page, secret) {
+  await page.getByLabel('API token').fill(secret);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#who').getByText(/\((operator|admin)\)/).waitFor({ timeout: STEP_MS });
+}
+
+// The row of a job on Home.
+function rowOf(page, name) {
+  return page.getByRole('row').filter({ has: page.getByRole('rowheader', { name, exact: true }) });
+}
+
+// Waits until the items table shows `count` rows.
+async function itemRows(page, count) {
+  await page.waitForFunction(
+    (n) => document.querySelectorAll('table.items tbody tr[data-item]').length === n,
+    count, { timeout: STEP_MS, polling: 100 });
+}
+
+// A session of more items than a page (500) shows them a page at a time, with Prev / Next.
+// Returns the session's URL.
+async function pageThroughALargeSession(page) {
+  step(`start ${largeJob} and page through its items`);
+  await page.getByRole('navigation', { name: 'Sections' }).getByRole('link', { name: 'Home' }).click();
+  const row = rowOf(page, largeJob);
+  await row.waitFor({ timeout: STEP_MS });
+  await row.getByRole('button', { name: 'Start' }).click();
+  await page.waitForURL(/#\/sessions\//, { timeout: STEP_MS });
+  const pager = page.getByRole('navigation', { name: 'Item pages' });
+  const range = pager.locator('[data-field="item-range"]');
+  await range.getByText(/^Items 1–500 of 1,\d{3}$/).waitFor({ timeout: STEP_MS });
+  await itemRows(page, 500);
+  const first = await page.locator('table.items tbody tr[data-item]').first().getAttribute('data-item');
+  await pager.getByRole('button', { name: 'Next' }).click();
+  await range.getByText(/^Items 501–1,000 of /).waitFor({ timeout: STEP_MS });
+  await itemRows(page, 500);
+  const second = await page.locator('table.items tbody tr[data-item]').first().getAttribute('data-item');
+  if (first === second) throw new Error(`page 2 starts with the item of page 1, ${first}`);
+  await pager.getByRole('button', { name: 'Next' }).click();
+  await range.getByText(/^Items 1,001–1,\d{3} of /).waitFor({ timeout: STEP_MS });
+  if (!await pager.getByRole('button', { name: 'Next' }).isDisabled()) throw new Error('Next is enabled on the last page');
+  await pager.getByRole('button', { name: 'Prev' }).click();
+  await range.getByText(/^Items 501–1,000 of /).waitFor({ timeout: STEP_MS });
+  // The page answers while events come (no timing asserted: it must answer at all).
+  const state = await page.evaluate(() => document.querySelector('[data-field="state"]')?.textContent.trim());
+  console.log(`large session: ${state}, ${await range.textContent()}`);
+  await page.screenshot({ path: join(screenshots, 'large-session.png') });
+  return page.url();
+}
+
+// Watching the large session with a token that gets revoked shows Sign in, saying so, and
+// no "lost the connection" banner, neither there nor after going Home.
+async function seeTheTokenRevoked(page, sessionUrl) {
+  step('watch the large session with the second token');
+  await page.locator('#who').getByRole('button', { name: 'Sign out' }).click();
+  await page.getByLabel('API token').waitFor({ timeout: STEP_MS });
+  await page.evaluate((url) => { location.hash = new URL(url).hash; }, sessionUrl);
+  await signIn(page, revokedToken);
+  await page.getByRole('navigation', { name: 'Item pages' }).waitFor({ timeout: STEP_MS });
+  console.log(REVOKE_NOW);
+  step('see Sign in say that the token was revoked, without a banner');
+  await page.locator('[data-field="sign-in-reason"]').getByText(/token was revoked/).waitFor({ timeout: STEP_MS });
+  await noBanner(page, 'on the sign-in form');
+  await page.getByRole('navigation', { name: 'Sections' }).getByRole('link', { name: 'Home' }).click();
+  await page.getByLabel('API token').waitFor({ timeout: STEP_MS });
+  await noBanner(page, 'after going Home');
+}
+
+async function noBanner(page, where) {
+  const alert = page.locator('#alert');
+  if (await alert.isVisible()) throw new Error(`a banner ${where}: ${await alert.textContent()}`);
+}
+
+// Signs in again (when signed out) and stops the large session Immediately.
+async function stopTheLargeSession(page, sessionUrl) {
+  step('stop the large session Immediately');
+  if (await page.getByLabel('API token').isVisible()) {
+    await page.evaluate((url) => { location.hash = new URL(url).hash; }, sessionUrl);
+    await signIn(page, token);
+  }
+  await page.getByRole('navigation', { name: 'Item pages' }).waitFor({ timeout: STEP_MS });
+  await page.getByRole('region', { name: 'Session' }).getByRole('button', { name: 'Stop' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Immediately' }).click();
+  const outcome = await stoppedOutcome(page);
+  console.log(`large outcome: ${outcome.result}, canceled ${outcome.canceled}, ${outcome.states.length} rows shown`);
+  if (outcome.canceled !== 'yes' || outcome.states.length !== 500) {
+    throw new Error(`expected a canceled session showing a page of 500 items; saw ${outcome.canceled}, ${outcome.states.length}`);
+  }
 }
 
 // Waits until the session view shows STOPPED; its result, canceled flag and item states.

@@ -144,7 +144,8 @@ async function act(action) {
   try {
     await action();
   } catch (error) {
-    alertBox(error.message);
+    // A 401 has shown the sign-in form, which says why.
+    if (error.status !== 401) alertBox(error.message);
   }
 }
 
@@ -169,15 +170,27 @@ function poll(load) {
 
 // ---------------------------------------------------------------- sign-in
 
+// Why the sign-in form shows, in the words of its reader rather than the API's.
+function signInMessage(message) {
+  const text = message || '';
+  if (/\brevoked\b/.test(text) && !/\bunknown\b/.test(text)) return 'Your token was revoked: sign in with another one.';
+  if (/\bexpired\b/.test(text)) return 'Your token has expired: sign in with another one.';
+  if (/unknown or revoked/.test(text)) return 'This token is unknown or was revoked: sign in with another one.';
+  if (!text || /token is required/.test(text)) return 'This cluster needs an API token.';
+  return text;
+}
+
 function showLogin(message) {
   leaveView();
   leaveView = () => {};
   principal = null;
+  // Whatever a view said (a lost stream, a failed call) no longer applies.
+  alertBox('');
   renderWho();
   const input = h('input', { id: 'token', type: 'password', autocomplete: 'off', required: true });
   const form = h('form', { class: 'login panel', 'aria-labelledby': 'login-title' },
     h('h1', { id: 'login-title' }, 'Sign in'),
-    h('p', { class: 'muted' }, message || 'This cluster needs an API token.'),
+    h('p', { class: 'muted', 'data-field': 'sign-in-reason' }, signInMessage(message)),
     h('div', { class: 'field' }, h('label', { for: 'token' }, 'API token'), input),
     h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
   form.addEventListener('submit', (event) => {

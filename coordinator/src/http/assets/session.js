@@ -4,32 +4,123 @@
 
 // ---------------------------------------------------------------- a session, live
 
+// Items shown per page of a large session: rebuilding thousands of rows per event would keep
+// the browser busy for longer than the events are apart.
+const ITEMS_PER_PAGE = 500;
+
 function viewSession(id) {
   const facts = h('dl', { class: 'facts' });
   const buttons = h('div', { class: 'actions' });
   const items = h('tbody');
   const counts = h('p', { class: 'muted', 'aria-live': 'polite' });
+  const pager = itemPager(() => draw(latest));
   show(
     h('h1', {}, 'Session ', h('span', { class: 'muted' }, id)),
     h('section', { class: 'panel', 'aria-label': 'Session' }, facts, h('p'), buttons),
     counts,
+    pager.element,
     h('table', { class: 'items', 'aria-label': 'Items' },
       h('thead', {}, h('tr', {},
         ['Item', 'State', 'Phase', 'Agent', 'Progress', 'Rate', 'Read / transferred', 'Waiting / message']
           .map((title) => h('th', { scope: 'col' }, title)))),
       items));
   let job = null;
-  const render = (session) => {
+  let latest = null;
+  let buttonsKey = '';
+  const draw = (session) => {
+    if (!session) return;
     if (!job || job.name !== session.job) {
       job = { name: session.job };
       api('GET', `/jobs/${encodeURIComponent(session.job)}`).then((j) => { job = j; }).catch(() => {});
     }
     renderSessionFacts(facts, session);
-    renderSessionButtons(buttons, session, job);
-    counts.textContent = itemCounts(session.items || []);
-    fill(items, ...(session.items || []).map(itemRow));
+    // Kept as they are while nothing they depend on changed: a button replaced between
+    // pointer down and up would lose the click.
+    const key = sessionButtonsKey(session);
+    if (key !== buttonsKey) {
+      buttonsKey = key;
+      renderSessionButtons(buttons, session, () => job);
+    }
+    const all = session.items || [];
+    counts.textContent = itemCounts(all);
+    fill(items, ...pager.slice(all).map(itemRow));
   };
-  return followSession(id, render);
+  const render = coalesced((session) => {
+    latest = session;
+    draw(session);
+  });
+  const stopFollowing = followSession(id, render);
+  const stopTicking = tickDuration(facts, () => latest);
+  return () => {
+    render.cancel();
+    stopFollowing();
+    stopTicking();
+  };
+}
+
+// Calls `render` with the newest of the sessions given, at most once per animation frame:
+// a browser that cannot keep up skips snapshots instead of queueing them.
+function coalesced(render) {
+  let pending = null;
+  let frame = null;
+  const run = () => {
+    frame = null;
+    const session = pending;
+    pending = null;
+    if (session) render(session);
+  };
+  const schedule = (session) => {
+    pending = session;
+    if (frame === null) frame = requestAnimationFrame(run);
+  };
+  schedule.cancel = () => {
+    if (frame !== null) cancelAnimationFrame(frame);
+    frame = null;
+    pending = null;
+  };
+  return schedule;
+}
+
+// A running session's Duration moves each second, not only when an event comes.
+function tickDuration(facts, current) {
+  const timer = setInterval(() => {
+    const session = current();
+    const field = facts.querySelector('[data-field="duration"]');
+    if (session && field && session.state !== 'SESSION_STATE_STOPPED') {
+      field.textContent = duration(session.createdAt, session.endedAt);
+    }
+  }, 1000);
+  return () => clearInterval(timer);
+}
+
+// Prev / Next over the items of a session with more than ITEMS_PER_PAGE; hidden otherwise.
+// `redraw` shows the page chosen.
+function itemPager(redraw) {
+  let page = 0;
+  const label = h('span', { 'data-field': 'item-range' });
+  const turn = (by) => () => {
+    page += by;
+    redraw();
+  };
+  const prev = h('button', { type: 'button', onclick: turn(-1) }, 'Prev');
+  const next = h('button', { type: 'button', onclick: turn(1) }, 'Next');
+  const element = h('nav', { class: 'pager', 'aria-label': 'Item pages', hidden: true }, prev, label, next);
+  const slice = (all) => {
+    const pages = Math.max(1, Math.ceil(all.length / ITEMS_PER_PAGE));
+    page = Math.min(Math.max(page, 0), pages - 1);
+    element.hidden = pages === 1;
+    const first = page * ITEMS_PER_PAGE;
+    const last = Math.min(all.length, first + ITEMS_PER_PAGE);
+    label.textContent = `Items ${count(first + 1)}–${count(last)} of ${count(all.length)}`;
+    prev.disabled = page === 0;
+    next.disabled = page === pages - 1;
+    return pages === 1 ? all : all.slice(first, last);
+  };
+  return { element, slice };
+}
+
+function count(n) {
+  return n.toLocaleString('en-US');
 }
 
 function fact(term, value) {
@@ -49,22 +140,31 @@ function renderSessionFacts(facts, s) {
     fact('Message', s.message || '—'),
     fact('Started', when(s.createdAt)),
     fact('Ended', stopped ? when(s.endedAt) : '—'),
-    fact('Duration', duration(s.createdAt, s.endedAt)),
+    fact('Duration', h('span', { 'data-field': 'duration' }, duration(s.createdAt, s.endedAt))),
     fact('Owner', s.owner ? `${s.owner} (epoch ${s.epoch})` : '—'),
     s.retryOf ? fact('Retry of', sessionLink(s.retryOf)) : null,
     s.startedBy ? fact('Started by', s.startedBy) : null);
 }
 
+// What RetrySession runs again: failed and not-processed items.
+function retryable(s) {
+  return s.state === 'SESSION_STATE_STOPPED' && (s.items || []).some((i) =>
+    i.state === 'ITEM_STATE_FAILED' || i.state === 'ITEM_STATE_NOT_PROCESSED');
+}
+
+// What the buttons show depends on only these.
+function sessionButtonsKey(s) {
+  return JSON.stringify([s.id, s.job, s.state, retryable(s)]);
+}
+
+// `job` gives the job as last read (its graceful timeout is the Stop dialog's default).
 function renderSessionButtons(buttons, s, job) {
   const stopped = s.state === 'SESSION_STATE_STOPPED';
   const operate = roleAllows('operate');
-  // What RetrySession runs again: failed and not-processed items.
-  const retryable = stopped && (s.items || []).some((i) =>
-    i.state === 'ITEM_STATE_FAILED' || i.state === 'ITEM_STATE_NOT_PROCESSED');
   fill(buttons,
     operate && !stopped ? h('button', { type: 'button', 'aria-haspopup': 'dialog',
-      onclick: () => askStop(s.job, job && job.gracefulTimeoutSeconds) }, 'Stop') : null,
-    operate && retryable ? h('button', { type: 'button',
+      onclick: () => askStop(s.job, job() && job().gracefulTimeoutSeconds) }, 'Stop') : null,
+    operate && retryable(s) ? h('button', { type: 'button',
       onclick: () => act(() => retrySession(s.id)) }, 'Retry') : null,
     h('a', { href: `#/history?job=${encodeURIComponent(s.job)}` }, 'Session history'));
 }
@@ -107,7 +207,9 @@ const LOST = 'Lost the connection to this coordinator; reconnecting. The session
   + 'what this page shows is as of the break.';
 
 // Follows `/sessions/{id}/events` (Server-Sent Events, read with fetch so the bearer token
-// goes along) until the session is STOPPED; reconnects after a break. Returns the stopper.
+// goes along) until the session is STOPPED; reconnects after a break. A stream the server
+// ends because the token was revoked or expired is no break: the sign-in form says why.
+// Returns the stopper.
 function followSession(id, render) {
   const controller = new AbortController();
   let stopped = false;
@@ -121,17 +223,19 @@ function followSession(id, render) {
           if (response.status === 401) return showLogin(data.message);
           alertBox(data.message || response.statusText);
           if (response.status === 404) return;
-        } else if (await readEvents(response, render)) {
-          return;
         } else {
+          const end = await readEvents(response, render);
+          if (end.signIn !== undefined) return stopped ? undefined : showLogin(end.signIn);
+          if (end.stopped) return undefined;
           alertBox(LOST);
         }
       } catch (error) {
-        if (stopped) return;
+        if (stopped) return undefined;
         alertBox(LOST);
       }
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
+    return undefined;
   };
   connect();
   return () => {
@@ -140,14 +244,15 @@ function followSession(id, render) {
   };
 }
 
-// Reads one event stream; true once the session is STOPPED.
+// Reads one event stream until it ends: `{stopped: true}` once the session is STOPPED,
+// `{signIn: message}` when the server ended it with UNAUTHENTICATED, else `{}` (a break).
 async function readEvents(response, render) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
   let ended = false;
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return ended;
+    if (done) return { stopped: ended };
     buffer += value;
     let cut;
     while ((cut = buffer.indexOf('\n\n')) >= 0) {
@@ -160,7 +265,12 @@ async function readEvents(response, render) {
         render(session);
         ended = session.state === 'SESSION_STATE_STOPPED';
       } else if (event.type === 'error') {
-        alertBox(JSON.parse(event.data).message);
+        const error = JSON.parse(event.data);
+        if (error.code === 'UNAUTHENTICATED') {
+          reader.cancel().catch(() => {});
+          return { signIn: error.message || '' };
+        }
+        alertBox(error.message);
       }
     }
   }
