@@ -262,6 +262,10 @@ async function visitTheOtherViews(page) {
   await points.first().waitFor({ timeout: STEP_MS });
   const count = await points.count();
   if (count !== 2) throw new Error(`expected the 2 restore points of the graceful session, saw ${count}`);
+  // Each VM's first restore point is a full one, without a parent.
+  const kind = (await points.first().locator('[data-field="kind"]').textContent()).trim();
+  const parent = (await points.first().locator('[data-field="parent"]').textContent()).trim();
+  if (kind !== 'FULL' || parent !== '—') throw new Error(`expected a FULL point without a parent, saw ${kind}, ${parent}`);
   await points.first().getByRole('button', { name: 'Verify' }).click();
   await points.first().getByText(/ OK: .* checked on /).waitFor({ timeout: STEP_MS });
 }
