@@ -108,6 +108,10 @@ function authHeaders() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
+// What a call that got no answer says: the cluster may well be up behind another coordinator.
+const UNREACHABLE = 'Cannot reach this coordinator (it may be down or restarting). '
+  + "The cluster's other coordinators serve the same console and data.";
+
 class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -119,11 +123,17 @@ class ApiError extends Error {
 async function api(method, path, body) {
   const headers = { ...authHeaders() };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  const response = await fetch(`/api/v1${path}`, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let response;
+  try {
+    response = await fetch(`/api/v1${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (_) {
+    // fetch says only "Failed to fetch": no answer came at all.
+    throw new ApiError(0, 'UNAVAILABLE', UNREACHABLE);
+  }
   const text = await response.text();
   let data = {};
   try {
@@ -275,7 +285,7 @@ async function start() {
     principal = await api('GET', '/whoami');
   } catch (error) {
     if (error.status === 401) return;
-    alertBox(`cannot reach the coordinator: ${error.message}; trying again`);
+    alertBox(error.status === 0 ? `${error.message} Trying again.` : `cannot reach the coordinator: ${error.message}; trying again`);
     setTimeout(start, POLL_MS);
     return;
   }
