@@ -86,6 +86,10 @@ async function run(page) {
   await page.getByRole('region', { name: 'Session' }).getByRole('button', { name: 'Stop' }).click();
   const dialog = page.getByRole('dialog');
   await dialog.waitFor({ timeout: STEP_MS });
+  // The dialog names the job's graceful timeout and starts from it.
+  const named = (await dialog.locator('#stop-default').textContent()).match(/graceful timeout: (\d+) s/);
+  const given = await dialog.getByLabel(/Graceful timeout/).inputValue();
+  if (!named || named[1] !== given) throw new Error(`the Stop dialog names ${named && named[1]} s and starts from ${given}`);
   await dialog.getByRole('button', { name: 'Gracefully' }).click();
 
   step('see the session end WARNING, canceled, with NOT_PROCESSED items');

@@ -238,6 +238,10 @@ function askStop(job, defaultTimeout) {
   document.getElementById('stop-what').textContent = `The running session of job ${job}.`;
   const timeout = document.getElementById('stop-timeout');
   timeout.value = String(defaultTimeout || 0);
+  // The job's own timeout is the default: 0 there means a graceful stop waits without limit.
+  document.getElementById('stop-default').textContent = defaultTimeout === undefined ? ''
+    : defaultTimeout > 0 ? `The job's graceful timeout: ${defaultTimeout} s.`
+      : "The job's graceful timeout: none (a graceful stop waits without limit).";
   dialog.returnValue = '';
   dialog.onclose = () => {
     const mode = dialog.returnValue;
@@ -248,6 +252,21 @@ function askStop(job, defaultTimeout) {
       const session = await api('POST', `/jobs/${encodeURIComponent(job)}/stop`, body);
       if (!location.hash.startsWith('#/sessions/')) location.hash = `#/sessions/${session.id}`;
     });
+  };
+  dialog.showModal();
+}
+
+// Asks for a deadline, then drains agent `id`.
+function askDrain(id) {
+  const dialog = document.getElementById('drain-dialog');
+  document.getElementById('drain-title').textContent = `Drain agent ${id}`;
+  const deadline = document.getElementById('drain-deadline');
+  deadline.value = '600';
+  dialog.returnValue = '';
+  dialog.onclose = () => {
+    if (dialog.returnValue !== 'drain') return;
+    const body = { deadlineSeconds: Number(deadline.value || 600) };
+    act(() => api('POST', `/agents/${encodeURIComponent(id)}/drain`, body));
   };
   dialog.showModal();
 }

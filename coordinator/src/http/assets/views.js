@@ -124,10 +124,8 @@ function viewAgents() {
     fill(body, ...(list.agents || []).map((a) => {
       const state = short(a.state, 'AGENT_STATE_');
       const drain = roleAllows('administer') && state === 'ONLINE'
-        ? h('button', { type: 'button', class: 'danger', onclick: () => act(async () => {
-          if (!window.confirm(`Drain agent ${a.id}? It takes no new tasks and leaves once its tasks end.`)) return;
-          await api('POST', `/agents/${encodeURIComponent(a.id)}/drain`, {});
-        }) }, 'Drain') : null;
+        ? h('button', { type: 'button', class: 'danger', 'aria-haspopup': 'dialog',
+          onclick: () => askDrain(a.id) }, 'Drain') : null;
       return h('tr', {},
         h('th', { scope: 'row' }, a.id),
         h('td', {}, badge(state === 'DRAINING' ? 'DRAINING' : state)),
