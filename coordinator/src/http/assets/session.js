@@ -246,6 +246,8 @@ function followSession(id, render) {
 
 // Reads one event stream until it ends: `{stopped: true}` once the session is STOPPED,
 // `{signIn: message}` when the server ended it with UNAUTHENTICATED, else `{}` (a break).
+// Of the session events that came in one read only the newest is parsed and rendered: each
+// holds the whole session.
 async function readEvents(response, render) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
@@ -254,16 +256,14 @@ async function readEvents(response, render) {
     const { value, done } = await reader.read();
     if (done) return { stopped: ended };
     buffer += value;
+    let newest = null;
+    let start = 0;
     let cut;
-    while ((cut = buffer.indexOf('\n\n')) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const event = parseEvent(block);
+    while ((cut = buffer.indexOf('\n\n', start)) >= 0) {
+      const event = parseEvent(buffer.slice(start, cut));
+      start = cut + 2;
       if (event.type === 'session') {
-        const session = JSON.parse(event.data).session;
-        alertBox('');
-        render(session);
-        ended = session.state === 'SESSION_STATE_STOPPED';
+        newest = event.data;
       } else if (event.type === 'error') {
         const error = JSON.parse(event.data);
         if (error.code === 'UNAUTHENTICATED') {
@@ -272,6 +272,13 @@ async function readEvents(response, render) {
         }
         alertBox(error.message);
       }
+    }
+    buffer = buffer.slice(start);
+    if (newest !== null) {
+      const session = JSON.parse(newest).session;
+      alertBox('');
+      render(session);
+      ended = session.state === 'SESSION_STATE_STOPPED';
     }
   }
 }
