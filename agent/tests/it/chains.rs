@@ -25,13 +25,36 @@ async fn backup(
     socket: &str,
     full: bool,
 ) -> pb::TaskOutcome {
+    let spec = pb::TaskSpec { full, ..spec_of(session, parent, disk, repo, socket) };
+    exec::execute(&mut prepare(spec, None).ctx).await
+}
+
+/// The task of item `vm0` backing up `disk` through `socket` (empty: offline) on `parent`.
+fn spec_of(session: &str, parent: &str, disk: &Path, repo: &Path, socket: &str) -> pb::TaskSpec {
     let mut spec = vm_spec(session, 0, &[disk], repo);
-    spec.full = full;
     spec.parent_restore_point = parent.to_owned();
     if let Some(Target::Vm(vm)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
         vm.qmp_socket = socket.to_owned();
     }
-    exec::execute(&mut prepare(spec, None).ctx).await
+    spec
+}
+
+/// Starts `spec` (at `rate` bytes a second) and returns once it reports `phase`: its cancel
+/// signal and the task.
+async fn started(
+    spec: pb::TaskSpec,
+    rate: Option<u64>,
+    phase: TaskPhase,
+) -> (exec::CancelSignal, tokio::task::JoinHandle<pb::TaskOutcome>) {
+    let Run { mut ctx, mut updates } = prepare(spec, rate);
+    let cancel = ctx.cancel.clone();
+    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
+    crate::support::update_matching(
+        &mut updates,
+        |u| matches!(u, Update::Phase(p, _) if *p == phase),
+    )
+    .await;
+    (cancel, task)
 }
 
 /// A new folder with a disk holding data, the path of its repository, and a fresh agent
@@ -272,18 +295,8 @@ async fn a_running_vm_gets_incrementals_and_a_cancelled_one_keeps_tracking_whole
     assert_eq!((first.kind(), first.parent_id.as_str()), (RestorePointKind::Incremental, "s1-0"));
 
     vm.write(0, 0x22, 9 * MIB, 2 * MIB);
-    let mut spec = vm_spec("s3", 0, &[&disk], &repo);
-    spec.parent_restore_point = "s2-0".into();
-    if let Some(Target::Vm(target)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
-        target.qmp_socket = socket.clone();
-    }
-    let Run { mut ctx, mut updates } = prepare(spec, Some(64 * 1024));
-    let cancel = ctx.cancel.clone();
-    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
-    crate::support::update_matching(&mut updates, |u| {
-        matches!(u, Update::Phase(TaskPhase::Transfer, _))
-    })
-    .await;
+    let spec = spec_of("s3", "s2-0", &disk, &repo, &socket);
+    let (cancel, task) = started(spec, Some(64 * 1024), TaskPhase::Transfer).await;
     cancel.cancel(pb::CancelReason::User);
     let canceled = tokio::time::timeout(WAIT, task).await.expect("in time").expect("task");
     assert_eq!(canceled.state(), ItemState::Canceled, "{canceled:?}");
@@ -393,18 +406,8 @@ async fn a_stop_while_qemu_hangs_ends_cancelled_and_tracking_stays_whole() {
     committed(&backup("s1", "", &disk, &repo, &socket, false).await);
     vm.write(0, 0x31, 2 * MIB, 4 * MIB);
 
-    let mut spec = vm_spec("s2", 0, &[&disk], &repo);
-    spec.parent_restore_point = "s1-0".into();
-    if let Some(Target::Vm(target)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
-        target.qmp_socket = socket.clone();
-    }
-    let Run { mut ctx, mut updates } = prepare(spec, Some(64 * 1024));
-    let cancel = ctx.cancel.clone();
-    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
-    crate::support::update_matching(&mut updates, |u| {
-        matches!(u, Update::Phase(TaskPhase::Transfer, _))
-    })
-    .await;
+    let spec = spec_of("s2", "s1-0", &disk, &repo, &socket);
+    let (cancel, task) = started(spec, Some(64 * 1024), TaskPhase::Transfer).await;
     vm.freeze();
     cancel.cancel(pb::CancelReason::User);
     let stopped = tokio::time::timeout(WAIT, task).await.expect("in time").expect("task");
@@ -432,17 +435,8 @@ async fn a_stop_while_the_qmp_socket_is_busy_ends_cancelled() {
     let socket = vm.sluice_socket();
     let _other_client = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
 
-    let mut spec = vm_spec("s1", 0, &[&disk], &dir.path().join("repo"));
-    if let Some(Target::Vm(target)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
-        target.qmp_socket = socket.clone();
-    }
-    let Run { mut ctx, mut updates } = prepare(spec, None);
-    let cancel = ctx.cancel.clone();
-    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
-    crate::support::update_matching(&mut updates, |u| {
-        matches!(u, Update::Phase(TaskPhase::Snapshot, _))
-    })
-    .await;
+    let spec = spec_of("s1", "", &disk, &dir.path().join("repo"), &socket);
+    let (cancel, task) = started(spec, None, TaskPhase::Snapshot).await;
     cancel.cancel(pb::CancelReason::User);
     let stopped = tokio::time::timeout(WAIT, task).await.expect("in time").expect("task");
     assert_eq!(stopped.state(), ItemState::Canceled, "{stopped:?}");
