@@ -207,7 +207,10 @@ async fn send_stream(
     }
 }
 
-/// Sends a unary request, to the next member again while that is safe.
+/// Sends a unary request, to the next member again while that is safe. Members passed over
+/// lately come last, and once an attempt has waited out the timeout they are not tried at
+/// all: with every member frozen a request waits for one timeout, not one per member, while
+/// a refused connection (quick) still leaves room for a member that is back.
 async fn send_unary(
     members: Arc<Members>,
     request: HttpRequest,
@@ -215,40 +218,45 @@ async fn send_unary(
 ) -> Result<HttpResponse, BoxError> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await?.to_bytes();
-    // Members passed over lately are tried again only as the first choice: with every
-    // member down (etcd stopped), a request waits for one timeout, not one per member.
-    let now = Instant::now();
-    let order: Vec<_> = members
-        .in_order()
-        .into_iter()
-        .enumerate()
-        .filter_map(|(index, member)| (index == 0 || !member.is_down(now)).then_some(member))
-        .collect();
-    let last = order.len().saturating_sub(1);
-    for (attempt, member) in order.into_iter().enumerate() {
+    let mut waited = false;
+    let mut outcome: Option<Result<(Arc<Member>, HttpResponse), BoxError>> = None;
+    for member in members.in_order() {
+        match &outcome {
+            Some(previous) if !may_repeat(previous, read) => break,
+            Some(_) if waited && member.is_down(Instant::now()) => continue,
+            Some(_) => debug!(path = parts.uri.path(), "etcd request sent to another member"),
+            None => {}
+        }
         let request =
             HttpRequest::from_parts(parts.clone(), tonic::body::Body::new(Full::new(body.clone())));
+        let began = Instant::now();
         match send_to(&member, request, members.timeout).await {
             Ok(response) if is_unavailable(&response) => {
                 members.mark_down(&member, "answered unavailable");
-                if read && attempt < last {
-                    continue;
-                }
-                return Ok(watched(members, member, response));
+                outcome = Some(Ok((member, response)));
             }
             Ok(response) => return Ok(watched(members, member, response)),
             Err(error) => {
                 members.mark_down(&member, &describe(error.as_ref()));
-                let unsent = never_sent(error.as_ref());
-                if (read || unsent) && attempt < last {
-                    debug!(path = parts.uri.path(), unsent, "etcd request sent to another member");
-                    continue;
-                }
-                return Err(error);
+                waited |= began.elapsed() >= members.timeout;
+                outcome = Some(Err(error));
             }
         }
     }
-    Err("no etcd endpoint".into())
+    match outcome {
+        Some(Ok((member, response))) => Ok(watched(members, member, response)),
+        Some(Err(error)) => Err(error),
+        None => Err("no etcd endpoint".into()),
+    }
+}
+
+/// Whether a request may go to another member after `previous`: a read after any failure,
+/// any request that never left (the connection could not be made).
+fn may_repeat(previous: &Result<(Arc<Member>, HttpResponse), BoxError>, read: bool) -> bool {
+    match previous {
+        Ok(_) => read,
+        Err(error) => read || never_sent(error.as_ref()),
+    }
 }
 
 /// Sends `request` to `member`, answered (or its stream opened) within `timeout`. The

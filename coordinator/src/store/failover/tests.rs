@@ -77,3 +77,20 @@ async fn a_member_that_accepts_connections_and_never_answers_fails_the_request()
     assert!(error.contains("no answer from https://127.0.0.1:"), "{error}");
     drop(stopped);
 }
+
+/// Every member passed over lately (one killed, one that went silent for a moment and is
+/// back): a request that the killed one refuses at once still reaches the one that is back.
+#[tokio::test]
+async fn a_refused_request_reaches_a_member_passed_over_lately_that_is_back() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let dead = format!("http://{}", closed.local_addr().expect("its address"));
+    drop(closed);
+    let back = Proxy::to_url(Etcd::shared().url());
+    let store = store_over(&[dead, back.url()]).await;
+    let key = store.keys().job("x");
+    store.get::<sluice_proto::pb::Job>(&key).await.expect("the dead one passed over");
+    back.black_hole();
+    store.get::<sluice_proto::pb::Job>(&key).await.expect_err("no member answers");
+    back.restore();
+    exercise(&store, 3).await.expect("the member that is back answers");
+}
