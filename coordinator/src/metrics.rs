@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use self::{
     etcd::TimedChannel, last_success::follow_last_success, session::SessionGauge,
 };
-use crate::membership::LeaseWatch;
+use crate::{membership::LeaseWatch, sessions::machine::StopMode};
 
 /// The `Content-Type` of `/metrics`.
 pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -75,6 +75,14 @@ struct MethodLabel {
     method: String,
 }
 
+/// The `mode` label of a stop.
+fn mode_label(mode: StopMode) -> &'static str {
+    match mode {
+        StopMode::Immediate => "immediate",
+        StopMode::Graceful => "graceful",
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of the coordinator (cheap to clone).
@@ -117,8 +125,8 @@ impl Default for Metrics {
         inner.register();
         // Both modes' series from the start: an alert on the latency sees zeroes, not "no
         // data", on a coordinator that has ended no stop yet.
-        for mode in ["immediate", "graceful"] {
-            drop(inner.stop_latency.get_or_create(&ModeLabel { mode }));
+        for mode in [StopMode::Immediate, StopMode::Graceful] {
+            drop(inner.stop_latency.get_or_create(&ModeLabel { mode: mode_label(mode) }));
         }
         Metrics { inner: Arc::new(inner) }
     }
@@ -222,8 +230,9 @@ impl Metrics {
         inner.bytes_transferred.get_or_create(&label).inc_by(bytes.transferred);
     }
 
-    fn stop_latency(&self, mode: &'static str, seconds: f64) {
-        self.inner.stop_latency.get_or_create(&ModeLabel { mode }).observe(seconds);
+    fn stop_latency(&self, mode: StopMode, seconds: f64) {
+        let label = ModeLabel { mode: mode_label(mode) };
+        self.inner.stop_latency.get_or_create(&label).observe(seconds);
     }
 
     /// The `sluice_items` gauge of `job` in `state`: a handle on the family's own gauge

@@ -3,7 +3,10 @@
 //! serves, health and reflection, not every service of `sluice.v1`: a client that discovers
 //! a service through reflection can call it there.
 
-use tonic_reflection::server::{Builder, Error, v1, v1alpha};
+use tonic_reflection::{
+    pb,
+    server::{Builder, Error, v1, v1alpha},
+};
 
 /// The full names of the services every server has beside its own.
 const COMMON: [&str; 3] = [
@@ -24,12 +27,17 @@ fn builder(services: &[&str]) -> Builder<'static> {
 pub fn v1(
     services: &[&str],
 ) -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
-    builder(services).build_v1()
+    // Each build adds its own protocol's descriptors only; both are listed, so both resolve.
+    builder(services)
+        .register_encoded_file_descriptor_set(pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()
 }
 
 /// The v1alpha reflection service of a server serving `services`.
 pub fn v1alpha(
     services: &[&str],
 ) -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>, Error> {
-    builder(services).build_v1alpha()
+    builder(services)
+        .register_encoded_file_descriptor_set(pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
 }

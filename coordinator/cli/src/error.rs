@@ -1,6 +1,7 @@
 //! Exit codes and the failures that decide them.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// Exit status of `sluice` (binding: scripts rely on these numbers).
@@ -8,11 +9,12 @@ use std::process::ExitCode;
 pub enum Exit {
     /// Done; a watched session ended SUCCESS or WARNING.
     Success = 0,
-    /// A watched session ended FAILED (also: a local error such as a closed stdout).
+    /// A watched session ended FAILED (or a verify found damage).
     Failed = 1,
     /// Bad flags, job file or confirmation, or input the server refused (`INVALID_ARGUMENT`).
     Usage = 2,
-    /// The server answered with an error, or no endpoint could be reached.
+    /// The server answered with an error, no endpoint could be reached, or the output could
+    /// not be written.
     Server = 3,
 }
 
@@ -47,8 +49,8 @@ impl Failure {
             Failure::Usage(_) => Exit::Usage,
             // The server found the input bad: the operator's to fix, not worth a retry.
             Failure::Server(status) if status.code() == tonic::Code::InvalidArgument => Exit::Usage,
-            Failure::Server(_) | Failure::Connect(_) => Exit::Server,
-            Failure::Local(_) => Exit::Failed,
+            // A script must not read a failed write as a FAILED session.
+            Failure::Server(_) | Failure::Connect(_) | Failure::Local(_) => Exit::Server,
         }
     }
 
@@ -63,7 +65,7 @@ impl Failure {
 
     /// Prints the message to stderr and returns the exit status.
     pub fn report(self) -> Exit {
-        eprintln!("{}", self.message());
+        say(&self.message());
         self.exit()
     }
 }
@@ -78,6 +80,12 @@ impl From<std::io::Error> for Failure {
     fn from(error: std::io::Error) -> Self {
         Failure::Local(error.into())
     }
+}
+
+/// Writes a line to stderr. A closed or full stderr (`2>&1 | head`, `2>/dev/full`) loses
+/// the line but never the exit status (`eprintln!` would panic).
+pub fn say(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// `error: <code>: <message>`, the code in lower-case words (`not found`).

@@ -94,7 +94,7 @@ async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit
     let session = clients.jobs.start_job(request).await?.into_inner();
     if follow {
         if ctx.format == output::Format::Table {
-            eprintln!("started session {} of job {}", session.id, session.job);
+            crate::error::say(&format!("started session {} of job {}", session.id, session.job));
         }
         return watch::follow(ctx, clients, &session.id).await;
     }

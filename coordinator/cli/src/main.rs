@@ -280,8 +280,10 @@ async fn main() -> ExitCode {
 /// Sends the logs of the libraries underneath (connection trouble, with `RUST_LOG=debug`) to
 /// stderr, filtered by `RUST_LOG` (default `info`). The CLI exports no spans: it opens none.
 fn init_logs() {
+    // Libraries' warnings repeat what the `error:` line says (a refused certificate, say);
+    // RUST_LOG shows them.
     let filter =
-        EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
+        EnvFilter::builder().with_default_directive(LevelFilter::ERROR.into()).from_env_lossy();
     let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -170,7 +170,7 @@ impl View for JsonLines {
     }
 
     fn note(&mut self, text: &str) -> io::Result<()> {
-        eprintln!("{text}");
+        crate::error::say(&text);
         Ok(())
     }
 

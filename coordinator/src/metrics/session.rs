@@ -5,7 +5,7 @@
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::sessions::machine::{ItemState, Machine, SessionResult, StopMode};
+use crate::sessions::machine::{ItemState, Machine, SessionResult};
 
 use super::{Bytes, Metrics};
 
@@ -75,12 +75,8 @@ impl SessionGauge {
         let transferred = items.iter().map(|item| item.status.bytes_transferred).sum();
         self.metrics.session_ended(&self.job, result, Bytes { read, transferred });
         if let (Some(stop), Some(ended_ms)) = (&status.stop, status.ended_at_ms) {
-            let mode = match stop.mode {
-                StopMode::Immediate => "immediate",
-                StopMode::Graceful => "graceful",
-            };
             let seconds = (ended_ms - stop.requested_at_ms).max(0) as f64 / 1000.0;
-            self.metrics.stop_latency(mode, seconds);
+            self.metrics.stop_latency(stop.mode, seconds);
         }
     }
 }

@@ -77,23 +77,37 @@ impl Node {
 
     /// Names of the services the node lists through `grpc.reflection.v1` server reflection.
     pub async fn reflected_services(&self) -> anyhow::Result<Vec<String>> {
+        match self.reflect(MessageRequest::ListServices(String::new())).await? {
+            MessageResponse::ListServicesResponse(list) => {
+                Ok(list.service.into_iter().map(|s| s.name).collect())
+            }
+            other => anyhow::bail!("unexpected reflection answer {other:?}"),
+        }
+    }
+
+    /// How many file descriptors the node's server reflection answers for `symbol` (an
+    /// error answer is an error).
+    pub async fn reflected_files_of(&self, symbol: &str) -> anyhow::Result<usize> {
+        match self.reflect(MessageRequest::FileContainingSymbol(symbol.to_string())).await? {
+            MessageResponse::FileDescriptorResponse(files) => Ok(files.file_descriptor_proto.len()),
+            MessageResponse::ErrorResponse(error) => {
+                anyhow::bail!("{symbol}: {} {}", error.error_code, error.error_message)
+            }
+            other => anyhow::bail!("unexpected reflection answer {other:?}"),
+        }
+    }
+
+    async fn reflect(&self, request: MessageRequest) -> anyhow::Result<MessageResponse> {
         let mut client = ServerReflectionClient::new(self.channel_with(self.harness_tls()).await?);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
+        let request =
+            ServerReflectionRequest { host: String::new(), message_request: Some(request) };
         let mut responses =
             client.server_reflection_info(tokio_stream::iter([request])).await?.into_inner();
         let response = responses
             .message()
             .await?
             .ok_or_else(|| anyhow::anyhow!("reflection stream ended without an answer"))?;
-        match response.message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => {
-                Ok(list.service.into_iter().map(|s| s.name).collect())
-            }
-            other => anyhow::bail!("unexpected reflection answer {other:?}"),
-        }
+        response.message_response.ok_or_else(|| anyhow::anyhow!("an empty reflection answer"))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Issue 2, scenario 5: server reflection and health on coordinators and agents. Each lists
-//! exactly what it serves: a client that discovers a service through reflection can call it.
+//! exactly what it serves, and describes each: a client that discovers a service through
+//! reflection can call it.
 
 use sluice_tests::{Cluster, Node};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -19,6 +20,14 @@ async fn assert_serves(node: &Node, services: &[&str]) {
     let mut expected: Vec<String> = services.iter().chain(&COMMON).map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(listed, expected, "the services {} lists through server reflection", node.id());
+    // Generic clients describe every service listed before they call one.
+    for service in &listed {
+        let files = node
+            .reflected_files_of(service)
+            .await
+            .unwrap_or_else(|e| panic!("{} describes {service}: {e:#}", node.id()));
+        assert!(files > 0, "{} answers {service} with its file", node.id());
+    }
     let health = node
         .health_status("")
         .await

@@ -73,7 +73,7 @@ impl View for Lines {
     }
 
     fn note(&mut self, text: &str) -> io::Result<()> {
-        eprintln!("{text}");
+        crate::error::say(&text);
         Ok(())
     }
 

@@ -9,12 +9,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme,
+    DigitallySignedStruct, DistinguishedName, Error, InconsistentKeys, RootCertStore,
+    SignatureScheme,
     client::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
-    pki_types::{CertificateDer, ServerName, UnixTime},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    sign::CertifiedKey,
 };
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
 
@@ -69,10 +71,30 @@ pub fn dial_config(
     kinds: &'static [Kind],
 ) -> Result<DialTls, TlsError> {
     let identity = match identity {
-        Some((cert, key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+        Some((cert, key)) => {
+            let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+            check_key_pair((cert, &cert_pem), (key, &key_pem))?;
+            Some(Identity::from_pem(cert_pem, key_pem))
+        }
         None => None,
     };
     DialTls::new(ca, &read(ca)?, identity, kinds, None)
+}
+
+/// Checks that the key in `key` belongs to the certificate in `cert`: a wrong pair fails
+/// only at the handshake, where the client learns no more than "transport error".
+fn check_key_pair(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<(), TlsError> {
+    let refused = |reason: String| TlsError::Pem { path: key.0.to_path_buf(), reason };
+    let chain = certificates(cert.0, cert.1)?;
+    let der = PrivateKeyDer::from_pem_slice(key.1).map_err(|e| refused(e.to_string()))?;
+    match CertifiedKey::from_der(chain, der, &provider()) {
+        Ok(_) => Ok(()),
+        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(refused(format!(
+            "not the private key of the certificate in {}",
+            cert.0.display()
+        ))),
+        Err(e) => Err(refused(e.to_string())),
+    }
 }
 
 /// The WebPKI verifier, then a check of the certificate's kind (and id).
