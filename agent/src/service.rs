@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use futures::Stream;
 use sluice_proto::pb::{self, agent_service_server::AgentService};
-use sluice_proto::{MAX_ACK_GROUPS, MAX_RUN_TASKS, refusal};
+use sluice_proto::{MAX_ACK_GROUPS, MAX_RUN_TASKS, job::MAX_SECONDS, refusal};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::drain::Drainer;
 use crate::error::AgentError;
+use crate::key;
 use crate::restore_points::calls;
 use crate::roots::Roots;
 use crate::tasks::TasksHandle;
@@ -130,7 +131,11 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let tasks = self.tasks.list(request.into_inner().session_id).await?;
+        let session = request.into_inner().session_id;
+        if !session.is_empty() {
+            key::session_id("session_id", &session)?;
+        }
+        let tasks = self.tasks.list(session).await?;
         Ok(Response::new(pb::ListTasksResponse { tasks }))
     }
 
@@ -171,6 +176,10 @@ impl AgentService for AgentApi {
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let seconds = request.into_inner().deadline_seconds;
+        if seconds > MAX_SECONDS {
+            let reason = format!("must be at most {MAX_SECONDS} (one week), got {seconds}");
+            return Err(AgentError::invalid("deadline_seconds", reason).into());
+        }
         let deadline = match seconds {
             0 => DEFAULT_DRAIN_DEADLINE,
             s => Duration::from_secs(u64::from(s)),

@@ -213,12 +213,22 @@ pub(crate) fn check_speaker(principal: &Principal, agent: Option<&pb::Agent>) ->
         && computer == agent.computer;
     if !itself {
         let claimed = match agent.computer.as_str() {
-            "" => format!("agent {:?}", agent.id),
-            name => format!("agent {:?} on computer {name:?}", agent.id),
+            "" => format!("agent {}", shown(&agent.id)),
+            name => format!("agent {} on computer {}", shown(&agent.id), shown(name)),
         };
         return Err(Error::NotThisAgent { principal: principal.to_string(), claimed });
     }
     Ok(())
+}
+
+/// A name as a message quotes it: an overlong one by its length (it is refused anyway, and
+/// a status message is no place for 80 KB someone sent).
+fn shown(name: &str) -> String {
+    if name.len() <= sluice_proto::job::MAX_NAME_LEN {
+        format!("{name:?}")
+    } else {
+        format!("of {} bytes", name.len())
+    }
 }
 
 fn validate(request: &pb::HeartbeatRequest, scheme: &str) -> Result<pb::Agent> {
@@ -270,6 +280,17 @@ mod tests {
             ..Default::default()
         };
         pb::HeartbeatRequest { agent: Some(agent), ttl_seconds: 30, ..Default::default() }
+    }
+
+    /// A refusal quotes the agent it was asked for, but not 80 KB of it.
+    #[test]
+    fn a_refusal_for_another_agent_quotes_an_overlong_id_by_its_length() {
+        let refused = check_speaker(&agent_cert("a1", None), Some(&agent("a2", "")));
+        assert!(refused.expect_err("another agent").to_string().contains("\"a2\""));
+        let long = "a".repeat(80_000);
+        let refused = check_speaker(&agent_cert("a1", None), Some(&agent(&long, "")));
+        let text = refused.expect_err("another agent").to_string();
+        assert!(text.contains("of 80000 bytes") && text.len() < 200, "{text}");
     }
 
     /// A heartbeat stuck in its etcd calls (its agent's lock held) delays no other agent.

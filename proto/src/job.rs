@@ -33,8 +33,11 @@ pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_COMPUTER_NAME_BYTES: usize = 255;
 /// Longest `requested_by` of a stop (who asked for it), stored with the session.
 pub const MAX_REQUESTED_BY_BYTES: usize = 256;
-const MAX_NAME_LEN: usize = 64;
+/// Longest job, session or agent name.
+pub const MAX_NAME_LEN: usize = 64;
 const MAX_ITEM_NAME_LEN: usize = 255;
+/// Longest run of a sim item (one day): sim items stand in for real work in tests.
+pub const MAX_SIM_DURATION_MS: u32 = 24 * 3600 * 1000;
 
 /// A job definition that breaks a rule, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,8 +91,8 @@ pub fn validate_requested_by(field: &str, text: &str) -> Result<(), JobError> {
             format!("must be at most {MAX_REQUESTED_BY_BYTES} bytes, got {}", text.len()),
         ));
     }
-    if text.chars().any(char::is_control) {
-        return Err(invalid(field, "must not contain control characters"));
+    if let Some(bad) = unsafe_char(text) {
+        return Err(invalid(field, format!("must not contain control characters, found {bad:?}")));
     }
     Ok(())
 }
@@ -135,10 +138,18 @@ fn validate_absolute(field: impl Display + Copy, path: &str) -> Result<(), JobEr
     if !path.starts_with('/') {
         return Err(invalid(field, format!("must be an absolute path, got {path:?}")));
     }
-    if path.contains('\0') {
-        return Err(invalid(field, "must not contain NUL"));
+    if let Some(bad) = unsafe_char(path) {
+        return Err(invalid(field, format!("must not contain control characters, found {bad:?}")));
     }
     Ok(())
+}
+
+/// The first character that would reach tables, logs and command lines as something other
+/// than it looks: a control character (NUL, newline, ESC) or a bidirectional override,
+/// which reorders what a terminal shows around it.
+pub fn unsafe_char(text: &str) -> Option<char> {
+    let bidi = |c: char| matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    text.chars().find(|&c| c.is_control() || bidi(c))
 }
 
 /// A repository as agents accept it: absolute, without `..` (agents refuse a restore point
@@ -225,11 +236,12 @@ fn validate_item_name(item: impl Display, name: &str) -> Result<(), JobError> {
     if name.is_empty() || name.len() > MAX_ITEM_NAME_LEN {
         return Err(invalid(field, format!("must be 1-{MAX_ITEM_NAME_LEN} bytes")));
     }
-    // Control characters (NUL, newline, ESC...) would also reach tables and logs raw.
-    if name.contains('/') || name.chars().any(char::is_control) || name == "." || name == ".." {
+    if name.contains('/') || unsafe_char(name).is_some() || name == "." || name == ".." {
         return Err(invalid(
             field,
-            format!("{name:?} may not contain '/' or control characters, nor be '.' or '..'"),
+            format!(
+                "{name:?} may not contain '/', control characters or bidirectional overrides, nor be '.' or '..'"
+            ),
         ));
     }
     Ok(())
@@ -351,6 +363,10 @@ fn validate_limits(job: &pb::Job) -> Result<(), JobError> {
         if value > MAX_SECONDS {
             return Err(invalid(field, format!("must be at most {MAX_SECONDS} (one week)")));
         }
+    }
+    if job.sim_duration_ms.is_some_and(|ms| ms > MAX_SIM_DURATION_MS) {
+        let reason = format!("must be at most {MAX_SIM_DURATION_MS} (one day)");
+        return Err(invalid("job.sim_duration_ms", reason));
     }
     if job.keep_restore_points > MAX_KEEP_RESTORE_POINTS {
         return Err(invalid(

@@ -30,7 +30,7 @@ const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
 
 /// The exit codes, shown at the end of `--help`.
 const EXIT_CODES: &str = "Exit codes: 0 done (a watched session ended SUCCESS or WARNING), \
-1 a watched session ended FAILED, 2 bad usage or input, 3 server or connection error.";
+1 a watched session ended FAILED, 2 bad usage or input, 3 server, connection or output error.";
 
 /// Operator command line of Sluice, the distributed backup-job orchestrator.
 #[derive(Debug, Parser)]

@@ -1,6 +1,6 @@
 //! `ClusterService`: agents and coordinators.
 
-use sluice_proto::job::validate_name;
+use sluice_proto::job::{MAX_SECONDS, validate_name};
 use sluice_proto::pb::{self, cluster_service_server::ClusterService};
 use tonic::{Request, Response};
 
@@ -54,6 +54,10 @@ impl ClusterService for ClusterApi {
         validate_name("agent", &request.agent).map_err(Error::from)?;
         let mut agent = self.registry.get(&request.agent).await?;
         let deadline_seconds = match request.deadline_seconds {
+            seconds if seconds > MAX_SECONDS => {
+                let reason = format!("must be at most {MAX_SECONDS} (one week), got {seconds}");
+                return Err(Error::invalid("deadline_seconds", reason).into());
+            }
             0 => DEFAULT_DRAIN_SECONDS,
             seconds => seconds,
         };

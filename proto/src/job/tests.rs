@@ -87,6 +87,10 @@ fn each_rule_names_its_field() {
         ("job.items[0].name", Box::new(|j| j.items[0].name = "vm\n1".into())),
         ("job.items[0].name", Box::new(|j| j.items[0].name = "vm\u{1b}[31m".into())),
         ("job.items[0].name", Box::new(|j| j.items[0].name = "vm\u{0}".into())),
+        ("job.items[0].name", Box::new(|j| j.items[0].name = "vm \u{202e}lmth.exe".into())),
+        ("job.items[0].vm.disks[0]", Box::new(|j| set_disks(j, 0, &["/vms/a\nb.qcow2"]))),
+        ("job.repository", Box::new(|j| j.repository = "/srv/\u{1b}[2Jrepo".into())),
+        ("job.sim_duration_ms", Box::new(|j| j.sim_duration_ms = Some(u32::MAX))),
         (
             "job.items[0].vm.disks",
             Box::new(|j| j.items[0].target = Some(Target::Vm(pb::VmTarget::default()))),

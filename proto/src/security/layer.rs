@@ -46,9 +46,15 @@ pub fn principal_of<T>(request: &tonic::Request<T>) -> Option<&Principal> {
 }
 
 /// The bearer token of an `authorization` header, if the header is there: `Err` when it is
-/// there but not `Bearer TOKEN`.
+/// there but not `Bearer TOKEN`, or there twice (which one counts would be a guess).
 pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, Status>> {
-    let value = headers.get(http::header::AUTHORIZATION)?;
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(Status::unauthenticated(
+            "send one authorization header ('Bearer TOKEN'), not several",
+        )));
+    }
     let token = value.to_str().ok().and_then(bearer_token);
     Some(
         token.filter(|t| !t.is_empty()).ok_or_else(|| {
@@ -257,6 +263,17 @@ mod tests {
         for value in ["Bearer", "Bearer ", "Basic dXNlcg==", "Bearerslu_a_b", ""] {
             assert_eq!(bearer_token(value), None, "{value}");
         }
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused_whichever_comes_first() {
+        let mut headers = HeaderMap::new();
+        headers.append(http::header::AUTHORIZATION, "Bearer one".parse().expect("value"));
+        assert_eq!(bearer(&headers).map(|t| t.ok()), Some(Some("one")));
+        headers.append(http::header::AUTHORIZATION, "Bearer two".parse().expect("value"));
+        let refused = bearer(&headers).expect("a header").expect_err("two headers");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("one authorization header"), "{refused:?}");
     }
 
     fn leaf(ca: &pki::Ca, kind: Kind, id: &str) -> CertificateDer<'static> {

@@ -64,3 +64,15 @@ async fn a_request_that_is_not_protobuf_is_an_invalid_argument() {
         refused.message()
     );
 }
+
+/// An agent checks the session id of ListTasks as it does every other call's.
+#[tokio::test]
+async fn list_tasks_checks_its_session_id() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let mut agent = cluster.agent(0).agent_client().await;
+    let long = pb::ListTasksRequest { session_id: "s".repeat(1 << 20) };
+    let refused = expect_code(agent.list_tasks(long).await, Code::InvalidArgument, "ListTasks");
+    assert!(refused.message().contains("session_id"), "{}", refused.message());
+    let all = agent.list_tasks(pb::ListTasksRequest::default()).await;
+    assert!(all.is_ok(), "ListTasks of every session: {all:?}");
+}

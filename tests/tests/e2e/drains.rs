@@ -52,6 +52,9 @@ async fn drain_a1(cluster: &mut Cluster, deadline_seconds: u32) -> pb::Agent {
     expect_code(admin.drain_agent(bad).await, Code::InvalidArgument, "DrainAgent of a bad id");
     let unknown = pb::DrainAgentRequest { agent: "a9".into(), deadline_seconds };
     expect_code(admin.drain_agent(unknown).await, Code::NotFound, "DrainAgent of an unknown id");
+    let forever = pb::DrainAgentRequest { agent: "a1".into(), deadline_seconds: u32::MAX };
+    let refused = expect_code(admin.drain_agent(forever).await, Code::InvalidArgument, "136 years");
+    assert!(refused.message().contains("deadline_seconds"), "{}", refused.message());
     let request = pb::DrainAgentRequest { agent: "a1".into(), deadline_seconds };
     let drained = expect_ok(admin.drain_agent(request).await, "DrainAgent a1");
     drained.agent.unwrap_or_default()

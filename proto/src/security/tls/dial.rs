@@ -89,10 +89,9 @@ fn check_key_pair(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<(), TlsEr
     let der = PrivateKeyDer::from_pem_slice(key.1).map_err(|e| refused(e.to_string()))?;
     match CertifiedKey::from_der(chain, der, &provider()) {
         Ok(_) => Ok(()),
-        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(refused(format!(
-            "not the private key of the certificate in {}",
-            cert.0.display()
-        ))),
+        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            Err(refused(format!("not the private key of the certificate in {}", cert.0.display())))
+        }
         Err(e) => Err(refused(e.to_string())),
     }
 }

@@ -431,3 +431,20 @@ async fn accepted_connections_send_small_writes_at_once() {
     let (stream, _) = accepted.recv().await.expect("a TLS connection");
     assert!(stream.get_ref().0.nodelay().expect("nodelay"), "TLS");
 }
+
+/// A client whose key belongs to another certificate learns so before it dials (the
+/// handshake would say only "transport error").
+#[test]
+fn a_client_key_of_another_certificate_is_named_before_dialing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_pki(dir.path());
+    let out = dir.path().join("out");
+    let (ca, cert) = (out.join("ca.crt"), out.join("alice.crt"));
+    assert!(dial_config(&ca, Some((&cert, &out.join("alice.key"))), &[Kind::Coordinator]).is_ok());
+    let wrong_key = out.join("a1.key");
+    let error = dial_config(&ca, Some((&cert, &wrong_key)), &[Kind::Coordinator])
+        .expect_err("a key of another certificate");
+    let text = error.to_string();
+    assert!(text.contains("a1.key") && text.contains("not the private key"), "{text}");
+    assert!(text.contains("alice.crt"), "{text}");
+}
