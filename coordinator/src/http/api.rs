@@ -65,7 +65,7 @@ pub(crate) async fn list_jobs(
     Extension(c): By,
     query: Result<Query<JobsQuery>, QueryRejection>,
 ) -> Reply<pb::ListJobsResponse> {
-    let Query(query) = query.map_err(|e| ApiError::new(Code::InvalidArgument, e.body_text()))?;
+    let Query(query) = query.map_err(query_error)?;
     let JobsQuery { omit_items, page_size, page_token } = query;
     let request = pb::ListJobsRequest { omit_items, page_size, page_token };
     Ok(Pb(s.jobs.list_jobs(grpc(&c, request)).await?.into_inner()))
@@ -161,7 +161,7 @@ pub(crate) async fn list_sessions(
     Extension(c): By,
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> Reply<pb::ListSessionsResponse> {
-    let Query(query) = query.map_err(|e| ApiError::new(Code::InvalidArgument, e.body_text()))?;
+    let Query(query) = query.map_err(query_error)?;
     let request = pb::ListSessionsRequest { job: query.job };
     Ok(Pb(s.jobs.list_sessions(grpc(&c, request)).await?.into_inner()))
 }
@@ -224,6 +224,14 @@ pub(crate) async fn list_coordinators(
 ) -> Reply<pb::ListCoordinatorsResponse> {
     let request = pb::ListCoordinatorsRequest {};
     Ok(Pb(s.cluster.list_coordinators(grpc(&c, request)).await?.into_inner()))
+}
+
+/// A query string that does not parse, in the API's words ("query string: pageSize: invalid
+/// digit found in string"), not axum's.
+fn query_error(rejection: QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    let reason = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+    ApiError::new(Code::InvalidArgument, format!("query string: {reason}"))
 }
 
 #[cfg(test)]

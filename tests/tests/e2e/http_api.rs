@@ -86,6 +86,7 @@ async fn every_route_answers_the_json_mapping_and_errors_as_json() {
     assert_eq!(bare["summaries"][0]["itemCount"], 3, "{bare}");
     let odd = http.get("/api/v1/jobs?pageSize=many").await;
     expect_error(&odd, 400, "INVALID_ARGUMENT", "a page size that is not a number");
+    assert!(odd.body.contains("query string: pageSize"), "{}", odd.body);
     assert_eq!(
         expect(&http.get("/api/v1/jobs/web").await, 200, "get job")["items"][1]["name"],
         "vm-1"

@@ -42,7 +42,7 @@ pub fn job_detail_at(job: &pb::Job, now: SystemTime) -> String {
         ("TYPE", text::job_type(job.r#type)),
         ("REPOSITORY", job.repository.clone()),
         ("PROXIES", if job.proxies.is_empty() { "any".into() } else { job.proxies.join(", ") }),
-        ("RETRY", format!("{} attempts, {} s apart", retry.attempts.max(1), retry.wait_seconds)),
+        ("RETRY", retry_text(retry.attempts.max(1), retry.wait_seconds)),
         ("GRACEFUL TIMEOUT", seconds_or(job.graceful_timeout_seconds, "none")),
         ("OFFLINE WAIT", seconds_or(job.offline_wait_seconds, "600 s (default)")),
         (
@@ -296,6 +296,14 @@ pub fn token_list(tokens: &[pb::Token], now: SystemTime) -> String {
 /// `whoami`.
 pub fn principal(p: &pb::Principal) -> String {
     fields(&[("NAME", p.name.clone()), ("KIND", p.kind.clone()), ("ROLE", or_dash(&p.role))])
+}
+
+/// `3 attempts, 5 s apart`; one attempt has no wait.
+fn retry_text(attempts: u32, wait_seconds: u32) -> String {
+    match attempts {
+        1 => "1 attempt (no retry)".to_string(),
+        n => format!("{n} attempts, {wait_seconds} s apart"),
+    }
 }
 
 #[cfg(test)]

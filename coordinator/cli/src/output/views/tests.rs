@@ -77,7 +77,7 @@ fn job_views_list_items_and_targets() {
     assert!(text.contains("nightly  VM_BACKUP  7 "), "the summary counts omitted items: {text}");
     let detail = job_detail(&job);
     assert!(detail.contains("vm-01  vm: /d/a.qcow2, /d/b.qcow2"), "{detail}");
-    assert!(detail.contains("RETRY:             1 attempts, 0 s apart"), "{detail}");
+    assert!(detail.contains("RETRY:             1 attempt (no retry)"), "{detail}");
     let value = json::jobs(&[job]);
     assert_eq!(value["jobs"][0]["type"], "JOB_TYPE_VM_BACKUP");
     assert_eq!(value["jobs"][0]["items"][0]["vm"]["disks"][1], "/d/b.qcow2");
