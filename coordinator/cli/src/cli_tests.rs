@@ -28,6 +28,8 @@ fn binding_command_lines_parse() {
         "session list nightly",
         "session watch 0193a1b2",
         "session retry 0193a1b2",
+        "session stop 0193a1b2 --immediately",
+        "session stop 0193a1b2 --graceful --timeout 30",
         "agent list",
         "agent drain proxy-1",
         "agent drain proxy-1 --deadline 300",

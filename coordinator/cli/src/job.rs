@@ -21,7 +21,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCommand) -> Result<Exit, Failure> {
         JobCommand::Update(args) => update(ctx, &args.file).await,
         JobCommand::Start { name, watch, full } => start(ctx, name, watch, full).await,
         JobCommand::Stop { name, mode, timeout } => {
-            stop::stop_job(ctx, name, mode.mode(), timeout.unwrap_or(0)).await
+            stop::stop_one(ctx, stop::Stopped::Job(name), mode.mode(), timeout.unwrap_or(0)).await
         }
         JobCommand::Schedule(args) => schedule::set(ctx, args).await,
         JobCommand::Runs { name } => schedule::runs(ctx, name).await,

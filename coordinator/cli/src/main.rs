@@ -226,6 +226,18 @@ enum SessionCommand {
         /// Session id.
         id: String,
     },
+    /// Stop a session (`job stop` stops a job's active one).
+    Stop {
+        /// Session id.
+        id: String,
+        /// How to stop.
+        #[command(flatten)]
+        mode: ModeArgs,
+        /// Graceful only: stop immediately what still runs after this many seconds
+        /// (default: the job's graceful timeout).
+        #[arg(long, value_name = "SECS", conflicts_with = "immediately")]
+        timeout: Option<u32>,
+    },
 }
 
 /// `sluice agent ...`

@@ -17,6 +17,11 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> Result<Exit, Failure> {
         SessionCommand::List { job } => list(ctx, job.unwrap_or_default()).await,
         SessionCommand::Watch { id } => watch::follow(ctx, ctx.connect().await?, &id).await,
         SessionCommand::Retry { id } => retry(ctx, id).await,
+        SessionCommand::Stop { id, mode, timeout } => {
+            let timeout = timeout.unwrap_or(0);
+            crate::stop::stop_one(ctx, crate::stop::Stopped::Session(id), mode.mode(), timeout)
+                .await
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Stopping: `job stop NAME` and `stop --all` (with its confirmation).
+//! Stopping: `job stop NAME`, `session stop ID` and `stop --all` (with its confirmation).
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::time::SystemTime;
@@ -17,16 +17,28 @@ impl ModeArgs {
     }
 }
 
-/// `job stop NAME`: stops the job's active session.
-pub async fn stop_job(
+/// Which session a stop names.
+pub enum Stopped {
+    /// `job stop NAME`: the job's active session.
+    Job(String),
+    /// `session stop ID`: that session.
+    Session(String),
+}
+
+/// Stops one session, the job's active one or the one named.
+pub async fn stop_one(
     ctx: &Ctx,
-    job: String,
+    stopped: Stopped,
     mode: pb::StopMode,
     timeout_seconds: u32,
 ) -> Result<Exit, Failure> {
+    let (job, session_id) = match stopped {
+        Stopped::Job(job) => (job, String::new()),
+        Stopped::Session(id) => (String::new(), id),
+    };
     let request = pb::StopJobRequest {
         job,
-        session_id: String::new(),
+        session_id,
         mode: mode as i32,
         graceful_timeout_seconds: timeout_seconds,
         requested_by: requested_by(),
