@@ -170,7 +170,7 @@ impl View for JsonLines {
     }
 
     fn note(&mut self, text: &str) -> io::Result<()> {
-        crate::error::say(&text);
+        crate::error::say(text);
         Ok(())
     }
 

@@ -114,7 +114,7 @@ impl View for Bars {
     }
 
     fn note(&mut self, text: &str) -> io::Result<()> {
-        self.multi.suspend(|| crate::error::say(&text));
+        self.multi.suspend(|| crate::error::say(text));
         Ok(())
     }
 

@@ -73,7 +73,7 @@ impl View for Lines {
     }
 
     fn note(&mut self, text: &str) -> io::Result<()> {
-        crate::error::say(&text);
+        crate::error::say(text);
         Ok(())
     }
 
