@@ -33,10 +33,7 @@ pub(super) async fn page(
     let prefix = store.keys().jobs();
     let mut from = match request.page_token.as_str() {
         "" => prefix.clone().into_bytes(),
-        after => {
-            validate_name("page_token", after)?;
-            after_key(&format!("{prefix}{after}"))
-        }
+        token => after_key(&format!("{prefix}{}", last_name(token)?)),
     };
     let wanted = match request.page_size {
         0 => usize::MAX,
@@ -136,9 +133,30 @@ impl Page {
     /// The answer; `more` when jobs are left after these.
     fn answer(self, more: bool) -> pb::ListJobsResponse {
         let last = self.jobs.last().map(|job| job.name.clone());
-        let next_page_token = if more { last.unwrap_or_default() } else { String::new() };
+        let next_page_token = match last {
+            Some(name) if more => page_token(&name),
+            _ => String::new(),
+        };
         pb::ListJobsResponse { jobs: self.jobs, next_page_token, summaries: self.summaries }
     }
+}
+
+/// The token of the page after `name`: the name in hex, so that a token the API did not
+/// issue (a typo, a cut-off copy) is refused instead of answered with a wrong page.
+fn page_token(name: &str) -> String {
+    hex::encode(name)
+}
+
+/// The job name a page token goes on after.
+fn last_name(token: &str) -> Result<String> {
+    let refused = || {
+        let reason = "not a token this API issued: pass next_page_token back as it came";
+        crate::error::Error::invalid("page_token", reason)
+    };
+    let bytes = hex::decode(token).map_err(|_| refused())?;
+    let name = String::from_utf8(bytes).map_err(|_| refused())?;
+    validate_name("page_token", &name).map_err(|_| refused())?;
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -162,7 +180,10 @@ mod tests {
         assert!(!take(&mut page, job("c", 1), 2), "a third job of a page of two");
         let answer = page.answer(true);
         assert_eq!((answer.jobs.len(), answer.summaries.len()), (2, 2));
-        assert_eq!(answer.next_page_token, "b");
+        assert_eq!(last_name(&answer.next_page_token).expect("a token"), "b");
+        for garbage in ["zzz", "b", "ff00", ""] {
+            assert!(last_name(garbage).is_err(), "{garbage:?}");
+        }
     }
 
     #[test]
