@@ -251,6 +251,9 @@ pub(crate) struct Item {
     pub(crate) restore_point: Option<Box<pb::RestorePoint>>,
     /// A cancel was sent for the running attempt.
     pub(crate) cancel_sent: bool,
+    /// An attempt was lost with its agent (a computer item, which then waits for its
+    /// computer without counting it): a stop ends it FAILED, not NOT_PROCESSED.
+    pub(crate) lost: bool,
     /// The dispatch (attempt, agent) the last write of this item stored as running: sending
     /// that dispatch again needs no write.
     /// Boxed: only running items have one, and it would cost every item 24 bytes more inline.
@@ -274,6 +277,7 @@ impl Item {
             offline_since_ms: MaybeMs::NONE,
             restore_point: None,
             cancel_sent: false,
+            lost: false,
             stored_run: None,
             refusals: 0,
             answer: RunAnswer::Answered,

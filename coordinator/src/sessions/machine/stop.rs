@@ -76,7 +76,8 @@ impl Machine {
         }
     }
 
-    /// Items that never started become NOT_PROCESSED; items waiting to retry have failed.
+    /// Items that never started become NOT_PROCESSED; items waiting to retry (or for the
+    /// computer an attempt was lost on) have failed.
     /// All at once, without `update` per item: a 100,000-item session has as many to close.
     /// Returns the NOT_PROCESSED ones without a record (`stored`), which are not written.
     pub(super) fn close_pending(&mut self, now_ms: i64, stored: &[bool]) -> Vec<usize> {
@@ -84,7 +85,7 @@ impl Machine {
         let (mut written, mut implied) = (Vec::new(), Vec::new());
         for pos in pending {
             let item = &mut self.items[pos];
-            let (state, message) = if item.failed_attempts > 0 {
+            let (state, message) = if item.failed_attempts > 0 || item.lost {
                 let message =
                     format!("{}; not retried because the session was stopped", item.status.message);
                 (ItemState::Failed, Cow::Owned(message))

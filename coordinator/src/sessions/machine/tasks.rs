@@ -178,11 +178,16 @@ impl Machine {
             if item.cancel_sent {
                 let message = format!("agent {agent} lost while cancelling");
                 self.end_item(now_ms, pos, ItemState::Canceled, message);
-            } else if item.computer.is_some() {
+            } else if item.computer.is_some() && self.status.stop.is_none() {
                 // Only that computer's agent can process it: wait for the computer to return.
                 let cause = format!("agent {agent} lost");
+                self.update(pos, |item| {
+                    item.lost = true;
+                    item.status.message = cause.clone().into();
+                });
                 self.requeue(now_ms, pos, &cause, "waiting for the computer");
             } else {
+                // It started: under a stop it is not run again, and it failed (as a VM item).
                 self.fail_attempt(now_ms, pos, format!("agent {agent} lost"));
             }
         }

@@ -147,6 +147,30 @@ fn a_computer_item_whose_agent_is_lost_waits_for_its_computer() {
     assert_eq!(m.items[0].status.waiting_reason.as_str(), "computer pc1 is offline");
 }
 
+/// A computer item whose attempt its agent's loss cut short had started: a stop ends it
+/// FAILED, as a VM item, whether the agent was lost before the stop or under it.
+#[test]
+fn a_computer_item_lost_with_its_agent_fails_under_a_stop() {
+    for lost_first in [true, false] {
+        let mut m = machine(1, 1);
+        m.items[0].computer = Some("pc1".into());
+        let pc1 = AgentInfo { slots: 1, computer: Some("pc1".into()), accepting: true };
+        let map: AgentMap = [(agent("a-pc1"), pc1)].into();
+        m.dispatch(0, &map, &mut Pool::default());
+        let lost = Event::AgentLost { agent: agent("a-pc1") };
+        if lost_first {
+            m.apply(1, lost);
+            m.apply(2, stop(StopMode::Graceful));
+        } else {
+            m.apply(1, stop(StopMode::Graceful));
+            m.apply(2, lost);
+        }
+        assert_eq!(m.items[0].state(), ItemState::Failed, "lost first: {lost_first}");
+        assert!(m.items[0].status.message.starts_with("agent a-pc1 lost"), "{lost_first}");
+        assert_eq!(m.status.message, "stopped gracefully by user", "lost first: {lost_first}");
+    }
+}
+
 #[test]
 fn a_late_answer_does_not_move_the_phase_back() {
     let mut m = machine(1, 1);
