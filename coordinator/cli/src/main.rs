@@ -156,7 +156,8 @@ enum JobCommand {
         #[command(flatten)]
         mode: ModeArgs,
         /// Graceful only: stop immediately what still runs after this many seconds
-        /// (default: the job's graceful timeout).
+        /// (0 or absent: the job's graceful timeout; an earlier deadline than the one of a
+        /// graceful stop in force takes its place).
         #[arg(long, value_name = "SECS", conflicts_with = "immediately")]
         timeout: Option<u32>,
     },
@@ -234,7 +235,8 @@ enum SessionCommand {
         #[command(flatten)]
         mode: ModeArgs,
         /// Graceful only: stop immediately what still runs after this many seconds
-        /// (default: the job's graceful timeout).
+        /// (0 or absent: the job's graceful timeout; an earlier deadline than the one of a
+        /// graceful stop in force takes its place).
         #[arg(long, value_name = "SECS", conflicts_with = "immediately")]
         timeout: Option<u32>,
     },

@@ -48,12 +48,16 @@ pub async fn stop_one(
     let table = || {
         let detail = views::session_detail(&session, SystemTime::now());
         let how = crate::output::text::stop_mode(mode as i32);
-        format!(
-            "stop ({how}) requested for session {} of job {}\n\n{detail}\n{}",
-            session.id,
-            session.job,
-            follow_hint(&session)
-        )
+        let head = if session.stop_mode == mode as i32 {
+            format!("stop ({how}) requested for session {} of job {}", session.id, session.job)
+        } else {
+            // GRACEFUL after IMMEDIATE changes nothing: say so, not "requested".
+            format!(
+                "session {} of job {} is already stopping immediately: a graceful stop changes nothing",
+                session.id, session.job
+            )
+        };
+        format!("{head}\n\n{detail}\n{}", follow_hint(&session))
     };
     output::print(ctx.format, table, || json::session(&session))?;
     Ok(Exit::Success)

@@ -237,6 +237,7 @@ pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb:
         session.stop_mode = request.mode;
         session.stopped_by = request.requested_by.clone();
         session.stop_requested_at = request.requested_at;
+        session.graceful_deadline = request.graceful_deadline;
         record.stop = Some(request);
     }
     record
@@ -322,6 +323,7 @@ fn apply_stop(session: &mut pb::Session, stop: &pb::StopRequest) {
         session.stop_mode = stop.mode;
         session.stopped_by = stop.requested_by.clone();
         session.stop_requested_at = stop.requested_at;
+        session.graceful_deadline = stop.graceful_deadline;
     }
     session.state = SessionState::Stopping as i32;
 }

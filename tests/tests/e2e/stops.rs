@@ -198,6 +198,31 @@ async fn graceful_stop_timeout_cancels_what_still_runs() {
     assert_mixed_ending(&jobs, &lab, &job, &ended, &Ending::canceled(StopMode::Graceful)).await;
 }
 
+/// An operator who runs out of time sends the graceful stop again with a timeout: its
+/// earlier deadline takes over, shown in the session; a later one changes nothing.
+#[tokio::test]
+async fn a_graceful_stop_with_an_earlier_deadline_takes_over() {
+    let (mut cluster, mut lab) = slow_cluster(1, SLOWER_RATE).await;
+    let mut jobs = cluster.job_client().await;
+    let (job, running) = start_mixed(&mut jobs, &mut lab, "nightly").await;
+    let graceful = |seconds| pb::StopJobRequest {
+        job: "nightly".into(),
+        mode: StopMode::Graceful as i32,
+        graceful_timeout_seconds: seconds,
+        requested_by: "dave@ops".into(),
+        ..Default::default()
+    };
+    let first = expect_ok(jobs.stop_job(graceful(3600)).await, "GRACEFUL, an hour");
+    let deadline = |s: &pb::Session| s.graceful_deadline.as_ref().map(|at| at.seconds);
+    assert!(deadline(&first).is_some(), "{}", summary(&first));
+    let sooner = expect_ok(jobs.stop_job(graceful(1)).await, "GRACEFUL again, 1 s");
+    assert!(deadline(&sooner) < deadline(&first), "{}", summary(&sooner));
+    let later = expect_ok(jobs.stop_job(graceful(600)).await, "GRACEFUL again, 10 min");
+    assert_eq!(deadline(&later), deadline(&sooner), "a later deadline changes nothing");
+    let ended = wait_stopped(&jobs, &running.id).await;
+    assert_mixed_ending(&jobs, &lab, &job, &ended, &Ending::canceled(StopMode::Graceful)).await;
+}
+
 #[tokio::test]
 async fn immediate_stop_after_a_graceful_one_escalates() {
     let (mut cluster, mut lab) = slow_cluster(1, SLOWER_RATE).await;

@@ -105,6 +105,11 @@ fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String
         let at = when(s.stop_requested_at.as_ref(), now);
         pairs.push(("STOPPED BY", format!("{} at {at}", or_dash(&s.stopped_by))));
         pairs.push(("STOP MODE", text::stop_mode(s.stop_mode)));
+        if s.stop_mode == pb::StopMode::Graceful as i32 && s.ended_at.is_none() {
+            let deadline = s.graceful_deadline.as_ref();
+            let text = deadline.map_or_else(|| "none".to_string(), |at| when(Some(at), now));
+            pairs.push(("GRACEFUL DEADLINE", text));
+        }
     }
     if !s.retry_of.is_empty() {
         pairs.push(("RETRY OF", s.retry_of.clone()));

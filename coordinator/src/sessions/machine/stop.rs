@@ -37,6 +37,22 @@ pub(crate) struct Stop {
     pub(crate) reason: String,
 }
 
+impl Stop {
+    /// Whether this stop asks more than `current`, the stop in force: immediate after
+    /// graceful, or graceful with a deadline before the one in force (an operator running
+    /// out of time). Anything else changes nothing: a stop is idempotent.
+    pub(crate) fn tightens(&self, current: &Stop) -> bool {
+        match (current.mode, self.mode) {
+            (StopMode::Immediate, _) => false,
+            (_, StopMode::Immediate) => true,
+            _ => match (self.deadline_ms, current.deadline_ms) {
+                (Some(new), Some(old)) => new < old,
+                (new, old) => new.is_some() && old.is_none(),
+            },
+        }
+    }
+}
+
 impl Machine {
     pub(super) fn on_stop(&mut self, stop: Stop, effects: &mut Vec<Effect>) {
         if !self.escalated_by(&stop) {
@@ -68,12 +84,9 @@ impl Machine {
         self.dirty_session = true;
     }
 
-    /// Whether `stop` is stronger than the stop in force (none, or graceful before immediate).
+    /// Whether `stop` is stronger than the stop in force, if any.
     fn escalated_by(&self, stop: &Stop) -> bool {
-        match &self.status.stop {
-            None => true,
-            Some(current) => current.mode == StopMode::Graceful && stop.mode == StopMode::Immediate,
-        }
+        self.status.stop.as_ref().is_none_or(|current| stop.tightens(current))
     }
 
     /// Items that never started become NOT_PROCESSED; items waiting to retry (or for the

@@ -5,10 +5,7 @@
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use prost::Message;
-use sluice_proto::{
-    ids::Epoch,
-    pb::{self, StopMode},
-};
+use sluice_proto::{ids::Epoch, pb};
 
 use super::{
     Flushed,
@@ -16,6 +13,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    sessions::records::stop_from,
     store::{Store, Versioned, absent, decode},
 };
 
@@ -31,7 +29,8 @@ pub(crate) enum StopWrite {
 }
 
 /// Records a stop request for session `id` of `job`, only while it is the job's active
-/// session; idempotent, and an immediate stop escalates a graceful one.
+/// session; idempotent, and an immediate stop escalates a graceful one, as a graceful one
+/// with an earlier deadline does.
 pub(crate) async fn request_stop(
     store: &Store,
     id: &str,
@@ -53,10 +52,9 @@ pub(crate) async fn request_stop_over(
     let key = keys.session_stop(id);
     let guard = match &current {
         None => absent(&key),
-        Some(existing) if existing.value.mode() == StopMode::Immediate => {
+        Some(existing) if !stop_from(stop).tightens(&stop_from(&existing.value)) => {
             return Ok(StopWrite::Covered);
         }
-        Some(_) if stop.mode() != StopMode::Immediate => return Ok(StopWrite::Covered),
         Some(existing) => {
             Compare::mod_revision(key.as_str(), CompareOp::Equal, existing.mod_revision)
         }

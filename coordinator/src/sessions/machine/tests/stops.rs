@@ -244,3 +244,22 @@ fn a_stop_after_the_end_was_decided_but_not_stored_decides_it_again() {
     assert_eq!(m.status.stop.as_ref().map(|s| s.mode), Some(StopMode::Immediate));
     assert_eq!(states(&m), [ItemState::Success], "what was stored stays");
 }
+
+#[test]
+fn a_graceful_stop_with_an_earlier_deadline_takes_over_and_a_later_one_does_not() {
+    let graceful = |deadline_ms| Stop {
+        mode: StopMode::Graceful,
+        deadline_ms,
+        requested_by: "ops".into(),
+        requested_at_ms: 0,
+        reason: String::new(),
+    };
+    let immediate = Stop { mode: StopMode::Immediate, ..graceful(None) };
+    assert!(graceful(Some(10)).tightens(&graceful(None)));
+    assert!(graceful(Some(10)).tightens(&graceful(Some(20))));
+    assert!(!graceful(Some(30)).tightens(&graceful(Some(20))));
+    assert!(!graceful(None).tightens(&graceful(Some(20))));
+    assert!(!graceful(None).tightens(&graceful(None)), "a repeated stop");
+    assert!(immediate.tightens(&graceful(Some(20))));
+    assert!(!graceful(Some(1)).tightens(&immediate) && !immediate.tightens(&immediate));
+}
