@@ -17,6 +17,7 @@
 //! <repository>/.store/<aa>/<sha256>            computer file contents, shared by every job and
 //!                                              item of the repository (<aa>: first 2 chars)
 //! <repository>/.store/lock                     keeps backups and garbage collection apart
+//! <repository>/.store/<aa>/<sha256>.corrupt    a blob found corrupt, moved aside (kept)
 //! ```
 //!
 //! Job names never start with '.', so no job folder can be the store or the locks; in an
@@ -29,6 +30,7 @@ pub(crate) mod merge;
 mod paths;
 mod store;
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
@@ -40,7 +42,7 @@ pub(crate) use manifest::{
     VmManifest, parse_time, plain_file_name, rfc3339,
 };
 pub(crate) use paths::{RepoPaths, fill_manifest, is_partial, is_restore_point, item_dir};
-pub(crate) use store::{Store, StoreLock, Written, is_blob_name};
+pub(crate) use store::{FileId, Rehashed, Store, StoreLock, Written, is_blob_name};
 
 /// Name of the manifest file in a restore point folder.
 pub(crate) const MANIFEST: &str = "manifest.json";
@@ -50,6 +52,16 @@ pub(crate) const COMPUTER_FORMAT: &str = "sluice-computer-1";
 pub(crate) const STORE_DIR: &str = ".store";
 /// Prefix of a partial folder's name: `.partial-<rp_id>`.
 pub(crate) const PARTIAL_PREFIX: &str = ".partial-";
+
+/// A recorded path as messages show it, on one line: quoted and escaped like a Rust string
+/// (`"/d/new\nline"`) when it holds a control character, else as it is.
+pub(crate) fn printable(path: &str) -> Cow<'_, str> {
+    if path.chars().any(char::is_control) {
+        Cow::Owned(format!("{path:?}"))
+    } else {
+        Cow::Borrowed(path)
+    }
+}
 
 /// Size and BLAKE3 (hex) of a disk file, fsynced first so what was hashed is durable.
 pub(crate) fn digest_file(path: &Path) -> io::Result<(u64, String)> {

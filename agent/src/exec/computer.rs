@@ -18,7 +18,8 @@
 //!   configured path. A configured path that does not exist or cannot be read fails the
 //!   attempt naming the path; a directory below it that this agent may not read is left
 //!   out with a warning. Beside the walk, the item's previous restore point is read
-//!   ([`previous`]), with the files whose blobs are still stored.
+//!   ([`previous`]), with the files whose blobs are still stored (not for an active full,
+//!   which reads every file and re-hashes each stored blob it would name: [`transfer`]).
 //! - `TRANSFER` takes over from the previous restore point every frozen file with the size,
 //!   mtime and ctime it recorded (timestamps older than its `snapshot_at`, against racy
 //!   changes) whose blob is still stored: it is recorded with that hash and not read, so a
@@ -51,7 +52,8 @@
 //! A committed restore point's outcome message is, in this stable format:
 //! `backed up <files> files, <size_bytes> bytes, <bytes_written> new bytes stored`, followed
 //! by `; <warning>` per warning, e.g. `; changed while being read: /a, /b` or
-//! `; vanished while being read: /c` (at most ten paths each, then `and <n> more`).
+//! `; vanished while being read: /c` (at most ten paths each, then `and <n> more`; a path
+//! holding a control character quoted and escaped, so the message stays one line).
 //! `RestorePoint.size_bytes` is the logical size (`size_bytes`).
 
 mod commit;
@@ -76,7 +78,8 @@ use self::walk::{Excluded, Frozen, WalkError};
 use super::{TaskContext, canceled, failed, steps::Steps};
 use crate::fsutil::blocking;
 use crate::repository::{
-    COMPUTER_FORMAT, ComputerManifest, RepoPaths, Store, StoreLock, Totals, Written, rfc3339,
+    COMPUTER_FORMAT, ComputerManifest, RepoPaths, Store, StoreLock, Totals, Written, printable,
+    rfc3339,
 };
 
 /// Paths named per kind of warning; the rest are counted.
@@ -127,7 +130,7 @@ async fn backup(
 ) -> Result<ComputerManifest, Failure> {
     ctx.reporter.phase(TaskPhase::Snapshot).await;
     let mut steps = Steps::start();
-    let _held_until_committed = lock_store(store).await?;
+    let held_until_committed = lock_store(store).await?;
     let snapshot_at = SystemTime::now();
     // What the previous restore point stored is read while the walk runs: neither touches
     // the other's files.
@@ -139,8 +142,9 @@ async fn backup(
     super::prepare_partial(paths).await.map_err(Failure::Failed)?;
     let (frozen, known) = known_hashes(previous, frozen).await?;
     steps.done("prepare");
+    let held = (store, &held_until_committed);
     let transferred =
-        transfer::run(ctx, &frozen.entries, &known, store, &paths.partial, written).await?;
+        transfer::run(ctx, &frozen.entries, &known, held, &paths.partial, written).await?;
     steps.done("transfer");
     ensure_running(ctx)?;
     debug!(
@@ -167,12 +171,16 @@ async fn lock_store(store: &Store) -> Result<StoreLock, Failure> {
 }
 
 /// The item's previous restore point, with the files whose blobs are still stored (metadata
-/// calls only); `None` when there is none to use.
+/// calls only); `None` when there is none to use, or for an active full, which reads every
+/// file again.
 async fn load_previous(
     ctx: &TaskContext,
     paths: &RepoPaths,
     store: &Store,
 ) -> Result<Option<Previous>, Failure> {
+    if ctx.spec.full {
+        return Ok(None);
+    }
     let (item_dir, store, cancel) = (paths.item_dir.clone(), store.clone(), ctx.cancel.clone());
     let previous =
         tokio::task::spawn_blocking(move || Previous::load_stored(&item_dir, &store, &cancel))
@@ -250,6 +258,7 @@ fn build_manifest(
     let unreadable = sorted([&frozen.unreadable[..], &transferred.unreadable].concat());
     let warnings = [
         named("changed while being read", &transferred.changed),
+        named("stored again, the store's copy was corrupt (moved aside)", &transferred.restored),
         named("vanished while being read", &vanished),
         named("not backed up (permission denied)", &unreadable),
         named("not backed up (name or link target is not UTF-8)", &frozen.skipped),
@@ -274,7 +283,7 @@ fn named(label: &str, paths: &[String]) -> Option<String> {
     if paths.is_empty() {
         return None;
     }
-    let shown = paths.iter().take(MAX_NAMED).map(String::as_str).collect::<Vec<_>>().join(", ");
+    let shown = paths.iter().take(MAX_NAMED).map(|p| printable(p)).collect::<Vec<_>>().join(", ");
     let more = paths.len().saturating_sub(MAX_NAMED);
     if more == 0 {
         return Some(format!("{label}: {shown}"));
@@ -368,9 +377,10 @@ mod tests {
         tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
 
         let store = Store::new(dir.path());
+        let lock = store.lock_for_backup().expect("store lock");
         let mut written = Written::default();
         let transferred =
-            transfer::run(&mut ctx, &entries, &known, &store, dir.path(), &mut written)
+            transfer::run(&mut ctx, &entries, &known, (&store, &lock), dir.path(), &mut written)
                 .await
                 .expect("transfer");
 

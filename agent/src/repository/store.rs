@@ -15,9 +15,14 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::STORE_DIR;
 use crate::fsutil;
+
+mod integrity;
+
+pub(crate) use integrity::{FileId, Rehashed};
 
 /// Name of the lock file in the store folder (blobs live in sub-folders only).
 const LOCK: &str = "lock";
@@ -113,10 +118,10 @@ impl Store {
     }
 }
 
-/// A hold on the store lock; released when dropped.
-#[derive(Debug)]
+/// A hold on the store lock; released when the last clone is dropped.
+#[derive(Debug, Clone)]
 pub(crate) struct StoreLock {
-    _file: File,
+    _file: Arc<File>,
 }
 
 impl Store {
@@ -124,34 +129,39 @@ impl Store {
     pub(crate) fn lock_for_backup(&self) -> io::Result<StoreLock> {
         let file = self.lock_file()?;
         match file.try_lock_shared() {
-            Ok(()) => return Ok(StoreLock { _file: file }),
+            Ok(()) => return Ok(StoreLock { _file: Arc::new(file) }),
             Err(TryLockError::WouldBlock) => {
                 tracing::info!(store = %self.root.display(), "waiting for a garbage collection");
             }
             Err(TryLockError::Error(error)) => return Err(error),
         }
         file.lock_shared()?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock { _file: Arc::new(file) })
     }
 
     /// Takes the lock exclusively, for a collection round; `None` while a backup holds it.
     pub(crate) fn try_lock_for_collection(&self) -> io::Result<Option<StoreLock>> {
         let file = self.lock_file()?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(StoreLock { _file: file })),
+            Ok(()) => Ok(Some(StoreLock { _file: Arc::new(file) })),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(error)) => Err(error),
         }
     }
 
     fn lock_file(&self) -> io::Result<File> {
+        self.open_in_root(LOCK)
+    }
+
+    /// Opens (creates) a lock file in the store folder.
+    fn open_in_root(&self, name: &str) -> io::Result<File> {
         fs::create_dir_all(&self.root)?;
         File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(self.root.join(LOCK))
+            .open(self.root.join(name))
     }
 }
 

@@ -45,11 +45,20 @@ pub(super) fn hash_file(
 /// Hashes the file at `source` while writing its bytes to `sink`, if any.
 pub(super) fn copy_hashing(
     source: &Path,
+    sink: Option<&mut File>,
+    algorithm: Algorithm,
+    cancel: &Cancel,
+) -> Result<Digested, ReadError> {
+    copy_hashing_open(File::open(source)?, sink, algorithm, cancel)
+}
+
+/// Hashes the open file `file` while writing its bytes to `sink`, if any.
+pub(super) fn copy_hashing_open(
+    mut file: File,
     mut sink: Option<&mut File>,
     algorithm: Algorithm,
     cancel: &Cancel,
 ) -> Result<Digested, ReadError> {
-    let mut file = File::open(source)?;
     let mut hasher = Hasher::new(algorithm);
     let mut buffer = vec![0u8; CHUNK];
     let mut size = 0u64;

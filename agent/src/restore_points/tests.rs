@@ -477,3 +477,5 @@ fn only_folders_holding_the_named_restore_points_manifest_are_deleted() {
     }
     assert!(problems[0].contains("not deleted"), "{problems:?}");
 }
+
+mod integrity;

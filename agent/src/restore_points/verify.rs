@@ -1,16 +1,19 @@
 //! Verify: every byte of a restore point read and hashed, and compared with its manifest.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use super::hash::{Digested, ReadError, hash_file};
+use super::hash::{Digested, ReadError, copy_hashing_open};
 use super::location::{Location, under};
 use super::restore::place_entries;
 use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::repository::checksum::Algorithm;
-use crate::repository::{ComputerManifest, Kind, Manifest, Store, Totals, VmManifest};
+use crate::repository::{
+    ComputerManifest, FileId, Kind, Manifest, Store, Totals, VmManifest, printable,
+};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,7 +79,7 @@ fn verify_computer(
     }
     check_totals(manifest, &mut report.problems);
     // Each blob is read once, however many entries name it.
-    let mut blobs: BTreeMap<&str, Result<Digested, String>> = BTreeMap::new();
+    let mut blobs: BTreeMap<&str, BlobFinding> = BTreeMap::new();
     for entry in &manifest.entries {
         if under(Path::new("/"), &entry.path).is_none() {
             continue;
@@ -84,14 +87,15 @@ fn verify_computer(
         if entry.kind != Kind::File {
             continue;
         }
+        let path = printable(&entry.path);
         let Some(sha256) = entry.sha256.as_deref() else {
-            report.problems.push(format!("{}: file entry without a sha256", entry.path));
+            report.problems.push(format!("{path}: file entry without a sha256"));
             continue;
         };
         if !blobs.contains_key(sha256) {
             blobs.insert(sha256, hash_blob(&store, sha256, cancel, report)?);
         }
-        let name = format!("{}: blob {sha256}", entry.path);
+        let name = format!("{path}: blob {sha256}");
         match &blobs[sha256] {
             Ok(found) => compare(&name, found, entry.size, sha256, &mut report.problems),
             Err(what) => report.problems.push(format!("{name} {what}")),
@@ -120,34 +124,69 @@ fn check_totals(manifest: &ComputerManifest, problems: &mut Vec<String>) {
     }
 }
 
-/// Reads and hashes a blob; what is wrong with it, in words, when it cannot be read.
+/// What reading one blob found, or what is wrong with it in words.
+type BlobFinding = Result<Found, String>;
+
+/// A blob as read: its digest, and for a corrupt one what became of it.
+struct Found {
+    digest: Digested,
+    /// `; moved aside ...` after a checksum mismatch, else empty.
+    moved: String,
+}
+
+/// Reads and hashes a blob, and moves it aside when its bytes do not hash to its name.
 fn hash_blob(
     store: &Store,
     sha256: &str,
     cancel: &Cancel,
     report: &mut Report,
-) -> Result<Result<Digested, String>, AgentError> {
-    match hash_file(&store.blob_path(sha256), Algorithm::Sha256, cancel) {
-        Ok(found) => {
-            report.bytes_checked += found.size;
-            Ok(Ok(found))
+) -> Result<BlobFinding, AgentError> {
+    let file = match File::open(store.blob_path(sha256)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Err("is missing from the store".to_owned()));
         }
-        Err(ReadError::Canceled) => Err(canceled()),
-        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-            Ok(Err("is missing from the store".to_owned()))
-        }
-        Err(ReadError::Io(e)) => Ok(Err(format!("cannot be read: {e}"))),
+        Err(e) => return Ok(Err(format!("cannot be read: {e}"))),
+    };
+    let id = match FileId::of(&file) {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(format!("cannot be read: {e}"))),
+    };
+    let digest = match copy_hashing_open(file, None, Algorithm::Sha256, cancel) {
+        Ok(digest) => digest,
+        Err(ReadError::Canceled) => return Err(canceled()),
+        Err(ReadError::Io(e)) => return Ok(Err(format!("cannot be read: {e}"))),
+    };
+    report.bytes_checked += digest.size;
+    let moved =
+        if digest.checksum == sha256 { String::new() } else { move_aside(store, sha256, id) };
+    Ok(Ok(Found { digest, moved }))
+}
+
+/// Moves a corrupt blob aside, so that the next backup of its content stores it again
+/// instead of naming the corrupt one; says what became of it.
+fn move_aside(store: &Store, sha256: &str, found: FileId) -> String {
+    let moved = store.lock_for_backup().and_then(|held| store.move_aside(sha256, found, &held));
+    match moved {
+        Ok(Some(aside)) => format!(
+            "; moved aside to {}: the next backup of this content stores it again",
+            aside.display()
+        ),
+        Ok(None) => "; moved aside already: the next backup of this content stores it again".into(),
+        Err(e) => format!("; cannot be moved aside ({e}): backups reuse it until it is removed"),
     }
 }
 
 /// Adds a problem per difference between what was read and what the manifest records.
-fn compare(name: &str, found: &Digested, size: u64, sha256: &str, problems: &mut Vec<String>) {
-    if found.size != size {
-        problems.push(format!("{name}: {} bytes, the manifest records {size}", found.size));
+fn compare(name: &str, found: &Found, size: u64, sha256: &str, problems: &mut Vec<String>) {
+    let digest = &found.digest;
+    if digest.size != size {
+        problems.push(format!("{name}: {} bytes, the manifest records {size}", digest.size));
     }
-    if found.checksum != sha256 {
-        let found = &found.checksum;
-        problems.push(format!("{name}: sha256 is {found}, the manifest records {sha256}"));
+    if digest.checksum != sha256 {
+        let (checksum, moved) = (&digest.checksum, &found.moved);
+        problems
+            .push(format!("{name}: sha256 is {checksum}, the manifest records {sha256}{moved}"));
     }
 }
 

@@ -6,7 +6,12 @@
 //! stored blob is not written again. Otherwise the file is written from memory when it fit
 //! in one buffer, or read again into a temporary file in the partial folder (hashed again:
 //! the blob is named after what was copied), which is fsynced and published into the store.
+//!
+//! An active full (`TaskSpec.full`) takes nothing over, and re-hashes each stored blob it
+//! would name (once per backup): one whose bytes no longer hash to its name is moved aside
+//! (`Store::move_aside`) and the file stored again, with a warning naming it.
 
+use std::collections::HashSet;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -18,9 +23,9 @@ use nix::libc;
 use super::Failure;
 use super::pace::{self, BUF, Digest, Pace, ReadError};
 use super::walk::{Entry, Inode, ctime_of, mode_of, mtime_of, replaced_or_gone};
-use crate::exec::TaskContext;
+use crate::exec::{CancelSignal, TaskContext};
 use crate::fsutil::blocking;
-use crate::repository::{Kind, Record, Store, Written, rfc3339};
+use crate::repository::{Kind, Record, Rehashed, Store, StoreLock, Written, rfc3339};
 
 /// What TRANSFER produced.
 #[derive(Debug, Default)]
@@ -34,6 +39,8 @@ pub(super) struct Transferred {
     pub(crate) vanished: Vec<String>,
     /// Files this agent may not read (left out).
     pub(crate) unreadable: Vec<String>,
+    /// Files whose stored blob an active full found corrupt, moved aside and stored again.
+    pub(crate) restored: Vec<String>,
     /// Files taken over from the previous restore point without being read.
     pub(crate) reused: u64,
     /// Bytes read from the files.
@@ -54,22 +61,42 @@ struct Transfer<'a> {
     temp_dir: &'a Path,
     written: &'a mut Written,
     temps: u64,
+    /// Set for an active full: stored blobs are re-hashed before they are named.
+    recheck: Option<Recheck>,
+}
+
+/// What an active full needs to re-hash stored blobs.
+struct Recheck {
+    /// The backup's hold on the store lock, which moving a blob aside requires.
+    lock: StoreLock,
+    cancel: CancelSignal,
+    /// Blobs found intact by this backup.
+    intact: HashSet<String>,
+    /// Files whose blob was corrupt.
+    restored: Vec<String>,
 }
 
 /// Stores every file of `entries` and returns the manifest records; `written` keeps what
 /// this attempt added to the store, also when it fails. `known[i]`, when given, is the hash
-/// of `entries[i]`'s content, stored already: that file is not read.
+/// of `entries[i]`'s content, stored already: that file is not read. `lock` is the backup's
+/// hold on the store lock.
 pub(super) async fn run(
     ctx: &mut TaskContext,
     entries: &[Entry],
     known: &[Option<String>],
-    store: &Store,
+    (store, lock): (&Store, &StoreLock),
     temp_dir: &Path,
     written: &mut Written,
 ) -> Result<Transferred, Failure> {
     let total = entries.iter().filter(|e| e.kind == Kind::File).map(|e| e.size).sum();
+    let recheck = ctx.spec.full.then(|| Recheck {
+        lock: lock.clone(),
+        cancel: ctx.cancel.clone(),
+        intact: HashSet::new(),
+        restored: Vec::new(),
+    });
     let pace = Pace::new(&ctx.cancel, &mut ctx.reporter, ctx.rate_limit, total);
-    let mut transfer = Transfer { pace, store, temp_dir, written, temps: 0 };
+    let mut transfer = Transfer { pace, store, temp_dir, written, temps: 0, recheck };
     transfer.pace.report().await;
     let mut out = Transferred::default();
     for (index, entry) in entries.iter().enumerate() {
@@ -89,6 +116,7 @@ pub(super) async fn run(
     }
     transfer.pace.finish().await;
     out.bytes_read = transfer.pace.bytes_read();
+    out.restored = transfer.recheck.map(|recheck| recheck.restored).unwrap_or_default();
     Ok(out)
 }
 
@@ -164,7 +192,7 @@ impl Transfer<'_> {
         let keep = entry.size <= BUF as u64;
         let (digest, _) = self.read(entry, file, None, keep).await?;
         let (sha256, len) = (digest.sha256.clone(), digest.len);
-        if self.contains(entry, &sha256).await? {
+        if self.reusable(entry, &sha256).await? {
             return Ok(Read::Stored(Stored { sha256, len, differs: false }));
         }
         if let Some(bytes) = digest.head {
@@ -199,6 +227,39 @@ impl Transfer<'_> {
     async fn contains(&self, entry: &Entry, sha256: &str) -> Result<bool, Failure> {
         let (store, sha) = (self.store.clone(), sha256.to_owned());
         blocking(move || store.contains(&sha)).await.map_err(|e| self.store_error(entry, e))
+    }
+
+    /// Whether the blob `sha256` is stored and may be named as it is. An active full
+    /// re-hashes it first and moves a corrupt one aside, so that the file is stored again.
+    async fn reusable(&mut self, entry: &Entry, sha256: &str) -> Result<bool, Failure> {
+        if !self.contains(entry, sha256).await? {
+            return Ok(false);
+        }
+        let Some(recheck) = &self.recheck else { return Ok(true) };
+        if recheck.intact.contains(sha256) {
+            return Ok(true);
+        }
+        let (store, sha, cancel) = (self.store.clone(), sha256.to_owned(), recheck.cancel.clone());
+        let rehashed = blocking(move || store.rehash(&sha, &|| cancel.is_cancelled())).await;
+        let found = match rehashed.map_err(|e| self.store_error(entry, e))? {
+            Rehashed::Intact => {
+                if let Some(recheck) = self.recheck.as_mut() {
+                    recheck.intact.insert(sha256.to_owned());
+                }
+                return Ok(true);
+            }
+            Rehashed::Missing => return Ok(false),
+            Rehashed::Canceled => return Err(Failure::Canceled),
+            Rehashed::Corrupt(found) => found,
+        };
+        let (store, sha, lock) = (self.store.clone(), sha256.to_owned(), recheck.lock.clone());
+        let moved = blocking(move || store.move_aside(&sha, found, &lock)).await;
+        moved.map_err(|e| self.store_error(entry, e))?;
+        tracing::warn!(blob = sha256, file = entry.path, "corrupt blob moved aside; stored again");
+        if let Some(recheck) = self.recheck.as_mut() {
+            recheck.restored.push(entry.path.clone());
+        }
+        Ok(false)
     }
 
     fn temp_path(&mut self) -> PathBuf {
