@@ -369,6 +369,7 @@ mod tests {
             ctime: UNIX_EPOCH,
             target: None,
             inode: Inode::default(),
+            followed: false,
         };
         let entries: Vec<Entry> = (0..10_000).map(file).collect();
         let known = vec![Some("ab".repeat(32)); entries.len()];

@@ -12,7 +12,11 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, fchown, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
 
 use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
@@ -288,7 +292,18 @@ fn restore_link(entry: &Record, path: &Path) -> Result<(), AgentError> {
         // As for files: where the agent may.
         let _ = lchown(path, Some(uid), entry.gid);
     }
-    Ok(())
+    let Some(mtime) = parse_mtime(&entry.mtime) else { return Ok(()) };
+    // The link's own time: `set_times` would follow it.
+    let (keep_atime, mtime) = (TimeSpec::UTIME_OMIT, timespec(mtime));
+    utimensat(AT_FDCWD, path, &keep_atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| io_error("cannot set the mtime of", path, &io::Error::from(e)))
+}
+
+fn timespec(time: SystemTime) -> TimeSpec {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => TimeSpec::from(after),
+        Err(before) => -TimeSpec::from(before.duration()),
+    }
 }
 
 fn restore_file(

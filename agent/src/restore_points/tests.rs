@@ -479,3 +479,4 @@ fn only_folders_holding_the_named_restore_points_manifest_are_deleted() {
 }
 
 mod integrity;
+mod links;

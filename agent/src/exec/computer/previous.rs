@@ -278,6 +278,7 @@ mod tests {
             ctime: old,
             target: None,
             inode: Inode::default(),
+            followed: false,
         };
         let found =
             [walked("/d/kept", old), walked("/d/changed", at(600, 1)), walked("/d/blob-gone", old)];

@@ -36,14 +36,17 @@ fn a_folder_swapped_for_a_link_or_another_folder_after_its_walk_is_not_listed() 
     let frozen =
         freeze(std::slice::from_ref(&folder), None, &CancelSignal::default()).expect("walk");
     let inode = frozen.entries[0].inode;
-    assert!(open_dir(&folder, inode).expect("open").is_some(), "the folder the walk saw");
+    assert!(open_dir(&folder, inode, false).expect("open").is_some(), "the folder the walk saw");
 
     fs::rename(&folder, dir.path().join("d.old")).expect("rename");
     symlink(&secret, &folder).expect("link");
-    assert!(open_dir(&folder, inode).expect("open").is_none(), "a link is not followed");
+    assert!(open_dir(&folder, inode, false).expect("open").is_none(), "a link is not followed");
     fs::remove_file(&folder).expect("unlink");
     fs::create_dir(&folder).expect("another folder");
-    assert!(open_dir(&folder, inode).expect("open").is_none(), "another folder is not listed");
+    assert!(
+        open_dir(&folder, inode, false).expect("open").is_none(),
+        "another folder is not listed"
+    );
 }
 
 #[tokio::test]

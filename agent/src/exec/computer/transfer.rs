@@ -325,9 +325,10 @@ pub(super) enum Read<T> {
 /// path is opened first without access (`O_PATH`: opening a FIFO so never blocks), and the
 /// file found there, once checked, opened for reading through that handle.
 pub(super) async fn open(entry: &Entry) -> Result<Read<File>, Failure> {
-    let (path, inode) = (PathBuf::from(&entry.path), entry.inode);
+    let (path, inode, followed) = (PathBuf::from(&entry.path), entry.inode, entry.followed);
     let opened = blocking(move || {
-        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        // A configured path that is a link is opened through it (the walk followed it).
+        let flags = libc::O_PATH | if followed { 0 } else { libc::O_NOFOLLOW };
         let found = File::options().read(true).custom_flags(flags).open(path)?;
         let meta = found.metadata()?;
         if !meta.is_file() || Inode::of(&meta) != inode {

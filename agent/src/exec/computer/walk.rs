@@ -1,7 +1,10 @@
 //! SNAPSHOT of a computer task: freeze the list of entries under the configured paths.
 //!
-//! The walk never follows symbolic links (a configured path that is a link is recorded as a
-//! link), leaves sockets, FIFOs and devices out with a warning, and leaves out the
+//! The walk follows no symbolic link below a configured path, which it records as a link. A
+//! configured path that is itself a link (`/home` -> `/data/home`) is followed, as the links
+//! among its parents are: what it leads to is recorded under the configured path, as the
+//! user named it, and restores as a folder or file there. It leaves sockets, FIFOs and
+//! devices out with a warning, and leaves out the
 //! repository folder when it lies under a configured path. A directory is listed through a
 //! handle opened without following links and checked to be the directory the walk saw (same
 //! device and inode): one swapped for a link meanwhile (to `/etc`) is never listed as if its
@@ -43,6 +46,8 @@ pub(super) struct Entry {
     pub(crate) target: Option<String>,
     /// Which file it is: a file opened later is read only if it is still this one.
     pub(crate) inode: Inode,
+    /// A configured path that is a link, followed: opened through the link.
+    pub(crate) followed: bool,
 }
 
 /// A file's device and inode.
@@ -104,6 +109,8 @@ struct Found {
     meta: Metadata,
     /// A configured path: what cannot be read of it fails the walk.
     root: bool,
+    /// A configured path that is a link, followed.
+    followed: bool,
 }
 
 struct Walk<'a> {
@@ -130,8 +137,8 @@ pub(super) fn freeze(
     for root in roots {
         // One spelling per entry (`/d//a/./b/` is `/d/a/b`), so overlapping roots meet.
         let path: PathBuf = root.components().collect();
-        let meta = root_metadata(&path)?;
-        walk.stack.push(Found { path, meta, root: true });
+        let (meta, followed) = root_metadata(&path)?;
+        walk.stack.push(Found { path, meta, root: true, followed });
         walk.drain()?;
     }
     let mut frozen = walk.frozen;
@@ -139,13 +146,26 @@ pub(super) fn freeze(
     Ok(frozen)
 }
 
-fn root_metadata(root: &Path) -> Result<Metadata, WalkError> {
-    fs::symlink_metadata(root).map_err(|e| match e.kind() {
+/// The metadata of a configured path, through the link it is, if it is one (then `true`).
+fn root_metadata(root: &Path) -> Result<(Metadata, bool), WalkError> {
+    let failed = |e: io::Error| match e.kind() {
         io::ErrorKind::NotFound => {
             WalkError::Failed(format!("configured path {} does not exist", root.display()))
         }
         _ => unreadable(root, &e),
-    })
+    };
+    let meta = fs::symlink_metadata(root).map_err(failed)?;
+    if !meta.is_symlink() {
+        return Ok((meta, false));
+    }
+    match fs::metadata(root) {
+        Ok(target) => Ok((target, true)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(WalkError::Failed(format!(
+            "configured path {} is a symbolic link to nothing",
+            root.display()
+        ))),
+        Err(e) => Err(unreadable(root, &e)),
+    }
 }
 
 fn unreadable(path: &Path, error: &io::Error) -> WalkError {
@@ -164,7 +184,7 @@ impl Walk<'_> {
     }
 
     fn visit(&mut self, found: Found) -> Result<(), WalkError> {
-        let Found { path, meta, root } = found;
+        let Found { path, meta, root, followed } = found;
         if self.excluded.is_some_and(|excluded| excluded.matches(&meta)) {
             debug!(path = %path.display(), "repository folder left out of the backup");
             return Ok(());
@@ -179,7 +199,7 @@ impl Walk<'_> {
                 Some(target) => Some(target),
                 None => return Ok(()),
             },
-            Kind::Dir => match self.list(&path, &meta, root)? {
+            Kind::Dir => match self.list(&path, &meta, (root, followed))? {
                 Some(listing) => {
                     self.push_children(&path, listing)?;
                     None
@@ -199,6 +219,7 @@ impl Walk<'_> {
             ctime: ctime_of(&meta),
             target,
             inode: Inode::of(&meta),
+            followed,
         };
         self.found.insert(entry.path.clone(), entry);
         Ok(())
@@ -232,15 +253,16 @@ impl Walk<'_> {
         Ok(text)
     }
 
-    /// The listing of the directory the walk saw at `dir`; `None`, with a warning, when it
-    /// is gone, replaced or (below a configured path) unreadable.
+    /// The listing of the directory the walk saw at `dir` (through the link, when
+    /// `followed`); `None`, with a warning, when it is gone, replaced or (below a configured
+    /// path) unreadable.
     fn list(
         &mut self,
         dir: &Path,
         seen: &Metadata,
-        root: bool,
+        (root, followed): (bool, bool),
     ) -> Result<Option<ReadDir>, WalkError> {
-        match open_dir(dir, Inode::of(seen)) {
+        match open_dir(dir, Inode::of(seen), followed) {
             Ok(Some(listing)) => Ok(Some(listing)),
             Ok(None) => {
                 self.frozen.vanished.push(dir.display().to_string());
@@ -261,7 +283,7 @@ impl Walk<'_> {
             // Read relative to the listed directory's handle, never following links; an
             // entry gone already is not frozen.
             match dirent.metadata() {
-                Ok(meta) => self.stack.push(Found { path, meta, root: false }),
+                Ok(meta) => self.stack.push(Found { path, meta, root: false, followed: false }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // A folder this agent may list but not search.
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -275,9 +297,10 @@ impl Walk<'_> {
 }
 
 /// Lists the directory at `path` if it is still the one with `inode`, opened without
-/// following a link; `None` when it is gone or is something else now.
-pub(super) fn open_dir(path: &Path, inode: Inode) -> io::Result<Option<ReadDir>> {
-    let flags = libc::O_DIRECTORY | libc::O_NOFOLLOW;
+/// following a link (through one, when `followed`: a configured path that is a link); `None`
+/// when it is gone or is something else now.
+pub(super) fn open_dir(path: &Path, inode: Inode, followed: bool) -> io::Result<Option<ReadDir>> {
+    let flags = libc::O_DIRECTORY | if followed { 0 } else { libc::O_NOFOLLOW };
     let handle = match File::options().read(true).custom_flags(flags).open(path) {
         Ok(handle) => handle,
         Err(e) if replaced_or_gone(&e) => return Ok(None),
@@ -361,6 +384,41 @@ mod tests {
         assert_eq!(frozen.entries[2].size, 5);
         assert_eq!(frozen.entries[3].target.as_deref(), Some("a.txt"));
         assert!(frozen.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_configured_path_that_is_a_link_is_followed_and_recorded_as_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data/home");
+        fs::create_dir_all(data.join("u")).expect("dirs");
+        fs::write(data.join("u/a.txt"), b"hello").expect("file");
+        symlink("inner", data.join("u/link")).expect("a link below it");
+        let home = dir.path().join("home");
+        symlink(&data, &home).expect("the configured path is a link");
+        fs::write(dir.path().join("file"), b"abc").expect("file");
+        symlink(dir.path().join("file"), dir.path().join("file-link")).expect("file link");
+
+        let roots = [home.clone(), dir.path().join("file-link")];
+        let frozen = freeze(&roots, None, &CancelSignal::default()).expect("walk");
+
+        let (file, below) = frozen.entries.split_first().expect("entries");
+        let file_link = roots[1].to_str().expect("utf-8");
+        assert_eq!((file.path.as_str(), file.kind, file.size), (file_link, Kind::File, 3));
+        assert!(file.followed, "opened through its link");
+        let expected = vec![
+            (String::new(), Kind::Dir),
+            ("/u".to_owned(), Kind::Dir),
+            ("/u/a.txt".to_owned(), Kind::File),
+            ("/u/link".to_owned(), Kind::Symlink),
+        ];
+        let found = Frozen { entries: below.to_vec(), ..Frozen::default() };
+        assert_eq!(paths(&found, &home), expected);
+        assert!(below[0].followed && !below[1].followed, "only the configured path");
+        fs::remove_file(dir.path().join("file")).expect("dangle");
+        let dangling = freeze(&roots[1..], None, &CancelSignal::default()).expect_err("dangling");
+        let expected =
+            format!("configured path {} is a symbolic link to nothing", roots[1].display());
+        assert_eq!(dangling, WalkError::Failed(expected));
     }
 
     #[test]

@@ -10,14 +10,14 @@ use super::{Cancel, Location, blob_of, corrupt, verify};
 use crate::exec;
 
 /// Backs `src` up as item `pc` of job `j` in session `session`; `full` for an active full.
-fn back_up(session: &str, src: &Path, repo: &Path, full: bool) -> pb::TaskOutcome {
+pub(super) fn back_up(session: &str, src: &Path, repo: &Path, full: bool) -> pb::TaskOutcome {
     let mut ctx = exec::computer::test_context(session, &[src], repo);
     ctx.spec.full = full;
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(exec::execute(&mut ctx))
 }
 
-fn restore_point(repo: &Path, outcome: &pb::TaskOutcome) -> Location {
+pub(super) fn restore_point(repo: &Path, outcome: &pb::TaskOutcome) -> Location {
     let id = outcome.restore_point.as_ref().expect("restore point").id.clone();
     Location { repository: repo.to_path_buf(), job: "j".into(), item: "pc".into(), id }
 }
