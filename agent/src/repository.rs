@@ -38,8 +38,8 @@ use std::path::Path;
 use self::checksum::{Algorithm, Hasher};
 
 pub(crate) use manifest::{
-    ComputerManifest, Disk, Identity, Kind, Manifest, Record, Totals, VM_FORMAT, VmKind,
-    VmManifest, parse_time, plain_file_name, rfc3339,
+    ComputerManifest, Disk, Identity, Kind, Manifest, ManifestError, Record, Totals, VM_FORMAT,
+    VmKind, VmManifest, parse_time, plain_file_name, rfc3339,
 };
 pub(crate) use paths::{RepoPaths, fill_manifest, is_partial, is_restore_point, item_dir};
 pub(crate) use store::{FileId, Rehashed, Store, StoreLock, Written, is_blob_name};

@@ -13,6 +13,7 @@ mod computer;
 mod vm;
 
 use std::fs;
+use std::io;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -65,9 +66,23 @@ pub(crate) enum Manifest {
 impl Manifest {
     /// Reads and parses `<folder>/manifest.json`; the error says what is wrong, in words.
     pub(crate) fn read(folder: &Path) -> Result<Self, String> {
+        Self::read_checked(folder).map_err(|error| match error {
+            ManifestError::Unreadable(why) | ManifestError::Damaged(why) => why,
+        })
+    }
+
+    /// [`Manifest::read`], telling a damaged manifest (absent, not a manifest) from one this
+    /// agent cannot read (permissions, I/O).
+    pub(crate) fn read_checked(folder: &Path) -> Result<Self, ManifestError> {
         let path = folder.join(MANIFEST);
-        let bytes = fs::read(&path).map_err(|e| format!("{MANIFEST}: cannot be read: {e}"))?;
-        Self::parse(&bytes)
+        let bytes = fs::read(&path).map_err(|e| {
+            let why = format!("{MANIFEST}: cannot be read: {e}");
+            match e.kind() {
+                io::ErrorKind::NotFound => ManifestError::Damaged(why),
+                _ => ManifestError::Unreadable(why),
+            }
+        })?;
+        Self::parse(&bytes).map_err(ManifestError::Damaged)
     }
 
     /// Parses a manifest: one with `"format": "sluice-computer-1"` is a computer manifest,
@@ -101,6 +116,15 @@ impl Manifest {
             Self::Computer(computer) => &computer.identity,
         }
     }
+}
+
+/// Why a manifest could not be read, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ManifestError {
+    /// This agent cannot read it (permissions, I/O): the backup data may be whole.
+    Unreadable(String),
+    /// It is absent or not a manifest: the backup data is damaged.
+    Damaged(String),
 }
 
 /// A manifest's `format` field, whatever its type; every other field is skipped unread.

@@ -51,6 +51,20 @@ impl Location {
     pub(crate) fn folder(&self) -> PathBuf {
         self.item_dir().join(&self.id)
     }
+
+    /// Whether the restore point folder exists (blocking); FAILED_PRECONDITION with the real
+    /// cause when that cannot be told (this agent may not read the repository).
+    pub(crate) fn folder_exists(&self) -> Result<bool, AgentError> {
+        let folder = self.folder();
+        match std::fs::metadata(&folder) {
+            Ok(meta) => Ok(meta.is_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(AgentError::FailedPrecondition(format!(
+                "restore point folder {} cannot be read: {e}",
+                folder.display()
+            ))),
+        }
+    }
 }
 
 /// Checks a restore point id by the name rules; errors name `field`.

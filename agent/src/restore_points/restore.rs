@@ -25,7 +25,8 @@ use crate::error::AgentError;
 use crate::fsutil;
 use crate::repository::checksum::Algorithm;
 use crate::repository::{
-    ComputerManifest, Kind, Manifest, Record, Store, VmKind, VmManifest, plain_file_name,
+    ComputerManifest, Kind, Manifest, ManifestError, Record, Store, VmKind, VmManifest,
+    plain_file_name,
 };
 
 /// What a restore wrote.
@@ -49,14 +50,23 @@ pub(crate) fn restore(
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
     let folder = location.folder();
-    if !folder.is_dir() {
+    if !location.folder_exists()? {
         return Err(AgentError::NotFound(format!(
             "restore point folder {} does not exist",
             folder.display()
         )));
     }
-    let contents = Manifest::read(&folder).map_err(|problem| {
-        AgentError::FailedPrecondition(format!("restore point {}: {problem}", location.id))
+    // A manifest absent or unparsable is damaged backup data, as a corrupt blob is.
+    let contents = Manifest::read_checked(&folder).map_err(|error| {
+        let id = &location.id;
+        match error {
+            ManifestError::Damaged(why) => {
+                AgentError::Corrupt(format!("restore point {id}: {why}"))
+            }
+            ManifestError::Unreadable(why) => {
+                AgentError::FailedPrecondition(format!("restore point {id}: {why}"))
+            }
+        }
     })?;
     let created = prepare_target(target)?;
     let result = match &contents {

@@ -163,7 +163,7 @@ fn verify_names_an_entry_lost_or_listed_twice_and_a_sha256_that_is_no_blob_name(
     let out = tempfile::tempdir().expect("tempdir");
     let error = restore(&rp, out.path(), &Cancel::default()).expect_err("refused");
     let status = tonic::Status::from(error);
-    assert_eq!(status.code(), Code::FailedPrecondition, "an unreadable manifest, as before");
+    assert_eq!(status.code(), Code::DataLoss, "an invalid manifest is damaged data");
     assert!(status.message().contains("sha256 is not 64 lowercase hex digits"), "{status:?}");
 }
 
@@ -478,5 +478,6 @@ fn only_folders_holding_the_named_restore_points_manifest_are_deleted() {
     assert!(problems[0].contains("not deleted"), "{problems:?}");
 }
 
+mod damage;
 mod integrity;
 mod links;

@@ -12,7 +12,7 @@ use super::{Cancel, vm};
 use crate::error::AgentError;
 use crate::repository::checksum::Algorithm;
 use crate::repository::{
-    ComputerManifest, FileId, Kind, Manifest, Store, Totals, VmManifest, printable,
+    ComputerManifest, FileId, Kind, Manifest, ManifestError, Store, Totals, VmManifest, printable,
 };
 
 /// What a check found.
@@ -28,13 +28,21 @@ pub(crate) struct Report {
 /// only a cancel is an error.
 pub(crate) fn verify(location: &Location, cancel: &Cancel) -> Result<Report, AgentError> {
     let folder = location.folder();
-    if !folder.is_dir() {
+    if !location.folder_exists()? {
         let problem = format!("restore point folder {} does not exist", folder.display());
         return Ok(Report { problems: vec![problem], bytes_checked: 0 });
     }
-    let contents = match Manifest::read(&folder) {
+    let contents = match Manifest::read_checked(&folder) {
         Ok(contents) => contents,
-        Err(problem) => return Ok(Report { problems: vec![problem], bytes_checked: 0 }),
+        Err(ManifestError::Damaged(problem)) => {
+            return Ok(Report { problems: vec![problem], bytes_checked: 0 });
+        }
+        Err(ManifestError::Unreadable(why)) => {
+            return Err(AgentError::FailedPrecondition(format!(
+                "restore point {}: {why}",
+                location.id
+            )));
+        }
     };
     let mut report = Report::default();
     let named = &contents.identity().restore_point;

@@ -1,0 +1,82 @@
+//! A restore point whose manifest is damaged, or that this agent may not read.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use tonic::Code;
+
+use super::{Cancel, MANIFEST, computer_restore_point, location, restore, verify};
+
+fn restore_code(location: &super::Location) -> (Code, String) {
+    let target = tempfile::tempdir().expect("target");
+    let error =
+        restore(location, &target.path().join("out"), &Cancel::default()).expect_err("refused");
+    let status = tonic::Status::from(error);
+    (status.code(), status.message().to_owned())
+}
+
+#[test]
+fn a_missing_or_unparsable_manifest_is_data_loss_on_restore_and_a_problem_on_verify() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = computer_restore_point(repo.path(), "s-0", "one");
+    let manifest = rp.folder().join(MANIFEST);
+    let bytes = fs::read(&manifest).expect("manifest");
+    fs::write(&manifest, &bytes[..bytes.len() / 2]).expect("truncate");
+
+    let (code, message) = restore_code(&rp);
+    assert_eq!(code, Code::DataLoss, "{message}");
+    assert!(message.starts_with("restore point s-0: manifest.json: not valid JSON"), "{message}");
+    let report = verify(&rp, &Cancel::default()).expect("verify");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+
+    fs::remove_file(&manifest).expect("remove");
+    let (code, message) = restore_code(&rp);
+    assert_eq!(code, Code::DataLoss, "{message}");
+    assert!(message.contains("manifest.json: cannot be read: No such file"), "{message}");
+}
+
+/// Set in the child the test below runs as `nobody`: the repository it may not read.
+const AS_NOBODY: &str = "SLUICE_TEST_RESTORE_AS_NOBODY";
+
+#[test]
+fn a_restore_point_this_agent_may_not_read_is_refused_with_the_real_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let repo = dir.path().join("repo");
+    computer_restore_point(&repo, "s-0", "one");
+    fs::set_permissions(&repo, fs::Permissions::from_mode(0o700)).expect("root only");
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "restore_points::tests::damage::restore_as_nobody", "--nocapture"])
+        .env(AS_NOBODY, &repo)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("the test binary runs as nobody");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(child.status.success(), "{stdout}{}", String::from_utf8_lossy(&child.stderr));
+    let folder = repo.join("j/pc/s-0");
+    let refused = format!(
+        "FailedPrecondition restore point folder {} cannot be read: Permission denied",
+        folder.display()
+    );
+    let lines: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("refused: ")).collect();
+    assert_eq!(lines.len(), 2, "restore and verify: {stdout}");
+    for line in lines {
+        assert!(line.starts_with(&refused), "{line}");
+    }
+}
+
+/// The child of the test above (does nothing unless run by it).
+#[test]
+fn restore_as_nobody() {
+    let Some(repo) = std::env::var_os(AS_NOBODY) else { return };
+    let rp = location(Path::new(&repo), "pc", "s-0");
+    let (code, message) = restore_code(&rp);
+    println!("refused: {code:?} {message}");
+    let error = verify(&rp, &Cancel::default()).expect_err("verify refused");
+    let status = tonic::Status::from(error);
+    println!("refused: {:?} {}", status.code(), status.message());
+}
