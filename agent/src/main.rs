@@ -83,7 +83,8 @@ struct Flags {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     repository_root: Vec<PathBuf>,
     /// A folder restores must write under (repeatable; comma-separated in the variable).
-    /// Without any, restores into any absolute path are accepted.
+    /// Without any, restores into any absolute path are accepted, except inside the restore
+    /// point's own repository (refused either way).
     #[arg(long, env = "SLUICE_RESTORE_ROOT", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     restore_root: Vec<PathBuf>,

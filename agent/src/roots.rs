@@ -88,6 +88,29 @@ impl Roots {
     }
 }
 
+/// Refuses a restore target (`path` as sent, `resolved` as [`Roots::restore_target`] gave it)
+/// inside the restore point's own `repository`, links resolved: restored trees would mix
+/// with restore point folders. Whatever the roots say.
+pub(crate) fn check_outside_repository(
+    field: &str,
+    path: &Path,
+    resolved: &Path,
+    repository: &Path,
+) -> Result<(), AgentError> {
+    let Ok(repository_resolved) = resolve(repository) else { return Ok(()) };
+    if !resolved.starts_with(&repository_resolved) {
+        return Ok(());
+    }
+    Err(AgentError::invalid(
+        field,
+        format!(
+            "{:?} lies inside the repository {:?}; restore elsewhere",
+            path.display().to_string(),
+            repository.display().to_string()
+        ),
+    ))
+}
+
 /// `path` resolved, if it lies under one of `roots` (resolved the same way, so a root that
 /// does not exist yet still holds what will be created in it).
 fn under_a_root(

@@ -10,7 +10,7 @@ use tracing::info;
 use super::location::{Location, absolute_dir, check_id};
 use super::{Cancel, gc, restore, verify, vm};
 use crate::error::AgentError;
-use crate::roots::Roots;
+use crate::roots::{Roots, check_outside_repository};
 
 /// `VerifyRestorePoint`: every byte read and hashed; mismatches are problems in the answer.
 pub(crate) async fn verify(
@@ -40,7 +40,9 @@ pub(crate) async fn restore(
     let target = absolute_dir("target_dir", &request.target_dir)?;
     let restored = run_blocking(move |cancel| {
         roots.check_repository("location.repository", &location.repository)?;
-        let target = roots.restore_target("target_dir", &target)?;
+        let resolved = roots.restore_target("target_dir", &target)?;
+        check_outside_repository("target_dir", &target, &resolved, &location.repository)?;
+        let target = resolved;
         info!(restore_point = %location.id, target = %target.display(), "restore begins");
         restore::restore(&location, &target, cancel)
     })

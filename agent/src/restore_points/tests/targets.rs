@@ -1,0 +1,46 @@
+//! Where a restore may write: never into the restore point's own repository.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice_proto::pb;
+
+use super::super::calls;
+use super::computer_restore_point;
+use crate::error::AgentError;
+use crate::roots::Roots;
+
+async fn restore_into(repo: &Path, target: &Path) -> Result<(), AgentError> {
+    let location = pb::RestorePointLocation {
+        repository: repo.display().to_string(),
+        job: "j".into(),
+        item: "pc".into(),
+        restore_point_id: "s-0".into(),
+    };
+    let target_dir = target.display().to_string();
+    let request = pb::AgentRestoreRequest { location: Some(location), target_dir };
+    calls::restore(request, Arc::new(Roots::default())).await.map(drop)
+}
+
+#[tokio::test]
+async fn a_target_inside_the_restore_points_repository_is_refused_without_restore_roots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    computer_restore_point(&repo, "s-0", "one");
+    let alias = dir.path().join("alias");
+    symlink(&repo, &alias).expect("a link to the repository");
+
+    for inside in [repo.join("j/pc/x"), alias.join("new/folder"), repo.clone()] {
+        match restore_into(&repo, &inside).await {
+            Err(AgentError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "target_dir");
+                let sent = format!("{:?} lies inside the repository", inside.display().to_string());
+                assert!(reason.starts_with(&sent), "{reason}");
+            }
+            other => panic!("{} must be refused, got {other:?}", inside.display()),
+        }
+    }
+    assert!(!repo.join("j/pc/x").exists(), "nothing written");
+    restore_into(&repo, &dir.path().join("elsewhere")).await.expect("a target outside");
+}
