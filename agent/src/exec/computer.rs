@@ -391,6 +391,12 @@ mod tests {
     }
 
     #[test]
+    fn a_path_with_control_characters_is_quoted_in_a_warning() {
+        let text = named("gone", &["/d/new\nline".into(), "/d/plain".into()]).expect("warning");
+        assert_eq!(text, r#"gone: "/d/new\nline", /d/plain"#);
+    }
+
+    #[test]
     fn warnings_name_at_most_ten_paths() {
         assert_eq!(named("gone", &[]), None);
         assert_eq!(named("gone", &["/a".into(), "/b".into()]).as_deref(), Some("gone: /a, /b"));

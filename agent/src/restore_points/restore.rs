@@ -26,7 +26,7 @@ use crate::fsutil;
 use crate::repository::checksum::Algorithm;
 use crate::repository::{
     ComputerManifest, Kind, Manifest, ManifestError, Record, Store, VmKind, VmManifest,
-    plain_file_name,
+    plain_file_name, printable,
 };
 
 /// What a restore wrote.
@@ -326,7 +326,7 @@ fn restore_file(
         .sha256
         .as_deref()
         .ok_or_else(|| corrupt(format!("file {} has no sha256", entry.path)))?;
-    let what = format!("{}: blob {sha256}", entry.path);
+    let what = format!("{}: blob {sha256}", printable(&entry.path));
     let expected = (entry.size, (Algorithm::Sha256, sha256));
     let (bytes, file) = copy_checked(&store.blob_path(sha256), path, expected, &what, cancel)?;
     set_mode_and_mtime(&file, path, entry)?;

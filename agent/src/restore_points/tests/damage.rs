@@ -8,7 +8,10 @@ use std::process::Command;
 
 use tonic::Code;
 
-use super::{Cancel, MANIFEST, computer_restore_point, location, restore, verify};
+use super::{
+    Cancel, MANIFEST, blob_of, computer_restore_point, corrupt, crafted_restore_point, entry,
+    location, restore, stored_file, verify,
+};
 
 fn restore_code(location: &super::Location) -> (Code, String) {
     let target = tempfile::tempdir().expect("target");
@@ -79,4 +82,23 @@ fn restore_as_nobody() {
     let error = verify(&rp, &Cancel::default()).expect_err("verify refused");
     let status = tonic::Status::from(error);
     println!("refused: {:?} {}", status.code(), status.message());
+}
+
+#[test]
+fn a_path_with_a_newline_is_escaped_so_each_problem_stays_one_line() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let entries =
+        vec![entry("/d", "dir", 0o755), stored_file(repo.path(), "/d/new\nline", b"bytes", 0o644)];
+    let rp = crafted_restore_point(repo.path(), "s-0", entries);
+    corrupt(&blob_of(repo.path(), b"bytes"));
+
+    let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
+
+    // The crafted manifest records no totals: that is a problem of its own.
+    let blob: Vec<&String> = problems.iter().filter(|p| p.contains(": blob ")).collect();
+    assert_eq!(blob.len(), 1, "{problems:?}");
+    assert!(blob[0].starts_with(r#""/d/new\nline": blob "#), "{problems:?}");
+    assert!(problems.iter().all(|p| !p.contains('\n')), "{problems:?}");
+    let (_, message) = restore_code(&rp);
+    assert!(message.starts_with(r#""/d/new\nline": blob "#), "{message}");
 }
