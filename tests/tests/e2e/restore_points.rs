@@ -158,9 +158,12 @@ async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob()
     assert!(!bad.ok, "{bad:?}");
     let expected = format!("{}: blob {sha}: sha256 is ", victim.path);
     assert!(bad.problems.iter().any(|p| p.starts_with(&expected)), "{expected} in {bad:?}");
+    let moved = "; moved aside to ";
+    assert!(bad.problems.iter().any(|p| p.contains(moved)), "the blob is moved aside: {bad:?}");
     let (code, out) = cli(&mut cluster, &["restore-point", "verify", &id]).await;
     assert_eq!(code, 1, "the CLI exits 1 on a bad restore point: {out}");
-    assert!(out.contains(&expected), "the CLI lists the problem: {out}");
+    let missing = format!("{}: blob {sha} is missing from the store", victim.path);
+    assert!(out.contains(&missing), "the CLI lists the problem: {out}");
 
     let spoiled = dir.join("restores/spoiled");
     let status = expect_code(
@@ -170,6 +173,11 @@ async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob()
     );
     assert!(status.message().contains(&sha), "{status:?}");
     assert!(!spoiled.exists(), "a failed restore leaves nothing behind");
+
+    // The blob moved aside, the next backup stores that content again.
+    let healed = run_session(&mut jobs, "laptops").await.items[0].restore_point.clone();
+    let good = verify(&mut jobs, "laptops", &healed).await;
+    assert!(good.ok, "the next restore point is whole: {good:?}");
 }
 
 /// A VM restore point verifies (API and CLI exit 0), restores into a qcow2 that `qemu-img

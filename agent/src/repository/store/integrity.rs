@@ -12,7 +12,7 @@
 //! backup only ever creates a blob where none is (`Store::publish`), never replaces one. So
 //! the file at a blob's path changes only by a move aside. Moves aside take
 //! `<repository>/.store/quarantine.lock` exclusively, and move the file only if it is still
-//! the one found corrupt (same device and inode): of two callers that found the same corrupt
+//! the one found corrupt (same device, inode and ctime): of two callers that found the same corrupt
 //! blob, the second leaves alone the fresh blob a backup may have stored since. A backup
 //! that found the blob before it was moved aside fails its COMMIT ("missing from the
 //! store") instead of committing a restore point naming corrupt bytes; its retry stores the
@@ -34,18 +34,23 @@ const CORRUPT_SUFFIX: &str = ".corrupt";
 /// Bytes hashed per read.
 const CHUNK: usize = 1024 * 1024;
 
-/// Which file a blob's path held when it was read: device and inode.
+/// Which file a blob's path held when it was read: device, inode and ctime (a fresh blob
+/// stored where a removed one was may get its inode number, never its ctime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileId {
     dev: u64,
     ino: u64,
+    ctime: (i64, i64),
 }
 
 impl FileId {
     /// The id of an open file.
     pub(crate) fn of(file: &File) -> io::Result<Self> {
-        let meta = file.metadata()?;
-        Ok(Self { dev: meta.dev(), ino: meta.ino() })
+        file.metadata().map(|meta| Self::of_metadata(&meta))
+    }
+
+    fn of_metadata(meta: &fs::Metadata) -> Self {
+        Self { dev: meta.dev(), ino: meta.ino(), ctime: (meta.ctime(), meta.ctime_nsec()) }
     }
 }
 
@@ -105,7 +110,7 @@ impl Store {
         lock.lock()?;
         let blob = self.blob_path(sha256);
         let current = match fs::symlink_metadata(&blob) {
-            Ok(meta) => FileId { dev: meta.dev(), ino: meta.ino() },
+            Ok(meta) => FileId::of_metadata(&meta),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
