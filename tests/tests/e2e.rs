@@ -37,6 +37,7 @@ mod e2e {
     mod stop_races;
     mod stop_takeover;
     mod stops;
+    mod store_integrity;
     mod tls;
     mod validation;
     mod windows;
