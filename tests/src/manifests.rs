@@ -111,15 +111,18 @@ pub fn blob_path(repository: &Path, sha256: &str) -> PathBuf {
     repository.join(STORE_DIR).join(sha256.get(..2).unwrap_or("00")).join(sha256)
 }
 
-/// Every blob in the store of `repository` (file names under `.store/<aa>/`).
+/// Every blob in the store of `repository` (file names under `.store/<aa>/` that are a
+/// SHA-256 in hex: a blob moved aside as corrupt, `<sha256>.corrupt`, is none).
 pub fn store_blobs(repository: &Path) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let Ok(folders) = fs::read_dir(repository.join(STORE_DIR)) else { return found };
     for folder in folders.flatten() {
         let Ok(blobs) = fs::read_dir(folder.path()) else { continue };
         for blob in blobs.flatten() {
-            if blob.file_type().is_ok_and(|t| t.is_file()) {
-                found.insert(blob.file_name().to_string_lossy().into_owned());
+            let name = blob.file_name().to_string_lossy().into_owned();
+            let hex = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if hex && blob.file_type().is_ok_and(|t| t.is_file()) {
+                found.insert(name);
             }
         }
     }
