@@ -332,6 +332,15 @@ async fn stops_that_cannot_apply_are_refused_with_a_fitting_code() {
             &format!("StopJob {mode:?} of a job whose session ended"),
         );
     }
+    let mismatched = pb::StopJobRequest {
+        job: "other".into(),
+        session_id: started.id.clone(),
+        mode: StopMode::Immediate as i32,
+        ..Default::default()
+    };
+    let what = "StopJob naming an ended session of another job";
+    let refused = expect_code(jobs.stop_job(mismatched).await, Code::InvalidArgument, what);
+    assert!(refused.message().contains("belongs to job"), "{}", refused.message());
     let after = get_session(&jobs, &started.id).await;
     assert_eq!(after, ended, "refused stops change nothing");
     lab.assert_no_leftovers("after the stops");

@@ -188,14 +188,15 @@ fn check_stoppable(
     mode: StopMode,
 ) -> Result<()> {
     let session = record.session.clone().unwrap_or_default();
-    if session.state() == SessionState::Stopped {
-        let result = session.result().as_str_name().to_string();
-        return Err(Error::SessionEnded { session: id.into(), result });
-    }
+    // A request that contradicts itself is wrong whatever state the session is in.
     if !request.job.is_empty() && !request.session_id.is_empty() && session.job != request.job {
         let reason =
             format!("session {id} belongs to job {:?}, not {:?}", session.job, request.job);
         return Err(Error::invalid("session_id", reason));
+    }
+    if session.state() == SessionState::Stopped {
+        let result = session.result().as_str_name().to_string();
+        return Err(Error::SessionEnded { session: id.into(), result });
     }
     if request.graceful_timeout_seconds > MAX_SECONDS {
         let reason = format!("must be at most {MAX_SECONDS} (one week)");
