@@ -163,14 +163,14 @@ struct Pass {
 }
 
 /// Reads `file` to its end, hashing it and writing it to `sink` if given; keeps the bytes
-/// when `keep` and they fit in one buffer. Returns the digest and the sink.
+/// when `keep` and they fit in one buffer; counts them towards progress when `counted` (a
+/// file read a second time was counted by the first). Returns the digest and the sink.
 pub(super) async fn read(
     pace: &mut Pace<'_>,
     file: File,
     sink: Option<File>,
-    keep: bool,
+    (keep, counted): (bool, bool),
 ) -> Result<(Digest, Option<File>), ReadError> {
-    let counted = sink.is_none();
     let head = keep.then(Vec::new);
     let buf = pace.buf.take().unwrap_or_else(|| vec![0; BUF]);
     let mut pass = Pass { file, sink, hasher: Sha256::new(), buf, len: 0, head };

@@ -190,7 +190,13 @@ impl Transfer<'_> {
             Read::Denied => return Ok(Read::Denied),
         };
         let keep = entry.size <= BUF as u64;
-        let (digest, _) = self.read(entry, file, None, keep).await?;
+        if !keep && self.recheck.is_none() {
+            // A new or changed file is mostly new content: it is read once, into a
+            // temporary file as it is hashed (hashing first and copying after read it twice).
+            let copy = self.copy(entry, file, true).await?;
+            return Ok(Read::Stored(Stored { sha256: copy.sha256, len: copy.len, differs: false }));
+        }
+        let (digest, _) = self.read(entry, file, None, (keep, true)).await?;
         let (sha256, len) = (digest.sha256.clone(), digest.len);
         if self.reusable(entry, &sha256).await? {
             return Ok(Read::Stored(Stored { sha256, len, differs: false }));
@@ -201,7 +207,7 @@ impl Transfer<'_> {
             return Ok(Read::Stored(Stored { sha256, len, differs: false }));
         }
         let Read::Stored(file) = open(entry).await? else { return Ok(Read::Gone) };
-        let copy = self.copy(entry, file).await?;
+        let copy = self.copy(entry, file, false).await?;
         let differs = copy.sha256 != sha256;
         Ok(Read::Stored(Stored { sha256: copy.sha256, len: copy.len, differs }))
     }
@@ -211,9 +217,9 @@ impl Transfer<'_> {
         entry: &Entry,
         file: File,
         sink: Option<File>,
-        keep: bool,
+        keep_counted: (bool, bool),
     ) -> Result<(Digest, Option<File>), Failure> {
-        pace::read(&mut self.pace, file, sink, keep).await.map_err(|error| match error {
+        pace::read(&mut self.pace, file, sink, keep_counted).await.map_err(|error| match error {
             ReadError::Canceled => Failure::Canceled,
             ReadError::Read(e) => file_error(entry, "read error", e),
             ReadError::Write(e) => self.store_error(entry, e),
@@ -280,13 +286,20 @@ impl Transfer<'_> {
         Ok(tmp)
     }
 
-    /// Reads the file again into a temporary file and publishes it under its new hash.
-    async fn copy(&mut self, entry: &Entry, file: File) -> Result<Digest, Failure> {
+    /// Reads the file into a temporary file and publishes it under its hash; a copy of
+    /// content the store holds already is dropped unsynced.
+    async fn copy(&mut self, entry: &Entry, file: File, counted: bool) -> Result<Digest, Failure> {
         let tmp = self.temp_path();
         let path = tmp.clone();
         let sink = blocking(move || File::create(&path)).await;
         let sink = sink.map_err(|e| self.store_error(entry, e))?;
-        let (digest, sink) = self.read(entry, file, Some(sink), false).await?;
+        let (digest, sink) = self.read(entry, file, Some(sink), (false, counted)).await?;
+        if self.recheck.is_none() && self.contains(entry, &digest.sha256).await? {
+            drop(sink);
+            let removed = blocking(move || crate::fsutil::remove_file_if_exists(&tmp)).await;
+            removed.map_err(|e| self.store_error(entry, e))?;
+            return Ok(digest);
+        }
         if let Some(sink) = sink {
             blocking(move || sink.sync_all()).await.map_err(|e| self.store_error(entry, e))?;
         }
