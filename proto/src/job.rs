@@ -148,7 +148,14 @@ fn validate_absolute(field: impl Display + Copy, path: &str) -> Result<(), JobEr
 /// than it looks: a control character (NUL, newline, ESC) or a bidirectional override,
 /// which reorders what a terminal shows around it.
 pub fn unsafe_char(text: &str) -> Option<char> {
-    let bidi = |c: char| matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    // Bidirectional controls, and the line and paragraph separators (not `is_control`).
+    const SHOWN_OTHERWISE: [(char, char); 4] = [
+        ('\u{61c}', '\u{61c}'),
+        ('\u{200e}', '\u{200f}'),
+        ('\u{2028}', '\u{202e}'),
+        ('\u{2066}', '\u{2069}'),
+    ];
+    let bidi = |c: char| SHOWN_OTHERWISE.iter().any(|&(low, high)| (low..=high).contains(&c));
     text.chars().find(|&c| c.is_control() || bidi(c))
 }
 

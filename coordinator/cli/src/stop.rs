@@ -44,23 +44,40 @@ pub async fn stop_one(
         requested_by: requested_by(),
     };
     let mut clients = ctx.connect().await?;
+    let asked_deadline = (timeout_seconds > 0).then(|| unix_seconds() + i64::from(timeout_seconds));
     let session = clients.jobs.stop_job(request).await?.into_inner();
     let table = || {
         let detail = views::session_detail(&session, SystemTime::now());
-        let how = crate::output::text::stop_mode(mode as i32);
-        let head = if session.stop_mode == mode as i32 {
-            format!("stop ({how}) requested for session {} of job {}", session.id, session.job)
-        } else {
-            // GRACEFUL after IMMEDIATE changes nothing: say so, not "requested".
-            format!(
-                "session {} of job {} is already stopping immediately: a graceful stop changes nothing",
-                session.id, session.job
-            )
-        };
+        let head = headline(&session, mode, asked_deadline);
         format!("{head}\n\n{detail}\n{}", follow_hint(&session))
     };
     output::print(ctx.format, table, || json::session(&session))?;
     Ok(Exit::Success)
+}
+
+/// What a stop's answer means: requested, or changing nothing because a stronger stop is
+/// in force (an immediate one, or a graceful one with an earlier deadline than `asked`).
+fn headline(session: &pb::Session, mode: pb::StopMode, asked: Option<i64>) -> String {
+    let which = format!("session {} of job {}", session.id, session.job);
+    if session.stop_mode != mode as i32 {
+        return format!("{which} is already stopping immediately: a graceful stop changes nothing");
+    }
+    let in_force = session.graceful_deadline.as_ref().map(|at| at.seconds);
+    // A second of slack: the server's clock and this one's.
+    if let (Some(asked), Some(in_force)) = (asked, in_force) {
+        if in_force + 1 < asked {
+            return format!(
+                "{which} is already stopping gracefully with an earlier deadline: it stays"
+            );
+        }
+    }
+    let how = crate::output::text::stop_mode(mode as i32);
+    format!("stop ({how}) requested for {which}")
+}
+
+fn unix_seconds() -> i64 {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Where to see the items, which StopJob's answer leaves out (it does not grow with the
@@ -107,7 +124,7 @@ async fn confirm_active(clients: &mut Clients) -> Result<bool, Failure> {
     if active.is_empty() {
         return Ok(false);
     }
-    eprint!("{}", views::session_list(&active, SystemTime::now()));
+    crate::error::say(views::session_list(&active, SystemTime::now()).trim_end());
     let prompt = format!("stop {} active sessions? [y/N] ", active.len());
     if confirm(&prompt, &mut io::stdin().lock(), &mut io::stderr())? {
         return Ok(true);
@@ -173,6 +190,27 @@ mod tests {
             assert_eq!(confirmed.expect("read answer"), expected, "answer {answer:?}");
             assert_eq!(prompt, b"stop 2 active sessions? [y/N] ");
         }
+    }
+
+    #[test]
+    fn the_headline_says_when_a_stop_changes_nothing() {
+        let deadline = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let session = |mode: pb::StopMode, at| pb::Session {
+            id: "s1".into(),
+            job: "j".into(),
+            stop_mode: mode as i32,
+            graceful_deadline: at,
+            ..Default::default()
+        };
+        let graceful = session(pb::StopMode::Graceful, deadline(100));
+        let line = |s: &pb::Session, mode, asked| headline(s, mode, asked);
+        assert!(line(&graceful, pb::StopMode::Graceful, Some(100)).starts_with("stop (GRACEFUL"));
+        assert!(line(&graceful, pb::StopMode::Graceful, None).starts_with("stop (GRACEFUL"));
+        let later = line(&graceful, pb::StopMode::Graceful, Some(700));
+        assert!(later.contains("earlier deadline: it stays"), "{later}");
+        let immediate = session(pb::StopMode::Immediate, None);
+        let after = line(&immediate, pb::StopMode::Graceful, None);
+        assert!(after.contains("already stopping immediately"), "{after}");
     }
 
     #[test]

@@ -45,6 +45,21 @@ impl JobApi {
     ) -> Self {
         JobApi { jobs, sessions, restore_points, tokens, shutdown }
     }
+
+    /// A list for `job` that came back `empty` is NOT_FOUND when no such job exists either:
+    /// a typo must not read as "no backups". A deleted job's sessions and restore points
+    /// are still listed.
+    async fn found_unless_empty(&self, job: &str, empty: bool) -> Result<(), Status> {
+        if !empty || job.is_empty() {
+            return Ok(());
+        }
+        let store = self.sessions.store();
+        match store.exists(&store.keys().job(job)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(crate::error::Error::JobNotFound { job: job.into() }.into()),
+            Err(error) => Err(error.into()),
+        }
+    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
@@ -117,7 +132,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Reply<pb::ListSessionsResponse> {
-        let sessions = self.sessions.list(&request.into_inner().job).await?;
+        let job = request.into_inner().job;
+        let sessions = self.sessions.list(&job).await?;
+        self.found_unless_empty(&job, sessions.is_empty()).await?;
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 
@@ -144,6 +161,7 @@ impl JobService for JobApi {
         let job = request.into_inner().job;
         let listed = self.sessions.restore_points(&job).await?;
         let restore_points = self.restore_points.without_deleting(&job, listed).await?;
+        self.found_unless_empty(&job, restore_points.is_empty()).await?;
         Ok(Response::new(pb::ListRestorePointsResponse { restore_points }))
     }
 

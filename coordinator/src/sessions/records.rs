@@ -125,6 +125,7 @@ fn item_from(
             item.status = item_status(status)?;
         }
         item.failed_attempts = record.failed_attempts;
+        item.lost = record.lost;
         item.not_before_ms = record.not_before.as_ref().map_or(0, time::millis);
         let running = item.status.agent.clone().filter(|_| item.is_running());
         item.stored_run = running.map(|agent| Box::new((item.status.attempt, agent)));
@@ -219,6 +220,7 @@ fn item_record(item: &Item) -> pb::ItemRecord {
         status: Some(item_status_record(&item.status)),
         not_before,
         failed_attempts: item.failed_attempts,
+        lost: item.lost,
     }
 }
 

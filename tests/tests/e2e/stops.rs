@@ -213,8 +213,9 @@ async fn a_graceful_stop_with_an_earlier_deadline_takes_over() {
         ..Default::default()
     };
     let first = expect_ok(jobs.stop_job(graceful(3600)).await, "GRACEFUL, an hour");
-    let deadline = |s: &pb::Session| s.graceful_deadline.as_ref().map(|at| at.seconds);
-    assert!(deadline(&first).is_some(), "{}", summary(&first));
+    let deadline = |s: &pb::Session| {
+        s.graceful_deadline.as_ref().map(|at| at.seconds).expect("a graceful deadline shown")
+    };
     let sooner = expect_ok(jobs.stop_job(graceful(1)).await, "GRACEFUL again, 1 s");
     assert!(deadline(&sooner) < deadline(&first), "{}", summary(&sooner));
     let later = expect_ok(jobs.stop_job(graceful(600)).await, "GRACEFUL again, 10 min");

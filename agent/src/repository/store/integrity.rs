@@ -8,15 +8,15 @@
 //!
 //! # Racing backups and collections
 //!
-//! The caller holds the store lock (shared): no collection removes a blob meanwhile, and a
-//! backup only ever creates a blob where none is (`Store::publish`), never replaces one. So
+//! A move aside holds the store lock (shared; verify hashes without it, the ctime check
+//! below covers that): no collection removes a blob meanwhile, and a backup only ever
+//! creates a blob where none is (`Store::publish`), never replaces one. So
 //! the file at a blob's path changes only by a move aside. Moves aside take
 //! `<repository>/.store/quarantine.lock` exclusively, and move the file only if it is still
 //! the one found corrupt (same device, inode and ctime): of two callers that found the same corrupt
 //! blob, the second leaves alone the fresh blob a backup may have stored since. A backup
 //! that found the blob before it was moved aside fails its COMMIT ("missing from the
-//! store") instead of committing a restore point naming corrupt bytes; its retry stores the
-//! content again.
+//! store") if its check comes after the move; its retry stores the content again.
 
 use std::fs::{self, File};
 use std::io::{self, Read};

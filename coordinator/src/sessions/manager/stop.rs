@@ -9,6 +9,7 @@ use sluice_proto::{
 use std::time::Duration;
 
 use futures::StreamExt;
+use sluice_proto::security::layer::AUDIT;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -41,11 +42,13 @@ impl Sessions {
         // of every item.
         let (record, current) = self.record_and_stop(&id).await?;
         check_stoppable(&id, &record, &request, mode)?;
+        let caller = stopped_by.clone();
         let stop = stop_request(mode, &request, record.graceful_timeout_seconds, stopped_by);
+        let stop = keep_first_request(stop, current.as_ref().map(|c| &c.value));
         let job = record.session.as_ref().map_or("", |s| s.job.as_str());
         match persist::request_stop_over(self.store(), (&id, job), &stop, current).await? {
             StopWrite::Written(revision) => {
-                info!(session = %id, mode = mode.as_str_name(), by = %stop.requested_by, "stop requested");
+                info!(target: AUDIT, session = %id, mode = mode.as_str_name(), by = %caller, "stop requested");
                 self.hand_stop(&id, &stop, revision).await;
             }
             StopWrite::Covered => {}
@@ -188,6 +191,9 @@ fn check_stoppable(
     mode: StopMode,
 ) -> Result<()> {
     let session = record.session.clone().unwrap_or_default();
+    if !request.job.is_empty() {
+        validate_name("job", &request.job)?;
+    }
     // A request that contradicts itself is wrong whatever state the session is in.
     if !request.job.is_empty() && !request.session_id.is_empty() && session.job != request.job {
         let reason =
@@ -230,6 +236,18 @@ fn stop_request(
         requested_at: Some(timestamp(now)),
         graceful_deadline: deadline.map(timestamp),
         reason: String::new(),
+    }
+}
+
+/// A graceful stop over a graceful one changes only the deadline (if earlier): the session
+/// keeps who stopped it and when (the stop's latency counts from then). The caller of each
+/// stop is in the audit log.
+fn keep_first_request(stop: pb::StopRequest, current: Option<&pb::StopRequest>) -> pb::StopRequest {
+    match current {
+        Some(first) if first.mode() == StopMode::Graceful && stop.mode() == StopMode::Graceful => {
+            pb::StopRequest { graceful_deadline: stop.graceful_deadline, ..first.clone() }
+        }
+        _ => stop,
     }
 }
 

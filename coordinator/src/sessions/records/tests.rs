@@ -110,3 +110,15 @@ fn an_ended_tasks_status_gives_its_last_counters_then_its_end() {
     assert_eq!(task_events(&agent, running), Some((counters, None)));
     assert_eq!(task_events(&agent, pb::TaskStatus::default()), None);
 }
+
+/// A computer item whose attempt was lost with its agent waits for its computer: a new
+/// owner must still know it started (a stop then fails it, never "not processed").
+#[test]
+fn a_new_owner_knows_an_item_lost_an_attempt_with_its_agent() {
+    let mut waiting = written(0, pb::ItemState::Pending);
+    waiting.lost = true;
+    let stored = HashMap::from([(0, waiting)]);
+    let machine = machine_from_records(&record(1, None), &job(1), &stored, None).expect("machine");
+    assert!(machine.item(0).lost, "read back from the record");
+    assert!(item_record(machine.item(0)).lost, "written again as it was");
+}
