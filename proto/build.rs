@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = prost_build::Config::new();
     config.enable_type_names();
+    // Rarely set: boxed, so a restore point (in every task outcome) grows by a pointer only.
+    config.boxed(".sluice.v1.RestorePoint.damage");
     tonic_prost_build::configure()
         .build_server(false)
         .file_descriptor_set_path(out.join("sluice_descriptor.bin"))

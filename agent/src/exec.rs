@@ -51,8 +51,9 @@ pub enum Update {
         /// Bytes written to the repository.
         transferred: u64,
     },
-    /// The task ended; its journal entry already holds the outcome.
-    Finished(pb::TaskOutcome),
+    /// The task ended; its journal entry already holds the outcome. Boxed: the other
+    /// updates are small, and every update takes the size of the largest in the channel.
+    Finished(Box<pb::TaskOutcome>),
 }
 
 pub(crate) use sluice_proto::progress::Volumes;
@@ -97,7 +98,7 @@ impl Reporter {
 
     /// Reports the outcome.
     pub(crate) async fn finished(&mut self, outcome: pb::TaskOutcome) {
-        self.send(Update::Finished(outcome)).await;
+        self.send(Update::Finished(Box::new(outcome))).await;
     }
 
     async fn send(&self, update: Update) {

@@ -16,6 +16,7 @@
 //! retention finishes deleting it.
 
 pub(crate) mod choose;
+mod damage;
 pub(crate) mod parent;
 mod retention;
 
@@ -114,8 +115,15 @@ impl RestorePoints {
             .into_inner();
         info!(restore_point = %located.restore_point.id, agent = %agent.id, ok = response.ok,
               bytes = response.bytes_checked, "restore point verified");
+        let problems = if response.ok && response.problems.is_empty() {
+            Vec::new()
+        } else if response.problems.is_empty() {
+            vec!["the agent found it not ok".to_owned()]
+        } else {
+            response.problems.clone()
+        };
         response.agent = agent.id;
-        response.restore_point = Some(located.restore_point);
+        response.restore_point = Some(self.record_verify(located.restore_point, &problems).await);
         Ok(response)
     }
 

@@ -194,13 +194,29 @@ impl Store {
         &self,
         prefix: &str,
     ) -> Result<Vec<M>> {
+        let listed = self.list_versioned_in_commit_order(prefix).await?;
+        Ok(listed.into_iter().map(|versioned| versioned.value).collect())
+    }
+
+    /// [`Self::list_in_commit_order`] with each value's revisions.
+    pub(crate) async fn list_versioned_in_commit_order<M: Message + Default>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Versioned<M>>> {
         let options = GetOptions::new().with_prefix();
         let response = self.kv().get(prefix, Some(options)).await?;
         let mut kvs: Vec<&KeyValue> = response.kvs().iter().collect();
         kvs.sort_unstable_by(|a, b| {
             (a.create_revision(), a.key()).cmp(&(b.create_revision(), b.key()))
         });
-        kvs.into_iter().map(|kv| Ok(decode_kv(kv)?.value)).collect()
+        kvs.into_iter().map(decode_kv).collect()
+    }
+
+    /// The revision that created `key` (its value is not read); `None` when it is absent.
+    pub(crate) async fn create_revision(&self, key: &str) -> Result<Option<i64>> {
+        let options = GetOptions::new().with_keys_only();
+        let response = self.kv().get(key, Some(options)).await?;
+        Ok(response.kvs().first().map(KeyValue::create_revision))
     }
 
     /// Reads many single keys in as few requests as etcd's op limit allows (one txn of reads

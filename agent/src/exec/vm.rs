@@ -124,9 +124,10 @@ impl Backup {
         ensure_running(ctx)?;
         let repo = paths.clone();
         let named = ctx.spec.parent_restore_point.clone();
+        let unusable = ctx.spec.parent_unusable.clone();
         let chain = blocking(move || {
             let lock = ChainLock::settled(&repo.item_dir).map_err(std::io::Error::other)?;
-            let parent = named_parent(&repo.item_dir, &named);
+            let parent = named_parent(&repo.item_dir, &named, unusable);
             repo.prepare_partial().map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
@@ -440,9 +441,11 @@ async fn remove_stale(source: &mut Source, stale: &[(usize, String)]) -> Vec<Str
 
 /// The restore point the task names to build on, read with its whole chain: an incremental
 /// on a broken chain could never be restored.
-fn named_parent(item_dir: &std::path::Path, named: &str) -> Parent {
+/// The parent the task names; `unusable`, the coordinator's reason for naming none (a
+/// damaged chain), makes the backup full with that reason as its warning.
+fn named_parent(item_dir: &std::path::Path, named: &str, unusable: String) -> Parent {
     if named.is_empty() {
-        return Parent::None;
+        return if unusable.is_empty() { Parent::None } else { Parent::Unusable(unusable) };
     }
     match chain::links(item_dir, named) {
         Ok(links) => {

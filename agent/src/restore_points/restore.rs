@@ -158,6 +158,7 @@ fn restore_vm(
         let files = manifest.disks.len() as u64;
         return Ok(Restored { files, bytes, ..Restored::default() });
     }
+    vm::check_standalone(location, &manifest)?;
     let mut restored = Restored::default();
     for (disk, name) in manifest.disks.iter().zip(names) {
         if !plain_file_name(&disk.file) {

@@ -121,14 +121,56 @@ fn verify_link(
             report.problems.push(format!("{name}: {problem}"));
             continue;
         }
-        let expected = manifest.parent.as_ref().map(|parent| {
-            let file =
-                parent_files.get(index).cloned().flatten().unwrap_or_else(|| disk.file.clone());
-            format!("../{parent}/{file}")
-        });
+        let expected =
+            expected_backing(manifest, index, parent_files.get(index).cloned().flatten());
         if let Err(problem) = check_structure(&path, expected.as_deref()) {
             report.problems.push(format!("{name}: {problem}"));
         }
+    }
+    Ok(())
+}
+
+/// The backing file disk `index` of `manifest` must name: its parent's file of that disk
+/// (`parent_file`, else its own name) in the parent's folder; none for a full restore point.
+fn expected_backing(
+    manifest: &VmManifest,
+    index: usize,
+    parent_file: Option<String>,
+) -> Option<String> {
+    manifest.parent.as_ref().map(|parent| {
+        let file = parent_file.unwrap_or_else(|| manifest.disks[index].file.clone());
+        format!("../{parent}/{file}")
+    })
+}
+
+/// Restore's share of verify's structure check, for a full restore point (the only link of
+/// its chain): each disk is a sound qcow2 image that reads through to no backing file. A
+/// manifest saying "full" over a disk that still has one would restore an unusable image.
+pub(super) fn check_standalone(
+    location: &Location,
+    manifest: &VmManifest,
+) -> Result<(), AgentError> {
+    let link = VmPoint { id: location.id.clone(), manifest: manifest.clone() };
+    check_link_structure(&location.item_dir(), &link, None)
+}
+
+/// Each disk of `link` reads through to its `parent`'s file as the manifests say (none
+/// without a parent); DATA_LOSS naming the link and the disk otherwise.
+fn check_link_structure(
+    item_dir: &Path,
+    link: &VmPoint,
+    parent: Option<&VmPoint>,
+) -> Result<(), AgentError> {
+    let folder = item_dir.join(&link.id);
+    for (index, disk) in link.manifest.disks.iter().enumerate() {
+        let what = format!("restore point {}: {} (disk {})", link.id, disk.file, disk.source);
+        if !plain_file_name(&disk.file) {
+            return Err(AgentError::Corrupt(format!("{what}: not a plain file name")));
+        }
+        let parent_file = parent.and_then(|p| p.manifest.disks.get(index)).map(|d| d.file.clone());
+        let expected = expected_backing(&link.manifest, index, parent_file);
+        check_structure(&folder.join(&disk.file), expected.as_deref())
+            .map_err(|problem| AgentError::Corrupt(format!("{what}: {problem}")))?;
     }
     Ok(())
 }
@@ -158,7 +200,8 @@ fn check_structure(path: &Path, backing: Option<&str>) -> Result<(), String> {
 }
 
 /// The disks of an incremental restore point, each flattened through its chain into
-/// `<target>/<name>`, after every link's files were checked against their manifests.
+/// `<target>/<name>`, after every link's files were checked against their manifests and
+/// its disks found to read through to its parent's as they name it.
 /// Returns the bytes written.
 pub(super) fn restore_chain(
     location: &Location,
@@ -168,8 +211,9 @@ pub(super) fn restore_chain(
 ) -> Result<u64, AgentError> {
     let item_dir = location.item_dir();
     let links = chain::links(&item_dir, &location.id).map_err(AgentError::Corrupt)?;
-    for link in &links {
+    for (at, link) in links.iter().enumerate() {
         check_files(&item_dir.join(&link.id), link, cancel)?;
+        check_link_structure(&item_dir, link, links.get(at + 1))?;
     }
     let mut bytes = 0;
     for (disk, name) in links[0].manifest.disks.iter().zip(names) {

@@ -335,7 +335,7 @@ impl TaskTable {
                 entry.status.bytes_transferred = transferred;
             }
             Update::Finished(outcome) => {
-                entry.status.outcome = Some(outcome);
+                entry.status.outcome = Some(*outcome);
                 if entry.cancel.take().is_some() {
                     stop_running(&mut self.running, id);
                 }

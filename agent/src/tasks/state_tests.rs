@@ -102,7 +102,7 @@ fn a_repeated_run_returns_the_existing_status() {
         other => panic!("expected the existing task, got {other:?}"),
     }
     let outcome = pb::TaskOutcome { state: pb::ItemState::Success as i32, ..Default::default() };
-    table.apply(&task, Update::Finished(outcome.clone()));
+    table.apply(&task, Update::Finished(Box::new(outcome.clone())));
     match admit(&mut table, &task, &spec(&task, 2)) {
         Ok(Admission::Existing(status)) => {
             assert_eq!(status.outcome, Some(outcome));
@@ -120,7 +120,7 @@ fn a_status_says_when_its_phase_began_and_keeps_it_with_the_outcome() {
     let at = prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 };
     let status = table.apply(&task, Update::Phase(pb::TaskPhase::Cleanup, at)).expect("held");
     assert_eq!((status.phase(), status.phase_changed_at), (pb::TaskPhase::Cleanup, Some(at)));
-    let status = table.apply(&task, Update::Finished(pb::TaskOutcome::default())).expect("held");
+    let status = table.apply(&task, Update::Finished(Box::default())).expect("held");
     assert_eq!(status.phase_changed_at, Some(at), "the outcome says when cleanup began");
 }
 
@@ -170,7 +170,7 @@ fn cancel_targets_listed_items_and_ack_forgets_finished_ones() {
     assert!(!first.is_cancelled());
     assert_eq!(second.reason(), pb::CancelReason::User);
     assert_eq!(table.ack(&[id("s", 1, 1)]), Vec::<TaskId>::new(), "running tasks stay");
-    table.apply(&id("s", 1, 1), Update::Finished(pb::TaskOutcome::default()));
+    table.apply(&id("s", 1, 1), Update::Finished(Box::default()));
     assert_eq!(table.unacked(), 1);
     assert_eq!(table.ack(&[id("s", 1, 1)]), vec![id("s", 1, 1)]);
     assert_eq!(table.list("s").len(), 1);
@@ -206,7 +206,7 @@ fn a_run_of_an_acknowledged_attempt_is_refused_and_a_newer_one_starts() {
     table.set_epoch(&session("s"), epoch(1));
     let done = id("s", 0, 2);
     start(&mut table, &done);
-    table.apply(&done, Update::Finished(pb::TaskOutcome::default()));
+    table.apply(&done, Update::Finished(Box::default()));
     assert_eq!(table.ack(std::slice::from_ref(&done)), vec![done.clone()]);
     for attempt in [1, 2] {
         let late = id("s", 0, attempt);
@@ -327,7 +327,7 @@ proptest::proptest! {
                     }
                 }
                 1 => {
-                    table.apply(&task, Update::Finished(pb::TaskOutcome::default()));
+                    table.apply(&task, Update::Finished(Box::default()));
                 }
                 _ => {
                     table.ack(&[task]);

@@ -17,7 +17,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// Runs one backup task of item `vm0` to its end, naming `parent` (empty: none) as the
 /// catalog's newest restore point of the item.
-async fn backup(
+pub(crate) async fn backup(
     session: &str,
     parent: &str,
     disk: &Path,
@@ -30,7 +30,13 @@ async fn backup(
 }
 
 /// The task of item `vm0` backing up `disk` through `socket` (empty: offline) on `parent`.
-fn spec_of(session: &str, parent: &str, disk: &Path, repo: &Path, socket: &str) -> pb::TaskSpec {
+pub(crate) fn spec_of(
+    session: &str,
+    parent: &str,
+    disk: &Path,
+    repo: &Path,
+    socket: &str,
+) -> pb::TaskSpec {
     let mut spec = vm_spec(session, 0, &[disk], repo);
     spec.parent_restore_point = parent.to_owned();
     if let Some(Target::Vm(vm)) = spec.item.as_mut().and_then(|i| i.target.as_mut()) {
@@ -59,18 +65,18 @@ async fn started(
 
 /// A new folder with a disk holding data, the path of its repository, and a fresh agent
 /// registered with a fake coordinator.
-struct Setup {
-    dir: tempfile::TempDir,
-    disk: PathBuf,
-    repo: PathBuf,
-    agent: TestAgent,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) disk: PathBuf,
+    pub(crate) repo: PathBuf,
+    pub(crate) agent: TestAgent,
     _coordinator: FakeCoordinator,
     _state: tempfile::TempDir,
 }
 
 impl Setup {
     /// `disk` named `name`, with `data_mib` MiB of data.
-    async fn new(name: &str, data_mib: u32) -> Self {
+    pub(crate) async fn new(name: &str, data_mib: u32) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = make_disk(dir.path(), name, data_mib);
         let repo = dir.path().join("repo");
@@ -81,12 +87,12 @@ impl Setup {
     }
 }
 
-fn committed(outcome: &pb::TaskOutcome) -> pb::RestorePoint {
+pub(crate) fn committed(outcome: &pb::TaskOutcome) -> pb::RestorePoint {
     assert!(matches!(outcome.state(), ItemState::Success | ItemState::Warning), "{outcome:?}");
     outcome.restore_point.clone().expect("restore point")
 }
 
-fn location(repo: &Path, id: &str) -> pb::RestorePointLocation {
+pub(crate) fn location(repo: &Path, id: &str) -> pb::RestorePointLocation {
     pb::RestorePointLocation {
         repository: repo.display().to_string(),
         job: "nightly".into(),
@@ -95,7 +101,11 @@ fn location(repo: &Path, id: &str) -> pb::RestorePointLocation {
     }
 }
 
-async fn verify(agent: &TestAgent, repo: &Path, id: &str) -> pb::VerifyRestorePointResponse {
+pub(crate) async fn verify(
+    agent: &TestAgent,
+    repo: &Path,
+    id: &str,
+) -> pb::VerifyRestorePointResponse {
     let request = pb::AgentVerifyRequest { location: Some(location(repo, id)) };
     agent.client.clone().verify_restore_point(request).await.expect("verify").into_inner()
 }
@@ -111,18 +121,18 @@ async fn restore(agent: &TestAgent, repo: &Path, id: &str, disk: &Path) -> PathB
     target.join(disk.file_name().expect("name"))
 }
 
-fn same(a: &Path, b: &Path) {
+pub(crate) fn same(a: &Path, b: &Path) {
     sh("qemu-img", &["compare", "-q", &a.display().to_string(), &b.display().to_string()]);
 }
 
-fn copy(disk: &Path, out: &Path) {
+pub(crate) fn copy(disk: &Path, out: &Path) {
     sh(
         "qemu-img",
         &["convert", "-U", "-O", "qcow2", &disk.display().to_string(), &out.display().to_string()],
     );
 }
 
-fn item_dir(repo: &Path) -> PathBuf {
+pub(crate) fn item_dir(repo: &Path) -> PathBuf {
     repo.join("nightly/vm0")
 }
 

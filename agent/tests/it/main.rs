@@ -2,6 +2,7 @@
 //! whole agent in-process behind a fake coordinator.
 
 mod batches;
+mod chain_checks;
 mod chains;
 mod computer;
 mod executor;

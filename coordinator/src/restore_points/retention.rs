@@ -49,7 +49,7 @@ use super::{
     Located, Locator, RestorePoints,
     choose::{Need, choose_agent},
 };
-use crate::{error::Result, membership};
+use crate::{error::Result, membership, store::Versioned};
 
 /// Longest an agent gets to delete folders or collect garbage.
 const AGENT_CALL: Duration = Duration::from_secs(300);
@@ -173,10 +173,12 @@ impl RestorePoints {
         if job.value.keep_restore_points == 0 && deleting.is_empty() {
             return Ok(0);
         }
-        let all = self.store.list_in_commit_order(&keys.restore_points(job_name)).await?;
+        let prefix = keys.restore_points(job_name);
+        let listed = self.store.list_versioned_in_commit_order(&prefix).await?;
+        let (all, inherited) = split_inherited(listed, job.create_revision);
         let mut deletions = Vec::new();
         let mut merges = Vec::new();
-        for step in plan::plan(&all, job.value.keep_restore_points, &deleting) {
+        for step in plan::plan(&all, job.value.keep_restore_points, &deleting, &inherited) {
             match step {
                 plan::Step::Delete(rp) => deletions.push(rp),
                 plan::Step::Merge { base, child } => merges.push((base, child)),
@@ -194,8 +196,15 @@ impl RestorePoints {
         let mut marked = Vec::new();
         for batch in located.chunks(BATCH) {
             match self.mark_deleting(batch).await {
-                Ok(flags) => marked
-                    .extend(batch.iter().zip(flags).filter(|(_, ok)| *ok).map(|(l, _)| l.clone())),
+                Ok(flags) => {
+                    for (located, ok) in batch.iter().zip(flags) {
+                        if ok {
+                            marked.push(located.clone());
+                        } else {
+                            postponed(&located.restore_point);
+                        }
+                    }
+                }
                 Err(error) => warn!(job = job_name, %error, "retention: a batch was kept"),
             }
         }
@@ -375,6 +384,28 @@ impl RestorePoints {
             }
         }
     }
+}
+
+/// Logs a deletion left to a later retention: a verify or restore reads the restore point
+/// (or its catalog entry went meanwhile).
+fn postponed(rp: &pb::RestorePoint) {
+    info!(job = %rp.job, restore_point = %rp.id,
+          "retention postponed: the restore point is in use (a verify or restore reads it); \
+           a later retention deletes it");
+}
+
+/// The restore points (in commit order), with the ids of those committed before the job was
+/// created (at revision `job_created`): an earlier job of the same name made them.
+fn split_inherited(
+    listed: Vec<Versioned<pb::RestorePoint>>,
+    job_created: i64,
+) -> (Vec<pb::RestorePoint>, BTreeSet<String>) {
+    let inherited = listed
+        .iter()
+        .filter(|entry| entry.create_revision < job_created)
+        .map(|entry| entry.value.id.clone())
+        .collect();
+    (listed.into_iter().map(|entry| entry.value).collect(), inherited)
 }
 
 #[cfg(test)]

@@ -152,6 +152,10 @@ pub fn restore_points(points: &[pb::RestorePoint]) -> Value {
                 "path": p.path,
                 "kind": enum_value(p.kind, pb::RestorePointKind::as_str_name),
                 "parent_id": p.parent_id,
+                "damage": p.damage.as_ref().map(|d| json!({
+                    "problem": d.problem,
+                    "found_at": time(d.found_at.as_ref()),
+                })),
             })
         })
         .collect();

@@ -63,6 +63,14 @@ pub fn or_dash(text: &str) -> String {
     if text.is_empty() { "-".to_string() } else { text.to_string() }
 }
 
+/// `text` cut to `chars` characters, `...` marking a cut.
+pub fn cut(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// `yes` or `no`.
 pub fn yes_no(flag: bool) -> String {
     if flag { "yes" } else { "no" }.to_string()

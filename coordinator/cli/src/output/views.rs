@@ -232,13 +232,18 @@ pub fn coordinator_list(coordinators: &[pb::Coordinator], now: SystemTime) -> St
     table.render()
 }
 
-/// `restore-point list`: ID ITEM KIND PARENT SESSION CREATED SIZE PATH.
+/// Characters of a restore point's damage text a list shows.
+const DAMAGE_SHOWN_CHARS: usize = 60;
+
+/// `restore-point list`: ID ITEM KIND PARENT SESSION CREATED SIZE PATH DAMAGE (known damage,
+/// its start only: `--output json` has it whole, with when it was found).
 pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> String {
     if points.is_empty() {
         return "no restore points".to_string();
     }
-    let mut table =
-        Table::new(&["ID", "ITEM", "KIND", "PARENT", "SESSION", "CREATED", "SIZE", "PATH"]);
+    let mut table = Table::new(&[
+        "ID", "ITEM", "KIND", "PARENT", "SESSION", "CREATED", "SIZE", "PATH", "DAMAGE",
+    ]);
     for p in points {
         table.row(vec![
             p.id.clone(),
@@ -249,6 +254,10 @@ pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> Strin
             when(p.created_at.as_ref(), now),
             text::bytes(p.size_bytes),
             or_dash(&p.path),
+            p.damage.as_ref().map_or_else(
+                || "-".to_string(),
+                |d| text::cut(&text::one_line(&d.problem), DAMAGE_SHOWN_CHARS),
+            ),
         ]);
     }
     table.render()

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::pb;
+use tonic::Code;
 use tracing::{info, warn};
 
 use super::AGENT_CALL;
@@ -55,25 +56,40 @@ impl RestorePoints {
         }
         // A failed merge keeps the mark: the next retention finishes it (the agent's merge
         // resumes, and is a no-op once done).
-        let merged = self.ask_merge(&located, &child.id).await?;
+        let merged = self.ask_merge(&located, &child).await?;
         info!(base = %located.restore_point.id, child = %child.id, "retention merged a full restore point into its child");
         self.record_merge(&located, child, merged).await
     }
 
-    /// Has an agent merge `located` into `child`; the child as the agent left it.
-    async fn ask_merge(&self, located: &Located, child: &str) -> Result<pb::RestorePoint, String> {
+    /// Has an agent merge `located` into `child`; the child as the agent left it. Data that
+    /// does not match its manifest (DATA_LOSS) is recorded as the damage of the restore point
+    /// the agent names, else of the base.
+    async fn ask_merge(
+        &self,
+        located: &Located,
+        child: &pb::RestorePoint,
+    ) -> Result<pb::RestorePoint, String> {
         let agents = self.directory.current();
         let agent = choose_agent(&agents, &located.need(), true)?;
         let mut client =
             self.clients.client(&agent.id, &agent.address).map_err(|e| e.to_string())?;
         let request = pb::MergeRestorePointRequest {
             base: Some(located.location()),
-            child_id: child.to_owned(),
+            child_id: child.id.clone(),
         };
         let answer = tokio::time::timeout(AGENT_CALL, client.merge_restore_point(request))
             .await
-            .map_err(|_| format!("agent {} timed out", agent.id))?
-            .map_err(|status| format!("agent {}: {}", agent.id, status.message()))?;
+            .map_err(|_| format!("agent {} timed out", agent.id))?;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(status) => {
+                if status.code() == Code::DataLoss {
+                    let damaged = damaged_one(&located.restore_point, child, status.message());
+                    self.record_merge_damage(damaged, status.message()).await;
+                }
+                return Err(format!("agent {}: {}", agent.id, status.message()));
+            }
+        };
         answer
             .into_inner()
             .merged
@@ -94,6 +110,8 @@ impl RestorePoints {
         child.kind = merged.kind;
         child.parent_id = merged.parent_id;
         child.size_bytes = merged.size_bytes;
+        // The merge checked both restore points byte for byte: whatever was recorded is gone.
+        child.damage = None;
         let txn = Txn::new()
             .when([Compare::create_revision(child_key.as_str(), CompareOp::Greater, 0)])
             .and_then([
@@ -106,5 +124,34 @@ impl RestorePoints {
             Ok(None) => Err(format!("the catalog entry of {} is gone", child.id)),
             Err(error) => Err(format!("catalog not updated (the next retention will): {error}")),
         }
+    }
+}
+
+/// Which of a merge's two restore points the agent's DATA_LOSS `message` is about: the one
+/// it names (`restore point {id}: ...`), else the base.
+fn damaged_one<'a>(
+    base: &'a pb::RestorePoint,
+    child: &'a pb::RestorePoint,
+    message: &str,
+) -> &'a pb::RestorePoint {
+    if message.contains(&format!("restore point {}:", child.id)) { child } else { base }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_damage_a_merge_finds_goes_to_the_restore_point_the_agent_names() {
+        let base = pb::RestorePoint { id: "s1-0".into(), ..Default::default() };
+        let child =
+            pb::RestorePoint { id: "s2-0".into(), parent_id: "s1-0".into(), ..Default::default() };
+        let on_child =
+            "restore point s2-0: disk0.qcow2 (disk /d0): blake3 is 89df, the manifest records 0b82";
+        assert_eq!(damaged_one(&base, &child, on_child).id, "s2-0");
+        let on_base =
+            "restore point s1-0: disk0.qcow2 (disk /d0): 12 bytes, the manifest records 13";
+        assert_eq!(damaged_one(&base, &child, on_base).id, "s1-0");
+        assert_eq!(damaged_one(&base, &child, "unreadable").id, "s1-0", "the base by default");
     }
 }

@@ -13,6 +13,11 @@
 //! A restore point whose deletion began (its durable deletion mark, left by a retention that
 //! failed or died half-way) falls out whatever `keep` says, so the deletion is finished the
 //! same chain-aware way: deleted when nothing kept builds on it, else merged into its child.
+//!
+//! Restore points an earlier job of the same name made (`inherited`: the job was deleted,
+//! its restore points kept, and a new one created under its name) are not this job's: they
+//! neither count towards `keep` nor fall out, so they stay until deleted by hand. Only a
+//! deletion already begun on one (its mark) is finished.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,34 +39,41 @@ pub(crate) enum Step {
 }
 
 /// The steps, in order, that leave each item with its `keep` newest restore points (all
-/// when `keep` is 0) and finish the deletions begun (`deleting`, by id). `restore_points`
-/// come in commit order (oldest first). The merges of one chain must run in the order given.
+/// when `keep` is 0) and finish the deletions begun (`deleting`, by id), leaving the
+/// `inherited` ones (by id) alone. `restore_points` come in commit order (oldest first). The
+/// merges of one chain must run in the order given.
 pub(crate) fn plan(
     restore_points: &[pb::RestorePoint],
     keep: u32,
     deleting: &BTreeSet<String>,
+    inherited: &BTreeSet<String>,
 ) -> Vec<Step> {
     let mut by_item: BTreeMap<&str, Vec<&pb::RestorePoint>> = BTreeMap::new();
     for rp in restore_points {
         by_item.entry(rp.item.as_str()).or_default().push(rp);
     }
-    by_item.into_values().flat_map(|rps| plan_item(rps, keep as usize, deleting)).collect()
+    let marks = Marks { deleting, inherited };
+    by_item.into_values().flat_map(|rps| plan_item(rps, keep as usize, &marks)).collect()
 }
 
-fn plan_item(
-    mut rps: Vec<&pb::RestorePoint>,
-    keep: usize,
-    deleting: &BTreeSet<String>,
-) -> Vec<Step> {
+/// The restore points whose deletion began, and those an earlier job made.
+struct Marks<'a> {
+    deleting: &'a BTreeSet<String>,
+    inherited: &'a BTreeSet<String>,
+}
+
+fn plan_item(mut rps: Vec<&pb::RestorePoint>, keep: usize, marks: &Marks<'_>) -> Vec<Step> {
     // Newest first.
     rps.reverse();
     let item = Item::new(&rps);
-    let falls_out = |(index, rp): &(usize, &&pb::RestorePoint)| {
-        (keep > 0 && *index >= keep) || deleting.contains(&rp.id)
-    };
-    let (out, kept): (Vec<_>, Vec<_>) = rps.iter().enumerate().partition(falls_out);
-    let out: Vec<&pb::RestorePoint> = out.into_iter().map(|(_, rp)| *rp).collect();
-    let kept: Vec<&pb::RestorePoint> = kept.into_iter().map(|(_, rp)| *rp).collect();
+    let mut own = 0;
+    let (mut out, mut kept) = (Vec::new(), Vec::new());
+    for rp in &rps {
+        let counted = !marks.inherited.contains(&rp.id);
+        let beyond_keep = counted && keep > 0 && own >= keep;
+        own += usize::from(counted);
+        if beyond_keep || marks.deleting.contains(&rp.id) { out.push(*rp) } else { kept.push(*rp) }
+    }
     let out_ids: BTreeSet<&str> = out.iter().map(|rp| rp.id.as_str()).collect();
     let mut steps: Vec<Step> = out
         .iter()

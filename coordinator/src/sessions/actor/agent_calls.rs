@@ -20,7 +20,7 @@ use super::{Exit, Msg, SessionActor};
 use crate::{
     agent_client::{AgentClient, timeout},
     error::Error,
-    restore_points::parent::chain_parent,
+    restore_points::parent::{ChainParent, chain_parent},
     sessions::{
         late,
         machine::{CancelReason, Dispatch, Event, Outcome},
@@ -85,6 +85,7 @@ impl SessionActor {
             traceparent: String::new(),
             full: self.base.session.as_ref().is_some_and(|session| session.full),
             parent_restore_point: String::new(),
+            parent_unusable: String::new(),
             agent_registration: self
                 .ctx
                 .directory
@@ -341,7 +342,11 @@ async fn name_chain_parent(store: &Store, spec: &mut pb::TaskSpec) -> Result<(),
     let parent = chain_parent(store, &spec.job, &item.name).await.map_err(|error| {
         Status::unavailable(format!("cannot read the item's restore points: {error}"))
     })?;
-    spec.parent_restore_point = parent.unwrap_or_default();
+    match parent {
+        ChainParent::None => {}
+        ChainParent::Named(id) => spec.parent_restore_point = id,
+        ChainParent::Unusable(why) => spec.parent_unusable = why,
+    }
     Ok(())
 }
 

@@ -117,3 +117,28 @@ fn agent_and_restore_point_tables() {
         "{text}"
     );
 }
+
+#[test]
+fn a_restore_point_list_shows_known_damage_on_one_short_line() {
+    let point = pb::RestorePoint {
+        id: "rp-0002".into(),
+        item: "vm-01".into(),
+        path: "/r/rp-0002".into(),
+        damage: Some(Box::new(pb::RestorePointDamage {
+            problem: format!("verify: 1 problem(s): disk0.qcow2\nblake3 is {}", "9".repeat(80)),
+            found_at: at(30),
+        })),
+        ..Default::default()
+    };
+    let text = restore_point_list(&[point], fixtures::now());
+    assert!(
+        text.lines().next().is_some_and(|header| header.ends_with("PATH        DAMAGE")),
+        "{text}"
+    );
+    assert!(
+        text.contains("/r/rp-0002  verify: 1 problem(s): disk0.qcow2 blake3 is 99999"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("..."), "cut: {text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+}
