@@ -10,6 +10,7 @@ mod e2e {
     mod attempts;
     mod bad_input;
     mod campaign;
+    mod chains;
     mod computer_stops;
     mod computers;
     mod console;

@@ -1,0 +1,131 @@
+//! Scenarios: what a VM item's chain may build on. Damage a verify found is recorded on the
+//! restore point (listed), the next backup is full and says why, and a verify that finds
+//! the point whole again clears the mark. A new job under a deleted job's name neither
+//! builds on the old job's restore points nor lets its retention delete them.
+
+use std::{fs, path::Path};
+
+use sluice_proto::pb::{self, ItemState, RestorePointKind, SessionResult};
+use sluice_tests::{
+    Cluster, PATIENCE,
+    api::{Jobs, create_job, restore_points, start_job, summary, try_restore_points, wait_stopped},
+    disk::{Fill, write_pattern},
+    fixtures::expect_ok,
+    sessions::{VmDisks, restore_point_dir, vm_backup},
+    wait_for,
+};
+
+/// Runs a session of `job` to its end; its only item's status.
+async fn backup(jobs: &mut Jobs, job: &str) -> pb::ItemStatus {
+    let started = start_job(jobs, job).await;
+    let ended = wait_stopped(jobs, &started.id).await;
+    assert!(
+        matches!(ended.result(), SessionResult::Success | SessionResult::Warning),
+        "{}",
+        summary(&ended)
+    );
+    ended.items.into_iter().next().expect("one item")
+}
+
+async fn verify(jobs: &mut Jobs, id: &str) -> pb::VerifyRestorePointResponse {
+    let request = pb::VerifyRestorePointRequest { job: String::new(), restore_point_id: id.into() };
+    expect_ok(jobs.verify_restore_point(request).await, &format!("VerifyRestorePoint {id}"))
+}
+
+async fn listed(jobs: &Jobs, job: &str, id: &str) -> pb::RestorePoint {
+    let all = restore_points(jobs, job).await;
+    all.into_iter().find(|rp| rp.id == id).unwrap_or_else(|| panic!("{id} is not listed"))
+}
+
+fn change(disk: &Path, pattern: u8) {
+    write_pattern(disk, Fill { pattern, offset: 1 << 20, len: 64 << 10 });
+}
+
+/// A verify that finds an incremental's disk corrupt records the damage on its catalog
+/// entry; the next backup does not build on it (a full, WARNING, saying why) and the one
+/// after builds on that full; once repaired, a verify clears the mark.
+#[tokio::test]
+async fn a_restore_point_found_damaged_is_listed_so_and_never_built_on() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let job = vm_backup("vms", &repository, &disks).retry(1, 1).build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job).await;
+    let first = backup(&mut jobs, "vms").await.restore_point;
+    change(&disks[0], 0x41);
+    let second = backup(&mut jobs, "vms").await.restore_point;
+    assert_eq!(listed(&jobs, "vms", &second).await.parent_id, first);
+
+    let file = restore_point_dir(&repository, "vms", "vm-0", &second).join("disk0.qcow2");
+    let good = fs::read(&file).expect("disk file");
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x5a;
+    fs::write(&file, &bad).expect("corrupt");
+    let found = verify(&mut jobs, &second).await;
+    assert!(!found.ok, "{found:?}");
+    let damage = listed(&jobs, "vms", &second).await.damage.expect("recorded");
+    assert!(damage.problem.starts_with("verify: 1 problem(s): disk0.qcow2"), "{damage:?}");
+    assert!(damage.found_at.is_some(), "{damage:?}");
+
+    change(&disks[0], 0x42);
+    let item = backup(&mut jobs, "vms").await;
+    assert_eq!(item.state(), ItemState::Warning, "{item:?}");
+    let why = format!("full backup instead of an incremental one: restore point {second} is");
+    assert!(item.message.contains(&why), "{}", item.message);
+    let third = listed(&jobs, "vms", &item.restore_point).await;
+    assert_eq!((third.kind(), third.parent_id.as_str()), (RestorePointKind::Full, ""));
+    change(&disks[0], 0x43);
+    let fourth = backup(&mut jobs, "vms").await;
+    assert_eq!(fourth.state(), ItemState::Success, "{fourth:?}");
+    assert_eq!(listed(&jobs, "vms", &fourth.restore_point).await.parent_id, third.id);
+
+    fs::write(&file, &good).expect("repair");
+    assert!(verify(&mut jobs, &second).await.ok);
+    assert_eq!(listed(&jobs, "vms", &second).await.damage, None, "cleared");
+}
+
+/// After `job delete`, a new job of the same name (same repository, keep 1) takes a full
+/// first and its retention leaves the old job's restore points alone: listed, on disk and
+/// whole, while its own chain is merged down to one.
+#[tokio::test]
+async fn a_new_job_of_a_deleted_jobs_name_does_not_inherit_its_restore_points() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, vm_backup("churn", &repository, &disks).retry(1, 1).build()).await;
+    let mut old = Vec::new();
+    for pattern in [0x51, 0x52] {
+        change(&disks[0], pattern);
+        old.push(backup(&mut jobs, "churn").await.restore_point);
+    }
+    let request = pb::DeleteJobRequest { name: "churn".into() };
+    expect_ok(jobs.delete_job(request).await, "DeleteJob churn");
+    let renewed = vm_backup("churn", &repository, &disks).retry(1, 1).keep_restore_points(1);
+    create_job(&mut jobs, renewed.build()).await;
+
+    change(&disks[0], 0x53);
+    let first = backup(&mut jobs, "churn").await;
+    assert_eq!(first.state(), ItemState::Success, "no warning: {first:?}");
+    let point = listed(&jobs, "churn", &first.restore_point).await;
+    assert_eq!((point.kind(), point.parent_id.as_str()), (RestorePointKind::Full, ""));
+    change(&disks[0], 0x54);
+    let second = backup(&mut jobs, "churn").await.restore_point;
+
+    // The new chain is merged down to its newest: this job's retention has run.
+    let mut expected: Vec<String> = old.clone();
+    expected.push(second.clone());
+    let check = || {
+        let (jobs, expected) = (jobs.clone(), expected.clone());
+        async move {
+            let ids: Vec<String> =
+                try_restore_points(&jobs, "churn").await?.into_iter().map(|rp| rp.id).collect();
+            if ids == expected { Ok(()) } else { Err(format!("listed {ids:?}")) }
+        }
+    };
+    wait_for(check, PATIENCE, "the new job's retention to keep one of its own").await;
+    for id in &old {
+        assert!(restore_point_dir(&repository, "churn", "vm-0", id).is_dir(), "{id} on disk");
+        assert!(verify(&mut jobs, id).await.ok, "{id} whole");
+    }
+}
