@@ -83,9 +83,17 @@ async fn show(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
 async fn delete(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
     clients.jobs.delete_job(pb::DeleteJobRequest { name: name.clone() }).await?;
-    let done = || serde_json::json!({ "deleted": name });
-    output::print(ctx.format, || format!("deleted job {name}"), done)?;
+    let done = || serde_json::json!({ "deleted": name, "restore_points_kept": true });
+    output::print(ctx.format, || deleted_text(&name), done)?;
     Ok(Exit::Success)
+}
+
+/// What `job delete` says: the restore points stay, and a new job of the name leaves them be.
+fn deleted_text(name: &str) -> String {
+    format!(
+        "deleted job {name}; its restore points are kept (restore-point list {name}): a new job \
+         named {name} will neither build on them nor delete them"
+    )
 }
 
 async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit, Failure> {

@@ -9,8 +9,10 @@ use sluice_proto::pb::{self, ItemState, RestorePointKind, SessionResult};
 use sluice_tests::{
     Cluster, PATIENCE,
     api::{Jobs, create_job, restore_points, start_job, summary, try_restore_points, wait_stopped},
+    binary,
     disk::{Fill, write_pattern},
     fixtures::expect_ok,
+    http::HttpClient,
     sessions::{VmDisks, restore_point_dir, vm_backup},
     wait_for,
 };
@@ -35,6 +37,24 @@ async fn verify(jobs: &mut Jobs, id: &str) -> pb::VerifyRestorePointResponse {
 async fn listed(jobs: &Jobs, job: &str, id: &str) -> pb::RestorePoint {
     let all = restore_points(jobs, job).await;
     all.into_iter().find(|rp| rp.id == id).unwrap_or_else(|| panic!("{id} is not listed"))
+}
+
+/// `sluice job delete JOB` against the first coordinator: its exit code and output.
+async fn delete_with_cli(cluster: &mut Cluster, job: &str) -> (i32, String) {
+    let output = tokio::process::Command::new(binary("sluice"))
+        .arg("--endpoint")
+        .arg(cluster.coordinator(0).url())
+        .args(cluster.cli_flags())
+        .args(["job", "delete", job])
+        .output()
+        .await
+        .expect("runs sluice");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
 }
 
 fn change(disk: &Path, pattern: u8) {
@@ -67,6 +87,14 @@ async fn a_restore_point_found_damaged_is_listed_so_and_never_built_on() {
     let damage = listed(&jobs, "vms", &second).await.damage.expect("recorded");
     assert!(damage.problem.starts_with("verify: 1 problem(s): disk0.qcow2"), "{damage:?}");
     assert!(damage.found_at.is_some(), "{damage:?}");
+    let http = HttpClient::admin(cluster.coordinator(0)).await;
+    let reply = http.get("/api/v1/jobs/vms/restore-points").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let listed_json = reply.json();
+    let points = listed_json["restorePoints"].as_array().expect("a list");
+    let shown = points.iter().find(|rp| rp["id"] == second.as_str()).expect("listed");
+    let problem = shown["damage"]["problem"].as_str().expect("the damage over HTTP");
+    assert_eq!(problem, damage.problem);
 
     change(&disks[0], 0x42);
     let item = backup(&mut jobs, "vms").await;
@@ -85,7 +113,7 @@ async fn a_restore_point_found_damaged_is_listed_so_and_never_built_on() {
     assert_eq!(listed(&jobs, "vms", &second).await.damage, None, "cleared");
 }
 
-/// After `job delete`, a new job of the same name (same repository, keep 1) takes a full
+/// After `job delete` (which says the restore points are kept), a new job of the same name (same repository, keep 1) takes a full
 /// first and its retention leaves the old job's restore points alone: listed, on disk and
 /// whole, while its own chain is merged down to one.
 #[tokio::test]
@@ -99,8 +127,9 @@ async fn a_new_job_of_a_deleted_jobs_name_does_not_inherit_its_restore_points() 
         change(&disks[0], pattern);
         old.push(backup(&mut jobs, "churn").await.restore_point);
     }
-    let request = pb::DeleteJobRequest { name: "churn".into() };
-    expect_ok(jobs.delete_job(request).await, "DeleteJob churn");
+    let (code, out) = delete_with_cli(&mut cluster, "churn").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("deleted job churn; its restore points are kept"), "{out}");
     let renewed = vm_backup("churn", &repository, &disks).retry(1, 1).keep_restore_points(1);
     create_job(&mut jobs, renewed.build()).await;
 

@@ -173,7 +173,7 @@ function viewRestorePoints(query) {
     h('h1', {}, 'Restore points'),
     h('div', { class: 'toolbar' }, h('div', { class: 'field' }, h('label', { for: 'rp-job' }, 'Job'), select)),
     h('table', { 'aria-label': 'Restore points' },
-      h('thead', {}, h('tr', {}, ['Restore point', 'Item', 'Kind', 'Parent', 'Session', 'Created', 'Size', 'Path', 'Verify']
+      h('thead', {}, h('tr', {}, ['Restore point', 'Item', 'Kind', 'Parent', 'Session', 'Created', 'Size', 'Path', 'Damage', 'Verify']
         .map((title) => h('th', { scope: 'col' }, title)))),
       body));
   act(async () => {
@@ -210,5 +210,7 @@ function restorePointRow(job, rp) {
     h('td', {}, when(rp.createdAt)),
     h('td', { class: 'num' }, bytes(rp.sizeBytes)),
     h('td', { class: 'small' }, rp.path),
+    // Known damage (a verify or retention's merge check found it): the next backup is full.
+    h('td', { class: 'small', 'data-field': 'damage' }, rp.damage ? rp.damage.problem : '—'),
     h('td', {}, verify, outcome));
 }
