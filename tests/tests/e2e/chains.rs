@@ -158,3 +158,60 @@ async fn a_new_job_of_a_deleted_jobs_name_does_not_inherit_its_restore_points() 
         assert!(verify(&mut jobs, id).await.ok, "{id} whole");
     }
 }
+
+/// Retention's check before a merge finds the chain's full corrupt: the damage is recorded on
+/// it, the next backup is full saying why, and the old chain, which nothing kept builds on
+/// any more, is deleted: the item is back to `keep_restore_points`.
+#[tokio::test]
+async fn damage_a_merge_check_finds_ends_the_chain_and_retention_deletes_it() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(1);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.build()).await;
+    let first = backup(&mut jobs, "vms").await.restore_point;
+    let file = restore_point_dir(&repository, "vms", "vm-0", &first).join("disk0.qcow2");
+    let mut bytes = fs::read(&file).expect("disk file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    fs::write(&file, &bytes).expect("corrupt");
+    change(&disks[0], 0x61);
+    let second = backup(&mut jobs, "vms").await.restore_point;
+
+    let check = || {
+        let (jobs, first) = (jobs.clone(), first.clone());
+        async move {
+            let all = try_restore_points(&jobs, "vms").await?;
+            let damage = all.iter().find(|rp| rp.id == first).and_then(|rp| rp.damage.clone());
+            damage.ok_or_else(|| format!("no damage recorded on {first}: {all:?}"))
+        }
+    };
+    let damage = wait_for(check, PATIENCE, "retention's merge check to record the damage").await;
+    assert!(damage.problem.starts_with("retention's merge check: "), "{damage:?}");
+
+    change(&disks[0], 0x62);
+    let item = backup(&mut jobs, "vms").await;
+    assert_eq!(item.state(), ItemState::Warning, "{item:?}");
+    let why = format!("restore point {first}, which {second} builds on, is damaged");
+    assert!(item.message.contains(&why), "{}", item.message);
+    let newest = item.restore_point;
+    let check = || {
+        let (jobs, newest, repository) = (jobs.clone(), newest.clone(), repository.clone());
+        async move {
+            let ids: Vec<String> =
+                try_restore_points(&jobs, "vms").await?.into_iter().map(|rp| rp.id).collect();
+            let folders: Vec<String> = fs::read_dir(repository.join("vms/vm-0"))
+                .map_err(|e| e.to_string())?
+                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let want = vec![newest.clone()];
+            if ids == want && folders == want {
+                Ok(())
+            } else {
+                Err(format!("listed {ids:?}, folders {folders:?}"))
+            }
+        }
+    };
+    wait_for(check, PATIENCE, "retention to delete the damaged chain").await;
+}

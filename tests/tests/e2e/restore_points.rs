@@ -453,3 +453,36 @@ async fn a_deletion_cut_short_is_hidden_refused_and_finished_by_the_next_retenti
     let listed = catalog_ids(&jobs, "cut", "pc1").await.expect("catalog");
     assert_eq!(listed, BTreeSet::from([second, third]), "keep 3 keeps the others");
 }
+
+/// Finding F14: a deletion retention postpones because a verify or restore reads the restore
+/// point leaves a trace: an info line naming it.
+#[tokio::test]
+async fn a_deletion_postponed_by_a_read_is_logged_with_the_restore_point() {
+    let mut cluster = Cluster::builder().computers(&["pc1"]).start().await;
+    let root = cluster.dir().join("computers/pc1/home");
+    make_tree(&root, seed_of("pc1/home"));
+    let repository = cluster.dir().join("repository");
+    let job = computer_job("busy", &repository)
+        .item(computer_item("pc1", "pc1", &[&root]))
+        .keep_restore_points(1)
+        .build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job).await;
+    let first = run_session(&mut jobs, "busy").await.items[0].restore_point.clone();
+    let use_key = format!("{}/restore-points-in-use/busy/{first}/test-use", cluster.prefix());
+    let mut etcd = cluster.etcd_client().await;
+    etcd.put(use_key.as_str(), b"in use".to_vec(), None).await.expect("put the use record");
+    run_session(&mut jobs, "busy").await;
+    let logs: Vec<PathBuf> = cluster.coordinators().iter().map(|c| c.stderr_log()).collect();
+    let logged = || async {
+        let found = logs.iter().any(|log| {
+            fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .any(|line| line.contains("retention postponed") && line.contains(first.as_str()))
+        });
+        if found { Ok(()) } else { Err("no line names it yet") }
+    };
+    wait_for(logged, PATIENCE, "retention to log the postponed deletion").await;
+    assert!(catalog_ids(&jobs, "busy", "pc1").await.expect("catalog").contains(&first));
+}
