@@ -205,18 +205,30 @@ impl Store {
     ) -> Result<Vec<Versioned<M>>> {
         let options = GetOptions::new().with_prefix();
         let response = self.kv().get(prefix, Some(options)).await?;
-        let mut kvs: Vec<&KeyValue> = response.kvs().iter().collect();
-        kvs.sort_unstable_by(|a, b| {
-            (a.create_revision(), a.key()).cmp(&(b.create_revision(), b.key()))
-        });
-        kvs.into_iter().map(decode_kv).collect()
+        in_commit_order(response.kvs())
     }
 
-    /// The revision that created `key` (its value is not read); `None` when it is absent.
-    pub(crate) async fn create_revision(&self, key: &str) -> Result<Option<i64>> {
-        let options = GetOptions::new().with_keys_only();
-        let response = self.kv().get(key, Some(options)).await?;
-        Ok(response.kvs().first().map(KeyValue::create_revision))
+    /// The revision that created `key` (its value is not read; 0 when it is absent) and
+    /// [`Self::list_versioned_in_commit_order`] of `prefix`, read at one revision in one
+    /// request.
+    pub(crate) async fn created_and_listed<M: Message + Default>(
+        &self,
+        key: &str,
+        prefix: &str,
+    ) -> Result<(i64, Vec<Versioned<M>>)> {
+        let reads = [
+            TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
+            TxnOp::get(prefix, Some(GetOptions::new().with_prefix())),
+        ];
+        let response = self.kv().txn(Txn::new().and_then(reads)).await?;
+        let mut gets = response.op_responses().into_iter().filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        });
+        let created = gets.next().and_then(|get| get.kvs().first().map(KeyValue::create_revision));
+        let listed =
+            gets.next().map_or_else(|| Ok(Vec::new()), |get| in_commit_order(get.kvs()))?;
+        Ok((created.unwrap_or(0), listed))
     }
 
     /// Reads many single keys in as few requests as etcd's op limit allows (one txn of reads
@@ -318,6 +330,15 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(work).await.map_err(|error| Error::Blocking(error.to_string()))?
+}
+
+/// `kvs` decoded, in the order etcd created them.
+fn in_commit_order<M: Message + Default>(kvs: &[KeyValue]) -> Result<Vec<Versioned<M>>> {
+    let mut kvs: Vec<&KeyValue> = kvs.iter().collect();
+    kvs.sort_unstable_by(|a, b| {
+        (a.create_revision(), a.key()).cmp(&(b.create_revision(), b.key()))
+    });
+    kvs.into_iter().map(decode_kv).collect()
 }
 
 fn decode_kv<M: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Versioned<M>> {

@@ -36,9 +36,8 @@ pub(crate) enum ChainParent {
 /// What item `item` of job `job` builds on next.
 pub(crate) async fn chain_parent(store: &Store, job: &str, item: &str) -> Result<ChainParent> {
     let keys = store.keys();
-    let since = store.create_revision(&keys.job(job)).await?.unwrap_or(0);
     let prefix = format!("{}{item}/", keys.restore_points(job));
-    let in_commit_order = store.list_versioned_in_commit_order(&prefix).await?;
+    let (since, in_commit_order) = store.created_and_listed(&keys.job(job), &prefix).await?;
     Ok(choose(&in_commit_order, item, since))
 }
 
