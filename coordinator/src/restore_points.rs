@@ -115,14 +115,14 @@ impl RestorePoints {
             .into_inner();
         info!(restore_point = %located.restore_point.id, agent = %agent.id, ok = response.ok,
               bytes = response.bytes_checked, "restore point verified");
-        let problems = if response.ok && response.problems.is_empty() {
-            Vec::new()
-        } else if response.problems.is_empty() {
-            vec!["the agent found it not ok".to_owned()]
-        } else {
-            response.problems.clone()
+        let problems = match (response.ok, response.problems.is_empty()) {
+            (true, true) => Vec::new(),
+            // An agent reports not ok with its problems; a bare "not ok" still counts.
+            (false, true) => vec!["not ok, no problem named".to_owned()],
+            _ => response.problems.clone(),
         };
         response.agent = agent.id;
+        // The catalog remembers what was found: damage counts for the next backup.
         response.restore_point = Some(self.record_verify(located.restore_point, &problems).await);
         Ok(response)
     }

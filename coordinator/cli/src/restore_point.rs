@@ -44,7 +44,8 @@ fn id_of(restore_point: Option<&pb::RestorePoint>) -> &str {
     restore_point.map_or("", |rp| rp.id.as_str())
 }
 
-/// `restore point ID: ok (N checked on AGENT)`, or the problems one per line.
+/// `restore point ID: ok (N checked on AGENT)`, or the problems one per line, then whether
+/// the catalog now records the restore point as damaged.
 fn verify_text(answer: &pb::VerifyRestorePointResponse) -> String {
     let id = id_of(answer.restore_point.as_ref());
     let checked = text::bytes(answer.bytes_checked);
@@ -60,6 +61,11 @@ fn verify_text(answer: &pb::VerifyRestorePointResponse) -> String {
         out.push_str("\n  ");
         out.push_str(problem);
     }
+    if answer.restore_point.as_ref().is_some_and(|rp| rp.damage.is_some()) {
+        out.push_str(
+            "\nrecorded as damaged: a VM item's next backup does not build on it (it is full)",
+        );
+    }
     out
 }
 
@@ -70,6 +76,7 @@ fn verify_json(answer: &pb::VerifyRestorePointResponse) -> serde_json::Value {
         "problems": answer.problems,
         "bytes_checked": answer.bytes_checked,
         "agent": answer.agent,
+        "damaged": answer.restore_point.as_ref().is_some_and(|rp| rp.damage.is_some()),
     })
 }
 
@@ -116,7 +123,15 @@ mod tests {
             text.ends_with("\n  /a: blob x is missing from the store\n  /b: 1 bytes"),
             "{text}"
         );
-        let good = pb::VerifyRestorePointResponse { ok: true, problems: vec![], ..answer };
+        let good = pb::VerifyRestorePointResponse { ok: true, problems: vec![], ..answer.clone() };
         assert!(verify_text(&good).starts_with("restore point s-0: ok ("));
+        let damage =
+            pb::RestorePointDamage { problem: "verify: 2 problem(s)".into(), found_at: None };
+        let recorded = pb::RestorePoint { damage: Some(Box::new(damage)), ..Default::default() };
+        let damaged = pb::VerifyRestorePointResponse { restore_point: Some(recorded), ..answer };
+        assert!(verify_text(&damaged).ends_with(
+            "\nrecorded as damaged: a VM item's next backup does not build on it (it is full)"
+        ));
+        assert_eq!(verify_json(&damaged)["damaged"], true);
     }
 }
