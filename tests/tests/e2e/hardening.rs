@@ -295,7 +295,8 @@ async fn a_failed_acknowledgement_is_sent_again_until_the_agent_has_it() {
 
 /// Findings 4 and 7: an agent lost mid-task comes back after its session ended; its task
 /// committed meanwhile. No actor runs the session any more, yet the restore point must not be
-/// left as a folder nothing lists, nor catalogued for an item that ended NOT_PROCESSED: it is
+/// left as a folder nothing lists, nor catalogued for an item that ended FAILED (agent lost,
+/// not retried under the stop): it is
 /// deleted, and the outcome acknowledged, so the agent can forget it.
 #[tokio::test]
 async fn a_restore_point_committed_after_its_session_ended_is_deleted_and_acknowledged() {
@@ -321,7 +322,8 @@ async fn a_restore_point_committed_after_its_session_ended_is_deleted_and_acknow
     .await;
     expect_ok(stop_job(&mut jobs, "late", StopMode::Graceful, "ops").await, "StopJob");
     let ended = wait_stopped(&jobs, &started.id).await;
-    assert_eq!(ended.items[0].state(), ItemState::NotProcessed, "{}", summary(&ended));
+    assert_eq!(ended.items[0].state(), ItemState::Failed, "{}", summary(&ended));
+    assert!(ended.items[0].message.contains("agent a1 lost"), "{}", summary(&ended));
     signal(agent, Signal::SIGCONT);
 
     wait_agent_tasks(&agents, &started.id, "the late outcome to be acknowledged", |t| t.is_empty())

@@ -154,3 +154,24 @@ async fn jobs_are_listed_in_pages_with_their_summaries() {
     );
     assert!(status.message().contains("page_token"), "names the field: {}", status.message());
 }
+
+/// A list for a job name that neither exists nor left sessions or restore points is
+/// NOT_FOUND: a typo must not read as "no backups"; an existing job lists empty.
+#[tokio::test]
+async fn lists_for_an_unknown_job_are_not_found() {
+    let mut cluster = Cluster::builder().start().await;
+    let mut jobs = cluster.job_client().await;
+    expect_ok(
+        jobs.create_job(pb::CreateJobRequest { job: Some(vm_job("known", 1)) }).await,
+        "a job",
+    );
+    let sessions = |job: &str| pb::ListSessionsRequest { job: job.into() };
+    let points = |job: &str| pb::ListRestorePointsRequest { job: job.into() };
+    let listed = expect_ok(jobs.list_sessions(sessions("known")).await, "sessions of a job");
+    assert!(listed.sessions.is_empty());
+    let listed = expect_ok(jobs.list_restore_points(points("known")).await, "its restore points");
+    assert!(listed.restore_points.is_empty());
+    let refused = expect_code(jobs.list_sessions(sessions("nope")).await, Code::NotFound, "typo");
+    assert!(refused.message().contains("nope"), "{}", refused.message());
+    expect_code(jobs.list_restore_points(points("nope")).await, Code::NotFound, "a typo");
+}
