@@ -17,10 +17,21 @@ impl SessionActor {
         if named.is_empty() {
             return;
         }
-        // Only a coordinator that just started waits here: for agents whose registration
-        // expired while no coordinator was up, to register again before any counts as lost.
+        // Only a coordinator that just started waits here, and only for an agent the
+        // session names that is not listed: its registration may have expired while no
+        // coordinator was up, and it registers again before it counts as lost. A session
+        // a peer handed over at its shutdown finds every agent listed and goes on at once.
+        let directory = &self.ctx.directory;
+        let ready = async {
+            if directory.loaded().await {
+                let listed = directory.current();
+                if named.iter().any(|agent| !listed.contains_key(agent)) {
+                    directory.settled().await;
+                }
+            }
+        };
         tokio::select! {
-            _ = self.ctx.directory.settled() => {}
+            () = ready => {}
             () = self.fence.cancelled() => return,
             () = self.ctx.shutdown.cancelled() => return,
         }
