@@ -64,12 +64,12 @@ fn headline(session: &pb::Session, mode: pb::StopMode, asked: Option<i64>) -> St
     }
     let in_force = session.graceful_deadline.as_ref().map(|at| at.seconds);
     // A second of slack: the server's clock and this one's.
-    if let (Some(asked), Some(in_force)) = (asked, in_force) {
-        if in_force + 1 < asked {
-            return format!(
-                "{which} is already stopping gracefully with an earlier deadline: it stays"
-            );
-        }
+    if let (Some(asked), Some(in_force)) = (asked, in_force)
+        && in_force + 1 < asked
+    {
+        return format!(
+            "{which} is already stopping gracefully with an earlier deadline: it stays"
+        );
     }
     let how = crate::output::text::stop_mode(mode as i32);
     format!("stop ({how}) requested for {which}")
