@@ -28,6 +28,8 @@ mod service;
 mod settings;
 mod state_lock;
 mod tasks;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -292,6 +292,39 @@ pub fn assert_same_tree(expected: &Path, actual: &Path, what: &str) {
     );
 }
 
+/// A cluster of a proxy agent and computer pc1's agent, with job `laptops` created: it
+/// backs pc1's home (a made tree) up into `<dir>/repository`.
+pub struct Laptops {
+    /// The cluster.
+    pub cluster: crate::Cluster,
+    /// A JobService client of it.
+    pub jobs: crate::api::Jobs,
+    /// The cluster's folder.
+    pub dir: PathBuf,
+    /// The job's repository.
+    pub repository: PathBuf,
+    /// pc1's protected tree.
+    pub home: PathBuf,
+}
+
+/// Starts [`Laptops`].
+pub async fn laptops() -> Laptops {
+    let builder = crate::Cluster::builder().agent(crate::AgentSpec::new());
+    let mut cluster = builder.computers(&["pc1"]).start().await;
+    let dir = cluster.dir().to_path_buf();
+    let repository = dir.join("repository");
+    let home = dir.join("computers/pc1/home");
+    make_tree(&home, seed_of("pc1/home"));
+    let job = computer_job("laptops", &repository).item(crate::jobs::computer_item(
+        "pc1",
+        "pc1",
+        &[&home],
+    ));
+    let mut jobs = cluster.job_client().await;
+    crate::api::create_job(&mut jobs, job.build()).await;
+    Laptops { cluster, jobs, dir, repository, home }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

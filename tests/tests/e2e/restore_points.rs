@@ -14,10 +14,10 @@ use std::{
 
 use sluice_proto::pb::{self, SessionResult};
 use sluice_tests::{
-    AgentSpec, Cluster, PATIENCE,
+    Cluster, PATIENCE,
     api::{Jobs, create_job, start_job, summary, try_restore_points, wait_stopped},
     binary,
-    computers::{assert_same_tree, computer_job, make_tree, seed_of, write_file},
+    computers::{Laptops, assert_same_tree, computer_job, laptops, make_tree, seed_of, write_file},
     fixtures::{expect_code, expect_ok},
     jobs::computer_item,
     manifests::{blob_path, read_manifest, restored_path, store_blobs},
@@ -78,14 +78,7 @@ async fn cli(cluster: &mut Cluster, args: &[&str]) -> (i32, String) {
 /// restore refuses with DATA_LOSS, leaving nothing behind. Bad requests get fitting codes.
 #[tokio::test]
 async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob() {
-    let mut cluster = Cluster::builder().agent(AgentSpec::new()).computers(&["pc1"]).start().await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let home = dir.join("computers/pc1/home");
-    make_tree(&home, seed_of("pc1/home"));
-    let job = computer_job("laptops", &repository).item(computer_item("pc1", "pc1", &[&home]));
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, job.build()).await;
+    let Laptops { mut cluster, mut jobs, dir, repository, home } = laptops().await;
     let session = run_session(&mut jobs, "laptops").await;
     let id = session.items[0].restore_point.clone();
 

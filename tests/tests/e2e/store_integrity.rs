@@ -5,11 +5,9 @@
 
 use sluice_proto::pb::{self, ItemState, SessionResult};
 use sluice_tests::{
-    AgentSpec, Cluster,
-    api::{Jobs, create_job, start_full, start_job, summary, wait_stopped},
-    computers::{assert_same_tree, computer_job, make_tree, seed_of},
+    api::{Jobs, start_full, start_job, summary, wait_stopped},
+    computers::{Laptops, assert_same_tree, laptops},
     fixtures::expect_ok,
-    jobs::computer_item,
     manifests::{blob_path, read_manifest, restored_path},
     sessions::restore_point_dir,
 };
@@ -22,14 +20,7 @@ async fn verify(jobs: &mut Jobs, id: &str) -> pb::VerifyRestorePointResponse {
 
 #[tokio::test]
 async fn an_active_full_stores_a_corrupt_blob_again_and_says_so() {
-    let mut cluster = Cluster::builder().agent(AgentSpec::new()).computers(&["pc1"]).start().await;
-    let dir = cluster.dir().to_path_buf();
-    let repository = dir.join("repository");
-    let home = dir.join("computers/pc1/home");
-    make_tree(&home, seed_of("pc1/home"));
-    let job = computer_job("laptops", &repository).item(computer_item("pc1", "pc1", &[&home]));
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, job.build()).await;
+    let Laptops { cluster: _cluster, mut jobs, dir, repository, home } = laptops().await;
     let first = start_job(&mut jobs, "laptops").await;
     let first = wait_stopped(&jobs, &first.id).await;
     assert_eq!(first.result(), SessionResult::Success, "{}", summary(&first));

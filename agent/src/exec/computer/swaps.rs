@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -91,15 +90,8 @@ fn what_the_agent_may_not_read_and_special_files_are_left_out_with_a_warning() {
     }
     // Listed, not searched: its entries' metadata cannot be read.
     fs::set_permissions(tree.join("listed"), fs::Permissions::from_mode(0o744)).expect("chmod");
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "exec::computer::swaps::backup_as_nobody", "--nocapture"])
-        .env(AS_NOBODY, &tree)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("the test binary runs as nobody");
-    let stdout = String::from_utf8_lossy(&child.stdout);
-    assert!(child.status.success(), "{stdout}{}", String::from_utf8_lossy(&child.stderr));
+    let name = "exec::computer::swaps::backup_as_nobody";
+    let stdout = crate::testing::run_as_nobody(name, AS_NOBODY, &tree);
     let outcome = stdout.lines().find_map(|line| line.strip_prefix("outcome: ")).expect("outcome");
     let tree = tree.display();
     let expected = format!(

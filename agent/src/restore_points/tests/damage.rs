@@ -2,9 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 
 use tonic::Code;
 
@@ -51,15 +49,8 @@ fn a_restore_point_this_agent_may_not_read_is_refused_with_the_real_cause() {
     let repo = dir.path().join("repo");
     computer_restore_point(&repo, "s-0", "one");
     fs::set_permissions(&repo, fs::Permissions::from_mode(0o700)).expect("root only");
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "restore_points::tests::damage::restore_as_nobody", "--nocapture"])
-        .env(AS_NOBODY, &repo)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("the test binary runs as nobody");
-    let stdout = String::from_utf8_lossy(&child.stdout);
-    assert!(child.status.success(), "{stdout}{}", String::from_utf8_lossy(&child.stderr));
+    let name = "restore_points::tests::damage::restore_as_nobody";
+    let stdout = crate::testing::run_as_nobody(name, AS_NOBODY, &repo);
     let folder = repo.join("j/pc/s-0");
     let refused = format!(
         "FailedPrecondition restore point folder {} cannot be read: Permission denied",
