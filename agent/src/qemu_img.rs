@@ -23,34 +23,6 @@ pub(crate) struct ImageInfo {
     /// Internal snapshots of the image.
     #[serde(default)]
     pub(crate) snapshots: Vec<SnapshotInfo>,
-    /// What only qcow2 images have (their persistent bitmaps).
-    #[serde(rename = "format-specific", default)]
-    format_specific: Option<FormatSpecific>,
-}
-
-impl ImageInfo {
-    /// Whether the image holds a persistent bitmap of this name.
-    pub(crate) fn has_bitmap(&self, name: &str) -> bool {
-        let bitmaps = self.format_specific.as_ref().map(|f| f.data.bitmaps.as_slice());
-        bitmaps.unwrap_or_default().iter().any(|b| b.name == name)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct FormatSpecific {
-    #[serde(default)]
-    data: FormatData,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-struct FormatData {
-    #[serde(default)]
-    bitmaps: Vec<BitmapInfo>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct BitmapInfo {
-    name: String,
 }
 
 /// One internal snapshot of an image.
@@ -92,14 +64,6 @@ pub(crate) fn commit(image: &Path) -> Result<(), String> {
 pub(crate) fn snapshot_delete(image: &Path, name: &str) -> Result<(), String> {
     let mut cmd = command(&["snapshot", "-d", name]);
     cmd.arg(image);
-    run(cmd).map(drop)
-}
-
-/// Removes a persistent bitmap of an image nothing holds open (qemu-img takes the write
-/// lock, so a VM started meanwhile makes this fail, never corrupts it).
-pub(crate) fn bitmap_remove(image: &Path, name: &str) -> Result<(), String> {
-    let mut cmd = command(&["bitmap", "--remove"]);
-    cmd.arg(image).arg(name);
     run(cmd).map(drop)
 }
 

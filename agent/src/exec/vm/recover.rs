@@ -26,14 +26,6 @@ pub(crate) async fn recover(spec: &pb::TaskSpec, id: &TaskId, vm: &pb::VmTarget,
         info!(task = %id, count, "stopped the storage daemon of an interrupted backup");
     }
     if vm.qmp_socket.is_empty() {
-        if !committed {
-            let bitmap = Names::new(&spec.job).bitmap(&id.restore_point_id());
-            let disks = vm.disks.clone();
-            let removed = tokio::task::spawn_blocking(move || remove_offline(&disks, &bitmap));
-            if let Ok(Err(error)) = removed.await {
-                warn!(task = %id, error, "cannot remove the bitmap of an interrupted backup");
-            }
-        }
         return;
     }
     let mut qmp = match Qmp::connect(Path::new(&vm.qmp_socket)).await {
@@ -48,19 +40,6 @@ pub(crate) async fn recover(spec: &pb::TaskSpec, id: &TaskId, vm: &pb::VmTarget,
     if let Err(error) = tidy(&mut qmp, &names, bitmap.as_deref()).await {
         warn!(task = %id, error, "cannot tidy the VM after an interrupted backup");
     }
-}
-
-/// Removes `bitmap`, added by a backup that did not commit, from the offline disks that
-/// hold it (its daemon saved it on exit); the next backup would, but until then it tracks
-/// writes for nothing.
-fn remove_offline(disks: &[String], bitmap: &str) -> Result<(), String> {
-    for disk in disks.iter().map(Path::new) {
-        if crate::qemu_img::info(disk).is_ok_and(|info| info.has_bitmap(bitmap)) {
-            crate::qemu_img::bitmap_remove(disk, bitmap)?;
-            info!(disk = %disk.display(), bitmap, "removed the bitmap of an interrupted backup");
-        }
-    }
-    Ok(())
 }
 
 async fn tidy(qmp: &mut Qmp, names: &Names, bitmap: Option<&str>) -> Result<(), String> {
