@@ -79,6 +79,11 @@ pub(crate) fn check_spec(spec: &pb::TaskSpec) -> Result<(TaskId, Epoch), AgentEr
     sluice_proto::job::validate_name("key", &id.restore_point_id())
         .map_err(|_| AgentError::invalid("key", "session id too long to name the restore point"))?;
     sluice_proto::job::validate_name("job", &spec.job).map_err(invalid_id("job"))?;
+    // A folder name in the item's folder: never a path out of it.
+    if !spec.parent_restore_point.is_empty() {
+        sluice_proto::job::validate_name("parent_restore_point", &spec.parent_restore_point)
+            .map_err(invalid_id("parent_restore_point"))?;
+    }
     let item = spec.item.as_ref().ok_or_else(|| AgentError::invalid("item", "is required"))?;
     validate_item_name(&item.name)?;
     let target = item
@@ -278,6 +283,9 @@ mod tests {
         // Job names never start with '.', so no job folder can be the repository's store.
         bad.job = ".store".into();
         assert_eq!(field_of(&bad), "task.job");
+        let mut bad = spec();
+        bad.parent_restore_point = "../../../other/vm-1/x".into();
+        assert_eq!(field_of(&bad), "task.parent_restore_point", "a folder name, never a path");
     }
 
     #[test]

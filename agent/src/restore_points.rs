@@ -12,6 +12,7 @@
 //! spells.
 
 pub(crate) mod calls;
+mod confined;
 mod gc;
 mod hash;
 mod location;

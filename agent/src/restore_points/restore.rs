@@ -3,21 +3,21 @@
 //!
 //! A restore never writes outside its target, whatever the manifest says: entries must be
 //! absolute paths without `.` or `..`, each listed once, none below a symbolic link of the
-//! manifest. Folders and files are created first, never through a link (files with
-//! `O_EXCL | O_NOFOLLOW`; modes and times set through the open file), and links last.
+//! manifest. Folders and files are created first, never through a link (each relative to a
+//! folder handle opened without following one, see `confined`; files with `O_EXCL |
+//! O_NOFOLLOW`; modes and times set through the open file), and links last.
 
 use std::collections::HashSet;
 use std::fs::{self, File, FileTimes};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, fchown, lchown, symlink};
+use std::os::unix::fs::{PermissionsExt, fchown};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::AT_FDCWD;
-use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
+use super::confined::Target;
 use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
 use super::{Cancel, vm};
@@ -42,8 +42,8 @@ pub(crate) struct Restored {
     pub(crate) symlinks: u64,
 }
 
-/// Restores the restore point at `location` into `target` (blocking): created if absent,
-/// refused (FAILED_PRECONDITION) if not an empty directory.
+/// Restores the restore point at `location` into `target` (blocking; absolute, its links
+/// resolved): created if absent, refused (FAILED_PRECONDITION) if not an empty directory.
 pub(crate) fn restore(
     location: &Location,
     target: &Path,
@@ -68,81 +68,58 @@ pub(crate) fn restore(
             }
         }
     })?;
-    let created = prepare_target(target)?;
+    let target = open_target(target)?;
     let result = match &contents {
-        Manifest::Vm(vm) => restore_vm(location, vm, target, cancel),
-        Manifest::Computer(computer) => restore_computer(location, computer, target, cancel),
+        Manifest::Vm(vm) => restore_vm(location, vm, &target, cancel),
+        Manifest::Computer(computer) => restore_computer(location, computer, &target, cancel),
     };
     if result.is_err() {
-        remove_written(target, created);
+        remove_written(&target);
     }
     result
 }
 
-/// Creates `target` if absent (true), or checks that it is an empty directory (false).
-fn prepare_target(target: &Path) -> Result<bool, AgentError> {
-    match fs::read_dir(target) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "target_dir: {} is not empty; restore into an empty or new directory",
-                    target.display()
-                )));
-            }
-            Ok(false)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(target).map_err(|e| io_error("cannot create", target, &e))?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Err(AgentError::FailedPrecondition(
-            format!("target_dir: {} is not a directory", target.display()),
-        )),
-        Err(e) => Err(io_error("cannot read", target, &e)),
+/// Opens `target`, created if absent; refuses one that is not an empty directory.
+fn open_target(path: &Path) -> Result<Target, AgentError> {
+    let not_a_directory = || {
+        AgentError::FailedPrecondition(format!("target_dir: {} is not a directory", path.display()))
+    };
+    let target = match Target::open(path) {
+        Ok(target) => target,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => return Err(not_a_directory()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(not_a_directory()),
+        Err(e) => return Err(io_error("cannot open", path, &e)),
+    };
+    if !target.is_empty().map_err(|e| io_error("cannot read", path, &e))? {
+        return Err(AgentError::FailedPrecondition(format!(
+            "target_dir: {} is not empty; restore into an empty or new directory",
+            path.display()
+        )));
     }
+    Ok(target)
 }
 
-/// Removes what a failed restore wrote: `target` itself if the restore created it, else its
-/// contents (it was empty before).
-fn remove_written(target: &Path, created: bool) {
-    let result = if created {
-        fsutil::remove_dir_if_exists(target)
-    } else {
-        fs::read_dir(target).and_then(|entries| {
-            for entry in entries {
-                let path = entry?.path();
-                make_writable(&path);
-                match fs::symlink_metadata(&path)?.is_dir() {
-                    true => fs::remove_dir_all(&path)?,
-                    false => fs::remove_file(&path)?,
-                }
-            }
-            Ok(())
-        })
+/// Removes what a failed restore wrote: the target itself if the restore created it, else
+/// its contents (it was empty before). Folders are made writable through handles that never
+/// follow a link.
+fn remove_written(target: &Target) {
+    let path = target.path();
+    let result = match target.created {
+        true => {
+            target.make_writable();
+            fsutil::remove_dir_if_exists(path)
+        }
+        false => target.remove_contents(),
     };
     if let Err(error) = result {
-        tracing::warn!(target = %target.display(), %error, "cannot remove a failed restore");
-    }
-}
-
-/// Gives restored directories back their write bit so a failed restore can be removed.
-fn make_writable(path: &Path) {
-    let Ok(meta) = fs::symlink_metadata(path) else { return };
-    if !meta.is_dir() {
-        return;
-    }
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-    if let Ok(entries) = fs::read_dir(path) {
-        for entry in entries.flatten() {
-            make_writable(&entry.path());
-        }
+        tracing::warn!(target = %path.display(), %error, "cannot remove a failed restore");
     }
 }
 
 fn restore_vm(
     location: &Location,
     manifest: &VmManifest,
-    target: &Path,
+    target: &Target,
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
     let _lock = vm::lock_settled(location)?;
@@ -154,7 +131,7 @@ fn restore_vm(
     let names = disk_names(&manifest);
     if manifest.kind == VmKind::Incremental {
         let bytes = vm::restore_chain(location, &names, target, cancel)?;
-        fsutil::sync_dir(target).map_err(|e| io_error("cannot sync", target, &e))?;
+        target.sync().map_err(|e| io_error("cannot sync", target.path(), &e))?;
         let files = manifest.disks.len() as u64;
         return Ok(Restored { files, bytes, ..Restored::default() });
     }
@@ -168,11 +145,11 @@ fn restore_vm(
             )));
         }
         let what = format!("{} (disk {})", disk.file, disk.source);
-        let destination = target.join(&name);
         let checksum = disk.checksum().map_err(AgentError::Corrupt)?;
+        let destination = Destination { target, relative: Path::new(&name) };
         let (bytes, _) = copy_checked(
             &folder.join(&disk.file),
-            &destination,
+            destination,
             (disk.size_bytes, checksum),
             &what,
             cancel,
@@ -180,7 +157,7 @@ fn restore_vm(
         restored.files += 1;
         restored.bytes += bytes;
     }
-    fsutil::sync_dir(target).map_err(|e| io_error("cannot sync", target, &e))?;
+    target.sync().map_err(|e| io_error("cannot sync", target.path(), &e))?;
     Ok(restored)
 }
 
@@ -204,45 +181,41 @@ pub(super) fn disk_names(manifest: &VmManifest) -> Vec<String> {
 fn restore_computer(
     location: &Location,
     manifest: &ComputerManifest,
-    target: &Path,
+    target: &Target,
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
-    let placed = place_entries(target, &manifest.entries)?;
+    let placed = place_entries(Path::new("/"), &manifest.entries)?;
     let store = Store::new(&location.repository);
     let mut restored = Restored::default();
     let mut directories: Vec<(&Path, &Record)> = Vec::new();
     let mut links: Vec<(&Path, &Record)> = Vec::new();
     for (path, entry) in &placed {
+        let relative = path.strip_prefix("/").unwrap_or(path);
         match entry.kind {
             Kind::Dir => {
-                fs::create_dir_all(path).map_err(|e| io_error("cannot create", path, &e))?;
+                target.folder(relative).map_err(|e| io_error("cannot create", path, &e))?;
                 restored.directories += 1;
-                directories.push((path, entry));
+                directories.push((relative, entry));
             }
             Kind::File => {
-                create_parent(path)?;
-                restored.bytes += restore_file(&store, entry, path, cancel)?;
+                restored.bytes += restore_file(&store, entry, target, relative, cancel)?;
                 restored.files += 1;
             }
-            Kind::Symlink => links.push((path, entry)),
+            Kind::Symlink => links.push((relative, entry)),
         }
     }
     // Links last: nothing is created after them, so nothing can pass through one.
-    for (path, entry) in links {
-        create_parent(path)?;
-        restore_link(entry, path)?;
+    for (relative, entry) in links {
+        restore_link(entry, target, relative)?;
         restored.symlinks += 1;
     }
     // Deepest first, once their contents are written: read-only folders were filled first,
     // and writing into a folder no longer moves its mtime.
     directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
-    for (path, entry) in directories {
-        let folder = File::options()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
-            .open(path)
-            .map_err(|e| io_error("cannot open", path, &e))?;
-        set_mode_and_mtime(&folder, path, entry)?;
+    for (relative, entry) in directories {
+        let path = target.path().join(relative);
+        let folder = target.folder(relative).map_err(|e| io_error("cannot open", &path, &e))?;
+        set_mode_and_mtime(&folder, &path, entry)?;
     }
     Ok(restored)
 }
@@ -283,31 +256,17 @@ fn corrupt(problem: String) -> AgentError {
     AgentError::Corrupt(format!("manifest.json: {problem}"))
 }
 
-/// Creates the folders above `path` (inside the target, where no link exists yet).
-fn create_parent(path: &Path) -> Result<(), AgentError> {
-    match path.parent() {
-        Some(parent) => {
-            fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, &e))
-        }
-        None => Ok(()),
-    }
-}
-
-fn restore_link(entry: &Record, path: &Path) -> Result<(), AgentError> {
+fn restore_link(entry: &Record, target: &Target, relative: &Path) -> Result<(), AgentError> {
     let link = entry
         .target
         .as_deref()
         .ok_or_else(|| corrupt(format!("link {} has no target", entry.path)))?;
-    symlink(link, path).map_err(|e| io_error("cannot create link", path, &e))?;
-    if let Some(uid) = entry.uid {
-        // As for files: where the agent may.
-        let _ = lchown(path, Some(uid), entry.gid);
-    }
-    let Some(mtime) = parse_mtime(&entry.mtime) else { return Ok(()) };
-    // The link's own time: `set_times` would follow it.
-    let (keep_atime, mtime) = (TimeSpec::UTIME_OMIT, timespec(mtime));
-    utimensat(AT_FDCWD, path, &keep_atime, &mtime, UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| io_error("cannot set the mtime of", path, &io::Error::from(e)))
+    // Owned as recorded where the agent may, as files are; the link's own time.
+    let owner = entry.uid.map(|uid| (uid, entry.gid));
+    let mtime = parse_mtime(&entry.mtime).map(timespec);
+    target
+        .symlink(relative, link, owner, mtime)
+        .map_err(|e| io_error("cannot create link", &target.path().join(relative), &e))
 }
 
 fn timespec(time: SystemTime) -> TimeSpec {
@@ -320,7 +279,8 @@ fn timespec(time: SystemTime) -> TimeSpec {
 fn restore_file(
     store: &Store,
     entry: &Record,
-    path: &Path,
+    target: &Target,
+    relative: &Path,
     cancel: &Cancel,
 ) -> Result<u64, AgentError> {
     let sha256 = entry
@@ -329,9 +289,18 @@ fn restore_file(
         .ok_or_else(|| corrupt(format!("file {} has no sha256", entry.path)))?;
     let what = format!("{}: blob {sha256}", printable(&entry.path));
     let expected = (entry.size, (Algorithm::Sha256, sha256));
-    let (bytes, file) = copy_checked(&store.blob_path(sha256), path, expected, &what, cancel)?;
-    set_mode_and_mtime(&file, path, entry)?;
+    let destination = Destination { target, relative };
+    let (bytes, file) =
+        copy_checked(&store.blob_path(sha256), destination, expected, &what, cancel)?;
+    set_mode_and_mtime(&file, &target.path().join(relative), entry)?;
     Ok(bytes)
+}
+
+/// A new file to write in the target.
+#[derive(Clone, Copy)]
+struct Destination<'a> {
+    target: &'a Target,
+    relative: &'a Path,
 }
 
 /// Copies `source` to a new file `destination` (never through a link), hashing as it goes;
@@ -339,18 +308,16 @@ fn restore_file(
 /// Returns the bytes copied and the new file, still open.
 fn copy_checked(
     source: &Path,
-    destination: &Path,
+    destination: Destination,
     expected: (u64, (Algorithm, &str)),
     what: &str,
     cancel: &Cancel,
 ) -> Result<(u64, File), AgentError> {
     let (size, (algorithm, checksum)) = expected;
-    let mut out = File::options()
-        .write(true)
-        .create_new(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(destination)
-        .map_err(|e| io_error("cannot create", destination, &e))?;
+    let Destination { target, relative } = destination;
+    let destination = target.path().join(relative);
+    let mut out =
+        target.create_file(relative).map_err(|e| io_error("cannot create", &destination, &e))?;
     let found = match copy_hashing(source, Some(&mut out), algorithm, cancel) {
         Ok(found) => found,
         Err(ReadError::Canceled) => {
@@ -369,7 +336,7 @@ fn copy_checked(
             found.size, found.checksum
         )));
     }
-    out.sync_all().map_err(|e| io_error("cannot sync", destination, &e))?;
+    out.sync_all().map_err(|e| io_error("cannot sync", &destination, &e))?;
     Ok((found.size, out))
 }
 

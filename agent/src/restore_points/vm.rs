@@ -9,6 +9,7 @@ use std::str::FromStr as _;
 use sluice_proto::pb;
 
 use super::Cancel;
+use super::confined::Target;
 use super::hash::{Digested, ReadError, hash_file};
 use super::location::Location;
 use super::verify::Report;
@@ -206,7 +207,7 @@ fn check_structure(path: &Path, backing: Option<&str>) -> Result<(), String> {
 pub(super) fn restore_chain(
     location: &Location,
     names: &[String],
-    target: &Path,
+    target: &Target,
     cancel: &Cancel,
 ) -> Result<u64, AgentError> {
     let item_dir = location.item_dir();
@@ -217,7 +218,8 @@ pub(super) fn restore_chain(
     }
     let mut bytes = 0;
     for (disk, name) in links[0].manifest.disks.iter().zip(names) {
-        let out = target.join(name);
+        // qemu-img writes through the target's handle: a swap of its path cannot move it.
+        let out = target.through_handle(name);
         let image = item_dir.join(&location.id).join(&disk.file);
         let done = qemu_img::flatten(&image, &out, &|| cancel.is_cancelled()).map_err(|e| {
             AgentError::FailedPrecondition(format!("cannot restore {}: {e}", image.display()))
@@ -227,6 +229,7 @@ pub(super) fn restore_chain(
         }
         let file = std::fs::File::open(&out).and_then(|file| file.sync_all().map(|()| file));
         let file = file.map_err(|e| {
+            let out = target.path().join(name);
             AgentError::FailedPrecondition(format!("cannot sync {}: {e}", out.display()))
         })?;
         bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
