@@ -212,6 +212,48 @@ pub enum Error {
         /// Restore point id.
         id: String,
     },
+    /// A restore point to delete by hand has catalogued children (incrementals built on it).
+    #[error(
+        "restore point {id:?} cannot be deleted: {} build(s) on it ({}); delete the newest first",
+        children.len(), children.join(", ")
+    )]
+    RestorePointHasChildren {
+        /// Restore point id.
+        id: String,
+        /// The restore points whose parent it is.
+        children: Vec<String>,
+    },
+    /// A verify or restore reads the restore point.
+    #[error(
+        "restore point {id:?} is in use (a verify or restore reads it); try again once it ends"
+    )]
+    RestorePointInUse {
+        /// Restore point id.
+        id: String,
+    },
+    /// A session of the restore point's job runs: its backups may build on the restore point.
+    #[error(
+        "restore point {id:?} cannot be deleted while session {session} of job {job:?} runs \
+         (its backups may build on it); try again once it ends"
+    )]
+    RestorePointJobRunning {
+        /// Restore point id.
+        id: String,
+        /// Its job.
+        job: String,
+        /// The job's active session.
+        session: String,
+    },
+    /// A deletion by hand began (the restore point is marked and hidden) but did not finish.
+    #[error(
+        "restore point {id:?}: its deletion began but did not finish (an agent or etcd failed, \
+         see the coordinator's log); it stays hidden and is finished by the job's next \
+         retention or, 10 minutes on, by the maintenance leader"
+    )]
+    DeletionUnfinished {
+        /// Restore point id.
+        id: String,
+    },
     /// Neither the session nor the job of a restore point exists, so its repository is unknown.
     #[error(
         "restore point {id:?}: neither its session {session:?} nor its job {job:?} exists any \
@@ -326,12 +368,16 @@ impl Error {
             | AgentDraining { .. }
             | AgentOffline { .. }
             | NoSuitableAgent(_)
+            | RestorePointHasChildren { .. }
+            | RestorePointInUse { .. }
+            | RestorePointJobRunning { .. }
             | RepositoryUnknown { .. } => Code::FailedPrecondition,
             JobChanged { .. }
             | TokenRaced
             | StopRaced { .. }
             | RegistrationRaced { .. }
             | StopIncomplete { .. }
+            | DeletionUnfinished { .. }
             | Fenced(_)
             | NoLease
             | ShuttingDown

@@ -89,6 +89,7 @@ fn routes() -> Vec<(&'static str, Access, MethodRouter<HttpParts>)> {
         ("/api/v1/sessions/{id}/events", Access::View, get(events::session_events)),
         ("/api/v1/sessions/{id}/retry", Access::Operate, post(retry_session)),
         ("/api/v1/restore-points/{id}/verify", Access::Operate, post(verify_restore_point)),
+        ("/api/v1/restore-points/{id}", Access::Administer, delete(delete_restore_point)),
         ("/api/v1/agents", Access::View, get(list_agents)),
         ("/api/v1/agents/{id}/drain", Access::Administer, post(drain_agent)),
         ("/api/v1/coordinators", Access::View, get(list_coordinators)),

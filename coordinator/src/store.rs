@@ -208,17 +208,19 @@ impl Store {
         in_commit_order(response.kvs())
     }
 
-    /// The revision that created `key` (its value is not read; 0 when it is absent) and
-    /// [`Self::list_versioned_in_commit_order`] of `prefix`, read at one revision in one
-    /// request.
-    pub(crate) async fn created_and_listed<M: Message + Default>(
+    /// The revision that created `key` (its value is not read; 0 when it is absent),
+    /// [`Self::list_versioned_in_commit_order`] of `prefix`, and the names of the keys under
+    /// `names_under` (the part after it; values not read), read at one revision in one request.
+    pub(crate) async fn created_listed_and_named<M: Message + Default>(
         &self,
         key: &str,
         prefix: &str,
-    ) -> Result<(i64, Vec<Versioned<M>>)> {
+        names_under: &str,
+    ) -> Result<(i64, Vec<Versioned<M>>, Vec<String>)> {
         let reads = [
             TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
             TxnOp::get(prefix, Some(GetOptions::new().with_prefix())),
+            TxnOp::get(names_under, Some(GetOptions::new().with_prefix().with_keys_only())),
         ];
         let response = self.kv().txn(Txn::new().and_then(reads)).await?;
         let mut gets = response.op_responses().into_iter().filter_map(|op| match op {
@@ -228,7 +230,11 @@ impl Store {
         let created = gets.next().and_then(|get| get.kvs().first().map(KeyValue::create_revision));
         let listed =
             gets.next().map_or_else(|| Ok(Vec::new()), |get| in_commit_order(get.kvs()))?;
-        Ok((created.unwrap_or(0), listed))
+        let names = gets.next().map_or_else(Vec::new, |get| {
+            let names = get.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned());
+            names.filter_map(|key| key.strip_prefix(names_under).map(str::to_owned)).collect()
+        });
+        Ok((created.unwrap_or(0), listed, names))
     }
 
     /// Reads many single keys in as few requests as etcd's op limit allows (one txn of reads

@@ -14,6 +14,7 @@ mod e2e {
     mod computer_stops;
     mod computers;
     mod console;
+    mod deletions;
     mod drains;
     mod etcd_hygiene;
     mod etcd_members;

@@ -37,6 +37,8 @@ fn binding_command_lines_parse() {
         "restore-point list nightly",
         "restore-point verify 20261122-213005-7f3a-0",
         "restore-point verify 20261122-213005-7f3a-0 --job nightly",
+        "restore-point delete 20261122-213005-7f3a-0",
+        "restore-point delete 20261122-213005-7f3a-0 --job nightly",
         "restore 20261122-213005-7f3a-0 --to /restore",
         "restore 20261122-213005-7f3a-0 --to /restore --job nightly --agent proxy-1",
         "--endpoint http://a:7400,http://b:7400 --output json job list",

@@ -86,7 +86,7 @@ enum Command {
     /// Inspect coordinators.
     #[command(subcommand)]
     Coordinator(CoordinatorCommand),
-    /// Inspect and verify restore points.
+    /// Inspect, verify and delete restore points.
     #[command(subcommand)]
     RestorePoint(RestorePointCommand),
     /// Restore a restore point into an empty directory: a computer's files, or a VM's qcow2
@@ -281,6 +281,16 @@ enum RestorePointCommand {
         #[arg(long)]
         job: Option<String>,
     },
+    /// Delete a restore point (admin): its folder, then its catalog entry. Refused while a
+    /// later restore point builds on it (delete newest first), while it is verified or
+    /// restored, and while a session of its job runs.
+    Delete {
+        /// Restore point id.
+        id: String,
+        /// Job of the restore point (found by searching every job when omitted).
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -346,6 +356,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Exit, Failure> {
         }
         Command::RestorePoint(RestorePointCommand::Verify { id, job }) => {
             restore_point::verify(ctx, id, job.unwrap_or_default()).await
+        }
+        Command::RestorePoint(RestorePointCommand::Delete { id, job }) => {
+            restore_point::delete(ctx, id, job.unwrap_or_default()).await
         }
         Command::Restore(args) => {
             let request = sluice_proto::pb::RestoreRestorePointRequest {

@@ -1,4 +1,5 @@
-//! `sluice restore-point list JOB`, `sluice restore-point verify ID` and `sluice restore ID`.
+//! `sluice restore-point list JOB`, `sluice restore-point verify ID`, `sluice restore-point
+//! delete ID` and `sluice restore ID`.
 
 use std::time::SystemTime;
 
@@ -25,6 +26,42 @@ pub async fn verify(ctx: &Ctx, id: String, job: String) -> Result<Exit, Failure>
     let answer = clients.jobs.verify_restore_point(request).await?.into_inner();
     output::print(ctx.format, || verify_text(&answer), || verify_json(&answer))?;
     Ok(if answer.ok { Exit::Success } else { Exit::Failed })
+}
+
+/// Deletes a restore point and prints what was deleted.
+pub async fn delete(ctx: &Ctx, id: String, job: String) -> Result<Exit, Failure> {
+    let mut clients = ctx.connect().await?;
+    let request = pb::DeleteRestorePointRequest { id, job };
+    let answer = clients.jobs.delete_restore_point(request).await?.into_inner();
+    let deleted = answer.restore_point.unwrap_or_default();
+    output::print(ctx.format, || deleted_text(&deleted), || deleted_json(&deleted))?;
+    Ok(Exit::Success)
+}
+
+/// `deleted restore point ID (job JOB, item ITEM, full, SIZE)` (a VM's kind only).
+fn deleted_text(rp: &pb::RestorePoint) -> String {
+    let kind = match pb::RestorePointKind::try_from(rp.kind) {
+        Ok(pb::RestorePointKind::Incremental) => "incremental, ",
+        Ok(pb::RestorePointKind::Full) => "full, ",
+        _ => "",
+    };
+    format!(
+        "deleted restore point {} (job {}, item {}, {kind}{})",
+        rp.id,
+        rp.job,
+        rp.item,
+        text::bytes(rp.size_bytes)
+    )
+}
+
+fn deleted_json(rp: &pb::RestorePoint) -> serde_json::Value {
+    serde_json::json!({
+        "deleted": rp.id,
+        "job": rp.job,
+        "item": rp.item,
+        "path": rp.path,
+        "size_bytes": rp.size_bytes,
+    })
 }
 
 /// Restores a restore point into a directory.
@@ -107,6 +144,24 @@ fn restore_json(answer: &pb::RestoreRestorePointResponse, target: &str) -> serde
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deletion_names_what_it_deleted() {
+        let rp = pb::RestorePoint {
+            id: "s-0".into(),
+            job: "nightly".into(),
+            item: "vm1".into(),
+            kind: pb::RestorePointKind::Incremental.into(),
+            size_bytes: 2048,
+            ..Default::default()
+        };
+        let text = deleted_text(&rp);
+        assert!(
+            text.starts_with("deleted restore point s-0 (job nightly, item vm1, incremental"),
+            "{text}"
+        );
+        assert_eq!(deleted_json(&rp)["deleted"], "s-0");
+    }
 
     #[test]
     fn verify_text_lists_each_problem_on_its_own_line() {

@@ -187,6 +187,20 @@ impl JobService for JobApi {
         Ok(Response::new(restored))
     }
 
+    async fn delete_restore_point(
+        &self,
+        request: Request<pb::DeleteRestorePointRequest>,
+    ) -> Reply<pb::DeleteRestorePointResponse> {
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        let deleted = self.restore_points.delete_by_hand(&request.id, &request.job).await?;
+        info!(
+            target: AUDIT, %principal, restore_point = %deleted.id, job = %deleted.job,
+            item = %deleted.item, "restore point deleted"
+        );
+        Ok(Response::new(pb::DeleteRestorePointResponse { restore_point: Some(deleted) }))
+    }
+
     async fn list_schedule_runs(
         &self,
         request: Request<pb::ListScheduleRunsRequest>,

@@ -203,6 +203,46 @@ pub(crate) async fn verify_restore_point(
     Ok(Pb(s.jobs.verify_restore_point(grpc(&c, request)).await?.into_inner()))
 }
 
+/// The query of `DELETE /api/v1/restore-points/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    #[serde(default)]
+    job: String,
+}
+
+pub(crate) async fn delete_restore_point(
+    State(s): Api,
+    Extension(c): By,
+    PathParam(id): PathParam,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+    RequestBody(body): RequestBody,
+) -> Reply<pb::DeleteRestorePointResponse> {
+    let Query(query) = query.map_err(query_error)?;
+    let request = delete_request(&id, &query.job, &body)?;
+    Ok(Pb(s.jobs.delete_restore_point(grpc(&c, request)).await?.into_inner()))
+}
+
+/// The body of a deletion (none, or `DeleteRestorePointRequest` fields) for the restore
+/// point of the path, its job from the query (`?job=`) or the body, which must agree.
+fn delete_request(
+    id: &str,
+    job_in_query: &str,
+    body: &[u8],
+) -> Result<pb::DeleteRestorePointRequest, ApiError> {
+    let mut request = parse::<pb::DeleteRestorePointRequest>(body)?;
+    same_as_path("id", &mut request.id, id)?;
+    if job_in_query.is_empty() {
+        return Ok(request);
+    }
+    if !request.job.is_empty() && request.job != job_in_query {
+        let message = format!("job: the body says {:?}, the query {job_in_query:?}", request.job);
+        return Err(ApiError::new(Code::InvalidArgument, message));
+    }
+    request.job = job_in_query.to_string();
+    Ok(request)
+}
+
 pub(crate) async fn list_agents(State(s): Api, Extension(c): By) -> Reply<pb::ListAgentsResponse> {
     Ok(Pb(s.cluster.list_agents(grpc(&c, pb::ListAgentsRequest {})).await?.into_inner()))
 }
@@ -237,6 +277,25 @@ fn query_error(rejection: QueryRejection) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deletion_takes_its_job_from_the_query_or_the_body_when_they_agree() {
+        let cases = [
+            ("", "", ""),
+            ("j", "", "j"),
+            ("", r#"{"job": "j"}"#, "j"),
+            ("j", r#"{"job": "j"}"#, "j"),
+        ];
+        for (query, body, job) in cases {
+            let request = delete_request("rp-0", query, body.as_bytes()).expect(body);
+            assert_eq!((request.id.as_str(), request.job.as_str()), ("rp-0", job), "{body}");
+        }
+        for (query, body) in [("j", r#"{"job": "k"}"#), ("", r#"{"id": "rp-1"}"#), ("", "{")] {
+            let error = delete_request("rp-0", query, body.as_bytes()).expect_err(body);
+            let json = serde_json::to_value(error.body()).expect("JSON");
+            assert_eq!(json["code"], "INVALID_ARGUMENT", "{body}: {json}");
+        }
+    }
 
     #[test]
     fn a_retry_body_is_read_like_the_other_posts() {

@@ -9,6 +9,11 @@
 //! retention) to delete. A restore point known to be damaged (`RestorePoint.damage`), or one
 //! whose chain holds such a restore point, is never built on: the agent takes a full backup
 //! and warns with the reason.
+//!
+//! A restore point whose deletion began (its deletion mark, see `restore_points.rs`) is never
+//! built on either: a deletion by hand marks the restore point before it checks that no
+//! session of the job runs, so a session that starts after the mark picks the newest
+//! restore point not marked (whose bitmaps are usually gone: the agent then takes a full).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -37,17 +42,27 @@ pub(crate) enum ChainParent {
 pub(crate) async fn chain_parent(store: &Store, job: &str, item: &str) -> Result<ChainParent> {
     let keys = store.keys();
     let prefix = format!("{}{item}/", keys.restore_points(job));
-    let (since, in_commit_order) = store.created_and_listed(&keys.job(job), &prefix).await?;
-    Ok(choose(&in_commit_order, item, since))
+    let marks = keys.restore_points_deleting(job);
+    let (since, in_commit_order, deleting) =
+        store.created_listed_and_named(&keys.job(job), &prefix, &marks).await?;
+    let deleting: BTreeSet<String> = deleting.into_iter().collect();
+    Ok(choose(&in_commit_order, item, since, &deleting))
 }
 
 /// From the item's entries in commit order: the last one of `item` created after revision
-/// `since` (the job's creation), unless it or a link of its chain is known to be damaged.
-fn choose(in_commit_order: &[Versioned<pb::RestorePoint>], item: &str, since: i64) -> ChainParent {
-    let newest = in_commit_order
-        .iter()
-        .rev()
-        .find(|entry| entry.create_revision > since && entry.value.item == item);
+/// `since` (the job's creation) whose deletion has not begun (`deleting`), unless it or a
+/// link of its chain is known to be damaged.
+fn choose(
+    in_commit_order: &[Versioned<pb::RestorePoint>],
+    item: &str,
+    since: i64,
+    deleting: &BTreeSet<String>,
+) -> ChainParent {
+    let newest = in_commit_order.iter().rev().find(|entry| {
+        entry.create_revision > since
+            && entry.value.item == item
+            && !deleting.contains(&entry.value.id)
+    });
     let Some(newest) = newest else { return ChainParent::None };
     let by_id: HashMap<&str, &pb::RestorePoint> =
         in_commit_order.iter().map(|entry| (entry.value.id.as_str(), &entry.value)).collect();
@@ -127,23 +142,44 @@ mod tests {
         point
     }
 
+    fn none() -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
+    #[test]
+    fn a_restore_point_whose_deletion_began_is_not_built_on() {
+        let listed = [at(10, rp("s1-0", "", 1)), at(11, rp("s2-0", "s1-0", 2))];
+        let deleting = BTreeSet::from(["s2-0".to_owned()]);
+        assert_eq!(choose(&listed, "vm", 0, &deleting), ChainParent::Named("s1-0".into()));
+        let all = BTreeSet::from(["s1-0".to_owned(), "s2-0".to_owned()]);
+        assert_eq!(choose(&listed, "vm", 0, &all), ChainParent::None, "nothing left: a full");
+    }
+
     #[test]
     fn the_parent_is_the_last_committed_whatever_the_agents_clocks_say() {
         // The second commit came from an agent whose clock is behind.
         let listed = [at(10, rp("s1-0", "", 200)), at(11, rp("s2-0", "s1-0", 100))];
-        assert_eq!(choose(&listed, "vm", 0), ChainParent::Named("s2-0".into()));
-        assert_eq!(choose(&[], "vm", 0), ChainParent::None, "nothing to build on: a full");
+        assert_eq!(choose(&listed, "vm", 0, &none()), ChainParent::Named("s2-0".into()));
+        assert_eq!(choose(&[], "vm", 0, &none()), ChainParent::None, "nothing to build on: a full");
         let other = pb::RestorePoint { item: "other".into(), ..rp("s1-0", "", 1) };
-        assert_eq!(choose(&[at(10, other)], "vm", 0), ChainParent::None, "another item's chain");
+        assert_eq!(
+            choose(&[at(10, other)], "vm", 0, &none()),
+            ChainParent::None,
+            "another item's chain"
+        );
     }
 
     #[test]
     fn restore_points_of_an_earlier_job_of_the_same_name_are_not_built_on() {
         let listed = [at(10, rp("old1-0", "", 1)), at(11, rp("old2-0", "old1-0", 2))];
-        assert_eq!(choose(&listed, "vm", 20), ChainParent::None, "the job was created at 20");
+        assert_eq!(
+            choose(&listed, "vm", 20, &none()),
+            ChainParent::None,
+            "the job was created at 20"
+        );
         let mut listed = listed.to_vec();
         listed.push(at(25, rp("new1-0", "", 3)));
-        assert_eq!(choose(&listed, "vm", 20), ChainParent::Named("new1-0".into()));
+        assert_eq!(choose(&listed, "vm", 20, &none()), ChainParent::Named("new1-0".into()));
     }
 
     #[test]
@@ -153,16 +189,16 @@ mod tests {
             at(11, damaged(rp("s2-0", "s1-0", 2), "disk0.qcow2: blake3 is 89df")),
             at(12, rp("s3-0", "s2-0", 3)),
         ];
-        let ChainParent::Unusable(why) = choose(&listed, "vm", 0) else {
+        let ChainParent::Unusable(why) = choose(&listed, "vm", 0, &none()) else {
             panic!("a damaged link must not be built on");
         };
         assert!(why.contains("restore point s2-0, which s3-0 builds on, is damaged"), "{why}");
         assert!(why.contains("blake3 is 89df"), "{why}");
-        let ChainParent::Unusable(why) = choose(&listed[..2], "vm", 0) else {
+        let ChainParent::Unusable(why) = choose(&listed[..2], "vm", 0, &none()) else {
             panic!("the damaged newest must not be built on");
         };
         assert!(why.starts_with("restore point s2-0 is damaged (found 2026-11-30T"), "{why}");
-        assert_eq!(choose(&listed[..1], "vm", 0), ChainParent::Named("s1-0".into()));
+        assert_eq!(choose(&listed[..1], "vm", 0, &none()), ChainParent::Named("s1-0".into()));
     }
 
     #[test]
@@ -172,14 +208,16 @@ mod tests {
             at(11, rp("s2-0", "s1-0", 2)),
             at(12, rp("s3-0", "", 3)),
         ];
-        assert_eq!(choose(&listed, "vm", 0), ChainParent::Named("s3-0".into()));
+        assert_eq!(choose(&listed, "vm", 0, &none()), ChainParent::Named("s3-0".into()));
     }
 
     #[test]
     fn a_long_damage_text_is_cut_in_the_warning() {
         let long = "é".repeat(400);
         let listed = [at(10, damaged(rp("s1-0", "", 1), &long))];
-        let ChainParent::Unusable(why) = choose(&listed, "vm", 0) else { panic!("unusable") };
+        let ChainParent::Unusable(why) = choose(&listed, "vm", 0, &none()) else {
+            panic!("unusable")
+        };
         assert!(why.len() < 400 && why.ends_with(" ..."), "{why}");
     }
 }

@@ -31,6 +31,7 @@
 //! no session finishes are taken up by the maintenance leader ([`abandoned`]).
 
 mod abandoned;
+mod by_hand;
 mod merge;
 mod plan;
 
@@ -166,19 +167,18 @@ impl RestorePoints {
 
     async fn run_once(&self, job_name: &str) -> Result<usize> {
         let keys = self.store.keys();
-        let Some(job) = self.store.get::<JobRetention>(&keys.job(job_name)).await? else {
-            return Ok(0);
-        };
+        let job = self.store.get::<JobRetention>(&keys.job(job_name)).await?;
+        let (keep, created) = retention_of(job);
         let deleting = self.deleting(job_name).await?;
-        if job.value.keep_restore_points == 0 && deleting.is_empty() {
+        if keep == 0 && deleting.is_empty() {
             return Ok(0);
         }
         let prefix = keys.restore_points(job_name);
         let listed = self.store.list_versioned_in_commit_order(&prefix).await?;
-        let (all, inherited) = split_inherited(listed, job.create_revision);
+        let (all, inherited) = split_inherited(listed, created);
         let mut deletions = Vec::new();
         let mut merges = Vec::new();
-        for step in plan::plan(&all, job.value.keep_restore_points, &deleting, &inherited) {
+        for step in plan::plan(&all, keep, &deleting, &inherited) {
             match step {
                 plan::Step::Delete(rp) => deletions.push(rp),
                 plan::Step::Merge { base, child } => merges.push((base, child)),
@@ -386,6 +386,13 @@ impl RestorePoints {
     }
 }
 
+/// A job's `keep_restore_points` and the revision that created it. A deleted job keeps
+/// everything and made none of the restore points left under its name (all count as
+/// inherited), so only the deletions begun (by hand, or before it was deleted) are finished.
+fn retention_of(job: Option<Versioned<JobRetention>>) -> (u32, i64) {
+    job.map_or((0, i64::MAX), |job| (job.value.keep_restore_points, job.create_revision))
+}
+
 /// Logs a deletion left to a later retention: a verify or restore reads the restore point
 /// (or its catalog entry went meanwhile).
 fn postponed(rp: &pb::RestorePoint) {
@@ -413,7 +420,39 @@ mod tests {
     use prost::Message;
     use sluice_proto::pb;
 
-    use super::{JobRetention, Running};
+    use super::{JobRetention, Running, plan, retention_of, split_inherited};
+    use crate::store::Versioned;
+
+    fn at(revision: i64, id: &str, parent: &str) -> Versioned<pb::RestorePoint> {
+        let value = pb::RestorePoint {
+            id: id.into(),
+            item: "vm".into(),
+            parent_id: parent.into(),
+            ..Default::default()
+        };
+        Versioned { value, mod_revision: revision, create_revision: revision, lease: 0 }
+    }
+
+    /// A deletion begun on a deleted job's restore point (by hand, cut short) is finished
+    /// (the maintenance leader runs this for old marks); nothing else of it is touched.
+    #[test]
+    fn a_deleted_jobs_begun_deletions_are_finished_and_nothing_else() {
+        let (keep, created) = retention_of(None);
+        let listed = vec![at(10, "s1-0", ""), at(11, "s2-0", "s1-0"), at(12, "s3-0", "s2-0")];
+        let (all, inherited) = split_inherited(listed, created);
+        let deleting = ["s3-0".to_owned()].into();
+        let steps = plan::plan(&all, keep, &deleting, &inherited);
+        let ids: Vec<&str> = steps
+            .iter()
+            .map(|step| match step {
+                plan::Step::Delete(rp) => rp.id.as_str(),
+                plan::Step::Merge { base, .. } => base.id.as_str(),
+            })
+            .collect();
+        assert_eq!(ids, ["s3-0"]);
+        let nothing_begun = plan::plan(&all, keep, &Default::default(), &inherited);
+        assert!(nothing_begun.is_empty(), "{nothing_begun:?}");
+    }
 
     /// Retention's view of a stored job reads its `keep_restore_points` and nothing else.
     #[test]

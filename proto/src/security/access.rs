@@ -212,6 +212,7 @@ pub const ACCESS: &[(&str, Need)] = &[
     ("/sluice.v1.JobService/ListRestorePoints", Need::Role(Role::Viewer)),
     ("/sluice.v1.JobService/VerifyRestorePoint", Need::Role(Role::Operator)),
     ("/sluice.v1.JobService/RestoreRestorePoint", Need::Role(Role::RestoreOperator)),
+    ("/sluice.v1.JobService/DeleteRestorePoint", Need::Role(Role::Admin)),
     ("/sluice.v1.JobService/ListScheduleRuns", Need::Role(Role::Viewer)),
     // Cluster.
     ("/sluice.v1.ClusterService/ListAgents", Need::Role(Role::Viewer)),

@@ -1,0 +1,153 @@
+//! Scenarios: deleting a restore point by hand (`DeleteRestorePoint`, admin; `sluice
+//! restore-point delete`; `DELETE /api/v1/restore-points/{id}`). A VM chain is deleted
+//! newest first: its middle is refused naming the child, as is any point while a session of
+//! its job runs; the folder goes with the catalog entry. A computer restore point's blobs that
+//! no other restore point names are collected.
+
+use std::{collections::BTreeSet, path::Path};
+
+use sluice_proto::pb::{self, SessionResult, StopMode, job_service_client::JobServiceClient};
+use sluice_tests::{
+    Cluster,
+    api::{Jobs, create_job, restore_points, start_job, stop_job, summary, wait_stopped},
+    binary,
+    computers::{Laptops, laptops, pseudo_random, seed_of, write_file},
+    disk::{Fill, write_pattern},
+    fixtures::{expect_code, expect_ok},
+    http::{HttpClient, create_token},
+    manifests::{read_manifest, store_blobs},
+    sessions::{VmDisks, restore_point_dir, vm_backup},
+};
+use tonic::{Code, Request};
+
+/// Runs a session of `job` to its end; the restore point of its first item.
+async fn backup(jobs: &mut Jobs, job: &str) -> String {
+    let started = start_job(jobs, job).await;
+    let ended = wait_stopped(jobs, &started.id).await;
+    assert!(
+        matches!(ended.result(), SessionResult::Success | SessionResult::Warning),
+        "{}",
+        summary(&ended)
+    );
+    ended.items.into_iter().next().expect("one item").restore_point
+}
+
+fn request(id: &str, job: &str) -> pb::DeleteRestorePointRequest {
+    pb::DeleteRestorePointRequest { id: id.into(), job: job.into() }
+}
+
+async fn listed_ids(jobs: &Jobs, job: &str) -> Vec<String> {
+    restore_points(jobs, job).await.into_iter().map(|rp| rp.id).collect()
+}
+
+/// `sluice restore-point delete ID --job JOB` as the harness's admin: exit code and output.
+async fn delete_with_cli(cluster: &mut Cluster, id: &str, job: &str) -> (i32, String) {
+    let output = tokio::process::Command::new(binary("sluice"))
+        .arg("--endpoint")
+        .arg(cluster.coordinator(0).url())
+        .args(cluster.cli_flags())
+        .args(["restore-point", "delete", id, "--job", job])
+        .output()
+        .await
+        .expect("runs sluice");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+fn change(disk: &Path, pattern: u8) {
+    write_pattern(disk, Fill { pattern, offset: 1 << 20, len: 64 << 10 });
+}
+
+/// A chain of three: the middle is refused naming the newest (its child); a viewer and an
+/// operator are refused; bad and unknown ids get their codes; while a session of the job
+/// runs even the newest is refused, and stays listed. The newest goes over HTTP, then the
+/// middle with the CLI: folders gone, not listed; the next backup still succeeds.
+#[tokio::test]
+async fn a_vm_chain_is_deleted_by_hand_newest_first() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let job = vm_backup("vms", &repository, &disks).retry(1, 1).build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.clone()).await;
+    let mut chain = Vec::new();
+    for pattern in [0x71, 0x72, 0x73] {
+        change(&disks[0], pattern);
+        chain.push(backup(&mut jobs, "vms").await);
+    }
+    let [first, middle, newest] = [&chain[0], &chain[1], &chain[2]];
+
+    let refused = jobs.delete_restore_point(request(middle, "")).await;
+    let status = expect_code(refused, Code::FailedPrecondition, "deleting the middle");
+    assert!(status.message().contains(newest.as_str()), "{status:?}");
+    assert!(status.message().contains("delete the newest first"), "{status:?}");
+    let unknown = jobs.delete_restore_point(request("20200101-000000-0000-0", "")).await;
+    expect_code(unknown, Code::NotFound, "deleting an unknown restore point");
+    let bad = jobs.delete_restore_point(request("../x", "")).await;
+    let status = expect_code(bad, Code::InvalidArgument, "deleting a bad id");
+    assert!(status.message().starts_with("id:"), "{status:?}");
+    for role in ["viewer", "operator"] {
+        let secret = create_token(cluster.coordinator(0), role, role).await;
+        let mut call = Request::new(request(newest, "vms"));
+        let bearer = format!("Bearer {secret}").parse().expect("an ASCII header");
+        call.metadata_mut().insert("authorization", bearer);
+        let tls = cluster.pki().expect("a secure cluster").client_tls(None);
+        let channel = cluster.coordinators()[0].channel_with(Some(tls)).await.expect("TLS");
+        let mut as_token = JobServiceClient::new(channel);
+        expect_code(as_token.delete_restore_point(call).await, Code::PermissionDenied, role);
+        let http = cluster.coordinator(0).http_client().with_token(&secret);
+        let reply = http.call("DELETE", &format!("/api/v1/restore-points/{newest}"), "").await;
+        assert_eq!(reply.status, 403, "{role} over HTTP: {reply:?}");
+    }
+
+    let waiting = pb::Job { proxies: vec!["nobody".into()], ..job.clone() };
+    expect_ok(jobs.update_job(pb::UpdateJobRequest { job: Some(waiting) }).await, "UpdateJob");
+    let running = start_job(&mut jobs, "vms").await;
+    let refused = jobs.delete_restore_point(request(newest, "vms")).await;
+    let status = expect_code(refused, Code::FailedPrecondition, "deleting while a session runs");
+    assert!(status.message().contains(&running.id), "{status:?}");
+    expect_ok(stop_job(&mut jobs, "vms", StopMode::Immediate, "").await, "StopJob");
+    wait_stopped(&jobs, &running.id).await;
+    expect_ok(jobs.update_job(pb::UpdateJobRequest { job: Some(job) }).await, "UpdateJob");
+    assert_eq!(listed_ids(&jobs, "vms").await, chain, "a refused deletion leaves no mark");
+
+    let http = HttpClient::admin(cluster.coordinator(0)).await;
+    let reply = http.call("DELETE", &format!("/api/v1/restore-points/{newest}?job=vms"), "").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["restorePoint"]["id"], newest.as_str(), "{reply:?}");
+    assert!(!restore_point_dir(&repository, "vms", "vm-0", newest).exists(), "folder gone");
+    let (code, out) = delete_with_cli(&mut cluster, middle, "vms").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("deleted restore point {middle} (job vms, item vm-0")), "{out}");
+    assert!(!restore_point_dir(&repository, "vms", "vm-0", middle).exists(), "folder gone");
+    assert_eq!(listed_ids(&jobs, "vms").await, [first.as_str()]);
+    let again = jobs.delete_restore_point(request(middle, "vms")).await;
+    expect_code(again, Code::NotFound, "deleting it twice");
+
+    change(&disks[0], 0x74);
+    let next = backup(&mut jobs, "vms").await;
+    let points = restore_points(&jobs, "vms").await;
+    let made = points.iter().find(|rp| rp.id == next).expect("the next backup is listed");
+    assert!(["", first.as_str()].contains(&made.parent_id.as_str()), "{made:?}");
+}
+
+/// A computer restore point deleted by hand takes the store blobs only it named with it;
+/// the blobs the other restore point names stay.
+#[tokio::test]
+async fn a_computer_restore_point_deleted_by_hand_has_its_own_blobs_collected() {
+    let Laptops { mut cluster, mut jobs, repository, home, .. } = laptops().await;
+    let kept = backup(&mut jobs, "laptops").await;
+    write_file(&home.join("only-in-the-second.bin"), &pseudo_random(seed_of("second"), 70_000));
+    let deleted = backup(&mut jobs, "laptops").await;
+    let kept_blobs =
+        read_manifest(&restore_point_dir(&repository, "laptops", "pc1", &kept)).blobs();
+    let all_before = store_blobs(&repository);
+    assert!(all_before.len() > kept_blobs.len(), "the second names a blob of its own");
+
+    let (code, out) = delete_with_cli(&mut cluster, &deleted, "laptops").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!restore_point_dir(&repository, "laptops", "pc1", &deleted).exists(), "folder gone");
+    assert_eq!(listed_ids(&jobs, "laptops").await, [kept.as_str()]);
+    let left: BTreeSet<String> = store_blobs(&repository);
+    assert_eq!(left, kept_blobs, "only the kept restore point's blobs are left");
+}
