@@ -206,8 +206,8 @@ pub enum Error {
         /// Job searched, or empty for every job.
         job: String,
     },
-    /// Retention deleted the restore point, or is deleting it.
-    #[error("restore point {id:?} was deleted by retention (or is being deleted)")]
+    /// Retention or a deletion by hand deleted the restore point, or is deleting it.
+    #[error("restore point {id:?} was deleted (or is being deleted)")]
     RestorePointDeleted {
         /// Restore point id.
         id: String,

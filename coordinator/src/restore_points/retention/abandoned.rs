@@ -1,6 +1,6 @@
 //! Deletions cut short that no session's retention finishes (the job does not run again, or
-//! not soon): the maintenance leader runs the retention of each job whose oldest deletion mark
-//! is older than [`ABANDONED_AFTER`], longer than any retention takes.
+//! not soon, or was deleted): the maintenance leader runs the retention of each job whose
+//! oldest deletion mark is older than [`ABANDONED_AFTER`], longer than any retention takes.
 
 use std::{collections::BTreeSet, time::Duration};
 

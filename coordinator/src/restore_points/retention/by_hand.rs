@@ -43,7 +43,8 @@ impl RestorePoints {
             return Err(Error::DeletionUnfinished { id: rp.id });
         }
         self.collect_garbage(&marked).await;
-        info!(job = %rp.job, item = %rp.item, restore_point = %rp.id, "restore point deleted by hand");
+        info!(job = %rp.job, item = %rp.item, restore_point = %rp.id,
+              "restore point deleted by hand");
         Ok(rp)
     }
 
