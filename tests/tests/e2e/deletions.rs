@@ -8,8 +8,11 @@ use std::{collections::BTreeSet, path::Path};
 
 use sluice_proto::pb::{self, SessionResult, StopMode, job_service_client::JobServiceClient};
 use sluice_tests::{
-    Cluster,
-    api::{Jobs, create_job, restore_points, start_job, stop_job, summary, wait_stopped},
+    Cluster, PATIENCE,
+    api::{
+        Jobs, create_job, restore_points, start_job, stop_job, summary, try_restore_points,
+        wait_stopped,
+    },
     binary,
     computers::{Laptops, laptops, pseudo_random, seed_of, write_file},
     disk::{Fill, write_pattern},
@@ -17,6 +20,7 @@ use sluice_tests::{
     http::{HttpClient, create_token},
     manifests::{read_manifest, store_blobs},
     sessions::{VmDisks, restore_point_dir, vm_backup},
+    wait_for,
 };
 use tonic::{Code, Request};
 
@@ -129,6 +133,59 @@ async fn a_vm_chain_is_deleted_by_hand_newest_first() {
     let points = restore_points(&jobs, "vms").await;
     let made = points.iter().find(|rp| rp.id == next).expect("the next backup is listed");
     assert!(["", first.as_str()].contains(&made.parent_id.as_str()), "{made:?}");
+}
+
+/// A verify's use record refuses the deletion. With the agent down, a deletion begun is cut
+/// short (UNAVAILABLE, saying who finishes it): the restore point stays hidden, the next
+/// session does not build on it, and that session's retention deletes it.
+#[tokio::test]
+async fn a_deletion_cut_short_is_finished_by_the_next_retention() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, vm_backup("vms", &repository, &disks).retry(1, 1).build()).await;
+    let first = backup(&mut jobs, "vms").await;
+    change(&disks[0], 0x81);
+    let second = backup(&mut jobs, "vms").await;
+
+    let mut etcd = cluster.etcd_client().await;
+    let read = format!("{}/restore-points-in-use/vms/{second}/c1-verify", cluster.prefix());
+    etcd.put(read.as_str(), Vec::new(), None).await.expect("a use record");
+    let refused = jobs.delete_restore_point(request(&second, "vms")).await;
+    let status = expect_code(refused, Code::FailedPrecondition, "deleting one in use");
+    assert!(status.message().contains("in use"), "{status:?}");
+    etcd.delete(read.as_str(), None).await.expect("the use ends");
+
+    cluster.agent(0).kill9();
+    let cut = jobs.delete_restore_point(request(&second, "vms")).await;
+    let status = expect_code(cut, Code::Unavailable, "deleting with no agent");
+    assert!(status.message().contains("finished by the job's next retention"), "{status:?}");
+    assert_eq!(listed_ids(&jobs, "vms").await, [first.as_str()], "hidden while marked");
+    let folder = restore_point_dir(&repository, "vms", "vm-0", &second);
+    assert!(folder.exists(), "not deleted yet");
+
+    cluster.agent(0).restart().await;
+    change(&disks[0], 0x82);
+    let third = backup(&mut jobs, "vms").await;
+    let points = restore_points(&jobs, "vms").await;
+    let made = points.iter().find(|rp| rp.id == third).expect("listed");
+    assert_ne!(made.parent_id, second, "a marked restore point is not built on: {made:?}");
+    let gone = || {
+        let (jobs, folder) = (jobs.clone(), folder.clone());
+        let want = vec![first.clone(), third.clone()];
+        async move {
+            let ids: Vec<String> =
+                try_restore_points(&jobs, "vms").await?.into_iter().map(|rp| rp.id).collect();
+            if ids == want && !folder.exists() {
+                Ok(())
+            } else {
+                Err(format!("listed {ids:?}, folder there: {}", folder.exists()))
+            }
+        }
+    };
+    wait_for(gone, PATIENCE, "the next retention to finish the deletion").await;
+    let again = jobs.delete_restore_point(request(&second, "vms")).await;
+    expect_code(again, Code::NotFound, "deleted for good");
 }
 
 /// A computer restore point deleted by hand takes the store blobs only it named with it;

@@ -16,7 +16,7 @@
 //! stays hidden and refused, and the job's next retention or the maintenance leader
 //! (`abandoned.rs`, also for a deleted job) finishes it.
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use sluice_proto::{job::validate_name, pb};
 use tracing::{info, warn};
 
@@ -67,7 +67,8 @@ impl RestorePoints {
         let keys = self.store.keys();
         if !marked.first().copied().unwrap_or(false) {
             let uses = keys.restore_point_uses(&rp.job, &rp.id);
-            if self.store.exists(&uses).await? {
+            let count = GetOptions::new().with_prefix().with_count_only();
+            if self.store.kv().get(uses.as_str(), Some(count)).await?.count() > 0 {
                 return Err(Error::RestorePointInUse { id: rp.id.clone() });
             }
             return Err(Error::RestorePointNotFound { id: rp.id.clone(), job: rp.job.clone() });
