@@ -188,10 +188,10 @@ async fn a_deletion_cut_short_is_finished_by_the_next_retention() {
     expect_code(again, Code::NotFound, "deleted for good");
 }
 
-/// A computer restore point deleted by hand takes the store blobs only it named with it;
-/// the blobs the other restore point names stay.
+/// A computer restore point of a deleted job, deleted by hand, takes the store blobs only it
+/// named with it; the blobs the other restore point names stay.
 #[tokio::test]
-async fn a_computer_restore_point_deleted_by_hand_has_its_own_blobs_collected() {
+async fn a_deleted_jobs_computer_restore_point_deleted_by_hand_has_its_own_blobs_collected() {
     let Laptops { mut cluster, mut jobs, repository, home, .. } = laptops().await;
     let kept = backup(&mut jobs, "laptops").await;
     write_file(&home.join("only-in-the-second.bin"), &pseudo_random(seed_of("second"), 70_000));
@@ -200,6 +200,9 @@ async fn a_computer_restore_point_deleted_by_hand_has_its_own_blobs_collected() 
         read_manifest(&restore_point_dir(&repository, "laptops", "pc1", &kept)).blobs();
     let all_before = store_blobs(&repository);
     assert!(all_before.len() > kept_blobs.len(), "the second names a blob of its own");
+    // A deleted job's restore points are deleted by hand only: retention never runs for it.
+    let deleting_job = jobs.delete_job(pb::DeleteJobRequest { name: "laptops".into() }).await;
+    expect_ok(deleting_job, "DeleteJob");
 
     let (code, out) = delete_with_cli(&mut cluster, &deleted, "laptops").await;
     assert_eq!(code, 0, "{out}");

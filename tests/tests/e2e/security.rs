@@ -155,13 +155,14 @@ enum Call {
     StopAll,
     VerifyRestorePoint,
     RestoreRestorePoint,
+    DeleteRestorePoint,
     ListAgents,
     DrainAgent,
     ListTokens,
 }
 
 impl Call {
-    const ALL: [Call; 13] = [
+    const ALL: [Call; 14] = [
         Call::ListJobs,
         Call::GetSession,
         Call::CreateJob,
@@ -172,6 +173,7 @@ impl Call {
         Call::StopAll,
         Call::VerifyRestorePoint,
         Call::RestoreRestorePoint,
+        Call::DeleteRestorePoint,
         Call::ListAgents,
         Call::DrainAgent,
         Call::ListTokens,
@@ -187,6 +189,7 @@ impl Call {
             Call::CreateJob
             | Call::DeleteJob
             | Call::StopAll
+            | Call::DeleteRestorePoint
             | Call::DrainAgent
             | Call::ListTokens => Role::Admin,
         }
@@ -247,6 +250,10 @@ impl Call {
                     ..Default::default()
                 };
                 jobs.restore_restore_point(maybe_bearer(token, restore)).await.map(drop)
+            }
+            Call::DeleteRestorePoint => {
+                let delete = pb::DeleteRestorePointRequest { id: missing(), job: missing() };
+                jobs.delete_restore_point(maybe_bearer(token, delete)).await.map(drop)
             }
             Call::ListAgents => {
                 cluster.list_agents(maybe_bearer(token, pb::ListAgentsRequest {})).await.map(drop)
