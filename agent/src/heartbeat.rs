@@ -147,7 +147,8 @@ impl Heartbeater {
             running_tasks: u32::try_from(status.running).unwrap_or(u32::MAX),
             ..self.agent.clone()
         };
-        pb::HeartbeatRequest { agent: Some(agent), ttl_seconds: self.ttl, leaving }
+        let settled = leaving && status.running == 0 && status.unacked == 0;
+        pb::HeartbeatRequest { agent: Some(agent), ttl_seconds: self.ttl, leaving, settled }
     }
 }
 

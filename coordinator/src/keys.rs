@@ -96,6 +96,12 @@ impl Keys {
         format!("{}/agents/{id}", self.prefix)
     }
 
+    /// `/agents-left/{id}`: the agent left settled (nothing running, every outcome
+    /// acknowledged); deleted when it registers again.
+    pub(crate) fn agent_left(&self, id: &str) -> String {
+        format!("{}/agents-left/{id}", self.prefix)
+    }
+
     /// `/coordinators/`.
     pub(crate) fn coordinators(&self) -> String {
         format!("{}/coordinators/", self.prefix)

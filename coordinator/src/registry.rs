@@ -66,7 +66,7 @@ impl Registry {
         let mut agent = validate(&request, self.scheme)?;
         agent.coordinator = coordinator.to_string();
         if request.leaving {
-            return self.leave(&agent.id).await.map(|()| 0);
+            return self.leave(&agent.id, request.settled).await.map(|()| 0);
         }
         let entry = self.entry(&agent.id);
         let mut renewing = entry.lock().await;
@@ -150,7 +150,11 @@ impl Registry {
         };
         let options = PutOptions::new().with_lease(record.lease);
         let put = TxnOp::put(key, record.encode_to_vec(), Some(options));
-        let response = self.store.kv().txn(Txn::new().when([guard]).and_then([put])).await?;
+        // Registered again, the agent may run tasks again: an earlier settled leave no
+        // longer speaks for it.
+        let settled = TxnOp::delete(self.store.keys().agent_left(id), None);
+        let response =
+            self.store.kv().txn(Txn::new().when([guard]).and_then([put, settled])).await?;
         if !response.succeeded() {
             return Err(Error::RegistrationRaced { agent: id.to_string() });
         }
@@ -178,13 +182,20 @@ impl Registry {
             .ok_or_else(|| Error::AgentNotRegistered { agent: id.to_string() })
     }
 
-    async fn leave(&self, id: &str) -> Result<()> {
+    /// Removes the agent's registration; a `settled` leave is recorded with it, in one txn,
+    /// so that the owner of a session that finds the agent gone knows that a task of its
+    /// without a stored outcome never ran there.
+    async fn leave(&self, id: &str, settled: bool) -> Result<()> {
         let entry = self.entry(id);
         let mut renewing = entry.lock().await;
         renewing.take();
         let key = self.store.keys().agent(id);
         if let Some(record) = self.store.get::<pb::AgentRecord>(&key).await? {
-            self.store.kv().delete(key, None).await?;
+            let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+            if settled {
+                ops.push(TxnOp::put(self.store.keys().agent_left(id), Vec::new(), None));
+            }
+            self.store.kv().txn(Txn::new().and_then(ops)).await?;
             if record.lease != 0 {
                 let _ = self.store.client().lease_revoke(record.lease).await;
             }
@@ -328,6 +339,25 @@ mod tests {
         let stored = store.get::<pb::AgentRecord>(&key).await.expect("read");
         let stored = stored.expect("the key outlives the other coordinator's lease");
         assert_eq!(stored.value.agent.expect("agent").coordinator, "c1");
+    }
+
+    /// A settled leave is recorded beside the removal (session owners read it), an unsettled
+    /// one is not, and registering again removes the record.
+    #[tokio::test]
+    async fn a_settled_leave_is_recorded_until_the_agent_registers_again() {
+        let store = crate::testing::store().await;
+        let registry = Registry::new(store.clone(), "http");
+        let left = store.keys().agent_left("a1");
+        let leave = |settled| pb::HeartbeatRequest { leaving: true, settled, ..beat("a1") };
+        registry.heartbeat(beat("a1"), "c1").await.expect("registered");
+        registry.heartbeat(leave(false), "c1").await.expect("left");
+        assert!(!store.exists(&left).await.expect("read"), "left with work unsettled");
+        registry.heartbeat(beat("a1"), "c1").await.expect("registered again");
+        registry.heartbeat(leave(true), "c1").await.expect("left settled");
+        assert!(store.exists(&left).await.expect("read"), "recorded");
+        assert!(!store.exists(&store.keys().agent("a1")).await.expect("read"), "and removed");
+        registry.heartbeat(beat("a1"), "c1").await.expect("registered again");
+        assert!(!store.exists(&left).await.expect("read"), "no longer speaks for it");
     }
 
     /// A heartbeat whose read came before the agent left (through another coordinator) does

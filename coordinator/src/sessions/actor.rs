@@ -13,7 +13,11 @@ mod reattach;
 mod stop;
 mod withdrawals;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::FutureExt;
 use sluice_proto::{
@@ -76,6 +80,8 @@ pub(crate) enum Msg {
     LateRemoved { ack: Ack, restore_point: pb::RestorePoint, result: Result<(), String> },
     /// Time to try deleting a late restore point again.
     RetryLate { ack: Ack, restore_point: pb::RestorePoint },
+    /// An agent with tasks of this session is gone; `settled`: it left settled.
+    AgentGone { agent: AgentId, settled: bool },
 }
 
 /// The receiving ends an actor reads, and the sender its child tasks report through.
@@ -160,6 +166,8 @@ pub(crate) struct SessionActor {
     /// The registered agents as dispatch sees them (shared by every actor), replaced when
     /// they change.
     agents: Arc<AgentMap>,
+    /// Agents found gone with tasks of this session, whose leave is being read.
+    gone: HashSet<AgentId>,
 }
 
 impl SessionActor {
@@ -203,6 +211,7 @@ impl SessionActor {
             yield_due: false,
             gauge,
             agents: Arc::default(),
+            gone: HashSet::new(),
         }
     }
 
@@ -349,6 +358,7 @@ impl SessionActor {
                 self.on_late_removed(ack, restore_point, result)
             }
             Msg::RetryLate { ack, restore_point } => self.delete_late(ack, restore_point),
+            Msg::AgentGone { agent, settled } => self.on_agent_gone(agent, settled),
             Msg::Listed { agent, tasks } => {
                 for status in tasks {
                     // A running attempt's outcome comes with the answer to its re-sent

@@ -319,6 +319,7 @@ impl Machine {
                 self.on_finished(now_ms, index, attempt, (outcome, agent), &mut effects)
             }
             Event::AgentLost { agent } => self.on_agent_lost(now_ms, &agent, &mut effects),
+            Event::AgentLeft { agent } => self.on_agent_left(now_ms, &agent, &mut effects),
             Event::Withdrawn(dispatch) => self.on_withdrawn(now_ms, &dispatch, &mut effects),
             #[cfg(test)]
             Event::Stop(stop) => {

@@ -78,5 +78,11 @@ async fn assert_a1_left(run: &mut OneVm, remaining: &[&str]) {
     assert!(exit.success(), "a drained agent exits 0, not {exit}");
     let admin = run.cluster.cluster_client().await;
     wait_agents_listed(&admin, remaining, "the drained agent a1 to leave the registry").await;
+    // Nothing ran on it and every outcome was acknowledged: a session that still counts a
+    // task of its as running (the answer lost with a fenced owner) knows it never ran.
+    let mut etcd = run.cluster.etcd_client().await;
+    let left = format!("{}/agents-left/a1", run.cluster.prefix());
+    let found = etcd.get(left, None).await.expect("read the settled leave");
+    assert_eq!(found.count(), 1, "a1 left settled");
     run.lab.assert_no_leftovers("after the drain");
 }

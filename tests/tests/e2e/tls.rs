@@ -168,7 +168,12 @@ async fn heartbeat_as(
         computer: computer.into(),
         ..Default::default()
     };
-    let request = pb::HeartbeatRequest { agent: Some(agent), ttl_seconds: 3, leaving: true };
+    let request = pb::HeartbeatRequest {
+        agent: Some(agent),
+        ttl_seconds: 3,
+        leaving: true,
+        ..Default::default()
+    };
     AgentRegistryClient::new(channel).heartbeat(request).await.map(drop)
 }
 
@@ -231,7 +236,12 @@ async fn a_heartbeat_speaks_only_for_the_agent_whose_certificate_sends_it() {
     let forged = foreign.issue(&LeafSpec::new(Kind::Agent, "a1"));
     let channel = coordinator.channel_with(Some(ours.client_tls(Some(&forged)))).await;
     if let Ok(channel) = channel {
-        let request = pb::HeartbeatRequest { agent: None, ttl_seconds: 3, leaving: true };
+        let request = pb::HeartbeatRequest {
+            agent: None,
+            ttl_seconds: 3,
+            leaving: true,
+            ..Default::default()
+        };
         let answer = AgentRegistryClient::new(channel).heartbeat(request).await;
         let code = answer.expect_err("another CA's agent certificate").code();
         assert!(

@@ -2,9 +2,9 @@
 //! and when the registered agents change.
 
 use sluice_proto::{ids::AgentId, pb};
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::{SessionActor, now_ms};
+use super::{Msg, SessionActor, now_ms};
 use crate::sessions::machine::{Dispatch, Event};
 
 impl SessionActor {
@@ -60,8 +60,30 @@ impl SessionActor {
         self.ctx.scheduler.agents_changed(&self.agents);
         let agents = self.agents.clone();
         for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
+            if self.gone.insert(agent.clone()) {
+                self.outbox.forget_agent(&agent);
+                self.read_leave(agent);
+            }
+        }
+    }
+
+    /// Whether `agent`, gone, left settled; its answer comes back as `Msg::AgentGone`.
+    fn read_leave(&self, agent: AgentId) {
+        let store = self.ctx.store.clone();
+        self.report(async move {
+            // Unreadable, the agent counts as lost: what it ran may have gone with it.
+            let settled = store.exists(&store.keys().agent_left(agent.as_str())).await;
+            Msg::AgentGone { agent, settled: settled.unwrap_or(false) }
+        });
+    }
+
+    pub(super) fn on_agent_gone(&mut self, agent: AgentId, settled: bool) {
+        self.gone.remove(&agent);
+        if settled {
+            info!(%agent, "agent left the cluster settled; its tasks of this session never ran");
+            self.apply(Event::AgentLeft { agent });
+        } else {
             warn!(%agent, "agent lost with tasks of this session");
-            self.outbox.forget_agent(&agent);
             self.apply(Event::AgentLost { agent });
         }
     }

@@ -193,6 +193,26 @@ impl Machine {
         }
     }
 
+    /// The agent left settled, so what it is still counted as running never ran there (its
+    /// RunTask was refused for the drain or never arrived, its answer lost with an owner
+    /// that was fenced): dispatched again, no attempt spent; under a stop, not processed.
+    pub(super) fn on_agent_left(
+        &mut self,
+        now_ms: i64,
+        agent: &AgentId,
+        effects: &mut Vec<Effect>,
+    ) {
+        for pos in self.index.running_on(agent) {
+            effects.push(Effect::Release { agent: agent.clone() });
+            let cause = format!("agent {agent} left the cluster without running it");
+            let then = match self.items[pos].computer {
+                Some(_) => "waiting for the computer",
+                None => "dispatched again",
+            };
+            self.requeue(now_ms, pos, &cause, then);
+        }
+    }
+
     /// Gives back the slot of the item's running attempt.
     fn release_slot(&self, pos: usize, effects: &mut Vec<Effect>) {
         if let Some(agent) = self.items[pos].status.agent.clone() {

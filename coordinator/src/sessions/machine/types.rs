@@ -109,6 +109,12 @@ pub(crate) enum Event {
         /// Agent id.
         agent: AgentId,
     },
+    /// An agent left settled (nothing running, every outcome acknowledged): a task of its
+    /// without a stored outcome never ran there.
+    AgentLeft {
+        /// Agent id.
+        agent: AgentId,
+    },
     /// The agent confirmed the withdrawal of an attempt it does not hold (it refuses that
     /// attempt's RunTask for good), or its RunTask was never sent.
     Withdrawn(Dispatch),

@@ -9,6 +9,7 @@ enum Step {
     Dispatch,
     Finish { pick: usize, state: ItemState },
     Lose,
+    Leave,
     Stop(StopMode),
     Tick(i64),
 }
@@ -19,6 +20,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => Just(Step::Dispatch),
         6 => (any::<usize>(), state).prop_map(|(pick, state)| Step::Finish { pick, state }),
         1 => Just(Step::Lose),
+        1 => Just(Step::Leave),
         1 => prop_oneof![Just(StopMode::Graceful), Just(StopMode::Immediate)].prop_map(Step::Stop),
         2 => (0i64..5000).prop_map(Step::Tick),
     ]
@@ -51,6 +53,7 @@ fn run_steps(items: u32, attempts: u32, steps: &[Step]) -> (Machine, u32) {
             Step::Dispatch => m.dispatch(now, &map, &mut pool),
             Step::Finish { pick, state } => finish_one(&mut m, now, *pick, *state),
             Step::Lose => m.apply(now, Event::AgentLost { agent: agent("a2") }),
+            Step::Leave => m.apply(now, Event::AgentLeft { agent: agent("a2") }),
             Step::Stop(mode) => m.apply(now, stop(*mode)),
             Step::Tick(dt) => {
                 now += dt;
@@ -73,9 +76,11 @@ proptest! {
     fn rules_hold_for_any_sequence(items in 1u32..8, attempts in 1u32..4, steps in prop::collection::vec(step(), 0..60)) {
         let (m, max_running) = run_steps(items, attempts, &steps);
         prop_assert!(max_running <= 3, "never more tasks than slots");
+        // A settled leave gives each item back at most once, at no attempt's cost.
+        let leaves = steps.iter().filter(|s| matches!(s, Step::Leave)).count() as u32;
         for item in &m.items {
             prop_assert!(item.failed_attempts <= attempts, "retries stay within the policy");
-            prop_assert!(item.status.attempt <= attempts + 1);
+            prop_assert!(item.status.attempt <= attempts + 1 + leaves);
             let committed = item.state().is_committed();
             prop_assert_eq!(committed, !item.status.restore_point.is_empty(), "a restore point iff committed");
         }

@@ -25,6 +25,26 @@ fn a_lost_agent_counts_as_a_failed_attempt() {
     assert!(m.items[0].status.waiting_reason.contains("agent a1 lost"));
 }
 
+/// An agent that left settled never ran what it is still counted as running (its RunTask
+/// refused for its drain, the answer lost with a fenced owner): dispatched again elsewhere,
+/// no attempt spent; under a stop, not processed.
+#[test]
+fn an_agent_that_left_settled_costs_no_attempt() {
+    let mut m = machine(2, 1);
+    let mut pool = Pool::default();
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut pool);
+    let effects = m.apply(1, Event::AgentLeft { agent: agent("a1") });
+    assert_eq!(effects.len(), 2, "both slots given back: {effects:?}");
+    assert_eq!(states(&m), vec![ItemState::Pending, ItemState::Pending]);
+    assert_eq!(m.items[0].failed_attempts, 0);
+    assert!(m.items[0].status.waiting_reason.contains("left the cluster without running it"));
+    let again = runs(&m.dispatch(2, &agents(&[("a2", 1)]), &mut Pool::default()));
+    assert_eq!(again, vec![(0, 2, "a2".to_string())]);
+    m.apply(3, stop(StopMode::Immediate));
+    m.apply(4, Event::AgentLeft { agent: agent("a2") });
+    assert_eq!(m.items[0].state(), ItemState::NotProcessed, "{:?}", m.items[0].status);
+}
+
 /// A requeued item waits with no progress of its own: the lost attempt's phase and counters
 /// do not show beside its waiting reason.
 #[test]
