@@ -8,7 +8,7 @@ use sluice_proto::{
 };
 use tracing::warn;
 
-use super::records::SessionView;
+use super::records::{self, SessionView};
 use crate::{
     error::{Error, Result},
     store::{Store, absent, decode, epoch_of, off_runtime},
@@ -363,7 +363,28 @@ pub(crate) async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Ses
     // Newest first; borrowed keys, as a history of 40,000 sessions sorts in one call.
     let created = |s: &pb::Session| s.created_at.as_ref().map_or(0, sluice_proto::time::millis);
     sessions.sort_unstable_by(|a, b| (created(b), &b.id).cmp(&(created(a), &a.id)));
+    overlay_stops(store, &mut sessions).await?;
     Ok(sessions)
+}
+
+/// Shows a stop taken but not applied yet by an owner (one that died, until a peer takes the
+/// session over) as GetSession does: the stop keys of the sessions that have not ended, few
+/// (one per job at most), are read in one request.
+async fn overlay_stops(store: &Store, sessions: &mut [pb::Session]) -> Result<()> {
+    let open: Vec<usize> =
+        (0..sessions.len()).filter(|&i| sessions[i].state() != SessionState::Stopped).collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> =
+        open.iter().map(|&i| store.keys().session_stop(&sessions[i].id)).collect();
+    let found = store.get_many(&keys).await?;
+    for ((&i, key), kv) in open.iter().zip(&keys).zip(found) {
+        if let Some(kv) = kv {
+            records::apply_stop(&mut sessions[i], &decode(key, kv.value())?);
+        }
+    }
+    Ok(())
 }
 
 /// Claims a session whose owner key is gone, if it is still its job's active session.

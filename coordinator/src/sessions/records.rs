@@ -316,7 +316,9 @@ impl SessionView {
     }
 }
 
-fn apply_stop(session: &mut pb::Session, stop: &pb::StopRequest) {
+/// `session` as a stop taken for it makes it (STOPPING, the stronger stop's fields), unless
+/// it ended.
+pub(crate) fn apply_stop(session: &mut pb::Session, stop: &pb::StopRequest) {
     if session.state() == SessionState::Stopped {
         return;
     }

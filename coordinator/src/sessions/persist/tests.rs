@@ -106,6 +106,21 @@ async fn a_stop_of_a_session_that_ended_meanwhile_is_refused() {
     assert!(store.get::<pb::StopRequest>(&key).await.expect("read").is_none(), "no stop key");
 }
 
+/// A stop no owner applied yet (the owner died) shows in the list as in GetSession.
+#[tokio::test]
+async fn the_list_shows_a_stop_its_owner_has_not_applied() {
+    let store = testing::store().await;
+    let new = new_session(&store, "s-5", "c1").await;
+    create(&store, &new).await.expect("created");
+    let listed = list(&store, Some("nightly")).await.expect("list");
+    assert_ne!(listed[0].state(), SessionState::Stopping);
+    let written = request_stop(&store, "s-5", "nightly", &graceful()).await.expect("stop");
+    assert!(matches!(written, StopWrite::Written(_)), "{written:?}");
+    let listed = list(&store, Some("nightly")).await.expect("list");
+    assert_eq!(listed[0].state(), SessionState::Stopping);
+    assert_eq!(listed[0].stop_mode(), pb::StopMode::Graceful);
+}
+
 /// A write of item 0 in `state`.
 fn item_write(state: pb::ItemState) -> Flush {
     Flush { items: vec![item(0, state)], session: None }
