@@ -1,22 +1,26 @@
 //! Connection to a coordinator: the endpoint list, TLS and credentials, the API clients.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sluice_proto::pb::auth_service_client::AuthServiceClient;
 use sluice_proto::pb::cluster_service_client::ClusterServiceClient;
 use sluice_proto::pb::job_service_client::JobServiceClient;
-use sluice_proto::security::identity::Kind;
-use sluice_proto::security::tls::{self, DialTls, check_url, mismatch_hint};
+use sluice_proto::security::tls::{DialTls, check_url, mismatch_hint};
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use crate::access::Access;
+use crate::diagnose;
 use crate::error::{Failure, chain};
 use crate::output::Format;
 
-/// Connect timeout per endpoint.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one endpoint has to connect (TCP, TLS, HTTP/2) and answer a first call: a frozen
+/// coordinator (stopped, a paused VM) still accepts TCP but answers nothing, and the next
+/// endpoint of the list must get its turn. Calls, and streams, are not bounded by it.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response accepted (a session of 100,000 items is tens of MiB).
 const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
 /// HTTP/2 keep-alive, so a watch notices a vanished coordinator.
@@ -31,83 +35,6 @@ pub struct Ctx {
     access: Access,
     /// Output format.
     pub format: Format,
-}
-
-/// How the CLI proves itself and checks the coordinator (`--ca-cert --cert --key --token`,
-/// or `--insecure`).
-#[derive(Debug, Clone)]
-pub struct Access {
-    /// TLS towards the coordinator; `None` with `--insecure`.
-    tls: Option<DialTls>,
-    /// `Bearer <token>`, if a token was given.
-    bearer: Option<MetadataValue<Ascii>>,
-    /// A client certificate is presented (`--cert`).
-    client_cert: bool,
-}
-
-/// The security flags as given.
-#[derive(Debug, Clone, Default)]
-pub struct AccessFlags {
-    /// `--token`.
-    pub token: Option<String>,
-    /// `--ca-cert`: the cluster CA the coordinator's certificate must chain to.
-    pub ca_cert: Option<PathBuf>,
-    /// `--cert`: a client certificate.
-    pub cert: Option<PathBuf>,
-    /// `--key`: its key.
-    pub key: Option<PathBuf>,
-    /// `--insecure`.
-    pub insecure: bool,
-}
-
-impl Access {
-    /// Checks the flags and reads the files they name.
-    pub fn from_flags(flags: AccessFlags) -> Result<Access, Failure> {
-        let bearer = flags.token.as_deref().map(bearer).transpose()?;
-        if flags.insecure {
-            if flags.ca_cert.is_some() || flags.cert.is_some() || flags.key.is_some() {
-                return Err(Failure::usage(
-                    "--insecure cannot be combined with --ca-cert, --cert or --key",
-                ));
-            }
-            return Ok(Access { tls: None, bearer, client_cert: false });
-        }
-        let ca = flags.ca_cert.ok_or_else(|| {
-            Failure::usage(
-                "--ca-cert FILE is required to check the coordinator (the cluster's ca.crt; \
-                 SLUICE_CA_CERT), or --insecure for a development cluster",
-            )
-        })?;
-        let identity = match (&flags.cert, &flags.key) {
-            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
-            (None, None) => None,
-            _ => return Err(Failure::usage("--cert and --key go together")),
-        };
-        let tls = tls::dial_config(&ca, identity, &[Kind::Coordinator])
-            .map_err(|e| Failure::usage(e.to_string()))?;
-        let client_cert = identity.is_some();
-        Ok(Access { tls: Some(tls), bearer, client_cert })
-    }
-
-    /// Plaintext without credentials (tests of argument handling).
-    #[cfg(test)]
-    pub fn insecure() -> Access {
-        Access { tls: None, bearer: None, client_cert: false }
-    }
-
-    fn secure(&self) -> bool {
-        self.tls.is_some()
-    }
-}
-
-fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Failure> {
-    if token.trim().is_empty() {
-        return Err(Failure::usage("--token is empty (SLUICE_TOKEN, or the config file's token)"));
-    }
-    // Never echo the token: it is a secret.
-    format!("Bearer {}", token.trim())
-        .parse()
-        .map_err(|_| Failure::usage("--token holds characters a token never has"))
 }
 
 /// Adds the bearer token to every call.
@@ -149,17 +76,26 @@ impl Ctx {
         Ctx { endpoints, access, format }
     }
 
-    /// Connects to the first endpoint of the list that answers.
+    /// Connects to the first endpoint of the list that answers; the error names each
+    /// endpoint tried and what went wrong there.
     pub async fn connect(&self) -> Result<Clients, Failure> {
         let endpoints = parse_endpoints(&self.endpoints, self.access.tls.as_ref())?;
         let mut errors = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let uri = endpoint.uri().to_string();
-            match endpoint.connect().await {
+            let uri = endpoint.uri().clone();
+            match answering(endpoint).await {
                 Ok(channel) => return Ok(Clients::new(channel, &self.access)),
-                Err(error) => {
+                Err(NoAnswer::Silent) => errors.push(format!(
+                    "{uri}: no answer within {} s (a stopped or overloaded coordinator?)",
+                    ANSWER_TIMEOUT.as_secs()
+                )),
+                Err(NoAnswer::Failed(error)) => {
                     let text = chain(&error);
-                    let hint = mismatch_hint(&format!("{text} {error:?}"), self.access.secure());
+                    let debug = format!("{text} {error:?}");
+                    let hint = match mismatch_hint(&debug, self.access.secure()) {
+                        Some(hint) => Some(hint.to_string()),
+                        None => diagnose::tls_hint(&debug, &uri).await,
+                    };
                     errors.push(format!(
                         "{uri}: {text}{}",
                         hint.map(|h| format!(" ({h})")).unwrap_or_default()
@@ -209,6 +145,30 @@ impl Clients {
     }
 }
 
+/// Why an endpoint was passed over.
+#[derive(Debug)]
+enum NoAnswer {
+    /// Nothing came back in time.
+    Silent,
+    /// The connection failed.
+    Failed(tonic::transport::Error),
+}
+
+/// A channel to `endpoint` once the server answered a health check there: any answer, even
+/// a refusal, shows a live server; none within [`ANSWER_TIMEOUT`] passes the endpoint over.
+async fn answering(endpoint: Endpoint) -> Result<Channel, NoAnswer> {
+    let attempt = async {
+        let channel = endpoint.connect().await.map_err(NoAnswer::Failed)?;
+        let mut health = HealthClient::new(channel.clone());
+        // Health is open to anyone: no credentials needed. A status the connection itself
+        // produced (a refused client certificate) comes back on the first real call too,
+        // which explains it.
+        let _answer = health.check(HealthCheckRequest::default()).await;
+        Ok(channel)
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, attempt).await.unwrap_or(Err(NoAnswer::Silent))
+}
+
 /// How tonic reports a connection that failed under a call, with no word from the server.
 fn bare_transport_error(status: &tonic::Status) -> bool {
     matches!(
@@ -240,7 +200,7 @@ fn endpoint(url: &str, tls: Option<&DialTls>) -> Result<Endpoint, Failure> {
             .map_err(|error| Failure::usage(format!("--endpoint {url}: {error}")))?;
     }
     Ok(endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(ANSWER_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
         .keep_alive_while_idle(true))
@@ -249,7 +209,8 @@ fn endpoint(url: &str, tls: Option<&DialTls>) -> Result<Endpoint, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_proto::security::pki;
+    use sluice_proto::security::identity::Kind;
+    use sluice_proto::security::{pki, tls};
 
     /// TLS trusting a new CA (the CA's directory is kept while the test runs).
     fn test_tls() -> (DialTls, tempfile::TempDir) {
@@ -293,19 +254,23 @@ mod tests {
         assert!(matches!(refused, Failure::Server(_)), "not a transport error: kept");
     }
 
-    #[test]
-    fn a_secure_cli_needs_the_cluster_ca() {
-        let missing = Access::from_flags(AccessFlags::default()).expect_err("no CA");
-        assert!(missing.message().contains("--ca-cert FILE is required"), "{}", missing.message());
-        let flags =
-            AccessFlags { insecure: true, ca_cert: Some("/x".into()), ..Default::default() };
-        assert!(matches!(Access::from_flags(flags), Err(Failure::Usage(_))));
-        let token =
-            AccessFlags { insecure: true, token: Some("slu_x\n_y".into()), ..Default::default() };
-        let refused = Access::from_flags(token).expect_err("a newline in a token");
-        assert!(!refused.message().contains("slu_x"), "the token is not echoed");
-        let empty = AccessFlags { insecure: true, token: Some(" ".into()), ..Default::default() };
-        let refused = Access::from_flags(empty).expect_err("an empty token");
-        assert!(refused.message().contains("--token is empty"), "{}", refused.message());
+    /// A port that accepts TCP and never answers: a frozen (SIGSTOPped) coordinator.
+    fn frozen() -> (std::net::TcpListener, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        (listener, url)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_endpoint_is_passed_over_and_named() {
+        let (_first, first) = frozen();
+        let (_second, second) = frozen();
+        let ctx = Ctx::new(format!("{first},{second}"), Access::insecure(), Format::Table);
+        let failure = ctx.connect().await.expect_err("nothing answers");
+        assert!(matches!(failure, Failure::Connect(_)), "{failure:?}");
+        let message = failure.message();
+        for url in [first, second] {
+            assert!(message.contains(&format!("{url}/: no answer within 5 s")), "{message}");
+        }
     }
 }

@@ -157,7 +157,7 @@ mod tests {
         let file = job_file("{ \"name\": \"x\", \"type\": \"NOPE\" }");
         // Nothing listens on port 1: a connection attempt would fail with exit 3.
         let ctx =
-            Ctx::new("http://127.0.0.1:1".into(), crate::client::Access::insecure(), Format::Table);
+            Ctx::new("http://127.0.0.1:1".into(), crate::access::Access::insecure(), Format::Table);
         let cmd = JobCommand::Create(crate::JobFileArgs { file: file.path().to_path_buf() });
         let failure = run(&ctx, cmd).await.expect_err("a bad file fails");
         assert_eq!(failure.exit(), Exit::Usage, "{}", failure.message());
@@ -166,7 +166,7 @@ mod tests {
     #[tokio::test]
     async fn missing_job_file_is_a_usage_error() {
         let ctx =
-            Ctx::new("http://127.0.0.1:1".into(), crate::client::Access::insecure(), Format::Json);
+            Ctx::new("http://127.0.0.1:1".into(), crate::access::Access::insecure(), Format::Json);
         let cmd = JobCommand::Update(crate::JobFileArgs { file: "/nonexistent/job.toml".into() });
         let failure = run(&ctx, cmd).await.expect_err("a missing file fails");
         assert_eq!(failure.exit(), Exit::Usage);

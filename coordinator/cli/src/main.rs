@@ -3,8 +3,10 @@
 //! This file holds only the flags and the dispatch; each command group lives in its own module
 //! and all output formatting in [`output`].
 
+mod access;
 mod client;
 mod cluster;
+mod diagnose;
 mod error;
 mod job;
 mod output;
@@ -12,18 +14,21 @@ mod pki;
 mod restore_point;
 mod schedule;
 mod session;
+mod settings;
 mod stop;
 mod token;
 mod watch;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter};
 
-use crate::client::{Access, AccessFlags, Ctx};
+use crate::access::Access;
+use crate::client::Ctx;
 use crate::error::{Exit, Failure};
 use crate::output::Format;
+use crate::settings::{ConfigFile, Credentials, Sources};
 
 /// Default coordinator endpoint (`https://`, or `http://` with `--insecure`).
 const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
@@ -38,20 +43,28 @@ const EXIT_CODES: &str = "Exit codes: 0 done (a watched session ended SUCCESS or
 // Under a heading of their own, a command's help lists its own options first.
 #[command(next_help_heading = "Global options")]
 pub struct Cli {
-    /// Coordinator endpoint; a comma-separated list uses the first that connects
-    /// [default: https://127.0.0.1:7400].
+    /// Coordinator endpoint; a comma-separated list uses the first that answers within 5 s
+    /// (the error names each one tried) [default: https://127.0.0.1:7400].
     #[arg(long, global = true, env = "SLUICE_ENDPOINT")]
     endpoint: Option<String>,
     /// Output format [default: table].
     #[arg(long, global = true, env = "SLUICE_OUTPUT", value_enum)]
     output: Option<Format>,
-    /// API token (from `sluice token create`, or a coordinator's bootstrap token file).
+    /// API token (from `sluice token create`, or a coordinator's bootstrap token file). On
+    /// the command line other local users see it (`ps`): prefer SLUICE_TOKEN or
+    /// --token-file. A token and --cert/--key given the same way (both flags, both
+    /// variables) are refused; else the more explicit wins (a flag over a variable over the
+    /// config file).
     #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the API token (read, trimmed), instead of --token.
+    #[arg(long, global = true, env = "SLUICE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// The cluster CA (`ca.crt`) the coordinator's certificate must chain to.
     #[arg(long, global = true, env = "SLUICE_CA_CERT", value_name = "FILE")]
     ca_cert: Option<std::path::PathBuf>,
-    /// Client certificate (`sluice pki issue --kind client --role ROLE`), instead of a token.
+    /// Client certificate (`sluice pki issue --kind client --role ROLE`), instead of a token
+    /// (given more explicitly than the token, it wins: `--cert` over SLUICE_TOKEN).
     #[arg(long, global = true, env = "SLUICE_CERT", value_name = "FILE")]
     cert: Option<std::path::PathBuf>,
     /// Private key of the client certificate.
@@ -295,9 +308,11 @@ enum RestorePointCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let sources = Sources::of(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     init_logs();
-    let exit = run(cli).await.unwrap_or_else(|failure| failure.report());
+    let exit = run(cli, sources).await.unwrap_or_else(|failure| failure.report());
     exit.into()
 }
 
@@ -318,20 +333,23 @@ fn init_logs() {
 }
 
 /// Runs one parsed command line and returns its exit status.
-async fn run(cli: Cli) -> Result<Exit, Failure> {
+async fn run(cli: Cli, sources: Sources) -> Result<Exit, Failure> {
     let command = match cli.command {
         Command::Pki(cmd) => return pki::run(cmd),
         command => command,
     };
     let file = ConfigFile::read(cli.config.as_deref())?;
-    let endpoint = cli.endpoint.or(file.endpoint).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-    let access = Access::from_flags(AccessFlags {
-        token: cli.token.or(file.token),
-        ca_cert: cli.ca_cert.or(file.ca_cert),
-        cert: cli.cert.or(file.cert),
-        key: cli.key.or(file.key),
-        insecure: cli.insecure || file.insecure,
-    })?;
+    let endpoint =
+        cli.endpoint.or(file.endpoint.clone()).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let credentials = Credentials {
+        token: cli.token,
+        token_file: cli.token_file,
+        ca_cert: cli.ca_cert,
+        cert: cli.cert,
+        key: cli.key,
+        insecure: cli.insecure,
+    };
+    let access = Access::from_flags(credentials.layered(sources, &file))?;
     let output = match (cli.output, file.output) {
         (Some(format), _) => format,
         (None, Some(text)) => clap::ValueEnum::from_str(&text, true).map_err(|_| {
@@ -372,31 +390,6 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Exit, Failure> {
         Command::Token(cmd) => token::run(ctx, cmd).await,
         Command::Whoami => token::whoami(ctx).await,
         Command::Pki(cmd) => pki::run(cmd),
-    }
-}
-
-/// Settings of the `--config` file; keys are the long flag names.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ConfigFile {
-    endpoint: Option<String>,
-    output: Option<String>,
-    token: Option<String>,
-    ca_cert: Option<std::path::PathBuf>,
-    cert: Option<std::path::PathBuf>,
-    key: Option<std::path::PathBuf>,
-    #[serde(default)]
-    insecure: bool,
-}
-
-impl ConfigFile {
-    fn read(path: Option<&std::path::Path>) -> Result<Self, Failure> {
-        let Some(path) = path else { return Ok(Self::default()) };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Failure::usage(format!("cannot read config file {}: {e}", path.display()))
-        })?;
-        toml::from_str(&text)
-            .map_err(|e| Failure::usage(format!("config file {}: {e}", path.display())))
     }
 }
 
