@@ -90,6 +90,7 @@ fn bad_command_lines_fail() {
         "token create ci",
         "pki issue --dir ca --kind root --id x --out o",
         "pki issue --dir ca --kind client --id x --role superuser --out o",
+        "pki issue --dir ca --kind client --id x --role admin --days 0 --out o",
     ] {
         assert!(parse(line).is_err(), "`sluice {line}` should fail");
     }

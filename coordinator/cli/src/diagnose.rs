@@ -52,7 +52,7 @@ pub fn refused_certificate_hint(der: &[u8]) -> String {
 }
 
 /// `an agent`, `a client`: the kind with its article.
-fn with_article(kind: Kind) -> String {
+pub fn with_article(kind: Kind) -> String {
     let vowel = kind.as_str().starts_with(['a', 'e', 'i', 'o', 'u']);
     format!("{} {kind}", if vowel { "an" } else { "a" })
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use sluice_proto::job::{parse_job_file, validate_job};
+use sluice_proto::json::from_json;
 use sluice_proto::pb;
 
 use crate::client::Ctx;
@@ -33,9 +34,55 @@ pub fn load_job_file(path: &Path) -> Result<pb::Job, Failure> {
     let shown = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|error| Failure::usage(format!("cannot read job file {shown}: {error}")))?;
-    let job = parse_job_file(&text).map_err(|error| Failure::usage(format!("{shown}: {error}")))?;
+    let job = parse_job_text(&text).map_err(|error| Failure::usage(format!("{shown}: {error}")))?;
     validate_job(&job).map_err(|error| Failure::usage(format!("{shown}: {error}")))?;
     Ok(job)
+}
+
+/// Parses a job file's text. The JSON the CLI prints (`--output json job show`) has the
+/// fields the table shows besides, left out here; JSON in the HTTP API's form (camelCase
+/// keys) gets that form's error, which names the real mistake: the file form's would blame
+/// the first camelCase key, however right.
+fn parse_job_text(text: &str) -> Result<pb::Job, String> {
+    if !text.trim_start().starts_with('{') {
+        return parse_job_file(text).map_err(|error| error.to_string());
+    }
+    let text = without_summary_fields(text);
+    let file_error = match parse_job_file(&text) {
+        Ok(job) => return Ok(job),
+        Err(error) => error.to_string(),
+    };
+    let api_form = serde_json::from_str(&text).is_ok_and(|value| has_camel_case_key(&value));
+    match from_json::<pb::Job>(text.as_bytes()) {
+        Err(error) if api_form => {
+            Err(format!("not a valid job in the HTTP API's JSON form: {error}"))
+        }
+        _ => Err(file_error),
+    }
+}
+
+/// The text without the top-level fields [`json::JOB_SUMMARY_FIELDS`] (as written when it
+/// has none, so that errors keep their line and column).
+fn without_summary_fields(text: &str) -> std::borrow::Cow<'_, str> {
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(text) else {
+        return text.into();
+    };
+    let removed = json::JOB_SUMMARY_FIELDS.iter().filter(|key| fields.remove(**key).is_some());
+    if removed.count() == 0 {
+        return text.into();
+    }
+    serde_json::Value::Object(fields).to_string().into()
+}
+
+/// Whether any object key has an upper-case letter: only the protobuf JSON mapping's do.
+fn has_camel_case_key(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(fields) => fields.iter().any(|(key, value)| {
+            key.chars().any(|c| c.is_ascii_uppercase()) || has_camel_case_key(value)
+        }),
+        serde_json::Value::Array(values) => values.iter().any(has_camel_case_key),
+        _ => false,
+    }
 }
 
 async fn create(ctx: &Ctx, path: &Path) -> Result<Exit, Failure> {
@@ -69,7 +116,8 @@ async fn list(ctx: &Ctx) -> Result<Exit, Failure> {
         page_token = page.next_page_token;
     }
     let table = || views::job_list(&jobs, &summaries, SystemTime::now());
-    output::print(ctx.format, table, || json::jobs(&jobs))?;
+    let now = SystemTime::now();
+    output::print(ctx.format, table, || json::jobs(&jobs, &summaries, now))?;
     Ok(Exit::Success)
 }
 
@@ -139,6 +187,42 @@ mod tests {
             panic!("expected a usage error");
         };
         assert!(message.contains("itemz"), "{message}");
+    }
+
+    /// A job as `GET /api/v1/jobs/NAME` answers it, with `extra` before its end.
+    fn api_form(job_type: &str, extra: &str) -> String {
+        format!(
+            "{{\"name\":\"j6\",\"type\":\"{job_type}\",\"repository\":\"/r\",\
+             \"items\":[{{\"name\":\"a\",\"vm\":{{\"disks\":[\"/d.qcow2\"]}}}}],\
+             \"gracefulTimeoutSeconds\":5{extra}}}"
+        )
+    }
+
+    #[test]
+    fn a_mistake_in_the_api_form_is_named() {
+        let job = parse_job_text(&api_form("JOB_TYPE_VM_BACKUP", "")).expect("the API form");
+        assert_eq!(job.graceful_timeout_seconds, 5);
+        let unknown = parse_job_text(&api_form("JOB_TYPE_VM_BACKUP", ",\"bogus\":1"))
+            .expect_err("an unknown field");
+        assert!(unknown.contains("bogus"), "{unknown}");
+        assert!(!unknown.contains("unknown field `gracefulTimeoutSeconds`"), "{unknown}");
+        let short = parse_job_text(&api_form("VM_BACKUP", "")).expect_err("a short enum name");
+        assert!(short.contains("VM_BACKUP"), "{short}");
+        assert!(!short.contains("gracefulTimeoutSeconds"), "{short}");
+        let file_form = parse_job_text(
+            "{\"name\":\"x\",\"type\":\"VM_BACKUP\",\"repository\":\"/r\",\"itemz\":[]}",
+        )
+        .expect_err("the file form's mistake");
+        assert!(file_form.contains("unknown field `itemz`"), "{file_form}");
+    }
+
+    #[test]
+    fn the_json_the_cli_prints_is_read_back() {
+        let job = parse_job_text(&api_form("JOB_TYPE_VM_BACKUP", "")).expect("a job");
+        let printed = json::job(&job).to_string();
+        assert!(printed.contains("\"item_count\":1"), "{printed}");
+        let read = parse_job_text(&printed).expect("read back");
+        assert_eq!(read, job);
     }
 
     #[test]

@@ -90,20 +90,33 @@ fn verify_text(answer: &pb::VerifyRestorePointResponse) -> String {
         return format!("restore point {id}: ok ({checked} checked on {})", answer.agent);
     }
     let mut out = format!(
-        "restore point {id}: {} problem(s) ({checked} checked on {})",
-        answer.problems.len(),
+        "restore point {id}: {} ({checked} checked on {})",
+        text::count(answer.problems.len(), "problem", "problems"),
         answer.agent
     );
     for problem in &answer.problems {
         out.push_str("\n  ");
         out.push_str(problem);
     }
-    if answer.restore_point.as_ref().is_some_and(|rp| rp.damage.is_some()) {
-        out.push_str(
-            "\nrecorded as damaged: a VM item's next backup does not build on it (it is full)",
-        );
+    if let Some(rp) = answer.restore_point.as_ref().filter(|rp| rp.damage.is_some()) {
+        out.push('\n');
+        out.push_str(damage_sentence(rp.kind()));
     }
     out
+}
+
+/// What the damage mark means for the item's next backup: only a VM's chain builds on a
+/// restore point (full or incremental: the kinds only VM restore points record).
+fn damage_sentence(kind: pb::RestorePointKind) -> &'static str {
+    match kind {
+        pb::RestorePointKind::Full | pb::RestorePointKind::Incremental => {
+            "recorded as damaged: the VM's next backup does not build on it (it is full)"
+        }
+        pb::RestorePointKind::Unspecified => {
+            "recorded as damaged (restore-point list shows it); a verify that finds it whole \
+             again clears the mark"
+        }
+    }
 }
 
 fn verify_json(answer: &pb::VerifyRestorePointResponse) -> serde_json::Value {
@@ -119,13 +132,13 @@ fn verify_json(answer: &pb::VerifyRestorePointResponse) -> serde_json::Value {
 
 fn restore_text(answer: &pb::RestoreRestorePointResponse, target: &str) -> String {
     format!(
-        "restored {} into {target} on {}: {} files, {}, {} directories, {} links",
+        "restored {} into {target} on {}: {}, {}, {}, {}",
         id_of(answer.restore_point.as_ref()),
         answer.agent,
-        answer.files,
+        text::count(answer.files, "file", "files"),
         text::bytes(answer.bytes),
-        answer.directories,
-        answer.symlinks
+        text::count(answer.directories, "directory", "directories"),
+        text::count(answer.symlinks, "link", "links")
     )
 }
 
@@ -173,7 +186,7 @@ mod tests {
             restore_point: Some(pb::RestorePoint { id: "s-0".into(), ..Default::default() }),
         };
         let text = verify_text(&answer);
-        assert!(text.starts_with("restore point s-0: 2 problem(s) ("), "{text}");
+        assert!(text.starts_with("restore point s-0: 2 problems ("), "{text}");
         assert!(
             text.ends_with("\n  /a: blob x is missing from the store\n  /b: 1 bytes"),
             "{text}"
@@ -182,11 +195,22 @@ mod tests {
         assert!(verify_text(&good).starts_with("restore point s-0: ok ("));
         let damage =
             pb::RestorePointDamage { problem: "verify: 2 problem(s)".into(), found_at: None };
-        let recorded = pb::RestorePoint { damage: Some(Box::new(damage)), ..Default::default() };
-        let damaged = pb::VerifyRestorePointResponse { restore_point: Some(recorded), ..answer };
-        assert!(verify_text(&damaged).ends_with(
-            "\nrecorded as damaged: a VM item's next backup does not build on it (it is full)"
-        ));
+        let computer = pb::RestorePoint { damage: Some(Box::new(damage)), ..Default::default() };
+        let one = vec!["/a: blob x is missing from the store".to_string()];
+        let damaged = pb::VerifyRestorePointResponse {
+            restore_point: Some(computer.clone()),
+            problems: one,
+            ..answer
+        };
+        let text = verify_text(&damaged);
+        assert!(text.starts_with("restore point : 1 problem ("), "{text}");
+        assert!(!text.contains("VM"), "a computer restore point: {text}");
+        assert!(text.ends_with("a verify that finds it whole again clears the mark"), "{text}");
         assert_eq!(verify_json(&damaged)["damaged"], true);
+        let vm = pb::RestorePoint { kind: pb::RestorePointKind::Full.into(), ..computer };
+        let damaged = pb::VerifyRestorePointResponse { restore_point: Some(vm), ..damaged };
+        assert!(verify_text(&damaged).ends_with(
+            "\nrecorded as damaged: the VM's next backup does not build on it (it is full)"
+        ));
     }
 }

@@ -8,7 +8,7 @@ use sluice_proto::pb;
 use crate::ModeArgs;
 use crate::client::{Clients, Ctx};
 use crate::error::{Exit, Failure};
-use crate::output::{self, json, views};
+use crate::output::{self, json, text, views};
 
 impl ModeArgs {
     /// The stop mode the flags select (clap makes exactly one of them set).
@@ -83,7 +83,9 @@ fn unix_seconds() -> i64 {
 /// Where to see the items, which StopJob's answer leaves out (it does not grow with the
 /// session).
 fn follow_hint(session: &pb::Session) -> String {
-    format!("{} items: `sluice session watch {}` follows them", session.item_count, session.id)
+    let items = text::count(session.item_count, "item", "items");
+    let them = if session.item_count == 1 { "it" } else { "them" };
+    format!("{items}: `sluice session watch {}` follows {them}", session.id)
 }
 
 /// `stop --all`: stops every active session after a confirmation, unless `yes`.
@@ -105,14 +107,18 @@ pub async fn stop_all(ctx: &Ctx, mode: ModeArgs, yes: bool) -> Result<Exit, Fail
 
 /// Prints the sessions a `StopAll` reached.
 fn print_stopped(ctx: &Ctx, stopped: &[pb::Session]) -> Result<Exit, Failure> {
-    let table = || match stopped.len() {
-        0 => "no active sessions".to_string(),
-        n => {
-            format!("stopping {n} sessions\n\n{}", views::session_list(stopped, SystemTime::now()))
-        }
-    };
+    let table = || stopped_text(stopped, SystemTime::now());
     output::print(ctx.format, table, || json::sessions(stopped))?;
     Ok(Exit::Success)
+}
+
+/// `stopping 2 sessions`, then their table.
+fn stopped_text(stopped: &[pb::Session], now: SystemTime) -> String {
+    if stopped.is_empty() {
+        return "no active sessions".to_string();
+    }
+    let count = text::count(stopped.len(), "session", "sessions");
+    format!("stopping {count}\n\n{}", views::session_list(stopped, now))
 }
 
 /// Lists the active sessions on stderr and asks whether to stop them: `true` to go on, `false`
@@ -125,7 +131,8 @@ async fn confirm_active(clients: &mut Clients) -> Result<bool, Failure> {
         return Ok(false);
     }
     crate::error::say(views::session_list(&active, SystemTime::now()).trim_end());
-    let prompt = format!("stop {} active sessions? [y/N] ", active.len());
+    let count = text::count(active.len(), "active session", "active sessions");
+    let prompt = format!("stop {count}? [y/N] ");
     if confirm(&prompt, &mut io::stdin().lock(), &mut io::stderr())? {
         return Ok(true);
     }
@@ -211,6 +218,17 @@ mod tests {
         let immediate = session(pb::StopMode::Immediate, None);
         let after = line(&immediate, pb::StopMode::Graceful, None);
         assert!(after.contains("already stopping immediately"), "{after}");
+    }
+
+    #[test]
+    fn counts_of_one_are_singular() {
+        let one = pb::Session { id: "s1".into(), item_count: 1, ..Default::default() };
+        assert_eq!(follow_hint(&one), "1 item: `sluice session watch s1` follows it");
+        let now = SystemTime::now();
+        let text = stopped_text(std::slice::from_ref(&one), now);
+        assert!(text.starts_with("stopping 1 session\n"), "{text}");
+        let two = [one.clone(), one];
+        assert!(stopped_text(&two, now).starts_with("stopping 2 sessions\n"));
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! Machine-readable JSON of the API responses: proto field names, enum values as their proto
 //! names (`SESSION_STATE_STOPPED`), times as RFC 3339 strings (null when unset), jobs in the
-//! job-file format (`JobFile`), so `sluice --output json job show x` can be fed to `job update`.
+//! job-file format (`JobFile`), so `sluice --output json job show x` can be fed to `job update`,
+//! with two fields the table shows besides (`item_count`, `next_run_at`: [`JOB_SUMMARY_FIELDS`],
+//! left out again when a job file is read).
+
+use std::time::SystemTime;
 
 use prost_types::Timestamp;
 use serde_json::{Value, json};
 use sluice_proto::job::JobFile;
 use sluice_proto::pb;
 
+use super::schedule;
 use super::text::rfc3339_millis;
 
 /// The proto name of an enum value, or the number when this client does not know it.
@@ -19,14 +24,34 @@ fn time(ts: Option<&Timestamp>) -> Value {
     ts.map_or(Value::Null, |ts| Value::from(rfc3339_millis(ts)))
 }
 
-/// A job in the job-file format.
+/// The fields a job's JSON has besides the job file's: what the table shows of it.
+pub const JOB_SUMMARY_FIELDS: [&str; 2] = ["item_count", "next_run_at"];
+
+/// A job in the job-file format, with its item count and next run.
 pub fn job(job: &pb::Job) -> Value {
-    serde_json::to_value(JobFile::from(job)).unwrap_or(Value::Null)
+    job_at(job, None, SystemTime::now())
 }
 
-/// `ListJobsResponse`.
-pub fn jobs(jobs: &[pb::Job]) -> Value {
-    json!({ "jobs": jobs.iter().map(job).collect::<Vec<_>>() })
+/// A job as of `now`; `summary` counts its items when the listing left them out.
+pub fn job_at(job: &pb::Job, summary: Option<&pb::JobSummary>, now: SystemTime) -> Value {
+    let mut value = serde_json::to_value(JobFile::from(job)).unwrap_or(Value::Null);
+    if let Some(fields) = value.as_object_mut() {
+        let items = summary.map_or(job.items.len() as u64, |s| u64::from(s.item_count));
+        let [count, next] = JOB_SUMMARY_FIELDS;
+        fields.insert(count.into(), Value::from(items));
+        fields.insert(next.into(), time(schedule::next_run_at(job, now).as_ref()));
+    }
+    value
+}
+
+/// `ListJobsResponse`: the jobs, each with its item count (from its summary, in the order
+/// of `jobs`, where the listing left the items out) and next run.
+pub fn jobs(jobs: &[pb::Job], summaries: &[pb::JobSummary], now: SystemTime) -> Value {
+    let listed = jobs.iter().enumerate().map(|(i, job)| {
+        let summary = summaries.get(i).filter(|summary| summary.name == job.name);
+        job_at(job, summary, now)
+    });
+    json!({ "jobs": listed.collect::<Vec<_>>() })
 }
 
 /// `ListScheduleRunsResponse`.

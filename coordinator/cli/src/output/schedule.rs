@@ -18,13 +18,20 @@ pub fn next_run(job: &pb::Job, now: SystemTime) -> String {
     if !schedule.after_job.is_empty() {
         return format!("after {}", schedule.after_job);
     }
-    let now_utc: DateTime<Utc> = time::to_utc(&time::to_timestamp(now));
-    match schedule::next_run(schedule, job.backup_window.as_ref(), now_utc) {
-        Some(next) => when(Some(&time::from_utc(next)), now),
+    match next_run_at(job, now) {
+        Some(next) => when(Some(&next), now),
         // Not "-", which says "no schedule": every due time falls outside the window.
         None if job.backup_window.is_some() => "none in the backup window".to_string(),
         None => "-".to_string(),
     }
+}
+
+/// The next due time of a job's cron schedule that its backup window lets start; `None`
+/// without one (no schedule, disabled, `after_job`, none in the window).
+pub fn next_run_at(job: &pb::Job, now: SystemTime) -> Option<prost_types::Timestamp> {
+    let schedule = job.schedule.as_ref().filter(|s| !s.disabled && s.after_job.is_empty())?;
+    let now_utc: DateTime<Utc> = time::to_utc(&time::to_timestamp(now));
+    schedule::next_run(schedule, job.backup_window.as_ref(), now_utc).map(time::from_utc)
 }
 
 /// A schedule in one line: `cron "0 30 2 * * *" in Europe/Berlin, catch-up 3600 s`.

@@ -71,6 +71,12 @@ pub fn cut(text: &str, chars: usize) -> String {
     }
 }
 
+/// `1 file`, `2 files`: a count with the word that fits it.
+pub fn count<N: TryInto<u64>>(n: N, one: &str, many: &str) -> String {
+    let n = n.try_into().unwrap_or(u64::MAX);
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `yes` or `no`.
 pub fn yes_no(flag: bool) -> String {
     if flag { "yes" } else { "no" }.to_string()

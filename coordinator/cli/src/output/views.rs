@@ -114,9 +114,7 @@ fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String
     if !s.retry_of.is_empty() {
         pairs.push(("RETRY OF", s.retry_of.clone()));
     }
-    if s.trigger != pb::SessionTrigger::Manual as i32 {
-        pairs.push(("TRIGGER", schedule::trigger(s.trigger)));
-    }
+    pairs.push(("TRIGGER", schedule::trigger(s.trigger)));
     if s.due_at.is_some() {
         pairs.push(("DUE", when(s.due_at.as_ref(), now)));
     }

@@ -14,6 +14,7 @@ CANCELED:  no
 OWNER:     coord-1 (epoch 42)
 CREATED:   2026-11-22T09:05:03Z (10m ago)
 ENDED:     -
+TRIGGER:   MANUAL
 MESSAGE:   -
 
 NAME   STATE       PHASE     AGENT    ATTEMPT  PROCESSED               READ      TRANSFERRED  RESTORE-POINT  MESSAGE/WAITING
@@ -78,9 +79,28 @@ fn job_views_list_items_and_targets() {
     let detail = job_detail(&job);
     assert!(detail.contains("vm-01  vm: /d/a.qcow2, /d/b.qcow2"), "{detail}");
     assert!(detail.contains("RETRY:             1 attempt (no retry)"), "{detail}");
-    let value = json::jobs(&[job]);
+    let value = json::jobs(std::slice::from_ref(&job), &[], fixtures::now());
     assert_eq!(value["jobs"][0]["type"], "JOB_TYPE_VM_BACKUP");
     assert_eq!(value["jobs"][0]["items"][0]["vm"]["disks"][1], "/d/b.qcow2");
+    assert_eq!(value["jobs"][0]["item_count"], 1);
+    assert_eq!(value["jobs"][0]["next_run_at"], serde_json::Value::Null, "no schedule");
+}
+
+#[test]
+fn job_json_carries_the_item_count_and_next_run_of_the_table() {
+    let mut job = sluice_proto::job::parse_job_file(
+        "name = \"nightly\"\ntype = \"VM_BACKUP\"\nrepository = \"/repo\"\nitems = []\n\
+         [schedule]\ncron = \"0 0 3 * * *\"\n",
+    )
+    .expect("valid job file");
+    let table = job_list(std::slice::from_ref(&job), &[], fixtures::now());
+    let value = json::jobs(std::slice::from_ref(&job), &[], fixtures::now());
+    let next = value["jobs"][0]["next_run_at"].as_str().expect("a next run").to_string();
+    assert!(table.contains(next.trim_end_matches(".000Z")), "{next} in {table}");
+    job.items.clear();
+    let summary = pb::JobSummary { name: "nightly".into(), item_count: 7, next_run_at: None };
+    let value = json::jobs(&[job], &[summary], fixtures::now());
+    assert_eq!(value["jobs"][0]["item_count"], 7, "the summary counts omitted items");
 }
 
 #[test]
