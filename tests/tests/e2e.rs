@@ -11,6 +11,7 @@ mod e2e {
     mod bad_input;
     mod campaign;
     mod chains;
+    mod cli_endpoints;
     mod computer_stops;
     mod computers;
     mod console;

@@ -442,6 +442,12 @@ async fn a_fresh_cluster_bootstraps_one_admin_token_and_the_cli_manages_tokens_a
     let (code, out) = cli(&[base(&bootstrap), args(&["whoami"])].concat()).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("bootstrap") && out.contains("admin"), "{out}");
+    // The token read from a file (kept out of `ps`): the bootstrap token file itself.
+    let from_file = args(&["--endpoint", &url, "--ca-cert", &ca, "--token-file"]);
+    let whoami = [from_file, vec![file.display().to_string(), "whoami".into()]].concat();
+    let (code, out) = cli(&whoami).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("bootstrap") && out.contains("admin"), "{out}");
     let create = args(&["--output", "json", "token", "create", "ci", "--role", "viewer"]);
     let (code, out) = cli(&[base(&bootstrap), create].concat()).await;
     assert_eq!(code, 0, "{out}");
