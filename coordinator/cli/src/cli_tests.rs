@@ -44,6 +44,7 @@ fn binding_command_lines_parse() {
         "--endpoint http://a:7400,http://b:7400 --output json job list",
         "--token slu_x_y --ca-cert ca.crt job start nightly",
         "--ca-cert ca.crt --cert alice.crt --key alice.key job list",
+        "--token-file /etc/sluice/token job list",
         "--insecure agent list",
         "token create ci --role operator",
         "token create ci --role viewer --ttl 3600",
@@ -121,6 +122,9 @@ fn endpoint_and_output_come_from_the_config_file_unless_given() {
     let file = ConfigFile::read(Some(&path)).expect("reads");
     assert_eq!(file.endpoint.as_deref(), Some("http://c:7400"));
     assert_eq!(file.output.as_deref(), Some("json"));
+    std::fs::write(&path, "token-file = \"/etc/sluice/token\"\n").expect("write");
+    let file = ConfigFile::read(Some(&path)).expect("reads");
+    assert_eq!(file.token_file.as_deref(), Some(std::path::Path::new("/etc/sluice/token")));
     std::fs::write(&path, "colour = 1\n").expect("write");
     assert!(ConfigFile::read(Some(&path)).is_err(), "unknown keys are refused");
 }
