@@ -168,9 +168,14 @@ fn alt_names(spec: &LeafSpec) -> Result<Vec<SanType>, PkiError> {
         (Kind::Client, None, Some(role)) => names.push(uri(format!("{URI_SCHEME}role/{role}"))?),
         (Kind::Client, None, None) => return Err(PkiError::Spec("a client needs --role".into())),
         (Kind::Coordinator | Kind::Etcd, None, None) => {}
-        (kind, _, _) => {
-            let only = "--computer is only for agents and --role only for clients";
-            return Err(PkiError::Spec(format!("a {kind} certificate: {only}")));
+        (kind, computer, role) => {
+            let only = match (computer, role) {
+                (Some(_), _) if kind != Kind::Agent => "--computer is only for agents",
+                _ if role.is_some() => "--role is only for clients",
+                _ => "--computer is only for agents",
+            };
+            let article = if matches!(kind, Kind::Agent | Kind::Etcd) { "an" } else { "a" };
+            return Err(PkiError::Spec(format!("{article} {kind} certificate: {only}")));
         }
     }
     if spec.kind == Kind::Client {

@@ -59,7 +59,12 @@ fn specs_that_do_not_fit_their_kind_are_refused() {
     );
     let mut coordinator_with_role = LeafSpec::new(Kind::Coordinator, "c1");
     coordinator_with_role.role = Some(Role::Admin);
-    assert!(refused(coordinator_with_role).is_some());
+    let message = refused(coordinator_with_role);
+    assert_eq!(message.as_deref(), Some("a coordinator certificate: --role is only for clients"));
+    let mut agent_with_role = LeafSpec::new(Kind::Agent, "a1");
+    (agent_with_role.computer, agent_with_role.role) = (Some("pc1".into()), Some(Role::Admin));
+    let message = refused(agent_with_role);
+    assert_eq!(message.as_deref(), Some("an agent certificate: --role is only for clients"));
     let mut client_with_host = LeafSpec::new(Kind::Client, "bob");
     client_with_host.role = Some(Role::Viewer);
     client_with_host.hosts = vec!["example.org".into()];
