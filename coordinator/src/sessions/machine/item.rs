@@ -218,6 +218,8 @@ pub(crate) struct Outcome {
     pub(crate) message: String,
     /// Why it was cancelled, if it was.
     pub(crate) cancel_reason: Option<CancelReason>,
+    /// The agent confirmed it never held the task (cancelled before its RunTask arrived).
+    pub(crate) never_started: bool,
 }
 
 impl Outcome {
@@ -228,6 +230,7 @@ impl Outcome {
             restore_point: None,
             message: "cancelled before it started".into(),
             cancel_reason: Some(reason),
+            never_started: true,
         }
     }
 }

@@ -110,6 +110,12 @@ impl Machine {
             }
             ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Drain) => self
                 .requeue(now_ms, pos, "task was cancelled by an agent drain", "dispatched again"),
+            // Its RunTask never reached the agent (held up by the dispatch's write): under a
+            // stop it was not processed, and no agent ever had it.
+            ItemState::Canceled if outcome.never_started && self.status.stop.is_some() => {
+                self.update(pos, |item| item.status.agent = None);
+                self.requeue(now_ms, pos, "cancelled before it started", "");
+            }
             // The owner gave the attempt up: it failed for want of an answer.
             ItemState::Canceled if outcome.cancel_reason == Some(CancelReason::Withdrawn) => {
                 let dispatch = Dispatch { index, attempt, agent: reporter };

@@ -73,7 +73,13 @@ fn runs(effects: &[Effect]) -> Vec<(u32, u32, String)> {
 fn outcome(state: ItemState) -> Outcome {
     let restore_point =
         state.is_committed().then(|| pb::RestorePoint { id: "rp".into(), ..Default::default() });
-    Outcome { state, restore_point, message: String::new(), cancel_reason: None }
+    Outcome {
+        state,
+        restore_point,
+        message: String::new(),
+        cancel_reason: None,
+        never_started: false,
+    }
 }
 
 fn canceled(reason: CancelReason) -> Outcome {

@@ -108,6 +108,7 @@ impl From<pb::TaskOutcome> for Outcome {
             cancel_reason: lookup(&CANCEL_REASONS, outcome.cancel_reason(), pb::CancelReason::from),
             message: bounded(outcome.message),
             restore_point: outcome.restore_point,
+            never_started: false,
         }
     }
 }

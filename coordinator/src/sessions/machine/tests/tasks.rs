@@ -45,6 +45,21 @@ fn an_agent_that_left_settled_costs_no_attempt() {
     assert_eq!(m.items[0].state(), ItemState::NotProcessed, "{:?}", m.items[0].status);
 }
 
+/// Under an immediate stop, a task its agent never held (the RunTask held up by the
+/// dispatch's write, the cancel answered "not here") was not processed: no agent had it.
+#[test]
+fn a_task_cancelled_before_its_agent_had_it_is_not_processed() {
+    let mut m = machine(2, 1);
+    m.dispatch(0, &agents(&[("a1", 2)]), &mut Pool::default());
+    m.apply(1, progress(1, TaskPhase::Transfer, 5));
+    m.apply(2, stop(StopMode::Immediate));
+    m.apply(3, finished(0, 1, Outcome::never_started(CancelReason::User)));
+    m.apply(4, finished(1, 1, canceled(CancelReason::User)));
+    assert_eq!(states(&m), vec![ItemState::NotProcessed, ItemState::Canceled]);
+    assert_eq!(m.items[0].status.agent, None, "{:?}", m.items[0].status);
+    assert!(m.items[0].status.message.contains("cancelled before it started"));
+}
+
 /// A requeued item waits with no progress of its own: the lost attempt's phase and counters
 /// do not show beside its waiting reason.
 #[test]
