@@ -100,11 +100,13 @@ pub enum Error {
         /// Session id.
         session: String,
     },
-    /// A retry named a session whose items all succeeded.
-    #[error("session {session} has no failed or unprocessed items")]
+    /// A retry named a session without failed or not-processed items.
+    #[error("session {session} has no failed or unprocessed items{}", canceled_note(*canceled))]
     NothingToRetry {
         /// Session id.
         session: String,
+        /// Its items a stop cancelled (a retry leaves them out).
+        canceled: usize,
     },
     /// A graceful stop of a job type that runs as one task.
     #[error("a {job_type} job runs as one task and cannot stop gracefully; stop it immediately")]
@@ -466,6 +468,19 @@ pub(crate) fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Why a retry left a stop's cancelled items out, when it did.
+fn canceled_note(canceled: usize) -> String {
+    match canceled {
+        0 => String::new(),
+        1 => {
+            "; its 1 item cancelled by the stop is not retried (start the job to back it up)".into()
+        }
+        n => format!(
+            "; its {n} items cancelled by the stop are not retried (start the job to back them up)"
+        ),
     }
 }
 

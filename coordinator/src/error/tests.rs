@@ -15,6 +15,12 @@ fn codes_and_messages_fit_the_error() {
     assert_eq!(field.code(), Code::InvalidArgument);
     assert_eq!(field.message(), "target_dir: must name a directory");
     assert_eq!(Status::from(Error::Fenced("s1".into())).code(), Code::Unavailable);
+    let stopped = Status::from(Error::NothingToRetry { session: "s1".into(), canceled: 2 });
+    assert_eq!(
+        stopped.message(),
+        "session s1 has no failed or unprocessed items; its 2 items cancelled by the stop are \
+         not retried (start the job to back them up)"
+    );
 }
 
 #[test]

@@ -93,9 +93,9 @@ impl Sessions {
         if !view.is_stopped() {
             return Err(Error::SessionRunning { session: session_id.into() });
         }
-        let names = view.retryable_items();
+        let (names, canceled) = view.retryable_items();
         if names.is_empty() {
-            return Err(Error::NothingToRetry { session: session_id.into() });
+            return Err(Error::NothingToRetry { session: session_id.into(), canceled });
         }
         let session = view.record.session.as_ref();
         let job = session.map(|s| s.job.clone()).unwrap_or_default();

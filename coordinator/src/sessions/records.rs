@@ -305,14 +305,17 @@ impl SessionView {
         self.record.session.as_ref().is_some_and(|s| s.state() == SessionState::Stopped)
     }
 
-    /// Items that a retry session processes again: the failed and not-processed ones.
-    pub(crate) fn retryable_items(&self) -> Vec<String> {
-        self.to_session(true)
-            .items
+    /// Items that a retry session processes again, the failed and not-processed ones, and
+    /// how many a stop cancelled (a retry leaves them out: they ran and were stopped).
+    pub(crate) fn retryable_items(&self) -> (Vec<String>, usize) {
+        let items = self.to_session(true).items;
+        let canceled = items.iter().filter(|i| i.state() == pb::ItemState::Canceled).count();
+        let retryable = items
             .into_iter()
             .filter(|i| matches!(i.state(), pb::ItemState::Failed | pb::ItemState::NotProcessed))
             .map(|i| i.name)
-            .collect()
+            .collect();
+        (retryable, canceled)
     }
 }
 
