@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub use self::vm::Daemons;
-use crate::fsutil::{self, blocking};
+use crate::fsutil::blocking;
 use crate::key::{self, TaskId, TaskNames};
 use crate::repository::{Identity, RepoPaths};
 
@@ -268,8 +268,8 @@ async fn prepare_partial(paths: &RepoPaths) -> Result<(), String> {
 
 /// Removes the partial folder of an attempt that did not commit.
 async fn remove_partial(paths: &RepoPaths) {
-    let partial = paths.partial.clone();
-    if let Err(error) = blocking(move || fsutil::remove_dir_if_exists(&partial)).await {
+    let partial = paths.clone();
+    if let Err(error) = blocking(move || partial.remove_partial()).await {
         warn!(path = %paths.partial.display(), %error, "partial folder removal failed");
     }
 }

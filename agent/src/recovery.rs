@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::error::AgentError;
 use crate::exec::{self, computer, vm};
-use crate::fsutil::{self, blocking};
+use crate::fsutil::blocking;
 use crate::journal::{Acknowledged, Journal, JournalEntry};
 use crate::key::{TaskId, TaskNames};
 use crate::repository::{Manifest, RepoPaths};
@@ -98,10 +98,10 @@ async fn close_interrupted(id: &TaskId, entry: &JournalEntry) -> pb::TaskOutcome
         info!(task = %id, path = %paths.final_dir.display(), "task had committed before the agent stopped");
         return outcome;
     }
-    let partial = paths.partial.clone();
+    let partial = paths.clone();
     let removed = blocking(move || {
-        crate::orphans::kill_writers(&partial);
-        fsutil::remove_dir_if_exists(&partial)
+        crate::orphans::kill_writers(&partial.partial);
+        partial.remove_partial()
     });
     if let Err(error) = removed.await {
         warn!(task = %id, path = %paths.partial.display(), %error, "partial folder removal failed");

@@ -41,7 +41,10 @@ pub(crate) use manifest::{
     ComputerManifest, Disk, Identity, Kind, Manifest, ManifestError, Record, Totals, VM_FORMAT,
     VmKind, VmManifest, parse_time, plain_file_name, rfc3339,
 };
-pub(crate) use paths::{RepoPaths, fill_manifest, is_partial, is_restore_point, item_dir};
+pub(crate) use paths::{
+    RepoPaths, fill_manifest, is_partial, is_restore_point, item_dir, refuse_link,
+    refuse_linked_folders,
+};
 pub(crate) use store::{FileId, Rehashed, Store, StoreLock, Written, is_blob_name};
 
 /// Name of the manifest file in a restore point folder.

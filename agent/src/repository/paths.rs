@@ -18,6 +18,36 @@ pub(crate) fn item_dir(repository: &Path, job: &str, item: &str) -> PathBuf {
     repository.join(job).join(item)
 }
 
+/// Refuses an item folder `<repository>/<job>/<item>` whose item or job folder is a
+/// symbolic link: the repository's root check resolves links in the repository path only,
+/// so a link planted below it (by anyone who may write there) would lead backups, and
+/// retention's deletions, outside it. The error names the link. A folder not there yet
+/// passes (it is created as a folder). Checked just before each write or deletion.
+pub(crate) fn refuse_linked_folders(item_dir: &Path) -> io::Result<()> {
+    let job_dir = item_dir.parent().unwrap_or(item_dir);
+    if refuse_link(job_dir)? {
+        refuse_link(item_dir)?;
+    }
+    Ok(())
+}
+
+/// Whether `folder` exists; an error naming it when it is a symbolic link.
+pub(crate) fn refuse_link(folder: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(folder) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is a symbolic link: a job or item folder of a repository may not be a link \
+                 (it could lead outside the repository); refused",
+                folder.display()
+            ),
+        )),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a folder name in an item folder is a partial folder.
 pub(crate) fn is_partial(name: &str) -> bool {
     name.starts_with(PARTIAL_PREFIX)
@@ -56,10 +86,20 @@ impl RepoPaths {
         Self::new(repository, &spec.job, key::item_name(spec), &id.restore_point_id())
     }
 
-    /// Clears and creates the partial folder.
+    /// Clears and creates the partial folder, never through a linked job or item folder
+    /// (checked again once created: one may have appeared meanwhile).
     pub(crate) fn prepare_partial(&self) -> io::Result<()> {
+        refuse_linked_folders(&self.item_dir)?;
         fsutil::remove_dir_if_exists(&self.partial)?;
-        fs::create_dir_all(&self.partial)
+        fs::create_dir_all(&self.partial)?;
+        refuse_linked_folders(&self.item_dir)
+    }
+
+    /// Removes the partial folder of an attempt that did not commit, unless it lies
+    /// behind a linked job or item folder.
+    pub(crate) fn remove_partial(&self) -> io::Result<()> {
+        refuse_linked_folders(&self.item_dir)?;
+        fsutil::remove_dir_if_exists(&self.partial)
     }
 
     /// Fails when the restore point exists already: a commit never replaces one.
@@ -96,6 +136,7 @@ impl RepoPaths {
     /// Renames the partial folder into place, durably; its manifest and data must be
     /// durable already.
     pub(crate) fn rename_into_place(&self) -> io::Result<()> {
+        refuse_linked_folders(&self.item_dir)?;
         fs::rename(&self.partial, &self.final_dir)?;
         fsutil::sync_dir(&self.item_dir)
     }

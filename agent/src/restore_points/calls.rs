@@ -20,6 +20,7 @@ pub(crate) async fn verify(
     let location = Location::parse("location", request.location.as_ref())?;
     let report = run_blocking(move |cancel| {
         roots.check_repository("location.repository", &location.repository)?;
+        location.refuse_links()?;
         verify::verify(&location, cancel)
     })
     .await?;
@@ -40,6 +41,7 @@ pub(crate) async fn restore(
     let target = absolute_dir("target_dir", &request.target_dir)?;
     let restored = run_blocking(move |cancel| {
         roots.check_repository("location.repository", &location.repository)?;
+        location.refuse_links()?;
         let resolved = roots.restore_target("target_dir", &target)?;
         check_outside_repository("target_dir", &target, &resolved, &location.repository)?;
         let target = resolved;
@@ -90,6 +92,7 @@ pub(crate) async fn merge(
     info!(base = %base.id, child, "retention merge begins");
     let merged = run_blocking(move |cancel| {
         roots.check_repository("base.repository", &base.repository)?;
+        base.refuse_links()?;
         vm::merge(&base, &child, cancel)
     })
     .await?;

@@ -22,7 +22,7 @@ use super::Cancel;
 use super::location::Location;
 use crate::error::AgentError;
 use crate::fsutil::{self, subdirectories};
-use crate::repository::{MANIFEST, Manifest, Store, is_partial, is_restore_point};
+use crate::repository::{self, MANIFEST, Manifest, Store, is_partial, is_restore_point};
 
 /// Blobs removed between two re-reads of the repository's folders.
 const ROUND: usize = 64;
@@ -36,11 +36,15 @@ pub(crate) fn delete_restore_points(locations: &[Location]) -> (Vec<String>, Vec
     let mut problems = Vec::new();
     let deleting: Vec<String> = locations.iter().map(|l| l.id.clone()).collect();
     for location in locations {
+        let folder = location.folder();
+        if let Err(refused) = location.refuse_links() {
+            problems.push(format!("{}: not deleted: {refused}", folder.display()));
+            continue;
+        }
         if let Some(refusal) = super::vm::deletion_refusal(location, &deleting) {
             problems.push(refusal);
             continue;
         }
-        let folder = location.folder();
         let removed = match fs::symlink_metadata(&folder) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(format!("cannot be read: {e}")),
@@ -197,10 +201,12 @@ impl Folders {
     /// not jobs).
     fn read(repository: &Path) -> io::Result<Self> {
         let mut folders = Self::default();
+        refuse_links_in(repository)?;
         for job in subdirectories(repository)? {
             if hidden(&job) {
                 continue;
             }
+            refuse_links_in(&job)?;
             for item in subdirectories(&job)? {
                 for folder in subdirectories(&item)? {
                     let name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -214,6 +220,23 @@ impl Folders {
         }
         Ok(folders)
     }
+}
+
+/// Refuses a linked job or item folder in `dir` (the repository or a job folder): its
+/// restore points would be left out of what the store must keep. [`subdirectories`] skips
+/// links, so they are looked for here; hidden entries (the store, the locks) are no jobs.
+fn refuse_links_in(dir: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        entries => entries?,
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if !hidden(&path) {
+            repository::refuse_link(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn hidden(path: &Path) -> bool {

@@ -47,6 +47,13 @@ impl Location {
         repository::item_dir(&self.repository, &self.job, &self.item)
     }
 
+    /// FAILED_PRECONDITION naming the link when the job or item folder is a symbolic link
+    /// (blocking): nothing is read, written or deleted through one.
+    pub(crate) fn refuse_links(&self) -> Result<(), AgentError> {
+        repository::refuse_linked_folders(&self.item_dir())
+            .map_err(|e| AgentError::FailedPrecondition(e.to_string()))
+    }
+
     /// `<repository>/<job>/<item>/<id>`: the restore point folder.
     pub(crate) fn folder(&self) -> PathBuf {
         self.item_dir().join(&self.id)

@@ -481,4 +481,5 @@ fn only_folders_holding_the_named_restore_points_manifest_are_deleted() {
 mod damage;
 mod integrity;
 mod links;
+mod repository_links;
 mod targets;
