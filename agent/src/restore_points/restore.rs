@@ -184,7 +184,7 @@ fn restore_computer(
     target: &Target,
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
-    let placed = place_entries(Path::new("/"), &manifest.entries)?;
+    let placed = place_entries(Path::new("/"), manifest)?;
     let store = Store::new(&location.repository);
     let mut restored = Restored::default();
     let mut directories: Vec<(&Path, &Record)> = Vec::new();
@@ -221,11 +221,14 @@ fn restore_computer(
 }
 
 /// Where each entry goes under `target`; refuses (DATA_LOSS) a manifest that could make the
-/// restore write outside it.
+/// restore write outside it, or outside the restore point's configured `paths` (an entry
+/// added to the manifest by hand, `/etc/cron.d/x` in a backup of `/home`).
 pub(super) fn place_entries<'a>(
     target: &Path,
-    entries: &'a [Record],
+    manifest: &'a ComputerManifest,
 ) -> Result<Vec<(PathBuf, &'a Record)>, AgentError> {
+    let entries = &manifest.entries;
+    let configured: Vec<&Path> = manifest.paths.iter().map(Path::new).collect();
     let links: HashSet<&Path> =
         entries.iter().filter(|e| e.kind == Kind::Symlink).map(|e| Path::new(&e.path)).collect();
     let mut seen = HashSet::with_capacity(entries.len());
@@ -234,6 +237,12 @@ pub(super) fn place_entries<'a>(
         let path = under(target, &entry.path).ok_or_else(|| {
             corrupt(format!("entry {:?} is not an absolute path without '..'", entry.path))
         })?;
+        if !configured.iter().any(|configured| Path::new(&entry.path).starts_with(configured)) {
+            return Err(corrupt(format!(
+                "entry {:?} is neither one of the restore point's paths nor below one",
+                entry.path
+            )));
+        }
         if !seen.insert(path.clone()) {
             return Err(corrupt(format!("entry {:?} is listed twice", entry.path)));
         }

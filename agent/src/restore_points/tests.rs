@@ -359,7 +359,7 @@ fn garbage_collection_removes_only_blobs_no_manifest_names_and_waits_for_backups
 fn crafted_restore_point(repository: &Path, id: &str, entries: Vec<serde_json::Value>) -> Location {
     let manifest = serde_json::json!({
         "format": COMPUTER_FORMAT, "restore_point": id, "job": "j", "item": "pc",
-        "session_id": "s", "entries": entries,
+        "session_id": "s", "paths": ["/"], "entries": entries,
     });
     let location = location(repository, "pc", id);
     fs::create_dir_all(location.folder()).expect("folder");

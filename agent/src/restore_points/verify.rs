@@ -81,8 +81,9 @@ fn verify_computer(
     report: &mut Report,
 ) -> Result<(), AgentError> {
     let store = Store::new(&location.repository);
-    // What a restore would refuse (an entry listed twice, one below a link) is a problem.
-    if let Err(AgentError::Corrupt(problem)) = place_entries(Path::new("/"), &manifest.entries) {
+    // What a restore would refuse (an entry listed twice, one below a link or outside the
+    // configured paths) is a problem.
+    if let Err(AgentError::Corrupt(problem)) = place_entries(Path::new("/"), manifest) {
         report.problems.push(problem);
     }
     check_totals(manifest, &mut report.problems);

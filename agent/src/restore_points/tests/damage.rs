@@ -7,8 +7,8 @@ use std::path::Path;
 use tonic::Code;
 
 use super::{
-    Cancel, MANIFEST, blob_of, computer_restore_point, corrupt, crafted_restore_point, entry,
-    location, restore, stored_file, verify,
+    Cancel, MANIFEST, blob_of, computer_restore_point, corrupt, crafted_restore_point,
+    edit_manifest, entry, location, restore, stored_file, verify,
 };
 
 fn restore_code(location: &super::Location) -> (Code, String) {
@@ -92,4 +92,25 @@ fn a_path_with_a_newline_is_escaped_so_each_problem_stays_one_line() {
     assert!(problems.iter().all(|p| !p.contains('\n')), "{problems:?}");
     let (_, message) = restore_code(&rp);
     assert!(message.starts_with(r#""/d/new\nline": blob "#), "{message}");
+}
+
+#[test]
+fn an_entry_outside_the_restore_points_paths_is_data_loss_and_a_verify_problem() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let rp = computer_restore_point(repo.path(), "s-0", "one");
+    let added = stored_file(repo.path(), "/etc/cron.d/pwn", b"* * * * * root sh", 0o644);
+    // "/data2" shares a prefix with the configured "/data" but is not below it.
+    let beside = stored_file(repo.path(), "/data2/x", b"x", 0o644);
+    edit_manifest(&rp, |entries| entries.extend([added, beside]));
+    let refused = r#"manifest.json: entry "/etc/cron.d/pwn" is neither one of the restore point's paths nor below one"#;
+
+    let (code, message) = restore_code(&rp);
+
+    assert_eq!(code, Code::DataLoss, "{message}");
+    assert_eq!(message, refused);
+    let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
+    assert!(problems.iter().any(|p| p == refused), "{problems:?}");
+    edit_manifest(&rp, |entries| entries.retain(|e| e["path"] != "/etc/cron.d/pwn"));
+    let (_, message) = restore_code(&rp);
+    assert!(message.contains(r#""/data2/x" is neither"#), "{message}");
 }
