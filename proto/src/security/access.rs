@@ -1,5 +1,6 @@
 //! Who may call what: roles, principals and the one table that maps every RPC of every
-//! Sluice server to what it needs. A method missing from the table is refused (fail closed),
+//! Sluice server to what it needs. A method missing from the table is refused (fail closed:
+//! UNIMPLEMENTED, as no service has it),
 //! and a test checks the table against the service definitions, so a new RPC cannot be left
 //! open by accident.
 
@@ -100,8 +101,9 @@ pub enum Denied {
     /// The method is only for certificates of another kind.
     #[error("requires a certificate of kind {0}")]
     Peer(Kind),
-    /// The method is in no table: refused whoever calls.
-    #[error("method {0} is not open to anyone")]
+    /// The method is in no table, so no Sluice service has it (a test holds the table to
+    /// the services): UNIMPLEMENTED, whoever calls.
+    #[error("unknown method {0}: no service of this server has it")]
     Unlisted(String),
 }
 

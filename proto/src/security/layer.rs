@@ -154,8 +154,10 @@ async fn admit<A: Authenticate>(
     leaf: Option<&CertificateDer<'static>>,
 ) -> Result<Option<Principal>, Status> {
     let Some(need) = access::need_of(method) else {
-        tracing::warn!(target: AUDIT, method, "call of a method missing from the access table refused");
-        return Err(Status::permission_denied(access::Denied::Unlisted(method.into()).to_string()));
+        // The table lists every method of every service, so this one is none of them (a
+        // newer client's, or a typo): UNIMPLEMENTED, before any credentials are looked at.
+        tracing::info!(target: AUDIT, method, "call of an unknown method refused");
+        return Err(Status::unimplemented(access::Denied::Unlisted(method.into()).to_string()));
     };
     if need == Need::Public {
         return Ok(None);
@@ -274,6 +276,18 @@ mod tests {
         let refused = bearer(&headers).expect("a header").expect_err("two headers");
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         assert!(refused.message().contains("one authorization header"), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_method_is_unimplemented_whoever_calls() {
+        let method = "/sluice.v1.JobService/NoSuch";
+        for auth in [ByCertificate::new(true), ByCertificate::new(false)] {
+            let refused = admit(&auth, method, &HeaderMap::new(), None).await.expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+            let expected =
+                "unknown method /sluice.v1.JobService/NoSuch: no service of this server has it";
+            assert_eq!(refused.message(), expected);
+        }
     }
 
     fn leaf(ca: &pki::Ca, kind: Kind, id: &str) -> CertificateDer<'static> {
