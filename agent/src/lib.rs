@@ -223,7 +223,7 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>, AgentError> {
         return Err(AgentError::Config(format!(
             "--tls-cert names {} {:?} (computer {computer:?}), but this is agent {:?} (computer \
              {:?}): issue one with `sluice pki issue --kind agent --id ID [--computer NAME]`",
-            identity.kind,
+            identity.kind.with_article(),
             identity.id,
             settings.id,
             settings.computer_name()

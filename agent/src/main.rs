@@ -8,7 +8,11 @@ use clap::Parser;
 use clap::builder::BoolishValueParser;
 use serde::Serialize;
 use sluice_agent::Settings;
-use sluice_proto::{config, security::flags::TlsFlags, telemetry};
+use sluice_proto::{
+    config,
+    security::flags::{TLS_CERT_ARG, TlsFlags},
+    telemetry,
+};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -22,9 +26,13 @@ use tracing::{info, warn};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--tls-cert`'s help: an agent takes only an agent certificate naming its id.
+const TLS_CERT_HELP: &str = "Certificate of this agent (`sluice pki issue --kind agent --id ID \
+                             [--computer NAME]`, ID its --id)";
+
 /// Runs backup tasks for Sluice coordinators.
 #[derive(Debug, Parser, Serialize)]
-#[command(name = "sluice-agent", version)]
+#[command(name = "sluice-agent", version, mut_arg(TLS_CERT_ARG, |arg| arg.help(TLS_CERT_HELP)))]
 #[serde(rename_all = "kebab-case")]
 struct Flags {
     /// Coordinator endpoints, comma-separated (https://host:port; http:// with --insecure).
@@ -161,6 +169,14 @@ mod tests {
         std::fs::write(&file, format!("{base}{toml}")).expect("config");
         let flags = Flags::try_parse_from([&["sluice-agent"], args].concat()).expect("flags");
         config::load(&flags, Some(&file)).expect("settings")
+    }
+
+    #[test]
+    fn the_tls_cert_help_names_an_agent_certificate_only() {
+        use clap::CommandFactory;
+        let help = Flags::command().render_help().to_string();
+        assert!(help.contains("--kind agent --id ID"), "{help}");
+        assert!(!help.contains("--kind coordinator"), "{help}");
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tls = load_tls(&settings)?;
+    if let Some(warning) = settings.lease_ttl_warning() {
+        warn!("{warning}");
+    }
     let address = settings.advertised_address(listeners.grpc.local_addr().ok());
     let metrics = Metrics::default();
     let etcd_tls = settings.etcd_tls()?;
@@ -174,9 +177,12 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>> {
     let identity = tls.identity();
     if identity.kind != Kind::Coordinator || identity.id != settings.id {
         return Err(TlsError::Flags(format!(
-            "--tls-cert names a {} {:?}, but this is coordinator {:?}: issue one with \
+            "--tls-cert names {} {:?}, but this is coordinator {:?}: issue one with \
              `sluice pki issue --kind coordinator --id {}`",
-            identity.kind, identity.id, settings.id, settings.id
+            identity.kind.with_article(),
+            identity.id,
+            settings.id,
+            settings.id
         ))
         .into());
     }
@@ -299,4 +305,31 @@ fn follow_agents(
         answer_timeout,
     };
     (ctx, router)
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_proto::security::pki::{self, LeafSpec};
+
+    use super::*;
+
+    #[test]
+    fn a_certificate_of_another_kind_is_refused_naming_its_kind_with_its_article() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        pki::init_dir(&dir.path().join("ca")).expect("CA");
+        let spec = LeafSpec::new(Kind::Agent, "c1");
+        let files = pki::issue_to_dir(&dir.path().join("ca"), &spec, &dir.path().join("c1"))
+            .expect("an agent certificate");
+        let toml = format!(
+            "etcd = \"https://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\n\
+             tls-cert = {:?}\ntls-key = {:?}\ntls-ca = {:?}\n",
+            files.cert, files.key, files.ca
+        );
+        let settings: Settings = toml::from_str(&toml).expect("settings");
+
+        let refused = load_tls(&settings).map(drop).expect_err("an agent's certificate");
+
+        let expected = "--tls-cert names an agent \"c1\", but this is coordinator \"c1\"";
+        assert!(refused.to_string().contains(expected), "{refused}");
+    }
 }

@@ -6,13 +6,17 @@ use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
 use sluice_coordinator::{Listeners, Settings};
-use sluice_proto::security::flags::TlsFlags;
+use sluice_proto::security::flags::{TLS_CERT_ARG, TlsFlags};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// `--tls-cert`'s help: a coordinator takes only a coordinator certificate naming its id.
+const TLS_CERT_HELP: &str =
+    "Certificate of this coordinator (`sluice pki issue --kind coordinator --id ID`, ID its --id)";
+
 /// Sluice coordinator: keeps job sessions in etcd and dispatches tasks to agents.
 #[derive(Debug, Parser, Serialize)]
-#[command(version, about)]
+#[command(version, about, mut_arg(TLS_CERT_ARG, |arg| arg.help(TLS_CERT_HELP)))]
 #[serde(rename_all = "kebab-case")]
 struct Flags {
     /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
@@ -147,4 +151,18 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown signal received; handing sessions over");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_tls_cert_help_names_a_coordinator_certificate_only() {
+        let help = Flags::command().render_help().to_string();
+        assert!(help.contains("--kind coordinator --id ID"), "{help}");
+        assert!(!help.contains("--kind agent"), "{help}");
+    }
 }

@@ -166,7 +166,24 @@ fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
     })
 }
 
+/// Below this lease TTL, an etcd leader election (a 3 s campaign with etcd's default 1 s
+/// election timeout, during which no member renews leases) outlasts a coordinator's renewal
+/// margin and fences it.
+const SAFE_LEASE_TTL_SECS: u64 = 5;
+
 impl Settings {
+    /// What to warn about at start-up when the lease TTL is shorter than an etcd election.
+    pub(crate) fn lease_ttl_warning(&self) -> Option<String> {
+        (self.lease_ttl < SAFE_LEASE_TTL_SECS).then(|| {
+            format!(
+                "--lease-ttl {} s is below {SAFE_LEASE_TTL_SECS} s: an etcd leader election takes \
+                 longer than this coordinator's lease can wait, so it fences itself and its \
+                 sessions are taken over whenever etcd's leader fails (the default is 10 s)",
+                self.lease_ttl
+            )
+        })
+    }
+
     /// Lease TTL (at least one second).
     pub(crate) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl.max(1))
@@ -288,6 +305,22 @@ mod tests {
         assert!(settings("etcd-cert = \"/c\"\netcd-key = \"/k\"\n").etcd_tls().is_err());
         assert!(settings("etcd-ca = \"/ca\"\netcd-cert = \"/c\"\n").etcd_tls().is_err());
         assert_eq!(settings("").advertised_address(None), "http://a:1");
+    }
+
+    #[test]
+    fn a_lease_ttl_shorter_than_an_etcd_election_is_warned_about() {
+        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
+        let warning = |extra: &str| {
+            let settings: Settings = toml::from_str(&format!("{base}{extra}")).expect("settings");
+            settings.lease_ttl_warning()
+        };
+        let short = warning("lease-ttl = 3\n").expect("3 s is warned about");
+        assert!(
+            short.starts_with("--lease-ttl 3 s is below 5 s: an etcd leader election"),
+            "{short}"
+        );
+        assert_eq!(warning("lease-ttl = 5\n"), None);
+        assert_eq!(warning(""), None, "the default");
     }
 
     #[test]

@@ -6,12 +6,16 @@ use std::path::PathBuf;
 use clap::builder::BoolishValueParser;
 use serde::Serialize;
 
+/// The id of the `--tls-cert` argument, for a binary to give it a help of its own
+/// (`mut_arg`): a coordinator and an agent each take only certificates of their own kind.
+pub const TLS_CERT_ARG: &str = "tls_cert";
+
 /// How a server proves who it is and checks its peers.
 #[derive(Debug, Clone, Default, clap::Args, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct TlsFlags {
-    /// Certificate of this node (`sluice pki issue --kind coordinator`, or `--kind agent --id
-    /// ID [--computer NAME]`).
+    /// Certificate of this node, of its own kind (each binary names the `sluice pki issue`
+    /// that makes one in its help: [`TLS_CERT_ARG`]).
     #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,

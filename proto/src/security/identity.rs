@@ -40,6 +40,16 @@ impl Kind {
         }
     }
 
+    /// The kind with its indefinite article, for messages: `an agent`, `a coordinator`.
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Kind::Coordinator => "a coordinator",
+            Kind::Agent => "an agent",
+            Kind::Client => "a client",
+            Kind::Etcd => "an etcd",
+        }
+    }
+
     /// The kind of that name.
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.as_str() == name)

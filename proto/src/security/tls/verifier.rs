@@ -83,7 +83,7 @@ pub(super) fn check_identity(
 ) -> Result<(), Error> {
     let refused = match identity_from_der(end_entity) {
         Ok(identity) if !kinds.contains(&identity.kind) => {
-            format!("a {} certificate ({})", identity.kind, identity.id)
+            format!("{} certificate ({})", identity.kind.with_article(), identity.id)
         }
         Ok(identity) if id.is_some_and(|id| id != identity.id) => {
             format!("the certificate of {} {}", identity.kind, identity.id)
