@@ -211,9 +211,10 @@ impl JobService for JobApi {
     }
 }
 
-/// Who a session records as its starter or stopper: the authenticated principal. Only an
-/// `--insecure` coordinator, which authenticates nobody, records the name the caller gives
-/// (else its address). A claimed name is checked either way: bad input is refused, not ignored.
+/// Who a session records as its starter or stopper: the authenticated principal. An
+/// `--insecure` coordinator authenticates nobody: it records the caller's address for starts
+/// and stops alike (a start carries no name), followed by the name a stop claims, unchecked,
+/// in parentheses. A claimed name is checked either way: bad input is refused, not ignored.
 fn recorded_caller<T>(request: &Request<T>, claimed: &str) -> Result<String, Status> {
     sluice_proto::job::validate_requested_by("requested_by", claimed)
         .map_err(crate::error::Error::from)?;
@@ -221,8 +222,34 @@ fn recorded_caller<T>(request: &Request<T>, claimed: &str) -> Result<String, Sta
     if principal.kind != PrincipalKind::Insecure {
         return Ok(principal.to_string());
     }
-    if !claimed.is_empty() {
-        return Ok(claimed.to_string());
+    let address = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    if claimed.is_empty() {
+        return Ok(address);
     }
-    Ok(request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string()))
+    Ok(format!("{address} ({claimed})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_proto::security::access::Principal;
+    use tonic::transport::server::TcpConnectInfo;
+
+    use super::*;
+
+    fn insecure_request(from: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request.extensions_mut().insert(Principal::insecure());
+        let remote_addr = Some(from.parse().expect("an address"));
+        request.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr });
+        request
+    }
+
+    #[test]
+    fn an_insecure_coordinator_records_the_callers_address_for_starts_and_stops_alike() {
+        let request = insecure_request("127.0.0.1:51548");
+        let started_by = recorded_caller(&request, "").expect("a start");
+        let stopped_by = recorded_caller(&request, "vm").expect("a stop");
+        assert_eq!(started_by, "127.0.0.1:51548");
+        assert_eq!(stopped_by, "127.0.0.1:51548 (vm)");
+    }
 }
