@@ -56,7 +56,14 @@ pub(crate) fn spawn(
     shutdown: CancellationToken,
 ) -> (LeaseWatch, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = watch::channel(None);
-    let actor = Membership { store, config, sender, shutdown, previous_lease: AtomicI64::new(0) };
+    let actor = Membership {
+        store,
+        config,
+        sender,
+        shutdown,
+        previous_lease: AtomicI64::new(0),
+        started_at: time::now(),
+    };
     (receiver, tokio::spawn(actor.run()))
 }
 
@@ -67,6 +74,9 @@ struct Membership {
     shutdown: CancellationToken,
     /// The last lease this process registered on (0: none yet).
     previous_lease: AtomicI64,
+    /// When this process started: every registration records it, so `coordinator list`
+    /// shows the process's age, not the last new lease's.
+    started_at: prost_types::Timestamp,
 }
 
 impl Membership {
@@ -100,8 +110,9 @@ impl Membership {
             coordinator: Some(pb::Coordinator {
                 id: self.config.id.clone(),
                 address: self.config.address.clone(),
-                started_at: Some(time::now()),
+                started_at: Some(self.started_at),
                 sessions: Vec::new(),
+                registered_at: Some(time::now()),
             }),
         };
         let key = self.store.keys().coordinator(&self.config.id);
@@ -283,6 +294,7 @@ mod tests {
             sender,
             shutdown: CancellationToken::new(),
             previous_lease: AtomicI64::new(0),
+            started_at: time::now(),
         };
         let refused = second.grant().await.expect_err("the id is taken");
         assert!(
@@ -318,6 +330,7 @@ mod tests {
                 sender,
                 shutdown: CancellationToken::new(),
                 previous_lease: AtomicI64::new(0),
+                started_at: time::now(),
             }
         };
         let stranger = membership("http://elsewhere").grant().await;
@@ -325,6 +338,36 @@ mod tests {
         let lease = membership("http://me").grant().await.expect("its own record");
         let held = store.get::<pb::CoordinatorRecord>(&key).await.expect("read").expect("there");
         assert_eq!(held.lease, lease.id, "the record is on the new lease");
+    }
+
+    /// A coordinator that registers again on a new lease (fenced by an etcd outage) keeps
+    /// its process's start time; only `registered_at` moves.
+    #[tokio::test]
+    async fn a_new_lease_keeps_the_start_time_and_moves_the_registration_time() {
+        let store = testing::store().await;
+        let (sender, _) = watch::channel(None);
+        let membership = Membership {
+            store: store.clone(),
+            config: config("http://me"),
+            sender,
+            shutdown: CancellationToken::new(),
+            previous_lease: AtomicI64::new(0),
+            started_at: time::now(),
+        };
+        let key = store.keys().coordinator("c1");
+        let read = || async {
+            let record = store.get::<pb::CoordinatorRecord>(&key).await.expect("read");
+            record.and_then(|r| r.value.coordinator).expect("registered")
+        };
+        membership.grant().await.expect("a first lease");
+        let first = read().await;
+        membership.grant().await.expect("a new lease, as after a fence");
+        let again = read().await;
+
+        assert_eq!(first.started_at, Some(membership.started_at));
+        assert_eq!(again.started_at, first.started_at, "the process's start is kept");
+        assert!(first.registered_at.is_some(), "{first:?}");
+        assert_ne!(again.registered_at, first.registered_at, "the new lease's registration");
     }
 
     /// Finding 13: a coordinator trusts its lease from the moment it asked for it, not from
