@@ -5,12 +5,14 @@ mod cluster;
 mod job_service;
 mod peer;
 mod registry;
+mod watch_limits;
 
 pub(crate) use auth::AuthApi;
 pub(crate) use cluster::ClusterApi;
 pub(crate) use job_service::JobApi;
 pub(crate) use peer::PeerApi;
 pub(crate) use registry::RegistryApi;
+pub(crate) use watch_limits::WatchLimits;
 
 /// What every call answers.
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;

@@ -158,6 +158,9 @@ pub enum Error {
     /// etcd did not answer or refused the request.
     #[error("etcd request failed: {}", crate::store::etcd_text(.0))]
     Etcd(etcd_client::Error),
+    /// Too many session watches open (per caller, or on this coordinator).
+    #[error("{0}")]
+    TooManyWatches(String),
     /// etcd or the gRPC layer refused a request or an answer as too large.
     #[error("etcd request failed: {}", crate::store::etcd_text(.0))]
     EtcdTooLarge(etcd_client::Error),
@@ -346,7 +349,9 @@ impl Error {
         use Error::*;
         match self {
             InvalidJob(JobError::Invalid { .. }) | InvalidField { .. } => Code::InvalidArgument,
-            InvalidJob(JobError::TooLarge(_)) | EtcdTooLarge(_) => Code::ResourceExhausted,
+            InvalidJob(JobError::TooLarge(_)) | EtcdTooLarge(_) | TooManyWatches(_) => {
+                Code::ResourceExhausted
+            }
             Unauthenticated(_) => Code::Unauthenticated,
             NotThisAgent { .. } | Denied(_) => Code::PermissionDenied,
             JobNotFound { .. }
@@ -437,7 +442,8 @@ pub(crate) fn http_status(code: Code) -> http::StatusCode {
         Code::PermissionDenied => S::FORBIDDEN,
         Code::NotFound => S::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => S::CONFLICT,
-        // Every RESOURCE_EXHAUSTED of Sluice is a size limit, which a retry cannot pass.
+        // A RESOURCE_EXHAUSTED is a size limit, which a retry cannot pass, but for the watch
+        // limit (a 429 of the event stream's own, `http/events.rs`).
         Code::ResourceExhausted => S::PAYLOAD_TOO_LARGE,
         // 499 "client closed request": not a named status, but a valid one.
         Code::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),

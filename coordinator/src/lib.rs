@@ -45,7 +45,7 @@ use crate::{
         acks::Acks,
         runs::{Lanes, RunLanes},
     },
-    api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi},
+    api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi, WatchLimits},
     auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
     http::HttpParts,
@@ -252,6 +252,7 @@ fn start(
         sessions,
         restore_points,
         tokens.clone(),
+        WatchLimits::new(settings.max_watch_streams),
         shutdown.clone(),
     );
     let services = Services {

@@ -92,6 +92,12 @@ struct Flags {
     #[arg(long, env = "SLUICE_WORKER_THREADS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     worker_threads: Option<NonZeroUsize>,
+    /// Session watches (gRPC WatchSession, HTTP event streams) this coordinator serves at
+    /// once; past it, and past 32 per caller, a new one is refused (RESOURCE_EXHAUSTED, HTTP
+    /// 429). Default 512.
+    #[arg(long, env = "SLUICE_MAX_WATCH_STREAMS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_watch_streams: Option<usize>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]

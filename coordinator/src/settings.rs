@@ -72,6 +72,14 @@ pub struct Settings {
     /// Threads that run the coordinator's tasks; one per core when not set.
     #[serde(default)]
     pub(crate) worker_threads: Option<NonZeroUsize>,
+    /// Session watches (gRPC `WatchSession` and HTTP event streams) open at most at once.
+    #[serde(default = "default_max_watch_streams")]
+    pub(crate) max_watch_streams: usize,
+}
+
+/// Default of `--max-watch-streams`.
+fn default_max_watch_streams() -> usize {
+    512
 }
 
 /// Default of `--task-answer-timeout`.

@@ -43,5 +43,6 @@ mod e2e {
     mod store_integrity;
     mod tls;
     mod validation;
+    mod watch_limits;
     mod windows;
 }

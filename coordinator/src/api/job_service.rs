@@ -2,14 +2,14 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use sluice_proto::{
     pb::{self, job_service_server::JobService},
     security::access::PrincipalKind,
 };
 use tonic::{Request, Response, Status};
 
-use super::Reply;
+use super::{Reply, WatchLimits};
 
 use tokio_util::sync::CancellationToken;
 
@@ -30,20 +30,23 @@ pub(crate) struct JobApi {
     restore_points: RestorePoints,
     /// Ends a token's streams when it is revoked.
     tokens: Tokens,
+    /// Caps the open session watches.
+    watches: WatchLimits,
     shutdown: CancellationToken,
 }
 
 impl JobApi {
     /// Serves jobs, sessions and restore points; streams end at `shutdown`, and those a
-    /// token opened when it is revoked or expires.
+    /// token opened when it is revoked or expires; at most `watches` allows are open.
     pub(crate) fn new(
         jobs: Jobs,
         sessions: Sessions,
         restore_points: RestorePoints,
         tokens: Tokens,
+        watches: WatchLimits,
         shutdown: CancellationToken,
     ) -> Self {
-        JobApi { jobs, sessions, restore_points, tokens, shutdown }
+        JobApi { jobs, sessions, restore_points, tokens, watches, shutdown }
     }
 
     /// A list for `job` that came back `empty` is NOT_FOUND when no such job exists either:
@@ -144,10 +147,16 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchSessionRequest>,
     ) -> Reply<Self::WatchSessionStream> {
-        let token = layer::principal_of(&request).and_then(|principal| principal.token_id.clone());
+        let principal = layer::principal_of(&request);
+        let token = principal.and_then(|principal| principal.token_id.clone());
+        let permit = self.watches.admit(principal, request.remote_addr())?;
         let id = request.into_inner().session_id;
         sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
-        let stream = watch_session(self.sessions.store().clone(), id, self.shutdown.clone());
+        let stream = watch_session(self.sessions.store().clone(), id, self.shutdown.clone())
+            // The permit goes with the stream: its place is free once the stream is dropped.
+            .inspect(move |_| {
+                let _held = &permit;
+            });
         let Some(token) = token else { return Ok(Response::new(Box::pin(stream))) };
         let tokens = self.tokens.clone();
         let revoked = async move { tokens.revoked(token).await };

@@ -34,7 +34,7 @@ pub(crate) async fn session_events(
     PathParam(id): PathParam,
 ) -> Result<Events, ApiError> {
     let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
-    let watch = services.jobs.watch_session(request).await?.into_inner();
+    let watch = services.jobs.watch_session(request).await.map_err(refusal)?.into_inner();
     let mut watch = Box::pin(paced(watch));
     let first = match watch.next().await {
         Some(Ok(event)) => session_event(event).await,
@@ -55,6 +55,14 @@ pub(crate) async fn session_events(
     };
     let events: EventStream = Box::pin(events);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// A refused watch as the HTTP error; the watch limit (the one RESOURCE_EXHAUSTED of a watch)
+/// is 429 Too Many Requests: it passes once the caller's other streams close.
+fn refusal(status: tonic::Status) -> ApiError {
+    let too_many = status.code() == Code::ResourceExhausted;
+    let error = ApiError::from(status);
+    if too_many { error.with_status(http::StatusCode::TOO_MANY_REQUESTS) } else { error }
 }
 
 impl Paced for pb::SessionEvent {
