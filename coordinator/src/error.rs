@@ -11,6 +11,8 @@ use sluice_proto::{
 };
 use tonic::{Code, Status};
 
+pub(crate) use self::codes::{code_name, http_status};
+
 /// Everything that can go wrong while serving a coordinator call.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -321,9 +323,20 @@ pub enum Error {
         /// Token name.
         name: String,
     },
-    /// A token was created or revoked while this one was created.
-    #[error("tokens changed while this one was created; try again")]
+    /// A token was created or revoked meanwhile (a create's name check, or the other admin
+    /// token a revoke counted on).
+    #[error("tokens changed meanwhile; try again")]
     TokenRaced,
+    /// A caller would revoke its own token, the last live admin token.
+    #[error(
+        "token {name:?} is the one you call with and the last live admin token: create \
+         another admin token first (an admin client certificate works too), or revoke it \
+         with --force"
+    )]
+    LastAdminToken {
+        /// Token name.
+        name: String,
+    },
     /// TLS cannot be set up (certificate files, flags, a URL of the wrong scheme).
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
@@ -365,6 +378,7 @@ impl Error {
             | TokenExists { .. }
             | CoordinatorIdTaken { .. } => Code::AlreadyExists,
             JobBusy { .. }
+            | LastAdminToken { .. }
             | JobLinked { .. }
             | NoActiveSession { .. }
             | ItemsGone { .. }
@@ -431,52 +445,6 @@ pub(crate) fn bounded(message: String) -> String {
     format!("{}{note}", &message[..end])
 }
 
-/// The HTTP status that fits a gRPC code (the mapping of `google.rpc.Code`, but for the
-/// size limits).
-pub(crate) fn http_status(code: Code) -> http::StatusCode {
-    use http::StatusCode as S;
-    match code {
-        Code::Ok => S::OK,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => S::BAD_REQUEST,
-        Code::Unauthenticated => S::UNAUTHORIZED,
-        Code::PermissionDenied => S::FORBIDDEN,
-        Code::NotFound => S::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => S::CONFLICT,
-        // A RESOURCE_EXHAUSTED is a size limit, which a retry cannot pass, but for the watch
-        // limit (a 429 of the event stream's own, `http/events.rs`).
-        Code::ResourceExhausted => S::PAYLOAD_TOO_LARGE,
-        // 499 "client closed request": not a named status, but a valid one.
-        Code::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
-        Code::Unimplemented => S::NOT_IMPLEMENTED,
-        Code::Unavailable => S::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
-        Code::Unknown | Code::Internal | Code::DataLoss => S::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// The name of a gRPC code as the JSON error body spells it (`NOT_FOUND`).
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// Why a retry left a stop's cancelled items out, when it did.
 fn canceled_note(canceled: usize) -> String {
     match canceled {
@@ -504,5 +472,6 @@ fn agent_code(code: Code) -> Code {
     }
 }
 
+mod codes;
 #[cfg(test)]
 mod tests;

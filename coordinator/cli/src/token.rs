@@ -29,6 +29,10 @@ pub enum TokenCommand {
     Revoke {
         /// Token id.
         id: String,
+        /// Revoke the token you call with even when it is the last live admin token (only an
+        /// admin client certificate, or the CA key, makes an admin then).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -49,8 +53,8 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> Result<Exit, Failure> {
             let table = || views::token_list(&tokens, SystemTime::now());
             output::print(ctx.format, table, || json::tokens(&tokens))?;
         }
-        TokenCommand::Revoke { id } => {
-            let revoked = clients.auth.revoke_token(pb::RevokeTokenRequest { id }).await?;
+        TokenCommand::Revoke { id, force } => {
+            let revoked = clients.auth.revoke_token(pb::RevokeTokenRequest { id, force }).await?;
             let token = revoked.into_inner().token.unwrap_or_default();
             let table = || format!("revoked token {} ({})", token.id, token.name);
             output::print(ctx.format, table, || json::token(&token))?;

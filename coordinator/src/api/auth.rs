@@ -41,7 +41,8 @@ impl AuthService for AuthApi {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Reply<pb::RevokeTokenResponse> {
         let by = caller(&request)?;
-        let token = self.tokens.revoke(&request.into_inner().id, &by).await?;
+        let request = request.into_inner();
+        let token = self.tokens.revoke(&request.id, request.force, &by).await?;
         Ok(Response::new(pb::RevokeTokenResponse { token: Some(token) }))
     }
 

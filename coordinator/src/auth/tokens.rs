@@ -114,21 +114,33 @@ impl Tokens {
         Ok(records.into_iter().filter_map(|(_, record)| record.token).collect())
     }
 
-    /// Deletes a token; returns what it was.
-    pub(crate) async fn revoke(&self, id: &str, by: &Principal) -> Result<pb::Token> {
+    /// Deletes a token; returns what it was. A caller revoking the very token it called with,
+    /// the last live admin token, is refused without `force` (it would lock itself out; only
+    /// an admin certificate, or the CA key, makes an admin then): the delete holds only while
+    /// another live admin token exists.
+    pub(crate) async fn revoke(&self, id: &str, force: bool, by: &Principal) -> Result<pb::Token> {
         let not_found = || Error::TokenNotFound { id: id.to_string() };
         if !is_token_id(id) {
             let reason = format!("must be a token id (16 lowercase hex digits), got {id:?}");
             return Err(Error::invalid("id", reason));
         }
+        let tokens = self.list().await?;
+        let token = tokens.iter().find(|t| t.id == id).cloned().ok_or_else(not_found)?;
         let key = self.store.keys().token(id);
-        let record = self.store.get::<pb::TokenRecord>(&key).await?.ok_or_else(not_found)?;
-        let response = self.store.kv().delete(key, None).await?;
-        self.recent.forget(id);
-        if response.deleted() == 0 {
-            return Err(not_found());
+        let mut guards = vec![Compare::version(key.as_str(), CompareOp::Greater, 0)];
+        let own = by.token_id.as_deref() == Some(id);
+        if !force && own && is_live_admin(&token) {
+            let other = tokens.iter().find(|t| t.id != id && is_live_admin(t));
+            let other = other.ok_or_else(|| Error::LastAdminToken { name: token.name.clone() })?;
+            let other = self.store.keys().token(&other.id);
+            guards.push(Compare::version(other, CompareOp::Greater, 0));
         }
-        let token = record.value.token.unwrap_or_default();
+        let delete = Txn::new().when(guards).and_then([TxnOp::delete(key.as_str(), None)]);
+        let deleted = self.store.txn(delete).await?.is_some();
+        self.recent.forget(id);
+        if !deleted {
+            return Err(Error::TokenRaced);
+        }
         info!(target: AUDIT, principal = %by, token = %token.id, name = %token.name, "token revoked");
         Ok(token)
     }
@@ -251,6 +263,11 @@ fn split(bearer: &str) -> Option<(&str, &str)> {
     (is_token_id(id) && !secret.is_empty()).then_some((id, secret))
 }
 
+/// An admin token that has not expired.
+fn is_live_admin(token: &pb::Token) -> bool {
+    Role::parse(&token.role) == Some(Role::Admin) && !expired(token)
+}
+
 /// Ids are 16 lowercase hex digits: nothing else reaches an etcd key.
 fn is_token_id(id: &str) -> bool {
     id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -259,6 +276,32 @@ fn is_token_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller revoking its own token, the last live admin one, is refused without force;
+    /// with another live admin token, or another caller, it goes.
+    #[tokio::test]
+    async fn the_last_admin_token_is_not_revoked_by_itself_without_force() {
+        let tokens = Tokens::new(crate::testing::store().await);
+        let admin = Principal::insecure();
+        let create = |name: &str, role: &str| {
+            let request =
+                pb::CreateTokenRequest { name: name.into(), role: role.into(), ttl_seconds: 0 };
+            let (tokens, admin) = (tokens.clone(), admin.clone());
+            async move { tokens.create(request, &admin).await.expect("create") }
+        };
+        let (first, bearer) = create("first", "admin").await;
+        let (viewer, _) = create("view", "viewer").await;
+        let itself = tokens.authenticate(&bearer).await.expect("authenticates");
+        let refused = tokens.revoke(&first.id, false, &itself).await;
+        let message = refused.map(drop).map_err(|e| e.to_string()).expect_err("locks out");
+        assert!(message.contains("last live admin token"), "{message}");
+        tokens.revoke(&viewer.id, false, &itself).await.expect("another token goes");
+        let (_, other) = create("second", "admin").await;
+        tokens.revoke(&first.id, false, &itself).await.expect("another admin token lives");
+        let second = tokens.authenticate(&other).await.expect("authenticates");
+        let own = second.token_id.clone().expect("a token's principal");
+        tokens.revoke(&own, true, &second).await.expect("with force");
+    }
 
     #[test]
     fn bearer_strings_split_into_a_safe_id_and_a_secret() {

@@ -195,7 +195,7 @@ async fn run_scenario(cluster: &Cluster) {
 async fn revoke(cluster: &Cluster, secret: &str) {
     let id = secret.split('_').nth(1).expect("a token secret names its id");
     let mut auth = AuthServiceClient::new(cluster.coordinators()[0].channel().await);
-    auth.revoke_token(pb::RevokeTokenRequest { id: id.to_string() })
+    auth.revoke_token(pb::RevokeTokenRequest { id: id.to_string(), ..Default::default() })
         .await
         .unwrap_or_else(|status| panic!("RevokeToken {id}: {status}"));
 }

@@ -127,7 +127,9 @@ async fn a_revoked_tokens_open_event_stream_ends_with_an_error_event() {
     }
 
     let id = created.token.expect("the token").id;
-    auth.revoke_token(pb::RevokeTokenRequest { id }).await.expect("RevokeToken");
+    auth.revoke_token(pb::RevokeTokenRequest { id, ..Default::default() })
+        .await
+        .expect("RevokeToken");
     // Session events may still come first (the waiting reason is stored after a while).
     let last = loop {
         let event = next_event(&mut ending, PATIENCE).await.expect("an error event");

@@ -113,16 +113,17 @@ async fn calls_without_good_credentials_are_unauthenticated_and_echo_nothing() {
     let status =
         expect_code(auth.create_token(twin).await, Code::AlreadyExists, "a second token \"ci\"");
     assert!(status.message().contains("\"ci\" exists already"), "{status:?}");
-    let blank = pb::RevokeTokenRequest { id: String::new() };
+    let blank = pb::RevokeTokenRequest { id: String::new(), ..Default::default() };
     expect_code(auth.revoke_token(blank).await, Code::InvalidArgument, "RevokeToken of \"\"");
     let revoked = expect_ok(
-        auth.revoke_token(pb::RevokeTokenRequest { id: token.id.clone() }).await,
+        auth.revoke_token(pb::RevokeTokenRequest { id: token.id.clone(), ..Default::default() })
+            .await,
         "RevokeToken",
     );
     assert_eq!(revoked.token.map(|t| t.name).as_deref(), Some("ci"));
     let after = list_jobs(&channel, &secret).await.expect_err("a revoked token");
     assert_eq!(after.code(), Code::Unauthenticated, "{after:?}");
-    let again = pb::RevokeTokenRequest { id: token.id };
+    let again = pb::RevokeTokenRequest { id: token.id, ..Default::default() };
     expect_code(auth.revoke_token(again).await, Code::NotFound, "RevokeToken twice");
 
     let (_, short) = create_token(&mut cluster, "short-lived", "admin", 1).await;
@@ -368,7 +369,10 @@ async fn a_revoked_tokens_open_session_watch_ends() {
     ending.message().await.expect("the first event").expect("an event");
 
     let mut auth = AuthServiceClient::new(cluster.coordinator(0).channel().await);
-    expect_ok(auth.revoke_token(pb::RevokeTokenRequest { id: token.id }).await, "RevokeToken");
+    expect_ok(
+        auth.revoke_token(pb::RevokeTokenRequest { id: token.id, ..Default::default() }).await,
+        "RevokeToken",
+    );
     let ended = last_error(&mut ending).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("revoked"), "{ended:?}");
