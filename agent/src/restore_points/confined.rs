@@ -9,7 +9,7 @@
 //! link below it is made relative to a folder opened the same way: a component swapped for
 //! a link fails the restore instead of leading out of the target.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -21,7 +21,7 @@ use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, UtimensatFlags, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, fchownat, symlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, symlinkat, unlinkat};
 
 /// Flags of every folder opened on the way: never through a link.
 const DIR_FLAGS: OFlag =
@@ -30,17 +30,23 @@ const DIR_FLAGS: OFlag =
 /// The restore target, open.
 pub(super) struct Target {
     dir: File,
+    /// The folder that holds it, and its name there: a failed restore that created the
+    /// target removes it through this handle.
+    parent: (File, OsString),
     path: PathBuf,
     /// The restore created it (it did not exist).
     pub(super) created: bool,
 }
 
 impl Target {
-    /// Opens `path` (absolute, its links resolved), creating the folders it lacks.
+    /// Opens `path` (absolute, its links resolved, not `/`), creating the folders it lacks.
     pub(super) fn open(path: &Path) -> io::Result<Self> {
-        let root = File::open("/")?;
-        let (dir, created) = walk(root, path.strip_prefix("/").unwrap_or(path), true)?;
-        Ok(Target { dir, path: path.to_path_buf(), created })
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        let name = relative.file_name().ok_or_else(|| invalid(path))?.to_owned();
+        let above = relative.parent().unwrap_or(Path::new(""));
+        let (parent, _) = walk(File::open("/")?, above, true)?;
+        let (dir, created) = open_or_create(&parent, &name, true)?;
+        Ok(Target { dir, parent: (parent, name), path: path.to_path_buf(), created })
     }
 
     /// The target's path as checked (for messages).
@@ -48,11 +54,10 @@ impl Target {
         &self.path
     }
 
-    /// `name`, a plain file name, in the target as a path through the open folder, for a
-    /// child process that writes it (`qemu-img`): a swap of the target's own path after it
-    /// was opened does not move it.
-    pub(super) fn through_handle(&self, name: &str) -> PathBuf {
-        Path::new(&format!("/proc/{}/fd/{}", std::process::id(), self.dir.as_raw_fd())).join(name)
+    /// A path to the open `file` for a child process that writes it (`qemu-img`): the file
+    /// itself, whatever becomes of the names that led to it.
+    pub(super) fn through(file: &File) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()))
     }
 
     /// Whether the target holds nothing.
@@ -96,15 +101,19 @@ impl Target {
         Ok(())
     }
 
-    /// Gives every folder in the target, and the target, their owner's write bit back (a
-    /// failed restore may have made some read-only), so that they can be removed.
-    pub(super) fn make_writable(&self) {
-        writable(&self.dir);
+    /// Removes the target the restore created, with everything in it.
+    pub(super) fn remove(&self) -> io::Result<()> {
+        let _ = self.dir.set_permissions(fs::Permissions::from_mode(0o700));
+        self.remove_contents()?;
+        let (parent, name) = &self.parent;
+        Ok(unlinkat(parent, name.as_os_str(), UnlinkatFlags::RemoveDir)?)
     }
 
-    /// Removes everything in the target (never through a link: a link is removed itself).
+    /// Removes everything in the target (never through a link: a link is removed itself);
+    /// the folders in it get their owner's write bit back first (a failed restore may have
+    /// made some read-only), the target keeps its mode.
     pub(super) fn remove_contents(&self) -> io::Result<()> {
-        self.make_writable();
+        writable_below(&self.dir);
         let listing = listing(&self.dir);
         for entry in fs::read_dir(&listing)? {
             let path = listing.join(entry?.file_name());
@@ -162,13 +171,14 @@ fn listing(dir: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
-/// Sets `dir` to mode 0700, then each folder in it the same way (best effort).
-fn writable(dir: &File) {
-    let _ = dir.set_permissions(fs::Permissions::from_mode(0o700));
+/// Sets each folder in `dir`, and each in those, to mode 0700 (best effort).
+fn writable_below(dir: &File) {
     let Ok(entries) = fs::read_dir(listing(dir)) else { return };
     for entry in entries.flatten() {
         if let Ok(fd) = openat(dir, entry.file_name().as_os_str(), DIR_FLAGS, Mode::empty()) {
-            writable(&File::from(fd));
+            let folder = File::from(fd);
+            let _ = folder.set_permissions(fs::Permissions::from_mode(0o700));
+            writable_below(&folder);
         }
     }
 }

@@ -22,7 +22,6 @@ use super::hash::{ReadError, copy_hashing};
 use super::location::{Location, under};
 use super::{Cancel, vm};
 use crate::error::AgentError;
-use crate::fsutil;
 use crate::repository::checksum::Algorithm;
 use crate::repository::{
     ComputerManifest, Kind, Manifest, ManifestError, Record, Store, VmKind, VmManifest,
@@ -105,10 +104,7 @@ fn open_target(path: &Path) -> Result<Target, AgentError> {
 fn remove_written(target: &Target) {
     let path = target.path();
     let result = match target.created {
-        true => {
-            target.make_writable();
-            fsutil::remove_dir_if_exists(path)
-        }
+        true => target.remove(),
         false => target.remove_contents(),
     };
     if let Err(error) = result {

@@ -218,19 +218,22 @@ pub(super) fn restore_chain(
     }
     let mut bytes = 0;
     for (disk, name) in links[0].manifest.disks.iter().zip(names) {
-        // qemu-img writes through the target's handle: a swap of its path cannot move it.
-        let out = target.through_handle(name);
+        // Created here (never through a link), then written by qemu-img through this very
+        // file: nothing planted at its name or above it can redirect the write.
+        let path = target.path().join(name);
+        let file = target.create_file(Path::new(name)).map_err(|e| {
+            AgentError::FailedPrecondition(format!("cannot create {}: {e}", path.display()))
+        })?;
         let image = item_dir.join(&location.id).join(&disk.file);
+        let out = Target::through(&file);
         let done = qemu_img::flatten(&image, &out, &|| cancel.is_cancelled()).map_err(|e| {
             AgentError::FailedPrecondition(format!("cannot restore {}: {e}", image.display()))
         })?;
         if !done {
             return Err(canceled("restore"));
         }
-        let file = std::fs::File::open(&out).and_then(|file| file.sync_all().map(|()| file));
-        let file = file.map_err(|e| {
-            let out = target.path().join(name);
-            AgentError::FailedPrecondition(format!("cannot sync {}: {e}", out.display()))
+        file.sync_all().map_err(|e| {
+            AgentError::FailedPrecondition(format!("cannot sync {}: {e}", path.display()))
         })?;
         bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
     }
