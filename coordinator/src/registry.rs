@@ -192,7 +192,10 @@ impl Registry {
         let key = self.store.keys().agent(id);
         if let Some(record) = self.store.get::<pb::AgentRecord>(&key).await? {
             let mut ops = vec![TxnOp::delete(key.as_str(), None)];
-            if settled {
+            // Only a registration that drained: a leave held up until the agent came back
+            // as a new process (online, taking tasks) must not speak for that one.
+            let drained = record.value.agent.as_ref().map(pb::Agent::state);
+            if settled && drained == Some(pb::AgentState::Draining) {
                 ops.push(TxnOp::put(self.store.keys().agent_left(id), Vec::new(), None));
             }
             self.store.kv().txn(Txn::new().and_then(ops)).await?;
@@ -353,6 +356,13 @@ mod tests {
         registry.heartbeat(leave(false), "c1").await.expect("left");
         assert!(!store.exists(&left).await.expect("read"), "left with work unsettled");
         registry.heartbeat(beat("a1"), "c1").await.expect("registered again");
+        registry.heartbeat(leave(true), "c1").await.expect("left");
+        assert!(!store.exists(&left).await.expect("read"), "a registration that never drained");
+        let mut draining = beat("a1");
+        if let Some(agent) = draining.agent.as_mut() {
+            agent.state = pb::AgentState::Draining as i32;
+        }
+        registry.heartbeat(draining, "c1").await.expect("registered, draining");
         registry.heartbeat(leave(true), "c1").await.expect("left settled");
         assert!(store.exists(&left).await.expect("read"), "recorded");
         assert!(!store.exists(&store.keys().agent("a1")).await.expect("read"), "and removed");

@@ -50,7 +50,11 @@ use super::{
     Located, Locator, RestorePoints,
     choose::{Need, choose_agent},
 };
-use crate::{error::Result, membership, store::Versioned};
+use crate::{
+    error::Result,
+    membership,
+    store::{Versioned, absent},
+};
 
 /// Longest an agent gets to delete folders or collect garbage.
 const AGENT_CALL: Duration = Duration::from_secs(300);
@@ -195,7 +199,7 @@ impl RestorePoints {
         }
         let mut marked = Vec::new();
         for batch in located.chunks(BATCH) {
-            match self.mark_deleting(batch).await {
+            match self.mark_deleting(batch, false).await {
                 Ok(flags) => {
                     for (located, ok) in batch.iter().zip(flags) {
                         if ok {
@@ -214,9 +218,10 @@ impl RestorePoints {
     }
 
     /// Marks a batch in one txn of one nested txn each; which marks were put (a restore
-    /// point in use, or already gone, is not marked). The marks outlive this coordinator:
-    /// only a finished deletion removes them.
-    async fn mark_deleting(&self, batch: &[Located]) -> Result<Vec<bool>> {
+    /// point in use, or already gone, is not marked; with `first`, neither is one marked
+    /// already, whose deletion runs). The marks outlive this coordinator: only a finished
+    /// deletion removes them.
+    async fn mark_deleting(&self, batch: &[Located], first: bool) -> Result<Vec<bool>> {
         // A fenced coordinator begins no deletion.
         membership::current(&self.lease)?;
         let keys = self.store.keys();
@@ -229,14 +234,13 @@ impl RestorePoints {
             let catalog = keys.restore_point(&rp.job, &rp.item, &rp.id);
             let uses = keys.restore_point_uses(&rp.job, &rp.id);
             let deleting = keys.restore_point_deleting(&rp.job, &rp.id);
-            TxnOp::txn(
-                Txn::new()
-                    .when([
-                        Compare::create_revision(catalog.as_str(), CompareOp::Greater, 0),
-                        Compare::create_revision(uses.as_str(), CompareOp::Equal, 0).with_prefix(),
-                    ])
-                    .and_then([TxnOp::put(deleting.as_str(), record.encode_to_vec(), None)]),
-            )
+            let mut guards = vec![
+                Compare::create_revision(catalog.as_str(), CompareOp::Greater, 0),
+                Compare::create_revision(uses.as_str(), CompareOp::Equal, 0).with_prefix(),
+            ];
+            guards.extend(first.then(|| absent(&deleting)));
+            let mark = TxnOp::put(deleting.as_str(), record.encode_to_vec(), None);
+            TxnOp::txn(Txn::new().when(guards).and_then([mark]))
         });
         let responses = self.store.txn(Txn::new().and_then(marks.collect::<Vec<_>>())).await?;
         Ok(responses

@@ -13,11 +13,7 @@ mod reattach;
 mod stop;
 mod withdrawals;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 use sluice_proto::{
@@ -166,8 +162,9 @@ pub(crate) struct SessionActor {
     /// The registered agents as dispatch sees them (shared by every actor), replaced when
     /// they change.
     agents: Arc<AgentMap>,
-    /// Agents found gone with tasks of this session, whose leave is being read.
-    gone: HashSet<AgentId>,
+    /// Agents found gone with tasks of this session, whose leave is being read, with the
+    /// attempts they ran then.
+    gone: HashMap<AgentId, Vec<Dispatch>>,
 }
 
 impl SessionActor {
@@ -211,7 +208,7 @@ impl SessionActor {
             yield_due: false,
             gauge,
             agents: Arc::default(),
-            gone: HashSet::new(),
+            gone: HashMap::new(),
         }
     }
 

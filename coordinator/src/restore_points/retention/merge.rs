@@ -50,7 +50,7 @@ impl RestorePoints {
         child: pb::RestorePoint,
     ) -> Result<(), String> {
         let located = locator.locate(base).await.map_err(|e| e.to_string())?;
-        let marked = self.mark_deleting(std::slice::from_ref(&located)).await;
+        let marked = self.mark_deleting(std::slice::from_ref(&located), false).await;
         if !marked.map_err(|e| e.to_string())?.first().copied().unwrap_or(false) {
             return Err("in use by a verify or restore".to_owned());
         }

@@ -5,7 +5,7 @@ use sluice_proto::{ids::AgentId, pb};
 use tracing::{info, warn};
 
 use super::{Msg, SessionActor, now_ms};
-use crate::sessions::machine::{Dispatch, Event};
+use crate::sessions::machine::{CancelReason, Dispatch, Event, Outcome};
 
 impl SessionActor {
     /// Re-sends RunTask for items stored as processing: idempotent at the agent, it returns
@@ -60,7 +60,9 @@ impl SessionActor {
         self.ctx.scheduler.agents_changed(&self.agents);
         let agents = self.agents.clone();
         for agent in self.machine.lost_agents(|agent| agents.contains_key(agent)) {
-            if self.gone.insert(agent.clone()) {
+            if !self.gone.contains_key(&agent) {
+                let ran = self.machine.running().into_iter().filter(|d| d.agent == agent);
+                self.gone.insert(agent.clone(), ran.collect());
                 self.outbox.forget_agent(&agent);
                 self.read_leave(agent);
             }
@@ -78,13 +80,32 @@ impl SessionActor {
     }
 
     pub(super) fn on_agent_gone(&mut self, agent: AgentId, settled: bool) {
-        self.gone.remove(&agent);
-        if settled {
+        let Some(ran) = self.gone.remove(&agent) else { return };
+        if self.agents.contains_key(&agent) {
+            // Back before its leave was read: only the attempts it had when it went are
+            // settled; what it took on since is its own.
+            self.settle_gone_attempts(&agent, ran, settled);
+        } else if settled {
             info!(%agent, "agent left the cluster settled; its tasks of this session never ran");
             self.apply(Event::AgentLeft { agent });
         } else {
             warn!(%agent, "agent lost with tasks of this session");
             self.apply(Event::AgentLost { agent });
+        }
+    }
+
+    /// Ends the attempts `ran` that still run on `agent`, registered again since: as never
+    /// started there (it left settled: dispatched again, no attempt spent) or as failed.
+    fn settle_gone_attempts(&mut self, agent: &AgentId, ran: Vec<Dispatch>, settled: bool) {
+        let current: Vec<Dispatch> =
+            ran.into_iter().filter(|d| self.machine.is_current(d)).collect();
+        for dispatch in current {
+            let outcome = match settled {
+                true => Outcome::never_started(CancelReason::Drain),
+                false => Outcome::failed(format!("agent {agent} lost")),
+            };
+            let (index, attempt) = (dispatch.index, dispatch.attempt);
+            self.apply(Event::Finished { index, attempt, outcome, agent: dispatch.agent });
         }
     }
 

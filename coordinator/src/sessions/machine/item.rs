@@ -223,6 +223,17 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// A failed attempt, for `message`.
+    pub(crate) fn failed(message: String) -> Self {
+        Outcome {
+            state: ItemState::Failed,
+            restore_point: None,
+            message,
+            cancel_reason: None,
+            never_started: false,
+        }
+    }
+
     /// A task cancelled before it ever started on its agent.
     pub(crate) fn never_started(reason: CancelReason) -> Self {
         Outcome {
