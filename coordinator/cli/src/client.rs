@@ -21,6 +21,9 @@ use crate::output::Format;
 /// coordinator (stopped, a paused VM) still accepts TCP but answers nothing, and the next
 /// endpoint of the list must get its turn. Calls, and streams, are not bounded by it.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the first silent endpoint gets more when no endpoint answered within
+/// [`ANSWER_TIMEOUT`]: a coordinator slow under load is still reached.
+const PATIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest response accepted (a session of 100,000 items is tens of MiB).
 const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
 /// HTTP/2 keep-alive, so a watch notices a vanished coordinator.
@@ -81,14 +84,22 @@ impl Ctx {
     pub async fn connect(&self) -> Result<Clients, Failure> {
         let endpoints = parse_endpoints(&self.endpoints, self.access.tls.as_ref())?;
         let mut errors = Vec::with_capacity(endpoints.len());
+        let (mut reset, mut silent) = (None, None);
         for endpoint in endpoints {
             let uri = endpoint.uri().clone();
-            match answering(endpoint).await {
+            match answering(endpoint.clone(), ANSWER_TIMEOUT).await {
                 Ok(channel) => return Ok(Clients::new(channel, &self.access)),
-                Err(NoAnswer::Silent) => errors.push(format!(
-                    "{uri}: no answer within {} s (a stopped or overloaded coordinator?)",
-                    ANSWER_TIMEOUT.as_secs()
-                )),
+                Err(NoAnswer::Reset(channel)) => {
+                    reset.get_or_insert(channel);
+                    errors.push(format!("{uri}: the connection failed under the first call"));
+                }
+                Err(NoAnswer::Silent) => {
+                    silent.get_or_insert(endpoint);
+                    errors.push(format!(
+                        "{uri}: no answer within {} s (a stopped or overloaded coordinator?)",
+                        ANSWER_TIMEOUT.as_secs()
+                    ));
+                }
                 Err(NoAnswer::Failed(error)) => {
                     let text = chain(&error);
                     let debug = format!("{text} {error:?}");
@@ -100,6 +111,21 @@ impl Ctx {
                         "{uri}: {text}{}",
                         hint.map(|h| format!(" ({h})")).unwrap_or_default()
                     ));
+                }
+            }
+        }
+        // None answered: a connection that failed under its first call (a refused client
+        // certificate) is used, so that the real call says why; else the first silent one,
+        // merely slow under load perhaps, gets longer.
+        if let Some(channel) = reset {
+            return Ok(Clients::new(channel, &self.access));
+        }
+        if let Some(endpoint) = silent {
+            let uri = endpoint.uri().clone();
+            match answering(endpoint, PATIENT_TIMEOUT).await {
+                Ok(channel) => return Ok(Clients::new(channel, &self.access)),
+                Err(_) => {
+                    errors.push(format!("{uri}: nor within {} s more", PATIENT_TIMEOUT.as_secs()))
                 }
             }
         }
@@ -152,21 +178,24 @@ enum NoAnswer {
     Silent,
     /// The connection failed.
     Failed(tonic::transport::Error),
+    /// It connected, then failed under the health check with no word from the server.
+    Reset(Channel),
 }
 
-/// A channel to `endpoint` once the server answered a health check there: any answer, even
-/// a refusal, shows a live server; none within [`ANSWER_TIMEOUT`] passes the endpoint over.
-async fn answering(endpoint: Endpoint) -> Result<Channel, NoAnswer> {
+/// A channel to `endpoint` once the server answered a health check there: any answer the
+/// server sent, even a refusal, shows a live server; none within `limit` passes the endpoint
+/// over, and so does a connection that failed under the check.
+async fn answering(endpoint: Endpoint, limit: Duration) -> Result<Channel, NoAnswer> {
     let attempt = async {
         let channel = endpoint.connect().await.map_err(NoAnswer::Failed)?;
         let mut health = HealthClient::new(channel.clone());
-        // Health is open to anyone: no credentials needed. A status the connection itself
-        // produced (a refused client certificate) comes back on the first real call too,
-        // which explains it.
-        let _answer = health.check(HealthCheckRequest::default()).await;
-        Ok(channel)
+        // Health is open to anyone: no credentials needed.
+        match health.check(HealthCheckRequest::default()).await {
+            Err(status) if bare_transport_error(&status) => Err(NoAnswer::Reset(channel)),
+            _ => Ok(channel),
+        }
     };
-    tokio::time::timeout(ANSWER_TIMEOUT, attempt).await.unwrap_or(Err(NoAnswer::Silent))
+    tokio::time::timeout(limit, attempt).await.unwrap_or(Err(NoAnswer::Silent))
 }
 
 /// How tonic reports a connection that failed under a call, with no word from the server.
@@ -269,8 +298,10 @@ mod tests {
         let failure = ctx.connect().await.expect_err("nothing answers");
         assert!(matches!(failure, Failure::Connect(_)), "{failure:?}");
         let message = failure.message();
-        for url in [first, second] {
+        for url in [&first, &second] {
             assert!(message.contains(&format!("{url}/: no answer within 5 s")), "{message}");
         }
+        let patient = format!("{first}/: nor within 15 s more");
+        assert!(message.contains(&patient), "the first one got longer: {message}");
     }
 }
