@@ -27,6 +27,11 @@ pub fn write_pattern(path: &Path, fill: Fill) {
     run("qemu-io", &["-f", "qcow2", "-c", &command, &path_str(path)]);
 }
 
+/// Overwrites 64 KiB at 1 MiB of the disk with `pattern`: a guest's write between backups.
+pub fn change(path: &Path, pattern: u8) {
+    write_pattern(path, Fill { pattern, offset: 1 << 20, len: 64 << 10 });
+}
+
 /// Names of the internal snapshots of a qcow2 image (`qemu-img snapshot -l`).
 pub fn snapshots(path: &Path) -> Vec<String> {
     snapshot_names(&run("qemu-img", &["snapshot", "-l", &path_str(path)]))

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod campaign;
+pub mod cli;
 mod cluster;
 pub mod computers;
 pub mod disk;

@@ -3,14 +3,14 @@
 //! the point whole again clears the mark. A new job under a deleted job's name neither
 //! builds on the old job's restore points nor lets its retention delete them.
 
-use std::{fs, path::Path};
+use std::fs;
 
 use sluice_proto::pb::{self, ItemState, RestorePointKind, SessionResult};
 use sluice_tests::{
     Cluster, PATIENCE,
     api::{Jobs, create_job, restore_points, start_job, summary, try_restore_points, wait_stopped},
-    binary,
-    disk::{Fill, write_pattern},
+    cli,
+    disk::change,
     fixtures::expect_ok,
     http::HttpClient,
     sessions::{VmDisks, restore_point_dir, vm_backup},
@@ -37,28 +37,6 @@ async fn verify(jobs: &mut Jobs, id: &str) -> pb::VerifyRestorePointResponse {
 async fn listed(jobs: &Jobs, job: &str, id: &str) -> pb::RestorePoint {
     let all = restore_points(jobs, job).await;
     all.into_iter().find(|rp| rp.id == id).unwrap_or_else(|| panic!("{id} is not listed"))
-}
-
-/// `sluice job delete JOB` against the first coordinator: its exit code and output.
-async fn delete_with_cli(cluster: &mut Cluster, job: &str) -> (i32, String) {
-    let output = tokio::process::Command::new(binary("sluice"))
-        .arg("--endpoint")
-        .arg(cluster.coordinator(0).url())
-        .args(cluster.cli_flags())
-        .args(["job", "delete", job])
-        .output()
-        .await
-        .expect("runs sluice");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
-}
-
-fn change(disk: &Path, pattern: u8) {
-    write_pattern(disk, Fill { pattern, offset: 1 << 20, len: 64 << 10 });
 }
 
 /// A verify that finds an incremental's disk corrupt records the damage on its catalog
@@ -127,7 +105,7 @@ async fn a_new_job_of_a_deleted_jobs_name_does_not_inherit_its_restore_points() 
         change(&disks[0], pattern);
         old.push(backup(&mut jobs, "churn").await.restore_point);
     }
-    let (code, out) = delete_with_cli(&mut cluster, "churn").await;
+    let (code, out) = cli::as_admin(&mut cluster, &["job", "delete", "churn"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("deleted job churn; its restore points are kept"), "{out}");
     let renewed = vm_backup("churn", &repository, &disks).retry(1, 1).keep_restore_points(1);

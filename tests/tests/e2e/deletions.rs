@@ -4,7 +4,7 @@
 //! its job runs; the folder goes with the catalog entry. A computer restore point's blobs that
 //! no other restore point names are collected.
 
-use std::{collections::BTreeSet, path::Path};
+use std::collections::BTreeSet;
 
 use sluice_proto::pb::{self, SessionResult, StopMode, job_service_client::JobServiceClient};
 use sluice_tests::{
@@ -13,9 +13,9 @@ use sluice_tests::{
         Jobs, create_job, restore_points, start_job, stop_job, summary, try_restore_points,
         wait_stopped,
     },
-    binary,
+    cli,
     computers::{Laptops, laptops, pseudo_random, seed_of, write_file},
-    disk::{Fill, write_pattern},
+    disk::change,
     fixtures::{expect_code, expect_ok},
     http::{HttpClient, create_token},
     manifests::{read_manifest, store_blobs},
@@ -42,25 +42,6 @@ fn request(id: &str, job: &str) -> pb::DeleteRestorePointRequest {
 
 async fn listed_ids(jobs: &Jobs, job: &str) -> Vec<String> {
     restore_points(jobs, job).await.into_iter().map(|rp| rp.id).collect()
-}
-
-/// `sluice restore-point delete ID --job JOB` as the harness's admin: exit code and output.
-async fn delete_with_cli(cluster: &mut Cluster, id: &str, job: &str) -> (i32, String) {
-    let output = tokio::process::Command::new(binary("sluice"))
-        .arg("--endpoint")
-        .arg(cluster.coordinator(0).url())
-        .args(cluster.cli_flags())
-        .args(["restore-point", "delete", id, "--job", job])
-        .output()
-        .await
-        .expect("runs sluice");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
-}
-
-fn change(disk: &Path, pattern: u8) {
-    write_pattern(disk, Fill { pattern, offset: 1 << 20, len: 64 << 10 });
 }
 
 /// A chain of three: the middle is refused naming the newest (its child); a viewer and an
@@ -120,7 +101,8 @@ async fn a_vm_chain_is_deleted_by_hand_newest_first() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json()["restorePoint"]["id"], newest.as_str(), "{reply:?}");
     assert!(!restore_point_dir(&repository, "vms", "vm-0", newest).exists(), "folder gone");
-    let (code, out) = delete_with_cli(&mut cluster, middle, "vms").await;
+    let (code, out) =
+        cli::as_admin(&mut cluster, &["restore-point", "delete", middle, "--job", "vms"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("deleted restore point {middle} (job vms, item vm-0")), "{out}");
     assert!(!restore_point_dir(&repository, "vms", "vm-0", middle).exists(), "folder gone");
@@ -204,7 +186,9 @@ async fn a_deleted_jobs_computer_restore_point_deleted_by_hand_has_its_own_blobs
     let deleting_job = jobs.delete_job(pb::DeleteJobRequest { name: "laptops".into() }).await;
     expect_ok(deleting_job, "DeleteJob");
 
-    let (code, out) = delete_with_cli(&mut cluster, &deleted, "laptops").await;
+    let (code, out) =
+        cli::as_admin(&mut cluster, &["restore-point", "delete", &deleted, "--job", "laptops"])
+            .await;
     assert_eq!(code, 0, "{out}");
     assert!(!restore_point_dir(&repository, "laptops", "pc1", &deleted).exists(), "folder gone");
     assert_eq!(listed_ids(&jobs, "laptops").await, [kept.as_str()]);

@@ -16,7 +16,7 @@ use sluice_proto::pb::{self, SessionResult};
 use sluice_tests::{
     Cluster, PATIENCE,
     api::{Jobs, create_job, start_job, summary, try_restore_points, wait_stopped},
-    binary,
+    cli,
     computers::{Laptops, assert_same_tree, computer_job, laptops, make_tree, seed_of, write_file},
     fixtures::{expect_code, expect_ok},
     jobs::computer_item,
@@ -55,22 +55,6 @@ fn corrupt_one_byte(path: &Path) {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x5a;
     fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-/// Runs the `sluice` CLI against the first coordinator as the harness's admin; returns its
-/// exit code and stdout.
-async fn cli(cluster: &mut Cluster, args: &[&str]) -> (i32, String) {
-    let output = tokio::process::Command::new(binary("sluice"))
-        .arg("--endpoint")
-        .arg(cluster.coordinator(0).url())
-        .args(cluster.cli_flags())
-        .args(args)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run sluice: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
 
 /// A computer restore point verifies, restores its tree byte for byte on its own computer's
@@ -153,7 +137,7 @@ async fn a_computer_restore_point_verifies_restores_and_reports_a_corrupt_blob()
     assert!(bad.problems.iter().any(|p| p.starts_with(&expected)), "{expected} in {bad:?}");
     let moved = "; moved aside to ";
     assert!(bad.problems.iter().any(|p| p.contains(moved)), "the blob is moved aside: {bad:?}");
-    let (code, out) = cli(&mut cluster, &["restore-point", "verify", &id]).await;
+    let (code, out) = cli::as_admin(&mut cluster, &["restore-point", "verify", &id]).await;
     assert_eq!(code, 1, "the CLI exits 1 on a bad restore point: {out}");
     let missing = format!("{}: blob {sha} is missing from the store", victim.path);
     assert!(out.contains(&missing), "the CLI lists the problem: {out}");
@@ -190,13 +174,14 @@ async fn a_vm_restore_point_restores_a_disk_equal_to_the_source_and_reports_corr
     let disk_file = restore_point_dir(&repository, "vms", "vm-0", &id).join("disk0.qcow2");
     let size = fs::metadata(&disk_file).expect("disk file").len();
     assert_eq!(good.bytes_checked, size, "{good:?}");
-    let (code, out) = cli(&mut cluster, &["restore-point", "verify", &id, "--job", "vms"]).await;
+    let (code, out) =
+        cli::as_admin(&mut cluster, &["restore-point", "verify", &id, "--job", "vms"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(": ok ("), "{out}");
 
     let target = dir.join("restores/vm-0");
     let (code, out) =
-        cli(&mut cluster, &["restore", &id, "--to", &target.display().to_string()]).await;
+        cli::as_admin(&mut cluster, &["restore", &id, "--to", &target.display().to_string()]).await;
     assert_eq!(code, 0, "{out}");
     let restored = target.join("vm-0.qcow2");
     assert!(

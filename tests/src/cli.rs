@@ -1,0 +1,19 @@
+//! The built `sluice` CLI, run as a user runs it.
+
+use crate::{Cluster, binary};
+
+/// Runs `sluice ARGS` against the cluster's first coordinator with the harness's admin
+/// credentials; returns its exit code and what it printed (stdout, then stderr).
+pub async fn as_admin(cluster: &mut Cluster, args: &[&str]) -> (i32, String) {
+    let output = tokio::process::Command::new(binary("sluice"))
+        .arg("--endpoint")
+        .arg(cluster.coordinator(0).url())
+        .args(cluster.cli_flags())
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run sluice: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
