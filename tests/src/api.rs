@@ -212,3 +212,13 @@ pub fn summary(session: &pb::Session) -> String {
         items.join(", ")
     )
 }
+
+/// Runs a session of `job` to its end, which must be SUCCESS or WARNING; its first item.
+pub async fn backed_up(jobs: &mut Jobs, job: &str) -> pb::ItemStatus {
+    let started = start_job(jobs, job).await;
+    let ended = wait_stopped(jobs, &started.id).await;
+    let result = ended.result();
+    let ok = matches!(result, pb::SessionResult::Success | pb::SessionResult::Warning);
+    assert!(ok, "{}", summary(&ended));
+    ended.items.into_iter().next().expect("one item")
+}

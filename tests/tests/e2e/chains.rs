@@ -5,10 +5,10 @@
 
 use std::fs;
 
-use sluice_proto::pb::{self, ItemState, RestorePointKind, SessionResult};
+use sluice_proto::pb::{self, ItemState, RestorePointKind};
 use sluice_tests::{
     Cluster, PATIENCE,
-    api::{Jobs, create_job, restore_points, start_job, summary, try_restore_points, wait_stopped},
+    api::{Jobs, backed_up, create_job, restore_points, try_restore_points},
     cli,
     disk::change,
     fixtures::expect_ok,
@@ -16,18 +16,6 @@ use sluice_tests::{
     sessions::{VmDisks, restore_point_dir, vm_backup},
     wait_for,
 };
-
-/// Runs a session of `job` to its end; its only item's status.
-async fn backup(jobs: &mut Jobs, job: &str) -> pb::ItemStatus {
-    let started = start_job(jobs, job).await;
-    let ended = wait_stopped(jobs, &started.id).await;
-    assert!(
-        matches!(ended.result(), SessionResult::Success | SessionResult::Warning),
-        "{}",
-        summary(&ended)
-    );
-    ended.items.into_iter().next().expect("one item")
-}
 
 async fn verify(jobs: &mut Jobs, id: &str) -> pb::VerifyRestorePointResponse {
     let request = pb::VerifyRestorePointRequest { job: String::new(), restore_point_id: id.into() };
@@ -49,9 +37,9 @@ async fn a_restore_point_found_damaged_is_listed_so_and_never_built_on() {
     let job = vm_backup("vms", &repository, &disks).retry(1, 1).build();
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job).await;
-    let first = backup(&mut jobs, "vms").await.restore_point;
+    let first = backed_up(&mut jobs, "vms").await.restore_point;
     change(&disks[0], 0x41);
-    let second = backup(&mut jobs, "vms").await.restore_point;
+    let second = backed_up(&mut jobs, "vms").await.restore_point;
     assert_eq!(listed(&jobs, "vms", &second).await.parent_id, first);
 
     let file = restore_point_dir(&repository, "vms", "vm-0", &second).join("disk0.qcow2");
@@ -75,14 +63,14 @@ async fn a_restore_point_found_damaged_is_listed_so_and_never_built_on() {
     assert_eq!(problem, damage.problem);
 
     change(&disks[0], 0x42);
-    let item = backup(&mut jobs, "vms").await;
+    let item = backed_up(&mut jobs, "vms").await;
     assert_eq!(item.state(), ItemState::Warning, "{item:?}");
     let why = format!("full backup instead of an incremental one: restore point {second} is");
     assert!(item.message.contains(&why), "{}", item.message);
     let third = listed(&jobs, "vms", &item.restore_point).await;
     assert_eq!((third.kind(), third.parent_id.as_str()), (RestorePointKind::Full, ""));
     change(&disks[0], 0x43);
-    let fourth = backup(&mut jobs, "vms").await;
+    let fourth = backed_up(&mut jobs, "vms").await;
     assert_eq!(fourth.state(), ItemState::Success, "{fourth:?}");
     assert_eq!(listed(&jobs, "vms", &fourth.restore_point).await.parent_id, third.id);
 
@@ -103,7 +91,7 @@ async fn a_new_job_of_a_deleted_jobs_name_does_not_inherit_its_restore_points() 
     let mut old = Vec::new();
     for pattern in [0x51, 0x52] {
         change(&disks[0], pattern);
-        old.push(backup(&mut jobs, "churn").await.restore_point);
+        old.push(backed_up(&mut jobs, "churn").await.restore_point);
     }
     let (code, out) = cli::as_admin(&mut cluster, &["job", "delete", "churn"]).await;
     assert_eq!(code, 0, "{out}");
@@ -112,12 +100,12 @@ async fn a_new_job_of_a_deleted_jobs_name_does_not_inherit_its_restore_points() 
     create_job(&mut jobs, renewed.build()).await;
 
     change(&disks[0], 0x53);
-    let first = backup(&mut jobs, "churn").await;
+    let first = backed_up(&mut jobs, "churn").await;
     assert_eq!(first.state(), ItemState::Success, "no warning: {first:?}");
     let point = listed(&jobs, "churn", &first.restore_point).await;
     assert_eq!((point.kind(), point.parent_id.as_str()), (RestorePointKind::Full, ""));
     change(&disks[0], 0x54);
-    let second = backup(&mut jobs, "churn").await.restore_point;
+    let second = backed_up(&mut jobs, "churn").await.restore_point;
 
     // The new chain is merged down to its newest: this job's retention has run.
     let mut expected: Vec<String> = old.clone();
@@ -147,14 +135,14 @@ async fn damage_a_merge_check_finds_ends_the_chain_and_retention_deletes_it() {
     let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(1);
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job.build()).await;
-    let first = backup(&mut jobs, "vms").await.restore_point;
+    let first = backed_up(&mut jobs, "vms").await.restore_point;
     let file = restore_point_dir(&repository, "vms", "vm-0", &first).join("disk0.qcow2");
     let mut bytes = fs::read(&file).expect("disk file");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x5a;
     fs::write(&file, &bytes).expect("corrupt");
     change(&disks[0], 0x61);
-    let second = backup(&mut jobs, "vms").await.restore_point;
+    let second = backed_up(&mut jobs, "vms").await.restore_point;
 
     let check = || {
         let (jobs, first) = (jobs.clone(), first.clone());
@@ -168,7 +156,7 @@ async fn damage_a_merge_check_finds_ends_the_chain_and_retention_deletes_it() {
     assert!(damage.problem.starts_with("retention's merge check: "), "{damage:?}");
 
     change(&disks[0], 0x62);
-    let item = backup(&mut jobs, "vms").await;
+    let item = backed_up(&mut jobs, "vms").await;
     assert_eq!(item.state(), ItemState::Warning, "{item:?}");
     let why = format!("restore point {first}, which {second} builds on, is damaged");
     assert!(item.message.contains(&why), "{}", item.message);

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use sluice_proto::pb::{self, SessionResult, StopMode, job_service_client::JobServiceClient};
+use sluice_proto::pb::{self, StopMode, job_service_client::JobServiceClient};
 use sluice_tests::{
     Cluster, PATIENCE,
     api::{
-        Jobs, create_job, restore_points, start_job, stop_job, summary, try_restore_points,
+        Jobs, backed_up, create_job, restore_points, start_job, stop_job, try_restore_points,
         wait_stopped,
     },
     cli,
@@ -26,14 +26,7 @@ use tonic::{Code, Request};
 
 /// Runs a session of `job` to its end; the restore point of its first item.
 async fn backup(jobs: &mut Jobs, job: &str) -> String {
-    let started = start_job(jobs, job).await;
-    let ended = wait_stopped(jobs, &started.id).await;
-    assert!(
-        matches!(ended.result(), SessionResult::Success | SessionResult::Warning),
-        "{}",
-        summary(&ended)
-    );
-    ended.items.into_iter().next().expect("one item").restore_point
+    backed_up(jobs, job).await.restore_point
 }
 
 fn request(id: &str, job: &str) -> pb::DeleteRestorePointRequest {
