@@ -296,6 +296,9 @@ pub enum Error {
     /// Work moved to a blocking thread panicked or was cancelled.
     #[error("internal error in work off the runtime: {0}")]
     Blocking(String),
+    /// The thread that keeps the coordinator's lease could not be started.
+    #[error("cannot start the lease keep-alive thread: {0}")]
+    LeaseThread(std::io::Error),
     /// No credentials, or a token that is unknown, revoked, expired or malformed.
     #[error("{0}")]
     Unauthenticated(String),
@@ -407,7 +410,12 @@ impl Error {
             | Reflection(_)
             | Serve(_) => Code::Unavailable,
             Agent { status, .. } => agent_code(status.code()),
-            Decode { .. } | Inflate { .. } | CorruptId(_) | Tls(_) | Blocking(_) => Code::Internal,
+            Decode { .. }
+            | Inflate { .. }
+            | CorruptId(_)
+            | Tls(_)
+            | Blocking(_)
+            | LeaseThread(_) => Code::Internal,
         }
     }
 }

@@ -111,8 +111,16 @@ pub async fn run(
     }
     let membership_config =
         MembershipConfig { id: settings.id.clone(), address, ttl: settings.lease_ttl() };
+    let connect = {
+        let (endpoints, prefix) = (settings.etcd.clone(), settings.prefix.clone());
+        let (metrics, etcd_tls) = (metrics.clone(), etcd_tls.clone());
+        move || async move {
+            Store::connect(&endpoints, &prefix, timeout, &metrics, etcd_tls.as_ref()).await
+        }
+    };
     let (lease, membership) =
-        membership::spawn(store.clone(), membership_config, tasks.stop.clone());
+        membership::spawn_isolated(connect, membership_config, tasks.stop.clone())
+            .map_err(Error::LeaseThread)?;
     let (services, http) =
         start(&settings, (store, metrics), lease, tls.clone(), &tasks, &shutdown);
     info!(id = %settings.id, prefix = %settings.prefix, tls = tls.is_some(), "coordinator serving");
@@ -121,7 +129,7 @@ pub async fn run(
     tasks.tracker.close();
     tasks.stop.cancel();
     tasks.tracker.wait().await;
-    let _ = membership.await;
+    membership.wait().await;
     info!(id = %settings.id, "coordinator stopped");
     served
 }

@@ -21,6 +21,9 @@ use tracing::{info, warn};
 
 use crate::store::{Store, absent};
 
+mod isolated;
+pub(crate) use isolated::spawn_isolated;
+
 /// One granted lease and the token cancelled when it is lost or released.
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
@@ -49,21 +52,17 @@ pub(crate) fn current(lease: &LeaseWatch) -> crate::error::Result<Lease> {
     lease.borrow().clone().ok_or(crate::error::Error::NoLease)
 }
 
-/// Starts the membership actor; it runs until `shutdown`, then revokes its lease (handover).
+/// Starts the membership actor on the caller's runtime (tests; a coordinator runs it on a
+/// thread of its own, [`spawn_isolated`]); it runs until `shutdown`, then revokes its lease
+/// (handover).
+#[cfg(test)]
 pub(crate) fn spawn(
     store: Store,
     config: MembershipConfig,
     shutdown: CancellationToken,
 ) -> (LeaseWatch, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = watch::channel(None);
-    let actor = Membership {
-        store,
-        config,
-        sender,
-        shutdown,
-        previous_lease: AtomicI64::new(0),
-        started_at: time::now(),
-    };
+    let actor = Membership::new(store, config, sender, shutdown);
     (receiver, tokio::spawn(actor.run()))
 }
 
@@ -80,6 +79,16 @@ struct Membership {
 }
 
 impl Membership {
+    fn new(
+        store: Store,
+        config: MembershipConfig,
+        sender: watch::Sender<Option<Lease>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let previous_lease = AtomicI64::new(0);
+        Membership { store, config, sender, shutdown, previous_lease, started_at: time::now() }
+    }
+
     async fn run(self) {
         let mut backoff = Duration::from_millis(100);
         while !self.shutdown.is_cancelled() {
