@@ -260,7 +260,7 @@ fn start(
         sessions,
         restore_points,
         tokens.clone(),
-        WatchLimits::new(settings.max_watch_streams),
+        WatchLimits::new(settings.max_watch_streams.get()),
         shutdown.clone(),
     );
     let services = Services {

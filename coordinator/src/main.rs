@@ -97,7 +97,7 @@ struct Flags {
     /// 429). Default 512.
     #[arg(long, env = "SLUICE_MAX_WATCH_STREAMS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    max_watch_streams: Option<usize>,
+    max_watch_streams: Option<NonZeroUsize>,
     /// TOML file with any of these settings (keys are the long flag names).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     #[serde(skip)]

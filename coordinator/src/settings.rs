@@ -74,12 +74,12 @@ pub struct Settings {
     pub(crate) worker_threads: Option<NonZeroUsize>,
     /// Session watches (gRPC `WatchSession` and HTTP event streams) open at most at once.
     #[serde(default = "default_max_watch_streams")]
-    pub(crate) max_watch_streams: usize,
+    pub(crate) max_watch_streams: NonZeroUsize,
 }
 
 /// Default of `--max-watch-streams`.
-fn default_max_watch_streams() -> usize {
-    512
+fn default_max_watch_streams() -> NonZeroUsize {
+    NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Default of `--task-answer-timeout`.
@@ -368,5 +368,16 @@ mod tests {
             tokio::runtime::RuntimeFlavor::MultiThread
         );
         assert!(parse("").expect("default").worker_threads.is_none());
+    }
+
+    /// A limit of 0 would refuse every watch: it is a mistake, told at start.
+    #[test]
+    fn the_watch_stream_limit_is_at_least_one() {
+        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
+        let parse = |extra: &str| toml::from_str::<Settings>(&format!("{base}{extra}"));
+        let error = parse("max-watch-streams = 0\n").expect_err("0 is refused");
+        assert!(error.to_string().contains("nonzero"), "{error}");
+        assert_eq!(parse("").expect("default").max_watch_streams.get(), 512);
+        assert_eq!(parse("max-watch-streams = 3\n").expect("3").max_watch_streams.get(), 3);
     }
 }
