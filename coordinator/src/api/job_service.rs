@@ -20,7 +20,7 @@ use crate::{
     auth::{caller, revocation::ending_when, tokens::Tokens},
     jobs::Jobs,
     restore_points::RestorePoints,
-    sessions::{Sessions, watch::watch_session},
+    sessions::{Sessions, watch::feeds::Feeds},
 };
 
 /// Serves `sluice.v1.JobService`.
@@ -32,7 +32,8 @@ pub(crate) struct JobApi {
     tokens: Tokens,
     /// Caps the open session watches.
     watches: WatchLimits,
-    shutdown: CancellationToken,
+    /// One etcd watch per watched session, shared by its watchers (they end at shutdown).
+    feeds: Feeds,
 }
 
 impl JobApi {
@@ -46,7 +47,8 @@ impl JobApi {
         watches: WatchLimits,
         shutdown: CancellationToken,
     ) -> Self {
-        JobApi { jobs, sessions, restore_points, tokens, watches, shutdown }
+        let feeds = Feeds::new(sessions.store().clone(), shutdown.clone());
+        JobApi { jobs, sessions, restore_points, tokens, watches, feeds }
     }
 
     /// A list for `job` that came back `empty` is NOT_FOUND when no such job exists either:
@@ -152,7 +154,9 @@ impl JobService for JobApi {
         let permit = self.watches.admit(principal, request.remote_addr())?;
         let id = request.into_inner().session_id;
         sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
-        let stream = watch_session(self.sessions.store().clone(), id, self.shutdown.clone())
+        let stream = self
+            .feeds
+            .watch(id)
             // The permit goes with the stream: its place is free once the stream is dropped.
             .inspect(move |_| {
                 let _held = &permit;

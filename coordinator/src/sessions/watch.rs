@@ -239,5 +239,6 @@ where
     }
 }
 
+pub(crate) mod feeds;
 #[cfg(test)]
 mod tests;

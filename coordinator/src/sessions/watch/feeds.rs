@@ -1,0 +1,216 @@
+//! One etcd watch per watched session, however many callers watch it. Each watch of its own
+//! read the whole session and built every event anew: a session of 100,000 items cost each
+//! watcher that read, a view of every item and an event as large per change, and a few
+//! viewers' streams starved the coordinator. A feed reads and follows the session once and
+//! builds each event once; every watcher gets the session as it is now, then each later
+//! event. A watcher more than `BACKLOG` events behind skips to the newest, after the first
+//! event of each state it missed: each event is the whole session, so it misses only
+//! progress it was too slow to read.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+};
+
+use futures::{Stream, StreamExt};
+use sluice_proto::pb;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::Status;
+
+use super::watch_session;
+use crate::store::Store;
+
+/// Events a feed keeps for watchers that have not read them yet (each may be a large
+/// session: a few are enough for the states one etcd answer can carry).
+const BACKLOG: usize = 4;
+
+/// What a feed hands its watchers: an event, or its end (an error, or none once the
+/// session stopped), numbered in order.
+type Note = (u64, Option<Result<Arc<pb::SessionEvent>, Status>>);
+
+/// The feeds of this coordinator, by session id (each lives while someone watches it).
+#[derive(Clone)]
+pub(crate) struct Feeds {
+    store: Store,
+    shutdown: CancellationToken,
+    open: Arc<Mutex<HashMap<String, Weak<Feed>>>>,
+}
+
+struct Feed {
+    state: Mutex<FeedState>,
+    /// Ends the feed's task once the last watcher is gone.
+    _stop: DropGuard,
+}
+
+struct FeedState {
+    /// The newest event, for a watcher that joins now or fell behind.
+    last_event: Option<(u64, Arc<pb::SessionEvent>)>,
+    /// The first event of each state the session went through, for a watcher that fell
+    /// behind: it still sees every state (STOPPING before STOPPED), as its own watch did.
+    state_changes: Vec<(u64, Arc<pb::SessionEvent>)>,
+    /// The feed's end, once it has said it.
+    end: Option<Note>,
+    sender: broadcast::Sender<Note>,
+}
+
+impl FeedState {
+    /// What a watcher that joins now reads first: the newest event (and the end if the
+    /// feed has ended).
+    fn joined(&self) -> VecDeque<Note> {
+        let event = self.last_event.clone().map(|(seq, event)| (seq, Some(Ok(event))));
+        event.into_iter().chain(self.end.clone()).collect()
+    }
+
+    /// What a watcher that fell behind after note `seen` reads: the first event of each
+    /// state it missed, the newest event, and the end if said.
+    fn caught_up(&self, seen: u64) -> VecDeque<Note> {
+        let missed = self.state_changes.iter().filter(|(seq, _)| *seq > seen);
+        let events =
+            missed.chain(&self.last_event).map(|(seq, event)| (*seq, Some(Ok(event.clone()))));
+        events.chain(self.end.clone()).collect()
+    }
+
+    fn publish(&mut self, seq: u64, event: Arc<pb::SessionEvent>) {
+        let state = |event: &pb::SessionEvent| event.session.as_ref().map(pb::Session::state);
+        let last_state = self.last_event.as_ref().map(|(_, last)| state(last));
+        if last_state != Some(state(&event)) {
+            self.state_changes.push((seq, event.clone()));
+        }
+        self.last_event = Some((seq, event.clone()));
+        let _ = self.sender.send((seq, Some(Ok(event))));
+    }
+}
+
+impl Feeds {
+    pub(crate) fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Feeds { store, shutdown, open: Arc::default() }
+    }
+
+    /// The session now, then after every stored change, until it stops (as
+    /// [`watch_session`], shared with the other watchers of the session).
+    pub(crate) fn watch(
+        &self,
+        id: String,
+    ) -> impl Stream<Item = Result<pb::SessionEvent, Status>> + Send + use<> {
+        let (feed, first, receiver) = self.join(id);
+        async_stream::stream! {
+            let mut follower = Follower { feed, receiver, seen: 0 };
+            let mut notes = first;
+            loop {
+                let Some((seq, note)) = notes.pop_front() else {
+                    notes = follower.next().await;
+                    if notes.is_empty() {
+                        break;
+                    }
+                    continue;
+                };
+                if seq <= follower.seen {
+                    continue;
+                }
+                follower.seen = seq;
+                match note {
+                    Some(Ok(event)) => yield Ok(pb::SessionEvent::clone(&event)),
+                    Some(Err(status)) => {
+                        yield Err(status);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// The session's feed (started if none runs), what to read first and a receiver of the
+    /// next notes. Under the map's lock: a feed that ends leaves the map under it before its
+    /// last note, so a watcher never joins a feed that has said its last.
+    fn join(&self, id: String) -> (Arc<Feed>, VecDeque<Note>, broadcast::Receiver<Note>) {
+        let mut open = lock(&self.open);
+        let feed = match open.get(&id).and_then(Weak::upgrade) {
+            Some(feed) => feed,
+            None => {
+                open.retain(|_, feed| feed.strong_count() > 0);
+                let feed = self.start(id.clone());
+                open.insert(id, Arc::downgrade(&feed));
+                feed
+            }
+        };
+        let state = lock(&feed.state);
+        let (first, receiver) = (state.joined(), state.sender.subscribe());
+        drop(state);
+        (feed, first, receiver)
+    }
+
+    fn start(&self, id: String) -> Arc<Feed> {
+        let stop = CancellationToken::new();
+        let (sender, _) = broadcast::channel(BACKLOG);
+        let state = FeedState { last_event: None, state_changes: Vec::new(), end: None, sender };
+        let state = Mutex::new(state);
+        let feed = Arc::new(Feed { state, _stop: stop.clone().drop_guard() });
+        let events = watch_session(self.store.clone(), id.clone(), self.shutdown.clone());
+        tokio::spawn(self.clone().publish(id, Arc::downgrade(&feed), events, stop));
+        feed
+    }
+
+    /// Hands each event of `events` to the feed's watchers, until the session stops, the
+    /// watch fails, or no one watches any more.
+    async fn publish(
+        self,
+        id: String,
+        feed: Weak<Feed>,
+        events: impl Stream<Item = Result<pb::SessionEvent, Status>>,
+        stop: CancellationToken,
+    ) {
+        let mut events = std::pin::pin!(events);
+        let mut seq = 0;
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = events.next() => next,
+            };
+            let Some(strong) = feed.upgrade() else { return };
+            seq += 1;
+            let Some(Ok(event)) = next else {
+                // The last note goes out with the feed out of the map (see `join`).
+                let mut open = lock(&self.open);
+                if open.get(&id).is_some_and(|open| open.ptr_eq(&feed)) {
+                    open.remove(&id);
+                }
+                let mut state = lock(&strong.state);
+                let end = (seq, next.map(|failed| failed.map(Arc::new)));
+                state.end = Some(end.clone());
+                let _ = state.sender.send(end);
+                return;
+            };
+            lock(&strong.state).publish(seq, Arc::new(event));
+        }
+    }
+}
+
+/// One watcher's place in its feed.
+struct Follower {
+    /// Held while the watcher is: the feed runs as long as someone watches it.
+    feed: Arc<Feed>,
+    receiver: broadcast::Receiver<Note>,
+    /// Number of the last note handed on.
+    seen: u64,
+}
+
+impl Follower {
+    /// The next note; the newest event (and the end, if said) when this watcher fell
+    /// behind; none once the feed is gone.
+    async fn next(&mut self) -> VecDeque<Note> {
+        match self.receiver.recv().await {
+            Ok(note) => VecDeque::from([note]),
+            Err(RecvError::Lagged(_)) => lock(&self.feed.state).caught_up(self.seen),
+            Err(RecvError::Closed) => VecDeque::new(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

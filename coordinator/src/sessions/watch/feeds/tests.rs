@@ -1,0 +1,120 @@
+//! Shared session feeds against a real etcd.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use sluice_proto::pb::{self, SessionState};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use super::{BACKLOG, Feeds, lock};
+use crate::{store::Store, testing};
+
+type Watch = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, tonic::Status>> + Send>>;
+
+/// Writes session `id` in `state`; `note` tells apart writes of the same state.
+async fn put(store: &Store, id: &str, state: SessionState, note: usize) {
+    let session = pb::Session {
+        id: id.into(),
+        job: "nightly".into(),
+        state: state as i32,
+        started_by: format!("write {note}"),
+        ..Default::default()
+    };
+    let record = pb::SessionRecord { session: Some(session), ..Default::default() };
+    store.put(&store.keys().session(id), &record, None).await.expect("put the session record");
+}
+
+fn watch(feeds: &Feeds, id: &str) -> Watch {
+    Box::pin(feeds.watch(id.into()))
+}
+
+/// The state of the next event.
+async fn next_state(watch: &mut Watch) -> SessionState {
+    let event = watch.next().await.expect("an event").expect("not an error");
+    event.session.expect("the session").state()
+}
+
+async fn feeds() -> (Store, Feeds) {
+    let store = testing::store().await;
+    let feeds = Feeds::new(store.clone(), CancellationToken::new());
+    (store, feeds)
+}
+
+/// Every watcher of a session reads it through one feed: one read and one etcd watch,
+/// however many watch.
+#[tokio::test]
+async fn watchers_of_one_session_share_one_feed() {
+    let (store, feeds) = feeds().await;
+    put(&store, "s-1", SessionState::Working, 0).await;
+    let mut first = watch(&feeds, "s-1");
+    let mut second = watch(&feeds, "s-1");
+    assert_eq!(next_state(&mut first).await, SessionState::Working);
+    assert_eq!(next_state(&mut second).await, SessionState::Working);
+    {
+        let open = lock(&feeds.open);
+        let feed = open.get("s-1").expect("the session's feed");
+        assert_eq!((open.len(), feed.strong_count()), (1, 2), "one feed, two watchers");
+    }
+    put(&store, "s-1", SessionState::Stopped, 1).await;
+    for watch in [&mut first, &mut second] {
+        assert_eq!(next_state(watch).await, SessionState::Stopped);
+        assert!(watch.next().await.is_none(), "the stream ends once the session stopped");
+    }
+    assert!(lock(&feeds.open).is_empty(), "an ended feed leaves the map");
+}
+
+/// A watcher that joins a running feed reads the session as it is now first.
+#[tokio::test]
+async fn a_watcher_that_joins_later_reads_the_session_as_it_is_now() {
+    let (store, feeds) = feeds().await;
+    put(&store, "s-2", SessionState::Working, 0).await;
+    let mut first = watch(&feeds, "s-2");
+    assert_eq!(next_state(&mut first).await, SessionState::Working);
+    put(&store, "s-2", SessionState::Stopping, 1).await;
+    assert_eq!(next_state(&mut first).await, SessionState::Stopping);
+    let mut later = watch(&feeds, "s-2");
+    assert_eq!(next_state(&mut later).await, SessionState::Stopping);
+}
+
+/// A watcher that read nothing while more than `BACKLOG` events went out still reads
+/// every state the session went through, in order, and the stream's end.
+#[tokio::test]
+async fn a_watcher_that_fell_behind_still_reads_every_state() {
+    let (store, feeds) = feeds().await;
+    put(&store, "s-3", SessionState::Working, 0).await;
+    let mut slow = watch(&feeds, "s-3");
+    let mut pace = watch(&feeds, "s-3");
+    assert_eq!(next_state(&mut slow).await, SessionState::Working);
+    assert_eq!(next_state(&mut pace).await, SessionState::Working);
+    // `pace` reads each event before the next write: every write is an event of its own.
+    let writes = [SessionState::Working, SessionState::Stopping];
+    let mut note = 1;
+    for state in writes {
+        for _ in 0..=BACKLOG {
+            put(&store, "s-3", state, note).await;
+            assert_eq!(next_state(&mut pace).await, state);
+            note += 1;
+        }
+    }
+    put(&store, "s-3", SessionState::Stopped, note).await;
+    assert_eq!(next_state(&mut pace).await, SessionState::Stopped);
+    assert!(pace.next().await.is_none());
+
+    assert_eq!(next_state(&mut slow).await, SessionState::Stopping);
+    assert_eq!(next_state(&mut slow).await, SessionState::Stopped);
+    assert!(slow.next().await.is_none(), "the slow watcher's stream ends too");
+}
+
+/// A session that does not exist is NOT_FOUND for each watcher, and a later watcher asks
+/// etcd again (a failed feed is not kept).
+#[tokio::test]
+async fn an_unknown_session_is_not_found_for_every_watcher() {
+    let (store, feeds) = feeds().await;
+    for _ in 0..2 {
+        let error = watch(&feeds, "s-none").next().await.expect("an answer");
+        assert_eq!(error.expect_err("not found").code(), Code::NotFound);
+    }
+    put(&store, "s-none", SessionState::Working, 0).await;
+    assert_eq!(next_state(&mut watch(&feeds, "s-none")).await, SessionState::Working);
+}
