@@ -163,6 +163,9 @@ pub enum Error {
     /// Too many session watches open (per caller, or on this coordinator).
     #[error("{0}")]
     TooManyWatches(String),
+    /// A caller, or the coordinator, has as many large reads running or waiting as allowed.
+    #[error("{0}")]
+    TooManyReads(String),
     /// etcd or the gRPC layer refused a request or an answer as too large.
     #[error("etcd request failed: {}", crate::store::etcd_text(.0))]
     EtcdTooLarge(etcd_client::Error),
@@ -365,9 +368,10 @@ impl Error {
         use Error::*;
         match self {
             InvalidJob(JobError::Invalid { .. }) | InvalidField { .. } => Code::InvalidArgument,
-            InvalidJob(JobError::TooLarge(_)) | EtcdTooLarge(_) | TooManyWatches(_) => {
-                Code::ResourceExhausted
-            }
+            InvalidJob(JobError::TooLarge(_))
+            | EtcdTooLarge(_)
+            | TooManyWatches(_)
+            | TooManyReads(_) => Code::ResourceExhausted,
             Unauthenticated(_) => Code::Unauthenticated,
             NotThisAgent { .. } | Denied(_) => Code::PermissionDenied,
             JobNotFound { .. }

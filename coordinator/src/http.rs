@@ -17,6 +17,7 @@ mod extract;
 pub(crate) mod origin;
 mod pacing;
 mod policy;
+mod reads;
 mod reply;
 mod server;
 
@@ -42,7 +43,7 @@ use self::{
     reply::ApiError,
     server::Timeouts,
 };
-use crate::{agents::AgentDirectory, metrics::Metrics};
+use crate::{agents::AgentDirectory, api::ReadLimits, metrics::Metrics};
 
 /// What the HTTP server serves from.
 #[derive(Clone)]
@@ -57,6 +58,8 @@ pub(crate) struct HttpParts {
     pub(crate) authenticator: Arc<dyn Authenticator>,
     /// The names plain HTTP answers at (DNS-rebinding guard).
     pub(crate) own_names: origin::OwnNames,
+    /// Caps the large reads (shared with the gRPC server).
+    pub(crate) reads: ReadLimits,
 }
 
 impl FromRef<HttpParts> for Services {
@@ -101,6 +104,13 @@ fn router(parts: HttpParts, scheme: Scheme) -> Router {
     let mut router = Router::new();
     for (path, access, handlers) in routes() {
         let guard = Guard { authenticator: parts.authenticator.clone(), access };
+        // Inside the authorisation, which names the caller.
+        let handlers = if reads::LARGE_READ_ROUTES.contains(&path) {
+            handlers
+                .route_layer(middleware::from_fn_with_state(parts.reads.clone(), reads::in_turn))
+        } else {
+            handlers
+        };
         router = router.route(
             path,
             handlers.route_layer(middleware::from_fn_with_state(guard, auth::authorize)),

@@ -45,7 +45,7 @@ use crate::{
         acks::Acks,
         runs::{Lanes, RunLanes},
     },
-    api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi, WatchLimits},
+    api::{AuthApi, ClusterApi, JobApi, PeerApi, ReadLimits, RegistryApi, WatchLimits},
     auth::{Authenticator, tokens::Tokens},
     cluster::Cluster,
     http::HttpParts,
@@ -270,12 +270,14 @@ fn start(
         auth: AuthApi::new(tokens),
         peer,
         authenticator: authenticator.clone(),
+        reads: ReadLimits::per_core(),
     };
     let http = HttpParts {
         services: http::Services { jobs: services.jobs.clone(), cluster: services.cluster.clone() },
         metrics,
         directory,
         authenticator,
+        reads: services.reads.clone(),
         own_names: http::origin::OwnNames::new(settings.advertise.as_deref().unwrap_or_default()),
     };
     (services, http)

@@ -32,7 +32,7 @@ use tonic::{
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
-    api::{AuthApi, ClusterApi, JobApi, PeerApi, RegistryApi},
+    api::{AuthApi, ClusterApi, JobApi, PeerApi, ReadLimitLayer, ReadLimits, RegistryApi},
     auth::Authenticator,
     error::{Error, Result},
 };
@@ -59,6 +59,8 @@ pub(crate) struct Services {
     pub(crate) peer: PeerApi,
     /// Authenticates every call.
     pub(crate) authenticator: Arc<Authenticator>,
+    /// Caps the large reads (shared with the HTTP API).
+    pub(crate) reads: ReadLimits,
 }
 
 /// Serves until `shutdown` (over TLS with `tls`, else plaintext), then gives open calls a
@@ -111,8 +113,12 @@ const SERVED: [&str; 5] = [
     pb::coordinator_peer_server::SERVICE_NAME,
 ];
 
+/// The layers around every call: authorisation, then the large-read caps (which need the
+/// caller's principal).
+type Layers = Stack<ReadLimitLayer, Stack<AuthLayer<Authenticator>, Identity>>;
+
 /// The API services with health and reflection, behind the authorisation layer.
-async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticator>, Identity>>> {
+async fn router(services: Services) -> Result<Router<Layers>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
     health_reporter.set_serving::<ClusterServiceServer<ClusterApi>>().await;
@@ -134,6 +140,7 @@ async fn router(services: Services) -> Result<Router<Stack<AuthLayer<Authenticat
         .http2_keepalive_timeout(Some(ping_timeout))
         .trace_fn(telemetry::server_span)
         .layer(AuthLayer::new(services.authenticator))
+        .layer(ReadLimitLayer(services.reads))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -89,7 +89,7 @@ impl Drop for WatchPermit {
 /// Whose watches count together: the principal as sessions record it (a token by its name,
 /// a certificate by its id); under `--insecure`, where everyone is the same nobody, the
 /// caller's IP address.
-fn holder(principal: Option<&Principal>, peer: Option<SocketAddr>) -> String {
+pub(crate) fn holder(principal: Option<&Principal>, peer: Option<SocketAddr>) -> String {
     match principal {
         Some(principal) if principal.kind != PrincipalKind::Insecure => principal.to_string(),
         _ => peer.map_or_else(|| "an unknown caller".to_owned(), |peer| peer.ip().to_string()),

@@ -1,0 +1,130 @@
+//! Caps on the large reads (jobs, sessions and restore points with every item), over gRPC and
+//! HTTP together. One such answer can be tens of MB read from etcd, decoded and encoded
+//! (JSON for HTTP); a viewer's few dozen at once held the coordinator's CPU for minutes, grew
+//! its memory to GBs and starved the sessions it owns, whose items failed. At most a few run
+//! at once (one per core); the others wait their turn. A caller may have 8 running or
+//! waiting, the coordinator 256: past either a new one is RESOURCE_EXHAUSTED (HTTP 429) at
+//! once, and those admitted go on.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use sluice_proto::security::access::Principal;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::watch_limits::holder;
+use crate::error::{Error, Result};
+
+/// Large reads one caller may have running or waiting on one coordinator.
+pub(crate) const MAX_READS_PER_CALLER: usize = 8;
+/// Large reads a coordinator keeps running or waiting.
+pub(crate) const MAX_READS_WAITING: usize = 256;
+
+/// gRPC methods whose answers grow with the jobs' and sessions' items.
+pub(crate) const LARGE_READS: [&str; 5] = [
+    "/sluice.v1.JobService/ListJobs",
+    "/sluice.v1.JobService/GetJob",
+    "/sluice.v1.JobService/ListSessions",
+    "/sluice.v1.JobService/GetSession",
+    "/sluice.v1.JobService/ListRestorePoints",
+];
+
+/// Counts the large reads running and waiting, per caller and in all.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadLimits {
+    running: Arc<Semaphore>,
+    admitted: Arc<Mutex<Admitted>>,
+}
+
+#[derive(Debug, Default)]
+struct Admitted {
+    total: usize,
+    by_caller: HashMap<String, usize>,
+}
+
+/// One large read's turn; dropping it (the answer is made) lets the next run.
+#[derive(Debug)]
+pub(crate) struct ReadPermit {
+    _running: OwnedSemaphorePermit,
+    _place: Place,
+}
+
+/// A read's place among those admitted.
+#[derive(Debug)]
+struct Place {
+    limits: ReadLimits,
+    holder: String,
+}
+
+impl ReadLimits {
+    /// `at_once` large reads run at a time (at least one).
+    pub(crate) fn new(at_once: usize) -> Self {
+        let running = Arc::new(Semaphore::new(at_once.max(1)));
+        ReadLimits { running, admitted: Arc::default() }
+    }
+
+    /// One per core: a read is CPU work, and the sessions need some of it.
+    pub(crate) fn per_core() -> Self {
+        ReadLimits::new(std::thread::available_parallelism().map_or(2, usize::from))
+    }
+
+    /// Waits for the turn of a large read of `principal` (calling from `peer`), or refuses
+    /// it at once when the caller or the coordinator has too many admitted.
+    pub(crate) async fn admit(
+        &self,
+        principal: Option<&Principal>,
+        peer: Option<SocketAddr>,
+    ) -> Result<ReadPermit> {
+        let place = self.place(holder(principal, peer))?;
+        let running = self.running.clone().acquire_owned().await;
+        let running = running.map_err(|_| Error::ShuttingDown)?;
+        Ok(ReadPermit { _running: running, _place: place })
+    }
+
+    fn place(&self, holder: String) -> Result<Place> {
+        let mut admitted = self.lock();
+        if admitted.total >= MAX_READS_WAITING {
+            return Err(Error::TooManyReads(format!(
+                "this coordinator has {} large reads running or waiting, its limit; try again \
+                 shortly or read through another coordinator",
+                admitted.total
+            )));
+        }
+        let held = admitted.by_caller.entry(holder.clone()).or_default();
+        if *held >= MAX_READS_PER_CALLER {
+            return Err(Error::TooManyReads(format!(
+                "{holder} has {held} large reads (jobs, sessions, restore points) running or \
+                 waiting on this coordinator, the limit per caller; wait for their answers"
+            )));
+        }
+        *held += 1;
+        admitted.total += 1;
+        Ok(Place { limits: self.clone(), holder })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Admitted> {
+        self.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut admitted = self.limits.lock();
+        admitted.total = admitted.total.saturating_sub(1);
+        if let Some(held) = admitted.by_caller.get_mut(&self.holder) {
+            *held -= 1;
+            if *held == 0 {
+                admitted.by_caller.remove(&self.holder);
+            }
+        }
+    }
+}
+
+mod layer;
+pub(crate) use layer::ReadLimitLayer;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+use sluice_proto::security::access::PrincipalKind;
+
+use super::*;
+
+fn token(name: &str) -> Principal {
+    Principal {
+        kind: PrincipalKind::Token,
+        name: name.into(),
+        role: None,
+        computer: None,
+        token_id: Some(name.into()),
+    }
+}
+
+/// A caller's reads past its cap are refused at once, naming the cap; another caller's are
+/// admitted, and an answered read frees its caller's place.
+#[tokio::test]
+async fn each_caller_has_a_cap_on_its_large_reads() {
+    let limits = ReadLimits::new(MAX_READS_PER_CALLER);
+    let viewer = token("viewer");
+    let mut held = Vec::new();
+    for _ in 0..MAX_READS_PER_CALLER {
+        held.push(limits.admit(Some(&viewer), None).await.expect("within the cap"));
+    }
+    let refused = limits.admit(Some(&viewer), None).await.expect_err("one too many");
+    assert!(matches!(refused, Error::TooManyReads(_)), "{refused}");
+    assert!(refused.to_string().starts_with("token:viewer has 8 large reads"), "{refused}");
+    held.pop();
+    held.push(limits.admit(Some(&viewer), None).await.expect("a place freed"));
+    drop(held);
+    let admitted = limits.lock();
+    assert_eq!((admitted.total, admitted.by_caller.len()), (0, 0), "every place given back");
+}
+
+/// Past the reads that run at once, the next waits its turn (it is not refused) and runs
+/// when one ends.
+#[tokio::test]
+async fn a_read_past_those_running_waits_for_its_turn() {
+    let limits = ReadLimits::new(1);
+    let first = limits.admit(Some(&token("a")), None).await.expect("runs at once");
+    let second = {
+        let limits = limits.clone();
+        tokio::spawn(async move { limits.admit(Some(&token("b")), None).await.map(|_| ()) })
+    };
+    while limits.lock().total < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(limits.running.available_permits(), 0, "the first holds the only turn");
+    assert!(!second.is_finished(), "the second read waits while the first runs");
+    drop(first);
+    second.await.expect("joined").expect("its turn came");
+}
+
+/// The coordinator refuses reads past the ones it keeps running or waiting.
+#[tokio::test]
+async fn the_coordinator_caps_the_reads_it_keeps_waiting() {
+    let limits = ReadLimits::new(MAX_READS_WAITING);
+    let mut held = Vec::new();
+    for n in 0..MAX_READS_WAITING {
+        let caller = token(&format!("caller-{}", n / MAX_READS_PER_CALLER));
+        held.push(limits.admit(Some(&caller), None).await.expect("within the caps"));
+    }
+    let full = limits.admit(Some(&token("late")), None).await.expect_err("the coordinator's cap");
+    assert!(full.to_string().contains("256 large reads running or waiting"), "{full}");
+}
