@@ -142,7 +142,7 @@ impl Scheduler {
     /// The registered agents changed: slots of agents gone or draining are no longer free.
     pub(crate) fn agents_changed(&self, agents: &AgentMap) {
         let accepting = |agent: &AgentId| agents.get(agent).is_some_and(|info| info.accepting);
-        self.shared().state.keep_agents(accepting);
+        self.shared().state.note_accepting(accepting);
     }
 
     /// Records a slot a session already holds (a task found running when taking a session over).

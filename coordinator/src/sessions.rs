@@ -12,6 +12,7 @@ pub(crate) mod outbox;
 pub(crate) mod persist;
 pub(crate) mod placement;
 pub(crate) mod records;
+pub(crate) mod rounds;
 pub(crate) mod strays;
 pub(crate) mod watch;
 

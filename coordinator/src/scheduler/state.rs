@@ -126,6 +126,8 @@ pub(crate) struct State {
     widened: bool,
     /// Slots of every agent a round asked for, as last seen.
     slots: HashMap<AgentId, u32>,
+    /// Those of them that take no tasks now (gone or draining): their slots are not free.
+    closed: HashSet<AgentId>,
     /// The bit of each agent a round asked for (numbers are never reused; agents are few).
     bits: HashMap<AgentId, usize>,
     next_since: u64,
@@ -276,14 +278,19 @@ impl State {
         tell
     }
 
-    /// Forgets the slots of agents that no longer take tasks (`accepting` says which do).
-    pub(crate) fn keep_agents(&mut self, accepting: impl Fn(&AgentId) -> bool) {
-        self.slots.retain(|agent, _| accepting(agent));
+    /// Notes which of the agents rounds asked for take no tasks now (`accepting` says which
+    /// do): their slots are not free. They are not forgotten: a session waiting for one may
+    /// run no round that would enter it again once it is back (its rounds only wait while
+    /// every slot it sees is in use), and the slots freed there later must be handed on.
+    pub(crate) fn note_accepting(&mut self, accepting: impl Fn(&AgentId) -> bool) {
+        self.closed = self.slots.keys().filter(|agent| !accepting(agent)).cloned().collect();
     }
 
-    /// Free slots on the agents rounds asked for (a few agents, not every waiting session).
+    /// Free slots on the agents rounds asked for (a few agents, not every waiting session)
+    /// that take tasks.
     fn free_slots(&self) -> u32 {
-        self.slots.iter().map(|(agent, &n)| n.saturating_sub(self.used(agent))).sum()
+        let open = self.slots.iter().filter(|(agent, _)| !self.closed.contains(*agent));
+        open.map(|(agent, &n)| n.saturating_sub(self.used(agent))).sum()
     }
 
     /// Whether a round of starving `session` would be granted a slot now.

@@ -213,6 +213,26 @@ fn only_sessions_with_an_actor_are_woken() {
     assert!(handed.is_some(), "s2 has no actor: s3 is told instead");
 }
 
+/// An agent away for a moment (its registration lapsed) is not forgotten: once it takes tasks
+/// again, the slots its tasks free are handed on to a session that waited for them all along
+/// (that session's rounds only waited meanwhile, so none of them asked for the agent again).
+#[test]
+fn the_slots_of_an_agent_back_from_an_absence_are_handed_on() {
+    let scheduler = Scheduler::default();
+    let (a1, s1, s2) = (agent("a1"), session("s1"), session("s2"));
+    let info = |accepting| AgentInfo { slots: 1, computer: None, accepting };
+    assert!(scheduler.lock().reserve(&s1, &[(&a1, 1)]).is_some());
+    assert!(scheduler.lock().reserve(&s2, &[(&a1, 1)]).is_none());
+    let waiter = scheduler.waiter(&s2);
+    scheduler.agents_changed(&AgentMap::from([(a1.clone(), info(false))]));
+    let back = AgentMap::from([(a1.clone(), info(true))]);
+    scheduler.agents_changed(&back);
+    assert!(scheduler.only_waits(&s2, &back), "a1's slot is s1's");
+    scheduler.release_session(&s1);
+    let handed = futures::FutureExt::now_or_never(waiter.handed());
+    assert!(handed.is_some(), "s2 is told of a1's freed slot");
+}
+
 /// A session of the simulation: the agents it asks for and the items it still places.
 #[derive(Debug, Clone)]
 struct Sim {

@@ -31,6 +31,7 @@ use super::{
     outbox::{Ack, Outbox},
     persist,
     records::{self, StopKey},
+    rounds,
 };
 use crate::{metrics::SessionGauge, sessions::placement::AgentMap};
 
@@ -387,23 +388,8 @@ impl SessionActor {
 
     /// One dispatch round, then the slots it left free (or freed) are handed on.
     fn dispatch(&mut self) {
-        let dispatching = self.machine.may_dispatch();
-        if dispatching {
-            self.dispatch_round();
-        }
-        self.ctx.scheduler.end_round(self.machine.id(), dispatching);
-    }
-
-    fn dispatch_round(&mut self) {
-        // Its items wait as the last round left them (computer items count offline time).
-        let computers = self.machine.has_computer_items();
-        if !computers && self.ctx.scheduler.only_waits(self.machine.id(), &self.agents) {
-            return;
-        }
-        let effects = {
-            let mut slots = self.ctx.scheduler.round(self.machine.id());
-            self.machine.dispatch(now_ms(), &self.agents, &mut slots)
-        };
+        let effects =
+            rounds::dispatch(&mut self.machine, &self.ctx.scheduler, &self.agents, now_ms);
         self.execute(effects);
     }
 
