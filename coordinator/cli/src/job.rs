@@ -164,7 +164,7 @@ async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit
 
 /// Prints a job the server returned, after `created`/`updated`.
 fn print_job(ctx: &Ctx, job: &pb::Job, verb: &str) -> Result<Exit, Failure> {
-    let table = || format!("{verb} job {}\n\n{}", job.name, views::job_detail(job));
+    let table = || format!("{verb} job {}\n\n{}", job.name, views::job_changed(job));
     output::print(ctx.format, table, || json::job(job))?;
     Ok(Exit::Success)
 }

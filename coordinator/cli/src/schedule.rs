@@ -55,7 +55,7 @@ pub async fn set(ctx: &Ctx, args: ScheduleArgs) -> Result<Exit, Failure> {
     validate_job(&job).map_err(|error| Failure::usage(error.to_string()))?;
     let updated = clients.jobs.update_job(pb::UpdateJobRequest { job: Some(job) }).await?;
     let job = updated.into_inner();
-    let table = || format!("updated job {}\n\n{}", job.name, views::job_detail(&job));
+    let table = || format!("updated job {}\n\n{}", job.name, views::job_changed(&job));
     output::print(ctx.format, table, || json::job(&job))?;
     Ok(Exit::Success)
 }

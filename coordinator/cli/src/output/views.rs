@@ -29,13 +29,22 @@ pub fn job_list(jobs: &[pb::Job], summaries: &[pb::JobSummary], now: SystemTime)
     table.render()
 }
 
+/// Items a created or updated job's confirmation lists (`job show` lists every one).
+pub const ITEMS_SHOWN_ON_CHANGE: usize = 20;
+
 /// `job show`: the definition, then one row per item.
 pub fn job_detail(job: &pb::Job) -> String {
-    job_detail_at(job, SystemTime::now())
+    job_detail_at(job, SystemTime::now(), usize::MAX)
 }
 
-/// `job show` with the next run counted from `now`.
-pub fn job_detail_at(job: &pb::Job, now: SystemTime) -> String {
+/// What `job create` and `job update` confirm: the definition and the first
+/// [`ITEMS_SHOWN_ON_CHANGE`] items (a job of 100,000 items printed every one back).
+pub fn job_changed(job: &pb::Job) -> String {
+    job_detail_at(job, SystemTime::now(), ITEMS_SHOWN_ON_CHANGE)
+}
+
+/// `job show` with the next run counted from `now`, listing at most `max_items` items.
+pub fn job_detail_at(job: &pb::Job, now: SystemTime, max_items: usize) -> String {
     let retry = job.retry.unwrap_or_default();
     let mut pairs = vec![
         ("NAME", job.name.clone()),
@@ -58,10 +67,15 @@ pub fn job_detail_at(job: &pb::Job, now: SystemTime) -> String {
         pairs.push(("SIM EXECUTOR", format!("{ms} ms per item (test only)")));
     }
     let mut items = Table::new(&["ITEM", "TARGET"]);
-    for item in &job.items {
+    for item in job.items.iter().take(max_items) {
         items.row(vec![item.name.clone(), target(item.target.as_ref())]);
     }
-    format!("{}\n{}", fields(&pairs), items.render())
+    let more = match job.items.len().saturating_sub(max_items) {
+        0 => String::new(),
+        1 => format!("... and 1 more item (`sluice job show {}` lists every one)\n", job.name),
+        n => format!("... and {n} more items (`sluice job show {}` lists every one)\n", job.name),
+    };
+    format!("{}\n{}{more}", fields(&pairs), items.render())
 }
 
 fn seconds_or(seconds: u32, zero: &str) -> String {

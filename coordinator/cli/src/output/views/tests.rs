@@ -78,6 +78,7 @@ fn job_views_list_items_and_targets() {
     assert!(text.contains("nightly  VM_BACKUP  7 "), "the summary counts omitted items: {text}");
     let detail = job_detail(&job);
     assert!(detail.contains("vm-01  vm: /d/a.qcow2, /d/b.qcow2"), "{detail}");
+    assert_eq!(job_changed(&job), detail, "a job of few items is confirmed whole");
     assert!(detail.contains("RETRY:             1 attempt (no retry)"), "{detail}");
     let value = json::jobs(std::slice::from_ref(&job), &[], fixtures::now());
     assert_eq!(value["jobs"][0]["type"], "JOB_TYPE_VM_BACKUP");
@@ -161,4 +162,22 @@ fn a_restore_point_list_shows_known_damage_on_one_short_line() {
     );
     assert!(text.trim_end().ends_with("..."), "cut: {text}");
     assert_eq!(text.lines().count(), 2, "{text}");
+}
+
+/// A large job's confirmation lists its first items and says how many more there are; `job
+/// show` lists them all.
+#[test]
+fn a_large_job_is_confirmed_with_its_first_items() {
+    let items: String = (0..ITEMS_SHOWN_ON_CHANGE + 5)
+        .map(|n| {
+            format!("[[items]]\nname = \"vm-{n:02}\"\nvm = {{ disks = [\"/d/{n}.qcow2\"] }}\n")
+        })
+        .collect();
+    let text = format!("name = \"big\"\ntype = \"VM_BACKUP\"\nrepository = \"/repo\"\n{items}");
+    let job = sluice_proto::job::parse_job_file(&text).expect("valid job file");
+    let changed = job_changed(&job);
+    assert!(changed.contains("vm-19  vm: /d/19.qcow2"), "{changed}");
+    assert!(!changed.contains("vm-20"), "{changed}");
+    assert!(changed.ends_with("... and 5 more items (`sluice job show big` lists every one)\n"));
+    assert!(job_detail(&job).contains("vm-24  vm: /d/24.qcow2"), "show lists every item");
 }
