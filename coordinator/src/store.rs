@@ -363,6 +363,15 @@ impl From<etcd_client::Error> for Error {
 /// debug output (addresses, nested sources) that callers cannot act on.
 pub(crate) fn etcd_text(error: &etcd_client::Error) -> String {
     match error {
+        // The client's own timeout: the wait may have been this coordinator's as much as
+        // etcd's (a coordinator starved of CPU times out calls to an idle etcd).
+        etcd_client::Error::GRpcStatus(status)
+            if status.code() == Code::Cancelled && status.message() == "Timeout expired" =>
+        {
+            "no answer within the etcd call timeout (etcd, the network to it or this \
+             coordinator is overloaded or down); try again"
+                .to_string()
+        }
         etcd_client::Error::GRpcStatus(status) => {
             let again = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded);
             let advice = if again { "; try again" } else { "" };

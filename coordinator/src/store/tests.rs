@@ -62,3 +62,16 @@ fn only_size_limits_count_as_too_large() {
     let full = "etcdserver: mvcc: database space exceeded";
     assert_eq!(code_of(Code::ResourceExhausted, full), Code::Unavailable);
 }
+
+/// A call the client's timeout cut short does not read as etcd's own failure: the wait may
+/// have been this coordinator's (probe J: an overloaded coordinator, an idle etcd).
+#[test]
+fn a_timed_out_call_says_who_may_be_slow() {
+    let timed_out = etcd_client::Error::GRpcStatus(tonic::Status::cancelled("Timeout expired"));
+    let text = crate::error::Error::from(timed_out).to_string();
+    assert_eq!(
+        text,
+        "etcd request failed: no answer within the etcd call timeout (etcd, the network to it \
+         or this coordinator is overloaded or down); try again"
+    );
+}
