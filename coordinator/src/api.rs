@@ -12,7 +12,7 @@ pub(crate) use auth::AuthApi;
 pub(crate) use cluster::ClusterApi;
 pub(crate) use job_service::JobApi;
 pub(crate) use peer::PeerApi;
-pub(crate) use read_limits::{ReadLimitLayer, ReadLimits};
+pub(crate) use read_limits::{HeldBody, ReadLimitLayer, ReadLimits};
 pub(crate) use registry::RegistryApi;
 pub(crate) use watch_limits::WatchLimits;
 

@@ -270,7 +270,7 @@ fn start(
         auth: AuthApi::new(tokens),
         peer,
         authenticator: authenticator.clone(),
-        reads: ReadLimits::per_core(),
+        reads: ReadLimits::half_the_cores(),
     };
     let http = HttpParts {
         services: http::Services { jobs: services.jobs.clone(), cluster: services.cluster.clone() },

@@ -2,15 +2,19 @@
 //! HTTP together. One such answer can be tens of MB read from etcd, decoded and encoded
 //! (JSON for HTTP); a viewer's few dozen at once held the coordinator's CPU for minutes, grew
 //! its memory to GBs and starved the sessions it owns, whose items failed. At most a few run
-//! at once (one per core); the others wait their turn. A caller may have 8 running or
+//! at once (one per two cores), each until its answer is sent; the others wait their turn. A caller may have 8 running or
 //! waiting, the coordinator 256: past either a new one is RESOURCE_EXHAUSTED (HTTP 429) at
 //! once, and those admitted go on.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
 };
+
+use hyper::body::{Body, Frame, SizeHint};
 
 use sluice_proto::security::access::Principal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,11 +27,11 @@ pub(crate) const MAX_READS_PER_CALLER: usize = 8;
 /// Large reads a coordinator keeps running or waiting.
 pub(crate) const MAX_READS_WAITING: usize = 256;
 
-/// gRPC methods whose answers grow with the jobs' and sessions' items.
-pub(crate) const LARGE_READS: [&str; 5] = [
+/// gRPC methods whose answers grow with the jobs' and sessions' items (`ListSessions`
+/// leaves items out).
+pub(crate) const LARGE_READS: [&str; 4] = [
     "/sluice.v1.JobService/ListJobs",
     "/sluice.v1.JobService/GetJob",
-    "/sluice.v1.JobService/ListSessions",
     "/sluice.v1.JobService/GetSession",
     "/sluice.v1.JobService/ListRestorePoints",
 ];
@@ -66,9 +70,11 @@ impl ReadLimits {
         ReadLimits { running, admitted: Arc::default() }
     }
 
-    /// One per core: a read is CPU work, and the sessions need some of it.
-    pub(crate) fn per_core() -> Self {
-        ReadLimits::new(std::thread::available_parallelism().map_or(2, usize::from))
+    /// One per two cores (at least one): a read is CPU work, and the sessions this
+    /// coordinator owns need the rest.
+    pub(crate) fn half_the_cores() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        ReadLimits::new(cores / 2)
     }
 
     /// Waits for the turn of a large read of `principal` (calling from `peer`), or refuses
@@ -106,7 +112,63 @@ impl ReadLimits {
     }
 
     fn lock(&self) -> MutexGuard<'_, Admitted> {
-        self.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.admitted)
+    }
+}
+
+/// Longest a read's answer holds its turn while it is sent: a client that stops reading
+/// must not hold up every other large read.
+const MAX_SENDING: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An answer's body that holds its read's turn until it is sent whole (or dropped), for at
+/// most [`MAX_SENDING`]: an answer made but not yet sent is the memory the caps bound, and a
+/// slow client's large answers must not pile up while the next reads are made.
+pub(crate) struct HeldBody<B> {
+    body: B,
+    turn: Arc<Mutex<Option<ReadPermit>>>,
+}
+
+impl<B> HeldBody<B> {
+    pub(crate) fn new(body: B, turn: ReadPermit) -> Self {
+        let turn = Arc::new(Mutex::new(Some(turn)));
+        let held = Arc::downgrade(&turn);
+        tokio::spawn(async move {
+            tokio::time::sleep(MAX_SENDING).await;
+            if let Some(turn) = held.upgrade() {
+                lock(&turn).take();
+            }
+        });
+        HeldBody { body, turn }
+    }
+}
+
+impl<B> Drop for HeldBody<B> {
+    fn drop(&mut self) {
+        lock(&self.turn).take();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<B: Body + Unpin> Body for HeldBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

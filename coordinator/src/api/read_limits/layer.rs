@@ -1,5 +1,5 @@
 //! The gRPC server's side of the large-read caps: a tower layer inside the auth layer (so the
-//! caller's principal is known), which holds each large read's turn until its answer is made.
+//! caller's principal is known), which holds each large read's turn until its answer is sent.
 
 use std::{
     net::SocketAddr,
@@ -16,7 +16,7 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use super::{LARGE_READS, ReadLimits};
+use super::{HeldBody, LARGE_READS, ReadLimits};
 
 /// Applies [`ReadLimits`] to the gRPC methods in [`LARGE_READS`].
 #[derive(Clone)]
@@ -62,7 +62,10 @@ where
             let principal = request.extensions().get::<Principal>();
             let admitted = limits.admit(principal, peer(&request)).await;
             match admitted {
-                Ok(_turn) => inner.call(request).await,
+                Ok(turn) => {
+                    let response = inner.call(request).await?;
+                    Ok(response.map(|body| Body::new(HeldBody::new(body, turn))))
+                }
                 // A trailers-only gRPC answer; the handler never runs.
                 Err(error) => Ok(Status::from(error).into_http()),
             }

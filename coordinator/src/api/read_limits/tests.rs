@@ -63,3 +63,32 @@ async fn the_coordinator_caps_the_reads_it_keeps_waiting() {
     let full = limits.admit(Some(&token("late")), None).await.expect_err("the coordinator's cap");
     assert!(full.to_string().contains("256 large reads running or waiting"), "{full}");
 }
+
+/// A read's turn is held by its answer's body until the body is sent or dropped: answers
+/// made but not sent are what the cap bounds.
+#[tokio::test]
+async fn an_answer_holds_its_turn_until_it_is_sent() {
+    use http_body_util::{BodyExt, Full};
+
+    let limits = ReadLimits::new(1);
+    let turn = limits.admit(Some(&token("a")), None).await.expect("runs at once");
+    let body = HeldBody::new(Full::new(hyper::body::Bytes::from_static(b"answer")), turn);
+    assert_eq!(limits.running.available_permits(), 0, "held while the answer waits to go");
+    let sent = body.collect().await.expect("the answer").to_bytes();
+    assert_eq!(&sent[..], b"answer");
+    assert_eq!(limits.running.available_permits(), 1, "given back once it is sent");
+    assert_eq!(limits.lock().total, 0);
+}
+
+/// An answer its client does not read gives its turn back after a while: one stalled
+/// client must not hold up every large read.
+#[tokio::test(start_paused = true)]
+async fn an_answer_not_read_gives_its_turn_back() {
+    use http_body_util::Full;
+
+    let limits = ReadLimits::new(1);
+    let turn = limits.admit(Some(&token("a")), None).await.expect("runs at once");
+    let _unread = HeldBody::new(Full::new(hyper::body::Bytes::from_static(b"answer")), turn);
+    let next = limits.admit(Some(&token("b")), None).await.expect("its turn comes");
+    drop(next);
+}
