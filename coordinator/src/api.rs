@@ -1,6 +1,7 @@
 //! gRPC services of the coordinator: thin adapters from the wire to the domain modules.
 
 mod auth;
+mod callers;
 mod cluster;
 mod job_service;
 mod peer;

@@ -7,7 +7,6 @@
 //! once, and those admitted go on.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
@@ -19,7 +18,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use sluice_proto::security::access::Principal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::watch_limits::holder;
+use super::callers::{CallerCounts, Counted, Full};
 use crate::error::{Error, Result};
 
 /// Large reads one caller may have running or waiting on one coordinator.
@@ -36,38 +35,25 @@ pub(crate) const LARGE_READS: [&str; 4] = [
     "/sluice.v1.JobService/ListRestorePoints",
 ];
 
-/// Counts the large reads running and waiting, per caller and in all.
+/// The large reads running, and those admitted (running or waiting) per caller and in all.
 #[derive(Debug, Clone)]
 pub(crate) struct ReadLimits {
     running: Arc<Semaphore>,
-    admitted: Arc<Mutex<Admitted>>,
+    admitted: CallerCounts,
 }
 
-#[derive(Debug, Default)]
-struct Admitted {
-    total: usize,
-    by_caller: HashMap<String, usize>,
-}
-
-/// One large read's turn; dropping it (the answer is made) lets the next run.
+/// One large read's turn; dropping it (the answer is sent) lets the next run.
 #[derive(Debug)]
 pub(crate) struct ReadPermit {
     _running: OwnedSemaphorePermit,
-    _place: Place,
-}
-
-/// A read's place among those admitted.
-#[derive(Debug)]
-struct Place {
-    limits: ReadLimits,
-    holder: String,
+    _place: Counted,
 }
 
 impl ReadLimits {
     /// `at_once` large reads run at a time (at least one).
     pub(crate) fn new(at_once: usize) -> Self {
         let running = Arc::new(Semaphore::new(at_once.max(1)));
-        ReadLimits { running, admitted: Arc::default() }
+        ReadLimits { running, admitted: CallerCounts::new(MAX_READS_PER_CALLER, MAX_READS_WAITING) }
     }
 
     /// One per two cores (at least one): a read is CPU work, and the sessions this
@@ -84,35 +70,19 @@ impl ReadLimits {
         principal: Option<&Principal>,
         peer: Option<SocketAddr>,
     ) -> Result<ReadPermit> {
-        let place = self.place(holder(principal, peer))?;
+        let place = self.admitted.take(principal, peer).map_err(|full| match full {
+            Full::Coordinator { held } => Error::TooManyReads(format!(
+                "this coordinator has {held} large reads running or waiting, its limit; try \
+                 again shortly or read through another coordinator"
+            )),
+            Full::Caller { holder, held } => Error::TooManyReads(format!(
+                "{holder} has {held} large reads (jobs, sessions, restore points) running or \
+                 waiting on this coordinator, the limit per caller; wait for their answers"
+            )),
+        })?;
         let running = self.running.clone().acquire_owned().await;
         let running = running.map_err(|_| Error::ShuttingDown)?;
         Ok(ReadPermit { _running: running, _place: place })
-    }
-
-    fn place(&self, holder: String) -> Result<Place> {
-        let mut admitted = self.lock();
-        if admitted.total >= MAX_READS_WAITING {
-            return Err(Error::TooManyReads(format!(
-                "this coordinator has {} large reads running or waiting, its limit; try again \
-                 shortly or read through another coordinator",
-                admitted.total
-            )));
-        }
-        let held = admitted.by_caller.entry(holder.clone()).or_default();
-        if *held >= MAX_READS_PER_CALLER {
-            return Err(Error::TooManyReads(format!(
-                "{holder} has {held} large reads (jobs, sessions, restore points) running or \
-                 waiting on this coordinator, the limit per caller; wait for their answers"
-            )));
-        }
-        *held += 1;
-        admitted.total += 1;
-        Ok(Place { limits: self.clone(), holder })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Admitted> {
-        lock(&self.admitted)
     }
 }
 
@@ -169,19 +139,6 @@ impl<B: Body + Unpin> Body for HeldBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut admitted = self.limits.lock();
-        admitted.total = admitted.total.saturating_sub(1);
-        if let Some(held) = admitted.by_caller.get_mut(&self.holder) {
-            *held -= 1;
-            if *held == 0 {
-                admitted.by_caller.remove(&self.holder);
-            }
-        }
     }
 }
 

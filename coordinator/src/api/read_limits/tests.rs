@@ -1,16 +1,5 @@
-use sluice_proto::security::access::PrincipalKind;
-
 use super::*;
-
-fn token(name: &str) -> Principal {
-    Principal {
-        kind: PrincipalKind::Token,
-        name: name.into(),
-        role: None,
-        computer: None,
-        token_id: Some(name.into()),
-    }
-}
+use crate::api::callers::token;
 
 /// A caller's reads past its cap are refused at once, naming the cap; another caller's are
 /// admitted, and an answered read frees its caller's place.
@@ -28,8 +17,7 @@ async fn each_caller_has_a_cap_on_its_large_reads() {
     held.pop();
     held.push(limits.admit(Some(&viewer), None).await.expect("a place freed"));
     drop(held);
-    let admitted = limits.lock();
-    assert_eq!((admitted.total, admitted.by_caller.len()), (0, 0), "every place given back");
+    assert_eq!(limits.admitted.held(), (0, 0), "every place given back");
 }
 
 /// Past the reads that run at once, the next waits its turn (it is not refused) and runs
@@ -42,7 +30,7 @@ async fn a_read_past_those_running_waits_for_its_turn() {
         let limits = limits.clone();
         tokio::spawn(async move { limits.admit(Some(&token("b")), None).await.map(|_| ()) })
     };
-    while limits.lock().total < 2 {
+    while limits.admitted.held().0 < 2 {
         tokio::task::yield_now().await;
     }
     assert_eq!(limits.running.available_permits(), 0, "the first holds the only turn");
@@ -77,7 +65,7 @@ async fn an_answer_holds_its_turn_until_it_is_sent() {
     let sent = body.collect().await.expect("the answer").to_bytes();
     assert_eq!(&sent[..], b"answer");
     assert_eq!(limits.running.available_permits(), 1, "given back once it is sent");
-    assert_eq!(limits.lock().total, 0);
+    assert_eq!(limits.admitted.held(), (0, 0));
 }
 
 /// An answer its client does not read gives its turn back after a while: one stalled
