@@ -1,6 +1,6 @@
 //! `JobService`: jobs, sessions and restore points.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use sluice_proto::{
@@ -20,7 +20,10 @@ use crate::{
     auth::{caller, revocation::ending_when, tokens::Tokens},
     jobs::Jobs,
     restore_points::RestorePoints,
-    sessions::{Sessions, watch::feeds::Feeds},
+    sessions::{
+        Sessions,
+        watch::feeds::{FeedEvent, Feeds},
+    },
 };
 
 /// Serves `sluice.v1.JobService`.
@@ -68,6 +71,36 @@ impl JobApi {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, Status>> + Send>>;
+
+/// A session's events as its feed shares them (the HTTP event stream renders each once).
+pub(crate) type SessionEvents = Pin<Box<dyn Stream<Item = Result<Arc<FeedEvent>, Status>> + Send>>;
+
+impl JobApi {
+    /// The events of the session `request` names, for a watch admitted under the caps; the
+    /// stream ends when the caller's token is revoked. `WatchSession` and the HTTP event
+    /// stream both go through here.
+    pub(crate) fn session_events(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<SessionEvents, Status> {
+        let principal = layer::principal_of(&request);
+        let token = principal.and_then(|principal| principal.token_id.clone());
+        let permit = self.watches.admit(principal, request.remote_addr())?;
+        let id = request.into_inner().session_id;
+        sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
+        let stream = self
+            .feeds
+            .watch_events(id)
+            // The permit goes with the stream: its place is free once the stream is dropped.
+            .inspect(move |_| {
+                let _held = &permit;
+            });
+        let Some(token) = token else { return Ok(Box::pin(stream)) };
+        let tokens = self.tokens.clone();
+        let revoked = async move { tokens.revoked(token).await };
+        Ok(Box::pin(ending_when(stream, revoked)))
+    }
+}
 
 #[tonic::async_trait]
 impl JobService for JobApi {
@@ -149,22 +182,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchSessionRequest>,
     ) -> Reply<Self::WatchSessionStream> {
-        let principal = layer::principal_of(&request);
-        let token = principal.and_then(|principal| principal.token_id.clone());
-        let permit = self.watches.admit(principal, request.remote_addr())?;
-        let id = request.into_inner().session_id;
-        sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
-        let stream = self
-            .feeds
-            .watch(id)
-            // The permit goes with the stream: its place is free once the stream is dropped.
-            .inspect(move |_| {
-                let _held = &permit;
-            });
-        let Some(token) = token else { return Ok(Response::new(Box::pin(stream))) };
-        let tokens = self.tokens.clone();
-        let revoked = async move { tokens.revoked(token).await };
-        Ok(Response::new(Box::pin(ending_when(stream, revoked))))
+        let events = self.session_events(request)?;
+        let events = events.map(|event| event.map(|event| pb::SessionEvent::clone(&event.event)));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn list_restore_points(

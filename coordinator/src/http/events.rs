@@ -5,7 +5,7 @@
 //! response, and the browser's `EventSource` reconnects and gets the session anew. A large
 //! session's events are paced (`pacing.rs`): at most one per interval, the newest wins.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     Extension,
@@ -13,7 +13,7 @@ use axum::{
     response::sse::{Event, KeepAlive, KeepAliveStream, Sse},
 };
 use futures::{Stream, StreamExt};
-use sluice_proto::{pb, pb::job_service_server::JobService};
+use sluice_proto::pb;
 use tonic::Code;
 
 use super::{
@@ -23,6 +23,7 @@ use super::{
     pacing::{self, Paced, paced},
     reply::{self, ApiError},
 };
+use crate::sessions::watch::feeds::FeedEvent;
 
 type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
 type Events = Sse<KeepAliveStream<EventStream>>;
@@ -34,7 +35,7 @@ pub(crate) async fn session_events(
     PathParam(id): PathParam,
 ) -> Result<Events, ApiError> {
     let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
-    let watch = services.jobs.watch_session(request).await.map_err(refusal)?.into_inner();
+    let watch = services.jobs.session_events(request).map_err(refusal)?;
     let mut watch = Box::pin(paced(watch));
     let first = match watch.next().await {
         Some(Ok(event)) => session_event(event).await,
@@ -65,19 +66,21 @@ fn refusal(status: tonic::Status) -> ApiError {
     if too_many { error.with_status(http::StatusCode::TOO_MANY_REQUESTS) } else { error }
 }
 
-impl Paced for pb::SessionEvent {
+impl Paced for Arc<FeedEvent> {
     fn interval(&self) -> std::time::Duration {
-        pacing::interval(self.session.as_ref().map_or(0, |s| s.items.len()))
+        pacing::interval(self.event.session.as_ref().map_or(0, |s| s.items.len()))
     }
 
     fn urgent(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| s.state() == pb::SessionState::Stopped)
+        self.event.session.as_ref().is_some_and(|s| s.state() == pb::SessionState::Stopped)
     }
 }
 
-async fn session_event(event: pb::SessionEvent) -> Event {
-    match reply::render(event).await {
-        Ok(text) => Event::default().event("session").data(text),
+/// The event as SSE; its JSON is rendered once for every stream of the session's feed.
+async fn session_event(event: Arc<FeedEvent>) -> Event {
+    let render = || async { reply::render(event.event.clone()).await.map(Arc::<str>::from) };
+    match event.json().get_or_try_init(render).await {
+        Ok(text) => Event::default().event("session").data(&**text),
         Err(error) => error_event(error),
     }
 }

@@ -14,7 +14,10 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use sluice_proto::pb;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{
+    OnceCell,
+    broadcast::{self, error::RecvError},
+};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 
@@ -25,9 +28,29 @@ use crate::store::Store;
 /// session: a few are enough for the states one etcd answer can carry).
 const BACKLOG: usize = 4;
 
+/// One event of a feed, shared by its watchers: an HTTP event stream renders its JSON at most
+/// once for all of them (a large session's event is tens of MB of JSON, and each stream
+/// rendered its own).
+#[derive(Debug)]
+pub(crate) struct FeedEvent {
+    pub(crate) event: pb::SessionEvent,
+    json: OnceCell<Arc<str>>,
+}
+
+impl FeedEvent {
+    fn new(event: pb::SessionEvent) -> Self {
+        FeedEvent { event, json: OnceCell::new() }
+    }
+
+    /// The event's JSON, rendered by the first stream that asks.
+    pub(crate) fn json(&self) -> &OnceCell<Arc<str>> {
+        &self.json
+    }
+}
+
 /// What a feed hands its watchers: an event, or its end (an error, or none once the
 /// session stopped), numbered in order.
-type Note = (u64, Option<Result<Arc<pb::SessionEvent>, Status>>);
+type Note = (u64, Option<Result<Arc<FeedEvent>, Status>>);
 
 /// The feeds of this coordinator, by session id (each lives while someone watches it).
 #[derive(Clone)]
@@ -45,10 +68,10 @@ struct Feed {
 
 struct FeedState {
     /// The newest event, for a watcher that joins now or fell behind.
-    last_event: Option<(u64, Arc<pb::SessionEvent>)>,
+    last_event: Option<(u64, Arc<FeedEvent>)>,
     /// The first event of each state the session went through, for a watcher that fell
     /// behind: it still sees every state (STOPPING before STOPPED), as its own watch did.
-    state_changes: Vec<(u64, Arc<pb::SessionEvent>)>,
+    state_changes: Vec<(u64, Arc<FeedEvent>)>,
     /// The feed's end, once it has said it.
     end: Option<Note>,
     sender: broadcast::Sender<Note>,
@@ -71,8 +94,8 @@ impl FeedState {
         events.chain(self.end.clone()).collect()
     }
 
-    fn publish(&mut self, seq: u64, event: Arc<pb::SessionEvent>) {
-        let state = |event: &pb::SessionEvent| event.session.as_ref().map(pb::Session::state);
+    fn publish(&mut self, seq: u64, event: Arc<FeedEvent>) {
+        let state = |event: &FeedEvent| event.event.session.as_ref().map(pb::Session::state);
         let last_state = self.last_event.as_ref().map(|(_, last)| state(last));
         if last_state != Some(state(&event)) {
             self.state_changes.push((seq, event.clone()));
@@ -89,10 +112,20 @@ impl Feeds {
 
     /// The session now, then after every stored change, until it stops (as
     /// [`watch_session`], shared with the other watchers of the session).
+    #[cfg(test)]
     pub(crate) fn watch(
         &self,
         id: String,
     ) -> impl Stream<Item = Result<pb::SessionEvent, Status>> + Send + use<> {
+        self.watch_events(id).map(|event| event.map(|event| pb::SessionEvent::clone(&event.event)))
+    }
+
+    /// The session now, then after every stored change, until it stops (as
+    /// [`watch_session`]), as the feed's events, shared with the other watchers.
+    pub(crate) fn watch_events(
+        &self,
+        id: String,
+    ) -> impl Stream<Item = Result<Arc<FeedEvent>, Status>> + Send + use<> {
         let (feed, first, receiver) = self.join(id);
         async_stream::stream! {
             let mut follower = Follower { feed, receiver, seen: 0 };
@@ -110,7 +143,7 @@ impl Feeds {
                 }
                 follower.seen = seq;
                 match note {
-                    Some(Ok(event)) => yield Ok(pb::SessionEvent::clone(&event)),
+                    Some(Ok(event)) => yield Ok(event),
                     Some(Err(status)) => {
                         yield Err(status);
                         break;
@@ -177,12 +210,13 @@ impl Feeds {
                     open.remove(&id);
                 }
                 let mut state = lock(&strong.state);
-                let end = (seq, next.map(|failed| failed.map(Arc::new)));
+                let end =
+                    (seq, next.map(|failed| failed.map(|event| Arc::new(FeedEvent::new(event)))));
                 state.end = Some(end.clone());
                 let _ = state.sender.send(end);
                 return;
             };
-            lock(&strong.state).publish(seq, Arc::new(event));
+            lock(&strong.state).publish(seq, Arc::new(FeedEvent::new(event)));
         }
     }
 }

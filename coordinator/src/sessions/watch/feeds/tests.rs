@@ -118,3 +118,18 @@ async fn an_unknown_session_is_not_found_for_every_watcher() {
     put(&store, "s-none", SessionState::Working, 0).await;
     assert_eq!(next_state(&mut watch(&feeds, "s-none")).await, SessionState::Working);
 }
+
+/// Watchers of a session get the same event, not copies: what one renders of it (an HTTP
+/// stream's JSON) the others read.
+#[tokio::test]
+async fn watchers_share_each_event_and_what_is_rendered_of_it() {
+    let (store, feeds) = feeds().await;
+    put(&store, "s-4", SessionState::Working, 0).await;
+    let mut first = Box::pin(feeds.watch_events("s-4".into()));
+    let mut second = Box::pin(feeds.watch_events("s-4".into()));
+    let one = first.next().await.expect("an event").expect("not an error");
+    let other = second.next().await.expect("an event").expect("not an error");
+    assert!(std::sync::Arc::ptr_eq(&one, &other), "one event for both");
+    let rendered = one.json().get_or_init(|| async { "{\"rendered\":1}".into() }).await;
+    assert_eq!(other.json().get().map(|text| &**text), Some(&**rendered), "rendered once");
+}
