@@ -155,7 +155,7 @@ async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit
         return watch::follow(ctx, clients, &session.id).await;
     }
     let table = || {
-        let detail = views::session_detail(&session, SystemTime::now());
+        let detail = views::session_started(&session, SystemTime::now());
         format!("started session {} of job {}\n\n{detail}", session.id, session.job)
     };
     output::print(ctx.format, table, || json::session(&session))?;

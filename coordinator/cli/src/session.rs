@@ -48,7 +48,7 @@ async fn retry(ctx: &Ctx, session_id: String) -> Result<Exit, Failure> {
     let request = pb::RetrySessionRequest { session_id: session_id.clone() };
     let session = clients.jobs.retry_session(request).await?.into_inner();
     let table = || {
-        let detail = views::session_detail(&session, SystemTime::now());
+        let detail = views::session_started(&session, SystemTime::now());
         format!("started session {} retrying {session_id}\n\n{detail}", session.id)
     };
     output::print(ctx.format, table, || json::session(&session))?;

@@ -145,7 +145,11 @@ pub(crate) struct SessionActor {
     outbox: Outbox,
     /// Writes, RunTask and cancel calls, retry timers.
     children: Children,
-    last_flush: Instant,
+    /// When the lazy changes (phases, waiting reasons) were last looked at for a write.
+    /// Timed apart from the other writes: a busy session writes outcomes more often than
+    /// [`LAZY_FLUSH`], and timed from any write, its phases and waiting reasons were never
+    /// stored while it stayed busy.
+    last_lazy_flush: Instant,
     last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
@@ -199,7 +203,7 @@ impl SessionActor {
             fence,
             outbox: Outbox::default(),
             children: Children::default(),
-            last_flush: Instant::now(),
+            last_lazy_flush: Instant::now(),
             last_bytes_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
@@ -302,7 +306,7 @@ impl SessionActor {
         // lazy deadline already past would wake it at once, again and again).
         if !self.outbox.is_flushing() && self.retry_flush_at.is_none() {
             if self.machine.has_lazy_changes() || self.machine.has_waits() {
-                wake = wake.min(self.last_flush + LAZY_FLUSH);
+                wake = wake.min(self.last_lazy_flush + LAZY_FLUSH);
             }
             if self.machine.has_byte_changes() {
                 wake = wake.min(self.last_bytes_flush + BYTES_FLUSH);

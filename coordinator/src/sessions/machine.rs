@@ -43,8 +43,9 @@ pub(crate) const STOPPED: &str = "session was stopped";
 /// waits before the next try; it doubles with each refusal in a row, up to the maximum.
 pub(crate) const REFUSED_BACKOFF_MS: i64 = 500;
 pub(crate) const MAX_REFUSED_BACKOFF_MS: i64 = 30_000;
-/// A refusal whose pause is at least this long is written (the item shows why it waits); the
-/// shorter pauses of a first few refusals in a row cost no write.
+/// A refusal whose pause is at least this long is written at once (the item shows why it
+/// waits); the shorter pauses of a first few refusals in a row are written lazily, and not at
+/// all when the item is sent again first.
 pub(crate) const SHOWN_REFUSAL_MS: i64 = 4_000;
 
 /// How many waiting items get their `waiting_reason` stored: enough for people to see why

@@ -70,12 +70,18 @@ pub fn job_detail_at(job: &pb::Job, now: SystemTime, max_items: usize) -> String
     for item in job.items.iter().take(max_items) {
         items.row(vec![item.name.clone(), target(item.target.as_ref())]);
     }
-    let more = match job.items.len().saturating_sub(max_items) {
-        0 => String::new(),
-        1 => format!("... and 1 more item (`sluice job show {}` lists every one)\n", job.name),
-        n => format!("... and {n} more items (`sluice job show {}` lists every one)\n", job.name),
-    };
+    let more = more_items(job.items.len().saturating_sub(max_items), "job", &job.name);
     format!("{}\n{}{more}", fields(&pairs), items.render())
+}
+
+/// The line under a list cut short: how many items it left out, and which `sluice <noun>
+/// show` lists every one.
+fn more_items(left_out: usize, noun: &str, name: &str) -> String {
+    match left_out {
+        0 => String::new(),
+        1 => format!("... and 1 more item (`sluice {noun} show {name}` lists every one)\n"),
+        n => format!("... and {n} more items (`sluice {noun} show {name}` lists every one)\n"),
+    }
 }
 
 fn seconds_or(seconds: u32, zero: &str) -> String {
@@ -99,6 +105,18 @@ pub fn session_detail(session: &pb::Session, now: SystemTime) -> String {
         return header;
     }
     format!("{header}\n{}", items_table(&session.items))
+}
+
+/// What `job start` and `session retry` confirm: the new session and its first
+/// [`ITEMS_SHOWN_ON_CHANGE`] items (a session of 100,000 items printed every one).
+pub fn session_started(session: &pb::Session, now: SystemTime) -> String {
+    let header = fields(&session_fields(session, now));
+    let shown = &session.items[..session.items.len().min(ITEMS_SHOWN_ON_CHANGE)];
+    if shown.is_empty() {
+        return header;
+    }
+    let more = more_items(session.items.len() - shown.len(), "session", &session.id);
+    format!("{header}\n{}{more}", items_table(shown))
 }
 
 fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String)> {

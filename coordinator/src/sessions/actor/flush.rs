@@ -18,8 +18,10 @@ impl SessionActor {
         if self.outbox.is_flushing() || self.retry_flush_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
-        let lazy_time = self.last_flush.elapsed() >= LAZY_FLUSH;
+        // Lazy changes are taken once per `LAZY_FLUSH`, timed apart from the other writes.
+        let lazy_time = self.last_lazy_flush.elapsed() >= LAZY_FLUSH;
         if lazy_time {
+            self.last_lazy_flush = Instant::now();
             // Written only now: most rounds' reasons are replaced by the next round's.
             self.machine.show_waits();
         }
@@ -45,7 +47,6 @@ impl SessionActor {
         }
         self.outbox.flush_started();
         let batch = records::flush(&self.base, &self.machine, &items, session);
-        self.last_flush = Instant::now();
         let (store, id, owner) =
             (self.ctx.store.clone(), self.machine.id().to_string(), self.owner.clone());
         let stop_seen = self.stop_seen;

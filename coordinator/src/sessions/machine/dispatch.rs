@@ -117,7 +117,10 @@ impl Machine {
             .as_deref()
             .is_some_and(|(attempt, stored)| *attempt == item.status.attempt && *stored == agent);
         let dispatch = Dispatch { index: item.index, attempt: item.status.attempt, agent };
-        if stored && !self.dirty_items.contains(&pos) && !self.dirty_lazy.contains(&pos) {
+        if stored && !self.dirty_items.contains(&pos) {
+            // etcd holds this very dispatch: what made the item lazily dirty since (a refusal
+            // for now not yet written, a waiting reason) is superseded by it.
+            self.dirty_lazy.remove(&pos);
             round.effects.push(Effect::Resend(dispatch));
         } else {
             round.effects.push(Effect::Run(dispatch));

@@ -27,9 +27,10 @@ impl Machine {
             self.fail_attempt(now_ms, pos, message);
             return;
         }
-        // Not written while the pause is short: etcd still holds the dispatch, and sending it
-        // again needs no write either (`stored_run`); only the pause grows with each refusal
-        // in a row. A long pause is written, so that readers see why the item waits.
+        // Written lazily while the pause is short: readers see the item wait, not run (with
+        // two coordinators sharing agents, refused items piled up as PROCESSING). Sent again
+        // before that write, it needs none (etcd still holds the dispatch, `stored_run`);
+        // after it, the dispatch is written again. A long pause is written at once.
         let pause = self.update(pos, |item| {
             item.status.attempt -= 1;
             item.status.state = ItemState::Pending;
@@ -44,6 +45,8 @@ impl Machine {
         });
         if pause >= SHOWN_REFUSAL_MS {
             self.dirty_items.insert(pos);
+        } else {
+            self.dirty_lazy.insert(pos);
         }
         if self.status.stop.is_some() {
             self.end_item(now_ms, pos, ItemState::NotProcessed, STOPPED);

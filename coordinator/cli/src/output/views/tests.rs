@@ -181,3 +181,22 @@ fn a_large_job_is_confirmed_with_its_first_items() {
     assert!(changed.ends_with("... and 5 more items (`sluice job show big` lists every one)\n"));
     assert!(job_detail(&job).contains("vm-24  vm: /d/24.qcow2"), "show lists every item");
 }
+
+/// A large session's start is confirmed with its first items and how many more there are
+/// (a start of 100,000 items printed every one); `session show` lists them all.
+#[test]
+fn a_large_session_start_is_confirmed_with_its_first_items() {
+    let mut session = fixtures::working_session();
+    let item = session.items[2].clone();
+    session.items = (0..ITEMS_SHOWN_ON_CHANGE + 3)
+        .map(|n| pb::ItemStatus { name: format!("vm-{n:02}"), ..item.clone() })
+        .collect();
+    let text = session_started(&session, fixtures::now());
+    assert!(text.contains("\nvm-19  PENDING"), "{text}");
+    assert!(!text.contains("vm-20"), "{text}");
+    assert!(
+        text.ends_with("... and 3 more items (`sluice session show 0193a1b2` lists every one)\n")
+    );
+    let few = fixtures::working_session();
+    assert_eq!(session_started(&few, fixtures::now()), session_detail(&few, fixtures::now()));
+}

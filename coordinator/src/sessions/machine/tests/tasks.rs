@@ -86,8 +86,8 @@ fn a_busy_agent_refusal_is_not_an_attempt() {
 }
 
 /// Finding 7: a refusal for now ("another attempt is still running", busy) is retried with a
-/// growing pause, and neither the refusal nor the same dispatch again costs a write: etcd
-/// still holds that dispatch.
+/// growing pause. The refusal is only a lazy change, and the same dispatch sent again before a
+/// lazy write took it costs no write: etcd still holds that dispatch.
 #[test]
 fn a_refused_dispatch_backs_off_without_writes() {
     let mut m = machine(1, 1);
@@ -106,17 +106,39 @@ fn a_refused_dispatch_backs_off_without_writes() {
     for _ in 0..3 {
         m.apply(now + 1, refused.clone());
         pool.release("a1");
-        assert!(!m.has_urgent_changes() && !m.has_lazy_changes(), "a refusal writes nothing");
+        assert!(!m.has_urgent_changes(), "a short pause is not written at once");
+        assert!(m.has_lazy_changes(), "a short pause is written lazily");
         waits.push(m.items[0].not_before_ms - (now + 1));
         now = m.items[0].not_before_ms;
         m.dispatch(now, &a1, &mut pool);
         assert_eq!(m.items[0].status.attempt, 1, "the same attempt");
         assert!(!m.has_urgent_changes(), "the same dispatch again writes nothing");
+        assert!(!m.has_lazy_changes(), "the dispatch supersedes the unwritten refusal");
     }
     assert!(waits[0] < waits[1] && waits[1] < waits[2], "growing pauses: {waits:?}");
     m.apply(now + 1, refused.clone());
     assert!(m.has_urgent_changes(), "a long pause is written: readers see why the item waits");
     assert_eq!(m.items[0].state(), ItemState::Pending);
+}
+
+/// With two coordinators sharing agents, refusals are many: an item whose refusal a lazy
+/// write took shows PENDING in etcd, so its next dispatch is written again before it is sent.
+#[test]
+fn a_refusal_written_lazily_makes_the_next_dispatch_a_write() {
+    let mut m = machine(1, 1);
+    let mut pool = Pool::default();
+    let a1 = agents(&[("a1", 1)]);
+    m.dispatch(0, &a1, &mut pool);
+    m.take_dirty(true, true);
+    m.apply(1, Event::RunRefused { index: 0, attempt: 1, transient: true, message: "busy".into() });
+    pool.release("a1");
+    let (written, _) = m.take_dirty(true, false);
+    assert_eq!(written, vec![0], "the lazy write takes the refused item");
+    assert_eq!(m.items[0].state(), ItemState::Pending);
+    let effects = m.dispatch(m.items[0].not_before_ms, &a1, &mut pool);
+    let run = Effect::Run(Dispatch { index: 0, attempt: 1, agent: agent("a1") });
+    assert_eq!(effects, vec![run], "sent only once written again");
+    assert!(m.has_urgent_changes());
 }
 
 #[test]
