@@ -52,6 +52,9 @@ impl FeedEvent {
 /// session stopped), numbered in order.
 type Note = (u64, Option<Result<Arc<FeedEvent>, Status>>);
 
+/// A watcher's feed, what it reads first and the receiver of the feed's later notes.
+type Joined = (Arc<Feed>, VecDeque<Note>, broadcast::Receiver<Note>);
+
 /// The feeds of this coordinator, by session id (each lives while someone watches it).
 #[derive(Clone)]
 pub(crate) struct Feeds {
@@ -126,44 +129,23 @@ impl Feeds {
         &self,
         id: String,
     ) -> impl Stream<Item = Result<Arc<FeedEvent>, Status>> + Send + use<> {
-        let (feed, first, receiver) = self.join(id);
-        async_stream::stream! {
-            let mut follower = Follower { feed, receiver, seen: 0 };
-            let mut notes = first;
-            loop {
-                let Some((seq, note)) = notes.pop_front() else {
-                    notes = follower.next().await;
-                    if notes.is_empty() {
-                        break;
-                    }
-                    continue;
-                };
-                if seq <= follower.seen {
-                    continue;
-                }
-                follower.seen = seq;
-                match note {
-                    Some(Ok(event)) => yield Ok(event),
-                    Some(Err(status)) => {
-                        yield Err(status);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        }
+        let (store, shutdown) = (self.store.clone(), self.shutdown.clone());
+        follow(self.join(id.clone(), || watch_session(store, id, shutdown)))
     }
 
-    /// The session's feed (started if none runs), what to read first and a receiver of the
-    /// next notes. Under the map's lock: a feed that ends leaves the map under it before its
-    /// last note, so a watcher never joins a feed that has said its last.
-    fn join(&self, id: String) -> (Arc<Feed>, VecDeque<Note>, broadcast::Receiver<Note>) {
+    /// The session's feed (started on `events` if none runs), what to read first and a
+    /// receiver of the next notes. Under the map's lock: a feed that ends leaves the map
+    /// under it before its last note, so a watcher never joins a feed that has said its last.
+    fn join<S>(&self, id: String, events: impl FnOnce() -> S) -> Joined
+    where
+        S: Stream<Item = Result<pb::SessionEvent, Status>> + Send + 'static,
+    {
         let mut open = lock(&self.open);
         let feed = match open.get(&id).and_then(Weak::upgrade) {
             Some(feed) => feed,
             None => {
                 open.retain(|_, feed| feed.strong_count() > 0);
-                let feed = self.start(id.clone());
+                let feed = self.start(id.clone(), events());
                 open.insert(id, Arc::downgrade(&feed));
                 feed
             }
@@ -174,13 +156,15 @@ impl Feeds {
         (feed, first, receiver)
     }
 
-    fn start(&self, id: String) -> Arc<Feed> {
+    fn start<S>(&self, id: String, events: S) -> Arc<Feed>
+    where
+        S: Stream<Item = Result<pb::SessionEvent, Status>> + Send + 'static,
+    {
         let stop = CancellationToken::new();
         let (sender, _) = broadcast::channel(BACKLOG);
         let state = FeedState { last_event: None, state_changes: Vec::new(), end: None, sender };
         let state = Mutex::new(state);
         let feed = Arc::new(Feed { state, _stop: stop.clone().drop_guard() });
-        let events = watch_session(self.store.clone(), id.clone(), self.shutdown.clone());
         tokio::spawn(self.clone().publish(id, Arc::downgrade(&feed), events, stop));
         feed
     }
@@ -195,28 +179,89 @@ impl Feeds {
         stop: CancellationToken,
     ) {
         let mut events = std::pin::pin!(events);
-        let mut seq = 0;
+        let mut ending = Ending { open: self.open.clone(), id, feed, seq: 0, said: false };
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
                 next = events.next() => next,
             };
-            let Some(strong) = feed.upgrade() else { return };
-            seq += 1;
+            let Some(strong) = ending.feed.upgrade() else { return };
+            ending.seq += 1;
             let Some(Ok(event)) = next else {
-                // The last note goes out with the feed out of the map (see `join`).
-                let mut open = lock(&self.open);
-                if open.get(&id).is_some_and(|open| open.ptr_eq(&feed)) {
-                    open.remove(&id);
-                }
-                let mut state = lock(&strong.state);
-                let end =
-                    (seq, next.map(|failed| failed.map(|event| Arc::new(FeedEvent::new(event)))));
-                state.end = Some(end.clone());
-                let _ = state.sender.send(end);
+                ending.say(next.map(|failed| failed.map(|event| Arc::new(FeedEvent::new(event)))));
                 return;
             };
-            lock(&strong.state).publish(seq, Arc::new(FeedEvent::new(event)));
+            lock(&strong.state).publish(ending.seq, Arc::new(FeedEvent::new(event)));
+        }
+    }
+}
+
+/// A feed as one watcher reads it: what it read first, then each later note, until the end.
+fn follow(
+    (feed, first, receiver): Joined,
+) -> impl Stream<Item = Result<Arc<FeedEvent>, Status>> + Send + use<> {
+    async_stream::stream! {
+        let mut follower = Follower { feed, receiver, seen: 0 };
+        let mut notes = first;
+        loop {
+            let Some((seq, note)) = notes.pop_front() else {
+                notes = follower.next().await;
+                if notes.is_empty() {
+                    break;
+                }
+                continue;
+            };
+            if seq <= follower.seen {
+                continue;
+            }
+            follower.seen = seq;
+            match note {
+                Some(Ok(event)) => yield Ok(event),
+                Some(Err(status)) => {
+                    yield Err(status);
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// A feed task's last note. Said on drop if the task ends without it (a panic while it
+/// reads or builds an event): its watchers hold the feed, so its channel never closes, and
+/// they would wait for ever.
+struct Ending {
+    open: Arc<Mutex<HashMap<String, Weak<Feed>>>>,
+    id: String,
+    feed: Weak<Feed>,
+    /// Number of the last note published.
+    seq: u64,
+    said: bool,
+}
+
+impl Ending {
+    /// Says the feed's end: the last note goes out with the feed out of the map (see
+    /// `Feeds::join`), so no watcher joins a feed that has ended.
+    fn say(&mut self, end: Option<Result<Arc<FeedEvent>, Status>>) {
+        self.said = true;
+        let Some(strong) = self.feed.upgrade() else { return };
+        let mut open = lock(&self.open);
+        if open.get(&self.id).is_some_and(|open| open.ptr_eq(&self.feed)) {
+            open.remove(&self.id);
+        }
+        let mut state = lock(&strong.state);
+        let end = (self.seq, end);
+        state.end = Some(end.clone());
+        let _ = state.sender.send(end);
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if !self.said {
+            self.seq += 1;
+            let message = "the session's watch stopped unexpectedly; watch it again";
+            self.say(Some(Err(Status::unavailable(message))));
         }
     }
 }

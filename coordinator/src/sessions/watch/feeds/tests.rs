@@ -133,3 +133,26 @@ async fn watchers_share_each_event_and_what_is_rendered_of_it() {
     let rendered = one.json().get_or_init(|| async { "{\"rendered\":1}".into() }).await;
     assert_eq!(other.json().get().map(|text| &**text), Some(&**rendered), "rendered once");
 }
+
+/// A feed whose task dies (a panic while it reads or builds an event) ends its watchers with
+/// UNAVAILABLE and leaves the map, so a new watch starts a feed of its own: its watchers
+/// hold the feed, so its channel never closes, and they waited for ever.
+#[tokio::test]
+async fn watchers_of_a_feed_whose_task_died_are_told_and_can_watch_again() {
+    let (store, feeds) = feeds().await;
+    put(&store, "s-5", SessionState::Working, 0).await;
+    let dies = || futures::stream::once(async { dead_feed() });
+    let mut dead = Box::pin(super::follow(feeds.join("s-5".into(), dies)));
+    let ended = dead.next().await.expect("the feed's end").expect_err("an error");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(dead.next().await.is_none(), "the stream ends");
+    assert!(lock(&feeds.open).is_empty(), "the dead feed left the map");
+    let mut again = watch(&feeds, "s-5");
+    assert_eq!(next_state(&mut again).await, SessionState::Working);
+}
+
+/// Stands for a bug in a feed's task.
+#[allow(clippy::panic)]
+fn dead_feed() -> Result<pb::SessionEvent, tonic::Status> {
+    panic!("a bug in the feed's task")
+}
