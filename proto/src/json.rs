@@ -7,12 +7,16 @@
 //! presence are written also when they hold their default (`"canceled": false`), so readers
 //! find every field; unset message fields (timestamps, `optional`) are left out.
 
+mod count;
+
 use std::sync::OnceLock;
 
 use prost::{Message, Name};
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions,
 };
+
+pub use count::array_longer_than;
 
 /// Why a JSON document is not the message asked for.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     Extension, Json,
+    body::Bytes,
     extract::{Query, State, rejection::QueryRejection},
 };
 use serde::Deserialize;
@@ -17,7 +18,7 @@ use tonic::{Code, transport::server::TcpConnectInfo};
 use super::{
     auth::{Caller, Principal},
     extract::{PathParam, RequestBody},
-    reply::{ApiError, Pb, Reply, parse, same_as_path},
+    reply::{ApiError, Pb, Reply, parse, parse_job, same_as_path},
 };
 use crate::api::{ClusterApi, JobApi};
 
@@ -76,7 +77,7 @@ pub(crate) async fn create_job(
     Extension(c): By,
     RequestBody(body): RequestBody,
 ) -> Reply<pb::Job> {
-    let job = Some(parse::<pb::Job>(&body)?);
+    let job = Some(parse_job(&body).await?);
     Ok(Pb(s.jobs.create_job(grpc(&c, pb::CreateJobRequest { job })).await?.into_inner()))
 }
 
@@ -94,7 +95,7 @@ pub(crate) async fn update_job(
     PathParam(name): PathParam,
     RequestBody(body): RequestBody,
 ) -> Reply<pb::Job> {
-    let mut job = parse::<pb::Job>(&body)?;
+    let mut job = parse_job(&body).await?;
     same_as_path("name", &mut job.name, &name)?;
     let request = pb::UpdateJobRequest { job: Some(job) };
     Ok(Pb(s.jobs.update_job(grpc(&c, request)).await?.into_inner()))
@@ -114,7 +115,7 @@ pub(crate) async fn start_job(
     PathParam(name): PathParam,
     RequestBody(body): RequestBody,
 ) -> Reply<pb::Session> {
-    let mut request = parse::<pb::StartJobRequest>(&body)?;
+    let mut request = parse::<pb::StartJobRequest>(&body).await?;
     same_as_path("job", &mut request.job, &name)?;
     Ok(Pb(s.jobs.start_job(grpc(&c, request)).await?.into_inner()))
 }
@@ -125,7 +126,7 @@ pub(crate) async fn stop_job(
     PathParam(name): PathParam,
     RequestBody(body): RequestBody,
 ) -> Reply<pb::Session> {
-    let mut request = parse::<pb::StopJobRequest>(&body)?;
+    let mut request = parse::<pb::StopJobRequest>(&body).await?;
     same_as_path("job", &mut request.job, &name)?;
     Ok(Pb(s.jobs.stop_job(grpc(&c, request)).await?.into_inner()))
 }
@@ -181,13 +182,13 @@ pub(crate) async fn retry_session(
     PathParam(id): PathParam,
     RequestBody(body): RequestBody,
 ) -> Reply<pb::Session> {
-    let request = retry_request(&id, &body)?;
+    let request = retry_request(&id, &body).await?;
     Ok(Pb(s.jobs.retry_session(grpc(&c, request)).await?.into_inner()))
 }
 
 /// The body of a retry (none, or `RetrySessionRequest` fields) for the session of the path.
-fn retry_request(id: &str, body: &[u8]) -> Result<pb::RetrySessionRequest, ApiError> {
-    let mut request = parse::<pb::RetrySessionRequest>(body)?;
+async fn retry_request(id: &str, body: &Bytes) -> Result<pb::RetrySessionRequest, ApiError> {
+    let mut request = parse::<pb::RetrySessionRequest>(body).await?;
     same_as_path("session_id", &mut request.session_id, id)?;
     Ok(request)
 }
@@ -198,7 +199,7 @@ pub(crate) async fn verify_restore_point(
     PathParam(id): PathParam,
     RequestBody(body): RequestBody,
 ) -> Reply<pb::VerifyRestorePointResponse> {
-    let mut request = parse::<pb::VerifyRestorePointRequest>(&body)?;
+    let mut request = parse::<pb::VerifyRestorePointRequest>(&body).await?;
     same_as_path("restore_point_id", &mut request.restore_point_id, &id)?;
     Ok(Pb(s.jobs.verify_restore_point(grpc(&c, request)).await?.into_inner()))
 }
@@ -219,18 +220,18 @@ pub(crate) async fn delete_restore_point(
     RequestBody(body): RequestBody,
 ) -> Reply<pb::DeleteRestorePointResponse> {
     let Query(query) = query.map_err(query_error)?;
-    let request = delete_request(&id, &query.job, &body)?;
+    let request = delete_request(&id, &query.job, &body).await?;
     Ok(Pb(s.jobs.delete_restore_point(grpc(&c, request)).await?.into_inner()))
 }
 
 /// The body of a deletion (none, or `DeleteRestorePointRequest` fields) for the restore
 /// point of the path, its job from the query (`?job=`) or the body, which must agree.
-fn delete_request(
+async fn delete_request(
     id: &str,
     job_in_query: &str,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<pb::DeleteRestorePointRequest, ApiError> {
-    let mut request = parse::<pb::DeleteRestorePointRequest>(body)?;
+    let mut request = parse::<pb::DeleteRestorePointRequest>(body).await?;
     same_as_path("id", &mut request.id, id)?;
     if job_in_query.is_empty() {
         return Ok(request);
@@ -253,7 +254,7 @@ pub(crate) async fn drain_agent(
     PathParam(agent): PathParam,
     RequestBody(body): RequestBody,
 ) -> Reply<pb::DrainAgentResponse> {
-    let mut request = parse::<pb::DrainAgentRequest>(&body)?;
+    let mut request = parse::<pb::DrainAgentRequest>(&body).await?;
     same_as_path("agent", &mut request.agent, &agent)?;
     Ok(Pb(s.cluster.drain_agent(grpc(&c, request)).await?.into_inner()))
 }
@@ -278,8 +279,8 @@ fn query_error(rejection: QueryRejection) -> ApiError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_deletion_takes_its_job_from_the_query_or_the_body_when_they_agree() {
+    #[tokio::test]
+    async fn a_deletion_takes_its_job_from_the_query_or_the_body_when_they_agree() {
         let cases = [
             ("", "", ""),
             ("j", "", "j"),
@@ -287,24 +288,24 @@ mod tests {
             ("j", r#"{"job": "j"}"#, "j"),
         ];
         for (query, body, job) in cases {
-            let request = delete_request("rp-0", query, body.as_bytes()).expect(body);
+            let request = delete_request("rp-0", query, &Bytes::from(body)).await.expect(body);
             assert_eq!((request.id.as_str(), request.job.as_str()), ("rp-0", job), "{body}");
         }
         for (query, body) in [("j", r#"{"job": "k"}"#), ("", r#"{"id": "rp-1"}"#), ("", "{")] {
-            let error = delete_request("rp-0", query, body.as_bytes()).expect_err(body);
+            let error = delete_request("rp-0", query, &Bytes::from(body)).await.expect_err(body);
             let json = serde_json::to_value(error.body()).expect("JSON");
             assert_eq!(json["code"], "INVALID_ARGUMENT", "{body}: {json}");
         }
     }
 
-    #[test]
-    fn a_retry_body_is_read_like_the_other_posts() {
+    #[tokio::test]
+    async fn a_retry_body_is_read_like_the_other_posts() {
         for body in ["", "{}", r#"{"sessionId": "s-1"}"#] {
-            let request = retry_request("s-1", body.as_bytes()).expect(body);
+            let request = retry_request("s-1", &Bytes::from(body)).await.expect(body);
             assert_eq!(request.session_id, "s-1", "{body}");
         }
         for body in ["{", r#"{"bogus": 1}"#, r#"{"sessionId": "s-2"}"#] {
-            let error = retry_request("s-1", body.as_bytes()).expect_err(body);
+            let error = retry_request("s-1", &Bytes::from(body)).await.expect_err(body);
             let json = serde_json::to_value(error.body()).expect("JSON");
             assert_eq!(json["code"], "INVALID_ARGUMENT", "{body}: {json}");
         }

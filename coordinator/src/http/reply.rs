@@ -4,22 +4,28 @@
 
 use axum::{
     Json,
-    body::Body,
+    body::{Body, Bytes},
     response::{IntoResponse, Response},
 };
 use http::{HeaderValue, StatusCode, header::CONTENT_TYPE};
 use prost::{Message, Name};
 use serde::Serialize;
-use sluice_proto::json::{self, JsonError};
+use sluice_proto::{
+    job::{JobError, MAX_ITEMS},
+    json::{self, JsonError},
+    pb,
+};
+use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
-use crate::error::{code_name, http_status};
+use crate::error::{Error, code_name, http_status};
 
 /// A `sluice.v1` message as the JSON answer.
 pub(crate) struct Pb<M>(pub(crate) M);
 
-/// Encoded size from which a message is rendered as JSON on a blocking thread: mapped
-/// through its descriptors, a session of 100,000 items takes a few hundred ms.
+/// Encoded size from which a message is rendered as JSON on a blocking thread (and size of a
+/// body from which it is read there): mapped through its descriptors, a session of 100,000
+/// items takes a few hundred ms.
 const RENDER_OFF_RUNTIME_FROM: usize = 64 * 1024;
 
 impl<M: Message + Name + Send + 'static> IntoResponse for Pb<M> {
@@ -131,8 +137,32 @@ impl IntoResponse for ApiError {
 }
 
 /// Reads a request body in the protobuf JSON mapping; an empty body is the empty message.
-pub(crate) fn parse<M: Message + Name + Default>(body: &[u8]) -> Result<M, ApiError> {
-    Ok(json::from_json(body)?)
+/// A large one is read on a blocking thread, one at a time: mapped through the descriptors,
+/// a 45 MB job took half a minute and 2 GB, and read on the runtime it held up the agents'
+/// heartbeats until their tasks were given up.
+pub(crate) async fn parse<M: Message + Name + Default + Send + 'static>(
+    body: &Bytes,
+) -> Result<M, ApiError> {
+    if body.len() < RENDER_OFF_RUNTIME_FROM {
+        return Ok(json::from_json(body)?);
+    }
+    static LARGE_BODIES: Semaphore = Semaphore::const_new(1);
+    let _turn = LARGE_BODIES.acquire().await.map_err(|_| internal("closed".into()))?;
+    let body = body.clone();
+    match tokio::task::spawn_blocking(move || json::from_json::<M>(&body)).await {
+        Ok(parsed) => Ok(parsed?),
+        Err(error) => Err(internal(format!("reading the request body failed: {error}"))),
+    }
+}
+
+/// Reads a job body. Its items are counted first, without building them: a body of a
+/// million items is refused at once, not after its mapping took GBs.
+pub(crate) async fn parse_job(body: &Bytes) -> Result<pb::Job, ApiError> {
+    if json::array_longer_than(body, "items", MAX_ITEMS) {
+        let reason = format!("job.items: more than the limit of {MAX_ITEMS}");
+        return Err(Status::from(Error::InvalidJob(JobError::TooLarge(reason))).into());
+    }
+    parse(body).await
 }
 
 /// Refuses a body field that names something other than the path does.

@@ -2,6 +2,7 @@
 //! token authenticator of the test's own (the shape the security layer plugs in).
 //! `tests/policy.rs`: what every answer shares; `tests/server.rs`: connections on real sockets.
 
+mod bodies;
 mod policy;
 mod server;
 

@@ -91,7 +91,7 @@ async fn a_path_that_is_not_utf8_is_a_json_400() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_a_json_413_naming_the_limit() {
-    // One MiB shared by every chunk: the test holds no 64 MiB.
+    // One MiB shared by every chunk: the test holds no 32 MiB.
     let chunk = Bytes::from(vec![b' '; 1 << 20]);
     let chunks = (0..=MAX_BODY_BYTES >> 20).map(move |_| Ok::<_, Infallible>(chunk.clone()));
     let body = Body::from_stream(futures::stream::iter(chunks));
@@ -100,7 +100,7 @@ async fn a_body_over_the_limit_is_a_json_413_naming_the_limit() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let error = json(&body);
     assert_eq!(error["code"], "RESOURCE_EXHAUSTED", "{body}");
-    assert!(error["message"].as_str().unwrap_or_default().contains("64 MiB"), "{body}");
+    assert!(error["message"].as_str().unwrap_or_default().contains("32 MiB"), "{body}");
     let (status, _, body) = send(
         sample_app(Scheme::Http),
         Request::post("/api/v1/things").body(Body::from("{}")).expect("request"),
