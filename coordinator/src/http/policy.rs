@@ -72,14 +72,14 @@ pub(super) fn around(app: Router, scheme: Scheme, names: OwnNames) -> Router {
 }
 
 /// API answers and metrics are read afresh each time, and may hold what only the caller's token
-/// may read: no cache keeps them. An answer's own `Cache-Control` (the event stream's
-/// `no-cache`) stays; the console's files say theirs.
+/// may read: no cache keeps them, the event stream included (axum marks it `no-cache`, which
+/// lets a cache store it); the console's files say theirs.
 async fn no_store_for_data(request: Request, next: Next) -> Response {
     let data = is_data(request.uri().path());
     let mut response = next.run(request).await;
     if data {
         let no_store = HeaderValue::from_static("no-store");
-        response.headers_mut().entry(header::CACHE_CONTROL).or_insert(no_store);
+        response.headers_mut().insert(header::CACHE_CONTROL, no_store);
     }
     response
 }

@@ -38,7 +38,7 @@ async fn api_answers_and_metrics_are_not_stored_and_all_carry_the_security_heade
         ("/api/v1/nothing", Some("no-store")),
         ("/metrics", Some("no-store")),
         // Their own: the event stream's and the console's.
-        ("/api/v1/things/x/events", Some("no-cache")),
+        ("/api/v1/things/x/events", Some("no-store")),
         ("/", Some("no-cache")),
         ("/nothing", None),
     ];
