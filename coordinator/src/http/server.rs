@@ -1,6 +1,6 @@
 //! Serving the application on a listener: one hyper HTTP/1.1 connection per client, plain or
 //! TLS, with the timeouts that keep a slow or silent client from holding a connection (the TLS
-//! handshake has its own, in `tls_accept`), and a bounded graceful shutdown.
+//! handshake has its own, in `https_accept`), and a bounded graceful shutdown.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,7 +12,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use sluice_proto::security::tls::{HANDSHAKE_TIMEOUT, NodeTls, no_delay, tls_accept};
+use sluice_proto::security::tls::{HANDSHAKE_TIMEOUT, NodeTls, https_accept, no_delay};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
@@ -49,7 +49,7 @@ impl Timeouts {
     };
 }
 
-/// Pause after a failed accept (e.g. out of file descriptors), as `tls_accept` does.
+/// Pause after a failed accept (e.g. out of file descriptors), as `https_accept` does.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 type Connection = Either<TcpStream, TlsStream<TcpStream>>;
@@ -63,9 +63,7 @@ enum Accepting {
 impl Accepting {
     fn new(listener: TcpListener, tls: Option<Arc<NodeTls>>) -> Accepting {
         match tls {
-            Some(tls) => {
-                Accepting::Tls(tls_accept(listener, tls, NodeTls::https_config, HANDSHAKE_TIMEOUT))
-            }
+            Some(tls) => Accepting::Tls(https_accept(listener, tls, HANDSHAKE_TIMEOUT)),
             None => Accepting::Plain(listener),
         }
     }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub use self::dial::{DialTls, dial_config};
-pub use self::incoming::{no_delay, tcp_incoming, tls_accept, tls_incoming};
+pub use self::incoming::{https_accept, no_delay, tcp_incoming, tls_accept, tls_incoming};
 pub use self::preface::PrefaceDeadline;
 use super::identity::{CertIdentity, IdentityError, Kind, identity_from_der, valid_at};
 

@@ -180,3 +180,22 @@ async fn a_malformed_chunked_body_is_a_json_400() {
     assert!(answer.to_lowercase().contains("chunk"), "says what was wrong: {answer}");
     server.stop().await;
 }
+
+/// A browser sent to `http://` on the HTTPS port reads why it got nothing, in plain HTTP: a
+/// TLS alert showed as garbage, or as an empty page.
+#[tokio::test]
+async fn plain_http_on_the_https_port_is_told_to_use_https() {
+    let server = Server::start(TIMEOUTS, Scheme::Https).await;
+    let mut tcp: Box<dyn Stream> =
+        Box::new(TcpStream::connect(server.address).await.expect("connect"));
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("write");
+    let answer = read_until_closed(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(answer.ends_with("This port speaks HTTPS only: use an https:// address.\n"));
+    let (mut tls, _) = server.connect().await;
+    tls.write_all(b"GET /api/v1/peer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("write");
+    let mut head = [0; 12];
+    tls.read_exact(&mut head).await.expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 200", "TLS clients are served as before");
+    server.stop().await;
+}

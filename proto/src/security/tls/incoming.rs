@@ -8,6 +8,7 @@ use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use rustls::ServerConfig;
 use tokio::{
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
@@ -33,6 +34,27 @@ pub fn tls_accept(
     config: fn(&NodeTls) -> Arc<ServerConfig>,
     handshake_timeout: Duration,
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    accept(listener, tls, config, handshake_timeout, false)
+}
+
+/// [`tls_accept`] for an HTTPS server: a client that speaks plain HTTP to it (a browser
+/// sent to `http://`) is answered in plain HTTP that the port speaks HTTPS only; the TLS
+/// alert it would get shows as garbage, or as an empty page.
+pub fn https_accept(
+    listener: TcpListener,
+    tls: Arc<NodeTls>,
+    handshake_timeout: Duration,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    accept(listener, tls, NodeTls::https_config, handshake_timeout, true)
+}
+
+fn accept(
+    listener: TcpListener,
+    tls: Arc<NodeTls>,
+    config: fn(&NodeTls) -> Arc<ServerConfig>,
+    handshake_timeout: Duration,
+    answer_plain_http: bool,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(BACKLOG);
     tokio::spawn(async move {
         loop {
@@ -52,7 +74,14 @@ pub fn tls_accept(
             let acceptor = TlsAcceptor::from(config(&tls));
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let handshake = async {
+                    if answer_plain_http && sent_plain_http(&tcp).await {
+                        refuse_plain_http(tcp).await;
+                        return Err(io::Error::other("plain HTTP on an HTTPS port"));
+                    }
+                    acceptor.accept(tcp).await
+                };
+                match tokio::time::timeout(handshake_timeout, handshake).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send((stream, peer)).await;
                     }
@@ -63,6 +92,25 @@ pub fn tls_accept(
         }
     });
     rx
+}
+
+/// Whether the client began with a plain HTTP request line (TLS begins with a handshake
+/// record, byte 0x16).
+async fn sent_plain_http(tcp: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(tcp.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+async fn refuse_plain_http(mut tcp: TcpStream) {
+    let body = "This port speaks HTTPS only: use an https:// address.\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // The client may be gone already; there is nothing more to tell it then.
+    let _ = tcp.write_all(answer.as_bytes()).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// Plain connections for `Router::serve_with_incoming_shutdown` (gRPC without TLS), each
