@@ -302,6 +302,9 @@ pub enum Error {
     /// The thread that keeps the coordinator's lease could not be started.
     #[error("cannot start the lease keep-alive thread: {0}")]
     LeaseThread(std::io::Error),
+    /// The thread that keeps the coordinator's lease ended while the coordinator served.
+    #[error("the lease keep-alive thread died (see the log): no lease can be held again")]
+    LeaseThreadDied,
     /// No credentials, or a token that is unknown, revoked, expired or malformed.
     #[error("{0}")]
     Unauthenticated(String),
@@ -419,7 +422,8 @@ impl Error {
             | CorruptId(_)
             | Tls(_)
             | Blocking(_)
-            | LeaseThread(_) => Code::Internal,
+            | LeaseThread(_)
+            | LeaseThreadDied => Code::Internal,
         }
     }
 }

@@ -33,7 +33,7 @@ use sluice_proto::security::{
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use error::{Error, Result};
 pub use settings::Settings;
@@ -114,24 +114,55 @@ pub async fn run(
     let connect = {
         let (endpoints, prefix) = (settings.etcd.clone(), settings.prefix.clone());
         let (metrics, etcd_tls) = (metrics.clone(), etcd_tls.clone());
-        move || async move {
-            Store::connect(&endpoints, &prefix, timeout, &metrics, etcd_tls.as_ref()).await
+        move || {
+            let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
+            let (metrics, etcd_tls) = (metrics.clone(), etcd_tls.clone());
+            async move {
+                Store::connect(&endpoints, &prefix, timeout, &metrics, etcd_tls.as_ref()).await
+            }
         }
     };
+    let watchdog = membership::watchdog_bound(settings.lease_ttl());
     let (lease, membership) =
-        membership::spawn_isolated(connect, membership_config, tasks.stop.clone())
+        membership::spawn_isolated(connect, membership_config, watchdog, tasks.stop.clone())
+            .await
             .map_err(Error::LeaseThread)?;
+    // Cancelled on `shutdown`, or when the lease's keep-alive dies.
+    let stopping = shutdown.child_token();
     let (services, http) =
-        start(&settings, (store, metrics), lease, tls.clone(), &tasks, &shutdown);
+        start(&settings, (store, metrics), lease.clone(), tls.clone(), &tasks, &stopping);
     info!(id = %settings.id, prefix = %settings.prefix, tls = tls.is_some(), "coordinator serving");
-    let served = serve(services, http, listeners, tls, &shutdown).await;
-    // Session actors have stopped on `shutdown`; now release the lease so peers take over.
+    let served = serve_while_leased(services, http, listeners, tls, lease, &stopping).await;
+    // Session actors have stopped on `stopping`; now release the lease so peers take over.
     tasks.tracker.close();
     tasks.stop.cancel();
     tasks.tracker.wait().await;
     membership.wait().await;
     info!(id = %settings.id, "coordinator stopped");
     served
+}
+
+/// Serves until `stopping`, or until the lease's keep-alive ends (its thread died): a
+/// coordinator that can never hold a lease again starts and claims no session, so it ends
+/// with an error (a supervisor restarts it) instead of looking healthy while useless.
+async fn serve_while_leased(
+    services: Services,
+    http: HttpParts,
+    listeners: Listeners,
+    tls: Option<Arc<NodeTls>>,
+    lease: LeaseWatch,
+    stopping: &CancellationToken,
+) -> Result<()> {
+    let serving = serve(services, http, listeners, tls, stopping);
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => served,
+        () = membership::keep_alive_ended(lease) => {
+            error!("the lease keep-alive thread died; this coordinator stops");
+            stopping.cancel();
+            serving.await.and(Err(Error::LeaseThreadDied))
+        }
+    }
 }
 
 /// Serves gRPC and, if it has a listener, HTTP, until `shutdown` or until the gRPC server

@@ -3,7 +3,11 @@
 //! Every session this coordinator owns hangs off the current lease's `fence` token. The
 //! keep-alive has a deadline shorter than the TTL: when renewals stop succeeding the fence is
 //! cancelled before etcd can expire the lease, so a coordinator cut off from etcd stops acting
-//! before a peer can claim its sessions (self-fencing).
+//! before a peer can claim its sessions (self-fencing). A coordinator whose runtime has
+//! stopped answering (`watchdog`) gives its lease up the same way.
+//!
+//! After a loss the actor asks for a new lease: the process lives on and joins again, and
+//! peers have claimed its sessions meanwhile (or it claims them back as orphans).
 
 use std::{
     sync::atomic::{AtomicI64, Ordering},
@@ -17,12 +21,16 @@ use prost::Message;
 use sluice_proto::{pb, time};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::store::{Store, absent};
 
+mod changes;
 mod isolated;
+mod watchdog;
+pub(crate) use changes::{LeaseChanges, ended as keep_alive_ended};
 pub(crate) use isolated::spawn_isolated;
+pub(crate) use watchdog::{Watchdog, default_bound as watchdog_bound};
 
 /// One granted lease and the token cancelled when it is lost or released.
 #[derive(Debug, Clone)]
@@ -62,7 +70,7 @@ pub(crate) fn spawn(
     shutdown: CancellationToken,
 ) -> (LeaseWatch, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = watch::channel(None);
-    let actor = Membership::new(store, config, sender, shutdown);
+    let actor = Membership::new(store, config, sender, shutdown, None);
     (receiver, tokio::spawn(actor.run()))
 }
 
@@ -76,6 +84,8 @@ struct Membership {
     /// When this process started: every registration records it, so `coordinator list`
     /// shows the process's age, not the last new lease's.
     started_at: prost_types::Timestamp,
+    /// The coordinator's runtime's sign of life (`None`: the actor runs on that runtime).
+    watchdog: Option<Watchdog>,
 }
 
 impl Membership {
@@ -84,14 +94,20 @@ impl Membership {
         config: MembershipConfig,
         sender: watch::Sender<Option<Lease>>,
         shutdown: CancellationToken,
+        watchdog: Option<Watchdog>,
     ) -> Self {
         let previous_lease = AtomicI64::new(0);
-        Membership { store, config, sender, shutdown, previous_lease, started_at: time::now() }
+        let started_at = time::now();
+        Membership { store, config, sender, shutdown, previous_lease, started_at, watchdog }
     }
 
     async fn run(self) {
         let mut backoff = Duration::from_millis(100);
         while !self.shutdown.is_cancelled() {
+            self.wait_for_the_runtime().await;
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             // Sent before the grant: etcd starts the lease's TTL after this moment, so trust
             // counted from here never outlasts the lease, however slow the answers are.
             let asked_at = Instant::now();
@@ -110,6 +126,23 @@ impl Membership {
                 }
             }
         }
+    }
+
+    /// A runtime that does not answer would hold a lease (and the agents' keys bound to it)
+    /// while it can run no session: no new lease until it answers again.
+    async fn wait_for_the_runtime(&self) {
+        let Some(watchdog) = &self.watchdog else { return };
+        if watchdog.silent_for().is_none() {
+            return;
+        }
+        warn!("asking for no new lease until the coordinator's runtime answers again");
+        while watchdog.silent_for().is_some() {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.config.ttl / 6) => {}
+            }
+        }
+        info!("the coordinator's runtime answers again");
     }
 
     async fn grant(&self) -> crate::error::Result<Lease> {
@@ -179,6 +212,8 @@ impl Membership {
 
     /// Keeps `lease` (asked for at `asked_at`) alive until it is lost or shutdown releases it.
     async fn hold(&self, lease: Lease, asked_at: Instant) {
+        // A panic below fences too: the sessions must not outlive a keep-alive that is gone.
+        let _fence_on_unwind = lease.fence.clone().drop_guard();
         self.sender.send_replace(Some(lease.clone()));
         let outcome = self.keep_alive(lease.id, asked_at).await;
         lease.fence.cancel();
@@ -200,6 +235,15 @@ impl Membership {
         loop {
             if Instant::now() >= trusted_until {
                 return KeepAliveEnd::Lost("no renewal confirmed in time");
+            }
+            if let Some(silent) = self.watchdog.as_ref().and_then(Watchdog::silent_for) {
+                error!(
+                    lease = id,
+                    "the coordinator's runtime has not answered for {} s (wedged or starved); \
+                     renewing no more so that peers take its sessions over",
+                    silent.as_secs()
+                );
+                return KeepAliveEnd::Lost("the coordinator's runtime is not answering");
             }
             let sent_at = Instant::now();
             // A renewal may not outlast the trust window: a silent etcd must fence us in time.
@@ -304,6 +348,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             previous_lease: AtomicI64::new(0),
             started_at: time::now(),
+            watchdog: None,
         };
         let refused = second.grant().await.expect_err("the id is taken");
         assert!(
@@ -340,6 +385,7 @@ mod tests {
                 shutdown: CancellationToken::new(),
                 previous_lease: AtomicI64::new(0),
                 started_at: time::now(),
+                watchdog: None,
             }
         };
         let stranger = membership("http://elsewhere").grant().await;
@@ -362,6 +408,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             previous_lease: AtomicI64::new(0),
             started_at: time::now(),
+            watchdog: None,
         };
         let key = store.keys().coordinator("c1");
         let read = || async {

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    membership::{self, Lease, LeaseWatch},
+    membership::{self, Lease, LeaseChanges, LeaseWatch},
     restore_points::RestorePoints,
     store::{Store, deflated},
 };
@@ -415,7 +415,7 @@ impl Sessions {
         period: std::time::Duration,
         shutdown: CancellationToken,
     ) {
-        let mut lease = self.inner.lease.clone();
+        let mut lease = LeaseChanges::new(self.inner.lease.clone());
         let mut deletions = super::watch::owner_deletions(self.store().clone(), shutdown.clone());
         loop {
             if let Err(error) = self.claim_orphans().await {
