@@ -40,7 +40,9 @@ where
     let (sender, receiver) = watch::channel(None);
     let (done, ended) = oneshot::channel();
     let (built, build) = oneshot::channel();
-    let watchdog = Watchdog::start(config.ttl, watchdog_bound, shutdown.clone());
+    let watchdog = Watchdog::new(watchdog_bound);
+    let (ttl, beats) = (config.ttl, watchdog.clone());
+    let stop_beating = shutdown.clone();
     // The thread logs where the caller does (a test's subscriber is the caller thread's).
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let span = tracing::Span::current();
@@ -67,8 +69,10 @@ where
         drop(runtime);
         let _ = done.send(());
     })?;
-    let started = build.await.map_err(|_| std::io::Error::other("the lease thread died"))?;
-    started.map(|()| (receiver, Ended(ended)))
+    build.await.map_err(|_| std::io::Error::other("the lease thread died"))??;
+    // Not before: a lease thread that never ran would leave it beating for nothing.
+    beats.beat_here(ttl, stop_beating);
+    Ok((receiver, Ended(ended)))
 }
 
 /// Connects as `run` asks for leases: again and again, backing off up to a third of the

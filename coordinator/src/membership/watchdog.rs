@@ -33,13 +33,16 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
+    /// A watchdog that barks once the runtime has been silent for longer than `bound`.
+    pub(crate) fn new(bound: Duration) -> Watchdog {
+        Watchdog { origin: Instant::now(), last_beat: Arc::new(AtomicU64::new(0)), bound }
+    }
+
     /// Starts the beating task on the caller's runtime (the one to watch) until `stop`.
-    pub(crate) fn start(ttl: Duration, bound: Duration, stop: CancellationToken) -> Watchdog {
-        let watchdog =
-            Watchdog { origin: Instant::now(), last_beat: Arc::new(AtomicU64::new(0)), bound };
+    pub(crate) fn beat_here(&self, ttl: Duration, stop: CancellationToken) {
         // Often enough that a beat's period is a small part of any bound.
         let period = (ttl / 6).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let beating = watchdog.clone();
+        let beating = self.clone();
         tokio::spawn(async move {
             loop {
                 beating.beat();
@@ -49,7 +52,6 @@ impl Watchdog {
                 }
             }
         });
-        watchdog
     }
 
     fn beat(&self) {
