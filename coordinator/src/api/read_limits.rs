@@ -2,18 +2,13 @@
 //! HTTP together. One such answer can be tens of MB read from etcd, decoded and encoded
 //! (JSON for HTTP); a viewer's few dozen at once held the coordinator's CPU for minutes, grew
 //! its memory to GBs and starved the sessions it owns, whose items failed. At most a few run
-//! at once (one per two cores), each until its answer is sent; the others wait their turn. A caller may have 8 running or
-//! waiting, the coordinator 256: past either a new one is RESOURCE_EXHAUSTED (HTTP 429) at
-//! once, and those admitted go on.
+//! at once (one per two cores), each until its answer is made (at most 10 s); the others
+//! wait their turn. A caller may have 8 running, waiting or not yet sent, the coordinator
+//! 256: past either a new one is RESOURCE_EXHAUSTED (HTTP 429) at once, and those admitted go
+//! on. An answer counts until it has left the coordinator's memory (`held.rs`): a client that
+//! does not read its answers holds at most 8 of them.
 
-use std::{
-    net::SocketAddr,
-    pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
-    task::{Context, Poll},
-};
-
-use hyper::body::{Body, Frame, SizeHint};
+use std::{net::SocketAddr, sync::Arc};
 
 use sluice_proto::security::access::Principal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -42,11 +37,12 @@ pub(crate) struct ReadLimits {
     admitted: CallerCounts,
 }
 
-/// One large read's turn; dropping it (the answer is sent) lets the next run.
+/// One large read's turn to run and its caller's place; its answer's [`HeldBody`] gives the
+/// turn back once the answer is made and the place once it is sent.
 #[derive(Debug)]
 pub(crate) struct ReadPermit {
-    _running: OwnedSemaphorePermit,
-    _place: Counted,
+    running: OwnedSemaphorePermit,
+    place: Counted,
 }
 
 impl ReadLimits {
@@ -82,67 +78,19 @@ impl ReadLimits {
         })?;
         let running = self.running.clone().acquire_owned().await;
         let running = running.map_err(|_| Error::ShuttingDown)?;
-        Ok(ReadPermit { _running: running, _place: place })
+        Ok(ReadPermit { running, place })
+    }
+
+    /// The places taken: reads running, waiting or whose answers are not yet sent.
+    #[cfg(test)]
+    pub(crate) fn places_taken(&self) -> usize {
+        self.admitted.held().0
     }
 }
 
-/// Longest a read's answer holds its turn while it is sent: a client that stops reading
-/// must not hold up every other large read.
-const MAX_SENDING: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// An answer's body that holds its read's turn until it is sent whole (or dropped), for at
-/// most [`MAX_SENDING`]: an answer made but not yet sent is the memory the caps bound, and a
-/// slow client's large answers must not pile up while the next reads are made.
-pub(crate) struct HeldBody<B> {
-    body: B,
-    turn: Arc<Mutex<Option<ReadPermit>>>,
-}
-
-impl<B> HeldBody<B> {
-    pub(crate) fn new(body: B, turn: ReadPermit) -> Self {
-        let turn = Arc::new(Mutex::new(Some(turn)));
-        let held = Arc::downgrade(&turn);
-        tokio::spawn(async move {
-            tokio::time::sleep(MAX_SENDING).await;
-            if let Some(turn) = held.upgrade() {
-                lock(&turn).take();
-            }
-        });
-        HeldBody { body, turn }
-    }
-}
-
-impl<B> Drop for HeldBody<B> {
-    fn drop(&mut self) {
-        lock(&self.turn).take();
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl<B: Body + Unpin> Body for HeldBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
+mod held;
 mod layer;
+pub(crate) use held::HeldBody;
 pub(crate) use layer::ReadLimitLayer;
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The HTTP side of the large-read caps ([`ReadLimits`]): a GET of jobs, sessions or restore
-//! points waits its turn with the gRPC ones, and holds it until its JSON is sent.
+//! The HTTP side of the large-read caps ([`ReadLimits`]): a GET (or HEAD, which runs the same
+//! handler) of jobs, sessions or restore points waits its turn with the gRPC ones, and its
+//! answer's body holds the turn until its JSON is made and the caller's place until it is sent.
 
 use axum::{
     Extension,
@@ -37,7 +38,7 @@ pub(super) async fn in_turn(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() != Method::GET || omits_items(&request) {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) || omits_items(&request) {
         return next.run(request).await;
     }
     match limits.admit(caller.principal.authenticated.as_ref(), caller.peer).await {

@@ -1,9 +1,11 @@
 //! The HTTP surface without a cluster: the route table, and the auth middleware with a
 //! token authenticator of the test's own (the shape the security layer plugs in).
-//! `tests/policy.rs`: what every answer shares; `tests/server.rs`: connections on real sockets.
+//! `tests/policy.rs`: what every answer shares; `tests/server.rs`: connections on real sockets;
+//! `tests/reads.rs`: the large-read caps on real sockets.
 
 mod bodies;
 mod policy;
+mod reads;
 mod server;
 
 use std::{net::SocketAddr, sync::Arc};

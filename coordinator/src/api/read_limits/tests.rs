@@ -1,3 +1,5 @@
+use hyper::body::Bytes;
+
 use super::*;
 use crate::api::callers::token;
 
@@ -52,31 +54,73 @@ async fn the_coordinator_caps_the_reads_it_keeps_waiting() {
     assert!(full.to_string().contains("256 large reads running or waiting"), "{full}");
 }
 
-/// A read's turn is held by its answer's body until the body is sent or dropped: answers
-/// made but not sent are what the cap bounds.
+/// A read's turn is held by its answer's body until the answer is made, and its place until
+/// what was made is sent (dropped): answers made but not sent are what the cap bounds.
 #[tokio::test]
-async fn an_answer_holds_its_turn_until_it_is_sent() {
+async fn an_answer_holds_its_turn_until_it_is_made_and_its_place_until_it_is_sent() {
     use http_body_util::{BodyExt, Full};
 
     let limits = ReadLimits::new(1);
     let turn = limits.admit(Some(&token("a")), None).await.expect("runs at once");
-    let body = HeldBody::new(Full::new(hyper::body::Bytes::from_static(b"answer")), turn);
+    let body = HeldBody::new(Full::new(Bytes::from_static(b"answer")), turn);
     assert_eq!(limits.running.available_permits(), 0, "held while the answer waits to go");
     let sent = body.collect().await.expect("the answer").to_bytes();
     assert_eq!(&sent[..], b"answer");
-    assert_eq!(limits.running.available_permits(), 1, "given back once it is sent");
+    assert_eq!(limits.running.available_permits(), 1, "given back once it is made");
+    assert_eq!(limits.admitted.held(), (1, 1), "the place, while the answer is in memory");
+    drop(sent);
     assert_eq!(limits.admitted.held(), (0, 0));
 }
 
-/// An answer its client does not read gives its turn back after a while: one stalled
-/// client must not hold up every large read.
+/// An answer its client does not read gives its turn back after a while (one stalled client
+/// must not hold up every large read), but not its caller's place: the answer is still in
+/// memory, so the caller's reads past its cap are refused until it is dropped.
 #[tokio::test(start_paused = true)]
-async fn an_answer_not_read_gives_its_turn_back() {
+async fn an_answer_not_read_gives_its_turn_back_and_keeps_its_place() {
     use http_body_util::Full;
 
     let limits = ReadLimits::new(1);
-    let turn = limits.admit(Some(&token("a")), None).await.expect("runs at once");
-    let _unread = HeldBody::new(Full::new(hyper::body::Bytes::from_static(b"answer")), turn);
+    let a = token("a");
+    let turn = limits.admit(Some(&a), None).await.expect("runs at once");
+    let unread = HeldBody::new(Full::new(Bytes::from_static(b"answer")), turn);
     let next = limits.admit(Some(&token("b")), None).await.expect("its turn comes");
     drop(next);
+    assert_eq!(limits.admitted.held(), (1, 1), "the unread answer keeps its place");
+    // The caller's other places, taken without a turn (there is one, and it is free).
+    let mut more = Vec::new();
+    for _ in 1..MAX_READS_PER_CALLER {
+        more.push(limits.admitted.take(Some(&a), None).expect("within the cap"));
+    }
+    let refused = limits.admit(Some(&a), None).await.expect_err("the unread answer counts");
+    assert!(matches!(refused, Error::TooManyReads(_)), "{refused}");
+    drop(unread);
+    let admitted = limits.admit(Some(&a), None).await;
+    admitted.expect("the dropped answer's place");
+}
+
+/// A large answer goes out in slices of at most `SLICE`, in order and whole; its turn comes
+/// back once the last slice is made, and its place once every slice handed on is dropped.
+#[tokio::test]
+async fn a_large_answer_goes_out_in_slices_that_keep_its_place() {
+    use http_body_util::{BodyExt, Full};
+
+    let limits = ReadLimits::new(1);
+    let turn = limits.admit(Some(&token("a")), None).await.expect("runs at once");
+    let answer: Bytes = (0..3 * held::SLICE + 5).map(|n| (n % 251) as u8).collect();
+    let mut body = HeldBody::new(Full::new(answer.clone()), turn);
+    let mut slices = Vec::new();
+    for n in 0..4 {
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        let slice = frame.into_data().expect("data");
+        assert!(slice.len() <= held::SLICE, "a slice of {} bytes", slice.len());
+        let made = limits.running.available_permits() == 1;
+        assert_eq!(made, n == 3, "the turn comes back with the last slice, not before");
+        slices.push(slice);
+    }
+    assert!(body.frame().await.is_none(), "no more");
+    assert_eq!(slices.concat(), answer.to_vec(), "whole and in order");
+    drop(body);
+    assert_eq!(limits.admitted.held(), (1, 1), "slices not yet sent keep the place");
+    drop(slices);
+    assert_eq!(limits.admitted.held(), (0, 0), "every slice gone: the place is back");
 }
