@@ -124,3 +124,5 @@ async fn a_large_answer_goes_out_in_slices_that_keep_its_place() {
     drop(slices);
     assert_eq!(limits.admitted.held(), (0, 0), "every slice gone: the place is back");
 }
+
+mod grpc;
