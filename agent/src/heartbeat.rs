@@ -1,6 +1,6 @@
 //! Heartbeats to the coordinators: every ttl/3 to one endpoint of the list, failing over
 //! round-robin (a round that none took is tried again after a quarter second, then backing
-//! off to the interval); a last one with `leaving` when the agent leaves after a drain. With TLS the
+//! off to a second); a last one with `leaving` when the agent leaves after a drain. With TLS the
 //! agent shows its own certificate, the only one a coordinator takes a heartbeat for this
 //! agent from; the clients are built again after the certificate files changed.
 
@@ -25,9 +25,14 @@ use crate::tasks::AgentStatus;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// After a round no coordinator took, the next comes this soon, then twice as late after
-/// each further one, up to the interval: coordinators that were all down for a moment are
-/// heard again soon after their return, before the agent's registration runs out.
+/// each further one, up to [`MAX_RETRY_AFTER_FAILURE`]: coordinators that were all down for
+/// a moment are heard again soon after their return, before the agent's registration runs
+/// out.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(250);
+/// The longest wait between two rounds no coordinator took. Backing off to the interval
+/// (a third of the TTL) missed a coordinator back after 6-8 s of a 10 s TTL: the agent gave
+/// up the tasks that coordinator had just sent it, as silent past its TTL.
+const MAX_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 type Client = AgentRegistryClient<InterceptedService<Channel, TraceInterceptor>>;
 
@@ -91,7 +96,7 @@ impl Heartbeater {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut draining = false;
-        let mut retry = RETRY_AFTER_FAILURE;
+        let mut retries = Retries::default();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -105,10 +110,9 @@ impl Heartbeater {
             let current = status.borrow_and_update().clone();
             draining = current.draining;
             if self.beat(&current, false).await {
-                retry = RETRY_AFTER_FAILURE;
+                retries = Retries::default();
             } else {
-                ticks.reset_after(retry.min(self.interval));
-                retry = retry.saturating_mul(2);
+                ticks.reset_after(retries.next_wait().min(self.interval));
             }
         }
     }
@@ -173,6 +177,27 @@ impl Heartbeater {
     }
 }
 
+/// The waits after rounds no coordinator took, one after the other.
+#[derive(Debug)]
+struct Retries {
+    next: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { next: RETRY_AFTER_FAILURE }
+    }
+}
+
+impl Retries {
+    /// The wait before the next round: doubled each time, at most a second.
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(MAX_RETRY_AFTER_FAILURE);
+        wait
+    }
+}
+
 fn clients(
     urls: &[String],
     call_timeout: Duration,
@@ -196,4 +221,19 @@ fn client(url: &str, call_timeout: Duration, tls: Option<&NodeTls>) -> Result<Cl
         endpoint = dial.endpoint(endpoint).map_err(|e| config(&e))?;
     }
     Ok(AgentRegistryClient::with_interceptor(endpoint.connect_lazy(), TraceInterceptor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However long every coordinator stays away, the agent asks again at least once a
+    /// second, so it hears one back well within its TTL.
+    #[test]
+    fn retries_back_off_to_a_second_at_most() {
+        let mut retries = Retries::default();
+        let waits: Vec<Duration> = (0..8).map(|_| retries.next_wait()).collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![250, 500, 1000, 1000, 1000, 1000, 1000, 1000]);
+    }
 }

@@ -181,3 +181,49 @@ async fn damage_a_merge_check_finds_ends_the_chain_and_retention_deletes_it() {
     };
     wait_for(check, PATIENCE, "retention to delete the damaged chain").await;
 }
+
+/// Retention's merge of a full into its child finds the child corrupt: the merge is refused
+/// before either changes, and the full stays as it was, listed and usable (it kept its
+/// deletion mark, so it was listed but neither verifiable nor restorable: "deleted" by
+/// nobody, while it was the only whole copy of its point in time).
+#[tokio::test]
+async fn a_full_whose_merge_found_its_child_corrupt_stays_usable() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(2);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.build()).await;
+    let full = backed_up(&mut jobs, "vms").await.restore_point;
+    change(&disks[0], 0x61);
+    let child = backed_up(&mut jobs, "vms").await.restore_point;
+    let file = restore_point_dir(&repository, "vms", "vm-0", &child).join("disk0.qcow2");
+    let mut bytes = fs::read(&file).expect("disk file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    fs::write(&file, &bytes).expect("corrupt");
+    change(&disks[0], 0x62);
+    backed_up(&mut jobs, "vms").await;
+
+    let check = || {
+        let (jobs, child) = (jobs.clone(), child.clone());
+        async move {
+            let all = try_restore_points(&jobs, "vms").await?;
+            let damage = all.iter().find(|rp| rp.id == child).and_then(|rp| rp.damage.clone());
+            damage.ok_or_else(|| format!("no damage recorded on {child}: {all:?}"))
+        }
+    };
+    let damage = wait_for(check, PATIENCE, "retention's merge check to record the damage").await;
+    assert!(damage.problem.starts_with("retention's merge check: "), "{damage:?}");
+    let check = || {
+        let (mut jobs, full) = (jobs.clone(), full.clone());
+        async move {
+            let request =
+                pb::VerifyRestorePointRequest { job: String::new(), restore_point_id: full };
+            jobs.verify_restore_point(request).await.map_err(|status| status.to_string())
+        }
+    };
+    let verified = wait_for(check, PATIENCE, "the full to be usable again").await.into_inner();
+    assert!(verified.ok, "{verified:?}");
+    assert!(listed(&jobs, "vms", &full).await.damage.is_none());
+    assert!(restore_point_dir(&repository, "vms", "vm-0", &full).is_dir());
+}

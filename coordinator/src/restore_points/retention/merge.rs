@@ -55,8 +55,18 @@ impl RestorePoints {
             return Err("in use by a verify or restore".to_owned());
         }
         // A failed merge keeps the mark: the next retention finishes it (the agent's merge
-        // resumes, and is a no-op once done).
-        let merged = self.ask_merge(&located, &child).await?;
+        // resumes, and is a no-op once done). One the agent refused for damaged data left
+        // both restore points as they were: the base is unmarked, usable as before (marked,
+        // it was listed but neither restorable nor verifiable, "deleted" by nobody).
+        let merged = match self.ask_merge(&located, &child).await {
+            Ok(merged) => merged,
+            Err(MergeFailed { reason, untouched }) => {
+                if untouched {
+                    self.unmark_merge(&located.restore_point).await;
+                }
+                return Err(reason);
+            }
+        };
         info!(base = %located.restore_point.id, child = %child.id, "retention merged a full restore point into its child");
         self.record_merge(&located, child, merged).await
     }
@@ -68,32 +78,59 @@ impl RestorePoints {
         &self,
         located: &Located,
         child: &pb::RestorePoint,
-    ) -> Result<pb::RestorePoint, String> {
+    ) -> Result<pb::RestorePoint, MergeFailed> {
         let agents = self.directory.current();
-        let agent = choose_agent(&agents, &located.need(), true)?;
-        let mut client =
-            self.clients.client(&agent.id, &agent.address).map_err(|e| e.to_string())?;
+        let agent = choose_agent(&agents, &located.need(), true).map_err(MergeFailed::from)?;
+        let client = self.clients.client(&agent.id, &agent.address);
+        let mut client = client.map_err(|e| MergeFailed::from(e.to_string()))?;
         let request = pb::MergeRestorePointRequest {
             base: Some(located.location()),
             child_id: child.id.clone(),
         };
         let answer = tokio::time::timeout(AGENT_CALL, client.merge_restore_point(request))
             .await
-            .map_err(|_| format!("agent {} timed out", agent.id))?;
+            .map_err(|_| MergeFailed::from(format!("agent {} timed out", agent.id)))?;
         let answer = match answer {
             Ok(answer) => answer,
             Err(status) => {
-                if status.code() == Code::DataLoss {
+                // The agent checks both restore points before it changes either (and after
+                // finishing a merge an earlier call began): data loss leaves them untouched.
+                let untouched = status.code() == Code::DataLoss;
+                if untouched {
                     let damaged = damaged_one(&located.restore_point, child, status.message());
                     self.record_merge_damage(damaged, status.message()).await;
                 }
-                return Err(format!("agent {}: {}", agent.id, status.message()));
+                let reason = format!("agent {}: {}", agent.id, status.message());
+                return Err(MergeFailed { reason, untouched });
             }
         };
-        answer
-            .into_inner()
-            .merged
-            .ok_or_else(|| format!("agent {} answered without the merged restore point", agent.id))
+        answer.into_inner().merged.ok_or_else(|| {
+            MergeFailed::from(format!(
+                "agent {} answered without the merged restore point",
+                agent.id
+            ))
+        })
+    }
+
+    /// Removes the deletion mark a merge put on `base`, if it is still this coordinator's.
+    async fn unmark_merge(&self, base: &pb::RestorePoint) {
+        let deleting = self.store.keys().restore_point_deleting(&base.job, &base.id);
+        let mark = self.store.get::<pb::RestorePointDeletion>(&deleting).await;
+        let mark = match mark {
+            Ok(Some(mark)) if mark.value.coordinator == self.coordinator => mark,
+            Ok(_) => return,
+            Err(error) => {
+                warn!(restore_point = %base.id, %error, "an unmerged restore point's mark was not read");
+                return;
+            }
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(deleting.as_str(), CompareOp::Equal, mark.mod_revision)])
+            .and_then([TxnOp::delete(deleting.as_str(), None)]);
+        if let Err(error) = self.store.txn(txn).await {
+            // Kept, the next retention tries the merge again.
+            warn!(restore_point = %base.id, %error, "an unmerged restore point's mark was not removed");
+        }
     }
 
     /// The catalog after a merge, in one txn: the base's entry and mark gone, the child's
@@ -124,6 +161,18 @@ impl RestorePoints {
             Ok(None) => Err(format!("the catalog entry of {} is gone", child.id)),
             Err(error) => Err(format!("catalog not updated (the next retention will): {error}")),
         }
+    }
+}
+
+/// Why a merge did not happen, and whether the agent left both restore points as they were.
+struct MergeFailed {
+    reason: String,
+    untouched: bool,
+}
+
+impl From<String> for MergeFailed {
+    fn from(reason: String) -> Self {
+        MergeFailed { reason, untouched: false }
     }
 }
 
