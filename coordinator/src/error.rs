@@ -89,11 +89,11 @@ pub enum Error {
         session: String,
     },
     /// A stop reached a session that has ended.
-    #[error("session {session} has already ended ({result})")]
+    #[error("session {session} has already ended, with result {result}")]
     SessionEnded {
         /// Session id.
         session: String,
-        /// Its result, as the enum's name.
+        /// Its result (`SUCCESS`).
         result: String,
     },
     /// A retry named a session that still runs.

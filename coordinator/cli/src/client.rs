@@ -5,6 +5,7 @@ use std::time::Duration;
 use sluice_proto::pb::auth_service_client::AuthServiceClient;
 use sluice_proto::pb::cluster_service_client::ClusterServiceClient;
 use sluice_proto::pb::job_service_client::JobServiceClient;
+use sluice_proto::pb::job_service_server;
 use sluice_proto::security::tls::{DialTls, check_url, mismatch_hint};
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -89,6 +90,9 @@ impl Ctx {
             let uri = endpoint.uri().clone();
             match answering(endpoint.clone(), ANSWER_TIMEOUT).await {
                 Ok(channel) => return Ok(Clients::new(channel, &self.access)),
+                Err(NoAnswer::NotACoordinator) => errors.push(format!(
+                    "{uri}: it serves no JobService: it is not a coordinator (an agent's port?)"
+                )),
                 Err(NoAnswer::Reset(channel)) => {
                     reset.get_or_insert(channel);
                     errors.push(format!("{uri}: the connection failed under the first call"));
@@ -180,6 +184,9 @@ enum NoAnswer {
     Failed(tonic::transport::Error),
     /// It connected, then failed under the health check with no word from the server.
     Reset(Channel),
+    /// It answered that it serves no JobService (an agent; under TLS its certificate says so
+    /// before any call).
+    NotACoordinator,
 }
 
 /// A channel to `endpoint` once the server answered a health check there: any answer the
@@ -189,9 +196,12 @@ async fn answering(endpoint: Endpoint, limit: Duration) -> Result<Channel, NoAns
     let attempt = async {
         let channel = endpoint.connect().await.map_err(NoAnswer::Failed)?;
         let mut health = HealthClient::new(channel.clone());
-        // Health is open to anyone: no credentials needed.
-        match health.check(HealthCheckRequest::default()).await {
+        // Health is open to anyone: no credentials needed. Asked of the JobService, which
+        // every coordinator serves and an agent does not.
+        let request = HealthCheckRequest { service: job_service_server::SERVICE_NAME.to_owned() };
+        match health.check(request).await {
             Err(status) if bare_transport_error(&status) => Err(NoAnswer::Reset(channel)),
+            Err(status) if status.code() == Code::NotFound => Err(NoAnswer::NotACoordinator),
             _ => Ok(channel),
         }
     };

@@ -61,3 +61,23 @@ async fn a_frozen_endpoint_is_passed_over_and_wrong_ports_are_named() {
     assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
     assert!(text(&refused).contains("the HTTPS console/API port"), "{}", text(&refused));
 }
+
+/// Without TLS no certificate says what listens: an agent's port answered the health check
+/// like a coordinator, was chosen, and every call failed with a bare UNIMPLEMENTED. It is
+/// named as not a coordinator, and the next endpoint of the list is used.
+#[tokio::test]
+async fn without_tls_an_agents_port_is_named_and_passed_over() {
+    let mut cluster = Cluster::builder().agents(1).insecure().start().await;
+    let agent = cluster.agent(0).url();
+    let coordinator = cluster.coordinator(0).url();
+
+    let list = format!("{agent},{coordinator}");
+    let listed = sluice(&cluster, &["--endpoint", &list, "coordinator", "list"]).await;
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
+    assert!(text(&listed).contains("c1"), "the second endpoint answered: {}", text(&listed));
+
+    let refused = sluice(&cluster, &["--endpoint", &agent, "job", "list"]).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    let expected = "it serves no JobService: it is not a coordinator (an agent's port?)";
+    assert!(text(&refused).contains(expected), "{}", text(&refused));
+}

@@ -110,7 +110,7 @@ impl Sessions {
     /// The refusal of a stop of a session that ended, with its result as stored.
     async fn ended(&self, id: &str) -> Error {
         let result = match self.record(id).await {
-            Ok(record) => record.session.unwrap_or_default().result().as_str_name().to_string(),
+            Ok(record) => result_name(record.session.unwrap_or_default().result()),
             Err(error) => return error,
         };
         Error::SessionEnded { session: id.into(), result }
@@ -201,7 +201,7 @@ fn check_stoppable(
         return Err(Error::invalid("session_id", reason));
     }
     if session.state() == SessionState::Stopped {
-        let result = session.result().as_str_name().to_string();
+        let result = result_name(session.result());
         return Err(Error::SessionEnded { session: id.into(), result });
     }
     if request.graceful_timeout_seconds > MAX_SECONDS {
@@ -317,4 +317,10 @@ fn versioned<M: prost::Message + Default>(
 ) -> Result<Versioned<M>> {
     let value = decode(key, kv.value())?;
     Ok(Versioned::of(value, kv))
+}
+
+/// A session's result as the CLI and the console show it (`SUCCESS`).
+fn result_name(result: pb::SessionResult) -> String {
+    let name = result.as_str_name();
+    name.strip_prefix("SESSION_RESULT_").unwrap_or(name).to_string()
 }
