@@ -27,6 +27,29 @@ async fn listed(jobs: &Jobs, job: &str, id: &str) -> pb::RestorePoint {
     all.into_iter().find(|rp| rp.id == id).unwrap_or_else(|| panic!("{id} is not listed"))
 }
 
+/// Flips a byte in the middle of the disk of VM restore point `id` of job `vms`.
+fn corrupt(repository: &std::path::Path, id: &str) {
+    let file = restore_point_dir(repository, "vms", "vm-0", id).join("disk0.qcow2");
+    let mut bytes = fs::read(&file).expect("disk file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    fs::write(&file, &bytes).expect("corrupt");
+}
+
+/// Waits until retention's check before a merge has recorded damage on `id` of job `vms`.
+async fn merge_check_damage(jobs: &Jobs, id: &str) {
+    let check = || {
+        let (jobs, id) = (jobs.clone(), id.to_owned());
+        async move {
+            let all = try_restore_points(&jobs, "vms").await?;
+            let damage = all.iter().find(|rp| rp.id == id).and_then(|rp| rp.damage.clone());
+            damage.ok_or_else(|| format!("no damage recorded on {id}: {all:?}"))
+        }
+    };
+    let damage = wait_for(check, PATIENCE, "retention's merge check to record the damage").await;
+    assert!(damage.problem.starts_with("retention's merge check: "), "{damage:?}");
+}
+
 /// A verify that finds an incremental's disk corrupt records the damage on its catalog
 /// entry; the next backup does not build on it (a full, WARNING, saying why) and the one
 /// after builds on that full; once repaired, a verify clears the mark.
@@ -136,24 +159,10 @@ async fn damage_a_merge_check_finds_ends_the_chain_and_retention_deletes_it() {
     let mut jobs = cluster.job_client().await;
     create_job(&mut jobs, job.build()).await;
     let first = backed_up(&mut jobs, "vms").await.restore_point;
-    let file = restore_point_dir(&repository, "vms", "vm-0", &first).join("disk0.qcow2");
-    let mut bytes = fs::read(&file).expect("disk file");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x5a;
-    fs::write(&file, &bytes).expect("corrupt");
+    corrupt(&repository, &first);
     change(&disks[0], 0x61);
     let second = backed_up(&mut jobs, "vms").await.restore_point;
-
-    let check = || {
-        let (jobs, first) = (jobs.clone(), first.clone());
-        async move {
-            let all = try_restore_points(&jobs, "vms").await?;
-            let damage = all.iter().find(|rp| rp.id == first).and_then(|rp| rp.damage.clone());
-            damage.ok_or_else(|| format!("no damage recorded on {first}: {all:?}"))
-        }
-    };
-    let damage = wait_for(check, PATIENCE, "retention's merge check to record the damage").await;
-    assert!(damage.problem.starts_with("retention's merge check: "), "{damage:?}");
+    merge_check_damage(&jobs, &first).await;
 
     change(&disks[0], 0x62);
     let item = backed_up(&mut jobs, "vms").await;
@@ -196,24 +205,10 @@ async fn a_full_whose_merge_found_its_child_corrupt_stays_usable() {
     let full = backed_up(&mut jobs, "vms").await.restore_point;
     change(&disks[0], 0x61);
     let child = backed_up(&mut jobs, "vms").await.restore_point;
-    let file = restore_point_dir(&repository, "vms", "vm-0", &child).join("disk0.qcow2");
-    let mut bytes = fs::read(&file).expect("disk file");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x5a;
-    fs::write(&file, &bytes).expect("corrupt");
+    corrupt(&repository, &child);
     change(&disks[0], 0x62);
     backed_up(&mut jobs, "vms").await;
-
-    let check = || {
-        let (jobs, child) = (jobs.clone(), child.clone());
-        async move {
-            let all = try_restore_points(&jobs, "vms").await?;
-            let damage = all.iter().find(|rp| rp.id == child).and_then(|rp| rp.damage.clone());
-            damage.ok_or_else(|| format!("no damage recorded on {child}: {all:?}"))
-        }
-    };
-    let damage = wait_for(check, PATIENCE, "retention's merge check to record the damage").await;
-    assert!(damage.problem.starts_with("retention's merge check: "), "{damage:?}");
+    merge_check_damage(&jobs, &child).await;
     let check = || {
         let (mut jobs, full) = (jobs.clone(), full.clone());
         async move {
