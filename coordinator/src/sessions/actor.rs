@@ -145,10 +145,13 @@ pub(crate) struct SessionActor {
     outbox: Outbox,
     /// Writes, RunTask and cancel calls, retry timers.
     children: Children,
-    /// When the lazy changes (phases, waiting reasons) were last looked at for a write.
-    /// Timed apart from the other writes: a busy session writes outcomes more often than
-    /// [`LAZY_FLUSH`], and timed from any write, its phases and waiting reasons were never
-    /// stored while it stayed busy.
+    /// When the actor last wrote: waiting reasons are shown only once it has been quiet for
+    /// [`LAZY_FLUSH`] (a busy session's first waiting items change with every freed slot,
+    /// and writing their reasons cost 100 concurrent sessions a write per item).
+    last_flush: Instant,
+    /// When the lazy changes (phases, refusals) were last looked at for a write. Timed apart
+    /// from the other writes: a busy session writes outcomes more often than [`LAZY_FLUSH`],
+    /// and timed from any write, its phases were never stored while it stayed busy.
     last_lazy_flush: Instant,
     last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
@@ -203,6 +206,7 @@ impl SessionActor {
             fence,
             outbox: Outbox::default(),
             children: Children::default(),
+            last_flush: Instant::now(),
             last_lazy_flush: Instant::now(),
             last_bytes_flush: Instant::now(),
             retry_flush_at: None,
@@ -305,8 +309,11 @@ impl SessionActor {
         // A write in flight or a retry pending: its answer or the retry wakes the actor (a
         // lazy deadline already past would wake it at once, again and again).
         if !self.outbox.is_flushing() && self.retry_flush_at.is_none() {
-            if self.machine.has_lazy_changes() || self.machine.has_waits() {
+            if self.machine.has_lazy_changes() {
                 wake = wake.min(self.last_lazy_flush + LAZY_FLUSH);
+            }
+            if self.machine.has_waits() {
+                wake = wake.min(self.last_flush + LAZY_FLUSH);
             }
             if self.machine.has_byte_changes() {
                 wake = wake.min(self.last_bytes_flush + BYTES_FLUSH);

@@ -18,12 +18,15 @@ impl SessionActor {
         if self.outbox.is_flushing() || self.retry_flush_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
+        if self.last_flush.elapsed() >= LAZY_FLUSH {
+            // Written only once the session is quiet: most rounds' reasons are replaced by
+            // the next round's.
+            self.machine.show_waits();
+        }
         // Lazy changes are taken once per `LAZY_FLUSH`, timed apart from the other writes.
         let lazy_time = self.last_lazy_flush.elapsed() >= LAZY_FLUSH;
         if lazy_time {
             self.last_lazy_flush = Instant::now();
-            // Written only now: most rounds' reasons are replaced by the next round's.
-            self.machine.show_waits();
         }
         let lazy_due = self.machine.has_lazy_changes() && lazy_time;
         let bytes_due =
@@ -47,6 +50,7 @@ impl SessionActor {
         }
         self.outbox.flush_started();
         let batch = records::flush(&self.base, &self.machine, &items, session);
+        self.last_flush = Instant::now();
         let (store, id, owner) =
             (self.ctx.store.clone(), self.machine.id().to_string(), self.owner.clone());
         let stop_seen = self.stop_seen;
