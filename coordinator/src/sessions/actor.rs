@@ -9,6 +9,7 @@
 mod agent_calls;
 mod children;
 mod flush;
+mod lazy;
 mod reattach;
 mod stop;
 mod withdrawals;
@@ -24,7 +25,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 
-use self::children::Children;
+use self::{children::Children, lazy::LazyClock};
 use super::{
     context::SessionContext,
     machine::{CancelReason, Dispatch, Effect, Event, Machine},
@@ -145,14 +146,8 @@ pub(crate) struct SessionActor {
     outbox: Outbox,
     /// Writes, RunTask and cancel calls, retry timers.
     children: Children,
-    /// When the actor last wrote: waiting reasons are shown only once it has been quiet for
-    /// [`LAZY_FLUSH`] (a busy session's first waiting items change with every freed slot,
-    /// and writing their reasons cost 100 concurrent sessions a write per item).
-    last_flush: Instant,
-    /// When the lazy changes (phases, refusals) were last looked at for a write. Timed apart
-    /// from the other writes: a busy session writes outcomes more often than [`LAZY_FLUSH`],
-    /// and timed from any write, its phases were never stored while it stayed busy.
-    last_lazy_flush: Instant,
+    /// When phases, refusals and waiting reasons are written.
+    lazy: LazyClock,
     last_bytes_flush: Instant,
     retry_flush_at: Option<Instant>,
     needs_dispatch: bool,
@@ -206,8 +201,7 @@ impl SessionActor {
             fence,
             outbox: Outbox::default(),
             children: Children::default(),
-            last_flush: Instant::now(),
-            last_lazy_flush: Instant::now(),
+            lazy: LazyClock::new(Instant::now()),
             last_bytes_flush: Instant::now(),
             retry_flush_at: None,
             needs_dispatch: true,
@@ -310,10 +304,10 @@ impl SessionActor {
         // lazy deadline already past would wake it at once, again and again).
         if !self.outbox.is_flushing() && self.retry_flush_at.is_none() {
             if self.machine.has_lazy_changes() {
-                wake = wake.min(self.last_lazy_flush + LAZY_FLUSH);
+                wake = wake.min(self.lazy.lazy_due());
             }
             if self.machine.has_waits() {
-                wake = wake.min(self.last_flush + LAZY_FLUSH);
+                wake = wake.min(self.lazy.waits_due());
             }
             if self.machine.has_byte_changes() {
                 wake = wake.min(self.last_bytes_flush + BYTES_FLUSH);

@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{BYTES_FLUSH, Exit, LAZY_FLUSH, Msg, RETRY_BACKOFF, SessionActor};
+use super::{BYTES_FLUSH, Exit, Msg, RETRY_BACKOFF, SessionActor};
 use crate::{
     error::Error,
     sessions::{
@@ -18,17 +18,13 @@ impl SessionActor {
         if self.outbox.is_flushing() || self.retry_flush_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
-        if self.last_flush.elapsed() >= LAZY_FLUSH {
+        let now = Instant::now();
+        if self.lazy.quiet(now) {
             // Written only once the session is quiet: most rounds' reasons are replaced by
             // the next round's.
             self.machine.show_waits();
         }
-        // Lazy changes are taken once per `LAZY_FLUSH`, timed apart from the other writes.
-        let lazy_time = self.last_lazy_flush.elapsed() >= LAZY_FLUSH;
-        if lazy_time {
-            self.last_lazy_flush = Instant::now();
-        }
-        let lazy_due = self.machine.has_lazy_changes() && lazy_time;
+        let lazy_due = self.lazy.take_lazy(now) && self.machine.has_lazy_changes();
         let bytes_due =
             self.machine.has_byte_changes() && self.last_bytes_flush.elapsed() >= BYTES_FLUSH;
         let urgent = self.machine.has_urgent_changes();
@@ -50,7 +46,7 @@ impl SessionActor {
         }
         self.outbox.flush_started();
         let batch = records::flush(&self.base, &self.machine, &items, session);
-        self.last_flush = Instant::now();
+        self.lazy.wrote(Instant::now());
         let (store, id, owner) =
             (self.ctx.store.clone(), self.machine.id().to_string(), self.owner.clone());
         let stop_seen = self.stop_seen;
