@@ -39,9 +39,20 @@ pub enum Error {
         /// Job name.
         job: String,
     },
-    /// The job has an active session, so it can neither start another nor be deleted.
+    /// The job has an active session, so it cannot start another.
     #[error("job {job:?} already has an active session {session}; stop it or wait for it to end")]
     JobBusy {
+        /// Job name.
+        job: String,
+        /// Its active session.
+        session: String,
+    },
+    /// The job has an active session, so it cannot be deleted.
+    #[error(
+        "job {job:?} was not deleted: its session {session} is active; stop it or wait for it \
+         to end"
+    )]
+    JobBusyDeleting {
         /// Job name.
         job: String,
         /// Its active session.
@@ -178,12 +189,6 @@ pub enum Error {
     /// The agent asked for is draining.
     #[error("agent {agent} is draining")]
     AgentDraining {
-        /// Agent id.
-        agent: String,
-    },
-    /// The agent asked for is not online.
-    #[error("agent {agent} is not online")]
-    AgentOffline {
         /// Agent id.
         agent: String,
     },
@@ -388,6 +393,7 @@ impl Error {
             | TokenExists { .. }
             | CoordinatorIdTaken { .. } => Code::AlreadyExists,
             JobBusy { .. }
+            | JobBusyDeleting { .. }
             | LastAdminToken { .. }
             | JobLinked { .. }
             | NoActiveSession { .. }
@@ -397,7 +403,6 @@ impl Error {
             | NothingToRetry { .. }
             | NoGracefulStop { .. }
             | AgentDraining { .. }
-            | AgentOffline { .. }
             | NoSuitableAgent(_)
             | RestorePointHasChildren { .. }
             | RestorePointInUse { .. }

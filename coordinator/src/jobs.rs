@@ -118,7 +118,7 @@ impl Jobs {
         }
         let active = self.store.kv().get(active_key, None).await?;
         match active.kvs().first() {
-            Some(kv) => Err(Error::JobBusy {
+            Some(kv) => Err(Error::JobBusyDeleting {
                 job: name.to_string(),
                 session: String::from_utf8_lossy(kv.value()).into_owned(),
             }),

@@ -217,14 +217,15 @@ impl RestorePoints {
         Ok(entry.map(|entry| (key, entry.value)))
     }
 
-    /// The agent to run on: `requested` if named (it must be online), else the best fit.
+    /// The agent to run on: `requested` if named (it must be registered and online), else the
+    /// best fit.
     fn pick(&self, located: &Located, requested: &str, any_as_fallback: bool) -> Result<pb::Agent> {
         let agents = self.directory.current();
         if !requested.is_empty() {
             return match agents.get(requested) {
                 Some(agent) if agent.state() == pb::AgentState::Online => Ok(agent.clone()),
                 Some(_) => Err(Error::AgentDraining { agent: requested.into() }),
-                None => Err(Error::AgentOffline { agent: requested.into() }),
+                None => Err(Error::AgentNotRegistered { agent: requested.into() }),
             };
         }
         choose_agent(&agents, &located.need(), any_as_fallback)

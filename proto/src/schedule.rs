@@ -323,11 +323,16 @@ pub fn leap_second(text: &str) -> bool {
     parse_clock(text).is_ok_and(|time| time.nanosecond() >= 1_000_000_000)
 }
 
-/// A UTC time as a wall clock time in `zone`, for messages (`2026-03-29 03:00:00 CEST`).
+/// A UTC time as a wall clock time in `zone`, for messages, with the zone's name and the UTC
+/// time the CLI's tables show (`2026-03-29 03:00:00 CEST (Europe/Berlin, 2026-03-29T01:00:00Z)`).
 pub fn local_text(at: DateTime<Utc>, timezone: &str) -> String {
     let zone = parse_timezone(timezone).unwrap_or(Tz::UTC);
+    if zone == Tz::UTC {
+        return at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    }
     let local = zone.from_utc_datetime(&at.naive_utc());
-    format!("{} {}", local.format("%Y-%m-%d %H:%M:%S"), local.format("%Z"))
+    let wall = local.format("%Y-%m-%d %H:%M:%S %Z");
+    format!("{wall} ({}, {})", zone.name(), at.format("%Y-%m-%dT%H:%M:%SZ"))
 }
 
 /// Short text of a window, for messages: `mon,tue 22:00-06:00; sat 00:00-23:59 (Europe/Berlin)`.

@@ -94,6 +94,15 @@ impl Ctx {
                     "{uri}: it serves no JobService: it is not a coordinator (an agent's port?)"
                 )),
                 Err(NoAnswer::Reset(channel)) => {
+                    // Without TLS, an HTTP/1 server drops the HTTP/2 preface like this.
+                    let console = match self.access.secure() {
+                        true => None,
+                        false => diagnose::plain_http_hint(&uri).await,
+                    };
+                    if let Some(hint) = console {
+                        errors.push(format!("{uri}: {hint}"));
+                        continue;
+                    }
                     reset.get_or_insert(channel);
                     errors.push(format!("{uri}: the connection failed under the first call"));
                 }
@@ -108,7 +117,10 @@ impl Ctx {
                     let text = chain(&error);
                     let debug = format!("{text} {error:?}");
                     let hint = match mismatch_hint(&debug, self.access.secure()) {
-                        Some(hint) => Some(hint.to_string()),
+                        Some(hint) => match diagnose::plain_http_hint(&uri).await {
+                            Some(console) => Some(console),
+                            None => Some(hint.to_string()),
+                        },
                         None => diagnose::tls_hint(&debug, &uri).await,
                     };
                     errors.push(format!(

@@ -34,6 +34,32 @@ pub async fn tls_hint(error_text: &str, uri: &tonic::transport::Uri) -> Option<S
     Some(refused_certificate_hint(&der))
 }
 
+/// What the CLI tells when a plaintext endpoint answers HTTP/1 (`--insecure`): gRPC servers
+/// speak only HTTP/2 and close such a connection, the console's plain HTTP port answers it.
+pub async fn plain_http_hint(uri: &tonic::transport::Uri) -> Option<String> {
+    let answers = tokio::time::timeout(LOOK_TIMEOUT, answers_http1(uri)).await.ok()?;
+    answers.then(|| {
+        "this looks like the console/API HTTP port (--http-listen); use the coordinator's gRPC \
+         --listen address"
+            .to_string()
+    })
+}
+
+/// Whether the server at `uri` answers a plain HTTP/1.1 request with an HTTP/1 status line.
+async fn answers_http1(uri: &tonic::transport::Uri) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let Ok(mut stream) = TcpStream::connect((host, port)).await else { return false };
+    let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut start = [0u8; 7];
+    stream.read_exact(&mut start).await.is_ok() && &start == b"HTTP/1."
+}
+
 /// What the CLI tells about a chain-verified certificate that is not a coordinator's.
 pub fn refused_certificate_hint(der: &[u8]) -> String {
     match identity_from_der(der) {
@@ -149,5 +175,27 @@ mod tests {
         let hint = tls_hint("received fatal alert: NoApplicationProtocol", &uri).await;
         assert!(hint.is_some_and(|h| h.contains("HTTPS console/API port")));
         assert!(tls_hint("transport error", &uri).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_port_that_answers_http1_is_named_as_the_console_port() -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let uri: tonic::transport::Uri =
+            format!("http://{}", listener.local_addr()?).parse().expect("URI");
+        let server = tokio::spawn(async move {
+            let (mut http, _) = listener.accept().await?;
+            let mut request = [0u8; 16];
+            http.read_exact(&mut request).await?;
+            http.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await?;
+            // An HTTP/2-only server closes at once instead.
+            let (closing, _) = listener.accept().await?;
+            drop(closing);
+            std::io::Result::Ok(())
+        });
+        let hint = plain_http_hint(&uri).await;
+        assert!(hint.is_some_and(|h| h.contains("console/API HTTP port")));
+        assert!(plain_http_hint(&uri).await.is_none());
+        server.await.expect("server task")
     }
 }

@@ -131,15 +131,25 @@ async fn show(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
 async fn delete(ctx: &Ctx, name: String) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
     clients.jobs.delete_job(pb::DeleteJobRequest { name: name.clone() }).await?;
-    let done = || serde_json::json!({ "deleted": name, "restore_points_kept": true });
-    output::print(ctx.format, || deleted_text(&name), done)?;
+    // Only to say what stays: a job that made none is not worth a listing hint.
+    let request = pb::ListRestorePointsRequest { job: name.clone() };
+    let kept = match clients.jobs.list_restore_points(request).await {
+        Ok(answer) => answer.into_inner().restore_points.len(),
+        Err(_) => 0,
+    };
+    let done = || serde_json::json!({ "deleted": name, "restore_points_kept": kept });
+    output::print(ctx.format, || deleted_text(&name, kept), done)?;
     Ok(Exit::Success)
 }
 
 /// What `job delete` says: the restore points stay, and a new job of the name leaves them be.
-fn deleted_text(name: &str) -> String {
+fn deleted_text(name: &str, kept: usize) -> String {
+    if kept == 0 {
+        return format!("deleted job {name}; it had no restore points");
+    }
+    let points = if kept == 1 { "restore point is" } else { "restore points are" };
     format!(
-        "deleted job {name}; its restore points are kept (restore-point list {name}): a new job \
+        "deleted job {name}; its {kept} {points} kept (restore-point list {name}): a new job \
          named {name} will neither build on them nor delete them"
     )
 }

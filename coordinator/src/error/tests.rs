@@ -8,6 +8,9 @@ fn codes_and_messages_fit_the_error() {
         busy.message(),
         "job \"j\" already has an active session s1; stop it or wait for it to end"
     );
+    let deleting = Status::from(Error::JobBusyDeleting { job: "j".into(), session: "s1".into() });
+    assert_eq!(deleting.code(), Code::FailedPrecondition);
+    assert!(deleting.message().starts_with("job \"j\" was not deleted: its session s1 is active"));
     let missing = Status::from(Error::RestorePointNotFound { id: "r".into(), job: "j".into() });
     assert_eq!(missing.code(), Code::NotFound);
     assert_eq!(missing.message(), "restore point \"r\" does not exist in job \"j\"");

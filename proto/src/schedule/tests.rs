@@ -277,3 +277,14 @@ fn a_due_time_moved_by_the_spring_jump_stands_for_the_time_it_names() {
     let quarterly = cron("*/15 * * * *", "Europe/Berlin");
     assert_eq!(quarterly.nominal(moved), named("2026-03-29T03:00:00"));
 }
+
+#[test]
+fn a_time_in_a_message_names_its_zone_and_the_utc_time_tables_show() {
+    let at = utc("2026-12-07T14:03:00Z");
+    assert_eq!(
+        local_text(at, "Europe/Berlin"),
+        "2026-12-07 15:03:00 CET (Europe/Berlin, 2026-12-07T14:03:00Z)"
+    );
+    assert_eq!(local_text(at, ""), "2026-12-07T14:03:00Z");
+    assert_eq!(local_text(at, "UTC"), "2026-12-07T14:03:00Z");
+}

@@ -64,7 +64,8 @@ async fn a_frozen_endpoint_is_passed_over_and_wrong_ports_are_named() {
 
 /// Without TLS no certificate says what listens: an agent's port answered the health check
 /// like a coordinator, was chosen, and every call failed with a bare UNIMPLEMENTED. It is
-/// named as not a coordinator, and the next endpoint of the list is used.
+/// named as not a coordinator, and the next endpoint of the list is used. The console's plain
+/// HTTP port is named as such (it was "may require TLS").
 #[tokio::test]
 async fn without_tls_an_agents_port_is_named_and_passed_over() {
     let mut cluster = Cluster::builder().agents(1).insecure().start().await;
@@ -80,4 +81,9 @@ async fn without_tls_an_agents_port_is_named_and_passed_over() {
     assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
     let expected = "it serves no JobService: it is not a coordinator (an agent's port?)";
     assert!(text(&refused).contains(expected), "{}", text(&refused));
+
+    let console = cluster.coordinator(0).http_url();
+    let refused = sluice(&cluster, &["--endpoint", &console, "job", "list"]).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert!(text(&refused).contains("the console/API HTTP port"), "{}", text(&refused));
 }
