@@ -288,3 +288,13 @@ fn a_time_in_a_message_names_its_zone_and_the_utc_time_tables_show() {
     assert_eq!(local_text(at, ""), "2026-12-07T14:03:00Z");
     assert_eq!(local_text(at, "UTC"), "2026-12-07T14:03:00Z");
 }
+
+#[test]
+fn the_shorthands_and_special_day_forms_readme_names_are_taken() {
+    for expression in ["@daily", "@hourly", "@weekly", "@monthly", "@yearly", "0 0 L * *"] {
+        assert!(parse_cron(expression).is_ok(), "{expression}");
+    }
+    for expression in ["0 0 * * 5#2", "0 0 ? * MON", "0 0 * * 5L"] {
+        assert!(parse_cron(expression).is_ok(), "{expression}");
+    }
+}
