@@ -4,15 +4,20 @@
 //! coordinator shuts down, etcd is gone), an `error` event with the error body ends the
 //! response, and the browser's `EventSource` reconnects and gets the session anew. A large
 //! session's events are paced (`pacing.rs`): at most one per interval, the newest wins.
+//!
+//! Each event is framed once for every stream of the session's feed and handed to each as the
+//! same `Bytes`: a large session's event is tens of MB, which axum's `Sse` copied per stream.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Extension,
+    body::{Body, Bytes},
     extract::State,
-    response::sse::{Event, KeepAlive, KeepAliveStream, Sse},
+    response::{IntoResponse, Response},
 };
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use http::header;
 use sluice_proto::pb;
 use tonic::Code;
 
@@ -25,15 +30,17 @@ use super::{
 };
 use crate::sessions::watch::feeds::FeedEvent;
 
-type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
-type Events = Sse<KeepAliveStream<EventStream>>;
+/// A comment line sent when no event came for this long, so that proxies and browsers keep
+/// the stream open (what axum's `KeepAlive` sends by default).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
 
 /// Streams a session's events.
 pub(crate) async fn session_events(
     State(services): State<Services>,
     Extension(caller): Extension<Caller>,
     PathParam(id): PathParam,
-) -> Result<Events, ApiError> {
+) -> Result<Response, ApiError> {
     let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
     let watch = services.jobs.session_events(request).map_err(refusal)?;
     let mut watch = Box::pin(paced(watch));
@@ -42,20 +49,28 @@ pub(crate) async fn session_events(
         Some(Err(status)) => return Err(status.into()),
         None => return Err(ApiError::new(Code::Unavailable, "the session watch ended at once")),
     };
-    let events = async_stream::stream! {
-        yield Ok(first);
-        while let Some(item) = watch.next().await {
-            match item {
-                Ok(event) => yield Ok(session_event(event).await),
-                Err(status) => {
+    let frames = async_stream::stream! {
+        yield Ok::<_, Infallible>(first);
+        loop {
+            let next = tokio::select! {
+                next = watch.next() => next,
+                () = tokio::time::sleep(KEEP_ALIVE) => {
+                    yield Ok(Bytes::from_static(KEEP_ALIVE_FRAME));
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(event)) => yield Ok(session_event(event).await),
+                Some(Err(status)) => {
                     yield Ok(error_event(status.into()));
                     break;
                 }
+                None => break,
             }
         }
     };
-    let events: EventStream = Box::pin(events);
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    let headers = [(header::CONTENT_TYPE, "text/event-stream")];
+    Ok((headers, Body::from_stream(frames)).into_response())
 }
 
 /// A refused watch as the HTTP error; the watch limit (the one RESOURCE_EXHAUSTED of a watch)
@@ -76,19 +91,44 @@ impl Paced for Arc<FeedEvent> {
     }
 }
 
-/// The event as SSE; its JSON is rendered once for every stream of the session's feed.
-async fn session_event(event: Arc<FeedEvent>) -> Event {
-    let render = || async { reply::render(event.event.clone()).await.map(Arc::<str>::from) };
-    match event.json().get_or_try_init(render).await {
-        Ok(text) => Event::default().event("session").data(&**text),
+/// The event as SSE, framed once for every stream of the session's feed.
+async fn session_event(event: Arc<FeedEvent>) -> Bytes {
+    let render =
+        || async { reply::render(event.event.clone()).await.map(|json| frame("session", &json)) };
+    match event.framed().get_or_try_init(render).await {
+        Ok(framed) => framed.clone(),
         Err(error) => error_event(error),
     }
 }
 
-fn error_event(error: ApiError) -> Event {
-    let event = Event::default().event("error");
-    match serde_json::to_string(&error.body()) {
-        Ok(text) => event.data(text),
-        Err(_) => event.data("{}"),
+fn error_event(error: ApiError) -> Bytes {
+    let text = serde_json::to_string(&error.body()).unwrap_or_else(|_| "{}".to_string());
+    frame("error", &text)
+}
+
+/// An SSE event of type `event` with `data`, one `data:` line per line of it (compact JSON
+/// has none but the one).
+fn frame(event: &str, data: &str) -> Bytes {
+    let mut framed = String::with_capacity(data.len() + event.len() + 16);
+    framed.push_str("event: ");
+    framed.push_str(event);
+    framed.push('\n');
+    for line in data.split('\n') {
+        framed.push_str("data: ");
+        framed.push_str(line);
+        framed.push('\n');
+    }
+    framed.push('\n');
+    Bytes::from(framed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_framed_with_a_data_line_per_line() {
+        assert_eq!(frame("session", "{\"a\":1}"), "event: session\ndata: {\"a\":1}\n\n");
+        assert_eq!(frame("error", "a\nb"), "event: error\ndata: a\ndata: b\n\n");
     }
 }

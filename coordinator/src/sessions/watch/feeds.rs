@@ -13,6 +13,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
+use hyper::body::Bytes;
 use sluice_proto::pb;
 use tokio::sync::{
     OnceCell,
@@ -28,23 +29,23 @@ use crate::store::Store;
 /// session: a few are enough for the states one etcd answer can carry).
 const BACKLOG: usize = 4;
 
-/// One event of a feed, shared by its watchers: an HTTP event stream renders its JSON at most
-/// once for all of them (a large session's event is tens of MB of JSON, and each stream
-/// rendered its own).
+/// One event of a feed, shared by its watchers: HTTP event streams render and frame its JSON
+/// at most once for all of them (a large session's event is tens of MB of JSON, and each
+/// stream rendered its own).
 #[derive(Debug)]
 pub(crate) struct FeedEvent {
     pub(crate) event: pb::SessionEvent,
-    json: OnceCell<Arc<str>>,
+    framed: OnceCell<Bytes>,
 }
 
 impl FeedEvent {
     fn new(event: pb::SessionEvent) -> Self {
-        FeedEvent { event, json: OnceCell::new() }
+        FeedEvent { event, framed: OnceCell::new() }
     }
 
-    /// The event's JSON, rendered by the first stream that asks.
-    pub(crate) fn json(&self) -> &OnceCell<Arc<str>> {
-        &self.json
+    /// The event as an HTTP event stream sends it, framed by the first stream that asks.
+    pub(crate) fn framed(&self) -> &OnceCell<Bytes> {
+        &self.framed
     }
 }
 

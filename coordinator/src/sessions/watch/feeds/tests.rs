@@ -120,7 +120,7 @@ async fn an_unknown_session_is_not_found_for_every_watcher() {
 }
 
 /// Watchers of a session get the same event, not copies: what one renders of it (an HTTP
-/// stream's JSON) the others read.
+/// stream's framed JSON) the others read, as the same bytes.
 #[tokio::test]
 async fn watchers_share_each_event_and_what_is_rendered_of_it() {
     let (store, feeds) = feeds().await;
@@ -130,8 +130,10 @@ async fn watchers_share_each_event_and_what_is_rendered_of_it() {
     let one = first.next().await.expect("an event").expect("not an error");
     let other = second.next().await.expect("an event").expect("not an error");
     assert!(std::sync::Arc::ptr_eq(&one, &other), "one event for both");
-    let rendered = one.json().get_or_init(|| async { "{\"rendered\":1}".into() }).await;
-    assert_eq!(other.json().get().map(|text| &**text), Some(&**rendered), "rendered once");
+    let framed = one.framed().get_or_init(|| async { "data: {}\n\n".into() }).await;
+    assert_eq!(other.framed().get(), Some(framed), "framed once");
+    let shared = other.framed().get().map(|bytes| bytes.as_ptr());
+    assert_eq!(shared, Some(framed.as_ptr()), "the same bytes, not a copy");
 }
 
 /// A feed whose task dies (a panic while it reads or builds an event) ends its watchers with
