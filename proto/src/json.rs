@@ -8,6 +8,7 @@
 //! find every field; unset message fields (timestamps, `optional`) are left out.
 
 mod count;
+mod twice;
 
 use std::sync::OnceLock;
 
@@ -57,17 +58,19 @@ pub fn to_json<M: Message + Name>(message: &M) -> Result<String, JsonError> {
     String::from_utf8(serializer.into_inner()).map_err(|e| JsonError::Invalid(e.to_string()))
 }
 
-/// Reads a message from JSON; unknown fields are refused. Empty text is the empty message.
+/// Reads a message from JSON; unknown fields and fields given twice (in either spelling, at
+/// any depth) are refused. Empty text is the empty message.
 pub fn from_json<M: Message + Name + Default>(text: &[u8]) -> Result<M, JsonError> {
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(M::default());
     }
+    let message = descriptor::<M>()?;
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     // The path names the field, where serde_json's position alone says only a column.
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(&mut deserializer, &mut track);
     let dynamic = DynamicMessage::deserialize_with_options(
-        descriptor::<M>()?,
+        message.clone(),
         tracked,
         &DeserializeOptions::new(),
     )
@@ -78,6 +81,7 @@ pub fn from_json<M: Message + Name + Default>(text: &[u8]) -> Result<M, JsonErro
         JsonError::Invalid(if named { format!("{path}: {e}") } else { e.to_string() })
     })?;
     deserializer.end().map_err(|e| JsonError::Invalid(e.to_string()))?;
+    twice::refuse_fields_given_twice(text, message).map_err(JsonError::Invalid)?;
     dynamic.transcode_to::<M>().map_err(|e| JsonError::Invalid(e.to_string()))
 }
 

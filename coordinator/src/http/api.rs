@@ -304,7 +304,8 @@ mod tests {
             let request = retry_request("s-1", &Bytes::from(body)).await.expect(body);
             assert_eq!(request.session_id, "s-1", "{body}");
         }
-        for body in ["{", r#"{"bogus": 1}"#, r#"{"sessionId": "s-2"}"#] {
+        let twice = r#"{"sessionId": "s-1", "session_id": "s-1"}"#;
+        for body in ["{", r#"{"bogus": 1}"#, r#"{"sessionId": "s-2"}"#, twice] {
             let error = retry_request("s-1", &Bytes::from(body)).await.expect_err(body);
             let json = serde_json::to_value(error.body()).expect("JSON");
             assert_eq!(json["code"], "INVALID_ARGUMENT", "{body}: {json}");
