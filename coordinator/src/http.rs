@@ -17,6 +17,7 @@ mod extract;
 pub(crate) mod origin;
 mod pacing;
 mod policy;
+mod query;
 mod reads;
 mod reply;
 mod server;
@@ -68,46 +69,58 @@ impl FromRef<HttpParts> for Services {
     }
 }
 
-/// Every route: path, the access it needs, its handlers.
-fn routes() -> Vec<(&'static str, Access, MethodRouter<HttpParts>)> {
-    use self::api::*;
+/// Every route: path, the access it needs, its handlers, and the query parameters they take
+/// (`query.rs`; any other is refused under `/api/v1`).
+fn routes() -> Vec<(&'static str, Access, MethodRouter<HttpParts>, &'static [&'static str])> {
+    use self::{api::*, query::*};
     vec![
-        ("/", Access::Public, get(console::index)),
-        ("/console.js", Access::Public, get(console::script)),
-        ("/views.js", Access::Public, get(console::views)),
-        ("/session.js", Access::Public, get(console::session)),
-        ("/console.css", Access::Public, get(console::style)),
-        ("/metrics", Access::View, get(metrics)),
-        ("/api/v1/whoami", Access::View, get(whoami)),
-        ("/api/v1/jobs", Access::View, get(list_jobs)),
-        ("/api/v1/jobs", Access::Administer, post(create_job)),
-        ("/api/v1/jobs/{name}", Access::View, get(get_job)),
-        ("/api/v1/jobs/{name}", Access::Administer, put(update_job).merge(delete(delete_job))),
-        ("/api/v1/jobs/{name}/start", Access::Operate, post(start_job)),
-        ("/api/v1/jobs/{name}/stop", Access::Operate, post(stop_job)),
-        ("/api/v1/jobs/{name}/restore-points", Access::View, get(restore_points)),
-        ("/api/v1/jobs/{name}/schedule-runs", Access::View, get(schedule_runs)),
-        ("/api/v1/sessions", Access::View, get(list_sessions)),
-        ("/api/v1/sessions/{id}", Access::View, get(get_session)),
-        ("/api/v1/sessions/{id}/events", Access::View, get(events::session_events)),
-        ("/api/v1/sessions/{id}/retry", Access::Operate, post(retry_session)),
-        ("/api/v1/restore-points/{id}/verify", Access::Operate, post(verify_restore_point)),
-        ("/api/v1/restore-points/{id}", Access::Administer, delete(delete_restore_point)),
-        ("/api/v1/agents", Access::View, get(list_agents)),
-        ("/api/v1/agents/{id}/drain", Access::Administer, post(drain_agent)),
-        ("/api/v1/coordinators", Access::View, get(list_coordinators)),
+        ("/", Access::Public, get(console::index), NONE),
+        ("/console.js", Access::Public, get(console::script), NONE),
+        ("/views.js", Access::Public, get(console::views), NONE),
+        ("/session.js", Access::Public, get(console::session), NONE),
+        ("/console.css", Access::Public, get(console::style), NONE),
+        ("/metrics", Access::View, get(metrics), NONE),
+        ("/api/v1/whoami", Access::View, get(whoami), NONE),
+        ("/api/v1/jobs", Access::View, get(list_jobs), LIST_JOBS),
+        ("/api/v1/jobs", Access::Administer, post(create_job), NONE),
+        ("/api/v1/jobs/{name}", Access::View, get(get_job), NONE),
+        (
+            "/api/v1/jobs/{name}",
+            Access::Administer,
+            put(update_job).merge(delete(delete_job)),
+            NONE,
+        ),
+        ("/api/v1/jobs/{name}/start", Access::Operate, post(start_job), NONE),
+        ("/api/v1/jobs/{name}/stop", Access::Operate, post(stop_job), NONE),
+        ("/api/v1/jobs/{name}/restore-points", Access::View, get(restore_points), NONE),
+        ("/api/v1/jobs/{name}/schedule-runs", Access::View, get(schedule_runs), NONE),
+        ("/api/v1/sessions", Access::View, get(list_sessions), JOB),
+        ("/api/v1/sessions/{id}", Access::View, get(get_session), NONE),
+        ("/api/v1/sessions/{id}/events", Access::View, get(events::session_events), NONE),
+        ("/api/v1/sessions/{id}/retry", Access::Operate, post(retry_session), NONE),
+        ("/api/v1/restore-points/{id}/verify", Access::Operate, post(verify_restore_point), NONE),
+        ("/api/v1/restore-points/{id}", Access::Administer, delete(delete_restore_point), JOB),
+        ("/api/v1/agents", Access::View, get(list_agents), NONE),
+        ("/api/v1/agents/{id}/drain", Access::Administer, post(drain_agent), NONE),
+        ("/api/v1/coordinators", Access::View, get(list_coordinators), NONE),
     ]
 }
 
 /// The whole application.
 fn router(parts: HttpParts, scheme: Scheme) -> Router {
     let mut router = Router::new();
-    for (path, access, handlers) in routes() {
+    for (path, access, handlers, parameters) in routes() {
         let guard = Guard { authenticator: parts.authenticator.clone(), access };
         // Inside the authorisation, which names the caller.
         let handlers = if reads::LARGE_READ_ROUTES.contains(&path) {
             handlers
                 .route_layer(middleware::from_fn_with_state(parts.reads.clone(), reads::in_turn))
+        } else {
+            handlers
+        };
+        // Before a large read waits for its turn.
+        let handlers = if path.starts_with("/api/v1/") {
+            handlers.route_layer(middleware::from_fn_with_state(parameters, query::known_only))
         } else {
             handlers
         };

@@ -48,8 +48,8 @@ pub(crate) async fn whoami(Extension(caller): By) -> Json<Principal> {
     Json(caller.principal)
 }
 
-/// The query of `GET /api/v1/jobs`: `ListJobsRequest`'s fields, in either spelling; other
-/// parameters (a cache buster) are ignored, as before the query had fields.
+/// The query of `GET /api/v1/jobs`: `ListJobsRequest`'s fields, in either spelling
+/// (`query::LIST_JOBS`, which refuses any other parameter).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub(crate) struct JobsQuery {
@@ -149,9 +149,8 @@ pub(crate) async fn schedule_runs(
     Ok(Pb(s.jobs.list_schedule_runs(grpc(&c, request)).await?.into_inner()))
 }
 
-/// The query of `GET /api/v1/sessions`.
+/// The query of `GET /api/v1/sessions` (`query::JOB`, which refuses any other parameter).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct SessionsQuery {
     #[serde(default)]
     job: String,
@@ -204,9 +203,9 @@ pub(crate) async fn verify_restore_point(
     Ok(Pb(s.jobs.verify_restore_point(grpc(&c, request)).await?.into_inner()))
 }
 
-/// The query of `DELETE /api/v1/restore-points/{id}`.
+/// The query of `DELETE /api/v1/restore-points/{id}` (`query::JOB`, which refuses any other
+/// parameter).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct DeleteQuery {
     #[serde(default)]
     job: String,

@@ -56,7 +56,7 @@ async fn echo(RequestBody(body): RequestBody) -> Bytes {
 #[test]
 fn every_api_route_needs_a_principal_and_the_binding_ones_exist() {
     let table = routes();
-    for (path, access, _) in &table {
+    for (path, access, _, _) in &table {
         let public =
             matches!(*path, "/" | "/console.js" | "/views.js" | "/session.js" | "/console.css");
         assert_eq!(*access == Access::Public, public, "{path}: {access:?}");
@@ -73,7 +73,7 @@ fn every_api_route_needs_a_principal_and_the_binding_ones_exist() {
         "/api/v1/agents",
         "/api/v1/whoami",
     ] {
-        assert!(table.iter().any(|(p, _, _)| *p == path), "no route {path}");
+        assert!(table.iter().any(|(p, _, _, _)| *p == path), "no route {path}");
     }
 }
 

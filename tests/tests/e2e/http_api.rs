@@ -87,6 +87,15 @@ async fn every_route_answers_the_json_mapping_and_errors_as_json() {
     let odd = http.get("/api/v1/jobs?pageSize=many").await;
     expect_error(&odd, 400, "INVALID_ARGUMENT", "a page size that is not a number");
     assert!(odd.body.contains("query string: pageSize"), "{}", odd.body);
+    for path in ["/api/v1/jobs?unknown=1", "/api/v1/jobs/web?x=1", "/api/v1/sessions?foo=bar"] {
+        let refused = http.get(path).await;
+        expect_error(&refused, 400, "INVALID_ARGUMENT", path);
+        assert!(refused.body.contains("unknown parameter"), "{path}: {}", refused.body);
+    }
+    expect(&http.get("/api/v1/jobs/web?_=1700000000000").await, 200, "the cache buster");
+    let twice = http.post("/api/v1/jobs", r#"{"name": "v1", "name": "v2"}"#).await;
+    expect_error(&twice, 400, "INVALID_ARGUMENT", "a field given twice");
+    assert!(twice.body.contains("name: the field is given twice"), "{}", twice.body);
     assert_eq!(
         expect(&http.get("/api/v1/jobs/web").await, 200, "get job")["items"][1]["name"],
         "vm-1"
