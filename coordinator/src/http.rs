@@ -21,6 +21,7 @@ mod query;
 mod reads;
 mod reply;
 mod server;
+mod stall;
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! Serving the application on a listener: one hyper HTTP/1.1 connection per client, plain or
 //! TLS, with the timeouts that keep a slow or silent client from holding a connection (the TLS
-//! handshake has its own, in `https_accept`), and a bounded graceful shutdown.
+//! handshake has its own, in `https_accept`; writes the client does not take, `stall.rs`'s),
+//! and a bounded graceful shutdown.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,6 +24,8 @@ use tokio_util::{either::Either, sync::CancellationToken};
 use tower::ServiceBuilder;
 use tower_http::timeout::{RequestBodyDeadlineLayer, RequestBodyTimeoutLayer};
 
+use super::stall::StallGuard;
+
 /// How long a client may take, and how long shutdown waits for open answers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
@@ -34,6 +37,9 @@ pub(crate) struct Timeouts {
     pub(crate) body_idle: Duration,
     /// Longest a whole request body may take.
     pub(crate) body_total: Duration,
+    /// Longest a write of an answer may wait for the client to take data (`stall.rs`); past
+    /// it the connection ends and the answer is dropped.
+    pub(crate) write_stall: Duration,
     /// How long open responses (event streams) get to finish once shutdown begins.
     pub(crate) shutdown_grace: Duration,
 }
@@ -45,6 +51,7 @@ impl Timeouts {
         body_idle: Duration::from_secs(30),
         // 64 MiB (the body limit) in this time needs about 110 KiB/s.
         body_total: Duration::from_secs(600),
+        write_stall: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
     };
 }
@@ -123,7 +130,7 @@ pub(crate) async fn serve(
 }
 
 /// One client's connection: its requests carry its address (`ConnectInfo`) and their bodies
-/// the body timeouts.
+/// the body timeouts; its writes end it once they stall.
 fn connection(
     http: &http1::Builder,
     graceful: &GracefulShutdown,
@@ -140,7 +147,8 @@ fn connection(
         .layer(RequestBodyDeadlineLayer::new(timeouts.body_total))
         .layer(RequestBodyTimeoutLayer::new(timeouts.body_idle))
         .service(app);
-    let served = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let io = TokioIo::new(StallGuard::new(io, timeouts.write_stall));
+    let served = http.serve_connection(io, TowerToHyperService::new(app));
     let served = graceful.watch(served);
     async move {
         if let Err(error) = served.await {

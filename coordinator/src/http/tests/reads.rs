@@ -1,6 +1,7 @@
 //! The large-read caps on the real server on loopback: an answer its client does not read
 //! keeps the caller's place (the caller's reads past its cap are refused) until the
-//! connection goes, and HEAD is counted as GET is. Only events are awaited, never a duration.
+//! connection goes, or until the server's write has waited `write_stall` for the client, and
+//! HEAD is counted as GET is. Only events are awaited, never a duration.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -26,8 +27,13 @@ const ANSWER: usize = 24 << 20;
 /// Only a server that never answers takes this long.
 const PATIENCE: Duration = Duration::from_secs(60);
 const LONG: Duration = Duration::from_secs(600);
-const TIMEOUTS: Timeouts =
-    Timeouts { header: LONG, body_idle: LONG, body_total: LONG, shutdown_grace: LONG };
+const TIMEOUTS: Timeouts = Timeouts {
+    header: LONG,
+    body_idle: LONG,
+    body_total: LONG,
+    write_stall: LONG,
+    shutdown_grace: LONG,
+};
 
 /// The viewer every request comes from (a token, so its reads count together).
 fn viewer() -> Authenticated {
@@ -41,7 +47,7 @@ fn viewer() -> Authenticated {
 }
 
 /// `/api/v1/jobs` answering [`ANSWER`] bytes in its turn, served on a loopback port.
-async fn serve(limits: ReadLimits) -> (SocketAddr, CancellationToken) {
+async fn serve(limits: ReadLimits, timeouts: Timeouts) -> (SocketAddr, CancellationToken) {
     let principal = Principal {
         name: "viewer".into(),
         role: "viewer".into(),
@@ -56,7 +62,7 @@ async fn serve(limits: ReadLimits) -> (SocketAddr, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
     let address = listener.local_addr().expect("its address");
     let shutdown = CancellationToken::new();
-    tokio::spawn(server::serve(app, listener, None, TIMEOUTS, shutdown.clone()));
+    tokio::spawn(server::serve(app, listener, None, timeouts, shutdown.clone()));
     (address, shutdown)
 }
 
@@ -94,7 +100,7 @@ async fn until_taken(limits: &ReadLimits, taken: usize) {
 #[tokio::test]
 async fn an_answer_not_read_keeps_its_callers_place_until_its_connection_goes() {
     let limits = ReadLimits::new(MAX_READS_PER_CALLER);
-    let (address, shutdown) = serve(limits.clone()).await;
+    let (address, shutdown) = serve(limits.clone(), TIMEOUTS).await;
     let (unread, head) = request(address, "GET").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     let mut others = Vec::new();
@@ -117,9 +123,26 @@ async fn an_answer_not_read_keeps_its_callers_place_until_its_connection_goes() 
 }
 
 #[tokio::test]
+async fn an_answer_not_read_gives_its_place_back_once_the_write_stalls() {
+    let limits = ReadLimits::new(MAX_READS_PER_CALLER);
+    let stalls = Timeouts { write_stall: Duration::from_secs(1), ..TIMEOUTS };
+    let (address, shutdown) = serve(limits.clone(), stalls).await;
+    let (mut unread, head) = request(address, "GET").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    // The client still holds its socket: only the server can have ended the answer.
+    until_taken(&limits, 0).await;
+    let mut rest = Vec::new();
+    let reading = unread.read_to_end(&mut rest);
+    let read = tokio::time::timeout(PATIENCE, reading).await.expect("the connection ends");
+    let body_read = head.len() - head.find("\r\n\r\n").expect("a head") - 4;
+    assert!(read.is_err() || body_read + rest.len() < ANSWER, "the answer was cut short");
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn head_is_counted_as_get() {
     let limits = ReadLimits::new(MAX_READS_PER_CALLER);
-    let (address, shutdown) = serve(limits.clone()).await;
+    let (address, shutdown) = serve(limits.clone(), TIMEOUTS).await;
     let mut held = Vec::new();
     for _ in 0..MAX_READS_PER_CALLER {
         held.push(limits.admit(Some(&viewer()), None).await.expect("within the cap"));

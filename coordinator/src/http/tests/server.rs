@@ -32,8 +32,13 @@ const SHORT: Duration = Duration::from_secs(1);
 /// Never reached in a test.
 const LONG: Duration = Duration::from_secs(600);
 
-const TIMEOUTS: Timeouts =
-    Timeouts { header: SHORT, body_idle: SHORT, body_total: LONG, shutdown_grace: SHORT };
+const TIMEOUTS: Timeouts = Timeouts {
+    header: SHORT,
+    body_idle: SHORT,
+    body_total: LONG,
+    write_stall: LONG,
+    shutdown_grace: SHORT,
+};
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
