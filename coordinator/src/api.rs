@@ -15,7 +15,7 @@ pub(crate) use job_service::JobApi;
 pub(crate) use peer::PeerApi;
 #[cfg(test)]
 pub(crate) use read_limits::MAX_READS_PER_CALLER;
-pub(crate) use read_limits::{HeldBody, ReadLimitLayer, ReadLimits};
+pub(crate) use read_limits::{Closable, HeldBody, ReadLimitLayer, ReadLimits, unwrap_connection};
 pub(crate) use registry::RegistryApi;
 pub(crate) use watch_limits::WatchLimits;
 

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use futures::TryFutureExt;
+use futures::{StreamExt, TryFutureExt};
 use http::HeaderValue;
 use sluice_proto::{
     pb::{
@@ -29,10 +29,16 @@ use tonic::{
     server::NamedService,
     transport::{Server, server::Router},
 };
-use tower::layer::util::{Identity, Stack};
+use tower::{
+    layer::util::{Identity, Stack},
+    util::MapRequestLayer,
+};
 
 use crate::{
-    api::{AuthApi, ClusterApi, JobApi, PeerApi, ReadLimitLayer, ReadLimits, RegistryApi},
+    api::{
+        AuthApi, Closable, ClusterApi, JobApi, PeerApi, ReadLimitLayer, ReadLimits, RegistryApi,
+        unwrap_connection,
+    },
     auth::Authenticator,
     error::{Error, Result},
 };
@@ -74,12 +80,15 @@ pub(crate) async fn serve(
     let router = router(services).await?;
     let stopping = shutdown.clone().cancelled_owned();
     match tls {
+        // Each connection closable by its calls: a large read its client stalls ends it.
         Some(tls) => {
             let incoming = tls_incoming(listener, tls, HANDSHAKE_TIMEOUT);
+            let incoming = incoming.map(|io| io.map(Closable::new));
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), shutdown).await
         }
         None => {
             let incoming = tcp_incoming(listener, HANDSHAKE_TIMEOUT);
+            let incoming = incoming.map(|io| io.map(Closable::new));
             graceful(router.serve_with_incoming_shutdown(incoming, stopping), shutdown).await
         }
     }
@@ -113,9 +122,13 @@ const SERVED: [&str; 5] = [
     pb::coordinator_peer_server::SERVICE_NAME,
 ];
 
-/// The layers around every call: authorisation, then the large-read caps (which need the
-/// caller's principal).
-type Layers = Stack<ReadLimitLayer, Stack<AuthLayer<Authenticator>, Identity>>;
+/// The layers around every call: the connection's info and closer as extensions, then
+/// authorisation, then the large-read caps (which need the caller's principal).
+type Layers = Stack<
+    ReadLimitLayer,
+    Stack<AuthLayer<Authenticator>, Stack<MapRequestLayer<Unwrap>, Identity>>,
+>;
+type Unwrap = fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>;
 
 /// The API services with health and reflection, behind the authorisation layer.
 async fn router(services: Services) -> Result<Router<Layers>> {
@@ -139,6 +152,7 @@ async fn router(services: Services) -> Result<Router<Layers>> {
         .http2_keepalive_interval(Some(ping_every))
         .http2_keepalive_timeout(Some(ping_timeout))
         .trace_fn(telemetry::server_span)
+        .layer(MapRequestLayer::new(unwrap_connection as Unwrap))
         .layer(AuthLayer::new(services.authenticator))
         .layer(ReadLimitLayer(services.reads))
         .add_service(health_service)

@@ -8,7 +8,7 @@
 //! on. An answer counts until it has left the coordinator's memory (`held.rs`): a client that
 //! does not read its answers holds at most 8 of them.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sluice_proto::security::access::Principal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,6 +20,10 @@ use crate::error::{Error, Result};
 pub(crate) const MAX_READS_PER_CALLER: usize = 8;
 /// Large reads a coordinator keeps running or waiting.
 pub(crate) const MAX_READS_WAITING: usize = 256;
+
+/// How long a gRPC answer may make no progress while its client takes none of it before its
+/// connection is closed (HTTP/1's write-stall timeout is as long).
+const STALL: Duration = Duration::from_secs(30);
 
 /// gRPC methods whose answers grow with the jobs' and sessions' items (`ListSessions`
 /// leaves items out).
@@ -35,6 +39,7 @@ pub(crate) const LARGE_READS: [&str; 4] = [
 pub(crate) struct ReadLimits {
     running: Arc<Semaphore>,
     admitted: CallerCounts,
+    stall: Duration,
 }
 
 /// One large read's turn to run and its caller's place; its answer's [`HeldBody`] gives the
@@ -43,13 +48,22 @@ pub(crate) struct ReadLimits {
 pub(crate) struct ReadPermit {
     running: OwnedSemaphorePermit,
     place: Counted,
+    /// How long its answer may stall (`held.rs`).
+    stall: Duration,
 }
 
 impl ReadLimits {
     /// `at_once` large reads run at a time (at least one).
     pub(crate) fn new(at_once: usize) -> Self {
         let running = Arc::new(Semaphore::new(at_once.max(1)));
-        ReadLimits { running, admitted: CallerCounts::new(MAX_READS_PER_CALLER, MAX_READS_WAITING) }
+        let admitted = CallerCounts::new(MAX_READS_PER_CALLER, MAX_READS_WAITING);
+        ReadLimits { running, admitted, stall: STALL }
+    }
+
+    /// With answers that may stall for `stall` (tests).
+    #[cfg(test)]
+    pub(crate) fn stalling_for(self, stall: Duration) -> Self {
+        ReadLimits { stall, ..self }
     }
 
     /// One per two cores (at least one): a read is CPU work, and the sessions this
@@ -78,7 +92,7 @@ impl ReadLimits {
         })?;
         let running = self.running.clone().acquire_owned().await;
         let running = running.map_err(|_| Error::ShuttingDown)?;
-        Ok(ReadPermit { running, place })
+        Ok(ReadPermit { running, place, stall: self.stall })
     }
 
     /// The places taken: reads running, waiting or whose answers are not yet sent.
@@ -88,8 +102,10 @@ impl ReadLimits {
     }
 }
 
+mod closer;
 mod held;
 mod layer;
+pub(crate) use closer::{Closable, Closer, unwrap_connection};
 pub(crate) use held::HeldBody;
 pub(crate) use layer::ReadLimitLayer;
 

@@ -42,7 +42,7 @@ pub(super) async fn in_turn(
         return next.run(request).await;
     }
     match limits.admit(caller.principal.authenticated.as_ref(), caller.peer).await {
-        Ok(turn) => next.run(request).await.map(|body| Body::new(HeldBody::new(body, turn))),
+        Ok(turn) => next.run(request).await.map(|body| Body::new(HeldBody::new(body, turn, None))),
         Err(error) => {
             let error = ApiError::from(tonic::Status::from(error));
             error.with_status(StatusCode::TOO_MANY_REQUESTS).into_response()

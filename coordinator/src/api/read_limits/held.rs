@@ -8,10 +8,18 @@
 //! opens). So a client that stops reading leaves the rest of its answer here, in the body,
 //! and each slice hyper or h2 still holds keeps the place too: an answer made but not sent
 //! counts against its caller's cap for as long as it is in memory.
+//!
+//! Over gRPC, an answer that makes no progress for the stall time (no slice handed on, none
+//! sent, while some are still to send) ends its connection ([`Closer`]): a client that never
+//! opens its stream's window would otherwise keep the place until it let the connection go.
+//! HTTP/1 has the connection's write-stall timeout instead (`http/stall.rs`).
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -19,7 +27,7 @@ use std::{
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::ReadPermit;
+use super::{Closer, ReadPermit};
 use crate::api::callers::Counted;
 
 /// Longest a read's answer holds its CPU turn while it is made and sent: a client that stops
@@ -35,15 +43,42 @@ pub(crate) struct HeldBody<B> {
     /// Taken when the answer is made whole, or by the timer.
     turn: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
     /// Shared with every slice handed on; the last one dropped gives the place back.
-    place: Arc<Counted>,
+    place: Arc<Place>,
     /// The part of the current frame not yet handed on.
     rest: Bytes,
+}
+
+/// The caller's place, and how far the answer has gone.
+struct Place {
+    _counted: Counted,
+    /// Slices handed on.
+    handed: AtomicU64,
+    /// Slices gone from memory (sent).
+    gone: AtomicU64,
+    /// The body has handed on its end (or was dropped).
+    finished: AtomicBool,
+}
+
+impl Place {
+    /// Slices handed on and gone, and whether everything is sent (the body finished and
+    /// every slice gone).
+    fn progress(&self) -> (u64, u64, bool) {
+        let handed = self.handed.load(Ordering::Relaxed);
+        let gone = self.gone.load(Ordering::Relaxed);
+        (handed, gone, self.finished.load(Ordering::Relaxed) && handed == gone)
+    }
 }
 
 /// One slice of an answer, which keeps its caller's place while hyper holds it.
 struct Slice {
     bytes: Bytes,
-    _place: Arc<Counted>,
+    place: Arc<Place>,
+}
+
+impl Drop for Slice {
+    fn drop(&mut self) {
+        self.place.gone.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl AsRef<[u8]> for Slice {
@@ -53,7 +88,8 @@ impl AsRef<[u8]> for Slice {
 }
 
 impl<B> HeldBody<B> {
-    pub(crate) fn new(body: B, permit: ReadPermit) -> Self {
+    /// `closer` ends the answer's connection should the answer stall (gRPC).
+    pub(crate) fn new(body: B, permit: ReadPermit, closer: Option<Closer>) -> Self {
         let turn = Arc::new(Mutex::new(Some(permit.running)));
         let held = Arc::downgrade(&turn);
         tokio::spawn(async move {
@@ -62,7 +98,16 @@ impl<B> HeldBody<B> {
                 lock(&turn).take();
             }
         });
-        HeldBody { body, turn, place: Arc::new(permit.place), rest: Bytes::new() }
+        let place = Arc::new(Place {
+            _counted: permit.place,
+            handed: AtomicU64::new(0),
+            gone: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+        });
+        if let Some(closer) = closer {
+            tokio::spawn(close_if_stalled(Arc::downgrade(&place), permit.stall, closer));
+        }
+        HeldBody { body, turn, place, rest: Bytes::new() }
     }
 
     /// The answer is made: the next read may run.
@@ -70,10 +115,40 @@ impl<B> HeldBody<B> {
         lock(&self.turn).take();
     }
 
+    /// The body has handed on everything.
+    fn finished(&self) {
+        self.made();
+        self.place.finished.store(true, Ordering::Relaxed);
+    }
+
     /// The next slice of `rest`, holding the place.
     fn next_slice(&mut self) -> Frame<Bytes> {
         let bytes = self.rest.split_to(self.rest.len().min(SLICE));
-        Frame::data(Bytes::from_owner(Slice { bytes, _place: self.place.clone() }))
+        self.place.handed.fetch_add(1, Ordering::Relaxed);
+        Frame::data(Bytes::from_owner(Slice { bytes, place: self.place.clone() }))
+    }
+}
+
+impl<B> Drop for HeldBody<B> {
+    fn drop(&mut self) {
+        self.place.finished.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Closes the connection once a whole `stall` passed with the answer unsent and unmoved;
+/// ends when the place is given back.
+async fn close_if_stalled(place: Weak<Place>, stall: Duration, closer: Closer) {
+    let mut before = None;
+    loop {
+        tokio::time::sleep(stall).await;
+        let Some(now) = place.upgrade().map(|place| place.progress()) else { return };
+        let (_, _, sent) = now;
+        if !sent && before == Some(now) {
+            tracing::debug!(?stall, "a large read's client took none of its answer: closing");
+            closer.close();
+            return;
+        }
+        before = Some(now);
     }
 }
 
@@ -97,19 +172,19 @@ impl<B: Body<Data = Bytes> + Unpin> Body for HeldBody<B> {
                     Ok(data) => this.rest = data,
                     // Trailers: the data is all made.
                     Err(frame) => {
-                        this.made();
+                        this.finished();
                         return Poll::Ready(Some(Ok(frame)));
                     }
                 },
                 end_or_error => {
-                    this.made();
+                    this.finished();
                     return Poll::Ready(end_or_error);
                 }
             }
         }
         let slice = this.next_slice();
         if this.rest.is_empty() && this.body.is_end_stream() {
-            this.made();
+            this.finished();
         }
         Poll::Ready(Some(Ok(slice)))
     }

@@ -16,7 +16,7 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use super::{HeldBody, LARGE_READS, ReadLimits};
+use super::{Closer, HeldBody, LARGE_READS, ReadLimits};
 
 /// Applies [`ReadLimits`] to the gRPC methods in [`LARGE_READS`].
 #[derive(Clone)]
@@ -61,10 +61,12 @@ where
         Box::pin(async move {
             let principal = request.extensions().get::<Principal>();
             let admitted = limits.admit(principal, peer(&request)).await;
+            // Ends the connection should the answer stall (`held.rs`).
+            let closer = request.extensions().get::<Closer>().cloned();
             match admitted {
                 Ok(turn) => {
                     let response = inner.call(request).await?;
-                    Ok(response.map(|body| Body::new(HeldBody::new(body, turn))))
+                    Ok(response.map(|body| Body::new(HeldBody::new(body, turn, closer))))
                 }
                 // A trailers-only gRPC answer; the handler never runs.
                 Err(error) => Ok(Status::from(error).into_http()),

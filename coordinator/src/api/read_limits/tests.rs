@@ -62,7 +62,7 @@ async fn an_answer_holds_its_turn_until_it_is_made_and_its_place_until_it_is_sen
 
     let limits = ReadLimits::new(1);
     let turn = limits.admit(Some(&token("a")), None).await.expect("runs at once");
-    let body = HeldBody::new(Full::new(Bytes::from_static(b"answer")), turn);
+    let body = HeldBody::new(Full::new(Bytes::from_static(b"answer")), turn, None);
     assert_eq!(limits.running.available_permits(), 0, "held while the answer waits to go");
     let sent = body.collect().await.expect("the answer").to_bytes();
     assert_eq!(&sent[..], b"answer");
@@ -82,7 +82,7 @@ async fn an_answer_not_read_gives_its_turn_back_and_keeps_its_place() {
     let limits = ReadLimits::new(1);
     let a = token("a");
     let turn = limits.admit(Some(&a), None).await.expect("runs at once");
-    let unread = HeldBody::new(Full::new(Bytes::from_static(b"answer")), turn);
+    let unread = HeldBody::new(Full::new(Bytes::from_static(b"answer")), turn, None);
     let next = limits.admit(Some(&token("b")), None).await.expect("its turn comes");
     drop(next);
     assert_eq!(limits.admitted.held(), (1, 1), "the unread answer keeps its place");
@@ -107,7 +107,7 @@ async fn a_large_answer_goes_out_in_slices_that_keep_its_place() {
     let limits = ReadLimits::new(1);
     let turn = limits.admit(Some(&token("a")), None).await.expect("runs at once");
     let answer: Bytes = (0..3 * held::SLICE + 5).map(|n| (n % 251) as u8).collect();
-    let mut body = HeldBody::new(Full::new(answer.clone()), turn);
+    let mut body = HeldBody::new(Full::new(answer.clone()), turn, None);
     let mut slices = Vec::new();
     for n in 0..4 {
         let frame = body.frame().await.expect("a frame").expect("no error");

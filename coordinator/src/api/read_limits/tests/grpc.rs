@@ -15,10 +15,11 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::Connected;
 use tower::{Layer, ServiceBuilder, service_fn};
 
 use super::*;
-use crate::api::ReadLimitLayer;
+use crate::api::{Closable, ReadLimitLayer, unwrap_connection};
 
 /// Far more than the client's flow-control windows and h2's send buffer hold together.
 const ANSWER: usize = 24 << 20;
@@ -26,7 +27,7 @@ const ANSWER: usize = 24 << 20;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// `GetJob` answering [`ANSWER`] bytes, behind the layer, served on a loopback port (each
-/// request from the viewer token).
+/// request from the viewer token), each connection closable as the server's are.
 async fn serve(limits: ReadLimits) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
     let address = listener.local_addr().expect("its address");
@@ -34,17 +35,21 @@ async fn serve(limits: ReadLimits) -> std::net::SocketAddr {
         let body = tonic::body::Body::new(Full::new(Bytes::from(vec![b'g'; ANSWER])));
         Ok::<_, Infallible>(Response::new(body))
     });
-    let service = ServiceBuilder::new()
-        .map_request(|request: Request<Incoming>| {
-            let mut request = request.map(tonic::body::Body::new);
-            request.extensions_mut().insert(token("viewer"));
-            request
-        })
-        .service(ReadLimitLayer(limits).layer(answer));
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let io = Closable::new(tcp);
+            // What tonic attaches to each request of the connection.
+            let connection = io.connect_info();
+            let service = ServiceBuilder::new()
+                .map_request(move |request: Request<Incoming>| {
+                    let mut request = request.map(tonic::body::Body::new);
+                    request.extensions_mut().insert(token("viewer"));
+                    request.extensions_mut().insert(connection.clone());
+                    unwrap_connection(request)
+                })
+                .service(ReadLimitLayer(limits.clone()).layer(answer));
             let served = server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service.clone()));
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
             tokio::spawn(served);
         }
     });
@@ -95,6 +100,21 @@ async fn an_answer_not_read_keeps_its_callers_place_until_it_is_let_go() {
     assert_eq!(read.len(), ANSWER);
     drop((read, others));
     until_taken(&limits, 0).await;
+}
+
+/// A client that never opens its stream's window: once its answer has not moved for the stall
+/// time, the connection is closed and the place given back.
+#[tokio::test]
+async fn an_answer_that_does_not_move_for_the_stall_time_closes_its_connection() {
+    let limits = ReadLimits::new(MAX_READS_PER_CALLER).stalling_for(Duration::from_secs(1));
+    let address = serve(limits.clone()).await;
+    let mut sender = connect(address).await;
+    let unread = get_job(&mut sender).await;
+    assert!(!unread.headers().contains_key("grpc-status"), "an answer, not a refusal");
+    // The client still holds its connection and its answer: only the server can end them.
+    until_taken(&limits, 0).await;
+    let rest = tokio::time::timeout(PATIENCE, unread.into_body().collect()).await;
+    assert!(rest.expect("the answer ends").is_err(), "cut short, not whole");
 }
 
 /// Waits until `taken` places are taken.
