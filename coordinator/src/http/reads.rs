@@ -24,8 +24,12 @@ pub(super) const LARGE_READ_ROUTES: [&str; 4] = [
 ];
 
 /// A job list that leaves the items out (`omitItems=true`, the console's and the CLI's
-/// table) is small whatever the jobs.
+/// table) is small whatever the jobs. Only the job list reads the parameter: another route
+/// given it still answers in full.
 fn omits_items(request: &Request) -> bool {
+    if request.uri().path() != "/api/v1/jobs" {
+        return false;
+    }
     let query = request.uri().query().unwrap_or_default();
     query.split('&').any(|pair| pair == "omitItems=true" || pair == "omit_items=true")
 }
@@ -61,5 +65,7 @@ mod tests {
         assert!(omits_items(&request("/api/v1/jobs?pageSize=5&omit_items=true")));
         assert!(!omits_items(&request("/api/v1/jobs")));
         assert!(!omits_items(&request("/api/v1/jobs?omitItems=false")));
+        assert!(!omits_items(&request("/api/v1/sessions/s1?omitItems=true")));
+        assert!(!omits_items(&request("/api/v1/jobs/big?omitItems=true")));
     }
 }

@@ -147,9 +147,15 @@ pub(crate) async fn parse<M: Message + Name + Default + Send + 'static>(
         return Ok(json::from_json(body)?);
     }
     static LARGE_BODIES: Semaphore = Semaphore::const_new(1);
-    let _turn = LARGE_BODIES.acquire().await.map_err(|_| internal("closed".into()))?;
+    let turn = LARGE_BODIES.acquire().await.map_err(|_| internal("closed".into()))?;
     let body = body.clone();
-    match tokio::task::spawn_blocking(move || json::from_json::<M>(&body)).await {
+    // The turn goes with the reading: a caller that hangs up does not stop it, and the next
+    // large body must still wait for it.
+    let read = move || {
+        let _turn = turn;
+        json::from_json::<M>(&body)
+    };
+    match tokio::task::spawn_blocking(read).await {
         Ok(parsed) => Ok(parsed?),
         Err(error) => Err(internal(format!("reading the request body failed: {error}"))),
     }

@@ -175,11 +175,10 @@ impl Machine {
 
     /// Positions of items changed since the last call (with the lazy ones and those whose
     /// bytes moved, if asked), and whether the session record changed. An item written for
-    /// any reason is written whole, so it leaves every set.
+    /// any reason is written whole, so it leaves every set. Waiting reasons are written only
+    /// once [`Machine::show_waits`] put them into their items: a busy session's lazy writes
+    /// would otherwise carry the first waiting items again with every freed slot.
     pub(crate) fn take_dirty(&mut self, with_lazy: bool, with_bytes: bool) -> (Vec<usize>, bool) {
-        if with_lazy {
-            self.show_waits();
-        }
         let mut items = std::mem::take(&mut self.dirty_items);
         if with_lazy {
             items.append(&mut self.dirty_lazy);

@@ -6,11 +6,13 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// Whether the top-level object in `text` has an array `field` of more than `max` elements.
-/// Anything that is not such an object says no: the full reading reports what is wrong.
+/// Whether the top-level object in `text` has an array `field` of more than `max` elements,
+/// counted over every time the field is given (the full reading builds each, then keeps the
+/// last). Anything that is not such an object says no: the full reading reports what is wrong.
 pub fn array_longer_than(text: &[u8], field: &str, max: usize) -> bool {
     let mut deserializer = serde_json::Deserializer::from_slice(text);
-    Field { field, max }.deserialize(&mut deserializer).unwrap_or(false)
+    let counted = Field { field, max }.deserialize(&mut deserializer);
+    counted.is_ok_and(|count| count > max)
 }
 
 /// Reads an object, counting the elements of `field` only.
@@ -20,61 +22,59 @@ struct Field<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for Field<'_> {
-    type Value = bool;
+    type Value = usize;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for Field<'_> {
-    type Value = bool;
+    type Value = usize;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
         formatter.write_str("an object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
         // Read to its end (the reader refuses an object left half read).
-        let mut longer = false;
+        let mut count = 0usize;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == self.field {
-                longer = map.next_value_seed(Elements { max: self.max })?;
+                count = count.saturating_add(map.next_value_seed(Elements)?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(longer)
+        Ok(count)
     }
 }
 
-/// Whether an array has more than `max` elements.
-struct Elements {
-    max: usize,
-}
+/// The number of elements of an array.
+struct Elements;
 
 impl<'de> DeserializeSeed<'de> for Elements {
-    type Value = bool;
+    type Value = usize;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for Elements {
-    type Value = bool;
+    type Value = usize;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
         formatter.write_str("an array")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
         // Read to its end, each element skipped (the reader refuses an array left half read).
         let mut count = 0usize;
         while seq.next_element::<IgnoredAny>()?.is_some() {
             count += 1;
         }
-        Ok(count > self.max)
+        Ok(count)
     }
 }
 
@@ -90,6 +90,13 @@ mod tests {
         assert!(!array_longer_than(three, "items", 3));
         assert!(!array_longer_than(three, "missing", 0));
         assert!(!array_longer_than(br#"{"nested":{"items":[1,2,3]}}"#, "items", 1));
+    }
+
+    #[test]
+    fn a_field_given_twice_counts_both_arrays() {
+        let twice = br#"{"items":[1,2,3],"items":[]}"#;
+        assert!(array_longer_than(twice, "items", 2), "the reader builds both");
+        assert!(!array_longer_than(twice, "items", 3));
     }
 
     #[test]

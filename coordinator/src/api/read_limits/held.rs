@@ -1,5 +1,6 @@
 //! A large read's answer body, which holds what the read was admitted with until it is sent:
-//! the CPU turn until the whole answer is made (or for [`MAX_SENDING`]), the caller's place
+//! the CPU turn until the answer is made (its data frame is out, or [`MAX_SENDING`] passed:
+//! the bodies of large answers make all their data in one frame), the caller's place
 //! until every byte of it has left the coordinator's memory.
 //!
 //! The answer is handed on in slices of at most [`SLICE`]: hyper asks for the next slice only
@@ -169,7 +170,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for HeldBody<B> {
             let polled = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
             match polled {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => this.rest = data,
+                    // Both makers of large answers (an HTTP handler's JSON, tonic's encoding
+                    // of one message) hand over the whole answer as one data frame: what
+                    // follows (the end, trailers) costs no CPU, and the next read may run.
+                    Ok(data) => {
+                        this.made();
+                        this.rest = data;
+                    }
                     // Trailers: the data is all made.
                     Err(frame) => {
                         this.finished();

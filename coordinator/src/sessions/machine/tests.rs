@@ -305,7 +305,7 @@ proptest::proptest! {
 }
 
 #[test]
-fn why_items_wait_is_written_only_when_a_flush_may_store_it() {
+fn why_items_wait_is_written_only_once_shown() {
     let mut m = machine(4, 1);
     let mut pool = Pool::default();
     m.dispatch(0, &agents(&[("a1", 1)]), &mut pool);
@@ -315,8 +315,10 @@ fn why_items_wait_is_written_only_when_a_flush_may_store_it() {
     // A later round's reason replaces the earlier one before anything is written.
     m.dispatch(1, &AgentMap::new(), &mut pool);
     assert_eq!(m.items[1].state(), ItemState::Pending);
+    assert!(m.take_dirty(true, false).0.is_empty(), "a lazy write alone shows no reasons");
+    m.show_waits();
     let lazy = m.take_dirty(true, false).0;
-    assert_eq!(lazy, vec![1, 2, 3], "the waiting items are written with the lazy changes");
+    assert_eq!(lazy, vec![1, 2, 3], "the waiting items are written once shown");
     assert!(!m.has_waits());
     let reasons: Vec<&str> =
         m.items[1..].iter().map(|i| i.status.waiting_reason.as_str()).collect();
@@ -336,6 +338,7 @@ fn an_item_back_in_the_queue_keeps_its_own_reason() {
     m.dispatch(1001, &slots, &mut pool);
     m.apply(1002, finished(2, 1, canceled(CancelReason::Drain)));
     assert_eq!(m.items[2].state(), ItemState::Pending);
+    m.show_waits();
     m.take_dirty(true, false);
     assert!(m.items[2].status.waiting_reason.contains("drain"), "{:?}", m.items[2].status);
     assert!(m.items[0].status.waiting_reason.contains("free task slot"));
