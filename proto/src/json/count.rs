@@ -11,14 +11,13 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 /// last). Anything that is not such an object says no: the full reading reports what is wrong.
 pub fn array_longer_than(text: &[u8], field: &str, max: usize) -> bool {
     let mut deserializer = serde_json::Deserializer::from_slice(text);
-    let counted = Field { field, max }.deserialize(&mut deserializer);
+    let counted = Field { field }.deserialize(&mut deserializer);
     counted.is_ok_and(|count| count > max)
 }
 
 /// Reads an object, counting the elements of `field` only.
 struct Field<'a> {
     field: &'a str,
-    max: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for Field<'_> {
