@@ -57,13 +57,25 @@ pub(crate) const STORE_DIR: &str = ".store";
 pub(crate) const PARTIAL_PREFIX: &str = ".partial-";
 
 /// A recorded path as messages show it, on one line: quoted and escaped like a Rust string
-/// (`"/d/new\nline"`) when it holds a control character, else as it is.
+/// (`"/d/new\nline"`) when it holds a control character, else as it is; a very long one
+/// with its middle left out, so that what a message says after it is not cut off.
 pub(crate) fn printable(path: &str) -> Cow<'_, str> {
-    if path.chars().any(char::is_control) {
-        Cow::Owned(format!("{path:?}"))
-    } else {
-        Cow::Borrowed(path)
+    let path = shortened(path);
+    if path.chars().any(char::is_control) { Cow::Owned(format!("{path:?}")) } else { path }
+}
+
+/// Characters of a long path kept at each end in messages.
+const SHOWN_ENDS: usize = 120;
+
+/// `path`, or its first and last [`SHOWN_ENDS`] characters around `…` if it is much longer.
+pub(crate) fn shortened(path: &str) -> Cow<'_, str> {
+    let count = path.chars().count();
+    if count <= 3 * SHOWN_ENDS {
+        return Cow::Borrowed(path);
     }
+    let head: String = path.chars().take(SHOWN_ENDS).collect();
+    let tail: String = path.chars().skip(count - SHOWN_ENDS).collect();
+    Cow::Owned(format!("{head}…({} characters)…{tail}", count - 2 * SHOWN_ENDS))
 }
 
 /// Size and BLAKE3 (hex) of a disk file, fsynced first so what was hashed is durable.

@@ -263,6 +263,10 @@ fn build_manifest(
         named("not backed up (permission denied)", &unreadable),
         named("not backed up (name or link target is not UTF-8)", &frozen.skipped),
         named("not backed up (socket, FIFO or device)", &frozen.special),
+        named(
+            "not backed up (path longer than the system's limit of 4,095 bytes)",
+            &frozen.too_long,
+        ),
     ];
     ComputerManifest {
         format: COMPUTER_FORMAT.to_owned(),

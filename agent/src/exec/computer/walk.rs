@@ -22,7 +22,7 @@ use nix::libc;
 use tracing::debug;
 
 use crate::exec::CancelSignal;
-use crate::repository::Kind;
+use crate::repository::{Kind, printable};
 
 /// One entry of the frozen list.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +77,9 @@ pub(super) struct Frozen {
     /// Directories gone or replaced (by a link, a file) between their listing and their
     /// reading.
     pub(crate) vanished: Vec<String>,
+    /// Entries whose path is longer than the system takes (`PATH_MAX`): any user who may
+    /// write below a configured path can make one, and it must not fail the whole backup.
+    pub(crate) too_long: Vec<String>,
 }
 
 /// Why the walk stopped.
@@ -169,7 +172,13 @@ fn root_metadata(root: &Path) -> Result<(Metadata, bool), WalkError> {
 }
 
 fn unreadable(path: &Path, error: &io::Error) -> WalkError {
-    WalkError::Failed(format!("cannot read {}: {error}", path.display()))
+    let path = path.display().to_string();
+    WalkError::Failed(format!("cannot read {}: {error}", printable(&path)))
+}
+
+/// Whether the system refuses `path` as too long to open (its length with the final NUL).
+fn too_long(path: &Path) -> bool {
+    path.as_os_str().len() >= libc::PATH_MAX as usize
 }
 
 impl Walk<'_> {
@@ -187,6 +196,10 @@ impl Walk<'_> {
         let Found { path, meta, root, followed } = found;
         if self.excluded.is_some_and(|excluded| excluded.matches(&meta)) {
             debug!(path = %path.display(), "repository folder left out of the backup");
+            return Ok(());
+        }
+        if too_long(&path) {
+            self.frozen.too_long.push(path.display().to_string());
             return Ok(());
         }
         let Some(name) = self.utf8(&path) else { return Ok(()) };
@@ -272,6 +285,10 @@ impl Walk<'_> {
                 self.frozen.unreadable.push(dir.display().to_string());
                 Ok(None)
             }
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) && !root => {
+                self.frozen.too_long.push(dir.display().to_string());
+                Ok(None)
+            }
             Err(e) => Err(unreadable(dir, &e)),
         }
     }
@@ -348,93 +365,4 @@ pub(super) fn ctime_of(meta: &Metadata) -> SystemTime {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::unix::fs::symlink;
-    use std::os::unix::net::UnixListener;
-
-    use super::*;
-
-    fn paths(frozen: &Frozen, root: &Path) -> Vec<(String, Kind)> {
-        let prefix = root.to_str().expect("utf-8");
-        let relative = |e: &Entry| e.path.strip_prefix(prefix).unwrap_or(&e.path).to_owned();
-        frozen.entries.iter().map(|e| (relative(e), e.kind)).collect()
-    }
-
-    #[test]
-    fn the_walk_records_files_dirs_and_links_and_skips_the_rest() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("data");
-        fs::create_dir_all(root.join("sub/repo/job")).expect("dirs");
-        fs::write(root.join("sub/a.txt"), b"hello").expect("file");
-        symlink("a.txt", root.join("sub/link")).expect("symlink");
-        let _socket = UnixListener::bind(root.join("sock")).expect("socket");
-        let excluded = Excluded::folder(&root.join("sub/repo"));
-
-        let again = PathBuf::from(format!("{}/.//sub/", root.display()));
-        let roots = [root.clone(), root.join("sub"), again];
-        let frozen = freeze(&roots, excluded, &CancelSignal::default()).expect("walk");
-
-        let expected = vec![
-            (String::new(), Kind::Dir),
-            ("/sub".to_owned(), Kind::Dir),
-            ("/sub/a.txt".to_owned(), Kind::File),
-            ("/sub/link".to_owned(), Kind::Symlink),
-        ];
-        assert_eq!(paths(&frozen, &root), expected);
-        assert_eq!(frozen.entries[2].size, 5);
-        assert_eq!(frozen.entries[3].target.as_deref(), Some("a.txt"));
-        assert!(frozen.skipped.is_empty());
-    }
-
-    #[test]
-    fn a_configured_path_that_is_a_link_is_followed_and_recorded_as_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data/home");
-        fs::create_dir_all(data.join("u")).expect("dirs");
-        fs::write(data.join("u/a.txt"), b"hello").expect("file");
-        symlink("inner", data.join("u/link")).expect("a link below it");
-        let home = dir.path().join("home");
-        symlink(&data, &home).expect("the configured path is a link");
-        fs::write(dir.path().join("file"), b"abc").expect("file");
-        symlink(dir.path().join("file"), dir.path().join("file-link")).expect("file link");
-
-        let roots = [home.clone(), dir.path().join("file-link")];
-        let frozen = freeze(&roots, None, &CancelSignal::default()).expect("walk");
-
-        let (file, below) = frozen.entries.split_first().expect("entries");
-        let file_link = roots[1].to_str().expect("utf-8");
-        assert_eq!((file.path.as_str(), file.kind, file.size), (file_link, Kind::File, 3));
-        assert!(file.followed, "opened through its link");
-        let expected = vec![
-            (String::new(), Kind::Dir),
-            ("/u".to_owned(), Kind::Dir),
-            ("/u/a.txt".to_owned(), Kind::File),
-            ("/u/link".to_owned(), Kind::Symlink),
-        ];
-        let found = Frozen { entries: below.to_vec(), ..Frozen::default() };
-        assert_eq!(paths(&found, &home), expected);
-        assert!(below[0].followed && !below[1].followed, "only the configured path");
-        fs::remove_file(dir.path().join("file")).expect("dangle");
-        let dangling = freeze(&roots[1..], None, &CancelSignal::default()).expect_err("dangling");
-        let expected =
-            format!("configured path {} is a symbolic link to nothing", roots[1].display());
-        assert_eq!(dangling, WalkError::Failed(expected));
-    }
-
-    #[test]
-    fn a_missing_configured_path_is_named() {
-        let missing = PathBuf::from("/nonexistent/sluice-walk-test");
-        let error = freeze(&[missing], None, &CancelSignal::default()).expect_err("missing");
-        let expected = "configured path /nonexistent/sluice-walk-test does not exist";
-        assert_eq!(error, WalkError::Failed(expected.to_owned()));
-    }
-
-    #[test]
-    fn a_cancelled_walk_stops() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cancel = CancelSignal::default();
-        cancel.cancel(sluice_proto::pb::CancelReason::User);
-        let error = freeze(&[dir.path().to_path_buf()], None, &cancel).expect_err("cancelled");
-        assert_eq!(error, WalkError::Canceled);
-    }
-}
+mod tests;
