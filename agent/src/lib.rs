@@ -56,6 +56,7 @@ use crate::exec::Daemons;
 use crate::heartbeat::Heartbeater;
 use crate::journal::Journal;
 use crate::liveness::Liveness;
+use crate::restore_points::RestoreLog;
 use crate::roots::Roots;
 use crate::service::AgentApi;
 use crate::tasks::{TasksConfig, TasksHandle};
@@ -101,6 +102,7 @@ pub async fn run(
     // Held to the end of `run`: the journal is this agent's alone.
     let _state_lock = state_lock::lock(&settings.state_dir).await?;
     let journal = Journal::open(&settings.state_dir).await?;
+    let restores = interrupted_restores_removed(&settings.state_dir).await?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
     let daemons = Daemons::in_dir(daemon_dir(&settings.state_dir).await?);
@@ -112,7 +114,7 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     // Not on the tasks' tracker: it runs until the server stops, after their cleanup.
     let reload = tls.clone().map(|tls| tokio::spawn(tls.watch(RELOAD_EVERY, server_stop.clone())));
-    let api = AgentApi::new(tasks.clone(), drainer.clone(), roots, server_stop.clone());
+    let api = AgentApi::new(tasks.clone(), drainer.clone(), roots, restores, server_stop.clone());
     announce(&listener)?;
     let mut server = tokio::spawn(server::serve(api, listener, tls, server_stop.clone()));
     let (beats, beats_stop) = spawn_heartbeats(heartbeater, &tasks);
@@ -234,6 +236,21 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>, AgentError> {
 
 /// The folder of this agent's storage daemons, in its state directory, emptied of what a
 /// run killed with SIGKILL left there (daemons and their folders).
+/// The log of restores under way, once what restores interrupted by this agent's death
+/// wrote is removed.
+async fn interrupted_restores_removed(
+    state_dir: &std::path::Path,
+) -> Result<RestoreLog, AgentError> {
+    let state_dir = state_dir.to_path_buf();
+    let cleaned = tokio::task::spawn_blocking(move || {
+        let log = RestoreLog::in_state_dir(&state_dir)?;
+        log.clean_up();
+        std::io::Result::Ok(log)
+    });
+    let log = cleaned.await.map_err(|e| AgentError::Internal(format!("restore clean-up: {e}")))?;
+    log.map_err(|e| AgentError::Internal(format!("cannot open the restore log: {e}")))
+}
+
 async fn daemon_dir(state_dir: &std::path::Path) -> Result<std::path::PathBuf, AgentError> {
     let dir = state_dir.join("qsd");
     let cleared = dir.clone();

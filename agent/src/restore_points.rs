@@ -15,10 +15,13 @@ pub(crate) mod calls;
 mod confined;
 mod gc;
 mod hash;
+mod interrupted;
 mod location;
 mod restore;
 mod verify;
 mod vm;
+
+pub(crate) use interrupted::RestoreLog;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::drain::Drainer;
 use crate::error::AgentError;
 use crate::key;
-use crate::restore_points::calls;
+use crate::restore_points::{RestoreLog, calls};
 use crate::roots::Roots;
 use crate::tasks::TasksHandle;
 
@@ -28,6 +28,8 @@ pub(crate) struct AgentApi {
     tasks: TasksHandle,
     drainer: Drainer,
     roots: Arc<Roots>,
+    /// Where restores under way are recorded.
+    restores: RestoreLog,
     shutdown: CancellationToken,
 }
 
@@ -37,9 +39,10 @@ impl AgentApi {
         tasks: TasksHandle,
         drainer: Drainer,
         roots: Arc<Roots>,
+        restores: RestoreLog,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { tasks, drainer, roots, shutdown }
+        Self { tasks, drainer, roots, restores, shutdown }
     }
 }
 
@@ -199,7 +202,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::AgentRestoreRequest>,
     ) -> Result<Response<pb::RestoreRestorePointResponse>, Status> {
-        Ok(Response::new(calls::restore(request.into_inner(), self.roots.clone()).await?))
+        Ok(Response::new(
+            calls::restore(request.into_inner(), self.roots.clone(), self.restores.clone()).await?,
+        ))
     }
 
     async fn delete_restore_points(

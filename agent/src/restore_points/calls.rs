@@ -8,7 +8,7 @@ use sluice_proto::pb;
 use tracing::info;
 
 use super::location::{Location, absolute_dir, check_id};
-use super::{Cancel, gc, restore, verify, vm};
+use super::{Cancel, RestoreLog, gc, restore, verify, vm};
 use crate::error::AgentError;
 use crate::roots::{Roots, check_outside_repository};
 
@@ -36,6 +36,7 @@ pub(crate) async fn verify(
 pub(crate) async fn restore(
     request: pb::AgentRestoreRequest,
     roots: Arc<Roots>,
+    log: RestoreLog,
 ) -> Result<pb::RestoreRestorePointResponse, AgentError> {
     let location = Location::parse("location", request.location.as_ref())?;
     let target = absolute_dir("target_dir", &request.target_dir)?;
@@ -46,7 +47,7 @@ pub(crate) async fn restore(
         check_outside_repository("target_dir", &target, &resolved, &location.repository)?;
         let target = resolved;
         info!(restore_point = %location.id, target = %target.display(), "restore begins");
-        restore::restore(&location, &target, cancel)
+        restore::restore(&location, &target, cancel, &log)
     })
     .await?;
     Ok(pb::RestoreRestorePointResponse {

@@ -1,5 +1,6 @@
 //! Restore: a restore point written back into an empty directory, each hash checked while
-//! copying. A restore that fails or is cancelled removes what it wrote.
+//! copying. A restore that fails or is cancelled removes what it wrote; one the agent's death
+//! interrupted is removed at its next start (`interrupted.rs`).
 //!
 //! A restore never writes outside its target, whatever the manifest says: entries must be
 //! absolute paths without `.` or `..`, each listed once, none below a symbolic link of the
@@ -19,6 +20,7 @@ use nix::sys::time::TimeSpec;
 
 use super::confined::Target;
 use super::hash::{ReadError, copy_hashing};
+use super::interrupted::RestoreLog;
 use super::location::{Location, under};
 use super::{Cancel, vm};
 use crate::error::AgentError;
@@ -47,6 +49,7 @@ pub(crate) fn restore(
     location: &Location,
     target: &Path,
     cancel: &Cancel,
+    log: &RestoreLog,
 ) -> Result<Restored, AgentError> {
     let folder = location.folder();
     if !location.folder_exists()? {
@@ -68,6 +71,14 @@ pub(crate) fn restore(
         }
     })?;
     let target = open_target(target)?;
+    let recorded = match log.begin(&target) {
+        Ok(recorded) => recorded,
+        Err(error) => {
+            remove_written(&target);
+            let what = "cannot record the restore in the state folder";
+            return Err(AgentError::Internal(format!("{what}: {error}")));
+        }
+    };
     let result = match &contents {
         Manifest::Vm(vm) => restore_vm(location, vm, &target, cancel),
         Manifest::Computer(computer) => restore_computer(location, computer, &target, cancel),
@@ -75,6 +86,7 @@ pub(crate) fn restore(
     if result.is_err() {
         remove_written(&target);
     }
+    recorded.end();
     result
 }
 
@@ -101,7 +113,7 @@ fn open_target(path: &Path) -> Result<Target, AgentError> {
 /// Removes what a failed restore wrote: the target itself if the restore created it, else
 /// its contents (it was empty before). Folders are made writable through handles that never
 /// follow a link.
-fn remove_written(target: &Target) {
+pub(super) fn remove_written(target: &Target) {
     let path = target.path();
     let result = match target.created {
         true => target.remove(),

@@ -161,7 +161,8 @@ fn verify_names_an_entry_lost_or_listed_twice_and_a_sha256_that_is_no_blob_name(
         "manifest.json: not a valid sluice-computer-1 manifest: sha256 is not 64 lowercase";
     assert!(report.problems[0].starts_with(refused), "{:?}", report.problems);
     let out = tempfile::tempdir().expect("tempdir");
-    let error = restore(&rp, out.path(), &Cancel::default()).expect_err("refused");
+    let error =
+        restore(&rp, out.path(), &Cancel::default(), &RestoreLog::default()).expect_err("refused");
     let status = tonic::Status::from(error);
     assert_eq!(status.code(), Code::DataLoss, "an invalid manifest is damaged data");
     assert!(status.message().contains("sha256 is not 64 lowercase hex digits"), "{status:?}");
@@ -214,7 +215,8 @@ fn a_vm_manifest_of_format_2_verifies_restores_and_names_a_corrupt_disk() {
     to_format_2(&rp);
     assert_eq!(verify(&rp, &Cancel::default()).expect("verify").problems, Vec::<String>::new());
     let out = tempfile::tempdir().expect("tempdir");
-    let restored = restore(&rp, &out.path().join("r"), &Cancel::default()).expect("restore");
+    let restored = restore(&rp, &out.path().join("r"), &Cancel::default(), &RestoreLog::default())
+        .expect("restore");
     assert_eq!(restored.files, 1);
     corrupt(&rp.folder().join("disk0.qcow2"));
     let problems = verify(&rp, &Cancel::default()).expect("verify").problems;
@@ -223,7 +225,8 @@ fn a_vm_manifest_of_format_2_verifies_restores_and_names_a_corrupt_disk() {
         problems[0].starts_with("disk0.qcow2 (disk /vms/web.qcow2): blake3 is "),
         "{problems:?}"
     );
-    let refused = restore(&rp, &out.path().join("again"), &Cancel::default());
+    let refused =
+        restore(&rp, &out.path().join("again"), &Cancel::default(), &RestoreLog::default());
     assert!(refused.is_err(), "a corrupt disk is not restored");
 
     let path = rp.folder().join(MANIFEST);
@@ -254,7 +257,7 @@ fn a_restore_sets_owners_and_keeps_setuid_only_with_its_owner() {
         entries[4]["uid"] = 65534.into();
     });
     let out = tempfile::tempdir().expect("tempdir");
-    restore(&rp, out.path(), &Cancel::default()).expect("restore");
+    restore(&rp, out.path(), &Cancel::default(), &RestoreLog::default()).expect("restore");
     let meta = |p: &str| fs::symlink_metadata(out.path().join(p)).expect("meta");
     let owned = meta("data/a.txt");
     assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o7777), (65534, 65534, 0o6755));
@@ -269,7 +272,8 @@ fn a_computer_restore_recreates_contents_modes_mtimes_and_links() {
     let rp = computer_restore_point(repo.path(), "s-0", "one");
     let out = tempfile::tempdir().expect("tempdir");
     let target = out.path().join("new");
-    let restored = restore(&rp, &target, &Cancel::default()).expect("restore");
+    let restored =
+        restore(&rp, &target, &Cancel::default(), &RestoreLog::default()).expect("restore");
     assert_eq!(restored, Restored { files: 2, bytes: 21, directories: 2, symlinks: 1 });
     assert_eq!(fs::read(target.join("data/a.txt")).expect("a"), b"alpha one");
     assert_eq!(fs::read(target.join("data/sub/b.bin")).expect("b"), b"shared bytes");
@@ -281,7 +285,8 @@ fn a_computer_restore_recreates_contents_modes_mtimes_and_links() {
     assert_eq!(mtime, expected);
     fs::set_permissions(target.join("data/sub"), fs::Permissions::from_mode(0o755)).expect("w");
 
-    let error = restore(&rp, &target, &Cancel::default()).expect_err("not empty");
+    let error =
+        restore(&rp, &target, &Cancel::default(), &RestoreLog::default()).expect_err("not empty");
     assert_eq!(tonic::Status::from(error).code(), Code::FailedPrecondition);
 }
 
@@ -291,7 +296,8 @@ fn a_restore_over_a_corrupt_blob_is_data_loss_and_leaves_nothing() {
     let rp = computer_restore_point(repo.path(), "s-0", "one");
     corrupt(&blob_of(repo.path(), b"shared bytes"));
     let out = tempfile::tempdir().expect("tempdir");
-    let error = restore(&rp, out.path(), &Cancel::default()).expect_err("corrupt");
+    let error =
+        restore(&rp, out.path(), &Cancel::default(), &RestoreLog::default()).expect_err("corrupt");
     let status = tonic::Status::from(error);
     assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     assert!(status.message().starts_with("/data/sub/b.bin: blob "), "{status:?}");
@@ -303,14 +309,18 @@ fn a_vm_restore_copies_each_disk_under_its_source_name() {
     let repo = tempfile::tempdir().expect("tempdir");
     let rp = vm_restore_point(repo.path(), "s-1", b"qcow2 bytes");
     let out = tempfile::tempdir().expect("tempdir");
-    let restored = restore(&rp, out.path(), &Cancel::default()).expect("restore");
+    let restored =
+        restore(&rp, out.path(), &Cancel::default(), &RestoreLog::default()).expect("restore");
     let image = fs::read(rp.folder().join("disk0.qcow2")).expect("image");
     assert_eq!((restored.files, restored.bytes), (1, image.len() as u64));
     assert_eq!(fs::read(out.path().join("web.qcow2")).expect("disk"), image);
     let cancel = Cancel::default();
     cancel.cancel();
     let again = out.path().join("again");
-    assert!(restore(&rp, &again, &cancel).is_err(), "a cancelled restore fails");
+    assert!(
+        restore(&rp, &again, &cancel, &RestoreLog::default()).is_err(),
+        "a cancelled restore fails"
+    );
     assert!(!again.exists(), "and removes the directory it created");
 }
 
@@ -402,7 +412,8 @@ fn a_restore_never_writes_through_a_restored_symlink() {
         let rp = crafted_restore_point(repo.path(), &format!("s-{i}"), entries);
         let target = tempfile::tempdir().expect("target");
 
-        let error = restore(&rp, target.path(), &Cancel::default()).expect_err(case);
+        let error = restore(&rp, target.path(), &Cancel::default(), &RestoreLog::default())
+            .expect_err(case);
 
         let status = tonic::Status::from(error);
         assert_eq!(status.code(), Code::DataLoss, "{case}: {status:?}");
@@ -428,7 +439,8 @@ fn links_are_restored_last_and_never_followed_for_modes() {
     let rp = crafted_restore_point(repo.path(), "s-0", entries);
     let target = tempfile::tempdir().expect("target");
 
-    let restored = restore(&rp, target.path(), &Cancel::default()).expect("restore");
+    let restored =
+        restore(&rp, target.path(), &Cancel::default(), &RestoreLog::default()).expect("restore");
 
     assert_eq!(restored, Restored { files: 1, bytes: 6, directories: 1, symlinks: 1 });
     assert_eq!(fs::read_link(target.path().join("d/a-link")).expect("link"), file);

@@ -109,3 +109,33 @@ async fn a_computer_task_that_committed_before_the_crash_keeps_its_restore_point
     assert_eq!(outcome.message, "backed up 1 files, 4 bytes, 4 new bytes stored");
     assert_eq!(blobs(&repo).len(), 1, "the blob is kept");
 }
+
+/// A restore under way when the agent died (killed, not cancelled) left a partial tree, a
+/// truncated file under its final name among whole ones, for good: the next start removes
+/// what the restores it recorded wrote, as their own failure would have.
+#[tokio::test]
+async fn what_an_interrupted_restore_wrote_is_removed_at_the_next_start() {
+    let coordinator = crate::support::FakeCoordinator::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, created, existing) =
+        (dir.path().join("state"), dir.path().join("new"), dir.path().join("was-empty"));
+    for (target, made) in [(&created, true), (&existing, false)] {
+        std::fs::create_dir_all(target.join("srv/data")).expect("partial tree");
+        std::fs::write(target.join("srv/data/big.bin"), b"truncated").expect("partial file");
+        let record = serde_json::json!({ "target": target, "created": made });
+        let name = if made { "0.json" } else { "1.json" };
+        std::fs::create_dir_all(state.join("restores")).expect("log folder");
+        std::fs::write(state.join("restores").join(name), record.to_string()).expect("record");
+    }
+
+    let agent = crate::support::TestAgent::start(&coordinator.url, &state, 1).await;
+    // Answered once the agent serves, which it does only after the clean-up.
+    let listed = agent.client.clone().list_tasks(pb::ListTasksRequest::default()).await;
+    listed.expect("the agent serves");
+
+    assert!(!created.exists(), "a target the restore created is removed");
+    assert!(existing.is_dir(), "a target that existed stays");
+    assert_eq!(entries(&existing), Vec::<String>::new(), "emptied, as it was before");
+    assert_eq!(entries(&state.join("restores")), Vec::<String>::new(), "records removed");
+    agent.stop().await;
+}

@@ -306,8 +306,44 @@ async fn an_oversized_outcome_message_is_cut_before_it_is_journaled_and_reported
     let (state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
     let mut client = agent.client.clone();
     let Scratch { dir: _data, src, repo } = Scratch::new();
-    // A missing configured path of PATH_MAX bytes (the longest a task takes), mostly in
-    // two-byte characters: the failure names it, which takes the message past its bound.
+    // Forty entries left out, each named by a path of about 300 bytes (long paths are shown
+    // shortened only past 360 characters): the warnings take the message past its bound.
+    let folder = src.join("d".repeat(40));
+    std::fs::create_dir(&folder).expect("folder");
+    for i in 0..20 {
+        let name = format!("{i:02}-{}", "f".repeat(240));
+        nix::unistd::mkfifo(&folder.join(name), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+        // A name that is not UTF-8 is left out too, under a warning of its own.
+        let bytes = [&[0xff, b'0' + i][..], "n".repeat(240).as_bytes()].concat();
+        let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes);
+        std::fs::write(folder.join(name), b"x").expect("file");
+    }
+    std::fs::write(src.join("kept.txt"), b"kept").expect("file");
+    let mut events = watch(&mut client, "m1").await;
+    run(&mut client, computer_spec("m1", 0, &[&src], &repo)).await.expect("started");
+
+    let outcome = outcome_of(&mut events, 0).await;
+
+    assert_eq!(outcome.state(), ItemState::Warning);
+    assert!(outcome.message.len() <= 4096, "{} bytes", outcome.message.len());
+    assert!(outcome.message.ends_with("… (cut)"), "says it is cut: {outcome:?}");
+    agent.stop().await;
+    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
+    let mut client = agent.client.clone();
+    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
+    let journaled = tasks.into_inner().tasks.remove(0).outcome.expect("outcome");
+    assert_eq!(journaled.message, outcome.message, "the journal holds the cut message");
+    agent.stop().await;
+}
+
+/// A configured path of PATH_MAX bytes, mostly in two-byte characters, that does not exist:
+/// the failure names it shortened, so that its cause is not cut off the message.
+#[tokio::test]
+async fn a_failure_naming_a_long_path_keeps_its_cause() {
+    let coordinator = FakeCoordinator::start().await;
+    let (_state, agent) = TestAgent::start_fresh(&coordinator.url, 1).await;
+    let mut client = agent.client.clone();
+    let Scratch { dir: _data, src, repo } = Scratch::new();
     let mut missing = src.clone();
     while missing.as_os_str().len() + 201 < MAX_PATH_BYTES {
         missing.push("é".repeat(100));
@@ -319,15 +355,9 @@ async fn an_oversized_outcome_message_is_cut_before_it_is_journaled_and_reported
     let outcome = outcome_of(&mut events, 0).await;
 
     assert_eq!(outcome.state(), ItemState::Failed);
-    assert!(outcome.message.len() <= 4096, "{} bytes", outcome.message.len());
     assert!(outcome.message.starts_with("SNAPSHOT failed: "), "{outcome:?}");
-    assert!(outcome.message.ends_with("… (cut)"), "says it is cut: {outcome:?}");
-    agent.stop().await;
-    let agent = TestAgent::start(&coordinator.url, state.path(), 1).await;
-    let mut client = agent.client.clone();
-    let tasks = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
-    let journaled = tasks.into_inner().tasks.remove(0).outcome.expect("outcome");
-    assert_eq!(journaled.message, outcome.message, "the journal holds the cut message");
+    assert!(outcome.message.ends_with("File name too long (os error 36)"), "{outcome:?}");
+    assert!(outcome.message.len() < 1024, "{} bytes", outcome.message.len());
     agent.stop().await;
 }
 

@@ -7,14 +7,15 @@ use std::path::Path;
 use tonic::Code;
 
 use super::{
-    Cancel, MANIFEST, blob_of, computer_restore_point, corrupt, crafted_restore_point,
+    Cancel, MANIFEST, RestoreLog, blob_of, computer_restore_point, corrupt, crafted_restore_point,
     edit_manifest, entry, location, restore, stored_file, verify,
 };
 
 fn restore_code(location: &super::Location) -> (Code, String) {
     let target = tempfile::tempdir().expect("target");
     let error =
-        restore(location, &target.path().join("out"), &Cancel::default()).expect_err("refused");
+        restore(location, &target.path().join("out"), &Cancel::default(), &RestoreLog::default())
+            .expect_err("refused");
     let status = tonic::Status::from(error);
     (status.code(), status.message().to_owned())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sluice_proto::pb::ItemState;
 
 use super::integrity::{back_up, restore_point};
-use super::{Cancel, crafted_restore_point, entry, link, restore};
+use super::{Cancel, RestoreLog, crafted_restore_point, entry, link, restore};
 
 fn mtime(path: &Path) -> SystemTime {
     fs::symlink_metadata(path).and_then(|m| m.modified()).expect("mtime")
@@ -29,7 +29,8 @@ fn a_configured_path_that_is_a_link_is_backed_up_and_restored_as_the_folder_it_l
     assert_eq!(outcome.state(), ItemState::Success, "{outcome:?}");
     assert!(outcome.message.starts_with("backed up 1 files, 5 bytes"), "{}", outcome.message);
     let target = dir.path().join("restored");
-    restore(&restore_point(&repo, &outcome), &target, &Cancel::default()).expect("restore");
+    restore(&restore_point(&repo, &outcome), &target, &Cancel::default(), &RestoreLog::default())
+        .expect("restore");
     let restored = target.join(home.strip_prefix("/").expect("absolute"));
     assert!(fs::symlink_metadata(&restored).expect("home").is_dir(), "a folder, not the link");
     assert_eq!(fs::read(restored.join("u/a.txt")).expect("file"), b"alpha");
@@ -48,7 +49,7 @@ fn a_restored_link_gets_its_own_mtime_and_leaves_its_target_alone() {
     let rp = crafted_restore_point(repo.path(), "s-0", entries);
     let target = tempfile::tempdir().expect("target");
 
-    restore(&rp, target.path(), &Cancel::default()).expect("restore");
+    restore(&rp, target.path(), &Cancel::default(), &RestoreLog::default()).expect("restore");
 
     let year_2002 = UNIX_EPOCH + Duration::from_secs(1_009_843_200);
     assert_eq!(mtime(&target.path().join("d/link")), year_2002);

@@ -12,6 +12,7 @@ use tonic::Code;
 use super::super::calls;
 use super::integrity::back_up;
 use super::{Location, blob_of, computer_restore_point, delete_restore_points};
+use crate::restore_points::RestoreLog;
 use crate::roots::Roots;
 
 fn wire(location: &Location) -> pb::RestorePointLocation {
@@ -67,7 +68,8 @@ async fn verify_restore_and_deletion_through_a_linked_job_folder_are_refused() {
     assert!(status.message().contains(&named), "{}", status.message());
     let target_dir = dir.path().join("restored").display().to_string();
     let restore = pb::AgentRestoreRequest { location: Some(wire(&linked)), target_dir };
-    let refused = calls::restore(restore, roots).await.expect_err("restore refused");
+    let refused =
+        calls::restore(restore, roots, RestoreLog::default()).await.expect_err("restore refused");
     assert!(tonic::Status::from(refused).message().contains(&named));
     assert!(!dir.path().join("restored").exists(), "nothing restored");
 

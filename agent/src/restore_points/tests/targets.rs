@@ -9,6 +9,7 @@ use sluice_proto::pb;
 use super::super::calls;
 use super::computer_restore_point;
 use crate::error::AgentError;
+use crate::restore_points::RestoreLog;
 use crate::roots::Roots;
 
 async fn restore_into(repo: &Path, target: &Path) -> Result<(), AgentError> {
@@ -20,7 +21,7 @@ async fn restore_into(repo: &Path, target: &Path) -> Result<(), AgentError> {
     };
     let target_dir = target.display().to_string();
     let request = pb::AgentRestoreRequest { location: Some(location), target_dir };
-    calls::restore(request, Arc::new(Roots::default())).await.map(drop)
+    calls::restore(request, Arc::new(Roots::default()), RestoreLog::default()).await.map(drop)
 }
 
 #[tokio::test]
