@@ -39,7 +39,7 @@ use self::checksum::{Algorithm, Hasher};
 
 pub(crate) use manifest::{
     ComputerManifest, Disk, Identity, Kind, Manifest, ManifestError, Record, Totals, VM_FORMAT,
-    VmKind, VmManifest, parse_time, plain_file_name, rfc3339,
+    VmKind, VmManifest, parse_any_time, parse_time, plain_file_name, rfc3339,
 };
 pub(crate) use paths::{
     RepoPaths, fill_manifest, is_partial, is_restore_point, item_dir, refuse_link,

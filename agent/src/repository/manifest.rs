@@ -140,9 +140,15 @@ pub(crate) fn plain_file_name(name: &str) -> bool {
 }
 
 /// A time as RFC 3339 with as many fraction digits as it needs (none, 3, 6 or 9): lossless
-/// to the nanosecond.
+/// to the nanosecond, before 1970 too (a file's mtime may be).
 pub(crate) fn rfc3339(time: SystemTime) -> String {
-    sluice_proto::time::to_timestamp(time).to_string()
+    prost_types::Timestamp::from(time).to_string()
+}
+
+/// Reads a time written by [`rfc3339`], before 1970 too (a file's mtime to restore).
+pub(crate) fn parse_any_time(text: &str) -> Option<SystemTime> {
+    let stamp = prost_types::Timestamp::from_str(text).ok()?;
+    SystemTime::try_from(stamp).ok()
 }
 
 /// Reads a time written by [`rfc3339`]; `None` for other text and for times before 1970.
@@ -264,5 +270,13 @@ mod tests {
             assert_eq!(parse_time(&rfc3339(time)), Some(time), "{}", rfc3339(time));
         }
         assert_eq!(parse_time("not a time"), None);
+    }
+
+    #[test]
+    fn a_time_before_1970_is_written_and_restored_as_it_was() {
+        let time = UNIX_EPOCH - Duration::new(86_400 * 365, 250_000_000);
+        assert_eq!(rfc3339(time), "1968-12-31T23:59:59.750Z");
+        assert_eq!(parse_any_time(&rfc3339(time)), Some(time));
+        assert_eq!(parse_time(&rfc3339(time)), None, "not taken as a previous backup's");
     }
 }

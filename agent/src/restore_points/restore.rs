@@ -13,7 +13,6 @@ use std::fs::{self, File, FileTimes};
 use std::io;
 use std::os::unix::fs::{PermissionsExt, fchown};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::time::TimeSpec;
@@ -373,7 +372,7 @@ fn set_mode_and_mtime(file: &File, path: &Path, entry: &Record) -> Result<(), Ag
 }
 
 fn parse_mtime(text: &str) -> Option<SystemTime> {
-    prost_types::Timestamp::from_str(text).ok().map(|ts| sluice_proto::time::from_timestamp(&ts))
+    crate::repository::parse_any_time(text)
 }
 
 /// A file of the restore point or of the target that cannot be used: the operator can act on
