@@ -111,6 +111,11 @@ function authHeaders() {
 // What a call that got no answer says: the cluster may well be up behind another coordinator.
 const UNREACHABLE = 'Cannot reach this coordinator (it may be down or restarting). '
   + "The cluster's other coordinators serve the same console and data.";
+// Longest a call of the console waits for its answer.
+const API_TIMEOUT_MS = 20000;
+const SILENT = `No answer from this coordinator within ${API_TIMEOUT_MS / 1000} s `
+  + '(a frozen link, or the browser waiting for a free connection); the action may not have '
+  + 'been sent.';
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -129,8 +134,12 @@ async function api(method, path, body) {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
+      // A call that waits (a frozen link, every connection taken) says so instead of
+      // leaving the page as it was without a word.
+      signal: AbortSignal.timeout(API_TIMEOUT_MS),
     });
-  } catch (_) {
+  } catch (error) {
+    if (error.name === 'TimeoutError') throw new ApiError(0, 'DEADLINE_EXCEEDED', SILENT);
     // fetch says only "Failed to fetch": no answer came at all.
     throw new ApiError(0, 'UNAVAILABLE', UNREACHABLE);
   }
@@ -160,14 +169,21 @@ async function act(action) {
 }
 
 // Calls `load` now and every POLL_MS until the view is left; returns the function that stops.
+// An error it showed goes once a call succeeds again (unless something else replaced it).
 function poll(load) {
   let stopped = false;
   let timer = null;
+  let shown = null;
   const run = async () => {
     try {
       await load();
+      if (shown !== null && document.getElementById('alert').textContent === shown) alertBox('');
+      shown = null;
     } catch (error) {
-      if (!stopped && error.status !== 401) alertBox(error.message);
+      if (!stopped && error.status !== 401) {
+        shown = error.message;
+        alertBox(shown);
+      }
     }
     if (!stopped) timer = setTimeout(run, POLL_MS);
   };
@@ -231,8 +247,9 @@ function renderWho() {
 
 // ---------------------------------------------------------------- stopping
 
-// Asks how to stop the active session of `job`, then stops it.
-function askStop(job, defaultTimeout) {
+// Asks how to stop the active session of `job` (session `sessionId` when given: a stop that
+// reaches the server late then never stops a later session of the job), then stops it.
+function askStop(job, defaultTimeout, sessionId) {
   const dialog = document.getElementById('stop-dialog');
   document.getElementById('stop-title').textContent = `Stop ${job}`;
   document.getElementById('stop-what').textContent = `The running session of job ${job}.`;
@@ -247,6 +264,7 @@ function askStop(job, defaultTimeout) {
     const mode = dialog.returnValue;
     if (!mode.startsWith('STOP_MODE_')) return;
     const body = { mode };
+    if (sessionId) body.sessionId = sessionId;
     if (mode === 'STOP_MODE_GRACEFUL') body.gracefulTimeoutSeconds = Number(timeout.value || 0);
     act(async () => {
       const session = await api('POST', `/jobs/${encodeURIComponent(job)}/stop`, body);
@@ -289,7 +307,16 @@ function route() {
   const [path, search] = (location.hash.slice(1) || '/').split('?');
   const query = new URLSearchParams(search || '');
   const session = path.match(/^\/sessions\/(.+)$/);
-  if (session) leaveView = viewSession(decodeURIComponent(session[1]));
+  let id = null;
+  try {
+    id = session ? decodeURIComponent(session[1]) : null;
+  } catch (_) {
+    // A link cut inside an escape (`%E0%A4%A`): say so rather than keep the previous view.
+    fill(document.getElementById('main'), h('p', {}, 'This link is not a session link.'));
+    alertBox(`The link ${location.hash} is malformed.`);
+    return;
+  }
+  if (session) leaveView = viewSession(id);
   else if (path === '/history') leaveView = viewHistory(query);
   else if (path === '/agents') leaveView = viewAgents();
   else if (path === '/coordinators') leaveView = viewCoordinators();

@@ -163,7 +163,7 @@ function renderSessionButtons(buttons, s, job) {
   const operate = roleAllows('operate');
   fill(buttons,
     operate && !stopped ? h('button', { type: 'button', 'aria-haspopup': 'dialog',
-      onclick: () => askStop(s.job, job() && job().gracefulTimeoutSeconds) }, 'Stop') : null,
+      onclick: () => askStop(s.job, job() && job().gracefulTimeoutSeconds, s.id) }, 'Stop') : null,
     operate && retryable(s) ? h('button', { type: 'button',
       onclick: () => act(() => retrySession(s.id)) }, 'Retry') : null,
     h('a', { href: `#/history?job=${encodeURIComponent(s.job)}` }, 'Session history'));
@@ -206,31 +206,58 @@ function itemRow(item) {
 const LOST = 'Lost the connection to this coordinator; reconnecting. The session goes on; '
   + 'what this page shows is as of the break.';
 
+// The server sends a comment at least every 15 s: a stream silent for longer than this is
+// broken (a frozen link sends nothing, not even an end), and the page would show stale data
+// as live.
+const SILENT_MS = 35000;
+
+// Resolves once the page is visible (at once if it is).
+function whenVisible() {
+  return new Promise((resolve) => {
+    if (!document.hidden) return resolve();
+    const wake = () => {
+      if (document.hidden) return;
+      document.removeEventListener('visibilitychange', wake);
+      resolve();
+    };
+    document.addEventListener('visibilitychange', wake);
+  });
+}
+
 // Follows `/sessions/{id}/events` (Server-Sent Events, read with fetch so the bearer token
 // goes along) until the session is STOPPED; reconnects after a break. A stream the server
 // ends because the token was revoked or expired is no break: the sign-in form says why.
-// Returns the stopper.
+// A hidden page holds no stream: a browser allows 6 HTTP/1.1 connections per host, and six
+// tabs with live streams left none for any other call of the console. Returns the stopper.
 function followSession(id, render) {
-  const controller = new AbortController();
   let stopped = false;
+  let attempt = null;
+  const hide = () => { if (document.hidden && attempt) attempt.abort(); };
+  document.addEventListener('visibilitychange', hide);
   const connect = async () => {
     while (!stopped) {
+      await whenVisible();
+      if (stopped) return undefined;
+      attempt = new AbortController();
       try {
         const response = await fetch(`/api/v1/sessions/${encodeURIComponent(id)}/events`,
-          { headers: authHeaders(), signal: controller.signal });
+          { headers: authHeaders(), signal: attempt.signal });
         if (!response.ok) {
           const data = await response.json().catch(() => ({}));
           if (response.status === 401) return showLogin(data.message);
           alertBox(data.message || response.statusText);
-          if (response.status === 404) return;
+          // No such session, or an id the server refuses: asking again changes nothing.
+          if (response.status === 404 || response.status === 400) return undefined;
         } else {
-          const end = await readEvents(response, render);
+          const end = await readEvents(response, render, attempt);
           if (end.signIn !== undefined) return stopped ? undefined : showLogin(end.signIn);
           if (end.stopped) return undefined;
-          alertBox(LOST);
+          if (!document.hidden) alertBox(LOST);
         }
       } catch (error) {
         if (stopped) return undefined;
+        // Closed on purpose while hidden: it follows again once visible, at once.
+        if (document.hidden) continue;
         alertBox(LOST);
       }
       await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -240,20 +267,34 @@ function followSession(id, render) {
   connect();
   return () => {
     stopped = true;
-    controller.abort();
+    document.removeEventListener('visibilitychange', hide);
+    if (attempt) attempt.abort();
   };
 }
 
 // Reads one event stream until it ends: `{stopped: true}` once the session is STOPPED,
 // `{signIn: message}` when the server ended it with UNAUTHENTICATED, else `{}` (a break).
 // Of the session events that came in one read only the newest is parsed and rendered: each
-// holds the whole session.
-async function readEvents(response, render) {
+// holds the whole session. A stream silent for SILENT_MS is aborted through `attempt`.
+async function readEvents(response, render, attempt) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let silent = setTimeout(() => attempt.abort(), SILENT_MS);
+  try {
+    return await readAll(reader, render, () => {
+      clearTimeout(silent);
+      silent = setTimeout(() => attempt.abort(), SILENT_MS);
+    });
+  } finally {
+    clearTimeout(silent);
+  }
+}
+
+async function readAll(reader, render, heard) {
   let buffer = '';
   let ended = false;
   for (;;) {
     const { value, done } = await reader.read();
+    heard();
     if (done) return { stopped: ended };
     buffer += value;
     let newest = null;
