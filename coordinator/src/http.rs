@@ -95,7 +95,7 @@ fn routes() -> Vec<(&'static str, Access, MethodRouter<HttpParts>, &'static [&'s
         ("/api/v1/jobs/{name}/stop", Access::Operate, post(stop_job), NONE),
         ("/api/v1/jobs/{name}/restore-points", Access::View, get(restore_points), NONE),
         ("/api/v1/jobs/{name}/schedule-runs", Access::View, get(schedule_runs), NONE),
-        ("/api/v1/sessions", Access::View, get(list_sessions), JOB),
+        ("/api/v1/sessions", Access::View, get(list_sessions), LIST_SESSIONS),
         ("/api/v1/sessions/{id}", Access::View, get(get_session), NONE),
         ("/api/v1/sessions/{id}/events", Access::View, get(events::session_events), NONE),
         ("/api/v1/sessions/{id}/retry", Access::Operate, post(retry_session), NONE),

@@ -10,7 +10,7 @@ use crate::{api::Jobs, wait_for};
 
 /// The sessions of `job`, newest first, or the failure as text.
 pub async fn try_sessions(jobs: &Jobs, job: &str) -> Result<Vec<pb::Session>, String> {
-    let request = pb::ListSessionsRequest { job: job.to_string() };
+    let request = pb::ListSessionsRequest { job: job.to_string(), ..Default::default() };
     match jobs.clone().list_sessions(request).await {
         Ok(response) => Ok(response.into_inner().sessions),
         Err(status) => {

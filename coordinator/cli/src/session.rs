@@ -36,7 +36,7 @@ async fn show(ctx: &Ctx, session_id: String) -> Result<Exit, Failure> {
 
 async fn list(ctx: &Ctx, job: String) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
-    let request = pb::ListSessionsRequest { job };
+    let request = pb::ListSessionsRequest { job, ..Default::default() };
     let sessions = clients.jobs.list_sessions(request).await?.into_inner().sessions;
     let table = || views::session_list(&sessions, SystemTime::now());
     output::print(ctx.format, table, || json::sessions(&sessions))?;

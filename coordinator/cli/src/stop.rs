@@ -124,7 +124,7 @@ fn stopped_text(stopped: &[pb::Session], now: SystemTime) -> String {
 /// Lists the active sessions on stderr and asks whether to stop them: `true` to go on, `false`
 /// when no session is active; a "no" is a usage failure (exit 2, nothing stopped).
 async fn confirm_active(clients: &mut Clients) -> Result<bool, Failure> {
-    let request = pb::ListSessionsRequest { job: String::new() };
+    let request = pb::ListSessionsRequest { job: String::new(), ..Default::default() };
     let sessions = clients.jobs.list_sessions(request).await?.into_inner().sessions;
     let active: Vec<pb::Session> = sessions.into_iter().filter(is_active).collect();
     if active.is_empty() {

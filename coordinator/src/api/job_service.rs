@@ -22,6 +22,7 @@ use crate::{
     restore_points::RestorePoints,
     sessions::{
         Sessions,
+        persist::Newest,
         watch::feeds::{FeedEvent, Feeds},
     },
 };
@@ -170,8 +171,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Reply<pb::ListSessionsResponse> {
-        let job = request.into_inner().job;
-        let sessions = self.sessions.list(&job).await?;
+        let pb::ListSessionsRequest { job, newest_per_job, limit } = request.into_inner();
+        let newest = Newest { per_job: newest_per_job, limit };
+        let sessions = self.sessions.list(&job, newest).await?;
         self.found_unless_empty(&job, sessions.is_empty()).await?;
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }

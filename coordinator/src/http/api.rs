@@ -149,11 +149,16 @@ pub(crate) async fn schedule_runs(
     Ok(Pb(s.jobs.list_schedule_runs(grpc(&c, request)).await?.into_inner()))
 }
 
-/// The query of `GET /api/v1/sessions` (`query::JOB`, which refuses any other parameter).
+/// The query of `GET /api/v1/sessions` (`query::LIST_SESSIONS`, which refuses any other
+/// parameter): `ListSessionsRequest`'s fields, in either spelling.
 #[derive(Debug, Deserialize)]
 pub(crate) struct SessionsQuery {
     #[serde(default)]
     job: String,
+    #[serde(default, alias = "newest_per_job", rename = "newestPerJob")]
+    newest_per_job: u32,
+    #[serde(default)]
+    limit: u32,
 }
 
 pub(crate) async fn list_sessions(
@@ -162,7 +167,8 @@ pub(crate) async fn list_sessions(
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> Reply<pb::ListSessionsResponse> {
     let Query(query) = query.map_err(query_error)?;
-    let request = pb::ListSessionsRequest { job: query.job };
+    let SessionsQuery { job, newest_per_job, limit } = query;
+    let request = pb::ListSessionsRequest { job, newest_per_job, limit };
     Ok(Pb(s.jobs.list_sessions(grpc(&c, request)).await?.into_inner()))
 }
 

@@ -19,8 +19,11 @@ pub(super) const CACHE_BUSTER: &str = "_";
 /// The parameters of `GET /api/v1/jobs` (`ListJobsRequest`'s fields, in either spelling).
 pub(super) const LIST_JOBS: &[&str] =
     &["omitItems", "omit_items", "pageSize", "page_size", "pageToken", "page_token"];
-/// The parameter of `GET /api/v1/sessions` and `DELETE /api/v1/restore-points/{id}`.
+/// The parameter of `DELETE /api/v1/restore-points/{id}`.
 pub(super) const JOB: &[&str] = &["job"];
+/// The parameters of `GET /api/v1/sessions` (`ListSessionsRequest`'s fields, in either
+/// spelling).
+pub(super) const LIST_SESSIONS: &[&str] = &["job", "newestPerJob", "newest_per_job", "limit"];
 /// A route without parameters.
 pub(super) const NONE: &[&str] = &[];
 

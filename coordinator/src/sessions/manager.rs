@@ -323,12 +323,17 @@ impl Sessions {
         Ok(self.load(id).await?.to_session(true))
     }
 
-    /// Sessions of a job (or all), newest first, without items.
-    pub(crate) async fn list(&self, job: &str) -> Result<Vec<pb::Session>> {
+    /// Sessions of a job (or all), newest first, without items; only the newest as
+    /// `newest` says.
+    pub(crate) async fn list(
+        &self,
+        job: &str,
+        newest: persist::Newest,
+    ) -> Result<Vec<pb::Session>> {
         if !job.is_empty() {
             validate_name("job", job)?;
         }
-        persist::list(self.store(), (!job.is_empty()).then_some(job)).await
+        persist::list(self.store(), (!job.is_empty()).then_some(job), newest).await
     }
 
     /// Restore points of a job from the catalog, oldest first as committed.

@@ -1,5 +1,7 @@
 //! Session records in etcd: creation, fenced batched writes, reads and stop requests.
 
+use std::collections::HashMap;
+
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{
@@ -351,9 +353,22 @@ pub(crate) fn apply_child(
     Ok(())
 }
 
-/// Every session (without items), newest first; only those of `job` if given. Reads the
-/// summary index, never the records with their jobs and items.
-pub(crate) async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Session>> {
+/// How many sessions a listing keeps: the newest `per_job` of each job, then the newest
+/// `limit` of those (0: no bound).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Newest {
+    pub(crate) per_job: u32,
+    pub(crate) limit: u32,
+}
+
+/// Every session (without items), newest first; only those of `job` if given, and only the
+/// newest as `newest` says. Reads the summary index, never the records with their jobs and
+/// items.
+pub(crate) async fn list(
+    store: &Store,
+    job: Option<&str>,
+    newest: Newest,
+) -> Result<Vec<pb::Session>> {
     let mut sessions: Vec<pb::Session> = store
         .list::<pb::Session>(&store.keys().session_index(job))
         .await?
@@ -363,8 +378,24 @@ pub(crate) async fn list(store: &Store, job: Option<&str>) -> Result<Vec<pb::Ses
     // Newest first; borrowed keys, as a history of 40,000 sessions sorts in one call.
     let created = |s: &pb::Session| s.created_at.as_ref().map_or(0, sluice_proto::time::millis);
     sessions.sort_unstable_by(|a, b| (created(b), &b.id).cmp(&(created(a), &a.id)));
+    keep_newest(&mut sessions, newest);
     overlay_stops(store, &mut sessions).await?;
     Ok(sessions)
+}
+
+/// Keeps, of `sessions` (newest first), what `newest` says.
+fn keep_newest(sessions: &mut Vec<pb::Session>, newest: Newest) {
+    if newest.per_job > 0 {
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        sessions.retain(|session| {
+            let count = seen.entry(session.job.clone()).or_default();
+            *count += 1;
+            *count <= newest.per_job
+        });
+    }
+    if newest.limit > 0 {
+        sessions.truncate(newest.limit as usize);
+    }
 }
 
 /// Shows a stop taken but not applied yet by an owner (one that died, until a peer takes the

@@ -178,7 +178,7 @@ async fn start(
 
 /// The newest session of `job` that has not stopped, if any.
 async fn active_session(api: &Api, job: &str, first: usize) -> Option<String> {
-    let request = pb::ListSessionsRequest { job: job.to_string() };
+    let request = pb::ListSessionsRequest { job: job.to_string(), ..Default::default() };
     let listed = api
         .call(first, |mut c| {
             let request = request.clone();

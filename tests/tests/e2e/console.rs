@@ -75,7 +75,7 @@ async fn start_stop_and_retry_in_the_browser() {
 
     // What the browser saw is what the cluster stored.
     let sessions = jobs
-        .list_sessions(pb::ListSessionsRequest { job: "console-demo".into() })
+        .list_sessions(pb::ListSessionsRequest { job: "console-demo".into(), ..Default::default() })
         .await
         .unwrap_or_else(|status| panic!("ListSessions: {status}"))
         .into_inner()
@@ -118,7 +118,10 @@ async fn start_stop_and_retry_in_the_browser() {
     lab.assert_no_leftovers("after the graceful and immediate stops from the console");
 
     let large = jobs
-        .list_sessions(pb::ListSessionsRequest { job: "console-large".into() })
+        .list_sessions(pb::ListSessionsRequest {
+            job: "console-large".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_or_else(|status| panic!("ListSessions: {status}"))
         .into_inner()

@@ -165,7 +165,7 @@ async fn lists_for_an_unknown_job_are_not_found() {
         jobs.create_job(pb::CreateJobRequest { job: Some(vm_job("known", 1)) }).await,
         "a job",
     );
-    let sessions = |job: &str| pb::ListSessionsRequest { job: job.into() };
+    let sessions = |job: &str| pb::ListSessionsRequest { job: job.into(), ..Default::default() };
     let points = |job: &str| pb::ListRestorePointsRequest { job: job.into() };
     let listed = expect_ok(jobs.list_sessions(sessions("known")).await, "sessions of a job");
     assert!(listed.sessions.is_empty());

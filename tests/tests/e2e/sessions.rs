@@ -397,7 +397,8 @@ async fn sessions_are_listed_newest_first_and_bad_ids_are_refused() {
     wait_stopped(&jobs, &other_session.id).await;
 
     let listed = expect_ok(
-        jobs.list_sessions(pb::ListSessionsRequest { job: "listed".into() }).await,
+        jobs.list_sessions(pb::ListSessionsRequest { job: "listed".into(), ..Default::default() })
+            .await,
         "ListSessions listed",
     );
     let ids: Vec<&str> = listed.sessions.iter().map(|s| s.id.as_str()).collect();
@@ -414,11 +415,26 @@ async fn sessions_are_listed_newest_first_and_bad_ids_are_refused() {
         assert_eq!(session.state(), SessionState::Stopped, "{}", summary(session));
     }
     let others = expect_ok(
-        jobs.list_sessions(pb::ListSessionsRequest { job: "other".into() }).await,
+        jobs.list_sessions(pb::ListSessionsRequest { job: "other".into(), ..Default::default() })
+            .await,
         "ListSessions other",
     );
     let ids: Vec<&str> = others.sessions.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, [other_session.id.as_str()], "ListSessions of the other job");
+    let newest = |newest_per_job, limit| pb::ListSessionsRequest {
+        newest_per_job,
+        limit,
+        ..Default::default()
+    };
+    let two_each = expect_ok(jobs.list_sessions(newest(2, 0)).await, "ListSessions 2 per job");
+    let mut ids: Vec<&str> = two_each.sessions.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![started[2].as_str(), started[1].as_str(), other_session.id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "the newest two of each job");
+    let one = expect_ok(jobs.list_sessions(newest(0, 1)).await, "ListSessions limit 1");
+    let ids: Vec<&str> = one.sessions.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [other_session.id.as_str()], "the newest in all");
 
     expect_code(
         jobs.get_session(pb::GetSessionRequest { session_id: "20200101-000000-0000".into() }).await,

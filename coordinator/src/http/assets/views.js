@@ -14,7 +14,8 @@ function viewHome() {
           .map((title) => h('th', { scope: 'col' }, title)))),
       body));
   return poll(async () => {
-    const [jobs, sessions] = await Promise.all([jobSummaries(), api('GET', '/sessions')]);
+    // A job's active session, if any, and its last ended one: not its whole history.
+    const [jobs, sessions] = await Promise.all([jobSummaries(), api('GET', '/sessions?newestPerJob=2')]);
     const byJob = new Map();
     for (const session of sessions.sessions || []) {
       if (!byJob.has(session.job)) byJob.set(session.job, []);
@@ -85,18 +86,25 @@ function describeSchedule(schedule) {
 
 // ---------------------------------------------------------------- history
 
+// Sessions a history page shows, the newest: a history of thousands was read every 2 s.
+const HISTORY_SHOWN = 200;
+
 function viewHistory(query) {
   const job = query.get('job') || '';
   const body = h('tbody');
+  const more = h('p', { class: 'muted', hidden: true },
+    `The newest ${HISTORY_SHOWN} sessions; \`sluice session list\` lists all of them.`);
   show(
     h('h1', {}, job ? `Sessions of ${job}` : 'Sessions'),
     job ? h('p', {}, h('a', { href: '#/history' }, 'All jobs')) : null,
     h('table', { 'aria-label': 'Sessions' },
       h('thead', {}, h('tr', {}, ['Session', 'Job', 'State', 'Result', 'Canceled', 'Started', 'Duration', 'Stopped by']
         .map((title) => h('th', { scope: 'col' }, title)))),
-      body));
+      body),
+    more);
   return poll(async () => {
-    const list = await api('GET', `/sessions${job ? `?job=${encodeURIComponent(job)}` : ''}`);
+    const list = await api('GET', `/sessions?limit=${HISTORY_SHOWN}${job ? `&job=${encodeURIComponent(job)}` : ''}`);
+    more.hidden = (list.sessions || []).length < HISTORY_SHOWN;
     fill(body, ...(list.sessions || []).map((s) => h('tr', {},
       h('th', { scope: 'row' }, sessionLink(s.id)),
       h('td', {}, s.job),

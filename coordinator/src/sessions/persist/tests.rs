@@ -112,11 +112,11 @@ async fn the_list_shows_a_stop_its_owner_has_not_applied() {
     let store = testing::store().await;
     let new = new_session(&store, "s-5", "c1").await;
     create(&store, &new).await.expect("created");
-    let listed = list(&store, Some("nightly")).await.expect("list");
+    let listed = list(&store, Some("nightly"), Newest::default()).await.expect("list");
     assert_ne!(listed[0].state(), SessionState::Stopping);
     let written = request_stop(&store, "s-5", "nightly", &graceful()).await.expect("stop");
     assert!(matches!(written, StopWrite::Written(_)), "{written:?}");
-    let listed = list(&store, Some("nightly")).await.expect("list");
+    let listed = list(&store, Some("nightly"), Newest::default()).await.expect("list");
     assert_eq!(listed[0].state(), SessionState::Stopping);
     assert_eq!(listed[0].stop_mode(), pb::StopMode::Graceful);
 }
@@ -266,3 +266,27 @@ async fn epoch_of_create(store: &Store, new: &NewSession) -> Epoch {
 }
 
 mod final_write;
+
+/// The console's list of jobs reads each job's newest two sessions (an active one and the
+/// last ended one), not a history of thousands, every two seconds per tab.
+#[test]
+fn a_listing_keeps_the_newest_of_each_job_then_the_newest_in_all() {
+    let session =
+        |job: &str, id: &str| pb::Session { job: job.into(), id: id.into(), ..Default::default() };
+    let all = vec![
+        session("a", "a3"),
+        session("b", "b2"),
+        session("a", "a2"),
+        session("a", "a1"),
+        session("b", "b1"),
+    ];
+    let ids = |newest: Newest| {
+        let mut kept = all.clone();
+        keep_newest(&mut kept, newest);
+        kept.into_iter().map(|s| s.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(Newest::default()), ["a3", "b2", "a2", "a1", "b1"]);
+    assert_eq!(ids(Newest { per_job: 2, limit: 0 }), ["a3", "b2", "a2", "b1"]);
+    assert_eq!(ids(Newest { per_job: 0, limit: 2 }), ["a3", "b2"]);
+    assert_eq!(ids(Newest { per_job: 1, limit: 5 }), ["a3", "b2"]);
+}
