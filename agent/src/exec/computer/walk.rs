@@ -5,7 +5,8 @@
 //! among its parents are: what it leads to is recorded under the configured path, as the
 //! user named it, and restores as a folder or file there. It leaves sockets, FIFOs and
 //! devices out with a warning, and leaves out the
-//! repository folder when it lies under a configured path. A directory is listed through a
+//! repository folder when it lies under a configured path, and kernel file systems mounted
+//! below one (`/proc`, `/sys`). A directory is listed through a
 //! handle opened without following links and checked to be the directory the walk saw (same
 //! device and inode): one swapped for a link meanwhile (to `/etc`) is never listed as if its
 //! entries were below it. Every function here does blocking I/O.
@@ -114,6 +115,9 @@ struct Found {
     root: bool,
     /// A configured path that is a link, followed.
     followed: bool,
+    /// The device of the folder it was listed in (none for a configured path): a folder on
+    /// another one is a mount point.
+    listed_on: Option<u64>,
 }
 
 struct Walk<'a> {
@@ -141,7 +145,7 @@ pub(super) fn freeze(
         // One spelling per entry (`/d//a/./b/` is `/d/a/b`), so overlapping roots meet.
         let path: PathBuf = root.components().collect();
         let (meta, followed) = root_metadata(&path)?;
-        walk.stack.push(Found { path, meta, root: true, followed });
+        walk.stack.push(Found { path, meta, root: true, followed, listed_on: None });
         walk.drain()?;
     }
     let mut frozen = walk.frozen;
@@ -193,7 +197,7 @@ impl Walk<'_> {
     }
 
     fn visit(&mut self, found: Found) -> Result<(), WalkError> {
-        let Found { path, meta, root, followed } = found;
+        let Found { path, meta, root, followed, listed_on } = found;
         if self.excluded.is_some_and(|excluded| excluded.matches(&meta)) {
             debug!(path = %path.display(), "repository folder left out of the backup");
             return Ok(());
@@ -207,6 +211,10 @@ impl Walk<'_> {
             self.frozen.special.push(name);
             return Ok(());
         };
+        if kind == Kind::Dir && listed_on.is_some_and(|dev| dev != meta.dev()) && kernel_fs(&path) {
+            debug!(path = %path.display(), "kernel file system left out of the backup");
+            return Ok(());
+        }
         let target = match kind {
             Kind::Symlink => match self.link_target(&path)? {
                 Some(target) => Some(target),
@@ -214,7 +222,7 @@ impl Walk<'_> {
             },
             Kind::Dir => match self.list(&path, &meta, (root, followed))? {
                 Some(listing) => {
-                    self.push_children(&path, listing)?;
+                    self.push_children(&path, meta.dev(), listing)?;
                     None
                 }
                 None => return Ok(()),
@@ -293,14 +301,17 @@ impl Walk<'_> {
         }
     }
 
-    fn push_children(&mut self, dir: &Path, listing: ReadDir) -> Result<(), WalkError> {
+    fn push_children(&mut self, dir: &Path, dev: u64, listing: ReadDir) -> Result<(), WalkError> {
         for dirent in listing {
             let dirent = dirent.map_err(|e| unreadable(dir, &e))?;
             let path = dir.join(dirent.file_name());
             // Read relative to the listed directory's handle, never following links; an
             // entry gone already is not frozen.
             match dirent.metadata() {
-                Ok(meta) => self.stack.push(Found { path, meta, root: false, followed: false }),
+                Ok(meta) => {
+                    let listed_on = Some(dev);
+                    self.stack.push(Found { path, meta, root: false, followed: false, listed_on })
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // A folder this agent may list but not search.
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -328,6 +339,28 @@ pub(super) fn open_dir(path: &Path, inode: Inode, followed: bool) -> io::Result<
     }
     // Listed through the handle: the listing's own descriptor is the same directory.
     fs::read_dir(format!("/proc/self/fd/{}", handle.as_raw_fd())).map(Some)
+}
+
+/// Whether the folder at `path` is the root of a kernel file system (`/proc`, `/sys`, `/dev`
+/// and the like), which the walk does not enter below a configured path: it holds no user
+/// data, and reading some of it blocks (`/proc/kmsg`).
+fn kernel_fs(path: &Path) -> bool {
+    use nix::sys::statfs::{self as fs, statfs};
+    const KERNEL: [fs::FsType; 11] = [
+        fs::PROC_SUPER_MAGIC,
+        fs::SYSFS_MAGIC,
+        fs::DEVPTS_SUPER_MAGIC,
+        fs::CGROUP_SUPER_MAGIC,
+        fs::CGROUP2_SUPER_MAGIC,
+        fs::DEBUGFS_MAGIC,
+        fs::TRACEFS_MAGIC,
+        fs::SECURITYFS_MAGIC,
+        fs::BPF_FS_MAGIC,
+        fs::SELINUX_MAGIC,
+        fs::RDTGROUP_SUPER_MAGIC,
+    ];
+    // devtmpfs reports TMPFS_MAGIC: it is known by its device nodes, left out anyway.
+    statfs(path).is_ok_and(|found| KERNEL.contains(&found.filesystem_type()))
 }
 
 /// An open that found nothing, or a link or a file where a directory or file was.

@@ -117,3 +117,14 @@ fn a_path_longer_than_the_system_takes_is_left_out_with_the_rest_kept() {
     assert!(kept.contains(&("/kept.txt".to_owned(), Kind::File)), "{kept:?}");
     assert!(kept.iter().all(|(path, _)| path.len() + root.as_os_str().len() < 4096));
 }
+
+/// Below a configured path such as `/`, the walk would read `/proc` (`/proc/kmsg` blocks)
+/// and `/sys`: kernel file systems are not entered.
+#[test]
+fn kernel_file_systems_are_known() {
+    assert!(kernel_fs(Path::new("/proc")), "proc");
+    assert!(kernel_fs(Path::new("/proc/self")), "below proc");
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(!kernel_fs(dir.path()), "a folder of files");
+    assert!(!kernel_fs(Path::new("/nonexistent/sluice")), "nothing there");
+}
