@@ -96,15 +96,17 @@ pub(crate) fn absolute_dir(field: &str, path: &str) -> Result<PathBuf, AgentErro
     if path.contains('\0') {
         return Err(AgentError::invalid(field, "must not contain NUL"));
     }
+    // By the text: `Path::components` drops a `.` inside a path, which was then taken
+    // although this message refuses it.
+    if path.split('/').any(|part| part == "." || part == "..") {
+        return Err(AgentError::invalid(field, "must not contain '.' or '..' components"));
+    }
     let path = Path::new(path);
     if !path.is_absolute() {
         return Err(AgentError::invalid(
             field,
             format!("must be an absolute path, got {:?}", path.display().to_string()),
         ));
-    }
-    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-        return Err(AgentError::invalid(field, "must not contain '.' or '..' components"));
     }
     Ok(path.to_path_buf())
 }

@@ -45,3 +45,25 @@ async fn a_target_inside_the_restore_points_repository_is_refused_without_restor
     assert!(!repo.join("j/pc/x").exists(), "nothing written");
     restore_into(&repo, &dir.path().join("elsewhere")).await.expect("a target outside");
 }
+
+/// `Path::components` drops a `.` inside a path: `/a/./b` was taken as `/a/b` while the
+/// refusal of `/a/../b` said `.` is not allowed either.
+#[tokio::test]
+async fn a_target_with_a_dot_component_is_refused_like_one_with_two() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    computer_restore_point(&repo, "s-0", "one");
+    for spelled in ["/./restored", "/../restored", "/restored/."] {
+        let target = Path::new(&format!("{}{spelled}", dir.path().display())).to_path_buf();
+        match restore_into(&repo, &target).await {
+            Err(AgentError::InvalidArgument { field, reason }) => {
+                assert_eq!(
+                    (field.as_str(), reason.as_str()),
+                    ("target_dir", "must not contain '.' or '..' components")
+                );
+            }
+            other => panic!("{} must be refused, got {other:?}", target.display()),
+        }
+    }
+    assert!(!dir.path().join("restored").exists(), "nothing written");
+}
