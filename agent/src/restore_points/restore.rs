@@ -154,13 +154,14 @@ fn restore_vm(
         let what = format!("{} (disk {})", disk.file, disk.source);
         let checksum = disk.checksum().map_err(AgentError::Corrupt)?;
         let destination = Destination { target, relative: Path::new(&name) };
-        let (bytes, _) = copy_checked(
+        let (bytes, file) = copy_checked(
             &folder.join(&disk.file),
             destination,
             (disk.size_bytes, checksum),
             &what,
             cancel,
         )?;
+        file.sync_all().map_err(|e| io_error("cannot sync", &target.path().join(&name), &e))?;
         restored.files += 1;
         restored.bytes += bytes;
     }
@@ -224,6 +225,7 @@ fn restore_computer(
         let folder = target.folder(relative).map_err(|e| io_error("cannot open", &path, &e))?;
         set_mode_and_mtime(&folder, &path, entry)?;
     }
+    target.sync_file_system().map_err(|e| io_error("cannot sync", target.path(), &e))?;
     Ok(restored)
 }
 
@@ -352,7 +354,7 @@ fn copy_checked(
             found.size, found.checksum
         )));
     }
-    out.sync_all().map_err(|e| io_error("cannot sync", &destination, &e))?;
+    // Made durable by the caller: a disk on its own, a tree's files all at once.
     Ok((found.size, out))
 }
 
