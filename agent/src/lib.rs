@@ -102,7 +102,7 @@ pub async fn run(
     // Held to the end of `run`: the journal is this agent's alone.
     let _state_lock = state_lock::lock(&settings.state_dir).await?;
     let journal = Journal::open(&settings.state_dir).await?;
-    let restores = interrupted_restores_removed(&settings.state_dir).await?;
+    let restores = restore_log(&settings.state_dir)?;
     let recovered = recovery::recover(&journal).await?;
     let tracker = TaskTracker::new();
     let daemons = Daemons::in_dir(daemon_dir(&settings.state_dir).await?);
@@ -236,19 +236,14 @@ fn load_tls(settings: &Settings) -> Result<Option<Arc<NodeTls>>, AgentError> {
 
 /// The folder of this agent's storage daemons, in its state directory, emptied of what a
 /// run killed with SIGKILL left there (daemons and their folders).
-/// The log of restores under way, once what restores interrupted by this agent's death
-/// wrote is removed.
-async fn interrupted_restores_removed(
-    state_dir: &std::path::Path,
-) -> Result<RestoreLog, AgentError> {
-    let state_dir = state_dir.to_path_buf();
-    let cleaned = tokio::task::spawn_blocking(move || {
-        let log = RestoreLog::in_state_dir(&state_dir)?;
-        log.clean_up();
-        std::io::Result::Ok(log)
-    });
-    let log = cleaned.await.map_err(|e| AgentError::Internal(format!("restore clean-up: {e}")))?;
-    log.map_err(|e| AgentError::Internal(format!("cannot open the restore log: {e}")))
+/// The log of restores under way. What restores interrupted by this agent's death wrote is
+/// removed meanwhile, off the start: a target on a share that hangs must not keep the
+/// agent from serving.
+fn restore_log(state_dir: &std::path::Path) -> Result<RestoreLog, AgentError> {
+    let (log, leftovers) = RestoreLog::in_state_dir(state_dir)
+        .map_err(|e| AgentError::Internal(format!("cannot open the restore log: {e}")))?;
+    tokio::task::spawn_blocking(move || leftovers.clean_up());
+    Ok(log)
 }
 
 async fn daemon_dir(state_dir: &std::path::Path) -> Result<std::path::PathBuf, AgentError> {

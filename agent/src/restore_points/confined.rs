@@ -54,6 +54,16 @@ impl Target {
         &self.path
     }
 
+    /// The target folder's device, inode and birth time (where the file system keeps one):
+    /// which folder it is, whatever its path leads to later (another file system mounted
+    /// there, a folder made anew, which may get the inode number back).
+    pub(super) fn identity(&self) -> io::Result<(u64, u64, u128)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = self.dir.metadata()?;
+        let born = meta.created().ok().and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok());
+        Ok((meta.dev(), meta.ino(), born.map_or(0, |since| since.as_nanos())))
+    }
+
     /// A path to the open `file` for a child process that writes it (`qemu-img`): the file
     /// itself, whatever becomes of the names that led to it.
     pub(super) fn through(file: &File) -> PathBuf {

@@ -85,8 +85,17 @@ pub(crate) fn restore(
     if result.is_err() {
         remove_written(&target);
     }
-    recorded.end();
-    result
+    match recorded.end() {
+        Ok(()) => result,
+        // Its record left, the next start would remove the restore: it is not reported done.
+        Err(error) => {
+            if result.is_ok() {
+                remove_written(&target);
+            }
+            let what = "cannot remove the restore's record from the state folder";
+            Err(AgentError::Internal(format!("{what}: {error}")))
+        }
+    }
 }
 
 /// Opens `target`, created if absent; refuses one that is not an empty directory.

@@ -1,5 +1,6 @@
 //! Start-up recovery of VM and computer tasks that were running when the agent died.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use sluice_agent::exec;
@@ -122,16 +123,23 @@ async fn what_an_interrupted_restore_wrote_is_removed_at_the_next_start() {
     for (target, made) in [(&created, true), (&existing, false)] {
         std::fs::create_dir_all(target.join("srv/data")).expect("partial tree");
         std::fs::write(target.join("srv/data/big.bin"), b"truncated").expect("partial file");
-        let record = serde_json::json!({ "target": target, "created": made });
+        let meta = std::fs::metadata(target).expect("target");
+        let born = meta.created().ok().and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok());
+        let (dev, ino) = (MetadataExt::dev(&meta), MetadataExt::ino(&meta));
+        let identity = (dev, ino, born.map_or(0, |since| since.as_nanos()));
+        let record = serde_json::json!({ "target": target, "created": made, "identity": identity });
         let name = if made { "0.json" } else { "1.json" };
         std::fs::create_dir_all(state.join("restores")).expect("log folder");
         std::fs::write(state.join("restores").join(name), record.to_string()).expect("record");
     }
 
     let agent = crate::support::TestAgent::start(&coordinator.url, &state, 1).await;
-    // Answered once the agent serves, which it does only after the clean-up.
-    let listed = agent.client.clone().list_tasks(pb::ListTasksRequest::default()).await;
-    listed.expect("the agent serves");
+    // The clean-up runs beside the start: the records' going says it is done.
+    let records = state.join("restores");
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    while !entries(&records).is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     assert!(!created.exists(), "a target the restore created is removed");
     assert!(existing.is_dir(), "a target that existed stays");
