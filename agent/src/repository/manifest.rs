@@ -16,7 +16,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) use computer::{ComputerManifest, Kind, Record, Totals};
 pub(crate) use vm::{Disk, VM_FORMAT, VmKind, VmManifest};
@@ -139,10 +139,27 @@ pub(crate) fn plain_file_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && !name.contains('\0') && name != "." && name != ".."
 }
 
+/// The earliest and latest times RFC 3339 writes (0001-01-01 and 9999-12-31 UTC).
+const RFC3339_SECONDS: (i64, i64) = (-62_135_596_800, 253_402_300_799);
+
 /// A time as RFC 3339 with as many fraction digits as it needs (none, 3, 6 or 9): lossless
-/// to the nanosecond, before 1970 too (a file's mtime may be).
+/// to the nanosecond, before 1970 too (a file's mtime may be); a time outside years 1-9999
+/// (any user may set a file's mtime so) is written as the nearest it can write.
 pub(crate) fn rfc3339(time: SystemTime) -> String {
-    prost_types::Timestamp::from(time).to_string()
+    let (seconds, nanos) = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => (i64::try_from(after.as_secs()).unwrap_or(i64::MAX), after.subsec_nanos()),
+        Err(before) => {
+            let before = before.duration();
+            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            match before.subsec_nanos() {
+                0 => (-whole, 0),
+                nanos => (-whole - 1, 1_000_000_000 - nanos),
+            }
+        }
+    };
+    let clamped = seconds.clamp(RFC3339_SECONDS.0, RFC3339_SECONDS.1);
+    let nanos = if clamped == seconds { nanos } else { 0 };
+    prost_types::Timestamp { seconds: clamped, nanos: nanos as i32 }.to_string()
 }
 
 /// Reads a time written by [`rfc3339`], before 1970 too (a file's mtime to restore).
@@ -278,5 +295,11 @@ mod tests {
         assert_eq!(rfc3339(time), "1968-12-31T23:59:59.750Z");
         assert_eq!(parse_any_time(&rfc3339(time)), Some(time));
         assert_eq!(parse_time(&rfc3339(time)), None, "not taken as a previous backup's");
+        // Any user may set a file's mtime this far: it is written as the nearest time RFC 3339
+        // can name, never a panic.
+        let far_past = UNIX_EPOCH - Duration::from_secs(i64::MAX as u64);
+        assert_eq!(rfc3339(far_past), "0001-01-01T00:00:00Z");
+        let far_future = UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        assert_eq!(rfc3339(far_future), "9999-12-31T23:59:59Z");
     }
 }

@@ -211,7 +211,8 @@ impl Walk<'_> {
             self.frozen.special.push(name);
             return Ok(());
         };
-        if kind == Kind::Dir && listed_on.is_some_and(|dev| dev != meta.dev()) && kernel_fs(&path) {
+        // A mount point: a folder, or a file bound there (a network namespace's, nsfs).
+        if listed_on.is_some_and(|dev| dev != meta.dev()) && kernel_fs(&path) {
             debug!(path = %path.display(), "kernel file system left out of the backup");
             return Ok(());
         }
@@ -341,12 +342,15 @@ pub(super) fn open_dir(path: &Path, inode: Inode, followed: bool) -> io::Result<
     fs::read_dir(format!("/proc/self/fd/{}", handle.as_raw_fd())).map(Some)
 }
 
-/// Whether the folder at `path` is the root of a kernel file system (`/proc`, `/sys`, `/dev`
-/// and the like), which the walk does not enter below a configured path: it holds no user
-/// data, and reading some of it blocks (`/proc/kmsg`).
+/// Whether `path` lies on a kernel file system (`/proc`, `/sys`, namespace files and the
+/// like), which the walk does not enter below a configured path: it holds no user data, and
+/// reading some of it blocks (`/proc/kmsg`).
 fn kernel_fs(path: &Path) -> bool {
     use nix::sys::statfs::{self as fs, statfs};
-    const KERNEL: [fs::FsType; 11] = [
+    /// nsfs, the file system of namespace files (`/run/netns/NAME`), which nix does not name.
+    const NSFS_MAGIC: fs::FsType = fs::FsType(0x6e73_6673);
+    const KERNEL: [fs::FsType; 12] = [
+        NSFS_MAGIC,
         fs::PROC_SUPER_MAGIC,
         fs::SYSFS_MAGIC,
         fs::DEVPTS_SUPER_MAGIC,

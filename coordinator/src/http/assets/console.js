@@ -129,19 +129,23 @@ async function api(method, path, body) {
   const headers = { ...authHeaders() };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let response;
+  // A call whose answer does not begin (a frozen link, every connection taken) says so
+  // instead of leaving the page as it was without a word; a large answer may take longer.
+  const waiting = new AbortController();
+  const timer = setTimeout(() => waiting.abort(), API_TIMEOUT_MS);
   try {
     response = await fetch(`/api/v1${path}`, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      // A call that waits (a frozen link, every connection taken) says so instead of
-      // leaving the page as it was without a word.
-      signal: AbortSignal.timeout(API_TIMEOUT_MS),
+      signal: waiting.signal,
     });
   } catch (error) {
-    if (error.name === 'TimeoutError') throw new ApiError(0, 'DEADLINE_EXCEEDED', SILENT);
+    if (waiting.signal.aborted) throw new ApiError(0, 'DEADLINE_EXCEEDED', SILENT);
     // fetch says only "Failed to fetch": no answer came at all.
     throw new ApiError(0, 'UNAVAILABLE', UNREACHABLE);
+  } finally {
+    clearTimeout(timer);
   }
   const text = await response.text();
   let data = {};

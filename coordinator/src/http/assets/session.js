@@ -239,9 +239,12 @@ function followSession(id, render) {
       await whenVisible();
       if (stopped) return undefined;
       attempt = new AbortController();
+      const current = attempt;
+      // No answer at all (a frozen link, no free connection) is a break too.
+      const unanswered = setTimeout(() => current.abort(), SILENT_MS);
       try {
         const response = await fetch(`/api/v1/sessions/${encodeURIComponent(id)}/events`,
-          { headers: authHeaders(), signal: attempt.signal });
+          { headers: authHeaders(), signal: attempt.signal }).finally(() => clearTimeout(unanswered));
         if (!response.ok) {
           const data = await response.json().catch(() => ({}));
           if (response.status === 401) return showLogin(data.message);

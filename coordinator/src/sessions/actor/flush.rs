@@ -19,9 +19,9 @@ impl SessionActor {
             return;
         }
         let now = Instant::now();
-        if self.lazy.quiet(now) {
-            // Written only once the session is quiet: most rounds' reasons are replaced by
-            // the next round's.
+        if self.machine.has_waits() && self.lazy.take_waits(now) {
+            // Written once the session is quiet (or now and then): most rounds' reasons are
+            // replaced by the next round's.
             self.machine.show_waits();
         }
         let lazy_due = self.lazy.take_lazy(now) && self.machine.has_lazy_changes();

@@ -1,13 +1,19 @@
 //! When the session actor writes what may wait: its phases and refusals at most once per
 //! [`LAZY_FLUSH`], timed apart from its other writes, and its waiting reasons once it has
-//! been quiet for as long. Timed from any write, a busy session (outcomes written every few
-//! hundred ms) never stored its running items' phases; waiting reasons shown while it is
-//! busy would cost many small sessions a write per item (the first waiting items change
-//! with every freed slot).
+//! been quiet for as long, or [`WAITS_AT_LEAST`] after they were last shown. Timed from any
+//! write, a busy session (outcomes written every few hundred ms) never stored its running
+//! items' phases; waiting reasons shown while it is busy would cost many small sessions a
+//! write per item (the first waiting items change with every freed slot), and shown only
+//! once quiet, a busy session's never were.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::LAZY_FLUSH;
+
+/// Longest a busy session's waiting reasons go unshown.
+const WAITS_AT_LEAST: Duration = Duration::from_secs(30);
 
 /// The two clocks of the lazy writes.
 #[derive(Debug)]
@@ -16,16 +22,23 @@ pub(super) struct LazyClock {
     last_write: Instant,
     /// When the lazy changes were last taken for a write (or found to be none).
     last_lazy: Instant,
+    /// When waiting reasons were last shown.
+    last_waits: Instant,
 }
 
 impl LazyClock {
     pub(super) fn new(now: Instant) -> Self {
-        LazyClock { last_write: now, last_lazy: now }
+        LazyClock { last_write: now, last_lazy: now, last_waits: now }
     }
 
-    /// Whether waiting reasons may be shown: no write for [`LAZY_FLUSH`].
-    pub(super) fn quiet(&self, now: Instant) -> bool {
-        now >= self.waits_due()
+    /// Whether waiting reasons are shown now (no write for [`LAZY_FLUSH`], or none shown for
+    /// [`WAITS_AT_LEAST`]); if so, the next are shown from then on.
+    pub(super) fn take_waits(&mut self, now: Instant) -> bool {
+        let due = now >= self.waits_due();
+        if due {
+            self.last_waits = now;
+        }
+        due
     }
 
     /// Whether the lazy changes are taken now; if so, the next are taken a period later.
@@ -47,16 +60,14 @@ impl LazyClock {
         self.last_lazy + LAZY_FLUSH
     }
 
-    /// When waiting reasons are shown if no write comes first.
+    /// When waiting reasons are shown.
     pub(super) fn waits_due(&self) -> Instant {
-        self.last_write + LAZY_FLUSH
+        (self.last_write + LAZY_FLUSH).min(self.last_waits + WAITS_AT_LEAST)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// A session that writes an outcome every 100 ms still has its phases taken every
@@ -68,7 +79,7 @@ mod tests {
         let mut taken = Vec::new();
         for tick in 1..=20u32 {
             let now = start + Duration::from_millis(100) * tick;
-            assert!(!clock.quiet(now), "busy at {tick}");
+            assert!(now < clock.waits_due(), "busy at {tick}");
             if clock.take_lazy(now) {
                 taken.push(tick);
             }
@@ -76,7 +87,23 @@ mod tests {
         }
         assert_eq!(taken, vec![5, 10, 15, 20], "once per period, however busy");
         let last = start + Duration::from_millis(2_000);
-        assert!(!clock.quiet(last + Duration::from_millis(499)));
-        assert!(clock.quiet(last + LAZY_FLUSH), "quiet a period after the last write");
+        assert!(!clock.take_waits(last + Duration::from_millis(499)));
+        assert!(clock.take_waits(last + LAZY_FLUSH), "quiet a period after the last write");
+    }
+
+    /// A session busy for minutes shows why its items wait every 30 s all the same.
+    #[test]
+    fn a_session_busy_for_long_shows_its_waits_every_so_often() {
+        let start = Instant::now();
+        let mut clock = LazyClock::new(start);
+        let mut shown = Vec::new();
+        for tick in 1..=700u32 {
+            let now = start + Duration::from_millis(100) * tick;
+            if clock.take_waits(now) {
+                shown.push(tick);
+            }
+            clock.wrote(now);
+        }
+        assert_eq!(shown, vec![300, 600], "every WAITS_AT_LEAST");
     }
 }
