@@ -147,6 +147,23 @@ impl Target {
         nix::unistd::syncfs(&self.dir).map_err(io::Error::from)
     }
 
+    /// Whether [`Target::sync_file_system`] makes the target's files durable. Not on a
+    /// network share or a FUSE file system, whose `syncfs` reaches neither the server nor the
+    /// daemon: each file is synced there on its own.
+    pub(super) fn syncs_as_a_whole(&self) -> bool {
+        use nix::sys::statfs::{self as fs, fstatfs};
+        const CIFS_MAGIC: fs::FsType = fs::FsType(0xFF53_4D42);
+        const SMB2_MAGIC: fs::FsType = fs::FsType(0xFE53_4D42);
+        const REMOTE: [fs::FsType; 5] = [
+            fs::NFS_SUPER_MAGIC,
+            fs::SMB_SUPER_MAGIC,
+            CIFS_MAGIC,
+            SMB2_MAGIC,
+            fs::FUSE_SUPER_MAGIC,
+        ];
+        fstatfs(&self.dir).is_ok_and(|found| !REMOTE.contains(&found.filesystem_type()))
+    }
+
     /// The folder above `relative` (created) and its last component.
     fn parent<'a>(&self, relative: &'a Path) -> io::Result<(File, &'a OsStr)> {
         let name = relative.file_name().ok_or_else(|| invalid(relative))?;

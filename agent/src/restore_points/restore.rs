@@ -319,7 +319,11 @@ fn restore_file(
     let destination = Destination { target, relative };
     let (bytes, file) =
         copy_checked(&store.blob_path(sha256), destination, expected, &what, cancel)?;
-    set_mode_and_mtime(&file, &target.path().join(relative), entry)?;
+    let path = target.path().join(relative);
+    set_mode_and_mtime(&file, &path, entry)?;
+    if !target.syncs_as_a_whole() {
+        file.sync_all().map_err(|e| io_error("cannot sync", &path, &e))?;
+    }
     Ok(bytes)
 }
 

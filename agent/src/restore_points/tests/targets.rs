@@ -67,3 +67,12 @@ async fn a_target_with_a_dot_component_is_refused_like_one_with_two() {
     }
     assert!(!dir.path().join("restored").exists(), "nothing written");
 }
+
+/// A local file system makes a restored tree durable in one call; a share or FUSE would not
+/// (checked by its type, which a test cannot mount here).
+#[test]
+fn a_local_target_is_synced_as_a_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = super::super::confined::Target::open(&dir.path().join("t")).expect("target");
+    assert!(target.syncs_as_a_whole());
+}
