@@ -15,10 +15,10 @@ use crate::support::{
 use sluice_agent::key::TaskId;
 use tokio::sync::mpsc;
 
-const MIB: usize = 1 << 20;
+pub(crate) const MIB: usize = 1 << 20;
 
 /// Deterministic bytes that do not repeat within a blob.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| ((i / 251) as u8).wrapping_mul(31) ^ (i as u8) ^ seed).collect()
 }
 
@@ -63,7 +63,7 @@ async fn back_up(session: &str, paths: &[&Path], repo: &Path) -> pb::TaskOutcome
     exec::execute(&mut run.ctx).await
 }
 
-fn restore_point_folder(outcome: &pb::TaskOutcome) -> PathBuf {
+pub(crate) fn restore_point_folder(outcome: &pb::TaskOutcome) -> PathBuf {
     PathBuf::from(&outcome.restore_point.as_ref().expect("restore point").path)
 }
 
@@ -162,7 +162,7 @@ async fn a_missing_configured_path_fails_naming_it() {
 }
 
 /// Starts a backup of `src` throttled to `rate` bytes per second.
-fn start_throttled(session: &str, src: &Path, repo: &Path, rate: u64) -> Run {
+pub(crate) fn start_throttled(session: &str, src: &Path, repo: &Path, rate: u64) -> Run {
     prepare(computer_spec(session, 0, &[src], repo), Some(rate))
 }
 
@@ -229,52 +229,6 @@ async fn a_cancelled_backup_keeps_the_blobs_a_committed_restore_point_shares() {
             .expect("restored"),
         shared
     );
-}
-
-#[tokio::test]
-async fn files_that_grow_or_vanish_while_read_end_with_a_warning_naming_them() {
-    let Scratch { dir: _dir, src, repo } = Scratch::new();
-    let grow = src.join("grow.bin");
-    let original = pattern(2 * MIB, 3);
-    fs::write(&grow, &original).expect("file");
-    let gone = src.join("z-gone.txt");
-    fs::write(&gone, b"read after grow.bin, deleted before").expect("file");
-    let Run { mut ctx, mut updates } = start_throttled("s1", &src, &repo, MIB as u64);
-    let task = tokio::spawn(async move { exec::execute(&mut ctx).await });
-
-    let reading =
-        |u: &Update| matches!(u, Update::Progress { done, total } if *done > 0 && done < total);
-    update_matching(&mut updates, reading).await;
-    let mut file = fs::OpenOptions::new().append(true).open(&grow).expect("open");
-    std::io::Write::write_all(&mut file, &pattern(100_000, 5)).expect("append");
-    drop(file);
-    fs::remove_file(&gone).expect("delete");
-    let outcome = tokio::time::timeout(WAIT, task).await.expect("done in time").expect("task");
-
-    assert_eq!(outcome.state(), ItemState::Warning, "{outcome:?}");
-    let warning = format!(
-        "; changed while being read: {}; vanished while being read: {}",
-        grow.display(),
-        gone.display()
-    );
-    assert!(outcome.message.starts_with("backed up 1 files, "), "{}", outcome.message);
-    assert!(outcome.message.ends_with(&warning), "{}", outcome.message);
-    let manifest = manifest(&restore_point_folder(&outcome));
-    assert_eq!(
-        manifest["entries"].as_array().map(Vec::len),
-        Some(2),
-        "the vanished file is left out"
-    );
-    let entry = &manifest["entries"][1];
-    assert_eq!(entry["path"].as_str(), grow.to_str());
-    let stored = fs::read(blob_path(&repo, entry["sha256"].as_str().expect("sha"))).expect("blob");
-    assert_eq!(
-        Some(stored.len() as u64),
-        entry["size"].as_u64(),
-        "the entry records what was read"
-    );
-    let now = fs::read(&grow).expect("file");
-    assert!(stored.len() >= original.len() && now.starts_with(&stored), "a consistent read");
 }
 
 /// The mtime and ctime of every entry under `root`, links not followed.

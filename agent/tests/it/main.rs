@@ -4,6 +4,7 @@
 mod batches;
 mod chain_checks;
 mod chains;
+mod changes;
 mod computer;
 mod executor;
 mod recovery;

@@ -6,6 +6,7 @@
 //! stored blob is not written again. Otherwise the file is written from memory when it fit
 //! in one buffer, or read again into a temporary file in the partial folder (hashed again:
 //! the blob is named after what was copied), which is fsynced and published into the store.
+//! A file that changed while it was read is read once more (see `Transfer::file`).
 //!
 //! An active full (`TaskSpec.full`) takes nothing over, and re-hashes each stored blob it
 //! would name (once per backup): one whose bytes no longer hash to its name is moved aside
@@ -32,7 +33,8 @@ use crate::repository::{Kind, Record, Rehashed, Store, StoreLock, Written, rfc33
 pub(super) struct Transferred {
     /// The manifest records, sorted by path.
     pub(crate) records: Vec<Record>,
-    /// Files whose size or mtime changed while they were read (recorded as read).
+    /// Files whose size or mtime changed while they were read, and again while read a
+    /// second time (or too large to read again): recorded as read.
     pub(crate) changed: Vec<String>,
     /// Files gone or replaced (by a link, another file) before or while they were read
     /// (left out).
@@ -45,6 +47,19 @@ pub(super) struct Transferred {
     pub(crate) reused: u64,
     /// Bytes read from the files.
     pub(crate) bytes_read: u64,
+}
+
+/// The largest file read a second time when it changed while read: re-reading larger
+/// ones (logs, databases written all the time) would mostly double their read for a copy
+/// that changes again.
+const REREAD_UP_TO: u64 = 64 << 20;
+
+/// What one read of a file found.
+enum Pass {
+    /// Recorded (read whole and unchanged), or left out (gone, unreadable).
+    Settled,
+    /// It changed while read: the file as it is now, and the bytes read and their hash.
+    Changed { now: Entry, read: u64, sha256: String },
 }
 
 /// A file's content as stored.
@@ -141,49 +156,72 @@ fn file_error(entry: &Entry, what: &str, error: impl std::fmt::Display) -> Failu
 }
 
 impl Transfer<'_> {
+    /// Stores a file. One that changed while it was read is read once more when it is
+    /// small enough ([`REREAD_UP_TO`]): a file saved now and then is then kept whole and
+    /// consistent. One that changes again is kept as read, with a warning.
     async fn file(&mut self, entry: &Entry, out: &mut Transferred) -> Result<(), Failure> {
-        let stored = match self.store_file(entry).await? {
+        let mut pass = self.pass(entry, true, out).await?;
+        if let Pass::Changed { now, .. } = &pass
+            && now.size <= REREAD_UP_TO
+        {
+            let now = now.clone();
+            pass = self.pass(&now, false, out).await?;
+        }
+        let Pass::Changed { now, read, sha256 } = pass else { return Ok(()) };
+        let as_read = Entry { size: read, ..now };
+        out.records.push(record(&as_read, Some(sha256)));
+        out.changed.push(entry.path.clone());
+        Ok(())
+    }
+
+    /// One read of a file (`counted` towards progress unless it is a second one). A file
+    /// read as the walk (or the last stat) found it is recorded; so are one gone, replaced
+    /// or unreadable.
+    async fn pass(
+        &mut self,
+        entry: &Entry,
+        counted: bool,
+        out: &mut Transferred,
+    ) -> Result<Pass, Failure> {
+        let stored = match self.store_file(entry, counted).await? {
             Read::Stored(stored) => stored,
             Read::Gone => {
                 out.vanished.push(entry.path.clone());
-                return Ok(());
+                return Ok(Pass::Settled);
             }
             Read::Denied => {
                 out.unreadable.push(entry.path.clone());
-                return Ok(());
+                return Ok(Pass::Settled);
             }
         };
         // By path, so a file deleted while it was read is left out; and only the file read:
         // another one now at the path (its mode, its owner) says nothing about what was read.
         let after = stat(entry).await?.filter(|after| Inode::of(after) == entry.inode);
-        let Some(after) = after else {
+        let Some(after) = after.filter(Metadata::is_file) else {
             out.vanished.push(entry.path.clone());
-            return Ok(());
+            return Ok(Pass::Settled);
         };
-        let unchanged = after.is_file()
-            && after.len() == entry.size
+        let unchanged = after.len() == entry.size
             && mtime_of(&after) == entry.mtime
             && stored.len == entry.size
             && !stored.differs;
         if unchanged {
             out.records.push(record(entry, Some(stored.sha256)));
-            return Ok(());
+            return Ok(Pass::Settled);
         }
-        let as_read = Entry {
-            size: stored.len,
+        let now = Entry {
+            size: after.len(),
             mode: mode_of(&after),
             owner: (after.uid(), after.gid()),
             mtime: mtime_of(&after),
             ctime: ctime_of(&after),
             ..entry.clone()
         };
-        out.records.push(record(&as_read, Some(stored.sha256)));
-        out.changed.push(entry.path.clone());
-        Ok(())
+        Ok(Pass::Changed { now, read: stored.len, sha256: stored.sha256 })
     }
 
     /// Hashes the file and stores it unless stored.
-    async fn store_file(&mut self, entry: &Entry) -> Result<Read<Stored>, Failure> {
+    async fn store_file(&mut self, entry: &Entry, counted: bool) -> Result<Read<Stored>, Failure> {
         let file = match open(entry).await? {
             Read::Stored(file) => file,
             Read::Gone => return Ok(Read::Gone),
@@ -193,10 +231,10 @@ impl Transfer<'_> {
         if !keep && self.recheck.is_none() {
             // A new or changed file is mostly new content: it is read once, into a
             // temporary file as it is hashed (hashing first and copying after read it twice).
-            let copy = self.copy(entry, file, true).await?;
+            let copy = self.copy(entry, file, counted).await?;
             return Ok(Read::Stored(Stored { sha256: copy.sha256, len: copy.len, differs: false }));
         }
-        let (digest, _) = self.read(entry, file, None, (keep, true)).await?;
+        let (digest, _) = self.read(entry, file, None, (keep, counted)).await?;
         let (sha256, len) = (digest.sha256.clone(), digest.len);
         if self.reusable(entry, &sha256).await? {
             return Ok(Read::Stored(Stored { sha256, len, differs: false }));
