@@ -85,3 +85,6 @@ pub(crate) fn fill(file: &mut impl std::io::Read, buf: &mut [u8]) -> io::Result<
     }
     Ok(filled)
 }
+
+mod sparse;
+pub(crate) use sparse::SparseWriter;

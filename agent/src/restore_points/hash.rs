@@ -1,10 +1,11 @@
 //! Reading files in chunks while hashing them, with cancel checks between chunks.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 
 use super::Cancel;
+use crate::fsutil::SparseWriter;
 use crate::repository::checksum::{Algorithm, Hasher};
 
 const CHUNK: usize = 1024 * 1024;
@@ -42,7 +43,7 @@ pub(super) fn hash_file(
     copy_hashing(path, None, algorithm, cancel)
 }
 
-/// Hashes the file at `source` while writing its bytes to `sink`, if any.
+/// Hashes the file at `source` while writing its bytes to `sink` (a new file), if any.
 pub(super) fn copy_hashing(
     source: &Path,
     sink: Option<&mut File>,
@@ -52,13 +53,15 @@ pub(super) fn copy_hashing(
     copy_hashing_open(File::open(source)?, sink, algorithm, cancel)
 }
 
-/// Hashes the open file `file` while writing its bytes to `sink`, if any.
+/// Hashes the open file `file` while writing its bytes to `sink` (a new file: blocks of
+/// zeros are left as holes), if any.
 pub(super) fn copy_hashing_open(
     mut file: File,
-    mut sink: Option<&mut File>,
+    sink: Option<&mut File>,
     algorithm: Algorithm,
     cancel: &Cancel,
 ) -> Result<Digested, ReadError> {
+    let mut sink = sink.map(SparseWriter::new);
     let mut hasher = Hasher::new(algorithm);
     let mut buffer = vec![0u8; CHUNK];
     let mut size = 0u64;
@@ -74,10 +77,13 @@ pub(super) fn copy_hashing_open(
         };
         let chunk = &buffer[..read];
         hasher.update(chunk);
-        if let Some(out) = sink.as_deref_mut() {
-            out.write_all(chunk)?;
+        if let Some(out) = &mut sink {
+            out.write(chunk)?;
         }
         size += read as u64;
+    }
+    if let Some(out) = &mut sink {
+        out.finish()?;
     }
     Ok(Digested { size, checksum: hasher.finish() })
 }

@@ -494,4 +494,5 @@ mod damage;
 mod integrity;
 mod links;
 mod repository_links;
+mod sparse;
 mod targets;

@@ -1,8 +1,9 @@
-//! Files that change while a computer backup reads them.
+//! Files that change while a computer backup reads them, and sparse files.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -13,15 +14,21 @@ use sluice_proto::pb::{self, ItemState};
 
 use crate::computer::{MIB, pattern, restore_point_folder, start_throttled};
 use crate::restore::{blob_path, manifest};
-use crate::support::{Run, Scratch, WAIT, update_matching};
+use crate::support::{Run, Scratch, WAIT, computer_spec, prepare, update_matching};
 
-/// The blob stored for `path` and the size its manifest entry records.
-fn stored(outcome: &pb::TaskOutcome, repo: &Path, path: &Path) -> (Vec<u8>, u64) {
+/// Where the blob stored for `path` lies, and the size its manifest entry records.
+fn stored_at(outcome: &pb::TaskOutcome, repo: &Path, path: &Path) -> (PathBuf, u64) {
     let manifest = manifest(&restore_point_folder(outcome));
     let entries = manifest["entries"].as_array().expect("entries");
     let entry = entries.iter().find(|e| e["path"].as_str() == path.to_str()).expect("recorded");
-    let blob = fs::read(blob_path(repo, entry["sha256"].as_str().expect("sha"))).expect("blob");
+    let blob = blob_path(repo, entry["sha256"].as_str().expect("sha"));
     (blob, entry["size"].as_u64().expect("size"))
+}
+
+/// The blob stored for `path` and the size its manifest entry records.
+fn stored(outcome: &pb::TaskOutcome, repo: &Path, path: &Path) -> (Vec<u8>, u64) {
+    let (blob, size) = stored_at(outcome, repo, path);
+    (fs::read(blob).expect("blob"), size)
 }
 
 fn reading(update: &Update) -> bool {
@@ -86,4 +93,24 @@ async fn a_file_that_keeps_changing_while_read_is_kept_as_read_with_a_warning() 
     assert_eq!(size, blob.len() as u64, "the entry records what was read");
     let now = fs::read(&busy).expect("file");
     assert!(blob.len() > 2 * MIB && now.starts_with(&blob), "read again, then as read");
+}
+
+#[tokio::test]
+async fn a_sparse_file_takes_no_room_for_its_holes_in_the_repository() {
+    let Scratch { dir: _dir, src, repo } = Scratch::new();
+    let sparse = src.join("disk.img");
+    let mut file = fs::File::create(&sparse).expect("file");
+    file.write_all(b"head").expect("head");
+    file.set_len(64 << 20).expect("a 64 MiB hole");
+    drop(file);
+
+    let mut run = prepare(computer_spec("s1", 0, &[&src], &repo), None);
+    let outcome = exec::execute(&mut run.ctx).await;
+
+    assert_eq!(outcome.state(), ItemState::Success, "{outcome:?}");
+    let (path, size) = stored_at(&outcome, &repo, &sparse);
+    assert_eq!(size, 64 << 20);
+    assert_eq!(fs::read(&path).expect("blob"), fs::read(&sparse).expect("file"));
+    let allocated = fs::metadata(path).expect("blob").blocks() * 512;
+    assert!(allocated < 1 << 20, "{allocated} bytes allocated for a 64 MiB hole");
 }

@@ -2,13 +2,13 @@
 //! transfer rate limit and stopped between chunks by a cancel.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::exec::{CancelSignal, Reporter, Volumes};
-use crate::fsutil::fill;
+use crate::fsutil::{SparseWriter, fill};
 
 /// Size of the read buffer.
 pub(super) const BUF: usize = 1 << 20;
@@ -155,14 +155,15 @@ pub(super) struct Digest {
 /// A file being read, moved to a blocking thread for each chunk.
 struct Pass {
     file: File,
-    sink: Option<File>,
+    sink: Option<SparseWriter<File>>,
     hasher: Sha256,
     buf: Vec<u8>,
     len: u64,
     head: Option<Vec<u8>>,
 }
 
-/// Reads `file` to its end, hashing it and writing it to `sink` if given; keeps the bytes
+/// Reads `file` to its end, hashing it and writing it to `sink` (a new file, blocks of
+/// zeros left as holes) if given; keeps the bytes
 /// when `keep` and they fit in one buffer; counts them towards progress when `counted` (a
 /// file read a second time was counted by the first). Returns the digest and the sink.
 pub(super) async fn read(
@@ -173,6 +174,7 @@ pub(super) async fn read(
 ) -> Result<(Digest, Option<File>), ReadError> {
     let head = keep.then(Vec::new);
     let buf = pace.buf.take().unwrap_or_else(|| vec![0; BUF]);
+    let sink = sink.map(SparseWriter::new);
     let mut pass = Pass { file, sink, hasher: Sha256::new(), buf, len: 0, head };
     loop {
         pace.check()?;
@@ -188,6 +190,7 @@ pub(super) async fn read(
     }
     let Pass { sink, hasher, buf, len, head, .. } = pass;
     pace.buf = Some(buf);
+    let sink = sink.map(SparseWriter::into_inner);
     Ok((Digest { sha256: hex::encode(hasher.finalize()), len, head }, sink))
 }
 
@@ -198,7 +201,10 @@ impl Pass {
         let bytes = &chunk[..n];
         self.hasher.update(bytes);
         if let Some(sink) = &mut self.sink {
-            sink.write_all(bytes).map_err(ReadError::Write)?;
+            sink.write(bytes).map_err(ReadError::Write)?;
+            if n == 0 {
+                sink.finish().map_err(ReadError::Write)?;
+            }
         }
         self.head = self.head.take().filter(|head| head.len() + n <= BUF).map(|mut head| {
             head.extend_from_slice(bytes);
