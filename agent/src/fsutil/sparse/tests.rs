@@ -16,7 +16,6 @@ fn written(pieces: &[Vec<u8>]) -> (Vec<u8>, u64) {
         writer.write(piece).expect("write");
     }
     writer.finish().expect("finish");
-    drop(writer);
     drop(file);
     let allocated = fs::metadata(&path).expect("metadata").blocks() * 512;
     (fs::read(&path).expect("read"), allocated)
