@@ -7,6 +7,7 @@ mod job_service;
 mod peer;
 mod read_limits;
 mod registry;
+mod shared_watch;
 mod watch_limits;
 
 pub(crate) use auth::AuthApi;
@@ -17,6 +18,7 @@ pub(crate) use peer::PeerApi;
 pub(crate) use read_limits::MAX_READS_PER_CALLER;
 pub(crate) use read_limits::{Closable, HeldBody, ReadLimitLayer, ReadLimits, unwrap_connection};
 pub(crate) use registry::RegistryApi;
+pub(crate) use shared_watch::SharedWatches;
 pub(crate) use watch_limits::WatchLimits;
 
 /// What every call answers.

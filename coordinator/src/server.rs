@@ -37,7 +37,7 @@ use tower::{
 use crate::{
     api::{
         AuthApi, Closable, ClusterApi, JobApi, PeerApi, ReadLimitLayer, ReadLimits, RegistryApi,
-        unwrap_connection,
+        SharedWatches, unwrap_connection,
     },
     auth::Authenticator,
     error::{Error, Result},
@@ -142,11 +142,8 @@ async fn router(services: Services) -> Result<Router<Layers>> {
         sluice_proto::reflection::v1(&SERVED).map_err(|e| Error::Reflection(e.to_string()))?;
     let reflection_alpha =
         sluice_proto::reflection::v1alpha(&SERVED).map_err(|e| Error::Reflection(e.to_string()))?;
-    let jobs = TooLarge(
-        JobServiceServer::from_arc(services.jobs)
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    );
+    // The generated JobService, but WatchSession sends each event's shared encoding.
+    let jobs = TooLarge(SharedWatches::new(services.jobs, MAX_REQUEST_BYTES, MAX_MESSAGE_BYTES));
     let (ping_every, ping_timeout) = sluice_proto::KEEPALIVE;
     Ok(Server::builder()
         .http2_keepalive_interval(Some(ping_every))

@@ -180,6 +180,9 @@ impl JobService for JobApi {
 
     type WatchSessionStream = SessionStream;
 
+    /// The server routes `WatchSession` to `SharedWatches` (`shared_watch.rs`), which sends
+    /// each event's encoding made once for all its watchers; this copy and encodes each event
+    /// per stream, for a server built on the generated one alone.
     async fn watch_session(
         &self,
         request: Request<pb::WatchSessionRequest>,

@@ -14,6 +14,7 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use hyper::body::Bytes;
+use prost::Message;
 use sluice_proto::pb;
 use tokio::sync::{
     OnceCell,
@@ -22,30 +23,43 @@ use tokio::sync::{
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 
-use super::watch_session;
-use crate::store::Store;
+use super::{EVENT_OFF_RUNTIME_FROM, watch_session};
+use crate::store::{Store, off_runtime};
 
 /// Events a feed keeps for watchers that have not read them yet (each may be a large
 /// session: a few are enough for the states one etcd answer can carry).
 const BACKLOG: usize = 4;
 
 /// One event of a feed, shared by its watchers: HTTP event streams render and frame its JSON
-/// at most once for all of them (a large session's event is tens of MB of JSON, and each
-/// stream rendered its own).
+/// at most once for all of them, gRPC streams encode its protobuf at most once (a large
+/// session's event is tens of MB, and each stream cloned and encoded or rendered its own).
 #[derive(Debug)]
 pub(crate) struct FeedEvent {
     pub(crate) event: pb::SessionEvent,
     framed: OnceCell<Bytes>,
+    encoded: OnceCell<Bytes>,
 }
 
 impl FeedEvent {
-    fn new(event: pb::SessionEvent) -> Self {
-        FeedEvent { event, framed: OnceCell::new() }
+    pub(super) fn new(event: pb::SessionEvent) -> Self {
+        FeedEvent { event, framed: OnceCell::new(), encoded: OnceCell::new() }
     }
 
     /// The event as an HTTP event stream sends it, framed by the first stream that asks.
     pub(crate) fn framed(&self) -> &OnceCell<Bytes> {
         &self.framed
+    }
+
+    /// The event's protobuf encoding, as every `WatchSession` stream sends it: made by the
+    /// first that asks (off the runtime for a large session), the others wait for it.
+    pub(crate) async fn encoded(self: &Arc<Self>) -> Result<Bytes, Status> {
+        let encode = || async {
+            let event = Arc::clone(self);
+            let encode = move || Ok(Bytes::from(event.event.encode_to_vec()));
+            let items = self.event.session.as_ref().map_or(0, |s| s.items.len());
+            if items >= EVENT_OFF_RUNTIME_FROM { off_runtime(encode).await } else { encode() }
+        };
+        Ok(self.encoded.get_or_try_init(encode).await?.clone())
     }
 }
 

@@ -1,13 +1,14 @@
 //! Shared session feeds against a real etcd.
 
-use std::pin::Pin;
+use std::{error::Error, pin::Pin, sync::Arc};
 
 use futures::{Stream, StreamExt};
+use prost::Message;
 use sluice_proto::pb::{self, SessionState};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use super::{BACKLOG, Feeds, lock};
+use super::{BACKLOG, EVENT_OFF_RUNTIME_FROM, FeedEvent, Feeds, lock};
 use crate::{store::Store, testing};
 
 type Watch = Pin<Box<dyn Stream<Item = Result<pb::SessionEvent, tonic::Status>> + Send>>;
@@ -157,4 +158,27 @@ async fn watchers_of_a_feed_whose_task_died_are_told_and_can_watch_again() {
 #[allow(clippy::panic)]
 fn dead_feed() -> Result<pb::SessionEvent, tonic::Status> {
     panic!("a bug in the feed's task")
+}
+
+/// An event's protobuf is encoded once, by the first gRPC stream that asks (off the runtime
+/// for a large session): every other stream sends the same bytes, not a copy.
+#[tokio::test]
+async fn an_events_encoding_is_made_once_for_every_stream() -> Result<(), Box<dyn Error>> {
+    for items in [1, EVENT_OFF_RUNTIME_FROM] {
+        let item = |i: usize| pb::ItemStatus { name: format!("vm-{i}"), ..Default::default() };
+        let session = pb::Session {
+            id: "s-6".into(),
+            state: SessionState::Working as i32,
+            items: (0..items).map(item).collect(),
+            ..Default::default()
+        };
+        let event = pb::SessionEvent { session: Some(session) };
+        let shared = Arc::new(FeedEvent::new(event.clone()));
+        let (one, other) = tokio::join!(shared.encoded(), shared.encoded());
+        let (one, other, later) = (one?, other?, shared.encoded().await?);
+        assert_eq!((one.as_ptr(), one.len()), (other.as_ptr(), other.len()), "encoded once");
+        assert_eq!((one.as_ptr(), one.len()), (later.as_ptr(), later.len()), "and kept");
+        assert_eq!(pb::SessionEvent::decode(one)?, event, "the event's protobuf");
+    }
+    Ok(())
 }
