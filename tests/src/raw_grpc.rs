@@ -1,10 +1,11 @@
-//! Unary gRPC calls whose request message is raw bytes, sent as given: what no generated
-//! client can send, such as a body that is not valid protobuf.
+//! gRPC calls whose request message is raw bytes, sent as given: what no generated client
+//! can send, such as a body that is not valid protobuf; their answers' messages come back as
+//! the bytes the server sent.
 
 use bytes::{Buf, BufMut};
 use http::uri::PathAndQuery;
 use tonic::client::Grpc;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -19,6 +20,20 @@ pub async fn call(
     grpc.ready().await.map_err(|e| Status::unavailable(format!("{path}: {e}")))?;
     let request = Request::new(body.to_vec());
     grpc.unary(request, PathAndQuery::from_static(path), RawCodec).await
+}
+
+/// Calls the server-streaming method at `path` with `body` as its request message; each
+/// message of the answer comes back as raw bytes (up to `max_message` bytes each).
+pub async fn server_streaming(
+    channel: Channel,
+    path: &'static str,
+    body: &[u8],
+    max_message: usize,
+) -> Result<Response<Streaming<Vec<u8>>>, Status> {
+    let mut grpc = Grpc::new(channel).max_decoding_message_size(max_message);
+    grpc.ready().await.map_err(|e| Status::unavailable(format!("{path}: {e}")))?;
+    let request = Request::new(body.to_vec());
+    grpc.server_streaming(request, PathAndQuery::from_static(path), RawCodec).await
 }
 
 /// Passes messages through as bytes, both ways.

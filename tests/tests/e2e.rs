@@ -44,5 +44,6 @@ mod e2e {
     mod tls;
     mod validation;
     mod watch_limits;
+    mod watch_sharing;
     mod windows;
 }
