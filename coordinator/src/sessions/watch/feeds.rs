@@ -41,7 +41,7 @@ pub(crate) struct FeedEvent {
 }
 
 impl FeedEvent {
-    pub(super) fn new(event: pb::SessionEvent) -> Self {
+    fn new(event: pb::SessionEvent) -> Self {
         FeedEvent { event, framed: OnceCell::new(), encoded: OnceCell::new() }
     }
 
