@@ -114,6 +114,16 @@ impl Vm {
         self.control.execute("block-dirty-bitmap-remove", args);
     }
 
+    /// Takes an external snapshot of disk `index` into a new overlay file `overlay`, as
+    /// `virsh snapshot-create-as --disk-only` does: the VM writes there from now on.
+    pub fn external_snapshot(&mut self, index: usize, overlay: &Path) {
+        let args = json!({
+            "node-name": format!("vd{index}-fmt"), "snapshot-node-name": format!("vd{index}-ovl"),
+            "snapshot-file": overlay.display().to_string(), "format": "qcow2",
+        });
+        self.control.execute("blockdev-snapshot-sync", args);
+    }
+
     /// `query-status`'s `status` (`running`, `paused`, ...).
     pub fn status(&mut self) -> String {
         let status = self.control.execute("query-status", Value::Null);

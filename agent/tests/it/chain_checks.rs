@@ -1,11 +1,14 @@
 //! What a VM backup and restore refuse to trust: a parent the coordinator knows is damaged
 //! (the backup is full, saying why), a manifest that says "full" over a disk that still
-//! reads through to a parent (restore refuses it, as verify does).
+//! reads through to a parent (restore refuses it, as verify does), a disk the VM no longer
+//! writes to (it runs on an overlay of it).
 
 use sluice_proto::pb::{self, ItemState, RestorePointKind};
 use tonic::Code;
 
 use crate::chains::{Setup, backup, committed, item_dir, location, spec_of, verify};
+use sluice_tests::vm::Vm;
+
 use crate::support::{prepare, sh};
 
 #[tokio::test]
@@ -54,5 +57,24 @@ async fn a_restore_refuses_a_full_manifest_over_a_disk_with_a_backing_file() {
     assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
     assert!(refused.message().contains("reads through to \"../s1-0/"), "{}", refused.message());
     assert!(!target.join("e.qcow2").exists(), "nothing unusable is left behind");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_disk_the_vm_runs_on_an_overlay_of_is_refused_naming_the_overlay() {
+    let Setup { dir, disk, repo, agent, .. } = Setup::new("f.qcow2", 2).await;
+    let mut vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let socket = vm.sluice_socket();
+    committed(&backup("s1", "", &disk, &repo, &socket, false).await);
+    let overlay = dir.path().join("f-overlay.qcow2");
+    vm.external_snapshot(0, &overlay);
+    vm.write(0, 0x4b, 1 << 20, 64 << 10);
+
+    let outcome = backup("s2", "s1-0", &disk, &repo, &socket, false).await;
+    assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
+    let named = format!("backing file of {}", overlay.display());
+    assert!(outcome.message.contains(&named), "{}", outcome.message);
+    assert!(outcome.restore_point.is_none(), "no restore point of a disk the VM left");
+    vm.quit();
     agent.stop().await;
 }

@@ -109,7 +109,19 @@ pub(crate) fn match_disks(
         let hits: Vec<&NamedNode> =
             qcow2.iter().filter(|(path, _)| *path == wanted).map(|(_, node)| *node).collect();
         match hits.as_slice() {
-            [node] => found.push((*node).clone()),
+            [node] => {
+                if let Some(overlay) = overlay_of(&qcow2, &wanted) {
+                    return Err(format!(
+                        "disk {}: QEMU runs it as the backing file of {} (an external snapshot \
+                         or overlay, as `virsh snapshot-create-as --disk-only` makes): the VM \
+                         writes there, and a backup of this image would miss those writes; \
+                         name the overlay in the job, or commit it back first",
+                        disk.display(),
+                        overlay.display()
+                    ));
+                }
+                found.push((*node).clone());
+            }
             [] => {
                 return Err(format!(
                     "disk {}: QEMU has no qcow2 node with this image",
@@ -126,6 +138,17 @@ pub(crate) fn match_disks(
         }
     }
     Ok(found)
+}
+
+/// The image of a qcow2 node whose backing file is `image`, if any: `image` is then only a
+/// read-only layer below it.
+fn overlay_of(qcow2: &[(PathBuf, &NamedNode)], image: &Path) -> Option<PathBuf> {
+    qcow2.iter().find_map(|(path, node)| {
+        let backing = Path::new(node.backing_file.as_deref()?);
+        // A relative backing file name is relative to its overlay's folder.
+        let backing = path.parent().map_or_else(|| backing.to_path_buf(), |dir| dir.join(backing));
+        (canonical(&backing) == image).then(|| path.clone())
+    })
 }
 
 fn canonical(path: &Path) -> PathBuf {
@@ -175,3 +198,6 @@ fn parse<T: serde::de::DeserializeOwned>(command: &str, value: Value) -> Result<
     serde_json::from_value(value)
         .map_err(|e| QmpError::Protocol(format!("unexpected reply to {command}: {e}")))
 }
+
+#[cfg(test)]
+mod tests;
