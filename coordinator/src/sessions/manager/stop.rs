@@ -27,6 +27,8 @@ use crate::{
     store::{Store, Versioned, decode},
 };
 
+mod direct;
+
 impl Sessions {
     /// Records a stop by `stopped_by` in etcd (durable before this returns) and tells the
     /// owner.
@@ -64,15 +66,26 @@ impl Sessions {
 
     /// Hands a stop just written to the session's actor when it runs here; else tells the
     /// owner directly (in the background: the answer does not wait for it), which then need
-    /// not wait for its watch of the stop key to deliver it.
+    /// not wait for its watch of the stop key to deliver it. An immediate stop that reaches
+    /// no live owner (dead, frozen, or none between two) is sent to the agents from here:
+    /// until a peer takes the session over, its running tasks would go on and commit.
     pub(super) async fn hand_stop(&self, id: &str, stop: &pb::StopRequest, revision: i64) {
         if !self.deliver_stop(id, stop, revision).await {
             let (store, clients) = (self.store().clone(), self.inner.ctx.clients.clone());
+            let directory = self.inner.ctx.directory.clone();
             let (id, stop) = (id.to_string(), stop.clone());
+            let immediate = stop.mode() == StopMode::Immediate;
             let me = self.inner.coordinator.clone();
             self.inner.tracker.spawn(async move {
-                if let Err(error) = tell_owner(&store, &clients, (&me, &id), stop, revision).await {
-                    debug!(session = %id, %error, "stop not handed to the owner; its watch delivers it");
+                let handed = tell_owner(&store, &clients, (&me, &id), stop, revision).await;
+                let reason = match handed {
+                    Ok(Handed::ToOwner) => return,
+                    Ok(Handed::NoOwner) => "no coordinator owns the session".to_string(),
+                    Err(error) => error,
+                };
+                debug!(session = %id, %reason, "stop not handed to the owner; its watch delivers it");
+                if immediate {
+                    direct::cancel_at_agents(&store, (&clients, &directory), &id, &reason).await;
                 }
             });
         }
@@ -275,6 +288,14 @@ const STOP_ALL_AT_ONCE: usize = 64;
 /// How long a direct hand-over of a stop to its owner may take (the watch is the fallback).
 const TELL_OWNER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether a stop reached an owner that acts on it.
+enum Handed {
+    /// Its actor has it, or is starting here and reads the stop key first.
+    ToOwner,
+    /// No coordinator owns the session now, or its owner runs no actor of it.
+    NoOwner,
+}
+
 /// Hands a stop written by coordinator `me` to the coordinator that owns session `id`, if
 /// another one does; what went wrong, if anything (the owner's watch is the fallback).
 async fn tell_owner(
@@ -283,21 +304,21 @@ async fn tell_owner(
     (me, id): (&str, &str),
     stop: pb::StopRequest,
     revision: i64,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Handed, String> {
     let keys = store.keys();
     let owner = store.kv().get(keys.session_owner(id), None).await.map_err(|e| e.to_string())?;
     let Some(owner) =
         owner.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
     else {
-        return Ok(()); // unowned: whoever claims it reads the stop key first
+        return Ok(Handed::NoOwner); // whoever claims it reads the stop key first
     };
     if owner == me {
-        return Ok(()); // its actor starts, or just ended: it reads the key
+        return Ok(Handed::ToOwner); // its actor starts, or just ended: it reads the key
     }
     let record = store.get::<pb::CoordinatorRecord>(&keys.coordinator(&owner)).await;
     let record = record.map_err(|e| e.to_string())?;
     let Some(address) = record.and_then(|r| r.value.coordinator).map(|c| c.address) else {
-        return Ok(());
+        return Ok(Handed::NoOwner);
     };
     let mut client = clients.peer(&owner, &address).map_err(|e| e.to_string())?;
     let request = pb::DeliverStopRequest { session_id: id.to_string(), stop: Some(stop), revision };
@@ -307,7 +328,7 @@ async fn tell_owner(
         answer.map_err(|status| format!("coordinator {owner}: {}", status.message()))?;
     let delivered = delivered.into_inner().delivered;
     debug!(session = %id, %owner, delivered, "stop handed to the owner");
-    Ok(())
+    Ok(if delivered { Handed::ToOwner } else { Handed::NoOwner })
 }
 
 /// A stored value with its revisions.
