@@ -293,6 +293,18 @@ async fn stops_that_cannot_apply_are_refused_with_a_fitting_code() {
     let no_mode =
         pb::StopAllRequest { mode: StopMode::Unspecified as i32, requested_by: "x".into() };
     expect_code(jobs.stop_all(no_mode).await, Code::InvalidArgument, "StopAll without a mode");
+    let timed_immediate = pb::StopJobRequest {
+        job: "waiting".into(),
+        mode: StopMode::Immediate as i32,
+        graceful_timeout_seconds: 5,
+        ..Default::default()
+    };
+    let refused = expect_code(
+        jobs.stop_job(timed_immediate).await,
+        Code::InvalidArgument,
+        "an immediate StopJob with a graceful timeout",
+    );
+    assert!(refused.message().contains("graceful_timeout_seconds"), "{}", refused.message());
     let untouched = get_session(&jobs, &started.id).await;
     assert_eq!(untouched.stop_mode(), StopMode::Unspecified, "{}", summary(&untouched));
     assert!(

@@ -213,6 +213,10 @@ fn check_stoppable(
             format!("session {id} belongs to job {:?}, not {:?}", session.job, request.job);
         return Err(Error::invalid("session_id", reason));
     }
+    if mode == StopMode::Immediate && request.graceful_timeout_seconds > 0 {
+        let reason = "applies to a graceful stop only: an immediate stop stops every task at once";
+        return Err(Error::invalid("graceful_timeout_seconds", reason));
+    }
     if session.state() == SessionState::Stopped {
         let result = result_name(session.result());
         return Err(Error::SessionEnded { session: id.into(), result });
