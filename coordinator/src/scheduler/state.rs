@@ -16,7 +16,11 @@
 //! that ask for any of the same agents; with many sessions that is many set comparisons, so
 //! each agent gets a bit and each set of agents is a bit set (`AgentSet`).
 
-use std::collections::{HashMap, HashSet};
+/// Maps and sets keyed by ids hashed on every reservation and release: SipHash (the
+/// standard one, built against flooding by outside keys) took a few % of a busy
+/// coordinator; these ids are the coordinator's own and its registered agents'.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use sluice_proto::ids::{AgentId, SessionId};
 
@@ -155,7 +159,7 @@ impl State {
         match self.held.get_mut(session) {
             Some(agents) => increment(agents, agent),
             None => {
-                self.held.insert(session.clone(), HashMap::from([(agent.clone(), 1)]));
+                self.held.insert(session.clone(), [(agent.clone(), 1)].into_iter().collect());
             }
         }
     }
