@@ -184,7 +184,7 @@ impl Backup {
             self.tidy().await.map_err(snapshot_failed)?;
             steps.done("tidy");
         }
-        let plan = self.plan(ctx.spec.full);
+        let plan = self.plan(ctx.id.index, ctx.spec.full);
         steps.done("plan");
         ensure_running(ctx)?;
         let copied = self.prepare_targets(paths, &plan.kind).await?;
@@ -257,7 +257,7 @@ impl Backup {
 
     /// Decides full or incremental on the disks' nodes as opening found them (tidying
     /// changes no disk node).
-    fn plan(&self, full_requested: bool) -> Plan {
+    fn plan(&self, item: u32, full_requested: bool) -> Plan {
         let states: Vec<DiskState> = self
             .source
             .nodes
@@ -269,7 +269,7 @@ impl Backup {
                 bitmaps: node.dirty_bitmaps.clone(),
             })
             .collect();
-        let plan = plan::plan(&self.names, &self.parent, &states, full_requested);
+        let plan = plan::plan(&self.names, item, &self.parent, &states, full_requested);
         match &plan.kind {
             Kind::Full { warning: Some(warning) } => warn!(%warning, "full backup"),
             Kind::Full { warning: None } => info!("full backup"),

@@ -12,6 +12,7 @@ mod refusals;
 mod restore;
 mod roots;
 mod service;
+mod shared_vm;
 mod spare;
 mod support;
 mod watch;

@@ -42,6 +42,19 @@ impl Names {
         name.starts_with(&self.bitmap_prefix())
     }
 
+    /// The item index in the restore point id a bitmap of this job names
+    /// (`<session>-<index>` or `<session>-<index>-a<attempt>`); `None` for another job's
+    /// bitmap or a name Sluice does not make.
+    pub(crate) fn bitmap_item(&self, name: &str) -> Option<u32> {
+        let rp = name.strip_prefix(&self.bitmap_prefix())?;
+        let (rest, last) = rp.rsplit_once('-')?;
+        let index = match last.strip_prefix('a') {
+            Some(attempt) if is_number(attempt) => rest.rsplit_once('-')?.1,
+            _ => last,
+        };
+        if is_number(index) { index.parse().ok() } else { None }
+    }
+
     fn bitmap_prefix(&self) -> String {
         format!("sluice:{}:", self.job)
     }
@@ -83,6 +96,10 @@ impl Names {
     }
 }
 
+fn is_number(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// What a disk looks like in QEMU when the backup begins.
 #[derive(Debug, Clone)]
 pub(crate) struct DiskState {
@@ -114,8 +131,11 @@ pub(crate) enum Kind {
 pub(crate) struct Plan {
     /// Full or incremental.
     pub(crate) kind: Kind,
-    /// Bitmaps of the job to remove once the backup's block jobs run: `(disk index, name)`. Every one of the job's bitmaps but the newest restore point's
-    /// usable one.
+    /// Bitmaps of the item to remove once the backup's block jobs run: `(disk index, name)`.
+    /// Every one of the job's bitmaps but the newest restore point's usable one, save those
+    /// whose restore point is another item's: two items of a job may reach one image (one
+    /// through a symbolic link, which the coordinator cannot see), and each one's live
+    /// bitmap is the other's to keep or drop.
     pub(crate) stale: Vec<(usize, String)>,
     /// The newest restore point's bitmap, removed once the new restore point is committed.
     pub(crate) superseded: Option<String>,
@@ -141,9 +161,11 @@ impl Parent {
     }
 }
 
-/// Decides full or incremental on `parent`, the restore point the task names.
+/// Decides full or incremental on `parent`, the restore point the task names, for the task
+/// of item `item` (its index in the job).
 pub(crate) fn plan(
     names: &Names,
+    item: u32,
     parent: &Parent,
     disks: &[DiskState],
     full_requested: bool,
@@ -157,6 +179,7 @@ pub(crate) fn plan(
             disk.bitmaps
                 .iter()
                 .filter(|b| names.is_bitmap(&b.name))
+                .filter(move |b| names.bitmap_item(&b.name).is_none_or(|owner| owner == item))
                 .filter(|b| b.inconsistent || Some(&b.name) != usable.as_ref())
                 .map(move |b| (index, b.name.clone()))
         })
