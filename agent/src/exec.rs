@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-pub use self::vm::Daemons;
+pub use self::vm::{Daemons, VmHolds};
 use crate::fsutil::blocking;
 use crate::key::{self, TaskId, TaskNames};
 use crate::repository::{Identity, RepoPaths};
@@ -169,6 +169,8 @@ pub struct TaskContext {
     pub running_sessions: watch::Receiver<BTreeSet<SessionId>>,
     /// The agent's storage daemons for offline VM images.
     pub daemons: Daemons,
+    /// Which of the agent's VM tasks use which VM (a second backup of one VM waits).
+    pub vm_holds: VmHolds,
 }
 
 impl TaskContext {

@@ -344,6 +344,7 @@ pub(crate) fn test_context(session: &str, paths: &[&Path], repository: &Path) ->
         rate_limit: None,
         running_sessions: tokio::sync::watch::channel(Default::default()).1,
         daemons: Default::default(),
+        vm_holds: Default::default(),
     }
 }
 

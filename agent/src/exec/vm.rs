@@ -1,7 +1,8 @@
 //! The VM executor: a point-in-time copy of each disk with QEMU's block jobs, full or
 //! incremental, into the repository.
 //!
-//! - SNAPSHOT: lock the item's chains, open the disks ([`source`]: the running VM over QMP,
+//! - SNAPSHOT: wait until no other task of this agent uses the VM ([`holds`]), lock the
+//!   item's chains, open the disks ([`source`]: the running VM over QMP,
 //!   or a storage daemon for offline images), tidy what a dead agent left in QEMU, decide
 //!   full or incremental ([`plan`]), create the target images (an incremental one backed by
 //!   the parent's file) and start every disk's `blockdev-backup` in one transaction with
@@ -18,6 +19,7 @@
 mod blockdev;
 mod commit;
 mod daemon;
+mod holds;
 mod jobs;
 mod plan;
 mod recover;
@@ -26,6 +28,7 @@ mod target;
 mod writeback;
 
 pub use daemon::Daemons;
+pub use holds::VmHolds;
 pub(crate) use recover::recover;
 pub(crate) use source::remove_legacy_snapshots;
 
@@ -36,6 +39,7 @@ use sluice_proto::pb::{self, TaskPhase};
 use tracing::{debug, info, warn};
 
 use self::commit::Copied;
+use self::holds::{Claim, Hold};
 use self::jobs::{Ended, Job};
 use self::plan::{DiskState, Kind, Names, Parent, Plan};
 use self::source::{OpenError, Source};
@@ -44,7 +48,7 @@ use self::writeback::Writeback;
 use super::steps::Steps;
 use super::{TaskContext, canceled, committed, failed, remove_partial};
 use crate::fsutil::blocking;
-use crate::key::TaskNames;
+use crate::key::{self, TaskNames};
 use crate::repository::RepoPaths;
 use crate::repository::chain::{self, ChainLock};
 
@@ -112,6 +116,8 @@ struct Backup {
     targets: usize,
     new_bitmap: Option<String>,
     _lock: ChainLock,
+    /// The VM is this task's among the agent's tasks until the backup is dropped.
+    _hold: Hold,
 }
 
 impl Backup {
@@ -122,6 +128,8 @@ impl Backup {
         paths: &RepoPaths,
     ) -> Result<Self, Failure> {
         ensure_running(ctx)?;
+        let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
+        let hold = Self::hold(ctx, vm, &disks).await?;
         let repo = paths.clone();
         let named = ctx.spec.parent_restore_point.clone();
         let unusable = ctx.spec.parent_unusable.clone();
@@ -136,7 +144,6 @@ impl Backup {
             })?;
             Ok((lock, parent))
         });
-        let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
         let marker = ctx.id.restore_point_id();
         // A storage daemon takes several milliseconds to start: it does so while the chain
         // is locked and read and the partial folder made (neither touches the other's
@@ -170,7 +177,28 @@ impl Backup {
             targets: 0,
             new_bitmap: None,
             _lock: lock,
+            _hold: hold,
         })
+    }
+
+    /// Waits until no other task of this agent uses the VM (a stop ends the wait), or
+    /// fails when another item of the session has one of the disks.
+    async fn hold(
+        ctx: &TaskContext,
+        vm: &pb::VmTarget,
+        disks: &[PathBuf],
+    ) -> Result<Hold, Failure> {
+        let (task, job, item) =
+            (ctx.id.clone(), ctx.spec.job.clone(), key::item_name(&ctx.spec).to_owned());
+        let (socket, disks) = (vm.qmp_socket.clone(), disks.to_vec());
+        // Resolving the links reads the file system.
+        let claim = blocking(move || Ok(Claim::new(task, &job, &item, &socket, &disks)))
+            .await
+            .map_err(snapshot_failed)?;
+        tokio::select! {
+            hold = ctx.vm_holds.hold(claim) => hold.map_err(snapshot_failed),
+            () = ctx.cancel.cancelled() => Err(Failure::Canceled),
+        }
     }
 
     async fn run(

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::state::{Admission, TaskTable};
 use super::{AckGroup, AgentStatus, Cancel, Command, Reply, TasksConfig, runner};
 use crate::error::AgentError;
-use crate::exec::{CancelSignal, Daemons, Reporter, TaskContext, Update};
+use crate::exec::{CancelSignal, Daemons, Reporter, TaskContext, Update, VmHolds};
 use crate::journal::Journal;
 use crate::key::TaskId;
 use crate::liveness::Liveness;
@@ -31,6 +31,7 @@ pub(super) struct Actor {
     tracker: TaskTracker,
     rate_limit: Option<u64>,
     daemons: Daemons,
+    vm_holds: VmHolds,
     updates_tx: mpsc::Sender<(TaskId, Update)>,
     updates_rx: mpsc::Receiver<(TaskId, Update)>,
     events: broadcast::Sender<pb::TaskStatus>,
@@ -59,6 +60,7 @@ impl Actor {
             tracker: config.tracker,
             rate_limit: config.rate_limit,
             daemons: config.daemons,
+            vm_holds: VmHolds::default(),
             updates_tx,
             updates_rx,
             events,
@@ -250,6 +252,7 @@ impl Actor {
             rate_limit: self.rate_limit,
             running_sessions: self.sessions.subscribe(),
             daemons: self.daemons.clone(),
+            vm_holds: self.vm_holds.clone(),
         };
         runner::spawn(&self.tracker, self.journal.clone(), ctx);
         let _ = self.events.send(status.clone());

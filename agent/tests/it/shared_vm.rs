@@ -4,12 +4,14 @@
 
 use std::path::Path;
 
-use sluice_agent::exec;
-use sluice_proto::pb::{self, ItemState, RestorePointKind, job_item::Target};
+use sluice_agent::exec::{self, CancelSignal, Update, VmHolds};
+use sluice_proto::pb::{self, ItemState, RestorePointKind, TaskPhase, job_item::Target};
 use sluice_tests::vm::Vm;
+use sluice_tests::{PATIENCE, wait_for};
+use tokio::task::JoinHandle;
 
 use crate::chains::committed;
-use crate::support::{make_disk, prepare, vm_spec};
+use crate::support::{Run, WAIT, make_disk, prepare, update_matching, vm_spec};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -66,5 +68,99 @@ async fn two_items_on_one_image_through_a_link_keep_their_own_incremental_chains
         vm.bitmaps(0).iter().filter_map(|b| b["name"].as_str().map(String::from)).collect();
     names.sort();
     assert_eq!(names, ["sluice:nightly:s3-0", "sluice:nightly:s3-1"]);
+    vm.quit();
+}
+
+/// A task of `spec` sharing the agent's VM claims `holds`: its cancel signal, its run, and
+/// the receiver of its updates.
+fn spawn(spec: pb::TaskSpec, rate: Option<u64>, holds: &VmHolds) -> (CancelSignal, Running) {
+    let Run { mut ctx, updates } = prepare(spec, rate);
+    ctx.vm_holds = holds.clone();
+    let cancel = ctx.cancel.clone();
+    (cancel, Running { task: tokio::spawn(async move { exec::execute(&mut ctx).await }), updates })
+}
+
+struct Running {
+    task: JoinHandle<pb::TaskOutcome>,
+    updates: tokio::sync::mpsc::Receiver<(sluice_agent::key::TaskId, Update)>,
+}
+
+impl Running {
+    async fn in_transfer(&mut self) {
+        let transfer = |u: &Update| matches!(u, Update::Phase(TaskPhase::Transfer, _));
+        update_matching(&mut self.updates, transfer).await;
+    }
+
+    async fn outcome(self) -> pb::TaskOutcome {
+        tokio::time::timeout(WAIT, self.task).await.expect("in time").expect("task")
+    }
+}
+
+async fn until_waiting(holds: &VmHolds, count: usize) {
+    let waiting = || {
+        let now = holds.waiting();
+        async move { if now == count { Ok(()) } else { Err(now) } }
+    };
+    wait_for(waiting, PATIENCE, "tasks waiting for the VM").await;
+}
+
+/// QEMU serves one QMP client at a time: the second job's backup used to fail, saying a
+/// stranger held the socket, while this agent's own backup of the other job did.
+#[tokio::test]
+async fn a_second_job_on_a_busy_vm_waits_for_it_and_a_stop_ends_the_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "busy.qcow2", 2);
+    let repo = dir.path().join("repo");
+    let vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let socket = vm.sluice_socket();
+    let holds = VmHolds::default();
+
+    let first = item_spec("s1", 0, "", &disk, &repo, &socket);
+    let (stop_first, mut first) = spawn(first, Some(64 * 1024), &holds);
+    first.in_transfer().await;
+    let other_job = |session: &str| pb::TaskSpec {
+        job: "weekly".into(),
+        ..item_spec(session, 0, "", &disk, &repo, &socket)
+    };
+    let (stop_stopped, stopped) = spawn(other_job("s2"), None, &holds);
+    until_waiting(&holds, 1).await;
+    stop_stopped.cancel(pb::CancelReason::User);
+    let outcome = stopped.outcome().await;
+    assert_eq!(outcome.state(), ItemState::Canceled, "a stop ends the wait: {outcome:?}");
+    assert_eq!(holds.waiting(), 0);
+
+    let (_, second) = spawn(other_job("s3"), None, &holds);
+    until_waiting(&holds, 1).await;
+    stop_first.cancel(pb::CancelReason::User);
+    assert_eq!(first.outcome().await.state(), ItemState::Canceled);
+    let outcome = second.outcome().await;
+    assert_eq!(outcome.state(), ItemState::Success, "it went on once the VM was free: {outcome:?}");
+    assert_eq!(committed(&outcome).kind(), RestorePointKind::Full);
+    vm.quit();
+}
+
+/// The coordinator cannot see that two disk paths are one image; the agent running both
+/// items refuses the second while the first has it.
+#[tokio::test]
+async fn a_second_item_of_the_session_on_the_same_image_is_refused_while_the_first_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "one.qcow2", 2);
+    let link = dir.path().join("link.qcow2");
+    std::os::unix::fs::symlink(&disk, &link).expect("symlink");
+    let repo = dir.path().join("repo");
+    let vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let socket = vm.sluice_socket();
+    let holds = VmHolds::default();
+
+    let (stop_first, mut first) =
+        spawn(item_spec("s1", 0, "", &disk, &repo, &socket), Some(64 * 1024), &holds);
+    first.in_transfer().await;
+    let (_, second) = spawn(item_spec("s1", 1, "", &link, &repo, &socket), None, &holds);
+    let outcome = second.outcome().await;
+    assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
+    let expected = format!("disk {} is also a disk of task s1/0#1 (item \"vm0\")", disk.display());
+    assert!(outcome.message.contains(&expected), "{}", outcome.message);
+    stop_first.cancel(pb::CancelReason::User);
+    assert_eq!(first.outcome().await.state(), ItemState::Canceled);
     vm.quit();
 }

@@ -142,6 +142,7 @@ pub fn prepare(spec: pb::TaskSpec, rate_limit: Option<u64>) -> Run {
         rate_limit,
         running_sessions,
         daemons: Default::default(),
+        vm_holds: Default::default(),
     };
     Run { ctx, updates }
 }
