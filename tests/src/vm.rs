@@ -1,5 +1,5 @@
 //! Running VMs for live-backup scenarios: a real `qemu-system-x86_64` without a guest OS
-//! (TCG, no display; its vCPU runs the firmware), one virtio disk per qcow2 image, a QMP
+//! (TCG, no display; its vCPU runs the firmware), one virtio disk per qcow2 (or raw) image, a QMP
 //! socket for Sluice and one for the test. The test's socket drives guest writes with
 //! `qemu-io` through the human monitor, exactly as the guest's own I/O reaches the disk, and
 //! collects the VM's events (a `STOP` would mean the VM was paused).
@@ -25,12 +25,18 @@ pub struct Vm {
     disks: Vec<PathBuf>,
     dir: PathBuf,
     name: String,
+    format: &'static str,
 }
 
 impl Vm {
     /// Starts a VM named `name` (its sockets and log go into `dir`) on `disks`, and waits
     /// until it answers on its control socket.
     pub async fn start(dir: &Path, name: &str, disks: &[PathBuf]) -> Vm {
+        Vm::start_as(dir, name, disks, "qcow2").await
+    }
+
+    /// Starts a VM as [`Vm::start`] whose disks are images of `format` (`qcow2`, `raw`).
+    pub async fn start_as(dir: &Path, name: &str, disks: &[PathBuf], format: &'static str) -> Vm {
         let sluice_socket = dir.join(format!("{name}.qmp"));
         let control_socket = dir.join(format!("{name}.ctl"));
         let log = File::create(dir.join(format!("{name}.log"))).expect("vm log");
@@ -44,8 +50,10 @@ impl Vm {
         for (i, disk) in disks.iter().enumerate() {
             let file = format!("driver=file,filename={},node-name=vd{i}-file", disk.display());
             command.args(["-blockdev", &file]);
-            command
-                .args(["-blockdev", &format!("driver=qcow2,file=vd{i}-file,node-name=vd{i}-fmt")]);
+            command.args([
+                "-blockdev",
+                &format!("driver={format},file=vd{i}-file,node-name=vd{i}-fmt"),
+            ]);
             command.args(["-device", &format!("virtio-blk-pci,drive=vd{i}-fmt,id=vd{i}")]);
         }
         let log_err = log.try_clone().expect("vm log");
@@ -64,7 +72,8 @@ impl Vm {
         )
         .await;
         let (dir, name) = (dir.to_path_buf(), name.to_owned());
-        Vm { child, _watchdog: watchdog, sluice_socket, control, disks: disks.to_vec(), dir, name }
+        let disks = disks.to_vec();
+        Vm { child, _watchdog: watchdog, sluice_socket, control, disks, dir, name, format }
     }
 
     /// The QMP socket Sluice may use (`VmTarget.qmp_socket`).
@@ -146,7 +155,7 @@ impl Vm {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        *self = Vm::start(&self.dir, &self.name, &self.disks).await;
+        *self = Vm::start_as(&self.dir, &self.name, &self.disks, self.format).await;
     }
 
     /// Shuts QEMU down cleanly (persistent bitmaps are saved) and waits for it.

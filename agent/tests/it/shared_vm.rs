@@ -164,3 +164,36 @@ async fn a_second_item_of_the_session_on_the_same_image_is_refused_while_the_fir
     assert_eq!(first.outcome().await.state(), ItemState::Canceled);
     vm.quit();
 }
+
+#[tokio::test]
+async fn a_raw_image_of_the_vm_is_named_as_attached_raw() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("r.img");
+    std::fs::File::create(&disk).and_then(|file| file.set_len(16 * MIB)).expect("raw image");
+    let repo = dir.path().join("repo");
+    let vm = Vm::start_as(dir.path(), "vm", std::slice::from_ref(&disk), "raw").await;
+
+    let outcome = run(item_spec("s1", 0, "", &disk, &repo, &vm.sluice_socket())).await;
+    assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
+    let expected = format!("disk {}: the VM has this image attached as raw", disk.display());
+    assert!(outcome.message.contains(&expected), "{}", outcome.message);
+    vm.quit();
+}
+
+/// A wrong socket path looks like a VM that is off: the backup goes offline, and when the
+/// running VM's lock refuses that, the item's message names the socket that was missing.
+#[tokio::test]
+async fn a_missing_socket_is_named_when_the_offline_images_are_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = make_disk(dir.path(), "busy.qcow2", 1);
+    let repo = dir.path().join("repo");
+    let vm = Vm::start(dir.path(), "vm", std::slice::from_ref(&disk)).await;
+    let wrong = dir.path().join("typo.qmp").display().to_string();
+
+    let outcome = run(item_spec("s1", 0, "", &disk, &repo, &wrong)).await;
+    assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
+    let expected = format!("the job's qmp_socket {wrong} does not exist");
+    assert!(outcome.message.contains(&expected), "{}", outcome.message);
+    assert!(outcome.message.contains("lock"), "QEMU's reason stays: {}", outcome.message);
+    vm.quit();
+}

@@ -122,12 +122,7 @@ pub(crate) fn match_disks(
                 }
                 found.push((*node).clone());
             }
-            [] => {
-                return Err(format!(
-                    "disk {}: QEMU has no qcow2 node with this image",
-                    disk.display()
-                ));
-            }
+            [] => return Err(no_qcow2_node(nodes, disk, &wanted)),
             many => {
                 let names: Vec<&str> = many.iter().map(|n| n.node_name.as_str()).collect();
                 return Err(format!(
@@ -138,6 +133,29 @@ pub(crate) fn match_disks(
         }
     }
     Ok(found)
+}
+
+/// Image formats QEMU may read a disk in other than qcow2.
+const OTHER_FORMATS: [&str; 11] =
+    ["raw", "luks", "vmdk", "vdi", "vhdx", "vpc", "qed", "parallels", "dmg", "bochs", "cloop"];
+
+/// Why no qcow2 node presents `disk` (canonical: `wanted`): the VM reads the image in
+/// another format (a file node alone is read raw), or QEMU does not have it open.
+fn no_qcow2_node(nodes: &[NamedNode], disk: &Path, wanted: &Path) -> String {
+    let users: Vec<&str> = nodes
+        .iter()
+        .filter(|node| canonical(Path::new(&node.image.filename)) == wanted)
+        .map(|node| node.drv.as_str())
+        .collect();
+    let format = users.iter().copied().find(|drv| OTHER_FORMATS.contains(drv));
+    match format.or_else(|| (!users.is_empty()).then_some("raw")) {
+        Some(format) => format!(
+            "disk {}: the VM has this image attached as {format}, not as qcow2: Sluice backs up \
+             qcow2 images only (their persistent bitmaps track the changes); convert it to qcow2",
+            disk.display()
+        ),
+        None => format!("disk {}: QEMU has no qcow2 node with this image", disk.display()),
+    }
 }
 
 /// The image of a qcow2 node whose backing file is `image`, if any: `image` is then only a

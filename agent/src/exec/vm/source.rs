@@ -81,6 +81,16 @@ impl Source {
                         "no QMP socket at this path: backing the disks up as offline images (if \
                          the VM runs, check the job's qmp_socket)"
                     );
+                    // Offline is right for a VM that is off; when the images turn out to be
+                    // busy, the path may be the fault, and the item's message says so.
+                    return Self::offline(disks, marker, daemons).await.map_err(|mut error| {
+                        error.message = format!(
+                            "{} (the job's qmp_socket {socket} does not exist, so the disks were \
+                             opened as offline images: if the VM runs, name its QMP socket)",
+                            error.message
+                        );
+                        error
+                    });
                 }
                 Err(error @ QmpError::Connect { .. }) => {
                     info!(%error, "the VM is not running: backing its disks up as offline images");

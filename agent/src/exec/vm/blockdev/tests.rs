@@ -30,6 +30,32 @@ fn a_disk_is_matched_to_its_one_qcow2_node() {
     assert!(missing.contains("no qcow2 node"), "{missing}");
 }
 
+/// A raw image is attached, just not as qcow2: saying "no node" would send the operator
+/// looking for the wrong thing.
+#[test]
+fn a_disk_attached_in_another_format_is_named_as_such() {
+    let raw = |drv: &str| {
+        let node = json!({
+            "node-name": format!("vd0-{drv}"), "drv": drv,
+            "image": { "filename": "/vms/r.img", "virtual-size": 1 << 20 },
+        });
+        serde_json::from_value::<NamedNode>(node).expect("a node")
+    };
+    let wanted = [PathBuf::from("/vms/r.img")];
+    for nodes in
+        [vec![raw("file"), raw("raw")], vec![raw("file")], vec![raw("raw"), raw("throttle")]]
+    {
+        let refused = match_disks(&nodes, &wanted).expect_err("refused");
+        assert_eq!(
+            refused,
+            "disk /vms/r.img: the VM has this image attached as raw, not as qcow2: Sluice backs \
+             up qcow2 images only (their persistent bitmaps track the changes); convert it to qcow2"
+        );
+    }
+    let vmdk = match_disks(&[raw("file"), raw("vmdk")], &wanted).expect_err("refused");
+    assert!(vmdk.contains("attached as vmdk, not as qcow2"), "{vmdk}");
+}
+
 /// After an external snapshot the VM writes into the overlay: backing the named image up
 /// would copy a disk that no longer changes, and call it current.
 #[test]
