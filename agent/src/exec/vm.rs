@@ -134,7 +134,9 @@ impl Backup {
         let named = ctx.spec.parent_restore_point.clone();
         let unusable = ctx.spec.parent_unusable.clone();
         let chain = blocking(move || {
-            let lock = ChainLock::settled(&repo.item_dir).map_err(std::io::Error::other)?;
+            // A merge that cannot be finished now does not stop the backup: the chain of
+            // its parent reads the same whatever step the merge reached.
+            let (lock, _) = ChainLock::settled(&repo.item_dir).map_err(std::io::Error::other)?;
             let parent = named_parent(&repo.item_dir, &named, unusable);
             repo.prepare_partial().map_err(|e| {
                 std::io::Error::new(

@@ -119,18 +119,26 @@ impl ChainLock {
     }
 
     /// A shared lock on a settled folder: a merge an earlier run left unfinished is
-    /// finished first, so the chains read are whole.
-    pub(crate) fn settled(item_dir: &Path) -> Result<Self, String> {
+    /// finished first, so the chains read are whole. A merge that cannot be finished now
+    /// (a full file system) is returned with the lock: the chains are read as they are
+    /// (see [`merge::Intent::reading`]), for a full repository must not block restores.
+    pub(crate) fn settled(item_dir: &Path) -> Result<(Self, Option<merge::Intent>), String> {
         let io = |e: io::Error| format!("{}: cannot lock: {e}", lock_path(item_dir).display());
+        let mut tried = false;
         loop {
             let lock = Self::shared(item_dir).map_err(io)?;
-            if lock._file.is_none() || merge::interrupted(item_dir)?.is_none() {
-                return Ok(lock);
+            let unfinished = merge::interrupted(item_dir)?;
+            if lock._file.is_none() || unfinished.is_none() || tried {
+                return Ok((lock, unfinished));
             }
             drop(lock);
             let Some(file) = open(item_dir).map_err(io)? else { continue };
             file.lock().map_err(io)?;
-            merge::finish_interrupted(item_dir)?;
+            if let Err(error) = merge::finish_interrupted(item_dir) {
+                tracing::warn!(item = %item_dir.display(), error,
+                    "an unfinished retention merge cannot be finished now; its chain is read as it is");
+                tried = true;
+            }
         }
     }
 

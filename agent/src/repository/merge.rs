@@ -4,17 +4,21 @@
 //!
 //! Crash safety: `<item>/.merge.json` records the intent durably before the first change
 //! and is removed after the last. Every step can be repeated, so whoever finds the intent
-//! (under the exclusive chain lock) finishes the merge; readers settle an item folder
-//! before reading it, so they only ever see the chain before the merge or after it. Per
-//! disk file, in order:
-//! 1. `qemu-img commit` writes the child's clusters into the base's file. From here on the
-//!    base's file no longer holds the base's disk, but the child still reads the same.
-//! 2. The base's file is renamed over the child's (atomic): the child's file is now the
-//!    merged full image. A base file that is gone means this disk is done.
+//! (under the exclusive chain lock) finishes the merge. In order:
+//! 1. Per disk file, `qemu-img commit` writes the child's clusters into the base's file.
+//!    From here on the base's file no longer holds the base's disk, but the child still
+//!    reads the same (commit copies only the child's clusters). This is the step that needs
+//!    space, and that fails when the repository is full.
+//! 2. Each merged file's size and BLAKE3 are recorded in the intent (after this the commits
+//!    are never repeated: a recorded digest is that of a finished, synced commit).
+//! 3. Each base file is renamed over the child's (atomic): the child's file is now the
+//!    merged full image. A base file that is gone means its disk is done.
+//! 4. The child's manifest is rewritten (full, no parent, the recorded digests), the base's
+//!    folder is deleted and the intent removed.
 //!
-//! Then the child's manifest is rewritten (full, no parent, new sizes and checksums), the
-//! base's folder is deleted and the intent removed. The grandchildren keep pointing at
-//! `../<child>/<file>`, which still reads the same disk.
+//! A merge that cannot be finished (a full file system) leaves a chain that still reads as
+//! committed from the child on: readers read it as it is, see [`Intent::reading`]. The
+//! grandchildren keep pointing at `../<child>/<file>`, which reads the same disk throughout.
 
 use std::fs;
 use std::io;
@@ -36,6 +40,56 @@ pub(crate) struct Intent {
     pub(crate) base: String,
     /// Its child, full afterwards.
     pub(crate) child: String,
+    /// Step 2: each merged disk file's digest, once every commit is done (absent before,
+    /// and in the records of agents that did not write it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) merged: Vec<MergedFile>,
+}
+
+/// A disk file as the merge made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MergedFile {
+    /// Its name (the same in both folders).
+    pub(crate) file: String,
+    /// Size in bytes.
+    pub(crate) size: u64,
+    /// BLAKE3 of its bytes.
+    pub(crate) blake3: String,
+}
+
+/// How a disk file of one of the merge's two restore points reads while the merge is
+/// unfinished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// As its manifest records it.
+    AsRecorded,
+    /// It is (or, in the base, is becoming) the merged standalone image: checked against
+    /// the recorded digest when there is one, and reading through to no backing file.
+    Merged(Option<MergedFile>),
+    /// Moved into the child already: nothing to read here.
+    Gone,
+}
+
+impl Intent {
+    /// A merge of `base` into `child` about to begin.
+    pub(crate) fn new(base: &str, child: &str) -> Self {
+        Intent { base: base.to_owned(), child: child.to_owned(), merged: Vec::new() }
+    }
+
+    /// How disk file `file` of restore point `id` reads in `item_dir` now. A base file
+    /// commit changed has no digest to check until every commit is done: its bytes are the
+    /// merge's, not the base's, and that is no damage.
+    pub(crate) fn reading(&self, item_dir: &Path, id: &str, file: &str) -> Reading {
+        let in_base = item_dir.join(&self.base).join(file).exists();
+        let recorded = || self.merged.iter().find(|m| m.file == file).cloned();
+        if id == self.base {
+            if in_base { Reading::Merged(recorded()) } else { Reading::Gone }
+        } else if id == self.child && !in_base {
+            Reading::Merged(recorded())
+        } else {
+            Reading::AsRecorded
+        }
+    }
 }
 
 /// Records the intent and carries the merge out; the caller holds the exclusive chain lock
@@ -81,8 +135,9 @@ fn roll_forward(item_dir: &Path, intent: &Intent) -> Result<VmManifest, String> 
         Err(problem) => return Err(format!("restore point {}: {problem}", intent.child)),
     };
     let merged = if child.kind == VmKind::Incremental {
-        fold_disks(&base_dir, &child_dir, &child)?;
-        rewrite_manifest(&child_dir, child)?
+        let recorded = commit_disks(item_dir, intent, &child)?;
+        move_disks(&base_dir, &child_dir, &child)?;
+        rewrite_manifest(&child_dir, child, &recorded.merged)?
     } else {
         child
     };
@@ -95,33 +150,67 @@ fn roll_forward(item_dir: &Path, intent: &Intent) -> Result<VmManifest, String> 
     Ok(merged)
 }
 
-/// Steps 1 and 2 for every disk file whose base file is still there.
-fn fold_disks(base_dir: &Path, child_dir: &Path, child: &VmManifest) -> Result<(), String> {
+/// Steps 1 and 2, unless recorded already: every base file still there gets its child's
+/// clusters, then every merged file's digest goes into the intent. Returns the intent with
+/// the digests.
+fn commit_disks(item_dir: &Path, intent: &Intent, child: &VmManifest) -> Result<Intent, String> {
+    if !intent.merged.is_empty() {
+        return Ok(intent.clone());
+    }
+    let (base_dir, child_dir) = (item_dir.join(&intent.base), item_dir.join(&intent.child));
+    let mut recorded = intent.clone();
+    for disk in &child.disks {
+        let base_file = base_dir.join(&disk.file);
+        if !base_file.exists() {
+            continue;
+        }
+        let child_file = child_dir.join(&disk.file);
+        qemu_img::commit(&child_file)
+            .map_err(|e| format!("cannot merge {}: {e}", child_file.display()))?;
+        fs::File::open(&base_file)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", base_file.display()))?;
+    }
+    for disk in &child.disks {
+        // A file moved already (by an agent that recorded no digests) is read in the child.
+        let base_file = base_dir.join(&disk.file);
+        let path = if base_file.exists() { base_file } else { child_dir.join(&disk.file) };
+        let (size, blake3) = digest_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        recorded.merged.push(MergedFile { file: disk.file.clone(), size, blake3 });
+    }
+    let json = serde_json::to_vec(&recorded).map_err(|e| e.to_string())?;
+    write_atomic(&item_dir.join(INTENT), &json)
+        .map_err(|e| format!("cannot record the merged files in {}: {e}", item_dir.display()))?;
+    Ok(recorded)
+}
+
+/// Step 3 for every disk file whose base file is still there.
+fn move_disks(base_dir: &Path, child_dir: &Path, child: &VmManifest) -> Result<(), String> {
     for disk in &child.disks {
         let base_file = base_dir.join(&disk.file);
         let child_file = child_dir.join(&disk.file);
         if !base_file.exists() {
             continue;
         }
-        qemu_img::commit(&child_file)
-            .map_err(|e| format!("cannot merge {}: {e}", child_file.display()))?;
-        fs::File::open(&base_file)
-            .and_then(|file| file.sync_all())
-            .map_err(|e| format!("cannot sync {}: {e}", base_file.display()))?;
         fs::rename(&base_file, &child_file).map_err(|e| {
             format!("cannot move {} to {}: {e}", base_file.display(), child_file.display())
         })?;
-        sync_dir(child_dir).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    sync_dir(child_dir).map_err(|e| e.to_string())
 }
 
-/// The child's manifest as a full restore point, with each disk file's size and checksum.
-fn rewrite_manifest(child_dir: &Path, mut manifest: VmManifest) -> Result<VmManifest, String> {
+/// The child's manifest as a full restore point, with each disk file's recorded size and
+/// checksum.
+fn rewrite_manifest(
+    child_dir: &Path,
+    mut manifest: VmManifest,
+    merged: &[MergedFile],
+) -> Result<VmManifest, String> {
     for disk in &mut manifest.disks {
-        let path = child_dir.join(&disk.file);
-        let (size, blake3) = digest_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        disk.set_digest(size, blake3);
+        let Some(file) = merged.iter().find(|m| m.file == disk.file) else {
+            return Err(format!("{}: no digest recorded for {}", child_dir.display(), disk.file));
+        };
+        disk.set_digest(file.size, file.blake3.clone());
     }
     manifest.format = Some(VM_FORMAT.to_owned());
     manifest.kind = VmKind::Full;

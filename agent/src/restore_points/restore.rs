@@ -138,7 +138,7 @@ fn restore_vm(
     target: &Target,
     cancel: &Cancel,
 ) -> Result<Restored, AgentError> {
-    let _lock = vm::lock_settled(location)?;
+    let (_lock, merging) = vm::lock_settled(location)?;
     let folder = location.folder();
     let manifest = match Manifest::read(&folder) {
         Ok(Manifest::Vm(settled)) => settled,
@@ -146,7 +146,7 @@ fn restore_vm(
     };
     let names = disk_names(&manifest);
     if manifest.kind == VmKind::Incremental {
-        let bytes = vm::restore_chain(location, &names, target, cancel)?;
+        let bytes = vm::restore_chain(location, &names, target, merging.as_ref(), cancel)?;
         target.sync().map_err(|e| io_error("cannot sync", target.path(), &e))?;
         let files = manifest.disks.len() as u64;
         return Ok(Restored { files, bytes, ..Restored::default() });

@@ -65,13 +65,14 @@ fn verify_vm(
     cancel: &Cancel,
     report: &mut Report,
 ) -> Result<(), AgentError> {
-    // Settled and locked, the chain reads as it was committed or as a merge left it whole.
-    let _lock = vm::lock_settled(location)?;
+    // Settled and locked, the chain reads as it was committed or as a merge left it whole;
+    // a merge that cannot be finished now is read as it left the files.
+    let (_lock, merging) = vm::lock_settled(location)?;
     let manifest = match Manifest::read(&location.folder()) {
         Ok(Manifest::Vm(settled)) => settled,
         _ => manifest.clone(),
     };
-    vm::verify_chain(location, &manifest, cancel, report)
+    vm::verify_chain(location, &manifest, merging.as_ref(), cancel, report)
 }
 
 fn verify_computer(

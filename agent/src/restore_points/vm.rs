@@ -16,21 +16,42 @@ use super::verify::Report;
 use crate::error::AgentError;
 use crate::qemu_img;
 use crate::repository::chain::{self, ChainLock, VmPoint};
-use crate::repository::checksum::Algorithm;
 use crate::repository::merge::{self, Intent};
 use crate::repository::{Manifest, VmKind, VmManifest, plain_file_name};
 
-/// A shared lock on the restore point's item folder, with any interrupted merge finished.
-pub(super) fn lock_settled(location: &Location) -> Result<ChainLock, AgentError> {
-    ChainLock::settled(&location.item_dir()).map_err(AgentError::FailedPrecondition)
+mod expect;
+
+use expect::{Content, Links};
+
+/// A shared lock on the restore point's item folder, with any interrupted merge finished,
+/// or the merge that cannot be finished now (the chain is then read as it is). The base
+/// of that merge is refused: its data is becoming its child's.
+pub(super) fn lock_settled(location: &Location) -> Result<(ChainLock, Option<Intent>), AgentError> {
+    let (lock, unfinished) =
+        ChainLock::settled(&location.item_dir()).map_err(AgentError::FailedPrecondition)?;
+    if let Some(intent) = &unfinished {
+        if intent.base == location.id {
+            return Err(AgentError::FailedPrecondition(format!(
+                "restore point {} is being merged into restore point {} (retention could not \
+                 finish the merge yet; see the agent's log): restore or verify {} or a later \
+                 restore point, which read the same data",
+                intent.base, intent.child, intent.child
+            )));
+        }
+        tracing::warn!(restore_point = %location.id, base = intent.base, child = intent.child,
+            "reading the chain as it is: a retention merge of the item is unfinished");
+    }
+    Ok((lock, unfinished))
 }
 
 /// Checks every link of the chain of `top`: each disk file's size and checksum, its
 /// structure on its own (`qemu-img check` without its backing file) and that it reads
-/// through to the right file of its parent. Problems of a parent name the link.
+/// through to the right file of its parent; an unfinished merge's files as it left them.
+/// Problems of a parent name the link.
 pub(super) fn verify_chain(
     location: &Location,
     top: &VmManifest,
+    merging: Option<&Intent>,
     cancel: &Cancel,
     report: &mut Report,
 ) -> Result<(), AgentError> {
@@ -42,18 +63,13 @@ pub(super) fn verify_chain(
             Some(parent) => Some(read_parent(&item_dir, parent, &link.id)),
             None => None,
         };
-        let parent_files = match &parent {
-            Some(Ok(point)) => point.manifest.disks.iter().map(|d| Some(d.file.clone())).collect(),
-            _ => Vec::new(),
+        let links = Links {
+            item_dir: &item_dir,
+            link: &link,
+            parent: parent.as_ref().and_then(|p| p.as_ref().ok()),
+            merging,
         };
-        verify_link(
-            &item_dir.join(&link.id),
-            &link.manifest,
-            &role,
-            &parent_files,
-            cancel,
-            report,
-        )?;
+        verify_link(&links, &role, cancel, report)?;
         match parent {
             None => return Ok(()),
             Some(Err(problem)) => {
@@ -81,67 +97,49 @@ fn read_parent(item_dir: &Path, parent: &str, child: &str) -> Result<VmPoint, St
     }
 }
 
-/// Checks one link's disk files; `parent_files[i]` is the parent's file disk `i` must read
-/// through to (none for a full restore point).
+/// Checks one link's disk files (see [`Links::expected`]).
 fn verify_link(
-    folder: &Path,
-    manifest: &VmManifest,
+    links: &Links<'_>,
     role: &str,
-    parent_files: &[Option<String>],
     cancel: &Cancel,
     report: &mut Report,
 ) -> Result<(), AgentError> {
-    for (index, disk) in manifest.disks.iter().enumerate() {
+    let folder = links.item_dir.join(&links.link.id);
+    for (index, disk) in links.link.manifest.disks.iter().enumerate() {
         let name = format!("{role}{} (disk {})", disk.file, disk.source);
-        if !plain_file_name(&disk.file) {
-            report.problems.push(format!("{name}: not a plain file name"));
-            continue;
-        }
-        let path = folder.join(&disk.file);
-        let (algorithm, expected) = match disk.checksum() {
-            Ok(checksum) => checksum,
+        let expected = match links.expected(index) {
+            Ok(Some(expected)) => expected,
+            Ok(None) => continue,
             Err(problem) => {
                 report.problems.push(format!("{name}: {problem}"));
                 continue;
             }
         };
-        let found = match hash_file(&path, algorithm, cancel) {
-            Ok(found) => found,
-            Err(ReadError::Canceled) => return Err(canceled("verify")),
-            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                report.problems.push(format!("{name}: missing"));
+        let path = folder.join(&disk.file);
+        if let Some(content) = &expected.content {
+            let found = match hash_file(&path, content.algorithm, cancel) {
+                Ok(found) => found,
+                Err(ReadError::Canceled) => return Err(canceled("verify")),
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    report.problems.push(format!("{name}: missing"));
+                    continue;
+                }
+                Err(ReadError::Io(e)) => {
+                    report.problems.push(format!("{name}: cannot be read: {e}"));
+                    continue;
+                }
+            };
+            report.bytes_checked += found.size;
+            if let Some(problem) = mismatch(&found, content) {
+                report.problems.push(format!("{name}: {problem}"));
                 continue;
             }
-            Err(ReadError::Io(e)) => {
-                report.problems.push(format!("{name}: cannot be read: {e}"));
-                continue;
-            }
-        };
-        report.bytes_checked += found.size;
-        if let Some(problem) = mismatch(&found, disk.size_bytes, (algorithm, expected)) {
-            report.problems.push(format!("{name}: {problem}"));
-            continue;
         }
-        let expected =
-            expected_backing(manifest, index, parent_files.get(index).cloned().flatten());
-        if let Err(problem) = check_structure(&path, expected.as_deref()) {
+        if let Err(problem) = check_structure(&path, expected.backing.as_deref()) {
             report.problems.push(format!("{name}: {problem}"));
         }
     }
     Ok(())
-}
-
-/// The backing file disk `index` of `manifest` must name: its parent's file of that disk
-/// (`parent_file`, else its own name) in the parent's folder; none for a full restore point.
-fn expected_backing(
-    manifest: &VmManifest,
-    index: usize,
-    parent_file: Option<String>,
-) -> Option<String> {
-    manifest.parent.as_ref().map(|parent| {
-        let file = parent_file.unwrap_or_else(|| manifest.disks[index].file.clone());
-        format!("../{parent}/{file}")
-    })
 }
 
 /// Restore's share of verify's structure check, for a full restore point (the only link of
@@ -152,37 +150,35 @@ pub(super) fn check_standalone(
     manifest: &VmManifest,
 ) -> Result<(), AgentError> {
     let link = VmPoint { id: location.id.clone(), manifest: manifest.clone() };
-    check_link_structure(&location.item_dir(), &link, None)
-}
-
-/// Each disk of `link` reads through to its `parent`'s file as the manifests say (none
-/// without a parent); DATA_LOSS naming the link and the disk otherwise.
-fn check_link_structure(
-    item_dir: &Path,
-    link: &VmPoint,
-    parent: Option<&VmPoint>,
-) -> Result<(), AgentError> {
-    let folder = item_dir.join(&link.id);
+    let item_dir = location.item_dir();
+    let links = Links { item_dir: &item_dir, link: &link, parent: None, merging: None };
     for (index, disk) in link.manifest.disks.iter().enumerate() {
         let what = format!("restore point {}: {} (disk {})", link.id, disk.file, disk.source);
-        if !plain_file_name(&disk.file) {
-            return Err(AgentError::Corrupt(format!("{what}: not a plain file name")));
-        }
-        let parent_file = parent.and_then(|p| p.manifest.disks.get(index)).map(|d| d.file.clone());
-        let expected = expected_backing(&link.manifest, index, parent_file);
-        check_structure(&folder.join(&disk.file), expected.as_deref())
-            .map_err(|problem| AgentError::Corrupt(format!("{what}: {problem}")))?;
+        let Some(expected) = links.expected(index).map_err(|p| corrupt(&what, &p))? else {
+            continue;
+        };
+        check_structure(&item_dir.join(&link.id).join(&disk.file), expected.backing.as_deref())
+            .map_err(|problem| corrupt(&what, &problem))?;
     }
     Ok(())
 }
 
-fn mismatch(found: &Digested, size: u64, expected: (Algorithm, &str)) -> Option<String> {
+fn corrupt(what: &str, problem: &str) -> AgentError {
+    AgentError::Corrupt(format!("{what}: {problem}"))
+}
+
+fn mismatch(found: &Digested, expected: &Content) -> Option<String> {
+    let size = expected.size;
     if found.size != size {
-        return Some(format!("{} bytes, the manifest records {size}", found.size));
+        return Some(format!("{} bytes, the {} records {size}", found.size, expected.recorded_by));
     }
-    let (algorithm, expected) = (expected.0.name(), expected.1);
-    (found.checksum != expected)
-        .then(|| format!("{algorithm} is {}, the manifest records {expected}", found.checksum))
+    let (algorithm, checksum) = (expected.algorithm.name(), &expected.checksum);
+    (found.checksum != *checksum).then(|| {
+        format!(
+            "{algorithm} is {}, the {} records {checksum}",
+            found.checksum, expected.recorded_by
+        )
+    })
 }
 
 /// The file alone is a sound qcow2 image reading through to `backing`.
@@ -201,23 +197,24 @@ fn check_structure(path: &Path, backing: Option<&str>) -> Result<(), String> {
 }
 
 /// The disks of an incremental restore point, each flattened through its chain into
-/// `<target>/<name>`, after every link's files were checked against their manifests and
-/// its disks found to read through to its parent's as they name it.
-/// Returns the bytes written.
+/// `<target>/<name>`, after every link's files were checked against their manifests (or an
+/// unfinished merge's record) and its disks found to read through to its parent's as they
+/// name it. Returns the bytes written.
 pub(super) fn restore_chain(
     location: &Location,
     names: &[String],
     target: &Target,
+    merging: Option<&Intent>,
     cancel: &Cancel,
 ) -> Result<u64, AgentError> {
     let item_dir = location.item_dir();
-    let links = chain::links(&item_dir, &location.id).map_err(AgentError::Corrupt)?;
-    for (at, link) in links.iter().enumerate() {
-        check_files(&item_dir.join(&link.id), link, cancel)?;
-        check_link_structure(&item_dir, link, links.get(at + 1))?;
+    let chain = chain::links(&item_dir, &location.id).map_err(AgentError::Corrupt)?;
+    for (at, link) in chain.iter().enumerate() {
+        let links = Links { item_dir: &item_dir, link, parent: chain.get(at + 1), merging };
+        check_link(&links, cancel)?;
     }
     let mut bytes = 0;
-    for (disk, name) in links[0].manifest.disks.iter().zip(names) {
+    for (disk, name) in chain[0].manifest.disks.iter().zip(names) {
         // Created here (never through a link), then written by qemu-img through this very
         // file: nothing planted at its name or above it can redirect the write.
         let path = target.path().join(name);
@@ -240,20 +237,46 @@ pub(super) fn restore_chain(
     Ok(bytes)
 }
 
+/// Restore's check of one link: each disk file matches what is expected of it (DATA_LOSS
+/// naming the link and the disk otherwise).
+fn check_link(links: &Links<'_>, cancel: &Cancel) -> Result<(), AgentError> {
+    let folder = links.item_dir.join(&links.link.id);
+    for (index, disk) in links.link.manifest.disks.iter().enumerate() {
+        let what = format!("restore point {}: {} (disk {})", links.link.id, disk.file, disk.source);
+        let Some(expected) = links.expected(index).map_err(|p| corrupt(&what, &p))? else {
+            continue;
+        };
+        let path = folder.join(&disk.file);
+        if let Some(content) = &expected.content {
+            let found = match hash_file(&path, content.algorithm, cancel) {
+                Ok(found) => found,
+                Err(ReadError::Canceled) => return Err(canceled("restore")),
+                Err(ReadError::Io(e)) => return Err(corrupt(&what, &e.to_string())),
+            };
+            if let Some(problem) = mismatch(&found, content) {
+                return Err(corrupt(&what, &problem));
+            }
+        }
+        check_structure(&path, expected.backing.as_deref())
+            .map_err(|problem| corrupt(&what, &problem))?;
+    }
+    Ok(())
+}
+
 fn check_files(folder: &Path, link: &VmPoint, cancel: &Cancel) -> Result<(), AgentError> {
     for disk in &link.manifest.disks {
         let what = format!("restore point {}: {} (disk {})", link.id, disk.file, disk.source);
         if !plain_file_name(&disk.file) {
-            return Err(AgentError::Corrupt(format!("{what}: not a plain file name")));
+            return Err(corrupt(&what, "not a plain file name"));
         }
-        let checksum = disk.checksum().map_err(|p| AgentError::Corrupt(format!("{what}: {p}")))?;
-        let found = match hash_file(&folder.join(&disk.file), checksum.0, cancel) {
+        let content = Content::of(disk).map_err(|p| corrupt(&what, &p))?;
+        let found = match hash_file(&folder.join(&disk.file), content.algorithm, cancel) {
             Ok(found) => found,
             Err(ReadError::Canceled) => return Err(canceled("restore")),
-            Err(ReadError::Io(e)) => return Err(AgentError::Corrupt(format!("{what}: {e}"))),
+            Err(ReadError::Io(e)) => return Err(corrupt(&what, &e.to_string())),
         };
-        if let Some(problem) = mismatch(&found, disk.size_bytes, checksum) {
-            return Err(AgentError::Corrupt(format!("{what}: {problem}")));
+        if let Some(problem) = mismatch(&found, &content) {
+            return Err(corrupt(&what, &problem));
         }
     }
     Ok(())
@@ -305,7 +328,7 @@ pub(crate) fn merge(
         return Ok(wire(base, &child_point));
     }
     check_mergeable(base, &child_point, cancel)?;
-    let intent = Intent { base: base.id.clone(), child: child.to_owned() };
+    let intent = Intent::new(&base.id, child);
     let merged = merge::merge(&item_dir, &intent).map_err(AgentError::Internal)?;
     Ok(wire(base, &VmPoint { id: child.to_owned(), manifest: merged }))
 }

@@ -7,6 +7,7 @@ mod chains;
 mod changes;
 mod computer;
 mod executor;
+mod merge_unfinished;
 mod recovery;
 mod refusals;
 mod restore;
