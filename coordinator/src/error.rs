@@ -227,6 +227,21 @@ pub enum Error {
         /// Restore point id.
         id: String,
     },
+    /// Retention is merging the restore point into its child (its data is becoming the
+    /// child's); the merge may have failed and waits for a later retention.
+    #[error(
+        "restore point {id:?} is being merged into restore point {child:?} by retention{}; \
+         restore or verify {child:?} or a later restore point",
+        merge_problem(problem)
+    )]
+    RestorePointMerging {
+        /// Restore point id.
+        id: String,
+        /// The child it goes into.
+        child: String,
+        /// Why an attempt failed, if one did.
+        problem: String,
+    },
     /// A restore point to delete by hand has catalogued children (incrementals built on it).
     #[error(
         "restore point {id:?} cannot be deleted: {} build(s) on it ({}); delete the newest first",
@@ -407,7 +422,8 @@ impl Error {
             | RestorePointHasChildren { .. }
             | RestorePointInUse { .. }
             | RestorePointJobRunning { .. }
-            | RepositoryUnknown { .. } => Code::FailedPrecondition,
+            | RepositoryUnknown { .. }
+            | RestorePointMerging { .. } => Code::FailedPrecondition,
             JobChanged { .. }
             | TokenRaced
             | StopRaced { .. }
@@ -447,42 +463,6 @@ impl From<Error> for Status {
     }
 }
 
-/// Longest status message sent: messages quote the values they refuse, and a message of a
-/// megabyte would not fit the headers a client accepts (it would see a transport error
-/// instead of the status).
-const MAX_MESSAGE_BYTES: usize = 1024;
-
-/// `message` cut to at most [`MAX_MESSAGE_BYTES`] on a character boundary, saying how long
-/// it was.
-pub(crate) fn bounded(message: String) -> String {
-    if message.len() <= MAX_MESSAGE_BYTES {
-        return message;
-    }
-    let note = format!("... (message cut: {} bytes in all)", message.len());
-    let mut end = MAX_MESSAGE_BYTES - note.len();
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{note}", &message[..end])
-}
-
-/// Why a retry left a stop's cancelled items out, when it did.
-fn canceled_note(canceled: usize) -> String {
-    match canceled {
-        0 => String::new(),
-        1 => {
-            "; its 1 item cancelled by the stop is not retried (start the job to back it up)".into()
-        }
-        n => format!(
-            "; its {n} items cancelled by the stop are not retried (start the job to back them up)"
-        ),
-    }
-}
-
-fn in_job(job: &str) -> String {
-    if job.is_empty() { String::new() } else { format!(" in job {job:?}") }
-}
-
 /// Agent answers keep their meaning, except transport trouble which is the agent's absence,
 /// and a message over a size limit, RESOURCE_EXHAUSTED like every limit here.
 fn agent_code(code: Code) -> Code {
@@ -494,5 +474,11 @@ fn agent_code(code: Code) -> Code {
 }
 
 mod codes;
+mod text;
+
+#[cfg(test)]
+use text::MAX_MESSAGE_BYTES;
+pub(crate) use text::bounded;
+use text::{canceled_note, in_job, merge_problem};
 #[cfg(test)]
 mod tests;

@@ -13,14 +13,15 @@
 //!
 //! The deletion mark is durable: a restore point whose deletion began is left out of
 //! ListRestorePoints and refused by verify and restore (its folders may be partly gone) until
-//! retention finishes deleting it.
+//! retention finishes deleting it. A merge's base stays listed while its child names it,
+//! shown as being merged (with why an attempt failed), and is refused as being merged.
 
 pub(crate) mod choose;
 mod damage;
 pub(crate) mod parent;
 mod retention;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use prost::Message;
@@ -175,8 +176,17 @@ impl RestorePoints {
             .catalog_entry(job, id)
             .await?
             .ok_or_else(|| Error::RestorePointNotFound { id: id.into(), job: job.into() })?;
-        if self.deleting(&restore_point.job).await?.contains(id) {
-            return Err(Error::RestorePointDeleted { id: id.into() });
+        let deleting = self.store.keys().restore_point_deleting(&restore_point.job, id);
+        if let Some(mark) = self.store.get::<pb::RestorePointDeletion>(&deleting).await? {
+            return Err(if mark.value.merging_into.is_empty() {
+                Error::RestorePointDeleted { id: id.into() }
+            } else {
+                Error::RestorePointMerging {
+                    id: id.into(),
+                    child: mark.value.merging_into,
+                    problem: mark.value.problem,
+                }
+            });
         }
         locate(&self.store, restore_point).await.map_err(|error| {
             warn!(%key, %error, "restore point cannot be located");
@@ -185,15 +195,33 @@ impl RestorePoints {
     }
 
     /// `listed` (restore points of `job`) without those whose deletion began, but for one
-    /// that a listed point still names as its parent (a merge into it is under way): no
-    /// listed chain has a missing link.
+    /// that a listed point still names as its parent (a merge into it is under way, shown
+    /// with the child it goes into and why it has not finished): no listed chain has a
+    /// missing link.
     pub(crate) async fn without_deleting(
         &self,
         job: &str,
         listed: Vec<pb::RestorePoint>,
     ) -> Result<Vec<pb::RestorePoint>> {
-        let deleting = self.deleting(job).await?;
-        Ok(kept_in_list(listed, &deleting))
+        let marks = self.deletion_marks(job).await?;
+        Ok(kept_in_list(listed, &marks))
+    }
+
+    /// The deletion marks of the job's restore points by id (a merge's names its child).
+    async fn deletion_marks(
+        &self,
+        job: &str,
+    ) -> Result<BTreeMap<String, pb::RestorePointDeletion>> {
+        let prefix = self.store.keys().restore_points_deleting(job);
+        let listed = self.store.list_raw(&prefix).await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let id = key.strip_prefix(prefix.as_str())?.to_owned();
+                // An unreadable mark still marks a deletion.
+                Some((id, pb::RestorePointDeletion::decode(value.as_slice()).unwrap_or_default()))
+            })
+            .collect())
     }
 
     async fn catalog_entry(
@@ -364,16 +392,17 @@ impl Drop for InUse {
     }
 }
 
-/// What a list shows of `listed` while `deleting` are being deleted: every point not being
-/// deleted, and every point on the parent links from those.
+/// What a list shows of `listed` while those with a mark in `marks` are being deleted: every
+/// point not being deleted, and every point on the parent links from those, a merge's base
+/// marked as such.
 fn kept_in_list(
     listed: Vec<pb::RestorePoint>,
-    deleting: &BTreeSet<String>,
+    marks: &BTreeMap<String, pb::RestorePointDeletion>,
 ) -> Vec<pb::RestorePoint> {
     let by_id: HashMap<&str, &pb::RestorePoint> =
         listed.iter().map(|rp| (rp.id.as_str(), rp)).collect();
     let mut shown: BTreeSet<&str> =
-        by_id.keys().copied().filter(|id| !deleting.contains(*id)).collect();
+        by_id.keys().copied().filter(|id| !marks.contains_key(*id)).collect();
     let mut walk: Vec<&str> = shown.iter().copied().collect();
     while let Some(id) = walk.pop() {
         let parent = by_id.get(id).map_or("", |rp| rp.parent_id.as_str());
@@ -382,7 +411,17 @@ fn kept_in_list(
         }
     }
     let shown: BTreeSet<String> = shown.into_iter().map(str::to_owned).collect();
-    listed.into_iter().filter(|rp| shown.contains(&rp.id)).collect()
+    listed
+        .into_iter()
+        .filter(|rp| shown.contains(&rp.id))
+        .map(|mut rp| {
+            if let Some(mark) = marks.get(&rp.id) {
+                rp.merging_into.clone_from(&mark.merging_into);
+                rp.merge_problem.clone_from(&mark.problem);
+            }
+            rp
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -393,12 +432,32 @@ mod tests {
         pb::RestorePoint { id: id.into(), parent_id: parent.into(), ..Default::default() }
     }
 
+    fn mark(merging_into: &str, problem: &str) -> pb::RestorePointDeletion {
+        pb::RestorePointDeletion {
+            merging_into: merging_into.into(),
+            problem: problem.into(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_point_being_deleted_stays_listed_while_a_listed_chain_builds_on_it() {
         let listed = vec![point("a", ""), point("b", "a"), point("c", "b"), point("x", "")];
-        let deleting: BTreeSet<String> = ["a", "b", "x"].map(String::from).into();
-        let ids: Vec<String> =
-            kept_in_list(listed, &deleting).into_iter().map(|rp| rp.id).collect();
+        let marks: BTreeMap<String, pb::RestorePointDeletion> =
+            ["a", "b", "x"].map(|id| (id.to_owned(), mark("", ""))).into();
+        let ids: Vec<String> = kept_in_list(listed, &marks).into_iter().map(|rp| rp.id).collect();
         assert_eq!(ids, ["a", "b", "c"], "x is gone; c's chain is whole");
+    }
+
+    #[test]
+    fn a_merge_s_base_is_listed_as_being_merged_with_why_it_has_not_finished() {
+        let listed = vec![point("a", ""), point("b", "a")];
+        let marks = BTreeMap::from([("a".to_owned(), mark("b", "No space left on device"))]);
+        let shown = kept_in_list(listed, &marks);
+        let view: Vec<(&str, &str, &str)> = shown
+            .iter()
+            .map(|rp| (rp.id.as_str(), rp.merging_into.as_str(), rp.merge_problem.as_str()))
+            .collect();
+        assert_eq!(view, [("a", "b", "No space left on device"), ("b", "", "")]);
     }
 }

@@ -14,6 +14,18 @@ fn codes_and_messages_fit_the_error() {
     let missing = Status::from(Error::RestorePointNotFound { id: "r".into(), job: "j".into() });
     assert_eq!(missing.code(), Code::NotFound);
     assert_eq!(missing.message(), "restore point \"r\" does not exist in job \"j\"");
+    let merging = Status::from(Error::RestorePointMerging {
+        id: "r1".into(),
+        child: "r2".into(),
+        problem: "agent a: No space left on device".into(),
+    });
+    assert_eq!(merging.code(), Code::FailedPrecondition);
+    assert_eq!(
+        merging.message(),
+        "restore point \"r1\" is being merged into restore point \"r2\" by retention (its last \
+         attempt failed: agent a: No space left on device); restore or verify \"r2\" or a later \
+         restore point"
+    );
     let field = Status::from(Error::invalid("target_dir", "must name a directory"));
     assert_eq!(field.code(), Code::InvalidArgument);
     assert_eq!(field.message(), "target_dir: must name a directory");

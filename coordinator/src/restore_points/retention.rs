@@ -199,7 +199,7 @@ impl RestorePoints {
         }
         let mut marked = Vec::new();
         for batch in located.chunks(BATCH) {
-            match self.mark_deleting(batch, false).await {
+            match self.mark_deleting(batch, false, "").await {
                 Ok(flags) => {
                     for (located, ok) in batch.iter().zip(flags) {
                         if ok {
@@ -220,14 +220,21 @@ impl RestorePoints {
     /// Marks a batch in one txn of one nested txn each; which marks were put (a restore
     /// point in use, or already gone, is not marked; with `first`, neither is one marked
     /// already, whose deletion runs). The marks outlive this coordinator: only a finished
-    /// deletion removes them.
-    async fn mark_deleting(&self, batch: &[Located], first: bool) -> Result<Vec<bool>> {
+    /// deletion removes them. A merge's mark names the child (`merging_into`).
+    async fn mark_deleting(
+        &self,
+        batch: &[Located],
+        first: bool,
+        merging_into: &str,
+    ) -> Result<Vec<bool>> {
         // A fenced coordinator begins no deletion.
         membership::current(&self.lease)?;
         let keys = self.store.keys();
         let record = pb::RestorePointDeletion {
             coordinator: self.coordinator.clone(),
             started_at: Some(time::now()),
+            merging_into: merging_into.to_owned(),
+            problem: String::new(),
         };
         let marks = batch.iter().map(|located| {
             let rp = &located.restore_point;
@@ -268,7 +275,7 @@ impl RestorePoints {
         deleted
     }
 
-    /// The ids of the job's restore points whose deletion began.
+    /// The ids of the job's restore points whose deletion (or merge) began.
     pub(super) async fn deleting(&self, job: &str) -> Result<BTreeSet<String>> {
         let prefix = self.store.keys().restore_points_deleting(job);
         let options = GetOptions::new().with_prefix().with_keys_only();

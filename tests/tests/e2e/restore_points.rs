@@ -388,7 +388,11 @@ async fn a_deletion_cut_short_is_hidden_refused_and_finished_by_the_next_retenti
     let folder = restore_point_dir(&repository, "cut", "pc1", &first);
     fs::remove_dir_all(&folder).unwrap_or_else(|e| panic!("remove {}: {e}", folder.display()));
     let mark = format!("{}/restore-points-deleting/cut/{first}", cluster.prefix());
-    let record = pb::RestorePointDeletion { coordinator: "c-gone".into(), started_at: None };
+    let record = pb::RestorePointDeletion {
+        coordinator: "c-gone".into(),
+        started_at: None,
+        ..Default::default()
+    };
     let mut etcd = cluster.etcd_client().await;
     etcd.put(mark.as_str(), prost::Message::encode_to_vec(&record), None).await.expect("mark");
 

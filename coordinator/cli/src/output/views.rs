@@ -266,7 +266,9 @@ pub fn coordinator_list(coordinators: &[pb::Coordinator], now: SystemTime) -> St
 const DAMAGE_SHOWN_CHARS: usize = 60;
 
 /// `restore-point list`: ID ITEM KIND PARENT SESSION CREATED SIZE PATH DAMAGE (known damage,
-/// its start only: `--output json` has it whole, with when it was found).
+/// its start only: `--output json` has it whole, with when it was found). A full restore
+/// point retention is merging into its child shows as `merging into CHILD`, and a failed
+/// attempt's problem where damage would be (it is not restorable until the merge ends).
 pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> String {
     if points.is_empty() {
         return "no restore points".to_string();
@@ -278,16 +280,24 @@ pub fn restore_point_list(points: &[pb::RestorePoint], now: SystemTime) -> Strin
         table.row(vec![
             p.id.clone(),
             p.item.clone(),
-            text::restore_point_kind(p.kind),
+            if p.merging_into.is_empty() {
+                text::restore_point_kind(p.kind)
+            } else {
+                format!("merging into {}", p.merging_into)
+            },
             or_dash(&p.parent_id),
             p.session_id.clone(),
             when(p.created_at.as_ref(), now),
             text::bytes(p.size_bytes),
             or_dash(&p.path),
-            p.damage.as_ref().map_or_else(
-                || "-".to_string(),
-                |d| text::cut(&text::one_line(&d.problem), DAMAGE_SHOWN_CHARS),
-            ),
+            match (&p.damage, p.merge_problem.as_str()) {
+                (Some(d), _) => text::cut(&text::one_line(&d.problem), DAMAGE_SHOWN_CHARS),
+                (None, "") => "-".to_string(),
+                (None, problem) => text::cut(
+                    &text::one_line(&format!("merge failed: {problem}")),
+                    DAMAGE_SHOWN_CHARS,
+                ),
+            },
         ]);
     }
     table.render()

@@ -64,7 +64,8 @@ mod tests {
             seconds: ms / 1000,
             nanos: i32::try_from(ms % 1000 * 1_000_000).unwrap_or(0),
         });
-        let record = pb::RestorePointDeletion { coordinator: "c1".into(), started_at };
+        let record =
+            pb::RestorePointDeletion { coordinator: "c1".into(), started_at, ..Default::default() };
         (format!("/p/restore-points-deleting/{job}/{rp}"), record.encode_to_vec())
     }
 

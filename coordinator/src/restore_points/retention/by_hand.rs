@@ -63,7 +63,7 @@ impl RestorePoints {
     /// there is not taken over, and a refusal removes only this mark); the mark's revision.
     async fn mark_by_hand(&self, located: &Located) -> Result<i64> {
         let rp = &located.restore_point;
-        let marked = self.mark_deleting(std::slice::from_ref(located), true).await?;
+        let marked = self.mark_deleting(std::slice::from_ref(located), true, "").await?;
         let keys = self.store.keys();
         if !marked.first().copied().unwrap_or(false) {
             let uses = keys.restore_point_uses(&rp.job, &rp.id);

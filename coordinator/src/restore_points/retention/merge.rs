@@ -1,8 +1,11 @@
 //! Retention's merges: a full restore point that falls out is folded into its child by an
 //! agent that reaches the repository (`AgentService.MergeRestorePoint`), under the same
-//! durable deletion mark as a deletion (kept until the catalog follows the merge). The agent's merge is crash-safe and resumable on its own
-//! (an interrupted one is finished before the chain is read again, and the next retention
-//! asks again); here the catalog follows it in one txn.
+//! durable deletion mark as a deletion, naming the child (kept until the catalog follows
+//! the merge). The agent's merge is crash-safe and resumable on its own (an interrupted one
+//! is finished before the chain is read again, and the next retention asks again); here the
+//! catalog follows it in one txn. A merge that failed after it may have changed the base
+//! (a full repository, a lost agent) keeps the mark with the failure in it: the list shows
+//! the base as being merged, and why.
 
 use std::collections::BTreeSet;
 
@@ -34,8 +37,15 @@ impl RestorePoints {
             let (id, item) = (base.id.clone(), base.item.clone());
             match self.merge_one(&mut locator, base, child).await {
                 Ok(()) => merged += 1,
-                Err(reason) => {
-                    warn!(restore_point = %id, item, reason, "retention: not merged; kept for now");
+                Err(MergeFailed { reason, untouched: true }) => {
+                    warn!(restore_point = %id, item, reason, "retention: not merged; kept as it was");
+                    stalled.insert(item);
+                }
+                Err(MergeFailed { reason, untouched: false }) => {
+                    warn!(restore_point = %id, item, reason,
+                          "retention: merge not finished; the restore point stays marked as being \
+                           merged (not restorable; its child and later ones are) until a later \
+                           retention finishes it");
                     stalled.insert(item);
                 }
             }
@@ -48,11 +58,12 @@ impl RestorePoints {
         locator: &mut Locator,
         base: pb::RestorePoint,
         child: pb::RestorePoint,
-    ) -> Result<(), String> {
-        let located = locator.locate(base).await.map_err(|e| e.to_string())?;
-        let marked = self.mark_deleting(std::slice::from_ref(&located), false).await;
-        if !marked.map_err(|e| e.to_string())?.first().copied().unwrap_or(false) {
-            return Err("in use by a verify or restore".to_owned());
+    ) -> Result<(), MergeFailed> {
+        let untouched = |error: String| MergeFailed { reason: error, untouched: true };
+        let located = locator.locate(base).await.map_err(|e| untouched(e.to_string()))?;
+        let marked = self.mark_deleting(std::slice::from_ref(&located), false, &child.id).await;
+        if !marked.map_err(|e| untouched(e.to_string()))?.first().copied().unwrap_or(false) {
+            return Err(untouched("in use by a verify or restore".to_owned()));
         }
         // A failed merge keeps the mark: the next retention finishes it (the agent's merge
         // resumes, and is a no-op once done). One the agent refused for damaged data left
@@ -60,15 +71,43 @@ impl RestorePoints {
         // it was listed but neither restorable nor verifiable, "deleted" by nobody).
         let merged = match self.ask_merge(&located, &child).await {
             Ok(merged) => merged,
-            Err(MergeFailed { reason, untouched }) => {
-                if untouched {
+            Err(failed) => {
+                if failed.untouched {
                     self.unmark_merge(&located.restore_point).await;
+                } else {
+                    self.note_merge_problem(&located.restore_point, &failed.reason).await;
                 }
-                return Err(reason);
+                return Err(failed);
             }
         };
         info!(base = %located.restore_point.id, child = %child.id, "retention merged a full restore point into its child");
-        self.record_merge(&located, child, merged).await
+        // Not recorded, the merge is done on disk: the next retention asks again (a no-op
+        // on the agent) and records it.
+        self.record_merge(&located, child, merged)
+            .await
+            .map_err(|reason| MergeFailed { reason, untouched: false })
+    }
+
+    /// Writes why the merge failed into the base's mark (if it is still there), for the list
+    /// to show.
+    async fn note_merge_problem(&self, base: &pb::RestorePoint, problem: &str) {
+        let deleting = self.store.keys().restore_point_deleting(&base.job, &base.id);
+        let mark = match self.store.get::<pb::RestorePointDeletion>(&deleting).await {
+            Ok(Some(mark)) => mark,
+            Ok(None) => return,
+            Err(error) => {
+                warn!(restore_point = %base.id, %error, "a failed merge's mark was not read");
+                return;
+            }
+        };
+        let mut record = mark.value;
+        record.problem = problem.chars().take(MERGE_PROBLEM_CHARS).collect();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(deleting.as_str(), CompareOp::Equal, mark.mod_revision)])
+            .and_then([TxnOp::put(deleting.as_str(), record.encode_to_vec(), None)]);
+        if let Err(error) = self.store.txn(txn).await {
+            warn!(restore_point = %base.id, %error, "a failed merge's problem was not recorded");
+        }
     }
 
     /// Has an agent merge `located` into `child`; the child as the agent left it. Data that
@@ -164,8 +203,11 @@ impl RestorePoints {
     }
 }
 
+/// Characters of a failed merge's problem kept in its mark.
+const MERGE_PROBLEM_CHARS: usize = 1024;
+
 /// Why a merge did not happen, and whether the agent left both restore points as they were.
-struct MergeFailed {
+pub(super) struct MergeFailed {
     reason: String,
     untouched: bool,
 }

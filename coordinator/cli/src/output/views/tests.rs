@@ -164,6 +164,25 @@ fn a_restore_point_list_shows_known_damage_on_one_short_line() {
     assert_eq!(text.lines().count(), 2, "{text}");
 }
 
+#[test]
+fn a_restore_point_list_shows_a_base_being_merged_and_why_its_merge_failed() {
+    let point = pb::RestorePoint {
+        id: "rp-0003".into(),
+        item: "vm-01".into(),
+        kind: pb::RestorePointKind::Full.into(),
+        path: "/r/rp-0003".into(),
+        merging_into: "rp-0004".into(),
+        merge_problem: "agent pa: cannot merge: No space left on device".into(),
+        ..Default::default()
+    };
+    let text = restore_point_list(&[point], fixtures::now());
+    assert!(text.contains("rp-0003  vm-01  merging into rp-0004"), "{text}");
+    assert!(
+        text.contains("/r/rp-0003  merge failed: agent pa: cannot merge: No space left on de"),
+        "{text}"
+    );
+}
+
 /// A large job's confirmation lists its first items and says how many more there are; `job
 /// show` lists them all.
 #[test]
