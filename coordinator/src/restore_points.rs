@@ -181,6 +181,7 @@ impl RestorePoints {
             return Err(if mark.value.merging_into.is_empty() {
                 Error::RestorePointDeleted { id: id.into() }
             } else {
+                self.settle_merge_soon(&restore_point.job, id);
                 Error::RestorePointMerging {
                     id: id.into(),
                     child: mark.value.merging_into,

@@ -27,6 +27,7 @@ mod e2e {
     mod http_security;
     mod jobs;
     mod live_vms;
+    mod merges;
     mod outages;
     mod ownership;
     mod reflection;

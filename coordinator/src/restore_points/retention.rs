@@ -34,10 +34,13 @@ mod abandoned;
 mod by_hand;
 mod merge;
 mod plan;
+mod turn;
+mod warning;
+
+pub(crate) use turn::Running;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map::Entry},
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, BTreeSet, HashSet},
     time::Duration,
 };
 
@@ -71,63 +74,6 @@ struct JobRetention {
     keep_restore_points: u32,
 }
 
-/// The jobs whose retention runs on this coordinator now, each with whether another of its
-/// sessions finished meanwhile (so it goes round again).
-#[derive(Clone, Default)]
-pub(crate) struct Running(Arc<Mutex<HashMap<String, bool>>>);
-
-/// A job's place in [`Running`], given back by [`Turn::again`] or on drop.
-struct Turn {
-    running: Running,
-    job: String,
-    released: bool,
-}
-
-impl Running {
-    /// The job's turn, unless its retention runs already: that one is asked to go round
-    /// again.
-    fn take(&self, job: &str) -> Option<Turn> {
-        match self.jobs().entry(job.to_string()) {
-            Entry::Occupied(mut running) => {
-                running.insert(true);
-                None
-            }
-            Entry::Vacant(free) => {
-                free.insert(false);
-                Some(Turn { running: self.clone(), job: job.to_string(), released: false })
-            }
-        }
-    }
-
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Turn {
-    /// Whether another session of the job finished since the turn began or last went round
-    /// (then the turn goes round again); otherwise gives the turn back, in the same step, so
-    /// no session's request falls between the two.
-    fn again(&mut self) -> bool {
-        let mut jobs = self.running.jobs();
-        if let Some(asked) = jobs.get_mut(&self.job).filter(|asked| **asked) {
-            *asked = false;
-            return true;
-        }
-        jobs.remove(&self.job);
-        self.released = true;
-        false
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        if !self.released {
-            self.running.jobs().remove(&self.job);
-        }
-    }
-}
-
 impl RestorePoints {
     /// Applies the job's retention after session `session_id` of `job` finished having
     /// committed restore points; logs what it could not do.
@@ -151,25 +97,29 @@ impl RestorePoints {
             return Ok(0);
         };
         let mut deleted = 0;
-        loop {
-            let round = self.run_once(job_name).await;
+        let mut warnings = Vec::new();
+        let done = loop {
+            let round = self.run_once(job_name, &mut warnings).await;
             // A session that asked for another round meanwhile still gets it after an error.
             match (round, turn.again()) {
                 (Ok(count), again) => {
                     deleted += count;
                     if !again {
-                        return Ok(deleted);
+                        break Ok(deleted);
                     }
                 }
                 (Err(error), true) => {
                     warn!(job = job_name, %error, "retention failed; going round again")
                 }
-                (Err(error), false) => return Err(error),
+                (Err(error), false) => break Err(error),
             }
-        }
+        };
+        self.warn_session(session_id, &warnings).await;
+        done
     }
 
-    async fn run_once(&self, job_name: &str) -> Result<usize> {
+    /// One round; what the session should be warned of goes to `warnings`.
+    async fn run_once(&self, job_name: &str, warnings: &mut Vec<String>) -> Result<usize> {
         let keys = self.store.keys();
         let job = self.store.get::<JobRetention>(&keys.job(job_name)).await?;
         let (keep, created) = retention_of(job);
@@ -212,7 +162,7 @@ impl RestorePoints {
                 Err(error) => warn!(job = job_name, %error, "retention: a batch was kept"),
             }
         }
-        let deleted = self.delete(&marked).await + self.merge_chains(merges).await;
+        let deleted = self.delete(&marked).await + self.merge_chains(merges, warnings).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
     }

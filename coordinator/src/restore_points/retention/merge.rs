@@ -20,10 +20,12 @@ use crate::restore_points::{Located, Locator, RestorePoints, choose::choose_agen
 
 impl RestorePoints {
     /// Runs the merges in order; after a failed one, the later merges of its item wait for
-    /// a later retention. Returns how many restore points the merges removed.
+    /// a later retention. Returns how many restore points the merges removed; a merge that
+    /// failed after it may have changed its base is put in `warnings`.
     pub(super) async fn merge_chains(
         &self,
         merges: Vec<(pb::RestorePoint, pb::RestorePoint)>,
+        warnings: &mut Vec<String>,
     ) -> usize {
         let mut stalled = BTreeSet::new();
         let mut merged = 0;
@@ -34,7 +36,7 @@ impl RestorePoints {
             if stalled.contains(&base.item) {
                 continue;
             }
-            let (id, item) = (base.id.clone(), base.item.clone());
+            let (id, item, child_id) = (base.id.clone(), base.item.clone(), child.id.clone());
             match self.merge_one(&mut locator, base, child).await {
                 Ok(()) => merged += 1,
                 Err(MergeFailed { reason, untouched: true }) => {
@@ -46,11 +48,30 @@ impl RestorePoints {
                           "retention: merge not finished; the restore point stays marked as being \
                            merged (not restorable; its child and later ones are) until a later \
                            retention finishes it");
+                    warnings.push(format!(
+                        "retention: restore point {id} of item {item} was not merged into \
+                         {child_id}, and is listed as being merged until a later retention \
+                         finishes it: {reason}"
+                    ));
                     stalled.insert(item);
                 }
             }
         }
         merged
+    }
+
+    /// Runs the job's retention in the background (as the maintenance leader does for
+    /// deletions cut short), for a merge's base that someone asked about: a merge the agent
+    /// finished on its own (it was killed during the call) leaves the catalog listing the
+    /// base until then, and one that failed is tried again.
+    pub(crate) fn settle_merge_soon(&self, job: &str, base: &str) {
+        let (this, job, base) = (self.clone(), job.to_owned(), base.to_owned());
+        tokio::spawn(async move {
+            info!(job, restore_point = base, "retention runs for a restore point being merged");
+            if let Err(error) = this.run(&job, "").await {
+                warn!(job, %error, "retention for a restore point being merged failed");
+            }
+        });
     }
 
     async fn merge_one(

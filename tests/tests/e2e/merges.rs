@@ -1,0 +1,117 @@
+//! Scenarios: a retention merge that fails. Its base stays listed as being merged, with why;
+//! the session that ran it ends WARNING saying so; verify and restore of the base answer
+//! "being merged" while its child and later restore points verify as before; once the merge
+//! can run, asking about the base has the catalog follow it without waiting for a session.
+
+use std::io::Read as _;
+use std::process::{Child, Command, Stdio};
+
+use sluice_proto::pb::{self, RestorePointKind};
+use sluice_tests::{
+    Cluster, PATIENCE,
+    api::{Jobs, backed_up, create_job, try_restore_points},
+    disk::change,
+    sessions::{VmDisks, restore_point_dir, vm_backup},
+    wait_for,
+};
+use tonic::Code;
+
+/// A process holding `image` open read-only: no `qemu-img commit` into it gets its write
+/// lock, so a merge into it fails (as it does when the repository is full).
+fn hold_open(image: &std::path::Path) -> Child {
+    let mut holder = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", &image.display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-io runs");
+    // Its first prompt comes once the image is open (and locked).
+    let mut prompt = [0u8; 8];
+    holder.stdout.as_mut().expect("stdout").read_exact(&mut prompt).expect("prompt");
+    holder
+}
+
+async fn verify(
+    jobs: &mut Jobs,
+    id: &str,
+) -> Result<pb::VerifyRestorePointResponse, tonic::Status> {
+    let request = pb::VerifyRestorePointRequest { job: String::new(), restore_point_id: id.into() };
+    jobs.verify_restore_point(request).await.map(tonic::Response::into_inner)
+}
+
+/// Waits until the job lists `id` being merged with a problem; its entry.
+async fn listed_merging(jobs: &Jobs, id: &str) -> pb::RestorePoint {
+    let check = || {
+        let (jobs, id) = (jobs.clone(), id.to_owned());
+        async move {
+            let all = try_restore_points(&jobs, "vms").await?;
+            all.into_iter()
+                .find(|rp| rp.id == id && !rp.merge_problem.is_empty())
+                .ok_or_else(|| format!("{id} is not listed as being merged"))
+        }
+    };
+    wait_for(check, PATIENCE, "the failed merge's base to be listed as being merged").await
+}
+
+#[tokio::test]
+async fn a_failed_merge_is_listed_warned_of_and_blocks_only_its_base() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(2);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.build()).await;
+    let full = backed_up(&mut jobs, "vms").await.restore_point;
+    change(&disks[0], 0x61);
+    let child = backed_up(&mut jobs, "vms").await.restore_point;
+    let mut holder =
+        hold_open(&restore_point_dir(&repository, "vms", "vm-0", &full).join("disk0.qcow2"));
+    change(&disks[0], 0x62);
+    let newest = backed_up(&mut jobs, "vms").await.restore_point;
+
+    let base = listed_merging(&jobs, &full).await;
+    assert_eq!(base.merging_into, child, "{base:?}");
+    assert!(base.merge_problem.contains("cannot merge"), "{base:?}");
+    // The warning goes on the session once retention's round is over.
+    let session_id = newest.strip_suffix("-0").expect("a restore point id").to_owned();
+    let warned = format!("restore point {full} of item vm-0 was not merged into {child}");
+    let check = || {
+        let (mut jobs, session_id, warned) = (jobs.clone(), session_id.clone(), warned.clone());
+        async move {
+            let request = pb::GetSessionRequest { session_id };
+            let session = jobs.get_session(request).await.map_err(|s| s.to_string())?;
+            let session = session.into_inner();
+            let ok =
+                session.result() == pb::SessionResult::Warning && session.message.contains(&warned);
+            if ok { Ok(()) } else { Err(format!("not warned: {session:?}")) }
+        }
+    };
+    wait_for(check, PATIENCE, "the session to warn of the failed merge").await;
+
+    let refused = verify(&mut jobs, &full).await.expect_err("the base is refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains(&format!("is being merged into restore point \"{child}\"")));
+    for id in [&child, &newest] {
+        let checked = verify(&mut jobs, id).await.expect("verify");
+        assert!(checked.ok, "{id}: {checked:?}");
+    }
+
+    holder.kill().expect("kill");
+    holder.wait().expect("wait");
+    // Asking about the base has retention run again, which now finishes the merge.
+    let _ = verify(&mut jobs, &full).await;
+    let check = || {
+        let (jobs, full, child) = (jobs.clone(), full.clone(), child.clone());
+        async move {
+            let all = try_restore_points(&jobs, "vms").await?;
+            let merged = all.iter().find(|rp| rp.id == child).map(pb::RestorePoint::kind);
+            if all.iter().all(|rp| rp.id != full) && merged == Some(RestorePointKind::Full) {
+                Ok(())
+            } else {
+                Err(format!("not merged yet: {all:?}"))
+            }
+        }
+    };
+    wait_for(check, PATIENCE, "the catalog to follow the finished merge").await;
+    assert!(verify(&mut jobs, &newest).await.expect("verify").ok);
+}
