@@ -220,3 +220,41 @@ fn rewrite_manifest(
         .map_err(|e| format!("cannot rewrite {}: {e}", child_dir.join(MANIFEST).display()))?;
     Ok(manifest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_read_as_the_merge_left_them() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        for folder in ["a", "b"] {
+            fs::create_dir(dir.path().join(folder))?;
+            fs::write(dir.path().join(folder).join("d0"), b"x")?;
+            fs::write(dir.path().join(folder).join("d1"), b"x")?;
+        }
+        let mut intent = Intent::new("a", "b");
+        // Commits under way: the base's files are changing, the child's read as recorded.
+        assert_eq!(intent.reading(dir.path(), "a", "d0"), Reading::Merged(None));
+        assert_eq!(intent.reading(dir.path(), "b", "d0"), Reading::AsRecorded);
+        assert_eq!(intent.reading(dir.path(), "c", "d0"), Reading::AsRecorded, "a grandchild");
+
+        // Every commit done and recorded, d0 moved into the child, d1 not yet.
+        let merged = |file: &str| MergedFile { file: file.into(), size: 1, blake3: "h".into() };
+        intent.merged = vec![merged("d0"), merged("d1")];
+        fs::rename(dir.path().join("a/d0"), dir.path().join("b/d0"))?;
+        assert_eq!(intent.reading(dir.path(), "a", "d0"), Reading::Gone);
+        assert_eq!(intent.reading(dir.path(), "b", "d0"), Reading::Merged(Some(merged("d0"))));
+        assert_eq!(intent.reading(dir.path(), "a", "d1"), Reading::Merged(Some(merged("d1"))));
+        assert_eq!(intent.reading(dir.path(), "b", "d1"), Reading::AsRecorded);
+        Ok(())
+    }
+
+    #[test]
+    fn an_intent_without_digests_still_reads() -> Result<(), Box<dyn std::error::Error>> {
+        let old: Intent = serde_json::from_str(r#"{"base":"a","child":"b"}"#)?;
+        assert_eq!(old, Intent::new("a", "b"));
+        assert_eq!(serde_json::to_string(&old)?, r#"{"base":"a","child":"b"}"#);
+        Ok(())
+    }
+}

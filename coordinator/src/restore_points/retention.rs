@@ -135,7 +135,7 @@ impl RestorePoints {
         for step in plan::plan(&all, keep, &deleting, &inherited) {
             match step {
                 plan::Step::Delete(rp) => deletions.push(rp),
-                plan::Step::Merge { base, child } => merges.push((base, child)),
+                plan::Step::Merge { base, child } => merges.push((base, *child)),
             }
         }
         let mut located = Vec::new();

@@ -33,8 +33,8 @@ pub(crate) enum Step {
     Merge {
         /// The full restore point that falls out.
         base: pb::RestorePoint,
-        /// Its child, full afterwards.
-        child: pb::RestorePoint,
+        /// Its child, full afterwards (boxed: the variants stay of one size).
+        child: Box<pb::RestorePoint>,
     },
 }
 
@@ -92,7 +92,7 @@ fn plan_item(mut rps: Vec<&pb::RestorePoint>, keep: usize, marks: &Marks<'_>) ->
 fn merges(chain: &[&pb::RestorePoint]) -> Vec<Step> {
     chain
         .windows(2)
-        .map(|pair| Step::Merge { base: pair[0].clone(), child: pair[1].clone() })
+        .map(|pair| Step::Merge { base: pair[0].clone(), child: Box::new(pair[1].clone()) })
         .collect()
 }
 
