@@ -120,11 +120,12 @@ impl ChainLock {
 
     /// A shared lock on a settled folder: a merge an earlier run left unfinished is
     /// finished first, so the chains read are whole. A merge that cannot be finished now
-    /// (a full file system) is returned with the lock: the chains are read as they are
-    /// (see [`merge::Intent::reading`]), for a full repository must not block restores.
+    /// (a full file system; or one that failed here minutes ago, see
+    /// [`merge::readers_may_finish`]) is returned with the lock: the chains are read as they
+    /// are (see [`merge::Intent::reading`]), for a full repository must not block restores.
     pub(crate) fn settled(item_dir: &Path) -> Result<(Self, Option<merge::Intent>), String> {
         let io = |e: io::Error| format!("{}: cannot lock: {e}", lock_path(item_dir).display());
-        let mut tried = false;
+        let mut tried = !merge::readers_may_finish(item_dir);
         loop {
             let lock = Self::shared(item_dir).map_err(io)?;
             let unfinished = merge::interrupted(item_dir)?;

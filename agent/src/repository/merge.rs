@@ -20,9 +20,12 @@
 //! committed from the child on: readers read it as it is, see [`Intent::reading`]. The
 //! grandchildren keep pointing at `../<child>/<file>`, which reads the same disk throughout.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +101,7 @@ pub(crate) fn merge(item_dir: &Path, intent: &Intent) -> Result<VmManifest, Stri
     let json = serde_json::to_vec(intent).map_err(|e| e.to_string())?;
     write_atomic(&item_dir.join(INTENT), &json)
         .map_err(|e| format!("cannot record the merge in {}: {e}", item_dir.display()))?;
-    roll_forward(item_dir, intent)
+    attempt(item_dir, intent)
 }
 
 /// The merge an earlier run left unfinished in the item folder, if any.
@@ -119,8 +122,37 @@ pub(crate) fn finish_interrupted(item_dir: &Path) -> Result<Option<Intent>, Stri
     let Some(intent) = interrupted(item_dir)? else { return Ok(None) };
     tracing::info!(item = %item_dir.display(), base = intent.base, child = intent.child,
                    "finishing an interrupted retention merge");
-    roll_forward(item_dir, &intent)?;
+    attempt(item_dir, &intent)?;
     Ok(Some(intent))
+}
+
+/// [`roll_forward`], remembering a failure for [`readers_may_finish`].
+fn attempt(item_dir: &Path, intent: &Intent) -> Result<VmManifest, String> {
+    let result = roll_forward(item_dir, intent);
+    let mut failed = failures();
+    match &result {
+        Ok(_) => failed.remove(item_dir),
+        Err(_) => failed.insert(item_dir.to_owned(), Instant::now()),
+    };
+    result
+}
+
+/// How long readers leave a merge that failed in this process alone (they read the chain
+/// as it is): trying again is a `qemu-img commit` that rewrites all it wrote before failing
+/// again, minutes for a large disk on a full repository. Retention's merge always tries.
+const READERS_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Item folders whose merge failed to finish in this process, and when.
+static FAILED: LazyLock<Mutex<HashMap<PathBuf, Instant>>> = LazyLock::new(Mutex::default);
+
+fn failures() -> MutexGuard<'static, HashMap<PathBuf, Instant>> {
+    FAILED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a reader should try to finish the item folder's merge now: not while an attempt
+/// of this process failed less than [`READERS_RETRY_AFTER`] ago.
+pub(crate) fn readers_may_finish(item_dir: &Path) -> bool {
+    failures().get(item_dir).is_none_or(|at| at.elapsed() >= READERS_RETRY_AFTER)
 }
 
 /// Carries out every step not done yet; each can be repeated.

@@ -1,7 +1,7 @@
 //! A retention merge that fails half-way (its `qemu-img commit` ran out of room after it had
 //! written part of the child into the base) and cannot be finished now: the child and the
 //! later restore points still verify and restore as they were committed, the base is
-//! refused as being merged, and the merge is finished once it can be.
+//! refused as being merged, and retention's merge finishes it once it can.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -88,11 +88,20 @@ async fn a_merge_that_cannot_finish_blocks_no_restore_of_the_child_and_later_poi
     assert!(refused.message().contains("is being merged into restore point s2-0"), "{refused:?}");
     assert_eq!(folders(&items), ["s1-0", "s2-0", "s3-0"], "nothing was finished meanwhile");
 
+    // Once it can, retention's merge call finishes it (readers leave a merge that failed
+    // minutes ago alone).
     holder.kill().expect("kill");
     holder.wait().expect("wait");
+    let request = pb::MergeRestorePointRequest {
+        base: Some(location(repo, "s1-0")),
+        child_id: "s2-0".into(),
+    };
+    let merged = setup.agent.client.clone().merge_restore_point(request).await.expect("merge");
+    let merged = merged.into_inner().merged.expect("merged");
+    assert_eq!((merged.kind(), merged.parent_id.as_str()), (pb::RestorePointKind::Full, ""));
+    assert_eq!(folders(&items), ["s2-0", "s3-0"], "the merge was finished");
     let checked = verify(&setup.agent, repo, "s3-0").await;
     assert!(checked.ok, "{checked:?}");
-    assert_eq!(folders(&items), ["s2-0", "s3-0"], "the merge was finished");
     assert!(!items.join(".merge.json").exists());
     same(&restore(&setup, "s2-0", 2).await.expect("restore s2-0"), &dir.join("ref2.qcow2"));
     same(&restore(&setup, "s3-0", 2).await.expect("restore s3-0"), &dir.join("ref3.qcow2"));
