@@ -91,6 +91,9 @@ pub enum AgentError {
         /// The highest attempt acknowledged here.
         acknowledged: u32,
     },
+    /// The repository has too little free space for the work; nothing was changed.
+    #[error("{0}")]
+    NoRoom(String),
     /// Every task slot is in use.
     #[error("no free task slot ({used} of {total} in use)")]
     NoFreeSlot {
@@ -156,7 +159,7 @@ impl AgentError {
             Self::Draining { .. } | Self::Unconfirmed { .. } | Self::ShuttingDown => {
                 Code::Unavailable
             }
-            Self::NoFreeSlot { .. } => Code::ResourceExhausted,
+            Self::NoFreeSlot { .. } | Self::NoRoom(_) => Code::ResourceExhausted,
             Self::Config(_) | Self::Journal { .. } | Self::Internal(_) | Self::Server(_) => {
                 Code::Internal
             }

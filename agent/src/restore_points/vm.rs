@@ -328,6 +328,7 @@ pub(crate) fn merge(
         return Ok(wire(base, &child_point));
     }
     check_mergeable(base, &child_point, cancel)?;
+    check_room(&item_dir, &child_point)?;
     let intent = Intent::new(&base.id, child);
     let merged = merge::merge(&item_dir, &intent).map_err(AgentError::Internal)?;
     Ok(wire(base, &VmPoint { id: child.to_owned(), manifest: merged }))
@@ -372,6 +373,33 @@ fn check_mergeable(base: &Location, child: &VmPoint, cancel: &Cancel) -> Result<
     check_files(&item_dir.join(&child.id), child, cancel)
 }
 
+/// Free space a merge needs beyond the child's files, for qcow2 metadata and the records.
+const MERGE_SLACK_BYTES: u64 = 8 << 20;
+
+/// Room for the commits, refused (RESOURCE_EXHAUSTED) before anything changes: a merge that
+/// runs out of space half-way has changed the base already. A commit writes at most every
+/// cluster of the child's files into the base's, so their sizes bound what it needs.
+fn check_room(item_dir: &Path, child: &VmPoint) -> Result<(), AgentError> {
+    let stat = nix::sys::statvfs::statvfs(item_dir).map_err(|e| {
+        AgentError::Internal(format!("cannot read the free space of {}: {e}", item_dir.display()))
+    })?;
+    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+    room_refusal(free, child).map_or(Ok(()), |refusal| Err(AgentError::NoRoom(refusal)))
+}
+
+/// Why `free` bytes are too few to merge into `child`, if they are.
+fn room_refusal(free: u64, child: &VmPoint) -> Option<String> {
+    let disks: u64 = child.manifest.disks.iter().map(|d| d.size_bytes).sum();
+    let needed = disks.saturating_add(MERGE_SLACK_BYTES);
+    (free < needed).then(|| {
+        format!(
+            "cannot merge into {}: the repository has {free} bytes free and the merge may need \
+             {needed}; nothing was changed (retention tries again once there is room)",
+            child.id
+        )
+    })
+}
+
 /// The restore point as the API shows it.
 fn wire(location: &Location, point: &VmPoint) -> pb::RestorePoint {
     let manifest = &point.manifest;
@@ -392,4 +420,22 @@ fn wire(location: &Location, point: &VmPoint) -> pb::RestorePoint {
 
 fn canceled(what: &str) -> AgentError {
     AgentError::FailedPrecondition(format!("{what} canceled"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_needs_room_for_every_byte_of_the_childs_files() -> Result<(), String> {
+        let json = r#"{"restore_point":"s2-0","kind":"incremental","parent":"s1-0","disks":[
+            {"source":"/d0","file":"disk0.qcow2","size_bytes":3000000,"blake3":"h"}]}"#;
+        let manifest: VmManifest = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let child = VmPoint { id: "s2-0".into(), manifest };
+        let needed = 3_000_000 + MERGE_SLACK_BYTES;
+        assert_eq!(room_refusal(needed, &child), None);
+        let refusal = room_refusal(needed - 1, &child).ok_or("refused")?;
+        assert!(refusal.contains("nothing was changed"), "{refusal}");
+        Ok(())
+    }
 }

@@ -41,6 +41,14 @@ impl RestorePoints {
                 Ok(()) => merged += 1,
                 Err(MergeFailed { reason, untouched: true }) => {
                     warn!(restore_point = %id, item, reason, "retention: not merged; kept as it was");
+                    // Damage, no room: the user's to know. A verify or restore reading it
+                    // passes.
+                    if reason != IN_USE {
+                        warnings.push(format!(
+                            "retention: restore point {id} of item {item} was not merged into \
+                             {child_id} (kept as it was): {reason}"
+                        ));
+                    }
                     stalled.insert(item);
                 }
                 Err(MergeFailed { reason, untouched: false }) => {
@@ -84,7 +92,7 @@ impl RestorePoints {
         let located = locator.locate(base).await.map_err(|e| untouched(e.to_string()))?;
         let marked = self.mark_deleting(std::slice::from_ref(&located), false, &child.id).await;
         if !marked.map_err(|e| untouched(e.to_string()))?.first().copied().unwrap_or(false) {
-            return Err(untouched("in use by a verify or restore".to_owned()));
+            return Err(untouched(IN_USE.to_owned()));
         }
         // A failed merge keeps the mark: the next retention finishes it (the agent's merge
         // resumes, and is a no-op once done). One the agent refused for damaged data left
@@ -153,10 +161,11 @@ impl RestorePoints {
         let answer = match answer {
             Ok(answer) => answer,
             Err(status) => {
-                // The agent checks both restore points before it changes either (and after
-                // finishing a merge an earlier call began): data loss leaves them untouched.
-                let untouched = status.code() == Code::DataLoss;
-                if untouched {
+                // The agent checks both restore points, and the room the merge needs, before
+                // it changes either (and after finishing a merge an earlier call began): data
+                // loss or too little room leaves them untouched.
+                let untouched = matches!(status.code(), Code::DataLoss | Code::ResourceExhausted);
+                if status.code() == Code::DataLoss {
                     let damaged = damaged_one(&located.restore_point, child, status.message());
                     self.record_merge_damage(damaged, status.message()).await;
                 }
@@ -223,6 +232,9 @@ impl RestorePoints {
         }
     }
 }
+
+/// Why a merge waits for a later retention while a verify or restore reads its base.
+const IN_USE: &str = "in use by a verify or restore";
 
 /// Characters of a failed merge's problem kept in its mark.
 const MERGE_PROBLEM_CHARS: usize = 1024;
