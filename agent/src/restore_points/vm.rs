@@ -383,7 +383,7 @@ fn check_room(item_dir: &Path, child: &VmPoint) -> Result<(), AgentError> {
     let stat = nix::sys::statvfs::statvfs(item_dir).map_err(|e| {
         AgentError::Internal(format!("cannot read the free space of {}: {e}", item_dir.display()))
     })?;
-    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
     room_refusal(free, child).map_or(Ok(()), |refusal| Err(AgentError::NoRoom(refusal)))
 }
 
