@@ -51,6 +51,7 @@ pub(crate) struct RestorePoints {
     lease: LeaseWatch,
     coordinator: String,
     retention: retention::Running,
+    settles: retention::Settles,
 }
 
 /// A catalog entry with what is needed to read it.
@@ -95,8 +96,8 @@ impl RestorePoints {
         lease: LeaseWatch,
         coordinator: String,
     ) -> Self {
-        let retention = retention::Running::default();
-        RestorePoints { store, directory, clients, lease, coordinator, retention }
+        let (retention, settles) = Default::default();
+        RestorePoints { store, directory, clients, lease, coordinator, retention, settles }
     }
 
     /// Checks a restore point against its manifest on an agent.

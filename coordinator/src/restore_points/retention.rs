@@ -37,7 +37,7 @@ mod plan;
 mod turn;
 mod warning;
 
-pub(crate) use turn::Running;
+pub(crate) use turn::{Running, Settles};
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},

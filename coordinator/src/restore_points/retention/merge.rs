@@ -71,8 +71,11 @@ impl RestorePoints {
     /// Runs the job's retention in the background (as the maintenance leader does for
     /// deletions cut short), for a merge's base that someone asked about: a merge the agent
     /// finished on its own (it was killed during the call) leaves the catalog listing the
-    /// base until then, and one that failed is tried again.
+    /// base until then, and one that failed is tried again. At most once a minute per base.
     pub(crate) fn settle_merge_soon(&self, job: &str, base: &str) {
+        if !self.settles.due(job, base) {
+            return;
+        }
         let (this, job, base) = (self.clone(), job.to_owned(), base.to_owned());
         tokio::spawn(async move {
             info!(job, restore_point = base, "retention runs for a restore point being merged");

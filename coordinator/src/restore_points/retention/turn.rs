@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap, hash_map::Entry},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 /// The jobs whose retention runs on this coordinator now, each with whether another of its
@@ -60,5 +61,28 @@ impl Drop for Turn {
         if !self.released {
             self.running.jobs().remove(&self.job);
         }
+    }
+}
+
+/// When a merge's base was last settled on request, by job and restore point: asking about
+/// it again and again runs its retention at most once a [`SETTLE_EVERY`] (an agent may
+/// retry a long `qemu-img commit` each time).
+#[derive(Clone, Default)]
+pub(crate) struct Settles(Arc<Mutex<HashMap<(String, String), Instant>>>);
+
+/// Shortest time between two retentions run for the same merge's base on request.
+const SETTLE_EVERY: Duration = Duration::from_secs(60);
+
+impl Settles {
+    /// Whether the base may be settled now; if so, the time is noted.
+    pub(super) fn due(&self, job: &str, base: &str) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.retain(|_, at| at.elapsed() < SETTLE_EVERY);
+        let key = (job.to_owned(), base.to_owned());
+        if last.contains_key(&key) {
+            return false;
+        }
+        last.insert(key, Instant::now());
+        true
     }
 }
