@@ -34,7 +34,7 @@ pub(super) fn lock_settled(location: &Location) -> Result<(ChainLock, Option<Int
             return Err(AgentError::FailedPrecondition(format!(
                 "restore point {} is being merged into restore point {} (retention could not \
                  finish the merge yet; see the agent's log): restore or verify {} or a later \
-                 restore point, which read the same data",
+                 restore point",
                 intent.base, intent.child, intent.child
             )));
         }
@@ -327,8 +327,8 @@ pub(crate) fn merge(
     if child_point.manifest.kind == VmKind::Full && !base.folder().exists() {
         return Ok(wire(base, &child_point));
     }
-    check_mergeable(base, &child_point, cancel)?;
     check_room(&item_dir, &child_point)?;
+    check_mergeable(base, &child_point, cancel)?;
     let intent = Intent::new(&base.id, child);
     let merged = merge::merge(&item_dir, &intent).map_err(AgentError::Internal)?;
     Ok(wire(base, &VmPoint { id: child.to_owned(), manifest: merged }))
