@@ -9,11 +9,11 @@ use sluice_tests::{
     api::{create_and_start, stop_job, summary, wait_stopped},
     fixtures::expect_ok,
     jobs::JobBuilder,
-    tasks::{AgentTask, agent_clients, wait_agent_tasks},
     stops::{
         SLOWER_RATE, VmLab, assert_mixed_ending, assert_stop_recorded, ending_of, signal,
         start_mixed, unix_now,
     },
+    tasks::{AgentTask, agent_clients, wait_agent_tasks},
     watch::{record_watch, timeline},
 };
 
