@@ -94,6 +94,10 @@ pub enum AgentError {
     /// The repository has too little free space for the work; nothing was changed.
     #[error("{0}")]
     NoRoom(String),
+    /// Another call holds the restore points this one would change; nothing was changed
+    /// (ABORTED: try again later).
+    #[error("{0}")]
+    InUse(String),
     /// Every task slot is in use.
     #[error("no free task slot ({used} of {total} in use)")]
     NoFreeSlot {
@@ -160,6 +164,7 @@ impl AgentError {
                 Code::Unavailable
             }
             Self::NoFreeSlot { .. } | Self::NoRoom(_) => Code::ResourceExhausted,
+            Self::InUse(_) => Code::Aborted,
             Self::Config(_) | Self::Journal { .. } | Self::Internal(_) | Self::Server(_) => {
                 Code::Internal
             }

@@ -313,7 +313,7 @@ pub(crate) fn merge(
 ) -> Result<pb::RestorePoint, AgentError> {
     let item_dir = base.item_dir();
     let busy = || {
-        AgentError::FailedPrecondition(format!(
+        AgentError::InUse(format!(
             "restore points of item {} are in use (a backup, verify or restore reads them); \
              retention tries again later",
             base.item

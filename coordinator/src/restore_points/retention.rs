@@ -35,7 +35,6 @@ mod by_hand;
 mod merge;
 mod plan;
 mod turn;
-mod warning;
 
 pub(crate) use turn::{Running, Settles};
 
@@ -97,9 +96,8 @@ impl RestorePoints {
             return Ok(0);
         };
         let mut deleted = 0;
-        let mut warnings = Vec::new();
-        let done = loop {
-            let round = self.run_once(job_name, &mut warnings).await;
+        loop {
+            let round = self.run_once(job_name).await;
             // A session that asked for another round meanwhile still gets it after an error.
             match (round, turn.again()) {
                 (Ok(count), again) => {
@@ -113,13 +111,11 @@ impl RestorePoints {
                 }
                 (Err(error), false) => break Err(error),
             }
-        };
-        self.warn_session(session_id, &warnings).await;
-        done
+        }
     }
 
-    /// One round; what the session should be warned of goes to `warnings`.
-    async fn run_once(&self, job_name: &str, warnings: &mut Vec<String>) -> Result<usize> {
+    /// One round.
+    async fn run_once(&self, job_name: &str) -> Result<usize> {
         let keys = self.store.keys();
         let job = self.store.get::<JobRetention>(&keys.job(job_name)).await?;
         let (keep, created) = retention_of(job);
@@ -162,7 +158,7 @@ impl RestorePoints {
                 Err(error) => warn!(job = job_name, %error, "retention: a batch was kept"),
             }
         }
-        let deleted = self.delete(&marked).await + self.merge_chains(merges, warnings).await;
+        let deleted = self.delete(&marked).await + self.merge_chains(merges).await;
         self.collect_garbage(&marked).await;
         Ok(deleted)
     }

@@ -1,5 +1,5 @@
-//! Scenarios: a retention merge that fails. Its base stays listed as being merged, with why;
-//! the session that ran it ends WARNING saying so; verify and restore of the base answer
+//! Scenarios: a retention merge that fails. Its base stays listed as being merged, with why
+//! (the session that ran it keeps the result its items give); verify and restore of the base answer
 //! "being merged" while its child and later restore points verify as before; once the merge
 //! can run, asking about the base has the catalog follow it without waiting for a session.
 
@@ -72,22 +72,6 @@ async fn a_failed_merge_is_listed_warned_of_and_blocks_only_its_base() {
     let base = listed_merging(&jobs, &full).await;
     assert_eq!(base.merging_into, child, "{base:?}");
     assert!(base.merge_problem.contains("cannot merge"), "{base:?}");
-    // The warning goes on the session once retention's round is over.
-    let session_id = newest.strip_suffix("-0").expect("a restore point id").to_owned();
-    let warned = format!("restore point {full} of item vm-0 was not merged into {child}");
-    let check = || {
-        let (mut jobs, session_id, warned) = (jobs.clone(), session_id.clone(), warned.clone());
-        async move {
-            let request = pb::GetSessionRequest { session_id };
-            let session = jobs.get_session(request).await.map_err(|s| s.to_string())?;
-            let session = session.into_inner();
-            let ok =
-                session.result() == pb::SessionResult::Warning && session.message.contains(&warned);
-            if ok { Ok(()) } else { Err(format!("not warned: {session:?}")) }
-        }
-    };
-    wait_for(check, PATIENCE, "the session to warn of the failed merge").await;
-
     for id in [&child, &newest] {
         let checked = verify(&mut jobs, id).await.expect("verify");
         assert!(checked.ok, "{id}: {checked:?}");

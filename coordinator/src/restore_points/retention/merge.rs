@@ -20,12 +20,11 @@ use crate::restore_points::{Located, Locator, RestorePoints, choose::choose_agen
 
 impl RestorePoints {
     /// Runs the merges in order; after a failed one, the later merges of its item wait for
-    /// a later retention. Returns how many restore points the merges removed; a merge that
-    /// failed after it may have changed its base is put in `warnings`.
+    /// a later retention. Returns how many restore points the merges removed. A merge that
+    /// failed after it may have changed its base leaves the base listed as being merged.
     pub(super) async fn merge_chains(
         &self,
         merges: Vec<(pb::RestorePoint, pb::RestorePoint)>,
-        warnings: &mut Vec<String>,
     ) -> usize {
         let mut stalled = BTreeSet::new();
         let mut merged = 0;
@@ -40,27 +39,15 @@ impl RestorePoints {
             match self.merge_one(&mut locator, base, child).await {
                 Ok(()) => merged += 1,
                 Err(MergeFailed { reason, untouched: true }) => {
-                    warn!(restore_point = %id, item, reason, "retention: not merged; kept as it was");
-                    // Damage, no room: the user's to know. A verify or restore reading it
-                    // passes.
-                    if reason != IN_USE {
-                        warnings.push(format!(
-                            "retention: restore point {id} of item {item} was not merged into \
-                             {child_id} (kept as it was): {reason}"
-                        ));
-                    }
+                    warn!(restore_point = %id, item, child = %child_id, reason,
+                          "retention: not merged; kept as it was");
                     stalled.insert(item);
                 }
                 Err(MergeFailed { reason, untouched: false }) => {
-                    warn!(restore_point = %id, item, reason,
+                    warn!(restore_point = %id, item, child = %child_id, reason,
                           "retention: merge not finished; the restore point stays marked as being \
                            merged (not restorable; its child and later ones are) until a later \
                            retention finishes it");
-                    warnings.push(format!(
-                        "retention: restore point {id} of item {item} was not merged into \
-                         {child_id}, and is listed as being merged until a later retention \
-                         finishes it: {reason}"
-                    ));
                     stalled.insert(item);
                 }
             }
@@ -166,8 +153,11 @@ impl RestorePoints {
             Err(status) => {
                 // The agent checks both restore points, and the room the merge needs, before
                 // it changes either (and after finishing a merge an earlier call began): data
-                // loss or too little room leaves them untouched.
-                let untouched = matches!(status.code(), Code::DataLoss | Code::ResourceExhausted);
+                // loss, too little room, or restore points in use leave them untouched.
+                let untouched = matches!(
+                    status.code(),
+                    Code::DataLoss | Code::ResourceExhausted | Code::Aborted
+                );
                 if status.code() == Code::DataLoss {
                     let damaged = damaged_one(&located.restore_point, child, status.message());
                     self.record_merge_damage(damaged, status.message()).await;
