@@ -163,9 +163,22 @@ fn settled(stamp: SystemTime, snapshot_at: SystemTime) -> bool {
     if since_epoch.is_zero() {
         return false;
     }
-    let slack =
-        if since_epoch.subsec_nanos().is_multiple_of(1_000) { COARSE_SLACK } else { CLOCK_SLACK };
-    stamp.checked_add(slack).is_some_and(|settled_at| settled_at < snapshot_at)
+    stamp.checked_add(slack_of(stamp)).is_some_and(|settled_at| settled_at < snapshot_at)
+}
+
+/// How long from `now` until a change would surely alter `stamp` (a kernel-set ctime: a
+/// write in the clock tick that set it may leave it as it is), at most the coarse slack.
+pub(super) fn until_settled(stamp: SystemTime, now: SystemTime) -> Duration {
+    let settled_at = stamp.checked_add(slack_of(stamp)).unwrap_or(stamp);
+    settled_at.duration_since(now).unwrap_or_default().min(COARSE_SLACK)
+}
+
+/// The slack of a timestamp: the coarse one for a stamp in whole microseconds.
+fn slack_of(stamp: SystemTime) -> Duration {
+    let whole_micros = stamp
+        .duration_since(UNIX_EPOCH)
+        .is_ok_and(|since_epoch| since_epoch.subsec_nanos().is_multiple_of(1_000));
+    if whole_micros { COARSE_SLACK } else { CLOCK_SLACK }
 }
 
 #[cfg(test)]
@@ -176,6 +189,15 @@ mod tests {
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    #[test]
+    fn a_change_waits_for_its_slack_and_never_longer_than_the_coarse_one() {
+        let now = at(1_000, 500_000_123);
+        assert_eq!(until_settled(at(1_000, 490_000_123), now), Duration::from_millis(40));
+        assert_eq!(until_settled(at(1_000, 400_000_123), now), Duration::ZERO, "settled");
+        assert_eq!(until_settled(at(1_000, 500_000_000), now), Duration::from_nanos(1_999_999_877));
+        assert_eq!(until_settled(at(9_999, 1), now), COARSE_SLACK, "a stamp in the future");
     }
 
     #[test]

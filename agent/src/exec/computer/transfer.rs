@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use nix::libc;
 
@@ -165,6 +166,10 @@ impl Transfer<'_> {
             && now.size <= REREAD_UP_TO
         {
             let now = now.clone();
+            // A write in the clock tick of the last one may leave the mtime as it was: the
+            // second read starts once any write would change it (git's "racy clean" rule).
+            let wait = super::previous::until_settled(now.ctime, SystemTime::now());
+            tokio::time::sleep(wait).await;
             pass = self.pass(&now, false, out).await?;
         }
         let Pass::Changed { now, read, sha256 } = pass else { return Ok(()) };
