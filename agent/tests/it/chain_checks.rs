@@ -72,7 +72,7 @@ async fn a_disk_the_vm_runs_on_an_overlay_of_is_refused_naming_the_overlay() {
 
     let outcome = backup("s2", "s1-0", &disk, &repo, &socket, false).await;
     assert_eq!(outcome.state(), ItemState::Failed, "{outcome:?}");
-    let named = format!("backing file of {}", overlay.display());
+    let named = format!("the VM runs on {} with this image as its backing file", overlay.display());
     assert!(outcome.message.contains(&named), "{}", outcome.message);
     assert!(outcome.restore_point.is_none(), "no restore point of a disk the VM left");
     vm.quit();

@@ -88,9 +88,25 @@ pub(crate) async fn block_jobs(qmp: &mut Qmp) -> Result<Vec<BlockJob>, QmpError>
 }
 
 /// The qcow2 node of each disk, matched by canonical image path; exactly one per disk.
+/// A disk a guest device reads only below its top image (an external snapshot's overlay
+/// took the writes) is refused, naming the overlay.
 pub(crate) async fn find_disks(qmp: &mut Qmp, disks: &[PathBuf]) -> Result<Vec<NamedNode>, String> {
     let nodes = named_nodes(qmp).await.map_err(|e| e.to_string())?;
-    match_disks(&nodes, disks)
+    let found = match_disks(&nodes, disks)?;
+    let chains = devices::device_chains(qmp).await.map_err(|e| e.to_string())?;
+    for disk in disks {
+        if let Some(top) = devices::overlay_over(&chains, &canonical(disk)) {
+            return Err(format!(
+                "disk {}: the VM runs on {} with this image as its backing file (an external \
+                 snapshot or overlay, as `virsh snapshot-create-as --disk-only` makes): the \
+                 VM writes there, and a backup of this image would miss those writes; name \
+                 the overlay in the job, or commit it back first",
+                disk.display(),
+                top.display()
+            ));
+        }
+    }
+    Ok(found)
 }
 
 /// The qcow2 node of each disk among `nodes`, as [`find_disks`].
@@ -109,19 +125,7 @@ pub(crate) fn match_disks(
         let hits: Vec<&NamedNode> =
             qcow2.iter().filter(|(path, _)| *path == wanted).map(|(_, node)| *node).collect();
         match hits.as_slice() {
-            [node] => {
-                if let Some(overlay) = overlay_of(&qcow2, &wanted) {
-                    return Err(format!(
-                        "disk {}: QEMU runs it as the backing file of {} (an external snapshot \
-                         or overlay, as `virsh snapshot-create-as --disk-only` makes): the VM \
-                         writes there, and a backup of this image would miss those writes; \
-                         name the overlay in the job, or commit it back first",
-                        disk.display(),
-                        overlay.display()
-                    ));
-                }
-                found.push((*node).clone());
-            }
+            [node] => found.push((*node).clone()),
             [] => return Err(no_qcow2_node(nodes, disk, &wanted)),
             many => {
                 let names: Vec<&str> = many.iter().map(|n| n.node_name.as_str()).collect();
@@ -156,17 +160,6 @@ fn no_qcow2_node(nodes: &[NamedNode], disk: &Path, wanted: &Path) -> String {
         ),
         None => format!("disk {}: QEMU has no qcow2 node with this image", disk.display()),
     }
-}
-
-/// The image of a qcow2 node whose backing file is `image`, if any: `image` is then only a
-/// read-only layer below it.
-fn overlay_of(qcow2: &[(PathBuf, &NamedNode)], image: &Path) -> Option<PathBuf> {
-    qcow2.iter().find_map(|(path, node)| {
-        let backing = Path::new(node.backing_file.as_deref()?);
-        // A relative backing file name is relative to its overlay's folder.
-        let backing = path.parent().map_or_else(|| backing.to_path_buf(), |dir| dir.join(backing));
-        (canonical(&backing) == image).then(|| path.clone())
-    })
 }
 
 fn canonical(path: &Path) -> PathBuf {
@@ -216,6 +209,8 @@ fn parse<T: serde::de::DeserializeOwned>(command: &str, value: Value) -> Result<
     serde_json::from_value(value)
         .map_err(|e| QmpError::Protocol(format!("unexpected reply to {command}: {e}")))
 }
+
+mod devices;
 
 #[cfg(test)]
 mod tests;
