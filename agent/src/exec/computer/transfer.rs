@@ -57,8 +57,10 @@ const REREAD_UP_TO: u64 = 64 << 20;
 
 /// What one read of a file found.
 enum Pass {
-    /// Recorded (read whole and unchanged), or left out (gone, unreadable).
+    /// Read whole and unchanged, and recorded.
     Settled,
+    /// Not read: gone or replaced (`true`), or not readable by the agent.
+    Unread { gone: bool },
     /// It changed while read: the file as it is now, and the bytes read and their hash.
     Changed { now: Entry, read: u64, sha256: String },
 }
@@ -159,20 +161,31 @@ fn file_error(entry: &Entry, what: &str, error: impl std::fmt::Display) -> Failu
 impl Transfer<'_> {
     /// Stores a file. One that changed while it was read is read once more when it is
     /// small enough ([`REREAD_UP_TO`]): a file saved now and then is then kept whole and
-    /// consistent. One that changes again is kept as read, with a warning.
+    /// consistent. One that changes again, or is gone or unreadable by then, is kept as
+    /// first read, with a warning.
     async fn file(&mut self, entry: &Entry, out: &mut Transferred) -> Result<(), Failure> {
-        let mut pass = self.pass(entry, true, out).await?;
-        if let Pass::Changed { now, .. } = &pass
-            && now.size <= REREAD_UP_TO
-        {
-            let now = now.clone();
+        let (now, read, sha256) = match self.pass(entry, true, out).await? {
+            Pass::Settled => return Ok(()),
+            Pass::Unread { gone } => {
+                let left_out = if gone { &mut out.vanished } else { &mut out.unreadable };
+                left_out.push(entry.path.clone());
+                return Ok(());
+            }
+            Pass::Changed { now, read, sha256 } => (now, read, sha256),
+        };
+        let (now, read, sha256) = if now.size <= REREAD_UP_TO {
             // A write in the clock tick of the last one may leave the mtime as it was: the
             // second read starts once any write would change it (git's "racy clean" rule).
             let wait = super::previous::until_settled(now.ctime, SystemTime::now());
             tokio::time::sleep(wait).await;
-            pass = self.pass(&now, false, out).await?;
-        }
-        let Pass::Changed { now, read, sha256 } = pass else { return Ok(()) };
+            match self.pass(&now, false, out).await? {
+                Pass::Settled => return Ok(()),
+                Pass::Changed { now, read, sha256 } => (now, read, sha256),
+                Pass::Unread { .. } => (now, read, sha256),
+            }
+        } else {
+            (now, read, sha256)
+        };
         let as_read = Entry { size: read, ..now };
         out.records.push(record(&as_read, Some(sha256)));
         out.changed.push(entry.path.clone());
@@ -180,8 +193,7 @@ impl Transfer<'_> {
     }
 
     /// One read of a file (`counted` towards progress unless it is a second one). A file
-    /// read as the walk (or the last stat) found it is recorded; so are one gone, replaced
-    /// or unreadable.
+    /// read as the walk (or the last stat) found it is recorded.
     async fn pass(
         &mut self,
         entry: &Entry,
@@ -190,21 +202,14 @@ impl Transfer<'_> {
     ) -> Result<Pass, Failure> {
         let stored = match self.store_file(entry, counted).await? {
             Read::Stored(stored) => stored,
-            Read::Gone => {
-                out.vanished.push(entry.path.clone());
-                return Ok(Pass::Settled);
-            }
-            Read::Denied => {
-                out.unreadable.push(entry.path.clone());
-                return Ok(Pass::Settled);
-            }
+            Read::Gone => return Ok(Pass::Unread { gone: true }),
+            Read::Denied => return Ok(Pass::Unread { gone: false }),
         };
         // By path, so a file deleted while it was read is left out; and only the file read:
         // another one now at the path (its mode, its owner) says nothing about what was read.
         let after = stat(entry).await?.filter(|after| Inode::of(after) == entry.inode);
         let Some(after) = after.filter(Metadata::is_file) else {
-            out.vanished.push(entry.path.clone());
-            return Ok(Pass::Settled);
+            return Ok(Pass::Unread { gone: true });
         };
         let unchanged = after.len() == entry.size
             && mtime_of(&after) == entry.mtime
