@@ -144,7 +144,7 @@ const OTHER_FORMATS: [&str; 11] =
     ["raw", "luks", "vmdk", "vdi", "vhdx", "vpc", "qed", "parallels", "dmg", "bochs", "cloop"];
 
 /// Why no qcow2 node presents `disk` (canonical: `wanted`): the VM reads the image in
-/// another format (a file node alone is read raw), or QEMU does not have it open.
+/// another format, or QEMU has no qcow2 node named by this path.
 fn no_qcow2_node(nodes: &[NamedNode], disk: &Path, wanted: &Path) -> String {
     let users: Vec<&str> = nodes
         .iter()
@@ -152,7 +152,9 @@ fn no_qcow2_node(nodes: &[NamedNode], disk: &Path, wanted: &Path) -> String {
         .map(|node| node.drv.as_str())
         .collect();
     let format = users.iter().copied().find(|drv| OTHER_FORMATS.contains(drv));
-    match format.or_else(|| (!users.is_empty()).then_some("raw")) {
+    // A file node alone proves nothing: a qcow2 node above it may be named by a `json:`
+    // filename (an encrypted image, a data file).
+    match format {
         Some(format) => format!(
             "disk {}: the VM has this image attached as {format}, not as qcow2: Sluice backs up \
              qcow2 images only (their persistent bitmaps track the changes); convert it to qcow2",

@@ -84,11 +84,17 @@ impl Source {
                     // Offline is right for a VM that is off; when the images turn out to be
                     // busy, the path may be the fault, and the item's message says so.
                     return Self::offline(disks, marker, daemons).await.map_err(|mut error| {
-                        error.message = format!(
-                            "{} (the job's qmp_socket {socket} does not exist, so the disks were \
-                             opened as offline images: if the VM runs, name its QMP socket)",
-                            error.message
-                        );
+                        // Only an image held by another process (the running VM) points there.
+                        let held = error.message.contains("Failed to get")
+                            || error.message.contains("is in use");
+                        if held {
+                            error.message = format!(
+                                "{} (the job's qmp_socket {socket} does not exist, so the disks \
+                                 were opened as offline images: if the VM runs, name its QMP \
+                                 socket)",
+                                error.message
+                            );
+                        }
                         error
                     });
                 }

@@ -42,9 +42,7 @@ fn a_disk_attached_in_another_format_is_named_as_such() {
         serde_json::from_value::<NamedNode>(node).expect("a node")
     };
     let wanted = [PathBuf::from("/vms/r.img")];
-    for nodes in
-        [vec![raw("file"), raw("raw")], vec![raw("file")], vec![raw("raw"), raw("throttle")]]
-    {
+    for nodes in [vec![raw("file"), raw("raw")], vec![raw("raw"), raw("throttle")]] {
         let refused = match_disks(&nodes, &wanted).expect_err("refused");
         assert_eq!(
             refused,
@@ -52,6 +50,9 @@ fn a_disk_attached_in_another_format_is_named_as_such() {
              up qcow2 images only (their persistent bitmaps track the changes); convert it to qcow2"
         );
     }
+    // A file node alone: the qcow2 node above it may go by a `json:` name.
+    let file_only = match_disks(&[raw("file")], &wanted).expect_err("refused");
+    assert!(file_only.contains("no qcow2 node"), "{file_only}");
     let vmdk = match_disks(&[raw("file"), raw("vmdk")], &wanted).expect_err("refused");
     assert!(vmdk.contains("attached as vmdk, not as qcow2"), "{vmdk}");
 }
