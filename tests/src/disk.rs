@@ -1,6 +1,10 @@
 //! qcow2 disk images for VM backup scenarios, made with `qemu-img` and `qemu-io`.
 
-use std::{path::Path, process::Command};
+use std::{
+    io::Read as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+};
 
 /// One region of a disk filled with a byte pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,4 +116,21 @@ fn try_run(program: &str, args: &[&str]) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A process holding `image` open read-only, so that no `qemu-img commit` into it gets its
+/// write lock: a merge into it fails (as it does when the repository is full) until the
+/// process is killed.
+pub fn hold_open(image: &Path) -> Child {
+    let mut holder = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", &image.display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-io runs");
+    // Its first prompt comes once the image is open (and locked).
+    let mut prompt = [0u8; 8];
+    holder.stdout.as_mut().expect("stdout").read_exact(&mut prompt).expect("prompt");
+    holder
 }

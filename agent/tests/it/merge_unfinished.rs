@@ -3,9 +3,10 @@
 //! later restore points still verify and restore as they were committed, the base is
 //! refused as being merged, and retention's merge finishes it once it can.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use sluice_tests::disk::hold_open;
 
 use sluice_proto::pb;
 use tonic::Code;
@@ -25,22 +26,6 @@ fn commit_until_full(child: &Path, base: &Path) {
         .status()
         .expect("sh runs");
     assert!(!status.success(), "the commit must fail half-way");
-}
-
-/// A process holding `image` open read-only, so that no `qemu-img commit` can take its
-/// write lock: the merge cannot be finished while it runs.
-fn hold_open(image: &Path) -> Child {
-    let mut holder = Command::new("qemu-io")
-        .args(["-r", "-f", "qcow2", &image.display().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-io runs");
-    // Its first prompt comes once the image is open (and locked).
-    let mut prompt = [0u8; 8];
-    holder.stdout.as_mut().expect("stdout").read_exact(&mut prompt).expect("prompt");
-    holder
 }
 
 /// Restores `id` into the new folder `restored-<id>-<round>`; the restored disk.

@@ -3,34 +3,15 @@
 //! "being merged" while its child and later restore points verify as before; once the merge
 //! can run, asking about the base has the catalog follow it without waiting for a session.
 
-use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
-
 use sluice_proto::pb::{self, RestorePointKind};
 use sluice_tests::{
     Cluster, PATIENCE,
     api::{Jobs, backed_up, create_job, try_restore_points},
-    disk::change,
+    disk::{change, hold_open},
     sessions::{VmDisks, restore_point_dir, vm_backup},
     wait_for,
 };
 use tonic::Code;
-
-/// A process holding `image` open read-only: no `qemu-img commit` into it gets its write
-/// lock, so a merge into it fails (as it does when the repository is full).
-fn hold_open(image: &std::path::Path) -> Child {
-    let mut holder = Command::new("qemu-io")
-        .args(["-r", "-f", "qcow2", &image.display().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-io runs");
-    // Its first prompt comes once the image is open (and locked).
-    let mut prompt = [0u8; 8];
-    holder.stdout.as_mut().expect("stdout").read_exact(&mut prompt).expect("prompt");
-    holder
-}
 
 async fn verify(
     jobs: &mut Jobs,
@@ -55,7 +36,7 @@ async fn listed_merging(jobs: &Jobs, id: &str) -> pb::RestorePoint {
 }
 
 #[tokio::test]
-async fn a_failed_merge_is_listed_warned_of_and_blocks_only_its_base() {
+async fn a_failed_merge_is_listed_as_being_merged_and_blocks_only_its_base() {
     let mut cluster = Cluster::builder().agents(1).start().await;
     let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
     let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(2);
