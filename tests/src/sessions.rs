@@ -157,3 +157,32 @@ pub fn qemu_img_processes(dir: &Path) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// A one-agent cluster with job `vms` (one VM, two restore points kept, one attempt) that
+/// has made a full restore point and an incremental child of it: what a retention merge
+/// of the two starts from.
+pub struct FullAndChild {
+    /// The cluster.
+    pub cluster: crate::Cluster,
+    /// A JobService client of it.
+    pub jobs: crate::api::Jobs,
+    /// The job's repository and its VM's disk.
+    pub vm: VmDisks,
+    /// The full restore point's id.
+    pub full: String,
+    /// The child's id.
+    pub child: String,
+}
+
+/// Starts [`FullAndChild`].
+pub async fn full_and_child() -> FullAndChild {
+    let mut cluster = crate::Cluster::builder().agents(1).start().await;
+    let vm = VmDisks::make(cluster.dir(), 1, 2 << 20);
+    let job = vm_backup("vms", &vm.repository, &vm.disks).retry(1, 1).keep_restore_points(2);
+    let mut jobs = cluster.job_client().await;
+    crate::api::create_job(&mut jobs, job.build()).await;
+    let full = crate::api::backed_up(&mut jobs, "vms").await.restore_point;
+    disk::change(&vm.disks[0], 0x61);
+    let child = crate::api::backed_up(&mut jobs, "vms").await.restore_point;
+    FullAndChild { cluster, jobs, vm, full, child }
+}

@@ -13,7 +13,7 @@ use sluice_tests::{
     disk::change,
     fixtures::expect_ok,
     http::HttpClient,
-    sessions::{VmDisks, restore_point_dir, vm_backup},
+    sessions::{FullAndChild, VmDisks, full_and_child, restore_point_dir, vm_backup},
     wait_for,
 };
 
@@ -198,14 +198,8 @@ async fn damage_a_merge_check_finds_ends_the_chain_and_retention_deletes_it() {
 /// nobody, while it was the only whole copy of its point in time).
 #[tokio::test]
 async fn a_full_whose_merge_found_its_child_corrupt_stays_usable() {
-    let mut cluster = Cluster::builder().agents(1).start().await;
-    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
-    let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(2);
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, job.build()).await;
-    let full = backed_up(&mut jobs, "vms").await.restore_point;
-    change(&disks[0], 0x61);
-    let child = backed_up(&mut jobs, "vms").await.restore_point;
+    let FullAndChild { cluster: _cluster, mut jobs, vm, full, child } = full_and_child().await;
+    let VmDisks { repository, disks, .. } = vm;
     corrupt(&repository, &child);
     change(&disks[0], 0x62);
     backed_up(&mut jobs, "vms").await;

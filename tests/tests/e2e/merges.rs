@@ -5,10 +5,10 @@
 
 use sluice_proto::pb::{self, RestorePointKind};
 use sluice_tests::{
-    Cluster, PATIENCE,
-    api::{Jobs, backed_up, create_job, try_restore_points},
+    PATIENCE,
+    api::{Jobs, backed_up, try_restore_points},
     disk::{change, hold_open},
-    sessions::{VmDisks, restore_point_dir, vm_backup},
+    sessions::{FullAndChild, VmDisks, full_and_child, restore_point_dir},
     wait_for,
 };
 use tonic::Code;
@@ -37,14 +37,8 @@ async fn listed_merging(jobs: &Jobs, id: &str) -> pb::RestorePoint {
 
 #[tokio::test]
 async fn a_failed_merge_is_listed_as_being_merged_and_blocks_only_its_base() {
-    let mut cluster = Cluster::builder().agents(1).start().await;
-    let VmDisks { repository, disks, .. } = VmDisks::make(cluster.dir(), 1, 2 << 20);
-    let job = vm_backup("vms", &repository, &disks).retry(1, 1).keep_restore_points(2);
-    let mut jobs = cluster.job_client().await;
-    create_job(&mut jobs, job.build()).await;
-    let full = backed_up(&mut jobs, "vms").await.restore_point;
-    change(&disks[0], 0x61);
-    let child = backed_up(&mut jobs, "vms").await.restore_point;
+    let FullAndChild { cluster: _cluster, mut jobs, vm, full, child } = full_and_child().await;
+    let VmDisks { repository, disks, .. } = vm;
     let mut holder =
         hold_open(&restore_point_dir(&repository, "vms", "vm-0", &full).join("disk0.qcow2"));
     change(&disks[0], 0x62);
