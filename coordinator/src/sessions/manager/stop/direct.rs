@@ -7,12 +7,18 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use sluice_proto::pb;
+use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
 use crate::{agent_client::AgentClients, agents::directory::AgentDirectory, store::Store};
 
 /// How long one agent may take to answer the cancel (it acts on it before answering).
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Direct cancels in flight from this coordinator at once, over every session: a StopAll
+/// of many sessions after their owner died would otherwise send sessions x agents calls
+/// together.
+static IN_FLIGHT: Semaphore = Semaphore::const_new(256);
 
 /// Sends CancelTasks for every task of session `id` to every registered agent (an agent
 /// without any has nothing to do), at the session's epoch: the owner key's while it stands,
@@ -34,6 +40,7 @@ pub(super) async fn cancel_at_agents(
     let agents = directory.current();
     info!(session = %id, %why, agents = agents.len(), "immediate stop sent to the agents directly");
     let calls = agents.iter().map(|(agent, record)| async move {
+        let Ok(_permit) = IN_FLIGHT.acquire().await else { return };
         let request = pb::CancelTasksRequest {
             session_id: id.to_string(),
             epoch,
