@@ -181,6 +181,7 @@ impl From<AgentError> for Status {
             AgentError::CancelledBeforeStart { .. } => Refusal::CancelledBeforeStart,
             AgentError::StaleRegistration { .. } => Refusal::StaleRegistration,
             AgentError::Acknowledged { .. } => Refusal::Acknowledged,
+            AgentError::NoFreeSlot { .. } => Refusal::SlotsFull,
             _ => return status,
         };
         refusal.attach(status)
@@ -227,6 +228,7 @@ mod tests {
         let slots = Status::from(AgentError::NoFreeSlot { used: 2, total: 2 });
         assert_eq!(slots.code(), Code::ResourceExhausted);
         assert_eq!(slots.message(), "no free task slot (2 of 2 in use)");
+        assert_eq!(Refusal::of(&slots), Some(Refusal::SlotsFull));
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! Task slots of agents, shared fairly between the sessions this coordinator owns. The rules
 //! (fair share, and which waiting session a freed slot is handed to) are the pure `State`;
 //! this wraps it in a lock and wakes the sessions it names.
+//!
+//! Other coordinators' sessions use the same agents, and this one does not count their
+//! tasks: an agent that refuses a task because its slots are all in use is left out of
+//! rounds for [`FULL_FOR`] (counted as full with this coordinator's tasks), then the
+//! sessions waiting for a slot try again.
 
 mod state;
 #[cfg(test)]
 mod tests;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use sluice_proto::ids::{AgentId, SessionId};
@@ -16,6 +22,11 @@ use tokio::sync::Notify;
 
 use self::state::State;
 use crate::sessions::placement::{AgentMap, SlotPool};
+
+/// How long an agent that refused a task for want of a free slot takes no more from this
+/// coordinator's rounds: long enough that a contended agent costs a few refused dispatches
+/// a second, short enough that a slot another coordinator freed is soon used.
+const FULL_FOR: Duration = Duration::from_millis(500);
 
 /// Slot bookkeeping shared by every session actor.
 #[derive(Clone, Default)]
@@ -28,6 +39,8 @@ struct Shared {
     state: State,
     /// How to wake each session's actor, by session.
     wakers: HashMap<SessionId, Arc<Notify>>,
+    /// Agents that refused a task for want of a free slot, for [`FULL_FOR`].
+    full: HashSet<AgentId>,
 }
 
 /// A session's registration for hand-offs: notified when a freed slot is handed to it;
@@ -98,6 +111,22 @@ impl Scheduler {
         self.shared().state.release(session, agent, 1);
     }
 
+    /// `agent` refused a task: all its slots are in use, some by tasks this coordinator does
+    /// not count. Rounds count it full for [`FULL_FOR`]; then the waiting sessions are woken.
+    pub(crate) fn agent_full(&self, agent: &AgentId) {
+        if !self.shared().full.insert(agent.clone()) {
+            return;
+        }
+        let (scheduler, agent) = (self.clone(), agent.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(FULL_FOR).await;
+            let mut shared = scheduler.shared();
+            shared.full.remove(&agent);
+            let tell = shared.state.starving_sessions();
+            Self::wake(shared, tell);
+        });
+    }
+
     /// Gives back every slot of a session that ended or was handed over.
     pub(crate) fn release_session(&self, session: &SessionId) {
         let mut shared = self.shared();
@@ -135,8 +164,9 @@ impl Scheduler {
     pub(crate) fn only_waits(&self, session: &SessionId, agents: &AgentMap) -> bool {
         let shared = self.shared();
         let state = &shared.state;
+        let free = |id: &AgentId, slots: u32| slots > state.used(id) && !shared.full.contains(id);
         state.is_starving(session)
-            && !agents.iter().any(|(id, info)| info.accepting && info.slots > state.used(id))
+            && !agents.iter().any(|(id, info)| info.accepting && free(id, info.slots))
     }
 
     /// The registered agents changed: slots of agents gone or draining are no longer free.
@@ -167,6 +197,18 @@ pub(crate) struct Slots<'a> {
 
 impl SlotPool for Slots<'_> {
     fn reserve(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId> {
-        self.shared.state.reserve(session, candidates, self.since)
+        let Shared { state, full, .. } = &mut *self.shared;
+        if full.is_empty() || !candidates.iter().any(|(agent, _)| full.contains(*agent)) {
+            return state.reserve(session, candidates, self.since);
+        }
+        // A full agent has as many slots as this coordinator's tasks on it use.
+        let seen: Vec<(&AgentId, u32)> = candidates
+            .iter()
+            .map(|&(agent, slots)| match full.contains(agent) {
+                true => (agent, slots.min(state.used(agent))),
+                false => (agent, slots),
+            })
+            .collect();
+        state.reserve(session, &seen, self.since)
     }
 }

@@ -22,14 +22,17 @@ pub enum Refusal {
     StaleRegistration,
     /// The RunTask's attempt is no newer than one acknowledged on the agent: it is settled.
     Acknowledged,
+    /// Every task slot of the agent is in use (by any coordinator's sessions).
+    SlotsFull,
 }
 
-const ALL: [Refusal; 5] = [
+const ALL: [Refusal; 6] = [
     Refusal::StaleEpoch,
     Refusal::Draining,
     Refusal::CancelledBeforeStart,
     Refusal::StaleRegistration,
     Refusal::Acknowledged,
+    Refusal::SlotsFull,
 ];
 
 impl Refusal {
@@ -40,6 +43,7 @@ impl Refusal {
             Refusal::CancelledBeforeStart => "cancelled-before-start",
             Refusal::StaleRegistration => "stale-registration",
             Refusal::Acknowledged => "acknowledged",
+            Refusal::SlotsFull => "slots-full",
         }
     }
 

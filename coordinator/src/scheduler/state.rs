@@ -147,6 +147,11 @@ impl State {
         self.used.get(agent).copied().unwrap_or(0)
     }
 
+    /// The sessions refused a slot in their latest round.
+    pub(crate) fn starving_sessions(&self) -> Vec<SessionId> {
+        self.starving.keys().cloned().collect()
+    }
+
     /// Whether `session` was refused a slot in its latest round (and had none since).
     pub(crate) fn is_starving(&self, session: &SessionId) -> bool {
         self.starving.contains_key(session)

@@ -56,6 +56,26 @@ fn a_round_only_waits_for_a_session_refused_while_no_slot_is_free() {
     assert!(!scheduler.only_waits(&s2, &agents), "a slot is free again");
 }
 
+/// Another coordinator's tasks fill an agent: after it refused a task, rounds count it full
+/// (nothing is sent to be refused again at once), and the sessions waiting for a slot are
+/// woken when the pause ends.
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_refused_for_want_of_a_slot_counts_as_full_for_a_while() {
+    let scheduler = Scheduler::default();
+    let (a1, s) = (agent("a1"), session("s"));
+    let info = AgentInfo { slots: 2, computer: None, accepting: true };
+    let agents = AgentMap::from([(a1.clone(), info)]);
+    let waiter = scheduler.waiter(&s);
+    assert_eq!(scheduler.lock().reserve(&s, &[(&a1, 2)]), Some(a1.clone()));
+    scheduler.release(&s, &a1);
+    scheduler.agent_full(&a1);
+    assert_eq!(scheduler.lock().reserve(&s, &[(&a1, 2)]), None, "full for now");
+    assert!(scheduler.only_waits(&s, &agents));
+    waiter.handed().await;
+    assert!(!scheduler.only_waits(&s, &agents), "the pause is over");
+    assert_eq!(scheduler.lock().reserve(&s, &[(&a1, 2)]), Some(a1));
+}
+
 /// Finding 13: a session waiting for slots it can only get on another agent (its
 /// computer's, busy) does not cut the share of a session whose agents are free.
 #[test]

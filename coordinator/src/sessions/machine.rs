@@ -23,7 +23,6 @@ use std::collections::BTreeSet;
 
 use sluice_proto::ids::{AgentId, SessionId};
 
-use self::index::Index;
 pub(crate) use self::{
     answers::DEFAULT_ANSWER_TIMEOUT_MS,
     item::{
@@ -33,6 +32,7 @@ pub(crate) use self::{
     stop::{Stop, StopMode},
     types::{Dispatch, Effect, Event, Retry, SessionResult, SessionState, SessionStatus},
 };
+use self::{index::Index, tasks::Refused};
 
 /// Message of a graceful stop that came before any item started (users know this text).
 pub(crate) const CANCELED_BY_USER: &str = "Operation was canceled by user";
@@ -295,8 +295,9 @@ impl Machine {
         let mut effects = Vec::new();
         match event {
             Event::Tick => self.on_tick(now_ms, &mut effects),
-            Event::RunRefused { index, attempt, transient, message } => {
-                self.on_refused(now_ms, index, attempt, transient, message, &mut effects)
+            Event::RunRefused { index, attempt, transient, slots_full, message } => {
+                let refusal = Refused { transient, slots_full, message };
+                self.on_refused(now_ms, index, attempt, refusal, &mut effects)
             }
             Event::Progress {
                 index,

@@ -143,7 +143,11 @@ impl SessionActor {
             let message =
                 records::bounded(format!("agent {agent} refused the task: {}", status.message()));
             let transient = !invalid && !settled;
-            self.apply(Event::RunRefused { index, attempt, transient, message });
+            let slots_full = refusal == Some(Refusal::SlotsFull);
+            if slots_full {
+                self.ctx.scheduler.agent_full(&agent);
+            }
+            self.apply(Event::RunRefused { index, attempt, transient, slots_full, message });
             return;
         }
         // The task may have started: ask the same agent again (idempotent) until it answers

@@ -9,14 +9,20 @@ use super::{
     Outcome, REFUSED_BACKOFF_MS, RunAnswer, SHOWN_REFUSAL_MS, STOPPED, TaskPhase, Volumes,
 };
 
+/// An agent's refusal of a RunTask, as `Event::RunRefused` carries it.
+pub(super) struct Refused {
+    pub(super) transient: bool,
+    pub(super) slots_full: bool,
+    pub(super) message: String,
+}
+
 impl Machine {
     pub(super) fn on_refused(
         &mut self,
         now_ms: i64,
         index: u32,
         attempt: u32,
-        transient: bool,
-        message: String,
+        Refused { transient, slots_full, message }: Refused,
         effects: &mut Vec<Effect>,
     ) {
         let Some(pos) = self.running_position(index, attempt) else {
@@ -37,6 +43,12 @@ impl Machine {
             item.status.agent = None;
             item.answer = RunAnswer::Answered;
             item.status.waiting_reason = message.into();
+            // A full agent says nothing about the item: with sessions of several coordinators
+            // on the same agents, items that doubled their pause on every such refusal ended
+            // up parked for 30 s while the agents sat idle.
+            if slots_full {
+                return 0;
+            }
             let doublings = item.refusals.min(16);
             item.refusals += 1;
             let pause = (REFUSED_BACKOFF_MS << doublings).min(MAX_REFUSED_BACKOFF_MS);

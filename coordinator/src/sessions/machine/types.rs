@@ -73,6 +73,9 @@ pub(crate) enum Event {
         attempt: u32,
         /// `true` when the attempt may simply be sent again later (busy, unreachable).
         transient: bool,
+        /// The agent's slots were all in use: the scheduler keeps the agent out of rounds
+        /// for a while, so the item needs no pause of its own and may go elsewhere at once.
+        slots_full: bool,
         /// Why.
         message: String,
     },

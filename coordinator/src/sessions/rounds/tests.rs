@@ -143,7 +143,10 @@ impl Cluster {
         let (index, attempt) = (d.index, d.attempt);
         if busy >= SLOTS {
             let message = format!("no free task slot ({busy} of {SLOTS} in use)");
-            self.apply(a, Event::RunRefused { index, attempt, transient: true, message });
+            self.apply(
+                a,
+                Event::RunRefused { index, attempt, transient: true, slots_full: false, message },
+            );
             return;
         }
         self.running.push((a, d));

@@ -219,7 +219,7 @@ proptest! {
                     Some(d) => {
                         settle(&mut may_run, &d);
                         let message = "busy".to_string();
-                        m.apply(now, Event::RunRefused { index: d.index, attempt: d.attempt, transient: true, message })
+                        m.apply(now, Event::RunRefused { index: d.index, attempt: d.attempt, transient: true, slots_full: false, message })
                     }
                     None => Vec::new(),
                 },

@@ -110,7 +110,16 @@ fn apply_step(m: &mut Machine, pool: &mut Pool, now: &mut i64, step: &Step) -> V
         Step::Refuse { pick, transient } => {
             let Some((index, attempt, _)) = running_pick(m, *pick) else { return Vec::new() };
             let message = "busy".to_string();
-            m.apply(*now, Event::RunRefused { index, attempt, transient: *transient, message })
+            m.apply(
+                *now,
+                Event::RunRefused {
+                    index,
+                    attempt,
+                    transient: *transient,
+                    slots_full: false,
+                    message,
+                },
+            )
         }
         Step::Lose => m.apply(*now, Event::AgentLost { agent: agent("a2") }),
         Step::Stop { mode, deadline } => {

@@ -80,9 +80,50 @@ fn a_requeued_item_shows_no_progress() {
 fn a_busy_agent_refusal_is_not_an_attempt() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    m.apply(1, Event::RunRefused { index: 0, attempt: 1, transient: true, message: "busy".into() });
+    m.apply(
+        1,
+        Event::RunRefused {
+            index: 0,
+            attempt: 1,
+            transient: true,
+            slots_full: false,
+            message: "busy".into(),
+        },
+    );
     assert_eq!((m.items[0].state(), m.items[0].status.attempt), (ItemState::Pending, 0));
     assert_eq!(m.items[0].not_before_ms, 1 + REFUSED_BACKOFF_MS);
+}
+
+/// A full agent (its slots taken by other coordinators' sessions) says nothing about the
+/// item: it may run at once elsewhere, and its pause does not grow refusal after refusal.
+#[test]
+fn a_full_agent_refusal_leaves_the_item_free_to_run_at_once() {
+    let mut m = machine(1, 1);
+    let a1 = agents(&[("a1", 1)]);
+    let full = |attempt| Event::RunRefused {
+        index: 0,
+        attempt,
+        transient: true,
+        slots_full: true,
+        message: "agent a1 refused the task: no free task slot (1 of 1 in use)".into(),
+    };
+    for round in 0..20 {
+        let effects = m.dispatch(round, &a1, &mut Pool::default());
+        let run = Effect::Run(Dispatch { index: 0, attempt: 1, agent: agent("a1") });
+        assert_eq!(effects, vec![run], "round {round}: sent again at once");
+        m.apply(round, full(1));
+        assert_eq!((m.items[0].state(), m.items[0].not_before_ms), (ItemState::Pending, 0));
+    }
+    let busy = Event::RunRefused {
+        index: 0,
+        attempt: 1,
+        transient: true,
+        slots_full: false,
+        message: "busy".into(),
+    };
+    m.dispatch(20, &a1, &mut Pool::default());
+    m.apply(20, busy);
+    assert_eq!(m.items[0].not_before_ms, 20 + REFUSED_BACKOFF_MS, "no doubling from before");
 }
 
 /// Finding 7: a refusal for now ("another attempt is still running", busy) is retried with a
@@ -97,6 +138,7 @@ fn a_refused_dispatch_backs_off_without_writes() {
         index: 0,
         attempt: 1,
         transient: true,
+        slots_full: false,
         message: "attempt 0 is still running".into(),
     };
     m.dispatch(0, &a1, &mut pool);
@@ -130,7 +172,16 @@ fn a_refusal_written_lazily_makes_the_next_dispatch_a_write() {
     let a1 = agents(&[("a1", 1)]);
     m.dispatch(0, &a1, &mut pool);
     m.take_dirty(true, true);
-    m.apply(1, Event::RunRefused { index: 0, attempt: 1, transient: true, message: "busy".into() });
+    m.apply(
+        1,
+        Event::RunRefused {
+            index: 0,
+            attempt: 1,
+            transient: true,
+            slots_full: false,
+            message: "busy".into(),
+        },
+    );
     pool.release("a1");
     let (written, _) = m.take_dirty(true, false);
     assert_eq!(written, vec![0], "the lazy write takes the refused item");
