@@ -1,8 +1,9 @@
 //! The VM executor: a point-in-time copy of each disk with QEMU's block jobs, full or
 //! incremental, into the repository.
 //!
-//! - SNAPSHOT: wait until no other task of this agent uses the VM ([`holds`]), lock the
-//!   item's chains, open the disks ([`source`]: the running VM over QMP,
+//! - SNAPSHOT: lock the item's chains, then wait until no other task of this agent uses the
+//!   VM ([`holds`]; a stop ends either wait, see [`waits`]), open the disks ([`source`]: the
+//!   running VM over QMP,
 //!   or a storage daemon for offline images), tidy what a dead agent left in QEMU, decide
 //!   full or incremental ([`plan`]), create the target images (an incremental one backed by
 //!   the parent's file) and start every disk's `blockdev-backup` in one transaction with
@@ -25,6 +26,7 @@ mod plan;
 mod recover;
 mod source;
 mod target;
+mod waits;
 mod writeback;
 
 pub use daemon::Daemons;
@@ -39,7 +41,7 @@ use sluice_proto::pb::{self, TaskPhase};
 use tracing::{debug, info, warn};
 
 use self::commit::Copied;
-use self::holds::{Claim, Hold};
+use self::holds::Hold;
 use self::jobs::{Ended, Job};
 use self::plan::{DiskState, Kind, Names, Parent, Plan};
 use self::source::{OpenError, Source};
@@ -48,7 +50,7 @@ use self::writeback::Writeback;
 use super::steps::Steps;
 use super::{TaskContext, canceled, committed, failed, remove_partial};
 use crate::fsutil::blocking;
-use crate::key::{self, TaskNames};
+use crate::key::TaskNames;
 use crate::repository::RepoPaths;
 use crate::repository::chain::{self, ChainLock};
 
@@ -60,6 +62,8 @@ const LATE_UNDO: Duration = Duration::from_secs(300);
 /// Why a VM backup did not commit.
 enum Failure {
     Canceled,
+    /// Canceled while it waited for what another task holds, which this names.
+    CanceledWaiting(String),
     Failed(String),
 }
 
@@ -94,6 +98,11 @@ pub(super) async fn run(ctx: &mut TaskContext, vm: &pb::VmTarget) -> pb::TaskOut
     match result {
         Ok(done) => committed(done.restore_point, done.warnings.join("; ")),
         Err(Failure::Canceled) => canceled(ctx.cancel.reason()),
+        Err(Failure::CanceledWaiting(what)) => {
+            let mut outcome = canceled(ctx.cancel.reason());
+            outcome.message = format!("{} while waiting for {what}", outcome.message);
+            outcome
+        }
         Err(Failure::Failed(message)) => failed(message),
     }
 }
@@ -121,7 +130,8 @@ struct Backup {
 }
 
 impl Backup {
-    /// Locks the item's chains, reads the named parent and opens the disks.
+    /// Locks the item's chains, waits for the VM, reads the named parent and opens the
+    /// disks.
     async fn open(
         ctx: &TaskContext,
         vm: &pb::VmTarget,
@@ -129,14 +139,13 @@ impl Backup {
     ) -> Result<Self, Failure> {
         ensure_running(ctx)?;
         let disks: Vec<PathBuf> = vm.disks.iter().map(PathBuf::from).collect();
-        let hold = Self::hold(ctx, vm, &disks).await?;
+        // The chain lock first: a task waiting for a merge of its item holds no VM.
+        let lock = waits::chain_lock(ctx, &paths.item_dir).await?;
+        let hold = waits::vm_hold(ctx, vm, &disks).await?;
         let repo = paths.clone();
         let named = ctx.spec.parent_restore_point.clone();
         let unusable = ctx.spec.parent_unusable.clone();
         let chain = blocking(move || {
-            // A merge that cannot be finished now does not stop the backup: the chain of
-            // its parent reads the same whatever step the merge reached.
-            let (lock, _) = ChainLock::settled(&repo.item_dir).map_err(std::io::Error::other)?;
             let parent = named_parent(&repo.item_dir, &named, unusable);
             repo.prepare_partial().map_err(|e| {
                 std::io::Error::new(
@@ -144,12 +153,11 @@ impl Backup {
                     format!("cannot create {}: {e}", repo.partial.display()),
                 )
             })?;
-            Ok((lock, parent))
+            Ok(parent)
         });
         let marker = ctx.id.restore_point_id();
         // A storage daemon takes several milliseconds to start: it does so while the chain
-        // is locked and read and the partial folder made (neither touches the other's
-        // files).
+        // is read and the partial folder made (neither touches the other's files).
         // A stop does not wait for a busy VM's QMP greeting (a dropped daemon ends itself).
         let source = async {
             tokio::select! {
@@ -159,7 +167,7 @@ impl Backup {
         };
         let (chain, source) = tokio::join!(chain, source);
         let Some(source) = source else { return Err(Failure::Canceled) };
-        let ((lock, parent), source) = match (chain, source) {
+        let (parent, source) = match (chain, source) {
             (Ok(chain), Ok(source)) => (chain, source),
             (Err(e), source) => {
                 if let Ok(source) = source {
@@ -181,26 +189,6 @@ impl Backup {
             _lock: lock,
             _hold: hold,
         })
-    }
-
-    /// Waits until no other task of this agent uses the VM (a stop ends the wait), or
-    /// fails when another item of the session has one of the disks.
-    async fn hold(
-        ctx: &TaskContext,
-        vm: &pb::VmTarget,
-        disks: &[PathBuf],
-    ) -> Result<Hold, Failure> {
-        let (task, job, item) =
-            (ctx.id.clone(), ctx.spec.job.clone(), key::item_name(&ctx.spec).to_owned());
-        let (socket, disks) = (vm.qmp_socket.clone(), disks.to_vec());
-        // Resolving the links reads the file system.
-        let claim = blocking(move || Ok(Claim::new(task, &job, &item, &socket, &disks)))
-            .await
-            .map_err(snapshot_failed)?;
-        tokio::select! {
-            hold = ctx.vm_holds.hold(claim) => hold.map_err(snapshot_failed),
-            () = ctx.cancel.cancelled() => Err(Failure::Canceled),
-        }
     }
 
     async fn run(

@@ -102,6 +102,28 @@ pub(crate) fn children(item_dir: &Path, id: &str) -> io::Result<Vec<String>> {
         .collect())
 }
 
+/// Why taking an item folder's chain lock waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// A merge holds it exclusively (retention's, or a reader finishing an interrupted one).
+    Merge,
+    /// An interrupted merge is to be finished first, and backups, verifies or restores of
+    /// the item hold it shared.
+    Readers,
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Wait::Merge => "a merge of its restore points holds it",
+            Wait::Readers => {
+                "an interrupted merge is to be finished first, and a backup, verify or restore \
+                 of the item reads it"
+            }
+        })
+    }
+}
+
 /// A lock on an item folder's chains, released when dropped.
 #[derive(Debug)]
 pub(crate) struct ChainLock {
@@ -111,10 +133,17 @@ pub(crate) struct ChainLock {
 impl ChainLock {
     /// Waits for a shared lock (no merge runs while it is held). A folder where the lock
     /// file cannot be made (a read-only repository: nothing can rewrite it either) is read
-    /// without one.
-    pub(crate) fn shared(item_dir: &Path) -> io::Result<Self> {
+    /// without one. `waits` hears it when the lock is to be waited for.
+    fn shared(item_dir: &Path, waits: &mut dyn FnMut(Wait)) -> io::Result<Self> {
         let Some(file) = open(item_dir)? else { return Ok(Self { _file: None }) };
-        file.lock_shared()?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                waits(Wait::Merge);
+                file.lock_shared()?;
+            }
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
         Ok(Self { _file: Some(file) })
     }
 
@@ -124,17 +153,33 @@ impl ChainLock {
     /// [`merge::readers_may_finish`]) is returned with the lock: the chains are read as they
     /// are (see [`merge::Intent::reading`]), for a full repository must not block restores.
     pub(crate) fn settled(item_dir: &Path) -> Result<(Self, Option<merge::Intent>), String> {
+        Self::settled_telling(item_dir, &mut |_| {})
+    }
+
+    /// [`Self::settled`], calling `waits` with why each time before it waits for the lock
+    /// (a caller that must not block in it runs it on a thread of its own).
+    pub(crate) fn settled_telling(
+        item_dir: &Path,
+        waits: &mut dyn FnMut(Wait),
+    ) -> Result<(Self, Option<merge::Intent>), String> {
         let io = |e: io::Error| format!("{}: cannot lock: {e}", lock_path(item_dir).display());
         let mut tried = !merge::readers_may_finish(item_dir);
         loop {
-            let lock = Self::shared(item_dir).map_err(io)?;
+            let lock = Self::shared(item_dir, waits).map_err(io)?;
             let unfinished = merge::interrupted(item_dir)?;
             if lock._file.is_none() || unfinished.is_none() || tried {
                 return Ok((lock, unfinished));
             }
             drop(lock);
             let Some(file) = open(item_dir).map_err(io)? else { continue };
-            file.lock().map_err(io)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    waits(Wait::Readers);
+                    file.lock().map_err(io)?;
+                }
+                Err(TryLockError::Error(e)) => return Err(io(e)),
+            }
             if let Err(error) = merge::finish_interrupted(item_dir) {
                 tracing::warn!(item = %item_dir.display(), error,
                     "an unfinished retention merge cannot be finished now; its chain is read as it is");

@@ -172,31 +172,59 @@ impl Drop for Hold {
     }
 }
 
+/// A claim asked for: granted already, or waiting behind another task.
+#[derive(Debug)]
+pub(crate) struct Asked {
+    hold: Hold,
+    task: TaskId,
+    /// The task that uses the VM, while the claim waits.
+    behind: Option<String>,
+    granted: Option<oneshot::Receiver<()>>,
+}
+
+impl Asked {
+    /// The task the claim waits behind, if it waits.
+    pub(crate) fn behind(&self) -> Option<&str> {
+        self.behind.as_deref()
+    }
+
+    /// Waits until the claim is granted. Dropping the future withdraws the claim.
+    pub(crate) async fn granted(self) -> Hold {
+        if let Some(granted) = self.granted {
+            // The sender is only dropped once the claim is granted or ended.
+            let _ = granted.await;
+            info!(task = %self.task, "the VM is free: going on");
+        }
+        self.hold
+    }
+}
+
 impl VmHolds {
-    /// Waits until `claim` is granted; an error says why it is refused. Dropping the future
-    /// withdraws the claim.
-    pub(crate) async fn hold(&self, claim: Claim) -> Result<Hold, String> {
+    /// Grants or queues `claim` at once; an error says why it is refused. Dropping the
+    /// answer (or [`Asked::granted`]'s future) withdraws the claim.
+    pub(crate) fn ask(&self, claim: Claim) -> Result<Asked, String> {
         let task = claim.task.clone();
-        let (id, granted) = {
+        let (id, behind, granted) = {
             let mut inner = self.lock();
             match inner.ledger.ask(claim) {
                 Answer::Refused(why) => return Err(why),
-                Answer::Granted(id) => (id, None),
+                Answer::Granted(id) => (id, None, None),
                 Answer::Queued { id, behind } => {
                     info!(task = %task, "waiting for the VM: {behind} on this agent backs it up");
                     let (tx, rx) = oneshot::channel();
                     inner.waiters.insert(id, tx);
-                    (id, Some(rx))
+                    (id, Some(behind), Some(rx))
                 }
             }
         };
         let hold = Hold { id, holds: self.clone() };
-        if let Some(granted) = granted {
-            // The sender is only dropped once the claim is granted or ended.
-            let _ = granted.await;
-            info!(task = %task, "the VM is free: going on");
-        }
-        Ok(hold)
+        Ok(Asked { hold, task, behind, granted })
+    }
+
+    /// Waits until `claim` is granted ([`Self::ask`], then [`Asked::granted`]).
+    #[cfg(test)]
+    pub(crate) async fn hold(&self, claim: Claim) -> Result<Hold, String> {
+        Ok(self.ask(claim)?.granted().await)
     }
 
     /// How many tasks wait for a VM.
