@@ -1,7 +1,11 @@
 //! One VM that several tasks reach on one agent: two items of a job on one image (one
-//! named through a symbolic link), two jobs backing the VM up at once, and the messages of
+//! named through a symbolic link), two jobs backing the VM up at once, an item waiting for a
+//! merge of its restore points while another item of the VM goes on, and the messages of
 //! disks Sluice cannot back up live.
 
+use std::error::Error;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use sluice_agent::exec::{self, CancelSignal, Update, VmHolds};
@@ -11,7 +15,7 @@ use sluice_tests::{PATIENCE, wait_for};
 use tokio::task::JoinHandle;
 
 use crate::chains::committed;
-use crate::support::{Run, WAIT, make_disk, prepare, update_matching, vm_spec};
+use crate::support::{Run, WAIT, make_disk, phases, prepare, update_matching, vm_spec};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -92,7 +96,13 @@ impl Running {
     }
 
     async fn outcome(self) -> pb::TaskOutcome {
-        tokio::time::timeout(WAIT, self.task).await.expect("in time").expect("task")
+        self.ended().await.0
+    }
+
+    /// The outcome and the phases reported.
+    async fn ended(mut self) -> (pb::TaskOutcome, Vec<TaskPhase>) {
+        let outcome = tokio::time::timeout(WAIT, self.task).await.expect("in time").expect("task");
+        (outcome, phases(&mut self.updates))
     }
 }
 
@@ -196,4 +206,74 @@ async fn a_missing_socket_is_named_when_the_offline_images_are_busy() {
     assert!(outcome.message.contains(&expected), "{}", outcome.message);
     assert!(outcome.message.contains("lock"), "QEMU's reason stays: {}", outcome.message);
     vm.quit();
+}
+
+/// Whether a process waits in `flock` for the file at `path` (the kernel lists each waiter
+/// in `/proc/locks`, marked `->`, under the lock it waits behind).
+fn flock_waited_for(path: &Path) -> Result<bool, std::io::Error> {
+    let inode = format!(":{} ", std::fs::metadata(path)?.ino());
+    let locks = std::fs::read_to_string("/proc/locks")?;
+    Ok(locks.lines().any(|line| line.contains("->") && line.contains(&inode)))
+}
+
+/// How many threads of this process wait for a chain lock for a VM backup (the executor
+/// names them `chain-lock`).
+fn chain_lock_threads() -> Result<usize, std::io::Error> {
+    let mut count = 0;
+    for thread in std::fs::read_dir("/proc/self/task")? {
+        // A thread that ended meanwhile has no name to read.
+        let name = std::fs::read_to_string(thread?.path().join("comm")).unwrap_or_default();
+        count += usize::from(name.trim_end() == "chain-lock");
+    }
+    Ok(count)
+}
+
+/// A retention merge holds an item's chain lock exclusively, for minutes on a large disk:
+/// the item's backup used to wait for it holding the VM (the other items' backups of the VM
+/// waited behind it), and a stop took effect only once the merge ended.
+#[tokio::test]
+async fn a_backup_waiting_for_a_merge_holds_no_vm_and_a_stop_ends_its_wait()
+-> Result<(), Box<dyn Error>> {
+    let dir = tempfile::tempdir()?;
+    let disks = [make_disk(dir.path(), "a.qcow2", 1), make_disk(dir.path(), "b.qcow2", 1)];
+    let repo = dir.path().join("repo");
+    let vm = Vm::start(dir.path(), "vm", &disks).await;
+    let socket = vm.sluice_socket();
+    let holds = VmHolds::default();
+    // What a merge of item vm0 holds: its chain lock, exclusively.
+    let lock = repo.join(".locks/nightly/vm0/chain.lock");
+    std::fs::create_dir_all(lock.parent().ok_or("a folder")?)?;
+    let merge = File::create(&lock)?;
+    merge.lock()?;
+
+    let (stop, waiting) = spawn(item_spec("s1", 0, "", &disks[0], &repo, &socket), None, &holds);
+    let blocked = || {
+        let now = flock_waited_for(&lock).map_err(|e| e.to_string());
+        async move { if now == Ok(true) { Ok(()) } else { Err(now) } }
+    };
+    wait_for(blocked, PATIENCE, "the backup of vm0 waiting for the chain lock").await;
+    let (_, other) = spawn(item_spec("s1", 1, "", &disks[1], &repo, &socket), None, &holds);
+    let outcome = other.outcome().await;
+    assert_eq!(outcome.state(), ItemState::Success, "vm1 does not wait for vm0: {outcome:?}");
+
+    stop.cancel(pb::CancelReason::User);
+    let (outcome, phases) = waiting.ended().await;
+    assert_eq!(outcome.state(), ItemState::Canceled, "{outcome:?}");
+    let expected = "canceled by user while waiting for the chain lock of item \"vm0\" (a merge";
+    assert!(outcome.message.starts_with(expected), "{}", outcome.message);
+    assert_eq!(phases, [TaskPhase::Snapshot, TaskPhase::Cleanup]);
+    assert_eq!(holds.waiting(), 0);
+    assert!(!repo.join("nightly/vm0").exists(), "nothing was made for vm0");
+
+    // The stopped task's thread still waits. Once the merge ends it takes the lock late and
+    // lets it go (it ends then): the next merge gets the lock.
+    drop(merge);
+    let thread_ended = || {
+        let threads = chain_lock_threads().map_err(|e| e.to_string());
+        async move { if threads == Ok(0) { Ok(()) } else { Err(threads) } }
+    };
+    wait_for(thread_ended, PATIENCE, "the stopped task's chain lock thread ending").await;
+    File::open(&lock)?.try_lock()?;
+    vm.quit();
+    Ok(())
 }

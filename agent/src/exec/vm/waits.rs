@@ -53,7 +53,7 @@ pub(super) async fn chain_lock(ctx: &TaskContext, item_dir: &Path) -> Result<Cha
             let _ = tx.send(settled);
         }
     };
-    std::thread::Builder::new().name("sluice-chain-lock".to_owned()).spawn(thread).map_err(
+    std::thread::Builder::new().name("chain-lock".to_owned()).spawn(thread).map_err(
         |e| snapshot_failed(format!("cannot start a thread to take the chain lock: {e}")),
     )?;
     let waited = || *waiting.lock().unwrap_or_else(PoisonError::into_inner);
