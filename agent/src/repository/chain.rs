@@ -232,3 +232,63 @@ fn open(item_dir: &Path) -> io::Result<Option<File>> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::sync::mpsc;
+    use std::thread;
+
+    use super::*;
+
+    /// Takes the settled lock of `item_dir` on a thread; what it is told before it waits
+    /// comes through `told`.
+    fn settle(
+        item_dir: &Path,
+        told: mpsc::Sender<Wait>,
+    ) -> thread::JoinHandle<Result<Option<merge::Intent>, String>> {
+        let dir = item_dir.to_owned();
+        thread::spawn(move || {
+            let mut waits = |why| told.send(why).unwrap_or(());
+            ChainLock::settled_telling(&dir, &mut waits).map(|(_, intent)| intent)
+        })
+    }
+
+    #[test]
+    fn a_wait_behind_a_merge_is_told_before_it_begins() -> Result<(), Box<dyn Error>> {
+        let repo = tempfile::tempdir()?;
+        let item_dir = repo.path().join("job/item");
+        std::fs::create_dir_all(&item_dir)?;
+        let merge = ChainLock::try_exclusive(&item_dir)?.ok_or("the lock is free")?;
+        let (tx, told) = mpsc::channel();
+        let reader = settle(&item_dir, tx);
+        assert_eq!(told.recv()?, Wait::Merge);
+        drop(merge);
+        assert_eq!(reader.join().map_err(|_| "the reader panicked")??, None);
+        assert!(told.try_recv().is_err(), "told once");
+
+        let (tx, told) = mpsc::channel();
+        settle(&item_dir, tx).join().map_err(|_| "the reader panicked")??;
+        assert!(told.try_recv().is_err(), "a free lock is taken without a word");
+        Ok(())
+    }
+
+    #[test]
+    fn a_wait_to_finish_an_interrupted_merge_behind_readers_is_told() -> Result<(), Box<dyn Error>>
+    {
+        let repo = tempfile::tempdir()?;
+        let item_dir = repo.path().join("job/item");
+        std::fs::create_dir_all(&item_dir)?;
+        // A merge whose child is gone cannot be finished: the chain is then read as it is.
+        std::fs::write(item_dir.join(".merge.json"), r#"{"base":"a","child":"b"}"#)?;
+        let reading = open(&item_dir)?.ok_or("a lock file")?;
+        reading.lock_shared()?;
+        let (tx, told) = mpsc::channel();
+        let reader = settle(&item_dir, tx);
+        assert_eq!(told.recv()?, Wait::Readers);
+        drop(reading);
+        let intent = reader.join().map_err(|_| "the reader panicked")??;
+        assert_eq!(intent, Some(merge::Intent::new("a", "b")));
+        Ok(())
+    }
+}

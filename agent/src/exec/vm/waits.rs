@@ -53,9 +53,9 @@ pub(super) async fn chain_lock(ctx: &TaskContext, item_dir: &Path) -> Result<Cha
             let _ = tx.send(settled);
         }
     };
-    std::thread::Builder::new().name("chain-lock".to_owned()).spawn(thread).map_err(
-        |e| snapshot_failed(format!("cannot start a thread to take the chain lock: {e}")),
-    )?;
+    std::thread::Builder::new().name("chain-lock".to_owned()).spawn(thread).map_err(|e| {
+        snapshot_failed(format!("cannot start a thread to take the chain lock: {e}"))
+    })?;
     let waited = || *waiting.lock().unwrap_or_else(PoisonError::into_inner);
     tokio::select! {
         settled = rx => {
