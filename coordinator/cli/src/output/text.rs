@@ -82,6 +82,16 @@ pub fn yes_no(flag: bool) -> String {
     if flag { "yes" } else { "no" }.to_string()
 }
 
+/// Whether the session was canceled, `-` until it has ended (as its result): a session a
+/// user just stopped is STOPPING and not yet marked canceled, and `no` read as "not stopped".
+pub fn canceled(session: &pb::Session) -> String {
+    if session.state() == pb::SessionState::Stopped {
+        yes_no(session.canceled)
+    } else {
+        "-".to_string()
+    }
+}
+
 /// A table cell on one line: control characters (newlines, tabs) become spaces.
 pub fn one_line(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()

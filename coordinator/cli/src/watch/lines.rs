@@ -117,7 +117,7 @@ pub fn summary(session: &pb::Session) -> String {
     };
     let mut pairs = vec![
         ("RESULT", text::session_result(session.result)),
-        ("CANCELED", text::yes_no(session.canceled)),
+        ("CANCELED", text::canceled(session)),
         ("ITEMS", item_counts(&session.items)),
         ("DURATION", duration),
     ];

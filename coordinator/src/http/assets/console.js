@@ -97,6 +97,13 @@ function duration(from, to) {
   return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
 }
 
+// Whether a session was canceled, '—' until it has ended (as its result): a session just
+// stopped is STOPPING and not yet marked canceled, and "no" read as "not stopped".
+function canceledText(session) {
+  if (session.state !== 'SESSION_STATE_STOPPED') return '—';
+  return session.canceled ? 'yes' : 'no';
+}
+
 function sessionLink(id) {
   return h('a', { href: `#/sessions/${encodeURIComponent(id)}` }, id);
 }

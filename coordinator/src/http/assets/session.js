@@ -134,7 +134,7 @@ function renderSessionFacts(facts, s) {
     fact('Job', h('a', { href: `#/history?job=${encodeURIComponent(s.job)}` }, s.job)),
     fact('State', h('span', { 'data-field': 'state' }, badge(short(s.state, 'SESSION_STATE_')))),
     fact('Result', h('span', { 'data-field': 'result' }, badge(short(s.result, 'SESSION_RESULT_')))),
-    fact('Canceled', h('span', { 'data-field': 'canceled' }, s.canceled ? 'yes' : 'no')),
+    fact('Canceled', h('span', { 'data-field': 'canceled' }, canceledText(s))),
     fact('Stop', stopMode && stopMode !== 'UNSPECIFIED'
       ? `${stopMode.toLowerCase()} by ${s.stoppedBy || '?'} at ${when(s.stopRequestedAt)}` : '—'),
     fact('Message', s.message || '—'),

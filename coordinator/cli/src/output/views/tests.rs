@@ -10,7 +10,7 @@ SESSION:   0193a1b2
 JOB:       nightly
 STATE:     WORKING
 RESULT:    -
-CANCELED:  no
+CANCELED:  -
 OWNER:     coord-1 (epoch 42)
 CREATED:   2026-11-22T09:05:03Z (10m ago)
 ENDED:     -
@@ -33,6 +33,22 @@ fn stopped_session_shows_who_stopped_it() {
     assert!(text.contains("STOPPED BY:  alice@backup1 at 2026-11-22T09:07:03Z (8m ago)\n"));
     assert!(text.contains("STOP MODE:   GRACEFUL\n"), "{text}");
     assert!(text.contains("vm-03  NOT_PROCESSED"), "{text}");
+}
+
+/// A session a user just stopped is STOPPING, not yet canceled: CANCELED says nothing until
+/// it has ended (as RESULT), never `no`.
+#[test]
+fn a_stopping_session_is_not_shown_as_not_canceled() {
+    let mut session = fixtures::working_session();
+    session.state = pb::SessionState::Stopping as i32;
+    session.stop_mode = pb::StopMode::Immediate as i32;
+    session.stop_requested_at = at(120);
+    let text = session_detail(&session, fixtures::now());
+    assert!(text.contains("STATE:       STOPPING\nRESULT:      -\nCANCELED:    -\n"), "{text}");
+    let list = session_list(std::slice::from_ref(&session), fixtures::now());
+    assert!(list.lines().nth(1).is_some_and(|row| row.contains("STOPPING  -       -  ")), "{list}");
+    session.state = pb::SessionState::Stopped as i32;
+    assert!(session_detail(&session, fixtures::now()).contains("CANCELED:    no\n"));
 }
 
 #[test]
