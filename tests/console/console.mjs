@@ -2,12 +2,13 @@
 // open the console, see the job, click Start, watch items progress, click Stop > Gracefully,
 // see the session end WARNING and canceled with its NOT_PROCESSED items; click Retry, stop the
 // retry Immediately and see it end FAILED with CANCELED items; then see both sessions in
-// History, the agent and the coordinator, and verify a restore point. On a secure cluster it
-// first signs in with an API token (the console keeps it in sessionStorage). Then, with
-// LARGE_JOB, it starts a session of more than a page of items and pages through them; with
-// REVOKED_TOKEN too, it watches that session signed in with that token, prints REVOKE_NOW and
-// waits for the Sign in form saying the token was revoked (and no banner); it signs in again
-// and stops the large session Immediately.
+// History, the agent and the coordinator, and verify a restore point (and see how the view
+// renders one being merged). Until a session has ended its Canceled field says '—', never "no".
+// On a secure cluster it first signs in with an API token (the console keeps it in
+// sessionStorage). Then, with LARGE_JOB, it starts a session of more than a page of items and
+// pages through them; with REVOKED_TOKEN too, it watches that session signed in with that
+// token, prints REVOKE_NOW and waits for the Sign in form saying the token was revoked (and no
+// banner); it signs in again and stops the large session Immediately.
 //
 // Run by the end-to-end test `console::start_stop_and_retry_in_the_browser`, which starts
 // the cluster and the job. Environment:
@@ -203,11 +204,18 @@ async function stopTheLargeSession(page, sessionUrl) {
 }
 
 // Waits until the session view shows STOPPED; its result, canceled flag and item states.
+// Until then (STOPPING) the canceled flag must say '—': "no" reads as "not stopped".
 async function stoppedOutcome(page) {
   await page.waitForFunction(() => {
     const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
-    return field('state') === 'STOPPED';
+    const state = field('state');
+    if (state && state !== 'STOPPED' && field('canceled') !== '—') {
+      window.canceledBeforeTheEnd = `${state}: canceled ${field('canceled')}`;
+    }
+    return state === 'STOPPED';
   }, null, { timeout: STEP_MS * 3, polling: 100 });
+  const early = await page.evaluate(() => window.canceledBeforeTheEnd);
+  if (early) throw new Error(`the session showed ${early} before it ended`);
   return page.evaluate(() => {
     const field = (name) => document.querySelector(`[data-field="${name}"]`)?.textContent.trim();
     const states = [...document.querySelectorAll('table.items tr[data-state]')].map((r) => r.dataset.state);
@@ -272,6 +280,30 @@ async function visitTheOtherViews(page) {
   if (kind !== 'FULL' || parent !== '—') throw new Error(`expected a FULL point without a parent, saw ${kind}, ${parent}`);
   await points.first().getByRole('button', { name: 'Verify' }).click();
   await points.first().getByText(/ OK: .* checked on /).waitFor({ timeout: STEP_MS });
+  await seeAMergingRestorePointRendered(page);
+}
+
+// A full restore point retention is merging into its child (a failed merge takes a full
+// repository; the e2e merge test checks the API's JSON): the row the view makes of such an
+// entry says "merging into CHILD" and why the merge failed, both as text, and offers no Verify.
+async function seeAMergingRestorePointRendered(page) {
+  step('see a restore point being merged rendered as text');
+  const shown = await page.evaluate(() => {
+    const child = 'rp-<img src=x onerror="window.injected = true">';
+    const problem = '<b>No space left on device</b>';
+    const row = restorePointRow('j', { id: 'rp-1', item: 'vm-0', kind: 'RESTORE_POINT_KIND_FULL',
+      sessionId: 's1', mergingInto: child, mergeProblem: problem });
+    document.body.append(row);
+    const field = (name) => row.querySelector(`[data-field="${name}"]`).textContent;
+    const shown = { kind: field('kind'), damage: field('damage'), markup: row.querySelectorAll('img, b').length,
+      verifyDisabled: row.querySelector('button').disabled };
+    row.remove();
+    return { ...shown, expected: { kind: `merging into ${child}`, damage: `merge failed: ${problem}` } };
+  });
+  if (shown.kind !== shown.expected.kind || shown.damage !== shown.expected.damage
+    || shown.markup !== 0 || !shown.verifyDisabled || await page.evaluate(() => window.injected === true)) {
+    throw new Error(`a merging restore point rendered as ${JSON.stringify(shown)}`);
+  }
 }
 
 async function main() {

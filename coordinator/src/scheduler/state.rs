@@ -302,11 +302,15 @@ impl State {
         open.map(|(agent, &n)| n.saturating_sub(self.used(agent))).sum()
     }
 
-    /// Whether a round of starving `session` would be granted a slot now.
+    /// Whether a round of starving `session` would be granted a slot now: its round asks
+    /// only for agents that take tasks, so the free slots of one that stopped taking them
+    /// since (draining) neither count as free nor in its share.
     fn would_grant(&self, session: &SessionId) -> bool {
         let starving = &self.starving[session];
-        let any_free = starving.agents.iter().any(|(agent, &slots)| slots > self.used(agent));
-        let total: u32 = starving.agents.values().sum();
+        let open = starving.agents.iter().filter(|(agent, _)| !self.closed.contains(*agent));
+        let (any_free, total) = open.fold((false, 0), |(any_free, total), (agent, &slots)| {
+            (any_free || slots > self.used(agent), total + slots)
+        });
         any_free && self.within_share(session, total, &starving.mask)
     }
 

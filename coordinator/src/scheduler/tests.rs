@@ -253,6 +253,29 @@ fn the_slots_of_an_agent_back_from_an_absence_are_handed_on() {
     assert!(handed.is_some(), "s2 is told of a1's freed slot");
 }
 
+/// A draining agent's free slots are not free: a slot freed elsewhere is told to a session
+/// that waits for it, not to one that waits only for the draining agent (whose round would
+/// be refused again), even one that waited longer.
+#[test]
+fn a_freed_slot_is_not_told_to_a_session_that_waits_for_a_draining_agent() {
+    let scheduler = Scheduler::default();
+    let (a1, a2) = (agent("a1"), agent("a2"));
+    let [s0, s1, waits_for_a1, waits_for_a2] = ["s0", "s1", "s2", "s3"].map(session);
+    assert!(scheduler.lock().reserve(&s0, &[(&a1, 1)]).is_some());
+    assert!(scheduler.lock().reserve(&s1, &[(&a2, 1)]).is_some());
+    assert!(scheduler.lock().reserve(&waits_for_a1, &[(&a1, 1)]).is_none());
+    assert!(scheduler.lock().reserve(&waits_for_a2, &[(&a2, 1)]).is_none());
+    let (on_a1, on_a2) = (scheduler.waiter(&waits_for_a1), scheduler.waiter(&waits_for_a2));
+    let info = |accepting| AgentInfo { slots: 1, computer: None, accepting };
+    scheduler.agents_changed(&AgentMap::from([(a1.clone(), info(false)), (a2.clone(), info(true))]));
+    scheduler.release_session(&s0);
+    let told = |waiter: &SlotWaiter| futures::FutureExt::now_or_never(waiter.handed()).is_some();
+    assert!(!told(&on_a1) && !told(&on_a2), "a1's freed slot is not free: a1 drains");
+    scheduler.release_session(&s1);
+    assert!(told(&on_a2), "a2's freed slot goes to the session waiting for a2");
+    assert!(!told(&on_a1), "not to the one that waited longer, for a1 only");
+}
+
 /// A session of the simulation: the agents it asks for and the items it still places.
 #[derive(Debug, Clone)]
 struct Sim {

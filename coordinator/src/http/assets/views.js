@@ -110,7 +110,7 @@ function viewHistory(query) {
       h('td', {}, s.job),
       h('td', {}, badge(short(s.state, 'SESSION_STATE_'))),
       h('td', {}, badge(short(s.result, 'SESSION_RESULT_'))),
-      h('td', {}, s.canceled ? 'yes' : 'no'),
+      h('td', {}, canceledText(s)),
       h('td', {}, when(s.createdAt)),
       h('td', {}, duration(s.createdAt, s.endedAt)),
       h('td', {}, s.stoppedBy || '—'))));
@@ -196,7 +196,11 @@ function viewRestorePoints(query) {
 
 function restorePointRow(job, rp) {
   const outcome = h('span', { 'aria-live': 'polite' });
-  const verify = roleAllows('operate') ? h('button', { type: 'button', onclick: (event) => act(async () => {
+  // A full point retention is merging into its child is neither verifiable nor restorable
+  // until the merge ends (the child and later points are).
+  const merging = rp.mergingInto || '';
+  const verify = roleAllows('operate') ? h('button', { type: 'button', disabled: Boolean(merging),
+    title: merging ? `being merged into ${merging}` : null, onclick: (event) => act(async () => {
     event.target.disabled = true;
     outcome.textContent = ' checking…';
     try {
@@ -212,13 +216,17 @@ function restorePointRow(job, rp) {
     h('th', { scope: 'row' }, rp.id),
     h('td', {}, rp.item),
     // Unspecified: a computer or sim point, or a VM point from before kinds (it stands alone).
-    h('td', { 'data-field': 'kind' }, badge(short(rp.kind, 'RESTORE_POINT_KIND_'))),
+    // A merge's base says so instead, as `sluice restore-point list` does.
+    h('td', { 'data-field': 'kind' }, merging ? `merging into ${merging}`
+      : badge(short(rp.kind, 'RESTORE_POINT_KIND_'))),
     h('td', { 'data-field': 'parent' }, rp.parentId || '—'),
     h('td', {}, sessionLink(rp.sessionId)),
     h('td', {}, when(rp.createdAt)),
     h('td', { class: 'num' }, bytes(rp.sizeBytes)),
     h('td', { class: 'small' }, rp.path),
     // Known damage (a verify or retention's merge check found it): the next backup is full.
-    h('td', { class: 'small', 'data-field': 'damage' }, rp.damage ? rp.damage.problem : '—'),
+    // Else why a merge has not finished yet (the next retention tries again).
+    h('td', { class: 'small', 'data-field': 'damage' }, rp.damage ? rp.damage.problem
+      : rp.mergeProblem ? `merge failed: ${rp.mergeProblem}` : '—'),
     h('td', {}, verify, outcome));
 }
