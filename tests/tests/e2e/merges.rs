@@ -2,12 +2,14 @@
 //! (the session that ran it keeps the result its items give); verify and restore of the base answer
 //! "being merged" while its child and later restore points verify as before; once the merge
 //! can run, asking about the base has the catalog follow it without waiting for a session.
+//! The HTTP API lists the base as the gRPC one does.
 
 use sluice_proto::pb::{self, RestorePointKind};
 use sluice_tests::{
     PATIENCE,
     api::{Jobs, backed_up, try_restore_points},
     disk::{change, hold_open},
+    http::HttpClient,
     sessions::{FullAndChild, VmDisks, full_and_child, restore_point_dir},
     wait_for,
 };
@@ -37,7 +39,7 @@ async fn listed_merging(jobs: &Jobs, id: &str) -> pb::RestorePoint {
 
 #[tokio::test]
 async fn a_failed_merge_is_listed_as_being_merged_and_blocks_only_its_base() {
-    let FullAndChild { cluster: _cluster, mut jobs, vm, full, child } = full_and_child().await;
+    let FullAndChild { cluster, mut jobs, vm, full, child } = full_and_child().await;
     let VmDisks { repository, disks, .. } = vm;
     let mut holder =
         hold_open(&restore_point_dir(&repository, "vms", "vm-0", &full).join("disk0.qcow2"));
@@ -47,6 +49,13 @@ async fn a_failed_merge_is_listed_as_being_merged_and_blocks_only_its_base() {
     let base = listed_merging(&jobs, &full).await;
     assert_eq!(base.merging_into, child, "{base:?}");
     assert!(base.merge_problem.contains("cannot merge"), "{base:?}");
+    // The HTTP API (and so the console) lists it so too, in the JSON mapping's names.
+    let http = HttpClient::admin(&cluster.coordinators()[0]).await;
+    let listed = http.get("/api/v1/jobs/vms/restore-points").await.json();
+    let entry = listed["restorePoints"].as_array().and_then(|all| all.iter().find(|rp| rp["id"] == full.as_str()));
+    let entry = entry.unwrap_or_else(|| panic!("{full} not in the HTTP list: {listed}"));
+    assert_eq!(entry["mergingInto"], child.as_str(), "{entry}");
+    assert_eq!(entry["mergeProblem"], base.merge_problem.as_str(), "{entry}");
     for id in [&child, &newest] {
         let checked = verify(&mut jobs, id).await.expect("verify");
         assert!(checked.ok, "{id}: {checked:?}");
