@@ -267,7 +267,8 @@ fn a_freed_slot_is_not_told_to_a_session_that_waits_for_a_draining_agent() {
     assert!(scheduler.lock().reserve(&waits_for_a2, &[(&a2, 1)]).is_none());
     let (on_a1, on_a2) = (scheduler.waiter(&waits_for_a1), scheduler.waiter(&waits_for_a2));
     let info = |accepting| AgentInfo { slots: 1, computer: None, accepting };
-    scheduler.agents_changed(&AgentMap::from([(a1.clone(), info(false)), (a2.clone(), info(true))]));
+    scheduler
+        .agents_changed(&AgentMap::from([(a1.clone(), info(false)), (a2.clone(), info(true))]));
     scheduler.release_session(&s0);
     let told = |waiter: &SlotWaiter| futures::FutureExt::now_or_never(waiter.handed()).is_some();
     assert!(!told(&on_a1) && !told(&on_a2), "a1's freed slot is not free: a1 drains");

@@ -204,9 +204,10 @@ mod tests {
         .collect();
         let session = SessionId::parse("session", "s1").expect("session id");
         let all = Candidates::gather(&agents, &[], true);
-        let place_one = |computer: Option<&str>, candidates: &Candidates<'_>, proxies: &[AgentId]| {
-            place(&session, computer, proxies, candidates, &mut pool.lock())
-        };
+        let place_one =
+            |computer: Option<&str>, candidates: &Candidates<'_>, proxies: &[AgentId]| {
+                place(&session, computer, proxies, candidates, &mut pool.lock())
+            };
         assert_eq!(place_one(None, &all, &[]), Placement::Placed(id("p1")));
         let busy = wait_reason(place_one(None, &all, &[]));
         assert_eq!(busy, ("no free task slot (1 slots on p1 busy; p2 draining)".into(), false));

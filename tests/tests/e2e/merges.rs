@@ -52,7 +52,9 @@ async fn a_failed_merge_is_listed_as_being_merged_and_blocks_only_its_base() {
     // The HTTP API (and so the console) lists it so too, in the JSON mapping's names.
     let http = HttpClient::admin(&cluster.coordinators()[0]).await;
     let listed = http.get("/api/v1/jobs/vms/restore-points").await.json();
-    let entry = listed["restorePoints"].as_array().and_then(|all| all.iter().find(|rp| rp["id"] == full.as_str()));
+    let entry = listed["restorePoints"]
+        .as_array()
+        .and_then(|all| all.iter().find(|rp| rp["id"] == full.as_str()));
     let entry = entry.unwrap_or_else(|| panic!("{full} not in the HTTP list: {listed}"));
     assert_eq!(entry["mergingInto"], child.as_str(), "{entry}");
     assert_eq!(entry["mergeProblem"], base.merge_problem.as_str(), "{entry}");
