@@ -93,6 +93,16 @@ pub enum Error {
         /// Session id.
         session: String,
     },
+    /// The session left the history (its limits); only its record stays, for its restore
+    /// points: its items are gone.
+    #[error(
+        "session {session:?} was removed from the session history by its limits; \
+         its restore points stay in the catalog"
+    )]
+    SessionPruned {
+        /// Session id.
+        session: String,
+    },
     /// A new session id collided with a stored one.
     #[error("session id {session} is taken")]
     SessionIdTaken {
@@ -400,6 +410,7 @@ impl Error {
             JobNotFound { .. }
             | TokenNotFound { .. }
             | SessionNotFound { .. }
+            | SessionPruned { .. }
             | AgentNotRegistered { .. }
             | RestorePointNotFound { .. }
             | RestorePointDeleted { .. } => Code::NotFound,

@@ -23,6 +23,7 @@ mod e2e {
     mod fencing;
     mod hardening;
     mod harness;
+    mod history;
     mod http_api;
     mod http_security;
     mod jobs;

@@ -273,6 +273,7 @@ pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionVi
         return Ok(None);
     };
     let record = decode::<pb::SessionRecord>(&keys.session(id), kv.value())?;
+    refuse_pruned(store, &record, id, revision).await?;
     let mut view = SessionView { record, ..Default::default() };
     let options = GetOptions::new().with_prefix().with_revision(revision);
     let children = store.kv().get(keys.session_children(id), Some(options)).await?;
@@ -287,6 +288,27 @@ pub(crate) async fn load_at(store: &Store, id: &str) -> Result<Option<(SessionVi
     };
     let view = if large { off_runtime(apply).await? } else { apply()? };
     Ok(Some((view, revision)))
+}
+
+/// A session the history removed keeps its record only while its restore points are in the
+/// catalog (restores find its job through it); its items are gone, and read as a session
+/// it showed every item not processed, which a retry then ran again.
+async fn refuse_pruned(
+    store: &Store,
+    record: &pb::SessionRecord,
+    id: &str,
+    revision: i64,
+) -> Result<()> {
+    let Some(session) = record.session.as_ref().filter(|s| s.state() == SessionState::Stopped)
+    else {
+        return Ok(());
+    };
+    let kept = store.keys().session_kept(&session.job, id);
+    let options = GetOptions::new().with_revision(revision).with_count_only();
+    match store.kv().get(kept, Some(options)).await?.count() {
+        0 => Ok(()),
+        _ => Err(Error::SessionPruned { session: id.into() }),
+    }
 }
 
 /// Children (items, job, owner, stop) from which a session is decoded off the runtime.
