@@ -4,13 +4,14 @@
 //! `CLEANUP` always runs, also after an error or a cancel.
 
 pub(crate) mod computer;
+mod fate;
 pub(crate) mod qmp;
 mod sim;
 mod steps;
 pub(crate) mod vm;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use sluice_proto::ids::SessionId;
@@ -19,9 +20,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use self::fate::Fate;
 pub use self::vm::{Daemons, VmHolds};
 use crate::fsutil::blocking;
 use crate::key::{self, TaskId, TaskNames};
+use crate::liveness::Liveness;
 use crate::repository::{Identity, RepoPaths};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -107,33 +110,70 @@ impl Reporter {
     }
 }
 
-/// Cancellation of one task, with the reason of the first cancel.
+/// Cancellation of one task, with the reason of the first cancel, and the task's [`Fate`]:
+/// whether the agent gave it up or its outcome stands.
 #[derive(Debug, Clone, Default)]
 pub struct CancelSignal {
     token: CancellationToken,
     reason: Arc<OnceLock<pb::CancelReason>>,
-    /// The outcome's message, when the first cancel named one.
-    message: Arc<OnceLock<String>>,
+    fate: Arc<Mutex<Fate>>,
+    /// The agent's liveness, checked when the task claims its outcome (none in tests of one
+    /// executor: never silent then).
+    liveness: Option<watch::Receiver<Liveness>>,
 }
 
 impl CancelSignal {
+    /// The signal of a task on an agent whose liveness is `liveness`: past its silent
+    /// moment the task gives itself up rather than commit.
+    pub(crate) fn watching(liveness: watch::Receiver<Liveness>) -> Self {
+        Self { liveness: Some(liveness), ..Self::default() }
+    }
+
     /// Cancels the task; the first reason given is kept.
     pub fn cancel(&self, reason: pb::CancelReason) {
         let _ = self.reason.set(reason);
         self.token.cancel();
     }
 
-    /// Cancels the task with the message its outcome carries, if this is the first cancel.
-    pub fn cancel_with(&self, reason: pb::CancelReason, message: String) {
-        if self.reason.set(reason).is_ok() {
-            let _ = self.message.set(message);
+    /// Gives the task up (the agent is silent past its heartbeat TTL) with the message its
+    /// outcome carries: `false`, and nothing cancelled, when the task kept its outcome first
+    /// (it publishes its restore point or has ended).
+    pub(crate) fn give_up(&self, message: &str) -> bool {
+        if !self.fate().give_up(message) {
+            return false;
         }
-        self.token.cancel();
+        self.cancel(pb::CancelReason::Silent);
+        true
     }
 
-    /// The message the first cancel named, if any.
-    pub(crate) fn message(&self) -> Option<&str> {
-        self.message.get().map(String::as_str)
+    /// Claims the task's outcome, right before a restore point is published: `false` when
+    /// the task was given up (or the agent is past its silent moment now, when it is given up
+    /// here), and it must not publish then but clean up as cancelled.
+    pub(crate) fn keep(&self) -> bool {
+        let silent = self.silent_message();
+        let kept = self.fate().keep(silent.as_deref());
+        if !kept {
+            self.cancel(pb::CancelReason::Silent);
+        }
+        kept
+    }
+
+    /// The outcome to journal and report for `outcome`, the executor's: claimed as with
+    /// [`Self::keep`], then CANCELED if the task was given up (see [`Fate::outcome`]).
+    pub(crate) fn settle(&self, outcome: pb::TaskOutcome) -> pb::TaskOutcome {
+        self.keep();
+        self.fate().outcome(outcome)
+    }
+
+    /// The give-up message, when the agent is past its silent moment now.
+    fn silent_message(&self) -> Option<String> {
+        let liveness = self.liveness.as_ref()?.borrow();
+        liveness.is_silent(tokio::time::Instant::now()).then(|| liveness.give_up_message())
+    }
+
+    fn fate(&self) -> std::sync::MutexGuard<'_, Fate> {
+        // A claim never panics while holding the lock; a poisoned one is still consistent.
+        self.fate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Completes when the task is cancelled.

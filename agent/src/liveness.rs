@@ -55,9 +55,21 @@ impl Liveness {
         self.confirmed.map(|confirmed| confirmed.sent_at + self.ttl)
     }
 
+    /// Whether `now` is at or past [`Self::silent_at`]: a running task is given up then,
+    /// and none publishes a restore point.
+    pub(crate) fn is_silent(&self, now: Instant) -> bool {
+        self.silent_at().is_some_and(|at| now >= at)
+    }
+
     /// The heartbeat ttl.
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// The outcome message of a task given up when silent.
+    pub(crate) fn give_up_message(&self) -> String {
+        let ttl = self.ttl.as_secs();
+        format!("agent silent past its heartbeat TTL of {ttl}s; its tasks were given up")
     }
 
     /// Whether a task dispatched to generation `registration` (0: not named) may start now.
@@ -133,8 +145,11 @@ mod tests {
         let sent = Instant::now();
         let mut liveness = Liveness::new("a1".into(), TTL);
         assert_eq!(liveness.silent_at(), None, "nothing runs before the first confirmation");
+        assert!(!liveness.is_silent(sent + TTL * 2), "nor is anything given up");
         liveness.confirm(sent, 7);
         assert_eq!(liveness.silent_at(), Some(sent + TTL));
+        assert!(!liveness.is_silent(sent + TTL - Duration::from_millis(1)));
+        assert!(liveness.is_silent(sent + TTL), "silent from the moment itself");
         assert!(liveness.admit(sent + TTL, 7).is_ok(), "the moment itself still admits");
         assert!(liveness.admit(sent + TTL + Duration::from_millis(1), 7).is_err());
         liveness.confirm(sent + Duration::from_secs(4), 7);

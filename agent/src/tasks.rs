@@ -5,6 +5,8 @@
 //! the agent-level counters are published on a watch channel for heartbeats and drains.
 
 mod actor;
+#[cfg(test)]
+mod give_up_tests;
 pub(crate) mod runner;
 pub(crate) mod state;
 

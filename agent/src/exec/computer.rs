@@ -64,6 +64,7 @@ mod swaps;
 mod transfer;
 mod walk;
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -156,7 +157,7 @@ async fn backup(
     let stamps = Stamps { snapshot_at, bytes_written: written.bytes };
     let manifest = build_manifest(ctx, target, transferred, &frozen, stamps);
     free_off_runtime((frozen, known));
-    let committed = commit_restore_point(paths, store, manifest, written).await;
+    let committed = commit_restore_point(ctx, paths, store, manifest, written).await;
     steps.done("commit");
     committed
 }
@@ -296,23 +297,32 @@ fn named(label: &str, paths: &[String]) -> Option<String> {
 }
 
 async fn commit_restore_point(
+    ctx: &TaskContext,
     paths: &RepoPaths,
     store: &Store,
     manifest: ComputerManifest,
     written: &Written,
 ) -> Result<ComputerManifest, Failure> {
-    let (commit_paths, commit_store, dirs) = (paths.clone(), store.clone(), written.dirs.clone());
-    blocking(move || {
-        commit::commit(&commit_paths, &commit_store, &manifest, &dirs)?;
-        Ok(manifest)
-    })
-    .await
-    .map_err(|e| {
+    let commit_failed = |e: io::Error| {
         Failure::Failed(format!(
             "COMMIT of restore point {} failed: {e}",
             paths.final_dir.display()
         ))
+    };
+    let (commit_paths, commit_store, dirs) = (paths.clone(), store.clone(), written.dirs.clone());
+    let manifest = blocking(move || {
+        commit::prepare(&commit_paths, &commit_store, &manifest, &dirs)?;
+        Ok(manifest)
     })
+    .await
+    .map_err(commit_failed)?;
+    // The last moment the agent may give the task up: past it the restore point is published.
+    if !ctx.cancel.keep() {
+        return Err(Failure::Canceled);
+    }
+    let commit_paths = paths.clone();
+    blocking(move || commit_paths.rename_into_place()).await.map_err(commit_failed)?;
+    Ok(manifest)
 }
 
 /// A computer task for tests: item `pc` of job `j` in session `session`, backing up

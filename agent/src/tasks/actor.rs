@@ -105,15 +105,22 @@ impl Actor {
 
     /// Past the heartbeat ttl without a confirmed heartbeat, coordinators may have counted the
     /// agent lost and sent its items elsewhere: its running tasks are cancelled (a VM's block
-    /// jobs as in an immediate stop) so that no attempt runs on beside their retry. The
+    /// jobs as in an immediate stop) so that no attempt runs on beside their retry, and each
+    /// ends CANCELED whatever its executor returns (see `exec::fate`). A task that claimed
+    /// its outcome first (it publishes its restore point) is left to end as it does. The
     /// outcomes are reported once a coordinator is reachable again.
     fn give_up(&mut self, at: Option<Instant>) {
         self.gave_up_at = at;
-        let ttl = self.liveness.borrow().ttl().as_secs();
-        let message =
-            format!("agent silent past its heartbeat TTL of {ttl}s; its tasks were given up");
-        let keys = self.table.give_up_all(pb::CancelReason::Silent, &message);
-        warn!(ttl_secs = ttl, tasks = keys.len(), "{message}");
+        let (ttl, message) = {
+            let liveness = self.liveness.borrow();
+            (liveness.ttl().as_secs(), liveness.give_up_message())
+        };
+        let (given_up, kept) = self.table.give_up_all(&message);
+        if given_up.is_empty() {
+            info!(ttl_secs = ttl, kept, "agent silent past its heartbeat TTL; no task to give up");
+            return;
+        }
+        warn!(ttl_secs = ttl, tasks = given_up.len(), kept, "{message}");
     }
 
     /// Handles `first` and the commands queued behind it, in order, after saving the new
@@ -240,7 +247,7 @@ impl Actor {
         if let Admission::Existing(status) = self.table.admit(&id, epoch, &spec, live)? {
             return Ok(*status);
         }
-        let cancel = CancelSignal::default();
+        let cancel = CancelSignal::watching(self.liveness.clone());
         let status = self.table.insert_running(id.clone(), epoch, cancel.clone());
         self.publish();
         info!(task = %id, job = spec.job, "task started");

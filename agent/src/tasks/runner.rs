@@ -22,17 +22,13 @@ pub(crate) fn spawn(tracker: &TaskTracker, journal: Journal, ctx: TaskContext) {
 async fn run(journal: Journal, mut ctx: TaskContext) {
     let started_at = Some(sluice_proto::time::now());
     let entry = JournalEntry { spec: Some(ctx.spec.clone()), outcome: None, started_at };
-    let mut outcome = match journal.write(entry).await {
+    let outcome = match journal.write(entry).await {
         Ok(()) => exec::execute(&mut ctx).await,
         Err(error) => exec::failed(format!("cannot write the journal entry: {error}")),
     };
-    // A cancel that said why (the agent gave its tasks up) says so in the outcome.
-    if outcome.state() == pb::ItemState::Canceled
-        && let Some(message) = ctx.cancel.message()
-    {
-        outcome.message = message.to_owned();
-    }
-    let outcome = exec::bounded(outcome);
+    // Claimed against the agent's give-up: a task given up (or past the silent moment now)
+    // ends CANCELED whatever its executor returned; the journal never holds anything else.
+    let outcome = exec::bounded(ctx.cancel.settle(outcome));
     // The executor is done with the spec: the journal takes it rather than a copy.
     let spec = Some(std::mem::take(&mut ctx.spec));
     let entry = JournalEntry { spec, outcome: Some(outcome.clone()), started_at };

@@ -241,9 +241,20 @@ impl TaskTable {
         self.cancel_where(|_| true, |cancel| cancel.cancel(reason))
     }
 
-    /// Gives every running task up, with the message its outcome carries.
-    pub(crate) fn give_up_all(&self, reason: pb::CancelReason, message: &str) -> Vec<pb::TaskKey> {
-        self.cancel_where(|_| true, |cancel| cancel.cancel_with(reason, message.to_owned()))
+    /// Gives every running task up, with the message its outcome carries: the keys of those
+    /// given up, and how many were not (they publish their restore point or have ended,
+    /// their outcome kept).
+    pub(crate) fn give_up_all(&self, message: &str) -> (Vec<pb::TaskKey>, usize) {
+        let mut kept = 0;
+        let mut given_up = Vec::new();
+        for (id, entry) in &self.tasks {
+            let Some(signal) = &entry.cancel else { continue };
+            match signal.give_up(message) {
+                true => given_up.push(id.to_wire()),
+                false => kept += 1,
+            }
+        }
+        (given_up, kept)
     }
 
     /// Withdraws attempts whose RunTask a coordinator gave up on: one running is cancelled

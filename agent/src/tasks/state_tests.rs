@@ -284,15 +284,28 @@ fn a_withdrawn_attempt_not_held_is_settled_and_a_running_one_is_cancelled() {
 }
 
 #[test]
-fn giving_up_cancels_every_running_task_with_the_reason_and_its_message() {
+fn giving_up_cancels_every_running_task_whose_outcome_is_not_kept() {
     let table_ = &mut table(4);
     let first = start(table_, &id("s", 0, 1));
     let second = start(table_, &id("t", 3, 2));
+    let committing = start(table_, &id("t", 4, 1));
     first.cancel(pb::CancelReason::User);
-    let keys = table_.give_up_all(pb::CancelReason::Silent, "silent");
-    assert_eq!(keys.len(), 2);
-    assert_eq!((second.reason(), second.message()), (pb::CancelReason::Silent, Some("silent")));
-    assert_eq!((first.reason(), first.message()), (pb::CancelReason::User, None), "first kept");
+    assert!(committing.keep(), "it publishes its restore point");
+    let (keys, kept) = table_.give_up_all("silent");
+    assert_eq!(keys, vec![id("s", 0, 1).to_wire(), id("t", 3, 2).to_wire()]);
+    assert_eq!(kept, 1);
+    assert_eq!(second.reason(), pb::CancelReason::Silent);
+    assert_eq!(first.reason(), pb::CancelReason::User, "the first reason is kept");
+    assert!(!committing.is_cancelled(), "a task that kept its outcome is left alone");
+
+    let restore_point = pb::RestorePoint { id: "t-3".into(), ..Default::default() };
+    let success = crate::exec::committed(restore_point, String::new());
+    let given_up = second.settle(success.clone());
+    assert_eq!((given_up.state(), given_up.message.as_str()), (pb::ItemState::Canceled, "silent"));
+    assert_eq!(given_up.restore_point, None);
+    let by_user = crate::exec::canceled(pb::CancelReason::User);
+    assert_eq!(first.settle(by_user.clone()), by_user);
+    assert_eq!(committing.settle(success.clone()), success);
 }
 
 /// What the running index must agree with: a scan of every entry.

@@ -9,11 +9,10 @@ use sluice_proto::pb;
 
 use crate::repository::{ComputerManifest, Record, RepoPaths, Store, Totals};
 
-/// Writes the manifest and renames the partial folder into place, durably (blocking): the
+/// Writes the manifest durably (blocking), ready for [`RepoPaths::rename_into_place`]: the
 /// new blobs' folders are fsynced first, and every blob the manifest names must be stored.
-/// The blobs are checked on a thread of their own while the manifest is written; only the
-/// rename waits for both.
-pub(super) fn commit(
+/// The blobs are checked on a thread of their own while the manifest is written.
+pub(super) fn prepare(
     paths: &RepoPaths,
     store: &Store,
     manifest: &ComputerManifest,
@@ -26,8 +25,7 @@ pub(super) fn commit(
         let verified =
             verified.join().map_err(|_| io::Error::other("a blob check thread panicked"))?;
         verified.and(written)
-    })?;
-    paths.rename_into_place()
+    })
 }
 
 /// Checks that every blob is stored: a last guard against a blob removed since TRANSFER
@@ -114,7 +112,7 @@ mod tests {
         let store = Store::new(dir.path());
         let manifest = ComputerManifest { entries: vec![file], ..ComputerManifest::sample() };
 
-        let error = commit(&paths, &store, &manifest, &BTreeSet::new()).expect_err("missing blob");
+        let error = prepare(&paths, &store, &manifest, &BTreeSet::new()).expect_err("missing blob");
 
         assert_eq!(error.to_string(), format!("blob {sha} of /d/a is missing from the store"));
         assert!(!paths.final_dir.exists(), "no restore point");

@@ -1,5 +1,5 @@
 //! COMMIT of a VM restore point: fsync and checksum (BLAKE3) each disk file, write the
-//! manifest, rename the partial folder into place.
+//! manifest, rename the partial folder into place unless the task was given up meanwhile.
 //!
 //! QEMU leaves the targets in the page cache (their nodes skip flushes), so the fsyncs here
 //! are what makes the data durable. They run on threads of their own while the files are
@@ -46,14 +46,21 @@ pub(super) async fn publish(
         bytes_read: read,
         disks: Vec::new(),
     };
+    let commit_failed = |e: io::Error| {
+        Failure::Failed(format!(
+            "COMMIT of restore point {} failed: {e}",
+            paths.final_dir.display()
+        ))
+    };
     let commit_paths = paths.clone();
     let size_bytes =
-        blocking(move || commit(&commit_paths, manifest, &copied)).await.map_err(|e| {
-            Failure::Failed(format!(
-                "COMMIT of restore point {} failed: {e}",
-                paths.final_dir.display()
-            ))
-        })?;
+        blocking(move || commit(&commit_paths, manifest, &copied)).await.map_err(commit_failed)?;
+    // The last moment the agent may give the task up: past it the restore point is published.
+    if !ctx.cancel.keep() {
+        return Err(Failure::Canceled);
+    }
+    let commit_paths = paths.clone();
+    blocking(move || commit_paths.rename_into_place()).await.map_err(commit_failed)?;
     let mut restore_point = restore_point(&ctx.spec, &ctx.id, paths, Some(created_at), size_bytes);
     restore_point.set_kind(vm_kind.to_wire());
     restore_point.parent_id = parent.unwrap_or_default();
@@ -71,8 +78,8 @@ pub(crate) struct Copied {
     pub(crate) virtual_size: u64,
 }
 
-/// Makes the copied disks durable and checksums them, then publishes the restore point
-/// with its manifest (blocking). Returns the bytes stored.
+/// Makes the copied disks durable and checksums them, and writes the manifest (blocking),
+/// ready for [`RepoPaths::rename_into_place`]. Returns the bytes stored.
 pub(crate) fn commit(
     paths: &RepoPaths,
     mut manifest: VmManifest,
@@ -103,7 +110,6 @@ pub(crate) fn commit(
         size = manifest.disks.iter().map(|d| d.size_bytes).sum();
         fill_manifest(manifest_file, &manifest)
     })?;
-    paths.rename_into_place()?;
     Ok(size)
 }
 
