@@ -60,6 +60,8 @@ mod commit;
 mod pace;
 mod previous;
 #[cfg(test)]
+mod silent_tests;
+#[cfg(test)]
 mod swaps;
 mod transfer;
 mod walk;
