@@ -156,7 +156,7 @@ async fn backup(
         "files taken over from the previous restore point without reading"
     );
     ctx.reporter.phase(TaskPhase::Commit).await;
-    let stamps = Stamps { snapshot_at, bytes_written: written.bytes };
+    let stamps = Stamps { snapshot_at, bytes_written: transferred.bytes_kept(written.bytes) };
     let manifest = build_manifest(ctx, target, transferred, &frozen, stamps);
     free_off_runtime((frozen, known));
     let committed = commit_restore_point(ctx, paths, store, manifest, written).await;

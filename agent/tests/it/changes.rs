@@ -13,7 +13,7 @@ use sluice_agent::exec::{self, Update};
 use sluice_proto::pb::{self, ItemState};
 
 use crate::computer::{MIB, pattern, restore_point_folder, start_throttled};
-use crate::restore::{blob_path, manifest};
+use crate::restore::{blob_path, blobs, manifest};
 use crate::support::{Run, Scratch, WAIT, computer_spec, prepare, update_matching};
 
 /// Where the blob stored for `path` lies, and the size its manifest entry records.
@@ -29,6 +29,16 @@ fn stored_at(outcome: &pb::TaskOutcome, repo: &Path, path: &Path) -> (PathBuf, u
 fn stored(outcome: &pb::TaskOutcome, repo: &Path, path: &Path) -> (Vec<u8>, u64) {
     let (blob, size) = stored_at(outcome, repo, path);
     (fs::read(blob).expect("blob"), size)
+}
+
+/// The restore point counts as new bytes stored only the blob it names for `path`, its only
+/// file: not a first read's that a second read replaced (left to garbage collection).
+fn only_the_kept_blob_is_counted(outcome: &pb::TaskOutcome, repo: &Path, path: &Path) {
+    let (blob, _) = stored(outcome, repo, path);
+    let kept = blob.len() as u64;
+    assert_eq!(manifest(&restore_point_folder(outcome))["bytes_written"].as_u64(), Some(kept));
+    let counted = format!(" bytes, {kept} new bytes stored");
+    assert!(outcome.message.contains(&counted), "{}: {}", counted, outcome.message);
 }
 
 fn reading(update: &Update) -> bool {
@@ -59,6 +69,7 @@ async fn a_file_changed_once_while_read_is_read_again_and_kept_whole() {
     let (blob, size) = stored(&outcome, &repo, &grow);
     assert_eq!(blob, fs::read(&grow).expect("file"), "the file as it is now, whole");
     assert_eq!(size, blob.len() as u64);
+    only_the_kept_blob_is_counted(&outcome, &repo, &grow);
 }
 
 #[tokio::test]
@@ -93,6 +104,8 @@ async fn a_file_that_keeps_changing_while_read_is_kept_as_read_with_a_warning() 
     assert_eq!(size, blob.len() as u64, "the entry records what was read");
     let now = fs::read(&busy).expect("file");
     assert!(blob.len() > 2 * MIB && now.starts_with(&blob), "read again, then as read");
+    only_the_kept_blob_is_counted(&outcome, &repo, &busy);
+    assert_eq!(blobs(&repo).len(), 2, "the first read's blob is stored, but not counted");
 }
 
 #[tokio::test]

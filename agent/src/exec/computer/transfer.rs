@@ -6,13 +6,14 @@
 //! stored blob is not written again. Otherwise the file is written from memory when it fit
 //! in one buffer, or read again into a temporary file in the partial folder (hashed again:
 //! the blob is named after what was copied), which is fsynced and published into the store.
-//! A file that changed while it was read is read once more (see `Transfer::file`).
+//! A file that changed while it was read is read once more (see `Transfer::file`); the first
+//! read's blob counts as stored only if a record names it (`Transferred::bytes_kept`).
 //!
 //! An active full (`TaskSpec.full`) takes nothing over, and re-hashes each stored blob it
 //! would name (once per backup): one whose bytes no longer hash to its name is moved aside
 //! (`Store::move_aside`) and the file stored again, with a warning naming it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -48,6 +49,30 @@ pub(super) struct Transferred {
     pub(crate) reused: u64,
     /// Bytes read from the files.
     pub(crate) bytes_read: u64,
+    /// Blobs this attempt created for a first read of a file that changed while read, with
+    /// their lengths: unless a record names one, the restore point does not keep it.
+    pub(crate) first_reads: Vec<(String, u64)>,
+}
+
+impl Transferred {
+    /// Of `created`, the bytes of the blobs this attempt created, those the records name: a
+    /// first read a second one replaced is left out. Its blob stays in the store for
+    /// garbage collection, not removed here: under the shared store lock another backup may
+    /// have found it since and name it.
+    pub(crate) fn bytes_kept(&self, created: u64) -> u64 {
+        if self.first_reads.is_empty() {
+            return created;
+        }
+        let named: HashSet<&str> =
+            self.records.iter().filter_map(|record| record.sha256.as_deref()).collect();
+        let unnamed: HashMap<&str, u64> = self
+            .first_reads
+            .iter()
+            .filter(|(sha256, _)| !named.contains(sha256.as_str()))
+            .map(|(sha256, len)| (sha256.as_str(), *len))
+            .collect();
+        created.saturating_sub(unnamed.values().sum())
+    }
 }
 
 /// The largest file read a second time when it changed while read: re-reading larger
@@ -81,6 +106,8 @@ struct Transfer<'a> {
     temps: u64,
     /// Set for an active full: stored blobs are re-hashed before they are named.
     recheck: Option<Recheck>,
+    /// The blob the last read of a file created, with its length.
+    created: Option<(String, u64)>,
 }
 
 /// What an active full needs to re-hash stored blobs.
@@ -114,7 +141,8 @@ pub(super) async fn run(
         restored: Vec::new(),
     });
     let pace = Pace::new(&ctx.cancel, &mut ctx.reporter, ctx.rate_limit, total);
-    let mut transfer = Transfer { pace, store, temp_dir, written, temps: 0, recheck };
+    let mut transfer =
+        Transfer { pace, store, temp_dir, written, temps: 0, recheck, created: None };
     transfer.pace.report().await;
     let mut out = Transferred::default();
     for (index, entry) in entries.iter().enumerate() {
@@ -173,6 +201,8 @@ impl Transfer<'_> {
             }
             Pass::Changed { now, read, sha256 } => (now, read, sha256),
         };
+        // Kept only if a record names it (`Transferred::bytes_kept`).
+        out.first_reads.extend(self.created.take().filter(|(created, _)| *created == sha256));
         let (now, read, sha256) = if now.size <= REREAD_UP_TO {
             // A write in the clock tick of the last one may leave the mtime as it was: the
             // second read starts once any write would change it (git's "racy clean" rule).
@@ -232,6 +262,7 @@ impl Transfer<'_> {
 
     /// Hashes the file and stores it unless stored.
     async fn store_file(&mut self, entry: &Entry, counted: bool) -> Result<Read<Stored>, Failure> {
+        self.created = None;
         let file = match open(entry).await? {
             Read::Stored(file) => file,
             Read::Gone => return Ok(Read::Gone),
@@ -367,6 +398,7 @@ impl Transfer<'_> {
         if created.map_err(|e| self.store_error(entry, e))? {
             self.written.add(self.store.blob_path(sha256), len);
             self.pace.stored(len);
+            self.created = Some((sha256.to_owned(), len));
         }
         Ok(())
     }
