@@ -43,7 +43,7 @@ async fn a_session_removed_from_history_is_not_found_and_cannot_be_retried() {
     let failure = shown.expect_err("a session removed from the history is not shown");
     assert!(failure.contains("NotFound"), "{failure}");
     assert!(failure.contains("removed from the session history"), "{failure}");
-    let retry = pb::RetrySessionRequest { session_id: first.id.clone(), ..Default::default() };
+    let retry = pb::RetrySessionRequest { session_id: first.id.clone() };
     let status = jobs.retry_session(retry).await.expect_err("nothing of it is retried");
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     let kept: Vec<pb::RestorePoint> = restore_points(&jobs, "kept").await;
