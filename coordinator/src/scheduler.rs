@@ -3,30 +3,24 @@
 //! this wraps it in a lock and wakes the sessions it names.
 //!
 //! Other coordinators' sessions use the same agents, and this one does not count their
-//! tasks: an agent that refuses a task because its slots are all in use is left out of
-//! rounds for [`FULL_FOR`] (counted as full with this coordinator's tasks), then the
-//! sessions waiting for a slot try again.
+//! tasks: an agent that refuses a task because its slots are all in use is counted full
+//! (`full`) for a pause, then the sessions waiting for a slot are woken to try it again.
 
+mod full;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
 };
 
 use sluice_proto::ids::{AgentId, SessionId};
 use tokio::sync::Notify;
 
-use self::state::State;
+use self::{full::FullAgents, state::State};
 use crate::sessions::placement::{AgentMap, SlotPool};
-
-/// How long an agent that refused a task for want of a free slot takes no more from this
-/// coordinator's rounds: long enough that a contended agent costs a few refused dispatches
-/// a second, short enough that a slot another coordinator freed is soon used.
-const FULL_FOR: Duration = Duration::from_millis(500);
 
 /// Slot bookkeeping shared by every session actor.
 #[derive(Clone, Default)]
@@ -39,8 +33,8 @@ struct Shared {
     state: State,
     /// How to wake each session's actor, by session.
     wakers: HashMap<SessionId, Arc<Notify>>,
-    /// Agents that refused a task for want of a free slot, for [`FULL_FOR`].
-    full: HashSet<AgentId>,
+    /// Agents that refused a task for want of a free slot.
+    full: FullAgents,
 }
 
 /// A session's registration for hand-offs: notified when a freed slot is handed to it;
@@ -111,20 +105,41 @@ impl Scheduler {
         self.shared().state.release(session, agent, 1);
     }
 
-    /// `agent` refused a task: all its slots are in use, some by tasks this coordinator does
-    /// not count. Rounds count it full for [`FULL_FOR`]; then the waiting sessions are woken.
+    /// `agent` refused a task (already given back): all its slots are in use, some by tasks
+    /// this coordinator does not count. Rounds count it full for a pause; then the waiting
+    /// sessions are woken.
     pub(crate) fn agent_full(&self, agent: &AgentId) {
-        if !self.shared().full.insert(agent.clone()) {
-            return;
-        }
+        let Some(pause) = self.mark_full(agent) else { return };
         let (scheduler, agent) = (self.clone(), agent.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(FULL_FOR).await;
-            let mut shared = scheduler.shared();
-            shared.full.remove(&agent);
-            let tell = shared.state.starving_sessions();
-            Self::wake(shared, tell);
+            tokio::time::sleep(pause).await;
+            scheduler.end_pause(&agent);
         });
+    }
+
+    /// Counts `agent` full (see [`Scheduler::agent_full`]); the pause to wait before
+    /// [`Scheduler::end_pause`], when a new one begins.
+    pub(crate) fn mark_full(&self, agent: &AgentId) -> Option<std::time::Duration> {
+        let mut shared = self.shared();
+        let held = shared.state.used(agent);
+        shared.full.refused(agent, held)
+    }
+
+    /// The pause of a full `agent` ended: one more task may go to it, and the sessions
+    /// waiting for a slot are woken.
+    pub(crate) fn end_pause(&self, agent: &AgentId) {
+        let mut shared = self.shared();
+        shared.full.pause_ended(agent);
+        let tell = shared.state.starving_sessions();
+        Self::wake(shared, tell);
+    }
+
+    /// `agent` took a task: one counted full after a pause has room again.
+    pub(crate) fn agent_took(&self, agent: &AgentId) {
+        let mut shared = self.shared();
+        if !shared.full.is_empty() {
+            shared.full.took(agent);
+        }
     }
 
     /// Gives back every slot of a session that ended or was handed over.
@@ -164,7 +179,7 @@ impl Scheduler {
     pub(crate) fn only_waits(&self, session: &SessionId, agents: &AgentMap) -> bool {
         let shared = self.shared();
         let state = &shared.state;
-        let free = |id: &AgentId, slots: u32| slots > state.used(id) && !shared.full.contains(id);
+        let free = |id: &AgentId, slots: u32| shared.full.slots(id, slots) > state.used(id);
         state.is_starving(session)
             && !agents.iter().any(|(id, info)| info.accepting && free(id, info.slots))
     }
@@ -198,17 +213,11 @@ pub(crate) struct Slots<'a> {
 impl SlotPool for Slots<'_> {
     fn reserve(&mut self, session: &SessionId, candidates: &[(&AgentId, u32)]) -> Option<AgentId> {
         let Shared { state, full, .. } = &mut *self.shared;
-        if full.is_empty() || !candidates.iter().any(|(agent, _)| full.contains(*agent)) {
+        if full.is_empty() {
             return state.reserve(session, candidates, self.since);
         }
-        // A full agent has as many slots as this coordinator's tasks on it use.
-        let seen: Vec<(&AgentId, u32)> = candidates
-            .iter()
-            .map(|&(agent, slots)| match full.contains(agent) {
-                true => (agent, slots.min(state.used(agent))),
-                false => (agent, slots),
-            })
-            .collect();
+        let seen: Vec<(&AgentId, u32)> =
+            candidates.iter().map(|&(agent, slots)| (agent, full.slots(agent, slots))).collect();
         state.reserve(session, &seen, self.since)
     }
 }

@@ -27,7 +27,9 @@ pub(super) async fn clean(store: &Store, history: History) -> Result<usize> {
     for (_, session) in store.list::<pb::Session>(&store.keys().session_index(None)).await? {
         by_job.entry(session.job.clone()).or_default().push(session);
     }
-    let mut ops = Vec::new();
+    // One group per session, never split between two transactions: a record kept without
+    // its marker (a later transaction failed) would read as a session of unprocessed items.
+    let mut groups: Vec<Vec<TxnOp>> = Vec::new();
     let mut deleted = 0;
     for (job, sessions) in &by_job {
         let expired = expired(sessions, history.per_job, oldest_ms);
@@ -36,16 +38,29 @@ pub(super) async fn clean(store: &Store, history: History) -> Result<usize> {
         }
         let with_restore_points = sessions_in_catalog(store, job).await?;
         for id in &expired {
-            ops.extend(delete_session(store, job, id, with_restore_points.contains(*id)));
+            groups.push(delete_session(store, job, id, with_restore_points.contains(*id)));
         }
         deleted += expired.len();
     }
-    ops.extend(release_kept(store).await?);
-    ops.extend(trim_runs(store, history.per_job, oldest_ms).await?);
-    for chunk in ops.chunks(MAX_OPS) {
-        store.txn(Txn::new().and_then(chunk.to_vec())).await?;
+    groups.extend(release_kept(store).await?.into_iter().map(|op| vec![op]));
+    groups
+        .extend(trim_runs(store, history.per_job, oldest_ms).await?.into_iter().map(|op| vec![op]));
+    for ops in transactions(groups) {
+        store.txn(Txn::new().and_then(ops)).await?;
     }
     Ok(deleted)
+}
+
+/// `groups` packed into transactions of at most [`MAX_OPS`] ops, in order, none split.
+fn transactions(groups: Vec<Vec<TxnOp>>) -> Vec<Vec<TxnOp>> {
+    let mut txns: Vec<Vec<TxnOp>> = Vec::new();
+    for group in groups {
+        match txns.last_mut() {
+            Some(ops) if ops.len() + group.len() <= MAX_OPS => ops.extend(group),
+            _ => txns.push(group),
+        }
+    }
+    txns
 }
 
 /// Ids of the finished sessions to delete: beyond `per_job` finished ones (newest first) or
@@ -79,10 +94,10 @@ fn delete_session(store: &Store, job: &str, id: &str, keep_record: bool) -> Vec<
     if keep_record {
         // The session's copy of the job (a child key) stays with the record.
         ops.extend([
+            TxnOp::put(keys.session_kept(job, id), Vec::new(), None),
             TxnOp::delete(keys.items(id), Some(children)),
             TxnOp::delete(keys.session_stop(id), None),
             TxnOp::delete(keys.session_owner(id), None),
-            TxnOp::put(keys.session_kept(job, id), Vec::new(), None),
         ]);
     } else {
         ops.extend([

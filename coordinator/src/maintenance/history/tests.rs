@@ -44,3 +44,13 @@ fn run_records_are_cut_before_the_oldest_kept() {
     assert_eq!(first_kept(&runs, 10, 0), None);
     assert_eq!(first_kept(&runs, 0, 0), Some("k5\0".into()));
 }
+
+#[test]
+fn a_sessions_ops_are_never_split_between_transactions() {
+    let op = |n: usize| TxnOp::delete(format!("k{n}"), None);
+    let group = |from: usize, len: usize| (from..from + len).map(op).collect::<Vec<_>>();
+    let groups: Vec<Vec<TxnOp>> = (0..40).map(|i| group(i * 5, 5)).collect();
+    let txns = transactions(groups);
+    let sizes: Vec<usize> = txns.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [95, 95, 10], "19 sessions of 5 ops fit 99, the 20th goes next");
+}

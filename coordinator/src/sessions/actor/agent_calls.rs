@@ -107,7 +107,10 @@ impl SessionActor {
         let cancel_went_out = self.outbox.answered(dispatch.index, dispatch.attempt);
         let (index, attempt, agent) = (dispatch.index, dispatch.attempt, dispatch.agent.clone());
         match result {
-            Ok(status) => self.on_task(dispatch.agent, status),
+            Ok(status) => {
+                self.ctx.scheduler.agent_took(&dispatch.agent);
+                self.on_task(dispatch.agent, status)
+            }
             Err(status) if is_stale_epoch(&status) => {
                 warn!(%agent, %status, "agent saw a newer epoch of this session");
                 return Some(Exit::StaleEpoch);
@@ -144,10 +147,11 @@ impl SessionActor {
                 records::bounded(format!("agent {agent} refused the task: {}", status.message()));
             let transient = !invalid && !settled;
             let slots_full = refusal == Some(Refusal::SlotsFull);
+            self.apply(Event::RunRefused { index, attempt, transient, slots_full, message });
             if slots_full {
+                // After the refused slot went back: the agent is capped at what is held.
                 self.ctx.scheduler.agent_full(&agent);
             }
-            self.apply(Event::RunRefused { index, attempt, transient, slots_full, message });
             return;
         }
         // The task may have started: ask the same agent again (idempotent) until it answers

@@ -51,11 +51,15 @@ struct Cluster {
     in_flight: Vec<(usize, Dispatch)>,
     /// Tasks the agents run: (actor, dispatch).
     running: Vec<(usize, Dispatch)>,
+    /// Agents say a refusal is for want of a free slot (older ones do not).
+    slots_full: bool,
+    /// When the pause of each agent counted full ends.
+    pauses: Vec<(i64, AgentId)>,
     now: i64,
 }
 
 impl Cluster {
-    fn new(sessions: &[u32]) -> Self {
+    fn new(sessions: &[u32], slots_full: bool) -> Self {
         let scheduler = Scheduler::default();
         let info = AgentInfo { slots: SLOTS, computer: None, accepting: true };
         let agents: AgentMap = AGENTS.iter().map(|id| (agent(id), info.clone())).collect();
@@ -84,6 +88,8 @@ impl Cluster {
             actors,
             in_flight: Vec::new(),
             running: Vec::new(),
+            slots_full,
+            pauses: Vec::new(),
             now,
         }
     }
@@ -106,6 +112,12 @@ impl Cluster {
 
     /// What `SessionActor::apply` does, then the actor's next step.
     fn apply(&mut self, a: usize, event: Event) {
+        self.apply_only(a, event);
+        self.step(a);
+    }
+
+    /// What `SessionActor::apply` does.
+    fn apply_only(&mut self, a: usize, event: Event) {
         let may_place = match event {
             Event::Progress { .. } => Some(false),
             Event::Finished { .. } => None,
@@ -115,7 +127,6 @@ impl Cluster {
         let releases = effects.iter().any(|e| matches!(e, Effect::Release { .. }));
         self.actors[a].needs_dispatch |= may_place.unwrap_or(releases);
         self.execute(a, effects);
-        self.step(a);
     }
 
     fn execute(&mut self, a: usize, effects: Vec<Effect>) {
@@ -143,12 +154,19 @@ impl Cluster {
         let (index, attempt) = (d.index, d.attempt);
         if busy >= SLOTS {
             let message = format!("no free task slot ({busy} of {SLOTS} in use)");
-            self.apply(
-                a,
-                Event::RunRefused { index, attempt, transient: true, slots_full: false, message },
-            );
+            let slots_full = self.slots_full;
+            let refused =
+                Event::RunRefused { index, attempt, transient: true, slots_full, message };
+            self.apply_only(a, refused);
+            // As the actor does: the agent is counted full before the next round.
+            if let Some(pause) = slots_full.then(|| self.scheduler.mark_full(&d.agent)).flatten() {
+                let ms = i64::try_from(pause.as_millis()).expect("a short pause");
+                self.pauses.push((self.now + ms, d.agent.clone()));
+            }
+            self.step(a);
             return;
         }
+        self.scheduler.agent_took(&d.agent);
         self.running.push((a, d));
         let phase = TaskPhase::Transfer;
         let progress = Event::Progress {
@@ -176,19 +194,38 @@ impl Cluster {
         self.apply(a, event);
     }
 
-    /// Time passes to `until`: each actor's timer fires in turn.
+    /// Time passes to `until`: each actor's timer, and the end of each full agent's pause,
+    /// fires in turn.
     fn advance(&mut self, until: i64) {
         loop {
-            let due = (0..self.actors.len())
+            let timer = (0..self.actors.len())
                 .filter_map(|a| self.actors[a].wake_at.map(|at| (at, a)))
                 .filter(|&(at, _)| at <= until)
                 .min();
-            let Some((at, a)) = due else { break };
-            self.now = self.now.max(at);
-            self.actors[a].wake_at = None;
-            self.apply(a, Event::Tick);
+            let pause = (0..self.pauses.len()).map(|p| (self.pauses[p].0, p)).min();
+            let pause = pause.filter(|&(at, _)| at <= until);
+            match (timer, pause) {
+                (_, Some((at, p))) if timer.is_none_or(|(due, _)| at <= due) => {
+                    self.now = self.now.max(at);
+                    let (_, agent) = self.pauses.remove(p);
+                    self.scheduler.end_pause(&agent);
+                    self.settle();
+                }
+                (Some((at, a)), _) => {
+                    self.now = self.now.max(at);
+                    self.actors[a].wake_at = None;
+                    self.apply(a, Event::Tick);
+                }
+                _ => break,
+            }
         }
         self.now = self.now.max(until);
+    }
+
+    /// The next moment a timer or a pause ends.
+    fn next_due(&self) -> Option<i64> {
+        let timers = self.actors.iter().filter_map(|a| a.wake_at);
+        timers.chain(self.pauses.iter().map(|(at, _)| *at)).min()
     }
 
     /// An agent stops or starts taking tasks: every actor hears of it.
@@ -237,7 +274,7 @@ impl Cluster {
                 self.answer(0);
             } else if !self.running.is_empty() {
                 self.finish(0, ItemState::Success);
-            } else if let Some(at) = self.actors.iter().filter_map(|a| a.wake_at).min() {
+            } else if let Some(at) = self.next_due() {
                 self.advance(at);
             } else {
                 return self.actors.iter().all(|a| a.machine.is_stopped());
@@ -281,8 +318,9 @@ proptest! {
     fn every_session_ends_once_the_agents_have_room(
         sessions in prop::collection::vec(1u32..6, 1..4),
         ops in prop::collection::vec(op(), 0..80),
+        slots_full in any::<bool>(),
     ) {
-        let mut cluster = Cluster::new(&sessions);
+        let mut cluster = Cluster::new(&sessions, slots_full);
         for a in 0..cluster.actors.len() {
             cluster.step(a);
         }

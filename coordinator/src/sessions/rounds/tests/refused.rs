@@ -9,7 +9,7 @@ const ALWAYS: fn(&Cluster) -> bool = |_| true;
 
 /// A cluster of `sessions` whose only agent taking tasks is a1 (2 slots).
 fn on_a1(sessions: &[u32]) -> Cluster {
-    let mut cluster = Cluster::new(sessions);
+    let mut cluster = Cluster::new(sessions, false);
     for id in ["a2", "a3"] {
         cluster.toggle(id);
     }
