@@ -15,9 +15,10 @@ use sluice_proto::ids::AgentId;
 /// The first pause after a refusal: a contended agent costs a few refused dispatches a
 /// second, and a slot another coordinator freed is soon used.
 pub(super) const FIRST_PAUSE: Duration = Duration::from_millis(500);
-/// The longest pause: an agent kept full by another coordinator's long session is asked
-/// again at least this often.
-pub(super) const MAX_PAUSE: Duration = Duration::from_secs(8);
+/// The longest pause: an agent kept full by another coordinator's sessions is asked again at
+/// least this often (a slot they stop using idles no longer; one probe per agent this often
+/// costs little).
+pub(super) const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// The agents that refused tasks for want of a free slot.
 #[derive(Debug, Default)]
@@ -113,6 +114,6 @@ mod tests {
             pauses.push(full.refused(&a1(), 0));
         }
         let ms: Vec<u128> = pauses.iter().flatten().map(Duration::as_millis).collect();
-        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(ms, [500, 1000, 2000, 2000, 2000, 2000, 2000]);
     }
 }
