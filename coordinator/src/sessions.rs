@@ -9,6 +9,7 @@ pub(crate) mod late;
 pub(crate) mod machine;
 pub(crate) mod manager;
 pub(crate) mod outbox;
+pub(crate) mod page;
 pub(crate) mod persist;
 pub(crate) mod placement;
 pub(crate) mod records;

@@ -69,7 +69,7 @@ pub async fn stop_job(
 
 /// The session `id`, or the failure as text.
 pub async fn try_get_session(jobs: &Jobs, id: &str) -> Result<pb::Session, String> {
-    let request = pb::GetSessionRequest { session_id: id.to_string() };
+    let request = pb::GetSessionRequest { session_id: id.to_string(), ..Default::default() };
     match jobs.clone().get_session(request).await {
         Ok(response) => Ok(response.into_inner()),
         Err(status) => Err(failure(&format!("GetSession {id}"), &status)),

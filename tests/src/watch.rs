@@ -19,7 +19,7 @@ pub async fn watch_to_end(
     id: &str,
     mut inspect: impl FnMut(&pb::Session),
 ) -> Vec<pb::Session> {
-    let request = pb::WatchSessionRequest { session_id: id.to_string() };
+    let request = pb::WatchSessionRequest { session_id: id.to_string(), ..Default::default() };
     let mut stream = expect_ok(jobs.watch_session(request).await, &format!("WatchSession {id}"));
     let mut seen: Vec<pb::Session> = Vec::new();
     let follow = async {
@@ -71,7 +71,7 @@ pub type Timeline = Vec<(Instant, pb::Session)>;
 /// and returns what it saw. Starts before returning, so nothing after this call is missed.
 pub async fn record_watch(jobs: &Jobs, id: &str) -> JoinHandle<Timeline> {
     let mut jobs = jobs.clone();
-    let request = pb::WatchSessionRequest { session_id: id.to_string() };
+    let request = pb::WatchSessionRequest { session_id: id.to_string(), ..Default::default() };
     let mut stream = expect_ok(jobs.watch_session(request).await, "WatchSession");
     let first = match stream.message().await {
         Ok(Some(event)) => event.session,

@@ -27,8 +27,11 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> Result<Exit, Failure> {
 
 async fn show(ctx: &Ctx, session_id: String) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
-    let session =
-        clients.jobs.get_session(pb::GetSessionRequest { session_id }).await?.into_inner();
+    let session = clients
+        .jobs
+        .get_session(pb::GetSessionRequest { session_id, ..Default::default() })
+        .await?
+        .into_inner();
     let table = || views::session_detail(&session, SystemTime::now());
     output::print(ctx.format, table, || json::session(&session))?;
     Ok(Exit::Success)

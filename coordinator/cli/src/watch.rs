@@ -129,7 +129,8 @@ async fn stream_once(
         Some(connected) => connected,
         None => clients.insert(ctx.connect().await?),
     };
-    let request = pb::WatchSessionRequest { session_id: session_id.to_string() };
+    let request =
+        pb::WatchSessionRequest { session_id: session_id.to_string(), ..Default::default() };
     let mut stream = connected.jobs.watch_session(request).await?.into_inner();
     while let Some(event) = stream.message().await? {
         let Some(session) = event.session else { continue };

@@ -22,6 +22,7 @@ use crate::{
     restore_points::RestorePoints,
     sessions::{
         Sessions,
+        page::ItemPage,
         persist::Newest,
         watch::feeds::{FeedEvent, Feeds},
     },
@@ -87,11 +88,15 @@ impl JobApi {
         let principal = layer::principal_of(&request);
         let token = principal.and_then(|principal| principal.token_id.clone());
         let permit = self.watches.admit(principal, request.remote_addr())?;
-        let id = request.into_inner().session_id;
+        let request = request.into_inner();
+        let page = ItemPage::of_watch(&request);
+        let id = request.session_id;
         sluice_proto::job::validate_name("session_id", &id).map_err(crate::error::Error::from)?;
         let stream = self
             .feeds
             .watch_events(id)
+            // A page is cut from each shared event for this stream alone.
+            .then(move |event| async move { event?.page_of(page).await })
             // The permit goes with the stream: its place is free once the stream is dropped.
             .inspect(move |_| {
                 let _held = &permit;
@@ -164,7 +169,9 @@ impl JobService for JobApi {
     }
 
     async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
-        Ok(Response::new(self.sessions.get(&request.into_inner().session_id).await?))
+        let request = request.into_inner();
+        let page = ItemPage::of_get(&request);
+        Ok(Response::new(self.sessions.get(&request.session_id, page).await?))
     }
 
     async fn list_sessions(

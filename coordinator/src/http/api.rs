@@ -172,12 +172,33 @@ pub(crate) async fn list_sessions(
     Ok(Pb(s.jobs.list_sessions(grpc(&c, request)).await?.into_inner()))
 }
 
+/// The query of `GET /api/v1/sessions/{id}` and of its events (`query::SESSION_PAGE`, which
+/// refuses any other parameter): the page of items, `GetSessionRequest`'s `item_offset` and
+/// `item_limit`, in either spelling; none is every item.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct PageQuery {
+    #[serde(alias = "item_offset")]
+    pub(crate) item_offset: u32,
+    #[serde(alias = "item_limit")]
+    pub(crate) item_limit: u32,
+}
+
+impl PageQuery {
+    /// The query, or a 400 naming the parameter that does not parse.
+    pub(crate) fn read(query: Result<Query<PageQuery>, QueryRejection>) -> Result<Self, ApiError> {
+        Ok(query.map_err(query_error)?.0)
+    }
+}
+
 pub(crate) async fn get_session(
     State(s): Api,
     Extension(c): By,
     PathParam(id): PathParam,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Reply<pb::Session> {
-    let request = pb::GetSessionRequest { session_id: id };
+    let PageQuery { item_offset, item_limit } = PageQuery::read(query)?;
+    let request = pb::GetSessionRequest { session_id: id, item_offset, item_limit };
     Ok(Pb(s.jobs.get_session(grpc(&c, request)).await?.into_inner()))
 }
 

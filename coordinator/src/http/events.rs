@@ -1,5 +1,7 @@
 //! `GET /api/v1/sessions/{id}/events`: the `WatchSession` stream as Server-Sent Events, one
-//! `session` event per `SessionEvent` (its JSON), until the session is STOPPED; then the
+//! `session` event per `SessionEvent` (its JSON; `?itemOffset=N&itemLimit=M` as for
+//! `GET /api/v1/sessions/{id}`: each event's items are that page, its counts cover every
+//! item), until the session is STOPPED; then the
 //! response ends. An unknown session is a 404 before any event. Should the watch break (the
 //! coordinator shuts down, etcd is gone), an `error` event with the error body ends the
 //! response, and the browser's `EventSource` reconnects and gets the session anew. A large
@@ -13,7 +15,7 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 use axum::{
     Extension,
     body::{Body, Bytes},
-    extract::State,
+    extract::{Query, State, rejection::QueryRejection},
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
@@ -22,7 +24,7 @@ use sluice_proto::pb;
 use tonic::Code;
 
 use super::{
-    api::{Services, grpc},
+    api::{PageQuery, Services, grpc},
     auth::Caller,
     extract::PathParam,
     pacing::{self, Paced, paced},
@@ -40,8 +42,11 @@ pub(crate) async fn session_events(
     State(services): State<Services>,
     Extension(caller): Extension<Caller>,
     PathParam(id): PathParam,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let request = grpc(&caller, pb::WatchSessionRequest { session_id: id });
+    let PageQuery { item_offset, item_limit } = PageQuery::read(query)?;
+    let request = pb::WatchSessionRequest { session_id: id, item_offset, item_limit };
+    let request = grpc(&caller, request);
     let watch = services.jobs.session_events(request).map_err(refusal)?;
     let mut watch = Box::pin(paced(watch));
     let first = match watch.next().await {
@@ -82,8 +87,11 @@ fn refusal(status: tonic::Status) -> ApiError {
 }
 
 impl Paced for Arc<FeedEvent> {
+    /// By the whole session's items, also for a stream of one page: a large session changes
+    /// many times a second, and even a page's every event would add up.
     fn interval(&self) -> std::time::Duration {
-        pacing::interval(self.event.session.as_ref().map_or(0, |s| s.items.len()))
+        let items = |s: &pb::Session| s.items.len().max(s.item_count as usize);
+        pacing::interval(self.event.session.as_ref().map_or(0, items))
     }
 
     fn urgent(&self) -> bool {

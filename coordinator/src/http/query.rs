@@ -24,6 +24,9 @@ pub(super) const JOB: &[&str] = &["job"];
 /// The parameters of `GET /api/v1/sessions` (`ListSessionsRequest`'s fields, in either
 /// spelling).
 pub(super) const LIST_SESSIONS: &[&str] = &["job", "newestPerJob", "newest_per_job", "limit"];
+/// The parameters of `GET /api/v1/sessions/{id}` and its events (the page of items, in
+/// either spelling).
+pub(super) const SESSION_PAGE: &[&str] = &["itemOffset", "item_offset", "itemLimit", "item_limit"];
 /// A route without parameters.
 pub(super) const NONE: &[&str] = &[];
 

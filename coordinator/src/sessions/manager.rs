@@ -24,6 +24,7 @@ use super::{
     actor::{Exit, Inboxes, MAILBOX, Owned, SessionActor},
     context::SessionContext,
     ids::new_session_id,
+    page::{ItemPage, count_states},
     persist::{self, Extra, NewSession, OwnerKey},
     records::{
         self, SessionView, StopKey, compacted, machine_from_records, pending_status, stop_from,
@@ -156,6 +157,7 @@ impl Sessions {
         // and RetrySession expect; only StopJob's answer leaves them out. Built once the
         // actor holds the session, so it never coexists with what the start read and wrote.
         session.items = indices.iter().map(|&index| pending_status(&job, index)).collect();
+        session.item_state_counts = Some(count_states(session.items.iter().map(|i| i.state())));
         Ok(session)
     }
 
@@ -318,9 +320,9 @@ impl Sessions {
             .ok_or_else(|| Error::SessionNotFound { session: id.into() })
     }
 
-    /// One session with its items.
-    pub(crate) async fn get(&self, id: &str) -> Result<pb::Session> {
-        Ok(self.load(id).await?.to_session(true))
+    /// One session with the items of `page` and the counts of all of them.
+    pub(crate) async fn get(&self, id: &str, page: ItemPage) -> Result<pb::Session> {
+        Ok(self.load(id).await?.to_session_page(page))
     }
 
     /// Sessions of a job (or all), newest first, without items; only the newest as

@@ -16,6 +16,7 @@ pub(crate) use self::wire::{bounded, item_status, item_status_record, stop_from,
 use self::wire::{session_status, stop_request};
 use super::{
     machine::{self, Event, Item, ItemState, Machine, Retry, Stop},
+    page::{ItemPage, count_states},
     persist::{Flush, ItemWrite},
 };
 use crate::error::{Error, Result};
@@ -84,6 +85,7 @@ pub(crate) fn item_indices<'a>(record: &'a pb::SessionRecord, job: &pb::Job) -> 
 }
 
 /// `item_indices` without collecting a list of every item.
+#[derive(Clone)]
 pub(crate) enum Indices<'a> {
     All(std::ops::Range<u32>),
     Listed(std::iter::Copied<std::slice::Iter<'a, u32>>),
@@ -273,8 +275,42 @@ pub(crate) struct SessionView {
 }
 
 impl SessionView {
-    /// The session as the API shows it: items in job order, STOPPING while a stop drains.
+    /// The session as the API shows it: items in job order, STOPPING while a stop drains;
+    /// with its items, every one of them and their counts by state.
     pub(crate) fn to_session(&self, with_items: bool) -> pb::Session {
+        match with_items {
+            true => self.to_session_page(ItemPage::ALL),
+            false => self.session_fields(),
+        }
+    }
+
+    /// The session with the items of `page` and the counts of all its items by state. Only
+    /// the page's statuses are built: the others are counted where they are stored.
+    pub(crate) fn to_session_page(&self, page: ItemPage) -> pb::Session {
+        let mut session = self.session_fields();
+        let stopped = self.stop.is_some() || self.record.stop.is_some() || self.is_stopped();
+        let indices = item_indices(&self.record, &self.job);
+        let range = page.range(indices.len());
+        let state = |index: u32| match self.items.get(&index).and_then(|r| r.status.as_ref()) {
+            Some(status) => status.state(),
+            None if stopped => pb::ItemState::NotProcessed,
+            None => pb::ItemState::Pending,
+        };
+        session.item_state_counts = Some(count_states(indices.clone().map(state)));
+        session.items = indices
+            .skip(range.start)
+            .take(range.len())
+            .map(|index| match self.items.get(&index).and_then(|r| r.status.clone()) {
+                Some(status) => status,
+                None if stopped => closed_status(&self.job, index, session.ended_at),
+                None => pending_status(&self.job, index),
+            })
+            .collect();
+        session
+    }
+
+    /// The session without its items.
+    fn session_fields(&self) -> pb::Session {
         let mut session = self.record.session.clone().unwrap_or_default();
         // A session of every item lists none: its count is the one stored at its start.
         if !self.record.item_indices.is_empty() {
@@ -286,16 +322,6 @@ impl SessionView {
         }
         if let Some(stop) = &self.stop {
             apply_stop(&mut session, stop);
-        }
-        if with_items {
-            let stopped = self.stop.is_some() || self.record.stop.is_some() || self.is_stopped();
-            session.items = item_indices(&self.record, &self.job)
-                .map(|index| match self.items.get(&index).and_then(|r| r.status.clone()) {
-                    Some(status) => status,
-                    None if stopped => closed_status(&self.job, index, session.ended_at),
-                    None => pending_status(&self.job, index),
-                })
-                .collect();
         }
         session
     }

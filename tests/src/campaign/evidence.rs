@@ -208,7 +208,7 @@ async fn wait_ended(
     loop {
         let open: Vec<String> = ids.iter().filter(|id| !ended.contains_key(*id)).cloned().collect();
         for id in &open {
-            let request = pb::GetSessionRequest { session_id: id.clone() };
+            let request = pb::GetSessionRequest { session_id: id.clone(), ..Default::default() };
             match api
                 .call(0, |mut c| {
                     let request = request.clone();

@@ -192,7 +192,7 @@ async fn active_session(api: &Api, job: &str, first: usize) -> Option<String> {
 /// Polls the session until it is STOPPED (`true`) or `deadline` passes (`false`).
 async fn wait_stopped(api: &Api, id: &str, first: usize, deadline: Instant) -> bool {
     while Instant::now() < deadline {
-        let request = pb::GetSessionRequest { session_id: id.to_string() };
+        let request = pb::GetSessionRequest { session_id: id.to_string(), ..Default::default() };
         if let Ok(session) = api
             .call(first, |mut c| {
                 let request = request.clone();

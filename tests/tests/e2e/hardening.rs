@@ -349,7 +349,7 @@ async fn watch_session_goes_on_after_its_revision_was_compacted() {
     let started = create_and_start(&mut jobs, &vm_job("watched", 1)).await;
 
     link.delay(Duration::from_millis(300));
-    let request = pb::WatchSessionRequest { session_id: started.id.clone() };
+    let request = pb::WatchSessionRequest { session_id: started.id.clone(), ..Default::default() };
     let mut stream = expect_ok(jobs.watch_session(request).await, "WatchSession");
     let first = stream.message().await.expect("the first snapshot").expect("a snapshot");
     assert_eq!(first.session.map(|s| s.id), Some(started.id.clone()));

@@ -208,7 +208,10 @@ impl Call {
                 jobs.list_jobs(maybe_bearer(token, pb::ListJobsRequest::default())).await.map(drop)
             }
             Call::GetSession => jobs
-                .get_session(maybe_bearer(token, pb::GetSessionRequest { session_id: missing() }))
+                .get_session(maybe_bearer(
+                    token,
+                    pb::GetSessionRequest { session_id: missing(), ..Default::default() },
+                ))
                 .await
                 .map(drop),
             Call::CreateJob => jobs
@@ -362,8 +365,12 @@ async fn a_revoked_tokens_open_session_watch_ends() {
     let (token, revoked) = create_token(&mut cluster, "watcher", "viewer", 0).await;
     let (_, kept) = create_token(&mut cluster, "other-watcher", "viewer", 0).await;
     let mut jobs = JobServiceClient::new(no_certificate(&cluster).await);
-    let watch =
-        |secret: &str| bearer(pb::WatchSessionRequest { session_id: session.id.clone() }, secret);
+    let watch = |secret: &str| {
+        bearer(
+            pb::WatchSessionRequest { session_id: session.id.clone(), ..Default::default() },
+            secret,
+        )
+    };
     let mut ending = expect_ok(jobs.watch_session(watch(&revoked)).await, "WatchSession");
     let mut going_on = expect_ok(jobs.watch_session(watch(&kept)).await, "WatchSession");
     ending.message().await.expect("the first event").expect("an event");

@@ -437,12 +437,17 @@ async fn sessions_are_listed_newest_first_and_bad_ids_are_refused() {
     assert_eq!(ids, [other_session.id.as_str()], "the newest in all");
 
     expect_code(
-        jobs.get_session(pb::GetSessionRequest { session_id: "20200101-000000-0000".into() }).await,
+        jobs.get_session(pb::GetSessionRequest {
+            session_id: "20200101-000000-0000".into(),
+            ..Default::default()
+        })
+        .await,
         Code::NotFound,
         "GetSession of an unknown id",
     );
     expect_code(
-        jobs.get_session(pb::GetSessionRequest { session_id: "A/B".into() }).await,
+        jobs.get_session(pb::GetSessionRequest { session_id: "A/B".into(), ..Default::default() })
+            .await,
         Code::InvalidArgument,
         "GetSession of the malformed id A/B",
     );

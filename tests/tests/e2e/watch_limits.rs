@@ -16,7 +16,8 @@ use sluice_tests::{
 use tonic::{Code, Request, Streaming, transport::Channel};
 
 fn watch(session: &str, token: &str) -> Request<pb::WatchSessionRequest> {
-    let mut request = Request::new(pb::WatchSessionRequest { session_id: session.into() });
+    let mut request =
+        Request::new(pb::WatchSessionRequest { session_id: session.into(), ..Default::default() });
     let value = format!("Bearer {token}").parse().expect("an ASCII header");
     request.metadata_mut().insert("authorization", value);
     request

@@ -46,7 +46,8 @@ async fn watchers_of_one_session_are_sent_the_same_bytes() -> Result<(), Box<dyn
     create_job(&mut admin, job).await;
     let start = pb::StartJobRequest { job: "shared".into(), full: false };
     let session = expect_ok(admin.start_job(start).await, "StartJob").id;
-    let request = pb::WatchSessionRequest { session_id: session.clone() }.encode_to_vec();
+    let request = pb::WatchSessionRequest { session_id: session.clone(), ..Default::default() }
+        .encode_to_vec();
     let channel = cluster.coordinator(0).channel().await;
     let watch =
         || raw_grpc::server_streaming(channel.clone(), WATCH_SESSION, &request, MAX_MESSAGE_BYTES);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use sluice_proto::pb;
 
 use super::*;
+use crate::sessions::page::ItemPage;
 
 fn job(items: usize) -> pb::Job {
     let items = (0..items).map(|i| pb::JobItem { name: format!("vm{i}"), ..Default::default() });
@@ -121,4 +122,44 @@ fn a_new_owner_knows_an_item_lost_an_attempt_with_its_agent() {
     let machine = machine_from_records(&record(1, None), &job(1), &stored, None).expect("machine");
     assert!(machine.item(0).lost, "read back from the record");
     assert!(item_record(machine.item(0)).lost, "written again as it was");
+}
+
+/// A page carries its slice of the items in job order and the counts of every item: the
+/// stored ones by their state, the unwritten ones as pending, or closed under a stop.
+#[test]
+fn a_page_has_its_items_and_the_counts_of_all() {
+    let items = HashMap::from([
+        (1, written(1, pb::ItemState::Success)),
+        (2, written(2, pb::ItemState::Processing)),
+        (4, written(4, pb::ItemState::Failed)),
+    ]);
+    let mut view =
+        SessionView { record: record(6, None), job: job(6), items, ..Default::default() };
+    let page = view.to_session_page(ItemPage { offset: 1, limit: 3 });
+    let names: Vec<&str> = page.items.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["vm1", "vm2", "vm3"]);
+    assert_eq!(page.item_count, 6, "the count is every item's");
+    let counts = pb::ItemStateCounts {
+        pending: 3,
+        processing: 1,
+        success: 1,
+        failed: 1,
+        ..Default::default()
+    };
+    assert_eq!(page.item_state_counts, Some(counts));
+    let whole = view.to_session(true);
+    assert_eq!((whole.items.len(), whole.item_state_counts), (6, Some(counts)));
+    assert_eq!(view.to_session(false).item_state_counts, None, "no items, no counts");
+
+    view.stop = Some(immediate());
+    let counts_only = view.to_session_page(ItemPage { offset: 6, limit: 0 });
+    assert!(counts_only.items.is_empty(), "past the end: the counts alone");
+    let closed = pb::ItemStateCounts {
+        not_processed: 3,
+        processing: 1,
+        success: 1,
+        failed: 1,
+        ..Default::default()
+    };
+    assert_eq!(counts_only.item_state_counts, Some(closed));
 }

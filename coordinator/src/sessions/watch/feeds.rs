@@ -24,7 +24,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 
 use super::{EVENT_OFF_RUNTIME_FROM, watch_session};
-use crate::store::{Store, off_runtime};
+use crate::{
+    sessions::page::{ItemPage, paged},
+    store::{Store, off_runtime},
+};
 
 /// Events a feed keeps for watchers that have not read them yet (each may be a large
 /// session: a few are enough for the states one etcd answer can carry).
@@ -43,6 +46,21 @@ pub(crate) struct FeedEvent {
 impl FeedEvent {
     fn new(event: pb::SessionEvent) -> Self {
         FeedEvent { event, framed: OnceCell::new(), encoded: OnceCell::new() }
+    }
+
+    /// The event with only the items of `page`, for one stream that asked for a page: its
+    /// own copy, framed or encoded by that stream alone (off the runtime for a large page).
+    /// Every item event stays shared.
+    pub(crate) async fn page_of(self: Arc<Self>, page: ItemPage) -> Result<Arc<Self>, Status> {
+        if page.is_all() {
+            return Ok(self);
+        }
+        let items = self.event.session.as_ref().map_or(0, |s| page.range(s.items.len()).len());
+        let copy = move || {
+            let session = self.event.session.as_ref().map(|session| paged(session, page));
+            Ok(Arc::new(FeedEvent::new(pb::SessionEvent { session })))
+        };
+        if items >= EVENT_OFF_RUNTIME_FROM { Ok(off_runtime(copy).await?) } else { Ok(copy()?) }
     }
 
     /// The event as an HTTP event stream sends it, framed by the first stream that asks.

@@ -211,7 +211,7 @@ async fn backup(
 
 /// The first item message of a session, to say why it failed.
 async fn why(api: &mut Jobs, id: &str) -> String {
-    let request = pb::GetSessionRequest { session_id: id.to_string() };
+    let request = pb::GetSessionRequest { session_id: id.to_string(), ..Default::default() };
     match api.get_session(request).await {
         Ok(session) => {
             let session = session.into_inner();

@@ -203,7 +203,7 @@ impl Bench {
             }
             _ => results.note("stop.graceful_tail_ms", "no task end or session end seen"),
         }
-        let request = pb::GetSessionRequest { session_id: id.to_string() };
+        let request = pb::GetSessionRequest { session_id: id.to_string(), ..Default::default() };
         let session = self.api.get_session(request).await?.into_inner();
         let accepted_ms = ms_between(SystemTime::UNIX_EPOCH, accepted);
         let late = session
