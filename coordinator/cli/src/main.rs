@@ -220,10 +220,18 @@ struct StopAllArgs {
 /// `sluice session ...`
 #[derive(Debug, Subcommand)]
 enum SessionCommand {
-    /// Show a session with its items.
+    /// Show a session with its items (all of them unless a page is asked for) and how many
+    /// are in each state.
     Show {
         /// Session id.
         id: String,
+        /// Show the items from this one on (0: the first; at or past the end: none, the
+        /// counts alone).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        item_offset: u32,
+        /// Show at most this many items (0: every item from --item-offset on).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        item_limit: u32,
     },
     /// List sessions, newest first.
     List {

@@ -13,7 +13,9 @@ use crate::watch;
 /// Runs one `session` subcommand.
 pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> Result<Exit, Failure> {
     match cmd {
-        SessionCommand::Show { id } => show(ctx, id).await,
+        SessionCommand::Show { id, item_offset, item_limit } => {
+            show(ctx, pb::GetSessionRequest { session_id: id, item_offset, item_limit }).await
+        }
         SessionCommand::List { job } => list(ctx, job.unwrap_or_default()).await,
         SessionCommand::Watch { id } => watch::follow(ctx, ctx.connect().await?, &id).await,
         SessionCommand::Retry { id } => retry(ctx, id).await,
@@ -25,14 +27,15 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> Result<Exit, Failure> {
     }
 }
 
-async fn show(ctx: &Ctx, session_id: String) -> Result<Exit, Failure> {
+async fn show(ctx: &Ctx, request: pb::GetSessionRequest) -> Result<Exit, Failure> {
     let mut clients = ctx.connect().await?;
-    let session = clients
-        .jobs
-        .get_session(pb::GetSessionRequest { session_id, ..Default::default() })
-        .await?
-        .into_inner();
-    let table = || views::session_detail(&session, SystemTime::now());
+    let offset = request.item_offset;
+    let paged = offset > 0 || request.item_limit > 0;
+    let session = clients.jobs.get_session(request).await?.into_inner();
+    let table = || match paged {
+        true => views::session_page(&session, offset, SystemTime::now()),
+        false => views::session_detail(&session, SystemTime::now()),
+    };
     output::print(ctx.format, table, || json::session(&session))?;
     Ok(Exit::Success)
 }

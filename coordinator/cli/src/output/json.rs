@@ -93,7 +93,21 @@ pub fn session(s: &pb::Session) -> Value {
         "created_at": time(s.created_at.as_ref()),
         "ended_at": time(s.ended_at.as_ref()),
         "item_count": s.item_count,
+        "item_state_counts": s.item_state_counts.as_ref().map_or(Value::Null, state_counts),
         "items": s.items.iter().map(item).collect::<Vec<_>>(),
+    })
+}
+
+/// How many of a session's items are in each state.
+fn state_counts(c: &pb::ItemStateCounts) -> Value {
+    json!({
+        "pending": c.pending,
+        "processing": c.processing,
+        "success": c.success,
+        "warning": c.warning,
+        "failed": c.failed,
+        "canceled": c.canceled,
+        "not_processed": c.not_processed,
     })
 }
 

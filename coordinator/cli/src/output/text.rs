@@ -33,6 +33,35 @@ pub fn item_state(raw: i32) -> String {
     enum_short(raw, pb::ItemState::as_str_name, "ITEM_STATE_")
 }
 
+/// Items per state, in state order, the states with none left out: `2 SUCCESS,
+/// 1 NOT_PROCESSED` (as `session watch` counts them), `none` without items.
+pub fn state_counts(counts: &pb::ItemStateCounts) -> String {
+    let pb::ItemStateCounts {
+        pending,
+        processing,
+        success,
+        warning,
+        failed,
+        canceled,
+        not_processed,
+    } = *counts;
+    let states = [
+        (pending, pb::ItemState::Pending),
+        (processing, pb::ItemState::Processing),
+        (success, pb::ItemState::Success),
+        (warning, pb::ItemState::Warning),
+        (failed, pb::ItemState::Failed),
+        (canceled, pb::ItemState::Canceled),
+        (not_processed, pb::ItemState::NotProcessed),
+    ];
+    let parts: Vec<String> = states
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, state)| format!("{n} {}", item_state(*state as i32)))
+        .collect();
+    if parts.is_empty() { "none".to_string() } else { parts.join(", ") }
+}
+
 /// Short name of a task phase.
 pub fn task_phase(raw: i32) -> String {
     enum_short(raw, pb::TaskPhase::as_str_name, "TASK_PHASE_")

@@ -107,6 +107,26 @@ pub fn session_detail(session: &pb::Session, now: SystemTime) -> String {
     format!("{header}\n{}", items_table(&session.items))
 }
 
+/// `session show --item-offset/--item-limit`: the header, which line of the items the page
+/// shows (`offset` is its first item's), then its rows.
+pub fn session_page(session: &pb::Session, offset: u32, now: SystemTime) -> String {
+    let mut pairs = session_fields(session, now);
+    pairs.push(("SHOWN", shown_range(offset, session.items.len(), session.item_count)));
+    let header = fields(&pairs);
+    if session.items.is_empty() {
+        return header;
+    }
+    format!("{header}\n{}", items_table(&session.items))
+}
+
+/// `items 101-200 of 50000`, or `no items (offset 900 of 800)`.
+fn shown_range(offset: u32, shown: usize, total: u32) -> String {
+    match shown {
+        0 => format!("no items (offset {offset} of {total})"),
+        n => format!("items {}-{} of {total}", u64::from(offset) + 1, u64::from(offset) + n as u64),
+    }
+}
+
 /// What `job start` and `session retry` confirm: the new session and its first
 /// [`ITEMS_SHOWN_ON_CHANGE`] items (a session of 100,000 items printed every one).
 pub fn session_started(session: &pb::Session, now: SystemTime) -> String {
@@ -130,6 +150,9 @@ fn session_fields(s: &pb::Session, now: SystemTime) -> Vec<(&'static str, String
         ("CREATED", when(s.created_at.as_ref(), now)),
         ("ENDED", when(s.ended_at.as_ref(), now)),
     ];
+    if let Some(counts) = &s.item_state_counts {
+        pairs.push(("ITEMS", format!("{}: {}", s.item_count, text::state_counts(counts))));
+    }
     if !s.started_by.is_empty() {
         pairs.insert(7, ("STARTED BY", s.started_by.clone()));
     }

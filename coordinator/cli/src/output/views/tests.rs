@@ -235,3 +235,36 @@ fn a_large_session_start_is_confirmed_with_its_first_items() {
     let few = fixtures::working_session();
     assert_eq!(session_started(&few, fixtures::now()), session_detail(&few, fixtures::now()));
 }
+
+/// The counts line covers every item, also when the answer holds one page; a page says which
+/// of the items it shows.
+#[test]
+fn a_page_shows_the_counts_of_all_items_and_which_it_lists() {
+    let mut session = fixtures::working_session();
+    session.item_count = 50_000;
+    session.item_state_counts = Some(pb::ItemStateCounts {
+        pending: 49_000,
+        processing: 8,
+        success: 990,
+        failed: 2,
+        ..Default::default()
+    });
+    session.items.truncate(2);
+    let text = session_page(&session, 100, fixtures::now());
+    assert!(
+        text.contains("ITEMS:     50000: 49000 PENDING, 8 PROCESSING, 990 SUCCESS, 2 FAILED\n"),
+        "{text}"
+    );
+    assert!(text.contains("SHOWN:     items 101-102 of 50000\n"), "{text}");
+    assert!(text.contains("\nvm-01  SUCCESS"), "{text}");
+    session.items.clear();
+    let text = session_page(&session, 50_000, fixtures::now());
+    assert!(text.contains("SHOWN:     no items (offset 50000 of 50000)\n"), "{text}");
+    let value = json::session(&session);
+    assert_eq!(value["item_state_counts"]["pending"], 49_000);
+    assert_eq!(value["item_state_counts"]["not_processed"], 0);
+    assert_eq!(
+        json::session(&fixtures::working_session())["item_state_counts"],
+        serde_json::Value::Null
+    );
+}
