@@ -132,10 +132,17 @@ async function itemRows(page, count) {
     count, { timeout: STEP_MS, polling: 100 });
 }
 
-// A session of more items than a page (500) shows them a page at a time, with Prev / Next.
+// A session of more items than a page (500) shows them a page at a time, with Prev / Next;
+// the event stream is asked for the page shown alone, and the counts cover every item.
 // Returns the session's URL.
 async function pageThroughALargeSession(page) {
   step(`start ${largeJob} and page through its items`);
+  const asked = [];
+  const listen = (request) => {
+    const url = new URL(request.url());
+    if (url.pathname.endsWith('/events')) asked.push(url.search);
+  };
+  page.on('request', listen);
   await page.getByRole('navigation', { name: 'Sections' }).getByRole('link', { name: 'Home' }).click();
   const row = rowOf(page, largeJob);
   await row.waitFor({ timeout: STEP_MS });
@@ -151,6 +158,13 @@ async function pageThroughALargeSession(page) {
   await itemRows(page, 500);
   const second = await page.locator('table.items tbody tr[data-item]').first().getAttribute('data-item');
   if (first === second) throw new Error(`page 2 starts with the item of page 1, ${first}`);
+  for (const query of ['?itemOffset=0&itemLimit=500', '?itemOffset=500&itemLimit=500']) {
+    if (!asked.includes(query)) throw new Error(`no event stream asked for ${query}: ${JSON.stringify(asked)}`);
+  }
+  const counted = await page.locator('[data-field="item-counts"]').textContent();
+  const sum = [...counted.matchAll(/([\d,]+) [A-Z_]+/g)].reduce((a, m) => a + Number(m[1].replace(/,/g, '')), 0);
+  const total = Number((await range.textContent()).replace(/.* of /, '').replace(/,/g, ''));
+  if (sum !== total) throw new Error(`the counts (${counted}) do not add up to the ${total} items`);
   await pager.getByRole('button', { name: 'Next' }).click();
   await range.getByText(/^Items 1,001–1,\d{3} of /).waitFor({ timeout: STEP_MS });
   if (!await pager.getByRole('button', { name: 'Next' }).isDisabled()) throw new Error('Next is enabled on the last page');
@@ -158,7 +172,8 @@ async function pageThroughALargeSession(page) {
   await range.getByText(/^Items 501–1,000 of /).waitFor({ timeout: STEP_MS });
   // The page answers while events come (no timing asserted: it must answer at all).
   const state = await page.evaluate(() => document.querySelector('[data-field="state"]')?.textContent.trim());
-  console.log(`large session: ${state}, ${await range.textContent()}`);
+  page.off('request', listen);
+  console.log(`large session: ${state}, ${await range.textContent()}, ${counted}`);
   await page.screenshot({ path: join(screenshots, 'large-session.png') });
   return page.url();
 }

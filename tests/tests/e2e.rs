@@ -35,6 +35,7 @@ mod e2e {
     mod restore_points;
     mod schedules;
     mod security;
+    mod session_pages;
     mod sessions;
     mod shutdown;
     mod silence;

@@ -5,15 +5,16 @@
 // ---------------------------------------------------------------- a session, live
 
 // Items shown per page of a large session: rebuilding thousands of rows per event would keep
-// the browser busy for longer than the events are apart.
+// the browser busy for longer than the events are apart. The event stream is asked for this
+// page alone (`itemOffset`, `itemLimit`); its counts by state cover every item.
 const ITEMS_PER_PAGE = 500;
 
 function viewSession(id) {
   const facts = h('dl', { class: 'facts' });
   const buttons = h('div', { class: 'actions' });
   const items = h('tbody');
-  const counts = h('p', { class: 'muted', 'aria-live': 'polite' });
-  const pager = itemPager(() => draw(latest));
+  const counts = h('p', { class: 'muted', 'aria-live': 'polite', 'data-field': 'item-counts' });
+  const pager = itemPager((page) => follow(page));
   show(
     h('h1', {}, 'Session ', h('span', { class: 'muted' }, id)),
     h('section', { class: 'panel', 'aria-label': 'Session' }, facts, h('p'), buttons),
@@ -41,21 +42,38 @@ function viewSession(id) {
       buttonsKey = key;
       renderSessionButtons(buttons, session, () => job);
     }
-    const all = session.items || [];
-    counts.textContent = itemCounts(all);
-    fill(items, ...pager.slice(all).map(itemRow));
+    const shown = session.items || [];
+    counts.textContent = itemCounts(session);
+    pager.show(itemTotal(session), shown.length);
+    fill(items, ...shown.map(itemRow));
   };
   const render = coalesced((session) => {
     latest = session;
     draw(session);
   });
-  const stopFollowing = followSession(id, render);
+  // One stream at a time, of the page shown: turning the page follows the new one.
+  let stopFollowing = () => {};
+  const follow = (page) => {
+    stopFollowing();
+    render.cancel();
+    const query = `itemOffset=${page * ITEMS_PER_PAGE}&itemLimit=${ITEMS_PER_PAGE}`;
+    stopFollowing = followSession(id, query, render);
+  };
+  follow(0);
   const stopTicking = tickDuration(facts, () => latest);
   return () => {
     render.cancel();
     stopFollowing();
     stopTicking();
   };
+}
+
+// How many items the session has: its count (sessions started before it was stored have
+// none), else what its counts or items add up to.
+function itemTotal(s) {
+  if (s.itemCount) return Number(s.itemCount);
+  if (s.itemStateCounts) return Object.values(s.itemStateCounts).reduce((a, n) => a + Number(n), 0);
+  return (s.items || []).length;
 }
 
 // Calls `render` with the newest of the sessions given, at most once per animation frame:
@@ -94,29 +112,33 @@ function tickDuration(facts, current) {
 }
 
 // Prev / Next over the items of a session with more than ITEMS_PER_PAGE; hidden otherwise.
-// `redraw` shows the page chosen.
-function itemPager(redraw) {
+// `turnTo(page)` follows the page chosen; `show(total, shown)` says what the page shows.
+function itemPager(turnTo) {
   let page = 0;
+  let pages = 1;
   const label = h('span', { 'data-field': 'item-range' });
   const turn = (by) => () => {
-    page += by;
-    redraw();
+    const to = Math.min(Math.max(page + by, 0), pages - 1);
+    if (to === page) return;
+    page = to;
+    prev.disabled = true;
+    next.disabled = true;
+    turnTo(page);
   };
   const prev = h('button', { type: 'button', onclick: turn(-1) }, 'Prev');
   const next = h('button', { type: 'button', onclick: turn(1) }, 'Next');
   const element = h('nav', { class: 'pager', 'aria-label': 'Item pages', hidden: true }, prev, label, next);
-  const slice = (all) => {
-    const pages = Math.max(1, Math.ceil(all.length / ITEMS_PER_PAGE));
-    page = Math.min(Math.max(page, 0), pages - 1);
+  const show = (total, shown) => {
+    pages = Math.max(1, Math.ceil(total / ITEMS_PER_PAGE));
     element.hidden = pages === 1;
     const first = page * ITEMS_PER_PAGE;
-    const last = Math.min(all.length, first + ITEMS_PER_PAGE);
-    label.textContent = `Items ${count(first + 1)}–${count(last)} of ${count(all.length)}`;
+    label.textContent = shown > 0
+      ? `Items ${count(first + 1)}–${count(first + shown)} of ${count(total)}`
+      : `No items from ${count(first + 1)} of ${count(total)}`;
     prev.disabled = page === 0;
-    next.disabled = page === pages - 1;
-    return pages === 1 ? all : all.slice(first, last);
+    next.disabled = page >= pages - 1;
   };
-  return { element, slice };
+  return { element, show };
 }
 
 function count(n) {
@@ -146,10 +168,11 @@ function renderSessionFacts(facts, s) {
     s.startedBy ? fact('Started by', s.startedBy) : null);
 }
 
-// What RetrySession runs again: failed and not-processed items.
+// What RetrySession runs again: failed and not-processed items, of every page.
 function retryable(s) {
-  return s.state === 'SESSION_STATE_STOPPED' && (s.items || []).some((i) =>
-    i.state === 'ITEM_STATE_FAILED' || i.state === 'ITEM_STATE_NOT_PROCESSED');
+  if (s.state !== 'SESSION_STATE_STOPPED') return false;
+  if (s.itemStateCounts) return Number(s.itemStateCounts.failed) + Number(s.itemStateCounts.notProcessed) > 0;
+  return (s.items || []).some((i) => i.state === 'ITEM_STATE_FAILED' || i.state === 'ITEM_STATE_NOT_PROCESSED');
 }
 
 // What the buttons show depends on only these.
@@ -169,13 +192,23 @@ function renderSessionButtons(buttons, s, job) {
     h('a', { href: `#/history?job=${encodeURIComponent(s.job)}` }, 'Session history'));
 }
 
-function itemCounts(items) {
+// Items per state, of every item (the session's counts; of the items shown without them).
+const COUNTED_STATES = [
+  ['pending', 'PENDING'], ['processing', 'PROCESSING'], ['success', 'SUCCESS'], ['warning', 'WARNING'],
+  ['failed', 'FAILED'], ['canceled', 'CANCELED'], ['notProcessed', 'NOT_PROCESSED'],
+];
+
+function itemCounts(s) {
   const counts = new Map();
-  for (const item of items) {
-    const state = short(item.state, 'ITEM_STATE_');
-    counts.set(state, (counts.get(state) || 0) + 1);
+  if (s.itemStateCounts) {
+    for (const [field, state] of COUNTED_STATES) counts.set(state, Number(s.itemStateCounts[field] || 0));
+  } else {
+    for (const item of s.items || []) {
+      const state = short(item.state, 'ITEM_STATE_');
+      counts.set(state, (counts.get(state) || 0) + 1);
+    }
   }
-  return [...counts].map(([state, n]) => `${n} ${state}`).join(', ');
+  return [...counts].filter(([, n]) => n > 0).map(([state, n]) => `${count(n)} ${state}`).join(', ');
 }
 
 function itemRow(item) {
@@ -224,13 +257,15 @@ function whenVisible() {
   });
 }
 
-// Follows `/sessions/{id}/events` (Server-Sent Events, read with fetch so the bearer token
-// goes along) until the session is STOPPED; reconnects after a break. A stream the server
+// Follows `/sessions/{id}/events?query` (Server-Sent Events, read with fetch so the bearer
+// token goes along; `query` names the page of items) until the session is STOPPED; reconnects after a break. A stream the server
 // ends because the token was revoked or expired is no break: the sign-in form says why.
 // A hidden page holds no stream: a browser allows 6 HTTP/1.1 connections per host, and six
 // tabs with live streams left none for any other call of the console. Returns the stopper.
-function followSession(id, render) {
+function followSession(id, query, render) {
   let stopped = false;
+  // A stopped follower renders nothing more, not even a read it had in hand.
+  const mine = (session) => { if (!stopped) render(session); };
   let attempt = null;
   const hide = () => { if (document.hidden && attempt) attempt.abort(); };
   document.addEventListener('visibilitychange', hide);
@@ -243,7 +278,7 @@ function followSession(id, render) {
       // No answer at all (a frozen link, no free connection) is a break too.
       const unanswered = setTimeout(() => current.abort(), SILENT_MS);
       try {
-        const response = await fetch(`/api/v1/sessions/${encodeURIComponent(id)}/events`,
+        const response = await fetch(`/api/v1/sessions/${encodeURIComponent(id)}/events?${query}`,
           { headers: authHeaders(), signal: attempt.signal }).finally(() => clearTimeout(unanswered));
         if (!response.ok) {
           const data = await response.json().catch(() => ({}));
@@ -252,7 +287,7 @@ function followSession(id, render) {
           // No such session, or an id the server refuses: asking again changes nothing.
           if (response.status === 404 || response.status === 400) return undefined;
         } else {
-          const end = await readEvents(response, render, attempt);
+          const end = await readEvents(response, mine, attempt);
           if (end.signIn !== undefined) return stopped ? undefined : showLogin(end.signIn);
           if (end.stopped) return undefined;
           if (!document.hidden) alertBox(LOST);
@@ -278,7 +313,8 @@ function followSession(id, render) {
 // Reads one event stream until it ends: `{stopped: true}` once the session is STOPPED,
 // `{signIn: message}` when the server ended it with UNAUTHENTICATED, else `{}` (a break).
 // Of the session events that came in one read only the newest is parsed and rendered: each
-// holds the whole session. A stream silent for SILENT_MS is aborted through `attempt`.
+// holds the whole session (with its page of items). A stream silent for SILENT_MS is aborted
+// through `attempt`.
 async function readEvents(response, render, attempt) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let silent = setTimeout(() => attempt.abort(), SILENT_MS);
