@@ -207,13 +207,10 @@ impl Call {
             Call::ListJobs => {
                 jobs.list_jobs(maybe_bearer(token, pb::ListJobsRequest::default())).await.map(drop)
             }
-            Call::GetSession => jobs
-                .get_session(maybe_bearer(
-                    token,
-                    pb::GetSessionRequest { session_id: missing(), ..Default::default() },
-                ))
-                .await
-                .map(drop),
+            Call::GetSession => {
+                let request = pb::GetSessionRequest { session_id: missing(), ..Default::default() };
+                jobs.get_session(maybe_bearer(token, request)).await.map(drop)
+            }
             Call::CreateJob => jobs
                 .create_job(maybe_bearer(token, pb::CreateJobRequest { job: None }))
                 .await
@@ -365,12 +362,8 @@ async fn a_revoked_tokens_open_session_watch_ends() {
     let (token, revoked) = create_token(&mut cluster, "watcher", "viewer", 0).await;
     let (_, kept) = create_token(&mut cluster, "other-watcher", "viewer", 0).await;
     let mut jobs = JobServiceClient::new(no_certificate(&cluster).await);
-    let watch = |secret: &str| {
-        bearer(
-            pb::WatchSessionRequest { session_id: session.id.clone(), ..Default::default() },
-            secret,
-        )
-    };
+    let request = pb::WatchSessionRequest { session_id: session.id.clone(), ..Default::default() };
+    let watch = |secret: &str| bearer(request.clone(), secret);
     let mut ending = expect_ok(jobs.watch_session(watch(&revoked)).await, "WatchSession");
     let mut going_on = expect_ok(jobs.watch_session(watch(&kept)).await, "WatchSession");
     ending.message().await.expect("the first event").expect("an event");
