@@ -17,3 +17,17 @@ pub async fn as_admin(cluster: &mut Cluster, args: &[&str]) -> (i32, String) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
+
+/// Runs `sluice ARGS` as given (no endpoint, credentials or `SLUICE_TOKEN` added); returns its
+/// exit code and what it printed (stdout, then stderr).
+pub async fn bare(args: &[String]) -> (i32, String) {
+    let output = tokio::process::Command::new(binary("sluice"))
+        .args(args)
+        .env_remove("SLUICE_TOKEN")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run sluice: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}

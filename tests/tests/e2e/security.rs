@@ -18,7 +18,7 @@ use sluice_proto::{
 use sluice_tests::{
     Cluster, PATIENCE, Pki,
     api::{create_job, wait_stopped},
-    binary,
+    cli::bare as cli,
     fixtures::{expect_code, expect_ok},
     jobs::{JobBuilder, vm_item},
     wait_for,
@@ -403,22 +403,6 @@ async fn last_error(watch: &mut tonic::Streaming<pb::SessionEvent>) -> Status {
             Err(status) => return status,
         }
     }
-}
-
-/// Runs the `sluice` CLI with `args`; returns its exit code and output.
-async fn cli(args: &[String]) -> (i32, String) {
-    let output = tokio::process::Command::new(binary("sluice"))
-        .args(args)
-        .env_remove("SLUICE_TOKEN")
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run sluice: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
 }
 
 fn args(parts: &[&str]) -> Vec<String> {
