@@ -76,20 +76,17 @@ fn a_requeued_item_shows_no_progress() {
     assert_eq!(counters, (0, 0, 0, 0));
 }
 
+/// Attempt 1 of item 0 refused for now (the agent is busy).
+fn busy() -> Event {
+    let message = "busy".into();
+    Event::RunRefused { index: 0, attempt: 1, transient: true, slots_full: false, message }
+}
+
 #[test]
 fn a_busy_agent_refusal_is_not_an_attempt() {
     let mut m = machine(1, 1);
     m.dispatch(0, &agents(&[("a1", 1)]), &mut Pool::default());
-    m.apply(
-        1,
-        Event::RunRefused {
-            index: 0,
-            attempt: 1,
-            transient: true,
-            slots_full: false,
-            message: "busy".into(),
-        },
-    );
+    m.apply(1, busy());
     assert_eq!((m.items[0].state(), m.items[0].status.attempt), (ItemState::Pending, 0));
     assert_eq!(m.items[0].not_before_ms, 1 + REFUSED_BACKOFF_MS);
 }
@@ -114,15 +111,8 @@ fn a_full_agent_refusal_leaves_the_item_free_to_run_at_once() {
         m.apply(round, full(1));
         assert_eq!((m.items[0].state(), m.items[0].not_before_ms), (ItemState::Pending, 0));
     }
-    let busy = Event::RunRefused {
-        index: 0,
-        attempt: 1,
-        transient: true,
-        slots_full: false,
-        message: "busy".into(),
-    };
     m.dispatch(20, &a1, &mut Pool::default());
-    m.apply(20, busy);
+    m.apply(20, busy());
     assert_eq!(m.items[0].not_before_ms, 20 + REFUSED_BACKOFF_MS, "no doubling from before");
 }
 
@@ -172,16 +162,7 @@ fn a_refusal_written_lazily_makes_the_next_dispatch_a_write() {
     let a1 = agents(&[("a1", 1)]);
     m.dispatch(0, &a1, &mut pool);
     m.take_dirty(true, true);
-    m.apply(
-        1,
-        Event::RunRefused {
-            index: 0,
-            attempt: 1,
-            transient: true,
-            slots_full: false,
-            message: "busy".into(),
-        },
-    );
+    m.apply(1, busy());
     pool.release("a1");
     let (written, _) = m.take_dirty(true, false);
     assert_eq!(written, vec![0], "the lazy write takes the refused item");
