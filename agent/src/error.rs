@@ -98,6 +98,17 @@ pub enum AgentError {
     /// (ABORTED: try again later).
     #[error("{0}")]
     InUse(String),
+    /// The free slot is kept for a session refused one lately (`tasks/waiting.rs`).
+    #[error(
+        "no free task slot for this session ({used} of {total} in use; the free one is kept \
+         for another session's task, which waits for one)"
+    )]
+    SlotKept {
+        /// Slots in use.
+        used: usize,
+        /// Slots of the agent.
+        total: usize,
+    },
     /// Every task slot is in use.
     #[error("no free task slot ({used} of {total} in use)")]
     NoFreeSlot {
@@ -163,7 +174,9 @@ impl AgentError {
             Self::Draining { .. } | Self::Unconfirmed { .. } | Self::ShuttingDown => {
                 Code::Unavailable
             }
-            Self::NoFreeSlot { .. } | Self::NoRoom(_) => Code::ResourceExhausted,
+            Self::NoFreeSlot { .. } | Self::SlotKept { .. } | Self::NoRoom(_) => {
+                Code::ResourceExhausted
+            }
             Self::InUse(_) => Code::Aborted,
             Self::Config(_) | Self::Journal { .. } | Self::Internal(_) | Self::Server(_) => {
                 Code::Internal
@@ -181,7 +194,7 @@ impl From<AgentError> for Status {
             AgentError::CancelledBeforeStart { .. } => Refusal::CancelledBeforeStart,
             AgentError::StaleRegistration { .. } => Refusal::StaleRegistration,
             AgentError::Acknowledged { .. } => Refusal::Acknowledged,
-            AgentError::NoFreeSlot { .. } => Refusal::SlotsFull,
+            AgentError::NoFreeSlot { .. } | AgentError::SlotKept { .. } => Refusal::SlotsFull,
             _ => return status,
         };
         refusal.attach(status)

@@ -9,6 +9,7 @@ mod actor;
 mod give_up_tests;
 pub(crate) mod runner;
 pub(crate) mod state;
+mod waiting;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

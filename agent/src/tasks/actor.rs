@@ -244,7 +244,8 @@ impl Actor {
     ) -> Result<pb::TaskStatus, AgentError> {
         self.check_epoch(&id.session, epoch).await?;
         let live = self.liveness.borrow().admit(Instant::now(), spec.agent_registration);
-        if let Admission::Existing(status) = self.table.admit(&id, epoch, &spec, live)? {
+        let now = Instant::now();
+        if let Admission::Existing(status) = self.table.admit(&id, (epoch, now), &spec, live)? {
             return Ok(*status);
         }
         let cancel = CancelSignal::watching(self.liveness.clone());

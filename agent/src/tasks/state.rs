@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sluice_proto::ids::{Epoch, SessionId};
 use sluice_proto::pb::{self, job_item::Target};
 
+use tokio::time::Instant;
+
+use super::waiting::Waiting;
 use crate::error::AgentError;
 use crate::exec::{CancelSignal, Update};
 use crate::journal::Acknowledged;
@@ -50,6 +53,8 @@ pub(crate) struct TaskTable {
     /// coordinator may cancel a task whose RunTask is still on its way.
     tombstones: HashSet<(SessionId, u32)>,
     draining: bool,
+    /// Sessions refused a slot lately: a freed slot is kept for them (`waiting.rs`).
+    waiting: Waiting,
 }
 
 /// Most tombstones kept; past it the oldest knowledge is dropped (they matter for seconds).
@@ -90,6 +95,7 @@ impl TaskTable {
             acknowledged,
             tombstones: HashSet::new(),
             draining: false,
+            waiting: Waiting::default(),
         }
     }
 
@@ -132,12 +138,13 @@ impl TaskTable {
         self.acknowledged.retain(|session, _| epochs.contains_key(session));
     }
 
-    /// Applies the run rules to a validated task whose epoch passed; `live` says whether
-    /// coordinators still count this agent alive for the task (see [`crate::liveness`]).
+    /// Applies the run rules to a validated task whose epoch passed at `now`; `live` says
+    /// whether coordinators still count this agent alive for the task (see
+    /// [`crate::liveness`]).
     pub(crate) fn admit(
         &mut self,
         id: &TaskId,
-        epoch: Epoch,
+        (epoch, now): (Epoch, Instant),
         spec: &pb::TaskSpec,
         live: Result<(), AgentError>,
     ) -> Result<Admission, AgentError> {
@@ -175,8 +182,13 @@ impl TaskTable {
         }
         let used = self.running();
         if used >= self.slots {
+            self.waiting.refused(&id.session, now);
             return Err(AgentError::NoFreeSlot { used, total: self.slots });
         }
+        if self.waiting.kept_from(&id.session, now, self.slots, &self.running) {
+            return Err(AgentError::SlotKept { used, total: self.slots });
+        }
+        self.waiting.admitted(&id.session);
         Ok(Admission::Start)
     }
 

@@ -23,7 +23,7 @@ fn spec(id: &TaskId, epoch: i64) -> pb::TaskSpec {
 }
 
 fn admit(table: &mut TaskTable, id: &TaskId, spec: &pb::TaskSpec) -> Result<Admission, AgentError> {
-    table.admit(id, epoch(spec.epoch), spec, Ok(()))
+    table.admit(id, (epoch(spec.epoch), Instant::now()), spec, Ok(()))
 }
 
 fn computer_spec(id: &TaskId, computer: &str) -> pb::TaskSpec {
@@ -131,6 +131,22 @@ fn slots_limit_running_tasks() {
     let next = id("s", 1, 1);
     let err = admit(&mut table, &next, &spec(&next, 1)).expect_err("no slot");
     assert_eq!(err.to_string(), "no free task slot (1 of 1 in use)");
+}
+
+/// Sessions of two coordinators on one agent: the one refused a slot gets the next one freed,
+/// though the other asks for it first.
+#[test]
+fn a_slot_freed_goes_to_the_session_refused_one_not_to_the_one_holding_the_rest() {
+    let mut table = table(2);
+    let (h0, h1, h2, w0) = (id("h", 0, 1), id("h", 1, 1), id("h", 2, 1), id("w", 0, 1));
+    start(&mut table, &h0);
+    start(&mut table, &h1);
+    admit(&mut table, &w0, &spec(&w0, 1)).expect_err("full");
+    table.apply(&h0, Update::Finished(Box::default())).expect("held");
+    let kept = admit(&mut table, &h2, &spec(&h2, 1)).expect_err("kept for w");
+    assert!(kept.to_string().contains("kept for another session's task"), "{kept}");
+    assert_eq!(tonic::Status::from(kept).code(), tonic::Code::ResourceExhausted);
+    assert!(matches!(admit(&mut table, &w0, &spec(&w0, 1)), Ok(Admission::Start)));
 }
 
 #[test]
@@ -255,10 +271,12 @@ fn a_known_task_is_answered_even_when_the_agent_takes_no_new_one() {
     let task = id("s", 0, 1);
     start(&mut table, &task);
     let unconfirmed = || Err(AgentError::Unconfirmed { id: "a1".into(), why: "silent".into() });
-    let again = table.admit(&task, epoch(1), &spec(&task, 1), unconfirmed());
+    let again = table.admit(&task, (epoch(1), Instant::now()), &spec(&task, 1), unconfirmed());
     assert!(matches!(again, Ok(Admission::Existing(_))));
     let next = id("s", 1, 1);
-    let refused = table.admit(&next, epoch(1), &spec(&next, 1), unconfirmed()).expect_err("no");
+    let refused = table
+        .admit(&next, (epoch(1), Instant::now()), &spec(&next, 1), unconfirmed())
+        .expect_err("no");
     assert_eq!(tonic::Status::from(refused).code(), tonic::Code::Unavailable);
 }
 
