@@ -188,7 +188,6 @@ impl TaskTable {
         if self.waiting.kept_from(&id.session, now, self.slots, &self.running) {
             return Err(AgentError::SlotKept { used, total: self.slots });
         }
-        self.waiting.admitted(&id.session);
         Ok(Admission::Start)
     }
 

@@ -149,6 +149,30 @@ fn a_slot_freed_goes_to_the_session_refused_one_not_to_the_one_holding_the_rest(
     assert!(matches!(admit(&mut table, &w0, &spec(&w0, 1)), Ok(Admission::Start)));
 }
 
+/// The waiting session's own refills do not end its wait: the other is kept out until the
+/// waiting one holds its share.
+#[test]
+fn a_waiting_session_refilling_its_slot_still_waits_until_it_has_its_share() {
+    let mut table = table(4);
+    let h: Vec<TaskId> = (0..6).map(|i| id("h", i, 1)).collect();
+    let w: Vec<TaskId> = (0..3).map(|i| id("w", i, 1)).collect();
+    h[..4].iter().for_each(|task| drop(start(&mut table, task)));
+    admit(&mut table, &w[0], &spec(&w[0], 1)).expect_err("full");
+    let finish = |table: &mut TaskTable, task: &TaskId| {
+        table.apply(task, Update::Finished(Box::default())).expect("held");
+    };
+    finish(&mut table, &h[0]);
+    admit(&mut table, &h[4], &spec(&h[4], 1)).expect_err("kept for w");
+    drop(start(&mut table, &w[0]));
+    finish(&mut table, &w[0]);
+    drop(start(&mut table, &w[1]));
+    finish(&mut table, &h[1]);
+    admit(&mut table, &h[4], &spec(&h[4], 1)).expect_err("w refilled, but holds 1 of 2");
+    drop(start(&mut table, &w[2]));
+    finish(&mut table, &h[2]);
+    assert!(matches!(admit(&mut table, &h[5], &spec(&h[5], 1)), Ok(Admission::Start)));
+}
+
 #[test]
 fn another_attempt_of_a_running_item_is_refused() {
     let mut table = table(2);

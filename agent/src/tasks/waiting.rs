@@ -4,7 +4,10 @@
 //! again every few seconds, were refused for minutes. So, while a session refused here lately
 //! (within [`WAITING_FOR`], longer than a coordinator's longest pause between two asks) holds
 //! fewer tasks here than its share of the slots, a freed slot is kept from any session that
-//! holds its share or more, until the waiting one asks again.
+//! holds its share or more, until the waiting one asks again. A slot given to the waiting
+//! session does not end its wait (it may refill its own freed slot several times a second
+//! while still below its share); the wait ends with its share, or [`WAITING_FOR`] after its
+//! last refusal.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,11 +30,6 @@ impl Waiting {
     /// `session` was refused a slot at `now`.
     pub(crate) fn refused(&mut self, session: &SessionId, now: Instant) {
         self.since.insert(session.clone(), now);
-    }
-
-    /// `session` was given a slot.
-    pub(crate) fn admitted(&mut self, session: &SessionId) {
-        self.since.remove(session);
     }
 
     /// Whether the free slot `session` asks for is kept for another session: one waiting
@@ -78,8 +76,10 @@ mod tests {
         waiting.refused(&w, now);
         assert!(waiting.kept_from(&h, now, 8, &held), "h holds 7 of 8; w's share is 4");
         assert!(!waiting.kept_from(&w, now, 8, &held), "w takes it");
-        waiting.admitted(&w);
-        assert!(!waiting.kept_from(&h, now, 8, &held));
+        let held = running(&[("h", 6), ("w", 1)]);
+        assert!(waiting.kept_from(&h, now, 8, &held), "still below its share: it waits on");
+        let held = running(&[("h", 4), ("w", 4)]);
+        assert!(!waiting.kept_from(&h, now, 8, &held), "its share reached");
     }
 
     #[test]
@@ -91,6 +91,20 @@ mod tests {
         assert!(!waiting.kept_from(&h, now, 8, &running(&[("h", 3), ("w", 2)])), "h below 4");
         assert!(waiting.kept_from(&h, now, 8, &running(&[("h", 4), ("w", 3)])), "h at 4");
         assert!(!waiting.kept_from(&h, now, 8, &running(&[("h", 4), ("w", 4)])), "w has its 4");
+    }
+
+    /// Three sessions on 8 slots, one of them refused with 1: the others, at their share of 3
+    /// or above, are kept out of a freed slot.
+    #[test]
+    fn three_sessions_even_out_at_three_three_two() {
+        let (r1, r2, r3) = (session("r1"), session("r2"), session("r3"));
+        let now = Instant::now();
+        let mut waiting = Waiting::default();
+        waiting.refused(&r3, now);
+        let held = running(&[("r1", 3), ("r2", 3), ("r3", 1)]);
+        assert!(waiting.kept_from(&r1, now, 8, &held));
+        assert!(waiting.kept_from(&r2, now, 8, &held));
+        assert!(!waiting.kept_from(&r3, now, 8, &held));
     }
 
     #[test]
