@@ -162,7 +162,7 @@ async fn start(ctx: &Ctx, name: String, follow: bool, full: bool) -> Result<Exit
         if ctx.format == output::Format::Table {
             crate::error::say(&format!("started session {} of job {}", session.id, session.job));
         }
-        return watch::follow(ctx, clients, &session.id).await;
+        return watch::follow(ctx, clients, &session.id, watch::Page::default()).await;
     }
     let table = || {
         let detail = views::session_started(&session, SystemTime::now());

@@ -242,6 +242,13 @@ enum SessionCommand {
     Watch {
         /// Session id.
         id: String,
+        /// Follow the items from this one on (0: the first; at or past the end: none, the
+        /// counts alone).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        item_offset: u32,
+        /// Follow at most this many items (0: every item from --item-offset on).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        item_limit: u32,
     },
     /// Start a new session of the failed and not-processed items of a finished one.
     Retry {

@@ -17,7 +17,10 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> Result<Exit, Failure> {
             show(ctx, pb::GetSessionRequest { session_id: id, item_offset, item_limit }).await
         }
         SessionCommand::List { job } => list(ctx, job.unwrap_or_default()).await,
-        SessionCommand::Watch { id } => watch::follow(ctx, ctx.connect().await?, &id).await,
+        SessionCommand::Watch { id, item_offset, item_limit } => {
+            let page = watch::Page { offset: item_offset, limit: item_limit };
+            watch::follow(ctx, ctx.connect().await?, &id, page).await
+        }
         SessionCommand::Retry { id } => retry(ctx, id).await,
         SessionCommand::Stop { id, mode, timeout } => {
             let timeout = timeout.unwrap_or(0);

@@ -36,10 +36,26 @@ pub trait View {
     fn finish(&mut self, session: &pb::Session) -> io::Result<()>;
 }
 
+/// The items a watch follows: `limit` of them (0: all) from `offset` on. Counts per state
+/// always cover every item.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Page {
+    /// The first item followed.
+    pub offset: u32,
+    /// The most items followed (0: all from `offset` on).
+    pub limit: u32,
+}
+
 /// Follows a session to its end; the exit status follows its result.
-pub async fn follow(ctx: &Ctx, clients: Clients, session_id: &str) -> Result<Exit, Failure> {
+pub async fn follow(
+    ctx: &Ctx,
+    clients: Clients,
+    session_id: &str,
+    page: Page,
+) -> Result<Exit, Failure> {
     let mut view = view_for(ctx.format, io::stdout().is_terminal());
-    let last = until_stopped(ctx, Some(clients), session_id, view.as_mut()).await?;
+    let watched = Watched { id: session_id, page };
+    let last = until_stopped(ctx, Some(clients), watched, view.as_mut()).await?;
     view.finish(&last)?;
     Ok(exit_for(&last))
 }
@@ -61,17 +77,25 @@ pub fn exit_for(session: &pb::Session) -> Exit {
     }
 }
 
+/// The session a watch follows, and which of its items.
+#[derive(Clone, Copy)]
+struct Watched<'a> {
+    id: &'a str,
+    page: Page,
+}
+
 /// Streams snapshots into the view until the session is stopped, reconnecting on breaks.
 async fn until_stopped(
     ctx: &Ctx,
     mut clients: Option<Clients>,
-    session_id: &str,
+    watched: Watched<'_>,
     view: &mut dyn View,
 ) -> Result<pb::Session, Failure> {
+    let session_id = watched.id;
     let mut failures = 0;
     let mut interrupted_at = None;
     loop {
-        let failure = match stream_once(ctx, &mut clients, session_id, view, &mut failures).await {
+        let failure = match stream_once(ctx, &mut clients, watched, view, &mut failures).await {
             Ok(Some(stopped)) => return Ok(stopped),
             Ok(None) => Failure::Server(tonic::Status::unavailable(
                 "the watch stream ended before the session stopped",
@@ -121,7 +145,7 @@ fn reconnect_wait(failures: u32) -> Duration {
 async fn stream_once(
     ctx: &Ctx,
     clients: &mut Option<Clients>,
-    session_id: &str,
+    watched: Watched<'_>,
     view: &mut dyn View,
     failures: &mut u32,
 ) -> Result<Option<pb::Session>, Failure> {
@@ -129,8 +153,11 @@ async fn stream_once(
         Some(connected) => connected,
         None => clients.insert(ctx.connect().await?),
     };
-    let request =
-        pb::WatchSessionRequest { session_id: session_id.to_string(), ..Default::default() };
+    let request = pb::WatchSessionRequest {
+        session_id: watched.id.to_string(),
+        item_offset: watched.page.offset,
+        item_limit: watched.page.limit,
+    };
     let mut stream = connected.jobs.watch_session(request).await?.into_inner();
     while let Some(event) = stream.message().await? {
         let Some(session) = event.session else { continue };

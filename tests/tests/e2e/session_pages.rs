@@ -159,4 +159,13 @@ async fn a_session_reads_a_page_at_a_time_with_its_counts_over_grpc_http_and_the
     let (code, out) = cli::as_admin(&mut cluster, &["session", "show", &id]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().filter(|line| line.starts_with("vm-")).count(), ITEMS, "{out}");
+
+    // `session watch` of a page: that page's items, the counts of every item.
+    let watch = ["session", "watch", &id, "--item-offset", "100", "--item-limit", "2"];
+    let (code, out) = cli::as_admin(&mut cluster, &watch).await;
+    assert_eq!(code, 0, "{out}");
+    let items: Vec<&str> = out.lines().filter(|line| line.contains(" item ")).collect();
+    assert_eq!(items.len(), 2, "{out}");
+    assert!(items[0].contains(" item vm-100 SUCCESS"), "{out}");
+    assert!(out.contains(&format!("ITEMS:     {ITEMS} SUCCESS")), "{out}");
 }

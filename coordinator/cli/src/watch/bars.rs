@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sluice_proto::pb;
 
 use super::View;
-use super::lines::{item_counts, summary};
+use super::lines::{session_counts, summary};
 use crate::output::{emit, text, views};
 
 const HEADER_TEMPLATE: &str = "{spinner} {msg}";
@@ -145,7 +145,7 @@ fn header_line(session: &pb::Session) -> String {
         session.id,
         session.job,
         text::session_state(session.state),
-        item_counts(&session.items)
+        session_counts(session)
     )
 }
 

@@ -118,7 +118,7 @@ pub fn summary(session: &pb::Session) -> String {
     let mut pairs = vec![
         ("RESULT", text::session_result(session.result)),
         ("CANCELED", text::canceled(session)),
-        ("ITEMS", item_counts(&session.items)),
+        ("ITEMS", session_counts(session)),
         ("DURATION", duration),
     ];
     if !session.message.is_empty() {
@@ -128,8 +128,17 @@ pub fn summary(session: &pb::Session) -> String {
     format!("{title}\n{}", fields(&pairs))
 }
 
+/// Items per state, of every item of the session (a page holds only some): the counts the
+/// server sent, or those of the items when it sent none (an older coordinator).
+pub fn session_counts(session: &pb::Session) -> String {
+    match &session.item_state_counts {
+        Some(counts) => text::state_counts(counts),
+        None => item_counts(&session.items),
+    }
+}
+
 /// Items per state, in state order: `2 SUCCESS, 1 NOT_PROCESSED`.
-pub fn item_counts(items: &[pb::ItemStatus]) -> String {
+fn item_counts(items: &[pb::ItemStatus]) -> String {
     let mut counts: Vec<(i32, usize)> = Vec::new();
     for item in items {
         match counts.iter_mut().find(|(state, _)| *state == item.state) {
@@ -173,6 +182,14 @@ mod tests {
                 "session 0193a1b2 STOPPED (stop GRACEFUL by alice@backup1)",
             ]
         );
+    }
+
+    #[test]
+    fn summary_counts_every_item_of_a_page() {
+        let mut session = fixtures::stopped_session();
+        session.item_state_counts =
+            Some(pb::ItemStateCounts { success: 40, not_processed: 2, ..Default::default() });
+        assert!(summary(&session).contains("ITEMS:     40 SUCCESS, 2 NOT_PROCESSED\n"));
     }
 
     #[test]
