@@ -273,6 +273,11 @@ async function visitTheOtherViews(page) {
     (job) => [...document.querySelectorAll('table tbody tr')].filter((r) => r.textContent.includes(job)).length === 2,
     job, { timeout: STEP_MS, polling: 100 });
   console.log(`history rows: ${await sessions.count()}`);
+  step('see how the retry\'s items ended in its History row');
+  await page.waitForFunction(
+    (job) => [...document.querySelectorAll('table tbody tr')]
+      .some((r) => r.textContent.includes(job) && r.textContent.includes('2 CANCELED')),
+    job, { timeout: STEP_MS, polling: 100 });
 
   step('see the agent online in Agents');
   await nav.getByRole('link', { name: 'Agents' }).click();

@@ -236,6 +236,12 @@ pub(crate) fn session_record(base: &pb::SessionRecord, machine: &Machine) -> pb:
     session.canceled = status.canceled;
     session.message = status.message.clone();
     session.ended_at = status.ended_at_ms.map(timestamp);
+    if status.ended_at_ms.is_some() {
+        // Counted once, as it ends: the list of sessions shows how their items ended without
+        // reading any item (a running session's counts would be stale, so it has none).
+        let states = machine.items().iter().map(|item| pb::ItemState::from(item.status.state));
+        session.item_state_counts = Some(count_states(states));
+    }
     if let Some(stop) = &status.stop {
         let request = stop_request(stop);
         session.stop_mode = request.mode;

@@ -116,6 +116,10 @@ async fn a_session_reads_a_page_at_a_time_with_its_counts_over_grpc_http_and_the
         assert_eq!(none.item_state_counts, Some(all), "offset {offset}: the counts alone");
     }
     assert_eq!(get_session(&jobs, &id).await.items.len(), ITEMS);
+    let request = pb::ListSessionsRequest { job: "pages".into(), ..Default::default() };
+    let listed = expect_ok(jobs.clone().list_sessions(request).await, "ListSessions");
+    let counts = listed.sessions.iter().map(|s| (s.id.as_str(), s.item_state_counts));
+    assert_eq!(counts.collect::<Vec<_>>(), [(id.as_str(), Some(all))], "an ended session's counts");
 
     // HTTP: the same page, in either spelling; bad values name their parameter.
     let path = format!("/api/v1/sessions/{id}");

@@ -230,8 +230,9 @@ pub fn session_list(sessions: &[pb::Session], now: SystemTime) -> String {
     if sessions.is_empty() {
         return "no sessions".to_string();
     }
-    let mut table =
-        Table::new(&["ID", "JOB", "STATE", "RESULT", "CANCELED", "OWNER", "CREATED", "ENDED"]);
+    let columns =
+        ["ID", "JOB", "STATE", "RESULT", "CANCELED", "OWNER", "CREATED", "ENDED", "ITEMS"];
+    let mut table = Table::new(&columns);
     for s in sessions {
         table.row(vec![
             s.id.clone(),
@@ -242,6 +243,7 @@ pub fn session_list(sessions: &[pb::Session], now: SystemTime) -> String {
             or_dash(&s.owner),
             when(s.created_at.as_ref(), now),
             when(s.ended_at.as_ref(), now),
+            s.item_state_counts.as_ref().map_or_else(|| "-".to_string(), text::state_counts),
         ]);
     }
     table.render()

@@ -98,7 +98,7 @@ function viewHistory(query) {
     h('h1', {}, job ? `Sessions of ${job}` : 'Sessions'),
     job ? h('p', {}, h('a', { href: '#/history' }, 'All jobs')) : null,
     h('table', { 'aria-label': 'Sessions' },
-      h('thead', {}, h('tr', {}, ['Session', 'Job', 'State', 'Result', 'Canceled', 'Started', 'Duration', 'Stopped by']
+      h('thead', {}, h('tr', {}, ['Session', 'Job', 'State', 'Result', 'Canceled', 'Started', 'Duration', 'Stopped by', 'Items']
         .map((title) => h('th', { scope: 'col' }, title)))),
       body),
     more);
@@ -113,7 +113,9 @@ function viewHistory(query) {
       h('td', {}, canceledText(s)),
       h('td', {}, when(s.createdAt)),
       h('td', {}, duration(s.createdAt, s.endedAt)),
-      h('td', {}, s.stoppedBy || '—'))));
+      h('td', {}, s.stoppedBy || '—'),
+      // Counted when a session ends; a running one's are on its own page.
+      h('td', {}, s.itemStateCounts ? itemCounts(s) : '—'))));
   });
 }
 

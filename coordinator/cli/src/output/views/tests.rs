@@ -73,7 +73,21 @@ fn session_list_has_one_row_per_session() {
     assert_eq!(lines.len(), 3);
     assert!(lines[0].starts_with("ID        JOB      STATE    RESULT   CANCELED"), "{text}");
     assert!(lines[2].contains("STOPPED  WARNING  yes"), "{text}");
+    assert!(lines[0].ends_with(" ITEMS"), "{text}");
+    assert!(lines[1].ends_with("  -"), "a running session is listed without counts: {text}");
     assert_eq!(session_list(&[], fixtures::now()), "no sessions");
+}
+
+#[test]
+fn an_ended_session_is_listed_with_its_counts() {
+    let mut session = fixtures::stopped_session();
+    session.item_state_counts =
+        Some(pb::ItemStateCounts { success: 998, failed: 2, ..Default::default() });
+    let text = session_list(&[session], fixtures::now());
+    assert!(
+        text.lines().nth(1).is_some_and(|row| row.ends_with("998 SUCCESS, 2 FAILED")),
+        "{text}"
+    );
 }
 
 #[test]
