@@ -70,7 +70,8 @@ print_usage() {
     cat <<EOF
 
 The local cluster keeps running (KEEP=1), over TLS:
-    etcd           $ETCD_URL (data in deploy/run/etcd; client certificates required)
+    etcd           $ETCD_URL (data in deploy/run/etcd; client certificates of its own CA,
+                   deploy/run/pki/etcd-ca, required)
     coordinators   $ENDPOINTS
     console        $CONSOLE_URL (also https://127.0.0.1:${HTTP_PORTS[1]}/; JSON API under /api/v1,
                    metrics at /metrics). From another machine: ssh -L ${HTTP_PORTS[0]}:127.0.0.1:${HTTP_PORTS[0]} THIS_HOST,

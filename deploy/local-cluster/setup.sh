@@ -47,25 +47,35 @@ check_ports_free() {
     done
 }
 
-# issue KIND ID [FLAGS...]: a certificate for ID in deploy/run/pki/ID/ (ID.crt, ID.key, ca.crt).
+# issue CA KIND ID [FLAGS...]: a certificate of deploy/run/pki/CA for ID in deploy/run/pki/CA-ID/
+# or, of the cluster CA, in deploy/run/pki/ID/ (ID.crt, ID.key, ca.crt).
 issue() {
-    local kind=$1 id=$2
-    shift 2
-    "$BIN_DIR/sluice" pki issue --dir "$PKI/ca" --kind "$kind" --id "$id" --out "$PKI/$id" "$@" >/dev/null
-    note "$kind certificate: deploy/run/pki/$id/$id.crt"
+    local ca=$1 kind=$2 id=$3 out
+    shift 3
+    out="$PKI/$id"
+    [[ $ca == ca ]] || out="$PKI/$ca-$id"
+    "$BIN_DIR/sluice" pki issue --dir "$PKI/$ca" --kind "$kind" --id "$id" --out "$out" "$@" >/dev/null
+    local signed_by=""
+    [[ $ca == ca ]] || signed_by=" (signed by etcd's CA)"
+    note "$kind certificate$signed_by: ${out#"$ROOT/"}/$id.crt"
 }
 
-# The cluster CA and a certificate for etcd, each coordinator and each agent.
+# The cluster CA, with a certificate for each coordinator and each agent, and etcd's own CA,
+# with etcd's certificate and each coordinator's etcd client certificate: etcd trusts every
+# certificate its CA signed, so no agent or client certificate of the cluster reaches it.
 make_pki() {
     "$BIN_DIR/sluice" pki init --dir "$PKI/ca" >/dev/null
     note "cluster CA: deploy/run/pki/ca/ca.crt (its key ca.key is mode 0600)"
-    issue etcd etcd
+    "$BIN_DIR/sluice" pki init --dir "$PKI/etcd-ca" >/dev/null
+    note "etcd's own CA: deploy/run/pki/etcd-ca/ca.crt"
+    issue etcd-ca etcd etcd
     local i
     for i in "${!COORDINATOR_PORTS[@]}"; do
-        issue coordinator "coord-$((i + 1))"
+        issue ca coordinator "coord-$((i + 1))"
+        issue etcd-ca coordinator "coord-$((i + 1))"
     done
     for i in "${!AGENT_PORTS[@]}"; do
-        issue agent "proxy-$((i + 1))"
+        issue ca agent "proxy-$((i + 1))"
     done
 }
 
@@ -80,9 +90,9 @@ start_etcd() {
         --data-dir "$RUN_DIR/etcd" \
         --listen-client-urls "$ETCD_URL" \
         --advertise-client-urls "$ETCD_URL" \
-        --cert-file "$PKI/etcd/etcd.crt" \
-        --key-file "$PKI/etcd/etcd.key" \
-        --trusted-ca-file "$CA_CERT" \
+        --cert-file "$PKI/etcd-ca-etcd/etcd.crt" \
+        --key-file "$PKI/etcd-ca-etcd/etcd.key" \
+        --trusted-ca-file "$PKI/etcd-ca/ca.crt" \
         --client-cert-auth \
         --listen-metrics-urls "http://127.0.0.1:$ETCD_METRICS_PORT" \
         --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -95,7 +105,7 @@ start_etcd() {
     wait_until "etcd on $ETCD_URL" etcd etcd_healthy
 }
 
-# Coordinators reach etcd with their own certificate; the first makes the admin token.
+# Coordinators reach etcd with their etcd client certificate; the first makes the admin token.
 start_coordinators() {
     local i id
     local -a bootstrap tls
@@ -112,9 +122,9 @@ start_coordinators() {
             --id "$id" \
             --lease-ttl 5 \
             "${tls[@]}" \
-            --etcd-ca "$CA_CERT" \
-            --etcd-cert "$PKI/$id/$id.crt" \
-            --etcd-key "$PKI/$id/$id.key" \
+            --etcd-ca "$PKI/etcd-ca/ca.crt" \
+            --etcd-cert "$PKI/etcd-ca-$id/$id.crt" \
+            --etcd-key "$PKI/etcd-ca-$id/$id.key" \
             "${bootstrap[@]}"
     done
     for i in "${!COORDINATOR_PORTS[@]}"; do
