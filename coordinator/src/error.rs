@@ -97,7 +97,7 @@ pub enum Error {
     /// points: its items are gone.
     #[error(
         "session {session:?} was removed from the session history by its limits; \
-         its restore points stay in the catalog"
+         its restore points, while retention keeps them, are listed by `sluice restore-point list`"
     )]
     SessionPruned {
         /// Session id.

@@ -24,6 +24,10 @@ use crate::error::{Error, Result};
 /// Default wait for an offline computer when the job names none.
 const DEFAULT_OFFLINE_WAIT_MS: i64 = 600_000;
 
+/// The waiting reason of a pending item past the first waiting ones, which alone have theirs
+/// stored: it waits for the same things, after them.
+pub(crate) const QUEUED: &str = "queued behind the items waiting before it";
+
 /// A pending item of the job, as it is before its first write.
 pub(crate) fn pending_status(job: &pb::Job, index: u32) -> pb::ItemStatus {
     pb::ItemStatus { name: item_name(job, index), ..Default::default() }
@@ -303,16 +307,32 @@ impl SessionView {
             None => pb::ItemState::Pending,
         };
         session.item_state_counts = Some(count_states(indices.clone().map(state)));
+        let queued_after = (!stopped).then(|| self.first_waiting()).flatten();
         session.items = indices
             .skip(range.start)
             .take(range.len())
             .map(|index| match self.items.get(&index).and_then(|r| r.status.clone()) {
                 Some(status) => status,
                 None if stopped => closed_status(&self.job, index, session.ended_at),
+                None if queued_after.is_some_and(|first| index > first) => pb::ItemStatus {
+                    waiting_reason: QUEUED.into(),
+                    ..pending_status(&self.job, index)
+                },
                 None => pending_status(&self.job, index),
             })
             .collect();
         session
+    }
+
+    /// The first item (by job index) stored as waiting with a reason. Only the first items
+    /// of each round that wait get one stored; the pending items after them wait behind them.
+    fn first_waiting(&self) -> Option<u32> {
+        let waiting = |record: &pb::ItemRecord| {
+            record.status.as_ref().is_some_and(|status| {
+                status.state() == pb::ItemState::Pending && !status.waiting_reason.is_empty()
+            })
+        };
+        self.items.iter().filter(|(_, record)| waiting(record)).map(|(&index, _)| index).min()
     }
 
     /// The session without its items.

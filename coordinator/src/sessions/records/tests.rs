@@ -163,3 +163,30 @@ fn a_page_has_its_items_and_the_counts_of_all() {
     };
     assert_eq!(counts_only.item_state_counts, Some(closed));
 }
+
+/// Only the first waiting items have their reason stored; the unwritten pending items after
+/// them read as queued behind them, those before them (or with no one waiting) as plain
+/// pending, and none under a stop.
+#[test]
+fn pending_items_after_the_first_waiting_ones_read_as_queued() {
+    let mut waiting = written(2, pb::ItemState::Pending);
+    if let Some(status) = waiting.status.as_mut() {
+        status.waiting_reason = "no free task slot".into();
+    }
+    let items = HashMap::from([(0, written(0, pb::ItemState::Processing)), (2, waiting)]);
+    let mut view =
+        SessionView { record: record(5, None), job: job(5), items, ..Default::default() };
+    let reasons = |view: &SessionView| -> Vec<String> {
+        view.to_session(true).items.into_iter().map(|i| i.waiting_reason).collect()
+    };
+    assert_eq!(reasons(&view), ["", "", "no free task slot", QUEUED, QUEUED]);
+    view.items.remove(&2);
+    assert_eq!(reasons(&view), ["", "", "", "", ""], "no one waits with a reason");
+    let mut again = written(2, pb::ItemState::Pending);
+    if let Some(status) = again.status.as_mut() {
+        status.waiting_reason = "no free task slot".into();
+    }
+    view.items.insert(2, again);
+    view.stop = Some(immediate());
+    assert!(reasons(&view).iter().skip(3).all(String::is_empty), "closed, not queued");
+}
