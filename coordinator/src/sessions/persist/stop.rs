@@ -41,8 +41,34 @@ pub(crate) async fn request_stop(
     request_stop_over(store, (id, job), stop, current).await
 }
 
-/// `request_stop` over the stop key as just read (`current`), saving a read.
+/// Writes of the stop key tried before a race is given back to the caller. Each write that
+/// beats ours tightens the stop, and a stop tightens only a few times (graceful, an earlier
+/// deadline, immediate), so a race is lost this often only under a storm of stops.
+const STOP_WRITE_TRIES: usize = 16;
+
+/// `request_stop` over the stop key as just read (`current`), saving a read. A stop written
+/// by someone else meanwhile is read again and ours written over it if it still tightens it:
+/// two identical stops at once both succeed, and an immediate stop racing a graceful one is
+/// never lost.
 pub(crate) async fn request_stop_over(
+    store: &Store,
+    session: (&str, &str),
+    stop: &pb::StopRequest,
+    mut current: Option<Versioned<pb::StopRequest>>,
+) -> Result<StopWrite> {
+    for _ in 1..STOP_WRITE_TRIES {
+        match write_stop_over(store, session, stop, current).await {
+            Err(Error::StopRaced { .. }) => {
+                current = store.get(&store.keys().session_stop(session.0)).await?;
+            }
+            done => return done,
+        }
+    }
+    write_stop_over(store, session, stop, current).await
+}
+
+/// One guarded write of the stop key over `current`.
+async fn write_stop_over(
     store: &Store,
     (id, job): (&str, &str),
     stop: &pb::StopRequest,

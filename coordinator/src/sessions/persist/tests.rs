@@ -266,6 +266,7 @@ async fn epoch_of_create(store: &Store, new: &NewSession) -> Epoch {
 }
 
 mod final_write;
+mod stop_races;
 
 /// The console's list of jobs reads each job's newest two sessions (an active one and the
 /// last ended one), not a history of thousands, every two seconds per tab.
