@@ -284,6 +284,15 @@ pub enum Error {
         /// The job's active session.
         session: String,
     },
+    /// An agent refused a deletion by hand as wrong for it and deleted nothing: the restore
+    /// point stays as it was.
+    #[error("restore point {id:?} was not deleted: {refusal}; it stays as it was")]
+    DeletionRefused {
+        /// Restore point id.
+        id: String,
+        /// The agent and its refusal.
+        refusal: String,
+    },
     /// A deletion by hand began (the restore point is marked and hidden) but did not finish.
     #[error(
         "restore point {id:?}: its deletion began but did not finish (an agent or etcd failed, \
@@ -434,7 +443,8 @@ impl Error {
             | RestorePointInUse { .. }
             | RestorePointJobRunning { .. }
             | RepositoryUnknown { .. }
-            | RestorePointMerging { .. } => Code::FailedPrecondition,
+            | RestorePointMerging { .. }
+            | DeletionRefused { .. } => Code::FailedPrecondition,
             JobChanged { .. }
             | TokenRaced
             | StopRaced { .. }
@@ -460,36 +470,19 @@ impl Error {
     }
 }
 
-/// What an agent answered, without tonic's `code: '...', message: "..."` wrapping.
-fn agent_text(status: &Status) -> String {
-    match status.message() {
-        "" => status.code().description().to_string(),
-        message => message.to_string(),
-    }
-}
-
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         Status::new(error.code(), bounded(error.to_string()))
     }
 }
 
-/// Agent answers keep their meaning, except transport trouble which is the agent's absence,
-/// and a message over a size limit, RESOURCE_EXHAUSTED like every limit here.
-fn agent_code(code: Code) -> Code {
-    match code {
-        Code::Unknown | Code::Internal | Code::Cancelled => Code::Unavailable,
-        Code::OutOfRange => Code::ResourceExhausted,
-        other => other,
-    }
-}
-
 mod codes;
 mod text;
 
+use codes::agent_code;
 #[cfg(test)]
 use text::MAX_MESSAGE_BYTES;
 pub(crate) use text::bounded;
-use text::{canceled_note, in_job, merge_problem};
+use text::{agent_text, canceled_note, in_job, merge_problem};
 #[cfg(test)]
 mod tests;

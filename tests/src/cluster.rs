@@ -385,6 +385,9 @@ impl Cluster {
         if let Some(limit) = spec.transfer_rate_limit {
             args.extend(flags([("--transfer-rate-limit", limit.to_string())]));
         }
+        if let Some(root) = &spec.repository_root {
+            args.extend(flags([("--repository-root", root.clone())]));
+        }
         if spec.sim_executor != Some(false) {
             args.push("--enable-sim-executor".into());
         }

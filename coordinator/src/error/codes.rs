@@ -47,3 +47,13 @@ pub(crate) fn code_name(code: Code) -> &'static str {
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+/// Agent answers keep their meaning, except transport trouble which is the agent's absence,
+/// and a message over a size limit, RESOURCE_EXHAUSTED like every limit here.
+pub(super) fn agent_code(code: Code) -> Code {
+    match code {
+        Code::Unknown | Code::Internal | Code::Cancelled => Code::Unavailable,
+        Code::OutOfRange => Code::ResourceExhausted,
+        other => other,
+    }
+}

@@ -44,3 +44,11 @@ pub(super) fn merge_problem(problem: &str) -> String {
         format!(" (its last attempt failed: {problem})")
     }
 }
+
+/// What an agent answered, without tonic's `code: '...', message: "..."` wrapping.
+pub(super) fn agent_text(status: &tonic::Status) -> String {
+    match status.message() {
+        "" => status.code().description().to_string(),
+        message => message.to_string(),
+    }
+}

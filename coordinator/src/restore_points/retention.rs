@@ -206,10 +206,21 @@ impl RestorePoints {
     /// Deletes the marked restore points' folders, agent by agent, then their catalog entries.
     /// Those not deleted keep their marks for the next retention.
     async fn delete(&self, marked: &[Located]) -> usize {
-        let mut deleted = 0;
+        self.delete_or_refused(marked).await.0
+    }
+
+    /// `delete`, and the last refusal of an agent that deleted nothing because a request was
+    /// wrong for it (a repository outside its roots): trying again cannot help.
+    async fn delete_or_refused(&self, marked: &[Located]) -> (usize, Option<String>) {
+        let (mut deleted, mut refused) = (0, None);
         for (agent, batch) in self.by_agent(marked).into_values() {
-            let done: HashSet<String> =
-                self.delete_folders(&agent, &batch).await.into_iter().collect();
+            let done: HashSet<String> = match self.delete_folders(&agent, &batch).await {
+                Ok(done) => done.into_iter().collect(),
+                Err(refusal) => {
+                    refused = Some(format!("agent {} refused: {refusal}", agent.id));
+                    HashSet::new()
+                }
+            };
             let gone: Vec<&Located> = batch
                 .into_iter()
                 .filter(|located| done.contains(&located.restore_point.id))
@@ -218,7 +229,7 @@ impl RestorePoints {
                 deleted += self.forget(chunk).await;
             }
         }
-        deleted
+        (deleted, refused)
     }
 
     /// The ids of the job's restore points whose deletion (or merge) began.
@@ -261,7 +272,13 @@ impl RestorePoints {
     }
 
     /// Has `agent` delete the folders; the ids it deleted.
-    async fn delete_folders(&self, agent: &pb::Agent, batch: &[&Located]) -> Vec<String> {
+    /// The ids deleted; `Err`: the agent refused the request as wrong for it (it checks every
+    /// location before it deletes any), with its message.
+    async fn delete_folders(
+        &self,
+        agent: &pb::Agent,
+        batch: &[&Located],
+    ) -> std::result::Result<Vec<String>, String> {
         let request = pb::DeleteRestorePointsRequest {
             restore_points: batch.iter().map(|located| located.location()).collect(),
         };
@@ -269,21 +286,25 @@ impl RestorePoints {
             Ok(mut client) => {
                 tokio::time::timeout(AGENT_CALL, client.delete_restore_points(request))
                     .await
-                    .map_err(|_| "timed out".to_owned())
-                    .and_then(|r| r.map(|r| r.into_inner()).map_err(|s| s.message().to_owned()))
+                    .map_err(|_| tonic::Status::deadline_exceeded("timed out"))
+                    .and_then(|r| r.map(|r| r.into_inner()))
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(tonic::Status::unavailable(error.to_string())),
         };
         match answer {
             Ok(answer) => {
                 for problem in &answer.problems {
                     warn!(agent = %agent.id, problem, "retention: a folder was not deleted");
                 }
-                answer.deleted
+                Ok(answer.deleted)
             }
-            Err(error) => {
+            Err(status) => {
+                let error = status.message();
                 warn!(agent = %agent.id, error, "retention: deleting folders failed");
-                Vec::new()
+                match status.code() {
+                    tonic::Code::InvalidArgument => Err(error.to_owned()),
+                    _ => Ok(Vec::new()),
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ pub struct AgentSpec {
     /// `--coordinators`: where the agent heartbeats (e.g. a proxy in front of a coordinator);
     /// every coordinator of the cluster when `None`.
     pub heartbeat_to: Option<Vec<String>>,
+    /// `--repository-root DIR`: the only repositories it writes or deletes in.
+    pub repository_root: Option<String>,
 }
 
 impl AgentSpec {
@@ -52,6 +54,12 @@ impl AgentSpec {
     /// checks that the agent is listed through the coordinators themselves).
     pub fn heartbeat_to(mut self, urls: &[String]) -> AgentSpec {
         self.heartbeat_to = Some(urls.to_vec());
+        self
+    }
+
+    /// Sets `--repository-root`.
+    pub fn repository_root(mut self, dir: &str) -> AgentSpec {
+        self.repository_root = Some(dir.to_string());
         self
     }
 

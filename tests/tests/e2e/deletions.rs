@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use sluice_proto::pb::{self, StopMode, job_service_client::JobServiceClient};
 use sluice_tests::{
-    Cluster, PATIENCE,
+    AgentSpec, Cluster, PATIENCE,
     api::{
         Jobs, backed_up, create_job, restore_points, start_job, stop_job, try_restore_points,
         wait_stopped,
@@ -18,6 +18,7 @@ use sluice_tests::{
     disk::change,
     fixtures::{expect_code, expect_ok},
     http::{HttpClient, create_token},
+    jobs::JobBuilder,
     manifests::{read_manifest, store_blobs},
     sessions::{VmDisks, restore_point_dir, vm_backup},
     wait_for,
@@ -187,4 +188,25 @@ async fn a_deleted_jobs_computer_restore_point_deleted_by_hand_has_its_own_blobs
     assert_eq!(listed_ids(&jobs, "laptops").await, [kept.as_str()]);
     let left: BTreeSet<String> = store_blobs(&repository);
     assert_eq!(left, kept_blobs, "only the kept restore point's blobs are left");
+}
+
+/// An agent that refuses a deletion as wrong for it (the repository lies outside its
+/// `--repository-root`, as after the root was narrowed; a sim restore point, which the agent
+/// never wrote, stands in) deletes nothing: FAILED_PRECONDITION with its reason, and the
+/// restore point stays listed, not hidden for a retry that cannot succeed.
+#[tokio::test]
+async fn a_deletion_the_agent_refuses_leaves_the_restore_point_listed() {
+    let root = std::env::temp_dir().join(format!("sluice-roots-{}", std::process::id()));
+    let spec = AgentSpec::new().repository_root(&root.display().to_string());
+    let mut cluster = Cluster::builder().agent(spec).start().await;
+    let outside = cluster.dir().join("outside");
+    let job = JobBuilder::sim("outside", 0).placeholder_vms(1).repository(&outside).build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job).await;
+    let id = backup(&mut jobs, "outside").await;
+    let refused = jobs.delete_restore_point(request(&id, "outside")).await;
+    let status = expect_code(refused, Code::FailedPrecondition, "a deletion the agent refuses");
+    assert!(status.message().contains("not under a repository root"), "{status:?}");
+    assert!(status.message().contains("stays as it was"), "{status:?}");
+    assert_eq!(listed_ids(&jobs, "outside").await, [id], "still listed, not hidden");
 }

@@ -39,8 +39,14 @@ impl RestorePoints {
             return Err(refusal);
         }
         let marked = [located];
-        if self.delete(&marked).await == 0 {
-            return Err(Error::DeletionUnfinished { id: rp.id });
+        match self.delete_or_refused(&marked).await {
+            (0, Some(refusal)) => {
+                // The agent deleted nothing: the restore point stays as it was, listed.
+                self.unmark(&rp, mark).await;
+                return Err(Error::DeletionRefused { id: rp.id, refusal });
+            }
+            (0, None) => return Err(Error::DeletionUnfinished { id: rp.id }),
+            _ => {}
         }
         self.collect_garbage(&marked).await;
         info!(job = %rp.job, item = %rp.item, restore_point = %rp.id,
