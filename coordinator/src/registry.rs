@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use prost::Message;
 use sluice_proto::{
-    pb,
+    node, pb,
     security::{
         access::{Principal, PrincipalKind},
         identity::Kind,
@@ -19,11 +19,6 @@ use crate::{
     error::{Error, Result},
     store::{self, Store, Versioned},
 };
-
-/// Most slots an agent may announce.
-const MAX_SLOTS: u32 = 4096;
-/// Longest heartbeat TTL accepted, in seconds.
-const MAX_TTL: u32 = 3600;
 
 /// Renews agent registrations from heartbeats.
 #[derive(Clone)]
@@ -249,22 +244,15 @@ fn validate(request: &pb::HeartbeatRequest, scheme: &str) -> Result<pb::Agent> {
     let mut agent = request.agent.clone().ok_or_else(|| Error::invalid("agent", "required"))?;
     // Coordinators fill it in from etcd; an agent does not choose its own.
     agent.registration = 0;
-    sluice_proto::job::validate_name("agent.id", &agent.id)?;
-    let address_ok = agent
-        .address
-        .parse::<http::Uri>()
-        .is_ok_and(|uri| uri.scheme_str() == Some(scheme) && uri.port_u16().is_some());
-    if !address_ok {
+    // The rules an agent also checks its own flags by at start (`sluice_proto::node`).
+    node::check_id("agent.id", &agent.id)?;
+    if !node::address_fits(&agent.address, scheme) {
         let reason =
             format!("must be {scheme}://host:port on this coordinator, got {:?}", agent.address);
         return Err(Error::invalid("agent.address", reason));
     }
-    if agent.slots == 0 || agent.slots > MAX_SLOTS {
-        return Err(Error::invalid("agent.slots", format!("must be 1-{MAX_SLOTS}")));
-    }
-    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL {
-        return Err(Error::invalid("ttl_seconds", format!("must be 1-{MAX_TTL}")));
-    }
+    node::check_slots("agent.slots", agent.slots)?;
+    node::check_heartbeat_ttl("ttl_seconds", request.ttl_seconds)?;
     Ok(agent)
 }
 

@@ -1,5 +1,6 @@
 //! The wire contract of Sluice (`sluice.v1`), its domain rules and what every binary shares:
-//! the ids of sessions, agents, jobs and tasks and the epoch (`ids`), configuration loading,
+//! the ids of sessions, agents, jobs and tasks and the epoch (`ids`), the rules for node ids
+//! and what an agent announces (`node`), configuration loading,
 //! time conversions, schedules (due times, next runs, backup windows), the protobuf JSON
 //! mapping (`json`) and security (TLS, certificates, principals and roles); with the
 //! `telemetry` feature (the servers only), logging, span export and W3C trace-context
@@ -10,6 +11,7 @@ pub mod config;
 pub mod ids;
 pub mod job;
 pub mod json;
+pub mod node;
 pub mod progress;
 pub mod reflection;
 pub mod refusal;
