@@ -196,8 +196,7 @@ fn advertised_address(settings: &Settings, listener: &TcpListener) -> Result<Str
     let bound = listener
         .local_addr()
         .map_err(|e| AgentError::Config(format!("listener has no address: {e}")))?;
-    let scheme = if settings.insecure { "http" } else { "https" };
-    Ok(format!("{scheme}://{bound}"))
+    Ok(format!("{}://{bound}", settings.scheme()))
 }
 
 /// The agent's TLS (its certificate must name this agent and computer), or `None` under

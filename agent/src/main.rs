@@ -43,12 +43,13 @@ struct Flags {
     #[arg(long, env = "SLUICE_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
-    /// Agent id.
+    /// Agent id: 1-64 characters of a-z, 0-9, '.', '_' and '-' (as coordinators register
+    /// it), not starting with '.'.
     #[arg(long, env = "SLUICE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
-    /// Task slots.
-    #[arg(long, env = "SLUICE_SLOTS")]
+    /// Task slots: tasks run at once (1-4096).
+    #[arg(long, env = "SLUICE_SLOTS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     slots: Option<u32>,
     /// Directory of the task journal.
@@ -59,17 +60,18 @@ struct Flags {
     #[arg(long, env = "SLUICE_COMPUTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     computer: Option<String>,
-    /// Seconds after which the agent counts as lost without a heartbeat (default 10).
-    #[arg(long, env = "SLUICE_HEARTBEAT_TTL")]
+    /// Seconds after which the agent counts as lost without a heartbeat (default 10;
+    /// 1-3600).
+    #[arg(long, env = "SLUICE_HEARTBEAT_TTL", value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_ttl: Option<u32>,
     /// Transfer rate limit in bytes per second (VM: the block jobs' speed; computer: reads).
     #[arg(long, env = "SLUICE_TRANSFER_RATE_LIMIT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer_rate_limit: Option<u64>,
-    /// Address announced to coordinators (default https://<bound address>, http:// with
-    /// --insecure).
-    #[arg(long, env = "SLUICE_ADVERTISE")]
+    /// URL coordinators call this agent at: https://host:port (http:// with --insecure;
+    /// default: the bound address).
+    #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
     /// Seconds a drain lets running tasks finish before cancelling them (default 600).
@@ -177,6 +179,17 @@ mod tests {
         let help = Flags::command().render_help().to_string();
         assert!(help.contains("--kind agent --id ID"), "{help}");
         assert!(!help.contains("--kind coordinator"), "{help}");
+    }
+
+    /// The ranges `--help` states are the ones the agent (and every registry) checks.
+    #[test]
+    fn the_help_states_the_checked_ranges() {
+        use clap::CommandFactory;
+        use sluice_proto::node::{MAX_HEARTBEAT_TTL, MAX_SLOTS};
+        let help = Flags::command().render_long_help().to_string();
+        assert!(help.contains(&format!("(1-{MAX_SLOTS})")), "{help}");
+        assert!(help.contains(&format!("1-{MAX_HEARTBEAT_TTL})")), "{help}");
+        assert!(help.contains("--slots <N>") && help.contains("--heartbeat-ttl <SECS>"), "{help}");
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use sluice_proto::job::JobError;
+use sluice_proto::node;
 use sluice_proto::security::tls::Transport;
 
 use crate::error::AgentError;
@@ -112,15 +114,7 @@ impl Settings {
 
     /// Checks the values that the agent cannot run without.
     pub(crate) fn validate(&self) -> Result<(), AgentError> {
-        if self.id.trim().is_empty() {
-            return Err(AgentError::Config("--id must not be empty".into()));
-        }
-        if self.slots == 0 {
-            return Err(AgentError::Config("--slots must be at least 1".into()));
-        }
-        if self.heartbeat_ttl == 0 {
-            return Err(AgentError::Config("--heartbeat-ttl must be at least 1".into()));
-        }
+        self.validate_announced()?;
         if self.transfer_rate_limit == Some(0) {
             return Err(AgentError::Config("--transfer-rate-limit must be at least 1".into()));
         }
@@ -136,6 +130,34 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Checks what every heartbeat announces by the rules each coordinator's registry
+    /// applies: an agent it would refuse must not start, print `listening on` and retry.
+    fn validate_announced(&self) -> Result<(), AgentError> {
+        let config = |e: JobError| AgentError::Config(e.to_string());
+        node::check_id(&node::flag_field("--id", &self.id), &self.id).map_err(config)?;
+        let slots = format!("--slots {}", self.slots);
+        node::check_slots(&slots, self.slots).map_err(config)?;
+        let ttl = format!("--heartbeat-ttl {}", self.heartbeat_ttl);
+        node::check_heartbeat_ttl(&ttl, self.heartbeat_ttl).map_err(config)?;
+        if let Some(address) = &self.advertise {
+            let scheme = self.scheme();
+            if !node::address_fits(address, scheme) {
+                let flag = node::flag_field("--advertise", address);
+                let under = if self.insecure { " under --insecure" } else { "" };
+                return Err(AgentError::Config(format!(
+                    "{flag}: must be {scheme}://host:port{under}, the URL coordinators call \
+                     this agent at"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The scheme coordinators call this agent with: https, or http under `--insecure`.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.insecure { "http" } else { "https" }
     }
 
     /// The coordinator endpoints.
@@ -201,9 +223,40 @@ mod tests {
         );
     }
 
+    fn refusal(settings: &Settings) -> String {
+        settings.validate().map_err(|e| e.to_string()).expect_err("refused")
+    }
+
+    /// What every coordinator would refuse in a heartbeat is refused at start, naming the
+    /// flag.
     #[test]
-    fn zero_slots_are_refused() {
-        let settings = Settings::new("http://a:1", "a1", 0, PathBuf::from("/tmp"));
-        assert!(settings.validate().is_err());
+    fn values_every_coordinator_refuses_are_refused_at_start() {
+        let base = Settings::new("http://a:1", "a1", 1, PathBuf::from("/tmp"));
+        let invalid = "invalid configuration: ";
+        let id = Settings { id: "Proxy-A".into(), ..base.clone() };
+        let expected = "--id \"Proxy-A\": may hold only a-z, 0-9, '.', '_' and '-', found 'P'";
+        assert_eq!(refusal(&id), format!("{invalid}{expected}"));
+        for bad in ["", "a/b", "x y"] {
+            assert!(Settings { id: bad.into(), ..base.clone() }.validate().is_err(), "{bad:?}");
+        }
+        let slots = Settings { slots: 5000, ..base.clone() };
+        assert_eq!(refusal(&slots), format!("{invalid}--slots 5000: must be 1-4096"));
+        assert!(Settings { slots: 0, ..base.clone() }.validate().is_err());
+        let ttl = Settings { heartbeat_ttl: 3601, ..base.clone() };
+        assert_eq!(refusal(&ttl), format!("{invalid}--heartbeat-ttl 3601: must be 1-3600 seconds"));
+        let url = Settings { advertise: Some("not a url".into()), ..base.clone() };
+        assert_eq!(
+            refusal(&url),
+            format!(
+                "{invalid}--advertise \"not a url\": must be https://host:port, the URL \
+                 coordinators call this agent at"
+            )
+        );
+        let plain = Settings { advertise: Some("http://h:1".into()), ..base.clone() };
+        assert!(plain.validate().is_err(), "http:// needs --insecure");
+        let insecure = Settings { insecure: true, ..plain };
+        assert!(insecure.validate().is_ok());
+        let refused = Settings { advertise: Some("https://h:1".into()), ..insecure };
+        assert!(refusal(&refused).contains("must be http://host:port under --insecure"));
     }
 }
