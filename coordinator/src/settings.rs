@@ -18,6 +18,7 @@ pub struct Settings {
     #[serde(default)]
     pub http_listen: Option<String>,
     /// Coordinator id.
+    #[serde(deserialize_with = "node_id")]
     pub(crate) id: String,
     /// Lease TTL in seconds.
     #[serde(default = "default_lease_ttl", deserialize_with = "lease_ttl_seconds")]
@@ -155,6 +156,15 @@ fn key_prefix<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Strin
         return Err(serde::de::Error::custom(message));
     }
     Ok(prefix)
+}
+
+/// The id rule of agents (`sluice_proto::node::check_id`): ids name etcd keys, sessions'
+/// owners and certificates, so `''` or `a/b` must not start.
+fn node_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let id = String::deserialize(deserializer)?;
+    let field = sluice_proto::node::flag_field("--id", &id);
+    sluice_proto::node::check_id(&field, &id).map_err(serde::de::Error::custom)?;
+    Ok(id)
 }
 
 fn default_etcd_timeout_ms() -> u64 {
@@ -300,6 +310,18 @@ mod tests {
         assert!(etcd.identity.is_some(), "with a client certificate");
         assert!(settings.bootstrap_token_file.is_some());
         assert_eq!(settings.advertised_address(None), "https://192.0.2.10:7400");
+    }
+
+    /// A coordinator's id follows the agents' id rule, under `--insecure` too.
+    #[test]
+    fn the_id_follows_the_node_id_rule() {
+        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\ninsecure = true\n";
+        let parse = |id: &str| toml::from_str::<Settings>(&format!("{base}id = {id:?}\n"));
+        assert_eq!(parse("coord-1.a_b").expect("a valid id").id, "coord-1.a_b");
+        for bad in ["", "a/b", "Coord-A"] {
+            let error = parse(bad).map(drop).expect_err(bad).to_string();
+            assert!(error.contains(&format!("--id {bad:?}: ")), "{bad}: {error}");
+        }
     }
 
     #[test]
