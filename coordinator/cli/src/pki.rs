@@ -24,7 +24,7 @@ pub enum PkiCommand {
         dir: PathBuf,
     },
     /// Issue a key and a certificate signed by the CA: OUT/<id>.crt, OUT/<id>.key (0600)
-    /// and OUT/ca.crt.
+    /// and OUT/ca.crt, replacing files of those names.
     Issue(IssueArgs),
 }
 
@@ -37,7 +37,8 @@ pub struct IssueArgs {
     /// What the certificate is for: coordinator, agent, client or etcd.
     #[arg(long, value_parser = parse_kind)]
     kind: Kind,
-    /// Coordinator or agent id (as its --id), client name, or etcd member name.
+    /// Coordinator or agent id (as its --id: 1-64 characters of a-z, 0-9, '.', '_' and '-'),
+    /// client name, or etcd member name (A-Z allowed too).
     #[arg(long)]
     id: String,
     /// Agents in computer mode: the computer name (as the agent's --computer).
@@ -47,7 +48,7 @@ pub struct IssueArgs {
     #[arg(long, value_parser = parse_role)]
     role: Option<Role>,
     /// Servers: a DNS name or IP address peers reach it at (localhost and 127.0.0.1 are
-    /// always included); repeat for several.
+    /// always included; anything else is refused); repeat for several.
     #[arg(long = "host", value_name = "NAME_OR_IP")]
     hosts: Vec<String>,
     /// Days of validity (at least 1).

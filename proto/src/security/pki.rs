@@ -15,6 +15,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
@@ -22,6 +23,7 @@ use super::{
     access::Role,
     identity::{Kind, URI_SCHEME},
 };
+use crate::{job::JobError, node};
 
 /// Validity of a new CA.
 const CA_DAYS: i64 = 3650;
@@ -70,6 +72,12 @@ pub enum PkiError {
         /// The value given.
         value: String,
     },
+    /// A coordinator or agent id that no coordinator would take (the node id rule).
+    #[error("{0}")]
+    NodeId(JobError),
+    /// A `--host` that is neither an IP address nor a DNS name.
+    #[error("--host {0:?}: must be an IP address or a DNS name")]
+    BadHost(String),
     /// The spec does not fit the kind.
     #[error("{0}")]
     Spec(String),
@@ -137,7 +145,7 @@ pub fn make_ca() -> Result<Ca, PkiError> {
 
 /// Issues a leaf certificate signed by `ca`.
 pub fn issue(ca: &Ca, spec: &LeafSpec) -> Result<Leaf, PkiError> {
-    check_name("id", &spec.id)?;
+    check_id(spec)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = subject(&spec.id, Some(spec.kind));
@@ -193,6 +201,11 @@ fn alt_names(spec: &LeafSpec) -> Result<Vec<SanType>, PkiError> {
     for host in hosts {
         names.push(match host.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
+            // rcgen takes any ASCII as a DNS name; rustls' own parser says what a TLS
+            // client will match a server name against.
+            Err(_) if ServerName::try_from(host.as_str()).is_err() => {
+                return Err(PkiError::BadHost(host));
+            }
             Err(_) => SanType::DnsName(host.try_into()?),
         });
     }
@@ -287,6 +300,19 @@ fn read(path: &Path) -> Result<String, PkiError> {
 
 fn create_dir(dir: &Path) -> Result<(), PkiError> {
     fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Coordinators and agents register under their id: it follows the rule each coordinator
+/// applies ([`node::check_id`]), so no certificate is issued for a node the cluster refuses.
+/// Client and etcd names keep the wider set of [`check_name`].
+fn check_id(spec: &LeafSpec) -> Result<(), PkiError> {
+    match spec.kind {
+        Kind::Coordinator | Kind::Agent => {
+            let field = node::flag_field("--id", &spec.id);
+            node::check_id(&field, &spec.id).map_err(PkiError::NodeId)
+        }
+        Kind::Client | Kind::Etcd => check_name("id", &spec.id),
+    }
 }
 
 /// Ids, computer names and roles share one character set, which keeps identity URIs free

@@ -51,7 +51,7 @@ fn issued_certificates_name_what_they_are_for_and_keys_are_private() {
 fn specs_that_do_not_fit_their_kind_are_refused() {
     let ca = make_ca().expect("CA");
     let refused = |spec: LeafSpec| issue(&ca, &spec).err().map(|e| e.to_string());
-    let bad_id = refused(LeafSpec::new(Kind::Agent, "a/../b"));
+    let bad_id = refused(LeafSpec::new(Kind::Client, "a/../b"));
     assert!(bad_id.is_some_and(|e| e.starts_with("invalid id \"a/../b\"")));
     assert_eq!(
         refused(LeafSpec::new(Kind::Client, "bob")).as_deref(),
@@ -130,4 +130,40 @@ fn a_private_file_behind_a_link_replaces_the_links_target() {
     write_private(&link, "new").expect("written");
     assert!(fs::symlink_metadata(&link).expect("link").file_type().is_symlink(), "still a link");
     assert_eq!(fs::read_to_string(&target).ok().as_deref(), Some("new"));
+}
+
+/// Coordinator and agent ids follow the rule every coordinator registers nodes by; client
+/// and etcd names keep their wider set.
+#[test]
+fn node_ids_follow_the_registrys_rule() {
+    let ca = make_ca().expect("CA");
+    let refused = |spec: LeafSpec| issue(&ca, &spec).err().map(|e| e.to_string());
+    let expected = "--id \"Proxy-A\": may hold only a-z, 0-9, '.', '_' and '-', found 'P'";
+    assert_eq!(refused(LeafSpec::new(Kind::Agent, "Proxy-A")).as_deref(), Some(expected));
+    assert!(refused(LeafSpec::new(Kind::Coordinator, "Coord-A")).is_some());
+    assert!(refused(LeafSpec::new(Kind::Agent, "a/../b")).is_some());
+    assert_eq!(refused(LeafSpec::new(Kind::Etcd, "Etcd-1")), None);
+    let mut alice = LeafSpec::new(Kind::Client, "Alice");
+    alice.role = Some(Role::Viewer);
+    assert_eq!(refused(alice), None);
+}
+
+/// A host goes into the certificate only as an IP address or a DNS name a TLS client can
+/// match.
+#[test]
+fn a_host_must_be_an_ip_address_or_a_dns_name() {
+    let ca = make_ca().expect("CA");
+    let with_host = |host: &str| {
+        let mut spec = LeafSpec::new(Kind::Agent, "a1");
+        spec.hosts = vec![host.to_string()];
+        issue(&ca, &spec).map(drop).map_err(|e| e.to_string())
+    };
+    for fine in ["backup-1.example", "10.0.0.7", "::1", "host_1.lan"] {
+        assert_eq!(with_host(fine), Ok(()), "{fine}");
+    }
+    let refused = with_host("bad host!").expect_err("a space and '!'");
+    assert!(refused.starts_with("--host \"bad host!\": must be an IP address or a DNS name"));
+    for bad in ["", "-a.example", "a..b", "*.example", "300.1.1.1"] {
+        assert!(with_host(bad).is_err(), "{bad:?} is refused");
+    }
 }
