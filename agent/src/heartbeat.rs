@@ -15,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::AgentError;
 use crate::liveness::Liveness;
@@ -48,6 +48,8 @@ pub(crate) struct Heartbeater {
     interval: Duration,
     /// Told of every confirmed heartbeat: tasks start only while it is recent.
     liveness: watch::Sender<Liveness>,
+    /// Calls failed since the last one a coordinator took.
+    failures: Failures,
 }
 
 impl Heartbeater {
@@ -84,6 +86,7 @@ impl Heartbeater {
             ttl: settings.heartbeat_ttl,
             interval,
             liveness,
+            failures: Failures::default(),
         })
     }
 
@@ -129,6 +132,10 @@ impl Heartbeater {
                     let answer = response.into_inner();
                     let (coordinator, registration) = (answer.coordinator, answer.registration);
                     debug!(endpoint = %url, coordinator, registration, leaving, "heartbeat taken");
+                    if let Some(failed) = self.failures.answered() {
+                        // Each failure was a warning: say once that they are over.
+                        info!(endpoint = %url, "heartbeat answered again by {coordinator} after {failed} failures");
+                    }
                     if !leaving {
                         self.liveness.send_modify(|l| l.confirm(sent_at, registration));
                     }
@@ -137,6 +144,7 @@ impl Heartbeater {
                 Err(status) => {
                     let hint = mismatch_hint(&format!("{status:?}"), self.tls.is_some());
                     warn!(endpoint = %url, code = ?status.code(), error = status.message(), hint, "heartbeat failed");
+                    self.failures.failed();
                     self.next = (self.next + 1) % self.clients.len();
                 }
             }
@@ -174,6 +182,24 @@ impl Heartbeater {
                 warn!(%error, "cannot rebuild the heartbeat clients; keeping the old ones")
             }
         }
+    }
+}
+
+/// The heartbeat calls that failed in a row, told once a coordinator takes one again.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u64,
+}
+
+impl Failures {
+    fn failed(&mut self) {
+        self.count += 1;
+    }
+
+    /// A call was taken: how many failed before it, if any (then counting starts over).
+    fn answered(&mut self) -> Option<u64> {
+        let count = std::mem::take(&mut self.count);
+        (count > 0).then_some(count)
     }
 }
 
@@ -235,5 +261,18 @@ mod tests {
         let waits: Vec<Duration> = (0..8).map(|_| retries.next_wait()).collect();
         let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, vec![250, 500, 1000, 1000, 1000, 1000, 1000, 1000]);
+    }
+
+    /// The recovery is told once, with the failures before it; an answer after answers is
+    /// no news.
+    #[test]
+    fn a_recovery_is_told_once_with_the_failures_before_it() {
+        let mut failures = Failures::default();
+        assert_eq!(failures.answered(), None);
+        (0..3).for_each(|_| failures.failed());
+        assert_eq!(failures.answered(), Some(3));
+        assert_eq!(failures.answered(), None);
+        failures.failed();
+        assert_eq!(failures.answered(), Some(1));
     }
 }
