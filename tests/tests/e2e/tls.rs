@@ -2,7 +2,8 @@
 //! wrong kind is refused at the handshake; only coordinators reach an agent, so a forged
 //! epoch never reaches it and the real owner still stops its session; a heartbeat speaks
 //! only for the agent whose certificate sends it; secure and insecure processes refuse each
-//! other with a message that says so; etcd is reached over TLS with client certificates.
+//! other with a message that says so; etcd is reached over TLS with client certificates;
+//! values the cluster refuses (ids, slots, addresses, hosts) stop a node or `pki issue` at start.
 
 use std::process::Output;
 
@@ -392,4 +393,62 @@ async fn a_new_ca_is_taken_without_a_restart() {
     let started = create_and_start(&mut jobs, &lab.vm_job("after-rotation", &[FAST]).build()).await;
     let ended = wait_stopped(&jobs, &started.id).await;
     assert_eq!(ended.result(), SessionResult::Success, "old certificates still work: {ended:?}");
+}
+
+/// Values every coordinator would refuse stop a node at start, with the flag named, before
+/// `listening on`; `pki issue` writes no certificate for such an id or a host that is no name.
+#[tokio::test]
+async fn values_the_cluster_refuses_stop_a_node_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state").display().to_string();
+    let agent = |extra: &[&str]| {
+        let mut args = strings(&["--coordinators", "http://127.0.0.1:1", "--insecure"]);
+        args.extend(strings(&["--listen", "127.0.0.1:0", "--state-dir", &state]));
+        args.extend(strings(extra));
+        args
+    };
+    let cases = [
+        ("sluice-agent", agent(&["--id", "a1", "--slots", "5000"]), "--slots 5000: must be 1-4096"),
+        ("sluice-agent", agent(&["--id", "Proxy-A", "--slots", "1"]), "--id \"Proxy-A\": may hold"),
+        (
+            "sluice-agent",
+            agent(&["--id", "a1", "--slots", "1", "--advertise", "not a url"]),
+            "--advertise \"not a url\": must be http://host:port",
+        ),
+        (
+            "sluice-coordinator",
+            strings(&["--etcd", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--insecure"])
+                .into_iter()
+                .chain(strings(&["--id", "a/b"]))
+                .collect(),
+            "--id \"a/b\": may hold",
+        ),
+    ];
+    for (program, args, says) in cases {
+        let refused = run_to_exit(program, &args).await;
+        let output = text(&refused);
+        assert!(!refused.status.success(), "{program} {args:?}: {output}");
+        assert!(output.contains(says), "{program} {args:?}: {output}");
+        assert!(!output.contains("listening on"), "{program} {args:?}: {output}");
+    }
+
+    let ca = dir.path().join("ca").display().to_string();
+    let init = run_to_exit("sluice", &strings(&["pki", "init", "--dir", &ca])).await;
+    assert!(init.status.success(), "{}", text(&init));
+    let out = dir.path().join("out");
+    let issue = |extra: &[&str]| {
+        let mut args = strings(&["pki", "issue", "--dir", &ca, "--kind", "agent"]);
+        args.extend(strings(&["--out", &out.display().to_string()]));
+        args.extend(strings(extra));
+        args
+    };
+    for (args, says) in [
+        (issue(&["--id", "Proxy-A"]), "--id \"Proxy-A\": may hold only a-z, 0-9, '.', '_' and '-'"),
+        (issue(&["--id", "a1", "--host", "bad host!"]), "--host \"bad host!\": must be"),
+    ] {
+        let refused = run_to_exit("sluice", &args).await;
+        assert!(!refused.status.success(), "{args:?}: {}", text(&refused));
+        assert!(text(&refused).contains(says), "{args:?}: {}", text(&refused));
+    }
+    assert!(!out.join("Proxy-A.crt").exists() && !out.join("a1.crt").exists(), "nothing issued");
 }
