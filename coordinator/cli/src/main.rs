@@ -227,10 +227,10 @@ enum SessionCommand {
         id: String,
         /// Show the items from this one on (0: the first; at or past the end: none, the
         /// counts alone).
-        #[arg(long, value_name = "N", default_value_t = 0)]
+        #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
         item_offset: u32,
         /// Show at most this many items (0: every item from --item-offset on).
-        #[arg(long, value_name = "N", default_value_t = 0)]
+        #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
         item_limit: u32,
     },
     /// List sessions, newest first.
@@ -244,10 +244,10 @@ enum SessionCommand {
         id: String,
         /// Follow the items from this one on (0: the first; at or past the end: none, the
         /// counts alone).
-        #[arg(long, value_name = "N", default_value_t = 0)]
+        #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
         item_offset: u32,
         /// Follow at most this many items (0: every item from --item-offset on).
-        #[arg(long, value_name = "N", default_value_t = 0)]
+        #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
         item_limit: u32,
     },
     /// Start a new session of the failed and not-processed items of a finished one.
