@@ -156,16 +156,16 @@ async fn router(services: Services) -> Result<Router<Layers>> {
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(jobs)
-        .add_service(ClusterServiceServer::from_arc(services.cluster))
-        .add_service(AgentRegistryServer::new(services.registry))
-        .add_service(AuthServiceServer::new(services.auth))
-        .add_service(CoordinatorPeerServer::new(services.peer)))
+        .add_service(TooLarge(ClusterServiceServer::from_arc(services.cluster)))
+        .add_service(TooLarge(AgentRegistryServer::new(services.registry)))
+        .add_service(TooLarge(AuthServiceServer::new(services.auth)))
+        .add_service(TooLarge(CoordinatorPeerServer::new(services.peer))))
 }
 
 /// A service whose OUT_OF_RANGE answers say RESOURCE_EXHAUSTED, the code of every size limit
 /// here. tonic refuses a request over the decoding limit (from its length prefix, before
-/// reading it) with OUT_OF_RANGE; nothing else the JobService answers has that code (an
-/// agent's is mapped in `error.rs`).
+/// reading it) with OUT_OF_RANGE; nothing else the coordinator's services answer has that
+/// code (an agent's is mapped in `error.rs`).
 #[derive(Clone)]
 struct TooLarge<S>(S);
 

@@ -34,7 +34,8 @@ async fn a_stop_naming_an_over_long_requester_is_refused() {
 }
 
 /// A JobService request larger than any job can be is refused as too large before it is
-/// decoded (not read in full and then judged by its fields).
+/// decoded (not read in full and then judged by its fields); so is a request over any other
+/// service's limit, with the same code.
 #[tokio::test]
 async fn a_job_service_request_larger_than_a_job_is_refused_before_decoding() {
     let mut cluster = Cluster::builder().start().await;
@@ -42,6 +43,10 @@ async fn a_job_service_request_larger_than_a_job_is_refused_before_decoding() {
     let huge = pb::StartJobRequest { job: "j".repeat(10 << 20), ..Default::default() };
     let refused = expect_code(jobs.start_job(huge).await, Code::ResourceExhausted, "StartJob");
     assert!(!refused.message().contains("job:"), "refused before decoding: {}", refused.message());
+    // The other services' limit (tonic's 4 MiB) answers with the same code.
+    let mut admin = cluster.cluster_client().await;
+    let drain = pb::DrainAgentRequest { agent: "a".repeat(5 << 20), ..Default::default() };
+    expect_code(admin.drain_agent(drain).await, Code::ResourceExhausted, "DrainAgent of 5 MiB");
 }
 
 /// A request that is not valid protobuf is the caller's mistake: coordinators and agents
