@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::{sync::mpsc, time::Instant};
 use tonic::transport::{Channel, Endpoint, channel::Change};
 use tower::{BoxError, Service, ServiceExt};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 type HttpRequest = http::Request<tonic::body::Body>;
 type HttpResponse = http::Response<tonic::body::Body>;
@@ -81,12 +81,50 @@ struct Members {
 struct Member {
     uri: http::Uri,
     channel: Channel,
-    down_until: Mutex<Option<Instant>>,
+    health: Mutex<Health>,
 }
 
 impl Member {
     fn is_down(&self, now: Instant) -> bool {
-        lock(&self.down_until).is_some_and(|until| until > now)
+        lock(&self.health).is_down(now)
+    }
+
+    /// Its response came: logs once that it answers again after failures that were logged.
+    fn answered(&self) {
+        if lock(&self.health).answered() {
+            info!(member = %self.uri, "etcd member answers again");
+        }
+    }
+}
+
+/// Whether a member is passed over, and what to log about it: with etcd down every request
+/// fails (several a second), so a failure is logged once per pass-over period, and the
+/// first answer after logged failures once.
+#[derive(Debug, Default)]
+struct Health {
+    down_until: Option<Instant>,
+    /// When a failure was last logged; none since the member answered.
+    logged_at: Option<Instant>,
+}
+
+impl Health {
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until.is_some_and(|until| until > now)
+    }
+
+    /// Passes the member over from `now`; whether to log the failure.
+    fn failed(&mut self, now: Instant) -> bool {
+        self.down_until = Some(now + DOWN_FOR);
+        let due = self.logged_at.is_none_or(|at| now >= at + DOWN_FOR);
+        if due {
+            self.logged_at = Some(now);
+        }
+        due
+    }
+
+    /// The member answered; whether to log that (it failed since it last answered).
+    fn answered(&mut self) -> bool {
+        self.logged_at.take().is_some()
     }
 }
 
@@ -131,7 +169,8 @@ impl Members {
                 Change::Insert(uri, endpoint) => {
                     list.retain(|member| member.uri != uri);
                     let channel = endpoint.connect_lazy();
-                    list.push(Arc::new(Member { uri, channel, down_until: Mutex::new(None) }));
+                    let health = Mutex::new(Health::default());
+                    list.push(Arc::new(Member { uri, channel, health }));
                 }
                 Change::Remove(uri) => list.retain(|member| member.uri != uri),
             }
@@ -155,14 +194,22 @@ impl Members {
 
     /// Passes `member` over for a while and prefers the next one.
     fn mark_down(&self, member: &Member, why: &str) {
-        *lock(&member.down_until) = Some(Instant::now() + DOWN_FOR);
+        let log = lock(&member.health).failed(Instant::now());
         let members = lock(&self.list);
         if let Some(index) = members.iter().position(|m| m.uri == member.uri) {
             let next = (index + 1) % members.len().max(1);
             let _ =
                 self.preferred.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
         }
-        warn!(member = %member.uri, why, "etcd member failed; passed over for 5 s");
+        if log {
+            warn!(
+                member = %member.uri,
+                why,
+                "etcd member failed; passed over for 5 s (told once per 5 s while it fails)"
+            );
+        } else {
+            debug!(member = %member.uri, why, "etcd member failed again");
+        }
     }
 }
 
@@ -199,7 +246,10 @@ async fn send_stream(
         *lock(&members.keep_alive) = Some(member.clone());
     }
     match send_to(&member, request, members.timeout).await {
-        Ok(response) => Ok(watched(members, member, response)),
+        Ok(response) => {
+            member.answered();
+            Ok(watched(members, member, response))
+        }
         Err(error) => {
             members.mark_down(&member, &describe(error.as_ref()));
             Err(error)
@@ -235,7 +285,10 @@ async fn send_unary(
                 members.mark_down(&member, "answered unavailable");
                 outcome = Some(Ok((member, response)));
             }
-            Ok(response) => return Ok(watched(members, member, response)),
+            Ok(response) => {
+                member.answered();
+                return Ok(watched(members, member, response));
+            }
             Err(error) => {
                 members.mark_down(&member, &describe(error.as_ref()));
                 waited |= began.elapsed() >= members.timeout;

@@ -398,7 +398,8 @@ fn build(files: &TlsFiles, auth: ClientAuth, pem: [Vec<u8>; 3]) -> Result<Loaded
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain.clone(), key.clone_key())?;
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| unmatched_key(files, e))?;
     server.alpn_protocols = vec![b"h2".to_vec()];
     let mut https = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -406,6 +407,20 @@ fn build(files: &TlsFiles, auth: ClientAuth, pem: [Vec<u8>; 3]) -> Result<Loaded
         .with_single_cert(chain, key)?;
     https.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Loaded { pem, server: Arc::new(server), https: Arc::new(https), identity })
+}
+
+/// rustls' key mismatch in the operator's terms: which two files do not go together.
+fn unmatched_key(files: &TlsFiles, error: rustls::Error) -> TlsError {
+    match error {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::Flags(format!(
+                "--tls-key {} does not match --tls-cert {}",
+                files.key.display(),
+                files.cert.display()
+            ))
+        }
+        other => TlsError::Rustls(other),
+    }
 }
 
 fn read_all(files: &TlsFiles) -> Result<[Vec<u8>; 3], TlsError> {

@@ -94,3 +94,22 @@ async fn a_refused_request_reaches_a_member_passed_over_lately_that_is_back() {
     back.restore();
     exercise(&store, 3).await.expect("the member that is back answers");
 }
+
+/// With etcd down every request fails: a member's failure is told once per pass-over
+/// period, and its first answer after that once.
+#[test]
+fn a_failing_member_is_told_once_per_pass_over_period() {
+    let start = tokio::time::Instant::now();
+    let mut health = super::Health::default();
+    assert!(!health.answered(), "an answer with no failure before is not told");
+    assert!(health.failed(start), "the first failure is told");
+    assert!(health.is_down(start));
+    for tenth in 1..50 {
+        let now = start + Duration::from_millis(100 * tenth);
+        assert!(!health.failed(now), "a failure {tenth} tenths later is not told again");
+    }
+    assert!(health.failed(start + super::DOWN_FOR), "a pass-over period later it is");
+    assert!(health.answered(), "the first answer after failures is told");
+    assert!(!health.answered(), "the next one is not");
+    assert!(health.failed(start + super::DOWN_FOR), "a failure after an answer is told at once");
+}
