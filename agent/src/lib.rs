@@ -49,7 +49,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use error::AgentError;
-pub use settings::Settings;
+pub use settings::{Settings, TRANSFER_RATE_LIMIT};
 
 use crate::drain::Drainer;
 use crate::exec::Daemons;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 use serde::Serialize;
-use sluice_agent::Settings;
+use sluice_agent::{Settings, TRANSFER_RATE_LIMIT};
 use sluice_proto::{
     config,
     security::flags::{TLS_CERT_ARG, TlsFlags},
@@ -65,8 +65,10 @@ struct Flags {
     #[arg(long, env = "SLUICE_HEARTBEAT_TTL", value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_ttl: Option<u32>,
-    /// Transfer rate limit in bytes per second (VM: the block jobs' speed; computer: reads).
-    #[arg(long, env = "SLUICE_TRANSFER_RATE_LIMIT")]
+    /// Transfer rate limit in bytes per second (VM: the block jobs' speed; computer: reads;
+    /// 1 to 1099511627776, 1 TiB/s).
+    #[arg(long, env = "SLUICE_TRANSFER_RATE_LIMIT",
+          value_parser = clap::value_parser!(u64).range(TRANSFER_RATE_LIMIT))]
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer_rate_limit: Option<u64>,
     /// URL coordinators call this agent at: https://host:port (http:// with --insecure;
@@ -83,10 +85,18 @@ struct Flags {
     #[serde(flatten)]
     tls: TlsFlags,
     /// Runs sim tasks (load tests and benchmarks only: they commit restore points without
-    /// data); without it the agent refuses them.
-    #[arg(long, env = "SLUICE_ENABLE_SIM_EXECUTOR", value_parser = BoolishValueParser::new())]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    enable_sim_executor: bool,
+    /// data); without it the agent refuses them. `=false` overrides the file.
+    #[arg(
+        long,
+        env = "SLUICE_ENABLE_SIM_EXECUTOR",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enable_sim_executor: Option<bool>,
     /// A folder repositories must lie under (repeatable; comma-separated in the variable).
     /// Without any, repositories at any absolute path are accepted.
     #[arg(long, env = "SLUICE_REPOSITORY_ROOT", value_delimiter = ',')]
@@ -118,8 +128,8 @@ async fn run() -> anyhow::Result<()> {
     // holds the protected machines' data: readable by this agent's user only.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     sluice_proto::security::tls::install_default_provider();
-    let flags = Flags::parse();
-    let settings: Settings = config::load(&flags, flags.config.as_deref())?;
+    let (flags, origins) = config::parse::<Flags>();
+    let settings: Settings = config::load_from(&flags, &origins, flags.config.as_deref())?;
     let telemetry = telemetry::init("sluice-agent");
     let served = serve(settings).await;
     telemetry.shutdown().await;
@@ -197,6 +207,38 @@ mod tests {
         assert!(!settings(&[], "").enable_sim_executor);
         assert!(settings(&["--enable-sim-executor"], "").enable_sim_executor);
         assert!(settings(&[], "enable-sim-executor = true\n").enable_sim_executor);
+    }
+
+    /// A boolean in the file is overridden by a flag given as well, either way.
+    #[test]
+    fn booleans_layer_like_other_values() {
+        let on = "enable-sim-executor = true\ninsecure = true\n";
+        let off = settings(&["--enable-sim-executor=false", "--insecure=false"], on);
+        assert!(!off.enable_sim_executor && !off.insecure);
+        let kept = settings(&[], on);
+        assert!(kept.enable_sim_executor && kept.insecure);
+        let given = settings(&["--insecure", "--enable-sim-executor=true"], "");
+        assert!(given.enable_sim_executor && given.insecure);
+    }
+
+    #[test]
+    fn the_transfer_rate_limit_has_a_range() {
+        let parsed = |value: &str| Flags::try_parse_from(["a", "--transfer-rate-limit", value]);
+        let error = parsed("18446744073709551615").err().map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("--transfer-rate-limit")));
+        assert!(parsed("1099511627776").is_ok());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        let base = "coordinators = \"http://a:1\"\nid = \"a1\"\nslots = 1\nstate-dir = \"/s\"\n";
+        std::fs::write(&file, format!("{base}transfer-rate-limit = 0\n")).expect("config");
+        let flags = Flags::try_parse_from(["a"]).expect("flags");
+        let error = config::load::<_, Settings>(&flags, Some(&file)).expect_err("0 is refused");
+        let says = format!(
+            "invalid configuration: transfer-rate-limit in {}: must be 1 to 1099511627776 bytes \
+             per second, not 0",
+            file.display()
+        );
+        assert_eq!(error.to_string(), says);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Settings {
     #[serde(default = "default_ttl")]
     pub heartbeat_ttl: u32,
     /// Transfer rate limit in bytes per second (VM: the block jobs' `speed`; computer: reads).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rate_limit")]
     pub(crate) transfer_rate_limit: Option<u64>,
     /// Address announced to coordinators; defaults to `http://<bound addr>`.
     #[serde(default)]
@@ -75,6 +75,14 @@ fn default_ttl() -> u32 {
 
 fn default_drain_deadline() -> u32 {
     DEFAULT_DRAIN_DEADLINE
+}
+
+/// `--transfer-rate-limit`'s range in bytes per second: 0 would move nothing, and past
+/// 1 TiB/s no disk or link is held back (QEMU takes the speed as a signed 64-bit number).
+pub const TRANSFER_RATE_LIMIT: std::ops::RangeInclusive<u64> = 1..=1 << 40;
+
+fn rate_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    sluice_proto::config::in_range(deserializer, &TRANSFER_RATE_LIMIT, "bytes per second").map(Some)
 }
 
 impl Settings {

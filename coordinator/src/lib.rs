@@ -36,7 +36,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, warn};
 
 pub use error::{Error, Result};
-pub use settings::Settings;
+pub use settings::{
+    COMPACTION_INTERVAL_SECS, LEASE_TTL_SECS, Settings, TASK_ANSWER_TIMEOUT_SECS, WORKER_THREADS,
+};
 
 use crate::{
     agent_client::AgentClients,

@@ -3,10 +3,16 @@
 use std::{num::NonZeroUsize, path::PathBuf};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, builder::RangedU64ValueParser, value_parser};
 use serde::Serialize;
-use sluice_coordinator::{Listeners, Settings};
-use sluice_proto::security::flags::{TLS_CERT_ARG, TlsFlags};
+use sluice_coordinator::{
+    COMPACTION_INTERVAL_SECS, LEASE_TTL_SECS, Listeners, Settings, TASK_ANSWER_TIMEOUT_SECS,
+    WORKER_THREADS,
+};
+use sluice_proto::{
+    config,
+    security::flags::{TLS_CERT_ARG, TlsFlags},
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +25,7 @@ const TLS_CERT_HELP: &str =
 #[command(version, about, mut_arg(TLS_CERT_ARG, |arg| arg.help(TLS_CERT_HELP)))]
 #[serde(rename_all = "kebab-case")]
 struct Flags {
-    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
+    /// etcd endpoints, comma-separated, each http(s)://HOST:PORT (e.g. http://127.0.0.1:2379).
     #[arg(long, env = "SLUICE_ETCD", value_name = "URL[,URL]")]
     #[serde(skip_serializing_if = "Option::is_none")]
     etcd: Option<String>,
@@ -35,15 +41,18 @@ struct Flags {
     #[arg(long, env = "SLUICE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
-    /// Lease TTL in seconds: how long a dead coordinator keeps its sessions (default 10).
-    #[arg(long, env = "SLUICE_LEASE_TTL", value_name = "SECS")]
+    /// Lease TTL in seconds: how long a dead coordinator keeps its sessions (1-3600, default
+    /// 10).
+    #[arg(long, env = "SLUICE_LEASE_TTL", value_name = "SECS",
+          value_parser = value_parser!(u64).range(LEASE_TTL_SECS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_ttl: Option<u64>,
-    /// Key prefix in etcd (default /sluice).
+    /// Key prefix in etcd, a key path (default /sluice).
     #[arg(long, env = "SLUICE_PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
     prefix: Option<String>,
-    /// URL peers and agents use to reach this coordinator (default: the bound address).
+    /// URL peers and agents use to reach this coordinator, https://HOST:PORT (http:// with
+    /// --insecure; default: the bound address).
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
@@ -77,21 +86,25 @@ struct Flags {
     #[arg(long, env = "SLUICE_SESSION_HISTORY_PER_JOB", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     session_history_per_job: Option<u32>,
-    /// Seconds between compactions of etcd's history (default 300; 0 turns it off).
-    #[arg(long, env = "SLUICE_ETCD_COMPACTION_INTERVAL", value_name = "SECS")]
+    /// Seconds between compactions of etcd's history (0-604800, a week; default 300; 0 turns
+    /// it off).
+    #[arg(long, env = "SLUICE_ETCD_COMPACTION_INTERVAL", value_name = "SECS",
+          value_parser = value_parser!(u64).range(COMPACTION_INTERVAL_SECS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     etcd_compaction_interval: Option<u64>,
     /// Seconds to wait for an agent's answer to RunTask before the attempt is withdrawn, and
-    /// as long again for the withdrawal's answer (default 60).
-    #[arg(long, env = "SLUICE_TASK_ANSWER_TIMEOUT", value_name = "SECS")]
+    /// as long again for the withdrawal's answer (1-604800, a week; default 60).
+    #[arg(long, env = "SLUICE_TASK_ANSWER_TIMEOUT", value_name = "SECS",
+          value_parser = value_parser!(u64).range(TASK_ANSWER_TIMEOUT_SECS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     task_answer_timeout: Option<u64>,
-    /// Threads that run the coordinator's tasks (default: one per core). 1 runs them all
-    /// on one thread, which spends less CPU per item where other busy processes share the
-    /// cores.
-    #[arg(long, env = "SLUICE_WORKER_THREADS", value_name = "N")]
+    /// Threads that run the coordinator's tasks (1-1024, default: one per core; past the
+    /// cores more only add switching, and each costs a stack). 1 runs them all on one
+    /// thread, which spends less CPU per item where other busy processes share the cores.
+    #[arg(long, env = "SLUICE_WORKER_THREADS", value_name = "N",
+          value_parser = RangedU64ValueParser::<usize>::new().range(WORKER_THREADS))]
     #[serde(skip_serializing_if = "Option::is_none")]
-    worker_threads: Option<NonZeroUsize>,
+    worker_threads: Option<usize>,
     /// Session watches (gRPC WatchSession, HTTP event streams) this coordinator serves at
     /// once; past it, and past 32 per caller, a new one is refused (RESOURCE_EXHAUSTED, HTTP
     /// 429). Default 512.
@@ -117,8 +130,8 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     sluice_proto::security::tls::install_default_provider();
-    let flags = Flags::parse();
-    let settings: Settings = sluice_proto::config::load(&flags, flags.config.as_deref())?;
+    let (flags, origins) = config::parse::<Flags>();
+    let settings: Settings = config::load_from(&flags, &origins, flags.config.as_deref())?;
     let runtime = settings.runtime().context("cannot start the async runtime")?;
     runtime.block_on(serve(settings))
 }

@@ -1,16 +1,19 @@
 //! Coordinator settings, merged from flags, `SLUICE_*` variables and a TOML file.
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, ops::RangeInclusive, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
-use sluice_proto::security::tls::{TlsError, Transport};
+use serde::{Deserialize, Deserializer};
+use sluice_proto::{
+    config::{check_endpoint, in_range},
+    security::tls::{TlsError, Transport, check_url},
+};
 
 /// Everything a coordinator is configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
     /// etcd endpoints.
-    #[serde(deserialize_with = "list")]
+    #[serde(deserialize_with = "etcd_endpoints")]
     pub(crate) etcd: Vec<String>,
     /// Address to listen on.
     pub listen: String,
@@ -27,7 +30,7 @@ pub struct Settings {
     #[serde(default = "default_prefix", deserialize_with = "key_prefix")]
     pub(crate) prefix: String,
     /// Address advertised to peers and agents (defaults to the bound address).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "advertised_url")]
     pub(crate) advertise: Option<String>,
     /// Timeout of one etcd call, in milliseconds.
     #[serde(default = "default_etcd_timeout_ms")]
@@ -64,14 +67,14 @@ pub struct Settings {
     #[serde(default = "default_history_per_job", deserialize_with = "history_per_job")]
     pub(crate) session_history_per_job: u32,
     /// Seconds between compactions of etcd's history; 0 turns compaction off.
-    #[serde(default = "default_compaction_interval")]
+    #[serde(default = "default_compaction_interval", deserialize_with = "compaction_interval")]
     pub(crate) etcd_compaction_interval: u64,
     /// Seconds an owner waits for an agent's answer to RunTask before it withdraws the
     /// attempt, and as long again for the withdrawal's answer.
-    #[serde(default = "default_task_answer_timeout")]
+    #[serde(default = "default_task_answer_timeout", deserialize_with = "answer_timeout")]
     pub(crate) task_answer_timeout: u64,
     /// Threads that run the coordinator's tasks; one per core when not set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "worker_threads")]
     pub(crate) worker_threads: Option<NonZeroUsize>,
     /// Session watches (gRPC `WatchSession` and HTTP event streams) open at most at once.
     #[serde(default = "default_max_watch_streams")]
@@ -112,47 +115,69 @@ fn default_prefix() -> String {
     "/sluice".into()
 }
 
-/// The longest lease TTL: it is also how long a crashed coordinator's sessions wait for a
-/// peer, so an hour is already far more than anyone wants.
-const MAX_LEASE_TTL: u64 = 3600;
+/// `--lease-ttl`'s range in seconds. The longest is also how long a crashed coordinator's
+/// sessions wait for a peer, so an hour is already far more than anyone wants.
+pub const LEASE_TTL_SECS: RangeInclusive<u64> = 1..=3600;
 
-fn lease_ttl_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    let seconds = u64::deserialize(deserializer)?;
-    if !(1..=MAX_LEASE_TTL).contains(&seconds) {
-        let message = format!("lease-ttl must be 1 to {MAX_LEASE_TTL} seconds, not {seconds}");
-        return Err(serde::de::Error::custom(message));
-    }
-    Ok(seconds)
+/// `--task-answer-timeout`'s range in seconds: 0 would withdraw every attempt before its
+/// answer could come, and an agent that has not answered in a week never will.
+pub const TASK_ANSWER_TIMEOUT_SECS: RangeInclusive<u64> = 1..=WEEK_SECS;
+
+/// `--etcd-compaction-interval`'s range in seconds (0: off); past a week etcd's history
+/// would grow with every write of a week's sessions.
+pub const COMPACTION_INTERVAL_SECS: RangeInclusive<u64> = 0..=WEEK_SECS;
+
+/// `--worker-threads`' range: past the cores, threads only add switching, and each costs a
+/// stack; a few thousand are more than the OS lets one process start.
+pub const WORKER_THREADS: RangeInclusive<u64> = 1..=1024;
+
+const WEEK_SECS: u64 = 7 * 86_400;
+
+fn lease_ttl_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    in_range(deserializer, &LEASE_TTL_SECS, "seconds")
 }
 
-fn history_days<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-    at_least_one(deserializer, "session-history-days")
+fn answer_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    in_range(deserializer, &TASK_ANSWER_TIMEOUT_SECS, "seconds")
 }
 
-fn history_per_job<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-    at_least_one(deserializer, "session-history-per-job")
+fn compaction_interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    in_range(deserializer, &COMPACTION_INTERVAL_SECS, "seconds (0: off)")
+}
+
+fn worker_threads<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<NonZeroUsize>, D::Error> {
+    let threads = in_range(deserializer, &WORKER_THREADS, "threads")?;
+    let threads = usize::try_from(threads).ok().and_then(NonZeroUsize::new);
+    threads.map(Some).ok_or_else(|| serde::de::Error::custom("must be at least 1"))
+}
+
+fn history_days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    at_least_one(deserializer)
+}
+
+fn history_per_job<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    at_least_one(deserializer)
 }
 
 /// A count of at least one: 0 would keep nothing, which no one means (and some read as "no
 /// limit").
-fn at_least_one<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-    name: &str,
-) -> Result<u32, D::Error> {
+fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let value = u32::deserialize(deserializer)?;
     if value == 0 {
-        return Err(serde::de::Error::custom(format!("{name} must be at least 1")));
+        return Err(serde::de::Error::custom("must be at least 1"));
     }
     Ok(value)
 }
 
-/// An etcd key prefix: visible characters, at least one (`/sluice` by convention; prefixes
-/// that clusters already run under, without a leading `/` or with a trailing one, still go).
-fn key_prefix<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+/// An etcd key prefix: a key path of visible characters under the root (`/sluice`; a
+/// trailing `/` is dropped where keys are made).
+fn key_prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let prefix = String::deserialize(deserializer)?;
-    if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        let message =
-            format!("prefix must be a key path like /sluice, without spaces, not {prefix:?}");
+    let visible = !prefix.chars().any(|c| c.is_whitespace() || c.is_control());
+    if prefix.len() < 2 || !prefix.starts_with('/') || !visible {
+        let message = format!("must be a key path like /sluice, without spaces, not {prefix:?}");
         return Err(serde::de::Error::custom(message));
     }
     Ok(prefix)
@@ -167,11 +192,31 @@ fn node_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, 
     Ok(id)
 }
 
+/// `--etcd`: each endpoint an http:// or https:// URL with a host and port.
+fn etcd_endpoints<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let endpoints = list(deserializer)?;
+    if endpoints.is_empty() {
+        return Err(serde::de::Error::custom("must list at least one etcd endpoint"));
+    }
+    for endpoint in &endpoints {
+        check_endpoint(endpoint).map_err(serde::de::Error::custom)?;
+    }
+    Ok(endpoints)
+}
+
+/// `--advertise`: published to peers and `coordinator list`, so an http(s) URL with a host
+/// and port (its scheme is checked against `--insecure` in [`Settings::transport`]).
+fn advertised_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(deserializer)?;
+    check_endpoint(&url).map_err(serde::de::Error::custom)?;
+    Ok(Some(url))
+}
+
 fn default_etcd_timeout_ms() -> u64 {
     2000
 }
 
-fn list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -261,14 +306,19 @@ impl Settings {
         }
     }
 
-    /// TLS or `--insecure`, from the flags: refuses to run without either.
+    /// TLS or `--insecure`, from the flags: refuses to run without either, and an
+    /// `--advertise` URL whose scheme the mode's peers would not speak.
     pub(crate) fn transport(&self) -> Result<Transport, TlsError> {
-        Transport::from_flags(
+        let transport = Transport::from_flags(
             self.tls_cert.as_deref(),
             self.tls_key.as_deref(),
             self.tls_ca.as_deref(),
             self.insecure,
-        )
+        )?;
+        if let Some(url) = &self.advertise {
+            check_url("--advertise", url, !transport.is_insecure())?;
+        }
+        Ok(transport)
     }
 
     /// etcd's TLS, when `--etcd-ca` (and optionally a client certificate) is given.
@@ -298,108 +348,4 @@ pub(crate) struct EtcdTls {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_example_configuration_is_secure() {
-        let example = include_str!("../../deploy/coordinator.toml");
-        let settings: Settings = toml::from_str(example).expect("the example parses");
-        assert!(matches!(settings.transport(), Ok(Transport::Tls(_))));
-        let etcd = settings.etcd_tls().expect("etcd TLS flags").expect("etcd over TLS");
-        assert!(etcd.identity.is_some(), "with a client certificate");
-        assert!(settings.bootstrap_token_file.is_some());
-        assert_eq!(settings.advertised_address(None), "https://192.0.2.10:7400");
-    }
-
-    /// A coordinator's id follows the agents' id rule, under `--insecure` too.
-    #[test]
-    fn the_id_follows_the_node_id_rule() {
-        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\ninsecure = true\n";
-        let parse = |id: &str| toml::from_str::<Settings>(&format!("{base}id = {id:?}\n"));
-        assert_eq!(parse("coord-1.a_b").expect("a valid id").id, "coord-1.a_b");
-        for bad in ["", "a/b", "Coord-A"] {
-            let error = parse(bad).map(drop).expect_err(bad).to_string();
-            assert!(error.contains(&format!("--id {bad:?}: ")), "{bad}: {error}");
-        }
-    }
-
-    #[test]
-    fn etcd_tls_flags_go_together() {
-        let base = "etcd = \"https://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
-        let settings = |extra: &str| -> Settings {
-            toml::from_str(&format!("{base}{extra}")).expect("settings parse")
-        };
-        assert!(settings("").etcd_tls().expect("no etcd TLS").is_none());
-        assert!(settings("etcd-ca = \"/ca\"\n").etcd_tls().expect("CA only").is_some());
-        assert!(settings("etcd-cert = \"/c\"\netcd-key = \"/k\"\n").etcd_tls().is_err());
-        assert!(settings("etcd-ca = \"/ca\"\netcd-cert = \"/c\"\n").etcd_tls().is_err());
-        assert_eq!(settings("").advertised_address(None), "http://a:1");
-    }
-
-    #[test]
-    fn a_lease_ttl_shorter_than_an_etcd_election_is_warned_about() {
-        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
-        let warning = |extra: &str| {
-            let settings: Settings = toml::from_str(&format!("{base}{extra}")).expect("settings");
-            settings.lease_ttl_warning()
-        };
-        let short = warning("lease-ttl = 3\n").expect("3 s is warned about");
-        assert!(
-            short.starts_with("--lease-ttl 3 s is below 5 s: an etcd leader election"),
-            "{short}"
-        );
-        assert_eq!(warning("lease-ttl = 5\n"), None);
-        assert_eq!(warning(""), None, "the default");
-    }
-
-    #[test]
-    fn the_lease_ttl_and_the_prefix_are_checked() {
-        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
-        let parse = |extra: &str| toml::from_str::<Settings>(&format!("{base}{extra}"));
-        for (extra, says) in [
-            ("lease-ttl = 0\n", "lease-ttl must be 1 to 3600 seconds, not 0"),
-            ("lease-ttl = 99999999999\n", "not 99999999999"),
-            ("prefix = \"\"\n", "prefix must be a key path"),
-            ("prefix = \"/a b\"\n", "prefix must be a key path"),
-            ("prefix = \"/a\\n\"\n", "prefix must be a key path"),
-            ("session-history-per-job = 0\n", "session-history-per-job must be at least 1"),
-            ("session-history-days = 0\n", "session-history-days must be at least 1"),
-        ] {
-            let error = parse(extra).expect_err(extra);
-            assert!(error.to_string().contains(says), "{extra}: {error}");
-        }
-        let fine = parse("lease-ttl = 3\nprefix = \"/team-a/sluice\"\n").expect("valid");
-        assert_eq!((fine.lease_ttl, fine.prefix.as_str()), (3, "/team-a/sluice"));
-    }
-
-    #[test]
-    fn worker_threads_are_at_least_one() {
-        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
-        let parse = |extra: &str| toml::from_str::<Settings>(&format!("{base}{extra}"));
-        let error = parse("worker-threads = 0\n").expect_err("0 threads is refused");
-        assert!(error.to_string().contains("nonzero"), "{error}");
-        let one = parse("worker-threads = 1\n").expect("one thread");
-        assert_eq!(
-            one.runtime().expect("runtime").handle().runtime_flavor(),
-            tokio::runtime::RuntimeFlavor::CurrentThread
-        );
-        let two = parse("worker-threads = 2\n").expect("two threads");
-        assert_eq!(
-            two.runtime().expect("runtime").handle().runtime_flavor(),
-            tokio::runtime::RuntimeFlavor::MultiThread
-        );
-        assert!(parse("").expect("default").worker_threads.is_none());
-    }
-
-    /// A limit of 0 would refuse every watch: it is a mistake, told at start.
-    #[test]
-    fn the_watch_stream_limit_is_at_least_one() {
-        let base = "etcd = \"http://e:2379\"\nlisten = \"a:1\"\nid = \"c1\"\ninsecure = true\n";
-        let parse = |extra: &str| toml::from_str::<Settings>(&format!("{base}{extra}"));
-        let error = parse("max-watch-streams = 0\n").expect_err("0 is refused");
-        assert!(error.to_string().contains("nonzero"), "{error}");
-        assert_eq!(parse("").expect("default").max_watch_streams.get(), 512);
-        assert_eq!(parse("max-watch-streams = 3\n").expect("3").max_watch_streams.get(), 3);
-    }
-}
+mod tests;

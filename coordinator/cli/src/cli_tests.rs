@@ -134,3 +134,22 @@ fn clap_definition_is_consistent() {
     use clap::CommandFactory;
     Cli::command().debug_assert();
 }
+
+/// `--insecure` alone still means true (and leaves the next word to the command);
+/// `--insecure=false` overrides `insecure = true` in the config file, as a variable does.
+#[test]
+fn insecure_layers_over_the_config_file() -> Result<(), clap::Error> {
+    let layered = |line: &str, in_file: Option<bool>| -> Result<bool, clap::Error> {
+        let cli = parse(line)?;
+        let file = ConfigFile { insecure: in_file, ..ConfigFile::default() };
+        let credentials = Credentials { insecure: cli.insecure, ..Credentials::default() };
+        Ok(credentials.layered(Sources::default(), &file).insecure)
+    };
+    assert!(layered("--insecure agent list", None)?);
+    assert!(layered("agent list --insecure", Some(false))?);
+    assert!(!layered("--insecure=false agent list", Some(true))?);
+    assert!(layered("agent list", Some(true))?);
+    assert!(!layered("agent list", None)?);
+    assert!(parse("--insecure=maybe agent list").is_err());
+    Ok(())
+}

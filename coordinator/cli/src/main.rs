@@ -70,9 +70,19 @@ pub struct Cli {
     /// Private key of the client certificate.
     #[arg(long, global = true, env = "SLUICE_KEY", value_name = "FILE")]
     key: Option<std::path::PathBuf>,
-    /// Plaintext, for a development cluster whose coordinators run with --insecure.
-    #[arg(long, global = true, env = "SLUICE_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
-    insecure: bool,
+    /// Plaintext, for a development cluster whose coordinators run with --insecure
+    /// (`--insecure=false` overrides the config file).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_INSECURE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    insecure: Option<bool>,
     /// TOML file with any of the flags above, keys their long names (flags and SLUICE_*
     /// variables win).
     #[arg(long, global = true, env = "SLUICE_CONFIG", value_name = "FILE")]

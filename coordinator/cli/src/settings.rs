@@ -20,8 +20,7 @@ pub struct ConfigFile {
     pub ca_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    #[serde(default)]
-    pub insecure: bool,
+    pub insecure: Option<bool>,
 }
 
 impl ConfigFile {
@@ -71,7 +70,8 @@ pub struct Credentials {
     pub ca_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    pub insecure: bool,
+    /// `--insecure` or `--insecure=false` (or SLUICE_INSECURE), over the file's.
+    pub insecure: Option<bool>,
 }
 
 impl Credentials {
@@ -83,7 +83,7 @@ impl Credentials {
             ca_cert: self.ca_cert.or_else(|| file.ca_cert.clone()),
             cert: given(self.cert, sources.cert, &file.cert),
             key: given(self.key, sources.key, &file.key),
-            insecure: self.insecure || file.insecure,
+            insecure: self.insecure.or(file.insecure).unwrap_or(false),
         }
     }
 }

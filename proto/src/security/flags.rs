@@ -29,8 +29,16 @@ pub struct TlsFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
     /// No TLS and no authentication: anyone who reaches the port can do anything.
-    /// Development only.
-    #[arg(long, env = "SLUICE_INSECURE", value_parser = BoolishValueParser::new())]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub insecure: bool,
+    /// Development only. `--insecure=false` (or SLUICE_INSECURE=false) overrides the file.
+    #[arg(
+        long,
+        env = "SLUICE_INSECURE",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
 }
