@@ -134,11 +134,14 @@ impl Scheduler {
         Self::wake(shared, tell);
     }
 
-    /// `agent` took a task: one counted full after a pause has room again.
+    /// `agent` took a task: one counted full after a pause has room again, and the sessions
+    /// waiting for a slot are woken (their waits were recorded with its capped slots, which
+    /// hand-offs would go on counting).
     pub(crate) fn agent_took(&self, agent: &AgentId) {
         let mut shared = self.shared();
-        if !shared.full.is_empty() {
-            shared.full.took(agent);
+        if !shared.full.is_empty() && shared.full.took(agent) {
+            let tell = shared.state.starving_sessions();
+            Self::wake(shared, tell);
         }
     }
 

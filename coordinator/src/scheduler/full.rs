@@ -67,11 +67,13 @@ impl FullAgents {
         }
     }
 
-    /// `agent` took a task: after a pause, it has room again.
-    pub(super) fn took(&mut self, agent: &AgentId) {
+    /// `agent` took a task: after a pause, it has room again. Whether that lifted its cap.
+    pub(super) fn took(&mut self, agent: &AgentId) -> bool {
         if self.agents.get(agent).is_some_and(|full| !full.waiting) {
             self.agents.remove(agent);
+            return true;
         }
+        false
     }
 
     /// The slots rounds may use on `agent`, which has `slots`.
@@ -95,11 +97,11 @@ mod tests {
         assert_eq!(full.slots(&a1(), 8), 3, "its own freed slots may be used again");
         assert_eq!(full.refused(&a1(), 2), None, "same pause: refused in flight");
         assert_eq!(full.slots(&a1(), 8), 2);
-        full.took(&a1());
-        assert_eq!(full.slots(&a1(), 8), 2, "taken in the pause: sent before it");
+        assert!(!full.took(&a1()), "taken in the pause: sent before it");
+        assert_eq!(full.slots(&a1(), 8), 2);
         full.pause_ended(&a1());
         assert_eq!(full.slots(&a1(), 8), 3, "one probe");
-        full.took(&a1());
+        assert!(full.took(&a1()), "the cap is lifted");
         assert_eq!(full.slots(&a1(), 8), 8, "room again");
         assert!(full.is_empty());
     }
