@@ -110,8 +110,8 @@ impl RestorePoints {
         let _use = self.begin_use(&located, "verify", &agent.id).await?;
         let mut client = self.clients.client(&agent.id, &agent.address)?;
         let request = pb::AgentVerifyRequest { location: Some(located.location()) };
-        let mut response = client
-            .verify_restore_point(request)
+        let mut response = self
+            .while_listed(&agent.id, client.verify_restore_point(request))
             .await
             .map_err(|status| Error::Agent { agent: agent.id.clone(), status })?
             .into_inner();
@@ -154,8 +154,8 @@ impl RestorePoints {
             location: Some(located.location()),
             target_dir: request.target_dir.clone(),
         };
-        let mut response = client
-            .restore_restore_point(call)
+        let mut response = self
+            .while_listed(&agent.id, client.restore_restore_point(call))
             .await
             .map_err(|status| Error::Agent { agent: agent.id.clone(), status })?
             .into_inner();
@@ -165,6 +165,22 @@ impl RestorePoints {
         response.agent = agent.id;
         response.restore_point = Some(located.restore_point);
         Ok(response)
+    }
+
+    /// `call` to `agent`, ended UNAVAILABLE once the agent is no longer listed: a frozen or
+    /// cut-off agent holds the call open (its TCP peer still answers) long after its
+    /// registration ended.
+    async fn while_listed<T>(
+        &self,
+        agent: &str,
+        call: impl Future<Output = std::result::Result<T, tonic::Status>>,
+    ) -> std::result::Result<T, tonic::Status> {
+        tokio::select! {
+            answer = call => answer,
+            () = self.directory.gone(agent) => Err(tonic::Status::unavailable(format!(
+                "agent {agent} left the cluster (its registration ended) before it answered"
+            ))),
+        }
     }
 
     /// Finds a restore point by id, in `job` or (when empty) in every job.

@@ -171,6 +171,17 @@ impl AgentDirectory {
         self.placement.clone()
     }
 
+    /// Resolves once `agent` is no longer listed: its registration ended (and the grace
+    /// after it passed). Never, if the directory stops first.
+    pub(crate) async fn gone(&self, agent: &str) {
+        let mut placement = self.placement();
+        while placement.borrow_and_update().keys().any(|id| id.as_str() == agent) {
+            if placement.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Placement's view of the agents now (empty until the first listing).
     pub(crate) fn placement_now(&self) -> Arc<AgentMap> {
         self.placement.borrow().clone()

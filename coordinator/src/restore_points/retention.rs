@@ -284,7 +284,8 @@ impl RestorePoints {
         };
         let answer = match self.clients.client(&agent.id, &agent.address) {
             Ok(mut client) => {
-                tokio::time::timeout(AGENT_CALL, client.delete_restore_points(request))
+                let call = self.while_listed(&agent.id, client.delete_restore_points(request));
+                tokio::time::timeout(AGENT_CALL, call)
                     .await
                     .map_err(|_| tonic::Status::deadline_exceeded("timed out"))
                     .and_then(|r| r.map(|r| r.into_inner()))

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use nix::sys::signal::Signal;
 use sluice_proto::pb::{self, StopMode, job_service_client::JobServiceClient};
 use sluice_tests::{
     AgentSpec, Cluster, PATIENCE,
@@ -21,6 +22,7 @@ use sluice_tests::{
     jobs::JobBuilder,
     manifests::{read_manifest, store_blobs},
     sessions::{VmDisks, restore_point_dir, vm_backup},
+    stops::signal,
     wait_for,
 };
 use tonic::{Code, Request};
@@ -209,4 +211,21 @@ async fn a_deletion_the_agent_refuses_leaves_the_restore_point_listed() {
     assert!(status.message().contains("not under a repository root"), "{status:?}");
     assert!(status.message().contains("stays as it was"), "{status:?}");
     assert_eq!(listed_ids(&jobs, "outside").await, [id], "still listed, not hidden");
+}
+
+/// An agent that froze (its TCP peer still holds the connection, nothing answers) ends a
+/// verify waiting on it with UNAVAILABLE once its registration ends, not whenever it thaws.
+#[tokio::test]
+async fn a_verify_on_an_agent_that_left_ends_when_its_registration_does() {
+    let mut cluster = Cluster::builder().agents(1).start().await;
+    let job = JobBuilder::sim("frozen", 0).placeholder_vms(1).build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job).await;
+    let id = backup(&mut jobs, "frozen").await;
+    signal(cluster.agent(0).pid(), Signal::SIGSTOP);
+    let request = pb::VerifyRestorePointRequest { job: "frozen".into(), restore_point_id: id };
+    let verify = jobs.verify_restore_point(request).await;
+    signal(cluster.agent(0).pid(), Signal::SIGCONT);
+    let status = expect_code(verify, Code::Unavailable, "a verify on an agent that froze");
+    assert!(status.message().contains("left the cluster"), "{status:?}");
 }
