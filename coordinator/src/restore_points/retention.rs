@@ -210,13 +210,15 @@ impl RestorePoints {
     }
 
     /// `delete`, and the last refusal of an agent that deleted nothing because a request was
-    /// wrong for it (a repository outside its roots): trying again cannot help.
+    /// wrong for it (a repository outside its roots): trying again cannot help, so those
+    /// restore points lose their marks and stay as they were, listed.
     async fn delete_or_refused(&self, marked: &[Located]) -> (usize, Option<String>) {
         let (mut deleted, mut refused) = (0, None);
         for (agent, batch) in self.by_agent(marked).into_values() {
             let done: HashSet<String> = match self.delete_folders(&agent, &batch).await {
                 Ok(done) => done.into_iter().collect(),
                 Err(refusal) => {
+                    self.unmark_all(&batch).await;
                     refused = Some(format!("agent {} refused: {refusal}", agent.id));
                     HashSet::new()
                 }
@@ -306,6 +308,21 @@ impl RestorePoints {
                     tonic::Code::InvalidArgument => Err(error.to_owned()),
                     _ => Ok(Vec::new()),
                 }
+            }
+        }
+    }
+
+    /// Removes the deletion marks of restore points whose agent refused to delete them.
+    async fn unmark_all(&self, batch: &[&Located]) {
+        let keys = self.store.keys();
+        for chunk in batch.chunks(BATCH) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|l| keys.restore_point_deleting(&l.restore_point.job, &l.restore_point.id))
+                .map(|mark| TxnOp::delete(mark, None))
+                .collect();
+            if let Err(error) = self.store.txn(Txn::new().and_then(ops)).await {
+                warn!(%error, "retention: refused deletions keep their marks");
             }
         }
     }

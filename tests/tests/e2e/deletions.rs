@@ -229,3 +229,33 @@ async fn a_verify_on_an_agent_that_left_ends_when_its_registration_does() {
     let status = expect_code(verify, Code::Unavailable, "a verify on an agent that froze");
     assert!(status.message().contains("left the cluster"), "{status:?}");
 }
+
+/// Retention that an agent refuses (the repository is outside its roots) deletes nothing and
+/// hides nothing: the older restore point is listed again once the refusal is logged.
+#[tokio::test]
+async fn retention_an_agent_refuses_leaves_the_restore_points_listed() {
+    let root = std::env::temp_dir().join(format!("sluice-roots-{}", std::process::id()));
+    let spec = AgentSpec::new().repository_root(&root.display().to_string());
+    let mut cluster = Cluster::builder().agent(spec).start().await;
+    let outside = cluster.dir().join("outside");
+    let job = JobBuilder::sim("kept", 0).placeholder_vms(1).repository(&outside);
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job.keep_restore_points(1).build()).await;
+    let first = backup(&mut jobs, "kept").await;
+    let second = backup(&mut jobs, "kept").await;
+    let log = cluster.coordinator(0).stderr_log();
+    let refused = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("not under a repository root")
+    };
+    let both = wait_for(
+        || async {
+            let listed = listed_ids(&jobs, "kept").await;
+            if refused() && listed.len() == 2 { Ok(listed) } else { Err(listed) }
+        },
+        PATIENCE,
+        "the refused retention to leave both restore points listed",
+    )
+    .await;
+    assert_eq!(BTreeSet::from_iter(both), BTreeSet::from([first, second]));
+}

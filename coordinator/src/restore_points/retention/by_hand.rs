@@ -40,11 +40,8 @@ impl RestorePoints {
         }
         let marked = [located];
         match self.delete_or_refused(&marked).await {
-            (0, Some(refusal)) => {
-                // The agent deleted nothing: the restore point stays as it was, listed.
-                self.unmark(&rp, mark).await;
-                return Err(Error::DeletionRefused { id: rp.id, refusal });
-            }
+            // The agent deleted nothing: its mark is gone, the restore point listed again.
+            (0, Some(refusal)) => return Err(Error::DeletionRefused { id: rp.id, refusal }),
             (0, None) => return Err(Error::DeletionUnfinished { id: rp.id }),
             _ => {}
         }
