@@ -187,8 +187,9 @@ fn key_prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::E
 /// owners and certificates, so `''` or `a/b` must not start.
 fn node_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let id = String::deserialize(deserializer)?;
-    let field = sluice_proto::node::flag_field("--id", &id);
-    sluice_proto::node::check_id(&field, &id).map_err(serde::de::Error::custom)?;
+    // The config layer names the key: the error names only the value.
+    let value = sluice_proto::node::flag_field("", &id);
+    sluice_proto::node::check_id(value.trim_start(), &id).map_err(serde::de::Error::custom)?;
     Ok(id)
 }
 

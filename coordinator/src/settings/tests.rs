@@ -19,7 +19,7 @@ fn the_id_follows_the_node_id_rule() {
     assert_eq!(parse("coord-1.a_b").expect("a valid id").id, "coord-1.a_b");
     for bad in ["", "a/b", "Coord-A"] {
         let error = parse(bad).map(drop).expect_err(bad).to_string();
-        assert!(error.contains(&format!("--id {bad:?}: ")), "{bad}: {error}");
+        assert!(error.contains(&format!("{bad:?}: ")), "{bad}: {error}");
     }
 }
 

@@ -421,7 +421,7 @@ async fn values_the_cluster_refuses_stop_a_node_at_start() {
                 .into_iter()
                 .chain(strings(&["--id", "a/b"]))
                 .collect(),
-            "--id \"a/b\": may hold",
+            "--id: \"a/b\": may hold",
         ),
     ];
     for (program, args, says) in cases {
