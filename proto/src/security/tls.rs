@@ -345,9 +345,32 @@ pub fn client_config(
 ) -> Result<ClientTlsConfig, TlsError> {
     let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
     if let Some((cert, key)) = identity {
-        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        check_etcd_identity((cert, &cert_pem), (key, &key_pem))?;
+        config = config.identity(Identity::from_pem(cert_pem, key_pem));
     }
     Ok(config)
+}
+
+/// Refuses an etcd client certificate and key that do not go together: the client would
+/// find out only in its first handshake, as "transport error".
+fn check_etcd_identity(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<(), TlsError> {
+    let chain = certificates(cert.0, cert.1)?;
+    let private = PrivateKeyDer::from_pem_slice(key.1)
+        .map_err(|e| TlsError::Pem { path: key.0.to_path_buf(), reason: e.to_string() })?;
+    let built = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(RootCertStore::empty())
+        .with_client_auth_cert(chain, private);
+    match built {
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::Flags(format!(
+            "--etcd-key {} does not match --etcd-cert {}",
+            key.0.display(),
+            cert.0.display()
+        ))),
+        Err(other) => Err(TlsError::Rustls(other)),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// A rustls config of an HTTPS client (tests, tools) that trusts only the CA in `ca`.

@@ -453,3 +453,24 @@ fn a_client_key_of_another_certificate_is_named_before_dialing() {
     assert!(text.contains("a1.key") && text.contains("not the private key"), "{text}");
     assert!(text.contains("alice.crt"), "{text}");
 }
+
+/// An etcd client certificate with another certificate's key is refused at start, naming
+/// both flags, not at the first handshake as a transport error.
+#[test]
+fn an_etcd_key_that_does_not_match_its_certificate_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("ca");
+    pki::init_dir(&ca).expect("a CA");
+    for id in ["c1", "c2"] {
+        let spec = LeafSpec::new(Kind::Coordinator, id);
+        pki::issue_to_dir(&ca, &spec, &dir.path().join(id)).expect("a certificate");
+    }
+    let (cert, ca_cert) = (dir.path().join("c1/c1.crt"), dir.path().join("c1/ca.crt"));
+    let good = client_config(&ca_cert, Some((&cert, &dir.path().join("c1/c1.key"))));
+    assert!(good.is_ok(), "a matching pair");
+    let other_key = dir.path().join("c2/c2.key");
+    let refused = client_config(&ca_cert, Some((&cert, &other_key))).expect_err("mismatch");
+    let says =
+        format!("--etcd-key {} does not match --etcd-cert {}", other_key.display(), cert.display());
+    assert_eq!(refused.to_string(), says);
+}
