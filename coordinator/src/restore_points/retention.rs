@@ -60,6 +60,9 @@ use crate::{
 
 /// Longest an agent gets to delete folders or collect garbage.
 const AGENT_CALL: Duration = Duration::from_secs(300);
+
+/// Marked restore points by the agent that deletes them, and those no agent can take.
+type ByAgent<'a> = (BTreeMap<String, (pb::Agent, Vec<&'a Located>)>, Vec<&'a Located>);
 /// Restore points marked or forgotten per txn (two ops each, within etcd's 128).
 const BATCH: usize = 40;
 
@@ -210,25 +213,33 @@ impl RestorePoints {
     }
 
     /// `delete`, and the last refusal of an agent that deleted nothing because a request was
-    /// wrong for it (a repository outside its roots): trying again cannot help, so those
-    /// restore points lose their marks and stay as they were, listed.
+    /// wrong for it (a repository outside its roots). What one agent refuses goes to another;
+    /// what every agent that could take it refuses loses its mark and stays listed.
     async fn delete_or_refused(&self, marked: &[Located]) -> (usize, Option<String>) {
         let (mut deleted, mut refused) = (0, None);
-        for (agent, batch) in self.by_agent(marked).into_values() {
-            let done: HashSet<String> = match self.delete_folders(&agent, &batch).await {
-                Ok(done) => done.into_iter().collect(),
-                Err(refusal) => {
-                    self.unmark_all(&batch).await;
-                    refused = Some(format!("agent {} refused: {refusal}", agent.id));
-                    HashSet::new()
+        let mut refusing = BTreeSet::new();
+        let mut pending: Vec<&Located> = marked.iter().collect();
+        while !pending.is_empty() {
+            let (placed, unplaced) = self.by_agent(&pending, &refusing);
+            if !refusing.is_empty() {
+                self.unmark_all(&unplaced).await;
+            }
+            pending = Vec::new();
+            for (agent, batch) in placed.into_values() {
+                let done: HashSet<String> = match self.delete_folders(&agent, &batch).await {
+                    Ok(done) => done.into_iter().collect(),
+                    Err(refusal) => {
+                        refused = Some(format!("agent {} refused: {refusal}", agent.id));
+                        refusing.insert(agent.id);
+                        pending.extend(batch);
+                        continue;
+                    }
+                };
+                let gone: Vec<&Located> =
+                    batch.into_iter().filter(|l| done.contains(&l.restore_point.id)).collect();
+                for chunk in gone.chunks(BATCH) {
+                    deleted += self.forget(chunk).await;
                 }
-            };
-            let gone: Vec<&Located> = batch
-                .into_iter()
-                .filter(|located| done.contains(&located.restore_point.id))
-                .collect();
-            for chunk in gone.chunks(BATCH) {
-                deleted += self.forget(chunk).await;
             }
         }
         (deleted, refused)
@@ -249,15 +260,13 @@ impl RestorePoints {
             .collect())
     }
 
-    /// The marked restore points by the agent that deletes them; those no agent can reach
-    /// keep their marks.
-    fn by_agent<'a>(
-        &self,
-        marked: &'a [Located],
-    ) -> BTreeMap<String, (pb::Agent, Vec<&'a Located>)> {
-        let agents = self.directory.current();
-        let mut by_agent: BTreeMap<String, (pb::Agent, Vec<&Located>)> = BTreeMap::new();
-        for located in marked {
+    /// The marked restore points by the agent that deletes them (none of `refusing`), and
+    /// those no agent can take (they keep their marks unless refused already).
+    fn by_agent<'a>(&self, marked: &[&'a Located], refusing: &BTreeSet<String>) -> ByAgent<'a> {
+        let mut agents = (*self.directory.current()).clone();
+        agents.retain(|_, agent| !refusing.contains(&agent.id));
+        let (mut by_agent, mut unplaced) = (BTreeMap::new(), Vec::new());
+        for &located in marked {
             match choose_agent(&agents, &located.need(), true) {
                 Ok(agent) => by_agent
                     .entry(agent.id.clone())
@@ -266,11 +275,12 @@ impl RestorePoints {
                     .push(located),
                 Err(reason) => {
                     warn!(restore_point = %located.restore_point.id, reason,
-                          "retention: no agent to delete with; the next retention tries again");
+                          "retention: no agent (but those that refused) to delete with");
+                    unplaced.push(located);
                 }
             }
         }
-        by_agent
+        (by_agent, unplaced)
     }
 
     /// Has `agent` delete the folders; the ids it deleted.

@@ -11,8 +11,8 @@ use sluice_proto::pb::{self, StopMode, job_service_client::JobServiceClient};
 use sluice_tests::{
     AgentSpec, Cluster, PATIENCE,
     api::{
-        Jobs, backed_up, create_job, restore_points, start_job, stop_job, try_restore_points,
-        wait_stopped,
+        Jobs, backed_up, create_job, list_agents, restore_points, start_job, stop_job,
+        try_restore_points, wait_stopped,
     },
     cli,
     computers::{Laptops, laptops, pseudo_random, seed_of, write_file},
@@ -258,4 +258,33 @@ async fn retention_an_agent_refuses_leaves_the_restore_points_listed() {
     )
     .await;
     assert_eq!(BTreeSet::from_iter(both), BTreeSet::from([first, second]));
+}
+
+/// What one agent refuses to delete (the repository is outside its roots) another agent
+/// that takes it deletes.
+#[tokio::test]
+async fn a_deletion_one_agent_refuses_is_made_by_another() {
+    let root = std::env::temp_dir().join(format!("sluice-roots-{}", std::process::id()));
+    let narrow = AgentSpec::new().repository_root(&root.display().to_string());
+    let mut cluster = Cluster::builder().agent(narrow).agent(AgentSpec::new()).start().await;
+    let outside = cluster.dir().join("outside");
+    let job = JobBuilder::sim("moved", 0).placeholder_vms(1).repository(&outside).build();
+    let mut jobs = cluster.job_client().await;
+    create_job(&mut jobs, job).await;
+    let id = backup(&mut jobs, "moved").await;
+    // Both idle as their heartbeats say: the deletion goes to a1 first (least busy, then by
+    // id), which refuses it.
+    let admin = cluster.cluster_client().await;
+    let idle = || async {
+        let agents = list_agents(&admin).await?;
+        match agents.iter().all(|a| a.running_tasks == 0) {
+            true => Ok(()),
+            false => Err(format!("{agents:?}")),
+        }
+    };
+    wait_for(idle, PATIENCE, "both agents to report no running task").await;
+    expect_ok(jobs.delete_restore_point(request(&id, "moved")).await, "the other agent deletes");
+    let log = std::fs::read_to_string(cluster.coordinator(0).stderr_log()).unwrap_or_default();
+    assert!(log.contains("not under a repository root"), "a1 was asked first and refused");
+    assert!(listed_ids(&jobs, "moved").await.is_empty(), "deleted, not listed");
 }
